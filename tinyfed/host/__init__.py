@@ -1,0 +1,1 @@
+"""The orchestrator side of tinyfed (aggregation, simulation); grows with later issues."""
