@@ -1,0 +1,118 @@
+"""``tinyfed plan``: what each board stores, runs and trains, and whether it fits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.errors import BoardError
+from tinyfed.planner.config import TrainingConfig
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f}"
+
+
+@click.command()
+@click.argument("model")
+@click.option("--board", "board_name", help="Plan for one board (see `tinyfed boards list`).")
+@click.option("--fleet", "fleet_spec", help="Fleet TOML file, or a shipped preset name (smartwatch, emulated).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("plan"), show_default=True, help="Directory for the fragments and plan.json.")
+@click.option("--representative", type=click.Path(dir_okay=False, path_type=Path), help="Representative inputs (.npy) for a .keras model.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Local training batch size on the boards.")
+@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True)
+@click.option("--importance", type=click.Choice(["fisher", "depth"]), default="fisher", show_default=True, help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
+@click.option("--trainable", type=click.Choice(["auto", "full"]), default="auto", show_default=True, help="auto: FTTE's w* under M_min; full: train every parameter (to see what it would cost).")
+@click.option("--no-measure", is_flag=True, help="Skip the TFLite Micro arena measurement (estimate only).")
+@boards_dir_option
+@json_option
+def plan(
+    model: str,
+    board_name: str | None,
+    fleet_spec: str | None,
+    out_dir: Path,
+    representative: Path | None,
+    batch_size: int,
+    optimizer: str,
+    importance: str,
+    trainable: str,
+    no_measure: bool,
+    boards_dirs: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Plan MODEL (a zoo name, a .keras or an int8 .tflite) onto a board or a fleet."""
+    from tinyfed.boards import get_board, load_fleet, single_board_fleet
+    from tinyfed.planner.plan import make_plan
+    from tinyfed.planner.sources import load_model_source
+
+    if (board_name is None) == (fleet_spec is None):
+        raise BoardError("give exactly one of --board NAME or --fleet FILE", fix="e.g. `tinyfed plan har_cnn --board nrf52840`")
+    fleet = single_board_fleet(get_board(board_name, boards_dirs)) if board_name else load_fleet(fleet_spec, boards_dirs)
+    cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance)
+    source = load_model_source(model, representative, cfg)
+    result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable, extra_board_dirs=boards_dirs)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        _render(result)
+    if not result.fits:
+        raise SystemExit(1)
+
+
+def _render(result) -> None:
+    console = Console()
+    doc = result.as_dict()
+    layers = Table(title=f"{doc['model']}: layers (cut after op {doc['cut_op'] - 1})", title_justify="left")
+    for col in ("op", "layer", "part", "params", "flash KiB", "act out KiB", "trainable", "saved act KiB"):
+        layers.add_column(col, justify="right" if col not in ("layer", "part") else "left")
+    for row in doc["layers"]:
+        layers.add_row(
+            str(row["op"]),
+            row["name"],
+            row["part"],
+            f"{row['params']:,}",
+            _kib(row["flash_bytes"]),
+            _kib(row["activation_out_bytes_int8"]),
+            f"{row['trainable_params']:,}" if row["trainable_params"] else "",
+            _kib(row["saved_activation_bytes_float32"]) if row["saved_activation_bytes_float32"] else "",
+        )
+    console.print(layers)
+
+    boards = Table(title=f"fleet {doc['fleet']}: M_min = {_kib(doc['m_min_bytes'])} KiB ({doc['m_min_board']})", title_justify="left")
+    for col in ("board", "count", "RAM used KiB", "RAM KiB", "RAM margin", "flash used KiB", "flash KiB", "flash margin", "fits"):
+        boards.add_column(col, justify="left" if col == "board" else "right")
+    for name, b in doc["boards"].items():
+        boards.add_row(
+            name,
+            str(b["count"]),
+            _kib(b["ram_bytes_used"]),
+            _kib(b["ram_bytes_budget"]),
+            _kib(b["ram_margin_bytes"]),
+            _kib(b["flash_bytes_used"]),
+            _kib(b["flash_bytes_budget"]),
+            _kib(b["flash_margin_bytes"]),
+            "[green]yes[/]" if b["fits"] else "[red]NO[/]",
+        )
+    console.print(boards)
+
+    tm, full = doc["training_memory"], doc["full_training_memory"]
+    console.print(
+        f"w*: {doc['trainable_params']:,} of {doc['total_params']:,} parameters "
+        f"({100 * doc['trainable_fraction']:.1f}%), {len(doc['units'])} units, importance = {doc['importance']}"
+    )
+    console.print(
+        f"training memory: {_kib(tm['total'])} KiB vs {_kib(full['total'])} KiB for the full model "
+        f"({100 * doc['training_memory_ratio']:.1f}%); arena {_kib(doc['arena_bytes_measured'])} KiB measured, "
+        f"{_kib(doc['arena_bytes_estimated'])} KiB estimated"
+    )
+    for p in doc["problems"]:
+        console.print(f"[red]does not fit:[/] {p}")
+    for s in doc["suggestions"]:
+        console.print(f"[yellow]suggestion:[/] {s}")
+    for path in doc["fragments"]:
+        console.print(f"wrote {path}")

@@ -1,0 +1,122 @@
+"""Importance of each trainable parameter, in the int8 graph's own layout.
+
+Default: the diagonal Fisher information, the mean squared per-sample gradient of the log
+likelihood, measured on a small proxy batch that the server holds. With labels it is the
+empirical Fisher; without labels the label is drawn from the model's own prediction (the true
+Fisher), so any user model with a representative ``.npy`` works. Without a float model (a bare
+``.tflite``) the documented fallback ranks layers nearest the output first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tinyfed.models.ops import TRAINABLE_OPS
+from tinyfed.models.tflite_graph import TfliteGraph
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerImportance:
+    """Per output channel importance of a layer's weights, and of its whole bias."""
+
+    channel: np.ndarray  # shape (out_channels,)
+    bias: float
+
+
+def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], str]:
+    """Fallback without proxy data: the nearer the output, the more important, lexicographically.
+
+    Each step away from the output divides importance by 1e6, so the greedy takes every unit of
+    a later layer before any unit of an earlier one; within a layer, biases (few bytes) go first.
+    """
+    weighted = [op for op in graph.ops if op.name in TRAINABLE_OPS]
+    result: dict[int, LayerImportance] = {}
+    for rank, op in enumerate(reversed(weighted)):
+        scale = 1e-6**rank
+        w = graph.tensors[graph.weight_tensor(op)]
+        channels = int(w.shape[graph.output_channel_axis(op)])
+        per_channel_params = int(np.prod(w.shape)) // channels
+        b = graph.bias_tensor(op)
+        bias_params = int(np.prod(graph.tensors[b].shape)) if b is not None else 0
+        result[op.index] = LayerImportance(
+            channel=np.full(channels, scale * per_channel_params, dtype=np.float64),
+            bias=scale * bias_params * 1e3,
+        )
+    return result, "depth"
+
+
+def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
+    """Keras kernel layout -> TFLite filter layout for the same layer."""
+    if kind == "CONV_2D":  # (kh, kw, cin, cout) -> (cout, kh, kw, cin)
+        return np.transpose(kernel, (3, 0, 1, 2))
+    if kind == "DEPTHWISE_CONV_2D":  # (kh, kw, cin, mult) -> (1, kh, kw, cin * mult)
+        kh, kw, cin, mult = kernel.shape
+        return kernel.reshape(1, kh, kw, cin * mult)
+    if kind == "FULLY_CONNECTED":  # (in, out) -> (out, in)
+        return kernel.T
+    raise ValueError(kind)
+
+
+_KERAS_KIND = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
+
+
+def fisher_importance(
+    graph: TfliteGraph, keras_model: Any, x: np.ndarray, y: np.ndarray | None, seed: int = 0
+) -> tuple[dict[int, LayerImportance], str]:
+    """Diagonal Fisher of the float model on ``x``, mapped onto the int8 graph's weighted ops.
+
+    Falls back to :func:`depth_importance` (with a warning) when the Keras layers cannot be
+    matched one to one, by kind and shape, with the graph's weighted ops.
+    """
+    import tensorflow as tf  # lazy: conversion-side dependency only
+
+    layers = [layer for layer in keras_model.layers if type(layer).__name__ in _KERAS_KIND]
+    ops = [op for op in graph.ops if op.name in TRAINABLE_OPS]
+    if len(layers) != len(ops) or any(_KERAS_KIND[type(l).__name__] != op.name for l, op in zip(layers, ops)):
+        log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
+        return depth_importance(graph)
+
+    variables = []
+    for layer in layers:
+        kernel = layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel
+        variables.append(kernel)
+        variables.append(layer.bias if getattr(layer, "use_bias", False) else None)
+    watched = [v for v in variables if v is not None]
+    sums = [np.zeros(v.shape, dtype=np.float64) for v in watched]
+    rng = np.random.default_rng(seed)
+    for i in range(len(x)):
+        xi = tf.convert_to_tensor(x[i : i + 1], dtype=tf.float32)
+        with tf.GradientTape() as tape:
+            probs = keras_model(xi, training=False)
+            probs = tf.clip_by_value(probs, 1e-12, 1.0)
+            if y is not None:
+                label = int(y[i])
+            else:
+                p = np.asarray(probs[0], dtype=np.float64)
+                label = int(rng.choice(len(p), p=p / p.sum()))
+            log_likelihood = tf.math.log(probs[0, label])
+        grads = tape.gradient(log_likelihood, watched)
+        for acc, g in zip(sums, grads):
+            if g is not None:
+                acc += np.square(np.asarray(g, dtype=np.float64))
+    means = [s / max(len(x), 1) for s in sums]
+
+    result: dict[int, LayerImportance] = {}
+    it = iter(means)
+    for layer, op, (kernel_var, bias_var) in zip(layers, ops, zip(variables[::2], variables[1::2])):
+        kernel_f = _to_tflite_layout(op.name, next(it))
+        bias_f = next(it) if bias_var is not None else np.zeros(0)
+        w_shape = tuple(graph.tensors[graph.weight_tensor(op)].shape)
+        if tuple(kernel_f.shape) != w_shape:
+            log.warning("layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape)
+            return depth_importance(graph)
+        axis = graph.output_channel_axis(op)
+        other = tuple(a for a in range(kernel_f.ndim) if a != axis)
+        result[op.index] = LayerImportance(channel=kernel_f.sum(axis=other), bias=float(bias_f.sum()))
+    return result, "fisher"

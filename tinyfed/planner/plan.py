@@ -1,0 +1,490 @@
+"""Make a plan: what each board of a fleet stores, runs and trains, and whether it fits.
+
+The plan is the contract every later stage consumes: the frozen int8 head (``frozen.tflite``),
+the int8 tail from the cut on (``tail.tflite``, which the board runs in float32 to train), the
+float32 initial values of w* (``trainable.tfw``) and ``plan.json``, which records every unit,
+every budget line per board, and the fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfed.boards import Board, ResolvedFleet, list_boards
+from tinyfed.errors import ModelError, PlanError
+from tinyfed.models.ops import ALIAS_OPS, FIRMWARE_OPS
+from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.planner import trainable as tfw
+from tinyfed.planner.config import TrainingConfig
+from tinyfed.planner.importance import LayerImportance, depth_importance, fisher_importance
+from tinyfed.planner.memory import (
+    LayerFacts,
+    LayerSelection,
+    Selection,
+    TrainingMemory,
+    cut_for,
+    estimate_arena,
+    layer_facts,
+    training_memory,
+)
+from tinyfed.planner.selection import Step, greedy_select, ram_cost
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelSource:
+    """A model to plan: its int8 graph and, when known, the float model and proxy data."""
+
+    name: str
+    kind: str  # "zoo", "keras" or "tflite"
+    tflite: bytes
+    keras_model: Any = None
+    proxy_x: np.ndarray | None = None
+    proxy_y: np.ndarray | None = None
+
+
+def link_buffer_bytes(board: Board) -> int:
+    """Receive and transmit frame buffers of the serial link."""
+    return 2 * board.link.max_frame_bytes
+
+
+def model_ram_budget(board: Board) -> int:
+    """RAM left for the model (head arena plus training state) once firmware and link take theirs."""
+    return board.ram_bytes - board.reserve_ram_bytes - link_buffer_bytes(board)
+
+
+def check_supported(graph: TfliteGraph, source: str) -> None:
+    """Refuse a graph with an op the firmware has no int8 kernel for."""
+    bad = graph.unsupported_ops(set(FIRMWARE_OPS))
+    if bad:
+        listing = ", ".join(f"{name} (op {index})" for index, name in bad)
+        raise ModelError(
+            f"the tinyfed firmware has no kernel for {listing}",
+            fix=f"rebuild the model with supported ops only ({', '.join(sorted(FIRMWARE_OPS))}); "
+            "e.g. AveragePooling2D of the full size instead of GlobalAveragePooling (MEAN), "
+            "Conv2D with (1, k) kernels instead of Conv1D (EXPAND_DIMS/SQUEEZE)",
+            source=source,
+        )
+
+
+@dataclass
+class BoardFit:
+    """One board's budget lines, used bytes and margins."""
+
+    board: Board
+    count: int
+    ram_lines: dict[str, int]
+    flash_lines: dict[str, int]
+    ram_estimate_bytes: int
+
+    @property
+    def ram_used(self) -> int:
+        return sum(self.ram_lines.values())
+
+    @property
+    def flash_used(self) -> int:
+        return sum(self.flash_lines.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.ram_used <= self.board.ram_bytes and self.flash_used <= self.board.flash_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "core": self.board.core,
+            "fits": self.fits,
+            "ram_bytes_used": self.ram_used,
+            "ram_bytes_budget": self.board.ram_bytes,
+            "ram_margin_bytes": self.board.ram_bytes - self.ram_used,
+            "ram_bytes_estimated": self.ram_estimate_bytes,
+            "flash_bytes_used": self.flash_used,
+            "flash_bytes_budget": self.board.flash_bytes,
+            "flash_margin_bytes": self.board.flash_bytes - self.flash_used,
+            "ram_lines": dict(self.ram_lines),
+            "flash_lines": dict(self.flash_lines),
+        }
+
+
+@dataclass
+class Plan:
+    """Everything ``tinyfed plan`` decided and measured."""
+
+    model: str
+    fleet: str
+    config: TrainingConfig
+    facts: list[LayerFacts]
+    selection: Selection
+    steps: list[Step]
+    importance_method: str
+    cut: int
+    m_min_bytes: int
+    m_min_board: str
+    arena_estimated: int
+    arena_measured: int | None
+    training: TrainingMemory
+    full_training: TrainingMemory
+    fits_by_board: dict[str, BoardFit]
+    files: dict[str, Path] = field(default_factory=dict)
+    file_bytes: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+    trainable_mode: str = "auto"
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems and all(f.fits for f in self.fits_by_board.values())
+
+    @property
+    def trainable_params(self) -> int:
+        return self.selection.params(self.facts)
+
+    @property
+    def total_params(self) -> int:
+        return sum(f.params for f in self.facts)
+
+    @property
+    def arena(self) -> int:
+        return self.arena_measured if self.arena_measured is not None else self.arena_estimated
+
+    @property
+    def training_ratio(self) -> float:
+        return self.training.total / self.full_training.total if self.full_training.total else 0.0
+
+    def units(self) -> list[dict[str, Any]]:
+        rows = []
+        for op, sel in sorted(self.selection.layers.items()):
+            f = self.facts[op]
+            if sel.bias:
+                rows.append({"op": op, "layer": f.name, "kind": "bias", "params": f.bias_params, "float32_bytes": 4 * f.bias_params})
+            if sel.channels:
+                n = len(sel.channels) * f.params_per_channel
+                rows.append(
+                    {
+                        "op": op,
+                        "layer": f.name,
+                        "kind": "weights",
+                        "fraction": len(sel.channels) / f.out_channels,
+                        "channels": list(sel.channels),
+                        "params": n,
+                        "float32_bytes": 4 * n,
+                    }
+                )
+        return rows
+
+    def as_dict(self) -> dict[str, Any]:
+        trainable_ops = {op for op, s in self.selection.layers.items() if s.bias or s.channels}
+        layers = []
+        for f in self.facts:
+            sel = self.selection.layers.get(f.index)
+            layers.append(
+                {
+                    "op": f.index,
+                    "name": f.name,
+                    "part": "frozen" if f.index < self.cut else "tail",
+                    "params": f.params,
+                    "flash_bytes": f.flash_bytes,
+                    "activation_in_bytes_int8": f.input_elems,
+                    "activation_out_bytes_int8": f.output_elems,
+                    "trainable_params": (
+                        len(sel.channels) * f.params_per_channel + (f.bias_params if sel.bias else 0) if sel else 0
+                    ),
+                    "saved_activation_bytes_float32": (
+                        4 * self.config.batch_size * f.input_elems
+                        if trainable_ops and f.index >= self.cut and f.name not in ALIAS_OPS
+                        else 0
+                    ),
+                }
+            )
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "model": self.model,
+            "fleet": self.fleet,
+            "fits": self.fits,
+            "problems": self.problems,
+            "suggestions": self.suggestions,
+            "m_min_bytes": self.m_min_bytes,
+            "m_min_board": self.m_min_board,
+            "trainable_mode": self.trainable_mode,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "trainable_fraction": self.trainable_params / self.total_params if self.total_params else 0.0,
+            "importance": self.importance_method,
+            "training_config": self.config.model_dump(mode="json"),
+            "cut_op": self.cut,
+            "arena_bytes_estimated": self.arena_estimated,
+            "arena_bytes_measured": self.arena_measured,
+            "training_memory": self.training.as_dict(),
+            "full_training_memory": self.full_training.as_dict(),
+            "training_memory_ratio": self.training_ratio,
+            "boards": {name: fit.as_dict() for name, fit in self.fits_by_board.items()},
+            "fragments": [str(self.files[k]) for k in ("frozen", "tail", "trainable") if k in self.files],
+            "files": {k: {"path": str(p), "bytes": self.file_bytes.get(k, 0)} for k, p in self.files.items()},
+            "units": self.units(),
+            "greedy_steps": [s.__dict__ for s in self.steps],
+            "layers": layers,
+        }
+
+
+def _importance(source: ModelSource, graph: TfliteGraph, cfg: TrainingConfig) -> tuple[dict[int, LayerImportance], str]:
+    if cfg.importance == "fisher" and source.keras_model is not None and source.proxy_x is not None:
+        x = source.proxy_x[: cfg.proxy_samples]
+        y = source.proxy_y[: cfg.proxy_samples] if source.proxy_y is not None else None
+        return fisher_importance(graph, source.keras_model, x, y)
+    if cfg.importance == "fisher":
+        log.info("no float model or proxy data for %s: ranking units nearest the output first", source.name)
+    return depth_importance(graph)
+
+
+def _units_of(graph: TfliteGraph, sel: Selection, cut: int, tail: TfliteGraph) -> list[tfw.TrainableUnit]:
+    """Dequantized initial values of S, addressed by op and tensor index in the tail fragment."""
+    units = []
+    for op_index, layer in sorted(sel.layers.items()):
+        op = graph.ops[op_index]
+        tail_op = tail.ops[op_index - cut]
+        if tail_op.name != op.name:
+            raise PlanError(f"tail op {op_index - cut} is {tail_op.name}, expected {op.name}", fix="report this bug")
+        axis = graph.output_channel_axis(op)
+        w = graph.weight_tensor(op)
+        if layer.channels:
+            info = graph.tensors[w]
+            values = tfw.dequantize_channels(graph.constant_data(w), info.scales, info.zero_points, axis)
+            chosen = list(layer.channels)
+            units.append(
+                tfw.TrainableUnit(op_index - cut, tail.weight_tensor(tail_op), tfw.KIND_WEIGHTS, axis, tuple(chosen), values.shape[0], values[chosen])
+            )
+        b = graph.bias_tensor(op)
+        if layer.bias and b is not None:
+            info = graph.tensors[b]
+            values = tfw.dequantize_channels(graph.constant_data(b), info.scales, info.zero_points, 0)
+            everything = tuple(range(values.shape[0]))
+            units.append(tfw.TrainableUnit(op_index - cut, tail.bias_tensor(tail_op), tfw.KIND_BIAS, 0, everything, values.shape[0], values))
+    return units
+
+
+class _ArenaBook:
+    """Arena per cut: the measured TFLM figure where probed, the model's estimate elsewhere."""
+
+    def __init__(self, graph: TfliteGraph, measure: bool) -> None:
+        self.graph = graph
+        self.measure = measure
+        self.measured: dict[int, int] = {}
+        self.heads: dict[int, bytes] = {}
+
+    def estimate(self, cut: int) -> int:
+        return estimate_arena(self.graph, cut)
+
+    def __call__(self, cut: int) -> int:
+        return self.measured.get(cut, self.estimate(cut))
+
+    def head(self, cut: int) -> bytes | None:
+        if cut <= 0:
+            return None
+        if cut not in self.heads:
+            self.heads[cut] = self.graph.split(cut)[0] if cut < len(self.graph.ops) else self.graph.data
+        return self.heads[cut]
+
+    def probe(self, cut: int) -> int | None:
+        if not self.measure or cut <= 0:
+            return None
+        if cut not in self.measured:
+            from tinyfed.models.tflm import measure_arena
+
+            self.measured[cut] = measure_arena(self.head(cut)).bytes
+        return self.measured[cut]
+
+
+def make_plan(
+    source: ModelSource,
+    fleet: ResolvedFleet,
+    cfg: TrainingConfig,
+    out_dir: Path | None,
+    *,
+    measure: bool = True,
+    trainable: str = "auto",
+    extra_board_dirs: tuple[Path, ...] = (),
+) -> Plan:
+    """Plan ``source`` onto ``fleet``: choose w*, cut fragments, measure the arena, check every board."""
+    graph = TfliteGraph.from_bytes(source.tflite, source=source.name)
+    check_supported(graph, source.name)
+    facts = layer_facts(graph)
+    if not any(f.trainable for f in facts):
+        raise ModelError("the model has no CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED layer to train", source=source.name)
+    cut_points = sorted(set(graph.cut_points()) | {0})
+    budgets = {b.name: model_ram_budget(b) for b in fleet.boards}
+    m_min_board = min(budgets, key=lambda n: budgets[n])
+    m_min = budgets[m_min_board]
+    importance, method = _importance(source, graph, cfg)
+    arenas = _ArenaBook(graph, measure)
+
+    if trainable == "full":
+        selection, steps = Selection.everything(facts), []
+    elif trainable == "auto":
+        selection, steps = _select_measured(facts, importance, m_min, cfg, cut_points, arenas)
+    else:
+        raise PlanError(f"unknown trainable mode {trainable!r}", fix="use 'auto' or 'full'")
+
+    cost = ram_cost(facts, selection, cfg, cut_points, arenas)
+    arena_measured = arenas.probe(cost.cut)
+    full = training_memory(facts, Selection.everything(facts), 0, cfg)
+    plan = Plan(
+        model=source.name,
+        fleet=fleet.name,
+        config=cfg,
+        facts=facts,
+        selection=selection,
+        steps=steps,
+        importance_method=method,
+        cut=cost.cut,
+        m_min_bytes=m_min,
+        m_min_board=m_min_board,
+        arena_estimated=arenas.estimate(cost.cut),
+        arena_measured=arena_measured,
+        training=cost.training,
+        full_training=full,
+        fits_by_board={},
+        trainable_mode=trainable,
+    )
+    if selection.params(facts) == 0:
+        smallest = _smallest_first_unit(facts, importance, cfg, cut_points, arenas)
+        plan.problems.append(
+            f"no trainable unit fits in M_min = {m_min} bytes ({m_min_board}): the cheapest unit needs "
+            f"{smallest} bytes of RAM, {smallest - m_min} more"
+        )
+
+    head, tail_bytes = _fragments(graph, cost.cut)
+    flash_model = (len(head) if head else 0) + len(tail_bytes)
+    for board, count in fleet.entries:
+        fit = _board_fit(board, count, plan, flash_model)
+        plan.fits_by_board[board.name] = fit
+        _explain_misfit(plan, fit)
+    if not plan.fits:
+        _suggest(plan, facts, importance, cfg, cut_points, arenas, flash_model, extra_board_dirs)
+
+    if out_dir is not None:
+        _write(plan, out_dir, graph, head, tail_bytes)
+    return plan
+
+
+def _select_measured(
+    facts: list[LayerFacts],
+    importance: dict[int, LayerImportance],
+    budget: int,
+    cfg: TrainingConfig,
+    cut_points: list[int],
+    arenas: _ArenaBook,
+) -> tuple[Selection, list[Step]]:
+    """Greedy selection, re-run until the chosen cut's arena is the measured one."""
+    for _ in range(len(cut_points) + 1):
+        selection, steps = greedy_select(facts, importance, budget, cfg, cut_points, arenas)
+        cut = cut_for(selection.first_op(), cut_points, len(facts))
+        if not arenas.measure or cut in arenas.measured or cut <= 0:
+            return selection, steps
+        arenas.probe(cut)
+    return selection, steps
+
+
+def _smallest_first_unit(facts, importance, cfg, cut_points, arenas) -> int:
+    """RAM of the cheapest single-unit subset: what a board must at least spare."""
+    best = math.inf
+    for op in importance:
+        for bias in (True, False):
+            if bias and not facts[op].bias_params:
+                continue
+            sel = Selection()
+            sel.layers[op] = LayerSelection(bias, () if bias else tuple(range(max(1, math.ceil(cfg.fractions[0] * facts[op].out_channels)))))
+            best = min(best, ram_cost(facts, sel, cfg, cut_points, arenas).total)
+    return int(best)
+
+
+def _fragments(graph: TfliteGraph, cut: int) -> tuple[bytes | None, bytes]:
+    if cut <= 0:
+        return None, graph.data
+    if cut >= len(graph.ops):
+        return graph.data, b""
+    return graph.split(cut)
+
+
+def _board_fit(board: Board, count: int, plan: Plan, flash_model: int) -> BoardFit:
+    ram_lines = {
+        "firmware_reserve": board.reserve_ram_bytes,
+        "link_buffers": link_buffer_bytes(board),
+        "inference_arena": plan.arena,
+    }
+    for key, value in plan.training.as_dict().items():
+        if key != "total":
+            ram_lines[key] = value
+    estimate = sum(ram_lines.values()) - plan.arena + plan.arena_estimated
+    flash_lines = {"firmware_reserve": board.reserve_flash_bytes, "model_fragments": flash_model}
+    return BoardFit(board, count, ram_lines, flash_lines, estimate)
+
+
+def _explain_misfit(plan: Plan, fit: BoardFit) -> None:
+    b = fit.board
+    if fit.ram_used > b.ram_bytes:
+        worst = max(fit.ram_lines, key=lambda k: fit.ram_lines[k])
+        plan.problems.append(
+            f"{b.name}: RAM needs {fit.ram_used} bytes of {b.ram_bytes}, {fit.ram_used - b.ram_bytes} bytes over "
+            f"(largest line: {worst} = {fit.ram_lines[worst]})"
+        )
+    if fit.flash_used > b.flash_bytes:
+        plan.problems.append(
+            f"{b.name}: flash needs {fit.flash_used} bytes of {b.flash_bytes}, {fit.flash_used - b.flash_bytes} bytes over "
+            f"(model fragments = {fit.flash_lines['model_fragments']})"
+        )
+
+
+def _suggest(plan, facts, importance, cfg, cut_points, arenas, flash_model, extra_dirs) -> None:
+    """What would fit: the largest trainable subset on this fleet, and the smallest board for this plan."""
+    if plan.trainable_mode != "auto" or plan.trainable_params == 0:
+        sel, _ = greedy_select(facts, importance, plan.m_min_bytes, cfg, cut_points, arenas)
+        n = sel.params(facts)
+        if n:
+            plan.suggestions.append(
+                f"largest trainable subset under M_min = {plan.m_min_bytes} bytes: {n} of {plan.total_params} "
+                f"parameters ({100 * n / plan.total_params:.1f}%); run with --trainable auto"
+            )
+    need_ram = plan.arena + plan.training.total
+    candidates = []
+    for board in list_boards(extra_dirs):
+        fits_ram = model_ram_budget(board) >= need_ram
+        fits_flash = board.flash_bytes - board.reserve_flash_bytes >= flash_model
+        if fits_ram and fits_flash:
+            candidates.append(board)
+    if candidates:
+        smallest = min(candidates, key=lambda b: (b.ram_bytes, b.flash_bytes))
+        plan.suggestions.append(f"smallest known board that fits this plan: {smallest.name} ({smallest.ram_bytes // 1024} KiB RAM)")
+    else:
+        plan.suggestions.append("no known board fits this plan; shrink the model or train a smaller subset")
+
+
+def _write(plan: Plan, out_dir: Path, graph: TfliteGraph, head: bytes | None, tail: bytes) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blobs: dict[str, tuple[str, bytes]] = {}
+    if head:
+        blobs["frozen"] = ("frozen.tflite", head)
+    if tail:
+        blobs["tail"] = ("tail.tflite", tail)
+        tail_graph = TfliteGraph.from_bytes(tail, source="tail.tflite")
+        blobs["trainable"] = ("trainable.tfw", tfw.encode(_units_of(graph, plan.selection, plan.cut, tail_graph)))
+    blobs["model"] = ("model_int8.tflite", graph.data)
+    for key, (name, data) in blobs.items():
+        path = out_dir / name
+        path.write_bytes(data)
+        plan.files[key] = path
+        plan.file_bytes[key] = len(data)
+    plan.files["plan"] = out_dir / "plan.json"
+    doc = plan.as_dict()
+    doc["sha256"] = {k: hashlib.sha256(d).hexdigest() for k, (_, d) in blobs.items()}
+    (out_dir / "plan.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,109 @@
+"""FTTE's choice of w*: structured units, greedy by importance per byte under M_min.
+
+A unit is a layer's bias or a layer's weights on a fraction (1/8, 1/4, 1/2, 1) of its output
+channels, the most important channels first. Each greedy step takes the affordable unit with
+the highest importance per byte of RAM it adds, where the bytes include the parameters'
+float32 weights, gradients, optimizer state and int8 update, and the activations it forces
+the board to keep when it moves the first trainable layer earlier (minus the arena the frozen
+head gives back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyfed.planner.config import TrainingConfig
+from tinyfed.planner.importance import LayerImportance
+from tinyfed.planner.memory import LayerFacts, LayerSelection, Selection, TrainingMemory, cut_for, training_memory
+
+
+@dataclass(frozen=True)
+class Step:
+    """One greedy choice, kept in the plan so users can see why w* is what it is."""
+
+    op: int
+    unit: str  # "bias" or "weights@<fraction>"
+    params_added: int
+    ram_after: int
+    importance: float
+
+
+@dataclass
+class RamCost:
+    """RAM of a selection that the budget is checked against: head arena plus training state."""
+
+    cut: int
+    arena: int
+    training: TrainingMemory
+
+    @property
+    def total(self) -> int:
+        return self.arena + self.training.total
+
+
+def ram_cost(
+    facts: list[LayerFacts],
+    sel: Selection,
+    cfg: TrainingConfig,
+    cut_points: list[int],
+    arena_of_prefix: Callable[[int], int],
+) -> RamCost:
+    cut = cut_for(sel.first_op(), cut_points, len(facts))
+    return RamCost(cut, arena_of_prefix(cut), training_memory(facts, sel, cut, cfg))
+
+
+def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
+    count = max(1, math.ceil(fraction * len(order)))
+    return tuple(sorted(int(c) for c in order[:count]))
+
+
+def greedy_select(
+    facts: list[LayerFacts],
+    importance: dict[int, LayerImportance],
+    budget_bytes: int,
+    cfg: TrainingConfig,
+    cut_points: list[int],
+    arena_of_prefix: Callable[[int], int],
+) -> tuple[Selection, list[Step]]:
+    """Grow S one unit at a time while the RAM cost stays within ``budget_bytes``."""
+    sel = Selection()
+    steps: list[Step] = []
+    orders = {k: np.argsort(-imp.channel, kind="stable") for k, imp in importance.items()}
+    level: dict[int, int] = {k: -1 for k in importance}  # index into cfg.fractions, -1 = none
+    current = ram_cost(facts, sel, cfg, cut_points, arena_of_prefix)
+    while True:
+        best: tuple[float, Selection, Step, RamCost] | None = None
+        for op, imp in importance.items():
+            layer = sel.layers.get(op, LayerSelection())
+            candidates: list[tuple[str, LayerSelection, float]] = []
+            if not layer.bias and facts[op].bias_params:
+                candidates.append(("bias", LayerSelection(True, layer.channels), imp.bias))
+            if level[op] + 1 < len(cfg.fractions):
+                fraction = cfg.fractions[level[op] + 1]
+                channels = _channels_for(fraction, orders[op])
+                added = sorted(set(channels) - set(layer.channels))
+                if added:
+                    gain = float(imp.channel[added].sum())
+                    candidates.append((f"weights@{fraction:g}", LayerSelection(layer.bias, channels), gain))
+            for unit, new_layer, gain in candidates:
+                trial = sel.copy()
+                trial.layers[op] = new_layer
+                cost = ram_cost(facts, trial, cfg, cut_points, arena_of_prefix)
+                if cost.total > budget_bytes:
+                    continue
+                added_bytes = max(cost.total - current.total, 1)
+                score = gain / added_bytes
+                if best is None or score > best[0]:
+                    added_params = trial.params(facts) - sel.params(facts)
+                    best = (score, trial, Step(op, unit, added_params, cost.total, gain), cost)
+        if best is None:
+            return sel, steps
+        _, sel, step, current = best
+        if step.unit.startswith("weights@"):
+            level[step.op] += 1
+        steps.append(step)
+

@@ -1,0 +1,67 @@
+"""Resolve what the user named as a model: a zoo name, a ``.keras`` file or an int8 ``.tflite``."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import numpy as np
+
+from tinyfed.errors import ModelError
+from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.planner.config import TrainingConfig
+from tinyfed.planner.plan import ModelSource
+
+
+def load_model_source(spec: str, representative: Path | None, cfg: TrainingConfig) -> ModelSource:
+    """A zoo model comes with its float model and proxy split; a user file with what it has."""
+    from tinyfed.models.zoo import ZOO_NAMES
+
+    path = Path(spec)
+    if spec in ZOO_NAMES:
+        return _zoo(spec, cfg)
+    if path.suffix == ".tflite":
+        if not path.is_file():
+            raise ModelError(f"no such file {spec}", fix="give the path of an int8 .tflite file")
+        graph = TfliteGraph.from_file(path)
+        return ModelSource(name=path.name, kind="tflite", tflite=graph.data)
+    if path.suffix == ".keras":
+        if representative is None:
+            raise ModelError(
+                "a .keras model needs representative input data for int8 calibration",
+                fix="add --representative data.npy (an array of model inputs, first axis = samples)",
+                source=spec,
+            )
+        from tinyfed.models.convert import convert_keras_to_int8, load_user_keras
+
+        model, rep = load_user_keras(path, representative)
+        return ModelSource(
+            name=path.name,
+            kind="keras",
+            tflite=convert_keras_to_int8(model, rep),
+            keras_model=model,
+            proxy_x=rep[: cfg.proxy_samples],
+        )
+    close = difflib.get_close_matches(spec, ZOO_NAMES, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ModelError(
+        f"unknown model '{spec}': not a zoo model ({', '.join(ZOO_NAMES)}) nor a .keras or .tflite file",
+        fix=f"{hint}name a zoo model or give a path ending in .keras (with --representative) or .tflite",
+    )
+
+
+def _zoo(name: str, cfg: TrainingConfig) -> ModelSource:
+    from tinyfed.models.zoo import get_zoo_model
+
+    zoo = get_zoo_model(name)
+    proxy = zoo.proxy_split()
+    # A seeded sample across the proxy users and classes, not the first windows of one user.
+    pick = np.random.default_rng(0).permutation(len(proxy.y))[: cfg.proxy_samples]
+    return ModelSource(
+        name=name,
+        kind="zoo",
+        tflite=zoo.int8_tflite(),
+        keras_model=zoo.load_pretrained(batch_size=1),
+        proxy_x=proxy.x[pick],
+        proxy_y=proxy.y[pick],
+    )
