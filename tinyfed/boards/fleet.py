@@ -1,0 +1,118 @@
+"""Fleet files: how many devices of which board. Presets ship in ``tinyfed/planner/fleets``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinyfed.boards.registry import boards_by_name
+from tinyfed.boards.schema import Board, Fleet
+from tinyfed.boards.validation import read_toml, suggest, validate
+from tinyfed.errors import BoardError, DataFileError, FieldIssue
+
+#: Fleet presets shipped with tinyfed (``--fleet smartwatch`` means ``FLEETS_DIR/smartwatch.toml``).
+FLEETS_DIR = Path(__file__).resolve().parent.parent / "planner" / "fleets"
+
+
+@dataclass(frozen=True)
+class ResolvedFleet:
+    """A fleet whose board names have been resolved to board profiles."""
+
+    name: str
+    entries: list[tuple[Board, int]] = field(default_factory=list)
+    description: str | None = None
+    path: Path | None = None
+
+    @property
+    def boards(self) -> list[Board]:
+        """Each board once, in file order."""
+        seen: dict[str, Board] = {}
+        for board, _ in self.entries:
+            seen.setdefault(board.name, board)
+        return list(seen.values())
+
+    @property
+    def total_devices(self) -> int:
+        return sum(count for _, count in self.entries)
+
+    def count_of(self, board_name: str) -> int:
+        return sum(count for board, count in self.entries if board.name == board_name)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": str(self.path) if self.path else None,
+            "total_devices": self.total_devices,
+            "boards": [{"board": b.name, "count": n} for b, n in self.entries],
+        }
+
+
+def fleet_presets() -> list[str]:
+    """Names of the fleet presets shipped with tinyfed."""
+    return sorted(p.stem for p in FLEETS_DIR.glob("*.toml"))
+
+
+def _fleet_path(path_or_name: Path | str) -> Path:
+    text = str(path_or_name)
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        raise BoardError("a fleet must be a .toml file, not a directory", fix="pass the fleet file", source=text)
+    if path.is_file():
+        return path
+    if text.endswith(".toml") or "/" in text or os.sep in text:
+        raise BoardError("fleet file not found", fix="check the path, or use a preset: " + ", ".join(fleet_presets()),
+                         source=text)
+    preset = FLEETS_DIR / f"{text}.toml"
+    if preset.is_file():
+        return preset
+    presets = fleet_presets()
+    close = suggest(text, presets)
+    hint = f"; did you mean '{close}'?" if close else "."
+    raise BoardError(
+        f"unknown fleet '{text}'{hint} Presets: {', '.join(presets)}",
+        fix="pass a preset name or the path to a fleet TOML file",
+    )
+
+
+def load_fleet(path_or_name: Path | str, extra_dirs: Iterable[Path | str] = ()) -> ResolvedFleet:
+    """Load a fleet file (or a preset by bare name) and resolve its boards.
+
+    Every problem of the file, including board names that do not exist, is reported in one
+    DataFileError naming the file and the key (``boards[2].board``).
+    """
+    path = _fleet_path(path_or_name)
+    data = read_toml(path)
+    fleet, issues = validate(Fleet, data)
+    known = boards_by_name(extra_dirs)
+    entries = data.get("boards")
+    if isinstance(entries, list):
+        for i, entry in enumerate(entries):
+            name = entry.get("board") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name and name not in known:
+                close = suggest(name, known)
+                hint = f"; did you mean '{close}'?" if close else ""
+                issues.append(
+                    FieldIssue(
+                        f"boards[{i}].board",
+                        f"unknown board '{name}'{hint}",
+                        f"use one of: {', '.join(known)}; or add {name}.toml to a --boards-dir directory",
+                    )
+                )
+    if issues or fleet is None:
+        raise DataFileError(str(path), issues)
+    return ResolvedFleet(
+        name=fleet.name,
+        entries=[(known[e.board], e.count) for e in fleet.boards],
+        description=fleet.description,
+        path=path,
+    )
+
+
+def single_board_fleet(board: Board, count: int = 1) -> ResolvedFleet:
+    """A fleet of ``count`` devices of one board (for planning against a single board)."""
+    if count < 1:
+        raise BoardError(f"a fleet needs at least one device, got {count}", fix="use count >= 1")
+    return ResolvedFleet(name=board.name, entries=[(board, count)], description=f"{count} x {board.name}")
