@@ -1,0 +1,130 @@
+"""The memory model and the greedy choice of w*, on synthetic layers (no TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinyfed.errors import PlanError
+from tinyfed.planner import trainable as tfw
+from tinyfed.planner.config import TrainingConfig
+from tinyfed.planner.importance import LayerImportance
+from tinyfed.planner.memory import LayerFacts, LayerSelection, Selection, cut_for, training_memory
+from tinyfed.planner.selection import greedy_select, ram_cost
+
+
+def _facts() -> list[LayerFacts]:
+    # conv(16 ch) -> conv(32 ch) -> reshape -> fc(64) -> fc(6) -> softmax, sequential.
+    return [
+        LayerFacts(0, "CONV_2D", 16 * 5 * 6, 16, 16, 16 * 5 * 6 + 64, 128 * 6, 128 * 16),
+        LayerFacts(1, "CONV_2D", 32 * 5 * 16, 32, 32, 32 * 5 * 16 + 128, 128 * 16, 64 * 32),
+        LayerFacts(2, "RESHAPE", 0, 0, 0, 0, 64 * 32, 64 * 32),
+        LayerFacts(3, "FULLY_CONNECTED", 64 * 2048, 64, 64, 64 * 2048 + 256, 2048, 64),
+        LayerFacts(4, "FULLY_CONNECTED", 6 * 64, 6, 6, 6 * 64 + 24, 64, 6),
+        LayerFacts(5, "SOFTMAX", 0, 0, 0, 0, 6, 6),
+    ]
+
+
+def _importance(facts: list[LayerFacts]) -> dict[int, LayerImportance]:
+    rng = np.random.default_rng(0)
+    return {f.index: LayerImportance(rng.random(f.out_channels) * (f.index + 1), float(f.index + 1)) for f in facts if f.trainable}
+
+
+CUTS = [0, 1, 2, 3, 4, 5]
+
+
+def _arena(cut: int) -> int:
+    return 0 if cut == 0 else 4096 + 16 * cut
+
+
+def test_training_memory_counts_every_line() -> None:
+    facts = _facts()
+    cfg = TrainingConfig(batch_size=4, optimizer="momentum")
+    sel = Selection({4: LayerSelection(True, (0, 1, 2))})
+    mem = training_memory(facts, sel, 4, cfg)
+    params = 3 * 64 + 6
+    assert mem.weights == mem.gradients == 4 * params
+    assert mem.optimizer == 4 * params
+    assert mem.activations == 4 * 4 * (64 + 6 + 6)  # fc input, softmax input, logits
+    assert mem.scratch == 2 * 4 * 4 * 64
+    assert mem.update == params + 4 * 2
+    assert mem.total == sum(v for k, v in mem.as_dict().items() if k != "total")
+
+
+def test_reshape_input_is_not_saved_twice() -> None:
+    facts = _facts()
+    cfg = TrainingConfig(batch_size=1)
+    sel = Selection({1: LayerSelection(True, ())})
+    mem = training_memory(facts, sel, 1, cfg)
+    expected = 128 * 16 + 2048 + 64 + 6 + 6  # inputs of ops 1, 3, 4, 5 and the output; not op 2
+    assert mem.activations == 4 * expected
+
+
+def test_cut_is_last_clean_boundary_before_first_trainable_op() -> None:
+    assert cut_for(3, [0, 1, 2, 3, 4], 6) == 3
+    assert cut_for(3, [0, 1, 4], 6) == 1
+    assert cut_for(None, [0, 1], 6) == 6
+
+
+@pytest.mark.parametrize("budget", [6_000, 20_000, 80_000, 400_000, 3_000_000])
+def test_greedy_respects_budget_and_grows_with_it(budget: int) -> None:
+    facts = _facts()
+    cfg = TrainingConfig(batch_size=8)
+    sel, steps = greedy_select(facts, _importance(facts), budget, cfg, CUTS, _arena)
+    cost = ram_cost(facts, sel, cfg, CUTS, _arena)
+    assert cost.total <= budget
+    assert [s.ram_after for s in steps] == sorted(s.ram_after for s in steps)
+    if steps:
+        assert steps[-1].ram_after == cost.total
+    bigger, _ = greedy_select(facts, _importance(facts), budget * 2, cfg, CUTS, _arena)
+    assert bigger.params(facts) >= sel.params(facts)
+
+
+def test_greedy_takes_whole_model_when_budget_is_unlimited() -> None:
+    facts = _facts()
+    sel, _ = greedy_select(facts, _importance(facts), 10**12, TrainingConfig(), CUTS, _arena)
+    assert sel.params(facts) == sum(f.params for f in facts)
+
+
+def test_greedy_prefers_late_layers_when_early_ones_cost_activations() -> None:
+    facts = _facts()
+    cfg = TrainingConfig(batch_size=32)
+    flat = {f.index: LayerImportance(np.ones(f.out_channels), 1.0) for f in facts if f.trainable}
+    sel, _ = greedy_select(facts, flat, 60_000, cfg, CUTS, _arena)
+    assert sel.first_op() is not None and sel.first_op() >= 3
+
+
+def test_weight_units_take_most_important_channels_first() -> None:
+    facts = _facts()
+    imp = _importance(facts)
+    sel, steps = greedy_select(facts, imp, 8_000, TrainingConfig(batch_size=1), CUTS, _arena)
+    for op, layer in sel.layers.items():
+        if layer.channels:
+            ranked = set(np.argsort(-imp[op].channel, kind="stable")[: len(layer.channels)].tolist())
+            assert set(layer.channels) == ranked
+
+
+def test_trainable_file_round_trip_and_crc() -> None:
+    units = [
+        tfw.TrainableUnit(2, 7, tfw.KIND_WEIGHTS, 0, (1, 4, 5), 8, np.arange(15, dtype=np.float32).reshape(3, 5)),
+        tfw.TrainableUnit(2, 8, tfw.KIND_BIAS, 0, tuple(range(8)), 8, np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)),
+    ]
+    blob = tfw.encode(units)
+    back = tfw.decode(blob)
+    assert [(u.op_index, u.tensor_index, u.kind, u.channels) for u in back] == [
+        (u.op_index, u.tensor_index, u.kind, u.channels) for u in units
+    ]
+    for a, b in zip(back, units):
+        np.testing.assert_array_equal(a.values, b.values)
+    corrupt = bytearray(blob)
+    corrupt[-1] ^= 0x40
+    with pytest.raises(PlanError, match="CRC"):
+        tfw.decode(bytes(corrupt))
+    with pytest.raises(PlanError, match="header"):
+        tfw.decode(blob[:5])
+
+
+def test_dequantize_per_channel() -> None:
+    q = np.array([[10, -10], [4, 2]], dtype=np.int8)  # 2 output channels on axis 0
+    out = tfw.dequantize_channels(q, np.array([0.5, 0.25]), np.array([0, 0]), 0)
+    np.testing.assert_allclose(out, [[5.0, -5.0], [1.0, 0.5]])
