@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,9 @@ from tinyfed import __version__
 from tinyfed.errors import TinyfedError
 
 log = logging.getLogger("tinyfed")
+
+# TensorFlow (imported lazily for conversion) logs C++ chatter to stderr; keep it to errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class TinyfedGroup(click.Group):

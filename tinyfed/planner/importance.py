@@ -35,15 +35,15 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
     Each step away from the output divides importance by 1e6, so the greedy takes every unit of
     a later layer before any unit of an earlier one; within a layer, biases (few bytes) go first.
     """
-    weighted = [op for op in graph.ops if op.name in TRAINABLE_OPS]
+    weighted = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
     result: dict[int, LayerImportance] = {}
     for rank, op in enumerate(reversed(weighted)):
         scale = 1e-6**rank
-        w = graph.tensors[graph.weight_tensor(op)]
+        w = graph.weight_tensor(op)
         channels = int(w.shape[graph.output_channel_axis(op)])
-        per_channel_params = int(np.prod(w.shape)) // channels
+        per_channel_params = w.size // channels
         b = graph.bias_tensor(op)
-        bias_params = int(np.prod(graph.tensors[b].shape)) if b is not None else 0
+        bias_params = b.size if b is not None else 0
         result[op.index] = LayerImportance(
             channel=np.full(channels, scale * per_channel_params, dtype=np.float64),
             bias=scale * bias_params * 1e3,
@@ -77,7 +77,7 @@ def fisher_importance(
     import tensorflow as tf  # lazy: conversion-side dependency only
 
     layers = [layer for layer in keras_model.layers if type(layer).__name__ in _KERAS_KIND]
-    ops = [op for op in graph.ops if op.name in TRAINABLE_OPS]
+    ops = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
     if len(layers) != len(ops) or any(_KERAS_KIND[type(l).__name__] != op.name for l, op in zip(layers, ops)):
         log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
         return depth_importance(graph)
@@ -112,7 +112,7 @@ def fisher_importance(
     for layer, op, (kernel_var, bias_var) in zip(layers, ops, zip(variables[::2], variables[1::2])):
         kernel_f = _to_tflite_layout(op.name, next(it))
         bias_f = next(it) if bias_var is not None else np.zeros(0)
-        w_shape = tuple(graph.tensors[graph.weight_tensor(op)].shape)
+        w_shape = tuple(graph.weight_tensor(op).shape)
         if tuple(kernel_f.shape) != w_shape:
             log.warning("layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape)
             return depth_importance(graph)

@@ -63,10 +63,11 @@ def layer_facts(graph: TfliteGraph) -> list[LayerFacts]:
                 flash += info.nbytes
         if op.name in TRAINABLE_OPS:
             w = graph.weight_tensor(op)
-            weights = int(np.prod(graph.tensors[w].shape))
-            channels = int(graph.tensors[w].shape[graph.output_channel_axis(op)])
-            b = graph.bias_tensor(op)
-            bias = int(np.prod(graph.tensors[b].shape)) if b is not None else 0
+            if w is not None:
+                weights = w.size
+                channels = int(w.shape[graph.output_channel_axis(op)])
+                b = graph.bias_tensor(op)
+                bias = b.size if b is not None else 0
         inputs = [t for t in op.inputs if t >= 0 and not graph.tensors[t].is_constant]
         rows.append(
             LayerFacts(
@@ -220,9 +221,9 @@ def estimate_arena(graph: TfliteGraph, stop_op: int, model: ArenaModel = HOST_AR
         peak = max(peak, offset + size)
     used_tensors = {t for op in ops for t in list(op.inputs) + list(op.outputs) if t >= 0}
     channels = sum(
-        graph.tensors[graph.weight_tensor(op)].shape[graph.output_channel_axis(op)]
+        graph.weight_tensor(op).shape[graph.output_channel_axis(op)]
         for op in ops
-        if op.name in TRAINABLE_OPS
+        if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None
     )
     overhead = model.fixed + model.per_tensor * len(used_tensors) + model.per_op * len(ops)
     return peak + overhead + model.per_output_channel * int(channels)

@@ -256,20 +256,18 @@ def _units_of(graph: TfliteGraph, sel: Selection, cut: int, tail: TfliteGraph) -
         if tail_op.name != op.name:
             raise PlanError(f"tail op {op_index - cut} is {tail_op.name}, expected {op.name}", fix="report this bug")
         axis = graph.output_channel_axis(op)
-        w = graph.weight_tensor(op)
         if layer.channels:
-            info = graph.tensors[w]
-            values = tfw.dequantize_channels(graph.constant_data(w), info.scales, info.zero_points, axis)
+            info = graph.weight_tensor(op)
+            values = tfw.dequantize_channels(graph.constant_data(info.index), np.array(info.scales), np.array(info.zero_points), axis)
             chosen = list(layer.channels)
             units.append(
-                tfw.TrainableUnit(op_index - cut, tail.weight_tensor(tail_op), tfw.KIND_WEIGHTS, axis, tuple(chosen), values.shape[0], values[chosen])
+                tfw.TrainableUnit(op_index - cut, tail.weight_tensor(tail_op).index, tfw.KIND_WEIGHTS, axis, tuple(chosen), values.shape[0], values[chosen])
             )
-        b = graph.bias_tensor(op)
-        if layer.bias and b is not None:
-            info = graph.tensors[b]
-            values = tfw.dequantize_channels(graph.constant_data(b), info.scales, info.zero_points, 0)
+        info = graph.bias_tensor(op)
+        if layer.bias and info is not None:
+            values = tfw.dequantize_channels(graph.constant_data(info.index), np.array(info.scales), np.array(info.zero_points), 0)
             everything = tuple(range(values.shape[0]))
-            units.append(tfw.TrainableUnit(op_index - cut, tail.bias_tensor(tail_op), tfw.KIND_BIAS, 0, everything, values.shape[0], values))
+            units.append(tfw.TrainableUnit(op_index - cut, tail.bias_tensor(tail_op).index, tfw.KIND_BIAS, 0, everything, values.shape[0], values))
     return units
 
 

@@ -1,0 +1,165 @@
+"""The planner end to end on the zoo: fragments, measured RAM, the FTTE saving, and the fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyfed.boards import get_board, load_fleet, single_board_fleet
+from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.models.tflm import TflmModel, chain, measure_arena, quantize
+from tinyfed.planner import trainable as tfw
+from tinyfed.planner.config import TrainingConfig
+from tinyfed.planner.plan import Plan, make_plan, model_ram_budget
+from tinyfed.planner.sources import load_model_source
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def har_source(tmp_path_factory: pytest.TempPathFactory):
+    import os
+
+    os.environ["TINYFED_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    return load_model_source("har_cnn", None, TrainingConfig())
+
+
+@pytest.fixture(scope="session")
+def har_plan(har_source, tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    out = tmp_path_factory.mktemp("plan_har")
+    return make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), out)
+
+
+def _quantized_test_inputs(model_bytes: bytes) -> np.ndarray:
+    from tinyfed.models.zoo import get_zoo_model
+
+    x = get_zoo_model("har_cnn").test_split().x
+    details = TflmModel(model_bytes).input_details[0]
+    scale, zero_point = details["quantization_parameters"]["scales"][0], details["quantization_parameters"]["zero_points"][0]
+    return quantize(x, float(scale), int(zero_point))
+
+
+def test_har_cnn_fits_nrf52840_with_the_ftte_saving(har_plan: Plan) -> None:
+    assert har_plan.fits
+    assert har_plan.trainable_params > 0
+    assert har_plan.importance_method == "fisher"
+    assert har_plan.training.total <= 0.20 * har_plan.full_training.total
+    fit = har_plan.fits_by_board["nrf52840"]
+    assert fit.ram_used <= fit.board.ram_bytes and fit.flash_used <= fit.board.flash_bytes
+    # The head arena plus training state stays within M_min, by measurement.
+    assert har_plan.arena_measured is not None
+    assert har_plan.arena_measured + har_plan.training.total <= har_plan.m_min_bytes
+
+
+def test_ram_estimate_within_ten_percent_of_measured(har_plan: Plan) -> None:
+    fit = har_plan.fits_by_board["nrf52840"]
+    measured_arena = measure_arena(har_plan.files["frozen"].read_bytes()).bytes
+    assert measured_arena == har_plan.arena_measured
+    measured_total = fit.ram_used - har_plan.arena + measured_arena
+    assert abs(fit.ram_estimate_bytes - measured_total) <= 0.10 * measured_total
+    model_part = measured_arena + har_plan.training.total
+    estimated_part = har_plan.arena_estimated + har_plan.training.total
+    assert abs(estimated_part - model_part) <= 0.10 * model_part
+
+
+def test_fragments_chain_bit_exactly_on_the_whole_test_split(har_plan: Plan) -> None:
+    full = har_plan.files["model"].read_bytes()
+    head = har_plan.files["frozen"].read_bytes()
+    tail = har_plan.files["tail"].read_bytes()
+    x = _quantized_test_inputs(full)
+    assert len(x) > 500
+    expected = TflmModel(full).run(x)
+    got = chain([head, tail], x)
+    np.testing.assert_array_equal(got, expected)
+    assert len(head) + len(tail) < len(full) + 4096  # no duplicated weights
+
+
+def test_frozen_fragment_holds_no_trainable_op(har_plan: Plan) -> None:
+    head = TfliteGraph.from_bytes(har_plan.files["frozen"].read_bytes())
+    tail = TfliteGraph.from_bytes(har_plan.files["tail"].read_bytes())
+    assert len(head.ops) == har_plan.cut
+    assert len(head.ops) + len(tail.ops) == len(har_plan.facts)
+    assert min(har_plan.selection.layers) >= har_plan.cut
+
+
+def test_trainable_file_matches_plan_and_tail_weights(har_plan: Plan) -> None:
+    units = tfw.decode(har_plan.files["trainable"].read_bytes())
+    assert sum(u.values.size for u in units) == har_plan.trainable_params
+    tail = TfliteGraph.from_bytes(har_plan.files["tail"].read_bytes())
+    for u in units:
+        info = tail.tensors[u.tensor_index]
+        q = tail.constant_data(u.tensor_index)
+        moved = np.moveaxis(q, u.axis, 0).reshape(q.shape[u.axis], -1).astype(np.float64)
+        scales = np.broadcast_to(np.array(info.scales), (moved.shape[0],))
+        zps = np.broadcast_to(np.array(info.zero_points), (moved.shape[0],))
+        expect = (moved - zps[:, None]) * scales[:, None]
+        np.testing.assert_allclose(u.values, expect[list(u.channels)], rtol=1e-6)
+
+
+def test_plan_json_is_complete(har_plan: Plan) -> None:
+    doc = json.loads(har_plan.files["plan"].read_text())
+    for key in ("fits", "m_min_bytes", "boards", "trainable_params", "total_params", "fragments", "units", "layers"):
+        assert key in doc
+    board = doc["boards"]["nrf52840"]
+    for key in ("ram_bytes_used", "ram_bytes_budget", "flash_bytes_used", "flash_bytes_budget"):
+        assert isinstance(board[key], int)
+    assert sum(u["params"] for u in doc["units"]) == doc["trainable_params"]
+    assert all(Path(p).is_file() for p in doc["fragments"])
+
+
+def test_fleet_m_min_is_the_smallest_budget(har_source, tmp_path: Path) -> None:
+    fleet = load_fleet("smartwatch")
+    plan = make_plan(har_source, fleet, TrainingConfig(), None, measure=False)
+    budgets = {b.name: model_ram_budget(b) for b in fleet.boards}
+    assert plan.m_min_bytes == min(budgets.values())
+    assert budgets[plan.m_min_board] == plan.m_min_bytes
+    assert set(plan.fits_by_board) == {b.name for b in fleet.boards}
+    # Every board trains the same w*, so the same training state is on every board.
+    lines = {name: fit.ram_lines["float32_weights"] for name, fit in plan.fits_by_board.items()}
+    assert len(set(lines.values())) == 1
+
+
+def test_bigger_budget_trains_more(har_source) -> None:
+    small = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(batch_size=4), None, measure=False)
+    big = make_plan(har_source, single_board_fleet(get_board("stm32l4r9")), TrainingConfig(batch_size=4), None, measure=False)
+    assert big.trainable_params > small.trainable_params
+    assert small.trainable_params > 0
+
+
+def test_full_training_does_not_fit_and_says_why(har_source) -> None:
+    plan = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), None, measure=False, trainable="full")
+    assert not plan.fits
+    assert any("nrf52840: RAM" in p and "bytes over" in p for p in plan.problems)
+    assert any("largest trainable subset" in s for s in plan.suggestions)
+    assert any("board" in s for s in plan.suggestions)
+
+
+def test_depth_fallback_without_float_model(har_source) -> None:
+    from tinyfed.planner.plan import ModelSource
+
+    bare = ModelSource(name="har.tflite", kind="tflite", tflite=har_source.tflite)
+    plan = make_plan(bare, single_board_fleet(get_board("nrf52840")), TrainingConfig(), None, measure=False)
+    assert plan.importance_method == "depth"
+    assert plan.fits and plan.trainable_params > 0
+    # Nearest the output first: the last weighted layer is fully trained.
+    last = max(plan.selection.layers)
+    layer = plan.selection.layers[last]
+    assert layer.bias and len(layer.channels) == plan.facts[last].out_channels
+
+
+def test_digits_plans_with_its_depthwise_layer(tmp_path: Path) -> None:
+    source = load_model_source("digits_cnn", None, TrainingConfig())
+    plan = make_plan(source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), tmp_path)
+    assert plan.fits
+    assert "DEPTHWISE_CONV_2D" in [f.name for f in plan.facts]
+    full = plan.files["model"].read_bytes()
+    from tinyfed.models.zoo import get_zoo_model
+
+    x = get_zoo_model("digits_cnn").test_split().x
+    details = TflmModel(full).input_details[0]["quantization_parameters"]
+    xq = quantize(x, float(details["scales"][0]), int(details["zero_points"][0]))
+    parts = [plan.files[k].read_bytes() for k in ("frozen", "tail") if k in plan.files]
+    np.testing.assert_array_equal(chain(parts, xq), TflmModel(full).run(xq))
