@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -65,11 +66,12 @@ def plan(
 
 
 def _render(result) -> None:
-    console = Console()
+    # Piped output keeps whole rows (grep-able); a terminal gets its own width.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     doc = result.as_dict()
     layers = Table(title=f"{doc['model']}: layers (cut after op {doc['cut_op'] - 1})", title_justify="left")
     for col in ("op", "layer", "part", "params", "flash KiB", "act out KiB", "trainable", "saved act KiB"):
-        layers.add_column(col, justify="right" if col not in ("layer", "part") else "left")
+        layers.add_column(col, justify="right" if col not in ("layer", "part") else "left", no_wrap=col == "layer")
     for row in doc["layers"]:
         layers.add_row(
             str(row["op"]),
@@ -85,7 +87,7 @@ def _render(result) -> None:
 
     boards = Table(title=f"fleet {doc['fleet']}: M_min = {_kib(doc['m_min_bytes'])} KiB ({doc['m_min_board']})", title_justify="left")
     for col in ("board", "count", "RAM used KiB", "RAM KiB", "RAM margin", "flash used KiB", "flash KiB", "flash margin", "fits"):
-        boards.add_column(col, justify="left" if col == "board" else "right")
+        boards.add_column(col, justify="left" if col == "board" else "right", no_wrap=col == "board")
     for name, b in doc["boards"].items():
         boards.add_row(
             name,

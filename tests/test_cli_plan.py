@@ -1,0 +1,138 @@
+"""`tinyfed plan` as a user types it: JSON output, exit codes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import _models
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a child, as a user would (stderr is what they see)."""
+    import os
+
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tinyfed.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert "Fix:" in errors[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {"TINYFED_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+
+
+def test_plan_json_on_a_board(work: Path, cache_env: dict[str, str]) -> None:
+    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--out", str(work / "p"), "--json", cwd=work, env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["fits"] is True
+    assert doc["m_min_bytes"] > 0
+    assert 0 < doc["trainable_params"] < doc["total_params"]
+    board = doc["boards"]["nrf52840"]
+    assert board["ram_bytes_used"] <= board["ram_bytes_budget"] == 256 * 1024
+    assert board["flash_bytes_used"] <= board["flash_bytes_budget"] == 1024 * 1024
+    assert [Path(p).name for p in doc["fragments"]] == ["frozen.tflite", "tail.tflite", "trainable.tfw"]
+
+
+def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) -> None:
+    proc = _run("plan", "har_cnn", "--fleet", "smartwatch", "--out", str(work / "f"), "--no-measure", cwd=work, env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("nrf52840", "apollo3", "stm32l4r9", "rp2040"):
+        assert name in proc.stdout
+    assert "M_min" in proc.stdout
+
+
+def test_full_training_exits_1_with_the_reason(work: Path, cache_env: dict[str, str]) -> None:
+    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--trainable", "full", "--no-measure", "--json", "--out", str(work / "full"), cwd=work, env_extra=cache_env)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["fits"] is False
+    assert any("nrf52840: RAM" in p for p in doc["problems"])
+
+
+def test_corrupt_tflite(work: Path) -> None:
+    path = work / "corrupt.tflite"
+    path.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 3)
+    _assert_one_line_error(_run("plan", str(path), "--board", "nrf52840", cwd=work), "corrupt.tflite")
+
+
+def test_truncated_tflite(work: Path) -> None:
+    whole = _models.chain_cnn_int8()
+    path = work / "truncated.tflite"
+    path.write_bytes(whole[: len(whole) // 2])
+    _assert_one_line_error(_run("plan", str(path), "--board", "nrf52840", cwd=work), "truncated.tflite")
+
+
+def test_float_tflite(work: Path) -> None:
+    path = work / "float.tflite"
+    path.write_bytes(_models.chain_cnn_float())
+    _assert_one_line_error(_run("plan", str(path), "--board", "nrf52840", cwd=work), "FLOAT32")
+
+
+def test_unsupported_op(work: Path) -> None:
+    import numpy as np
+
+    from tinyfed.models.convert import convert_keras_to_int8
+
+    keras = _models._tf().keras
+    inputs = keras.Input((8, 8, 1), batch_size=1)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)  # MEAN: no firmware kernel
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    data = convert_keras_to_int8(model, np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32))
+    path = work / "mean.tflite"
+    path.write_bytes(data)
+    _assert_one_line_error(_run("plan", str(path), "--board", "nrf52840", cwd=work), "MEAN")
+
+
+def test_unknown_board(work: Path) -> None:
+    _assert_one_line_error(_run("plan", "har_cnn", "--board", "nrf5284", cwd=work), "nrf5284", "nrf52840")
+
+
+def test_board_file_with_a_typo(work: Path) -> None:
+    boards = work / "myboards"
+    boards.mkdir()
+    text = (Path(__file__).parents[1] / "tinyfed/boards/data/nrf52840.toml").read_text()
+    (boards / "mywatch.toml").write_text(text.replace('name = "nrf52840"', 'name = "mywatch"').replace("ram_kib", "ram_kb", 1))
+    proc = _run("plan", "har_cnn", "--board", "mywatch", "--boards-dir", str(boards), cwd=work)
+    _assert_one_line_error(proc, "mywatch.toml", "ram_kb", "ram_kib")
+
+
+def test_fleet_naming_a_missing_board(work: Path) -> None:
+    fleet = work / "fleet.toml"
+    fleet.write_text('name = "f"\n[[boards]]\nboard = "nrf52840"\ncount = 2\n[[boards]]\nboard = "apolo3"\ncount = 1\n')
+    _assert_one_line_error(_run("plan", "har_cnn", "--fleet", str(fleet), cwd=work), "fleet.toml", "apolo3", "apollo3")
+
+
+def test_unknown_model(work: Path) -> None:
+    _assert_one_line_error(_run("plan", "har_cn", "--board", "nrf52840", cwd=work), "har_cn", "har_cnn")
+
+
+def test_verbose_shows_the_traceback(work: Path) -> None:
+    proc = _run("-v", "plan", "har_cn", "--board", "nrf52840", cwd=work)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
