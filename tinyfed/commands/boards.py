@@ -98,7 +98,7 @@ def show_command(name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> Non
 def _console() -> Console:
     """A console on the current stdout; wide when stdout is not a terminal, so pipes do not wrap."""
     console = Console()
-    return console if console.is_terminal else Console(width=200)
+    return console if console.is_terminal else Console(width=1000)
 
 
 def _clock(b: Board, *, short: bool = False) -> str:

@@ -67,7 +67,7 @@ def plan(
 
 def _render(result) -> None:
     # Piped output keeps whole rows (grep-able); a terminal gets its own width.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = Console() if sys.stdout.isatty() else Console(width=1000)
     doc = result.as_dict()
     layers = Table(title=f"{doc['model']}: layers (cut after op {doc['cut_op'] - 1})", title_justify="left")
     for col in ("op", "layer", "part", "params", "flash KiB", "act out KiB", "trainable", "saved act KiB"):

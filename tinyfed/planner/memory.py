@@ -176,23 +176,41 @@ def training_memory(facts: list[LayerFacts], sel: Selection, cut: int, cfg: Trai
 
 @dataclass(frozen=True)
 class ArenaModel:
-    """Estimated TFLite Micro arena of an int8 prefix: planned activations plus bookkeeping.
+    """Estimated TFLite Micro arena of an int8 fragment: planned activations plus bookkeeping.
 
-    The bookkeeping constants are for the 64-bit host build of TFLM that the ``tflite-micro``
-    package runs (the measured reference); a 32-bit MCU needs less.
+    Constants are fitted to ``print_allocations()`` of the 64-bit host build of TFLM that the
+    ``tflite-micro`` package runs (the measured reference): one ``TfLiteEvalTensor`` per tensor,
+    a node and registration per op, persistent ``TfLiteTensor`` and quantization structs for
+    the graph input and output, interpreter objects, and each kernel's op data (per-channel
+    multipliers and shifts for convolutions and fully connected layers). A 32-bit MCU needs less.
     """
 
+    fixed: int = 700
     per_tensor: int = 24
-    per_op: int = 0
-    per_output_channel: int = 8
-    fixed: int = 0
+    per_op: int = 96
+    op_data: tuple[tuple[str, int, int], ...] = (
+        ("CONV_2D", 76, 8),
+        ("DEPTHWISE_CONV_2D", 76, 8),
+        ("FULLY_CONNECTED", 88, 8),
+        ("MAX_POOL_2D", 32, 0),
+        ("AVERAGE_POOL_2D", 32, 0),
+        ("SOFTMAX", 68, 0),
+        ("ADD", 64, 0),
+        ("RESHAPE", 0, 0),
+    )
+
+    def op_bytes(self, name: str, out_channels: int) -> int:
+        for op, base, per_channel in self.op_data:
+            if op == name:
+                return base + per_channel * out_channels
+        return 64
 
 
 HOST_ARENA = ArenaModel()
 
 
 def estimate_arena(graph: TfliteGraph, stop_op: int, model: ArenaModel = HOST_ARENA) -> int:
-    """Estimated arena bytes for running ops[:stop_op] of ``graph`` under TFLite Micro."""
+    """Estimated arena bytes for running ops[:stop_op] of ``graph`` as its own fragment."""
     if stop_op <= 0:
         return 0
     ops = graph.ops[:stop_op]
@@ -220,10 +238,9 @@ def estimate_arena(graph: TfliteGraph, stop_op: int, model: ArenaModel = HOST_AR
         placed.append((offset, size, first, last))
         peak = max(peak, offset + size)
     used_tensors = {t for op in ops for t in list(op.inputs) + list(op.outputs) if t >= 0}
-    channels = sum(
-        graph.weight_tensor(op).shape[graph.output_channel_axis(op)]
-        for op in ops
-        if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None
-    )
-    overhead = model.fixed + model.per_tensor * len(used_tensors) + model.per_op * len(ops)
-    return peak + overhead + model.per_output_channel * int(channels)
+    op_data = 0
+    for op in ops:
+        w = graph.weight_tensor(op) if op.name in TRAINABLE_OPS else None
+        channels = int(w.shape[graph.output_channel_axis(op)]) if w is not None else 0
+        op_data += model.op_bytes(op.name, channels)
+    return peak + model.fixed + model.per_tensor * len(used_tensors) + model.per_op * len(ops) + op_data
