@@ -15,10 +15,12 @@ from tinyfed.planner.plan import ModelSource
 
 def load_model_source(spec: str, representative: Path | None, cfg: TrainingConfig) -> ModelSource:
     """A zoo model comes with its float model and proxy split; a user file with what it has."""
+    from tinyfed.models.tfimport import import_tensorflow
     from tinyfed.models.zoo import ZOO_NAMES
 
     path = Path(spec)
     if spec in ZOO_NAMES:
+        import_tensorflow()
         return _zoo(spec, cfg)
     if path.suffix == ".tflite":
         if not path.is_file():
@@ -34,6 +36,7 @@ def load_model_source(spec: str, representative: Path | None, cfg: TrainingConfi
             )
         from tinyfed.models.convert import convert_keras_to_int8, load_user_keras
 
+        import_tensorflow()
         model, rep = load_user_keras(path, representative)
         return ModelSource(
             name=path.name,
