@@ -512,14 +512,20 @@ def load_hapt(window: int = HAPT_WINDOW, stride: int = HAPT_STRIDE, *, use_cache
 
 
 def _write_cache(cfile: Path, arrs: dict[str, np.ndarray]) -> None:
-    """Atomically write the cache; a read-only cache dir is not an error (just slower)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrs)
+    write_cache_file(cfile, buf.getvalue())
+
+
+def write_cache_file(path: Path, data: bytes) -> None:
+    """Atomically write a cache file; a read-only cache dir is not an error (just slower)."""
     tmp: str | None = None
     try:
-        cfile.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=cfile.stem + ".", suffix=".tmp.npz", dir=cfile.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrs)
-        os.replace(tmp, cfile)
+            fh.write(data)
+        os.replace(tmp, path)
     except OSError:
         if tmp is not None:
             try:

@@ -24,8 +24,6 @@ import difflib
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -35,7 +33,7 @@ import numpy as np
 
 from tinyfed.errors import DatasetError, ModelError
 from tinyfed.models import partition
-from tinyfed.models.datasets import Dataset, cache_dir, load_digits, load_hapt
+from tinyfed.models.datasets import Dataset, cache_dir, load_digits, load_hapt, write_cache_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -405,7 +403,7 @@ class ZooModel:
         data = convert_keras_to_int8(self.load_pretrained(batch_size=1), self.representative_data())
         self._int8 = data
         if cfile is not None:
-            _atomic_write(cfile, data)
+            write_cache_file(cfile, data)
         return data
 
     def _int8_cache_file(self) -> Path | None:
@@ -423,22 +421,6 @@ class ZooModel:
         h = hashlib.sha256(self.weights_path.read_bytes())
         h.update(json.dumps([tf_version, _INT8_CACHE_VERSION, 200, 0]).encode())
         return cache_dir() / "int8" / f"{self.name}-{h.hexdigest()[:16]}.tflite"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def weights_to_npz_bytes(
