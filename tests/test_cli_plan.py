@@ -136,3 +136,39 @@ def test_verbose_shows_the_traceback(work: Path) -> None:
     proc = _run("-v", "plan", "har_cn", "--board", "nrf52840", cwd=work)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
+
+
+def test_json_error_is_one_object_on_stdout(work: Path) -> None:
+    proc = _run("plan", "har_cnn", "--board", "nrf5284", "--json", cwd=work)
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["error"] == "BoardError" and "nrf52840" in doc["problem"] and doc["fix"]
+
+
+def test_unwritable_out_dir_fails_before_planning(work: Path) -> None:
+    blocker = work / "a_file"
+    blocker.write_text("")
+    _assert_one_line_error(_run("plan", "har_cnn", "--board", "nrf52840", "--out", str(blocker / "plan"), cwd=work), "a_file")
+
+
+def test_user_keras_model_with_representative_data(work: Path, cache_env: dict[str, str]) -> None:
+    import numpy as np
+
+    keras = _models._tf().keras
+    inputs = keras.Input((1, 32, 3))
+    x = keras.layers.Conv2D(8, (1, 5), activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D((1, 2))(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(4)(x)))
+    model_path, data_path = work / "user.keras", work / "calib.npy"
+    model.save(model_path)
+    np.save(data_path, np.random.default_rng(1).normal(size=(40, 1, 32, 3)).astype(np.float32))
+    out = work / "user_plan"
+    proc = _run("plan", str(model_path), "--representative", str(data_path), "--board", "apollo3", "--out", str(out), "--json", cwd=work, env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["fits"] and doc["importance"] == "fisher" and doc["trainable_params"] > 0
+    assert (out / "plan.json").is_file()
+    missing = _run("plan", str(model_path), "--board", "apollo3", cwd=work)
+    _assert_one_line_error(missing, "representative")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from typing import Any
 
 import click
@@ -31,19 +30,27 @@ class TinyfedGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TinyfedError as exc:
-            verbose = bool(ctx.find_root().params.get("verbose"))
-            if verbose:
-                log.exception("tinyfed failed")
-            wants_json = _wants_json(ctx)
-            if wants_json:
-                click.echo(json.dumps(exc.to_dict()), err=True)
-            click.secho(f"error: {exc.one_line()}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
+            self._fail(ctx, exc)
+        except OSError as exc:  # a file the user named cannot be read or written
+            name = f"{exc.filename}: " if exc.filename else ""
+            self._fail(ctx, TinyfedError(f"{name}{exc.strerror or exc}", fix="check the path and its permissions"))
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: say so in one line, keep the traceback for -v
+            self._fail(
+                ctx,
+                TinyfedError(f"internal error {type(exc).__name__}: {exc}", fix="run again with -v and report the traceback"),
+                code=3,
+            )
 
-
-def _wants_json(ctx: click.Context) -> bool:
-    sub = ctx.invoked_subcommand
-    return "--json" in sys.argv[1:] and sub is not None
+    @staticmethod
+    def _fail(ctx: click.Context, exc: TinyfedError, code: int | None = None) -> None:
+        if ctx.find_root().params.get("verbose"):
+            log.exception("tinyfed failed")
+        if ctx.meta.get("tinyfed.json"):
+            click.echo(json.dumps(exc.to_dict()))
+        click.secho(f"error: {exc.one_line()}", fg="red", err=True)
+        ctx.exit(code if code is not None else exc.exit_code)
 
 
 @click.group(cls=TinyfedGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,4 +16,19 @@ boards_dir_option = click.option(
     help="Directory with extra board TOML files (repeatable; also $TINYFED_BOARDS_PATH).",
 )
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """Record --json where the CLI's error boundary can see it (ctx.meta is shared by all contexts)."""
+    if value:
+        ctx.meta["tinyfed.json"] = True
+    return value
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_remember_json,
+    help="Print one JSON object on stdout (an error too, as {error, problem, fix, source}).",
+)

@@ -54,6 +54,7 @@ def plan(
     if (board_name is None) == (fleet_spec is None):
         raise BoardError("give exactly one of --board NAME or --fleet FILE", fix="e.g. `tinyfed plan har_cnn --board nrf52840`")
     fleet = single_board_fleet(get_board(board_name, boards_dirs)) if board_name else load_fleet(fleet_spec, boards_dirs)
+    out_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the slow part
     cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance)
     source = load_model_source(model, representative, cfg)
     result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable, extra_board_dirs=boards_dirs)
