@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tinyfed-installed
 # Debian packages the project needs; installed with apt only when missing.
-DEBIAN_PACKAGES ?=
+DEBIAN_PACKAGES ?= gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test test-fast debian-packages clean
