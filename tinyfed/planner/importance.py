@@ -78,7 +78,7 @@ def fisher_importance(
 
     layers = [layer for layer in keras_model.layers if type(layer).__name__ in _KERAS_KIND]
     ops = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
-    if len(layers) != len(ops) or any(_KERAS_KIND[type(l).__name__] != op.name for l, op in zip(layers, ops)):
+    if len(layers) != len(ops) or any(_KERAS_KIND[type(layer).__name__] != op.name for layer, op in zip(layers, ops, strict=False)):
         log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
         return depth_importance(graph)
 
@@ -109,7 +109,7 @@ def fisher_importance(
 
     result: dict[int, LayerImportance] = {}
     it = iter(means)
-    for layer, op, (kernel_var, bias_var) in zip(layers, ops, zip(variables[::2], variables[1::2])):
+    for layer, op, bias_var in zip(layers, ops, variables[1::2], strict=True):
         kernel_f = _to_tflite_layout(op.name, next(it))
         bias_f = next(it) if bias_var is not None else np.zeros(0)
         w_shape = tuple(graph.weight_tensor(op).shape)

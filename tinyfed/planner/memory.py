@@ -209,38 +209,28 @@ class ArenaModel:
 HOST_ARENA = ArenaModel()
 
 
-def estimate_arena(graph: TfliteGraph, stop_op: int, model: ArenaModel = HOST_ARENA) -> int:
-    """Estimated arena bytes for running ops[:stop_op] of ``graph`` as its own fragment."""
-    if stop_op <= 0:
-        return 0
-    ops = graph.ops[:stop_op]
-    spans: dict[int, list[int]] = {}
-    for op in ops:
-        for t in list(op.inputs) + list(op.outputs):
-            if t < 0 or graph.tensors[t].is_constant:
-                continue
-            first_last = spans.setdefault(t, [op.index, op.index])
-            first_last[0] = min(first_last[0], op.index)
-            first_last[1] = max(first_last[1], op.index)
-    for t in graph.inputs:
-        if t in spans:
-            spans[t][0] = 0
-    # Greedy placement by descending size, as TFLM's GreedyMemoryPlanner does.
-    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
+def estimate_arena(fragment: TfliteGraph, model: ArenaModel = HOST_ARENA) -> int:
+    """Estimated arena bytes for running ``fragment`` (a whole int8 graph) under TFLite Micro.
+
+    Activations are placed as TFLM's greedy planner does: largest first, each at the lowest
+    16-byte-aligned offset that does not overlap a buffer alive at the same time.
+    """
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, first op, last op
     peak = 0
-    for t, (first, last) in sorted(spans.items(), key=lambda kv: -graph.tensors[kv[0]].nbytes):
-        size = _align(graph.tensors[t].nbytes)
+    lifetimes = fragment.tensor_lifetimes()
+    for t, (first, last) in sorted(lifetimes.items(), key=lambda kv: -fragment.tensors[kv[0]].nbytes):
+        size = _align(fragment.tensors[t].nbytes)
         offset = 0
-        for o, s, f, l in sorted(placed):
-            overlaps_in_time = not (last < f or first > l)
-            if overlaps_in_time and offset + size > o and offset < o + s:
-                offset = _align(o + s)
+        for other_offset, other_size, other_first, other_last in sorted(placed):
+            alive_together = not (last < other_first or first > other_last)
+            if alive_together and offset + size > other_offset and offset < other_offset + other_size:
+                offset = _align(other_offset + other_size)
         placed.append((offset, size, first, last))
         peak = max(peak, offset + size)
-    used_tensors = {t for op in ops for t in list(op.inputs) + list(op.outputs) if t >= 0}
     op_data = 0
-    for op in ops:
-        w = graph.weight_tensor(op) if op.name in TRAINABLE_OPS else None
-        channels = int(w.shape[graph.output_channel_axis(op)]) if w is not None else 0
+    for op in fragment.ops:
+        w = fragment.weight_tensor(op) if op.name in TRAINABLE_OPS else None
+        channels = int(w.shape[fragment.output_channel_axis(op)]) if w is not None else 0
         op_data += model.op_bytes(op.name, channels)
-    return peak + model.fixed + model.per_tensor * len(used_tensors) + model.per_op * len(ops) + op_data
+    bookkeeping = model.fixed + model.per_tensor * len(fragment.tensors) + model.per_op * len(fragment.ops)
+    return peak + bookkeeping + op_data

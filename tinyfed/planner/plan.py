@@ -278,10 +278,15 @@ class _ArenaBook:
         self.graph = graph
         self.measure = measure
         self.measured: dict[int, int] = {}
+        self.estimated: dict[int, int] = {}
         self.heads: dict[int, bytes] = {}
 
     def estimate(self, cut: int) -> int:
-        return estimate_arena(self.graph, cut)
+        if cut <= 0:
+            return 0
+        if cut not in self.estimated:
+            self.estimated[cut] = estimate_arena(TfliteGraph.from_bytes(self.head(cut), source=f"head[:{cut}]"))
+        return self.estimated[cut]
 
     def __call__(self, cut: int) -> int:
         return self.measured.get(cut, self.estimate(cut))
