@@ -1,0 +1,101 @@
+"""Typed errors of the host link; each names the device and the command it was running."""
+
+from __future__ import annotations
+
+from tinyfed.errors import TinyfedError
+from tinyfed.firmware_bridge.framing import Status, status_name
+
+
+class LinkError(TinyfedError):
+    """Root of the link errors: ``device`` is the board's name or URL, ``command`` the request."""
+
+    def __init__(self, problem: str, *, device: str, command: str | None = None, fix: str | None = None) -> None:
+        self.device = device
+        self.command = command
+        what = f"{command}: " if command else ""
+        super().__init__(f"{what}{problem}", fix=fix, source=device)
+
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        d["device"] = self.device
+        d["command"] = self.command
+        return d
+
+
+class DeviceUnreachable(LinkError):
+    """The port cannot be opened, or it went away (unplugged, emulator stopped)."""
+
+
+class LinkTimeout(LinkError):
+    """No valid response after every retransmission."""
+
+    def __init__(self, *, device: str, command: str, attempts: int, waited_s: float) -> None:
+        self.attempts = attempts
+        self.waited_s = waited_s
+        super().__init__(
+            f"no valid response after {attempts} attempt(s) over {waited_s:.2f} s",
+            device=device,
+            command=command,
+            fix="check the board is powered, runs the tinyfed firmware and is on this port "
+                "(`tinyfed devices`); a noisy link may need a longer --timeout",
+        )
+
+
+class ProtocolVersionMismatch(LinkError):
+    """The board speaks another protocol version."""
+
+    def __init__(self, *, device: str, board_version: int, host_version: int, command: str = "HELLO") -> None:
+        self.board_version = board_version
+        self.host_version = host_version
+        super().__init__(
+            f"board speaks protocol v{board_version}, this host speaks v{host_version}",
+            device=device,
+            command=command,
+            fix=f"flash the firmware of this tinyfed version (`tinyfed firmware build` then `tinyfed flash`), "
+                f"or use a tinyfed release that speaks protocol v{board_version}",
+        )
+
+
+class ProtocolError(LinkError):
+    """A response that is valid on the wire but makes no sense (wrong size, wrong kind)."""
+
+
+#: What to do about each error status a board can answer.
+STATUS_FIXES: dict[int, str] = {
+    Status.BAD_CRC: "the data was corrupted on the way; run the command again (a fragment is re-sent whole)",
+    Status.UNKNOWN_COMMAND: "the firmware is older than this host; rebuild and flash it",
+    Status.FRAGMENT_TOO_LARGE: "the fragment is larger than the board's fragment slot; plan with a smaller cut "
+                               "(`tinyfed plan`)",
+    Status.OUT_OF_MEMORY: "the fragment's arena does not fit the board's arena; plan with a smaller cut",
+    Status.UNSUPPORTED_OP: "the fragment uses an op this firmware has no kernel for; re-plan or update the firmware",
+    Status.WRONG_VERSION: "host and firmware versions differ; flash the firmware of this tinyfed version",
+    Status.BAD_LENGTH: "the request had the wrong size for the board (a host/firmware mismatch); "
+                       "check the input shape, or flash matching firmware",
+    Status.OUT_OF_ORDER: "a chunk arrived out of order; run the command again (the upload resumes)",
+    Status.NO_MODEL: "no fragment is loaded; load one first (`tinyfed check` loads and runs it)",
+    Status.BAD_MODEL: "the fragment blob is malformed; recompile it from the .tflite",
+    Status.FRAME_TOO_LARGE: "a frame exceeded the board's max_payload; a host bug or a wrong board profile",
+    Status.BUSY: "the board is busy; try again",
+}
+
+
+class DeviceError(LinkError):
+    """The board answered with an error status."""
+
+    def __init__(self, status: int, detail: int, message: str, *, device: str, command: str) -> None:
+        self.status = status
+        self.status_name = status_name(status)
+        self.detail = detail
+        self.message = message
+        said = f" ({message})" if message else ""
+        super().__init__(
+            f"board answered {self.status_name}{said}, detail {detail}",
+            device=device,
+            command=command,
+            fix=STATUS_FIXES.get(status, "update the host or the firmware so they agree"),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        d.update(status=self.status_name, detail=self.detail, message=self.message)
+        return d

@@ -1,0 +1,262 @@
+"""Packets and frames of the wire protocol (``docs/protocol.md``), separate from any byte stream.
+
+A *packet* is ``version, kind, code, flags, seq (u16), length (u16), payload, crc32 (u32)``,
+little endian, the CRC-32 (``zlib.crc32``) covering everything before it. A *frame* is the COBS
+encoding of a packet followed by one ``0x00`` delimiter.
+
+:class:`FrameReader` splits a byte stream at delimiters with a bounded buffer, in the spirit of
+pyserial's ``serial.threaded.Packetizer`` but without a thread: feed it bytes, get frames (or a
+:class:`FrameTooLarge` for a frame that outgrew the bound, whose bytes are discarded up to the
+next delimiter). :func:`decode_frame` turns one frame into a :class:`Packet` or raises a typed
+:class:`FrameError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from cobs import cobs
+
+PROTOCOL_VERSION = 1
+KIND_REQUEST = 0x01
+KIND_RESPONSE = 0x02
+HEADER = struct.Struct("<BBBBHH")
+HEADER_BYTES = HEADER.size  # 8
+CRC_BYTES = 4
+OVERHEAD = HEADER_BYTES + CRC_BYTES  # 12: the shortest packet
+DELIMITER = b"\x00"
+#: seq of a board's reply to a frame it could not accept (so the host retransmits at once).
+NAK_SEQ = 0xFFFF
+#: Largest payload before HELLO (HELLO and PING only).
+PRE_HELLO_PAYLOAD = 64
+#: The firmware's default max_payload.
+DEFAULT_MAX_PAYLOAD = 256
+
+
+class Command:
+    HELLO = 0x01
+    PING = 0x02
+    RESET = 0x03
+    LOAD_BEGIN = 0x10
+    LOAD_CHUNK = 0x11
+    LOAD_COMMIT = 0x12
+    INPUT_WRITE = 0x20
+    INVOKE = 0x21
+    OUTPUT_READ = 0x22
+
+    NAMES = {
+        0x01: "HELLO", 0x02: "PING", 0x03: "RESET", 0x10: "LOAD_BEGIN", 0x11: "LOAD_CHUNK",
+        0x12: "LOAD_COMMIT", 0x20: "INPUT_WRITE", 0x21: "INVOKE", 0x22: "OUTPUT_READ",
+    }
+
+
+class Status:
+    OK = 0
+    BAD_CRC = 1
+    UNKNOWN_COMMAND = 2
+    FRAGMENT_TOO_LARGE = 3
+    OUT_OF_MEMORY = 4
+    UNSUPPORTED_OP = 5
+    WRONG_VERSION = 6
+    BAD_LENGTH = 7
+    OUT_OF_ORDER = 8
+    NO_MODEL = 9
+    BAD_MODEL = 10
+    FRAME_TOO_LARGE = 11
+    BUSY = 12
+
+    NAMES = {
+        0: "OK", 1: "BAD_CRC", 2: "UNKNOWN_COMMAND", 3: "FRAGMENT_TOO_LARGE", 4: "OUT_OF_MEMORY",
+        5: "UNSUPPORTED_OP", 6: "WRONG_VERSION", 7: "BAD_LENGTH", 8: "OUT_OF_ORDER", 9: "NO_MODEL",
+        10: "BAD_MODEL", 11: "FRAME_TOO_LARGE", 12: "BUSY",
+    }
+
+
+#: Statuses a board sends with seq NAK_SEQ for a frame it dropped; the host retransmits at once.
+NAK_STATUSES = frozenset({Status.BAD_CRC, Status.FRAME_TOO_LARGE, Status.BAD_LENGTH})
+
+
+def command_name(code: int) -> str:
+    return Command.NAMES.get(code, f"0x{code:02x}")
+
+
+def status_name(code: int) -> str:
+    return Status.NAMES.get(code, f"status {code}")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class FrameError(ValueError):
+    """A frame that must be dropped. ``header`` is the packet header when it was readable."""
+
+    status = Status.BAD_CRC
+
+    def __init__(self, message: str, header: tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+class CobsDecodeError(FrameError):
+    """The frame is not valid COBS."""
+
+
+class FrameTooShort(FrameError):
+    """Fewer than 12 bytes: no room for a header and a CRC."""
+
+
+class LengthMismatch(FrameError):
+    """The header's ``length`` disagrees with the frame's size."""
+
+    status = Status.BAD_LENGTH
+
+
+class FrameTooLarge(FrameError):
+    """The frame is longer than ``max_payload + 12`` bytes."""
+
+    status = Status.FRAME_TOO_LARGE
+
+
+class CrcMismatch(FrameError):
+    """The CRC-32 does not match."""
+
+
+# -- packets -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Packet:
+    kind: int
+    code: int
+    seq: int
+    payload: bytes = b""
+    version: int = PROTOCOL_VERSION
+    flags: int = 0
+
+    @property
+    def is_nak(self) -> bool:
+        return self.kind == KIND_RESPONSE and self.seq == NAK_SEQ and self.code in NAK_STATUSES
+
+    def encode(self) -> bytes:
+        """The packet bytes (header, payload, CRC), not yet COBS-encoded."""
+        return encode_packet(self.kind, self.code, self.seq, self.payload, version=self.version, flags=self.flags)
+
+    def frame(self) -> bytes:
+        """The frame on the wire: COBS(packet) + 0x00."""
+        return cobs.encode(self.encode()) + DELIMITER
+
+
+def encode_packet(kind: int, code: int, seq: int, payload: bytes = b"", *, version: int = PROTOCOL_VERSION,
+                  flags: int = 0) -> bytes:
+    if not 0 <= seq <= 0xFFFF:
+        raise ValueError(f"seq {seq} out of range")
+    if len(payload) > 0xFFFF:
+        raise ValueError(f"payload of {len(payload)} bytes is too long for a packet")
+    body = HEADER.pack(version, kind, code, flags, seq, len(payload)) + bytes(payload)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def encode_frame(kind: int, code: int, seq: int, payload: bytes = b"", *, version: int = PROTOCOL_VERSION) -> bytes:
+    return cobs.encode(encode_packet(kind, code, seq, payload, version=version)) + DELIMITER
+
+
+def max_packet_bytes(max_payload: int) -> int:
+    return max_payload + OVERHEAD
+
+
+def max_encoded_bytes(max_payload: int) -> int:
+    """The longest COBS encoding (without delimiter) of a packet with ``max_payload`` bytes of payload."""
+    n = max_packet_bytes(max_payload)
+    return n + n // 254 + 1
+
+
+def decode_packet(data: bytes, max_payload: int | None = None) -> Packet:
+    """Check and unpack one packet (already COBS-decoded). Raises a :class:`FrameError`."""
+    if len(data) < OVERHEAD:
+        raise FrameTooShort(f"frame of {len(data)} bytes is shorter than {OVERHEAD}")
+    header = HEADER.unpack_from(data)
+    version, kind, code, flags, seq, length = header
+    if max_payload is not None and len(data) > max_packet_bytes(max_payload):
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds max_payload {max_payload} + {OVERHEAD}", header)
+    if length != len(data) - OVERHEAD:
+        raise LengthMismatch(f"length field says {length} bytes, frame carries {len(data) - OVERHEAD}", header)
+    (crc,) = struct.unpack_from("<I", data, len(data) - CRC_BYTES)
+    if crc != zlib.crc32(data[:-CRC_BYTES]):
+        raise CrcMismatch("CRC-32 mismatch", header)
+    return Packet(kind=kind, code=code, seq=seq, payload=bytes(data[HEADER_BYTES:-CRC_BYTES]), version=version,
+                  flags=flags)
+
+
+def decode_frame(frame: bytes, max_payload: int | None = None) -> Packet:
+    """Decode one frame (COBS bytes without the delimiter) into a checked :class:`Packet`."""
+    if max_payload is not None and len(frame) > max_encoded_bytes(max_payload):
+        raise FrameTooLarge(f"frame of {len(frame)} encoded bytes exceeds the bound for max_payload {max_payload}")
+    try:
+        data = cobs.decode(frame)
+    except cobs.DecodeError as exc:
+        raise CobsDecodeError(f"not COBS: {exc}") from None
+    return decode_packet(data, max_payload)
+
+
+class FrameReader:
+    """Split a byte stream into frames at 0x00 delimiters, with a bounded buffer.
+
+    :meth:`feed` returns, in order, one item per delimiter that ended a non-empty frame: the
+    frame's bytes (COBS, without the delimiter), or a :class:`FrameTooLarge` instance when the
+    frame grew past ``max_frame`` encoded bytes (its bytes were discarded up to the delimiter).
+    Empty frames (consecutive delimiters) are skipped.
+    """
+
+    def __init__(self, max_frame: int) -> None:
+        if max_frame < 1:
+            raise ValueError("max_frame must be positive")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._overflow = 0  # bytes discarded of the current oversized frame
+        self.discarded_frames = 0
+
+    @classmethod
+    def for_payload(cls, max_payload: int) -> FrameReader:
+        return cls(max_encoded_bytes(max_payload))
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished frame held (or discarded) so far."""
+        return len(self._buf) + self._overflow
+
+    def reset(self) -> None:
+        self._buf.clear()
+        self._overflow = 0
+
+    def feed(self, data: bytes) -> list[bytes | FrameTooLarge]:
+        out: list[bytes | FrameTooLarge] = []
+        start = 0
+        n = len(data)
+        while start < n:
+            end = data.find(0, start)
+            piece = data[start:] if end < 0 else data[start:end]
+            self._take(piece)
+            if end < 0:
+                break
+            if self._overflow:
+                out.append(FrameTooLarge(f"frame of at least {self._overflow + len(self._buf)} encoded bytes exceeds "
+                                         f"{self.max_frame}"))
+                self.discarded_frames += 1
+            elif self._buf:
+                out.append(bytes(self._buf))
+            self.reset()
+            start = end + 1
+        return out
+
+    def _take(self, piece: bytes) -> None:
+        if self._overflow:
+            self._overflow += len(piece)
+            return
+        room = self.max_frame - len(self._buf)
+        if len(piece) <= room:
+            self._buf += piece
+        else:
+            self._overflow = len(self._buf) + len(piece)
+            self._buf.clear()
