@@ -63,10 +63,15 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from tinyfed.commands import boards, plan
+    from tinyfed.commands import boards, check, devices, emulate, firmware, flash, plan
 
     cli.add_command(boards.boards)
     cli.add_command(plan.plan)
+    cli.add_command(devices.devices)
+    cli.add_command(emulate.emulate)
+    cli.add_command(flash.flash)
+    cli.add_command(check.check)
+    cli.add_command(firmware.firmware)
 
 
 _register()

@@ -1,0 +1,72 @@
+"""``tinyfed check MODEL --fleet FILE``: run a model's frozen fragment on every board, compare with TFLM."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.errors import ModelError
+
+
+def _tflite_bytes(model: str) -> tuple[str, bytes]:
+    path = Path(model)
+    if path.suffix == ".tflite":
+        if not path.is_file():
+            raise ModelError(f"no such file {model}", fix="give the path of an int8 .tflite file")
+        return path.name, path.read_bytes()
+    from tinyfed.models.zoo import ZOO_NAMES, get_zoo_model
+
+    if model not in ZOO_NAMES:
+        get_zoo_model(model)  # raises ModelError with the closest zoo name
+    return model, get_zoo_model(model).int8_tflite()
+
+
+@click.command("check")
+@click.argument("model")
+@click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
+              help="Fleet TOML whose entries list device urls (e.g. written by `tinyfed emulate`).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
+              help=".npz of inputs (array x, batch first; float is quantized). Default: random int8 inputs.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs to run per board.")
+@click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
+@boards_dir_option
+@json_option
+def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, timeout: float,
+          boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Load MODEL's frozen fragment (a zoo name or an int8 .tflite) onto every board, run inputs on
+    it, and compare every output with TFLite Micro on the host. Exits 1 on any mismatch or failure."""
+    from tinyfed.firmware_bridge.devices import check_devices, frozen_fragment, load_device_fleet, load_inputs
+    from tinyfed.models.tflm import TflmModel
+
+    fleet = load_device_fleet(fleet_path, boards_dirs)
+    name, tflite = _tflite_bytes(model)
+    fragment = frozen_fragment(tflite, source=name)
+    reference = TflmModel(fragment.tflite, source=name)
+    x = load_inputs(data_path, reference, samples)
+    expected = reference.run(x)
+    rows = check_devices(fleet.devices, fragment, x, expected, timeout=timeout)
+    ok = all(r["error"] is None and r["mismatches"] == 0 for r in rows)
+    if as_json:
+        click.echo(json.dumps({"model": name, "fragment": fragment.label, "blob_bytes": len(fragment.blob),
+                               "fleet": fleet.name, "ok": ok, "devices": rows}))
+    else:
+        console = Console() if sys.stdout.isatty() else Console(width=1000)
+        table = Table(title=f"{name}: {fragment.label}, blob {len(fragment.blob):,} bytes", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("device", "url", "samples", "mismatches", "max_abs_diff", "status"):
+            table.add_column(col, justify="right" if col in ("samples", "mismatches", "max_abs_diff") else "left")
+        for r in rows:
+            status = "[green]bit-exact[/]" if r["error"] is None and r["mismatches"] == 0 else (
+                f"[red]{r['error_type']}[/]: {r['error']}" if r["error"] else "[red]MISMATCH[/]")
+            table.add_row(r["name"], r["url"] or "-", str(r["samples"]), str(r["mismatches"]),
+                          "-" if r["max_abs_diff"] is None else str(r["max_abs_diff"]), status)
+        console.print(table)
+    if not ok:
+        raise SystemExit(1)

@@ -1,0 +1,57 @@
+"""``tinyfed devices --fleet FILE``: say HELLO to every device of a fleet and list what answers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from tinyfed.commands.options import boards_dir_option, json_option
+
+
+@click.command("devices")
+@click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
+              help="Fleet TOML whose [[boards]] entries list device urls (e.g. written by `tinyfed emulate`).")
+@click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
+@click.option("--retries", type=int, default=2, show_default=True, help="Retransmissions before a device counts as unreachable.")
+@boards_dir_option
+@json_option
+def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """List every device of a fleet: board id, firmware build, protocol, free RAM/flash, round-trip time.
+
+    Exits 1 when a device is unreachable (it is still listed).
+    """
+    from tinyfed.firmware_bridge.devices import load_device_fleet, probe_devices
+
+    fleet = load_device_fleet(fleet_path, boards_dirs)
+    statuses = probe_devices(fleet.devices, timeout=timeout, retries=retries)
+    if as_json:
+        click.echo(json.dumps({"fleet": fleet.name, "path": str(fleet.path), "devices": [s.to_dict() for s in statuses]}))
+    else:
+        console = Console() if sys.stdout.isatty() else Console(width=1000)
+        table = Table(title=f"fleet {fleet.name}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("device", "url", "board id", "build", "proto", "arena KiB", "slot KiB", "fw RAM/flash KiB",
+                    "RTT ms", "status"):
+            table.add_column(col, justify="right" if "KiB" in col or col in ("RTT ms", "proto") else "left",
+                             no_wrap=col in ("device", "url"))
+        for s in statuses:
+            h = s.hello
+            if h:
+                row = [h["board_id"], h["build"], str(h["protocol_version"]), f"{h['arena_bytes'] / 1024:,.1f}",
+                       f"{h['fragment_slot_bytes'] / 1024:,.1f}",
+                       f"{h['firmware_ram_bytes'] / 1024:,.0f}/{h['firmware_flash_bytes'] / 1024:,.0f}",
+                       f"{s.rtt_s * 1000:.2f}", "[green]ok[/]"]
+            else:
+                row = ["-"] * 7 + [f"[red]unreachable[/]: {s.error}"]
+            table.add_row(s.device.name, s.device.url or "-", *row)
+        console.print(table)
+        up = sum(s.reachable for s in statuses)
+        console.print(f"{up} of {len(statuses)} device(s) reachable. arena: RAM free for a fragment; "
+                      "slot: flash per fragment slot.")
+    if not all(s.reachable for s in statuses):
+        raise SystemExit(1)

@@ -1,0 +1,82 @@
+"""``tinyfed emulate --board NAME --count N [--out fleet.toml]``: a fleet of QEMU boards until Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import click
+
+from tinyfed.commands.options import boards_dir_option, json_option
+
+
+@click.command("emulate")
+@click.option("--board", "board_name", required=True, help="Board with a QEMU machine (e.g. mps2-an386).")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="How many boards to boot.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a fleet file of the boards' socket:// URLs (for `tinyfed devices --fleet`); removed on exit.")
+@click.option("--elf", "elf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Firmware ELF (default: build it with `tinyfed firmware build`).")
+@click.option("--ready-timeout", type=float, default=15.0, show_default=True,
+              help="Seconds each board has to answer its first PING.")
+@boards_dir_option
+@json_option
+def emulate(board_name: str, count: int, out_path: Path | None, elf_path: Path | None, ready_timeout: float,
+            boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C."""
+    from tinyfed.boards import get_board
+    from tinyfed.firmware_bridge.devices import write_device_fleet
+    from tinyfed.firmware_bridge.emulator import EmulatorFleet, qemu_command
+
+    board = get_board(board_name, boards_dirs)
+    qemu_command(board, "-", 0)  # fails early, with a fix, for a board without a QEMU machine
+    if elf_path is None:
+        from tinyfed.commands.firmware import load_build_firmware
+
+        elf_path = Path(load_build_firmware()(board.name))
+
+    def _terminate(signum, frame):  # SIGTERM stops the boards like Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    fleet = EmulatorFleet(board, count, elf_path, ready_timeout=ready_timeout)
+    wrote = False
+    try:
+        with fleet:
+            if out_path is not None:
+                write_device_fleet(out_path, f"emulated-{board.name}", [(board.name, fleet.urls)],
+                                   description=f"{count} x {board.name} in QEMU (tinyfed emulate)")
+                wrote = True
+            if as_json:
+                click.echo(json.dumps({"board": board.name, "fleet": str(out_path) if out_path else None,
+                                       "devices": [b.to_dict() for b in fleet.boards]}), nl=True)
+            else:
+                for b in fleet.boards:
+                    click.echo(f"{b.name}  {b.url}  (ready in {b.ready_s:.2f} s)")
+                if out_path is not None:
+                    click.echo(f"fleet file: {out_path}  (`tinyfed devices --fleet {out_path}`)")
+                click.echo("running; Ctrl-C stops every board", err=True)
+            _wait(fleet)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if wrote and out_path is not None:
+            out_path.unlink(missing_ok=True)
+
+
+def _wait(fleet) -> None:
+    """Block until Ctrl-C, or until a board's emulator exits on its own (then stop them all)."""
+    import subprocess
+
+    from tinyfed.firmware_bridge.emulator import EmulatorError
+
+    while True:
+        for b in fleet.boards:
+            try:
+                b.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                continue
+            raise EmulatorError(f"qemu exited on its own with code {b.process.returncode}: {b.output()[-300:]}",
+                                fix="check the firmware; every board has been stopped", source=b.name)

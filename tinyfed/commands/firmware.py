@@ -1,0 +1,42 @@
+"""``tinyfed firmware build --board NAME``: build the board firmware ELF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.errors import TinyfedError
+
+
+def load_build_firmware():
+    """``tinyfed.firmware_bridge.build.build_firmware``, imported lazily."""
+    try:
+        from tinyfed.firmware_bridge.build import build_firmware
+    except ImportError as exc:
+        raise TinyfedError(f"the firmware build is not available ({exc})",
+                           fix="update tinyfed: this tree has no tinyfed/firmware_bridge/build.py") from None
+    return build_firmware
+
+
+@click.group("firmware")
+def firmware() -> None:
+    """The board firmware: build it (then `tinyfed flash` or `tinyfed emulate`)."""
+
+
+@firmware.command("build")
+@click.option("--board", "board_name", required=True, help="Board to build for (see `tinyfed boards list`).")
+@boards_dir_option
+@json_option
+def build_command(board_name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Cross-compile the firmware for one board and print the ELF's path."""
+    from tinyfed.boards import get_board
+
+    board = get_board(board_name, boards_dirs)  # a clear error for an unknown board, before building
+    elf = load_build_firmware()(board.name)
+    if as_json:
+        click.echo(json.dumps({"board": board.name, "elf": str(elf)}))
+    else:
+        click.echo(str(elf))

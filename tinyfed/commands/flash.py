@@ -1,0 +1,85 @@
+"""``tinyfed flash --board NAME [--elf PATH]``: write the firmware to a board through a debug probe (pyOCD)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.errors import TinyfedError
+
+log = logging.getLogger(__name__)
+
+#: pyOCD target names of the boards tinyfed knows (``--target`` overrides).
+PYOCD_TARGETS = {
+    "nrf52840": "nrf52840",
+    "stm32l4r9": "stm32l4r9zitx",
+    "apollo3": "ama3b1kk_kbr",
+    "rp2040": "rp2040",
+}
+
+
+class FlashError(TinyfedError):
+    """The firmware cannot be written to the board."""
+
+
+@click.command("flash")
+@click.option("--board", "board_name", required=True, help="Board profile (see `tinyfed boards list`).")
+@click.option("--elf", "elf_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Firmware ELF (default: build it with `tinyfed firmware build`).")
+@click.option("--probe", "probe_id", help="Unique id of the debug probe (default: the only one attached).")
+@click.option("--target", "target_name", help="pyOCD target name (default: from the board).")
+@boards_dir_option
+@json_option
+def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_name: str | None,
+          boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Flash the tinyfed firmware onto a board attached through a CMSIS-DAP/J-Link/ST-Link probe."""
+    from tinyfed.boards import get_board
+
+    board = get_board(board_name, boards_dirs)
+    if board.emulated:
+        raise FlashError(f"{board.name} exists only in an emulator", fix=f"run it: `tinyfed emulate --board {board.name}`",
+                         source=board.name)
+    if board.core.startswith("xtensa"):
+        raise FlashError(f"{board.name} is not an Arm board; pyOCD cannot flash it",
+                         fix="flash it with esptool (`esptool.py write_flash`)", source=board.name)
+    target = target_name or PYOCD_TARGETS.get(board.name)
+    if target is None:
+        raise FlashError(f"no pyOCD target known for {board.name}", fix="pass --target (see `pyocd list --targets`)",
+                         source=board.name)
+    try:
+        from pyocd.core.helpers import ConnectHelper
+        from pyocd.flash.file_programmer import FileProgrammer
+    except ImportError:
+        raise FlashError("pyOCD is not installed", fix="pip install pyocd") from None
+    if elf_path is None:
+        from tinyfed.commands.firmware import load_build_firmware
+
+        elf_path = Path(load_build_firmware()(board.name))
+    if not elf_path.is_file():
+        raise FlashError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {board.name}`",
+                         source=str(elf_path))
+    try:
+        session = ConnectHelper.session_with_chosen_probe(unique_id=probe_id, blocking=False, target_override=target)
+    except Exception as exc:  # pyOCD raises its own error types for USB permission problems and the like
+        raise FlashError(f"cannot open the debug probe: {exc}", fix="check the probe's USB cable and udev rules",
+                         source=board.name) from None
+    if session is None:
+        which = f" with id {probe_id}" if probe_id else ""
+        raise FlashError(f"no debug probe{which} is attached",
+                         fix="connect the board's debug probe over USB (`pyocd list` shows attached probes)",
+                         source=board.name)
+    try:
+        with session:
+            FileProgrammer(session).program(str(elf_path))
+            session.board.target.reset()
+    except Exception as exc:
+        raise FlashError(f"flashing failed: {exc}", fix="check the target name (--target) and the probe connection",
+                         source=board.name) from None
+    if as_json:
+        click.echo(json.dumps({"board": board.name, "elf": str(elf_path), "target": target, "flashed": True}))
+    else:
+        click.echo(f"flashed {elf_path} to {board.name} ({target})")

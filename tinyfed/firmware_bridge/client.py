@@ -1,0 +1,479 @@
+"""The host end of the link: :class:`BoardClient` speaks protocol v1 to one board.
+
+Stop-and-wait with retransmission: each request waits for the response with its ``seq``; on a
+timeout (monotonic clock; ``timeout`` plus the request's wire time, doubled per retry) or a NAK
+(a BAD_CRC/FRAME_TOO_LARGE/BAD_LENGTH response with seq 0xFFFF) the same packet is sent again,
+at most ``retries`` times. The board replays its stored response for a repeated seq, so a lost
+response never applies a command twice. Every failure is a typed
+:class:`~tinyfed.firmware_bridge.errors.LinkError` naming the device and the command.
+
+    with BoardClient("sim://nrf52840") as board:
+        info = board.hello()
+        board.load_fragment(blob)
+        y = board.infer(x_int8)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import statistics
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from serial.serialutil import SerialException
+
+from tinyfed.errors import TinyfedError
+from tinyfed.firmware_bridge.errors import (
+    DeviceError,
+    DeviceUnreachable,
+    LinkTimeout,
+    ProtocolError,
+    ProtocolVersionMismatch,
+)
+from tinyfed.firmware_bridge.framing import (
+    DELIMITER,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    PRE_HELLO_PAYLOAD,
+    PROTOCOL_VERSION,
+    Command,
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    Packet,
+    Status,
+    command_name,
+    decode_frame,
+    encode_frame,
+)
+from tinyfed.firmware_bridge.transport import DEFAULT_BAUD, open_port
+
+log = logging.getLogger(__name__)
+
+_U32 = struct.Struct("<I")
+_HELLO = struct.Struct("<BBHIIII")
+#: Bound on a response frame before HELLO says the board's max_payload (HELLO itself can carry
+#: two 255-byte strings).
+_RX_MIN_PAYLOAD = 600
+_TIMEOUT, _NAK = "timeout", "nak"
+
+
+@dataclass(frozen=True)
+class HelloInfo:
+    """What a board says about itself in HELLO."""
+
+    protocol_version: int
+    max_payload: int
+    fragment_slot_bytes: int
+    arena_bytes: int
+    firmware_ram_bytes: int
+    firmware_flash_bytes: int
+    board_id: str
+    build: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, p: bytes) -> HelloInfo:
+        if len(p) < _HELLO.size + 2:
+            raise ValueError(f"HELLO response of {len(p)} bytes is too short")
+        version, _reserved, max_payload, slot, arena, ram, flash = _HELLO.unpack_from(p)
+        at = _HELLO.size
+        n = p[at]
+        board_id = p[at + 1:at + 1 + n]
+        at += 1 + n
+        if len(board_id) != n or at >= len(p):
+            raise ValueError("HELLO response truncated in board_id")
+        m = p[at]
+        build = p[at + 1:at + 1 + m]
+        if len(build) != m or at + 1 + m != len(p):
+            raise ValueError("HELLO response has a wrong build length")
+        return cls(version, max_payload, slot, arena, ram, flash, board_id.decode("ascii", "replace"),
+                   build.decode("ascii", "replace"))
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    size: int
+    crc32: int
+    resumed_from: int
+    arena_bytes: int
+    op_count: int
+    chunks: int
+
+
+@dataclass
+class LinkStats:
+    """Counters of one client's link: what went wrong and how it was recovered."""
+
+    requests: int = 0
+    sent_frames: int = 0
+    retransmissions: int = 0
+    timeouts: int = 0
+    naks: int = 0
+    bad_frames: int = 0
+    stray_responses: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    rtt_min_s: float
+    rtt_median_s: float
+    echo_payload: int
+    echo_bytes_per_s: float
+    samples: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class BoardClient:
+    """A connection to one board at a pyserial URL (tty, ``socket://``, ``sim://``).
+
+    ``port`` lets a caller hand in an already open pyserial-like object (tests wrap one in a
+    fault injector); ``clock`` overrides the monotonic clock (a ``sim://`` port supplies its own
+    virtual clock, so timeouts cost no real time).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.5,
+        retries: int = 5,
+        name: str | None = None,
+        port: Any = None,
+        baudrate: int = DEFAULT_BAUD,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if timeout <= 0 or retries < 0:
+            raise ValueError("timeout must be > 0 and retries >= 0")
+        self.url = url
+        self.name = name or url
+        self.timeout = timeout
+        self.retries = retries
+        self.baudrate = baudrate
+        self.stats = LinkStats()
+        self.info: HelloInfo | None = None
+        self.last_cycles: int | None = None
+        self._port = port
+        self._own_port = port is None
+        self._clock_override = clock
+        self._clock: Callable[[], float] = time.monotonic
+        self._reader = FrameReader.for_payload(_RX_MIN_PAYLOAD)
+        self._frames: deque[bytes | FrameTooLarge] = deque()
+        self._seq = random.SystemRandom().randrange(0, 0xFFFF)
+        if port is not None:
+            self._attach(port)
+
+    # -- connection ----------------------------------------------------------------------
+
+    def __enter__(self) -> BoardClient:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None and bool(getattr(self._port, "is_open", True))
+
+    def open(self) -> BoardClient:
+        if self._port is None:
+            self._attach(open_port(self.url, timeout=self.timeout, baudrate=self.baudrate, name=self.name))
+            self._own_port = True
+        return self
+
+    def _attach(self, port: Any) -> None:
+        self._port = port
+        self._clock = self._clock_override or getattr(port, "tinyfed_clock", None) or time.monotonic
+        self._reader.reset()
+        self._frames.clear()
+        # An empty frame ends whatever partial frame the board may hold from an earlier session.
+        self._write(DELIMITER, "open")
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None and self._own_port:
+            try:
+                port.close()
+            except (SerialException, OSError):
+                pass
+
+    def reconnect(self) -> HelloInfo:
+        """Close and reopen the port (after the link went away), then HELLO again."""
+        self.close()
+        self.info = None
+        self.open()
+        return self.hello()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def hello(self) -> HelloInfo:
+        """Say HELLO; refuse a board of another protocol version."""
+        p = self.request(Command.HELLO, bytes([PROTOCOL_VERSION]))
+        try:
+            info = HelloInfo.parse(p)
+        except ValueError as exc:
+            raise ProtocolError(str(exc), device=self.name, command="HELLO",
+                                fix="flash the firmware of this tinyfed version") from None
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolVersionMismatch(device=self.name, board_version=info.protocol_version,
+                                          host_version=PROTOCOL_VERSION)
+        if info.max_payload < 16:
+            raise ProtocolError(f"board announces max_payload {info.max_payload}", device=self.name,
+                                command="HELLO", fix="flash the firmware of this tinyfed version")
+        self.info = info
+        self._reader.max_frame = FrameReader.for_payload(max(info.max_payload, _RX_MIN_PAYLOAD)).max_frame
+        log.debug("%s: hello %s", self.name, info)
+        return info
+
+    def ping(self, payload: bytes = b"") -> float:
+        """Echo ``payload``; return the round-trip time in seconds (retransmissions included)."""
+        limit = self.info.max_payload if self.info else PRE_HELLO_PAYLOAD
+        if len(payload) > limit:
+            raise TinyfedError(f"PING payload of {len(payload)} bytes exceeds {limit}",
+                               fix="HELLO first, or send a shorter payload", source=self.name)
+        start = time.perf_counter()
+        echo = self.request(Command.PING, payload)
+        rtt = time.perf_counter() - start
+        if echo != payload:
+            raise ProtocolError("PING echo differs from what was sent", device=self.name, command="PING")
+        return rtt
+
+    def reset(self) -> None:
+        """Reset the board (all its state is lost); HELLO again before large requests."""
+        self.request(Command.RESET, b"")
+        self.info = None
+
+    def load_fragment(self, blob: bytes, progress: Callable[[int, int], None] | None = None) -> LoadResult:
+        """Upload ``blob`` in chunks and commit it; resumes a transfer the board already holds part of.
+
+        Until the commit succeeds, the board's previous fragment stays active.
+        """
+        info = self.info or self.hello()
+        blob = bytes(blob)
+        size, crc = len(blob), zlib.crc32(blob)
+        offset = resumed_from = self._begin(size, crc)
+        chunk = info.max_payload - 4
+        chunks = 0
+        restarts = 0
+        if progress:
+            progress(offset, size)
+        while offset < size:
+            data = blob[offset:offset + chunk]
+            try:
+                p = self.request(Command.LOAD_CHUNK, _U32.pack(offset) + data)
+            except DeviceError as exc:
+                if exc.status != Status.OUT_OF_ORDER or restarts >= 3:
+                    raise
+                restarts += 1  # the board holds another offset: ask it where to go on
+                offset = self._begin(size, crc)
+                continue
+            nxt = self._u32(p, "LOAD_CHUNK")
+            if nxt != offset + len(data):
+                raise ProtocolError(f"board acknowledged offset {nxt}, expected {offset + len(data)}",
+                                    device=self.name, command="LOAD_CHUNK")
+            offset = nxt
+            chunks += 1
+            if progress:
+                progress(offset, size)
+        p = self.request(Command.LOAD_COMMIT, b"")
+        if len(p) != 8:
+            raise ProtocolError(f"LOAD_COMMIT response of {len(p)} bytes", device=self.name, command="LOAD_COMMIT")
+        arena, ops, _ = struct.unpack("<IHH", p)
+        log.info("%s: loaded %d bytes (resumed at %d) in %d chunks", self.name, size, resumed_from, chunks)
+        return LoadResult(size, crc, resumed_from, arena, ops, chunks)
+
+    def _begin(self, size: int, crc: int) -> int:
+        offset = self._u32(self.request(Command.LOAD_BEGIN, struct.pack("<II", size, crc)), "LOAD_BEGIN")
+        if offset > size:
+            raise ProtocolError(f"resume offset {offset} beyond size {size}", device=self.name, command="LOAD_BEGIN")
+        return offset
+
+    def infer(self, x_int8: np.ndarray) -> np.ndarray:
+        """Run the loaded fragment on one int8 input; return its int8 output (flat)."""
+        x = np.asarray(x_int8)
+        if x.dtype != np.int8:
+            raise TinyfedError(f"infer needs an int8 array, got {x.dtype}", fix="quantize the input first",
+                               source=self.name)
+        info = self.info or self.hello()
+        data = x.tobytes()
+        chunk = info.max_payload - 4
+        offset = 0
+        while offset < len(data):
+            part = data[offset:offset + chunk]
+            nxt = self._u32(self.request(Command.INPUT_WRITE, _U32.pack(offset) + part), "INPUT_WRITE")
+            if nxt != offset + len(part):
+                raise ProtocolError(f"board acknowledged input offset {nxt}, expected {offset + len(part)}",
+                                    device=self.name, command="INPUT_WRITE")
+            offset = nxt
+        p = self.request(Command.INVOKE, b"")
+        if len(p) < 8:
+            raise ProtocolError(f"INVOKE response of {len(p)} bytes", device=self.name, command="INVOKE")
+        cycles, out_size = struct.unpack_from("<II", p)
+        out = bytearray(p[8:8 + out_size])
+        while len(out) < out_size:
+            n = min(info.max_payload, out_size - len(out))
+            part = self.request(Command.OUTPUT_READ, struct.pack("<IH", len(out), n))
+            if len(part) != n:
+                raise ProtocolError(f"OUTPUT_READ returned {len(part)} bytes, asked {n}", device=self.name,
+                                    command="OUTPUT_READ")
+            out += part
+        self.last_cycles = cycles
+        return np.frombuffer(bytes(out), dtype=np.int8).copy()
+
+    def bench(self, samples: int = 50) -> BenchResult:
+        """Round-trip time of empty PINGs and echo throughput of full-size PINGs."""
+        info = self.info or self.hello()
+        before = self.stats.to_dict()
+        rtts = [self.ping(b"") for _ in range(samples)]
+        payload = bytes(random.Random(0).randbytes(info.max_payload))
+        start = time.perf_counter()
+        for _ in range(samples):
+            self.ping(payload)
+        elapsed = time.perf_counter() - start
+        after = self.stats.to_dict()
+        return BenchResult(
+            rtt_min_s=min(rtts),
+            rtt_median_s=statistics.median(rtts),
+            echo_payload=len(payload),
+            echo_bytes_per_s=2 * len(payload) * samples / elapsed if elapsed > 0 else float("inf"),
+            samples=samples,
+            stats={k: after[k] - before[k] for k in after},
+        )
+
+    # -- the exchange --------------------------------------------------------------------
+
+    def request(self, code: int, payload: bytes = b"") -> bytes:
+        """Send one request and return the payload of its OK response (retransmitting as needed).
+
+        An error status raises :class:`DeviceError` (or :class:`ProtocolVersionMismatch`).
+        """
+        cmd = command_name(code)
+        if self._port is None:
+            raise DeviceUnreachable("the port is not open", device=self.name, command=cmd,
+                                    fix="use the client as a context manager or call open()")
+        limit = self.info.max_payload if self.info else max(PRE_HELLO_PAYLOAD, 8 + 256)
+        if len(payload) > limit:
+            raise ValueError(f"{cmd} payload of {len(payload)} bytes exceeds max_payload {limit}")
+        seq = self._next_seq()
+        frame = encode_frame(KIND_REQUEST, code, seq, payload)
+        wait = self.timeout + self._wire_time(len(frame))
+        self.stats.requests += 1
+        started = self._clock()
+        attempts = 0
+        while True:
+            attempts += 1
+            self._write(frame, cmd)
+            outcome = self._await(seq, self._clock() + wait, cmd)
+            if isinstance(outcome, Packet):
+                return self._check(outcome, cmd)
+            if outcome == _TIMEOUT:
+                self.stats.timeouts += 1
+                wait *= 2
+            if attempts > self.retries:
+                raise LinkTimeout(device=self.name, command=cmd, attempts=attempts, waited_s=self._clock() - started)
+            self.stats.retransmissions += 1
+            log.debug("%s: %s seq %d: %s, retransmitting (attempt %d)", self.name, cmd, seq, outcome, attempts + 1)
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % 0xFFFF  # 0 .. 0xFFFE; 0xFFFF is the NAK seq
+        return self._seq
+
+    def _wire_time(self, n_request: int) -> float:
+        """Seconds the request and the largest response take on a UART at ``baudrate``."""
+        n_response = (self.info.max_payload if self.info else _RX_MIN_PAYLOAD) + 16
+        return 10.0 * (n_request + n_response) / self.baudrate
+
+    def _check(self, pkt: Packet, cmd: str) -> bytes:
+        if pkt.code == Status.OK:
+            return pkt.payload
+        detail = struct.unpack_from("<H", pkt.payload)[0] if len(pkt.payload) >= 2 else 0
+        message = pkt.payload[2:].decode("ascii", "replace")
+        if pkt.code == Status.WRONG_VERSION:
+            raise ProtocolVersionMismatch(device=self.name, board_version=detail or pkt.version,
+                                          host_version=PROTOCOL_VERSION, command=cmd)
+        raise DeviceError(pkt.code, detail, message, device=self.name, command=cmd)
+
+    def _await(self, seq: int, deadline: float, cmd: str) -> Packet | str:
+        nak = False
+        while True:
+            while self._frames:
+                item = self._frames.popleft()
+                if isinstance(item, FrameTooLarge):
+                    self.stats.bad_frames += 1
+                    continue
+                try:
+                    pkt = decode_frame(item)
+                except FrameError as exc:
+                    self.stats.bad_frames += 1
+                    log.debug("%s: dropped a response frame: %s", self.name, exc)
+                    continue
+                if pkt.kind != KIND_RESPONSE:
+                    self.stats.bad_frames += 1
+                    continue
+                if pkt.is_nak:
+                    self.stats.naks += 1
+                    nak = True  # our response may still be right behind it: look at what is buffered
+                    continue
+                if pkt.seq != seq:
+                    self.stats.stray_responses += 1
+                    continue
+                return pkt
+            if nak:
+                return _NAK
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return _TIMEOUT
+            data = self._read(remaining, cmd)
+            if data:
+                self._frames.extend(self._reader.feed(data))
+
+    # -- bytes ---------------------------------------------------------------------------
+
+    def _write(self, data: bytes, cmd: str) -> None:
+        try:
+            self._port.write(data)
+        except (SerialException, OSError) as exc:
+            raise self._gone(exc, cmd) from None
+        self.stats.bytes_sent += len(data)
+        if data != DELIMITER:
+            self.stats.sent_frames += 1
+
+    def _read(self, wait: float, cmd: str) -> bytes:
+        """Block up to ``wait`` seconds for a first byte, then take whatever else is there."""
+        port = self._port
+        try:
+            port.timeout = wait
+            data = port.read(1)
+            if data:
+                port.timeout = 0
+                data += port.read(65536)
+        except (SerialException, OSError) as exc:
+            raise self._gone(exc, cmd) from None
+        self.stats.bytes_received += len(data)
+        return data
+
+    def _gone(self, exc: BaseException, cmd: str) -> DeviceUnreachable:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return DeviceUnreachable(f"the link went away ({text})", device=self.name, command=cmd,
+                                 fix="reconnect the board (or restart the emulator) and run the command again; "
+                                     "an upload resumes where it stopped")
+
+    def _u32(self, p: bytes, cmd: str) -> int:
+        if len(p) != 4:
+            raise ProtocolError(f"expected a 4-byte response, got {len(p)} bytes", device=self.name, command=cmd)
+        return _U32.unpack(p)[0]

@@ -1,0 +1,288 @@
+"""Boards in QEMU, reached over ``socket://``.
+
+:func:`launch_qemu` binds ``127.0.0.1:0`` in Python and hands the listening socket's fd to QEMU
+(``-chardev socket,id=s0,fd=N,server=on,wait=off,nodelay=on -serial chardev:s0``), so the port is
+known before QEMU starts and no two boards race for one. A board is *ready* when it answers a
+PING within the deadline (never a sleep, never a banner). Every QEMU runs in its own process
+group and is stopped on :meth:`EmulatedBoard.stop`, on leaving :class:`EmulatorFleet`, on Ctrl-C
+and at interpreter exit; on Linux it also dies with its parent (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tinyfed.errors import BoardError, TinyfedError
+
+if TYPE_CHECKING:
+    from tinyfed.boards import Board
+
+log = logging.getLogger(__name__)
+
+QEMU = "qemu-system-arm"
+DEFAULT_READY_TIMEOUT = 15.0
+
+
+class EmulatorError(TinyfedError):
+    """An emulator is missing, does not start, or its firmware does not answer."""
+
+
+_LIVE: set[EmulatedBoard] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_all_live() -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for b in live:
+        b.stop()
+
+
+atexit.register(_stop_all_live)
+
+
+@dataclass(eq=False)
+class EmulatedBoard:
+    """One running emulator whose UART is served on ``url`` (``socket://127.0.0.1:PORT``)."""
+
+    board: str
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen
+    command: list[str]
+    log_path: Path
+    ready_s: float | None = None
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped and self.process.poll() is None
+
+    def output(self, limit: int = 2000) -> str:
+        """The emulator's own stdout/stderr (the last ``limit`` characters)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the emulator's whole process group: SIGTERM, then SIGKILL if it lingers."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        proc = self.process
+        if proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:
+            proc.wait()
+        log.debug("%s: stopped (exit %s)", self.name, proc.returncode)
+        try:
+            self.log_path.unlink()
+        except OSError:
+            pass
+
+    def __enter__(self) -> EmulatedBoard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"board": self.board, "name": self.name, "url": self.url, "pid": self.process.pid,
+                "ready_s": self.ready_s}
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _resolve_board(board: Board | str) -> Board:
+    if isinstance(board, str):
+        from tinyfed.boards import get_board
+
+        return get_board(board)
+    return board
+
+
+def qemu_command(board: Board, elf_path: Path | str, fd: int, qemu: str = QEMU) -> list[str]:
+    """The QEMU command line for ``board`` with its serial port on the listening socket ``fd``."""
+    emu = board.emulator
+    if emu is None or emu.qemu_machine is None:
+        runs = " (it has a Renode platform: use renode)" if emu is not None and emu.renode_platform else ""
+        raise BoardError(f"board {board.name} has no QEMU machine{runs}",
+                         fix="pick a board with emulator.qemu_machine (`tinyfed boards list`: mps2-an386, mps3-an547)",
+                         source=board.name)
+    cmd = [qemu, "-M", emu.qemu_machine]
+    if emu.qemu_cpu:
+        cmd += ["-cpu", emu.qemu_cpu]
+    cmd += ["-nographic", "-monitor", "none",
+            "-chardev", f"socket,id=s0,fd={fd},server=on,wait=off,nodelay=on",
+            "-serial", "chardev:s0", "-kernel", str(elf_path)]
+    return cmd
+
+
+def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU) -> EmulatedBoard:
+    """Start QEMU for ``board`` running ``elf_path``; do not wait for the firmware (see :func:`wait_ready`)."""
+    b = _resolve_board(board)
+    exe = shutil.which(qemu)
+    if exe is None:
+        raise EmulatorError(f"{qemu} is not installed", fix="run `make setup` (or `apt-get install qemu-system-arm`)")
+    elf = Path(elf_path)
+    if not elf.is_file():
+        raise EmulatorError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {b.name}`",
+                            source=str(elf))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        fd = sock.fileno()
+        cmd = qemu_command(b, elf, fd, exe)
+        log_fd, log_name = tempfile.mkstemp(prefix=f"tinyfed-qemu-{b.name}-", suffix=".log")
+        try:
+            proc = subprocess.Popen(cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log_fd,
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            os.close(log_fd)
+    finally:
+        sock.close()  # QEMU holds its own copy of the listening socket
+    emu = EmulatedBoard(b.name, name or f"{b.name}@{port}", f"socket://127.0.0.1:{port}", port, proc, cmd,
+                        Path(log_name))
+    with _LIVE_LOCK:
+        _LIVE.add(emu)
+    log.info("%s: started qemu pid %d on %s", emu.name, proc.pid, emu.url)
+    return emu
+
+
+def wait_ready(emu: EmulatedBoard, timeout: float = DEFAULT_READY_TIMEOUT, *, ping_timeout: float = 0.2) -> float:
+    """Wait until the emulated board answers a PING; return the seconds it took.
+
+    Raises :class:`EmulatorError` (after stopping the emulator) if QEMU exits or the deadline passes.
+    """
+    from tinyfed.firmware_bridge.client import BoardClient
+    from tinyfed.firmware_bridge.errors import DeviceUnreachable, LinkError
+
+    start = time.monotonic()
+    deadline = start + timeout
+    client = None
+    last: Exception | None = None
+    try:
+        while time.monotonic() < deadline:
+            if emu.process.poll() is not None:
+                out = emu.output().strip()
+                emu.stop()
+                raise EmulatorError(f"qemu exited with code {emu.process.returncode}: {out[-400:] or 'no output'}",
+                                    fix="check the ELF was built for this board", source=emu.name)
+            try:
+                if client is None:
+                    client = BoardClient(emu.url, timeout=ping_timeout, retries=0, name=emu.name).open()
+                client.ping(b"ready?")
+                emu.ready_s = time.monotonic() - start
+                return emu.ready_s
+            except LinkError as exc:  # not answering yet: PING again on the same connection
+                last = exc
+                if isinstance(exc, DeviceUnreachable) and client is not None:  # the connection broke: reconnect
+                    client.close()
+                    client = None
+    finally:
+        if client is not None:
+            client.close()
+    emu.stop()
+    raise EmulatorError(f"the firmware did not answer a PING within {timeout:.0f} s ({last})",
+                        fix="check the ELF is the tinyfed firmware for this board (`tinyfed firmware build`)",
+                        source=emu.name)
+
+
+def launch_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None,
+                ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU) -> EmulatedBoard:
+    """Start QEMU and wait until its firmware answers a PING."""
+    emu = start_qemu(board, elf_path, name=name, qemu=qemu)
+    try:
+        wait_ready(emu, ready_timeout)
+    except BaseException:
+        emu.stop()
+        raise
+    return emu
+
+
+#: Alias: a board in QEMU.
+QemuBoard = EmulatedBoard
+
+
+class EmulatorFleet:
+    """``count`` QEMU boards of one kind, booted together and stopped together.
+
+        with EmulatorFleet("mps2-an386", 4, elf) as fleet:
+            fleet.urls  # ["socket://127.0.0.1:40111", ...]
+    """
+
+    def __init__(self, board: Board | str, count: int, elf: Path | str | None = None, *,
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU) -> None:
+        if count < 1:
+            raise BoardError(f"need at least one board, got {count}", fix="use --count 1 or more")
+        self.board = _resolve_board(board)
+        self.count = count
+        self.elf = elf
+        self.ready_timeout = ready_timeout
+        self.qemu = qemu
+        self.boards: list[EmulatedBoard] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [b.url for b in self.boards]
+
+    def start(self) -> EmulatorFleet:
+        elf = self.elf
+        if elf is None:
+            from tinyfed.firmware_bridge.build import build_firmware
+
+            elf = build_firmware(self.board.name)
+        try:
+            for i in range(self.count):  # boot all at once, then wait for each
+                self.boards.append(start_qemu(self.board, elf, name=f"{self.board.name}#{i}", qemu=self.qemu))
+            for b in self.boards:
+                wait_ready(b, self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for b in self.boards:
+            b.stop()
+
+    def __enter__(self) -> EmulatorFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

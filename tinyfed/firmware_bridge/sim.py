@@ -1,0 +1,419 @@
+"""A simulated board: the board side of protocol v1 (``docs/protocol.md``) in Python.
+
+:class:`SimBoard` consumes request bytes and returns response bytes, synchronously, exactly as
+the firmware would on its UART: it reframes at delimiters with a bounded buffer, NAKs frames
+whose header was readable (seq 0xFFFF), answers another protocol version with WRONG_VERSION,
+replays the stored response for a repeated seq, loads fragments into two slots with an atomic,
+resumable commit, and runs inference through :mod:`tinyfed.firmware_bridge.kernels_np`.
+
+Boards are reached as ``sim://BOARD_ID?option=value`` (see :mod:`.protocol_sim`). A board
+outlives its connections (like a powered board whose USB cable is re-plugged): the same URL
+host and ``name`` option give the same :class:`SimBoard`.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tinyfed.firmware_bridge.framing import (
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    NAK_SEQ,
+    PROTOCOL_VERSION,
+    Command,
+    CrcMismatch,
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    LengthMismatch,
+    Status,
+    decode_frame,
+    encode_frame,
+)
+
+log = logging.getLogger(__name__)
+
+SIM_BUILD = "tinyfed-sim 1"
+_U32 = struct.Struct("<I")
+
+
+class _Reply(Exception):
+    """An error reply: raised inside a command handler, turned into a response."""
+
+    def __init__(self, status: int, detail: int = 0, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail & 0xFFFF
+        self.message = message
+
+
+@dataclass
+class SimConfig:
+    board_id: str = "sim"
+    max_payload: int = 256
+    slot_bytes: int = 128 * 1024
+    arena_bytes: int = 96 * 1024
+    firmware_ram_bytes: int = 24 * 1024
+    firmware_flash_bytes: int = 96 * 1024
+    build: str = SIM_BUILD
+    protocol_version: int = PROTOCOL_VERSION
+
+    @classmethod
+    def for_board(cls, board_id: str, **overrides: Any) -> SimConfig:
+        """Budgets from the board profile of that name when there is one, else the defaults."""
+        cfg = cls(board_id=board_id)
+        try:
+            from tinyfed.boards import get_board
+
+            b = get_board(board_id)
+        except Exception:  # an unknown id is fine for a simulated board
+            b = None
+        if b is not None:
+            cfg.max_payload = min(b.link.max_frame_bytes, 0xFFFF)
+            cfg.slot_bytes = b.fragment_flash_budget_bytes // 2
+            cfg.arena_bytes = b.fragment_ram_budget_bytes
+            cfg.firmware_ram_bytes = b.reserve_ram_bytes
+            cfg.firmware_flash_bytes = b.firmware_reserve.flash_kib * 1024
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        return cfg
+
+
+@dataclass
+class _Transfer:
+    size: int
+    crc: int
+    data: bytearray
+    offset: int = 0
+
+
+@dataclass
+class _Fragment:
+    blob: bytes
+    parsed: Any = None
+    input_bytes: int | None = None
+    arena_bytes: int = 0
+    op_count: int = 0
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    replays: int = 0
+    naks: int = 0
+    dropped: int = 0
+    commits: int = 0
+    resets: int = 0
+    executed: dict[str, int] = field(default_factory=dict)
+
+
+class SimBoard:
+    """The board side of the protocol; feed it bytes with :meth:`receive`."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.stats = SimStats()
+        #: True while the board is "unplugged": opening or writing its port fails.
+        self.unplugged = False
+        self._lock = threading.Lock()
+        self._reset_state()
+        self.active: _Fragment | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        self._reader = FrameReader.for_payload(self.config.max_payload)
+        self._last_seq: int | None = None
+        self._last_response = b""
+        self.transfer: _Transfer | None = None
+        self.active = None
+        self._input = bytearray()
+        self._input_next = 0
+        self._output: bytes | None = None
+
+    def power_cycle(self) -> None:
+        """Lose everything, as after RESET."""
+        with self._lock:
+            self._reset_state()
+            self.stats.resets += 1
+
+    # -- bytes in, bytes out ------------------------------------------------------------
+
+    def receive(self, data: bytes) -> bytes:
+        """Process incoming bytes; return every byte the board sends in reply."""
+        out = bytearray()
+        with self._lock:
+            for item in self._reader.feed(data):
+                out += self._frame(item)
+        return bytes(out)
+
+    def _frame(self, item: bytes | FrameTooLarge) -> bytes:
+        if isinstance(item, FrameTooLarge):
+            return self._nak(Status.FRAME_TOO_LARGE, item)
+        try:
+            pkt = decode_frame(item, self.config.max_payload)
+        except (CrcMismatch, LengthMismatch, FrameTooLarge) as exc:
+            return self._nak(exc.status, exc) if exc.header is not None else self._drop(exc)
+        except FrameError as exc:
+            return self._drop(exc)
+        if pkt.kind != KIND_REQUEST:
+            return self._drop(None)
+        self.stats.requests += 1
+        if pkt.version != self.config.protocol_version:
+            return self._response(Status.WRONG_VERSION, pkt.seq,
+                                  _error_payload(self.config.protocol_version, f"packet v{pkt.version}"))
+        if pkt.seq == self._last_seq:
+            self.stats.replays += 1
+            return self._last_response
+        name = Command.NAMES.get(pkt.code, "?")
+        self.stats.executed[name] = self.stats.executed.get(name, 0) + 1
+        if pkt.code == Command.RESET:
+            reply = self._response(Status.OK, pkt.seq, b"")
+            self._reset_state()
+            self.stats.resets += 1
+            return reply
+        try:
+            status, payload = Status.OK, self._execute(pkt.code, pkt.payload)
+        except _Reply as err:
+            status, payload = err.status, _error_payload(err.detail, err.message)
+        reply = self._response(status, pkt.seq, payload)
+        self._last_seq, self._last_response = pkt.seq, reply
+        return reply
+
+    def _nak(self, status: int, exc: Exception) -> bytes:
+        self.stats.naks += 1
+        log.debug("sim %s: NAK %s (%s)", self.config.board_id, status, exc)
+        return self._response(status, NAK_SEQ, _error_payload(0, str(exc)[:64]))
+
+    def _drop(self, exc: Exception | None) -> bytes:
+        self.stats.dropped += 1
+        log.debug("sim %s: dropped a frame (%s)", self.config.board_id, exc)
+        return b""
+
+    def _response(self, status: int, seq: int, payload: bytes) -> bytes:
+        return encode_frame(KIND_RESPONSE, status, seq, payload, version=self.config.protocol_version)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _execute(self, code: int, p: bytes) -> bytes:
+        handler = {
+            Command.HELLO: self._hello,
+            Command.PING: lambda p: p,
+            Command.LOAD_BEGIN: self._load_begin,
+            Command.LOAD_CHUNK: self._load_chunk,
+            Command.LOAD_COMMIT: self._load_commit,
+            Command.INPUT_WRITE: self._input_write,
+            Command.INVOKE: self._invoke,
+            Command.OUTPUT_READ: self._output_read,
+        }.get(code)
+        if handler is None:
+            raise _Reply(Status.UNKNOWN_COMMAND, code, f"unknown command 0x{code:02x}")
+        return handler(p)
+
+    def _hello(self, p: bytes) -> bytes:
+        c = self.config
+        if len(p) != 1:
+            raise _Reply(Status.BAD_LENGTH, 1, "HELLO takes 1 byte")
+        if p[0] != c.protocol_version:
+            raise _Reply(Status.WRONG_VERSION, c.protocol_version, f"host v{p[0]}, board v{c.protocol_version}")
+        board_id, build = c.board_id.encode()[:255], c.build.encode()[:255]
+        return (
+            struct.pack("<BBHIIII", c.protocol_version, 0, c.max_payload, c.slot_bytes, c.arena_bytes,
+                        c.firmware_ram_bytes, c.firmware_flash_bytes)
+            + bytes([len(board_id)]) + board_id + bytes([len(build)]) + build
+        )
+
+    def _load_begin(self, p: bytes) -> bytes:
+        if len(p) != 8:
+            raise _Reply(Status.BAD_LENGTH, 8, "LOAD_BEGIN takes size and crc")
+        size, crc = struct.unpack("<II", p)
+        if size > self.config.slot_bytes:
+            raise _Reply(Status.FRAGMENT_TOO_LARGE, min(self.config.slot_bytes // 1024, 0xFFFF),
+                         f"{size} > slot {self.config.slot_bytes}")
+        if size == 0:
+            raise _Reply(Status.BAD_LENGTH, 0, "empty fragment")
+        t = self.transfer
+        if t is None or (t.size, t.crc) != (size, crc):
+            self.transfer = t = _Transfer(size, crc, bytearray(size))
+        return _U32.pack(t.offset)
+
+    def _load_chunk(self, p: bytes) -> bytes:
+        if len(p) < 4:
+            raise _Reply(Status.BAD_LENGTH, 4, "LOAD_CHUNK needs an offset")
+        (offset,) = _U32.unpack_from(p)
+        data = p[4:]
+        t = self.transfer
+        if t is None:
+            raise _Reply(Status.OUT_OF_ORDER, 0, "no LOAD_BEGIN")
+        if offset != t.offset:
+            raise _Reply(Status.OUT_OF_ORDER, t.offset, f"expected offset {t.offset}")
+        if offset + len(data) > t.size:
+            raise _Reply(Status.BAD_LENGTH, t.size - offset, f"chunk past size {t.size}")
+        t.data[offset:offset + len(data)] = data
+        t.offset += len(data)
+        return _U32.pack(t.offset)
+
+    def _load_commit(self, p: bytes) -> bytes:
+        if p:
+            raise _Reply(Status.BAD_LENGTH, 0, "LOAD_COMMIT takes no payload")
+        t = self.transfer
+        if t is None:
+            raise _Reply(Status.OUT_OF_ORDER, 0, "no transfer to commit")
+        if t.offset != t.size:
+            raise _Reply(Status.BAD_LENGTH, t.offset & 0xFFFF, f"have {t.offset} of {t.size} bytes")
+        blob = bytes(t.data)
+        self.transfer = None  # success or failure, the next LOAD_BEGIN starts afresh
+        if zlib.crc32(blob) != t.crc:
+            raise _Reply(Status.BAD_CRC, 0, "fragment CRC mismatch")
+        fragment = self._parse(blob)
+        if fragment.arena_bytes > self.config.arena_bytes:
+            raise _Reply(Status.OUT_OF_MEMORY, min(fragment.arena_bytes // 1024, 0xFFFF),
+                         f"arena {fragment.arena_bytes} > {self.config.arena_bytes}")
+        self.active = fragment  # the one-step switch of slots
+        self._input = bytearray()
+        self._input_next = 0
+        self._output = None
+        self.stats.commits += 1
+        return struct.pack("<IHH", fragment.arena_bytes, fragment.op_count & 0xFFFF, 0)
+
+    def _parse(self, blob: bytes) -> _Fragment:
+        try:
+            from tinyfed.firmware_bridge import blob as blob_mod
+        except ImportError:  # no parser in this tree: keep the blob opaque (INVOKE says UNSUPPORTED_OP)
+            return _Fragment(blob)
+        try:
+            parsed = blob_mod.parse_blob(blob)
+        except Exception as exc:
+            problem = str(getattr(exc, "problem", exc))
+            default = Status.WRONG_VERSION if "version" in problem else Status.BAD_MODEL
+            raise _Reply(_status_of(exc, default), int(getattr(exc, "detail", 0) or 0), problem[:64]) from None
+        known = getattr(blob_mod, "OP_NAMES", None)
+        for op in getattr(parsed, "ops", ()) or ():
+            code = getattr(op, "code", None)
+            if known is not None and code is not None and code not in known:
+                raise _Reply(Status.UNSUPPORTED_OP, code, f"op {code} has no kernel")
+        return _Fragment(blob, parsed, **_facts(parsed))
+
+    def _need_model(self) -> _Fragment:
+        if self.active is None:
+            raise _Reply(Status.NO_MODEL, 0, "no fragment committed")
+        return self.active
+
+    def _input_write(self, p: bytes) -> bytes:
+        frag = self._need_model()
+        if len(p) < 4:
+            raise _Reply(Status.BAD_LENGTH, 4, "INPUT_WRITE needs an offset")
+        (offset,) = _U32.unpack_from(p)
+        data = p[4:]
+        if offset == 0:
+            self._input = bytearray()
+            self._input_next = 0
+        if offset != self._input_next:
+            raise _Reply(Status.OUT_OF_ORDER, self._input_next, f"expected input offset {self._input_next}")
+        limit = frag.input_bytes if frag.input_bytes is not None else self.config.arena_bytes
+        if offset + len(data) > limit:
+            raise _Reply(Status.BAD_LENGTH, limit & 0xFFFF, f"input is {limit} bytes")
+        self._input += data
+        self._input_next += len(data)
+        return _U32.pack(self._input_next)
+
+    def _invoke(self, p: bytes) -> bytes:
+        frag = self._need_model()
+        if p:
+            raise _Reply(Status.BAD_LENGTH, 0, "INVOKE takes no payload")
+        if frag.parsed is None:
+            raise _Reply(Status.UNSUPPORTED_OP, 0, "this simulator has no kernels")
+        if frag.input_bytes is not None and self._input_next != frag.input_bytes:
+            raise _Reply(Status.BAD_LENGTH, self._input_next & 0xFFFF,
+                         f"input has {self._input_next} of {frag.input_bytes} bytes")
+        try:
+            from tinyfed.firmware_bridge import kernels_np
+        except ImportError:
+            raise _Reply(Status.UNSUPPORTED_OP, 0, "this simulator has no kernels") from None
+        x = np.frombuffer(bytes(self._input), dtype=np.int8)
+        shape = _get(frag.parsed, "input_shape")
+        try:
+            if shape:
+                x = x.reshape(tuple(shape))
+            y = kernels_np.run_blob(frag.blob, x)
+        except Exception as exc:
+            raise _Reply(_status_of(exc, Status.UNSUPPORTED_OP), int(getattr(exc, "detail", 0) or 0), str(exc)[:64]) from None
+        self._output = np.asarray(y).astype(np.int8, copy=False).tobytes()
+        room = self.config.max_payload - 8
+        return struct.pack("<II", 0, len(self._output)) + self._output[:room]
+
+    def _output_read(self, p: bytes) -> bytes:
+        self._need_model()
+        if len(p) != 6:
+            raise _Reply(Status.BAD_LENGTH, 6, "OUTPUT_READ takes offset and length")
+        offset, length = struct.unpack("<IH", p)
+        if self._output is None:
+            raise _Reply(Status.NO_MODEL, 0, "no output: INVOKE first")
+        if length > self.config.max_payload or offset + length > len(self._output):
+            raise _Reply(Status.BAD_LENGTH, len(self._output) & 0xFFFF, f"output is {len(self._output)} bytes")
+        return self._output[offset:offset + length]
+
+
+def _error_payload(detail: int, message: str) -> bytes:
+    return struct.pack("<H", detail & 0xFFFF) + message.encode("ascii", "replace")[:64]
+
+
+def _status_of(exc: Exception, default: int) -> int:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status in Status.NAMES:
+        return status
+    if isinstance(status, str) and hasattr(Status, status):
+        return int(getattr(Status, status))
+    return default
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _facts(parsed: Any) -> dict[str, Any]:
+    """Input size, arena and op count of a parsed blob, whatever shape the parser returns."""
+    facts: dict[str, Any] = {}
+    n = _get(parsed, "input_bytes", "input_size", "input_len")
+    if n is None:
+        shape = _get(parsed, "input_shape")
+        if shape is not None:
+            n = int(np.prod(shape))
+    facts["input_bytes"] = int(n) if n is not None else None
+    facts["arena_bytes"] = int(_get(parsed, "arena_bytes", "arena_size") or 0)
+    ops = _get(parsed, "op_count", "ops")
+    facts["op_count"] = ops if isinstance(ops, int) else len(ops) if ops is not None else 0
+    return facts
+
+
+# -- registry: boards outlive connections -------------------------------------------------
+
+_BOARDS: dict[tuple[str, str], SimBoard] = {}
+_BOARDS_LOCK = threading.Lock()
+
+
+def get_sim_board(board_id: str, name: str = "", **overrides: Any) -> SimBoard:
+    """The simulated board for ``(board_id, name)``; created with ``overrides`` the first time."""
+    key = (board_id, name)
+    with _BOARDS_LOCK:
+        board = _BOARDS.get(key)
+        if board is None:
+            board = _BOARDS[key] = SimBoard(SimConfig.for_board(board_id, **overrides))
+        return board
+
+
+def forget_sim_boards() -> None:
+    """Drop every simulated board (tests call this for isolation)."""
+    with _BOARDS_LOCK:
+        _BOARDS.clear()
