@@ -1,0 +1,22 @@
+/* Sizes and places the linker script (boards/common/sections.ld) decides. */
+#ifndef TINYFED_MEMMAP_H
+#define TINYFED_MEMMAP_H
+
+#include <stdint.h>
+
+extern uint8_t __arena_start[];
+extern uint8_t __arena_bytes[];      /* absolute symbols: their address is the value */
+extern uint8_t __slot_a[];
+extern uint8_t __slot_b[];
+extern uint8_t __slot_bytes[];
+extern uint8_t __fw_ram_bytes[];
+extern uint8_t __fw_flash_bytes[];
+
+#define SYM_VALUE(sym) ((uint32_t)(uintptr_t)(sym))
+#define ARENA_BASE (__arena_start)
+#define ARENA_BYTES SYM_VALUE(__arena_bytes)
+#define SLOT_BYTES SYM_VALUE(__slot_bytes)
+#define FW_RAM_BYTES SYM_VALUE(__fw_ram_bytes)
+#define FW_FLASH_BYTES SYM_VALUE(__fw_flash_bytes)
+
+#endif

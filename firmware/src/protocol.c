@@ -1,0 +1,201 @@
+/* Frame receive state machine, packet validation, duplicate-seq replay, responses. */
+#include "protocol.h"
+
+#include <string.h>
+
+#include "board.h"
+#include "crc32.h"
+
+/* Receive side: encoded bytes up to the next delimiter. One byte of slack tells an
+ * oversized frame from a maximal one. */
+static uint8_t rx_buf[PROTO_MAX_ENCODED + 1u];
+static size_t rx_len;
+static bool rx_overflow;
+
+/* Transmit side: one packet and its encoding (+ delimiter). */
+static uint8_t tx_packet[PROTO_MAX_PACKET];
+static uint8_t tx_encoded[PROTO_MAX_ENCODED + 1u];
+
+/* The last executed request's seq and its response, replayed on a duplicate. */
+static bool last_valid;
+static uint16_t last_seq;
+static uint8_t last_response[PROTO_MAX_PACKET];
+static size_t last_response_len;
+
+static reply_t reply;
+static bool reset_pending;
+
+void put_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+uint16_t get_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+bool reply_error(reply_t *r, uint8_t status, uint16_t detail, const char *message)
+{
+    size_t n = 0;
+    r->status = status;
+    put_u16(r->payload, detail);
+    if (message != NULL) {
+        while (message[n] != '\0' && n < PROTO_MESSAGE_MAX) {
+            n++;
+        }
+        memcpy(r->payload + 2, message, n);
+    }
+    r->length = (uint16_t)(2u + n);
+    return false;
+}
+
+void protocol_init(void)
+{
+    rx_len = 0;
+    rx_overflow = false;
+    last_valid = false;
+    reset_pending = false;
+}
+
+bool protocol_reset_requested(void)
+{
+    return reset_pending;
+}
+
+/* Build, encode and send a response packet; returns its length in tx_packet. */
+static size_t send_response(uint8_t status, uint16_t seq, const uint8_t *payload, uint16_t length)
+{
+    tx_packet[0] = PROTO_VERSION;
+    tx_packet[1] = PROTO_KIND_RESPONSE;
+    tx_packet[2] = status;
+    tx_packet[3] = 0;
+    put_u16(tx_packet + 4, seq);
+    put_u16(tx_packet + 6, length);
+    if (length > 0u) {
+        memcpy(tx_packet + PROTO_HEADER_BYTES, payload, length);
+    }
+    size_t n = PROTO_HEADER_BYTES + length;
+    put_u32(tx_packet + n, crc32_update(0, tx_packet, n));
+    n += 4u;
+    size_t enc = cobs_encode(tx_packet, n, tx_encoded, sizeof tx_encoded - 1u);
+    tx_encoded[enc] = 0x00;
+    board_uart_write(tx_encoded, enc + 1u);
+    return n;
+}
+
+static void send_raw_packet(const uint8_t *packet, size_t n)
+{
+    size_t enc = cobs_encode(packet, n, tx_encoded, sizeof tx_encoded - 1u);
+    tx_encoded[enc] = 0x00;
+    board_uart_write(tx_encoded, enc + 1u);
+}
+
+static void send_frame_error(uint8_t status, const char *message)
+{
+    reply_error(&reply, status, 0, message);
+    (void)send_response(reply.status, PROTO_SEQ_NONE, reply.payload, reply.length);
+}
+
+/* A header is "readable" when it has the request layout of this protocol version. */
+static bool header_readable(const uint8_t *p, size_t n)
+{
+    return n >= PROTO_HEADER_BYTES && p[0] == PROTO_VERSION && p[1] == PROTO_KIND_REQUEST;
+}
+
+static void handle_frame(uint8_t *buf, size_t enc_len, bool overflow)
+{
+    size_t n = 0;
+    if (overflow) {
+        /* Decode what was kept (a prefix) only to see whether the header was readable. */
+        size_t keep = enc_len;
+        while (keep > 0u && !cobs_decode_inplace(buf, keep, &n)) {
+            keep--;  /* the prefix may end inside a run: shorten until it decodes */
+        }
+        if (keep > 0u && header_readable(buf, n)) {
+            send_frame_error(ST_FRAME_TOO_LARGE, "frame longer than max_payload");
+        }
+        return;
+    }
+    if (!cobs_decode_inplace(buf, enc_len, &n)) {
+        return;  /* not COBS: silence, the next delimiter resynchronises */
+    }
+    if (!header_readable(buf, n)) {
+        /* Another protocol version with an intact CRC gets WRONG_VERSION; else drop. */
+        if (n >= PROTO_OVERHEAD && buf[0] != PROTO_VERSION && buf[1] == PROTO_KIND_REQUEST) {
+            uint16_t length = get_u16(buf + 6);
+            if ((size_t)length + PROTO_OVERHEAD == n &&
+                crc32_update(0, buf, n - 4u) == get_u32(buf + n - 4u)) {
+                reply_error(&reply, ST_WRONG_VERSION, PROTO_VERSION, "protocol version 1 only");
+                (void)send_response(reply.status, get_u16(buf + 4), reply.payload, reply.length);
+            }
+        }
+        return;
+    }
+    if (n < PROTO_OVERHEAD) {
+        send_frame_error(ST_BAD_LENGTH, "frame shorter than 12 bytes");
+        return;
+    }
+    if (n > PROTO_MAX_PACKET) {
+        send_frame_error(ST_FRAME_TOO_LARGE, "frame longer than max_payload");
+        return;
+    }
+    uint16_t length = get_u16(buf + 6);
+    if ((size_t)length + PROTO_OVERHEAD != n) {
+        send_frame_error(ST_BAD_LENGTH, "length field disagrees with frame size");
+        return;
+    }
+    if (crc32_update(0, buf, n - 4u) != get_u32(buf + n - 4u)) {
+        send_frame_error(ST_BAD_CRC, "frame CRC mismatch");
+        return;
+    }
+    uint8_t code = buf[2];
+    uint16_t seq = get_u16(buf + 4);
+    if (last_valid && seq == last_seq) {
+        send_raw_packet(last_response, last_response_len);  /* duplicate: replay, no re-run */
+        return;
+    }
+    bool reset_after = false;
+    reply.status = ST_OK;
+    reply.length = 0;
+    commands_execute(code, buf + PROTO_HEADER_BYTES, length, &reply, &reset_after);
+    size_t sent = send_response(reply.status, seq, reply.payload, reply.length);
+    memcpy(last_response, tx_packet, sent);
+    last_response_len = sent;
+    last_seq = seq;
+    last_valid = true;
+    if (reset_after) {
+        reset_pending = true;
+    }
+}
+
+void protocol_rx_byte(uint8_t byte)
+{
+    if (byte == 0x00u) {
+        if (rx_len > 0u || rx_overflow) {
+            handle_frame(rx_buf, rx_len, rx_overflow);
+        }
+        rx_len = 0;
+        rx_overflow = false;
+        return;
+    }
+    if (rx_len < sizeof rx_buf) {
+        rx_buf[rx_len++] = byte;
+    } else {
+        rx_overflow = true;  /* count on to the delimiter, keep nothing more */
+    }
+}

@@ -1,0 +1,77 @@
+/* tinyfed serial protocol v1 (docs/protocol.md), board side. */
+#ifndef TINYFED_PROTOCOL_H
+#define TINYFED_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cobs.h"
+
+#define PROTO_VERSION 1u
+#define PROTO_KIND_REQUEST 0x01u
+#define PROTO_KIND_RESPONSE 0x02u
+#define PROTO_HEADER_BYTES 8u
+#define PROTO_OVERHEAD 12u           /* header + CRC-32 */
+#define PROTO_MAX_PAYLOAD 256u       /* announced in HELLO */
+#define PROTO_MAX_PACKET (PROTO_MAX_PAYLOAD + PROTO_OVERHEAD)
+#define PROTO_MAX_ENCODED COBS_MAX_ENCODED(PROTO_MAX_PACKET)
+#define PROTO_SEQ_NONE 0xFFFFu
+#define PROTO_MESSAGE_MAX 64u
+
+enum proto_status {
+    ST_OK = 0,
+    ST_BAD_CRC = 1,
+    ST_UNKNOWN_COMMAND = 2,
+    ST_FRAGMENT_TOO_LARGE = 3,
+    ST_OUT_OF_MEMORY = 4,
+    ST_UNSUPPORTED_OP = 5,
+    ST_WRONG_VERSION = 6,
+    ST_BAD_LENGTH = 7,
+    ST_OUT_OF_ORDER = 8,
+    ST_NO_MODEL = 9,
+    ST_BAD_MODEL = 10,
+    ST_FRAME_TOO_LARGE = 11,
+    ST_BUSY = 12,
+};
+
+enum proto_command {
+    CMD_HELLO = 0x01,
+    CMD_PING = 0x02,
+    CMD_RESET = 0x03,
+    CMD_LOAD_BEGIN = 0x10,
+    CMD_LOAD_CHUNK = 0x11,
+    CMD_LOAD_COMMIT = 0x12,
+    CMD_INPUT_WRITE = 0x20,
+    CMD_INVOKE = 0x21,
+    CMD_OUTPUT_READ = 0x22,
+    CMD_BENCH = 0x30,
+};
+
+/* A response under construction: commands fill payload and set status; on an error the
+ * payload is u16 detail + message (see reply_error). */
+typedef struct {
+    uint8_t status;
+    uint16_t length;
+    uint8_t payload[PROTO_MAX_PAYLOAD];
+} reply_t;
+
+/* Feed one received byte to the frame state machine; complete frames are executed and
+ * answered from here. */
+void protocol_rx_byte(uint8_t byte);
+void protocol_init(void);
+/* True once a RESET response has gone out: the main loop resets the board. */
+bool protocol_reset_requested(void);
+
+/* Helpers for commands.c */
+bool reply_error(reply_t *r, uint8_t status, uint16_t detail, const char *message);
+void put_u16(uint8_t *p, uint16_t v);
+void put_u32(uint8_t *p, uint32_t v);
+uint16_t get_u16(const uint8_t *p);
+uint32_t get_u32(const uint8_t *p);
+
+/* commands.c: run one request; returns false when it asked for a reset after replying. */
+void commands_init(void);
+void commands_execute(uint8_t code, const uint8_t *payload, uint16_t length, reply_t *reply, bool *reset_after);
+
+#endif
