@@ -1,0 +1,286 @@
+"""The bare-metal firmware: it builds for every target within budget, the board files carry
+its measured reserve, oversized settings fail at link time, and it answers protocol v1 frames
+under QEMU (slow). The QEMU test builds its frames itself (``cobs`` + ``zlib.crc32``) so it
+does not depend on the host client in ``tinyfed/firmware_bridge``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from cobs import cobs
+
+from tinyfed.boards import get_board
+from tinyfed.firmware_bridge import build as fwbuild
+from tinyfed.firmware_bridge.build import (
+    TOOLCHAIN_FIX,
+    BuildResult,
+    FirmwareBuildError,
+    ToolchainMissingError,
+    build_firmware,
+    reserve_table_text,
+    write_reserve_back,
+)
+
+TARGETS = ["mps2-an386", "mps3-an547", "nrf52840", "apollo3"]
+QEMU_TARGETS = ["mps2-an386", "mps3-an547"]
+HAVE_TOOLCHAIN = shutil.which("arm-none-eabi-gcc") is not None and shutil.which("make") is not None
+needs_toolchain = pytest.mark.skipif(not HAVE_TOOLCHAIN, reason="arm-none-eabi-gcc not installed (make setup)")
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuildResult]:
+    if not HAVE_TOOLCHAIN:
+        pytest.skip("arm-none-eabi-gcc not installed (make setup)")
+    root = tmp_path_factory.mktemp("fw")
+    return {name: build_firmware(name, root / name) for name in TARGETS}
+
+
+@needs_toolchain
+@pytest.mark.parametrize("board_name", TARGETS)
+def test_builds_warning_free_within_budget(builds: dict[str, BuildResult], board_name: str) -> None:
+    r = builds[board_name]
+    board = get_board(board_name)
+    assert r.elf.is_file() and r.bin.is_file() and r.map.is_file()
+    assert os.fspath(r) == str(r.elf)
+    assert r.warnings == ()
+    assert r.ram_used_bytes <= board.ram_bytes
+    assert r.flash_used_bytes <= board.flash_bytes
+    # The arena is exactly what the planner budgets for fragments: RAM minus the reserve.
+    assert r.arena_bytes == board.ram_bytes - r.reserve_ram_kib * 1024
+    assert r.slot_bytes > 0 and r.slot_bytes % r.flash_page_bytes == 0
+    assert 0 < r.fw_ram_bytes < 64 * 1024 and 0 < r.fw_flash_bytes < 256 * 1024
+
+
+@needs_toolchain
+@pytest.mark.parametrize("board_name", TARGETS)
+def test_board_file_reserve_matches_build(builds: dict[str, BuildResult], board_name: str) -> None:
+    r = builds[board_name]
+    reserve = get_board(board_name).firmware_reserve
+    fix = f"run `.venv/bin/python -m tinyfed.firmware_bridge.build {board_name} --write-reserve` and commit the board file"
+    # Whatever the board file says, the planner must never budget more than the build leaves.
+    assert reserve.ram_kib >= r.reserve_ram_kib and reserve.flash_kib >= r.reserve_flash_kib, fix
+    if reserve.source == "estimate":
+        pytest.skip(f"{board_name}.toml still carries the estimated reserve: {fix}")
+    assert (reserve.ram_kib, reserve.flash_kib) == (r.reserve_ram_kib, r.reserve_flash_kib), fix
+
+
+@needs_toolchain
+def test_oversized_arena_fails_at_link_time(tmp_path: Path) -> None:
+    with pytest.raises(FirmwareBuildError) as info:
+        build_firmware("nrf52840", tmp_path, arena_kib=256)
+    assert "RAM budget exceeded" in info.value.problem
+    assert "ARENA_KIB" in info.value.problem
+
+
+@needs_toolchain
+def test_oversized_slots_fail_at_link_time(tmp_path: Path) -> None:
+    with pytest.raises(FirmwareBuildError) as info:
+        build_firmware("mps2-an386", tmp_path, slot_kib=512)
+    assert "FLASH budget exceeded" in info.value.problem
+    assert "SLOT_KIB" in info.value.problem
+
+
+@needs_toolchain
+def test_fixed_sizes_that_fit_are_used(tmp_path: Path) -> None:
+    r = build_firmware("mps2-an386", tmp_path, arena_kib=100, slot_kib=64)
+    assert (r.arena_bytes, r.slot_bytes) == (100 * 1024, 64 * 1024)
+
+
+def test_missing_toolchain_is_a_tinyfed_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(fwbuild.shutil, "which", lambda name: None)
+    with pytest.raises(ToolchainMissingError) as info:
+        build_firmware("mps2-an386", tmp_path)
+    assert info.value.fix == TOOLCHAIN_FIX
+    assert "arm-none-eabi-gcc" in info.value.problem
+
+
+def test_board_without_firmware_layer(tmp_path: Path) -> None:
+    with pytest.raises(FirmwareBuildError, match="no board layer for 'rp2040'"):
+        build_firmware("rp2040", tmp_path)
+
+
+def test_reserve_write_back_touches_only_its_table(tmp_path: Path) -> None:
+    src = Path(fwbuild.BUILTIN_DIR / "esp32s3.toml").read_text()
+    new = reserve_table_text(src, 9, 33)
+    old_lines, new_lines = src.splitlines(), new.splitlines()
+    assert len(old_lines) == len(new_lines)
+    changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    assert changed == [
+        ("ram_kib = 160       # ESP-IDF, caches and USB buffers take far more than on a bare Cortex-M",
+         "ram_kib = 9       # ESP-IDF, caches and USB buffers take far more than on a bare Cortex-M"),
+        ("flash_kib = 384", "flash_kib = 33"),
+        ('source = "estimate"', 'source = "linker-map"'),
+    ]
+    # The same through write_reserve_back on a copy of a board file.
+    copy = tmp_path / "nrf52840.toml"
+    copy.write_text(Path(fwbuild.BUILTIN_DIR / "nrf52840.toml").read_text())
+    fake = BuildResult("nrf52840", copy, copy, copy, 5000, 20000, 0, 0, 0, 0, 4096, False)
+    write_reserve_back("nrf52840", fake, copy)
+    text = copy.read_text()
+    assert "[firmware_reserve]\nram_kib = 5\nflash_kib = 20\nsource = \"linker-map\"\n" in text
+    assert "ram_kib = 256" in text  # the board's own RAM is untouched
+
+
+# --------------------------------------------------------------------------- QEMU smoke
+
+HELLO, PING, INVOKE, BENCH = 0x01, 0x02, 0x21, 0x30
+OK, BAD_CRC, UNKNOWN_COMMAND, NO_MODEL, UNSUPPORTED_OP = 0, 1, 2, 9, 5
+
+
+def frame(code: int, seq: int, payload: bytes = b"") -> bytes:
+    packet = struct.pack("<BBBBHH", 1, 0x01, code, 0, seq, len(payload)) + payload
+    return cobs.encode(packet + struct.pack("<I", zlib.crc32(packet))) + b"\x00"
+
+
+class Link:
+    """A socket to QEMU's UART with a tiny stop-and-wait request helper."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def read_packet(self, deadline: float) -> tuple[int, int, bytes]:
+        while b"\x00" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no response frame")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError("QEMU closed the serial socket")
+            self.buf += chunk
+        raw, self.buf = self.buf.split(b"\x00", 1)
+        packet = cobs.decode(raw)
+        version, kind, code, flags, seq, length = struct.unpack_from("<BBBBHH", packet)
+        assert (version, kind, flags) == (1, 0x02, 0)
+        assert len(packet) == 12 + length
+        assert zlib.crc32(packet[:-4]) == struct.unpack("<I", packet[-4:])[0]
+        return code, seq, packet[8:-4]
+
+    def request(self, code: int, seq: int, payload: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+        self.sock.sendall(frame(code, seq, payload))
+        deadline = time.monotonic() + timeout
+        while True:
+            status, rseq, body = self.read_packet(deadline)
+            if rseq == seq:
+                return status, body  # anything else is a stale answer to an earlier retry
+
+    def send_raw(self, data: bytes) -> tuple[int, int, bytes]:
+        self.sock.sendall(data)
+        return self.read_packet(time.monotonic() + 5.0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def qemu_board(request: pytest.FixtureRequest, builds: dict[str, BuildResult]):
+    board_name = request.param
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm not installed (make setup)")
+    machine = get_board(board_name).emulator.qemu_machine
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    fd = listener.fileno()
+    cmd = [
+        "qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-icount", "shift=4",
+        "-kernel", str(builds[board_name].elf),
+        "-chardev", f"socket,id=s0,fd={fd},server=on,wait=off,nodelay=on", "-serial", "chardev:s0",
+    ]
+    proc = subprocess.Popen(cmd, pass_fds=[fd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    sock = None
+    try:
+        sock = socket.create_connection(listener.getsockname(), timeout=5)
+        listener.close()
+        link = Link(sock)
+        # Readiness: the first answered PING, retried (same seq) until a deadline.
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            try:
+                assert link.request(PING, 1, b"ready", timeout=0.25) == (OK, b"ready")
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        yield board_name, link, proc
+    finally:
+        if sock is not None:
+            sock.close()
+        listener.close()
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.slow
+@needs_toolchain
+@pytest.mark.parametrize("qemu_board", QEMU_TARGETS, indirect=True)
+def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) -> None:
+    board_name, link, proc = qemu_board
+    r = builds[board_name]
+
+    status, body = link.request(HELLO, 2, b"\x01")
+    assert status == OK
+    version, _, max_payload, slot, arena, fw_ram, fw_flash = struct.unpack_from("<BBHIIII", body)
+    assert (version, max_payload) == (1, 256)
+    assert (slot, arena, fw_ram, fw_flash) == (r.slot_bytes, r.arena_bytes, r.fw_ram_bytes, r.fw_flash_bytes)
+    n = body[20]
+    assert body[21:21 + n].decode() == board_name
+    m = body[21 + n]
+    assert body[22 + n:22 + n + m].decode().startswith("tinyfed-fw ")
+    assert len(body) == 22 + n + m
+
+    assert link.request(HELLO, 3, b"\x02")[0] == 6  # WRONG_VERSION
+    # PING echoes any bytes, zeros and a run longer than one COBS block included.
+    payload = bytes(range(256))
+    assert link.request(PING, 4, payload) == (OK, payload)
+    # A repeated seq is answered from the stored response, not executed again.
+    assert link.request(PING, 4, b"different") == (OK, payload)
+    assert link.request(PING, 5, b"") == (OK, b"")
+
+    # A corrupted frame with a readable header: BAD_CRC with seq 0xFFFF.
+    packet = bytearray(cobs.decode(frame(PING, 6, b"abc")[:-1]))
+    packet[-1] ^= 0xFF
+    status, seq, _ = link.send_raw(cobs.encode(bytes(packet)) + b"\x00")
+    assert (status, seq) == (BAD_CRC, 0xFFFF)
+    # An oversized frame: FRAME_TOO_LARGE with seq 0xFFFF.
+    status, seq, _ = link.send_raw(frame(PING, 7, bytes(300)))
+    assert (status, seq) == (11, 0xFFFF)
+    # Garbage, then a delimiter: silently dropped; the next request works.
+    link.sock.sendall(b"\x05\x01\x00")
+    assert link.request(PING, 8, b"ok") == (OK, b"ok")
+
+    status, body = link.request(0x7E, 9)
+    assert status == UNKNOWN_COMMAND and struct.unpack_from("<H", body)[0] == 0x7E
+    status, body = link.request(INVOKE, 10)
+    assert status == NO_MODEL and b"no committed fragment" in body
+
+    # BENCH: deterministic under -icount.
+    status, first = link.request(BENCH, 11)
+    assert status == OK
+    macs, icyc, flops, fcyc, clock, counter, _, repeats = struct.unpack("<IIIIIBBH", first)
+    assert (macs, flops, repeats, counter) == (64 * 256, 64 * 128, 64, 2)  # 2 = SysTick (no DWT in QEMU)
+    assert icyc > 0 and fcyc > 0 and clock == get_board(board_name).clock_mhz * 1_000_000
+    status, second = link.request(BENCH, 12)
+    assert status == OK and second == first
+
+    # Idle in WFI: (almost) no host CPU.
+    time.sleep(0.5)
+    c0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+    time.sleep(2.0)
+    c1, t1 = _cpu_seconds(proc.pid), time.monotonic()
+    assert (c1 - c0) / (t1 - t0) < 0.10
