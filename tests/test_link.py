@@ -163,7 +163,11 @@ class FaultyPort:
 
     def read(self, size: int = 1) -> bytes:
         if not self._rx:
-            data = self.inner.read(65536)
+            data = self.inner.read(1)  # waits up to the timeout for a first byte
+            if data:  # then takes whatever else is there, without waiting
+                wait, self.inner.timeout = self.inner.timeout, 0
+                data += self.inner.read(65536)
+                self.inner.timeout = wait
             for frame in self._frames(self._in_partial, data):
                 if len(frame) > 1 and self.rng.random() < self.p_in:
                     frame = self._corrupt(frame, "in")
@@ -543,3 +547,47 @@ def test_cli_devices_lists_reachable_and_unreachable(tmp_path: Path) -> None:
     assert CliRunner().invoke(cli, ["devices", "--fleet", str(ok)]).exit_code == 0
     missing = CliRunner().invoke(cli, ["devices", "--fleet", str(tmp_path / "nope.toml"), "--json"])
     assert missing.exit_code == 2 and json.loads(missing.stdout)["error"] == "BoardError"
+
+
+# -- inference through sim:// with real blobs, checked against TFLM --------------------------------
+
+
+@pytest.mark.slow
+def test_cli_check_is_bit_exact_through_sim_and_reports_unreachable(tmp_path: Path) -> None:
+    import _models
+
+    model = tmp_path / "chain.tflite"
+    model.write_bytes(_models.chain_cnn_int8())
+    fleet = write_device_fleet(tmp_path / "f.toml", "lab", [("nrf52840", ["sim://nrf52840?name=c1",
+                                                                          "sim://nrf52840?name=c2&max_payload=64"])])
+    result = CliRunner().invoke(cli, ["check", str(model), "--fleet", str(fleet), "--samples", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and doc["fragment"] == "whole model"
+    for row in doc["devices"]:
+        assert (row["samples"], row["mismatches"], row["max_abs_diff"], row["error"]) == (6, 0, 0, None)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.random.default_rng(1).normal(size=(3, *_models.INPUT_SHAPE)).astype(np.float32))
+    dead = write_device_fleet(tmp_path / "d.toml", "d", [("nrf52840", ["sim://nrf52840?name=c3", _dead_socket_url()])])
+    result = CliRunner().invoke(cli, ["check", str(model), "--fleet", str(dead), "--data", str(npz)])
+    assert result.exit_code == 1
+    assert "bit-exact" in result.stdout and "DeviceUnreachable" in result.stdout
+
+
+@pytest.mark.slow
+def test_infer_real_blob_matches_tflm_under_corruption(tmp_path: Path) -> None:
+    import _models
+    from tinyfed.firmware_bridge.blob import compile_blob
+    from tinyfed.models.tflm import TflmModel
+
+    tfl = _models.chain_cnn_int8()
+    blob = compile_blob(tfl)
+    ref = TflmModel(tfl)
+    x = np.random.default_rng(3).integers(-128, 128, size=(8, *_models.INPUT_SHAPE), dtype=np.int8)
+    want = ref.run(x)
+    port = FaultyPort(open_port("sim://nrf52840?max_payload=64"), seed=7, p_out=0.2, p_in=0.2)
+    c = BoardClient("sim://nrf52840", port=port, retries=30)
+    c.load_fragment(blob)
+    for i in range(len(x)):
+        assert np.array_equal(c.infer(x[i:i + 1]), want[i].reshape(-1))
+    assert port.total_injected > 0

@@ -35,8 +35,12 @@ def build_command(board_name: str, boards_dirs: tuple[Path, ...], as_json: bool)
     from tinyfed.boards import get_board
 
     board = get_board(board_name, boards_dirs)  # a clear error for an unknown board, before building
-    elf = load_build_firmware()(board.name)
+    result = load_build_firmware()(board.name)
+    elf = Path(result)  # build_firmware returns a path-like BuildResult
+    summary = result.summary() if callable(getattr(result, "summary", None)) else None
     if as_json:
-        click.echo(json.dumps({"board": board.name, "elf": str(elf)}))
+        click.echo(json.dumps({"board": board.name, "elf": str(elf), "summary": summary}))
     else:
+        if summary:
+            click.echo(summary)
         click.echo(str(elf))

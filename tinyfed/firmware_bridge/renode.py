@@ -1,0 +1,109 @@
+"""Boards in Renode, reached over ``socket://`` (used when ``renode`` is on PATH).
+
+:func:`write_resc` writes a Renode script: one machine with the board profile's
+``emulator.renode_platform``, the firmware ELF, and the board's UART on a server socket terminal
+(``emulation CreateServerSocketTerminal PORT "term" false``). :func:`launch_renode` picks a free
+port, starts ``renode --disable-xwt --console -e "include @script"`` in its own process group, and
+waits for the first answered PING, like :func:`tinyfed.firmware_bridge.emulator.wait_ready`.
+
+Renode (unlike QEMU) cannot be handed an already listening fd, so the port is chosen by binding
+``127.0.0.1:0`` and releasing it just before Renode starts; a lost race shows up as a clear
+readiness error, never as a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tinyfed.errors import BoardError
+from tinyfed.firmware_bridge.emulator import (
+    _LIVE,
+    _LIVE_LOCK,
+    DEFAULT_READY_TIMEOUT,
+    EmulatedBoard,
+    EmulatorError,
+    _die_with_parent,
+    _resolve_board,
+    wait_ready,
+)
+
+if TYPE_CHECKING:
+    from tinyfed.boards import Board
+
+RENODE = "renode"
+#: The UART peripheral name in Renode's platform files, per board (default ``uart0``).
+UART_NAMES = {"nrf52840": "uart0", "stm32l4r9": "usart2", "apollo3": "uart0"}
+
+
+def renode_available(exe: str = RENODE) -> bool:
+    return shutil.which(exe) is not None
+
+
+def write_resc(board: Board, elf_path: Path | str, port: int, path: Path | str) -> Path:
+    """Write the ``.resc`` script that boots ``elf_path`` on ``board`` with its UART on TCP ``port``."""
+    emu = board.emulator
+    if emu is None or emu.renode_platform is None:
+        raise BoardError(f"board {board.name} has no Renode platform",
+                         fix="pick a board with emulator.renode_platform (`tinyfed boards show NAME`)",
+                         source=board.name)
+    uart = UART_NAMES.get(board.name, "uart0")
+    platform = emu.renode_platform
+    platform_ref = f"@{platform}" if not platform.startswith("@") else platform
+    script = "\n".join([
+        f"# tinyfed: {board.name} running {Path(elf_path).name}, {uart} on 127.0.0.1:{port}",
+        f'mach create "{board.name}"',
+        f"machine LoadPlatformDescription {platform_ref}",
+        f'emulation CreateServerSocketTerminal {port} "term" false',
+        f"connector Connect sysbus.{uart} term",
+        f"sysbus LoadELF @{Path(elf_path).resolve()}",
+        "start",
+        "",
+    ])
+    out = Path(path)
+    out.write_text(script, encoding="utf-8")
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_renode(board: Board | str, elf_path: Path | str, *, name: str | None = None,
+                  ready_timeout: float = DEFAULT_READY_TIMEOUT, exe: str = RENODE) -> EmulatedBoard:
+    """Start Renode for ``board`` running ``elf_path`` and wait until the firmware answers a PING."""
+    b = _resolve_board(board)
+    path = shutil.which(exe)
+    if path is None:
+        raise EmulatorError("renode is not installed", fix="install Renode (https://renode.io) and put it on PATH")
+    elf = Path(elf_path)
+    if not elf.is_file():
+        raise EmulatorError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {b.name}`",
+                            source=str(elf))
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix=f"tinyfed-renode-{b.name}-"))
+    script = write_resc(b, elf, port, workdir / "board.resc")
+    cmd = [path, "--disable-xwt", "--console", "--plain", "-e", f"include @{script}"]
+    log_fd, log_name = tempfile.mkstemp(prefix=f"tinyfed-renode-{b.name}-", suffix=".log")
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent, cwd=workdir)
+    finally:
+        os.close(log_fd)
+    emu = EmulatedBoard(b.name, name or f"{b.name}@{port}", f"socket://127.0.0.1:{port}", port, proc, cmd,
+                        Path(log_name))
+    with _LIVE_LOCK:
+        _LIVE.add(emu)
+    try:
+        wait_ready(emu, ready_timeout)
+    except BaseException:
+        emu.stop()
+        raise
+    return emu
