@@ -269,6 +269,27 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     status, body = link.request(INVOKE, 10)
     assert status == NO_MODEL and b"no committed fragment" in body
 
+    # Loading: resumable, in order, CRC-checked, validated before activation.
+    blob = bytes(range(1, 11)) * 3
+    begin = struct.pack("<II", len(blob), zlib.crc32(blob))
+    assert link.request(0x10, 20, begin) == (OK, struct.pack("<I", 0))
+    assert link.request(0x11, 21, struct.pack("<I", 0) + blob[:7]) == (OK, struct.pack("<I", 7))
+    status, body = link.request(0x11, 22, struct.pack("<I", 0) + blob[:7])
+    assert status == 8 and struct.unpack_from("<H", body)[0] == 7 and b"expected offset 7" in body
+    assert link.request(0x10, 23, begin) == (OK, struct.pack("<I", 7))  # same transfer: resume
+    status, _ = link.request(0x11, 24, struct.pack("<I", 7) + blob[7:] + b"x")
+    assert status == 7  # BAD_LENGTH: past the announced size
+    assert link.request(0x11, 25, struct.pack("<I", 7) + blob[7:]) == (OK, struct.pack("<I", len(blob)))
+    status, body = link.request(0x12, 26)
+    assert status == (10 if r.engine else UNSUPPORTED_OP)  # BAD_MODEL: not a TFMB blob
+    assert link.request(INVOKE, 27)[0] == NO_MODEL  # nothing became active
+    wrong = struct.pack("<II", 4, zlib.crc32(b"abcd") ^ 1)
+    assert link.request(0x10, 28, wrong) == (OK, struct.pack("<I", 0))
+    assert link.request(0x11, 29, struct.pack("<I", 0) + b"abcd")[0] == OK
+    assert link.request(0x12, 30)[0] == BAD_CRC
+    status, body = link.request(0x10, 31, struct.pack("<II", r.slot_bytes + 1, 0))
+    assert status == 3  # FRAGMENT_TOO_LARGE
+
     # BENCH: deterministic under -icount.
     status, first = link.request(BENCH, 11)
     assert status == OK

@@ -20,6 +20,7 @@ the ELF can pass it straight to ``Path``/``open``/QEMU.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import math
 import os
 import re
@@ -190,20 +191,23 @@ def build_firmware(
     if slot_kib is not None:
         cmd.append(f"SLOT_KIB={int(slot_kib)}")
     env = dict(os.environ, LC_ALL="C")
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        errors = _link_errors(output)
-        problem = "; ".join(errors) if errors else f"make failed with exit code {proc.returncode}"
-        budget = any("budget exceeded" in e for e in errors)
-        raise FirmwareBuildError(
-            f"the {board.name} firmware did not build: {problem}",
-            fix=("lower the arena/slot setting or raise the board's ram_kib/flash_kib" if budget
-                 else f"run `{' '.join(cmd)}` to see the full compiler output"),
-            source=board.name,
-        )
-    elf, binf, mapf = out / "tinyfed-fw.elf", out / "tinyfed-fw.bin", out / "tinyfed-fw.map"
-    sym = parse_map(mapf)
+    # One build per output directory at a time (tests and `tinyfed emulate` share the default).
+    with open(out / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+        output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            errors = _link_errors(output)
+            problem = "; ".join(errors) if errors else f"make failed with exit code {proc.returncode}"
+            budget = any("budget exceeded" in e for e in errors)
+            raise FirmwareBuildError(
+                f"the {board.name} firmware did not build: {problem}",
+                fix=("lower the arena/slot setting or raise the board's ram_kib/flash_kib" if budget
+                     else f"run `{' '.join(cmd)}` to see the full compiler output"),
+                source=board.name,
+            )
+        elf, binf, mapf = out / "tinyfed-fw.elf", out / "tinyfed-fw.bin", out / "tinyfed-fw.map"
+        sym = parse_map(mapf)
     page = _flash_page(board.name)
     return BuildResult(
         board=board.name,

@@ -13,7 +13,7 @@
 #error "board.mk must define BOARD_UART_IRQ"
 #endif
 
-extern uint32_t __stack_top[];
+extern uint32_t __stack_top[], __stack_limit[];
 extern uint32_t __data_start[], __data_end[], __data_load[];
 extern uint32_t __bss_start[], __bss_end[];
 
@@ -65,6 +65,10 @@ const vector_t vector_table[16 + BOARD_NUM_IRQS] = {
 void Reset_Handler(void)
 {
     SCB_VTOR = (uint32_t)(uintptr_t)vector_table;
+#if defined(__ARM_ARCH_8M_MAIN__) || defined(__ARM_ARCH_8_1M_MAIN__)
+    /* v8-M: a stack overflow faults at the limit instead of running off the RAM bottom. */
+    __asm volatile("msr msplim, %0" ::"r"((uint32_t)(uintptr_t)__stack_limit));
+#endif
 #if defined(__ARM_FP)
     SCB_CPACR |= CPACR_CP10_CP11;  /* FPU on before any float instruction */
     cpu_dsb();
