@@ -375,15 +375,19 @@ class BoardClient:
         self.stats.requests += 1
         started = self._clock()
         attempts = 0
+        out = frame
         while True:
             attempts += 1
-            self._write(frame, cmd)
+            self._write(out, cmd)
             outcome = self._await(seq, self._clock() + wait, cmd)
             if isinstance(outcome, Packet):
                 return self._check(outcome, cmd)
             if outcome == _TIMEOUT:
                 self.stats.timeouts += 1
                 wait *= 2
+                # The board may hold a partial frame whose delimiter was lost: end it first, so
+                # the retransmission is not swallowed with it.
+                out = DELIMITER + frame
             if attempts > self.retries:
                 raise LinkTimeout(device=self.name, command=cmd, attempts=attempts, waited_s=self._clock() - started)
             self.stats.retransmissions += 1
