@@ -26,7 +26,14 @@ from tinyfed.errors import BoardError
 from tinyfed.firmware_bridge import emulator
 from tinyfed.firmware_bridge.client import BoardClient
 from tinyfed.firmware_bridge.devices import write_device_fleet
-from tinyfed.firmware_bridge.emulator import EmulatorError, EmulatorFleet, launch_qemu, qemu_command, start_qemu, wait_ready
+from tinyfed.firmware_bridge.emulator import (
+    EmulatorError,
+    EmulatorFleet,
+    launch_qemu,
+    qemu_command,
+    start_qemu,
+    wait_ready,
+)
 from tinyfed.firmware_bridge.errors import DeviceError
 from tinyfed.firmware_bridge.framing import Status
 from tinyfed.firmware_bridge.renode import renode_available, write_resc
@@ -244,7 +251,6 @@ def test_qemu_fuzz_never_accepts_a_corrupted_payload(qemu_board) -> None:
 @pytest.mark.slow
 def test_qemu_upload_resume_and_check_bit_exact(qemu_board, tmp_path: Path) -> None:
     import _models
-
     from test_link import FaultyPort
 
     from tinyfed.firmware_bridge.blob import compile_blob

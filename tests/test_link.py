@@ -23,6 +23,7 @@ from serial.serialutil import SerialException
 
 import tinyfed.firmware_bridge as fb
 from tinyfed.cli import cli
+from tinyfed.errors import DataFileError
 from tinyfed.firmware_bridge import sim
 from tinyfed.firmware_bridge.client import BoardClient, HelloInfo
 from tinyfed.firmware_bridge.devices import load_device_fleet, write_device_fleet
@@ -43,7 +44,6 @@ from tinyfed.firmware_bridge.framing import (
     encode_frame,
 )
 from tinyfed.firmware_bridge.transport import open_port
-from tinyfed.errors import DataFileError
 
 
 @pytest.fixture(autouse=True)
@@ -209,9 +209,8 @@ def test_ping_echoes_and_limits_payload_before_hello() -> None:
 
 
 def test_wrong_protocol_version_is_refused_naming_device_and_command() -> None:
-    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c:
-        with pytest.raises(ProtocolVersionMismatch) as info:
-            c.hello()
+    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c, pytest.raises(ProtocolVersionMismatch) as info:
+        c.hello()
     e = info.value
     assert e.board_version == 2 and e.device == "watch-7" and e.command == "HELLO"
     assert "watch-7" in str(e) and "flash" in str(e)
@@ -427,7 +426,7 @@ def test_fuzz_10000_corruptions_never_accept_a_corrupted_payload(monkeypatch) ->
             accepted_corrupt += not np.array_equal(y, np.clip(x[::-1].astype(np.int16) + 1, -128, 127).astype(np.int8))
             ops["infer"] += 1
     injected = port.total_injected
-    print(f"\nfuzz: {injected} corruptions ({dict((k, v) for k, v in port.injected.items())}), ops {dict(ops)}, "
+    print(f"\nfuzz: {injected} corruptions ({dict(port.injected)}), ops {dict(ops)}, "
           f"accepted corrupt {accepted_corrupt}, link {c.stats.to_dict()}, board naks {board.stats.naks} "
           f"replays {board.stats.replays}")
     assert injected >= FUZZ_CORRUPTIONS
@@ -577,6 +576,7 @@ def test_cli_check_is_bit_exact_through_sim_and_reports_unreachable(tmp_path: Pa
 @pytest.mark.slow
 def test_infer_real_blob_matches_tflm_under_corruption(tmp_path: Path) -> None:
     import _models
+
     from tinyfed.firmware_bridge.blob import compile_blob
     from tinyfed.models.tflm import TflmModel
 

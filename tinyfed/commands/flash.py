@@ -64,7 +64,7 @@ def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_n
                          source=str(elf_path))
     try:
         session = ConnectHelper.session_with_chosen_probe(unique_id=probe_id, blocking=False, target_override=target)
-    except Exception as exc:  # pyOCD raises its own error types for USB permission problems and the like
+    except Exception as exc:  # noqa: BLE001 - pyOCD raises its own error types for USB permission problems and the like
         raise FlashError(f"cannot open the debug probe: {exc}", fix="check the probe's USB cable and udev rules",
                          source=board.name) from None
     if session is None:
@@ -76,7 +76,7 @@ def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_n
         with session:
             FileProgrammer(session).program(str(elf_path))
             session.board.target.reset()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any pyOCD failure becomes one line
         raise FlashError(f"flashing failed: {exc}", fix="check the target name (--target) and the probe connection",
                          source=board.name) from None
     if as_json:

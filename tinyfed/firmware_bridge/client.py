@@ -24,7 +24,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from serial.serialutil import SerialException
@@ -179,7 +179,7 @@ class BoardClient:
 
     # -- connection ----------------------------------------------------------------------
 
-    def __enter__(self) -> BoardClient:
+    def __enter__(self) -> Self:
         self.open()
         return self
 

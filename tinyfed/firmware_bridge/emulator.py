@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from tinyfed.errors import BoardError, TinyfedError
 
@@ -107,7 +107,7 @@ class EmulatedBoard:
         except OSError:
             pass
 
-    def __enter__(self) -> EmulatedBoard:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -118,12 +118,21 @@ class EmulatedBoard:
                 "ready_s": self.ready_s}
 
 
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # looked up here, so the child does no dynamic loading between fork and exec
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the emulator dies with its parent
 
 
 def _resolve_board(board: Board | str) -> Board:
@@ -171,7 +180,8 @@ def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = N
         log_fd, log_name = tempfile.mkstemp(prefix=f"tinyfed-qemu-{b.name}-", suffix=".log")
         try:
             proc = subprocess.Popen(cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log_fd,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent)  # noqa: PLW1509 - calls one libc function
         finally:
             os.close(log_fd)
     finally:
@@ -281,7 +291,7 @@ class EmulatorFleet:
         for b in self.boards:
             b.stop()
 
-    def __enter__(self) -> EmulatorFleet:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

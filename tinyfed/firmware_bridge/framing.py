@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 from cobs import cobs
 
@@ -46,7 +47,7 @@ class Command:
     INVOKE = 0x21
     OUTPUT_READ = 0x22
 
-    NAMES = {
+    NAMES: ClassVar[dict[int, str]] = {
         0x01: "HELLO", 0x02: "PING", 0x03: "RESET", 0x10: "LOAD_BEGIN", 0x11: "LOAD_CHUNK",
         0x12: "LOAD_COMMIT", 0x20: "INPUT_WRITE", 0x21: "INVOKE", 0x22: "OUTPUT_READ",
     }
@@ -67,7 +68,7 @@ class Status:
     FRAME_TOO_LARGE = 11
     BUSY = 12
 
-    NAMES = {
+    NAMES: ClassVar[dict[int, str]] = {
         0: "OK", 1: "BAD_CRC", 2: "UNKNOWN_COMMAND", 3: "FRAGMENT_TOO_LARGE", 4: "OUT_OF_MEMORY",
         5: "UNSUPPORTED_OP", 6: "WRONG_VERSION", 7: "BAD_LENGTH", 8: "OUT_OF_ORDER", 9: "NO_MODEL",
         10: "BAD_MODEL", 11: "FRAME_TOO_LARGE", 12: "BUSY",

@@ -94,7 +94,8 @@ def launch_renode(board: Board | str, elf_path: Path | str, *, name: str | None 
     log_fd, log_name = tempfile.mkstemp(prefix=f"tinyfed-renode-{b.name}-", suffix=".log")
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent, cwd=workdir)
+                                start_new_session=True,
+                                preexec_fn=_die_with_parent, cwd=workdir)  # noqa: PLW1509 - calls one libc function
     finally:
         os.close(log_fd)
     emu = EmulatedBoard(b.name, name or f"{b.name}@{port}", f"socket://127.0.0.1:{port}", port, proc, cmd,

@@ -73,7 +73,7 @@ class SimConfig:
             from tinyfed.boards import get_board
 
             b = get_board(board_id)
-        except Exception:  # an unknown id is fine for a simulated board
+        except Exception:  # noqa: BLE001 - an unknown id is fine for a simulated board
             b = None
         if b is not None:
             cfg.max_payload = min(b.link.max_frame_bytes, 0xFFFF)
@@ -290,7 +290,7 @@ class SimBoard:
             return _Fragment(blob)
         try:
             parsed = blob_mod.parse_blob(blob)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - like the firmware: any bad blob is an error reply
             problem = str(getattr(exc, "problem", exc))
             default = Status.WRONG_VERSION if "version" in problem else Status.BAD_MODEL
             raise _Reply(_status_of(exc, default), int(getattr(exc, "detail", 0) or 0), problem[:64]) from None
@@ -343,7 +343,7 @@ class SimBoard:
             if shape:
                 x = x.reshape(tuple(shape))
             y = kernels_np.run_blob(frag.blob, x)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a kernel failure is an error reply, never a crash
             raise _Reply(_status_of(exc, Status.UNSUPPORTED_OP), int(getattr(exc, "detail", 0) or 0), str(exc)[:64]) from None
         self._output = np.asarray(y).astype(np.int8, copy=False).tobytes()
         room = self.config.max_payload - 8
