@@ -54,45 +54,62 @@ int tfmb_harness_run(const uint8_t *blob, uint32_t size, const int8_t *x, uint32
 }
 
 #ifdef TFMB_FUZZ_MAIN
+/* Opens one blob from an exactly sized heap copy (so ASan flags any read past its end);
+ * invokes it when it opens. Returns the status (0 = opened and ran). */
+static int try_blob(const uint8_t *src, uint32_t len)
+{
+    uint8_t *blob = (uint8_t *)malloc(len ? len : 1);
+    if (!blob) exit(3);
+    memcpy(blob, src, len);
+    tfmb_model_t m;
+    tfmb_error_t err;
+    int status;
+    if (tfmb_open(&m, blob, len, 1u << 20, &err)) {
+        const uint32_t ab = tfmb_arena_bytes(&m);
+        uint8_t *arena = (uint8_t *)malloc(ab ? ab : 1);
+        if (!arena) exit(3);
+        memset(arena, 0x5A, ab);
+        if (!tfmb_invoke(&m, arena, &err)) exit(4);
+        free(arena);
+        status = 0;
+    } else {
+        status = err.status;
+        /* A rejection must carry a status and a NUL-terminated, non-empty message. */
+        if (status == 0 || memchr(err.message, 0, sizeof(err.message)) == NULL || err.message[0] == 0) exit(5);
+    }
+    free(blob);
+    return status;
+}
+
+/* usage: engine_fuzz [-t] BLOBS   (BLOBS: u32 length + bytes, repeated)
+ * Prints one status per blob; with -t also tries every truncation of each blob and prints
+ * "truncations N opened K". */
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s BLOBS\n", argv[0]);
+    int truncate = argc == 3 && strcmp(argv[1], "-t") == 0;
+    if (argc != 2 + truncate) {
+        fprintf(stderr, "usage: %s [-t] BLOBS\n", argv[0]);
         return 2;
     }
-    FILE *f = fopen(argv[1], "rb");
+    FILE *f = fopen(argv[1 + truncate], "rb");
     if (!f) return 2;
-    unsigned long counts[256] = {0};
-    unsigned long opened = 0, total = 0, bad_message = 0;
+    unsigned long truncations = 0, truncations_opened = 0;
     uint8_t len_le[4];
     while (fread(len_le, 1, 4, f) == 4) {
         const uint32_t len = (uint32_t)len_le[0] | ((uint32_t)len_le[1] << 8) | ((uint32_t)len_le[2] << 16) |
                              ((uint32_t)len_le[3] << 24);
-        /* An exactly sized heap copy: ASan flags any read past the blob. */
-        uint8_t *blob = (uint8_t *)malloc(len ? len : 1);
-        if (!blob || fread(blob, 1, len, f) != len) return 3;
-        tfmb_model_t m;
-        tfmb_error_t err;
-        ++total;
-        if (tfmb_open(&m, blob, len, 1u << 20, &err)) {
-            ++opened;
-            const uint32_t ab = tfmb_arena_bytes(&m);
-            uint8_t *arena = (uint8_t *)malloc(ab ? ab : 1);
-            memset(arena, 0x5A, ab);
-            if (!tfmb_invoke(&m, arena, &err)) return 4;
-            free(arena);
-        } else {
-            counts[err.status]++;
-            if (err.status == 0 || memchr(err.message, 0, sizeof(err.message)) == NULL || err.message[0] == 0)
-                ++bad_message;
-        }
-        free(blob);
+        uint8_t *buf = (uint8_t *)malloc(len ? len : 1);
+        if (!buf || fread(buf, 1, len, f) != len) return 3;
+        printf("%d\n", try_blob(buf, len));
+        if (truncate)
+            for (uint32_t cut = 0; cut < len; ++cut) {
+                ++truncations;
+                if (try_blob(buf, cut) == 0) ++truncations_opened;
+            }
+        free(buf);
     }
     fclose(f);
-    printf("total %lu opened %lu bad_message %lu", total, opened, bad_message);
-    for (int s = 0; s < 256; ++s)
-        if (counts[s]) printf(" status%d %lu", s, counts[s]);
-    printf("\n");
+    if (truncate) printf("truncations %lu opened %lu\n", truncations, truncations_opened);
     return 0;
 }
 #endif

@@ -30,19 +30,27 @@ _CHUNK = 256  # samples per convolution chunk (bounds the im2col memory)
 
 def _wrap32(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
+    if x.size == 0 or (x.min() >= _I32_MIN and x.max() <= _I32_MAX):
+        return x
     return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
 def _srdhm(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """gemmlowp SaturatingRoundingDoublingHighMul for int32."""
+    """gemmlowp SaturatingRoundingDoublingHighMul for int32.
+
+    ``(a*b + nudge) / 2**31`` truncated, nudge = 2**30 or 1 - 2**30 by the sign of a*b;
+    for a negative product truncation equals flooring after adding 2**31 - 1, so both cases
+    are ``floor((a*b + 2**30) / 2**31)``.
+    """
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    s = ab + nudge
-    q = np.where(s >= 0, s >> 31, -((-s) >> 31))  # C division truncates toward zero
+    q = a * b
+    q += 1 << 30
+    q >>= 31
     overflow = (a == _I32_MIN) & (b == _I32_MIN)
-    return np.where(overflow, _I32_MAX, q)
+    if overflow.any():
+        q = np.where(overflow, _I32_MAX, q)
+    return q
 
 
 def _rdbp(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
