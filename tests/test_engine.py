@@ -21,7 +21,12 @@ import pytest
 
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.blob import (
-    HEADER_BYTES, OP_BYTES, TENSOR_BYTES, compile_blob, parse_blob, quantize_multiplier,
+    HEADER_BYTES,
+    OP_BYTES,
+    TENSOR_BYTES,
+    compile_blob,
+    parse_blob,
+    quantize_multiplier,
 )
 from tinyfed.firmware_bridge.kernels_np import run_blob
 from tinyfed.models.tflite_graph import TfliteGraph
@@ -70,7 +75,7 @@ def fuzz_exe(tmp_path_factory: pytest.TempPathFactory) -> str:
     exe = d / "engine_fuzz"
     base = [_gcc(), "-std=c99", "-O1", "-g", "-DTFMB_FUZZ_MAIN", f"-I{ENGINE}", *SOURCES, HARNESS, "-o", str(exe)]
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-    r = subprocess.run(base[:1] + san + base[1:], capture_output=True, text=True)
+    r = subprocess.run(base[:1] + san + base[1:], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         subprocess.run(base, check=True, capture_output=True, text=True)
     return str(exe)
@@ -110,10 +115,9 @@ def c_open(lib, blob: bytes, capacity: int = 1 << 30) -> tuple[int, int, str, li
 def run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) -> tuple[list[int], str]:
     path = tmp / f"blobs-{len(blobs)}-{int(truncate)}.bin"
     with open(path, "wb") as f:
-        for b in blobs:
-            f.write(struct.pack("<I", len(b)) + b)
+        f.writelines(struct.pack("<I", len(b)) + b for b in blobs)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="halt_on_error=1")
-    r = subprocess.run([exe, *(["-t"] if truncate else []), str(path)], capture_output=True, text=True, env=env,
+    r = subprocess.run([exe, *(["-t"] if truncate else []), str(path)], capture_output=True, text=True, env=env, check=False,
                        timeout=300)
     assert r.returncode == 0, f"engine crashed or failed (rc {r.returncode}): {r.stderr[-2000:]}"
     lines = r.stdout.splitlines()
@@ -254,6 +258,30 @@ def test_kernel_zoo_bit_exact(engine_lib, per_channel: bool) -> None:
         assert_same(c_run(engine_lib, blob, x), ref, f"prefix {k}: C")
         checked += 1
     assert checked >= 8
+    # Softmax with beta != 1 (the converter folds scalars into the FC, so set it directly).
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = g.model_object
+    obj.subgraphs[0].operators[-1].builtinOptions.beta = 0.37
+    model_beta = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    assert TfliteGraph.from_bytes(model_beta).ops[-1].options["beta"] == pytest.approx(0.37)
+    blob = compile_blob(model_beta)
+    ref = TflmModel(model_beta).run(x)
+    assert_same(run_blob(blob, x), ref, "softmax beta 0.37: numpy")
+    assert_same(c_run(engine_lib, blob, x), ref, "softmax beta 0.37: C")
+
+
+def test_run_blob_shapes() -> None:
+    z = zoo("digits_cnn")
+    blob = compile_blob(z.model)
+    one = run_blob(blob, z.x[:1])
+    assert one.shape == (1, 10) and one.dtype == np.int8
+    assert np.array_equal(run_blob(blob, z.x[0]), one)  # a single sample without batch axis
+    assert np.array_equal(run_blob(blob, z.x[:1].reshape(1, 8, 8, 1)), one)
+    with pytest.raises(ModelError):
+        run_blob(blob, z.x[:2].astype(np.float32))
+    with pytest.raises(ModelError):
+        run_blob(blob, np.zeros((2, 7, 7, 1), np.int8))
 
 
 def test_quantize_multiplier_matches_tflite_rules() -> None:
@@ -292,7 +320,7 @@ def test_blob_info(engine_lib) -> None:
     status, _, _, sizes = c_open(engine_lib, blob)
     assert status == 0 and sizes == [info.arena_bytes, 64, 10, len(info.ops)]
     # The reshape is aliased: same arena bytes as its input.
-    rs = [o for o in info.ops if o.name == "RESHAPE"][0]
+    rs = next(o for o in info.ops if o.name == "RESHAPE")
     assert info.tensors[rs.inputs[0]].offset == info.tensors[rs.output].offset
 
 
@@ -522,7 +550,7 @@ def test_host_build_warning_free(tmp_path: Path) -> None:
     gcc = _gcc()
     for src in SOURCES:
         r = subprocess.run([gcc, *WARN, "-pedantic", "-c", src, "-o", str(tmp_path / "x.o")],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
         assert r.returncode == 0 and not r.stderr.strip(), f"{src}: {r.stderr}"
 
 
@@ -532,13 +560,13 @@ def test_cortex_m4_build_warning_free(tmp_path: Path) -> None:
         pytest.skip("arm-none-eabi-gcc not installed (make debian-packages installs it)")
     for src in SOURCES:
         obj = tmp_path / (Path(src).stem + ".o")
-        r = subprocess.run([cc, *WARN, *M4, "-ffreestanding", "-c", src, "-o", str(obj)], capture_output=True, text=True)
+        r = subprocess.run([cc, *WARN, *M4, "-ffreestanding", "-c", src, "-o", str(obj)], capture_output=True, text=True, check=False)
         assert r.returncode == 0 and not r.stderr.strip(), f"{src}: {r.stderr}"
     # No floating point anywhere in the engine: no float/double and no FPU instructions.
     objdump = shutil.which("arm-none-eabi-objdump")
     if objdump:
         for obj in tmp_path.glob("*.o"):
-            dis = subprocess.run([objdump, "-d", str(obj)], capture_output=True, text=True).stdout
+            dis = subprocess.run([objdump, "-d", str(obj)], capture_output=True, text=True, check=False).stdout
             assert not any(ins in dis for ins in ("\tvmul", "\tvadd", "\tvcvt", "\tvdiv")), obj.name
 
 
@@ -546,7 +574,7 @@ def test_engine_sources_have_no_float() -> None:
     import re
 
     for src in [*SOURCES, *[str(p) for p in ENGINE.glob("*.h")]]:
-        text = re.sub(r"/\*.*?\*/", "", Path(src).read_text(), flags=re.S)
+        text = re.sub(r"/\*.*?\*/", "", Path(src).read_text(), flags=re.DOTALL)
         assert not re.search(r"\b(float|double)\b", text), src
         includes = set(re.findall(r"#include\s*<([^>]+)>", text))
         assert includes <= {"string.h", "stdint.h", "stdbool.h"}, (src, includes)
