@@ -591,3 +591,13 @@ def test_infer_real_blob_matches_tflm_under_corruption(tmp_path: Path) -> None:
     for i in range(len(x)):
         assert np.array_equal(c.infer(x[i:i + 1]), want[i].reshape(-1))
     assert port.total_injected > 0
+
+
+def test_pyserial_opens_sim_urls_once_tinyfed_firmware_bridge_is_imported() -> None:
+    import serial
+
+    port = serial.serial_for_url("sim://nrf52840?name=raw", timeout=0.1)
+    port.write(encode_frame(KIND_REQUEST, Command.PING, 9, b"raw"))
+    (pkt,) = [decode_frame(f) for f in FrameReader(1000).feed(port.read(100))]
+    assert (pkt.kind, pkt.code, pkt.seq, pkt.payload) == (KIND_RESPONSE, Status.OK, 9, b"raw")
+    assert port.read(1) == b"" and port.tinyfed_clock() == pytest.approx(0.1)  # virtual time, no waiting
