@@ -216,6 +216,11 @@ def test_qemu_board_hello_ping_reset(qemu_board) -> None:
         with pytest.raises(DeviceError) as err:
             c.request(0x7F)
         assert err.value.status == Status.UNKNOWN_COMMAND
+        c.reset()  # the board reboots: it answers again (retransmission covers the reboot), without a model
+        assert c.hello().board_id == "mps2-an386"
+        with pytest.raises(DeviceError) as err:
+            c.request(0x21)
+        assert err.value.status == Status.NO_MODEL
         bench = c.bench(samples=20)
         print(f"\nqemu mps2-an386: RTT min {bench.rtt_min_s * 1e3:.3f} ms median {bench.rtt_median_s * 1e3:.3f} ms, "
               f"echo {bench.echo_bytes_per_s / 1e3:.1f} kB/s with {bench.echo_payload}-byte payloads")
