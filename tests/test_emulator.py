@@ -317,3 +317,24 @@ def test_cli_emulate_serves_a_fleet_until_interrupted(firmware_elf: Path, tmp_pa
             pass
         assert not _alive(pid), f"qemu {pid} still running"
     assert not out.exists()
+
+
+def test_cli_firmware_build_errors() -> None:
+    r = CliRunner().invoke(cli, ["firmware", "build", "--board", "nrf5284"])
+    assert r.exit_code == 2 and "nrf52840" in r.output
+    try:
+        import tinyfed.firmware_bridge.build  # noqa: F401
+    except ImportError:  # pragma: no cover - before the firmware build lands
+        r = CliRunner().invoke(cli, ["firmware", "build", "--board", "mps2-an386"])
+        assert r.exit_code == 2 and "build.py" in r.output
+        return
+    r = CliRunner().invoke(cli, ["firmware", "build", "--board", "esp32s3", "--json"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"]
+
+
+@pytest.mark.slow
+def test_cli_firmware_build(firmware_elf: Path) -> None:
+    r = CliRunner().invoke(cli, ["firmware", "build", "--board", "mps2-an386", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["board"] == "mps2-an386" and Path(doc["elf"]).is_file()
