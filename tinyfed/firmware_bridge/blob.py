@@ -22,8 +22,16 @@ import numpy as np
 from tinyfed.errors import ModelError
 
 __all__ = [
-    "MAGIC", "VERSION", "SUPPORTED_OPS", "OP_CODES", "BlobInfo", "BlobTensor", "BlobOp",
-    "compile_blob", "parse_blob", "quantize_multiplier",
+    "MAGIC",
+    "OP_CODES",
+    "SUPPORTED_OPS",
+    "VERSION",
+    "BlobInfo",
+    "BlobOp",
+    "BlobTensor",
+    "compile_blob",
+    "parse_blob",
+    "quantize_multiplier",
 ]
 
 MAGIC = b"TFMB"

@@ -16,7 +16,7 @@ import numpy as np
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.blob import NONE, OP_CODES, BlobInfo, parse_blob
 
-__all__ = ["run_blob", "run_info", "multiply_by_quantized_multiplier"]
+__all__ = ["multiply_by_quantized_multiplier", "run_blob", "run_info"]
 
 _I32_MIN = -(1 << 31)
 _I32_MAX = (1 << 31) - 1
@@ -165,7 +165,7 @@ def _conv(info: BlobInfo, op, x: np.ndarray, out_shape, depthwise: bool) -> np.n
     need = ((oh - 1) * sh + (fh - 1) * dh + 1, (ow - 1) * sw + (fw - 1) * dw + 1)
     outs = []
     for start in range(0, xs.shape[0], _CHUNK):
-        xp = _pad_input(xs[start : start + _CHUNK], (pad_h - 0, pad_w - 0), (need[0], need[1]), 0.0)
+        xp = _pad_input(xs[start : start + _CHUNK], (pad_h, pad_w), need, 0.0)
         # TFLM: in = out*stride - pad + dil*f; padded index = in + pad.
         if depthwise:
             src = np.arange(n_out) // mult
