@@ -143,8 +143,12 @@ def _resolve_board(board: Board | str) -> Board:
     return board
 
 
-def qemu_command(board: Board, elf_path: Path | str, fd: int, qemu: str = QEMU) -> list[str]:
-    """The QEMU command line for ``board`` with its serial port on the listening socket ``fd``."""
+def qemu_command(board: Board, elf_path: Path | str, fd: int, qemu: str = QEMU,
+                 extra_args: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The QEMU command line for ``board`` with its serial port on the listening socket ``fd``.
+
+    ``extra_args`` go before ``-kernel`` (e.g. ``("-icount", "shift=4")`` for deterministic timing).
+    """
     emu = board.emulator
     if emu is None or emu.qemu_machine is None:
         runs = " (it has a Renode platform: use renode)" if emu is not None and emu.renode_platform else ""
@@ -156,11 +160,12 @@ def qemu_command(board: Board, elf_path: Path | str, fd: int, qemu: str = QEMU) 
         cmd += ["-cpu", emu.qemu_cpu]
     cmd += ["-nographic", "-monitor", "none",
             "-chardev", f"socket,id=s0,fd={fd},server=on,wait=off,nodelay=on",
-            "-serial", "chardev:s0", "-kernel", str(elf_path)]
+            "-serial", "chardev:s0", *extra_args, "-kernel", str(elf_path)]
     return cmd
 
 
-def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU) -> EmulatedBoard:
+def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU,
+               extra_args: tuple[str, ...] | list[str] = ()) -> EmulatedBoard:
     """Start QEMU for ``board`` running ``elf_path``; do not wait for the firmware (see :func:`wait_ready`)."""
     b = _resolve_board(board)
     exe = shutil.which(qemu)
@@ -176,7 +181,7 @@ def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = N
         sock.listen(1)
         port = sock.getsockname()[1]
         fd = sock.fileno()
-        cmd = qemu_command(b, elf, fd, exe)
+        cmd = qemu_command(b, elf, fd, exe, extra_args)
         log_fd, log_name = tempfile.mkstemp(prefix=f"tinyfed-qemu-{b.name}-", suffix=".log")
         try:
             proc = subprocess.Popen(cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log_fd,
@@ -234,9 +239,10 @@ def wait_ready(emu: EmulatedBoard, timeout: float = DEFAULT_READY_TIMEOUT, *, pi
 
 
 def launch_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None,
-                ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU) -> EmulatedBoard:
-    """Start QEMU and wait until its firmware answers a PING."""
-    emu = start_qemu(board, elf_path, name=name, qemu=qemu)
+                ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU,
+                extra_args: tuple[str, ...] | list[str] = ()) -> EmulatedBoard:
+    """Start QEMU and wait until its firmware answers a PING (``extra_args``: see :func:`qemu_command`)."""
+    emu = start_qemu(board, elf_path, name=name, qemu=qemu, extra_args=extra_args)
     try:
         wait_ready(emu, ready_timeout)
     except BaseException:
