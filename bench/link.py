@@ -105,6 +105,7 @@ def measured_efficiency(client: BoardClient, n: int, data: bytes, chunks: int = 
         "payload": n,
         "sent": sent,
         "recv": recv,
+        "one_way": chunks * n / sent,
         "both": chunks * (n + 4) / (sent + recv),
         "goodput": len(blob) / (sent + recv),
         "retrans": s1["retransmissions"] - s0["retransmissions"],
@@ -186,6 +187,7 @@ def make_fragments(out_root: Path) -> dict[str, dict]:
 
 
 def main() -> None:
+    print(f"host: {os.cpu_count()} CPUs, load average {open('/proc/loadavg').read().split()[:3]} (shared machine)")
     board = get_board(BOARD)
     elf = build_firmware(BOARD)
     plan_build = build_firmware(PLAN_BOARD)
@@ -219,10 +221,11 @@ def main() -> None:
               f"slot {info.fragment_slot_bytes}, arena {info.arena_bytes}, fw RAM {info.firmware_ram_bytes}, "
               f"fw flash {info.firmware_flash_bytes}")
         print(f"(a) measured on {emu.name} ({emu.url}), 40 LOAD_CHUNKs per size, fragment bytes")
-        print(f"{'payload':>8} {'sent':>7} {'recv':>6} {'both ways':>9} {'data/wire':>9} {'retrans':>7} {'data B/s':>9}")
+        print(f"{'payload':>8} {'sent':>7} {'recv':>6} {'one-way':>8} {'both ways':>9} {'data/wire':>9} {'retrans':>7} "
+              f"{'data B/s':>9}")
         for n in PAYLOAD_SIZES:
             m = measured_efficiency(client, n, sample_data)
-            print(f"{n:>8} {m['sent']:>7} {m['recv']:>6} {m['both']:>9.4f} {m['goodput']:>9.4f} {m['retrans']:>7} "
+            print(f"{n:>8} {m['sent']:>7} {m['recv']:>6} {m['one_way']:>8.4f} {m['both']:>9.4f} {m['goodput']:>9.4f} {m['retrans']:>7} "
                   f"{m['bytes_per_s']:>9,.0f}")
 
         # (b) upload -----------------------------------------------------------------------
@@ -232,16 +235,19 @@ def main() -> None:
         commits = {}
         for name, f in frags.items():
             blob = f["blob"]
-            for attempt in range(2):  # the second upload is the measured one (first warms the path)
+            times = []
+            for _ in range(4):  # the first upload warms the path; the median of the other three is reported
                 s0 = client.stats.to_dict()
                 t0 = time.perf_counter()
                 res = client.load_fragment(blob)
-                dt = time.perf_counter() - t0
+                times.append(time.perf_counter() - t0)
                 s1 = client.stats.to_dict()
+            dt = float(np.median(times[1:]))
             wire = (s1["bytes_sent"] - s0["bytes_sent"]) + (s1["bytes_received"] - s0["bytes_received"])
             commits[name] = res
             print(f"{name:<11} {res.op_count:>4} {len(f['tflite']):>9,} {len(blob):>7,} {res.chunks:>6} {dt:>8.3f} "
-                  f"{len(blob) / dt:>9,.0f} {wire:>7,} {len(blob) / wire:>9.4f} {res.arena_bytes:>8,}")
+                  f"{len(blob) / dt:>9,.0f} {wire:>7,} {len(blob) / wire:>9.4f} {res.arena_bytes:>8,}  "
+                  f"(best {len(blob) / min(times[1:]):,.0f} B/s)")
 
         # (e) host CPU / RSS ---------------------------------------------------------------
         pid = emu.process.pid
@@ -280,6 +286,14 @@ def main() -> None:
             print(f"{name:<11} {len(f['info'].ops):>4} {macs:>11,} {c:>9,.0f} {insns:>12,.0f} {insns / macs:>8.2f} "
                   f"{macs / (insns / clock):>17,.0f} {1e3 * insns / clock:>8.2f} {macs / (insns * ns_per_insn * 1e-9):>13,.0f} "
                   f"{1e3 * wall:>8.2f} {samples:>7} {max(cyc) - min(cyc):>6}")
+        pid = emu.process.pid
+        f = frags["digits_cnn"]
+        xq = quantize_input(f["x"][0], f["info"])
+        idle_cpu, idle_rss, _ = cpu_over(pid, 5.0)
+        busy_cpu, busy_rss, n_inf = cpu_over(pid, 5.0, lambda: client.infer(xq))
+        print(f"(e) same board under -icount shift={ICOUNT_SHIFT}: idle 5 s {idle_cpu:.2f}% CPU, RSS "
+              f"{idle_rss / 1024:.1f} MiB; busy 5 s (digits_cnn, {n_inf} inferences) {busy_cpu:.1f}% CPU, "
+              f"RSS {busy_rss / 1024:.1f} MiB")
 
     # (d) RAM and flash against the planner -------------------------------------------------------
     print(f"\n(d) memory: planner ({PLAN_BOARD} plan) vs built firmware + LOAD_COMMIT arena")
