@@ -24,7 +24,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from cobs import cobs
 
 from tinyfed.boards import get_board, single_board_fleet
 from tinyfed.firmware_bridge.blob import compile_blob, parse_blob
@@ -187,7 +186,7 @@ def make_fragments(out_root: Path) -> dict[str, dict]:
 
 
 def main() -> None:
-    print(f"host: {os.cpu_count()} CPUs, load average {open('/proc/loadavg').read().split()[:3]} (shared machine)")
+    print(f"host: {os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text().split()[:3]} (shared machine)")
     board = get_board(BOARD)
     elf = build_firmware(BOARD)
     plan_build = build_firmware(PLAN_BOARD)

@@ -17,7 +17,6 @@ import datetime as dt
 import os
 import re
 import struct
-from pathlib import Path
 
 from tinyfed.boards import get_board
 from tinyfed.boards.registry import BUILTIN_DIR
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="write the rates into the boards' [speed] tables")
     ap.add_argument("--repeats", type=int, default=1024, help="BENCH repeats (1..4096)")
     args = ap.parse_args(argv)
-    day = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    day = dt.datetime.now(dt.UTC).date().isoformat()
     for name in BOARDS:
         r = run_bench(name, args.repeats)
         print(f"{name}: int8 {r['int8_macs']:,} MACs in {r['int8_cycles']:,} cycles, fp32 {r['fp32_flops']:,} FLOPs in "
