@@ -180,10 +180,8 @@ def _elf_for(board: str) -> Path:
     env = os.environ.get("TINYFED_TEST_ELF")
     if env and board == "mps2-an386":
         return Path(env)
-    try:
-        from tinyfed.firmware_bridge.build import build_firmware
-    except ImportError:
-        pytest.skip("tinyfed.firmware_bridge.build has not landed yet (or set TINYFED_TEST_ELF)")
+    from tinyfed.firmware_bridge.build import build_firmware
+
     if not HAVE_QEMU:
         pytest.skip("qemu-system-arm is not installed")
     return Path(build_firmware(board))
