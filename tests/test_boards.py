@@ -76,6 +76,20 @@ DATASHEET = {
     "mps3-an547": ("cortex-m55", "dp", 32, 512, 2048, False, "uart"),
 }
 
+# name: ([firmware_reserve] RAM KiB, flash KiB, source). Boards with a firmware board layer
+# (firmware/boards/<name>/) carry what `python -m tinyfed.firmware_bridge.build --write-reserve`
+# read from the linker map (tests/test_firmware_build.py rebuilds and checks the exact match);
+# the others still carry estimates.
+RESERVE = {
+    "nrf52840": (8, 19, "linker-map"),
+    "apollo3": (8, 67, "linker-map"),
+    "mps2-an386": (8, 19, "linker-map"),
+    "mps3-an547": (8, 20, "linker-map"),
+    "stm32l4r9": (24, 96, "estimate"),
+    "rp2040": (32, 128, "estimate"),
+    "esp32s3": (160, 384, "estimate"),
+}
+
 
 def test_shipped_boards_are_exactly_the_documented_ones() -> None:
     assert sorted(b.name for b in list_boards()) == sorted(DATASHEET)
@@ -92,7 +106,8 @@ def test_shipped_board_has_datasheet_numbers(name: str) -> None:
     assert board.ram_bytes == ram * KIB and board.flash_bytes == flash * KIB
     assert 0 < board.fragment_ram_budget_bytes < board.ram_bytes
     assert 0 < board.fragment_flash_budget_bytes < board.flash_bytes
-    assert board.firmware_reserve.source == "estimate"
+    reserve = board.firmware_reserve
+    assert (reserve.ram_kib, reserve.flash_kib, reserve.source) == RESERVE[name]
     # Emulated boards: measured with the firmware's BENCH under qemu -icount (bench/speed.py);
     # real boards: estimates until measured on hardware.
     assert board.speed.measured is board.emulated and board.speed.source
@@ -100,11 +115,18 @@ def test_shipped_board_has_datasheet_numbers(name: str) -> None:
     assert board.path == BUILTIN_DIR / f"{name}.toml"
 
 
+def test_measured_reserves_are_exactly_the_firmware_boards() -> None:
+    from tinyfed.firmware_bridge.build import firmware_boards
+
+    measured = sorted(name for name, (_, _, source) in RESERVE.items() if source == "linker-map")
+    assert measured == firmware_boards()
+
+
 def test_nrf52840_derived_values() -> None:
     b = get_board("nrf52840")
-    assert b.reserve_ram_bytes == 24 * KIB and b.reserve_flash_bytes == 96 * KIB
-    assert b.fragment_ram_budget_bytes == (256 - 24) * KIB
-    assert b.fragment_flash_budget_bytes == (1024 - 96) * KIB
+    assert b.reserve_ram_bytes == 8 * KIB and b.reserve_flash_bytes == 19 * KIB
+    assert b.fragment_ram_budget_bytes == (256 - 8) * KIB
+    assert b.fragment_flash_budget_bytes == (1024 - 19) * KIB
     assert b.link.baud == 115200 and b.link.max_frame_bytes == 256
     assert b.link_bytes_per_s == 11520  # UART 8N1: 10 bits per byte
     assert b.emulator is not None and b.emulator.renode_platform == "platforms/cpus/nrf52840.repl"
@@ -354,6 +376,74 @@ def test_fleet_duplicate_and_typo_keys(tmp_path: Path) -> None:
     assert "missing required key 'count'" in by_key["boards[1].count"]
 
 
+def test_fleet_with_device_urls(tmp_path: Path) -> None:
+    fleet_file = tmp_path / "lab.toml"
+    fleet_file.write_text(
+        'name = "lab"\n'
+        '[[boards]]\nboard = "mps2-an386"\nurls = ["socket://127.0.0.1:40111", "socket://127.0.0.1:40112"]\n'
+        '[[boards]]\nboard = "nrf52840"\nurl = "/dev/ttyACM0"\n'
+        '[[boards]]\nboard = "apollo3"\ncount = 2\nurls = ["sim://apollo3?name=a", "sim://apollo3?name=b"]\n'
+        '[[boards]]\nboard = "rp2040"\ncount = 3\n'
+    )
+    fleet = load_fleet(fleet_file)
+    # count defaults to the number of URLs; `url` is one device.
+    assert [(b.name, n) for b, n in fleet.entries] == [("mps2-an386", 2), ("nrf52840", 1), ("apollo3", 2), ("rp2040", 3)]
+    assert fleet.total_devices == 8 and fleet.has_urls
+    assert [(b.name, url) for b, url in fleet.devices] == [
+        ("mps2-an386", "socket://127.0.0.1:40111"), ("mps2-an386", "socket://127.0.0.1:40112"),
+        ("nrf52840", "/dev/ttyACM0"),
+        ("apollo3", "sim://apollo3?name=a"), ("apollo3", "sim://apollo3?name=b"),
+        ("rp2040", None), ("rp2040", None), ("rp2040", None),
+    ]
+    boards = fleet.to_dict()["boards"]
+    assert boards[0] == {"board": "mps2-an386", "count": 2,
+                         "urls": ["socket://127.0.0.1:40111", "socket://127.0.0.1:40112"]}
+    assert boards[3] == {"board": "rp2040", "count": 3}
+    assert not load_fleet("smartwatch").has_urls and load_fleet("smartwatch").devices[0][1] is None
+
+
+def test_fleet_urls_must_match_count_and_all_errors_are_reported(tmp_path: Path) -> None:
+    fleet_file = tmp_path / "bad.toml"
+    fleet_file.write_text(
+        'name = "bad"\n'
+        '[[boards]]\nboard = "nrf52840"\ncount = 3\nurls = ["sim://a"]\n'      # fewer URLs than count
+        '[[boards]]\nboard = "apollo3"\ncount = 1\nurls = ["sim://b", "sim://c"]\n'  # more
+        '[[boards]]\nboard = "rp2040"\nurl = "sim://d"\nurls = ["sim://e"]\n'  # both forms
+        '[[boards]]\nboard = "stm32l4r9"\n'                                    # neither count nor URLs
+        '[[boards]]\nboard = "mps2-an386"\nurls = ["sim://f", 7]\n'
+        '[[boards]]\nboard = "nrf5284"\nurl = "sim://g"\n'
+    )
+    with pytest.raises(DataFileError) as info:
+        load_fleet(fleet_file)
+    by_key = issues_by_key(info.value)
+    assert "count = 3 but the entry lists 1 URL; one URL per device" in by_key["boards[0].count"]
+    assert "set count = 1" in by_key["boards[0].count"]
+    assert "count = 1 but the entry lists 2 URLs" in by_key["boards[1].count"]
+    assert "give url or urls, not both" in by_key["boards[2].urls"]
+    assert "missing required key 'count'" in by_key["boards[3].count"]
+    assert "expected a string, got integer 7" in by_key["boards[4].urls[1]"]
+    assert "did you mean 'nrf52840'?" in by_key["boards[5].board"]
+    assert f"{len(info.value.issues)} problem(s)" in info.value.one_line() and len(info.value.issues) == 6
+
+
+@pytest.mark.slow  # a real plan (model conversion)
+def test_cli_plan_accepts_a_fleet_written_by_emulate(cli, tmp_path: Path) -> None:
+    from tinyfed.firmware_bridge.devices import load_device_fleet, write_device_fleet
+
+    urls = ["socket://127.0.0.1:40111", "socket://127.0.0.1:40112"]
+    path = write_device_fleet(tmp_path / "fleet.toml", "emulated-mps2-an386", [("mps2-an386", urls)],
+                              description="2 x mps2-an386 in QEMU")
+    fleet = load_fleet(path)
+    assert [(b.name, url) for b, url in fleet.devices] == [("mps2-an386", u) for u in urls]
+    assert [d.url for d in load_device_fleet(path).devices] == urls  # `tinyfed devices` reads the same file
+    result = CliRunner().invoke(cli, ["plan", "digits_cnn", "--fleet", str(path), "--no-measure",
+                                      "--out", str(tmp_path / "plan"), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["fits"] is True
+    assert doc["fleet"] == "emulated-mps2-an386" and set(doc["boards"]) == {"mps2-an386"}
+
+
 def test_unknown_fleet_preset_suggests() -> None:
     with pytest.raises(BoardError, match="unknown fleet 'smartwach'; did you mean 'smartwatch'"):
         load_fleet("smartwach")
@@ -383,7 +473,8 @@ def test_cli_list_json_has_all_boards(cli) -> None:
     payload = json.loads(result.stdout)
     by_name = {b["name"]: b for b in payload["boards"]}
     assert set(by_name) == set(DATASHEET)
-    assert by_name["nrf52840"]["derived"]["fragment_ram_budget_bytes"] == (256 - 24) * KIB
+    assert by_name["nrf52840"]["derived"]["fragment_ram_budget_bytes"] == (256 - 8) * KIB
+    assert by_name["stm32l4r9"]["derived"]["fragment_ram_budget_bytes"] == (640 - 24) * KIB  # estimate
     assert by_name["nrf52840"]["path"].endswith("nrf52840.toml")
 
 
@@ -397,7 +488,8 @@ def test_cli_list_table_marks_estimates_and_user_files(cli, tmp_path: Path) -> N
 def test_cli_show(cli) -> None:
     result = CliRunner().invoke(cli, ["boards", "show", "nrf52840"])
     assert result.exit_code == 0, result.output
-    for text in ("cortex-m4f", "64 MHz", "256 KiB", "1024 KiB", "uart 115200", "renode", "237,568 bytes"):
+    for text in ("cortex-m4f", "64 MHz", "256 KiB", "1024 KiB", "uart 115200", "renode",
+                 "RAM 8 KiB, flash 19 KiB (linker-map)", "253,952 bytes", "1,029,120 bytes"):
         assert text in result.stdout
     as_json = CliRunner().invoke(cli, ["boards", "show", "nrf52840", "--json"])
     assert json.loads(as_json.stdout)["ram_kib"] == 256

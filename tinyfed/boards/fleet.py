@@ -1,4 +1,8 @@
-"""Fleet files: how many devices of which board. Presets ship in ``tinyfed/planner/fleets``."""
+"""Fleet files: how many devices of which board, and optionally where each device is reached.
+
+Presets ship in ``tinyfed/planner/fleets``. An entry may list device URLs (``urls = [...]`` or
+``url = "..."``), as ``tinyfed emulate --out`` writes; the planner uses only the counts.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,26 @@ class ResolvedFleet:
     entries: list[tuple[Board, int]] = field(default_factory=list)
     description: str | None = None
     path: Path | None = None
+    #: Per entry (same order as ``entries``), the device URLs the file gives; empty: none given.
+    entry_urls: list[list[str]] = field(default_factory=list)
+
+    def urls_of(self, index: int) -> list[str]:
+        """URLs of ``entries[index]`` (empty when the entry gives none)."""
+        return list(self.entry_urls[index]) if index < len(self.entry_urls) else []
+
+    @property
+    def devices(self) -> list[tuple[Board, str | None]]:
+        """Every device as ``(board, url)``, in file order; ``url`` is None where the file gives none."""
+        out: list[tuple[Board, str | None]] = []
+        for i, (board, count) in enumerate(self.entries):
+            urls = self.urls_of(i)
+            out += [(board, urls[k] if k < len(urls) else None) for k in range(count)]
+        return out
+
+    @property
+    def has_urls(self) -> bool:
+        """True when some entry says where its devices are."""
+        return any(self.entry_urls)
 
     @property
     def boards(self) -> list[Board]:
@@ -46,7 +70,10 @@ class ResolvedFleet:
             "description": self.description,
             "path": str(self.path) if self.path else None,
             "total_devices": self.total_devices,
-            "boards": [{"board": b.name, "count": n} for b, n in self.entries],
+            "boards": [
+                {"board": b.name, "count": n, **({"urls": self.urls_of(i)} if self.urls_of(i) else {})}
+                for i, (b, n) in enumerate(self.entries)
+            ],
         }
 
 
@@ -80,8 +107,9 @@ def _fleet_path(path_or_name: Path | str) -> Path:
 def load_fleet(path_or_name: Path | str, extra_dirs: Iterable[Path | str] = ()) -> ResolvedFleet:
     """Load a fleet file (or a preset by bare name) and resolve its boards.
 
-    Every problem of the file, including board names that do not exist, is reported in one
-    DataFileError naming the file and the key (``boards[2].board``).
+    Every problem of the file, including board names that do not exist and a ``count`` that
+    disagrees with the entry's ``urls``, is reported in one DataFileError naming the file and
+    the key (``boards[2].board``, ``boards[0].count``).
     """
     path = _fleet_path(path_or_name)
     data = read_toml(path)
@@ -105,9 +133,10 @@ def load_fleet(path_or_name: Path | str, extra_dirs: Iterable[Path | str] = ()) 
         raise DataFileError(str(path), issues)
     return ResolvedFleet(
         name=fleet.name,
-        entries=[(known[e.board], e.count) for e in fleet.boards],
+        entries=[(known[e.board], e.devices) for e in fleet.boards],
         description=fleet.description,
         path=path,
+        entry_urls=[e.device_urls for e in fleet.boards],
     )
 
 

@@ -10,7 +10,7 @@ and all problems of a file can be reported together (see :mod:`tinyfed.boards.va
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -276,10 +276,55 @@ class Board(_Table):
 
 
 class FleetEntry(_Table):
-    """``count`` devices of one board."""
+    """``count`` devices of one board, optionally with where each device is reached.
+
+    ``urls`` (or ``url`` for one device) are pyserial URLs (``socket://``, ``sim://``, a serial
+    port); ``tinyfed emulate --out`` writes them. With URLs, ``count`` may be left out; when
+    both are given they must agree.
+    """
 
     board: str = Field(min_length=1, description="board name")
-    count: int = Field(ge=1, description="number of devices of this board")
+    url: str | None = Field(default=None, min_length=1, description="where the one device of this entry is reached")
+    urls: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, validate_default=True, description="where each device is reached (pyserial URLs), one per device"
+    )
+    # Declared after url/urls so its check sees them; None only when URLs give the count.
+    count: int | None = Field(
+        default=None, ge=1, validate_default=True, description="number of devices of this board (default: how many URLs)"
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _url_or_urls(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and info.data.get("url") is not None:
+            raise check_error("give url or urls, not both", fix="move url into the urls list")
+        return value
+
+    @field_validator("count")
+    @classmethod
+    def _count_matches_urls(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "url" not in info.data or "urls" not in info.data:
+            return value  # url/urls are wrong themselves; that is reported already
+        url, urls = info.data["url"], info.data["urls"]
+        given = [url] if url is not None else list(urls or [])
+        if value is None and not given:
+            raise check_error("missing required key 'count' (or url/urls)",
+                              fix="add `count = ...`: number of devices of this board, or list their `urls = [...]`")
+        if value is not None and given and value != len(given):
+            what = "1 URL" if len(given) == 1 else f"{len(given)} URLs"
+            raise check_error(f"count = {value} but the entry lists {what}; one URL per device",
+                              fix=f"set count = {len(given)}, or list {value} URL(s), or leave count out")
+        return value
+
+    @property
+    def device_urls(self) -> list[str]:
+        """The entry's URLs (``url`` as a one-item list); empty when it has none."""
+        return [self.url] if self.url is not None else list(self.urls or [])
+
+    @property
+    def devices(self) -> int:
+        """How many devices the entry stands for (``count``, else the number of URLs)."""
+        return self.count if self.count is not None else len(self.device_urls)
 
 
 class Fleet(_Table):
@@ -287,7 +332,7 @@ class Fleet(_Table):
 
     name: str = Field(min_length=1, description="fleet name")
     description: str | None = Field(default=None, description="one line about the fleet")
-    boards: list[FleetEntry] = Field(min_length=1, description="[[boards]] tables with board and count")
+    boards: list[FleetEntry] = Field(min_length=1, description="[[boards]] tables with board and count (and/or urls)")
 
     @field_validator("boards")
     @classmethod
