@@ -13,8 +13,11 @@ may add where its devices are reached, as a list of pyserial URLs (or one ``url`
     board = "nrf52840"
     url = "/dev/ttyACM0"
 
-This module reads such files with its own model (the planner's fleet model in
-:mod:`tinyfed.boards` is untouched), and :func:`probe_devices` says HELLO to every device.
+The planner's loader (:func:`tinyfed.boards.load_fleet`, used by ``tinyfed plan --fleet``) reads
+the same format, including ``url``/``urls``. This module keeps its own model because it is more
+lenient in one way: an entry may list fewer URLs than its ``count``, the rest being devices not
+linked yet (``tinyfed devices`` lists them as such), where the planner requires one URL per
+device. :func:`probe_devices` says HELLO to every device.
 """
 
 from __future__ import annotations
