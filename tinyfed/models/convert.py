@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.errors import ModelError
+from tinyfed.models.tfimport import native_stderr_to_log
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -150,7 +151,7 @@ def convert_keras_to_int8(model: keras.Model, representative: np.ndarray) -> byt
     try:
         # The converter prints the exported signature to stdout and warns about input
         # statistics it does not need; keep the caller's output clean.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), native_stderr_to_log("converter"):
             warnings.simplefilter("ignore")
             data = converter.convert()
     except Exception as exc:  # noqa: BLE001 - converter errors are many and untyped
