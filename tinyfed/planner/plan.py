@@ -55,7 +55,13 @@ class ModelSource:
 
 
 def link_buffer_bytes(board: Board) -> int:
-    """Receive and transmit frame buffers of the serial link."""
+    """Receive and transmit frame buffers of the serial link, where the reserve does not hold them.
+
+    A reserve read from the firmware's linker map already contains its static frame buffers;
+    an estimated reserve does not, so they are counted on their own line.
+    """
+    if board.firmware_reserve.source == "linker-map":
+        return 0
     return 2 * board.link.max_frame_bytes
 
 
