@@ -212,7 +212,7 @@ def main() -> None:
     need_both = payload_for(TARGET, sample_data, both=True)
     e256 = comp[256]
     print(f"max payload {DEFAULT_MAX_PAYLOAD}: one-way {e256['one_way']:.4f}, both ways {e256['both']:.4f}; "
-          f"{TARGET} needs max_payload >= {need_one} (one way) / >= {need_both} (both ways, with the 18-byte ack)")
+          f"{TARGET} needs max_payload >= {need_one} (one way) / >= {need_both} (both ways, with the {e256['resp_wire']}-byte ack)")
 
     with launch_qemu(board, elf) as emu, BoardClient(emu.url, name=emu.name) as client:
         info = client.hello()

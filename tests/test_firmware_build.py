@@ -136,7 +136,7 @@ OK, BAD_CRC, UNKNOWN_COMMAND, NO_MODEL, UNSUPPORTED_OP = 0, 1, 2, 9, 5
 
 
 def frame(code: int, seq: int, payload: bytes = b"") -> bytes:
-    packet = struct.pack("<BBBBHH", 1, 0x01, code, 0, seq, len(payload)) + payload
+    packet = struct.pack("<BBBH", 1, 0x01, code, seq) + payload  # 5-byte header; length implied
     return cobs.encode(packet + struct.pack("<I", zlib.crc32(packet))) + b"\x00"
 
 
@@ -159,11 +159,11 @@ class Link:
             self.buf += chunk
         raw, self.buf = self.buf.split(b"\x00", 1)
         packet = cobs.decode(raw)
-        version, kind, code, flags, seq, length = struct.unpack_from("<BBBBHH", packet)
-        assert (version, kind, flags) == (1, 0x02, 0)
-        assert len(packet) == 12 + length
+        assert len(packet) >= 9  # 5-byte header + CRC-32
+        version, kind, code, seq = struct.unpack_from("<BBBH", packet)
+        assert (version, kind) == (1, 0x02)
         assert zlib.crc32(packet[:-4]) == struct.unpack("<I", packet[-4:])[0]
-        return code, seq, packet[8:-4]
+        return code, seq, packet[5:-4]
 
     def request(self, code: int, seq: int, payload: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
         self.sock.sendall(frame(code, seq, payload))
@@ -257,6 +257,13 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     packet[-1] ^= 0xFF
     status, seq, _ = link.send_raw(cobs.encode(bytes(packet)) + b"\x00")
     assert (status, seq) == (BAD_CRC, 0xFFFF)
+    # A truncated frame (the length is implied by the frame size): BAD_CRC with seq 0xFFFF; cut
+    # below 9 bytes with the 5-byte header intact: BAD_LENGTH with seq 0xFFFF.
+    packet = cobs.decode(frame(PING, 6, b"abc")[:-1])
+    status, seq, _ = link.send_raw(cobs.encode(packet[:-2]) + b"\x00")
+    assert (status, seq) == (BAD_CRC, 0xFFFF)
+    status, seq, _ = link.send_raw(cobs.encode(packet[:8]) + b"\x00")
+    assert (status, seq) == (7, 0xFFFF)
     # An oversized frame: FRAME_TOO_LARGE with seq 0xFFFF.
     status, seq, _ = link.send_raw(frame(PING, 7, bytes(300)))
     assert (status, seq) == (11, 0xFFFF)

@@ -20,7 +20,6 @@ from tinyfed.firmware_bridge.framing import (
     FrameReader,
     FrameTooLarge,
     FrameTooShort,
-    LengthMismatch,
     Packet,
     Status,
     decode_frame,
@@ -41,9 +40,10 @@ def test_round_trip(payload: bytes) -> None:
 
 def test_header_layout_is_little_endian_with_crc_over_header_and_payload() -> None:
     raw = encode_packet(KIND_RESPONSE, Status.OUT_OF_ORDER, 0x0102, b"ab")
-    assert raw[:8] == bytes([1, 2, 8, 0, 0x02, 0x01, 2, 0])
-    assert raw[8:10] == b"ab"
-    assert struct.unpack("<I", raw[10:])[0] == zlib.crc32(raw[:10])
+    assert raw[:5] == bytes([1, 2, 8, 0x02, 0x01])  # version, kind, code, seq: a 5-byte header
+    assert raw[5:7] == b"ab"
+    assert struct.unpack("<I", raw[7:])[0] == zlib.crc32(raw[:7])
+    assert len(raw) == OVERHEAD + 2 and OVERHEAD == 9
 
 
 def test_random_round_trips() -> None:
@@ -68,18 +68,28 @@ def test_not_cobs() -> None:
 
 def test_too_short() -> None:
     raw = encode_packet(KIND_REQUEST, Command.PING, 1)
+    assert len(raw) == OVERHEAD
+    decode_packet(raw)  # 9 bytes: the shortest packet
     with pytest.raises(FrameTooShort):
         decode_packet(raw[: OVERHEAD - 1])
     with pytest.raises(FrameTooShort):
         decode_frame(cobs.encode(b"\x01\x02"))
 
 
-def test_length_field_disagrees() -> None:
-    raw = bytearray(encode_packet(KIND_REQUEST, Command.PING, 1, b"abcd"))
-    raw[6] = 5
-    with pytest.raises(LengthMismatch) as info:
-        decode_packet(bytes(raw))
-    assert info.value.header is not None and info.value.status == Status.BAD_LENGTH
+def test_truncated_frame() -> None:
+    """The length is implied by the frame size: a frame that lost bytes fails its CRC, and one
+    cut below 9 bytes whose 5-byte header survived is too short, with that header (BAD_LENGTH)."""
+    raw = encode_packet(KIND_REQUEST, Command.PING, 1, b"abcd")
+    for cut in range(1, 5):
+        with pytest.raises(CrcMismatch) as info:
+            decode_packet(raw[:-cut])
+        assert info.value.header == (1, KIND_REQUEST, Command.PING, 1) and info.value.status == Status.BAD_CRC
+    with pytest.raises(FrameTooShort) as short:
+        decode_packet(raw[:8])
+    assert short.value.header == (1, KIND_REQUEST, Command.PING, 1) and short.value.status == Status.BAD_LENGTH
+    with pytest.raises(FrameTooShort) as unreadable:
+        decode_packet(raw[:4])
+    assert unreadable.value.header is None
 
 
 def test_crc_mismatch_every_single_bit() -> None:
@@ -87,7 +97,7 @@ def test_crc_mismatch_every_single_bit() -> None:
     for bit in range(len(raw) * 8):
         bad = bytearray(raw)
         bad[bit // 8] ^= 1 << (bit % 8)
-        with pytest.raises((CrcMismatch, LengthMismatch, FrameTooShort)):
+        with pytest.raises(CrcMismatch):  # no length field: every flip leaves the size intact
             decode_packet(bytes(bad))
 
 
@@ -130,7 +140,7 @@ def test_reader_skips_empty_frames_and_keeps_partial() -> None:
 
 def test_reader_discards_an_oversized_frame_up_to_the_next_delimiter() -> None:
     reader = FrameReader(10)
-    good = encode_frame(KIND_REQUEST, Command.PING, 3)  # 13 bytes encoded: too large for 10
+    good = encode_frame(KIND_REQUEST, Command.PING, 3)  # 10 bytes encoded: exactly max_encoded_bytes(0)
     reader2 = FrameReader(max_encoded_bytes(0))
     assert len(reader2.feed(good)) == 1 and isinstance(reader2.feed(good)[0], bytes)
     out = reader.feed(b"\x01" * 25)

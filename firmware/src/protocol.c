@@ -83,9 +83,7 @@ static size_t send_response(uint8_t status, uint16_t seq, const uint8_t *payload
     tx_packet[0] = PROTO_VERSION;
     tx_packet[1] = PROTO_KIND_RESPONSE;
     tx_packet[2] = status;
-    tx_packet[3] = 0;
-    put_u16(tx_packet + 4, seq);
-    put_u16(tx_packet + 6, length);
+    put_u16(tx_packet + 3, seq);
     if (length > 0u) {
         memcpy(tx_packet + PROTO_HEADER_BYTES, payload, length);
     }
@@ -136,27 +134,19 @@ static void handle_frame(uint8_t *buf, size_t enc_len, bool overflow)
     }
     if (!header_readable(buf, n)) {
         /* Another protocol version with an intact CRC gets WRONG_VERSION; else drop. */
-        if (n >= PROTO_OVERHEAD && buf[0] != PROTO_VERSION && buf[1] == PROTO_KIND_REQUEST) {
-            uint16_t length = get_u16(buf + 6);
-            if ((size_t)length + PROTO_OVERHEAD == n &&
-                crc32_update(0, buf, n - 4u) == get_u32(buf + n - 4u)) {
-                reply_error(&reply, ST_WRONG_VERSION, PROTO_VERSION, "protocol version 1 only");
-                (void)send_response(reply.status, get_u16(buf + 4), reply.payload, reply.length);
-            }
+        if (n >= PROTO_OVERHEAD && buf[0] != PROTO_VERSION && buf[1] == PROTO_KIND_REQUEST &&
+            crc32_update(0, buf, n - 4u) == get_u32(buf + n - 4u)) {
+            reply_error(&reply, ST_WRONG_VERSION, PROTO_VERSION, "protocol version 1 only");
+            (void)send_response(reply.status, get_u16(buf + 3), reply.payload, reply.length);
         }
         return;
     }
     if (n < PROTO_OVERHEAD) {
-        send_frame_error(ST_BAD_LENGTH, "frame shorter than 12 bytes");
+        send_frame_error(ST_BAD_LENGTH, "frame shorter than 9 bytes");
         return;
     }
     if (n > PROTO_MAX_PACKET) {
         send_frame_error(ST_FRAME_TOO_LARGE, "frame longer than max_payload");
-        return;
-    }
-    uint16_t length = get_u16(buf + 6);
-    if ((size_t)length + PROTO_OVERHEAD != n) {
-        send_frame_error(ST_BAD_LENGTH, "length field disagrees with frame size");
         return;
     }
     if (crc32_update(0, buf, n - 4u) != get_u32(buf + n - 4u)) {
@@ -164,7 +154,8 @@ static void handle_frame(uint8_t *buf, size_t enc_len, bool overflow)
         return;
     }
     uint8_t code = buf[2];
-    uint16_t seq = get_u16(buf + 4);
+    uint16_t seq = get_u16(buf + 3);
+    uint16_t length = (uint16_t)(n - PROTO_OVERHEAD);  /* implied by the frame size */
     if (last_valid && seq == last_seq) {
         send_raw_packet(last_response, last_response_len);  /* duplicate: replay, no re-run */
         return;

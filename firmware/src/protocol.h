@@ -11,8 +11,8 @@
 #define PROTO_VERSION 1u
 #define PROTO_KIND_REQUEST 0x01u
 #define PROTO_KIND_RESPONSE 0x02u
-#define PROTO_HEADER_BYTES 8u
-#define PROTO_OVERHEAD 12u           /* header + CRC-32 */
+#define PROTO_HEADER_BYTES 5u        /* version, kind, code, seq u16; the payload length is implied */
+#define PROTO_OVERHEAD 9u            /* header + CRC-32: the shortest packet */
 #define PROTO_MAX_PAYLOAD 256u       /* announced in HELLO */
 #define PROTO_MAX_PACKET (PROTO_MAX_PAYLOAD + PROTO_OVERHEAD)
 #define PROTO_MAX_ENCODED COBS_MAX_ENCODED(PROTO_MAX_PACKET)

@@ -1,8 +1,9 @@
 """Packets and frames of the wire protocol (``docs/protocol.md``), separate from any byte stream.
 
-A *packet* is ``version, kind, code, flags, seq (u16), length (u16), payload, crc32 (u32)``,
-little endian, the CRC-32 (``zlib.crc32``) covering everything before it. A *frame* is the COBS
-encoding of a packet followed by one ``0x00`` delimiter.
+A *packet* is ``version, kind, code, seq (u16), payload, crc32 (u32)``, little endian, the
+CRC-32 (``zlib.crc32``) covering everything before it. The payload's length is implied by the
+packet's: ``len(packet) - 9``. A *frame* is the COBS encoding of a packet followed by one
+``0x00`` delimiter.
 
 :class:`FrameReader` splits a byte stream at delimiters with a bounded buffer, in the spirit of
 pyserial's ``serial.threaded.Packetizer`` but without a thread: feed it bytes, get frames (or a
@@ -23,10 +24,10 @@ from cobs import cobs
 PROTOCOL_VERSION = 1
 KIND_REQUEST = 0x01
 KIND_RESPONSE = 0x02
-HEADER = struct.Struct("<BBBBHH")
-HEADER_BYTES = HEADER.size  # 8
+HEADER = struct.Struct("<BBBH")  # version, kind, code, seq
+HEADER_BYTES = HEADER.size  # 5
 CRC_BYTES = 4
-OVERHEAD = HEADER_BYTES + CRC_BYTES  # 12: the shortest packet
+OVERHEAD = HEADER_BYTES + CRC_BYTES  # 9: the shortest packet
 DELIMITER = b"\x00"
 #: seq of a board's reply to a frame it could not accept (so the host retransmits at once).
 NAK_SEQ = 0xFFFF
@@ -105,17 +106,14 @@ class CobsDecodeError(FrameError):
 
 
 class FrameTooShort(FrameError):
-    """Fewer than 12 bytes: no room for a header and a CRC."""
-
-
-class LengthMismatch(FrameError):
-    """The header's ``length`` disagrees with the frame's size."""
+    """Fewer than 9 bytes: no room for a header and a CRC (``header`` is set when 5-8 bytes
+    hold a readable header; a board answers that with ``BAD_LENGTH``)."""
 
     status = Status.BAD_LENGTH
 
 
 class FrameTooLarge(FrameError):
-    """The frame is longer than ``max_payload + 12`` bytes."""
+    """The frame is longer than ``max_payload + 9`` bytes."""
 
     status = Status.FRAME_TOO_LARGE
 
@@ -134,7 +132,6 @@ class Packet:
     seq: int
     payload: bytes = b""
     version: int = PROTOCOL_VERSION
-    flags: int = 0
 
     @property
     def is_nak(self) -> bool:
@@ -142,20 +139,19 @@ class Packet:
 
     def encode(self) -> bytes:
         """The packet bytes (header, payload, CRC), not yet COBS-encoded."""
-        return encode_packet(self.kind, self.code, self.seq, self.payload, version=self.version, flags=self.flags)
+        return encode_packet(self.kind, self.code, self.seq, self.payload, version=self.version)
 
     def frame(self) -> bytes:
         """The frame on the wire: COBS(packet) + 0x00."""
         return cobs.encode(self.encode()) + DELIMITER
 
 
-def encode_packet(kind: int, code: int, seq: int, payload: bytes = b"", *, version: int = PROTOCOL_VERSION,
-                  flags: int = 0) -> bytes:
+def encode_packet(kind: int, code: int, seq: int, payload: bytes = b"", *, version: int = PROTOCOL_VERSION) -> bytes:
     if not 0 <= seq <= 0xFFFF:
         raise ValueError(f"seq {seq} out of range")
     if len(payload) > 0xFFFF:
         raise ValueError(f"payload of {len(payload)} bytes is too long for a packet")
-    body = HEADER.pack(version, kind, code, flags, seq, len(payload)) + bytes(payload)
+    body = HEADER.pack(version, kind, code, seq) + bytes(payload)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -175,19 +171,16 @@ def max_encoded_bytes(max_payload: int) -> int:
 
 def decode_packet(data: bytes, max_payload: int | None = None) -> Packet:
     """Check and unpack one packet (already COBS-decoded). Raises a :class:`FrameError`."""
+    header = HEADER.unpack_from(data) if len(data) >= HEADER_BYTES else None
     if len(data) < OVERHEAD:
-        raise FrameTooShort(f"frame of {len(data)} bytes is shorter than {OVERHEAD}")
-    header = HEADER.unpack_from(data)
-    version, kind, code, flags, seq, length = header
+        raise FrameTooShort(f"frame of {len(data)} bytes is shorter than {OVERHEAD}", header)
+    version, kind, code, seq = header
     if max_payload is not None and len(data) > max_packet_bytes(max_payload):
         raise FrameTooLarge(f"frame of {len(data)} bytes exceeds max_payload {max_payload} + {OVERHEAD}", header)
-    if length != len(data) - OVERHEAD:
-        raise LengthMismatch(f"length field says {length} bytes, frame carries {len(data) - OVERHEAD}", header)
     (crc,) = struct.unpack_from("<I", data, len(data) - CRC_BYTES)
     if crc != zlib.crc32(data[:-CRC_BYTES]):
         raise CrcMismatch("CRC-32 mismatch", header)
-    return Packet(kind=kind, code=code, seq=seq, payload=bytes(data[HEADER_BYTES:-CRC_BYTES]), version=version,
-                  flags=flags)
+    return Packet(kind=kind, code=code, seq=seq, payload=bytes(data[HEADER_BYTES:-CRC_BYTES]), version=version)
 
 
 def decode_frame(frame: bytes, max_payload: int | None = None) -> Packet:

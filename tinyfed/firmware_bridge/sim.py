@@ -32,7 +32,7 @@ from tinyfed.firmware_bridge.framing import (
     FrameError,
     FrameReader,
     FrameTooLarge,
-    LengthMismatch,
+    FrameTooShort,
     Status,
     decode_frame,
     encode_frame,
@@ -159,7 +159,7 @@ class SimBoard:
             return self._nak(Status.FRAME_TOO_LARGE, item)
         try:
             pkt = decode_frame(item, self.config.max_payload)
-        except (CrcMismatch, LengthMismatch, FrameTooLarge) as exc:
+        except (CrcMismatch, FrameTooShort, FrameTooLarge) as exc:
             return self._nak(exc.status, exc) if exc.header is not None else self._drop(exc)
         except FrameError as exc:
             return self._drop(exc)
