@@ -86,6 +86,7 @@ def test_gradient_check(zoo_tail, cut):
     assert worst < 1e-5
 
 
+@pytest.mark.slow
 def test_masks_follow_units(zoo_tail):
     """Only the selected channels are trainable; others get zero gradient."""
     _model, g = zoo_tail
@@ -111,7 +112,8 @@ def test_masks_follow_units(zoo_tail):
 
 @pytest.fixture(scope="module")
 def har(tmp_path_factory):
-    os.environ.setdefault("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     from tinyfed.boards import get_board, single_board_fleet
     from tinyfed.models.tflm import TflmModel
     from tinyfed.models.zoo import get_zoo_model
@@ -132,7 +134,8 @@ def har(tmp_path_factory):
     h_test = head.run_float(test.x)
     h_cli = np.zeros((len(clients.y),) + h_test.shape[1:], np.int8)
     h_cli[sel] = head.run_float(clients.x[sel])
-    return {"files": files, "test": test, "h_test": h_test, "clients": clients, "h_cli": h_cli, "parts": parts}
+    yield {"files": files, "test": test, "h_test": h_test, "clients": clients, "h_cli": h_cli, "parts": parts}
+    mp.undo()
 
 
 @pytest.mark.slow
@@ -320,3 +323,33 @@ def test_update_bytes_vs_dense(har):
     ratio = qu.nbytes / dense
     print(f"int8 update {qu.nbytes} B ({ft.trainable_params} params) vs dense float32 {dense} B: ratio {ratio:.4f}")
     assert ratio < 0.31
+
+
+@pytest.mark.slow
+def test_local_train_is_seeded_and_masked(zoo_tail):
+    """Same seed -> same result; another seed shuffles differently; frozen elements never move."""
+    from tinyfed.training import Update
+
+    _model, g = zoo_tail
+    tail = g.split(1)[1]
+    tg = TfliteGraph.from_bytes(tail)
+    fc = [o for o in tg.ops if o.name == "FULLY_CONNECTED"][-1]
+    b = tg.bias_tensor(fc)
+    ft0 = FloatTail(tg, [])
+    unit = tfw.TrainableUnit(fc.index, b.index, tfw.KIND_BIAS, 0, tuple(range(b.shape[0])), b.shape[0], ft0.params[b.index].reshape(-1, 1))
+    ft = FloatTail.from_fragments(tail, tfw.encode([unit]))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(10,) + tuple(tg.tensors[tg.inputs[0]].shape[1:]))
+    y = rng.integers(0, 5, size=10)
+    r1 = local_train(ft, x, y, epochs=2, lr=0.1, batch_size=4, seed=5)
+    r2 = local_train(ft, x, y, epochs=2, lr=0.1, batch_size=4, seed=5)
+    r3 = local_train(ft, x, y, epochs=2, lr=0.1, batch_size=4, seed=6)
+    np.testing.assert_array_equal(r1.deltas[0], r2.deltas[0])
+    assert not np.array_equal(r1.deltas[0], r3.deltas[0])
+    assert r1.n == 10 and np.isfinite(r1.loss) and r1.deltas[0].shape == (b.shape[0], 1)
+    for t in ft.params:
+        if t != b.index:
+            np.testing.assert_array_equal(r1.tail.params[t], ft.params[t])
+    np.testing.assert_array_equal(ft.unit_values()[0], unit.values)  # the input tail is untouched
+    up = Update.from_result(r1, version=3)
+    assert up.version == 3 and up.n == 10 and up.variance == pytest.approx(float(np.var(r1.deltas[0])))
