@@ -115,20 +115,7 @@ def load_fleet(path_or_name: Path | str, extra_dirs: Iterable[Path | str] = ()) 
     data = read_toml(path)
     fleet, issues = validate(Fleet, data)
     known = boards_by_name(extra_dirs)
-    entries = data.get("boards")
-    if isinstance(entries, list):
-        for i, entry in enumerate(entries):
-            name = entry.get("board") if isinstance(entry, dict) else None
-            if isinstance(name, str) and name and name not in known:
-                close = suggest(name, known)
-                hint = f"; did you mean '{close}'?" if close else ""
-                issues.append(
-                    FieldIssue(
-                        f"boards[{i}].board",
-                        f"unknown board '{name}'{hint}",
-                        f"use one of: {', '.join(known)}; or add {name}.toml to a --boards-dir directory",
-                    )
-                )
+    issues.extend(unknown_board_issues(data, known))
     if issues or fleet is None:
         raise DataFileError(str(path), issues)
     return ResolvedFleet(
@@ -138,6 +125,25 @@ def load_fleet(path_or_name: Path | str, extra_dirs: Iterable[Path | str] = ()) 
         path=path,
         entry_urls=[e.device_urls for e in fleet.boards],
     )
+
+
+def unknown_board_issues(data: dict, known: dict[str, Board]) -> list[FieldIssue]:
+    """One issue per ``[[boards]]`` entry of a fleet file naming a board that does not exist."""
+    issues = []
+    entries = data.get("boards")
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        name = entry.get("board") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name and name not in known:
+            close = suggest(name, known)
+            hint = f"; did you mean '{close}'?" if close else ""
+            issues.append(
+                FieldIssue(
+                    f"boards[{i}].board",
+                    f"unknown board '{name}'{hint}",
+                    f"use one of: {', '.join(known)}; or add {name}.toml to a --boards-dir directory",
+                )
+            )
+    return issues
 
 
 def single_board_fleet(board: Board, count: int = 1) -> ResolvedFleet:

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tinyfed.boards.schema import check_error
-from tinyfed.errors import BoardError, DataFileError, FieldIssue, TinyfedError
+from tinyfed.errors import BoardError, DataFileError, TinyfedError
 
 
 class DeviceEntry(BaseModel):
@@ -95,8 +95,9 @@ class DeviceFleet:
 
 def load_device_fleet(path: Path | str, extra_dirs: Iterable[Path | str] = ()) -> DeviceFleet:
     """Read a fleet file, with the optional per-entry ``url``/``urls``; every problem is reported at once."""
+    from tinyfed.boards.fleet import unknown_board_issues
     from tinyfed.boards.registry import boards_by_name
-    from tinyfed.boards.validation import read_toml, suggest, validate
+    from tinyfed.boards.validation import read_toml, validate
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -106,16 +107,7 @@ def load_device_fleet(path: Path | str, extra_dirs: Iterable[Path | str] = ()) -
                          source=str(path))
     data = read_toml(path)
     fleet, issues = validate(DeviceFleetFile, data)
-    known = boards_by_name(extra_dirs)
-    entries = data.get("boards")
-    if isinstance(entries, list):
-        for i, entry in enumerate(entries):
-            name = entry.get("board") if isinstance(entry, dict) else None
-            if isinstance(name, str) and name and name not in known:
-                close = suggest(name, known)
-                hint = f"; did you mean '{close}'?" if close else ""
-                issues.append(FieldIssue(f"boards[{i}].board", f"unknown board '{name}'{hint}",
-                                         f"use one of: {', '.join(known)}"))
+    issues.extend(unknown_board_issues(data, boards_by_name(extra_dirs)))
     if issues or fleet is None:
         raise DataFileError(str(path), issues)
     devices: list[Device] = []
