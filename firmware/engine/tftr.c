@@ -1,0 +1,579 @@
+/*
+ * tftr: training-program validation (tftr_open), state binding and the per-sample
+ * forward / backward driver. Kernels: tftr_kernels.c.
+ *
+ * tftr_open checks everything the kernels rely on, so that the training calls can trust the
+ * program: header framing and section table, every tensor record (kind, rank, dims, that
+ * activations and gradient buffers lie in the work area and constants in the data section,
+ * zero points, channel maps inside w*), every op record (code, tensor kinds and shapes,
+ * strides, pads, windows, flags, output disjoint from its inputs), the units (addressing
+ * weights/biases of their op, ascending channels, a one-to-one match with the channel maps,
+ * w* laid out contiguously) and the RAM formula. Arithmetic on untrusted fields is 64-bit.
+ * There is no CRC inside the program: the link checks one on upload.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "tftr_internal.h"
+
+#define MAX_DIM 65535
+#define MAX_STRIDE 255
+
+static const uint8_t kMagic[4] = {'T', 'F', 'T', 'R'};
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static bool fail(tfmb_error_t *err, uint8_t status, uint32_t detail, const char *msg, uint32_t number, bool with_number)
+{
+    if (!err) return false;
+    err->status = status;
+    err->detail = (uint16_t)(detail > 0xFFFFu ? 0xFFFFu : detail);
+    size_t n = strlen(msg);
+    if (n > sizeof(err->message) - 12) n = sizeof(err->message) - 12;
+    memcpy(err->message, msg, n);
+    if (with_number) {
+        char digits[10];
+        int k = 0;
+        do {
+            digits[k++] = (char)('0' + number % 10u);
+            number /= 10u;
+        } while (number && k < 10);
+        err->message[n++] = ' ';
+        while (k) err->message[n++] = digits[--k];
+    }
+    err->message[n] = '\0';
+    return false;
+}
+
+#define BAD(msg, idx) fail(err, TFMB_BAD_MODEL, (idx), (msg), (idx), true)
+#define BAD0(msg) fail(err, TFMB_BAD_MODEL, 0, (msg), 0, false)
+
+/* ---- record decoding ------------------------------------------------------------------- */
+
+void tftr_read_tensor(const tftr_program_t *p, uint16_t id, tftr_tensor_t *t)
+{
+    const uint8_t *r = p->blob + p->tensors_offset + (uint32_t)id * TFTR_TENSOR_BYTES;
+    memset(t, 0, sizeof(*t));
+    t->kind = r[0];
+    t->rank = r[1];
+    t->axis = r[2];
+    uint32_t e = 1;
+    for (int i = 0; i < 4; ++i) {
+        t->d[i] = tfmb_rd32(r + 4 + 4 * i);
+        e *= (uint32_t)t->d[i]; /* validated: fits */
+    }
+    t->elems = e;
+    if (t->kind == TFTR_KIND_ACT) {
+        t->voff = tfmb_rdu32(r + 20);
+        t->goff = tfmb_rdu32(r + 24);
+    } else {
+        t->ch = tfmb_rdu32(r + 20);
+        t->q = tfmb_rdu32(r + 24);
+        t->sc = tfmb_rdu32(r + 28);
+        t->zp = tfmb_rdu32(r + 32);
+        t->map = tfmb_rdu32(r + 36);
+    }
+}
+
+void tftr_read_op(const tftr_program_t *p, uint16_t idx, tftr_op_t *op)
+{
+    const uint8_t *r = p->blob + p->ops_offset + (uint32_t)idx * TFTR_OP_BYTES;
+    op->code = r[0];
+    op->act = r[1];
+    op->flags = r[2];
+    for (int i = 0; i < 3; ++i) op->in[i] = tfmb_rd16(r + 4 + 2 * i);
+    op->out = tfmb_rd16(r + 10);
+    for (int i = 0; i < TFTR_NPARAMS; ++i) op->p[i] = tfmb_rd32(r + 12 + 4 * i);
+}
+
+typedef struct {
+    uint16_t op, tensor;
+    uint8_t kind, axis;
+    uint16_t n;
+    uint32_t per, start, ch_off, val_off;
+} unit_t;
+
+static void read_unit(const tftr_program_t *p, uint16_t i, unit_t *u)
+{
+    const uint8_t *r = p->blob + p->units_offset + (uint32_t)i * TFTR_UNIT_BYTES;
+    u->op = tfmb_rd16(r);
+    u->tensor = tfmb_rd16(r + 2);
+    u->kind = r[4];
+    u->axis = r[5];
+    u->n = tfmb_rd16(r + 6);
+    u->per = tfmb_rdu32(r + 8);
+    u->start = tfmb_rdu32(r + 12);
+    u->ch_off = tfmb_rdu32(r + 16);
+    u->val_off = tfmb_rdu32(r + 20);
+}
+
+/* ---- validation ------------------------------------------------------------------------ */
+
+static bool in_range(int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; }
+
+/* [off, off + bytes) inside a region of `size` bytes, 4-aligned. */
+static bool fits(uint64_t off, uint64_t bytes, uint64_t size) { return (off & 3u) == 0 && off + bytes <= size; }
+
+static bool overlap(uint64_t a, uint64_t an, uint64_t b, uint64_t bn) { return a < b + bn && b < a + an; }
+
+static bool check_tensor(const tftr_program_t *p, uint16_t id, tfmb_error_t *err)
+{
+    const uint8_t *r = p->blob + p->tensors_offset + (uint32_t)id * TFTR_TENSOR_BYTES;
+    const uint8_t kind = r[0], rank = r[1], axis = r[2];
+    if (kind > TFTR_KIND_Q32) return BAD("tensor kind unknown", id);
+    if (rank < 1 || rank > 4) return BAD("tensor rank not 1..4", id);
+    if (r[3]) return BAD("tensor reserved bits set", id);
+    for (uint32_t i = 40; i < TFTR_TENSOR_BYTES; ++i)
+        if (r[i]) return BAD("tensor reserved bits set", id);
+    uint64_t elems = 1;
+    for (int i = 0; i < 4; ++i) {
+        const int32_t d = tfmb_rd32(r + 4 + 4 * i);
+        if (i < rank ? !in_range(d, 1, MAX_DIM) : d != 1) return BAD("tensor dim out of range", id);
+        elems *= (uint64_t)d;
+    }
+    if (elems * 4u > 0x7FFFFFFFu) return BAD("tensor too large", id);
+    if (kind == TFTR_KIND_ACT) {
+        if (axis || tfmb_rdu32(r + 28) || tfmb_rdu32(r + 32) || tfmb_rdu32(r + 36)) return BAD("tensor reserved bits set", id);
+        const uint32_t voff = tfmb_rdu32(r + 20), goff = tfmb_rdu32(r + 24);
+        if (!fits(voff, 4u * elems, p->work_bytes)) return BAD("activation outside work area", id);
+        if (goff != TFTR_NONE32 && !fits(goff, 4u * elems, p->work_bytes)) return BAD("gradient outside work area", id);
+        const uint64_t so = p->scratch_offset, sn = 4u * (uint64_t)p->scratch_floats;
+        if (overlap(voff, 4u * elems, so, sn) || (goff != TFTR_NONE32 && overlap(goff, 4u * elems, so, sn)))
+            return BAD("activation overlaps the scratch row", id);
+        return true;
+    }
+    const uint32_t ch = tfmb_rdu32(r + 20), q = tfmb_rdu32(r + 24), sc = tfmb_rdu32(r + 28), zp = tfmb_rdu32(r + 32),
+                   map = tfmb_rdu32(r + 36);
+    if (axis >= rank || (axis != 0 && axis != rank - 1)) return BAD("constant channel axis bad", id);
+    if (ch != (uint32_t)tfmb_rd32(r + 4 + 4 * axis)) return BAD("constant channel count disagrees with dims", id);
+    const uint64_t per = elems / ch;
+    if (per > p->scratch_floats) return BAD("scratch row shorter than a channel of tensor", id);
+    const uint64_t esize = kind == TFTR_KIND_Q32 ? 4u : 1u;
+    if ((esize == 4u && (q & 3u)) || (uint64_t)q + elems * esize > p->data_bytes) return BAD("constant outside data", id);
+    if (!fits(sc, 4u * (uint64_t)ch, p->data_bytes) || !fits(zp, 4u * (uint64_t)ch, p->data_bytes) ||
+        !fits(map, 4u * (uint64_t)ch, p->data_bytes))
+        return BAD("channel arrays outside data", id);
+    const uint8_t *data = p->blob + p->data_offset;
+    for (uint32_t c = 0; c < ch; ++c) {
+        const int32_t z = tfmb_rd32(data + zp + 4u * c);
+        if (kind == TFTR_KIND_Q8 ? !in_range(z, -128, 127) : z != 0) return BAD("zero point out of range in tensor", id);
+        const int32_t m = tfmb_rd32(data + map + 4u * c);
+        if (m != -1 && (m < 0 || (uint64_t)m + per > p->trainable_count)) return BAD("channel map outside w* in tensor", id);
+    }
+    return true;
+}
+
+static bool is_act(const tftr_tensor_t *t) { return t->kind == TFTR_KIND_ACT; }
+
+static bool batch1_4d(const tftr_tensor_t *t) { return t->rank == 4 && t->d[0] == 1; }
+
+static bool params_zero_from(const tftr_op_t *op, int from)
+{
+    for (int i = from; i < TFTR_NPARAMS; ++i)
+        if (op->p[i]) return false;
+    return true;
+}
+
+static bool check_bias(const tftr_tensor_t *b, int32_t n) { return b->kind == TFTR_KIND_Q32 && b->axis == 0 && b->elems == (uint32_t)n && b->ch == (uint32_t)n; }
+
+static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
+{
+    tftr_op_t op;
+    tftr_tensor_t t[3], out;
+    memset(t, 0, sizeof(t));
+    tftr_read_op(p, idx, &op);
+    const uint8_t *r = p->blob + p->ops_offset + (uint32_t)idx * TFTR_OP_BYTES;
+    if (r[3]) return BAD("op reserved bits set", idx);
+    int n_in, n_req;
+    bool has_act = true;
+    switch (op.code) {
+    case TFMB_OP_CONV_2D:
+    case TFMB_OP_DEPTHWISE_CONV_2D:
+    case TFMB_OP_FULLY_CONNECTED: n_in = 3; n_req = 2; break;
+    case TFMB_OP_ADD: n_in = 2; n_req = 2; break;
+    case TFMB_OP_AVERAGE_POOL_2D:
+    case TFMB_OP_MAX_POOL_2D: n_in = 1; n_req = 1; break;
+    case TFMB_OP_RESHAPE:
+    case TFMB_OP_SOFTMAX: n_in = 1; n_req = 1; has_act = false; break;
+    default: return fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
+    }
+    if (op.act > (has_act ? TFTR_ACT_RELU6 : TFTR_ACT_NONE)) return BAD("fused activation bad at op", idx);
+    if (op.flags & ~(op.code == TFMB_OP_ADD ? 3u : 1u)) return BAD("op flags bad at op", idx);
+    for (int i = 0; i < 3; ++i) {
+        if (op.in[i] == TFTR_NONE16) {
+            if (i < n_req) return BAD("missing input at op", idx);
+            continue;
+        }
+        if (i >= n_in) return BAD("extra input at op", idx);
+        if (op.in[i] >= p->tensor_count) return BAD("input id out of range at op", idx);
+        tftr_read_tensor(p, op.in[i], &t[i]);
+    }
+    if (op.out >= p->tensor_count) return BAD("output id out of range at op", idx);
+    tftr_read_tensor(p, op.out, &out);
+    if (!is_act(&out) || !is_act(&t[0])) return BAD("input/output not an activation at op", idx);
+    const uint64_t ob = 4u * (uint64_t)out.elems;
+    if (op.code != TFMB_OP_RESHAPE) {
+        if (overlap(out.voff, ob, t[0].voff, 4u * (uint64_t)t[0].elems)) return BAD("output overlaps input at op", idx);
+        if (op.code == TFMB_OP_ADD && overlap(out.voff, ob, t[1].voff, 4u * (uint64_t)t[1].elems))
+            return BAD("output overlaps input at op", idx);
+    }
+    /* the backward pass writes input gradients while reading the output gradient and values */
+    for (int i = 0; i < (op.code == TFMB_OP_ADD ? 2 : 1); ++i) {
+        if (t[i].goff == TFTR_NONE32 || op.code == TFMB_OP_RESHAPE) continue;
+        const uint64_t gb = 4u * (uint64_t)t[i].elems;
+        if ((out.goff != TFTR_NONE32 && overlap(t[i].goff, gb, out.goff, ob)) || overlap(t[i].goff, gb, out.voff, ob) ||
+            overlap(t[i].goff, gb, t[0].voff, 4u * (uint64_t)t[0].elems))
+            return BAD("input gradient overlaps at op", idx);
+    }
+    if (op.code == TFMB_OP_SOFTMAX && (idx != p->op_count - 1)) return BAD("softmax before the last op at", idx);
+
+    switch (op.code) {
+    case TFMB_OP_CONV_2D:
+    case TFMB_OP_DEPTHWISE_CONV_2D: {
+        const bool dw = op.code == TFMB_OP_DEPTHWISE_CONV_2D;
+        const tftr_tensor_t *in = &t[0], *f = &t[1];
+        if (!batch1_4d(in) || !batch1_4d(&out)) return BAD("conv tensors must be 1xHxWxC at op", idx);
+        if (f->kind != TFTR_KIND_Q8 || f->rank != 4) return BAD("conv filter not 4-D int8 at op", idx);
+        const int32_t oc = out.d[3];
+        if (dw) {
+            if (f->axis != 3 || f->d[0] != 1 || f->d[3] != oc) return BAD("depthwise filter shape bad at op", idx);
+            if (!in_range(op.p[6], 1, MAX_DIM) || (int64_t)in->d[3] * op.p[6] != oc) return BAD("depth multiplier bad at op", idx);
+        } else {
+            if (f->axis != 0 || f->d[0] != oc || f->d[3] != in->d[3]) return BAD("conv filter shape bad at op", idx);
+            if (op.p[6]) return BAD("unused parameter set at op", idx);
+        }
+        for (int k = 0; k < 4; ++k)
+            if (!in_range(op.p[k], 1, MAX_STRIDE)) return BAD("stride/dilation out of range at op", idx);
+        if (!in_range(op.p[4], 0, MAX_DIM) || !in_range(op.p[5], 0, MAX_DIM)) return BAD("padding out of range at op", idx);
+        if (!params_zero_from(&op, 7)) return BAD("unused parameter set at op", idx);
+        if (op.in[2] != TFTR_NONE16 && !check_bias(&t[2], oc)) return BAD("bias bad at op", idx);
+        return true;
+    }
+    case TFMB_OP_FULLY_CONNECTED: {
+        const tftr_tensor_t *f = &t[1];
+        if (f->kind != TFTR_KIND_Q8 || f->rank != 2 || f->axis != 0) return BAD("fc weights not 2-D int8 at op", idx);
+        const uint32_t n_out = (uint32_t)f->d[0], depth = (uint32_t)f->d[1];
+        if (out.elems % n_out || (uint64_t)(out.elems / n_out) * depth != t[0].elems) return BAD("fc sizes bad at op", idx);
+        if (!params_zero_from(&op, 0)) return BAD("unused parameter set at op", idx);
+        if (op.in[2] != TFTR_NONE16 && !check_bias(&t[2], (int32_t)n_out)) return BAD("bias bad at op", idx);
+        return true;
+    }
+    case TFMB_OP_AVERAGE_POOL_2D:
+    case TFMB_OP_MAX_POOL_2D:
+        if (!batch1_4d(&t[0]) || !batch1_4d(&out) || t[0].d[3] != out.d[3]) return BAD("pool shape bad at op", idx);
+        if (!in_range(op.p[0], 1, MAX_STRIDE) || !in_range(op.p[1], 1, MAX_STRIDE)) return BAD("pool stride out of range at op", idx);
+        if (!in_range(op.p[2], 1, MAX_DIM) || !in_range(op.p[3], 1, MAX_DIM) || (int64_t)op.p[2] * op.p[3] > (1 << 20))
+            return BAD("pool window out of range at op", idx);
+        if (!in_range(op.p[4], 0, MAX_DIM) || !in_range(op.p[5], 0, MAX_DIM)) return BAD("padding out of range at op", idx);
+        if (!params_zero_from(&op, 6)) return BAD("unused parameter set at op", idx);
+        return true;
+    case TFMB_OP_ADD:
+        if (!is_act(&t[1])) return BAD("input/output not an activation at op", idx);
+        if (t[0].elems != out.elems || t[1].elems != out.elems) return BAD("add shapes differ (no broadcast) at op", idx);
+        if (!params_zero_from(&op, 0)) return BAD("unused parameter set at op", idx);
+        return true;
+    case TFMB_OP_RESHAPE:
+        if (t[0].elems != out.elems) return BAD("reshape size mismatch at op", idx);
+        if (!params_zero_from(&op, 0)) return BAD("unused parameter set at op", idx);
+        return true;
+    case TFMB_OP_SOFTMAX: {
+        float beta;
+        memcpy(&beta, &op.p[0], sizeof(beta));
+        if (!(beta > 0.0f && beta < INFINITY)) return BAD("softmax beta bad at op", idx);
+        if (t[0].elems != out.elems || out.elems != p->classes || op.out != p->output_tensor)
+            return BAD("softmax shape bad at op", idx);
+        if (!params_zero_from(&op, 1)) return BAD("unused parameter set at op", idx);
+        return true;
+    }
+    default: break;
+    }
+    return BAD("unsupported op", idx);
+}
+
+static bool check_units(const tftr_program_t *p, tfmb_error_t *err)
+{
+    const uint8_t *data = p->blob + p->data_offset;
+    uint64_t running = 0;
+    uint32_t first = p->op_count;
+    for (uint16_t i = 0; i < p->unit_count; ++i) {
+        unit_t u;
+        read_unit(p, i, &u);
+        if (u.op >= p->op_count) return BAD("unit op out of range, unit", i);
+        if (u.op < first) first = u.op;
+        if (u.kind > 1) return BAD("unit kind bad, unit", i);
+        tftr_op_t op;
+        tftr_read_op(p, u.op, &op);
+        const bool weight_op = op.code == TFMB_OP_CONV_2D || op.code == TFMB_OP_DEPTHWISE_CONV_2D ||
+                               op.code == TFMB_OP_FULLY_CONNECTED;
+        if (!weight_op || op.in[1 + u.kind] != u.tensor) return BAD("unit is not a weight/bias of its op, unit", i);
+        for (uint16_t j = 0; j < i; ++j) {
+            unit_t v;
+            read_unit(p, j, &v);
+            if (v.tensor == u.tensor) return BAD("two units address one tensor, unit", i);
+        }
+        tftr_tensor_t t;
+        tftr_read_tensor(p, u.tensor, &t);
+        if (u.axis != t.axis || u.n > t.ch || (uint64_t)u.per * t.ch != t.elems) return BAD("unit shape disagrees with its tensor, unit", i);
+        if (u.start != running) return BAD("unit values not contiguous, unit", i);
+        const uint64_t count = (uint64_t)u.n * u.per;
+        running += count;
+        if (running > p->trainable_count) return BAD("units exceed w*, unit", i);
+        if ((uint64_t)u.ch_off + 2u * u.n > p->data_bytes || !fits(u.val_off, 4u * count, p->data_bytes))
+            return BAD("unit arrays outside data, unit", i);
+        /* ascending channels whose map entries point at this unit's rows: with the count of
+         * mapped channels equal to n, the tensor's map and the unit agree one to one */
+        uint32_t prev = 0, mapped = 0;
+        for (uint16_t k = 0; k < u.n; ++k) {
+            const uint32_t c = tfmb_rd16(data + u.ch_off + 2u * k);
+            if (c >= t.ch || (k && c <= prev)) return BAD("unit channels not ascending, unit", i);
+            prev = c;
+            if ((uint64_t)(uint32_t)tfmb_rd32(data + t.map + 4u * c) != u.start + (uint64_t)k * u.per)
+                return BAD("channel map disagrees with unit", i);
+        }
+        for (uint32_t c = 0; c < t.ch; ++c)
+            if (tfmb_rd32(data + t.map + 4u * c) >= 0) ++mapped;
+        if (mapped != u.n) return BAD("channel map disagrees with unit", i);
+    }
+    if (running != p->trainable_count) return BAD0("units do not add up to the trainable count");
+    if (first != p->first_trainable_op) return BAD0("first trainable op disagrees with the units");
+    /* constants no unit addresses must be entirely frozen */
+    for (uint16_t id = 0; id < p->tensor_count; ++id) {
+        tftr_tensor_t t;
+        tftr_read_tensor(p, id, &t);
+        if (t.kind == TFTR_KIND_ACT) continue;
+        bool addressed = false;
+        for (uint16_t i = 0; i < p->unit_count && !addressed; ++i) {
+            unit_t u;
+            read_unit(p, i, &u);
+            addressed = u.tensor == id;
+        }
+        if (addressed) continue;
+        for (uint32_t c = 0; c < t.ch; ++c)
+            if (tfmb_rd32(data + t.map + 4u * c) != -1) return BAD("channel mapped without a unit in tensor", id);
+    }
+    return true;
+}
+
+bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error_t *err)
+{
+    tfmb_error_t scratch;
+    if (!err) err = &scratch;
+    memset(err, 0, sizeof(*err));
+    if (!p) return BAD0("no program struct");
+    memset(p, 0, sizeof(*p));
+    if (!blob || size < TFTR_HEADER_BYTES) return fail(err, TFMB_BAD_MODEL, 0, "program shorter than header", size, true);
+    if (memcmp(blob, kMagic, 4) != 0) return BAD0("bad magic (not a TFTR program)");
+    const uint16_t version = tfmb_rd16(blob + 4);
+    if (version != TFTR_VERSION) return fail(err, TFMB_WRONG_VERSION, version, "program version", version, true);
+    if (tfmb_rd16(blob + 6) != TFTR_HEADER_BYTES) return BAD0("bad header size");
+    if (tfmb_rdu32(blob + 8) != size) return fail(err, TFMB_BAD_MODEL, 0, "program size disagrees with header", size, true);
+    for (uint32_t i = 84; i < TFTR_HEADER_BYTES; ++i)
+        if (blob[i]) return BAD0("header reserved bytes set");
+
+    tftr_program_t v;
+    memset(&v, 0, sizeof(v));
+    v.blob = blob;
+    v.size = size;
+    v.ram_bytes = tfmb_rdu32(blob + 12);
+    v.work_bytes = tfmb_rdu32(blob + 16);
+    v.trainable_count = tfmb_rdu32(blob + 20);
+    v.input_elems = tfmb_rdu32(blob + 24);
+    v.classes = tfmb_rdu32(blob + 28);
+    v.input_scale = tftr_rdf(blob + 32);
+    v.input_zero_point = tfmb_rd32(blob + 36);
+    v.op_count = tfmb_rd16(blob + 40);
+    v.tensor_count = tfmb_rd16(blob + 42);
+    v.unit_count = tfmb_rd16(blob + 44);
+    v.first_trainable_op = tfmb_rd16(blob + 46);
+    v.tensors_offset = tfmb_rdu32(blob + 48);
+    v.ops_offset = tfmb_rdu32(blob + 52);
+    v.units_offset = tfmb_rdu32(blob + 56);
+    v.data_offset = tfmb_rdu32(blob + 60);
+    v.data_bytes = tfmb_rdu32(blob + 64);
+    v.flops = tfmb_rdu32(blob + 68);
+    v.input_tensor = tfmb_rd16(blob + 72);
+    v.output_tensor = tfmb_rd16(blob + 74);
+    v.scratch_offset = tfmb_rdu32(blob + 76);
+    v.scratch_floats = tfmb_rdu32(blob + 80);
+
+    if (v.tensor_count == 0 || v.tensor_count == TFTR_NONE16 || v.op_count == 0 || v.op_count == TFTR_NONE16 ||
+        v.unit_count == TFTR_NONE16)
+        return BAD0("no tensors or no ops");
+    if (v.tensors_offset != TFTR_HEADER_BYTES ||
+        (uint64_t)v.tensors_offset + (uint64_t)v.tensor_count * TFTR_TENSOR_BYTES > v.ops_offset ||
+        (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFTR_OP_BYTES > v.units_offset ||
+        (uint64_t)v.units_offset + (uint64_t)v.unit_count * TFTR_UNIT_BYTES > v.data_offset || (v.data_offset & 3u) ||
+        (uint64_t)v.data_offset + v.data_bytes != size)
+        return BAD0("section table out of range");
+    if ((v.work_bytes & 3u) || v.work_bytes > 0x7FFFFFFFu || 12ull * v.trainable_count + v.work_bytes != v.ram_bytes ||
+        v.ram_bytes > 0x7FFFFFFFu)
+        return BAD0("RAM size disagrees with w* and work area");
+    if (!fits(v.scratch_offset, 4ull * v.scratch_floats, v.work_bytes)) return BAD0("scratch row outside work area");
+    if (!in_range(v.input_zero_point, -128, 127)) return BAD0("input zero point out of range");
+    if (v.input_tensor >= v.tensor_count || v.output_tensor >= v.tensor_count || v.classes == 0)
+        return BAD0("input/output tensor bad");
+    if (v.first_trainable_op > v.op_count || (v.unit_count == 0) != (v.first_trainable_op == v.op_count))
+        return BAD0("first trainable op out of range");
+
+    for (uint16_t i = 0; i < v.tensor_count; ++i)
+        if (!check_tensor(&v, i, err)) return false;
+    tftr_tensor_t tin, tout;
+    tftr_read_tensor(&v, v.input_tensor, &tin);
+    tftr_read_tensor(&v, v.output_tensor, &tout);
+    if (!is_act(&tin) || !is_act(&tout) || tin.elems != v.input_elems || tout.elems != v.classes)
+        return BAD0("input/output tensor bad");
+    for (uint16_t i = 0; i < v.op_count; ++i)
+        if (!check_op(&v, i, err)) return false;
+    tftr_op_t last;
+    tftr_read_op(&v, (uint16_t)(v.op_count - 1), &last);
+    if (last.code != TFMB_OP_SOFTMAX) return BAD0("last op is not SOFTMAX");
+    if (!check_units(&v, err)) return false;
+    *p = v;
+    return true;
+}
+
+/* ---- accessors ------------------------------------------------------------------------- */
+
+uint32_t tftr_ram_bytes(const tftr_program_t *p) { return p && p->blob ? p->ram_bytes : 0; }
+uint32_t tftr_trainable_count(const tftr_program_t *p) { return p && p->blob ? p->trainable_count : 0; }
+uint32_t tftr_input_elems(const tftr_program_t *p) { return p && p->blob ? p->input_elems : 0; }
+uint32_t tftr_classes(const tftr_program_t *p) { return p && p->blob ? p->classes : 0; }
+uint32_t tftr_train_flops(const tftr_program_t *p) { return p && p->blob ? p->flops : 0; }
+
+bool tftr_unit_shape(const tftr_program_t *p, uint16_t i, uint32_t *channels, uint32_t *per_channel)
+{
+    if (!p || !p->blob || i >= p->unit_count) return false;
+    unit_t u;
+    read_unit(p, i, &u);
+    if (channels) *channels = u.n;
+    if (per_channel) *per_channel = u.per;
+    return true;
+}
+
+bool tftr_bind(tftr_program_t *p, uint8_t *ram, uint32_t capacity, tfmb_error_t *err)
+{
+    if (err) memset(err, 0, sizeof(*err));
+    if (!p || !p->blob) return fail(err, TFMB_NO_MODEL, 0, "no training program opened", 0, false);
+    if (!ram || ((uintptr_t)ram & 3u)) return fail(err, TFMB_OUT_OF_MEMORY, 0, "RAM missing or not 4-byte aligned", 0, false);
+    if (capacity < p->ram_bytes)
+        return fail(err, TFMB_OUT_OF_MEMORY, (p->ram_bytes + 1023u) / 1024u, "training RAM bytes needed", p->ram_bytes, true);
+    const uint32_t n = p->trainable_count;
+    p->values = (float *)(void *)ram;
+    p->start = p->values + n;
+    p->grad = p->start + n;
+    p->work = ram + 12u * n;
+    const uint8_t *data = p->blob + p->data_offset;
+    for (uint16_t i = 0; i < p->unit_count; ++i) {
+        unit_t u;
+        read_unit(p, i, &u);
+        memcpy(p->values + u.start, data + u.val_off, 4u * u.n * u.per);
+    }
+    memcpy(p->start, p->values, 4u * n);
+    memset(p->grad, 0, 4u * n);
+    memset(p->work, 0, p->work_bytes);
+    return true;
+}
+
+void tftr_mark_start(tftr_program_t *p)
+{
+    if (p && p->blob && p->values) memcpy(p->start, p->values, 4u * p->trainable_count);
+}
+
+void tftr_begin_batch(tftr_program_t *p)
+{
+    if (p && p->blob && p->grad) memset(p->grad, 0, 4u * p->trainable_count);
+}
+
+void tftr_apply(tftr_program_t *p, float lr, uint32_t batch_count)
+{
+    if (!p || !p->blob || !p->values || batch_count == 0) return;
+    const float n = (float)batch_count;
+    for (uint32_t i = 0; i < p->trainable_count; ++i) p->values[i] -= lr * (p->grad[i] / n);
+}
+
+/* ---- the per-sample pass ---------------------------------------------------------------- */
+
+static void make_ctx(const tftr_program_t *p, tftr_ctx_t *c)
+{
+    c->data = p->blob + p->data_offset;
+    c->values = p->values;
+    c->grad = p->grad;
+    c->work = p->work;
+    c->scratch = (float *)(void *)(p->work + p->scratch_offset);
+}
+
+static void load_op(const tftr_program_t *p, uint16_t i, tftr_op_t *op, tftr_tensor_t t[3], tftr_tensor_t *out)
+{
+    tftr_read_op(p, i, op);
+    for (int k = 0; k < 3; ++k) {
+        if (op->in[k] != TFTR_NONE16)
+            tftr_read_tensor(p, op->in[k], &t[k]);
+        else
+            memset(&t[k], 0, sizeof(t[k]));
+    }
+    tftr_read_tensor(p, op->out, out);
+}
+
+/* Dequantizes the input, runs every op, returns the probabilities (output values). */
+static const float *forward(const tftr_program_t *p, const tftr_ctx_t *c, const int8_t *input, uint8_t label, float *loss,
+                            uint8_t *predicted)
+{
+    tftr_tensor_t tin;
+    tftr_read_tensor(p, p->input_tensor, &tin);
+    float *x = tftr_val(c, &tin);
+    for (uint32_t i = 0; i < p->input_elems; ++i) x[i] = (float)((int32_t)input[i] - p->input_zero_point) * p->input_scale;
+    for (uint16_t i = 0; i < p->op_count; ++i) {
+        tftr_op_t op;
+        tftr_tensor_t t[3], out;
+        load_op(p, i, &op, t, &out);
+        tftr_k_forward(&op, t, &out, c);
+    }
+    tftr_tensor_t tout;
+    tftr_read_tensor(p, p->output_tensor, &tout);
+    const float *prob = tftr_val(c, &tout);
+    uint32_t best = 0;
+    for (uint32_t k = 1; k < p->classes; ++k)
+        if (prob[k] > prob[best]) best = k;
+    if (predicted) *predicted = (uint8_t)best;
+    if (loss) {
+        const float pl = label < p->classes ? prob[label] : 0.0f; /* an unknown label has p = 0 */
+        *loss = -logf(pl > 1e-30f ? pl : 1e-30f);
+    }
+    return prob;
+}
+
+void tftr_predict(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss, uint8_t *predicted)
+{
+    if (!p || !p->blob || !p->work || !input) return;
+    tftr_ctx_t c;
+    make_ctx(p, &c);
+    (void)forward(p, &c, input, label, loss, predicted);
+}
+
+void tftr_accumulate(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss, uint8_t *predicted)
+{
+    if (!p || !p->blob || !p->work || !input) return;
+    tftr_ctx_t c;
+    make_ctx(p, &c);
+    const float *prob = forward(p, &c, input, label, loss, predicted);
+    for (int32_t i = (int32_t)p->op_count - 1; i >= (int32_t)p->first_trainable_op; --i) {
+        tftr_op_t op;
+        tftr_tensor_t t[3], out;
+        load_op(p, (uint16_t)i, &op, t, &out);
+        for (int k = 0; k < 2; ++k) {
+            float *g = (op.flags & (1u << k)) ? tftr_grd(&c, &t[k]) : 0;
+            if (g) memset(g, 0, 4u * t[k].elems);
+        }
+        if (op.code == TFMB_OP_SOFTMAX) {
+            /* d(-log p[label]) / d(input) = beta * (p - onehot) */
+            float *dx = tftr_grd(&c, &t[0]);
+            if (!dx) continue;
+            float beta;
+            memcpy(&beta, &op.p[0], sizeof(beta));
+            for (uint32_t k = 0; k < p->classes; ++k) dx[k] += beta * (prob[k] - (k == label ? 1.0f : 0.0f));
+            continue;
+        }
+        if (out.goff == TFTR_NONE32) continue;
+        tftr_k_backward(&op, t, &out, &c);
+    }
+}
