@@ -378,7 +378,7 @@ def _run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) -
     return statuses, lines[-1] if truncate else ""
 
 
-@pytest.mark.parametrize("name", ["har_conv_tail", "digits_everything"])
+@pytest.mark.parametrize("name", ["har_conv_tail", "digits_everything", "kernel_zoo_everything"])
 def test_corruption_fuzz_no_crash(fuzz_exe: str, tmp_path: Path, name: str) -> None:
     """Single-byte corruptions of the header, tables and data (and truncations) under ASan/UBSan:
     every one is rejected with a status and message, or opens and trains without a fault."""
@@ -402,3 +402,45 @@ def test_corruption_fuzz_no_crash(fuzz_exe: str, tmp_path: Path, name: str) -> N
     assert set(statuses) <= {0, 4, 5, 6, 10}
     _, tail_line = _run_fuzz(fuzz_exe, [blob], tmp_path, truncate=True)
     assert tail_line.endswith("opened 0")
+
+
+def test_work_area_reuses_buffers_by_lifetime() -> None:
+    """The plan packs one sample's values and gradients tighter than giving each its own slot,
+    and every buffer lies inside the work area."""
+    tail, tfw_b, *_ = case("digits_everything")
+    blob = compile_program(tail, tfw_b)
+    info = parse_program(blob)
+    n_t = struct.unpack_from("<H", blob, 42)[0]
+    t_off = struct.unpack_from("<I", blob, 48)[0]
+    naive, grads = 0, 0
+    for i in range(n_t):
+        kind, rank, _axis, _r, *dims = struct.unpack_from("<BBBB4i", blob, t_off + 48 * i)
+        if kind != 0:
+            continue
+        voff, goff = struct.unpack_from("<II", blob, t_off + 48 * i + 20)
+        size = 4 * int(np.prod(dims))
+        assert voff + size <= info.work_bytes
+        naive += size
+        if goff != 0xFFFFFFFF:
+            assert goff + size <= info.work_bytes
+            naive += size
+            grads += 1
+    print(f"digits_everything: work {info.work_bytes} B vs {naive} B unshared ({grads} gradient buffers)")
+    assert grads >= 5 and info.work_bytes < 0.8 * naive
+
+
+def test_cortex_m4_build_single_precision_only(tmp_path: Path) -> None:
+    """The firmware's flags plus -Wdouble-promotion, and no double-precision code in the objects."""
+    cc = shutil.which("arm-none-eabi-gcc")
+    if cc is None:
+        pytest.skip("arm-none-eabi-gcc not installed")
+    m4 = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
+    objdump = shutil.which("arm-none-eabi-objdump")
+    for src in SOURCES:
+        obj = tmp_path / (Path(src).stem + ".o")
+        r = subprocess.run([cc, *m4, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wdouble-promotion",
+                            f"-I{ENGINE}", "-c", src, "-o", str(obj)], capture_output=True, text=True, check=False)
+        assert r.returncode == 0 and not r.stderr.strip(), f"{src}: {r.stderr}"
+        if objdump:
+            dis = subprocess.run([objdump, "-dr", str(obj)], capture_output=True, text=True, check=False).stdout
+            assert ".f64" not in dis and "__aeabi_d" not in dis, f"{obj.name} uses double precision"
