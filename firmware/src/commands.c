@@ -8,6 +8,7 @@
 #include "engine_glue.h"
 #include "memmap.h"
 #include "protocol.h"
+#include "train.h"
 
 #ifndef FW_VERSION
 #define FW_VERSION "0.1.0"
@@ -16,10 +17,12 @@
 #define BOARD_CLOCK_HZ 0u
 #endif
 
-/* A fragment transfer into the inactive slot. */
+/* A transfer into a flash store: the inactive fragment slot (target 0), the training-program
+ * store (1) or the local-data store (2). */
 static struct {
     bool open;
-    uint8_t slot;        /* 0 = A, 1 = B */
+    uint8_t target;      /* LOAD_TARGET_* */
+    uint8_t slot;        /* 0 = A, 1 = B (target 0) */
     uint32_t size;
     uint32_t crc;
     uint32_t next;       /* next expected offset = bytes acknowledged */
@@ -36,8 +39,27 @@ static uint8_t *slot_base(uint8_t slot)
     return slot == 0u ? __slot_a : __slot_b;
 }
 
+/* Where the current transfer writes, and how much it may write. */
+static uint8_t *xfer_base(void)
+{
+    if (xfer.target == LOAD_TARGET_PROGRAM) {
+        return __train_region;
+    }
+    if (xfer.target == LOAD_TARGET_DATA) {
+        return __data_region;
+    }
+    return slot_base(xfer.slot);
+}
+
+static uint32_t target_capacity(uint8_t target)
+{
+    return target == LOAD_TARGET_PROGRAM ? TRAIN_REGION_BYTES
+         : target == LOAD_TARGET_DATA    ? DATA_REGION_BYTES
+                                         : SLOT_BYTES;
+}
+
 /* Small formatter for first-error strings: "<text><number>". */
-static const char *msg_num(const char *text, uint32_t value)
+const char *msg_num(const char *text, uint32_t value)
 {
     size_t n = 0;
     while (text[n] != '\0' && n < PROTO_MESSAGE_MAX - 10u) {
@@ -61,7 +83,7 @@ static bool ensure_erased(uint32_t end, const char **err)
 {
     uint32_t page = board_flash_page_bytes();
     while (xfer.erased_to < end) {
-        uint32_t addr = (uint32_t)(uintptr_t)slot_base(xfer.slot) + xfer.erased_to;
+        uint32_t addr = (uint32_t)(uintptr_t)xfer_base() + xfer.erased_to;
         if (!board_flash_erase(addr, page, err)) {
             return false;
         }
@@ -75,7 +97,7 @@ static bool program(uint32_t offset, const uint8_t *data, uint32_t len, const ch
     if (!ensure_erased(offset + len, err)) {
         return false;
     }
-    return board_flash_write((uint32_t)(uintptr_t)slot_base(xfer.slot) + offset, data, len, err);
+    return board_flash_write((uint32_t)(uintptr_t)xfer_base() + offset, data, len, err);
 }
 
 static bool cmd_hello(const uint8_t *p, uint16_t len, reply_t *r)
@@ -108,32 +130,43 @@ static bool cmd_hello(const uint8_t *p, uint16_t len, reply_t *r)
     o[n++] = (uint8_t)(sizeof build - 1u);
     memcpy(o + n, build, sizeof build - 1u);
     n += sizeof build - 1u;
+    put_u32(o + n, TRAIN_REGION_BYTES);
+    put_u32(o + n + 4u, DATA_REGION_BYTES);
+    n += 8u;
     r->length = (uint16_t)n;
     return true;
 }
 
 static bool cmd_load_begin(const uint8_t *p, uint16_t len, reply_t *r)
 {
-    if (len != 8u) {
-        return reply_error(r, ST_BAD_LENGTH, 8, "LOAD_BEGIN takes u32 size, u32 crc32");
+    if (len != 8u && len != 9u) {
+        return reply_error(r, ST_BAD_LENGTH, 8, "LOAD_BEGIN takes u32 size, u32 crc32 [, u8 target]");
     }
     uint32_t size = get_u32(p);
     uint32_t crc = get_u32(p + 4);
-    if (size > SLOT_BYTES) {
-        return reply_error(r, ST_FRAGMENT_TOO_LARGE, (uint16_t)(SLOT_BYTES / 1024u),
-                           msg_num("fragment larger than a slot of bytes: ", SLOT_BYTES));
+    uint8_t target = len == 9u ? p[8] : LOAD_TARGET_FRAGMENT;
+    if (target > LOAD_TARGET_DATA) {
+        return reply_error(r, ST_BAD_ARGUMENT, target, "target must be 0 (fragment), 1 (training program) or 2 (data)");
+    }
+    uint32_t capacity = target_capacity(target);
+    if (size > capacity) {
+        return reply_error(r, ST_FRAGMENT_TOO_LARGE, (uint16_t)(capacity / 1024u),
+                           msg_num(target == LOAD_TARGET_FRAGMENT ? "fragment larger than a slot of bytes: "
+                                   : "image larger than its store of bytes: ", capacity));
     }
     if (size == 0u) {
         return reply_error(r, ST_BAD_LENGTH, 0, "empty fragment");
     }
-    if (!(xfer.open && xfer.size == size && xfer.crc == crc)) {
+    if (!(xfer.open && xfer.target == target && xfer.size == size && xfer.crc == crc)) {
         xfer.open = true;
+        xfer.target = target;
         xfer.slot = (active_slot == 0) ? 1u : 0u;  /* never the active slot */
         xfer.size = size;
         xfer.crc = crc;
         xfer.next = 0;
         xfer.erased_to = 0;
         xfer.staged = 0;
+        train_store_invalidate(target);
     }
     put_u32(r->payload, xfer.next);
     r->length = 4;
@@ -211,9 +244,15 @@ static bool cmd_load_commit(uint16_t len, reply_t *r)
         xfer.staged = 0;
     }
     xfer.open = false;  /* whatever happens next, a new LOAD_BEGIN starts over */
-    const uint8_t *blob = slot_base(xfer.slot);
+    const uint8_t *blob = xfer_base();
     if (crc32_update(0, blob, xfer.size) != xfer.crc) {
         return reply_error(r, ST_BAD_CRC, 0, "fragment CRC-32 mismatch");
+    }
+    if (xfer.target == LOAD_TARGET_PROGRAM) {
+        return train_commit_program(blob, xfer.size, r);
+    }
+    if (xfer.target == LOAD_TARGET_DATA) {
+        return train_commit_data(r);
     }
     uint32_t arena_bytes = 0;
     uint16_t op_count = 0;
@@ -223,6 +262,7 @@ static bool cmd_load_commit(uint16_t len, reply_t *r)
     }
     engine_activate();
     active_slot = (int8_t)xfer.slot;  /* the one-step switch */
+    train_fragment_changed();
     put_u32(r->payload, arena_bytes);
     put_u16(r->payload + 4, op_count);
     put_u16(r->payload + 6, 0);
@@ -326,6 +366,7 @@ void commands_init(void)
 {
     memset(&xfer, 0, sizeof xfer);
     active_slot = -1;
+    train_init();
 }
 
 void commands_execute(uint8_t code, const uint8_t *payload, uint16_t length, reply_t *reply, bool *reset_after)
@@ -367,7 +408,7 @@ void commands_execute(uint8_t code, const uint8_t *payload, uint16_t length, rep
         (void)cmd_bench(payload, length, reply);
         break;
     default:
-        (void)reply_error(reply, ST_UNKNOWN_COMMAND, code, msg_num("unknown command ", code));
+        train_execute(code, payload, length, reply);
         break;
     }
 }

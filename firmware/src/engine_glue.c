@@ -41,6 +41,7 @@ void engine_activate(void)
 }
 
 bool engine_has_model(void) { return have_active; }
+uint32_t engine_arena_used(void) { return have_active ? (uint32_t)tfmb_arena_bytes(&active) : 0u; }
 bool engine_present(void) { return true; }
 
 uint8_t *engine_input(uint32_t *size)
@@ -82,6 +83,7 @@ bool engine_prepare(const uint8_t *blob, uint32_t size, uint8_t *arena, uint32_t
 
 void engine_activate(void) {}
 bool engine_has_model(void) { return false; }
+uint32_t engine_arena_used(void) { return 0u; }
 bool engine_present(void) { return false; }
 
 uint8_t *engine_input(uint32_t *size)

@@ -23,5 +23,7 @@ uint8_t *engine_input(uint32_t *size);
 const uint8_t *engine_output(uint32_t *size);
 bool engine_invoke(fw_error_t *err);
 bool engine_present(void);
+/* Arena bytes the active fragment uses (its planned arena; 0 without one). */
+uint32_t engine_arena_used(void);
 
 #endif

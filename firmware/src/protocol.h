@@ -33,6 +33,9 @@ enum proto_status {
     ST_BAD_MODEL = 10,
     ST_FRAME_TOO_LARGE = 11,
     ST_BUSY = 12,
+    ST_NO_DATA = 13,
+    ST_BAD_ARGUMENT = 14,
+    ST_NO_UPDATE = 15,
 };
 
 enum proto_command {
@@ -46,6 +49,11 @@ enum proto_command {
     CMD_INVOKE = 0x21,
     CMD_OUTPUT_READ = 0x22,
     CMD_BENCH = 0x30,
+    CMD_STATS = 0x31,
+    CMD_TRAIN_SET = 0x40,
+    CMD_TRAIN = 0x41,
+    CMD_UPDATE_READ = 0x42,
+    CMD_EVALUATE = 0x43,
 };
 
 /* A response under construction: commands fill payload and set status; on an error the
@@ -69,6 +77,9 @@ void put_u16(uint8_t *p, uint16_t v);
 void put_u32(uint8_t *p, uint32_t v);
 uint16_t get_u16(const uint8_t *p);
 uint32_t get_u32(const uint8_t *p);
+
+/* Small formatter for first-error strings: "<text><number>" (commands.c, one shared buffer). */
+const char *msg_num(const char *text, uint32_t value);
 
 /* commands.c: run one request; returns false when it asked for a reset after replying. */
 void commands_init(void);

@@ -44,7 +44,8 @@ TOOLCHAIN_FIX = "sudo apt-get install --no-install-recommends gcc-arm-none-eabi 
 KIB = 1024
 
 #: Symbols the linker script (firmware/boards/common/sections.ld) defines, as map-file names.
-_MAP_SYMBOLS = ("__fw_ram_bytes", "__fw_flash_bytes", "__arena_bytes", "__slot_bytes", "__slot_a", "__arena_start")
+_MAP_SYMBOLS = ("__fw_ram_bytes", "__fw_flash_bytes", "__arena_bytes", "__slot_bytes", "__slot_a", "__arena_start",
+                "__train_region", "__train_bytes", "__data_region", "__data_region_bytes")
 _MAP_LINE = re.compile(r"^\s+0x([0-9a-fA-F]+)\s+(__\w+)\s+=")
 
 
@@ -73,6 +74,9 @@ class BuildResult:
     flash_page_bytes: int
     engine: bool           # firmware/engine/ was linked in
     warnings: tuple[str, ...] = ()
+    program_store_bytes: int = 0   # the training-program flash store
+    data_store_bytes: int = 0      # the local-data flash store
+    data_store_address: int = 0    # where a TFDS image is preloaded (QEMU -device loader)
 
     def __fspath__(self) -> str:
         return str(self.elf)
@@ -97,15 +101,16 @@ class BuildResult:
 
     @property
     def flash_used_bytes(self) -> int:
-        """Flash the build claims: the image, padded to a page, plus both slots."""
+        """Flash the build claims: the image, padded to a page, both slots and the training stores."""
         image = math.ceil(self.fw_flash_bytes / self.flash_page_bytes) * self.flash_page_bytes
-        return image + 2 * self.slot_bytes
+        return image + 2 * self.slot_bytes + self.program_store_bytes + self.data_store_bytes
 
     def summary(self) -> str:
         return (
             f"{self.board}: firmware RAM {self.fw_ram_bytes} B ({self.reserve_ram_kib} KiB), "
             f"flash {self.fw_flash_bytes} B ({self.reserve_flash_kib} KiB); arena {self.arena_bytes // KIB} KiB "
             f"of {self.ram_budget_bytes // KIB} KiB RAM; 2 slots x {self.slot_bytes // KIB} KiB "
+            f"+ program {self.program_store_bytes // KIB} KiB + data {self.data_store_bytes // KIB} KiB "
             f"of {self.flash_budget_bytes // KIB} KiB flash; engine {'linked' if self.engine else 'absent'}"
         )
 
@@ -223,6 +228,9 @@ def build_firmware(
         flash_page_bytes=page,
         engine=any((FIRMWARE_DIR / "engine").glob("*.c")),
         warnings=tuple(ln for ln in output.splitlines() if "warning:" in ln.lower()),
+        program_store_bytes=sym.get("__train_bytes", 0),
+        data_store_bytes=sym.get("__data_region_bytes", 0),
+        data_store_address=sym.get("__data_region", 0),
     )
 
 

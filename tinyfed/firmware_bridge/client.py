@@ -31,6 +31,7 @@ from serial.serialutil import SerialException
 
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.errors import (
+    MODEL_VERSION_COMMANDS,
     DeviceError,
     DeviceUnreachable,
     LinkTimeout,
@@ -45,6 +46,7 @@ from tinyfed.firmware_bridge.framing import (
     PROTOCOL_VERSION,
     Command,
     FrameError,
+    LoadTarget,
     FrameReader,
     FrameTooLarge,
     Packet,
@@ -52,6 +54,18 @@ from tinyfed.firmware_bridge.framing import (
     command_name,
     decode_frame,
     encode_frame,
+)
+from tinyfed.firmware_bridge.train_link import (
+    EVALUATE_RESPONSE,
+    STATS_RESPONSE,
+    TRAIN_RESPONSE,
+    UPDATE_HEADER,
+    DeviceUpdate,
+    EvalReport,
+    RamStats,
+    TrainParams,
+    TrainReport,
+    unpack_update,
 )
 from tinyfed.firmware_bridge.transport import DEFAULT_BAUD, open_port
 
@@ -77,6 +91,8 @@ class HelloInfo:
     firmware_flash_bytes: int
     board_id: str
     build: str
+    program_store_bytes: int = 0  # training-program flash store (0: firmware cannot train)
+    data_store_bytes: int = 0  # local-data flash store
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,10 +110,12 @@ class HelloInfo:
             raise ValueError("HELLO response truncated in board_id")
         m = p[at]
         build = p[at + 1:at + 1 + m]
-        if len(build) != m or at + 1 + m != len(p):
+        end = at + 1 + m
+        if len(build) != m or len(p) not in (end, end + 8):
             raise ValueError("HELLO response has a wrong build length")
+        program_store, data_store = struct.unpack_from("<II", p, end) if len(p) == end + 8 else (0, 0)
         return cls(version, max_payload, slot, arena, ram, flash, board_id.decode("ascii", "replace"),
-                   build.decode("ascii", "replace"))
+                   build.decode("ascii", "replace"), program_store, data_store)
 
 
 @dataclass(frozen=True)
@@ -263,10 +281,25 @@ class BoardClient:
 
         Until the commit succeeds, the board's previous fragment stays active.
         """
+        return self._load(blob, LoadTarget.FRAGMENT, progress)
+
+    def load_program(self, program: bytes, progress: Callable[[int, int], None] | None = None) -> LoadResult:
+        """Upload a TFTR training program (``train_blob.compile_program``); w* is then at version 0.
+
+        ``arena_bytes`` of the result is the RAM the training state takes on the board."""
+        return self._load(program, LoadTarget.PROGRAM, progress)
+
+    def load_data(self, image: bytes, progress: Callable[[int, int], None] | None = None) -> LoadResult:
+        """Provision the board's local data (a TFDS image, ``local_data.pack``), once per board.
+
+        ``arena_bytes`` of the result is the sample count the board accepted."""
+        return self._load(image, LoadTarget.DATA, progress)
+
+    def _load(self, blob: bytes, target: int, progress: Callable[[int, int], None] | None) -> LoadResult:
         info = self.info or self.hello()
         blob = bytes(blob)
         size, crc = len(blob), zlib.crc32(blob)
-        offset = resumed_from = self._begin(size, crc)
+        offset = resumed_from = self._begin(size, crc, target)
         chunk = info.max_payload - 4
         chunks = 0
         restarts = 0
@@ -280,7 +313,7 @@ class BoardClient:
                 if exc.status != Status.OUT_OF_ORDER or restarts >= 3:
                     raise
                 restarts += 1  # the board holds another offset: ask it where to go on
-                offset = self._begin(size, crc)
+                offset = self._begin(size, crc, target)
                 continue
             nxt = self._u32(p, "LOAD_CHUNK")
             if nxt != offset + len(data):
@@ -297,11 +330,75 @@ class BoardClient:
         log.info("%s: loaded %d bytes (resumed at %d) in %d chunks", self.name, size, resumed_from, chunks)
         return LoadResult(size, crc, resumed_from, arena, ops, chunks)
 
-    def _begin(self, size: int, crc: int) -> int:
-        offset = self._u32(self.request(Command.LOAD_BEGIN, struct.pack("<II", size, crc)), "LOAD_BEGIN")
+    def _begin(self, size: int, crc: int, target: int) -> int:
+        payload = struct.pack("<II", size, crc) + (bytes([target]) if target != LoadTarget.FRAGMENT else b"")
+        offset = self._u32(self.request(Command.LOAD_BEGIN, payload), "LOAD_BEGIN")
         if offset > size:
             raise ProtocolError(f"resume offset {offset} beyond size {size}", device=self.name, command="LOAD_BEGIN")
         return offset
+
+    # -- local training (docs/protocol.md, "Training") ----------------------------------
+
+    def set_weights(self, version: int, values: np.ndarray) -> None:
+        """Send w* (float32, trainable.tfw order) as model ``version``; the board trains from it."""
+        info = self.info or self.hello()
+        v = np.ascontiguousarray(values, dtype="<f4").ravel()
+        if not np.all(np.isfinite(v)):
+            raise TinyfedError("w* holds NaN or infinite values", fix="check the global model", source=self.name)
+        per = (info.max_payload - 8) // 4
+        offset = 0
+        while True:
+            part = v[offset:offset + per]
+            nxt = self._u32(self.request(Command.TRAIN_SET, struct.pack("<II", version, offset) + part.tobytes()),
+                            "TRAIN_SET")
+            if nxt != offset + part.size:
+                raise ProtocolError(f"board acknowledged value {nxt}, expected {offset + part.size}",
+                                    device=self.name, command="TRAIN_SET")
+            offset = nxt
+            if offset >= v.size:
+                return
+
+    def train(self, params: TrainParams, *, timeout: float = 600.0) -> TrainReport:
+        """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it)."""
+        p = self.request(Command.TRAIN, params.pack(), timeout=timeout)
+        if len(p) != TRAIN_RESPONSE.size:
+            raise ProtocolError(f"TRAIN response of {len(p)} bytes", device=self.name, command="TRAIN")
+        return TrainReport.unpack(p)
+
+    def read_update(self, size: int | None = None) -> DeviceUpdate:
+        """Fetch the int8 update of the last TRAIN (``size``: its image bytes, from TrainReport)."""
+        info = self.info or self.hello()
+        head = self.request(Command.UPDATE_READ, struct.pack("<IH", 0, UPDATE_HEADER.size))
+        if len(head) != UPDATE_HEADER.size:
+            raise ProtocolError(f"UPDATE_READ returned {len(head)} bytes", device=self.name, command="UPDATE_READ")
+        _, _, _, _, elements, n_scales, _ = UPDATE_HEADER.unpack(head)
+        total = UPDATE_HEADER.size + 4 * n_scales + elements
+        if size is not None and size != total:
+            raise ProtocolError(f"update image is {total} bytes, TRAIN said {size}", device=self.name,
+                                command="UPDATE_READ")
+        image = bytearray(head)
+        while len(image) < total:
+            n = min(info.max_payload, total - len(image))
+            part = self.request(Command.UPDATE_READ, struct.pack("<IH", len(image), n))
+            if len(part) != n:
+                raise ProtocolError(f"UPDATE_READ returned {len(part)} bytes, asked {n}", device=self.name,
+                                    command="UPDATE_READ")
+            image += part
+        return unpack_update(bytes(image))
+
+    def evaluate(self, max_samples: int = 0, *, timeout: float = 600.0) -> EvalReport:
+        """Local loss and accuracy of the current w* on the board's own data."""
+        p = self.request(Command.EVALUATE, _U32.pack(max_samples), timeout=timeout)
+        if len(p) != EVALUATE_RESPONSE.size:
+            raise ProtocolError(f"EVALUATE response of {len(p)} bytes", device=self.name, command="EVALUATE")
+        return EvalReport.unpack(p)
+
+    def ram_stats(self) -> RamStats:
+        """RAM high-water marks since reset (stack and arena paint)."""
+        p = self.request(Command.STATS, b"")
+        if len(p) != STATS_RESPONSE.size:
+            raise ProtocolError(f"STATS response of {len(p)} bytes", device=self.name, command="STATS")
+        return RamStats.unpack(p)
 
     def infer(self, x_int8: np.ndarray) -> np.ndarray:
         """Run the loaded fragment on one int8 input; return its int8 output (flat)."""
@@ -357,9 +454,10 @@ class BoardClient:
 
     # -- the exchange --------------------------------------------------------------------
 
-    def request(self, code: int, payload: bytes = b"") -> bytes:
+    def request(self, code: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
         """Send one request and return the payload of its OK response (retransmitting as needed).
 
+        ``timeout`` replaces the client's timeout for this request (TRAIN runs for seconds).
         An error status raises :class:`DeviceError` (or :class:`ProtocolVersionMismatch`).
         """
         cmd = command_name(code)
@@ -371,7 +469,7 @@ class BoardClient:
             raise ValueError(f"{cmd} payload of {len(payload)} bytes exceeds max_payload {limit}")
         seq = self._next_seq()
         frame = encode_frame(KIND_REQUEST, code, seq, payload)
-        wait = self.timeout + self._wire_time(len(frame))
+        wait = (self.timeout if timeout is None else timeout) + self._wire_time(len(frame))
         self.stats.requests += 1
         started = self._clock()
         attempts = 0
@@ -407,7 +505,7 @@ class BoardClient:
             return pkt.payload
         detail = struct.unpack_from("<H", pkt.payload)[0] if len(pkt.payload) >= 2 else 0
         message = pkt.payload[2:].decode("ascii", "replace")
-        if pkt.code == Status.WRONG_VERSION:
+        if pkt.code == Status.WRONG_VERSION and cmd not in MODEL_VERSION_COMMANDS:
             raise ProtocolVersionMismatch(device=self.name, board_version=detail or pkt.version,
                                           host_version=PROTOCOL_VERSION, command=cmd)
         raise DeviceError(pkt.code, detail, message, device=self.name, command=cmd)

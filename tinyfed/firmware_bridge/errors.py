@@ -76,7 +76,14 @@ STATUS_FIXES: dict[int, str] = {
     Status.BAD_MODEL: "the fragment blob is malformed; recompile it from the .tflite",
     Status.FRAME_TOO_LARGE: "a frame exceeded the board's max_payload; a host bug or a wrong board profile",
     Status.BUSY: "the board is busy; try again",
+    Status.NO_DATA: "the board has no usable local data; provision it (BoardClient.load_data) for this fragment",
+    Status.BAD_ARGUMENT: "a training parameter is out of range (epochs, batch >= 1; finite lr > 0; finite w*)",
+    Status.NO_UPDATE: "no update to read; run TRAIN first (setting w* discards the previous update)",
 }
+
+#: Commands where WRONG_VERSION means the model version of w*, not the protocol version.
+MODEL_VERSION_COMMANDS = frozenset({"TRAIN", "TRAIN_SET"})
+MODEL_VERSION_FIX = "w* on the board is at another model version; send w* at this version (TRAIN_SET) first"
 
 
 class DeviceError(LinkError):
@@ -92,7 +99,8 @@ class DeviceError(LinkError):
             f"board answered {self.status_name}{said}, detail {detail}",
             device=device,
             command=command,
-            fix=STATUS_FIXES.get(status, "update the host or the firmware so they agree"),
+            fix=(MODEL_VERSION_FIX if status == Status.WRONG_VERSION and command in MODEL_VERSION_COMMANDS
+                 else STATUS_FIXES.get(status, "update the host or the firmware so they agree")),
         )
 
     def to_dict(self) -> dict[str, object]:

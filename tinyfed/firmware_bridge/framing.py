@@ -47,11 +47,26 @@ class Command:
     INPUT_WRITE = 0x20
     INVOKE = 0x21
     OUTPUT_READ = 0x22
+    BENCH = 0x30
+    STATS = 0x31
+    TRAIN_SET = 0x40
+    TRAIN = 0x41
+    UPDATE_READ = 0x42
+    EVALUATE = 0x43
 
     NAMES: ClassVar[dict[int, str]] = {
         0x01: "HELLO", 0x02: "PING", 0x03: "RESET", 0x10: "LOAD_BEGIN", 0x11: "LOAD_CHUNK",
-        0x12: "LOAD_COMMIT", 0x20: "INPUT_WRITE", 0x21: "INVOKE", 0x22: "OUTPUT_READ",
+        0x12: "LOAD_COMMIT", 0x20: "INPUT_WRITE", 0x21: "INVOKE", 0x22: "OUTPUT_READ", 0x30: "BENCH",
+        0x31: "STATS", 0x40: "TRAIN_SET", 0x41: "TRAIN", 0x42: "UPDATE_READ", 0x43: "EVALUATE",
     }
+
+
+class LoadTarget:
+    """Which flash store a LOAD_BEGIN writes (its optional 9th byte)."""
+
+    FRAGMENT = 0
+    PROGRAM = 1
+    DATA = 2
 
 
 class Status:
@@ -68,11 +83,15 @@ class Status:
     BAD_MODEL = 10
     FRAME_TOO_LARGE = 11
     BUSY = 12
+    NO_DATA = 13
+    BAD_ARGUMENT = 14
+    NO_UPDATE = 15
 
     NAMES: ClassVar[dict[int, str]] = {
         0: "OK", 1: "BAD_CRC", 2: "UNKNOWN_COMMAND", 3: "FRAGMENT_TOO_LARGE", 4: "OUT_OF_MEMORY",
         5: "UNSUPPORTED_OP", 6: "WRONG_VERSION", 7: "BAD_LENGTH", 8: "OUT_OF_ORDER", 9: "NO_MODEL",
-        10: "BAD_MODEL", 11: "FRAME_TOO_LARGE", 12: "BUSY",
+        10: "BAD_MODEL", 11: "FRAME_TOO_LARGE", 12: "BUSY", 13: "NO_DATA", 14: "BAD_ARGUMENT",
+        15: "NO_UPDATE",
     }
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from tinyfed.firmware_bridge.framing import (
     KIND_REQUEST,
     KIND_RESPONSE,
+    LoadTarget,
     NAK_SEQ,
     PROTOCOL_VERSION,
     Command,
@@ -37,6 +38,7 @@ from tinyfed.firmware_bridge.framing import (
     decode_frame,
     encode_frame,
 )
+from tinyfed.firmware_bridge.sim_train import SimTrainer, TrainReply
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class SimConfig:
     firmware_flash_bytes: int = 96 * 1024
     build: str = SIM_BUILD
     protocol_version: int = PROTOCOL_VERSION
+    program_store_bytes: int = 64 * 1024
+    data_store_bytes: int = 384 * 1024
 
     @classmethod
     def for_board(cls, board_id: str, **overrides: Any) -> SimConfig:
@@ -92,6 +96,7 @@ class _Transfer:
     crc: int
     data: bytearray
     offset: int = 0
+    target: int = LoadTarget.FRAGMENT
 
 
 @dataclass
@@ -137,6 +142,13 @@ class SimBoard:
         self._input = bytearray()
         self._input_next = 0
         self._output: bytes | None = None
+        # Flash stores survive a reset on a real board; the training state in RAM does not.
+        stores = getattr(self, "trainer", None)
+        self.trainer = SimTrainer(self.config.arena_bytes)
+        if stores is not None:
+            self.trainer.program, self.trainer.tail = stores.program, stores.tail
+            self.trainer.unit_shapes, self.trainer.ram_bytes = stores.unit_shapes, stores.ram_bytes
+            self.trainer.data = stores.data
 
     def power_cycle(self) -> None:
         """Lose everything, as after RESET."""
@@ -212,10 +224,18 @@ class SimBoard:
             Command.INPUT_WRITE: self._input_write,
             Command.INVOKE: self._invoke,
             Command.OUTPUT_READ: self._output_read,
+            Command.STATS: lambda p: self.trainer.stats(p, self.config.firmware_ram_bytes),
+            Command.TRAIN_SET: self.trainer.train_set,
+            Command.TRAIN: lambda p: self.trainer.train(p, self.active),
+            Command.UPDATE_READ: lambda p: self.trainer.update_read(p, self.config.max_payload),
+            Command.EVALUATE: lambda p: self.trainer.evaluate(p, self.active),
         }.get(code)
         if handler is None:
             raise _Reply(Status.UNKNOWN_COMMAND, code, f"unknown command 0x{code:02x}")
-        return handler(p)
+        try:
+            return handler(p)
+        except TrainReply as err:
+            raise _Reply(err.status, err.detail, err.message) from None
 
     def _hello(self, p: bytes) -> bytes:
         c = self.config
@@ -228,20 +248,27 @@ class SimBoard:
             struct.pack("<BBHIIII", c.protocol_version, 0, c.max_payload, c.slot_bytes, c.arena_bytes,
                         c.firmware_ram_bytes, c.firmware_flash_bytes)
             + bytes([len(board_id)]) + board_id + bytes([len(build)]) + build
+            + struct.pack("<II", c.program_store_bytes, c.data_store_bytes)
         )
 
     def _load_begin(self, p: bytes) -> bytes:
-        if len(p) != 8:
-            raise _Reply(Status.BAD_LENGTH, 8, "LOAD_BEGIN takes size and crc")
-        size, crc = struct.unpack("<II", p)
-        if size > self.config.slot_bytes:
-            raise _Reply(Status.FRAGMENT_TOO_LARGE, min(self.config.slot_bytes // 1024, 0xFFFF),
-                         f"{size} > slot {self.config.slot_bytes}")
+        if len(p) not in (8, 9):
+            raise _Reply(Status.BAD_LENGTH, 8, "LOAD_BEGIN takes size, crc [, target]")
+        size, crc = struct.unpack_from("<II", p)
+        target = p[8] if len(p) == 9 else LoadTarget.FRAGMENT
+        if target > LoadTarget.DATA:
+            raise _Reply(Status.BAD_ARGUMENT, target, "target must be 0, 1 or 2")
+        capacity = {LoadTarget.FRAGMENT: self.config.slot_bytes, LoadTarget.PROGRAM: self.config.program_store_bytes,
+                    LoadTarget.DATA: self.config.data_store_bytes}[target]
+        if size > capacity:
+            raise _Reply(Status.FRAGMENT_TOO_LARGE, min(capacity // 1024, 0xFFFF), f"{size} > store {capacity}")
         if size == 0:
             raise _Reply(Status.BAD_LENGTH, 0, "empty fragment")
         t = self.transfer
-        if t is None or (t.size, t.crc) != (size, crc):
-            self.transfer = t = _Transfer(size, crc, bytearray(size))
+        if t is None or (t.size, t.crc, t.target) != (size, crc, target):
+            self.transfer = t = _Transfer(size, crc, bytearray(size), 0, target)
+            if target != LoadTarget.FRAGMENT:
+                self.trainer.invalidate(target)
         return _U32.pack(t.offset)
 
     def _load_chunk(self, p: bytes) -> bytes:
@@ -272,11 +299,19 @@ class SimBoard:
         self.transfer = None  # success or failure, the next LOAD_BEGIN starts afresh
         if zlib.crc32(blob) != t.crc:
             raise _Reply(Status.BAD_CRC, 0, "fragment CRC mismatch")
+        if t.target != LoadTarget.FRAGMENT:
+            try:
+                if t.target == LoadTarget.PROGRAM:
+                    return self.trainer.commit_program(blob, self.active)
+                return self.trainer.commit_data(blob)
+            except TrainReply as err:
+                raise _Reply(err.status, err.detail, err.message) from None
         fragment = self._parse(blob)
         if fragment.arena_bytes > self.config.arena_bytes:
             raise _Reply(Status.OUT_OF_MEMORY, min(fragment.arena_bytes // 1024, 0xFFFF),
                          f"arena {fragment.arena_bytes} > {self.config.arena_bytes}")
         self.active = fragment  # the one-step switch of slots
+        self.trainer.fragment_changed(fragment)
         self._input = bytearray()
         self._input_next = 0
         self._output = None

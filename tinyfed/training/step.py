@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,8 +48,12 @@ class QuantizedUpdate:
 
 
 def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epochs: int, lr: float,
-                batch_size: int, seed: int) -> TrainResult:
-    """Plain mini-batch SGD on a copy of ``tail``, updating only the trainable elements."""
+                batch_size: int, seed: int, order: Callable[[int, int, int], np.ndarray] | None = None
+                ) -> TrainResult:
+    """Plain mini-batch SGD on a copy of ``tail``, updating only the trainable elements.
+
+    ``order(n, seed, epoch)`` gives each epoch's sample order (default: numpy's permutation);
+    the ``sim://`` board passes the firmware's (``firmware_bridge.shuffle.epoch_order``)."""
     t = tail.copy()
     start = t.unit_values()
     x = np.asarray(x_in_float, dtype=t.dtype)
@@ -56,10 +61,10 @@ def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epoch
     n = len(y)
     rng = np.random.default_rng(seed)
     total, seen = 0.0, 0
-    for _ in range(epochs):
-        order = rng.permutation(n)
+    for epoch in range(epochs):
+        visit = rng.permutation(n) if order is None else order(n, seed, epoch)
         for k in range(0, n, batch_size):
-            idx = order[k : k + batch_size]
+            idx = visit[k : k + batch_size]
             loss, grads = t.loss_and_grads(x[idx], y[idx])
             for ti, gr in grads.items():
                 t.params[ti] -= (np.asarray(lr, t.dtype) * gr).astype(t.dtype)

@@ -16,6 +16,11 @@
 extern uint32_t __stack_top[], __stack_limit[];
 extern uint32_t __data_start[], __data_end[], __data_load[];
 extern uint32_t __bss_start[], __bss_end[];
+extern uint32_t __arena_start[], __arena_end[];
+
+/* Stack and arena are painted with this word at reset; the first word that no longer holds it
+ * marks the high-water mark (src/ram_watermark.c, command STATS). */
+#define RAM_PAINT 0xA5C3A5C3u
 
 int main(void);
 void Reset_Handler(void);
@@ -74,6 +79,15 @@ void Reset_Handler(void)
     cpu_dsb();
     cpu_isb();
 #endif
+    /* Paint the unused stack (below the current SP, minus this frame's margin) and the arena. */
+    uint32_t sp;
+    __asm volatile("mov %0, sp" : "=r"(sp));
+    for (uint32_t *w = __stack_limit; (uintptr_t)w + 64u < sp; w++) {
+        *w = RAM_PAINT;
+    }
+    for (uint32_t *w = __arena_start; w < __arena_end; w++) {
+        *w = RAM_PAINT;
+    }
     memcpy(__data_start, __data_load, (size_t)((uintptr_t)__data_end - (uintptr_t)__data_start));
     memset(__bss_start, 0, (size_t)((uintptr_t)__bss_end - (uintptr_t)__bss_start));
     (void)main();

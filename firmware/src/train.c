@@ -1,0 +1,552 @@
+/* Local training: TRAIN_SET, TRAIN, UPDATE_READ, EVALUATE and STATS (docs/protocol.md).
+ *
+ * RAM: the training state sits in the tensor arena right after the active fragment's own
+ * arena: [fragment arena | tftr state (w*, start, grad, work) | update scales]. It is placed
+ * when both a fragment and a program are committed; if it does not fit, TRAIN answers
+ * OUT_OF_MEMORY instead of overrunning. w* starts at version 0 = the program's initial values. */
+#include "train.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "board.h"
+#include "engine_glue.h"
+#include "local_data.h"
+#include "memmap.h"
+#include "shuffle.h"
+
+#define UPDATE_HEADER 24u
+#define FLAG_PER_CHANNEL 0x01u
+#define RAM_PAINT 0xA5C3A5C3u
+
+#if defined(TFMB_ENGINE)
+#include "tftr.h"
+
+static struct {
+    bool program_ok;      /* a validated program is in the training-program store */
+    tftr_program_t prog;
+    bool bound;           /* the state is placed in the arena */
+    uint32_t bind_status; /* why not bound (status code), 0 when bound or nothing to bind */
+    uint32_t rows;        /* total channels of all units (per-channel scales) */
+    float *scales;
+    bool weights_ok;      /* w* complete at `version` */
+    uint32_t version;
+    bool set_open;        /* TRAIN_SET in progress */
+    uint32_t set_version;
+    uint32_t set_next;
+    bool update_ok;       /* values - start is a fresh update */
+    uint32_t update_n;
+    float update_loss;
+    float update_variance;
+    uint8_t update_flags;
+    uint16_t scale_count;
+} ts;
+
+static tfmb_error_t terr;
+
+static uint32_t align8(uint32_t n) { return (n + 7u) & ~7u; }
+
+static void bind_state(void)
+{
+    ts.bound = false;
+    ts.weights_ok = false;
+    ts.update_ok = false;
+    ts.set_open = false;
+    ts.bind_status = 0;
+    if (!ts.program_ok || !engine_has_model()) {
+        return;
+    }
+    uint32_t used = align8(engine_arena_used());
+    uint32_t rows = 0;
+    for (uint16_t u = 0; u < ts.prog.unit_count; u++) {
+        uint32_t ch = 0, per = 0;
+        (void)tftr_unit_shape(&ts.prog, u, &ch, &per);
+        rows += ch;
+    }
+    ts.rows = rows;
+    uint32_t need = align8(tftr_ram_bytes(&ts.prog)) + 4u * rows;
+    if (used > ARENA_BYTES || need > ARENA_BYTES - used) {
+        ts.bind_status = ST_OUT_OF_MEMORY;
+        return;
+    }
+    uint8_t *base = ARENA_BASE + used;
+    if (!tftr_bind(&ts.prog, base, ARENA_BYTES - used - 4u * rows, &terr)) {
+        ts.bind_status = terr.status;
+        return;
+    }
+    ts.scales = (float *)(void *)(base + align8(tftr_ram_bytes(&ts.prog)));
+    ts.bound = true;
+    ts.weights_ok = true;
+    ts.version = 0;
+}
+
+void train_init(void)
+{
+    memset(&ts, 0, sizeof ts);
+}
+
+void train_store_invalidate(uint8_t target)
+{
+    if (target == LOAD_TARGET_PROGRAM) {
+        ts.program_ok = false;
+        ts.bound = false;
+        ts.weights_ok = false;
+        ts.update_ok = false;
+    } else if (target == LOAD_TARGET_DATA) {
+        local_data_invalidate();
+    }
+}
+
+void train_fragment_changed(void)
+{
+    bind_state();
+}
+
+bool train_commit_program(const uint8_t *blob, uint32_t size, reply_t *r)
+{
+    if (!tftr_open(&ts.prog, blob, size, &terr)) {
+        terr.message[sizeof terr.message - 1u] = '\0';
+        return reply_error(r, terr.status, terr.detail, terr.message);
+    }
+    ts.program_ok = true;
+    bind_state();
+    if (ts.bind_status == ST_OUT_OF_MEMORY) {
+        return reply_error(r, ST_OUT_OF_MEMORY, (uint16_t)(tftr_ram_bytes(&ts.prog) / 1024u),
+                           msg_num("training state does not fit the arena; needs bytes ",
+                                   tftr_ram_bytes(&ts.prog) + 4u * ts.rows));
+    }
+    put_u32(r->payload, tftr_ram_bytes(&ts.prog) + 4u * ts.rows);
+    put_u16(r->payload + 4, ts.prog.unit_count);
+    put_u16(r->payload + 6, 0);
+    r->length = 8;
+    return true;
+}
+
+bool train_commit_data(reply_t *r)
+{
+    const char *err = NULL;
+    uint16_t classes = 0;
+    local_data_invalidate();
+    if (!local_data_check(&err, &classes)) {
+        return reply_error(r, ST_NO_DATA, 0, err);
+    }
+    put_u32(r->payload, local_data_count());
+    put_u16(r->payload + 4, classes);
+    put_u16(r->payload + 6, 0);
+    r->length = 8;
+    return true;
+}
+
+/* Everything TRAIN and EVALUATE need, or the typed error. */
+static bool ready(reply_t *r, uint32_t *count)
+{
+    const char *err = NULL;
+    if (!engine_has_model()) {
+        return reply_error(r, ST_NO_MODEL, 0, "no committed fragment");
+    }
+    if (!ts.program_ok) {
+        return reply_error(r, ST_NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)");
+    }
+    if (!ts.bound) {
+        return reply_error(r, ts.bind_status != 0u ? (uint8_t)ts.bind_status : ST_OUT_OF_MEMORY, 0,
+                           msg_num("training state does not fit the arena; needs bytes ",
+                                   tftr_ram_bytes(&ts.prog) + 4u * ts.rows));
+    }
+    if (!local_data_check(&err, NULL)) {
+        return reply_error(r, ST_NO_DATA, 0, err);
+    }
+    uint32_t in_bytes = 0, out_bytes = 0;
+    (void)engine_input(&in_bytes);
+    (void)engine_output(&out_bytes);
+    if (local_data_sample_bytes() != in_bytes) {
+        return reply_error(r, ST_NO_DATA, (uint16_t)in_bytes,
+                           msg_num("local samples do not match the fragment input of bytes ", in_bytes));
+    }
+    if (tftr_input_elems(&ts.prog) != out_bytes) {
+        return reply_error(r, ST_BAD_MODEL, (uint16_t)out_bytes,
+                           msg_num("training program does not follow this fragment; its output bytes ",
+                                   out_bytes));
+    }
+    *count = local_data_count();
+    return true;
+}
+
+/* Runs the frozen fragment on local sample `index`; its int8 output is the tail's input. */
+static const int8_t *head(uint32_t index, uint8_t *label)
+{
+    uint32_t size = 0;
+    fw_error_t e;
+    int8_t *in = (int8_t *)engine_input(&size);
+    if (!local_data_sample(index, in, label) || !engine_invoke(&e)) {
+        return NULL;
+    }
+    return (const int8_t *)engine_output(&size);
+}
+
+/* Raw samples and their features must not outlive the command: wipe the fragment arena. */
+static void wipe_arena(void)
+{
+    memset(ARENA_BASE, 0, engine_arena_used());
+}
+
+static bool cmd_train_set(const uint8_t *p, uint16_t len, reply_t *r)
+{
+    if (len < 8u || (len - 8u) % 4u != 0u) {
+        return reply_error(r, ST_BAD_LENGTH, 8, "TRAIN_SET takes u32 version, u32 offset, f32 values");
+    }
+    if (!ts.program_ok || !ts.bound) {
+        return ready(r, &(uint32_t){0});
+    }
+    uint32_t version = get_u32(p);
+    uint32_t offset = get_u32(p + 4);
+    uint32_t n = (len - 8u) / 4u;
+    uint32_t total = tftr_trainable_count(&ts.prog);
+    if (offset == 0u) {
+        ts.set_open = true;
+        ts.set_version = version;
+        ts.set_next = 0;
+        ts.weights_ok = false;
+        ts.update_ok = false;
+    } else if (!ts.set_open || version != ts.set_version || offset != ts.set_next) {
+        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)ts.set_next, msg_num("expected value offset ", ts.set_next));
+    }
+    if (n > total - ts.set_next) {
+        return reply_error(r, ST_BAD_LENGTH, (uint16_t)total, msg_num("w* holds values: ", total));
+    }
+    float *values = ts.prog.values;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t bits = get_u32(p + 8u + 4u * i);
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        if (!isfinite(v)) {
+            ts.set_open = false;
+            return reply_error(r, ST_BAD_ARGUMENT, (uint16_t)(offset + i), "w* value is not finite");
+        }
+        values[offset + i] = v;
+    }
+    ts.set_next += n;
+    if (ts.set_next == total) {
+        tftr_mark_start(&ts.prog);
+        ts.set_open = false;
+        ts.weights_ok = true;
+        ts.version = ts.set_version;
+    }
+    put_u32(r->payload, ts.set_next);
+    r->length = 4;
+    return true;
+}
+
+/* Scales and variance of delta = values - start. */
+static void finish_update(bool per_channel)
+{
+    const float *v = ts.prog.values;
+    const float *s = ts.prog.start;
+    uint32_t total = tftr_trainable_count(&ts.prog);
+    float sum = 0.0f;
+    for (uint32_t i = 0; i < total; i++) {
+        sum += v[i] - s[i];
+    }
+    float mean = total ? sum / (float)total : 0.0f;
+    float sq = 0.0f;
+    uint32_t k = 0, row = 0;
+    for (uint16_t u = 0; u < ts.prog.unit_count; u++) {
+        uint32_t ch = 0, per = 0;
+        (void)tftr_unit_shape(&ts.prog, u, &ch, &per);
+        float unit_max = 0.0f;
+        for (uint32_t c = 0; c < ch; c++) {
+            float row_max = 0.0f;
+            for (uint32_t j = 0; j < per; j++, k++) {
+                float d = v[k] - s[k];
+                float a = fabsf(d);
+                row_max = a > row_max ? a : row_max;
+                sq += (d - mean) * (d - mean);
+            }
+            unit_max = row_max > unit_max ? row_max : unit_max;
+            if (per_channel) {
+                ts.scales[row++] = row_max / 127.0f;
+            }
+        }
+        if (!per_channel) {
+            ts.scales[row++] = unit_max / 127.0f;
+        }
+    }
+    ts.scale_count = (uint16_t)row;
+    ts.update_variance = total ? sq / (float)total : 0.0f;
+    ts.update_flags = per_channel ? FLAG_PER_CHANNEL : 0u;
+}
+
+static uint32_t update_bytes(void)
+{
+    return UPDATE_HEADER + 4u * ts.scale_count + tftr_trainable_count(&ts.prog);
+}
+
+static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
+{
+    uint32_t count = 0;
+    if (len != 21u) {
+        return reply_error(r, ST_BAD_LENGTH, 21,
+                           "TRAIN takes u32 version, u16 epochs, u16 batch, f32 lr, u32 seed, u32 max_samples, u8 flags");
+    }
+    if (!ready(r, &count)) {
+        return false;
+    }
+    uint32_t version = get_u32(p);
+    uint16_t epochs = get_u16(p + 4);
+    uint16_t batch = get_u16(p + 6);
+    uint32_t lr_bits = get_u32(p + 8);
+    float lr;
+    memcpy(&lr, &lr_bits, sizeof lr);
+    uint32_t seed = get_u32(p + 12);
+    uint32_t max_samples = get_u32(p + 16);
+    uint8_t flags = p[20];
+    if (!ts.weights_ok || version != ts.version) {
+        return reply_error(r, ST_WRONG_VERSION, (uint16_t)ts.version,
+                           ts.weights_ok ? msg_num("w* is at model version ", ts.version)
+                                         : "w* incomplete: finish TRAIN_SET first");
+    }
+    if (epochs == 0u || batch == 0u || !isfinite(lr) || lr <= 0.0f || (flags & ~FLAG_PER_CHANNEL) != 0u) {
+        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0 or 1");
+    }
+    uint32_t n = (max_samples != 0u && max_samples < count) ? max_samples : count;
+    /* Every TRAIN starts from w* as set at the version: retraining never compounds. */
+    memcpy(ts.prog.values, ts.prog.start, 4u * tftr_trainable_count(&ts.prog));
+    float loss_sum = 0.0f;
+    uint32_t steps = 0;
+    cycles_start();
+    for (uint32_t e = 0; e < epochs; e++) {
+        uint32_t key = shuffle_epoch_key(seed, e);
+        for (uint32_t b = 0; b < n; b += batch) {
+            uint32_t m = (n - b < batch) ? n - b : batch;
+            tftr_begin_batch(&ts.prog);
+            for (uint32_t i = 0; i < m; i++) {
+                uint8_t label = 0;
+                const int8_t *x = head(shuffle_index(b + i, n, key), &label);
+                if (x == NULL) {
+                    wipe_arena();
+                    return reply_error(r, ST_NO_DATA, (uint16_t)(b + i), "local data sample unreadable");
+                }
+                float loss = 0.0f;
+                tftr_accumulate(&ts.prog, x, label, &loss, NULL);
+                loss_sum += loss;
+            }
+            tftr_apply(&ts.prog, lr, m);
+            steps++;
+        }
+    }
+    uint32_t cycles = cycles_stop();
+    wipe_arena();
+    finish_update((flags & FLAG_PER_CHANNEL) != 0u);
+    ts.update_ok = true;
+    ts.update_n = n;
+    ts.update_loss = loss_sum / (float)(n * (uint32_t)epochs);
+    uint8_t *o = r->payload;
+    uint32_t bits;
+    put_u32(o, ts.version);
+    put_u32(o + 4, n);
+    put_u32(o + 8, steps);
+    memcpy(&bits, &ts.update_loss, 4);
+    put_u32(o + 12, bits);
+    memcpy(&bits, &ts.update_variance, 4);
+    put_u32(o + 16, bits);
+    put_u32(o + 20, update_bytes());
+    put_u32(o + 24, cycles);
+    r->length = 28;
+    return true;
+}
+
+/* One byte of the update image: header | f32 scales | int8 q. */
+static uint8_t update_byte(uint32_t at)
+{
+    uint8_t header[UPDATE_HEADER];
+    if (at < UPDATE_HEADER) {
+        uint32_t bits;
+        put_u32(header, ts.version);
+        put_u32(header + 4, ts.update_n);
+        memcpy(&bits, &ts.update_loss, 4);
+        put_u32(header + 8, bits);
+        memcpy(&bits, &ts.update_variance, 4);
+        put_u32(header + 12, bits);
+        put_u32(header + 16, tftr_trainable_count(&ts.prog));
+        put_u16(header + 20, ts.scale_count);
+        header[22] = ts.update_flags;
+        header[23] = 0;
+        return header[at];
+    }
+    at -= UPDATE_HEADER;
+    if (at < 4u * ts.scale_count) {
+        uint32_t bits;
+        memcpy(&bits, &ts.scales[at / 4u], 4);
+        return (uint8_t)(bits >> (8u * (at % 4u)));
+    }
+    at -= 4u * ts.scale_count;
+    /* Element `at`: find its unit and row for the scale. */
+    uint32_t k = 0, row = 0;
+    for (uint16_t u = 0; u < ts.prog.unit_count; u++) {
+        uint32_t ch = 0, per = 0;
+        (void)tftr_unit_shape(&ts.prog, u, &ch, &per);
+        if (at < k + ch * per) {
+            uint32_t idx = (ts.update_flags & FLAG_PER_CHANNEL) ? row + (at - k) / per : row;
+            float scale = ts.scales[idx];
+            if (!(scale > 0.0f)) {
+                return 0u;
+            }
+            float q = rintf((ts.prog.values[at] - ts.prog.start[at]) / scale);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            return (uint8_t)(int8_t)q;
+        }
+        k += ch * per;
+        row += (ts.update_flags & FLAG_PER_CHANNEL) ? ch : 1u;
+    }
+    return 0u;
+}
+
+static bool cmd_update_read(const uint8_t *p, uint16_t len, reply_t *r)
+{
+    if (len != 6u) {
+        return reply_error(r, ST_BAD_LENGTH, 6, "UPDATE_READ takes u32 offset, u16 length");
+    }
+    if (!ts.bound || !ts.update_ok) {
+        return reply_error(r, ST_NO_UPDATE, 0, "no update: TRAIN first");
+    }
+    uint32_t offset = get_u32(p);
+    uint32_t n = get_u16(p + 4);
+    uint32_t size = update_bytes();
+    if (n > PROTO_MAX_PAYLOAD || offset > size || n > size - offset) {
+        return reply_error(r, ST_BAD_LENGTH, (uint16_t)size, msg_num("update bytes: ", size));
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        r->payload[i] = update_byte(offset + i);
+    }
+    r->length = (uint16_t)n;
+    return true;
+}
+
+static bool cmd_evaluate(const uint8_t *p, uint16_t len, reply_t *r)
+{
+    uint32_t count = 0;
+    if (len != 4u) {
+        return reply_error(r, ST_BAD_LENGTH, 4, "EVALUATE takes u32 max_samples");
+    }
+    if (!ready(r, &count)) {
+        return false;
+    }
+    uint32_t max_samples = get_u32(p);
+    uint32_t n = (max_samples != 0u && max_samples < count) ? max_samples : count;
+    float loss_sum = 0.0f;
+    uint32_t correct = 0;
+    cycles_start();
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t label = 0, predicted = 0;
+        const int8_t *x = head(i, &label);
+        if (x == NULL) {
+            wipe_arena();
+            return reply_error(r, ST_NO_DATA, (uint16_t)i, "local data sample unreadable");
+        }
+        float loss = 0.0f;
+        tftr_predict(&ts.prog, x, label, &loss, &predicted);
+        loss_sum += loss;
+        correct += predicted == label ? 1u : 0u;
+    }
+    uint32_t cycles = cycles_stop();
+    wipe_arena();
+    float mean = n ? loss_sum / (float)n : 0.0f;
+    uint32_t bits;
+    memcpy(&bits, &mean, 4);
+    put_u32(r->payload, n);
+    put_u32(r->payload + 4, correct);
+    put_u32(r->payload + 8, bits);
+    put_u32(r->payload + 12, cycles);
+    r->length = 16;
+    return true;
+}
+
+static uint32_t training_ram(void)
+{
+    return ts.bound ? align8(tftr_ram_bytes(&ts.prog)) + 4u * ts.rows : 0u;
+}
+
+#else /* no engine: training commands answer that the firmware cannot train */
+
+void train_init(void) {}
+void train_store_invalidate(uint8_t target) { (void)target; }
+void train_fragment_changed(void) {}
+bool train_commit_program(const uint8_t *blob, uint32_t size, reply_t *r)
+{
+    (void)blob;
+    (void)size;
+    return reply_error(r, ST_UNSUPPORTED_OP, 0, "firmware built without the engine");
+}
+bool train_commit_data(reply_t *r) { return reply_error(r, ST_UNSUPPORTED_OP, 0, "firmware built without the engine"); }
+static uint32_t training_ram(void) { return 0u; }
+
+#endif
+
+/* Highest painted-over byte: the first word from `low` upward that lost the paint. */
+static uint32_t first_used(const uint32_t *low, const uint32_t *high)
+{
+    const uint32_t *w = low;
+    while (w < high && *w == RAM_PAINT) {
+        w++;
+    }
+    return (uint32_t)((uintptr_t)w - (uintptr_t)low);
+}
+
+static uint32_t last_used(const uint32_t *low, const uint32_t *high)
+{
+    const uint32_t *w = high;
+    while (w > low && w[-1] == RAM_PAINT) {
+        w--;
+    }
+    return (uint32_t)((uintptr_t)w - (uintptr_t)low);
+}
+
+/* STATS: RAM high-water marks from the paint laid at reset (boards/common/startup.c). */
+static bool cmd_stats(uint16_t len, reply_t *r)
+{
+    if (len != 0u) {
+        return reply_error(r, ST_BAD_LENGTH, 0, "STATS takes no payload");
+    }
+    const uint32_t *stack_low = (const uint32_t *)(void *)__stack_limit;
+    const uint32_t *stack_high = (const uint32_t *)(void *)__stack_top;
+    uint32_t stack_bytes = (uint32_t)((uintptr_t)__stack_top - (uintptr_t)__stack_limit);
+    uint32_t stack_peak = stack_bytes - first_used(stack_low, stack_high);
+    uint32_t static_bytes = (uint32_t)((uintptr_t)__bss_end - (uintptr_t)__data_start);
+    uint32_t arena_peak = last_used((const uint32_t *)(void *)ARENA_BASE, (const uint32_t *)(void *)__arena_end);
+    uint8_t *o = r->payload;
+    put_u32(o, stack_bytes);
+    put_u32(o + 4, stack_peak);
+    put_u32(o + 8, static_bytes);
+    put_u32(o + 12, ARENA_BYTES);
+    put_u32(o + 16, arena_peak);
+    put_u32(o + 20, engine_arena_used());
+    put_u32(o + 24, training_ram());
+    put_u32(o + 28, (uint32_t)((uintptr_t)ARENA_BASE - (uintptr_t)__stack_limit));
+    r->length = 32;
+    return true;
+}
+
+void train_execute(uint8_t code, const uint8_t *payload, uint16_t length, reply_t *reply)
+{
+    switch (code) {
+    case CMD_STATS:
+        (void)cmd_stats(length, reply);
+        break;
+#if defined(TFMB_ENGINE)
+    case CMD_TRAIN_SET:
+        (void)cmd_train_set(payload, length, reply);
+        break;
+    case CMD_TRAIN:
+        (void)cmd_train(payload, length, reply);
+        break;
+    case CMD_UPDATE_READ:
+        (void)cmd_update_read(payload, length, reply);
+        break;
+    case CMD_EVALUATE:
+        (void)cmd_evaluate(payload, length, reply);
+        break;
+#endif
+    default:
+        (void)reply_error(reply, ST_UNKNOWN_COMMAND, code, msg_num("unknown command ", code));
+        break;
+    }
+}

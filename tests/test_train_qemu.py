@@ -1,0 +1,210 @@
+"""Eight emulated boards train har_cnn's w* on their own HAPT user's windows.
+
+Each QEMU ``mps2-an386`` board (Cortex-M4F, built with the nRF52840's 256 KiB RAM / 1 MiB flash
+budget) gets the planned frozen fragment, the training program and one user's windows (four over
+the link, four preloaded into the local-data flash store with QEMU's ``-device loader``), trains,
+and returns an int8 update. The test averages the updates by hand and checks that the step
+raises the global model's accuracy on the whole test split; it also checks the updates against
+the float32 reference, scans every byte the boards sent for the provisioned samples, and compares
+the boards' painted-RAM high-water marks with the planner's prediction.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+    pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _training_case as tc  # noqa: E402
+
+from tinyfed.boards import get_board  # noqa: E402
+from tinyfed.firmware_bridge.build import build_firmware  # noqa: E402
+from tinyfed.firmware_bridge.client import BoardClient  # noqa: E402
+from tinyfed.firmware_bridge.emulator import start_qemu, wait_ready  # noqa: E402
+from tinyfed.firmware_bridge.framing import FrameReader, decode_frame  # noqa: E402
+from tinyfed.firmware_bridge.train_blob import program_ram_bytes  # noqa: E402
+from tinyfed.firmware_bridge.train_link import DeviceUpdate, EvalReport, RamStats, TrainParams, TrainReport  # noqa: E402
+
+BOARDS = 8
+PRELOADED = range(4, 8)  # these boards get their data through QEMU's loader, the rest over the link
+VERSION = 1
+
+
+@dataclass
+class BoardRun:
+    report: TrainReport
+    update: DeviceUpdate
+    before: EvalReport
+    after_set: EvalReport
+    stats: RamStats
+    received: bytes  # every byte the board sent, as it arrived
+    sent: bytes  # every byte the host sent
+    hello_data_store: int = 0
+    notes: dict = field(default_factory=dict)
+
+
+def _params(i: int) -> TrainParams:
+    return TrainParams(version=VERSION, epochs=tc.EPOCHS, batch_size=tc.BATCH, lr=tc.LR, seed=tc.SEED + i)
+
+
+def _session(url: str, name: str, case: tc.TrainingCase, i: int) -> BoardRun:
+    received, sent = bytearray(), bytearray()
+    with BoardClient(url, name=name, timeout=2.0) as client:
+        read, write = client._read, client._write
+
+        def rec_read(wait: float, cmd: str) -> bytes:
+            data = read(wait, cmd)
+            received.extend(data)
+            return data
+
+        def rec_write(data: bytes, cmd: str) -> None:
+            sent.extend(data)
+            write(data, cmd)
+
+        client._read, client._write = rec_read, rec_write
+        info = client.hello()
+        client.load_fragment(case.frozen_blob)
+        client.load_program(case.program)
+        if i not in PRELOADED:
+            client.load_data(case.images[i])
+        before = client.evaluate()
+        client.set_weights(VERSION, case.w0)
+        after_set = client.evaluate()
+        report = client.train(_params(i), timeout=600.0)
+        update = client.read_update(report.update_bytes)
+        stats = client.ram_stats()
+    return BoardRun(report, update, before, after_set, stats, bytes(received), bytes(sent), info.data_store_bytes)
+
+
+@pytest.fixture(scope="module")
+def trained(har_training_case, tmp_path_factory: pytest.TempPathFactory) -> tuple[tc.TrainingCase, list[BoardRun]]:
+    case = har_training_case
+    board = get_board("mps2-an386")
+    fw = build_firmware(board.name, tmp_path_factory.mktemp("fw"))
+    assert fw.ram_budget_bytes == get_board("nrf52840").ram_bytes  # the nRF52840's budget, emulated
+    data_dir = tmp_path_factory.mktemp("data")
+    emus = []
+    try:
+        for i in range(BOARDS):
+            extra: tuple[str, ...] = ()
+            if i in PRELOADED:
+                image = data_dir / f"user{i}.tfds"
+                image.write_bytes(case.images[i])
+                extra = ("-device", f"loader,file={image},addr=0x{fw.data_store_address:x}")
+            emus.append(start_qemu(board, fw.elf, name=f"train#{i}", extra_args=extra))
+        for e in emus:
+            wait_ready(e)
+        with ThreadPoolExecutor(BOARDS) as pool:
+            runs = list(pool.map(lambda i: _session(emus[i].url, emus[i].name, case, i), range(BOARDS)))
+    finally:
+        for e in emus:
+            e.stop()
+    return case, runs
+
+
+def test_every_board_trains_and_returns_an_int8_update(trained) -> None:
+    case, runs = trained
+    for i, run in enumerate(runs):
+        assert run.report.version == VERSION and run.update.version == VERSION
+        assert run.report.n == len(case.users_y[i]) == run.update.n == run.before.n
+        assert run.report.steps == tc.EPOCHS * -(-run.report.n // tc.BATCH)
+        assert np.isfinite(run.report.loss) and run.report.loss > 0
+        assert run.update.q.dtype == np.int8 and np.abs(run.update.q).max() == 127
+        assert run.update.wire_bytes == 24 + 4 * len(case.unit_shapes) + case.w0.size
+        # w* at version 0 (the program's initial values) and as set from the host are the same
+        assert run.before.correct == run.after_set.correct
+
+
+def test_board_updates_match_the_float32_reference(trained) -> None:
+    """The board's update equals the sim:// (numpy float32) update up to float rounding: the
+    largest difference is at most one int8 step of the update's scale."""
+    case, runs = trained
+    worst = 0.0
+    for i, run in enumerate(runs):
+        ref = case.reference_update(i, _params(i))
+        got = run.update.dense(case.unit_shapes)
+        scale = float(run.update.scales.max())
+        worst = max(worst, float(np.abs(got - ref).max()) / scale)
+        assert np.abs(got - ref).max() <= 1.01 * scale
+        assert run.report.loss == pytest.approx(case.reference_loss(i, _params(i)), rel=1e-4)
+        per_elem = np.concatenate([np.full(c * p, sc, np.float32)
+                                   for (c, p), sc in zip(case.unit_shapes, run.update.scales, strict=True)])
+        assert np.mean(run.update.q == np.rint(ref / per_elem)) > 0.99
+    print(f"largest board-vs-reference difference: {worst:.3f} int8 steps")
+
+
+def test_one_averaged_step_raises_global_test_accuracy(trained) -> None:
+    case, runs = trained
+    n = np.array([r.update.n for r in runs], np.float64)
+    deltas = np.stack([r.update.dense(case.unit_shapes) for r in runs]).astype(np.float64)
+    step = (n[:, None] * deltas).sum(axis=0) / n.sum()
+    w1 = (case.w0 + tc.ETA_G * step).astype(np.float32)
+    acc0, loss0 = case.global_accuracy(case.w0)
+    acc1, loss1 = case.global_accuracy(w1)
+    print(f"global test split ({len(case.test_y)} windows): accuracy {acc0:.4f} -> {acc1:.4f}, "
+          f"loss {loss0:.4f} -> {loss1:.4f}")
+    assert acc1 > acc0 and loss1 < loss0
+
+
+def test_no_provisioned_sample_leaves_a_board(trained) -> None:
+    """Every byte each board sent (raw and COBS-decoded payloads) is scanned for every 16-byte run
+    of every provisioned sample; the same scan of what the host sent finds the link-provisioned
+    samples, so it would catch a leak."""
+    case, runs = trained
+    width = 16
+
+    def runs_of(x: np.ndarray) -> set[bytes]:
+        out = set()
+        for sample in x.reshape(len(x), -1):
+            b = sample.tobytes()
+            for k in range(0, len(b) - width + 1):
+                piece = b[k:k + width]
+                if len(set(piece)) >= 4:  # skip flat runs that could occur by chance
+                    out.add(piece)
+        return out
+
+    def decoded(stream: bytes) -> bytes:
+        reader = FrameReader.for_payload(4096)
+        payloads = bytearray()
+        for item in reader.feed(stream):
+            try:
+                payloads += decode_frame(item, 4096).payload
+            except Exception:  # noqa: BLE001 - a damaged frame is scanned raw below anyway
+                pass
+        return bytes(payloads)
+
+    def leaks(stream: bytes, pieces: set[bytes]) -> int:
+        return sum(1 for p in pieces if p in stream)
+
+    for i, run in enumerate(runs):
+        pieces = runs_of(case.users_x[i])
+        assert pieces
+        assert leaks(run.received, pieces) == 0 and leaks(decoded(run.received), pieces) == 0, f"board {i} leaked"
+        if i not in PRELOADED:
+            assert leaks(decoded(run.sent), pieces) > 0  # positive control: the host did send them
+
+
+def test_peak_training_ram_is_within_the_planners_prediction(trained) -> None:
+    case, runs = trained
+    predicted = case.plan_json["boards"]["nrf52840"]["ram_bytes_used"]
+    for run in runs:
+        s = run.stats
+        print(f"measured peak RAM {s.peak_ram} B (static {s.static_bytes}, stack {s.stack_peak} of {s.stack_bytes}, "
+              f"arena {s.arena_peak}: fragment {s.fragment_arena} + training {s.training_ram}) vs planned {predicted} B")
+        assert s.stack_peak < s.stack_bytes  # the paint held: no overflow
+        # the fragment's arena and the whole tftr state were written (the per-channel scale room
+        # above them is only touched by per-channel updates)
+        assert s.arena_peak >= s.fragment_arena + program_ram_bytes(case.program)
+        assert s.peak_ram <= predicted

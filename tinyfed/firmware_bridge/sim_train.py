@@ -1,0 +1,239 @@
+"""Local training on the ``sim://`` board: the firmware's TRAIN_SET / TRAIN / UPDATE_READ /
+EVALUATE / STATS (``firmware/src/train.c``) in numpy.
+
+The frozen fragment runs with the int8 kernels that are bit-exact with the firmware
+(:mod:`kernels_np`); the tail trains with the float32 reference (:class:`FloatTail`) in the
+firmware's sample order (:mod:`shuffle`), and the update is quantized exactly as the board does
+(:func:`train_link.quantize_flat`). Float sums run in another order than the board's, so the
+update agrees within float32 rounding (see ``tests/test_train_link.py`` for the measured bound).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinyfed.firmware_bridge import local_data, shuffle
+from tinyfed.firmware_bridge.framing import Status
+from tinyfed.firmware_bridge.train_link import (
+    STATS_RESPONSE,
+    EVALUATE_RESPONSE,
+    TrainParams,
+    TrainReport,
+    pack_update,
+    quantize_flat,
+)
+
+if TYPE_CHECKING:
+    from tinyfed.training.tail import FloatTail
+
+_U32 = struct.Struct("<I")
+
+
+class TrainReply(Exception):
+    """An error reply from a training command (the board's typed errors)."""
+
+    def __init__(self, status: int, detail: int = 0, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail & 0xFFFF
+        self.message = message
+
+
+@dataclass
+class SimTrainer:
+    """The training state of one simulated board."""
+
+    arena_bytes: int
+    program: bytes | None = None
+    tail: FloatTail | None = None
+    unit_shapes: list[tuple[int, int]] = field(default_factory=list)
+    ram_bytes: int = 0
+    data: local_data.LocalData | None = None
+    values: np.ndarray | None = None
+    start: np.ndarray | None = None
+    version: int = 0
+    weights_ok: bool = False
+    set_open: bool = False
+    set_version: int = 0
+    set_next: int = 0
+    update_image: bytes | None = None
+    fragment_arena: int = 0
+    _heads: dict[Any, np.ndarray] = field(default_factory=dict)
+
+    # -- stores --------------------------------------------------------------------------
+
+    def invalidate(self, target: int) -> None:
+        if target == 1:
+            self.program = self.tail = None
+            self.weights_ok = False
+            self.update_image = None
+        elif target == 2:
+            self.data = None
+        self._heads.clear()
+
+    def commit_program(self, blob: bytes, fragment: Any) -> bytes:
+        from tinyfed.firmware_bridge.program_tail import program_tail
+
+        try:
+            tail, shapes, ram = program_tail(blob)
+        except Exception as exc:  # noqa: BLE001 - like the firmware: any bad program is an error reply
+            problem = str(getattr(exc, "problem", exc))
+            raise TrainReply(Status.WRONG_VERSION if "version" in problem else Status.BAD_MODEL, 0,
+                             problem[:64]) from None
+        self.program, self.tail, self.unit_shapes, self.ram_bytes = blob, tail, shapes, ram
+        self.fragment_changed(fragment)
+        need = self._state_bytes()
+        if fragment is not None and need > self.arena_bytes - self.fragment_arena:
+            raise TrainReply(Status.OUT_OF_MEMORY, need // 1024, f"training state needs {need} bytes")
+        return struct.pack("<IHH", need, len(shapes), 0)
+
+    def commit_data(self, image: bytes) -> bytes:
+        try:
+            self.data = local_data.unpack(image)
+        except Exception as exc:  # noqa: BLE001
+            raise TrainReply(Status.NO_DATA, 0, str(getattr(exc, "problem", exc))[:64]) from None
+        self._heads.clear()
+        return struct.pack("<IHH", len(self.data.y), self.data.classes, 0)
+
+    def fragment_changed(self, fragment: Any) -> None:
+        """A fragment (or program) was committed: w* back to the program's initial values, version 0."""
+        self._heads.clear()
+        self.fragment_arena = int(getattr(fragment, "arena_bytes", 0) or 0) if fragment is not None else 0
+        self.update_image = None
+        self.set_open = False
+        if self.tail is None or fragment is None:
+            self.weights_ok = False
+            return
+        self.values = np.concatenate([v.ravel() for v in self.tail.unit_values()]).astype(np.float32)
+        self.start = self.values.copy()
+        self.version = 0
+        self.weights_ok = True
+
+    def _state_bytes(self) -> int:
+        return ((self.ram_bytes + 7) & ~7) + 4 * sum(c for c, _ in self.unit_shapes)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _ready(self, fragment: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Tail inputs (float, dequantized from the head's int8 output) and labels, or the typed error."""
+        if fragment is None:
+            raise TrainReply(Status.NO_MODEL, 0, "no committed fragment")
+        if self.tail is None:
+            raise TrainReply(Status.NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)")
+        if self._state_bytes() > self.arena_bytes - self.fragment_arena:
+            raise TrainReply(Status.OUT_OF_MEMORY, 0, "training state does not fit the arena")
+        if self.data is None:
+            raise TrainReply(Status.NO_DATA, 0, "no local data: provision it first")
+        if fragment.input_bytes is not None and self.data.x.shape[1] != fragment.input_bytes:
+            raise TrainReply(Status.NO_DATA, fragment.input_bytes,
+                             f"local samples do not match the fragment input of bytes {fragment.input_bytes}")
+        key = id(fragment)
+        if key not in self._heads:
+            from tinyfed.firmware_bridge import kernels_np
+
+            shape = tuple(getattr(fragment.parsed, "input_shape", ()) or ())
+            x = self.data.x.reshape((len(self.data.x),) + shape[1:]) if shape else self.data.x
+            out = np.asarray(kernels_np.run_blob(fragment.blob, x)).astype(np.int8)
+            in_shape = self.tail.graph.tensors[self.tail.graph.inputs[0]].shape
+            if out[0].size != int(np.prod(in_shape[1:])):
+                raise TrainReply(Status.BAD_MODEL, out[0].size,
+                                 "training program does not follow this fragment")
+            self._heads.clear()
+            self._heads[key] = self.tail.dequantize_input(out.reshape((len(out),) + tuple(in_shape[1:])))
+        return self._heads[key], self.data.y.astype(np.int64)
+
+    def train_set(self, p: bytes) -> bytes:
+        if len(p) < 8 or (len(p) - 8) % 4:
+            raise TrainReply(Status.BAD_LENGTH, 8, "TRAIN_SET takes u32 version, u32 offset, f32 values")
+        if self.tail is None or self.values is None:
+            raise TrainReply(Status.NO_MODEL, 1, "no training program")
+        version, offset = struct.unpack_from("<II", p)
+        vals = np.frombuffer(p, "<f4", offset=8).astype(np.float32)
+        total = self.values.size
+        if offset == 0:
+            self.set_open, self.set_version, self.set_next = True, version, 0
+            self.weights_ok = False
+            self.update_image = None
+        elif not self.set_open or version != self.set_version or offset != self.set_next:
+            raise TrainReply(Status.OUT_OF_ORDER, self.set_next, f"expected value offset {self.set_next}")
+        if vals.size > total - self.set_next:
+            raise TrainReply(Status.BAD_LENGTH, total, f"w* holds values: {total}")
+        bad = np.flatnonzero(~np.isfinite(vals))
+        if bad.size:
+            self.set_open = False
+            raise TrainReply(Status.BAD_ARGUMENT, offset + int(bad[0]), "w* value is not finite")
+        self.values[offset:offset + vals.size] = vals
+        self.set_next += vals.size
+        if self.set_next == total:
+            self.start = self.values.copy()
+            self.set_open, self.weights_ok, self.version = False, True, self.set_version
+        return _U32.pack(self.set_next)
+
+    def train(self, p: bytes, fragment: Any) -> bytes:
+        if len(p) != 21:
+            raise TrainReply(Status.BAD_LENGTH, 21, "TRAIN takes 21 bytes")
+        x, y = self._ready(fragment)
+        params = TrainParams.unpack(p)
+        if not self.weights_ok or params.version != self.version:
+            raise TrainReply(Status.WRONG_VERSION, self.version,
+                             f"w* is at model version {self.version}" if self.weights_ok else "w* incomplete")
+        if params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0:
+            raise TrainReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
+        from tinyfed.training.step import local_train
+
+        n = min(params.max_samples, len(y)) if params.max_samples else len(y)
+        tail = self.tail.copy()
+        tail.set_unit_values(_split(self.start, self.unit_shapes))
+        result = local_train(tail, x[:n], y[:n], epochs=params.epochs, lr=np.float32(params.lr),
+                             batch_size=params.batch_size, seed=params.seed, order=shuffle.epoch_order)
+        self.values = np.concatenate([v.ravel() for v in result.values]).astype(np.float32)
+        delta = (self.values - self.start).astype(np.float32)
+        q, scales = quantize_flat(delta, self.unit_shapes, params.per_channel)
+        variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+        self.update_image = pack_update(self.version, n, result.loss, variance, q, scales, params.per_channel)
+        steps = params.epochs * -(-n // params.batch_size)
+        return TrainReport(self.version, n, steps, result.loss, variance, len(self.update_image), 0).pack()
+
+    def update_read(self, p: bytes, max_payload: int) -> bytes:
+        if len(p) != 6:
+            raise TrainReply(Status.BAD_LENGTH, 6, "UPDATE_READ takes u32 offset, u16 length")
+        if self.update_image is None:
+            raise TrainReply(Status.NO_UPDATE, 0, "no update: TRAIN first")
+        offset, length = struct.unpack("<IH", p)
+        size = len(self.update_image)
+        if length > max_payload or offset > size or length > size - offset:
+            raise TrainReply(Status.BAD_LENGTH, size, f"update bytes: {size}")
+        return self.update_image[offset:offset + length]
+
+    def evaluate(self, p: bytes, fragment: Any) -> bytes:
+        if len(p) != 4:
+            raise TrainReply(Status.BAD_LENGTH, 4, "EVALUATE takes u32 max_samples")
+        x, y = self._ready(fragment)
+        (max_samples,) = _U32.unpack(p)
+        n = min(max_samples, len(y)) if max_samples else len(y)
+        tail = self.tail.copy()
+        tail.set_unit_values(_split(self.values, self.unit_shapes))
+        prob = tail.forward(x[:n], keep=False).reshape(n, -1) if n else np.zeros((0, 1), np.float32)
+        loss = float(-np.log(np.maximum(prob[np.arange(n), y[:n]], 1e-30)).mean()) if n else 0.0
+        correct = int((prob.argmax(axis=1) == y[:n]).sum()) if n else 0
+        return EVALUATE_RESPONSE.pack(n, correct, loss, 0)
+
+    def stats(self, p: bytes, fw_ram: int) -> bytes:
+        """STATS of a board without paint: the planned figures stand in for the high-water marks."""
+        if p:
+            raise TrainReply(Status.BAD_LENGTH, 0, "STATS takes no payload")
+        train = self._state_bytes() if self.tail is not None else 0
+        return STATS_RESPONSE.pack(0, 0, fw_ram, self.arena_bytes, self.fragment_arena + train,
+                                   self.fragment_arena, train, fw_ram)
+
+
+def _split(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    out, k = [], 0
+    for c, per in shapes:
+        out.append(flat[k:k + c * per].reshape(c, per).copy())
+        k += c * per
+    return out

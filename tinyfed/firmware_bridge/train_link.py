@@ -1,0 +1,186 @@
+"""Messages of local training on the link (``docs/protocol.md``, "Training"): what TRAIN,
+UPDATE_READ, EVALUATE and STATS carry, packed and parsed in one place for the client, the
+``sim://`` board and the tests."""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+TRAIN_REQUEST = struct.Struct("<IHHfIIB")  # version, epochs, batch, lr, seed, max_samples, flags
+TRAIN_RESPONSE = struct.Struct("<IIIffII")  # version, n, steps, loss, variance, update_bytes, cycles
+UPDATE_HEADER = struct.Struct("<IIffIHBx")  # version, n, loss, variance, elements, scales, flags
+EVALUATE_RESPONSE = struct.Struct("<IIfI")  # n, correct, loss, cycles
+STATS_RESPONSE = struct.Struct("<8I")
+FLAG_PER_CHANNEL = 0x01
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One local training run (the run config's device step)."""
+
+    version: int
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.01
+    seed: int = 0
+    max_samples: int = 0  # 0 = every local sample
+    per_channel: bool = False
+
+    def pack(self) -> bytes:
+        if self.epochs < 1 or self.batch_size < 1 or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"epochs and batch_size must be >= 1 and lr finite and > 0: {self}")
+        return TRAIN_REQUEST.pack(self.version, self.epochs, self.batch_size, self.lr, self.seed & 0xFFFFFFFF,
+                                  self.max_samples, FLAG_PER_CHANNEL if self.per_channel else 0)
+
+    @classmethod
+    def unpack(cls, p: bytes) -> TrainParams:
+        version, epochs, batch, lr, seed, max_samples, flags = TRAIN_REQUEST.unpack(p)
+        return cls(version, epochs, batch, lr, seed, max_samples, bool(flags & FLAG_PER_CHANNEL))
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """TRAIN's answer: the run happened; the update waits on the board for UPDATE_READ."""
+
+    version: int
+    n: int
+    steps: int
+    loss: float
+    variance: float
+    update_bytes: int
+    cycles: int
+
+    @classmethod
+    def unpack(cls, p: bytes) -> TrainReport:
+        return cls(*TRAIN_RESPONSE.unpack(p))
+
+    def pack(self) -> bytes:
+        return TRAIN_RESPONSE.pack(self.version, self.n, self.steps, self.loss, self.variance, self.update_bytes,
+                                   self.cycles & 0xFFFFFFFF)
+
+
+@dataclass
+class DeviceUpdate:
+    """An int8 update as a board sends it: delta of w* = scale * q, with its metadata."""
+
+    version: int
+    n: int
+    loss: float
+    variance: float
+    q: np.ndarray  # int8, every element of w* in trainable.tfw order
+    scales: np.ndarray  # float32: one per unit, or one per unit row (output channel) when per_channel
+    per_channel: bool
+    wire_bytes: int = 0  # bytes of the update image as sent
+
+    def dequantize(self, unit_shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Float deltas per unit, shaped (channels, values per channel) like trainable.tfw records."""
+        out, k, s = [], 0, 0
+        for channels, per in unit_shapes:
+            q = self.q[k:k + channels * per].astype(np.float32).reshape(channels, per)
+            if self.per_channel:
+                out.append(q * self.scales[s:s + channels, None])
+                s += channels
+            else:
+                out.append(q * self.scales[s])
+                s += 1
+            k += channels * per
+        if k != self.q.size or s != self.scales.size:
+            raise ValueError(f"update holds {self.q.size} values / {self.scales.size} scales, "
+                             f"the plan's units {k} / {s}")
+        return out
+
+    def dense(self, unit_shapes: list[tuple[int, int]]) -> np.ndarray:
+        return np.concatenate([d.ravel() for d in self.dequantize(unit_shapes)])
+
+
+def pack_update(version: int, n: int, loss: float, variance: float, q: np.ndarray, scales: np.ndarray,
+                per_channel: bool) -> bytes:
+    """The update image UPDATE_READ serves: header | f32 scales | int8 q."""
+    header = UPDATE_HEADER.pack(version, n, loss, variance, q.size, scales.size,
+                                FLAG_PER_CHANNEL if per_channel else 0)
+    return header + np.asarray(scales, "<f4").tobytes() + np.asarray(q, np.int8).tobytes()
+
+
+def unpack_update(image: bytes) -> DeviceUpdate:
+    if len(image) < UPDATE_HEADER.size:
+        raise ValueError(f"update image of {len(image)} bytes is shorter than its header")
+    version, n, loss, variance, elements, n_scales, flags = UPDATE_HEADER.unpack_from(image)
+    want = UPDATE_HEADER.size + 4 * n_scales + elements
+    if len(image) != want:
+        raise ValueError(f"update image of {len(image)} bytes, its header says {want}")
+    at = UPDATE_HEADER.size
+    scales = np.frombuffer(image, "<f4", n_scales, at).astype(np.float32)
+    q = np.frombuffer(image, np.int8, elements, at + 4 * n_scales).copy()
+    return DeviceUpdate(version, n, loss, variance, q, scales, bool(flags & FLAG_PER_CHANNEL), len(image))
+
+
+def quantize_flat(delta: np.ndarray, unit_shapes: list[tuple[int, int]], per_channel: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The board's quantization of a flat float32 delta: scale = max|d| / 127 per unit (or row),
+    q = clip(rint(d / scale), -127, 127), 0 where the scale is 0. float32 throughout, as on the FPU."""
+    d = np.asarray(delta, np.float32)
+    q = np.zeros(d.size, np.int8)
+    scales: list[np.float32] = []
+    k = 0
+    for channels, per in unit_shapes:
+        block = d[k:k + channels * per].reshape(channels, per)
+        rows = [block[c:c + 1] for c in range(channels)] if per_channel else [block]
+        at = k
+        for r in rows:
+            scale = np.float32(np.abs(r).max(initial=np.float32(0))) / np.float32(127.0)
+            scales.append(np.float32(scale))
+            if scale > 0:
+                qq = np.clip(np.rint(r.ravel() / scale), -127, 127)
+                q[at:at + r.size] = qq.astype(np.int8)
+            at += r.size
+        k += channels * per
+    return q, np.array(scales, np.float32)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    n: int
+    correct: int
+    loss: float
+    cycles: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @classmethod
+    def unpack(cls, p: bytes) -> EvalReport:
+        return cls(*EVALUATE_RESPONSE.unpack(p))
+
+
+@dataclass(frozen=True)
+class RamStats:
+    """STATS: high-water marks of the RAM paint laid at reset."""
+
+    stack_bytes: int
+    stack_peak: int
+    static_bytes: int
+    arena_bytes: int
+    arena_peak: int
+    fragment_arena: int
+    training_ram: int
+    firmware_region: int  # stack + .data + .bss, padded to the arena's KiB boundary
+
+    @property
+    def peak_ram(self) -> int:
+        """Static data + deepest stack + highest arena byte ever written."""
+        return self.static_bytes + self.stack_peak + self.arena_peak
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["peak_ram"] = self.peak_ram
+        return d
+
+    @classmethod
+    def unpack(cls, p: bytes) -> RamStats:
+        return cls(*STATS_RESPONSE.unpack(p))
