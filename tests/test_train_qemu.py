@@ -125,6 +125,8 @@ def test_every_board_trains_and_returns_an_int8_update(trained) -> None:
         assert run.update.wire_bytes == 24 + 4 * len(case.unit_shapes) + case.w0.size
         # w* at version 0 (the program's initial values) and as set from the host are the same
         assert run.before.correct == run.after_set.correct
+        # the loss the server selected this user by is the one the board reports (EVALUATE)
+        assert run.before.loss == pytest.approx(case.selection_losses[case.user_ids[i]], rel=1e-4)
 
 
 def test_board_updates_match_the_float32_reference(trained) -> None:
