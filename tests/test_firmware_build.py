@@ -242,7 +242,10 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     assert body[21:21 + n].decode() == board_name
     m = body[21 + n]
     assert body[22 + n:22 + n + m].decode().startswith("tinyfed-fw ")
-    assert len(body) == 22 + n + m
+    # then the training-program and local-data stores, as the build placed them
+    end = 22 + n + m
+    assert struct.unpack_from("<II", body, end) == (r.program_store_bytes, r.data_store_bytes)
+    assert len(body) == end + 8
 
     assert link.request(HELLO, 3, b"\x02")[0] == 6  # WRONG_VERSION
     # PING echoes any bytes, zeros and a run longer than one COBS block included.

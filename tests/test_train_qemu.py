@@ -210,3 +210,88 @@ def test_peak_training_ram_is_within_the_planners_prediction(trained) -> None:
         # above them is only touched by per-channel updates)
         assert s.arena_peak >= s.fragment_arena + program_ram_bytes(case.program)
         assert s.peak_ram <= predicted
+
+
+def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, tmp_path: Path) -> None:
+    """The C paths of every typed error, on one board whose data store was preloaded with a
+    corrupt image (one flipped sample byte: the CRC catches it)."""
+    import struct
+
+    from tinyfed.firmware_bridge.errors import DeviceError
+    from tinyfed.firmware_bridge.framing import Command, Status
+
+    case = har_training_case
+    board = get_board("mps2-an386")
+    fw = build_firmware(board.name, tmp_path / "fw")
+    bad = bytearray(case.images[0])
+    bad[-1] ^= 0x40
+    image = tmp_path / "bad.tfds"
+    image.write_bytes(bytes(bad))
+    emu = start_qemu(board, fw.elf, name="train-errors",
+                     extra_args=("-device", f"loader,file={image},addr=0x{fw.data_store_address:x}"))
+    try:
+        wait_ready(emu)
+        with BoardClient(emu.url, name=emu.name, timeout=2.0) as client:
+            client.hello()
+
+            def status_of(call) -> DeviceError:
+                with pytest.raises(DeviceError) as e:
+                    call()
+                return e.value
+
+            assert status_of(lambda: client.train(TrainParams(version=0))).status == Status.NO_MODEL
+            client.load_fragment(case.frozen_blob)
+            err = status_of(lambda: client.train(TrainParams(version=0)))
+            assert err.status == Status.NO_MODEL and err.detail == 1  # no training program
+            client.load_program(case.program)
+            err = status_of(lambda: client.train(TrainParams(version=0)))
+            assert err.status == Status.NO_DATA and "CRC" in err.message
+            client.load_data(case.images[0])
+            assert status_of(client.read_update).status == Status.NO_UPDATE
+            err = status_of(lambda: client.train(TrainParams(version=4)))
+            assert err.status == Status.WRONG_VERSION and err.detail == 0 and "TRAIN_SET" in err.fix
+            raw = struct.pack("<IHHfIIB", 0, 1, 0, 0.01, 0, 0, 0)  # batch 0
+            assert status_of(lambda: client.request(Command.TRAIN, raw)).status == Status.BAD_ARGUMENT
+            nan = struct.pack("<II", 2, 0) + np.array([0.5, np.nan], "<f4").tobytes()
+            assert status_of(lambda: client.request(Command.TRAIN_SET, nan)).status == Status.BAD_ARGUMENT
+            late = struct.pack("<II", 2, 10) + np.zeros(2, "<f4").tobytes()
+            err = status_of(lambda: client.request(Command.TRAIN_SET, late))
+            assert err.status == Status.OUT_OF_ORDER
+            assert status_of(lambda: client.train(TrainParams(version=2))).status == Status.WRONG_VERSION
+            client.set_weights(2, case.w0)
+            report = client.train(TrainParams(version=2, max_samples=8, batch_size=4))
+            assert report.n == 8 and report.steps == 2
+            # after training, the fragment's output holds no features of the last private sample
+            out = client.request(Command.OUTPUT_READ, struct.pack("<IH", 0, 64))
+            assert out == bytes(64)
+    finally:
+        emu.stop()
+
+
+def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp_path: Path) -> None:
+    """With a 32 KiB arena the fragment (12 KiB) fits but its training state (56 KiB) does not:
+    the board refuses the program at commit and TRAIN says OUT_OF_MEMORY; nothing overruns."""
+    from tinyfed.firmware_bridge.errors import DeviceError
+    from tinyfed.firmware_bridge.framing import Status
+
+    case = har_training_case
+    board = get_board("mps2-an386")
+    fw = build_firmware(board.name, tmp_path / "fw", arena_kib=32)
+    emu = start_qemu(board, fw.elf, name="train-oom")
+    try:
+        wait_ready(emu)
+        with BoardClient(emu.url, name=emu.name, timeout=2.0) as client:
+            client.hello()
+            client.load_fragment(case.frozen_blob)
+            with pytest.raises(DeviceError) as e:
+                client.load_program(case.program)
+            assert e.value.status == Status.OUT_OF_MEMORY and "needs bytes" in e.value.message
+            client.load_data(case.images[0])
+            with pytest.raises(DeviceError) as e:
+                client.train(TrainParams(version=0))
+            assert e.value.status == Status.OUT_OF_MEMORY
+            s = client.ram_stats()
+            assert s.arena_bytes == 32 * 1024 and s.arena_peak <= s.arena_bytes
+            assert client.ping(b"alive") >= 0  # still answering
+    finally:
+        emu.stop()
