@@ -295,3 +295,38 @@ def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp
             assert client.ping(b"alive") >= 0  # still answering
     finally:
         emu.stop()
+
+
+def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None:
+    """FedAvg/FedBuff train every layer: digits_cnn with all of its 8,858 weights and biases in
+    w* and no frozen fragment; the board's update matches the float32 reference."""
+    from test_train_link import build_digits_whole_model, whole_model_reference
+
+    from tinyfed.training import dense_model_bytes
+
+    case = build_digits_whole_model()
+    board = get_board("mps2-an386")
+    fw = build_firmware(board.name, tmp_path / "fw")
+    emu = start_qemu(board, fw.elf, name="train-whole")
+    try:
+        wait_ready(emu)
+        with BoardClient(emu.url, name=emu.name, timeout=2.0) as client:
+            client.hello()
+            loaded = client.load_program(case["program"])
+            client.load_data(case["image"])
+            client.set_weights(1, case["w0"])
+            params = TrainParams(version=1, epochs=2, batch_size=16, lr=0.02, seed=3, per_channel=True)
+            report = client.train(params)
+            update = client.read_update(report.update_bytes)
+            stats = client.ram_stats()
+    finally:
+        emu.stop()
+    ref, loss = whole_model_reference(case, params)
+    got = update.dense(case["shapes"])
+    steps = np.repeat(update.scales, [p for c, p in case["shapes"] for _ in range(c)])
+    print(f"whole digits_cnn on the board: {report.n} samples x 2 epochs, training RAM {loaded.arena_bytes} B, "
+          f"largest difference {np.max(np.abs(got - ref) / np.maximum(steps, 1e-30)):.2f} int8 steps, "
+          f"update {update.wire_bytes} B vs dense float32 {dense_model_bytes(case['model'])} B")
+    assert np.all(np.abs(got - ref) <= 1.01 * steps)
+    assert report.loss == pytest.approx(loss, rel=1e-4)
+    assert stats.training_ram == loaded.arena_bytes and stats.arena_peak <= stats.arena_bytes

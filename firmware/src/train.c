@@ -46,6 +46,17 @@ static tfmb_error_t terr;
 
 static uint32_t align8(uint32_t n) { return (n + 7u) & ~7u; }
 
+/* Bytes at the arena's start that the sample path uses: the fragment's own arena or, with no
+ * fragment committed (the program is the whole model, as FedAvg/FedBuff train it), a buffer
+ * for one raw sample, which is then the program's input. */
+static uint32_t front_bytes(void)
+{
+    if (engine_has_model()) {
+        return engine_arena_used();
+    }
+    return ts.program_ok ? tftr_input_elems(&ts.prog) : 0u;
+}
+
 static void bind_state(void)
 {
     ts.bound = false;
@@ -53,10 +64,10 @@ static void bind_state(void)
     ts.update_ok = false;
     ts.set_open = false;
     ts.bind_status = 0;
-    if (!ts.program_ok || !engine_has_model()) {
+    if (!ts.program_ok) {
         return;
     }
-    uint32_t used = align8(engine_arena_used());
+    uint32_t used = align8(front_bytes());
     uint32_t rows = 0;
     for (uint16_t u = 0; u < ts.prog.unit_count; u++) {
         uint32_t ch = 0, per = 0;
@@ -141,11 +152,10 @@ bool train_commit_data(reply_t *r)
 static bool ready(reply_t *r, uint32_t *count)
 {
     const char *err = NULL;
-    if (!engine_has_model()) {
-        return reply_error(r, ST_NO_MODEL, 0, "no committed fragment");
-    }
     if (!ts.program_ok) {
-        return reply_error(r, ST_NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)");
+        return engine_has_model()
+                   ? reply_error(r, ST_NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)")
+                   : reply_error(r, ST_NO_MODEL, 0, "no committed fragment and no training program");
     }
     if (!ts.bound) {
         return reply_error(r, ts.bind_status != 0u ? (uint8_t)ts.bind_status : ST_OUT_OF_MEMORY, 0,
@@ -155,27 +165,38 @@ static bool ready(reply_t *r, uint32_t *count)
     if (!local_data_check(&err, NULL)) {
         return reply_error(r, ST_NO_DATA, 0, err);
     }
-    uint32_t in_bytes = 0, out_bytes = 0;
-    (void)engine_input(&in_bytes);
-    (void)engine_output(&out_bytes);
-    if (local_data_sample_bytes() != in_bytes) {
-        return reply_error(r, ST_NO_DATA, (uint16_t)in_bytes,
-                           msg_num("local samples do not match the fragment input of bytes ", in_bytes));
-    }
-    if (tftr_input_elems(&ts.prog) != out_bytes) {
-        return reply_error(r, ST_BAD_MODEL, (uint16_t)out_bytes,
-                           msg_num("training program does not follow this fragment; its output bytes ",
-                                   out_bytes));
+    if (engine_has_model()) {
+        uint32_t in_bytes = 0, out_bytes = 0;
+        (void)engine_input(&in_bytes);
+        (void)engine_output(&out_bytes);
+        if (local_data_sample_bytes() != in_bytes) {
+            return reply_error(r, ST_NO_DATA, (uint16_t)in_bytes,
+                               msg_num("local samples do not match the fragment input of bytes ", in_bytes));
+        }
+        if (tftr_input_elems(&ts.prog) != out_bytes) {
+            return reply_error(r, ST_BAD_MODEL, (uint16_t)out_bytes,
+                               msg_num("training program does not follow this fragment; its output bytes ",
+                                       out_bytes));
+        }
+    } else if (local_data_sample_bytes() != tftr_input_elems(&ts.prog)) {
+        return reply_error(r, ST_NO_DATA, (uint16_t)tftr_input_elems(&ts.prog),
+                           msg_num("local samples do not match the program input of bytes ",
+                                   tftr_input_elems(&ts.prog)));
     }
     *count = local_data_count();
     return true;
 }
 
-/* Runs the frozen fragment on local sample `index`; its int8 output is the tail's input. */
+/* Runs the frozen fragment on local sample `index`; its int8 output is the tail's input (the
+ * sample itself when no fragment is committed). */
 static const int8_t *head(uint32_t index, uint8_t *label)
 {
     uint32_t size = 0;
     fw_error_t e;
+    if (!engine_has_model()) {
+        int8_t *sample = (int8_t *)(void *)ARENA_BASE;
+        return local_data_sample(index, sample, label) ? sample : NULL;
+    }
     int8_t *in = (int8_t *)engine_input(&size);
     if (!local_data_sample(index, in, label) || !engine_invoke(&e)) {
         return NULL;
@@ -186,7 +207,7 @@ static const int8_t *head(uint32_t index, uint8_t *label)
 /* Raw samples and their features must not outlive the command: wipe the fragment arena. */
 static void wipe_arena(void)
 {
-    memset(ARENA_BASE, 0, engine_arena_used());
+    memset(ARENA_BASE, 0, front_bytes());
 }
 
 static bool cmd_train_set(const uint8_t *p, uint16_t len, reply_t *r)
@@ -478,6 +499,7 @@ bool train_commit_program(const uint8_t *blob, uint32_t size, reply_t *r)
 }
 bool train_commit_data(reply_t *r) { return reply_error(r, ST_UNSUPPORTED_OP, 0, "firmware built without the engine"); }
 static uint32_t training_ram(void) { return 0u; }
+static uint32_t front_bytes(void) { return engine_arena_used(); }
 
 #endif
 
@@ -518,7 +540,7 @@ static bool cmd_stats(uint16_t len, reply_t *r)
     put_u32(o + 8, static_bytes);
     put_u32(o + 12, ARENA_BYTES);
     put_u32(o + 16, arena_peak);
-    put_u32(o + 20, engine_arena_used());
+    put_u32(o + 20, front_bytes());
     put_u32(o + 24, training_ram());
     put_u32(o + 28, (uint32_t)((uintptr_t)ARENA_BASE - (uintptr_t)__stack_limit));
     r->length = 32;

@@ -87,7 +87,7 @@ class SimTrainer:
         self.program, self.tail, self.unit_shapes, self.ram_bytes = blob, tail, shapes, ram
         self.fragment_changed(fragment)
         need = self._state_bytes()
-        if fragment is not None and need > self.arena_bytes - self.fragment_arena:
+        if need > self.arena_bytes - self.fragment_arena:
             raise TrainReply(Status.OUT_OF_MEMORY, need // 1024, f"training state needs {need} bytes")
         return struct.pack("<IHH", need, len(shapes), 0)
 
@@ -102,16 +102,23 @@ class SimTrainer:
     def fragment_changed(self, fragment: Any) -> None:
         """A fragment (or program) was committed: w* back to the program's initial values, version 0."""
         self._heads.clear()
-        self.fragment_arena = int(getattr(fragment, "arena_bytes", 0) or 0) if fragment is not None else 0
+        if fragment is not None:
+            self.fragment_arena = int(getattr(fragment, "arena_bytes", 0) or 0)
+        else:  # no fragment: the program is the whole model and a raw-sample buffer leads the arena
+            self.fragment_arena = (self._input_elems() + 7) & ~7 if self.tail is not None else 0
         self.update_image = None
         self.set_open = False
-        if self.tail is None or fragment is None:
+        if self.tail is None:
             self.weights_ok = False
             return
         self.values = np.concatenate([v.ravel() for v in self.tail.unit_values()]).astype(np.float32)
         self.start = self.values.copy()
         self.version = 0
         self.weights_ok = True
+
+    def _input_elems(self) -> int:
+        assert self.tail is not None
+        return int(np.prod(self.tail.graph.tensors[self.tail.graph.inputs[0]].shape[1:]))
 
     def _state_bytes(self) -> int:
         return ((self.ram_bytes + 7) & ~7) + 4 * sum(c for c, _ in self.unit_shapes)
@@ -120,14 +127,24 @@ class SimTrainer:
 
     def _ready(self, fragment: Any) -> tuple[np.ndarray, np.ndarray]:
         """Tail inputs (float, dequantized from the head's int8 output) and labels, or the typed error."""
-        if fragment is None:
-            raise TrainReply(Status.NO_MODEL, 0, "no committed fragment")
         if self.tail is None:
+            if fragment is None:
+                raise TrainReply(Status.NO_MODEL, 0, "no committed fragment and no training program")
             raise TrainReply(Status.NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)")
         if self._state_bytes() > self.arena_bytes - self.fragment_arena:
             raise TrainReply(Status.OUT_OF_MEMORY, 0, "training state does not fit the arena")
         if self.data is None:
             raise TrainReply(Status.NO_DATA, 0, "no local data: provision it first")
+        if fragment is None:
+            if self.data.x.shape[1] != self._input_elems():
+                raise TrainReply(Status.NO_DATA, self._input_elems(),
+                                 f"local samples do not match the program input of bytes {self._input_elems()}")
+            key = ("raw", id(self.data))
+            if key not in self._heads:
+                in_shape = self.tail.graph.tensors[self.tail.graph.inputs[0]].shape
+                self._heads.clear()
+                self._heads[key] = self.tail.dequantize_input(self.data.x.reshape((len(self.data.x),) + tuple(in_shape[1:])))
+            return self._heads[key], self.data.y.astype(np.int64)
         if fragment.input_bytes is not None and self.data.x.shape[1] != fragment.input_bytes:
             raise TrainReply(Status.NO_DATA, fragment.input_bytes,
                              f"local samples do not match the fragment input of bytes {fragment.input_bytes}")

@@ -101,3 +101,24 @@ def decode(blob: bytes) -> list[TrainableUnit]:
     if pos != len(body) or seen != total:
         raise PlanError("trainable file length does not match its records", fix="re-run `tinyfed plan`")
     return units
+
+
+def whole_model_units(graph) -> list[TrainableUnit]:
+    """Every weight and bias of every op, all channels: w* = the whole graph, as the FedAvg and
+    FedBuff baselines train it (``encode`` it and compile it with the graph as the tail)."""
+    units = []
+    for op in graph.ops:
+        pairs = ((graph.weight_tensor(op), KIND_WEIGHTS, graph.output_channel_axis(op)), (graph.bias_tensor(op), KIND_BIAS, 0))
+        for t, kind, axis in pairs:
+            if t is None:
+                continue
+            data = graph.constant_data(t.index)
+            scales = np.asarray(t.scales if t.scales else [1.0])
+            zero_points = np.asarray(t.zero_points if t.zero_points else [0])
+            qaxis = t.quantized_dimension if len(scales) > 1 else axis
+            if qaxis != axis:
+                raise PlanError(f"tensor {t.index} is quantized along axis {qaxis}, not its output channels ({axis})",
+                                fix="convert the model with per-channel quantization on the output channels")
+            values = dequantize_channels(data, scales, zero_points, axis)
+            units.append(TrainableUnit(op.index, t.index, kind, axis, tuple(range(values.shape[0])), values.shape[0], values))
+    return units
