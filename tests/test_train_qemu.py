@@ -330,3 +330,33 @@ def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None
     assert np.all(np.abs(got - ref) <= 1.01 * steps)
     assert report.loss == pytest.approx(loss, rel=1e-4)
     assert stats.training_ram == loaded.arena_bytes and stats.arena_peak <= stats.arena_bytes
+
+
+def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_training_case, tmp_path: Path) -> None:
+    """TRAIN's opt-in head cache: epochs after the first reuse the frozen fragment's outputs.
+    The update is bit-identical; the cycle count drops by about (epochs - 1) / epochs."""
+    case = har_training_case
+    board = get_board("mps2-an386")
+    fw = build_firmware(board.name, tmp_path / "fw")
+    emu = start_qemu(board, fw.elf, name="train-cache")
+    try:
+        wait_ready(emu)
+        with BoardClient(emu.url, name=emu.name, timeout=2.0) as client:
+            client.hello()
+            client.load_fragment(case.frozen_blob)
+            client.load_program(case.program)
+            client.load_data(case.images[0])
+            results = {}
+            for cache in (False, True):
+                p = TrainParams(version=0, epochs=4, batch_size=16, lr=0.01, seed=5, head_cache=cache)
+                report = client.train(p)
+                results[cache] = (report, client.read_update(report.update_bytes))
+    finally:
+        emu.stop()
+    (plain, u_plain), (cached, u_cached) = results[False], results[True]
+    assert not plain.head_cached and cached.head_cached
+    assert np.array_equal(u_plain.q, u_cached.q) and np.array_equal(u_plain.scales, u_cached.scales)
+    assert cached.loss == plain.loss
+    print(f"4 epochs x {plain.n} windows: {plain.cycles} cycles without the head cache, {cached.cycles} with it "
+          f"({cached.cycles / plain.cycles:.3f})")
+    assert cached.cycles < 0.35 * plain.cycles

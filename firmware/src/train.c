@@ -17,6 +17,7 @@
 
 #define UPDATE_HEADER 24u
 #define FLAG_PER_CHANNEL 0x01u
+#define FLAG_HEAD_CACHE 0x02u /* keep the fragment's outputs in spare arena RAM after epoch 1 */
 #define RAM_PAINT 0xA5C3A5C3u
 
 #if defined(TFMB_ENGINE)
@@ -325,10 +326,24 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
                            ts.weights_ok ? msg_num("w* is at model version ", ts.version)
                                          : "w* incomplete: finish TRAIN_SET first");
     }
-    if (epochs == 0u || batch == 0u || !isfinite(lr) || lr <= 0.0f || (flags & ~FLAG_PER_CHANNEL) != 0u) {
-        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0 or 1");
+    if (epochs == 0u || batch == 0u || !isfinite(lr) || lr <= 0.0f ||
+        (flags & ~(FLAG_PER_CHANNEL | FLAG_HEAD_CACHE)) != 0u) {
+        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0..3");
     }
     uint32_t n = (max_samples != 0u && max_samples < count) ? max_samples : count;
+    /* The head cache: the frozen fragment never changes during a TRAIN, so its outputs from the
+     * first epoch serve the later ones, if the RAM above the training state holds n labels and
+     * n outputs. Opt-in (it is RAM the plan did not budget); wiped with the arena afterwards. */
+    uint8_t *cache = NULL;
+    uint32_t out_bytes = 0;
+    uint32_t cache_at = align8(front_bytes()) + align8(tftr_ram_bytes(&ts.prog)) + 4u * ts.rows;
+    if ((flags & FLAG_HEAD_CACHE) != 0u && engine_has_model() && epochs > 1u) {
+        (void)engine_output(&out_bytes);
+        uint64_t need = (uint64_t)n * (1u + out_bytes);
+        if (cache_at <= ARENA_BYTES && need <= ARENA_BYTES - cache_at) {
+            cache = ARENA_BASE + cache_at;
+        }
+    }
     /* Every TRAIN starts from w* as set at the version: retraining never compounds. */
     memcpy(ts.prog.values, ts.prog.start, 4u * tftr_trainable_count(&ts.prog));
     float loss_sum = 0.0f;
@@ -341,10 +356,24 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
             tftr_begin_batch(&ts.prog);
             for (uint32_t i = 0; i < m; i++) {
                 uint8_t label = 0;
-                const int8_t *x = head(shuffle_index(b + i, n, key), &label);
-                if (x == NULL) {
-                    wipe_arena();
-                    return reply_error(r, ST_NO_DATA, (uint16_t)(b + i), "local data sample unreadable");
+                uint32_t idx = shuffle_index(b + i, n, key);
+                const int8_t *x;
+                if (cache != NULL && e > 0u) {
+                    label = cache[idx];
+                    x = (const int8_t *)(cache + n + idx * out_bytes);
+                } else {
+                    x = head(idx, &label);
+                    if (x == NULL) {
+                        wipe_arena();
+                        if (cache != NULL) {
+                            memset(cache, 0, n * (1u + out_bytes));
+                        }
+                        return reply_error(r, ST_NO_DATA, (uint16_t)(b + i), "local data sample unreadable");
+                    }
+                    if (cache != NULL) {
+                        cache[idx] = label;
+                        memcpy(cache + n + idx * out_bytes, x, out_bytes);
+                    }
                 }
                 float loss = 0.0f;
                 tftr_accumulate(&ts.prog, x, label, &loss, NULL);
@@ -356,6 +385,9 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     }
     uint32_t cycles = cycles_stop();
     wipe_arena();
+    if (cache != NULL) {
+        memset(cache, 0, n * (1u + out_bytes));
+    }
     finish_update((flags & FLAG_PER_CHANNEL) != 0u);
     ts.update_ok = true;
     ts.update_n = n;
@@ -371,7 +403,8 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     put_u32(o + 16, bits);
     put_u32(o + 20, update_bytes());
     put_u32(o + 24, cycles);
-    r->length = 28;
+    o[28] = cache != NULL ? 1u : 0u;
+    r->length = 29;
     return true;
 }
 

@@ -198,7 +198,8 @@ class SimTrainer:
         if not self.weights_ok or params.version != self.version:
             raise TrainReply(Status.WRONG_VERSION, self.version,
                              f"w* is at model version {self.version}" if self.weights_ok else "w* incomplete")
-        if params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0:
+        if (params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0
+                or p[20] & ~0x03):
             raise TrainReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
         from tinyfed.training.step import local_train
 
@@ -213,7 +214,12 @@ class SimTrainer:
         variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
         self.update_image = pack_update(self.version, n, result.loss, variance, q, scales, params.per_channel)
         steps = params.epochs * -(-n // params.batch_size)
-        return TrainReport(self.version, n, steps, result.loss, variance, len(self.update_image), 0).pack()
+        cached = False
+        if params.head_cache and fragment is not None and params.epochs > 1:
+            out_bytes = x.shape[1:] and int(np.prod(x.shape[1:]))
+            spare = self.arena_bytes - ((self.fragment_arena + 7) & ~7) - self._state_bytes()
+            cached = n * (1 + out_bytes) <= spare
+        return TrainReport(self.version, n, steps, result.loss, variance, len(self.update_image), 0, cached).pack()
 
     def update_read(self, p: bytes, max_payload: int) -> bytes:
         if len(p) != 6:

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 TRAIN_REQUEST = struct.Struct("<IHHfIIB")  # version, epochs, batch, lr, seed, max_samples, flags
-TRAIN_RESPONSE = struct.Struct("<IIIffII")  # version, n, steps, loss, variance, update_bytes, cycles
+TRAIN_RESPONSE = struct.Struct("<IIIffIIB")  # version, n, steps, loss, variance, update_bytes, cycles, cached
 UPDATE_HEADER = struct.Struct("<IIffIHBx")  # version, n, loss, variance, elements, scales, flags
 EVALUATE_RESPONSE = struct.Struct("<IIfI")  # n, correct, loss, cycles
 STATS_RESPONSE = struct.Struct("<8I")
 FLAG_PER_CHANNEL = 0x01
+FLAG_HEAD_CACHE = 0x02
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,22 @@ class TrainParams:
     seed: int = 0
     max_samples: int = 0  # 0 = every local sample
     per_channel: bool = False
+    #: keep the frozen fragment's outputs in spare arena RAM after the first epoch (RAM the plan
+    #: did not budget; the board falls back to recomputing when it does not fit)
+    head_cache: bool = False
 
     def pack(self) -> bytes:
         if self.epochs < 1 or self.batch_size < 1 or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr finite and > 0: {self}")
+        flags = (FLAG_PER_CHANNEL if self.per_channel else 0) | (FLAG_HEAD_CACHE if self.head_cache else 0)
         return TRAIN_REQUEST.pack(self.version, self.epochs, self.batch_size, self.lr, self.seed & 0xFFFFFFFF,
-                                  self.max_samples, FLAG_PER_CHANNEL if self.per_channel else 0)
+                                  self.max_samples, flags)
 
     @classmethod
     def unpack(cls, p: bytes) -> TrainParams:
         version, epochs, batch, lr, seed, max_samples, flags = TRAIN_REQUEST.unpack(p)
-        return cls(version, epochs, batch, lr, seed, max_samples, bool(flags & FLAG_PER_CHANNEL))
+        return cls(version, epochs, batch, lr, seed, max_samples, bool(flags & FLAG_PER_CHANNEL),
+                   bool(flags & FLAG_HEAD_CACHE))
 
 
 @dataclass(frozen=True)
@@ -54,14 +60,16 @@ class TrainReport:
     variance: float
     update_bytes: int
     cycles: int
+    head_cached: bool = False  # the fragment's outputs were cached after the first epoch
 
     @classmethod
     def unpack(cls, p: bytes) -> TrainReport:
-        return cls(*TRAIN_RESPONSE.unpack(p))
+        *fields, cached = TRAIN_RESPONSE.unpack(p)
+        return cls(*fields, bool(cached))
 
     def pack(self) -> bytes:
         return TRAIN_RESPONSE.pack(self.version, self.n, self.steps, self.loss, self.variance, self.update_bytes,
-                                   self.cycles & 0xFFFFFFFF)
+                                   self.cycles & 0xFFFFFFFF, int(self.head_cached))
 
 
 @dataclass
