@@ -19,29 +19,8 @@ static const uint8_t kMagic[4] = {'T', 'F', 'M', 'B'};
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
-static bool fail(tfmb_error_t *err, uint8_t status, uint32_t detail, const char *msg, uint32_t number, bool with_number)
-{
-    if (!err) return false;
-    err->status = status;
-    err->detail = (uint16_t)(detail > 0xFFFFu ? 0xFFFFu : detail);
-    size_t n = strlen(msg);
-    if (n > sizeof(err->message) - 12) n = sizeof(err->message) - 12;
-    memcpy(err->message, msg, n);
-    if (with_number) {
-        char digits[10];
-        int k = 0;
-        do {
-            digits[k++] = (char)('0' + number % 10u);
-            number /= 10u;
-        } while (number && k < 10);
-        err->message[n++] = ' ';
-        while (k) err->message[n++] = digits[--k];
-    }
-    err->message[n] = '\0';
-    return false;
-}
 
-#define BAD(msg, idx) fail(err, TFMB_BAD_MODEL, (idx), (msg), (idx), true)
+#define BAD(msg, idx) tfmb_fail(err, TFMB_BAD_MODEL, (idx), (msg), (idx), true)
 
 /* ---- CRC-32 (IEEE 802.3, as zlib.crc32), nibble table ---------------------------------- */
 
@@ -168,7 +147,7 @@ static bool check_op(const tfmb_model_t *m, uint16_t idx, tfmb_error_t *err)
     case TFMB_OP_MAX_POOL_2D:
     case TFMB_OP_RESHAPE:
     case TFMB_OP_SOFTMAX: n_in = 1; n_required = 1; break;
-    default: return fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
+    default: return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
     }
     for (int i = 0; i < 3; ++i) {
         if (op.in[i] == TFMB_NONE) {
@@ -282,17 +261,17 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     tfmb_error_t scratch;
     if (!err) err = &scratch;
     memset(err, 0, sizeof(*err));
-    if (!m) return fail(err, TFMB_BAD_MODEL, 0, "no model struct", 0, false);
+    if (!m) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "no model struct", 0, false);
     memset(m, 0, sizeof(*m));
-    if (!blob || size < TFMB_HEADER_BYTES) return fail(err, TFMB_BAD_MODEL, 0, "blob shorter than header", size, true);
-    if (memcmp(blob, kMagic, 4) != 0) return fail(err, TFMB_BAD_MODEL, 0, "bad magic (not a TFMB blob)", 0, false);
+    if (!blob || size < TFMB_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "blob shorter than header", size, true);
+    if (memcmp(blob, kMagic, 4) != 0) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad magic (not a TFMB blob)", 0, false);
     const uint16_t version = tfmb_rd16(blob + 4);
-    if (version != TFMB_VERSION) return fail(err, TFMB_WRONG_VERSION, version, "blob version", version, true);
-    if (tfmb_rd16(blob + 6) != TFMB_HEADER_BYTES) return fail(err, TFMB_BAD_MODEL, 0, "bad header size", 0, false);
-    if (tfmb_rdu32(blob + 12) != size) return fail(err, TFMB_BAD_MODEL, 0, "blob size disagrees with header", size, true);
-    if (crc32_update(0, blob + 12, size - 12) != tfmb_rdu32(blob + 8)) return fail(err, TFMB_BAD_MODEL, 0, "blob CRC mismatch", 0, false);
+    if (version != TFMB_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "blob version", version, true);
+    if (tfmb_rd16(blob + 6) != TFMB_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad header size", 0, false);
+    if (tfmb_rdu32(blob + 12) != size) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "blob size disagrees with header", size, true);
+    if (crc32_update(0, blob + 12, size - 12) != tfmb_rdu32(blob + 8)) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "blob CRC mismatch", 0, false);
     for (uint32_t i = 44; i < TFMB_HEADER_BYTES; ++i)
-        if (blob[i]) return fail(err, TFMB_BAD_MODEL, 0, "header reserved bytes set", 0, false);
+        if (blob[i]) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "header reserved bytes set", 0, false);
 
     tfmb_model_t v;
     memset(&v, 0, sizeof(v));
@@ -308,15 +287,15 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     v.data_offset = tfmb_rdu32(blob + 36);
     v.data_bytes = tfmb_rdu32(blob + 40);
     if (v.tensor_count == 0 || v.tensor_count == TFMB_NONE || v.op_count == 0 || v.op_count == TFMB_NONE)
-        return fail(err, TFMB_BAD_MODEL, 0, "no tensors or no ops", 0, false);
+        return tfmb_fail(err, TFMB_BAD_MODEL, 0, "no tensors or no ops", 0, false);
     if (v.tensors_offset != TFMB_HEADER_BYTES ||
         (uint64_t)v.tensors_offset + (uint64_t)v.tensor_count * TFMB_TENSOR_BYTES > v.ops_offset ||
         (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFMB_OP_BYTES > v.data_offset || (v.data_offset & 15u) ||
         (uint64_t)v.data_offset + v.data_bytes != size)
-        return fail(err, TFMB_BAD_MODEL, 0, "section table out of range", 0, false);
+        return tfmb_fail(err, TFMB_BAD_MODEL, 0, "section table out of range", 0, false);
     if (v.input_tensor >= v.tensor_count || v.output_tensor >= v.tensor_count)
-        return fail(err, TFMB_BAD_MODEL, 0, "input/output tensor id out of range", 0, false);
-    if (v.arena_bytes > 0x7FFFFFFFu) return fail(err, TFMB_BAD_MODEL, 0, "arena size absurd", 0, false);
+        return tfmb_fail(err, TFMB_BAD_MODEL, 0, "input/output tensor id out of range", 0, false);
+    if (v.arena_bytes > 0x7FFFFFFFu) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "arena size absurd", 0, false);
 
     for (uint16_t i = 0; i < v.tensor_count; ++i)
         if (!check_tensor(&v, i, err)) return false;
@@ -324,12 +303,12 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     read_tensor(&v, v.input_tensor, &tin);
     read_tensor(&v, v.output_tensor, &tout);
     if (!is_activation(&tin) || !is_activation(&tout))
-        return fail(err, TFMB_BAD_MODEL, 0, "input/output not int8 activations", 0, false);
+        return tfmb_fail(err, TFMB_BAD_MODEL, 0, "input/output not int8 activations", 0, false);
     for (uint16_t i = 0; i < v.op_count; ++i)
         if (!check_op(&v, i, err)) return false;
 
     if (v.arena_bytes > arena_capacity)
-        return fail(err, TFMB_OUT_OF_MEMORY, (v.arena_bytes + 1023u) / 1024u, "arena bytes needed", v.arena_bytes, true);
+        return tfmb_fail(err, TFMB_OUT_OF_MEMORY, (v.arena_bytes + 1023u) / 1024u, "arena bytes needed", v.arena_bytes, true);
     v.input_offset = tin.offset;
     v.input_bytes = tin.nbytes;
     v.output_offset = tout.offset;
@@ -355,8 +334,8 @@ const int8_t *tfmb_output(const tfmb_model_t *m, const uint8_t *arena)
 
 bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err)
 {
-    if (!m || !m->blob) return fail(err, TFMB_NO_MODEL, 0, "no model opened", 0, false);
-    if (!arena) return fail(err, TFMB_OUT_OF_MEMORY, 0, "no arena", 0, false);
+    if (!m || !m->blob) return tfmb_fail(err, TFMB_NO_MODEL, 0, "no model opened", 0, false);
+    if (!arena) return tfmb_fail(err, TFMB_OUT_OF_MEMORY, 0, "no arena", 0, false);
     tfmb_ctx_t c;
     c.data = m->blob + m->data_offset;
     c.arena = arena;
@@ -377,7 +356,7 @@ bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err)
         case TFMB_OP_SOFTMAX: tfmb_k_softmax(&op, &t[0], &out, &c); break;
         case TFMB_OP_ADD: tfmb_k_add(&op, &t[0], &t[1], &out, &c); break;
         case TFMB_OP_RESHAPE: tfmb_k_reshape(&t[0], &out, &c); break;
-        default: return fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
+        default: return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
         }
     }
     if (err) memset(err, 0, sizeof(*err));

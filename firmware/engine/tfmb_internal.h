@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "tfmb.h"
 
@@ -51,6 +52,32 @@ typedef struct {
     const uint8_t *data; /* constant section */
     uint8_t *arena;
 } tfmb_ctx_t;
+
+/* The first-error string of both engines (tfmb.c, tftr.c): fills *err (when not NULL) with
+ * status, detail and msg [+ ' ' + number]; returns false. Static: each engine keeps its own
+ * copy, which the compiler specialises for its call sites (an extern one costs flash). */
+__attribute__((unused)) static bool tfmb_fail(tfmb_error_t *err, uint8_t status, uint32_t detail, const char *msg, uint32_t number, bool with_number)
+{
+    if (!err) return false;
+    err->status = status;
+    err->detail = (uint16_t)(detail > 0xFFFFu ? 0xFFFFu : detail);
+    size_t n = strlen(msg);
+    if (n > sizeof(err->message) - 12) n = sizeof(err->message) - 12;
+    memcpy(err->message, msg, n);
+    if (with_number) {
+        char digits[10];
+        int k = 0;
+        do {
+            digits[k++] = (char)('0' + number % 10u);
+            number /= 10u;
+        } while (number && k < 10);
+        err->message[n++] = ' ';
+        while (k) err->message[n++] = digits[--k];
+    }
+    err->message[n] = '\0';
+    return false;
+}
+
 
 static inline uint16_t tfmb_rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
 

@@ -23,30 +23,9 @@ static const uint8_t kMagic[4] = {'T', 'F', 'T', 'R'};
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
-static bool fail(tfmb_error_t *err, uint8_t status, uint32_t detail, const char *msg, uint32_t number, bool with_number)
-{
-    if (!err) return false;
-    err->status = status;
-    err->detail = (uint16_t)(detail > 0xFFFFu ? 0xFFFFu : detail);
-    size_t n = strlen(msg);
-    if (n > sizeof(err->message) - 12) n = sizeof(err->message) - 12;
-    memcpy(err->message, msg, n);
-    if (with_number) {
-        char digits[10];
-        int k = 0;
-        do {
-            digits[k++] = (char)('0' + number % 10u);
-            number /= 10u;
-        } while (number && k < 10);
-        err->message[n++] = ' ';
-        while (k) err->message[n++] = digits[--k];
-    }
-    err->message[n] = '\0';
-    return false;
-}
 
-#define BAD(msg, idx) fail(err, TFMB_BAD_MODEL, (idx), (msg), (idx), true)
-#define BAD0(msg) fail(err, TFMB_BAD_MODEL, 0, (msg), 0, false)
+#define BAD(msg, idx) tfmb_fail(err, TFMB_BAD_MODEL, (idx), (msg), (idx), true)
+#define BAD0(msg) tfmb_fail(err, TFMB_BAD_MODEL, 0, (msg), 0, false)
 
 /* ---- record decoding ------------------------------------------------------------------- */
 
@@ -195,7 +174,7 @@ static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
     case TFMB_OP_MAX_POOL_2D: n_in = 1; n_req = 1; break;
     case TFMB_OP_RESHAPE:
     case TFMB_OP_SOFTMAX: n_in = 1; n_req = 1; has_act = false; break;
-    default: return fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
+    default: return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
     }
     if (op.act > (has_act ? TFTR_ACT_RELU6 : TFTR_ACT_NONE)) return BAD("fused activation bad at op", idx);
     if (op.flags & ~(op.code == TFMB_OP_ADD ? 3u : 1u)) return BAD("op flags bad at op", idx);
@@ -361,12 +340,12 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     memset(err, 0, sizeof(*err));
     if (!p) return BAD0("no program struct");
     memset(p, 0, sizeof(*p));
-    if (!blob || size < TFTR_HEADER_BYTES) return fail(err, TFMB_BAD_MODEL, 0, "program shorter than header", size, true);
+    if (!blob || size < TFTR_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "program shorter than header", size, true);
     if (memcmp(blob, kMagic, 4) != 0) return BAD0("bad magic (not a TFTR program)");
     const uint16_t version = tfmb_rd16(blob + 4);
-    if (version != TFTR_VERSION) return fail(err, TFMB_WRONG_VERSION, version, "program version", version, true);
+    if (version != TFTR_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "program version", version, true);
     if (tfmb_rd16(blob + 6) != TFTR_HEADER_BYTES) return BAD0("bad header size");
-    if (tfmb_rdu32(blob + 8) != size) return fail(err, TFMB_BAD_MODEL, 0, "program size disagrees with header", size, true);
+    if (tfmb_rdu32(blob + 8) != size) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "program size disagrees with header", size, true);
     for (uint32_t i = 84; i < TFTR_HEADER_BYTES; ++i)
         if (blob[i]) return BAD0("header reserved bytes set");
 
@@ -453,10 +432,10 @@ bool tftr_unit_shape(const tftr_program_t *p, uint16_t i, uint32_t *channels, ui
 bool tftr_bind(tftr_program_t *p, uint8_t *ram, uint32_t capacity, tfmb_error_t *err)
 {
     if (err) memset(err, 0, sizeof(*err));
-    if (!p || !p->blob) return fail(err, TFMB_NO_MODEL, 0, "no training program opened", 0, false);
-    if (!ram || ((uintptr_t)ram & 3u)) return fail(err, TFMB_OUT_OF_MEMORY, 0, "RAM missing or not 4-byte aligned", 0, false);
+    if (!p || !p->blob) return tfmb_fail(err, TFMB_NO_MODEL, 0, "no training program opened", 0, false);
+    if (!ram || ((uintptr_t)ram & 3u)) return tfmb_fail(err, TFMB_OUT_OF_MEMORY, 0, "RAM missing or not 4-byte aligned", 0, false);
     if (capacity < p->ram_bytes)
-        return fail(err, TFMB_OUT_OF_MEMORY, (p->ram_bytes + 1023u) / 1024u, "training RAM bytes needed", p->ram_bytes, true);
+        return tfmb_fail(err, TFMB_OUT_OF_MEMORY, (p->ram_bytes + 1023u) / 1024u, "training RAM bytes needed", p->ram_bytes, true);
     const uint32_t n = p->trainable_count;
     p->values = (float *)(void *)ram;
     p->start = p->values + n;
