@@ -38,22 +38,13 @@ from tinyfed.firmware_bridge.framing import (
     decode_frame,
     encode_frame,
 )
-from tinyfed.firmware_bridge.sim_train import SimTrainer, TrainReply
+from tinyfed.firmware_bridge.sim_train import BoardReply as _Reply
+from tinyfed.firmware_bridge.sim_train import SimTrainer
 
 log = logging.getLogger(__name__)
 
 SIM_BUILD = "tinyfed-sim 1"
 _U32 = struct.Struct("<I")
-
-
-class _Reply(Exception):
-    """An error reply: raised inside a command handler, turned into a response."""
-
-    def __init__(self, status: int, detail: int = 0, message: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail & 0xFFFF
-        self.message = message
 
 
 @dataclass
@@ -232,10 +223,7 @@ class SimBoard:
         }.get(code)
         if handler is None:
             raise _Reply(Status.UNKNOWN_COMMAND, code, f"unknown command 0x{code:02x}")
-        try:
-            return handler(p)
-        except TrainReply as err:
-            raise _Reply(err.status, err.detail, err.message) from None
+        return handler(p)
 
     def _hello(self, p: bytes) -> bytes:
         c = self.config
@@ -300,12 +288,9 @@ class SimBoard:
         if zlib.crc32(blob) != t.crc:
             raise _Reply(Status.BAD_CRC, 0, "fragment CRC mismatch")
         if t.target != LoadTarget.FRAGMENT:
-            try:
-                if t.target == LoadTarget.PROGRAM:
-                    return self.trainer.commit_program(blob, self.active)
-                return self.trainer.commit_data(blob)
-            except TrainReply as err:
-                raise _Reply(err.status, err.detail, err.message) from None
+            if t.target == LoadTarget.PROGRAM:
+                return self.trainer.commit_program(blob, self.active)
+            return self.trainer.commit_data(blob)
         fragment = self._parse(blob)
         if fragment.arena_bytes > self.config.arena_bytes:
             raise _Reply(Status.OUT_OF_MEMORY, min(fragment.arena_bytes // 1024, 0xFFFF),

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 _U32 = struct.Struct("<I")
 
 
-class TrainReply(Exception):
-    """An error reply from a training command (the board's typed errors)."""
+class BoardReply(Exception):
+    """An error reply of the simulated board: raised inside a command handler, sent as a response."""
 
     def __init__(self, status: int, detail: int = 0, message: str = "") -> None:
         super().__init__(message)
@@ -82,20 +82,20 @@ class SimTrainer:
             tail, shapes, ram = program_tail(blob)
         except Exception as exc:  # noqa: BLE001 - like the firmware: any bad program is an error reply
             problem = str(getattr(exc, "problem", exc))
-            raise TrainReply(Status.WRONG_VERSION if "version" in problem else Status.BAD_MODEL, 0,
+            raise BoardReply(Status.WRONG_VERSION if "version" in problem else Status.BAD_MODEL, 0,
                              problem[:64]) from None
         self.program, self.tail, self.unit_shapes, self.ram_bytes = blob, tail, shapes, ram
         self.fragment_changed(fragment)
         need = self._state_bytes()
         if need > self.arena_bytes - self.fragment_arena:
-            raise TrainReply(Status.OUT_OF_MEMORY, need // 1024, f"training state needs {need} bytes")
+            raise BoardReply(Status.OUT_OF_MEMORY, need // 1024, f"training state needs {need} bytes")
         return struct.pack("<IHH", need, len(shapes), 0)
 
     def commit_data(self, image: bytes) -> bytes:
         try:
             self.data = local_data.unpack(image)
         except Exception as exc:  # noqa: BLE001
-            raise TrainReply(Status.NO_DATA, 0, str(getattr(exc, "problem", exc))[:64]) from None
+            raise BoardReply(Status.NO_DATA, 0, str(getattr(exc, "problem", exc))[:64]) from None
         self._heads.clear()
         return struct.pack("<IHH", len(self.data.y), self.data.classes, 0)
 
@@ -129,15 +129,15 @@ class SimTrainer:
         """Tail inputs (float, dequantized from the head's int8 output) and labels, or the typed error."""
         if self.tail is None:
             if fragment is None:
-                raise TrainReply(Status.NO_MODEL, 0, "no committed fragment and no training program")
-            raise TrainReply(Status.NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)")
+                raise BoardReply(Status.NO_MODEL, 0, "no committed fragment and no training program")
+            raise BoardReply(Status.NO_MODEL, 1, "no training program: load one (LOAD_BEGIN target 1)")
         if self._state_bytes() > self.arena_bytes - self.fragment_arena:
-            raise TrainReply(Status.OUT_OF_MEMORY, 0, "training state does not fit the arena")
+            raise BoardReply(Status.OUT_OF_MEMORY, 0, "training state does not fit the arena")
         if self.data is None:
-            raise TrainReply(Status.NO_DATA, 0, "no local data: provision it first")
+            raise BoardReply(Status.NO_DATA, 0, "no local data: provision it first")
         if fragment is None:
             if self.data.x.shape[1] != self._input_elems():
-                raise TrainReply(Status.NO_DATA, self._input_elems(),
+                raise BoardReply(Status.NO_DATA, self._input_elems(),
                                  f"local samples do not match the program input of bytes {self._input_elems()}")
             key = ("raw", id(self.data))
             if key not in self._heads:
@@ -146,7 +146,7 @@ class SimTrainer:
                 self._heads[key] = self.tail.dequantize_input(self.data.x.reshape((len(self.data.x),) + tuple(in_shape[1:])))
             return self._heads[key], self.data.y.astype(np.int64)
         if fragment.input_bytes is not None and self.data.x.shape[1] != fragment.input_bytes:
-            raise TrainReply(Status.NO_DATA, fragment.input_bytes,
+            raise BoardReply(Status.NO_DATA, fragment.input_bytes,
                              f"local samples do not match the fragment input of bytes {fragment.input_bytes}")
         key = id(fragment)
         if key not in self._heads:
@@ -157,7 +157,7 @@ class SimTrainer:
             out = np.asarray(kernels_np.run_blob(fragment.blob, x)).astype(np.int8)
             in_shape = self.tail.graph.tensors[self.tail.graph.inputs[0]].shape
             if out[0].size != int(np.prod(in_shape[1:])):
-                raise TrainReply(Status.BAD_MODEL, out[0].size,
+                raise BoardReply(Status.BAD_MODEL, out[0].size,
                                  "training program does not follow this fragment")
             self._heads.clear()
             self._heads[key] = self.tail.dequantize_input(out.reshape((len(out),) + tuple(in_shape[1:])))
@@ -165,9 +165,9 @@ class SimTrainer:
 
     def train_set(self, p: bytes) -> bytes:
         if len(p) < 8 or (len(p) - 8) % 4:
-            raise TrainReply(Status.BAD_LENGTH, 8, "TRAIN_SET takes u32 version, u32 offset, f32 values")
+            raise BoardReply(Status.BAD_LENGTH, 8, "TRAIN_SET takes u32 version, u32 offset, f32 values")
         if self.tail is None or self.values is None:
-            raise TrainReply(Status.NO_MODEL, 1, "no training program")
+            raise BoardReply(Status.NO_MODEL, 1, "no training program")
         version, offset = struct.unpack_from("<II", p)
         vals = np.frombuffer(p, "<f4", offset=8).astype(np.float32)
         total = self.values.size
@@ -176,13 +176,13 @@ class SimTrainer:
             self.weights_ok = False
             self.update_image = None
         elif not self.set_open or version != self.set_version or offset != self.set_next:
-            raise TrainReply(Status.OUT_OF_ORDER, self.set_next, f"expected value offset {self.set_next}")
+            raise BoardReply(Status.OUT_OF_ORDER, self.set_next, f"expected value offset {self.set_next}")
         if vals.size > total - self.set_next:
-            raise TrainReply(Status.BAD_LENGTH, total, f"w* holds values: {total}")
+            raise BoardReply(Status.BAD_LENGTH, total, f"w* holds values: {total}")
         bad = np.flatnonzero(~np.isfinite(vals))
         if bad.size:
             self.set_open = False
-            raise TrainReply(Status.BAD_ARGUMENT, offset + int(bad[0]), "w* value is not finite")
+            raise BoardReply(Status.BAD_ARGUMENT, offset + int(bad[0]), "w* value is not finite")
         self.values[offset:offset + vals.size] = vals
         self.set_next += vals.size
         if self.set_next == total:
@@ -192,15 +192,15 @@ class SimTrainer:
 
     def train(self, p: bytes, fragment: Any) -> bytes:
         if len(p) != 21:
-            raise TrainReply(Status.BAD_LENGTH, 21, "TRAIN takes 21 bytes")
+            raise BoardReply(Status.BAD_LENGTH, 21, "TRAIN takes 21 bytes")
         x, y = self._ready(fragment)
         params = TrainParams.unpack(p)
         if not self.weights_ok or params.version != self.version:
-            raise TrainReply(Status.WRONG_VERSION, self.version,
+            raise BoardReply(Status.WRONG_VERSION, self.version,
                              f"w* is at model version {self.version}" if self.weights_ok else "w* incomplete")
         if (params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0
                 or p[20] & ~0x03):
-            raise TrainReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
+            raise BoardReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
         from tinyfed.training.step import local_train
 
         n = min(params.max_samples, len(y)) if params.max_samples else len(y)
@@ -223,18 +223,18 @@ class SimTrainer:
 
     def update_read(self, p: bytes, max_payload: int) -> bytes:
         if len(p) != 6:
-            raise TrainReply(Status.BAD_LENGTH, 6, "UPDATE_READ takes u32 offset, u16 length")
+            raise BoardReply(Status.BAD_LENGTH, 6, "UPDATE_READ takes u32 offset, u16 length")
         if self.update_image is None:
-            raise TrainReply(Status.NO_UPDATE, 0, "no update: TRAIN first")
+            raise BoardReply(Status.NO_UPDATE, 0, "no update: TRAIN first")
         offset, length = struct.unpack("<IH", p)
         size = len(self.update_image)
         if length > max_payload or offset > size or length > size - offset:
-            raise TrainReply(Status.BAD_LENGTH, size, f"update bytes: {size}")
+            raise BoardReply(Status.BAD_LENGTH, size, f"update bytes: {size}")
         return self.update_image[offset:offset + length]
 
     def evaluate(self, p: bytes, fragment: Any) -> bytes:
         if len(p) != 4:
-            raise TrainReply(Status.BAD_LENGTH, 4, "EVALUATE takes u32 max_samples")
+            raise BoardReply(Status.BAD_LENGTH, 4, "EVALUATE takes u32 max_samples")
         x, y = self._ready(fragment)
         (max_samples,) = _U32.unpack(p)
         n = min(max_samples, len(y)) if max_samples else len(y)
@@ -248,7 +248,7 @@ class SimTrainer:
     def stats(self, p: bytes, fw_ram: int) -> bytes:
         """STATS of a board without paint: the planned figures stand in for the high-water marks."""
         if p:
-            raise TrainReply(Status.BAD_LENGTH, 0, "STATS takes no payload")
+            raise BoardReply(Status.BAD_LENGTH, 0, "STATS takes no payload")
         train = self._state_bytes() if self.tail is not None else 0
         return STATS_RESPONSE.pack(0, 0, fw_ram, self.arena_bytes, self.fragment_arena + train,
                                    self.fragment_arena, train, fw_ram)
