@@ -23,7 +23,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tinyfed.errors import ModelError, PlanError
-from tinyfed.firmware_bridge.train_blob import compile_program, parse_program, program_ram_bytes
+from tinyfed.firmware_bridge.train_blob import (
+    compile_program,
+    parse_program,
+    program_ram_bytes,
+)
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.training import FloatTail, local_train
@@ -172,14 +176,14 @@ def case(name: str):
     if name in _CASES:
         return _CASES[name]
     if name == "har_nrf52840":
+        import tempfile
+
         from tinyfed.boards import get_board, single_board_fleet
         from tinyfed.models.tflm import TflmModel
         from tinyfed.models.zoo import get_zoo_model
         from tinyfed.planner.config import TrainingConfig
         from tinyfed.planner.plan import make_plan
         from tinyfed.planner.sources import load_model_source
-
-        import tempfile
 
         out = Path(tempfile.mkdtemp(prefix="tftr_plan_"))
         plan = make_plan(load_model_source("har_cnn", None, TrainingConfig()), single_board_fleet(get_board("nrf52840")),
@@ -312,6 +316,7 @@ def test_ram_of_the_nrf52840_plan(lib) -> None:
 
 def test_compiler_refuses_what_the_engine_cannot_train() -> None:
     from engine_models import with_logistic_int8
+
     from tinyfed.models.zoo import get_zoo_model
 
     model = get_zoo_model("digits_cnn").int8_tflite()
@@ -414,7 +419,7 @@ def test_work_area_reuses_buffers_by_lifetime() -> None:
     t_off = struct.unpack_from("<I", blob, 48)[0]
     naive, grads = 0, 0
     for i in range(n_t):
-        kind, rank, _axis, _r, *dims = struct.unpack_from("<BBBB4i", blob, t_off + 48 * i)
+        kind, _rank, _axis, _r, *dims = struct.unpack_from("<BBBB4i", blob, t_off + 48 * i)
         if kind != 0:
             continue
         voff, goff = struct.unpack_from("<II", blob, t_off + 48 * i + 20)

@@ -11,6 +11,7 @@ the boards' painted-RAM high-water marks with the planner's prediction.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,15 +28,21 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import _training_case as tc  # noqa: E402
+import _training_case as tc
 
-from tinyfed.boards import get_board  # noqa: E402
-from tinyfed.firmware_bridge.build import build_firmware  # noqa: E402
-from tinyfed.firmware_bridge.client import BoardClient  # noqa: E402
-from tinyfed.firmware_bridge.emulator import start_qemu, wait_ready  # noqa: E402
-from tinyfed.firmware_bridge.framing import FrameReader, decode_frame  # noqa: E402
-from tinyfed.firmware_bridge.train_blob import program_ram_bytes  # noqa: E402
-from tinyfed.firmware_bridge.train_link import DeviceUpdate, EvalReport, RamStats, TrainParams, TrainReport  # noqa: E402
+from tinyfed.boards import get_board
+from tinyfed.firmware_bridge.build import build_firmware
+from tinyfed.firmware_bridge.client import BoardClient
+from tinyfed.firmware_bridge.emulator import start_qemu, wait_ready
+from tinyfed.firmware_bridge.framing import FrameReader, decode_frame
+from tinyfed.firmware_bridge.train_blob import program_ram_bytes
+from tinyfed.firmware_bridge.train_link import (
+    DeviceUpdate,
+    EvalReport,
+    RamStats,
+    TrainParams,
+    TrainReport,
+)
 
 BOARDS = 8
 PRELOADED = range(4, 8)  # these boards get their data through QEMU's loader, the rest over the link
@@ -171,7 +178,7 @@ def test_no_provisioned_sample_leaves_a_board(trained) -> None:
         out = set()
         for sample in x.reshape(len(x), -1):
             b = sample.tobytes()
-            for k in range(0, len(b) - width + 1):
+            for k in range(len(b) - width + 1):
                 piece = b[k:k + width]
                 if len(set(piece)) >= 4:  # skip flat runs that could occur by chance
                     out.add(piece)
@@ -181,10 +188,8 @@ def test_no_provisioned_sample_leaves_a_board(trained) -> None:
         reader = FrameReader.for_payload(4096)
         payloads = bytearray()
         for item in reader.feed(stream):
-            try:
+            with contextlib.suppress(Exception):  # a damaged frame is still scanned raw
                 payloads += decode_frame(item, 4096).payload
-            except Exception:  # noqa: BLE001 - a damaged frame is scanned raw below anyway
-                pass
         return bytes(payloads)
 
     def leaks(stream: bytes, pieces: set[bytes]) -> int:

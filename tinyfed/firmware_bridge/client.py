@@ -46,9 +46,9 @@ from tinyfed.firmware_bridge.framing import (
     PROTOCOL_VERSION,
     Command,
     FrameError,
-    LoadTarget,
     FrameReader,
     FrameTooLarge,
+    LoadTarget,
     Packet,
     Status,
     command_name,
@@ -337,6 +337,20 @@ class BoardClient:
             raise ProtocolError(f"resume offset {offset} beyond size {size}", device=self.name, command="LOAD_BEGIN")
         return offset
 
+    def _read_rest(self, code: int, have: bytes, total: int) -> bytes:
+        """A board-side buffer of ``total`` bytes, of which ``have`` arrived already, read on with
+        ``code`` (OUTPUT_READ, UPDATE_READ: ``u32 offset, u16 length``) in max_payload pieces."""
+        info = self.info or self.hello()
+        out = bytearray(have)
+        while len(out) < total:
+            n = min(info.max_payload, total - len(out))
+            part = self.request(code, struct.pack("<IH", len(out), n))
+            if len(part) != n:
+                cmd = command_name(code)
+                raise ProtocolError(f"{cmd} returned {len(part)} bytes, asked {n}", device=self.name, command=cmd)
+            out += part
+        return bytes(out)
+
     # -- local training (docs/protocol.md, "Training") ----------------------------------
 
     def set_weights(self, version: int, values: np.ndarray) -> None:
@@ -367,7 +381,6 @@ class BoardClient:
 
     def read_update(self, size: int | None = None) -> DeviceUpdate:
         """Fetch the int8 update of the last TRAIN (``size``: its image bytes, from TrainReport)."""
-        info = self.info or self.hello()
         head = self.request(Command.UPDATE_READ, struct.pack("<IH", 0, UPDATE_HEADER.size))
         if len(head) != UPDATE_HEADER.size:
             raise ProtocolError(f"UPDATE_READ returned {len(head)} bytes", device=self.name, command="UPDATE_READ")
@@ -376,15 +389,7 @@ class BoardClient:
         if size is not None and size != total:
             raise ProtocolError(f"update image is {total} bytes, TRAIN said {size}", device=self.name,
                                 command="UPDATE_READ")
-        image = bytearray(head)
-        while len(image) < total:
-            n = min(info.max_payload, total - len(image))
-            part = self.request(Command.UPDATE_READ, struct.pack("<IH", len(image), n))
-            if len(part) != n:
-                raise ProtocolError(f"UPDATE_READ returned {len(part)} bytes, asked {n}", device=self.name,
-                                    command="UPDATE_READ")
-            image += part
-        return unpack_update(bytes(image))
+        return unpack_update(self._read_rest(Command.UPDATE_READ, head, total))
 
     def evaluate(self, max_samples: int = 0, *, timeout: float = 600.0) -> EvalReport:
         """Local loss and accuracy of the current w* on the board's own data."""
@@ -421,16 +426,9 @@ class BoardClient:
         if len(p) < 8:
             raise ProtocolError(f"INVOKE response of {len(p)} bytes", device=self.name, command="INVOKE")
         cycles, out_size = struct.unpack_from("<II", p)
-        out = bytearray(p[8:8 + out_size])
-        while len(out) < out_size:
-            n = min(info.max_payload, out_size - len(out))
-            part = self.request(Command.OUTPUT_READ, struct.pack("<IH", len(out), n))
-            if len(part) != n:
-                raise ProtocolError(f"OUTPUT_READ returned {len(part)} bytes, asked {n}", device=self.name,
-                                    command="OUTPUT_READ")
-            out += part
+        out = self._read_rest(Command.OUTPUT_READ, p[8:8 + out_size], out_size)
         self.last_cycles = cycles
-        return np.frombuffer(bytes(out), dtype=np.int8).copy()
+        return np.frombuffer(out, dtype=np.int8).copy()
 
     def bench(self, samples: int = 50) -> BenchResult:
         """Round-trip time of empty PINGs and echo throughput of full-size PINGs."""

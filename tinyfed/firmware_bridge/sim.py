@@ -25,7 +25,6 @@ import numpy as np
 from tinyfed.firmware_bridge.framing import (
     KIND_REQUEST,
     KIND_RESPONSE,
-    LoadTarget,
     NAK_SEQ,
     PROTOCOL_VERSION,
     Command,
@@ -34,6 +33,7 @@ from tinyfed.firmware_bridge.framing import (
     FrameReader,
     FrameTooLarge,
     FrameTooShort,
+    LoadTarget,
     Status,
     decode_frame,
     encode_frame,

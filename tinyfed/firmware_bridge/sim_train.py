@@ -19,8 +19,8 @@ import numpy as np
 from tinyfed.firmware_bridge import local_data, shuffle
 from tinyfed.firmware_bridge.framing import Status
 from tinyfed.firmware_bridge.train_link import (
-    STATS_RESPONSE,
     EVALUATE_RESPONSE,
+    STATS_RESPONSE,
     TrainParams,
     TrainReport,
     pack_update,

@@ -13,6 +13,7 @@ program (TFTR)").
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -231,7 +232,7 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
                 raise PlanError(f"trainable unit {k} (tensor {t}) has axis {u.axis}, {u.tensor_channels} channels x "
                                 f"{u.values_per_channel} values; the tensor has axis {axis}, {ch} x {per}", fix=_FIX_PLAN)
             chs = list(u.channels)
-            if any(not 0 <= c < ch for c in chs) or any(b <= a for a, b in zip(chs, chs[1:])):
+            if any(not 0 <= c < ch for c in chs) or any(b <= a for a, b in itertools.pairwise(chs)):
                 raise PlanError(f"trainable unit {k} channels must be ascending and below {ch}", fix=_FIX_PLAN)
             for i, c in enumerate(chs):
                 cmap[c] = unit_start[k] + i * per
