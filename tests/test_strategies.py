@@ -1,0 +1,306 @@
+"""Aggregation strategies (tinyfed.host.strategies) and the update gate (tinyfed.host.updates)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tinyfed.errors import TinyfedError
+from tinyfed.host.strategies import (
+    FTTE,
+    STRATEGIES,
+    Aggregate,
+    FedAvg,
+    FedAvgParams,
+    FedBuff,
+    FedBuffParams,
+    FTTEParams,
+    Strategy,
+    StrategyError,
+    get_strategy,
+)
+from tinyfed.host.updates import Reason, Update, check_update
+
+
+def upd(device: str, task: int, base: int, n: int, delta, variance: float = 1.0, loss: float = 0.5) -> Update:
+    return Update(device, task, base, n, loss, variance, np.asarray(delta, dtype=np.float32), 4 * len(delta))
+
+
+def random_updates(rng: np.random.Generator, count: int, size: int, version: int) -> list[Update]:
+    return [upd(f"d{i}", i, version - int(rng.integers(0, 4)), int(rng.integers(1, 100)),
+                rng.normal(size=size), variance=float(rng.uniform(0.0, 3.0))) for i in range(count)]
+
+
+def feed(strategy: Strategy, updates: list[Update], version: int) -> list[Aggregate | None]:
+    return [strategy.on_update(u, version) for u in updates]
+
+
+def through_json(state: dict) -> dict:
+    """What a checkpoint does: JSON for everything but the numpy arrays, which go to a side file."""
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    assert set(arrays) <= {"deltas"}
+    meta = json.loads(json.dumps({k: v for k, v in state.items() if k not in arrays}))
+    return meta | {k: np.array(v) for k, v in arrays.items()}
+
+
+# ---------------------------------------------------------------- FTTE weighting, by hand
+
+def test_ftte_weights_staleness_and_variance_by_hand() -> None:
+    s = FTTE(FTTEParams(buffer_size=3, server_lr=2.0))
+    version = 3
+    a = upd("a", 1, 3, 10, [1, 0], variance=1.0)  # tau 0: s = 1; var = median: g = 1
+    b = upd("b", 2, 2, 20, [0, 1], variance=4.0)  # tau 1: s = 1/sqrt(2); g = 1/4
+    c = upd("c", 3, 0, 30, [1, 1], variance=0.0)  # tau 3: s = 1/2; var 0: g = 1
+    assert feed(s, [a, b], version) == [None, None]
+    agg = s.on_update(c, version)
+    assert agg is not None
+    w = [10.0, 20 / math.sqrt(2) / 4, 15.0]  # 10, 3.5355339, 15
+    np.testing.assert_allclose(agg.weights, w, rtol=1e-12)
+    np.testing.assert_array_equal(agg.staleness, [0, 1, 3])
+    total = sum(w)  # 28.5355339
+    expect = [2 * (w[0] + w[2]) / total, 2 * (w[1] + w[2]) / total]  # 1.7522013, 1.2991195
+    np.testing.assert_allclose(agg.step, expect, rtol=1e-6)
+    np.testing.assert_allclose(agg.step, [1.7522013, 1.2991195], rtol=1e-6)
+    assert agg.step.dtype == np.float32
+    assert (agg.version, agg.new_version) == (3, 4)
+    assert [u.device_id for u in agg.updates] == ["a", "b", "c"]
+    assert s.buffer == []
+
+
+def test_ftte_variance_exponent_and_even_median() -> None:
+    s = FTTE(FTTEParams(buffer_size=4, variance_exponent=2.0, staleness_exponent=0.0))
+    # variances 1, 2, 3, 8: median 2.5; g = 1, 1, (2.5/3)^2, (2.5/8)^2
+    ups = [upd(f"d{i}", i, 0, 1, [1.0], variance=v) for i, v in enumerate([1.0, 2.0, 3.0, 8.0])]
+    agg = feed(s, ups, 0)[-1]
+    np.testing.assert_allclose(agg.weights, [1, 1, (2.5 / 3) ** 2, (2.5 / 8) ** 2], rtol=1e-12)
+
+
+def test_ftte_all_zero_variance_leaves_n_and_staleness() -> None:
+    s = FTTE(FTTEParams(buffer_size=2))
+    agg = feed(s, [upd("a", 1, 1, 4, [1.0], variance=0.0), upd("b", 2, 0, 4, [3.0], variance=0.0)], 1)[-1]
+    np.testing.assert_allclose(agg.weights, [4.0, 4 / math.sqrt(2)], rtol=1e-12)
+    assert np.isfinite(agg.step).all()
+
+
+def test_fedbuff_is_ftte_without_variance() -> None:
+    rng = np.random.default_rng(3)
+    ups = random_updates(rng, 6, 50, version=9)
+    fb = FedBuff(FedBuffParams(buffer_size=6, server_lr=0.7))
+    ft = FTTE(FTTEParams(buffer_size=6, staleness_exponent=0.5, variance_exponent=0.0, server_lr=0.7))
+    a, b = feed(fb, ups, 9)[-1], feed(ft, ups, 9)[-1]
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-14)
+    np.testing.assert_allclose(a.weights, [u.n / math.sqrt(1 + 9 - u.base_version) for u in ups], rtol=1e-14)
+    np.testing.assert_allclose(a.step, b.step, rtol=1e-6, atol=1e-7)
+    # ... and the variance term does change FTTE's step on the same buffer.
+    ftte = feed(FTTE(FTTEParams(buffer_size=6, server_lr=0.7)), ups, 9)[-1]
+    assert not np.allclose(ftte.step, a.step)
+    assert (fb.payload, ft.payload) == ("dense", "subset")
+
+
+def test_buffered_k_smaller_than_fleet_and_fleet_smaller_than_k() -> None:
+    s = FTTE(FTTEParams(buffer_size=3), fleet_size=10)
+    out = feed(s, [upd(f"d{i}", i, 0, 1, [float(i)]) for i in range(7)], 0)
+    assert [o is not None for o in out] == [False, False, True, False, False, True, False]
+    assert len(s.buffer) == 1
+    small = FedBuff(FedBuffParams(buffer_size=10), fleet_size=2)
+    assert small.k == 2
+    assert feed(small, [upd("a", 1, 0, 1, [1.0]), upd("b", 2, 0, 1, [3.0])], 0)[-1].step.tolist() == [2.0]
+    # Every idle device gets work (semi-asynchronous), in the engine's order.
+    assert s.select(["z", "a"], ["b"], 0, np.random.default_rng(0)) == ["z", "a"]
+
+
+def test_buffered_fleet_shrink_and_duplicate() -> None:
+    s = FTTE(FTTEParams(buffer_size=4))
+    u = upd("a", 1, 0, 1, [1.0])
+    assert feed(s, [u, u, upd("b", 2, 0, 1, [1.0])], 0) == [None, None, None]
+    assert len(s.buffer) == 2 and s.counters["ignored"] == 1  # the same (device, task) is never applied twice
+    assert s.on_lost("c", 3) is None and len(s.buffer) == 2  # a lost device does not touch the buffer
+    s.fleet_size = 3
+    agg = s.on_update(upd("c", 4, 0, 1, [4.0]), 0)
+    assert agg is not None and len(agg.updates) == 3
+
+
+# ---------------------------------------------------------------- FedAvg barrier
+
+def test_fedavg_barrier_and_lost_device() -> None:
+    s = FedAvg(FedAvgParams(clients_per_round=3))
+    rng = np.random.default_rng(1)
+    fleet = [f"d{i}" for i in range(6)]
+    chosen = s.select(fleet, [], 5, rng)
+    assert len(chosen) == 3 and set(chosen) <= set(fleet)
+    rest = [d for d in fleet if d not in chosen]
+    assert s.select(rest, chosen, 5, rng) == []  # barrier: nobody else while the round is in flight
+    first, second, third = chosen
+    assert s.on_update(upd(first, 1, 5, 10, [1.0, 0.0]), 5) is None
+    assert s.on_update(upd("outsider", 9, 5, 10, [9.0, 9.0]), 5) is None  # not sampled: ignored
+    assert s.on_update(upd(second, 2, 5, 30, [0.0, 1.0]), 5) is None
+    assert s.select(rest + [first, second], [third], 5, rng) == []  # still waiting for the third
+    agg = s.on_lost(third, 3)
+    assert agg is not None and (agg.version, agg.new_version) == (5, 6)
+    np.testing.assert_allclose(agg.step, [0.25, 0.75])
+    np.testing.assert_array_equal(agg.weights, [10, 30])
+    assert s.counters["ignored"] == 1
+    # The round is over: the next select samples a new round; the lost device's late update is refused.
+    assert s.on_update(upd(third, 3, 5, 10, [1.0, 1.0]), 6) is None
+    assert len(s.select(fleet, [], 6, rng)) == 3
+
+
+def test_fedavg_round_completes_on_last_arrival_and_resamples_when_all_lost() -> None:
+    s = FedAvg(FedAvgParams(clients_per_round=8, server_lr=0.5))
+    rng = np.random.default_rng(2)
+    chosen = s.select(["b", "a"], [], 0, rng)
+    assert chosen == ["a", "b"]  # fewer idle than m: all of them
+    assert s.on_update(upd("a", 1, 0, 1, [2.0]), 0) is None
+    agg = s.on_update(upd("b", 2, 0, 3, [6.0]), 0)
+    assert agg.step.tolist() == [0.5 * (2.0 + 18.0) / 4]
+    assert s.select(["a", "b"], [], 1, rng) == ["a", "b"]
+    assert s.on_lost("a", 3) is None and s.on_lost("b", 4) is None
+    assert not s.in_flight
+    assert s.select(["a"], ["b"], 1, rng) == ["a"]  # re-sampled
+
+
+def test_fedavg_selection_is_deterministic_for_a_seed() -> None:
+    fleet = [f"dev{i:02d}" for i in range(20)]
+
+    def picks(seed: int, order: list[str]) -> list[list[str]]:
+        s, rng, out = FedAvg(), np.random.default_rng(seed), []
+        for v in range(4):
+            out.append(s.select(order, [], v, rng))
+            for d in out[-1]:
+                s.on_lost(d, 0)
+        return out
+
+    a = picks(42, fleet)
+    assert a == picks(42, fleet[::-1])  # independent of the order the engine lists devices in
+    assert a != picks(43, fleet)
+    assert all(len(p) == 8 for p in a)
+
+
+def test_semi_async_run_is_deterministic() -> None:
+    """A toy engine loop: same seed, same steps bit for bit."""
+
+    def run(seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        s, model, version = get_strategy("ftte", fleet_size=5, buffer_size=3), np.zeros(8, np.float32), 0
+        in_flight: list[tuple[str, int]] = []
+        for task in range(30):
+            for d in s.select([f"d{i}" for i in range(5) if all(f"d{i}" != x for x, _ in in_flight)],
+                              [x for x, _ in in_flight], version, rng):
+                in_flight.append((d, version))
+            d, base = in_flight.pop(int(rng.integers(len(in_flight))))
+            agg = s.on_update(upd(d, task, base, int(rng.integers(1, 50)), rng.normal(size=8),
+                                  variance=float(rng.uniform(0.1, 2))), version)
+            if agg is not None:
+                model, version = model + agg.step, agg.new_version
+        return model
+
+    assert run(7).tobytes() == run(7).tobytes()
+    assert run(7).tobytes() != run(8).tobytes()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+@pytest.mark.parametrize("name", ["ftte", "fedbuff"])
+def test_buffered_checkpoint_round_trip(name: str) -> None:
+    rng = np.random.default_rng(11)
+    ups = random_updates(rng, 5, 33, version=4)
+    a = get_strategy(name, fleet_size=9, buffer_size=5)
+    feed(a, ups[:3], 4)
+    b = get_strategy(name, buffer_size=5)
+    b.load_state_dict(through_json(a.state_dict()))
+    assert b.fleet_size == 9 and b.counters == a.counters
+    ra, rb = feed(a, ups[3:], 4)[-1], feed(b, ups[3:], 4)[-1]
+    assert ra.step.tobytes() == rb.step.tobytes()
+    assert ra.weights.tobytes() == rb.weights.tobytes()
+    assert [u.key for u in ra.updates] == [u.key for u in rb.updates]
+
+
+def test_fedavg_checkpoint_round_trip_mid_round() -> None:
+    a = FedAvg(FedAvgParams(clients_per_round=3))
+    chosen = a.select(["a", "b", "c", "d"], [], 2, np.random.default_rng(0))
+    a.on_update(upd(chosen[0], 1, 2, 7, [0.1, 0.2, 0.3]), 2)
+    b = FedAvg(FedAvgParams(clients_per_round=3))
+    b.load_state_dict(through_json(a.state_dict()))
+    assert b.select(["d"], chosen, 2, np.random.default_rng(0)) == []  # the barrier survives the restart
+    last = [upd(chosen[1], 2, 2, 5, [1.0, -1.0, 0.5]), upd(chosen[2], 3, 2, 9, [0.3, 0.3, 0.3])]
+    ra, rb = feed(a, last, 2)[-1], feed(b, last, 2)[-1]
+    assert rb is not None and ra.step.tobytes() == rb.step.tobytes() and len(rb.updates) == 3
+
+
+def test_checkpoint_from_other_strategy_or_params_is_refused() -> None:
+    state = through_json(FTTE(FTTEParams(buffer_size=4)).state_dict())
+    with pytest.raises(StrategyError, match="fedbuff"):
+        FedBuff().load_state_dict(state)
+    with pytest.raises(StrategyError, match="parameters"):
+        FTTE(FTTEParams(buffer_size=5)).load_state_dict(state)
+
+
+# ---------------------------------------------------------------- parameters and registry
+
+@pytest.mark.parametrize("cls, field, value", [
+    (FTTEParams, "buffer_size", 0), (FTTEParams, "buffer_size", 2.5), (FTTEParams, "buffer_size", True),
+    (FTTEParams, "staleness_exponent", -0.1), (FTTEParams, "variance_exponent", math.nan),
+    (FTTEParams, "server_lr", 0.0), (FedBuffParams, "server_lr", math.inf), (FedAvgParams, "clients_per_round", 0),
+])
+def test_params_are_validated(cls, field: str, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        cls(**{field: value})
+
+
+def test_defaults_and_registry() -> None:
+    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_exponent=1.0, server_lr=1.0)
+    assert FedAvgParams().clients_per_round == 8 and FedBuffParams().buffer_size == 10
+    assert set(STRATEGIES) == {"ftte", "fedbuff", "fedavg"}
+    assert isinstance(get_strategy("fedavg", clients_per_round=2), FedAvg)
+    with pytest.raises(TinyfedError, match="fedavg, fedbuff, ftte") as err:
+        get_strategy("fedprox")
+    assert err.value.fix
+    with pytest.raises(TinyfedError, match="buffer_size"):
+        get_strategy("fedavg", buffer_size=3)
+    with pytest.raises(ValueError, match="fleet_size"):
+        get_strategy("ftte", fleet_size=0)
+
+
+# ---------------------------------------------------------------- check_update
+
+def _check(u: Update, **kw):
+    args = {"global_version": 5, "size": 4, "norm_bound": 10.0, "max_staleness": 3, "seen_tasks": {("old", 1)}}
+    return check_update(u, **(args | kw))
+
+
+def test_check_update_accepts_a_good_update() -> None:
+    assert _check(upd("a", 1, 2, 10, [1.0, -2.0, 0.5, 0.0])) is None  # staleness 3 == bound
+    assert _check(upd("a", 1, 5, 10, [100.0] * 4), norm_bound=None, max_staleness=None) is None
+
+
+@pytest.mark.parametrize("update, reason", [
+    (upd("a", 1, 5, 10, [1.0, math.nan, 0.0, 0.0]), Reason.NON_FINITE),
+    (upd("a", 1, 5, 10, [1.0, math.inf, 0.0, 0.0]), Reason.NON_FINITE),
+    (Update("a", 1, 5, 10, math.nan, 0.1, np.zeros(4, np.float32)), Reason.NON_FINITE),
+    (upd("a", 1, 5, 10, [0.0] * 4, variance=math.inf), Reason.NON_FINITE),
+    (upd("a", 1, 5, 10, [0.0] * 5), Reason.BAD_SHAPE),
+    (Update("a", 1, 5, 10, 0.1, 0.1, np.zeros((2, 2), np.float32)), Reason.BAD_SHAPE),
+    (upd("a", 1, 5, 10, [6.0, 6.0, 6.0, 6.0]), Reason.NORM_TOO_LARGE),  # norm 12 > 10
+    (upd("a", 1, 5, 10, [3e38] * 4), Reason.NORM_TOO_LARGE),  # norm overflows float32, not float64
+    (upd("a", 1, 6, 10, [0.0] * 4), Reason.FUTURE_VERSION),
+    (upd("a", 1, 1, 10, [0.0] * 4), Reason.TOO_STALE),
+    (upd("old", 1, 5, 10, [0.0] * 4), Reason.REPLAY),
+    (upd("a", 1, 5, 0, [0.0] * 4), Reason.BAD_N),
+    (upd("a", 1, 5, 10, [0.0] * 4, variance=-1.0), Reason.BAD_VARIANCE),
+])
+def test_check_update_rejects(update: Update, reason: Reason) -> None:
+    r = _check(update)
+    assert r is not None and r.reason == reason and r.reason == reason.value
+    assert "'a'" in r.message or "'old'" in r.message
+
+
+def test_update_delta_is_read_only_float32_and_caller_array_untouched() -> None:
+    raw = np.array([1.0, 2.0], dtype=np.float64)
+    u = upd("a", 1, 0, 1, raw)
+    assert u.delta.dtype == np.float32 and not u.delta.flags.writeable
+    own = np.array([1.0, 2.0], dtype=np.float32)
+    u2 = Update("a", 1, 0, 1, 0.0, 0.0, own)
+    assert own.flags.writeable and not u2.delta.flags.writeable

@@ -1,0 +1,52 @@
+"""Aggregation strategies: one interface (``Strategy``), one module per strategy, one registry.
+
+To add a strategy, subclass ``Strategy`` (or ``BufferedStrategy``) in its own module and add it
+to ``STRATEGIES``; ``docs/strategies.md`` has the details.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tinyfed.host.strategies.base import (
+    Aggregate,
+    BufferedStrategy,
+    Strategy,
+    StrategyError,
+    StrategyParamError,
+)
+from tinyfed.host.strategies.fedavg import FedAvg, FedAvgParams
+from tinyfed.host.strategies.fedbuff import FedBuff, FedBuffParams
+from tinyfed.host.strategies.ftte import FTTE, FTTEParams
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FTTE, FedBuff, FedAvg)}
+
+
+def get_strategy(name: str, *, fleet_size: int | None = None, **params: Any) -> Strategy:
+    """Build a strategy by name; ``params`` are the fields of its ``Params`` dataclass."""
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        raise StrategyError(f"unknown strategy {name!r}", fix=f"use one of: {', '.join(sorted(STRATEGIES))}")
+    known = set(cls.Params.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise StrategyError(f"{name} has no parameter(s) {', '.join(unknown)}",
+                            fix=f"its parameters are: {', '.join(sorted(known))}")
+    return cls(cls.Params(**params), fleet_size=fleet_size)
+
+
+__all__ = [
+    "FTTE",
+    "STRATEGIES",
+    "Aggregate",
+    "BufferedStrategy",
+    "FTTEParams",
+    "FedAvg",
+    "FedAvgParams",
+    "FedBuff",
+    "FedBuffParams",
+    "Strategy",
+    "StrategyError",
+    "StrategyParamError",
+    "get_strategy",
+]

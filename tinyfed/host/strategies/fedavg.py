@@ -1,0 +1,124 @@
+"""Synchronous FedAvg (McMahan et al., 2017), the baseline FTTE's speed-up is measured against.
+
+A round samples m devices, sends them the dense model and waits for all of them (the barrier:
+nobody else gets work meanwhile). A device that vanishes is no longer waited for, so one lost
+board cannot stall the run; a round that loses every device is dropped and sampled again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tinyfed.host.strategies.base import (
+    Aggregate,
+    Strategy,
+    check_float,
+    check_int,
+    stack_deltas,
+    update_to_state,
+    updates_from_state,
+    weighted_step,
+)
+from tinyfed.host.updates import Update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FedAvgParams:
+    """m = ``clients_per_round``, eta_g = ``server_lr`` (1 is plain FedAvg)."""
+
+    clients_per_round: int = 8
+    server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int("clients_per_round", self.clients_per_round, 1)
+        check_float("server_lr", self.server_lr, low=0.0, low_open=True)
+        object.__setattr__(self, "clients_per_round", int(self.clients_per_round))
+        object.__setattr__(self, "server_lr", float(self.server_lr))
+
+
+class FedAvg(Strategy):
+    """w_i = n_i over the round's arrivals; step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
+
+    name = "fedavg"
+    payload = "dense"
+    Params = FedAvgParams
+
+    def __init__(self, params: FedAvgParams | None = None, *, fleet_size: int | None = None) -> None:
+        super().__init__(params, fleet_size=fleet_size)
+        self.round_version: int | None = None  # None: no round in flight
+        self.sampled: list[str] = []
+        self.pending: list[str] = []  # sampled devices not yet in and not lost
+        self.arrived: list[Update] = []
+
+    @property
+    def in_flight(self) -> bool:
+        return self.round_version is not None
+
+    def select(self, idle: list[str], busy: list[str], version: int, rng: np.random.Generator) -> list[str]:
+        if self.in_flight or not idle:
+            return []
+        pool = sorted(idle)  # the sample depends on the seed, not on the order the engine lists devices in
+        m = min(self.params.clients_per_round, len(pool))
+        picked = sorted(rng.choice(len(pool), size=m, replace=False).tolist())
+        self.sampled = [pool[i] for i in picked]
+        self.pending = list(self.sampled)
+        self.arrived = []
+        self.round_version = int(version)
+        return list(self.sampled)
+
+    def on_update(self, update: Update, version: int) -> Aggregate | None:
+        if not self.in_flight or update.device_id not in self.pending or update.base_version != self.round_version:
+            # A straggler from a round that already closed without it: FedAvg has no place for it.
+            log.info("fedavg: update %s (version %d) is not part of the round in flight; ignored",
+                     update.key, update.base_version)
+            self.counters["ignored"] += 1
+            return None
+        self.pending.remove(update.device_id)
+        self.arrived.append(update)
+        self.counters["received"] += 1
+        return self._close(version) if not self.pending else None
+
+    def on_lost(self, device_id: str, task_id: int) -> Aggregate | None:
+        self.counters["lost"] += 1
+        if not self.in_flight or device_id not in self.pending:
+            return None
+        self.pending.remove(device_id)
+        if self.pending:
+            return None
+        if not self.arrived:
+            log.info("fedavg: every device of the round at version %d was lost; sampling again", self.round_version)
+            self._clear()
+            return None
+        # The barrier keeps the global version at the round's while the round is in flight.
+        assert self.round_version is not None
+        return self._close(self.round_version)
+
+    def _close(self, version: int) -> Aggregate:
+        updates = self.arrived
+        self._clear()
+        w = np.array([u.n for u in updates], dtype=np.float64)
+        staleness = np.array([version - u.base_version for u in updates], dtype=np.int64)
+        self.counters["aggregations"] += 1
+        self.counters["consumed"] += len(updates)
+        return Aggregate(weighted_step(updates, w, self.params.server_lr), w, staleness, tuple(updates),
+                         version, version + 1)
+
+    def _clear(self) -> None:
+        self.round_version, self.sampled, self.pending, self.arrived = None, [], [], []
+
+    def _state(self) -> dict[str, Any]:
+        return {"round_version": self.round_version, "sampled": list(self.sampled), "pending": list(self.pending),
+                "buffer": [update_to_state(u) for u in self.arrived], "deltas": stack_deltas(self.arrived)}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        rv = state["round_version"]
+        self.round_version = None if rv is None else int(rv)
+        self.sampled = [str(d) for d in state["sampled"]]
+        self.pending = [str(d) for d in state["pending"]]
+        self.arrived = updates_from_state(state["buffer"], state["deltas"])

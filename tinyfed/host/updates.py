@@ -1,0 +1,107 @@
+"""What a device hands back to the host, and the gate every update passes before a strategy sees it.
+
+A strategy trusts what it buffers: one NaN, a delta of the wrong length or a replayed upload
+would poison every later model version. ``check_update`` is therefore the single place where an
+update is judged, and it says *why* it refused, as a code the engine can count and a sentence a
+user can read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Update:
+    """One device's answer to one task: the float delta of the payload vector and its metadata.
+
+    ``delta`` is the dequantized update as one flat float32 vector (w* for FTTE, the whole model
+    for the dense baselines). It is stored as a read-only view so that a buffered update cannot
+    be changed behind the strategy's back; the caller's array is left as it was.
+    """
+
+    device_id: str
+    task_id: int
+    base_version: int  # the model version the device trained from
+    n: int  # local sample count
+    loss: float  # mean train loss the device reported
+    variance: float  # variance of the delta elements, as the device reported it
+    delta: np.ndarray
+    wire_bytes: int = 0  # bytes of the update as it crossed the link
+
+    def __post_init__(self) -> None:
+        view = np.asarray(self.delta, dtype=np.float32).view()
+        view.flags.writeable = False
+        object.__setattr__(self, "delta", view)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The (device, task) pair that must be unique over a run (replay protection)."""
+        return (self.device_id, self.task_id)
+
+
+class Reason(StrEnum):
+    """Machine-readable rejection codes (stable strings: they end up in event logs)."""
+
+    REPLAY = "replay"
+    BAD_N = "bad_n"
+    FUTURE_VERSION = "future_version"
+    TOO_STALE = "too_stale"
+    BAD_SHAPE = "bad_shape"
+    NON_FINITE = "non_finite"
+    BAD_VARIANCE = "bad_variance"
+    NORM_TOO_LARGE = "norm_too_large"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an update was refused: ``reason`` for programs, ``message`` for people."""
+
+    reason: str
+    message: str
+
+
+def check_update(update: Update, *, global_version: int, size: int, norm_bound: float | None,
+                 max_staleness: int | None, seen_tasks: Container[tuple[str, int]]) -> Rejection | None:
+    """Return a ``Rejection`` for an update no strategy may see, else None.
+
+    ``size`` is the length of the payload vector; ``norm_bound`` bounds the L2 norm of the delta
+    and ``max_staleness`` the version lag (None disables either bound); ``seen_tasks`` holds the
+    (device, task) pairs already accepted. The check is pure: recording an accepted pair in
+    ``seen_tasks`` is the caller's job, together with handing the update to the strategy.
+    """
+    who = f"update from {update.device_id!r} (task {update.task_id})"
+    if update.key in seen_tasks:
+        return Rejection(Reason.REPLAY, f"{who} was already received; a second copy would be applied twice")
+    if isinstance(update.n, bool) or not isinstance(update.n, (int, np.integer)) or update.n <= 0:
+        return Rejection(Reason.BAD_N, f"{who} reports n = {update.n!r} samples; it must be an integer >= 1")
+    if update.base_version > global_version:
+        return Rejection(Reason.FUTURE_VERSION, f"{who} was trained from version {update.base_version}, "
+                                                f"but the global model is only at version {global_version}")
+    staleness = global_version - update.base_version
+    if max_staleness is not None and staleness > max_staleness:
+        return Rejection(Reason.TOO_STALE, f"{who} is {staleness} versions old (version {update.base_version}, "
+                                           f"global {global_version}); at most {max_staleness} is accepted")
+    delta = update.delta
+    if delta.ndim != 1 or delta.size != size:
+        return Rejection(Reason.BAD_SHAPE, f"{who} has a delta of shape {delta.shape}; expected a flat vector "
+                                           f"of {size} values")
+    for field, value in (("loss", update.loss), ("variance", update.variance)):
+        if not math.isfinite(float(value)):
+            return Rejection(Reason.NON_FINITE, f"{who} reports a non-finite {field} ({value!r})")
+    bad = int(np.count_nonzero(~np.isfinite(delta)))
+    if bad:
+        return Rejection(Reason.NON_FINITE, f"{who} has {bad} non-finite value(s) (NaN or inf) in its delta")
+    if update.variance < 0:
+        return Rejection(Reason.BAD_VARIANCE, f"{who} reports a negative variance ({update.variance!r})")
+    if norm_bound is not None:
+        norm = float(np.linalg.norm(delta.astype(np.float64)))
+        if norm > norm_bound:
+            return Rejection(Reason.NORM_TOO_LARGE, f"{who} has a delta of L2 norm {norm:.6g}, "
+                                                    f"above the bound {norm_bound:.6g}")
+    return None
