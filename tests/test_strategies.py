@@ -70,8 +70,8 @@ def test_ftte_weights_staleness_and_variance_by_hand() -> None:
     assert s.buffer == []
 
 
-def test_ftte_variance_exponent_and_even_median() -> None:
-    s = FTTE(FTTEParams(buffer_size=4, variance_exponent=2.0, staleness_exponent=0.0))
+def test_ftte_variance_gamma_and_even_median() -> None:
+    s = FTTE(FTTEParams(buffer_size=4, variance_gamma=2.0, staleness_exponent=0.0))
     # variances 1, 2, 3, 8: median 2.5; g = 1, 1, (2.5/3)^2, (2.5/8)^2
     ups = [upd(f"d{i}", i, 0, 1, [1.0], variance=v) for i, v in enumerate([1.0, 2.0, 3.0, 8.0])]
     agg = feed(s, ups, 0)[-1]
@@ -89,7 +89,7 @@ def test_fedbuff_is_ftte_without_variance() -> None:
     rng = np.random.default_rng(3)
     ups = random_updates(rng, 6, 50, version=9)
     fb = FedBuff(FedBuffParams(buffer_size=6, server_lr=0.7))
-    ft = FTTE(FTTEParams(buffer_size=6, staleness_exponent=0.5, variance_exponent=0.0, server_lr=0.7))
+    ft = FTTE(FTTEParams(buffer_size=6, staleness_exponent=0.5, variance_gamma=0.0, server_lr=0.7))
     a, b = feed(fb, ups, 9)[-1], feed(ft, ups, 9)[-1]
     np.testing.assert_allclose(a.weights, b.weights, rtol=1e-14)
     np.testing.assert_allclose(a.weights, [u.n / math.sqrt(1 + 9 - u.base_version) for u in ups], rtol=1e-14)
@@ -121,6 +121,11 @@ def test_buffered_fleet_shrink_and_duplicate() -> None:
     s.fleet_size = 3
     agg = s.on_update(upd("c", 4, 0, 1, [4.0]), 0)
     assert agg is not None and len(agg.updates) == 3
+    assert feed(s, [upd("d", 5, 1, 1, [1.0]), upd("e", 6, 1, 1, [2.0])], 1) == [None, None]
+    assert s.poll(1) is None
+    s.fleet_size = 2  # the fleet lost a device: the two buffered updates are now a full buffer
+    agg = s.poll(1)
+    assert agg is not None and agg.step.tolist() == [1.5] and s.buffer == []
 
 
 # ---------------------------------------------------------------- FedAvg barrier
@@ -242,7 +247,7 @@ def test_checkpoint_from_other_strategy_or_params_is_refused() -> None:
 
 @pytest.mark.parametrize("cls, field, value", [
     (FTTEParams, "buffer_size", 0), (FTTEParams, "buffer_size", 2.5), (FTTEParams, "buffer_size", True),
-    (FTTEParams, "staleness_exponent", -0.1), (FTTEParams, "variance_exponent", math.nan),
+    (FTTEParams, "staleness_exponent", -0.1), (FTTEParams, "variance_gamma", math.nan),
     (FTTEParams, "server_lr", 0.0), (FedBuffParams, "server_lr", math.inf), (FedAvgParams, "clients_per_round", 0),
 ])
 def test_params_are_validated(cls, field: str, value) -> None:
@@ -251,7 +256,7 @@ def test_params_are_validated(cls, field: str, value) -> None:
 
 
 def test_defaults_and_registry() -> None:
-    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_exponent=1.0, server_lr=1.0)
+    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, server_lr=1.0)
     assert FedAvgParams().clients_per_round == 8 and FedBuffParams().buffer_size == 10
     assert set(STRATEGIES) == {"ftte", "fedbuff", "fedavg"}
     assert isinstance(get_strategy("fedavg", clients_per_round=2), FedAvg)
@@ -260,6 +265,9 @@ def test_defaults_and_registry() -> None:
     assert err.value.fix
     with pytest.raises(TinyfedError, match="buffer_size"):
         get_strategy("fedavg", buffer_size=3)
+    table = {"buffer_size": 3, "clients_per_round": 2, "variance_gamma": 0.0, "epochs": 4}  # a whole config table
+    assert get_strategy("fedavg", ignore_extra=True, **table).params == FedAvgParams(clients_per_round=2)
+    assert get_strategy("ftte", ignore_extra=True, **table).params == FTTEParams(buffer_size=3, variance_gamma=0.0)
     with pytest.raises(ValueError, match="fleet_size"):
         get_strategy("ftte", fleet_size=0)
 

@@ -22,14 +22,19 @@ from tinyfed.host.strategies.ftte import FTTE, FTTEParams
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FTTE, FedBuff, FedAvg)}
 
 
-def get_strategy(name: str, *, fleet_size: int | None = None, **params: Any) -> Strategy:
-    """Build a strategy by name; ``params`` are the fields of its ``Params`` dataclass."""
+def get_strategy(name: str, *, fleet_size: int | None = None, ignore_extra: bool = False, **params: Any) -> Strategy:
+    """Build a strategy by name; ``params`` are the fields of its ``Params`` dataclass.
+
+    An unknown parameter is an error (a typo would otherwise run with a default silently), unless
+    ``ignore_extra``: then a config table holding every strategy's knobs can be passed whole."""
     cls = STRATEGIES.get(name)
     if cls is None:
         raise StrategyError(f"unknown strategy {name!r}", fix=f"use one of: {', '.join(sorted(STRATEGIES))}")
     known = set(cls.Params.__dataclass_fields__)
     unknown = sorted(set(params) - known)
-    if unknown:
+    if ignore_extra:
+        params = {k: v for k, v in params.items() if k in known}
+    elif unknown:
         raise StrategyError(f"{name} has no parameter(s) {', '.join(unknown)}",
                             fix=f"its parameters are: {', '.join(sorted(known))}")
     return cls(cls.Params(**params), fleet_size=fleet_size)

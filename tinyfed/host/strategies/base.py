@@ -47,7 +47,7 @@ def check_float(name: str, value: Any, *, low: float, low_open: bool = False) ->
         raise StrategyParamError(f"{name} = {value!r} is out of range", fix=f"use a finite number {bound}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Aggregate:
     """One global step: the engine adds ``step`` to the payload vector and moves to ``new_version``.
 
@@ -141,6 +141,10 @@ class Strategy(ABC):
     def on_lost(self, device_id: str, task_id: int) -> Aggregate | None:
         """A device vanished with its task; a strategy waiting for it may complete a step now."""
 
+    def poll(self, version: int) -> Aggregate | None:
+        """A step that became due without a new update (e.g. ``fleet_size`` shrank below K), else None."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: JSON-able values, plus numpy arrays under ``"deltas"`` only."""
         return {"format": STATE_FORMAT, "strategy": self.name, "params": asdict(self.params),
@@ -202,6 +206,9 @@ class BufferedStrategy(Strategy):
                                 f"ones {self.buffer[0].delta.size}", fix="run check_update before on_update")
         self.buffer.append(update)
         self.counters["received"] += 1
+        return self.poll(version)
+
+    def poll(self, version: int) -> Aggregate | None:
         if len(self.buffer) < self.k:
             return None
         # Consume everything buffered: more than K only happens after fleet_size shrank, and keeping

@@ -17,20 +17,20 @@ from tinyfed.host.updates import Update
 
 @dataclass(frozen=True)
 class FTTEParams:
-    """K = ``buffer_size``, a = ``staleness_exponent``, gamma = ``variance_exponent``, eta_g = ``server_lr``."""
+    """K = ``buffer_size``, a = ``staleness_exponent``, gamma = ``variance_gamma``, eta_g = ``server_lr``."""
 
     buffer_size: int = 10
     staleness_exponent: float = 0.5
-    variance_exponent: float = 1.0
+    variance_gamma: float = 1.0
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
         check_int("buffer_size", self.buffer_size, 1)
         check_float("staleness_exponent", self.staleness_exponent, low=0.0)
-        check_float("variance_exponent", self.variance_exponent, low=0.0)
+        check_float("variance_gamma", self.variance_gamma, low=0.0)
         check_float("server_lr", self.server_lr, low=0.0, low_open=True)
         object.__setattr__(self, "buffer_size", int(self.buffer_size))
-        for name in ("staleness_exponent", "variance_exponent", "server_lr"):
+        for name in ("staleness_exponent", "variance_gamma", "server_lr"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
 
@@ -63,4 +63,4 @@ class FTTE(BufferedStrategy):
         n = np.array([u.n for u in updates], dtype=np.float64)
         var = np.array([u.variance for u in updates], dtype=np.float64)
         p = self.params
-        return n * staleness_factor(staleness, p.staleness_exponent) * variance_factor(var, p.variance_exponent)
+        return n * staleness_factor(staleness, p.staleness_exponent) * variance_factor(var, p.variance_gamma)
