@@ -167,6 +167,17 @@ def test_fedavg_round_completes_on_last_arrival_and_resamples_when_all_lost() ->
     assert s.select(["a"], ["b"], 1, rng) == ["a"]  # re-sampled
 
 
+def test_fedavg_ignores_an_old_update_from_a_device_sampled_again() -> None:
+    s = FedAvg(FedAvgParams(clients_per_round=2))
+    rng = np.random.default_rng(0)
+    assert s.select(["a", "b"], [], 5, rng) == ["a", "b"]
+    assert s.on_lost("a", 1) is None
+    assert s.on_update(upd("b", 2, 5, 4, [1.0]), 5).new_version == 6
+    assert s.select(["a", "b"], [], 6, rng) == ["a", "b"]
+    assert s.on_update(upd("a", 1, 5, 4, [9.0]), 6) is None  # a's task from version 5 came back late
+    assert s.pending == ["a", "b"] and s.counters["ignored"] == 1
+
+
 def test_fedavg_selection_is_deterministic_for_a_seed() -> None:
     fleet = [f"dev{i:02d}" for i in range(20)]
 
