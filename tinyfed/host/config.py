@@ -1,0 +1,303 @@
+"""The run configuration: one TOML file that says everything a training run depends on.
+
+Every key has a default and a check, so an empty file is a valid run and a wrong value is
+caught before any board is booted. Errors are reported the way board files report them (all at
+once, with dotted keys and "did you mean" hints; see :mod:`tinyfed.boards.validation`). A run
+directory records the exact config it ran with (:meth:`RunConfig.dump`), so a resumed run and a
+benchmark table can always say what produced them. The format is documented in
+``docs/run-config.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tinyfed.boards.schema import check_error
+from tinyfed.boards.validation import read_toml, suggest, validate
+from tinyfed.errors import DataFileError, FieldIssue
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Checks",
+    "Data",
+    "Devices",
+    "Evaluation",
+    "Limits",
+    "RunConfig",
+    "StrategyParams",
+    "Training",
+    "load_run_config",
+]
+
+Strategy = Literal["ftte", "fedbuff", "fedavg"]
+Partition = Literal["natural", "iid", "dirichlet"]
+
+#: File name of the recorded config inside a run directory.
+CONFIG_FILE = "config.toml"
+
+
+class _Table(BaseModel):
+    """Base for every table: unknown keys are errors, types are exact, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Data(_Table):
+    """Where the training data comes from and how it is split across devices."""
+
+    npz: str | None = Field(
+        default=None, min_length=1,
+        description="NPZ with x and y (train split); default: the zoo model's own dataset",
+    )
+    test_npz: str | None = Field(
+        default=None, min_length=1,
+        description="NPZ with x_test and y_test; default: x_test/y_test of `npz`, or the zoo split",
+    )
+    partition: Partition = Field(default="natural", description="'natural' (by user), 'iid' or 'dirichlet'")
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (dirichlet only): smaller is more skewed")
+    clients: int | None = Field(default=None, ge=1, description="number of data shards; default: one per device")
+
+
+class StrategyParams(_Table):
+    """Knobs of the aggregation strategy (names follow docs/ftte.md: K, a, gamma, eta_g, m)."""
+
+    buffer_size: int = Field(default=10, ge=1, description="K: updates buffered before a new version (ftte, fedbuff)")
+    staleness_exponent: float = Field(default=0.5, ge=0, description="a in s(tau) = (1 + tau)^-a (ftte)")
+    variance_gamma: float = Field(default=1.0, ge=0, description="gamma of the variance weight (ftte); 0 turns it off")
+    server_lr: float = Field(default=1.0, gt=0, description="eta_g: server step size")
+    clients_per_round: int = Field(default=8, ge=1, description="m: devices sampled per round (fedavg)")
+
+
+class Limits(_Table):
+    """When to stop if the target accuracy is not reached; each limit is optional."""
+
+    max_seconds: float | None = Field(default=None, gt=0, description="wall-clock seconds of training")
+    max_versions: int | None = Field(default=None, gt=0, description="global model versions")
+    max_bytes: int | None = Field(default=None, gt=0, description="bytes moved over the links, up plus down")
+
+
+class Training(_Table):
+    """Local training on each device."""
+
+    epochs: int = Field(default=1, ge=1, le=1000, description="local epochs per task")
+    lr: float = Field(default=0.01, gt=0, le=10, description="device SGD learning rate")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="device mini-batch size")
+    per_channel: bool = Field(default=False, description="int8 update scale per output channel instead of per tensor")
+    head_cache: bool = Field(default=True, description="reuse the frozen fragment's outputs after the first epoch")
+
+
+class Checks(_Table):
+    """Bounds an arriving update must meet; one that fails is rejected with the reason."""
+
+    norm_bound: float = Field(
+        default=100.0, gt=0, description="largest L2 norm of a dequantized update (raise it to loosen the check)",
+    )
+    max_staleness: int = Field(
+        default=20, ge=0, description="oldest accepted update, in versions behind the global model",
+    )
+
+
+class Evaluation(_Table):
+    """How often the global model is evaluated on the held-out split."""
+
+    every_versions: int = Field(default=1, ge=1, description="evaluate after every N-th new version")
+
+
+class Devices(_Table):
+    """What happens when a device is slow, disconnects or resets."""
+
+    device_timeout_s: float = Field(default=120.0, gt=0, description="seconds a task may take before the device is marked late")
+    retries: int = Field(default=3, ge=0, le=100, description="reconnect attempts before a device is dropped from the run")
+    backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles on each further attempt")
+
+
+class RunConfig(_Table):
+    """Everything a run depends on. ``RunConfig()`` is the default run."""
+
+    model: str = Field(default="har_cnn", min_length=1, description="zoo model name or path to an int8 .tflite")
+    strategy: Strategy = Field(default="ftte", description="'ftte', 'fedbuff' or 'fedavg'")
+    target_accuracy: float = Field(default=0.85, gt=0, le=1, description="stop once test accuracy reaches this")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the run")
+    data: Data = Field(default_factory=Data, validate_default=True)
+    strategy_params: StrategyParams = Field(default_factory=StrategyParams)
+    limits: Limits = Field(default_factory=Limits)
+    training: Training = Field(default_factory=Training)
+    checks: Checks = Field(default_factory=Checks)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    devices: Devices = Field(default_factory=Devices)
+
+    @field_validator("model")
+    @classmethod
+    def _zoo_or_path(cls, value: str) -> str:
+        if looks_like_path(value):
+            return value
+        from tinyfed.models.zoo import ZOO_NAMES
+
+        if value not in ZOO_NAMES:
+            close = suggest(value, ZOO_NAMES)
+            names = ", ".join(ZOO_NAMES)
+            fix = f"did you mean '{close}'?" if close else f"use a zoo model ({names}) or a path to a .tflite file"
+            raise check_error(f"'{value}' is neither a zoo model nor a .tflite path", fix=fix)
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _data_fits_model(cls, value: Data, info: ValidationInfo) -> Data:
+        model = info.data.get("model")
+        if isinstance(model, str) and looks_like_path(model) and value.npz is None:
+            raise check_error(
+                "a model given as a file needs its training data",
+                fix='add `npz = "train.npz"` (arrays x and y) to [data]', key=("npz",),
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fleet_sized_buffer(self) -> RunConfig:
+        if self.data.clients is not None and self.strategy == "fedavg" \
+                and self.strategy_params.clients_per_round > self.data.clients:
+            raise check_error(
+                f"clients_per_round = {self.strategy_params.clients_per_round} but there are only "
+                f"{self.data.clients} clients",
+                fix=f"set strategy_params.clients_per_round <= {self.data.clients}",
+                key=("strategy_params", "clients_per_round"),
+            )
+        return self
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def to_toml(self) -> str:
+        """The config as TOML that :func:`load_run_config` reads back to an equal config.
+
+        Keys left at ``None`` are omitted (TOML has no null); every such key defaults to None.
+        """
+        data = self.model_dump(mode="python")
+        lines = ["# tinyfed run configuration (docs/run-config.md)"]
+        tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+        for key, value in data.items():
+            if not isinstance(value, dict) and value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for name, table in tables.items():
+            lines.append("")
+            lines.append(f"[{name}]")
+            for key, value in table.items():
+                if value is not None:
+                    lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def dump(self, path: str | Path) -> Path:
+        """Write :meth:`to_toml` atomically to ``path`` (a run directory means its config.toml)."""
+        from tinyfed.host.checkpoint import atomic_write_bytes
+
+        target = Path(path)
+        if target.is_dir():
+            target = target / CONFIG_FILE
+        atomic_write_bytes(target, self.to_toml().encode("utf-8"))
+        log.debug("run config recorded in %s", target)
+        return target
+
+
+def looks_like_path(model: str) -> bool:
+    """A model value names a file when it has a directory part or a .tflite suffix."""
+    return "/" in model or "\\" in model or model.lower().endswith(".tflite")
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and check a run config; every problem of the file is reported in one DataFileError.
+
+    Relative paths in the file (``model``, ``data.npz``, ``data.test_npz``) are resolved against
+    the file's directory, so a config can travel with its data; the returned config holds the
+    absolute paths, and each one must exist.
+    """
+    file = Path(path)
+    raw = read_toml(file)
+    config, issues = validate(RunConfig, raw)
+    if config is None:
+        raise DataFileError(str(file), _dedupe(issues))
+    resolved, issues = _resolve_paths(config, file.parent)
+    if issues:
+        raise DataFileError(str(file), issues)
+    log.debug("run config %s: %s", file, resolved.model_dump())
+    return resolved
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> tuple[RunConfig, list[FieldIssue]]:
+    issues: list[FieldIssue] = []
+
+    def resolve(key: str, value: str | None, what: str) -> str | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = base / p
+        if not p.is_file():
+            issues.append(FieldIssue(key, f"{what} '{value}' does not exist (looked for {p})",
+                                     "check the path; relative paths start at the config file's directory"))
+        return str(p.resolve()) if p.exists() else str(p)
+
+    model = config.model
+    if looks_like_path(model):
+        model = resolve("model", model, "model file") or model
+    npz = resolve("data.npz", config.data.npz, "data file")
+    test_npz = resolve("data.test_npz", config.data.test_npz, "test data file")
+    data = config.data.model_copy(update={"npz": npz, "test_npz": test_npz})
+    return config.model_copy(update={"model": model, "data": data}), issues
+
+
+def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:
+    """Pydantic reports a union's failure once per member; keep one issue per key and text."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for issue in issues:
+        if (issue.key, issue.problem) not in seen:
+            seen.add((issue.key, issue.problem))
+            out.append(issue)
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot record a non-finite number {value!r}")
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        return _toml_string(value)
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: escape quote, backslash and the control characters TOML forbids."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
