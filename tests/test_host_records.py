@@ -298,6 +298,8 @@ def test_events_append_read_and_continue_after_reopen(tmp_path: Path) -> None:
         assert log.next_seq == 3
         later = log.append("aggregation", version=1)
     assert later["seq"] == 3 and later["t"] >= first["t"]
+    with EventLog(tmp_path), pytest.raises(EventLogError, match="another process"):
+        EventLog(tmp_path)
     with EventLog(tmp_path) as log, pytest.raises(ValueError, match="unknown event kind"):
         log.append("arival", task="t1")
     with EventLog(tmp_path) as log, pytest.raises(ValueError, match="needs reason"):
@@ -497,3 +499,16 @@ def read_checkpoint_version(run: Path) -> int:
     except (CheckpointError, FileNotFoundError):
         return 0
     return ck.version if ck is not None else 0
+
+
+def test_documented_examples_load(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "run-config.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```toml\n")[1:]]
+    assert len(blocks) == 2
+    assert load_run_config(_write(tmp_path, blocks[0], "defaults.toml")) == RunConfig()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "models" / "kws_int8.tflite").write_bytes(b"x")
+    (tmp_path / "data" / "kws.npz").write_bytes(b"x")
+    cfg = load_run_config(_write(tmp_path, blocks[1], "fedavg.toml"))
+    assert (cfg.strategy, cfg.data.clients, cfg.limits.max_versions) == ("fedavg", 16, 50)

@@ -30,6 +30,11 @@ from typing import Any, BinaryIO, Self
 
 from tinyfed.errors import TinyfedError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 __all__ = ["EVENTS_FILE", "KINDS", "EventLog", "EventLogError", "read_events", "summarize"]
@@ -73,7 +78,25 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fh: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
-        self._rescan()
+        try:
+            self._lock()
+            self._rescan()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _lock(self) -> None:
+        """One writer per run: a second host on the same run directory would interleave lines."""
+        if fcntl is None:  # pragma: no cover - no advisory locks on this platform
+            return
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EventLogError(
+                "another process is writing this run's event log",
+                fix="stop the other `tinyfed run` on this directory, or use another --out directory",
+                source=str(self.path),
+            ) from None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
