@@ -256,7 +256,11 @@ def _encode(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def read_checkpoint(run_dir: str | Path) -> Checkpoint | None:
-    """The newest checkpoint of ``run_dir``, fully checked; None when the run has none yet."""
+    """The newest checkpoint of ``run_dir``, fully checked; None when the run has none yet.
+
+    Meant for a run whose host is stopped (resume, inspection): a live writer prunes old
+    generations and may remove files while they are read.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         return None

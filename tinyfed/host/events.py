@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS_FILE", "KINDS", "EventLog", "EventLogError", "read_events", "summarize"]
+__all__ = ["EVENTS_FILE", "KINDS", "EventLog", "EventLogError", "complete_length", "read_events", "summarize"]
 
 EVENTS_FILE = "events.jsonl"
 
@@ -141,7 +141,6 @@ class EventLog:
         self._fh.flush()
         self._end += len(line)
         self._seq += 1
-        self._last_t = event["t"]
         if kind in _SYNC_KINDS:
             self.sync()
         return event
@@ -209,7 +208,6 @@ class EventLog:
             self.sync()
         self._end = end
         self._seq = count
-        self._last_t = last_t
         self._t_base = last_t
         self._mono_base = time.monotonic()
 
