@@ -82,7 +82,7 @@ DATASHEET = {
 # the others still carry estimates.
 RESERVE = {
     "nrf52840": (8, 39, "linker-map"),
-    "apollo3": (8, 86, "linker-map"),
+    "apollo3": (8, 87, "linker-map"),
     "mps2-an386": (8, 38, "linker-map"),
     "mps3-an547": (8, 40, "linker-map"),
     "stm32l4r9": (24, 96, "estimate"),

@@ -225,3 +225,25 @@ def test_sim_board_trains_the_whole_model_without_a_fragment(digits_whole_model)
     assert report.loss == pytest.approx(loss, rel=1e-5)
     # even the whole model as int8 (per-channel scales) is a quarter of the dense float32 update
     assert update.wire_bytes / dense_model_bytes(case["model"]) < 0.31
+
+
+def test_float32_update_is_the_dense_baseline_payload(digits_whole_model) -> None:
+    """TRAIN flag bit 2: the board sends delta as float32 (FedAvg/FedBuff's dense payload)."""
+    case = digits_whole_model
+    forget_sim_boards()
+    with BoardClient("sim://mps2-an386?name=dense", name="sim-dense") as client:
+        client.hello()
+        client.load_program(case["program"])
+        client.load_data(case["image"])
+        client.set_weights(1, case["w0"])
+        report = client.train(TrainParams(version=1, epochs=1, batch_size=16, lr=0.02, seed=3, float_update=True))
+        update = client.read_update(report.update_bytes)
+    assert update.values is not None and update.q.size == 0
+    assert update.wire_bytes == 24 + 4 * case["w0"].size
+    from tinyfed.training import FloatTail, local_train
+
+    tail = FloatTail.from_fragments(case["model"], case["tfw"])
+    x = tail.dequantize_input(case["x"].reshape((len(case["x"]),) + tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])))
+    r = local_train(tail, x, case["y"], epochs=1, lr=np.float32(0.02), batch_size=16, seed=3, order=shuffle.epoch_order)
+    ref = np.concatenate([d.ravel() for d in r.deltas])
+    assert np.array_equal(update.dense(case["shapes"]), ref.astype(np.float32))

@@ -324,8 +324,16 @@ def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None
             report = client.train(params)
             update = client.read_update(report.update_bytes)
             stats = client.ram_stats()
+            dense_params = TrainParams(version=1, epochs=2, batch_size=16, lr=0.02, seed=3, float_update=True)
+            dense_report = client.train(dense_params)
+            dense = client.read_update(dense_report.update_bytes)
     finally:
         emu.stop()
+    # the float32 payload of the dense baselines: the same training, delta sent unquantized
+    assert dense.values is not None and dense.wire_bytes == 24 + 4 * case["w0"].size
+    assert dense_report.loss == report.loss
+    float_ref = _float_delta(case, dense_params)
+    assert np.abs(dense.values - float_ref).max() <= 1e-4 * np.abs(float_ref).max()
     ref, loss = whole_model_reference(case, params)
     got = update.dense(case["shapes"])
     steps = np.repeat(update.scales, [p for c, p in case["shapes"] for _ in range(c)])
@@ -365,3 +373,15 @@ def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_train
     print(f"4 epochs x {plain.n} windows: {plain.cycles} cycles without the head cache, {cached.cycles} with it "
           f"({cached.cycles / plain.cycles:.3f})")
     assert cached.cycles < 0.35 * plain.cycles
+
+
+def _float_delta(case: dict, params: TrainParams) -> np.ndarray:
+    from tinyfed.firmware_bridge import shuffle
+    from tinyfed.training import FloatTail, local_train
+
+    tail = FloatTail.from_fragments(case["model"], case["tfw"])
+    shape = tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])
+    x = tail.dequantize_input(case["x"].reshape((len(case["x"]),) + shape))
+    r = local_train(tail, x, case["y"], epochs=params.epochs, lr=np.float32(params.lr), batch_size=params.batch_size,
+                    seed=params.seed, order=shuffle.epoch_order)
+    return np.concatenate([d.ravel() for d in r.deltas]).astype(np.float32)

@@ -18,6 +18,8 @@
 #define UPDATE_HEADER 24u
 #define FLAG_PER_CHANNEL 0x01u
 #define FLAG_HEAD_CACHE 0x02u /* keep the fragment's outputs in spare arena RAM after epoch 1 */
+#define FLAG_FLOAT_UPDATE 0x04u /* send delta as float32 (the dense FedAvg/FedBuff payload), not int8 */
+#define UPDATE_FLAG_FLOAT 0x02u /* update image: elements are float32, no scales */
 #define RAM_PAINT 0xA5C3A5C3u
 
 #if defined(TFMB_ENGINE)
@@ -259,7 +261,7 @@ static bool cmd_train_set(const uint8_t *p, uint16_t len, reply_t *r)
 }
 
 /* Scales and variance of delta = values - start. */
-static void finish_update(bool per_channel)
+static void finish_update(bool per_channel, bool float_update)
 {
     const float *v = ts.prog.values;
     const float *s = ts.prog.start;
@@ -292,14 +294,15 @@ static void finish_update(bool per_channel)
             ts.scales[row++] = unit_max / 127.0f;
         }
     }
-    ts.scale_count = (uint16_t)row;
+    ts.scale_count = float_update ? 0u : (uint16_t)row;
     ts.update_variance = total ? sq / (float)total : 0.0f;
-    ts.update_flags = per_channel ? FLAG_PER_CHANNEL : 0u;
+    ts.update_flags = float_update ? UPDATE_FLAG_FLOAT : (per_channel ? FLAG_PER_CHANNEL : 0u);
 }
 
 static uint32_t update_bytes(void)
 {
-    return UPDATE_HEADER + 4u * ts.scale_count + tftr_trainable_count(&ts.prog);
+    uint32_t element = (ts.update_flags & UPDATE_FLAG_FLOAT) ? 4u : 1u;
+    return UPDATE_HEADER + 4u * ts.scale_count + element * tftr_trainable_count(&ts.prog);
 }
 
 static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
@@ -327,8 +330,8 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
                                          : "w* incomplete: finish TRAIN_SET first");
     }
     if (epochs == 0u || batch == 0u || !isfinite(lr) || lr <= 0.0f ||
-        (flags & ~(FLAG_PER_CHANNEL | FLAG_HEAD_CACHE)) != 0u) {
-        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0..3");
+        (flags & ~(FLAG_PER_CHANNEL | FLAG_HEAD_CACHE | FLAG_FLOAT_UPDATE)) != 0u) {
+        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0..7");
     }
     uint32_t n = (max_samples != 0u && max_samples < count) ? max_samples : count;
     /* The head cache: the frozen fragment never changes during a TRAIN, so its outputs from the
@@ -388,7 +391,7 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     if (cache != NULL) {
         memset(cache, 0, n * (1u + out_bytes));
     }
-    finish_update((flags & FLAG_PER_CHANNEL) != 0u);
+    finish_update((flags & FLAG_PER_CHANNEL) != 0u, (flags & FLAG_FLOAT_UPDATE) != 0u);
     ts.update_ok = true;
     ts.update_n = n;
     ts.update_loss = loss_sum / (float)(n * (uint32_t)epochs);
@@ -433,6 +436,12 @@ static uint8_t update_byte(uint32_t at)
         return (uint8_t)(bits >> (8u * (at % 4u)));
     }
     at -= 4u * ts.scale_count;
+    if (ts.update_flags & UPDATE_FLAG_FLOAT) {
+        float d = ts.prog.values[at / 4u] - ts.prog.start[at / 4u];
+        uint32_t bits;
+        memcpy(&bits, &d, 4);
+        return (uint8_t)(bits >> (8u * (at % 4u)));
+    }
     /* Element `at`: find its unit and row for the scale. */
     uint32_t k = 0, row = 0;
     for (uint16_t u = 0; u < ts.prog.unit_count; u++) {

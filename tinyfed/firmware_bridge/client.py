@@ -59,6 +59,7 @@ from tinyfed.firmware_bridge.train_link import (
     EVALUATE_RESPONSE,
     STATS_RESPONSE,
     TRAIN_RESPONSE,
+    UPDATE_FLAG_FLOAT,
     UPDATE_HEADER,
     DeviceUpdate,
     EvalReport,
@@ -384,8 +385,8 @@ class BoardClient:
         head = self.request(Command.UPDATE_READ, struct.pack("<IH", 0, UPDATE_HEADER.size))
         if len(head) != UPDATE_HEADER.size:
             raise ProtocolError(f"UPDATE_READ returned {len(head)} bytes", device=self.name, command="UPDATE_READ")
-        _, _, _, _, elements, n_scales, _ = UPDATE_HEADER.unpack(head)
-        total = UPDATE_HEADER.size + 4 * n_scales + elements
+        _, _, _, _, elements, n_scales, flags = UPDATE_HEADER.unpack(head)
+        total = UPDATE_HEADER.size + 4 * n_scales + (4 if flags & UPDATE_FLAG_FLOAT else 1) * elements
         if size is not None and size != total:
             raise ProtocolError(f"update image is {total} bytes, TRAIN said {size}", device=self.name,
                                 command="UPDATE_READ")

@@ -199,7 +199,7 @@ class SimTrainer:
             raise BoardReply(Status.WRONG_VERSION, self.version,
                              f"w* is at model version {self.version}" if self.weights_ok else "w* incomplete")
         if (params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0
-                or p[20] & ~0x03):
+                or p[20] & ~0x07):
             raise BoardReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
         from tinyfed.training.step import local_train
 
@@ -212,7 +212,8 @@ class SimTrainer:
         delta = (self.values - self.start).astype(np.float32)
         q, scales = quantize_flat(delta, self.unit_shapes, params.per_channel)
         variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
-        self.update_image = pack_update(self.version, n, result.loss, variance, q, scales, params.per_channel)
+        self.update_image = pack_update(self.version, n, result.loss, variance, q, scales, params.per_channel,
+                                        delta if params.float_update else None)
         steps = params.epochs * -(-n // params.batch_size)
         cached = False
         if params.head_cache and fragment is not None and params.epochs > 1:

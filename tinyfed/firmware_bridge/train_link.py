@@ -18,6 +18,8 @@ EVALUATE_RESPONSE = struct.Struct("<IIfI")  # n, correct, loss, cycles
 STATS_RESPONSE = struct.Struct("<8I")
 FLAG_PER_CHANNEL = 0x01
 FLAG_HEAD_CACHE = 0x02
+FLAG_FLOAT_UPDATE = 0x04  # TRAIN: send delta as float32 (the dense baselines' payload)
+UPDATE_FLAG_FLOAT = 0x02  # update image: float32 elements, no scales
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,14 @@ class TrainParams:
     #: keep the frozen fragment's outputs in spare arena RAM after the first epoch (RAM the plan
     #: did not budget; the board falls back to recomputing when it does not fit)
     head_cache: bool = False
+    #: send delta as float32 instead of int8 (FedAvg/FedBuff as the paper runs them)
+    float_update: bool = False
 
     def pack(self) -> bytes:
         if self.epochs < 1 or self.batch_size < 1 or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr finite and > 0: {self}")
-        flags = (FLAG_PER_CHANNEL if self.per_channel else 0) | (FLAG_HEAD_CACHE if self.head_cache else 0)
+        flags = ((FLAG_PER_CHANNEL if self.per_channel else 0) | (FLAG_HEAD_CACHE if self.head_cache else 0)
+                 | (FLAG_FLOAT_UPDATE if self.float_update else 0))
         return TRAIN_REQUEST.pack(self.version, self.epochs, self.batch_size, self.lr, self.seed & 0xFFFFFFFF,
                                   self.max_samples, flags)
 
@@ -46,7 +51,7 @@ class TrainParams:
     def unpack(cls, p: bytes) -> TrainParams:
         version, epochs, batch, lr, seed, max_samples, flags = TRAIN_REQUEST.unpack(p)
         return cls(version, epochs, batch, lr, seed, max_samples, bool(flags & FLAG_PER_CHANNEL),
-                   bool(flags & FLAG_HEAD_CACHE))
+                   bool(flags & FLAG_HEAD_CACHE), bool(flags & FLAG_FLOAT_UPDATE))
 
 
 @dataclass(frozen=True)
@@ -74,19 +79,29 @@ class TrainReport:
 
 @dataclass
 class DeviceUpdate:
-    """An int8 update as a board sends it: delta of w* = scale * q, with its metadata."""
+    """An update as a board sends it: delta of w* = scale * q (int8), or float32 delta values
+    (``values``, the dense baselines' payload), with its metadata."""
 
     version: int
     n: int
     loss: float
     variance: float
-    q: np.ndarray  # int8, every element of w* in trainable.tfw order
+    q: np.ndarray  # int8, every element of w* in trainable.tfw order (empty for a float32 update)
     scales: np.ndarray  # float32: one per unit, or one per unit row (output channel) when per_channel
     per_channel: bool
     wire_bytes: int = 0  # bytes of the update image as sent
+    values: np.ndarray | None = None  # float32 delta, when the board sent float32
 
     def dequantize(self, unit_shapes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Float deltas per unit, shaped (channels, values per channel) like trainable.tfw records."""
+        if self.values is not None:
+            out, k = [], 0
+            for channels, per in unit_shapes:
+                out.append(self.values[k:k + channels * per].reshape(channels, per).copy())
+                k += channels * per
+            if k != self.values.size:
+                raise ValueError(f"update holds {self.values.size} values, the plan's units {k}")
+            return out
         out, k, s = [], 0, 0
         for channels, per in unit_shapes:
             q = self.q[k:k + channels * per].astype(np.float32).reshape(channels, per)
@@ -107,8 +122,11 @@ class DeviceUpdate:
 
 
 def pack_update(version: int, n: int, loss: float, variance: float, q: np.ndarray, scales: np.ndarray,
-                per_channel: bool) -> bytes:
-    """The update image UPDATE_READ serves: header | f32 scales | int8 q."""
+                per_channel: bool, values: np.ndarray | None = None) -> bytes:
+    """The update image UPDATE_READ serves: header | f32 scales | int8 q (or f32 values)."""
+    if values is not None:
+        v = np.asarray(values, "<f4")
+        return UPDATE_HEADER.pack(version, n, loss, variance, v.size, 0, UPDATE_FLAG_FLOAT) + v.tobytes()
     header = UPDATE_HEADER.pack(version, n, loss, variance, q.size, scales.size,
                                 FLAG_PER_CHANNEL if per_channel else 0)
     return header + np.asarray(scales, "<f4").tobytes() + np.asarray(q, np.int8).tobytes()
@@ -118,6 +136,12 @@ def unpack_update(image: bytes) -> DeviceUpdate:
     if len(image) < UPDATE_HEADER.size:
         raise ValueError(f"update image of {len(image)} bytes is shorter than its header")
     version, n, loss, variance, elements, n_scales, flags = UPDATE_HEADER.unpack_from(image)
+    if flags & UPDATE_FLAG_FLOAT:
+        if n_scales or len(image) != UPDATE_HEADER.size + 4 * elements:
+            raise ValueError(f"float32 update image of {len(image)} bytes for {elements} values")
+        values = np.frombuffer(image, "<f4", elements, UPDATE_HEADER.size).astype(np.float32)
+        return DeviceUpdate(version, n, loss, variance, np.zeros(0, np.int8), np.zeros(0, np.float32), False,
+                            len(image), values)
     want = UPDATE_HEADER.size + 4 * n_scales + elements
     if len(image) != want:
         raise ValueError(f"update image of {len(image)} bytes, its header says {want}")
