@@ -1,0 +1,102 @@
+"""The round loop on in-process simulated boards: every strategy runs, every dispatched task is
+accounted for in the event log, and hostile updates are rejected without moving the model."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from tinyfed.firmware_bridge.sim import forget_sim_boards, get_sim_board
+from tinyfed.host.engine import Engine, Limits, LocalTraining
+from tinyfed.host.events import EventLog, read_events, summarize
+from tinyfed.host.setup import DeviceSpec, prepare_run
+from tinyfed.host.strategies import get_strategy
+
+DEVICES = 4
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    mp = pytest.MonkeyPatch()
+    import os
+
+    if "TINYFED_CACHE_DIR" not in os.environ:
+        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def _devices(tag: str) -> list[DeviceSpec]:
+    return [DeviceSpec(f"{tag}{i}", f"sim://mps2-an386?name={tag}{i}", "mps2-an386") for i in range(DEVICES)]
+
+
+@pytest.fixture(scope="module")
+def setups(cache_dir, tmp_path_factory: pytest.TempPathFactory):
+    devs = _devices("dev")
+    # FTTE trains har_cnn's w*; the dense baselines train every layer of digits_cnn (har_cnn's
+    # whole training state, 12 B per weight, does not fit a 256 KiB board)
+    return {"subset": prepare_run("har_cnn", devs, "subset", work_dir=tmp_path_factory.mktemp("s"), max_windows=48),
+            "dense": prepare_run("digits_cnn", devs, "dense", work_dir=tmp_path_factory.mktemp("d"), partition="iid")}
+
+
+@pytest.mark.parametrize("name", ["ftte", "fedbuff", "fedavg"])
+def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_path) -> None:
+    forget_sim_boards()
+    setup = setups["subset" if name == "ftte" else "dense"]
+    strategy = get_strategy(name, ignore_extra=True, buffer_size=2, clients_per_round=DEVICES)
+    with EventLog(tmp_path) as events:
+        result = Engine(setup, _devices("dev"), strategy, events, training=LocalTraining(epochs=1, lr=0.005),
+                        limits=Limits(max_versions=3), seed=3).run()
+    summary = summarize(read_events(tmp_path))
+    assert result.versions == summary["versions"] == 3
+    assert summary["all_tasks_accounted"] and not summary["tasks_unknown"]
+    assert summary["updates_accepted"] == result.updates_accepted >= (3 * 2 if name != "fedavg" else 3 * DEVICES)
+    assert result.bytes_up == summary["bytes_up"] > 0 and result.bytes_down == summary["bytes_down"] > 0
+    assert np.isfinite(result.final_accuracy) and 0 < result.final_accuracy <= 1
+    # FTTE moves w* (int8 updates); the baselines move every weight (float32 updates)
+    assert result.vector.size == (4550 if name == "ftte" else 8858)
+    per_update_up = result.bytes_up / max(1, result.updates_accepted)
+    if name == "ftte":  # int8 w* against har_cnn's dense float32 update
+        assert per_update_up < 0.31 * 4 * 48742
+    else:  # float32, every weight
+        assert per_update_up > 4 * 8858
+
+
+def _poison(board_name: str, how: str) -> None:
+    """Make one simulated board send a hostile update: NaN or a huge scale in its int8 image."""
+    board = get_sim_board("mps2-an386", board_name)
+    trainer = board.trainer
+    original = trainer.train
+
+    def train(p: bytes, fragment):
+        out = original(p, fragment)
+        image = bytearray(trainer.update_image)
+        scale = float("nan") if how == "nan" else 1e9
+        image[24:28] = struct.pack("<f", scale)
+        trainer.update_image = bytes(image)
+        return out
+
+    trainer.train = train
+
+
+@pytest.mark.parametrize("how,reason", [("nan", "non_finite"), ("huge", "norm_too_large")])
+def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path, how: str, reason: str) -> None:
+    forget_sim_boards()
+    devs = _devices("dev")
+    # connect once so the board exists, then poison it
+    get_sim_board("mps2-an386", devs[0].name)
+    _poison(devs[0].name, how)
+    strategy = get_strategy("ftte", buffer_size=1)
+    with EventLog(tmp_path) as events:
+        engine = Engine(setups["subset"], devs, strategy, events, training=LocalTraining(epochs=1, lr=0.005),
+                        limits=Limits(max_versions=8), seed=5)
+        result = engine.run()
+    evs = list(read_events(tmp_path))
+    rejected = [e for e in evs if e["kind"] == "rejection"]
+    assert rejected and all(e["device"] == devs[0].name and e["reason"] == reason for e in rejected)
+    steps = [e for e in evs if e["kind"] == "aggregation"]
+    assert all(t not in {e["task"] for e in rejected} for s in steps for t in s["tasks"])
+    assert np.all(np.isfinite(result.vector))
+    assert summarize(evs)["all_tasks_accounted"]

@@ -1,0 +1,133 @@
+"""What a run sends to its boards and how it scores the global model, built from a run config.
+
+FTTE trains the plan's subset w* behind the frozen int8 fragment ("subset" payload); the FedAvg
+and FedBuff baselines train every layer of the int8 model, with no frozen fragment ("dense"
+payload), from the same pretrained start. Both are compiled into the board formats (TFMB
+fragment, TFTR training program, one TFDS local-data image per device) and come with an
+evaluator of the float master on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinyfed.errors import TinyfedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One device of a run: a name for the records, its link URL and its board profile."""
+
+    name: str
+    url: str
+    board: str
+
+
+@dataclass
+class RunSetup:
+    model: str
+    payload: str  # "subset" (FTTE: w* behind a frozen fragment) or "dense" (every layer)
+    frozen_blob: bytes | None
+    program: bytes
+    w0: np.ndarray  # float32 start of the trained vector
+    unit_shapes: list[tuple[int, int]]
+    images: dict[str, bytes]  # device name -> TFDS image of its local data
+    evaluate: Callable[[np.ndarray], tuple[float, float]]  # vector -> (test accuracy, test loss)
+    facts: dict = field(default_factory=dict)
+
+
+def _shares(zm, kind: str, n_devices: int, alpha: float, seed: int) -> list[np.ndarray]:
+    if kind == "natural":
+        parts = zm.client_partitions("natural")
+        if n_devices <= len(parts):
+            return parts[:n_devices]
+        return zm.client_partitions("natural", n_clients=n_devices, seed=seed)
+    return zm.client_partitions(kind, n_clients=n_devices, alpha=alpha, seed=seed)
+
+
+def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
+                alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None) -> RunSetup:
+    """Plan (subset) or take the whole model (dense), compile for the boards, shard the data."""
+    from tinyfed.boards import get_board
+    from tinyfed.boards.fleet import ResolvedFleet
+    from tinyfed.firmware_bridge import local_data
+    from tinyfed.firmware_bridge.blob import compile_blob
+    from tinyfed.firmware_bridge.kernels_np import run_blob
+    from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.models.tflite_graph import TfliteGraph
+    from tinyfed.models.zoo import get_zoo_model
+    from tinyfed.planner import trainable as tfw
+    from tinyfed.planner.config import TrainingConfig
+    from tinyfed.training import FloatTail
+
+    if payload not in ("subset", "dense"):
+        raise TinyfedError(f"unknown payload {payload!r}", fix="use 'subset' (ftte) or 'dense' (fedavg, fedbuff)")
+    zm = get_zoo_model(model)
+    model_bytes = zm.int8_tflite()
+    graph = TfliteGraph.from_bytes(model_bytes, source=model)
+    t_in = graph.tensors[graph.inputs[0]]
+    scale, zp = float(t_in.scales[0]), int(t_in.zero_points[0])
+    facts: dict = {}
+    if payload == "subset":
+        from tinyfed.planner.plan import make_plan
+        from tinyfed.planner.sources import load_model_source
+
+        counts: dict[str, int] = {}
+        for d in devices:
+            counts[d.board] = counts.get(d.board, 0) + 1
+        fleet = ResolvedFleet(name="run", entries=[(get_board(b), n) for b, n in sorted(counts.items())],
+                              description=", ".join(f"{n} x {b}" for b, n in sorted(counts.items())))
+        cfg = TrainingConfig(batch_size=batch_size)
+        plan = make_plan(load_model_source(model, None, cfg), fleet, cfg, work_dir / "plan", measure=False)
+        if not plan.fits:
+            raise TinyfedError("the plan does not fit the fleet: " + "; ".join(plan.problems),
+                               fix="use boards with more RAM or flash, or a smaller model")
+        files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}
+        frozen = compile_blob(files["frozen"])
+        program = compile_program(files["tail"], files["trainable"])
+        units = tfw.decode(files["trainable"])
+        tail = FloatTail.from_fragments(files["tail"], files["trainable"])
+        test = zm.test_split()
+        test_in = tail.dequantize_input(run_blob(frozen, local_data.quantize_inputs(test.x, scale, zp)))
+        facts.update(trainable_params=plan.trainable_params)
+    else:
+        units = tfw.whole_model_units(graph)
+        blob = tfw.encode(units)
+        frozen = None
+        program = compile_program(model_bytes, blob)
+        tail = FloatTail.from_fragments(model_bytes, blob)
+        test = zm.test_split()
+        test_in = tail.dequantize_input(local_data.quantize_inputs(test.x, scale, zp))
+    test_y = test.y.astype(np.int64)
+    shapes = [(len(u.channels), u.values_per_channel) for u in units]
+    w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
+
+    def evaluate(w: np.ndarray) -> tuple[float, float]:
+        t = tail.copy()
+        out, k = [], 0
+        for c, per in shapes:
+            out.append(np.asarray(w[k:k + c * per]).reshape(c, per))
+            k += c * per
+        t.set_unit_values(out)
+        p = t.forward(test_in, keep=False).reshape(len(test_y), -1)
+        loss = float(-np.log(np.maximum(p[np.arange(len(test_y)), test_y], 1e-30)).mean())
+        return float((p.argmax(1) == test_y).mean()), loss
+
+    clients = zm.client_split()
+    images = {}
+    for d, idx in zip(devices, _shares(zm, partition, len(devices), alpha, seed), strict=True):
+        idx = np.sort(idx)
+        if max_windows is not None and len(idx) > max_windows:
+            idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(int)]
+        x = local_data.quantize_inputs(clients.x[idx], scale, zp)
+        images[d.name] = local_data.pack(x, clients.y[idx], classes=zm.num_classes)
+    facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
+                 frozen_bytes=len(frozen) if frozen else 0)
+    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts)
