@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,7 +180,8 @@ class Engine:
     def __init__(self, setup: RunSetup, devices: list[DeviceSpec], strategy: Strategy, events: EventLog, *,
                  training: LocalTraining = LocalTraining(), limits: Limits = Limits(), seed: int = 0,
                  norm_bound: float | None = 100.0, max_staleness: int | None = 20, retries: int = 3,
-                 backoff_s: float = 1.0, device_timeout_s: float = 600.0, evaluate_every: int = 1) -> None:
+                 backoff_s: float = 1.0, device_timeout_s: float = 600.0, evaluate_every: int = 1,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not devices:
             raise TinyfedError("a run needs at least one device", fix="give a fleet, --emulate N or --simulate N")
         self.setup, self.devices, self.strategy, self.events = setup, devices, strategy, events
@@ -189,6 +191,7 @@ class Engine:
         self.norm_bound, self.max_staleness = norm_bound, max_staleness
         self.retries, self.backoff_s, self.device_timeout_s = retries, backoff_s, device_timeout_s
         self.evaluate_every = evaluate_every
+        self.progress = progress
         self.vector = setup.w0.astype(np.float32).copy()
         self.version = 0
         self.state = {d.name: DeviceState() for d in devices}
@@ -205,7 +208,11 @@ class Engine:
     def _evaluate(self) -> tuple[float, float]:
         acc, loss = self.setup.evaluate(self.vector)
         self.events.append("evaluation", version=self.version, accuracy=acc, loss=loss)
-        self.history.append({"version": self.version, "accuracy": acc, "loss": loss, "t": self.events.now()})
+        row = {"version": self.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
+               "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+        self.history.append(row)
+        if self.progress is not None:
+            self.progress(row)
         log.info("version %d: test accuracy %.4f, loss %.4f", self.version, acc, loss)
         return acc, loss
 
