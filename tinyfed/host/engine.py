@@ -9,6 +9,17 @@ float32 master, evaluates, and writes every dispatch, arrival, rejection, loss, 
 the event log. A slow board never holds up a fast one except where the strategy says so
 (FedAvg's barrier). A board that fails is marked, retried with exponential backoff and given
 work again; its task is recorded as lost, never silently dropped.
+
+Nothing lost across a host crash: after the start and after every global step the engine
+writes a checkpoint (:mod:`tinyfed.host.checkpoint`) holding the master vector, the version,
+the strategy's state (its buffer of accepted but not yet applied updates), the per-device
+state, the RNG, the event-log position, the ids of every accepted update and the tasks still
+in flight. A resumed engine (``resume_from=``) cuts the event log back to that position, so
+events after it (work the crash threw away) vanish with the state they described, restores
+everything, and records each task that was in flight at the checkpoint as ``lost`` ("host
+restarted"): those devices' results died with the old host's links. An update is applied at
+most once because it is either in the checkpoint's buffer or in a step before it, never both,
+and the accepted ids keep a replayed update out.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,12 +38,17 @@ import numpy as np
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.client import BoardClient
 from tinyfed.firmware_bridge.train_link import TrainParams
+from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from tinyfed.host.events import EventLog
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
 from tinyfed.host.updates import Update, check_update
 
 log = logging.getLogger(__name__)
+
+#: Version of the engine's own part of a checkpoint (``strategy_state["engine"]``).
+ENGINE_STATE_FORMAT = 1
+HOST_RESTARTED = "host restarted"
 
 
 @dataclass(frozen=True)
@@ -181,7 +198,11 @@ class Engine:
                  training: LocalTraining = LocalTraining(), limits: Limits = Limits(), seed: int = 0,
                  norm_bound: float | None = 100.0, max_staleness: int | None = 20, retries: int = 3,
                  backoff_s: float = 1.0, device_timeout_s: float = 600.0, evaluate_every: int = 1,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 progress: Callable[[dict[str, Any]], None] | None = None, checkpoint_dir: str | Path | None = None,
+                 checkpoints: bool = True, resume_from: Checkpoint | None = None) -> None:
+        """``checkpoint_dir`` defaults to the event log's directory (the run directory);
+        ``checkpoints=False`` turns checkpointing off (throwaway runs). ``resume_from`` continues
+        the run that wrote that checkpoint: the event log is cut back to it and the state restored."""
         if not devices:
             raise TinyfedError("a run needs at least one device", fix="give a fleet, --emulate N or --simulate N")
         self.setup, self.devices, self.strategy, self.events = setup, devices, strategy, events
@@ -202,6 +223,124 @@ class Engine:
         self.accepted = self.rejected = self.lost = 0
         self.history: list[dict[str, Any]] = []
         strategy.fleet_size = len(devices)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else events.path.parent
+        self.checkpoints = checkpoints
+        self.elapsed_before = 0.0  # run seconds spent before a resume (counts against max_seconds)
+        self.resumed_from: int | None = None
+        self._restarted: list[tuple[int, str, int]] = []  # (task, device, version) in flight at the checkpoint
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, setup: RunSetup, devices: list[DeviceSpec], strategy: Strategy,
+               events: EventLog, **kwargs: Any) -> Engine:
+        """An engine that continues the run in ``run_dir`` from its newest checkpoint."""
+        return cls(setup, devices, strategy, events, checkpoint_dir=run_dir, resume_from=latest_checkpoint(run_dir),
+                   **kwargs)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _engine_state(self, started: float) -> dict[str, Any]:
+        return {
+            "format": ENGINE_STATE_FORMAT,
+            "devices": [d.name for d in self.devices],
+            "next_task": self.next_task,
+            "in_flight": [{"task": t.task_id, "device": t.device, "version": t.version}
+                          for t in sorted(self.in_flight.values(), key=lambda t: t.task_id)],
+            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+            "accepted": self.accepted, "rejected": self.rejected, "lost": self.lost,
+            "elapsed": self.elapsed_before + (time.monotonic() - started),
+            "history": [dict(row) for row in self.history],
+        }
+
+    def _checkpoint(self, started: float) -> None:
+        """Record the whole state after a step; the ``checkpoint`` event goes first so the
+        checkpoint's event position covers it (a crash mid-write leaves an event that the
+        resume from the previous checkpoint cuts away with everything else after it)."""
+        if not self.checkpoints:
+            return
+        self.events.append("checkpoint", version=self.version, in_flight=len(self.in_flight))
+        self.events.sync()
+        state = Checkpoint(
+            version=self.version,
+            globals={"w": self.vector.astype(np.float32).copy()},
+            strategy_state={"strategy": self.strategy.state_dict(), "engine": self._engine_state(started)},
+            devices={name: {"state": st.state, "failures": st.failures, "tasks": st.tasks}
+                     for name, st in self.state.items()},
+            rng_state=self.rng.bit_generator.state,
+            event_position=self.events.position(),
+            accepted_update_ids=sorted(f"{device}:{task}" for device, task in self.seen),
+        )
+        try:
+            write_checkpoint(self.checkpoint_dir, state)
+        except OSError as exc:
+            raise TinyfedError(f"cannot write the checkpoint of version {self.version} ({exc.strerror or exc})",
+                               fix="free disk space or fix the permissions of the run directory, then "
+                                   "`tinyfed run --resume` it", source=str(self.checkpoint_dir)) from exc
+
+    def _restore(self, ck: Checkpoint) -> None:
+        """Take over the checkpoint's state; everything is checked before the event log is touched."""
+        where = str(self.checkpoint_dir)
+        fix = "resume with the devices, model and strategy the run was started with"
+        engine = ck.strategy_state.get("engine") if isinstance(ck.strategy_state, dict) else None
+        strat = ck.strategy_state.get("strategy") if isinstance(ck.strategy_state, dict) else None
+        if not isinstance(engine, dict) or not isinstance(strat, dict) or engine.get("format") != ENGINE_STATE_FORMAT:
+            raise TinyfedError(f"checkpoint generation {ck.generation} holds no engine state this tinyfed reads",
+                               fix="start the run again", source=where)
+        names = [d.name for d in self.devices]
+        if engine["devices"] != names:
+            raise TinyfedError(f"the checkpoint's run used devices {engine['devices']}, this one has {names}", fix=fix,
+                               source=where)
+        w = ck.globals.get("w")
+        if w is None or w.shape != self.vector.shape:
+            got = None if w is None else w.shape
+            raise TinyfedError(f"the checkpoint's global vector has shape {got}, this run's model {self.vector.shape}",
+                               fix=fix, source=where)
+        self.strategy.load_state_dict(strat)  # refuses another strategy or other parameters
+        self.strategy.fleet_size = len(self.devices)
+        self.vector = w.astype(np.float32).copy()
+        self.version = int(ck.version)
+        if ck.rng_state:
+            self.rng = ck.rng()
+        for name, st in ck.devices.items():
+            if name in self.state:
+                # Links are new after a restart: a dropped device stays dropped, the rest are provisioned again.
+                self.state[name] = DeviceState(state="dropped" if st["state"] == "dropped" else "provisioning",
+                                               failures=int(st["failures"]), tasks=int(st["tasks"]))
+        self.seen = set()
+        for uid in ck.accepted_update_ids:
+            device, _, task = str(uid).rpartition(":")
+            self.seen.add((device, int(task)))
+        self.next_task = int(engine["next_task"])
+        self.bytes_up, self.bytes_down = int(engine["bytes_up"]), int(engine["bytes_down"])
+        self.accepted, self.rejected, self.lost = int(engine["accepted"]), int(engine["rejected"]), int(engine["lost"])
+        self.elapsed_before = float(engine["elapsed"])
+        self.history = [dict(row) for row in engine["history"]]
+        self._restarted = [(int(t["task"]), str(t["device"]), int(t["version"])) for t in engine["in_flight"]]
+        self.resumed_from = self.version
+        self.events.truncate_to(ck.event_position)
+        self.events.append("resume", version=self.version, generation=ck.generation,
+                           in_flight=[t for t, _, _ in self._restarted])
+        log.info("resuming at version %d from checkpoint generation %d (%d tasks were in flight)", self.version,
+                 ck.generation, len(self._restarted))
+
+    def _account_restart(self, started: float) -> None:
+        """Tasks in flight at the checkpoint died with the old host: record each as lost, once."""
+        for task_id, device, _version in self._restarted:
+            self.lost += 1
+            self.events.append("lost", task=task_id, device=device, reason=HOST_RESTARTED)
+            agg = self.strategy.on_lost(device, task_id)
+            if agg is not None:
+                self._step(agg, started)
+        self._restarted = []
+        self._checkpoint(started)
+
+    def _step(self, agg: Aggregate, started: float) -> None:
+        """Apply a step, evaluate when due, checkpoint: the unit a crash can never split."""
+        self._apply(agg)
+        if self.version % self.evaluate_every == 0:
+            self._evaluate()
+        self._checkpoint(started)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -284,7 +423,8 @@ class Engine:
         return bool(
             (lim.target_accuracy is not None and accuracy >= lim.target_accuracy)
             or (lim.max_versions is not None and self.version >= lim.max_versions)
-            or (lim.max_seconds is not None and time.monotonic() - started >= lim.max_seconds)
+            or (lim.max_seconds is not None
+                and self.elapsed_before + time.monotonic() - started >= lim.max_seconds)
             or (lim.max_bytes is not None and self.bytes_up + self.bytes_down >= lim.max_bytes)
             or all(s.state == "dropped" for s in self.state.values())
         )
@@ -297,21 +437,34 @@ class Engine:
         workers = {d.name: _Worker(d, self.setup, self.training, outcomes, payload_float, self.device_timeout_s)
                    for d in self.devices}
         started = time.monotonic()
-        self.events.append("run_start", strategy=self.strategy.name, devices=[d.name for d in self.devices],
-                           payload=self.strategy.payload, vector=int(self.vector.size))
+        resuming = self.resumed_from is not None
+        if not resuming:
+            self.events.append("run_start", strategy=self.strategy.name, devices=[d.name for d in self.devices],
+                               payload=self.strategy.payload, vector=int(self.vector.size))
         for w in workers.values():
             w.start()
         for name, w in workers.items():
             w.ready.wait()
             st = self.state[name]
+            if st.state == "dropped":
+                continue
             if w.provision_error is not None:
-                st.state, st.failures, st.retry_at = "backoff", 1, time.monotonic() + self.backoff_s
+                st.state, st.failures, st.retry_at = "backoff", st.failures + 1, time.monotonic() + self.backoff_s
                 self.events.append("device_state", device=name, state="backoff", reason=w.provision_error)
             else:
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
-        accuracy, loss = self._evaluate()
+        if resuming and self.history and self.history[-1]["version"] == self.version:
+            accuracy = float(self.history[-1]["accuracy"])
+            loss = float(self.history[-1]["loss"])
+        else:
+            accuracy, loss = self._evaluate()
         try:
+            if resuming:
+                self._account_restart(started)
+                accuracy, loss = float(self.history[-1]["accuracy"]), float(self.history[-1]["loss"])
+            else:
+                self._checkpoint(started)  # version 0: a crash before the first step resumes from here
             while not self._should_stop(accuracy, started):
                 self._dispatch(workers)
                 try:
@@ -321,9 +474,8 @@ class Engine:
                 else:
                     agg = self._handle(out)
                 if agg is not None:
-                    self._apply(agg)
-                    if self.version % self.evaluate_every == 0:
-                        accuracy, loss = self._evaluate()
+                    self._step(agg, started)
+                    accuracy, loss = float(self.history[-1]["accuracy"]), float(self.history[-1]["loss"])
         finally:
             for w in workers.values():
                 w.tasks.put(None)
@@ -334,8 +486,22 @@ class Engine:
             self.in_flight.clear()
         if self.history[-1]["version"] != self.version:
             accuracy, loss = self._evaluate()
-        wall = time.monotonic() - started
+        wall = self.elapsed_before + time.monotonic() - started
         reached = self.limits.target_accuracy is not None and accuracy >= self.limits.target_accuracy
         self.events.append("run_end", version=self.version, accuracy=accuracy, reached_target=reached)
         return RunResult(self.strategy.name, self.version, accuracy, loss, reached, wall, self.bytes_up,
                          self.bytes_down, self.accepted, self.rejected, self.lost, self.vector.copy(), self.history)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """The newest checkpoint of ``run_dir``; a clear error when there is none (damage raises CheckpointError)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise TinyfedError("no such run directory", fix="give the --out directory of an earlier `tinyfed run`",
+                           source=str(run))
+    ck = read_checkpoint(run)
+    if ck is None:
+        raise TinyfedError("this run directory holds no checkpoint (checkpoint-*.json) to resume from",
+                           fix="give the --out directory of a `tinyfed run` that got past provisioning, "
+                               "or start the run again", source=str(run))
+    return ck
