@@ -3,13 +3,21 @@
     tinyfed run --simulate 8 --strategy ftte --max-versions 20
     tinyfed run --emulate 8 --board mps2-an386 --target-accuracy 0.85
     tinyfed run --fleet lab.toml --config run.toml --out runs/lab1 --json
+    tinyfed run --resume runs/lab1          # continue a killed run from its last checkpoint
+
+A run directory holds everything a resume needs: ``config.toml`` (the run config),
+``devices.json`` (the devices and how the fleet was made), ``events.jsonl`` and the newest
+checkpoint. ``--simulate`` and ``--fleet`` runs resume on the recorded devices; ``--emulate``
+boots new QEMU boards and gives them the recorded names (the names key the local data shards).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,11 +45,48 @@ def _check_dense_fits(setup, boards: set[str], boards_dirs) -> None:
                 source=name)
 
 
+DEVICES_FILE = "devices.json"
+DEVICES_FORMAT = 1
+
+
+def _record_devices(out: Path, source: str, count: int, board: str, fleet_path: Path | None,
+                    max_windows: int | None, devices: list) -> None:
+    """Write how the fleet was made next to the config, so ``--resume`` can make it again."""
+    from tinyfed.host.checkpoint import atomic_write_bytes
+
+    body = {"format": DEVICES_FORMAT, "source": source, "count": count, "board": board,
+            "fleet": str(fleet_path.resolve()) if fleet_path is not None else None, "max_windows": max_windows,
+            "devices": [{"name": d.name, "url": d.url, "board": d.board} for d in devices]}
+    atomic_write_bytes(out / DEVICES_FILE, (json.dumps(body, indent=1) + "\n").encode("utf-8"))
+
+
+def _read_devices(run_dir: Path) -> dict[str, Any]:
+    """The recorded fleet of a run directory, checked; a clear error naming the file otherwise."""
+    path = run_dir / DEVICES_FILE
+    fix = "the run directory is incomplete or damaged; start the run again"
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TinyfedError("the run directory does not record its devices", fix=fix, source=str(path)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TinyfedError(f"cannot read the recorded devices ({exc})", fix=fix, source=str(path)) from None
+    ok = (isinstance(body, dict) and body.get("format") == DEVICES_FORMAT
+          and body.get("source") in ("simulate", "emulate", "fleet") and isinstance(body.get("devices"), list)
+          and all(isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("name", "url", "board"))
+                  for d in body["devices"]) and body["devices"])
+    if not ok:
+        raise TinyfedError("the recorded devices are not in the format this tinyfed writes", fix=fix,
+                           source=str(path))
+    return body
+
+
 @click.command("run")
 @click.option("--fleet", "fleet_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Fleet file whose entries list device URLs (tty, socket://, sim://).")
 @click.option("--emulate", type=click.IntRange(min=1), help="Boot N QEMU boards for the run and stop them after.")
 @click.option("--simulate", type=click.IntRange(min=1), help="Run on N in-process simulated boards (sim://).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this directory from its last checkpoint (limits may be raised).")
 @click.option("--board", "board_name", default="mps2-an386", show_default=True,
               help="Board profile of --emulate / --simulate devices.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -53,35 +98,47 @@ def _check_dense_fits(setup, boards: set[str], boards_dirs) -> None:
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--max-windows", type=click.IntRange(min=1), help="Cap each device's local windows (speed).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (events.jsonl, config.toml); default runs/<time>.")
+              help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
 @json_option
-def run(fleet_path: Path | None, emulate: int | None, simulate: int | None, board_name: str, config_path: Path | None,
-        model: str | None, strategy: str | None, target_accuracy: float | None, max_versions: int | None,
-        max_seconds: float | None, max_windows: int | None, out_dir: Path | None, boards_dirs: tuple[Path, ...],
-        as_json: bool) -> None:
+@click.pass_context
+def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None,
+        resume_dir: Path | None, board_name: str, config_path: Path | None, model: str | None, strategy: str | None,
+        target_accuracy: float | None, max_versions: int | None, max_seconds: float | None,
+        max_windows: int | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version."""
-    from contextlib import ExitStack
-
-    from tinyfed.boards import get_board
     from tinyfed.host.config import RunConfig, load_run_config
-    from tinyfed.host.engine import Engine, Limits, LocalTraining
-    from tinyfed.host.events import EventLog
-    from tinyfed.host.setup import DeviceSpec, prepare_run
-    from tinyfed.host.strategies import get_strategy
 
-    if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
-        raise click.UsageError("give exactly one of --fleet FILE, --emulate N, --simulate N")
-    cfg = load_run_config(config_path) if config_path else RunConfig()
     top = {k: v for k, v in (("model", model), ("strategy", strategy), ("target_accuracy", target_accuracy))
            if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
+    if resume_dir is not None:
+        fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--config": config_path,
+                 "--model": model, "--strategy": strategy, "--max-windows": max_windows, "--out": out_dir}
+        given = [k for k, v in fixed.items() if v is not None]
+        if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
+            given.append("--board")
+        if given:
+            raise click.UsageError(f"--resume continues the run as it was recorded; drop {', '.join(given)} "
+                                   "(only --target-accuracy, --max-versions and --max-seconds may change)")
+        _resume(resume_dir, top, limits, boards_dirs, as_json)
+        return
+    if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
+        raise click.UsageError("give exactly one of --fleet FILE, --emulate N, --simulate N (or --resume RUN_DIR)")
+    cfg = load_run_config(config_path) if config_path else RunConfig()
     cfg = cfg.model_copy(update={**top, "limits": cfg.limits.model_copy(update=limits)})
     out = out_dir or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.is_dir() and any(out.glob("checkpoint-*.json")):
+        raise TinyfedError("this directory already holds a run with checkpoints",
+                           fix=f"continue it with `tinyfed run --resume {out}`, or give another --out",
+                           source=str(out))
     out.mkdir(parents=True, exist_ok=True)
     cfg.dump(out)
 
     with ExitStack() as stack:
+        from tinyfed.boards import get_board
+        from tinyfed.host.setup import DeviceSpec
+
         if fleet_path is not None:
             from tinyfed.firmware_bridge.devices import load_device_fleet
 
@@ -90,44 +147,109 @@ def run(fleet_path: Path | None, emulate: int | None, simulate: int | None, boar
             if not devices:
                 raise TinyfedError(f"{fleet_path} lists no device URLs", fix="add url/urls to its [[boards]] entries",
                                    source=str(fleet_path))
+            source, count = "fleet", len(devices)
         elif emulate is not None:
             from tinyfed.firmware_bridge.emulator import EmulatorFleet
 
             board = get_board(board_name, boards_dirs)
             emus = stack.enter_context(EmulatorFleet(board, emulate))
             devices = [DeviceSpec(b.name, b.url, board.name) for b in emus.boards]
+            source, count = "emulate", emulate
         else:
             from tinyfed.firmware_bridge.sim import forget_sim_boards
 
+            assert simulate is not None
             get_board(board_name, boards_dirs)
             forget_sim_boards()
             devices = [DeviceSpec(f"sim{i}", f"sim://{board_name}?name=run{i}", board_name) for i in range(simulate)]
-        payload = "subset" if cfg.strategy == "ftte" else "dense"
-        setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
-                            alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
-                            max_windows=max_windows)
-        if payload == "dense":
-            _check_dense_fits(setup, {d.board for d in devices}, boards_dirs)
-        strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
-        t = cfg.training
+            source, count = "simulate", simulate
+        _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
+        result = _train(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None)
+    _report(cfg, result, out, len(devices), as_json)
+
+
+def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_dirs: tuple[Path, ...],
+            as_json: bool) -> None:
+    """``--resume``: rebuild the recorded fleet and continue from the newest checkpoint."""
+    from tinyfed.host.config import CONFIG_FILE, load_run_config
+    from tinyfed.host.engine import latest_checkpoint
+    from tinyfed.host.events import EventLog
+    from tinyfed.host.setup import DeviceSpec
+
+    if not run_dir.is_dir():
+        raise TinyfedError("no such run directory", fix="give the --out directory of an earlier `tinyfed run`",
+                           source=str(run_dir))
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise TinyfedError(f"not a run directory: it has no {CONFIG_FILE}",
+                           fix="give the --out directory of an earlier `tinyfed run`", source=str(run_dir))
+    recorded = _read_devices(run_dir)
+    cfg = load_run_config(config_file)
+    cfg = cfg.model_copy(update={**top, "limits": cfg.limits.model_copy(update=limits)})
+    with ExitStack() as stack:
+        # the lock first: a host still running on this directory must not have its checkpoints read mid-write
+        events = stack.enter_context(EventLog(run_dir))
+        checkpoint = latest_checkpoint(run_dir)
+        if top or limits:
+            cfg.dump(run_dir)  # the record says which limits the resumed run used
+        devices = [DeviceSpec(d["name"], d["url"], d["board"]) for d in recorded["devices"]]
+        if recorded["source"] == "emulate":
+            from tinyfed.boards import get_board
+            from tinyfed.firmware_bridge.emulator import EmulatorFleet
+
+            board = get_board(recorded["board"], boards_dirs)
+            emus = stack.enter_context(EmulatorFleet(board, len(devices)))
+            devices = [DeviceSpec(d.name, b.url, d.board) for d, b in zip(devices, emus.boards, strict=True)]
+        elif recorded["source"] == "simulate":
+            from tinyfed.firmware_bridge.sim import forget_sim_boards
+
+            forget_sim_boards()
+        if not as_json:
+            click.echo(f"resuming {run_dir} at version {checkpoint.version} (checkpoint generation "
+                       f"{checkpoint.generation})")
+        result = _train(stack, cfg, run_dir, devices, recorded.get("max_windows"), boards_dirs, as_json, checkpoint,
+                        events=events)
+    _report(cfg, result, run_dir, len(devices), as_json, resumed_from=checkpoint.version)
+
+
+def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: int | None,
+           boards_dirs: tuple[Path, ...], as_json: bool, checkpoint: Any, events: Any = None) -> Any:
+    """Prepare the run for the devices and drive the engine to its end (fresh or resumed)."""
+    from tinyfed.host.engine import Engine, Limits, LocalTraining
+    from tinyfed.host.events import EventLog
+    from tinyfed.host.setup import prepare_run
+    from tinyfed.host.strategies import get_strategy
+
+    payload = "subset" if cfg.strategy == "ftte" else "dense"
+    setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
+                        alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
+                        max_windows=max_windows)
+    if payload == "dense":
+        _check_dense_fits(setup, {d.board for d in devices}, boards_dirs)
+    strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
+    t = cfg.training
+    if events is None:
         events = stack.enter_context(EventLog(out))
 
-        def progress(row: dict) -> None:
-            if not as_json:
-                click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-                           f"t {row['t']:7.1f} s")
+    def progress(row: dict) -> None:
+        if not as_json:
+            click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+                       f"t {row['t']:7.1f} s")
 
-        engine = Engine(setup, devices, strat, events,
-                        training=LocalTraining(t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache),
-                        limits=Limits(cfg.target_accuracy, cfg.limits.max_versions, cfg.limits.max_seconds,
-                                      cfg.limits.max_bytes),
-                        seed=cfg.seed, norm_bound=cfg.checks.norm_bound, max_staleness=cfg.checks.max_staleness,
-                        retries=cfg.devices.retries, backoff_s=cfg.devices.backoff_s,
-                        device_timeout_s=cfg.devices.device_timeout_s,
-                        evaluate_every=cfg.evaluation.every_versions, progress=progress)
-        result = engine.run()
-    summary = {**result.to_dict(), "model": cfg.model, "devices": len(devices), "run_dir": str(out),
-               "target_accuracy": cfg.target_accuracy}
+    engine = Engine(setup, devices, strat, events,
+                    training=LocalTraining(t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache),
+                    limits=Limits(cfg.target_accuracy, cfg.limits.max_versions, cfg.limits.max_seconds,
+                                  cfg.limits.max_bytes),
+                    seed=cfg.seed, norm_bound=cfg.checks.norm_bound, max_staleness=cfg.checks.max_staleness,
+                    retries=cfg.devices.retries, backoff_s=cfg.devices.backoff_s,
+                    device_timeout_s=cfg.devices.device_timeout_s,
+                    evaluate_every=cfg.evaluation.every_versions, progress=progress, resume_from=checkpoint)
+    return engine.run()
+
+
+def _report(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
+    summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
+               "target_accuracy": cfg.target_accuracy, "resumed_from": resumed_from}
     if as_json:
         click.echo(json.dumps(summary))
     else:
