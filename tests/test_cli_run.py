@@ -30,6 +30,9 @@ def test_run_on_simulated_boards_prints_a_json_summary_and_keeps_its_records(tmp
     assert all(k in summary for k in KEYS)
     assert summary["strategy"] == "ftte" and summary["versions"] >= 1 and isinstance(summary["reached_target"], bool)
     assert (out / "config.toml").is_file()
+    # the deployable int8 model, evaluated through LiteRT after every version, is exported
+    assert 0 < summary["final_int8_accuracy"] <= 1
+    assert Path(summary["export"]["final"]).is_file() and (out / "export" / "tail.tflite").is_file()
     records = summarize(read_events(out))
     assert records["all_tasks_accounted"] and records["versions"] == summary["versions"]
     assert records["bytes_up"] == summary["bytes_up"] > 0

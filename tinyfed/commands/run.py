@@ -233,7 +233,8 @@ def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: in
 
     def progress(row: dict) -> None:
         if not as_json:
-            click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+            int8 = f"  int8 {row['int8_accuracy']:.4f}" if "int8_accuracy" in row else ""
+            click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}{int8}  loss {row['loss']:.4f}  "
                        f"t {row['t']:7.1f} s")
 
     engine = Engine(setup, devices, strat, events,
@@ -244,12 +245,20 @@ def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: in
                     retries=cfg.devices.retries, backoff_s=cfg.devices.backoff_s,
                     device_timeout_s=cfg.devices.device_timeout_s,
                     evaluate_every=cfg.evaluation.every_versions, progress=progress, resume_from=checkpoint)
-    return engine.run()
+    result = engine.run()
+    # the deployable result: the full int8 model (and, for FTTE, its fragments) with the final w*
+    from tinyfed.host.export import export_run
+
+    exported = export_run(out / "export", setup.source, result.vector,
+                          facts={"version": result.versions, "accuracy": result.final_accuracy})
+    result.export = {k: str(v) for k, v in exported.files.items()}
+    return result
 
 
 def _report(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
-               "target_accuracy": cfg.target_accuracy, "resumed_from": resumed_from}
+               "target_accuracy": cfg.target_accuracy, "resumed_from": resumed_from,
+               "export": getattr(result, "export", {})}
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -258,3 +267,6 @@ def _report(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, res
                    f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
                    f"{result.updates_lost} lost; up {result.bytes_up:,} B, down {result.bytes_down:,} B; "
                    f"{result.wall_seconds:.1f} s; events in {out / 'events.jsonl'}")
+        final = getattr(result, "export", {}).get("final")
+        if final:
+            click.echo(f"deployable int8 model: {final}")

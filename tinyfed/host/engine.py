@@ -112,6 +112,7 @@ class RunResult:
     updates_lost: int
     vector: np.ndarray = field(repr=False)
     history: list[dict[str, Any]] = field(default_factory=list)
+    export: dict[str, str] = field(default_factory=dict)  # files of the deployable result (tinyfed run)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +120,7 @@ class RunResult:
             "final_loss": self.final_loss, "reached_target": self.reached_target, "wall_seconds": self.wall_seconds,
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
+            "final_int8_accuracy": self.history[-1].get("int8_accuracy") if self.history else None,
         }
 
 
@@ -346,9 +348,13 @@ class Engine:
 
     def _evaluate(self) -> tuple[float, float]:
         acc, loss = self.setup.evaluate(self.vector)
-        self.events.append("evaluation", version=self.version, accuracy=acc, loss=loss)
+        extra: dict[str, Any] = {}
+        if self.setup.int8_score is not None:  # the deployable model, requantized, through LiteRT
+            s = self.setup.int8_score(self.vector)
+            extra = {"int8_accuracy": s.accuracy, "int8_loss": s.loss, "clipped": s.clipped}
+        self.events.append("evaluation", version=self.version, accuracy=acc, loss=loss, **extra)
         row = {"version": self.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
-               "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+               "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, **extra}
         self.history.append(row)
         if self.progress is not None:
             self.progress(row)

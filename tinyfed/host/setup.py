@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,10 @@ class RunSetup:
     images: dict[str, bytes]  # device name -> TFDS image of its local data
     evaluate: Callable[[np.ndarray], tuple[float, float]]  # vector -> (test accuracy, test loss)
     facts: dict = field(default_factory=dict)
+    #: the int8 model the vector writes back into (plan fragments, or the whole model's bytes)
+    source: Any = None
+    #: vector -> the deployable int8 model's test score through LiteRT (export.int8_evaluator)
+    int8_score: Callable[[np.ndarray], Any] | None = None
 
 
 def _shares(zm, kind: str, n_devices: int, alpha: float, seed: int) -> list[np.ndarray]:
@@ -97,6 +102,9 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         test = zm.test_split()
         test_in = tail.dequantize_input(run_blob(frozen, local_data.quantize_inputs(test.x, scale, zp)))
         facts.update(trainable_params=plan.trainable_params)
+        from tinyfed.host.export import PlanFragments
+
+        source: Any = PlanFragments.from_dir(work_dir / "plan")
     else:
         units = tfw.whole_model_units(graph)
         blob = tfw.encode(units)
@@ -105,6 +113,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         tail = FloatTail.from_fragments(model_bytes, blob)
         test = zm.test_split()
         test_in = tail.dequantize_input(local_data.quantize_inputs(test.x, scale, zp))
+        source = model_bytes
     test_y = test.y.astype(np.int64)
     shapes = [(len(u.channels), u.values_per_channel) for u in units]
     w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
@@ -130,4 +139,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         images[d.name] = local_data.pack(x, clients.y[idx], classes=zm.num_classes)
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
                  frozen_bytes=len(frozen) if frozen else 0)
-    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts)
+    from tinyfed.host.export import int8_evaluator
+
+    int8_score = int8_evaluator(source, test.x, test_y)
+    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score)
