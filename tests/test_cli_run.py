@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tinyfed.host.events import read_events, summarize
 
 KEYS = ("strategy", "versions", "final_accuracy", "reached_target", "wall_seconds", "bytes_up", "bytes_down",
@@ -43,3 +45,26 @@ def test_a_baseline_that_cannot_train_the_whole_model_is_refused_with_the_reason
     assert proc.returncode != 0
     assert "training every layer" in proc.stderr and "--strategy ftte" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_live_view_shows_version_accuracy_devices_bytes_and_eta() -> None:
+    from rich.console import Console
+
+    from tinyfed.host.dashboard import Dashboard
+
+    board = Dashboard("ftte", 0.85, 8)
+    for v, acc, t in ((0, 0.80, 0.0), (1, 0.82, 10.0), (2, 0.84, 20.0)):
+        board.update({"kind": "evaluation", "version": v, "accuracy": acc, "loss": 0.5, "t": t, "int8_accuracy": acc,
+                      "bytes_up": 5000 * v, "bytes_down": 20000 * v, "devices": {"busy": 5, "idle": 2, "backoff": 1}})
+    board.update({"kind": "tick", "version": 2, "t": 21.0, "bytes_up": 12000, "bytes_down": 41000,
+                  "devices": {"busy": 6, "idle": 1, "backoff": 1}})
+    assert board.eta_seconds() == pytest.approx(5.0)  # 0.01 to go at 0.002 per second
+    console = Console(record=True, width=110)
+    console.print(board.render())
+    text = console.export_text()
+    for needle in ("ftte", "version 2", "accuracy 0.8400", "busy 6", "late 1", "up 11.7 KiB", "ETA 5 s", "0.8200"):
+        assert needle in text, text
+    board.update({"kind": "evaluation", "version": 3, "accuracy": 0.83, "loss": 0.5, "t": 30.0})
+    assert board.eta_seconds() is not None  # still rising over the last five evaluations
+    board.rows = board.rows[-2:]
+    assert board.eta_seconds() is None  # falling: no estimate

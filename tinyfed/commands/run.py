@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -231,11 +232,27 @@ def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: in
     if events is None:
         events = stack.enter_context(EventLog(out))
 
+    live = None
+    if not as_json and sys.stdout.isatty():  # a live view on a terminal, plain lines otherwise
+        from rich.live import Live
+
+        from tinyfed.host.dashboard import Dashboard
+
+        board = Dashboard(cfg.strategy, cfg.target_accuracy, len(devices))
+        live = stack.enter_context(Live(board.render(), refresh_per_second=4, transient=False))
+
     def progress(row: dict) -> None:
-        if not as_json:
-            int8 = f"  int8 {row['int8_accuracy']:.4f}" if "int8_accuracy" in row else ""
-            click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}{int8}  loss {row['loss']:.4f}  "
-                       f"t {row['t']:7.1f} s")
+        if as_json:
+            return
+        if live is not None:
+            board.update(row)
+            live.update(board.render())
+            return
+        if row.get("kind", "evaluation") != "evaluation":
+            return
+        int8 = f"  int8 {row['int8_accuracy']:.4f}" if "int8_accuracy" in row else ""
+        click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}{int8}  loss {row['loss']:.4f}  "
+                   f"t {row['t']:7.1f} s")
 
     engine = Engine(setup, devices, strat, events,
                     training=LocalTraining(t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache),

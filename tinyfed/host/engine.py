@@ -353,13 +353,25 @@ class Engine:
             s = self.setup.int8_score(self.vector)
             extra = {"int8_accuracy": s.accuracy, "int8_loss": s.loss, "clipped": s.clipped}
         self.events.append("evaluation", version=self.version, accuracy=acc, loss=loss, **extra)
-        row = {"version": self.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
-               "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, **extra}
+        row = {"kind": "evaluation", "version": self.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
+               "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "devices": self._device_counts(), **extra}
         self.history.append(row)
         if self.progress is not None:
             self.progress(row)
         log.info("version %d: test accuracy %.4f, loss %.4f", self.version, acc, loss)
         return acc, loss
+
+    def _device_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for st in self.state.values():
+            counts[st.state] = counts.get(st.state, 0) + 1
+        return counts
+
+    def _tick(self) -> None:
+        """A progress row between evaluations (a live view refreshes devices and bytes from it)."""
+        if self.progress is not None:
+            self.progress({"kind": "tick", "version": self.version, "t": self.events.now(), "bytes_up": self.bytes_up,
+                           "bytes_down": self.bytes_down, "devices": self._device_counts()})
 
     def _apply(self, agg: Aggregate) -> None:
         self.vector = (self.vector + agg.step).astype(np.float32)
@@ -479,6 +491,7 @@ class Engine:
                     agg = self.strategy.poll(self.version)
                 else:
                     agg = self._handle(out)
+                    self._tick()
                 if agg is not None:
                     self._step(agg, started)
                     accuracy, loss = float(self.history[-1]["accuracy"]), float(self.history[-1]["loss"])

@@ -1,0 +1,74 @@
+"""The live view of a run on a terminal (``tinyfed run`` on a TTY; plain lines otherwise).
+
+It shows where the run stands: model version, test accuracy (float master and the deployable
+int8 model), the devices busy / idle / late / dropped, bytes moved each way, elapsed time and an
+estimate of the time to the target accuracy (from the accuracy gained per second over the last
+evaluations; none while accuracy is not rising).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:,.2f} MiB"
+
+
+@dataclass
+class Dashboard:
+    """Renderable state of one run; feed it the engine's progress rows."""
+
+    strategy: str
+    target: float | None
+    devices: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.last = row
+        if row.get("kind", "evaluation") == "evaluation":
+            self.rows.append(row)
+
+    def eta_seconds(self) -> float | None:
+        """Seconds to the target at the recent rate of accuracy gain (None when not rising)."""
+        if self.target is None or len(self.rows) < 2:
+            return None
+        recent = self.rows[-5:]
+        first, last = recent[0], recent[-1]
+        gained, took = last["accuracy"] - first["accuracy"], last["t"] - first["t"]
+        if last["accuracy"] >= self.target:
+            return 0.0
+        if gained <= 0 or took <= 0:
+            return None
+        return (self.target - last["accuracy"]) / (gained / took)
+
+    def render(self) -> Group:
+        last = self.last
+        head = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            head.add_column()
+        states = last.get("devices", {})
+        eta = self.eta_seconds()
+        best = max((r["accuracy"] for r in self.rows), default=float("nan"))
+        head.add_row(Text(f"{self.strategy}", style="bold"), f"version {last.get('version', 0)}",
+                     f"accuracy {self.rows[-1]['accuracy']:.4f}" if self.rows else "accuracy -",
+                     f"target {self.target:.4f}" if self.target is not None else "no target")
+        head.add_row(f"{self.devices} devices", f"busy {states.get('busy', 0)}  idle {states.get('idle', 0)}",
+                     f"late {states.get('backoff', 0)}  dropped {states.get('dropped', 0)}",
+                     f"best {best:.4f}")
+        head.add_row(f"up {_kb(int(last.get('bytes_up', 0)))}", f"down {_kb(int(last.get('bytes_down', 0)))}",
+                     f"elapsed {last.get('t', 0.0):.0f} s",
+                     "ETA -" if eta is None else ("target reached" if eta == 0 else f"ETA {eta:.0f} s"))
+        table = Table(show_edge=False, box=None, header_style="bold")
+        for col in ("version", "accuracy", "int8", "loss", "t (s)"):
+            table.add_column(col, justify="right")
+        for r in self.rows[-8:]:
+            int8 = f"{r['int8_accuracy']:.4f}" if "int8_accuracy" in r else "-"
+            table.add_row(str(r["version"]), f"{r['accuracy']:.4f}", int8, f"{r['loss']:.4f}", f"{r['t']:.1f}")
+        return Group(head, table)
