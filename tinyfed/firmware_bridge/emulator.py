@@ -165,8 +165,11 @@ def qemu_command(board: Board, elf_path: Path | str, fd: int, qemu: str = QEMU,
 
 
 def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU,
-               extra_args: tuple[str, ...] | list[str] = ()) -> EmulatedBoard:
-    """Start QEMU for ``board`` running ``elf_path``; do not wait for the firmware (see :func:`wait_ready`)."""
+               extra_args: tuple[str, ...] | list[str] = (), port: int = 0) -> EmulatedBoard:
+    """Start QEMU for ``board`` running ``elf_path``; do not wait for the firmware (see :func:`wait_ready`).
+
+    ``port`` 0 takes a free port; a given port brings a board back at the URL it had (a restart
+    after a crash, as a re-plugged real board keeps its tty)."""
     b = _resolve_board(board)
     exe = shutil.which(qemu)
     if exe is None:
@@ -177,7 +180,8 @@ def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = N
                             source=str(elf))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
         sock.listen(1)
         port = sock.getsockname()[1]
         fd = sock.fileno()
