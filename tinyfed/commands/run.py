@@ -92,12 +92,16 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="Board profile of --emulate / --simulate devices.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run config TOML (docs/run-config.md); the options below override it.")
-@click.option("--model", help="Zoo model name (default: the config's, har_cnn).")
+@click.option("--model", help="Zoo model name or path to a full-int8 .tflite (default: the config's, har_cnn).")
 @click.option("--strategy", type=click.Choice(["ftte", "fedbuff", "fedavg"]), help="Aggregation strategy.")
 @click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), help="Stop at this test accuracy.")
 @click.option("--max-versions", type=click.IntRange(min=1), help="Stop after this many global versions.")
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--max-windows", type=click.IntRange(min=1), help="Cap each device's local windows (speed).")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="NPZ with x and y (and x_test, y_test) to shard across the boards; needed for a .tflite --model.")
+@click.option("--test-data", "test_data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="NPZ with x_test and y_test for the held-out evaluation (default: those of --data).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
@@ -106,16 +110,18 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None,
         resume_dir: Path | None, board_name: str, config_path: Path | None, model: str | None, strategy: str | None,
         target_accuracy: float | None, max_versions: int | None, max_seconds: float | None,
-        max_windows: int | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+        max_windows: int | None, data_path: Path | None, test_data_path: Path | None, out_dir: Path | None,
+        boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version."""
-    from tinyfed.host.config import RunConfig, load_run_config
+    from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
 
     top = {k: v for k, v in (("model", model), ("strategy", strategy), ("target_accuracy", target_accuracy))
            if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
     if resume_dir is not None:
         fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--config": config_path,
-                 "--model": model, "--strategy": strategy, "--max-windows": max_windows, "--out": out_dir}
+                 "--model": model, "--strategy": strategy, "--max-windows": max_windows, "--out": out_dir,
+                 "--data": data_path, "--test-data": test_data_path}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
             given.append("--board")
@@ -127,46 +133,79 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
         raise click.UsageError("give exactly one of --fleet FILE, --emulate N, --simulate N (or --resume RUN_DIR)")
     cfg = load_run_config(config_path) if config_path else RunConfig()
-    cfg = cfg.model_copy(update={**top, "limits": cfg.limits.model_copy(update=limits)})
+    data = {k: str(v.resolve()) for k, v in (("npz", data_path), ("test_npz", test_data_path)) if v is not None}
+    if model is not None and looks_like_path(model):
+        top["model"] = str(Path(model).expanduser().resolve())
+    cfg = checked_config(cfg.model_dump(), {**top, "limits": limits, "data": data})
+    out = new_run_dir(out_dir)
+    cfg.dump(out)
+    with ExitStack() as stack:
+        devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
+                                              board_name=board_name, boards_dirs=boards_dirs)
+        _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
+        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None)
+    report_run(cfg, result, out, len(devices), as_json)
+
+
+def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
+    """A run config from ``base`` with the command line's ``options`` laid over it, checked like a file."""
+    from tinyfed.boards.validation import validate
+    from tinyfed.errors import DataFileError
+    from tinyfed.host.config import RunConfig
+
+    merged = dict(base)
+    for key, value in options.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    cfg, issues = validate(RunConfig, merged)
+    if cfg is None:
+        raise DataFileError("the command line", issues)
+    return cfg
+
+
+def new_run_dir(out_dir: Path | None) -> Path:
+    """The directory of a new run (``runs/<time>`` by default); refuses one that already holds a run."""
     out = out_dir or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.is_dir() and any(out.glob("checkpoint-*.json")):
         raise TinyfedError("this directory already holds a run with checkpoints",
                            fix=f"continue it with `tinyfed run --resume {out}`, or give another --out",
                            source=str(out))
     out.mkdir(parents=True, exist_ok=True)
-    cfg.dump(out)
+    return out
 
-    with ExitStack() as stack:
-        from tinyfed.boards import get_board
-        from tinyfed.host.setup import DeviceSpec
 
-        if fleet_path is not None:
-            from tinyfed.firmware_bridge.devices import load_device_fleet
+def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: int | None = None,
+                 simulate: int | None = None, board_name: str = "mps2-an386",
+                 boards_dirs: tuple[Path, ...] = ()) -> tuple[list, str, int]:
+    """The run's devices from exactly one source; emulators booted here stop when ``stack`` closes.
 
-            fleet = load_device_fleet(fleet_path, boards_dirs)
-            devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked]
-            if not devices:
-                raise TinyfedError(f"{fleet_path} lists no device URLs", fix="add url/urls to its [[boards]] entries",
-                                   source=str(fleet_path))
-            source, count = "fleet", len(devices)
-        elif emulate is not None:
-            from tinyfed.firmware_bridge.emulator import EmulatorFleet
+    Returns the devices, the source's name (``fleet``, ``emulate``, ``simulate``, as
+    ``devices.json`` records it) and the count asked for.
+    """
+    from tinyfed.boards import get_board
+    from tinyfed.host.setup import DeviceSpec
 
-            board = get_board(board_name, boards_dirs)
-            emus = stack.enter_context(EmulatorFleet(board, emulate))
-            devices = [DeviceSpec(b.name, b.url, board.name) for b in emus.boards]
-            source, count = "emulate", emulate
-        else:
-            from tinyfed.firmware_bridge.sim import forget_sim_boards
+    if fleet_path is not None:
+        from tinyfed.firmware_bridge.devices import load_device_fleet
 
-            assert simulate is not None
-            get_board(board_name, boards_dirs)
-            forget_sim_boards()
-            devices = [DeviceSpec(f"sim{i}", f"sim://{board_name}?name=run{i}", board_name) for i in range(simulate)]
-            source, count = "simulate", simulate
-        _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
-        result = _train(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None)
-    _report(cfg, result, out, len(devices), as_json)
+        fleet = load_device_fleet(fleet_path, boards_dirs)
+        devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked]
+        if not devices:
+            raise TinyfedError(f"{fleet_path} lists no device URLs", fix="add url/urls to its [[boards]] entries",
+                               source=str(fleet_path))
+        return devices, "fleet", len(devices)
+    if emulate is not None:
+        from tinyfed.firmware_bridge.emulator import EmulatorFleet
+
+        board = get_board(board_name, boards_dirs)
+        emus = stack.enter_context(EmulatorFleet(board, emulate))
+        return [DeviceSpec(b.name, b.url, board.name) for b in emus.boards], "emulate", emulate
+    from tinyfed.firmware_bridge.sim import forget_sim_boards
+
+    assert simulate is not None
+    get_board(board_name, boards_dirs)
+    forget_sim_boards()
+    devices = [DeviceSpec(f"sim{i}", f"sim://{board_name}?name=run{i}", board_name) for i in range(simulate)]
+    return devices, "simulate", simulate
 
 
 def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_dirs: tuple[Path, ...],
@@ -208,12 +247,12 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
         if not as_json:
             click.echo(f"resuming {run_dir} at version {checkpoint.version} (checkpoint generation "
                        f"{checkpoint.generation})")
-        result = _train(stack, cfg, run_dir, devices, recorded.get("max_windows"), boards_dirs, as_json, checkpoint,
+        result = train_run(stack, cfg, run_dir, devices, recorded.get("max_windows"), boards_dirs, as_json, checkpoint,
                         events=events)
-    _report(cfg, result, run_dir, len(devices), as_json, resumed_from=checkpoint.version)
+    report_run(cfg, result, run_dir, len(devices), as_json, resumed_from=checkpoint.version)
 
 
-def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: int | None,
+def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: int | None,
            boards_dirs: tuple[Path, ...], as_json: bool, checkpoint: Any, events: Any = None) -> Any:
     """Prepare the run for the devices and drive the engine to its end (fresh or resumed)."""
     from tinyfed.host.engine import Engine, Limits, LocalTraining
@@ -224,7 +263,7 @@ def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: in
     payload = "subset" if cfg.strategy == "ftte" else "dense"
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
-                        max_windows=max_windows)
+                        max_windows=max_windows, start=cfg.start)
     if payload == "dense":
         _check_dense_fits(setup, {d.board for d in devices}, boards_dirs)
     strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
@@ -272,7 +311,7 @@ def _train(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: in
     return result
 
 
-def _report(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
+def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
                "target_accuracy": cfg.target_accuracy, "resumed_from": resumed_from,
                "export": getattr(result, "export", {})}

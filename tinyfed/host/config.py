@@ -44,6 +44,7 @@ __all__ = [
 
 Strategy = Literal["ftte", "fedbuff", "fedavg"]
 Partition = Literal["natural", "iid", "dirichlet"]
+Start = Literal["pretrained", "fresh-head"]
 
 #: File name of the recorded config inside a run directory.
 CONFIG_FILE = "config.toml"
@@ -131,6 +132,10 @@ class RunConfig(_Table):
     strategy: Strategy = Field(default="ftte", description="'ftte', 'fedbuff' or 'fedavg'")
     target_accuracy: float = Field(default=0.85, gt=0, le=1, description="stop once test accuracy reaches this")
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the run")
+    start: Start = Field(
+        default="pretrained",
+        description="'pretrained' (the model as given) or 'fresh-head' (its classifier head drawn anew, seeded)",
+    )
     data: Data = Field(default_factory=Data, validate_default=True)
     strategy_params: StrategyParams = Field(default_factory=StrategyParams)
     limits: Limits = Field(default_factory=Limits)

@@ -9,6 +9,7 @@ evaluator of the float master on the held-out test split.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinyfed.errors import TinyfedError
+from tinyfed.planner.trainable import KIND_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,51 @@ def _shares(zm, kind: str, n_devices: int, alpha: float, seed: int) -> list[np.n
     return zm.client_partitions(kind, n_clients=n_devices, alpha=alpha, seed=seed)
 
 
+def fresh_head(units: list, graph, seed: int) -> list:
+    """The units with the model's classifier head (its trailing FULLY_CONNECTED layers) drawn anew.
+
+    Weights are Glorot-uniform from a generator keyed by the run seed and the layer's place
+    from the end of the graph, biases zero, so the FTTE tail and the whole model of the
+    baselines start from the same values. Every channel of the head must be among the units:
+    a head half trained and half frozen at its pretrained values would be neither start.
+    """
+    head: list[int] = []
+    for op in reversed(graph.ops):
+        if op.name == "FULLY_CONNECTED":
+            head.append(op.index)
+        elif graph.weight_tensor(op) is not None:
+            break
+    if not head:
+        raise TinyfedError("the model has no FULLY_CONNECTED classifier head to start fresh",
+                           fix='use start = "pretrained" in the run config')
+    out, found = [], set()
+    for u in units:
+        if u.op_index not in head:
+            out.append(u)
+            continue
+        if len(u.channels) != u.tensor_channels:
+            raise TinyfedError(f"the plan trains {len(u.channels)} of {u.tensor_channels} channels of head layer op "
+                               f"{u.op_index}; a fresh head needs all of them",
+                               fix='use start = "pretrained", or boards with room for the whole head')
+        place = head.index(u.op_index)
+        found.add(place)
+        if u.kind == KIND_WEIGHTS:
+            fan_out, fan_in = u.values.shape
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            rng = np.random.default_rng([seed, 0x4EAD, place])
+            values = rng.uniform(-limit, limit, size=u.values.shape).astype(np.float32)
+        else:
+            values = np.zeros_like(u.values)
+        out.append(dataclasses.replace(u, values=values))
+    if len(found) != len(head):
+        raise TinyfedError("the trainable subset does not hold the whole classifier head",
+                           fix='use start = "pretrained", or boards with room for the whole head')
+    return out
+
+
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
-                alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None) -> RunSetup:
+                alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
+                start: str = "pretrained") -> RunSetup:
     """Plan (subset) or take the whole model (dense), compile for the boards, shard the data."""
     from tinyfed.boards import get_board
     from tinyfed.boards.fleet import ResolvedFleet
@@ -96,8 +141,11 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
                                fix="use boards with more RAM or flash, or a smaller model")
         files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}
         frozen = compile_blob(files["frozen"])
-        program = compile_program(files["tail"], files["trainable"])
         units = tfw.decode(files["trainable"])
+        if start == "fresh-head":
+            units = fresh_head(units, TfliteGraph.from_bytes(files["tail"], source="tail"), seed)
+            files["trainable"] = tfw.encode(units)
+        program = compile_program(files["tail"], files["trainable"])
         tail = FloatTail.from_fragments(files["tail"], files["trainable"])
         test = zm.test_split()
         test_in = tail.dequantize_input(run_blob(frozen, local_data.quantize_inputs(test.x, scale, zp)))
@@ -107,6 +155,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         source: Any = PlanFragments.from_dir(work_dir / "plan")
     else:
         units = tfw.whole_model_units(graph)
+        if start == "fresh-head":
+            units = fresh_head(units, graph, seed)
         blob = tfw.encode(units)
         frozen = None
         program = compile_program(model_bytes, blob)
