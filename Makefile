@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml | debian-packages
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tinyfed plan har_cnn --fleet smartwatch --out build/plan
+	$(VENV)/bin/tinyfed demo --out build/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,0 +1,67 @@
+"""``tinyfed demo``, the README's first command: 8 boards, har_cnn, FTTE from a fresh classifier
+head to the documented target; on simulated boards, on QEMU boards, and the message a machine
+without QEMU gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tinyfed.cli import cli
+from tinyfed.commands.demo import DEMO_TARGET
+from tinyfed.host.events import read_events, summarize
+
+
+def _demo(*args: str, cwd: Path) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "demo", *args, "--json"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check_reached(summary: dict, out: Path) -> None:
+    assert summary["strategy"] == "ftte" and summary["model"] == "har_cnn" and summary["devices"] == 8
+    assert summary["reached_target"] is True and summary["target_accuracy"] == DEMO_TARGET
+    assert summary["final_accuracy"] >= DEMO_TARGET and summary["final_int8_accuracy"] >= DEMO_TARGET - 0.03
+    history = [e for e in read_events(out) if e["kind"] == "evaluation"]
+    assert history[0]["version"] == 0 and history[0]["accuracy"] < 0.3  # the fresh head starts near chance
+    records = summarize(read_events(out))
+    assert records["all_tasks_accounted"] and records["versions"] == summary["versions"]
+    assert Path(summary["export"]["final"]).is_file()
+
+
+def test_demo_on_simulated_boards_reaches_its_target(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    summary = _demo("--simulate", "--out", str(out), cwd=tmp_path)
+    _check_reached(summary, out)
+    assert summary["versions"] <= 12
+
+
+def test_demo_without_qemu_says_what_is_missing_and_offers_simulate(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither qemu-system-arm nor arm-none-eabi-gcc on it
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d")])
+    assert result.exit_code != 0
+    assert "qemu-system-arm" in result.output and "tinyfed demo --simulate" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()  # refused before a run directory is made
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)")
+def test_demo_on_emulated_boards_reaches_its_target(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    # a cap on each user's windows keeps CI short; `make demo` trains on every window
+    summary = _demo("--max-windows", "48", "--out", str(out), cwd=tmp_path)
+    _check_reached(summary, out)
+    recorded = json.loads((out / "devices.json").read_text())
+    assert recorded["source"] == "emulate" and all(d["url"].startswith("socket://") for d in recorded["devices"])
