@@ -114,16 +114,10 @@ def test_config_paths_resolve_against_the_file_and_must_exist(tmp_path: Path) ->
     assert [i.key for i in info.value.issues] == ["data.npz"]
 
 
-def test_fedavg_round_cannot_exceed_the_clients(tmp_path: Path) -> None:
-    with pytest.raises(DataFileError) as info:
-        load_run_config(_write(tmp_path, 'strategy = "fedavg"\n[data]\nclients = 4\n'))
-    assert [i.key for i in info.value.issues] == ["strategy_params.clients_per_round"]
-
-
 def test_config_toml_round_trip(tmp_path: Path) -> None:
     cfg = RunConfig.model_validate({
         "model": "digits_cnn", "strategy": "fedbuff", "target_accuracy": 0.9, "seed": 2**40,
-        "data": {"partition": "dirichlet", "alpha": 0.1, "clients": 32},
+        "start": "fresh-head", "data": {"partition": "dirichlet", "alpha": 0.1},
         "strategy_params": {"buffer_size": 5, "staleness_exponent": 1e-3, "server_lr": 0.7},
         "limits": {"max_seconds": 90.5, "max_versions": 40, "max_bytes": 10_000_000_000},
         "training": {"epochs": 3, "lr": 1e-5, "batch_size": 8, "per_channel": True, "head_cache": False},
@@ -511,4 +505,4 @@ def test_documented_examples_load(tmp_path: Path) -> None:
     (tmp_path / "models" / "kws_int8.tflite").write_bytes(b"x")
     (tmp_path / "data" / "kws.npz").write_bytes(b"x")
     cfg = load_run_config(_write(tmp_path, blocks[1], "fedavg.toml"))
-    assert (cfg.strategy, cfg.data.clients, cfg.limits.max_versions) == ("fedavg", 16, 50)
+    assert (cfg.strategy, cfg.data.partition, cfg.limits.max_versions) == ("fedavg", "dirichlet", 50)

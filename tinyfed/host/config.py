@@ -21,7 +21,6 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from tinyfed.boards.schema import check_error
@@ -69,7 +68,6 @@ class Data(_Table):
     )
     partition: Partition = Field(default="natural", description="'natural' (by user), 'iid' or 'dirichlet'")
     alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (dirichlet only): smaller is more skewed")
-    clients: int | None = Field(default=None, ge=1, description="number of data shards; default: one per device")
 
 
 class StrategyParams(_Table):
@@ -168,18 +166,6 @@ class RunConfig(_Table):
                 fix='add `npz = "train.npz"` (arrays x and y) to [data]', key=("npz",),
             )
         return value
-
-    @model_validator(mode="after")
-    def _fleet_sized_buffer(self) -> RunConfig:
-        if self.data.clients is not None and self.strategy == "fedavg" \
-                and self.strategy_params.clients_per_round > self.data.clients:
-            raise check_error(
-                f"clients_per_round = {self.strategy_params.clients_per_round} but there are only "
-                f"{self.data.clients} clients",
-                fix=f"set strategy_params.clients_per_round <= {self.data.clients}",
-                key=("strategy_params", "clients_per_round"),
-            )
-        return self
 
     # -- recording ---------------------------------------------------------------------------
 

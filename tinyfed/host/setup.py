@@ -50,15 +50,6 @@ class RunSetup:
     int8_score: Callable[[np.ndarray], Any] | None = None
 
 
-def _shares(zm, kind: str, n_devices: int, alpha: float, seed: int) -> list[np.ndarray]:
-    if kind == "natural":
-        parts = zm.client_partitions("natural")
-        if n_devices <= len(parts):
-            return parts[:n_devices]
-        return zm.client_partitions("natural", n_clients=n_devices, seed=seed)
-    return zm.client_partitions(kind, n_clients=n_devices, alpha=alpha, seed=seed)
-
-
 def fresh_head(units: list, graph, seed: int) -> list:
     """The units with the model's classifier head (its trailing FULLY_CONNECTED layers) drawn anew.
 
@@ -103,24 +94,28 @@ def fresh_head(units: list, graph, seed: int) -> list:
 
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
                 alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
-                start: str = "pretrained") -> RunSetup:
-    """Plan (subset) or take the whole model (dense), compile for the boards, shard the data."""
+                start: str = "pretrained", npz: str | None = None, test_npz: str | None = None) -> RunSetup:
+    """Plan (subset) or take the whole model (dense), compile for the boards, shard the data.
+
+    ``model`` is a zoo name (its own dataset unless ``npz`` is given) or a full-int8 ``.tflite``
+    path with ``npz`` (see :mod:`tinyfed.host.rundata`).
+    """
     from tinyfed.boards import get_board
     from tinyfed.boards.fleet import ResolvedFleet
     from tinyfed.firmware_bridge import local_data
     from tinyfed.firmware_bridge.blob import compile_blob
     from tinyfed.firmware_bridge.kernels_np import run_blob
     from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.host.rundata import user_run_data, zoo_run_data
     from tinyfed.models.tflite_graph import TfliteGraph
-    from tinyfed.models.zoo import get_zoo_model
     from tinyfed.planner import trainable as tfw
     from tinyfed.planner.config import TrainingConfig
     from tinyfed.training import FloatTail
 
     if payload not in ("subset", "dense"):
         raise TinyfedError(f"unknown payload {payload!r}", fix="use 'subset' (ftte) or 'dense' (fedavg, fedbuff)")
-    zm = get_zoo_model(model)
-    model_bytes = zm.int8_tflite()
+    data = user_run_data(model, npz, test_npz) if npz is not None else zoo_run_data(model)
+    model_bytes = data.model_bytes
     graph = TfliteGraph.from_bytes(model_bytes, source=model)
     t_in = graph.tensors[graph.inputs[0]]
     scale, zp = float(t_in.scales[0]), int(t_in.zero_points[0])
@@ -147,8 +142,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
             files["trainable"] = tfw.encode(units)
         program = compile_program(files["tail"], files["trainable"])
         tail = FloatTail.from_fragments(files["tail"], files["trainable"])
-        test = zm.test_split()
-        test_in = tail.dequantize_input(run_blob(frozen, local_data.quantize_inputs(test.x, scale, zp)))
+        test_in = tail.dequantize_input(run_blob(frozen, local_data.quantize_inputs(data.x_test, scale, zp)))
         facts.update(trainable_params=plan.trainable_params)
         from tinyfed.host.export import PlanFragments
 
@@ -161,10 +155,9 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         frozen = None
         program = compile_program(model_bytes, blob)
         tail = FloatTail.from_fragments(model_bytes, blob)
-        test = zm.test_split()
-        test_in = tail.dequantize_input(local_data.quantize_inputs(test.x, scale, zp))
+        test_in = tail.dequantize_input(local_data.quantize_inputs(data.x_test, scale, zp))
         source = model_bytes
-    test_y = test.y.astype(np.int64)
+    test_y = data.y_test
     shapes = [(len(u.channels), u.values_per_channel) for u in units]
     w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
 
@@ -179,17 +172,16 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         loss = float(-np.log(np.maximum(p[np.arange(len(test_y)), test_y], 1e-30)).mean())
         return float((p.argmax(1) == test_y).mean()), loss
 
-    clients = zm.client_split()
     images = {}
-    for d, idx in zip(devices, _shares(zm, partition, len(devices), alpha, seed), strict=True):
+    for d, idx in zip(devices, data.shares(partition, len(devices), alpha, seed), strict=True):
         idx = np.sort(idx)
         if max_windows is not None and len(idx) > max_windows:
             idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(int)]
-        x = local_data.quantize_inputs(clients.x[idx], scale, zp)
-        images[d.name] = local_data.pack(x, clients.y[idx], classes=zm.num_classes)
+        x = local_data.quantize_inputs(data.x[idx], scale, zp)
+        images[d.name] = local_data.pack(x, data.y[idx], classes=data.num_classes)
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
                  frozen_bytes=len(frozen) if frozen else 0)
     from tinyfed.host.export import int8_evaluator
 
-    int8_score = int8_evaluator(source, test.x, test_y)
+    int8_score = int8_evaluator(source, data.x_test, test_y)
     return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score)

@@ -1,0 +1,120 @@
+"""A user's own int8 .tflite with an NPZ of samples: sharding (by user, IID, Dirichlet), the
+held-out split, every kind of bad file named with its fix, and a run end to end on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyfed.errors import DatasetError
+from tinyfed.host.rundata import user_run_data
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The digits model as a user would hold it: a .tflite file and an NPZ of their data."""
+    from tinyfed.models.zoo import get_zoo_model
+
+    zm = get_zoo_model("digits_cnn")
+    d = tmp_path_factory.mktemp("user")
+    model = d / "my_model_int8.tflite"
+    model.write_bytes(zm.int8_tflite())
+    c, t = zm.client_split(), zm.test_split()
+    arrays = {"x": c.x, "y": c.y, "x_test": t.x, "y_test": t.y}
+    np.savez(d / "data.npz", **arrays)
+    return {"dir": d, "model": str(model), "npz": d / "data.npz", "arrays": arrays}
+
+
+def _npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_user_data_is_checked_against_the_model_and_sharded(digits: dict) -> None:
+    data = user_run_data(digits["model"], digits["npz"])
+    a = digits["arrays"]
+    assert data.num_classes == 10 and data.x.shape == a["x"].shape and len(data.y_test) == len(a["y_test"])
+    assert data.groups is None
+    iid = data.shares("iid", 8, 0.5, seed=3)
+    assert sorted(np.concatenate(iid).tolist()) == list(range(len(data.y)))  # every sample once
+    assert max(map(len, iid)) - min(map(len, iid)) <= 1
+    skew = data.shares("dirichlet", 8, 0.1, seed=3)
+    assert [p.tolist() for p in skew] == [p.tolist() for p in data.shares("dirichlet", 8, 0.1, seed=3)]
+    classes_held = [len(np.unique(data.y[p])) for p in skew]
+    assert np.mean(classes_held) < np.mean([len(np.unique(data.y[p])) for p in iid])  # label skew
+    with pytest.raises(DatasetError, match="no `user` array") as info:
+        data.shares("natural", 8, 0.5, seed=0)
+    assert "--partition iid" in info.value.fix
+
+
+def test_a_user_array_gives_the_natural_partition(digits: dict, tmp_path: Path) -> None:
+    a = digits["arrays"]
+    users = np.arange(len(a["y"])) % 5
+    data = user_run_data(digits["model"], _npz(tmp_path / "u.npz", **a, user=users))
+    parts = data.shares("natural", 5, 0.5, seed=0)
+    assert [set(users[p]) for p in parts] == [{u} for u in range(5)]
+    assert sum(map(len, data.shares("natural", 12, 0.5, seed=0))) == len(users)  # users split for more devices
+
+
+def test_a_separate_test_file_is_the_held_out_split(digits: dict, tmp_path: Path) -> None:
+    a = digits["arrays"]
+    train = _npz(tmp_path / "train.npz", x=a["x"], y=a["y"])
+    with pytest.raises(DatasetError, match="no held-out split") as info:
+        user_run_data(digits["model"], train)
+    assert "--test-data" in info.value.fix
+    test = _npz(tmp_path / "test.npz", x_test=a["x_test"][:50], y_test=a["y_test"][:50])
+    assert len(user_run_data(digits["model"], train, test).y_test) == 50
+
+
+@pytest.mark.parametrize(("arrays", "problem"), [
+    (lambda a: {"x": a["x"], "x_test": a["x_test"], "y_test": a["y_test"]}, "has no y"),
+    (lambda a: {**a, "y": a["y"][:-1]}, "needs one label per sample"),
+    (lambda a: {**a, "y": np.where(a["y"] == 3, 10, a["y"])}, "outside 0..9"),
+    (lambda a: {**a, "y": a["y"] + 0.5}, "outside 0..9"),
+    (lambda a: {**a, "x": a["x"].reshape(len(a["x"]), -1)[:, :60]}, "the model takes"),
+    (lambda a: {**a, "x": np.where(np.arange(a["x"].size).reshape(a["x"].shape) == 7, np.nan, a["x"])},
+     "1 sample\\(s\\) with NaN"),
+    (lambda a: {**a, "user": np.zeros(3, np.int64)}, "`user` has shape"),
+])
+def test_bad_data_is_named_with_the_fix(digits: dict, tmp_path: Path, arrays, problem: str) -> None:
+    path = _npz(tmp_path / "bad.npz", **arrays(digits["arrays"]))
+    with pytest.raises(DatasetError, match=problem) as info:
+        user_run_data(digits["model"], path)
+    assert info.value.source == str(path) and info.value.fix
+
+
+def test_a_corrupt_npz_or_a_missing_model_is_named(digits: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.npz"
+    bad.write_bytes(digits["npz"].read_bytes()[:500])
+    with pytest.raises(DatasetError, match="cannot read corrupt.npz"):
+        user_run_data(digits["model"], bad)
+    with pytest.raises(DatasetError, match="no such model file"):
+        user_run_data(str(tmp_path / "gone.tflite"), digits["npz"])
+
+
+def test_one_hot_labels_are_taken_as_class_indices(digits: dict, tmp_path: Path) -> None:
+    a = digits["arrays"]
+    path = _npz(tmp_path / "onehot.npz", **{**a, "y": np.eye(10, dtype=np.float32)[a["y"]]})
+    assert np.array_equal(user_run_data(digits["model"], path).y, a["y"])
+
+
+def test_tinyfed_run_trains_a_users_tflite_on_their_npz(digits: dict, tmp_path: Path) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "run", "--simulate", "4", "--model", digits["model"],
+                           "--data", str(digits["npz"]), "--partition", "dirichlet", "--alpha", "0.5",
+                           "--max-versions", "2", "--target-accuracy", "0.999", "--out", str(out), "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["versions"] == 2 and summary["updates_accepted"] >= 8 and 0.8 < summary["final_accuracy"] <= 1
+    assert Path(summary["export"]["final"]).is_file()
+    recorded = (out / "config.toml").read_text()
+    assert f'model = "{digits["model"]}"' in recorded and 'partition = "dirichlet"' in recorded
+    assert str(digits["npz"]) in recorded
