@@ -100,3 +100,52 @@ def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path
     assert all(t not in {e["task"] for e in rejected} for s in steps for t in s["tasks"])
     assert np.all(np.isfinite(result.vector))
     assert summarize(evs)["all_tasks_accounted"]
+
+
+def test_an_unexpected_error_in_a_worker_is_a_lost_task_and_the_device_comes_back(setups, tmp_path,
+                                                                                 monkeypatch) -> None:
+    """A bug-shaped error (not a link error) while provisioning or mid-task must not kill the
+    device's worker thread: the engine would wait on it forever, or keep the device busy with a
+    task that never ends. It is recorded like any failure: lost or backoff, with the reason."""
+    import threading
+
+    from tinyfed.firmware_bridge.client import BoardClient
+
+    forget_sim_boards()
+    devs = _devices("dev")
+    faults = {"load_data": devs[1].name, "read_update": devs[2].name}
+    fired: set[str] = set()
+
+    def failing(method: str):
+        original = getattr(BoardClient, method)
+
+        def wrapper(self, *args, **kwargs):
+            if self.name == faults[method] and method not in fired:
+                fired.add(method)
+                raise RuntimeError(f"injected fault in {method}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for method in faults:
+        monkeypatch.setattr(BoardClient, method, failing(method))
+    result = {}
+    with EventLog(tmp_path) as events:
+        engine = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=2), events,
+                        training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=6), seed=3,
+                        backoff_s=0.01)
+        runner = threading.Thread(target=lambda: result.update(run=engine.run()), daemon=True)
+        runner.start()
+        runner.join(timeout=120)
+        assert not runner.is_alive(), "the engine waits for a worker that died"
+    assert fired == set(faults)
+    evs = list(read_events(tmp_path))
+    summary = summarize(evs)
+    assert result["run"].versions == 6
+    assert summary["all_tasks_accounted"] and not summary["tasks_unknown"]
+    provision = next(e for e in evs if e["kind"] == "device_state" and e["device"] == devs[1].name)
+    assert provision["state"] == "backoff" and "injected fault in load_data" in provision["reason"]
+    lost = next(e for e in evs if e["kind"] == "lost" and e["device"] == devs[2].name)
+    assert lost["reason"] == "RuntimeError: injected fault in read_update"
+    for name, since in ((devs[1].name, provision["seq"]), (devs[2].name, lost["seq"])):
+        assert any(e["kind"] == "arrival" and e["device"] == name and e["seq"] > since for e in evs), name

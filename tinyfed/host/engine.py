@@ -139,24 +139,34 @@ class _Worker(threading.Thread):
         self.provision_error: str | None = None
 
     def _connect(self) -> BoardClient:
+        """Open the link and provision the board; a half-provisioned link is closed, not leaked
+        (a QEMU UART serves one connection at a time, so a leaked one would lock the board out)."""
         if self.client is not None:
             self.client.close()
+            self.client = None
         client = BoardClient(self.spec.url, name=self.spec.name, timeout=2.0)
-        client.open()
-        client.hello()
-        if self.setup.frozen_blob is not None:
-            client.load_fragment(self.setup.frozen_blob)
-        client.load_program(self.setup.program)
-        client.load_data(self.setup.images[self.spec.name])
+        try:
+            client.open()
+            client.hello()
+            if self.setup.frozen_blob is not None:
+                client.load_fragment(self.setup.frozen_blob)
+            client.load_program(self.setup.program)
+            client.load_data(self.setup.images[self.spec.name])
+        except BaseException:
+            client.close()
+            raise
         self.client, self.board_version = client, 0
         return client
 
     def run(self) -> None:
         try:
             self._connect()
-        except TinyfedError as exc:
-            self.provision_error = str(exc)
-        self.ready.set()
+        except Exception as exc:  # any failure is reported: the engine waits on ``ready``
+            if not isinstance(exc, (TinyfedError, ValueError)):
+                log.exception("%s: unexpected error while provisioning", self.spec.name)
+            self.provision_error = str(exc) or type(exc).__name__
+        finally:
+            self.ready.set()
         while True:
             task = self.tasks.get()
             if task is None:
@@ -186,7 +196,9 @@ class _Worker(threading.Thread):
             down = (sent1 - sent0) + (client.stats.bytes_sent - sent1)
             up = (recv1 - recv0) + (client.stats.bytes_received - recv1)
             return _Outcome(task, update, None, up, down, time.monotonic() - started)
-        except (TinyfedError, ValueError) as exc:
+        except Exception as exc:  # a task always ends in an outcome, or the engine waits for it forever
+            if not isinstance(exc, (TinyfedError, ValueError)):
+                log.exception("%s: unexpected error in task %d", self.spec.name, task.task_id)
             if self.client is not None:
                 self.client.close()
             self.client, self.board_version = None, None  # reconnect and provision again next time
