@@ -41,14 +41,15 @@ log = logging.getLogger(__name__)
 
 BOARDS = 8
 SEED = 5  # seeds the kills; the run itself uses seed 0 like a default run config
-TARGET = 0.75  # fresh head starts at ~0.19; sim (same settings) reaches 0.75 at v9-11 and levels off at ~0.81
+TARGET = 0.75  # a fresh head starts at 0.19; on sim boards these settings reach 0.77-0.82 at v7, then stay ~0.80
 MAX_VERSIONS = 30  # a run that cannot reach the target ends here instead of hanging
-MAX_SECONDS = 150.0
-MAX_WINDOWS = 32  # local windows per board: a task is ~1 s of one core for QEMU
+MAX_SECONDS = 120.0
+MAX_WINDOWS = 32  # local windows per board: a task is ~1 s of one core for QEMU (half of it the link)
+EPOCHS, LR = 2, 0.0075  # the second epoch is nearly free (head cache), so more progress per task
 # the engine's n-th arrival after which each kill fires: the first while the boards hold their
-# first task, the second about a version later, so both victims have time to be provisioned
-# again (five or so task durations) and deliver before the target
-KILL_WINDOWS = ((0, 4), (8, 14))
+# first task, the second later in the first version or early in the second; a victim needs ~3
+# versions to be provisioned again and deliver, the run ~7 to reach the target
+KILL_WINDOWS = ((0, 3), (4, 10))
 
 
 class _TappedLog(EventLog):
@@ -98,7 +99,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         devices = [DeviceSpec(e.name, e.url, board.name) for e in emus]
         events = _TappedLog(run_dir, sink)
         engine = Engine(setup, devices, get_strategy("ftte", buffer_size=BOARDS), events,
-                        training=LocalTraining(epochs=1, lr=0.01), seed=0,
+                        training=LocalTraining(epochs=EPOCHS, lr=LR), seed=0,
                         limits=Limits(target_accuracy=TARGET, max_versions=MAX_VERSIONS, max_seconds=MAX_SECONDS),
                         backoff_s=0.25, retries=5, device_timeout_s=60.0)
 
