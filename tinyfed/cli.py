@@ -63,7 +63,7 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from tinyfed.commands import boards, check, demo, devices, emulate, firmware, flash, plan, run
+    from tinyfed.commands import boards, check, demo, devices, emulate, firmware, flash, plan, run, simulate
 
     cli.add_command(boards.boards)
     cli.add_command(plan.plan)
@@ -74,6 +74,7 @@ def _register() -> None:
     cli.add_command(firmware.firmware)
     cli.add_command(run.run)
     cli.add_command(demo.demo)
+    cli.add_command(simulate.simulate)
 
 
 _register()

@@ -1,0 +1,192 @@
+"""The fleet simulator: determinism, the timing model, stragglers, the FedAvg barrier, memory at 10,000 devices."""
+
+from __future__ import annotations
+
+import json
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinyfed.boards import get_board
+from tinyfed.errors import TinyfedError
+from tinyfed.firmware_bridge.framing import max_encoded_bytes
+from tinyfed.host.engine import LocalTraining
+from tinyfed.host.simulator import (
+    SimLimits,
+    Simulation,
+    Slowdown,
+    Study,
+    StudyConfig,
+    make_fleet,
+    parse_board_mix,
+)
+from tinyfed.host.strategies import get_strategy
+
+MIX = {"nrf52840": 0.5, "apollo3": 0.5}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    cfg = StudyConfig(model="digits_cnn", clients=16, partition="iid", board_mix="nrf52840:0.5,apollo3:0.5",
+                      stragglers=0.5, seed=0, target_accuracy=None, max_versions=6, eval_samples=120,
+                      buffer_size=4, clients_per_round=4)
+    s = Study(cfg, work_dir=tmp_path_factory.mktemp("sim"))
+    s.model("subset")
+    s.model("dense")
+    return s
+
+
+def _run(study: Study, strategy: str, *, seed: int = 0, stragglers: float = 0.5, slowdown: str = "uniform:2:10",
+         clients: int = 16, versions: int = 6, dropout: float = 0.0, **params):
+    fleet = make_fleet(study.shards, clients, MIX, stragglers, Slowdown.parse(slowdown), seed)
+    strat = get_strategy(strategy, fleet_size=clients, ignore_extra=True,
+                         **{"buffer_size": 4, "clients_per_round": 4, **params})
+    model = study.model("subset" if strat.payload == "subset" else "dense")
+    sim = Simulation(model, fleet, strat, limits=SimLimits(max_versions=versions), seed=seed, dropout=dropout,
+                     record_trace=True)
+    return sim, sim.run()
+
+
+def test_same_seed_gives_the_same_events_and_model(study: Study) -> None:
+    _, a = _run(study, "ftte")
+    _, b = _run(study, "ftte")
+    assert a.trace == b.trace and a.event_digest == b.event_digest
+    assert np.array_equal(a.vector, b.vector)
+    assert a.versions == 6 and a.board_steps > 0
+    assert [h["accuracy"] for h in a.history] == [h["accuracy"] for h in b.history]
+
+
+def test_another_seed_gives_another_run(study: Study) -> None:
+    _, a = _run(study, "ftte", seed=0)
+    _, b = _run(study, "ftte", seed=1)
+    assert a.event_digest != b.event_digest
+    assert not np.array_equal(a.vector, b.vector)
+
+
+def test_a_task_takes_the_time_of_its_board_profile(study: Study) -> None:
+    sim, res = _run(study, "fedbuff", versions=1)
+    model = study.model("dense")
+    first = {}
+    for t, kind, task, device in res.trace:
+        if kind == "dispatch" and t == 0.0:
+            first[task] = device
+    t_arrive, _, task, name = next(e for e in res.trace if e[1] == "arrive")
+    dev = next(d for d in sim.fleet.devices if d.name == name)
+    board = get_board(sim.fleet.boards[dev.board].name)
+    # The client's framing, by hand: TRAIN_SET in (256 - 8) // 4 = 62-value requests, each acked
+    # with a u32; TRAIN (21 bytes) and its 29-byte report; UPDATE_READ (6 bytes) in 256-byte pieces.
+    frame = lambda n: max_encoded_bytes(n) + 1
+    per = (board.link.max_frame_bytes - 8) // 4
+    chunks = [min(per, model.size - k) for k in range(0, model.size, per)]
+    pieces = [min(256, model.update_bytes - k) for k in range(0, model.update_bytes, 256)]
+    assert model.update_bytes == 24 + 4 * model.size  # float32 update image: header + values
+    down = sum(frame(8 + 4 * c) for c in chunks) + frame(21) + len(pieces) * frame(6)
+    up = len(chunks) * frame(4) + frame(29) + sum(frame(p) for p in pieces)
+    link_s = (down + up) * 10 / board.link.baud
+    compute_s = len(dev.indices) * model.train_macs / (board.speed.fp32_flops_per_s / 2)
+    assert t_arrive == pytest.approx(dev.factor * (link_s + compute_s), rel=1e-12)
+    assert task in first
+
+
+def test_ftte_time_counts_the_frozen_fragment_at_the_int8_rate(study: Study) -> None:
+    sim, _ = _run(study, "ftte", versions=1)
+    model = study.model("subset")
+    dev = sim.fleet.devices[0]
+    b = sim.fleet.boards[dev.board]
+    board = get_board(b.name)
+    per_sample = (model.frozen_macs / board.speed.int8_macs_per_s
+                  + model.train_macs / (board.speed.fp32_flops_per_s / 2))
+    _, _, link_s, sim_per_sample = sim._link_cost(dev.board, True)
+    assert model.frozen_macs > 0 and sim_per_sample == pytest.approx(per_sample, rel=1e-12)
+    assert model.update_bytes < study.model("dense").update_bytes / 4  # int8 w* vs float32 whole model
+    assert sim.task_seconds(dev, True) == pytest.approx(dev.factor * (link_s + per_sample * len(dev.indices)))
+
+
+def test_stragglers_slow_the_clock_not_the_math(study: Study) -> None:
+    _, fast = _run(study, "ftte", stragglers=0.0)
+    _, slow = _run(study, "ftte", stragglers=1.0, slowdown="fixed:2")  # x2 is exact in binary floating point
+    assert np.array_equal(fast.vector, slow.vector)
+    assert [(k, t, d) for _, k, t, d in fast.trace] == [(k, t, d) for _, k, t, d in slow.trace]
+    assert [2 * h["sim_time_s"] for h in fast.history] == [h["sim_time_s"] for h in slow.history]
+    assert slow.sim_seconds == 2 * fast.sim_seconds
+
+
+def test_fedavg_waits_for_its_slowest_device_and_ftte_does_not(study: Study) -> None:
+    # one device in 16 is 1000x slower; FedAvg samples every device, so each round waits for it
+    sim, avg = _run(study, "fedavg", stragglers=1 / 16, slowdown="fixed:1000", versions=1, clients_per_round=16)
+    slowest = max(sim.fleet.devices, key=lambda d: d.factor)
+    straggler_s = sim.task_seconds(slowest, True)
+    assert avg.history[1]["sim_time_s"] == pytest.approx(straggler_s)
+    _, ftte = _run(study, "ftte", stragglers=1 / 16, slowdown="fixed:1000", versions=3)
+    assert ftte.history[-1]["sim_time_s"] < straggler_s / 50
+
+
+def test_dropped_tasks_are_lost_and_the_run_goes_on(study: Study) -> None:
+    _, res = _run(study, "fedbuff", dropout=0.3, versions=3)
+    assert res.updates_lost > 0 and res.versions == 3
+    assert res.tasks >= res.updates_lost + res.board_steps
+
+
+def test_ten_thousand_devices_fit_in_little_memory(study: Study) -> None:
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    fleet = make_fleet(study.shards, 10_000, MIX, 0.9, Slowdown.parse("lognormal:1:0.5"), 0)
+    per_device = (tracemalloc.get_traced_memory()[0] - base) / 10_000
+    strat = get_strategy("ftte", fleet_size=10_000, buffer_size=10)
+    sim = Simulation(study.model("subset"), fleet, strat, limits=SimLimits(max_versions=2), seed=0)
+    res = sim.run()  # 10,000 tasks dispatched at t = 0 share one vector; only the first arrivals train
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert per_device < 600, per_device
+    assert res.versions == 2 and res.board_steps < 100 and res.tasks >= 10_000
+    assert peak < 60e6, peak
+    assert fleet.shared_shards
+
+
+def test_bad_options_say_how_to_fix_them() -> None:
+    with pytest.raises(TinyfedError, match="BOARD:SHARE"):
+        parse_board_mix("nrf52840:-1")
+    with pytest.raises(TinyfedError, match="uniform:LOW:HIGH"):
+        Slowdown.parse("uniform:5:2")
+    assert parse_board_mix("a:1,b:3") == {"a": 0.25, "b": 0.75}
+    assert Slowdown.parse("fixed:3").draw(np.random.default_rng(0), 2).tolist() == [3.0, 3.0]
+
+
+def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: Study) -> None:
+    from tinyfed.cli import cli
+    from tinyfed.host import simulator
+
+    monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--partition", "iid",
+                                   "--board-mix", "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4",
+                                   "--clients-per-round", "4", "--target-accuracy", "0.2", "--max-versions", "3",
+                                   "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output.strip().splitlines()[-1])
+    for name in ("ftte", "fedbuff", "fedavg"):
+        r = doc["results"][name]
+        for key in ("time_to_target_s", "reached_target", "final_accuracy", "device_memory_bytes",
+                    "bytes_per_update", "bytes_total"):
+            assert key in r
+        assert math.isfinite(r["final_accuracy"])
+    assert doc["ratios_to_fedavg"]["fedavg"]["bytes_per_update"] == 1.0
+    for f in ("summary.csv", "history.csv", "study.json", "accuracy_vs_time.png", "bytes_vs_time.png"):
+        assert (out / f).stat().st_size > 0
+    bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,nope"])
+    assert bad.exit_code == 2 and "unknown strategies" in bad.output
+
+
+def test_training_is_a_pure_function_of_the_task(study: Study) -> None:
+    from tinyfed.host.simulator import train_step
+
+    model = study.model("subset")
+    idx = study.shards[0]
+    a = train_step(model, model.w0, idx, 7, 0, LocalTraining(), False)
+    b = train_step(model, model.w0.copy(), idx.copy(), 7, 0, LocalTraining(), False)
+    c = train_step(model, model.w0, idx, 8, 0, LocalTraining(), False)
+    assert np.array_equal(a.delta, b.delta) and a.loss == b.loss and a.wire_bytes == model.update_bytes
+    assert not np.array_equal(a.delta, c.delta)

@@ -1,0 +1,229 @@
+"""``tinyfed simulate``: FTTE, FedBuff and FedAvg on one simulated fleet, in the boards' time.
+
+    tinyfed simulate --clients 500 --stragglers 0.9 --strategies ftte,fedbuff,fedavg --model har_cnn
+    tinyfed simulate --model digits_cnn --partition dirichlet --alpha 0.3 --target-accuracy 0.9 --out build/sim
+    tinyfed simulate --board-mix nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2 --slowdown lognormal:1:0.5 --json
+
+Every strategy runs on the same devices, data shards, straggler factors and seed; the table
+gives time to the target in simulated seconds, versions, accuracy, on-device training memory and
+bytes, with ratios to FedAvg. ``--out DIR`` writes ``summary.csv``, ``history.csv``,
+``study.json`` and, with matplotlib, ``accuracy_vs_time.png`` and ``bytes_vs_time.png``.
+See ``docs/simulator.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.errors import TinyfedError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = ("strategy", "payload", "reached_target", "time_to_target_s", "versions_to_target", "versions",
+                  "sim_seconds", "final_accuracy", "best_accuracy", "device_memory_bytes", "bytes_per_update",
+                  "bytes_total", "bytes_down", "bytes_up", "tasks", "board_steps", "updates_accepted",
+                  "updates_rejected", "updates_lost", "wall_seconds", "board_steps_per_s", "stop_reason")
+HISTORY_FIELDS = ("strategy", "version", "sim_time_s", "accuracy", "loss", "bytes_down", "bytes_up", "bytes_total",
+                  "updates_accepted", "wall_s")
+RATIO_FIELDS = ("time_to_target_s", "device_memory_bytes", "bytes_per_update", "bytes_total")
+
+
+def ratios(results: dict[str, Any], base: str = "fedavg") -> dict[str, dict[str, float | None]]:
+    """Each strategy's figures divided by ``base``'s (None where either is missing)."""
+    if base not in results:
+        return {}
+    b = results[base].to_dict()
+    out: dict[str, dict[str, float | None]] = {}
+    for name, r in results.items():
+        d = r.to_dict()
+        out[name] = {k: (d[k] / b[k] if d[k] is not None and b[k] not in (None, 0) else None) for k in RATIO_FIELDS}
+    return out
+
+
+def _num(v: Any, fmt: str = ",.0f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_table(results: dict[str, Any], target: float | None) -> str:
+    """The side-by-side table (markdown, so it pastes into a paper's notes or BENCHMARKS.md)."""
+    rat = ratios(results)
+    head = ("| strategy | time to target (sim s) | versions | final acc | best acc | device memory (B) "
+            "| bytes / update | bytes total | x FedAvg: time | memory | bytes/update | bytes total |")
+    lines = [head, "|" + " --- |" * 2 + " ---: |" * 10]
+    for name, r in results.items():
+        ttt = _num(r.time_to_target_s, ",.1f") if r.reached_target else f"not reached ({r.sim_seconds:,.0f})"
+        x = rat.get(name, {})
+        lines.append(f"| {name} | {ttt} | {r.versions} | {r.final_accuracy:.4f} | {r.best_accuracy:.4f} "
+                     f"| {r.device_memory_bytes:,} | {r.bytes_per_update:,} | {r.bytes_total:,} "
+                     f"| {_num(x.get('time_to_target_s'), '.4f')} | {_num(x.get('device_memory_bytes'), '.4f')} "
+                     f"| {_num(x.get('bytes_per_update'), '.4f')} | {_num(x.get('bytes_total'), '.4f')} |")
+    if target is not None:
+        lines.append(f"(target test accuracy {target:g}; times are the boards' simulated seconds)")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, study: Any, results: dict[str, Any], config: dict[str, Any]) -> list[Path]:
+    """summary.csv, history.csv, study.json and the plots (when matplotlib is importable)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "summary.csv", out / "history.csv", out / "study.json"]
+    with open(files[0], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in results.values():
+            w.writerow(r.to_dict())
+    with open(files[1], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for name, r in results.items():
+            for row in r.history:
+                w.writerow({"strategy": name, **row})
+    doc = {"config": config, "study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
+           "ratios_to_fedavg": ratios(results)}
+    files[2].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    files.extend(plot(out, results, config.get("target_accuracy")))
+    return files
+
+
+def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]:
+    """accuracy_vs_time.png (linear and log time) and bytes_vs_time.png; none without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    paths = [out / "accuracy_vs_time.png", out / "bytes_vs_time.png"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, scale in zip(axes, ("linear", "log"), strict=True):
+        for name, r in results.items():
+            rows = [h for h in r.history if scale == "linear" or h["sim_time_s"] > 0]
+            ax.step([h["sim_time_s"] for h in rows], [h["accuracy"] for h in rows], where="post", label=name)
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
+        ax.set_xscale(scale)
+        ax.set_xlabel("simulated time (s)" + (", log scale" if scale == "log" else ""))
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, r in results.items():
+        ax.step([h["sim_time_s"] for h in r.history], [h["bytes_total"] for h in r.history], where="post", label=name)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("bytes on the links (both ways)")
+    ax.set_yscale("symlog")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+@click.command("simulate")
+@click.option("--model", default="har_cnn", show_default=True, help="Zoo model (har_cnn, digits_cnn).")
+@click.option("--clients", type=int, default=500, show_default=True, help="Simulated devices.")
+@click.option("--strategies", default="ftte,fedbuff,fedavg", show_default=True, help="Comma-separated strategies.")
+@click.option("--target-accuracy", type=float, default=0.75, show_default=True,
+              help="Time to target = simulated time of the first version with test accuracy >= this.")
+@click.option("--stragglers", type=float, default=0.9, show_default=True, help="Fraction of straggling devices.")
+@click.option("--slowdown", default="uniform:2:10", show_default=True,
+              help="Straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F.")
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="Probability a task is lost.")
+@click.option("--board-mix", default="nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2", show_default=True,
+              help="Fleet mix, BOARD:SHARE,...")
+@click.option("--partition", type=click.Choice(["natural", "iid", "dirichlet"]), default=None,
+              help="Data split (default: natural when the data has users, else iid).")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet concentration.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--start", type=click.Choice(["fresh-head", "pretrained"]), default="fresh-head", show_default=True,
+              help="fresh-head: the classifier head drawn anew (seeded), the same for every strategy.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Device SGD learning rate.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--buffer-size", type=int, default=10, show_default=True, help="K of FTTE and FedBuff.")
+@click.option("--clients-per-round", type=int, default=10, show_default=True, help="m of FedAvg.")
+@click.option("--server-lr", type=float, default=1.0, show_default=True)
+@click.option("--max-staleness", type=int, default=20, show_default=True, help="Update check (as tinyfed run).")
+@click.option("--norm-bound", type=float, default=100.0, show_default=True, help="Update check (as tinyfed run).")
+@click.option("--max-versions", type=int, default=400, show_default=True)
+@click.option("--max-sim-seconds", type=float, default=None, help="Stop at this simulated time.")
+@click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
+@click.option("--evaluate-every", type=int, default=1, show_default=True, help="Evaluate every N-th version.")
+@click.option("--eval-samples", type=int, default=600, show_default=True,
+              help="Evaluate each version on this many test samples (fixed, seeded; 0 = all); the final accuracy "
+                   "is always on the whole test split.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write summary.csv, history.csv, study.json and PNG plots here.")
+@boards_dir_option
+@json_option
+def simulate(model: str, clients: int, strategies: str, target_accuracy: float, stragglers: float, slowdown: str,
+             dropout: float, board_mix: str, partition: str | None, alpha: float, seed: int, start: str, epochs: int,
+             lr: float, batch_size: int, buffer_size: int, clients_per_round: int, server_lr: float,
+             max_staleness: int, norm_bound: float, max_versions: int, max_sim_seconds: float | None,
+             run_past_target: bool, evaluate_every: int, eval_samples: int, out_dir: Path | None, boards_dirs: tuple[Path, ...],
+             as_json: bool) -> None:
+    """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards."""
+    from tinyfed.host.engine import LocalTraining
+    from tinyfed.host.simulator import Study, StudyConfig
+    from tinyfed.host.strategies import STRATEGIES
+
+    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    unknown = [n for n in names if n not in STRATEGIES]
+    if not names or unknown:
+        raise TinyfedError(f"unknown strategies {unknown or strategies!r}",
+                           fix=f"use a comma-separated list of: {', '.join(sorted(STRATEGIES))}")
+    if not 0 < target_accuracy <= 1:
+        raise TinyfedError(f"--target-accuracy {target_accuracy} is not an accuracy", fix="give a number in (0, 1]")
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-versions", max_versions),
+                        ("--evaluate-every", evaluate_every)):
+        if value < 1:
+            raise TinyfedError(f"{flag} {value} must be at least 1", fix=f"give {flag} 1 or more")
+    if not lr > 0:
+        raise TinyfedError(f"--lr {lr} must be positive", fix="e.g. --lr 0.01")
+    cfg = StudyConfig(model=model, clients=clients, strategies=names, board_mix=board_mix, stragglers=stragglers,
+                      slowdown=slowdown, dropout=dropout, partition=partition, alpha=alpha, seed=seed, start=start,
+                      target_accuracy=target_accuracy, stop_at_target=not run_past_target, max_versions=max_versions,
+                      max_sim_seconds=max_sim_seconds,
+                      training=LocalTraining(epochs=epochs, lr=lr, batch_size=batch_size),
+                      buffer_size=buffer_size, clients_per_round=clients_per_round, server_lr=server_lr,
+                      norm_bound=norm_bound, max_staleness=max_staleness, evaluate_every=evaluate_every,
+                      eval_samples=eval_samples or None)
+    say = (lambda text: None) if as_json else click.echo
+    study = Study(cfg, boards_dirs=boards_dirs)
+    info = study.describe()
+    say(f"tinyfed simulate: {model}, {info['fleet']} (slowdown {info['slowdown']}), {info['partition']} split, "
+        f"{info['samples_per_device']['mean']:.1f} samples per device, seed {seed}")
+    results = {}
+    for name in names:
+        say(f"{name} ...")
+        results[name] = r = study.run(name)
+        say(f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy {r.final_accuracy:.4f} "
+            f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall")
+    files = write_outputs(out_dir, study, results, _config_dict(cfg)) if out_dir is not None else []
+    if as_json:
+        click.echo(json.dumps({"study": info, "results": {k: r.to_dict() for k, r in results.items()},
+                               "ratios_to_fedavg": ratios(results), "files": [str(p) for p in files]}))
+        return
+    say(format_table(results, target_accuracy))
+    for p in files:
+        say(f"wrote {p}")
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["strategies"] = list(cfg.strategies)
+    return d

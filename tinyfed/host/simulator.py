@@ -1,0 +1,848 @@
+"""Fleet simulator: hundreds to thousands of heterogeneous boards in virtual time.
+
+The engine (:mod:`tinyfed.host.engine`) drives real links in real time; this module drives the
+same :class:`~tinyfed.host.strategies.Strategy` objects through the same update checks
+(:func:`~tinyfed.host.updates.check_update`) over simulated boards whose clock is virtual. Each
+task really trains, with the ``sim://`` board's numpy step (:func:`tinyfed.training.local_train`
+in the firmware's sample order, the board's int8 quantization and update image), but its
+*duration* comes from the board profile: compute = multiply-accumulates of the step / the
+board's MAC rate, link = framed protocol bytes / the link rate, times the device's straggler
+factor. So a study of 500 boards that would take days of board time runs in minutes, and its
+time-to-target is in the boards' seconds, not the host's.
+
+Determinism: one event queue ordered by (virtual time, sequence number); every random choice
+comes from generators keyed by the seed (fleet draws, the strategy's sampling and task seeds in
+dispatch order, drop-outs keyed by task id). A task's training is a pure function of (start
+vector, the device's sample indices, the task seed, the training parameters), so a backend may
+train tasks in any order or in parallel and the run is the same (:class:`LocalBackend` trains
+lazily when a result arrives; a Ray backend can submit at dispatch). See ``docs/simulator.md``.
+
+Memory: a device is a few numbers and a reference to its index array; model vectors live only
+in the tasks in flight (tasks dispatched at the same version share one array) and the master.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import math
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfed.errors import TinyfedError
+from tinyfed.host.engine import LocalTraining
+from tinyfed.host.strategies import Strategy, get_strategy
+from tinyfed.host.strategies.base import Aggregate
+from tinyfed.host.updates import Update, check_update
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIX = "nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2"
+DEFAULT_SLOWDOWN = "uniform:2:10"
+#: Fewest samples a device holds when a fleet outgrows the data (devices then share shards).
+MIN_SAMPLES_PER_DEVICE = 8
+_ARRIVE, _LOST = 0, 1
+_EVENT = struct.Struct("<dBqq")
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+def parse_board_mix(text: str) -> dict[str, float]:
+    """``"nrf52840:0.5,apollo3:0.3"`` -> shares normalized to sum 1 (a bare name counts 1)."""
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        name, _, share = part.partition(":")
+        try:
+            value = float(share) if share else 1.0
+        except ValueError:
+            value = float("nan")
+        if not name or not math.isfinite(value) or value <= 0 or name in mix:
+            raise TinyfedError(f"board mix entry {part!r} is not BOARD:SHARE with a positive share (or repeats a "
+                               "board)", fix=f"write it like {DEFAULT_MIX!r}")
+        mix[name.strip()] = value
+    if not mix:
+        raise TinyfedError("the board mix is empty", fix=f"write it like {DEFAULT_MIX!r}")
+    total = sum(mix.values())
+    return {k: v / total for k, v in mix.items()}
+
+
+@dataclass(frozen=True)
+class Slowdown:
+    """How much slower a straggler is than its board profile: a factor >= 1 drawn per device."""
+
+    kind: str  # "uniform" (low, high) or "lognormal" (mu, sigma of log factor, clipped at 1)
+    a: float
+    b: float
+
+    @classmethod
+    def parse(cls, text: str) -> Slowdown:
+        """``uniform:LOW:HIGH``, ``lognormal:MU:SIGMA`` or ``fixed:F``."""
+        kind, *nums = str(text).strip().split(":")
+        fix = "use uniform:LOW:HIGH (1 <= LOW <= HIGH), lognormal:MU:SIGMA (SIGMA >= 0) or fixed:F (F >= 1)"
+        try:
+            vals = [float(v) for v in nums]
+        except ValueError:
+            raise TinyfedError(f"straggler slowdown {text!r} has a value that is not a number", fix=fix) from None
+        if kind == "fixed" and len(vals) == 1:
+            kind, vals = "uniform", [vals[0], vals[0]]
+        ok = len(vals) == 2 and all(math.isfinite(v) for v in vals)
+        if ok and kind == "uniform":
+            ok = 1.0 <= vals[0] <= vals[1]
+        elif ok and kind == "lognormal":
+            ok = vals[1] >= 0
+        else:
+            ok = False
+        if not ok:
+            raise TinyfedError(f"straggler slowdown {text!r} is not understood", fix=fix)
+        return cls(kind, vals[0], vals[1])
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b, size)
+        return np.maximum(1.0, rng.lognormal(self.a, self.b, size))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.a:g}:{self.b:g}"
+
+
+# -- boards and their clocks ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoardSpeed:
+    """What the timing model needs from a board profile ([speed], [link])."""
+
+    name: str
+    int8_macs_per_s: float
+    fp32_macs_per_s: float  # fp32_flops_per_s / 2: a multiply-accumulate is two FLOPs (as BENCH counts)
+    link_bytes_per_s: float  # UART 8N1: baud / 10; USB: the profile's rate
+    max_payload: int  # protocol payload per frame ([link] max_frame_bytes)
+    ram_budget_bytes: int
+
+    @classmethod
+    def of(cls, board: Any) -> BoardSpeed:
+        return cls(board.name, float(board.speed.int8_macs_per_s), board.speed.fp32_flops_per_s / 2.0,
+                   float(board.link_bytes_per_s), int(board.link.max_frame_bytes),
+                   int(board.fragment_ram_budget_bytes))
+
+
+def framed_bytes(payload: int) -> int:
+    """Bytes of one protocol frame carrying ``payload`` bytes: header + CRC, COBS (worst case), delimiter."""
+    from tinyfed.firmware_bridge.framing import max_encoded_bytes
+
+    return max_encoded_bytes(payload) + 1
+
+
+def task_link_bytes(values: int, update_bytes: int, max_payload: int, download: bool) -> tuple[int, int]:
+    """(host -> board, board -> host) bytes of one task, as the client's requests frame them.
+
+    TRAIN_SET sends the float32 vector in ``(max_payload - 8) // 4``-value requests (each
+    acknowledged with a u32), TRAIN goes out and its report comes back, UPDATE_READ fetches the
+    update image in ``max_payload`` pieces. ``download=False``: the board already holds the version.
+    """
+    from tinyfed.firmware_bridge.train_link import TRAIN_REQUEST, TRAIN_RESPONSE
+
+    down = up = 0
+    if download:
+        per = (max_payload - 8) // 4
+        for offset in range(0, values, per):
+            down += framed_bytes(8 + 4 * min(per, values - offset))
+            up += framed_bytes(4)
+    down += framed_bytes(TRAIN_REQUEST.size)
+    up += framed_bytes(TRAIN_RESPONSE.size)
+    for offset in range(0, update_bytes, max_payload):
+        down += framed_bytes(6)
+        up += framed_bytes(min(max_payload, update_bytes - offset))
+    return down, up
+
+
+def graph_macs(graph: Any) -> int:
+    """Multiply-accumulates of one sample through an int8 graph (pooling, ADD and SOFTMAX count one per element)."""
+    macs = 0
+    for op in graph.ops:
+        out = int(np.prod(graph.tensors[op.outputs[0]].shape[1:]))
+        if op.name == "CONV_2D":
+            _, kh, kw, cin = graph.tensors[op.inputs[1]].shape
+            macs += out * kh * kw * cin
+        elif op.name == "DEPTHWISE_CONV_2D":
+            _, kh, kw, _ = graph.tensors[op.inputs[1]].shape
+            macs += out * kh * kw
+        elif op.name == "FULLY_CONNECTED":
+            macs += out * graph.tensors[op.inputs[1]].shape[-1]
+        elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
+            kh, kw = op.options["filter"]
+            macs += out * kh * kw
+        elif op.name in ("ADD", "SOFTMAX"):
+            macs += out
+    return int(macs)
+
+
+# -- the model the boards train ---------------------------------------------------------------
+
+
+@dataclass
+class SimModel:
+    """One payload's trainable part, with every client sample's input to it computed once.
+
+    For FTTE (``subset``) ``features`` are the frozen int8 fragment's outputs (run once per
+    run with the bit-exact int8 kernels, as the ``sim://`` board's head cache does); for the
+    dense baselines they are the dequantized int8 model inputs and the whole model trains.
+    """
+
+    model: str
+    payload: str
+    tail: Any  # FloatTail of the training program (what the sim:// board trains)
+    unit_shapes: list[tuple[int, int]]
+    w0: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    evaluate: Callable[[np.ndarray], tuple[float, float]]  # on the evaluation subset (history, time to target)
+    evaluate_full: Callable[[np.ndarray], tuple[float, float]]  # on the whole test split (final accuracy)
+    frozen_macs: int  # int8 MACs per sample of the frozen fragment (0: none)
+    train_macs: int  # fp32 MACs per sample of one training step, forward + backward (TFTR header)
+    device_memory_bytes: int  # the planner's training RAM for this payload
+    update_bytes: int  # the update image as it crosses the link
+
+    @property
+    def size(self) -> int:
+        return int(self.w0.size)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a simulated board hands back for one task (already through its update image)."""
+
+    delta: np.ndarray
+    n: int
+    loss: float
+    variance: float
+    wire_bytes: int
+
+
+def split_units(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    out, k = [], 0
+    for c, per in shapes:
+        out.append(np.asarray(flat[k:k + c * per]).reshape(c, per))
+        k += c * per
+    return out
+
+
+def make_evaluator(tail: Any, shapes: list[tuple[int, int]], inputs: np.ndarray, labels: np.ndarray,
+                   chunk: int = 256) -> Callable[[np.ndarray], tuple[float, float]]:
+    """vector -> (accuracy, mean cross-entropy) of the float master on ``inputs`` (the trained part's input)."""
+    y = np.asarray(labels, np.int64)
+
+    def evaluate(w: np.ndarray) -> tuple[float, float]:
+        t = tail.copy()
+        t.set_unit_values(split_units(w, shapes))
+        p = np.concatenate([t.forward(inputs[k:k + chunk], keep=False).reshape(min(chunk, len(y) - k), -1)
+                            for k in range(0, len(y), chunk)])
+        loss = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-30)).mean())
+        return float((p.argmax(1) == y).mean()), loss
+
+    return evaluate
+
+
+def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: int, version: int,
+               training: LocalTraining, float_update: bool) -> StepResult:
+    """One board's task, as the ``sim://`` board runs TRAIN then UPDATE_READ; pure in its arguments.
+
+    Local SGD (firmware sample order) on the device's samples from ``vector``, the delta
+    quantized to int8 (or sent as float32 for the dense baselines) in the board's update image,
+    which is then read back the way the engine reads it.
+    """
+    from tinyfed.firmware_bridge import shuffle
+    from tinyfed.firmware_bridge.train_link import (
+        pack_update,
+        quantize_flat,
+        unpack_update,
+    )
+    from tinyfed.training.step import local_train
+
+    start = np.asarray(vector, np.float32)
+    tail = model.tail.copy()
+    tail.set_unit_values(split_units(start, model.unit_shapes))
+    x, y = model.features[indices], model.labels[indices]
+    res = local_train(tail, x, y, epochs=training.epochs, lr=np.float32(training.lr), batch_size=training.batch_size,
+                      seed=seed, order=shuffle.epoch_order)
+    values = np.concatenate([v.ravel() for v in res.values]).astype(np.float32)
+    delta = (values - start).astype(np.float32)
+    q, scales = quantize_flat(delta, model.unit_shapes, training.per_channel)
+    variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+    image = pack_update(version, len(y), res.loss, variance, q, scales, training.per_channel,
+                        delta if float_update else None)
+    upd = unpack_update(image)
+    return StepResult(upd.dense(model.unit_shapes), upd.n, upd.loss, upd.variance, len(image))
+
+
+def update_image_bytes(size: int, unit_shapes: list[tuple[int, int]], per_channel: bool, float_update: bool) -> int:
+    """Bytes of the update image (fixed by the vector's layout, not its values)."""
+    from tinyfed.firmware_bridge.train_link import pack_update, quantize_flat
+
+    zeros = np.zeros(size, np.float32)
+    q, scales = quantize_flat(zeros, unit_shapes, per_channel)
+    return len(pack_update(0, 1, 0.0, 0.0, q, scales, per_channel, zeros if float_update else None))
+
+
+# -- fleet ------------------------------------------------------------------------------------
+
+
+class SimDevice:
+    """One simulated board: its name, board, straggler factor, sample indices and the version it holds."""
+
+    __slots__ = ("board", "factor", "indices", "name", "version")
+
+    def __init__(self, name: str, board: int, factor: float, indices: np.ndarray) -> None:
+        self.name, self.board, self.factor, self.indices = name, board, factor, indices
+        self.version: int | None = None
+
+
+@dataclass
+class SimFleet:
+    boards: list[BoardSpeed]
+    devices: list[SimDevice]
+    shared_shards: bool = False  # True: more devices than shards, devices share them cyclically
+
+    def describe(self) -> str:
+        counts = np.bincount([d.board for d in self.devices], minlength=len(self.boards))
+        slow = sum(1 for d in self.devices if d.factor > 1.0)
+        mix = ", ".join(f"{int(c)} x {b.name}" for b, c in zip(self.boards, counts, strict=True))
+        return f"{len(self.devices)} devices ({mix}); {slow} stragglers"
+
+
+def make_fleet(shards: list[np.ndarray], clients: int, mix: dict[str, float], stragglers: float,
+               slowdown: Slowdown, seed: int, boards_dirs: tuple[Path, ...] = ()) -> SimFleet:
+    """``clients`` devices: boards dealt by ``mix`` (largest remainder, then shuffled), a
+    ``stragglers`` fraction slowed by ``slowdown``; device i holds shard ``i % len(shards)``."""
+    from tinyfed.boards import get_board
+
+    if int(clients) != clients or clients < 1:
+        raise TinyfedError(f"--clients {clients!r} must be a positive integer", fix="e.g. --clients 500")
+    if not 0.0 <= stragglers <= 1.0:
+        raise TinyfedError(f"--stragglers {stragglers!r} is not a fraction", fix="give a number from 0 to 1")
+    boards = [BoardSpeed.of(get_board(name, boards_dirs)) for name in mix]
+    shares = np.array(list(mix.values()))
+    raw = shares * clients
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind="stable")[: clients - int(counts.sum())]:
+        counts[i] += 1
+    rng = np.random.default_rng([seed, 0xF1EE7])
+    board_of = rng.permutation(np.repeat(np.arange(len(boards)), counts))
+    factors = np.ones(clients)
+    k = round(stragglers * clients)
+    if k:
+        slow = rng.choice(clients, size=k, replace=False)
+        factors[np.sort(slow)] = slowdown.draw(rng, k)
+    width = len(str(clients - 1))
+    devices = [SimDevice(f"d{i:0{width}d}", int(board_of[i]), float(factors[i]), shards[i % len(shards)])
+               for i in range(clients)]
+    return SimFleet(boards, devices, shared_shards=clients > len(shards))
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+
+class LocalBackend:
+    """Trains a task in this process when its result is due (a task lost or still in flight at
+    the end never trains). A parallel backend may train at ``start`` instead: results are the same."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._pending: dict[int, tuple] = {}
+        self.steps = 0
+
+    def start(self, task_id: int, args: tuple) -> None:
+        self._pending[task_id] = args
+
+    def cancel(self, task_id: int) -> None:
+        self._pending.pop(task_id, None)
+
+    def finish(self, task_id: int) -> StepResult:
+        self.steps += 1
+        return train_step(*self._pending.pop(task_id))
+
+
+# -- the simulation ---------------------------------------------------------------------------
+
+
+class _Task:
+    __slots__ = ("device", "dispatched", "duration", "seed", "task_id", "up_bytes", "version")
+
+    def __init__(self, task_id: int, device: int, version: int, seed: int, up_bytes: int, dispatched: float,
+                 duration: float) -> None:
+        self.task_id, self.device, self.version, self.seed = task_id, device, version, seed
+        self.up_bytes, self.dispatched, self.duration = up_bytes, dispatched, duration
+
+
+@dataclass(frozen=True)
+class SimLimits:
+    target_accuracy: float | None = None
+    stop_at_target: bool = True
+    max_versions: int | None = None
+    max_sim_seconds: float | None = None
+    max_wall_seconds: float | None = None
+
+
+@dataclass
+class SimResult:
+    """One strategy's run. ``final_accuracy`` is on the whole test split; the history, ``best_accuracy``
+    and the time to target use the evaluation subset when the study sets ``eval_samples``."""
+
+    strategy: str
+    payload: str
+    versions: int
+    sim_seconds: float
+    time_to_target_s: float | None
+    versions_to_target: int | None
+    reached_target: bool
+    final_accuracy: float
+    final_loss: float
+    best_accuracy: float
+    device_memory_bytes: int
+    bytes_per_update: int
+    bytes_down: int
+    bytes_up: int
+    tasks: int
+    board_steps: int
+    updates_accepted: int
+    updates_rejected: int
+    updates_lost: int
+    rejections: dict[str, int]
+    wall_seconds: float
+    event_digest: str
+    stop_reason: str
+    vector: np.ndarray = field(repr=False)
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    trace: list[tuple[float, str, int, str]] | None = field(default=None, repr=False)
+
+    @property
+    def bytes_total(self) -> int:
+        return self.bytes_down + self.bytes_up
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy, "payload": self.payload, "versions": self.versions,
+            "sim_seconds": self.sim_seconds, "time_to_target_s": self.time_to_target_s,
+            "versions_to_target": self.versions_to_target, "reached_target": self.reached_target,
+            "final_accuracy": self.final_accuracy, "final_loss": self.final_loss, "best_accuracy": self.best_accuracy,
+            "device_memory_bytes": self.device_memory_bytes, "bytes_per_update": self.bytes_per_update,
+            "bytes_total": self.bytes_total, "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
+            "tasks": self.tasks, "board_steps": self.board_steps, "updates_accepted": self.updates_accepted,
+            "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
+            "rejections": dict(self.rejections), "wall_seconds": self.wall_seconds,
+            "board_steps_per_s": self.board_steps / self.wall_seconds if self.wall_seconds > 0 else None,
+            "event_digest": self.event_digest, "stop_reason": self.stop_reason,
+        }
+
+
+class Simulation:
+    """One strategy on one simulated fleet, to a limit; :meth:`run` returns a :class:`SimResult`."""
+
+    def __init__(self, model: SimModel, fleet: SimFleet, strategy: Strategy, *,
+                 training: LocalTraining | None = None, limits: SimLimits | None = None, seed: int = 0,
+                 norm_bound: float | None = 100.0, max_staleness: int | None = 20, dropout: float = 0.0,
+                 evaluate_every: int = 1, backend: LocalBackend | None = None, record_trace: bool = False,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        expected = "subset" if strategy.payload == "subset" else "dense"
+        if model.payload != expected:
+            raise TinyfedError(f"{strategy.name} sends the {expected} payload, the model given is {model.payload}",
+                               fix="build the SimModel for the strategy's payload (Study.model)")
+        limits = limits if limits is not None else SimLimits(max_versions=100)
+        if not 0.0 <= dropout < 1.0:
+            raise TinyfedError(f"drop-out probability {dropout!r} is out of range", fix="give a number in [0, 1)")
+        if limits.target_accuracy is None and limits.max_versions is None and limits.max_sim_seconds is None \
+                and limits.max_wall_seconds is None:
+            raise TinyfedError("a simulation needs a limit", fix="give a target accuracy, max versions or max "
+                                                                 "simulated seconds")
+        self.model, self.fleet, self.strategy = model, fleet, strategy
+        self.training = training if training is not None else LocalTraining()
+        self.limits, self.seed = limits, seed
+        self.norm_bound, self.max_staleness, self.dropout = norm_bound, max_staleness, dropout
+        self.evaluate_every = max(1, int(evaluate_every))
+        self.backend = backend if backend is not None else LocalBackend()
+        self.progress = progress
+        self.float_update = strategy.payload == "dense"
+        self.rng = np.random.default_rng(seed)  # the engine's: strategy sampling and task seeds
+        strategy.fleet_size = len(fleet.devices)
+        self.now = 0.0
+        self.vector = model.w0.astype(np.float32).copy()
+        self.version = 0
+        self.queue: list[tuple[float, int, int, int]] = []
+        self.seq = 0
+        self.tasks: dict[int, _Task] = {}
+        self.next_task = 0
+        self.idle: set[int] = set(range(len(fleet.devices)))
+        self.busy: dict[str, None] = {}
+        self.seen: set[tuple[str, int]] = set()
+        self.bytes_down = self.bytes_up = 0
+        self.accepted = self.rejected = self.lost = 0
+        self.rejections: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []
+        self._digest = hashlib.sha256()
+        self.trace: list[tuple[float, str, int, str]] | None = [] if record_trace else None
+        self._link: dict[tuple[int, bool], tuple[int, int, float, float]] = {}
+        self._started = 0.0
+
+    # -- timing ----------------------------------------------------------------------------
+
+    def _link_cost(self, board: int, download: bool) -> tuple[int, int, float, float]:
+        """(bytes down, bytes up, link seconds, compute seconds per sample) of a task on ``board``."""
+        key = (board, download)
+        if key not in self._link:
+            b = self.fleet.boards[board]
+            down, up = task_link_bytes(self.model.size, self.model.update_bytes, b.max_payload, download)
+            t = self.training
+            frozen_passes = 1 if t.head_cache else t.epochs
+            per_sample = (self.model.frozen_macs * frozen_passes / b.int8_macs_per_s
+                          + self.model.train_macs * t.epochs / b.fp32_macs_per_s)
+            self._link[key] = (down, up, (down + up) / b.link_bytes_per_s, per_sample)
+        return self._link[key]
+
+    def task_seconds(self, device: SimDevice, download: bool) -> float:
+        """Virtual seconds of one task: (link + compute) x the device's straggler factor."""
+        _, _, link_s, per_sample = self._link_cost(device.board, download)
+        return device.factor * (link_s + per_sample * len(device.indices))
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _record(self, kind: str, task: int, device: str) -> None:
+        self._digest.update(_EVENT.pack(self.now, 0 if kind == "arrive" else 1 if kind == "lost" else 2, task,
+                                        int(device[1:]) if device else -1))
+        if self.trace is not None:
+            self.trace.append((self.now, kind, task, device))
+
+    def _push(self, t: float, kind: int, task_id: int) -> None:
+        heapq.heappush(self.queue, (t, self.seq, kind, task_id))
+        self.seq += 1
+
+    def _dispatch(self) -> None:
+        devices = self.fleet.devices
+        idle = [devices[i].name for i in sorted(self.idle)]
+        chosen = self.strategy.select(idle, list(self.busy), self.version, self.rng)
+        if not chosen:
+            return
+        index = {name: i for i, name in ((i, devices[i].name) for i in self.idle)}
+        for name in chosen:
+            i = index[name]
+            dev = devices[i]
+            task_id = self.next_task
+            self.next_task += 1
+            seed = int(self.rng.integers(0, 2**31 - 1))
+            download = dev.version != self.version
+            down, up, _, _ = self._link_cost(dev.board, download)
+            duration = self.task_seconds(dev, download)
+            self.bytes_down += down
+            task = _Task(task_id, i, self.version, seed, up, self.now, duration)
+            self.tasks[task_id] = task
+            self.idle.discard(i)
+            self.busy[name] = None
+            lost = False
+            if self.dropout > 0:
+                u = np.random.default_rng([self.seed, 0xD0, task_id]).random(2)
+                lost = bool(u[0] < self.dropout)
+            if lost:
+                dev.version = None
+                self._push(self.now + u[1] * duration, _LOST, task_id)
+            else:
+                dev.version = self.version
+                self.backend.start(task_id, (self.model, self.vector, dev.indices, seed, self.version, self.training,
+                                             self.float_update))
+                self._push(self.now + duration, _ARRIVE, task_id)
+            self._record("dispatch", task_id, name)
+
+    def _handle(self, kind: int, task_id: int) -> Aggregate | None:
+        task = self.tasks.pop(task_id)
+        dev = self.fleet.devices[task.device]
+        self.idle.add(task.device)
+        del self.busy[dev.name]
+        if kind == _LOST:
+            self._record("lost", task_id, dev.name)
+            self.lost += 1
+            return self.strategy.on_lost(dev.name, task_id)
+        self._record("arrive", task_id, dev.name)
+        res = self.backend.finish(task_id)
+        self.bytes_up += task.up_bytes
+        update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes)
+        rejection = check_update(update, global_version=self.version, size=self.vector.size,
+                                 norm_bound=self.norm_bound, max_staleness=self.max_staleness, seen_tasks=self.seen)
+        if rejection is not None:
+            self.rejected += 1
+            self.rejections[str(rejection.reason)] = self.rejections.get(str(rejection.reason), 0) + 1
+            return self.strategy.on_lost(dev.name, task_id)
+        self.seen.add(update.key)
+        self.accepted += 1
+        return self.strategy.on_update(update, self.version)
+
+    def _evaluate(self) -> dict[str, Any]:
+        acc, loss = self.model.evaluate(self.vector)
+        row = {"version": self.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
+               "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
+               "bytes_total": self.bytes_down + self.bytes_up, "updates_accepted": self.accepted,
+               "wall_s": time.monotonic() - self._started}
+        self.history.append(row)
+        if self.progress is not None:
+            self.progress({"strategy": self.strategy.name, **row})
+        return row
+
+    def run(self) -> SimResult:
+        self._started = time.monotonic()
+        lim = self.limits
+        reason = "no events left"
+        row = self._evaluate()
+        ttt = vtt = None
+
+        def reached(r: dict[str, Any]) -> bool:
+            return lim.target_accuracy is not None and r["accuracy"] >= lim.target_accuracy
+
+        if reached(row):
+            ttt, vtt = 0.0, 0
+        if ttt is not None and lim.stop_at_target:
+            reason = "target reached"
+        else:
+            self._dispatch()
+            while self.queue:
+                t, _, kind, task_id = self.queue[0]
+                if lim.max_sim_seconds is not None and t > lim.max_sim_seconds:
+                    self.now = float(lim.max_sim_seconds)
+                    reason = "max simulated seconds"
+                    break
+                heapq.heappop(self.queue)
+                self.now = t
+                agg = self._handle(kind, task_id)
+                if agg is not None:
+                    self.vector = (self.vector + agg.step).astype(np.float32)
+                    self.version = agg.new_version
+                    self._record("step", self.version, "")
+                    if self.version % self.evaluate_every == 0:
+                        row = self._evaluate()
+                        if ttt is None and reached(row):
+                            ttt, vtt = self.now, self.version
+                    if ttt is not None and lim.stop_at_target:
+                        reason = "target reached"
+                        break
+                    if lim.max_versions is not None and self.version >= lim.max_versions:
+                        reason = "max versions"
+                        break
+                if lim.max_wall_seconds is not None and time.monotonic() - self._started >= lim.max_wall_seconds:
+                    reason = "max wall seconds"
+                    break
+                if self.idle:
+                    self._dispatch()
+        for task_id in list(self.tasks):  # in flight at the end: never trained, counted as such
+            self.backend.cancel(task_id)
+        if self.history[-1]["version"] != self.version:
+            row = self._evaluate()
+            if ttt is None and reached(row):
+                ttt, vtt = self.now, self.version
+        self._digest.update(np.ascontiguousarray(self.vector).tobytes())
+        final = self.history[-1]
+        if self.model.evaluate_full is not self.model.evaluate:
+            acc, loss = self.model.evaluate_full(self.vector)
+            final = {"accuracy": float(acc), "loss": float(loss)}
+        return SimResult(
+            strategy=self.strategy.name, payload=self.model.payload, versions=self.version, sim_seconds=self.now,
+            time_to_target_s=ttt, versions_to_target=vtt, reached_target=ttt is not None,
+            final_accuracy=final["accuracy"], final_loss=final["loss"],
+            best_accuracy=max(r["accuracy"] for r in self.history),
+            device_memory_bytes=self.model.device_memory_bytes, bytes_per_update=self.model.update_bytes,
+            bytes_down=self.bytes_down, bytes_up=self.bytes_up, tasks=self.next_task,
+            board_steps=self.accepted + self.rejected, updates_accepted=self.accepted,
+            updates_rejected=self.rejected, updates_lost=self.lost, rejections=dict(self.rejections),
+            wall_seconds=time.monotonic() - self._started, event_digest=self._digest.hexdigest(),
+            stop_reason=reason, vector=self.vector.copy(), history=self.history, trace=self.trace)
+
+
+# -- a study: several strategies on one fleet ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study fixes for every strategy: model, data split, fleet, training, limits."""
+
+    model: str = "har_cnn"
+    clients: int = 500
+    strategies: tuple[str, ...] = ("ftte", "fedbuff", "fedavg")
+    board_mix: str = DEFAULT_MIX
+    stragglers: float = 0.9
+    slowdown: str = DEFAULT_SLOWDOWN
+    dropout: float = 0.0
+    partition: str | None = None  # None: natural when the data has users, else iid
+    alpha: float = 0.5
+    seed: int = 0
+    start: str = "fresh-head"
+    target_accuracy: float | None = 0.75
+    stop_at_target: bool = True
+    max_versions: int | None = 400
+    max_sim_seconds: float | None = None
+    max_wall_seconds: float | None = None
+    training: LocalTraining = field(default_factory=LocalTraining)
+    buffer_size: int = 10
+    clients_per_round: int = 10
+    server_lr: float = 1.0
+    norm_bound: float | None = 100.0
+    max_staleness: int | None = 20
+    evaluate_every: int = 1
+    eval_samples: int | None = None  # None: the whole test split after every version
+
+    def strategy(self, name: str) -> Strategy:
+        params: dict[str, Any] = {"buffer_size": self.buffer_size, "clients_per_round": self.clients_per_round,
+                                  "server_lr": self.server_lr}
+        return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **params)
+
+    def limits(self) -> SimLimits:
+        return SimLimits(self.target_accuracy, self.stop_at_target, self.max_versions, self.max_sim_seconds,
+                         self.max_wall_seconds)
+
+
+class Study:
+    """The data, fleet and per-payload models of one study, built once and shared by its strategies."""
+
+    def __init__(self, cfg: StudyConfig, *, boards_dirs: tuple[Path, ...] = (), work_dir: Path | None = None) -> None:
+        from tinyfed.host.rundata import zoo_run_data
+        from tinyfed.models.zoo import ZOO_NAMES
+
+        if cfg.model not in ZOO_NAMES:
+            raise TinyfedError(f"unknown zoo model {cfg.model!r}", fix=f"use one of: {', '.join(sorted(ZOO_NAMES))}")
+        if cfg.start not in ("fresh-head", "pretrained"):
+            raise TinyfedError(f"start {cfg.start!r} is not known", fix="use fresh-head or pretrained")
+        self.cfg, self.boards_dirs = cfg, boards_dirs
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="tinyfed-sim-"))
+        self.mix = parse_board_mix(cfg.board_mix)
+        self.slowdown = Slowdown.parse(cfg.slowdown)
+        self.data = zoo_run_data(cfg.model)
+        part = cfg.partition or ("natural" if self.data.groups is not None else "iid")
+        if part not in ("natural", "iid", "dirichlet"):
+            raise TinyfedError(f"unknown partition {part!r}", fix="use natural, iid or dirichlet")
+        if part == "natural" and self.data.groups is None:
+            raise TinyfedError(f"{cfg.model}'s data has no users to partition by", fix="use --partition iid or "
+                                                                                       "--partition dirichlet")
+        self.partition = part
+        shards = min(cfg.clients, max(1, len(self.data.y) // MIN_SAMPLES_PER_DEVICE))
+        self.shards = [np.asarray(s, np.int32) for s in self.data.shares(part, shards, cfg.alpha, cfg.seed)]
+        self.fleet = make_fleet(self.shards, cfg.clients, self.mix, cfg.stragglers, self.slowdown, cfg.seed,
+                                boards_dirs)
+        self._models: dict[str, SimModel] = {}
+        self._plan: dict[str, Any] | None = None
+
+    def plan_facts(self) -> dict[str, Any]:
+        """plan.json of the FTTE plan for this fleet's boards (memory figures of w* and of the whole model)."""
+        self.model("subset")
+        assert self._plan is not None
+        return self._plan
+
+    def model(self, payload: str) -> SimModel:
+        """The SimModel of ``payload`` ("subset" or "dense"), built on first use (the subset plans first)."""
+        if payload not in self._models:
+            self._models[payload] = self._build(payload)
+        return self._models[payload]
+
+    def _build(self, payload: str) -> SimModel:
+        from tinyfed.firmware_bridge import local_data
+        from tinyfed.firmware_bridge.kernels_np import run_blob
+        from tinyfed.firmware_bridge.program_tail import program_tail
+        from tinyfed.firmware_bridge.train_blob import parse_program
+        from tinyfed.host.setup import DeviceSpec, prepare_run
+        from tinyfed.models.tflite_graph import TfliteGraph
+
+        cfg = self.cfg
+        t0 = time.monotonic()
+        specs = [DeviceSpec(f"plan-{b}", f"sim://{b}", b) for b in self.mix]
+        work = self.work_dir / payload
+        # The devices here only shape the plan (M_min of the mix); their images are not used.
+        setup = prepare_run(cfg.model, specs, payload, work_dir=work, partition="iid", seed=cfg.seed,
+                            batch_size=cfg.training.batch_size, start=cfg.start)
+        tail, shapes, _ram = program_tail(setup.program)
+        graph = TfliteGraph.from_bytes(self.data.model_bytes, source=cfg.model)
+        t_in = graph.tensors[graph.inputs[0]]
+        xq = local_data.quantize_inputs(self.data.x, float(t_in.scales[0]), int(t_in.zero_points[0]))
+        in_shape = tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])
+        frozen_macs = 0
+        if setup.frozen_blob is not None:
+            plan = json.loads((work / "plan" / "plan.json").read_text())
+            self._plan = plan
+            frozen_path = Path(plan["files"]["frozen"]["path"])
+            frozen_macs = graph_macs(TfliteGraph.from_bytes(frozen_path.read_bytes(), source="frozen.tflite"))
+            out = np.concatenate([run_blob(setup.frozen_blob, xq[k:k + 512]) for k in range(0, len(xq), 512)])
+            features = tail.dequantize_input(out.reshape((len(out), *in_shape)))
+            memory = int(plan["training_memory"]["total"])
+        else:
+            from tinyfed.planner.config import TrainingConfig
+            from tinyfed.planner.memory import Selection, layer_facts, training_memory
+
+            features = tail.dequantize_input(xq.reshape((len(xq), *in_shape)))
+            # The planner's figure for training every layer (its plan.json "full_training_memory").
+            facts = layer_facts(graph)
+            memory = training_memory(facts, Selection.everything(facts), 0,
+                                     TrainingConfig(batch_size=cfg.training.batch_size)).total
+        evaluate = setup.evaluate
+        n_test = len(self.data.y_test)
+        if cfg.eval_samples and cfg.eval_samples < n_test:
+            # A fixed seeded subset, the same for every strategy: dense evaluations cost seconds each.
+            sub = np.sort(np.random.default_rng([cfg.seed, 0xE7A1]).choice(n_test, cfg.eval_samples, replace=False))
+            xt = local_data.quantize_inputs(self.data.x_test[sub], float(t_in.scales[0]), int(t_in.zero_points[0]))
+            if setup.frozen_blob is not None:
+                xt = run_blob(setup.frozen_blob, xt)
+            evaluate = make_evaluator(tail, shapes, tail.dequantize_input(xt.reshape((len(sub), *in_shape))),
+                                      self.data.y_test[sub])
+        dense = payload == "dense"
+        model = SimModel(cfg.model, payload, tail, shapes, setup.w0.astype(np.float32), np.ascontiguousarray(features),
+                         self.data.y.astype(np.int64), evaluate, setup.evaluate, frozen_macs,
+                         parse_program(setup.program).flops,
+                         memory, update_image_bytes(setup.w0.size, shapes, cfg.training.per_channel, dense))
+        log.info("%s %s model: %d values, %d frozen + %d training MACs per sample, built in %.1f s", cfg.model, payload,
+                 model.size, frozen_macs, model.train_macs, time.monotonic() - t0)
+        return model
+
+    def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+            backend: LocalBackend | None = None, record_trace: bool = False) -> SimResult:
+        """One strategy on this study's fleet (a fresh copy of the devices' state)."""
+        cfg = self.cfg
+        strategy = cfg.strategy(name)
+        payload = "subset" if strategy.payload == "subset" else "dense"
+        model = self.model(payload)
+        for d in self.fleet.devices:  # every strategy starts from boards that hold nothing
+            d.version = None
+        sim = Simulation(model, self.fleet, strategy, training=cfg.training, limits=cfg.limits(), seed=cfg.seed,
+                         norm_bound=cfg.norm_bound, max_staleness=cfg.max_staleness, dropout=cfg.dropout,
+                         evaluate_every=cfg.evaluate_every, backend=backend, record_trace=record_trace,
+                         progress=progress)
+        result = sim.run()
+        log.info("%s: %d versions, %.0f simulated s, accuracy %.4f (%s), %.1f s wall", name, result.versions,
+                 result.sim_seconds, result.final_accuracy, result.stop_reason, result.wall_seconds)
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        sizes = [len(s) for s in self.shards]
+        return {"model": self.cfg.model, "clients": self.cfg.clients, "partition": self.partition,
+                "alpha": self.cfg.alpha if self.partition == "dirichlet" else None, "seed": self.cfg.seed,
+                "board_mix": {k: round(v, 6) for k, v in self.mix.items()}, "stragglers": self.cfg.stragglers,
+                "slowdown": str(self.slowdown), "dropout": self.cfg.dropout, "start": self.cfg.start,
+                "samples_per_device": {"min": min(sizes), "max": max(sizes), "mean": float(np.mean(sizes))},
+                "shared_shards": self.fleet.shared_shards, "fleet": self.fleet.describe(),
+                "smallest_ram_budget": min(b.ram_budget_bytes for b in self.fleet.boards)}
+
+
+def run_study(cfg: StudyConfig, *, boards_dirs: tuple[Path, ...] = (), work_dir: Path | None = None,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Study, dict[str, SimResult]]:
+    """Every strategy of ``cfg`` on the same fleet, data split and seed."""
+    study = Study(cfg, boards_dirs=boards_dirs, work_dir=work_dir)
+    results = {name: study.run(name, progress=progress) for name in cfg.strategies}
+    return study, results
+
+
+def with_changes(cfg: StudyConfig, **changes: Any) -> StudyConfig:
+    """A copy of ``cfg`` with some fields changed (the CLI and the bench build variants this way)."""
+    return replace(cfg, **changes)
