@@ -46,10 +46,9 @@ MAX_VERSIONS = 30  # a run that cannot reach the target ends here instead of han
 MAX_SECONDS = 120.0
 MAX_WINDOWS = 32  # local windows per board: a task is ~1 s of one core for QEMU (half of it the link)
 EPOCHS, LR = 2, 0.0075  # the second epoch is nearly free (head cache), so more progress per task
-# the engine's n-th arrival after which each kill fires: the first while the boards hold their
-# first task, the second later in the first version or early in the second; a victim needs ~3
-# versions to be provisioned again and deliver, the run ~7 to reach the target
-KILL_WINDOWS = ((0, 3), (4, 10))
+# the engine's n-th arrival after which each kill fires, both in the first version (8 arrivals):
+# a victim needs ~3 versions to be provisioned again and deliver, the run ~6-7 to reach the target
+KILL_WINDOWS = ((0, 3), (3, 7))
 
 
 class _TappedLog(EventLog):
@@ -80,22 +79,35 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
     kill_after = [rng.randint(lo, hi) for lo, hi in KILL_WINDOWS]
     board = get_board("mps2-an386")
     names = [f"fault{i}" for i in range(BOARDS)]
-    # the firmware builds (make, a subprocess) while the run is prepared (plan, data shards)
-    built: dict[str, Any] = {}
-    builder = threading.Thread(target=lambda: built.update(fw=build_firmware(board.name, tmp_path / "fw")))
-    builder.start()
-    setup = prepare_run("har_cnn", [DeviceSpec(n, "", board.name) for n in names], "subset",
-                        work_dir=tmp_path / "run", max_windows=MAX_WINDOWS, start="fresh-head", seed=0)
-    builder.join()
-    elf = built["fw"].elf
-    emus = [start_qemu(board, elf, name=n) for n in names]
+    emus: list[EmulatedBoard] = []
+    prepared: dict[str, Any] = {}
+
+    def prepare() -> None:
+        """Plan and shard the run while this thread builds the firmware and boots the boards
+        (QEMU is started from the main thread: PR_SET_PDEATHSIG ties it to the starting thread)."""
+        try:
+            prepared["setup"] = prepare_run("har_cnn", [DeviceSpec(n, "", board.name) for n in names], "subset",
+                                            work_dir=tmp_path / "run", max_windows=MAX_WINDOWS, start="fresh-head",
+                                            seed=0)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            prepared["error"] = exc
+
     sink: queue.Queue[dict[str, Any]] = queue.Queue()
     run_dir = tmp_path / "events"
     outcome: dict[str, Any] = {}
     kills: list[dict[str, Any]] = []
+    preparer = threading.Thread(target=prepare, name="prepare")
+    preparer.start()
     try:
+        elf = build_firmware(board.name, tmp_path / "fw").elf
+        for n in names:
+            emus.append(start_qemu(board, elf, name=n))
         for e in emus:
             wait_ready(e)
+        preparer.join()
+        if "error" in prepared:
+            raise prepared["error"]
+        setup = prepared["setup"]
         devices = [DeviceSpec(e.name, e.url, board.name) for e in emus]
         events = _TappedLog(run_dir, sink)
         engine = Engine(setup, devices, get_strategy("ftte", buffer_size=BOARDS), events,
@@ -112,7 +124,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
                 events.close()
                 sink.put({"kind": "_done"})
 
-        runner = threading.Thread(target=train, name="engine")
+        runner = threading.Thread(target=train, name="engine", daemon=True)
         runner.start()
         holding: dict[str, int] = {}  # device -> task it holds now (dispatched, no outcome yet)
         arrivals = 0
@@ -145,6 +157,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         runner.join(timeout=60)
         assert not runner.is_alive()
     finally:
+        preparer.join()
         for e in emus:
             e.stop()
     if "error" in outcome:
