@@ -280,9 +280,12 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
     ``tasks_unaccounted`` lists dispatched tasks with no arrival, rejection or lost event;
     ``tasks_unknown`` lists outcomes for tasks never dispatched (e.g. a replayed update). A
     finished run should have both empty: that is the "nothing silently lost" check.
+    ``tasks_with_several_outcomes`` lists dispatched tasks with more than one outcome event (a
+    replayed update's rejection after its arrival); the engine's own tasks each have exactly one.
     """
     dispatched: dict[Any, int] = {}
     outcome: dict[Any, str] = {}
+    outcome_events: Counter[Any] = Counter()
     unknown: list[Any] = []
     reasons: Counter[str] = Counter()
     device_state: dict[str, str] = {}
@@ -315,8 +318,9 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
             if task is not None:
                 if task not in dispatched:
                     unknown.append(task)
-                elif task not in outcome:
-                    outcome[task] = kind
+                else:
+                    outcome_events[task] += 1
+                    outcome.setdefault(task, kind)
         elif kind == "aggregation":
             aggregations += 1
             versions = max(versions, int(ev["version"]))
@@ -352,6 +356,7 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
         "tasks_lost": outcomes["lost"],
         "tasks_unaccounted": [t for t in dispatched if t not in outcome],
         "tasks_unknown": unknown,
+        "tasks_with_several_outcomes": [t for t, n in outcome_events.items() if n > 1],
         "device_states": device_state,
     }
     summary["all_tasks_accounted"] = not summary["tasks_unaccounted"]
