@@ -139,8 +139,8 @@ class _Worker(threading.Thread):
         self.provision_error: str | None = None
 
     def _connect(self) -> BoardClient:
-        """Open the link and provision the board; a half-provisioned link is closed, not leaked
-        (a QEMU UART serves one connection at a time, so a leaked one would lock the board out)."""
+        """Open the link and provision the board; a half-provisioned link is closed at once, not
+        whenever it is garbage-collected (a QEMU UART serves one connection at a time)."""
         if self.client is not None:
             self.client.close()
             self.client = None
