@@ -17,8 +17,9 @@ import argparse
 import os
 import time
 import tracemalloc
+from pathlib import Path
 
-from tinyfed.commands.simulate import format_table, ratios
+from tinyfed.commands.simulate import format_table, ratios, write_outputs
 from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig, make_fleet
 
 
@@ -27,7 +28,7 @@ def load() -> str:
     return f"load average {one:.1f} {five:.1f} {fifteen:.1f} on {os.cpu_count()} cores"
 
 
-def study(cfg: StudyConfig) -> Study:
+def study(cfg: StudyConfig, out: Path | None = None) -> Study:
     started = time.monotonic()
     s = Study(cfg)
     results = {}
@@ -54,6 +55,11 @@ def study(cfg: StudyConfig) -> Study:
     print(f"wall time of the study {wall:.1f} s (setup {wall - sim_wall:.1f} s), {steps} board steps, "
           + ", ".join(f"{n} {r.board_steps / r.wall_seconds:.1f} steps/s" for n, r in results.items())
           + f"; {load()}")
+    if out is not None:
+        from dataclasses import asdict
+
+        for p in write_outputs(out, s, results, {**asdict(cfg), "strategies": list(cfg.strategies)}):
+            print(f"wrote {p}")
     return s
 
 
@@ -99,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=600)
     ap.add_argument("--scale", default="", help="comma-separated fleet sizes for the FTTE scaling table")
     ap.add_argument("--scale-versions", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=None, help="also write the CSV, JSON and PNG files here")
     args = ap.parse_args(argv)
     cfg = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, partition=args.partition,
                       alpha=args.alpha, seed=args.seed, target_accuracy=args.target,
                       strategies=tuple(args.strategies.split(",")), max_versions=args.max_versions,
                       eval_samples=args.eval_samples or None)
     print(f"bench/simulate.py: {load()}")
-    s = study(cfg)
+    s = study(cfg, args.out)
     if args.scale:
         scale(s, [int(v) for v in args.scale.split(",")], args.scale_versions)
     return 0
