@@ -73,6 +73,7 @@ DATASHEET = {
     "rp2040": ("cortex-m0plus", "none", 133, 264, 2048, True, "usb"),
     "esp32s3": ("xtensa-lx7", "sp", 240, 512, 8192, True, "usb"),
     "mps2-an386": ("cortex-m4f", "sp", 25, 256, 1024, False, "uart"),
+    "mps2-an386-large": ("cortex-m4f", "sp", 25, 4096, 4096, False, "uart"),  # QEMU's whole SSRAMs
     "mps3-an547": ("cortex-m55", "dp", 32, 512, 2048, False, "uart"),
 }
 
@@ -84,6 +85,7 @@ RESERVE = {
     "nrf52840": (8, 39, "linker-map"),
     "apollo3": (8, 87, "linker-map"),
     "mps2-an386": (8, 38, "linker-map"),
+    "mps2-an386-large": (8, 38, "linker-map"),
     "mps3-an547": (8, 40, "linker-map"),
     "stm32l4r9": (24, 96, "estimate"),
     "rp2040": (32, 128, "estimate"),
@@ -312,6 +314,51 @@ def test_unknown_stand_in_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataFileError) as info:
         list_boards([write_board(tmp_path, "emu", text).parent])
     assert "did you mean 'nrf52840'?" in issues_by_key(info.value)["emulator.stands_in_for"]
+
+
+def test_emulated_board_names_a_baseline_profile_that_holds_whole_model_training() -> None:
+    an386, large = get_board("mps2-an386"), get_board("mps2-an386-large")
+    assert an386.emulator is not None and an386.emulator.baseline_profile == "mps2-an386-large"
+    # the same QEMU machine with the budget QEMU's mps2-an386 really has: 4 MiB SSRAM1 (flash), 4 MiB SSRAM2/3
+    assert large.emulated and large.emulator is not None and large.emulator.baseline_profile is None
+    assert (large.emulator.qemu_machine, large.emulator.qemu_cpu) == ("mps2-an386", "cortex-m4")
+    assert large.ram_kib == large.flash_kib == 4096
+    assert large.speed.model_dump(exclude={"source"}) == an386.speed.model_dump(exclude={"source"})
+    assert "emulator-only" in large.description and "not a real board" in large.description
+    assert large.to_dict()["emulator"]["baseline_profile"] is None
+
+
+def _emulated(name: str, baseline: str) -> str:
+    """A valid emulated board whose [emulator] table names ``baseline`` as its baseline profile."""
+    return (VALID.format(name=name).replace("[firmware_reserve]", "emulated = true\n\n[firmware_reserve]")
+            + f'\n[emulator]\nqemu_machine = "x"\nbaseline_profile = "{baseline}"\n')
+
+
+@pytest.mark.parametrize(("baseline", "problem"), [
+    ("mps2-an386-larg", "did you mean 'mps2-an386-large'?"),
+    ("nrf52840", "not an emulated board with a QEMU machine"),
+    ("emu", "cannot be its own baseline profile"),
+])
+def test_baseline_profile_must_name_another_emulated_board(tmp_path: Path, baseline: str, problem: str) -> None:
+    with pytest.raises(DataFileError) as info:
+        list_boards([write_board(tmp_path, "emu", _emulated("emu", baseline)).parent])
+    assert problem in issues_by_key(info.value)["emulator.baseline_profile"]
+
+
+def test_baseline_profile_may_name_a_user_board(tmp_path: Path) -> None:
+    write_board(tmp_path, "big", _emulated("big", "mps2-an386-large").replace("ram_kib = 128", "ram_kib = 1024")
+                .replace('baseline_profile = "mps2-an386-large"\n', ""))
+    write_board(tmp_path, "small", _emulated("small", "big"))
+    small = get_board("small", [tmp_path])
+    assert small.emulator is not None and small.emulator.baseline_profile == "big"
+
+
+def test_baseline_profile_only_on_emulated_boards(tmp_path: Path) -> None:
+    text = VALID.format(name="real") + '\n[emulator]\nqemu_machine = "x"\nbaseline_profile = "mps2-an386-large"\n'
+    with pytest.raises(DataFileError) as info:
+        load_board_file(write_board(tmp_path, "real", text))
+    issue = issues_by_key(info.value)["emulator.baseline_profile"]
+    assert "only to emulated boards" in issue and "emulated = true" in issue
 
 
 def test_unknown_board_suggests_closest() -> None:

@@ -102,18 +102,31 @@ def boards_by_name(extra_dirs: Iterable[Path | str] = ()) -> dict[str, Board]:
 
 
 def _check_stand_ins(boards: dict[str, Board]) -> None:
+    """Names in ``[emulator]`` that point at other boards must resolve (and suit their use)."""
     for board in boards.values():
-        target = board.emulator.stands_in_for if board.emulator else None
-        if target is None or target in boards:
+        emu = board.emulator
+        if emu is None:
             continue
-        close = suggest(target, boards)
-        hint = f"did you mean '{close}'? " if close else ""
-        issue = FieldIssue(
-            "emulator.stands_in_for",
-            f"unknown board '{target}'",
-            f"{hint}name a known board ({', '.join(boards)}) or remove stands_in_for",
-        )
-        raise DataFileError(str(board.path), [issue])
+        issues: list[FieldIssue] = []
+        for key, target in (("stands_in_for", emu.stands_in_for), ("baseline_profile", emu.baseline_profile)):
+            if target is None or target in boards:
+                continue
+            close = suggest(target, boards)
+            hint = f"did you mean '{close}'? " if close else ""
+            issues.append(FieldIssue(f"emulator.{key}", f"unknown board '{target}'",
+                                     f"{hint}name a known board ({', '.join(boards)}) or remove {key}"))
+        base = boards.get(emu.baseline_profile) if emu.baseline_profile is not None else None
+        if base is not None:
+            # the stand-in is booted in place of this board, so it must be bootable the same way
+            if base.name == board.name:
+                issues.append(FieldIssue("emulator.baseline_profile", "a board cannot be its own baseline profile",
+                                         "name a profile with a larger budget, or remove baseline_profile"))
+            elif not base.emulated or base.emulator is None or base.emulator.qemu_machine is None:
+                issues.append(FieldIssue(
+                    "emulator.baseline_profile", f"'{base.name}' is not an emulated board with a QEMU machine",
+                    "name an emulated profile (emulated = true, [emulator].qemu_machine), or remove baseline_profile"))
+        if issues:
+            raise DataFileError(str(board.path), issues)
 
 
 def list_boards(extra_dirs: Iterable[Path | str] = ()) -> list[Board]:

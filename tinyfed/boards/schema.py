@@ -131,6 +131,13 @@ class Emulator(_Table):
     stands_in_for: str | None = Field(
         default=None, min_length=1, description="the real board whose RAM/flash budget this one mimics"
     )
+    # Data, not code, says which profile the dense baselines boot when this one's budget cannot
+    # hold every layer's training state (the registry checks the name; see docs/boards.md).
+    baseline_profile: str | None = Field(
+        default=None, min_length=1,
+        description="emulated board `tinyfed run --emulate` boots instead for FedAvg/FedBuff when the whole "
+                    "model's training state does not fit this one",
+    )
 
     @field_validator("qemu_cpu")
     @classmethod
@@ -199,6 +206,17 @@ class Board(_Table):
             raise check_error(
                 f"burst_clock_mhz ({value}) must be above clock_mhz ({base})",
                 fix="remove burst_clock_mhz or correct it",
+            )
+        return value
+
+    @field_validator("emulator")
+    @classmethod
+    def _baseline_only_when_emulated(cls, value: Emulator | None, info: ValidationInfo) -> Emulator | None:
+        if value is not None and value.baseline_profile is not None and info.data.get("emulated") is False:
+            raise check_error(
+                "baseline_profile applies only to emulated boards (a real board cannot be given more RAM)",
+                fix="remove emulator.baseline_profile, or set emulated = true",
+                key=("baseline_profile",),
             )
         return value
 

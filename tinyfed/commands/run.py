@@ -14,7 +14,9 @@ boots new QEMU boards and gives them the recorded names (the names key the local
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import logging
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,25 +27,110 @@ import click
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
 
+log = logging.getLogger(__name__)
+
+
+#: Strategies whose payload is the whole model in float32 (they train every layer on the board).
+DENSE_STRATEGIES = ("fedbuff", "fedavg")
+
+
+def dense_ram_need(program: bytes, rows: int) -> int:
+    """RAM a board needs to train every unit of ``program`` (``rows`` output channels in all)."""
+    from tinyfed.firmware_bridge.train_blob import parse_program
+
+    info = parse_program(program)
+    return info.ram_bytes + 4 * rows + (info.input_elems + 7) // 8 * 8
+
+
+@functools.lru_cache(maxsize=8)
+def dense_training_need(model: str) -> tuple[int, int]:
+    """``(RAM bytes, training-program bytes)`` of training every layer of ``model`` on a board.
+
+    Computed from the model alone (the whole-model TFTR program, as ``prepare_run`` compiles it),
+    so ``--emulate`` can pick the board before booting any emulator. The start values do not
+    change the sizes, so ``start = "fresh-head"`` needs the same.
+    """
+    from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.host.config import looks_like_path
+    from tinyfed.models.tflite_graph import TfliteGraph
+    from tinyfed.models.zoo import get_zoo_model
+    from tinyfed.planner import trainable as tfw
+
+    model_bytes = Path(model).read_bytes() if looks_like_path(model) else get_zoo_model(model).int8_tflite()
+    units = tfw.whole_model_units(TfliteGraph.from_bytes(model_bytes, source=model))
+    program = compile_program(model_bytes, tfw.encode(units))
+    return dense_ram_need(program, sum(len(u.channels) for u in units)), len(program)
+
+
+def program_store_bytes(board: Any) -> int:
+    """The firmware's training-program store on ``board``: 1/16 of flash in whole 4 KiB pages (sections.ld)."""
+    return (board.flash_bytes // 16) // 4096 * 4096
+
+
+def dense_fits(board: Any, ram_need: int, program_bytes: int) -> bool:
+    """Whether ``board`` holds the whole model's training state and its training program."""
+    return ram_need <= board.fragment_ram_budget_bytes and program_bytes <= program_store_bytes(board)
+
+
+def dense_misfit_error(model: str, payload: str, board: Any, ram_need: int, program_bytes: int) -> TinyfedError:
+    """The refusal of a baseline whose whole-model state does not fit ``board``, with the numbers and the way out."""
+    base = board.emulator.baseline_profile if board.emulator is not None else None
+    fix = "run --strategy ftte (it trains the plan's subset), use a smaller model, or boards with more RAM"
+    if base is not None:
+        fix += (f"; {board.name} names the emulator-only baseline profile {base}: `tinyfed run --emulate N` boots it "
+                f"by itself, and `--simulate N --board {base}` simulates it")
+    return TinyfedError(
+        f"{model}: training every layer (the {payload} baselines) needs {ram_need:,} bytes of RAM and a "
+        f"{program_bytes:,}-byte training program; {board.name} offers {board.fragment_ram_budget_bytes:,} bytes of "
+        f"RAM and a {program_store_bytes(board):,}-byte program store",
+        fix=fix, source=board.name)
+
 
 def _check_dense_fits(setup, boards: set[str], boards_dirs) -> None:
     """The baselines train every layer: refuse up front when a board cannot hold that state."""
     from tinyfed.boards import get_board
-    from tinyfed.firmware_bridge.train_blob import parse_program
 
-    info = parse_program(setup.program)
-    rows = sum(c for c, _ in setup.unit_shapes)
-    need = info.ram_bytes + 4 * rows + (info.input_elems + 7) // 8 * 8
+    need = dense_ram_need(setup.program, sum(c for c, _ in setup.unit_shapes))
     for name in sorted(boards):
         b = get_board(name, boards_dirs)
-        store = (b.flash_bytes // 16) // 4096 * 4096
-        if need > b.fragment_ram_budget_bytes or len(setup.program) > store:
-            raise TinyfedError(
-                f"{setup.model}: training every layer (the {setup.payload} baselines) needs {need:,} bytes of RAM and a "
-                f"{len(setup.program):,}-byte training program; {name} offers {b.fragment_ram_budget_bytes:,} bytes of "
-                f"RAM and a {store:,}-byte program store",
-                fix="run --strategy ftte (it trains the plan's subset), use a smaller model, or boards with more RAM",
-                source=name)
+        if not dense_fits(b, need, len(setup.program)):
+            raise dense_misfit_error(setup.model, setup.payload, b, need, len(setup.program))
+
+
+def emulated_board_for(board: Any, strategy: str | None, model: str | None, boards_dirs: tuple[Path, ...] = ()) -> Any:
+    """The profile ``--emulate`` boots: ``board``, or its ``[emulator].baseline_profile`` for a dense
+    baseline whose whole-model training state does not fit ``board`` (decided before any boot).
+
+    Refuses (with the numbers) when neither fits, so no emulator is booted for a run that cannot train.
+    """
+    from tinyfed.boards import get_board
+
+    if strategy not in DENSE_STRATEGIES or model is None:
+        return board
+    ram_need, program_bytes = dense_training_need(model)
+    if dense_fits(board, ram_need, program_bytes):
+        return board
+    base_name = board.emulator.baseline_profile if board.emulator is not None else None
+    if base_name is None:
+        raise dense_misfit_error(model, "dense", board, ram_need, program_bytes)
+    base = get_board(base_name, boards_dirs)
+    if not dense_fits(base, ram_need, program_bytes):
+        raise dense_misfit_error(model, "dense", base, ram_need, program_bytes)
+    log.info("%s: %s needs %d bytes of RAM and a %d-byte program to train every layer; %s offers %d and %d, so the "
+             "emulated boards use its baseline profile %s", model, strategy, ram_need, program_bytes, board.name,
+             board.fragment_ram_budget_bytes, program_store_bytes(board), base.name)
+    return base
+
+
+def baseline_note(model: str, strategy: str, requested: str, used: str, boards_dirs: tuple[Path, ...] = ()) -> str:
+    """The line a run prints when its emulated boards use the baseline profile instead of ``requested``."""
+    from tinyfed.boards import get_board
+
+    ram_need, _ = dense_training_need(model)
+    req, base = get_board(requested, boards_dirs), get_board(used, boards_dirs)
+    return (f"{strategy} trains every layer of {model} ({ram_need:,} bytes of RAM); {requested} offers "
+            f"{req.fragment_ram_budget_bytes:,}, so the emulated boards run {used}, an emulator-only budget "
+            f"({base.fragment_ram_budget_bytes:,} bytes of RAM), not a real board")
 
 
 DEVICES_FILE = "devices.json"
@@ -52,10 +139,15 @@ DEVICES_FORMAT = 1
 
 def _record_devices(out: Path, source: str, count: int, board: str, fleet_path: Path | None,
                     max_windows: int | None, devices: list) -> None:
-    """Write how the fleet was made next to the config, so ``--resume`` can make it again."""
+    """Write how the fleet was made next to the config, so ``--resume`` can make it again.
+
+    ``baseline_board`` is the profile emulated boards were booted with in place of ``board``
+    (a dense baseline that did not fit it; see :func:`emulated_board_for`), else None.
+    """
     from tinyfed.host.checkpoint import atomic_write_bytes
 
-    body = {"format": DEVICES_FORMAT, "source": source, "count": count, "board": board,
+    baseline = next((d.board for d in devices if d.board != board), None) if source == "emulate" else None
+    body = {"format": DEVICES_FORMAT, "source": source, "count": count, "board": board, "baseline_board": baseline,
             "fleet": str(fleet_path.resolve()) if fleet_path is not None else None, "max_windows": max_windows,
             "devices": [{"name": d.name, "url": d.url, "board": d.board} for d in devices]}
     atomic_write_bytes(out / DEVICES_FILE, (json.dumps(body, indent=1) + "\n").encode("utf-8"))
@@ -74,7 +166,8 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
     ok = (isinstance(body, dict) and body.get("format") == DEVICES_FORMAT
           and body.get("source") in ("simulate", "emulate", "fleet") and isinstance(body.get("devices"), list)
           and all(isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("name", "url", "board"))
-                  for d in body["devices"]) and body["devices"])
+                  for d in body["devices"]) and body["devices"]
+          and isinstance(body.get("baseline_board"), str | None))
     if not ok:
         raise TinyfedError("the recorded devices are not in the format this tinyfed writes", fix=fix,
                            source=str(path))
@@ -102,6 +195,10 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="NPZ with x and y (and x_test, y_test) to shard across the boards; needed for a .tflite --model.")
 @click.option("--test-data", "test_data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="NPZ with x_test and y_test for the held-out evaluation (default: those of --data).")
+@click.option("--partition", type=click.Choice(["natural", "iid", "dirichlet"]),
+              help="How the data is sharded across the boards (default: the config's, natural = by user).")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True),
+              help="Dirichlet concentration for --partition dirichlet (smaller is more skewed).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
@@ -110,7 +207,8 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None,
         resume_dir: Path | None, board_name: str, config_path: Path | None, model: str | None, strategy: str | None,
         target_accuracy: float | None, max_versions: int | None, max_seconds: float | None,
-        max_windows: int | None, data_path: Path | None, test_data_path: Path | None, out_dir: Path | None,
+        max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
+        alpha: float | None, out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version."""
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
@@ -121,7 +219,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if resume_dir is not None:
         fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--config": config_path,
                  "--model": model, "--strategy": strategy, "--max-windows": max_windows, "--out": out_dir,
-                 "--data": data_path, "--test-data": test_data_path}
+                 "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
             given.append("--board")
@@ -133,7 +231,9 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
         raise click.UsageError("give exactly one of --fleet FILE, --emulate N, --simulate N (or --resume RUN_DIR)")
     cfg = load_run_config(config_path) if config_path else RunConfig()
-    data = {k: str(v.resolve()) for k, v in (("npz", data_path), ("test_npz", test_data_path)) if v is not None}
+    data: dict[str, Any] = {k: str(v.resolve()) for k, v in (("npz", data_path), ("test_npz", test_data_path))
+                            if v is not None}
+    data.update({k: v for k, v in (("partition", partition), ("alpha", alpha)) if v is not None})
     if model is not None and looks_like_path(model):
         top["model"] = str(Path(model).expanduser().resolve())
     cfg = checked_config(cfg.model_dump(), {**top, "limits": limits, "data": data})
@@ -141,8 +241,11 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     cfg.dump(out)
     with ExitStack() as stack:
         devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
-                                              board_name=board_name, boards_dirs=boards_dirs)
+                                              board_name=board_name, boards_dirs=boards_dirs,
+                                              strategy=cfg.strategy, model=cfg.model)
         _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
+        if source == "emulate" and devices[0].board != board_name:
+            click.echo(baseline_note(cfg.model, cfg.strategy, board_name, devices[0].board, boards_dirs), err=True)
         result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None)
     report_run(cfg, result, out, len(devices), as_json)
 
@@ -175,11 +278,14 @@ def new_run_dir(out_dir: Path | None) -> Path:
 
 def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: int | None = None,
                  simulate: int | None = None, board_name: str = "mps2-an386",
-                 boards_dirs: tuple[Path, ...] = ()) -> tuple[list, str, int]:
+                 boards_dirs: tuple[Path, ...] = (), strategy: str | None = None,
+                 model: str | None = None) -> tuple[list, str, int]:
     """The run's devices from exactly one source; emulators booted here stop when ``stack`` closes.
 
     Returns the devices, the source's name (``fleet``, ``emulate``, ``simulate``, as
-    ``devices.json`` records it) and the count asked for.
+    ``devices.json`` records it) and the count asked for. With ``strategy`` and ``model`` given,
+    ``--emulate`` boots the board's baseline profile for a dense baseline that does not fit the
+    board (:func:`emulated_board_for`); the devices then carry that profile's name.
     """
     from tinyfed.boards import get_board
     from tinyfed.host.setup import DeviceSpec
@@ -196,7 +302,7 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
     if emulate is not None:
         from tinyfed.firmware_bridge.emulator import EmulatorFleet
 
-        board = get_board(board_name, boards_dirs)
+        board = emulated_board_for(get_board(board_name, boards_dirs), strategy, model, boards_dirs)
         emus = stack.enter_context(EmulatorFleet(board, emulate))
         return [DeviceSpec(b.name, b.url, board.name) for b in emus.boards], "emulate", emulate
     from tinyfed.firmware_bridge.sim import forget_sim_boards
@@ -237,7 +343,8 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
             from tinyfed.boards import get_board
             from tinyfed.firmware_bridge.emulator import EmulatorFleet
 
-            board = get_board(recorded["board"], boards_dirs)
+            # the profile the run was booted with: the baseline profile when a dense baseline needed it
+            board = get_board(recorded.get("baseline_board") or recorded["board"], boards_dirs)
             emus = stack.enter_context(EmulatorFleet(board, len(devices)))
             devices = [DeviceSpec(d.name, b.url, d.board) for d, b in zip(devices, emus.boards, strict=True)]
         elif recorded["source"] == "simulate":
@@ -311,10 +418,20 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     return result
 
 
+def _recorded_baseline(out: Path) -> str | None:
+    """The baseline profile ``devices.json`` of ``out`` records (None when the run used its board as asked)."""
+    try:
+        return _read_devices(out).get("baseline_board")
+    except TinyfedError:
+        return None
+
+
 def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
+    """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile."""
+    baseline = _recorded_baseline(out)
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
                "target_accuracy": cfg.target_accuracy, "resumed_from": resumed_from,
-               "export": getattr(result, "export", {})}
+               "baseline_board": baseline, "export": getattr(result, "export", {})}
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -322,7 +439,9 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, 
                    f"({'reached' if result.reached_target else 'did not reach'} {cfg.target_accuracy}), "
                    f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
                    f"{result.updates_lost} lost; up {result.bytes_up:,} B, down {result.bytes_down:,} B; "
-                   f"{result.wall_seconds:.1f} s; events in {out / 'events.jsonl'}")
+                   f"{result.wall_seconds:.1f} s; "
+                   + (f"boards: {baseline} (emulator-only baseline budget, not a real board); " if baseline else "")
+                   + f"events in {out / 'events.jsonl'}")
         final = getattr(result, "export", {}).get("final")
         if final:
             click.echo(f"deployable int8 model: {final}")
