@@ -105,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=600)
     ap.add_argument("--scale", default="", help="comma-separated fleet sizes for the FTTE scaling table")
     ap.add_argument("--scale-versions", type=int, default=50)
+    ap.add_argument("--horizon", type=float, default=None,
+                    help="run every strategy past the target to this simulated time (accuracy at equal time)")
     ap.add_argument("--out", type=Path, default=None, help="also write the CSV, JSON and PNG files here")
     args = ap.parse_args(argv)
     cfg = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, partition=args.partition,
                       alpha=args.alpha, seed=args.seed, target_accuracy=args.target,
                       strategies=tuple(args.strategies.split(",")), max_versions=args.max_versions,
-                      eval_samples=args.eval_samples or None)
+                      eval_samples=args.eval_samples or None, max_sim_seconds=args.horizon,
+                      stop_at_target=args.horizon is None)
     print(f"bench/simulate.py: {load()}")
     s = study(cfg, args.out)
     if args.scale:
