@@ -77,8 +77,8 @@ def dense_misfit_error(model: str, payload: str, board: Any, ram_need: int, prog
     base = board.emulator.baseline_profile if board.emulator is not None else None
     fix = "run --strategy ftte (it trains the plan's subset), use a smaller model, or boards with more RAM"
     if base is not None:
-        fix += (f"; {board.name} names the emulator-only baseline profile {base}: `tinyfed run --emulate N` boots it "
-                f"by itself, and `--simulate N --board {base}` simulates it")
+        fix += (f"; on emulated boards `tinyfed run --emulate N --board {board.name}` boots its emulator-only "
+                f"baseline profile {base} for the baselines by itself")
     return TinyfedError(
         f"{model}: training every layer (the {payload} baselines) needs {ram_need:,} bytes of RAM and a "
         f"{program_bytes:,}-byte training program; {board.name} offers {board.fragment_ram_budget_bytes:,} bytes of "
