@@ -181,3 +181,24 @@ def test_devices_json_records_the_baseline_profile_for_resume(tmp_path: Path) ->
     _record_devices(tmp_path, "simulate", 1, BOARD, None, None, same)
     assert _read_devices(tmp_path)["baseline_board"] is None and _recorded_baseline(tmp_path) is None
     assert _recorded_baseline(tmp_path / "missing") is None
+
+
+def test_the_summary_says_when_the_boards_ran_the_baseline_profile(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from tinyfed.commands.run import report_run
+    from tinyfed.host.config import RunConfig
+    from tinyfed.host.engine import RunResult
+
+    cfg = RunConfig().model_copy(update={"strategy": "fedavg"})
+    result = RunResult("fedavg", 1, 0.57, 1.1, False, 80.0, 1000, 2000, 8, 0, 0, np.zeros(1, np.float32))
+    devices = [DeviceSpec(f"{BASELINE}#0", "socket://127.0.0.1:4000", BASELINE)]
+    _record_devices(tmp_path, "emulate", 1, BOARD, None, 32, devices)
+    report_run(cfg, result, tmp_path, 1, True)
+    assert json.loads(capsys.readouterr().out)["baseline_board"] == BASELINE
+    report_run(cfg, result, tmp_path, 1, False)
+    assert f"boards: {BASELINE} (emulator-only baseline budget, not a real board)" in capsys.readouterr().out
+    _record_devices(tmp_path, "emulate", 1, BOARD, None, 32, [DeviceSpec("b#0", "socket://127.0.0.1:4000", BOARD)])
+    report_run(cfg, result, tmp_path, 1, True)
+    assert json.loads(capsys.readouterr().out)["baseline_board"] is None
