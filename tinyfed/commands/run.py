@@ -360,8 +360,12 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
 
 
 def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: int | None,
-           boards_dirs: tuple[Path, ...], as_json: bool, checkpoint: Any, events: Any = None) -> Any:
-    """Prepare the run for the devices and drive the engine to its end (fresh or resumed)."""
+           boards_dirs: tuple[Path, ...], as_json: bool, checkpoint: Any, events: Any = None,
+           announce: Any = None) -> Any:
+    """Prepare the run for the devices and drive the engine to its end (fresh or resumed).
+
+    ``announce`` (if given) sees the prepared :class:`~tinyfed.host.setup.RunSetup` before training.
+    """
     from tinyfed.host.engine import Engine, Limits, LocalTraining
     from tinyfed.host.events import EventLog
     from tinyfed.host.setup import prepare_run
@@ -370,7 +374,9 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     payload = "subset" if cfg.strategy == "ftte" else "dense"
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
-                        max_windows=max_windows, start=cfg.start)
+                        max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz)
+    if announce is not None:
+        announce(setup)
     if payload == "dense":
         _check_dense_fits(setup, {d.board for d in devices}, boards_dirs)
     strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
