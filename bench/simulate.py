@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 import tracemalloc
 from pathlib import Path
@@ -64,15 +65,20 @@ def study(cfg: StudyConfig, out: Path | None = None) -> Study:
 
 
 def scale(base: Study, sizes: list[int], versions: int) -> None:
-    """FTTE on growing fleets (same data, devices share shards past the data's size): wall and peak memory."""
+    """FTTE on growing fleets (same data, devices share shards past the data's size): wall and peak memory.
+
+    Traced memory covers what the fleet and the run allocate (the model and the cached features
+    are built before); bytes/device is the fleet's own state, the shards' index arrays excluded;
+    the RSS is the process's high-water mark so far (TensorFlow's import included)."""
     from tinyfed.host.simulator import Slowdown
     from tinyfed.host.strategies import get_strategy
 
     cfg = base.cfg
     model = base.model("subset")
     print(f"\n## scaling: FTTE, {versions} versions, {cfg.model}, stragglers {cfg.stragglers}")
-    print("| clients | fleet build s | run wall s | board steps | steps/s | peak traced memory (MB) | bytes/device |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| clients | fleet build s | run wall s | board steps | steps/s | peak traced memory (MB) | bytes/device "
+          "| process peak RSS (MB) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in sizes:
         shards = base.data.shares(base.partition, min(n, len(base.data.y) // 8), cfg.alpha, cfg.seed)
         tracemalloc.start()
@@ -87,7 +93,8 @@ def scale(base: Study, sizes: list[int], versions: int) -> None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         print(f"| {n:,} | {t1 - t0:.2f} | {res.wall_seconds:.1f} | {res.board_steps:,} | "
-              f"{res.board_steps / res.wall_seconds:.0f} | {peak / 1e6:.1f} | {fleet_bytes / n:.0f} |")
+              f"{res.board_steps / res.wall_seconds:.0f} | {peak / 1e6:.1f} | {fleet_bytes / n:.0f} "
+              f"| {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} |")
     print(load())
 
 

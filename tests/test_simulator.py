@@ -15,6 +15,7 @@ from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.framing import max_encoded_bytes
 from tinyfed.host.engine import LocalTraining
 from tinyfed.host.simulator import (
+    LocalBackend,
     SimLimits,
     Simulation,
     Slowdown,
@@ -22,6 +23,7 @@ from tinyfed.host.simulator import (
     StudyConfig,
     make_fleet,
     parse_board_mix,
+    train_step,
 )
 from tinyfed.host.strategies import get_strategy
 
@@ -181,8 +183,6 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
 
 
 def test_training_is_a_pure_function_of_the_task(study: Study) -> None:
-    from tinyfed.host.simulator import train_step
-
     model = study.model("subset")
     idx = study.shards[0]
     a = train_step(model, model.w0, idx, 7, 0, LocalTraining(), False)
@@ -190,3 +190,30 @@ def test_training_is_a_pure_function_of_the_task(study: Study) -> None:
     c = train_step(model, model.w0, idx, 8, 0, LocalTraining(), False)
     assert np.array_equal(a.delta, b.delta) and a.loss == b.loss and a.wire_bytes == model.update_bytes
     assert not np.array_equal(a.delta, c.delta)
+
+
+class _ReverseBatchBackend(LocalBackend):
+    """Trains every pending task at the first result asked for, newest first: another order, as a
+    parallel backend would see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done: dict[int, object] = {}
+
+    def finish(self, task_id: int):
+        if task_id not in self.done:
+            for tid in sorted(self._pending, reverse=True):
+                self.done[tid] = train_step(*self._pending.pop(tid))
+        self.steps += 1
+        return self.done.pop(task_id)
+
+
+def test_the_training_order_of_a_backend_does_not_change_the_run(study: Study) -> None:
+    runs = []
+    for backend in (LocalBackend(), _ReverseBatchBackend()):
+        fleet = make_fleet(study.shards, 16, MIX, 0.5, Slowdown.parse("uniform:2:10"), 0)
+        strat = get_strategy("fedbuff", fleet_size=16, buffer_size=4)
+        runs.append(Simulation(study.model("dense"), fleet, strat, limits=SimLimits(max_versions=4), seed=0,
+                               backend=backend).run())
+    assert runs[0].event_digest == runs[1].event_digest
+    assert np.array_equal(runs[0].vector, runs[1].vector)

@@ -51,7 +51,8 @@ DEFAULT_SLOWDOWN = "uniform:2:10"
 #: Fewest samples a device holds when a fleet outgrows the data (devices then share shards).
 MIN_SAMPLES_PER_DEVICE = 8
 _ARRIVE, _LOST = 0, 1
-_EVENT = struct.Struct("<dBqq")
+_EVENT = struct.Struct("<dBq")
+_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3}
 
 
 # -- options --------------------------------------------------------------------------------
@@ -521,8 +522,7 @@ class Simulation:
     # -- events ----------------------------------------------------------------------------
 
     def _record(self, kind: str, task: int, device: str) -> None:
-        self._digest.update(_EVENT.pack(self.now, 0 if kind == "arrive" else 1 if kind == "lost" else 2, task,
-                                        int(device[1:]) if device else -1))
+        self._digest.update(_EVENT.pack(self.now, _KINDS[kind], task) + device.encode() + b"\0")
         if self.trace is not None:
             self.trace.append((self.now, kind, task, device))
 
