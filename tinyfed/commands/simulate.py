@@ -119,10 +119,12 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, r in results.items():
-        ax.step([h["sim_time_s"] for h in r.history], [h["bytes_total"] for h in r.history], where="post", label=name)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("bytes on the links (both ways)")
-    ax.set_yscale("symlog")
+        rows = [h for h in r.history if h["sim_time_s"] > 0 and h["bytes_total"] > 0]
+        ax.step([h["sim_time_s"] for h in rows], [h["bytes_total"] for h in rows], where="post", label=name)
+    ax.set_xlabel("simulated time (s), log scale")
+    ax.set_ylabel("bytes on the links, both ways (log scale)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
