@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--strategies", default="ftte,fedbuff,fedavg")
     ap.add_argument("--max-versions", type=int, default=400)
-    ap.add_argument("--eval-samples", type=int, default=600)
+    ap.add_argument("--eval-samples", type=int, default=0, help="0: evaluate on the whole test split")
     ap.add_argument("--scale", default="", help="comma-separated fleet sizes for the FTTE scaling table")
     ap.add_argument("--scale-versions", type=int, default=50)
     ap.add_argument("--horizon", type=float, default=None,
