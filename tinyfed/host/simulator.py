@@ -32,7 +32,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -741,7 +741,9 @@ class Study:
         if cfg.start not in ("fresh-head", "pretrained"):
             raise TinyfedError(f"start {cfg.start!r} is not known", fix="use fresh-head or pretrained")
         self.cfg, self.boards_dirs = cfg, boards_dirs
-        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="tinyfed-sim-"))
+        # The plan's files only live as long as the study (removed with it unless work_dir is given).
+        self._tmp = tempfile.TemporaryDirectory(prefix="tinyfed-sim-") if work_dir is None else None
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
         self.mix = parse_board_mix(cfg.board_mix)
         self.slowdown = Slowdown.parse(cfg.slowdown)
         self.data = zoo_run_data(cfg.model)
@@ -760,7 +762,7 @@ class Study:
         self._plan: dict[str, Any] | None = None
 
     def plan_facts(self) -> dict[str, Any]:
-        """plan.json of the FTTE plan for this fleet's boards (memory figures of w* and of the whole model)."""
+        """plan.json of the FTTE plan for this fleet's boards (w*, its memory lines, per-board fit)."""
         self.model("subset")
         assert self._plan is not None
         return self._plan
@@ -864,7 +866,3 @@ def run_study(cfg: StudyConfig, *, boards_dirs: tuple[Path, ...] = (), work_dir:
     results = {name: study.run(name, progress=progress) for name in cfg.strategies}
     return study, results
 
-
-def with_changes(cfg: StudyConfig, **changes: Any) -> StudyConfig:
-    """A copy of ``cfg`` with some fields changed (the CLI and the bench build variants this way)."""
-    return replace(cfg, **changes)
