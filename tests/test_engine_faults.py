@@ -86,8 +86,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
     prepared: dict[str, Any] = {}
 
     def prepare() -> None:
-        """Plan and shard the run while this thread builds the firmware and boots the boards
-        (QEMU is started from the main thread: PR_SET_PDEATHSIG ties it to the starting thread)."""
+        """Plan and shard the run while the main thread builds the firmware (make)."""
         try:
             prepared["setup"] = prepare_run("har_cnn", [DeviceSpec(n, "", board.name) for n in names], "subset",
                                             work_dir=tmp_path / "run", max_windows=MAX_WINDOWS, start="fresh-head",
@@ -103,14 +102,17 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
     preparer.start()
     try:
         elf = build_firmware(board.name, tmp_path / "fw").elf
-        for n in names:
-            emus.append(start_qemu(board, elf, name=n))
-        for e in emus:
-            wait_ready(e)
         preparer.join()
         if "error" in prepared:
             raise prepared["error"]
         setup = prepared["setup"]
+        # Boot only now, from the main thread: start_qemu forks with a preexec_fn, which deadlocked
+        # (once in ~10 runs) while the preparing thread was inside TensorFlow/numpy; and QEMU's
+        # PR_SET_PDEATHSIG ties each board to the thread that started it, so not from a helper thread.
+        for n in names:
+            emus.append(start_qemu(board, elf, name=n))
+        for e in emus:
+            wait_ready(e)
         # the target is on the float master; the deployable model's LiteRT score is not what this
         # test is about, and it would hold the engine's thread (no dispatching) for it every version
         setup.int8_score = None
