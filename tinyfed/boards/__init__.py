@@ -5,8 +5,22 @@ Board profiles are TOML files: the built-in ones in ``tinyfed/boards/data``, plu
 board; presets live in ``tinyfed/planner/fleets``. See ``docs/boards.md``.
 """
 
-from tinyfed.boards.fleet import FLEETS_DIR, ResolvedFleet, fleet_presets, load_fleet, single_board_fleet
-from tinyfed.boards.registry import BUILTIN_DIR, ENV_VAR, board_dirs, boards_by_name, get_board, list_boards, load_board_file
+from tinyfed.boards.fleet import (
+    FLEETS_DIR,
+    ResolvedFleet,
+    fleet_presets,
+    load_fleet,
+    single_board_fleet,
+)
+from tinyfed.boards.registry import (
+    BUILTIN_DIR,
+    ENV_VAR,
+    board_dirs,
+    boards_by_name,
+    get_board,
+    list_boards,
+    load_board_file,
+)
 from tinyfed.boards.schema import (
     CORES,
     FPUS,

@@ -24,6 +24,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 KIB = 1024
+#: Erase page the firmware's flash stores are aligned to (firmware/boards/common/sections.ld).
+FLASH_PAGE_BYTES = 4096
 
 Core = Literal["cortex-m0plus", "cortex-m4f", "cortex-m33", "cortex-m55", "cortex-m7", "xtensa-lx7"]
 Fpu = Literal["none", "sp", "dp"]
@@ -275,6 +277,16 @@ class Board(_Table):
     def fragment_flash_budget_bytes(self) -> int:
         """Flash left for fragment weights once the firmware image is stored."""
         return self.flash_bytes - self.reserve_flash_bytes
+
+    @property
+    def program_store_bytes(self) -> int:
+        """The firmware's training-program store: 1/16 of flash in whole 4 KiB pages (sections.ld's default)."""
+        return (self.flash_bytes // 16) // FLASH_PAGE_BYTES * FLASH_PAGE_BYTES
+
+    @property
+    def data_store_bytes(self) -> int:
+        """The firmware's local-data store: 3/8 of flash in whole 4 KiB pages (sections.ld's default)."""
+        return (self.flash_bytes // 8 * 3) // FLASH_PAGE_BYTES * FLASH_PAGE_BYTES
 
     @property
     def link_bytes_per_s(self) -> float:

@@ -82,6 +82,7 @@ def show_command(name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> Non
                              f"({b.firmware_reserve.source})"),
         ("fragment RAM budget", f"{b.fragment_ram_budget_bytes:,} bytes"),
         ("fragment flash budget", f"{b.fragment_flash_budget_bytes:,} bytes"),
+        ("training stores", f"program {b.program_store_bytes:,} bytes, local data {b.data_store_bytes:,} bytes"),
         ("link", f"{_link(b)}, {b.link_bytes_per_s:,.0f} bytes/s, max frame {b.link.max_frame_bytes} bytes"),
         ("emulator", _emulator(b, full=True)),
         ("int8 speed", f"{b.speed.int8_macs_per_s:,} MAC/s"),
@@ -131,6 +132,8 @@ def _emulator(b: Board, *, full: bool = False) -> str:
     text = ", ".join(parts)
     if e.stands_in_for:
         text += f" (as {e.stands_in_for})"
+    if full and e.baseline_profile:
+        text += f"; whole-model baselines boot {e.baseline_profile}"
     return text
 
 

@@ -63,7 +63,13 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
     """Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy."""
     import datetime as dt
 
-    from tinyfed.commands.run import _record_devices, new_run_dir, open_devices, report_run, train_run
+    from tinyfed.commands.run import (
+        _record_devices,
+        new_run_dir,
+        open_devices,
+        report_run,
+        train_run,
+    )
     from tinyfed.host.config import Limits, RunConfig
 
     if not simulate:

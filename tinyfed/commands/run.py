@@ -64,7 +64,7 @@ def dense_training_need(model: str) -> tuple[int, int]:
 
 def program_store_bytes(board: Any) -> int:
     """The firmware's training-program store on ``board``: 1/16 of flash in whole 4 KiB pages (sections.ld)."""
-    return (board.flash_bytes // 16) // 4096 * 4096
+    return int(board.program_store_bytes)
 
 
 def dense_fits(board: Any, ram_need: int, program_bytes: int) -> bool:
@@ -444,7 +444,7 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, 
         click.echo(f"{result.strategy}: {result.versions} versions, accuracy {result.final_accuracy:.4f} "
                    f"({'reached' if result.reached_target else 'did not reach'} {cfg.target_accuracy}), "
                    f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
-                   f"{result.updates_lost} lost; up {result.bytes_up:,} B, down {result.bytes_down:,} B; "
+                   f"{result.updates_lost} lost, {result.tasks_unfinished} unfinished at the stop; up {result.bytes_up:,} B, down {result.bytes_down:,} B; "
                    f"{result.wall_seconds:.1f} s; "
                    + (f"boards: {baseline} (emulator-only baseline budget, not a real board); " if baseline else "")
                    + f"events in {out / 'events.jsonl'}")

@@ -76,6 +76,8 @@ class SimConfig:
             cfg.arena_bytes = b.fragment_ram_budget_bytes
             cfg.firmware_ram_bytes = b.reserve_ram_bytes
             cfg.firmware_flash_bytes = b.firmware_reserve.flash_kib * 1024
+            cfg.program_store_bytes = b.program_store_bytes
+            cfg.data_store_bytes = b.data_store_bytes
         for key, value in overrides.items():
             setattr(cfg, key, value)
         return cfg

@@ -39,7 +39,7 @@ from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.client import BoardClient
 from tinyfed.firmware_bridge.train_link import TrainParams
 from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from tinyfed.host.events import EventLog
+from tinyfed.host.events import RUN_ENDED, EventLog
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
 from tinyfed.host.updates import Update, check_update
@@ -109,9 +109,10 @@ class RunResult:
     bytes_down: int
     updates_accepted: int
     updates_rejected: int
-    updates_lost: int
+    updates_lost: int  # tasks a device failed (timeout, reset, link gone, host restart)
     vector: np.ndarray = field(repr=False)
     history: list[dict[str, Any]] = field(default_factory=list)
+    tasks_unfinished: int = 0  # tasks still running when the run stopped (logged "lost", reason "run ended")
     export: dict[str, str] = field(default_factory=dict)  # files of the deployable result (tinyfed run)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +121,7 @@ class RunResult:
             "final_loss": self.final_loss, "reached_target": self.reached_target, "wall_seconds": self.wall_seconds,
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
+            "tasks_unfinished": self.tasks_unfinished,
             "final_int8_accuracy": self.history[-1].get("int8_accuracy") if self.history else None,
         }
 
@@ -467,6 +469,7 @@ class Engine:
         workers = {d.name: _Worker(d, self.setup, self.training, outcomes, payload_float, self.device_timeout_s)
                    for d in self.devices}
         started = time.monotonic()
+        unfinished = 0
         resuming = self.resumed_from is not None
         if not resuming:
             self.events.append("run_start", strategy=self.strategy.name, devices=[d.name for d in self.devices],
@@ -512,8 +515,8 @@ class Engine:
                 w.tasks.put(None)
             # tasks still running when the run ends are accounted for, not silently dropped
             for task in list(self.in_flight.values()):
-                self.lost += 1
-                self.events.append("lost", task=task.task_id, device=task.device, reason="run ended")
+                unfinished += 1
+                self.events.append("lost", task=task.task_id, device=task.device, reason=RUN_ENDED)
             self.in_flight.clear()
         if self.history[-1]["version"] != self.version:
             accuracy, loss = self._evaluate()
@@ -521,7 +524,8 @@ class Engine:
         reached = self.limits.target_accuracy is not None and accuracy >= self.limits.target_accuracy
         self.events.append("run_end", version=self.version, accuracy=accuracy, reached_target=reached)
         return RunResult(self.strategy.name, self.version, accuracy, loss, reached, wall, self.bytes_up,
-                         self.bytes_down, self.accepted, self.rejected, self.lost, self.vector.copy(), self.history)
+                         self.bytes_down, self.accepted, self.rejected, self.lost, self.vector.copy(), self.history,
+                         tasks_unfinished=unfinished)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:

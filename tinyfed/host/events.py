@@ -212,6 +212,10 @@ class EventLog:
         self._mono_base = time.monotonic()
 
 
+#: Reason of a ``lost`` event for a task still running when the run stopped: not a device
+#: failure, so it counts as unfinished, not lost.
+RUN_ENDED = "run ended"
+
 def _parse(data: bytes, source: str) -> Iterator[tuple[dict[str, Any], int]]:
     """Events of ``data`` with the byte offset after each; stops quietly at a torn last line."""
     start = 0
@@ -291,7 +295,7 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
     device_state: dict[str, str] = {}
     bytes_up = bytes_down = 0
     versions = aggregations = 0
-    accepted = rejected = lost = 0
+    accepted = rejected = lost = unfinished = 0
     final_accuracy: float | None = None
     best_accuracy: float | None = None
     first_t: float | None = None
@@ -313,6 +317,8 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
             elif kind == "rejection":
                 rejected += 1
                 reasons[str(ev.get("reason"))] += 1
+            elif ev.get("reason") == RUN_ENDED:
+                unfinished += 1
             else:
                 lost += 1
             if task is not None:
@@ -346,6 +352,7 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
         "updates_accepted": accepted,
         "updates_rejected": rejected,
         "updates_lost": lost,
+        "tasks_unfinished": unfinished,
         "rejection_reasons": dict(reasons),
         "final_accuracy": final_accuracy,
         "best_accuracy": best_accuracy,

@@ -134,15 +134,17 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         if not plan.fits:
             raise TinyfedError("the plan does not fit the fleet: " + "; ".join(plan.problems),
                                fix="use boards with more RAM or flash, or a smaller model")
-        files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}
-        frozen = compile_blob(files["frozen"])
+        files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable") if k in plan.files}
+        # a board with room for every layer gets no frozen fragment: the tail is the whole model
+        frozen = compile_blob(files["frozen"]) if "frozen" in files else None
         units = tfw.decode(files["trainable"])
         if start == "fresh-head":
             units = fresh_head(units, TfliteGraph.from_bytes(files["tail"], source="tail"), seed)
             files["trainable"] = tfw.encode(units)
         program = compile_program(files["tail"], files["trainable"])
         tail = FloatTail.from_fragments(files["tail"], files["trainable"])
-        test_in = tail.dequantize_input(run_blob(frozen, local_data.quantize_inputs(data.x_test, scale, zp)))
+        test_q = local_data.quantize_inputs(data.x_test, scale, zp)
+        test_in = tail.dequantize_input(run_blob(frozen, test_q) if frozen is not None else test_q)
         facts.update(trainable_params=plan.trainable_params)
         from tinyfed.host.export import PlanFragments
 

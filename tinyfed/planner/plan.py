@@ -467,15 +467,17 @@ def _suggest(plan, facts, importance, cfg, cut_points, arenas, flash_model, extr
     need_ram = plan.arena + plan.training.total
     candidates = []
     for board in list_boards(extra_dirs):
+        if board.emulated:  # a suggestion is a board to buy; emulated budgets (e.g. mps2-an386-large) are not
+            continue
         fits_ram = model_ram_budget(board) >= need_ram
         fits_flash = board.flash_bytes - board.reserve_flash_bytes >= flash_model
         if fits_ram and fits_flash:
             candidates.append(board)
     if candidates:
         smallest = min(candidates, key=lambda b: (b.ram_bytes, b.flash_bytes))
-        plan.suggestions.append(f"smallest known board that fits this plan: {smallest.name} ({smallest.ram_bytes // 1024} KiB RAM)")
+        plan.suggestions.append(f"smallest known real board that fits this plan: {smallest.name} ({smallest.ram_bytes // 1024} KiB RAM)")
     else:
-        plan.suggestions.append("no known board fits this plan; shrink the model or train a smaller subset")
+        plan.suggestions.append("no known real board fits this plan; shrink the model or train a smaller subset")
 
 
 def _write(plan: Plan, out_dir: Path, graph: TfliteGraph, head: bytes | None, tail: bytes) -> None:
