@@ -795,18 +795,21 @@ class Study:
         in_shape = tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])
         frozen_macs = 0
         if setup.frozen_blob is not None:
-            plan = json.loads((work / "plan" / "plan.json").read_text())
-            self._plan = plan
-            frozen_path = Path(plan["files"]["frozen"]["path"])
-            frozen_macs = graph_macs(TfliteGraph.from_bytes(frozen_path.read_bytes(), source="frozen.tflite"))
             out = np.concatenate([run_blob(setup.frozen_blob, xq[k:k + 512]) for k in range(0, len(xq), 512)])
             features = tail.dequantize_input(out.reshape((len(out), *in_shape)))
+        else:  # the dense program, or a plan whose boards hold every layer: the tail is the whole model
+            features = tail.dequantize_input(xq.reshape((len(xq), *in_shape)))
+        if payload == "subset":
+            plan = json.loads((work / "plan" / "plan.json").read_text())
+            self._plan = plan
+            if "frozen" in plan["files"] and setup.frozen_blob is not None:
+                frozen = Path(plan["files"]["frozen"]["path"]).read_bytes()
+                frozen_macs = graph_macs(TfliteGraph.from_bytes(frozen, source="frozen.tflite"))
             memory = int(plan["training_memory"]["total"])
         else:
             from tinyfed.planner.config import TrainingConfig
             from tinyfed.planner.memory import Selection, layer_facts, training_memory
 
-            features = tail.dequantize_input(xq.reshape((len(xq), *in_shape)))
             # The planner's figure for training every layer (its plan.json "full_training_memory").
             facts = layer_facts(graph)
             memory = training_memory(facts, Selection.everything(facts), 0,
