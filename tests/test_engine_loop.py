@@ -55,6 +55,10 @@ def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_
     assert not summary["tasks_with_several_outcomes"]
     assert summary["updates_accepted"] == result.updates_accepted >= (3 * 2 if name != "fedavg" else 3 * DEVICES)
     assert result.bytes_up == summary["bytes_up"] > 0 and result.bytes_down == summary["bytes_down"] > 0
+    # provisioning (fragment, program, local data) is recorded once per board, apart from the tasks' bytes
+    sent = len(setup.program) + sum(len(i) for i in setup.images.values()) / DEVICES + len(setup.frozen_blob or b"")
+    assert result.provision_bytes_down == summary["provision_bytes_down"] > DEVICES * sent
+    assert result.provision_bytes_up == summary["provision_bytes_up"] > 0
     assert np.isfinite(result.final_accuracy) and 0 < result.final_accuracy <= 1
     # FTTE moves w* (int8 updates); the baselines move every weight (float32 updates)
     assert result.vector.size == (4550 if name == "ftte" else 8858)

@@ -78,8 +78,8 @@ def show_command(name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> Non
         ("clock", _clock(b) + " MHz"),
         ("RAM", f"{b.ram_kib} KiB ({b.ram_bytes:,} bytes)"),
         ("flash", f"{b.flash_kib} KiB ({b.flash_bytes:,} bytes)" + (", external" if b.flash_external else "")),
-        ("firmware reserve", f"RAM {b.firmware_reserve.ram_kib} KiB, flash {b.firmware_reserve.flash_kib} KiB "
-                             f"({b.firmware_reserve.source})"),
+        ("firmware reserve", (f"RAM {b.firmware_reserve.ram_kib} KiB, flash {b.firmware_reserve.flash_kib} KiB "
+                              f"({b.firmware_reserve.source})")),
         ("fragment RAM budget", f"{b.fragment_ram_budget_bytes:,} bytes"),
         ("fragment flash budget", f"{b.fragment_flash_budget_bytes:,} bytes"),
         ("training stores", f"program {b.program_store_bytes:,} bytes, local data {b.data_store_bytes:,} bytes"),

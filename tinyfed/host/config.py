@@ -85,7 +85,7 @@ class Limits(_Table):
 
     max_seconds: float | None = Field(default=None, gt=0, description="wall-clock seconds of training")
     max_versions: int | None = Field(default=None, gt=0, description="global model versions")
-    max_bytes: int | None = Field(default=None, gt=0, description="bytes moved over the links, up plus down")
+    max_bytes: int | None = Field(default=None, gt=0, description="task bytes over the links (weights down plus updates up; provisioning not counted)")
 
 
 class Training(_Table):

@@ -87,6 +87,7 @@ class _Outcome:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    provisioned: tuple[int, int] = (0, 0)  # (down, up) of a re-provisioning before the task
 
 
 @dataclass
@@ -113,6 +114,8 @@ class RunResult:
     vector: np.ndarray = field(repr=False)
     history: list[dict[str, Any]] = field(default_factory=list)
     tasks_unfinished: int = 0  # tasks still running when the run stopped (logged "lost", reason "run ended")
+    provision_bytes_down: int = 0  # fragment, program and local data sent to boards at (re)connection
+    provision_bytes_up: int = 0
     export: dict[str, str] = field(default_factory=dict)  # files of the deployable result (tinyfed run)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +125,7 @@ class RunResult:
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
             "tasks_unfinished": self.tasks_unfinished,
+            "provision_bytes_down": self.provision_bytes_down, "provision_bytes_up": self.provision_bytes_up,
             "final_int8_accuracy": self.history[-1].get("int8_accuracy") if self.history else None,
         }
 
@@ -139,6 +143,8 @@ class _Worker(threading.Thread):
         self.board_version: int | None = None
         self.ready = threading.Event()
         self.provision_error: str | None = None
+        #: bytes (down, up) of the last provisioning (fragment, program, local data), for the records
+        self.provisioned: tuple[int, int] = (0, 0)
 
     def _connect(self) -> BoardClient:
         """Open the link and provision the board; a half-provisioned link is closed at once, not
@@ -158,6 +164,7 @@ class _Worker(threading.Thread):
             client.close()
             raise
         self.client, self.board_version = client, 0
+        self.provisioned = (client.stats.bytes_sent, client.stats.bytes_received)
         return client
 
     def run(self) -> None:
@@ -179,8 +186,13 @@ class _Worker(threading.Thread):
 
     def _run_task(self, task: _Task) -> _Outcome:
         started = time.monotonic()
+        provisioned = (0, 0)
         try:
-            client = self.client if self.client is not None else self._connect()
+            if self.client is None:
+                self._connect()
+                provisioned = self.provisioned
+            client = self.client
+            assert client is not None
             sent0, recv0 = client.stats.bytes_sent, client.stats.bytes_received
             if self.board_version != task.version:
                 self.board_version = None
@@ -197,7 +209,7 @@ class _Worker(threading.Thread):
                             upd.wire_bytes)
             down = (sent1 - sent0) + (client.stats.bytes_sent - sent1)
             up = (recv1 - recv0) + (client.stats.bytes_received - recv1)
-            return _Outcome(task, update, None, up, down, time.monotonic() - started)
+            return _Outcome(task, update, None, up, down, time.monotonic() - started, provisioned)
         except Exception as exc:  # a task always ends in an outcome, or the engine waits for it forever
             if not isinstance(exc, (TinyfedError, ValueError)):
                 log.exception("%s: unexpected error in task %d", self.spec.name, task.task_id)
@@ -236,6 +248,7 @@ class Engine:
         self.in_flight: dict[int, _Task] = {}
         self.next_task = 0
         self.bytes_up = self.bytes_down = 0
+        self.provision_down = self.provision_up = 0  # fragment, program and data sent at (re)connection
         self.accepted = self.rejected = self.lost = 0
         self.history: list[dict[str, Any]] = []
         strategy.fleet_size = len(devices)
@@ -264,6 +277,7 @@ class Engine:
             "in_flight": [{"task": t.task_id, "device": t.device, "version": t.version}
                           for t in sorted(self.in_flight.values(), key=lambda t: t.task_id)],
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+            "provision_bytes": [self.provision_down, self.provision_up],
             "accepted": self.accepted, "rejected": self.rejected, "lost": self.lost,
             "elapsed": self.elapsed_before + (time.monotonic() - started),
             "history": [dict(row) for row in self.history],
@@ -329,6 +343,7 @@ class Engine:
             self.seen.add((device, int(task)))
         self.next_task = int(engine["next_task"])
         self.bytes_up, self.bytes_down = int(engine["bytes_up"]), int(engine["bytes_down"])
+        self.provision_down, self.provision_up = (int(n) for n in engine.get("provision_bytes", (0, 0)))
         self.accepted, self.rejected, self.lost = int(engine["accepted"]), int(engine["rejected"]), int(engine["lost"])
         self.elapsed_before = float(engine["elapsed"])
         self.history = [dict(row) for row in engine["history"]]
@@ -411,10 +426,21 @@ class Engine:
             self.events.append("dispatch", task=task.task_id, device=name, version=self.version)
             workers[name].tasks.put(task)
 
+    def _provisioned(self, device: str, sizes: tuple[int, int]) -> None:
+        """Record a (re-)provisioning's bytes apart from the tasks' (``what: provision``): they are
+        paid once per link, not per update, so the per-update figures leave them out."""
+        down, up = sizes
+        self.provision_down += down
+        self.provision_up += up
+        for direction, n in (("down", down), ("up", up)):
+            if n:
+                self.events.append("bytes", direction=direction, n=n, device=device, what="provision")
+
     def _handle(self, out: _Outcome) -> Aggregate | None:
         task = out.task
         self.in_flight.pop(task.task_id, None)
         st = self.state[task.device]
+        self._provisioned(task.device, out.provisioned)
         self.bytes_up += out.bytes_up
         self.bytes_down += out.bytes_down
         if out.bytes_down:
@@ -485,6 +511,7 @@ class Engine:
                 st.state, st.failures, st.retry_at = "backoff", st.failures + 1, time.monotonic() + self.backoff_s
                 self.events.append("device_state", device=name, state="backoff", reason=w.provision_error)
             else:
+                self._provisioned(name, w.provisioned)
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
         if resuming and self.history and self.history[-1]["version"] == self.version:
@@ -525,7 +552,8 @@ class Engine:
         self.events.append("run_end", version=self.version, accuracy=accuracy, reached_target=reached)
         return RunResult(self.strategy.name, self.version, accuracy, loss, reached, wall, self.bytes_up,
                          self.bytes_down, self.accepted, self.rejected, self.lost, self.vector.copy(), self.history,
-                         tasks_unfinished=unfinished)
+                         tasks_unfinished=unfinished, provision_bytes_down=self.provision_down,
+                         provision_bytes_up=self.provision_up)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:

@@ -14,7 +14,9 @@ reopened; a damaged line in the middle is an error, since events after it cannot
 Task accounting: each dispatched ``task`` ends in exactly one of ``arrival`` (the update was
 accepted into the strategy), ``rejection`` (with a ``reason``) or ``lost`` (the device never
 delivered: timeout, reset, run ended). :func:`summarize` lists any task without an outcome.
-Bytes are counted only from ``bytes`` events (``direction`` "up" or "down", ``n``).
+Bytes are counted only from ``bytes`` events (``direction`` "up" or "down", ``n``); those with
+``what: "provision"`` (fragment, program and local data sent when a link is (re)connected) are
+summed apart from the tasks' bytes.
 """
 
 from __future__ import annotations
@@ -296,6 +298,7 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
     bytes_up = bytes_down = 0
     versions = aggregations = 0
     accepted = rejected = lost = unfinished = 0
+    provision: Counter[str] = Counter()
     final_accuracy: float | None = None
     best_accuracy: float | None = None
     first_t: float | None = None
@@ -338,7 +341,9 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
         elif kind == "device_state":
             device_state[str(ev["device"])] = str(ev["state"])
         elif kind == "bytes":
-            if ev["direction"] == "up":
+            if ev.get("what") == "provision":  # once per link, apart from the tasks' bytes
+                provision[str(ev["direction"])] += int(ev["n"])
+            elif ev["direction"] == "up":
                 bytes_up += int(ev["n"])
             elif ev["direction"] == "down":
                 bytes_down += int(ev["n"])
@@ -353,6 +358,8 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
         "updates_rejected": rejected,
         "updates_lost": lost,
         "tasks_unfinished": unfinished,
+        "provision_bytes_down": provision["down"],
+        "provision_bytes_up": provision["up"],
         "rejection_reasons": dict(reasons),
         "final_accuracy": final_accuracy,
         "best_accuracy": best_accuracy,
