@@ -4,11 +4,17 @@ accounted for in the event log, and hostile updates are rejected without moving 
 from __future__ import annotations
 
 import struct
+import threading
 
 import numpy as np
 import pytest
 
 from tinyfed.firmware_bridge.sim import forget_sim_boards, get_sim_board
+from tinyfed.firmware_bridge.train_link import (
+    TRAIN_RESPONSE,
+    pack_update,
+    unpack_update,
+)
 from tinyfed.host.engine import Engine, Limits, LocalTraining
 from tinyfed.host.events import EventLog, read_events, summarize
 from tinyfed.host.setup import DeviceSpec, prepare_run
@@ -70,23 +76,34 @@ def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_
 
 
 def _poison(board_name: str, how: str) -> None:
-    """Make one simulated board send a hostile update: NaN or a huge scale in its int8 image."""
+    """Make one simulated board hostile: a NaN or huge scale in its int8 update, an update of the
+    wrong size, or its first update sent again for every later task (replayed)."""
     board = get_sim_board("mps2-an386", board_name)
     trainer = board.trainer
     original = trainer.train
+    first: list[bytes] = []
 
     def train(p: bytes, fragment):
         out = original(p, fragment)
         image = bytearray(trainer.update_image)
-        scale = float("nan") if how == "nan" else 1e9
-        image[24:28] = struct.pack("<f", scale)
+        if how in ("nan", "huge"):
+            image[24:28] = struct.pack("<f", float("nan") if how == "nan" else 1e9)
+        elif how == "shape":  # ten int8 values short of w*, header and length consistent
+            u = unpack_update(bytes(image))
+            image = bytearray(pack_update(u.version, u.n, u.loss, u.variance, u.q[:-10], u.scales, u.per_channel))
+        elif how == "replay":
+            first.append(bytes(image))
+            image = bytearray(first[0])
         trainer.update_image = bytes(image)
-        return out
+        fields = list(TRAIN_RESPONSE.unpack(out))
+        fields[5] = len(image)  # update_bytes: what UPDATE_READ will serve
+        return TRAIN_RESPONSE.pack(*fields)
 
     trainer.train = train
 
 
-@pytest.mark.parametrize("how,reason", [("nan", "non_finite"), ("huge", "norm_too_large")])
+@pytest.mark.parametrize("how,reason", [("nan", "non_finite"), ("huge", "norm_too_large"), ("shape", "bad_shape"),
+                                        ("replay", "replay")])
 def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path, how: str, reason: str) -> None:
     forget_sim_boards()
     devs = _devices("dev")
@@ -101,9 +118,46 @@ def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path
     evs = list(read_events(tmp_path))
     rejected = [e for e in evs if e["kind"] == "rejection"]
     assert rejected and all(e["device"] == devs[0].name and e["reason"] == reason for e in rejected)
+    hostile = {e["task"] for e in evs if e["kind"] in ("arrival", "rejection") and e["device"] == devs[0].name}
+    if how == "replay":  # its first update is a true one; every later copy is refused
+        assert len(hostile) == len(rejected) + 1
+    else:
+        assert {e["task"] for e in rejected} == hostile
     steps = [e for e in evs if e["kind"] == "aggregation"]
     assert all(t not in {e["task"] for e in rejected} for s in steps for t in s["tasks"])
     assert np.all(np.isfinite(result.vector))
+    assert summarize(evs)["all_tasks_accounted"]
+
+
+def test_an_update_older_than_the_staleness_bound_is_rejected(setups, tmp_path) -> None:
+    """A slow board's update arrives after the model moved on: beyond max_staleness it is refused."""
+    forget_sim_boards()
+    devs = _devices("dev")
+    slow = get_sim_board("mps2-an386", devs[0].name)
+    moved_on, trained = threading.Event(), threading.Event()
+    original = slow.trainer.train
+
+    def train(p: bytes, fragment):
+        moved_on.wait(timeout=60)  # held until the others have made two versions
+        try:
+            return original(p, fragment)
+        finally:
+            trained.set()
+
+    slow.trainer.train = train
+
+    def progress(row: dict) -> None:
+        if row.get("kind", "evaluation") == "evaluation" and row["version"] >= 2 and not moved_on.is_set():
+            moved_on.set()
+            trained.wait(timeout=60)  # the engine steps no further until the slow update is on its way
+
+    with EventLog(tmp_path) as events:
+        Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
+               training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=10), seed=5, max_staleness=1,
+               progress=progress).run()
+    evs = list(read_events(tmp_path))
+    late = [e for e in evs if e["kind"] == "rejection" and e["device"] == devs[0].name]
+    assert late and late[0]["reason"] == "too_stale"
     assert summarize(evs)["all_tasks_accounted"]
 
 

@@ -42,7 +42,7 @@ from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoin
 from tinyfed.host.events import RUN_ENDED, EventLog
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
-from tinyfed.host.updates import Update, check_update
+from tinyfed.host.updates import Reason, Rejection, Update, check_update
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,10 @@ class _Worker(threading.Thread):
                                               seed=task.seed, per_channel=t.per_channel, head_cache=t.head_cache,
                                               float_update=self.payload_float), timeout=self.timeout)
             upd = client.read_update(report.update_bytes)
-            delta = upd.dense(self.setup.unit_shapes)
+            try:
+                delta = upd.dense(self.setup.unit_shapes)
+            except ValueError:  # sizes that do not match w*: the raw values go to the check (bad_shape)
+                delta = (upd.values if upd.values is not None else upd.q).astype(np.float32).ravel()
             update = Update(self.spec.name, task.task_id, upd.version, upd.n, upd.loss, upd.variance, delta,
                             upd.wire_bytes)
             down = (sent1 - sent0) + (client.stats.bytes_sent - sent1)
@@ -461,8 +464,9 @@ class Engine:
             return self.strategy.on_lost(task.device, task.task_id)
         st.state = "idle"
         st.failures = 0
-        rejection = check_update(out.update, global_version=self.version, size=self.vector.size,
-                                 norm_bound=self.norm_bound, max_staleness=self.max_staleness, seen_tasks=self.seen)
+        rejection = _answers_task(out.update, task) or check_update(
+            out.update, global_version=self.version, size=self.vector.size, norm_bound=self.norm_bound,
+            max_staleness=self.max_staleness, seen_tasks=self.seen)
         if rejection is not None:
             self.rejected += 1
             self.events.append("rejection", task=task.task_id, device=task.device, reason=rejection.reason,
@@ -554,6 +558,19 @@ class Engine:
                          self.bytes_down, self.accepted, self.rejected, self.lost, self.vector.copy(), self.history,
                          tasks_unfinished=unfinished, provision_bytes_down=self.provision_down,
                          provision_bytes_up=self.provision_up)
+
+
+def _answers_task(update: Update, task: _Task) -> Rejection | None:
+    """A board trains from the weights its task set, so its update must carry the task's version:
+    an older one is an earlier update sent again (replayed), a newer one cannot exist."""
+    if update.base_version == task.version:
+        return None
+    who = f"update from {update.device_id!r} (task {update.task_id})"
+    if update.base_version < task.version:
+        return Rejection(Reason.REPLAY, f"{who} carries version {update.base_version}, but its task sent version "
+                                        f"{task.version}: an earlier update sent again")
+    return Rejection(Reason.FUTURE_VERSION, f"{who} claims version {update.base_version}, but its task sent "
+                                            f"version {task.version}")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:
