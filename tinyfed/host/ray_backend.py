@@ -1,0 +1,107 @@
+"""Ray backend of the fleet simulator: the boards' training steps as Ray tasks.
+
+The simulator owns virtual time and every decision; a backend only trains. A task's training is
+a pure function of (model, vector, device samples, seed, version, training parameters)
+(:func:`tinyfed.host.simulator.train_step`), so this backend submits it to Ray when the task is
+dispatched and collects the result when its virtual arrival is handled: the event order, the
+steps and the final model are those of the local backend, only wall time changes. BLAS runs one
+thread per worker, as in the local backend, so the arithmetic is the same too.
+
+Local Ray by default (``ray.init`` with this machine's cores); ``address`` joins a running
+cluster (``ray start --head`` on one machine, ``ray start --address HEAD:6379`` on the others,
+then ``tinyfed simulate --backend ray --address HEAD:6379``). Ray is optional: ``pip install
+'tinyfed[ray]'`` (``make`` installs it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Self
+
+from tinyfed.errors import TinyfedError
+
+log = logging.getLogger(__name__)
+
+#: Thread limits every Ray worker starts with (the local backend holds BLAS to one thread too).
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _train_remote(model: Any, *args: Any) -> Any:
+    from tinyfed.host.simulator import train_step
+
+    return train_step(model, *args)
+
+
+class RayBackend:
+    """Trains each simulated task as a Ray task, submitted at dispatch (see the module docstring)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise TinyfedError("the Ray backend needs the ray package, which is not installed",
+                               fix="pip install 'tinyfed[ray]' (or `make setup`), or use --backend local") from None
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "runtime_env": {"env_vars": dict(_ONE_THREAD)}}
+            if address is not None:
+                kwargs["address"] = address
+            elif num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise TinyfedError(f"cannot start or join {where}: {exc}",
+                                   fix="check `ray status` on the head node, or drop --address for local Ray")\
+                    from None
+            self._owns_ray = True
+        self._remote = ray.remote(num_cpus=1)(_train_remote)
+        self._models: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, its object ref)
+        self._pending: dict[int, Any] = {}
+        self.steps = 0
+        log.info("Ray backend: %s CPUs in the cluster", ray.cluster_resources().get("CPU"))
+
+    def _model_ref(self, model: Any) -> Any:
+        """The model once in Ray's object store (features and tail, without the evaluators)."""
+        key = id(model)
+        if key not in self._models:
+            slim = dataclasses.replace(model, evaluate=None, evaluate_full=None)
+            self._models[key] = (model, self._ray.put(slim))
+        return self._models[key][1]
+
+    def start(self, task_id: int, args: tuple) -> None:
+        model, rest = args[0], args[1:]
+        self._pending[task_id] = self._remote.remote(self._model_ref(model), *rest)
+
+    def cancel(self, task_id: int) -> None:
+        ref = self._pending.pop(task_id, None)
+        if ref is not None:
+            try:
+                self._ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - a task that already ran cannot be cancelled; its result is dropped
+                log.debug("task %d: already finished, result dropped", task_id)
+
+    def finish(self, task_id: int) -> Any:
+        self.steps += 1
+        return self._ray.get(self._pending.pop(task_id))
+
+    def close(self) -> None:
+        """Drop pending work and, if this backend started Ray, stop it."""
+        for task_id in list(self._pending):
+            self.cancel(task_id)
+        self._models.clear()
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
