@@ -113,7 +113,7 @@ def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path
     strategy = get_strategy("ftte", buffer_size=1)
     with EventLog(tmp_path) as events:
         engine = Engine(setups["subset"], devs, strategy, events, training=LocalTraining(epochs=1, lr=0.005),
-                        limits=Limits(max_versions=5), seed=5)
+                        limits=Limits(max_versions=8), seed=5)
         result = engine.run()
     evs = list(read_events(tmp_path))
     rejected = [e for e in evs if e["kind"] == "rejection"]
