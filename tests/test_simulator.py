@@ -13,8 +13,10 @@ from click.testing import CliRunner
 from tinyfed.boards import get_board
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.framing import max_encoded_bytes
+from tinyfed.host import simulator
 from tinyfed.host.engine import LocalTraining
 from tinyfed.host.simulator import (
+    Availability,
     LocalBackend,
     SimLimits,
     Simulation,
@@ -42,13 +44,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
 
 
 def _run(study: Study, strategy: str, *, seed: int = 0, stragglers: float = 0.5, slowdown: str = "uniform:2:10",
-         clients: int = 16, versions: int = 6, dropout: float = 0.0, **params):
+         clients: int = 16, versions: int = 6, dropout: float = 0.0, availability: Availability | None = None,
+         **params):
     fleet = make_fleet(study.shards, clients, MIX, stragglers, Slowdown.parse(slowdown), seed)
     strat = get_strategy(strategy, fleet_size=clients, ignore_extra=True,
                          **{"buffer_size": 4, "clients_per_round": 4, **params})
     model = study.model("subset" if strat.payload == "subset" else "dense")
     sim = Simulation(model, fleet, strat, limits=SimLimits(max_versions=versions), seed=seed, dropout=dropout,
-                     record_trace=True)
+                     availability=availability, record_trace=True)
     return sim, sim.run()
 
 
@@ -159,7 +162,6 @@ def test_bad_options_say_how_to_fix_them() -> None:
 
 def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: Study) -> None:
     from tinyfed.cli import cli
-    from tinyfed.host import simulator
 
     monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
     out = tmp_path / "sim"
@@ -169,6 +171,7 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
                                    "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output.strip().splitlines()[-1])
+    assert doc["study"]["horizon_s"] == max(r["sim_seconds"] for r in doc["results"].values())
     for name in ("ftte", "fedbuff", "fedavg"):
         r = doc["results"][name]
         for key in ("time_to_target_s", "reached_target", "final_accuracy", "device_memory_bytes",
@@ -180,6 +183,10 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
         assert (out / f).stat().st_size > 0
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,nope"])
     assert bad.exit_code == 2 and "unknown strategies" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--horizon", "soon"])
+    assert bad.exit_code == 2 and "--horizon 'soon'" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--availability", "3600:2"])
+    assert bad.exit_code == 2 and "availability '3600:2'" in bad.output
 
 
 def test_training_is_a_pure_function_of_the_task(study: Study) -> None:
@@ -217,3 +224,85 @@ def test_the_training_order_of_a_backend_does_not_change_the_run(study: Study) -
                                backend=backend).run())
     assert runs[0].event_digest == runs[1].event_digest
     assert np.array_equal(runs[0].vector, runs[1].vector)
+
+
+def test_a_run_continued_in_pieces_is_the_run_made_in_one(study: Study) -> None:
+    _, whole = _run(study, "fedbuff", versions=6)
+    fleet = make_fleet(study.shards, 16, MIX, 0.5, Slowdown.parse("uniform:2:10"), 0)
+    strat = get_strategy("fedbuff", fleet_size=16, buffer_size=4, clients_per_round=4, ignore_extra=True)
+    sim = Simulation(study.model("dense"), fleet, strat, limits=SimLimits(max_versions=2), seed=0, record_trace=True)
+    first = sim.run()
+    assert first.versions == 2 and first.event_digest != whole.event_digest
+    halfway = whole.trace[len(first.trace) + 5][0]  # a moment between two events of the third version
+    sim.run(SimLimits(max_sim_seconds=halfway, stop_at_target=False))
+    assert sim.now == halfway
+    rest = sim.run(SimLimits(max_versions=6))
+    assert rest.trace == whole.trace and rest.event_digest == whole.event_digest
+    assert np.array_equal(rest.vector, whole.vector)
+    assert [h["accuracy"] for h in rest.history] == [h["accuracy"] for h in whole.history]
+
+
+def test_a_study_takes_every_final_accuracy_at_one_horizon(study: Study) -> None:
+    cfg = StudyConfig(**{**study.cfg.__dict__, "target_accuracy": 0.3, "max_versions": 40, "horizon": "auto"})
+    s = Study(cfg, work_dir=study.work_dir)
+    s._models = study._models  # the same plan and frozen outputs
+    results = s.run_all()
+    stops = {name: s.simulation(name).run(cfg.limits()).sim_seconds for name in cfg.strategies}  # first legs again
+    assert s.horizon_s == max(stops.values())
+    for name, r in results.items():
+        assert r.sim_seconds == pytest.approx(s.horizon_s) and r.reached_target, name
+        past = [h for h in r.history if h["sim_time_s"] > r.time_to_target_s]
+        # past the target the curve is sampled on a grid of the horizon, not at every version
+        assert len(past) <= simulator.HORIZON_EVALUATIONS + 1
+        if stops[name] < s.horizon_s:
+            assert r.versions > r.versions_to_target and past, name
+    one = Simulation(s.model("subset"), s.fleet, cfg.strategy("ftte"), seed=cfg.seed,
+                     limits=SimLimits(max_sim_seconds=s.horizon_s, stop_at_target=False))
+    straight = one.run()  # the two legs are one run to the horizon
+    assert straight.event_digest == results["ftte"].event_digest
+    assert np.array_equal(straight.vector, results["ftte"].vector)
+    with pytest.raises(TinyfedError, match="horizon"):
+        Study(StudyConfig(**{**cfg.__dict__, "horizon": -5}))
+
+
+def _online_at(sim: Simulation, device: int, t: float) -> bool:
+    """The availability model by hand: device i is at phase_i + t of its cycle."""
+    a = sim.availability
+    phase = np.random.default_rng([sim.seed, 0xA7A1]).uniform(0.0, a.period_s, len(sim.fleet.devices))[device]
+    return (phase + t) % a.period_s < a.online * a.period_s
+
+
+def test_devices_work_only_inside_their_availability_windows(study: Study) -> None:
+    fleet = make_fleet(study.shards, 16, MIX, 0.5, Slowdown.parse("uniform:2:10"), 0)
+    probe = Simulation(study.model("subset"), fleet, get_strategy("ftte", fleet_size=16, buffer_size=4), seed=0)
+    typical = float(np.median([probe.task_seconds(d, True) for d in fleet.devices]))
+    availability = Availability(period_s=3 * typical, online=0.5)
+    sim = Simulation(study.model("subset"), fleet, get_strategy("ftte", fleet_size=16, buffer_size=4), seed=0,
+                     availability=availability, limits=SimLimits(max_versions=8), record_trace=True)
+    res = sim.run()
+    index = {d.name: i for i, d in enumerate(fleet.devices)}
+    dispatched: dict[int, tuple[float, int]] = {}
+    cut = 0
+    for t, kind, task, name in res.trace:
+        if kind == "dispatch":
+            i = index[name]
+            assert _online_at(sim, i, t + 1e-9), (name, t)
+            dispatched[task] = (t, i)
+        elif kind == "arrive":
+            start, i = dispatched[task]
+            assert _online_at(sim, i, (start + t) / 2)  # it worked inside one window
+        elif kind == "lost":
+            start, i = dispatched[task]
+            assert not _online_at(sim, i, t + 1e-6)  # lost exactly when its window closed
+            cut += 1
+        elif kind == "online":
+            assert _online_at(sim, task, t + 1e-9) and not _online_at(sim, task, t - 1e-6)
+    assert res.versions == 8 and cut == res.updates_lost == res.updates_lost_offline > 0
+    # always available is no availability model at all
+    _, plain = _run(study, "ftte", versions=8)
+    _, always = _run(study, "ftte", versions=8, availability=Availability.parse("always"))
+    assert plain.event_digest == always.event_digest
+    assert Availability.parse("3600:0.25") == Availability(3600.0, 0.25)
+    for bad in ("3600", "0:0.5", "3600:0", "3600:1.5", "x:y"):
+        with pytest.raises(TinyfedError, match="PERIOD:FRACTION"):
+            Availability.parse(bad)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FIELDS = ("strategy", "payload", "reached_target", "time_to_target_s", "versions_to_target", "versions",
                   "sim_seconds", "final_accuracy", "best_accuracy", "device_memory_bytes", "bytes_per_update",
                   "bytes_total", "bytes_down", "bytes_up", "tasks", "board_steps", "updates_accepted",
-                  "updates_rejected", "updates_lost", "wall_seconds", "board_steps_per_s", "stop_reason")
+                  "updates_rejected", "updates_lost", "updates_lost_offline", "wall_seconds", "board_steps_per_s", "stop_reason")
 HISTORY_FIELDS = ("strategy", "version", "sim_time_s", "accuracy", "loss", "bytes_down", "bytes_up", "bytes_total",
                   "updates_accepted", "wall_s")
 RATIO_FIELDS = ("time_to_target_s", "device_memory_bytes", "bytes_per_update", "bytes_total")
@@ -51,7 +51,7 @@ def _num(v: Any, fmt: str = ",.0f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def format_table(results: dict[str, Any], target: float | None) -> str:
+def format_table(results: dict[str, Any], target: float | None, horizon_s: float | None = None) -> str:
     """The side-by-side table (markdown, so it pastes into a paper's notes or BENCHMARKS.md)."""
     rat = ratios(results)
     head = ("| strategy | time to target (sim s) | versions | final acc | best acc | device memory (B) "
@@ -64,8 +64,12 @@ def format_table(results: dict[str, Any], target: float | None) -> str:
                      f"| {r.device_memory_bytes:,} | {r.bytes_per_update:,} | {r.bytes_total:,} "
                      f"| {_num(x.get('time_to_target_s'), '.4f')} | {_num(x.get('device_memory_bytes'), '.4f')} "
                      f"| {_num(x.get('bytes_per_update'), '.4f')} | {_num(x.get('bytes_total'), '.4f')} |")
+    notes = ["times are the boards' simulated seconds"]
     if target is not None:
-        lines.append(f"(target test accuracy {target:g}; times are the boards' simulated seconds)")
+        notes.insert(0, f"target test accuracy {target:g}")
+    if horizon_s is not None:
+        notes.append(f"final accuracy at the common horizon, {horizon_s:,.0f} simulated s")
+    lines.append(f"({'; '.join(notes)})")
     return "\n".join(lines)
 
 
@@ -106,7 +110,9 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
     for ax, scale in zip(axes, ("linear", "log"), strict=True):
         for name, r in results.items():
             rows = [h for h in r.history if scale == "linear" or h["sim_time_s"] > 0]
-            ax.step([h["sim_time_s"] for h in rows], [h["accuracy"] for h in rows], where="post", label=name)
+            times = [h["sim_time_s"] for h in rows] + [r.sim_seconds]  # the last version holds to the run's end
+            accuracy = [h["accuracy"] for h in rows] + [rows[-1]["accuracy"]] if rows else []
+            ax.step(times[:len(accuracy)], accuracy, where="post", label=name)
         if target is not None:
             ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
         ax.set_xscale(scale)
@@ -144,6 +150,9 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
 @click.option("--slowdown", default="uniform:2:10", show_default=True,
               help="Straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F.")
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Probability a task is lost.")
+@click.option("--availability", default="always", show_default=True,
+              help="When devices can work: always, or PERIOD:FRACTION (online FRACTION of every PERIOD simulated "
+                   "seconds, each device at its own phase; a task still running when its window closes is lost).")
 @click.option("--board-mix", default="nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2", show_default=True,
               help="Fleet mix, BOARD:SHARE,...")
 @click.option("--partition", type=click.Choice(["natural", "iid", "dirichlet"]), default=None,
@@ -163,6 +172,10 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
 @click.option("--max-versions", type=int, default=400, show_default=True)
 @click.option("--max-sim-seconds", type=float, default=None, help="Stop at this simulated time.")
 @click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
+@click.option("--horizon", default="auto", show_default=True,
+              help="Run every strategy on to this simulated time after its target and take the final accuracies "
+                   "there: auto = the latest time any strategy stopped at, none = each stops at its own target, "
+                   "or seconds.")
 @click.option("--evaluate-every", type=int, default=1, show_default=True, help="Evaluate every N-th version.")
 @click.option("--eval-samples", type=int, default=0, show_default=True,
               help="Evaluate each version on this many test samples (fixed, seeded; 0 = the whole test split). "
@@ -177,10 +190,10 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
 @boards_dir_option
 @json_option
 def simulate(model: str, clients: int, strategies: str, target_accuracy: float | None, stragglers: float, slowdown: str,
-             dropout: float, board_mix: str, partition: str | None, alpha: float, seed: int, start: str, epochs: int,
+             dropout: float, availability: str, board_mix: str, partition: str | None, alpha: float, seed: int, start: str, epochs: int,
              lr: float, batch_size: int, buffer_size: int, clients_per_round: int, server_lr: float,
              max_staleness: int, norm_bound: float, max_versions: int, max_sim_seconds: float | None,
-             run_past_target: bool, evaluate_every: int, eval_samples: int, backend: str, address: str | None,
+             run_past_target: bool, horizon: str, evaluate_every: int, eval_samples: int, backend: str, address: str | None,
              out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards."""
     from tinyfed.host.engine import LocalTraining
@@ -204,13 +217,13 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
     if not lr > 0:
         raise TinyfedError(f"--lr {lr} must be positive", fix="e.g. --lr 0.01")
     cfg = StudyConfig(model=model, clients=clients, strategies=names, board_mix=board_mix, stragglers=stragglers,
-                      slowdown=slowdown, dropout=dropout, partition=partition, alpha=alpha, seed=seed, start=start,
+                      slowdown=slowdown, dropout=dropout, availability=availability, partition=partition, alpha=alpha, seed=seed, start=start,
                       target_accuracy=target_accuracy, stop_at_target=not run_past_target, max_versions=max_versions,
                       max_sim_seconds=max_sim_seconds,
                       training=LocalTraining(epochs=epochs, lr=lr, batch_size=batch_size),
                       buffer_size=buffer_size, clients_per_round=clients_per_round, server_lr=server_lr,
                       norm_bound=norm_bound, max_staleness=max_staleness, evaluate_every=evaluate_every,
-                      eval_samples=eval_samples or None)
+                      eval_samples=eval_samples or None, horizon=_horizon(horizon))
     say = (lambda text: None) if as_json else click.echo
     study = Study(cfg, boards_dirs=boards_dirs)
     info = study.describe()
@@ -223,24 +236,38 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
         from tinyfed.host.ray_backend import RayBackend
 
         runner = RayBackend(address)
-    results = {}
+
+    def announce(name: str, r: Any) -> None:
+        say(f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy {r.final_accuracy:.4f} "
+            f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall ({backend} backend)")
+
     try:
-        for name in names:
-            say(f"{name} ...")
-            results[name] = r = study.run(name, backend=runner)
-            say(f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy {r.final_accuracy:.4f} "
-                f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall ({backend} backend)")
+        results = study.run_all(backend=runner, announce=announce)
     finally:
         if runner is not None:
             runner.close()
     files = write_outputs(out_dir, study, results, _config_dict(cfg)) if out_dir is not None else []
     if as_json:
-        click.echo(json.dumps({"study": info, "results": {k: r.to_dict() for k, r in results.items()},
+        click.echo(json.dumps({"study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
                                "ratios_to_fedavg": ratios(results), "files": [str(p) for p in files]}))
         return
-    say(format_table(results, target_accuracy))
+    say(format_table(results, target_accuracy, study.horizon_s))
     for p in files:
         say(f"wrote {p}")
+
+
+def _horizon(text: str) -> float | str | None:
+    value = str(text).strip().lower()
+    if value in ("auto", "none"):
+        return None if value == "none" else "auto"
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise TinyfedError(f"--horizon {text!r} is not auto, none or a number of simulated seconds",
+                           fix="e.g. --horizon auto, --horizon none or --horizon 9000")
+    return seconds
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:

@@ -52,9 +52,11 @@ DEFAULT_SLOWDOWN = "uniform:2:10"
 DEFAULT_TARGETS = {"har_cnn": 0.8, "digits_cnn": 0.75}
 #: Fewest samples a device holds when a fleet outgrows the data (devices then share shards).
 MIN_SAMPLES_PER_DEVICE = 8
-_ARRIVE, _LOST = 0, 1
+_ARRIVE, _LOST, _ONLINE = 0, 1, 2
 _EVENT = struct.Struct("<dBq")
-_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3}
+_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4}
+#: Evaluations past the target, spread evenly up to the study's horizon (the curve for the plots).
+HORIZON_EVALUATIONS = 100
 
 
 # -- options --------------------------------------------------------------------------------
@@ -118,6 +120,41 @@ class Slowdown:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.a:g}:{self.b:g}"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """When a device can work: online ``online`` of every ``period_s`` simulated seconds.
+
+    Each device gets its own phase (seeded), like watches charged at different hours. Only an
+    online device is offered to the strategy; a task still running when its device's window
+    closes is lost at that moment, and the device is offered again when its next window opens.
+    """
+
+    period_s: float = 0.0
+    online: float = 1.0
+
+    @property
+    def always(self) -> bool:
+        return self.online >= 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> Availability:
+        """``always`` or ``PERIOD:FRACTION`` (e.g. ``3600:0.5``: half of every simulated hour)."""
+        fix = "use always, or PERIOD:FRACTION with PERIOD > 0 simulated seconds and 0 < FRACTION <= 1 (e.g. 3600:0.5)"
+        if str(text).strip() == "always":
+            return cls()
+        period, _, fraction = str(text).partition(":")
+        try:
+            p, f = float(period), float(fraction)
+        except ValueError:
+            raise TinyfedError(f"availability {text!r} is not PERIOD:FRACTION", fix=fix) from None
+        if not (math.isfinite(p) and p > 0 and 0 < f <= 1):
+            raise TinyfedError(f"availability {text!r} is out of range", fix=fix)
+        return cls(p, f)
+
+    def __str__(self) -> str:
+        return "always" if self.always else f"{self.period_s:g}:{self.online:g}"
 
 
 # -- boards and their clocks ------------------------------------------------------------------
@@ -303,13 +340,13 @@ def update_image_bytes(size: int, unit_shapes: list[tuple[int, int]], per_channe
 
 
 class SimDevice:
-    """One simulated board: its name, board, straggler factor, sample indices and the version it holds."""
+    """One simulated board: its name, board, straggler factor and sample indices (what a run
+    changes, such as the version a board holds, lives in the :class:`Simulation`)."""
 
-    __slots__ = ("board", "factor", "indices", "name", "version")
+    __slots__ = ("board", "factor", "indices", "name")
 
     def __init__(self, name: str, board: int, factor: float, indices: np.ndarray) -> None:
         self.name, self.board, self.factor, self.indices = name, board, factor, indices
-        self.version: int | None = None
 
 
 @dataclass
@@ -423,7 +460,8 @@ class SimResult:
     host_trainings: int  # of those, the ones this host computed (a too-stale update's outcome is known untrained)
     updates_accepted: int
     updates_rejected: int
-    updates_lost: int
+    updates_lost: int  # tasks that never came back (drop-outs and closed availability windows)
+    updates_lost_offline: int  # of those, the ones cut off by their device's availability window
     rejections: dict[str, int]
     wall_seconds: float
     event_digest: str
@@ -447,6 +485,7 @@ class SimResult:
             "tasks": self.tasks, "board_steps": self.board_steps, "host_trainings": self.host_trainings,
             "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
+            "updates_lost_offline": self.updates_lost_offline,
             "rejections": dict(self.rejections), "wall_seconds": self.wall_seconds,
             "board_steps_per_s": self.board_steps / self.wall_seconds if self.wall_seconds > 0 else None,
             "event_digest": self.event_digest, "stop_reason": self.stop_reason,
@@ -454,12 +493,16 @@ class SimResult:
 
 
 class Simulation:
-    """One strategy on one simulated fleet, to a limit; :meth:`run` returns a :class:`SimResult`."""
+    """One strategy on one simulated fleet. :meth:`run` goes to a limit and returns a
+    :class:`SimResult`; it may be called again with later limits to continue the same run (a
+    study first runs every strategy to its target, then all of them on to a common horizon), and
+    a run continued in pieces is event for event the run made in one piece."""
 
     def __init__(self, model: SimModel, fleet: SimFleet, strategy: Strategy, *,
                  training: LocalTraining | None = None, limits: SimLimits | None = None, seed: int = 0,
                  norm_bound: float | None = 100.0, max_staleness: int | None = 20, dropout: float = 0.0,
-                 evaluate_every: int = 1, backend: LocalBackend | None = None, record_trace: bool = False,
+                 availability: Availability | None = None, evaluate_every: int = 1,
+                 backend: LocalBackend | None = None, record_trace: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
         if model.payload != expected:
@@ -468,38 +511,56 @@ class Simulation:
         limits = limits if limits is not None else SimLimits(max_versions=100)
         if not 0.0 <= dropout < 1.0:
             raise TinyfedError(f"drop-out probability {dropout!r} is out of range", fix="give a number in [0, 1)")
-        if limits.target_accuracy is None and limits.max_versions is None and limits.max_sim_seconds is None \
-                and limits.max_wall_seconds is None:
-            raise TinyfedError("a simulation needs a limit", fix="give a target accuracy, max versions or max "
-                                                                 "simulated seconds")
+        _check_limits(limits)
         self.model, self.fleet, self.strategy = model, fleet, strategy
         self.training = training if training is not None else LocalTraining()
         self.limits, self.seed = limits, seed
         self.norm_bound, self.max_staleness, self.dropout = norm_bound, max_staleness, dropout
+        self.availability = availability if availability is not None else Availability()
         self.evaluate_every = max(1, int(evaluate_every))
+        #: Once the target is reached, evaluate when this much simulated time has passed (None: by version).
+        self.eval_interval_s: float | None = None
         self.backend = backend if backend is not None else LocalBackend()
         self.progress = progress
         self.float_update = strategy.payload == "dense"
         self.rng = np.random.default_rng(seed)  # the engine's: strategy sampling and task seeds
         strategy.fleet_size = len(fleet.devices)
+        n = len(fleet.devices)
         self.now = 0.0
         self.vector = model.w0.astype(np.float32).copy()
         self.version = 0
+        self.held = np.full(n, -1, np.int64)  # the version each board holds (-1: none yet)
         self.queue: list[tuple[float, int, int, int]] = []
         self.seq = 0
         self.tasks: dict[int, _Task] = {}
         self.next_task = 0
-        self.idle: set[int] = set(range(len(fleet.devices)))
+        self.idle: set[int] = set(range(n))
         self.busy: dict[str, None] = {}
         self.seen: set[tuple[str, int]] = set()
         self.bytes_down = self.bytes_up = 0
-        self.accepted = self.rejected = self.lost = 0
+        self.accepted = self.rejected = self.lost = self.lost_offline = 0
         self.rejections: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self._digest = hashlib.sha256()
         self.trace: list[tuple[float, str, int, str]] | None = [] if record_trace else None
         self._link: dict[tuple[int, bool], tuple[int, int, float, float]] = {}
-        self._started = 0.0
+        self._wall = 0.0  # host seconds spent in run() so far
+        self._call_started = 0.0
+        self._steps0 = self.backend.steps
+        self._next_eval_s = 0.0
+        self.ttt: float | None = None
+        self.vtt: int | None = None
+        self.window_end = np.full(n, np.inf)  # when each online device's window closes
+        self._cut_off: set[int] = set()  # tasks in flight that their device's window will cut off
+        if not self.availability.always:
+            period, on = self.availability.period_s, self.availability.online * self.availability.period_s
+            phase = np.random.default_rng([seed, 0xA7A1]).uniform(0.0, period, n)  # place in its cycle at t = 0
+            for i in range(n):
+                if phase[i] < on:
+                    self.window_end[i] = on - phase[i]
+                else:
+                    self.idle.discard(i)
+                    self._push(period - phase[i], _ONLINE, i)
 
     # -- timing ----------------------------------------------------------------------------
 
@@ -545,7 +606,7 @@ class Simulation:
             task_id = self.next_task
             self.next_task += 1
             seed = int(self.rng.integers(0, 2**31 - 1))
-            download = dev.version != self.version
+            download = self.held[i] != self.version
             down, up, _, _ = self._link_cost(dev.board, download)
             duration = self.task_seconds(dev, download)
             self.bytes_down += down
@@ -553,28 +614,50 @@ class Simulation:
             self.tasks[task_id] = task
             self.idle.discard(i)
             self.busy[name] = None
-            lost = False
+            lost_at = None
             if self.dropout > 0:
                 u = np.random.default_rng([self.seed, 0xD0, task_id]).random(2)
-                lost = bool(u[0] < self.dropout)
-            if lost:
-                dev.version = None
-                self._push(self.now + u[1] * duration, _LOST, task_id)
+                if u[0] < self.dropout:
+                    lost_at = self.now + u[1] * duration
+            closes = float(self.window_end[i])
+            if self.now + duration > closes and (lost_at is None or closes < lost_at):
+                lost_at = closes  # its window closes before the task ends: the board goes away
+                self._cut_off.add(task_id)
+            if lost_at is not None:
+                self.held[i] = -1
+                self._push(lost_at, _LOST, task_id)
             else:
-                dev.version = self.version
+                self.held[i] = self.version
                 self.backend.start(task_id, (self.model, self.vector, dev.indices, seed, self.version, self.training,
                                              self.float_update))
                 self._push(self.now + duration, _ARRIVE, task_id)
             self._record("dispatch", task_id, name)
 
+    def _release(self, i: int) -> None:
+        """The device is free again: offered at once while its window is open, else when the next opens."""
+        if self.now < self.window_end[i]:
+            self.idle.add(i)
+        else:
+            a = self.availability
+            self._push(float(self.window_end[i]) + (1.0 - a.online) * a.period_s, _ONLINE, i)
+
     def _handle(self, kind: int, task_id: int) -> Aggregate | None:
+        if kind == _ONLINE:
+            i = task_id
+            self.window_end[i] = self.now + self.availability.online * self.availability.period_s
+            self.idle.add(i)
+            self._record("online", i, self.fleet.devices[i].name)
+            return None
         task = self.tasks.pop(task_id)
         dev = self.fleet.devices[task.device]
-        self.idle.add(task.device)
         del self.busy[dev.name]
+        self._release(task.device)
         if kind == _LOST:
             self._record("lost", task_id, dev.name)
             self.lost += 1
+            if task_id in self._cut_off:
+                self._cut_off.discard(task_id)
+                self.lost_offline += 1
             return self.strategy.on_lost(dev.name, task_id)
         self._record("arrive", task_id, dev.name)
         self.bytes_up += task.up_bytes
@@ -601,43 +684,60 @@ class Simulation:
         row = {"version": self.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
                "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
                "bytes_total": self.bytes_down + self.bytes_up, "updates_accepted": self.accepted,
-               "wall_s": time.monotonic() - self._started}
+               "wall_s": self._wall + time.monotonic() - self._call_started}
         self.history.append(row)
         if self.progress is not None:
             self.progress({"strategy": self.strategy.name, **row})
         return row
 
-    def run(self) -> SimResult:
-        """Run to a limit. BLAS is held to one thread: the steps' matrices are small, and on a busy
-        host several BLAS threads per step burn several times the CPU (measured 7x on 2 cores)."""
+    def _evaluation_due(self) -> bool:
+        """Every ``evaluate_every``-th version; past the target on the ``eval_interval_s`` grid, if set."""
+        if self.ttt is not None and self.eval_interval_s:
+            if self.now < self._next_eval_s:
+                return False
+            self._next_eval_s = (math.floor(self.now / self.eval_interval_s) + 1) * self.eval_interval_s
+            return True
+        return self.version % self.evaluate_every == 0
+
+    def _note(self, row: dict[str, Any], target: float | None) -> None:
+        if self.ttt is None and target is not None and row["accuracy"] >= target:
+            self.ttt, self.vtt = row["sim_time_s"], row["version"]
+
+    def run(self, limits: SimLimits | None = None) -> SimResult:
+        """Run to ``limits`` (the constructor's by default), from where the last call stopped.
+
+        BLAS is held to one thread: the steps' matrices are small, and on a busy host several
+        BLAS threads per step burn several times the CPU (measured 7x on 2 cores)."""
+        lim = limits if limits is not None else self.limits
+        _check_limits(lim)
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:  # scikit-learn brings it; without it, numpy's default threads
-            return self._run()
+            return self._run(lim)
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._run()
+            return self._run(lim)
 
-    def _run(self) -> SimResult:
-        self._started = time.monotonic()
-        steps0 = self.backend.steps
-        lim = self.limits
+    def close(self) -> None:
+        """Drop the tasks still in flight (they are never trained)."""
+        for task_id in list(self.tasks):
+            self.backend.cancel(task_id)
+
+    def _run(self, lim: SimLimits) -> SimResult:
+        self._call_started = time.monotonic()
+        if not self.history:
+            self._note(self._evaluate(), lim.target_accuracy)
         reason = "no events left"
-        row = self._evaluate()
-        ttt = vtt = None
-
-        def reached(r: dict[str, Any]) -> bool:
-            return lim.target_accuracy is not None and r["accuracy"] >= lim.target_accuracy
-
-        if reached(row):
-            ttt, vtt = 0.0, 0
-        if ttt is not None and lim.stop_at_target:
+        if self.ttt is not None and lim.stop_at_target:
             reason = "target reached"
         else:
-            self._dispatch()
-            while self.queue:
+            while True:
+                if self.idle:
+                    self._dispatch()
+                if not self.queue:
+                    break
                 t, _, kind, task_id = self.queue[0]
                 if lim.max_sim_seconds is not None and t > lim.max_sim_seconds:
-                    self.now = float(lim.max_sim_seconds)
+                    self.now = max(self.now, float(lim.max_sim_seconds))
                     reason = "max simulated seconds"
                     break
                 heapq.heappop(self.queue)
@@ -647,44 +747,45 @@ class Simulation:
                     self.vector = (self.vector + agg.step).astype(np.float32)
                     self.version = agg.new_version
                     self._record("step", self.version, "")
-                    if self.version % self.evaluate_every == 0:
-                        row = self._evaluate()
-                        if ttt is None and reached(row):
-                            ttt, vtt = self.now, self.version
-                    if ttt is not None and lim.stop_at_target:
+                    if self._evaluation_due():
+                        self._note(self._evaluate(), lim.target_accuracy)
+                    if self.ttt is not None and lim.stop_at_target:
                         reason = "target reached"
                         break
                     if lim.max_versions is not None and self.version >= lim.max_versions:
                         reason = "max versions"
                         break
-                if lim.max_wall_seconds is not None and time.monotonic() - self._started >= lim.max_wall_seconds:
+                if lim.max_wall_seconds is not None and time.monotonic() - self._call_started >= lim.max_wall_seconds:
                     reason = "max wall seconds"
                     break
-                if self.idle:
-                    self._dispatch()
-        for task_id in list(self.tasks):  # in flight at the end: never trained, counted as such
-            self.backend.cancel(task_id)
         if self.history[-1]["version"] != self.version:
-            row = self._evaluate()
-            if ttt is None and reached(row):
-                ttt, vtt = self.now, self.version
-        self._digest.update(np.ascontiguousarray(self.vector).tobytes())
+            self._note(self._evaluate(), lim.target_accuracy)
+        self._wall += time.monotonic() - self._call_started
+        digest = self._digest.copy()
+        digest.update(np.ascontiguousarray(self.vector).tobytes())
         final = self.history[-1]
         if self.model.evaluate_full is not self.model.evaluate:
             acc, loss = self.model.evaluate_full(self.vector)
             final = {"accuracy": float(acc), "loss": float(loss)}
         return SimResult(
             strategy=self.strategy.name, payload=self.model.payload, versions=self.version, sim_seconds=self.now,
-            time_to_target_s=ttt, versions_to_target=vtt, reached_target=ttt is not None,
+            time_to_target_s=self.ttt, versions_to_target=self.vtt, reached_target=self.ttt is not None,
             final_accuracy=final["accuracy"], final_loss=final["loss"],
             best_accuracy=max(r["accuracy"] for r in self.history),
             device_memory_bytes=self.model.device_memory_bytes, bytes_per_update=self.model.update_bytes,
             bytes_down=self.bytes_down, bytes_up=self.bytes_up, tasks=self.next_task,
-            board_steps=self.accepted + self.rejected, host_trainings=self.backend.steps - steps0,
-            updates_accepted=self.accepted,
-            updates_rejected=self.rejected, updates_lost=self.lost, rejections=dict(self.rejections),
-            wall_seconds=time.monotonic() - self._started, event_digest=self._digest.hexdigest(),
-            stop_reason=reason, vector=self.vector.copy(), history=self.history, trace=self.trace)
+            board_steps=self.accepted + self.rejected, host_trainings=self.backend.steps - self._steps0,
+            updates_accepted=self.accepted, updates_rejected=self.rejected, updates_lost=self.lost,
+            updates_lost_offline=self.lost_offline, rejections=dict(self.rejections), wall_seconds=self._wall,
+            event_digest=digest.hexdigest(), stop_reason=reason, vector=self.vector.copy(),
+            history=list(self.history), trace=list(self.trace) if self.trace is not None else None)
+
+
+def _check_limits(limits: SimLimits) -> None:
+    if limits.target_accuracy is None and limits.max_versions is None and limits.max_sim_seconds is None \
+            and limits.max_wall_seconds is None:
+        raise TinyfedError("a simulation needs a limit", fix="give a target accuracy, max versions or max "
+                                                             "simulated seconds")
 
 
 # -- a study: several strategies on one fleet ---------------------------------------------------
@@ -701,6 +802,7 @@ class StudyConfig:
     stragglers: float = 0.9
     slowdown: str = DEFAULT_SLOWDOWN
     dropout: float = 0.0
+    availability: str = "always"  # or PERIOD:FRACTION (Availability.parse)
     partition: str | None = None  # None: natural when the data has users, else iid
     alpha: float = 0.5
     seed: int = 0
@@ -718,6 +820,10 @@ class StudyConfig:
     max_staleness: int | None = 20
     evaluate_every: int = 1
     eval_samples: int | None = None  # None: the whole test split after every version
+    #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
+    #: moment: "auto" = the latest time any strategy stopped at (its target or a limit); None =
+    #: each strategy stops at its own target.
+    horizon: float | str | None = "auto"
 
     def strategy(self, name: str) -> Strategy:
         params: dict[str, Any] = {"buffer_size": self.buffer_size, "clients_per_round": self.clients_per_round,
@@ -725,8 +831,15 @@ class StudyConfig:
         return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **params)
 
     def limits(self) -> SimLimits:
-        return SimLimits(self.target_accuracy, self.stop_at_target, self.max_versions, self.max_sim_seconds,
-                         self.max_wall_seconds)
+        """The first leg's limits: each strategy to its target (or a max), never past a fixed horizon."""
+        end = self.max_sim_seconds
+        if isinstance(self.horizon, (int, float)) and not isinstance(self.horizon, bool):
+            end = float(self.horizon) if end is None else min(end, float(self.horizon))
+        return SimLimits(self.target_accuracy, self.stop_at_target, self.max_versions, end, self.max_wall_seconds)
+
+    def horizon_limits(self, horizon_s: float) -> SimLimits:
+        """The second leg's: on past the target to the common horizon (the version cap does not apply)."""
+        return SimLimits(self.target_accuracy, False, None, horizon_s, self.max_wall_seconds)
 
 
 class Study:
@@ -746,6 +859,11 @@ class Study:
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
         self.mix = parse_board_mix(cfg.board_mix)
         self.slowdown = Slowdown.parse(cfg.slowdown)
+        self.availability = Availability.parse(cfg.availability)
+        if cfg.horizon not in (None, "auto") and not (isinstance(cfg.horizon, (int, float)) and cfg.horizon > 0):
+            raise TinyfedError(f"horizon {cfg.horizon!r} is not understood",
+                               fix="give auto, none, or a positive number of simulated seconds")
+        self.horizon_s: float | None = None  # set by run_all
         self.data = zoo_run_data(cfg.model)
         part = cfg.partition or ("natural" if self.data.groups is not None else "iid")
         if part not in ("natural", "iid", "dirichlet"):
@@ -833,22 +951,58 @@ class Study:
                  model.size, frozen_macs, model.train_macs, time.monotonic() - t0)
         return model
 
-    def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
-            backend: LocalBackend | None = None, record_trace: bool = False) -> SimResult:
-        """One strategy on this study's fleet (a fresh copy of the devices' state)."""
+    def simulation(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+                   backend: LocalBackend | None = None, record_trace: bool = False) -> Simulation:
+        """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
         cfg = self.cfg
         strategy = cfg.strategy(name)
-        payload = "subset" if strategy.payload == "subset" else "dense"
-        model = self.model(payload)
-        for d in self.fleet.devices:  # every strategy starts from boards that hold nothing
-            d.version = None
-        sim = Simulation(model, self.fleet, strategy, training=cfg.training, limits=cfg.limits(), seed=cfg.seed,
-                         norm_bound=cfg.norm_bound, max_staleness=cfg.max_staleness, dropout=cfg.dropout,
-                         evaluate_every=cfg.evaluate_every, backend=backend, record_trace=record_trace,
-                         progress=progress)
-        result = sim.run()
-        log.info("%s: %d versions, %.0f simulated s, accuracy %.4f (%s), %.1f s wall", name, result.versions,
-                 result.sim_seconds, result.final_accuracy, result.stop_reason, result.wall_seconds)
+        model = self.model("subset" if strategy.payload == "subset" else "dense")
+        return Simulation(model, self.fleet, strategy, training=cfg.training, limits=cfg.limits(), seed=cfg.seed,
+                          norm_bound=cfg.norm_bound, max_staleness=cfg.max_staleness, dropout=cfg.dropout,
+                          availability=self.availability, evaluate_every=cfg.evaluate_every, backend=backend,
+                          record_trace=record_trace, progress=progress)
+
+    def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+            backend: LocalBackend | None = None, record_trace: bool = False) -> SimResult:
+        """One strategy to its target or a limit (no common horizon: see :meth:`run_all`)."""
+        sim = self.simulation(name, progress=progress, backend=backend, record_trace=record_trace)
+        try:
+            return self._log(sim.run())
+        finally:
+            sim.close()
+
+    def run_all(self, *, progress: Callable[[dict[str, Any]], None] | None = None,
+                backend: LocalBackend | None = None,
+                announce: Callable[[str, SimResult], None] | None = None) -> dict[str, SimResult]:
+        """Every strategy to its target (time to target), then, with a horizon, every one on to the
+        same simulated moment, where their final accuracies are taken."""
+        sims = {name: self.simulation(name, progress=progress, backend=backend) for name in self.cfg.strategies}
+        results: dict[str, SimResult] = {}
+        try:
+            for name, sim in sims.items():
+                results[name] = self._log(sim.run())
+                if announce is not None:
+                    announce(name, results[name])
+            horizon = self.cfg.horizon
+            if horizon is None:
+                return results
+            end = max(r.sim_seconds for r in results.values()) if horizon == "auto" else float(horizon)
+            self.horizon_s = end
+            for name, sim in sims.items():
+                if sim.now < end and results[name].stop_reason != "max wall seconds":
+                    sim.eval_interval_s = end / HORIZON_EVALUATIONS
+                    results[name] = self._log(sim.run(self.cfg.horizon_limits(end)))
+                    if announce is not None:
+                        announce(name, results[name])
+            return results
+        finally:
+            for sim in sims.values():
+                sim.close()
+
+    @staticmethod
+    def _log(result: SimResult) -> SimResult:
+        log.info("%s: %d versions, %.0f simulated s, accuracy %.4f (%s), %.1f s wall", result.strategy,
+                 result.versions, result.sim_seconds, result.final_accuracy, result.stop_reason, result.wall_seconds)
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -857,6 +1011,7 @@ class Study:
                 "alpha": self.cfg.alpha if self.partition == "dirichlet" else None, "seed": self.cfg.seed,
                 "board_mix": {k: round(v, 6) for k, v in self.mix.items()}, "stragglers": self.cfg.stragglers,
                 "slowdown": str(self.slowdown), "dropout": self.cfg.dropout, "start": self.cfg.start,
+                "availability": str(self.availability), "horizon_s": self.horizon_s,
                 "samples_per_device": {"min": min(sizes), "max": max(sizes), "mean": float(np.mean(sizes))},
                 "shared_shards": self.fleet.shared_shards, "fleet": self.fleet.describe(),
                 "smallest_ram_budget": min(b.ram_budget_bytes for b in self.fleet.boards)}
@@ -866,6 +1021,5 @@ def run_study(cfg: StudyConfig, *, boards_dirs: tuple[Path, ...] = (), work_dir:
               progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Study, dict[str, SimResult]]:
     """Every strategy of ``cfg`` on the same fleet, data split and seed."""
     study = Study(cfg, boards_dirs=boards_dirs, work_dir=work_dir)
-    results = {name: study.run(name, progress=progress) for name in cfg.strategies}
-    return study, results
+    return study, study.run_all(progress=progress)
 
