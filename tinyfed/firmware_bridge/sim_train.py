@@ -26,6 +26,7 @@ from tinyfed.firmware_bridge.train_link import (
     pack_update,
     quantize_flat,
 )
+from tinyfed.training.vector import split_units
 
 if TYPE_CHECKING:
     from tinyfed.training.tail import FloatTail
@@ -205,7 +206,7 @@ class SimTrainer:
 
         n = min(params.max_samples, len(y)) if params.max_samples else len(y)
         tail = self.tail.copy()
-        tail.set_unit_values(_split(self.start, self.unit_shapes))
+        tail.set_unit_values(split_units(self.start, self.unit_shapes))
         result = local_train(tail, x[:n], y[:n], epochs=params.epochs, lr=np.float32(params.lr),
                              batch_size=params.batch_size, seed=params.seed, order=shuffle.epoch_order)
         self.values = np.concatenate([v.ravel() for v in result.values]).astype(np.float32)
@@ -240,7 +241,7 @@ class SimTrainer:
         (max_samples,) = _U32.unpack(p)
         n = min(max_samples, len(y)) if max_samples else len(y)
         tail = self.tail.copy()
-        tail.set_unit_values(_split(self.values, self.unit_shapes))
+        tail.set_unit_values(split_units(self.values, self.unit_shapes))
         prob = tail.forward(x[:n], keep=False).reshape(n, -1) if n else np.zeros((0, 1), np.float32)
         loss = float(-np.log(np.maximum(prob[np.arange(n), y[:n]], 1e-30)).mean()) if n else 0.0
         correct = int((prob.argmax(axis=1) == y[:n]).sum()) if n else 0
@@ -253,11 +254,3 @@ class SimTrainer:
         train = self._state_bytes() if self.tail is not None else 0
         return STATS_RESPONSE.pack(0, 0, fw_ram, self.arena_bytes, self.fragment_arena + train,
                                    self.fragment_arena, train, fw_ram)
-
-
-def _split(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
-    out, k = [], 0
-    for c, per in shapes:
-        out.append(flat[k:k + c * per].reshape(c, per).copy())
-        k += c * per
-    return out

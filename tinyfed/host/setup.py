@@ -111,6 +111,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     from tinyfed.planner import trainable as tfw
     from tinyfed.planner.config import TrainingConfig
     from tinyfed.training import FloatTail
+    from tinyfed.training.vector import tail_evaluator
 
     if payload not in ("subset", "dense"):
         raise TinyfedError(f"unknown payload {payload!r}", fix="use 'subset' (ftte) or 'dense' (fedavg, fedbuff)")
@@ -163,17 +164,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     shapes = [(len(u.channels), u.values_per_channel) for u in units]
     w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
 
-    def evaluate(w: np.ndarray) -> tuple[float, float]:
-        t = tail.copy()
-        out, k = [], 0
-        for c, per in shapes:
-            out.append(np.asarray(w[k:k + c * per]).reshape(c, per))
-            k += c * per
-        t.set_unit_values(out)
-        p = t.forward(test_in, keep=False).reshape(len(test_y), -1)
-        loss = float(-np.log(np.maximum(p[np.arange(len(test_y)), test_y], 1e-30)).mean())
-        return float((p.argmax(1) == test_y).mean()), loss
-
+    evaluate = tail_evaluator(tail, shapes, test_in, test_y, chunk=None)  # one pass, as runs always scored
     images = {}
     for d, idx in zip(devices, data.shares(partition, len(devices), alpha, seed), strict=True):
         idx = np.sort(idx)
