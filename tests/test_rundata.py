@@ -62,6 +62,40 @@ def test_a_user_array_gives_the_natural_partition(digits: dict, tmp_path: Path) 
     assert sum(map(len, data.shares("natural", 12, 0.5, seed=0))) == len(users)  # users split for more devices
 
 
+def _grouped(groups: list[int]):
+    from tinyfed.host.rundata import RunData
+
+    n = len(groups)
+    return RunData("pinned", b"", 3, np.zeros((n, 1), np.float32), np.zeros(n, np.int64), np.array(groups),
+                   np.zeros((1, 1), np.float32), np.zeros(1, np.int64))
+
+
+def test_natural_shares_give_extra_devices_parts_of_users_as_pinned() -> None:
+    """Pinned: fewer devices than users take the first users; more split each user (seeded), the
+    first ``devices % users`` users into one more part. A change here reshuffles every run's data."""
+    data = _grouped([2, 0, 1, 0, 2, 2, 1, 0, 0, 2, 1, 0, 2])  # user 0: 5 samples, user 1: 3, user 2: 5
+    shares = {n: [p.tolist() for p in data.shares("natural", n, 0.5, 4)] for n in (2, 3, 5, 7)}
+    assert shares == {
+        2: [[1, 3, 7, 8, 11], [2, 6, 10]],
+        3: [[1, 3, 7, 8, 11], [2, 6, 10], [0, 4, 5, 9, 12]],
+        5: [[1, 7, 11], [3, 8], [6, 10], [2], [0, 4, 5, 9, 12]],
+        7: [[7, 11], [1, 3], [8], [6, 10], [2], [0, 5, 12], [4, 9]],
+    }
+
+
+def test_a_zoo_model_and_its_users_as_plain_data_shard_alike() -> None:
+    """The zoo's natural partition (``ZooModel.client_partitions``) and a user's NPZ with the
+    same ``user`` array divide users among extra devices the same way."""
+    from tinyfed.models.zoo import get_zoo_model
+
+    zm = get_zoo_model("har_cnn")
+    data = _grouped(zm.client_split().groups.tolist())
+    users = len(np.unique(data.groups))
+    for n, seed in ((users, 0), (users + 1, 3), (2 * users + 5, 1)):
+        zoo = zm.client_partitions("natural", n_clients=n, seed=seed)
+        assert [p.tolist() for p in data.shares("natural", n, 0.5, seed)] == [p.tolist() for p in zoo]
+
+
 def test_a_separate_test_file_is_the_held_out_split(digits: dict, tmp_path: Path) -> None:
     a = digits["arrays"]
     train = _npz(tmp_path / "train.npz", x=a["x"], y=a["y"])

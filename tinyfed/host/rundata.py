@@ -56,11 +56,7 @@ class RunData:
             parts = partition.natural(self.groups)
             if n_devices <= len(parts):
                 return parts[:n_devices]
-            base, extra = divmod(n_devices, len(parts))
-            out: list[np.ndarray] = []
-            for i, p in enumerate(parts):
-                out.extend(partition.split_clients([p], base + (1 if i < extra else 0), seed=seed + i))
-            return out
+            return partition.spread_clients(parts, n_devices, seed=seed)
         if kind == "iid":
             return partition.iid(len(self.y), n_devices, seed=seed)
         return partition.dirichlet(self.y, n_devices, alpha=alpha, seed=seed)

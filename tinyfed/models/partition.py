@@ -10,7 +10,7 @@ import numpy as np
 
 from tinyfed.errors import DatasetError
 
-__all__ = ["dirichlet", "iid", "label_skew", "natural", "split_clients"]
+__all__ = ["dirichlet", "iid", "label_skew", "natural", "split_clients", "spread_clients"]
 
 
 def _check_clients(n_clients: int, n_samples: int, what: str) -> None:
@@ -135,4 +135,22 @@ def split_clients(parts: list[np.ndarray], factor: int, seed: int = 0, contiguou
         if not contiguous:
             p = rng.permutation(p)
         out.extend(np.sort(s) for s in np.array_split(p, factor))
+    return out
+
+
+def spread_clients(parts: list[np.ndarray], n_clients: int, seed: int = 0) -> list[np.ndarray]:
+    """``parts`` (e.g. the natural partition's users) divided among ``n_clients`` devices.
+
+    With more devices than parts, each part is split (shuffled with ``seed`` plus its place)
+    into near-equal sub-clients, the first ``n_clients % len(parts)`` parts into one more, so
+    every device holds samples of one user only; the zoo and a user's own data share this so
+    the same users on the same fleet give the same shards.
+    """
+    if int(n_clients) != n_clients or n_clients < len(parts):
+        raise DatasetError(f"spread_clients: {n_clients!r} clients for {len(parts)} parts; need at least one per part",
+                           fix=f"use at least {len(parts)} clients")
+    base, extra = divmod(int(n_clients), len(parts))
+    out: list[np.ndarray] = []
+    for i, p in enumerate(parts):
+        out.extend(split_clients([p], base + (1 if i < extra else 0), seed=seed + i))
     return out

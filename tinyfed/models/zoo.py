@@ -363,11 +363,7 @@ class ZooModel:
                     fix=f"use n_clients >= {len(parts)} (users are split) or kind='iid'",
                     source=self.name,
                 )
-            base, extra = divmod(int(n_clients), len(parts))
-            out: list[np.ndarray] = []
-            for i, p in enumerate(parts):
-                out.extend(partition.split_clients([p], base + (1 if i < extra else 0), seed=seed + i))
-            return out
+            return partition.spread_clients(parts, int(n_clients), seed=seed)
         n = self.default_clients if n_clients is None else int(n_clients)
         if kind == "iid":
             return partition.iid(len(clients), n, seed)
