@@ -35,6 +35,27 @@ def test_epoch_order_is_a_permutation_that_changes_per_epoch_and_seed(n: int) ->
         assert len({tuple(o) for o in orders}) == 4
 
 
+@pytest.mark.parametrize("table_max", [shuffle.TABLE_MAX, 0])
+def test_vectorized_epoch_order_equals_the_scalar_firmware_algorithm(table_max: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """epoch_order (numpy, both the lookup-table and the cycle-walking path) against
+    shuffle_index one position at a time: n of every bit width class, powers of 4 and their
+    neighbours, n=1, a large n, and seeds at the 32-bit edges (and past them: masked)."""
+    monkeypatch.setattr(shuffle, "TABLE_MAX", table_max)
+    ns = [1, 2, 3, 4, 5, 7, 15, 16, 17, 63, 64, 65, 100, 255, 256, 257, 347, 1000, 1023, 1024, 1025, 4097, 16385,
+          70000]
+    seeds = [0, 1, 12345, 2**31 - 2, 0xFFFFFFFF, 2**40 + 5, -3]
+    rng = np.random.default_rng(0)
+    for n in ns:
+        for seed in seeds if n <= 1025 else seeds[-1:]:
+            for epoch in (0, 1, int(rng.integers(2, 1000))) if n <= 1025 else (int(rng.integers(0, 1000)),):
+                key = shuffle.epoch_key(seed, epoch)
+                want = [shuffle.shuffle_index(i, n, key) for i in range(n)]
+                got = shuffle.epoch_order(n, seed, epoch)
+                assert got.dtype == np.int64 and got.tolist() == want, (n, seed, epoch)
+    assert shuffle.epoch_order(0, 1, 0).size == 0
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler (gcc)")
 def test_firmware_shuffle_matches_the_python_twin(tmp_path: Path) -> None:
     harness = tmp_path / "shuffle_main.c"
@@ -49,7 +70,8 @@ def test_firmware_shuffle_matches_the_python_twin(tmp_path: Path) -> None:
     exe = tmp_path / "shuffle"
     subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Werror", f"-I{ROOT / 'firmware/src'}", str(harness),
                     str(ROOT / "firmware/src/shuffle.c"), "-o", str(exe)], check=True)
-    for n, seed, epoch in [(1, 0, 0), (7, 3, 0), (347, 12345, 2), (4096, 0xFFFFFFFF, 9), (70000, 7, 1)]:
+    for n, seed, epoch in [(1, 0, 0), (7, 3, 0), (15, 2**31 - 2, 0), (347, 12345, 2), (4096, 0xFFFFFFFF, 9),
+                           (16385, 99, 3), (70000, 7, 1)]:
         out = subprocess.run([str(exe), str(n), str(seed), str(epoch)], check=True, capture_output=True, text=True)
         assert [int(v) for v in out.stdout.split()] == shuffle.epoch_order(n, seed, epoch).tolist()
 

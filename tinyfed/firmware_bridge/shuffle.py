@@ -3,6 +3,10 @@
 A keyed permutation of ``0..n-1`` that needs no memory on the board: a 4-round Feistel network
 on the smallest even number of bits that covers ``n``, cycle-walked back into range. The
 ``sim://`` board and the tests use it to visit samples in exactly the board's order.
+
+:func:`shuffle_index` is the firmware's algorithm one index at a time (the reference);
+:func:`epoch_order` computes a whole epoch with numpy ``uint32`` arithmetic (the simulator
+asks for one order per simulated task, so the per-index Python loop dominated its profile).
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 _M = 0xFFFFFFFF
+_ROUND = 0x9E3779B9
+#: Largest Feistel domain (``2**bits``) that :func:`epoch_order` permutes whole as a lookup
+#: table; above it, only the indices still out of range go through the network again.
+TABLE_MAX = 1 << 16
 
 
 def mix32(x: int) -> int:
@@ -40,14 +48,66 @@ def shuffle_index(i: int, n: int, key: int) -> int:
     while True:
         left, right = i >> half, i & mask
         for rnd in range(4):
-            f = mix32(right ^ key ^ ((rnd * 0x9E3779B9) & _M)) & mask
+            f = mix32(right ^ key ^ ((rnd * _ROUND) & _M)) & mask
             left, right = right, left ^ f
         i = (left << half) | right
         if i < n:
             return i
 
 
+def _mix32_inplace(x: np.ndarray) -> np.ndarray:
+    """:func:`mix32` on a ``uint32`` array, in place (uint32 products wrap like the C ones)."""
+    x ^= x >> 16
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> 15
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> 16
+    return x
+
+
+def _round_tables(half: int, key: int) -> np.ndarray:
+    """The 4 round functions as ``(4, 2**half)`` tables: a round only sees ``half`` bits, so
+    every index of an epoch shares these ``4 * 2**half`` mixes instead of 4 of its own."""
+    keys = np.array([key ^ ((rnd * _ROUND) & _M) for rnd in range(4)], np.uint32)
+    f = _mix32_inplace(np.arange(1 << half, dtype=np.uint32)[None, :] ^ keys[:, None])
+    f &= np.uint32((1 << half) - 1)
+    return f
+
+
+def _feistel(i: np.ndarray, half: int, rounds: np.ndarray) -> np.ndarray:
+    """One pass of the network (no cycle walk) over a ``uint32`` array of indices."""
+    left = i >> np.uint32(half)
+    right = i & np.uint32((1 << half) - 1)
+    for f in rounds:
+        left ^= f.take(right)
+        left, right = right, left
+    left <<= np.uint32(half)
+    left |= right
+    return left
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order in which the board visits its ``n`` samples in ``epoch`` (0-based)."""
+    """The order in which the board visits its ``n`` samples in ``epoch`` (0-based).
+
+    Equal to ``[shuffle_index(i, n, epoch_key(seed, epoch)) for i in range(n)]``."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
     key = epoch_key(seed, epoch)
-    return np.array([shuffle_index(i, n, key) for i in range(n)], dtype=np.int64)
+    bits = _bits(n)
+    half = bits // 2
+    rounds = _round_tables(half, key)
+    if (1 << bits) <= TABLE_MAX:
+        # Permute the whole domain once; walking back into range is then a table lookup.
+        table = _feistel(np.arange(1 << bits, dtype=np.uint32), half, rounds)
+        out = table[:n].copy()
+        walk = np.flatnonzero(out >= n)
+        while walk.size:
+            out[walk] = table[out[walk]]
+            walk = walk[out[walk] >= n]
+    else:
+        out = _feistel(np.arange(n, dtype=np.uint32), half, rounds)
+        walk = np.flatnonzero(out >= n)
+        while walk.size:
+            out[walk] = _feistel(out[walk], half, rounds)
+            walk = walk[out[walk] >= n]
+    return out.astype(np.int64)
