@@ -62,14 +62,9 @@ def dense_training_need(model: str) -> tuple[int, int]:
     return dense_ram_need(program, sum(len(u.channels) for u in units)), len(program)
 
 
-def program_store_bytes(board: Any) -> int:
-    """The firmware's training-program store on ``board``: 1/16 of flash in whole 4 KiB pages (sections.ld)."""
-    return int(board.program_store_bytes)
-
-
 def dense_fits(board: Any, ram_need: int, program_bytes: int) -> bool:
     """Whether ``board`` holds the whole model's training state and its training program."""
-    return ram_need <= board.fragment_ram_budget_bytes and program_bytes <= program_store_bytes(board)
+    return ram_need <= board.fragment_ram_budget_bytes and program_bytes <= board.program_store_bytes
 
 
 def dense_misfit_error(model: str, payload: str, board: Any, ram_need: int, program_bytes: int) -> TinyfedError:
@@ -82,7 +77,7 @@ def dense_misfit_error(model: str, payload: str, board: Any, ram_need: int, prog
     return TinyfedError(
         f"{model}: training every layer (the {payload} baselines) needs {ram_need:,} bytes of RAM and a "
         f"{program_bytes:,}-byte training program; {board.name} offers {board.fragment_ram_budget_bytes:,} bytes of "
-        f"RAM and a {program_store_bytes(board):,}-byte program store",
+        f"RAM and a {board.program_store_bytes:,}-byte program store",
         fix=fix, source=board.name)
 
 
@@ -118,7 +113,7 @@ def emulated_board_for(board: Any, strategy: str | None, model: str | None, boar
         raise dense_misfit_error(model, "dense", base, ram_need, program_bytes)
     log.info("%s: %s needs %d bytes of RAM and a %d-byte program to train every layer; %s offers %d and %d, so the "
              "emulated boards use its baseline profile %s", model, strategy, ram_need, program_bytes, board.name,
-             board.fragment_ram_budget_bytes, program_store_bytes(board), base.name)
+             board.fragment_ram_budget_bytes, board.program_store_bytes, base.name)
     return base
 
 
