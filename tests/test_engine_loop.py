@@ -75,6 +75,15 @@ def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_
         assert per_update_up > 4 * 8858
 
 
+def test_prepare_run_counts_the_windows_it_packs_for_each_device(setups) -> None:
+    """``facts["local_windows"]`` (what ``tinyfed demo`` reports) is each image's sample count."""
+    from tinyfed.firmware_bridge.local_data import unpack
+
+    for setup in setups.values():
+        assert setup.facts["local_windows"] == {name: len(unpack(img).y) for name, img in setup.images.items()}
+    assert set(setups["subset"].facts["local_windows"].values()) == {48}  # max_windows caps each user's share
+
+
 def _poison(board_name: str, how: str) -> None:
     """Make one simulated board hostile: a NaN or huge scale in its int8 update, an update of the
     wrong size, or its first update sent again for every later task (replayed)."""

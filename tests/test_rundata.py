@@ -138,6 +138,29 @@ def test_one_hot_labels_are_taken_as_class_indices(digits: dict, tmp_path: Path)
     assert np.array_equal(user_run_data(digits["model"], path).y, a["y"])
 
 
+def test_the_whole_model_program_is_compiled_once_for_sizing_and_for_the_run(digits: dict, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--emulate`` sizes a dense baseline's program before booting; prepare_run sends that one."""
+    from tinyfed.commands.run import dense_training_need
+    from tinyfed.firmware_bridge import train_blob
+    from tinyfed.host.setup import DeviceSpec, prepare_run, training_program
+
+    compiled: list[int] = []
+    real = train_blob.compile_program
+
+    def counting(model: bytes, trainable: bytes) -> bytes:
+        compiled.append(len(model))
+        return real(model, trainable)
+
+    monkeypatch.setattr(train_blob, "compile_program", counting)
+    training_program.cache_clear()
+    dense_training_need.cache_clear()
+    _, program_bytes = dense_training_need(digits["model"])
+    devices = [DeviceSpec(f"d{i}", f"sim://mps2-an386?name=d{i}", "mps2-an386") for i in range(2)]
+    setup = prepare_run(digits["model"], devices, "dense", work_dir=tmp_path, partition="iid", npz=str(digits["npz"]))
+    assert len(compiled) == 1 and len(setup.program) == program_bytes
+
+
 def test_tinyfed_run_trains_a_users_tflite_on_their_npz(digits: dict, tmp_path: Path) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = tmp_path / "run"

@@ -92,10 +92,11 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
 
     def announce(setup) -> None:
         f = setup.facts
-        windows = sum(_image_windows(img) for img in setup.images.values())
+        windows = sum(f["local_windows"].values())
+        # no start accuracy here: the engine's first evaluation (version 0) reports it moments later
         say(f"plan: w* = {f.get('trainable_params', f['vector']):,} parameters trained on the boards behind a "
             f"{f['frozen_bytes']:,}-byte frozen int8 fragment; {windows:,} local windows on {len(setup.images)} "
-            f"boards; start accuracy {setup.evaluate(setup.w0)[0]:.3f}")
+            f"boards")
 
     with ExitStack() as stack:
         if simulate:
@@ -106,9 +107,3 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
         _record_devices(out, source, n, DEMO_BOARD, None, max_windows, devices)
         result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, announce=announce)
     report_run(cfg, result, out, len(devices), as_json)
-
-
-def _image_windows(image: bytes) -> int:
-    from tinyfed.firmware_bridge.local_data import unpack
-
-    return len(unpack(image).y)

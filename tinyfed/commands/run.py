@@ -46,19 +46,20 @@ def dense_ram_need(program: bytes, rows: int) -> int:
 def dense_training_need(model: str) -> tuple[int, int]:
     """``(RAM bytes, training-program bytes)`` of training every layer of ``model`` on a board.
 
-    Computed from the model alone (the whole-model TFTR program, as ``prepare_run`` compiles it),
-    so ``--emulate`` can pick the board before booting any emulator. The start values do not
-    change the sizes, so ``start = "fresh-head"`` needs the same.
+    Computed from the model alone (the whole-model TFTR program, which ``prepare_run`` takes from
+    the same cache, :func:`~tinyfed.host.setup.training_program`), so ``--emulate`` can pick the
+    board before booting any emulator. The start values do not change the sizes, so ``start =
+    "fresh-head"`` needs the same (its program, with other values, is compiled by ``prepare_run``).
     """
-    from tinyfed.firmware_bridge.train_blob import compile_program
     from tinyfed.host.config import looks_like_path
+    from tinyfed.host.setup import training_program
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.models.zoo import get_zoo_model
     from tinyfed.planner import trainable as tfw
 
     model_bytes = Path(model).read_bytes() if looks_like_path(model) else get_zoo_model(model).int8_tflite()
     units = tfw.whole_model_units(TfliteGraph.from_bytes(model_bytes, source=model))
-    program = compile_program(model_bytes, tfw.encode(units))
+    program = training_program(model_bytes, tfw.encode(units))  # prepare_run sends this one, compiled once
     return dense_ram_need(program, sum(len(u.channels) for u in units)), len(program)
 
 

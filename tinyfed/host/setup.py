@@ -10,6 +10,7 @@ evaluator of the float master on the held-out test split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,16 @@ def fresh_head(units: list, graph, seed: int) -> list:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def training_program(model: bytes, trainable: bytes) -> bytes:
+    """The TFTR program training ``trainable``'s units of ``model``, compiled once per pair of inputs:
+    ``tinyfed run --emulate`` sizes the whole-model program before booting (``dense_training_need``)
+    and :func:`prepare_run` then sends that same program."""
+    from tinyfed.firmware_bridge.train_blob import compile_program
+
+    return compile_program(model, trainable)
+
+
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
                 alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
                 start: str = "pretrained", npz: str | None = None, test_npz: str | None = None) -> RunSetup:
@@ -156,7 +167,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
             units = fresh_head(units, graph, seed)
         blob = tfw.encode(units)
         frozen = None
-        program = compile_program(model_bytes, blob)
+        program = training_program(model_bytes, blob)
         tail = FloatTail.from_fragments(model_bytes, blob)
         test_in = tail.dequantize_input(local_data.quantize_inputs(data.x_test, scale, zp))
         source = model_bytes
@@ -165,15 +176,17 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
 
     evaluate = tail_evaluator(tail, shapes, test_in, test_y, chunk=None)  # one pass, as runs always scored
-    images = {}
+    images, windows = {}, {}
     for d, idx in zip(devices, data.shares(partition, len(devices), alpha, seed), strict=True):
         idx = np.sort(idx)
         if max_windows is not None and len(idx) > max_windows:
             idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(int)]
         x = local_data.quantize_inputs(data.x[idx], scale, zp)
         images[d.name] = local_data.pack(x, data.y[idx], classes=data.num_classes)
+        windows[d.name] = len(idx)
+    # local_windows: samples in each device's image, so a report need not unpack the images to count
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
-                 frozen_bytes=len(frozen) if frozen else 0)
+                 frozen_bytes=len(frozen) if frozen else 0, local_windows=windows)
     from tinyfed.host.export import int8_evaluator
 
     int8_score = int8_evaluator(source, data.x_test, test_y)
