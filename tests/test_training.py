@@ -107,6 +107,56 @@ def test_masks_follow_units(zoo_tail):
     np.testing.assert_array_equal(ft.unit_values()[0], vals)
 
 
+def test_max_pool_picks_the_first_maximum_like_argmax():
+    """The tap-by-tap max pool against argmax over stacked windows: ties go to the first tap,
+    a NaN wins (the first NaN), -0.0 and 0.0 tie; the values are the very elements (bits)."""
+    from tinyfed.training.tail import _max_pool
+
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 4, 9):
+        c5 = rng.integers(-2, 3, size=(3, 2, 5, k, 7)).astype(np.float32)  # few values: many ties
+        c5[rng.random(c5.shape) < 0.05] = np.nan
+        c5[rng.random(c5.shape) < 0.1] = -0.0
+        z, arg = _max_pool([c5[:, :, :, t, :] for t in range(k)])
+        want = c5.argmax(axis=3)
+        np.testing.assert_array_equal(arg, want)
+        assert z.tobytes() == np.take_along_axis(c5, want[:, :, :, None, :], axis=3)[:, :, :, 0, :].tobytes()
+
+
+@pytest.mark.slow
+def test_unit_values_of_scattered_channels_on_a_later_axis(zoo_tail):
+    """Units on the channel axis 3 (depthwise weights) with channels out of order and with
+    consecutive ones: read, write and gradients address exactly those channels, and what is
+    read is a copy (writing to it leaves the tail alone)."""
+    _model, g = zoo_tail
+    dw = next(o for o in g.ops if o.name == "DEPTHWISE_CONV_2D")
+    w = g.weight_tensor(dw)
+    ft0 = FloatTail(g, [])
+    ax = g.output_channel_axis(dw)
+    assert ax == 3
+    c = w.shape[ax]
+    picks = [(c - 1, 0, 2), tuple(range(1, c))]
+    for ch in picks:
+        base = np.moveaxis(ft0.params[w.index], ax, 0)[list(ch)].reshape(len(ch), -1)
+        unit = tfw.TrainableUnit(dw.index, w.index, tfw.KIND_WEIGHTS, ax, ch, c, (base + 1).astype(np.float32))
+        ft = FloatTail(g, [unit])
+        got = ft.unit_values()[0]
+        np.testing.assert_array_equal(got, base + 1)
+        got += 5  # a copy: the tail keeps its values
+        np.testing.assert_array_equal(ft.unit_values()[0], base + 1)
+        ft.set_unit_values([base - 2])
+        moved = np.moveaxis(ft.params[w.index], ax, 0)
+        np.testing.assert_array_equal(moved[list(ch)].reshape(len(ch), -1), base - 2)
+        others = [i for i in range(c) if i not in ch]
+        np.testing.assert_array_equal(moved[others], np.moveaxis(ft0.params[w.index], ax, 0)[others])
+        grads = {w.index: np.arange(ft.params[w.index].size, dtype=np.float32).reshape(ft.params[w.index].shape)}
+        want = np.moveaxis(grads[w.index], ax, 0)[list(ch)].reshape(len(ch), -1)
+        np.testing.assert_array_equal(ft.unit_grads(grads)[0], want)
+        copied = ft.copy()
+        copied.set_unit_values([base])
+        np.testing.assert_array_equal(ft.unit_values()[0], base - 2)  # copies do not share values
+
+
 # ---- har_cnn plan ------------------------------------------------------------------------
 
 

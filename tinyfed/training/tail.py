@@ -8,6 +8,7 @@ plain numpy on NHWC batches. The last op must be SOFTMAX; it is trained with cro
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 
@@ -38,28 +39,104 @@ def _pads(size: int, k: int, s: int, d: int, padding: str) -> tuple[int, int, in
     return out, 0, 0
 
 
-def _patches(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], padding: str, fill: float = 0.0):
-    """im2col: (N, OH, OW, KH, KW, C) patches of a padded NHWC input, and the geometry."""
+@functools.lru_cache(maxsize=256)
+def _channel_index(channels: tuple[int, ...]) -> slice | np.ndarray:
+    """A unit's channels as an index on the channel axis: a slice (a view, no gather) when they
+    are consecutive, as they are for every fully trained tensor."""
+    if channels and channels == tuple(range(channels[0], channels[0] + len(channels))):
+        return slice(channels[0], channels[0] + len(channels))
+    return np.array(channels, dtype=np.intp)
+
+
+def _channels_first(a: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` with ``axis`` moved first, as a view (``np.moveaxis`` costs microseconds even for axis 0)."""
+    return a if axis == 0 else np.moveaxis(a, axis, 0)
+
+
+def _shallow_copy(obj):
+    """``copy.copy`` without its reduce protocol, for plain instances (the units, copied per step)."""
+    if not hasattr(obj, "__dict__") or hasattr(type(obj), "__slots__") or hasattr(obj, "__copy__"):
+        return copy.copy(obj)
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
+def _window(k: int, step: int, out: int) -> slice:
+    """The input positions that tap ``k`` (already times the dilation) reads for ``out`` outputs."""
+    return slice(k, k + step * (out - 1) + 1, step)
+
+
+def _padded(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], padding: str, fill: float):
+    """``x`` padded for the window (itself when no padding is needed), and the geometry."""
     n, h, w, c = x.shape
     oh, pt, pb = _pads(h, kh, s[0], d[0], padding)
     ow, pl, pr = _pads(w, kw, s[1], d[1], padding)
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=fill)
-    cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = xp[:, i * d[0] : i * d[0] + s[0] * (oh - 1) + 1 : s[0], j * d[1] : j * d[1] + s[1] * (ow - 1) + 1 : s[1], :]
-    return cols, (xp.shape, pt, pl, h, w)
+    if pt or pb or pl or pr:
+        # np.pad's generic machinery costs more than the copy itself at these sizes.
+        xp = np.full((n, h + pt + pb, w + pl + pr, c), fill, dtype=x.dtype)
+        xp[:, pt : pt + h, pl : pl + w, :] = x
+    else:
+        xp = x
+    return xp, oh, ow, (xp.shape, pt, pl, h, w)
+
+
+def _taps(xp: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], oh: int, ow: int) -> list[np.ndarray]:
+    """The (N, OH, OW, C) input under each kernel tap, row-major over (KH, KW): views of ``xp``."""
+    return [xp[:, _window(i * d[0], s[0], oh), _window(j * d[1], s[1], ow), :] for i in range(kh) for j in range(kw)]
+
+
+def _patches(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], padding: str, fill: float = 0.0):
+    """im2col: (N, OH, OW, KH, KW, C) patches of a padded NHWC input, and the geometry."""
+    xp, oh, ow, geom = _padded(x, kh, kw, s, d, padding, fill)
+    cols = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[3]), dtype=x.dtype)
+    for k, tap in enumerate(_taps(xp, kh, kw, s, d, oh, ow)):
+        cols[:, :, :, k // kw, k % kw, :] = tap
+    return cols, geom
+
+
+def _scatter_taps(taps, kh: int, kw: int, geom, s, d) -> np.ndarray:
+    """Adjoint of :func:`_taps`: add each tap's (N, OH, OW, C) gradient back to the input,
+    taps in row-major order (the order fixes the float sums)."""
+    xp_shape, pt, pl, h, w = geom
+    dxp = np.zeros(xp_shape, dtype=taps[0].dtype)
+    oh, ow = taps[0].shape[1:3]
+    for k, g in enumerate(taps):
+        i, j = divmod(k, kw)
+        dxp[:, _window(i * d[0], s[0], oh), _window(j * d[1], s[1], ow), :] += g
+    return dxp[:, pt : pt + h, pl : pl + w, :]
 
 
 def _unpatch(dcols: np.ndarray, geom, s, d) -> np.ndarray:
     """Adjoint of :func:`_patches`: scatter-add patch gradients back to the input."""
-    xp_shape, pt, pl, h, w = geom
-    _, oh, ow, kh, kw, _ = dcols.shape
-    dxp = np.zeros(xp_shape, dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dxp[:, i * d[0] : i * d[0] + s[0] * (oh - 1) + 1 : s[0], j * d[1] : j * d[1] + s[1] * (ow - 1) + 1 : s[1], :] += dcols[:, :, :, i, j, :]
-    return dxp[:, pt : pt + h, pl : pl + w, :]
+    _, _, _, kh, kw, _ = dcols.shape
+    return _scatter_taps([dcols[:, :, :, i, j, :] for i in range(kh) for j in range(kw)], kh, kw, geom, s, d)
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_counts(h: int, w: int, kh: int, kw: int, s: tuple[int, int], padding: str, dtype: np.dtype) -> np.ndarray:
+    """Inputs under each average-pool window (padding excluded): fixed by the geometry, so
+    computed once per shape instead of per forward pass. Read-only: it is shared."""
+    ones = np.ones((1, h, w, 1), dtype=dtype)
+    cols = _patches(ones, kh, kw, s, (1, 1), padding)[0]
+    cnt = cols.reshape(1, cols.shape[1], cols.shape[2], kh * kw, 1).sum(axis=3)
+    cnt.flags.writeable = False
+    return cnt
+
+
+def _max_pool(taps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Max over the window taps and the first tap that holds it, as ``np.argmax`` over the
+    patches picks it (first maximum; a NaN counts as the maximum). One pass per tap, on views
+    of the input: patches plus ``argmax`` over their middle axis cost several times more."""
+    z = taps[0].copy()
+    arg = np.zeros(z.shape, dtype=np.uint8 if len(taps) <= 256 else np.intp)
+    for k in range(1, len(taps)):
+        v = taps[k]
+        better = ~(v <= z)  # v > z, or either is NaN
+        better &= ~np.isnan(z)  # ... but a NaN already taken stays
+        np.copyto(z, v, where=better)
+        np.copyto(arg, k, where=better)
+    return z, arg
 
 
 def _act_forward(z: np.ndarray, act: str) -> np.ndarray:
@@ -134,7 +211,7 @@ class FloatTail:
         new.dtype = np.dtype(dtype) if dtype is not None else self.dtype
         new.params = {k: v.astype(new.dtype, copy=True) for k, v in self.params.items()}
         new.masks = {k: v.copy() for k, v in self.masks.items()}
-        new.units = [copy.copy(u) for u in self.units]
+        new.units = [_shallow_copy(u) for u in self.units]
         new._cache = None
         return new
 
@@ -142,17 +219,21 @@ class FloatTail:
 
     def unit_values(self) -> list[np.ndarray]:
         """Current values of each unit, shaped like ``TrainableUnit.values`` (channels, per channel)."""
-        out = []
-        for u in self.units:
-            p = np.moveaxis(self.params[u.tensor_index], u.axis, 0)
-            out.append(p[list(u.channels)].reshape(len(u.channels), -1).copy())
-        return out
+        return [self._gather(self.params[u.tensor_index], u) for u in self.units]
+
+    @staticmethod
+    def _gather(a: np.ndarray, u: tfw.TrainableUnit) -> np.ndarray:
+        """A fresh (channels, per channel) array of ``u``'s channels of ``a``."""
+        ch = _channel_index(tuple(u.channels))
+        picked = _channels_first(a, u.axis)[ch]
+        out = picked.reshape(len(u.channels), -1)
+        return out.copy() if isinstance(ch, slice) else out  # a gather by index list is already fresh
 
     def set_unit_values(self, values: list[np.ndarray]) -> None:
         for u, v in zip(self.units, values, strict=True):
-            p = np.moveaxis(self.params[u.tensor_index], u.axis, 0)
-            ch = list(u.channels)
-            p[ch] = np.asarray(v).reshape((len(ch),) + p.shape[1:]).astype(self.dtype)
+            p = _channels_first(self.params[u.tensor_index], u.axis)
+            ch = _channel_index(tuple(u.channels))
+            p[ch] = np.asarray(v).reshape((len(u.channels),) + p.shape[1:]).astype(self.dtype, copy=False)
 
     def unit_grads(self, grads: dict[int, np.ndarray]) -> list[np.ndarray]:
         out = []
@@ -160,7 +241,7 @@ class FloatTail:
             g = grads.get(u.tensor_index)
             if g is None:
                 g = np.zeros_like(self.params[u.tensor_index])
-            out.append(np.moveaxis(g, u.axis, 0)[list(u.channels)].reshape(len(u.channels), -1).copy())
+            out.append(self._gather(g, u))
         return out
 
     @property
@@ -221,7 +302,7 @@ class FloatTail:
                     colr = np.repeat(cols, m, axis=-1) if m > 1 else cols
                     z = np.einsum("nhwijc,ijc->nhwc", colr, w[0], optimize=True)
                 if b is not None:
-                    z = z + b
+                    z += b  # z is the fresh product: no second array
                 aux[op.index] = (cols, geom, z)
             elif op.name == "FULLY_CONNECTED":
                 w = self.params[op.inputs[1]]
@@ -229,7 +310,7 @@ class FloatTail:
                 x2 = xin.reshape(-1, w.shape[1])
                 z = x2 @ w.T
                 if b is not None:
-                    z = z + b
+                    z += b
                 aux[op.index] = (x2, xin.shape, z)
             elif op.name == "ADD":
                 z = xin + self._value(vals, op.inputs[1])
@@ -237,18 +318,16 @@ class FloatTail:
             elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
                 kh, kw = o["filter"]
                 s = tuple(o["stride"])
-                fill = -np.inf if op.name == "MAX_POOL_2D" else 0.0
-                cols, geom = _patches(xin, kh, kw, s, (1, 1), o["padding"], fill)
-                c5 = cols.reshape(cols.shape[:3] + (kh * kw, cols.shape[-1]))
                 if op.name == "MAX_POOL_2D":
-                    arg = c5.argmax(axis=3)
-                    z = np.take_along_axis(c5, arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-                    aux[op.index] = (arg, geom, cols.shape, z)
+                    xp, oh, ow, geom = _padded(xin, kh, kw, s, (1, 1), o["padding"], -np.inf)
+                    z, arg = _max_pool(_taps(xp, kh, kw, s, (1, 1), oh, ow))
+                    aux[op.index] = (arg, geom, z)
                 else:
-                    ones = np.ones((1,) + xin.shape[1:3] + (1,), dtype=self.dtype)
-                    cnt = _patches(ones, kh, kw, s, (1, 1), o["padding"])[0].reshape(1, cols.shape[1], cols.shape[2], kh * kw, 1).sum(axis=3)
+                    cols, geom = _patches(xin, kh, kw, s, (1, 1), o["padding"])
+                    c5 = cols.reshape(cols.shape[:3] + (kh * kw, cols.shape[-1]))
+                    cnt = _pool_counts(xin.shape[1], xin.shape[2], kh, kw, s, o["padding"], self.dtype)
                     z = c5.sum(axis=3) / cnt
-                    aux[op.index] = (cnt, geom, cols.shape, z)
+                    aux[op.index] = (cnt, geom, z)
             elif op.name == "RESHAPE":
                 z = xin.reshape((n,) + tuple(g.tensors[op.outputs[0]].shape[1:]))
                 aux[op.index] = (xin.shape, z)
@@ -352,17 +431,17 @@ class FloatTail:
             elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
                 kh, kw = o["filter"]
                 s = tuple(o["stride"])
-                first, geom, cshape, z = aux[op.index]
+                arg_or_cnt, geom, z = aux[op.index]
                 gz = _act_backward(z, gout, act)
-                if op.name == "MAX_POOL_2D":
-                    d5 = np.zeros(cshape[:3] + (kh * kw, cshape[-1]), dtype=gz.dtype)
-                    np.put_along_axis(d5, first[:, :, :, None, :], gz[:, :, :, None, :], axis=3)
-                else:
-                    d5 = np.broadcast_to((gz / first)[:, :, :, None, :], cshape[:3] + (kh * kw, cshape[-1]))
-                add_grad(op.inputs[0], _unpatch(np.ascontiguousarray(d5).reshape(cshape), geom, s, (1, 1)))
+                if op.name == "MAX_POOL_2D":  # the gradient goes to each window's (first) maximum
+                    zero = np.zeros((), dtype=gz.dtype)
+                    taps = [np.where(arg_or_cnt == k, gz, zero) for k in range(kh * kw)]
+                else:  # spread evenly over the window
+                    taps = [gz / arg_or_cnt] * (kh * kw)
+                add_grad(op.inputs[0], _scatter_taps(taps, kh, kw, geom, s, (1, 1)))
             elif op.name == "RESHAPE":
                 xshape, _ = aux[op.index]
                 add_grad(op.inputs[0], gout.reshape(xshape))
         for t in list(grads):
-            grads[t] = (grads[t] * self.masks[t]).astype(self.dtype)
+            grads[t] = (grads[t] * self.masks[t]).astype(self.dtype, copy=False)
         return loss, grads
