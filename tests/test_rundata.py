@@ -161,6 +161,30 @@ def test_the_whole_model_program_is_compiled_once_for_sizing_and_for_the_run(dig
     assert len(compiled) == 1 and len(setup.program) == program_bytes
 
 
+@pytest.mark.parametrize("fleet", [["--simulate", "2"], ["--emulate", "2"]])
+def test_natural_partition_on_data_without_users_fails_before_any_board_is_opened(
+        digits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+    from tinyfed.commands import run as run_command
+
+    opened: list[dict] = []
+
+    def no_devices(*args, **kwargs):
+        opened.append(kwargs)
+        raise AssertionError("devices opened before the data was checked")
+
+    monkeypatch.setattr(run_command, "open_devices", no_devices)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", *fleet, "--model", digits["model"], "--data", str(digits["npz"]),
+                                      "--max-versions", "1", "--out", str(out)])
+    assert not opened
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+    assert "no `user` array" in result.output and "--partition iid" in result.output
+    assert not out.exists()  # nor a run directory made for it
+
+
 def test_tinyfed_run_trains_a_users_tflite_on_their_npz(digits: dict, tmp_path: Path) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = tmp_path / "run"

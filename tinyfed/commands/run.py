@@ -233,6 +233,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if model is not None and looks_like_path(model):
         top["model"] = str(Path(model).expanduser().resolve())
     cfg = checked_config(cfg.model_dump(), {**top, "limits": limits, "data": data})
+    run_data = checked_run_data(cfg, emulate or simulate)
     out = new_run_dir(out_dir)
     cfg.dump(out)
     with ExitStack() as stack:
@@ -242,8 +243,22 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
         if source == "emulate" and devices[0].board != board_name:
             click.echo(baseline_note(cfg.model, cfg.strategy, board_name, devices[0].board, boards_dirs), err=True)
-        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None)
+        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, data=run_data)
     report_run(cfg, result, out, len(devices), as_json)
+
+
+def checked_run_data(cfg: Any, n_devices: int | None) -> Any:
+    """The run's model and data, loaded and checked against its partition before a board is booted.
+
+    A bad data file, or ``partition = "natural"`` on data with no users, is an error up front
+    rather than after the emulators have started. ``n_devices`` is None when the count is not
+    known yet (a fleet file): then only what does not depend on it is checked here.
+    """
+    from tinyfed.host.rundata import load_run_data
+
+    data = load_run_data(cfg.model, cfg.data.npz, cfg.data.test_npz)
+    data.check_partition(cfg.data.partition, n_devices, cfg.data.alpha, cfg.seed)
+    return data
 
 
 def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
@@ -357,10 +372,11 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
 
 def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: int | None,
            boards_dirs: tuple[Path, ...], as_json: bool, checkpoint: Any, events: Any = None,
-           announce: Any = None) -> Any:
+           announce: Any = None, data: Any = None) -> Any:
     """Prepare the run for the devices and drive the engine to its end (fresh or resumed).
 
-    ``announce`` (if given) sees the prepared :class:`~tinyfed.host.setup.RunSetup` before training.
+    ``announce`` (if given) sees the prepared :class:`~tinyfed.host.setup.RunSetup` before training;
+    ``data`` is the run's :class:`~tinyfed.host.rundata.RunData` when already loaded (else loaded here).
     """
     from tinyfed.host.engine import Engine, Limits, LocalTraining
     from tinyfed.host.events import EventLog
@@ -370,7 +386,8 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     payload = "subset" if cfg.strategy == "ftte" else "dense"
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
-                        max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz)
+                        max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
+                        data=data)
     if announce is not None:
         announce(setup)
     if payload == "dense":

@@ -38,6 +38,14 @@ class RunData:
     y_test: np.ndarray
     zoo: object | None = None  # the ZooModel, whose partitions keep their documented behaviour
 
+    def check_partition(self, kind: str, n_devices: int | None, alpha: float, seed: int) -> None:
+        """Raise the error :meth:`shares` would, before any board is booted or provisioned.
+
+        With ``n_devices`` unknown (a fleet file not read yet) only what does not depend on the
+        count is checked: a natural partition needs users.
+        """
+        self.shares(kind, n_devices if n_devices is not None else 1, alpha, seed)
+
     def shares(self, kind: str, n_devices: int, alpha: float, seed: int) -> list[np.ndarray]:
         """Indices into ``x`` for each device: ``natural`` (by user), ``iid`` or ``dirichlet``."""
         if self.zoo is not None:
@@ -60,6 +68,11 @@ class RunData:
         if kind == "iid":
             return partition.iid(len(self.y), n_devices, seed=seed)
         return partition.dirichlet(self.y, n_devices, alpha=alpha, seed=seed)
+
+
+def load_run_data(model: str, npz: str | Path | None = None, test_npz: str | Path | None = None) -> RunData:
+    """The run's model and data: a user's NPZ when ``npz`` is given, else the zoo model's own dataset."""
+    return user_run_data(model, npz, test_npz) if npz is not None else zoo_run_data(model)
 
 
 def zoo_run_data(name: str) -> RunData:

@@ -15,12 +15,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tinyfed.errors import TinyfedError
 from tinyfed.planner.trainable import KIND_WEIGHTS
+
+if TYPE_CHECKING:
+    from tinyfed.host.rundata import RunData
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,14 @@ def training_program(model: bytes, trainable: bytes) -> bytes:
 
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
                 alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
-                start: str = "pretrained", npz: str | None = None, test_npz: str | None = None) -> RunSetup:
+                start: str = "pretrained", npz: str | None = None, test_npz: str | None = None,
+                data: RunData | None = None) -> RunSetup:
     """Plan (subset) or take the whole model (dense), compile for the boards, shard the data.
 
     ``model`` is a zoo name (its own dataset unless ``npz`` is given) or a full-int8 ``.tflite``
-    path with ``npz`` (see :mod:`tinyfed.host.rundata`).
+    path with ``npz`` (see :mod:`tinyfed.host.rundata`). ``data``, when the caller loaded and
+    checked it already (``tinyfed run`` does, before booting boards), is used instead of loading
+    ``model``/``npz``/``test_npz`` again.
     """
     from tinyfed.boards import get_board
     from tinyfed.boards.fleet import ResolvedFleet
@@ -117,7 +123,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     from tinyfed.firmware_bridge.blob import compile_blob
     from tinyfed.firmware_bridge.kernels_np import run_blob
     from tinyfed.firmware_bridge.train_blob import compile_program
-    from tinyfed.host.rundata import user_run_data, zoo_run_data
+    from tinyfed.host.rundata import load_run_data
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.planner import trainable as tfw
     from tinyfed.planner.config import TrainingConfig
@@ -126,7 +132,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
 
     if payload not in ("subset", "dense"):
         raise TinyfedError(f"unknown payload {payload!r}", fix="use 'subset' (ftte) or 'dense' (fedavg, fedbuff)")
-    data = user_run_data(model, npz, test_npz) if npz is not None else zoo_run_data(model)
+    if data is None:
+        data = load_run_data(model, npz, test_npz)
     model_bytes = data.model_bytes
     graph = TfliteGraph.from_bytes(model_bytes, source=model)
     t_in = graph.tensors[graph.inputs[0]]
