@@ -32,16 +32,14 @@ def load() -> str:
 def study(cfg: StudyConfig, out: Path | None = None) -> Study:
     started = time.monotonic()
     s = Study(cfg)
-    results = {}
-    for name in cfg.strategies:
-        results[name] = s.run(name)
+    results = s.run_all()
     wall = time.monotonic() - started
     info = s.describe()
     print(f"\n## {cfg.model}: {info['fleet']}, slowdown {info['slowdown']}, {info['partition']} split"
           f"{' alpha ' + str(cfg.alpha) if info['partition'] == 'dirichlet' else ''}, "
           f"{info['samples_per_device']['mean']:.1f} samples per device, seed {cfg.seed}, "
-          f"target {cfg.target_accuracy}")
-    print(format_table(results, cfg.target_accuracy))
+          f"target {cfg.target_accuracy}, availability {info['availability']}")
+    print(format_table(results, cfg.target_accuracy, s.horizon_s))
     rat = ratios(results)
     if "ftte" in rat and "fedavg" in rat:
         x, f, b = rat["ftte"], results["ftte"], results.get("fedbuff")
@@ -49,7 +47,8 @@ def study(cfg: StudyConfig, out: Path | None = None) -> Study:
               f"device memory {x['device_memory_bytes']:.4f} (goal <= 0.20), bytes per update "
               f"{x['bytes_per_update']:.4f} (goal <= 0.31), bytes total {x['bytes_total']:.4f}")
         if b is not None:
-            print(f"final accuracy FTTE {f.final_accuracy:.4f} vs FedBuff {b.final_accuracy:.4f} "
+            where = f"at {s.horizon_s:,.0f} simulated s" if s.horizon_s is not None else "at each one's stop"
+            print(f"final accuracy {where}: FTTE {f.final_accuracy:.4f} vs FedBuff {b.final_accuracy:.4f} "
                   f"(goal: FTTE >= FedBuff - 0.01)")
     steps = sum(r.board_steps for r in results.values())
     sim_wall = sum(r.wall_seconds for r in results.values())
@@ -64,8 +63,8 @@ def study(cfg: StudyConfig, out: Path | None = None) -> Study:
     return s
 
 
-def scale(base: Study, sizes: list[int], versions: int) -> None:
-    """FTTE on growing fleets (same data, devices share shards past the data's size): wall and peak memory.
+def scale(base: Study, sizes: list[int], versions: int, strategies: tuple[str, ...]) -> None:
+    """Each strategy on growing fleets (same data, devices share shards past the data's size): wall and peak memory.
 
     Traced memory covers what the fleet and the run allocate (the model and the cached features
     are built before); bytes/device is the fleet's own state, the shards' index arrays excluded;
@@ -74,27 +73,31 @@ def scale(base: Study, sizes: list[int], versions: int) -> None:
     from tinyfed.host.strategies import get_strategy
 
     cfg = base.cfg
-    model = base.model("subset")
-    print(f"\n## scaling: FTTE, {versions} versions, {cfg.model}, stragglers {cfg.stragglers}")
-    print("| clients | fleet build s | run wall s | board steps | steps/s | peak traced memory (MB) | bytes/device "
-          "| process peak RSS (MB) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n in sizes:
-        shards = base.data.shares(base.partition, min(n, len(base.data.y) // 8), cfg.alpha, cfg.seed)
-        tracemalloc.start()
-        t0 = time.monotonic()
-        fleet = make_fleet(shards, n, base.mix, cfg.stragglers, Slowdown.parse(cfg.slowdown), cfg.seed)
-        fleet_bytes = tracemalloc.get_traced_memory()[0]
-        t1 = time.monotonic()
-        sim = Simulation(model, fleet, get_strategy("ftte", fleet_size=n, buffer_size=cfg.buffer_size),
-                         training=cfg.training, limits=SimLimits(max_versions=versions), seed=cfg.seed,
-                         max_staleness=cfg.max_staleness)
-        res = sim.run()
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        print(f"| {n:,} | {t1 - t0:.2f} | {res.wall_seconds:.1f} | {res.board_steps:,} | "
-              f"{res.board_steps / res.wall_seconds:.0f} | {peak / 1e6:.1f} | {fleet_bytes / n:.0f} "
-              f"| {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} |")
+    print(f"\n## scaling: {versions} versions, {cfg.model}, stragglers {cfg.stragglers}")
+    print("| strategy | clients | fleet build s | run wall s | sim s | board steps | steps/s | peak traced memory (MB) "
+          "| bytes/device | process peak RSS (MB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in strategies:
+        for n in sizes:
+            shards = base.data.shares(base.partition, min(n, len(base.data.y) // 8), cfg.alpha, cfg.seed)
+            strategy = get_strategy(name, fleet_size=n, ignore_extra=True, buffer_size=cfg.buffer_size,
+                                    clients_per_round=cfg.clients_per_round)
+            model = base.model("subset" if strategy.payload == "subset" else "dense")
+            tracemalloc.start()
+            t0 = time.monotonic()
+            fleet = make_fleet(shards, n, base.mix, cfg.stragglers, Slowdown.parse(cfg.slowdown), cfg.seed)
+            fleet_bytes = tracemalloc.get_traced_memory()[0]
+            t1 = time.monotonic()
+            sim = Simulation(model, fleet, strategy, training=cfg.training, limits=SimLimits(max_versions=versions),
+                             seed=cfg.seed, max_staleness=cfg.max_staleness)
+            res = sim.run()
+            sim.close()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            print(f"| {name} | {n:,} | {t1 - t0:.2f} | {res.wall_seconds:.1f} | {res.sim_seconds:,.0f} "
+                  f"| {res.board_steps:,} | {res.board_steps / res.wall_seconds:.0f} | {peak / 1e6:.1f} "
+                  f"| {fleet_bytes / n:.0f} | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} |",
+                  flush=True)
     print(load())
 
 
@@ -110,21 +113,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default="ftte,fedbuff,fedavg")
     ap.add_argument("--max-versions", type=int, default=400)
     ap.add_argument("--eval-samples", type=int, default=0, help="0: evaluate on the whole test split")
-    ap.add_argument("--scale", default="", help="comma-separated fleet sizes for the FTTE scaling table")
+    ap.add_argument("--scale", default="", help="comma-separated fleet sizes for the scaling table")
+    ap.add_argument("--scale-strategies", default="ftte,fedbuff,fedavg")
+    ap.add_argument("--no-study", action="store_true", help="only the scaling table")
+    ap.add_argument("--availability", default="always", help="always or PERIOD:FRACTION")
     ap.add_argument("--scale-versions", type=int, default=50)
-    ap.add_argument("--horizon", type=float, default=None,
-                    help="run every strategy past the target to this simulated time (accuracy at equal time)")
+    ap.add_argument("--horizon", default="auto",
+                    help="final accuracies at this simulated time: auto (the latest stop), none, or seconds")
     ap.add_argument("--out", type=Path, default=None, help="also write the CSV, JSON and PNG files here")
     args = ap.parse_args(argv)
     cfg = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, partition=args.partition,
                       alpha=args.alpha, seed=args.seed, target_accuracy=args.target,
                       strategies=tuple(args.strategies.split(",")), max_versions=args.max_versions,
-                      eval_samples=args.eval_samples or None, max_sim_seconds=args.horizon,
-                      stop_at_target=args.horizon is None)
+                      eval_samples=args.eval_samples or None, availability=args.availability,
+                      horizon=None if args.horizon == "none" else args.horizon if args.horizon == "auto"
+                      else float(args.horizon))
     print(f"bench/simulate.py: {load()}")
-    s = study(cfg, args.out)
+    s = Study(cfg) if args.no_study else study(cfg, args.out)
     if args.scale:
-        scale(s, [int(v) for v in args.scale.split(",")], args.scale_versions)
+        scale(s, [int(v) for v in args.scale.split(",")], args.scale_versions,
+              tuple(args.scale_strategies.split(",")))
     return 0
 
 

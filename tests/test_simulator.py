@@ -251,6 +251,10 @@ def test_a_study_takes_every_final_accuracy_at_one_horizon(study: Study) -> None
     assert s.horizon_s == max(stops.values())
     for name, r in results.items():
         assert r.sim_seconds == pytest.approx(s.horizon_s) and r.reached_target, name
+        assert 0 < r.bytes_to_target <= r.bytes_total
+        before = [h for h in r.history if h["sim_time_s"] < 0.9 * r.sim_seconds]
+        holding = [h["accuracy"] for h in [*before[-1:], *r.history[len(before):]]]  # the versions of the last tenth
+        assert min(holding) <= r.end_accuracy_mean <= max(holding), name
         past = [h for h in r.history if h["sim_time_s"] > r.time_to_target_s]
         # past the target the curve is sampled on a grid of the horizon, not at every version
         assert len(past) <= simulator.HORIZON_EVALUATIONS + 1

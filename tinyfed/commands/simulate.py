@@ -27,12 +27,12 @@ from tinyfed.errors import TinyfedError
 log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("strategy", "payload", "reached_target", "time_to_target_s", "versions_to_target", "versions",
-                  "sim_seconds", "final_accuracy", "best_accuracy", "device_memory_bytes", "bytes_per_update",
-                  "bytes_total", "bytes_down", "bytes_up", "tasks", "board_steps", "updates_accepted",
+                  "sim_seconds", "final_accuracy", "end_accuracy_mean", "best_accuracy", "device_memory_bytes",
+                  "bytes_per_update", "bytes_to_target", "bytes_total", "bytes_down", "bytes_up", "tasks", "board_steps", "updates_accepted",
                   "updates_rejected", "updates_lost", "updates_lost_offline", "wall_seconds", "board_steps_per_s", "stop_reason")
 HISTORY_FIELDS = ("strategy", "version", "sim_time_s", "accuracy", "loss", "bytes_down", "bytes_up", "bytes_total",
                   "updates_accepted", "wall_s")
-RATIO_FIELDS = ("time_to_target_s", "device_memory_bytes", "bytes_per_update", "bytes_total")
+RATIO_FIELDS = ("time_to_target_s", "device_memory_bytes", "bytes_per_update", "bytes_to_target", "bytes_total")
 
 
 def ratios(results: dict[str, Any], base: str = "fedavg") -> dict[str, dict[str, float | None]]:
@@ -54,21 +54,24 @@ def _num(v: Any, fmt: str = ",.0f") -> str:
 def format_table(results: dict[str, Any], target: float | None, horizon_s: float | None = None) -> str:
     """The side-by-side table (markdown, so it pastes into a paper's notes or BENCHMARKS.md)."""
     rat = ratios(results)
-    head = ("| strategy | time to target (sim s) | versions | final acc | best acc | device memory (B) "
-            "| bytes / update | bytes total | x FedAvg: time | memory | bytes/update | bytes total |")
-    lines = [head, "|" + " --- |" * 2 + " ---: |" * 10]
+    head = ("| strategy | time to target (sim s) | versions | final acc | end mean acc | best acc | device memory (B) "
+            "| bytes / update | bytes to target | bytes total | x FedAvg: time | memory | bytes/update "
+            "| bytes to target |")
+    lines = [head, "|" + " --- |" * 2 + " ---: |" * 12]
     for name, r in results.items():
         ttt = _num(r.time_to_target_s, ",.1f") if r.reached_target else f"not reached ({r.sim_seconds:,.0f})"
         x = rat.get(name, {})
-        lines.append(f"| {name} | {ttt} | {r.versions} | {r.final_accuracy:.4f} | {r.best_accuracy:.4f} "
-                     f"| {r.device_memory_bytes:,} | {r.bytes_per_update:,} | {r.bytes_total:,} "
+        lines.append(f"| {name} | {ttt} | {r.versions} | {r.final_accuracy:.4f} | {r.end_accuracy_mean:.4f} "
+                     f"| {r.best_accuracy:.4f} | {r.device_memory_bytes:,} | {r.bytes_per_update:,} "
+                     f"| {_num(r.bytes_to_target, ',')} | {r.bytes_total:,} "
                      f"| {_num(x.get('time_to_target_s'), '.4f')} | {_num(x.get('device_memory_bytes'), '.4f')} "
-                     f"| {_num(x.get('bytes_per_update'), '.4f')} | {_num(x.get('bytes_total'), '.4f')} |")
+                     f"| {_num(x.get('bytes_per_update'), '.4f')} | {_num(x.get('bytes_to_target'), '.4f')} |")
     notes = ["times are the boards' simulated seconds"]
     if target is not None:
         notes.insert(0, f"target test accuracy {target:g}")
     if horizon_s is not None:
         notes.append(f"final accuracy at the common horizon, {horizon_s:,.0f} simulated s")
+    notes.append("end mean: time-weighted over the last tenth of each run")
     lines.append(f"({'; '.join(notes)})")
     return "\n".join(lines)
 

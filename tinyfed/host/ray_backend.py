@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import OrderedDict
 from typing import Any, Self
 
 from tinyfed.errors import TinyfedError
 
 log = logging.getLogger(__name__)
 
+#: Versions whose vector stays in the object store for tasks still to be dispatched at them.
+_VECTORS_KEPT = 4
 #: Thread limits every Ray worker starts with (the local backend holds BLAS to one thread too).
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -64,8 +67,10 @@ class RayBackend:
             self._owns_ray = True
         self._remote = ray.remote(num_cpus=1)(_train_remote)
         self._models: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, its object ref)
+        self._vectors: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(vector) -> (vector, its ref)
         self._pending: dict[int, Any] = {}
-        self.steps = 0
+        self.steps = 0  # results collected (as LocalBackend counts its trainings)
+        self.submitted = 0  # tasks handed to Ray (each trains unless cancelled before it starts)
         log.info("Ray backend: %s CPUs in the cluster", ray.cluster_resources().get("CPU"))
 
     def _model_ref(self, model: Any) -> Any:
@@ -76,9 +81,23 @@ class RayBackend:
             self._models[key] = (model, self._ray.put(slim))
         return self._models[key][1]
 
+    def _vector_ref(self, vector: Any) -> Any:
+        """One object-store copy per model version: the tasks dispatched at a version share its
+        vector (a whole har_cnn is 195 KB; 10,000 tasks at t = 0 would otherwise copy it 10,000 times).
+        Evicting an entry is safe: a pending task keeps the object it was given alive."""
+        key = id(vector)
+        if key in self._vectors:
+            self._vectors.move_to_end(key)
+        else:
+            self._vectors[key] = (vector, self._ray.put(vector))
+            while len(self._vectors) > _VECTORS_KEPT:
+                self._vectors.popitem(last=False)
+        return self._vectors[key][1]
+
     def start(self, task_id: int, args: tuple) -> None:
-        model, rest = args[0], args[1:]
-        self._pending[task_id] = self._remote.remote(self._model_ref(model), *rest)
+        model, vector, rest = args[0], args[1], args[2:]
+        self._pending[task_id] = self._remote.remote(self._model_ref(model), self._vector_ref(vector), *rest)
+        self.submitted += 1
 
     def cancel(self, task_id: int) -> None:
         ref = self._pending.pop(task_id, None)
@@ -97,6 +116,7 @@ class RayBackend:
         for task_id in list(self._pending):
             self.cancel(task_id)
         self._models.clear()
+        self._vectors.clear()
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
 

@@ -57,6 +57,8 @@ _EVENT = struct.Struct("<dBq")
 _KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4}
 #: Evaluations past the target, spread evenly up to the study's horizon (the curve for the plots).
 HORIZON_EVALUATIONS = 100
+#: The share of a run's end over which ``end_accuracy_mean`` averages.
+END_WINDOW = 0.1
 
 
 # -- options --------------------------------------------------------------------------------
@@ -474,6 +476,29 @@ class SimResult:
     def bytes_total(self) -> int:
         return self.bytes_down + self.bytes_up
 
+    @property
+    def bytes_to_target(self) -> int | None:
+        """Bytes on the links, both ways, until the target was first reached (None: not reached)."""
+        if self.versions_to_target is None:
+            return None
+        return next(int(h["bytes_total"]) for h in self.history if h["version"] == self.versions_to_target)
+
+    @property
+    def end_accuracy_mean(self) -> float:
+        """Accuracy averaged over the last :data:`END_WINDOW` of the run's simulated time, each version
+        weighted by how long it held: the end of a noisy curve without the luck of its last point."""
+        end = self.sim_seconds
+        start = end * (1.0 - END_WINDOW)
+        rows = self.history
+        if end <= 0:
+            return float(rows[-1]["accuracy"])
+        total = 0.0
+        for row, nxt in zip(rows, [*rows[1:], None], strict=True):
+            lo, hi = max(row["sim_time_s"], start), min(end if nxt is None else nxt["sim_time_s"], end)
+            if hi > lo:
+                total += row["accuracy"] * (hi - lo)
+        return total / (end - start)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy, "payload": self.payload, "versions": self.versions,
@@ -481,7 +506,9 @@ class SimResult:
             "versions_to_target": self.versions_to_target, "reached_target": self.reached_target,
             "final_accuracy": self.final_accuracy, "final_loss": self.final_loss, "best_accuracy": self.best_accuracy,
             "device_memory_bytes": self.device_memory_bytes, "bytes_per_update": self.bytes_per_update,
-            "bytes_total": self.bytes_total, "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
+            "bytes_total": self.bytes_total, "bytes_to_target": self.bytes_to_target,
+            "end_accuracy_mean": self.end_accuracy_mean,
+            "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
             "tasks": self.tasks, "board_steps": self.board_steps, "host_trainings": self.host_trainings,
             "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
