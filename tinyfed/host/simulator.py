@@ -43,6 +43,7 @@ from tinyfed.host.engine import LocalTraining
 from tinyfed.host.strategies import Strategy, get_strategy
 from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update, check_update
+from tinyfed.training.vector import split_units, tail_evaluator
 
 log = logging.getLogger(__name__)
 
@@ -271,30 +272,6 @@ class StepResult:
     loss: float
     variance: float
     wire_bytes: int
-
-
-def split_units(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
-    out, k = [], 0
-    for c, per in shapes:
-        out.append(np.asarray(flat[k:k + c * per]).reshape(c, per))
-        k += c * per
-    return out
-
-
-def make_evaluator(tail: Any, shapes: list[tuple[int, int]], inputs: np.ndarray, labels: np.ndarray,
-                   chunk: int = 256) -> Callable[[np.ndarray], tuple[float, float]]:
-    """vector -> (accuracy, mean cross-entropy) of the float master on ``inputs`` (the trained part's input)."""
-    y = np.asarray(labels, np.int64)
-
-    def evaluate(w: np.ndarray) -> tuple[float, float]:
-        t = tail.copy()
-        t.set_unit_values(split_units(w, shapes))
-        p = np.concatenate([t.forward(inputs[k:k + chunk], keep=False).reshape(min(chunk, len(y) - k), -1)
-                            for k in range(0, len(y), chunk)])
-        loss = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-30)).mean())
-        return float((p.argmax(1) == y).mean()), loss
-
-    return evaluate
 
 
 def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: int, version: int,
@@ -967,7 +944,7 @@ class Study:
             xt = local_data.quantize_inputs(self.data.x_test[sub], float(t_in.scales[0]), int(t_in.zero_points[0]))
             if setup.frozen_blob is not None:
                 xt = run_blob(setup.frozen_blob, xt)
-            evaluate = make_evaluator(tail, shapes, tail.dequantize_input(xt.reshape((len(sub), *in_shape))),
+            evaluate = tail_evaluator(tail, shapes, tail.dequantize_input(xt.reshape((len(sub), *in_shape))),
                                       self.data.y_test[sub])
         dense = payload == "dense"
         model = SimModel(cfg.model, payload, tail, shapes, setup.w0.astype(np.float32), np.ascontiguousarray(features),
