@@ -3,8 +3,10 @@ accounted for in the event log, and hostile updates are rejected without moving 
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -111,6 +113,25 @@ def _poison(board_name: str, how: str) -> None:
     trainer.train = train
 
 
+class _AnsweredLog(EventLog):
+    """The event log, counting each device's answered tasks (an arrival or a rejection) as they are recorded."""
+
+    def __init__(self, run_dir) -> None:
+        super().__init__(run_dir)
+        self.answered: Counter[str] = Counter()
+
+    def append(self, kind: str, **fields):
+        if kind in ("arrival", "rejection"):
+            self.answered[fields["device"]] += 1
+        return super().append(kind, **fields)
+
+
+#: Hostile runs stop once the hostile board has answered this many tasks (a replay needs a second
+#: one: its first update is a true one). A version count guarantees nothing: the other boards may
+#: make any number of versions while it trains.
+HOSTILE_ANSWERS = 2
+
+
 @pytest.mark.parametrize("how,reason", [("nan", "non_finite"), ("huge", "norm_too_large"), ("shape", "bad_shape"),
                                         ("replay", "replay")])
 def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path, how: str, reason: str) -> None:
@@ -120,14 +141,22 @@ def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path
     get_sim_board("mps2-an386", devs[0].name)
     _poison(devs[0].name, how)
     strategy = get_strategy("ftte", buffer_size=1)
-    with EventLog(tmp_path) as events:
+
+    def progress(row: dict) -> None:  # called after every handled outcome: stop once the hostile board answered twice
+        if events.answered[devs[0].name] >= HOSTILE_ANSWERS:
+            engine.limits = dataclasses.replace(engine.limits, max_versions=engine.version)
+
+    with _AnsweredLog(tmp_path) as events:
+        # max_versions only bounds a run whose hostile board never answers (it is not reached otherwise)
         engine = Engine(setups["subset"], devs, strategy, events, training=LocalTraining(epochs=1, lr=0.005),
-                        limits=Limits(max_versions=8), seed=5)
+                        limits=Limits(max_versions=60), seed=5, progress=progress)
         result = engine.run()
     evs = list(read_events(tmp_path))
+    assert result.versions < 60, "the hostile board did not answer two tasks"
     rejected = [e for e in evs if e["kind"] == "rejection"]
     assert rejected and all(e["device"] == devs[0].name and e["reason"] == reason for e in rejected)
     hostile = {e["task"] for e in evs if e["kind"] in ("arrival", "rejection") and e["device"] == devs[0].name}
+    assert len(hostile) >= HOSTILE_ANSWERS
     if how == "replay":  # its first update is a true one; every later copy is refused
         assert len(hostile) == len(rejected) + 1
     else:
