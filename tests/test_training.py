@@ -110,17 +110,24 @@ def test_masks_follow_units(zoo_tail):
 def test_max_pool_picks_the_first_maximum_like_argmax():
     """The tap-by-tap max pool against argmax over stacked windows: ties go to the first tap,
     a NaN wins (the first NaN), -0.0 and 0.0 tie; the values are the very elements (bits)."""
-    from tinyfed.training.tail import _max_pool
+    from tinyfed.training.tail import _keep, _max_pool
 
     rng = np.random.default_rng(0)
-    for k in (1, 2, 4, 9):
-        c5 = rng.integers(-2, 3, size=(3, 2, 5, k, 7)).astype(np.float32)  # few values: many ties
-        c5[rng.random(c5.shape) < 0.05] = np.nan
-        c5[rng.random(c5.shape) < 0.1] = -0.0
-        z, arg = _max_pool([c5[:, :, :, t, :] for t in range(k)])
-        want = c5.argmax(axis=3)
-        np.testing.assert_array_equal(arg, want)
-        assert z.tobytes() == np.take_along_axis(c5, want[:, :, :, None, :], axis=3)[:, :, :, 0, :].tobytes()
+    other_nan = np.array([0xFFC00123], np.uint32).view(np.float32)[0]  # another NaN payload
+    for dtype in (np.float32, np.float64):
+        for k in (1, 2, 4, 9):
+            c5 = rng.integers(-2, 3, size=(3, 2, 40, k, 7)).astype(dtype)  # few values: many ties
+            c5[rng.random(c5.shape) < 0.05] = np.nan
+            c5[rng.random(c5.shape) < 0.05] = other_nan
+            c5[rng.random(c5.shape) < 0.1] = -0.0
+            c5[rng.random(c5.shape) < 0.05] = -np.inf
+            z, arg = _max_pool([c5[:, :, :, t, :] for t in range(k)])
+            want = c5.argmax(axis=3)
+            np.testing.assert_array_equal(arg, want)
+            assert z.tobytes() == np.take_along_axis(c5, want[:, :, :, None, :], axis=3)[:, :, :, 0, :].tobytes()
+            g = c5[:, :, :, 0, :]  # a gradient with NaNs and both zeros
+            for t in range(k):
+                assert _keep(arg == t, g).tobytes() == np.where(arg == t, g, dtype(0)).tobytes()
 
 
 @pytest.mark.slow

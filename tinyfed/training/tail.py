@@ -89,7 +89,16 @@ def _taps(xp: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, in
 def _patches(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], padding: str, fill: float = 0.0):
     """im2col: (N, OH, OW, KH, KW, C) patches of a padded NHWC input, and the geometry."""
     xp, oh, ow, geom = _padded(x, kh, kw, s, d, padding, fill)
-    cols = np.empty((x.shape[0], oh, ow, kh, kw, x.shape[3]), dtype=x.dtype)
+    n, c = x.shape[0], x.shape[3]
+    cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    if kh == 1 and d[1] == 1 and xp.flags.c_contiguous:
+        # A one-row kernel reads KW*C consecutive values of a contiguous input per output:
+        # copy those runs at once (one tap at a time copies runs of only C values).
+        st = xp.strides
+        rows = np.lib.stride_tricks.as_strided(xp, (n, oh, ow, kw * c), (st[0], st[1] * s[0], st[2] * s[1], st[3]),
+                                               writeable=False)
+        cols.reshape(n, oh, ow, kw * c)[...] = rows
+        return cols, geom
     for k, tap in enumerate(_taps(xp, kh, kw, s, d, oh, ow)):
         cols[:, :, :, k // kw, k % kw, :] = tap
     return cols, geom
@@ -110,7 +119,9 @@ def _scatter_taps(taps, kh: int, kw: int, geom, s, d) -> np.ndarray:
 def _unpatch(dcols: np.ndarray, geom, s, d) -> np.ndarray:
     """Adjoint of :func:`_patches`: scatter-add patch gradients back to the input."""
     _, _, _, kh, kw, _ = dcols.shape
-    return _scatter_taps([dcols[:, :, :, i, j, :] for i in range(kh) for j in range(kw)], kh, kw, geom, s, d)
+    # Tap-major first (one copy), so each tap's add runs over contiguous (OW, C) blocks.
+    by_tap = np.ascontiguousarray(dcols.transpose(3, 4, 0, 1, 2, 5))
+    return _scatter_taps([by_tap[i, j] for i in range(kh) for j in range(kw)], kh, kw, geom, s, d)
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,19 +135,46 @@ def _pool_counts(h: int, w: int, kh: int, kw: int, s: tuple[int, int], padding: 
     return cnt
 
 
+def _bits(a: np.ndarray) -> np.ndarray:
+    """``a`` viewed as unsigned integers of its width (to move float bits exactly)."""
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+def _select(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` where ``mask`` else ``b``, bit for bit, by integer masking: ``np.where`` on floats
+    is several times slower at these sizes and ``np.maximum`` may return either zero of a tie."""
+    ab, bb = _bits(a), _bits(b)
+    m = mask.astype(ab.dtype)
+    np.negative(m, out=m)  # all ones where mask
+    out = np.bitwise_xor(ab, bb)
+    out &= m
+    out ^= bb
+    return out.view(a.dtype)
+
+
+def _keep(mask: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``g`` where ``mask``, +0.0 elsewhere, bit for bit (what ``np.where(mask, g, 0)`` gives)."""
+    gb = _bits(g)
+    m = mask.astype(gb.dtype)
+    np.negative(m, out=m)
+    m &= gb
+    return m.view(g.dtype)
+
+
 def _max_pool(taps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Max over the window taps and the first tap that holds it, as ``np.argmax`` over the
-    patches picks it (first maximum; a NaN counts as the maximum). One pass per tap, on views
-    of the input: patches plus ``argmax`` over their middle axis cost several times more."""
-    z = taps[0].copy()
+    patches picks it (first maximum; a NaN counts as the maximum), on views of the input:
+    patches plus ``argmax`` over their middle axis cost several times more."""
+    z = taps[0]
     arg = np.zeros(z.shape, dtype=np.uint8 if len(taps) <= 256 else np.intp)
     for k in range(1, len(taps)):
         v = taps[k]
-        better = ~(v <= z)  # v > z, or either is NaN
-        better &= ~np.isnan(z)  # ... but a NaN already taken stays
-        np.copyto(z, v, where=better)
-        np.copyto(arg, k, where=better)
-    return z, arg
+        better = np.less_equal(v, z)
+        np.logical_not(better, out=better)  # v > z, or either is NaN ...
+        better &= np.equal(z, z)  # ... but a NaN already taken stays
+        z = _select(better, v, z)
+        arg += better * (k - arg).astype(arg.dtype, copy=False)  # k where better
+    return np.ascontiguousarray(z), arg
 
 
 def _act_forward(z: np.ndarray, act: str) -> np.ndarray:
@@ -434,8 +472,7 @@ class FloatTail:
                 arg_or_cnt, geom, z = aux[op.index]
                 gz = _act_backward(z, gout, act)
                 if op.name == "MAX_POOL_2D":  # the gradient goes to each window's (first) maximum
-                    zero = np.zeros((), dtype=gz.dtype)
-                    taps = [np.where(arg_or_cnt == k, gz, zero) for k in range(kh * kw)]
+                    taps = [_keep(arg_or_cnt == k, gz) for k in range(kh * kw)]
                 else:  # spread evenly over the window
                     taps = [gz / arg_or_cnt] * (kh * kw)
                 add_grad(op.inputs[0], _scatter_taps(taps, kh, kw, geom, s, (1, 1)))
