@@ -11,6 +11,8 @@ asks for one order per simulated task, so the per-index Python loop dominated it
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _M = 0xFFFFFFFF
@@ -65,11 +67,23 @@ def _mix32_inplace(x: np.ndarray) -> np.ndarray:
     return x
 
 
+#: ``rnd * 0x9E3779B9`` of the 4 rounds, as a column to broadcast over a round table
+_ROUND_CONSTANTS = np.array([[(rnd * _ROUND) & _M] for rnd in range(4)], np.uint32)
+
+
+@functools.lru_cache(maxsize=40)
+def _iota(bits: int) -> np.ndarray:
+    """``0 .. 2**bits - 1`` as uint32, read-only (shared by every epoch of that width)."""
+    a = np.arange(1 << bits, dtype=np.uint32)
+    a.flags.writeable = False
+    return a
+
+
 def _round_tables(half: int, key: int) -> np.ndarray:
     """The 4 round functions as ``(4, 2**half)`` tables: a round only sees ``half`` bits, so
     every index of an epoch shares these ``4 * 2**half`` mixes instead of 4 of its own."""
-    keys = np.array([key ^ ((rnd * _ROUND) & _M) for rnd in range(4)], np.uint32)
-    f = _mix32_inplace(np.arange(1 << half, dtype=np.uint32)[None, :] ^ keys[:, None])
+    f = _ROUND_CONSTANTS ^ np.uint32(key)  # the round keys, (4, 1)
+    f = _mix32_inplace(f ^ _iota(half))
     f &= np.uint32((1 << half) - 1)
     return f
 
@@ -98,7 +112,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     rounds = _round_tables(half, key)
     if (1 << bits) <= TABLE_MAX:
         # Permute the whole domain once; walking back into range is then a table lookup.
-        table = _feistel(np.arange(1 << bits, dtype=np.uint32), half, rounds)
+        table = _feistel(_iota(bits), half, rounds)
         out = table[:n].copy()
         walk = np.flatnonzero(out >= n)
         while walk.size:

@@ -4,6 +4,7 @@ UPDATE_READ, EVALUATE and STATS carry, packed and parsed in one place for the cl
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import asdict, dataclass
@@ -151,6 +152,22 @@ def unpack_update(image: bytes) -> DeviceUpdate:
     return DeviceUpdate(version, n, loss, variance, q, scales, bool(flags & FLAG_PER_CHANNEL), len(image))
 
 
+@functools.lru_cache(maxsize=64)
+def _blocks(unit_shapes: tuple[tuple[int, int], ...], per_channel: bool
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The quantization blocks of a layout (one per unit, or per row of every unit): their
+    sizes, the starts of the non-empty ones, which are non-empty, and the element count.
+    Fixed per layout, so computed once (the simulator quantizes every task's update)."""
+    shapes = np.array(unit_shapes, dtype=np.int64).reshape(-1, 2)
+    channels, per = shapes[:, 0], shapes[:, 1]
+    sizes = np.repeat(per, channels) if per_channel else channels * per
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    filled = sizes > 0  # reduceat would hand an empty block its neighbour's first value
+    for a in (sizes, starts, filled):
+        a.flags.writeable = False
+    return sizes, starts[filled], filled, int(sizes.sum())
+
+
 def quantize_flat(delta: np.ndarray, unit_shapes: list[tuple[int, int]], per_channel: bool
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The board's quantization of a flat float32 delta: scale = max|d| / 127 per unit (or row),
@@ -159,22 +176,15 @@ def quantize_flat(delta: np.ndarray, unit_shapes: list[tuple[int, int]], per_cha
     Whole-vector numpy passes (maxima by ``reduceat``, each element divided by its block's scale):
     elementwise float32 division and an exact maximum give the same bits as a loop per block."""
     d = np.asarray(delta, np.float32).ravel()
-    q = np.zeros(d.size, np.int8)
-    shapes = np.array(unit_shapes, dtype=np.int64).reshape(-1, 2)
-    channels, per = shapes[:, 0], shapes[:, 1]
-    # one block per unit, or per row (output channel) of every unit
-    sizes = np.repeat(per, channels) if per_channel else channels * per
-    total = int(sizes.sum())
+    sizes, starts, filled, total = _blocks(tuple((int(c), int(p)) for c, p in unit_shapes), bool(per_channel))
     if total > d.size:
         raise ValueError(f"delta of {d.size} values for units of {total}")
+    q = np.zeros(d.size, np.int8)
     if not sizes.size:
         return q, np.zeros(0, np.float32)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     amax = np.zeros(sizes.size, np.float32)
-    filled = sizes > 0  # reduceat would hand an empty block its neighbour's first value
-    if total:
-        magnitude = np.abs(d[:total])
-        amax[filled] = np.maximum.reduceat(magnitude, starts[filled])
+    if starts.size:
+        amax[filled] = np.maximum.reduceat(np.abs(d[:total]), starts)
     scales = amax / np.float32(127.0)
     ok = scales > 0  # False for 0 and NaN: those blocks stay 0
     qq = d[:total] / np.repeat(np.where(ok, scales, np.float32(1.0)), sizes)

@@ -54,8 +54,9 @@ def _channels_first(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _shallow_copy(obj):
-    """``copy.copy`` without its reduce protocol, for plain instances (the units, copied per step)."""
-    if not hasattr(obj, "__dict__") or hasattr(type(obj), "__slots__") or hasattr(obj, "__copy__"):
+    """``copy.copy`` without its reduce protocol for the plain classes copied per step (a tail
+    and its units); anything else goes through ``copy.copy``."""
+    if type(obj) not in (tfw.TrainableUnit, FloatTail):
         return copy.copy(obj)
     new = object.__new__(type(obj))
     new.__dict__.update(obj.__dict__)
@@ -234,6 +235,10 @@ class FloatTail:
             ch = list(u.channels)
             p[ch] = u.values.reshape((len(ch),) + p.shape[1:]).astype(self.dtype)
             m[ch] = True
+        for m in self.masks.values():
+            m.flags.writeable = False  # fixed by the units: copies share them
+        #: the masks that select every element (multiplying a gradient by them changes nothing)
+        self._full_masks = {t: m for t, m in self.masks.items() if m.all()}
         self.first_trainable = min((u.op_index for u in units), default=len(graph.ops))
         t_in = graph.tensors[graph.inputs[0]]
         self.input_scale = float(t_in.scales[0]) if t_in.scales else 1.0
@@ -245,10 +250,11 @@ class FloatTail:
         return cls(TfliteGraph.from_bytes(tail_tflite, source="tail.tflite"), tfw.decode(trainable_tfw), dtype)
 
     def copy(self, dtype=None) -> FloatTail:
-        new = copy.copy(self)
+        """Own parameters and unit records; the graph and the (read-only) masks are shared."""
+        new = _shallow_copy(self)
         new.dtype = np.dtype(dtype) if dtype is not None else self.dtype
         new.params = {k: v.astype(new.dtype, copy=True) for k, v in self.params.items()}
-        new.masks = {k: v.copy() for k, v in self.masks.items()}
+        new.masks = dict(self.masks)
         new.units = [_shallow_copy(u) for u in self.units]
         new._cache = None
         return new
@@ -480,5 +486,8 @@ class FloatTail:
                 xshape, _ = aux[op.index]
                 add_grad(op.inputs[0], gout.reshape(xshape))
         for t in list(grads):
-            grads[t] = (grads[t] * self.masks[t]).astype(self.dtype, copy=False)
+            mask = self.masks[t]
+            if mask is not self._full_masks.get(t):  # x * True is x, bit for bit: skip those
+                grads[t] = grads[t] * mask
+            grads[t] = grads[t].astype(self.dtype, copy=False)
         return loss, grads
