@@ -378,7 +378,9 @@ class FloatTail:
                 act = "NONE"
             elif op.name == "SOFTMAX":
                 beta = float(o.get("beta", 1.0))
-                zz = xin.reshape(n, -1) * beta
+                zz = xin.reshape(n, -1)
+                if beta != 1.0:  # x * 1.0 is x
+                    zz = zz * beta
                 zz = zz - zz.max(axis=1, keepdims=True)
                 e = np.exp(zz)
                 z = (e / e.sum(axis=1, keepdims=True)).reshape(xin.shape)
@@ -419,9 +421,11 @@ class FloatTail:
             o = op.options
             if op.name == "SOFTMAX":
                 beta = aux[op.index][0]
-                onehot = np.zeros_like(p2)
-                onehot[np.arange(n), y] = 1
-                add_grad(op.inputs[0], (beta * (p2 - onehot) / n).reshape(p.shape).astype(self.dtype))
+                diff = p2.copy()  # p - onehot: p - 0 is p, bit for bit
+                diff[np.arange(n), y] -= 1
+                if beta != 1.0:  # x * 1.0 is x
+                    diff = beta * diff
+                add_grad(op.inputs[0], (diff / n).reshape(p.shape).astype(self.dtype, copy=False))
                 continue
             if gout is None:
                 continue
