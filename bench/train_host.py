@@ -11,10 +11,12 @@ thread, for:
 
 in one process, rounds interleaved so that the load of the shared host hits both alike. Every
 step's result (delta bytes, loss, variance, wire bytes) is compared between the two: the speed-up
-must not change a bit. Prints the median time per step and the speed-up per payload.
+must not change a bit. Prints the median and the best round's time per step and the speed-up per
+payload, then two of the pieces alone (the firmware sample order, the update quantization),
+best of several repeats, their outputs compared too.
 
 Run: ``.venv/bin/python bench/train_host.py [--baseline 25c42b2] [--rounds 7] [--devices 20]``
-(the first run builds the study: ~1 minute).
+(the first run builds the study: ~1 minute). Only the ratios mean much on a loaded host.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +107,39 @@ def run(model: SimModel, devices: list[np.ndarray], training: LocalTraining) -> 
     return (time.perf_counter() - started) / len(devices), out
 
 
+def pieces(old: dict[str, ModuleType], study: Study) -> None:
+    """epoch_order and quantize_flat alone, old against new (best of 5 repeats)."""
+    import tinyfed.firmware_bridge.shuffle as new_shuffle
+    import tinyfed.firmware_bridge.train_link as new_link
+
+    o_sh, o_ln = old["tinyfed.firmware_bridge.shuffle"], old["tinyfed.firmware_bridge.train_link"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (15, 300, 5000):
+        args = (n, 123457, 0)
+        rows.append((f"epoch_order n={n}", lambda f=o_sh.epoch_order, a=args: f(*a),
+                     lambda f=new_shuffle.epoch_order, a=args: f(*a)))
+    for payload in ("subset", "dense"):
+        m = study.model(payload)
+        delta = rng.normal(0, 1e-3, m.size).astype(np.float32)
+        for pc in (False, True):
+            args = (delta, m.unit_shapes, pc)
+            rows.append((f"quantize_flat {payload}{' per-ch' if pc else ''}",
+                         lambda f=o_ln.quantize_flat, a=args: f(*a), lambda f=new_link.quantize_flat, a=args: f(*a)))
+    print(f"\n{'piece':<28} {'old us':>9} {'new us':>9} {'speed-up':>9}  identical")
+    for name, f_old, f_new in rows:
+        same = _same(f_old(), f_new())
+        t_old, t_new = (min(timeit.repeat(f, number=20, repeat=5)) / 20 * 1e6 for f in (f_old, f_new))
+        print(f"{name:<28} {t_old:>9.1f} {t_new:>9.1f} {t_old / t_new:>8.2f}x  {'yes' if same else 'NO'}")
+
+
+def _same(a, b) -> bool:
+    """Equal bit for bit: arrays by dtype and bytes, tuples element by element."""
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision of the old code path")
@@ -118,7 +154,8 @@ def main() -> None:
     training = LocalTraining()
     print(f"\none board's train_step, BLAS at 1 thread, {training.epochs} epoch, batch {training.batch_size}, "
           f"median of {args.rounds} rounds x {args.devices} devices; old = {args.baseline}, new = working tree")
-    print(f"{'payload':<8} {'values':>7} {'samples':>8} {'old ms':>8} {'new ms':>8} {'speed-up':>9}  identical")
+    print(f"{'payload':<8} {'values':>7} {'samples':>8} {'old ms':>8} {'new ms':>8} {'speed-up':>9} "
+          f"{'best old':>9} {'best new':>9} {'speed-up':>9}  identical")
     for payload in ("subset", "dense"):
         new_model = study.model(payload)
         old_tail = old["tinyfed.training.tail"].FloatTail(new_model.tail.graph, new_model.tail.units)
@@ -135,9 +172,11 @@ def main() -> None:
                 times["new"].append(t_new)
                 same &= r_old == r_new
         o, n = statistics.median(times["old"]) * 1e3, statistics.median(times["new"]) * 1e3
+        bo, bn = min(times["old"]) * 1e3, min(times["new"]) * 1e3
         samples = statistics.mean(len(d) for d in devices)
-        print(f"{payload:<8} {new_model.size:>7} {samples:>8.1f} {o:>8.2f} {n:>8.2f} {o / n:>8.2f}x  "
-              f"{'yes' if same else 'NO'}")
+        print(f"{payload:<8} {new_model.size:>7} {samples:>8.1f} {o:>8.2f} {n:>8.2f} {o / n:>8.2f}x "
+              f"{bo:>9.2f} {bn:>9.2f} {bo / bn:>8.2f}x  {'yes' if same else 'NO'}")
+    pieces(old, study)
     print(load())
 
 
