@@ -522,8 +522,9 @@ class Simulation:
         self.norm_bound, self.max_staleness, self.dropout = norm_bound, max_staleness, dropout
         self.availability = availability if availability is not None else Availability()
         self.evaluate_every = max(1, int(evaluate_every))
-        #: Once the target is reached, evaluate when this much simulated time has passed (None: by version).
-        self.eval_interval_s: float | None = None
+        #: Once the target is reached, evaluate at the first version at or after each of these
+        #: simulated times (None: by version); see :func:`horizon_grid`.
+        self.eval_grid: np.ndarray | None = None
         self.backend = backend if backend is not None else LocalBackend()
         self.progress = progress
         self.float_update = strategy.payload == "dense"
@@ -551,7 +552,7 @@ class Simulation:
         self._wall = 0.0  # host seconds spent in run() so far
         self._call_started = 0.0
         self._steps0 = self.backend.steps
-        self._next_eval_s = 0.0
+        self._grid_next = 0  # index of the next grid time to evaluate at
         self.ttt: float | None = None
         self.vtt: int | None = None
         self.window_end = np.full(n, np.inf)  # when each online device's window closes
@@ -695,11 +696,11 @@ class Simulation:
         return row
 
     def _evaluation_due(self) -> bool:
-        """Every ``evaluate_every``-th version; past the target on the ``eval_interval_s`` grid, if set."""
-        if self.ttt is not None and self.eval_interval_s:
-            if self.now < self._next_eval_s:
+        """Every ``evaluate_every``-th version; past the target at the ``eval_grid`` times, if set."""
+        if self.ttt is not None and self.eval_grid is not None:
+            if self._grid_next >= len(self.eval_grid) or self.now < self.eval_grid[self._grid_next]:
                 return False
-            self._next_eval_s = (math.floor(self.now / self.eval_interval_s) + 1) * self.eval_interval_s
+            self._grid_next = int(np.searchsorted(self.eval_grid, self.now, side="right"))
             return True
         return self.version % self.evaluate_every == 0
 
@@ -783,6 +784,15 @@ class Simulation:
             updates_lost_offline=self.lost_offline, rejections=dict(self.rejections), wall_seconds=self._wall,
             event_digest=digest.hexdigest(), stop_reason=reason, vector=self.vector.copy(),
             history=list(self.history), trace=list(self.trace) if self.trace is not None else None)
+
+
+def horizon_grid(end_s: float) -> np.ndarray:
+    """Simulated times to evaluate at past the target: :data:`HORIZON_EVALUATIONS` evenly up to the
+    end window, as many again inside it (the last :data:`END_WINDOW` of the run), so the end-mean
+    accuracy averages many versions and a curve that jumps between versions shows its spread."""
+    window = end_s * (1.0 - END_WINDOW)
+    coarse = np.linspace(0.0, window, HORIZON_EVALUATIONS, endpoint=False)
+    return np.concatenate([coarse, np.linspace(window, end_s, HORIZON_EVALUATIONS, endpoint=False)])
 
 
 def _check_limits(limits: SimLimits) -> None:
@@ -994,7 +1004,7 @@ class Study:
             self.horizon_s = end
             for name, sim in sims.items():
                 if sim.now < end and results[name].stop_reason != "max wall seconds":
-                    sim.eval_interval_s = end / HORIZON_EVALUATIONS
+                    sim.eval_grid = horizon_grid(end)
                     results[name] = self._log(sim.run(self.cfg.horizon_limits(end)))
                     if announce is not None:
                         announce(name, results[name])
