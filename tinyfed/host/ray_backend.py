@@ -2,9 +2,15 @@
 
 The simulator owns virtual time and every decision; a backend only trains. A task's training is
 a pure function of (model, vector, device samples, seed, version, training parameters)
-(:func:`tinyfed.host.simulator.train_step`), so this backend submits it to Ray when the task is
-dispatched and collects the result when its virtual arrival is handled: the event order, the
-steps and the final model are those of the local backend, only wall time changes. BLAS runs one
+(:func:`tinyfed.host.simulator.train_step`), so this backend may train it whenever it likes and
+collects the result when its virtual arrival is handled: the event order, the steps and the
+final model are those of the local backend, only wall time changes.
+
+What it trains ahead is a window: the simulator hands it the tasks whose arrivals are next in
+virtual time (:meth:`prefetch`), ``lookahead`` of them (twice the cluster's CPUs by default), so
+the workers stay busy on results that will be asked for soon. Submitting every task at dispatch
+instead would train, on a 10,000-board fleet, 10,000 tasks at t = 0 of which a few hundred are
+ever collected (measured: FedBuff, 10 versions, 146 s against 1.9 s locally). BLAS runs one
 thread per worker, as in the local backend, so the arithmetic is the same too.
 
 Local Ray by default (``ray.init`` with this machine's cores); ``address`` joins a running
@@ -42,7 +48,8 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 lookahead: int | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -68,10 +75,13 @@ class RayBackend:
         self._remote = ray.remote(num_cpus=1)(_train_remote)
         self._models: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, its object ref)
         self._vectors: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(vector) -> (vector, its ref)
-        self._pending: dict[int, Any] = {}
+        self._args: dict[int, tuple] = {}  # dispatched, not yet submitted
+        self._pending: dict[int, Any] = {}  # submitted: task id -> object ref
         self.steps = 0  # results collected (as LocalBackend counts its trainings)
         self.submitted = 0  # tasks handed to Ray (each trains unless cancelled before it starts)
-        log.info("Ray backend: %s CPUs in the cluster", ray.cluster_resources().get("CPU"))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.lookahead = int(lookahead) if lookahead is not None else max(4, 2 * cpus)
+        log.info("Ray backend: %d CPUs in the cluster, training up to %d arrivals ahead", cpus, self.lookahead)
 
     def _model_ref(self, model: Any) -> Any:
         """The model once in Ray's object store (features and tail, without the evaluators)."""
@@ -95,11 +105,26 @@ class RayBackend:
         return self._vectors[key][1]
 
     def start(self, task_id: int, args: tuple) -> None:
-        model, vector, rest = args[0], args[1], args[2:]
+        self._args[task_id] = args
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted whose results are not collected yet."""
+        return len(self._pending)
+
+    def prefetch(self, task_ids: list[int]) -> None:
+        """Submit these dispatched tasks (the next arrivals), those not submitted yet."""
+        for task_id in task_ids:
+            if task_id in self._args:
+                self._submit(task_id)
+
+    def _submit(self, task_id: int) -> None:
+        model, vector, *rest = self._args.pop(task_id)
         self._pending[task_id] = self._remote.remote(self._model_ref(model), self._vector_ref(vector), *rest)
         self.submitted += 1
 
     def cancel(self, task_id: int) -> None:
+        self._args.pop(task_id, None)
         ref = self._pending.pop(task_id, None)
         if ref is not None:
             try:
@@ -108,12 +133,14 @@ class RayBackend:
                 log.debug("task %d: already finished, result dropped", task_id)
 
     def finish(self, task_id: int) -> Any:
+        if task_id in self._args:  # not trained ahead: train it now
+            self._submit(task_id)
         self.steps += 1
         return self._ray.get(self._pending.pop(task_id))
 
     def close(self) -> None:
         """Drop pending work and, if this backend started Ray, stop it."""
-        for task_id in list(self._pending):
+        for task_id in [*self._args, *self._pending]:
             self.cancel(task_id)
         self._models.clear()
         self._vectors.clear()

@@ -684,6 +684,13 @@ class Simulation:
         self.accepted += 1
         return self.strategy.on_update(update, self.version)
 
+    def _prefetch(self) -> None:
+        """Hand a backend that trains ahead (``lookahead``) the tasks whose arrivals come next, when
+        fewer than half that many are in its hands (so the heap is scanned once per half window)."""
+        window = getattr(self.backend, "lookahead", 0)
+        if window and self.backend.outstanding <= window // 2:
+            self.backend.prefetch([tid for _, _, kind, tid in heapq.nsmallest(window, self.queue) if kind == _ARRIVE])
+
     def _evaluate(self) -> dict[str, Any]:
         acc, loss = self.model.evaluate(self.vector)
         row = {"version": self.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
@@ -738,6 +745,7 @@ class Simulation:
             while True:
                 if self.idle:
                     self._dispatch()
+                self._prefetch()
                 if not self.queue:
                     break
                 t, _, kind, task_id = self.queue[0]
