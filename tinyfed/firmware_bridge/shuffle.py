@@ -111,17 +111,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     half = bits // 2
     rounds = _round_tables(half, key)
     if (1 << bits) <= TABLE_MAX:
-        # Permute the whole domain once; walking back into range is then a table lookup.
+        # Permute the whole domain once; a pass of the network is then a table lookup.
         table = _feistel(_iota(bits), half, rounds)
-        out = table[:n].copy()
-        walk = np.flatnonzero(out >= n)
-        while walk.size:
-            out[walk] = table[out[walk]]
-            walk = walk[out[walk] >= n]
+        network = table.take
     else:
-        out = _feistel(np.arange(n, dtype=np.uint32), half, rounds)
-        walk = np.flatnonzero(out >= n)
-        while walk.size:
-            out[walk] = _feistel(out[walk], half, rounds)
-            walk = walk[out[walk] >= n]
+        def network(i: np.ndarray) -> np.ndarray:
+            return _feistel(i, half, rounds)
+    out = network(np.arange(n, dtype=np.uint32))
+    walk = np.flatnonzero(out >= n)  # cycle walk: only the indices still out of range go again
+    while walk.size:
+        out[walk] = network(out[walk])
+        walk = walk[out[walk] >= n]
     return out.astype(np.int64)
