@@ -457,7 +457,9 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, 
         click.echo(f"{result.strategy}: {result.versions} versions, accuracy {result.final_accuracy:.4f} "
                    f"({'reached' if result.reached_target else 'did not reach'} {cfg.target_accuracy}), "
                    f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
-                   f"{result.updates_lost} lost, {result.tasks_unfinished} unfinished at the stop; up {result.bytes_up:,} B, down {result.bytes_down:,} B (provisioning {result.provision_bytes_down:,} B down); "
+                   f"{result.updates_lost} lost, {result.tasks_unfinished} unfinished at the stop; "
+                   f"up {result.bytes_up:,} B, down {result.bytes_down:,} B "
+                   f"(provisioning {result.provision_bytes_down:,} B down); "
                    f"{result.wall_seconds:.1f} s; "
                    + (f"boards: {baseline} (emulator-only baseline budget, not a real board); " if baseline else "")
                    + f"events in {out / 'events.jsonl'}")

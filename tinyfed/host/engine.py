@@ -188,11 +188,10 @@ class _Worker(threading.Thread):
         started = time.monotonic()
         provisioned = (0, 0)
         try:
-            if self.client is None:
-                self._connect()
-                provisioned = self.provisioned
             client = self.client
-            assert client is not None
+            if client is None:
+                client = self._connect()
+                provisioned = self.provisioned
             sent0, recv0 = client.stats.bytes_sent, client.stats.bytes_received
             if self.board_version != task.version:
                 self.board_version = None
