@@ -20,7 +20,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from tinyfed.commands.simulate import format_table, ratios, write_outputs
+from tinyfed.commands.simulate import format_table, parse_horizon, ratios, write_outputs
 from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig, make_fleet
 
 
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                       alpha=args.alpha, seed=args.seed, target_accuracy=args.target,
                       strategies=tuple(args.strategies.split(",")), max_versions=args.max_versions,
                       eval_samples=args.eval_samples or None, availability=args.availability,
-                      horizon=None if args.horizon == "none" else args.horizon if args.horizon == "auto"
-                      else float(args.horizon))
+                      horizon=parse_horizon(args.horizon))
     print(f"bench/simulate.py: {load()}")
     s = Study(cfg) if args.no_study else study(cfg, args.out)
     if args.scale:

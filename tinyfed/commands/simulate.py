@@ -226,7 +226,7 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
                       training=LocalTraining(epochs=epochs, lr=lr, batch_size=batch_size),
                       buffer_size=buffer_size, clients_per_round=clients_per_round, server_lr=server_lr,
                       norm_bound=norm_bound, max_staleness=max_staleness, evaluate_every=evaluate_every,
-                      eval_samples=eval_samples or None, horizon=_horizon(horizon))
+                      eval_samples=eval_samples or None, horizon=parse_horizon(horizon))
     say = (lambda text: None) if as_json else click.echo
     study = Study(cfg, boards_dirs=boards_dirs)
     info = study.describe()
@@ -259,7 +259,8 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
         say(f"wrote {p}")
 
 
-def _horizon(text: str) -> float | str | None:
+def parse_horizon(text: str) -> float | str | None:
+    """``--horizon``: "auto", None for "none", or a positive number of simulated seconds."""
     value = str(text).strip().lower()
     if value in ("auto", "none"):
         return None if value == "none" else "auto"
