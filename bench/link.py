@@ -1,6 +1,6 @@
 """Link and firmware figures, side by side, in one process (issue 3).
 
-(a) protocol efficiency of LOAD_CHUNK frames, computed with ``tinyfed.firmware_bridge.framing``
+(a) protocol efficiency of LOAD_CHUNK frames, computed with ``tinyfed.firmware_bridge.link.framing``
     and measured on a live QEMU mps2-an386 board (bytes on the wire from ``BoardClient.stats``);
 (b) upload time of har_cnn's and digits_cnn's frozen fragments (plan on nrf52840) to QEMU;
 (c) instructions per sample under ``-icount shift=4`` (INVOKE's SysTick count) and MACs per
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from tinyfed.boards import get_board, single_board_fleet
-from tinyfed.firmware_bridge.blob import compile_blob, parse_blob
-from tinyfed.firmware_bridge.build import build_firmware
-from tinyfed.firmware_bridge.client import BoardClient
-from tinyfed.firmware_bridge.emulator import launch_qemu
-from tinyfed.firmware_bridge.framing import (
+from tinyfed.firmware_bridge.compile.blob import compile_blob, parse_blob
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+from tinyfed.firmware_bridge.link.framing import (
     DEFAULT_MAX_PAYLOAD,
     KIND_REQUEST,
     KIND_RESPONSE,

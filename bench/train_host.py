@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = "25c42b2"
 #: module name -> file, in import order (step imports tail)
 SWAPPED = {
-    "tinyfed.firmware_bridge.shuffle": "tinyfed/firmware_bridge/shuffle.py",
-    "tinyfed.firmware_bridge.train_link": "tinyfed/firmware_bridge/train_link.py",
+    "tinyfed.firmware_bridge.twin.shuffle": "tinyfed/firmware_bridge/twin/shuffle.py",
+    "tinyfed.firmware_bridge.link.train_link": "tinyfed/firmware_bridge/link/train_link.py",
     "tinyfed.training.tail": "tinyfed/training/tail.py",
     "tinyfed.training.step": "tinyfed/training/step.py",
 }
@@ -109,10 +109,10 @@ def run(model: SimModel, devices: list[np.ndarray], training: LocalTraining) -> 
 
 def pieces(old: dict[str, ModuleType], study: Study) -> None:
     """epoch_order and quantize_flat alone, old against new (best of 5 repeats)."""
-    import tinyfed.firmware_bridge.shuffle as new_shuffle
-    import tinyfed.firmware_bridge.train_link as new_link
+    import tinyfed.firmware_bridge.twin.shuffle as new_shuffle
+    import tinyfed.firmware_bridge.link.train_link as new_link
 
-    o_sh, o_ln = old["tinyfed.firmware_bridge.shuffle"], old["tinyfed.firmware_bridge.train_link"]
+    o_sh, o_ln = old["tinyfed.firmware_bridge.twin.shuffle"], old["tinyfed.firmware_bridge.link.train_link"]
     rng = np.random.default_rng(0)
     rows = []
     for n in (15, 300, 5000):

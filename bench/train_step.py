@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from tinyfed.boards import get_board, list_boards, single_board_fleet
-from tinyfed.firmware_bridge import local_data
-from tinyfed.firmware_bridge.blob import compile_blob
-from tinyfed.firmware_bridge.build import build_firmware
-from tinyfed.firmware_bridge.client import BoardClient
-from tinyfed.firmware_bridge.emulator import launch_qemu
-from tinyfed.firmware_bridge.framing import Command
-from tinyfed.firmware_bridge.train_blob import compile_program, parse_program
-from tinyfed.firmware_bridge.train_link import TrainParams
+from tinyfed.firmware_bridge.compile import local_data
+from tinyfed.firmware_bridge.compile.blob import compile_blob
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+from tinyfed.firmware_bridge.link.framing import Command
+from tinyfed.firmware_bridge.compile.train_blob import compile_program, parse_program
+from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.models.tflm import TflmModel
 from tinyfed.models.zoo import get_zoo_model
 from tinyfed.planner import trainable as tfw

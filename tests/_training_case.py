@@ -56,12 +56,12 @@ class TrainingCase:
         return FloatTail.from_fragments(self.tail_bytes, self.trainable)
 
     def _head(self, x_int8: np.ndarray) -> np.ndarray:
-        from tinyfed.firmware_bridge.kernels_np import run_blob
+        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
 
         return run_blob(self.frozen_blob, x_int8)
 
     def _local(self, user: int, params):
-        from tinyfed.firmware_bridge import shuffle
+        from tinyfed.firmware_bridge.twin import shuffle
         from tinyfed.training import local_train
 
         tail = self.float_tail()
@@ -72,7 +72,7 @@ class TrainingCase:
 
     def reference_update(self, user: int, params) -> np.ndarray:
         """Flat float delta of the float32 reference, int8-quantized as the board does."""
-        from tinyfed.firmware_bridge.train_link import DeviceUpdate, quantize_flat
+        from tinyfed.firmware_bridge.link.train_link import DeviceUpdate, quantize_flat
 
         delta = np.concatenate([d.ravel() for d in self._local(user, params).deltas]).astype(np.float32)
         q, s = quantize_flat(delta, self.unit_shapes, params.per_channel)
@@ -98,10 +98,10 @@ def build_training_case(out: Path) -> TrainingCase:
     import json
 
     from tinyfed.boards import get_board, single_board_fleet
-    from tinyfed.firmware_bridge import local_data
-    from tinyfed.firmware_bridge.blob import compile_blob
-    from tinyfed.firmware_bridge.kernels_np import run_blob
-    from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.firmware_bridge.compile import local_data
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
+    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
+    from tinyfed.firmware_bridge.compile.train_blob import compile_program
     from tinyfed.models.tflm import TflmModel
     from tinyfed.models.zoo import get_zoo_model
     from tinyfed.planner import trainable as tfw

@@ -78,7 +78,7 @@ DATASHEET = {
 }
 
 # name: ([firmware_reserve] RAM KiB, flash KiB, source). Boards with a firmware board layer
-# (firmware/boards/<name>/) carry what `python -m tinyfed.firmware_bridge.build --write-reserve`
+# (firmware/boards/<name>/) carry what `python -m tinyfed.firmware_bridge.emulate.build --write-reserve`
 # read from the linker map (tests/test_firmware_build.py rebuilds and checks the exact match);
 # the others still carry estimates.
 RESERVE = {
@@ -118,7 +118,7 @@ def test_shipped_board_has_datasheet_numbers(name: str) -> None:
 
 
 def test_measured_reserves_are_exactly_the_firmware_boards() -> None:
-    from tinyfed.firmware_bridge.build import firmware_boards
+    from tinyfed.firmware_bridge.emulate.build import firmware_boards
 
     measured = sorted(name for name, (_, _, source) in RESERVE.items() if source == "linker-map")
     assert measured == firmware_boards()
@@ -475,7 +475,7 @@ def test_fleet_urls_must_match_count_and_all_errors_are_reported(tmp_path: Path)
 
 @pytest.mark.slow  # a real plan (model conversion)
 def test_cli_plan_accepts_a_fleet_written_by_emulate(cli, tmp_path: Path) -> None:
-    from tinyfed.firmware_bridge.devices import load_device_fleet, write_device_fleet
+    from tinyfed.firmware_bridge.link.devices import load_device_fleet, write_device_fleet
 
     urls = ["socket://127.0.0.1:40111", "socket://127.0.0.1:40112"]
     path = write_device_fleet(tmp_path / "fleet.toml", "emulated-mps2-an386", [("mps2-an386", urls)],

@@ -1,7 +1,7 @@
 """Emulated boards: QEMU launch, readiness, teardown, and the link against the real firmware.
 
 Tests that need the tinyfed firmware are marked slow and get the ELF from
-``tinyfed.firmware_bridge.build.build_firmware`` (or ``$TINYFED_TEST_ELF``); they skip with the
+``tinyfed.firmware_bridge.emulate.build.build_firmware`` (or ``$TINYFED_TEST_ELF``); they skip with the
 reason when neither exists. QEMU is always stopped in teardown; no test sleeps to synchronise.
 """
 
@@ -23,10 +23,10 @@ from click.testing import CliRunner
 from tinyfed.boards import get_board
 from tinyfed.cli import cli
 from tinyfed.errors import BoardError
-from tinyfed.firmware_bridge import emulator
-from tinyfed.firmware_bridge.client import BoardClient
-from tinyfed.firmware_bridge.devices import write_device_fleet
-from tinyfed.firmware_bridge.emulator import (
+from tinyfed.firmware_bridge.emulate import emulator
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.devices import write_device_fleet
+from tinyfed.firmware_bridge.emulate.emulator import (
     EmulatorError,
     EmulatorFleet,
     launch_qemu,
@@ -34,9 +34,9 @@ from tinyfed.firmware_bridge.emulator import (
     start_qemu,
     wait_ready,
 )
-from tinyfed.firmware_bridge.errors import DeviceError
-from tinyfed.firmware_bridge.framing import Status
-from tinyfed.firmware_bridge.renode import renode_available, write_resc
+from tinyfed.firmware_bridge.link.errors import DeviceError
+from tinyfed.firmware_bridge.link.framing import Status
+from tinyfed.firmware_bridge.emulate.renode import renode_available, write_resc
 
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
 HAVE_ARM_GCC = shutil.which("arm-none-eabi-gcc") is not None
@@ -91,7 +91,7 @@ def test_renode_script(tmp_path: Path) -> None:
 @pytest.mark.skipif(not renode_available(), reason="renode is not on PATH; Renode boards cannot be tested here")
 @pytest.mark.slow
 def test_renode_board_answers(firmware_elf_nrf) -> None:  # pragma: no cover - needs renode
-    from tinyfed.firmware_bridge.renode import launch_renode
+    from tinyfed.firmware_bridge.emulate.renode import launch_renode
 
     with launch_renode("nrf52840", firmware_elf_nrf) as emu, BoardClient(emu.url) as c:
         assert c.hello().board_id == "nrf52840"
@@ -180,7 +180,7 @@ def _elf_for(board: str) -> Path:
     env = os.environ.get("TINYFED_TEST_ELF")
     if env and board == "mps2-an386":
         return Path(env)
-    from tinyfed.firmware_bridge.build import build_firmware
+    from tinyfed.firmware_bridge.emulate.build import build_firmware
 
     if not HAVE_QEMU:
         pytest.skip("qemu-system-arm is not installed")
@@ -229,7 +229,7 @@ def test_qemu_fuzz_never_accepts_a_corrupted_payload(qemu_board) -> None:
     """The same fault injection as against sim://, against the firmware in QEMU."""
     from test_link import FaultyPort
 
-    from tinyfed.firmware_bridge.transport import open_port
+    from tinyfed.firmware_bridge.link.transport import open_port
 
     # A short single-board run; tests/test_fleet_qemu.py spreads the full 10,000 over eight boards.
     target = int(os.environ.get("TINYFED_QEMU_FUZZ_SINGLE", "200"))
@@ -257,10 +257,10 @@ def test_qemu_upload_resume_and_check_bit_exact(qemu_board, tmp_path: Path) -> N
     import _models
     from test_link import FaultyPort
 
-    from tinyfed.firmware_bridge.blob import compile_blob
-    from tinyfed.firmware_bridge.devices import frozen_fragment
-    from tinyfed.firmware_bridge.errors import DeviceUnreachable
-    from tinyfed.firmware_bridge.transport import open_port
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
+    from tinyfed.firmware_bridge.link.devices import frozen_fragment
+    from tinyfed.firmware_bridge.link.errors import DeviceUnreachable
+    from tinyfed.firmware_bridge.link.transport import open_port
     from tinyfed.models.tflm import TflmModel
 
     tfl = _models.chain_cnn_int8()
@@ -322,7 +322,7 @@ def test_cli_firmware_build_errors() -> None:
     r = CliRunner().invoke(cli, ["firmware", "build", "--board", "nrf5284"])
     assert r.exit_code == 2 and "nrf52840" in r.output
     try:
-        import tinyfed.firmware_bridge.build  # noqa: F401
+        import tinyfed.firmware_bridge.emulate.build  # noqa: F401
     except ImportError:  # pragma: no cover - before the firmware build lands
         r = CliRunner().invoke(cli, ["firmware", "build", "--board", "mps2-an386"])
         assert r.exit_code == 2 and "build.py" in r.output

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge.blob import (
+from tinyfed.firmware_bridge.compile.blob import (
     HEADER_BYTES,
     OP_BYTES,
     TENSOR_BYTES,
@@ -28,7 +28,7 @@ from tinyfed.firmware_bridge.blob import (
     parse_blob,
     quantize_multiplier,
 )
-from tinyfed.firmware_bridge.kernels_np import run_blob
+from tinyfed.firmware_bridge.twin.kernels_np import run_blob
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.models.tflm import TflmModel, quantize
 

@@ -31,8 +31,8 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
     pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)", allow_module_level=True)
 
 from tinyfed.boards import get_board
-from tinyfed.firmware_bridge.build import build_firmware
-from tinyfed.firmware_bridge.emulator import EmulatedBoard, start_qemu, wait_ready
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.emulate.emulator import EmulatedBoard, start_qemu, wait_ready
 from tinyfed.host.engine import Engine, Limits, LocalTraining, RunResult
 from tinyfed.host.events import EventLog, read_events, summarize
 from tinyfed.host.setup import DeviceSpec, prepare_run

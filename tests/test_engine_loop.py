@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tinyfed.firmware_bridge.sim import forget_sim_boards, get_sim_board
-from tinyfed.firmware_bridge.train_link import (
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards, get_sim_board
+from tinyfed.firmware_bridge.link.train_link import (
     TRAIN_RESPONSE,
     pack_update,
     unpack_update,
@@ -79,7 +79,7 @@ def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_
 
 def test_prepare_run_counts_the_windows_it_packs_for_each_device(setups) -> None:
     """``facts["local_windows"]`` (what ``tinyfed demo`` reports) is each image's sample count."""
-    from tinyfed.firmware_bridge.local_data import unpack
+    from tinyfed.firmware_bridge.compile.local_data import unpack
 
     for setup in setups.values():
         assert setup.facts["local_windows"] == {name: len(unpack(img).y) for name, img in setup.images.items()}
@@ -206,7 +206,7 @@ def test_an_unexpected_error_in_a_worker_is_a_lost_task_and_the_device_comes_bac
     task that never ends. It is recorded like any failure: lost or backoff, with the reason."""
     import threading
 
-    from tinyfed.firmware_bridge.client import BoardClient
+    from tinyfed.firmware_bridge.link.client import BoardClient
 
     forget_sim_boards()
     devs = _devices("dev")

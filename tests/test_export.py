@@ -88,7 +88,7 @@ def test_trained_vector_int8_accuracy_tracks_the_float_master(plan_case, test_sp
 
 def test_whole_model_perturbed_tracks_the_float_master(plan_case, test_split) -> None:
     """The baselines' path: every weight and bias moved a little, the whole model requantized."""
-    from tinyfed.firmware_bridge import local_data
+    from tinyfed.firmware_bridge.compile import local_data
     from tinyfed.training import FloatTail
 
     _, frag, _ = plan_case

@@ -18,8 +18,8 @@ import pytest
 from cobs import cobs
 
 from tinyfed.boards import get_board
-from tinyfed.firmware_bridge import build as fwbuild
-from tinyfed.firmware_bridge.build import (
+from tinyfed.firmware_bridge.emulate import build as fwbuild
+from tinyfed.firmware_bridge.emulate.build import (
     TOOLCHAIN_FIX,
     BuildResult,
     FirmwareBuildError,
@@ -64,7 +64,7 @@ def test_builds_warning_free_within_budget(builds: dict[str, BuildResult], board
 def test_board_file_reserve_matches_build(builds: dict[str, BuildResult], board_name: str) -> None:
     r = builds[board_name]
     reserve = get_board(board_name).firmware_reserve
-    fix = f"run `.venv/bin/python -m tinyfed.firmware_bridge.build {board_name} --write-reserve` and commit the board file"
+    fix = f"run `.venv/bin/python -m tinyfed.firmware_bridge.emulate.build {board_name} --write-reserve` and commit the board file"
     # Whatever the board file says, the planner must never budget more than the build leaves.
     assert reserve.ram_kib >= r.reserve_ram_kib and reserve.flash_kib >= r.reserve_flash_kib, fix
     if reserve.source == "estimate":

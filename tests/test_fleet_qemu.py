@@ -24,9 +24,9 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
     pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)", allow_module_level=True)
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
-from tinyfed.firmware_bridge.blob import compile_blob  # noqa: E402
-from tinyfed.firmware_bridge.client import BoardClient  # noqa: E402
-from tinyfed.firmware_bridge.emulator import EmulatorFleet  # noqa: E402
+from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
+from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
+from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet  # noqa: E402
 from tinyfed.models.tflm import TflmModel, quantize  # noqa: E402
 from tinyfed.planner.config import TrainingConfig  # noqa: E402
 from tinyfed.planner.plan import make_plan  # noqa: E402
@@ -97,7 +97,7 @@ def test_ten_thousand_corruptions_against_live_boards(eight_boards) -> None:
     """Random corruptions of valid frames, both ways, shared over the eight live boards."""
     from test_link import FaultyPort
 
-    from tinyfed.firmware_bridge.transport import open_port
+    from tinyfed.firmware_bridge.link.transport import open_port
 
     total = int(os.environ.get("TINYFED_QEMU_FUZZ", "10000"))
     per_board = -(-total // len(eight_boards))

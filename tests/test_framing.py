@@ -9,7 +9,7 @@ import zlib
 import pytest
 from cobs import cobs
 
-from tinyfed.firmware_bridge.framing import (
+from tinyfed.firmware_bridge.link.framing import (
     KIND_REQUEST,
     KIND_RESPONSE,
     NAK_SEQ,

@@ -24,16 +24,16 @@ from serial.serialutil import SerialException
 import tinyfed.firmware_bridge as fb
 from tinyfed.cli import cli
 from tinyfed.errors import DataFileError
-from tinyfed.firmware_bridge import sim
-from tinyfed.firmware_bridge.client import BoardClient, HelloInfo
-from tinyfed.firmware_bridge.devices import load_device_fleet, write_device_fleet
-from tinyfed.firmware_bridge.errors import (
+from tinyfed.firmware_bridge.twin import sim
+from tinyfed.firmware_bridge.link.client import BoardClient, HelloInfo
+from tinyfed.firmware_bridge.link.devices import load_device_fleet, write_device_fleet
+from tinyfed.firmware_bridge.link.errors import (
     DeviceError,
     DeviceUnreachable,
     LinkTimeout,
     ProtocolVersionMismatch,
 )
-from tinyfed.firmware_bridge.framing import (
+from tinyfed.firmware_bridge.link.framing import (
     KIND_REQUEST,
     KIND_RESPONSE,
     NAK_SEQ,
@@ -43,7 +43,7 @@ from tinyfed.firmware_bridge.framing import (
     decode_frame,
     encode_frame,
 )
-from tinyfed.firmware_bridge.transport import open_port
+from tinyfed.firmware_bridge.link.transport import open_port
 
 
 @pytest.fixture(autouse=True)
@@ -55,13 +55,13 @@ def _fresh_sim_boards():
 
 def _opaque_blob_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the sim treat blobs as opaque (no parser), whatever lives in the tree."""
-    monkeypatch.setitem(sys.modules, "tinyfed.firmware_bridge.blob", None)
+    monkeypatch.setitem(sys.modules, "tinyfed.firmware_bridge.compile.blob", None)
     monkeypatch.delattr(fb, "blob", raising=False)
 
 
 def _fake_kernels(monkeypatch: pytest.MonkeyPatch, *, input_bytes: int, arena_bytes: int = 1000, ops: int = 3) -> None:
     """A stand-in blob parser and kernel: output = reversed input plus one, clipped."""
-    blob_mod = types.ModuleType("tinyfed.firmware_bridge.blob")
+    blob_mod = types.ModuleType("tinyfed.firmware_bridge.compile.blob")
 
     def parse_blob(b: bytes):
         if not b.startswith(b"FAKE"):
@@ -71,7 +71,7 @@ def _fake_kernels(monkeypatch: pytest.MonkeyPatch, *, input_bytes: int, arena_by
         return {"input_bytes": input_bytes, "arena_bytes": arena_bytes, "op_count": ops}
 
     blob_mod.parse_blob = parse_blob  # type: ignore[attr-defined]
-    kern = types.ModuleType("tinyfed.firmware_bridge.kernels_np")
+    kern = types.ModuleType("tinyfed.firmware_bridge.twin.kernels_np")
     kern.run_blob = lambda b, x: np.clip(x[::-1].astype(np.int16) + 1, -128, 127).astype(np.int8)  # type: ignore[attr-defined]
     for mod, name in ((blob_mod, "blob"), (kern, "kernels_np")):
         monkeypatch.setitem(sys.modules, f"tinyfed.firmware_bridge.{name}", mod)
@@ -577,7 +577,7 @@ def test_cli_check_is_bit_exact_through_sim_and_reports_unreachable(tmp_path: Pa
 def test_infer_real_blob_matches_tflm_under_corruption(tmp_path: Path) -> None:
     import _models
 
-    from tinyfed.firmware_bridge.blob import compile_blob
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
     from tinyfed.models.tflm import TflmModel
 
     tfl = _models.chain_cnn_int8()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tinyfed.errors import TinyfedError
-from tinyfed.firmware_bridge.sim import forget_sim_boards
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 from tinyfed.host.checkpoint import read_checkpoint
 from tinyfed.host.engine import (
     HOST_RESTARTED,

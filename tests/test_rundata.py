@@ -142,7 +142,7 @@ def test_the_whole_model_program_is_compiled_once_for_sizing_and_for_the_run(dig
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """``--emulate`` sizes a dense baseline's program before booting; prepare_run sends that one."""
     from tinyfed.commands.run import dense_training_need
-    from tinyfed.firmware_bridge import train_blob
+    from tinyfed.firmware_bridge.compile import train_blob
     from tinyfed.host.setup import DeviceSpec, prepare_run, training_program
 
     compiled: list[int] = []

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tinyfed.boards import get_board
 from tinyfed.errors import TinyfedError
-from tinyfed.firmware_bridge.framing import max_encoded_bytes
+from tinyfed.firmware_bridge.link.framing import max_encoded_bytes
 from tinyfed.host import simulator
 from tinyfed.host.engine import LocalTraining
 from tinyfed.host.simulator import (

@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tinyfed.errors import ModelError, PlanError
-from tinyfed.firmware_bridge.train_blob import (
+from tinyfed.firmware_bridge.compile.train_blob import (
     compile_program,
     parse_program,
     program_ram_bytes,

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from tinyfed.errors import DatasetError, TinyfedError
-from tinyfed.firmware_bridge import local_data, shuffle
-from tinyfed.firmware_bridge.client import BoardClient
-from tinyfed.firmware_bridge.errors import DeviceError
-from tinyfed.firmware_bridge.framing import Command, Status
-from tinyfed.firmware_bridge.sim import forget_sim_boards
-from tinyfed.firmware_bridge.train_link import TrainParams, quantize_flat
+from tinyfed.firmware_bridge.compile import local_data
+from tinyfed.firmware_bridge.twin import shuffle
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.errors import DeviceError
+from tinyfed.firmware_bridge.link.framing import Command, Status
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
+from tinyfed.firmware_bridge.link.train_link import TrainParams, quantize_flat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +103,7 @@ def test_update_quantization_per_tensor_and_per_channel() -> None:
         q, scales = quantize_flat(delta, shapes, per_channel)
         assert scales.size == (7 if per_channel else 3)
         assert np.all(np.isfinite(scales)) and q.dtype == np.int8 and np.abs(q).max() == 127
-        from tinyfed.firmware_bridge.train_link import DeviceUpdate
+        from tinyfed.firmware_bridge.link.train_link import DeviceUpdate
 
         back = DeviceUpdate(0, 1, 0.0, 0.0, q, scales, per_channel).dense(shapes)
         step = np.repeat(scales, [p for c, p in shapes for _ in range(c)]) if per_channel else \
@@ -196,7 +197,7 @@ def digits_whole_model():
 
 def build_digits_whole_model() -> dict:
     """digits_cnn with every weight and bias in w*, no frozen fragment: the FedAvg/FedBuff case."""
-    from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.firmware_bridge.compile.train_blob import compile_program
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.models.zoo import get_zoo_model
     from tinyfed.planner import trainable as tfw
@@ -217,7 +218,7 @@ def build_digits_whole_model() -> dict:
 
 
 def whole_model_reference(case, params) -> tuple[np.ndarray, float]:
-    from tinyfed.firmware_bridge.train_link import DeviceUpdate
+    from tinyfed.firmware_bridge.link.train_link import DeviceUpdate
     from tinyfed.training import FloatTail, local_train
 
     tail = FloatTail.from_fragments(case["model"], case["tfw"])

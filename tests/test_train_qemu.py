@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _training_case as tc
 
 from tinyfed.boards import get_board
-from tinyfed.firmware_bridge.build import build_firmware
-from tinyfed.firmware_bridge.client import BoardClient
-from tinyfed.firmware_bridge.emulator import start_qemu, wait_ready
-from tinyfed.firmware_bridge.framing import FrameReader, decode_frame
-from tinyfed.firmware_bridge.train_blob import program_ram_bytes
-from tinyfed.firmware_bridge.train_link import (
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
+from tinyfed.firmware_bridge.link.framing import FrameReader, decode_frame
+from tinyfed.firmware_bridge.compile.train_blob import program_ram_bytes
+from tinyfed.firmware_bridge.link.train_link import (
     DeviceUpdate,
     EvalReport,
     RamStats,
@@ -222,8 +222,8 @@ def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, t
     corrupt image (one flipped sample byte: the CRC catches it)."""
     import struct
 
-    from tinyfed.firmware_bridge.errors import DeviceError
-    from tinyfed.firmware_bridge.framing import Command, Status
+    from tinyfed.firmware_bridge.link.errors import DeviceError
+    from tinyfed.firmware_bridge.link.framing import Command, Status
 
     case = har_training_case
     board = get_board("mps2-an386")
@@ -276,8 +276,8 @@ def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, t
 def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp_path: Path) -> None:
     """With a 32 KiB arena the fragment (12 KiB) fits but its training state (56 KiB) does not:
     the board refuses the program at commit and TRAIN says OUT_OF_MEMORY; nothing overruns."""
-    from tinyfed.firmware_bridge.errors import DeviceError
-    from tinyfed.firmware_bridge.framing import Status
+    from tinyfed.firmware_bridge.link.errors import DeviceError
+    from tinyfed.firmware_bridge.link.framing import Status
 
     case = har_training_case
     board = get_board("mps2-an386")
@@ -376,7 +376,7 @@ def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_train
 
 
 def _float_delta(case: dict, params: TrainParams) -> np.ndarray:
-    from tinyfed.firmware_bridge import shuffle
+    from tinyfed.firmware_bridge.twin import shuffle
     from tinyfed.training import FloatTail, local_train
 
     tail = FloatTail.from_fragments(case["model"], case["tfw"])

@@ -39,7 +39,7 @@ def digits_tail(tmp_path_factory: pytest.TempPathFactory):
     mp = pytest.MonkeyPatch()
     if "TINYFED_CACHE_DIR" not in os.environ:
         mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    from tinyfed.firmware_bridge.local_data import quantize_inputs
+    from tinyfed.firmware_bridge.compile.local_data import quantize_inputs
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.models.zoo import get_zoo_model
     from tinyfed.planner import trainable as tfw

@@ -2,7 +2,7 @@
  * tfmb: the firmware's int8 inference engine for TFMB fragment blobs.
  *
  * The host compiles an int8 .tflite fragment into a blob (docs/fragment-format.md,
- * tinyfed/firmware_bridge/blob.py) with every kernel parameter precomputed exactly as
+ * tinyfed/firmware_bridge/compile/blob.py) with every kernel parameter precomputed exactly as
  * TFLM's Prepare computes it, and with the activation arena planned. The engine validates
  * a blob once (tfmb_open: every offset, dimension, op code and parameter range, and that the
  * planned arena fits), then runs it (tfmb_invoke) with integer kernels that are bit-exact

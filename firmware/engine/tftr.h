@@ -2,7 +2,7 @@
  * tftr: the firmware's float32 training engine for TFTR training programs.
  *
  * A training program is the tail of a plan (tail.tflite + trainable.tfw) compiled on the host
- * (tinyfed/firmware_bridge/train_blob.py, format in docs/fragment-format.md). Its input is the
+ * (tinyfed/firmware_bridge/compile/train_blob.py, format in docs/fragment-format.md). Its input is the
  * frozen int8 fragment's output; it runs the tail in float32, one sample at a time, and
  * backpropagates softmax cross-entropy down to the first op that holds a unit of w*.
  *

@@ -1,7 +1,7 @@
 /*
  * Internal to the tftr training engine: program layout constants, decoded records and the
  * float32 kernels (firmware/engine/tftr_kernels.c). Layout: docs/fragment-format.md,
- * "Training program (TFTR)"; host compiler: tinyfed/firmware_bridge/train_blob.py.
+ * "Training program (TFTR)"; host compiler: tinyfed/firmware_bridge/compile/train_blob.py.
  */
 #ifndef TFTR_INTERNAL_H
 #define TFTR_INTERNAL_H

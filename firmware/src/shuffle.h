@@ -1,6 +1,6 @@
 /* The sample order of local training: a keyed permutation of 0..n-1 that needs no memory (a
  * 4-round Feistel network on the next even power of two, cycle-walked into range). The host's
- * sim:// board computes the same order (tinyfed/firmware_bridge/shuffle.py). */
+ * sim:// board computes the same order (tinyfed/firmware_bridge/twin/shuffle.py). */
 #ifndef TINYFED_SHUFFLE_H
 #define TINYFED_SHUFFLE_H
 

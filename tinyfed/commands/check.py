@@ -42,7 +42,7 @@ def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, ti
           boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Load MODEL's frozen fragment (a zoo name or an int8 .tflite) onto every board, run inputs on
     it, and compare every output with TFLite Micro on the host. Exits 1 on any mismatch or failure."""
-    from tinyfed.firmware_bridge.devices import (
+    from tinyfed.firmware_bridge.link.devices import (
         check_devices,
         frozen_fragment,
         load_device_fleet,

@@ -37,7 +37,7 @@ DEMO_MAX_SECONDS = 900.0
 
 def missing_emulation_tools() -> list[str]:
     """The programs an emulated demo needs that this machine lacks (QEMU and the cross-compiler)."""
-    from tinyfed.firmware_bridge.emulator import QEMU
+    from tinyfed.firmware_bridge.emulate.emulator import QEMU
 
     return [tool for tool in (QEMU, "arm-none-eabi-gcc") if shutil.which(tool) is None]
 

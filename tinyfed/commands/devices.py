@@ -26,7 +26,7 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
 
     Exits 1 when a device is unreachable (it is still listed).
     """
-    from tinyfed.firmware_bridge.devices import load_device_fleet, probe_devices
+    from tinyfed.firmware_bridge.link.devices import load_device_fleet, probe_devices
 
     fleet = load_device_fleet(fleet_path, boards_dirs)
     statuses = probe_devices(fleet.devices, timeout=timeout, retries=retries)

@@ -12,12 +12,12 @@ from tinyfed.errors import TinyfedError
 
 
 def load_build_firmware():
-    """``tinyfed.firmware_bridge.build.build_firmware``, imported lazily."""
+    """``tinyfed.firmware_bridge.emulate.build.build_firmware``, imported lazily."""
     try:
-        from tinyfed.firmware_bridge.build import build_firmware
+        from tinyfed.firmware_bridge.emulate.build import build_firmware
     except ImportError as exc:
         raise TinyfedError(f"the firmware build is not available ({exc})",
-                           fix="update tinyfed: this tree has no tinyfed/firmware_bridge/build.py") from None
+                           fix="update tinyfed: this tree has no tinyfed/firmware_bridge/emulate/build.py") from None
     return build_firmware
 
 

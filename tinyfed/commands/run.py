@@ -36,7 +36,7 @@ DENSE_STRATEGIES = ("fedbuff", "fedavg")
 
 def dense_ram_need(program: bytes, rows: int) -> int:
     """RAM a board needs to train every unit of ``program`` (``rows`` output channels in all)."""
-    from tinyfed.firmware_bridge.train_blob import parse_program
+    from tinyfed.firmware_bridge.compile.train_blob import parse_program
 
     info = parse_program(program)
     return info.ram_bytes + 4 * rows + (info.input_elems + 7) // 8 * 8
@@ -302,7 +302,7 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
     from tinyfed.host.setup import DeviceSpec
 
     if fleet_path is not None:
-        from tinyfed.firmware_bridge.devices import load_device_fleet
+        from tinyfed.firmware_bridge.link.devices import load_device_fleet
 
         fleet = load_device_fleet(fleet_path, boards_dirs)
         devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked]
@@ -311,12 +311,12 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
                                source=str(fleet_path))
         return devices, "fleet", len(devices)
     if emulate is not None:
-        from tinyfed.firmware_bridge.emulator import EmulatorFleet
+        from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 
         board = emulated_board_for(get_board(board_name, boards_dirs), strategy, model, boards_dirs)
         emus = stack.enter_context(EmulatorFleet(board, emulate))
         return [DeviceSpec(b.name, b.url, board.name) for b in emus.boards], "emulate", emulate
-    from tinyfed.firmware_bridge.sim import forget_sim_boards
+    from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
     assert simulate is not None
     get_board(board_name, boards_dirs)
@@ -352,14 +352,14 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
         devices = [DeviceSpec(d["name"], d["url"], d["board"]) for d in recorded["devices"]]
         if recorded["source"] == "emulate":
             from tinyfed.boards import get_board
-            from tinyfed.firmware_bridge.emulator import EmulatorFleet
+            from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 
             # the profile the run was booted with: the baseline profile when a dense baseline needed it
             board = get_board(recorded.get("baseline_board") or recorded["board"], boards_dirs)
             emus = stack.enter_context(EmulatorFleet(board, len(devices)))
             devices = [DeviceSpec(d.name, b.url, d.board) for d, b in zip(devices, emus.boards, strict=True)]
         elif recorded["source"] == "simulate":
-            from tinyfed.firmware_bridge.sim import forget_sim_boards
+            from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
             forget_sim_boards()
         if not as_json:

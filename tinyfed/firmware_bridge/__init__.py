@@ -1,19 +1,9 @@
-"""Host side of the serial link to boards (see ``docs/host-link.md`` and ``docs/protocol.md``).
+"""Host side of the boards, split by the role each module plays on the data path.
 
-``framing`` (packets and frames), ``transport`` (pyserial URLs, incl. ``sim://``), ``client``
-(:class:`~tinyfed.firmware_bridge.client.BoardClient`), ``errors``, ``sim`` (the simulated
-board), ``devices`` (fleet files with device URLs), ``emulator``/``renode`` (emulated boards).
+- ``compile``: what is sent to a board, made on the host: TFMB fragment blobs, TFTR training
+  programs, local-data images, and the layout rules they share (``compile.layout``).
+- ``link``: how bytes reach a board: framing, pyserial transports, :class:`BoardClient`,
+  device fleets and the link's typed errors (``docs/host-link.md``, ``docs/protocol.md``).
+- ``twin``: the board in Python: ``sim://`` boards and the numpy twins of the C engines.
+- ``emulate``: boards in QEMU or Renode, and the firmware build that they and real boards run.
 """
-
-
-def _register_sim_urls() -> None:
-    """Let ``serial.serial_for_url("sim://...")`` find :mod:`.protocol_sim` (pyserial's handler search)."""
-    try:
-        import serial
-    except ImportError:  # pragma: no cover - pyserial is a dependency
-        return
-    if __name__ not in serial.protocol_handler_packages:
-        serial.protocol_handler_packages.append(__name__)
-
-
-_register_sim_urls()

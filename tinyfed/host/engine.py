@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from tinyfed.errors import TinyfedError
-from tinyfed.firmware_bridge.client import BoardClient
-from tinyfed.firmware_bridge.train_link import TrainParams
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from tinyfed.host.events import RUN_ENDED, EventLog
 from tinyfed.host.setup import DeviceSpec, RunSetup

@@ -101,7 +101,7 @@ def training_program(model: bytes, trainable: bytes) -> bytes:
     """The TFTR program training ``trainable``'s units of ``model``, compiled once per pair of inputs:
     ``tinyfed run --emulate`` sizes the whole-model program before booting (``dense_training_need``)
     and :func:`prepare_run` then sends that same program."""
-    from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.firmware_bridge.compile.train_blob import compile_program
 
     return compile_program(model, trainable)
 
@@ -119,10 +119,10 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     """
     from tinyfed.boards import get_board
     from tinyfed.boards.fleet import ResolvedFleet
-    from tinyfed.firmware_bridge import local_data
-    from tinyfed.firmware_bridge.blob import compile_blob
-    from tinyfed.firmware_bridge.kernels_np import run_blob
-    from tinyfed.firmware_bridge.train_blob import compile_program
+    from tinyfed.firmware_bridge.compile import local_data
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
+    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
+    from tinyfed.firmware_bridge.compile.train_blob import compile_program
     from tinyfed.host.rundata import load_run_data
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.planner import trainable as tfw

@@ -183,7 +183,7 @@ class BoardSpeed:
 
 def framed_bytes(payload: int) -> int:
     """Bytes of one protocol frame carrying ``payload`` bytes: header + CRC, COBS (worst case), delimiter."""
-    from tinyfed.firmware_bridge.framing import max_encoded_bytes
+    from tinyfed.firmware_bridge.link.framing import max_encoded_bytes
 
     return max_encoded_bytes(payload) + 1
 
@@ -195,7 +195,7 @@ def task_link_bytes(values: int, update_bytes: int, max_payload: int, download: 
     acknowledged with a u32), TRAIN goes out and its report comes back, UPDATE_READ fetches the
     update image in ``max_payload`` pieces. ``download=False``: the board already holds the version.
     """
-    from tinyfed.firmware_bridge.train_link import TRAIN_REQUEST, TRAIN_RESPONSE
+    from tinyfed.firmware_bridge.link.train_link import TRAIN_REQUEST, TRAIN_RESPONSE
 
     down = up = 0
     if download:
@@ -282,8 +282,8 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     quantized to int8 (or sent as float32 for the dense baselines) in the board's update image,
     which is then read back the way the engine reads it.
     """
-    from tinyfed.firmware_bridge import shuffle
-    from tinyfed.firmware_bridge.train_link import (
+    from tinyfed.firmware_bridge.twin import shuffle
+    from tinyfed.firmware_bridge.link.train_link import (
         pack_update,
         quantize_flat,
         unpack_update,
@@ -308,7 +308,7 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
 
 def update_image_bytes(size: int, unit_shapes: list[tuple[int, int]], per_channel: bool, float_update: bool) -> int:
     """Bytes of the update image (fixed by the vector's layout, not its values)."""
-    from tinyfed.firmware_bridge.train_link import pack_update, quantize_flat
+    from tinyfed.firmware_bridge.link.train_link import pack_update, quantize_flat
 
     zeros = np.zeros(size, np.float32)
     q, scales = quantize_flat(zeros, unit_shapes, per_channel)
@@ -914,10 +914,10 @@ class Study:
         return self._models[payload]
 
     def _build(self, payload: str) -> SimModel:
-        from tinyfed.firmware_bridge import local_data
-        from tinyfed.firmware_bridge.kernels_np import run_blob
-        from tinyfed.firmware_bridge.program_tail import program_tail
-        from tinyfed.firmware_bridge.train_blob import parse_program
+        from tinyfed.firmware_bridge.compile import local_data
+        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
+        from tinyfed.firmware_bridge.compile.program_tail import program_tail
+        from tinyfed.firmware_bridge.compile.train_blob import parse_program
         from tinyfed.host.setup import DeviceSpec, prepare_run
         from tinyfed.models.tflite_graph import TfliteGraph
 

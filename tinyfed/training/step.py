@@ -53,7 +53,7 @@ def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epoch
     """Plain mini-batch SGD on a copy of ``tail``, updating only the trainable elements.
 
     ``order(n, seed, epoch)`` gives each epoch's sample order (default: numpy's permutation);
-    the ``sim://`` board passes the firmware's (``firmware_bridge.shuffle.epoch_order``)."""
+    the ``sim://`` board passes the firmware's (``firmware_bridge.twin.shuffle.epoch_order``)."""
     t = tail.copy()
     start = t.unit_values()
     x = np.asarray(x_in_float, dtype=t.dtype)

@@ -162,7 +162,7 @@ class DeviceStatus:
 
 def probe(device: Device, *, timeout: float = 0.5, retries: int = 2, pings: int = 5) -> DeviceStatus:
     """HELLO and a few PINGs to one device; an unreachable device is a status, not an exception."""
-    from tinyfed.firmware_bridge.client import BoardClient
+    from tinyfed.firmware_bridge.link.client import BoardClient
 
     if device.url is None:
         return DeviceStatus(device, False, error="no url in the fleet file", error_type="NoUrl")
@@ -201,7 +201,7 @@ class Fragment:
 def frozen_fragment(tflite: bytes, *, source: str = "<model>") -> Fragment:
     """The whole model as one blob if the firmware can run all of it, else the longest head that it can."""
     from tinyfed.errors import ModelError
-    from tinyfed.firmware_bridge.blob import compile_blob
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
     from tinyfed.models.tflite_graph import TfliteGraph
 
     try:
@@ -255,7 +255,7 @@ def load_inputs(path: Path | None, tflm_model: Any, samples: int, seed: int = 0)
 def check_device(device: Device, fragment: Fragment, x: np.ndarray, expected: np.ndarray, *,
                  timeout: float = 0.5, retries: int = 5) -> dict[str, Any]:
     """Load ``fragment`` onto one device, run every input, compare with ``expected``."""
-    from tinyfed.firmware_bridge.client import BoardClient
+    from tinyfed.firmware_bridge.link.client import BoardClient
 
     row: dict[str, Any] = {"name": device.name, "board": device.board, "url": device.url, "samples": 0,
                            "mismatches": 0, "max_abs_diff": None, "error": None, "error_type": None}

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyfed.firmware_bridge import local_data, shuffle
-from tinyfed.firmware_bridge.framing import Status
-from tinyfed.firmware_bridge.train_link import (
+from tinyfed.firmware_bridge.compile import local_data
+from tinyfed.firmware_bridge.twin import shuffle
+from tinyfed.firmware_bridge.link.framing import Status
+from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
     STATS_RESPONSE,
     TrainParams,
@@ -77,7 +78,7 @@ class SimTrainer:
         self._heads.clear()
 
     def commit_program(self, blob: bytes, fragment: Any) -> bytes:
-        from tinyfed.firmware_bridge.program_tail import program_tail
+        from tinyfed.firmware_bridge.compile.program_tail import program_tail
 
         try:
             tail, shapes, ram = program_tail(blob)
@@ -151,7 +152,7 @@ class SimTrainer:
                              f"local samples do not match the fragment input of bytes {fragment.input_bytes}")
         key = id(fragment)
         if key not in self._heads:
-            from tinyfed.firmware_bridge import kernels_np
+            from tinyfed.firmware_bridge.twin import kernels_np
 
             shape = tuple(getattr(fragment.parsed, "input_shape", ()) or ())
             x = self.data.x.reshape((len(self.data.x),) + shape[1:]) if shape else self.data.x

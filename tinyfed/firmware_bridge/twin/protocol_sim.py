@@ -1,6 +1,6 @@
 """pyserial URL handler for ``sim://BOARD_ID[?option=value&...]``: an in-process simulated board.
 
-Registered by :mod:`tinyfed.firmware_bridge.transport` (which adds this package to
+Registered by :mod:`tinyfed.firmware_bridge.link.transport` (which adds this package to
 ``serial.protocol_handler_packages``), so ``serial.serial_for_url("sim://nrf52840")`` works.
 
 Options: ``name`` (boards with the same id and name are the same board, across connections),
@@ -9,7 +9,7 @@ Options: ``name`` (boards with the same id and name are the same board, across c
 The board answers synchronously inside :meth:`Serial.write`, so when nothing is buffered nothing
 will ever arrive: :meth:`Serial.read` then returns at once and advances the port's
 :class:`VirtualClock` by the read timeout instead of sleeping. A client that times out with
-``port.tinyfed_clock`` (as :class:`~tinyfed.firmware_bridge.client.BoardClient` does) sees the
+``port.tinyfed_clock`` (as :class:`~tinyfed.firmware_bridge.link.client.BoardClient` does) sees the
 exact timeout behaviour of a real link, without waiting.
 """
 
@@ -19,7 +19,7 @@ import urllib.parse
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
-from tinyfed.firmware_bridge.sim import SimBoard, get_sim_board
+from tinyfed.firmware_bridge.twin.sim import SimBoard, get_sim_board
 
 _INT_OPTIONS = ("max_payload", "slot_bytes", "arena_bytes", "protocol_version", "firmware_ram_bytes",
                 "firmware_flash_bytes")
@@ -68,7 +68,7 @@ def parse_sim_url(url: str) -> tuple[str, str, dict[str, object]]:
 
 
 class Serial(SerialBase):
-    """A serial port whose other end is a :class:`~tinyfed.firmware_bridge.sim.SimBoard`."""
+    """A serial port whose other end is a :class:`~tinyfed.firmware_bridge.twin.sim.SimBoard`."""
 
     def __init__(self, *args, **kwargs) -> None:
         self.board: SimBoard | None = None

@@ -4,7 +4,7 @@
 ``emulator.renode_platform``, the firmware ELF, and the board's UART on a server socket terminal
 (``emulation CreateServerSocketTerminal PORT "term" false``). :func:`launch_renode` picks a free
 port, starts ``renode --disable-xwt --console -e "include @script"`` in its own process group, and
-waits for the first answered PING, like :func:`tinyfed.firmware_bridge.emulator.wait_ready`.
+waits for the first answered PING, like :func:`tinyfed.firmware_bridge.emulate.emulator.wait_ready`.
 
 Renode (unlike QEMU) cannot be handed an already listening fd, so the port is chosen by binding
 ``127.0.0.1:0`` and releasing it just before Renode starts; a lost race shows up as a clear
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinyfed.errors import BoardError
-from tinyfed.firmware_bridge.emulator import (
+from tinyfed.firmware_bridge.emulate.emulator import (
     _LIVE,
     _LIVE_LOCK,
     DEFAULT_READY_TIMEOUT,

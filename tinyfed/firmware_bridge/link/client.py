@@ -5,7 +5,7 @@ timeout (monotonic clock; ``timeout`` plus the request's wire time, doubled per 
 (a BAD_CRC/FRAME_TOO_LARGE/BAD_LENGTH response with seq 0xFFFF) the same packet is sent again,
 at most ``retries`` times. The board replays its stored response for a repeated seq, so a lost
 response never applies a command twice. Every failure is a typed
-:class:`~tinyfed.firmware_bridge.errors.LinkError` naming the device and the command.
+:class:`~tinyfed.firmware_bridge.link.errors.LinkError` naming the device and the command.
 
     with BoardClient("sim://nrf52840") as board:
         info = board.hello()
@@ -30,7 +30,7 @@ import numpy as np
 from serial.serialutil import SerialException
 
 from tinyfed.errors import TinyfedError
-from tinyfed.firmware_bridge.errors import (
+from tinyfed.firmware_bridge.link.errors import (
     MODEL_VERSION_COMMANDS,
     DeviceError,
     DeviceUnreachable,
@@ -38,7 +38,7 @@ from tinyfed.firmware_bridge.errors import (
     ProtocolError,
     ProtocolVersionMismatch,
 )
-from tinyfed.firmware_bridge.framing import (
+from tinyfed.firmware_bridge.link.framing import (
     DELIMITER,
     KIND_REQUEST,
     KIND_RESPONSE,
@@ -55,7 +55,7 @@ from tinyfed.firmware_bridge.framing import (
     decode_frame,
     encode_frame,
 )
-from tinyfed.firmware_bridge.train_link import (
+from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
     STATS_RESPONSE,
     TRAIN_RESPONSE,
@@ -68,7 +68,7 @@ from tinyfed.firmware_bridge.train_link import (
     TrainReport,
     unpack_update,
 )
-from tinyfed.firmware_bridge.transport import DEFAULT_BAUD, open_port
+from tinyfed.firmware_bridge.link.transport import DEFAULT_BAUD, open_port
 
 log = logging.getLogger(__name__)
 

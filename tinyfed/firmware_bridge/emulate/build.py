@@ -11,7 +11,7 @@ fails at link time; its message (the linker script's ``tinyfed: ...`` ASSERT) be
 ``[firmware_reserve]`` table (``source = "linker-map"``), so the planner budgets fragments
 with measured numbers. From a shell::
 
-    python -m tinyfed.firmware_bridge.build nrf52840 apollo3 --write-reserve
+    python -m tinyfed.firmware_bridge.emulate.build nrf52840 apollo3 --write-reserve
 
 A :class:`BuildResult` is path-like (``os.fspath`` gives the ELF), so callers that only want
 the ELF can pass it straight to ``Path``/``open``/QEMU.
@@ -35,9 +35,9 @@ from tinyfed.boards.registry import BUILTIN_DIR
 from tinyfed.errors import TinyfedError
 
 #: ``firmware/`` of this source tree (the firmware is built from source, never shipped).
-FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+FIRMWARE_DIR = Path(__file__).resolve().parents[3] / "firmware"
 #: Default output root: ``build/firmware/<board>`` at the top of the tree (git-ignored).
-DEFAULT_OUT_ROOT = Path(__file__).resolve().parents[2] / "build" / "firmware"
+DEFAULT_OUT_ROOT = Path(__file__).resolve().parents[3] / "build" / "firmware"
 
 CROSS_PREFIX = "arm-none-eabi-"
 TOOLCHAIN_FIX = "sudo apt-get install --no-install-recommends gcc-arm-none-eabi libnewlib-arm-none-eabi"
@@ -290,7 +290,7 @@ def write_reserve_back(board: Board | str, result: BuildResult, path: Path | str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinyfed.firmware_bridge.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tinyfed.firmware_bridge.emulate.build", description=__doc__.split("\n")[0])
     parser.add_argument("boards", nargs="*", help="boards to build (default: every board with a firmware layer)")
     parser.add_argument("--write-reserve", action="store_true", help="write the measured [firmware_reserve] back")
     args = parser.parse_args(argv)

@@ -208,8 +208,8 @@ def wait_ready(emu: EmulatedBoard, timeout: float = DEFAULT_READY_TIMEOUT, *, pi
 
     Raises :class:`EmulatorError` (after stopping the emulator) if QEMU exits or the deadline passes.
     """
-    from tinyfed.firmware_bridge.client import BoardClient
-    from tinyfed.firmware_bridge.errors import DeviceUnreachable, LinkError
+    from tinyfed.firmware_bridge.link.client import BoardClient
+    from tinyfed.firmware_bridge.link.errors import DeviceUnreachable, LinkError
 
     start = time.monotonic()
     deadline = start + timeout
@@ -284,7 +284,7 @@ class EmulatorFleet:
     def start(self) -> EmulatorFleet:
         elf = self.elf
         if elf is None:
-            from tinyfed.firmware_bridge.build import build_firmware
+            from tinyfed.firmware_bridge.emulate.build import build_firmware
 
             elf = build_firmware(self.board.name)
         try:

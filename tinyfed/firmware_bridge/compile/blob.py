@@ -3,7 +3,7 @@
 The firmware never parses flatbuffers: the host does everything TFLM's ``Prepare`` would do
 (quantized multipliers and shifts in double precision, activation ranges, SAME/VALID padding,
 softmax's fixed-point setup, ADD's rescaling) and plans the activation arena. The C engine
-(``firmware/engine/``) and the numpy twin (:mod:`tinyfed.firmware_bridge.kernels_np`) then
+(``firmware/engine/``) and the numpy twin (:mod:`tinyfed.firmware_bridge.twin.kernels_np`) then
 run pure integer arithmetic, bit-exact with TFLM's reference int8 kernels.
 
 The byte layout is specified in ``docs/fragment-format.md``; the constants below are its
@@ -546,7 +546,7 @@ def parse_blob(blob: bytes, *, source: str = "<blob>") -> BlobInfo:
     (The firmware's ``tfmb_open`` performs the complete semantic validation.)
     """
     blob = bytes(blob)
-    fix = "compile the fragment again with tinyfed.firmware_bridge.blob.compile_blob"
+    fix = "compile the fragment again with tinyfed.firmware_bridge.compile.blob.compile_blob"
     if len(blob) < HEADER_BYTES:
         raise ModelError(f"blob of {len(blob)} bytes is shorter than its header", fix=fix, source=source)
     (magic, version, hdr, crc, total, n_t, n_o, t_in, t_out, arena, t_off, o_off, d_off, d_bytes,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tinyfed.errors import TinyfedError
-from tinyfed.firmware_bridge.framing import Status, status_name
+from tinyfed.firmware_bridge.link.framing import Status, status_name
 
 
 class LinkError(TinyfedError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge.blob import NONE, OP_CODES, BlobInfo, parse_blob
+from tinyfed.firmware_bridge.compile.blob import NONE, OP_CODES, BlobInfo, parse_blob
 
 __all__ = ["multiply_by_quantized_multiplier", "run_blob", "run_info"]
 

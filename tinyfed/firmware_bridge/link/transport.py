@@ -6,7 +6,7 @@
 
 Importing this module registers the ``sim://`` handler with pyserial's
 ``protocol_handler_packages``. :func:`open_port` maps every failure to open to
-:class:`~tinyfed.firmware_bridge.errors.DeviceUnreachable`.
+:class:`~tinyfed.firmware_bridge.link.errors.DeviceUnreachable`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import logging
 import serial
 from serial.serialutil import SerialException
 
-from tinyfed.firmware_bridge.errors import DeviceUnreachable
+from tinyfed.firmware_bridge.link.errors import DeviceUnreachable
 
 log = logging.getLogger(__name__)
 
-HANDLER_PACKAGE = "tinyfed.firmware_bridge"
+#: The package whose ``protocol_sim`` module pyserial's URL search finds for ``sim://``.
+HANDLER_PACKAGE = "tinyfed.firmware_bridge.twin"
 DEFAULT_BAUD = 115200
 SCHEMES = ("sim", "socket", "rfc2217", "loop")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge import train_blob as tb
+from tinyfed.firmware_bridge.compile import train_blob as tb
 from tinyfed.planner import trainable as tfw
 
 _NAMES = {code: name for name, code in tb.OP_CODES.items()}

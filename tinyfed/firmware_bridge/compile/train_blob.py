@@ -485,7 +485,7 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
 def parse_program(blob: bytes) -> ProgramInfo:
     """Read a TFTR program's header (framing only; ``tftr_open`` validates everything)."""
     blob = bytes(blob)
-    fix = "compile the plan again with tinyfed.firmware_bridge.train_blob.compile_program"
+    fix = "compile the plan again with tinyfed.firmware_bridge.compile.train_blob.compile_program"
     if len(blob) < HEADER_BYTES:
         raise ModelError(f"training program of {len(blob)} bytes is shorter than its header", fix=fix)
     (magic, version, hdr, total, ram, work, count, in_elems, classes, in_scale, in_zp, n_ops, _n_t, n_units, first,

@@ -4,7 +4,7 @@
 the firmware would on its UART: it reframes at delimiters with a bounded buffer, NAKs frames
 whose header was readable (seq 0xFFFF), answers another protocol version with WRONG_VERSION,
 replays the stored response for a repeated seq, loads fragments into two slots with an atomic,
-resumable commit, and runs inference through :mod:`tinyfed.firmware_bridge.kernels_np`.
+resumable commit, and runs inference through :mod:`tinyfed.firmware_bridge.twin.kernels_np`.
 
 Boards are reached as ``sim://BOARD_ID?option=value`` (see :mod:`.protocol_sim`). A board
 outlives its connections (like a powered board whose USB cable is re-plugged): the same URL
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyfed.firmware_bridge.framing import (
+from tinyfed.firmware_bridge.link.framing import (
     KIND_REQUEST,
     KIND_RESPONSE,
     NAK_SEQ,
@@ -38,8 +38,8 @@ from tinyfed.firmware_bridge.framing import (
     decode_frame,
     encode_frame,
 )
-from tinyfed.firmware_bridge.sim_train import BoardReply as _Reply
-from tinyfed.firmware_bridge.sim_train import SimTrainer
+from tinyfed.firmware_bridge.twin.sim_train import BoardReply as _Reply
+from tinyfed.firmware_bridge.twin.sim_train import SimTrainer
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class SimBoard:
 
     def _parse(self, blob: bytes) -> _Fragment:
         try:
-            from tinyfed.firmware_bridge import blob as blob_mod
+            from tinyfed.firmware_bridge.compile import blob as blob_mod
         except ImportError:  # no parser in this tree: keep the blob opaque (INVOKE says UNSUPPORTED_OP)
             return _Fragment(blob)
         try:
@@ -356,7 +356,7 @@ class SimBoard:
             raise _Reply(Status.BAD_LENGTH, self._input_next & 0xFFFF,
                          f"input has {self._input_next} of {frag.input_bytes} bytes")
         try:
-            from tinyfed.firmware_bridge import kernels_np
+            from tinyfed.firmware_bridge.twin import kernels_np
         except ImportError:
             raise _Reply(Status.UNSUPPORTED_OP, 0, "this simulator has no kernels") from None
         x = np.frombuffer(bytes(self._input), dtype=np.int8)

@@ -1,0 +1,1 @@
+"""Boards in emulators (QEMU, Renode) and the firmware build they run."""

@@ -1,0 +1,1 @@
+"""The link to a board: framing, transports, the board client, device fleets, link errors."""
