@@ -57,22 +57,23 @@ def rooted(name: str, rest: str = "/") -> str:
     "cache in " + rooted("root", "/.cache/tinyfed"),
     "HOME=" + rooted("home", "/alice/"),
     "open " + rooted("Users", "/bob/notes.md"),
-])
+], ids=["sibling-shared", "work-dir", "bare-work-dir", "root-home", "linux-home", "macos-home"])
 def test_patterns_catch_machine_paths(text: str) -> None:
     assert offending(text), text
 
 
 @pytest.mark.parametrize("text", [
-    "https://news.mit.edu/2026/home/article",
+    "https://news.mit.edu/2026" + rooted("home", "/article"),
     "a serial port (`/dev/ttyACM0`)",
     "#!/usr/bin/env python",
     "`--boards-dir ~/tinyfed-boards`",
-    "$HOME/work/run",
-    "build/work/plan.json",
+    "$HOME" + rooted("work", "/run"),
+    "build" + rooted("work", "/plan.json"),
     "socket://127.0.0.1:4321",
     "[ftte.md](ftte.md#3-the-device-step)",
     "../docs/ftte.md and ./shared_data",
-])
+], ids=["url", "serial-port", "usr-bin", "home-relative", "env-var", "relative-dir", "socket-url", "doc-link",
+        "relative-docs"])
 def test_patterns_leave_legitimate_paths_alone(text: str) -> None:
     assert not offending(text), offending(text)
 
