@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord
-from tinyfed.ops.fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier, wrap32
+from tinyfed.ops.fixed_point import (
+    activation_range,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    wrap32,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.firmware_bridge.compile.blob import BlobBuilder, BlobInfo, BlobOp

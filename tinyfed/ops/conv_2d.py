@@ -152,8 +152,8 @@ def run_int8(info: BlobInfo, op: BlobOp, xs: list[np.ndarray], out_shape: tuple[
             patches = np.stack(cols, axis=3).reshape(xp.shape[0] * oh * ow, -1)
             acc = (patches @ w.reshape(n_out, -1).T).reshape(xp.shape[0], oh, ow, n_out)
         outs.append(acc)
-    acc = np.concatenate(outs, axis=0).astype(np.int64) + bias
-    return requantize(acc, ms, ss, out_off, lo, hi).reshape(b, *out_shape)
+    total = np.concatenate(outs, axis=0).astype(np.int64) + bias
+    return requantize(total, ms, ss, out_off, lo, hi).reshape(b, *out_shape)
 
 
 # ---- FloatTail ----------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from tinyfed.ops import (
 from tinyfed.ops.base import OpSpec
 
 __all__ = [
-    "all_ops",
     "alias_ops",
+    "all_ops",
     "by_code",
     "find",
     "firmware_ops",

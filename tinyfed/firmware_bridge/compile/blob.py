@@ -223,7 +223,8 @@ class BlobBuilder:
             raise self.fail(op, f"{what} tensor {t} must be a constant {type_name} tensor (is {info.type_name})")
         if t not in self.const_offsets:
             arr = self.graph.constant_data(t)
-            self.const_offsets[t] = self.data.add(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+            little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            self.const_offsets[t] = self.data.add(little.tobytes())
         return self.id(t)
 
     def int32s(self, values: list[int] | tuple[int, ...]) -> int:
@@ -254,7 +255,7 @@ def _check_graph(g: TfliteGraph, source: str) -> None:
         raise ModelError("the model has no operators", source=source)
 
 
-def _encode_ops(b: BlobBuilder) -> list[tuple[int, tuple[int, int, int], int, list[int]]]:
+def _encode_ops(b: BlobBuilder) -> list[tuple[int, tuple[int, ...], int, list[int]]]:
     """Every op's record (code, 3 input ids, output id, 16 params), via its op module's encoder."""
     records = []
     for op in b.graph.ops:

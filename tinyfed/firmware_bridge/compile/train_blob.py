@@ -128,7 +128,9 @@ class ProgramBuilder:
             raise self.fail(op, f"tensor {t} {list(shape)} is not (1, H, W, C); the engine trains one sample at a time")
         return shape
 
-    def _quantization(self, op: OpInfo, info: TensorInfo, axis: int, ch: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def _quantization(self, op: OpInfo, info: TensorInfo, axis: int, ch: int,
+                      what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel float32 scales and int32 zero points (1 and 0 for an unquantized tensor)."""
         t = info.index
         if not info.scales:
             return np.ones(ch, np.float32), np.zeros(ch, np.int32)
@@ -148,7 +150,8 @@ class ProgramBuilder:
             u = self.units[k]
             if u.axis != axis or u.tensor_channels != ch or u.values_per_channel != per:
                 raise PlanError(f"trainable unit {k} (tensor {t}) has axis {u.axis}, {u.tensor_channels} channels x "
-                                f"{u.values_per_channel} values; the tensor has axis {axis}, {ch} x {per}", fix=_FIX_PLAN)
+                                f"{u.values_per_channel} values; the tensor has axis {axis}, {ch} x {per}",
+                                fix=_FIX_PLAN)
             chs = list(u.channels)
             if any(not 0 <= c < ch for c in chs) or any(b <= a for a, b in itertools.pairwise(chs)):
                 raise PlanError(f"trainable unit {k} channels must be ascending and below {ch}", fix=_FIX_PLAN)
