@@ -38,6 +38,9 @@ _SPECS: tuple[OpSpec, ...] = tuple(
 _BY_NAME: dict[str, OpSpec] = {s.name: s for s in _SPECS}
 _BY_CODE: dict[int, OpSpec] = {s.code: s for s in _SPECS}
 assert len(_BY_NAME) == len(_BY_CODE) == len(_SPECS), "op names and codes must be unique"
+_FIRMWARE = frozenset(s.name for s in _SPECS if s.firmware)
+_TRAINABLE = frozenset(s.name for s in _SPECS if s.trainable)
+_ALIAS = frozenset(s.name for s in _SPECS if s.alias)
 
 
 def all_ops() -> tuple[OpSpec, ...]:
@@ -67,17 +70,17 @@ def op_codes() -> dict[str, int]:
 
 def firmware_ops() -> frozenset[str]:
     """Ops with int8 kernels in ``firmware/`` (TFLite-exact quantization semantics)."""
-    return frozenset(s.name for s in _SPECS if s.firmware)
+    return _FIRMWARE
 
 
 def trainable_ops() -> frozenset[str]:
     """Ops whose weights and biases can be part of the trainable subset w*."""
-    return frozenset(s.name for s in _SPECS if s.trainable)
+    return _TRAINABLE
 
 
 def alias_ops() -> frozenset[str]:
     """Ops that only reinterpret memory: their input needs no separate copy for the backward pass."""
-    return frozenset(s.name for s in _SPECS if s.alias)
+    return _ALIAS
 
 
 def keras_kinds() -> dict[str, str]:

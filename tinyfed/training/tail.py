@@ -2,7 +2,9 @@
 
 Weights and biases are dequantized from the int8 ``tail.tflite`` (per-channel scales); the
 trainable units of ``trainable.tfw`` override the selected channels. Forward and backward are
-plain numpy on NHWC batches. The last op must be SOFTMAX; it is trained with cross-entropy.
+plain numpy on NHWC batches: each op's are its op module's ``float_forward`` and ``float_backward``
+(:mod:`tinyfed.ops`); this driver applies the fused activations. The last op must be SOFTMAX; it
+is trained with cross-entropy.
 """
 
 from __future__ import annotations
