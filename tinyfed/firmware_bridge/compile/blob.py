@@ -4,7 +4,9 @@ The firmware never parses flatbuffers: the host does everything TFLM's ``Prepare
 (quantized multipliers and shifts in double precision, activation ranges, SAME/VALID padding,
 softmax's fixed-point setup, ADD's rescaling) and plans the activation arena. The C engine
 (``firmware/engine/``) and the numpy twin (:mod:`tinyfed.firmware_bridge.twin.kernels_np`) then
-run pure integer arithmetic, bit-exact with TFLM's reference int8 kernels.
+run pure integer arithmetic, bit-exact with TFLM's reference int8 kernels. Each op's share of
+that work is its op module's ``encode_blob`` (:mod:`tinyfed.ops`); this module numbers tensors,
+plans the arena (:mod:`~tinyfed.firmware_bridge.compile.layout`) and writes the records.
 
 The byte layout is specified in ``docs/fragment-format.md``; the constants below are its
 single source on the host side.
@@ -33,6 +35,7 @@ __all__ = [
     "OP_CODES",
     "SUPPORTED_OPS",
     "VERSION",
+    "BlobBuilder",
     "BlobInfo",
     "BlobOp",
     "BlobTensor",

@@ -7,7 +7,8 @@ with per-channel float32 scales and zero points, lays out w* (the units of ``tra
 in record order) and plans the float32 work area of ONE sample: activation values and
 gradient buffers placed by lifetime over the forward + backward timeline. The C engine
 (``firmware/engine/tftr.c``) validates and runs it; ``tinyfed.training.FloatTail`` is the
-numpy reference of the same computation. Layout: ``docs/fragment-format.md`` ("Training
+numpy reference of the same computation. Each op's record is its op module's ``encode_program``
+(:mod:`tinyfed.ops`). Layout: ``docs/fragment-format.md`` ("Training
 program (TFTR)").
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "MAGIC",
     "VERSION",
+    "ProgramBuilder",
     "ProgramInfo",
     "compile_program",
     "parse_program",
