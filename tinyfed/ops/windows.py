@@ -66,7 +66,8 @@ def padded(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, in
     return xp, oh, ow, (xp.shape, pt, pl, h, w)
 
 
-def taps(xp: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], oh: int, ow: int) -> list[np.ndarray]:
+def taps(xp: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], oh: int,
+         ow: int) -> list[np.ndarray]:
     """The (N, OH, OW, C) input under each kernel tap, row-major over (KH, KW): views of ``xp``."""
     return [xp[:, _window(i * d[0], s[0], oh), _window(j * d[1], s[1], ow), :] for i in range(kh) for j in range(kw)]
 
