@@ -110,7 +110,7 @@ def test_masks_follow_units(zoo_tail):
 def test_max_pool_picks_the_first_maximum_like_argmax():
     """The tap-by-tap max pool against argmax over stacked windows: ties go to the first tap,
     a NaN wins (the first NaN), -0.0 and 0.0 tie; the values are the very elements (bits)."""
-    from tinyfed.training.tail import _keep, _max_pool
+    from tinyfed.ops.max_pool_2d import _keep, _max_pool
 
     rng = np.random.default_rng(0)
     other_nan = np.array([0xFFC00123], np.uint32).view(np.float32)[0]  # another NaN payload

@@ -213,22 +213,13 @@ def task_link_bytes(values: int, update_bytes: int, max_payload: int, download: 
 
 def graph_macs(graph: Any) -> int:
     """Multiply-accumulates of one sample through an int8 graph (pooling, ADD and SOFTMAX count one per element)."""
+    from tinyfed import ops
+
     macs = 0
     for op in graph.ops:
-        out = int(np.prod(graph.tensors[op.outputs[0]].shape[1:]))
-        if op.name == "CONV_2D":
-            _, kh, kw, cin = graph.tensors[op.inputs[1]].shape
-            macs += out * kh * kw * cin
-        elif op.name == "DEPTHWISE_CONV_2D":
-            _, kh, kw, _ = graph.tensors[op.inputs[1]].shape
-            macs += out * kh * kw
-        elif op.name == "FULLY_CONNECTED":
-            macs += out * graph.tensors[op.inputs[1]].shape[-1]
-        elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-            kh, kw = op.options["filter"]
-            macs += out * kh * kw
-        elif op.name in ("ADD", "SOFTMAX"):
-            macs += out
+        spec = ops.find(op.name)
+        if spec is not None:  # each op module counts its own (RESHAPE: none)
+            macs += spec.macs(graph, op, int(np.prod(graph.tensors[op.outputs[0]].shape[1:])))
     return int(macs)
 
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 __all__ = [
-    "MCU_OPS",
     "convert_keras_to_int8",
     "ensure_batch_one",
     "io_types",
@@ -32,12 +31,6 @@ __all__ = [
     "op_names",
     "tflm_predict",
 ]
-
-# Builtin ops the firmware's op resolver registers for the zoo models.
-MCU_OPS: frozenset[str] = frozenset(
-    {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"}
-)
-
 
 def _import_tf() -> Any:
     try:

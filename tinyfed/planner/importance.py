@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyfed.models.ops import TRAINABLE_OPS
+from tinyfed import ops
 from tinyfed.models.tflite_graph import TfliteGraph
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
     Each step away from the output divides importance by 1e6, so the greedy takes every unit of
     a later layer before any unit of an earlier one; within a layer, biases (few bytes) go first.
     """
-    weighted = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
+    weighted = [op for op in graph.ops if op.name in ops.trainable_ops() and graph.weight_tensor(op) is not None]
     result: dict[int, LayerImportance] = {}
     for rank, op in enumerate(reversed(weighted)):
         scale = 1e-6**rank
@@ -51,21 +51,6 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
     return result, "depth"
 
 
-def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
-    """Keras kernel layout -> TFLite filter layout for the same layer."""
-    if kind == "CONV_2D":  # (kh, kw, cin, cout) -> (cout, kh, kw, cin)
-        return np.transpose(kernel, (3, 0, 1, 2))
-    if kind == "DEPTHWISE_CONV_2D":  # (kh, kw, cin, mult) -> (1, kh, kw, cin * mult)
-        kh, kw, cin, mult = kernel.shape
-        return kernel.reshape(1, kh, kw, cin * mult)
-    if kind == "FULLY_CONNECTED":  # (in, out) -> (out, in)
-        return kernel.T
-    raise ValueError(kind)
-
-
-_KERAS_KIND = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
-
-
 def fisher_importance(
     graph: TfliteGraph, keras_model: Any, x: np.ndarray, y: np.ndarray | None, seed: int = 0
 ) -> tuple[dict[int, LayerImportance], str]:
@@ -76,9 +61,11 @@ def fisher_importance(
     """
     import tensorflow as tf  # lazy: conversion-side dependency only
 
-    layers = [layer for layer in keras_model.layers if type(layer).__name__ in _KERAS_KIND]
-    ops = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
-    if len(layers) != len(ops) or any(_KERAS_KIND[type(layer).__name__] != op.name for layer, op in zip(layers, ops, strict=False)):
+    kinds = ops.keras_kinds()
+    layers = [layer for layer in keras_model.layers if type(layer).__name__ in kinds]
+    weighted = [op for op in graph.ops if op.name in ops.trainable_ops() and graph.weight_tensor(op) is not None]
+    if len(layers) != len(weighted) or any(kinds[type(layer).__name__] != op.name
+                                           for layer, op in zip(layers, weighted, strict=False)):
         log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
         return depth_importance(graph)
 
@@ -109,8 +96,10 @@ def fisher_importance(
 
     result: dict[int, LayerImportance] = {}
     it = iter(means)
-    for layer, op, bias_var in zip(layers, ops, variables[1::2], strict=True):
-        kernel_f = _to_tflite_layout(op.name, next(it))
+    for layer, op, bias_var in zip(layers, weighted, variables[1::2], strict=True):
+        to_tflite = ops.get(op.name).keras_kernel
+        assert to_tflite is not None  # every op a Keras layer maps to has one
+        kernel_f = to_tflite(next(it))
         bias_f = next(it) if bias_var is not None else np.zeros(0)
         w_shape = tuple(graph.weight_tensor(op).shape)
         if tuple(kernel_f.shape) != w_shape:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from tinyfed import ops
 from tinyfed.boards import Board, ResolvedFleet, list_boards
 from tinyfed.errors import ModelError, PlanError
-from tinyfed.models.ops import ALIAS_OPS, FIRMWARE_OPS
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
@@ -72,12 +72,12 @@ def model_ram_budget(board: Board) -> int:
 
 def check_supported(graph: TfliteGraph, source: str) -> None:
     """Refuse a graph with an op the firmware has no int8 kernel for."""
-    bad = graph.unsupported_ops(set(FIRMWARE_OPS))
+    bad = graph.unsupported_ops(ops.firmware_ops())
     if bad:
         listing = ", ".join(f"{name} (op {index})" for index, name in bad)
         raise ModelError(
             f"the tinyfed firmware has no kernel for {listing}",
-            fix=f"rebuild the model with supported ops only ({', '.join(sorted(FIRMWARE_OPS))}); "
+            fix=f"rebuild the model with supported ops only ({', '.join(sorted(ops.firmware_ops()))}); "
             "e.g. AveragePooling2D of the full size instead of GlobalAveragePooling (MEAN), "
             "Conv2D with (1, k) kernels instead of Conv1D (EXPAND_DIMS/SQUEEZE)",
             source=source,
@@ -208,7 +208,7 @@ class Plan:
                     ),
                     "saved_activation_bytes_float32": (
                         4 * self.config.batch_size * f.input_elems
-                        if trainable_ops and f.index >= self.cut and f.name not in ALIAS_OPS
+                        if trainable_ops and f.index >= self.cut and f.name not in ops.alias_ops()
                         else 0
                     ),
                 }
