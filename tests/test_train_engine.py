@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _engine_sources import ENGINE, train_engine_sources
 from tinyfed.errors import ModelError, PlanError
 from tinyfed.firmware_bridge.compile.train_blob import (
     compile_program,
@@ -32,9 +33,7 @@ from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.training import FloatTail, local_train
 
-ROOT = Path(__file__).resolve().parents[1]
-ENGINE = ROOT / "firmware" / "engine"
-SOURCES = [str(ENGINE / n) for n in ("tftr.c", "tftr_kernels.c")]
+SOURCES = train_engine_sources()
 HARNESS = str(Path(__file__).with_name("train_harness.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wdouble-promotion"]
 
