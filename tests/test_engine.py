@@ -29,6 +29,7 @@ from tinyfed.firmware_bridge.compile.blob import (
     quantize_multiplier,
 )
 from _engine_sources import ENGINE, int8_engine_headers, int8_engine_sources
+from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.twin.kernels_np import run_blob
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.models.tflm import TflmModel, quantize
@@ -40,7 +41,8 @@ HARNESS = str(Path(__file__).with_name("engine_harness.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 M4 = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
 
-BAD_MODEL, WRONG_VERSION, UNSUPPORTED_OP, OUT_OF_MEMORY = 10, 6, 5, 4
+BAD_MODEL, WRONG_VERSION, UNSUPPORTED_OP, OUT_OF_MEMORY = (Status.BAD_MODEL, Status.WRONG_VERSION,
+                                                     Status.UNSUPPORTED_OP, Status.OUT_OF_MEMORY)
 
 
 # --------------------------------------------------------------------------------------

@@ -14,8 +14,6 @@
 
 #include "tfmb_internal.h"
 
-static const uint8_t kMagic[4] = {'T', 'F', 'M', 'B'};
-
 /* ---- errors ---------------------------------------------------------------------------- */
 
 
@@ -168,7 +166,7 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     if (!m) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "no model struct", 0, false);
     memset(m, 0, sizeof(*m));
     if (!blob || size < TFMB_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "blob shorter than header", size, true);
-    if (memcmp(blob, kMagic, 4) != 0) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad magic (not a TFMB blob)", 0, false);
+    if (memcmp(blob, TFMB_MAGIC, 4) != 0) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad magic (not a TFMB blob)", 0, false);
     const uint16_t version = tfmb_rd16(blob + 4);
     if (version != TFMB_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "blob version", version, true);
     if (tfmb_rd16(blob + 6) != TFMB_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad header size", 0, false);
@@ -194,7 +192,7 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
         return tfmb_fail(err, TFMB_BAD_MODEL, 0, "no tensors or no ops", 0, false);
     if (v.tensors_offset != TFMB_HEADER_BYTES ||
         (uint64_t)v.tensors_offset + (uint64_t)v.tensor_count * TFMB_TENSOR_BYTES > v.ops_offset ||
-        (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFMB_OP_BYTES > v.data_offset || (v.data_offset & 15u) ||
+        (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFMB_OP_BYTES > v.data_offset || (v.data_offset & (TFMB_ALIGN - 1u)) ||
         (uint64_t)v.data_offset + v.data_bytes != size)
         return tfmb_fail(err, TFMB_BAD_MODEL, 0, "section table out of range", 0, false);
     if (v.input_tensor >= v.tensor_count || v.output_tensor >= v.tensor_count)

@@ -11,11 +11,15 @@
 
 #include "tfmb.h"
 
+/* The TFMB format (docs/fragment-format.md; host: compile/blob.py, checked by
+ * tests/test_wire_constants.py). */
+#define TFMB_MAGIC "TFMB"
 #define TFMB_HEADER_BYTES 64u
 #define TFMB_TENSOR_BYTES 40u
 #define TFMB_OP_BYTES 80u
 #define TFMB_NPARAMS 16
 #define TFMB_NONE 0xFFFFu
+#define TFMB_ALIGN 16u /* of the data section */
 
 #define TFMB_TYPE_INT32 2u
 #define TFMB_TYPE_INT8 9u

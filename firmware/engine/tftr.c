@@ -17,8 +17,6 @@
 
 #include "tftr_internal.h"
 
-static const uint8_t kMagic[4] = {'T', 'F', 'T', 'R'};
-
 /* ---- errors ---------------------------------------------------------------------------- */
 
 
@@ -254,7 +252,7 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     if (!p) return BAD0("no program struct");
     memset(p, 0, sizeof(*p));
     if (!blob || size < TFTR_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "program shorter than header", size, true);
-    if (memcmp(blob, kMagic, 4) != 0) return BAD0("bad magic (not a TFTR program)");
+    if (memcmp(blob, TFTR_MAGIC, 4) != 0) return BAD0("bad magic (not a TFTR program)");
     const uint16_t version = tfmb_rd16(blob + 4);
     if (version != TFTR_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "program version", version, true);
     if (tfmb_rd16(blob + 6) != TFTR_HEADER_BYTES) return BAD0("bad header size");
@@ -294,7 +292,7 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     if (v.tensors_offset != TFTR_HEADER_BYTES ||
         (uint64_t)v.tensors_offset + (uint64_t)v.tensor_count * TFTR_TENSOR_BYTES > v.ops_offset ||
         (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFTR_OP_BYTES > v.units_offset ||
-        (uint64_t)v.units_offset + (uint64_t)v.unit_count * TFTR_UNIT_BYTES > v.data_offset || (v.data_offset & 3u) ||
+        (uint64_t)v.units_offset + (uint64_t)v.unit_count * TFTR_UNIT_BYTES > v.data_offset || (v.data_offset & (TFTR_ALIGN - 1u)) ||
         (uint64_t)v.data_offset + v.data_bytes != size)
         return BAD0("section table out of range");
     if ((v.work_bytes & 3u) || v.work_bytes > 0x7FFFFFFFu || 12ull * v.trainable_count + v.work_bytes != v.ram_bytes ||

@@ -14,6 +14,9 @@
 #include "tfmb_internal.h" /* op codes, little-endian readers */
 #include "tftr.h"
 
+/* The TFTR format (docs/fragment-format.md; host: compile/train_blob.py, checked by
+ * tests/test_wire_constants.py). */
+#define TFTR_MAGIC "TFTR"
 #define TFTR_HEADER_BYTES 96u
 #define TFTR_TENSOR_BYTES 48u
 #define TFTR_OP_BYTES 64u
@@ -21,6 +24,7 @@
 #define TFTR_NPARAMS 13
 #define TFTR_NONE16 0xFFFFu
 #define TFTR_NONE32 0xFFFFFFFFu
+#define TFTR_ALIGN 4u /* of the data section */
 
 #define TFTR_KIND_ACT 0u /* float32 activation in the work area */
 #define TFTR_KIND_Q8 1u  /* int8 constant (weights), per-channel scale / zero point */
