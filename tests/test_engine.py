@@ -28,20 +28,21 @@ from tinyfed.firmware_bridge.compile.blob import (
     parse_blob,
     quantize_multiplier,
 )
+from _engine_sources import ENGINE, int8_engine_headers, int8_engine_sources
+from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.twin.kernels_np import run_blob
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.models.tflm import TflmModel, quantize
 
-ROOT = Path(__file__).resolve().parents[1]
-ENGINE = ROOT / "firmware" / "engine"
 # The int8 inference engine only: the float32 training engine (tftr*) has its own tests
 # (tests/test_train_engine.py) and is allowed floating point.
-SOURCES = sorted(str(p) for p in ENGINE.glob("*.c") if not p.name.startswith("tftr"))
+SOURCES = int8_engine_sources()
 HARNESS = str(Path(__file__).with_name("engine_harness.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 M4 = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
 
-BAD_MODEL, WRONG_VERSION, UNSUPPORTED_OP, OUT_OF_MEMORY = 10, 6, 5, 4
+BAD_MODEL, WRONG_VERSION, UNSUPPORTED_OP, OUT_OF_MEMORY = (Status.BAD_MODEL, Status.WRONG_VERSION,
+                                                     Status.UNSUPPORTED_OP, Status.OUT_OF_MEMORY)
 
 
 # --------------------------------------------------------------------------------------
@@ -575,7 +576,8 @@ def test_cortex_m4_build_warning_free(tmp_path: Path) -> None:
 def test_engine_sources_have_no_float() -> None:
     import re
 
-    for src in [*SOURCES, *[str(p) for p in ENGINE.glob("*.h") if not p.name.startswith("tftr")]]:
+    assert any("/ops/" in src for src in SOURCES), "the op files are part of the int8 engine"
+    for src in [*SOURCES, *int8_engine_headers()]:
         text = re.sub(r"/\*.*?\*/", "", Path(src).read_text(), flags=re.DOTALL)
         assert not re.search(r"\b(float|double)\b", text), src
         includes = set(re.findall(r"#include\s*<([^>]+)>", text))

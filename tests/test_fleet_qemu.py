@@ -26,6 +26,7 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
 from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
+from tinyfed.firmware_bridge.link.framing import Command
 from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet  # noqa: E402
 from tinyfed.models.tflm import TflmModel, quantize  # noqa: E402
 from tinyfed.planner.config import TrainingConfig  # noqa: E402
@@ -113,7 +114,7 @@ def test_ten_thousand_corruptions_against_live_boards(eight_boards) -> None:
             accepted_corrupt = requests = 0
             while port.total_injected < per_board:
                 payload = rng.randbytes(rng.randrange(0, info.max_payload + 1))
-                accepted_corrupt += client.request(0x02, payload) != payload
+                accepted_corrupt += client.request(Command.PING, payload) != payload
                 requests += 1
             port.p_out = port.p_in = 0.0
             assert client.hello().board_id == board.board  # the session is healthy afterwards

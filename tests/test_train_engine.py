@@ -22,7 +22,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _engine_sources import ENGINE, train_engine_sources
 from tinyfed.errors import ModelError, PlanError
+from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.compile.train_blob import (
     compile_program,
     parse_program,
@@ -32,13 +34,11 @@ from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.training import FloatTail, local_train
 
-ROOT = Path(__file__).resolve().parents[1]
-ENGINE = ROOT / "firmware" / "engine"
-SOURCES = [str(ENGINE / n) for n in ("tftr.c", "tftr_kernels.c")]
+SOURCES = train_engine_sources()
 HARNESS = str(Path(__file__).with_name("train_harness.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wdouble-promotion"]
 
-BAD_MODEL, OUT_OF_MEMORY = 10, 4
+BAD_MODEL, OUT_OF_MEMORY = Status.BAD_MODEL, Status.OUT_OF_MEMORY
 GRAD_TOL = 1e-4  # max |C - numpy| of the batch gradient, relative to max |numpy gradient|
 STEP_TOL = 1e-3  # max |C - numpy| of the SGD delta after a few batches, relative to max |delta|
 LOSS_TOL = 1e-5  # |C - numpy| per-sample loss, relative to max(1, loss)
@@ -358,7 +358,7 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
         assert status == BAD_MODEL and msg, (cut, msg)
     bad = bytearray(blob)
     bad[4] = 2
-    assert c_open(lib, bytes(bad))[0] == 6  # WRONG_VERSION
+    assert c_open(lib, bytes(bad))[0] == Status.WRONG_VERSION
     hdr = parse_program(blob)
     bad = bytearray(blob)
     struct.pack_into("<I", bad, 12, hdr.ram_bytes - 4)
@@ -367,7 +367,7 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
     bad = bytearray(blob)
     bad[ops_offset] = 14  # LOGISTIC
     status, detail, msg, _ = c_open(lib, bytes(bad))
-    assert (status, detail) == (5, 14) and "unsupported" in msg
+    assert (status, detail) == (Status.UNSUPPORTED_OP, 14) and "unsupported" in msg
 
 
 def _run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) -> tuple[list[int], str]:
