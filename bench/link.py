@@ -28,8 +28,8 @@ import numpy as np
 from tinyfed.boards import get_board, single_board_fleet
 from tinyfed.firmware_bridge.compile.blob import compile_blob, parse_blob
 from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.framing import (
     DEFAULT_MAX_PAYLOAD,
     KIND_REQUEST,

@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,8 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
-from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
 from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet  # noqa: E402
+from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
 from tinyfed.models.tflm import TflmModel, quantize  # noqa: E402
 from tinyfed.planner.config import TrainingConfig  # noqa: E402
 from tinyfed.planner.plan import make_plan  # noqa: E402

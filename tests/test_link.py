@@ -24,7 +24,6 @@ from serial.serialutil import SerialException
 import tinyfed.firmware_bridge as fb
 from tinyfed.cli import cli
 from tinyfed.errors import DataFileError
-from tinyfed.firmware_bridge.twin import sim
 from tinyfed.firmware_bridge.link.client import BoardClient, HelloInfo
 from tinyfed.firmware_bridge.link.devices import load_device_fleet, write_device_fleet
 from tinyfed.firmware_bridge.link.errors import (
@@ -44,6 +43,7 @@ from tinyfed.firmware_bridge.link.framing import (
     encode_frame,
 )
 from tinyfed.firmware_bridge.link.transport import open_port
+from tinyfed.firmware_bridge.twin import sim
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _models
 import numpy as np
 import pytest
 
-import _models
 from tinyfed.errors import ModelError
 from tinyfed.models.tflite_graph import FLOAT_FIX, TfliteGraph
 from tinyfed.models.tflm import TflmModel, chain

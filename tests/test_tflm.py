@@ -9,10 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _models
 import numpy as np
 import pytest
 
-import _models
 from tinyfed.errors import ModelError
 from tinyfed.models import tflm
 from tinyfed.models.tflite_graph import TfliteGraph

@@ -14,12 +14,12 @@ import pytest
 
 from tinyfed.errors import DatasetError, TinyfedError
 from tinyfed.firmware_bridge.compile import local_data
-from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.errors import DeviceError
 from tinyfed.firmware_bridge.link.framing import Command, Status
-from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 from tinyfed.firmware_bridge.link.train_link import TrainParams, quantize_flat
+from tinyfed.firmware_bridge.twin import shuffle
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
 ROOT = Path(__file__).resolve().parents[1]
 

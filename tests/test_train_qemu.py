@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _training_case as tc
 
 from tinyfed.boards import get_board
-from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.firmware_bridge.link.client import BoardClient
-from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
-from tinyfed.firmware_bridge.link.framing import FrameReader, decode_frame
 from tinyfed.firmware_bridge.compile.train_blob import program_ram_bytes
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.framing import FrameReader, decode_frame
 from tinyfed.firmware_bridge.link.train_link import (
     DeviceUpdate,
     EvalReport,

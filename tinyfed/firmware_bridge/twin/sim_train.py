@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.firmware_bridge.compile import local_data
-from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
@@ -27,6 +26,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     pack_update,
     quantize_flat,
 )
+from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.training.vector import split_units
 
 if TYPE_CHECKING:
