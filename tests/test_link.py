@@ -209,7 +209,8 @@ def test_ping_echoes_and_limits_payload_before_hello() -> None:
 
 
 def test_wrong_protocol_version_is_refused_naming_device_and_command() -> None:
-    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c, pytest.raises(ProtocolVersionMismatch) as info:
+    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c, \
+            pytest.raises(ProtocolVersionMismatch) as info:
         c.hello()
     e = info.value
     assert e.board_version == 2 and e.device == "watch-7" and e.command == "HELLO"
@@ -343,7 +344,8 @@ def test_board_naks_damaged_frames_once_per_delimiter_and_drops_unreadable_ones(
     frame[10] ^= 0x40
     (nak,) = [decode_frame(f) for f in FrameReader(1000).feed(board.receive(bytes(frame)))]
     assert (nak.code, nak.seq) == (Status.BAD_CRC, NAK_SEQ) and nak.is_nak
-    (nak,) = [decode_frame(f) for f in FrameReader(1000).feed(board.receive(encode_frame(KIND_REQUEST, 2, 6, b"x" * 33)))]
+    reply = board.receive(encode_frame(KIND_REQUEST, 2, 6, b"x" * 33))
+    (nak,) = [decode_frame(f) for f in FrameReader(1000).feed(reply)]
     assert (nak.code, nak.seq) == (Status.FRAME_TOO_LARGE, NAK_SEQ)
     assert board.receive(b"\x05\x01\x00") == b""  # not even a header: dropped silently
     assert board.receive(encode_frame(KIND_RESPONSE, Status.OK, 7)) == b""  # a response sent to the board
