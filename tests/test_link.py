@@ -21,7 +21,8 @@ import pytest
 from click.testing import CliRunner
 from serial.serialutil import SerialException
 
-import tinyfed.firmware_bridge as fb
+import tinyfed.firmware_bridge.compile as fb_compile
+import tinyfed.firmware_bridge.twin as fb_twin
 from tinyfed.cli import cli
 from tinyfed.errors import DataFileError
 from tinyfed.firmware_bridge.link.client import BoardClient, HelloInfo
@@ -56,7 +57,7 @@ def _fresh_sim_boards():
 def _opaque_blob_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the sim treat blobs as opaque (no parser), whatever lives in the tree."""
     monkeypatch.setitem(sys.modules, "tinyfed.firmware_bridge.compile.blob", None)
-    monkeypatch.delattr(fb, "blob", raising=False)
+    monkeypatch.delattr(fb_compile, "blob", raising=False)
 
 
 def _fake_kernels(monkeypatch: pytest.MonkeyPatch, *, input_bytes: int, arena_bytes: int = 1000, ops: int = 3) -> None:
@@ -73,9 +74,9 @@ def _fake_kernels(monkeypatch: pytest.MonkeyPatch, *, input_bytes: int, arena_by
     blob_mod.parse_blob = parse_blob  # type: ignore[attr-defined]
     kern = types.ModuleType("tinyfed.firmware_bridge.twin.kernels_np")
     kern.run_blob = lambda b, x: np.clip(x[::-1].astype(np.int16) + 1, -128, 127).astype(np.int8)  # type: ignore[attr-defined]
-    for mod, name in ((blob_mod, "blob"), (kern, "kernels_np")):
-        monkeypatch.setitem(sys.modules, f"tinyfed.firmware_bridge.{name}", mod)
-        monkeypatch.setattr(fb, name, mod, raising=False)
+    for package, mod in ((fb_compile, blob_mod), (fb_twin, kern)):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        monkeypatch.setattr(package, mod.__name__.rsplit(".", 1)[1], mod, raising=False)
 
 
 # -- a fault-injecting stream wrapper (in the spirit of nanopb's tests/io_errors) -------------------
@@ -310,9 +311,11 @@ def test_every_error_status(monkeypatch) -> None:
         c.request(Command.LOAD_CHUNK, struct.pack("<I", 0) + b"FAKE")
         expect("BAD_LENGTH", lambda: c.request(Command.LOAD_COMMIT))
         expect("BAD_MODEL", lambda: c.load_fragment(b"JUNK" * 4))
-        monkeypatch.setattr(fb.blob, "parse_blob", lambda b: {"input_bytes": 10, "arena_bytes": 5000, "op_count": 1})
+        monkeypatch.setattr(fb_compile.blob, "parse_blob",
+                            lambda b: {"input_bytes": 10, "arena_bytes": 5000, "op_count": 1})
         expect("OUT_OF_MEMORY", lambda: c.load_fragment(b"FAKEbig"))
-        monkeypatch.setattr(fb.blob, "parse_blob", lambda b: {"input_bytes": 10, "arena_bytes": 10, "op_count": 1})
+        monkeypatch.setattr(fb_compile.blob, "parse_blob",
+                            lambda b: {"input_bytes": 10, "arena_bytes": 10, "op_count": 1})
         c.load_fragment(b"FAKE ok")
 
         def unsupported(b, x):
@@ -321,7 +324,7 @@ def test_every_error_status(monkeypatch) -> None:
             e.detail = 71  # type: ignore[attr-defined]
             raise e
 
-        monkeypatch.setattr(fb.kernels_np, "run_blob", unsupported)
+        monkeypatch.setattr(fb_twin.kernels_np, "run_blob", unsupported)
         expect("UNSUPPORTED_OP", lambda: c.infer(np.zeros(10, np.int8)))
         assert errors["UNSUPPORTED_OP"].detail == 71 and "CONV_3D" in errors["UNSUPPORTED_OP"].message
         expect("BAD_LENGTH", lambda: c.infer(np.zeros(11, np.int8)))
