@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tinyfed-installed
 DEBIAN_PACKAGES ?= gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast debian-packages clean
+.PHONY: setup demo lint test test-fast debian-packages clean
 
 debian-packages:
 	@missing=""; \
@@ -35,7 +35,12 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/tinyfed demo --out build/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: setup
+# Style, complexity (ruff, McCabe bound 15) and types (mypy); configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check tinyfed tests bench
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -24,8 +24,6 @@ from tinyfed.boards import get_board
 from tinyfed.cli import cli
 from tinyfed.errors import BoardError
 from tinyfed.firmware_bridge.emulate import emulator
-from tinyfed.firmware_bridge.link.client import BoardClient
-from tinyfed.firmware_bridge.link.devices import write_device_fleet
 from tinyfed.firmware_bridge.emulate.emulator import (
     EmulatorError,
     EmulatorFleet,
@@ -34,9 +32,16 @@ from tinyfed.firmware_bridge.emulate.emulator import (
     start_qemu,
     wait_ready,
 )
+from tinyfed.firmware_bridge.emulate.renode import renode_available, write_resc
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.devices import write_device_fleet
 from tinyfed.firmware_bridge.link.errors import DeviceError
+<<<<<<< HEAD
 from tinyfed.firmware_bridge.link.framing import Command, Status
 from tinyfed.firmware_bridge.emulate.renode import renode_available, write_resc
+=======
+from tinyfed.firmware_bridge.link.framing import Status
+>>>>>>> lint
 
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
 HAVE_ARM_GCC = shutil.which("arm-none-eabi-gcc") is not None

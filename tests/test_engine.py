@@ -120,8 +120,8 @@ def run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) ->
     with open(path, "wb") as f:
         f.writelines(struct.pack("<I", len(b)) + b for b in blobs)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="halt_on_error=1")
-    r = subprocess.run([exe, *(["-t"] if truncate else []), str(path)], capture_output=True, text=True, env=env, check=False,
-                       timeout=300)
+    r = subprocess.run([exe, *(["-t"] if truncate else []), str(path)], capture_output=True, text=True, env=env,
+                       check=False, timeout=300)
     assert r.returncode == 0, f"engine crashed or failed (rc {r.returncode}): {r.stderr[-2000:]}"
     lines = r.stdout.splitlines()
     tail = lines[-1] if truncate else ""
@@ -563,7 +563,8 @@ def test_cortex_m4_build_warning_free(tmp_path: Path) -> None:
         pytest.skip("arm-none-eabi-gcc not installed (make debian-packages installs it)")
     for src in SOURCES:
         obj = tmp_path / (Path(src).stem + ".o")
-        r = subprocess.run([cc, *WARN, *M4, "-ffreestanding", "-c", src, "-o", str(obj)], capture_output=True, text=True, check=False)
+        r = subprocess.run([cc, *WARN, *M4, "-ffreestanding", "-c", src, "-o", str(obj)],
+                           capture_output=True, text=True, check=False)
         assert r.returncode == 0 and not r.stderr.strip(), f"{src}: {r.stderr}"
     # No floating point anywhere in the engine: no float/double and no FPU instructions.
     objdump = shutil.which("arm-none-eabi-objdump")

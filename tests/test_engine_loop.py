@@ -11,12 +11,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tinyfed.firmware_bridge.twin.sim import forget_sim_boards, get_sim_board
 from tinyfed.firmware_bridge.link.train_link import (
     TRAIN_RESPONSE,
     pack_update,
     unpack_update,
 )
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards, get_sim_board
 from tinyfed.host.engine import Engine, Limits, LocalTraining
 from tinyfed.host.events import EventLog, read_events, summarize
 from tinyfed.host.setup import DeviceSpec, prepare_run

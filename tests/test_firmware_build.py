@@ -74,7 +74,8 @@ def test_builds_warning_free_within_budget(builds: dict[str, BuildResult], board
 def test_board_file_reserve_matches_build(builds: dict[str, BuildResult], board_name: str) -> None:
     r = builds[board_name]
     reserve = get_board(board_name).firmware_reserve
-    fix = f"run `.venv/bin/python -m tinyfed.firmware_bridge.emulate.build {board_name} --write-reserve` and commit the board file"
+    fix = (f"run `.venv/bin/python -m tinyfed.firmware_bridge.emulate.build {board_name} --write-reserve` "
+           "and commit the board file")
     # Whatever the board file says, the planner must never budget more than the build leaves.
     assert reserve.ram_kib >= r.reserve_ram_kib and reserve.flash_kib >= r.reserve_flash_kib, fix
     if reserve.source == "estimate":
@@ -122,7 +123,7 @@ def test_reserve_write_back_touches_only_its_table(tmp_path: Path) -> None:
     new = reserve_table_text(src, 9, 33)
     old_lines, new_lines = src.splitlines(), new.splitlines()
     assert len(old_lines) == len(new_lines)
-    changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    changed = [(a, b) for a, b in zip(old_lines, new_lines, strict=True) if a != b]
     assert changed == [
         ("ram_kib = 160       # ESP-IDF, caches and USB buffers take far more than on a bare Cortex-M",
          "ram_kib = 9       # ESP-IDF, caches and USB buffers take far more than on a bare Cortex-M"),

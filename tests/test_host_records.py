@@ -335,6 +335,10 @@ def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join([lines[0], lines[2], b""]))
     with pytest.raises(EventLogError, match="seq 2 where 1"):
         list(read_events(path))
+    # So is a line that is not UTF-8 (a flipped high bit), not a crash of the reader.
+    path.write_bytes(b"\n".join([lines[0], b"\xff" + lines[1][1:], lines[2], b""]))
+    with pytest.raises(EventLogError, match=r"line 2 .*not valid JSON \(invalid start byte\)"):
+        list(read_events(path))
 
 
 def test_position_and_truncate_to(tmp_path: Path) -> None:

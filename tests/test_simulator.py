@@ -83,7 +83,10 @@ def test_a_task_takes_the_time_of_its_board_profile(study: Study) -> None:
     board = get_board(sim.fleet.boards[dev.board].name)
     # The client's framing, by hand: TRAIN_SET in (256 - 8) // 4 = 62-value requests, each acked
     # with a u32; TRAIN (21 bytes) and its 29-byte report; UPDATE_READ (6 bytes) in 256-byte pieces.
-    frame = lambda n: max_encoded_bytes(n) + 1
+
+    def frame(n: int) -> int:
+        return max_encoded_bytes(n) + 1
+
     per = (board.link.max_frame_bytes - 8) // 4
     chunks = [min(per, model.size - k) for k in range(0, model.size, per)]
     pieces = [min(256, model.update_bytes - k) for k in range(0, model.update_bytes, 256)]

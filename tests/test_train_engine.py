@@ -140,10 +140,12 @@ def _units_tfw(tail: bytes, picks: dict[int, tuple[list[int] | None, bool]]) -> 
         v = np.moveaxis(ft.params[w.index], ax, 0)
         chs = tuple(range(v.shape[0])) if chans is None else tuple(chans)
         if chs:
-            units.append(tfw.TrainableUnit(k, w.index, tfw.KIND_WEIGHTS, ax, chs, v.shape[0], v[list(chs)].reshape(len(chs), -1)))
+            units.append(tfw.TrainableUnit(k, w.index, tfw.KIND_WEIGHTS, ax, chs, v.shape[0],
+                                           v[list(chs)].reshape(len(chs), -1)))
         if bias and b is not None:
             bv = ft.params[b.index]
-            units.append(tfw.TrainableUnit(k, b.index, tfw.KIND_BIAS, 0, tuple(range(bv.shape[0])), bv.shape[0], bv.reshape(-1, 1)))
+            units.append(tfw.TrainableUnit(k, b.index, tfw.KIND_BIAS, 0, tuple(range(bv.shape[0])), bv.shape[0],
+                                           bv.reshape(-1, 1)))
     return tfw.encode(units)
 
 
@@ -186,8 +188,8 @@ def case(name: str):
         from tinyfed.planner.sources import load_model_source
 
         out = Path(tempfile.mkdtemp(prefix="tftr_plan_"))
-        plan = make_plan(load_model_source("har_cnn", None, TrainingConfig()), single_board_fleet(get_board("nrf52840")),
-                         TrainingConfig(), out, measure=False)
+        plan = make_plan(load_model_source("har_cnn", None, TrainingConfig()),
+                         single_board_fleet(get_board("nrf52840")), TrainingConfig(), out, measure=False)
         files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}
         zm = get_zoo_model("har_cnn")
         split = zm.test_split()
@@ -290,7 +292,8 @@ def test_sgd_matches_local_train(lib, name: str) -> None:
     start = _flat(ft.unit_values())
     ref_delta = _flat(res.deltas)
     err = float(np.abs((values - start) - ref_delta).max() / np.abs(ref_delta).max())
-    print(f"{name}: {len(bounds) - 1} SGD steps, delta rel err {err:.1e}, mean loss {losses.mean():.4f} vs {res.loss:.4f}")
+    print(f"{name}: {len(bounds) - 1} SGD steps, delta rel err {err:.1e}, "
+          f"mean loss {losses.mean():.4f} vs {res.loss:.4f}")
     assert np.abs(ref_delta).max() > 0
     assert err <= STEP_TOL
     assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
@@ -329,7 +332,8 @@ def test_compiler_refuses_what_the_engine_cannot_train() -> None:
     tg = TfliteGraph.from_bytes(tail)
     fc, fc2 = [o for o in tg.ops if o.name == "FULLY_CONNECTED"]
     w = tg.weight_tensor(fc)
-    wrong = tfw.TrainableUnit(fc2.index, w.index, tfw.KIND_WEIGHTS, 0, (0,), w.shape[0], np.zeros((1, w.shape[1]), np.float32))
+    wrong = tfw.TrainableUnit(fc2.index, w.index, tfw.KIND_WEIGHTS, 0, (0,), w.shape[0],
+                              np.zeros((1, w.shape[1]), np.float32))
     with pytest.raises(PlanError, match="not the weights"):
         compile_program(tail, tfw.encode([wrong]))
     # no units: a forward-only program still opens

@@ -328,7 +328,10 @@ class FleetEntry(_Table):
     )
     # Declared after url/urls so its check sees them; None only when URLs give the count.
     count: int | None = Field(
-        default=None, ge=1, validate_default=True, description="number of devices of this board (default: how many URLs)"
+        default=None,
+        ge=1,
+        validate_default=True,
+        description="number of devices of this board (default: how many URLs)",
     )
 
     @field_validator("urls")

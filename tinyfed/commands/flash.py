@@ -41,8 +41,8 @@ def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_n
 
     board = get_board(board_name, boards_dirs)
     if board.emulated:
-        raise FlashError(f"{board.name} exists only in an emulator", fix=f"run it: `tinyfed emulate --board {board.name}`",
-                         source=board.name)
+        raise FlashError(f"{board.name} exists only in an emulator",
+                         fix=f"run it: `tinyfed emulate --board {board.name}`", source=board.name)
     if board.core.startswith("xtensa"):
         raise FlashError(f"{board.name} is not an Arm board; pyOCD cannot flash it",
                          fix="flash it with esptool (`esptool.py write_flash`)", source=board.name)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tinyfed import ops
-from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.models.tflite_graph import OpInfo, TensorInfo, TfliteGraph
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,10 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
     Each step away from the output divides importance by 1e6, so the greedy takes every unit of
     a later layer before any unit of an earlier one; within a layer, biases (few bytes) go first.
     """
-    weighted = [op for op in graph.ops if op.name in ops.trainable_ops() and graph.weight_tensor(op) is not None]
     result: dict[int, LayerImportance] = {}
-    for rank, op in enumerate(reversed(weighted)):
+    for rank, (op, w, axis) in enumerate(reversed(_weighted_ops(graph))):
         scale = 1e-6**rank
-        w = graph.weight_tensor(op)
-        channels = int(w.shape[graph.output_channel_axis(op)])
+        channels = int(w.shape[axis])
         per_channel_params = w.size // channels
         b = graph.bias_tensor(op)
         bias_params = b.size if b is not None else 0
@@ -49,6 +47,18 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
             bias=scale * bias_params * 1e3,
         )
     return result, "depth"
+
+
+def _weighted_ops(graph: TfliteGraph) -> list[tuple[OpInfo, TensorInfo, int]]:
+    """The trainable ops with constant weights, each with its weight tensor and output-channel axis."""
+    weighted = []
+    for op in graph.ops:
+        if op.name not in ops.trainable_ops():
+            continue
+        weights, axis = graph.weight_tensor(op), graph.output_channel_axis(op)
+        if weights is not None and axis is not None:  # an op with weights always has an axis
+            weighted.append((op, weights, axis))
+    return weighted
 
 
 def fisher_importance(
@@ -63,9 +73,10 @@ def fisher_importance(
 
     kinds = ops.keras_kinds()
     layers = [layer for layer in keras_model.layers if type(layer).__name__ in kinds]
-    weighted = [op for op in graph.ops if op.name in ops.trainable_ops() and graph.weight_tensor(op) is not None]
-    if len(layers) != len(weighted) or any(kinds[type(layer).__name__] != op.name
-                                           for layer, op in zip(layers, weighted, strict=False)):
+    weighted = _weighted_ops(graph)
+    if len(layers) != len(weighted) or any(
+        kinds[type(layer).__name__] != op.name for layer, (op, _, _) in zip(layers, weighted, strict=False)
+    ):
         log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
         return depth_importance(graph)
 
@@ -89,23 +100,24 @@ def fisher_importance(
                 label = int(rng.choice(len(p), p=p / p.sum()))
             log_likelihood = tf.math.log(probs[0, label])
         grads = tape.gradient(log_likelihood, watched)
-        for acc, g in zip(sums, grads):
+        for acc, g in zip(sums, grads, strict=True):  # one gradient per watched variable
             if g is not None:
                 acc += np.square(np.asarray(g, dtype=np.float64))
     means = [s / max(len(x), 1) for s in sums]
 
     result: dict[int, LayerImportance] = {}
     it = iter(means)
-    for layer, op, bias_var in zip(layers, weighted, variables[1::2], strict=True):
+    for layer, (op, weights, axis), bias_var in zip(layers, weighted, variables[1::2], strict=True):
         to_tflite = ops.get(op.name).keras_kernel
         assert to_tflite is not None  # every op a Keras layer maps to has one
         kernel_f = to_tflite(next(it))
         bias_f = next(it) if bias_var is not None else np.zeros(0)
-        w_shape = tuple(graph.weight_tensor(op).shape)
+        w_shape = tuple(weights.shape)
         if tuple(kernel_f.shape) != w_shape:
-            log.warning("layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape)
+            log.warning(
+                "layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape
+            )
             return depth_importance(graph)
-        axis = graph.output_channel_axis(op)
         other = tuple(a for a in range(kernel_f.ndim) if a != axis)
         result[op.index] = LayerImportance(channel=kernel_f.sum(axis=other), bias=float(bias_f.sum()))
     return result, "fisher"
