@@ -36,12 +36,7 @@ from tinyfed.firmware_bridge.emulate.renode import renode_available, write_resc
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.devices import write_device_fleet
 from tinyfed.firmware_bridge.link.errors import DeviceError
-<<<<<<< HEAD
 from tinyfed.firmware_bridge.link.framing import Command, Status
-from tinyfed.firmware_bridge.emulate.renode import renode_available, write_resc
-=======
-from tinyfed.firmware_bridge.link.framing import Status
->>>>>>> lint
 
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
 HAVE_ARM_GCC = shutil.which("arm-none-eabi-gcc") is not None

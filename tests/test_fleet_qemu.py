@@ -24,13 +24,9 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
-<<<<<<< HEAD
-from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
-from tinyfed.firmware_bridge.link.framing import Command
-=======
->>>>>>> lint
 from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet  # noqa: E402
 from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
+from tinyfed.firmware_bridge.link.framing import Command  # noqa: E402
 from tinyfed.models.tflm import TflmModel, quantize  # noqa: E402
 from tinyfed.planner.config import TrainingConfig  # noqa: E402
 from tinyfed.planner.plan import make_plan  # noqa: E402
