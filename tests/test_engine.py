@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _engine_sources import ENGINE, int8_engine_headers, int8_engine_sources
 
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.compile.blob import (
@@ -28,7 +29,6 @@ from tinyfed.firmware_bridge.compile.blob import (
     parse_blob,
     quantize_multiplier,
 )
-from _engine_sources import ENGINE, int8_engine_headers, int8_engine_sources
 from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.twin.kernels_np import run_blob
 from tinyfed.models.tflite_graph import TfliteGraph

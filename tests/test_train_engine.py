@@ -23,13 +23,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _engine_sources import ENGINE, train_engine_sources
+
 from tinyfed.errors import ModelError, PlanError
-from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.compile.train_blob import (
     compile_program,
     parse_program,
     program_ram_bytes,
 )
+from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.training import FloatTail, local_train

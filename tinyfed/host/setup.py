@@ -121,8 +121,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     from tinyfed.boards.fleet import ResolvedFleet
     from tinyfed.firmware_bridge.compile import local_data
     from tinyfed.firmware_bridge.compile.blob import compile_blob
-    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
     from tinyfed.firmware_bridge.compile.train_blob import compile_program
+    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
     from tinyfed.host.rundata import load_run_data
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.planner import trainable as tfw

@@ -273,12 +273,12 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     quantized to int8 (or sent as float32 for the dense baselines) in the board's update image,
     which is then read back the way the engine reads it.
     """
-    from tinyfed.firmware_bridge.twin import shuffle
     from tinyfed.firmware_bridge.link.train_link import (
         pack_update,
         quantize_flat,
         unpack_update,
     )
+    from tinyfed.firmware_bridge.twin import shuffle
     from tinyfed.training.step import local_train
 
     start = np.asarray(vector, np.float32)
@@ -906,9 +906,9 @@ class Study:
 
     def _build(self, payload: str) -> SimModel:
         from tinyfed.firmware_bridge.compile import local_data
-        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
         from tinyfed.firmware_bridge.compile.program_tail import program_tail
         from tinyfed.firmware_bridge.compile.train_blob import parse_program
+        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
         from tinyfed.host.setup import DeviceSpec, prepare_run
         from tinyfed.models.tflite_graph import TfliteGraph
 

@@ -193,7 +193,8 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
         )
     with zipfile.ZipFile(path) as zf:
         if "config.json" not in zf.namelist():
-            raise ModelError("the .keras archive has no config.json", fix="re-save with model.save('model.keras')", source=src)
+            raise ModelError("the .keras archive has no config.json", fix="re-save with model.save('model.keras')",
+                             source=src)
 
     _import_tf()
     import keras
@@ -209,12 +210,13 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
             source=src,
         ) from exc
     shape = _static_input_shape(model, source=src)
-    in_shape = tuple(int(d) for d in shape[1:])
+    in_shape = tuple(int(d) for d in shape[1:] if d is not None)  # every one is known (checked above)
 
     if not rep_path.is_file():
         raise ModelError(
             f"representative dataset not found: {rep_path}",
-            fix=f"save typical inputs with numpy.save('{rep_path.name}', x) with x shaped (N, {', '.join(map(str, in_shape))})",
+            fix=f"save typical inputs with numpy.save('{rep_path.name}', x) with x shaped "
+            f"(N, {', '.join(map(str, in_shape))})",
             source=str(rep_path),
         )
     try:
@@ -240,7 +242,8 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
             source=str(rep_path),
         )
     if len(rep) == 0:
-        raise ModelError("representative dataset is empty", fix="save at least a few dozen samples", source=str(rep_path))
+        raise ModelError("representative dataset is empty", fix="save at least a few dozen samples",
+                         source=str(rep_path))
     rep = rep.astype(np.float32)
     if not np.all(np.isfinite(rep)):
         raise ModelError("representative dataset contains NaN or infinite values", fix="clean it", source=str(rep_path))

@@ -86,7 +86,7 @@ def float_backward(step: Backward, op: OpInfo, gz: np.ndarray) -> None:
             gr = gz
             while gr.ndim > len(shp):
                 gr = gr.sum(axis=0)
-            axes = tuple(i for i, (a, b) in enumerate(zip(gr.shape, shp)) if b == 1 and a != 1)
+            axes = tuple(i for i, (a, b) in enumerate(zip(gr.shape, shp, strict=True)) if b == 1 and a != 1)
             if axes:
                 gr = gr.sum(axis=axes, keepdims=True)
             step.add_grad(t, gr)

@@ -92,7 +92,7 @@ def wrap32(x: np.ndarray) -> np.ndarray:
     return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
-def srdhm(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+def srdhm(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     """gemmlowp SaturatingRoundingDoublingHighMul for int32.
 
     ``(a*b + nudge) / 2**31`` truncated, nudge = 2**30 or 1 - 2**30 by the sign of a*b;

@@ -22,10 +22,10 @@ def _multipliers(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInfo, out: 
     n_scales = len(w.scales)
     if n_scales == 1:
         real = float(np.float32(np.float32(x.scales[0]) * np.float32(w.scales[0]))) / float(out.scales[0])
-        ms, ss = zip(*[quantize_multiplier(real)] * n_out)
+        ms, ss = zip(*[quantize_multiplier(real)] * n_out, strict=True)
     elif n_scales == n_out:
         pairs = [quantize_multiplier(float(x.scales[0]) * float(s) / float(out.scales[0])) for s in w.scales]
-        ms, ss = zip(*pairs)
+        ms, ss = zip(*pairs, strict=True)
     else:
         raise b.fail(op, f"{n_scales} weight scales for {n_out} outputs")
     if n_scales > 1 and any(z != 0 for z in w.zero_points):

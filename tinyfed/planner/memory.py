@@ -65,7 +65,9 @@ def layer_facts(graph: TfliteGraph) -> list[LayerFacts]:
             w = graph.weight_tensor(op)
             if w is not None:
                 weights = w.size
-                channels = int(w.shape[graph.output_channel_axis(op)])
+                axis = graph.output_channel_axis(op)
+                assert axis is not None  # an op with a weight tensor has an output-channel axis
+                channels = int(w.shape[axis])
                 b = graph.bias_tensor(op)
                 bias = b.size if b is not None else 0
         inputs = [t for t in op.inputs if t >= 0 and not graph.tensors[t].is_constant]
@@ -222,7 +224,8 @@ def estimate_arena(fragment: TfliteGraph, model: ArenaModel = HOST_ARENA) -> int
     op_data = 0
     for op in fragment.ops:
         w = fragment.weight_tensor(op) if op.name in ops.trainable_ops() else None
-        channels = int(w.shape[fragment.output_channel_axis(op)]) if w is not None else 0
+        axis = fragment.output_channel_axis(op)
+        channels = int(w.shape[axis]) if w is not None and axis is not None else 0
         op_data += model.op_bytes(op.name, channels)
     bookkeeping = model.fixed + model.per_tensor * len(fragment.tensors) + model.per_op * len(fragment.ops)
     return peak + bookkeeping + op_data

@@ -88,6 +88,7 @@ class FloatTail:
             for t, ax in ((graph.weight_tensor(op), axis), (graph.bias_tensor(op), 0)):
                 if t is None or t.index in self.params:
                     continue
+                assert ax is not None  # an op with a weight tensor has an output-channel axis
                 data = graph.constant_data(t.index)
                 if t.scales:
                     qax = t.quantized_dimension if len(t.scales) > 1 else ax
@@ -166,7 +167,8 @@ class FloatTail:
     # ---- input ------------------------------------------------------------------------
 
     def dequantize_input(self, x_int8: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x_int8, np.int32) - self.input_zero_point) * np.float32(self.input_scale)).astype(self.dtype)
+        centred = np.asarray(x_int8, np.int32) - self.input_zero_point
+        return (centred * np.float32(self.input_scale)).astype(self.dtype)
 
     # ---- forward / backward -----------------------------------------------------------
 

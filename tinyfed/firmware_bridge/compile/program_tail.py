@@ -84,7 +84,8 @@ def program_graph(blob: bytes) -> tuple[ProgramGraph, list[tfw.TrainableUnit], t
     data = memoryview(blob)[d_off:]
     tensors: list[_Tensor] = []
     for i in range(n_tensors):
-        kind, rank, axis, _r, d0, d1, d2, d3, a, b, c, e, _map = tb._TENSOR.unpack_from(blob, t_off + i * tb.TENSOR_BYTES)
+        record = tb._TENSOR.unpack_from(blob, t_off + i * tb.TENSOR_BYTES)
+        kind, rank, axis, _r, d0, d1, d2, d3, a, b, c, e, _map = record
         shape = (d0, d1, d2, d3)[:rank]
         if kind == tb.KIND_ACT:
             tensors.append(_Tensor(i, shape, False, dtype=np.int8))

@@ -347,7 +347,7 @@ def _plan_work(b: ProgramBuilder, tl: _Timeline, acts: list[int]) -> tuple[dict[
 
 def _zero_flags(g: TfliteGraph, records: list[list[Any]], tl: _Timeline) -> None:
     """Zero-before-backward flags: the last consumer's first slot zeroes an input's gradient."""
-    for rec, op in zip(records, g.ops):
+    for rec, op in zip(records, g.ops, strict=True):
         spec = ops.get(op.name)
         seen = set()
         for k in (0, 1):
