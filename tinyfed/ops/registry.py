@@ -1,22 +1,15 @@
 """The op registry: every op module's :class:`~tinyfed.ops.base.OpSpec`, looked up by name or code.
 
-The order of :data:`_SPECS` is the order in which messages list the ops. Adding an op: write its
-module (``tinyfed/ops/<op>.py`` with a ``SPEC``) and list it here; the C engines key their
-kernels by the same TFLite builtin code.
+Adding an op is writing its module, ``tinyfed/ops/<op>.py`` with a module-level ``SPEC``: the
+registry finds every such module in this package, so nothing else is edited on the host side.
+Ops are listed in name order. The C engines key their kernels by the same TFLite builtin code.
 """
 
 from __future__ import annotations
 
-from tinyfed.ops import (
-    add,
-    average_pool_2d,
-    conv_2d,
-    depthwise_conv_2d,
-    fully_connected,
-    max_pool_2d,
-    reshape,
-    softmax,
-)
+import importlib
+import pkgutil
+
 from tinyfed.ops.base import OpSpec
 
 __all__ = [
@@ -32,9 +25,20 @@ __all__ = [
     "trainable_ops",
 ]
 
-_SPECS: tuple[OpSpec, ...] = tuple(
-    m.SPEC for m in (conv_2d, depthwise_conv_2d, fully_connected, average_pool_2d, max_pool_2d, reshape, softmax, add)
-)
+
+
+def _discover() -> tuple[OpSpec, ...]:
+    """The ``SPEC`` of every module of this package that has one (helpers such as ``windows`` have none)."""
+    package = importlib.import_module(__package__ or "tinyfed.ops")
+    specs = []
+    for info in pkgutil.iter_modules(package.__path__):
+        spec = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "SPEC", None)
+        if isinstance(spec, OpSpec):
+            specs.append(spec)
+    return tuple(sorted(specs, key=lambda spec: spec.name))
+
+
+_SPECS: tuple[OpSpec, ...] = _discover()
 _BY_NAME: dict[str, OpSpec] = {s.name: s for s in _SPECS}
 _BY_CODE: dict[int, OpSpec] = {s.code: s for s in _SPECS}
 assert len(_BY_NAME) == len(_BY_CODE) == len(_SPECS), "op names and codes must be unique"
