@@ -192,7 +192,7 @@ def test_fedavg_selection_is_deterministic_for_a_seed() -> None:
     a = picks(42, fleet)
     assert a == picks(42, fleet[::-1])  # independent of the order the engine lists devices in
     assert a != picks(43, fleet)
-    assert all(len(p) == 8 for p in a)
+    assert all(len(p) == 10 for p in a)
 
 
 def test_semi_async_run_is_deterministic() -> None:
