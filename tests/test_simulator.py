@@ -188,6 +188,29 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
     assert bad.exit_code == 2 and "--horizon 'soon'" in bad.output
     bad = CliRunner().invoke(cli, ["simulate", "--availability", "3600:2"])
     assert bad.exit_code == 2 and "availability '3600:2'" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--epochs", "0", "--clients-per-round", "0", "--horizon", "-1"])
+    assert bad.exit_code == 2 and "--horizon '-1'" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--epochs", "0", "--clients-per-round", "0"])
+    assert bad.exit_code == 2 and "2 problem(s): --epochs: must be >= 1, got 0" in bad.output
+    assert "--clients-per-round: must be >= 1, got 0" in bad.output
+
+
+def test_a_study_trains_checks_and_aggregates_as_a_run_does() -> None:
+    """One config system: the study holds the run config's tables, and the CLI's defaults are the study's."""
+    from tinyfed.commands.simulate import simulate, study_config
+    from tinyfed.host.config import RunConfig
+
+    run, study = RunConfig(), StudyConfig()
+    assert (study.training, study.strategy_params, study.checks, study.evaluation) == (
+        run.training, run.strategy_params, run.checks, run.evaluation)
+    assert study.strategy_params.clients_per_round == 10 == study.strategy("fedavg").params.clients_per_round
+    params = simulate.make_context("simulate", []).params
+    options = {k: v for k, v in params.items() if k not in ("backend", "address", "out_dir", "boards_dirs", "as_json")}
+    assert study_config(options) == study
+    record = study.record()  # study.json's config, flat as it always was
+    assert [k for k in record if k not in StudyConfig.model_fields] == [
+        "buffer_size", "clients_per_round", "server_lr", "norm_bound", "max_staleness", "evaluate_every"]
+    assert record["training"] == run.training.model_dump() and record["strategies"] == ["ftte", "fedbuff", "fedavg"]
 
 
 def test_training_is_a_pure_function_of_the_task(study: Study) -> None:

@@ -190,17 +190,12 @@ def checked_run_data(cfg: Any, n_devices: int | None) -> Any:
 
 def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
     """A run config from ``base`` with the command line's ``options`` laid over it, checked like a file."""
-    from tinyfed.boards.validation import validate
-    from tinyfed.errors import DataFileError
-    from tinyfed.host.config import RunConfig
+    from tinyfed.host.config import RunConfig, checked
 
     merged = dict(base)
     for key, value in options.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg, issues = validate(RunConfig, merged)
-    if cfg is None:
-        raise DataFileError("the command line", issues)
-    return cfg
+    return checked(RunConfig, merged, "the command line")
 
 
 def new_run_dir(out_dir: Path | None) -> Path:
@@ -305,12 +300,13 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     ``announce`` (if given) sees the prepared :class:`~tinyfed.host.setup.RunSetup` before training;
     ``data`` is the run's :class:`~tinyfed.host.rundata.RunData` when already loaded (else loaded here).
     """
-    from tinyfed.host.engine import Engine, Limits, LocalTraining
+    from tinyfed.host.engine import Engine, Limits
     from tinyfed.host.events import EventLog
     from tinyfed.host.setup import prepare_run
     from tinyfed.host.strategies import get_strategy
 
-    payload = STRATEGIES[cfg.strategy].payload
+    strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
+    payload = strat.payload  # the plan's subset (FTTE) or the whole model (the baselines)
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
                         max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
@@ -321,8 +317,6 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
         from tinyfed.boards import get_board
 
         setup.plan.check_fits(get_board(name, boards_dirs) for name in {d.board for d in devices})
-    strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
-    t = cfg.training
     if events is None:
         events = stack.enter_context(EventLog(out))
 
@@ -349,7 +343,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
                    f"t {row['t']:7.1f} s")
 
     engine = Engine(setup, devices, strat, events,
-                    training=LocalTraining(t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache),
+                    training=cfg.training.local_training(),
                     limits=Limits(cfg.target_accuracy, cfg.limits.max_versions, cfg.limits.max_seconds,
                                   cfg.limits.max_bytes),
                     seed=cfg.seed, norm_bound=cfg.checks.norm_bound, max_staleness=cfg.checks.max_staleness,
