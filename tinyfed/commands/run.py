@@ -315,7 +315,9 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
         announce(setup)
     if payload == "dense":  # the baselines train every layer: refuse up front when a board cannot hold that
         from tinyfed.boards import get_board
+        from tinyfed.planner.dense import DensePlan
 
+        assert isinstance(setup.plan, DensePlan)
         setup.plan.check_fits(get_board(name, boards_dirs) for name in {d.board for d in devices})
     if events is None:
         events = stack.enter_context(EventLog(out))

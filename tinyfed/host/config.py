@@ -163,7 +163,8 @@ class RunConfig(ConfigTable):
     """Everything a run depends on. ``RunConfig()`` is the default run."""
 
     model: str = Field(default="har_cnn", min_length=1, description="zoo model name or path to an int8 .tflite")
-    strategy: StrategyName = Field(default="ftte", description="a strategy of the registry: 'ftte', 'fedbuff' or 'fedavg'")
+    strategy: StrategyName = Field(default="ftte",
+                                   description="a strategy of the registry: 'ftte', 'fedbuff' or 'fedavg'")
     target_accuracy: float = Field(default=0.85, gt=0, le=1, description="stop once test accuracy reaches this")
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the run")
     start: Start = Field(

@@ -887,8 +887,8 @@ class StudyConfig(ConfigTable):
 
         if value not in ZOO_NAMES:
             close = suggest(value, ZOO_NAMES)
-            raise check_error(f"unknown zoo model {value!r}",
-                              fix=f"did you mean '{close}'?" if close else f"use one of: {', '.join(sorted(ZOO_NAMES))}")
+            fix = f"did you mean '{close}'?" if close else f"use one of: {', '.join(sorted(ZOO_NAMES))}"
+            raise check_error(f"unknown zoo model {value!r}", fix=fix)
         return value
 
     @field_validator("horizon")
