@@ -46,7 +46,7 @@ def test_empty_config_is_the_documented_default(tmp_path: Path) -> None:
     assert (cfg.model, cfg.strategy, cfg.target_accuracy, cfg.seed) == ("har_cnn", "ftte", 0.85, 0)
     sp = cfg.strategy_params
     assert (sp.buffer_size, sp.staleness_exponent, sp.variance_gamma, sp.server_lr, sp.clients_per_round) == (
-        10, 0.5, 1.0, 1.0, 8)
+        10, 0.5, 1.0, 1.0, 10)
     t = cfg.training
     assert (t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache) == (1, 0.01, 16, False, True)
     assert (cfg.limits.max_seconds, cfg.limits.max_versions, cfg.limits.max_bytes) == (None, None, None)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import logging
 import math
 import struct
@@ -34,15 +33,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field, field_validator
 
+from tinyfed.boards.schema import check_error
+from tinyfed.boards.validation import suggest
 from tinyfed.errors import TinyfedError
+from tinyfed.host.config import (
+    Checks,
+    ConfigTable,
+    Evaluation,
+    Partition,
+    Start,
+    StrategyName,
+    StrategyParams,
+    Training,
+)
 from tinyfed.host.engine import LocalTraining
-from tinyfed.host.strategies import Strategy, get_strategy
+from tinyfed.host.strategies import STRATEGIES, Strategy, get_strategy
 from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update, check_update
+from tinyfed.planner.plan import Plan
 from tinyfed.training.vector import split_units, tail_evaluator
 
 log = logging.getLogger(__name__)
@@ -804,55 +817,107 @@ def _check_limits(limits: SimLimits) -> None:
 # -- a study: several strategies on one fleet ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """Everything a study fixes for every strategy: model, data split, fleet, training, limits."""
+def _parsed_by(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """A field check that ``parse`` accepts the text (its TinyfedError as a config issue with its fix)."""
 
-    model: str = "har_cnn"
-    clients: int = 500
-    strategies: tuple[str, ...] = ("ftte", "fedbuff", "fedavg")
-    board_mix: str = DEFAULT_MIX
-    stragglers: float = 0.9
-    slowdown: str = DEFAULT_SLOWDOWN
-    dropout: float = 0.0
-    availability: str = "always"  # or PERIOD:FRACTION (Availability.parse)
-    partition: str | None = None  # None: natural when the data has users, else iid
-    alpha: float = 0.5
-    seed: int = 0
-    start: str = "fresh-head"
-    target_accuracy: float | None = 0.8
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except TinyfedError as exc:
+            raise check_error(exc.problem, fix=exc.fix or "") from None
+        return text
+
+    return check
+
+
+class StudyConfig(ConfigTable):
+    """Everything a study fixes for every strategy: model, data split, fleet, training, limits.
+
+    The tables a run config has ([training], [strategy_params], [checks], [evaluation]) are the run
+    config's own, defaults and checks included (:mod:`tinyfed.host.config`); the rest is the study's:
+    the simulated fleet, its limits in simulated time and the common horizon. A study starts from a
+    fresh head by default, so every strategy starts from the same classifier. Check values given by
+    a person with :func:`~tinyfed.host.config.checked` (every problem in one TinyfedError).
+    """
+
+    model: str = Field(default="har_cnn", description="zoo model")
+    clients: int = Field(default=500, ge=1, description="simulated devices")
+    strategies: tuple[StrategyName, ...] = Field(default=tuple(STRATEGIES), min_length=1,
+                                                 description="strategies run on the same fleet, in this order")
+    board_mix: Annotated[str, AfterValidator(_parsed_by(parse_board_mix))] = Field(
+        default=DEFAULT_MIX, description="fleet mix, BOARD:SHARE,...")
+    stragglers: float = Field(default=0.9, ge=0, le=1, description="fraction of straggling devices")
+    slowdown: Annotated[str, AfterValidator(_parsed_by(Slowdown.parse))] = Field(
+        default=DEFAULT_SLOWDOWN, description="straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="probability a task is lost")
+    availability: Annotated[str, AfterValidator(_parsed_by(Availability.parse))] = Field(
+        default="always", description="always, or PERIOD:FRACTION")
+    partition: Partition | None = Field(default=None, description="None: natural when the data has users, else iid")
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (dirichlet only)")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the study")
+    start: Start = Field(default="fresh-head", description="'fresh-head' (the head drawn anew, seeded) or 'pretrained'")
+    target_accuracy: float | None = Field(default=0.8, gt=0, le=1, description="time to target is taken here")
     stop_at_target: bool = True
-    max_versions: int | None = 400
-    max_sim_seconds: float | None = None
-    max_wall_seconds: float | None = None
-    training: LocalTraining = field(default_factory=LocalTraining)
-    buffer_size: int = 10
-    clients_per_round: int = 10
-    server_lr: float = 1.0
-    norm_bound: float | None = 100.0
-    max_staleness: int | None = 20
-    evaluate_every: int = 1
-    eval_samples: int | None = None  # None: the whole test split after every version
+    max_versions: int | None = Field(default=400, ge=1)
+    max_sim_seconds: float | None = Field(default=None, gt=0)
+    max_wall_seconds: float | None = Field(default=None, gt=0)
+    training: Training = Field(default_factory=Training)
+    strategy_params: StrategyParams = Field(default_factory=StrategyParams)
+    checks: Checks = Field(default_factory=Checks)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    eval_samples: int | None = Field(default=None, ge=1, description="None: the whole test split after every version")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
     #: moment: "auto" = the latest time any strategy stopped at (its target or a limit); None =
     #: each strategy stops at its own target.
-    horizon: float | str | None = "auto"
+    horizon: float | Literal["auto"] | None = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _zoo_model(cls, value: str) -> str:
+        from tinyfed.models.zoo import ZOO_NAMES
+
+        if value not in ZOO_NAMES:
+            close = suggest(value, ZOO_NAMES)
+            fix = f"did you mean '{close}'?" if close else f"use one of: {', '.join(sorted(ZOO_NAMES))}"
+            raise check_error(f"unknown zoo model {value!r}", fix=fix)
+        return value
+
+    @field_validator("horizon")
+    @classmethod
+    def _positive_horizon(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and not value > 0:
+            raise check_error(f"horizon {value!r} is not understood",
+                              fix="give auto, none, or a positive number of simulated seconds")
+        return value
 
     def strategy(self, name: str) -> Strategy:
-        params: dict[str, Any] = {"buffer_size": self.buffer_size, "clients_per_round": self.clients_per_round,
-                                  "server_lr": self.server_lr}
-        return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **params)
+        """Strategy ``name`` with the study's [strategy_params], for a fleet of ``clients`` devices."""
+        return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **self.strategy_params.model_dump())
 
     def limits(self) -> SimLimits:
         """The first leg's limits: each strategy to its target (or a max), never past a fixed horizon."""
         end = self.max_sim_seconds
-        if isinstance(self.horizon, (int, float)) and not isinstance(self.horizon, bool):
-            end = float(self.horizon) if end is None else min(end, float(self.horizon))
+        if isinstance(self.horizon, float):
+            end = self.horizon if end is None else min(end, self.horizon)
         return SimLimits(self.target_accuracy, self.stop_at_target, self.max_versions, end, self.max_wall_seconds)
 
     def horizon_limits(self, horizon_s: float) -> SimLimits:
         """The second leg's: on past the target to the common horizon (the version cap does not apply)."""
         return SimLimits(self.target_accuracy, False, None, horizon_s, self.max_wall_seconds)
+
+    def record(self) -> dict[str, Any]:
+        """The config as study.json records it: the strategy knobs, checks and evaluation step flat, as
+        they have been recorded since the first study (the FTTE knobs the study CLI does not set are
+        left out), [training] as a table."""
+        doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
+                                                        "horizon"})
+        sp = self.strategy_params
+        doc.update(strategies=list(self.strategies), buffer_size=sp.buffer_size,
+                   clients_per_round=sp.clients_per_round, server_lr=sp.server_lr,
+                   norm_bound=self.checks.norm_bound, max_staleness=self.checks.max_staleness,
+                   evaluate_every=self.evaluation.every_versions, eval_samples=self.eval_samples,
+                   horizon=self.horizon)
+        return doc
 
 
 class Study:
@@ -860,12 +925,7 @@ class Study:
 
     def __init__(self, cfg: StudyConfig, *, boards_dirs: tuple[Path, ...] = (), work_dir: Path | None = None) -> None:
         from tinyfed.host.rundata import zoo_run_data
-        from tinyfed.models.zoo import ZOO_NAMES
 
-        if cfg.model not in ZOO_NAMES:
-            raise TinyfedError(f"unknown zoo model {cfg.model!r}", fix=f"use one of: {', '.join(sorted(ZOO_NAMES))}")
-        if cfg.start not in ("fresh-head", "pretrained"):
-            raise TinyfedError(f"start {cfg.start!r} is not known", fix="use fresh-head or pretrained")
         self.cfg, self.boards_dirs = cfg, boards_dirs
         # The plan's files only live as long as the study (removed with it unless work_dir is given).
         self._tmp = tempfile.TemporaryDirectory(prefix="tinyfed-sim-") if work_dir is None else None
@@ -873,14 +933,9 @@ class Study:
         self.mix = parse_board_mix(cfg.board_mix)
         self.slowdown = Slowdown.parse(cfg.slowdown)
         self.availability = Availability.parse(cfg.availability)
-        if cfg.horizon not in (None, "auto") and not (isinstance(cfg.horizon, (int, float)) and cfg.horizon > 0):
-            raise TinyfedError(f"horizon {cfg.horizon!r} is not understood",
-                               fix="give auto, none, or a positive number of simulated seconds")
         self.horizon_s: float | None = None  # set by run_all
         self.data = zoo_run_data(cfg.model)
         part = cfg.partition or ("natural" if self.data.groups is not None else "iid")
-        if part not in ("natural", "iid", "dirichlet"):
-            raise TinyfedError(f"unknown partition {part!r}", fix="use natural, iid or dirichlet")
         if part == "natural" and self.data.groups is None:
             raise TinyfedError(f"{cfg.model}'s data has no users to partition by", fix="use --partition iid or "
                                                                                        "--partition dirichlet")
@@ -890,10 +945,10 @@ class Study:
         self.fleet = make_fleet(self.shards, cfg.clients, self.mix, cfg.stragglers, self.slowdown, cfg.seed,
                                 boards_dirs)
         self._models: dict[str, SimModel] = {}
-        self._plan: dict[str, Any] | None = None
+        self._plan: Plan | None = None
 
-    def plan_facts(self) -> dict[str, Any]:
-        """plan.json of the FTTE plan for this fleet's boards (w*, its memory lines, per-board fit)."""
+    def subset_plan(self) -> Plan:
+        """The FTTE plan for this fleet's boards (w*, its memory lines, per-board fit)."""
         self.model("subset")
         assert self._plan is not None
         return self._plan
@@ -931,20 +986,14 @@ class Study:
         else:  # the dense program, or a plan whose boards hold every layer: the tail is the whole model
             features = tail.dequantize_input(xq.reshape((len(xq), *in_shape)))
         if payload == "subset":
-            plan = json.loads((work / "plan" / "plan.json").read_text())
-            self._plan = plan
-            if "frozen" in plan["files"] and setup.frozen_blob is not None:
-                frozen = Path(plan["files"]["frozen"]["path"]).read_bytes()
+            assert isinstance(setup.plan, Plan)
+            self._plan = setup.plan
+            if setup.frozen_blob is not None:
+                frozen = setup.plan.files["frozen"].read_bytes()
                 frozen_macs = graph_macs(TfliteGraph.from_bytes(frozen, source="frozen.tflite"))
-            memory = int(plan["training_memory"]["total"])
-        else:
-            from tinyfed.planner.config import TrainingConfig
-            from tinyfed.planner.memory import Selection, layer_facts, training_memory
-
-            # The planner's figure for training every layer (its plan.json "full_training_memory").
-            facts = layer_facts(graph)
-            memory = training_memory(facts, Selection.everything(facts), 0,
-                                     TrainingConfig(batch_size=cfg.training.batch_size)).total
+        # The planner's training memory of the payload: w*'s, or every layer's (plan.json's full_training_memory).
+        assert setup.plan is not None
+        memory = setup.plan.training.total
         evaluate = setup.evaluate
         n_test = len(self.data.y_test)
         if cfg.eval_samples and cfg.eval_samples < n_test:
@@ -969,11 +1018,11 @@ class Study:
         """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
         cfg = self.cfg
         strategy = cfg.strategy(name)
-        model = self.model("subset" if strategy.payload == "subset" else "dense")
-        return Simulation(model, self.fleet, strategy, training=cfg.training, limits=cfg.limits(), seed=cfg.seed,
-                          norm_bound=cfg.norm_bound, max_staleness=cfg.max_staleness, dropout=cfg.dropout,
-                          availability=self.availability, evaluate_every=cfg.evaluate_every, backend=backend,
-                          record_trace=record_trace, progress=progress)
+        return Simulation(self.model(strategy.payload), self.fleet, strategy, training=cfg.training.local_training(),
+                          limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
+                          max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
+                          evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,
+                          progress=progress)
 
     def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
             backend: LocalBackend | None = None, record_trace: bool = False) -> SimResult:

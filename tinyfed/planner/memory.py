@@ -176,6 +176,12 @@ def training_memory(facts: list[LayerFacts], sel: Selection, cut: int, cfg: Trai
     )
 
 
+def whole_model_memory(facts: list[LayerFacts], cfg: TrainingConfig) -> TrainingMemory:
+    """The training state of every layer, no frozen head: the dense baselines' payload on a board
+    (plan.json's ``full_training_memory``, what FTTE's subset is compared with)."""
+    return training_memory(facts, Selection.everything(facts), 0, cfg)
+
+
 @dataclass(frozen=True)
 class ArenaModel:
     """Estimated TFLite Micro arena of an int8 fragment: planned activations plus bookkeeping.

@@ -33,7 +33,7 @@ from tinyfed.planner.memory import (
     cut_for,
     estimate_arena,
     layer_facts,
-    training_memory,
+    whole_model_memory,
 )
 from tinyfed.planner.selection import Step, greedy_select, ram_cost
 
@@ -346,7 +346,7 @@ def make_plan(
 
     cost = ram_cost(facts, selection, cfg, cut_points, arenas)
     arena_measured = arenas.probe(cost.cut)
-    full = training_memory(facts, Selection.everything(facts), 0, cfg)
+    full = whole_model_memory(facts, cfg)
     plan = Plan(
         model=source.name,
         fleet=fleet.name,

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class FedAvgParams:
     """m = ``clients_per_round``, eta_g = ``server_lr`` (1 is plain FedAvg)."""
 
-    clients_per_round: int = 8
+    clients_per_round: int = 10
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
