@@ -3,10 +3,11 @@
 Each device gets a worker thread that owns its link (:class:`BoardClient`, any URL: ``sim://``,
 ``socket://`` for emulators, a tty), provisions the board once (fragment, training program,
 local data) and then runs tasks: send the global vector at a version, train, read the update.
-The main thread alone talks to the strategy: it asks whom to dispatch to, checks every arriving
-update (:func:`check_update`), feeds accepted ones to the strategy, applies global steps to the
-float32 master, evaluates, and writes every dispatch, arrival, rejection, loss, step and byte to
-the event log. A slow board never holds up a fast one except where the strategy says so
+The main thread alone holds the round (:class:`~tinyfed.host.rounds.RoundState`, shared with the
+simulator): it asks the strategy whom to dispatch to, checks every arriving update
+(:func:`~tinyfed.host.updates.check_update`), feeds accepted ones to the strategy, applies global
+steps to the float32 master, evaluates, and writes every dispatch, arrival, rejection, loss, step
+and byte to the event log. A slow board never holds up a fast one except where the strategy says so
 (FedAvg's barrier). A board that fails is marked, retried with exponential backoff and given
 work again; its task is recorded as lost, never silently dropped.
 

@@ -1,8 +1,9 @@
 """Fleet simulator: hundreds to thousands of heterogeneous boards in virtual time.
 
 The engine (:mod:`tinyfed.host.engine`) drives real links in real time; this module drives the
-same :class:`~tinyfed.host.strategies.Strategy` objects through the same update checks
-(:func:`~tinyfed.host.updates.check_update`) over simulated boards whose clock is virtual. Each
+same :class:`~tinyfed.host.strategies.Strategy` objects through the same round state
+(:class:`~tinyfed.host.rounds.RoundState`: update checks, tasks in flight, counters) over
+simulated boards whose clock is virtual. Each
 task really trains, with the ``sim://`` board's numpy step (:func:`tinyfed.training.local_train`
 in the firmware's sample order, the board's int8 quantization and update image), but its
 *duration* comes from the board profile: compute = multiply-accumulates of the step / the
