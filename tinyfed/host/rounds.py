@@ -104,7 +104,7 @@ class RoundState:
     def dispatch(self, idle: list[str]) -> list[Task]:
         """Ask the strategy whom of ``idle`` to give a task now; each chosen device gets one at the
         current version, with a seed drawn from the run's generator (after the strategy's draws)."""
-        tasks = []
+        tasks: list[Task] = []
         for device in self.strategy.select(idle, self.busy, self.version, self.rng):
             task = Task(self.next_task, device, self.version, int(self.rng.integers(0, 2**31 - 1)))
             self.next_task += 1
