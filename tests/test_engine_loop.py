@@ -144,7 +144,7 @@ def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path
 
     def progress(row: dict) -> None:  # called after every handled outcome: stop once the hostile board answered twice
         if events.answered[devs[0].name] >= HOSTILE_ANSWERS:
-            engine.limits = dataclasses.replace(engine.limits, max_versions=engine.version)
+            engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
 
     with _AnsweredLog(tmp_path) as events:
         # max_versions only bounds a run whose hostile board never answers (it is not reached otherwise)

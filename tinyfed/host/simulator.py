@@ -1,8 +1,9 @@
 """Fleet simulator: hundreds to thousands of heterogeneous boards in virtual time.
 
 The engine (:mod:`tinyfed.host.engine`) drives real links in real time; this module drives the
-same :class:`~tinyfed.host.strategies.Strategy` objects through the same update checks
-(:func:`~tinyfed.host.updates.check_update`) over simulated boards whose clock is virtual. Each
+same :class:`~tinyfed.host.strategies.Strategy` objects through the same round state
+(:class:`~tinyfed.host.rounds.RoundState`: update checks, tasks in flight, counters) over
+simulated boards whose clock is virtual. Each
 task really trains, with the ``sim://`` board's numpy step (:func:`tinyfed.training.local_train`
 in the firmware's sample order, the board's int8 quantization and update image), but its
 *duration* comes from the board profile: compute = multiply-accumulates of the step / the
@@ -52,9 +53,10 @@ from tinyfed.host.config import (
     Training,
 )
 from tinyfed.host.engine import LocalTraining
+from tinyfed.host.rounds import RoundState
 from tinyfed.host.strategies import STRATEGIES, Strategy, get_strategy
 from tinyfed.host.strategies.base import Aggregate
-from tinyfed.host.updates import Update, check_update
+from tinyfed.host.updates import Update
 from tinyfed.planner.plan import Plan
 from tinyfed.training.vector import split_units, tail_evaluator
 
@@ -67,6 +69,8 @@ DEFAULT_TARGETS = {"har_cnn": 0.8, "digits_cnn": 0.75}
 #: Fewest samples a device holds when a fleet outgrows the data (devices then share shards).
 MIN_SAMPLES_PER_DEVICE = 8
 _ARRIVE, _LOST, _ONLINE = 0, 1, 2
+#: Why a simulated task is lost (the round state counts losses by these).
+DROPOUT, OFFLINE = "dropout", "offline"
 _EVENT = struct.Struct("<dBq")
 _KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4}
 #: Evaluations past the target, spread evenly up to the study's horizon (the curve for the plots).
@@ -401,15 +405,6 @@ class LocalBackend:
 # -- the simulation ---------------------------------------------------------------------------
 
 
-class _Task:
-    __slots__ = ("device", "dispatched", "duration", "seed", "task_id", "up_bytes", "version")
-
-    def __init__(self, task_id: int, device: int, version: int, seed: int, up_bytes: int, dispatched: float,
-                 duration: float) -> None:
-        self.task_id, self.device, self.version, self.seed = task_id, device, version, seed
-        self.up_bytes, self.dispatched, self.duration = up_bytes, dispatched, duration
-
-
 @dataclass(frozen=True)
 class SimLimits:
     target_accuracy: float | None = None
@@ -523,7 +518,7 @@ class Simulation:
         self.model, self.fleet, self.strategy = model, fleet, strategy
         self.training = training if training is not None else LocalTraining()
         self.limits, self.seed = limits, seed
-        self.norm_bound, self.max_staleness, self.dropout = norm_bound, max_staleness, dropout
+        self.dropout = dropout
         self.availability = availability if availability is not None else Availability()
         self.evaluate_every = max(1, int(evaluate_every))
         #: Once the target is reached, evaluate at the first version at or after each of these
@@ -532,23 +527,16 @@ class Simulation:
         self.backend = backend if backend is not None else LocalBackend()
         self.progress = progress
         self.float_update = strategy.payload == "dense"
-        self.rng = np.random.default_rng(seed)  # the engine's: strategy sampling and task seeds
-        strategy.fleet_size = len(fleet.devices)
         n = len(fleet.devices)
+        #: the global vector and version, the tasks in flight (each task's context: its device's
+        #: index and its upload's bytes), the accepted update ids and the counters, as in the engine
+        self.rounds = RoundState(strategy, model.w0, np.random.default_rng(seed), fleet_size=n,
+                                 norm_bound=norm_bound, max_staleness=max_staleness)
         self.now = 0.0
-        self.vector = model.w0.astype(np.float32).copy()
-        self.version = 0
         self.held = np.full(n, -1, np.int64)  # the version each board holds (-1: none yet)
         self.queue: list[tuple[float, int, int, int]] = []
         self.seq = 0
-        self.tasks: dict[int, _Task] = {}
-        self.next_task = 0
         self.idle: set[int] = set(range(n))
-        self.busy: dict[str, None] = {}
-        self.seen: set[tuple[str, int]] = set()
-        self.bytes_down = self.bytes_up = 0
-        self.accepted = self.rejected = self.lost = self.lost_offline = 0
-        self.rejections: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self._digest = hashlib.sha256()
         self.trace: list[tuple[float, str, int, str]] | None = [] if record_trace else None
@@ -604,25 +592,21 @@ class Simulation:
 
     def _dispatch(self) -> None:
         devices = self.fleet.devices
-        idle = [devices[i].name for i in sorted(self.idle)]
-        chosen = self.strategy.select(idle, list(self.busy), self.version, self.rng)
-        if not chosen:
+        tasks = self.rounds.dispatch([devices[i].name for i in sorted(self.idle)])
+        if not tasks:
             return
         index = {name: i for i, name in ((i, devices[i].name) for i in self.idle)}
-        for name in chosen:
-            i = index[name]
+        vector = self.rounds.vector
+        for task in tasks:
+            task_id, version = task.task_id, task.version
+            i = index[task.device]
             dev = devices[i]
-            task_id = self.next_task
-            self.next_task += 1
-            seed = int(self.rng.integers(0, 2**31 - 1))
-            download = self.held[i] != self.version
+            download = self.held[i] != version
             down, up, _, _ = self._link_cost(dev.board, download)
             duration = self.task_seconds(dev, download)
-            self.bytes_down += down
-            task = _Task(task_id, i, self.version, seed, up, self.now, duration)
-            self.tasks[task_id] = task
+            self.rounds.count_bytes(down=down)
+            task.context = (i, up)
             self.idle.discard(i)
-            self.busy[name] = None
             lost_at = None
             if self.dropout > 0:
                 u = np.random.default_rng([self.seed, 0xD0, task_id]).random(2)
@@ -636,11 +620,11 @@ class Simulation:
                 self.held[i] = -1
                 self._push(lost_at, _LOST, task_id)
             else:
-                self.held[i] = self.version
-                self.backend.start(task_id, (self.model, self.vector, dev.indices, seed, self.version, self.training,
+                self.held[i] = version
+                self.backend.start(task_id, (self.model, vector, dev.indices, task.seed, version, self.training,
                                              self.float_update))
                 self._push(self.now + duration, _ARRIVE, task_id)
-            self._record("dispatch", task_id, name)
+            self._record("dispatch", task_id, task.device)
 
     def _release(self, i: int) -> None:
         """The device is free again: offered at once while its window is open, else when the next opens."""
@@ -657,20 +641,18 @@ class Simulation:
             self.idle.add(i)
             self._record("online", i, self.fleet.devices[i].name)
             return None
-        task = self.tasks.pop(task_id)
-        dev = self.fleet.devices[task.device]
-        del self.busy[dev.name]
-        self._release(task.device)
+        task = self.rounds.in_flight[task_id]
+        i, up = task.context
+        dev = self.fleet.devices[i]
+        self._release(i)
         if kind == _LOST:
             self._record("lost", task_id, dev.name)
-            self.lost += 1
-            if task_id in self._cut_off:
-                self._cut_off.discard(task_id)
-                self.lost_offline += 1
-            return self.strategy.on_lost(dev.name, task_id)
+            offline = task_id in self._cut_off
+            self._cut_off.discard(task_id)
+            return self.rounds.lose(task_id, OFFLINE if offline else DROPOUT).aggregate
         self._record("arrive", task_id, dev.name)
-        self.bytes_up += task.up_bytes
-        if self.max_staleness is not None and self.version - task.version > self.max_staleness:
+        self.rounds.count_bytes(up=up)
+        if self.rounds.too_stale(task):
             # check_update refuses it as too stale before looking at the delta (and n >= 1 always
             # holds here), so the outcome is known without spending host time on the training.
             self.backend.cancel(task_id)
@@ -678,15 +660,7 @@ class Simulation:
         else:
             res = self.backend.finish(task_id)
             update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes)
-        rejection = check_update(update, global_version=self.version, size=self.vector.size,
-                                 norm_bound=self.norm_bound, max_staleness=self.max_staleness, seen_tasks=self.seen)
-        if rejection is not None:
-            self.rejected += 1
-            self.rejections[str(rejection.reason)] = self.rejections.get(str(rejection.reason), 0) + 1
-            return self.strategy.on_lost(dev.name, task_id)
-        self.seen.add(update.key)
-        self.accepted += 1
-        return self.strategy.on_update(update, self.version)
+        return self.rounds.arrive(task_id, update).aggregate
 
     def _prefetch(self) -> None:
         """Hand a backend that trains ahead (``lookahead``) the tasks whose arrivals come next, when
@@ -696,10 +670,11 @@ class Simulation:
             self.backend.prefetch([tid for _, _, kind, tid in heapq.nsmallest(window, self.queue) if kind == _ARRIVE])
 
     def _evaluate(self) -> dict[str, Any]:
-        acc, loss = self.model.evaluate(self.vector)
-        row = {"version": self.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
-               "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
-               "bytes_total": self.bytes_down + self.bytes_up, "updates_accepted": self.accepted,
+        rounds = self.rounds
+        acc, loss = self.model.evaluate(rounds.vector)
+        row = {"version": rounds.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
+               "bytes_down": rounds.bytes_down, "bytes_up": rounds.bytes_up,
+               "bytes_total": rounds.bytes_down + rounds.bytes_up, "updates_accepted": rounds.accepted,
                "wall_s": self._wall + time.monotonic() - self._call_started}
         self.history.append(row)
         if self.progress is not None:
@@ -713,7 +688,7 @@ class Simulation:
                 return False
             self._grid_next = int(np.searchsorted(self.eval_grid, self.now, side="right"))
             return True
-        return self.version % self.evaluate_every == 0
+        return self.rounds.version % self.evaluate_every == 0
 
     def _note(self, row: dict[str, Any], target: float | None) -> None:
         if self.ttt is None and target is not None and row["accuracy"] >= target:
@@ -735,11 +710,12 @@ class Simulation:
 
     def close(self) -> None:
         """Drop the tasks still in flight (they are never trained)."""
-        for task_id in list(self.tasks):
+        for task_id in list(self.rounds.in_flight):
             self.backend.cancel(task_id)
 
     def _run(self, lim: SimLimits) -> SimResult:
         self._call_started = time.monotonic()
+        rounds = self.rounds
         if not self.history:
             self._note(self._evaluate(), lim.target_accuracy)
         reason = "no events left"
@@ -761,40 +737,39 @@ class Simulation:
                 self.now = t
                 agg = self._handle(kind, task_id)
                 if agg is not None:
-                    self.vector = (self.vector + agg.step).astype(np.float32)
-                    self.version = agg.new_version
-                    self._record("step", self.version, "")
+                    rounds.apply(agg)
+                    self._record("step", rounds.version, "")
                     if self._evaluation_due():
                         self._note(self._evaluate(), lim.target_accuracy)
                     if self.ttt is not None and lim.stop_at_target:
                         reason = "target reached"
                         break
-                    if lim.max_versions is not None and self.version >= lim.max_versions:
+                    if lim.max_versions is not None and rounds.version >= lim.max_versions:
                         reason = "max versions"
                         break
                 if lim.max_wall_seconds is not None and time.monotonic() - self._call_started >= lim.max_wall_seconds:
                     reason = "max wall seconds"
                     break
-        if self.history[-1]["version"] != self.version:
+        if self.history[-1]["version"] != rounds.version:
             self._note(self._evaluate(), lim.target_accuracy)
         self._wall += time.monotonic() - self._call_started
         digest = self._digest.copy()
-        digest.update(np.ascontiguousarray(self.vector).tobytes())
+        digest.update(np.ascontiguousarray(rounds.vector).tobytes())
         final = self.history[-1]
         if self.model.evaluate_full is not self.model.evaluate:
-            acc, loss = self.model.evaluate_full(self.vector)
+            acc, loss = self.model.evaluate_full(rounds.vector)
             final = {"accuracy": float(acc), "loss": float(loss)}
         return SimResult(
-            strategy=self.strategy.name, payload=self.model.payload, versions=self.version, sim_seconds=self.now,
+            strategy=self.strategy.name, payload=self.model.payload, versions=rounds.version, sim_seconds=self.now,
             time_to_target_s=self.ttt, versions_to_target=self.vtt, reached_target=self.ttt is not None,
             final_accuracy=final["accuracy"], final_loss=final["loss"],
             best_accuracy=max(r["accuracy"] for r in self.history),
             device_memory_bytes=self.model.device_memory_bytes, bytes_per_update=self.model.update_bytes,
-            bytes_down=self.bytes_down, bytes_up=self.bytes_up, tasks=self.next_task,
-            board_steps=self.accepted + self.rejected, host_trainings=self.backend.steps - self._steps0,
-            updates_accepted=self.accepted, updates_rejected=self.rejected, updates_lost=self.lost,
-            updates_lost_offline=self.lost_offline, rejections=dict(self.rejections), wall_seconds=self._wall,
-            event_digest=digest.hexdigest(), stop_reason=reason, vector=self.vector.copy(),
+            bytes_down=rounds.bytes_down, bytes_up=rounds.bytes_up, tasks=rounds.next_task,
+            board_steps=rounds.accepted + rounds.rejected, host_trainings=self.backend.steps - self._steps0,
+            updates_accepted=rounds.accepted, updates_rejected=rounds.rejected, updates_lost=rounds.lost,
+            updates_lost_offline=rounds.losses.get(OFFLINE, 0), rejections=dict(rounds.rejections),
+            wall_seconds=self._wall, event_digest=digest.hexdigest(), stop_reason=reason, vector=rounds.vector.copy(),
             history=list(self.history), trace=list(self.trace) if self.trace is not None else None)
 
 
