@@ -227,7 +227,7 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
         from tinyfed.firmware_bridge.link.devices import load_device_fleet
 
         fleet = load_device_fleet(fleet_path, boards_dirs)
-        devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked]
+        devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked if d.url is not None]
         if not devices:
             raise TinyfedError(f"{fleet_path} lists no device URLs", fix="add url/urls to its [[boards]] entries",
                                source=str(fleet_path))
@@ -370,7 +370,8 @@ def _recorded_baseline(out: Path) -> str | None:
         return None
 
 
-def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
+def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
+               resumed_from: int | None = None) -> None:
     """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile."""
     baseline = _recorded_baseline(out)
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),

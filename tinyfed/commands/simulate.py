@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("strategy", "payload", "reached_target", "time_to_target_s", "versions_to_target", "versions",
                   "sim_seconds", "final_accuracy", "end_accuracy_mean", "best_accuracy", "device_memory_bytes",
-                  "bytes_per_update", "bytes_to_target", "bytes_total", "bytes_down", "bytes_up", "tasks", "board_steps", "updates_accepted",
-                  "updates_rejected", "updates_lost", "updates_lost_offline", "wall_seconds", "board_steps_per_s", "stop_reason")
+                  "bytes_per_update", "bytes_to_target", "bytes_total", "bytes_down", "bytes_up", "tasks",
+                  "board_steps", "updates_accepted", "updates_rejected", "updates_lost", "updates_lost_offline",
+                  "wall_seconds", "board_steps_per_s", "stop_reason")
 HISTORY_FIELDS = ("strategy", "version", "sim_time_s", "accuracy", "loss", "bytes_down", "bytes_up", "bytes_total",
                   "updates_accepted", "wall_s")
 RATIO_FIELDS = ("time_to_target_s", "device_memory_bytes", "bytes_per_update", "bytes_to_target", "bytes_total")

@@ -89,7 +89,8 @@ class Data(ConfigTable):
         description="NPZ with x_test and y_test; default: x_test/y_test of `npz`, or the zoo split",
     )
     partition: Partition = Field(default="natural", description="'natural' (by user), 'iid' or 'dirichlet'")
-    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (dirichlet only): smaller is more skewed")
+    alpha: float = Field(default=0.5, gt=0,
+                         description="Dirichlet concentration (dirichlet only): smaller is more skewed")
 
 
 class StrategyParams(ConfigTable):
@@ -115,7 +116,9 @@ class Limits(ConfigTable):
 
     max_seconds: float | None = Field(default=None, gt=0, description="wall-clock seconds of training")
     max_versions: int | None = Field(default=None, gt=0, description="global model versions")
-    max_bytes: int | None = Field(default=None, gt=0, description="task bytes over the links (weights down plus updates up; provisioning not counted)")
+    max_bytes: int | None = Field(
+        default=None, gt=0,
+        description="task bytes over the links (weights down plus updates up; provisioning not counted)")
 
 
 class Training(ConfigTable):
@@ -154,8 +157,10 @@ class Evaluation(ConfigTable):
 class Devices(ConfigTable):
     """What happens when a device is slow, disconnects or resets."""
 
-    device_timeout_s: float = Field(default=120.0, gt=0, description="seconds a task may take before the device is marked late")
-    retries: int = Field(default=3, ge=0, le=100, description="reconnect attempts before a device is dropped from the run")
+    device_timeout_s: float = Field(default=120.0, gt=0,
+                                    description="seconds a task may take before the device is marked late")
+    retries: int = Field(default=3, ge=0, le=100,
+                         description="reconnect attempts before a device is dropped from the run")
     backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles on each further attempt")
 
 

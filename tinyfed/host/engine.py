@@ -289,7 +289,7 @@ class Engine:
             strategy_state={"strategy": self.strategy.state_dict(), "engine": self._engine_state(started)},
             devices={name: {"state": st.state, "failures": st.failures, "tasks": st.tasks}
                      for name, st in self.state.items()},
-            rng_state=rounds.rng.bit_generator.state,
+            rng_state=dict(rounds.rng.bit_generator.state),
             event_position=self.events.position(),
             accepted_update_ids=sorted(f"{device}:{task}" for device, task in rounds.seen),
         )

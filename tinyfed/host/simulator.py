@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import AfterValidator, Field, field_validator
@@ -381,6 +381,31 @@ def make_fleet(shards: list[np.ndarray], clients: int, mix: dict[str, float], st
 # -- backends ---------------------------------------------------------------------------------
 
 
+class Backend(Protocol):
+    """Where a simulated board's training step runs: in this process, or elsewhere (Ray)."""
+
+    name: str
+    steps: int  # results handed back so far
+
+    def start(self, task_id: int, args: tuple) -> None: ...
+
+    def cancel(self, task_id: int) -> None: ...
+
+    def finish(self, task_id: int) -> StepResult: ...
+
+
+@runtime_checkable
+class TrainsAhead(Protocol):
+    """A backend that trains the next arrivals ahead of virtual time (Ray): the simulation tells it which."""
+
+    lookahead: int
+
+    @property
+    def outstanding(self) -> int: ...
+
+    def prefetch(self, task_ids: list[int]) -> None: ...
+
+
 class LocalBackend:
     """Trains a task in this process when its result is due (a task lost or still in flight at
     the end never trains). A parallel backend may train at ``start`` instead: results are the same."""
@@ -505,7 +530,7 @@ class Simulation:
                  training: LocalTraining | None = None, limits: SimLimits | None = None, seed: int = 0,
                  norm_bound: float | None = 100.0, max_staleness: int | None = 20, dropout: float = 0.0,
                  availability: Availability | None = None, evaluate_every: int = 1,
-                 backend: LocalBackend | None = None, record_trace: bool = False,
+                 backend: Backend | None = None, record_trace: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
         if model.payload != expected:
@@ -665,9 +690,12 @@ class Simulation:
     def _prefetch(self) -> None:
         """Hand a backend that trains ahead (``lookahead``) the tasks whose arrivals come next, when
         fewer than half that many are in its hands (so the heap is scanned once per half window)."""
-        window = getattr(self.backend, "lookahead", 0)
-        if window and self.backend.outstanding <= window // 2:
-            self.backend.prefetch([tid for _, _, kind, tid in heapq.nsmallest(window, self.queue) if kind == _ARRIVE])
+        backend = self.backend
+        if not isinstance(backend, TrainsAhead) or not backend.lookahead:
+            return
+        window = backend.lookahead
+        if backend.outstanding <= window // 2:
+            backend.prefetch([tid for _, _, kind, tid in heapq.nsmallest(window, self.queue) if kind == _ARRIVE])
 
     def _evaluate(self) -> dict[str, Any]:
         rounds = self.rounds
@@ -903,8 +931,11 @@ class Study:
 
         self.cfg, self.boards_dirs = cfg, boards_dirs
         # The plan's files only live as long as the study (removed with it unless work_dir is given).
-        self._tmp = tempfile.TemporaryDirectory(prefix="tinyfed-sim-") if work_dir is None else None
-        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tinyfed-sim-")
+            work_dir = Path(self._tmp.name)
+        self.work_dir = Path(work_dir)
         self.mix = parse_board_mix(cfg.board_mix)
         self.slowdown = Slowdown.parse(cfg.slowdown)
         self.availability = Availability.parse(cfg.availability)
@@ -989,7 +1020,7 @@ class Study:
         return model
 
     def simulation(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
-                   backend: LocalBackend | None = None, record_trace: bool = False) -> Simulation:
+                   backend: Backend | None = None, record_trace: bool = False) -> Simulation:
         """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
         cfg = self.cfg
         strategy = cfg.strategy(name)
@@ -1000,7 +1031,7 @@ class Study:
                           progress=progress)
 
     def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
-            backend: LocalBackend | None = None, record_trace: bool = False) -> SimResult:
+            backend: Backend | None = None, record_trace: bool = False) -> SimResult:
         """One strategy to its target or a limit (no common horizon: see :meth:`run_all`)."""
         sim = self.simulation(name, progress=progress, backend=backend, record_trace=record_trace)
         try:
@@ -1009,7 +1040,7 @@ class Study:
             sim.close()
 
     def run_all(self, *, progress: Callable[[dict[str, Any]], None] | None = None,
-                backend: LocalBackend | None = None,
+                backend: Backend | None = None,
                 announce: Callable[[str, SimResult], None] | None = None) -> dict[str, SimResult]:
         """Every strategy to its target (time to target), then, with a horizon, every one on to the
         same simulated moment, where their final accuracies are taken."""
