@@ -110,6 +110,9 @@ class Strategy(ABC):
     name: ClassVar[str]
     payload: ClassVar[str]
     Params: ClassVar[type[DataclassInstance]]  # the dataclass of the strategy's knobs
+    #: Where the strategy stands in listings and in a study's default set: the method under test
+    #: first, then its baselines; a new strategy without one comes after them, by name.
+    listing_order: ClassVar[int] = 100
 
     def __init__(self, params: Any = None, *, fleet_size: int | None = None) -> None:
         self.params: Any = self.Params() if params is None else params  # an instance of the subclass's Params

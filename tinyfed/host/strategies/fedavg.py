@@ -46,6 +46,7 @@ class FedAvg(Strategy):
     """w_i = n_i over the round's arrivals; step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
 
     name = "fedavg"
+    listing_order = 2
     payload = "dense"
     Params = FedAvgParams
 

@@ -32,6 +32,7 @@ class FedBuff(BufferedStrategy):
     """w_i = n_i / sqrt(1 + tau_i); step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
 
     name = "fedbuff"
+    listing_order = 1
     payload = "dense"
     Params = FedBuffParams
 

@@ -56,6 +56,7 @@ class FTTE(BufferedStrategy):
     """w_i = n_i * s(tau_i) * g(var_i); step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
 
     name = "ftte"
+    listing_order = 0
     payload = "subset"
     Params = FTTEParams
 
