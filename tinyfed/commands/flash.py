@@ -39,7 +39,8 @@ def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_n
                          fix="flash it with esptool (`esptool.py write_flash`)", source=board.name)
     target = target_name or board.pyocd_target
     if target is None:
-        raise FlashError(f"no pyOCD target known for {board.name}", fix="pass --target, or set pyocd_target in the board's TOML (`pyocd list --targets`)",
+        raise FlashError(f"no pyOCD target known for {board.name}",
+                         fix="pass --target, or set pyocd_target in the board's TOML (`pyocd list --targets`)",
                          source=board.name)
     try:
         from pyocd.core.helpers import ConnectHelper
