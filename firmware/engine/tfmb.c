@@ -136,15 +136,10 @@ static bool check_op(const tfmb_model_t *m, uint16_t idx, tfmb_error_t *err)
 
     const tfmb_op_entry_t *entry = tfmb_find_op(op.code);
     if (!entry) return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
-    for (int i = 0; i < 3; ++i) {
-        if (op.in[i] == TFMB_NONE) {
-            if (i < entry->required) return BAD("missing input at op", idx);
-            continue;
-        }
-        if (i >= entry->inputs) return BAD("extra input at op", idx);
-        if (op.in[i] >= m->tensor_count) return BAD("input id out of range at op", idx);
-        read_tensor(m, op.in[i], &t[i]);
-    }
+    const char *ids = tfmb_check_input_ids(op.in, entry->required, entry->inputs, m->tensor_count);
+    if (ids) return BAD(ids, idx);
+    for (int i = 0; i < 3; ++i)
+        if (op.in[i] != TFMB_NONE) read_tensor(m, op.in[i], &t[i]);
     if (op.out >= m->tensor_count) return BAD("output id out of range at op", idx);
     read_tensor(m, op.out, &out);
     if (!tfmb_is_activation(&out)) return BAD("output is not an int8 activation at op", idx);

@@ -143,6 +143,37 @@ static inline int8_t tfmb_requant(uint32_t acc, const uint8_t *bias, const uint8
 
 static inline bool tfmb_in_range(int32_t v, int32_t lo, int32_t hi) { return v >= lo && v <= hi; }
 
+/* The taps of a window (conv filter or pool window, both engines) that fall on the input:
+ * tap k in [0, taps) reads position start + k * step, and [*first, *end) are those inside
+ * [0, size). Kernels loop over that range once per output position instead of testing every
+ * tap; the taps summed, and their order, are the same. start >= -TFMB_MAX_DIM,
+ * size <= TFMB_MAX_DIM and step in [1, TFMB_MAX_STRIDE] (validated), so nothing overflows. */
+static inline void tfmb_taps_inside(int32_t start, int32_t step, int32_t taps, int32_t size, int32_t *first,
+                                    int32_t *end)
+{
+    const int32_t room = size - start; /* positions start .. size - 1 */
+    const int32_t last = room > 0 ? (room + step - 1) / step : 0;
+    *first = start < 0 ? (step - 1 - start) / step : 0;
+    *end = last < taps ? last : taps;
+}
+
+/* The input-slot checks both engines' op records share: the entry's first `required` of
+ * in[0..2] present (not TFMB_NONE), none beyond its `inputs`, every present id below `count`.
+ * NULL when they pass, else the problem (reported with the op index). */
+static inline const char *tfmb_check_input_ids(const uint16_t in[3], uint8_t required, uint8_t inputs,
+                                               uint32_t count)
+{
+    for (int i = 0; i < 3; ++i) {
+        if (in[i] == TFMB_NONE) {
+            if (i < required) return "missing input at op";
+            continue;
+        }
+        if (i >= inputs) return "extra input at op";
+        if (in[i] >= count) return "input id out of range at op";
+    }
+    return 0;
+}
+
 static inline bool tfmb_is_activation(const tfmb_tensor_t *t) { return !t->constant && t->type == TFMB_TYPE_INT8; }
 
 /* ---- the op table ------------------------------------------------------------------------

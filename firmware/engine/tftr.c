@@ -151,15 +151,10 @@ static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
         return BAD("fused activation bad at op", idx);
     /* ZERO_IN0 / ZERO_IN1 may only name activation inputs */
     if (op.flags & ~((1u << entry->activations) - 1u)) return BAD("op flags bad at op", idx);
-    for (int i = 0; i < 3; ++i) {
-        if (op.in[i] == TFTR_NONE16) {
-            if (i < entry->required) return BAD("missing input at op", idx);
-            continue;
-        }
-        if (i >= entry->inputs) return BAD("extra input at op", idx);
-        if (op.in[i] >= p->tensor_count) return BAD("input id out of range at op", idx);
-        tftr_read_tensor(p, op.in[i], &t[i]);
-    }
+    const char *ids = tfmb_check_input_ids(op.in, entry->required, entry->inputs, p->tensor_count);
+    if (ids) return BAD(ids, idx);
+    for (int i = 0; i < 3; ++i)
+        if (op.in[i] != TFTR_NONE16) tftr_read_tensor(p, op.in[i], &t[i]);
     if (op.out >= p->tensor_count) return BAD("output id out of range at op", idx);
     tftr_read_tensor(p, op.out, &out);
     if (!tftr_is_act(&out) || !tftr_is_act(&t[0])) return BAD("input/output not an activation at op", idx);

@@ -22,7 +22,7 @@
 #define TFTR_OP_BYTES 64u
 #define TFTR_UNIT_BYTES 24u
 #define TFTR_NPARAMS 13
-#define TFTR_NONE16 0xFFFFu
+#define TFTR_NONE16 0xFFFFu /* = TFMB_NONE: tfmb_check_input_ids serves both formats */
 #define TFTR_NONE32 0xFFFFFFFFu
 #define TFTR_ALIGN 4u /* of the data section */
 

@@ -3,7 +3,6 @@
 #ifndef TINYFED_CMSDK_UART_H
 #define TINYFED_CMSDK_UART_H
 
-#include <stddef.h>
 #include <stdint.h>
 
 #define CMSDK_UART_DATA(b)     REG32((b) + 0x00u)
@@ -20,9 +19,5 @@
 #define CMSDK_CTRL_RXINTEN   (1u << 3)
 #define CMSDK_INT_RX         (1u << 1)
 #define CMSDK_INT_RXOVR      (1u << 3)
-
-void cmsdk_uart_init(uint32_t base, uint32_t clock_hz, uint32_t baud);
-void cmsdk_uart_write(uint32_t base, const uint8_t *data, size_t len);
-void cmsdk_uart_isr(uint32_t base);
 
 #endif

@@ -13,10 +13,11 @@
 #define A(c, t) ((int8_t *)((c)->arena + (t)->offset))
 #define K(c, t) ((const int8_t *)((c)->data + (t)->offset))
 
-/* The checks CONV_2D and DEPTHWISE_CONV_2D share; dw selects the filter layout rules. */
-static const char *validate_conv(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t *t,
-                                 const tfmb_tensor_t *out, bool dw)
+/* Both entries' checks: the op's code selects the filter layout rules. */
+static const char *conv_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
+                                 const tfmb_tensor_t *out)
 {
+    const bool dw = op->code == TFMB_OP_DEPTHWISE_CONV_2D;
     const tfmb_tensor_t *in = &t[0], *f = &t[1];
     if (in->rank != 4 || out->rank != 4 || f->rank != 4) return "conv tensors must be 4-D at op";
     if (!f->constant || f->type != TFMB_TYPE_INT8) return "conv filter not int8 constant at op";
@@ -45,105 +46,100 @@ static const char *validate_conv(const tfmb_model_t *m, const tfmb_op_t *op, con
     return tfmb_check_requant_arrays(m, op, oc);
 }
 
-static const char *conv_2d_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t in[3],
-                                    const tfmb_tensor_t *out)
+/* What both kernels read from the op and its tensors. */
+typedef struct {
+    const int8_t *x, *f;
+    int8_t *y;
+    const uint8_t *b, *mult, *shift;
+    int32_t in_off, out_off, lo, hi;
+    int32_t sh, sw, dh, dw, ph, pw;
+    int32_t batches, ih, iw, ic, oh, ow, oc, fh, fw;
+} conv_args_t;
+
+static inline conv_args_t conv_args(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                    const tfmb_ctx_t *c)
 {
-    return validate_conv(m, op, in, out, false);
+    const tfmb_tensor_t *in = &t[0], *filt = &t[1];
+    return (conv_args_t){
+        .x = A(c, in), .f = K(c, filt), .y = A(c, out),
+        .b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0,
+        .mult = c->data + op->p[10], .shift = c->data + op->p[11],
+        .in_off = op->p[0], .out_off = op->p[1], .lo = op->p[2], .hi = op->p[3],
+        .sh = op->p[4], .sw = op->p[5], .dh = op->p[6], .dw = op->p[7], .ph = op->p[8], .pw = op->p[9],
+        .batches = in->d[0], .ih = in->d[1], .iw = in->d[2], .ic = in->d[3],
+        .oh = out->d[1], .ow = out->d[2], .oc = out->d[3], .fh = filt->d[1], .fw = filt->d[2],
+    };
 }
 
-static const char *depthwise_conv_2d_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t in[3],
-                                              const tfmb_tensor_t *out)
+/* An output position's taps on the input: rows ky0..ky1-1 and columns kx0..kx1-1 of the filter,
+ * tap (ky, kx) reading input row iy0 + dh * ky and column ix0 + dw * kx of batch n. */
+typedef struct {
+    int32_t n, iy0, ix0, ky0, ky1, kx0, kx1;
+} conv_taps_t;
+
+/* CONV_2D's accumulator of output channel o: filter o's taps dotted with the input channels. */
+static inline uint32_t conv_2d_acc(const conv_args_t *a, const conv_taps_t *w, int32_t o)
 {
-    return validate_conv(m, op, in, out, true);
+    uint32_t acc = 0;
+    for (int32_t ky = w->ky0; ky < w->ky1; ++ky)
+        for (int32_t kx = w->kx0; kx < w->kx1; ++kx) {
+            const int8_t *xp = a->x + ((w->n * a->ih + w->iy0 + a->dh * ky) * a->iw + w->ix0 + a->dw * kx) * a->ic;
+            const int8_t *fp = a->f + ((o * a->fh + ky) * a->fw + kx) * a->ic;
+            int32_t s = 0; /* |s| <= ic * 32640 < 2**31 (ic <= 65535) */
+            for (int32_t k = 0; k < a->ic; ++k) s += (int32_t)fp[k] * ((int32_t)xp[k] + a->in_off);
+            acc += (uint32_t)s;
+        }
+    return acc;
+}
+
+/* DEPTHWISE_CONV_2D's accumulator of output channel o = ci * dm + m: input channel ci's taps. */
+static inline uint32_t depthwise_conv_2d_acc(const conv_args_t *a, const conv_taps_t *w, int32_t o, int32_t ci)
+{
+    uint32_t acc = 0;
+    for (int32_t ky = w->ky0; ky < w->ky1; ++ky)
+        for (int32_t kx = w->kx0; kx < w->kx1; ++kx) {
+            const int32_t at = ((w->n * a->ih + w->iy0 + a->dh * ky) * a->iw + w->ix0 + a->dw * kx) * a->ic + ci;
+            acc += (uint32_t)(a->f[(ky * a->fw + kx) * a->oc + o] * ((int32_t)a->x[at] + a->in_off));
+        }
+    return acc;
+}
+
+/* The loops both kernels share: every output position, its taps on the input, every output
+ * channel, requantized. Always inlined, so each kernel is compiled with its `depthwise` fixed
+ * and carries no test of it. */
+static inline __attribute__((always_inline)) void conv_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3],
+                                                            const tfmb_tensor_t *out, const tfmb_ctx_t *c,
+                                                            bool depthwise)
+{
+    const conv_args_t a = conv_args(op, t, out, c);
+    const int32_t dm = depthwise ? op->p[12] : 1;
+    conv_taps_t w;
+    for (w.n = 0; w.n < a.batches; ++w.n)
+        for (int32_t oy = 0; oy < a.oh; ++oy) {
+            w.iy0 = oy * a.sh - a.ph;
+            tfmb_taps_inside(w.iy0, a.dh, a.fh, a.ih, &w.ky0, &w.ky1);
+            for (int32_t ox = 0; ox < a.ow; ++ox) {
+                w.ix0 = ox * a.sw - a.pw;
+                tfmb_taps_inside(w.ix0, a.dw, a.fw, a.iw, &w.kx0, &w.kx1);
+                int8_t *yo = a.y + ((w.n * a.oh + oy) * a.ow + ox) * a.oc;
+                for (int32_t ci = 0, o = 0; o < a.oc; ++ci)
+                    for (int32_t m = 0; m < dm; ++m, ++o) {
+                        const uint32_t acc = depthwise ? depthwise_conv_2d_acc(&a, &w, o, ci) : conv_2d_acc(&a, &w, o);
+                        yo[o] = tfmb_requant(acc, a.b, a.mult, a.shift, o, a.out_off, a.lo, a.hi);
+                    }
+            }
+        }
 }
 
 static void conv_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c)
 {
-    const tfmb_tensor_t *in = &t[0], *filt = &t[1];
-    const int8_t *x = A(c, in);
-    const int8_t *f = K(c, filt);
-    int8_t *y = A(c, out);
-    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
-    const uint8_t *mult = c->data + op->p[10];
-    const uint8_t *shift = c->data + op->p[11];
-    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3];
-    const int32_t sh = op->p[4], sw = op->p[5], dh = op->p[6], dw = op->p[7], ph = op->p[8], pw = op->p[9];
-    const int32_t batches = in->d[0], ih = in->d[1], iw = in->d[2], ic = in->d[3];
-    const int32_t oh = out->d[1], ow = out->d[2], oc = out->d[3];
-    const int32_t fh = filt->d[1], fw = filt->d[2];
-
-    for (int32_t n = 0; n < batches; ++n) {
-        for (int32_t oy = 0; oy < oh; ++oy) {
-            const int32_t iy0 = oy * sh - ph;
-            for (int32_t ox = 0; ox < ow; ++ox) {
-                const int32_t ix0 = ox * sw - pw;
-                int8_t *yo = y + ((n * oh + oy) * ow + ox) * oc;
-                for (int32_t o = 0; o < oc; ++o) {
-                    uint32_t acc = 0;
-                    for (int32_t ky = 0; ky < fh; ++ky) {
-                        const int32_t iy = iy0 + dh * ky;
-                        if (iy < 0 || iy >= ih) continue;
-                        for (int32_t kx = 0; kx < fw; ++kx) {
-                            const int32_t ix = ix0 + dw * kx;
-                            if (ix < 0 || ix >= iw) continue;
-                            const int8_t *xp = x + ((n * ih + iy) * iw + ix) * ic;
-                            const int8_t *fp = f + ((o * fh + ky) * fw + kx) * ic;
-                            int32_t s = 0; /* |s| <= ic * 32640 < 2**31 (ic <= 65535) */
-                            for (int32_t k = 0; k < ic; ++k) s += (int32_t)fp[k] * ((int32_t)xp[k] + in_off);
-                            acc += (uint32_t)s;
-                        }
-                    }
-                    yo[o] = tfmb_requant(acc, b, mult, shift, o, out_off, lo, hi);
-                }
-            }
-        }
-    }
+    conv_eval(op, t, out, c, false);
 }
 
 static void depthwise_conv_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                                    const tfmb_ctx_t *c)
 {
-    const tfmb_tensor_t *in = &t[0], *filt = &t[1];
-    const int8_t *x = A(c, in);
-    const int8_t *f = K(c, filt);
-    int8_t *y = A(c, out);
-    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
-    const uint8_t *mult = c->data + op->p[10];
-    const uint8_t *shift = c->data + op->p[11];
-    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3];
-    const int32_t sh = op->p[4], sw = op->p[5], dh = op->p[6], dw = op->p[7], ph = op->p[8], pw = op->p[9];
-    const int32_t dm = op->p[12];
-    const int32_t batches = in->d[0], ih = in->d[1], iw = in->d[2], ic = in->d[3];
-    const int32_t oh = out->d[1], ow = out->d[2], oc = out->d[3];
-    const int32_t fh = filt->d[1], fw = filt->d[2];
-
-    for (int32_t n = 0; n < batches; ++n) {
-        for (int32_t oy = 0; oy < oh; ++oy) {
-            const int32_t iy0 = oy * sh - ph;
-            for (int32_t ox = 0; ox < ow; ++ox) {
-                const int32_t ix0 = ox * sw - pw;
-                int8_t *yo = y + ((n * oh + oy) * ow + ox) * oc;
-                for (int32_t ci = 0; ci < ic; ++ci) {
-                    for (int32_t m = 0; m < dm; ++m) {
-                        const int32_t o = m + ci * dm;
-                        uint32_t acc = 0;
-                        for (int32_t ky = 0; ky < fh; ++ky) {
-                            const int32_t iy = iy0 + dh * ky;
-                            if (iy < 0 || iy >= ih) continue;
-                            for (int32_t kx = 0; kx < fw; ++kx) {
-                                const int32_t ix = ix0 + dw * kx;
-                                if (ix < 0 || ix >= iw) continue;
-                                const int32_t xv = (int32_t)x[((n * ih + iy) * iw + ix) * ic + ci] + in_off;
-                                const int32_t fv = f[(ky * fw + kx) * oc + o];
-                                acc += (uint32_t)(fv * xv);
-                            }
-                        }
-                        yo[o] = tfmb_requant(acc, b, mult, shift, o, out_off, lo, hi);
-                    }
-                }
-            }
-        }
-    }
+    conv_eval(op, t, out, c, true);
 }
 
 const tfmb_op_entry_t tfmb_op_conv_2d = {
@@ -152,7 +148,7 @@ const tfmb_op_entry_t tfmb_op_conv_2d = {
     .required = 2,
     .activations = 1,
     .in_place = false,
-    .validate = conv_2d_validate,
+    .validate = conv_validate,
     .eval = conv_2d_eval,
 };
 
@@ -162,6 +158,6 @@ const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .required = 2,
     .activations = 1,
     .in_place = false,
-    .validate = depthwise_conv_2d_validate,
+    .validate = conv_validate,
     .eval = depthwise_conv_2d_eval,
 };

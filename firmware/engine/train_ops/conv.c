@@ -6,9 +6,15 @@
  */
 #include "../tftr_internal.h"
 
-/* The checks CONV_2D and DEPTHWISE_CONV_2D share; dw selects the filter layout rules. */
-static const char *validate_conv(const tftr_op_t *op, const tftr_tensor_t *t, const tftr_tensor_t *out, bool dw)
+/* Both entries' functions serve CONV_2D and DEPTHWISE_CONV_2D: the op's code selects the filter
+ * layout (a test per tap either way; the kernels are not specialised per op). */
+static bool is_depthwise(const tftr_op_t *op) { return op->code == TFMB_OP_DEPTHWISE_CONV_2D; }
+
+static const char *conv_validate(const tftr_program_t *p, const tftr_op_t *op, const tftr_tensor_t t[3],
+                                 const tftr_tensor_t *out)
 {
+    (void)p;
+    const bool dw = is_depthwise(op);
     const tftr_tensor_t *in = &t[0], *f = &t[1];
     if (!tftr_batch1_4d(in) || !tftr_batch1_4d(out))
         return "conv tensors must be 1xHxWxC at op";
@@ -34,128 +40,103 @@ static const char *validate_conv(const tftr_op_t *op, const tftr_tensor_t *t, co
     return 0;
 }
 
-static const char *conv_2d_validate(const tftr_program_t *p, const tftr_op_t *op, const tftr_tensor_t in[3],
-                                    const tftr_tensor_t *out)
+/* What the forward and backward passes read from the op and its tensors. */
+typedef struct {
+    const tftr_tensor_t *in, *w, *b;
+    int32_t h, wd, ic, oh, ow, oc, kh, kw;
+    int32_t sh, sw, dh, dwl, pt, pl;
+    int32_t mult; /* output channels per input channel: the depth multiplier, 1 for CONV_2D */
+} conv_args_t;
+
+static inline conv_args_t conv_args(const tftr_op_t *op, const tftr_tensor_t *t, const tftr_tensor_t *out, bool dw)
 {
-    (void)p;
-    return validate_conv(op, in, out, false);
+    return (conv_args_t){
+        .in = &t[0], .w = &t[1], .b = op->in[2] != TFTR_NONE16 ? &t[2] : 0,
+        .h = t[0].d[1], .wd = t[0].d[2], .ic = t[0].d[3], .oh = out->d[1], .ow = out->d[2], .oc = out->d[3],
+        .kh = t[1].d[1], .kw = t[1].d[2],
+        .sh = op->p[0], .sw = op->p[1], .dh = op->p[2], .dwl = op->p[3], .pt = op->p[4], .pl = op->p[5],
+        .mult = dw ? op->p[6] : 1,
+    };
 }
 
-static const char *depthwise_conv_2d_validate(const tftr_program_t *p, const tftr_op_t *op, const tftr_tensor_t in[3],
-                                              const tftr_tensor_t *out)
+static void conv_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out, const tftr_ctx_t *c)
 {
-    (void)p;
-    return validate_conv(op, in, out, true);
-}
-
-static void conv_forward(const tftr_op_t *op, const tftr_tensor_t *t, const tftr_tensor_t *out, const tftr_ctx_t *c,
-                         bool dw)
-{
-    const tftr_tensor_t *in = &t[0], *w = &t[1], *b = op->in[2] != TFTR_NONE16 ? &t[2] : 0;
-    const int32_t h = in->d[1], wd = in->d[2], ic = in->d[3];
-    const int32_t oh = out->d[1], ow = out->d[2], oc = out->d[3];
-    const int32_t kh = w->d[1], kw = w->d[2];
-    const int32_t sh = op->p[0], sw = op->p[1], dh = op->p[2], dwl = op->p[3], pt = op->p[4], pl = op->p[5];
-    const int32_t mult = dw ? op->p[6] : 1;
-    const float *x = tftr_val(c, in);
+    const bool dw = is_depthwise(op);
+    const conv_args_t a = conv_args(op, t, out, dw);
+    const float *x = tftr_val(c, a.in);
     float *y = tftr_val(c, out);
-    for (int32_t o = 0; o < oc; ++o) {
-        const float *row = tftr_weight_row(c, w, (uint32_t)o);
-        const float bv = tftr_bias_value(c, b, (uint32_t)o);
-        const int32_t ci = o / mult;
-        for (int32_t oy = 0; oy < oh; ++oy)
-            for (int32_t ox = 0; ox < ow; ++ox) {
+    for (int32_t o = 0; o < a.oc; ++o) {
+        const float *row = tftr_weight_row(c, a.w, (uint32_t)o);
+        const float bv = tftr_bias_value(c, a.b, (uint32_t)o);
+        const int32_t ci = o / a.mult;
+        for (int32_t oy = 0; oy < a.oh; ++oy) {
+            const int32_t iy0 = oy * a.sh - a.pt;
+            int32_t ky0, ky1;
+            tfmb_taps_inside(iy0, a.dh, a.kh, a.h, &ky0, &ky1);
+            for (int32_t ox = 0; ox < a.ow; ++ox) {
+                const int32_t ix0 = ox * a.sw - a.pl;
+                int32_t kx0, kx1;
+                tfmb_taps_inside(ix0, a.dwl, a.kw, a.wd, &kx0, &kx1);
                 float acc = bv;
-                for (int32_t ky = 0; ky < kh; ++ky) {
-                    const int32_t iy = oy * sh - pt + ky * dh;
-                    if (iy < 0 || iy >= h) continue;
-                    for (int32_t kx = 0; kx < kw; ++kx) {
-                        const int32_t ix = ox * sw - pl + kx * dwl;
-                        if (ix < 0 || ix >= wd) continue;
-                        const float *xp = x + (iy * wd + ix) * ic;
+                for (int32_t ky = ky0; ky < ky1; ++ky)
+                    for (int32_t kx = kx0; kx < kx1; ++kx) {
+                        const float *xp = x + ((iy0 + ky * a.dh) * a.wd + ix0 + kx * a.dwl) * a.ic;
                         if (dw) {
-                            acc += xp[ci] * row[ky * kw + kx];
+                            acc += xp[ci] * row[ky * a.kw + kx];
                         } else {
-                            const float *wp = row + (ky * kw + kx) * ic;
-                            for (int32_t i = 0; i < ic; ++i) acc += xp[i] * wp[i];
+                            const float *wp = row + (ky * a.kw + kx) * a.ic;
+                            for (int32_t i = 0; i < a.ic; ++i) acc += xp[i] * wp[i];
                         }
                     }
-                }
-                y[(oy * ow + ox) * oc + o] = tftr_activate(acc, op->act);
+                y[(oy * a.ow + ox) * a.oc + o] = tftr_activate(acc, op->act);
             }
+        }
     }
 }
 
-static void conv_backward(const tftr_op_t *op, const tftr_tensor_t *t, const tftr_tensor_t *out, const tftr_ctx_t *c,
-                          bool dw)
+static void conv_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out, const tftr_ctx_t *c)
 {
-    const tftr_tensor_t *in = &t[0], *w = &t[1], *b = op->in[2] != TFTR_NONE16 ? &t[2] : 0;
-    const int32_t h = in->d[1], wd = in->d[2], ic = in->d[3];
-    const int32_t oh = out->d[1], ow = out->d[2], oc = out->d[3];
-    const int32_t kh = w->d[1], kw = w->d[2];
-    const int32_t sh = op->p[0], sw = op->p[1], dh = op->p[2], dwl = op->p[3], pt = op->p[4], pl = op->p[5];
-    const int32_t mult = dw ? op->p[6] : 1;
-    const float *x = tftr_val(c, in);
+    const bool dw = is_depthwise(op);
+    const conv_args_t a = conv_args(op, t, out, dw);
+    const float *x = tftr_val(c, a.in);
     const float *gz = tftr_grd(c, out);
-    float *dx = tftr_grd(c, in);
-    for (int32_t o = 0; o < oc; ++o) {
-        float *gw = tftr_grad_row(c, w, (uint32_t)o);
-        float *gb = tftr_grad_row(c, b, (uint32_t)o);
+    float *dx = tftr_grd(c, a.in);
+    for (int32_t o = 0; o < a.oc; ++o) {
+        float *gw = tftr_grad_row(c, a.w, (uint32_t)o);
+        float *gb = tftr_grad_row(c, a.b, (uint32_t)o);
         if (!gw && !gb && !dx) continue;
-        const float *row = dx ? tftr_weight_row(c, w, (uint32_t)o) : 0;
-        const int32_t ci = o / mult;
-        for (int32_t oy = 0; oy < oh; ++oy)
-            for (int32_t ox = 0; ox < ow; ++ox) {
-                const float g = gz[(oy * ow + ox) * oc + o];
+        const float *row = dx ? tftr_weight_row(c, a.w, (uint32_t)o) : 0;
+        const int32_t ci = o / a.mult;
+        for (int32_t oy = 0; oy < a.oh; ++oy) {
+            const int32_t iy0 = oy * a.sh - a.pt;
+            int32_t ky0, ky1;
+            tfmb_taps_inside(iy0, a.dh, a.kh, a.h, &ky0, &ky1);
+            for (int32_t ox = 0; ox < a.ow; ++ox) {
+                const float g = gz[(oy * a.ow + ox) * a.oc + o];
                 if (g == 0.0f) continue;
                 if (gb) *gb += g;
                 if (!gw && !dx) continue;
-                for (int32_t ky = 0; ky < kh; ++ky) {
-                    const int32_t iy = oy * sh - pt + ky * dh;
-                    if (iy < 0 || iy >= h) continue;
-                    for (int32_t kx = 0; kx < kw; ++kx) {
-                        const int32_t ix = ox * sw - pl + kx * dwl;
-                        if (ix < 0 || ix >= wd) continue;
-                        const int32_t base = (iy * wd + ix) * ic;
+                const int32_t ix0 = ox * a.sw - a.pl;
+                int32_t kx0, kx1;
+                tfmb_taps_inside(ix0, a.dwl, a.kw, a.wd, &kx0, &kx1);
+                for (int32_t ky = ky0; ky < ky1; ++ky)
+                    for (int32_t kx = kx0; kx < kx1; ++kx) {
+                        const int32_t base = ((iy0 + ky * a.dh) * a.wd + ix0 + kx * a.dwl) * a.ic;
                         if (dw) {
-                            const int32_t k = ky * kw + kx;
+                            const int32_t k = ky * a.kw + kx;
                             if (gw) gw[k] += g * x[base + ci];
                             if (dx) dx[base + ci] += g * row[k];
                         } else {
-                            const int32_t k = (ky * kw + kx) * ic;
+                            const int32_t k = (ky * a.kw + kx) * a.ic;
                             if (gw)
-                                for (int32_t i = 0; i < ic; ++i) gw[k + i] += g * x[base + i];
+                                for (int32_t i = 0; i < a.ic; ++i) gw[k + i] += g * x[base + i];
                             if (dx)
-                                for (int32_t i = 0; i < ic; ++i) dx[base + i] += g * row[k + i];
+                                for (int32_t i = 0; i < a.ic; ++i) dx[base + i] += g * row[k + i];
                         }
                     }
-                }
             }
+        }
     }
-}
-
-static void conv_2d_forward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                            const tftr_ctx_t *c)
-{
-    conv_forward(op, in, out, c, false);
-}
-
-static void depthwise_conv_2d_forward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                      const tftr_ctx_t *c)
-{
-    conv_forward(op, in, out, c, true);
-}
-
-static void conv_2d_backward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                             const tftr_ctx_t *c)
-{
-    conv_backward(op, in, out, c, false);
-}
-
-static void depthwise_conv_2d_backward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                       const tftr_ctx_t *c)
-{
-    conv_backward(op, in, out, c, true);
 }
 
 const tftr_op_entry_t tftr_op_conv_2d = {
@@ -166,9 +147,9 @@ const tftr_op_entry_t tftr_op_conv_2d = {
     .fused_activation = true,
     .in_place = false,
     .weighted = true,
-    .validate = conv_2d_validate,
-    .forward = conv_2d_forward,
-    .backward = conv_2d_backward,
+    .validate = conv_validate,
+    .forward = conv_forward,
+    .backward = conv_backward,
     .loss_backward = 0,
 };
 
@@ -180,8 +161,8 @@ const tftr_op_entry_t tftr_op_depthwise_conv_2d = {
     .fused_activation = true,
     .in_place = false,
     .weighted = true,
-    .validate = depthwise_conv_2d_validate,
-    .forward = depthwise_conv_2d_forward,
-    .backward = depthwise_conv_2d_backward,
+    .validate = conv_validate,
+    .forward = conv_forward,
+    .backward = conv_backward,
     .loss_backward = 0,
 };

@@ -37,9 +37,14 @@ static void pool_window(const tftr_op_t *op, const tftr_tensor_t *in, int32_t oy
     *x1 = sx + op->p[3] < in->d[2] ? sx + op->p[3] : in->d[2];
 }
 
-static void pool_forward(const tftr_op_t *op, const tftr_tensor_t *in, const tftr_tensor_t *out, const tftr_ctx_t *c,
-                         bool is_max)
+/* Both entries' kernels serve MAX_POOL_2D and AVERAGE_POOL_2D: the op's code selects the
+ * reduction (a test per element either way; the kernels are not specialised per op). */
+static bool is_max_pool(const tftr_op_t *op) { return op->code == TFMB_OP_MAX_POOL_2D; }
+
+static void pool_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out, const tftr_ctx_t *c)
 {
+    const tftr_tensor_t *in = &t[0];
+    const bool is_max = is_max_pool(op);
     const int32_t wd = in->d[2], ch = in->d[3], oh = out->d[1], ow = out->d[2];
     const float *x = tftr_val(c, in);
     float *y = tftr_val(c, out);
@@ -65,9 +70,10 @@ static void pool_forward(const tftr_op_t *op, const tftr_tensor_t *in, const tft
         }
 }
 
-static void pool_backward(const tftr_op_t *op, const tftr_tensor_t *in, const tftr_tensor_t *out, const tftr_ctx_t *c,
-                          bool is_max)
+static void pool_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out, const tftr_ctx_t *c)
 {
+    const tftr_tensor_t *in = &t[0];
+    const bool is_max = is_max_pool(op);
     float *dx = tftr_grd(c, in);
     if (!dx) return;
     const int32_t wd = in->d[2], ch = in->d[3], oh = out->d[1], ow = out->d[2];
@@ -99,30 +105,6 @@ static void pool_backward(const tftr_op_t *op, const tftr_tensor_t *in, const tf
         }
 }
 
-static void max_pool_2d_forward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                const tftr_ctx_t *c)
-{
-    pool_forward(op, &in[0], out, c, true);
-}
-
-static void average_pool_2d_forward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                    const tftr_ctx_t *c)
-{
-    pool_forward(op, &in[0], out, c, false);
-}
-
-static void max_pool_2d_backward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                 const tftr_ctx_t *c)
-{
-    pool_backward(op, &in[0], out, c, true);
-}
-
-static void average_pool_2d_backward(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                     const tftr_ctx_t *c)
-{
-    pool_backward(op, &in[0], out, c, false);
-}
-
 const tftr_op_entry_t tftr_op_max_pool_2d = {
     .code = TFMB_OP_MAX_POOL_2D,
     .inputs = 1,
@@ -132,8 +114,8 @@ const tftr_op_entry_t tftr_op_max_pool_2d = {
     .in_place = false,
     .weighted = false,
     .validate = pool_validate,
-    .forward = max_pool_2d_forward,
-    .backward = max_pool_2d_backward,
+    .forward = pool_forward,
+    .backward = pool_backward,
     .loss_backward = 0,
 };
 
@@ -146,7 +128,7 @@ const tftr_op_entry_t tftr_op_average_pool_2d = {
     .in_place = false,
     .weighted = false,
     .validate = pool_validate,
-    .forward = average_pool_2d_forward,
-    .backward = average_pool_2d_backward,
+    .forward = pool_forward,
+    .backward = pool_backward,
     .loss_backward = 0,
 };
