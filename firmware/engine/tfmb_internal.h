@@ -230,6 +230,13 @@ typedef struct {
 /* The entry for an op code, or NULL (UNSUPPORTED_OP). */
 const tfmb_op_entry_t *tfmb_find_op(uint8_t code);
 
+/* Registers an op file's entry with the int8 engine, so that adding an op is adding its file: the
+ * linker gathers every registered pointer into the section `tfmb_ops`, which tfmb_find_op walks
+ * from __start_tfmb_ops to __stop_tfmb_ops (GNU ld defines both for a section named like a C
+ * identifier; boards/common/sections.ld places the section in flash and defines them there). */
+#define TFMB_REGISTER_OP(entry) \
+    const tfmb_op_entry_t *const entry##_registration __attribute__((used, section("tfmb_ops"))) = &entry
+
 /* Helpers for the validate functions (tfmb.c), NULL or the problem as they: the zero points and
  * activation range at p0..p3; the n-entry per-channel multiplier/shift arrays at p10/p11. */
 const char *tfmb_check_common_q(const tfmb_op_t *op);

@@ -167,4 +167,9 @@ typedef struct {
 /* The entry for an op code, or NULL (UNSUPPORTED_OP). */
 const tftr_op_entry_t *tftr_find_op(uint8_t code);
 
+/* Registers an op file's entry with the training engine, as TFMB_REGISTER_OP does for the int8
+ * engine (section `tftr_ops`). */
+#define TFTR_REGISTER_OP(entry) \
+    const tftr_op_entry_t *const entry##_registration __attribute__((used, section("tftr_ops"))) = &entry
+
 #endif /* TFTR_INTERNAL_H */

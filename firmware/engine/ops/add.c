@@ -45,7 +45,7 @@ static void add_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_t
     }
 }
 
-const tfmb_op_entry_t tfmb_op_add = {
+static const tfmb_op_entry_t tfmb_op_add = {
     .code = TFMB_OP_ADD,
     .inputs = 2,
     .required = 2,
@@ -54,3 +54,4 @@ const tfmb_op_entry_t tfmb_op_add = {
     .validate = add_validate,
     .eval = add_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_add);

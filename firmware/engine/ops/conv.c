@@ -142,7 +142,7 @@ static void depthwise_conv_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3]
     conv_eval(op, t, out, c, true);
 }
 
-const tfmb_op_entry_t tfmb_op_conv_2d = {
+static const tfmb_op_entry_t tfmb_op_conv_2d = {
     .code = TFMB_OP_CONV_2D,
     .inputs = 3, /* input, filter, optional bias */
     .required = 2,
@@ -151,8 +151,9 @@ const tfmb_op_entry_t tfmb_op_conv_2d = {
     .validate = conv_validate,
     .eval = conv_2d_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_conv_2d);
 
-const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
+static const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .code = TFMB_OP_DEPTHWISE_CONV_2D,
     .inputs = 3,
     .required = 2,
@@ -161,3 +162,4 @@ const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .validate = conv_validate,
     .eval = depthwise_conv_2d_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_depthwise_conv_2d);

@@ -58,7 +58,7 @@ static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], 
     }
 }
 
-const tfmb_op_entry_t tfmb_op_fully_connected = {
+static const tfmb_op_entry_t tfmb_op_fully_connected = {
     .code = TFMB_OP_FULLY_CONNECTED,
     .inputs = 3, /* input, weights, optional bias */
     .required = 2,
@@ -67,3 +67,4 @@ const tfmb_op_entry_t tfmb_op_fully_connected = {
     .validate = fully_connected_validate,
     .eval = fully_connected_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_fully_connected);

@@ -82,7 +82,7 @@ static void average_pool_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], 
     pool_eval(op, t, out, c, false);
 }
 
-const tfmb_op_entry_t tfmb_op_max_pool_2d = {
+static const tfmb_op_entry_t tfmb_op_max_pool_2d = {
     .code = TFMB_OP_MAX_POOL_2D,
     .inputs = 1,
     .required = 1,
@@ -91,8 +91,9 @@ const tfmb_op_entry_t tfmb_op_max_pool_2d = {
     .validate = pool_validate,
     .eval = max_pool_2d_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_max_pool_2d);
 
-const tfmb_op_entry_t tfmb_op_average_pool_2d = {
+static const tfmb_op_entry_t tfmb_op_average_pool_2d = {
     .code = TFMB_OP_AVERAGE_POOL_2D,
     .inputs = 1,
     .required = 1,
@@ -101,3 +102,4 @@ const tfmb_op_entry_t tfmb_op_average_pool_2d = {
     .validate = pool_validate,
     .eval = average_pool_2d_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_average_pool_2d);

@@ -22,7 +22,7 @@ static void reshape_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tf
     if (t[0].offset != out->offset) memmove(c->arena + out->offset, c->arena + t[0].offset, out->nbytes);
 }
 
-const tfmb_op_entry_t tfmb_op_reshape = {
+static const tfmb_op_entry_t tfmb_op_reshape = {
     .code = TFMB_OP_RESHAPE,
     .inputs = 1,
     .required = 1,
@@ -31,3 +31,4 @@ const tfmb_op_entry_t tfmb_op_reshape = {
     .validate = reshape_validate,
     .eval = reshape_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_reshape);

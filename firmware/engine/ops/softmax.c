@@ -124,7 +124,7 @@ static void softmax_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tf
     }
 }
 
-const tfmb_op_entry_t tfmb_op_softmax = {
+static const tfmb_op_entry_t tfmb_op_softmax = {
     .code = TFMB_OP_SOFTMAX,
     .inputs = 1,
     .required = 1,
@@ -133,3 +133,4 @@ const tfmb_op_entry_t tfmb_op_softmax = {
     .validate = softmax_validate,
     .eval = softmax_eval,
 };
+TFMB_REGISTER_OP(tfmb_op_softmax);

@@ -33,7 +33,7 @@ static void add_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const tf
     }
 }
 
-const tftr_op_entry_t tftr_op_add = {
+static const tftr_op_entry_t tftr_op_add = {
     .code = TFMB_OP_ADD,
     .inputs = 2,
     .required = 2,
@@ -46,3 +46,4 @@ const tftr_op_entry_t tftr_op_add = {
     .backward = add_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_add);

@@ -139,7 +139,7 @@ static void conv_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const t
     }
 }
 
-const tftr_op_entry_t tftr_op_conv_2d = {
+static const tftr_op_entry_t tftr_op_conv_2d = {
     .code = TFMB_OP_CONV_2D,
     .inputs = 3, /* input, filter, optional bias */
     .required = 2,
@@ -152,8 +152,9 @@ const tftr_op_entry_t tftr_op_conv_2d = {
     .backward = conv_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_conv_2d);
 
-const tftr_op_entry_t tftr_op_depthwise_conv_2d = {
+static const tftr_op_entry_t tftr_op_depthwise_conv_2d = {
     .code = TFMB_OP_DEPTHWISE_CONV_2D,
     .inputs = 3,
     .required = 2,
@@ -166,3 +167,4 @@ const tftr_op_entry_t tftr_op_depthwise_conv_2d = {
     .backward = conv_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_depthwise_conv_2d);

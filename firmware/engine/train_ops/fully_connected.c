@@ -65,7 +65,7 @@ static void fully_connected_backward(const tftr_op_t *op, const tftr_tensor_t t[
     }
 }
 
-const tftr_op_entry_t tftr_op_fully_connected = {
+static const tftr_op_entry_t tftr_op_fully_connected = {
     .code = TFMB_OP_FULLY_CONNECTED,
     .inputs = 3, /* input, weights, optional bias */
     .required = 2,
@@ -78,3 +78,4 @@ const tftr_op_entry_t tftr_op_fully_connected = {
     .backward = fully_connected_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_fully_connected);

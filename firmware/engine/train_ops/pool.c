@@ -105,7 +105,7 @@ static void pool_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const t
         }
 }
 
-const tftr_op_entry_t tftr_op_max_pool_2d = {
+static const tftr_op_entry_t tftr_op_max_pool_2d = {
     .code = TFMB_OP_MAX_POOL_2D,
     .inputs = 1,
     .required = 1,
@@ -118,8 +118,9 @@ const tftr_op_entry_t tftr_op_max_pool_2d = {
     .backward = pool_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_max_pool_2d);
 
-const tftr_op_entry_t tftr_op_average_pool_2d = {
+static const tftr_op_entry_t tftr_op_average_pool_2d = {
     .code = TFMB_OP_AVERAGE_POOL_2D,
     .inputs = 1,
     .required = 1,
@@ -132,3 +133,4 @@ const tftr_op_entry_t tftr_op_average_pool_2d = {
     .backward = pool_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_average_pool_2d);

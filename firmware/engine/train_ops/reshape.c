@@ -30,7 +30,7 @@ static void reshape_backward(const tftr_op_t *op, const tftr_tensor_t t[3], cons
         for (uint32_t i = 0; i < out->elems; ++i) dx[i] += gy[i];
 }
 
-const tftr_op_entry_t tftr_op_reshape = {
+static const tftr_op_entry_t tftr_op_reshape = {
     .code = TFMB_OP_RESHAPE,
     .inputs = 1,
     .required = 1,
@@ -43,3 +43,4 @@ const tftr_op_entry_t tftr_op_reshape = {
     .backward = reshape_backward,
     .loss_backward = 0,
 };
+TFTR_REGISTER_OP(tftr_op_reshape);

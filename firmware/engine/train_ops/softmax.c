@@ -53,7 +53,7 @@ static void softmax_loss_backward(const tftr_op_t *op, const tftr_tensor_t t[3],
     for (uint32_t k = 0; k < out->elems; ++k) dx[k] += beta * (prob[k] - (k == label ? 1.0f : 0.0f));
 }
 
-const tftr_op_entry_t tftr_op_softmax = {
+static const tftr_op_entry_t tftr_op_softmax = {
     .code = TFMB_OP_SOFTMAX,
     .inputs = 1,
     .required = 1,
@@ -66,3 +66,4 @@ const tftr_op_entry_t tftr_op_softmax = {
     .backward = 0,
     .loss_backward = softmax_loss_backward,
 };
+TFTR_REGISTER_OP(tftr_op_softmax);
