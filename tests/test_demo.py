@@ -37,6 +37,7 @@ def _check_reached(summary: dict, out: Path) -> None:
     assert Path(summary["export"]["final"]).is_file()
 
 
+@pytest.mark.slow
 def test_demo_on_simulated_boards_reaches_its_target(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     # the run stops at its target; its wall-clock limit (900 s by default) is raised to a hang bound, since a

@@ -75,6 +75,7 @@ def _check_nothing_lost_or_applied_twice(run: Path, versions: int) -> list[dict]
     return events
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_version_count_without_losing_or_repeating_updates(tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = tmp_path / "run.toml"

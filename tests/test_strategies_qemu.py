@@ -162,6 +162,7 @@ def test_ftte_uploads_at_most_31_percent_of_fedavgs_bytes_per_update(runs: dict[
 # -- the decision before booting (no emulator needed) ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_dense_baselines_boot_the_baseline_profile_and_ftte_the_board_asked_for() -> None:
     an386 = get_board(BOARD)
     ram_need, program_bytes = dense_training_need("har_cnn")
