@@ -9,9 +9,9 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The same for session and module fixtures, which are set up before the per-test fixture below:
+    """``_hermetic_env`` for session and module fixtures, which are set up before any per-test fixture:
     nothing they cache (``~/.cache/tinyfed``) lands in, or is shared through, the real home directory,
-    so parallel workers and parallel runs share no cache but the ones they are given."""
+    so parallel workers and parallel runs share only the caches a test gives them explicitly."""
     mp = pytest.MonkeyPatch()
     mp.delenv("TINYFED_BOARDS_PATH", raising=False)
     mp.setenv("HOME", str(tmp_path_factory.mktemp("session-home")))
