@@ -44,7 +44,7 @@ BOARDS = 8
 SEED = 5  # seeds the kills; the run itself uses seed 0 like a default run config
 TARGET = 0.75  # a fresh head starts at 0.19; on sim boards these settings reach 0.77-0.82 at v7, then stay ~0.80
 MAX_VERSIONS = 30  # a run that cannot reach the target ends here instead of hanging
-# A hang bound, not a margin: MAX_VERSIONS ends a run that cannot reach the target. The run took 180-350 s
+# A hang bound, not a margin: MAX_VERSIONS ends a run that cannot reach the target. The test took 180-350 s
 # on a busy 2-core host (a parallel suite, other emulators), a fraction of that on an idle one.
 MAX_SECONDS = 1800.0
 MAX_STALENESS = 20  # the run config default: older updates are rejected (none is expected here)
