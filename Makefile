@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tinyfed-installed
 DEBIAN_PACKAGES ?= gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast debian-packages clean
+.PHONY: setup demo lint test test-fast debian-packages clean
 
 debian-packages:
 	@missing=""; \
@@ -35,13 +35,18 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/tinyfed demo --out build/demo-$$(date +%Y%m%d-%H%M%S)
 
+# Style, complexity (ruff, McCabe bound 15) and types (mypy); configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check tinyfed tests bench
+	$(PY) -m mypy
+
 # The suite on every core (pytest-xdist; TEST_WORKERS=0 runs it in this process). A test file is
 # one unit of work: its tests share module fixtures (QEMU fleets, firmware builds, plans) that
 # would be rebuilt on each worker otherwise; tests/conftest.py hands out the slowest files first.
 TEST_WORKERS ?= auto
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: setup
+test: lint
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: setup

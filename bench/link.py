@@ -28,8 +28,8 @@ import numpy as np
 from tinyfed.boards import get_board, single_board_fleet
 from tinyfed.firmware_bridge.compile.blob import compile_blob, parse_blob
 from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.framing import (
     DEFAULT_MAX_PAYLOAD,
     KIND_REQUEST,
@@ -212,7 +212,8 @@ def main() -> None:
     need_both = payload_for(TARGET, sample_data, both=True)
     e256 = comp[256]
     print(f"max payload {DEFAULT_MAX_PAYLOAD}: one-way {e256['one_way']:.4f}, both ways {e256['both']:.4f}; "
-          f"{TARGET} needs max_payload >= {need_one} (one way) / >= {need_both} (both ways, with the {e256['resp_wire']}-byte ack)")
+          f"{TARGET} needs max_payload >= {need_one} (one way) / >= {need_both} "
+          f"(both ways, with the {e256['resp_wire']}-byte ack)")
 
     with launch_qemu(board, elf) as emu, BoardClient(emu.url, name=emu.name) as client:
         info = client.hello()
@@ -224,8 +225,8 @@ def main() -> None:
               f"{'data B/s':>9}")
         for n in PAYLOAD_SIZES:
             m = measured_efficiency(client, n, sample_data)
-            print(f"{n:>8} {m['sent']:>7} {m['recv']:>6} {m['one_way']:>8.4f} {m['both']:>9.4f} {m['goodput']:>9.4f} {m['retrans']:>7} "
-                  f"{m['bytes_per_s']:>9,.0f}")
+            print(f"{n:>8} {m['sent']:>7} {m['recv']:>6} {m['one_way']:>8.4f} {m['both']:>9.4f} {m['goodput']:>9.4f} "
+                  f"{m['retrans']:>7} {m['bytes_per_s']:>9,.0f}")
 
         # (b) upload -----------------------------------------------------------------------
         print(f"\n(b) upload of the frozen fragment (plan on {PLAN_BOARD}) to {BOARD} in QEMU")
@@ -283,7 +284,8 @@ def main() -> None:
             insns = c * 1e9 / clock / ns_per_insn
             macs = f["macs"]
             print(f"{name:<11} {len(f['info'].ops):>4} {macs:>11,} {c:>9,.0f} {insns:>12,.0f} {insns / macs:>8.2f} "
-                  f"{macs / (insns / clock):>17,.0f} {1e3 * insns / clock:>8.2f} {macs / (insns * ns_per_insn * 1e-9):>13,.0f} "
+                  f"{macs / (insns / clock):>17,.0f} {1e3 * insns / clock:>8.2f} "
+                  f"{macs / (insns * ns_per_insn * 1e-9):>13,.0f} "
                   f"{1e3 * wall:>8.2f} {samples:>7} {max(cyc) - min(cyc):>6}")
         pid = emu.process.pid
         f = frags["digits_cnn"]

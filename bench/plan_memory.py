@@ -36,8 +36,10 @@ def main() -> None:
             fit = plan.fits_by_board[board_name]
             err = (fit.ram_estimate_bytes - fit.ram_used) / fit.ram_used
             print(
-                f"{name:<11} {board_name:<10} {plan.trainable_params:>10,} {100 * plan.trainable_params / plan.total_params:>5.1f}% "
-                f"{plan.training.total / 1024:>10.1f} {plan.full_training.total / 1024:>9.1f} {plan.training_ratio:>6.3f} "
+                f"{name:<11} {board_name:<10} {plan.trainable_params:>10,} "
+                f"{100 * plan.trainable_params / plan.total_params:>5.1f}% "
+                f"{plan.training.total / 1024:>10.1f} {plan.full_training.total / 1024:>9.1f} "
+                f"{plan.training_ratio:>6.3f} "
                 f"{plan.arena_estimated:>9,} {plan.arena_measured or 0:>10,} {100 * err:>+7.2f}% "
                 f"{fit.ram_used / 1024:>8.1f} {fit.flash_used / 1024:>9.1f} {seconds:>7.2f}"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from tinyfed.host.config import StrategyParams
 from tinyfed.host.simulator import StudyConfig, run_study
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.monotonic()
         cfg = StudyConfig(model=args.model, clients=args.clients, seed=seed, max_versions=args.max_versions,
-                          clients_per_round=10, eval_samples=600, horizon="auto")
+                          strategy_params=StrategyParams(clients_per_round=10), eval_samples=600, horizon="auto")
         _study, results = run_study(cfg)
         for name, r in results.items():
             print(f"seed {seed} {name:8s} versions {r.versions:4d} sim_s {r.sim_seconds:10.1f} "

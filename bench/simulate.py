@@ -56,9 +56,7 @@ def study(cfg: StudyConfig, out: Path | None = None) -> Study:
           + ", ".join(f"{n} {r.board_steps / r.wall_seconds:.1f} steps/s" for n, r in results.items())
           + f"; {load()}")
     if out is not None:
-        from dataclasses import asdict
-
-        for p in write_outputs(out, s, results, {**asdict(cfg), "strategies": list(cfg.strategies)}):
+        for p in write_outputs(out, s, results, cfg.record()):
             print(f"wrote {p}")
     return s
 
@@ -80,16 +78,16 @@ def scale(base: Study, sizes: list[int], versions: int, strategies: tuple[str, .
     for name in strategies:
         for n in sizes:
             shards = base.data.shares(base.partition, min(n, len(base.data.y) // 8), cfg.alpha, cfg.seed)
-            strategy = get_strategy(name, fleet_size=n, ignore_extra=True, buffer_size=cfg.buffer_size,
-                                    clients_per_round=cfg.clients_per_round)
-            model = base.model("subset" if strategy.payload == "subset" else "dense")
+            strategy = get_strategy(name, fleet_size=n, ignore_extra=True, **cfg.strategy_params.model_dump())
+            model = base.model(strategy.payload)
             tracemalloc.start()
             t0 = time.monotonic()
             fleet = make_fleet(shards, n, base.mix, cfg.stragglers, Slowdown.parse(cfg.slowdown), cfg.seed)
             fleet_bytes = tracemalloc.get_traced_memory()[0]
             t1 = time.monotonic()
-            sim = Simulation(model, fleet, strategy, training=cfg.training, limits=SimLimits(max_versions=versions),
-                             seed=cfg.seed, max_staleness=cfg.max_staleness)
+            sim = Simulation(model, fleet, strategy, training=cfg.training.local_training(),
+                             limits=SimLimits(max_versions=versions), seed=cfg.seed,
+                             max_staleness=cfg.checks.max_staleness)
             res = sim.run()
             sim.close()
             peak = tracemalloc.get_traced_memory()[1]

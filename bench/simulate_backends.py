@@ -62,7 +62,7 @@ def main() -> None:
             if base is not None:
                 study._models = base._models  # the same plan and frozen outputs: built once, outside the timings
             for name in names:
-                study.model("subset" if name == "ftte" else "dense")
+                study.model(cfg.strategy(name).payload)
             base = study
             for name in names:
                 local = study.run(name)

@@ -21,8 +21,8 @@ import struct
 from tinyfed.boards import get_board
 from tinyfed.boards.registry import BUILTIN_DIR
 from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+from tinyfed.firmware_bridge.link.client import BoardClient
 
 BOARDS = ("mps2-an386", "mps3-an547")
 BENCH = 0x30

@@ -48,7 +48,10 @@ def _run(strategy: str, args: argparse.Namespace, root: Path) -> dict[str, Any] 
         f'[strategy_params]\nbuffer_size = {args.buffer_size}\nclients_per_round = {args.devices}\n'
         f'[limits]\n{limits}')
     out = root / strategy
-    fleet = ["--emulate", str(args.devices), "--board", args.board] if args.emulate else ["--simulate", str(args.devices)]
+    if args.emulate:
+        fleet = ["--emulate", str(args.devices), "--board", args.board]
+    else:
+        fleet = ["--simulate", str(args.devices)]
     cmd = [sys.executable, "-m", "tinyfed.cli", "run", *fleet, "--config", str(cfg), "--out", str(out), "--json"]
     if args.max_windows:
         cmd += ["--max-windows", str(args.max_windows)]

@@ -109,8 +109,8 @@ def run(model: SimModel, devices: list[np.ndarray], training: LocalTraining) -> 
 
 def pieces(old: dict[str, ModuleType], study: Study) -> None:
     """epoch_order and quantize_flat alone, old against new (best of 5 repeats)."""
-    import tinyfed.firmware_bridge.twin.shuffle as new_shuffle
     import tinyfed.firmware_bridge.link.train_link as new_link
+    import tinyfed.firmware_bridge.twin.shuffle as new_shuffle
 
     o_sh, o_ln = old["tinyfed.firmware_bridge.twin.shuffle"], old["tinyfed.firmware_bridge.link.train_link"]
     rng = np.random.default_rng(0)

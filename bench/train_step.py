@@ -25,11 +25,11 @@ import numpy as np
 from tinyfed.boards import get_board, list_boards, single_board_fleet
 from tinyfed.firmware_bridge.compile import local_data
 from tinyfed.firmware_bridge.compile.blob import compile_blob
-from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.firmware_bridge.link.client import BoardClient
-from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
-from tinyfed.firmware_bridge.link.framing import Command
 from tinyfed.firmware_bridge.compile.train_blob import compile_program, parse_program
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.framing import Command
 from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.models.tflm import TflmModel
 from tinyfed.models.zoo import get_zoo_model

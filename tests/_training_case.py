@@ -100,8 +100,8 @@ def build_training_case(out: Path) -> TrainingCase:
     from tinyfed.boards import get_board, single_board_fleet
     from tinyfed.firmware_bridge.compile import local_data
     from tinyfed.firmware_bridge.compile.blob import compile_blob
-    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
     from tinyfed.firmware_bridge.compile.train_blob import compile_program
+    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
     from tinyfed.models.tflm import TflmModel
     from tinyfed.models.zoo import get_zoo_model
     from tinyfed.planner import trainable as tfw

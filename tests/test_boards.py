@@ -434,7 +434,8 @@ def test_fleet_with_device_urls(tmp_path: Path) -> None:
     )
     fleet = load_fleet(fleet_file)
     # count defaults to the number of URLs; `url` is one device.
-    assert [(b.name, n) for b, n in fleet.entries] == [("mps2-an386", 2), ("nrf52840", 1), ("apollo3", 2), ("rp2040", 3)]
+    entries = [(b.name, n) for b, n in fleet.entries]
+    assert entries == [("mps2-an386", 2), ("nrf52840", 1), ("apollo3", 2), ("rp2040", 3)]
     assert fleet.total_devices == 8 and fleet.has_urls
     assert [(b.name, url) for b, url in fleet.devices] == [
         ("mps2-an386", "socket://127.0.0.1:40111"), ("mps2-an386", "socket://127.0.0.1:40112"),

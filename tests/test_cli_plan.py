@@ -46,7 +46,8 @@ def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_plan_json_on_a_board(work: Path, cache_env: dict[str, str]) -> None:
-    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--out", str(work / "p"), "--json", cwd=work, env_extra=cache_env)
+    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--out", str(work / "p"), "--json", cwd=work,
+                env_extra=cache_env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["fits"] is True
@@ -59,7 +60,8 @@ def test_plan_json_on_a_board(work: Path, cache_env: dict[str, str]) -> None:
 
 
 def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) -> None:
-    proc = _run("plan", "har_cnn", "--fleet", "smartwatch", "--out", str(work / "f"), "--no-measure", cwd=work, env_extra=cache_env)
+    proc = _run("plan", "har_cnn", "--fleet", "smartwatch", "--out", str(work / "f"), "--no-measure", cwd=work,
+                env_extra=cache_env)
     assert proc.returncode == 0, proc.stderr
     for name in ("nrf52840", "apollo3", "stm32l4r9", "rp2040"):
         assert name in proc.stdout
@@ -67,7 +69,8 @@ def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) 
 
 
 def test_full_training_exits_1_with_the_reason(work: Path, cache_env: dict[str, str]) -> None:
-    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--trainable", "full", "--no-measure", "--json", "--out", str(work / "full"), cwd=work, env_extra=cache_env)
+    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--trainable", "full", "--no-measure", "--json",
+                "--out", str(work / "full"), cwd=work, env_extra=cache_env)
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     assert doc["fits"] is False
@@ -117,7 +120,8 @@ def test_board_file_with_a_typo(work: Path) -> None:
     boards = work / "myboards"
     boards.mkdir()
     text = (Path(__file__).parents[1] / "tinyfed/boards/data/nrf52840.toml").read_text()
-    (boards / "mywatch.toml").write_text(text.replace('name = "nrf52840"', 'name = "mywatch"').replace("ram_kib", "ram_kb", 1))
+    renamed = text.replace('name = "nrf52840"', 'name = "mywatch"').replace("ram_kib", "ram_kb", 1)
+    (boards / "mywatch.toml").write_text(renamed)
     proc = _run("plan", "har_cnn", "--board", "mywatch", "--boards-dir", str(boards), cwd=work)
     _assert_one_line_error(proc, "mywatch.toml", "ram_kb", "ram_kib")
 
@@ -148,7 +152,8 @@ def test_json_error_is_one_object_on_stdout(work: Path) -> None:
 def test_unwritable_out_dir_fails_before_planning(work: Path) -> None:
     blocker = work / "a_file"
     blocker.write_text("")
-    _assert_one_line_error(_run("plan", "har_cnn", "--board", "nrf52840", "--out", str(blocker / "plan"), cwd=work), "a_file")
+    proc = _run("plan", "har_cnn", "--board", "nrf52840", "--out", str(blocker / "plan"), cwd=work)
+    _assert_one_line_error(proc, "a_file")
 
 
 def test_user_keras_model_with_representative_data(work: Path, cache_env: dict[str, str]) -> None:
@@ -165,7 +170,8 @@ def test_user_keras_model_with_representative_data(work: Path, cache_env: dict[s
     model.save(model_path)
     np.save(data_path, np.random.default_rng(1).normal(size=(40, 1, 32, 3)).astype(np.float32))
     out = work / "user_plan"
-    proc = _run("plan", str(model_path), "--representative", str(data_path), "--board", "apollo3", "--out", str(out), "--json", cwd=work, env_extra=cache_env)
+    proc = _run("plan", str(model_path), "--representative", str(data_path), "--board", "apollo3", "--out", str(out),
+                "--json", cwd=work, env_extra=cache_env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["fits"] and doc["importance"] == "fisher" and doc["trainable_params"] > 0

@@ -164,7 +164,7 @@ def _assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
 
 
 def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_natural_one_part_per_user() -> None:

@@ -24,8 +24,6 @@ from tinyfed.boards import get_board
 from tinyfed.cli import cli
 from tinyfed.errors import BoardError
 from tinyfed.firmware_bridge.emulate import emulator
-from tinyfed.firmware_bridge.link.client import BoardClient
-from tinyfed.firmware_bridge.link.devices import write_device_fleet
 from tinyfed.firmware_bridge.emulate.emulator import (
     EmulatorError,
     EmulatorFleet,
@@ -34,9 +32,11 @@ from tinyfed.firmware_bridge.emulate.emulator import (
     start_qemu,
     wait_ready,
 )
-from tinyfed.firmware_bridge.link.errors import DeviceError
-from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.emulate.renode import renode_available, write_resc
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.devices import write_device_fleet
+from tinyfed.firmware_bridge.link.errors import DeviceError
+from tinyfed.firmware_bridge.link.framing import Command, Status
 
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
 HAVE_ARM_GCC = shutil.which("arm-none-eabi-gcc") is not None
@@ -215,12 +215,12 @@ def test_qemu_board_hello_ping_reset(qemu_board) -> None:
         for n in (0, 1, 64, info.max_payload):
             c.ping(bytes(random.Random(n).randbytes(n)))
         with pytest.raises(DeviceError) as err:
-            c.request(0x7F)
+            c.request(0x7F)  # no command has this code
         assert err.value.status == Status.UNKNOWN_COMMAND
         c.reset()  # the board reboots: it answers again (retransmission covers the reboot), without a model
         assert c.hello().board_id == "mps2-an386"
         with pytest.raises(DeviceError) as err:
-            c.request(0x21)
+            c.request(Command.INVOKE)
         assert err.value.status == Status.NO_MODEL
         bench = c.bench(samples=20)
         print(f"\nqemu mps2-an386: RTT min {bench.rtt_min_s * 1e3:.3f} ms median {bench.rtt_median_s * 1e3:.3f} ms, "
@@ -246,7 +246,7 @@ def test_qemu_fuzz_never_accepts_a_corrupted_payload(qemu_board) -> None:
     try:
         while port.total_injected < target:
             payload = rng.randbytes(rng.randrange(0, info.max_payload + 1))
-            accepted_corrupt += c.request(0x02, payload) != payload
+            accepted_corrupt += c.request(Command.PING, payload) != payload
             pings += 1
     finally:
         port.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _engine_sources import ENGINE, int8_engine_headers, int8_engine_sources
 
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.compile.blob import (
@@ -28,20 +29,20 @@ from tinyfed.firmware_bridge.compile.blob import (
     parse_blob,
     quantize_multiplier,
 )
+from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.twin.kernels_np import run_blob
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.models.tflm import TflmModel, quantize
 
-ROOT = Path(__file__).resolve().parents[1]
-ENGINE = ROOT / "firmware" / "engine"
 # The int8 inference engine only: the float32 training engine (tftr*) has its own tests
 # (tests/test_train_engine.py) and is allowed floating point.
-SOURCES = sorted(str(p) for p in ENGINE.glob("*.c") if not p.name.startswith("tftr"))
+SOURCES = int8_engine_sources()
 HARNESS = str(Path(__file__).with_name("engine_harness.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 M4 = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
 
-BAD_MODEL, WRONG_VERSION, UNSUPPORTED_OP, OUT_OF_MEMORY = 10, 6, 5, 4
+BAD_MODEL, WRONG_VERSION, UNSUPPORTED_OP, OUT_OF_MEMORY = (Status.BAD_MODEL, Status.WRONG_VERSION,
+                                                     Status.UNSUPPORTED_OP, Status.OUT_OF_MEMORY)
 
 
 # --------------------------------------------------------------------------------------
@@ -119,8 +120,8 @@ def run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) ->
     with open(path, "wb") as f:
         f.writelines(struct.pack("<I", len(b)) + b for b in blobs)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="halt_on_error=1")
-    r = subprocess.run([exe, *(["-t"] if truncate else []), str(path)], capture_output=True, text=True, env=env, check=False,
-                       timeout=300)
+    r = subprocess.run([exe, *(["-t"] if truncate else []), str(path)], capture_output=True, text=True, env=env,
+                       check=False, timeout=300)
     assert r.returncode == 0, f"engine crashed or failed (rc {r.returncode}): {r.stderr[-2000:]}"
     lines = r.stdout.splitlines()
     tail = lines[-1] if truncate else ""
@@ -562,7 +563,8 @@ def test_cortex_m4_build_warning_free(tmp_path: Path) -> None:
         pytest.skip("arm-none-eabi-gcc not installed (make debian-packages installs it)")
     for src in SOURCES:
         obj = tmp_path / (Path(src).stem + ".o")
-        r = subprocess.run([cc, *WARN, *M4, "-ffreestanding", "-c", src, "-o", str(obj)], capture_output=True, text=True, check=False)
+        r = subprocess.run([cc, *WARN, *M4, "-ffreestanding", "-c", src, "-o", str(obj)],
+                           capture_output=True, text=True, check=False)
         assert r.returncode == 0 and not r.stderr.strip(), f"{src}: {r.stderr}"
     # No floating point anywhere in the engine: no float/double and no FPU instructions.
     objdump = shutil.which("arm-none-eabi-objdump")
@@ -575,7 +577,8 @@ def test_cortex_m4_build_warning_free(tmp_path: Path) -> None:
 def test_engine_sources_have_no_float() -> None:
     import re
 
-    for src in [*SOURCES, *[str(p) for p in ENGINE.glob("*.h") if not p.name.startswith("tftr")]]:
+    assert any("/ops/" in src for src in SOURCES), "the op files are part of the int8 engine"
+    for src in [*SOURCES, *int8_engine_headers()]:
         text = re.sub(r"/\*.*?\*/", "", Path(src).read_text(), flags=re.DOTALL)
         assert not re.search(r"\b(float|double)\b", text), src
         includes = set(re.findall(r"#include\s*<([^>]+)>", text))

@@ -11,12 +11,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tinyfed.firmware_bridge.twin.sim import forget_sim_boards, get_sim_board
 from tinyfed.firmware_bridge.link.train_link import (
     TRAIN_RESPONSE,
     pack_update,
     unpack_update,
 )
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards, get_sim_board
 from tinyfed.host.engine import Engine, Limits, LocalTraining
 from tinyfed.host.events import EventLog, read_events, summarize
 from tinyfed.host.setup import DeviceSpec, prepare_run
@@ -144,7 +144,7 @@ def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path
 
     def progress(row: dict) -> None:  # called after every handled outcome: stop once the hostile board answered twice
         if events.answered[devs[0].name] >= HOSTILE_ANSWERS:
-            engine.limits = dataclasses.replace(engine.limits, max_versions=engine.version)
+            engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
 
     with _AnsweredLog(tmp_path) as events:
         # max_versions only bounds a run whose hostile board never answers (it is not reached otherwise)

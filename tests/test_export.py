@@ -102,7 +102,8 @@ def test_whole_model_perturbed_tracks_the_float_master(plan_case, test_split) ->
     t_in = graph.tensors[graph.inputs[0]]
     x = tail.dequantize_input(local_data.quantize_inputs(test_split.x, t_in.scales[0], t_in.zero_points[0]))
     float_acc = float((tail.forward(x, keep=False).reshape(len(x), -1).argmax(1) == test_split.y).mean())
-    print(f"\nwhole model x N(1, 0.02): float master {float_acc:.4f}, int8 LiteRT {int8_acc:.4f}, clipped {dep.clipped}")
+    print(f"\nwhole model x N(1, 0.02): float master {float_acc:.4f}, int8 LiteRT {int8_acc:.4f}, "
+          f"clipped {dep.clipped}")
     assert dep.clipped > 0  # scaling up a channel's extreme weight must clip it at +-127
     assert abs(int8_acc - float_acc) <= 0.01
 

@@ -1,7 +1,8 @@
 """The bare-metal firmware: it builds for every target within budget, the board files carry
 its measured reserve, oversized settings fail at link time, and it answers protocol v1 frames
 under QEMU (slow). The QEMU test builds its frames itself (``cobs`` + ``zlib.crc32``) so it
-does not depend on the host client in ``tinyfed/firmware_bridge``."""
+does not depend on the host client in ``tinyfed/firmware_bridge``; its codes and sizes are the
+constants of ``link/framing.py``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ from tinyfed.firmware_bridge.emulate.build import (
     build_firmware,
     reserve_table_text,
     write_reserve_back,
+)
+from tinyfed.firmware_bridge.link.framing import (
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    NAK_SEQ,
+    OVERHEAD,
+    PROTOCOL_VERSION,
+    Command,
+    Status,
 )
 
 TARGETS = ["mps2-an386", "mps3-an547", "nrf52840", "apollo3"]
@@ -67,7 +77,8 @@ def test_builds_warning_free_within_budget(builds: dict[str, BuildResult], board
 def test_board_file_reserve_matches_build(builds: dict[str, BuildResult], board_name: str) -> None:
     r = builds[board_name]
     reserve = get_board(board_name).firmware_reserve
-    fix = f"run `.venv/bin/python -m tinyfed.firmware_bridge.emulate.build {board_name} --write-reserve` and commit the board file"
+    fix = (f"run `.venv/bin/python -m tinyfed.firmware_bridge.emulate.build {board_name} --write-reserve` "
+           "and commit the board file")
     # Whatever the board file says, the planner must never budget more than the build leaves.
     assert reserve.ram_kib >= r.reserve_ram_kib and reserve.flash_kib >= r.reserve_flash_kib, fix
     if reserve.source == "estimate":
@@ -115,7 +126,7 @@ def test_reserve_write_back_touches_only_its_table(tmp_path: Path) -> None:
     new = reserve_table_text(src, 9, 33)
     old_lines, new_lines = src.splitlines(), new.splitlines()
     assert len(old_lines) == len(new_lines)
-    changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    changed = [(a, b) for a, b in zip(old_lines, new_lines, strict=True) if a != b]
     assert changed == [
         ("ram_kib = 160       # ESP-IDF, caches and USB buffers take far more than on a bare Cortex-M",
          "ram_kib = 9       # ESP-IDF, caches and USB buffers take far more than on a bare Cortex-M"),
@@ -134,12 +145,14 @@ def test_reserve_write_back_touches_only_its_table(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- QEMU smoke
 
-HELLO, PING, INVOKE, BENCH = 0x01, 0x02, 0x21, 0x30
-OK, BAD_CRC, UNKNOWN_COMMAND, NO_MODEL, UNSUPPORTED_OP = 0, 1, 2, 9, 5
+HELLO, PING, INVOKE, BENCH = Command.HELLO, Command.PING, Command.INVOKE, Command.BENCH
+OK, BAD_CRC, UNKNOWN_COMMAND, NO_MODEL, UNSUPPORTED_OP = (Status.OK, Status.BAD_CRC, Status.UNKNOWN_COMMAND,
+                                                         Status.NO_MODEL, Status.UNSUPPORTED_OP)
+NOT_A_COMMAND = 0x7E  # no command has this code
 
 
 def frame(code: int, seq: int, payload: bytes = b"") -> bytes:
-    packet = struct.pack("<BBBH", 1, 0x01, code, seq) + payload  # 5-byte header; length implied
+    packet = struct.pack("<BBBH", PROTOCOL_VERSION, KIND_REQUEST, code, seq) + payload  # length implied
     return cobs.encode(packet + struct.pack("<I", zlib.crc32(packet))) + b"\x00"
 
 
@@ -162,9 +175,9 @@ class Link:
             self.buf += chunk
         raw, self.buf = self.buf.split(b"\x00", 1)
         packet = cobs.decode(raw)
-        assert len(packet) >= 9  # 5-byte header + CRC-32
+        assert len(packet) >= OVERHEAD  # 5-byte header + CRC-32
         version, kind, code, seq = struct.unpack_from("<BBBH", packet)
-        assert (version, kind) == (1, 0x02)
+        assert (version, kind) == (PROTOCOL_VERSION, KIND_RESPONSE)
         assert zlib.crc32(packet[:-4]) == struct.unpack("<I", packet[-4:])[0]
         return code, seq, packet[5:-4]
 
@@ -239,7 +252,7 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     status, body = link.request(HELLO, 2, b"\x01")
     assert status == OK
     version, _, max_payload, slot, arena, fw_ram, fw_flash = struct.unpack_from("<BBHIIII", body)
-    assert (version, max_payload) == (1, 256)
+    assert (version, max_payload) == (PROTOCOL_VERSION, 256)
     assert (slot, arena, fw_ram, fw_flash) == (r.slot_bytes, r.arena_bytes, r.fw_ram_bytes, r.fw_flash_bytes)
     n = body[20]
     assert body[21:21 + n].decode() == board_name
@@ -250,7 +263,7 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     assert struct.unpack_from("<II", body, end) == (r.program_store_bytes, r.data_store_bytes)
     assert len(body) == end + 8
 
-    assert link.request(HELLO, 3, b"\x02")[0] == 6  # WRONG_VERSION
+    assert link.request(HELLO, 3, b"\x02")[0] == Status.WRONG_VERSION
     # PING echoes any bytes, zeros and a run longer than one COBS block included.
     payload = bytes(range(256))
     assert link.request(PING, 4, payload) == (OK, payload)
@@ -262,46 +275,47 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     packet = bytearray(cobs.decode(frame(PING, 6, b"abc")[:-1]))
     packet[-1] ^= 0xFF
     status, seq, _ = link.send_raw(cobs.encode(bytes(packet)) + b"\x00")
-    assert (status, seq) == (BAD_CRC, 0xFFFF)
+    assert (status, seq) == (BAD_CRC, NAK_SEQ)
     # A truncated frame (the length is implied by the frame size): BAD_CRC with seq 0xFFFF; cut
     # below 9 bytes with the 5-byte header intact: BAD_LENGTH with seq 0xFFFF.
     packet = cobs.decode(frame(PING, 6, b"abc")[:-1])
     status, seq, _ = link.send_raw(cobs.encode(packet[:-2]) + b"\x00")
-    assert (status, seq) == (BAD_CRC, 0xFFFF)
+    assert (status, seq) == (BAD_CRC, NAK_SEQ)
     status, seq, _ = link.send_raw(cobs.encode(packet[:8]) + b"\x00")
-    assert (status, seq) == (7, 0xFFFF)
+    assert (status, seq) == (Status.BAD_LENGTH, NAK_SEQ)
     # An oversized frame: FRAME_TOO_LARGE with seq 0xFFFF.
     status, seq, _ = link.send_raw(frame(PING, 7, bytes(300)))
-    assert (status, seq) == (11, 0xFFFF)
+    assert (status, seq) == (Status.FRAME_TOO_LARGE, NAK_SEQ)
     # Garbage, then a delimiter: silently dropped; the next request works.
     link.sock.sendall(b"\x05\x01\x00")
     assert link.request(PING, 8, b"ok") == (OK, b"ok")
 
-    status, body = link.request(0x7E, 9)
-    assert status == UNKNOWN_COMMAND and struct.unpack_from("<H", body)[0] == 0x7E
+    status, body = link.request(NOT_A_COMMAND, 9)
+    assert status == UNKNOWN_COMMAND and struct.unpack_from("<H", body)[0] == NOT_A_COMMAND
     status, body = link.request(INVOKE, 10)
     assert status == NO_MODEL and b"no committed fragment" in body
 
     # Loading: resumable, in order, CRC-checked, validated before activation.
     blob = bytes(range(1, 11)) * 3
     begin = struct.pack("<II", len(blob), zlib.crc32(blob))
-    assert link.request(0x10, 20, begin) == (OK, struct.pack("<I", 0))
-    assert link.request(0x11, 21, struct.pack("<I", 0) + blob[:7]) == (OK, struct.pack("<I", 7))
-    status, body = link.request(0x11, 22, struct.pack("<I", 0) + blob[:7])
-    assert status == 8 and struct.unpack_from("<H", body)[0] == 7 and b"expected offset 7" in body
-    assert link.request(0x10, 23, begin) == (OK, struct.pack("<I", 7))  # same transfer: resume
-    status, _ = link.request(0x11, 24, struct.pack("<I", 7) + blob[7:] + b"x")
-    assert status == 7  # BAD_LENGTH: past the announced size
-    assert link.request(0x11, 25, struct.pack("<I", 7) + blob[7:]) == (OK, struct.pack("<I", len(blob)))
-    status, body = link.request(0x12, 26)
-    assert status == (10 if r.engine else UNSUPPORTED_OP)  # BAD_MODEL: not a TFMB blob
+    begin_, chunk, commit = Command.LOAD_BEGIN, Command.LOAD_CHUNK, Command.LOAD_COMMIT
+    assert link.request(begin_, 20, begin) == (OK, struct.pack("<I", 0))
+    assert link.request(chunk, 21, struct.pack("<I", 0) + blob[:7]) == (OK, struct.pack("<I", 7))
+    status, body = link.request(chunk, 22, struct.pack("<I", 0) + blob[:7])
+    assert status == Status.OUT_OF_ORDER and struct.unpack_from("<H", body)[0] == 7 and b"expected offset 7" in body
+    assert link.request(begin_, 23, begin) == (OK, struct.pack("<I", 7))  # same transfer: resume
+    status, _ = link.request(chunk, 24, struct.pack("<I", 7) + blob[7:] + b"x")
+    assert status == Status.BAD_LENGTH  # past the announced size
+    assert link.request(chunk, 25, struct.pack("<I", 7) + blob[7:]) == (OK, struct.pack("<I", len(blob)))
+    status, body = link.request(commit, 26)
+    assert status == (Status.BAD_MODEL if r.engine else UNSUPPORTED_OP)  # not a TFMB blob
     assert link.request(INVOKE, 27)[0] == NO_MODEL  # nothing became active
     wrong = struct.pack("<II", 4, zlib.crc32(b"abcd") ^ 1)
-    assert link.request(0x10, 28, wrong) == (OK, struct.pack("<I", 0))
-    assert link.request(0x11, 29, struct.pack("<I", 0) + b"abcd")[0] == OK
-    assert link.request(0x12, 30)[0] == BAD_CRC
-    status, body = link.request(0x10, 31, struct.pack("<II", r.slot_bytes + 1, 0))
-    assert status == 3  # FRAGMENT_TOO_LARGE
+    assert link.request(begin_, 28, wrong) == (OK, struct.pack("<I", 0))
+    assert link.request(chunk, 29, struct.pack("<I", 0) + b"abcd")[0] == OK
+    assert link.request(commit, 30)[0] == BAD_CRC
+    status, body = link.request(begin_, 31, struct.pack("<II", r.slot_bytes + 1, 0))
+    assert status == Status.FRAGMENT_TOO_LARGE
 
     # BENCH: deterministic under -icount.
     status, first = link.request(BENCH, 11)

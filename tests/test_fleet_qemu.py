@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,9 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
-from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
 from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet  # noqa: E402
+from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
+from tinyfed.firmware_bridge.link.framing import Command  # noqa: E402
 from tinyfed.models.tflm import TflmModel, quantize  # noqa: E402
 from tinyfed.planner.config import TrainingConfig  # noqa: E402
 from tinyfed.planner.plan import make_plan  # noqa: E402
@@ -79,8 +79,9 @@ def test_eight_boards_match_tflite_micro_on_the_whole_test_split(eight_boards, f
     blob = compile_blob(head)
     shares = np.array_split(np.arange(len(x)), len(eight_boards))
     with ThreadPoolExecutor(max_workers=len(eight_boards)) as pool:
-        outputs = list(pool.map(lambda bs: _run_share(bs[0].url, bs[0].name, blob, x[bs[1]]), zip(eight_boards, shares)))
-    got = np.concatenate([o.reshape(len(s), -1) for o, s in zip(outputs, shares) if len(s)])
+        outputs = list(pool.map(lambda bs: _run_share(bs[0].url, bs[0].name, blob, x[bs[1]]),
+                                zip(eight_boards, shares, strict=True)))
+    got = np.concatenate([o.reshape(len(s), -1) for o, s in zip(outputs, shares, strict=True) if len(s)])
     assert got.shape[0] == len(x) == sum(len(s) for s in shares)
     np.testing.assert_array_equal(got, expected.reshape(len(x), -1))
     assert {b.board for b in eight_boards} == {"mps2-an386", "mps3-an547"}
@@ -113,7 +114,7 @@ def test_ten_thousand_corruptions_against_live_boards(eight_boards) -> None:
             accepted_corrupt = requests = 0
             while port.total_injected < per_board:
                 payload = rng.randbytes(rng.randrange(0, info.max_payload + 1))
-                accepted_corrupt += client.request(0x02, payload) != payload
+                accepted_corrupt += client.request(Command.PING, payload) != payload
                 requests += 1
             port.p_out = port.p_in = 0.0
             assert client.hello().board_id == board.board  # the session is healthy afterwards

@@ -46,7 +46,7 @@ def test_empty_config_is_the_documented_default(tmp_path: Path) -> None:
     assert (cfg.model, cfg.strategy, cfg.target_accuracy, cfg.seed) == ("har_cnn", "ftte", 0.85, 0)
     sp = cfg.strategy_params
     assert (sp.buffer_size, sp.staleness_exponent, sp.variance_gamma, sp.server_lr, sp.clients_per_round) == (
-        10, 0.5, 1.0, 1.0, 8)
+        10, 0.5, 1.0, 1.0, 10)
     t = cfg.training
     assert (t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache) == (1, 0.01, 16, False, True)
     assert (cfg.limits.max_seconds, cfg.limits.max_versions, cfg.limits.max_bytes) == (None, None, None)
@@ -334,6 +334,10 @@ def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
     # A missing event (seq gap) is damage too.
     path.write_bytes(b"\n".join([lines[0], lines[2], b""]))
     with pytest.raises(EventLogError, match="seq 2 where 1"):
+        list(read_events(path))
+    # So is a line that is not UTF-8 (a flipped high bit), not a crash of the reader.
+    path.write_bytes(b"\n".join([lines[0], b"\xff" + lines[1][1:], lines[2], b""]))
+    with pytest.raises(EventLogError, match=r"line 2 .*not valid JSON \(invalid start byte\)"):
         list(read_events(path))
 
 

@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 from serial.serialutil import SerialException
 
-import tinyfed.firmware_bridge as fb
+import tinyfed.firmware_bridge.compile as fb_compile
+import tinyfed.firmware_bridge.twin as fb_twin
 from tinyfed.cli import cli
 from tinyfed.errors import DataFileError
-from tinyfed.firmware_bridge.twin import sim
 from tinyfed.firmware_bridge.link.client import BoardClient, HelloInfo
 from tinyfed.firmware_bridge.link.devices import load_device_fleet, write_device_fleet
 from tinyfed.firmware_bridge.link.errors import (
@@ -44,6 +44,7 @@ from tinyfed.firmware_bridge.link.framing import (
     encode_frame,
 )
 from tinyfed.firmware_bridge.link.transport import open_port
+from tinyfed.firmware_bridge.twin import sim
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def _fresh_sim_boards():
 def _opaque_blob_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the sim treat blobs as opaque (no parser), whatever lives in the tree."""
     monkeypatch.setitem(sys.modules, "tinyfed.firmware_bridge.compile.blob", None)
-    monkeypatch.delattr(fb, "blob", raising=False)
+    monkeypatch.delattr(fb_compile, "blob", raising=False)
 
 
 def _fake_kernels(monkeypatch: pytest.MonkeyPatch, *, input_bytes: int, arena_bytes: int = 1000, ops: int = 3) -> None:
@@ -73,9 +74,9 @@ def _fake_kernels(monkeypatch: pytest.MonkeyPatch, *, input_bytes: int, arena_by
     blob_mod.parse_blob = parse_blob  # type: ignore[attr-defined]
     kern = types.ModuleType("tinyfed.firmware_bridge.twin.kernels_np")
     kern.run_blob = lambda b, x: np.clip(x[::-1].astype(np.int16) + 1, -128, 127).astype(np.int8)  # type: ignore[attr-defined]
-    for mod, name in ((blob_mod, "blob"), (kern, "kernels_np")):
-        monkeypatch.setitem(sys.modules, f"tinyfed.firmware_bridge.{name}", mod)
-        monkeypatch.setattr(fb, name, mod, raising=False)
+    for package, mod in ((fb_compile, blob_mod), (fb_twin, kern)):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        monkeypatch.setattr(package, mod.__name__.rsplit(".", 1)[1], mod, raising=False)
 
 
 # -- a fault-injecting stream wrapper (in the spirit of nanopb's tests/io_errors) -------------------
@@ -209,7 +210,8 @@ def test_ping_echoes_and_limits_payload_before_hello() -> None:
 
 
 def test_wrong_protocol_version_is_refused_naming_device_and_command() -> None:
-    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c, pytest.raises(ProtocolVersionMismatch) as info:
+    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c, \
+            pytest.raises(ProtocolVersionMismatch) as info:
         c.hello()
     e = info.value
     assert e.board_version == 2 and e.device == "watch-7" and e.command == "HELLO"
@@ -309,9 +311,11 @@ def test_every_error_status(monkeypatch) -> None:
         c.request(Command.LOAD_CHUNK, struct.pack("<I", 0) + b"FAKE")
         expect("BAD_LENGTH", lambda: c.request(Command.LOAD_COMMIT))
         expect("BAD_MODEL", lambda: c.load_fragment(b"JUNK" * 4))
-        monkeypatch.setattr(fb.blob, "parse_blob", lambda b: {"input_bytes": 10, "arena_bytes": 5000, "op_count": 1})
+        monkeypatch.setattr(fb_compile.blob, "parse_blob",
+                            lambda b: {"input_bytes": 10, "arena_bytes": 5000, "op_count": 1})
         expect("OUT_OF_MEMORY", lambda: c.load_fragment(b"FAKEbig"))
-        monkeypatch.setattr(fb.blob, "parse_blob", lambda b: {"input_bytes": 10, "arena_bytes": 10, "op_count": 1})
+        monkeypatch.setattr(fb_compile.blob, "parse_blob",
+                            lambda b: {"input_bytes": 10, "arena_bytes": 10, "op_count": 1})
         c.load_fragment(b"FAKE ok")
 
         def unsupported(b, x):
@@ -320,7 +324,7 @@ def test_every_error_status(monkeypatch) -> None:
             e.detail = 71  # type: ignore[attr-defined]
             raise e
 
-        monkeypatch.setattr(fb.kernels_np, "run_blob", unsupported)
+        monkeypatch.setattr(fb_twin.kernels_np, "run_blob", unsupported)
         expect("UNSUPPORTED_OP", lambda: c.infer(np.zeros(10, np.int8)))
         assert errors["UNSUPPORTED_OP"].detail == 71 and "CONV_3D" in errors["UNSUPPORTED_OP"].message
         expect("BAD_LENGTH", lambda: c.infer(np.zeros(11, np.int8)))
@@ -343,7 +347,8 @@ def test_board_naks_damaged_frames_once_per_delimiter_and_drops_unreadable_ones(
     frame[10] ^= 0x40
     (nak,) = [decode_frame(f) for f in FrameReader(1000).feed(board.receive(bytes(frame)))]
     assert (nak.code, nak.seq) == (Status.BAD_CRC, NAK_SEQ) and nak.is_nak
-    (nak,) = [decode_frame(f) for f in FrameReader(1000).feed(board.receive(encode_frame(KIND_REQUEST, 2, 6, b"x" * 33)))]
+    reply = board.receive(encode_frame(KIND_REQUEST, 2, 6, b"x" * 33))
+    (nak,) = [decode_frame(f) for f in FrameReader(1000).feed(reply)]
     assert (nak.code, nak.seq) == (Status.FRAME_TOO_LARGE, NAK_SEQ)
     assert board.receive(b"\x05\x01\x00") == b""  # not even a header: dropped silently
     assert board.receive(encode_frame(KIND_RESPONSE, Status.OK, 7)) == b""  # a response sent to the board

@@ -38,7 +38,8 @@ def _quantized_test_inputs(model_bytes: bytes) -> np.ndarray:
 
     x = get_zoo_model("har_cnn").test_split().x
     details = TflmModel(model_bytes).input_details[0]
-    scale, zero_point = details["quantization_parameters"]["scales"][0], details["quantization_parameters"]["zero_points"][0]
+    qp = details["quantization_parameters"]
+    scale, zero_point = qp["scales"][0], qp["zero_points"][0]
     return quantize(x, float(scale), int(zero_point))
 
 
@@ -123,14 +124,16 @@ def test_fleet_m_min_is_the_smallest_budget(har_source, tmp_path: Path) -> None:
 
 
 def test_bigger_budget_trains_more(har_source) -> None:
-    small = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(batch_size=4), None, measure=False)
-    big = make_plan(har_source, single_board_fleet(get_board("stm32l4r9")), TrainingConfig(batch_size=4), None, measure=False)
+    cfg = TrainingConfig(batch_size=4)
+    small = make_plan(har_source, single_board_fleet(get_board("nrf52840")), cfg, None, measure=False)
+    big = make_plan(har_source, single_board_fleet(get_board("stm32l4r9")), cfg, None, measure=False)
     assert big.trainable_params > small.trainable_params
     assert small.trainable_params > 0
 
 
 def test_full_training_does_not_fit_and_says_why(har_source) -> None:
-    plan = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), None, measure=False, trainable="full")
+    plan = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), None, measure=False,
+                     trainable="full")
     assert not plan.fits
     assert any("nrf52840: RAM" in p and "bytes over" in p for p in plan.problems)
     assert any("largest trainable subset" in s for s in plan.suggestions)
@@ -163,3 +166,20 @@ def test_digits_plans_with_its_depthwise_layer(tmp_path: Path) -> None:
     xq = quantize(x, float(details["scales"][0]), int(details["zero_points"][0]))
     parts = [plan.files[k].read_bytes() for k in ("frozen", "tail") if k in plan.files]
     np.testing.assert_array_equal(chain(parts, xq), TflmModel(full).run(xq))
+
+
+def test_the_dense_plan_is_the_whole_model_the_ftte_plan_compares_with(har_source) -> None:
+    from tinyfed.errors import PlanError
+    from tinyfed.planner.dense import plan_dense
+
+    plan = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), None, measure=False)
+    dense = plan_dense(har_source.tflite, "har_cnn", TrainingConfig())
+    assert dense.training == plan.full_training  # one memory model for "every layer"
+    assert sum(u.values.size for u in dense.units) == plan.total_params
+    assert (dense.ram_bytes, dense.program_bytes) == (707_064, 254_960)
+    an386, large = get_board("mps2-an386"), get_board("mps2-an386-large")
+    assert dense.fits(large) and not dense.fits(an386)
+    assert dense.emulated_board(an386) is not an386 and dense.emulated_board(an386).name == "mps2-an386-large"
+    with pytest.raises(PlanError, match="needs 707,064 bytes of RAM") as info:
+        dense.check_fits([large, an386])
+    assert info.value.source == "mps2-an386" and "--strategy ftte" in (info.value.fix or "")

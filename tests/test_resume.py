@@ -159,9 +159,10 @@ def test_a_resumed_engine_continues_exactly_where_the_checkpoint_left_it(one_boa
     with EventLog(run) as events:
         resumed = _engine(setup, devices, events, 4, resume_from=ck)
         # the restored state is the checkpoint's, and the run_end of the first part is cut away
-        assert resumed.version == 2 and resumed.next_task == 2 and resumed.accepted == 2
-        assert resumed.seen == {("solo", 0), ("solo", 1)}
-        assert resumed.rng.bit_generator.state == ck.rng_state
+        rounds = resumed.rounds
+        assert rounds.version == 2 and rounds.next_task == 2 and rounds.accepted == 2
+        assert rounds.seen == {("solo", 0), ("solo", 1)}
+        assert rounds.rng.bit_generator.state == ck.rng_state
         second = resumed.run()
     assert second.versions == 4 and second.updates_accepted == straight.updates_accepted
     np.testing.assert_array_equal(second.vector, straight.vector)

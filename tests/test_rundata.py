@@ -141,9 +141,9 @@ def test_one_hot_labels_are_taken_as_class_indices(digits: dict, tmp_path: Path)
 def test_the_whole_model_program_is_compiled_once_for_sizing_and_for_the_run(digits: dict, tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """``--emulate`` sizes a dense baseline's program before booting; prepare_run sends that one."""
-    from tinyfed.commands.run import dense_training_need
     from tinyfed.firmware_bridge.compile import train_blob
-    from tinyfed.host.setup import DeviceSpec, prepare_run, training_program
+    from tinyfed.host.setup import DeviceSpec, prepare_run
+    from tinyfed.planner.dense import plan_dense_model, training_program
 
     compiled: list[int] = []
     real = train_blob.compile_program
@@ -154,11 +154,11 @@ def test_the_whole_model_program_is_compiled_once_for_sizing_and_for_the_run(dig
 
     monkeypatch.setattr(train_blob, "compile_program", counting)
     training_program.cache_clear()
-    dense_training_need.cache_clear()
-    _, program_bytes = dense_training_need(digits["model"])
+    need = plan_dense_model(digits["model"])
     devices = [DeviceSpec(f"d{i}", f"sim://mps2-an386?name=d{i}", "mps2-an386") for i in range(2)]
     setup = prepare_run(digits["model"], devices, "dense", work_dir=tmp_path, partition="iid", npz=str(digits["npz"]))
-    assert len(compiled) == 1 and len(setup.program) == program_bytes
+    assert len(compiled) == 1 and len(setup.program) == need.program_bytes
+    assert setup.plan is not None and setup.plan.ram_bytes == need.ram_bytes
 
 
 @pytest.mark.parametrize("fleet", [["--simulate", "2"], ["--emulate", "2"]])

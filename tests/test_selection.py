@@ -27,7 +27,11 @@ def _facts() -> list[LayerFacts]:
 
 def _importance(facts: list[LayerFacts]) -> dict[int, LayerImportance]:
     rng = np.random.default_rng(0)
-    return {f.index: LayerImportance(rng.random(f.out_channels) * (f.index + 1), float(f.index + 1)) for f in facts if f.trainable}
+    return {
+        f.index: LayerImportance(rng.random(f.out_channels) * (f.index + 1), float(f.index + 1))
+        for f in facts
+        if f.trainable
+    }
 
 
 CUTS = [0, 1, 2, 3, 4, 5]
@@ -107,14 +111,15 @@ def test_weight_units_take_most_important_channels_first() -> None:
 def test_trainable_file_round_trip_and_crc() -> None:
     units = [
         tfw.TrainableUnit(2, 7, tfw.KIND_WEIGHTS, 0, (1, 4, 5), 8, np.arange(15, dtype=np.float32).reshape(3, 5)),
-        tfw.TrainableUnit(2, 8, tfw.KIND_BIAS, 0, tuple(range(8)), 8, np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)),
+        tfw.TrainableUnit(2, 8, tfw.KIND_BIAS, 0, tuple(range(8)), 8,
+                          np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)),
     ]
     blob = tfw.encode(units)
     back = tfw.decode(blob)
     assert [(u.op_index, u.tensor_index, u.kind, u.channels) for u in back] == [
         (u.op_index, u.tensor_index, u.kind, u.channels) for u in units
     ]
-    for a, b in zip(back, units):
+    for a, b in zip(back, units, strict=True):
         np.testing.assert_array_equal(a.values, b.values)
     corrupt = bytearray(blob)
     corrupt[-1] ^= 0x40

@@ -14,6 +14,7 @@ from tinyfed.boards import get_board
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.link.framing import max_encoded_bytes
 from tinyfed.host import simulator
+from tinyfed.host.config import StrategyParams, checked
 from tinyfed.host.engine import LocalTraining
 from tinyfed.host.simulator import (
     Availability,
@@ -36,7 +37,7 @@ MIX = {"nrf52840": 0.5, "apollo3": 0.5}
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
     cfg = StudyConfig(model="digits_cnn", clients=16, partition="iid", board_mix="nrf52840:0.5,apollo3:0.5",
                       stragglers=0.5, seed=0, target_accuracy=None, max_versions=6, eval_samples=120,
-                      buffer_size=4, clients_per_round=4)
+                      strategy_params=StrategyParams(buffer_size=4, clients_per_round=4))
     s = Study(cfg, work_dir=tmp_path_factory.mktemp("sim"))
     s.model("subset")
     s.model("dense")
@@ -83,7 +84,10 @@ def test_a_task_takes_the_time_of_its_board_profile(study: Study) -> None:
     board = get_board(sim.fleet.boards[dev.board].name)
     # The client's framing, by hand: TRAIN_SET in (256 - 8) // 4 = 62-value requests, each acked
     # with a u32; TRAIN (21 bytes) and its 29-byte report; UPDATE_READ (6 bytes) in 256-byte pieces.
-    frame = lambda n: max_encoded_bytes(n) + 1
+
+    def frame(n: int) -> int:
+        return max_encoded_bytes(n) + 1
+
     per = (board.link.max_frame_bytes - 8) // 4
     chunks = [min(per, model.size - k) for k in range(0, model.size, per)]
     pieces = [min(256, model.update_bytes - k) for k in range(0, model.update_bytes, 256)]
@@ -182,11 +186,34 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
     for f in ("summary.csv", "history.csv", "study.json", "accuracy_vs_time.png", "bytes_vs_time.png"):
         assert (out / f).stat().st_size > 0
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,nope"])
-    assert bad.exit_code == 2 and "unknown strategies" in bad.output
+    assert bad.exit_code == 2 and "--strategies: 'nope' is not a strategy" in bad.output
     bad = CliRunner().invoke(cli, ["simulate", "--horizon", "soon"])
     assert bad.exit_code == 2 and "--horizon 'soon'" in bad.output
     bad = CliRunner().invoke(cli, ["simulate", "--availability", "3600:2"])
     assert bad.exit_code == 2 and "availability '3600:2'" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--epochs", "0", "--clients-per-round", "0", "--horizon", "-1"])
+    assert bad.exit_code == 2 and "--horizon '-1'" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--epochs", "0", "--clients-per-round", "0"])
+    assert bad.exit_code == 2 and "2 problem(s): --epochs: must be >= 1, got 0" in bad.output
+    assert "--clients-per-round: must be >= 1, got 0" in bad.output
+
+
+def test_a_study_trains_checks_and_aggregates_as_a_run_does() -> None:
+    """One config system: the study holds the run config's tables, and the CLI's defaults are the study's."""
+    from tinyfed.commands.simulate import simulate, study_config
+    from tinyfed.host.config import RunConfig
+
+    run, study = RunConfig(), StudyConfig()
+    assert (study.training, study.strategy_params, study.checks, study.evaluation) == (
+        run.training, run.strategy_params, run.checks, run.evaluation)
+    assert study.strategy_params.clients_per_round == 10 == study.strategy("fedavg").params.clients_per_round
+    params = simulate.make_context("simulate", []).params
+    options = {k: v for k, v in params.items() if k not in ("backend", "address", "out_dir", "boards_dirs", "as_json")}
+    assert study_config(options) == study
+    record = study.record()  # study.json's config, flat as it always was
+    assert [k for k in record if k not in StudyConfig.model_fields] == [
+        "buffer_size", "clients_per_round", "server_lr", "norm_bound", "max_staleness", "evaluate_every"]
+    assert record["training"] == run.training.model_dump() and record["strategies"] == ["ftte", "fedbuff", "fedavg"]
 
 
 def test_training_is_a_pure_function_of_the_task(study: Study) -> None:
@@ -243,7 +270,7 @@ def test_a_run_continued_in_pieces_is_the_run_made_in_one(study: Study) -> None:
 
 
 def test_a_study_takes_every_final_accuracy_at_one_horizon(study: Study) -> None:
-    cfg = StudyConfig(**{**study.cfg.__dict__, "target_accuracy": 0.3, "max_versions": 40, "horizon": "auto"})
+    cfg = StudyConfig(**{**study.cfg.model_dump(), "target_accuracy": 0.3, "max_versions": 40, "horizon": "auto"})
     s = Study(cfg, work_dir=study.work_dir)
     s._models = study._models  # the same plan and frozen outputs
     results = s.run_all()
@@ -265,8 +292,8 @@ def test_a_study_takes_every_final_accuracy_at_one_horizon(study: Study) -> None
     straight = one.run()  # the two legs are one run to the horizon
     assert straight.event_digest == results["ftte"].event_digest
     assert np.array_equal(straight.vector, results["ftte"].vector)
-    with pytest.raises(TinyfedError, match="horizon"):
-        Study(StudyConfig(**{**cfg.__dict__, "horizon": -5}))
+    with pytest.raises(TinyfedError, match="horizon: horizon -5.0 is not understood"):
+        checked(StudyConfig, {**cfg.model_dump(), "horizon": -5.0}, "a test")
 
 
 def _online_at(sim: Simulation, device: int, t: float) -> bool:

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from tinyfed.cli import cli
+from tinyfed.host.config import StrategyParams
 from tinyfed.host.simulator import Study, StudyConfig
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install 'tinyfed[ray]'` (make test installs it)")
@@ -16,7 +17,7 @@ ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install 'tin
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
     cfg = StudyConfig(model="digits_cnn", clients=24, partition="iid", board_mix="nrf52840:0.5,apollo3:0.5",
                       stragglers=0.5, seed=3, target_accuracy=None, max_versions=5, eval_samples=120,
-                      buffer_size=4, clients_per_round=4)
+                      strategy_params=StrategyParams(buffer_size=4, clients_per_round=4))
     return Study(cfg, work_dir=tmp_path_factory.mktemp("sim"))
 
 

@@ -192,7 +192,7 @@ def test_fedavg_selection_is_deterministic_for_a_seed() -> None:
     a = picks(42, fleet)
     assert a == picks(42, fleet[::-1])  # independent of the order the engine lists devices in
     assert a != picks(43, fleet)
-    assert all(len(p) == 8 for p in a)
+    assert all(len(p) == 10 for p in a)
 
 
 def test_semi_async_run_is_deterministic() -> None:
@@ -268,7 +268,7 @@ def test_params_are_validated(cls, field: str, value) -> None:
 
 def test_defaults_and_registry() -> None:
     assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, server_lr=1.0)
-    assert FedAvgParams().clients_per_round == 8 and FedBuffParams().buffer_size == 10
+    assert FedAvgParams().clients_per_round == 10 and FedBuffParams().buffer_size == 10
     assert set(STRATEGIES) == {"ftte", "fedbuff", "fedavg"}
     assert isinstance(get_strategy("fedavg", clients_per_round=2), FedAvg)
     with pytest.raises(TinyfedError, match="fedavg, fedbuff, ftte") as err:

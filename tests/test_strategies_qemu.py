@@ -52,12 +52,12 @@ from tinyfed.commands.run import (
     _read_devices,
     _record_devices,
     _recorded_baseline,
-    dense_training_need,
     emulated_board_for,
 )
 from tinyfed.errors import TinyfedError
 from tinyfed.host.events import read_events, summarize
 from tinyfed.host.setup import DeviceSpec
+from tinyfed.planner.dense import plan_dense_model
 
 BOARDS = 8
 BOARD = "mps2-an386"
@@ -165,8 +165,8 @@ def test_ftte_uploads_at_most_31_percent_of_fedavgs_bytes_per_update(runs: dict[
 @pytest.mark.slow
 def test_dense_baselines_boot_the_baseline_profile_and_ftte_the_board_asked_for() -> None:
     an386 = get_board(BOARD)
-    ram_need, program_bytes = dense_training_need("har_cnn")
-    assert (ram_need, program_bytes) == (707_064, 254_960)
+    need = plan_dense_model("har_cnn")
+    assert (need.ram_bytes, need.program_bytes) == (707_064, 254_960)
     for strategy in ("fedavg", "fedbuff"):
         assert emulated_board_for(an386, strategy, "har_cnn").name == BASELINE
     assert emulated_board_for(an386, "ftte", "har_cnn") is an386

@@ -8,10 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _models
 import numpy as np
 import pytest
 
-import _models
 from tinyfed.errors import ModelError
 from tinyfed.models.tflite_graph import FLOAT_FIX, TfliteGraph
 from tinyfed.models.tflm import TflmModel, chain
@@ -151,7 +151,7 @@ def test_split_chains_bit_exactly(which, cnn, residual):
 def test_fragments_are_pruned_valid_models(cnn, residual):
     for graph in (cnn, residual):
         for k in graph.cut_points():
-            for frag, n_ops in zip(graph.split(k), (k, len(graph.ops) - k)):
+            for frag, n_ops in zip(graph.split(k), (k, len(graph.ops) - k), strict=True):
                 g = TfliteGraph.from_bytes(frag)
                 assert len(frag) < len(graph.data)
                 assert len(g.ops) == n_ops
@@ -183,7 +183,8 @@ def test_fragment_boundary_keeps_quantization(cnn):
             orig.name, orig.shape, orig.scales, orig.zero_points,
         )
     # weights survive byte for byte
-    np.testing.assert_array_equal(h.constant_data(h.weight_tensor(2).index), cnn.constant_data(cnn.weight_tensor(2).index))
+    np.testing.assert_array_equal(h.constant_data(h.weight_tensor(2).index),
+                                  cnn.constant_data(cnn.weight_tensor(2).index))
 
 
 def test_fragment_buffers_are_16_byte_aligned(cnn):
@@ -313,7 +314,9 @@ def test_from_file(tmp_path, cnn_bytes):
 def test_truncations_are_reported(which, cnn_bytes, residual_bytes):
     data = cnn_bytes if which == "cnn" else residual_bytes
     n = len(data)
-    cuts = sorted({8, 9, 12, 16, 24, 32, 64, 100, 257, n // 4, n // 3, n // 2, 2 * n // 3, n - 64, n - 16, n - 4, n - 1})
+    cuts = sorted(
+        {8, 9, 12, 16, 24, 32, 64, 100, 257, n // 4, n // 3, n // 2, 2 * n // 3, n - 64, n - 16, n - 4, n - 1}
+    )
     for cut in cuts:
         with pytest.raises(ModelError) as e:
             TfliteGraph.from_bytes(data[:cut])

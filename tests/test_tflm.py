@@ -9,10 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _models
 import numpy as np
 import pytest
 
-import _models
 from tinyfed.errors import ModelError
 from tinyfed.models import tflm
 from tinyfed.models.tflite_graph import TfliteGraph
@@ -82,7 +82,8 @@ def test_run_float_quantizes_with_input_params(cnn_bytes):
     xf = np.random.default_rng(2).normal(size=(30, 1, 32, 3)).astype(np.float32)
     expected = np.clip(np.trunc(xf / np.float32(scale) + np.copysign(0.5, xf)) + zp, -128, 127).astype(np.int8)
     np.testing.assert_array_equal(m.run_float(xf), m.run(expected))
-    y = tflm.dequantize(m.run_float(xf), *[m.output_details[0]["quantization_parameters"][k][0] for k in ("scales", "zero_points")])
+    qp = m.output_details[0]["quantization_parameters"]
+    y = tflm.dequantize(m.run_float(xf), *[qp[k][0] for k in ("scales", "zero_points")])
     np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=0.05)  # softmax probabilities
 
 

@@ -22,23 +22,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _engine_sources import ENGINE, train_engine_sources
+
 from tinyfed.errors import ModelError, PlanError
 from tinyfed.firmware_bridge.compile.train_blob import (
     compile_program,
     parse_program,
     program_ram_bytes,
 )
+from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.training import FloatTail, local_train
 
-ROOT = Path(__file__).resolve().parents[1]
-ENGINE = ROOT / "firmware" / "engine"
-SOURCES = [str(ENGINE / n) for n in ("tftr.c", "tftr_kernels.c")]
+SOURCES = train_engine_sources()
 HARNESS = str(Path(__file__).with_name("train_harness.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wdouble-promotion"]
 
-BAD_MODEL, OUT_OF_MEMORY = 10, 4
+BAD_MODEL, OUT_OF_MEMORY = Status.BAD_MODEL, Status.OUT_OF_MEMORY
 GRAD_TOL = 1e-4  # max |C - numpy| of the batch gradient, relative to max |numpy gradient|
 STEP_TOL = 1e-3  # max |C - numpy| of the SGD delta after a few batches, relative to max |delta|
 LOSS_TOL = 1e-5  # |C - numpy| per-sample loss, relative to max(1, loss)
@@ -140,10 +141,12 @@ def _units_tfw(tail: bytes, picks: dict[int, tuple[list[int] | None, bool]]) -> 
         v = np.moveaxis(ft.params[w.index], ax, 0)
         chs = tuple(range(v.shape[0])) if chans is None else tuple(chans)
         if chs:
-            units.append(tfw.TrainableUnit(k, w.index, tfw.KIND_WEIGHTS, ax, chs, v.shape[0], v[list(chs)].reshape(len(chs), -1)))
+            units.append(tfw.TrainableUnit(k, w.index, tfw.KIND_WEIGHTS, ax, chs, v.shape[0],
+                                           v[list(chs)].reshape(len(chs), -1)))
         if bias and b is not None:
             bv = ft.params[b.index]
-            units.append(tfw.TrainableUnit(k, b.index, tfw.KIND_BIAS, 0, tuple(range(bv.shape[0])), bv.shape[0], bv.reshape(-1, 1)))
+            units.append(tfw.TrainableUnit(k, b.index, tfw.KIND_BIAS, 0, tuple(range(bv.shape[0])), bv.shape[0],
+                                           bv.reshape(-1, 1)))
     return tfw.encode(units)
 
 
@@ -186,8 +189,8 @@ def case(name: str):
         from tinyfed.planner.sources import load_model_source
 
         out = Path(tempfile.mkdtemp(prefix="tftr_plan_"))
-        plan = make_plan(load_model_source("har_cnn", None, TrainingConfig()), single_board_fleet(get_board("nrf52840")),
-                         TrainingConfig(), out, measure=False)
+        plan = make_plan(load_model_source("har_cnn", None, TrainingConfig()),
+                         single_board_fleet(get_board("nrf52840")), TrainingConfig(), out, measure=False)
         files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}
         zm = get_zoo_model("har_cnn")
         split = zm.test_split()
@@ -290,7 +293,8 @@ def test_sgd_matches_local_train(lib, name: str) -> None:
     start = _flat(ft.unit_values())
     ref_delta = _flat(res.deltas)
     err = float(np.abs((values - start) - ref_delta).max() / np.abs(ref_delta).max())
-    print(f"{name}: {len(bounds) - 1} SGD steps, delta rel err {err:.1e}, mean loss {losses.mean():.4f} vs {res.loss:.4f}")
+    print(f"{name}: {len(bounds) - 1} SGD steps, delta rel err {err:.1e}, "
+          f"mean loss {losses.mean():.4f} vs {res.loss:.4f}")
     assert np.abs(ref_delta).max() > 0
     assert err <= STEP_TOL
     assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
@@ -329,7 +333,8 @@ def test_compiler_refuses_what_the_engine_cannot_train() -> None:
     tg = TfliteGraph.from_bytes(tail)
     fc, fc2 = [o for o in tg.ops if o.name == "FULLY_CONNECTED"]
     w = tg.weight_tensor(fc)
-    wrong = tfw.TrainableUnit(fc2.index, w.index, tfw.KIND_WEIGHTS, 0, (0,), w.shape[0], np.zeros((1, w.shape[1]), np.float32))
+    wrong = tfw.TrainableUnit(fc2.index, w.index, tfw.KIND_WEIGHTS, 0, (0,), w.shape[0],
+                              np.zeros((1, w.shape[1]), np.float32))
     with pytest.raises(PlanError, match="not the weights"):
         compile_program(tail, tfw.encode([wrong]))
     # no units: a forward-only program still opens
@@ -358,7 +363,7 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
         assert status == BAD_MODEL and msg, (cut, msg)
     bad = bytearray(blob)
     bad[4] = 2
-    assert c_open(lib, bytes(bad))[0] == 6  # WRONG_VERSION
+    assert c_open(lib, bytes(bad))[0] == Status.WRONG_VERSION
     hdr = parse_program(blob)
     bad = bytearray(blob)
     struct.pack_into("<I", bad, 12, hdr.ram_bytes - 4)
@@ -367,7 +372,7 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
     bad = bytearray(blob)
     bad[ops_offset] = 14  # LOGISTIC
     status, detail, msg, _ = c_open(lib, bytes(bad))
-    assert (status, detail) == (5, 14) and "unsupported" in msg
+    assert (status, detail) == (Status.UNSUPPORTED_OP, 14) and "unsupported" in msg
 
 
 def _run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) -> tuple[list[int], str]:

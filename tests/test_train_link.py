@@ -14,12 +14,12 @@ import pytest
 
 from tinyfed.errors import DatasetError, TinyfedError
 from tinyfed.firmware_bridge.compile import local_data
-from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.errors import DeviceError
 from tinyfed.firmware_bridge.link.framing import Command, Status
-from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 from tinyfed.firmware_bridge.link.train_link import TrainParams, quantize_flat
+from tinyfed.firmware_bridge.twin import shuffle
+from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,7 +212,8 @@ def build_digits_whole_model() -> dict:
     x = local_data.quantize_inputs(clients.x[idx], t_in.scales[0], t_in.zero_points[0])
     return {
         "model": model, "tfw": tfw.encode(units), "program": compile_program(model, tfw.encode(units)),
-        "w0": np.concatenate([u.values.ravel() for u in units]), "shapes": [(len(u.channels), u.values_per_channel) for u in units],
+        "w0": np.concatenate([u.values.ravel() for u in units]),
+        "shapes": [(len(u.channels), u.values_per_channel) for u in units],
         "x": x, "y": clients.y[idx].astype(np.int64), "image": local_data.pack(x, clients.y[idx], zm.num_classes),
     }
 
@@ -222,7 +223,8 @@ def whole_model_reference(case, params) -> tuple[np.ndarray, float]:
     from tinyfed.training import FloatTail, local_train
 
     tail = FloatTail.from_fragments(case["model"], case["tfw"])
-    x = tail.dequantize_input(case["x"].reshape((len(case["x"]),) + tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])))
+    in_shape = tail.graph.tensors[tail.graph.inputs[0]].shape
+    x = tail.dequantize_input(case["x"].reshape((len(case["x"]),) + tuple(in_shape[1:])))
     r = local_train(tail, x, case["y"], epochs=params.epochs, lr=np.float32(params.lr), batch_size=params.batch_size,
                     seed=params.seed, order=shuffle.epoch_order)
     delta = np.concatenate([d.ravel() for d in r.deltas]).astype(np.float32)
@@ -266,7 +268,8 @@ def test_float32_update_is_the_dense_baseline_payload(digits_whole_model) -> Non
     from tinyfed.training import FloatTail, local_train
 
     tail = FloatTail.from_fragments(case["model"], case["tfw"])
-    x = tail.dequantize_input(case["x"].reshape((len(case["x"]),) + tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])))
+    in_shape = tail.graph.tensors[tail.graph.inputs[0]].shape
+    x = tail.dequantize_input(case["x"].reshape((len(case["x"]),) + tuple(in_shape[1:])))
     r = local_train(tail, x, case["y"], epochs=1, lr=np.float32(0.02), batch_size=16, seed=3, order=shuffle.epoch_order)
     ref = np.concatenate([d.ravel() for d in r.deltas])
     assert np.array_equal(update.dense(case["shapes"]), ref.astype(np.float32))

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _training_case as tc
 
 from tinyfed.boards import get_board
-from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.firmware_bridge.link.client import BoardClient
-from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
-from tinyfed.firmware_bridge.link.framing import FrameReader, decode_frame
 from tinyfed.firmware_bridge.compile.train_blob import program_ram_bytes
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
+from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.framing import FrameReader, decode_frame
 from tinyfed.firmware_bridge.link.train_link import (
     DeviceUpdate,
     EvalReport,
@@ -209,7 +209,8 @@ def test_peak_training_ram_is_within_the_planners_prediction(trained) -> None:
     for run in runs:
         s = run.stats
         print(f"measured peak RAM {s.peak_ram} B (static {s.static_bytes}, stack {s.stack_peak} of {s.stack_bytes}, "
-              f"arena {s.arena_peak}: fragment {s.fragment_arena} + training {s.training_ram}) vs planned {predicted} B")
+              f"arena {s.arena_peak}: fragment {s.fragment_arena} + training {s.training_ram}) "
+              f"vs planned {predicted} B")
         assert s.stack_peak < s.stack_bytes  # the paint held: no overflow
         # the fragment's arena and the whole tftr state were written (the per-channel scale room
         # above them is only touched by per-channel updates)

@@ -34,10 +34,13 @@ def _all_units_tfw(tail_bytes: bytes) -> bytes:
         if w is not None:
             ax = g.output_channel_axis(op)
             v = np.moveaxis(ft.params[w.index], ax, 0)
-            units.append(tfw.TrainableUnit(op.index, w.index, tfw.KIND_WEIGHTS, ax, tuple(range(v.shape[0])), v.shape[0], v.reshape(v.shape[0], -1)))
+            n = v.shape[0]
+            units.append(tfw.TrainableUnit(op.index, w.index, tfw.KIND_WEIGHTS, ax, tuple(range(n)), n,
+                                           v.reshape(n, -1)))
         if b is not None:
             v = ft.params[b.index]
-            units.append(tfw.TrainableUnit(op.index, b.index, tfw.KIND_BIAS, 0, tuple(range(v.shape[0])), v.shape[0], v.reshape(-1, 1)))
+            units.append(tfw.TrainableUnit(op.index, b.index, tfw.KIND_BIAS, 0, tuple(range(v.shape[0])), v.shape[0],
+                                           v.reshape(-1, 1)))
     return tfw.encode(units)
 
 
@@ -110,7 +113,7 @@ def test_masks_follow_units(zoo_tail):
 def test_max_pool_picks_the_first_maximum_like_argmax():
     """The tap-by-tap max pool against argmax over stacked windows: ties go to the first tap,
     a NaN wins (the first NaN), -0.0 and 0.0 tie; the values are the very elements (bits)."""
-    from tinyfed.training.tail import _keep, _max_pool
+    from tinyfed.ops.max_pool_2d import _keep, _max_pool
 
     rng = np.random.default_rng(0)
     other_nan = np.array([0xFFC00123], np.uint32).view(np.float32)[0]  # another NaN payload
@@ -210,14 +213,16 @@ def test_forward_matches_int8_tail(har):
     diff = np.abs(p - p_int8)
     agree = np.mean(p.argmax(1) == p_int8.argmax(1))
     per = diff.max(axis=1)
-    print(f"float vs int8 tail: max |dp| {diff.max():.4f} ({diff.max() / s:.1f} LSB), 99th pct {np.quantile(per, 0.99) / s:.1f} LSB, "
-          f"95th {np.quantile(per, 0.95) / s:.1f} LSB, median {np.median(per) / s:.2f} LSB, argmax agreement {agree:.4f}")
+    print(f"float vs int8 tail: max |dp| {diff.max():.4f} ({diff.max() / s:.1f} LSB), "
+          f"99th pct {np.quantile(per, 0.99) / s:.1f} LSB, 95th {np.quantile(per, 0.95) / s:.1f} LSB, "
+          f"median {np.median(per) / s:.2f} LSB, argmax agreement {agree:.4f}")
     # With every activation rounded to its int8 grid, the float tail reproduces the int8 graph
     # to within the rounding differences of its fixed-point arithmetic.
     pq = ft.forward(ft.dequantize_input(har["h_test"]), keep=False, fake_quant=True).reshape(p_int8.shape)
     dq = np.abs(pq - p_int8)
     within = float(np.mean(dq <= 1.01 * s))
-    print(f"fake-quantized float vs int8 tail: max {dq.max() / s:.1f} LSB, mean {dq.mean() / s:.3f} LSB, {within:.4%} within 1 LSB")
+    print(f"fake-quantized float vs int8 tail: max {dq.max() / s:.1f} LSB, mean {dq.mean() / s:.3f} LSB, "
+          f"{within:.4%} within 1 LSB")
     assert dq.mean() < 0.05 * s and within > 0.995
     assert np.median(per) <= 2 * s and np.quantile(per, 0.95) <= 12 * s
     assert agree > 0.98
@@ -239,12 +244,14 @@ def _tf_step(ft: FloatTail, x, y, lr):
             act = o.get("activation", "NONE")
             if op.name == "CONV_2D":
                 w = tf.transpose(params[op.inputs[1]], (1, 2, 3, 0))
-                z = tf.nn.conv2d(a, w, (1, *o["stride"], 1), o["padding"], dilations=(1, *o["dilation"], 1)) + params[op.inputs[2]]
+                z = tf.nn.conv2d(a, w, (1, *o["stride"], 1), o["padding"], dilations=(1, *o["dilation"], 1))
+                z = z + params[op.inputs[2]]
             elif op.name == "DEPTHWISE_CONV_2D":
                 w = params[op.inputs[1]]
                 c = a.shape[-1]
                 w = tf.reshape(w[0], (w.shape[1], w.shape[2], c, w.shape[3] // c))
-                z = tf.nn.depthwise_conv2d(a, w, (1, *o["stride"], 1), o["padding"], dilations=o["dilation"]) + params[op.inputs[2]]
+                z = tf.nn.depthwise_conv2d(a, w, (1, *o["stride"], 1), o["padding"], dilations=o["dilation"])
+                z = z + params[op.inputs[2]]
             elif op.name == "FULLY_CONNECTED":
                 w = params[op.inputs[1]]
                 z = tf.matmul(tf.reshape(a, (-1, w.shape[1])), w, transpose_b=True) + params[op.inputs[2]]
@@ -267,7 +274,7 @@ def _tf_step(ft: FloatTail, x, y, lr):
             vals[op.outputs[0]] = z
     grads = tape.gradient(loss, list(params.values()))
     new = {}
-    for (t, v), gr in zip(params.items(), grads):
+    for (t, v), gr in zip(params.items(), grads, strict=True):
         gr = np.zeros(v.shape, np.float32) if gr is None else gr.numpy()
         new[t] = v.numpy() - lr * gr * ft.masks[t]
     return float(loss), new
@@ -311,7 +318,8 @@ def test_one_step_matches_keras_conv_tail(zoo_tail, cut):
     tf_loss, tf_new = _tf_step(ft, x, y, 0.05)
     worst = max(float(np.abs(res.tail.params[t] - tf_new[t]).max() / np.abs(tf_new[t]).max()) for t in ft.params)
     moved = min(float(np.abs(tf_new[t] - ft.params[t]).max()) for t in ft.params)
-    print(f"conv tail (cut {cut}) one SGD step vs TF/Keras: loss {res.loss:.6f} vs {tf_loss:.6f}, worst relative diff {worst:.2e}")
+    print(f"conv tail (cut {cut}) one SGD step vs TF/Keras: loss {res.loss:.6f} vs {tf_loss:.6f}, "
+          f"worst relative diff {worst:.2e}")
     assert moved > 0
     assert abs(res.loss - tf_loss) <= 1e-4 * abs(tf_loss)
     assert worst < 1e-4
@@ -334,13 +342,14 @@ def test_learning_signal(har):
 
     deltas, ns, losses = [], [], []
     for k, part in enumerate(har["parts"]):
-        res = local_train(ft, ft.dequantize_input(har["h_cli"][part]), clients.y[part], epochs=1, lr=0.01, batch_size=16, seed=k)
+        res = local_train(ft, ft.dequantize_input(har["h_cli"][part]), clients.y[part], epochs=1, lr=0.01,
+                          batch_size=16, seed=k)
         deltas.append(dequantize(quantize_update(res.deltas)))
         ns.append(res.n)
         losses.append(res.loss)
     avg = average_deltas(deltas, ns)
     new = ft.copy()
-    new.set_unit_values([v + d for v, d in zip(ft.unit_values(), avg)])
+    new.set_unit_values([v + d for v, d in zip(ft.unit_values(), avg, strict=True)])
     acc0, ce0 = evaluate(ft, mine)
     acc1, ce1 = evaluate(new, mine)
     all0, all1 = evaluate(ft, slice(None)), evaluate(new, slice(None))
@@ -358,7 +367,7 @@ def test_quantize_update_roundtrip():
     for per_channel in (False, True):
         qu = quantize_update(deltas, per_channel=per_channel)
         back = dequantize(qu)
-        for d, b, q, s in zip(deltas, back, qu.q, qu.scales):
+        for d, b, q, s in zip(deltas, back, qu.q, qu.scales, strict=True):
             assert q.dtype == np.int8 and q.shape == d.shape
             bound = (s[:, None] if per_channel else s[0]) / 2 * (1 + 1e-6)
             assert np.all(np.abs(d.reshape(d.shape[0], -1) - b.reshape(d.shape[0], -1)) <= bound)
@@ -393,7 +402,8 @@ def test_local_train_is_seeded_and_masked(zoo_tail):
     fc = [o for o in tg.ops if o.name == "FULLY_CONNECTED"][-1]
     b = tg.bias_tensor(fc)
     ft0 = FloatTail(tg, [])
-    unit = tfw.TrainableUnit(fc.index, b.index, tfw.KIND_BIAS, 0, tuple(range(b.shape[0])), b.shape[0], ft0.params[b.index].reshape(-1, 1))
+    unit = tfw.TrainableUnit(fc.index, b.index, tfw.KIND_BIAS, 0, tuple(range(b.shape[0])), b.shape[0],
+                             ft0.params[b.index].reshape(-1, 1))
     ft = FloatTail.from_fragments(tail, tfw.encode([unit]))
     rng = np.random.default_rng(3)
     x = rng.normal(size=(10,) + tuple(tg.tensors[tg.inputs[0]].shape[1:]))

@@ -36,10 +36,11 @@ class TinyfedGroup(click.Group):
             self._fail(ctx, TinyfedError(f"{name}{exc.strerror or exc}", fix="check the path and its permissions"))
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
             raise
-        except Exception as exc:  # a bug: say so in one line, keep the traceback for -v
+        except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, keep the traceback for -v
             self._fail(
                 ctx,
-                TinyfedError(f"internal error {type(exc).__name__}: {exc}", fix="run again with -v and report the traceback"),
+                TinyfedError(f"internal error {type(exc).__name__}: {exc}",
+                             fix="run again with -v and report the traceback"),
                 code=3,
             )
 

@@ -1,21 +1,18 @@
 /*
- * tfmb: blob validation (tfmb_open) and the op dispatcher (tfmb_invoke).
+ * tfmb: blob validation (tfmb_open) and the op dispatcher (tfmb_invoke); the ops themselves are
+ * entries of the op table (tfmb_op_table.c, one file each under ops/).
  *
  * tfmb_open checks everything the kernels rely on, so that tfmb_invoke can trust the model:
  * header framing and CRC, table bounds, every tensor record (type, rank, dims, size, that
  * constants lie in the data section and activations in the planned arena), every op record
  * (known code, tensor kinds and shapes, parameter ranges, multiplier/shift arrays in
- * bounds, output not overlapping its inputs), and that the arena fits the caller's.
+ * bounds, output not overlapping its inputs: the shared part here, the rest in the op's
+ * validate), and that the arena fits the caller's.
  * All arithmetic on untrusted fields is done in 64 bits.
  */
 #include <string.h>
 
 #include "tfmb_internal.h"
-
-#define MAX_DIM 65535
-#define MAX_STRIDE 255
-
-static const uint8_t kMagic[4] = {'T', 'F', 'M', 'B'};
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -78,7 +75,7 @@ static bool check_tensor(const tfmb_model_t *m, uint16_t id, tfmb_error_t *err)
     uint64_t elems = 1;
     for (int i = 0; i < 4; ++i) {
         const int32_t d = tfmb_rd32(r + 4 + 4 * i);
-        if (i < rank ? (d < 1 || d > MAX_DIM) : d != 1) return BAD("tensor dim out of range", id);
+        if (i < rank ? (d < 1 || d > TFMB_MAX_DIM) : d != 1) return BAD("tensor dim out of range", id);
         elems *= (uint64_t)d;
     }
     const uint64_t esize = type == TFMB_TYPE_INT32 ? 4u : 1u;
@@ -95,40 +92,40 @@ static bool check_tensor(const tfmb_model_t *m, uint16_t id, tfmb_error_t *err)
     return true;
 }
 
-static bool is_activation(const tfmb_tensor_t *t) { return !t->constant && t->type == TFMB_TYPE_INT8; }
-
 static bool disjoint(const tfmb_tensor_t *a, const tfmb_tensor_t *b)
 {
     return (uint64_t)a->offset + a->nbytes <= b->offset || (uint64_t)b->offset + b->nbytes <= a->offset;
 }
 
-static bool in_range(int32_t v, int32_t lo, int32_t hi) { return v >= lo && v <= hi; }
+/* ---- helpers of the ops' validate functions -------------------------------------------- */
 
-/* Per-channel multiplier/shift arrays at p[10], p[11] with n entries. */
-static bool check_requant_arrays(const tfmb_model_t *m, const tfmb_op_t *op, int32_t n, uint16_t idx, tfmb_error_t *err)
+const char *tfmb_check_requant_arrays(const tfmb_model_t *m, const tfmb_op_t *op, int32_t n)
 {
     for (int k = 10; k <= 11; ++k) {
         const int32_t off = op->p[k];
         if (off < 0 || (off & 3) || (uint64_t)off + 4u * (uint64_t)n > m->data_bytes)
-            return BAD("multiplier array outside data", idx);
+            return "multiplier array outside data";
     }
     const uint8_t *mult = m->blob + m->data_offset + op->p[10];
     const uint8_t *shift = m->blob + m->data_offset + op->p[11];
     for (int32_t i = 0; i < n; ++i) {
-        if (tfmb_rd32(mult + 4 * i) < 0) return BAD("negative multiplier at op", idx);
-        if (!in_range(tfmb_rd32(shift + 4 * i), -31, 30)) return BAD("shift out of range at op", idx);
+        if (tfmb_rd32(mult + 4 * i) < 0) return "negative multiplier at op";
+        if (!tfmb_in_range(tfmb_rd32(shift + 4 * i), -31, 30)) return "shift out of range at op";
     }
-    return true;
+    return 0;
 }
 
-static bool check_common_q(const tfmb_op_t *op, uint16_t idx, tfmb_error_t *err)
+const char *tfmb_check_common_q(const tfmb_op_t *op)
 {
     /* p0 input offset (-zp), p1 output offset (zp), p2/p3 activation range. */
-    if (!in_range(op->p[0], -127, 128) || !in_range(op->p[1], -128, 127)) return BAD("zero point out of range at op", idx);
-    if (!in_range(op->p[2], -128, 127) || !in_range(op->p[3], op->p[2], 127)) return BAD("activation range bad at op", idx);
-    return true;
+    if (!tfmb_in_range(op->p[0], -127, 128) || !tfmb_in_range(op->p[1], -128, 127))
+        return "zero point out of range at op";
+    if (!tfmb_in_range(op->p[2], -128, 127) || !tfmb_in_range(op->p[3], op->p[2], 127))
+        return "activation range bad at op";
+    return 0;
 }
 
+/* The checks every op shares, then the op's own (its entry's validate). */
 static bool check_op(const tfmb_model_t *m, uint16_t idx, tfmb_error_t *err)
 {
     tfmb_op_t op;
@@ -137,123 +134,28 @@ static bool check_op(const tfmb_model_t *m, uint16_t idx, tfmb_error_t *err)
     const uint8_t *r = m->blob + m->ops_offset + (uint32_t)idx * TFMB_OP_BYTES;
     if (r[1] || tfmb_rd16(r + 2) || tfmb_rdu32(r + 12)) return BAD("op reserved bits set", idx);
 
-    int n_in, n_required;
-    switch (op.code) {
-    case TFMB_OP_CONV_2D:
-    case TFMB_OP_DEPTHWISE_CONV_2D:
-    case TFMB_OP_FULLY_CONNECTED: n_in = 3; n_required = 2; break;
-    case TFMB_OP_ADD: n_in = 2; n_required = 2; break;
-    case TFMB_OP_AVERAGE_POOL_2D:
-    case TFMB_OP_MAX_POOL_2D:
-    case TFMB_OP_RESHAPE:
-    case TFMB_OP_SOFTMAX: n_in = 1; n_required = 1; break;
-    default: return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
-    }
+    const tfmb_op_entry_t *entry = tfmb_find_op(op.code);
+    if (!entry) return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
     for (int i = 0; i < 3; ++i) {
         if (op.in[i] == TFMB_NONE) {
-            if (i < n_required) return BAD("missing input at op", idx);
+            if (i < entry->required) return BAD("missing input at op", idx);
             continue;
         }
-        if (i >= n_in) return BAD("extra input at op", idx);
+        if (i >= entry->inputs) return BAD("extra input at op", idx);
         if (op.in[i] >= m->tensor_count) return BAD("input id out of range at op", idx);
         read_tensor(m, op.in[i], &t[i]);
     }
     if (op.out >= m->tensor_count) return BAD("output id out of range at op", idx);
     read_tensor(m, op.out, &out);
-    if (!is_activation(&out)) return BAD("output is not an int8 activation at op", idx);
-    if (!is_activation(&t[0])) return BAD("input is not an int8 activation at op", idx);
-    if (op.code != TFMB_OP_RESHAPE) {
-        if (!disjoint(&t[0], &out)) return BAD("output overlaps input at op", idx);
-        if (op.code == TFMB_OP_ADD && !disjoint(&t[1], &out)) return BAD("output overlaps input at op", idx);
-    }
+    if (!tfmb_is_activation(&out)) return BAD("output is not an int8 activation at op", idx);
+    if (!tfmb_is_activation(&t[0])) return BAD("input is not an int8 activation at op", idx);
+    if (!entry->in_place)
+        for (int i = 0; i < entry->activations; ++i)
+            if (!disjoint(&t[i], &out)) return BAD("output overlaps input at op", idx);
     for (int i = 13; i < TFMB_NPARAMS; ++i)
         if (op.p[i] != 0) return BAD("unused parameter set at op", idx);
-
-    switch (op.code) {
-    case TFMB_OP_CONV_2D:
-    case TFMB_OP_DEPTHWISE_CONV_2D: {
-        const bool dw = op.code == TFMB_OP_DEPTHWISE_CONV_2D;
-        const tfmb_tensor_t *in = &t[0], *f = &t[1];
-        if (in->rank != 4 || out.rank != 4 || f->rank != 4) return BAD("conv tensors must be 4-D at op", idx);
-        if (!f->constant || f->type != TFMB_TYPE_INT8) return BAD("conv filter not int8 constant at op", idx);
-        if (out.d[0] != in->d[0]) return BAD("conv batch mismatch at op", idx);
-        const int32_t oc = out.d[3];
-        if (dw) {
-            if (!in_range(op.p[12], 1, MAX_DIM) || (int64_t)in->d[3] * op.p[12] != oc) return BAD("depth multiplier bad at op", idx);
-            if (f->d[0] != 1 || f->d[3] != oc) return BAD("depthwise filter shape bad at op", idx);
-        } else {
-            if (op.p[12] != 0) return BAD("unused parameter set at op", idx);
-            if (f->d[0] != oc || f->d[3] != in->d[3]) return BAD("conv filter shape bad at op", idx);
-        }
-        if (!check_common_q(&op, idx, err)) return false;
-        for (int k = 4; k <= 7; ++k)
-            if (!in_range(op.p[k], 1, MAX_STRIDE)) return BAD("stride/dilation out of range at op", idx);
-        if (!in_range(op.p[8], 0, MAX_DIM) || !in_range(op.p[9], 0, MAX_DIM)) return BAD("padding out of range at op", idx);
-        if (op.in[2] != TFMB_NONE) {
-            const tfmb_tensor_t *b = &t[2];
-            if (!b->constant || b->type != TFMB_TYPE_INT32 || b->elems != (uint32_t)oc) return BAD("bias bad at op", idx);
-        }
-        return check_requant_arrays(m, &op, oc, idx, err);
-    }
-    case TFMB_OP_FULLY_CONNECTED: {
-        const tfmb_tensor_t *in = &t[0], *f = &t[1];
-        if (!f->constant || f->type != TFMB_TYPE_INT8 || f->rank != 2) return BAD("fc weights not 2-D int8 constant at op", idx);
-        const int32_t n_out = f->d[0], depth = f->d[1];
-        if (out.rank < 1 || out.d[out.rank - 1] != n_out) return BAD("fc output shape bad at op", idx);
-        if ((uint64_t)(out.elems / (uint32_t)n_out) * (uint64_t)depth != in->elems) return BAD("fc input size bad at op", idx);
-        if (!check_common_q(&op, idx, err)) return false;
-        if (!in_range(op.p[4], -127, 128)) return BAD("fc weight offset out of range at op", idx);
-        for (int k = 5; k <= 9; ++k)
-            if (op.p[k] != 0) return BAD("unused parameter set at op", idx);
-        if (op.p[12] != 0) return BAD("unused parameter set at op", idx);
-        if (op.in[2] != TFMB_NONE) {
-            const tfmb_tensor_t *b = &t[2];
-            if (!b->constant || b->type != TFMB_TYPE_INT32 || b->elems != (uint32_t)n_out) return BAD("bias bad at op", idx);
-        }
-        return check_requant_arrays(m, &op, n_out, idx, err);
-    }
-    case TFMB_OP_AVERAGE_POOL_2D:
-    case TFMB_OP_MAX_POOL_2D: {
-        const tfmb_tensor_t *in = &t[0];
-        if (in->rank != 4 || out.rank != 4) return BAD("pool tensors must be 4-D at op", idx);
-        if (in->d[0] != out.d[0] || in->d[3] != out.d[3]) return BAD("pool shape bad at op", idx);
-        if (op.p[0] || op.p[1]) return BAD("unused parameter set at op", idx);
-        if (!in_range(op.p[2], -128, 127) || !in_range(op.p[3], op.p[2], 127)) return BAD("activation range bad at op", idx);
-        if (!in_range(op.p[4], 1, MAX_STRIDE) || !in_range(op.p[5], 1, MAX_STRIDE)) return BAD("pool stride out of range at op", idx);
-        if (!in_range(op.p[6], 1, MAX_DIM) || !in_range(op.p[7], 1, MAX_DIM) || (int64_t)op.p[6] * op.p[7] > (1 << 20))
-            return BAD("pool window out of range at op", idx);
-        if (!in_range(op.p[8], 0, MAX_DIM) || !in_range(op.p[9], 0, MAX_DIM)) return BAD("padding out of range at op", idx);
-        for (int k = 10; k <= 12; ++k)
-            if (op.p[k] != 0) return BAD("unused parameter set at op", idx);
-        return true;
-    }
-    case TFMB_OP_RESHAPE:
-        if (t[0].elems != out.elems) return BAD("reshape size mismatch at op", idx);
-        for (int k = 0; k <= 12; ++k)
-            if (op.p[k] != 0) return BAD("unused parameter set at op", idx);
-        return true;
-    case TFMB_OP_SOFTMAX:
-        if (t[0].rank < 1 || t[0].rank != out.rank) return BAD("softmax shape bad at op", idx);
-        for (int i = 0; i < 4; ++i)
-            if (t[0].d[i] != out.d[i]) return BAD("softmax shape bad at op", idx);
-        if (op.p[0] < 0 || !in_range(op.p[1], 0, 31) || op.p[2] > 0) return BAD("softmax parameters bad at op", idx);
-        for (int k = 3; k <= 12; ++k)
-            if (op.p[k] != 0) return BAD("unused parameter set at op", idx);
-        return true;
-    case TFMB_OP_ADD:
-        if (!is_activation(&t[1])) return BAD("input is not an int8 activation at op", idx);
-        if (t[0].elems != out.elems || t[1].elems != out.elems) return BAD("add shapes differ (no broadcast) at op", idx);
-        if (!in_range(op.p[0], -127, 128) || !in_range(op.p[1], -127, 128) || !in_range(op.p[4], -128, 127))
-            return BAD("zero point out of range at op", idx);
-        if (!in_range(op.p[2], -128, 127) || !in_range(op.p[3], op.p[2], 127)) return BAD("activation range bad at op", idx);
-        if (!in_range(op.p[5], 0, 23)) return BAD("add left shift out of range at op", idx);
-        for (int k = 6; k <= 10; k += 2)
-            if (op.p[k] < 0 || !in_range(op.p[k + 1], -31, 30)) return BAD("add multiplier bad at op", idx);
-        if (op.p[12] != 0) return BAD("unused parameter set at op", idx);
-        return true;
-    default: break;
-    }
-    return BAD("unsupported op", idx);
+    const char *problem = entry->validate(m, &op, t, &out);
+    return problem ? BAD(problem, idx) : true;
 }
 
 bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t arena_capacity, tfmb_error_t *err)
@@ -264,7 +166,7 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     if (!m) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "no model struct", 0, false);
     memset(m, 0, sizeof(*m));
     if (!blob || size < TFMB_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "blob shorter than header", size, true);
-    if (memcmp(blob, kMagic, 4) != 0) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad magic (not a TFMB blob)", 0, false);
+    if (memcmp(blob, TFMB_MAGIC, 4) != 0) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad magic (not a TFMB blob)", 0, false);
     const uint16_t version = tfmb_rd16(blob + 4);
     if (version != TFMB_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "blob version", version, true);
     if (tfmb_rd16(blob + 6) != TFMB_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "bad header size", 0, false);
@@ -290,7 +192,7 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
         return tfmb_fail(err, TFMB_BAD_MODEL, 0, "no tensors or no ops", 0, false);
     if (v.tensors_offset != TFMB_HEADER_BYTES ||
         (uint64_t)v.tensors_offset + (uint64_t)v.tensor_count * TFMB_TENSOR_BYTES > v.ops_offset ||
-        (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFMB_OP_BYTES > v.data_offset || (v.data_offset & 15u) ||
+        (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFMB_OP_BYTES > v.data_offset || (v.data_offset & (TFMB_ALIGN - 1u)) ||
         (uint64_t)v.data_offset + v.data_bytes != size)
         return tfmb_fail(err, TFMB_BAD_MODEL, 0, "section table out of range", 0, false);
     if (v.input_tensor >= v.tensor_count || v.output_tensor >= v.tensor_count)
@@ -302,7 +204,7 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     tfmb_tensor_t tin, tout;
     read_tensor(&v, v.input_tensor, &tin);
     read_tensor(&v, v.output_tensor, &tout);
-    if (!is_activation(&tin) || !is_activation(&tout))
+    if (!tfmb_is_activation(&tin) || !tfmb_is_activation(&tout))
         return tfmb_fail(err, TFMB_BAD_MODEL, 0, "input/output not int8 activations", 0, false);
     for (uint16_t i = 0; i < v.op_count; ++i)
         if (!check_op(&v, i, err)) return false;
@@ -346,18 +248,9 @@ bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err)
         for (int k = 0; k < 3; ++k)
             if (op.in[k] != TFMB_NONE) read_tensor(m, op.in[k], &t[k]);
         read_tensor(m, op.out, &out);
-        const tfmb_tensor_t *bias = op.in[2] != TFMB_NONE ? &t[2] : 0;
-        switch (op.code) {
-        case TFMB_OP_CONV_2D: tfmb_k_conv(&op, &t[0], &t[1], bias, &out, &c); break;
-        case TFMB_OP_DEPTHWISE_CONV_2D: tfmb_k_depthwise(&op, &t[0], &t[1], bias, &out, &c); break;
-        case TFMB_OP_FULLY_CONNECTED: tfmb_k_fully_connected(&op, &t[0], &t[1], bias, &out, &c); break;
-        case TFMB_OP_MAX_POOL_2D: tfmb_k_max_pool(&op, &t[0], &out, &c); break;
-        case TFMB_OP_AVERAGE_POOL_2D: tfmb_k_avg_pool(&op, &t[0], &out, &c); break;
-        case TFMB_OP_SOFTMAX: tfmb_k_softmax(&op, &t[0], &out, &c); break;
-        case TFMB_OP_ADD: tfmb_k_add(&op, &t[0], &t[1], &out, &c); break;
-        case TFMB_OP_RESHAPE: tfmb_k_reshape(&t[0], &out, &c); break;
-        default: return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
-        }
+        const tfmb_op_entry_t *entry = tfmb_find_op(op.code);
+        if (!entry) return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
+        entry->eval(&op, t, &out, &c);
     }
     if (err) memset(err, 0, sizeof(*err));
     return true;

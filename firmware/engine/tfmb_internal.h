@@ -1,6 +1,6 @@
 /*
  * Internal to the tfmb engine: blob layout constants, decoded records, fixed-point
- * arithmetic (TFLM / gemmlowp semantics) and the kernel entry points.
+ * arithmetic (TFLM / gemmlowp semantics) and the op table.
  */
 #ifndef TFMB_INTERNAL_H
 #define TFMB_INTERNAL_H
@@ -11,17 +11,23 @@
 
 #include "tfmb.h"
 
+/* The TFMB format (docs/fragment-format.md; host: compile/blob.py, checked by
+ * tests/test_wire_constants.py). */
+#define TFMB_MAGIC "TFMB"
 #define TFMB_HEADER_BYTES 64u
 #define TFMB_TENSOR_BYTES 40u
 #define TFMB_OP_BYTES 80u
 #define TFMB_NPARAMS 16
 #define TFMB_NONE 0xFFFFu
+#define TFMB_ALIGN 16u /* of the data section */
 
 #define TFMB_TYPE_INT32 2u
 #define TFMB_TYPE_INT8 9u
 #define TFMB_FLAG_CONSTANT 1u
 
-/* TFLite BuiltinOperator codes. */
+/* TFLite BuiltinOperator codes: the ops the engines know (one entry each in tfmb_op_table.c
+ * and, when trainable, tftr_op_table.c). tests/test_wire_constants.py checks them against the
+ * host's OP_CODES. */
 #define TFMB_OP_ADD 0u
 #define TFMB_OP_AVERAGE_POOL_2D 1u
 #define TFMB_OP_CONV_2D 3u
@@ -30,6 +36,10 @@
 #define TFMB_OP_MAX_POOL_2D 17u
 #define TFMB_OP_RESHAPE 22u
 #define TFMB_OP_SOFTMAX 25u
+
+/* Validation bounds shared by both engines. */
+#define TFMB_MAX_DIM 65535
+#define TFMB_MAX_STRIDE 255
 
 typedef struct {
     int32_t d[4]; /* dims, padded with 1 beyond rank */
@@ -121,17 +131,77 @@ static inline int32_t tfmb_mbqm(int32_t x, int32_t multiplier, int32_t shift)
 
 static inline int32_t tfmb_clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-void tfmb_k_conv(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *filt,
-                 const tfmb_tensor_t *bias, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
-void tfmb_k_depthwise(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *filt,
-                      const tfmb_tensor_t *bias, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
-void tfmb_k_fully_connected(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *filt,
-                            const tfmb_tensor_t *bias, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
-void tfmb_k_max_pool(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
-void tfmb_k_avg_pool(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
-void tfmb_k_softmax(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
-void tfmb_k_add(const tfmb_op_t *op, const tfmb_tensor_t *in1, const tfmb_tensor_t *in2, const tfmb_tensor_t *out,
-                const tfmb_ctx_t *c);
-void tfmb_k_reshape(const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c);
+/* Per-channel requantization of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED: acc + bias[o],
+ * MultiplyByQuantizedMultiplier(mult[o], shift[o]), + out_off, clamp to [lo, hi]. */
+static inline int8_t tfmb_requant(uint32_t acc, const uint8_t *bias, const uint8_t *mult, const uint8_t *shift,
+                                  int32_t o, int32_t out_off, int32_t lo, int32_t hi)
+{
+    if (bias) acc += tfmb_rdu32(bias + 4 * o);
+    int32_t v = tfmb_mbqm((int32_t)acc, tfmb_rd32(mult + 4 * o), tfmb_rd32(shift + 4 * o));
+    return (int8_t)tfmb_clamp(tfmb_wadd(v, out_off), lo, hi);
+}
+
+static inline bool tfmb_in_range(int32_t v, int32_t lo, int32_t hi) { return v >= lo && v <= hi; }
+
+static inline bool tfmb_is_activation(const tfmb_tensor_t *t) { return !t->constant && t->type == TFMB_TYPE_INT8; }
+
+/* ---- the op table ------------------------------------------------------------------------
+ * One entry per op code. An op lives in one file under engine/ops/ that defines its entry
+ * (a const tfmb_op_entry_t named tfmb_op_<name>); tfmb_op_table.c lists the entries. tfmb_open
+ * does the checks every op shares (input count, tensor ids, int8 activations, output not
+ * overlapping its activation inputs, params 13..15 zero), then the entry's validate; tfmb_invoke
+ * calls the entry's eval, which may then trust everything validate checked.
+ *
+ * Kernel variants per core: an entry's eval is fixed at build time. TFMB_CORE names the core
+ * class of this build, from the compiler's own feature macros (the board's -mcpu):
+ *   TFMB_CORE_MVE  Helium (M-profile vector extension: Cortex-M55/M85), __ARM_FEATURE_MVE
+ *   TFMB_CORE_DSP  the DSP extension (Cortex-M4/M7/M33), __ARM_FEATURE_DSP
+ *   TFMB_CORE_C    anything else (host builds, Cortex-M0/M3)
+ * An op that gains an optimised kernel selects it in its entry, in its own file:
+ *   #if TFMB_CORE == TFMB_CORE_DSP
+ *       .eval = conv_2d_eval_dsp,
+ *   #else
+ *       .eval = conv_2d_eval,
+ *   #endif
+ * The plain-C kernel stays the reference a variant must match bit for bit (the host build that
+ * tests/test_engine.py checks against TFLM is always TFMB_CORE_C). Only plain-C kernels exist
+ * today: every entry uses one on every core. */
+#define TFMB_CORE_C 0
+#define TFMB_CORE_DSP 1
+#define TFMB_CORE_MVE 2
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define TFMB_CORE TFMB_CORE_MVE
+#elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define TFMB_CORE TFMB_CORE_DSP
+#else
+#define TFMB_CORE TFMB_CORE_C
+#endif
+
+/* Op-specific checks of an op (its inputs in[0..2] that are present, its output), after the
+ * shared ones: NULL when they pass, else the first problem, which tfmb_open reports as
+ * BAD_MODEL "<problem> <op index>" (detail = op index). */
+typedef const char *(*tfmb_validate_fn)(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t in[3],
+                                        const tfmb_tensor_t *out);
+/* Runs the op on the arena (in[k] is only read for inputs that are present). */
+typedef void (*tfmb_eval_fn)(const tfmb_op_t *op, const tfmb_tensor_t in[3], const tfmb_tensor_t *out,
+                             const tfmb_ctx_t *c);
+
+typedef struct {
+    uint8_t code;              /* TFLite BuiltinOperator (TFMB_OP_*) */
+    uint8_t inputs;            /* input slots the op may use: in[0 .. inputs) */
+    uint8_t required;          /* the first `required` of them must be present */
+    uint8_t activations;       /* leading inputs that are activations the output must not overlap */
+    bool in_place;             /* the output may share input 0's buffer (RESHAPE: no overlap check) */
+    tfmb_validate_fn validate; /* op-specific record checks */
+    tfmb_eval_fn eval;         /* the int8 kernel, this core's variant */
+} tfmb_op_entry_t;
+
+/* The entry for an op code, or NULL (UNSUPPORTED_OP). */
+const tfmb_op_entry_t *tfmb_find_op(uint8_t code);
+
+/* Helpers for the validate functions (tfmb.c), NULL or the problem as they: the zero points and
+ * activation range at p0..p3; the n-entry per-channel multiplier/shift arrays at p10/p11. */
+const char *tfmb_check_common_q(const tfmb_op_t *op);
+const char *tfmb_check_requant_arrays(const tfmb_model_t *m, const tfmb_op_t *op, int32_t n);
 
 #endif /* TFMB_INTERNAL_H */

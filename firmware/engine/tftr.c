@@ -1,6 +1,7 @@
 /*
  * tftr: training-program validation (tftr_open), state binding and the per-sample
- * forward / backward driver. Kernels: tftr_kernels.c.
+ * forward / backward driver. The ops are entries of the op table (tftr_op_table.c, one file
+ * each under train_ops/).
  *
  * tftr_open checks everything the kernels rely on, so that the training calls can trust the
  * program: header framing and section table, every tensor record (kind, rank, dims, that
@@ -15,11 +16,6 @@
 #include <string.h>
 
 #include "tftr_internal.h"
-
-#define MAX_DIM 65535
-#define MAX_STRIDE 255
-
-static const uint8_t kMagic[4] = {'T', 'F', 'T', 'R'};
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -88,8 +84,6 @@ static void read_unit(const tftr_program_t *p, uint16_t i, unit_t *u)
 
 /* ---- validation ------------------------------------------------------------------------ */
 
-static bool in_range(int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; }
-
 /* [off, off + bytes) inside a region of `size` bytes, 4-aligned. */
 static bool fits(uint64_t off, uint64_t bytes, uint64_t size) { return (off & 3u) == 0 && off + bytes <= size; }
 
@@ -107,7 +101,7 @@ static bool check_tensor(const tftr_program_t *p, uint16_t id, tfmb_error_t *err
     uint64_t elems = 1;
     for (int i = 0; i < 4; ++i) {
         const int32_t d = tfmb_rd32(r + 4 + 4 * i);
-        if (i < rank ? !in_range(d, 1, MAX_DIM) : d != 1) return BAD("tensor dim out of range", id);
+        if (i < rank ? !tftr_in_range(d, 1, TFMB_MAX_DIM) : d != 1) return BAD("tensor dim out of range", id);
         elems *= (uint64_t)d;
     }
     if (elems * 4u > 0x7FFFFFFFu) return BAD("tensor too large", id);
@@ -135,26 +129,14 @@ static bool check_tensor(const tftr_program_t *p, uint16_t id, tfmb_error_t *err
     const uint8_t *data = p->blob + p->data_offset;
     for (uint32_t c = 0; c < ch; ++c) {
         const int32_t z = tfmb_rd32(data + zp + 4u * c);
-        if (kind == TFTR_KIND_Q8 ? !in_range(z, -128, 127) : z != 0) return BAD("zero point out of range in tensor", id);
+        if (kind == TFTR_KIND_Q8 ? !tftr_in_range(z, -128, 127) : z != 0) return BAD("zero point out of range in tensor", id);
         const int32_t m = tfmb_rd32(data + map + 4u * c);
         if (m != -1 && (m < 0 || (uint64_t)m + per > p->trainable_count)) return BAD("channel map outside w* in tensor", id);
     }
     return true;
 }
 
-static bool is_act(const tftr_tensor_t *t) { return t->kind == TFTR_KIND_ACT; }
-
-static bool batch1_4d(const tftr_tensor_t *t) { return t->rank == 4 && t->d[0] == 1; }
-
-static bool params_zero_from(const tftr_op_t *op, int from)
-{
-    for (int i = from; i < TFTR_NPARAMS; ++i)
-        if (op->p[i]) return false;
-    return true;
-}
-
-static bool check_bias(const tftr_tensor_t *b, int32_t n) { return b->kind == TFTR_KIND_Q32 && b->axis == 0 && b->elems == (uint32_t)n && b->ch == (uint32_t)n; }
-
+/* The checks every op shares, then the op's own (its entry's validate). */
 static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
 {
     tftr_op_t op;
@@ -163,110 +145,40 @@ static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
     tftr_read_op(p, idx, &op);
     const uint8_t *r = p->blob + p->ops_offset + (uint32_t)idx * TFTR_OP_BYTES;
     if (r[3]) return BAD("op reserved bits set", idx);
-    int n_in, n_req;
-    bool has_act = true;
-    switch (op.code) {
-    case TFMB_OP_CONV_2D:
-    case TFMB_OP_DEPTHWISE_CONV_2D:
-    case TFMB_OP_FULLY_CONNECTED: n_in = 3; n_req = 2; break;
-    case TFMB_OP_ADD: n_in = 2; n_req = 2; break;
-    case TFMB_OP_AVERAGE_POOL_2D:
-    case TFMB_OP_MAX_POOL_2D: n_in = 1; n_req = 1; break;
-    case TFMB_OP_RESHAPE:
-    case TFMB_OP_SOFTMAX: n_in = 1; n_req = 1; has_act = false; break;
-    default: return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
-    }
-    if (op.act > (has_act ? TFTR_ACT_RELU6 : TFTR_ACT_NONE)) return BAD("fused activation bad at op", idx);
-    if (op.flags & ~(op.code == TFMB_OP_ADD ? 3u : 1u)) return BAD("op flags bad at op", idx);
+    const tftr_op_entry_t *entry = tftr_find_op(op.code);
+    if (!entry) return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
+    if (op.act > (entry->fused_activation ? TFTR_ACT_RELU6 : TFTR_ACT_NONE))
+        return BAD("fused activation bad at op", idx);
+    /* ZERO_IN0 / ZERO_IN1 may only name activation inputs */
+    if (op.flags & ~((1u << entry->activations) - 1u)) return BAD("op flags bad at op", idx);
     for (int i = 0; i < 3; ++i) {
         if (op.in[i] == TFTR_NONE16) {
-            if (i < n_req) return BAD("missing input at op", idx);
+            if (i < entry->required) return BAD("missing input at op", idx);
             continue;
         }
-        if (i >= n_in) return BAD("extra input at op", idx);
+        if (i >= entry->inputs) return BAD("extra input at op", idx);
         if (op.in[i] >= p->tensor_count) return BAD("input id out of range at op", idx);
         tftr_read_tensor(p, op.in[i], &t[i]);
     }
     if (op.out >= p->tensor_count) return BAD("output id out of range at op", idx);
     tftr_read_tensor(p, op.out, &out);
-    if (!is_act(&out) || !is_act(&t[0])) return BAD("input/output not an activation at op", idx);
+    if (!tftr_is_act(&out) || !tftr_is_act(&t[0])) return BAD("input/output not an activation at op", idx);
     const uint64_t ob = 4u * (uint64_t)out.elems;
-    if (op.code != TFMB_OP_RESHAPE) {
-        if (overlap(out.voff, ob, t[0].voff, 4u * (uint64_t)t[0].elems)) return BAD("output overlaps input at op", idx);
-        if (op.code == TFMB_OP_ADD && overlap(out.voff, ob, t[1].voff, 4u * (uint64_t)t[1].elems))
-            return BAD("output overlaps input at op", idx);
-    }
+    if (!entry->in_place)
+        for (int i = 0; i < entry->activations; ++i)
+            if (overlap(out.voff, ob, t[i].voff, 4u * (uint64_t)t[i].elems))
+                return BAD("output overlaps input at op", idx);
     /* the backward pass writes input gradients while reading the output gradient and values */
-    for (int i = 0; i < (op.code == TFMB_OP_ADD ? 2 : 1); ++i) {
-        if (t[i].goff == TFTR_NONE32 || op.code == TFMB_OP_RESHAPE) continue;
+    for (int i = 0; i < entry->activations; ++i) {
+        if (t[i].goff == TFTR_NONE32 || entry->in_place) continue;
         const uint64_t gb = 4u * (uint64_t)t[i].elems;
         if ((out.goff != TFTR_NONE32 && overlap(t[i].goff, gb, out.goff, ob)) || overlap(t[i].goff, gb, out.voff, ob) ||
             overlap(t[i].goff, gb, t[0].voff, 4u * (uint64_t)t[0].elems))
             return BAD("input gradient overlaps at op", idx);
     }
-    if (op.code == TFMB_OP_SOFTMAX && (idx != p->op_count - 1)) return BAD("softmax before the last op at", idx);
-
-    switch (op.code) {
-    case TFMB_OP_CONV_2D:
-    case TFMB_OP_DEPTHWISE_CONV_2D: {
-        const bool dw = op.code == TFMB_OP_DEPTHWISE_CONV_2D;
-        const tftr_tensor_t *in = &t[0], *f = &t[1];
-        if (!batch1_4d(in) || !batch1_4d(&out)) return BAD("conv tensors must be 1xHxWxC at op", idx);
-        if (f->kind != TFTR_KIND_Q8 || f->rank != 4) return BAD("conv filter not 4-D int8 at op", idx);
-        const int32_t oc = out.d[3];
-        if (dw) {
-            if (f->axis != 3 || f->d[0] != 1 || f->d[3] != oc) return BAD("depthwise filter shape bad at op", idx);
-            if (!in_range(op.p[6], 1, MAX_DIM) || (int64_t)in->d[3] * op.p[6] != oc) return BAD("depth multiplier bad at op", idx);
-        } else {
-            if (f->axis != 0 || f->d[0] != oc || f->d[3] != in->d[3]) return BAD("conv filter shape bad at op", idx);
-            if (op.p[6]) return BAD("unused parameter set at op", idx);
-        }
-        for (int k = 0; k < 4; ++k)
-            if (!in_range(op.p[k], 1, MAX_STRIDE)) return BAD("stride/dilation out of range at op", idx);
-        if (!in_range(op.p[4], 0, MAX_DIM) || !in_range(op.p[5], 0, MAX_DIM)) return BAD("padding out of range at op", idx);
-        if (!params_zero_from(&op, 7)) return BAD("unused parameter set at op", idx);
-        if (op.in[2] != TFTR_NONE16 && !check_bias(&t[2], oc)) return BAD("bias bad at op", idx);
-        return true;
-    }
-    case TFMB_OP_FULLY_CONNECTED: {
-        const tftr_tensor_t *f = &t[1];
-        if (f->kind != TFTR_KIND_Q8 || f->rank != 2 || f->axis != 0) return BAD("fc weights not 2-D int8 at op", idx);
-        const uint32_t n_out = (uint32_t)f->d[0], depth = (uint32_t)f->d[1];
-        if (out.elems % n_out || (uint64_t)(out.elems / n_out) * depth != t[0].elems) return BAD("fc sizes bad at op", idx);
-        if (!params_zero_from(&op, 0)) return BAD("unused parameter set at op", idx);
-        if (op.in[2] != TFTR_NONE16 && !check_bias(&t[2], (int32_t)n_out)) return BAD("bias bad at op", idx);
-        return true;
-    }
-    case TFMB_OP_AVERAGE_POOL_2D:
-    case TFMB_OP_MAX_POOL_2D:
-        if (!batch1_4d(&t[0]) || !batch1_4d(&out) || t[0].d[3] != out.d[3]) return BAD("pool shape bad at op", idx);
-        if (!in_range(op.p[0], 1, MAX_STRIDE) || !in_range(op.p[1], 1, MAX_STRIDE)) return BAD("pool stride out of range at op", idx);
-        if (!in_range(op.p[2], 1, MAX_DIM) || !in_range(op.p[3], 1, MAX_DIM) || (int64_t)op.p[2] * op.p[3] > (1 << 20))
-            return BAD("pool window out of range at op", idx);
-        if (!in_range(op.p[4], 0, MAX_DIM) || !in_range(op.p[5], 0, MAX_DIM)) return BAD("padding out of range at op", idx);
-        if (!params_zero_from(&op, 6)) return BAD("unused parameter set at op", idx);
-        return true;
-    case TFMB_OP_ADD:
-        if (!is_act(&t[1])) return BAD("input/output not an activation at op", idx);
-        if (t[0].elems != out.elems || t[1].elems != out.elems) return BAD("add shapes differ (no broadcast) at op", idx);
-        if (!params_zero_from(&op, 0)) return BAD("unused parameter set at op", idx);
-        return true;
-    case TFMB_OP_RESHAPE:
-        if (t[0].elems != out.elems) return BAD("reshape size mismatch at op", idx);
-        if (!params_zero_from(&op, 0)) return BAD("unused parameter set at op", idx);
-        return true;
-    case TFMB_OP_SOFTMAX: {
-        float beta;
-        memcpy(&beta, &op.p[0], sizeof(beta));
-        if (!(beta > 0.0f && beta < INFINITY)) return BAD("softmax beta bad at op", idx);
-        if (t[0].elems != out.elems || out.elems != p->classes || op.out != p->output_tensor)
-            return BAD("softmax shape bad at op", idx);
-        if (!params_zero_from(&op, 1)) return BAD("unused parameter set at op", idx);
-        return true;
-    }
-    default: break;
-    }
-    return BAD("unsupported op", idx);
+    if (entry->loss_backward && (idx != p->op_count - 1)) return BAD("softmax before the last op at", idx);
+    const char *problem = entry->validate(p, &op, t, &out);
+    return problem ? BAD(problem, idx) : true;
 }
 
 static bool check_units(const tftr_program_t *p, tfmb_error_t *err)
@@ -282,9 +194,8 @@ static bool check_units(const tftr_program_t *p, tfmb_error_t *err)
         if (u.kind > 1) return BAD("unit kind bad, unit", i);
         tftr_op_t op;
         tftr_read_op(p, u.op, &op);
-        const bool weight_op = op.code == TFMB_OP_CONV_2D || op.code == TFMB_OP_DEPTHWISE_CONV_2D ||
-                               op.code == TFMB_OP_FULLY_CONNECTED;
-        if (!weight_op || op.in[1 + u.kind] != u.tensor) return BAD("unit is not a weight/bias of its op, unit", i);
+        if (!tftr_find_op(op.code)->weighted || op.in[1 + u.kind] != u.tensor)
+            return BAD("unit is not a weight/bias of its op, unit", i);
         for (uint16_t j = 0; j < i; ++j) {
             unit_t v;
             read_unit(p, j, &v);
@@ -341,7 +252,7 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     if (!p) return BAD0("no program struct");
     memset(p, 0, sizeof(*p));
     if (!blob || size < TFTR_HEADER_BYTES) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "program shorter than header", size, true);
-    if (memcmp(blob, kMagic, 4) != 0) return BAD0("bad magic (not a TFTR program)");
+    if (memcmp(blob, TFTR_MAGIC, 4) != 0) return BAD0("bad magic (not a TFTR program)");
     const uint16_t version = tfmb_rd16(blob + 4);
     if (version != TFTR_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "program version", version, true);
     if (tfmb_rd16(blob + 6) != TFTR_HEADER_BYTES) return BAD0("bad header size");
@@ -381,14 +292,14 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     if (v.tensors_offset != TFTR_HEADER_BYTES ||
         (uint64_t)v.tensors_offset + (uint64_t)v.tensor_count * TFTR_TENSOR_BYTES > v.ops_offset ||
         (uint64_t)v.ops_offset + (uint64_t)v.op_count * TFTR_OP_BYTES > v.units_offset ||
-        (uint64_t)v.units_offset + (uint64_t)v.unit_count * TFTR_UNIT_BYTES > v.data_offset || (v.data_offset & 3u) ||
+        (uint64_t)v.units_offset + (uint64_t)v.unit_count * TFTR_UNIT_BYTES > v.data_offset || (v.data_offset & (TFTR_ALIGN - 1u)) ||
         (uint64_t)v.data_offset + v.data_bytes != size)
         return BAD0("section table out of range");
     if ((v.work_bytes & 3u) || v.work_bytes > 0x7FFFFFFFu || 12ull * v.trainable_count + v.work_bytes != v.ram_bytes ||
         v.ram_bytes > 0x7FFFFFFFu)
         return BAD0("RAM size disagrees with w* and work area");
     if (!fits(v.scratch_offset, 4ull * v.scratch_floats, v.work_bytes)) return BAD0("scratch row outside work area");
-    if (!in_range(v.input_zero_point, -128, 127)) return BAD0("input zero point out of range");
+    if (!tftr_in_range(v.input_zero_point, -128, 127)) return BAD0("input zero point out of range");
     if (v.input_tensor >= v.tensor_count || v.output_tensor >= v.tensor_count || v.classes == 0)
         return BAD0("input/output tensor bad");
     if (v.first_trainable_op > v.op_count || (v.unit_count == 0) != (v.first_trainable_op == v.op_count))
@@ -399,13 +310,13 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     tftr_tensor_t tin, tout;
     tftr_read_tensor(&v, v.input_tensor, &tin);
     tftr_read_tensor(&v, v.output_tensor, &tout);
-    if (!is_act(&tin) || !is_act(&tout) || tin.elems != v.input_elems || tout.elems != v.classes)
+    if (!tftr_is_act(&tin) || !tftr_is_act(&tout) || tin.elems != v.input_elems || tout.elems != v.classes)
         return BAD0("input/output tensor bad");
     for (uint16_t i = 0; i < v.op_count; ++i)
         if (!check_op(&v, i, err)) return false;
     tftr_op_t last;
     tftr_read_op(&v, (uint16_t)(v.op_count - 1), &last);
-    if (last.code != TFMB_OP_SOFTMAX) return BAD0("last op is not SOFTMAX");
+    if (!tftr_find_op(last.code)->loss_backward) return BAD0("last op is not SOFTMAX"); /* the loss head */
     if (!check_units(&v, err)) return false;
     *p = v;
     return true;
@@ -472,6 +383,18 @@ void tftr_apply(tftr_program_t *p, float lr, uint32_t batch_count)
 
 /* ---- the per-sample pass ---------------------------------------------------------------- */
 
+/* gz = gy * act'(y), in place (the output gradient is not needed afterwards). */
+static void act_backward(const tftr_op_t *op, const tftr_tensor_t *out, const tftr_ctx_t *c)
+{
+    if (op->act == TFTR_ACT_NONE) return;
+    const float *y = tftr_val(c, out);
+    float *g = tftr_grd(c, out);
+    for (uint32_t i = 0; i < out->elems; ++i) {
+        const bool pass = op->act == TFTR_ACT_RELU ? y[i] > 0.0f : (y[i] > 0.0f && y[i] < 6.0f);
+        if (!pass) g[i] = 0.0f;
+    }
+}
+
 static void make_ctx(const tftr_program_t *p, tftr_ctx_t *c)
 {
     c->data = p->blob + p->data_offset;
@@ -481,7 +404,9 @@ static void make_ctx(const tftr_program_t *p, tftr_ctx_t *c)
     c->scratch = (float *)(void *)(p->work + p->scratch_offset);
 }
 
-static void load_op(const tftr_program_t *p, uint16_t i, tftr_op_t *op, tftr_tensor_t t[3], tftr_tensor_t *out)
+/* Op i, its tensors and its entry (validated: known). */
+static const tftr_op_entry_t *load_op(const tftr_program_t *p, uint16_t i, tftr_op_t *op, tftr_tensor_t t[3],
+                                      tftr_tensor_t *out)
 {
     tftr_read_op(p, i, op);
     for (int k = 0; k < 3; ++k) {
@@ -491,11 +416,12 @@ static void load_op(const tftr_program_t *p, uint16_t i, tftr_op_t *op, tftr_ten
             memset(&t[k], 0, sizeof(t[k]));
     }
     tftr_read_tensor(p, op->out, out);
+    return tftr_find_op(op->code);
 }
 
-/* Dequantizes the input, runs every op, returns the probabilities (output values). */
-static const float *forward(const tftr_program_t *p, const tftr_ctx_t *c, const int8_t *input, uint8_t label, float *loss,
-                            uint8_t *predicted)
+/* Dequantizes the input, runs every op; the loss and argmax of the probabilities (output values). */
+static void forward(const tftr_program_t *p, const tftr_ctx_t *c, const int8_t *input, uint8_t label, float *loss,
+                    uint8_t *predicted)
 {
     tftr_tensor_t tin;
     tftr_read_tensor(p, p->input_tensor, &tin);
@@ -504,8 +430,7 @@ static const float *forward(const tftr_program_t *p, const tftr_ctx_t *c, const 
     for (uint16_t i = 0; i < p->op_count; ++i) {
         tftr_op_t op;
         tftr_tensor_t t[3], out;
-        load_op(p, i, &op, t, &out);
-        tftr_k_forward(&op, t, &out, c);
+        load_op(p, i, &op, t, &out)->forward(&op, t, &out, c);
     }
     tftr_tensor_t tout;
     tftr_read_tensor(p, p->output_tensor, &tout);
@@ -518,7 +443,6 @@ static const float *forward(const tftr_program_t *p, const tftr_ctx_t *c, const 
         const float pl = label < p->classes ? prob[label] : 0.0f; /* an unknown label has p = 0 */
         *loss = -logf(pl > 1e-30f ? pl : 1e-30f);
     }
-    return prob;
 }
 
 void tftr_predict(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss, uint8_t *predicted)
@@ -526,7 +450,7 @@ void tftr_predict(tftr_program_t *p, const int8_t *input, uint8_t label, float *
     if (!p || !p->blob || !p->work || !input) return;
     tftr_ctx_t c;
     make_ctx(p, &c);
-    (void)forward(p, &c, input, label, loss, predicted);
+    forward(p, &c, input, label, loss, predicted);
 }
 
 void tftr_accumulate(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss, uint8_t *predicted)
@@ -534,25 +458,21 @@ void tftr_accumulate(tftr_program_t *p, const int8_t *input, uint8_t label, floa
     if (!p || !p->blob || !p->work || !input) return;
     tftr_ctx_t c;
     make_ctx(p, &c);
-    const float *prob = forward(p, &c, input, label, loss, predicted);
+    forward(p, &c, input, label, loss, predicted);
     for (int32_t i = (int32_t)p->op_count - 1; i >= (int32_t)p->first_trainable_op; --i) {
         tftr_op_t op;
         tftr_tensor_t t[3], out;
-        load_op(p, (uint16_t)i, &op, t, &out);
+        const tftr_op_entry_t *entry = load_op(p, (uint16_t)i, &op, t, &out);
         for (int k = 0; k < 2; ++k) {
             float *g = (op.flags & (1u << k)) ? tftr_grd(&c, &t[k]) : 0;
             if (g) memset(g, 0, 4u * t[k].elems);
         }
-        if (op.code == TFMB_OP_SOFTMAX) {
-            /* d(-log p[label]) / d(input) = beta * (p - onehot) */
-            float *dx = tftr_grd(&c, &t[0]);
-            if (!dx) continue;
-            float beta;
-            memcpy(&beta, &op.p[0], sizeof(beta));
-            for (uint32_t k = 0; k < p->classes; ++k) dx[k] += beta * (prob[k] - (k == label ? 1.0f : 0.0f));
+        if (entry->loss_backward) {
+            entry->loss_backward(&op, t, &out, label, &c);
             continue;
         }
         if (out.goff == TFTR_NONE32) continue;
-        tftr_k_backward(&op, t, &out, &c);
+        act_backward(&op, &out, &c);
+        entry->backward(&op, t, &out, &c);
     }
 }

@@ -11,7 +11,10 @@
 #include "memmap.h"
 #include "protocol.h"
 
-#define TFDS_HEADER 32u
+/* The TFDS format (host: compile/local_data.py, checked by tests/test_wire_constants.py). */
+#define TFDS_MAGIC "TFDS"
+#define TFDS_VERSION 1u
+#define TFDS_HEADER_BYTES 32u
 
 static bool checked;  /* the image was validated since boot / the last rewrite */
 static bool valid;
@@ -33,23 +36,23 @@ bool local_data_check(const char **err, uint16_t *classes)
         valid = false;
         why = "no local data: provision it first";
         uint32_t cap = DATA_REGION_BYTES;
-        if (cap >= TFDS_HEADER && memcmp(d, "TFDS", 4) == 0) {
+        if (cap >= TFDS_HEADER_BYTES && memcmp(d, TFDS_MAGIC, 4) == 0) {
             uint32_t count = rd32(d + 8);
             uint32_t sample = rd32(d + 12);
             uint32_t labels = (count + 3u) & ~3u;
             uint64_t body = (uint64_t)labels + (uint64_t)count * sample;
-            if (get_u16(d + 4) != 1u) {
+            if (get_u16(d + 4) != TFDS_VERSION) {
                 why = "local data: TFDS version is not 1";
             } else if (count == 0u || sample == 0u || get_u16(d + 6) < 2u) {
                 why = "local data: no samples, empty samples or fewer than 2 classes";
-            } else if (body > cap - TFDS_HEADER) {
+            } else if (body > cap - TFDS_HEADER_BYTES) {
                 why = "local data: image larger than the local-data store";
-            } else if (crc32_update(0, d + TFDS_HEADER, (uint32_t)body) != rd32(d + 16)) {
+            } else if (crc32_update(0, d + TFDS_HEADER_BYTES, (uint32_t)body) != rd32(d + 16)) {
                 why = "local data: CRC-32 mismatch (corrupt image)";
             } else {
                 valid = true;
                 for (uint32_t i = 0; i < count; i++) {
-                    if (d[TFDS_HEADER + i] >= get_u16(d + 6)) {
+                    if (d[TFDS_HEADER_BYTES + i] >= get_u16(d + 6)) {
                         valid = false;
                         why = "local data: a label is not below the class count";
                         break;
@@ -91,7 +94,7 @@ __attribute__((weak)) bool local_data_sample(uint32_t index, int8_t *input, uint
     if (index >= count) {
         return false;
     }
-    const uint8_t *body = d + TFDS_HEADER;
+    const uint8_t *body = d + TFDS_HEADER_BYTES;
     *label = body[index];
     memcpy(input, body + ((count + 3u) & ~3u) + index * sample, sample);
     return true;

@@ -89,7 +89,7 @@ static size_t send_response(uint8_t status, uint16_t seq, const uint8_t *payload
     }
     size_t n = PROTO_HEADER_BYTES + length;
     put_u32(tx_packet + n, crc32_update(0, tx_packet, n));
-    n += 4u;
+    n += PROTO_CRC_BYTES;
     size_t enc = cobs_encode(tx_packet, n, tx_encoded, sizeof tx_encoded - 1u);
     tx_encoded[enc] = 0x00;
     board_uart_write(tx_encoded, enc + 1u);
@@ -149,7 +149,7 @@ static void handle_frame(uint8_t *buf, size_t enc_len, bool overflow)
         send_frame_error(ST_FRAME_TOO_LARGE, "frame longer than max_payload");
         return;
     }
-    if (crc32_update(0, buf, n - 4u) != get_u32(buf + n - 4u)) {
+    if (crc32_update(0, buf, n - PROTO_CRC_BYTES) != get_u32(buf + n - PROTO_CRC_BYTES)) {
         send_frame_error(ST_BAD_CRC, "frame CRC mismatch");
         return;
     }

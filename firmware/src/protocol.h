@@ -1,4 +1,5 @@
-/* tinyfed serial protocol v1 (docs/protocol.md), board side. */
+/* tinyfed serial protocol v1 (docs/protocol.md), board side. The host's framing.py is the source of
+ * these codes; tests/test_wire_constants.py checks that both sides agree. */
 #ifndef TINYFED_PROTOCOL_H
 #define TINYFED_PROTOCOL_H
 
@@ -12,7 +13,8 @@
 #define PROTO_KIND_REQUEST 0x01u
 #define PROTO_KIND_RESPONSE 0x02u
 #define PROTO_HEADER_BYTES 5u        /* version, kind, code, seq u16; the payload length is implied */
-#define PROTO_OVERHEAD 9u            /* header + CRC-32: the shortest packet */
+#define PROTO_CRC_BYTES 4u           /* CRC-32 (zlib.crc32) of everything before it */
+#define PROTO_OVERHEAD (PROTO_HEADER_BYTES + PROTO_CRC_BYTES) /* 9: the shortest packet */
 #define PROTO_MAX_PAYLOAD 256u       /* announced in HELLO */
 #define PROTO_MAX_PACKET (PROTO_MAX_PAYLOAD + PROTO_OVERHEAD)
 #define PROTO_MAX_ENCODED COBS_MAX_ENCODED(PROTO_MAX_PACKET)

@@ -130,6 +130,8 @@ class Emulator(_Table):
         default=None, min_length=1, validate_default=True, description="QEMU -cpu name (needs qemu_machine)"
     )
     renode_platform: str | None = Field(default=None, min_length=1, description="Renode platform .repl path")
+    renode_uart: str = Field(default="uart0", min_length=1,
+                             description="the UART peripheral's name in the Renode platform (its console)")
     stands_in_for: str | None = Field(
         default=None, min_length=1, description="the real board whose RAM/flash budget this one mimics"
     )
@@ -183,6 +185,8 @@ class Board(_Table):
     flash_kib: int = Field(gt=0, description="program flash in KiB")
     flash_external: bool = Field(default=False, description="true when flash is an external (QSPI) chip")
     emulated: bool = Field(default=False, description="true when the board exists only as an emulator machine")
+    pyocd_target: str | None = Field(default=None, min_length=1,
+                                     description="pyOCD target name `tinyfed flash` uses (`pyocd list --targets`)")
     firmware_reserve: FirmwareReserve
     link: Link
     emulator: Emulator | None = None
@@ -328,7 +332,10 @@ class FleetEntry(_Table):
     )
     # Declared after url/urls so its check sees them; None only when URLs give the count.
     count: int | None = Field(
-        default=None, ge=1, validate_default=True, description="number of devices of this board (default: how many URLs)"
+        default=None,
+        ge=1,
+        validate_default=True,
+        description="number of devices of this board (default: how many URLs)",
     )
 
     @field_validator("urls")

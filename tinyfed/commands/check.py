@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
+import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -55,7 +57,7 @@ def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, ti
     fragment = frozen_fragment(tflite, source=name)
     reference = TflmModel(fragment.tflite, source=name)
     x = load_inputs(data_path, reference, samples)
-    expected = reference.run(x)
+    expected = cast(np.ndarray, reference.run(x))  # a frozen fragment has one output, so one array
     rows = check_devices(fleet.devices, fragment, x, expected, timeout=timeout)
     ok = all(r["error"] is None and r["mismatches"] == 0 for r in rows)
     if as_json:

@@ -18,7 +18,8 @@ from tinyfed.commands.options import boards_dir_option, json_option
 @click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
               help="Fleet TOML whose [[boards]] entries list device urls (e.g. written by `tinyfed emulate`).")
 @click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
-@click.option("--retries", type=int, default=2, show_default=True, help="Retransmissions before a device counts as unreachable.")
+@click.option("--retries", type=int, default=2, show_default=True,
+              help="Retransmissions before a device counts as unreachable.")
 @boards_dir_option
 @json_option
 def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
@@ -31,7 +32,8 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
     fleet = load_device_fleet(fleet_path, boards_dirs)
     statuses = probe_devices(fleet.devices, timeout=timeout, retries=retries)
     if as_json:
-        click.echo(json.dumps({"fleet": fleet.name, "path": str(fleet.path), "devices": [s.to_dict() for s in statuses]}))
+        devices_json = [s.to_dict() for s in statuses]
+        click.echo(json.dumps({"fleet": fleet.name, "path": str(fleet.path), "devices": devices_json}))
     else:
         console = Console() if sys.stdout.isatty() else Console(width=1000)
         table = Table(title=f"fleet {fleet.name}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -45,7 +47,7 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
                 row = [h["board_id"], h["build"], str(h["protocol_version"]), f"{h['arena_bytes'] / 1024:,.1f}",
                        f"{h['fragment_slot_bytes'] / 1024:,.1f}",
                        f"{h['firmware_ram_bytes'] / 1024:,.0f}/{h['firmware_flash_bytes'] / 1024:,.0f}",
-                       f"{s.rtt_s * 1000:.2f}", "[green]ok[/]"]
+                       f"{s.rtt_s * 1000:.2f}" if s.rtt_s is not None else "-", "[green]ok[/]"]
             else:
                 row = ["-"] * 7 + [f"[red]unreachable[/]: {s.error}"]
             table.add_row(s.device.name, s.device.url or "-", *row)

@@ -26,8 +26,8 @@ def emulate(board_name: str, count: int, out_path: Path | None, elf_path: Path |
             boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C."""
     from tinyfed.boards import get_board
-    from tinyfed.firmware_bridge.link.devices import write_device_fleet
     from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet, qemu_command
+    from tinyfed.firmware_bridge.link.devices import write_device_fleet
 
     board = get_board(board_name, boards_dirs)
     qemu_command(board, "-", 0)  # fails early, with a fix, for a board without a QEMU machine

@@ -13,15 +13,6 @@ from tinyfed.errors import TinyfedError
 
 log = logging.getLogger(__name__)
 
-#: pyOCD target names of the boards tinyfed knows (``--target`` overrides).
-PYOCD_TARGETS = {
-    "nrf52840": "nrf52840",
-    "stm32l4r9": "stm32l4r9zitx",
-    "apollo3": "ama3b1kk_kbr",
-    "rp2040": "rp2040",
-}
-
-
 class FlashError(TinyfedError):
     """The firmware cannot be written to the board."""
 
@@ -41,14 +32,15 @@ def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_n
 
     board = get_board(board_name, boards_dirs)
     if board.emulated:
-        raise FlashError(f"{board.name} exists only in an emulator", fix=f"run it: `tinyfed emulate --board {board.name}`",
-                         source=board.name)
+        raise FlashError(f"{board.name} exists only in an emulator",
+                         fix=f"run it: `tinyfed emulate --board {board.name}`", source=board.name)
     if board.core.startswith("xtensa"):
         raise FlashError(f"{board.name} is not an Arm board; pyOCD cannot flash it",
                          fix="flash it with esptool (`esptool.py write_flash`)", source=board.name)
-    target = target_name or PYOCD_TARGETS.get(board.name)
+    target = target_name or board.pyocd_target
     if target is None:
-        raise FlashError(f"no pyOCD target known for {board.name}", fix="pass --target (see `pyocd list --targets`)",
+        raise FlashError(f"no pyOCD target known for {board.name}",
+                         fix="pass --target, or set pyocd_target in the board's TOML (`pyocd list --targets`)",
                          source=board.name)
     try:
         from pyocd.core.helpers import ConnectHelper

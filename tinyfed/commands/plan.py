@@ -23,12 +23,16 @@ def _kib(n: int | None) -> str:
 @click.argument("model")
 @click.option("--board", "board_name", help="Plan for one board (see `tinyfed boards list`).")
 @click.option("--fleet", "fleet_spec", help="Fleet TOML file, or a shipped preset name (smartwatch, emulated).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("plan"), show_default=True, help="Directory for the fragments and plan.json.")
-@click.option("--representative", type=click.Path(dir_okay=False, path_type=Path), help="Representative inputs (.npy) for a .keras model.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("plan"),
+              show_default=True, help="Directory for the fragments and plan.json.")
+@click.option("--representative", type=click.Path(dir_okay=False, path_type=Path),
+              help="Representative inputs (.npy) for a .keras model.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Local training batch size on the boards.")
 @click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True)
-@click.option("--importance", type=click.Choice(["fisher", "depth"]), default="fisher", show_default=True, help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
-@click.option("--trainable", type=click.Choice(["auto", "full"]), default="auto", show_default=True, help="auto: FTTE's w* under M_min; full: train every parameter (to see what it would cost).")
+@click.option("--importance", type=click.Choice(["fisher", "depth"]), default="fisher", show_default=True,
+              help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
+@click.option("--trainable", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
+              help="auto: FTTE's w* under M_min; full: train every parameter (to see what it would cost).")
 @click.option("--no-measure", is_flag=True, help="Skip the TFLite Micro arena measurement (estimate only).")
 @boards_dir_option
 @json_option
@@ -51,13 +55,18 @@ def plan(
     from tinyfed.planner.plan import make_plan
     from tinyfed.planner.sources import load_model_source
 
-    if (board_name is None) == (fleet_spec is None):
-        raise BoardError("give exactly one of --board NAME or --fleet FILE", fix="e.g. `tinyfed plan har_cnn --board nrf52840`")
-    fleet = single_board_fleet(get_board(board_name, boards_dirs)) if board_name else load_fleet(fleet_spec, boards_dirs)
+    if board_name is not None and fleet_spec is None:
+        fleet = single_board_fleet(get_board(board_name, boards_dirs))
+    elif fleet_spec is not None and board_name is None:
+        fleet = load_fleet(fleet_spec, boards_dirs)
+    else:
+        raise BoardError("give exactly one of --board NAME or --fleet FILE",
+                         fix="e.g. `tinyfed plan har_cnn --board nrf52840`")
     out_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the slow part
     cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance)
     source = load_model_source(model, representative, cfg)
-    result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable, extra_board_dirs=boards_dirs)
+    result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable,
+                       extra_board_dirs=boards_dirs)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
@@ -86,8 +95,10 @@ def _render(result) -> None:
         )
     console.print(layers)
 
-    boards = Table(title=f"fleet {doc['fleet']}: M_min = {_kib(doc['m_min_bytes'])} KiB ({doc['m_min_board']})", title_justify="left")
-    for col in ("board", "count", "RAM used KiB", "RAM KiB", "RAM margin", "flash used KiB", "flash KiB", "flash margin", "fits"):
+    boards = Table(title=f"fleet {doc['fleet']}: M_min = {_kib(doc['m_min_bytes'])} KiB ({doc['m_min_board']})",
+                   title_justify="left")
+    for col in ("board", "count", "RAM used KiB", "RAM KiB", "RAM margin", "flash used KiB", "flash KiB",
+                "flash margin", "fits"):
         boards.add_column(col, justify="left" if col == "board" else "right", no_wrap=col == "board")
     for name, b in doc["boards"].items():
         boards.add_row(

@@ -14,115 +14,42 @@ boots new QEMU boards and gives them the recorded names (the names key the local
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
+from tinyfed.host.config import Partition
+from tinyfed.host.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 
-#: Strategies whose payload is the whole model in float32 (they train every layer on the board).
-DENSE_STRATEGIES = ("fedbuff", "fedavg")
-
-
-def dense_ram_need(program: bytes, rows: int) -> int:
-    """RAM a board needs to train every unit of ``program`` (``rows`` output channels in all)."""
-    from tinyfed.firmware_bridge.compile.train_blob import parse_program
-
-    info = parse_program(program)
-    return info.ram_bytes + 4 * rows + (info.input_elems + 7) // 8 * 8
-
-
-@functools.lru_cache(maxsize=8)
-def dense_training_need(model: str) -> tuple[int, int]:
-    """``(RAM bytes, training-program bytes)`` of training every layer of ``model`` on a board.
-
-    Computed from the model alone (the whole-model TFTR program, which ``prepare_run`` takes from
-    the same cache, :func:`~tinyfed.host.setup.training_program`), so ``--emulate`` can pick the
-    board before booting any emulator. The start values do not change the sizes, so ``start =
-    "fresh-head"`` needs the same (its program, with other values, is compiled by ``prepare_run``).
-    """
-    from tinyfed.host.config import looks_like_path
-    from tinyfed.host.setup import training_program
-    from tinyfed.models.tflite_graph import TfliteGraph
-    from tinyfed.models.zoo import get_zoo_model
-    from tinyfed.planner import trainable as tfw
-
-    model_bytes = Path(model).read_bytes() if looks_like_path(model) else get_zoo_model(model).int8_tflite()
-    units = tfw.whole_model_units(TfliteGraph.from_bytes(model_bytes, source=model))
-    program = training_program(model_bytes, tfw.encode(units))  # prepare_run sends this one, compiled once
-    return dense_ram_need(program, sum(len(u.channels) for u in units)), len(program)
-
-
-def dense_fits(board: Any, ram_need: int, program_bytes: int) -> bool:
-    """Whether ``board`` holds the whole model's training state and its training program."""
-    return ram_need <= board.fragment_ram_budget_bytes and program_bytes <= board.program_store_bytes
-
-
-def dense_misfit_error(model: str, payload: str, board: Any, ram_need: int, program_bytes: int) -> TinyfedError:
-    """The refusal of a baseline whose whole-model state does not fit ``board``, with the numbers and the way out."""
-    base = board.emulator.baseline_profile if board.emulator is not None else None
-    fix = "run --strategy ftte (it trains the plan's subset), use a smaller model, or boards with more RAM"
-    if base is not None:
-        fix += (f"; on emulated boards `tinyfed run --emulate N --board {board.name}` boots its emulator-only "
-                f"baseline profile {base} for the baselines by itself")
-    return TinyfedError(
-        f"{model}: training every layer (the {payload} baselines) needs {ram_need:,} bytes of RAM and a "
-        f"{program_bytes:,}-byte training program; {board.name} offers {board.fragment_ram_budget_bytes:,} bytes of "
-        f"RAM and a {board.program_store_bytes:,}-byte program store",
-        fix=fix, source=board.name)
-
-
-def _check_dense_fits(setup, boards: set[str], boards_dirs) -> None:
-    """The baselines train every layer: refuse up front when a board cannot hold that state."""
-    from tinyfed.boards import get_board
-
-    need = dense_ram_need(setup.program, sum(c for c, _ in setup.unit_shapes))
-    for name in sorted(boards):
-        b = get_board(name, boards_dirs)
-        if not dense_fits(b, need, len(setup.program)):
-            raise dense_misfit_error(setup.model, setup.payload, b, need, len(setup.program))
-
-
 def emulated_board_for(board: Any, strategy: str | None, model: str | None, boards_dirs: tuple[Path, ...] = ()) -> Any:
-    """The profile ``--emulate`` boots: ``board``, or its ``[emulator].baseline_profile`` for a dense
-    baseline whose whole-model training state does not fit ``board`` (decided before any boot).
+    """The profile ``--emulate`` boots: ``board``, or for a dense baseline the profile its dense plan
+    picks (:meth:`~tinyfed.planner.dense.DensePlan.emulated_board`), decided before any boot.
 
     Refuses (with the numbers) when neither fits, so no emulator is booted for a run that cannot train.
     """
-    from tinyfed.boards import get_board
+    from tinyfed.planner.dense import plan_dense_model
 
-    if strategy not in DENSE_STRATEGIES or model is None:
+    if strategy is None or model is None or STRATEGIES[strategy].payload != "dense":
         return board
-    ram_need, program_bytes = dense_training_need(model)
-    if dense_fits(board, ram_need, program_bytes):
-        return board
-    base_name = board.emulator.baseline_profile if board.emulator is not None else None
-    if base_name is None:
-        raise dense_misfit_error(model, "dense", board, ram_need, program_bytes)
-    base = get_board(base_name, boards_dirs)
-    if not dense_fits(base, ram_need, program_bytes):
-        raise dense_misfit_error(model, "dense", base, ram_need, program_bytes)
-    log.info("%s: %s needs %d bytes of RAM and a %d-byte program to train every layer; %s offers %d and %d, so the "
-             "emulated boards use its baseline profile %s", model, strategy, ram_need, program_bytes, board.name,
-             board.fragment_ram_budget_bytes, board.program_store_bytes, base.name)
-    return base
+    return plan_dense_model(model).emulated_board(board, boards_dirs)
 
 
 def baseline_note(model: str, strategy: str, requested: str, used: str, boards_dirs: tuple[Path, ...] = ()) -> str:
     """The line a run prints when its emulated boards use the baseline profile instead of ``requested``."""
     from tinyfed.boards import get_board
+    from tinyfed.planner.dense import plan_dense_model
 
-    ram_need, _ = dense_training_need(model)
+    ram_need = plan_dense_model(model).ram_bytes
     req, base = get_board(requested, boards_dirs), get_board(used, boards_dirs)
     return (f"{strategy} trains every layer of {model} ({ram_need:,} bytes of RAM); {requested} offers "
             f"{req.fragment_ram_budget_bytes:,}, so the emulated boards run {used}, an emulator-only budget "
@@ -182,7 +109,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run config TOML (docs/run-config.md); the options below override it.")
 @click.option("--model", help="Zoo model name or path to a full-int8 .tflite (default: the config's, har_cnn).")
-@click.option("--strategy", type=click.Choice(["ftte", "fedbuff", "fedavg"]), help="Aggregation strategy.")
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), help="Aggregation strategy.")
 @click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), help="Stop at this test accuracy.")
 @click.option("--max-versions", type=click.IntRange(min=1), help="Stop after this many global versions.")
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
@@ -191,7 +118,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="NPZ with x and y (and x_test, y_test) to shard across the boards; needed for a .tflite --model.")
 @click.option("--test-data", "test_data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="NPZ with x_test and y_test for the held-out evaluation (default: those of --data).")
-@click.option("--partition", type=click.Choice(["natural", "iid", "dirichlet"]),
+@click.option("--partition", type=click.Choice(get_args(Partition)),
               help="How the data is sharded across the boards (default: the config's, natural = by user).")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
               help="Dirichlet concentration for --partition dirichlet (smaller is more skewed).")
@@ -263,17 +190,12 @@ def checked_run_data(cfg: Any, n_devices: int | None) -> Any:
 
 def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
     """A run config from ``base`` with the command line's ``options`` laid over it, checked like a file."""
-    from tinyfed.boards.validation import validate
-    from tinyfed.errors import DataFileError
-    from tinyfed.host.config import RunConfig
+    from tinyfed.host.config import RunConfig, checked
 
     merged = dict(base)
     for key, value in options.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg, issues = validate(RunConfig, merged)
-    if cfg is None:
-        raise DataFileError("the command line", issues)
-    return cfg
+    return checked(RunConfig, merged, "the command line")
 
 
 def new_run_dir(out_dir: Path | None) -> Path:
@@ -305,7 +227,7 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
         from tinyfed.firmware_bridge.link.devices import load_device_fleet
 
         fleet = load_device_fleet(fleet_path, boards_dirs)
-        devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked]
+        devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked if d.url is not None]
         if not devices:
             raise TinyfedError(f"{fleet_path} lists no device URLs", fix="add url/urls to its [[boards]] entries",
                                source=str(fleet_path))
@@ -378,22 +300,25 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     ``announce`` (if given) sees the prepared :class:`~tinyfed.host.setup.RunSetup` before training;
     ``data`` is the run's :class:`~tinyfed.host.rundata.RunData` when already loaded (else loaded here).
     """
-    from tinyfed.host.engine import Engine, Limits, LocalTraining
+    from tinyfed.host.engine import Engine, Limits
     from tinyfed.host.events import EventLog
     from tinyfed.host.setup import prepare_run
     from tinyfed.host.strategies import get_strategy
 
-    payload = "subset" if cfg.strategy == "ftte" else "dense"
+    strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
+    payload = strat.payload  # the plan's subset (FTTE) or the whole model (the baselines)
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
                         max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
                         data=data)
     if announce is not None:
         announce(setup)
-    if payload == "dense":
-        _check_dense_fits(setup, {d.board for d in devices}, boards_dirs)
-    strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
-    t = cfg.training
+    if payload == "dense":  # the baselines train every layer: refuse up front when a board cannot hold that
+        from tinyfed.boards import get_board
+        from tinyfed.planner.dense import DensePlan
+
+        assert isinstance(setup.plan, DensePlan)
+        setup.plan.check_fits(get_board(name, boards_dirs) for name in {d.board for d in devices})
     if events is None:
         events = stack.enter_context(EventLog(out))
 
@@ -420,7 +345,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
                    f"t {row['t']:7.1f} s")
 
     engine = Engine(setup, devices, strat, events,
-                    training=LocalTraining(t.epochs, t.lr, t.batch_size, t.per_channel, t.head_cache),
+                    training=cfg.training.local_training(),
                     limits=Limits(cfg.target_accuracy, cfg.limits.max_versions, cfg.limits.max_seconds,
                                   cfg.limits.max_bytes),
                     seed=cfg.seed, norm_bound=cfg.checks.norm_bound, max_staleness=cfg.checks.max_staleness,
@@ -445,7 +370,8 @@ def _recorded_baseline(out: Path) -> str | None:
         return None
 
 
-def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool, resumed_from: int | None = None) -> None:
+def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
+               resumed_from: int | None = None) -> None:
     """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile."""
     baseline = _recorded_baseline(out)
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),

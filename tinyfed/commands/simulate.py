@@ -17,19 +17,30 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
+from pydantic import BaseModel
 
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
+from tinyfed.host.config import (
+    Checks,
+    Evaluation,
+    Partition,
+    Start,
+    StrategyParams,
+    Training,
+)
+from tinyfed.host.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("strategy", "payload", "reached_target", "time_to_target_s", "versions_to_target", "versions",
                   "sim_seconds", "final_accuracy", "end_accuracy_mean", "best_accuracy", "device_memory_bytes",
-                  "bytes_per_update", "bytes_to_target", "bytes_total", "bytes_down", "bytes_up", "tasks", "board_steps", "updates_accepted",
-                  "updates_rejected", "updates_lost", "updates_lost_offline", "wall_seconds", "board_steps_per_s", "stop_reason")
+                  "bytes_per_update", "bytes_to_target", "bytes_total", "bytes_down", "bytes_up", "tasks",
+                  "board_steps", "updates_accepted", "updates_rejected", "updates_lost", "updates_lost_offline",
+                  "wall_seconds", "board_steps_per_s", "stop_reason")
 HISTORY_FIELDS = ("strategy", "version", "sim_time_s", "accuracy", "loss", "bytes_down", "bytes_up", "bytes_total",
                   "updates_accepted", "wall_s")
 RATIO_FIELDS = ("time_to_target_s", "device_memory_bytes", "bytes_per_update", "bytes_to_target", "bytes_total")
@@ -142,10 +153,26 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
     return paths
 
 
+#: Where each option of ``tinyfed simulate`` lands in the study config (``table.key`` for the run
+#: config's tables); an option not listed here sets the study key of its own name.
+OPTION_KEYS = {
+    "epochs": "training.epochs", "lr": "training.lr", "batch_size": "training.batch_size",
+    "buffer_size": "strategy_params.buffer_size", "clients_per_round": "strategy_params.clients_per_round",
+    "server_lr": "strategy_params.server_lr", "max_staleness": "checks.max_staleness",
+    "norm_bound": "checks.norm_bound", "evaluate_every": "evaluation.every_versions",
+    "run_past_target": "stop_at_target",
+}
+
+
+def _table_default(table: type[BaseModel], key: str) -> Any:
+    """A run config table's default, shown as the option's (a study trains and checks as a run does)."""
+    return table.model_fields[key].default
+
+
 @click.command("simulate")
 @click.option("--model", default="har_cnn", show_default=True, help="Zoo model (har_cnn, digits_cnn).")
 @click.option("--clients", type=int, default=500, show_default=True, help="Simulated devices.")
-@click.option("--strategies", default="ftte,fedbuff,fedavg", show_default=True, help="Comma-separated strategies.")
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True, help="Comma-separated strategies.")
 @click.option("--target-accuracy", type=float, default=None,
               help="Time to target = simulated time of the first version with test accuracy >= this "
                    "[default: 0.8 for har_cnn, 0.75 for digits_cnn].")
@@ -158,20 +185,25 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
                    "seconds, each device at its own phase; a task still running when its window closes is lost).")
 @click.option("--board-mix", default="nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2", show_default=True,
               help="Fleet mix, BOARD:SHARE,...")
-@click.option("--partition", type=click.Choice(["natural", "iid", "dirichlet"]), default=None,
+@click.option("--partition", type=click.Choice(get_args(Partition)), default=None,
               help="Data split (default: natural when the data has users, else iid).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet concentration.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--start", type=click.Choice(["fresh-head", "pretrained"]), default="fresh-head", show_default=True,
+@click.option("--start", type=click.Choice(sorted(get_args(Start))), default="fresh-head", show_default=True,
               help="fresh-head: the classifier head drawn anew (seeded), the same for every strategy.")
-@click.option("--epochs", type=int, default=1, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Device SGD learning rate.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--buffer-size", type=int, default=10, show_default=True, help="K of FTTE and FedBuff.")
-@click.option("--clients-per-round", type=int, default=10, show_default=True, help="m of FedAvg.")
-@click.option("--server-lr", type=float, default=1.0, show_default=True)
-@click.option("--max-staleness", type=int, default=20, show_default=True, help="Update check (as tinyfed run).")
-@click.option("--norm-bound", type=float, default=100.0, show_default=True, help="Update check (as tinyfed run).")
+@click.option("--epochs", type=int, default=_table_default(Training, "epochs"), show_default=True)
+@click.option("--lr", type=float, default=_table_default(Training, "lr"), show_default=True,
+              help="Device SGD learning rate.")
+@click.option("--batch-size", type=int, default=_table_default(Training, "batch_size"), show_default=True)
+@click.option("--buffer-size", type=int, default=_table_default(StrategyParams, "buffer_size"), show_default=True,
+              help="K of FTTE and FedBuff.")
+@click.option("--clients-per-round", type=int, default=_table_default(StrategyParams, "clients_per_round"),
+              show_default=True, help="m of FedAvg.")
+@click.option("--server-lr", type=float, default=_table_default(StrategyParams, "server_lr"), show_default=True)
+@click.option("--max-staleness", type=int, default=_table_default(Checks, "max_staleness"), show_default=True,
+              help="Update check (as tinyfed run).")
+@click.option("--norm-bound", type=float, default=_table_default(Checks, "norm_bound"), show_default=True,
+              help="Update check (as tinyfed run).")
 @click.option("--max-versions", type=int, default=400, show_default=True)
 @click.option("--max-sim-seconds", type=float, default=None, help="Stop at this simulated time.")
 @click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
@@ -179,7 +211,8 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
               help="Run every strategy on to this simulated time after its target and take the final accuracies "
                    "there: auto = the latest time any strategy stopped at, none = each stops at its own target, "
                    "or seconds.")
-@click.option("--evaluate-every", type=int, default=1, show_default=True, help="Evaluate every N-th version.")
+@click.option("--evaluate-every", type=int, default=_table_default(Evaluation, "every_versions"), show_default=True,
+              help="Evaluate every N-th version.")
 @click.option("--eval-samples", type=int, default=0, show_default=True,
               help="Evaluate each version on this many test samples (fixed, seeded; 0 = the whole test split). "
                    "Faster for the dense baselines, but the time to target gets noisier; the final accuracy is "
@@ -192,46 +225,17 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
               help="Write summary.csv, history.csv, study.json and PNG plots here.")
 @boards_dir_option
 @json_option
-def simulate(model: str, clients: int, strategies: str, target_accuracy: float | None, stragglers: float, slowdown: str,
-             dropout: float, availability: str, board_mix: str, partition: str | None, alpha: float, seed: int, start: str, epochs: int,
-             lr: float, batch_size: int, buffer_size: int, clients_per_round: int, server_lr: float,
-             max_staleness: int, norm_bound: float, max_versions: int, max_sim_seconds: float | None,
-             run_past_target: bool, horizon: str, evaluate_every: int, eval_samples: int, backend: str, address: str | None,
-             out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
+             **options: Any) -> None:
     """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards."""
-    from tinyfed.host.engine import LocalTraining
-    from tinyfed.host.simulator import DEFAULT_TARGETS, Study, StudyConfig
-    from tinyfed.host.strategies import STRATEGIES
+    from tinyfed.host.simulator import Study
 
-    if target_accuracy is None:
-        target_accuracy = DEFAULT_TARGETS.get(model, 0.75)
-
-    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
-    unknown = [n for n in names if n not in STRATEGIES]
-    if not names or unknown:
-        raise TinyfedError(f"unknown strategies {unknown or strategies!r}",
-                           fix=f"use a comma-separated list of: {', '.join(sorted(STRATEGIES))}")
-    if not 0 < target_accuracy <= 1:
-        raise TinyfedError(f"--target-accuracy {target_accuracy} is not an accuracy", fix="give a number in (0, 1]")
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-versions", max_versions),
-                        ("--evaluate-every", evaluate_every)):
-        if value < 1:
-            raise TinyfedError(f"{flag} {value} must be at least 1", fix=f"give {flag} 1 or more")
-    if not lr > 0:
-        raise TinyfedError(f"--lr {lr} must be positive", fix="e.g. --lr 0.01")
-    cfg = StudyConfig(model=model, clients=clients, strategies=names, board_mix=board_mix, stragglers=stragglers,
-                      slowdown=slowdown, dropout=dropout, availability=availability, partition=partition, alpha=alpha, seed=seed, start=start,
-                      target_accuracy=target_accuracy, stop_at_target=not run_past_target, max_versions=max_versions,
-                      max_sim_seconds=max_sim_seconds,
-                      training=LocalTraining(epochs=epochs, lr=lr, batch_size=batch_size),
-                      buffer_size=buffer_size, clients_per_round=clients_per_round, server_lr=server_lr,
-                      norm_bound=norm_bound, max_staleness=max_staleness, evaluate_every=evaluate_every,
-                      eval_samples=eval_samples or None, horizon=parse_horizon(horizon))
+    cfg = study_config(options)
     say = (lambda text: None) if as_json else click.echo
     study = Study(cfg, boards_dirs=boards_dirs)
     info = study.describe()
-    say(f"tinyfed simulate: {model}, {info['fleet']} (slowdown {info['slowdown']}), {info['partition']} split, "
-        f"{info['samples_per_device']['mean']:.1f} samples per device, seed {seed}")
+    say(f"tinyfed simulate: {cfg.model}, {info['fleet']} (slowdown {info['slowdown']}), {info['partition']} split, "
+        f"{info['samples_per_device']['mean']:.1f} samples per device, seed {cfg.seed}")
     if address is not None and backend != "ray":
         raise TinyfedError("--address joins a Ray cluster", fix="add --backend ray, or drop --address")
     runner = None
@@ -249,14 +253,35 @@ def simulate(model: str, clients: int, strategies: str, target_accuracy: float |
     finally:
         if runner is not None:
             runner.close()
-    files = write_outputs(out_dir, study, results, _config_dict(cfg)) if out_dir is not None else []
+    files = write_outputs(out_dir, study, results, cfg.record()) if out_dir is not None else []
     if as_json:
         click.echo(json.dumps({"study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
                                "ratios_to_fedavg": ratios(results), "files": [str(p) for p in files]}))
         return
-    say(format_table(results, target_accuracy, study.horizon_s))
+    say(format_table(results, cfg.target_accuracy, study.horizon_s))
     for p in files:
         say(f"wrote {p}")
+
+
+def study_config(options: dict[str, Any]) -> Any:
+    """The :class:`~tinyfed.host.simulator.StudyConfig` of the command's options, checked as a run
+    config is: every bad value in one error, named by its option."""
+    from tinyfed.host.config import checked
+    from tinyfed.host.simulator import DEFAULT_TARGETS, StudyConfig
+
+    given = dict(options)
+    given["strategies"] = tuple(s.strip() for s in given["strategies"].split(",") if s.strip())
+    given["run_past_target"] = not given["run_past_target"]  # the option's negation is the config's stop_at_target
+    given["eval_samples"] = given["eval_samples"] or None
+    given["horizon"] = parse_horizon(given["horizon"])
+    if given["target_accuracy"] is None:
+        given["target_accuracy"] = DEFAULT_TARGETS.get(given["model"], 0.75)
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        table, _, key = OPTION_KEYS.get(name, name).rpartition(".")
+        (values.setdefault(table, {}) if table else values)[key] = value
+    flags = {OPTION_KEYS.get(name, name): "--" + name.replace("_", "-") for name in given}
+    return checked(StudyConfig, values, "the command line", keys=flags)
 
 
 def parse_horizon(text: str) -> float | str | None:
@@ -272,11 +297,3 @@ def parse_horizon(text: str) -> float | str | None:
         raise TinyfedError(f"--horizon {text!r} is not auto, none or a number of simulated seconds",
                            fix="e.g. --horizon auto, --horizon none or --horizon 9000")
     return seconds
-
-
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    d = asdict(cfg)
-    d["strategies"] = list(cfg.strategies)
-    return d

@@ -163,7 +163,7 @@ def write_checkpoint(run_dir: str | Path, state: Checkpoint) -> Path:
         "rng_state": _encode(state.rng_state, "rng_state", arrays),
     }
     buf = io.BytesIO()
-    np.savez(buf, allow_pickle=False, **arrays)  # type: ignore[arg-type]
+    np.savez(buf, allow_pickle=False, **arrays)
     npz_bytes = buf.getvalue()
     npz_path = run / _file(gen, "npz")
     atomic_write_bytes(npz_path, npz_bytes)

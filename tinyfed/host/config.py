@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,11 +27,18 @@ from pydantic import (
 from tinyfed.boards.schema import check_error
 from tinyfed.boards.validation import read_toml, suggest, validate
 from tinyfed.errors import DataFileError, FieldIssue
+from tinyfed.host.strategies import STRATEGIES, FedAvgParams, FTTEParams
+
+if TYPE_CHECKING:
+    from tinyfed.host.engine import LocalTraining
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T", bound=BaseModel)
+
 __all__ = [
     "Checks",
+    "ConfigTable",
     "Data",
     "Devices",
     "Evaluation",
@@ -38,10 +46,10 @@ __all__ = [
     "RunConfig",
     "StrategyParams",
     "Training",
+    "checked",
     "load_run_config",
 ]
 
-Strategy = Literal["ftte", "fedbuff", "fedavg"]
 Partition = Literal["natural", "iid", "dirichlet"]
 Start = Literal["pretrained", "fresh-head"]
 
@@ -49,13 +57,27 @@ Start = Literal["pretrained", "fresh-head"]
 CONFIG_FILE = "config.toml"
 
 
-class _Table(BaseModel):
+class ConfigTable(BaseModel):
     """Base for every table: unknown keys are errors, types are exact, values immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-class Data(_Table):
+def _known_strategy(name: str) -> str:
+    """A name of the strategy registry (:data:`tinyfed.host.strategies.STRATEGIES`), or a "did you mean"."""
+    if name not in STRATEGIES:
+        listing = ", ".join(repr(n) for n in STRATEGIES)
+        close = suggest(name, STRATEGIES)
+        raise check_error(f"'{name}' is not a strategy; known strategies: {listing}",
+                          fix=f"did you mean '{close}'?" if close else f"use one of: {listing}")
+    return name
+
+
+#: A strategy's name, checked against the registry (so a new strategy needs no edit here).
+StrategyName = Annotated[str, AfterValidator(_known_strategy)]
+
+
+class Data(ConfigTable):
     """Where the training data comes from and how it is split across devices."""
 
     npz: str | None = Field(
@@ -67,28 +89,39 @@ class Data(_Table):
         description="NPZ with x_test and y_test; default: x_test/y_test of `npz`, or the zoo split",
     )
     partition: Partition = Field(default="natural", description="'natural' (by user), 'iid' or 'dirichlet'")
-    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (dirichlet only): smaller is more skewed")
+    alpha: float = Field(default=0.5, gt=0,
+                         description="Dirichlet concentration (dirichlet only): smaller is more skewed")
 
 
-class StrategyParams(_Table):
-    """Knobs of the aggregation strategy (names follow docs/ftte.md: K, a, gamma, eta_g, m)."""
+class StrategyParams(ConfigTable):
+    """Knobs of the aggregation strategy (names follow docs/ftte.md: K, a, gamma, eta_g, m).
 
-    buffer_size: int = Field(default=10, ge=1, description="K: updates buffered before a new version (ftte, fedbuff)")
-    staleness_exponent: float = Field(default=0.5, ge=0, description="a in s(tau) = (1 + tau)^-a (ftte)")
-    variance_gamma: float = Field(default=1.0, ge=0, description="gamma of the variance weight (ftte); 0 turns it off")
-    server_lr: float = Field(default=1.0, gt=0, description="eta_g: server step size")
-    clients_per_round: int = Field(default=8, ge=1, description="m: devices sampled per round (fedavg)")
+    The defaults are the strategies' own (their ``Params``), so a run, a study and a strategy built
+    in code agree.
+    """
+
+    buffer_size: int = Field(default=FTTEParams.buffer_size, ge=1,
+                             description="K: updates buffered before a new version (ftte, fedbuff)")
+    staleness_exponent: float = Field(default=FTTEParams.staleness_exponent, ge=0,
+                                      description="a in s(tau) = (1 + tau)^-a (ftte)")
+    variance_gamma: float = Field(default=FTTEParams.variance_gamma, ge=0,
+                                  description="gamma of the variance weight (ftte); 0 turns it off")
+    server_lr: float = Field(default=FTTEParams.server_lr, gt=0, description="eta_g: server step size")
+    clients_per_round: int = Field(default=FedAvgParams.clients_per_round, ge=1,
+                                   description="m: devices sampled per round (fedavg)")
 
 
-class Limits(_Table):
+class Limits(ConfigTable):
     """When to stop if the target accuracy is not reached; each limit is optional."""
 
     max_seconds: float | None = Field(default=None, gt=0, description="wall-clock seconds of training")
     max_versions: int | None = Field(default=None, gt=0, description="global model versions")
-    max_bytes: int | None = Field(default=None, gt=0, description="task bytes over the links (weights down plus updates up; provisioning not counted)")
+    max_bytes: int | None = Field(
+        default=None, gt=0,
+        description="task bytes over the links (weights down plus updates up; provisioning not counted)")
 
 
-class Training(_Table):
+class Training(ConfigTable):
     """Local training on each device."""
 
     epochs: int = Field(default=1, ge=1, le=1000, description="local epochs per task")
@@ -97,8 +130,14 @@ class Training(_Table):
     per_channel: bool = Field(default=False, description="int8 update scale per output channel instead of per tensor")
     head_cache: bool = Field(default=True, description="reuse the frozen fragment's outputs after the first epoch")
 
+    def local_training(self) -> LocalTraining:
+        """The table as the device step the engine and the simulator run."""
+        from tinyfed.host.engine import LocalTraining
 
-class Checks(_Table):
+        return LocalTraining(self.epochs, self.lr, self.batch_size, self.per_channel, self.head_cache)
+
+
+class Checks(ConfigTable):
     """Bounds an arriving update must meet; one that fails is rejected with the reason."""
 
     norm_bound: float = Field(
@@ -109,25 +148,28 @@ class Checks(_Table):
     )
 
 
-class Evaluation(_Table):
+class Evaluation(ConfigTable):
     """How often the global model is evaluated on the held-out split."""
 
     every_versions: int = Field(default=1, ge=1, description="evaluate after every N-th new version")
 
 
-class Devices(_Table):
+class Devices(ConfigTable):
     """What happens when a device is slow, disconnects or resets."""
 
-    device_timeout_s: float = Field(default=120.0, gt=0, description="seconds a task may take before the device is marked late")
-    retries: int = Field(default=3, ge=0, le=100, description="reconnect attempts before a device is dropped from the run")
+    device_timeout_s: float = Field(default=120.0, gt=0,
+                                    description="seconds a task may take before the device is marked late")
+    retries: int = Field(default=3, ge=0, le=100,
+                         description="reconnect attempts before a device is dropped from the run")
     backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles on each further attempt")
 
 
-class RunConfig(_Table):
+class RunConfig(ConfigTable):
     """Everything a run depends on. ``RunConfig()`` is the default run."""
 
     model: str = Field(default="har_cnn", min_length=1, description="zoo model name or path to an int8 .tflite")
-    strategy: Strategy = Field(default="ftte", description="'ftte', 'fedbuff' or 'fedavg'")
+    strategy: StrategyName = Field(default="ftte",
+                                   description="a strategy of the registry: 'ftte', 'fedbuff' or 'fedavg'")
     target_accuracy: float = Field(default=0.85, gt=0, le=1, description="stop once test accuracy reaches this")
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the run")
     start: Start = Field(
@@ -213,10 +255,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     absolute paths, and each one must exist.
     """
     file = Path(path)
-    raw = read_toml(file)
-    config, issues = validate(RunConfig, raw)
-    if config is None:
-        raise DataFileError(str(file), _dedupe(issues))
+    config = checked(RunConfig, read_toml(file), str(file))
     resolved, issues = _resolve_paths(config, file.parent)
     if issues:
         raise DataFileError(str(file), issues)
@@ -245,6 +284,22 @@ def _resolve_paths(config: RunConfig, base: Path) -> tuple[RunConfig, list[Field
     test_npz = resolve("data.test_npz", config.data.test_npz, "test data file")
     data = config.data.model_copy(update={"npz": npz, "test_npz": test_npz})
     return config.model_copy(update={"model": model, "data": data}), issues
+
+
+def checked(model: type[T], values: dict[str, Any], source: str, *,
+            keys: dict[str, str] | None = None) -> T:
+    """``values`` validated as ``model`` (a run config, a study config); every problem at once in one
+    DataFileError naming ``source`` (a file, or "the command line").
+
+    ``keys`` renames dotted keys in the report (e.g. to the command-line options that set them); an
+    item of a list is reported under its list's new name.
+    """
+    config, issues = validate(model, values)
+    if config is None:
+        rename = keys or {}
+        raise DataFileError(source, [FieldIssue(rename.get(i.key.partition("[")[0], i.key), i.problem, i.fix)
+                                     for i in _dedupe(issues)])
+    return config
 
 
 def _dedupe(issues: list[FieldIssue]) -> list[FieldIssue]:

@@ -3,10 +3,11 @@
 Each device gets a worker thread that owns its link (:class:`BoardClient`, any URL: ``sim://``,
 ``socket://`` for emulators, a tty), provisions the board once (fragment, training program,
 local data) and then runs tasks: send the global vector at a version, train, read the update.
-The main thread alone talks to the strategy: it asks whom to dispatch to, checks every arriving
-update (:func:`check_update`), feeds accepted ones to the strategy, applies global steps to the
-float32 master, evaluates, and writes every dispatch, arrival, rejection, loss, step and byte to
-the event log. A slow board never holds up a fast one except where the strategy says so
+The main thread alone holds the round (:class:`~tinyfed.host.rounds.RoundState`, shared with the
+simulator): it asks the strategy whom to dispatch to, checks every arriving update
+(:func:`~tinyfed.host.updates.check_update`), feeds accepted ones to the strategy, applies global
+steps to the float32 master, evaluates, and writes every dispatch, arrival, rejection, loss, step
+and byte to the event log. A slow board never holds up a fast one except where the strategy says so
 (FedAvg's barrier). A board that fails is marked, retried with exponential backoff and given
 work again; its task is recorded as lost, never silently dropped.
 
@@ -40,15 +41,18 @@ from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from tinyfed.host.events import RUN_ENDED, EventLog
+from tinyfed.host.rounds import RoundState, Task
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
-from tinyfed.host.updates import Reason, Rejection, Update, check_update
+from tinyfed.host.updates import Update
 
 log = logging.getLogger(__name__)
 
 #: Version of the engine's own part of a checkpoint (``strategy_state["engine"]``).
 ENGINE_STATE_FORMAT = 1
 HOST_RESTARTED = "host restarted"
+#: The loss reason a round state counts a task under when its device or link failed.
+DEVICE_FAILED = "device failed"
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,9 @@ class Limits:
     max_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class _Task:
-    task_id: int
-    device: str
-    version: int
-    vector: np.ndarray
-    seed: int
-
-
 @dataclass
 class _Outcome:
-    task: _Task
+    task: Task
     update: Update | None = None
     error: str | None = None
     bytes_up: int = 0
@@ -138,7 +133,7 @@ class _Worker(threading.Thread):
         super().__init__(name=f"tinyfed-{spec.name}", daemon=True)
         self.spec, self.setup, self.training = spec, setup, training
         self.outcomes, self.payload_float, self.timeout = outcomes, payload_float, timeout
-        self.tasks: queue.Queue[_Task | None] = queue.Queue()
+        self.tasks: queue.Queue[tuple[Task, np.ndarray] | None] = queue.Queue()  # a task and its start vector
         self.client: BoardClient | None = None
         self.board_version: int | None = None
         self.ready = threading.Event()
@@ -177,16 +172,17 @@ class _Worker(threading.Thread):
         finally:
             self.ready.set()
         while True:
-            task = self.tasks.get()
-            if task is None:
+            item = self.tasks.get()
+            if item is None:
                 break
-            self.outcomes.put(self._run_task(task))
+            self.outcomes.put(self._run_task(*item))
         if self.client is not None:
             self.client.close()
 
-    def _run_task(self, task: _Task) -> _Outcome:
+    def _run_task(self, task: Task, vector: np.ndarray) -> _Outcome:
         started = time.monotonic()
         provisioned = (0, 0)
+        assert task.seed is not None, "a task restored from a checkpoint is never run again"
         try:
             client = self.client
             if client is None:
@@ -195,7 +191,7 @@ class _Worker(threading.Thread):
             sent0, recv0 = client.stats.bytes_sent, client.stats.bytes_received
             if self.board_version != task.version:
                 self.board_version = None
-                client.set_weights(task.version, task.vector)
+                client.set_weights(task.version, vector)
                 self.board_version = task.version
             sent1, recv1 = client.stats.bytes_sent, client.stats.bytes_received
             t = self.training
@@ -237,28 +233,20 @@ class Engine:
             raise TinyfedError("a run needs at least one device", fix="give a fleet, --emulate N or --simulate N")
         self.setup, self.devices, self.strategy, self.events = setup, devices, strategy, events
         self.training, self.limits = training, limits
-        self.rng = np.random.default_rng(seed)
         self.seed = seed
-        self.norm_bound, self.max_staleness = norm_bound, max_staleness
+        #: the global vector and version, the tasks in flight, the accepted update ids and the counters
+        self.rounds = RoundState(strategy, setup.w0, np.random.default_rng(seed), fleet_size=len(devices),
+                                 norm_bound=norm_bound, max_staleness=max_staleness)
         self.retries, self.backoff_s, self.device_timeout_s = retries, backoff_s, device_timeout_s
         self.evaluate_every = evaluate_every
         self.progress = progress
-        self.vector = setup.w0.astype(np.float32).copy()
-        self.version = 0
         self.state = {d.name: DeviceState() for d in devices}
-        self.seen: set[tuple[str, int]] = set()
-        self.in_flight: dict[int, _Task] = {}
-        self.next_task = 0
-        self.bytes_up = self.bytes_down = 0
         self.provision_down = self.provision_up = 0  # fragment, program and data sent at (re)connection
-        self.accepted = self.rejected = self.lost = 0
         self.history: list[dict[str, Any]] = []
-        strategy.fleet_size = len(devices)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else events.path.parent
         self.checkpoints = checkpoints
         self.elapsed_before = 0.0  # run seconds spent before a resume (counts against max_seconds)
         self.resumed_from: int | None = None
-        self._restarted: list[tuple[int, str, int]] = []  # (task, device, version) in flight at the checkpoint
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -272,15 +260,16 @@ class Engine:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _engine_state(self, started: float) -> dict[str, Any]:
+        rounds = self.rounds
         return {
             "format": ENGINE_STATE_FORMAT,
             "devices": [d.name for d in self.devices],
-            "next_task": self.next_task,
+            "next_task": rounds.next_task,
             "in_flight": [{"task": t.task_id, "device": t.device, "version": t.version}
-                          for t in sorted(self.in_flight.values(), key=lambda t: t.task_id)],
-            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+                          for t in sorted(rounds.in_flight.values(), key=lambda t: t.task_id)],
+            "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
             "provision_bytes": [self.provision_down, self.provision_up],
-            "accepted": self.accepted, "rejected": self.rejected, "lost": self.lost,
+            "accepted": rounds.accepted, "rejected": rounds.rejected, "lost": rounds.lost,
             "elapsed": self.elapsed_before + (time.monotonic() - started),
             "history": [dict(row) for row in self.history],
         }
@@ -291,22 +280,23 @@ class Engine:
         resume from the previous checkpoint cuts away with everything else after it)."""
         if not self.checkpoints:
             return
-        self.events.append("checkpoint", version=self.version, in_flight=len(self.in_flight))
+        rounds = self.rounds
+        self.events.append("checkpoint", version=rounds.version, in_flight=len(rounds.in_flight))
         self.events.sync()
         state = Checkpoint(
-            version=self.version,
-            globals={"w": self.vector.astype(np.float32).copy()},
+            version=rounds.version,
+            globals={"w": rounds.vector.astype(np.float32).copy()},
             strategy_state={"strategy": self.strategy.state_dict(), "engine": self._engine_state(started)},
             devices={name: {"state": st.state, "failures": st.failures, "tasks": st.tasks}
                      for name, st in self.state.items()},
-            rng_state=self.rng.bit_generator.state,
+            rng_state=dict(rounds.rng.bit_generator.state),
             event_position=self.events.position(),
-            accepted_update_ids=sorted(f"{device}:{task}" for device, task in self.seen),
+            accepted_update_ids=sorted(f"{device}:{task}" for device, task in rounds.seen),
         )
         try:
             write_checkpoint(self.checkpoint_dir, state)
         except OSError as exc:
-            raise TinyfedError(f"cannot write the checkpoint of version {self.version} ({exc.strerror or exc})",
+            raise TinyfedError(f"cannot write the checkpoint of version {rounds.version} ({exc.strerror or exc})",
                                fix="free disk space or fix the permissions of the run directory, then "
                                    "`tinyfed run --resume` it", source=str(self.checkpoint_dir)) from exc
 
@@ -324,72 +314,70 @@ class Engine:
             raise TinyfedError(f"the checkpoint's run used devices {engine['devices']}, this one has {names}", fix=fix,
                                source=where)
         w = ck.globals.get("w")
-        if w is None or w.shape != self.vector.shape:
+        shape = self.rounds.vector.shape
+        if w is None or w.shape != shape:
             got = None if w is None else w.shape
-            raise TinyfedError(f"the checkpoint's global vector has shape {got}, this run's model {self.vector.shape}",
+            raise TinyfedError(f"the checkpoint's global vector has shape {got}, this run's model {shape}",
                                fix=fix, source=where)
         self.strategy.load_state_dict(strat)  # refuses another strategy or other parameters
         self.strategy.fleet_size = len(self.devices)
-        self.vector = w.astype(np.float32).copy()
-        self.version = int(ck.version)
-        if ck.rng_state:
-            self.rng = ck.rng()
         for name, st in ck.devices.items():
             if name in self.state:
                 # Links are new after a restart: a dropped device stays dropped, the rest are provisioned again.
                 self.state[name] = DeviceState(state="dropped" if st["state"] == "dropped" else "provisioning",
                                                failures=int(st["failures"]), tasks=int(st["tasks"]))
-        self.seen = set()
+        seen = set()
         for uid in ck.accepted_update_ids:
             device, _, task = str(uid).rpartition(":")
-            self.seen.add((device, int(task)))
-        self.next_task = int(engine["next_task"])
-        self.bytes_up, self.bytes_down = int(engine["bytes_up"]), int(engine["bytes_down"])
+            seen.add((device, int(task)))
+        self.rounds.restore(
+            vector=w, version=int(ck.version), rng=ck.rng() if ck.rng_state else None, seen=seen,
+            next_task=int(engine["next_task"]),
+            in_flight=[(int(t["task"]), str(t["device"]), int(t["version"])) for t in engine["in_flight"]],
+            bytes_down=int(engine["bytes_down"]), bytes_up=int(engine["bytes_up"]), accepted=int(engine["accepted"]),
+            rejected=int(engine["rejected"]), lost=int(engine["lost"]))
         self.provision_down, self.provision_up = (int(n) for n in engine.get("provision_bytes", (0, 0)))
-        self.accepted, self.rejected, self.lost = int(engine["accepted"]), int(engine["rejected"]), int(engine["lost"])
         self.elapsed_before = float(engine["elapsed"])
         self.history = [dict(row) for row in engine["history"]]
-        self._restarted = [(int(t["task"]), str(t["device"]), int(t["version"])) for t in engine["in_flight"]]
-        self.resumed_from = self.version
+        self.resumed_from = self.rounds.version
         self.events.truncate_to(ck.event_position)
-        self.events.append("resume", version=self.version, generation=ck.generation,
-                           in_flight=[t for t, _, _ in self._restarted])
-        log.info("resuming at version %d from checkpoint generation %d (%d tasks were in flight)", self.version,
-                 ck.generation, len(self._restarted))
+        self.events.append("resume", version=self.rounds.version, generation=ck.generation,
+                           in_flight=list(self.rounds.in_flight))
+        log.info("resuming at version %d from checkpoint generation %d (%d tasks were in flight)", self.rounds.version,
+                 ck.generation, len(self.rounds.in_flight))
 
     def _account_restart(self, started: float) -> None:
         """Tasks in flight at the checkpoint died with the old host: record each as lost, once."""
-        for task_id, device, _version in self._restarted:
-            self.lost += 1
-            self.events.append("lost", task=task_id, device=device, reason=HOST_RESTARTED)
-            agg = self.strategy.on_lost(device, task_id)
-            if agg is not None:
-                self._step(agg, started)
-        self._restarted = []
+        for task_id in list(self.rounds.in_flight):
+            outcome = self.rounds.lose(task_id, HOST_RESTARTED)
+            self.events.append("lost", task=task_id, device=outcome.task.device, reason=HOST_RESTARTED)
+            if outcome.aggregate is not None:
+                self._step(outcome.aggregate, started)
         self._checkpoint(started)
 
     def _step(self, agg: Aggregate, started: float) -> None:
         """Apply a step, evaluate when due, checkpoint: the unit a crash can never split."""
         self._apply(agg)
-        if self.version % self.evaluate_every == 0:
+        if self.rounds.version % self.evaluate_every == 0:
             self._evaluate()
         self._checkpoint(started)
 
     # -- helpers -------------------------------------------------------------------------
 
     def _evaluate(self) -> tuple[float, float]:
-        acc, loss = self.setup.evaluate(self.vector)
+        rounds = self.rounds
+        acc, loss = self.setup.evaluate(rounds.vector)
         extra: dict[str, Any] = {}
         if self.setup.int8_score is not None:  # the deployable model, requantized, through LiteRT
-            s = self.setup.int8_score(self.vector)
+            s = self.setup.int8_score(rounds.vector)
             extra = {"int8_accuracy": s.accuracy, "int8_loss": s.loss, "clipped": s.clipped}
-        self.events.append("evaluation", version=self.version, accuracy=acc, loss=loss, **extra)
-        row = {"kind": "evaluation", "version": self.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
-               "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "devices": self._device_counts(), **extra}
+        self.events.append("evaluation", version=rounds.version, accuracy=acc, loss=loss, **extra)
+        row = {"kind": "evaluation", "version": rounds.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
+               "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down, "devices": self._device_counts(), **extra}
         self.history.append(row)
         if self.progress is not None:
             self.progress(row)
-        log.info("version %d: test accuracy %.4f, loss %.4f", self.version, acc, loss)
+        log.info("version %d: test accuracy %.4f, loss %.4f", rounds.version, acc, loss)
         return acc, loss
 
     def _device_counts(self) -> dict[str, int]:
@@ -401,13 +389,14 @@ class Engine:
     def _tick(self) -> None:
         """A progress row between evaluations (a live view refreshes devices and bytes from it)."""
         if self.progress is not None:
-            self.progress({"kind": "tick", "version": self.version, "t": self.events.now(), "bytes_up": self.bytes_up,
-                           "bytes_down": self.bytes_down, "devices": self._device_counts()})
+            rounds = self.rounds
+            self.progress({"kind": "tick", "version": rounds.version, "t": self.events.now(),
+                           "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
+                           "devices": self._device_counts()})
 
     def _apply(self, agg: Aggregate) -> None:
-        self.vector = (self.vector + agg.step).astype(np.float32)
-        self.version = agg.new_version
-        self.events.append("aggregation", version=self.version, updates=len(agg.updates),
+        self.rounds.apply(agg)
+        self.events.append("aggregation", version=self.rounds.version, updates=len(agg.updates),
                            tasks=[u.task_id for u in agg.updates])
 
     def _dispatch(self, workers: dict[str, _Worker]) -> None:
@@ -417,16 +406,12 @@ class Engine:
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
         idle = [n for n, s in self.state.items() if s.state == "idle"]
-        busy = [n for n, s in self.state.items() if s.state == "busy"]
-        for name in self.strategy.select(idle, busy, self.version, self.rng):
-            task = _Task(self.next_task, name, self.version, self.vector.copy(),
-                         int(self.rng.integers(0, 2**31 - 1)))
-            self.next_task += 1
-            self.in_flight[task.task_id] = task
-            self.state[name].state = "busy"
-            self.state[name].tasks += 1
-            self.events.append("dispatch", task=task.task_id, device=name, version=self.version)
-            workers[name].tasks.put(task)
+        for task in self.rounds.dispatch(idle):
+            st = self.state[task.device]
+            st.state = "busy"
+            st.tasks += 1
+            self.events.append("dispatch", task=task.task_id, device=task.device, version=task.version)
+            workers[task.device].tasks.put((task, self.rounds.vector))
 
     def _provisioned(self, device: str, sizes: tuple[int, int]) -> None:
         """Record a (re-)provisioning's bytes apart from the tasks' (``what: provision``): they are
@@ -440,17 +425,15 @@ class Engine:
 
     def _handle(self, out: _Outcome) -> Aggregate | None:
         task = out.task
-        self.in_flight.pop(task.task_id, None)
         st = self.state[task.device]
         self._provisioned(task.device, out.provisioned)
-        self.bytes_up += out.bytes_up
-        self.bytes_down += out.bytes_down
+        self.rounds.count_bytes(down=out.bytes_down, up=out.bytes_up)
         if out.bytes_down:
             self.events.append("bytes", direction="down", n=out.bytes_down, device=task.device, task=task.task_id)
         if out.bytes_up:
             self.events.append("bytes", direction="up", n=out.bytes_up, device=task.device, task=task.task_id)
         if out.update is None:
-            self.lost += 1
+            outcome = self.rounds.lose(task.task_id, DEVICE_FAILED)
             st.failures += 1
             self.events.append("lost", task=task.task_id, device=task.device, reason=out.error)
             if st.failures > self.retries:
@@ -460,33 +443,30 @@ class Engine:
                 st.retry_at = time.monotonic() + self.backoff_s * 2 ** (st.failures - 1)
             self.events.append("device_state", device=task.device, state=st.state, reason=out.error)
             log.warning("%s: task %d lost (%s); %s", task.device, task.task_id, out.error, st.state)
-            return self.strategy.on_lost(task.device, task.task_id)
+            return outcome.aggregate
         st.state = "idle"
         st.failures = 0
-        rejection = _answers_task(out.update, task) or check_update(
-            out.update, global_version=self.version, size=self.vector.size, norm_bound=self.norm_bound,
-            max_staleness=self.max_staleness, seen_tasks=self.seen)
+        update = out.update
+        outcome = self.rounds.arrive(task.task_id, update)
+        rejection = outcome.rejection
         if rejection is not None:
-            self.rejected += 1
             self.events.append("rejection", task=task.task_id, device=task.device, reason=rejection.reason,
                                message=rejection.message)
             log.warning("%s: update of task %d rejected: %s", task.device, task.task_id, rejection.message)
-            return self.strategy.on_lost(task.device, task.task_id)
-        self.seen.add(out.update.key)
-        self.accepted += 1
-        self.events.append("arrival", task=task.task_id, device=task.device, version=out.update.base_version,
-                           staleness=self.version - out.update.base_version, n=out.update.n, loss=out.update.loss,
-                           variance=out.update.variance, seconds=round(out.seconds, 3))
-        return self.strategy.on_update(out.update, self.version)
+        else:
+            self.events.append("arrival", task=task.task_id, device=task.device, version=update.base_version,
+                               staleness=outcome.staleness, n=update.n, loss=update.loss, variance=update.variance,
+                               seconds=round(out.seconds, 3))
+        return outcome.aggregate
 
     def _should_stop(self, accuracy: float, started: float) -> bool:
-        lim = self.limits
+        lim, rounds = self.limits, self.rounds
         return bool(
             (lim.target_accuracy is not None and accuracy >= lim.target_accuracy)
-            or (lim.max_versions is not None and self.version >= lim.max_versions)
+            or (lim.max_versions is not None and rounds.version >= lim.max_versions)
             or (lim.max_seconds is not None
                 and self.elapsed_before + time.monotonic() - started >= lim.max_seconds)
-            or (lim.max_bytes is not None and self.bytes_up + self.bytes_down >= lim.max_bytes)
+            or (lim.max_bytes is not None and rounds.bytes_up + rounds.bytes_down >= lim.max_bytes)
             or all(s.state == "dropped" for s in self.state.values())
         )
 
@@ -498,11 +478,11 @@ class Engine:
         workers = {d.name: _Worker(d, self.setup, self.training, outcomes, payload_float, self.device_timeout_s)
                    for d in self.devices}
         started = time.monotonic()
-        unfinished = 0
+        rounds = self.rounds
         resuming = self.resumed_from is not None
         if not resuming:
             self.events.append("run_start", strategy=self.strategy.name, devices=[d.name for d in self.devices],
-                               payload=self.strategy.payload, vector=int(self.vector.size))
+                               payload=self.strategy.payload, vector=int(rounds.vector.size))
         for w in workers.values():
             w.start()
         for name, w in workers.items():
@@ -517,7 +497,7 @@ class Engine:
                 self._provisioned(name, w.provisioned)
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
-        if resuming and self.history and self.history[-1]["version"] == self.version:
+        if resuming and self.history and self.history[-1]["version"] == rounds.version:
             accuracy = float(self.history[-1]["accuracy"])
             loss = float(self.history[-1]["loss"])
         else:
@@ -533,7 +513,7 @@ class Engine:
                 try:
                     out = outcomes.get(timeout=0.2)
                 except queue.Empty:
-                    agg = self.strategy.poll(self.version)
+                    agg = rounds.poll()
                 else:
                     agg = self._handle(out)
                     self._tick()
@@ -544,32 +524,17 @@ class Engine:
             for w in workers.values():
                 w.tasks.put(None)
             # tasks still running when the run ends are accounted for, not silently dropped
-            for task in list(self.in_flight.values()):
-                unfinished += 1
-                self.events.append("lost", task=task.task_id, device=task.device, reason=RUN_ENDED)
-            self.in_flight.clear()
-        if self.history[-1]["version"] != self.version:
+            for outcome in rounds.abandon():
+                self.events.append("lost", task=outcome.task.task_id, device=outcome.task.device, reason=RUN_ENDED)
+        if self.history[-1]["version"] != rounds.version:
             accuracy, loss = self._evaluate()
         wall = self.elapsed_before + time.monotonic() - started
         reached = self.limits.target_accuracy is not None and accuracy >= self.limits.target_accuracy
-        self.events.append("run_end", version=self.version, accuracy=accuracy, reached_target=reached)
-        return RunResult(self.strategy.name, self.version, accuracy, loss, reached, wall, self.bytes_up,
-                         self.bytes_down, self.accepted, self.rejected, self.lost, self.vector.copy(), self.history,
-                         tasks_unfinished=unfinished, provision_bytes_down=self.provision_down,
+        self.events.append("run_end", version=rounds.version, accuracy=accuracy, reached_target=reached)
+        return RunResult(self.strategy.name, rounds.version, accuracy, loss, reached, wall, rounds.bytes_up,
+                         rounds.bytes_down, rounds.accepted, rounds.rejected, rounds.lost, rounds.vector.copy(),
+                         self.history, tasks_unfinished=rounds.unfinished, provision_bytes_down=self.provision_down,
                          provision_bytes_up=self.provision_up)
-
-
-def _answers_task(update: Update, task: _Task) -> Rejection | None:
-    """A board trains from the weights its task set, so its update must carry the task's version:
-    an older one is an earlier update sent again (replayed), a newer one cannot exist."""
-    if update.base_version == task.version:
-        return None
-    who = f"update from {update.device_id!r} (task {update.task_id})"
-    if update.base_version < task.version:
-        return Rejection(Reason.REPLAY, f"{who} carries version {update.base_version}, but its task sent version "
-                                        f"{task.version}: an earlier update sent again")
-    return Rejection(Reason.FUTURE_VERSION, f"{who} claims version {update.base_version}, but its task sent "
-                                            f"version {task.version}")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:

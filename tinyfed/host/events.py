@@ -27,6 +27,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
@@ -232,7 +233,9 @@ def _parse(data: bytes, source: str) -> Iterator[tuple[dict[str, Any], int]]:
         problem = None
         try:
             event = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            event, problem = None, f"not valid JSON ({exc.reason})"
+        except json.JSONDecodeError as exc:
             event, problem = None, f"not valid JSON ({exc.msg})"
         if problem is None:
             if not isinstance(event, dict) or not isinstance(event.get("kind"), str) \
@@ -275,8 +278,8 @@ def complete_length(path: str | Path) -> int:
     """Bytes of ``path`` up to the end of its last complete event (a torn tail excluded)."""
     data = Path(path).read_bytes()
     end = 0
-    for _, end in _parse(data, str(path)):
-        pass
+    for _, end_of_event in _parse(data, str(path)):
+        end = end_of_event
     return end
 
 
@@ -289,92 +292,125 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
     ``tasks_with_several_outcomes`` lists dispatched tasks with more than one outcome event (a
     replayed update's rejection after its arrival); the engine's own tasks each have exactly one.
     """
-    dispatched: dict[Any, int] = {}
-    outcome: dict[Any, str] = {}
-    outcome_events: Counter[Any] = Counter()
-    unknown: list[Any] = []
-    reasons: Counter[str] = Counter()
-    device_state: dict[str, str] = {}
-    bytes_up = bytes_down = 0
-    versions = aggregations = 0
-    accepted = rejected = lost = unfinished = 0
-    provision: Counter[str] = Counter()
+    tally = _RunTally(target_accuracy)
+    for ev in events:
+        tally.add(ev)
+    return tally.summary()
+
+
+@dataclass
+class _RunTally:
+    """The running totals :func:`summarize` keeps, one method per kind of event that counts."""
+
+    target_accuracy: float | None
+    dispatched: dict[Any, int] = field(default_factory=dict)
+    outcome: dict[Any, str] = field(default_factory=dict)
+    outcome_events: Counter[Any] = field(default_factory=Counter)
+    unknown: list[Any] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    device_state: dict[str, str] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    versions: int = 0
+    aggregations: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    lost: int = 0
+    unfinished: int = 0
+    provision: Counter[str] = field(default_factory=Counter)
     final_accuracy: float | None = None
     best_accuracy: float | None = None
     first_t: float | None = None
-    last_t = 0.0
+    last_t: float = 0.0
     time_to_target: float | None = None
-    count = 0
-    for ev in events:
-        count += 1
+    count: int = 0
+
+    def add(self, ev: dict[str, Any]) -> None:
+        """Count one event."""
+        self.count += 1
         kind = ev["kind"]
         t = float(ev.get("t", 0.0))
-        first_t = t if first_t is None else first_t
-        last_t = t
+        self.first_t = t if self.first_t is None else self.first_t
+        self.last_t = t
         task = ev.get("task")
         if kind == "dispatch":
-            dispatched[task] = dispatched.get(task, 0) + 1
+            self.dispatched[task] = self.dispatched.get(task, 0) + 1
         elif kind in ("arrival", "rejection", "lost"):
-            if kind == "arrival":
-                accepted += 1
-            elif kind == "rejection":
-                rejected += 1
-                reasons[str(ev.get("reason"))] += 1
-            elif ev.get("reason") == RUN_ENDED:
-                unfinished += 1
-            else:
-                lost += 1
-            if task is not None:
-                if task not in dispatched:
-                    unknown.append(task)
-                else:
-                    outcome_events[task] += 1
-                    outcome.setdefault(task, kind)
+            self._add_outcome(kind, task, ev)
         elif kind == "aggregation":
-            aggregations += 1
-            versions = max(versions, int(ev["version"]))
+            self.aggregations += 1
+            self.versions = max(self.versions, int(ev["version"]))
         elif kind == "evaluation":
-            final_accuracy = float(ev["accuracy"])
-            best_accuracy = final_accuracy if best_accuracy is None else max(best_accuracy, final_accuracy)
-            if target_accuracy is not None and time_to_target is None and final_accuracy >= target_accuracy:
-                time_to_target = t
+            self._add_evaluation(float(ev["accuracy"]), t)
         elif kind == "device_state":
-            device_state[str(ev["device"])] = str(ev["state"])
+            self.device_state[str(ev["device"])] = str(ev["state"])
         elif kind == "bytes":
-            if ev.get("what") == "provision":  # once per link, apart from the tasks' bytes
-                provision[str(ev["direction"])] += int(ev["n"])
-            elif ev["direction"] == "up":
-                bytes_up += int(ev["n"])
-            elif ev["direction"] == "down":
-                bytes_down += int(ev["n"])
-    outcomes = Counter(outcome.values())
-    summary: dict[str, Any] = {
-        "events": count,
-        "versions": versions,
-        "aggregations": aggregations,
-        "bytes_up": bytes_up,
-        "bytes_down": bytes_down,
-        "updates_accepted": accepted,
-        "updates_rejected": rejected,
-        "updates_lost": lost,
-        "tasks_unfinished": unfinished,
-        "provision_bytes_down": provision["down"],
-        "provision_bytes_up": provision["up"],
-        "rejection_reasons": dict(reasons),
-        "final_accuracy": final_accuracy,
-        "best_accuracy": best_accuracy,
-        "wall_seconds": last_t - (first_t or 0.0) if count else 0.0,
-        "tasks_dispatched": len(dispatched),
-        "tasks_arrived": outcomes["arrival"],
-        "tasks_rejected": outcomes["rejection"],
-        "tasks_lost": outcomes["lost"],
-        "tasks_unaccounted": [t for t in dispatched if t not in outcome],
-        "tasks_unknown": unknown,
-        "tasks_with_several_outcomes": [t for t, n in outcome_events.items() if n > 1],
-        "device_states": device_state,
-    }
-    summary["all_tasks_accounted"] = not summary["tasks_unaccounted"]
-    if target_accuracy is not None:
-        summary["reached_target"] = time_to_target is not None
-        summary["time_to_target"] = time_to_target
-    return summary
+            self._add_bytes(ev)
+
+    def _add_outcome(self, kind: str, task: Any, ev: dict[str, Any]) -> None:
+        """An arrival, rejection or loss: counted by kind, and matched to its dispatched task."""
+        if kind == "arrival":
+            self.accepted += 1
+        elif kind == "rejection":
+            self.rejected += 1
+            self.reasons[str(ev.get("reason"))] += 1
+        elif ev.get("reason") == RUN_ENDED:
+            self.unfinished += 1
+        else:
+            self.lost += 1
+        if task is not None:
+            if task not in self.dispatched:
+                self.unknown.append(task)
+            else:
+                self.outcome_events[task] += 1
+                self.outcome.setdefault(task, kind)
+
+    def _add_evaluation(self, accuracy: float, t: float) -> None:
+        """The latest and best accuracy, and when the target was first reached."""
+        self.final_accuracy = accuracy
+        self.best_accuracy = accuracy if self.best_accuracy is None else max(self.best_accuracy, accuracy)
+        if self.target_accuracy is not None and self.time_to_target is None and accuracy >= self.target_accuracy:
+            self.time_to_target = t
+
+    def _add_bytes(self, ev: dict[str, Any]) -> None:
+        """Bytes on the wire: provisioning (once per link) apart from the tasks' bytes up and down."""
+        if ev.get("what") == "provision":
+            self.provision[str(ev["direction"])] += int(ev["n"])
+        elif ev["direction"] == "up":
+            self.bytes_up += int(ev["n"])
+        elif ev["direction"] == "down":
+            self.bytes_down += int(ev["n"])
+
+    def summary(self) -> dict[str, Any]:
+        """The totals as :func:`summarize` returns them."""
+        outcomes = Counter(self.outcome.values())
+        summary: dict[str, Any] = {
+            "events": self.count,
+            "versions": self.versions,
+            "aggregations": self.aggregations,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "updates_accepted": self.accepted,
+            "updates_rejected": self.rejected,
+            "updates_lost": self.lost,
+            "tasks_unfinished": self.unfinished,
+            "provision_bytes_down": self.provision["down"],
+            "provision_bytes_up": self.provision["up"],
+            "rejection_reasons": dict(self.reasons),
+            "final_accuracy": self.final_accuracy,
+            "best_accuracy": self.best_accuracy,
+            "wall_seconds": self.last_t - (self.first_t or 0.0) if self.count else 0.0,
+            "tasks_dispatched": len(self.dispatched),
+            "tasks_arrived": outcomes["arrival"],
+            "tasks_rejected": outcomes["rejection"],
+            "tasks_lost": outcomes["lost"],
+            "tasks_unaccounted": [t for t in self.dispatched if t not in self.outcome],
+            "tasks_unknown": self.unknown,
+            "tasks_with_several_outcomes": [t for t, n in self.outcome_events.items() if n > 1],
+            "device_states": self.device_state,
+        }
+        summary["all_tasks_accounted"] = not summary["tasks_unaccounted"]
+        if self.target_accuracy is not None:
+            summary["reached_target"] = self.time_to_target is not None
+            summary["time_to_target"] = self.time_to_target
+        return summary

@@ -64,8 +64,10 @@ def split_vector(units: Sequence[TrainableUnit], vector: np.ndarray) -> list[np.
         raise TinyfedError(f"the vector has {v.size} values but the units hold {total}",
                            fix="pass the vector trained for these units (same plan or model)")
     if not np.all(np.isfinite(v)):
-        raise TinyfedError(f"the vector holds {int((~np.isfinite(v)).sum())} non-finite values",
-                           fix="the global model diverged; resume from an earlier checkpoint or lower the learning rate")
+        raise TinyfedError(
+            f"the vector holds {int((~np.isfinite(v)).sum())} non-finite values",
+            fix="the global model diverged; resume from an earlier checkpoint or lower the learning rate",
+        )
     out, k = [], 0
     for u in units:
         n = int(u.values.size)
@@ -93,7 +95,8 @@ def _quantized_tensors(graph: TfliteGraph, units: Sequence[TrainableUnit],
     clipped = 0
     for u, part in zip(units, parts, strict=True):
         if not 0 <= u.tensor_index < len(graph.tensors):
-            raise ModelError(f"unit of op {u.op_index} names tensor {u.tensor_index}, the model has {len(graph.tensors)}",
+            raise ModelError(f"unit of op {u.op_index} names tensor {u.tensor_index}, "
+                             f"the model has {len(graph.tensors)}",
                              fix="pass the model the units were made for (the plan's tail.tflite, or the whole model "
                                  "for whole_model_units)", source=graph.source)
         t = graph.tensors[u.tensor_index]
@@ -313,7 +316,8 @@ def evaluate_int8(tflite_bytes: bytes, x_float: np.ndarray, y: np.ndarray) -> tu
     y = np.asarray(y).astype(np.int64).ravel()
     x = np.asarray(x_float)
     if len(x) != len(y) or len(y) == 0:
-        raise TinyfedError(f"{len(x)} samples but {len(y)} labels", fix="pass one label per sample, at least one sample")
+        raise TinyfedError(f"{len(x)} samples but {len(y)} labels",
+                           fix="pass one label per sample, at least one sample")
     it = Interpreter(model_content=model)
     it.allocate_tensors()
     din, dout = it.get_input_details()[0], it.get_output_details()[0]
@@ -428,7 +432,9 @@ def export_run(out_dir: str | Path, source: PlanFragments | bytes, vector: np.nd
         "payload": "subset" if isinstance(source, PlanFragments) else "dense",
         "clipped": dep.clipped,
         "values": int(np.asarray(vector).size),
-        "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in blobs.values()},
+        "files": {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in blobs.values()
+        },
         **dep.facts,
         **(facts or {}),
     }

@@ -15,11 +15,15 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tinyfed.errors import DatasetError
 from tinyfed.models import partition
+
+if TYPE_CHECKING:
+    from tinyfed.models.zoo import ZooModel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class RunData:
     groups: np.ndarray | None  # user id per sample (natural partition), or None
     x_test: np.ndarray
     y_test: np.ndarray
-    zoo: object | None = None  # the ZooModel, whose partitions keep their documented behaviour
+    zoo: ZooModel | None = None  # the ZooModel, whose partitions keep their documented behaviour
 
     def check_partition(self, kind: str, n_devices: int | None, alpha: float, seed: int) -> None:
         """Raise the error :meth:`shares` would, before any board is booted or provisioned.
@@ -142,7 +146,8 @@ def _checked(arrays: dict[str, np.ndarray], xk: str, yk: str, path: Path, in_sha
     """x as float32 in the model's input shape and y as int64 labels, or a DatasetError."""
     missing = [k for k in (xk, yk) if k not in arrays]
     if missing:
-        raise DatasetError(f"{path.name} has no {' or '.join(missing)} (it has {', '.join(sorted(arrays)) or 'nothing'})",
+        present = ", ".join(sorted(arrays)) or "nothing"
+        raise DatasetError(f"{path.name} has no {' or '.join(missing)} (it has {present})",
                            fix=f"save the arrays as {xk}= and {yk}= (numpy.savez)", source=str(path))
     x, y = np.asarray(arrays[xk]), np.asarray(arrays[yk])
     if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):

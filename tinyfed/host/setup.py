@@ -10,7 +10,6 @@ evaluator of the float master on the held-out test split.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from tinyfed.planner.trainable import KIND_WEIGHTS
 
 if TYPE_CHECKING:
     from tinyfed.host.rundata import RunData
+    from tinyfed.planner.dense import DensePlan
+    from tinyfed.planner.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class RunSetup:
     source: Any = None
     #: vector -> the deployable int8 model's test score through LiteRT (export.int8_evaluator)
     int8_score: Callable[[np.ndarray], Any] | None = None
+    #: what the planner decided: FTTE's plan of w* (subset) or the whole model's need (dense)
+    plan: Plan | DensePlan | None = None
 
 
 def fresh_head(units: list, graph, seed: int) -> list:
@@ -96,21 +99,14 @@ def fresh_head(units: list, graph, seed: int) -> list:
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def training_program(model: bytes, trainable: bytes) -> bytes:
-    """The TFTR program training ``trainable``'s units of ``model``, compiled once per pair of inputs:
-    ``tinyfed run --emulate`` sizes the whole-model program before booting (``dense_training_need``)
-    and :func:`prepare_run` then sends that same program."""
-    from tinyfed.firmware_bridge.compile.train_blob import compile_program
-
-    return compile_program(model, trainable)
-
-
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
                 alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
                 start: str = "pretrained", npz: str | None = None, test_npz: str | None = None,
                 data: RunData | None = None) -> RunSetup:
     """Plan (subset) or take the whole model (dense), compile for the boards, shard the data.
+
+    The returned setup carries the planner's decision (``plan``): callers read figures from it, not
+    from the ``plan.json`` the subset plan also writes under ``work_dir``.
 
     ``model`` is a zoo name (its own dataset unless ``npz`` is given) or a full-int8 ``.tflite``
     path with ``npz`` (see :mod:`tinyfed.host.rundata`). ``data``, when the caller loaded and
@@ -121,8 +117,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     from tinyfed.boards.fleet import ResolvedFleet
     from tinyfed.firmware_bridge.compile import local_data
     from tinyfed.firmware_bridge.compile.blob import compile_blob
-    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
     from tinyfed.firmware_bridge.compile.train_blob import compile_program
+    from tinyfed.firmware_bridge.twin.kernels_np import run_blob
     from tinyfed.host.rundata import load_run_data
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.planner import trainable as tfw
@@ -139,6 +135,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     t_in = graph.tensors[graph.inputs[0]]
     scale, zp = float(t_in.scales[0]), int(t_in.zero_points[0])
     facts: dict = {}
+    plan: Plan | DensePlan
     if payload == "subset":
         from tinyfed.planner.plan import make_plan
         from tinyfed.planner.sources import load_model_source
@@ -169,12 +166,15 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
 
         source: Any = PlanFragments.from_dir(work_dir / "plan")
     else:
-        units = tfw.whole_model_units(graph)
+        from tinyfed.planner.dense import plan_dense, training_program
+
+        plan = plan_dense(model_bytes, model, TrainingConfig(batch_size=batch_size))
+        units, program = list(plan.units), plan.program
         if start == "fresh-head":
             units = fresh_head(units, graph, seed)
+            program = training_program(model_bytes, tfw.encode(units))
         blob = tfw.encode(units)
         frozen = None
-        program = training_program(model_bytes, blob)
         tail = FloatTail.from_fragments(model_bytes, blob)
         test_in = tail.dequantize_input(local_data.quantize_inputs(data.x_test, scale, zp))
         source = model_bytes
@@ -197,4 +197,4 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     from tinyfed.host.export import int8_evaluator
 
     int8_score = int8_evaluator(source, data.x_test, test_y)
-    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score)
+    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score, plan)

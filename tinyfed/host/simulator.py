@@ -1,8 +1,9 @@
 """Fleet simulator: hundreds to thousands of heterogeneous boards in virtual time.
 
 The engine (:mod:`tinyfed.host.engine`) drives real links in real time; this module drives the
-same :class:`~tinyfed.host.strategies.Strategy` objects through the same update checks
-(:func:`~tinyfed.host.updates.check_update`) over simulated boards whose clock is virtual. Each
+same :class:`~tinyfed.host.strategies.Strategy` objects through the same round state
+(:class:`~tinyfed.host.rounds.RoundState`: update checks, tasks in flight, counters) over
+simulated boards whose clock is virtual. Each
 task really trains, with the ``sim://`` board's numpy step (:func:`tinyfed.training.local_train`
 in the firmware's sample order, the board's int8 quantization and update image), but its
 *duration* comes from the board profile: compute = multiply-accumulates of the step / the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import logging
 import math
 import struct
@@ -34,15 +34,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import AfterValidator, Field, field_validator
 
+from tinyfed.boards.schema import check_error
+from tinyfed.boards.validation import suggest
 from tinyfed.errors import TinyfedError
+from tinyfed.host.config import (
+    Checks,
+    ConfigTable,
+    Evaluation,
+    Partition,
+    Start,
+    StrategyName,
+    StrategyParams,
+    Training,
+)
 from tinyfed.host.engine import LocalTraining
-from tinyfed.host.strategies import Strategy, get_strategy
+from tinyfed.host.rounds import RoundState
+from tinyfed.host.strategies import STRATEGIES, Strategy, get_strategy
 from tinyfed.host.strategies.base import Aggregate
-from tinyfed.host.updates import Update, check_update
+from tinyfed.host.updates import Update
+from tinyfed.planner.plan import Plan
 from tinyfed.training.vector import split_units, tail_evaluator
 
 log = logging.getLogger(__name__)
@@ -54,6 +69,8 @@ DEFAULT_TARGETS = {"har_cnn": 0.8, "digits_cnn": 0.75}
 #: Fewest samples a device holds when a fleet outgrows the data (devices then share shards).
 MIN_SAMPLES_PER_DEVICE = 8
 _ARRIVE, _LOST, _ONLINE = 0, 1, 2
+#: Why a simulated task is lost (the round state counts losses by these).
+DROPOUT, OFFLINE = "dropout", "offline"
 _EVENT = struct.Struct("<dBq")
 _KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4}
 #: Evaluations past the target, spread evenly up to the study's horizon (the curve for the plots).
@@ -213,22 +230,13 @@ def task_link_bytes(values: int, update_bytes: int, max_payload: int, download: 
 
 def graph_macs(graph: Any) -> int:
     """Multiply-accumulates of one sample through an int8 graph (pooling, ADD and SOFTMAX count one per element)."""
+    from tinyfed import ops
+
     macs = 0
     for op in graph.ops:
-        out = int(np.prod(graph.tensors[op.outputs[0]].shape[1:]))
-        if op.name == "CONV_2D":
-            _, kh, kw, cin = graph.tensors[op.inputs[1]].shape
-            macs += out * kh * kw * cin
-        elif op.name == "DEPTHWISE_CONV_2D":
-            _, kh, kw, _ = graph.tensors[op.inputs[1]].shape
-            macs += out * kh * kw
-        elif op.name == "FULLY_CONNECTED":
-            macs += out * graph.tensors[op.inputs[1]].shape[-1]
-        elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-            kh, kw = op.options["filter"]
-            macs += out * kh * kw
-        elif op.name in ("ADD", "SOFTMAX"):
-            macs += out
+        spec = ops.find(op.name)
+        if spec is not None:  # each op module counts its own (RESHAPE: none)
+            macs += spec.macs(graph, op, int(np.prod(graph.tensors[op.outputs[0]].shape[1:])))
     return int(macs)
 
 
@@ -282,12 +290,12 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     quantized to int8 (or sent as float32 for the dense baselines) in the board's update image,
     which is then read back the way the engine reads it.
     """
-    from tinyfed.firmware_bridge.twin import shuffle
     from tinyfed.firmware_bridge.link.train_link import (
         pack_update,
         quantize_flat,
         unpack_update,
     )
+    from tinyfed.firmware_bridge.twin import shuffle
     from tinyfed.training.step import local_train
 
     start = np.asarray(vector, np.float32)
@@ -373,6 +381,31 @@ def make_fleet(shards: list[np.ndarray], clients: int, mix: dict[str, float], st
 # -- backends ---------------------------------------------------------------------------------
 
 
+class Backend(Protocol):
+    """Where a simulated board's training step runs: in this process, or elsewhere (Ray)."""
+
+    name: str
+    steps: int  # results handed back so far
+
+    def start(self, task_id: int, args: tuple) -> None: ...
+
+    def cancel(self, task_id: int) -> None: ...
+
+    def finish(self, task_id: int) -> StepResult: ...
+
+
+@runtime_checkable
+class TrainsAhead(Protocol):
+    """A backend that trains the next arrivals ahead of virtual time (Ray): the simulation tells it which."""
+
+    lookahead: int
+
+    @property
+    def outstanding(self) -> int: ...
+
+    def prefetch(self, task_ids: list[int]) -> None: ...
+
+
 class LocalBackend:
     """Trains a task in this process when its result is due (a task lost or still in flight at
     the end never trains). A parallel backend may train at ``start`` instead: results are the same."""
@@ -395,15 +428,6 @@ class LocalBackend:
 
 
 # -- the simulation ---------------------------------------------------------------------------
-
-
-class _Task:
-    __slots__ = ("device", "dispatched", "duration", "seed", "task_id", "up_bytes", "version")
-
-    def __init__(self, task_id: int, device: int, version: int, seed: int, up_bytes: int, dispatched: float,
-                 duration: float) -> None:
-        self.task_id, self.device, self.version, self.seed = task_id, device, version, seed
-        self.up_bytes, self.dispatched, self.duration = up_bytes, dispatched, duration
 
 
 @dataclass(frozen=True)
@@ -506,7 +530,7 @@ class Simulation:
                  training: LocalTraining | None = None, limits: SimLimits | None = None, seed: int = 0,
                  norm_bound: float | None = 100.0, max_staleness: int | None = 20, dropout: float = 0.0,
                  availability: Availability | None = None, evaluate_every: int = 1,
-                 backend: LocalBackend | None = None, record_trace: bool = False,
+                 backend: Backend | None = None, record_trace: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
         if model.payload != expected:
@@ -519,7 +543,7 @@ class Simulation:
         self.model, self.fleet, self.strategy = model, fleet, strategy
         self.training = training if training is not None else LocalTraining()
         self.limits, self.seed = limits, seed
-        self.norm_bound, self.max_staleness, self.dropout = norm_bound, max_staleness, dropout
+        self.dropout = dropout
         self.availability = availability if availability is not None else Availability()
         self.evaluate_every = max(1, int(evaluate_every))
         #: Once the target is reached, evaluate at the first version at or after each of these
@@ -528,23 +552,16 @@ class Simulation:
         self.backend = backend if backend is not None else LocalBackend()
         self.progress = progress
         self.float_update = strategy.payload == "dense"
-        self.rng = np.random.default_rng(seed)  # the engine's: strategy sampling and task seeds
-        strategy.fleet_size = len(fleet.devices)
         n = len(fleet.devices)
+        #: the global vector and version, the tasks in flight (each task's context: its device's
+        #: index and its upload's bytes), the accepted update ids and the counters, as in the engine
+        self.rounds = RoundState(strategy, model.w0, np.random.default_rng(seed), fleet_size=n,
+                                 norm_bound=norm_bound, max_staleness=max_staleness)
         self.now = 0.0
-        self.vector = model.w0.astype(np.float32).copy()
-        self.version = 0
         self.held = np.full(n, -1, np.int64)  # the version each board holds (-1: none yet)
         self.queue: list[tuple[float, int, int, int]] = []
         self.seq = 0
-        self.tasks: dict[int, _Task] = {}
-        self.next_task = 0
         self.idle: set[int] = set(range(n))
-        self.busy: dict[str, None] = {}
-        self.seen: set[tuple[str, int]] = set()
-        self.bytes_down = self.bytes_up = 0
-        self.accepted = self.rejected = self.lost = self.lost_offline = 0
-        self.rejections: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
         self._digest = hashlib.sha256()
         self.trace: list[tuple[float, str, int, str]] | None = [] if record_trace else None
@@ -600,25 +617,21 @@ class Simulation:
 
     def _dispatch(self) -> None:
         devices = self.fleet.devices
-        idle = [devices[i].name for i in sorted(self.idle)]
-        chosen = self.strategy.select(idle, list(self.busy), self.version, self.rng)
-        if not chosen:
+        tasks = self.rounds.dispatch([devices[i].name for i in sorted(self.idle)])
+        if not tasks:
             return
         index = {name: i for i, name in ((i, devices[i].name) for i in self.idle)}
-        for name in chosen:
-            i = index[name]
+        vector = self.rounds.vector
+        for task in tasks:
+            task_id, version = task.task_id, task.version
+            i = index[task.device]
             dev = devices[i]
-            task_id = self.next_task
-            self.next_task += 1
-            seed = int(self.rng.integers(0, 2**31 - 1))
-            download = self.held[i] != self.version
+            download = self.held[i] != version
             down, up, _, _ = self._link_cost(dev.board, download)
             duration = self.task_seconds(dev, download)
-            self.bytes_down += down
-            task = _Task(task_id, i, self.version, seed, up, self.now, duration)
-            self.tasks[task_id] = task
+            self.rounds.count_bytes(down=down)
+            task.context = (i, up)
             self.idle.discard(i)
-            self.busy[name] = None
             lost_at = None
             if self.dropout > 0:
                 u = np.random.default_rng([self.seed, 0xD0, task_id]).random(2)
@@ -632,11 +645,11 @@ class Simulation:
                 self.held[i] = -1
                 self._push(lost_at, _LOST, task_id)
             else:
-                self.held[i] = self.version
-                self.backend.start(task_id, (self.model, self.vector, dev.indices, seed, self.version, self.training,
+                self.held[i] = version
+                self.backend.start(task_id, (self.model, vector, dev.indices, task.seed, version, self.training,
                                              self.float_update))
                 self._push(self.now + duration, _ARRIVE, task_id)
-            self._record("dispatch", task_id, name)
+            self._record("dispatch", task_id, task.device)
 
     def _release(self, i: int) -> None:
         """The device is free again: offered at once while its window is open, else when the next opens."""
@@ -653,20 +666,18 @@ class Simulation:
             self.idle.add(i)
             self._record("online", i, self.fleet.devices[i].name)
             return None
-        task = self.tasks.pop(task_id)
-        dev = self.fleet.devices[task.device]
-        del self.busy[dev.name]
-        self._release(task.device)
+        task = self.rounds.in_flight[task_id]
+        i, up = task.context
+        dev = self.fleet.devices[i]
+        self._release(i)
         if kind == _LOST:
             self._record("lost", task_id, dev.name)
-            self.lost += 1
-            if task_id in self._cut_off:
-                self._cut_off.discard(task_id)
-                self.lost_offline += 1
-            return self.strategy.on_lost(dev.name, task_id)
+            offline = task_id in self._cut_off
+            self._cut_off.discard(task_id)
+            return self.rounds.lose(task_id, OFFLINE if offline else DROPOUT).aggregate
         self._record("arrive", task_id, dev.name)
-        self.bytes_up += task.up_bytes
-        if self.max_staleness is not None and self.version - task.version > self.max_staleness:
+        self.rounds.count_bytes(up=up)
+        if self.rounds.too_stale(task):
             # check_update refuses it as too stale before looking at the delta (and n >= 1 always
             # holds here), so the outcome is known without spending host time on the training.
             self.backend.cancel(task_id)
@@ -674,28 +685,24 @@ class Simulation:
         else:
             res = self.backend.finish(task_id)
             update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes)
-        rejection = check_update(update, global_version=self.version, size=self.vector.size,
-                                 norm_bound=self.norm_bound, max_staleness=self.max_staleness, seen_tasks=self.seen)
-        if rejection is not None:
-            self.rejected += 1
-            self.rejections[str(rejection.reason)] = self.rejections.get(str(rejection.reason), 0) + 1
-            return self.strategy.on_lost(dev.name, task_id)
-        self.seen.add(update.key)
-        self.accepted += 1
-        return self.strategy.on_update(update, self.version)
+        return self.rounds.arrive(task_id, update).aggregate
 
     def _prefetch(self) -> None:
         """Hand a backend that trains ahead (``lookahead``) the tasks whose arrivals come next, when
         fewer than half that many are in its hands (so the heap is scanned once per half window)."""
-        window = getattr(self.backend, "lookahead", 0)
-        if window and self.backend.outstanding <= window // 2:
-            self.backend.prefetch([tid for _, _, kind, tid in heapq.nsmallest(window, self.queue) if kind == _ARRIVE])
+        backend = self.backend
+        if not isinstance(backend, TrainsAhead) or not backend.lookahead:
+            return
+        window = backend.lookahead
+        if backend.outstanding <= window // 2:
+            backend.prefetch([tid for _, _, kind, tid in heapq.nsmallest(window, self.queue) if kind == _ARRIVE])
 
     def _evaluate(self) -> dict[str, Any]:
-        acc, loss = self.model.evaluate(self.vector)
-        row = {"version": self.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
-               "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
-               "bytes_total": self.bytes_down + self.bytes_up, "updates_accepted": self.accepted,
+        rounds = self.rounds
+        acc, loss = self.model.evaluate(rounds.vector)
+        row = {"version": rounds.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
+               "bytes_down": rounds.bytes_down, "bytes_up": rounds.bytes_up,
+               "bytes_total": rounds.bytes_down + rounds.bytes_up, "updates_accepted": rounds.accepted,
                "wall_s": self._wall + time.monotonic() - self._call_started}
         self.history.append(row)
         if self.progress is not None:
@@ -709,7 +716,7 @@ class Simulation:
                 return False
             self._grid_next = int(np.searchsorted(self.eval_grid, self.now, side="right"))
             return True
-        return self.version % self.evaluate_every == 0
+        return self.rounds.version % self.evaluate_every == 0
 
     def _note(self, row: dict[str, Any], target: float | None) -> None:
         if self.ttt is None and target is not None and row["accuracy"] >= target:
@@ -731,11 +738,12 @@ class Simulation:
 
     def close(self) -> None:
         """Drop the tasks still in flight (they are never trained)."""
-        for task_id in list(self.tasks):
+        for task_id in list(self.rounds.in_flight):
             self.backend.cancel(task_id)
 
     def _run(self, lim: SimLimits) -> SimResult:
         self._call_started = time.monotonic()
+        rounds = self.rounds
         if not self.history:
             self._note(self._evaluate(), lim.target_accuracy)
         reason = "no events left"
@@ -757,40 +765,39 @@ class Simulation:
                 self.now = t
                 agg = self._handle(kind, task_id)
                 if agg is not None:
-                    self.vector = (self.vector + agg.step).astype(np.float32)
-                    self.version = agg.new_version
-                    self._record("step", self.version, "")
+                    rounds.apply(agg)
+                    self._record("step", rounds.version, "")
                     if self._evaluation_due():
                         self._note(self._evaluate(), lim.target_accuracy)
                     if self.ttt is not None and lim.stop_at_target:
                         reason = "target reached"
                         break
-                    if lim.max_versions is not None and self.version >= lim.max_versions:
+                    if lim.max_versions is not None and rounds.version >= lim.max_versions:
                         reason = "max versions"
                         break
                 if lim.max_wall_seconds is not None and time.monotonic() - self._call_started >= lim.max_wall_seconds:
                     reason = "max wall seconds"
                     break
-        if self.history[-1]["version"] != self.version:
+        if self.history[-1]["version"] != rounds.version:
             self._note(self._evaluate(), lim.target_accuracy)
         self._wall += time.monotonic() - self._call_started
         digest = self._digest.copy()
-        digest.update(np.ascontiguousarray(self.vector).tobytes())
+        digest.update(np.ascontiguousarray(rounds.vector).tobytes())
         final = self.history[-1]
         if self.model.evaluate_full is not self.model.evaluate:
-            acc, loss = self.model.evaluate_full(self.vector)
+            acc, loss = self.model.evaluate_full(rounds.vector)
             final = {"accuracy": float(acc), "loss": float(loss)}
         return SimResult(
-            strategy=self.strategy.name, payload=self.model.payload, versions=self.version, sim_seconds=self.now,
+            strategy=self.strategy.name, payload=self.model.payload, versions=rounds.version, sim_seconds=self.now,
             time_to_target_s=self.ttt, versions_to_target=self.vtt, reached_target=self.ttt is not None,
             final_accuracy=final["accuracy"], final_loss=final["loss"],
             best_accuracy=max(r["accuracy"] for r in self.history),
             device_memory_bytes=self.model.device_memory_bytes, bytes_per_update=self.model.update_bytes,
-            bytes_down=self.bytes_down, bytes_up=self.bytes_up, tasks=self.next_task,
-            board_steps=self.accepted + self.rejected, host_trainings=self.backend.steps - self._steps0,
-            updates_accepted=self.accepted, updates_rejected=self.rejected, updates_lost=self.lost,
-            updates_lost_offline=self.lost_offline, rejections=dict(self.rejections), wall_seconds=self._wall,
-            event_digest=digest.hexdigest(), stop_reason=reason, vector=self.vector.copy(),
+            bytes_down=rounds.bytes_down, bytes_up=rounds.bytes_up, tasks=rounds.next_task,
+            board_steps=rounds.accepted + rounds.rejected, host_trainings=self.backend.steps - self._steps0,
+            updates_accepted=rounds.accepted, updates_rejected=rounds.rejected, updates_lost=rounds.lost,
+            updates_lost_offline=rounds.losses.get(OFFLINE, 0), rejections=dict(rounds.rejections),
+            wall_seconds=self._wall, event_digest=digest.hexdigest(), stop_reason=reason, vector=rounds.vector.copy(),
             history=list(self.history), trace=list(self.trace) if self.trace is not None else None)
 
 
@@ -813,55 +820,107 @@ def _check_limits(limits: SimLimits) -> None:
 # -- a study: several strategies on one fleet ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """Everything a study fixes for every strategy: model, data split, fleet, training, limits."""
+def _parsed_by(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """A field check that ``parse`` accepts the text (its TinyfedError as a config issue with its fix)."""
 
-    model: str = "har_cnn"
-    clients: int = 500
-    strategies: tuple[str, ...] = ("ftte", "fedbuff", "fedavg")
-    board_mix: str = DEFAULT_MIX
-    stragglers: float = 0.9
-    slowdown: str = DEFAULT_SLOWDOWN
-    dropout: float = 0.0
-    availability: str = "always"  # or PERIOD:FRACTION (Availability.parse)
-    partition: str | None = None  # None: natural when the data has users, else iid
-    alpha: float = 0.5
-    seed: int = 0
-    start: str = "fresh-head"
-    target_accuracy: float | None = 0.8
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except TinyfedError as exc:
+            raise check_error(exc.problem, fix=exc.fix or "") from None
+        return text
+
+    return check
+
+
+class StudyConfig(ConfigTable):
+    """Everything a study fixes for every strategy: model, data split, fleet, training, limits.
+
+    The tables a run config has ([training], [strategy_params], [checks], [evaluation]) are the run
+    config's own, defaults and checks included (:mod:`tinyfed.host.config`); the rest is the study's:
+    the simulated fleet, its limits in simulated time and the common horizon. A study starts from a
+    fresh head by default, so every strategy starts from the same classifier. Check values given by
+    a person with :func:`~tinyfed.host.config.checked` (every problem in one TinyfedError).
+    """
+
+    model: str = Field(default="har_cnn", description="zoo model")
+    clients: int = Field(default=500, ge=1, description="simulated devices")
+    strategies: tuple[StrategyName, ...] = Field(default=tuple(STRATEGIES), min_length=1,
+                                                 description="strategies run on the same fleet, in this order")
+    board_mix: Annotated[str, AfterValidator(_parsed_by(parse_board_mix))] = Field(
+        default=DEFAULT_MIX, description="fleet mix, BOARD:SHARE,...")
+    stragglers: float = Field(default=0.9, ge=0, le=1, description="fraction of straggling devices")
+    slowdown: Annotated[str, AfterValidator(_parsed_by(Slowdown.parse))] = Field(
+        default=DEFAULT_SLOWDOWN, description="straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="probability a task is lost")
+    availability: Annotated[str, AfterValidator(_parsed_by(Availability.parse))] = Field(
+        default="always", description="always, or PERIOD:FRACTION")
+    partition: Partition | None = Field(default=None, description="None: natural when the data has users, else iid")
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (dirichlet only)")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the study")
+    start: Start = Field(default="fresh-head", description="'fresh-head' (the head drawn anew, seeded) or 'pretrained'")
+    target_accuracy: float | None = Field(default=0.8, gt=0, le=1, description="time to target is taken here")
     stop_at_target: bool = True
-    max_versions: int | None = 400
-    max_sim_seconds: float | None = None
-    max_wall_seconds: float | None = None
-    training: LocalTraining = field(default_factory=LocalTraining)
-    buffer_size: int = 10
-    clients_per_round: int = 10
-    server_lr: float = 1.0
-    norm_bound: float | None = 100.0
-    max_staleness: int | None = 20
-    evaluate_every: int = 1
-    eval_samples: int | None = None  # None: the whole test split after every version
+    max_versions: int | None = Field(default=400, ge=1)
+    max_sim_seconds: float | None = Field(default=None, gt=0)
+    max_wall_seconds: float | None = Field(default=None, gt=0)
+    training: Training = Field(default_factory=Training)
+    strategy_params: StrategyParams = Field(default_factory=StrategyParams)
+    checks: Checks = Field(default_factory=Checks)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    eval_samples: int | None = Field(default=None, ge=1, description="None: the whole test split after every version")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
     #: moment: "auto" = the latest time any strategy stopped at (its target or a limit); None =
     #: each strategy stops at its own target.
-    horizon: float | str | None = "auto"
+    horizon: float | Literal["auto"] | None = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _zoo_model(cls, value: str) -> str:
+        from tinyfed.models.zoo import ZOO_NAMES
+
+        if value not in ZOO_NAMES:
+            close = suggest(value, ZOO_NAMES)
+            fix = f"did you mean '{close}'?" if close else f"use one of: {', '.join(sorted(ZOO_NAMES))}"
+            raise check_error(f"unknown zoo model {value!r}", fix=fix)
+        return value
+
+    @field_validator("horizon")
+    @classmethod
+    def _positive_horizon(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and not value > 0:
+            raise check_error(f"horizon {value!r} is not understood",
+                              fix="give auto, none, or a positive number of simulated seconds")
+        return value
 
     def strategy(self, name: str) -> Strategy:
-        params: dict[str, Any] = {"buffer_size": self.buffer_size, "clients_per_round": self.clients_per_round,
-                                  "server_lr": self.server_lr}
-        return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **params)
+        """Strategy ``name`` with the study's [strategy_params], for a fleet of ``clients`` devices."""
+        return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **self.strategy_params.model_dump())
 
     def limits(self) -> SimLimits:
         """The first leg's limits: each strategy to its target (or a max), never past a fixed horizon."""
         end = self.max_sim_seconds
-        if isinstance(self.horizon, (int, float)) and not isinstance(self.horizon, bool):
-            end = float(self.horizon) if end is None else min(end, float(self.horizon))
+        if isinstance(self.horizon, float):
+            end = self.horizon if end is None else min(end, self.horizon)
         return SimLimits(self.target_accuracy, self.stop_at_target, self.max_versions, end, self.max_wall_seconds)
 
     def horizon_limits(self, horizon_s: float) -> SimLimits:
         """The second leg's: on past the target to the common horizon (the version cap does not apply)."""
         return SimLimits(self.target_accuracy, False, None, horizon_s, self.max_wall_seconds)
+
+    def record(self) -> dict[str, Any]:
+        """The config as study.json records it: the strategy knobs, checks and evaluation step flat, as
+        they have been recorded since the first study (the FTTE knobs the study CLI does not set are
+        left out), [training] as a table."""
+        doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
+                                                        "horizon"})
+        sp = self.strategy_params
+        doc.update(strategies=list(self.strategies), buffer_size=sp.buffer_size,
+                   clients_per_round=sp.clients_per_round, server_lr=sp.server_lr,
+                   norm_bound=self.checks.norm_bound, max_staleness=self.checks.max_staleness,
+                   evaluate_every=self.evaluation.every_versions, eval_samples=self.eval_samples,
+                   horizon=self.horizon)
+        return doc
 
 
 class Study:
@@ -869,27 +928,20 @@ class Study:
 
     def __init__(self, cfg: StudyConfig, *, boards_dirs: tuple[Path, ...] = (), work_dir: Path | None = None) -> None:
         from tinyfed.host.rundata import zoo_run_data
-        from tinyfed.models.zoo import ZOO_NAMES
 
-        if cfg.model not in ZOO_NAMES:
-            raise TinyfedError(f"unknown zoo model {cfg.model!r}", fix=f"use one of: {', '.join(sorted(ZOO_NAMES))}")
-        if cfg.start not in ("fresh-head", "pretrained"):
-            raise TinyfedError(f"start {cfg.start!r} is not known", fix="use fresh-head or pretrained")
         self.cfg, self.boards_dirs = cfg, boards_dirs
         # The plan's files only live as long as the study (removed with it unless work_dir is given).
-        self._tmp = tempfile.TemporaryDirectory(prefix="tinyfed-sim-") if work_dir is None else None
-        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tinyfed-sim-")
+            work_dir = Path(self._tmp.name)
+        self.work_dir = Path(work_dir)
         self.mix = parse_board_mix(cfg.board_mix)
         self.slowdown = Slowdown.parse(cfg.slowdown)
         self.availability = Availability.parse(cfg.availability)
-        if cfg.horizon not in (None, "auto") and not (isinstance(cfg.horizon, (int, float)) and cfg.horizon > 0):
-            raise TinyfedError(f"horizon {cfg.horizon!r} is not understood",
-                               fix="give auto, none, or a positive number of simulated seconds")
         self.horizon_s: float | None = None  # set by run_all
         self.data = zoo_run_data(cfg.model)
         part = cfg.partition or ("natural" if self.data.groups is not None else "iid")
-        if part not in ("natural", "iid", "dirichlet"):
-            raise TinyfedError(f"unknown partition {part!r}", fix="use natural, iid or dirichlet")
         if part == "natural" and self.data.groups is None:
             raise TinyfedError(f"{cfg.model}'s data has no users to partition by", fix="use --partition iid or "
                                                                                        "--partition dirichlet")
@@ -899,10 +951,10 @@ class Study:
         self.fleet = make_fleet(self.shards, cfg.clients, self.mix, cfg.stragglers, self.slowdown, cfg.seed,
                                 boards_dirs)
         self._models: dict[str, SimModel] = {}
-        self._plan: dict[str, Any] | None = None
+        self._plan: Plan | None = None
 
-    def plan_facts(self) -> dict[str, Any]:
-        """plan.json of the FTTE plan for this fleet's boards (w*, its memory lines, per-board fit)."""
+    def subset_plan(self) -> Plan:
+        """The FTTE plan for this fleet's boards (w*, its memory lines, per-board fit)."""
         self.model("subset")
         assert self._plan is not None
         return self._plan
@@ -915,9 +967,9 @@ class Study:
 
     def _build(self, payload: str) -> SimModel:
         from tinyfed.firmware_bridge.compile import local_data
-        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
         from tinyfed.firmware_bridge.compile.program_tail import program_tail
         from tinyfed.firmware_bridge.compile.train_blob import parse_program
+        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
         from tinyfed.host.setup import DeviceSpec, prepare_run
         from tinyfed.models.tflite_graph import TfliteGraph
 
@@ -940,20 +992,14 @@ class Study:
         else:  # the dense program, or a plan whose boards hold every layer: the tail is the whole model
             features = tail.dequantize_input(xq.reshape((len(xq), *in_shape)))
         if payload == "subset":
-            plan = json.loads((work / "plan" / "plan.json").read_text())
-            self._plan = plan
-            if "frozen" in plan["files"] and setup.frozen_blob is not None:
-                frozen = Path(plan["files"]["frozen"]["path"]).read_bytes()
+            assert isinstance(setup.plan, Plan)
+            self._plan = setup.plan
+            if setup.frozen_blob is not None:
+                frozen = setup.plan.files["frozen"].read_bytes()
                 frozen_macs = graph_macs(TfliteGraph.from_bytes(frozen, source="frozen.tflite"))
-            memory = int(plan["training_memory"]["total"])
-        else:
-            from tinyfed.planner.config import TrainingConfig
-            from tinyfed.planner.memory import Selection, layer_facts, training_memory
-
-            # The planner's figure for training every layer (its plan.json "full_training_memory").
-            facts = layer_facts(graph)
-            memory = training_memory(facts, Selection.everything(facts), 0,
-                                     TrainingConfig(batch_size=cfg.training.batch_size)).total
+        # The planner's training memory of the payload: w*'s, or every layer's (plan.json's full_training_memory).
+        assert setup.plan is not None
+        memory = setup.plan.training.total
         evaluate = setup.evaluate
         n_test = len(self.data.y_test)
         if cfg.eval_samples and cfg.eval_samples < n_test:
@@ -974,18 +1020,18 @@ class Study:
         return model
 
     def simulation(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
-                   backend: LocalBackend | None = None, record_trace: bool = False) -> Simulation:
+                   backend: Backend | None = None, record_trace: bool = False) -> Simulation:
         """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
         cfg = self.cfg
         strategy = cfg.strategy(name)
-        model = self.model("subset" if strategy.payload == "subset" else "dense")
-        return Simulation(model, self.fleet, strategy, training=cfg.training, limits=cfg.limits(), seed=cfg.seed,
-                          norm_bound=cfg.norm_bound, max_staleness=cfg.max_staleness, dropout=cfg.dropout,
-                          availability=self.availability, evaluate_every=cfg.evaluate_every, backend=backend,
-                          record_trace=record_trace, progress=progress)
+        return Simulation(self.model(strategy.payload), self.fleet, strategy, training=cfg.training.local_training(),
+                          limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
+                          max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
+                          evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,
+                          progress=progress)
 
     def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
-            backend: LocalBackend | None = None, record_trace: bool = False) -> SimResult:
+            backend: Backend | None = None, record_trace: bool = False) -> SimResult:
         """One strategy to its target or a limit (no common horizon: see :meth:`run_all`)."""
         sim = self.simulation(name, progress=progress, backend=backend, record_trace=record_trace)
         try:
@@ -994,7 +1040,7 @@ class Study:
             sim.close()
 
     def run_all(self, *, progress: Callable[[dict[str, Any]], None] | None = None,
-                backend: LocalBackend | None = None,
+                backend: Backend | None = None,
                 announce: Callable[[str, SimResult], None] | None = None) -> dict[str, SimResult]:
         """Every strategy to its target (time to target), then, with a horizon, every one on to the
         same simulated moment, where their final accuracies are taken."""

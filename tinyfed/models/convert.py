@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 __all__ = [
-    "MCU_OPS",
     "convert_keras_to_int8",
     "ensure_batch_one",
     "io_types",
@@ -32,12 +31,6 @@ __all__ = [
     "op_names",
     "tflm_predict",
 ]
-
-# Builtin ops the firmware's op resolver registers for the zoo models.
-MCU_OPS: frozenset[str] = frozenset(
-    {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"}
-)
-
 
 def _import_tf() -> Any:
     try:
@@ -200,7 +193,8 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
         )
     with zipfile.ZipFile(path) as zf:
         if "config.json" not in zf.namelist():
-            raise ModelError("the .keras archive has no config.json", fix="re-save with model.save('model.keras')", source=src)
+            raise ModelError("the .keras archive has no config.json", fix="re-save with model.save('model.keras')",
+                             source=src)
 
     _import_tf()
     import keras
@@ -216,12 +210,13 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
             source=src,
         ) from exc
     shape = _static_input_shape(model, source=src)
-    in_shape = tuple(int(d) for d in shape[1:])
+    in_shape = tuple(int(d) for d in shape[1:] if d is not None)  # every one is known (checked above)
 
     if not rep_path.is_file():
         raise ModelError(
             f"representative dataset not found: {rep_path}",
-            fix=f"save typical inputs with numpy.save('{rep_path.name}', x) with x shaped (N, {', '.join(map(str, in_shape))})",
+            fix=f"save typical inputs with numpy.save('{rep_path.name}', x) with x shaped "
+            f"(N, {', '.join(map(str, in_shape))})",
             source=str(rep_path),
         )
     try:
@@ -247,7 +242,8 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
             source=str(rep_path),
         )
     if len(rep) == 0:
-        raise ModelError("representative dataset is empty", fix="save at least a few dozen samples", source=str(rep_path))
+        raise ModelError("representative dataset is empty", fix="save at least a few dozen samples",
+                         source=str(rep_path))
     rep = rep.astype(np.float32)
     if not np.all(np.isfinite(rep)):
         raise ModelError("representative dataset contains NaN or infinite values", fix="clean it", source=str(rep_path))

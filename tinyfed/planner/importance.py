@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from tinyfed.models.ops import TRAINABLE_OPS
-from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed import ops
+from tinyfed.models.tflite_graph import OpInfo, TensorInfo, TfliteGraph
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,10 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
     Each step away from the output divides importance by 1e6, so the greedy takes every unit of
     a later layer before any unit of an earlier one; within a layer, biases (few bytes) go first.
     """
-    weighted = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
     result: dict[int, LayerImportance] = {}
-    for rank, op in enumerate(reversed(weighted)):
+    for rank, (op, w, axis) in enumerate(reversed(_weighted_ops(graph))):
         scale = 1e-6**rank
-        w = graph.weight_tensor(op)
-        channels = int(w.shape[graph.output_channel_axis(op)])
+        channels = int(w.shape[axis])
         per_channel_params = w.size // channels
         b = graph.bias_tensor(op)
         bias_params = b.size if b is not None else 0
@@ -51,19 +49,16 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
     return result, "depth"
 
 
-def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
-    """Keras kernel layout -> TFLite filter layout for the same layer."""
-    if kind == "CONV_2D":  # (kh, kw, cin, cout) -> (cout, kh, kw, cin)
-        return np.transpose(kernel, (3, 0, 1, 2))
-    if kind == "DEPTHWISE_CONV_2D":  # (kh, kw, cin, mult) -> (1, kh, kw, cin * mult)
-        kh, kw, cin, mult = kernel.shape
-        return kernel.reshape(1, kh, kw, cin * mult)
-    if kind == "FULLY_CONNECTED":  # (in, out) -> (out, in)
-        return kernel.T
-    raise ValueError(kind)
-
-
-_KERAS_KIND = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
+def _weighted_ops(graph: TfliteGraph) -> list[tuple[OpInfo, TensorInfo, int]]:
+    """The trainable ops with constant weights, each with its weight tensor and output-channel axis."""
+    weighted = []
+    for op in graph.ops:
+        if op.name not in ops.trainable_ops():
+            continue
+        weights, axis = graph.weight_tensor(op), graph.output_channel_axis(op)
+        if weights is not None and axis is not None:  # an op with weights always has an axis
+            weighted.append((op, weights, axis))
+    return weighted
 
 
 def fisher_importance(
@@ -76,9 +71,12 @@ def fisher_importance(
     """
     import tensorflow as tf  # lazy: conversion-side dependency only
 
-    layers = [layer for layer in keras_model.layers if type(layer).__name__ in _KERAS_KIND]
-    ops = [op for op in graph.ops if op.name in TRAINABLE_OPS and graph.weight_tensor(op) is not None]
-    if len(layers) != len(ops) or any(_KERAS_KIND[type(layer).__name__] != op.name for layer, op in zip(layers, ops, strict=False)):
+    kinds = ops.keras_kinds()
+    layers = [layer for layer in keras_model.layers if type(layer).__name__ in kinds]
+    weighted = _weighted_ops(graph)
+    if len(layers) != len(weighted) or any(
+        kinds[type(layer).__name__] != op.name for layer, (op, _, _) in zip(layers, weighted, strict=False)
+    ):
         log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
         return depth_importance(graph)
 
@@ -102,21 +100,24 @@ def fisher_importance(
                 label = int(rng.choice(len(p), p=p / p.sum()))
             log_likelihood = tf.math.log(probs[0, label])
         grads = tape.gradient(log_likelihood, watched)
-        for acc, g in zip(sums, grads):
+        for acc, g in zip(sums, grads, strict=True):  # one gradient per watched variable
             if g is not None:
                 acc += np.square(np.asarray(g, dtype=np.float64))
     means = [s / max(len(x), 1) for s in sums]
 
     result: dict[int, LayerImportance] = {}
     it = iter(means)
-    for layer, op, bias_var in zip(layers, ops, variables[1::2], strict=True):
-        kernel_f = _to_tflite_layout(op.name, next(it))
+    for layer, (op, weights, axis), bias_var in zip(layers, weighted, variables[1::2], strict=True):
+        to_tflite = ops.get(op.name).keras_kernel
+        assert to_tflite is not None  # every op a Keras layer maps to has one
+        kernel_f = to_tflite(next(it))
         bias_f = next(it) if bias_var is not None else np.zeros(0)
-        w_shape = tuple(graph.weight_tensor(op).shape)
+        w_shape = tuple(weights.shape)
         if tuple(kernel_f.shape) != w_shape:
-            log.warning("layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape)
+            log.warning(
+                "layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape
+            )
             return depth_importance(graph)
-        axis = graph.output_channel_axis(op)
         other = tuple(a for a in range(kernel_f.ndim) if a != axis)
         result[op.index] = LayerImportance(channel=kernel_f.sum(axis=other), bias=float(bias_f.sum()))
     return result, "fisher"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyfed.models.ops import ALIAS_OPS, TRAINABLE_OPS
+from tinyfed import ops
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner.config import TrainingConfig
 
@@ -39,7 +39,7 @@ class LayerFacts:
 
     @property
     def trainable(self) -> bool:
-        return self.name in TRAINABLE_OPS and self.weight_params > 0
+        return self.name in ops.trainable_ops() and self.weight_params > 0
 
     @property
     def params(self) -> int:
@@ -61,11 +61,13 @@ def layer_facts(graph: TfliteGraph) -> list[LayerFacts]:
             info = graph.tensors[t]
             if info.is_constant:
                 flash += info.nbytes
-        if op.name in TRAINABLE_OPS:
+        if op.name in ops.trainable_ops():
             w = graph.weight_tensor(op)
             if w is not None:
                 weights = w.size
-                channels = int(w.shape[graph.output_channel_axis(op)])
+                axis = graph.output_channel_axis(op)
+                assert axis is not None  # an op with a weight tensor has an output-channel axis
+                channels = int(w.shape[axis])
                 b = graph.bias_tensor(op)
                 bias = b.size if b is not None else 0
         inputs = [t for t in op.inputs if t >= 0 and not graph.tensors[t].is_constant]
@@ -162,7 +164,7 @@ def training_memory(facts: list[LayerFacts], sel: Selection, cut: int, cfg: Trai
     if n_params == 0 or not tail:
         return TrainingMemory(0, 0, 0, 0, 0, 0)
     b = cfg.batch_size
-    saved = sum(f.input_elems for f in tail if f.name not in ALIAS_OPS) + tail[-1].output_elems
+    saved = sum(f.input_elems for f in tail if f.name not in ops.alias_ops()) + tail[-1].output_elems
     widest = max(max(f.input_elems, f.output_elems) for f in tail)
     return TrainingMemory(
         weights=4 * n_params,
@@ -172,6 +174,12 @@ def training_memory(facts: list[LayerFacts], sel: Selection, cut: int, cfg: Trai
         scratch=2 * 4 * b * widest,
         update=n_params + 4 * sel.unit_tensors(),
     )
+
+
+def whole_model_memory(facts: list[LayerFacts], cfg: TrainingConfig) -> TrainingMemory:
+    """The training state of every layer, no frozen head: the dense baselines' payload on a board
+    (plan.json's ``full_training_memory``, what FTTE's subset is compared with)."""
+    return training_memory(facts, Selection.everything(facts), 0, cfg)
 
 
 @dataclass(frozen=True)
@@ -188,16 +196,8 @@ class ArenaModel:
     fixed: int = 700
     per_tensor: int = 24
     per_op: int = 96
-    op_data: tuple[tuple[str, int, int], ...] = (
-        ("CONV_2D", 76, 8),
-        ("DEPTHWISE_CONV_2D", 76, 8),
-        ("FULLY_CONNECTED", 88, 8),
-        ("MAX_POOL_2D", 32, 0),
-        ("AVERAGE_POOL_2D", 32, 0),
-        ("SOFTMAX", 68, 0),
-        ("ADD", 64, 0),
-        ("RESHAPE", 0, 0),
-    )
+    #: (op, base bytes, bytes per output channel): each op module's ``tflm_op_data``
+    op_data: tuple[tuple[str, int, int], ...] = tuple((s.name, *s.tflm_op_data) for s in ops.all_ops())
 
     def op_bytes(self, name: str, out_channels: int) -> int:
         for op, base, per_channel in self.op_data:
@@ -229,8 +229,9 @@ def estimate_arena(fragment: TfliteGraph, model: ArenaModel = HOST_ARENA) -> int
         peak = max(peak, offset + size)
     op_data = 0
     for op in fragment.ops:
-        w = fragment.weight_tensor(op) if op.name in TRAINABLE_OPS else None
-        channels = int(w.shape[fragment.output_channel_axis(op)]) if w is not None else 0
+        w = fragment.weight_tensor(op) if op.name in ops.trainable_ops() else None
+        axis = fragment.output_channel_axis(op)
+        channels = int(w.shape[axis]) if w is not None and axis is not None else 0
         op_data += model.op_bytes(op.name, channels)
     bookkeeping = model.fixed + model.per_tensor * len(fragment.tensors) + model.per_op * len(fragment.ops)
     return peak + bookkeeping + op_data

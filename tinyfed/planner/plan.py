@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from tinyfed import ops
 from tinyfed.boards import Board, ResolvedFleet, list_boards
 from tinyfed.errors import ModelError, PlanError
-from tinyfed.models.ops import ALIAS_OPS, FIRMWARE_OPS
-from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.models.tflite_graph import TensorInfo, TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.importance import LayerImportance, depth_importance, fisher_importance
@@ -33,7 +33,7 @@ from tinyfed.planner.memory import (
     cut_for,
     estimate_arena,
     layer_facts,
-    training_memory,
+    whole_model_memory,
 )
 from tinyfed.planner.selection import Step, greedy_select, ram_cost
 
@@ -72,12 +72,12 @@ def model_ram_budget(board: Board) -> int:
 
 def check_supported(graph: TfliteGraph, source: str) -> None:
     """Refuse a graph with an op the firmware has no int8 kernel for."""
-    bad = graph.unsupported_ops(set(FIRMWARE_OPS))
+    bad = graph.unsupported_ops(ops.firmware_ops())
     if bad:
         listing = ", ".join(f"{name} (op {index})" for index, name in bad)
         raise ModelError(
             f"the tinyfed firmware has no kernel for {listing}",
-            fix=f"rebuild the model with supported ops only ({', '.join(sorted(FIRMWARE_OPS))}); "
+            fix=f"rebuild the model with supported ops only ({', '.join(sorted(ops.firmware_ops()))}); "
             "e.g. AveragePooling2D of the full size instead of GlobalAveragePooling (MEAN), "
             "Conv2D with (1, k) kernels instead of Conv1D (EXPAND_DIMS/SQUEEZE)",
             source=source,
@@ -173,7 +173,8 @@ class Plan:
         for op, sel in sorted(self.selection.layers.items()):
             f = self.facts[op]
             if sel.bias:
-                rows.append({"op": op, "layer": f.name, "kind": "bias", "params": f.bias_params, "float32_bytes": 4 * f.bias_params})
+                rows.append({"op": op, "layer": f.name, "kind": "bias", "params": f.bias_params,
+                             "float32_bytes": 4 * f.bias_params})
             if sel.channels:
                 n = len(sel.channels) * f.params_per_channel
                 rows.append(
@@ -208,7 +209,7 @@ class Plan:
                     ),
                     "saved_activation_bytes_float32": (
                         4 * self.config.batch_size * f.input_elems
-                        if trainable_ops and f.index >= self.cut and f.name not in ALIAS_OPS
+                        if trainable_ops and f.index >= self.cut and f.name not in ops.alias_ops()
                         else 0
                     ),
                 }
@@ -261,20 +262,35 @@ def _units_of(graph: TfliteGraph, sel: Selection, cut: int, tail: TfliteGraph) -
         tail_op = tail.ops[op_index - cut]
         if tail_op.name != op.name:
             raise PlanError(f"tail op {op_index - cut} is {tail_op.name}, expected {op.name}", fix="report this bug")
-        axis = graph.output_channel_axis(op)
         if layer.channels:
-            info = graph.weight_tensor(op)
-            values = tfw.dequantize_channels(graph.constant_data(info.index), np.array(info.scales), np.array(info.zero_points), axis)
+            values, axis = _dequantized(graph, graph.weight_tensor(op), graph.output_channel_axis(op))
             chosen = list(layer.channels)
-            units.append(
-                tfw.TrainableUnit(op_index - cut, tail.weight_tensor(tail_op).index, tfw.KIND_WEIGHTS, axis, tuple(chosen), values.shape[0], values[chosen])
-            )
+            tail_weights = _present(tail.weight_tensor(tail_op), "weight", tail_op.index)
+            units.append(tfw.TrainableUnit(op_index - cut, tail_weights.index, tfw.KIND_WEIGHTS, axis, tuple(chosen),
+                                           values.shape[0], values[chosen]))
         info = graph.bias_tensor(op)
         if layer.bias and info is not None:
-            values = tfw.dequantize_channels(graph.constant_data(info.index), np.array(info.scales), np.array(info.zero_points), 0)
+            values, _ = _dequantized(graph, info, 0)
             everything = tuple(range(values.shape[0]))
-            units.append(tfw.TrainableUnit(op_index - cut, tail.bias_tensor(tail_op).index, tfw.KIND_BIAS, 0, everything, values.shape[0], values))
+            tail_bias = _present(tail.bias_tensor(tail_op), "bias", tail_op.index)
+            units.append(tfw.TrainableUnit(op_index - cut, tail_bias.index, tfw.KIND_BIAS, 0, everything,
+                                           values.shape[0], values))
     return units
+
+
+def _present(info: TensorInfo | None, what: str, op_index: int) -> TensorInfo:
+    """``info``, which a selected unit's op must have (the selection only names ops with weights)."""
+    if info is None:
+        raise PlanError(f"op {op_index} has no {what} tensor to train", fix="report this bug")
+    return info
+
+
+def _dequantized(graph: TfliteGraph, info: TensorInfo | None, axis: int | None) -> tuple[np.ndarray, int]:
+    """The float values of a selected unit's constant tensor, channels on ``axis``, and that axis."""
+    if info is None or axis is None:
+        raise PlanError("a selected unit's op has no constant weights", fix="report this bug")
+    data = graph.constant_data(info.index)
+    return tfw.dequantize_channels(data, np.array(info.scales), np.array(info.zero_points), axis), axis
 
 
 class _ArenaBook:
@@ -291,15 +307,14 @@ class _ArenaBook:
         if cut <= 0:
             return 0
         if cut not in self.estimated:
-            self.estimated[cut] = estimate_arena(TfliteGraph.from_bytes(self.head(cut), source=f"head[:{cut}]"))
+            self.estimated[cut] = estimate_arena(TfliteGraph.from_bytes(self._head(cut), source=f"head[:{cut}]"))
         return self.estimated[cut]
 
     def __call__(self, cut: int) -> int:
         return self.measured.get(cut, self.estimate(cut))
 
-    def head(self, cut: int) -> bytes | None:
-        if cut <= 0:
-            return None
+    def _head(self, cut: int) -> bytes:
+        """The int8 head ``ops[:cut]`` (``cut`` > 0: an empty head has no model)."""
         if cut not in self.heads:
             self.heads[cut] = self.graph.split(cut)[0] if cut < len(self.graph.ops) else self.graph.data
         return self.heads[cut]
@@ -310,7 +325,7 @@ class _ArenaBook:
         if cut not in self.measured:
             from tinyfed.models.tflm import measure_arena
 
-            self.measured[cut] = measure_arena(self.head(cut)).bytes
+            self.measured[cut] = measure_arena(self._head(cut)).bytes
         return self.measured[cut]
 
 
@@ -329,7 +344,8 @@ def make_plan(
     check_supported(graph, source.name)
     facts = layer_facts(graph)
     if not any(f.trainable for f in facts):
-        raise ModelError("the model has no CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED layer to train", source=source.name)
+        raise ModelError(f"the model has no {ops.listing(sorted(ops.trainable_ops()))} layer to train",
+                         source=source.name)
     cut_points = sorted(set(graph.cut_points()) | {0})
     budgets = {b.name: model_ram_budget(b) for b in fleet.boards}
     m_min_board = min(budgets, key=lambda n: budgets[n])
@@ -337,8 +353,9 @@ def make_plan(
     importance, method = _importance(source, graph, cfg)
     arenas = _ArenaBook(graph, measure)
 
+    steps: list[Step] = []
     if trainable == "full":
-        selection, steps = Selection.everything(facts), []
+        selection = Selection.everything(facts)
     elif trainable == "auto":
         selection, steps = _select_measured(facts, importance, m_min, cfg, cut_points, arenas)
     else:
@@ -346,7 +363,7 @@ def make_plan(
 
     cost = ram_cost(facts, selection, cfg, cut_points, arenas)
     arena_measured = arenas.probe(cost.cut)
-    full = training_memory(facts, Selection.everything(facts), 0, cfg)
+    full = whole_model_memory(facts, cfg)
     plan = Plan(
         model=source.name,
         fleet=fleet.name,
@@ -412,7 +429,8 @@ def _smallest_first_unit(facts, importance, cfg, cut_points, arenas) -> int:
             if bias and not facts[op].bias_params:
                 continue
             sel = Selection()
-            sel.layers[op] = LayerSelection(bias, () if bias else tuple(range(max(1, math.ceil(cfg.fractions[0] * facts[op].out_channels)))))
+            first_fraction = max(1, math.ceil(cfg.fractions[0] * facts[op].out_channels))
+            sel.layers[op] = LayerSelection(bias, () if bias else tuple(range(first_fraction)))
             best = min(best, ram_cost(facts, sel, cfg, cut_points, arenas).total)
     return int(best)
 
@@ -449,7 +467,8 @@ def _explain_misfit(plan: Plan, fit: BoardFit) -> None:
         )
     if fit.flash_used > b.flash_bytes:
         plan.problems.append(
-            f"{b.name}: flash needs {fit.flash_used} bytes of {b.flash_bytes}, {fit.flash_used - b.flash_bytes} bytes over "
+            f"{b.name}: flash needs {fit.flash_used} bytes of {b.flash_bytes}, "
+            f"{fit.flash_used - b.flash_bytes} bytes over "
             f"(model fragments = {fit.flash_lines['model_fragments']})"
         )
 
@@ -475,7 +494,8 @@ def _suggest(plan, facts, importance, cfg, cut_points, arenas, flash_model, extr
             candidates.append(board)
     if candidates:
         smallest = min(candidates, key=lambda b: (b.ram_bytes, b.flash_bytes))
-        plan.suggestions.append(f"smallest known real board that fits this plan: {smallest.name} ({smallest.ram_bytes // 1024} KiB RAM)")
+        plan.suggestions.append(f"smallest known real board that fits this plan: {smallest.name} "
+                                f"({smallest.ram_bytes // 1024} KiB RAM)")
     else:
         plan.suggestions.append("no known real board fits this plan; shrink the model or train a smaller subset")
 

@@ -56,7 +56,8 @@ def dequantize_channels(data: np.ndarray, scales: np.ndarray, zero_points: np.nd
     s = np.broadcast_to(np.asarray(scales, dtype=np.float64), (n,)) if len(scales) in (1, n) else None
     z = np.broadcast_to(np.asarray(zero_points, dtype=np.float64), (n,)) if len(zero_points) in (1, n) else None
     if s is None or z is None:
-        raise PlanError(f"tensor has {len(scales)} scales for {n} channels", fix="re-convert the model with per-channel or per-tensor quantization")
+        raise PlanError(f"tensor has {len(scales)} scales for {n} channels",
+                        fix="re-convert the model with per-channel or per-tensor quantization")
     shape = (n,) + (1,) * (moved.ndim - 1)
     return ((moved - z.reshape(shape)) * s.reshape(shape)).reshape(n, -1).astype(np.float32)
 
@@ -84,7 +85,8 @@ def decode(blob: bytes) -> list[TrainableUnit]:
         raise PlanError(f"trainable file is {len(blob)} bytes, shorter than its header", fix="re-run `tinyfed plan`")
     magic, version, count, total, crc = _HEADER.unpack_from(blob)
     if magic != MAGIC or version != VERSION:
-        raise PlanError(f"not a tinyfed trainable file (magic {magic!r}, version {version})", fix="re-run `tinyfed plan`")
+        raise PlanError(f"not a tinyfed trainable file (magic {magic!r}, version {version})",
+                        fix="re-run `tinyfed plan`")
     body = blob[_HEADER.size :]
     if zlib.crc32(body) != crc:
         raise PlanError("trainable file fails its CRC-32 check", fix="the file is corrupt; re-run `tinyfed plan`")
@@ -108,7 +110,10 @@ def whole_model_units(graph) -> list[TrainableUnit]:
     FedBuff baselines train it (``encode`` it and compile it with the graph as the tail)."""
     units = []
     for op in graph.ops:
-        pairs = ((graph.weight_tensor(op), KIND_WEIGHTS, graph.output_channel_axis(op)), (graph.bias_tensor(op), KIND_BIAS, 0))
+        pairs = (
+            (graph.weight_tensor(op), KIND_WEIGHTS, graph.output_channel_axis(op)),
+            (graph.bias_tensor(op), KIND_BIAS, 0),
+        )
         for t, kind, axis in pairs:
             if t is None:
                 continue
@@ -120,5 +125,6 @@ def whole_model_units(graph) -> list[TrainableUnit]:
                 raise PlanError(f"tensor {t.index} is quantized along axis {qaxis}, not its output channels ({axis})",
                                 fix="convert the model with per-channel quantization on the output channels")
             values = dequantize_channels(data, scales, zero_points, axis)
-            units.append(TrainableUnit(op.index, t.index, kind, axis, tuple(range(values.shape[0])), values.shape[0], values))
+            channels = values.shape[0]
+            units.append(TrainableUnit(op.index, t.index, kind, axis, tuple(range(channels)), channels, values))
     return units

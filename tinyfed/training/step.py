@@ -47,7 +47,7 @@ class QuantizedUpdate:
         return int(sum(q.size for q in self.q) + 4 * sum(s.size for s in self.scales))
 
 
-def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epochs: int, lr: float,
+def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epochs: int, lr: float | np.float32,
                 batch_size: int, seed: int, order: Callable[[int, int, int], np.ndarray] | None = None
                 ) -> TrainResult:
     """Plain mini-batch SGD on a copy of ``tail``, updating only the trainable elements.
@@ -60,11 +60,11 @@ def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epoch
     y = np.asarray(y)
     n = len(y)
     # a Generator costs tens of microseconds: only the default order needs one
-    rng = np.random.default_rng(seed) if order is None else None
+    visit_order = order if order is not None else _numpy_order(seed)
     step = np.asarray(lr, t.dtype)
     total, seen = 0.0, 0
     for epoch in range(epochs):
-        visit = rng.permutation(n) if rng is not None else order(n, seed, epoch)
+        visit = visit_order(n, seed, epoch)
         for k in range(0, n, batch_size):
             idx = visit[k : k + batch_size]
             loss, grads = t.loss_and_grads(x[idx], y[idx])
@@ -120,8 +120,21 @@ def dense_model_bytes(*fragments: bytes) -> int:
     return 4 * total
 
 
+def _numpy_order(seed: int) -> Callable[[int, int, int], np.ndarray]:
+    """The default epoch order: numpy's permutation, each epoch's drawn from one generator seeded once."""
+    rng = np.random.default_rng(seed)
+
+    def order(n: int, _seed: int, _epoch: int) -> np.ndarray:
+        return rng.permutation(n)
+
+    return order
+
+
 def average_deltas(deltas: list[list[np.ndarray]], weights: list[float]) -> list[np.ndarray]:
     """Weighted mean of per-unit deltas (e.g. sample-weighted FedAvg of the trainable part)."""
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
-    return [sum(wi * d[u].astype(np.float64) for wi, d in zip(w, deltas)).astype(np.float32) for u in range(len(deltas[0]))]
+    return [
+        sum(wi * d[u].astype(np.float64) for wi, d in zip(w, deltas, strict=False)).astype(np.float32)
+        for u in range(len(deltas[0]))
+    ]

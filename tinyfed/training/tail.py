@@ -2,41 +2,27 @@
 
 Weights and biases are dequantized from the int8 ``tail.tflite`` (per-channel scales); the
 trainable units of ``trainable.tfw`` override the selected channels. Forward and backward are
-plain numpy on NHWC batches. The last op must be SOFTMAX; it is trained with cross-entropy.
+plain numpy on NHWC batches: each op's are its op module's ``float_forward`` and ``float_backward``
+(:mod:`tinyfed.ops`); this driver applies the fused activations. The last op must be SOFTMAX; it
+is trained with cross-entropy.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinyfed import ops
 from tinyfed.errors import ModelError
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 
-SUPPORTED = {
-    "CONV_2D",
-    "DEPTHWISE_CONV_2D",
-    "FULLY_CONNECTED",
-    "ADD",
-    "AVERAGE_POOL_2D",
-    "MAX_POOL_2D",
-    "RESHAPE",
-    "SOFTMAX",
-}
-
-
-def _pads(size: int, k: int, s: int, d: int, padding: str) -> tuple[int, int, int]:
-    """(output size, pad before, pad after) with TensorFlow's SAME/VALID rule."""
-    eff = (k - 1) * d + 1
-    if padding == "SAME":
-        out = -(-size // s)
-        total = max((out - 1) * s + eff - size, 0)
-        return out, total // 2, total - total // 2
-    out = (size - eff) // s + 1
-    return out, 0, 0
+if TYPE_CHECKING:  # pragma: no cover
+    from tinyfed.models.tflite_graph import OpInfo
 
 
 @functools.lru_cache(maxsize=256)
@@ -61,121 +47,6 @@ def _shallow_copy(obj):
     new = object.__new__(type(obj))
     new.__dict__.update(obj.__dict__)
     return new
-
-
-def _window(k: int, step: int, out: int) -> slice:
-    """The input positions that tap ``k`` (already times the dilation) reads for ``out`` outputs."""
-    return slice(k, k + step * (out - 1) + 1, step)
-
-
-def _padded(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], padding: str, fill: float):
-    """``x`` padded for the window (itself when no padding is needed), and the geometry."""
-    n, h, w, c = x.shape
-    oh, pt, pb = _pads(h, kh, s[0], d[0], padding)
-    ow, pl, pr = _pads(w, kw, s[1], d[1], padding)
-    if pt or pb or pl or pr:
-        # np.pad's generic machinery costs more than the copy itself at these sizes.
-        xp = np.full((n, h + pt + pb, w + pl + pr, c), fill, dtype=x.dtype)
-        xp[:, pt : pt + h, pl : pl + w, :] = x
-    else:
-        xp = x
-    return xp, oh, ow, (xp.shape, pt, pl, h, w)
-
-
-def _taps(xp: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], oh: int, ow: int) -> list[np.ndarray]:
-    """The (N, OH, OW, C) input under each kernel tap, row-major over (KH, KW): views of ``xp``."""
-    return [xp[:, _window(i * d[0], s[0], oh), _window(j * d[1], s[1], ow), :] for i in range(kh) for j in range(kw)]
-
-
-def _patches(x: np.ndarray, kh: int, kw: int, s: tuple[int, int], d: tuple[int, int], padding: str, fill: float = 0.0):
-    """im2col: (N, OH, OW, KH, KW, C) patches of a padded NHWC input, and the geometry."""
-    xp, oh, ow, geom = _padded(x, kh, kw, s, d, padding, fill)
-    n, c = x.shape[0], x.shape[3]
-    cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    if kh == 1 and d[1] == 1 and xp.flags.c_contiguous:
-        # A one-row kernel reads KW*C consecutive values of a contiguous input per output:
-        # copy those runs at once (one tap at a time copies runs of only C values).
-        st = xp.strides
-        rows = np.lib.stride_tricks.as_strided(xp, (n, oh, ow, kw * c), (st[0], st[1] * s[0], st[2] * s[1], st[3]),
-                                               writeable=False)
-        cols.reshape(n, oh, ow, kw * c)[...] = rows
-        return cols, geom
-    for k, tap in enumerate(_taps(xp, kh, kw, s, d, oh, ow)):
-        cols[:, :, :, k // kw, k % kw, :] = tap
-    return cols, geom
-
-
-def _scatter_taps(taps, kh: int, kw: int, geom, s, d) -> np.ndarray:
-    """Adjoint of :func:`_taps`: add each tap's (N, OH, OW, C) gradient back to the input,
-    taps in row-major order (the order fixes the float sums)."""
-    xp_shape, pt, pl, h, w = geom
-    dxp = np.zeros(xp_shape, dtype=taps[0].dtype)
-    oh, ow = taps[0].shape[1:3]
-    for k, g in enumerate(taps):
-        i, j = divmod(k, kw)
-        dxp[:, _window(i * d[0], s[0], oh), _window(j * d[1], s[1], ow), :] += g
-    return dxp[:, pt : pt + h, pl : pl + w, :]
-
-
-def _unpatch(dcols: np.ndarray, geom, s, d) -> np.ndarray:
-    """Adjoint of :func:`_patches`: scatter-add patch gradients back to the input."""
-    _, _, _, kh, kw, _ = dcols.shape
-    # Tap-major first (one copy), so each tap's add runs over contiguous (OW, C) blocks.
-    by_tap = np.ascontiguousarray(dcols.transpose(3, 4, 0, 1, 2, 5))
-    return _scatter_taps([by_tap[i, j] for i in range(kh) for j in range(kw)], kh, kw, geom, s, d)
-
-
-@functools.lru_cache(maxsize=64)
-def _pool_counts(h: int, w: int, kh: int, kw: int, s: tuple[int, int], padding: str, dtype: np.dtype) -> np.ndarray:
-    """Inputs under each average-pool window (padding excluded): fixed by the geometry, so
-    computed once per shape instead of per forward pass. Read-only: it is shared."""
-    ones = np.ones((1, h, w, 1), dtype=dtype)
-    cols = _patches(ones, kh, kw, s, (1, 1), padding)[0]
-    cnt = cols.reshape(1, cols.shape[1], cols.shape[2], kh * kw, 1).sum(axis=3)
-    cnt.flags.writeable = False
-    return cnt
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    """``a`` viewed as unsigned integers of its width (to move float bits exactly)."""
-    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
-
-
-def _select(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a`` where ``mask`` else ``b``, bit for bit, by integer masking: ``np.where`` on floats
-    is several times slower at these sizes and ``np.maximum`` may return either zero of a tie."""
-    ab, bb = _bits(a), _bits(b)
-    m = mask.astype(ab.dtype)
-    np.negative(m, out=m)  # all ones where mask
-    out = np.bitwise_xor(ab, bb)
-    out &= m
-    out ^= bb
-    return out.view(a.dtype)
-
-
-def _keep(mask: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``g`` where ``mask``, +0.0 elsewhere, bit for bit (what ``np.where(mask, g, 0)`` gives)."""
-    gb = _bits(g)
-    m = mask.astype(gb.dtype)
-    np.negative(m, out=m)
-    m &= gb
-    return m.view(g.dtype)
-
-
-def _max_pool(taps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Max over the window taps and the first tap that holds it, as ``np.argmax`` over the
-    patches picks it (first maximum; a NaN counts as the maximum), on views of the input:
-    patches plus ``argmax`` over their middle axis cost several times more."""
-    z = taps[0]
-    arg = np.zeros(z.shape, dtype=np.uint8 if len(taps) <= 256 else np.intp)
-    for k in range(1, len(taps)):
-        v = taps[k]
-        better = np.less_equal(v, z)
-        np.logical_not(better, out=better)  # v > z, or either is NaN ...
-        better &= np.equal(z, z)  # ... but a NaN already taken stays
-        z = _select(better, v, z)
-        arg += better * (k - arg).astype(arg.dtype, copy=False)  # k where better
-    return np.ascontiguousarray(z), arg
 
 
 def _act_forward(z: np.ndarray, act: str) -> np.ndarray:
@@ -203,7 +74,7 @@ class FloatTail:
         self.graph = graph
         self.dtype = np.dtype(dtype)
         self.units = units
-        bad = [(o.index, o.name) for o in graph.ops if o.name not in SUPPORTED]
+        bad = [(o.index, o.name) for o in graph.ops if ops.find(o.name) is None]
         if bad:
             raise ModelError(f"the float tail cannot train ops {bad}", fix="cut the plan after them")
         if not graph.ops or graph.ops[-1].name != "SOFTMAX":
@@ -217,6 +88,7 @@ class FloatTail:
             for t, ax in ((graph.weight_tensor(op), axis), (graph.bias_tensor(op), 0)):
                 if t is None or t.index in self.params:
                     continue
+                assert ax is not None  # an op with a weight tensor has an output-channel axis
                 data = graph.constant_data(t.index)
                 if t.scales:
                     qax = t.quantized_dimension if len(t.scales) > 1 else ax
@@ -295,7 +167,8 @@ class FloatTail:
     # ---- input ------------------------------------------------------------------------
 
     def dequantize_input(self, x_int8: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x_int8, np.int32) - self.input_zero_point) * np.float32(self.input_scale)).astype(self.dtype)
+        centred = np.asarray(x_int8, np.int32) - self.input_zero_point
+        return (centred * np.float32(self.input_scale)).astype(self.dtype)
 
     # ---- forward / backward -----------------------------------------------------------
 
@@ -327,70 +200,18 @@ class FloatTail:
         x = np.asarray(x, dtype=self.dtype)
         n = x.shape[0]
         vals: dict[int, np.ndarray] = {g.inputs[0]: x}
-        aux: dict[int, tuple] = {}
+        saved: dict[int, tuple[np.ndarray, tuple]] = {}  # op -> (pre-activation output, the op's own state)
         for op in g.ops:
-            o = op.options
-            act = o.get("activation", "NONE")
-            xin = self._value(vals, op.inputs[0])
-            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-                w = self.params[op.inputs[1]]
-                b = self.params[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-                s, d = tuple(o["stride"]), tuple(o.get("dilation", (1, 1)))
-                kh, kw = (w.shape[1], w.shape[2])
-                cols, geom = _patches(xin, kh, kw, s, d, o["padding"])
-                if op.name == "CONV_2D":
-                    z = cols.reshape(-1, kh * kw * w.shape[3]) @ w.reshape(w.shape[0], -1).T
-                    z = z.reshape(cols.shape[:3] + (w.shape[0],))
-                else:
-                    m = w.shape[3] // xin.shape[3]
-                    colr = np.repeat(cols, m, axis=-1) if m > 1 else cols
-                    z = np.einsum("nhwijc,ijc->nhwc", colr, w[0], optimize=True)
-                if b is not None:
-                    z += b  # z is the fresh product: no second array
-                aux[op.index] = (cols, geom, z)
-            elif op.name == "FULLY_CONNECTED":
-                w = self.params[op.inputs[1]]
-                b = self.params[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-                x2 = xin.reshape(-1, w.shape[1])
-                z = x2 @ w.T
-                if b is not None:
-                    z += b
-                aux[op.index] = (x2, xin.shape, z)
-            elif op.name == "ADD":
-                z = xin + self._value(vals, op.inputs[1])
-                aux[op.index] = (z,)
-            elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-                kh, kw = o["filter"]
-                s = tuple(o["stride"])
-                if op.name == "MAX_POOL_2D":
-                    xp, oh, ow, geom = _padded(xin, kh, kw, s, (1, 1), o["padding"], -np.inf)
-                    z, arg = _max_pool(_taps(xp, kh, kw, s, (1, 1), oh, ow))
-                    aux[op.index] = (arg, geom, z)
-                else:
-                    cols, geom = _patches(xin, kh, kw, s, (1, 1), o["padding"])
-                    c5 = cols.reshape(cols.shape[:3] + (kh * kw, cols.shape[-1]))
-                    cnt = _pool_counts(xin.shape[1], xin.shape[2], kh, kw, s, o["padding"], self.dtype)
-                    z = c5.sum(axis=3) / cnt
-                    aux[op.index] = (cnt, geom, z)
-            elif op.name == "RESHAPE":
-                z = xin.reshape((n,) + tuple(g.tensors[op.outputs[0]].shape[1:]))
-                aux[op.index] = (xin.shape, z)
-                act = "NONE"
-            elif op.name == "SOFTMAX":
-                beta = float(o.get("beta", 1.0))
-                zz = xin.reshape(n, -1)
-                if beta != 1.0:  # x * 1.0 is x
-                    zz = zz * beta
-                zz = zz - zz.max(axis=1, keepdims=True)
-                e = np.exp(zz)
-                z = (e / e.sum(axis=1, keepdims=True)).reshape(xin.shape)
-                aux[op.index] = (beta,)
-                act = "NONE"
+            spec = ops.get(op.name)
+            xs = [self._value(vals, op.inputs[k]) for k in range(spec.arity)]
+            z, state = spec.float_forward(self, op, xs, n)
+            saved[op.index] = (z, state)
+            act = op.options.get("activation", "NONE") if spec.fused_activation else "NONE"
             vals[op.outputs[0]] = _act_forward(z, act)
             if fake_quant:
                 vals[op.outputs[0]] = self._fake_quant(vals[op.outputs[0]], op.outputs[0])
         out = vals[g.outputs[0]]
-        self._cache = {"vals": vals, "aux": aux} if keep else None
+        self._cache = {"vals": vals, "saved": saved} if keep else None
         return out
 
     def loss(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -406,92 +227,51 @@ class FloatTail:
         n = len(y)
         p2 = p.reshape(n, -1)
         loss = float(-np.mean(np.log(np.maximum(p2[np.arange(n), y], 1e-30))))
-        vals, aux = self._cache["vals"], self._cache["aux"]
-        grads: dict[int, np.ndarray] = {}
-        dv: dict[int, np.ndarray] = {}
-
-        def add_grad(t: int, gr: np.ndarray) -> None:
-            if t in vals or t == g.inputs[0]:
-                dv[t] = dv[t] + gr if t in dv else gr
-
+        assert self._cache is not None
+        step = Backward(self, self._cache["vals"], self._cache["saved"], p, y)
+        last = g.ops[-1]
         for op in reversed(g.ops):
             if op.index < self.first_trainable:
                 break
-            gout = dv.pop(op.outputs[0], None)
-            o = op.options
-            if op.name == "SOFTMAX":
-                beta = aux[op.index][0]
-                diff = p2.copy()  # p - onehot: p - 0 is p, bit for bit
-                diff[np.arange(n), y] -= 1
-                if beta != 1.0:  # x * 1.0 is x
-                    diff = beta * diff
-                add_grad(op.inputs[0], (diff / n).reshape(p.shape).astype(self.dtype, copy=False))
+            gout = step.pending.pop(op.outputs[0], None)
+            if gout is None and op is not last:  # the last op (SOFTMAX) starts from the labels
                 continue
-            if gout is None:
-                continue
-            act = o.get("activation", "NONE")
-            need_dx = op.index > self.first_trainable
-            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-                cols, geom, z = aux[op.index]
-                gz = _act_backward(z, gout, act)
-                w = self.params[op.inputs[1]]
-                s, d = tuple(o["stride"]), tuple(o.get("dilation", (1, 1)))
-                kh, kw = w.shape[1], w.shape[2]
-                if op.name == "CONV_2D":
-                    g2 = gz.reshape(-1, w.shape[0])
-                    grads[op.inputs[1]] = (g2.T @ cols.reshape(-1, kh * kw * w.shape[3])).reshape(w.shape)
-                    if need_dx:
-                        dcols = (g2 @ w.reshape(w.shape[0], -1)).reshape(cols.shape)
-                else:
-                    c = cols.shape[-1]
-                    m = w.shape[3] // c
-                    colr = np.repeat(cols, m, axis=-1) if m > 1 else cols
-                    grads[op.inputs[1]] = np.einsum("nhwc,nhwijc->ijc", gz, colr, optimize=True)[None]
-                    if need_dx:
-                        dcr = np.einsum("nhwc,ijc->nhwijc", gz, w[0], optimize=True)
-                        dcols = dcr.reshape(dcr.shape[:5] + (c, m)).sum(axis=-1)
-                if len(op.inputs) > 2 and op.inputs[2] >= 0:
-                    grads[op.inputs[2]] = gz.sum(axis=(0, 1, 2))
-                if need_dx:
-                    add_grad(op.inputs[0], _unpatch(dcols, geom, s, d))
-            elif op.name == "FULLY_CONNECTED":
-                x2, xshape, z = aux[op.index]
-                gz = _act_backward(z, gout, act).reshape(z.shape)
-                w = self.params[op.inputs[1]]
-                grads[op.inputs[1]] = gz.T @ x2
-                if len(op.inputs) > 2 and op.inputs[2] >= 0:
-                    grads[op.inputs[2]] = gz.sum(axis=0)
-                if need_dx:
-                    add_grad(op.inputs[0], (gz @ w).reshape(xshape))
-            elif op.name == "ADD":
-                (z,) = aux[op.index]
-                gz = _act_backward(z, gout, act)
-                for t in op.inputs[:2]:
-                    if t in vals:
-                        shp = vals[t].shape
-                        gr = gz
-                        while gr.ndim > len(shp):
-                            gr = gr.sum(axis=0)
-                        axes = tuple(i for i, (a, b) in enumerate(zip(gr.shape, shp)) if b == 1 and a != 1)
-                        if axes:
-                            gr = gr.sum(axis=axes, keepdims=True)
-                        add_grad(t, gr)
-            elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-                kh, kw = o["filter"]
-                s = tuple(o["stride"])
-                arg_or_cnt, geom, z = aux[op.index]
-                gz = _act_backward(z, gout, act)
-                if op.name == "MAX_POOL_2D":  # the gradient goes to each window's (first) maximum
-                    taps = [_keep(arg_or_cnt == k, gz) for k in range(kh * kw)]
-                else:  # spread evenly over the window
-                    taps = [gz / arg_or_cnt] * (kh * kw)
-                add_grad(op.inputs[0], _scatter_taps(taps, kh, kw, geom, s, (1, 1)))
-            elif op.name == "RESHAPE":
-                xshape, _ = aux[op.index]
-                add_grad(op.inputs[0], gout.reshape(xshape))
+            spec = ops.get(op.name)
+            if spec.fused_activation and gout is not None:
+                gout = _act_backward(step.saved_output[op.index][0], gout, op.options.get("activation", "NONE"))
+            spec.float_backward(step, op, gout)
+        grads = step.grads
         for t in list(grads):
             mask = self.masks[t]
             if mask is not self._full_masks.get(t):  # x * True is x, bit for bit: skip those
                 grads[t] = grads[t] * mask
             grads[t] = grads[t].astype(self.dtype, copy=False)
         return loss, grads
+
+
+@dataclass
+class Backward:
+    """One backward pass through a :class:`FloatTail`: what the op modules' ``float_backward`` read
+    (the forward's values and each op's saved state, the probabilities and labels) and write
+    (parameter gradients, and activation gradients through :meth:`add_grad`)."""
+
+    tail: FloatTail
+    vals: dict[int, np.ndarray]
+    saved_output: dict[int, tuple[np.ndarray, tuple]]
+    probs: np.ndarray
+    labels: np.ndarray
+    grads: dict[int, np.ndarray] = field(default_factory=dict)
+    pending: dict[int, np.ndarray] = field(default_factory=dict)  # activation gradients not yet consumed
+
+    def saved(self, op: OpInfo | Any) -> tuple:
+        """The state ``op``'s forward kept for its backward."""
+        return self.saved_output[op.index][1]
+
+    def needs_input_grad(self, op: OpInfo | Any) -> bool:
+        """Whether an op must pass a gradient to its input (it is past the first trainable op)."""
+        return op.index > self.tail.first_trainable
+
+    def add_grad(self, t: int, gr: np.ndarray) -> None:
+        """Accumulate a gradient for activation ``t`` (ignored for tensors the forward did not hold)."""
+        if t in self.vals or t == self.tail.graph.inputs[0]:
+            self.pending[t] = self.pending[t] + gr if t in self.pending else gr

@@ -25,6 +25,7 @@ from tinyfed.errors import DatasetError
 MAGIC = b"TFDS"
 VERSION = 1
 _HEADER = struct.Struct("<4sHHIII12x")
+HEADER_BYTES = _HEADER.size  # 32
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,16 @@ the small graph interface :class:`FloatTail` reads.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from tinyfed import ops
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.compile import train_blob as tb
 from tinyfed.planner import trainable as tfw
 
-_NAMES = {code: name for name, code in tb.OP_CODES.items()}
 _ACTS = {0: "NONE", 1: "RELU", 2: "RELU6"}
 
 
@@ -50,8 +49,8 @@ class _Op:
 class ProgramGraph:
     """The parts of :class:`~tinyfed.models.tflite_graph.TfliteGraph` that FloatTail uses."""
 
-    def __init__(self, tensors: list[_Tensor], ops: list[_Op], inputs: list[int], outputs: list[int]) -> None:
-        self.tensors, self.ops, self.inputs, self.outputs = tensors, ops, inputs, outputs
+    def __init__(self, tensors: list[_Tensor], graph_ops: list[_Op], inputs: list[int], outputs: list[int]) -> None:
+        self.tensors, self.ops, self.inputs, self.outputs = tensors, graph_ops, inputs, outputs
 
     def constant_data(self, t: int) -> np.ndarray:
         data = self.tensors[t].data
@@ -60,29 +59,20 @@ class ProgramGraph:
         return data
 
     def weight_tensor(self, op: _Op) -> _Tensor | None:
-        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 1:
-            return self.tensors[op.inputs[1]]
+        layout = ops.get(op.name).weights
+        if layout is not None and len(op.inputs) > layout.weight_input:
+            return self.tensors[op.inputs[layout.weight_input]]
         return None
 
     def bias_tensor(self, op: _Op) -> _Tensor | None:
-        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 2:
-            return self.tensors[op.inputs[2]]
+        layout = ops.get(op.name).weights
+        if layout is not None and len(op.inputs) > layout.bias_input:
+            return self.tensors[op.inputs[layout.bias_input]]
         return None
 
-    def output_channel_axis(self, op: _Op) -> int:
-        return 3 if op.name == "DEPTHWISE_CONV_2D" else 0
-
-
-def _padding(x: tuple[int, ...], y: tuple[int, ...], k: tuple[int, int], s: tuple[int, int],
-             d: tuple[int, int], pad_before: tuple[int, int]) -> str:
-    """SAME or VALID, from the stored output size and pad: VALID pads nothing and gives
-    (size - effective kernel) // stride + 1 in both dimensions (where both rules agree, either
-    name computes the same thing)."""
-    for axis in (0, 1):
-        valid = (x[1 + axis] - ((k[axis] - 1) * d[axis] + 1)) // s[axis] + 1
-        if pad_before[axis] != 0 or y[1 + axis] != valid:
-            return "SAME"
-    return "VALID"
+    def output_channel_axis(self, op: _Op) -> int | None:
+        layout = ops.get(op.name).weights
+        return None if layout is None else layout.channel_axis
 
 
 def program_graph(blob: bytes) -> tuple[ProgramGraph, list[tfw.TrainableUnit], tb.ProgramInfo]:
@@ -94,7 +84,8 @@ def program_graph(blob: bytes) -> tuple[ProgramGraph, list[tfw.TrainableUnit], t
     data = memoryview(blob)[d_off:]
     tensors: list[_Tensor] = []
     for i in range(n_tensors):
-        kind, rank, axis, _r, d0, d1, d2, d3, a, b, c, e, _map = tb._TENSOR.unpack_from(blob, t_off + i * tb.TENSOR_BYTES)
+        record = tb._TENSOR.unpack_from(blob, t_off + i * tb.TENSOR_BYTES)
+        kind, rank, axis, _r, d0, d1, d2, d3, a, b, c, e, _map = record
         shape = (d0, d1, d2, d3)[:rank]
         if kind == tb.KIND_ACT:
             tensors.append(_Tensor(i, shape, False, dtype=np.int8))
@@ -107,34 +98,23 @@ def program_graph(blob: bytes) -> tuple[ProgramGraph, list[tfw.TrainableUnit], t
         tensors.append(_Tensor(i, shape, True, scales, zps, axis, q.dtype, q.copy()))
     tensors[in_t].scales = [info.input_scale]
     tensors[in_t].zero_points = [info.input_zero_point]
-    ops: list[_Op] = []
+    graph_ops: list[_Op] = []
     for i in range(info.op_count):
         code, act, _flags, _r, i0, i1, i2, out, *p = tb._OP.unpack_from(blob, o_off + i * tb.OP_BYTES)
-        name = _NAMES.get(code)
-        if name is None:
+        spec = ops.by_code(code)
+        if spec is None:
             raise ModelError(f"training program op {i} has unknown code {code}")
         ins = [t for t in (i0, i1, i2) if t != tb.NONE16]
         opts: dict[str, Any] = {"activation": _ACTS.get(act, "NONE")}
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            x, w, y = tensors[ins[0]].shape, tensors[ins[1]].shape, tensors[out].shape
-            sh, sw, dh, dw, pt, pl = p[:6]
-            opts.update(stride=(sh, sw), dilation=(dh, dw),
-                        padding=_padding(x, y, (w[1], w[2]), (sh, sw), (dh, dw), (pt, pl)))
-        elif name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-            x, y = tensors[ins[0]].shape, tensors[out].shape
-            sh, sw, kh, kw, pt, pl = p[:6]
-            opts.update(stride=(sh, sw), filter=(kh, kw),
-                        padding=_padding(x, y, (kh, kw), (sh, sw), (1, 1), (pt, pl)))
-        elif name == "SOFTMAX":
-            opts["beta"] = struct.unpack("<f", struct.pack("<i", p[0]))[0]
-        ops.append(_Op(i, name, ins, [out], opts))
+        opts.update(spec.read_program(tensors, ins, out, p))
+        graph_ops.append(_Op(i, spec.name, ins, [out], opts))
     units = []
     for k in range(info.unit_count):
         op_i, t, kind, axis, n_ch, per, _start, ch_off, val_off = tb._UNIT.unpack_from(blob, u_off + k * tb.UNIT_BYTES)
         channels = tuple(int(c) for c in np.frombuffer(data, "<u2", n_ch, ch_off))
         values = np.frombuffer(data, "<f4", n_ch * per, val_off).reshape(n_ch, per).astype(np.float32)
         units.append(tfw.TrainableUnit(op_i, t, kind, axis, channels, tensors[t].shape[axis], values))
-    return ProgramGraph(tensors, ops, [in_t], [out_t]), units, info
+    return ProgramGraph(tensors, graph_ops, [in_t], [out_t]), units, info
 
 
 def program_tail(blob: bytes):

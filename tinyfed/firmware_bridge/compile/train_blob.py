@@ -7,7 +7,8 @@ with per-channel float32 scales and zero points, lays out w* (the units of ``tra
 in record order) and plans the float32 work area of ONE sample: activation values and
 gradient buffers placed by lifetime over the forward + backward timeline. The C engine
 (``firmware/engine/tftr.c``) validates and runs it; ``tinyfed.training.FloatTail`` is the
-numpy reference of the same computation. Layout: ``docs/fragment-format.md`` ("Training
+numpy reference of the same computation. Each op's record is its op module's ``encode_program``
+(:mod:`tinyfed.ops`). Layout: ``docs/fragment-format.md`` ("Training
 program (TFTR)").
 """
 
@@ -15,16 +16,23 @@ from __future__ import annotations
 
 import itertools
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinyfed import ops
 from tinyfed.errors import ModelError, PlanError
+from tinyfed.firmware_bridge.compile.layout import DataSection, align_up, plan_arena
 from tinyfed.planner import trainable as tfw
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tinyfed.models.tflite_graph import OpInfo, TensorInfo, TfliteGraph
 
 __all__ = [
     "MAGIC",
     "VERSION",
+    "ProgramBuilder",
     "ProgramInfo",
     "compile_program",
     "parse_program",
@@ -46,12 +54,6 @@ KIND_ACT, KIND_Q8, KIND_Q32 = 0, 1, 2
 ACT_CODES = {"NONE": 0, None: 0, "RELU": 1, "RELU6": 2}
 FLAG_ZERO_IN0, FLAG_ZERO_IN1 = 1, 2
 
-# TFLite BuiltinOperator codes (as the TFMB blob).
-OP_CODES = {
-    "ADD": 0, "AVERAGE_POOL_2D": 1, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4,
-    "FULLY_CONNECTED": 9, "MAX_POOL_2D": 17, "RESHAPE": 22, "SOFTMAX": 25,
-}
-
 # magic, version, header bytes, total, ram, work, trainable, input elems, classes, input scale,
 # input zp, op count, tensor count, unit count, first trainable op, tensors/ops/units/data offsets,
 # data bytes, flops, input tensor, output tensor, scratch offset, scratch floats, 12 reserved
@@ -62,10 +64,6 @@ _UNIT = struct.Struct("<HHBBHIIII")
 assert _HEADER.size == HEADER_BYTES and _TENSOR.size == TENSOR_BYTES and _OP.size == OP_BYTES
 assert _UNIT.size == UNIT_BYTES
 
-_FIX_OPS = (
-    "the training engine runs CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, "
-    "MAX_POOL_2D, RESHAPE and a final SOFTMAX: plan a tail (cut) that uses only those"
-)
 _FIX_PLAN = "re-run `tinyfed plan` so that tail.tflite and trainable.tfw come from the same plan"
 
 
@@ -87,45 +85,308 @@ class ProgramInfo:
     total_size: int
 
 
-def _pads(size: int, k: int, s: int, d: int, padding: str) -> tuple[int, int]:
-    """(output size, pad before) with TensorFlow's SAME/VALID rule (odd pixel after)."""
-    eff = (k - 1) * d + 1
-    if padding == "SAME":
-        out = -(-size // s)
-        return out, max((out - 1) * s + eff - size, 0) // 2
-    return (size - eff) // s + 1, 0
+class ProgramBuilder:
+    """What an op's TFTR encoder may do while the program is compiled: check activations, number
+    tensors and lay out its weights and biases (int8/int32 values, scales, zero points and the map
+    of each channel to its place in w*)."""
+
+    def __init__(self, graph: TfliteGraph, units: list[tfw.TrainableUnit], source: str) -> None:
+        self.graph = graph
+        self.units = units
+        self.source = source
+        self.ids: dict[int, int] = {}  # tail tensor -> program tensor, in first-use order
+        self.data = DataSection(ALIGN)
+        self.params: dict[int, dict[str, Any]] = {}  # tail tensor -> record fields
+        self.unit_of: dict[int, int] = {}  # tail tensor -> its unit
+        self.unit_start: dict[int, int] = {}  # unit -> first value in w*
+        start = 0
+        for k, u in enumerate(units):
+            self.unit_start[k] = start
+            start += len(u.channels) * u.values_per_channel
+        self.trainable_count = start
+
+    def fail(self, op: OpInfo, problem: str, fix: str | None = None) -> ModelError:
+        return ModelError(f"op {op.index} {op.name}: {problem}", fix=fix or _fix_ops(), source=self.source)
+
+    def id(self, t: int) -> int:
+        """The program tensor id of tail tensor ``t`` (numbered on first use)."""
+        if t not in self.ids:
+            self.ids[t] = len(self.ids)
+        return self.ids[t]
+
+    def activation(self, op: OpInfo, t: int, what: str) -> int:
+        """Tensor ``t`` checked as an activation of rank 1..4; its id."""
+        info = self.graph.tensors[t]
+        if info.is_constant:
+            raise self.fail(op, f"{what} tensor {t} is a constant; the training engine needs activations here")
+        if not 1 <= len(info.shape) <= 4:
+            raise self.fail(op, f"{what} tensor {t} has rank {len(info.shape)}")
+        return self.id(t)
+
+    def batch1(self, op: OpInfo, t: int) -> tuple[int, ...]:
+        """The shape of ``t``, which must be (1, H, W, C)."""
+        shape = tuple(self.graph.tensors[t].shape)
+        if len(shape) != 4 or shape[0] != 1:
+            raise self.fail(op, f"tensor {t} {list(shape)} is not (1, H, W, C); the engine trains one sample at a time")
+        return shape
+
+    def _quantization(self, op: OpInfo, info: TensorInfo, axis: int, ch: int,
+                      what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel float32 scales and int32 zero points (1 and 0 for an unquantized tensor)."""
+        t = info.index
+        if not info.scales:
+            return np.ones(ch, np.float32), np.zeros(ch, np.int32)
+        if len(info.scales) not in (1, ch):
+            raise self.fail(op, f"{what} tensor {t} has {len(info.scales)} scales for {ch} channels")
+        if len(info.scales) > 1 and info.quantized_dimension != axis:
+            raise self.fail(op, f"{what} tensor {t} is quantized along axis {info.quantized_dimension}, not its "
+                            f"output-channel axis {axis}")
+        return (np.broadcast_to(np.asarray(info.scales, np.float32), (ch,)),
+                np.broadcast_to(np.asarray(info.zero_points, np.int32), (ch,)))
+
+    def _channel_map(self, t: int, axis: int, ch: int, per: int) -> np.ndarray:
+        """Each channel's first value in w* (-1: frozen)."""
+        cmap = np.full(ch, -1, np.int32)
+        if t in self.unit_of:
+            k = self.unit_of[t]
+            u = self.units[k]
+            if u.axis != axis or u.tensor_channels != ch or u.values_per_channel != per:
+                raise PlanError(f"trainable unit {k} (tensor {t}) has axis {u.axis}, {u.tensor_channels} channels x "
+                                f"{u.values_per_channel} values; the tensor has axis {axis}, {ch} x {per}",
+                                fix=_FIX_PLAN)
+            chs = list(u.channels)
+            if any(not 0 <= c < ch for c in chs) or any(b <= a for a, b in itertools.pairwise(chs)):
+                raise PlanError(f"trainable unit {k} channels must be ascending and below {ch}", fix=_FIX_PLAN)
+            for i, c in enumerate(chs):
+                cmap[c] = self.unit_start[k] + i * per
+        return cmap
+
+    def param(self, op: OpInfo, t: int, axis: int, want_type: str, what: str) -> int:
+        """Constant ``t`` (INT8 weights or INT32 bias, channels on ``axis``) laid out once; its id."""
+        info = self.graph.tensors[t]
+        if not info.is_constant or info.type_name != want_type:
+            raise self.fail(op, f"{what} tensor {t} must be a constant {want_type} tensor (is {info.type_name})",
+                            "convert the model with int8 weights and int32 biases")
+        if t in self.params:
+            return self.id(t)
+        shape = tuple(info.shape)
+        if not 1 <= len(shape) <= 4:
+            raise self.fail(op, f"{what} tensor {t} has rank {len(shape)}")
+        ch = int(shape[axis])
+        per = int(np.prod(shape)) // ch
+        scales, zps = self._quantization(op, info, axis, ch, what)
+        q = self.graph.constant_data(t)
+        cmap = self._channel_map(t, axis, ch, per)
+        qtype = "<i1" if want_type == "INT8" else "<i4"
+        self.params[t] = {
+            "kind": KIND_Q8 if want_type == "INT8" else KIND_Q32,
+            "shape": shape, "axis": axis, "channels": ch,
+            "q": self.data.add(np.ascontiguousarray(q, dtype=qtype).tobytes(), 16),
+            "scales": self.data.add(np.ascontiguousarray(scales, "<f4").tobytes()),
+            "zps": self.data.add(np.ascontiguousarray(zps, "<i4").tobytes()),
+            "map": self.data.add(cmap.astype("<i4").tobytes()),
+        }
+        return self.id(t)
 
 
-def _plan(sizes: dict[object, int], life: dict[object, tuple[int, int]]) -> tuple[dict[object, int], int]:
-    """Greedy by size: each buffer at the lowest 4-aligned offset that overlaps no placed
-    buffer whose lifetime intersects its own (as blob.py's arena plan, on the training timeline)."""
-    order = sorted(sizes, key=lambda k: (-sizes[k], life[k][0], str(k)))
-    placed: list[tuple[int, int, int, int]] = []
-    offsets: dict[object, int] = {}
-    for key in order:
-        size = -(-sizes[key] // ALIGN) * ALIGN
-        first, last = life[key]
-        cand = 0
-        for o, e in sorted((o, e) for o, e, a, b in placed if a <= last and first <= b):
-            if cand + size <= o:
-                break
-            cand = max(cand, e)
-        offsets[key] = cand
-        placed.append((cand, cand + size, first, last))
-    return offsets, max((e for _, e, _, _ in placed), default=0)
+def _fix_ops() -> str:
+    names = [s.name for s in ops.all_ops() if s.name != "SOFTMAX"]
+    return (f"the training engine runs {', '.join(names)} and a final SOFTMAX: "
+            "plan a tail (cut) that uses only those")
 
 
-class _Data:
-    """The data section: every array 4-byte aligned (16 for the int8/int32 weight arrays)."""
+def _check_tail(g: TfliteGraph, n_units: int, source: str) -> None:
+    bad = g.unsupported_ops(s.name for s in ops.all_ops())
+    if bad:
+        listing = ", ".join(f"op {i} {n}" for i, n in bad)
+        raise ModelError(f"the training engine has no kernel for {listing}", fix=_fix_ops(), source=source)
+    n = len(g.ops)
+    if n == 0 or g.ops[-1].name != "SOFTMAX":
+        raise ModelError("the tail must end with SOFTMAX (trained with cross-entropy)",
+                         fix="plan a model whose last op is SOFTMAX", source=source)
+    if any(op.name == "SOFTMAX" for op in g.ops[:-1]):
+        raise ModelError("SOFTMAX is only supported as the tail's last op", fix=_fix_ops(), source=source)
+    if len(g.inputs) != 1 or len(g.outputs) != 1 or g.outputs[0] != g.ops[-1].outputs[0]:
+        raise ModelError("the tail must have one input and the softmax output as its one output",
+                         fix="cut at a single-tensor boundary (TfliteGraph.cut_points())", source=source)
+    if n >= NONE16 or n_units >= NONE16:
+        raise ModelError("too many ops or units for the training program format", source=source)
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
 
-    def add(self, payload: bytes, align: int = ALIGN) -> int:
-        self.buf += b"\0" * ((-len(self.buf)) % align)
-        off = len(self.buf)
-        self.buf += payload
-        return off
+def _index_units(b: ProgramBuilder) -> None:
+    """Check that every unit addresses the weights or bias of its op, once."""
+    g, n = b.graph, len(b.graph.ops)
+    for k, u in enumerate(b.units):
+        if not 0 <= u.op_index < n:
+            raise PlanError(f"trainable unit {k} names op {u.op_index}; the tail has {n} ops", fix=_FIX_PLAN)
+        op = g.ops[u.op_index]
+        want = g.weight_tensor(op) if u.kind == tfw.KIND_WEIGHTS else g.bias_tensor(op)
+        if want is None or want.index != u.tensor_index:
+            raise PlanError(f"trainable unit {k} addresses tensor {u.tensor_index}, not the "
+                            f"{'weights' if u.kind == tfw.KIND_WEIGHTS else 'bias'} of op {u.op_index} {op.name}",
+                            fix=_FIX_PLAN)
+        if u.tensor_index in b.unit_of:
+            raise PlanError(f"tensor {u.tensor_index} is addressed by two trainable units", fix=_FIX_PLAN)
+        b.unit_of[u.tensor_index] = k
+
+
+def _encode_op(b: ProgramBuilder, op: OpInfo, first_trainable: int) -> tuple[list[Any], int]:
+    """One op's record [code, activation, flags, 3 inputs, output, 13 params] and its training MACs
+    (forward, plus backward from the first trainable op on)."""
+    spec = ops.get(op.name)
+    if len(op.outputs) != 1:
+        raise b.fail(op, f"has {len(op.outputs)} outputs")
+    out_t = op.outputs[0]
+    a = op.options.get("activation", "NONE") if spec.fused_activation else "NONE"
+    if a not in ACT_CODES:
+        raise b.fail(op, f"fused activation {a} is not supported", "use NONE, RELU or RELU6")
+    first_input = b.activation(op, op.inputs[0], "input")
+    out_id = b.activation(op, out_t, "output")
+    rec = spec.encode_program(b, op)
+    in3 = [first_input, *(NONE16 if t is None else t for t in rec.inputs)]
+    in3 += [NONE16] * (3 - len(in3))
+    p = list(rec.params) + [0] * (N_PARAMS - len(rec.params))
+    fwd = spec.macs(b.graph, op, b.graph.tensors[out_t].size)
+    bwd = 0
+    if op.index >= first_trainable:
+        if spec.weights is not None:
+            # weight gradient of the trainable channels, plus the input gradient past the first op
+            w_in = op.inputs[spec.weights.weight_input]
+            wt = w_in in b.unit_of
+            frac = len(b.units[b.unit_of[w_in]].channels) / b.params[w_in]["channels"] if wt else 0.0
+            bwd += int(fwd * frac) + (fwd if op.index > first_trainable else 0)
+        else:
+            bwd += fwd
+    return [spec.code, ACT_CODES[a], 0, in3, out_id, p], fwd + bwd
+
+
+@dataclass
+class _Timeline:
+    """Who produces and who reads each activation, and the aliases, over forward + backward:
+    the forward of op i runs at time i, its backward at time 2n-1-i."""
+
+    n: int
+    first_trainable: int
+    producer: dict[int, int]
+    consumers: dict[int, list[int]]
+    alias: dict[int, int]  # value aliases (an alias op's output -> input)
+    has_grad: set[int] = field(default_factory=set)
+    g_alias: dict[int, int] = field(default_factory=dict)  # gradient aliases
+
+    def tb(self, i: int) -> int:
+        return 2 * self.n - 1 - i
+
+    @staticmethod
+    def _root(t: int, alias: dict[int, int]) -> int:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    def root(self, t: int) -> int:
+        return self._root(t, self.alias)
+
+    def groot(self, t: int) -> int:
+        return self._root(t, self.g_alias)
+
+
+def _timeline(g: TfliteGraph, first_trainable: int, acts: list[int]) -> _Timeline:
+    producer: dict[int, int] = {}
+    consumers: dict[int, list[int]] = {}
+    alias: dict[int, int] = {}
+    for op in g.ops:
+        for t in op.inputs:
+            if t >= 0 and not g.tensors[t].is_constant:
+                consumers.setdefault(t, []).append(op.index)
+        producer[op.outputs[0]] = op.index
+    for op in g.ops:
+        if ops.get(op.name).alias:
+            alias[op.outputs[0]] = op.inputs[0]
+    tl = _Timeline(len(g.ops), first_trainable, producer, consumers, alias)
+    tl.has_grad = {t for t in acts if t in producer and producer[t] >= first_trainable and consumers.get(t)}
+    for op in g.ops:
+        if ops.get(op.name).alias:
+            i, o_ = op.inputs[0], op.outputs[0]
+            if i in tl.has_grad and o_ in tl.has_grad and consumers.get(i) == [op.index]:
+                tl.g_alias[o_] = i
+    return tl
+
+
+def _grow(life: dict[object, tuple[int, int]], size: dict[object, int], key: object, start: int, end: int,
+          nbytes: int) -> None:
+    a0, b0 = life.get(key, (start, end))
+    life[key] = (min(a0, start), max(b0, end))
+    size[key] = max(size.get(key, 0), nbytes)
+
+
+def _plan_work(b: ProgramBuilder, tl: _Timeline, acts: list[int]) -> tuple[dict[object, int], int, int]:
+    """The work area: values ("v"), gradients ("g") and the scratch ("s") placed by lifetime."""
+    g = b.graph
+    v_life: dict[object, tuple[int, int]] = {}
+    v_size: dict[object, int] = {}
+    for t in acts:
+        start = tl.producer.get(t, 0)
+        end = max(tl.consumers.get(t, [start]) + [start])
+        readers = [c for c in tl.consumers.get(t, []) if c >= tl.first_trainable]
+        if t in tl.producer and tl.producer[t] >= tl.first_trainable:
+            readers.append(tl.producer[t])
+        if readers:
+            end = max(end, max(tl.tb(c) for c in readers))
+        if t == g.outputs[0]:
+            end = max(end, tl.n - 1)
+        _grow(v_life, v_size, ("v", tl.root(t)), start, end, 4 * g.tensors[t].size)
+    for t in sorted(tl.has_grad):
+        _grow(v_life, v_size, ("g", tl.groot(t)), tl.tb(max(tl.consumers[t])), tl.tb(tl.producer[t]),
+              4 * g.tensors[t].size)
+    scratch_floats = max((int(np.prod(pr["shape"])) // pr["channels"] for pr in b.params.values()), default=0)
+    if scratch_floats:
+        v_life[("s", 0)] = (0, 2 * tl.n - 1)
+        v_size[("s", 0)] = 4 * scratch_floats
+    offsets, work_bytes = plan_arena(v_size, v_life, ALIGN, tiebreak=str)
+    return offsets, work_bytes, scratch_floats
+
+
+def _zero_flags(g: TfliteGraph, records: list[list[Any]], tl: _Timeline) -> None:
+    """Zero-before-backward flags: the last consumer's first slot zeroes an input's gradient."""
+    for rec, op in zip(records, g.ops, strict=True):
+        spec = ops.get(op.name)
+        seen = set()
+        for k in (0, 1):
+            t = op.inputs[k] if k < len(op.inputs) else -1
+            if k >= spec.arity:
+                continue
+            if t < 0 or t not in tl.has_grad or t in seen:
+                continue
+            seen.add(t)
+            if spec.alias and op.outputs[0] in tl.g_alias:
+                continue
+            if max(tl.consumers[t]) == op.index:
+                rec[2] |= FLAG_ZERO_IN0 if k == 0 else FLAG_ZERO_IN1
+
+
+def _tensor_records(b: ProgramBuilder, tl: _Timeline, offsets: dict[object, int]) -> bytes:
+    recs = bytearray()
+    for t in sorted(b.ids, key=b.ids.__getitem__):
+        info = b.graph.tensors[t]
+        if t in b.params:
+            pr = b.params[t]
+            dims = list(pr["shape"]) + [1] * (4 - len(pr["shape"]))
+            recs += _TENSOR.pack(pr["kind"], len(pr["shape"]), pr["axis"], 0, *dims, pr["channels"], pr["q"],
+                                 pr["scales"], pr["zps"], pr["map"])
+        else:
+            dims = list(info.shape) + [1] * (4 - len(info.shape))
+            goff = offsets[("g", tl.groot(t))] if t in tl.has_grad else NONE32
+            recs += _TENSOR.pack(KIND_ACT, len(info.shape), 0, 0, *dims, offsets[("v", tl.root(t))], goff, 0, 0, 0)
+    return bytes(recs)
+
+
+def _unit_records(b: ProgramBuilder) -> bytes:
+    recs = bytearray()
+    for k, u in enumerate(b.units):
+        ch_off = b.data.add(struct.pack(f"<{len(u.channels)}H", *u.channels))
+        val_off = b.data.add(np.ascontiguousarray(u.values, "<f4").tobytes())
+        recs += _UNIT.pack(u.op_index, b.ids[u.tensor_index], u.kind, u.axis, len(u.channels), u.values_per_channel,
+                           b.unit_start[k], ch_off, val_off)
+    return bytes(recs)
 
 
 def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "tail.tflite") -> bytes:
@@ -139,346 +400,47 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
 
     g = TfliteGraph.from_bytes(bytes(tail_tflite), source=source)
     units = tfw.decode(bytes(trainable_tfw))
-    bad = g.unsupported_ops(OP_CODES)
-    if bad:
-        listing = ", ".join(f"op {i} {n}" for i, n in bad)
-        raise ModelError(f"the training engine has no kernel for {listing}", fix=_FIX_OPS, source=source)
+    _check_tail(g, len(units), source)
     n = len(g.ops)
-    if n == 0 or g.ops[-1].name != "SOFTMAX":
-        raise ModelError("the tail must end with SOFTMAX (trained with cross-entropy)",
-                         fix="plan a model whose last op is SOFTMAX", source=source)
-    if any(op.name == "SOFTMAX" for op in g.ops[:-1]):
-        raise ModelError("SOFTMAX is only supported as the tail's last op", fix=_FIX_OPS, source=source)
-    if len(g.inputs) != 1 or len(g.outputs) != 1 or g.outputs[0] != g.ops[-1].outputs[0]:
-        raise ModelError("the tail must have one input and the softmax output as its one output",
-                         fix="cut at a single-tensor boundary (TfliteGraph.cut_points())", source=source)
-    if n >= NONE16 or len(units) >= NONE16:
-        raise ModelError("too many ops or units for the training program format", source=source)
-
-    def fail(op, problem: str, fix: str | None = None) -> ModelError:
-        return ModelError(f"op {op.index} {op.name}: {problem}", fix=fix or _FIX_OPS, source=source)
-
-    # ---- units ---------------------------------------------------------------------
+    b = ProgramBuilder(g, units, source)
     first_trainable = min((u.op_index for u in units), default=n)
-    unit_of: dict[int, int] = {}
-    for k, u in enumerate(units):
-        if not 0 <= u.op_index < n:
-            raise PlanError(f"trainable unit {k} names op {u.op_index}; the tail has {n} ops", fix=_FIX_PLAN)
-        op = g.ops[u.op_index]
-        want = g.weight_tensor(op) if u.kind == tfw.KIND_WEIGHTS else g.bias_tensor(op)
-        if want is None or want.index != u.tensor_index:
-            raise PlanError(f"trainable unit {k} addresses tensor {u.tensor_index}, not the "
-                            f"{'weights' if u.kind == tfw.KIND_WEIGHTS else 'bias'} of op {u.op_index} {op.name}",
-                            fix=_FIX_PLAN)
-        if u.tensor_index in unit_of:
-            raise PlanError(f"tensor {u.tensor_index} is addressed by two trainable units", fix=_FIX_PLAN)
-        unit_of[u.tensor_index] = k
-
-    # ---- tensors ---------------------------------------------------------------------
-    ids: dict[int, int] = {}
-
-    def bid(t: int) -> int:
-        if t not in ids:
-            ids[t] = len(ids)
-        return ids[t]
-
-    producer: dict[int, int] = {}
-    consumers: dict[int, list[int]] = {}
+    _index_units(b)
+    b.id(g.inputs[0])
+    records, flops = [], 0
     for op in g.ops:
-        for t in op.inputs:
-            if t >= 0 and not g.tensors[t].is_constant:
-                consumers.setdefault(t, []).append(op.index)
-        producer[op.outputs[0]] = op.index
-    bid(g.inputs[0])
+        rec, macs = _encode_op(b, op, first_trainable)
+        records.append(rec)
+        flops += macs
 
-    data = _Data()
-    params: dict[int, dict] = {}  # tail tensor -> record fields
-    value_start = 0
-    unit_start: dict[int, int] = {}
-    for k, u in enumerate(units):
-        unit_start[k] = value_start
-        value_start += len(u.channels) * u.values_per_channel
-    trainable_count = value_start
-
-    def param(op, t: int, axis: int, want_type: str, what: str) -> int:
-        info = g.tensors[t]
-        if not info.is_constant or info.type_name != want_type:
-            raise fail(op, f"{what} tensor {t} must be a constant {want_type} tensor (is {info.type_name})",
-                       "convert the model with int8 weights and int32 biases")
-        if t in params:
-            return bid(t)
-        shape = tuple(info.shape)
-        if not 1 <= len(shape) <= 4:
-            raise fail(op, f"{what} tensor {t} has rank {len(shape)}")
-        ch = int(shape[axis])
-        elems = int(np.prod(shape))
-        per = elems // ch
-        if info.scales:
-            if len(info.scales) not in (1, ch):
-                raise fail(op, f"{what} tensor {t} has {len(info.scales)} scales for {ch} channels")
-            if len(info.scales) > 1 and info.quantized_dimension != axis:
-                raise fail(op, f"{what} tensor {t} is quantized along axis {info.quantized_dimension}, not its "
-                           f"output-channel axis {axis}")
-            scales = np.broadcast_to(np.asarray(info.scales, np.float32), (ch,))
-            zps = np.broadcast_to(np.asarray(info.zero_points, np.int32), (ch,))
-        else:
-            scales, zps = np.ones(ch, np.float32), np.zeros(ch, np.int32)
-        q = g.constant_data(t)
-        cmap = np.full(ch, -1, np.int32)
-        if t in unit_of:
-            k = unit_of[t]
-            u = units[k]
-            if u.axis != axis or u.tensor_channels != ch or u.values_per_channel != per:
-                raise PlanError(f"trainable unit {k} (tensor {t}) has axis {u.axis}, {u.tensor_channels} channels x "
-                                f"{u.values_per_channel} values; the tensor has axis {axis}, {ch} x {per}", fix=_FIX_PLAN)
-            chs = list(u.channels)
-            if any(not 0 <= c < ch for c in chs) or any(b <= a for a, b in itertools.pairwise(chs)):
-                raise PlanError(f"trainable unit {k} channels must be ascending and below {ch}", fix=_FIX_PLAN)
-            for i, c in enumerate(chs):
-                cmap[c] = unit_start[k] + i * per
-        qtype = "<i1" if want_type == "INT8" else "<i4"
-        params[t] = {
-            "kind": KIND_Q8 if want_type == "INT8" else KIND_Q32,
-            "shape": shape, "axis": axis, "channels": ch,
-            "q": data.add(np.ascontiguousarray(q, dtype=qtype).tobytes(), 16),
-            "scales": data.add(np.ascontiguousarray(scales, "<f4").tobytes()),
-            "zps": data.add(np.ascontiguousarray(zps, "<i4").tobytes()),
-            "map": data.add(cmap.astype("<i4").tobytes()),
-        }
-        return bid(t)
-
-    def act(op, t: int, what: str) -> int:
-        info = g.tensors[t]
-        if info.is_constant:
-            raise fail(op, f"{what} tensor {t} is a constant; the training engine needs activations here")
-        if not 1 <= len(info.shape) <= 4:
-            raise fail(op, f"{what} tensor {t} has rank {len(info.shape)}")
-        return bid(t)
-
-    def batch1(op, t: int) -> tuple[int, ...]:
-        shape = tuple(g.tensors[t].shape)
-        if len(shape) != 4 or shape[0] != 1:
-            raise fail(op, f"tensor {t} {list(shape)} is not (1, H, W, C); the engine trains one sample at a time")
-        return shape
-
-    # ---- ops -----------------------------------------------------------------------------
-    records = []
-    flops = 0
-    for op in g.ops:
-        o = op.options
-        ins = list(op.inputs)
-        if len(op.outputs) != 1:
-            raise fail(op, f"has {len(op.outputs)} outputs")
-        out_t = op.outputs[0]
-        a = o.get("activation", "NONE")
-        if op.name in ("RESHAPE", "SOFTMAX"):
-            a = "NONE"
-        if a not in ACT_CODES:
-            raise fail(op, f"fused activation {a} is not supported", "use NONE, RELU or RELU6")
-        p = [0] * N_PARAMS
-        in3 = [NONE16, NONE16, NONE16]
-        in3[0] = act(op, ins[0], "input")
-        out_id = act(op, out_t, "output")
-        train_here = op.index >= first_trainable
-        fwd = bwd = 0
-        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            dw = op.name == "DEPTHWISE_CONV_2D"
-            _, h, w, c = batch1(op, ins[0])
-            _, oh, ow, oc = batch1(op, out_t)
-            axis = 3 if dw else 0
-            in3[1] = param(op, ins[1], axis, "INT8", "filter")
-            if len(ins) > 2 and ins[2] >= 0:
-                in3[2] = param(op, ins[2], 0, "INT32", "bias")
-            f = g.tensors[ins[1]].shape
-            if len(f) != 4:
-                raise fail(op, f"filter {list(f)} is not 4-D")
-            mult = 0
-            if dw:
-                if f[0] != 1 or f[3] != oc or oc % c:
-                    raise fail(op, f"depthwise filter {list(f)} does not map {c} to {oc} channels")
-                mult = oc // c
-            elif f[0] != oc or f[3] != c:
-                raise fail(op, f"filter {list(f)} does not map {c} to {oc} channels (grouped convolution?)")
-            if in3[2] != NONE16 and g.tensors[ins[2]].size != oc:
-                raise fail(op, "bias size differs from the output channels")
-            sh, sw = o.get("stride", (1, 1))
-            dh, dwl = o.get("dilation", (1, 1))
-            pad = o.get("padding", "VALID")
-            eh, pt = _pads(h, f[1], sh, dh, pad)
-            ew, pl = _pads(w, f[2], sw, dwl, pad)
-            if (eh, ew) != (oh, ow):
-                raise fail(op, f"output {oh}x{ow} disagrees with the {pad} padding rule ({eh}x{ew})")
-            p[:7] = [sh, sw, dh, dwl, pt, pl, mult]
-            fwd = oh * ow * oc * f[1] * f[2] * (1 if dw else c)
-        elif op.name == "FULLY_CONNECTED":
-            in3[1] = param(op, ins[1], 0, "INT8", "weights")
-            if len(ins) > 2 and ins[2] >= 0:
-                in3[2] = param(op, ins[2], 0, "INT32", "bias")
-            wshape = g.tensors[ins[1]].shape
-            if len(wshape) != 2:
-                raise fail(op, "weights must be 2-D")
-            if o.get("weights_format", 0) != 0:
-                raise fail(op, "shuffled weights are not supported")
-            nout, depth = wshape
-            xo, yo = g.tensors[ins[0]].size, g.tensors[out_t].size
-            if yo % nout or xo != yo // nout * depth:
-                raise fail(op, "input/output sizes disagree with the weights")
-            if in3[2] != NONE16 and g.tensors[ins[2]].size != nout:
-                raise fail(op, "bias size differs from the outputs")
-            fwd = yo * depth
-        elif op.name == "ADD":
-            in3[1] = act(op, ins[1], "second input")
-            sizes = {g.tensors[t].size for t in (ins[0], ins[1], out_t)}
-            if len(sizes) != 1 or tuple(g.tensors[ins[0]].shape) != tuple(g.tensors[ins[1]].shape):
-                raise fail(op, f"broadcasting ADD ({list(g.tensors[ins[0]].shape)} + {list(g.tensors[ins[1]].shape)})"
-                           " is not supported", "use inputs of the same shape")
-            fwd = g.tensors[out_t].size
-        elif op.name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-            _, h, w, c = batch1(op, ins[0])
-            _, oh, ow, oc = batch1(op, out_t)
-            kh, kw = o["filter"]
-            sh, sw = o.get("stride", (1, 1))
-            pad = o.get("padding", "VALID")
-            eh, pt = _pads(h, kh, sh, 1, pad)
-            ew, pl = _pads(w, kw, sw, 1, pad)
-            if (eh, ew, c) != (oh, ow, oc):
-                raise fail(op, f"output {oh}x{ow}x{oc} disagrees with the {pad} padding rule")
-            p[:6] = [sh, sw, kh, kw, pt, pl]
-            fwd = oh * ow * oc * kh * kw
-        elif op.name == "RESHAPE":
-            if g.tensors[ins[0]].size != g.tensors[out_t].size:
-                raise fail(op, "reshape changes the element count")
-        elif op.name == "SOFTMAX":
-            beta = float(o.get("beta", 1.0))
-            p[0] = struct.unpack("<i", struct.pack("<f", beta))[0]
-            fwd = g.tensors[out_t].size
-        flops += fwd
-        if train_here:
-            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-                # weight gradient of the trainable channels, plus the input gradient past the first op
-                wt = ins[1] in unit_of
-                frac = len(units[unit_of[ins[1]]].channels) / params[ins[1]]["channels"] if wt else 0.0
-                bwd += int(fwd * frac) + (fwd if op.index > first_trainable else 0)
-            else:
-                bwd += fwd
-        flops += bwd
-        records.append([OP_CODES[op.name], ACT_CODES[a], 0, in3, out_id, p])
-
-    # ---- memory plan over the training timeline --------------------------------------
-    # forward of op i at time i, backward of op i at time 2n-1-i
-    def tb(i: int) -> int:
-        return 2 * n - 1 - i
-
-    alias: dict[int, int] = {}
-    for op in g.ops:
-        if op.name == "RESHAPE":
-            alias[op.outputs[0]] = op.inputs[0]
-
-    def root(t: int) -> int:
-        while t in alias:
-            t = alias[t]
-        return t
-
-    acts = [t for t in ids if not g.tensors[t].is_constant]
-    v_life: dict[object, tuple[int, int]] = {}
-    v_size: dict[object, int] = {}
-    for t in acts:
-        start = producer.get(t, 0)
-        end = max(consumers.get(t, [start]) + [start])
-        readers = [c for c in consumers.get(t, []) if c >= first_trainable]
-        if t in producer and producer[t] >= first_trainable:
-            readers.append(producer[t])
-        if readers:
-            end = max(end, max(tb(c) for c in readers))
-        if t == g.outputs[0]:
-            end = max(end, n - 1)
-        key = ("v", root(t))
-        a0, b0 = v_life.get(key, (start, end))
-        v_life[key] = (min(a0, start), max(b0, end))
-        v_size[key] = max(v_size.get(key, 0), 4 * g.tensors[t].size)
-
-    has_grad = {t for t in acts if t in producer and producer[t] >= first_trainable and consumers.get(t)}
-    g_alias: dict[int, int] = {}
-    for op in g.ops:
-        if op.name == "RESHAPE":
-            i, o_ = op.inputs[0], op.outputs[0]
-            if i in has_grad and o_ in has_grad and consumers.get(i) == [op.index]:
-                g_alias[o_] = i
-
-    def groot(t: int) -> int:
-        while t in g_alias:
-            t = g_alias[t]
-        return t
-
-    for t in sorted(has_grad):
-        start, end = tb(max(consumers[t])), tb(producer[t])
-        key = ("g", groot(t))
-        a0, b0 = v_life.get(key, (start, end))
-        v_life[key] = (min(a0, start), max(b0, end))
-        v_size[key] = max(v_size.get(key, 0), 4 * g.tensors[t].size)
-    scratch_floats = max((int(np.prod(pr["shape"])) // pr["channels"] for pr in params.values()), default=0)
-    if scratch_floats:
-        v_life[("s", 0)] = (0, 2 * n - 1)
-        v_size[("s", 0)] = 4 * scratch_floats
-    offsets, work_bytes = _plan(v_size, v_life)
+    acts = [t for t in b.ids if not g.tensors[t].is_constant]
+    tl = _timeline(g, first_trainable, acts)
+    offsets, work_bytes, scratch_floats = _plan_work(b, tl, acts)
     scratch_offset = offsets.get(("s", 0), 0)
+    _zero_flags(g, records, tl)
 
-    # zero-before-backward flags: the last consumer's first slot zeroes an input's gradient
-    for rec, op in zip(records, g.ops):
-        seen = set()
-        for k in (0, 1):
-            t = op.inputs[k] if k < len(op.inputs) else -1
-            if k == 1 and op.name != "ADD":
-                continue
-            if t < 0 or t not in has_grad or t in seen:
-                continue
-            seen.add(t)
-            if op.name == "RESHAPE" and op.outputs[0] in g_alias:
-                continue
-            if max(consumers[t]) == op.index:
-                rec[2] |= FLAG_ZERO_IN0 if k == 0 else FLAG_ZERO_IN1
-
-    # ---- serialise -------------------------------------------------------------------------
-    order = sorted(ids, key=ids.get)
-    if len(order) >= NONE16:
+    if len(b.ids) >= NONE16:
         raise ModelError("too many tensors for the training program format", source=source)
-    tensor_recs = bytearray()
-    for t in order:
-        info = g.tensors[t]
-        if t in params:
-            pr = params[t]
-            dims = list(pr["shape"]) + [1] * (4 - len(pr["shape"]))
-            tensor_recs += _TENSOR.pack(pr["kind"], len(pr["shape"]), pr["axis"], 0, *dims, pr["channels"], pr["q"],
-                                        pr["scales"], pr["zps"], pr["map"])
-        else:
-            dims = list(info.shape) + [1] * (4 - len(info.shape))
-            goff = offsets[("g", groot(t))] if t in has_grad else NONE32
-            tensor_recs += _TENSOR.pack(KIND_ACT, len(info.shape), 0, 0, *dims, offsets[("v", root(t))], goff, 0, 0, 0)
+    tensor_recs = _tensor_records(b, tl, offsets)
     op_recs = bytearray()
     for code, a, flags, in3, out_id, p in records:
         op_recs += _OP.pack(code, a, flags, 0, *in3, out_id, *[int(v) for v in p])
-    unit_recs = bytearray()
-    for k, u in enumerate(units):
-        ch_off = data.add(struct.pack(f"<{len(u.channels)}H", *u.channels))
-        val_off = data.add(np.ascontiguousarray(u.values, "<f4").tobytes())
-        unit_recs += _UNIT.pack(u.op_index, ids[u.tensor_index], u.kind, u.axis, len(u.channels), u.values_per_channel,
-                                unit_start[k], ch_off, val_off)
+    unit_recs = _unit_records(b)
 
     tensors_offset = HEADER_BYTES
     ops_offset = tensors_offset + len(tensor_recs)
     units_offset = ops_offset + len(op_recs)
-    data_offset = -(-(units_offset + len(unit_recs)) // 16) * 16
-    body = bytes(tensor_recs) + bytes(op_recs) + bytes(unit_recs)
-    body += b"\0" * (data_offset - HEADER_BYTES - len(body)) + bytes(data.buf)
+    data_offset = align_up(units_offset + len(unit_recs), 16)
+    body = tensor_recs + bytes(op_recs) + unit_recs
+    body += b"\0" * (data_offset - HEADER_BYTES - len(body)) + bytes(b.data.buf)
     total = HEADER_BYTES + len(body)
     t_in = g.tensors[g.inputs[0]]
     in_scale = float(t_in.scales[0]) if t_in.scales else 1.0
     in_zp = int(t_in.zero_points[0]) if t_in.zero_points else 0
-    ram = 12 * trainable_count + work_bytes
-    header = _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, total, ram, work_bytes, trainable_count, t_in.size,
-                          g.tensors[g.outputs[0]].size, in_scale, in_zp, n, len(order), len(units), first_trainable,
-                          tensors_offset, ops_offset, units_offset, data_offset, len(data.buf), min(flops, NONE32),
-                          ids[g.inputs[0]], ids[g.outputs[0]], scratch_offset, scratch_floats)
+    ram = 12 * b.trainable_count + work_bytes
+    header = _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, total, ram, work_bytes, b.trainable_count, t_in.size,
+                          g.tensors[g.outputs[0]].size, in_scale, in_zp, n, len(b.ids), len(units), first_trainable,
+                          tensors_offset, ops_offset, units_offset, data_offset, len(b.data.buf), min(flops, NONE32),
+                          b.ids[g.inputs[0]], b.ids[g.outputs[0]], scratch_offset, scratch_floats)
     return header + body
 
 

@@ -256,7 +256,11 @@ def _set_key(lines: list[str], start: int, end: int, key: str, value: str) -> No
 def reserve_table_text(text: str, ram_kib: int, flash_kib: int) -> str:
     """``text`` (a board TOML) with only its ``[firmware_reserve]`` values replaced."""
     lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if (m := _TABLE_HEADER.match(ln)) and m.group(1).strip() == "firmware_reserve"), None)
+    start = next(
+        (i for i, ln in enumerate(lines)
+         if (m := _TABLE_HEADER.match(ln)) and m.group(1).strip() == "firmware_reserve"),
+        None,
+    )
     if start is None:
         raise FirmwareBuildError("the board file has no [firmware_reserve] table", fix="add one (see docs/boards.md)")
     end = next((i for i in range(start + 1, len(lines)) if _TABLE_HEADER.match(lines[i])), len(lines))
@@ -290,7 +294,8 @@ def write_reserve_back(board: Board | str, result: BuildResult, path: Path | str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinyfed.firmware_bridge.emulate.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tinyfed.firmware_bridge.emulate.build",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("boards", nargs="*", help="boards to build (default: every board with a firmware layer)")
     parser.add_argument("--write-reserve", action="store_true", help="write the measured [firmware_reserve] back")
     args = parser.parse_args(argv)

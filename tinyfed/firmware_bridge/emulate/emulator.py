@@ -284,12 +284,12 @@ class EmulatorFleet:
     def urls(self) -> list[str]:
         return [b.url for b in self.boards]
 
-    def start(self) -> EmulatorFleet:
+    def start(self) -> Self:
         elf = self.elf
         if elf is None:
             from tinyfed.firmware_bridge.emulate.build import build_firmware
 
-            elf = build_firmware(self.board.name)
+            elf = build_firmware(self.board.name).elf
         try:
             for i in range(self.count):  # boot all at once, then wait for each
                 self.boards.append(start_qemu(self.board, elf, name=f"{self.board.name}#{i}", qemu=self.qemu))

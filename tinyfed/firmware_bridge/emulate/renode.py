@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from tinyfed.boards import Board
 
 RENODE = "renode"
-#: The UART peripheral name in Renode's platform files, per board (default ``uart0``).
-UART_NAMES = {"nrf52840": "uart0", "stm32l4r9": "usart2", "apollo3": "uart0"}
 
 
 def renode_available(exe: str = RENODE) -> bool:
@@ -52,7 +50,7 @@ def write_resc(board: Board, elf_path: Path | str, port: int, path: Path | str) 
         raise BoardError(f"board {board.name} has no Renode platform",
                          fix="pick a board with emulator.renode_platform (`tinyfed boards show NAME`)",
                          source=board.name)
-    uart = UART_NAMES.get(board.name, "uart0")
+    uart = emu.renode_uart
     platform = emu.renode_platform
     platform_ref = f"@{platform}" if not platform.startswith("@") else platform
     script = "\n".join([

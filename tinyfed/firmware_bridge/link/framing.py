@@ -190,9 +190,10 @@ def max_encoded_bytes(max_payload: int) -> int:
 
 def decode_packet(data: bytes, max_payload: int | None = None) -> Packet:
     """Check and unpack one packet (already COBS-decoded). Raises a :class:`FrameError`."""
-    header = HEADER.unpack_from(data) if len(data) >= HEADER_BYTES else None
     if len(data) < OVERHEAD:
-        raise FrameTooShort(f"frame of {len(data)} bytes is shorter than {OVERHEAD}", header)
+        short_header = HEADER.unpack_from(data) if len(data) >= HEADER_BYTES else None
+        raise FrameTooShort(f"frame of {len(data)} bytes is shorter than {OVERHEAD}", short_header)
+    header = HEADER.unpack_from(data)
     version, kind, code, seq = header
     if max_payload is not None and len(data) > max_packet_bytes(max_payload):
         raise FrameTooLarge(f"frame of {len(data)} bytes exceeds max_payload {max_payload} + {OVERHEAD}", header)

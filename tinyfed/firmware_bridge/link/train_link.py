@@ -70,8 +70,8 @@ class TrainReport:
 
     @classmethod
     def unpack(cls, p: bytes) -> TrainReport:
-        *fields, cached = TRAIN_RESPONSE.unpack(p)
-        return cls(*fields, bool(cached))
+        version, n, steps, loss, variance, update_bytes, cycles, cached = TRAIN_RESPONSE.unpack(p)
+        return cls(version, n, steps, loss, variance, update_bytes, cycles, bool(cached))
 
     def pack(self) -> bytes:
         return TRAIN_RESPONSE.pack(self.version, self.n, self.steps, self.loss, self.variance, self.update_bytes,

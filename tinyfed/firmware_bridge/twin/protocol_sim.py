@@ -16,10 +16,14 @@ exact timeout behaviour of a real link, without waiting.
 from __future__ import annotations
 
 import urllib.parse
+from typing import TYPE_CHECKING
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from tinyfed.firmware_bridge.twin.sim import SimBoard, get_sim_board
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12 on
 
 _INT_OPTIONS = ("max_payload", "slot_bytes", "arena_bytes", "protocol_version", "firmware_ram_bytes",
                 "firmware_flash_bytes")
@@ -79,9 +83,10 @@ class Serial(SerialBase):
     def open(self) -> None:
         if self.is_open:
             raise SerialException("Port is already open.")
-        if self._port is None:
+        port = self.port
+        if port is None:
             raise SerialException("Port must be configured before it can be used.")
-        board_id, name, overrides = parse_sim_url(self.portstr)
+        board_id, name, overrides = parse_sim_url(port)
         self.board = get_sim_board(board_id, name, **overrides)
         if getattr(self.board, "unplugged", False):
             raise SerialException(f"could not open port {self.portstr}: the simulated board is unplugged")
@@ -105,15 +110,16 @@ class Serial(SerialBase):
         if not self.is_open:
             raise PortNotOpenError()
         if not self._rx:
-            if self._timeout is None:
+            timeout = self.timeout
+            if timeout is None:
                 raise SerialException("sim://: a read without timeout would block forever")
-            self.tinyfed_clock.advance(self._timeout)
+            self.tinyfed_clock.advance(timeout)
             return b""
         data = bytes(self._rx[:size])
         del self._rx[:size]
         return data
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Buffer) -> int:
         if not self.is_open or self.board is None:
             raise PortNotOpenError()
         if getattr(self.board, "unplugged", False):

@@ -12,6 +12,7 @@ asks for one order per simulated task, so the per-index Python loop dominated it
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -110,13 +111,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     bits = _bits(n)
     half = bits // 2
     rounds = _round_tables(half, key)
+    network: Callable[[np.ndarray], np.ndarray]
     if (1 << bits) <= TABLE_MAX:
         # Permute the whole domain once; a pass of the network is then a table lookup.
         table = _feistel(_iota(bits), half, rounds)
         network = table.take
     else:
-        def network(i: np.ndarray) -> np.ndarray:
-            return _feistel(i, half, rounds)
+        network = functools.partial(_feistel, half=half, rounds=rounds)
     out = network(np.arange(n, dtype=np.uint32))
     walk = np.flatnonzero(out >= n)  # cycle walk: only the indices still out of range go again
     while walk.size:

@@ -366,7 +366,8 @@ class SimBoard:
                 x = x.reshape(tuple(shape))
             y = kernels_np.run_blob(frag.blob, x)
         except Exception as exc:  # noqa: BLE001 - a kernel failure is an error reply, never a crash
-            raise _Reply(_status_of(exc, Status.UNSUPPORTED_OP), int(getattr(exc, "detail", 0) or 0), str(exc)[:64]) from None
+            detail = int(getattr(exc, "detail", 0) or 0)
+            raise _Reply(_status_of(exc, Status.UNSUPPORTED_OP), detail, str(exc)[:64]) from None
         self._output = np.asarray(y).astype(np.int8, copy=False).tobytes()
         room = self.config.max_payload - 8
         return struct.pack("<II", 0, len(self._output)) + self._output[:room]

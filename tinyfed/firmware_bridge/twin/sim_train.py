@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.firmware_bridge.compile import local_data
-from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
@@ -27,6 +26,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     pack_update,
     quantize_flat,
 )
+from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.training.vector import split_units
 
 if TYPE_CHECKING:
@@ -141,12 +141,13 @@ class SimTrainer:
             if self.data.x.shape[1] != self._input_elems():
                 raise BoardReply(Status.NO_DATA, self._input_elems(),
                                  f"local samples do not match the program input of bytes {self._input_elems()}")
-            key = ("raw", id(self.data))
-            if key not in self._heads:
+            raw_key = ("raw", id(self.data))
+            if raw_key not in self._heads:
                 in_shape = self.tail.graph.tensors[self.tail.graph.inputs[0]].shape
                 self._heads.clear()
-                self._heads[key] = self.tail.dequantize_input(self.data.x.reshape((len(self.data.x),) + tuple(in_shape[1:])))
-            return self._heads[key], self.data.y.astype(np.int64)
+                samples = self.data.x.reshape((len(self.data.x),) + tuple(in_shape[1:]))
+                self._heads[raw_key] = self.tail.dequantize_input(samples)
+            return self._heads[raw_key], self.data.y.astype(np.int64)
         if fragment.input_bytes is not None and self.data.x.shape[1] != fragment.input_bytes:
             raise BoardReply(Status.NO_DATA, fragment.input_bytes,
                              f"local samples do not match the fragment input of bytes {fragment.input_bytes}")
@@ -203,6 +204,7 @@ class SimTrainer:
         if (params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0
                 or p[20] & ~0x07):
             raise BoardReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
+        assert self.tail is not None and self.start is not None  # _ready saw the program; weights_ok: w* is set
         from tinyfed.training.step import local_train
 
         n = min(params.max_samples, len(y)) if params.max_samples else len(y)
@@ -219,7 +221,7 @@ class SimTrainer:
         steps = params.epochs * -(-n // params.batch_size)
         cached = False
         if params.head_cache and fragment is not None and params.epochs > 1:
-            out_bytes = x.shape[1:] and int(np.prod(x.shape[1:]))
+            out_bytes = int(np.prod(x.shape[1:])) if x.shape[1:] else 0
             spare = self.arena_bytes - ((self.fragment_arena + 7) & ~7) - self._state_bytes()
             cached = n * (1 + out_bytes) <= spare
         return TrainReport(self.version, n, steps, result.loss, variance, len(self.update_image), 0, cached).pack()
@@ -241,6 +243,7 @@ class SimTrainer:
         x, y = self._ready(fragment)
         (max_samples,) = _U32.unpack(p)
         n = min(max_samples, len(y)) if max_samples else len(y)
+        assert self.tail is not None and self.values is not None  # _ready saw the program, which set w*
         tail = self.tail.copy()
         tail.set_unit_values(split_units(self.values, self.unit_shapes))
         prob = tail.forward(x[:n], keep=False).reshape(n, -1) if n else np.zeros((0, 1), np.float32)

@@ -1,11 +1,15 @@
 """Aggregation strategies: one interface (``Strategy``), one module per strategy, one registry.
 
-To add a strategy, subclass ``Strategy`` (or ``BufferedStrategy``) in its own module and add it
-to ``STRATEGIES``; ``docs/strategies.md`` has the details.
+To add a strategy, subclass ``Strategy`` (or ``BufferedStrategy``) in a new module of this
+package: every concrete subclass with a ``name`` found here is in ``STRATEGIES``
+(``docs/strategies.md`` has the details).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from typing import Any
 
 from tinyfed.host.strategies.base import (
@@ -19,7 +23,20 @@ from tinyfed.host.strategies.fedavg import FedAvg, FedAvgParams
 from tinyfed.host.strategies.fedbuff import FedBuff, FedBuffParams
 from tinyfed.host.strategies.ftte import FTTE, FTTEParams
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FTTE, FedBuff, FedAvg)}
+
+def _discover() -> dict[str, type[Strategy]]:
+    """Every concrete ``Strategy`` subclass defined in a module of this package, by name."""
+    found: dict[str, type[Strategy]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for cls in vars(module).values():
+            if (inspect.isclass(cls) and issubclass(cls, Strategy) and cls.__module__ == module.__name__
+                    and not inspect.isabstract(cls) and "name" in vars(cls)):
+                found[cls.name] = cls
+    return {cls.name: cls for cls in sorted(found.values(), key=lambda c: (c.listing_order, c.name))}
+
+
+STRATEGIES: dict[str, type[Strategy]] = _discover()
 
 
 def get_strategy(name: str, *, fleet_size: int | None = None, ignore_extra: bool = False, **params: Any) -> Strategy:

@@ -12,12 +12,15 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from tinyfed.errors import TinyfedError
 from tinyfed.host.updates import Update
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +109,13 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     payload: ClassVar[str]
-    Params: ClassVar[type]
+    Params: ClassVar[type[DataclassInstance]]  # the dataclass of the strategy's knobs
+    #: Where the strategy stands in listings and in a study's default set: the method under test
+    #: first, then its baselines; a new strategy without one comes after them, by name.
+    listing_order: ClassVar[int] = 100
 
     def __init__(self, params: Any = None, *, fleet_size: int | None = None) -> None:
-        self.params = self.Params() if params is None else params
+        self.params: Any = self.Params() if params is None else params  # an instance of the subclass's Params
         if not isinstance(self.params, self.Params):
             raise StrategyError(f"{self.name} takes {self.Params.__name__}, got {type(self.params).__name__}")
         self._fleet_size: int | None = None

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class FedAvgParams:
     """m = ``clients_per_round``, eta_g = ``server_lr`` (1 is plain FedAvg)."""
 
-    clients_per_round: int = 8
+    clients_per_round: int = 10
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
@@ -46,6 +46,7 @@ class FedAvg(Strategy):
     """w_i = n_i over the round's arrivals; step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
 
     name = "fedavg"
+    listing_order = 2
     payload = "dense"
     Params = FedAvgParams
 

@@ -1,7 +1,7 @@
 """FedBuff (Nguyen et al., 2022) as FTTE's asynchronous baseline: the same buffer, no variance term.
 
 Dense payload: the whole model in float32 goes out and comes back, which is what FTTE's subset
-and int8 updates are measured against (``/work/shared/ftte.md``, item 5).
+and int8 updates are measured against (``docs/ftte.md``, section 5).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class FedBuff(BufferedStrategy):
     """w_i = n_i / sqrt(1 + tau_i); step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
 
     name = "fedbuff"
+    listing_order = 1
     payload = "dense"
     Params = FedBuffParams
 

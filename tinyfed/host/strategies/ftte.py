@@ -2,7 +2,7 @@
 
 Old updates were computed against a model that has moved on, and noisy ones (high variance of
 the delta) tend to come from devices whose data disagrees with the fleet's; both count for less
-(``/work/shared/ftte.md``, item 4). Only w* travels: the payload is the trainable subset.
+(``docs/ftte.md``, section 4). Only w* travels: the payload is the trainable subset.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class FTTE(BufferedStrategy):
     """w_i = n_i * s(tau_i) * g(var_i); step = eta_g * sum(w_i * delta_i) / sum(w_i)."""
 
     name = "ftte"
+    listing_order = 0
     payload = "subset"
     Params = FTTEParams
 

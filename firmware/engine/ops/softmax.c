@@ -1,11 +1,23 @@
 /*
- * int8 SOFTMAX (TFLM reference Softmax<int8,int8>: gemmlowp fixed-point exp and reciprocal),
- * ADD (TFLM's quantized add with general rescaling; equal shapes only, no broadcasting) and
- * RESHAPE (a copy; the host planner normally aliases it so the copy is skipped).
+ * int8 SOFTMAX: TFLM's reference Softmax<int8, int8>, gemmlowp fixed-point exp and reciprocal.
+ *
+ * Params: p0 input multiplier, p1 input left shift, p2 diff_min (as TFLM's Prepare computes them).
  */
-#include <string.h>
+#include "../tfmb_internal.h"
 
-#include "tfmb_internal.h"
+static const char *softmax_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
+                                    const tfmb_tensor_t *out)
+{
+    (void)m;
+    if (t[0].rank < 1 || t[0].rank != out->rank) return "softmax shape bad at op";
+    for (int i = 0; i < 4; ++i)
+        if (t[0].d[i] != out->d[i]) return "softmax shape bad at op";
+    if (op->p[0] < 0 || !tfmb_in_range(op->p[1], 0, 31) || op->p[2] > 0)
+        return "softmax parameters bad at op";
+    for (int k = 3; k <= 12; ++k)
+        if (op->p[k] != 0) return "unused parameter set at op";
+    return 0;
+}
 
 /* gemmlowp SaturatingRoundingMultiplyByPOT with a positive exponent. */
 static int32_t sat_shl(int32_t x, int e)
@@ -69,8 +81,9 @@ static int clz32(uint32_t x)
     return n;
 }
 
-void tfmb_k_softmax(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c)
+static void softmax_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c)
 {
+    const tfmb_tensor_t *in = &t[0];
     const int8_t *x = (const int8_t *)(c->arena + in->offset);
     int8_t *y = (int8_t *)(c->arena + out->offset);
     const int32_t mult = op->p[0], left = op->p[1], diff_min = op->p[2];
@@ -111,27 +124,12 @@ void tfmb_k_softmax(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_ten
     }
 }
 
-void tfmb_k_add(const tfmb_op_t *op, const tfmb_tensor_t *in1, const tfmb_tensor_t *in2, const tfmb_tensor_t *out,
-                const tfmb_ctx_t *c)
-{
-    const int8_t *a = (const int8_t *)(c->arena + in1->offset);
-    const int8_t *b = (const int8_t *)(c->arena + in2->offset);
-    int8_t *y = (int8_t *)(c->arena + out->offset);
-    const int32_t off1 = op->p[0], off2 = op->p[1], lo = op->p[2], hi = op->p[3], out_off = op->p[4];
-    const int left = (int)op->p[5];
-    const int32_t m1 = op->p[6], s1 = op->p[7], m2 = op->p[8], s2 = op->p[9], mo = op->p[10], so = op->p[11];
-
-    for (uint32_t i = 0; i < out->elems; ++i) {
-        const int32_t v1 = tfmb_wshl((int32_t)a[i] + off1, left);
-        const int32_t v2 = tfmb_wshl((int32_t)b[i] + off2, left);
-        const int32_t r1 = tfmb_mbqm(v1, m1, s1);
-        const int32_t r2 = tfmb_mbqm(v2, m2, s2);
-        const int32_t raw = tfmb_wadd(tfmb_mbqm(tfmb_wadd(r1, r2), mo, so), out_off);
-        y[i] = (int8_t)tfmb_clamp(raw, lo, hi);
-    }
-}
-
-void tfmb_k_reshape(const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c)
-{
-    if (in->offset != out->offset) memmove(c->arena + out->offset, c->arena + in->offset, out->nbytes);
-}
+const tfmb_op_entry_t tfmb_op_softmax = {
+    .code = TFMB_OP_SOFTMAX,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .in_place = false,
+    .validate = softmax_validate,
+    .eval = softmax_eval,
+};

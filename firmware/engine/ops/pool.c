@@ -2,11 +2,37 @@
  * int8 MAX_POOL_2D and AVERAGE_POOL_2D as TFLM's reference kernels compute them: the window
  * is clipped to the input (padding contributes nothing), the average is rounded half away
  * from zero, then the fused activation range is applied.
+ *
+ * Params: p2/p3 activation range, p4/p5 stride h/w, p6/p7 window h/w, p8/p9 padding top/left.
  */
-#include "tfmb_internal.h"
+#include "../tfmb_internal.h"
 
-void tfmb_k_max_pool(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c)
+static const char *pool_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
+                                 const tfmb_tensor_t *out)
 {
+    (void)m;
+    const tfmb_tensor_t *in = &t[0];
+    if (in->rank != 4 || out->rank != 4) return "pool tensors must be 4-D at op";
+    if (in->d[0] != out->d[0] || in->d[3] != out->d[3]) return "pool shape bad at op";
+    if (op->p[0] || op->p[1]) return "unused parameter set at op";
+    if (!tfmb_in_range(op->p[2], -128, 127) || !tfmb_in_range(op->p[3], op->p[2], 127))
+        return "activation range bad at op";
+    if (!tfmb_in_range(op->p[4], 1, TFMB_MAX_STRIDE) || !tfmb_in_range(op->p[5], 1, TFMB_MAX_STRIDE))
+        return "pool stride out of range at op";
+    if (!tfmb_in_range(op->p[6], 1, TFMB_MAX_DIM) || !tfmb_in_range(op->p[7], 1, TFMB_MAX_DIM) ||
+        (int64_t)op->p[6] * op->p[7] > (1 << 20))
+        return "pool window out of range at op";
+    if (!tfmb_in_range(op->p[8], 0, TFMB_MAX_DIM) || !tfmb_in_range(op->p[9], 0, TFMB_MAX_DIM))
+        return "padding out of range at op";
+    for (int k = 10; k <= 12; ++k)
+        if (op->p[k] != 0) return "unused parameter set at op";
+    return 0;
+}
+
+static void max_pool_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                             const tfmb_ctx_t *c)
+{
+    const tfmb_tensor_t *in = &t[0];
     const int8_t *x = (const int8_t *)(c->arena + in->offset);
     int8_t *y = (int8_t *)(c->arena + out->offset);
     const int32_t lo = op->p[2], hi = op->p[3], sh = op->p[4], sw = op->p[5];
@@ -32,8 +58,10 @@ void tfmb_k_max_pool(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_te
             }
 }
 
-void tfmb_k_avg_pool(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_tensor_t *out, const tfmb_ctx_t *c)
+static void average_pool_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                 const tfmb_ctx_t *c)
 {
+    const tfmb_tensor_t *in = &t[0];
     const int8_t *x = (const int8_t *)(c->arena + in->offset);
     int8_t *y = (int8_t *)(c->arena + out->offset);
     const int32_t lo = op->p[2], hi = op->p[3], sh = op->p[4], sw = op->p[5];
@@ -59,3 +87,23 @@ void tfmb_k_avg_pool(const tfmb_op_t *op, const tfmb_tensor_t *in, const tfmb_te
                 }
             }
 }
+
+const tfmb_op_entry_t tfmb_op_max_pool_2d = {
+    .code = TFMB_OP_MAX_POOL_2D,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .in_place = false,
+    .validate = pool_validate,
+    .eval = max_pool_2d_eval,
+};
+
+const tfmb_op_entry_t tfmb_op_average_pool_2d = {
+    .code = TFMB_OP_AVERAGE_POOL_2D,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .in_place = false,
+    .validate = pool_validate,
+    .eval = average_pool_2d_eval,
+};

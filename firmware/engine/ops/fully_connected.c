@@ -1,0 +1,69 @@
+/*
+ * int8 FULLY_CONNECTED (per-channel), with the arithmetic of TFLM's reference int8 kernel:
+ * int32 accumulation of (weight + weight_offset) * (input + input_offset) wrapping modulo
+ * 2**32, plus bias, MultiplyByQuantizedMultiplier per output, + output_offset, clamp.
+ *
+ * Params: p0 input offset, p1 output offset, p2/p3 activation range, p4 weight offset,
+ * p10/p11 multiplier/shift arrays (data offsets).
+ */
+#include "../tfmb_internal.h"
+
+static const char *fully_connected_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
+                                            const tfmb_tensor_t *out)
+{
+    const tfmb_tensor_t *in = &t[0], *f = &t[1];
+    if (!f->constant || f->type != TFMB_TYPE_INT8 || f->rank != 2)
+        return "fc weights not 2-D int8 constant at op";
+    const int32_t n_out = f->d[0], depth = f->d[1];
+    if (out->rank < 1 || out->d[out->rank - 1] != n_out) return "fc output shape bad at op";
+    if ((uint64_t)(out->elems / (uint32_t)n_out) * (uint64_t)depth != in->elems)
+        return "fc input size bad at op";
+    const char *problem = tfmb_check_common_q(op);
+    if (problem) return problem;
+    if (!tfmb_in_range(op->p[4], -127, 128)) return "fc weight offset out of range at op";
+    for (int k = 5; k <= 9; ++k)
+        if (op->p[k] != 0) return "unused parameter set at op";
+    if (op->p[12] != 0) return "unused parameter set at op";
+    if (op->in[2] != TFMB_NONE) {
+        const tfmb_tensor_t *b = &t[2];
+        if (!b->constant || b->type != TFMB_TYPE_INT32 || b->elems != (uint32_t)n_out)
+            return "bias bad at op";
+    }
+    return tfmb_check_requant_arrays(m, op, n_out);
+}
+
+static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                 const tfmb_ctx_t *c)
+{
+    const tfmb_tensor_t *filt = &t[1];
+    const int8_t *x = (const int8_t *)(c->arena + t[0].offset);
+    const int8_t *f = (const int8_t *)(c->data + filt->offset);
+    int8_t *y = (int8_t *)(c->arena + out->offset);
+    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
+    const uint8_t *mult = c->data + op->p[10];
+    const uint8_t *shift = c->data + op->p[11];
+    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3], f_off = op->p[4];
+    const int32_t n_out = filt->d[0], depth = filt->d[1];
+    const int32_t batches = (int32_t)(out->elems / (uint32_t)n_out);
+
+    for (int32_t n = 0; n < batches; ++n) {
+        const int8_t *xp = x + n * depth;
+        for (int32_t o = 0; o < n_out; ++o) {
+            const int8_t *fp = f + o * depth;
+            uint32_t acc = 0;
+            for (int32_t k = 0; k < depth; ++k)
+                acc += (uint32_t)(((int32_t)fp[k] + f_off) * ((int32_t)xp[k] + in_off));
+            y[n * n_out + o] = tfmb_requant(acc, b, mult, shift, o, out_off, lo, hi);
+        }
+    }
+}
+
+const tfmb_op_entry_t tfmb_op_fully_connected = {
+    .code = TFMB_OP_FULLY_CONNECTED,
+    .inputs = 3, /* input, weights, optional bias */
+    .required = 2,
+    .activations = 1,
+    .in_place = false,
+    .validate = fully_connected_validate,
+    .eval = fully_connected_eval,
+};

@@ -1,0 +1,189 @@
+"""TFLite's int8 fixed-point arithmetic, shared by the op modules' encoders and numpy kernels.
+
+Host side (what TFLM's ``Prepare`` computes in double precision): :func:`quantize_multiplier`
+and :func:`activation_range`. Twin side (what the int8 kernels compute): gemmlowp's
+``SaturatingRoundingDoublingHighMul`` and ``RoundingDivideByPOT``, TFLM's
+``MultiplyByQuantizedMultiplier`` and softmax's fixed-point exp and reciprocal, on int64 arrays
+holding int32 values, so the numpy twin stays bit-exact with TFLM and the C engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinyfed.errors import ModelError
+
+__all__ = [
+    "I32_MAX",
+    "I32_MIN",
+    "activation_range",
+    "clz32",
+    "exp_on_negative_values",
+    "multiply_by_quantized_multiplier",
+    "one_over_one_plus_x",
+    "quantize_multiplier",
+    "rdbp",
+    "requantize",
+    "srdhm",
+    "wrap32",
+]
+
+I32_MIN = -(1 << 31)
+I32_MAX = (1 << 31) - 1
+
+
+# --------------------------------------------------------------------------------------
+# Host: TFLite / TFLM quantization arithmetic (what Prepare computes)
+# --------------------------------------------------------------------------------------
+
+
+def _round_away(x: float) -> int:
+    """``std::round``: halves away from zero."""
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier`` (double): ``real ~= m * 2**(shift - 31)``."""
+    if real == 0.0:
+        return 0, 0
+    q, shift = math.frexp(real)
+    q_fixed = _round_away(q * (1 << 31))
+    if q_fixed == (1 << 31):
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        shift, q_fixed = 0, 0
+    if shift > 30:
+        shift, q_fixed = 30, (1 << 31) - 1
+    return int(q_fixed), int(shift)
+
+
+def activation_range(act: str | None, scale: float, zp: int) -> tuple[int, int]:
+    """``CalculateActivationRangeQuantized`` for int8 outputs (float32 division, std::round)."""
+    qmin, qmax = -128, 127
+
+    def q(f: float) -> int:
+        return zp + _round_away(float(np.float32(f) / np.float32(scale)))
+
+    if act in ("NONE", None):
+        return qmin, qmax
+    if act == "RELU":
+        return max(qmin, q(0.0)), qmax
+    if act == "RELU6":
+        return max(qmin, q(0.0)), min(qmax, q(6.0))
+    if act == "RELU_N1_TO_1":
+        return max(qmin, q(-1.0)), min(qmax, q(1.0))
+    raise ModelError(f"fused activation {act} is not supported by the firmware engine",
+                     fix="use NONE, RELU, RELU6 or RELU_N1_TO_1")
+
+
+# --------------------------------------------------------------------------------------
+# Twin: fixed-point primitives (int64 arrays holding int32 values)
+# --------------------------------------------------------------------------------------
+
+
+def wrap32(x: np.ndarray) -> np.ndarray:
+    """Wrap to int32 like the C engine's accumulators."""
+    x = np.asarray(x, dtype=np.int64)
+    if x.size == 0 or (x.min() >= I32_MIN and x.max() <= I32_MAX):
+        return x
+    return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def srdhm(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul for int32.
+
+    ``(a*b + nudge) / 2**31`` truncated, nudge = 2**30 or 1 - 2**30 by the sign of a*b;
+    for a negative product truncation equals flooring after adding 2**31 - 1, so both cases
+    are ``floor((a*b + 2**30) / 2**31)``.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    q = a * b
+    q += 1 << 30
+    q >>= 31
+    overflow = (a == I32_MIN) & (b == I32_MIN)
+    if overflow.any():
+        q = np.where(overflow, I32_MAX, q)
+    return q
+
+
+def rdbp(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
+    """RoundingDivideByPOT (round half away from zero)."""
+    x = np.asarray(x, dtype=np.int64)
+    e = np.asarray(exponent, dtype=np.int64)
+    mask = (np.int64(1) << e) - 1
+    rem = x & mask
+    thr = (mask >> 1) + (x < 0)
+    return (x >> e) + (rem > thr)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, m: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """TFLM's ``MultiplyByQuantizedMultiplier``: ``x * m * 2**(shift - 31)``, rounded as TFLM does."""
+    shift = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    return rdbp(srdhm(wrap32(np.asarray(x, dtype=np.int64) << left), m), right)
+
+
+def requantize(acc: np.ndarray, m: np.ndarray, s: np.ndarray, out_off: int, lo: int, hi: int) -> np.ndarray:
+    """int32 accumulators to int8 outputs: rescale, add the output zero point, clamp."""
+    y = multiply_by_quantized_multiplier(wrap32(acc), m, s) + out_off
+    return np.clip(y, lo, hi).astype(np.int8)
+
+
+def _sat_shl(x: np.ndarray, e: int) -> np.ndarray:
+    """SaturatingRoundingMultiplyByPOT with a positive exponent."""
+    thr = (1 << (31 - e)) - 1
+    r = wrap32(x << e)
+    r = np.where(x > thr, I32_MAX, r)
+    return np.where(x < -thr, I32_MIN, r)
+
+
+def _exp_on_interval(a: np.ndarray) -> np.ndarray:
+    """gemmlowp exp_on_interval_between_negative_one_quarter_and_0_excl (Q0.31)."""
+    constant_term = 1895147668
+    one_third = 715827883
+    x = a + (1 << 28)
+    x2 = srdhm(x, x)
+    x3 = srdhm(x2, x)
+    x4 = srdhm(x2, x2)
+    x4_over_4 = rdbp(x4, 2)
+    inner = rdbp(srdhm(x4_over_4 + x3, one_third) + x2, 1)
+    return constant_term + srdhm(constant_term, x + inner)
+
+
+def exp_on_negative_values(a: np.ndarray) -> np.ndarray:
+    """gemmlowp exp_on_negative_values for a Q5.26 input, Q0.31 output."""
+    frac = 26
+    quarter = 1 << (frac - 2)
+    a_mod = (a & (quarter - 1)) - quarter
+    result = _exp_on_interval(_sat_shl(a_mod, 5))
+    remainder = a_mod - a
+    for exponent, mult in ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+                           (2, 39332535), (3, 720401), (4, 242)):
+        bit = (remainder & (1 << (frac + exponent))) != 0
+        result = np.where(bit, srdhm(result, mult), result)
+    return np.where(a == 0, I32_MAX, result)
+
+
+def one_over_one_plus_x(a: np.ndarray) -> np.ndarray:
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1 (Q0.31 in and out)."""
+    s = a + I32_MAX
+    half_den = np.where(s >= 0, (s + 1) // 2, -((-(s - 1)) // 2))  # (sum + sign) / 2, truncating
+    x = 1515870810 + srdhm(half_den, -1010580540)
+    one_q2 = 1 << 29
+    for _ in range(3):
+        hdx = srdhm(half_den, x)
+        one_minus = one_q2 - hdx
+        x = x + _sat_shl(srdhm(x, one_minus), 2)
+    return _sat_shl(x, 1)
+
+
+def clz32(x: np.ndarray) -> np.ndarray:
+    """Count leading zeros of uint32 values (32 for 0)."""
+    u = np.asarray(x, dtype=np.int64) & 0xFFFFFFFF
+    _, e = np.frexp(u.astype(np.float64))  # u = m * 2**e, m in [0.5, 1): e = bit length (exact)
+    return np.where(u == 0, 32, 32 - e.astype(np.int64))
