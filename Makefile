@@ -40,11 +40,17 @@ lint: setup
 	$(PY) -m ruff check tinyfed tests bench
 	$(PY) -m mypy
 
+# The suite on every core (pytest-xdist; TEST_WORKERS=0 runs it in this process). A test file is
+# one unit of work: its tests share module fixtures (QEMU fleets, firmware builds, plans) that
+# would be rebuilt on each worker otherwise; tests/conftest.py hands out the slowest files first.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 clean:
 	rm -rf build .pytest_cache

@@ -23,6 +23,7 @@ def _tinyfed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_run_on_simulated_boards_prints_a_json_summary_and_keeps_its_records(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _tinyfed("run", "--simulate", "4", "--max-versions", "2", "--max-windows", "32", "--out", str(out),
@@ -40,6 +41,7 @@ def test_run_on_simulated_boards_prints_a_json_summary_and_keeps_its_records(tmp
     assert records["bytes_up"] == summary["bytes_up"] > 0
 
 
+@pytest.mark.slow
 def test_a_baseline_that_cannot_train_the_whole_model_is_refused_with_the_reason(tmp_path: Path) -> None:
     proc = _tinyfed("run", "--simulate", "2", "--strategy", "fedavg", "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert proc.returncode != 0

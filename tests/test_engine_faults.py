@@ -44,7 +44,9 @@ BOARDS = 8
 SEED = 5  # seeds the kills; the run itself uses seed 0 like a default run config
 TARGET = 0.75  # a fresh head starts at 0.19; on sim boards these settings reach 0.77-0.82 at v7, then stay ~0.80
 MAX_VERSIONS = 30  # a run that cannot reach the target ends here instead of hanging
-MAX_SECONDS = 120.0
+# A hang bound, not a margin: MAX_VERSIONS ends a run that cannot reach the target. The test took 180-350 s
+# on a busy 2-core host (a parallel suite, other emulators), a fraction of that on an idle one.
+MAX_SECONDS = 1800.0
 MAX_STALENESS = 20  # the run config default: older updates are rejected (none is expected here)
 MAX_WINDOWS = 32  # local windows per board: a task is ~1 s of one core for QEMU (half of it the link)
 EPOCHS, LR = 2, 0.0075  # the second epoch is nearly free (head cache), so more progress per task
@@ -160,7 +162,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         engine = Engine(setup, devices, get_strategy("ftte", buffer_size=BOARDS), events,
                         training=LocalTraining(epochs=EPOCHS, lr=LR), seed=0,
                         limits=Limits(target_accuracy=TARGET, max_versions=MAX_VERSIONS, max_seconds=MAX_SECONDS),
-                        max_staleness=MAX_STALENESS, backoff_s=0.25, retries=5, device_timeout_s=60.0)
+                        max_staleness=MAX_STALENESS, backoff_s=0.25, retries=5, device_timeout_s=600.0)
 
         def train() -> None:
             try:
@@ -180,7 +182,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
             if ev["kind"] == "_done":
                 break
             saboteur.see(ev)
-        runner.join(timeout=60)
+        runner.join(timeout=300)
         assert not runner.is_alive()
     finally:
         preparer.join()

@@ -176,7 +176,7 @@ def test_an_update_older_than_the_staleness_bound_is_rejected(setups, tmp_path) 
     original = slow.trainer.train
 
     def train(p: bytes, fragment):
-        moved_on.wait(timeout=60)  # held until the others have made two versions
+        assert moved_on.wait(timeout=300)  # held until the others have made two versions (the bound: a hang)
         try:
             return original(p, fragment)
         finally:
@@ -187,7 +187,7 @@ def test_an_update_older_than_the_staleness_bound_is_rejected(setups, tmp_path) 
     def progress(row: dict) -> None:
         if row.get("kind", "evaluation") == "evaluation" and row["version"] >= 2 and not moved_on.is_set():
             moved_on.set()
-            trained.wait(timeout=60)  # the engine steps no further until the slow update is on its way
+            assert trained.wait(timeout=300)  # the engine steps no further until the slow update is on its way
 
     with EventLog(tmp_path) as events:
         Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
@@ -233,7 +233,7 @@ def test_an_unexpected_error_in_a_worker_is_a_lost_task_and_the_device_comes_bac
                         backoff_s=0.01)
         runner = threading.Thread(target=lambda: result.update(run=engine.run()), daemon=True)
         runner.start()
-        runner.join(timeout=120)
+        runner.join(timeout=600)  # a hang bound: the run takes seconds
         assert not runner.is_alive(), "the engine waits for a worker that died"
     assert fired == set(faults)
     evs = list(read_events(tmp_path))

@@ -219,11 +219,11 @@ def test_wrong_protocol_version_is_refused_naming_device_and_command() -> None:
 
 
 def test_unreachable_port_is_typed() -> None:
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound, never listening: refused, and no parallel test can take the port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DeviceUnreachable) as info:
-        BoardClient(f"socket://127.0.0.1:{port}", name="gone").open()
+        with pytest.raises(DeviceUnreachable) as info:
+            BoardClient(f"socket://127.0.0.1:{port}", name="gone").open()
     assert info.value.device == "gone" and "emulator" in str(info.value)
     with pytest.raises(DeviceUnreachable):
         open_port("nosuch://x")

@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-arm"
-DEFAULT_READY_TIMEOUT = 15.0
+#: Seconds a board has to answer its first PING. A board that answers returns at once (typically in
+#: well under a second), so this bound only fires on a board that never will; it is generous because
+#: on a busy host (other emulators, a parallel test suite) booting takes many times its idle figure.
+DEFAULT_READY_TIMEOUT = 120.0
 
 
 class EmulatorError(TinyfedError):
