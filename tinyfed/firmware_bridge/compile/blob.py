@@ -219,6 +219,23 @@ class BlobBuilder:
             raise self.fail(op, f"{what} tensor {t} has rank {len(info.shape)} > 4")
         return info
 
+    def activation_input(self, op: OpInfo, index: int = 0, what: str = "input") -> tuple[TensorInfo, int]:
+        """Input ``index`` of ``op`` checked as an int8 activation (:meth:`activation`), and its blob id."""
+        t = op.inputs[index]
+        info = self.activation(op, t, what)
+        return info, self.id(t)
+
+    def weighted_inputs(self, op: OpInfo, weights: str) -> tuple[TensorInfo, TensorInfo, tuple[int | None, ...]]:
+        """A convolution's or fully-connected op's int8 input, int8 ``weights`` and optional int32 bias.
+
+        Returns the input and weight tensors and the three blob ids (None: no bias), numbered in TFLM's
+        input order, which is the order the TFMB tensor table lists them in."""
+        ins = op.inputs
+        x, x_id = self.activation_input(op)
+        w_id = self.constant(op, ins[1], "INT8", weights)
+        bias_id = self.constant(op, ins[2], "INT32", "bias") if len(ins) > 2 and ins[2] >= 0 else None
+        return x, self.graph.tensors[ins[1]], (x_id, w_id, bias_id)
+
     def constant(self, op: OpInfo, t: int, type_name: str, what: str) -> int:
         """Constant ``t`` of ``type_name``, its values in the data section (once); its blob id."""
         info = self.graph.tensors[t]
