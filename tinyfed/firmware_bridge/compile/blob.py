@@ -24,7 +24,7 @@ import numpy as np
 
 from tinyfed import ops
 from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge.compile.layout import DataSection, align_up, plan_arena
+from tinyfed.firmware_bridge.compile.layout import FragmentBuilder, align_up, plan_arena
 from tinyfed.ops.fixed_point import quantize_multiplier
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,26 +186,14 @@ class BlobInfo:
 # --------------------------------------------------------------------------------------
 
 
-class BlobBuilder:
+class BlobBuilder(FragmentBuilder):
     """What an op's TFMB encoder may do while the blob is compiled: check its tensors, number
     them, append constants to the data section and declare its output an alias of its input."""
 
     def __init__(self, graph: TfliteGraph, source: str) -> None:
-        self.graph = graph
-        self.source = source
-        self.ids: dict[int, int] = {}  # graph tensor -> blob tensor, in first-use order
-        self.data = DataSection(ALIGN)
+        super().__init__(graph, source, ALIGN)
         self.const_offsets: dict[int, int] = {}
         self.aliases: dict[int, int] = {}  # reshape output -> input (shares arena bytes)
-
-    def fail(self, op: OpInfo, problem: str, fix: str | None = None) -> ModelError:
-        return ModelError(f"op {op.index} {op.name}: {problem}", fix=fix, source=self.source)
-
-    def id(self, t: int) -> int:
-        """The blob tensor id of graph tensor ``t`` (numbered on first use)."""
-        if t not in self.ids:
-            self.ids[t] = len(self.ids)
-        return self.ids[t]
 
     def activation(self, op: OpInfo, t: int, what: str) -> TensorInfo:
         """Tensor ``t`` checked as a per-tensor int8 activation of rank <= 4 (not numbered)."""
