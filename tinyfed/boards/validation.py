@@ -170,22 +170,15 @@ def _type_fix(want: str, name: str) -> str:
     return f"give {name} as {want}"
 
 
+#: TOML's name for each kind of value tomllib returns; bool comes before int, since a bool is an int.
+_TOML_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (dict, "table"), (list, "array"),
+    ((_dt.date, _dt.time, _dt.datetime), "date/time"),
+)
+
+
 def _toml_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, (_dt.date, _dt.time, _dt.datetime)):
-        return "date/time"
-    return type(value).__name__
+    return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
 def _show(value: Any) -> str:

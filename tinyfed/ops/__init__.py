@@ -8,30 +8,9 @@ backward, and its flags. The compilers, the twin, FloatTail, the planner and the
 the registry (``ops.get("CONV_2D")``, ``ops.by_code(3)``, ``ops.firmware_ops()``).
 """
 
+from tinyfed.ops import registry
 from tinyfed.ops.base import OpSpec
-from tinyfed.ops.registry import (
-    alias_ops,
-    all_ops,
-    by_code,
-    find,
-    firmware_ops,
-    get,
-    keras_kinds,
-    listing,
-    op_codes,
-    trainable_ops,
-)
+from tinyfed.ops.registry import *  # noqa: F403 - the package's API is the registry's __all__, listed there once
 
-__all__ = [
-    "OpSpec",
-    "alias_ops",
-    "all_ops",
-    "by_code",
-    "find",
-    "firmware_ops",
-    "get",
-    "keras_kinds",
-    "listing",
-    "op_codes",
-    "trainable_ops",
-]
+__all__ = ["OpSpec"]
+__all__ += registry.__all__

@@ -25,10 +25,9 @@ _LEFT_SHIFT = 20  # TFLM's int8 ADD works on inputs shifted left by 20 bits
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
     """Both inputs rescaled to twice the larger input scale, the sum rescaled to the output."""
-    ins = op.inputs
-    x1 = b.activation(op, ins[0], "input 1")
-    x2 = b.activation(op, ins[1], "input 2")
-    inputs = (b.id(ins[0]), b.id(ins[1]))
+    x1, x1_id = b.activation_input(op, 0, "input 1")
+    x2, x2_id = b.activation_input(op, 1, "input 2")
+    inputs = (x1_id, x2_id)
     if not (x1.shape == x2.shape == out.shape):
         raise b.fail(op, f"shapes {x1.shape} + {x2.shape} -> {out.shape}: the engine's ADD does not broadcast",
                      "give both inputs the output's shape")

@@ -43,12 +43,8 @@ def _channel_multipliers(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInf
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo, depthwise: bool = False) -> BlobRecord:
     """Prepare's work for an int8 (depthwise) convolution: padding, multipliers, activation range."""
-    ins, opts = op.inputs, op.options
-    x = b.activation(op, ins[0], "input")
-    w = b.graph.tensors[ins[1]]
-    inputs = [b.id(ins[0]), b.constant(op, ins[1], "INT8", "filter"), None]
-    if len(ins) > 2 and ins[2] >= 0:
-        inputs[2] = b.constant(op, ins[2], "INT32", "bias")
+    opts = op.options
+    x, w, inputs = b.weighted_inputs(op, "filter")
     if len(x.shape) != 4 or len(w.shape) != 4 or len(out.shape) != 4:
         raise b.fail(op, "input, filter and output must be 4-D")
     n_out = out.shape[3]
@@ -70,7 +66,7 @@ def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo, depthwise: bool = F
         raise b.fail(op, "grouped convolution is not supported")
     ms, ss = _channel_multipliers(b, op, x, w, out, n_out)
     amin, amax = activation_range(opts.get("activation", "NONE"), out.scales[0], out.zero_points[0])
-    return BlobRecord(tuple(inputs), (-x.zero_points[0], out.zero_points[0], amin, amax, sh, sw, dh, dw,
+    return BlobRecord(inputs, (-x.zero_points[0], out.zero_points[0], amin, amax, sh, sw, dh, dw,
                                       pad_h, pad_w, b.int32s(ms), b.int32s(ss), mult))
 
 

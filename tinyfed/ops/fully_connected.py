@@ -34,12 +34,8 @@ def _multipliers(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInfo, out: 
 
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
-    ins, opts = op.inputs, op.options
-    x = b.activation(op, ins[0], "input")
-    w = b.graph.tensors[ins[1]]
-    inputs = [b.id(ins[0]), b.constant(op, ins[1], "INT8", "weights"), None]
-    if len(ins) > 2 and ins[2] >= 0:
-        inputs[2] = b.constant(op, ins[2], "INT32", "bias")
+    opts = op.options
+    x, w, inputs = b.weighted_inputs(op, "weights")
     if len(w.shape) != 2:
         raise b.fail(op, "weights must be 2-D")
     n_out, depth = w.shape
@@ -49,7 +45,7 @@ def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
         raise b.fail(op, "shuffled weights are not supported")
     ms, ss = _multipliers(b, op, x, w, out, n_out)
     amin, amax = activation_range(opts.get("activation", "NONE"), out.scales[0], out.zero_points[0])
-    return BlobRecord(tuple(inputs), (-x.zero_points[0], out.zero_points[0], amin, amax, -w.zero_points[0],
+    return BlobRecord(inputs, (-x.zero_points[0], out.zero_points[0], amin, amax, -w.zero_points[0],
                                       0, 0, 0, 0, 0, b.int32s(ms), b.int32s(ss)))
 
 

@@ -25,8 +25,7 @@ OPTIONS = ("stride", "filter", "padding", "activation")
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
     """Window, strides, pads and activation range; TFLM requires equal input and output quantization."""
     opts = op.options
-    x = b.activation(op, op.inputs[0], "input")
-    x_id = b.id(op.inputs[0])
+    x, x_id = b.activation_input(op)
     if len(x.shape) != 4 or len(out.shape) != 4:
         raise b.fail(op, "input and output must be 4-D")
     if x.scales != out.scales or x.zero_points != out.zero_points:

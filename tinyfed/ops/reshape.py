@@ -16,8 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
-    x = b.activation(op, op.inputs[0], "input")
-    x_id = b.id(op.inputs[0])
+    x, x_id = b.activation_input(op)
     if x.size != out.size:
         raise b.fail(op, "input and output sizes differ")
     if x.scales != out.scales or x.zero_points != out.zero_points:

@@ -29,8 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
     """TFLM's int8 softmax setup: the input multiplier of beta * scale in Q5.26 and the diff radius."""
-    x = b.activation(op, op.inputs[0], "input")
-    x_id = b.id(op.inputs[0])
+    x, x_id = b.activation_input(op)
     if x.shape != out.shape:
         raise b.fail(op, "input and output shapes differ")
     if out.zero_points[0] != -128 or abs(out.scales[0] - 1.0 / 256) > 1e-6:

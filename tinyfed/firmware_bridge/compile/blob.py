@@ -24,7 +24,7 @@ import numpy as np
 
 from tinyfed import ops
 from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge.compile.layout import DataSection, align_up, plan_arena
+from tinyfed.firmware_bridge.compile.layout import FragmentBuilder, align_up, plan_arena
 from tinyfed.ops.fixed_point import quantize_multiplier
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,26 +186,14 @@ class BlobInfo:
 # --------------------------------------------------------------------------------------
 
 
-class BlobBuilder:
+class BlobBuilder(FragmentBuilder):
     """What an op's TFMB encoder may do while the blob is compiled: check its tensors, number
     them, append constants to the data section and declare its output an alias of its input."""
 
     def __init__(self, graph: TfliteGraph, source: str) -> None:
-        self.graph = graph
-        self.source = source
-        self.ids: dict[int, int] = {}  # graph tensor -> blob tensor, in first-use order
-        self.data = DataSection(ALIGN)
+        super().__init__(graph, source, ALIGN)
         self.const_offsets: dict[int, int] = {}
         self.aliases: dict[int, int] = {}  # reshape output -> input (shares arena bytes)
-
-    def fail(self, op: OpInfo, problem: str, fix: str | None = None) -> ModelError:
-        return ModelError(f"op {op.index} {op.name}: {problem}", fix=fix, source=self.source)
-
-    def id(self, t: int) -> int:
-        """The blob tensor id of graph tensor ``t`` (numbered on first use)."""
-        if t not in self.ids:
-            self.ids[t] = len(self.ids)
-        return self.ids[t]
 
     def activation(self, op: OpInfo, t: int, what: str) -> TensorInfo:
         """Tensor ``t`` checked as a per-tensor int8 activation of rank <= 4 (not numbered)."""
@@ -218,6 +206,23 @@ class BlobBuilder:
         if len(info.shape) > 4:
             raise self.fail(op, f"{what} tensor {t} has rank {len(info.shape)} > 4")
         return info
+
+    def activation_input(self, op: OpInfo, index: int = 0, what: str = "input") -> tuple[TensorInfo, int]:
+        """Input ``index`` of ``op`` checked as an int8 activation (:meth:`activation`), and its blob id."""
+        t = op.inputs[index]
+        info = self.activation(op, t, what)
+        return info, self.id(t)
+
+    def weighted_inputs(self, op: OpInfo, weights: str) -> tuple[TensorInfo, TensorInfo, tuple[int | None, ...]]:
+        """A convolution's or fully-connected op's int8 input, int8 ``weights`` and optional int32 bias.
+
+        Returns the input and weight tensors and the three blob ids (None: no bias), numbered in TFLM's
+        input order, which is the order the TFMB tensor table lists them in."""
+        ins = op.inputs
+        x, x_id = self.activation_input(op)
+        w_id = self.constant(op, ins[1], "INT8", weights)
+        bias_id = self.constant(op, ins[2], "INT32", "bias") if len(ins) > 2 and ins[2] >= 0 else None
+        return x, self.graph.tensors[ins[1]], (x_id, w_id, bias_id)
 
     def constant(self, op: OpInfo, t: int, type_name: str, what: str) -> int:
         """Constant ``t`` of ``type_name``, its values in the data section (once); its blob id."""

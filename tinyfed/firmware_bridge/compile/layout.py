@@ -8,9 +8,14 @@ section; one definition of each keeps the two formats' rules from drifting apart
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["DataSection", "align_up", "padding_name", "plan_arena", "window_geometry"]
+from tinyfed.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tinyfed.models.tflite_graph import OpInfo, TfliteGraph
+
+__all__ = ["DataSection", "FragmentBuilder", "align_up", "padding_name", "plan_arena", "window_geometry"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -80,3 +85,27 @@ class DataSection:
         offset = len(self.buf)
         self.buf += payload
         return offset
+
+
+class FragmentBuilder:
+    """What both compilers' builders share: the graph, its tensors numbered in first-use order (the
+    order of the tensor table), a data section, and the op-located error an encoder raises."""
+
+    def __init__(self, graph: TfliteGraph, source: str, align: int) -> None:
+        self.graph = graph
+        self.source = source
+        self.ids: dict[int, int] = {}  # graph tensor -> table id, in first-use order
+        self.data = DataSection(align)
+
+    def default_fix(self) -> str | None:
+        """The fix an error names when its encoder gives none."""
+        return None
+
+    def fail(self, op: OpInfo, problem: str, fix: str | None = None) -> ModelError:
+        return ModelError(f"op {op.index} {op.name}: {problem}", fix=fix or self.default_fix(), source=self.source)
+
+    def id(self, t: int) -> int:
+        """The table id of graph tensor ``t`` (numbered on first use)."""
+        if t not in self.ids:
+            self.ids[t] = len(self.ids)
+        return self.ids[t]

@@ -23,7 +23,7 @@ import numpy as np
 
 from tinyfed import ops
 from tinyfed.errors import ModelError, PlanError
-from tinyfed.firmware_bridge.compile.layout import DataSection, align_up, plan_arena
+from tinyfed.firmware_bridge.compile.layout import FragmentBuilder, align_up, plan_arena
 from tinyfed.planner import trainable as tfw
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,17 +85,14 @@ class ProgramInfo:
     total_size: int
 
 
-class ProgramBuilder:
+class ProgramBuilder(FragmentBuilder):
     """What an op's TFTR encoder may do while the program is compiled: check activations, number
     tensors and lay out its weights and biases (int8/int32 values, scales, zero points and the map
     of each channel to its place in w*)."""
 
     def __init__(self, graph: TfliteGraph, units: list[tfw.TrainableUnit], source: str) -> None:
-        self.graph = graph
+        super().__init__(graph, source, ALIGN)
         self.units = units
-        self.source = source
-        self.ids: dict[int, int] = {}  # tail tensor -> program tensor, in first-use order
-        self.data = DataSection(ALIGN)
         self.params: dict[int, dict[str, Any]] = {}  # tail tensor -> record fields
         self.unit_of: dict[int, int] = {}  # tail tensor -> its unit
         self.unit_start: dict[int, int] = {}  # unit -> first value in w*
@@ -105,14 +102,8 @@ class ProgramBuilder:
             start += len(u.channels) * u.values_per_channel
         self.trainable_count = start
 
-    def fail(self, op: OpInfo, problem: str, fix: str | None = None) -> ModelError:
-        return ModelError(f"op {op.index} {op.name}: {problem}", fix=fix or _fix_ops(), source=self.source)
-
-    def id(self, t: int) -> int:
-        """The program tensor id of tail tensor ``t`` (numbered on first use)."""
-        if t not in self.ids:
-            self.ids[t] = len(self.ids)
-        return self.ids[t]
+    def default_fix(self) -> str:
+        return _fix_ops()
 
     def activation(self, op: OpInfo, t: int, what: str) -> int:
         """Tensor ``t`` checked as an activation of rank 1..4; its id."""

@@ -72,6 +72,16 @@ class EmulatedBoard:
     ready_s: float | None = None
     _stopped: bool = field(default=False, repr=False)
 
+    @classmethod
+    def track(cls, board: str, name: str | None, port: int, process: subprocess.Popen, command: list[str],
+              log_path: str) -> EmulatedBoard:
+        """A just-started emulator serving its UART on ``127.0.0.1:port``, registered to be stopped at exit."""
+        emu = cls(board, name or f"{board}@{port}", f"socket://127.0.0.1:{port}", port, process, command,
+                  Path(log_path))
+        with _LIVE_LOCK:
+            _LIVE.add(emu)
+        return emu
+
     @property
     def running(self) -> bool:
         return not self._stopped and self.process.poll() is None
@@ -167,6 +177,15 @@ def qemu_command(board: Board, elf_path: Path | str, fd: int, qemu: str = QEMU,
     return cmd
 
 
+def firmware_elf(elf_path: Path | str, board: str) -> Path:
+    """``elf_path`` as a Path, or an EmulatorError saying how to build the firmware if it is not there."""
+    elf = Path(elf_path)
+    if not elf.is_file():
+        raise EmulatorError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {board}`",
+                            source=str(elf))
+    return elf
+
+
 def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU,
                extra_args: tuple[str, ...] | list[str] = (), port: int = 0) -> EmulatedBoard:
     """Start QEMU for ``board`` running ``elf_path``; do not wait for the firmware (see :func:`wait_ready`).
@@ -177,10 +196,7 @@ def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = N
     exe = shutil.which(qemu)
     if exe is None:
         raise EmulatorError(f"{qemu} is not installed", fix="run `make setup` (or `apt-get install qemu-system-arm`)")
-    elf = Path(elf_path)
-    if not elf.is_file():
-        raise EmulatorError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {b.name}`",
-                            source=str(elf))
+    elf = firmware_elf(elf_path, b.name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -198,10 +214,7 @@ def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = N
             os.close(log_fd)
     finally:
         sock.close()  # QEMU holds its own copy of the listening socket
-    emu = EmulatedBoard(b.name, name or f"{b.name}@{port}", f"socket://127.0.0.1:{port}", port, proc, cmd,
-                        Path(log_name))
-    with _LIVE_LOCK:
-        _LIVE.add(emu)
+    emu = EmulatedBoard.track(b.name, name, port, proc, cmd, log_name)
     log.info("%s: started qemu pid %d on %s", emu.name, proc.pid, emu.url)
     return emu
 
@@ -249,7 +262,11 @@ def launch_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = 
                 ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU,
                 extra_args: tuple[str, ...] | list[str] = ()) -> EmulatedBoard:
     """Start QEMU and wait until its firmware answers a PING (``extra_args``: see :func:`qemu_command`)."""
-    emu = start_qemu(board, elf_path, name=name, qemu=qemu, extra_args=extra_args)
+    return ready_or_stopped(start_qemu(board, elf_path, name=name, qemu=qemu, extra_args=extra_args), ready_timeout)
+
+
+def ready_or_stopped(emu: EmulatedBoard, ready_timeout: float) -> EmulatedBoard:
+    """``emu`` once its firmware answers a PING (:func:`wait_ready`); stopped if it does not, or on interrupt."""
     try:
         wait_ready(emu, ready_timeout)
     except BaseException:

@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING
 
 from tinyfed.errors import BoardError
 from tinyfed.firmware_bridge.emulate.emulator import (
-    _LIVE,
-    _LIVE_LOCK,
     DEFAULT_READY_TIMEOUT,
     EmulatedBoard,
     EmulatorError,
     _die_with_parent,
     _resolve_board,
-    wait_ready,
+    firmware_elf,
+    ready_or_stopped,
 )
 
 if TYPE_CHECKING:
@@ -81,10 +80,7 @@ def launch_renode(board: Board | str, elf_path: Path | str, *, name: str | None 
     path = shutil.which(exe)
     if path is None:
         raise EmulatorError("renode is not installed", fix="install Renode (https://renode.io) and put it on PATH")
-    elf = Path(elf_path)
-    if not elf.is_file():
-        raise EmulatorError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {b.name}`",
-                            source=str(elf))
+    elf = firmware_elf(elf_path, b.name)
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"tinyfed-renode-{b.name}-"))
     script = write_resc(b, elf, port, workdir / "board.resc")
@@ -96,13 +92,4 @@ def launch_renode(board: Board | str, elf_path: Path | str, *, name: str | None 
                                 preexec_fn=_die_with_parent, cwd=workdir)  # noqa: PLW1509 - calls one libc function
     finally:
         os.close(log_fd)
-    emu = EmulatedBoard(b.name, name or f"{b.name}@{port}", f"socket://127.0.0.1:{port}", port, proc, cmd,
-                        Path(log_name))
-    with _LIVE_LOCK:
-        _LIVE.add(emu)
-    try:
-        wait_ready(emu, ready_timeout)
-    except BaseException:
-        emu.stop()
-        raise
-    return emu
+    return ready_or_stopped(EmulatedBoard.track(b.name, name, port, proc, cmd, log_name), ready_timeout)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cobs import cobs
 
@@ -37,7 +37,17 @@ PRE_HELLO_PAYLOAD = 64
 DEFAULT_MAX_PAYLOAD = 256
 
 
-class Command:
+class _CodeTable:
+    """A table of wire codes: ``NAMES`` maps each code back to its constant's name, for logs and errors."""
+
+    NAMES: ClassVar[dict[int, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.NAMES = {code: name for name, code in vars(cls).items() if name.isupper() and isinstance(code, int)}
+
+
+class Command(_CodeTable):
     HELLO = 0x01
     PING = 0x02
     RESET = 0x03
@@ -54,12 +64,6 @@ class Command:
     UPDATE_READ = 0x42
     EVALUATE = 0x43
 
-    NAMES: ClassVar[dict[int, str]] = {
-        0x01: "HELLO", 0x02: "PING", 0x03: "RESET", 0x10: "LOAD_BEGIN", 0x11: "LOAD_CHUNK",
-        0x12: "LOAD_COMMIT", 0x20: "INPUT_WRITE", 0x21: "INVOKE", 0x22: "OUTPUT_READ", 0x30: "BENCH",
-        0x31: "STATS", 0x40: "TRAIN_SET", 0x41: "TRAIN", 0x42: "UPDATE_READ", 0x43: "EVALUATE",
-    }
-
 
 class LoadTarget:
     """Which flash store a LOAD_BEGIN writes (its optional 9th byte)."""
@@ -69,7 +73,7 @@ class LoadTarget:
     DATA = 2
 
 
-class Status:
+class Status(_CodeTable):
     OK = 0
     BAD_CRC = 1
     UNKNOWN_COMMAND = 2
@@ -86,13 +90,6 @@ class Status:
     NO_DATA = 13
     BAD_ARGUMENT = 14
     NO_UPDATE = 15
-
-    NAMES: ClassVar[dict[int, str]] = {
-        0: "OK", 1: "BAD_CRC", 2: "UNKNOWN_COMMAND", 3: "FRAGMENT_TOO_LARGE", 4: "OUT_OF_MEMORY",
-        5: "UNSUPPORTED_OP", 6: "WRONG_VERSION", 7: "BAD_LENGTH", 8: "OUT_OF_ORDER", 9: "NO_MODEL",
-        10: "BAD_MODEL", 11: "FRAME_TOO_LARGE", 12: "BUSY", 13: "NO_DATA", 14: "BAD_ARGUMENT",
-        15: "NO_UPDATE",
-    }
 
 
 #: Statuses a board sends with seq NAK_SEQ for a frame it dropped; the host retransmits at once.

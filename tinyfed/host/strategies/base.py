@@ -50,6 +50,20 @@ def check_float(name: str, value: Any, *, low: float, low_open: bool = False) ->
         raise StrategyParamError(f"{name} = {value!r} is out of range", fix=f"use a finite number {bound}")
 
 
+def store_int(params: Any, name: str, low: int) -> None:
+    """Check field ``name`` of a frozen params dataclass (:func:`check_int`) and store it back as a plain int."""
+    value = getattr(params, name)
+    check_int(name, value, low)
+    object.__setattr__(params, name, int(value))
+
+
+def store_float(params: Any, name: str, *, low: float, low_open: bool = False) -> None:
+    """Check field ``name`` of a frozen params dataclass (:func:`check_float`) and store it back as a float."""
+    value = getattr(params, name)
+    check_float(name, value, low=low, low_open=low_open)
+    object.__setattr__(params, name, float(value))
+
+
 @dataclass(frozen=True, eq=False)
 class Aggregate:
     """One global step: the engine adds ``step`` to the payload vector and moves to ``new_version``.
@@ -77,6 +91,16 @@ def weighted_step(updates: list[Update], weights: np.ndarray, server_lr: float) 
     for share, u in zip(shares, updates, strict=True):
         acc += share * u.delta.astype(np.float64)
     return (server_lr * acc).astype(np.float32)
+
+
+def sample_counts(updates: list[Update]) -> np.ndarray:
+    """Each update's sample count n_i as float64: the factor every strategy's weight starts from."""
+    return np.array([u.n for u in updates], dtype=np.float64)
+
+
+def staleness_of(updates: list[Update], version: int) -> np.ndarray:
+    """Each update's version lag tau_i at ``version`` (int64)."""
+    return np.array([version - u.base_version for u in updates], dtype=np.int64)
 
 
 def update_to_state(u: Update) -> dict[str, Any]:
@@ -146,6 +170,13 @@ class Strategy(ABC):
     @abstractmethod
     def on_lost(self, device_id: str, task_id: int) -> Aggregate | None:
         """A device vanished with its task; a strategy waiting for it may complete a step now."""
+
+    def _step(self, updates: list[Update], weights: np.ndarray, staleness: np.ndarray, version: int) -> Aggregate:
+        """The global step at ``version`` from ``updates`` weighted by ``weights``, counted as one aggregation."""
+        self.counters["aggregations"] += 1
+        self.counters["consumed"] += len(updates)
+        return Aggregate(weighted_step(updates, weights, self.params.server_lr), weights, staleness, tuple(updates),
+                         version, version + 1)
 
     def poll(self, version: int) -> Aggregate | None:
         """A step that became due without a new update (e.g. ``fleet_size`` shrank below K), else None."""
@@ -220,15 +251,11 @@ class BufferedStrategy(Strategy):
         # Consume everything buffered: more than K only happens after fleet_size shrank, and keeping
         # the surplus for later would only make it staler.
         updates, self.buffer = self.buffer, []
-        staleness = np.array([version - u.base_version for u in updates], dtype=np.int64)
+        staleness = staleness_of(updates, version)
         if (staleness < 0).any():
             raise StrategyError(f"{self.name}: an update is from a version after {version}",
                                 fix="run check_update before on_update")
-        w = np.asarray(self.weights(updates, staleness), dtype=np.float64)
-        self.counters["aggregations"] += 1
-        self.counters["consumed"] += len(updates)
-        return Aggregate(weighted_step(updates, w, self.params.server_lr), w, staleness, tuple(updates),
-                         version, version + 1)
+        return self._step(updates, np.asarray(self.weights(updates, staleness), dtype=np.float64), staleness, version)
 
     def on_lost(self, device_id: str, task_id: int) -> Aggregate | None:
         # Nothing waits on a particular device; an update it sent before vanishing stays buffered.

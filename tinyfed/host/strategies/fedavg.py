@@ -16,12 +16,13 @@ import numpy as np
 from tinyfed.host.strategies.base import (
     Aggregate,
     Strategy,
-    check_float,
-    check_int,
+    sample_counts,
     stack_deltas,
+    staleness_of,
+    store_float,
+    store_int,
     update_to_state,
     updates_from_state,
-    weighted_step,
 )
 from tinyfed.host.updates import Update
 
@@ -36,10 +37,8 @@ class FedAvgParams:
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("clients_per_round", self.clients_per_round, 1)
-        check_float("server_lr", self.server_lr, low=0.0, low_open=True)
-        object.__setattr__(self, "clients_per_round", int(self.clients_per_round))
-        object.__setattr__(self, "server_lr", float(self.server_lr))
+        store_int(self, "clients_per_round", 1)
+        store_float(self, "server_lr", low=0.0, low_open=True)
 
 
 class FedAvg(Strategy):
@@ -103,12 +102,7 @@ class FedAvg(Strategy):
     def _close(self, version: int) -> Aggregate:
         updates = self.arrived
         self._clear()
-        w = np.array([u.n for u in updates], dtype=np.float64)
-        staleness = np.array([version - u.base_version for u in updates], dtype=np.int64)
-        self.counters["aggregations"] += 1
-        self.counters["consumed"] += len(updates)
-        return Aggregate(weighted_step(updates, w, self.params.server_lr), w, staleness, tuple(updates),
-                         version, version + 1)
+        return self._step(updates, sample_counts(updates), staleness_of(updates, version), version)
 
     def _clear(self) -> None:
         self.round_version, self.sampled, self.pending, self.arrived = None, [], [], []

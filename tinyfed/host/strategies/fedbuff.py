@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyfed.host.strategies.base import BufferedStrategy, check_float, check_int
+from tinyfed.host.strategies.base import BufferedStrategy, sample_counts, store_float, store_int
 from tinyfed.host.updates import Update
 
 
@@ -22,10 +22,8 @@ class FedBuffParams:
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("buffer_size", self.buffer_size, 1)
-        check_float("server_lr", self.server_lr, low=0.0, low_open=True)
-        object.__setattr__(self, "buffer_size", int(self.buffer_size))
-        object.__setattr__(self, "server_lr", float(self.server_lr))
+        store_int(self, "buffer_size", 1)
+        store_float(self, "server_lr", low=0.0, low_open=True)
 
 
 class FedBuff(BufferedStrategy):
@@ -37,5 +35,4 @@ class FedBuff(BufferedStrategy):
     Params = FedBuffParams
 
     def weights(self, updates: list[Update], staleness: np.ndarray) -> np.ndarray:
-        n = np.array([u.n for u in updates], dtype=np.float64)
-        return n / np.sqrt(1.0 + staleness.astype(np.float64))
+        return sample_counts(updates) / np.sqrt(1.0 + staleness.astype(np.float64))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyfed.host.strategies.base import BufferedStrategy, check_float, check_int
+from tinyfed.host.strategies.base import BufferedStrategy, sample_counts, store_float, store_int
 from tinyfed.host.updates import Update
 
 
@@ -25,13 +25,10 @@ class FTTEParams:
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("buffer_size", self.buffer_size, 1)
-        check_float("staleness_exponent", self.staleness_exponent, low=0.0)
-        check_float("variance_gamma", self.variance_gamma, low=0.0)
-        check_float("server_lr", self.server_lr, low=0.0, low_open=True)
-        object.__setattr__(self, "buffer_size", int(self.buffer_size))
-        for name in ("staleness_exponent", "variance_gamma", "server_lr"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        store_int(self, "buffer_size", 1)
+        store_float(self, "staleness_exponent", low=0.0)
+        store_float(self, "variance_gamma", low=0.0)
+        store_float(self, "server_lr", low=0.0, low_open=True)
 
 
 def staleness_factor(staleness: np.ndarray, exponent: float) -> np.ndarray:
@@ -61,7 +58,7 @@ class FTTE(BufferedStrategy):
     Params = FTTEParams
 
     def weights(self, updates: list[Update], staleness: np.ndarray) -> np.ndarray:
-        n = np.array([u.n for u in updates], dtype=np.float64)
+        n = sample_counts(updates)
         var = np.array([u.variance for u in updates], dtype=np.float64)
         p = self.params
         return n * staleness_factor(staleness, p.staleness_exponent) * variance_factor(var, p.variance_gamma)
