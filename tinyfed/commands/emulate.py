@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.firmware_bridge.emulate.emulator import DEFAULT_READY_TIMEOUT
 
 
 @click.command("emulate")
@@ -18,7 +19,7 @@ from tinyfed.commands.options import boards_dir_option, json_option
               help="Write a fleet file of the boards' socket:// URLs (for `tinyfed devices --fleet`); removed on exit.")
 @click.option("--elf", "elf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Firmware ELF (default: build it with `tinyfed firmware build`).")
-@click.option("--ready-timeout", type=float, default=15.0, show_default=True,
+@click.option("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT, show_default=True,
               help="Seconds each board has to answer its first PING.")
 @boards_dir_option
 @json_option

@@ -402,7 +402,7 @@ def measure_arena(
     resolution: int = 16,
     start: int = _START,
     cap: int = _CAP,
-    probe_timeout: float = 60.0,
+    probe_timeout: float = 300.0,  # a hang bound: a probe past it counts as a crash at that size
     source: str = "<bytes>",
 ) -> ArenaMeasurement:
     """Smallest arena (multiple of ``resolution``) in which the model allocates and invokes.
