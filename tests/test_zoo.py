@@ -265,6 +265,44 @@ def test_pretrain_check_reproduces_committed_weights(_cache_dir: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     for name in ZOO_NAMES:
         assert f"{name}: ok" in proc.stdout
+    # Each model says which comparison it got: bit-exact on a machine with the committed file's
+    # numeric fingerprint, the cross-CPU closeness-and-accuracy check anywhere else.
+    assert proc.stdout.count("bit-exact (tolerance") + proc.stdout.count("cross-CPU comparison") == len(ZOO_NAMES)
+
+
+def _weights_file(path: Path, weights: list[np.ndarray], meta: dict[str, object]) -> Path:
+    path.write_bytes(zoo.weights_to_npz_bytes(weights, np.zeros(1), np.ones(1), meta))
+    return path
+
+
+def test_pretrain_cross_cpu_comparison(tmp_path: Path) -> None:
+    from tinyfed.models.pretrain import CROSS_CPU_ACCURACY, CROSS_CPU_REL_L2, compare_close, compare_weight_files
+
+    rng = np.random.default_rng(0)
+    w = [rng.normal(size=(8, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    ref = _weights_file(tmp_path / "ref.npz", w, {"test_accuracy": 0.84})
+    # Another CPU's rounding: a few per cent off, same accuracy within the margin -> ok.
+    near = [a * np.float32(1.05) for a in w]
+    close = _weights_file(tmp_path / "close.npz", near, {"test_accuracy": 0.84 - CROSS_CPU_ACCURACY / 2})
+    problems, summary = compare_close(ref, close)
+    assert problems == [] and "0.05" in summary
+    assert compare_weight_files(ref, close)  # but not bit-exact
+    # Another training run (independent weights) or a lost accuracy -> a mismatch.
+    other = _weights_file(tmp_path / "other.npz", [rng.normal(size=a.shape).astype(np.float32) for a in w],
+                          {"test_accuracy": 0.84})
+    assert any(f"> {CROSS_CPU_REL_L2:g}" in p for p in compare_close(ref, other)[0])
+    worse = _weights_file(tmp_path / "worse.npz", w, {"test_accuracy": 0.84 - 2 * CROSS_CPU_ACCURACY})
+    assert any("test accuracy" in p for p in compare_close(ref, worse)[0])
+
+
+def test_numeric_fingerprint_differences() -> None:
+    from tinyfed.models.pretrain import fingerprint_differences, numeric_fingerprint
+
+    here = numeric_fingerprint()
+    assert here["numpy"] == np.__version__ and "numpy_simd" in here
+    assert fingerprint_differences(dict(here), here) == []
+    assert fingerprint_differences(None, here) == ["the committed file records no numeric fingerprint"]
+    assert fingerprint_differences({**here, "cpu_model": "elsewhere"}, here)[0].startswith("cpu_model:")
 
 
 def test_weights_dir_is_package_data() -> None:
