@@ -284,9 +284,9 @@ def test_tfds_refuses_targets_the_board_would_refuse() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def board_session(url: str, c: dict, params, name: str) -> tuple:
-    """Provision (fragment if any, program, data), set w* at version 1, EVALUATE, TRAIN, read
-    the update, EVALUATE again (w* is then the trained values)."""
+def board_session(url: str, c: dict, params, name: str, *, load_data: bool = True) -> tuple:
+    """Provision (fragment if any, program, data unless preloaded), set w* at version 1, EVALUATE,
+    TRAIN, read the update, EVALUATE again (w* is then the trained values)."""
     from tinyfed.firmware_bridge.compile.blob import compile_blob
     from tinyfed.firmware_bridge.link.client import BoardClient
 
@@ -296,7 +296,8 @@ def board_session(url: str, c: dict, params, name: str) -> tuple:
         if c.get("head"):
             client.load_fragment(compile_blob(c["head"]))
         client.load_program(c["program"])
-        client.load_data(c["image"])
+        if load_data:
+            client.load_data(c["image"])
         client.set_weights(1, w0)
         before = client.evaluate()
         report = client.train(params, timeout=600.0)
@@ -359,8 +360,8 @@ def test_sim_board_refuses_data_of_another_task() -> None:
         client.load_data(local_data.pack(c["x"], np.arange(8) % 2, 2))  # class targets
         with pytest.raises(DeviceError) as e:
             client.train(TrainParams(version=0, epochs=1, batch_size=4, lr=0.1, seed=0))
-        assert e.value.status == Status.NO_DATA and "target kind is 2" in str(e.value)
+        assert e.value.status == Status.NO_DATA and "program target kind 2" in str(e.value)
         client.load_data(local_data.pack(c["x"], np.zeros((8, 3), np.float32), kind=local_data.TARGET_REAL))
         with pytest.raises(DeviceError) as e:
             client.evaluate()
-        assert e.value.status == Status.NO_DATA and "output of values 2" in str(e.value)
+        assert e.value.status == Status.NO_DATA and "program outputs 2" in str(e.value)
