@@ -142,3 +142,28 @@ def requantized(model: bytes, quantization: dict[int, tuple[float, int]]) -> byt
         q = obj.subgraphs[0].tensors[t].quantization
         q.scale, q.zeroPoint = [float(scale)], [int(zp)]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+ELEMENTWISE_TAIL_SHAPE = (4, 4, 3)
+
+
+@functools.cache
+def elementwise_tail_int8() -> bytes:
+    """A trainable network through every elementwise op, ending in SOFTMAX: conv, HARD_SWISH, MUL
+    by a broadcast (1, 1, 8) conv output, TANH, reshape, standalone RELU6, FC, LEAKY_RELU,
+    standalone RELU, FC, LOGISTIC, MUL by a constant with a fused RELU6, FC, SOFTMAX."""
+    tf = _tf()
+    keras = tf.keras
+    keras.utils.set_random_seed(6)
+    bias = keras.initializers.RandomNormal(stddev=0.2, seed=1)
+    inp = keras.Input(shape=ELEMENTWISE_TAIL_SHAPE, batch_size=1, name="x")
+    h = keras.layers.Activation("hard_swish")(keras.layers.Conv2D(8, 3, padding="same", bias_initializer=bias)(inp))
+    s = keras.layers.Conv2D(8, 4, bias_initializer=bias)(h)
+    t = keras.layers.Activation("tanh")(keras.layers.Multiply()([h, s]))
+    r = keras.layers.ReLU(6.0)(keras.layers.Reshape((-1,))(t))
+    d = keras.layers.LeakyReLU(negative_slope=0.2)(keras.layers.Dense(16, bias_initializer=bias)(r))
+    g = keras.layers.Activation("sigmoid")(keras.layers.Dense(8, bias_initializer=bias)(keras.layers.ReLU()(d)))
+    c = np.linspace(2.0, 9.0, 8).astype(np.float32)
+    m = keras.layers.ReLU(6.0)(keras.layers.Lambda(lambda v: v * c)(g))
+    out = keras.layers.Softmax()(keras.layers.Dense(5, bias_initializer=bias)(m))
+    return _convert(keras.Model(inp, out), ELEMENTWISE_TAIL_SHAPE)

@@ -19,8 +19,10 @@ import test_engine
 from engine_models import (
     ELEMENTWISE_KINDS,
     ELEMENTWISE_SHAPE,
+    ELEMENTWISE_TAIL_SHAPE,
     MUL_KINDS,
     elementwise_int8,
+    elementwise_tail_int8,
     mul_int8,
     requantized,
 )
@@ -118,3 +120,22 @@ def test_mul_bit_exact(engine_lib, kind: str) -> None:
         z1, z2, z_out = (int(v) for v in rng.integers(-128, 128, size=3))
         q = {mul.outputs[0]: (s_out, z_out), mul.inputs[0]: (s1, z1), mul.inputs[1]: (s2, z2)}
         assert _compare(engine_lib, requantized(model, q), x, f"MUL {kind} {s1} * {s2} -> {s_out}")
+
+
+def test_network_of_elementwise_ops_bit_exact(engine_lib) -> None:
+    """Every op in one converted network (calibrated scales, MUL with a fused RELU6 and with a
+    broadcast operand): the full model and each single-output prefix."""
+    model = elementwise_tail_int8()
+    g = TfliteGraph.from_bytes(model)
+    assert set(ELEMENTWISE_KINDS) | {"MUL"} <= set(g.op_names())
+    x = np.random.default_rng(4).integers(-128, 128, size=(300, *ELEMENTWISE_TAIL_SHAPE)).astype(np.int8)
+    checked = 0
+    for k in range(1, len(g.ops) + 1):
+        try:
+            frag = g.extract(0, k)
+            compile_blob(frag)
+        except ModelError:
+            continue  # a prefix ending between the MUL's two branches has two outputs
+        assert _compare(engine_lib, frag, x, f"prefix of {k} ops")
+        checked += 1
+    assert checked >= len(g.ops) - 2
