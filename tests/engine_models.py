@@ -4,7 +4,7 @@
 conv with depth multiplier 2 and dilation 2, two 1x1 branches joined by ADD (different
 scales), SAME average pooling (edge windows count fewer elements), SAME max pooling, a
 reshape, per-channel or per-tensor FULLY_CONNECTED, and softmax with beta != 1.
-``with_unsupported_int8()``: a model with ELU, which neither engine runs.
+``with_unsupported_int8()``: a model with GELU, which neither engine runs.
 ``elementwise_int8(kind)``: one LOGISTIC, TANH, RELU, RELU6, LEAKY_RELU or HARD_SWISH on a
 (4, 5, 6) input; ``mul_int8(kind)``: MUL with broadcasting, a fused RELU or a constant operand;
 ``requantized(model, {tensor: (scale, zero point)})`` rewrites quantization parameters (the
@@ -82,7 +82,7 @@ def with_unsupported_int8() -> bytes:
     keras = tf.keras
     keras.utils.set_random_seed(4)
     inp = keras.Input(shape=(4,), batch_size=1, name="x")
-    out = keras.layers.Dense(3, activation="elu", name="fc")(inp)
+    out = keras.layers.Dense(3, activation="gelu", name="fc")(inp)
     return _convert(keras.Model(inp, out), (4,))
 
 
