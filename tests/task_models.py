@@ -5,8 +5,10 @@
 output), no SOFTMAX: the ToyADMOS autoencoder's shape, scaled down. ``fc_regressor_int8()``:
 4 -> 16 -> 16 -> 2 with a linear output, like TFLM's sine regressor with two outputs.
 ``fc_classifier_int8()``: 6 -> 8 -> 4 SOFTMAX, to train a softmax output with the MSE loss.
+``fc_multilabel_int8()``: 8 -> 16 -> 5 with a LOGISTIC head (sigmoid), one output per label.
 The data: ``autoencoder_data`` lies near a 3-dimensional subspace (learnable by a 6-unit
-bottleneck); ``regression_data`` is a smooth function of the inputs. TensorFlow is imported
+bottleneck); ``regression_data`` is a smooth function of the inputs; ``multilabel_data``'s
+labels are the signs of fixed linear functions of the inputs (separable by construction). TensorFlow is imported
 lazily; the models are cached per process.
 """
 
@@ -19,6 +21,7 @@ from engine_models import _convert, _tf
 
 AE_INPUT = 24
 REG_INPUT, REG_OUTPUT = 4, 2
+ML_INPUT, ML_LABELS = 8, 5
 
 
 @functools.cache
@@ -52,6 +55,24 @@ def fc_classifier_int8() -> bytes:
     h = keras.layers.Dense(8, activation="relu", name="fc1")(inp)
     out = keras.layers.Dense(4, activation="softmax", name="probs")(h)
     return _convert(keras.Model(inp, out), (6,))
+
+
+@functools.cache
+def fc_multilabel_int8() -> bytes:
+    keras = _tf().keras
+    keras.utils.set_random_seed(24)
+    inp = keras.Input(shape=(ML_INPUT,), batch_size=1, name="x")
+    h = keras.layers.Dense(16, activation="relu", name="fc1")(inp)
+    out = keras.layers.Dense(ML_LABELS, activation="sigmoid", name="labels")(h)
+    return _convert(keras.Model(inp, out), (ML_INPUT,))
+
+
+def multilabel_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs N(0, 1)^8 and 5 labels, each 1 where a fixed linear function of the input is positive."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, size=(n, ML_INPUT)).astype(np.float32)
+    w = np.random.default_rng(98).normal(0.0, 1.0, size=(ML_INPUT, ML_LABELS))
+    return x, (x @ w > 0).astype(np.uint8)
 
 
 def autoencoder_data(n: int, seed: int = 0) -> np.ndarray:
