@@ -1,6 +1,7 @@
 """An FC regressor, an FC autoencoder and a multilabel model (LOGISTIC head) train on an emulated
-board (QEMU ``mps2-an386``): the C engine's MSE and sigmoid cross-entropy on real firmware, against the float32 reference and the ``sim://`` board
-(tests/test_train_tasks.py builds the cases), and the board's checks of TFDS targets.
+board (QEMU ``mps2-an386``): the C engine's MSE and sigmoid cross-entropy on real firmware,
+against the float32 reference and the ``sim://`` board (tests/test_train_tasks.py builds the
+cases), and the board's checks of TFDS targets.
 
 The autoencoder's data is preloaded into the local-data store with QEMU's ``-device loader``
 (the board validates it the first time it trains); the regressor's goes over the link.
