@@ -225,11 +225,16 @@ class FloatTail:
 
     def loss(self, x: np.ndarray, targets: np.ndarray) -> float:
         """The mean loss over the batch (targets as :meth:`loss_and_grads` takes them)."""
+        return float(self.sample_losses(x, targets)[0].mean())
+
+    def sample_losses(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's loss (an autoencoder's anomaly score: its reconstruction error) and the
+        tail's outputs, forward only."""
         out = self.forward(x, keep=True)
         assert self._cache is not None
         logits = self._cache["vals"].get(self.graph.ops[-1].inputs[0]) if self.loss_kind is Loss.SIGMOID_BCE else None
         self._cache = None
-        return float(head_loss(self.loss_kind, out, logits, self._targets(targets, out)).mean())
+        return head_loss(self.loss_kind, out, logits, self._targets(targets, out)), out
 
     def _targets(self, targets: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Targets checked against the output: (n,) ints, (n, k) 0/1 or (n, *output) reals."""
