@@ -20,7 +20,7 @@ import numpy as np
 
 from tinyfed.errors import TinyfedError
 from tinyfed.planner.trainable import KIND_WEIGHTS
-from tinyfed.training.task import Task
+from tinyfed.training.task import Task, loss_of
 
 if TYPE_CHECKING:
     from tinyfed.host.rundata import RunData
@@ -161,8 +161,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         if start == "fresh-head":
             units = fresh_head(units, TfliteGraph.from_bytes(files["tail"], source="tail"), seed)
             files["trainable"] = tfw.encode(units)
-        program = compile_program(files["tail"], files["trainable"])
-        tail = FloatTail.from_fragments(files["tail"], files["trainable"])
+        program = compile_program(files["tail"], files["trainable"], task=data.task, model_input=(scale, zp))
+        tail = FloatTail.from_fragments(files["tail"], files["trainable"], loss=loss_of(data.task))
         test_q = local_data.quantize_inputs(data.x_test, scale, zp)
         test_in = tail.dequantize_input(run_blob(frozen, test_q) if frozen is not None else test_q)
         facts.update(trainable_params=plan.trainable_params)
@@ -173,13 +173,13 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         from tinyfed.planner.dense import plan_dense, training_program
 
         plan = plan_dense(model_bytes, model, TrainingConfig(batch_size=batch_size))
-        units, program = list(plan.units), plan.program
+        units = list(plan.units)
         if start == "fresh-head":
             units = fresh_head(units, graph, seed)
-            program = training_program(model_bytes, tfw.encode(units))
         blob = tfw.encode(units)
+        program = training_program(model_bytes, blob, data.task)
         frozen = None
-        tail = FloatTail.from_fragments(model_bytes, blob)
+        tail = FloatTail.from_fragments(model_bytes, blob, loss=loss_of(data.task))
         test_in = tail.dequantize_input(local_data.quantize_inputs(data.x_test, scale, zp))
         source = model_bytes
     test_y = test_targets(data, scale, zp)
@@ -194,8 +194,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         if max_windows is not None and len(idx) > max_windows:
             idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(int)]
         x = local_data.quantize_inputs(data.x[idx], scale, zp)
-        assert data.y is not None
-        images[d.name] = local_data.pack(x, data.y[idx], classes=data.num_classes)
+        y = data.y[idx] if data.y is not None else None  # an autoencoder's target is its input
+        images[d.name] = local_data.pack(x, y, classes=data.num_classes, kind=local_data.target_kind(data.task))
         windows[d.name] = len(idx)
     # local_windows: samples in each device's image, so a report need not unpack the images to count
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
