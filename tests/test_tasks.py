@@ -237,6 +237,15 @@ def test_an_autoencoder_run_on_sim_boards_reports_auc_and_improves(files: dict[s
     records = summarize(events, target_metric=0.99)
     assert records["metric"] == "auc" and records["final_auc"] == last["auc"] and not records["reached_target"]
 
+    # a resume trains the recorded task; the task itself cannot change
+    refused = CliRunner().invoke(cli, ["run", "--resume", str(out), "--task", "regress"])
+    assert refused.exit_code != 0 and "drop --task" in refused.output
+    resumed = CliRunner().invoke(cli, ["run", "--resume", str(out), "--max-versions", "12", "--target-metric", "0.999",
+                                       "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads(resumed.output.strip().splitlines()[-1])
+    assert (again["metric"], again["versions"], again["resumed_from"], again["target_metric"]) == ("auc", 12, 10, 0.999)
+
 
 def test_the_float_and_int8_evaluators_agree_on_a_regressor(files: dict[str, Path]) -> None:
     """The host's two scores of one model: the float tail (FloatTail.forward) and the int8 model

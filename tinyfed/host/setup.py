@@ -173,11 +173,16 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         from tinyfed.planner.dense import plan_dense, training_program
 
         plan = plan_dense(model_bytes, model, TrainingConfig(batch_size=batch_size))
-        units = list(plan.units)
+        from tinyfed.firmware_bridge.compile.train_blob import parse_program
+
+        units, program = list(plan.units), plan.program
         if start == "fresh-head":
             units = fresh_head(units, graph, seed)
         blob = tfw.encode(units)
-        program = training_program(model_bytes, blob, data.task)
+        # the sizing compiled the program for the task the last op implies; another task's (or
+        # another start's) is compiled here
+        if start == "fresh-head" or parse_program(program).target_kind != local_data.target_kind(data.task):
+            program = training_program(model_bytes, blob, data.task)
         frozen = None
         tail = FloatTail.from_fragments(model_bytes, blob, loss=loss_of(data.task))
         test_in = tail.dequantize_input(local_data.quantize_inputs(data.x_test, scale, zp))

@@ -38,6 +38,8 @@ def training_program(model: bytes, trainable: bytes, task: Task | None = None) -
     that program, compiled for the run's task."""
     from tinyfed.firmware_bridge.compile.train_blob import compile_program
 
+    if task is None:
+        return compile_program(model, trainable)  # the program's own default: the task the last op implies
     return compile_program(model, trainable, task=task)
 
 
