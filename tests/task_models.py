@@ -67,3 +67,41 @@ def regression_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = rng.uniform(-2.0, 2.0, size=(n, REG_INPUT)).astype(np.float32)
     y = np.stack([np.sin(x[:, 0]) + 0.5 * x[:, 1], 0.3 * x[:, 2] - 0.2 * x[:, 3] * x[:, 0]], axis=1)
     return x, y.astype(np.float32)
+
+
+@functools.cache
+def fc_multilabel_int8() -> bytes:
+    """8 -> 16 -> 4 with a sigmoid output (FULLY_CONNECTED + LOGISTIC): four labels at once."""
+    keras = _tf().keras
+    keras.utils.set_random_seed(24)
+    inp = keras.Input(shape=(8,), batch_size=1, name="x")
+    h = keras.layers.Dense(16, activation="relu", name="fc1")(inp)
+    out = keras.layers.Dense(4, activation="sigmoid", name="labels")(h)
+    return _convert(keras.Model(inp, out), (8,))
+
+
+def multilabel_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of R^8 and four 0/1 labels: the signs of fixed projections."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, size=(n, 8)).astype(np.float32)
+    return x, (x @ np.random.default_rng(98).normal(size=(8, 4)) > 0).astype(np.float32)
+
+
+def anomaly_split(n_train: int = 1200, n_test: int = 400, anomalies: int = 100, seed: int = 0) -> dict:
+    """An autoencoder's NPZ arrays: ``x`` (no ``y``), ``x_test`` and ``y_test_anomaly``.
+
+    The anomalies replace test samples by vectors of the same norm orthogonal to the normal
+    data's 3-dimensional subspace (its top principal directions), so only the reconstruction
+    error tells them apart, not their size."""
+    x = autoencoder_data(n_train, seed)
+    x_test = autoencoder_data(n_test, seed + 1)
+    basis = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)[2][:3]  # orthonormal rows
+    rng = np.random.default_rng(seed + 2)
+    off = rng.normal(size=(anomalies, AE_INPUT))
+    off -= off @ basis.T @ basis
+    norms = np.linalg.norm(x_test[:anomalies], axis=1, keepdims=True)
+    x_test[:anomalies] = (off / np.linalg.norm(off, axis=1, keepdims=True) * norms).astype(np.float32)
+    flags = np.zeros(n_test, np.int64)
+    flags[:anomalies] = 1
+    order = rng.permutation(n_test)
+    return {"x": x, "x_test": x_test[order], "y_test_anomaly": flags[order]}

@@ -10,8 +10,15 @@ from typing import get_args
 
 import numpy as np
 import pytest
-from _task_models import autoencoder_data, autoencoder_int8, multilabel_data, multilabel_int8, sine_data, sine_int8
 from click.testing import CliRunner
+from task_models import (
+    anomaly_split,
+    fc_autoencoder_int8,
+    fc_multilabel_int8,
+    fc_regressor_int8,
+    multilabel_data,
+    regression_data,
+)
 
 from tinyfed.cli import cli
 from tinyfed.errors import DatasetError, TinyfedError
@@ -82,20 +89,20 @@ def test_default_tasks_follow_the_last_op_and_the_data() -> None:
 
     softmax = _graph(get_zoo_model("digits_cnn").int8_tflite())
     assert resolve_task(softmax, None, has_targets=True) is Task.CLASSIFY
-    assert resolve_task(_graph(multilabel_int8()), None, has_targets=True) is Task.MULTILABEL
-    assert resolve_task(_graph(sine_int8()), None, has_targets=True) is Task.REGRESS
-    ae = _graph(autoencoder_int8())
+    assert resolve_task(_graph(fc_multilabel_int8()), None, has_targets=True) is Task.MULTILABEL
+    assert resolve_task(_graph(fc_regressor_int8()), None, has_targets=True) is Task.REGRESS
+    ae = _graph(fc_autoencoder_int8())
     assert resolve_task(ae, None, has_targets=False) is Task.AUTOENCODE  # output size = input size, no y
     assert resolve_task(ae, None, has_targets=True) is Task.REGRESS
     assert resolve_task(ae, "regress", has_targets=True) is Task.REGRESS
 
 
 @pytest.mark.parametrize(("model", "task", "targets", "problem"), [
-    (autoencoder_int8, "classify", False, "--task classify trains through SOFTMAX, but ae ends in FULLY_CONNECTED"),
-    (sine_int8, "multilabel", True, "--task multilabel trains through LOGISTIC"),
-    (multilabel_int8, "autoencode", False, "8 input values and 4 output values"),
-    (sine_int8, "regress", False, "--task regress needs targets"),
-    (sine_int8, "segment", True, "unknown task 'segment'"),
+    (fc_autoencoder_int8, "classify", False, "--task classify trains through SOFTMAX, but ae ends in FULLY_CONNECTED"),
+    (fc_regressor_int8, "multilabel", True, "--task multilabel trains through LOGISTIC"),
+    (fc_multilabel_int8, "autoencode", False, "8 input values and 4 output values"),
+    (fc_regressor_int8, "regress", False, "--task regress needs targets"),
+    (fc_regressor_int8, "segment", True, "unknown task 'segment'"),
 ])
 def test_a_task_the_model_cannot_train_is_one_line_with_the_fix(model, task: str, targets: bool,
                                                                  problem: str) -> None:
@@ -111,36 +118,40 @@ def test_a_task_the_model_cannot_train_is_one_line_with_the_fix(model, task: str
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tasks")
     out = {}
-    for name, model, data in (("ae", autoencoder_int8, autoencoder_data), ("sine", sine_int8, sine_data),
-                              ("ml", multilabel_int8, multilabel_data)):
+    arrays = {"ae": anomaly_split(), "reg": _split(*regression_data(1300)), "ml": _split(*multilabel_data(1300))}
+    for name, model in (("ae", fc_autoencoder_int8), ("reg", fc_regressor_int8), ("ml", fc_multilabel_int8)):
         (d / f"{name}.tflite").write_bytes(model())
-        np.savez(d / f"{name}.npz", **data())
+        np.savez(d / f"{name}.npz", **arrays[name])
         out[name], out[f"{name}_npz"] = d / f"{name}.tflite", d / f"{name}.npz"
     return out
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_test: int = 300) -> dict[str, np.ndarray]:
+    return {"x": x[n_test:], "y": y[n_test:], "x_test": x[:n_test], "y_test": y[:n_test]}
 
 
 def test_each_tasks_data_loads_as_its_targets(files: dict[str, Path]) -> None:
     ae = user_run_data(str(files["ae"]), files["ae_npz"])
     assert ae.task is Task.AUTOENCODE and ae.y is None and ae.y_test is None and ae.metric == "auc"
     assert ae.anomaly_test is not None and ae.anomaly_test.dtype == bool and ae.anomaly_test.sum() == 100
-    sine = user_run_data(str(files["sine"]), files["sine_npz"])
-    assert sine.task is Task.REGRESS and sine.metric == "r2" and sine.y is not None
-    assert sine.y.dtype == np.float32 and sine.y.shape == (1000, 1)
+    reg = user_run_data(str(files["reg"]), files["reg_npz"])
+    assert reg.task is Task.REGRESS and reg.metric == "r2" and reg.y is not None
+    assert reg.y.dtype == np.float32 and reg.y.shape == (1000, 2)
     ml = user_run_data(str(files["ml"]), files["ml_npz"])
     assert ml.task is Task.MULTILABEL and ml.metric == "micro_f1" and ml.y is not None and ml.y.shape == (1000, 4)
     # an autoencoder's test split without anomaly labels is scored by R^2 of the reconstruction
     plain = files["ae_npz"].with_name("ae_plain.npz")
-    np.savez(plain, **{k: v for k, v in autoencoder_data().items() if k != ANOMALY_KEY})
+    np.savez(plain, **{k: v for k, v in anomaly_split().items() if k != ANOMALY_KEY})
     assert user_run_data(str(files["ae"]), plain).metric == "r2"
     with pytest.raises(DatasetError, match="dirichlet partition skews classes"):
-        sine.shares("dirichlet", 2, 0.5, 0)
+        reg.shares("dirichlet", 2, 0.5, 0)
 
 
 @pytest.mark.parametrize(("name", "change", "problem"), [
     ("ml", lambda a: {**a, "y": a["y"] * 0.5}, "values other than 0 and 1"),
     ("ml", lambda a: {**a, "y": a["y"][:, :3]}, "needs a 0/1 row of 4 value"),
-    ("sine", lambda a: {**a, "y_test": np.stack([a["y_test"]] * 2, axis=1)}, "needs a row of real values of 1"),
-    ("sine", lambda a: {**a, "y": np.where(a["y"] > 0.9, np.nan, a["y"])}, "NaN or infinite"),
+    ("reg", lambda a: {**a, "y_test": a["y_test"][:, :1]}, "needs a row of real values of 2"),
+    ("reg", lambda a: {**a, "y": np.where(a["y"] > 0.9, np.nan, a["y"])}, "NaN or infinite"),
     ("ae", lambda a: {**a, ANOMALY_KEY: a[ANOMALY_KEY][:-1]}, f"{ANOMALY_KEY} has shape \\(399,\\)"),
     ("ae", lambda a: {**a, ANOMALY_KEY: a[ANOMALY_KEY] * 2}, "one 0/1 per test sample"),
     ("ae", lambda a: {**a, ANOMALY_KEY: np.zeros_like(a[ANOMALY_KEY])}, "needs both normal and anomalous"),
@@ -225,7 +236,8 @@ def test_an_autoencoder_run_on_sim_boards_reports_auc_and_improves(files: dict[s
     evaluations = [e for e in events if e["kind"] == "evaluation"]
     assert all(e["metric"] == "auc" and 0 <= e["auc"] <= 1 and 0 <= e["int8_auc"] <= 1 for e in evaluations)
     first, last = evaluations[0], evaluations[-1]
-    assert last["auc"] >= first["auc"] + 0.1, (first["auc"], last["auc"])  # measured 0.62 -> 0.83
+    # measured: float 0.44 -> 0.84..0.87, int8 0.44 -> 0.63 (the int8 model keeps the calibrated activation ranges)
+    assert last["auc"] >= first["auc"] + 0.2, (first["auc"], last["auc"])
     assert last["int8_auc"] >= first["int8_auc"] + 0.05, (first["int8_auc"], last["int8_auc"])
     assert summary["final_auc"] == last["auc"] and summary["final_int8_auc"] == last["int8_auc"]
     assert 'task = "autoencode"' in (out / "config.toml").read_text()
@@ -247,27 +259,34 @@ def test_an_autoencoder_run_on_sim_boards_reports_auc_and_improves(files: dict[s
     assert (again["metric"], again["versions"], again["resumed_from"], again["target_metric"]) == ("auc", 12, 10, 0.999)
 
 
-def test_the_float_and_int8_evaluators_agree_on_a_regressor(files: dict[str, Path]) -> None:
-    """The host's two scores of one model: the float tail (FloatTail.forward) and the int8 model
-    through LiteRT give the same R^2 and MSE up to the int8 rounding."""
+def test_the_float_and_int8_evaluators_agree(files: dict[str, Path]) -> None:
+    """The host's two scores of one model, the float tail (FloatTail.forward) and the int8 model
+    through LiteRT, agree up to the int8 rounding: R^2 and MSE of a regressor, ROC AUC of an
+    autoencoder's reconstruction error."""
+    from tinyfed.firmware_bridge.compile import local_data
     from tinyfed.host.export import evaluate_int8
+    from tinyfed.host.setup import test_targets
     from tinyfed.planner import trainable as tfw
     from tinyfed.planner.dense import plan_dense
     from tinyfed.training import FloatTail
-    from tinyfed.training.task import Loss
+    from tinyfed.training.task import loss_of
     from tinyfed.training.vector import tail_evaluator
 
-    model = files["sine"].read_bytes()
-    units = list(plan_dense(model, "sine").units)
-    tail = FloatTail.from_fragments(model, tfw.encode(units), loss=Loss.MSE)
-    data = sine_data()
-    g = _graph(model)
-    t_in = g.tensors[g.inputs[0]]
-    from tinyfed.firmware_bridge.compile import local_data
-
-    xq = local_data.quantize_inputs(data["x_test"], float(t_in.scales[0]), int(t_in.zero_points[0]))
-    shapes = [(len(u.channels), u.values_per_channel) for u in units]
-    w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
-    r2, mse = tail_evaluator(tail, shapes, tail.dequantize_input(xq), data["y_test"], task=Task.REGRESS)(w0)
-    r2_int8, mse_int8 = evaluate_int8(model, data["x_test"], data["y_test"], task=Task.REGRESS)
-    assert 0.5 < r2 < 1 and abs(r2 - r2_int8) < 0.02 and abs(mse - mse_int8) < 0.01, (r2, r2_int8, mse, mse_int8)
+    scores = {}
+    for name in ("reg", "ae"):
+        model = files[name].read_bytes()
+        data = user_run_data(str(files[name]), files[f"{name}_npz"])
+        units = list(plan_dense(model, name).units)
+        tail = FloatTail.from_fragments(model, tfw.encode(units), loss=loss_of(data.task))
+        t_in = _graph(model).tensors[_graph(model).inputs[0]]
+        scale, zp = float(t_in.scales[0]), int(t_in.zero_points[0])
+        xq = local_data.quantize_inputs(data.x_test, scale, zp)
+        targets = test_targets(data, scale, zp)
+        shapes = [(len(u.channels), u.values_per_channel) for u in units]
+        w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
+        evaluate = tail_evaluator(tail, shapes, tail.dequantize_input(xq), targets, task=data.task,
+                                  anomaly=data.anomaly_test)
+        scores[name] = (*evaluate(w0), *evaluate_int8(model, data.x_test, targets, task=data.task,
+                                                      anomaly=data.anomaly_test))
+    for metric, loss, metric_int8, loss_int8 in scores.values():
+        assert abs(metric - metric_int8) < 0.02 and abs(loss - loss_int8) < 0.02 * loss, scores
