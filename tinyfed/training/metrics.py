@@ -17,7 +17,10 @@ autoencode  ``auc``: ROC AUC of the reconstruction error against the test split'
 
 The losses are those the devices train with (:func:`~tinyfed.training.task.loss_of`), as means
 over the samples: cross-entropy of the label's probability; binary cross-entropy averaged over
-the labels; squared error averaged over the output values.
+the labels; squared error averaged over the output values. The host has only the outputs (the
+int8 model's are probabilities), so its binary cross-entropy is taken from the probabilities
+(floored away from 0 and 1), where the devices take it from the logits: the two differ only for
+saturated outputs.
 """
 
 from __future__ import annotations
