@@ -320,7 +320,7 @@ def test_ram_of_the_nrf52840_plan(lib) -> None:
 
 
 def test_compiler_refuses_what_the_engine_cannot_train() -> None:
-    from engine_models import with_logistic_int8
+    from engine_models import with_unsupported_int8
 
     from tinyfed.models.zoo import get_zoo_model
 
@@ -331,7 +331,7 @@ def test_compiler_refuses_what_the_engine_cannot_train() -> None:
         compile_program(head, tfw.encode([]), task=Task.CLASSIFY)
     assert parse_program(compile_program(head, tfw.encode([]))).loss is Loss.MSE  # no SOFTMAX: regress
     with pytest.raises(ModelError, match="no kernel"):
-        compile_program(with_logistic_int8(), tfw.encode([]))
+        compile_program(with_unsupported_int8(), tfw.encode([]))
     tg = TfliteGraph.from_bytes(tail)
     fc, fc2 = [o for o in tg.ops if o.name == "FULLY_CONNECTED"]
     w = tg.weight_tensor(fc)
@@ -372,9 +372,9 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
     assert "RAM" in c_open(lib, bytes(bad))[2]
     ops_offset = struct.unpack_from("<I", blob, 52)[0]
     bad = bytearray(blob)
-    bad[ops_offset] = 14  # LOGISTIC
+    bad[ops_offset] = 150  # GELU
     status, detail, msg, _ = c_open(lib, bytes(bad))
-    assert (status, detail) == (Status.UNSUPPORTED_OP, 14) and "unsupported" in msg
+    assert (status, detail) == (Status.UNSUPPORTED_OP, 150) and "unsupported" in msg
 
 
 def _run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) -> tuple[list[int], str]:

@@ -1,6 +1,7 @@
 """Tasks beyond softmax classification on the training side (issue 13): the loss heads of the
 float32 reference (FloatTail), the C engine's (firmware/engine/tftr_loss.c) against it, the
-TFDS targets, and an FC autoencoder and an FC regressor trained on the ``sim://`` board.
+TFDS targets, and an FC autoencoder, an FC regressor and a multilabel model (LOGISTIC head)
+trained on the ``sim://`` board.
 
 The QEMU runs of the same sessions are in tests/test_train_tasks_qemu.py.
 """
@@ -16,7 +17,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from task_models import autoencoder_data, fc_autoencoder_int8, fc_classifier_int8, fc_regressor_int8, regression_data
+from task_models import (
+    autoencoder_data,
+    fc_autoencoder_int8,
+    fc_classifier_int8,
+    fc_multilabel_int8,
+    fc_regressor_int8,
+    multilabel_data,
+    regression_data,
+)
 from test_train_engine import GRAD_TOL, LOSS_TOL, STEP_TOL, _flat, c_grads, c_open, c_predict, c_train, lib  # noqa: F401
 
 from tinyfed.errors import DatasetError, ModelError
@@ -85,6 +94,17 @@ def softmax_mse_case(n: int = 16) -> dict:
             "program": compile_program(model, units, task=Task.REGRESS)}
 
 
+def multilabel_case(n: int = 24, seed: int = 0) -> dict:
+    """The whole multilabel model (FC, FC + LOGISTIC) as the program; 0/1 label bytes."""
+    model = fc_multilabel_int8()
+    g = TfliteGraph.from_bytes(model)
+    xf, y = multilabel_data(n, seed)
+    units = tfw.encode(tfw.whole_model_units(g))
+    return {"tail": model, "tfw": units, "x": _quantized(model, xf), "y": y, "bytes": y.astype(np.uint8),
+            "program": compile_program(model, units),
+            "image": local_data.pack(_quantized(model, xf), y, kind=local_data.TARGET_LABELS)}
+
+
 CASES = {"regress": regress_case, "autoencode_split": autoencode_case,
          "autoencode_whole": lambda: autoencode_case(cut=0), "softmax_mse": softmax_mse_case}
 
@@ -121,6 +141,15 @@ def test_floattail_mse_gradients_match_finite_differences(name: str) -> None:
     assert ft.loss_kind is Loss.MSE
     worst = _numeric_check(ft, x, c["y"].reshape(len(x), -1).astype(np.float64))
     print(f"{name}: worst relative gradient error {worst:.1e}")
+    assert worst < 1e-5
+
+
+def test_floattail_bce_gradients_match_finite_differences() -> None:
+    c = multilabel_case()
+    ft = FloatTail.from_fragments(c["tail"], c["tfw"], np.float64)
+    assert ft.loss_kind is Loss.SIGMOID_BCE and ft.graph.ops[-1].name == "LOGISTIC"
+    worst = _numeric_check(ft, ft.dequantize_input(c["x"]), c["y"])
+    print(f"multilabel: worst relative gradient error {worst:.1e}")
     assert worst < 1e-5
 
 
@@ -209,6 +238,42 @@ def test_c_engine_mse_matches_floattail(lib, name: str) -> None:  # noqa: F811
     assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
 
 
+def test_c_engine_bce_matches_floattail(lib) -> None:  # noqa: F811
+    c = multilabel_case(32)
+    blob = c["program"]
+    status, _, msg, _ = c_open(lib, blob)
+    assert status == 0, msg
+    info = parse_program(blob)
+    assert (info.loss, info.target_kind, info.target_bytes) == (Loss.SIGMOID_BCE, local_data.TARGET_LABELS, 4)
+    ft = FloatTail.from_fragments(c["tail"], c["tfw"])
+    xf = ft.dequantize_input(c["x"])
+    n = len(xf)
+    ref_loss, p = ft.sample_losses(xf, c["y"])
+    loss, correct, grad, _ = c_grads(lib, blob, c["x"], c["bytes"])
+    _, grads = ft.loss_and_grads(xf, c["y"])
+    ref = _flat(ft.unit_grads(grads)) * n
+    loss_err = float(np.max(np.abs(loss - ref_loss) / np.maximum(1.0, ref_loss)))
+    grad_err = float(np.abs(grad - ref).max() / np.abs(ref).max())
+    print(f"multilabel: loss rel err {loss_err:.1e}, grad rel err {grad_err:.1e}")
+    assert loss_err <= LOSS_TOL and grad_err <= GRAD_TOL and np.abs(ref).max() > 0
+    exact = ((p >= 0.5) == (c["y"] != 0)).all(axis=1)
+    clear = (np.abs(p - 0.5) > 1e-4).all(axis=1)
+    np.testing.assert_array_equal(correct[clear], exact[clear])
+    lr, bs, seed = 0.1, 8, 2
+    rng = np.random.default_rng(seed)
+    order, bounds = [], [0]
+    for _ in range(2):
+        perm = rng.permutation(n)
+        for k in range(0, n, bs):
+            order.extend(perm[k:k + bs])
+            bounds.append(len(order))
+    res = local_train(ft, xf, c["y"], epochs=2, lr=lr, batch_size=bs, seed=seed)
+    values, losses = c_train(lib, blob, c["x"], c["bytes"], np.array(order), np.array(bounds), lr)
+    ref_delta = _flat(res.deltas)
+    assert float(np.abs((values - _flat(ft.unit_values())) - ref_delta).max() / np.abs(ref_delta).max()) <= STEP_TOL
+    assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
+
+
 def test_c_engine_refuses_bad_loss_fields(lib) -> None:  # noqa: F811
     blob = regress_case()["program"]
 
@@ -284,9 +349,9 @@ def test_tfds_refuses_targets_the_board_would_refuse() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def board_session(url: str, c: dict, params, name: str) -> tuple:
-    """Provision (fragment if any, program, data), set w* at version 1, EVALUATE, TRAIN, read
-    the update, EVALUATE again (w* is then the trained values)."""
+def board_session(url: str, c: dict, params, name: str, *, load_data: bool = True) -> tuple:
+    """Provision (fragment if any, program, data unless preloaded), set w* at version 1, EVALUATE,
+    TRAIN, read the update, EVALUATE again (w* is then the trained values)."""
     from tinyfed.firmware_bridge.compile.blob import compile_blob
     from tinyfed.firmware_bridge.link.client import BoardClient
 
@@ -296,7 +361,8 @@ def board_session(url: str, c: dict, params, name: str) -> tuple:
         if c.get("head"):
             client.load_fragment(compile_blob(c["head"]))
         client.load_program(c["program"])
-        client.load_data(c["image"])
+        if load_data:
+            client.load_data(c["image"])
         client.set_weights(1, w0)
         before = client.evaluate()
         report = client.train(params, timeout=600.0)
@@ -310,7 +376,7 @@ def reference_update(c: dict, params) -> tuple[np.ndarray, float, list[tuple[int
     from tinyfed.firmware_bridge.link.train_link import DeviceUpdate, quantize_flat
     from tinyfed.firmware_bridge.twin import shuffle
 
-    ft = FloatTail.from_fragments(c["tail"], c["tfw"], loss=Loss.MSE)
+    ft = FloatTail.from_fragments(c["tail"], c["tfw"], loss=parse_program(c["program"]).loss)
     xf = ft.dequantize_input(c["x"])
     shapes = [(len(u.channels), u.values_per_channel) for u in ft.units]
     r = local_train(ft, xf, c["y"], epochs=params.epochs, lr=np.float32(params.lr), batch_size=params.batch_size,
@@ -321,11 +387,12 @@ def reference_update(c: dict, params) -> tuple[np.ndarray, float, list[tuple[int
 
 
 TASK_PARAMS = {"regress": dict(epochs=4, batch_size=8, lr=0.1, seed=3),
-               "autoencode_split": dict(epochs=4, batch_size=8, lr=0.3, seed=5)}
+               "autoencode_split": dict(epochs=4, batch_size=8, lr=0.3, seed=5),
+               "multilabel": dict(epochs=4, batch_size=8, lr=0.5, seed=6)}
 
 
 def task_case(name: str) -> dict:
-    return regress_case(64, seed=7) if name == "regress" else autoencode_case(64, seed=7)
+    return {"regress": regress_case, "autoencode_split": autoencode_case, "multilabel": multilabel_case}[name](64, 7)
 
 
 @pytest.mark.parametrize("name", list(TASK_PARAMS))
@@ -339,7 +406,11 @@ def test_sim_board_trains_a_task_without_softmax(name: str) -> None:
     before, report, update, after = board_session(f"sim://mps2-an386?name={name}", c, params, f"sim-{name}")
     ref, ref_loss, shapes = reference_update(c, params)
     print(f"{name} on sim://: mean loss {before.loss:.4f} -> {after.loss:.4f} (train {report.loss:.4f})")
-    assert before.correct == after.correct == 0 and before.n == after.n == 64
+    assert before.n == after.n == 64
+    if name == "multilabel":  # "correct": every label right
+        assert after.correct > before.correct
+    else:
+        assert before.correct == after.correct == 0
     assert after.loss < 0.85 * before.loss
     assert report.loss == pytest.approx(ref_loss, rel=1e-5)
     assert np.abs(update.dense(shapes) - ref).max() <= 1e-6
@@ -359,8 +430,8 @@ def test_sim_board_refuses_data_of_another_task() -> None:
         client.load_data(local_data.pack(c["x"], np.arange(8) % 2, 2))  # class targets
         with pytest.raises(DeviceError) as e:
             client.train(TrainParams(version=0, epochs=1, batch_size=4, lr=0.1, seed=0))
-        assert e.value.status == Status.NO_DATA and "target kind is 2" in str(e.value)
+        assert e.value.status == Status.NO_DATA and "program target kind 2" in str(e.value)
         client.load_data(local_data.pack(c["x"], np.zeros((8, 3), np.float32), kind=local_data.TARGET_REAL))
         with pytest.raises(DeviceError) as e:
             client.evaluate()
-        assert e.value.status == Status.NO_DATA and "output of values 2" in str(e.value)
+        assert e.value.status == Status.NO_DATA and "program outputs 2" in str(e.value)

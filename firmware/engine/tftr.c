@@ -159,13 +159,14 @@ static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
     tftr_read_tensor(p, op.out, &out);
     if (!tftr_is_act(&out) || !tftr_is_act(&t[0])) return BAD("input/output not an activation at op", idx);
     const uint64_t ob = 4u * (uint64_t)out.elems;
+    /* an activation slot may hold a constant (MUL's second operand): it has no work-area buffers */
     if (!entry->in_place)
         for (int i = 0; i < entry->activations; ++i)
-            if (overlap(out.voff, ob, t[i].voff, 4u * (uint64_t)t[i].elems))
+            if (tftr_is_act(&t[i]) && overlap(out.voff, ob, t[i].voff, 4u * (uint64_t)t[i].elems))
                 return BAD("output overlaps input at op", idx);
     /* the backward pass writes input gradients while reading the output gradient and values */
     for (int i = 0; i < entry->activations; ++i) {
-        if (t[i].goff == TFTR_NONE32 || entry->in_place) continue;
+        if (!tftr_is_act(&t[i]) || t[i].goff == TFTR_NONE32 || entry->in_place) continue;
         const uint64_t gb = 4u * (uint64_t)t[i].elems;
         if ((out.goff != TFTR_NONE32 && overlap(t[i].goff, gb, out.goff, ob)) || overlap(t[i].goff, gb, out.voff, ob) ||
             overlap(t[i].goff, gb, t[0].voff, 4u * (uint64_t)t[0].elems))

@@ -18,10 +18,6 @@
 
 #include "tftr_internal.h"
 
-#ifndef TFMB_OP_LOGISTIC
-#define TFMB_OP_LOGISTIC 14u /* TFLite's BuiltinOperator LOGISTIC, until tfmb_internal.h names it */
-#endif
-
 static bool overlaps(uint64_t a, uint64_t an, uint64_t b, uint64_t bn) { return a < b + bn && b < a + an; }
 
 const char *tftr_loss_check(const tftr_program_t *p, const tftr_op_t *last, const tftr_tensor_t in[3],

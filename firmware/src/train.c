@@ -180,13 +180,13 @@ static bool ready(reply_t *r, uint32_t *count)
     }
     if (kind != ts.prog.target_kind) {
         return reply_error(r, ST_NO_DATA, ts.prog.target_kind,
-                           msg_num("local data targets are not the program's; its target kind is ",
+                           msg_num("local targets of another task; program target kind ",
                                    ts.prog.target_kind));
     }
     /* labels and reals: one per output; the autoencoder's output is its input (classes = sample bytes) */
     if (kind != TFTR_TARGET_CLASS && classes != tftr_classes(&ts.prog)) {
         return reply_error(r, ST_NO_DATA, (uint16_t)tftr_classes(&ts.prog),
-                           msg_num("local targets do not match the program output of values ",
+                           msg_num("local targets per sample differ; program outputs ",
                                    tftr_classes(&ts.prog)));
     }
     if (engine_has_model()) {

@@ -296,7 +296,8 @@ def check_loss(last_op: str, loss: Loss | None) -> Loss:
     need = {Loss.SOFTMAX_CE: "SOFTMAX", Loss.SIGMOID_BCE: "LOGISTIC"}.get(loss)
     if need is not None and last_op != need:
         raise ModelError(f"{loss.value} needs a tail whose last op is {need}; this tail ends with {last_op}",
-                         fix=f"train it with the mse loss (task regress or autoencode), or plan a model ending in {need}")
+                         fix=f"train it with the mse loss (task regress or autoencode), or plan a model ending in "
+                             f"{need}")
     return loss
 
 

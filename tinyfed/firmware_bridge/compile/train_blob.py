@@ -67,7 +67,8 @@ FLAG_ZERO_IN0, FLAG_ZERO_IN1 = 1, 2
 LOSS_SOFTMAX_CE, LOSS_SIGMOID_BCE, LOSS_MSE = 0, 1, 2
 LOSS_CODES = {Loss.SOFTMAX_CE: LOSS_SOFTMAX_CE, Loss.SIGMOID_BCE: LOSS_SIGMOID_BCE, Loss.MSE: LOSS_MSE}
 #: the targets each loss reads
-LOSS_TARGETS = {LOSS_SOFTMAX_CE: (TARGET_CLASS,), LOSS_SIGMOID_BCE: (TARGET_LABELS,), LOSS_MSE: (TARGET_REAL, TARGET_INPUT)}
+LOSS_TARGETS = {LOSS_SOFTMAX_CE: (TARGET_CLASS,), LOSS_SIGMOID_BCE: (TARGET_LABELS,),
+                LOSS_MSE: (TARGET_REAL, TARGET_INPUT)}
 
 # magic, version, header bytes, total, ram, work, trainable, input elems, classes, input scale,
 # input zp, op count, tensor count, unit count, first trainable op, tensors/ops/units/data offsets,
@@ -426,11 +427,12 @@ def _task_fields(g: TfliteGraph, task: Task | None, model_input: tuple[float, in
         return LOSS_CODES[loss], kind, 0.0, 0
     if model_input is None:  # the program is the whole model: its input is the model's
         t_in = g.tensors[g.inputs[0]]
-        model_input = (float(t_in.scales[0]) if t_in.scales else 1.0, int(t_in.zero_points[0]) if t_in.zero_points else 0)
+        model_input = (float(t_in.scales[0]) if t_in.scales else 1.0,
+                       int(t_in.zero_points[0]) if t_in.zero_points else 0)
     scale, zp = float(model_input[0]), int(model_input[1])
     if not (np.isfinite(scale) and scale > 0 and -128 <= zp <= 127):
-        raise ModelError(f"task autoencode: the model input's quantization (scale {scale}, zero point {zp}) is not int8",
-                         fix="convert the model with an int8 input", source=source)
+        raise ModelError(f"task autoencode: the model input's quantization (scale {scale}, zero point {zp}) "
+                         "is not int8", fix="convert the model with an int8 input", source=source)
     return LOSS_CODES[loss], kind, scale, zp
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.firmware_bridge.compile import local_data
+from tinyfed.firmware_bridge.compile.train_blob import ProgramInfo, parse_program
 from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
@@ -26,7 +27,6 @@ from tinyfed.firmware_bridge.link.train_link import (
     pack_update,
     quantize_flat,
 )
-from tinyfed.firmware_bridge.compile.train_blob import ProgramInfo, parse_program
 from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.training.task import Loss
 from tinyfed.training.vector import split_units
@@ -139,10 +139,10 @@ class SimTrainer:
         info, data = self.info, self.data
         if data.kind != info.target_kind:
             raise BoardReply(Status.NO_DATA, info.target_kind,
-                             f"local data targets are not the program's; its target kind is {info.target_kind}")
+                             f"local targets of another task; program target kind {info.target_kind}")
         if data.kind != local_data.TARGET_CLASS and data.classes != info.classes:
             raise BoardReply(Status.NO_DATA, info.classes,
-                             f"local targets do not match the program output of values {info.classes}")
+                             f"local targets per sample differ; program outputs {info.classes}")
         out_shape = tuple(self.tail.graph.tensors[self.tail.graph.outputs[0]].shape[1:])
         if data.kind == local_data.TARGET_CLASS:
             return data.y.astype(np.int64)
