@@ -36,6 +36,10 @@
 #define TFMB_OP_MAX_POOL_2D 17u
 #define TFMB_OP_RESHAPE 22u
 #define TFMB_OP_SOFTMAX 25u
+#define TFMB_OP_PAD 34u
+#define TFMB_OP_MEAN 40u
+#define TFMB_OP_PADV2 60u
+#define TFMB_OP_QUANTIZE 114u
 
 /* Validation bounds shared by both engines. */
 #define TFMB_MAX_DIM 65535

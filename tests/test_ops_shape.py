@@ -1,0 +1,139 @@
+"""The ops that move or reduce data: QUANTIZE (int8 -> int8), MEAN, PAD / PADV2, CONCATENATION,
+SQUEEZE, EXPAND_DIMS, STRIDED_SLICE.
+
+int8: each op, on hand-built graphs (``_op_models``) with random shapes, scales and edge cases,
+and on Keras models converted to full int8, runs bit-exact against TFLite Micro on the numpy
+twin and on the host-compiled C engine. float32: a trainable tail through the ops checks
+FloatTail's gradients against finite differences and the C training engine against FloatTail.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _op_models import GraphBuilder, options
+from test_engine import c_open, c_run, engine_lib  # noqa: F401 (the session fixture)
+
+from tinyfed.errors import ModelError
+from tinyfed.firmware_bridge.compile.blob import compile_blob
+from tinyfed.firmware_bridge.twin.kernels_np import run_blob
+from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.models.tflm import TflmModel
+
+N = 64  # random inputs per case
+
+
+def _scale(rng: np.random.Generator, around: float = 0.05) -> float:
+    return float(around * np.exp(rng.uniform(-3, 3)))
+
+
+def _check(lib, model: bytes, rng: np.random.Generator, what: str, n: int = N) -> np.ndarray:
+    """TFLM, the numpy twin and the C engine agree bit for bit on ``n`` random int8 inputs."""
+    blob = compile_blob(model)
+    status, _, msg, _ = c_open(lib, blob)
+    assert status == 0, f"{what}: the C engine refuses the blob: {msg}"
+    ref_model = TflmModel(model)
+    g = TfliteGraph.from_bytes(model)
+    in_shape = g.tensors[g.inputs[0]].shape
+    x = rng.integers(-128, 128, size=(n, *in_shape[1:])).astype(np.int8)
+    x[0] = -128
+    x[1] = 127
+    ref = np.asarray(ref_model.run(x))
+    twin = run_blob(blob, x)
+    c = c_run(lib, blob, x)
+    assert np.array_equal(twin.reshape(ref.shape), ref), f"{what}: twin differs from TFLM on " \
+        f"{np.count_nonzero(twin.reshape(ref.shape) != ref)} values"
+    assert np.array_equal(c.reshape(ref.shape), ref), f"{what}: C engine differs from TFLM"
+    return ref
+
+
+def _unary(name: str, shape: tuple[int, ...], oshape: tuple[int, ...], sq: tuple[float, int], so: tuple[float, int],
+           consts: list, opts=None) -> bytes:
+    g = GraphBuilder()
+    x = g.act(shape, *sq)
+    y = g.act(oshape, *so)
+    g.op(name, [x, *[g.const(c) if not isinstance(c, int) or c >= 0 else c for c in consts]], [y], opts)
+    return g.build([x], [y])
+
+
+# --------------------------------------------------------------------------------------
+# QUANTIZE int8 -> int8
+# --------------------------------------------------------------------------------------
+
+
+def test_quantize_requantizes_as_tflm(engine_lib) -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        shape = (1, *rng.integers(1, 7, size=int(rng.integers(1, 4))).tolist())
+        s_in = _scale(rng)
+        s_out = s_in * float(np.exp(rng.uniform(-5, 5))) if trial else s_in  # trial 0: the same scale
+        m = _unary("QUANTIZE", shape, shape, (s_in, int(rng.integers(-128, 128))),
+                   (s_out, int(rng.integers(-128, 128))), [])
+        _check(engine_lib, m, rng, f"QUANTIZE {shape} {s_in:.3g} -> {s_out:.3g}")
+
+
+# --------------------------------------------------------------------------------------
+# MEAN
+# --------------------------------------------------------------------------------------
+
+_MEAN_CASES = [
+    ((1, 5, 7, 6), [1, 2], True), ((1, 5, 7, 6), [1, 2], False), ((1, 5, 7, 6), [2, 1], False),
+    ((1, 4, 3, 9), [-1], False), ((1, 4, 3, 9), [-1], True), ((1, 4, 3, 9), [3, -3], True),
+    ((1, 6, 5, 2), [1], False), ((1, 8, 3), [1], False), ((1, 8, 3), [-2, 2], True), ((1, 12), [1], True),
+    ((1, 6, 6, 4), [0, 3], False), ((1, 31, 17, 3), [1, 2], False), ((1, 2, 2, 2), [2, 2], False),
+]
+
+
+@pytest.mark.parametrize("shape, axes, keep", _MEAN_CASES)
+def test_mean_matches_tflm(engine_lib, shape: tuple[int, ...], axes: list[int], keep: bool) -> None:
+    rng = np.random.default_rng(len(shape) * 100 + sum(axes) + keep)
+    res = {(a + len(shape)) % len(shape) for a in axes}
+    oshape = tuple(1 if i in res else n for i, n in enumerate(shape)) if keep else tuple(
+        n for i, n in enumerate(shape) if i not in res)
+    for _ in range(3):
+        s_in = _scale(rng)
+        m = _unary("MEAN", shape, oshape, (s_in, int(rng.integers(-128, 128))),
+                   (s_in * float(np.exp(rng.uniform(-3, 2))), int(rng.integers(-128, 128))), [axes],
+                   options("ReducerOptions", keepDims=keep))
+        _check(engine_lib, m, rng, f"MEAN {shape} axes {axes} keep {keep}")
+
+
+def test_mean_over_three_axes_is_refused() -> None:
+    m = _unary("MEAN", (1, 3, 4, 5), (1,), (0.1, 0), (0.1, 0), [[1, 2, 3]], options("ReducerOptions", keepDims=False))
+    with pytest.raises(ModelError, match=r"op 0 MEAN: reduces 3 axes .* at most 2"):
+        compile_blob(m)
+
+
+# --------------------------------------------------------------------------------------
+# PAD / PADV2
+# --------------------------------------------------------------------------------------
+
+_PAD_CASES = [
+    ((1, 5, 6, 3), [[0, 0], [1, 2], [0, 1], [0, 0]]), ((1, 5, 6, 3), [[0, 0], [0, 0], [0, 0], [2, 1]]),
+    ((1, 4, 4, 2), [[0, 0], [3, 3], [3, 3], [0, 0]]), ((1, 7, 2), [[0, 0], [2, 0], [0, 5]]), ((1, 6), [[0, 0], [1, 4]]),
+    ((1, 3, 3, 1), [[1, 0], [0, 0], [0, 1], [0, 0]]),
+]
+
+
+@pytest.mark.parametrize("shape, pads", _PAD_CASES)
+def test_pad_matches_tflm(engine_lib, shape: tuple[int, ...], pads: list[list[int]]) -> None:
+    rng = np.random.default_rng(sum(map(sum, pads)))
+    oshape = tuple(n + a + b for n, (a, b) in zip(shape, pads, strict=True))
+    q = (_scale(rng), int(rng.integers(-128, 128)))
+    _check(engine_lib, _unary("PAD", shape, oshape, q, q, [pads]), rng, f"PAD {shape} {pads}")
+    g = GraphBuilder()
+    x, y = g.act(shape, *q), g.act(oshape, *q)
+    g.op("PADV2", [x, g.const(pads), g.const(np.array(int(rng.integers(-128, 128))), "INT8", *q)], [y])
+    _check(engine_lib, g.build([x], [y]), rng, f"PADV2 {shape} {pads}")
+
+
+def test_negative_pads_are_refused() -> None:
+    m = _unary("PAD", (1, 5, 6, 3), (1, 4, 6, 3), (0.1, 0), (0.1, 0), [[[0, 0], [-1, 0], [0, 0], [0, 0]]])
+    with pytest.raises(ModelError, match="op 0 PAD: negative paddings"):
+        compile_blob(m)
