@@ -137,3 +137,69 @@ def test_negative_pads_are_refused() -> None:
     m = _unary("PAD", (1, 5, 6, 3), (1, 4, 6, 3), (0.1, 0), (0.1, 0), [[[0, 0], [-1, 0], [0, 0], [0, 0]]])
     with pytest.raises(ModelError, match="op 0 PAD: negative paddings"):
         compile_blob(m)
+
+
+# --------------------------------------------------------------------------------------
+# CONCATENATION (with QUANTIZE branches: a graph has one input)
+# --------------------------------------------------------------------------------------
+
+
+def _concat_graph(rng: np.random.Generator, shape: tuple[int, ...], sizes: list[int], axis: int,
+                  same_scale: bool) -> bytes:
+    """x -> one PAD or QUANTIZE branch per input (its own size along ``axis``, its own scale unless
+    ``same_scale``) -> CONCATENATION."""
+    g = GraphBuilder()
+    q_in = (_scale(rng), int(rng.integers(-128, 128)))
+    q_out = (_scale(rng), int(rng.integers(-128, 128)))
+    x = g.act(shape, *q_in)
+    rank = len(shape)
+    ax = axis % rank
+    branches = []
+    for k, n in enumerate(sizes):
+        q = q_out if same_scale else (_scale(rng), int(rng.integers(-128, 128)))
+        mid = g.act(shape, *q)
+        g.op("QUANTIZE", [x], [mid])
+        if n != shape[ax]:
+            pads = [[0, 0] for _ in range(rank)]
+            pads[ax] = [0, n - shape[ax]] if k % 2 else [n - shape[ax], 0]
+            padded = g.act(tuple(n if i == ax else d for i, d in enumerate(shape)), *q)
+            g.op("PAD", [mid, g.const(pads)], [padded])
+            mid = padded
+        branches.append(mid)
+    oshape = tuple(sum(sizes) if i == ax else d for i, d in enumerate(shape))
+    y = g.act(oshape, *q_out)
+    g.op("CONCATENATION", branches, [y], options("ConcatenationOptions", axis=axis))
+    return g.build([x], [y])
+
+
+_CONCAT_CASES = [
+    ((1, 4, 5, 3), [3, 3], -1, True), ((1, 4, 5, 3), [3, 5, 4, 3, 6], -1, True), ((1, 4, 5, 3), [5, 6], 2, True),
+    ((1, 4, 5, 3), [4, 7, 4], 1, True), ((1, 4, 5, 3), [1, 1], 0, True), ((1, 2, 6), [2, 3, 2, 2, 4], 1, True),
+    ((1, 7), [7, 9, 7, 8, 7, 7, 10, 7, 7, 7], -1, True),
+]
+
+
+@pytest.mark.parametrize("shape, sizes, axis, same_scale", _CONCAT_CASES)
+def test_concatenation_matches_tflm(engine_lib, shape: tuple[int, ...], sizes: list[int], axis: int,
+                                    same_scale: bool) -> None:
+    """Inputs of different scales reach the concatenation through QUANTIZE ops (as converted models do)."""
+    rng = np.random.default_rng(len(sizes) * 10 + axis + 5 * same_scale)
+    m = _concat_graph(rng, shape, sizes, axis, same_scale)
+    _check(engine_lib, m, rng, f"CONCATENATION of {len(sizes)} along {axis} (same scale: {same_scale})")
+
+
+def test_concatenation_of_inputs_quantized_unlike_the_output_is_refused_as_tflm_does() -> None:
+    m = _concat_graph(np.random.default_rng(0), (1, 4, 5, 3), [3, 4, 3, 5, 3], 3, False)
+    with pytest.raises(ModelError, match="CONCATENATION: input tensor .* unlike the output"):
+        compile_blob(m)
+    with pytest.raises(ModelError, match="concatenation"):
+        TflmModel(m)
+
+
+def test_concatenation_of_eleven_inputs_is_refused() -> None:
+    g = GraphBuilder()
+    x = g.act((1, 2), 0.1, 0)
+    y = g.act((1, 22), 0.1, 0)
+    g.op("CONCATENATION", [x] * 11, [y], options("ConcatenationOptions", axis=1))
+    with pytest.raises(ModelError, match="op 0 CONCATENATION: has 11 inputs; TFLM concatenates at most 10"):
+        compile_blob(g.build([x], [y]))
