@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _op_models import GraphBuilder, options
 from test_engine import c_open, c_run, engine_lib  # noqa: F401 (the session fixture)
+from test_train_engine import c_open as c_open_train
+from test_train_engine import lib  # noqa: F401 (the session fixture)
 
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.compile.blob import compile_blob
@@ -203,3 +205,77 @@ def test_concatenation_of_eleven_inputs_is_refused() -> None:
     g.op("CONCATENATION", [x] * 11, [y], options("ConcatenationOptions", axis=1))
     with pytest.raises(ModelError, match="op 0 CONCATENATION: has 11 inputs; TFLM concatenates at most 10"):
         compile_blob(g.build([x], [y]))
+
+
+# --------------------------------------------------------------------------------------
+# Trainable tails: FloatTail against finite differences, the C training engine against FloatTail
+# --------------------------------------------------------------------------------------
+
+
+def _tail_case(name: str):
+    from _shape_tails import hand_tail_int8, keras_tail_int8
+    from test_train_engine import _everything
+
+    model = {"keras": keras_tail_int8, "hand": hand_tail_int8}[name]()
+    g = TfliteGraph.from_bytes(model)
+    rng = np.random.default_rng(9)
+    x = rng.integers(-100, 100, size=(10, *g.tensors[g.inputs[0]].shape[1:])).astype(np.int8)
+    y = rng.integers(0, g.tensors[g.outputs[0]].size, size=10)
+    return model, _everything(model), x, y
+
+
+@pytest.mark.parametrize("name", ["keras", "hand"])
+def test_tail_gradients_match_finite_differences(name: str) -> None:
+    from tinyfed.training import FloatTail
+
+    model, tfw_b, x, y = _tail_case(name)
+    g = TfliteGraph.from_bytes(model)
+    assert {"MEAN", "CONCATENATION"} <= set(g.op_names()) and ({"PAD", "PADV2"} & set(g.op_names()))
+    ft = FloatTail.from_fragments(model, tfw_b, dtype=np.float64)
+    xf = ft.dequantize_input(x)
+    _, grads = ft.loss_and_grads(xf, y)
+    first = g.weight_tensor(g.ops[0]).index  # the first op's weights: every op's backward lies between
+    rng = np.random.default_rng(2)
+    flat = ft.params[first].reshape(-1)
+    for i in rng.choice(flat.size, size=8, replace=False):
+        keep = flat[i]
+        flat[i] = keep + 1e-6
+        up = ft.loss(xf, y)
+        flat[i] = keep - 1e-6
+        down = ft.loss(xf, y)
+        flat[i] = keep
+        fd = (up - down) / 2e-6
+        assert abs(fd - grads[first].reshape(-1)[i]) <= 1e-6 + 1e-4 * abs(fd), f"{name}: weight {i}"
+
+
+@pytest.mark.parametrize("name", ["keras", "hand"])
+def test_tail_c_training_engine_matches_floattail(lib, name: str) -> None:
+    """Per-sample loss, the batch gradient of w* and the predictions of the C engine (sim:// trains
+    through the same program, read back) agree with FloatTail."""
+    from test_train_engine import c_grads, c_predict
+
+    from tinyfed.firmware_bridge.compile.program_tail import program_tail
+    from tinyfed.firmware_bridge.compile.train_blob import compile_program
+    from tinyfed.training import FloatTail
+
+    model, tfw_b, x, y = _tail_case(name)
+    blob = compile_program(model, tfw_b)
+    status, _, msg, _ = c_open_train(lib, blob)
+    assert status == 0, msg
+    for ft in (FloatTail.from_fragments(model, tfw_b), program_tail(blob)[0]):
+        xf = ft.dequantize_input(x)
+        p = ft.forward(xf, keep=False).reshape(len(y), -1)
+        ref_loss = -np.log(np.maximum(p[np.arange(len(y)), y], 1e-30))
+        loss, pred, grad, _ = c_grads(lib, blob, x, y)
+        _, grads = ft.loss_and_grads(xf, y)
+        ref = np.concatenate([np.ravel(a) for a in ft.unit_grads(grads)]) * len(y)
+        assert np.abs(ref).max() > 0
+        assert float(np.max(np.abs(loss - ref_loss) / np.maximum(1.0, ref_loss))) <= 1e-5
+        assert float(np.abs(grad - ref).max() / np.abs(ref).max()) <= 1e-4
+        assert np.array_equal(c_predict(lib, blob, x, y)[1], pred)
+
+
+def test_tail_int8_bit_exact(engine_lib) -> None:
+    for name in ("keras", "hand"):
+        model, _, _, _ = _tail_case(name)
+        _check(engine_lib, model, np.random.default_rng(4), f"{name} tail int8")
