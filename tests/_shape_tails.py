@@ -32,7 +32,8 @@ def keras_tail_int8() -> bytes:
 @functools.cache
 def hand_tail_int8() -> bytes:
     """FC(8 -> 12) -> reshape (1, 2, 3, 2) -> QUANTIZE / PADV2 / itself -> CONCATENATION of three
-    along axis 2 -> MEAN over axis 2 keeping dims -> FC -> SOFTMAX."""
+    along axis 2 -> MEAN over axis 2 keeping dims -> SQUEEZE -> STRIDED_SLICE (a reversal) ->
+    EXPAND_DIMS -> FC -> SOFTMAX."""
     rng = np.random.default_rng(3)
     g = GraphBuilder()
     s_x, s_h = 0.05, 0.04
@@ -52,10 +53,17 @@ def hand_tail_int8() -> bytes:
     g.op("CONCATENATION", [q, p, r], [c], options("ConcatenationOptions", axis=2))
     m = g.act((1, 2, 1, 2), 0.03, 0)
     g.op("MEAN", [c, g.const([2])], [m], options("ReducerOptions", keepDims=True))
+    sq = g.act((1, 2, 2), 0.03, 0)
+    g.op("SQUEEZE", [m], [sq], options("SqueezeOptions", squeezeDims=[2]))
+    sl = g.act((1, 2, 2), 0.03, 0)  # axis 2 reversed
+    g.op("STRIDED_SLICE", [sq, g.const([0, 0, 0]), g.const([1, 2, 0]), g.const([1, 1, -1])], [sl],
+         options("StridedSliceOptions", beginMask=4, endMask=4))
+    ex = g.act((1, 1, 2, 2), 0.03, 0)
+    g.op("EXPAND_DIMS", [sl, g.const(np.array([1], np.int32))], [ex])
     w2 = g.const(rng.integers(-100, 100, size=(4, 4)), "INT8", w_s, 0)
     b2 = g.const(rng.integers(-500, 500, size=(4,)), "INT32", 0.03 * w_s, 0)
     z = g.act((1, 4), 0.1, 0)
-    g.op("FULLY_CONNECTED", [m, w2, b2], [z], options("FullyConnectedOptions"))
+    g.op("FULLY_CONNECTED", [ex, w2, b2], [z], options("FullyConnectedOptions"))
     y = g.act((1, 4), 1.0 / 256, -128)
     g.op("SOFTMAX", [z], [y], options("SoftmaxOptions", beta=1.0))
     return g.build([x], [y])

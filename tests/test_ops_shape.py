@@ -279,3 +279,60 @@ def test_tail_int8_bit_exact(engine_lib) -> None:
     for name in ("keras", "hand"):
         model, _, _, _ = _tail_case(name)
         _check(engine_lib, model, np.random.default_rng(4), f"{name} tail int8")
+
+
+# --------------------------------------------------------------------------------------
+# STRIDED_SLICE, SQUEEZE, EXPAND_DIMS
+# --------------------------------------------------------------------------------------
+
+_SLICE_CASES = [  # shape, begin, end, strides, begin_mask, end_mask, shrink_axis_mask
+    ((1, 6, 7, 4), [0, 1, 0, 0], [1, 5, 7, 4], [1, 1, 2, 1], 0, 0, 0),
+    ((1, 6, 7, 4), [0, -2, 0, 1], [1, 0, -1, 3], [1, -1, 3, 1], 0, 0, 0),
+    ((1, 6, 7, 4), [0, 0, 6, 3], [1, 6, 0, 0], [1, 2, -2, -1], 3, 0, 0),
+    ((1, 6, 7, 4), [0, 0, 0, 0], [0, 0, 0, 0], [1, -1, -3, -1], 15, 15, 0),
+    ((1, 6, 7, 4), [0, 2, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], 1, 15, 0),
+    ((1, 6, 7, 4), [0, 3, 0, -1], [1, 4, 7, 0], [1, 1, 1, 1], 0, 4, 8),
+    ((1, 6, 7, 4), [0, -1, 0, 0], [1, 0, 7, 4], [1, 1, 1, 1], 0, 0, 2),
+    ((1, 9, 5), [0, 8, 4], [1, -100, -100], [1, -3, -2], 0, 0, 0),
+    ((1, 10), [0, -7], [1, 100], [1, 2], 0, 0, 0),
+]
+
+
+def _slice_shape(shape, begin, end, strides, bm, em, sm) -> tuple[int, ...]:
+    from tinyfed.ops.strided_slice import _axis
+
+    out = []
+    for k, n in enumerate(shape):
+        _, count = _axis(begin[k], end[k], strides[k], n, (bm, em, sm), k)
+        if not sm >> k & 1:
+            out.append(count)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("case", _SLICE_CASES)
+def test_strided_slice_matches_tflm(engine_lib, case) -> None:
+    shape, begin, end, strides, bm, em, sm = case
+    rng = np.random.default_rng(abs(sum(begin)) + bm)
+    q = (_scale(rng), int(rng.integers(-128, 128)))
+    m = _unary("STRIDED_SLICE", shape, _slice_shape(*case), q, q, [begin, end, strides],
+               options("StridedSliceOptions", beginMask=bm, endMask=em, shrinkAxisMask=sm))
+    _check(engine_lib, m, rng, f"STRIDED_SLICE {case}")
+
+
+def test_squeeze_and_expand_dims_match_tflm(engine_lib) -> None:
+    rng = np.random.default_rng(8)
+    q = (0.07, -3)
+    g = GraphBuilder()
+    x = g.act((1, 4, 1, 3), *q)
+    s = g.act((1, 4, 3), *q)
+    g.op("SQUEEZE", [x], [s], options("SqueezeOptions", squeezeDims=[2]))
+    e = g.act((1, 4, 3, 1), *q)
+    g.op("EXPAND_DIMS", [s, g.const(np.array([-1], np.int32))], [e])
+    y = g.act((1, 4, 3, 1), 0.05, 7)
+    g.op("QUANTIZE", [e], [y])  # something to compute after the aliases
+    m = g.build([x], [y])
+    from tinyfed.firmware_bridge.compile.blob import parse_blob
+
+    info = parse_blob(compile_blob(m))
+    assert {t.offset for t in info.tensors[:3]} == {info.tensors[0].offset}  # both alias the input's bytes
+    _check(engine_lib, m, rng, "SQUEEZE + EXPAND_DIMS")

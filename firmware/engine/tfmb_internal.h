@@ -39,7 +39,10 @@
 #define TFMB_OP_SOFTMAX 25u
 #define TFMB_OP_PAD 34u
 #define TFMB_OP_MEAN 40u
+#define TFMB_OP_SQUEEZE 43u
+#define TFMB_OP_STRIDED_SLICE 45u
 #define TFMB_OP_PADV2 60u
+#define TFMB_OP_EXPAND_DIMS 70u
 #define TFMB_OP_QUANTIZE 114u
 
 /* Validation bounds shared by both engines. */
