@@ -17,10 +17,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import test_engine
+import test_train_engine
 from _op_models import GraphBuilder, options
-from test_engine import c_open, c_run, engine_lib  # noqa: F401 (the session fixture)
+from test_engine import c_open, c_run
 from test_train_engine import c_open as c_open_train
-from test_train_engine import lib  # noqa: F401 (the session fixture)
 
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.compile.blob import compile_blob
@@ -29,6 +30,8 @@ from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.models.tflm import TflmModel
 
 N = 64  # random inputs per case
+engine_lib = test_engine.engine_lib  # the host builds of the int8 and training engines (session fixtures)
+lib = test_train_engine.lib
 
 
 def _scale(rng: np.random.Generator, around: float = 0.05) -> float:
@@ -336,3 +339,40 @@ def test_squeeze_and_expand_dims_match_tflm(engine_lib) -> None:
     info = parse_blob(compile_blob(m))
     assert {t.offset for t in info.tensors[:3]} == {info.tensors[0].offset}  # both alias the input's bytes
     _check(engine_lib, m, rng, "SQUEEZE + EXPAND_DIMS")
+
+
+# --------------------------------------------------------------------------------------
+# The arena model's op data
+# --------------------------------------------------------------------------------------
+
+
+def test_tflm_op_data_is_what_tflm_allocates(tmp_path: Path) -> None:
+    """Each op's ``tflm_op_data``: TFLM's persistent buffer bytes of a one-op model (64-bit host)
+    minus those of a RESHAPE (no op data), within the buffers' 16-byte alignment."""
+    from tinyfed import ops
+    from tinyfed.models.tflm import _probe_once, _runtime
+
+    q = (0.1, 0)
+    models = {
+        "RESHAPE": _unary("RESHAPE", (1, 4, 4, 3), (1, 4, 4, 3), q, q, [[1, 4, 4, 3]],
+                          options("ReshapeOptions", newShape=[1, 4, 4, 3])),
+        "QUANTIZE": _unary("QUANTIZE", (1, 4, 4, 3), (1, 4, 4, 3), q, (0.2, 1), []),
+        "MEAN": _unary("MEAN", (1, 4, 4, 3), (1, 3), q, (0.05, 0), [[1, 2]], options("ReducerOptions")),
+        "PAD": _unary("PAD", (1, 4, 4, 3), (1, 5, 4, 3), q, q, [[[0, 0], [1, 0], [0, 0], [0, 0]]]),
+        "STRIDED_SLICE": _unary("STRIDED_SLICE", (1, 4, 4, 3), (1, 2, 4, 3), q, q,
+                                [[0, 0, 0, 0], [1, 2, 4, 3], [1, 1, 1, 1]], options("StridedSliceOptions")),
+        "SQUEEZE": _unary("SQUEEZE", (1, 4, 1, 3), (1, 4, 3), q, q, [], options("SqueezeOptions", squeezeDims=[2])),
+    }
+    g = GraphBuilder()
+    x, y = g.act((1, 4, 4, 3), *q), g.act((1, 4, 4, 6), *q)
+    g.op("CONCATENATION", [x, x], [y], options("ConcatenationOptions", axis=3))
+    models["CONCATENATION"] = g.build([x], [y])
+    rt = _runtime()
+    persistent = {}
+    for name, m in models.items():
+        res = _probe_once(rt, m, 1, 1 << 16, str(tmp_path / f"{name}.log"))
+        assert res["ok"], f"{name}: {res}"
+        persistent[name] = res["allocations"]["Persistent buffer data"]
+    for name, used in persistent.items():
+        measured = used - persistent["RESHAPE"]
+        assert abs(ops.get(name).tflm_op_data[0] - measured) <= 12, f"{name}: TFLM allocates {measured} B of op data"

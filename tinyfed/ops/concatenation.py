@@ -127,5 +127,5 @@ SPEC = OpSpec(
     name="CONCATENATION", code=2, arity=VARIADIC, options=("axis", "activation"),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program, macs=macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(48, 0), fused_activation=False, blob_inputs=_ids,
+    tflm_op_data=(80, 0), fused_activation=False, blob_inputs=_ids,
 )

@@ -41,7 +41,8 @@ def paddings(b: FragmentBuilder, op: OpInfo) -> tuple[tuple[int, ...], tuple[int
                      "crop with a STRIDED_SLICE (Keras Cropping2D) instead")
     before, after = pads[0::2].tolist(), pads[1::2].tolist()
     if any(x.shape[k] + before[k] + after[k] != y.shape[k] for k in range(rank)):
-        raise b.fail(op, f"output {list(y.shape)} is not input {list(x.shape)} padded by {pads.reshape(-1, 2).tolist()}")
+        raise b.fail(op, f"output {list(y.shape)} is not input {list(x.shape)} padded by "
+                     f"{pads.reshape(-1, 2).tolist()}")
     return tuple(before) + (0,) * (4 - rank), tuple(after) + (0,) * (4 - rank)
 
 
@@ -131,5 +132,5 @@ SPEC = OpSpec(
     name="PAD", code=34, arity=1, options=(),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program, macs=macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(56, 0), fused_activation=False,
+    tflm_op_data=(64, 0), fused_activation=False,
 )

@@ -64,5 +64,5 @@ SPEC = OpSpec(
     name="QUANTIZE", code=114, arity=1, options=(),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program, macs=macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(32, 0), fused_activation=False,
+    tflm_op_data=(40, 0), fused_activation=False,
 )

@@ -95,9 +95,9 @@ def macs(graph: Any, op: OpInfo, out: int) -> int:
     return 0
 
 
-def _index(p: tuple[int, ...] | list[int]) -> tuple[np.ndarray, ...]:
+def _index(p: tuple[int, ...] | list[int]) -> tuple[Any, ...]:
     """Open-mesh indices of dims 0..3 of the record."""
-    return np.ix_(*(p[k] + p[4 + k] * np.arange(p[8 + k]) for k in range(4)))
+    return tuple(np.ix_(*(p[k] + p[4 + k] * np.arange(p[8 + k]) for k in range(4))))
 
 
 def run_int8(info: BlobInfo, op: BlobOp, xs: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
@@ -112,7 +112,7 @@ def _params(tail: FloatTail, op: OpInfo) -> tuple[int, ...]:
         return tuple(op.options["slice"])
     from tinyfed.firmware_bridge.compile.layout import FragmentBuilder
 
-    return resolve(FragmentBuilder(tail.graph, "tail", 4), op)  # type: ignore[arg-type]
+    return resolve(FragmentBuilder(tail.graph, "tail", 4), op)
 
 
 def float_forward(tail: FloatTail, op: OpInfo, xs: list[np.ndarray], batch: int) -> tuple[np.ndarray, tuple]:
@@ -136,5 +136,5 @@ SPEC = OpSpec(
     name="STRIDED_SLICE", code=45, arity=1, options=("begin_mask", "end_mask", "shrink_axis_mask"),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program, macs=macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(92, 0), fused_activation=False,
+    tflm_op_data=(88, 0), fused_activation=False,
 )
