@@ -376,3 +376,38 @@ def test_tflm_op_data_is_what_tflm_allocates(tmp_path: Path) -> None:
     for name, used in persistent.items():
         measured = used - persistent["RESHAPE"]
         assert abs(ops.get(name).tflm_op_data[0] - measured) <= 12, f"{name}: TFLM allocates {measured} B of op data"
+
+
+# --------------------------------------------------------------------------------------
+# On the emulated boards (the firmware built for Cortex-M4F and Cortex-M55)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", ["mps2-an386", "mps3-an547"])
+def test_shape_ops_bit_exact_on_qemu(board: str) -> None:
+    import shutil
+
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)")
+    from _shape_tails import hand_tail_int8, keras_tail_int8
+
+    from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
+    from tinyfed.firmware_bridge.link.client import BoardClient
+
+    rng = np.random.default_rng(6)
+    models = {
+        "keras tail": keras_tail_int8(), "hand tail": hand_tail_int8(),
+        "concat of 5": _concat_graph(rng, (1, 4, 5, 3), [3, 5, 4, 3, 6], -1, True),
+        "strided slice": _unary("STRIDED_SLICE", (1, 6, 7, 4), _slice_shape(*_SLICE_CASES[1]), (0.1, 3), (0.1, 3),
+                                _SLICE_CASES[1][1:4], options("StridedSliceOptions")),
+        "mean": _unary("MEAN", (1, 5, 7, 6), (1, 6), (0.05, -7), (0.02, 4), [[1, 2]], options("ReducerOptions")),
+    }
+    with EmulatorFleet(board, 1) as fleet, BoardClient(fleet.boards[0].url) as client:
+        for what, m in models.items():
+            g = TfliteGraph.from_bytes(m)
+            x = rng.integers(-128, 128, size=(24, *g.tensors[g.inputs[0]].shape[1:])).astype(np.int8)
+            want = np.asarray(TflmModel(m).run(x)).reshape(len(x), -1)
+            client.load_fragment(compile_blob(m))
+            got = np.stack([client.infer(x[i : i + 1]) for i in range(len(x))]).reshape(len(x), -1)
+            assert np.array_equal(got, want), f"{board} {what}: {np.count_nonzero(got != want)} values differ"
