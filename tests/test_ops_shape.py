@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_engine
 import test_train_engine
 from _op_models import GraphBuilder, options
-from test_engine import c_open, c_run
+from test_engine import c_open, c_run, run_fuzz
 from test_train_engine import c_open as c_open_train
 
 from tinyfed.errors import ModelError
@@ -31,6 +31,7 @@ from tinyfed.models.tflm import TflmModel
 
 N = 64  # random inputs per case
 engine_lib = test_engine.engine_lib  # the host builds of the int8 and training engines (session fixtures)
+fuzz_exe = test_engine.fuzz_exe
 lib = test_train_engine.lib
 
 
@@ -282,6 +283,49 @@ def test_tail_int8_bit_exact(engine_lib) -> None:
     for name in ("keras", "hand"):
         model, _, _, _ = _tail_case(name)
         _check(engine_lib, model, np.random.default_rng(4), f"{name} tail int8")
+
+
+def test_corrupted_concatenation_lists_are_refused_and_flips_never_crash(fuzz_exe, tmp_path: Path) -> None:
+    """Every field of the CONCATENATION list (id, arena offset, row length) and its params, set
+    wrong, is refused by ``tfmb_open``; random byte flips (CRC fixed) in the shape ops' blobs never
+    crash the sanitizer build, and whatever opens runs on an exactly sized arena."""
+    import struct
+
+    from tinyfed.firmware_bridge.compile.blob import parse_blob
+
+    rng = np.random.default_rng(12)
+    blob = compile_blob(_concat_graph(rng, (1, 4, 5, 3), [3, 5, 4, 3, 6], -1, True))
+    info = parse_blob(blob)
+    cat = next(o for o in info.ops if o.name == "CONCATENATION")
+    n, _, listing, outer = cat.params[:4]
+    op_at = test_engine.HEADER_BYTES + len(info.tensors) * test_engine.TENSOR_BYTES + cat.index * test_engine.OP_BYTES
+    bad = []
+    entries = info.int32_array(listing, 3 * n).reshape(n, 3)
+    for k in range(n):
+        for field, value in ((0, len(info.tensors)), (0, cat.output), (4, int(entries[k, 1]) + 1), (8, 1)):
+            b = bytearray(blob)
+            struct.pack_into("<i", b, info.data_offset + listing + 12 * k + field, value)
+            bad.append(test_engine._recrc(b))
+    for param, value in ((0, 11), (0, n - 1), (1, 2), (2, info.data_bytes), (2, listing + 2), (3, outer + 1)):
+        b = bytearray(blob)
+        struct.pack_into("<i", b, op_at + 16 + 4 * param, value)
+        bad.append(test_engine._recrc(b))
+    statuses, _ = run_fuzz(fuzz_exe, bad, tmp_path)
+    assert all(st != 0 for st in statuses), [i for i, st in enumerate(statuses) if st == 0]
+
+    from _shape_tails import hand_tail_int8
+
+    bases = [blob, compile_blob(hand_tail_int8()),
+             compile_blob(_unary("STRIDED_SLICE", (1, 6, 7, 4), _slice_shape(*_SLICE_CASES[1]), (0.1, 3), (0.1, 3),
+                                 _SLICE_CASES[1][1:4], options("StridedSliceOptions")))]
+    flipped = []
+    for i in range(1500):
+        src = bases[i % len(bases)]
+        b = bytearray(src)
+        for _ in range(int(rng.integers(1, 4))):
+            b[int(rng.integers(16, len(src)))] ^= int(rng.integers(1, 256))
+        flipped.append(test_engine._recrc(b))
+    run_fuzz(fuzz_exe, flipped, tmp_path)  # asserts a clean exit: no crash, no sanitizer report
 
 
 # --------------------------------------------------------------------------------------
