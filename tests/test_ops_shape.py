@@ -194,6 +194,17 @@ def test_concatenation_matches_tflm(engine_lib, shape: tuple[int, ...], sizes: l
     _check(engine_lib, m, rng, f"CONCATENATION of {len(sizes)} along {axis} (same scale: {same_scale})")
 
 
+def test_concatenation_limits_agree_between_host_and_engines() -> None:
+    """TFLM's ten inputs: the host's limit is the int8 engine's; the training engine's is its three slots."""
+    import re
+
+    from tinyfed.ops import concatenation
+
+    src = (test_engine.ENGINE / "ops" / "concatenation.c").read_text()
+    assert int(re.search(r"#define TFMB_CONCAT_MAX (\d+)", src).group(1)) == concatenation.MAX_INPUTS == 10
+    assert concatenation.MAX_TRAIN_INPUTS == 3
+
+
 def test_concatenation_of_inputs_quantized_unlike_the_output_is_refused_as_tflm_does() -> None:
     m = _concat_graph(np.random.default_rng(0), (1, 4, 5, 3), [3, 4, 3, 5, 3], 3, False)
     with pytest.raises(ModelError, match="CONCATENATION: input tensor .* unlike the output"):
