@@ -154,7 +154,8 @@ def _randomize(model, roles: dict[str, int], case: Case, rng: np.random.Generato
         w_scales = np.asarray(tensors[roles["weights"]].quantization.scale, dtype=np.float32)
         bias = tensors[roles["bias"]].quantization
         n = len(np.asarray(bias.scale))
-        bias.scale = np.broadcast_to(x_scale * w_scales, (n,)).astype(np.float32) if len(w_scales) in (1, n) else bias.scale
+        if len(w_scales) in (1, n):
+            bias.scale = np.broadcast_to(x_scale * w_scales, (n,)).astype(np.float32)
         bias.zeroPoint = np.zeros(n, dtype=np.int64)
 
 
