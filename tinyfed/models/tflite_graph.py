@@ -548,6 +548,7 @@ class TfliteGraph:
         graph._check_activations()
         graph._check_quantized_dimensions()
         graph._check_zero_points()
+        graph._check_filter_zero_points()
         for w in graph.warnings:
             log.warning("%s: %s", source, w)
         return graph
@@ -854,6 +855,21 @@ class TfliteGraph:
                 axes = [a for a, d in enumerate(t.shape) if d == n]
                 if len(axes) == 1:  # the only axis the scales can run along (a 1-D bias: 0)
                     self.tensors[t.index] = replace(t, quantized_dimension=axes[0])
+
+    def _check_filter_zero_points(self) -> None:
+        """Convolution filters with non-zero zero points: TFLM's int8 convolutions never read them.
+
+        (TFLM only asserts 0 in debug builds; the release kernels run as if they were 0.) The
+        graph records them as 0, so the engine, the trainer and the exporter all agree with TFLM.
+        """
+        for op in self.ops:
+            if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2 or op.inputs[1] < 0:
+                continue
+            t = self.tensors[op.inputs[1]]
+            if t.type_name == "INT8" and any(t.zero_points):
+                self.warnings.append(f"filter '{t.name}' ({t.index}) of op {op.index} {op.name} has zero points "
+                                     f"{sorted(set(t.zero_points))}; TFLM's int8 kernels ignore them, so does tinyfed")
+                self.tensors[t.index] = replace(t, zero_points=(0,) * len(t.zero_points))
 
     def _check_zero_points(self) -> None:
         """Scales without zero points: TFLM treats the tensor as not quantized.

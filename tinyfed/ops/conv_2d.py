@@ -48,8 +48,6 @@ def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo, depthwise: bool = F
     if len(x.shape) != 4 or len(w.shape) != 4 or len(out.shape) != 4:
         raise b.fail(op, "input, filter and output must be 4-D")
     n_out = out.shape[3]
-    if any(z != 0 for z in w.zero_points):
-        raise b.fail(op, "the filter has a non-zero zero point (TFLM's int8 kernels require 0)")
     sh, sw = opts.get("stride", (1, 1))
     dh, dw = opts.get("dilation", (1, 1))
     fh, fw = w.shape[1], w.shape[2]
