@@ -7,8 +7,13 @@ writing uses ``ai_edge_litert.tools.flatbuffer_utils``-style packing.
 What :meth:`TfliteGraph.from_bytes` guarantees
     The bytes are a single-subgraph TFLite flatbuffer whose every offset, vector, string and
     index is in range, and whose activations (graph inputs/outputs and every non-constant op
-    input/output) are not floating point. Anything else raises :class:`~tinyfed.errors.ModelError`
-    with a one-line problem and fix. Parsing is pure Python over a bounds-checked view of the
+    input/output) are not floating point, except a float interface: QUANTIZE ops first that read
+    float graph inputs and DEQUANTIZE ops last that write float graph outputs (:attr:`edges`;
+    :meth:`int8_graph` is the body without them). Anything else raises
+    :class:`~tinyfed.errors.ModelError` with a one-line problem and fix. Validation follows
+    TFLM's own checks: quirks TFLM ignores (a 1-D bias's per-channel axis out of range, a bias
+    without zero points, non-zero convolution filter zero points) are kept in :attr:`warnings`
+    and logged, and the graph records what TFLM uses (axis 0, zero points 0). Parsing is pure Python over a bounds-checked view of the
     bytes, so a damaged file can raise but never crash the process; the work done is linear in
     the file size, so it cannot hang either. Buffers stored after the flatbuffer (``offset``/
     ``size``, the >2 GB layout) are checked against the file length and read in.
