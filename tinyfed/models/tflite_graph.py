@@ -13,9 +13,11 @@ What :meth:`TfliteGraph.from_bytes` guarantees
     :class:`~tinyfed.errors.ModelError` with a one-line problem and fix. Validation follows
     TFLM's own checks: quirks TFLM ignores (a 1-D bias's per-channel axis out of range, a bias
     without zero points, non-zero convolution filter zero points) are kept in :attr:`warnings`
-    and logged, and the graph records what TFLM uses (axis 0, zero points 0). Parsing is pure Python over a bounds-checked view of the
-    bytes, so a damaged file can raise but never crash the process; the work done is linear in
-    the file size, so it cannot hang either. Buffers stored after the flatbuffer (``offset``/
+    and logged, and the graph records what TFLM uses (axis 0, zero points 0).
+
+    Parsing is pure Python over a bounds-checked view of the bytes, so a damaged file can
+    raise but never crash the process; the work done is linear in the file size, so it
+    cannot hang either. Buffers stored after the flatbuffer (``offset``/
     ``size``, the >2 GB layout) are checked against the file length and read in.
 
     Because TFLM's kernels trust the flatbuffer (a negative scale, a wrong shape, a swapped
