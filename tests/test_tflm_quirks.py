@@ -120,6 +120,26 @@ def test_quirks_tflm_accepts_load_and_run(caplog: pytest.LogCaptureFixture, quir
     _assert_runs_like_tflm(data)
 
 
+@pytest.mark.slow
+def test_plan_json_reports_the_quirk(tmp_path: Path) -> None:
+    """`tinyfed plan --json` plans the quirky model and lists the warning, naming the bias."""
+    import json
+    import subprocess
+    import sys
+
+    data = _mutated(CLASSIFIER, _bias_quantized_dimension_3)
+    path = tmp_path / "old_converter.tflite"
+    path.write_bytes(data)
+    proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "plan", str(path), "--board", "nrf52840",
+                           "--no-measure", "--json", "--out", str(tmp_path / "plan")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    graph = TfliteGraph.from_bytes(data)
+    bias = graph.tensors[graph.ops[_op(graph, "CONV_2D")].inputs[2]]
+    warnings = json.loads(proc.stdout)["model_warnings"]
+    assert len(warnings) == 1 and f"'{bias.name}'" in warnings[0] and "quantized_dimension 3" in warnings[0]
+
+
 def test_the_bias_axis_quirk_trains_on_axis_0() -> None:
     """The 1-D bias's scales run along its only axis, for the trainer and the exporter too."""
     data = _mutated(CLASSIFIER, _bias_quantized_dimension_3)

@@ -503,7 +503,9 @@ class TfliteGraph:
         return cls.from_bytes(data, source=str(p))
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> TfliteGraph:
+    def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>", *,
+                   quiet: bool = False) -> TfliteGraph:
+        """Parse and validate; the quirks TFLM accepts are logged (unless ``quiet``) and kept in :attr:`warnings`."""
         data = bytes(data)
         n = len(data)
         if n == 0:
@@ -556,8 +558,9 @@ class TfliteGraph:
         graph._check_quantized_dimensions()
         graph._check_zero_points()
         graph._check_filter_zero_points()
-        for w in graph.warnings:
-            log.warning("%s: %s", source, w)
+        if not quiet:
+            for w in graph.warnings:
+                log.warning("%s: %s", source, w)
         return graph
 
     @staticmethod
@@ -812,10 +815,12 @@ class TfliteGraph:
         """
         if not self.edges.any:
             return self
-        body = TfliteGraph.from_bytes(self.int8_body(), source=self.source)
+        body = TfliteGraph.from_bytes(self.int8_body(), source=self.source, quiet=True)  # logged once, above
         names = ", ".join(f"op {k} {self.ops[k].name}" for k in self.edges.quantize_ops + self.edges.dequantize_ops)
-        body.warnings = [*self.warnings, f"float interface: {names} run on the host (TFLM's arithmetic); "
-                                         "the int8 body between them is planned and runs on the boards"]
+        note = (f"float interface: {names} run on the host (TFLM's arithmetic); "
+                "the int8 body between them is planned and runs on the boards")
+        log.info("%s: %s", self.source, note)
+        body.warnings = [*self.warnings, note]
         return body
 
     def _check_quantized_dimensions(self) -> None:
