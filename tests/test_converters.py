@@ -75,3 +75,17 @@ def test_plans(tmp_path: Path, name: str) -> None:
     doc = json.loads(proc.stdout)
     assert doc["fits"] is True and doc["trainable_params"] > 0
     assert any("float interface" in w for w in doc["model_warnings"]) == name.endswith("_float.tflite")
+
+
+def test_run_data_of_a_float_interface_model_meets_its_int8_body(tmp_path: Path) -> None:
+    """`tinyfed run --model float_interface.tflite --data x.npz`: float samples, the int8 body trained."""
+    from tinyfed.host.rundata import user_run_data
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 1.0, size=(40, 12, 12, 2)).astype(np.float32)
+    y = rng.integers(0, 5, size=40)
+    np.savez(tmp_path / "d.npz", x=x[:30], y=y[:30], x_test=x[30:], y_test=y[30:])
+    data = user_run_data(str(FIXTURES / "tf2.12.0_classifier_float.tflite"), tmp_path / "d.npz")
+    body = TfliteGraph.from_bytes(data.model_bytes)
+    assert not body.edges.any and body.op_names()[0] == "CONV_2D"
+    assert body.tensors[body.inputs[0]].type_name == "INT8" and data.num_classes == 5
