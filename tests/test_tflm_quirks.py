@@ -64,6 +64,12 @@ def _filter_zero_points(model: schema_fb.ModelT, graph: TfliteGraph) -> None:
     q.zeroPoint = np.full(len(q.zeroPoint), 5, np.int64)
 
 
+def _fc_per_channel_zero_points(model: schema_fb.ModelT, graph: TfliteGraph) -> None:
+    """Per-channel FULLY_CONNECTED weights with zero points (TFLM's per-channel kernel reads none)."""
+    q = model.subgraphs[0].tensors[graph.ops[_op(graph, "FULLY_CONNECTED")].inputs[1]].quantization
+    q.zeroPoint = np.full(len(q.zeroPoint), -3, np.int64)
+
+
 def _per_tensor_with_an_axis(model: schema_fb.ModelT, graph: TfliteGraph) -> None:
     """Per-tensor activations naming a quantized_dimension (TFLM reads it for per-channel weights only)."""
     for t in (graph.inputs[0], graph.ops[0].outputs[0]):
@@ -99,6 +105,7 @@ def _pool_scales_within_tolerance(model: schema_fb.ModelT, graph: TfliteGraph) -
     (_bias_quantized_dimension_3, "quantized_dimension 3"),
     (_bias_without_zero_points, "no zero points"),
     (_filter_zero_points, "ignore them"),
+    (_fc_per_channel_zero_points, "ignore them"),
     (_per_tensor_with_an_axis, None),
     (_shape_signature, None),
     (_deprecated_opcodes_only, None),

@@ -869,16 +869,20 @@ class TfliteGraph:
                     self.tensors[t.index] = replace(t, quantized_dimension=axes[0])
 
     def _check_filter_zero_points(self) -> None:
-        """Convolution filters with non-zero zero points: TFLM's int8 convolutions never read them.
+        """Filters with non-zero zero points where TFLM's int8 kernels never read them.
 
-        (TFLM only asserts 0 in debug builds; the release kernels run as if they were 0.) The
-        graph records them as 0, so the engine, the trainer and the exporter all agree with TFLM.
+        Convolutions, and FULLY_CONNECTED with per-channel weights (per-tensor weights keep
+        theirs: TFLM's kernel subtracts it). TFLM only asserts 0 in debug builds; the release
+        kernels run as if they were 0. The graph records them as 0, so the engine, the trainer
+        and the exporter all agree with TFLM.
         """
         for op in self.ops:
-            if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2 or op.inputs[1] < 0:
+            if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2 \
+                    or op.inputs[1] < 0:
                 continue
             t = self.tensors[op.inputs[1]]
-            if t.type_name == "INT8" and any(t.zero_points):
+            ignored = op.name != "FULLY_CONNECTED" or len(t.scales) > 1
+            if t.type_name == "INT8" and ignored and any(t.zero_points):
                 self.warnings.append(f"filter '{t.name}' ({t.index}) of op {op.index} {op.name} has zero points "
                                      f"{sorted(set(t.zero_points))}; TFLM's int8 kernels ignore them, so does tinyfed")
                 self.tensors[t.index] = replace(t, zero_points=(0,) * len(t.zero_points))

@@ -35,8 +35,6 @@ def _multipliers(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInfo, out: 
         ms, ss = zip(*pairs, strict=True)
     else:
         raise b.fail(op, f"{n_scales} weight scales for {n_out} outputs")
-    if n_scales > 1 and any(z != 0 for z in w.zero_points):
-        raise b.fail(op, "per-channel weights with a non-zero zero point")
     return ms, ss
 
 
