@@ -68,5 +68,5 @@ SPEC = OpSpec(
     name="LEAKY_RELU", code=98, arity=1, options=("alpha",),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program,
     macs=unary.macs, run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(32, 0), fused_activation=False,
+    tflm_op_data=(28, 0), fused_activation=False,
 )

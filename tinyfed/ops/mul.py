@@ -131,5 +131,5 @@ SPEC = OpSpec(
     name="MUL", code=18, arity=2, options=("activation",),
     encode_blob=encode_blob, encode_program=encode_program, read_program=unary.read_program, macs=unary.macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(48, 0),
+    tflm_op_data=(36, 0),
 )
