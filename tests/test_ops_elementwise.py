@@ -139,3 +139,24 @@ def test_network_of_elementwise_ops_bit_exact(engine_lib) -> None:
         assert _compare(engine_lib, frag, x, f"prefix of {k} ops")
         checked += 1
     assert checked >= len(g.ops) - 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board", ["mps2-an386", "mps3-an547"])
+def test_network_of_elementwise_ops_on_qemu(board: str) -> None:
+    """The firmware built for the board, in QEMU, runs the network bit-exact with TFLM."""
+    import shutil
+
+    from tinyfed.firmware_bridge.emulate.build import build_firmware
+    from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+    from tinyfed.firmware_bridge.link.client import BoardClient
+
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("qemu-system-arm or arm-none-eabi-gcc is not installed (make setup)")
+    model = elementwise_tail_int8()
+    x = np.random.default_rng(5).integers(-128, 128, size=(24, *ELEMENTWISE_TAIL_SHAPE)).astype(np.int8)
+    want = TflmModel(model).run(x)
+    with launch_qemu(board, Path(build_firmware(board)), ready_timeout=300.0) as emu, BoardClient(emu.url) as c:
+        c.load_fragment(compile_blob(model))
+        got = np.stack([c.infer(x[i : i + 1]) for i in range(len(x))])
+    assert_same(got, want, f"{board}: firmware in QEMU vs TFLM")
