@@ -95,3 +95,19 @@ def test_c_sgd_matches_local_train(lib) -> None:
     assert np.abs(ref_delta).max() > 0
     assert float(np.abs((values - _flat(ft.unit_values())) - ref_delta).max() / np.abs(ref_delta).max()) <= STEP_TOL
     assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
+
+
+def test_sim_board_trains_the_same_tail_from_the_program() -> None:
+    """The sim:// board rebuilds the tail from the TFTR program alone (LEAKY_RELU's alpha, MUL's
+    constant operand and fused activation): the same loss and gradients as from the plan files."""
+    from tinyfed.firmware_bridge.compile.program_tail import program_tail
+
+    tail, tfw_b, x, y = _case(8)
+    ref = FloatTail.from_fragments(tail, tfw_b)
+    sim, _, _ = program_tail(compile_program(tail, tfw_b))
+    xf = ref.dequantize_input(x)
+    loss_ref, grads_ref = ref.loss_and_grads(xf, y)
+    loss_sim, grads_sim = sim.loss_and_grads(xf, y)
+    assert loss_sim == loss_ref
+    for a, b in zip(sim.unit_grads(grads_sim), ref.unit_grads(grads_ref), strict=True):
+        np.testing.assert_array_equal(a, b)
