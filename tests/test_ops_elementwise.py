@@ -160,3 +160,49 @@ def test_network_of_elementwise_ops_on_qemu(board: str) -> None:
         c.load_fragment(compile_blob(model))
         got = np.stack([c.infer(x[i : i + 1]) for i in range(len(x))])
     assert_same(got, want, f"{board}: firmware in QEMU vs TFLM")
+
+
+def _random_quantization(rng: np.random.Generator) -> tuple[float, int]:
+    """A scale log-uniform over 1e-5 .. 10 (as float32) and any int8 zero point."""
+    return float(np.float32(10.0 ** rng.uniform(-5, 1))), int(rng.integers(-128, 128))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [*ELEMENTWISE_KINDS, "MUL"])
+def test_random_quantizations_bit_exact(kind: str) -> None:
+    """Hundreds of random input / output quantizations per op, numpy twin against TFLM (the
+    C engine runs the same records: the curated sets above compare it)."""
+    model = mul_int8("broadcast") if kind == "MUL" else elementwise_int8(kind)
+    g = TfliteGraph.from_bytes(model)
+    op = g.ops[-1]
+    x = _inputs(2)
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    compared = 0
+    for _ in range(300):
+        q = {t: _random_quantization(rng) for t in (*op.inputs[: 2 if kind == "MUL" else 1], op.outputs[0])}
+        if kind == "LOGISTIC":
+            q[op.outputs[0]] = (1 / 256, -128)
+        m = requantized(model, q)
+        ref = _tflm_or_refusal(m, x)
+        if ref is None:
+            with pytest.raises(ModelError, match=rf"op \d+ {kind}:"):
+                compile_blob(m)
+            continue
+        assert_same(run_blob(compile_blob(m), x), ref, f"{kind} {q}")
+        compared += 1
+    assert compared >= 150
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5, 1.7])
+def test_leaky_relu_alphas_bit_exact(engine_lib, alpha: float) -> None:
+    """A zero, negative or above-one alpha (a negative alpha multiplier, a shift above 0)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(elementwise_int8("LEAKY_RELU")))
+    obj.subgraphs[0].operators[0].builtinOptions.alpha = alpha
+    model = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    g = TfliteGraph.from_bytes(model)
+    assert g.ops[0].options["alpha"] == pytest.approx(alpha)
+    for s_in, s_out in ((0.03, 0.02), (0.01, 0.05)):
+        m = requantized(model, {g.inputs[0]: (s_in, 3), g.outputs[0]: (s_out, -9)})
+        assert _compare(engine_lib, m, _inputs(), f"LEAKY_RELU alpha {alpha} {s_in} -> {s_out}")
