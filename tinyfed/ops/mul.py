@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _MAX_RANK = 4  # TFLM's int8 MUL broadcasts over at most 4 dimensions
 
 
-def _operands(b: BlobBuilder, op: OpInfo) -> tuple[list[tuple[TensorInfo, int]], bool]:
-    """Both operands (activation first) with their blob ids; whether the second is a constant."""
+def _operands(b: BlobBuilder, op: OpInfo) -> tuple[tuple[TensorInfo, int], tuple[TensorInfo, int]]:
+    """Both operands (the activation first) with their blob ids."""
     g = b.graph
     first, second = op.inputs[0], op.inputs[1]
     if g.tensors[first].is_constant and g.tensors[second].is_constant:
@@ -38,13 +38,13 @@ def _operands(b: BlobBuilder, op: OpInfo) -> tuple[list[tuple[TensorInfo, int]],
         c_id = b.constant(op, second, "INT8", "constant operand")
     else:
         c, c_id = b.activation(op, second, "second input"), b.id(second)
-    return [(x, x_id), (c, c_id)], c.is_constant
+    return (x, x_id), (c, c_id)
 
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
     """Params: minus the zero points of both operands, the output zero point, the multiplier and
     shift of s1 * s2 / s_out (double, as TFLM's Prepare) and the activation range."""
-    ((x, x_id), (c, c_id)), _ = _operands(b, op)
+    (x, x_id), (c, c_id) = _operands(b, op)
     try:
         shape = np.broadcast_shapes(tuple(x.shape), tuple(c.shape))
     except ValueError:
