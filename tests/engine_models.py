@@ -102,13 +102,13 @@ def elementwise_int8(kind: str) -> bytes:
     return _convert(keras.Model(inp, layer(inp)), ELEMENTWISE_SHAPE)
 
 
-MUL_KINDS = ("broadcast", "fused_relu", "constant", "constant_2d", "constant_first")
+MUL_KINDS = ("broadcast", "fused_relu", "constant", "constant_2d", "constant_scalar", "constant_first")
 
 
 @functools.cache
 def mul_int8(kind: str) -> bytes:
     """MUL of two conv outputs ((1,4,5,6) by (1,1,1,6), or equal shapes with a fused RELU), or of
-    the input by a constant ((6,) or (5, 6); ``constant_first`` swaps the operands in the file)."""
+    the input by a constant ((6,), (5, 6) or a scalar; ``constant_first`` swaps the operands in the file)."""
     tf = _tf()
     keras = tf.keras
     keras.utils.set_random_seed(2)
@@ -118,6 +118,8 @@ def mul_int8(kind: str) -> bytes:
         out = keras.layers.Multiply()([a, keras.layers.Conv2D(6, (4, 5), name="s")(inp)])
     elif kind == "fused_relu":
         out = keras.layers.ReLU()(keras.layers.Multiply()([a, keras.layers.Conv2D(6, 1, name="b")(inp)]))
+    elif kind == "constant_scalar":
+        out = keras.layers.Lambda(lambda t: t * 0.37)(inp)
     else:
         c = np.linspace(-1, 1, 30).reshape(5, 6) if kind == "constant_2d" else np.linspace(-2, 3, 6)
         c = c.astype(np.float32)

@@ -110,9 +110,10 @@ def test_mul_bit_exact(engine_lib, kind: str) -> None:
     shapes = [tuple(g.tensors[t].shape) for t in mul.inputs]
     constant = [g.tensors[t].is_constant for t in mul.inputs]
     want = {"broadcast": [(1, 4, 5, 6), (1, 1, 1, 6)], "constant": [(1, 4, 5, 6), (6,)],
-            "constant_2d": [(1, 4, 5, 6), (5, 6)], "constant_first": [(6,), (1, 4, 5, 6)]}
+            "constant_2d": [(1, 4, 5, 6), (5, 6)], "constant_scalar": [(1, 4, 5, 6), ()],
+            "constant_first": [(6,), (1, 4, 5, 6)]}
     assert shapes == want.get(kind, [(1, 4, 5, 6)] * 2)
-    assert constant == [kind == "constant_first", kind in ("constant", "constant_2d")]
+    assert constant == [kind == "constant_first", kind.startswith("constant") and kind != "constant_first"]
     assert mul.options["activation"] == ("RELU" if kind == "fused_relu" else "NONE")
     x = _inputs()
     rng = np.random.default_rng(len(kind))
