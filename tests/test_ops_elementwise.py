@@ -26,7 +26,7 @@ from engine_models import (
     mul_int8,
     requantized,
 )
-from test_engine import assert_same, c_run
+from test_engine import _field_corruptions, _recrc, assert_same, c_run, run_fuzz
 
 from tinyfed.errors import ModelError
 from tinyfed.firmware_bridge.compile.blob import compile_blob
@@ -35,6 +35,7 @@ from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.models.tflm import TflmModel
 
 engine_lib = test_engine.engine_lib  # the host-built C engine (a session fixture)
+fuzz_exe = test_engine.fuzz_exe  # the same, an executable with sanitizers (a session fixture)
 
 _SCALES_IN = (0.0004, 0.0303, 0.11, 0.9)
 _ZPS_IN = (-128, -7, 127)
@@ -207,3 +208,23 @@ def test_leaky_relu_alphas_bit_exact(engine_lib, alpha: float) -> None:
     for s_in, s_out in ((0.03, 0.02), (0.01, 0.05)):
         m = requantized(model, {g.inputs[0]: (s_in, 3), g.outputs[0]: (s_out, -9)})
         assert _compare(engine_lib, m, _inputs(), f"LEAKY_RELU alpha {alpha} {s_in} -> {s_out}")
+
+
+def test_corrupted_blobs_rejected_without_crashing(fuzz_exe, tmp_path: Path) -> None:
+    """The new kernels' record checks: every corrupted field of the network's blob (and of MUL by a
+    constant) is refused, and random byte flips with a fixed CRC neither crash nor touch memory
+    out of bounds (sanitizers); whatever opens is invoked."""
+    blobs = [compile_blob(elementwise_tail_int8()), compile_blob(mul_int8("constant_2d"))]
+    corrupted = [c for b in blobs for c in _field_corruptions(b)]
+    statuses, _ = run_fuzz(fuzz_exe, corrupted, tmp_path)
+    accepted = [i for i, s in enumerate(statuses) if s == 0]
+    assert not accepted, f"{len(accepted)} of {len(corrupted)} corrupted blobs opened (first: {accepted[:5]})"
+    rng = np.random.default_rng(13)
+    flipped = []
+    for i in range(1500):
+        b = bytearray(blobs[i % 2])
+        for _ in range(int(rng.integers(1, 4))):
+            b[int(rng.integers(0, len(b)))] ^= int(rng.integers(1, 256))
+        flipped.append(_recrc(b))
+    statuses, _ = run_fuzz(fuzz_exe, flipped, tmp_path)
+    assert sum(s != 0 for s in statuses) > len(flipped) // 4
