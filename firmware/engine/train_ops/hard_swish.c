@@ -50,6 +50,5 @@ static const tftr_op_entry_t tftr_op_hard_swish = {
     .validate = hard_swish_validate,
     .forward = hard_swish_forward,
     .backward = hard_swish_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_hard_swish);

@@ -54,6 +54,5 @@ static const tftr_op_entry_t tftr_op_leaky_relu = {
     .validate = leaky_relu_validate,
     .forward = leaky_relu_forward,
     .backward = leaky_relu_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_leaky_relu);

@@ -45,6 +45,5 @@ static const tftr_op_entry_t tftr_op_logistic = {
     .validate = logistic_validate,
     .forward = logistic_forward,
     .backward = logistic_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_logistic);

@@ -95,6 +95,5 @@ static const tftr_op_entry_t tftr_op_mul = {
     .validate = mul_validate,
     .forward = mul_forward,
     .backward = mul_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_mul);

@@ -41,6 +41,5 @@ static const tftr_op_entry_t tftr_op_relu = {
     .validate = relu_validate,
     .forward = relu_forward,
     .backward = relu_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_relu);

@@ -41,6 +41,5 @@ static const tftr_op_entry_t tftr_op_relu6 = {
     .validate = relu6_validate,
     .forward = relu6_forward,
     .backward = relu6_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_relu6);

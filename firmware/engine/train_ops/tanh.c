@@ -44,6 +44,5 @@ static const tftr_op_entry_t tftr_op_tanh = {
     .validate = tanh_validate,
     .forward = tanh_forward,
     .backward = tanh_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_tanh);
