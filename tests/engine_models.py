@@ -175,11 +175,14 @@ def elementwise_tail_int8() -> bytes:
 
 
 @functools.cache
-def square_tail_int8() -> bytes:
-    """FC, MUL of the FC output by itself (one tensor in both input slots), FC, SOFTMAX."""
+def mul_tail_int8() -> bytes:
+    """FC, MUL of the FC output by itself (one tensor in both input slots), LOGISTIC, MUL by a
+    scalar constant with a fused RELU, FC, SOFTMAX."""
     keras = _tf().keras
     keras.utils.set_random_seed(9)
     inp = keras.Input(shape=(12,), batch_size=1, name="x")
     a = keras.layers.Dense(10)(inp)
-    out = keras.layers.Softmax()(keras.layers.Dense(4)(keras.layers.Multiply()([a, a])))
+    g = keras.layers.Activation("sigmoid")(keras.layers.Multiply()([a, a]))
+    h = keras.layers.ReLU()(keras.layers.Lambda(lambda t: t * 0.37)(g))
+    out = keras.layers.Softmax()(keras.layers.Dense(4)(h))
     return _convert(keras.Model(inp, out), (12,))

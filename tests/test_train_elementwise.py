@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import test_train_engine
-from engine_models import ELEMENTWISE_TAIL_SHAPE, elementwise_tail_int8, square_tail_int8
+from engine_models import ELEMENTWISE_TAIL_SHAPE, elementwise_tail_int8, mul_tail_int8
 from test_train_engine import GRAD_TOL, LOSS_TOL, STEP_TOL, _everything, _flat, c_grads, c_open, c_train
 
 from tinyfed.firmware_bridge.compile.train_blob import compile_program, parse_program
@@ -26,15 +26,15 @@ OPS = {"HARD_SWISH", "MUL", "TANH", "RELU6", "LEAKY_RELU", "RELU", "LOGISTIC"}
 
 def _case(n: int = 16, model: str = "elementwise") -> tuple[bytes, bytes, np.ndarray, np.ndarray]:
     """A tail with every unit trainable, int8 inputs and labels: the network through every op, or
-    ``square`` (MUL of a tensor by itself)."""
-    tail = square_tail_int8() if model == "square" else elementwise_tail_int8()
-    shape = (12,) if model == "square" else ELEMENTWISE_TAIL_SHAPE
+    ``mul`` (MUL of a tensor by itself, MUL by a scalar constant)."""
+    tail = mul_tail_int8() if model == "mul" else elementwise_tail_int8()
+    shape = (12,) if model == "mul" else ELEMENTWISE_TAIL_SHAPE
     rng = np.random.default_rng(8)
     x = rng.integers(-128, 128, size=(n, *shape)).astype(np.int8)
     return tail, _everything(tail), x, rng.integers(0, 4, size=n)
 
 
-@pytest.mark.parametrize("model", ["elementwise", "square"])
+@pytest.mark.parametrize("model", ["elementwise", "mul"])
 def test_floattail_gradient_matches_finite_differences(model: str) -> None:
     tail, tfw_b, x, y = _case(6, model)
     ft = FloatTail.from_fragments(tail, tfw_b, dtype=np.float64)
@@ -62,7 +62,7 @@ def test_floattail_gradient_matches_finite_differences(model: str) -> None:
     assert checked >= 12
 
 
-@pytest.mark.parametrize("model", ["elementwise", "square"])
+@pytest.mark.parametrize("model", ["elementwise", "mul"])
 def test_c_engine_matches_floattail(lib, model: str) -> None:
     tail, tfw_b, x, y = _case(model=model)
     blob = compile_program(tail, tfw_b)
@@ -102,12 +102,14 @@ def test_c_sgd_matches_local_train(lib) -> None:
     assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
 
 
-def test_sim_board_trains_the_same_tail_from_the_program() -> None:
+@pytest.mark.parametrize("model", ["elementwise", "mul"])
+def test_sim_board_trains_the_same_tail_from_the_program(model: str) -> None:
     """The sim:// board rebuilds the tail from the TFTR program alone (LEAKY_RELU's alpha, MUL's
-    constant operand and fused activation): the same loss and gradients as from the plan files."""
+    constant operand, scalar or not, and fused activation): the same loss and gradients as from
+    the plan files."""
     from tinyfed.firmware_bridge.compile.program_tail import program_tail
 
-    tail, tfw_b, x, y = _case(8)
+    tail, tfw_b, x, y = _case(8, model)
     ref = FloatTail.from_fragments(tail, tfw_b)
     sim, _, _ = program_tail(compile_program(tail, tfw_b))
     xf = ref.dequantize_input(x)

@@ -82,9 +82,9 @@ def encode_program(b: ProgramBuilder, op: OpInfo) -> ProgramRecord:
     t = op.inputs[1]
     info = g.tensors[t]
     if info.is_constant:
-        if len(info.scales) != 1 or not 1 <= len(info.shape) <= _MAX_RANK:
-            raise b.fail(op, f"constant operand tensor {t} must be per-tensor int8 of rank 1..4",
-                         "convert with a per-tensor quantized constant of rank >= 1")
+        if len(info.scales) != 1 or len(info.shape) > _MAX_RANK:
+            raise b.fail(op, f"constant operand tensor {t} must be per-tensor int8 of rank <= 4",
+                         "convert with per-tensor quantization of the constant")
         second = b.param(op, t, 0, "INT8", "constant operand")
     else:
         second = b.activation(op, t, "second input")
