@@ -187,7 +187,7 @@ class ProgramBuilder(FragmentBuilder):
                             "convert the model with int8 weights and int32 biases")
         if t in self.params:
             return self.id(t)
-        shape = tuple(info.shape)
+        shape = tuple(info.shape) or (1,)  # a scalar constant (MUL's) is one element of rank 1
         if not 1 <= len(shape) <= 4:
             raise self.fail(op, f"{what} tensor {t} has rank {len(shape)}")
         ch = int(shape[axis])
