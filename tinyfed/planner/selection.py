@@ -2,23 +2,30 @@
 
 A unit is a layer's bias or a layer's weights on a fraction (1/8, 1/4, 1/2, 1) of its output
 channels, the most important channels first. Each greedy step takes the affordable unit with
-the highest importance per byte of RAM it adds, where the bytes include the parameters'
-float32 weights, gradients, optimizer state and int8 update, and the activations it forces
-the board to keep when it moves the first trainable layer earlier (minus the arena the frozen
-head gives back).
+the highest importance per byte of RAM it adds, where the bytes are the firmware's: the
+parameters' float32 values, start values and gradients, their update scales, and the one-sample
+work area it forces the board to keep when it moves the first trainable layer earlier (minus
+the arena the frozen head gives back).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.importance import LayerImportance
-from tinyfed.planner.memory import LayerFacts, LayerSelection, Selection, TrainingMemory, cut_for, training_memory
+from tinyfed.planner.memory import (
+    LayerFacts,
+    LayerSelection,
+    MemoryLayout,
+    Selection,
+    TrainingMemory,
+    cut_for,
+    training_memory,
+)
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,17 @@ def ram_cost(
     sel: Selection,
     cfg: TrainingConfig,
     cut_points: list[int],
-    arena_of_prefix: Callable[[int], int],
-) -> RamCost:
-    cut = cut_for(sel.first_op(), cut_points, len(facts))
-    return RamCost(cut, arena_of_prefix(cut), training_memory(facts, sel, cut, cfg))
+    layout: MemoryLayout,
+) -> RamCost | None:
+    """The arena the firmware fills for S, or None when its training engine cannot run the tail S needs."""
+    first = sel.first_op()
+    cut = cut_for(first, cut_points, len(facts))
+    if first is None or sel.params(facts) == 0:
+        return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, None))
+    work = layout.work(cut, first)
+    if work is None:
+        return None
+    return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, work))
 
 
 def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
@@ -67,14 +81,15 @@ def greedy_select(
     budget_bytes: int,
     cfg: TrainingConfig,
     cut_points: list[int],
-    arena_of_prefix: Callable[[int], int],
+    layout: MemoryLayout,
 ) -> tuple[Selection, list[Step]]:
     """Grow S one unit at a time while the RAM cost stays within ``budget_bytes``."""
     sel = Selection()
     steps: list[Step] = []
     orders = {k: np.argsort(-imp.channel, kind="stable") for k, imp in importance.items()}
     level: dict[int, int] = {k: -1 for k in importance}  # index into cfg.fractions, -1 = none
-    current = ram_cost(facts, sel, cfg, cut_points, arena_of_prefix)
+    current = ram_cost(facts, sel, cfg, cut_points, layout)
+    assert current is not None  # an empty S needs no tail
     while True:
         best: tuple[float, Selection, Step, RamCost] | None = None
         for op, imp in importance.items():
@@ -92,8 +107,8 @@ def greedy_select(
             for unit, new_layer, gain in candidates:
                 trial = sel.copy()
                 trial.layers[op] = new_layer
-                cost = ram_cost(facts, trial, cfg, cut_points, arena_of_prefix)
-                if cost.total > budget_bytes:
+                cost = ram_cost(facts, trial, cfg, cut_points, layout)
+                if cost is None or cost.total > budget_bytes:
                     continue
                 added_bytes = max(cost.total - current.total, 1)
                 score = gain / added_bytes

@@ -34,9 +34,11 @@ __all__ = [
     "VERSION",
     "ProgramBuilder",
     "ProgramInfo",
+    "WorkArea",
     "compile_program",
     "parse_program",
     "program_ram_bytes",
+    "work_area",
 ]
 
 MAGIC = b"TFTR"
@@ -380,6 +382,46 @@ def _unit_records(b: ProgramBuilder) -> bytes:
     return bytes(recs)
 
 
+def _lay_out(b: ProgramBuilder, first_trainable: int) -> tuple[list[list[Any]], int, _Timeline, dict[object, int],
+                                                               int, int]:
+    """Every op's record and the training MACs, the timeline, and the work area's offsets, bytes and
+    scratch row (floats). Which channels the units train does not change the work area: only the
+    first trainable op does (the ops from it on keep their inputs and gradients for the backward)."""
+    g = b.graph
+    b.id(g.inputs[0])
+    records, flops = [], 0
+    for op in g.ops:
+        rec, macs = _encode_op(b, op, first_trainable)
+        records.append(rec)
+        flops += macs
+    acts = [t for t in b.ids if not g.tensors[t].is_constant]
+    tl = _timeline(g, first_trainable, acts)
+    offsets, work_bytes, scratch_floats = _plan_work(b, tl, acts)
+    return records, flops, tl, offsets, work_bytes, scratch_floats
+
+
+@dataclass(frozen=True)
+class WorkArea:
+    """The float32 work area of one training sample: activation values and gradient buffers placed by
+    lifetime over forward + backward, and within it the scratch row (one dequantized weight channel)."""
+
+    work_bytes: int
+    scratch_bytes: int
+
+
+def work_area(tail_tflite: bytes, first_trainable: int, *, source: str = "tail.tflite") -> WorkArea:
+    """The work area ``compile_program`` lays out for this tail when its first trainable op is
+    ``first_trainable`` (the planner sizes a candidate w* with it, before any unit exists).
+
+    Raises :class:`ModelError` for a tail the training engine cannot run.
+    """
+    from tinyfed.models.tflite_graph import TfliteGraph
+
+    g = TfliteGraph.from_bytes(bytes(tail_tflite), source=source)
+    *_, work_bytes, scratch_floats = _lay_out(ProgramBuilder(g, [], source), first_trainable)
+    return WorkArea(work_bytes, 4 * scratch_floats)
+
+
 def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "tail.tflite") -> bytes:
     """Compile a plan's tail and its trainable units into a TFTR training program.
 
@@ -396,16 +438,7 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
     b = ProgramBuilder(g, units, source)
     first_trainable = min((u.op_index for u in units), default=n)
     _index_units(b)
-    b.id(g.inputs[0])
-    records, flops = [], 0
-    for op in g.ops:
-        rec, macs = _encode_op(b, op, first_trainable)
-        records.append(rec)
-        flops += macs
-
-    acts = [t for t in b.ids if not g.tensors[t].is_constant]
-    tl = _timeline(g, first_trainable, acts)
-    offsets, work_bytes, scratch_floats = _plan_work(b, tl, acts)
+    records, flops, tl, offsets, work_bytes, scratch_floats = _lay_out(b, first_trainable)
     scratch_offset = offsets.get(("s", 0), 0)
     _zero_flags(g, records, tl)
 
