@@ -63,7 +63,9 @@ def test_ram_lines_are_the_arena_the_firmware_fills(model: str, tmp_path: Path) 
     plan = _plan(_watermark.model_builders()[model](), out=tmp_path)
     assert plan.fits and plan.trainable_params > 0
     files = {k: Path(p).read_bytes() for k, p in plan.files.items() if k in ("frozen", "tail", "trainable")}
-    info = parse_program(compile_program(files["tail"], files["trainable"]))
+    program = compile_program(files["tail"], files["trainable"])
+    info = parse_program(program)
+    assert len(program) <= plan.program_bytes <= len(program) + 16  # the board's program store must hold it
     if "frozen" in files:
         assert plan.arena == _align8(parse_blob(compile_blob(files["frozen"])).arena_bytes)
     else:

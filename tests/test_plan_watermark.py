@@ -4,24 +4,20 @@ nRF52840's budget), for every zoo and test model the firmware runs: within 10%, 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests import _watermark
+from tinyfed import ops
+from tinyfed.errors import ModelError
+from tinyfed.firmware_bridge.emulate.build import build_firmware
+from tinyfed.models.tflite_graph import TfliteGraph
 
 pytestmark = pytest.mark.slow
 
 if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
     pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import _watermark
-
-from tinyfed import ops
-from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge.emulate.build import build_firmware
-from tinyfed.models.tflite_graph import TfliteGraph
 
 MODELS = list(_watermark.model_builders())
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tinyfed.errors import PlanError
+from tinyfed.firmware_bridge.compile.train_blob import WorkArea
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.importance import LayerImportance
-from tinyfed.firmware_bridge.compile.train_blob import WorkArea
 from tinyfed.planner.memory import LayerFacts, LayerSelection, Selection, cut_for, training_memory
 from tinyfed.planner.selection import greedy_select, ram_cost
 
@@ -51,7 +51,8 @@ class _Layout:
     def work(self, cut: int, first_op: int) -> WorkArea:
         tail = self.facts[cut:]
         row = 4 * max(f.params_per_channel for f in tail)
-        return WorkArea(4 * sum(f.input_elems for f in self.facts[first_op:]) + 4 * tail[-1].output_elems + row, row)
+        work = 4 * sum(f.input_elems for f in self.facts[first_op:]) + 4 * tail[-1].output_elems + row
+        return WorkArea(work, row, 0)
 
 
 _arena = _Layout(_facts())
@@ -61,7 +62,7 @@ def test_training_memory_counts_every_line() -> None:
     facts = _facts()
     cfg = TrainingConfig(batch_size=4, optimizer="momentum")
     sel = Selection({4: LayerSelection(True, (0, 1, 2))})
-    mem = training_memory(facts, sel, cfg, WorkArea(1004, 256))
+    mem = training_memory(facts, sel, cfg, WorkArea(1004, 256, 0))
     params = 3 * 64 + 6
     assert mem.weights == mem.start == mem.gradients == 4 * params  # values, start, accumulated gradient
     assert mem.optimizer == 4 * params

@@ -208,6 +208,19 @@ def training_memory(
     )
 
 
+def program_bytes(facts: list[LayerFacts], sel: Selection, work: WorkArea) -> int:
+    """Bytes of S's TFTR training program (the board's program store must hold it)."""
+    from tinyfed.firmware_bridge.compile.train_blob import program_bytes_with
+
+    units = []
+    for k, v in sel.layers.items():
+        if v.channels:
+            units.append((len(v.channels), facts[k].params_per_channel))
+        if v.bias and facts[k].bias_params:
+            units.append((facts[k].bias_params, 1))
+    return program_bytes_with(work, units)
+
+
 class MemoryLayout(Protocol):
     """Where the firmware's arena goes for a model cut at ``cut``: what the selection sizes against."""
 

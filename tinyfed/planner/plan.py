@@ -144,6 +144,7 @@ class Plan:
     tflm_arena_estimated: int  # what the head would need under TFLite Micro, estimated ...
     tflm_arena_measured: int | None  # ... and measured with the tflite-micro interpreter
     training: TrainingMemory
+    program_bytes: int  # the TFTR training program of w* (at most this many bytes)
     full_training: TrainingMemory
     fits_by_board: dict[str, BoardFit]
     files: dict[str, Path] = field(default_factory=dict)
@@ -245,6 +246,7 @@ class Plan:
             "training_memory": self.training.as_dict(),
             "full_training_memory": self.full_training.as_dict(),
             "training_memory_ratio": self.training_ratio,
+            "program_bytes": self.program_bytes,
             "boards": {name: fit.as_dict() for name, fit in self.fits_by_board.items()},
             "fragments": [str(self.files[k]) for k in ("frozen", "tail", "trainable") if k in self.files],
             "files": {k: {"path": str(p), "bytes": self.file_bytes.get(k, 0)} for k, p in self.files.items()},
@@ -330,6 +332,7 @@ def make_plan(
     budgets = {b.name: model_ram_budget(b) for b in fleet.boards}
     m_min_board = min(budgets, key=lambda n: budgets[n])
     m_min = budgets[m_min_board]
+    program_store = min(b.program_store_bytes for b in fleet.boards)
     importance = _importance(source, graph, cfg)
     layout = FirmwareLayout(graph)
 
@@ -337,7 +340,7 @@ def make_plan(
     if trainable == "full":
         selection = Selection.everything(facts)
     elif trainable == "auto":
-        selection, steps = greedy_select(facts, importance.layers, m_min, cfg, cut_points, layout)
+        selection, steps = greedy_select(facts, importance.layers, m_min, cfg, cut_points, layout, program_store)
     else:
         raise PlanError(f"unknown trainable mode {trainable!r}", fix="use 'auto' or 'full'")
 
@@ -362,6 +365,7 @@ def make_plan(
         tflm_arena_estimated=estimate_arena(TfliteGraph.from_bytes(head, source="head")) if head else 0,
         tflm_arena_measured=_tflm_arena(head) if measure and head else None,
         training=cost.training,
+        program_bytes=cost.program,
         full_training=whole_model_memory(facts, cfg, layout),
         fits_by_board={},
         trainable_mode=trainable,
@@ -439,6 +443,9 @@ def _board_fit(board: Board, count: int, plan: Plan, flash_model: int, plan_prob
             f"{b.name}: RAM needs {fit.ram_used} bytes of {b.ram_bytes}, {fit.ram_used - b.ram_bytes} bytes over "
             f"(largest line: {worst} = {fit.ram_lines[worst]})"
         )
+    if plan.program_bytes > b.program_store_bytes:
+        fit.problems.append(f"{b.name}: the training program needs {plan.program_bytes} bytes, its program store "
+                            f"holds {b.program_store_bytes}")
     if fit.flash_used > b.flash_bytes:
         fit.problems.append(
             f"{b.name}: flash needs {fit.flash_used} bytes of {b.flash_bytes}, "
@@ -465,7 +472,8 @@ def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: T
     w* is empty here, its own budget yields a non-empty w* whose lines fit it.
     """
     if plan.trainable_mode != "auto":
-        sel, _ = greedy_select(facts, importance.layers, plan.m_min_bytes, cfg, cut_points, layout)
+        program_store = min(f.board.program_store_bytes for f in plan.fits_by_board.values())
+        sel, _ = greedy_select(facts, importance.layers, plan.m_min_bytes, cfg, cut_points, layout, program_store)
         n = sel.params(facts)
         if n:
             plan.suggestions.append(
@@ -482,7 +490,8 @@ def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: T
                                         f"({board.ram_bytes // 1024} KiB RAM)")
                 return
             continue
-        sel, _ = greedy_select(facts, importance.layers, model_ram_budget(board), cfg, cut_points, layout)
+        sel, _ = greedy_select(facts, importance.layers, model_ram_budget(board), cfg, cut_points, layout,
+                               board.program_store_bytes)
         cost = ram_cost(facts, sel, cfg, cut_points, layout)
         if sel.params(facts) == 0 or cost is None:
             continue

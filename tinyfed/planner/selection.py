@@ -24,6 +24,7 @@ from tinyfed.planner.memory import (
     Selection,
     TrainingMemory,
     cut_for,
+    program_bytes,
     training_memory,
 )
 
@@ -46,6 +47,7 @@ class RamCost:
     cut: int
     arena: int
     training: TrainingMemory
+    program: int = 0  # bytes of the training program (0: nothing to train)
 
     @property
     def total(self) -> int:
@@ -67,7 +69,7 @@ def ram_cost(
     work = layout.work(cut, first)
     if work is None:
         return None
-    return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, work))
+    return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, work), program_bytes(facts, sel, work))
 
 
 def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
@@ -82,8 +84,10 @@ def greedy_select(
     cfg: TrainingConfig,
     cut_points: list[int],
     layout: MemoryLayout,
+    program_budget: int | None = None,
 ) -> tuple[Selection, list[Step]]:
-    """Grow S one unit at a time while the RAM cost stays within ``budget_bytes``."""
+    """Grow S one unit at a time while the RAM cost stays within ``budget_bytes`` (and the training
+    program within ``program_budget``, the smallest program store of the fleet)."""
     sel = Selection()
     steps: list[Step] = []
     orders = {k: np.argsort(-imp.channel, kind="stable") for k, imp in importance.items()}
@@ -108,10 +112,14 @@ def greedy_select(
                 trial = sel.copy()
                 trial.layers[op] = new_layer
                 cost = ram_cost(facts, trial, cfg, cut_points, layout)
-                if cost is None or cost.total > budget_bytes:
+                if cost is None or cost.total > budget_bytes or (program_budget is not None
+                                                                  and cost.program > program_budget):
                     continue
-                added_bytes = max(cost.total - current.total, 1)
-                score = gain / added_bytes
+                # the scarcer of the two resources a unit spends: RAM, and the program store's flash
+                spent = max(cost.total - current.total, 1) / max(budget_bytes, 1)
+                if program_budget:
+                    spent = max(spent, (cost.program - current.program) / program_budget)
+                score = gain / spent
                 if best is None or score > best[0]:
                     added_params = trial.params(facts) - sel.params(facts)
                     best = (score, trial, Step(op, unit, added_params, cost.total, gain), cost)

@@ -38,6 +38,7 @@ __all__ = [
     "compile_program",
     "parse_program",
     "program_ram_bytes",
+    "program_bytes_with",
     "work_area",
 ]
 
@@ -407,6 +408,15 @@ class WorkArea:
 
     work_bytes: int
     scratch_bytes: int
+    #: bytes of the program with no unit: header, records and the tail's constants (each unit adds a
+    #: record, its channel list and its float32 values: :func:`program_bytes_with`)
+    program_bytes: int
+
+
+def program_bytes_with(base: WorkArea, units: list[tuple[int, int]]) -> int:
+    """An upper bound (within the 16-byte data alignment) of the program's size with ``units``
+    (channels, values per channel each) on top of ``base.program_bytes``."""
+    return base.program_bytes + 16 + sum(UNIT_BYTES + align_up(2 * n, ALIGN) + 4 * n * per for n, per in units)
 
 
 def work_area(tail_tflite: bytes, first_trainable: int, *, source: str = "tail.tflite") -> WorkArea:
@@ -418,8 +428,10 @@ def work_area(tail_tflite: bytes, first_trainable: int, *, source: str = "tail.t
     from tinyfed.models.tflite_graph import TfliteGraph
 
     g = TfliteGraph.from_bytes(bytes(tail_tflite), source=source)
-    *_, work_bytes, scratch_floats = _lay_out(ProgramBuilder(g, [], source), first_trainable)
-    return WorkArea(work_bytes, 4 * scratch_floats)
+    b = ProgramBuilder(g, [], source)
+    records, *_, work_bytes, scratch_floats = _lay_out(b, first_trainable)
+    size = align_up(HEADER_BYTES + TENSOR_BYTES * len(b.ids) + OP_BYTES * len(records), 16) + len(b.data.buf)
+    return WorkArea(work_bytes, 4 * scratch_floats, size)
 
 
 def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "tail.tflite") -> bytes:
