@@ -37,7 +37,7 @@ from tinyfed.planner.memory import (
     layer_facts,
     whole_model_memory,
 )
-from tinyfed.planner.selection import RamCost, Step, greedy_select, ram_cost
+from tinyfed.planner.selection import RamCost, Step, ram_cost, select
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def make_plan(
     if trainable == "full":
         selection = Selection.everything(facts)
     elif trainable == "auto":
-        selection, steps = greedy_select(facts, importance.layers, m_min, cfg, cut_points, layout, program_store)
+        selection, steps = select(facts, importance.layers, m_min, cfg, cut_points, layout, program_store)
     else:
         raise PlanError(f"unknown trainable mode {trainable!r}", fix="use 'auto' or 'full'")
 
@@ -473,7 +473,7 @@ def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: T
     """
     if plan.trainable_mode != "auto":
         program_store = min(f.board.program_store_bytes for f in plan.fits_by_board.values())
-        sel, _ = greedy_select(facts, importance.layers, plan.m_min_bytes, cfg, cut_points, layout, program_store)
+        sel, _ = select(facts, importance.layers, plan.m_min_bytes, cfg, cut_points, layout, program_store)
         n = sel.params(facts)
         if n:
             plan.suggestions.append(
@@ -490,7 +490,7 @@ def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: T
                                         f"({board.ram_bytes // 1024} KiB RAM)")
                 return
             continue
-        sel, _ = greedy_select(facts, importance.layers, model_ram_budget(board), cfg, cut_points, layout,
+        sel, _ = select(facts, importance.layers, model_ram_budget(board), cfg, cut_points, layout,
                                board.program_store_bytes)
         cost = ram_cost(facts, sel, cfg, cut_points, layout)
         if sel.params(facts) == 0 or cost is None:

@@ -130,3 +130,31 @@ def greedy_select(
             level[step.op] += 1
         steps.append(step)
 
+
+
+def select(
+    facts: list[LayerFacts],
+    importance: dict[int, LayerImportance],
+    budget_bytes: int,
+    cfg: TrainingConfig,
+    cut_points: list[int],
+    layout: MemoryLayout,
+    program_budget: int | None = None,
+) -> tuple[Selection, list[Step]]:
+    """w*: the greedy run once per cut, on the units from that cut on, and the run that gathers the
+    most importance (ties: the later cut, fewer float32 ops to run on the board).
+
+    One greedy over every unit is myopic: a unit early in the model can win a step and move the
+    cut there, paying the tail's work area and its constants in the program once, and leave too
+    little for what would have followed. Fixing the cut first makes that price a choice.
+    """
+    best: tuple[float, int, Selection, list[Step]] | None = None
+    for cut in sorted(set(cut_points)):
+        allowed = {op: imp for op, imp in importance.items() if op >= cut}
+        if not allowed:
+            continue
+        sel, steps = greedy_select(facts, allowed, budget_bytes, cfg, cut_points, layout, program_budget)
+        gained = sum(s.importance for s in steps)
+        if best is None or (gained, cut) > (best[0], best[1]):
+            best = (gained, cut, sel, steps)
+    return (best[2], best[3]) if best is not None else (Selection(), [])
