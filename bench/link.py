@@ -172,7 +172,7 @@ def cpu_over(pid: int, seconds: float, work=None) -> tuple[float, int, int]:
 
 
 def make_fragments(out_root: Path) -> dict[str, dict]:
-    cfg = TrainingConfig()
+    cfg = TrainingConfig(importance="depth")  # plans with a frozen head (the Fisher plans train from op 0)
     frags = {}
     for name in ZOO_NAMES:
         source = load_model_source(name, None, cfg)
@@ -313,7 +313,7 @@ def main() -> None:
                   f"{fit.flash_used:>7,} {b.fw_flash_bytes:>7,}+{len(f['blob']):>6,}={built_flash:>7,} "
                   f"{fit.flash_used - built_flash:>+8,}  [{b.board} build]")
         print(f"{'':<11} plan RAM total with training lines {fit.ram_used:,} B of {fit.board.ram_bytes:,}; "
-              f"planner arena {f['plan'].arena:,} (estimated {f['plan'].arena_estimated:,}) vs blob arena "
+              f"planner arena {f['plan'].arena:,} (TFLM estimate {f['plan'].tflm_arena_estimated:,}) vs blob arena "
               f"{f['info'].arena_bytes:,}; flash fragments = frozen {len(f['tflite']):,} tflite + tail")
 
 

@@ -92,13 +92,17 @@ class Watermark:
 
 
 def plan_for_board(name: str, tflite: bytes, out_dir: Path):
-    """The planner's plan of ``tflite`` for the emulated board (a bare .tflite: depth importance)."""
+    """The planner's plan of ``tflite`` for the emulated board: a zoo model's own plan (Fisher ranking on
+    its proxy split), a test model's as a bare .tflite (depth ranking)."""
     from tinyfed.boards import get_board, single_board_fleet
+    from tinyfed.models.zoo import ZOO_NAMES
     from tinyfed.planner.config import TrainingConfig
     from tinyfed.planner.plan import ModelSource, make_plan
+    from tinyfed.planner.sources import load_model_source
 
-    source = ModelSource(name=name, kind="tflite", tflite=tflite)
-    return make_plan(source, single_board_fleet(get_board(BOARD)), TrainingConfig(), out_dir, measure=False)
+    cfg = TrainingConfig()
+    source = load_model_source(name, None, cfg) if name in ZOO_NAMES else ModelSource(name, "tflite", tflite)
+    return make_plan(source, single_board_fleet(get_board(BOARD)), cfg, out_dir, measure=False)
 
 
 def measure(name: str, tflite: bytes, elf: Path, out_dir: Path, samples: int = 6) -> Watermark:

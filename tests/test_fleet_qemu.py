@@ -51,7 +51,7 @@ def frozen_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[by
     os.environ.setdefault("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     cases = {}
     for name in ("har_cnn", "digits_cnn"):
-        cfg = TrainingConfig()
+        cfg = TrainingConfig(importance="depth")  # plans with a frozen head (the Fisher plans train from op 0)
         plan = make_plan(
             load_model_source(name, None, cfg),
             single_board_fleet(get_board("nrf52840")),
