@@ -29,6 +29,9 @@ def _kib(n: int | None) -> str:
               help="Representative inputs (.npy) for a .keras model.")
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Local training batch size on the boards (no RAM: the firmware accumulates one sample at a time).")
+@click.option("--head-cache-samples", type=int, default=0, show_default=True,
+              help="Local samples per board whose frozen-head outputs the plan leaves room for (the firmware "
+                   "caches them after the first epoch).")
 @click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True)
 @click.option("--importance", type=click.Choice(["fisher", "depth"]), default="fisher", show_default=True,
               help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
@@ -45,6 +48,7 @@ def plan(
     out_dir: Path,
     representative: Path | None,
     batch_size: int,
+    head_cache_samples: int,
     optimizer: str,
     importance: str,
     trainable: str,
@@ -65,7 +69,8 @@ def plan(
         raise BoardError("give exactly one of --board NAME or --fleet FILE",
                          fix="e.g. `tinyfed plan har_cnn --board nrf52840`")
     out_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the slow part
-    cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance)
+    cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance,
+                         head_cache_samples=head_cache_samples)
     source = load_model_source(model, representative, cfg)
     result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable,
                        extra_board_dirs=boards_dirs)

@@ -151,11 +151,12 @@ class TrainingMemory:
     scratch: int
     update_scales: int
     padding: int
+    head_cache: int = 0  # the head's outputs and labels of cfg.head_cache_samples samples, above the scales
 
     @property
     def total(self) -> int:
         return (self.weights + self.start + self.gradients + self.optimizer + self.activations + self.scratch
-                + self.update_scales + self.padding)
+                + self.update_scales + self.padding + self.head_cache)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -167,6 +168,7 @@ class TrainingMemory:
             "backward_scratch": self.scratch,
             "update_scales": self.update_scales,
             "alignment_padding": self.padding,
+            "head_cache": self.head_cache,
             "total": self.total,
         }
 
@@ -188,10 +190,11 @@ def trained_rows(facts: list[LayerFacts], sel: Selection) -> int:
 
 
 def training_memory(
-    facts: list[LayerFacts], sel: Selection, cfg: TrainingConfig, work: WorkArea | None
+    facts: list[LayerFacts], sel: Selection, cfg: TrainingConfig, work: WorkArea | None, head_out: int = 0
 ) -> TrainingMemory:
     """The training state of S with the tail's one-sample ``work`` area (``train_blob.work_area`` of the
-    tail from the cut, for S's first trainable op)."""
+    tail from the cut, for S's first trainable op), and room for the firmware's head cache of
+    ``cfg.head_cache_samples`` samples when a frozen head hands ``head_out`` int8 bytes to the tail."""
     n_params = sel.params(facts)
     if n_params == 0 or work is None:
         return NO_TRAINING
@@ -205,6 +208,7 @@ def training_memory(
         scratch=work.scratch_bytes,
         update_scales=4 * trained_rows(facts, sel),
         padding=_align(program, FIRMWARE_ALIGNMENT) - program,
+        head_cache=cfg.head_cache_samples * (1 + head_out) if head_out else 0,
     )
 
 

@@ -461,7 +461,8 @@ def _head_cache_samples(plan: Plan, board: Board, ram_used: int) -> int:
     if plan.trainable_params == 0 or plan.cut <= 0:
         return 0
     per_sample = 1 + plan.facts[plan.cut].input_elems
-    return max(board.ram_bytes - ram_used, 0) // per_sample
+    budgeted = plan.training.head_cache // per_sample  # cfg.head_cache_samples, in the plan's lines
+    return budgeted + max(board.ram_bytes - ram_used, 0) // per_sample
 
 
 def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig, cut_points: list[int],

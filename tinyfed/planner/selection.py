@@ -69,7 +69,9 @@ def ram_cost(
     work = layout.work(cut, first)
     if work is None:
         return None
-    return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, work), program_bytes(facts, sel, work))
+    head_out = facts[cut].input_elems if 0 < cut < len(facts) else 0  # the tail's int8 input
+    return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, work, head_out),
+                   program_bytes(facts, sel, work))
 
 
 def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
