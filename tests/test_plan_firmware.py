@@ -128,3 +128,14 @@ def test_a_model_the_firmware_cannot_run_is_still_refused_by_name() -> None:
             _plan(data)
     else:
         assert _plan(data).fits
+
+
+def test_the_plan_keeps_room_for_the_head_cache_it_is_asked_for(ds_cnn: bytes) -> None:
+    """train.c caches n x (1 + head output bytes) above the update scales after the first epoch, if it fits."""
+    plan = _plan(ds_cnn, TrainingConfig(head_cache_samples=20))
+    assert plan.fits and plan.cut > 0 and plan.trainable_params > 0
+    per_sample = 1 + plan.facts[plan.cut].input_elems
+    assert plan.training.head_cache == 20 * per_sample
+    assert plan.arena + plan.training.total <= plan.m_min_bytes
+    assert plan.fits_by_board["nrf52840"].head_cache_samples >= 20
+    assert _plan(ds_cnn).training.head_cache == 0
