@@ -172,7 +172,9 @@ def cpu_over(pid: int, seconds: float, work=None) -> tuple[float, int, int]:
 
 
 def make_fragments(out_root: Path) -> dict[str, dict]:
-    cfg = TrainingConfig(importance="depth")  # plans with a frozen head (the Fisher plans train from op 0)
+    # digits_cnn's Fisher plan trains every layer on this budget (no frozen head since issue 13); the depth
+    # ranking's ties keep the later cut, so both models get a frozen fragment
+    cfg = TrainingConfig(importance="depth")
     frags = {}
     for name in ZOO_NAMES:
         source = load_model_source(name, None, cfg)

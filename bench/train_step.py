@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     out = Path(tempfile.mkdtemp(prefix="tinyfed-bench-"))
-    cfg = TrainingConfig(importance="depth")  # a plan with a frozen head (Fisher trains har_cnn from op 0)
+    cfg = TrainingConfig()
     plan = make_plan(load_model_source("har_cnn", None, cfg), single_board_fleet(get_board("nrf52840")), cfg, out,
                      measure=False)
     files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}

@@ -35,7 +35,7 @@ def har_plan(har_source, tmp_path_factory: pytest.TempPathFactory) -> Plan:
 
 @pytest.fixture(scope="session")
 def har_head_plan(har_source, tmp_path_factory: pytest.TempPathFactory) -> Plan:
-    """A plan with a frozen int8 head: nearest-the-output ranking (the Fisher plan trains from op 0)."""
+    """A plan with a frozen int8 head, ranked nearest the output first."""
     out = tmp_path_factory.mktemp("plan_har_head")
     plan = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(importance="depth"), out)
     assert plan.cut > 0

@@ -189,9 +189,8 @@ def case(name: str):
         from tinyfed.planner.sources import load_model_source
 
         out = Path(tempfile.mkdtemp(prefix="tftr_plan_"))
-        cfg = TrainingConfig(importance="depth")  # a plan with a frozen head (Fisher trains har_cnn from op 0)
-        plan = make_plan(load_model_source("har_cnn", None, cfg),
-                         single_board_fleet(get_board("nrf52840")), cfg, out, measure=False)
+        plan = make_plan(load_model_source("har_cnn", None, TrainingConfig()),
+                         single_board_fleet(get_board("nrf52840")), TrainingConfig(), out, measure=False)
         files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}
         zm = get_zoo_model("har_cnn")
         split = zm.test_split()

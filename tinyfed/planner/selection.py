@@ -1,7 +1,10 @@
 """FTTE's choice of w*: structured units, greedy by importance per byte under M_min.
 
 A unit is a layer's bias or a layer's weights on a fraction (1/8, 1/4, 1/2, 1) of its output
-channels, the most important channels first. Each greedy step takes the affordable unit with
+channels, the most important channels first. The trainable tail grows from the output: a layer's
+units become candidates once every later weighted layer is wholly in S (the backward pass runs
+through those layers anyway, and a classifier head is never half trained, half frozen). Each
+greedy step takes the affordable unit with
 the highest importance per byte of RAM it adds, where the bytes are the firmware's: the
 parameters' float32 values, start values and gradients, their update scales, and the one-sample
 work area it forces the board to keep when it moves the first trainable layer earlier (minus
@@ -79,6 +82,12 @@ def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
     return tuple(sorted(int(c) for c in order[:count]))
 
 
+def _complete(facts: list[LayerFacts], sel: Selection, level: dict[int, int], op: int, cfg: TrainingConfig) -> bool:
+    """Whether every unit of ``op`` (its bias and all of its channels) is in S."""
+    layer = sel.layers.get(op, LayerSelection())
+    return level[op] == len(cfg.fractions) - 1 and (layer.bias or not facts[op].bias_params)
+
+
 def greedy_select(
     facts: list[LayerFacts],
     importance: dict[int, LayerImportance],
@@ -99,6 +108,8 @@ def greedy_select(
     while True:
         best: tuple[float, Selection, Step, RamCost] | None = None
         for op, imp in importance.items():
+            if not all(_complete(facts, sel, level, k, cfg) for k in importance if k > op):
+                continue  # the trainable tail grows from the output: later layers first, whole
             layer = sel.layers.get(op, LayerSelection())
             candidates: list[tuple[str, LayerSelection, float]] = []
             if not layer.bias and facts[op].bias_params:
