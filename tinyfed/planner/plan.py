@@ -52,6 +52,7 @@ class ModelSource:
     keras_model: Any = None
     proxy_x: np.ndarray | None = None
     proxy_y: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # the model's quirks TFLM accepts (TfliteGraph.warnings)
 
 
 def link_buffer_bytes(board: Board) -> int:
@@ -147,6 +148,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     trainable_mode: str = "auto"
+    model_warnings: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -221,6 +223,7 @@ class Plan:
             "fits": self.fits,
             "problems": self.problems,
             "suggestions": self.suggestions,
+            "model_warnings": self.model_warnings,
             "m_min_bytes": self.m_min_bytes,
             "m_min_board": self.m_min_board,
             "trainable_mode": self.trainable_mode,
@@ -381,6 +384,7 @@ def make_plan(
         full_training=full,
         fits_by_board={},
         trainable_mode=trainable,
+        model_warnings=list(source.warnings),
     )
     if selection.params(facts) == 0:
         smallest = _smallest_first_unit(facts, importance, cfg, cut_points, arenas)
