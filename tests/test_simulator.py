@@ -100,8 +100,21 @@ def test_a_task_takes_the_time_of_its_board_profile(study: Study) -> None:
     assert task in first
 
 
-def test_ftte_time_counts_the_frozen_fragment_at_the_int8_rate(study: Study) -> None:
-    sim, _ = _run(study, "ftte", versions=1)
+@pytest.fixture(scope="module")
+def har_study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    """A study whose plan keeps a frozen head (digits_cnn is small enough to train whole on every board)."""
+    cfg = StudyConfig(model="har_cnn", clients=8, partition="iid", board_mix="nrf52840:0.5,apollo3:0.5",
+                      stragglers=0.5, seed=0, target_accuracy=None, max_versions=1, eval_samples=60,
+                      strategy_params=StrategyParams(buffer_size=4, clients_per_round=4))
+    s = Study(cfg, work_dir=tmp_path_factory.mktemp("sim-har"))
+    s.model("subset")
+    s.model("dense")
+    return s
+
+
+def test_ftte_time_counts_the_frozen_fragment_at_the_int8_rate(har_study: Study) -> None:
+    study = har_study
+    sim, _ = _run(study, "ftte", versions=1, clients=8)
     model = study.model("subset")
     dev = sim.fleet.devices[0]
     b = sim.fleet.boards[dev.board]

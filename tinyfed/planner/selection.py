@@ -82,10 +82,22 @@ def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
     return tuple(sorted(int(c) for c in order[:count]))
 
 
-def _complete(facts: list[LayerFacts], sel: Selection, level: dict[int, int], op: int, cfg: TrainingConfig) -> bool:
-    """Whether every unit of ``op`` (its bias and all of its channels) is in S."""
+def _next_fraction(cfg: TrainingConfig, order: np.ndarray, layer: LayerSelection,
+                   level: int) -> tuple[int, tuple[int, ...], list[int]] | None:
+    """The next fraction past ``level`` that adds channels (on a layer of few channels, 1/8 and 1/4
+    may both round up to one channel): its level, its channels and the channels it adds."""
+    for next_level in range(level + 1, len(cfg.fractions)):
+        channels = _channels_for(cfg.fractions[next_level], order)
+        added = sorted(set(channels) - set(layer.channels))
+        if added:
+            return next_level, channels, added
+    return None
+
+
+def _complete(facts: list[LayerFacts], sel: Selection, channels: int, op: int) -> bool:
+    """Whether every unit of ``op`` (its bias and all of its ``channels`` output channels) is in S."""
     layer = sel.layers.get(op, LayerSelection())
-    return level[op] == len(cfg.fractions) - 1 and (layer.bias or not facts[op].bias_params)
+    return len(layer.channels) == channels and (layer.bias or not facts[op].bias_params)
 
 
 def greedy_select(
@@ -108,20 +120,19 @@ def greedy_select(
     while True:
         best: tuple[float, Selection, Step, RamCost] | None = None
         for op, imp in importance.items():
-            if not all(_complete(facts, sel, level, k, cfg) for k in importance if k > op):
+            if not all(_complete(facts, sel, len(orders[k]), k) for k in importance if k > op):
                 continue  # the trainable tail grows from the output: later layers first, whole
             layer = sel.layers.get(op, LayerSelection())
-            candidates: list[tuple[str, LayerSelection, float]] = []
+            candidates: list[tuple[str, LayerSelection, float, int]] = []
             if not layer.bias and facts[op].bias_params:
-                candidates.append(("bias", LayerSelection(True, layer.channels), imp.bias))
-            if level[op] + 1 < len(cfg.fractions):
-                fraction = cfg.fractions[level[op] + 1]
-                channels = _channels_for(fraction, orders[op])
-                added = sorted(set(channels) - set(layer.channels))
-                if added:
-                    gain = float(imp.channel[added].sum())
-                    candidates.append((f"weights@{fraction:g}", LayerSelection(layer.bias, channels), gain))
-            for unit, new_layer, gain in candidates:
+                candidates.append(("bias", LayerSelection(True, layer.channels), imp.bias, level[op]))
+            grown = _next_fraction(cfg, orders[op], layer, level[op])
+            if grown is not None:
+                next_level, channels, added = grown
+                gain = float(imp.channel[added].sum())
+                candidates.append((f"weights@{cfg.fractions[next_level]:g}", LayerSelection(layer.bias, channels), gain,
+                                   next_level))
+            for unit, new_layer, gain, new_level in candidates:
                 trial = sel.copy()
                 trial.layers[op] = new_layer
                 cost = ram_cost(facts, trial, cfg, cut_points, layout)
@@ -135,12 +146,10 @@ def greedy_select(
                 score = gain / spent
                 if best is None or score > best[0]:
                     added_params = trial.params(facts) - sel.params(facts)
-                    best = (score, trial, Step(op, unit, added_params, cost.total, gain), cost)
+                    best = (score, trial, Step(op, unit, added_params, cost.total, gain), cost, new_level)
         if best is None:
             return sel, steps
-        _, sel, step, current = best
-        if step.unit.startswith("weights@"):
-            level[step.op] += 1
+        _, sel, step, current, level[best[2].op] = best
         steps.append(step)
 
 
