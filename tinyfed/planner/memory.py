@@ -151,12 +151,13 @@ class TrainingMemory:
     scratch: int
     update_scales: int
     padding: int
-    head_cache: int = 0  # the head's outputs and labels of cfg.head_cache_samples samples, above the scales
+    head_cache: int = 0  # the head's outputs and targets of cfg.head_cache_samples samples, above the target
+    target: int = 0  # one sample's target above the update scales (4-aligned), read by the loss
 
     @property
     def total(self) -> int:
         return (self.weights + self.start + self.gradients + self.optimizer + self.activations + self.scratch
-                + self.update_scales + self.padding + self.head_cache)
+                + self.update_scales + self.padding + self.target + self.head_cache)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -168,6 +169,7 @@ class TrainingMemory:
             "backward_scratch": self.scratch,
             "update_scales": self.update_scales,
             "alignment_padding": self.padding,
+            "target": self.target,
             "head_cache": self.head_cache,
             "total": self.total,
         }
@@ -189,6 +191,18 @@ def trained_rows(facts: list[LayerFacts], sel: Selection) -> int:
     return sum(len(v.channels) + (facts[k].bias_params if v.bias else 0) for k, v in sel.layers.items())
 
 
+def target_bytes(facts: list[LayerFacts]) -> int:
+    """One sample's target as the firmware keeps it (``tftr_target_bytes``) for the task the model's
+    last op implies: a class byte after SOFTMAX, a byte per label after LOGISTIC, else the larger of a
+    regression target (float32 per output) and an autoencoder's (the int8 model input)."""
+    last = facts[-1]
+    if last.name == "SOFTMAX":
+        return 1
+    if last.name == "LOGISTIC":
+        return last.output_elems
+    return max(4 * last.output_elems, facts[0].input_elems)
+
+
 def training_memory(
     facts: list[LayerFacts], sel: Selection, cfg: TrainingConfig, work: WorkArea | None, head_out: int = 0
 ) -> TrainingMemory:
@@ -208,7 +222,8 @@ def training_memory(
         scratch=work.scratch_bytes,
         update_scales=4 * trained_rows(facts, sel),
         padding=_align(program, FIRMWARE_ALIGNMENT) - program,
-        head_cache=cfg.head_cache_samples * (1 + head_out) if head_out else 0,
+        target=_align(target_bytes(facts), 4),
+        head_cache=cfg.head_cache_samples * (target_bytes(facts) + head_out) if head_out else 0,
     )
 
 

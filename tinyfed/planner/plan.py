@@ -35,6 +35,7 @@ from tinyfed.planner.memory import (
     cut_for,
     estimate_arena,
     layer_facts,
+    target_bytes,
     whole_model_memory,
 )
 from tinyfed.planner.selection import RamCost, Step, ram_cost, select
@@ -460,11 +461,11 @@ def _board_fit(board: Board, count: int, plan: Plan, flash_model: int, plan_prob
 
 
 def _head_cache_samples(plan: Plan, board: Board, ram_used: int) -> int:
-    """Local samples whose head outputs (and labels) the firmware can cache in the spare arena after
+    """Local samples whose head outputs (and targets) the firmware can cache in the spare arena after
     epoch 1 (``FLAG_HEAD_CACHE`` in firmware/src/train.c): RAM the plan does not need, used if free."""
     if plan.trainable_params == 0 or plan.cut <= 0:
         return 0
-    per_sample = 1 + plan.facts[plan.cut].input_elems
+    per_sample = target_bytes(plan.facts) + plan.facts[plan.cut].input_elems
     budgeted = plan.training.head_cache // per_sample  # cfg.head_cache_samples, in the plan's lines
     return budgeted + max(board.ram_bytes - ram_used, 0) // per_sample
 
