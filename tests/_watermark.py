@@ -123,10 +123,15 @@ def measure(name: str, tflite: bytes, elf: Path, out_dir: Path, samples: int = 6
     program = compile_program(files["tail"], files["trainable"])
     graph = TfliteGraph.from_bytes(tflite)
     shape = tuple(graph.tensors[graph.inputs[0]].shape[1:])
-    classes = max(parse_program(program).classes, 2)
+    info = parse_program(program)
+    classes = max(info.classes, 2)
     rng = np.random.default_rng(0)
     x = rng.integers(-128, 128, size=(samples, *shape), dtype=np.int8)
-    y = rng.integers(0, classes, size=samples)
+    if info.target_kind == local_data.TARGET_REAL:  # a plain output: the task its last op implies is regress
+        image = local_data.pack(x, rng.normal(size=(samples, info.classes)).astype(np.float32),
+                                kind=local_data.TARGET_REAL)
+    else:
+        image = local_data.pack(x, rng.integers(0, classes, size=samples), classes=classes)
     emu = start_qemu(get_board(BOARD), elf, name=f"watermark-{name}")
     try:
         wait_ready(emu)
@@ -135,7 +140,7 @@ def measure(name: str, tflite: bytes, elf: Path, out_dir: Path, samples: int = 6
             if blob is not None:
                 client.load_fragment(blob)
             client.load_program(program)
-            client.load_data(local_data.pack(x, y, classes=classes))
+            client.load_data(image)
             report = client.train(TrainParams(version=0, epochs=2, batch_size=4, lr=0.01, seed=1, per_channel=True,
                                               head_cache=False), timeout=900.0)
             client.read_update(report.update_bytes)

@@ -199,3 +199,24 @@ def test_tinyfed_run_trains_a_users_tflite_on_their_npz(digits: dict, tmp_path: 
     recorded = (out / "config.toml").read_text()
     assert f'model = "{digits["model"]}"' in recorded and 'partition = "dirichlet"' in recorded
     assert str(digits["npz"]) in recorded
+
+
+def test_a_program_or_local_data_beyond_the_boards_stores_is_refused_before_provisioning() -> None:
+    from tinyfed.boards import get_board
+    from tinyfed.errors import DatasetError, PlanError
+    from tinyfed.firmware_bridge.compile import local_data
+    from tinyfed.host.setup import DeviceSpec, check_stores
+
+    board = get_board("nrf52840")
+    devices = [DeviceSpec("b0", "sim://nrf52840", "nrf52840")]
+    per = 3072  # one 32x32x3 int8 sample
+    n = board.data_store_bytes // per + 1
+    image = local_data.pack(np.zeros((n, per), np.int8), np.zeros(n, int), classes=10)
+    with pytest.raises(DatasetError, match=r"data store of 393,216 bytes") as info:
+        check_stores(devices, b"p" * 100, {"b0": image}, {"b0": n})
+    assert f"--max-windows {(board.data_store_bytes - 36) // per}" in info.value.fix
+    fits = local_data.pack(np.zeros(((board.data_store_bytes - 36) // per, per), np.int8),
+                           np.zeros((board.data_store_bytes - 36) // per, int), classes=10)
+    check_stores(devices, b"p" * board.program_store_bytes, {"b0": fits}, {"b0": 1})
+    with pytest.raises(PlanError, match=r"program store of 65,536 bytes"):
+        check_stores(devices, b"p" * (board.program_store_bytes + 1), {"b0": fits}, {"b0": 1})

@@ -202,6 +202,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         y = data.y[idx] if data.y is not None else None  # an autoencoder's target is its input
         images[d.name] = local_data.pack(x, y, classes=data.num_classes, kind=local_data.target_kind(data.task))
         windows[d.name] = len(idx)
+    check_stores(devices, program, images, windows)
     # local_windows: samples in each device's image, so a report need not unpack the images to count
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
                  frozen_bytes=len(frozen) if frozen else 0, local_windows=windows)
@@ -210,6 +211,33 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     int8_score = int8_evaluator(source, data.x_test, test_y, task=data.task, anomaly=data.anomaly_test)
     return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score, plan,
                     data.task, data.metric)
+
+
+def check_stores(devices: list[DeviceSpec], program: bytes, images: dict[str, bytes], windows: dict[str, int]) -> None:
+    """Refuse, before any board is provisioned, what a board's flash stores cannot hold: the training
+    program's store and the local-data store of its profile. A board would refuse each load, and a
+    run would lose every task on it."""
+    from tinyfed.boards import get_board
+    from tinyfed.errors import DatasetError, PlanError
+    from tinyfed.firmware_bridge.compile import local_data
+
+    for d in devices:
+        try:
+            board = get_board(d.board)
+        except TinyfedError:
+            continue  # a board without a profile: its HELLO tells the limits at load time
+        if len(program) > board.program_store_bytes:
+            raise PlanError(f"{d.name} ({board.name}): the training program of {len(program):,} bytes exceeds the "
+                            f"board's program store of {board.program_store_bytes:,} bytes",
+                            fix="plan for this board so w* fits its program store, or use a board with more flash")
+        image = images.get(d.name, b"")
+        if len(image) > board.data_store_bytes:
+            per_sample = (len(image) - local_data.HEADER_BYTES) / max(windows.get(d.name, 1), 1)
+            fits = int((board.data_store_bytes - local_data.HEADER_BYTES - 4) // max(per_sample, 1))
+            raise DatasetError(f"{d.name} ({board.name}): its local data of {windows.get(d.name, 0):,} samples "
+                               f"({len(image):,} bytes) exceeds the board's data store of "
+                               f"{board.data_store_bytes:,} bytes",
+                               fix=f"give each board at most {fits:,} samples (--max-windows {fits}) or more boards")
 
 
 def test_targets(data: RunData, scale: float, zero_point: int) -> np.ndarray:
