@@ -26,9 +26,11 @@ to one.
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,6 +74,108 @@ def _kernel_zoo() -> bytes:
     return kernel_zoo_int8(per_channel=True)
 
 
+def _named(name: str, build: Callable[[], bytes]) -> Callable[[], bytes]:
+    """A session-cached base-model builder, named for the case ids."""
+    cached = functools.cache(build)
+    cached.__name__ = name
+    return cached
+
+
+def _mul(kind: str) -> Callable[[], bytes]:
+    """MUL of two conv outputs (broadcast, fused RELU), of a tensor by itself, or by a constant."""
+    from engine_models import mul_int8
+
+    return _named(f"mul_{kind}", lambda: mul_int8(kind))
+
+
+def _elementwise(kind: str) -> Callable[[], bytes]:
+    """One converted elementwise op (tests/engine_models.py)."""
+    from engine_models import elementwise_int8
+
+    return _named(kind.lower(), lambda: elementwise_int8(kind))
+
+
+@functools.cache
+def _global_average_pool() -> bytes:
+    """Keras GlobalAveragePooling2D after a conv: the converter's MEAN over axes 1, 2."""
+    from engine_models import _convert, _tf
+
+    keras = _tf().keras
+    keras.utils.set_random_seed(3)
+    inp = keras.Input(shape=(6, 7, 5), batch_size=1, name="x")
+    out = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, padding="same")(inp))
+    return _convert(keras.Model(inp, out), (6, 7, 5))
+
+
+def _one_op(name: str, shape: tuple[int, ...], out_shape: tuple[int, ...], consts: list, opts: Any = None,
+            pad_value: int | None = None) -> bytes:
+    """A hand-built graph of one op (tests/_op_models.py): int8 in and out at scale 0.05, zero point 3;
+    ``consts`` its int32 operands; ``pad_value`` PADV2's int8 fill (quantized as the output)."""
+    from _op_models import GraphBuilder
+
+    g = GraphBuilder()
+    x, y = g.act(shape, 0.05, 3), g.act(out_shape, 0.05, 3)
+    operands = [g.const(c) for c in consts]
+    if pad_value is not None:
+        operands.append(g.const(np.array(pad_value), "INT8", 0.05, 3))
+    g.op(name, [x, *operands], [y], opts)
+    return g.build([x], [y])
+
+
+@functools.cache
+def _mean_keep() -> bytes:
+    from _op_models import options
+
+    return _one_op("MEAN", (1, 5, 7, 6), (1, 1, 1, 6), [[1, 2]], options("ReducerOptions", keepDims=True))
+
+
+@functools.cache
+def _mean_last_axis() -> bytes:
+    from _op_models import options
+
+    return _one_op("MEAN", (1, 4, 3, 9), (1, 4, 3), [[-1]], options("ReducerOptions", keepDims=False))
+
+
+@functools.cache
+def _requantize() -> bytes:
+    """QUANTIZE int8 -> int8 (a converter inserts it where two scales meet)."""
+    return _one_op("QUANTIZE", (1, 4, 5, 6), (1, 4, 5, 6), [])
+
+
+_PADS = [[0, 0], [1, 2], [0, 1], [2, 0]]
+
+
+@functools.cache
+def _pad() -> bytes:
+    return _one_op("PAD", (1, 5, 6, 3), (1, 8, 7, 5), [_PADS])
+
+
+@functools.cache
+def _padv2() -> bytes:
+    return _one_op("PADV2", (1, 5, 6, 3), (1, 8, 7, 5), [_PADS], pad_value=-77)
+
+
+def _concatenation(n: int, axis: int) -> Callable[[], bytes]:
+    """x -> ``n`` QUANTIZE branches -> CONCATENATION along ``axis`` (as converted models requantize
+    their inputs to the output's scale)."""
+
+    def build() -> bytes:
+        from _op_models import GraphBuilder, options
+
+        g = GraphBuilder()
+        shape = (1, 3, 4, 5)
+        x = g.act(shape, 0.05, 3)
+        branches = []
+        for _ in range(n):
+            branches.append(g.act(shape, 0.07, -5))
+            g.op("QUANTIZE", [x], [branches[-1]])
+        y = g.act(tuple(d * n if i == axis % 4 else d for i, d in enumerate(shape)), 0.07, -5)
+        g.op("CONCATENATION", branches, [y], options("ConcatenationOptions", axis=axis))
+        return g.build([x], [y])
+
+    return _named(f"concatenation_{n}_axis{axis}", build)
+
+
 @dataclass(frozen=True)
 class Case:
     """One op under random quantization (see the module doc)."""
@@ -83,10 +187,15 @@ class Case:
     per_tensor: bool = False
     trials: int = 200
     occurrence: int = 0  # which of the base model's ops of that name
+    zero_points: tuple[tuple[str, int], ...] = ()  # zero points kept fixed (TFLM's LOGISTIC output: -128)
+    slow_trials: int = 0  # more trials in the slow suite (seeded apart from the fast ones)
+    min_ran: float = 0.5  # the share of trials both must run (0: a case of combinations both refuse)
+    tag: str = ""  # tells apart cases of one op and base model
 
     @property
     def id(self) -> str:
-        return f"{self.op}-{self.base.__name__.strip('_')}{'-per-tensor' if self.per_tensor else ''}-{self.occurrence}"
+        kind = "-per-tensor" if self.per_tensor else ""
+        return f"{self.op}-{self.base.__name__.strip('_')}{kind}-{self.occurrence}{f'-{self.tag}' if self.tag else ''}"
 
 
 CASES = [
@@ -105,6 +214,40 @@ CASES = [
     Case("SOFTMAX", _kernel_zoo, ("input",)),  # beta 1.7
     Case("AVERAGE_POOL_2D", _kernel_zoo, ("input",), same=(("input", "output"),)),
     Case("MAX_POOL_2D", _classifier, ("input",), same=(("input", "output"),)),
+    # the newer ops: a small share here, the bulk (>= 1,000 combinations per op) in the slow suite
+    Case("MUL", _mul("broadcast"), ("input", "input2", "output"), trials=30, slow_trials=300),
+    Case("MUL", _mul("fused_relu"), ("input", "input2", "output"), trials=30, slow_trials=300),
+    Case("MUL", _mul("constant"), ("input", "constant", "output"), trials=20, slow_trials=200),
+    Case("MUL", _mul("constant_scalar"), ("input", "constant", "output"), trials=10, slow_trials=100),
+    Case("MUL", _mul("constant_first"), ("input", "constant", "output"), trials=10, slow_trials=100),
+    Case("MUL", _mul("square"), ("input", "output"), trials=10, slow_trials=100),
+    Case("LOGISTIC", _elementwise("LOGISTIC"), ("input",), trials=30, slow_trials=400),
+    Case("LOGISTIC", _elementwise("LOGISTIC"), ("input", "output"), zero_points=(("output", -128),), trials=30,
+         slow_trials=400, tag="any-output-scale"),
+    Case("LOGISTIC", _elementwise("LOGISTIC"), ("input", "output"), trials=10, slow_trials=100, min_ran=0,
+         tag="output-zero-point"),  # TFLM requires -128: both refuse (1 in 256 runs)
+    Case("TANH", _elementwise("TANH"), ("input", "output"), trials=40, slow_trials=1000),
+    Case("RELU", _elementwise("RELU"), ("input", "output"), trials=40, slow_trials=1000),
+    Case("RELU6", _elementwise("RELU6"), ("input", "output"), trials=40, slow_trials=1000),
+    Case("LEAKY_RELU", _elementwise("LEAKY_RELU"), ("input", "output"), trials=40, slow_trials=1000),
+    Case("HARD_SWISH", _elementwise("HARD_SWISH"), ("input", "output"), trials=40, slow_trials=1000),
+    Case("MEAN", _global_average_pool, ("input", "output"), trials=20, slow_trials=400),
+    Case("MEAN", _mean_keep, ("input", "output"), trials=10, slow_trials=300),
+    Case("MEAN", _mean_last_axis, ("input", "output"), trials=10, slow_trials=300),
+    Case("QUANTIZE", _requantize, ("input", "output"), trials=40, slow_trials=1000),
+    Case("PAD", _pad, ("input",), same=(("input", "output"),), trials=20, slow_trials=500),
+    Case("PAD", _pad, ("input", "output"), trials=20, slow_trials=500, tag="requantized"),  # TFLM copies the values
+    Case("PADV2", _padv2, ("input",), same=(("input", "output"), ("input", "constant")), trials=20, slow_trials=500),
+    Case("PADV2", _padv2, ("input", "output"), same=(("output", "constant"),), trials=20, slow_trials=500,
+         tag="requantized"),
+    Case("PADV2", _padv2, ("input", "output", "constant"), trials=10, slow_trials=50, min_ran=0,
+         tag="fill-unlike-output"),  # TFLM requires the fill quantized as the output: both refuse
+    Case("CONCATENATION", _concatenation(2, -1), ("output",), same=(("output", "input"), ("output", "input2")),
+         trials=20, slow_trials=500),
+    Case("CONCATENATION", _concatenation(3, 1), ("output",),
+         same=(("output", "input"), ("output", "input2"), ("output", "input3")), trials=20, slow_trials=500),
+    Case("CONCATENATION", _concatenation(2, -1), ("input", "input2", "output"), trials=10, slow_trials=50, min_ran=0,
+         tag="inputs-unlike-output"),  # TFLM does not rescale: both refuse
 ]
 
 
@@ -125,16 +268,23 @@ def _cut(base: bytes, name: str, occurrence: int) -> tuple[bytes, int]:
         first -= 1
 
 
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
 def _tensors(graph: TfliteGraph, k: int) -> dict[str, int]:
+    """The op's tensors by role: its activation inputs in order (``input``, ``input2``, ...), an int8
+    constant operand (``weights`` of a weighted op, else ``constant``), a weighted op's ``bias``."""
     op = graph.ops[k]
-    roles = {"input": op.inputs[0], "output": op.outputs[0]}
-    if len(op.inputs) > 1 and op.inputs[1] >= 0:
-        second = graph.tensors[op.inputs[1]]
-        if not second.is_constant:
-            roles["input2"] = op.inputs[1]
-        elif second.type_name == "INT8" and second.scales:  # not an int32 shape, axis or paddings operand
-            roles["weights"] = op.inputs[1]
-    if "weights" in roles and len(op.inputs) > 2 and op.inputs[2] >= 0:
+    roles = {"output": op.outputs[0]}
+    present = [t for t in op.inputs if t >= 0]
+    activations = [t for t in present if not graph.tensors[t].is_constant]
+    for i, t in enumerate(activations):
+        roles["input" if i == 0 else f"input{i + 1}"] = t
+    int8_constants = [t for t in present if graph.tensors[t].is_constant and graph.tensors[t].type_name == "INT8"
+                      and graph.tensors[t].scales]  # not an int32 shape, axis or paddings operand
+    if int8_constants:
+        roles["weights" if op.name in _WEIGHTED else "constant"] = int8_constants[0]
+    if op.name in _WEIGHTED and len(op.inputs) > 2 and op.inputs[2] >= 0:
         roles["bias"] = op.inputs[2]
     return roles
 
@@ -151,9 +301,11 @@ def _randomize(model, roles: dict[str, int], case: Case, rng: np.random.Generato
             q.scale = (old * 2.0 ** rng.uniform(-2, 2, size=old.shape)).astype(np.float32)
             q.zeroPoint = np.zeros(len(q.scale), dtype=np.int64)
             q.quantizedDimension = q.quantizedDimension if len(q.scale) > 1 else 0
-        else:
+        else:  # an activation or a per-tensor constant operand (MUL's, PADV2's pad value)
             q.scale = np.array([old[0] * 2.0 ** rng.uniform(-2, 2)], dtype=np.float32)
             q.zeroPoint = np.array([rng.integers(-128, 128)], dtype=np.int64)
+    for role, zp in case.zero_points:
+        tensors[roles[role]].quantization.zeroPoint = np.array([zp], dtype=np.int64)
     for src, dst in case.same:
         a, b = tensors[roles[src]].quantization, tensors[roles[dst]].quantization
         b.scale, b.zeroPoint = np.array(a.scale, np.float32), np.array(a.zeroPoint, np.int64)
@@ -245,20 +397,23 @@ def _tflm(model: bytes, x: np.ndarray) -> np.ndarray | str:
         return str(e)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_random_quantization_matches_tflm(engine_lib, case: Case) -> None:  # noqa: F811
+def _check_case(engine_lib, case: Case, trials: int, salt: str) -> None:  # noqa: F811, C901
+    """``trials`` random quantizations of the case's op: TFLM and tinyfed agree on every output or both refuse."""
     piece, k = _cut(case.base(), case.op, case.occurrence)
     graph = TfliteGraph.from_bytes(piece)
     roles = _tensors(graph, k)
     assert set(case.vary) <= set(roles), f"{case.id}: the op has no {set(case.vary) - set(roles)}"
-    rng = np.random.default_rng(abs(hash(case.id)) % (1 << 32))
+    rng = np.random.default_rng(zlib.crc32((case.id + salt).encode()))  # str hash() changes per process
     x_shape = graph.tensors[graph.inputs[0]].shape[1:]
+    every_int8 = np.arange(-128, 128, dtype=np.int8)
     ran = refused = 0
-    for trial in range(case.trials):
+    for trial in range(trials):
         model = graph.model_object
         _randomize(model, roles, case, rng)
         data = _pack(model)
         x = rng.integers(-128, 128, size=(BATCH, *x_shape)).astype(np.int8)
+        if x.size >= every_int8.size:  # every int8 input value (exhaustive for the one-input ops)
+            x.reshape(-1)[: every_int8.size] = every_int8
         want, got = _tflm(data, x), _tinyfed(data, x)
         if isinstance(want, str) or isinstance(got, str):
             assert isinstance(want, str) and isinstance(got, str), (
@@ -280,4 +435,17 @@ def test_random_quantization_matches_tflm(engine_lib, case: Case) -> None:  # no
             diff = np.count_nonzero(engine.reshape(want.shape) != want)
             assert diff == 0, f"{case.id} trial {trial}: the C engine differs from TFLM on {diff} values"
         ran += 1
-    assert ran >= case.trials // 2, f"{case.id}: only {ran} of {case.trials} trials ran ({refused} refused by both)"
+    assert ran >= trials * case.min_ran, f"{case.id}: only {ran} of {trials} trials ran ({refused} refused by both)"
+    assert case.min_ran or refused, f"{case.id}: no combination refused, yet the case is one of refusals"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_random_quantization_matches_tflm(engine_lib, case: Case) -> None:  # noqa: F811
+    _check_case(engine_lib, case, case.trials, "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.slow_trials], ids=lambda c: c.id)
+def test_many_random_quantizations_match_tflm(engine_lib, case: Case) -> None:  # noqa: F811
+    """The bulk of the newer ops' combinations (the fast suite runs a small share)."""
+    _check_case(engine_lib, case, case.slow_trials, "slow")
