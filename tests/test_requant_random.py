@@ -12,10 +12,10 @@ zero point and biases chosen where the rounding turns (:func:`_fragile_biases`);
 float32-product bug of issue 13 put back, the probes fail on the first trial.
 
 The first 256 input values of every trial are every int8 value, exhaustive for the one-input
-ops. The ops that rescale their (centred) input by one ratio (QUANTIZE, RELU, RELU6, LEAKY_RELU,
-MUL by a constant, MEAN) run a probe of their own (``fragile``): every other trial takes an output scale
-that puts one input's rescaled value next to a rounding half (:func:`_fragile_output_scale`); with
-RELU's or QUANTIZE's multiplier from a float32 ratio of the scales, the fast share fails.
+ops. The ops that rescale their (centred) input by one ratio (QUANTIZE, RELU, LEAKY_RELU, MUL by
+a constant, MEAN) run a probe of their own (``fragile``): every other trial takes an output scale
+that puts one rescaled value next to where TFLM's rounding turns (:func:`_fragile_output_scale`);
+with any of their multipliers from a float32 ratio of the scales, the fast share fails.
 
 Adding an op is one line in ``CASES``, e.g.::
 
@@ -234,14 +234,14 @@ CASES = [
     Case("MUL", _mul("constant_first"), ("input", "constant", "output"), trials=10, slow_trials=100,
          fragile=True),
     Case("MUL", _mul("square"), ("input", "output"), trials=10, slow_trials=100),
-    Case("LOGISTIC", _elementwise("LOGISTIC"), ("input",), trials=30, slow_trials=400),
+    Case("LOGISTIC", _elementwise("LOGISTIC"), ("input",), trials=30, slow_trials=450),
     Case("LOGISTIC", _elementwise("LOGISTIC"), ("input", "output"), zero_points=(("output", -128),), trials=30,
-         slow_trials=400, tag="any-output-scale"),
+         slow_trials=450, tag="any-output-scale"),  # TFLM checks only the zero point; its grid stays 1/256
     Case("LOGISTIC", _elementwise("LOGISTIC"), ("input", "output"), trials=10, slow_trials=100, min_ran=0,
          tag="output-zero-point"),  # TFLM requires -128: both refuse (1 in 256 runs)
     Case("TANH", _elementwise("TANH"), ("input", "output"), trials=40, slow_trials=1000),
     Case("RELU", _elementwise("RELU"), ("input", "output"), trials=40, slow_trials=1000, fragile=True),
-    Case("RELU6", _elementwise("RELU6"), ("input", "output"), trials=40, slow_trials=1000, fragile=True),
+    Case("RELU6", _elementwise("RELU6"), ("input", "output"), trials=40, slow_trials=1000),  # copies: no rescale
     Case("LEAKY_RELU", _elementwise("LEAKY_RELU"), ("input", "output"), trials=40, slow_trials=1000, fragile=True),
     Case("HARD_SWISH", _elementwise("HARD_SWISH"), ("input", "output"), trials=40, slow_trials=1000),
     Case("MEAN", _global_average_pool, ("input", "output"), trials=20, slow_trials=400),
