@@ -1,0 +1,272 @@
+"""The field's models (issue 13): look-alikes of the MLPerf Tiny reference models and TFLM's examples
+plan on an nRF52840, run bit-exactly with TFLite Micro, and train federated on learnable data.
+
+The models and their data come from ``tests/field_models.py``; each is built, briefly pretrained
+and converted once per session (``field_cache``). TFLM (the ``tflite-micro`` wheel) is the
+reference everywhere. ``sim://`` boards run the numpy twin of the int8 engine (``run_blob``), the
+QEMU boards the real firmware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from field_models import FIELD_MODELS, FieldModel, build_field_model
+
+from tinyfed.boards import get_board, single_board_fleet
+from tinyfed.firmware_bridge.compile.blob import compile_blob
+from tinyfed.firmware_bridge.twin.kernels_np import run_blob
+from tinyfed.models.convert import io_types, op_names
+from tinyfed.models.tflm import TflmModel
+
+#: The TFLite builtins each look-alike converts to (op: count), as TF 2.21's converter writes them.
+EXPECTED_OPS: dict[str, dict[str, int]] = {
+    "ds_cnn": {"CONV_2D": 5, "DEPTHWISE_CONV_2D": 4, "AVERAGE_POOL_2D": 1, "FULLY_CONNECTED": 1, "SOFTMAX": 1},
+    "ds_cnn_gap": {"CONV_2D": 5, "DEPTHWISE_CONV_2D": 4, "MEAN": 1, "FULLY_CONNECTED": 1, "SOFTMAX": 1},
+    "resnet8": {"CONV_2D": 9, "ADD": 3, "AVERAGE_POOL_2D": 1, "FULLY_CONNECTED": 1, "SOFTMAX": 1},
+    "mobilenet_vww": {"CONV_2D": 14, "DEPTHWISE_CONV_2D": 13, "AVERAGE_POOL_2D": 1, "FULLY_CONNECTED": 1,
+                      "SOFTMAX": 1},
+    "toyadmos_ae": {"FULLY_CONNECTED": 10},
+    "sine": {"FULLY_CONNECTED": 3},
+    "micro_speech": {"DEPTHWISE_CONV_2D": 1, "RESHAPE": 1, "FULLY_CONNECTED": 1, "SOFTMAX": 1},
+}
+
+#: The heavy models' 2,000-input comparisons take a minute or more on a busy 2-core host.
+HEAVY = {"resnet8", "mobilenet_vww"}
+SIM_INPUTS = 2000
+QEMU_INPUTS = 200
+
+
+@dataclass
+class FieldCase:
+    """A converted look-alike on disk: the model, its NPZ for ``tinyfed run --data``, the conversion cost."""
+
+    model: FieldModel
+    tflite_path: Path
+    npz_path: Path
+
+
+class FieldCache:
+    """Builds each look-alike once per session, in a temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cases: dict[str, FieldCase] = {}
+
+    def get(self, name: str) -> FieldCase:
+        if name not in self.cases:
+            fm = build_field_model(name)
+            path = self.root / f"{name}.tflite"
+            path.write_bytes(fm.tflite)
+            npz = self.root / f"{name}.npz"
+            np.savez(npz, **fm.data.npz())
+            self.cases[name] = FieldCase(fm, path, npz)
+            print(f"\n{name}: built {fm.seconds['build']:.1f} s, pretrained {fm.seconds['pretrain']:.1f} s, "
+                  f"converted {fm.seconds['convert']:.1f} s")
+        return self.cases[name]
+
+
+@pytest.fixture(scope="session")
+def field_cache(tmp_path_factory: pytest.TempPathFactory) -> FieldCache:
+    return FieldCache(tmp_path_factory.mktemp("field_models"))
+
+
+def _heavy(names: tuple[str, ...] | list[str]) -> list:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
+def random_inputs(reference: TflmModel, n: int, seed: int) -> np.ndarray:
+    shape = tuple(reference.input_details[0]["shape"][1:])
+    return np.random.default_rng(seed).integers(-128, 128, size=(n, *shape), dtype=np.int8)
+
+
+def mismatched_samples(got: np.ndarray, want: np.ndarray) -> int:
+    n = want.shape[0]
+    return int(np.count_nonzero(np.any(np.asarray(got).reshape(n, -1) != want.reshape(n, -1), axis=1)))
+
+
+# --------------------------------------------------------------------------------------
+# Conversion and planning
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FIELD_MODELS)
+def test_look_alike_converts_to_the_field_ops_with_int8_edges(field_cache: FieldCache, name: str) -> None:
+    tflite = field_cache.get(name).model.tflite
+    counts: dict[str, int] = {}
+    for op in op_names(tflite):
+        counts[op] = counts.get(op, 0) + 1
+    assert counts == EXPECTED_OPS[name]
+    assert io_types(tflite) == (["INT8"], ["INT8"])
+
+
+@pytest.mark.parametrize("name", FIELD_MODELS)
+def test_look_alike_plans_on_the_nrf52840_with_a_nonempty_w_star(field_cache: FieldCache, name: str,
+                                                                  tmp_path: Path) -> None:
+    """Every look-alike fits the nRF52840 (256 KB RAM, 1 MB flash): the 16,652-parameter micro_speech
+    model included, once the planner budgets saved activations per sample as the firmware keeps them."""
+    from tinyfed.planner.config import TrainingConfig
+    from tinyfed.planner.plan import make_plan
+    from tinyfed.planner.sources import load_model_source
+
+    case = field_cache.get(name)
+    cfg = TrainingConfig()
+    plan = make_plan(load_model_source(str(case.tflite_path), None, cfg), single_board_fleet(get_board("nrf52840")),
+                     cfg, tmp_path, measure=False)
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert plan.fits, plan.problems
+    assert plan.trainable_params > 0 and doc["trainable_params"] == plan.trainable_params
+    assert doc["fits"] is True and all(b["fits"] for b in doc["boards"].values())
+    assert doc["importance"] == doc["training_config"]["importance"]
+
+
+# --------------------------------------------------------------------------------------
+# Bit-exactness with TFLite Micro
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", _heavy(FIELD_MODELS))
+def test_look_alike_is_bit_exact_with_tflm_on_sim(field_cache: FieldCache, name: str) -> None:
+    """2,000 random int8 inputs through the numpy twin (what a ``sim://`` board runs) == TFLM."""
+    tflite = field_cache.get(name).model.tflite
+    reference = TflmModel(tflite)
+    x = random_inputs(reference, SIM_INPUTS, seed=13)
+    want = np.asarray(reference.run(x))
+    got = run_blob(compile_blob(tflite), x)
+    assert mismatched_samples(got, want) == 0
+
+
+def test_a_sim_board_runs_a_look_alike_as_tflm_does(field_cache: FieldCache) -> None:
+    """The ``sim://`` board's protocol path (load, input, invoke, output) on the DS-CNN."""
+    from tinyfed.firmware_bridge.link.client import BoardClient
+
+    tflite = field_cache.get("ds_cnn").model.tflite
+    reference = TflmModel(tflite)
+    x = random_inputs(reference, 20, seed=14)
+    with BoardClient("sim://nrf52840", name="ds_cnn") as client:
+        client.load_fragment(compile_blob(tflite))
+        got = np.stack([client.infer(x[i : i + 1]) for i in range(len(x))])
+    assert mismatched_samples(got, np.asarray(reference.run(x))) == 0
+
+
+HAVE_QEMU = shutil.which("qemu-system-arm") is not None and shutil.which("arm-none-eabi-gcc") is not None
+QEMU_KINDS = ("mps2-an386", "mps3-an547")
+BOARDS_PER_KIND = 2
+
+
+@pytest.fixture(scope="module")
+def qemu_boards():
+    if not HAVE_QEMU:
+        pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make setup installs both)")
+    from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
+
+    with EmulatorFleet(QEMU_KINDS[0], BOARDS_PER_KIND) as m4, EmulatorFleet(QEMU_KINDS[1], BOARDS_PER_KIND) as m55:
+        yield {QEMU_KINDS[0]: m4.urls, QEMU_KINDS[1]: m55.urls}
+
+
+def _qemu_fragment(case: FieldCase, tmp: Path) -> bytes:
+    """The whole model, or for the autoencoder (a 310 KB blob, larger than the QEMU boards' 268 KB fragment
+    slot) the frozen fragment its nRF52840 plan sends to a board."""
+    if case.model.spec.name != "toyadmos_ae":
+        return case.model.tflite
+    from tinyfed.planner.config import TrainingConfig
+    from tinyfed.planner.plan import make_plan
+    from tinyfed.planner.sources import load_model_source
+
+    cfg = TrainingConfig()
+    plan = make_plan(load_model_source(str(case.tflite_path), None, cfg), single_board_fleet(get_board("nrf52840")),
+                     cfg, tmp, measure=False)
+    return plan.files["frozen"].read_bytes()
+
+
+def _infer_share(url: str, blob: bytes, x: np.ndarray) -> np.ndarray:
+    from tinyfed.firmware_bridge.link.client import BoardClient
+
+    with BoardClient(url, name=url, timeout=60.0) as client:
+        client.load_fragment(blob)
+        return np.stack([client.infer(x[i : i + 1]) for i in range(len(x))])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in FIELD_MODELS if n != "ds_cnn_gap"] + ["ds_cnn_gap"])
+@pytest.mark.parametrize("kind", QEMU_KINDS)
+def test_look_alike_is_bit_exact_with_tflm_on_qemu(field_cache: FieldCache, qemu_boards, tmp_path: Path,
+                                                   name: str, kind: str) -> None:
+    """200 random inputs per board kind, shared over that kind's boards, against TFLM."""
+    fragment = _qemu_fragment(field_cache.get(name), tmp_path)
+    reference = TflmModel(fragment)
+    x = random_inputs(reference, QEMU_INPUTS, seed=15)
+    want = np.asarray(reference.run(x))
+    blob = compile_blob(fragment)
+    urls = qemu_boards[kind]
+    shares = np.array_split(np.arange(len(x)), len(urls))
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(len(urls)) as pool:
+        parts = list(pool.map(lambda u, idx: _infer_share(u, blob, x[idx]), urls, shares))
+    print(f"\n{name} on {kind}: {QEMU_INPUTS} inferences in {time.monotonic() - t0:.1f} s")
+    assert mismatched_samples(np.concatenate(parts), want) == 0
+
+
+# --------------------------------------------------------------------------------------
+# Federated training on the synthetic data
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Improvement:
+    """What a 10-version federated run must reach: the metric at version 0 plus ``margin``."""
+
+    metric: str  # the evaluation event's key
+    margin: float
+
+
+#: Classifiers start near chance (their last Dense is re-initialized after pretraining); the sine
+#: regressor and the autoencoder start from a brief pretraining.
+IMPROVEMENT: dict[str, Improvement] = {
+    "ds_cnn": Improvement("accuracy", 0.30),
+    "ds_cnn_gap": Improvement("accuracy", 0.30),
+    "resnet8": Improvement("accuracy", 0.30),
+    "mobilenet_vww": Improvement("accuracy", 0.10),
+    "micro_speech": Improvement("accuracy", 0.30),
+    "sine": Improvement("metric", 0.03),  # the regression metric: minus the test MSE
+    "toyadmos_ae": Improvement("metric", 0.02),  # ROC AUC of the reconstruction error on the anomaly labels
+}
+
+
+def _tinyfed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "tinyfed.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=1200, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIELD_MODELS)
+def test_look_alike_trains_federated_on_eight_simulated_boards(field_cache: FieldCache, tmp_path: Path,
+                                                               name: str) -> None:
+    from tinyfed.host.events import read_events
+
+    case = field_cache.get(name)
+    want = IMPROVEMENT[name]
+    out = tmp_path / "run"
+    proc = _tinyfed("run", "--simulate", "8", "--board", "nrf52840", "--model", str(case.tflite_path),
+                    "--data", str(case.npz_path), "--partition", "iid", "--max-versions", "10", "--out", str(out),
+                    "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    evaluations = [e for e in read_events(out) if e.get("kind") == "evaluation"]
+    first, best = evaluations[0], max(evaluations, key=lambda e: e[want.metric])
+    assert first["version"] == 0 and summary["versions"] <= 10
+    print(f"\n{name}: {want.metric} {first[want.metric]:.4f} -> {best[want.metric]:.4f} (version {best['version']})")
+    assert best[want.metric] >= first[want.metric] + want.margin
+    if case.model.spec.task == "autoencode":
+        assert "auc" in summary and 0.0 <= summary["auc"] <= 1.0
