@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from field_models import FIELD_MODELS, FieldModel, build_field_model  # noqa: E402
+from field_models import FIELD_MODELS, FieldModel, build_field_model, local_samples_cap  # noqa: E402
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
@@ -43,6 +43,8 @@ from tinyfed.models.tflite_graph import TfliteGraph  # noqa: E402
 from tinyfed.models.tflm import TflmModel  # noqa: E402
 
 QEMU_KINDS = ("mps2-an386", "mps3-an547")
+#: As tests/test_field_models.py: 5 local epochs at SGD step 0.05, 10 versions, a target no run reaches.
+RUN_CONFIG = "[training]\nepochs = 5\nlr = 0.05\n"
 ICOUNT_SHIFT = 4  # as bench/speed.py: one instruction = 2**4 ns of virtual time
 
 
@@ -127,8 +129,13 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
     out = work / f"run_{fm.spec.name}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "run", "--simulate", "8", "--board", "nrf52840",
-                           "--model", str(tflite), "--data", str(npz), "--partition", "iid", "--max-versions", "10",
+    cap = local_samples_cap(fm.data)  # what a board's local-data store holds
+    config = work / "run.toml"
+    config.write_text(RUN_CONFIG)
+    target = ["--target-accuracy", "1.0"] if fm.spec.task == "classify" else ["--target-metric", "1e9"]
+    proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "run", "--config", str(config), "--simulate", "8",
+                           "--board", "nrf52840", "--model", str(tflite), "--data", str(npz), "--partition", "iid",
+                           "--max-versions", "10", *target, *(["--max-windows", str(cap)] if cap else []),
                            "--out", str(out), "--json"], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
@@ -137,7 +144,8 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
     evals = [e for e in read_events(out) if e.get("kind") == "evaluation"]
     key = "metric" if "metric" in evals[0] else "accuracy"
     return {"metric": key, "before": round(evals[0][key], 4), "after": round(evals[-1][key], 4),
-            "versions": summary["versions"], "auc": summary.get("auc"), "seconds": round(time.monotonic() - t0, 1)}
+            "versions": summary["versions"], "local_samples_cap": cap, "auc": summary.get("auc"),
+            "seconds": round(time.monotonic() - t0, 1)}
 
 
 @contextlib.contextmanager

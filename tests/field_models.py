@@ -307,6 +307,16 @@ def _keras_metric(model: Any, spec: FieldSpec, data: FieldData) -> float:
     return -float(np.mean((pred[normal] - data.x_test[normal]) ** 2))
 
 
+def local_samples_cap(data: FieldData, board: str = "nrf52840") -> int | None:
+    """Most training samples one board's local-data store can hold (``--max-windows``), or None when a
+    device's eighth of the data fits: the int8 sample plus a conservative 8 bytes of label or target each."""
+    from tinyfed.boards import get_board
+
+    sample_bytes = int(np.prod(data.x.shape[1:])) + 8
+    cap = (get_board(board).data_store_bytes - 1024) // sample_bytes
+    return cap if cap < -(-len(data.x) // 8) else None
+
+
 def build_field_model(name: str) -> FieldModel:
     """Build, briefly pretrain and convert the look-alike ``name`` (seeded, deterministic on one machine)."""
     from tinyfed.models.convert import convert_keras_to_int8
