@@ -249,6 +249,7 @@ class FieldSpec:
     pretrain_epochs: int
     description: str = ""
     reset_head: bool = True  # re-initialize the last Dense after pretraining (the federated run retrains it)
+    weights_of: str | None = None  # take the pretrained weights of this look-alike (same layers) instead
 
 
 def _kws() -> FieldData:
@@ -262,7 +263,7 @@ def _spec_table() -> dict[str, FieldSpec]:
     return {
         "ds_cnn": FieldSpec("ds_cnn", ds_cnn, _kws, "classify", 2400, 3, "MLPerf Tiny KWS DS-CNN"),
         "ds_cnn_gap": FieldSpec("ds_cnn_gap", lambda: ds_cnn(global_pool=True), _kws, "classify", 2400, 3,
-                                "DS-CNN with GlobalAveragePooling2D (MEAN)"),
+                                "DS-CNN with GlobalAveragePooling2D (MEAN)", weights_of="ds_cnn"),
         "resnet8": FieldSpec("resnet8", resnet8,
                              lambda: classes_data((32, 32, 3), 10, seed=2, n_train=2000, n_test=400, signal=0.5),
                              "classify", 1000, 3, "MLPerf Tiny IC ResNet-8"),
@@ -317,10 +318,22 @@ def local_samples_cap(data: FieldData, board: str = "nrf52840") -> int | None:
     return cap if cap < -(-len(data.x) // 8) else None
 
 
-def build_field_model(name: str) -> FieldModel:
-    """Build, briefly pretrain and convert the look-alike ``name`` (seeded, deterministic on one machine)."""
-    from tinyfed.models.convert import convert_keras_to_int8
+@dataclass
+class _Pretrained:
+    weights: list[np.ndarray]
+    data: FieldData
+    metric: float
+    params: int
+    seconds: dict[str, float]
 
+
+_PRETRAINED: dict[str, _Pretrained] = {}
+
+
+def _pretrained(name: str) -> _Pretrained:
+    """The look-alike's Keras weights after its brief pretraining (once per process)."""
+    if name in _PRETRAINED:
+        return _PRETRAINED[name]
     spec = SPECS[name]
     keras = _keras()
     keras.utils.set_random_seed(13)
@@ -334,20 +347,38 @@ def build_field_model(name: str) -> FieldModel:
     else:
         model.compile(optimizer=keras.optimizers.Adam(3e-3 if spec.task == "regress" else 1e-3), loss="mse")
         target = data.y if spec.task == "regress" else data.x
+    assert target is not None
     t1 = time.monotonic()
     n = spec.pretrain_samples
-    assert target is not None
     model.fit(data.x[:n], target[:n], batch_size=32, epochs=spec.pretrain_epochs, verbose=0, shuffle=True)
-    t_train = time.monotonic() - t1
-    pretrained = _keras_metric(model, spec, data)
+    seconds = {"build": t_build, "pretrain": time.monotonic() - t1}
+    _PRETRAINED[name] = _Pretrained(model.get_weights(), data, _keras_metric(model, spec, data),
+                                    int(model.count_params()), seconds)
+    return _PRETRAINED[name]
+
+
+def build_field_model(name: str) -> FieldModel:
+    """Build, briefly pretrain and convert the look-alike ``name`` (seeded, deterministic on one machine).
+
+    A look-alike with ``weights_of`` reuses that model's pretraining (its layers are the same), so
+    the DS-CNN is trained once for both of its pooling variants.
+    """
+    from tinyfed.models.convert import convert_keras_to_int8
+
+    spec = SPECS[name]
+    pre = _pretrained(spec.weights_of or name)
+    model = spec.build()
+    model.set_weights(pre.weights)
+    pretrained = _keras_metric(model, spec, pre.data) if spec.weights_of else pre.metric
     if spec.reset_head:
         _reset_last_dense(model, seed=17)
-    start = _keras_metric(model, spec, data) if spec.reset_head else pretrained
+    start = _keras_metric(model, spec, pre.data) if spec.reset_head else pretrained
     t2 = time.monotonic()
-    tflite = convert_keras_to_int8(model, data.x[:64])
-    t_convert = time.monotonic() - t2
-    return FieldModel(spec, tflite, data, int(model.count_params()), pretrained, start,
-                      {"build": t_build, "pretrain": t_train, "convert": t_convert})
+    tflite = convert_keras_to_int8(model, pre.data.x[:64])
+    seconds = {**pre.seconds, "convert": time.monotonic() - t2}
+    if spec.weights_of:
+        seconds["pretrain"] = 0.0
+    return FieldModel(spec, tflite, pre.data, pre.params, pretrained, start, seconds)
 
 
 def _reset_last_dense(model: Any, seed: int) -> None:
