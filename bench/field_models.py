@@ -132,7 +132,7 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
     cap = local_samples_cap(fm.data)  # what a board's local-data store holds
     config = work / "run.toml"
     config.write_text(RUN_CONFIG)
-    target = ["--target-accuracy", "1.0"] if fm.spec.task == "classify" else ["--target-metric", "1e9"]
+    target = ["--target-accuracy", "1.0"] if fm.spec.task == "classify" else ["--target-metric", "1.0"]
     proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "run", "--config", str(config), "--simulate", "8",
                            "--board", "nrf52840", "--model", str(tflite), "--data", str(npz), "--partition", "iid",
                            "--max-versions", "10", *target, *(["--max-windows", str(cap)] if cap else []),
@@ -142,9 +142,10 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
         return {"error": (lines[-1] if lines else f"exit {proc.returncode}")[:200]}
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     evals = [e for e in read_events(out) if e.get("kind") == "evaluation"]
-    key = "metric" if "metric" in evals[0] else "accuracy"
+    key = str(evals[0].get("metric", "accuracy"))  # the task's metric (accuracy, r2, auc)
     return {"metric": key, "before": round(evals[0][key], 4), "after": round(evals[-1][key], 4),
-            "versions": summary["versions"], "local_samples_cap": cap, "auc": summary.get("auc"),
+            "best": round(max(e[key] for e in evals), 4),
+            "versions": summary["versions"], "local_samples_cap": cap, "auc": summary.get("final_auc"),
             "seconds": round(time.monotonic() - t0, 1)}
 
 

@@ -166,11 +166,10 @@ class FieldData:
     y_test: np.ndarray
 
     def npz(self) -> dict[str, np.ndarray]:
-        """The arrays as ``tinyfed run --data`` reads them."""
-        out = {"x": self.x, "x_test": self.x_test, "y_test": self.y_test}
-        if self.y is not None:
-            out["y"] = self.y
-        return out
+        """The arrays as ``tinyfed run --data`` reads them: an autoencoder's test labels are ``y_test_anomaly``."""
+        if self.y is None:
+            return {"x": self.x, "x_test": self.x_test, "y_test_anomaly": self.y_test}
+        return {"x": self.x, "y": self.y, "x_test": self.x_test, "y_test": self.y_test}
 
 
 def _smooth_patterns(rng: np.random.Generator, n: int, shape: tuple[int, ...], coarse: int = 4) -> np.ndarray:
