@@ -355,20 +355,20 @@ def test_arena_plan_respects_lifetimes() -> None:
 
 @pytest.mark.slow
 def test_unsupported_op_refused() -> None:
-    from engine_models import with_logistic_int8
+    from engine_models import with_unsupported_int8
 
-    with pytest.raises(ModelError, match="LOGISTIC"):
-        compile_blob(with_logistic_int8())
+    with pytest.raises(ModelError, match="GELU"):
+        compile_blob(with_unsupported_int8())
 
 
 def test_unsupported_op_code_in_blob(engine_lib) -> None:
     blob = bytearray(compile_blob(zoo("digits_cnn").model))
     info = parse_blob(bytes(blob))
     op_off = HEADER_BYTES + len(info.tensors) * TENSOR_BYTES + 3 * OP_BYTES
-    blob[op_off] = 14  # LOGISTIC
+    blob[op_off] = 150  # GELU
     struct.pack_into("<I", blob, 8, zlib.crc32(bytes(blob[12:])))
     status, detail, msg, _ = c_open(engine_lib, bytes(blob))
-    assert (status, detail) == (UNSUPPORTED_OP, 14) and "unsupported" in msg
+    assert (status, detail) == (UNSUPPORTED_OP, 150) and "unsupported" in msg
 
 
 def test_arena_too_small_is_out_of_memory(engine_lib) -> None:

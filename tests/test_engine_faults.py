@@ -161,7 +161,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         events = _TappedLog(run_dir, sink)
         engine = Engine(setup, devices, get_strategy("ftte", buffer_size=BOARDS), events,
                         training=LocalTraining(epochs=EPOCHS, lr=LR), seed=0,
-                        limits=Limits(target_accuracy=TARGET, max_versions=MAX_VERSIONS, max_seconds=MAX_SECONDS),
+                        limits=Limits(target_metric=TARGET, max_versions=MAX_VERSIONS, max_seconds=MAX_SECONDS),
                         max_staleness=MAX_STALENESS, backoff_s=0.25, retries=5, device_timeout_s=600.0)
 
         def train() -> None:
@@ -192,17 +192,17 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         raise outcome["error"]
     run: RunResult = outcome["run"]
     evs = list(read_events(run_dir))
-    summary = summarize(evs, target_accuracy=TARGET)
+    summary = summarize(evs, target_metric=TARGET)
 
     # the run reached its target, with both kills inside it
-    assert run.reached_target and summary["reached_target"], (run.final_accuracy, run.versions)
+    assert run.reached_target and summary["reached_target"], (run.final_metric, run.versions)
     kills = saboteur.kills
     assert len(kills) == 2 and not saboteur.pending and not saboteur.waiting_loss, kills
 
     _assert_every_task_accounted_once(evs, summary, run, engine)
     _assert_killed_boards_came_back(evs, kills)
 
-    figures = {"versions": run.versions, "final_accuracy": round(run.final_accuracy, 4),
+    figures = {"versions": run.versions, "final_accuracy": round(run.final_metric, 4),
                "setup_seconds": round(setup_seconds, 1), "run_seconds": round(run.wall_seconds, 1),
                "provisioned_at": next(e["t"] for e in evs if e["kind"] == "evaluation"),
                "dispatched": summary["tasks_dispatched"],

@@ -67,7 +67,7 @@ def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_
     sent = len(setup.program) + sum(len(i) for i in setup.images.values()) / DEVICES + len(setup.frozen_blob or b"")
     assert result.provision_bytes_down == summary["provision_bytes_down"] > DEVICES * sent
     assert result.provision_bytes_up == summary["provision_bytes_up"] > 0
-    assert np.isfinite(result.final_accuracy) and 0 < result.final_accuracy <= 1
+    assert np.isfinite(result.final_metric) and 0 < result.final_metric <= 1
     # FTTE moves w* (int8 updates); the baselines move every weight (float32 updates)
     assert result.vector.size == (4550 if name == "ftte" else 8858)
     per_update_up = result.bytes_up / max(1, result.updates_accepted)

@@ -83,7 +83,7 @@ def test_trained_vector_int8_accuracy_tracks_the_float_master(plan_case, test_sp
     # the tail written into the full model is the exported tail
     assert TfliteGraph.from_bytes(dep.model).split(cut)[1] == TfliteGraph.from_bytes(dep.tail).data
     score = export.int8_evaluator(frag, test_split.x, test_split.y)(trained)
-    assert (score.accuracy, score.loss, score.clipped) == (int8_acc, int8_loss, dep.clipped)
+    assert (score.metric, score.loss, score.clipped) == (int8_acc, int8_loss, dep.clipped)
 
 
 def test_whole_model_perturbed_tracks_the_float_master(plan_case, test_split) -> None:

@@ -30,6 +30,7 @@ from tinyfed.host.events import (
     read_events,
     summarize,
 )
+from tinyfed.training.task import Task
 
 # -- run config ---------------------------------------------------------------------------------
 
@@ -43,7 +44,8 @@ def _write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
 def test_empty_config_is_the_documented_default(tmp_path: Path) -> None:
     cfg = load_run_config(_write(tmp_path, ""))
     assert cfg == RunConfig()
-    assert (cfg.model, cfg.strategy, cfg.target_accuracy, cfg.seed) == ("har_cnn", "ftte", 0.85, 0)
+    assert (cfg.model, cfg.strategy, cfg.target_accuracy, cfg.seed) == ("har_cnn", "ftte", None, 0)
+    assert cfg.stop_target(Task.CLASSIFY, "accuracy") == 0.85  # a classifier's default target
     sp = cfg.strategy_params
     assert (sp.buffer_size, sp.staleness_exponent, sp.variance_gamma, sp.server_lr, sp.clients_per_round) == (
         10, 0.5, 1.0, 1.0, 10)
@@ -377,7 +379,7 @@ def test_summarize_accounts_for_every_task(tmp_path: Path) -> None:
         log.append("rejection", task="t0", device="d0", reason="replayed")  # replay of an accepted update
         log.append("rejection", task="x9", device="d0", reason="unknown task")
         log.append("evaluation", version=1, accuracy=0.9)
-    s = summarize(read_events(tmp_path), target_accuracy=0.85)
+    s = summarize(read_events(tmp_path), target_metric=0.85)
     assert (s["versions"], s["bytes_up"], s["bytes_down"]) == (1, 80, 4000)
     assert (s["updates_accepted"], s["updates_rejected"]) == (1, 3)
     assert s["rejection_reasons"]["replayed"] == 1

@@ -34,6 +34,7 @@ from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.training import FloatTail, local_train
+from tinyfed.training.task import Loss, Task
 
 SOURCES = train_engine_sources()
 HARNESS = str(Path(__file__).with_name("train_harness.c"))
@@ -268,7 +269,7 @@ def test_loss_gradient_and_predict_match_floattail(lib, name: str) -> None:
     assert np.abs(ref).max() > 0
     assert loss_err <= LOSS_TOL
     assert grad_err <= GRAD_TOL
-    np.testing.assert_array_equal(pred[clear], p.argmax(1)[clear])
+    np.testing.assert_array_equal(pred[clear], (p.argmax(1) == y)[clear])  # the engine's "correct" flag
     ploss, ppred = c_predict(lib, blob, x, y)
     np.testing.assert_array_equal(ploss, loss)  # forward only: the same float operations
     np.testing.assert_array_equal(ppred, pred)
@@ -319,17 +320,18 @@ def test_ram_of_the_nrf52840_plan(lib) -> None:
 
 
 def test_compiler_refuses_what_the_engine_cannot_train() -> None:
-    from engine_models import with_logistic_int8
+    from engine_models import with_unsupported_int8
 
     from tinyfed.models.zoo import get_zoo_model
 
     model = get_zoo_model("digits_cnn").int8_tflite()
     g = TfliteGraph.from_bytes(model)
     head, tail = g.split(3)
-    with pytest.raises(ModelError, match="SOFTMAX"):
-        compile_program(head, tfw.encode([]))
+    with pytest.raises(ModelError, match="softmax_ce needs a tail whose last op is SOFTMAX"):
+        compile_program(head, tfw.encode([]), task=Task.CLASSIFY)
+    assert parse_program(compile_program(head, tfw.encode([]))).loss is Loss.MSE  # no SOFTMAX: regress
     with pytest.raises(ModelError, match="no kernel"):
-        compile_program(with_logistic_int8(), tfw.encode([]))
+        compile_program(with_unsupported_int8(), tfw.encode([]))
     tg = TfliteGraph.from_bytes(tail)
     fc, fc2 = [o for o in tg.ops if o.name == "FULLY_CONNECTED"]
     w = tg.weight_tensor(fc)
@@ -362,7 +364,7 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
         status, _, msg, _ = c_open(lib, blob[:cut])
         assert status == BAD_MODEL and msg, (cut, msg)
     bad = bytearray(blob)
-    bad[4] = 2
+    bad[4] = 1  # version 1 had no loss field
     assert c_open(lib, bytes(bad))[0] == Status.WRONG_VERSION
     hdr = parse_program(blob)
     bad = bytearray(blob)
@@ -370,9 +372,9 @@ def test_open_rejects_damage_with_a_message(lib) -> None:
     assert "RAM" in c_open(lib, bytes(bad))[2]
     ops_offset = struct.unpack_from("<I", blob, 52)[0]
     bad = bytearray(blob)
-    bad[ops_offset] = 14  # LOGISTIC
+    bad[ops_offset] = 150  # GELU
     status, detail, msg, _ = c_open(lib, bytes(bad))
-    assert (status, detail) == (Status.UNSUPPORTED_OP, 14) and "unsupported" in msg
+    assert (status, detail) == (Status.UNSUPPORTED_OP, 150) and "unsupported" in msg
 
 
 def _run_fuzz(exe: str, blobs: list[bytes], tmp: Path, truncate: bool = False) -> tuple[list[int], str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,3 +327,29 @@ def test_a_changed_python_constant_is_caught() -> None:
     problems = differences(firmware_constants(), py)
     assert "C CMD_TRAIN = 65 but Python Command.TRAIN = 68" in problems
     assert "Python local_data.SOMETHING_NEW = 3 has no C constant" in problems
+
+
+def test_task_codes_agree_across_formats() -> None:
+    """The target kinds are one set of codes in TFDS and TFTR, C and Python; every task maps to a
+    loss and a target kind the program accepts; the C reader takes the loss fields at the offsets
+    the Python header packs them."""
+    from tinyfed.training.task import Loss, Task, loss_of
+
+    c = firmware_constants()
+    for name in ("CLASS", "LABELS", "REAL", "INPUT"):
+        codes = {c[f"TFDS_TARGET_{name}"], c[f"TFTR_TARGET_{name}"], getattr(local_data, f"TARGET_{name}"),
+                 getattr(train_blob, f"TARGET_{name}")}
+        assert len(codes) == 1, name
+    assert set(train_blob.LOSS_CODES) == set(Loss)
+    for task in Task:
+        code = train_blob.LOSS_CODES[loss_of(task)]
+        assert local_data.target_kind(task) in train_blob.LOSS_TARGETS[code], task
+    fmt = train_blob._HEADER.format
+    prefix = fmt[: fmt.index("BBxxfi")]
+    at = struct.calcsize(prefix)
+    assert (at, struct.calcsize(prefix + "BBxx"), struct.calcsize(prefix + "BBxxf")) == (84, 88, 92)
+    reader = (FIRMWARE / "engine/tftr.c").read_text()
+    for read in ("v.loss = blob[84]", "v.target_kind = blob[85]", "tftr_rdf(blob + 88)", "tfmb_rd32(blob + 92)"):
+        assert read in reader, read
+    assert local_data._HEADER.format.endswith("IB11x") and struct.calcsize(local_data._HEADER.format[:-4]) == 20
+    assert "uint8_t k = d[20];" in (FIRMWARE / "src/local_data.c").read_text()

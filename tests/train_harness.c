@@ -56,9 +56,10 @@ static tftr_program_t *open_bound(tftr_program_t *p, const uint8_t *blob, uint32
     return p;
 }
 
-/* One mini-batch of n samples: per-sample loss and prediction, then the accumulated grad
- * (trainable floats) and the units' initial values (start). Returns a status. */
-int tftr_h_grads(const uint8_t *blob, uint32_t size, const int8_t *x, const uint8_t *labels, uint32_t n, float *loss,
+/* One mini-batch of n samples (targets: tftr_target_bytes() each): per-sample loss and
+ * correct flag, then the accumulated grad (trainable floats) and the units' initial values
+ * (start). Returns a status. */
+int tftr_h_grads(const uint8_t *blob, uint32_t size, const int8_t *x, const uint8_t *targets, uint32_t n, float *loss,
                  uint8_t *pred, float *grad, float *start)
 {
     uint32_t *ram = 0;
@@ -68,9 +69,9 @@ int tftr_h_grads(const uint8_t *blob, uint32_t size, const int8_t *x, const uint
         free(ram);
         return 10;
     }
-    const uint32_t in = tftr_input_elems(p), t = tftr_trainable_count(p);
+    const uint32_t in = tftr_input_elems(p), t = tftr_trainable_count(p), tb = tftr_target_bytes(p);
     tftr_begin_batch(p);
-    for (uint32_t i = 0; i < n; ++i) tftr_accumulate(p, x + (size_t)i * in, labels[i], &loss[i], &pred[i]);
+    for (uint32_t i = 0; i < n; ++i) tftr_accumulate(p, x + (size_t)i * in, targets + (size_t)i * tb, &loss[i], &pred[i]);
     memcpy(grad, p->grad, 4u * t);
     memcpy(start, p->start, 4u * t);
     free(ram);
@@ -79,7 +80,7 @@ int tftr_h_grads(const uint8_t *blob, uint32_t size, const int8_t *x, const uint
 
 /* SGD over mini-batches: batch b is order[bounds[b] .. bounds[b+1]). Writes the final w*
  * (values), and each step's per-sample losses in visiting order. */
-int tftr_h_train(const uint8_t *blob, uint32_t size, const int8_t *x, const uint8_t *labels, const uint32_t *order,
+int tftr_h_train(const uint8_t *blob, uint32_t size, const int8_t *x, const uint8_t *targets, const uint32_t *order,
                  const uint32_t *bounds, uint32_t n_batches, float lr, float *values, float *losses)
 {
     uint32_t *ram = 0;
@@ -89,11 +90,11 @@ int tftr_h_train(const uint8_t *blob, uint32_t size, const int8_t *x, const uint
         free(ram);
         return 10;
     }
-    const uint32_t in = tftr_input_elems(p);
+    const uint32_t in = tftr_input_elems(p), tb = tftr_target_bytes(p);
     for (uint32_t b = 0; b < n_batches; ++b) {
         tftr_begin_batch(p);
         for (uint32_t k = bounds[b]; k < bounds[b + 1]; ++k)
-            tftr_accumulate(p, x + (size_t)order[k] * in, labels[order[k]], &losses[k], 0);
+            tftr_accumulate(p, x + (size_t)order[k] * in, targets + (size_t)order[k] * tb, &losses[k], 0);
         tftr_apply(p, lr, bounds[b + 1] - bounds[b]);
     }
     memcpy(values, p->values, 4u * tftr_trainable_count(p));
@@ -101,8 +102,8 @@ int tftr_h_train(const uint8_t *blob, uint32_t size, const int8_t *x, const uint
     return 0;
 }
 
-/* Forward only: per-sample loss and argmax. */
-int tftr_h_predict(const uint8_t *blob, uint32_t size, const int8_t *x, const uint8_t *labels, uint32_t n, float *loss,
+/* Forward only: per-sample loss and correct flag. */
+int tftr_h_predict(const uint8_t *blob, uint32_t size, const int8_t *x, const uint8_t *targets, uint32_t n, float *loss,
                    uint8_t *pred)
 {
     uint32_t *ram = 0;
@@ -112,8 +113,8 @@ int tftr_h_predict(const uint8_t *blob, uint32_t size, const int8_t *x, const ui
         free(ram);
         return 10;
     }
-    const uint32_t in = tftr_input_elems(p);
-    for (uint32_t i = 0; i < n; ++i) tftr_predict(p, x + (size_t)i * in, labels[i], &loss[i], &pred[i]);
+    const uint32_t in = tftr_input_elems(p), tb = tftr_target_bytes(p);
+    for (uint32_t i = 0; i < n; ++i) tftr_predict(p, x + (size_t)i * in, targets + (size_t)i * tb, &loss[i], &pred[i]);
     free(ram);
     return 0;
 }
@@ -138,13 +139,19 @@ static int try_blob(const uint8_t *src, uint32_t len)
         int8_t *x = (int8_t *)malloc(in ? in : 1u);
         if (!x) exit(3);
         for (uint32_t i = 0; i < in; ++i) x[i] = (int8_t)(i * 37u);
+        const uint32_t tb = tftr_target_bytes(&p);
+        uint8_t *target = (uint8_t *)malloc(tb ? tb : 1u);
+        if (!target) exit(3);
+        memset(target, 0xFF, tb); /* a class past the classes, labels "on", NaN reals */
         float loss;
         uint8_t pred;
         tftr_begin_batch(&p);
-        tftr_accumulate(&p, x, 0, &loss, &pred);
-        tftr_accumulate(&p, x, 255, &loss, &pred);
+        tftr_accumulate(&p, x, target, &loss, &pred);
+        memset(target, 0, tb);
+        tftr_accumulate(&p, x, target, &loss, &pred);
         tftr_apply(&p, 0.01f, 2);
-        tftr_predict(&p, x, 1, &loss, &pred);
+        tftr_predict(&p, x, target, &loss, &pred);
+        free(target);
         uint32_t c, per;
         for (uint16_t u = 0; tftr_unit_shape(&p, u, &c, &per); ++u) {
         }

@@ -33,9 +33,16 @@
 #define TFMB_OP_CONV_2D 3u
 #define TFMB_OP_DEPTHWISE_CONV_2D 4u
 #define TFMB_OP_FULLY_CONNECTED 9u
+#define TFMB_OP_LOGISTIC 14u
 #define TFMB_OP_MAX_POOL_2D 17u
+#define TFMB_OP_MUL 18u
+#define TFMB_OP_RELU 19u
+#define TFMB_OP_RELU6 21u
 #define TFMB_OP_RESHAPE 22u
 #define TFMB_OP_SOFTMAX 25u
+#define TFMB_OP_TANH 28u
+#define TFMB_OP_LEAKY_RELU 98u
+#define TFMB_OP_HARD_SWISH 117u
 
 /* Validation bounds shared by both engines. */
 #define TFMB_MAX_DIM 65535

@@ -159,19 +159,20 @@ static bool check_op(const tftr_program_t *p, uint16_t idx, tfmb_error_t *err)
     tftr_read_tensor(p, op.out, &out);
     if (!tftr_is_act(&out) || !tftr_is_act(&t[0])) return BAD("input/output not an activation at op", idx);
     const uint64_t ob = 4u * (uint64_t)out.elems;
+    /* an activation slot may hold a constant (MUL's second operand): it has no work-area buffers */
     if (!entry->in_place)
         for (int i = 0; i < entry->activations; ++i)
-            if (overlap(out.voff, ob, t[i].voff, 4u * (uint64_t)t[i].elems))
+            if (tftr_is_act(&t[i]) && overlap(out.voff, ob, t[i].voff, 4u * (uint64_t)t[i].elems))
                 return BAD("output overlaps input at op", idx);
     /* the backward pass writes input gradients while reading the output gradient and values */
     for (int i = 0; i < entry->activations; ++i) {
-        if (t[i].goff == TFTR_NONE32 || entry->in_place) continue;
+        if (!tftr_is_act(&t[i]) || t[i].goff == TFTR_NONE32 || entry->in_place) continue;
         const uint64_t gb = 4u * (uint64_t)t[i].elems;
         if ((out.goff != TFTR_NONE32 && overlap(t[i].goff, gb, out.goff, ob)) || overlap(t[i].goff, gb, out.voff, ob) ||
             overlap(t[i].goff, gb, t[0].voff, 4u * (uint64_t)t[0].elems))
             return BAD("input gradient overlaps at op", idx);
     }
-    if (entry->loss_backward && (idx != p->op_count - 1)) return BAD("softmax before the last op at", idx);
+    if (entry->last_only && (idx != p->op_count - 1)) return BAD("softmax before the last op at", idx);
     const char *problem = entry->validate(p, &op, t, &out);
     return problem ? BAD(problem, idx) : true;
 }
@@ -252,8 +253,7 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     if (version != TFTR_VERSION) return tfmb_fail(err, TFMB_WRONG_VERSION, version, "program version", version, true);
     if (tfmb_rd16(blob + 6) != TFTR_HEADER_BYTES) return BAD0("bad header size");
     if (tfmb_rdu32(blob + 8) != size) return tfmb_fail(err, TFMB_BAD_MODEL, 0, "program size disagrees with header", size, true);
-    for (uint32_t i = 84; i < TFTR_HEADER_BYTES; ++i)
-        if (blob[i]) return BAD0("header reserved bytes set");
+    if (blob[86] || blob[87]) return BAD0("header reserved bytes set");
 
     tftr_program_t v;
     memset(&v, 0, sizeof(v));
@@ -280,6 +280,10 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     v.output_tensor = tfmb_rd16(blob + 74);
     v.scratch_offset = tfmb_rdu32(blob + 76);
     v.scratch_floats = tfmb_rdu32(blob + 80);
+    v.loss = blob[84];
+    v.target_kind = blob[85];
+    v.target_scale = tftr_rdf(blob + 88);
+    v.target_zero_point = tfmb_rd32(blob + 92);
 
     if (v.tensor_count == 0 || v.tensor_count == TFTR_NONE16 || v.op_count == 0 || v.op_count == TFTR_NONE16 ||
         v.unit_count == TFTR_NONE16)
@@ -310,8 +314,14 @@ bool tftr_open(tftr_program_t *p, const uint8_t *blob, uint32_t size, tfmb_error
     for (uint16_t i = 0; i < v.op_count; ++i)
         if (!check_op(&v, i, err)) return false;
     tftr_op_t last;
+    tftr_tensor_t lin[3], lout;
+    memset(lin, 0, sizeof(lin));
     tftr_read_op(&v, (uint16_t)(v.op_count - 1), &last);
-    if (!tftr_find_op(last.code)->loss_backward) return BAD0("last op is not SOFTMAX"); /* the loss head */
+    for (int i = 0; i < 3; ++i)
+        if (last.in[i] != TFTR_NONE16) tftr_read_tensor(&v, last.in[i], &lin[i]);
+    tftr_read_tensor(&v, last.out, &lout);
+    const char *loss_problem = tftr_loss_check(&v, &last, lin, &lout);
+    if (loss_problem) return BAD0(loss_problem);
     if (!check_units(&v, err)) return false;
     *p = v;
     return true;
@@ -323,6 +333,13 @@ uint32_t tftr_ram_bytes(const tftr_program_t *p) { return p && p->blob ? p->ram_
 uint32_t tftr_trainable_count(const tftr_program_t *p) { return p && p->blob ? p->trainable_count : 0; }
 uint32_t tftr_input_elems(const tftr_program_t *p) { return p && p->blob ? p->input_elems : 0; }
 uint32_t tftr_classes(const tftr_program_t *p) { return p && p->blob ? p->classes : 0; }
+
+uint32_t tftr_target_bytes(const tftr_program_t *p)
+{
+    if (!p || !p->blob) return 0;
+    if (p->target_kind == TFTR_TARGET_CLASS) return 1u;
+    return p->target_kind == TFTR_TARGET_REAL ? 4u * p->classes : p->classes;
+}
 uint32_t tftr_train_flops(const tftr_program_t *p) { return p && p->blob ? p->flops : 0; }
 
 bool tftr_unit_shape(const tftr_program_t *p, uint16_t i, uint32_t *channels, uint32_t *per_channel)
@@ -414,9 +431,9 @@ static const tftr_op_entry_t *load_op(const tftr_program_t *p, uint16_t i, tftr_
     return tftr_find_op(op->code);
 }
 
-/* Dequantizes the input, runs every op; the loss and argmax of the probabilities (output values). */
-static void forward(const tftr_program_t *p, const tftr_ctx_t *c, const int8_t *input, uint8_t label, float *loss,
-                    uint8_t *predicted)
+/* Dequantizes the input, runs every op; the loss and whether the sample is predicted right. */
+static void forward(const tftr_program_t *p, const tftr_ctx_t *c, const int8_t *input, const uint8_t *target,
+                    float *loss, uint8_t *correct)
 {
     tftr_tensor_t tin;
     tftr_read_tensor(p, p->input_tensor, &tin);
@@ -427,33 +444,26 @@ static void forward(const tftr_program_t *p, const tftr_ctx_t *c, const int8_t *
         tftr_tensor_t t[3], out;
         load_op(p, i, &op, t, &out)->forward(&op, t, &out, c);
     }
-    tftr_tensor_t tout;
-    tftr_read_tensor(p, p->output_tensor, &tout);
-    const float *prob = tftr_val(c, &tout);
-    uint32_t best = 0;
-    for (uint32_t k = 1; k < p->classes; ++k)
-        if (prob[k] > prob[best]) best = k;
-    if (predicted) *predicted = (uint8_t)best;
-    if (loss) {
-        const float pl = label < p->classes ? prob[label] : 0.0f; /* an unknown label has p = 0 */
-        *loss = -logf(pl > 1e-30f ? pl : 1e-30f);
-    }
+    uint8_t right = 0;
+    const float l = tftr_loss_value(p, c, target, &right);
+    if (loss) *loss = l;
+    if (correct) *correct = right;
 }
 
-void tftr_predict(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss, uint8_t *predicted)
+void tftr_predict(tftr_program_t *p, const int8_t *input, const uint8_t *target, float *loss, uint8_t *correct)
 {
-    if (!p || !p->blob || !p->work || !input) return;
+    if (!p || !p->blob || !p->work || !input || !target) return;
     tftr_ctx_t c;
     make_ctx(p, &c);
-    forward(p, &c, input, label, loss, predicted);
+    forward(p, &c, input, target, loss, correct);
 }
 
-void tftr_accumulate(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss, uint8_t *predicted)
+void tftr_accumulate(tftr_program_t *p, const int8_t *input, const uint8_t *target, float *loss, uint8_t *correct)
 {
-    if (!p || !p->blob || !p->work || !input) return;
+    if (!p || !p->blob || !p->work || !input || !target) return;
     tftr_ctx_t c;
     make_ctx(p, &c);
-    forward(p, &c, input, label, loss, predicted);
+    forward(p, &c, input, target, loss, correct);
     for (int32_t i = (int32_t)p->op_count - 1; i >= (int32_t)p->first_trainable_op; --i) {
         tftr_op_t op;
         tftr_tensor_t t[3], out;
@@ -462,9 +472,9 @@ void tftr_accumulate(tftr_program_t *p, const int8_t *input, uint8_t label, floa
             float *g = (op.flags & (1u << k)) ? tftr_grd(&c, &t[k]) : 0;
             if (g) memset(g, 0, 4u * t[k].elems);
         }
-        if (entry->loss_backward) {
-            entry->loss_backward(&op, t, &out, label, &c);
-            continue;
+        if (i == (int32_t)p->op_count - 1) {
+            tftr_loss_backward(p, &c, &op, t, &out, target);
+            if (p->loss != TFTR_LOSS_MSE) continue; /* the gradient entered below the last op */
         }
         if (out.goff == TFTR_NONE32) continue;
         act_backward(&op, &out, &c);

@@ -29,7 +29,17 @@
 extern "C" {
 #endif
 
-#define TFTR_VERSION 1u
+#define TFTR_VERSION 2u
+
+/* The program's loss and what one sample's target is (docs/fragment-format.md). */
+#define TFTR_LOSS_SOFTMAX_CE 0u  /* last op SOFTMAX; gradient beta (p - onehot) at its input */
+#define TFTR_LOSS_SIGMOID_BCE 1u /* last op LOGISTIC; gradient (p - y) / k at its input */
+#define TFTR_LOSS_MSE 2u         /* any last op; gradient 2 (out - t) / k at the output */
+
+#define TFTR_TARGET_CLASS 0u  /* u8 class (SOFTMAX_CE) */
+#define TFTR_TARGET_LABELS 1u /* k bytes 0/1 (SIGMOID_BCE) */
+#define TFTR_TARGET_REAL 2u   /* k float32 (MSE) */
+#define TFTR_TARGET_INPUT 3u  /* k int8 model-input values (MSE, autoencoder) */
 
 typedef struct {
     const uint8_t *blob; /* the validated program (NULL = closed) */
@@ -39,7 +49,7 @@ typedef struct {
     uint32_t work_bytes;      /* activation/gradient work area (part of ram_bytes) */
     uint32_t trainable_count; /* floats of w* */
     uint32_t input_elems;     /* int8 elements of the tail input (= frozen output) */
-    uint32_t classes;         /* softmax outputs */
+    uint32_t classes;         /* output elements: softmax classes, labels or real outputs */
     int32_t input_zero_point;
     float input_scale;
     uint16_t op_count;
@@ -56,6 +66,10 @@ typedef struct {
     uint16_t output_tensor;
     uint32_t scratch_offset; /* work-area byte offset of the dequantized weight row */
     uint32_t scratch_floats; /* its length: the longest channel of any weight tensor */
+    uint8_t loss;            /* TFTR_LOSS_* */
+    uint8_t target_kind;     /* TFTR_TARGET_*: what one sample's target is (tftr_target_bytes) */
+    float target_scale;      /* TFTR_TARGET_INPUT: the model input's quantization */
+    int32_t target_zero_point;
     /* bound RAM (tftr_bind) */
     float *values;
     float *start;
@@ -71,6 +85,10 @@ uint32_t tftr_ram_bytes(const tftr_program_t *p);
 uint32_t tftr_trainable_count(const tftr_program_t *p);
 uint32_t tftr_input_elems(const tftr_program_t *p);
 uint32_t tftr_classes(const tftr_program_t *p);
+/* Bytes of one sample's target as tftr_accumulate reads it: CLASS 1 (the class), LABELS classes
+ * (0 or 1 each), REAL 4 * classes (little-endian float32), INPUT classes (the model's int8
+ * input, dequantized with the target scale and zero point). */
+uint32_t tftr_target_bytes(const tftr_program_t *p);
 
 /* Unit i of w* (0 .. unit_count-1): its channel count and values per channel, so the update
  * can be quantized per channel (one scale per record row). false for i out of range. */
@@ -87,15 +105,18 @@ void tftr_mark_start(tftr_program_t *p);
 /* Zeroes the accumulated gradient (start of a mini-batch). */
 void tftr_begin_batch(tftr_program_t *p);
 
-/* One sample: dequantize the int8 tail input, forward in float32, cross-entropy against
- * label, backward, add this sample's gradient to grad. *loss gets the sample's loss
- * (-log p[label], p clamped at 1e-30), *predicted the argmax class (may be NULL). */
-void tftr_accumulate(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss,
-                     uint8_t *predicted);
+/* One sample: dequantize the int8 tail input, forward in float32, the loss against target
+ * (tftr_target_bytes() bytes), backward, add this sample's gradient to grad. *loss gets the
+ * sample's loss: -log p[class] (p clamped at 1e-30; a class not below classes has p = 0); the
+ * mean over outputs of the binary cross-entropy from the logits; the mean over outputs of
+ * (out - target)^2. *correct (may be NULL) is 1 when the sample is predicted right: the argmax
+ * is the class; every output's p >= 0.5 agrees with its label; never for MSE. */
+void tftr_accumulate(tftr_program_t *p, const int8_t *input, const uint8_t *target, float *loss,
+                     uint8_t *correct);
 
-/* Forward only (evaluation): loss and argmax, w* untouched. */
-void tftr_predict(tftr_program_t *p, const int8_t *input, uint8_t label, float *loss,
-                  uint8_t *predicted);
+/* Forward only (evaluation): loss and correct, w* untouched. */
+void tftr_predict(tftr_program_t *p, const int8_t *input, const uint8_t *target, float *loss,
+                  uint8_t *correct);
 
 /* SGD step on w*: values -= lr * grad / batch_count. */
 void tftr_apply(tftr_program_t *p, float lr, uint32_t batch_count);

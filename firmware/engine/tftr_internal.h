@@ -131,8 +131,9 @@ float *tftr_grad_row(const tftr_ctx_t *c, const tftr_tensor_t *w, uint32_t ch);
  * tftr_op_table.c lists the entries. tftr_open does the checks every op shares (input count,
  * tensor ids, activations, fused activation and flags allowed, output and input gradients not
  * overlapping), then the entry's validate. Per sample, forward runs every op's forward; backward
- * runs, from the last op down to the first trainable one, the loss head's loss_backward, or
- * the fused activation's derivative and then the entry's backward. Per-core kernel variants
+ * runs, from the last op down to the first trainable one, the fused activation's derivative
+ * and then the entry's backward; the loss (tftr_loss.c) starts it at the output (MSE) or below
+ * the last op (the cross-entropies, which skip the SOFTMAX / LOGISTIC backward). Per-core kernel variants
  * are chosen in the entry at build time, as for the int8 engine (TFMB_CORE, tfmb_internal.h);
  * only plain-C kernels exist today. */
 
@@ -145,9 +146,6 @@ typedef const char *(*tftr_validate_fn)(const tftr_program_t *p, const tftr_op_t
  * that have a gradient buffer, from the output gradient (act' already applied). */
 typedef void (*tftr_kernel_fn)(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
                                const tftr_ctx_t *c);
-/* The loss head's backward: gradient of the sample's loss (label) with respect to its input. */
-typedef void (*tftr_loss_backward_fn)(const tftr_op_t *op, const tftr_tensor_t in[3], const tftr_tensor_t *out,
-                                      uint8_t label, const tftr_ctx_t *c);
 
 typedef struct {
     uint8_t code;                        /* TFLite BuiltinOperator (TFMB_OP_*) */
@@ -160,9 +158,22 @@ typedef struct {
     bool weighted;                       /* in[1] / in[2] are weights / bias that units of w* address */
     tftr_validate_fn validate;           /* op-specific record checks */
     tftr_kernel_fn forward;              /* float32 forward, this core's variant */
-    tftr_kernel_fn backward;             /* NULL for the loss head */
-    tftr_loss_backward_fn loss_backward; /* the program's last op only (SOFTMAX + cross-entropy); else NULL */
+    tftr_kernel_fn backward;             /* gradient of the inputs and w* from the output's */
+    bool last_only;                      /* only as the program's last op (SOFTMAX) */
 } tftr_op_entry_t;
+
+/* ---- the loss (tftr_loss.c) --------------------------------------------------------------- */
+
+/* Checks the header's loss and target fields against the last op and the output: NULL or the
+ * problem (tftr_open reports BAD_MODEL). */
+const char *tftr_loss_check(const tftr_program_t *p, const tftr_op_t *last, const tftr_tensor_t in[3],
+                            const tftr_tensor_t *out);
+/* The sample's loss from the forward's values, and whether it is predicted right. */
+float tftr_loss_value(const tftr_program_t *p, const tftr_ctx_t *c, const uint8_t *target, uint8_t *correct);
+/* Starts the backward: MSE writes the output's gradient (then the last op's backward runs);
+ * the cross-entropies add theirs to the last op's input gradient (its backward is skipped). */
+void tftr_loss_backward(const tftr_program_t *p, const tftr_ctx_t *c, const tftr_op_t *last, const tftr_tensor_t in[3],
+                        const tftr_tensor_t *out, const uint8_t *target);
 
 /* The entry for an op code, or NULL (UNSUPPORTED_OP). */
 const tftr_op_entry_t *tftr_find_op(uint8_t code);

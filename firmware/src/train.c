@@ -1,7 +1,8 @@
 /* Local training: TRAIN_SET, TRAIN, UPDATE_READ, EVALUATE and STATS (docs/protocol.md).
  *
  * RAM: the training state sits in the tensor arena right after the active fragment's own
- * arena: [fragment arena | tftr state (w*, start, grad, work) | update scales]. It is placed
+ * arena: [fragment arena | tftr state (w*, start, grad, work) | update scales | one sample's
+ * target (tftr_target_bytes, 4-aligned: a class byte, labels, reals or the model input)]. It is placed
  * when both a fragment and a program are committed; if it does not fit, TRAIN answers
  * OUT_OF_MEMORY instead of overrunning. w* starts at version 0 = the program's initial values. */
 #include "train.h"
@@ -32,6 +33,7 @@ static struct {
     uint32_t bind_status; /* why not bound (status code), 0 when bound or nothing to bind */
     uint32_t rows;        /* total channels of all units (per-channel scales) */
     float *scales;
+    uint8_t *target;      /* one sample's target, read by the loss */
     bool weights_ok;      /* w* complete at `version` */
     uint32_t version;
     bool set_open;        /* TRAIN_SET in progress */
@@ -48,6 +50,12 @@ static struct {
 static tfmb_error_t terr;
 
 static uint32_t align8(uint32_t n) { return (n + 7u) & ~7u; }
+
+/* The training state's bytes in the arena: tftr state, update scales, one target. */
+static uint32_t state_bytes(void)
+{
+    return align8(tftr_ram_bytes(&ts.prog)) + 4u * ts.rows + ((tftr_target_bytes(&ts.prog) + 3u) & ~3u);
+}
 
 /* Bytes at the arena's start that the sample path uses: the fragment's own arena or, with no
  * fragment committed (the program is the whole model, as FedAvg/FedBuff train it), a buffer
@@ -78,17 +86,18 @@ static void bind_state(void)
         rows += ch;
     }
     ts.rows = rows;
-    uint32_t need = align8(tftr_ram_bytes(&ts.prog)) + 4u * rows;
+    uint32_t need = state_bytes();
     if (used > ARENA_BYTES || need > ARENA_BYTES - used) {
         ts.bind_status = ST_OUT_OF_MEMORY;
         return;
     }
     uint8_t *base = ARENA_BASE + used;
-    if (!tftr_bind(&ts.prog, base, ARENA_BYTES - used - 4u * rows, &terr)) {
+    if (!tftr_bind(&ts.prog, base, align8(tftr_ram_bytes(&ts.prog)), &terr)) {
         ts.bind_status = terr.status;
         return;
     }
     ts.scales = (float *)(void *)(base + align8(tftr_ram_bytes(&ts.prog)));
+    ts.target = base + align8(tftr_ram_bytes(&ts.prog)) + 4u * rows;
     ts.bound = true;
     ts.weights_ok = true;
     ts.version = 0;
@@ -126,10 +135,9 @@ bool train_commit_program(const uint8_t *blob, uint32_t size, reply_t *r)
     bind_state();
     if (ts.bind_status == ST_OUT_OF_MEMORY) {
         return reply_error(r, ST_OUT_OF_MEMORY, (uint16_t)(tftr_ram_bytes(&ts.prog) / 1024u),
-                           msg_num("training state does not fit the arena; needs bytes ",
-                                   tftr_ram_bytes(&ts.prog) + 4u * ts.rows));
+                           msg_num("training state does not fit the arena; needs bytes ", state_bytes()));
     }
-    put_u32(r->payload, tftr_ram_bytes(&ts.prog) + 4u * ts.rows);
+    put_u32(r->payload, state_bytes());
     put_u16(r->payload + 4, ts.prog.unit_count);
     put_u16(r->payload + 6, 0);
     r->length = 8;
@@ -140,13 +148,14 @@ bool train_commit_data(reply_t *r)
 {
     const char *err = NULL;
     uint16_t classes = 0;
+    uint8_t kind = 0;
     local_data_invalidate();
-    if (!local_data_check(&err, &classes)) {
+    if (!local_data_check(&err, &classes, &kind)) {
         return reply_error(r, ST_NO_DATA, 0, err);
     }
     put_u32(r->payload, local_data_count());
     put_u16(r->payload + 4, classes);
-    put_u16(r->payload + 6, 0);
+    put_u16(r->payload + 6, kind);
     r->length = 8;
     return true;
 }
@@ -162,11 +171,23 @@ static bool ready(reply_t *r, uint32_t *count)
     }
     if (!ts.bound) {
         return reply_error(r, ts.bind_status != 0u ? (uint8_t)ts.bind_status : ST_OUT_OF_MEMORY, 0,
-                           msg_num("training state does not fit the arena; needs bytes ",
-                                   tftr_ram_bytes(&ts.prog) + 4u * ts.rows));
+                           msg_num("training state does not fit the arena; needs bytes ", state_bytes()));
     }
-    if (!local_data_check(&err, NULL)) {
+    uint16_t classes = 0;
+    uint8_t kind = 0;
+    if (!local_data_check(&err, &classes, &kind)) {
         return reply_error(r, ST_NO_DATA, 0, err);
+    }
+    if (kind != ts.prog.target_kind) {
+        return reply_error(r, ST_NO_DATA, ts.prog.target_kind,
+                           msg_num("local targets of another task; program target kind ",
+                                   ts.prog.target_kind));
+    }
+    /* labels and reals: one per output; the autoencoder's output is its input (classes = sample bytes) */
+    if (kind != TFTR_TARGET_CLASS && classes != tftr_classes(&ts.prog)) {
+        return reply_error(r, ST_NO_DATA, (uint16_t)tftr_classes(&ts.prog),
+                           msg_num("local targets per sample differ; program outputs ",
+                                   tftr_classes(&ts.prog)));
     }
     if (engine_has_model()) {
         uint32_t in_bytes = 0, out_bytes = 0;
@@ -191,17 +212,23 @@ static bool ready(reply_t *r, uint32_t *count)
 }
 
 /* Runs the frozen fragment on local sample `index`; its int8 output is the tail's input (the
- * sample itself when no fragment is committed). */
-static const int8_t *head(uint32_t index, uint8_t *label)
+ * sample itself when no fragment is committed). The sample's target goes to `target` (an
+ * autoencoder's is the sample: copied before the fragment's arena reuses the input). */
+static const int8_t *head(uint32_t index, uint8_t *target)
 {
     uint32_t size = 0;
     fw_error_t e;
-    if (!engine_has_model()) {
-        int8_t *sample = (int8_t *)(void *)ARENA_BASE;
-        return local_data_sample(index, sample, label) ? sample : NULL;
+    int8_t *in = engine_has_model() ? (int8_t *)engine_input(&size) : (int8_t *)(void *)ARENA_BASE;
+    if (!local_data_sample(index, in, target)) {
+        return NULL;
     }
-    int8_t *in = (int8_t *)engine_input(&size);
-    if (!local_data_sample(index, in, label) || !engine_invoke(&e)) {
+    if (ts.prog.target_kind == TFTR_TARGET_INPUT) {
+        memcpy(target, in, tftr_target_bytes(&ts.prog)); /* ready(): the sample's bytes */
+    }
+    if (!engine_has_model()) {
+        return in;
+    }
+    if (!engine_invoke(&e)) {
         return NULL;
     }
     return (const int8_t *)engine_output(&size);
@@ -335,16 +362,19 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     }
     uint32_t n = (max_samples != 0u && max_samples < count) ? max_samples : count;
     /* The head cache: the frozen fragment never changes during a TRAIN, so its outputs from the
-     * first epoch serve the later ones, if the RAM above the training state holds n labels and
+     * first epoch serve the later ones, if the RAM above the training state holds n targets and
      * n outputs. Opt-in (it is RAM the plan did not budget); wiped with the arena afterwards. */
     uint8_t *cache = NULL;
     uint32_t out_bytes = 0;
-    uint32_t cache_at = align8(front_bytes()) + align8(tftr_ram_bytes(&ts.prog)) + 4u * ts.rows;
+    uint32_t tb = tftr_target_bytes(&ts.prog);
+    uint32_t cache_at = align8(front_bytes()) + state_bytes();
+    uint32_t cache_bytes = 0;
     if ((flags & FLAG_HEAD_CACHE) != 0u && engine_has_model() && epochs > 1u) {
         (void)engine_output(&out_bytes);
-        uint64_t need = (uint64_t)n * (1u + out_bytes);
+        uint64_t need = (uint64_t)n * (tb + out_bytes);
         if (cache_at <= ARENA_BYTES && need <= ARENA_BYTES - cache_at) {
             cache = ARENA_BASE + cache_at;
+            cache_bytes = (uint32_t)need;
         }
     }
     /* Every TRAIN starts from w* as set at the version: retraining never compounds. */
@@ -358,28 +388,26 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
             uint32_t m = (n - b < batch) ? n - b : batch;
             tftr_begin_batch(&ts.prog);
             for (uint32_t i = 0; i < m; i++) {
-                uint8_t label = 0;
                 uint32_t idx = shuffle_index(b + i, n, key);
+                const uint8_t *target = ts.target;
                 const int8_t *x;
                 if (cache != NULL && e > 0u) {
-                    label = cache[idx];
-                    x = (const int8_t *)(cache + n + idx * out_bytes);
+                    target = cache + idx * tb;
+                    x = (const int8_t *)(cache + n * tb + idx * out_bytes);
                 } else {
-                    x = head(idx, &label);
+                    x = head(idx, ts.target);
                     if (x == NULL) {
                         wipe_arena();
-                        if (cache != NULL) {
-                            memset(cache, 0, n * (1u + out_bytes));
-                        }
+                        memset(cache != NULL ? cache : ts.target, 0, cache != NULL ? cache_bytes : tb);
                         return reply_error(r, ST_NO_DATA, (uint16_t)(b + i), "local data sample unreadable");
                     }
                     if (cache != NULL) {
-                        cache[idx] = label;
-                        memcpy(cache + n + idx * out_bytes, x, out_bytes);
+                        memcpy(cache + idx * tb, ts.target, tb);
+                        memcpy(cache + n * tb + idx * out_bytes, x, out_bytes);
                     }
                 }
                 float loss = 0.0f;
-                tftr_accumulate(&ts.prog, x, label, &loss, NULL);
+                tftr_accumulate(&ts.prog, x, target, &loss, NULL);
                 loss_sum += loss;
             }
             tftr_apply(&ts.prog, lr, m);
@@ -388,8 +416,9 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     }
     uint32_t cycles = cycles_stop();
     wipe_arena();
+    memset(ts.target, 0, tb);
     if (cache != NULL) {
-        memset(cache, 0, n * (1u + out_bytes));
+        memset(cache, 0, cache_bytes);
     }
     finish_update((flags & FLAG_PER_CHANNEL) != 0u, (flags & FLAG_FLOAT_UPDATE) != 0u);
     ts.update_ok = true;
@@ -484,6 +513,10 @@ static bool cmd_update_read(const uint8_t *p, uint16_t len, reply_t *r)
     return true;
 }
 
+/* EVALUATE: u32 n | u32 correct | f32 mean loss | u32 cycles. The loss is the program's (mean
+ * cross-entropy, mean binary cross-entropy or mean squared error); correct counts the samples
+ * predicted right: argmax = class (classify), every output's p >= 0.5 agrees with its label
+ * (multilabel), none for MSE (regress, autoencode: the mean loss is the metric's input). */
 static bool cmd_evaluate(const uint8_t *p, uint16_t len, reply_t *r)
 {
     uint32_t count = 0;
@@ -499,19 +532,21 @@ static bool cmd_evaluate(const uint8_t *p, uint16_t len, reply_t *r)
     uint32_t correct = 0;
     cycles_start();
     for (uint32_t i = 0; i < n; i++) {
-        uint8_t label = 0, predicted = 0;
-        const int8_t *x = head(i, &label);
+        uint8_t right = 0;
+        const int8_t *x = head(i, ts.target);
         if (x == NULL) {
             wipe_arena();
+            memset(ts.target, 0, tftr_target_bytes(&ts.prog));
             return reply_error(r, ST_NO_DATA, (uint16_t)i, "local data sample unreadable");
         }
         float loss = 0.0f;
-        tftr_predict(&ts.prog, x, label, &loss, &predicted);
+        tftr_predict(&ts.prog, x, ts.target, &loss, &right);
         loss_sum += loss;
-        correct += predicted == label ? 1u : 0u;
+        correct += right;
     }
     uint32_t cycles = cycles_stop();
     wipe_arena();
+    memset(ts.target, 0, tftr_target_bytes(&ts.prog));
     float mean = n ? loss_sum / (float)n : 0.0f;
     uint32_t bits;
     memcpy(&bits, &mean, 4);
@@ -525,7 +560,7 @@ static bool cmd_evaluate(const uint8_t *p, uint16_t len, reply_t *r)
 
 static uint32_t training_ram(void)
 {
-    return ts.bound ? align8(tftr_ram_bytes(&ts.prog)) + 4u * ts.rows : 0u;
+    return ts.bound ? state_bytes() : 0u;
 }
 
 #else /* no engine: training commands answer that the firmware cannot train */

@@ -4,6 +4,13 @@
     tinyfed run --emulate 8 --board mps2-an386 --target-accuracy 0.85
     tinyfed run --fleet lab.toml --config run.toml --out runs/lab1 --json
     tinyfed run --resume runs/lab1          # continue a killed run from its last checkpoint
+    tinyfed run --simulate 8 --model ae.tflite --data machine.npz --partition iid --target-metric 0.9
+
+The task (``--task``) follows the model's last op and the data unless named: SOFTMAX classifies
+(accuracy), LOGISTIC tags several labels (micro-F1), any other output regresses on ``y`` (R^2)
+or, with no ``y`` in the data, reconstructs its input (an autoencoder: the ROC AUC of the
+reconstruction error on ``y_test_anomaly`` when the test split has it, else R^2). The run stops
+at a target on that metric (``--target-metric``; ``--target-accuracy`` for a classifier).
 
 A run directory holds everything a resume needs: ``config.toml`` (the run config),
 ``devices.json`` (the devices and how the fleet was made), ``events.jsonl`` and the newest
@@ -25,8 +32,9 @@ import click
 
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
-from tinyfed.host.config import Partition
+from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
 from tinyfed.host.strategies import STRATEGIES
+from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +118,24 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="Run config TOML (docs/run-config.md); the options below override it.")
 @click.option("--model", help="Zoo model name or path to a full-int8 .tflite (default: the config's, har_cnn).")
 @click.option("--strategy", type=click.Choice(list(STRATEGIES)), help="Aggregation strategy.")
-@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), help="Stop at this test accuracy.")
+@click.option("--task", type=click.Choice([t.value for t in Task]),
+              help="What the model learns (default: from its last op and the data): classify (SOFTMAX, "
+                   "accuracy), multilabel (LOGISTIC, micro-F1 at 0.5), regress (y real-valued, R^2), autoencode "
+                   "(no y: reconstruct x; ROC AUC of the reconstruction error on y_test_anomaly, else R^2).")
+@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
+              help=f"Classification: stop at this test accuracy (default {DEFAULT_TARGET_ACCURACY}).")
+@click.option("--target-metric", type=click.FloatRange(max=1),
+              help="Stop once the task's test metric reaches this (accuracy, micro_f1, r2 or auc).")
 @click.option("--max-versions", type=click.IntRange(min=1), help="Stop after this many global versions.")
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--max-windows", type=click.IntRange(min=1), help="Cap each device's local windows (speed).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="NPZ with x and y (and x_test, y_test) to shard across the boards; needed for a .tflite --model.")
+              help="NPZ with x and y (and x_test, y_test) to shard across the boards; needed for a .tflite --model. "
+                   "y: integer labels (classify), 0/1 rows (multilabel), real rows (regress), none (autoencode; "
+                   "y_test_anomaly: 1 per anomalous test sample, 0 per normal one).")
 @click.option("--test-data", "test_data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="NPZ with x_test and y_test for the held-out evaluation (default: those of --data).")
+              help="NPZ with x_test and y_test (autoencode: x_test, optional y_test_anomaly) for the held-out "
+                   "evaluation (default: those of --data).")
 @click.option("--partition", type=click.Choice(get_args(Partition)),
               help="How the data is sharded across the boards (default: the config's, natural = by user).")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
@@ -129,26 +147,33 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @click.pass_context
 def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None,
         resume_dir: Path | None, board_name: str, config_path: Path | None, model: str | None, strategy: str | None,
-        target_accuracy: float | None, max_versions: int | None, max_seconds: float | None,
+        task: str | None, target_accuracy: float | None, target_metric: float | None, max_versions: int | None,
+        max_seconds: float | None,
         max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
         alpha: float | None, out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version."""
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
 
-    top = {k: v for k, v in (("model", model), ("strategy", strategy), ("target_accuracy", target_accuracy))
+    if target_accuracy is not None and target_metric is not None:
+        raise click.UsageError("give one of --target-accuracy and --target-metric (the first is the second's "
+                               "name for classification)")
+    top = {k: v for k, v in (("model", model), ("strategy", strategy), ("task", task),
+                             ("target_accuracy", target_accuracy), ("target_metric", target_metric))
            if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
     if resume_dir is not None:
         fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--config": config_path,
-                 "--model": model, "--strategy": strategy, "--max-windows": max_windows, "--out": out_dir,
+                 "--model": model, "--strategy": strategy, "--task": task, "--max-windows": max_windows,
+                 "--out": out_dir,
                  "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
             given.append("--board")
         if given:
             raise click.UsageError(f"--resume continues the run as it was recorded; drop {', '.join(given)} "
-                                   "(only --target-accuracy, --max-versions and --max-seconds may change)")
+                                   "(only --target-accuracy / --target-metric, --max-versions and --max-seconds "
+                                   "may change)")
         _resume(resume_dir, top, limits, boards_dirs, as_json)
         return
     if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
@@ -159,8 +184,11 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     data.update({k: v for k, v in (("partition", partition), ("alpha", alpha)) if v is not None})
     if model is not None and looks_like_path(model):
         top["model"] = str(Path(model).expanduser().resolve())
+    if "target_accuracy" in top or "target_metric" in top:  # the command line's target replaces the file's
+        cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
     cfg = checked_config(cfg.model_dump(), {**top, "limits": limits, "data": data})
     run_data = checked_run_data(cfg, emulate or simulate)
+    cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
     out = new_run_dir(out_dir)
     cfg.dump(out)
     with ExitStack() as stack:
@@ -183,9 +211,21 @@ def checked_run_data(cfg: Any, n_devices: int | None) -> Any:
     """
     from tinyfed.host.rundata import load_run_data
 
-    data = load_run_data(cfg.model, cfg.data.npz, cfg.data.test_npz)
+    data = load_run_data(cfg.model, cfg.data.npz, cfg.data.test_npz, cfg.task)
     data.check_partition(cfg.data.partition, n_devices, cfg.data.alpha, cfg.seed)
+    check_stop_rule(cfg, data.task, data.metric)
     return data
+
+
+def check_stop_rule(cfg: Any, task: Task, metric: str) -> float | None:
+    """The run's target on ``metric`` (:meth:`~tinyfed.host.config.RunConfig.stop_target`); a run
+    with neither a target nor a limit would never end, so it is refused before any board boots."""
+    target = cfg.stop_target(task, metric)
+    lim = cfg.limits
+    if target is None and lim.max_versions is None and lim.max_seconds is None and lim.max_bytes is None:
+        raise TinyfedError(f"this {task.value} run has no target and no limit, so it would never stop",
+                           fix=f"give --target-metric (a target {metric}), --max-versions or --max-seconds")
+    return target
 
 
 def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
@@ -264,6 +304,8 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
                            fix="give the --out directory of an earlier `tinyfed run`", source=str(run_dir))
     recorded = _read_devices(run_dir)
     cfg = load_run_config(config_file)
+    if "target_accuracy" in top or "target_metric" in top:  # a new target replaces the recorded one
+        cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
     cfg = cfg.model_copy(update={**top, "limits": cfg.limits.model_copy(update=limits)})
     with ExitStack() as stack:
         # the lock first: a host still running on this directory must not have its checkpoints read mid-write
@@ -310,7 +352,8 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
                         max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
-                        data=data)
+                        data=data, task=cfg.task)
+    target = check_stop_rule(cfg, setup.task, setup.metric)
     if announce is not None:
         announce(setup)
     if payload == "dense":  # the baselines train every layer: refuse up front when a board cannot hold that
@@ -328,7 +371,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
 
         from tinyfed.host.dashboard import Dashboard
 
-        board = Dashboard(cfg.strategy, cfg.target_accuracy, len(devices))
+        board = Dashboard(cfg.strategy, target, len(devices), metric=setup.metric)
         live = stack.enter_context(Live(board.render(), refresh_per_second=4, transient=False))
 
     def progress(row: dict) -> None:
@@ -340,13 +383,14 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
             return
         if row.get("kind", "evaluation") != "evaluation":
             return
-        int8 = f"  int8 {row['int8_accuracy']:.4f}" if "int8_accuracy" in row else ""
-        click.echo(f"version {row['version']:4d}  accuracy {row['accuracy']:.4f}{int8}  loss {row['loss']:.4f}  "
+        m = setup.metric
+        int8 = f"  int8 {row[f'int8_{m}']:.4f}" if f"int8_{m}" in row else ""
+        click.echo(f"version {row['version']:4d}  {m} {row[m]:.4f}{int8}  loss {row['loss']:.4f}  "
                    f"t {row['t']:7.1f} s")
 
     engine = Engine(setup, devices, strat, events,
                     training=cfg.training.local_training(),
-                    limits=Limits(cfg.target_accuracy, cfg.limits.max_versions, cfg.limits.max_seconds,
+                    limits=Limits(target, cfg.limits.max_versions, cfg.limits.max_seconds,
                                   cfg.limits.max_bytes),
                     seed=cfg.seed, norm_bound=cfg.checks.norm_bound, max_staleness=cfg.checks.max_staleness,
                     retries=cfg.devices.retries, backoff_s=cfg.devices.backoff_s,
@@ -357,7 +401,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     from tinyfed.host.export import export_run
 
     exported = export_run(out / "export", setup.source, result.vector,
-                          facts={"version": result.versions, "accuracy": result.final_accuracy})
+                          facts={"version": result.versions, "task": result.task, result.metric: result.final_metric})
     result.export = {k: str(v) for k, v in exported.files.items()}
     return result
 
@@ -374,14 +418,18 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                resumed_from: int | None = None) -> None:
     """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile."""
     baseline = _recorded_baseline(out)
+    target = cfg.stop_target(Task(result.task), result.metric)
+    targets = {"target_metric": target, **({"target_accuracy": target} if result.metric == "accuracy" else {})}
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
-               "target_accuracy": cfg.target_accuracy, "resumed_from": resumed_from,
+               **targets, "resumed_from": resumed_from,
                "baseline_board": baseline, "export": getattr(result, "export", {})}
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        click.echo(f"{result.strategy}: {result.versions} versions, accuracy {result.final_accuracy:.4f} "
-                   f"({'reached' if result.reached_target else 'did not reach'} {cfg.target_accuracy}), "
+        reached = "no target" if target is None else \
+            f"{'reached' if result.reached_target else 'did not reach'} {target}"
+        click.echo(f"{result.strategy}: {result.task}, {result.versions} versions, {result.metric} "
+                   f"{result.final_metric:.4f} ({reached}), "
                    f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
                    f"{result.updates_lost} lost, {result.tasks_unfinished} unfinished at the stop; "
                    f"up {result.bytes_up:,} B, down {result.bytes_down:,} B "

@@ -31,6 +31,7 @@ from tinyfed.host.strategies import STRATEGIES, FedAvgParams, FTTEParams
 
 if TYPE_CHECKING:
     from tinyfed.host.engine import LocalTraining
+    from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ __all__ = [
 
 Partition = Literal["natural", "iid", "dirichlet"]
 Start = Literal["pretrained", "fresh-head"]
+#: The names of :class:`tinyfed.training.task.Task` (tests/test_tasks.py checks they stay equal).
+TaskName = Literal["classify", "multilabel", "regress", "autoencode"]
+
+#: The stop target of a classification run that names none (test accuracy).
+DEFAULT_TARGET_ACCURACY = 0.85
 
 #: File name of the recorded config inside a run directory.
 CONFIG_FILE = "config.toml"
@@ -112,7 +118,7 @@ class StrategyParams(ConfigTable):
 
 
 class Limits(ConfigTable):
-    """When to stop if the target accuracy is not reached; each limit is optional."""
+    """When to stop if the target (the task's metric) is not reached; each limit is optional."""
 
     max_seconds: float | None = Field(default=None, gt=0, description="wall-clock seconds of training")
     max_versions: int | None = Field(default=None, gt=0, description="global model versions")
@@ -170,7 +176,19 @@ class RunConfig(ConfigTable):
     model: str = Field(default="har_cnn", min_length=1, description="zoo model name or path to an int8 .tflite")
     strategy: StrategyName = Field(default="ftte",
                                    description="a strategy of the registry: 'ftte', 'fedbuff' or 'fedavg'")
-    target_accuracy: float = Field(default=0.85, gt=0, le=1, description="stop once test accuracy reaches this")
+    task: TaskName | None = Field(
+        default=None,
+        description="'classify', 'multilabel', 'regress' or 'autoencode'; default: from the model's last op and "
+                    "the data (a run directory records the one it ran)",
+    )
+    target_accuracy: float | None = Field(
+        default=None, gt=0, le=1,
+        description=f"classification: stop once test accuracy reaches this (default {DEFAULT_TARGET_ACCURACY})",
+    )
+    target_metric: float | None = Field(
+        default=None, le=1,
+        description="stop once the task's metric (accuracy, micro_f1, r2 or auc) reaches this",
+    )
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every random choice of the run")
     start: Start = Field(
         default="pretrained",
@@ -197,6 +215,44 @@ class RunConfig(ConfigTable):
             fix = f"did you mean '{close}'?" if close else f"use a zoo model ({names}) or a path to a .tflite file"
             raise check_error(f"'{value}' is neither a zoo model nor a .tflite path", fix=fix)
         return value
+
+    @field_validator("target_accuracy")
+    @classmethod
+    def _accuracy_is_for_classifiers(cls, value: float | None, info: ValidationInfo) -> float | None:
+        task = info.data.get("task")
+        if value is not None and task not in (None, "classify"):
+            raise check_error(f"target_accuracy is the classification spelling of target_metric; a {task} run "
+                              "is not scored by accuracy", fix="give target_metric instead")
+        return value
+
+    @field_validator("target_metric")
+    @classmethod
+    def _one_target(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("target_accuracy") is not None:
+            raise check_error("both target_accuracy and target_metric are given",
+                              fix="keep one: target_accuracy is target_metric's name for classification")
+        return value
+
+    def stop_target(self, task: Task, metric: str) -> float | None:
+        """The value of ``task``'s ``metric`` the run stops at: ``target_metric``, or ``target_accuracy``
+        (classification only; the default there is :data:`DEFAULT_TARGET_ACCURACY`); None for
+        another task that names no target (it stops at its limits).
+
+        ``task`` may have been resolved after the config was checked (``task`` unset): a target
+        spelled as accuracy for another task is refused here.
+        """
+        from tinyfed.errors import TinyfedError
+        from tinyfed.training.task import Task
+
+        if self.target_metric is not None:
+            return self.target_metric
+        if task is not Task.CLASSIFY:
+            if self.target_accuracy is not None:
+                raise TinyfedError(f"--target-accuracy is the classification spelling of --target-metric; this "
+                                   f"{task.value} run is scored by {metric}",
+                                   fix=f"give --target-metric (config: target_metric) as a target {metric}")
+            return None
+        return self.target_accuracy if self.target_accuracy is not None else DEFAULT_TARGET_ACCURACY
 
     @field_validator("data")
     @classmethod

@@ -1,9 +1,9 @@
 """The live view of a run on a terminal (``tinyfed run`` on a TTY; plain lines otherwise).
 
-It shows where the run stands: model version, test accuracy (float master and the deployable
-int8 model), the devices busy / idle / late / dropped, bytes moved each way, elapsed time and an
-estimate of the time to the target accuracy (from the accuracy gained per second over the last
-evaluations; none while accuracy is not rising).
+It shows where the run stands: model version, the task's test metric (accuracy for a classifier;
+float master and the deployable int8 model), the devices busy / idle / late / dropped, bytes moved
+each way, elapsed time and an estimate of the time to the target (from the metric gained per
+second over the last evaluations; none while it is not rising).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Dashboard:
     devices: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] = field(default_factory=dict)
+    metric: str = "accuracy"  # the key of the task's metric in the engine's rows (training.metrics)
 
     def update(self, row: dict[str, Any]) -> None:
         self.last = row
@@ -36,28 +37,28 @@ class Dashboard:
             self.rows.append(row)
 
     def eta_seconds(self) -> float | None:
-        """Seconds to the target at the recent rate of accuracy gain (None when not rising)."""
+        """Seconds to the target at the recent rate of the metric's gain (None when not rising)."""
         if self.target is None or len(self.rows) < 2:
             return None
-        recent = self.rows[-5:]
+        recent, m = self.rows[-5:], self.metric
         first, last = recent[0], recent[-1]
-        gained, took = last["accuracy"] - first["accuracy"], last["t"] - first["t"]
-        if last["accuracy"] >= self.target:
+        gained, took = last[m] - first[m], last["t"] - first["t"]
+        if last[m] >= self.target:
             return 0.0
         if gained <= 0 or took <= 0:
             return None
-        return (self.target - last["accuracy"]) / (gained / took)
+        return (self.target - last[m]) / (gained / took)
 
     def render(self) -> Group:
-        last = self.last
+        last, m = self.last, self.metric
         head = Table.grid(padding=(0, 2))
         for _ in range(4):
             head.add_column()
         states = last.get("devices", {})
         eta = self.eta_seconds()
-        best = max((r["accuracy"] for r in self.rows), default=float("nan"))
+        best = max((r[m] for r in self.rows), default=float("nan"))
         head.add_row(Text(f"{self.strategy}", style="bold"), f"version {last.get('version', 0)}",
-                     f"accuracy {self.rows[-1]['accuracy']:.4f}" if self.rows else "accuracy -",
+                     f"{m} {self.rows[-1][m]:.4f}" if self.rows else f"{m} -",
                      f"target {self.target:.4f}" if self.target is not None else "no target")
         head.add_row(f"{self.devices} devices", f"busy {states.get('busy', 0)}  idle {states.get('idle', 0)}",
                      f"late {states.get('backoff', 0)}  dropped {states.get('dropped', 0)}",
@@ -66,9 +67,9 @@ class Dashboard:
                      f"elapsed {last.get('t', 0.0):.0f} s",
                      "ETA -" if eta is None else ("target reached" if eta == 0 else f"ETA {eta:.0f} s"))
         table = Table(show_edge=False, box=None, header_style="bold")
-        for col in ("version", "accuracy", "int8", "loss", "t (s)"):
+        for col in ("version", m, "int8", "loss", "t (s)"):
             table.add_column(col, justify="right")
         for r in self.rows[-8:]:
-            int8 = f"{r['int8_accuracy']:.4f}" if "int8_accuracy" in r else "-"
-            table.add_row(str(r["version"]), f"{r['accuracy']:.4f}", int8, f"{r['loss']:.4f}", f"{r['t']:.1f}")
+            int8 = f"{r[f'int8_{m}']:.4f}" if f"int8_{m}" in r else "-"
+            table.add_row(str(r["version"]), f"{r[m]:.4f}", int8, f"{r['loss']:.4f}", f"{r['t']:.1f}")
         return Group(head, table)

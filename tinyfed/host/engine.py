@@ -68,7 +68,7 @@ class LocalTraining:
 
 @dataclass(frozen=True)
 class Limits:
-    target_accuracy: float | None = None
+    target_metric: float | None = None  # stop once the task's metric (the setup's ``metric``) reaches this
     max_versions: int | None = None
     max_seconds: float | None = None
     max_bytes: int | None = None
@@ -97,7 +97,7 @@ class DeviceState:
 class RunResult:
     strategy: str
     versions: int
-    final_accuracy: float
+    final_metric: float  # the task's metric (``metric``) of the final version
     final_loss: float
     reached_target: bool
     wall_seconds: float
@@ -112,16 +112,20 @@ class RunResult:
     provision_bytes_down: int = 0  # fragment, program and local data sent to boards at (re)connection
     provision_bytes_up: int = 0
     export: dict[str, str] = field(default_factory=dict)  # files of the deployable result (tinyfed run)
+    task: str = "classify"
+    metric: str = "accuracy"  # accuracy, micro_f1, r2 or auc (training.metrics)
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as the run's JSON: ``final_<metric>`` (``final_accuracy`` for a classifier)."""
         return {
-            "strategy": self.strategy, "versions": self.versions, "final_accuracy": self.final_accuracy,
+            "strategy": self.strategy, "task": self.task, "metric": self.metric, "versions": self.versions,
+            f"final_{self.metric}": self.final_metric,
             "final_loss": self.final_loss, "reached_target": self.reached_target, "wall_seconds": self.wall_seconds,
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
             "tasks_unfinished": self.tasks_unfinished,
             "provision_bytes_down": self.provision_bytes_down, "provision_bytes_up": self.provision_bytes_up,
-            "final_int8_accuracy": self.history[-1].get("int8_accuracy") if self.history else None,
+            f"final_int8_{self.metric}": self.history[-1].get(f"int8_{self.metric}") if self.history else None,
         }
 
 
@@ -263,6 +267,7 @@ class Engine:
         rounds = self.rounds
         return {
             "format": ENGINE_STATE_FORMAT,
+            "task": self.setup.task.value, "metric": self.setup.metric,
             "devices": [d.name for d in self.devices],
             "next_task": rounds.next_task,
             "in_flight": [{"task": t.task_id, "device": t.device, "version": t.version}
@@ -309,6 +314,12 @@ class Engine:
         if not isinstance(engine, dict) or not isinstance(strat, dict) or engine.get("format") != ENGINE_STATE_FORMAT:
             raise TinyfedError(f"checkpoint generation {ck.generation} holds no engine state this tinyfed reads",
                                fix="start the run again", source=where)
+        # a checkpoint written before tasks other than classification existed holds a classifier's run
+        recorded = (engine.get("task", "classify"), engine.get("metric", "accuracy"))
+        if recorded != (self.setup.task.value, self.setup.metric):
+            raise TinyfedError(f"the checkpoint's run trained task {recorded[0]} scored by {recorded[1]}, this one "
+                               f"{self.setup.task.value} scored by {self.setup.metric}",
+                               fix="resume with the task and test data the run was started with", source=where)
         names = [d.name for d in self.devices]
         if engine["devices"] != names:
             raise TinyfedError(f"the checkpoint's run used devices {engine['devices']}, this one has {names}", fix=fix,
@@ -365,20 +376,23 @@ class Engine:
     # -- helpers -------------------------------------------------------------------------
 
     def _evaluate(self) -> tuple[float, float]:
-        rounds = self.rounds
-        acc, loss = self.setup.evaluate(rounds.vector)
+        """The task's metric and loss of the global model, recorded under the metric's name
+        (``accuracy`` for a classifier; ``metric`` names it in the event and the history row)."""
+        rounds, name = self.rounds, self.setup.metric
+        value, loss = self.setup.evaluate(rounds.vector)
         extra: dict[str, Any] = {}
         if self.setup.int8_score is not None:  # the deployable model, requantized, through LiteRT
             s = self.setup.int8_score(rounds.vector)
-            extra = {"int8_accuracy": s.accuracy, "int8_loss": s.loss, "clipped": s.clipped}
-        self.events.append("evaluation", version=rounds.version, accuracy=acc, loss=loss, **extra)
-        row = {"kind": "evaluation", "version": rounds.version, "accuracy": acc, "loss": loss, "t": self.events.now(),
-               "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down, "devices": self._device_counts(), **extra}
+            extra = {f"int8_{name}": s.metric, "int8_loss": s.loss, "clipped": s.clipped}
+        self.events.append("evaluation", version=rounds.version, metric=name, **{name: value}, loss=loss, **extra)
+        row = {"kind": "evaluation", "version": rounds.version, "metric": name, name: value, "loss": loss,
+               "t": self.events.now(), "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
+               "devices": self._device_counts(), **extra}
         self.history.append(row)
         if self.progress is not None:
             self.progress(row)
-        log.info("version %d: test accuracy %.4f, loss %.4f", rounds.version, acc, loss)
-        return acc, loss
+        log.info("version %d: test %s %.4f, loss %.4f", rounds.version, name, value, loss)
+        return value, loss
 
     def _device_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -459,10 +473,10 @@ class Engine:
                                seconds=round(out.seconds, 3))
         return outcome.aggregate
 
-    def _should_stop(self, accuracy: float, started: float) -> bool:
+    def _should_stop(self, metric: float, started: float) -> bool:
         lim, rounds = self.limits, self.rounds
         return bool(
-            (lim.target_accuracy is not None and accuracy >= lim.target_accuracy)
+            (lim.target_metric is not None and metric >= lim.target_metric)
             or (lim.max_versions is not None and rounds.version >= lim.max_versions)
             or (lim.max_seconds is not None
                 and self.elapsed_before + time.monotonic() - started >= lim.max_seconds)
@@ -497,18 +511,19 @@ class Engine:
                 self._provisioned(name, w.provisioned)
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
+        metric_name = self.setup.metric
         if resuming and self.history and self.history[-1]["version"] == rounds.version:
-            accuracy = float(self.history[-1]["accuracy"])
+            value = float(self.history[-1][metric_name])
             loss = float(self.history[-1]["loss"])
         else:
-            accuracy, loss = self._evaluate()
+            value, loss = self._evaluate()
         try:
             if resuming:
                 self._account_restart(started)
-                accuracy, loss = float(self.history[-1]["accuracy"]), float(self.history[-1]["loss"])
+                value, loss = float(self.history[-1][metric_name]), float(self.history[-1]["loss"])
             else:
                 self._checkpoint(started)  # version 0: a crash before the first step resumes from here
-            while not self._should_stop(accuracy, started):
+            while not self._should_stop(value, started):
                 self._dispatch(workers)
                 try:
                     out = outcomes.get(timeout=0.2)
@@ -519,7 +534,7 @@ class Engine:
                     self._tick()
                 if agg is not None:
                     self._step(agg, started)
-                    accuracy, loss = float(self.history[-1]["accuracy"]), float(self.history[-1]["loss"])
+                    value, loss = float(self.history[-1][metric_name]), float(self.history[-1]["loss"])
         finally:
             for w in workers.values():
                 w.tasks.put(None)
@@ -527,14 +542,15 @@ class Engine:
             for outcome in rounds.abandon():
                 self.events.append("lost", task=outcome.task.task_id, device=outcome.task.device, reason=RUN_ENDED)
         if self.history[-1]["version"] != rounds.version:
-            accuracy, loss = self._evaluate()
+            value, loss = self._evaluate()
         wall = self.elapsed_before + time.monotonic() - started
-        reached = self.limits.target_accuracy is not None and accuracy >= self.limits.target_accuracy
-        self.events.append("run_end", version=rounds.version, accuracy=accuracy, reached_target=reached)
-        return RunResult(self.strategy.name, rounds.version, accuracy, loss, reached, wall, rounds.bytes_up,
+        reached = self.limits.target_metric is not None and value >= self.limits.target_metric
+        self.events.append("run_end", version=rounds.version, metric=metric_name, **{metric_name: value},
+                           reached_target=reached)
+        return RunResult(self.strategy.name, rounds.version, value, loss, reached, wall, rounds.bytes_up,
                          rounds.bytes_down, rounds.accepted, rounds.rejected, rounds.lost, rounds.vector.copy(),
                          self.history, tasks_unfinished=rounds.unfinished, provision_bytes_down=self.provision_down,
-                         provision_bytes_up=self.provision_up)
+                         provision_bytes_up=self.provision_up, task=self.setup.task.value, metric=metric_name)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:

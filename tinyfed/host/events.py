@@ -53,7 +53,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "rejection": ("reason",),
     "lost": ("task", "reason"),
     "aggregation": ("version",),
-    "evaluation": ("version", "accuracy"),
+    # and the value of the task's metric under its name, which ``metric`` gives (default "accuracy")
+    "evaluation": ("version",),
     "device_state": ("device", "state"),
     "bytes": ("direction", "n"),
     "checkpoint": ("version",),
@@ -126,6 +127,8 @@ class EventLog:
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(KINDS)}")
         missing = [f for f in KINDS[kind] if f not in fields]
+        if kind == "evaluation" and str(fields.get("metric", "accuracy")) not in fields:
+            missing.append(str(fields.get("metric", "accuracy")))
         if missing:
             raise ValueError(f"a {kind} event needs {', '.join(missing)}")
         clash = [f for f in _RESERVED if f in fields]
@@ -283,8 +286,13 @@ def complete_length(path: str | Path) -> int:
     return end
 
 
-def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = None) -> dict[str, Any]:
-    """Totals of a run from its events: versions, bytes, updates, accuracy and task accounting.
+def summarize(events: Iterable[dict[str, Any]], target_metric: float | None = None) -> dict[str, Any]:
+    """Totals of a run from its events: versions, bytes, updates, the task's metric and task accounting.
+
+    The metric is the one the evaluations name (``metric``; logs written before tasks other
+    than classification existed carry ``accuracy`` alone): the summary holds ``metric`` and
+    ``final_<metric>``, ``best_<metric>`` (``final_accuracy`` for a classifier), and with
+    ``target_metric`` whether and when the metric reached it.
 
     ``tasks_unaccounted`` lists dispatched tasks with no arrival, rejection or lost event;
     ``tasks_unknown`` lists outcomes for tasks never dispatched (e.g. a replayed update). A
@@ -292,7 +300,7 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
     ``tasks_with_several_outcomes`` lists dispatched tasks with more than one outcome event (a
     replayed update's rejection after its arrival); the engine's own tasks each have exactly one.
     """
-    tally = _RunTally(target_accuracy)
+    tally = _RunTally(target_metric)
     for ev in events:
         tally.add(ev)
     return tally.summary()
@@ -302,7 +310,7 @@ def summarize(events: Iterable[dict[str, Any]], target_accuracy: float | None = 
 class _RunTally:
     """The running totals :func:`summarize` keeps, one method per kind of event that counts."""
 
-    target_accuracy: float | None
+    target_metric: float | None
     dispatched: dict[Any, int] = field(default_factory=dict)
     outcome: dict[Any, str] = field(default_factory=dict)
     outcome_events: Counter[Any] = field(default_factory=Counter)
@@ -318,8 +326,9 @@ class _RunTally:
     lost: int = 0
     unfinished: int = 0
     provision: Counter[str] = field(default_factory=Counter)
-    final_accuracy: float | None = None
-    best_accuracy: float | None = None
+    metric: str = "accuracy"
+    final_metric: float | None = None
+    best_metric: float | None = None
     first_t: float | None = None
     last_t: float = 0.0
     time_to_target: float | None = None
@@ -341,7 +350,8 @@ class _RunTally:
             self.aggregations += 1
             self.versions = max(self.versions, int(ev["version"]))
         elif kind == "evaluation":
-            self._add_evaluation(float(ev["accuracy"]), t)
+            self.metric = str(ev.get("metric", "accuracy"))
+            self._add_evaluation(float(ev[self.metric]), t)
         elif kind == "device_state":
             self.device_state[str(ev["device"])] = str(ev["state"])
         elif kind == "bytes":
@@ -365,11 +375,11 @@ class _RunTally:
                 self.outcome_events[task] += 1
                 self.outcome.setdefault(task, kind)
 
-    def _add_evaluation(self, accuracy: float, t: float) -> None:
-        """The latest and best accuracy, and when the target was first reached."""
-        self.final_accuracy = accuracy
-        self.best_accuracy = accuracy if self.best_accuracy is None else max(self.best_accuracy, accuracy)
-        if self.target_accuracy is not None and self.time_to_target is None and accuracy >= self.target_accuracy:
+    def _add_evaluation(self, value: float, t: float) -> None:
+        """The latest and best value of the metric, and when the target was first reached."""
+        self.final_metric = value
+        self.best_metric = value if self.best_metric is None else max(self.best_metric, value)
+        if self.target_metric is not None and self.time_to_target is None and value >= self.target_metric:
             self.time_to_target = t
 
     def _add_bytes(self, ev: dict[str, Any]) -> None:
@@ -397,8 +407,9 @@ class _RunTally:
             "provision_bytes_down": self.provision["down"],
             "provision_bytes_up": self.provision["up"],
             "rejection_reasons": dict(self.reasons),
-            "final_accuracy": self.final_accuracy,
-            "best_accuracy": self.best_accuracy,
+            "metric": self.metric,
+            f"final_{self.metric}": self.final_metric,
+            f"best_{self.metric}": self.best_metric,
             "wall_seconds": self.last_t - (self.first_t or 0.0) if self.count else 0.0,
             "tasks_dispatched": len(self.dispatched),
             "tasks_arrived": outcomes["arrival"],
@@ -410,7 +421,7 @@ class _RunTally:
             "device_states": self.device_state,
         }
         summary["all_tasks_accounted"] = not summary["tasks_unaccounted"]
-        if self.target_accuracy is not None:
+        if self.target_metric is not None:
             summary["reached_target"] = self.time_to_target is not None
             summary["time_to_target"] = self.time_to_target
         return summary

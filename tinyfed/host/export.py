@@ -42,6 +42,8 @@ from tinyfed.errors import ModelError, TinyfedError
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.trainable import TrainableUnit
+from tinyfed.training.metrics import PROB_FLOOR, score
+from tinyfed.training.task import Task
 
 #: Symmetric int8 range of TFLite weights: -128 is never produced (its negation overflows).
 WEIGHT_RANGE = (-127, 127)
@@ -299,25 +301,52 @@ def quantize_for(tflite_bytes: bytes, x_float: np.ndarray) -> np.ndarray:
     return _tflite_quantize(x_float, float(q["scales"][0]), int(q["zero_points"][0]), np.dtype(d["dtype"]))
 
 
-def evaluate_int8(tflite_bytes: bytes, x_float: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of an int8 model on ``(x_float, y)``, through LiteRT.
+def evaluate_int8(tflite_bytes: bytes, x_float: np.ndarray, y: np.ndarray, *, task: Task = Task.CLASSIFY,
+                  anomaly: np.ndarray | None = None) -> tuple[float, float]:
+    """The task's metric and mean loss of an int8 model on ``(x_float, y)``, through LiteRT.
 
+    ``y`` and ``anomaly`` are the targets of :func:`tinyfed.training.metrics.score` (integer
+    labels for classification: the metric is then the accuracy, the loss the cross-entropy).
     Inputs are quantized with the input tensor's scale and zero point (already-int8 ``x`` is
-    taken as quantized), outputs dequantized. If the model ends in SOFTMAX its outputs are
-    the probabilities (a probability the int8 output rounds to 0 counts as half an output step
-    in the loss); otherwise they are taken as logits and a softmax is applied. Samples
-    run one at a time at the model's own batch size, so graphs with a fixed-batch RESHAPE
-    evaluate correctly too. LiteRT's XNNPACK kernels can differ from TFLite Micro by a few
-    LSB: fine for accuracy, never a bit-exact reference (that is ``tinyfed.models.tflm``).
+    taken as quantized), outputs dequantized. A classifier ending in SOFTMAX (a multi-label
+    model in LOGISTIC) outputs probabilities: one the int8 output rounds to 0 counts as half an
+    output step in the loss; a classifier without SOFTMAX outputs logits, and a softmax is
+    applied. Samples run one at a time at the model's own batch size, so graphs with a
+    fixed-batch RESHAPE evaluate correctly too. LiteRT's XNNPACK kernels can differ from TFLite
+    Micro by a few LSB: fine for a metric, never a bit-exact reference (that is
+    ``tinyfed.models.tflm``).
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     model = bytes(tflite_bytes)
-    y = np.asarray(y).astype(np.int64).ravel()
+    y = np.asarray(y).astype(np.int64).ravel() if task is Task.CLASSIFY else np.asarray(y, np.float32)
     x = np.asarray(x_float)
     if len(x) != len(y) or len(y) == 0:
-        raise TinyfedError(f"{len(x)} samples but {len(y)} labels",
-                           fix="pass one label per sample, at least one sample")
+        what = "labels" if task is Task.CLASSIFY else "targets"
+        raise TinyfedError(f"{len(x)} samples but {len(y)} {what}",
+                           fix=f"pass one {what[:-1]} per sample, at least one sample")
+    out, out_scale = _run_litert(model, x)
+    floor = PROB_FLOOR
+    last = TfliteGraph.from_bytes(model, source="model").ops[-1].name
+    if task is Task.CLASSIFY and last != "SOFTMAX":
+        z = out - out.max(axis=1, keepdims=True)
+        out = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    elif task in (Task.CLASSIFY, Task.MULTILABEL) and out_scale is not None:
+        # An int8 softmax or sigmoid cannot express p < scale / 2 (1/512 for the usual 1/256
+        # scale): such a probability reads as 0 and would add -log(1e-30) = 69 to the loss for a
+        # merely confident mistake. Taking it as half a step keeps the loss comparable to the float one.
+        floor = out_scale / 2
+    if task is Task.CLASSIFY and (y.min() < 0 or y.max() >= out.shape[1]):
+        raise TinyfedError(f"labels span {y.min()}..{y.max()} but the model has {out.shape[1]} outputs",
+                           fix="pass the labels of the model's dataset")
+    if task is not Task.CLASSIFY and int(np.prod(y.shape[1:])) != out.shape[1]:
+        raise TinyfedError(f"targets of shape {y.shape[1:]} but the model has {out.shape[1]} outputs",
+                           fix="pass targets shaped like the model's output")
+    return score(task, out, y, anomaly, prob_floor=floor)
+
+
+def _run_litert(model: bytes, x: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """The dequantized outputs (n, values) of ``model`` on ``x``, and the output scale (None: float output)."""
+    from ai_edge_litert.interpreter import Interpreter
+
     it = Interpreter(model_content=model)
     it.allocate_tensors()
     din, dout = it.get_input_details()[0], it.get_output_details()[0]
@@ -333,51 +362,36 @@ def evaluate_int8(tflite_bytes: bytes, x_float: np.ndarray, y: np.ndarray) -> tu
         it.invoke()
         out[i] = it.get_tensor(dout["index"]).reshape(-1)
     oq = dout["quantization_parameters"]
-    floor = 1e-30
-    if len(oq["scales"]):
-        out = (out - float(oq["zero_points"][0])) * np.float32(oq["scales"][0])
-    graph = TfliteGraph.from_bytes(model, source="model")
-    if graph.ops[-1].name != "SOFTMAX":
-        z = out - out.max(axis=1, keepdims=True)
-        out = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    elif len(oq["scales"]):
-        # An int8 softmax cannot express p < scale / 2 (1/512 for the usual 1/256 scale): such a
-        # probability reads as 0 and would add -log(1e-30) = 69 to the loss for a merely
-        # confident mistake. Taking it as half a step keeps the loss comparable to the float one.
-        floor = float(oq["scales"][0]) / 2
-    if y.min() < 0 or y.max() >= out.shape[1]:
-        raise TinyfedError(f"labels span {y.min()}..{y.max()} but the model has {out.shape[1]} outputs",
-                           fix="pass the labels of the model's dataset")
-    p = out[np.arange(len(y)), y]
-    loss = float(-np.log(np.maximum(p, floor)).mean())
-    return float((out.argmax(axis=1) == y).mean()), loss
+    if not len(oq["scales"]):
+        return out, None
+    return (out - float(oq["zero_points"][0])) * np.float32(oq["scales"][0]), float(oq["scales"][0])
 
 
 @dataclass(frozen=True)
 class Int8Score:
-    accuracy: float
+    metric: float  # the task's metric (accuracy for classification)
     loss: float
     clipped: int
 
 
-def int8_evaluator(source: PlanFragments | bytes, x_float: np.ndarray,
-                   y: np.ndarray) -> Callable[[np.ndarray], Int8Score]:
+def int8_evaluator(source: PlanFragments | bytes, x_float: np.ndarray, y: np.ndarray, *, task: Task = Task.CLASSIFY,
+                   anomaly: np.ndarray | None = None) -> Callable[[np.ndarray], Int8Score]:
     """What the engine calls after each version: vector -> the deployable model's test score.
 
     The test inputs are quantized once here. Each call builds the full int8 model from the
     vector (:func:`deployable_model`) and runs it through LiteRT; ``clipped`` is worth logging
-    (values of w* the stored scales could not hold).
+    (values of w* the stored scales could not hold). ``y`` and ``anomaly`` as in :func:`evaluate_int8`.
     """
     model = source.model if isinstance(source, PlanFragments) else bytes(source)
     xq = quantize_for(model, x_float)
     y = np.asarray(y)
 
-    def score(vector: np.ndarray) -> Int8Score:
+    def score_vector(vector: np.ndarray) -> Int8Score:
         dep = deployable_model(source, vector)
-        acc, loss = evaluate_int8(dep.model, xq, y)
-        return Int8Score(acc, loss, dep.clipped)
+        metric, loss = evaluate_int8(dep.model, xq, y, task=task, anomaly=anomaly)
+        return Int8Score(metric, loss, dep.clipped)
 
-    return score
+    return score_vector
 
 
 # ---- export -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 
 from tinyfed.errors import TinyfedError
 from tinyfed.planner.trainable import KIND_WEIGHTS
+from tinyfed.training.task import Task, loss_of
 
 if TYPE_CHECKING:
     from tinyfed.host.rundata import RunData
@@ -47,7 +48,7 @@ class RunSetup:
     w0: np.ndarray  # float32 start of the trained vector
     unit_shapes: list[tuple[int, int]]
     images: dict[str, bytes]  # device name -> TFDS image of its local data
-    evaluate: Callable[[np.ndarray], tuple[float, float]]  # vector -> (test accuracy, test loss)
+    evaluate: Callable[[np.ndarray], tuple[float, float]]  # vector -> (the task's test metric, test loss)
     facts: dict = field(default_factory=dict)
     #: the int8 model the vector writes back into (plan fragments, or the whole model's bytes)
     source: Any = None
@@ -55,6 +56,9 @@ class RunSetup:
     int8_score: Callable[[np.ndarray], Any] | None = None
     #: what the planner decided: FTTE's plan of w* (subset) or the whole model's need (dense)
     plan: Plan | DensePlan | None = None
+    task: Task = Task.CLASSIFY
+    #: the name of the task's metric (``evaluate``'s first value): accuracy, micro_f1, r2 or auc
+    metric: str = "accuracy"
 
 
 def fresh_head(units: list, graph, seed: int) -> list:
@@ -102,7 +106,7 @@ def fresh_head(units: list, graph, seed: int) -> list:
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
                 alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
                 start: str = "pretrained", npz: str | None = None, test_npz: str | None = None,
-                data: RunData | None = None) -> RunSetup:
+                data: RunData | None = None, task: str | None = None) -> RunSetup:
     """Plan (subset) or take the whole model (dense), compile for the boards, shard the data.
 
     The returned setup carries the planner's decision (``plan``): callers read figures from it, not
@@ -111,7 +115,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     ``model`` is a zoo name (its own dataset unless ``npz`` is given) or a full-int8 ``.tflite``
     path with ``npz`` (see :mod:`tinyfed.host.rundata`). ``data``, when the caller loaded and
     checked it already (``tinyfed run`` does, before booting boards), is used instead of loading
-    ``model``/``npz``/``test_npz`` again.
+    ``model``/``npz``/``test_npz`` (for ``task``: None, the one they imply) again.
     """
     from tinyfed.boards import get_board
     from tinyfed.boards.fleet import ResolvedFleet
@@ -129,7 +133,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     if payload not in ("subset", "dense"):
         raise TinyfedError(f"unknown payload {payload!r}", fix="use 'subset' (ftte) or 'dense' (fedavg, fedbuff)")
     if data is None:
-        data = load_run_data(model, npz, test_npz)
+        data = load_run_data(model, npz, test_npz, task)
     model_bytes = data.model_bytes
     graph = TfliteGraph.from_bytes(model_bytes, source=model)
     t_in = graph.tensors[graph.inputs[0]]
@@ -157,8 +161,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         if start == "fresh-head":
             units = fresh_head(units, TfliteGraph.from_bytes(files["tail"], source="tail"), seed)
             files["trainable"] = tfw.encode(units)
-        program = compile_program(files["tail"], files["trainable"])
-        tail = FloatTail.from_fragments(files["tail"], files["trainable"])
+        program = compile_program(files["tail"], files["trainable"], task=data.task, model_input=(scale, zp))
+        tail = FloatTail.from_fragments(files["tail"], files["trainable"], loss=loss_of(data.task))
         test_q = local_data.quantize_inputs(data.x_test, scale, zp)
         test_in = tail.dequantize_input(run_blob(frozen, test_q) if frozen is not None else test_q)
         facts.update(trainable_params=plan.trainable_params)
@@ -169,32 +173,52 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         from tinyfed.planner.dense import plan_dense, training_program
 
         plan = plan_dense(model_bytes, model, TrainingConfig(batch_size=batch_size))
+        from tinyfed.firmware_bridge.compile.train_blob import parse_program
+
         units, program = list(plan.units), plan.program
         if start == "fresh-head":
             units = fresh_head(units, graph, seed)
-            program = training_program(model_bytes, tfw.encode(units))
         blob = tfw.encode(units)
+        # the sizing compiled the program for the task the last op implies; another task's (or
+        # another start's) is compiled here
+        if start == "fresh-head" or parse_program(program).target_kind != local_data.target_kind(data.task):
+            program = training_program(model_bytes, blob, data.task)
         frozen = None
-        tail = FloatTail.from_fragments(model_bytes, blob)
+        tail = FloatTail.from_fragments(model_bytes, blob, loss=loss_of(data.task))
         test_in = tail.dequantize_input(local_data.quantize_inputs(data.x_test, scale, zp))
         source = model_bytes
-    test_y = data.y_test
+    test_y = test_targets(data, scale, zp)
     shapes = [(len(u.channels), u.values_per_channel) for u in units]
     w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
 
-    evaluate = tail_evaluator(tail, shapes, test_in, test_y, chunk=None)  # one pass, as runs always scored
+    # one pass, as runs always scored
+    evaluate = tail_evaluator(tail, shapes, test_in, test_y, chunk=None, task=data.task, anomaly=data.anomaly_test)
     images, windows = {}, {}
     for d, idx in zip(devices, data.shares(partition, len(devices), alpha, seed), strict=True):
         idx = np.sort(idx)
         if max_windows is not None and len(idx) > max_windows:
             idx = idx[np.linspace(0, len(idx) - 1, max_windows).astype(int)]
         x = local_data.quantize_inputs(data.x[idx], scale, zp)
-        images[d.name] = local_data.pack(x, data.y[idx], classes=data.num_classes)
+        y = data.y[idx] if data.y is not None else None  # an autoencoder's target is its input
+        images[d.name] = local_data.pack(x, y, classes=data.num_classes, kind=local_data.target_kind(data.task))
         windows[d.name] = len(idx)
     # local_windows: samples in each device's image, so a report need not unpack the images to count
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
                  frozen_bytes=len(frozen) if frozen else 0, local_windows=windows)
     from tinyfed.host.export import int8_evaluator
 
-    int8_score = int8_evaluator(source, data.x_test, test_y)
-    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score, plan)
+    int8_score = int8_evaluator(source, data.x_test, test_y, task=data.task, anomaly=data.anomaly_test)
+    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score, plan,
+                    data.task, data.metric)
+
+
+def test_targets(data: RunData, scale: float, zero_point: int) -> np.ndarray:
+    """What the test split's outputs are scored against: ``y_test``, or for an autoencoder its own
+    input as the board sees it (quantized to the model's int8 input, dequantized), one row per sample."""
+    from tinyfed.firmware_bridge.compile import local_data
+
+    if data.task is not Task.AUTOENCODE:
+        assert data.y_test is not None
+        return data.y_test
+    q = local_data.quantize_inputs(data.x_test, scale, zero_point).reshape(len(data.x_test), -1)
+    return (q.astype(np.int32) - zero_point).astype(np.float32) * np.float32(scale)

@@ -58,6 +58,7 @@ from tinyfed.host.strategies import STRATEGIES, Strategy, get_strategy
 from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update
 from tinyfed.planner.plan import Plan
+from tinyfed.training.task import Task
 from tinyfed.training.vector import split_units, tail_evaluator
 
 log = logging.getLogger(__name__)
@@ -941,12 +942,16 @@ class Study:
         self.availability = Availability.parse(cfg.availability)
         self.horizon_s: float | None = None  # set by run_all
         self.data = zoo_run_data(cfg.model)
+        if self.data.task is not Task.CLASSIFY or self.data.y is None or self.data.y_test is None:
+            raise TinyfedError(f"the fleet simulator trains classifiers; {cfg.model} is a {self.data.task.value} model",
+                               fix="train it with `tinyfed run --simulate N` instead")
+        self.labels, self.test_labels = self.data.y, self.data.y_test
         part = cfg.partition or ("natural" if self.data.groups is not None else "iid")
         if part == "natural" and self.data.groups is None:
             raise TinyfedError(f"{cfg.model}'s data has no users to partition by", fix="use --partition iid or "
                                                                                        "--partition dirichlet")
         self.partition = part
-        shards = min(cfg.clients, max(1, len(self.data.y) // MIN_SAMPLES_PER_DEVICE))
+        shards = min(cfg.clients, max(1, len(self.labels) // MIN_SAMPLES_PER_DEVICE))
         self.shards = [np.asarray(s, np.int32) for s in self.data.shares(part, shards, cfg.alpha, cfg.seed)]
         self.fleet = make_fleet(self.shards, cfg.clients, self.mix, cfg.stragglers, self.slowdown, cfg.seed,
                                 boards_dirs)
@@ -1001,7 +1006,7 @@ class Study:
         assert setup.plan is not None
         memory = setup.plan.training.total
         evaluate = setup.evaluate
-        n_test = len(self.data.y_test)
+        n_test = len(self.test_labels)
         if cfg.eval_samples and cfg.eval_samples < n_test:
             # A fixed seeded subset, the same for every strategy: dense evaluations cost seconds each.
             sub = np.sort(np.random.default_rng([cfg.seed, 0xE7A1]).choice(n_test, cfg.eval_samples, replace=False))
@@ -1009,10 +1014,10 @@ class Study:
             if setup.frozen_blob is not None:
                 xt = run_blob(setup.frozen_blob, xt)
             evaluate = tail_evaluator(tail, shapes, tail.dequantize_input(xt.reshape((len(sub), *in_shape))),
-                                      self.data.y_test[sub])
+                                      self.test_labels[sub])
         dense = payload == "dense"
         model = SimModel(cfg.model, payload, tail, shapes, setup.w0.astype(np.float32), np.ascontiguousarray(features),
-                         self.data.y.astype(np.int64), evaluate, setup.evaluate, frozen_macs,
+                         self.labels.astype(np.int64), evaluate, setup.evaluate, frozen_macs,
                          parse_program(setup.program).flops,
                          memory, update_image_bytes(setup.w0.size, shapes, cfg.training.per_channel, dense))
         log.info("%s %s model: %d values, %d frozen + %d training MACs per sample, built in %.1f s", cfg.model, payload,

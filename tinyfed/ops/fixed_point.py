@@ -20,13 +20,24 @@ __all__ = [
     "I32_MIN",
     "activation_range",
     "clz32",
+    "downscale_multiplier16",
     "exp_on_negative_values",
+    "frexp_multiplier",
+    "input_radius",
+    "logistic_q4",
     "multiply_by_quantized_multiplier",
+    "one_minus_x_over_one_plus_x",
     "one_over_one_plus_x",
     "quantize_multiplier",
     "rdbp",
+    "rdbp16",
     "requantize",
+    "saturating_left_shift16",
+    "sdhm16",
     "srdhm",
+    "srdhm16",
+    "tanh_q4",
+    "wrap16",
     "wrap32",
 ]
 
@@ -155,31 +166,135 @@ def _exp_on_interval(a: np.ndarray) -> np.ndarray:
     return constant_term + srdhm(constant_term, x + inner)
 
 
-def exp_on_negative_values(a: np.ndarray) -> np.ndarray:
-    """gemmlowp exp_on_negative_values for a Q5.26 input, Q0.31 output."""
-    frac = 26
+def exp_on_negative_values(a: np.ndarray, integer_bits: int = 5) -> np.ndarray:
+    """gemmlowp exp_on_negative_values for a Q(integer_bits).(31 - integer_bits) input, Q0.31 output
+    (softmax uses 5 integer bits, logistic 4)."""
+    frac = 31 - integer_bits
     quarter = 1 << (frac - 2)
+    a = np.asarray(a, dtype=np.int64)
     a_mod = (a & (quarter - 1)) - quarter
-    result = _exp_on_interval(_sat_shl(a_mod, 5))
+    result = _exp_on_interval(_sat_shl(a_mod, integer_bits))
     remainder = a_mod - a
     for exponent, mult in ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
                            (2, 39332535), (3, 720401), (4, 242)):
+        if exponent >= integer_bits:
+            break
         bit = (remainder & (1 << (frac + exponent))) != 0
         result = np.where(bit, srdhm(result, mult), result)
     return np.where(a == 0, I32_MAX, result)
 
 
-def one_over_one_plus_x(a: np.ndarray) -> np.ndarray:
-    """gemmlowp one_over_one_plus_x_for_x_in_0_1 (Q0.31 in and out)."""
-    s = a + I32_MAX
-    half_den = np.where(s >= 0, (s + 1) // 2, -((-(s - 1)) // 2))  # (sum + sign) / 2, truncating
+def _newton_reciprocal(half_den: np.ndarray) -> np.ndarray:
+    """gemmlowp's Newton-Raphson estimate of 1 / (2 * half_den) in Q2.29 (three iterations)."""
     x = 1515870810 + srdhm(half_den, -1010580540)
     one_q2 = 1 << 29
     for _ in range(3):
         hdx = srdhm(half_den, x)
         one_minus = one_q2 - hdx
         x = x + _sat_shl(srdhm(x, one_minus), 2)
-    return _sat_shl(x, 1)
+    return x
+
+
+def _rounding_half_sum_with_one(a: np.ndarray) -> np.ndarray:
+    """gemmlowp RoundingHalfSum(a, One) for Q0.31: (a + INT32_MAX + sign) / 2, truncating."""
+    s = np.asarray(a, dtype=np.int64) + I32_MAX
+    return np.where(s >= 0, (s + 1) // 2, -((-(s - 1)) // 2))
+
+
+def one_over_one_plus_x(a: np.ndarray) -> np.ndarray:
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1 (Q0.31 in and out)."""
+    return _sat_shl(_newton_reciprocal(_rounding_half_sum_with_one(a)), 1)
+
+
+def one_minus_x_over_one_plus_x(a: np.ndarray) -> np.ndarray:
+    """gemmlowp one_minus_x_over_one_plus_x_for_x_in_0_1 (Q0.31 in and out)."""
+    return _sat_shl(_newton_reciprocal(_rounding_half_sum_with_one(a)) - (1 << 29), 2)
+
+
+def logistic_q4(a: np.ndarray) -> np.ndarray:
+    """gemmlowp logistic of a Q4.27 input (raw int32 values), Q0.31 output."""
+    a = np.asarray(a, dtype=np.int64)
+    positive = a > 0
+    magnitude = np.where(positive, a, -a)
+    result_if_positive = one_over_one_plus_x(exp_on_negative_values(-magnitude, 4))
+    result = np.where(positive, result_if_positive, I32_MAX - result_if_positive)
+    return np.where(a == 0, 1 << 30, result)
+
+
+def tanh_q4(a: np.ndarray) -> np.ndarray:
+    """gemmlowp tanh of a Q4.27 input (raw int32 values), Q0.31 output: exp of twice the negated
+    magnitude (the same raw bits read as Q5.26), then (1 - e) / (1 + e)."""
+    a = np.asarray(a, dtype=np.int64)
+    negative = a < 0
+    neg_magnitude = np.where(negative, a, -a)
+    t = one_minus_x_over_one_plus_x(exp_on_negative_values(neg_magnitude, 5))
+    return np.where(a == 0, 0, np.where(negative, -t, t))
+
+
+def input_radius(integer_bits: int, left_shift: int, total_signed_bits: int = 31) -> int:
+    """TFLite's ``CalculateInputRadius``: the largest input magnitude the fixed-point
+    logistic / tanh rescaling keeps finite (beyond it the output saturates)."""
+    max_rescaled = (1.0 * ((1 << integer_bits) - 1) * float(1 << (total_signed_bits - integer_bits))
+                    / math.ldexp(1.0, left_shift))
+    return int(math.floor(max_rescaled))
+
+
+def frexp_multiplier(real: float) -> tuple[int, int]:
+    """The logistic / tanh input multiplier as TFLM's Prepare derives it: ``std::frexp`` and
+    the mantissa rounded to Q0.31, without QuantizeMultiplier's clamping of the shift."""
+    q, shift = math.frexp(real)
+    return _round_away(q * (1 << 31)), shift
+
+
+# --------------------------------------------------------------------------------------
+# Twin: int16 fixed point (HARD_SWISH), on int64 arrays holding int16 values
+# --------------------------------------------------------------------------------------
+
+
+def wrap16(x: np.ndarray | int) -> np.ndarray:
+    """Wrap to int16 like a C ``int16_t`` assignment."""
+    x = np.asarray(x, dtype=np.int64)
+    return ((x + (1 << 15)) & 0xFFFF) - (1 << 15)
+
+
+def srdhm16(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul for int16."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    ab = a * b
+    nudge = np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    q = wrap16(np.trunc((ab + nudge) / (1 << 15)).astype(np.int64))
+    return np.where((a == -(1 << 15)) & (b == -(1 << 15)), (1 << 15) - 1, q)
+
+
+def sdhm16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """TFLite's SaturatingDoublingHighMul for int16 (truncating, not rounding)."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    q = wrap16(np.trunc((a * b) / (1 << 15)).astype(np.int64))
+    return np.where((a == -(1 << 15)) & (b == -(1 << 15)), (1 << 15) - 1, q)
+
+
+def rdbp16(x: np.ndarray, exponent: int) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT on int16 values: the mask is an int16, so an exponent of 16
+    or more gives a mask of -1 (as the C++ template computes it)."""
+    x = np.asarray(x, dtype=np.int64)
+    mask = -1 if exponent >= 16 else (1 << exponent) - 1
+    rem = wrap16(x & mask)
+    thr = (mask >> 1) + (x < 0)
+    return wrap16((x >> exponent) + (rem > thr))
+
+
+def saturating_left_shift16(x: np.ndarray, amount: int) -> np.ndarray:
+    """TFLite's SaturatingLeftShift for int16: ``x * 2**amount`` clamped to int16."""
+    return np.clip(np.asarray(x, dtype=np.int64) << amount, -(1 << 15), (1 << 15) - 1)
+
+
+def downscale_multiplier16(m: int) -> int:
+    """TFLite's DownScaleInt32ToInt16Multiplier: a Q0.31 multiplier rounded to Q0.15."""
+    if m >= I32_MAX - (1 << 15):
+        return (1 << 15) - 1
+    return (m + (1 << 15)) >> 16
 
 
 def clz32(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""SOFTMAX: int8 output of scale 1/256 and zero point -128 (TFLM's rule); the tail's last op,
-trained with cross-entropy (its float backward is the loss gradient)."""
+"""SOFTMAX: int8 output of scale 1/256 and zero point -128 (TFLM's rule); the tail's last op.
+Under cross-entropy the loss head's gradient enters below it (``training.tail.head_gradient``);
+under the mean squared error its float backward is the softmax's Jacobian."""
 
 from __future__ import annotations
 
@@ -92,14 +93,15 @@ def float_forward(tail: FloatTail, op: OpInfo, xs: list[np.ndarray], batch: int)
 
 
 def float_backward(step: Backward, op: OpInfo, gz: Any) -> None:
-    """The mean cross-entropy's gradient at the softmax input: beta * (p - onehot) / n."""
+    """The softmax's Jacobian applied to the output gradient: beta p (g - sum(g p))."""
     (beta,) = step.saved(op)
-    n = len(step.labels)
-    diff = step.probs.reshape(n, -1).copy()  # p - onehot: p - 0 is p, bit for bit
-    diff[np.arange(n), step.labels] -= 1
+    p = step.saved_output[op.index][0]
+    n = p.shape[0]
+    p2, g2 = p.reshape(n, -1), np.asarray(gz).reshape(n, -1)
+    gx = p2 * (g2 - (g2 * p2).sum(axis=1, keepdims=True))
     if beta != 1.0:  # x * 1.0 is x
-        diff = beta * diff
-    step.add_grad(op.inputs[0], (diff / n).reshape(step.probs.shape).astype(step.tail.dtype, copy=False))
+        gx = beta * gx
+    step.add_grad(op.inputs[0], gx.reshape(p.shape).astype(step.tail.dtype, copy=False))
 
 
 SPEC = OpSpec(

@@ -22,6 +22,7 @@ from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.memory import TrainingMemory, layer_facts, whole_model_memory
+from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,16 @@ _WAY_OUT = "run --strategy ftte (it trains the plan's subset), use a smaller mod
 
 
 @functools.lru_cache(maxsize=4)
-def training_program(model: bytes, trainable: bytes) -> bytes:
-    """The TFTR program training ``trainable``'s units of ``model``, compiled once per pair of inputs:
-    ``tinyfed run --emulate`` sizes the whole-model program before booting (:func:`plan_dense_model`)
-    and ``prepare_run`` then sends that same program."""
+def training_program(model: bytes, trainable: bytes, task: Task | None = None) -> bytes:
+    """The TFTR program training ``trainable``'s units of ``model`` for ``task`` (None: the one the
+    last op implies), compiled once per set of inputs: ``tinyfed run --emulate`` sizes the
+    whole-model program before booting (:func:`plan_dense_model`) and ``prepare_run`` then sends
+    that program, compiled for the run's task."""
     from tinyfed.firmware_bridge.compile.train_blob import compile_program
 
-    return compile_program(model, trainable)
+    if task is None:
+        return compile_program(model, trainable)  # the program's own default: the task the last op implies
+    return compile_program(model, trainable, task=task)
 
 
 def program_ram_need(program: bytes, rows: int) -> int:

@@ -15,7 +15,7 @@ from tinyfed.training.tail import FloatTail
 class TrainResult:
     values: list[np.ndarray]  # new values per unit, shaped like TrainableUnit.values
     deltas: list[np.ndarray]  # values - starting values, per unit
-    loss: float  # mean train cross-entropy over every sample seen in every epoch
+    loss: float  # mean train loss (the tail's Loss) over every sample seen in every epoch
     n: int  # local sample count
     tail: FloatTail  # the trained copy
 
@@ -47,17 +47,20 @@ class QuantizedUpdate:
         return int(sum(q.size for q in self.q) + 4 * sum(s.size for s in self.scales))
 
 
-def local_train(tail: FloatTail, x_in_float: np.ndarray, y: np.ndarray, *, epochs: int, lr: float | np.float32,
+def local_train(tail: FloatTail, x_in_float: np.ndarray, targets: np.ndarray, *, epochs: int, lr: float | np.float32,
                 batch_size: int, seed: int, order: Callable[[int, int, int], np.ndarray] | None = None
                 ) -> TrainResult:
     """Plain mini-batch SGD on a copy of ``tail``, updating only the trainable elements.
+
+    ``targets`` are one per sample, as :meth:`FloatTail.loss_and_grads` takes them (int labels,
+    0/1 label vectors or real vectors shaped like the output).
 
     ``order(n, seed, epoch)`` gives each epoch's sample order (default: numpy's permutation);
     the ``sim://`` board passes the firmware's (``firmware_bridge.twin.shuffle.epoch_order``)."""
     t = tail.copy()
     start = t.unit_values()
     x = np.asarray(x_in_float, dtype=t.dtype)
-    y = np.asarray(y)
+    y = np.asarray(targets)
     n = len(y)
     # a Generator costs tens of microseconds: only the default order needs one
     visit_order = order if order is not None else _numpy_order(seed)

@@ -3,8 +3,12 @@
 Weights and biases are dequantized from the int8 ``tail.tflite`` (per-channel scales); the
 trainable units of ``trainable.tfw`` override the selected channels. Forward and backward are
 plain numpy on NHWC batches: each op's are its op module's ``float_forward`` and ``float_backward``
-(:mod:`tinyfed.ops`); this driver applies the fused activations. The last op must be SOFTMAX; it
-is trained with cross-entropy.
+(:mod:`tinyfed.ops`); this driver applies the fused activations and the loss head
+(:class:`~tinyfed.training.task.Loss`): softmax cross-entropy (the last op is SOFTMAX; the
+gradient enters below it), sigmoid binary cross-entropy (the last op is LOGISTIC; the gradient
+enters below it, so LOGISTIC's own backward is never needed) or the mean squared error (any last
+op; the gradient enters at the output and runs through the last op's backward). The C engine
+(``firmware/engine/tftr_loss.c``) computes the same per sample.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tinyfed import ops
 from tinyfed.errors import ModelError
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
+from tinyfed.training.task import Loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.models.tflite_graph import OpInfo
@@ -70,15 +75,17 @@ def _act_backward(z: np.ndarray, g: np.ndarray, act: str) -> np.ndarray:
 class FloatTail:
     """A float network over the ops of ``tail.tflite``, with trainable masks from ``trainable.tfw``."""
 
-    def __init__(self, graph: TfliteGraph, units: list[tfw.TrainableUnit], dtype=np.float32) -> None:
+    def __init__(self, graph: TfliteGraph, units: list[tfw.TrainableUnit], dtype=np.float32,
+                 loss: Loss | None = None) -> None:
         self.graph = graph
         self.dtype = np.dtype(dtype)
         self.units = units
         bad = [(o.index, o.name) for o in graph.ops if ops.find(o.name) is None]
         if bad:
             raise ModelError(f"the float tail cannot train ops {bad}", fix="cut the plan after them")
-        if not graph.ops or graph.ops[-1].name != "SOFTMAX":
-            raise ModelError("the tail must end with SOFTMAX (trained with cross-entropy)")
+        if not graph.ops:
+            raise ModelError("the tail has no ops", fix="cut the plan before the model's last op")
+        self.loss_kind = check_loss(graph.ops[-1].name, loss)
         if len(graph.inputs) != 1:
             raise ModelError("the tail must have a single input")
         self.params: dict[int, np.ndarray] = {}
@@ -118,8 +125,9 @@ class FloatTail:
         self._cache: dict | None = None
 
     @classmethod
-    def from_fragments(cls, tail_tflite: bytes, trainable_tfw: bytes, dtype=np.float32) -> FloatTail:
-        return cls(TfliteGraph.from_bytes(tail_tflite, source="tail.tflite"), tfw.decode(trainable_tfw), dtype)
+    def from_fragments(cls, tail_tflite: bytes, trainable_tfw: bytes, dtype=np.float32,
+                       loss: Loss | None = None) -> FloatTail:
+        return cls(TfliteGraph.from_bytes(tail_tflite, source="tail.tflite"), tfw.decode(trainable_tfw), dtype, loss)
 
     def copy(self, dtype=None) -> FloatTail:
         """Own parameters and unit records; the graph and the (read-only) masks are shared."""
@@ -192,7 +200,8 @@ class FloatTail:
         return ((np.clip(np.round(v / s) + z, lo, hi) - z) * s).astype(self.dtype)
 
     def forward(self, x: np.ndarray, *, keep: bool = True, fake_quant: bool = False) -> np.ndarray:
-        """Probabilities for a float batch ``x`` shaped like the tail input (batch first).
+        """The tail's output (probabilities or real values) for a float batch ``x`` shaped like the
+        tail input (batch first).
 
         ``fake_quant`` rounds every op output to its int8 grid (scale and zero point of the
         tail's activation tensors), to compare with the int8 graph op by op."""
@@ -214,52 +223,134 @@ class FloatTail:
         self._cache = {"vals": vals, "saved": saved} if keep else None
         return out
 
-    def loss(self, x: np.ndarray, y: np.ndarray) -> float:
-        p = self.forward(x, keep=False).reshape(len(y), -1)
-        return float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-30))))
+    def loss(self, x: np.ndarray, targets: np.ndarray) -> float:
+        """The mean loss over the batch (targets as :meth:`loss_and_grads` takes them)."""
+        return float(self.sample_losses(x, targets)[0].mean())
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[int, np.ndarray]]:
-        """Mean cross-entropy over the batch and its gradients for every parameter tensor
-        from the first trainable op on, masked to the trainable elements."""
-        g = self.graph
-        y = np.asarray(y)
-        p = self.forward(x, keep=True)
-        n = len(y)
-        p2 = p.reshape(n, -1)
-        loss = float(-np.mean(np.log(np.maximum(p2[np.arange(n), y], 1e-30))))
+    def sample_losses(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's loss (an autoencoder's anomaly score: its reconstruction error) and the
+        tail's outputs, forward only."""
+        out = self.forward(x, keep=True)
         assert self._cache is not None
-        step = Backward(self, self._cache["vals"], self._cache["saved"], p, y)
+        logits = self._cache["vals"].get(self.graph.ops[-1].inputs[0]) if self.loss_kind is Loss.SIGMOID_BCE else None
+        self._cache = None
+        return head_loss(self.loss_kind, out, logits, self._targets(targets, out)), out
+
+    def _targets(self, targets: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Targets checked against the output: (n,) ints, (n, k) 0/1 or (n, *output) reals."""
+        t = np.asarray(targets)
+        n = out.shape[0]
+        if self.loss_kind is Loss.SOFTMAX_CE:
+            if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer):
+                raise ModelError(f"softmax cross-entropy takes one integer class per sample, got {t.dtype} "
+                                 f"{list(t.shape)} for {n} samples", fix="pass labels of shape (n,)")
+            return t
+        if t.size != out.size or len(t) != n:
+            raise ModelError(f"{self.loss_kind.value} takes targets of {out[0].size} values per sample, got "
+                             f"{list(t.shape)} for {n} samples", fix=f"pass targets shaped {list(out.shape)}")
+        return t.reshape(out.shape).astype(self.dtype, copy=False)
+
+    def loss_and_grads(self, x: np.ndarray, targets: np.ndarray) -> tuple[float, dict[int, np.ndarray]]:
+        """Mean loss over the batch and its gradients for every parameter tensor from the first
+        trainable op on, masked to the trainable elements.
+
+        ``targets``: int labels (n,) for SOFTMAX_CE, a (n, k) 0/1 array for SIGMOID_BCE, a
+        (n, *output) float array for MSE (the model's dequantized input when autoencoding)."""
+        g = self.graph
+        out = self.forward(x, keep=True)
+        t = self._targets(targets, out)
+        assert self._cache is not None
         last = g.ops[-1]
-        for op in reversed(g.ops):
-            if op.index < self.first_trainable:
-                break
-            gout = step.pending.pop(op.outputs[0], None)
-            if gout is None and op is not last:  # the last op (SOFTMAX) starts from the labels
-                continue
-            spec = ops.get(op.name)
-            if spec.fused_activation and gout is not None:
-                gout = _act_backward(step.saved_output[op.index][0], gout, op.options.get("activation", "NONE"))
-            spec.float_backward(step, op, gout)
+        vals = self._cache["vals"]
+        logits = vals.get(last.inputs[0]) if self.loss_kind is Loss.SIGMOID_BCE else None
+        losses = head_loss(self.loss_kind, out, logits, t)
+        step = Backward(self, vals, self._cache["saved"], out, t)
+        if self.first_trainable < len(g.ops):
+            entry = head_gradient(self.loss_kind, last, step)
+            for op in reversed(g.ops):
+                if op.index < self.first_trainable:
+                    break
+                if op is last and self.loss_kind is not Loss.MSE:  # the gradient entered below the head
+                    continue
+                gout = entry if op is last else step.pending.pop(op.outputs[0], None)
+                if gout is None:
+                    continue
+                spec = ops.get(op.name)
+                if spec.fused_activation:
+                    gout = _act_backward(step.saved_output[op.index][0], gout, op.options.get("activation", "NONE"))
+                spec.float_backward(step, op, gout)
         grads = step.grads
-        for t in list(grads):
-            mask = self.masks[t]
-            if mask is not self._full_masks.get(t):  # x * True is x, bit for bit: skip those
-                grads[t] = grads[t] * mask
-            grads[t] = grads[t].astype(self.dtype, copy=False)
-        return loss, grads
+        for ti in list(grads):
+            mask = self.masks[ti]
+            if mask is not self._full_masks.get(ti):  # x * True is x, bit for bit: skip those
+                grads[ti] = grads[ti] * mask
+            grads[ti] = grads[ti].astype(self.dtype, copy=False)
+        return float(losses.mean()), grads
+
+
+def check_loss(last_op: str, loss: Loss | None) -> Loss:
+    """The loss a tail ending in ``last_op`` trains with (None: the one its last op implies),
+    refused when the head cannot compute it."""
+    implied = {"SOFTMAX": Loss.SOFTMAX_CE, "LOGISTIC": Loss.SIGMOID_BCE}.get(last_op, Loss.MSE)
+    loss = implied if loss is None else Loss(loss)
+    need = {Loss.SOFTMAX_CE: "SOFTMAX", Loss.SIGMOID_BCE: "LOGISTIC"}.get(loss)
+    if need is not None and last_op != need:
+        raise ModelError(f"{loss.value} needs a tail whose last op is {need}; this tail ends with {last_op}",
+                         fix=f"train it with the mse loss (task regress or autoencode), or plan a model ending in "
+                             f"{need}")
+    return loss
+
+
+def head_loss(loss: Loss, out: np.ndarray, logits: np.ndarray | None, targets: np.ndarray) -> np.ndarray:
+    """Each sample's loss: -log p[label] (p clamped at 1e-30); the mean over outputs of the
+    binary cross-entropy from the logits, max(z, 0) - z y + log(1 + exp(-|z|)) (stable); the
+    mean over outputs of (out - target)^2."""
+    n = out.shape[0]
+    if loss is Loss.SOFTMAX_CE:
+        p = out.reshape(n, -1)
+        return -np.log(np.maximum(p[np.arange(n), targets], 1e-30))
+    if loss is Loss.SIGMOID_BCE:
+        assert logits is not None
+        z = logits.reshape(n, -1)
+        y = targets.reshape(n, -1)
+        return (np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))).mean(axis=1)
+    d = (out - targets).reshape(n, -1)
+    return (d * d).mean(axis=1)
+
+
+def head_gradient(loss: Loss, last: OpInfo | Any, step: Backward) -> np.ndarray | None:
+    """The batch-mean loss's gradient where it enters the tail. Cross-entropies: added below the
+    head (at the SOFTMAX / LOGISTIC input): beta (p - onehot) / n and (p - y) / (k n); the
+    result is None. MSE: returned for the output, 2 (out - target) / (size n)."""
+    out, t = step.probs, step.labels
+    n = out.shape[0]
+    dtype = step.tail.dtype
+    if loss is Loss.MSE:
+        return (2 * (out - t) / (out[0].size * n)).astype(dtype, copy=False)
+    if loss is Loss.SOFTMAX_CE:
+        diff = out.reshape(n, -1).copy()  # p - onehot: p - 0 is p, bit for bit
+        diff[np.arange(n), t] -= 1
+        beta = float(last.options.get("beta", 1.0))
+        if beta != 1.0:  # x * 1.0 is x
+            diff = beta * diff
+        g = diff / n
+    else:
+        g = (out - t).reshape(n, -1) / (out[0].size * n)
+    step.add_grad(last.inputs[0], g.reshape(out.shape).astype(dtype, copy=False))
+    return None
 
 
 @dataclass
 class Backward:
     """One backward pass through a :class:`FloatTail`: what the op modules' ``float_backward`` read
-    (the forward's values and each op's saved state, the probabilities and labels) and write
-    (parameter gradients, and activation gradients through :meth:`add_grad`)."""
+    (the forward's values and each op's saved state) and write (parameter gradients, and activation
+    gradients through :meth:`add_grad`); the loss head reads the output and the targets."""
 
     tail: FloatTail
     vals: dict[int, np.ndarray]
     saved_output: dict[int, tuple[np.ndarray, tuple]]
-    probs: np.ndarray
-    labels: np.ndarray
+    probs: np.ndarray  # the tail's output (probabilities or real values)
+    labels: np.ndarray  # the targets (see FloatTail.loss_and_grads)
     grads: dict[int, np.ndarray] = field(default_factory=dict)
     pending: dict[int, np.ndarray] = field(default_factory=dict)  # activation gradients not yet consumed
 

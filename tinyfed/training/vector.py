@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tinyfed.training.metrics import score
+from tinyfed.training.task import Task
+
 if TYPE_CHECKING:
     from tinyfed.training.tail import FloatTail
 
@@ -39,31 +42,36 @@ def split_units(flat: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.
     return out
 
 
-def tail_evaluator(tail: FloatTail, shapes: Sequence[tuple[int, int]], inputs: np.ndarray, labels: np.ndarray,
-                   chunk: int | None = 256) -> Callable[[np.ndarray], tuple[float, float]]:
-    """vector -> (accuracy, mean cross-entropy) of ``tail`` with those unit values on ``inputs``.
+def tail_evaluator(tail: FloatTail, shapes: Sequence[tuple[int, int]], inputs: np.ndarray, targets: np.ndarray,
+                   chunk: int | None = 256, *, task: Task = Task.CLASSIFY,
+                   anomaly: np.ndarray | None = None) -> Callable[[np.ndarray], tuple[float, float]]:
+    """vector -> (the task's metric, its mean loss) of ``tail`` with those unit values on ``inputs``.
 
-    ``inputs`` are what the tail takes (the frozen fragment's output, dequantized). The forward
-    pass runs ``chunk`` samples at a time so a large test split does not hold every layer's
-    activations at once; ``chunk=None`` runs it in one pass. The chunking can move the loss in
-    the last float32 bits (matrix products of another height round differently), so a caller
-    whose numbers are on record keeps its chunking. ``tail`` itself is never modified.
+    ``inputs`` are what the tail takes (the frozen fragment's output, dequantized); ``targets``
+    and ``anomaly`` are those of :func:`tinyfed.training.metrics.score` (for classification the
+    metric is the accuracy and the loss the cross-entropy). The forward pass runs ``chunk``
+    samples at a time so a large test split does not hold every layer's activations at once;
+    ``chunk=None`` runs it in one pass. The chunking can move the loss in the last float32 bits
+    (matrix products of another height round differently), so a caller whose numbers are on
+    record keeps its chunking. ``tail`` itself is never modified.
     """
-    y = np.asarray(labels, np.int64)
+    y = np.asarray(targets, np.int64) if task is Task.CLASSIFY else np.asarray(targets, np.float32)
     shapes = [(int(c), int(per)) for c, per in shapes]
-    if len(inputs) != len(y):
-        raise ValueError(f"{len(inputs)} inputs but {len(y)} labels")
+    n = len(inputs)
+    if n != len(y):
+        raise ValueError(f"{n} inputs but {len(y)} {'labels' if task is Task.CLASSIFY else 'targets'}")
+    if anomaly is not None and len(anomaly) != n:
+        raise ValueError(f"{n} inputs but {len(anomaly)} anomaly labels")
     if chunk is None:
-        chunk = max(1, len(y))
+        chunk = max(1, n)
     elif chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
 
     def evaluate(w: np.ndarray) -> tuple[float, float]:
         t = tail.copy()
         t.set_unit_values(split_units(w, shapes))
-        p = np.concatenate([t.forward(inputs[k:k + chunk], keep=False).reshape(min(chunk, len(y) - k), -1)
-                            for k in range(0, len(y), chunk)])
-        loss = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-30)).mean())
-        return float((p.argmax(1) == y).mean()), loss
+        out = np.concatenate([t.forward(inputs[k:k + chunk], keep=False).reshape(min(chunk, n - k), -1)
+                              for k in range(0, n, chunk)])
+        return score(task, out, y, anomaly)
 
     return evaluate

@@ -44,6 +44,5 @@ static const tftr_op_entry_t tftr_op_add = {
     .validate = add_validate,
     .forward = add_forward,
     .backward = add_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_add);

@@ -150,7 +150,6 @@ static const tftr_op_entry_t tftr_op_conv_2d = {
     .validate = conv_validate,
     .forward = conv_forward,
     .backward = conv_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_conv_2d);
 
@@ -165,6 +164,5 @@ static const tftr_op_entry_t tftr_op_depthwise_conv_2d = {
     .validate = conv_validate,
     .forward = conv_forward,
     .backward = conv_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_depthwise_conv_2d);

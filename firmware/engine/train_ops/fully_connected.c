@@ -76,6 +76,5 @@ static const tftr_op_entry_t tftr_op_fully_connected = {
     .validate = fully_connected_validate,
     .forward = fully_connected_forward,
     .backward = fully_connected_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_fully_connected);

@@ -116,7 +116,6 @@ static const tftr_op_entry_t tftr_op_max_pool_2d = {
     .validate = pool_validate,
     .forward = pool_forward,
     .backward = pool_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_max_pool_2d);
 
@@ -131,6 +130,5 @@ static const tftr_op_entry_t tftr_op_average_pool_2d = {
     .validate = pool_validate,
     .forward = pool_forward,
     .backward = pool_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_average_pool_2d);

@@ -41,6 +41,5 @@ static const tftr_op_entry_t tftr_op_reshape = {
     .validate = reshape_validate,
     .forward = reshape_forward,
     .backward = reshape_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_reshape);

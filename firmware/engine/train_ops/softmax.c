@@ -1,7 +1,8 @@
 /*
- * Training SOFTMAX: the loss head, the program's last op. Forward: the probabilities, stable
- * (max subtracted). Backward of softmax and cross-entropy together: d(-log p[label]) / d(x) =
- * beta * (p - onehot(label)).
+ * Training SOFTMAX: the program's last op. Forward: the probabilities, stable (max subtracted).
+ * Under cross-entropy its backward never runs (the loss's gradient beta (p - onehot) enters
+ * below it: tftr_loss.c); under MSE the backward is the softmax's Jacobian:
+ * dx = beta p (g - sum(g p)).
  *
  * Params: p0 beta (float32 bits).
  */
@@ -41,16 +42,18 @@ static void softmax_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const
     for (uint32_t i = 0; i < n; ++i) y[i] /= sum;
 }
 
-/* out is the program's output (validated): its values are the probabilities, its size the classes. */
-static void softmax_loss_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out,
-                                  uint8_t label, const tftr_ctx_t *c)
+static void softmax_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out,
+                             const tftr_ctx_t *c)
 {
     float *dx = tftr_grd(c, &t[0]);
     if (!dx) return;
     const float *prob = tftr_val(c, out);
+    const float *g = tftr_grd(c, out);
     float beta;
     memcpy(&beta, &op->p[0], sizeof(beta));
-    for (uint32_t k = 0; k < out->elems; ++k) dx[k] += beta * (prob[k] - (k == label ? 1.0f : 0.0f));
+    float dot = 0.0f;
+    for (uint32_t k = 0; k < out->elems; ++k) dot += g[k] * prob[k];
+    for (uint32_t k = 0; k < out->elems; ++k) dx[k] += beta * (prob[k] * (g[k] - dot));
 }
 
 static const tftr_op_entry_t tftr_op_softmax = {
@@ -63,7 +66,7 @@ static const tftr_op_entry_t tftr_op_softmax = {
     .weighted = false,
     .validate = softmax_validate,
     .forward = softmax_forward,
-    .backward = 0,
-    .loss_backward = softmax_loss_backward,
+    .backward = softmax_backward,
+    .last_only = true,
 };
 TFTR_REGISTER_OP(tftr_op_softmax);

@@ -122,5 +122,5 @@ def program_tail(blob: bytes):
     from tinyfed.training.tail import FloatTail
 
     graph, units, info = program_graph(blob)
-    tail = FloatTail(graph, units)  # type: ignore[arg-type]
+    tail = FloatTail(graph, units, loss=info.loss)  # type: ignore[arg-type]
     return tail, [(len(u.channels), u.values_per_channel) for u in units], info.ram_bytes

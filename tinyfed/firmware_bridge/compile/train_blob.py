@@ -8,7 +8,10 @@ in record order) and plans the float32 work area of ONE sample: activation value
 gradient buffers placed by lifetime over the forward + backward timeline. The C engine
 (``firmware/engine/tftr.c``) validates and runs it; ``tinyfed.training.FloatTail`` is the
 numpy reference of the same computation. Each op's record is its op module's ``encode_program``
-(:mod:`tinyfed.ops`). Layout: ``docs/fragment-format.md`` ("Training
+(:mod:`tinyfed.ops`). The header names the loss (``LOSS_*``, the task's
+:class:`~tinyfed.training.task.Loss`) and the targets the engine reads per sample (``TARGET_*``,
+the local data's: a class byte, k label bytes, k float32 values, or the model's own int8 input,
+dequantized with the target scale and zero point). Layout: ``docs/fragment-format.md`` ("Training
 program (TFTR)").
 """
 
@@ -24,7 +27,15 @@ import numpy as np
 from tinyfed import ops
 from tinyfed.errors import ModelError, PlanError
 from tinyfed.firmware_bridge.compile.layout import FragmentBuilder, align_up, plan_arena
+from tinyfed.firmware_bridge.compile.local_data import (
+    TARGET_CLASS,
+    TARGET_INPUT,
+    TARGET_LABELS,
+    TARGET_REAL,
+    target_kind,
+)
 from tinyfed.planner import trainable as tfw
+from tinyfed.training.task import Loss, Task, loss_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.models.tflite_graph import OpInfo, TensorInfo, TfliteGraph
@@ -40,7 +51,7 @@ __all__ = [
 ]
 
 MAGIC = b"TFTR"
-VERSION = 1
+VERSION = 2  # 2: the loss and target fields (issue 13)
 HEADER_BYTES = 96
 TENSOR_BYTES = 48
 OP_BYTES = 64
@@ -53,11 +64,17 @@ ALIGN = 4
 KIND_ACT, KIND_Q8, KIND_Q32 = 0, 1, 2
 ACT_CODES = {"NONE": 0, None: 0, "RELU": 1, "RELU6": 2}
 FLAG_ZERO_IN0, FLAG_ZERO_IN1 = 1, 2
+LOSS_SOFTMAX_CE, LOSS_SIGMOID_BCE, LOSS_MSE = 0, 1, 2
+LOSS_CODES = {Loss.SOFTMAX_CE: LOSS_SOFTMAX_CE, Loss.SIGMOID_BCE: LOSS_SIGMOID_BCE, Loss.MSE: LOSS_MSE}
+#: the targets each loss reads
+LOSS_TARGETS = {LOSS_SOFTMAX_CE: (TARGET_CLASS,), LOSS_SIGMOID_BCE: (TARGET_LABELS,),
+                LOSS_MSE: (TARGET_REAL, TARGET_INPUT)}
 
 # magic, version, header bytes, total, ram, work, trainable, input elems, classes, input scale,
 # input zp, op count, tensor count, unit count, first trainable op, tensors/ops/units/data offsets,
-# data bytes, flops, input tensor, output tensor, scratch offset, scratch floats, 12 reserved
-_HEADER = struct.Struct("<4sHHIIIIIIfiHHHHIIIIIIHHII12x")
+# data bytes, flops, input tensor, output tensor, scratch offset, scratch floats, loss, target kind, 2 reserved,
+# target scale, target zero point (TARGET_INPUT: the model input's; else 0 and 0)
+_HEADER = struct.Struct("<4sHHIIIIIIfiHHHHIIIIIIHHIIBBxxfi")
 _TENSOR = struct.Struct("<BBBB4iIIIII8x")
 _OP = struct.Struct("<BBBBHHHH13i")
 _UNIT = struct.Struct("<HHBBHIIII")
@@ -75,7 +92,7 @@ class ProgramInfo:
     work_bytes: int  # float32 activations and gradient buffers of one sample, planned
     trainable_count: int  # floats of w*
     input_elems: int  # int8 elements of the tail input
-    classes: int  # softmax outputs
+    classes: int  # output elements: softmax classes, labels or real outputs
     flops: int  # multiply-accumulates of one training sample (forward + backward)
     op_count: int
     unit_count: int
@@ -83,6 +100,16 @@ class ProgramInfo:
     input_scale: float
     input_zero_point: int
     total_size: int
+    loss: Loss = Loss.SOFTMAX_CE
+    target_kind: int = TARGET_CLASS  # local_data.TARGET_*: what the engine reads per sample
+    target_scale: float = 0.0  # TARGET_INPUT: the model input's quantization
+    target_zero_point: int = 0
+
+    @property
+    def target_bytes(self) -> int:
+        """Bytes of one sample's target as the engine reads it (TARGET_INPUT: the sample itself)."""
+        return {TARGET_CLASS: 1, TARGET_LABELS: self.classes, TARGET_REAL: 4 * self.classes,
+                TARGET_INPUT: self.classes}[self.target_kind]
 
 
 class ProgramBuilder(FragmentBuilder):
@@ -192,13 +219,12 @@ def _check_tail(g: TfliteGraph, n_units: int, source: str) -> None:
         listing = ", ".join(f"op {i} {n}" for i, n in bad)
         raise ModelError(f"the training engine has no kernel for {listing}", fix=_fix_ops(), source=source)
     n = len(g.ops)
-    if n == 0 or g.ops[-1].name != "SOFTMAX":
-        raise ModelError("the tail must end with SOFTMAX (trained with cross-entropy)",
-                         fix="plan a model whose last op is SOFTMAX", source=source)
+    if n == 0:
+        raise ModelError("the tail has no ops", fix="cut the plan before the model's last op", source=source)
     if any(op.name == "SOFTMAX" for op in g.ops[:-1]):
         raise ModelError("SOFTMAX is only supported as the tail's last op", fix=_fix_ops(), source=source)
     if len(g.inputs) != 1 or len(g.outputs) != 1 or g.outputs[0] != g.ops[-1].outputs[0]:
-        raise ModelError("the tail must have one input and the softmax output as its one output",
+        raise ModelError("the tail must have one input and its last op's output as its one output",
                          fix="cut at a single-tensor boundary (TfliteGraph.cut_points())", source=source)
     if n >= NONE16 or n_units >= NONE16:
         raise ModelError("too many ops or units for the training program format", source=source)
@@ -280,7 +306,8 @@ class _Timeline:
         return self._root(t, self.g_alias)
 
 
-def _timeline(g: TfliteGraph, first_trainable: int, acts: list[int]) -> _Timeline:
+def _timeline(g: TfliteGraph, first_trainable: int, acts: list[int], output_grad: bool) -> _Timeline:
+    """``output_grad``: the loss's gradient enters at the output (MSE), which needs a buffer."""
     producer: dict[int, int] = {}
     consumers: dict[int, list[int]] = {}
     alias: dict[int, int] = {}
@@ -293,7 +320,8 @@ def _timeline(g: TfliteGraph, first_trainable: int, acts: list[int]) -> _Timelin
         if ops.get(op.name).alias:
             alias[op.outputs[0]] = op.inputs[0]
     tl = _Timeline(len(g.ops), first_trainable, producer, consumers, alias)
-    tl.has_grad = {t for t in acts if t in producer and producer[t] >= first_trainable and consumers.get(t)}
+    tl.has_grad = {t for t in acts if t in producer and producer[t] >= first_trainable
+                   and (consumers.get(t) or (output_grad and t == g.outputs[0]))}
     for op in g.ops:
         if ops.get(op.name).alias:
             i, o_ = op.inputs[0], op.outputs[0]
@@ -326,8 +354,8 @@ def _plan_work(b: ProgramBuilder, tl: _Timeline, acts: list[int]) -> tuple[dict[
             end = max(end, tl.n - 1)
         _grow(v_life, v_size, ("v", tl.root(t)), start, end, 4 * g.tensors[t].size)
     for t in sorted(tl.has_grad):
-        _grow(v_life, v_size, ("g", tl.groot(t)), tl.tb(max(tl.consumers[t])), tl.tb(tl.producer[t]),
-              4 * g.tensors[t].size)
+        last_reader = max(tl.consumers.get(t, [tl.producer[t]]))  # the output's: the loss, before its producer
+        _grow(v_life, v_size, ("g", tl.groot(t)), tl.tb(last_reader), tl.tb(tl.producer[t]), 4 * g.tensors[t].size)
     scratch_floats = max((int(np.prod(pr["shape"])) // pr["channels"] for pr in b.params.values()), default=0)
     if scratch_floats:
         v_life[("s", 0)] = (0, 2 * tl.n - 1)
@@ -380,18 +408,51 @@ def _unit_records(b: ProgramBuilder) -> bytes:
     return bytes(recs)
 
 
-def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "tail.tflite") -> bytes:
+def _task_fields(g: TfliteGraph, task: Task | None, model_input: tuple[float, int] | None,
+                 source: str) -> tuple[int, int, float, int]:
+    """The header's loss, target kind, target scale and zero point for ``task`` (None: the
+    task the tail's last op implies, regress for a plain output)."""
+    from tinyfed.training.tail import check_loss
+
+    last = g.ops[-1].name
+    if task is None:
+        task = {"SOFTMAX": Task.CLASSIFY, "LOGISTIC": Task.MULTILABEL}.get(last, Task.REGRESS)
+    task = Task(task)
+    try:
+        loss = check_loss(last, loss_of(task))
+    except ModelError as exc:
+        raise ModelError(f"task {task.value}: {exc.problem}", fix=exc.fix, source=source) from None
+    kind = target_kind(task)
+    if kind != TARGET_INPUT:
+        return LOSS_CODES[loss], kind, 0.0, 0
+    if model_input is None:  # the program is the whole model: its input is the model's
+        t_in = g.tensors[g.inputs[0]]
+        model_input = (float(t_in.scales[0]) if t_in.scales else 1.0,
+                       int(t_in.zero_points[0]) if t_in.zero_points else 0)
+    scale, zp = float(model_input[0]), int(model_input[1])
+    if not (np.isfinite(scale) and scale > 0 and -128 <= zp <= 127):
+        raise ModelError(f"task autoencode: the model input's quantization (scale {scale}, zero point {zp}) "
+                         "is not int8", fix="convert the model with an int8 input", source=source)
+    return LOSS_CODES[loss], kind, scale, zp
+
+
+def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "tail.tflite",
+                    task: Task | None = None, model_input: tuple[float, int] | None = None) -> bytes:
     """Compile a plan's tail and its trainable units into a TFTR training program.
 
-    Raises :class:`ModelError` for ops or shapes the engine cannot train (unsupported ops, no
-    final SOFTMAX, broadcasting ADD, batch > 1 ...) and :class:`PlanError` when the units do
-    not address weights/biases of the tail.
+    ``task`` sets the loss and the targets (None: classify for a final SOFTMAX, multilabel for a
+    final LOGISTIC, else regress); ``model_input`` is the (scale, zero point) of the whole
+    model's int8 input, the autoencoder's target (None: the tail's own input, right when no
+    frozen fragment runs before it). Raises :class:`ModelError` for ops or shapes the engine
+    cannot train (unsupported ops, a loss the last op cannot take, broadcasting ADD, batch > 1
+    ...) and :class:`PlanError` when the units do not address weights/biases of the tail.
     """
     from tinyfed.models.tflite_graph import TfliteGraph
 
     g = TfliteGraph.from_bytes(bytes(tail_tflite), source=source)
     units = tfw.decode(bytes(trainable_tfw))
     _check_tail(g, len(units), source)
+    loss_code, kind, t_scale, t_zp = _task_fields(g, task, model_input, source)
     n = len(g.ops)
     b = ProgramBuilder(g, units, source)
     first_trainable = min((u.op_index for u in units), default=n)
@@ -404,7 +465,7 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
         flops += macs
 
     acts = [t for t in b.ids if not g.tensors[t].is_constant]
-    tl = _timeline(g, first_trainable, acts)
+    tl = _timeline(g, first_trainable, acts, loss_code == LOSS_MSE)
     offsets, work_bytes, scratch_floats = _plan_work(b, tl, acts)
     scratch_offset = offsets.get(("s", 0), 0)
     _zero_flags(g, records, tl)
@@ -431,7 +492,8 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
     header = _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, total, ram, work_bytes, b.trainable_count, t_in.size,
                           g.tensors[g.outputs[0]].size, in_scale, in_zp, n, len(b.ids), len(units), first_trainable,
                           tensors_offset, ops_offset, units_offset, data_offset, len(b.data.buf), min(flops, NONE32),
-                          b.ids[g.inputs[0]], b.ids[g.outputs[0]], scratch_offset, scratch_floats)
+                          b.ids[g.inputs[0]], b.ids[g.outputs[0]], scratch_offset, scratch_floats, loss_code, kind,
+                          t_scale, t_zp)
     return header + body
 
 
@@ -444,6 +506,7 @@ def parse_program(blob: bytes) -> ProgramInfo:
     (magic, version, hdr, total, ram, work, count, in_elems, classes, in_scale, in_zp, n_ops, _n_t, n_units, first,
      *_rest) = _HEADER.unpack_from(blob)
     flops = _rest[5]
+    loss_code, kind, t_scale, t_zp = _rest[-4:]
     if magic != MAGIC:
         raise ModelError("not a TFTR training program (bad magic)", fix=fix)
     if version != VERSION:
@@ -452,9 +515,13 @@ def parse_program(blob: bytes) -> ProgramInfo:
         raise ModelError(f"training program size {len(blob)} disagrees with its header ({total})", fix=fix)
     if ram != 12 * count + work:
         raise ModelError("training program RAM size disagrees with its work area and w*", fix=fix)
+    if kind not in LOSS_TARGETS.get(loss_code, ()):
+        raise ModelError(f"training program loss {loss_code} with target kind {kind} is not a valid pair", fix=fix)
+    loss = next(k for k, v in LOSS_CODES.items() if v == loss_code)
     return ProgramInfo(ram_bytes=ram, work_bytes=work, trainable_count=count, input_elems=in_elems, classes=classes,
                        flops=flops, op_count=n_ops, unit_count=n_units, first_trainable_op=first,
-                       input_scale=float(in_scale), input_zero_point=in_zp, total_size=total)
+                       input_scale=float(in_scale), input_zero_point=in_zp, total_size=total, loss=loss,
+                       target_kind=kind, target_scale=float(t_scale), target_zero_point=t_zp)
 
 
 def program_ram_bytes(blob: bytes) -> int:

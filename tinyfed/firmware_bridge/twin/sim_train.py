@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.firmware_bridge.compile import local_data
+from tinyfed.firmware_bridge.compile.train_blob import ProgramInfo, parse_program
 from tinyfed.firmware_bridge.link.framing import Status
 from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
@@ -27,6 +28,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     quantize_flat,
 )
 from tinyfed.firmware_bridge.twin import shuffle
+from tinyfed.training.task import Loss
 from tinyfed.training.vector import split_units
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ class SimTrainer:
 
     arena_bytes: int
     program: bytes | None = None
+    info: ProgramInfo | None = None
     tail: FloatTail | None = None
     unit_shapes: list[tuple[int, int]] = field(default_factory=list)
     ram_bytes: int = 0
@@ -87,6 +90,7 @@ class SimTrainer:
             raise BoardReply(Status.WRONG_VERSION if "version" in problem else Status.BAD_MODEL, 0,
                              problem[:64]) from None
         self.program, self.tail, self.unit_shapes, self.ram_bytes = blob, tail, shapes, ram
+        self.info = parse_program(blob)
         self.fragment_changed(fragment)
         need = self._state_bytes()
         if need > self.arena_bytes - self.fragment_arena:
@@ -99,7 +103,7 @@ class SimTrainer:
         except Exception as exc:  # noqa: BLE001
             raise BoardReply(Status.NO_DATA, 0, str(getattr(exc, "problem", exc))[:64]) from None
         self._heads.clear()
-        return struct.pack("<IHH", len(self.data.y), self.data.classes, 0)
+        return struct.pack("<IHH", len(self.data.y), self.data.classes, self.data.kind)
 
     def fragment_changed(self, fragment: Any) -> None:
         """A fragment (or program) was committed: w* back to the program's initial values, version 0."""
@@ -122,8 +126,30 @@ class SimTrainer:
         assert self.tail is not None
         return int(np.prod(self.tail.graph.tensors[self.tail.graph.inputs[0]].shape[1:]))
 
+    def _target_bytes(self) -> int:
+        return self.info.target_bytes if self.info is not None else 0
+
     def _state_bytes(self) -> int:
-        return ((self.ram_bytes + 7) & ~7) + 4 * sum(c for c, _ in self.unit_shapes)
+        """The firmware's: tftr state (8-aligned), update scales, one sample's target (4-aligned)."""
+        return ((self.ram_bytes + 7) & ~7) + 4 * sum(c for c, _ in self.unit_shapes) + ((self._target_bytes() + 3) & ~3)
+
+    def _targets(self) -> np.ndarray:
+        """The local targets as FloatTail takes them, checked against the program as the board does."""
+        assert self.data is not None and self.info is not None and self.tail is not None
+        info, data = self.info, self.data
+        if data.kind != info.target_kind:
+            raise BoardReply(Status.NO_DATA, info.target_kind,
+                             f"local targets of another task; program target kind {info.target_kind}")
+        if data.kind != local_data.TARGET_CLASS and data.classes != info.classes:
+            raise BoardReply(Status.NO_DATA, info.classes,
+                             f"local targets per sample differ; program outputs {info.classes}")
+        out_shape = tuple(self.tail.graph.tensors[self.tail.graph.outputs[0]].shape[1:])
+        if data.kind == local_data.TARGET_CLASS:
+            return data.y.astype(np.int64)
+        if data.kind == local_data.TARGET_INPUT:  # the model's own input, dequantized as the engine does
+            centred = data.x.astype(np.int32) - info.target_zero_point
+            return (centred * np.float32(info.target_scale)).astype(np.float32).reshape((len(data.x), *out_shape))
+        return data.y.astype(np.float32).reshape((len(data.y), *out_shape))
 
     # -- commands ------------------------------------------------------------------------
 
@@ -147,7 +173,7 @@ class SimTrainer:
                 self._heads.clear()
                 samples = self.data.x.reshape((len(self.data.x),) + tuple(in_shape[1:]))
                 self._heads[raw_key] = self.tail.dequantize_input(samples)
-            return self._heads[raw_key], self.data.y.astype(np.int64)
+            return self._heads[raw_key], self._targets()
         if fragment.input_bytes is not None and self.data.x.shape[1] != fragment.input_bytes:
             raise BoardReply(Status.NO_DATA, fragment.input_bytes,
                              f"local samples do not match the fragment input of bytes {fragment.input_bytes}")
@@ -164,7 +190,7 @@ class SimTrainer:
                                  "training program does not follow this fragment")
             self._heads.clear()
             self._heads[key] = self.tail.dequantize_input(out.reshape((len(out),) + tuple(in_shape[1:])))
-        return self._heads[key], self.data.y.astype(np.int64)
+        return self._heads[key], self._targets()
 
     def train_set(self, p: bytes) -> bytes:
         if len(p) < 8 or (len(p) - 8) % 4:
@@ -223,7 +249,7 @@ class SimTrainer:
         if params.head_cache and fragment is not None and params.epochs > 1:
             out_bytes = int(np.prod(x.shape[1:])) if x.shape[1:] else 0
             spare = self.arena_bytes - ((self.fragment_arena + 7) & ~7) - self._state_bytes()
-            cached = n * (1 + out_bytes) <= spare
+            cached = n * (self._target_bytes() + out_bytes) <= spare
         return TrainReport(self.version, n, steps, result.loss, variance, len(self.update_image), 0, cached).pack()
 
     def update_read(self, p: bytes, max_payload: int) -> bytes:
@@ -246,10 +272,11 @@ class SimTrainer:
         assert self.tail is not None and self.values is not None  # _ready saw the program, which set w*
         tail = self.tail.copy()
         tail.set_unit_values(split_units(self.values, self.unit_shapes))
-        prob = tail.forward(x[:n], keep=False).reshape(n, -1) if n else np.zeros((0, 1), np.float32)
-        loss = float(-np.log(np.maximum(prob[np.arange(n), y[:n]], 1e-30)).mean()) if n else 0.0
-        correct = int((prob.argmax(axis=1) == y[:n]).sum()) if n else 0
-        return EVALUATE_RESPONSE.pack(n, correct, loss, 0)
+        if not n:
+            return EVALUATE_RESPONSE.pack(0, 0, 0.0, 0)
+        losses, out = tail.sample_losses(x[:n], y[:n])
+        loss = float(losses.mean())
+        return EVALUATE_RESPONSE.pack(n, _correct(tail.loss_kind, out, y[:n]), loss, 0)
 
     def stats(self, p: bytes, fw_ram: int) -> bytes:
         """STATS of a board without paint: the planned figures stand in for the high-water marks."""
@@ -258,3 +285,14 @@ class SimTrainer:
         train = self._state_bytes() if self.tail is not None else 0
         return STATS_RESPONSE.pack(0, 0, fw_ram, self.arena_bytes, self.fragment_arena + train,
                                    self.fragment_arena, train, fw_ram)
+
+
+def _correct(loss: Loss, out: np.ndarray, targets: np.ndarray) -> int:
+    """EVALUATE's correct count, as the engine counts it: argmax = class; every output's p >= 0.5
+    agrees with its label; none for MSE."""
+    n = out.shape[0]
+    if loss is Loss.SOFTMAX_CE:
+        return int((out.reshape(n, -1).argmax(axis=1) == targets).sum())
+    if loss is Loss.SIGMOID_BCE:
+        return int(((out.reshape(n, -1) >= 0.5) == (targets.reshape(n, -1) != 0)).all(axis=1).sum())
+    return 0
