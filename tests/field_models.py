@@ -212,9 +212,9 @@ def sine_data(*, seed: int, n_train: int = 2000, n_test: int = 400) -> FieldData
 
 
 def anomaly_data(*, seed: int, n_train: int = 2000, n_test: int = 400, latent: int = 4,
-                 anomaly_fraction: float = 0.5) -> FieldData:
+                 anomaly_fraction: float = 0.5, burst_std: float = 0.5) -> FieldData:
     """Normal samples on a ``latent``-dimensional manifold in 640-D plus small noise; test anomalies
-    are normal samples with a strong off-manifold burst on a random band of 64 features."""
+    are normal samples with an off-manifold burst (``burst_std``) on a random band of 64 features."""
     rng = np.random.default_rng(seed)
     basis = rng.normal(0.0, 1.0, size=(latent, 640)).astype(np.float32) / np.sqrt(latent)
 
@@ -227,7 +227,7 @@ def anomaly_data(*, seed: int, n_train: int = 2000, n_test: int = 400, latent: i
     labels = (rng.uniform(size=n_test) < anomaly_fraction).astype(np.int64)
     for i in np.flatnonzero(labels):
         start = int(rng.integers(0, 640 - 64))
-        xt[i, start : start + 64] += rng.normal(0.0, 1.5, size=64).astype(np.float32)
+        xt[i, start : start + 64] += rng.normal(0.0, burst_std, size=64).astype(np.float32)
     return FieldData(x, None, xt, labels)
 
 
