@@ -16,12 +16,12 @@ Every task's metric is "higher is better", so one stop rule (``metric >= target`
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["Loss", "Task", "default_task", "loss_of"]
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     """The learning task of a run."""
 
     CLASSIFY = "classify"
@@ -30,7 +30,7 @@ class Task(str, Enum):
     AUTOENCODE = "autoencode"
 
 
-class Loss(str, Enum):
+class Loss(StrEnum):
     """The loss the training engines (C firmware, numpy twin, FloatTail) compute on the tail's output."""
 
     SOFTMAX_CE = "softmax_ce"  # the last op is SOFTMAX; the gradient enters below it (p - onehot)
