@@ -32,7 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from field_models import FIELD_MODELS, FieldModel, build_field_model, local_samples_cap  # noqa: E402
+from field_models import (  # noqa: E402
+    FIELD_MODELS,
+    FieldModel,
+    build_field_model,
+    local_samples_cap,
+    qemu_fragment,
+)
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
@@ -83,8 +89,7 @@ def plan_row(path: Path, out: Path) -> dict[str, Any]:
     board = doc["boards"]["nrf52840"]
     return {"fits": plan.fits, "w_star_params": plan.trainable_params, "cut_op": plan.cut,
             "ram_bytes_predicted": board["ram_bytes_used"], "training_ram_bytes": plan.training.total,
-            "importance": doc["importance"], "problems": plan.problems,
-            "frozen": str(plan.files["frozen"]) if "frozen" in plan.files else None}
+            "importance": doc["importance"], "problems": plan.problems}
 
 
 def sim_mismatches(tflite: bytes, n: int) -> int:
@@ -151,23 +156,24 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
 
 @contextlib.contextmanager
 def qemu_boards(per_kind: int):
-    """``per_kind`` boards of each QEMU kind under ``-icount``: {kind: (urls, SysTick clock)}."""
+    """``per_kind`` boards of each QEMU kind under ``-icount``: {kind: (urls, SysTick clock, fragment slot)}."""
     from tinyfed.firmware_bridge.emulate.build import build_firmware
     from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
 
     with contextlib.ExitStack() as stack:
-        found: dict[str, tuple[list[str], int]] = {}
+        found: dict[str, tuple[list[str], int, int]] = {}
         for kind in QEMU_KINDS:
             elf = build_firmware(kind)
             urls = [stack.enter_context(launch_qemu(kind, elf, name=f"{kind}#{i}",
                                                     extra_args=("-icount", f"shift={ICOUNT_SHIFT}"))).url
                     for i in range(per_kind)]
-            found[kind] = (urls, systick_clock_hz(urls[0]))
+            found[kind] = (urls, *board_facts(urls[0]))
         yield found
 
 
-def systick_clock_hz(url: str) -> int:
-    """The clock the firmware's SysTick counts at, from its BENCH answer (as bench/speed.py reads it)."""
+def board_facts(url: str) -> tuple[int, int]:
+    """The clock the firmware's SysTick counts at (from its BENCH answer, as bench/speed.py reads it) and
+    its fragment slot in bytes (HELLO)."""
     import struct
 
     from tinyfed.firmware_bridge.link.client import BoardClient
@@ -175,7 +181,8 @@ def systick_clock_hz(url: str) -> int:
 
     with BoardClient(url, name=url, timeout=60.0) as client:
         answer = client.request(Command.BENCH, struct.pack("<H", 1))
-    return int(struct.unpack_from("<IIIII", answer)[4])
+        slot = client.hello().fragment_slot_bytes
+    return int(struct.unpack_from("<IIIII", answer)[4]), int(slot)
 
 
 def bench_model(name: str, args: argparse.Namespace, work: Path, boards: dict | None) -> dict[str, Any]:
@@ -195,15 +202,12 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, boards: dict | 
     attempt(row, "plan", lambda: plan_row(tflite, work / f"plan_{name}"))
     attempt(row, "sim_mismatches", lambda: sim_mismatches(fm.tflite, args.sim_inputs))
     if boards is not None:
-        for kind, (urls, clock) in boards.items():
-            attempt(row, kind, lambda u=urls, c=clock: qemu_row(u, c, fm.tflite, args.qemu_inputs, macs))
-            frozen = row["plan"].get("frozen") if isinstance(row["plan"], dict) else None
-            if "FRAGMENT_TOO_LARGE" in str(row[kind]) and frozen:
-                # The whole model exceeds the firmware's fragment slot: run what the plan sends to a board.
-                fragment = Path(frozen).read_bytes()
-                row[f"{kind} runs"] = "frozen fragment"
-                attempt(row, kind, lambda u=urls, c=clock, f=fragment: qemu_row(
-                    u, c, f, args.qemu_inputs, graph_macs(TfliteGraph.from_bytes(f))))
+        for kind, (urls, clock, slot) in boards.items():
+            fragment = qemu_fragment(fm.tflite, slot)  # the longest head that fits the firmware's slot
+            if fragment is not fm.tflite:
+                row[f"{kind} runs"] = f"head of {len(TfliteGraph.from_bytes(fragment).ops)} ops"
+            attempt(row, kind, lambda u=urls, c=clock, f=fragment: qemu_row(
+                u, c, f, args.qemu_inputs, graph_macs(TfliteGraph.from_bytes(f))))
     if args.train:
         attempt(row, "federated", lambda: federated(fm, tflite, npz, work))
     row["seconds"]["total"] = round(time.monotonic() - t0, 1)

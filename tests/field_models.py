@@ -356,6 +356,22 @@ def _pretrained(name: str) -> _Pretrained:
     return _PRETRAINED[name]
 
 
+def qemu_fragment(tflite: bytes, slot_bytes: int) -> bytes:
+    """The whole model, or when its blob exceeds a board's fragment slot (the autoencoder: 310 KB, the QEMU
+    boards' slot 268 KB) the longest head that fits: what a plan freezes on such a board."""
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
+    from tinyfed.models.tflite_graph import TfliteGraph
+
+    if len(compile_blob(tflite)) <= slot_bytes:
+        return tflite
+    graph = TfliteGraph.from_bytes(tflite)
+    for k in sorted(graph.cut_points(), reverse=True):
+        head, _ = graph.split(k)
+        if len(compile_blob(head)) <= slot_bytes:
+            return head
+    raise ValueError(f"no head of the model fits a {slot_bytes}-byte fragment slot")
+
+
 def build_field_model(name: str) -> FieldModel:
     """Build, briefly pretrain and convert the look-alike ``name`` (seeded, deterministic on one machine).
 

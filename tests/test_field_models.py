@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from field_models import FIELD_MODELS, FieldModel, build_field_model, local_samples_cap
+from field_models import FIELD_MODELS, FieldModel, build_field_model, local_samples_cap, qemu_fragment
 
 from tinyfed.boards import get_board, single_board_fleet
 from tinyfed.firmware_bridge.compile.blob import compile_blob
@@ -176,19 +176,11 @@ def qemu_boards():
         yield {QEMU_KINDS[0]: m4.urls, QEMU_KINDS[1]: m55.urls}
 
 
-def _qemu_fragment(case: FieldCase, tmp: Path) -> bytes:
-    """The whole model, or for the autoencoder (a 310 KB blob, larger than the QEMU boards' 268 KB fragment
-    slot) the frozen fragment its nRF52840 plan sends to a board."""
-    if case.model.spec.name != "toyadmos_ae":
-        return case.model.tflite
-    from tinyfed.planner.config import TrainingConfig
-    from tinyfed.planner.plan import make_plan
-    from tinyfed.planner.sources import load_model_source
+def _slot_bytes(url: str) -> int:
+    from tinyfed.firmware_bridge.link.client import BoardClient
 
-    cfg = TrainingConfig()
-    plan = make_plan(load_model_source(str(case.tflite_path), None, cfg), single_board_fleet(get_board("nrf52840")),
-                     cfg, tmp, measure=False)
-    return plan.files["frozen"].read_bytes()
+    with BoardClient(url, name=url, timeout=60.0) as client:
+        return client.hello().fragment_slot_bytes
 
 
 def _infer_share(url: str, blob: bytes, x: np.ndarray) -> np.ndarray:
@@ -201,11 +193,11 @@ def _infer_share(url: str, blob: bytes, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FIELD_MODELS)
-def test_look_alike_is_bit_exact_with_tflm_on_qemu(field_cache: FieldCache, qemu_boards, tmp_path: Path,
-                                                   name: str) -> None:
+def test_look_alike_is_bit_exact_with_tflm_on_qemu(field_cache: FieldCache, qemu_boards, name: str) -> None:
     """200 random inputs per board kind (mps2-an386 Cortex-M4F, mps3-an547 Cortex-M55), each kind's share
     spread over its boards, all boards at once (an inference is bound by the emulated UART), against TFLM."""
-    fragment = _qemu_fragment(field_cache.get(name), tmp_path)
+    slot = min(_slot_bytes(urls[0]) for urls in qemu_boards.values())
+    fragment = qemu_fragment(field_cache.get(name).model.tflite, slot)
     reference = TflmModel(fragment)
     x = random_inputs(reference, QEMU_INPUTS, seed=15)
     want = np.asarray(reference.run(x))
