@@ -24,7 +24,7 @@ def test_views_come_from_the_specs() -> None:
     assert blob.OP_CODES == {s.name: s.code for s in ops.all_ops() if s.firmware}
     assert blob.SUPPORTED_OPS == ops.firmware_ops() >= {"ADD", "CONV_2D", "SOFTMAX"}
     assert ops.trainable_ops() == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
-    assert ops.alias_ops() == {"RESHAPE"}
+    assert ops.alias_ops() == {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
     assert ops.keras_kinds() == {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D",
                                  "Dense": "FULLY_CONNECTED"}
     assert HOST_ARENA.op_bytes("CONV_2D", 10) == 76 + 8 * 10

@@ -8,8 +8,10 @@ The QEMU runs of the same sessions are in tests/test_train_tasks_qemu.py.
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,50 @@ def multilabel_case(n: int = 24, seed: int = 0) -> dict:
     return {"tail": model, "tfw": units, "x": _quantized(model, xf), "y": y, "bytes": y.astype(np.uint8),
             "program": compile_program(model, units),
             "image": local_data.pack(_quantized(model, xf), y, kind=local_data.TARGET_LABELS)}
+
+
+@functools.cache
+def _planned(which: str) -> dict[str, bytes]:
+    """``tinyfed plan``'s files for the nRF52840 (the planner picks w*; these models fit whole)."""
+    from tinyfed.boards import get_board, single_board_fleet
+    from tinyfed.planner.config import TrainingConfig
+    from tinyfed.planner.plan import make_plan
+    from tinyfed.planner.sources import load_model_source
+
+    out = Path(tempfile.mkdtemp(prefix=f"task_plan_{which}_"))
+    model = out / f"{which}.tflite"
+    model.write_bytes(fc_autoencoder_int8() if which == "autoencode" else fc_regressor_int8())
+    plan = make_plan(load_model_source(str(model), None, TrainingConfig()), single_board_fleet(get_board("nrf52840")),
+                     TrainingConfig(), out / "plan", measure=False)
+    return {k: Path(v).read_bytes() for k, v in plan.files.items() if k in ("frozen", "tail", "trainable")}
+
+
+def planned_case(which: str, n: int = 64, seed: int = 7) -> dict:
+    """A planned autoencoder or regressor: the plan's tail and w*, compiled for the task."""
+    files = _planned(which)
+    head, tail, units = files.get("frozen", b""), files["tail"], files["trainable"]
+    model = fc_autoencoder_int8() if which == "autoencode" else fc_regressor_int8()
+    g = TfliteGraph.from_bytes(model)
+    t_in = g.tensors[g.inputs[0]]
+    scale, zp = float(t_in.scales[0]), int(t_in.zero_points[0])
+    if which == "autoencode":
+        xq = _quantized(model, autoencoder_data(n, seed))
+        y = ((xq.astype(np.int32) - zp) * np.float32(scale)).astype(np.float32)
+        image = local_data.pack(xq, None, kind=local_data.TARGET_INPUT)
+        task = Task.AUTOENCODE
+    else:
+        xf, y = regression_data(n, seed)
+        xq = _quantized(model, xf)
+        image = local_data.pack(xq, y, kind=local_data.TARGET_REAL)
+        task = Task.REGRESS
+    if head:
+        from tinyfed.models.tflm import TflmModel
+
+        x_tail = np.asarray(TflmModel(head).run(xq))
+    else:
+        x_tail = xq
+    return {"tail": tail, "head": head, "tfw": units, "x": x_tail, "y": y, "image": image,
+            "program": compile_program(tail, units, task=task, model_input=(scale, zp))}
 
 
 CASES = {"regress": regress_case, "autoencode_split": autoencode_case,
@@ -388,10 +434,14 @@ def reference_update(c: dict, params) -> tuple[np.ndarray, float, list[tuple[int
 
 TASK_PARAMS = {"regress": dict(epochs=4, batch_size=8, lr=0.1, seed=3),
                "autoencode_split": dict(epochs=4, batch_size=8, lr=0.3, seed=5),
-               "multilabel": dict(epochs=4, batch_size=8, lr=0.5, seed=6)}
+               "multilabel": dict(epochs=4, batch_size=8, lr=0.5, seed=6),
+               "planned_autoencode": dict(epochs=4, batch_size=8, lr=0.3, seed=8),
+               "planned_regress": dict(epochs=4, batch_size=8, lr=0.1, seed=9)}
 
 
 def task_case(name: str) -> dict:
+    if name.startswith("planned_"):
+        return planned_case(name.removeprefix("planned_"))
     return {"regress": regress_case, "autoencode_split": autoencode_case, "multilabel": multilabel_case}[name](64, 7)
 
 

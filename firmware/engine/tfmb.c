@@ -38,7 +38,7 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, uint32_t n)
 
 /* ---- record decoding ------------------------------------------------------------------- */
 
-static void read_tensor(const tfmb_model_t *m, uint16_t id, tfmb_tensor_t *t)
+void tfmb_read_tensor(const tfmb_model_t *m, uint16_t id, tfmb_tensor_t *t)
 {
     const uint8_t *r = m->blob + m->tensors_offset + (uint32_t)id * TFMB_TENSOR_BYTES;
     t->type = r[0];
@@ -139,9 +139,9 @@ static bool check_op(const tfmb_model_t *m, uint16_t idx, tfmb_error_t *err)
     const char *ids = tfmb_check_input_ids(op.in, entry->required, entry->inputs, m->tensor_count);
     if (ids) return BAD(ids, idx);
     for (int i = 0; i < 3; ++i)
-        if (op.in[i] != TFMB_NONE) read_tensor(m, op.in[i], &t[i]);
+        if (op.in[i] != TFMB_NONE) tfmb_read_tensor(m, op.in[i], &t[i]);
     if (op.out >= m->tensor_count) return BAD("output id out of range at op", idx);
-    read_tensor(m, op.out, &out);
+    tfmb_read_tensor(m, op.out, &out);
     if (!tfmb_is_activation(&out)) return BAD("output is not an int8 activation at op", idx);
     if (!tfmb_is_activation(&t[0])) return BAD("input is not an int8 activation at op", idx);
     if (!entry->in_place)
@@ -197,8 +197,8 @@ bool tfmb_open(tfmb_model_t *m, const uint8_t *blob, uint32_t size, uint32_t are
     for (uint16_t i = 0; i < v.tensor_count; ++i)
         if (!check_tensor(&v, i, err)) return false;
     tfmb_tensor_t tin, tout;
-    read_tensor(&v, v.input_tensor, &tin);
-    read_tensor(&v, v.output_tensor, &tout);
+    tfmb_read_tensor(&v, v.input_tensor, &tin);
+    tfmb_read_tensor(&v, v.output_tensor, &tout);
     if (!tfmb_is_activation(&tin) || !tfmb_is_activation(&tout))
         return tfmb_fail(err, TFMB_BAD_MODEL, 0, "input/output not int8 activations", 0, false);
     for (uint16_t i = 0; i < v.op_count; ++i)
@@ -241,8 +241,8 @@ bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err)
         tfmb_tensor_t t[3], out;
         read_op(m, i, &op);
         for (int k = 0; k < 3; ++k)
-            if (op.in[k] != TFMB_NONE) read_tensor(m, op.in[k], &t[k]);
-        read_tensor(m, op.out, &out);
+            if (op.in[k] != TFMB_NONE) tfmb_read_tensor(m, op.in[k], &t[k]);
+        tfmb_read_tensor(m, op.out, &out);
         const tfmb_op_entry_t *entry = tfmb_find_op(op.code);
         if (!entry) return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
         entry->eval(&op, t, &out, &c);

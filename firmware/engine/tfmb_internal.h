@@ -30,6 +30,7 @@
  * host's OP_CODES. */
 #define TFMB_OP_ADD 0u
 #define TFMB_OP_AVERAGE_POOL_2D 1u
+#define TFMB_OP_CONCATENATION 2u
 #define TFMB_OP_CONV_2D 3u
 #define TFMB_OP_DEPTHWISE_CONV_2D 4u
 #define TFMB_OP_FULLY_CONNECTED 9u
@@ -41,7 +42,14 @@
 #define TFMB_OP_RESHAPE 22u
 #define TFMB_OP_SOFTMAX 25u
 #define TFMB_OP_TANH 28u
+#define TFMB_OP_PAD 34u
+#define TFMB_OP_MEAN 40u
+#define TFMB_OP_SQUEEZE 43u
+#define TFMB_OP_STRIDED_SLICE 45u
+#define TFMB_OP_PADV2 60u
+#define TFMB_OP_EXPAND_DIMS 70u
 #define TFMB_OP_LEAKY_RELU 98u
+#define TFMB_OP_QUANTIZE 114u
 #define TFMB_OP_HARD_SWISH 117u
 
 /* Validation bounds shared by both engines. */
@@ -247,6 +255,8 @@ const tfmb_op_entry_t *tfmb_find_op(uint8_t code);
 /* Helpers for the validate functions (tfmb.c), NULL or the problem as they: the zero points and
  * activation range at p0..p3; the n-entry per-channel multiplier/shift arrays at p10/p11. */
 const char *tfmb_check_common_q(const tfmb_op_t *op);
+/* Tensor record `id` (< tensor_count; every record was validated before the ops) decoded. */
+void tfmb_read_tensor(const tfmb_model_t *m, uint16_t id, tfmb_tensor_t *t);
 const char *tfmb_check_requant_arrays(const tfmb_model_t *m, const tfmb_op_t *op, int32_t n);
 
 #endif /* TFMB_INTERNAL_H */

@@ -468,7 +468,7 @@ void tftr_accumulate(tftr_program_t *p, const int8_t *input, const uint8_t *targ
         tftr_op_t op;
         tftr_tensor_t t[3], out;
         const tftr_op_entry_t *entry = load_op(p, (uint16_t)i, &op, t, &out);
-        for (int k = 0; k < 2; ++k) {
+        for (int k = 0; k < 3; ++k) {
             float *g = (op.flags & (1u << k)) ? tftr_grd(&c, &t[k]) : 0;
             if (g) memset(g, 0, 4u * t[k].elems);
         }

@@ -36,6 +36,7 @@
 
 #define TFTR_FLAG_ZERO_IN0 1u /* zero input 0's gradient before this op's backward */
 #define TFTR_FLAG_ZERO_IN1 2u
+#define TFTR_FLAG_ZERO_IN2 4u /* CONCATENATION of three inputs */
 
 typedef struct {
     int32_t d[4];

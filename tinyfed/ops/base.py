@@ -8,7 +8,7 @@ simulator's MAC count) look the op up in :mod:`tinyfed.ops.registry` and call th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.models.tflite_graph import OpInfo, TensorInfo
     from tinyfed.training.tail import Backward, FloatTail
 
-__all__ = ["BlobRecord", "OpSpec", "ProgramRecord", "WeightLayout"]
+__all__ = ["VARIADIC", "BlobRecord", "OpSpec", "ProgramRecord", "WeightLayout"]
+
+VARIADIC = -1  # OpSpec.arity of an op whose inputs are all activations, however many
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class OpSpec:
     """Everything the host knows about one TFLite builtin op.
 
     ``code`` is the TFLite ``BuiltinOperator`` code: the TFMB and TFTR formats and the C engines
-    use it as their op code. ``arity`` counts the activation inputs (the rest are constants).
+    use it as their op code. ``arity`` counts the activation inputs (the rest are constants);
+    ``VARIADIC`` (-1): every input is an activation (CONCATENATION).
     """
 
     name: str
@@ -87,6 +90,13 @@ class OpSpec:
     keras_layer: str | None = None  # the Keras layer class converted to this op (importance mapping)
     #: Keras kernel layout -> this op's TFLite weight layout
     keras_kernel: Callable[[np.ndarray], np.ndarray] | None = None
+    #: the blob ids of the op's activation inputs when they are more than its record's three slots
+    #: (CONCATENATION lists them in the data section); None: the first ``arity`` slots
+    blob_inputs: Callable[[BlobInfo, BlobOp], tuple[int, ...]] | None = None
+
+    def activation_inputs(self, inputs: Sequence[int]) -> list[int]:
+        """The graph tensors among an op's ``inputs`` that are activations (its first ``arity``, or all)."""
+        return list(inputs) if self.arity == VARIADIC else list(inputs[: self.arity])
 
     @property
     def trainable(self) -> bool:

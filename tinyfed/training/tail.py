@@ -212,7 +212,7 @@ class FloatTail:
         saved: dict[int, tuple[np.ndarray, tuple]] = {}  # op -> (pre-activation output, the op's own state)
         for op in g.ops:
             spec = ops.get(op.name)
-            xs = [self._value(vals, op.inputs[k]) for k in range(spec.arity)]
+            xs = [self._value(vals, t) for t in spec.activation_inputs(op.inputs)]
             z, state = spec.float_forward(self, op, xs, n)
             saved[op.index] = (z, state)
             act = op.options.get("activation", "NONE") if spec.fused_activation else "NONE"

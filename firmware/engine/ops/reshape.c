@@ -1,6 +1,6 @@
 /*
- * RESHAPE: a copy of the bytes; the host planner normally aliases input and output, and then
- * there is nothing to do. No params.
+ * RESHAPE, SQUEEZE and EXPAND_DIMS: a copy of the bytes; the host planner normally aliases
+ * input and output, and then there is nothing to do. No params.
  */
 #include <string.h>
 
@@ -32,3 +32,25 @@ static const tfmb_op_entry_t tfmb_op_reshape = {
     .eval = reshape_eval,
 };
 TFMB_REGISTER_OP(tfmb_op_reshape);
+
+static const tfmb_op_entry_t tfmb_op_squeeze = {
+    .code = TFMB_OP_SQUEEZE,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .in_place = true,
+    .validate = reshape_validate,
+    .eval = reshape_eval,
+};
+TFMB_REGISTER_OP(tfmb_op_squeeze);
+
+static const tfmb_op_entry_t tfmb_op_expand_dims = {
+    .code = TFMB_OP_EXPAND_DIMS,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .in_place = true,
+    .validate = reshape_validate,
+    .eval = reshape_eval,
+};
+TFMB_REGISTER_OP(tfmb_op_expand_dims);

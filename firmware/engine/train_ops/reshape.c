@@ -1,5 +1,5 @@
 /*
- * Training RESHAPE: a copy of the values (and of the gradient back), skipped when the planner
+ * Training RESHAPE, SQUEEZE and EXPAND_DIMS: a copy of the values (and of the gradient back), skipped when the planner
  * gave input and output the same buffers. No params, no fused activation.
  */
 #include "../tftr_internal.h"
@@ -43,3 +43,33 @@ static const tftr_op_entry_t tftr_op_reshape = {
     .backward = reshape_backward,
 };
 TFTR_REGISTER_OP(tftr_op_reshape);
+
+static const tftr_op_entry_t tftr_op_squeeze = {
+    .code = TFMB_OP_SQUEEZE,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .fused_activation = false,
+    .in_place = true,
+    .weighted = false,
+    .validate = reshape_validate,
+    .forward = reshape_forward,
+    .backward = reshape_backward,
+    .loss_backward = 0,
+};
+TFTR_REGISTER_OP(tftr_op_squeeze);
+
+static const tftr_op_entry_t tftr_op_expand_dims = {
+    .code = TFMB_OP_EXPAND_DIMS,
+    .inputs = 1,
+    .required = 1,
+    .activations = 1,
+    .fused_activation = false,
+    .in_place = true,
+    .weighted = false,
+    .validate = reshape_validate,
+    .forward = reshape_forward,
+    .backward = reshape_backward,
+    .loss_backward = 0,
+};
+TFTR_REGISTER_OP(tftr_op_expand_dims);

@@ -194,6 +194,7 @@ class BlobBuilder(FragmentBuilder):
         super().__init__(graph, source, ALIGN)
         self.const_offsets: dict[int, int] = {}
         self.aliases: dict[int, int] = {}  # reshape output -> input (shares arena bytes)
+        self.offset_patches: list[tuple[int, int]] = []  # (data-section offset, graph tensor)
 
     def activation(self, op: OpInfo, t: int, what: str) -> TensorInfo:
         """Tensor ``t`` checked as a per-tensor int8 activation of rank <= 4 (not numbered)."""
@@ -238,6 +239,11 @@ class BlobBuilder(FragmentBuilder):
     def int32s(self, values: list[int] | tuple[int, ...]) -> int:
         """An int32 array in the data section; its offset."""
         return self.data.add(np.asarray(values, dtype="<i4").tobytes())
+
+    def arena_offset_at(self, data_offset: int, t: int) -> None:
+        """Write graph tensor ``t``'s arena offset into the int32 at ``data_offset`` once the arena is
+        planned (an op whose data section lists tensors, such as CONCATENATION's inputs)."""
+        self.offset_patches.append((data_offset, t))
 
     def alias(self, out: int, inp: int) -> None:
         """Output ``out`` reinterprets ``inp``'s arena bytes."""
@@ -331,6 +337,8 @@ def compile_blob(tflite_bytes: bytes, *, source: str = "<bytes>") -> bytes:
     records = _encode_ops(b)
     b.id(g.outputs[0])
     offsets, arena = _plan(b)
+    for data_offset, t in b.offset_patches:
+        struct.pack_into("<i", b.data.buf, data_offset, offsets[b.root(t)])
 
     tensor_recs = _tensor_records(b, offsets)
     op_recs = bytearray()

@@ -63,7 +63,7 @@ ALIGN = 4
 
 KIND_ACT, KIND_Q8, KIND_Q32 = 0, 1, 2
 ACT_CODES = {"NONE": 0, None: 0, "RELU": 1, "RELU6": 2}
-FLAG_ZERO_IN0, FLAG_ZERO_IN1 = 1, 2
+FLAG_ZERO_IN0, FLAG_ZERO_IN1, FLAG_ZERO_IN2 = 1, 2, 4
 LOSS_SOFTMAX_CE, LOSS_SIGMOID_BCE, LOSS_MSE = 0, 1, 2
 LOSS_CODES = {Loss.SOFTMAX_CE: LOSS_SOFTMAX_CE, Loss.SIGMOID_BCE: LOSS_SIGMOID_BCE, Loss.MSE: LOSS_MSE}
 #: the targets each loss reads
@@ -369,9 +369,10 @@ def _zero_flags(g: TfliteGraph, records: list[list[Any]], tl: _Timeline) -> None
     for rec, op in zip(records, g.ops, strict=True):
         spec = ops.get(op.name)
         seen = set()
-        for k in (0, 1):
+        n_acts = len(spec.activation_inputs(op.inputs))
+        for k in range(3):
             t = op.inputs[k] if k < len(op.inputs) else -1
-            if k >= spec.arity:
+            if k >= n_acts:
                 continue
             if t < 0 or t not in tl.has_grad or t in seen:
                 continue
@@ -379,7 +380,7 @@ def _zero_flags(g: TfliteGraph, records: list[list[Any]], tl: _Timeline) -> None
             if spec.alias and op.outputs[0] in tl.g_alias:
                 continue
             if max(tl.consumers[t]) == op.index:
-                rec[2] |= FLAG_ZERO_IN0 if k == 0 else FLAG_ZERO_IN1
+                rec[2] |= (FLAG_ZERO_IN0, FLAG_ZERO_IN1, FLAG_ZERO_IN2)[k]
 
 
 def _tensor_records(b: ProgramBuilder, tl: _Timeline, offsets: dict[object, int]) -> bytes:

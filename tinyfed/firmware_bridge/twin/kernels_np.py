@@ -45,8 +45,9 @@ def run_info(info: BlobInfo, x_int8: np.ndarray) -> np.ndarray:
         spec = ops.by_code(op.code)
         if spec is None or not spec.firmware:
             raise ModelError(f"op {op.index} has code {op.code}, which the engine does not run")
+        ids = spec.blob_inputs(info, op) if spec.blob_inputs else op.inputs[: spec.arity]
         # an operand may be a constant (MUL's): its values without a batch axis
-        inputs = [values[t] if t in values else info.constant(t) for t in op.inputs[: spec.arity]]
+        inputs = [values[t] if t in values else info.constant(t) for t in ids]
         values[op.output] = spec.run_int8(info, op, inputs, info.tensors[op.output].shape)
     out = values[info.output_tensor]
     out_shape = info.output_shape
