@@ -172,7 +172,9 @@ def cpu_over(pid: int, seconds: float, work=None) -> tuple[float, int, int]:
 
 
 def make_fragments(out_root: Path) -> dict[str, dict]:
-    cfg = TrainingConfig()
+    # digits_cnn's Fisher plan trains every layer on this budget (no frozen head since issue 13); the depth
+    # ranking's ties keep the later cut, so both models get a frozen fragment
+    cfg = TrainingConfig(importance="depth")
     frags = {}
     for name in ZOO_NAMES:
         source = load_model_source(name, None, cfg)
@@ -313,7 +315,7 @@ def main() -> None:
                   f"{fit.flash_used:>7,} {b.fw_flash_bytes:>7,}+{len(f['blob']):>6,}={built_flash:>7,} "
                   f"{fit.flash_used - built_flash:>+8,}  [{b.board} build]")
         print(f"{'':<11} plan RAM total with training lines {fit.ram_used:,} B of {fit.board.ram_bytes:,}; "
-              f"planner arena {f['plan'].arena:,} (estimated {f['plan'].arena_estimated:,}) vs blob arena "
+              f"planner arena {f['plan'].arena:,} (TFLM estimate {f['plan'].tflm_arena_estimated:,}) vs blob arena "
               f"{f['info'].arena_bytes:,}; flash fragments = frozen {len(f['tflite']):,} tflite + tail")
 
 

@@ -109,7 +109,7 @@ def build_training_case(out: Path) -> TrainingCase:
     from tinyfed.planner.plan import make_plan
     from tinyfed.planner.sources import load_model_source
 
-    cfg = TrainingConfig()
+    cfg = TrainingConfig(head_cache_samples=PER_CLASS * 6)  # room for the head cache of every window
     plan = make_plan(load_model_source("har_cnn", None, cfg), single_board_fleet(get_board("nrf52840")), cfg, out,
                      measure=False)
     files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable")}

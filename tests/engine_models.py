@@ -102,13 +102,14 @@ def elementwise_int8(kind: str) -> bytes:
     return _convert(keras.Model(inp, layer(inp)), ELEMENTWISE_SHAPE)
 
 
-MUL_KINDS = ("broadcast", "fused_relu", "constant", "constant_2d", "constant_first")
+MUL_KINDS = ("broadcast", "fused_relu", "square", "constant", "constant_2d", "constant_scalar", "constant_first")
 
 
 @functools.cache
 def mul_int8(kind: str) -> bytes:
-    """MUL of two conv outputs ((1,4,5,6) by (1,1,1,6), or equal shapes with a fused RELU), or of
-    the input by a constant ((6,) or (5, 6); ``constant_first`` swaps the operands in the file)."""
+    """MUL of two conv outputs ((1,4,5,6) by (1,1,1,6), or equal shapes with a fused RELU), of a conv
+    output by itself (both inputs one tensor), or of
+    the input by a constant ((6,), (5, 6) or a scalar; ``constant_first`` swaps the operands in the file)."""
     tf = _tf()
     keras = tf.keras
     keras.utils.set_random_seed(2)
@@ -118,6 +119,10 @@ def mul_int8(kind: str) -> bytes:
         out = keras.layers.Multiply()([a, keras.layers.Conv2D(6, (4, 5), name="s")(inp)])
     elif kind == "fused_relu":
         out = keras.layers.ReLU()(keras.layers.Multiply()([a, keras.layers.Conv2D(6, 1, name="b")(inp)]))
+    elif kind == "square":
+        out = keras.layers.Multiply()([a, a])
+    elif kind == "constant_scalar":
+        out = keras.layers.Lambda(lambda t: t * 0.37)(inp)
     else:
         c = np.linspace(-1, 1, 30).reshape(5, 6) if kind == "constant_2d" else np.linspace(-2, 3, 6)
         c = c.astype(np.float32)
@@ -167,3 +172,17 @@ def elementwise_tail_int8() -> bytes:
     m = keras.layers.ReLU(6.0)(keras.layers.Lambda(lambda v: v * c)(g))
     out = keras.layers.Softmax()(keras.layers.Dense(5, bias_initializer=bias)(m))
     return _convert(keras.Model(inp, out), ELEMENTWISE_TAIL_SHAPE)
+
+
+@functools.cache
+def mul_tail_int8() -> bytes:
+    """FC, MUL of the FC output by itself (one tensor in both input slots), LOGISTIC, MUL by a
+    scalar constant with a fused RELU, FC, SOFTMAX."""
+    keras = _tf().keras
+    keras.utils.set_random_seed(9)
+    inp = keras.Input(shape=(12,), batch_size=1, name="x")
+    a = keras.layers.Dense(10)(inp)
+    g = keras.layers.Activation("sigmoid")(keras.layers.Multiply()([a, a]))
+    h = keras.layers.ReLU()(keras.layers.Lambda(lambda t: t * 0.37)(g))
+    out = keras.layers.Softmax()(keras.layers.Dense(4)(h))
+    return _convert(keras.Model(inp, out), (12,))

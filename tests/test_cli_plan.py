@@ -56,7 +56,10 @@ def test_plan_json_on_a_board(work: Path, cache_env: dict[str, str]) -> None:
     board = doc["boards"]["nrf52840"]
     assert board["ram_bytes_used"] <= board["ram_bytes_budget"] == 256 * 1024
     assert board["flash_bytes_used"] <= board["flash_bytes_budget"] == 1024 * 1024
-    assert [Path(p).name for p in doc["fragments"]] == ["frozen.tflite", "tail.tflite", "trainable.tfw"]
+    names = [Path(p).name for p in doc["fragments"]]
+    assert names == (["frozen.tflite"] if doc["cut_op"] > 0 else []) + ["tail.tflite", "trainable.tfw"]
+    assert doc["fits"] == board["fits"] and not board["problems"]
+    assert doc["importance"] == doc["training_config"]["importance"] == "fisher"
 
 
 def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) -> None:

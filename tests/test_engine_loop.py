@@ -69,7 +69,7 @@ def test_every_strategy_runs_and_accounts_for_every_task(setups, name: str, tmp_
     assert result.provision_bytes_up == summary["provision_bytes_up"] > 0
     assert np.isfinite(result.final_metric) and 0 < result.final_metric <= 1
     # FTTE moves w* (int8 updates); the baselines move every weight (float32 updates)
-    assert result.vector.size == (4550 if name == "ftte" else 8858)
+    assert result.vector.size == (setup.plan.trainable_params if name == "ftte" else 8858)
     per_update_up = result.bytes_up / max(1, result.updates_accepted)
     if name == "ftte":  # int8 w* against har_cnn's dense float32 update
         assert per_update_up < 0.31 * 4 * 48742

@@ -33,6 +33,15 @@ def har_plan(har_source, tmp_path_factory: pytest.TempPathFactory) -> Plan:
     return make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(), out)
 
 
+@pytest.fixture(scope="session")
+def har_head_plan(har_source, tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    """A plan with a frozen int8 head, ranked nearest the output first."""
+    out = tmp_path_factory.mktemp("plan_har_head")
+    plan = make_plan(har_source, single_board_fleet(get_board("nrf52840")), TrainingConfig(importance="depth"), out)
+    assert plan.cut > 0
+    return plan
+
+
 def _quantized_test_inputs(model_bytes: bytes) -> np.ndarray:
     from tinyfed.models.zoo import get_zoo_model
 
@@ -46,27 +55,24 @@ def _quantized_test_inputs(model_bytes: bytes) -> np.ndarray:
 def test_har_cnn_fits_nrf52840_with_the_ftte_saving(har_plan: Plan) -> None:
     assert har_plan.fits
     assert har_plan.trainable_params > 0
-    assert har_plan.importance_method == "fisher"
-    assert har_plan.training.total <= 0.20 * har_plan.full_training.total
+    assert har_plan.importance_method == "fisher" == har_plan.config.importance
+    # one sample's activations (not a batch's) and the 64 KiB program store bound w* (issue 13)
+    assert har_plan.training.total <= 0.40 * har_plan.full_training.total
     fit = har_plan.fits_by_board["nrf52840"]
     assert fit.ram_used <= fit.board.ram_bytes and fit.flash_used <= fit.board.flash_bytes
-    # The head arena plus training state stays within M_min, by measurement.
-    assert har_plan.arena_measured is not None
-    assert har_plan.arena_measured + har_plan.training.total <= har_plan.m_min_bytes
+    # The firmware's arena (head arena plus training state) stays within M_min.
+    assert har_plan.arena + har_plan.training.total <= har_plan.m_min_bytes
 
 
-def test_ram_estimate_within_ten_percent_of_measured(har_plan: Plan) -> None:
-    fit = har_plan.fits_by_board["nrf52840"]
-    measured_arena = measure_arena(har_plan.files["frozen"].read_bytes()).bytes
-    assert measured_arena == har_plan.arena_measured
-    measured_total = fit.ram_used - har_plan.arena + measured_arena
-    assert abs(fit.ram_estimate_bytes - measured_total) <= 0.10 * measured_total
-    model_part = measured_arena + har_plan.training.total
-    estimated_part = har_plan.arena_estimated + har_plan.training.total
-    assert abs(estimated_part - model_part) <= 0.10 * model_part
+def test_tflm_arena_is_reported_beside_the_firmwares(har_head_plan: Plan) -> None:
+    measured_arena = measure_arena(har_head_plan.files["frozen"].read_bytes()).bytes
+    assert measured_arena == har_head_plan.tflm_arena_measured
+    assert abs(har_head_plan.tflm_arena_estimated - measured_arena) <= 0.10 * measured_arena
+    assert har_head_plan.fits_by_board["nrf52840"].ram_lines["inference_arena"] == har_head_plan.arena
 
 
-def test_fragments_chain_bit_exactly_on_the_whole_test_split(har_plan: Plan) -> None:
+def test_fragments_chain_bit_exactly_on_the_whole_test_split(har_head_plan: Plan) -> None:
+    har_plan = har_head_plan
     full = har_plan.files["model"].read_bytes()
     head = har_plan.files["frozen"].read_bytes()
     tail = har_plan.files["tail"].read_bytes()
@@ -78,7 +84,8 @@ def test_fragments_chain_bit_exactly_on_the_whole_test_split(har_plan: Plan) -> 
     assert len(head) + len(tail) < len(full) + 4096  # no duplicated weights
 
 
-def test_frozen_fragment_holds_no_trainable_op(har_plan: Plan) -> None:
+def test_frozen_fragment_holds_no_trainable_op(har_head_plan: Plan) -> None:
+    har_plan = har_head_plan
     head = TfliteGraph.from_bytes(har_plan.files["frozen"].read_bytes())
     tail = TfliteGraph.from_bytes(har_plan.files["tail"].read_bytes())
     assert len(head.ops) == har_plan.cut

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tinyfed.errors import PlanError
+from tinyfed.firmware_bridge.compile.train_blob import WorkArea
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.importance import LayerImportance
@@ -37,31 +38,47 @@ def _importance(facts: list[LayerFacts]) -> dict[int, LayerImportance]:
 CUTS = [0, 1, 2, 3, 4, 5]
 
 
-def _arena(cut: int) -> int:
-    return 0 if cut == 0 else 4096 + 16 * cut
+class _Layout:
+    """A synthetic firmware layout: a head arena growing with the cut, and a one-sample work area
+    holding the float32 input of every tail op from the first trainable one, plus a weight row."""
+
+    def __init__(self, facts: list[LayerFacts]) -> None:
+        self.facts = facts
+
+    def front(self, cut: int) -> int:
+        return 0 if cut == 0 else 4096 + 16 * cut
+
+    def work(self, cut: int, first_op: int) -> WorkArea:
+        tail = self.facts[cut:]
+        row = 4 * max(f.params_per_channel for f in tail)
+        work = 4 * sum(f.input_elems for f in self.facts[first_op:]) + 4 * tail[-1].output_elems + row
+        return WorkArea(work, row, 0)
+
+
+_arena = _Layout(_facts())
 
 
 def test_training_memory_counts_every_line() -> None:
     facts = _facts()
     cfg = TrainingConfig(batch_size=4, optimizer="momentum")
     sel = Selection({4: LayerSelection(True, (0, 1, 2))})
-    mem = training_memory(facts, sel, 4, cfg)
+    mem = training_memory(facts, sel, cfg, WorkArea(1004, 256, 0))
     params = 3 * 64 + 6
-    assert mem.weights == mem.gradients == 4 * params
+    assert mem.weights == mem.start == mem.gradients == 4 * params  # values, start, accumulated gradient
     assert mem.optimizer == 4 * params
-    assert mem.activations == 4 * 4 * (64 + 6 + 6)  # fc input, softmax input, logits
-    assert mem.scratch == 2 * 4 * 4 * 64
-    assert mem.update == params + 4 * 2
+    assert mem.activations == 1004 - 256 and mem.scratch == 256
+    assert mem.update_scales == 4 * (3 + 6)  # one scale per trained channel, the bias's too
+    assert (12 * params + 1004 + mem.padding) % 8 == 0 and 0 <= mem.padding < 8
     assert mem.total == sum(v for k, v in mem.as_dict().items() if k != "total")
 
 
-def test_reshape_input_is_not_saved_twice() -> None:
+def test_the_batch_size_costs_no_ram() -> None:
     facts = _facts()
-    cfg = TrainingConfig(batch_size=1)
     sel = Selection({1: LayerSelection(True, ())})
-    mem = training_memory(facts, sel, 1, cfg)
-    expected = 128 * 16 + 2048 + 64 + 6 + 6  # inputs of ops 1, 3, 4, 5 and the output; not op 2
-    assert mem.activations == 4 * expected
+    work = _arena.work(1, 1)
+    one = training_memory(facts, sel, TrainingConfig(batch_size=1), work)
+    many = training_memory(facts, sel, TrainingConfig(batch_size=512), work)
+    assert one == many and one.activations + one.scratch == work.work_bytes
 
 
 def test_cut_is_last_clean_boundary_before_first_trainable_op() -> None:
@@ -77,7 +94,8 @@ def test_greedy_respects_budget_and_grows_with_it(budget: int) -> None:
     sel, steps = greedy_select(facts, _importance(facts), budget, cfg, CUTS, _arena)
     cost = ram_cost(facts, sel, cfg, CUTS, _arena)
     assert cost.total <= budget
-    assert [s.ram_after for s in steps] == sorted(s.ram_after for s in steps)
+    # not monotonic: a step that moves the cut earlier gives the head's arena back
+    assert all(s.ram_after <= budget for s in steps)
     if steps:
         assert steps[-1].ram_after == cost.total
     bigger, _ = greedy_select(facts, _importance(facts), budget * 2, cfg, CUTS, _arena)
@@ -92,9 +110,9 @@ def test_greedy_takes_whole_model_when_budget_is_unlimited() -> None:
 
 def test_greedy_prefers_late_layers_when_early_ones_cost_activations() -> None:
     facts = _facts()
-    cfg = TrainingConfig(batch_size=32)
+    cfg = TrainingConfig()
     flat = {f.index: LayerImportance(np.ones(f.out_channels), 1.0) for f in facts if f.trainable}
-    sel, _ = greedy_select(facts, flat, 60_000, cfg, CUTS, _arena)
+    sel, _ = greedy_select(facts, flat, 20_000, cfg, CUTS, _arena)  # one sample of the convs: ~28 KB
     assert sel.first_op() is not None and sel.first_op() >= 3
 
 

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import test_train_engine
-from engine_models import ELEMENTWISE_TAIL_SHAPE, elementwise_tail_int8
+from engine_models import ELEMENTWISE_TAIL_SHAPE, elementwise_tail_int8, mul_tail_int8
 from test_train_engine import GRAD_TOL, LOSS_TOL, STEP_TOL, _everything, _flat, c_grads, c_open, c_train
 
 from tinyfed.firmware_bridge.compile.train_blob import compile_program, parse_program
@@ -24,24 +24,28 @@ lib = test_train_engine.lib  # the host-built C training engine (a session fixtu
 OPS = {"HARD_SWISH", "MUL", "TANH", "RELU6", "LEAKY_RELU", "RELU", "LOGISTIC"}
 
 
-def _case(n: int = 16) -> tuple[bytes, bytes, np.ndarray, np.ndarray]:
-    tail = elementwise_tail_int8()
+def _case(n: int = 16, model: str = "elementwise") -> tuple[bytes, bytes, np.ndarray, np.ndarray]:
+    """A tail with every unit trainable, int8 inputs and labels: the network through every op, or
+    ``mul`` (MUL of a tensor by itself, MUL by a scalar constant)."""
+    tail = mul_tail_int8() if model == "mul" else elementwise_tail_int8()
+    shape = (12,) if model == "mul" else ELEMENTWISE_TAIL_SHAPE
     rng = np.random.default_rng(8)
-    x = rng.integers(-128, 128, size=(n, *ELEMENTWISE_TAIL_SHAPE)).astype(np.int8)
-    return tail, _everything(tail), x, rng.integers(0, 5, size=n)
+    x = rng.integers(-128, 128, size=(n, *shape)).astype(np.int8)
+    return tail, _everything(tail), x, rng.integers(0, 4, size=n)
 
 
-def test_floattail_gradient_matches_finite_differences() -> None:
-    tail, tfw_b, x, y = _case(6)
+@pytest.mark.parametrize("model", ["elementwise", "mul"])
+def test_floattail_gradient_matches_finite_differences(model: str) -> None:
+    tail, tfw_b, x, y = _case(6, model)
     ft = FloatTail.from_fragments(tail, tfw_b, dtype=np.float64)
-    assert OPS <= set(ft.graph.op_names())
+    assert (OPS if model == "elementwise" else {"MUL"}) <= set(ft.graph.op_names())
     xf = ft.dequantize_input(x)
     _, grads = ft.loss_and_grads(xf, y)
     analytic = ft.unit_grads(grads)
     values = ft.unit_values()
     rng = np.random.default_rng(1)
     eps, checked = 1e-6, 0
-    for k in [0, 1, 2, 3, len(values) - 2]:  # the first conv (all ops lie above it), later units
+    for k in sorted({0, 1, 2, 3, len(values) - 2} & set(range(len(values)))):  # the first op's units, later ones
         for idx in rng.choice(values[k].size, size=min(6, values[k].size), replace=False):
             plus = [v.copy() for v in values]
             minus = [v.copy() for v in values]
@@ -55,11 +59,12 @@ def test_floattail_gradient_matches_finite_differences() -> None:
             assert analytic[k].flat[idx] == pytest.approx(numeric, rel=1e-4, abs=1e-7), (k, idx)
             checked += 1
     ft.set_unit_values(values)
-    assert checked >= 20
+    assert checked >= 12
 
 
-def test_c_engine_matches_floattail(lib) -> None:
-    tail, tfw_b, x, y = _case()
+@pytest.mark.parametrize("model", ["elementwise", "mul"])
+def test_c_engine_matches_floattail(lib, model: str) -> None:
+    tail, tfw_b, x, y = _case(model=model)
     blob = compile_program(tail, tfw_b)
     status, _, msg, _ = c_open(lib, blob)
     assert status == 0, msg
@@ -95,3 +100,21 @@ def test_c_sgd_matches_local_train(lib) -> None:
     assert np.abs(ref_delta).max() > 0
     assert float(np.abs((values - _flat(ft.unit_values())) - ref_delta).max() / np.abs(ref_delta).max()) <= STEP_TOL
     assert abs(float(losses.mean()) - res.loss) <= 1e-4 * max(1.0, res.loss)
+
+
+@pytest.mark.parametrize("model", ["elementwise", "mul"])
+def test_sim_board_trains_the_same_tail_from_the_program(model: str) -> None:
+    """The sim:// board rebuilds the tail from the TFTR program alone (LEAKY_RELU's alpha, MUL's
+    constant operand, scalar or not, and fused activation): the same loss and gradients as from
+    the plan files."""
+    from tinyfed.firmware_bridge.compile.program_tail import program_tail
+
+    tail, tfw_b, x, y = _case(8, model)
+    ref = FloatTail.from_fragments(tail, tfw_b)
+    sim, _, _ = program_tail(compile_program(tail, tfw_b))
+    xf = ref.dequantize_input(x)
+    loss_ref, grads_ref = ref.loss_and_grads(xf, y)
+    loss_sim, grads_sim = sim.loss_and_grads(xf, y)
+    assert loss_sim == loss_ref
+    for a, b in zip(sim.unit_grads(grads_sim), ref.unit_grads(grads_ref), strict=True):
+        np.testing.assert_array_equal(a, b)

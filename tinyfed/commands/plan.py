@@ -27,13 +27,18 @@ def _kib(n: int | None) -> str:
               show_default=True, help="Directory for the fragments and plan.json.")
 @click.option("--representative", type=click.Path(dir_okay=False, path_type=Path),
               help="Representative inputs (.npy) for a .keras model.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Local training batch size on the boards.")
+@click.option("--batch-size", type=int, default=16, show_default=True,
+              help="Local training batch size on the boards (no RAM: the firmware accumulates one sample at a time).")
+@click.option("--head-cache-samples", type=int, default=0, show_default=True,
+              help="Local samples per board whose frozen-head outputs the plan leaves room for (the firmware "
+                   "caches them after the first epoch).")
 @click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True)
 @click.option("--importance", type=click.Choice(["fisher", "depth"]), default="fisher", show_default=True,
               help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
 @click.option("--trainable", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
               help="auto: FTTE's w* under M_min; full: train every parameter (to see what it would cost).")
-@click.option("--no-measure", is_flag=True, help="Skip the TFLite Micro arena measurement (estimate only).")
+@click.option("--no-measure", is_flag=True,
+              help="Skip measuring the head under TFLite Micro (reported beside the firmware's own arena).")
 @boards_dir_option
 @json_option
 def plan(
@@ -43,6 +48,7 @@ def plan(
     out_dir: Path,
     representative: Path | None,
     batch_size: int,
+    head_cache_samples: int,
     optimizer: str,
     importance: str,
     trainable: str,
@@ -63,7 +69,8 @@ def plan(
         raise BoardError("give exactly one of --board NAME or --fleet FILE",
                          fix="e.g. `tinyfed plan har_cnn --board nrf52840`")
     out_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the slow part
-    cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance)
+    cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance,
+                         head_cache_samples=head_cache_samples)
     source = load_model_source(model, representative, cfg)
     result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable,
                        extra_board_dirs=boards_dirs)
@@ -121,12 +128,15 @@ def _render(result) -> None:
     )
     console.print(
         f"training memory: {_kib(tm['total'])} KiB vs {_kib(full['total'])} KiB for the full model "
-        f"({100 * doc['training_memory_ratio']:.1f}%); arena {_kib(doc['arena_bytes_measured'])} KiB measured, "
-        f"{_kib(doc['arena_bytes_estimated'])} KiB estimated"
+        f"({100 * doc['training_memory_ratio']:.1f}%); firmware arena of the head {_kib(doc['arena_bytes'])} KiB "
+        f"(under TFLite Micro: {_kib(doc['tflm_arena_bytes_measured'])} KiB measured, "
+        f"{_kib(doc['tflm_arena_bytes_estimated'])} KiB estimated)"
     )
     for p in doc["problems"]:
         console.print(f"[red]does not fit:[/] {p}")
     for s in doc["suggestions"]:
         console.print(f"[yellow]suggestion:[/] {s}")
+    for n in doc["notes"]:
+        console.print(f"note: {n}")
     for path in doc["fragments"]:
         console.print(f"wrote {path}")

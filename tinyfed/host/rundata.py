@@ -178,7 +178,7 @@ def user_run_data(model: str, npz: str | Path, test_npz: str | Path | None = Non
     elif not path.is_file():
         raise DatasetError(f"no such model file {path}", fix="give the path of a full-int8 .tflite", source=str(path))
     else:
-        graph = TfliteGraph.from_file(path)
+        graph = TfliteGraph.from_file(path).int8_graph()  # float data meets the int8 body's input
     in_shape = tuple(graph.tensors[graph.inputs[0]].shape[1:])
     out_shape = tuple(graph.tensors[graph.outputs[0]].shape[1:])
     classes = int(np.prod(out_shape))

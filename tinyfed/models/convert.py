@@ -19,6 +19,7 @@ import numpy as np
 
 from tinyfed.errors import ModelError
 from tinyfed.models.tfimport import native_stderr_to_log
+from tinyfed.ops.fixed_point import dequantize, quantize
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -292,7 +293,8 @@ def tflm_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """Run an int8 model sample by sample in the tflite-micro reference interpreter.
 
     ``x`` is float ``(N, *input_shape)``; it is quantized with the input scale/zero point
-    and the int8 outputs are dequantized, giving float ``(N, *output_shape)``.
+    and the int8 outputs are dequantized (TFLM's QUANTIZE and DEQUANTIZE rules), giving float
+    ``(N, *output_shape)``.
     """
     from tflite_micro.python.tflite_micro import runtime
 
@@ -305,15 +307,12 @@ def tflm_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     shape = tuple(int(d) for d in ind["shape"])
     outs = []
     for sample in np.asarray(x, dtype=np.float32):
-        if np.issubdtype(in_dtype, np.integer):
-            info = np.iinfo(in_dtype)
-            q = np.clip(np.round(sample / in_scale) + in_zp, info.min, info.max).astype(in_dtype)
-        else:
-            q = sample.astype(in_dtype)
+        integer = np.issubdtype(in_dtype, np.integer)
+        q = quantize(sample, in_scale, in_zp, in_dtype) if integer else sample.astype(in_dtype)
         interp.set_input(q.reshape(shape), 0)
         interp.invoke()
         o = np.asarray(interp.get_output(0))
-        outs.append((o.astype(np.float32) - out_zp) * out_scale if np.issubdtype(o.dtype, np.integer) else o)
+        outs.append(dequantize(o, out_scale, out_zp) if np.issubdtype(o.dtype, np.integer) else o)
     return np.concatenate([o.reshape(1, -1) for o in outs]) if outs else np.zeros((0, 0), np.float32)
 
 

@@ -7,10 +7,17 @@ writing uses ``ai_edge_litert.tools.flatbuffer_utils``-style packing.
 What :meth:`TfliteGraph.from_bytes` guarantees
     The bytes are a single-subgraph TFLite flatbuffer whose every offset, vector, string and
     index is in range, and whose activations (graph inputs/outputs and every non-constant op
-    input/output) are not floating point. Anything else raises :class:`~tinyfed.errors.ModelError`
-    with a one-line problem and fix. Parsing is pure Python over a bounds-checked view of the
-    bytes, so a damaged file can raise but never crash the process; the work done is linear in
-    the file size, so it cannot hang either. Buffers stored after the flatbuffer (``offset``/
+    input/output) are not floating point, except a float interface: QUANTIZE ops first that read
+    float graph inputs and DEQUANTIZE ops last that write float graph outputs (:attr:`edges`;
+    :meth:`int8_graph` is the body without them). Anything else raises
+    :class:`~tinyfed.errors.ModelError` with a one-line problem and fix. Validation follows
+    TFLM's own checks: quirks TFLM ignores (a 1-D bias's per-channel axis out of range, a bias
+    without zero points, non-zero convolution filter zero points) are kept in :attr:`warnings`
+    and logged, and the graph records what TFLM uses (axis 0, zero points 0).
+
+    Parsing is pure Python over a bounds-checked view of the bytes, so a damaged file can
+    raise but never crash the process; the work done is linear in the file size, so it
+    cannot hang either. Buffers stored after the flatbuffer (``offset``/
     ``size``, the >2 GB layout) are checked against the file length and read in.
 
     Because TFLM's kernels trust the flatbuffer (a negative scale, a wrong shape, a swapped
@@ -43,11 +50,12 @@ Conventions
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, SupportsIndex, overload
 
@@ -58,7 +66,9 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from tinyfed.errors import ModelError
 
-__all__ = ["OpInfo", "TensorInfo", "TfliteGraph", "FLOAT_FIX", "CORRUPT_FIX"]
+__all__ = ["FloatEdges", "OpInfo", "TensorInfo", "TfliteGraph", "FLOAT_FIX", "CORRUPT_FIX"]
+
+log = logging.getLogger(__name__)
 
 FILE_IDENTIFIER = b"TFL3"
 BUFFER_ALIGNMENT = 16
@@ -171,6 +181,8 @@ class TensorInfo:
     is_variable: bool
     buffer: int
     nbytes: int
+    #: False when the file gives scales but no zero points: TFLM then treats the tensor as not quantized
+    has_zero_points: bool = True
 
     @property
     def size(self) -> int:
@@ -200,6 +212,24 @@ class OpInfo:
     outputs: tuple[int, ...]
     options: dict[str, Any] = field(default_factory=dict, compare=False)
     raw_options: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class FloatEdges:
+    """A float-interface model's edges: the ops that convert float32 data to and from the int8 body.
+
+    ``quantize_ops`` are the first ops (QUANTIZE float32 -> int8, one per float input),
+    ``dequantize_ops`` the last (DEQUANTIZE int8 -> float32, one per float output). The host
+    does their work (:func:`tinyfed.ops.fixed_point.quantize` / ``dequantize`` with the
+    int8 side's scale and zero point); :meth:`TfliteGraph.int8_body` is what boards run.
+    """
+
+    quantize_ops: tuple[int, ...] = ()
+    dequantize_ops: tuple[int, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.quantize_ops or self.dequantize_ops)
 
 
 # --------------------------------------------------------------------------------------
@@ -319,14 +349,15 @@ def _check_tensor(t_i: int, t: schema_fb.TensorT, buffers: list[schema_fb.Buffer
 
 
 def _check_quantization(t_i: int, q: schema_fb.QuantizationParametersT | None, shape: list[int]) -> None:
-    """As many zero points as scales, and per-channel scales along a dimension of that length."""
+    """As many zero points as scales (TFLM reads one zero point per scale).
+
+    The per-channel axis (``quantized_dimension``) is checked where TFLM reads it, by the
+    tensor's role (:meth:`TfliteGraph._check_quantized_dimensions`): TFLM ignores it elsewhere.
+    """
     if q is not None and q.scale is not None and len(q.scale) > 0:
         zps = q.zeroPoint
         if zps is not None and len(zps) not in (0, len(q.scale)):
             raise _Corrupt(f"tensor {t_i} has {len(q.scale)} scales but {len(zps)} zero points")
-        if len(q.scale) > 1:
-            if not 0 <= q.quantizedDimension < len(shape) or shape[q.quantizedDimension] != len(q.scale):
-                raise _Corrupt(f"tensor {t_i} per-channel scales do not match its shape")
 
 
 def _check_model_references(model: schema_fb.ModelT, nbuf: int, nt: int) -> None:
@@ -449,6 +480,10 @@ class TfliteGraph:
         self.outputs: list[int] = _ints(sg.outputs)
         self.tensors: list[TensorInfo] = [self._tensor_info(i, t) for i, t in enumerate(sg.tensors or [])]
         self.ops: list[OpInfo] = [self._op_info(i, op) for i, op in enumerate(sg.operators or [])]
+        #: quirks TFLM accepts (each names its tensor or op); logged once when the model is read
+        self.warnings: list[str] = []
+        #: the float interface: QUANTIZE ops first and DEQUANTIZE ops last, around the int8 body
+        self.edges = FloatEdges()
 
     # ---- loading -------------------------------------------------------------------
 
@@ -468,7 +503,9 @@ class TfliteGraph:
         return cls.from_bytes(data, source=str(p))
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> TfliteGraph:
+    def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>", *,
+                   quiet: bool = False) -> TfliteGraph:
+        """Parse and validate; the quirks TFLM accepts are logged (unless ``quiet``) and kept in :attr:`warnings`."""
         data = bytes(data)
         n = len(data)
         if n == 0:
@@ -518,6 +555,12 @@ class TfliteGraph:
                 f"corrupt or truncated .tflite ({n} bytes): {detail}", fix=CORRUPT_FIX, source=source
             ) from None
         graph._check_activations()
+        graph._check_quantized_dimensions()
+        graph._check_zero_points()
+        graph._check_filter_zero_points()
+        if not quiet:
+            for w in graph.warnings:
+                log.warning("%s: %s", source, w)
         return graph
 
     @staticmethod
@@ -713,13 +756,162 @@ class TfliteGraph:
                     fix=FLOAT_FIX,
                     source=self.source,
                 )
+        self.edges = self._float_edges()
+        edge_tensors = set()
+        for k in self.edges.quantize_ops:
+            edge_tensors.add(self.ops[k].inputs[0])
+        for k in self.edges.dequantize_ops:
+            edge_tensors.add(self.ops[k].outputs[0])
         for t in self.activation_tensors():
-            if t.type_name in _FLOAT_TYPES:
+            if t.type_name in _FLOAT_TYPES and t.index not in edge_tensors:
                 raise ModelError(
                     f"float (not full-int8) model: tensor '{t.name}' is {t.type_name}",
                     fix=FLOAT_FIX,
                     source=self.source,
                 )
+
+    def _float_edges(self) -> FloatEdges:
+        """QUANTIZE (float32 -> per-tensor int8) ops reading graph inputs, first; DEQUANTIZE (the
+        reverse) ops writing graph outputs, last: the float interface a converter adds."""
+        def is_edge(op: OpInfo, name: str, outer: int, inner: int, ends: list[int]) -> bool:
+            if op.name != name or len(op.inputs) < 1 or op.inputs[0] < 0:
+                return False
+            f, q = self.tensors[outer], self.tensors[inner]
+            return (outer in ends and f.type_name == "FLOAT32" and q.type_name == "INT8"
+                    and len(q.scales) == 1 and q.has_zero_points)
+
+        first = 0
+        while first < len(self.ops):
+            op = self.ops[first]
+            if not is_edge(op, "QUANTIZE", op.inputs[0], op.outputs[0], self.inputs):
+                break
+            first += 1
+        last = len(self.ops)
+        while last > first:
+            op = self.ops[last - 1]
+            if not is_edge(op, "DEQUANTIZE", op.outputs[0], op.inputs[0], self.outputs):
+                break
+            last -= 1
+        if first == last:
+            return FloatEdges()
+        edges = FloatEdges(tuple(range(first)), tuple(range(last, len(self.ops))))
+        for k in edges.quantize_ops:  # the float input must feed its QUANTIZE only
+            t = self.ops[k].inputs[0]
+            if any(t in op.inputs for op in self.ops if op.index != k):
+                return FloatEdges()
+        return edges
+
+    def int8_body(self) -> bytes:
+        """The model without its float edges (the bytes themselves when it has none): int8 in, int8 out."""
+        if not self.edges.any:
+            return self.data
+        return self.extract(len(self.edges.quantize_ops), len(self.ops) - len(self.edges.dequantize_ops))
+
+    def int8_graph(self) -> TfliteGraph:
+        """This graph without its float edges (itself when it has none), keeping the whole model's warnings.
+
+        What tinyfed plans, cuts and runs on boards; the host quantizes inputs with its input's
+        scale and zero point (TFLM's QUANTIZE rule) and dequantizes outputs as DEQUANTIZE does.
+        """
+        if not self.edges.any:
+            return self
+        body = TfliteGraph.from_bytes(self.int8_body(), source=self.source, quiet=True)  # logged once, above
+        names = ", ".join(f"op {k} {self.ops[k].name}" for k in self.edges.quantize_ops + self.edges.dequantize_ops)
+        note = (f"float interface: {names} run on the host (TFLM's arithmetic); "
+                "the int8 body between them is planned and runs on the boards")
+        log.info("%s: %s", self.source, note)
+        body.warnings = [*self.warnings, note]
+        return body
+
+    def _check_quantized_dimensions(self) -> None:
+        """Per-channel scales along ``quantized_dimension``, checked where TFLM reads that axis.
+
+        TFLM reads it for the weights of CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (it
+        requires as many scales as output channels, and that many entries along the axis) and
+        ignores it everywhere else (biases, activations): an axis out of range there is a
+        quirk of older converters (1-D biases with ``quantized_dimension`` 3), warned about.
+        """
+        weights: dict[int, tuple[OpInfo, int]] = {}
+        for op in self.ops:
+            spec = _WEIGHT_OPS.get(op.name)
+            if spec is not None and len(op.inputs) > spec[0] and op.inputs[spec[0]] >= 0:
+                weights.setdefault(op.inputs[spec[0]], (op, spec[2]))
+        for t in self.tensors:
+            n = len(t.scales)
+            if n <= 1:
+                continue
+            qdim = t.quantized_dimension
+            fits = 0 <= qdim < len(t.shape) and t.shape[qdim] == n
+            if t.index in weights:
+                op, axis = weights[t.index]
+                channels = t.shape[axis] if axis < len(t.shape) else -1
+                if not fits or n != channels:
+                    raise ModelError(
+                        f"op {op.index} {op.name}: weights '{t.name}' ({t.index}) {list(t.shape)} carry {n} scales "
+                        f"along quantized_dimension {qdim}; TFLM needs one per output channel ({channels}) there",
+                        fix="convert again with per-channel quantization (the converter's default)",
+                        source=self.source,
+                    )
+                if qdim != axis:
+                    self.warnings.append(
+                        f"weights '{t.name}' ({t.index}) of op {op.index} {op.name} name quantized_dimension {qdim}, "
+                        f"not the output-channel axis {axis}; TFLM applies the scales per output channel, "
+                        "so does tinyfed"
+                    )
+                    self.tensors[t.index] = replace(t, quantized_dimension=axis)
+            elif not fits:
+                self.warnings.append(
+                    f"tensor '{t.name}' ({t.index}) {list(t.shape)} has {n} scales but quantized_dimension {qdim} "
+                    f"does not index a dimension of {n}; TFLM ignores it there (an older converter's quirk)"
+                )
+                axes = [a for a, d in enumerate(t.shape) if d == n]
+                if len(axes) == 1:  # the only axis the scales can run along (a 1-D bias: 0)
+                    self.tensors[t.index] = replace(t, quantized_dimension=axes[0])
+
+    def _check_filter_zero_points(self) -> None:
+        """Filters with non-zero zero points where TFLM's int8 kernels never read them.
+
+        Convolutions, and FULLY_CONNECTED with per-channel weights (per-tensor weights keep
+        theirs: TFLM's kernel subtracts it). TFLM only asserts 0 in debug builds; the release
+        kernels run as if they were 0. The graph records them as 0, so the engine, the trainer
+        and the exporter all agree with TFLM.
+        """
+        for op in self.ops:
+            if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2 \
+                    or op.inputs[1] < 0:
+                continue
+            t = self.tensors[op.inputs[1]]
+            ignored = op.name != "FULLY_CONNECTED" or len(t.scales) > 1
+            if t.type_name == "INT8" and ignored and any(t.zero_points):
+                self.warnings.append(f"filter '{t.name}' ({t.index}) of op {op.index} {op.name} has zero points "
+                                     f"{sorted(set(t.zero_points))}; TFLM's int8 kernels ignore them, so does tinyfed")
+                self.tensors[t.index] = replace(t, zero_points=(0,) * len(t.zero_points))
+
+    def _check_zero_points(self) -> None:
+        """Scales without zero points: TFLM treats the tensor as not quantized.
+
+        Harmless for a bias (TFLM's int8 kernels never read a bias's quantization), refused
+        elsewhere: TFLM would refuse the op or compute with a scale of 0.
+        """
+        biases: set[int] = set()
+        for op in self.ops:
+            spec = _WEIGHT_OPS.get(op.name)
+            if spec is not None and spec[1] is not None and len(op.inputs) > spec[1] and op.inputs[spec[1]] >= 0:
+                biases.add(op.inputs[spec[1]])
+        for i in sorted(self._used_tensors()):
+            t = self.tensors[i]
+            if t.has_zero_points:
+                continue
+            if i in biases:
+                self.warnings.append(f"bias '{t.name}' ({i}) has scales but no zero points; TFLM ignores its "
+                                     "quantization, so does tinyfed")
+                continue
+            raise ModelError(
+                f"tensor '{t.name}' ({i}) has {len(t.scales)} scale(s) but no zero points: TFLM treats it as "
+                "not quantized and cannot run its op",
+                fix="convert the model again (the converter writes one zero point per scale)",
+                source=self.source,
+            )
 
     # ---- records -------------------------------------------------------------------
 
@@ -750,6 +942,7 @@ class TfliteGraph:
             is_variable=bool(t.isVariable),
             buffer=int(t.buffer),
             nbytes=len(data) if is_constant else _nbytes(shape, type_name),
+            has_zero_points=not scales or bool(q is not None and q.zeroPoint is not None and len(q.zeroPoint)),
         )
 
     def _op_info(self, index: int, op: schema_fb.OperatorT) -> OpInfo:

@@ -84,6 +84,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyfed.errors import ModelError
+from tinyfed.ops.fixed_point import dequantize, quantize
 
 __all__ = ["TflmModel", "ArenaMeasurement", "chain", "measure_arena", "quantize", "dequantize"]
 
@@ -120,25 +121,6 @@ def _last_error(log: str) -> str:
     return lines[0] if lines else ""
 
 
-_INT8 = np.dtype(np.int8)
-
-
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype = _INT8) -> np.ndarray:
-    """TFLite's affine quantization: ``round_half_away(f32(x) / f32(scale)) + zp``, clamped.
-
-    The division is done in float32 as in the C++ kernel; rounding is ``std::round``
-    (halves away from zero), evaluated exactly in float64.
-    """
-    v = np.asarray(x, dtype=np.float32) / np.float32(scale)
-    v64 = v.astype(np.float64)
-    r = np.trunc(v64 + np.copysign(0.5, v64)) + int(zero_point)
-    info = np.iinfo(dtype)
-    return np.clip(r, info.min, info.max).astype(dtype)
-
-
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """``(q - zero_point) * scale`` as float32."""
-    return ((np.asarray(q, dtype=np.int32) - int(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
 def _default_arena(g, model_size: int) -> int:

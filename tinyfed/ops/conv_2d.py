@@ -13,7 +13,7 @@ import numpy as np
 from tinyfed.firmware_bridge.compile.layout import padding_name, window_geometry
 from tinyfed.ops import windows
 from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord, WeightLayout
-from tinyfed.ops.fixed_point import activation_range, quantize_multiplier, requantize
+from tinyfed.ops.fixed_point import activation_range, conv_multiplier, requantize
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.firmware_bridge.compile.blob import BlobBuilder, BlobInfo, BlobOp
@@ -35,7 +35,7 @@ def _channel_multipliers(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInf
     ms, ss = [], []
     for c in range(n_out):
         fscale = w.scales[c if n_scales > 1 else 0]
-        m, s = quantize_multiplier(float(x.scales[0]) * float(fscale) / float(out.scales[0]))
+        m, s = conv_multiplier(x.scales[0], fscale, out.scales[0])
         ms.append(m)
         ss.append(s)
     return ms, ss
@@ -48,8 +48,6 @@ def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo, depthwise: bool = F
     if len(x.shape) != 4 or len(w.shape) != 4 or len(out.shape) != 4:
         raise b.fail(op, "input, filter and output must be 4-D")
     n_out = out.shape[3]
-    if any(z != 0 for z in w.zero_points):
-        raise b.fail(op, "the filter has a non-zero zero point (TFLM's int8 kernels require 0)")
     sh, sw = opts.get("stride", (1, 1))
     dh, dw = opts.get("dilation", (1, 1))
     fh, fw = w.shape[1], w.shape[2]

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord, WeightLayout
-from tinyfed.ops.fixed_point import activation_range, quantize_multiplier, requantize
+from tinyfed.ops.fixed_point import (
+    BIAS_SCALE_TOLERANCE,
+    activation_range,
+    bias_scale_mismatch,
+    conv_multiplier,
+    requantize,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.firmware_bridge.compile.blob import BlobBuilder, BlobInfo, BlobOp
@@ -18,19 +24,32 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _multipliers(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInfo, out: TensorInfo,
                  n_out: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per-tensor: TFLM multiplies the input and weight scales in float32 first; per-channel: in double."""
+    """TFLM's rule per tensor and per channel (:func:`conv_multiplier`); per-tensor weights also bound
+    the bias scale's distance from input * weights, as TFLM's ``GetQuantizedConvolutionMultipler`` does."""
     n_scales = len(w.scales)
     if n_scales == 1:
-        real = float(np.float32(np.float32(x.scales[0]) * np.float32(w.scales[0]))) / float(out.scales[0])
-        ms, ss = zip(*[quantize_multiplier(real)] * n_out, strict=True)
+        _check_bias_scale(b, op, x, w, out)
+        ms, ss = zip(*[conv_multiplier(x.scales[0], w.scales[0], out.scales[0])] * n_out, strict=True)
     elif n_scales == n_out:
-        pairs = [quantize_multiplier(float(x.scales[0]) * float(s) / float(out.scales[0])) for s in w.scales]
+        pairs = [conv_multiplier(x.scales[0], s, out.scales[0]) for s in w.scales]
         ms, ss = zip(*pairs, strict=True)
     else:
         raise b.fail(op, f"{n_scales} weight scales for {n_out} outputs")
-    if n_scales > 1 and any(z != 0 for z in w.zero_points):
-        raise b.fail(op, "per-channel weights with a non-zero zero point")
     return ms, ss
+
+
+def _check_bias_scale(b: BlobBuilder, op: OpInfo, x: TensorInfo, w: TensorInfo, out: TensorInfo) -> None:
+    """TFLM refuses a per-tensor FULLY_CONNECTED whose bias scale strays from input * weight scale."""
+    if len(op.inputs) < 3 or op.inputs[2] < 0:
+        return
+    bias = b.graph.tensors[op.inputs[2]]
+    bias_scale = bias.scales[0] if bias.scales else 0.0
+    gap = bias_scale_mismatch(x.scales[0], w.scales[0], bias_scale, out.scales[0])
+    if gap > BIAS_SCALE_TOLERANCE:
+        raise b.fail(op, f"bias '{bias.name}' scale {bias_scale:.6g} differs from input * weight scale "
+                         f"{float(x.scales[0]) * float(w.scales[0]):.6g} by {gap:.3g} output steps "
+                         f"(TFLM refuses above {BIAS_SCALE_TOLERANCE})",
+                     "re-quantize the bias with scale = input scale * weight scale (the converter's rule)")
 
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:

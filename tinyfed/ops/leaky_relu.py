@@ -1,6 +1,8 @@
 """LEAKY_RELU: TFLM's int8 kernel requantizes non-negative inputs with input scale / output scale
 and negative ones with alpha * input scale / output scale (both in double precision: the
-``tflite-micro`` reference computes them so; float32 products differ by one LSB on some inputs)."""
+``tflite-micro`` reference computes them so; float32 products differ by one LSB on some inputs).
+A negative alpha's multiplier is applied by magnitude and the result negated, as TFLM does
+(rounding a tie toward zero where a signed multiplier would round it up)."""
 
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
 def run_int8(info: BlobInfo, op: BlobOp, xs: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
     in_zp, out_zp, ma, sa, mi, si = op.params[:6]
     v = xs[0].astype(np.int64) - in_zp
-    pos = v >= 0
-    y = out_zp + np.where(pos, multiply_by_quantized_multiplier(v, mi, si), multiply_by_quantized_multiplier(v, ma, sa))
+    # a negative alpha multiplier: TFLM scales by its magnitude and negates the result
+    scaled_alpha = multiply_by_quantized_multiplier(v, abs(ma), sa)
+    negative_part = -scaled_alpha if ma < 0 else scaled_alpha
+    y = out_zp + np.where(v >= 0, multiply_by_quantized_multiplier(v, mi, si), negative_part)
     return np.clip(y, -128, 127).astype(np.int8).reshape(xs[0].shape[0], *out_shape)
 
 
@@ -68,5 +72,5 @@ SPEC = OpSpec(
     name="LEAKY_RELU", code=98, arity=1, options=("alpha",),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program,
     macs=unary.macs, run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(32, 0), fused_activation=False,
+    tflm_op_data=(28, 0), fused_activation=False,
 )

@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _MAX_RANK = 4  # TFLM's int8 MUL broadcasts over at most 4 dimensions
 
 
-def _operands(b: BlobBuilder, op: OpInfo) -> tuple[list[tuple[TensorInfo, int]], bool]:
-    """Both operands (activation first) with their blob ids; whether the second is a constant."""
+def _operands(b: BlobBuilder, op: OpInfo) -> tuple[tuple[TensorInfo, int], tuple[TensorInfo, int]]:
+    """Both operands (the activation first) with their blob ids."""
     g = b.graph
     first, second = op.inputs[0], op.inputs[1]
     if g.tensors[first].is_constant and g.tensors[second].is_constant:
@@ -38,13 +38,13 @@ def _operands(b: BlobBuilder, op: OpInfo) -> tuple[list[tuple[TensorInfo, int]],
         c_id = b.constant(op, second, "INT8", "constant operand")
     else:
         c, c_id = b.activation(op, second, "second input"), b.id(second)
-    return [(x, x_id), (c, c_id)], c.is_constant
+    return (x, x_id), (c, c_id)
 
 
 def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
     """Params: minus the zero points of both operands, the output zero point, the multiplier and
     shift of s1 * s2 / s_out (double, as TFLM's Prepare) and the activation range."""
-    ((x, x_id), (c, c_id)), _ = _operands(b, op)
+    (x, x_id), (c, c_id) = _operands(b, op)
     try:
         shape = np.broadcast_shapes(tuple(x.shape), tuple(c.shape))
     except ValueError:
@@ -82,9 +82,9 @@ def encode_program(b: ProgramBuilder, op: OpInfo) -> ProgramRecord:
     t = op.inputs[1]
     info = g.tensors[t]
     if info.is_constant:
-        if len(info.scales) != 1 or not 1 <= len(info.shape) <= _MAX_RANK:
-            raise b.fail(op, f"constant operand tensor {t} must be per-tensor int8 of rank 1..4",
-                         "convert with a per-tensor quantized constant of rank >= 1")
+        if len(info.scales) != 1 or len(info.shape) > _MAX_RANK:
+            raise b.fail(op, f"constant operand tensor {t} must be per-tensor int8 of rank <= 4",
+                         "convert with per-tensor quantization of the constant")
         second = b.param(op, t, 0, "INT8", "constant operand")
     else:
         second = b.activation(op, t, "second input")
@@ -131,5 +131,5 @@ SPEC = OpSpec(
     name="MUL", code=18, arity=2, options=("activation",),
     encode_blob=encode_blob, encode_program=encode_program, read_program=unary.read_program, macs=unary.macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(48, 0),
+    tflm_op_data=(36, 0),
 )

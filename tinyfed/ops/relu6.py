@@ -46,5 +46,5 @@ SPEC = OpSpec(
     name="RELU6", code=21, arity=1, options=(),
     encode_blob=encode_blob, encode_program=unary.encode_program, read_program=unary.read_program,
     macs=unary.macs, run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
-    tflm_op_data=(16, 0), fused_activation=False,
+    tflm_op_data=(4, 0), fused_activation=False,
 )

@@ -33,8 +33,9 @@ def encode_blob(b: BlobBuilder, op: OpInfo, out: TensorInfo) -> BlobRecord:
     x, x_id = b.activation_input(op)
     if x.shape != out.shape:
         raise b.fail(op, "input and output shapes differ")
-    if out.zero_points[0] != -128 or abs(out.scales[0] - 1.0 / 256) > 1e-6:
-        raise b.fail(op, "an int8 softmax output must have scale 1/256 and zero point -128 (TFLM requires it)")
+    if out.zero_points[0] != -128 or out.scales[0] != 1.0 / 256:  # TFLM: exactly 1.f / 256
+        raise b.fail(op, f"output scale {out.scales[0]:.9g} and zero point {out.zero_points[0]}: TFLM's int8 softmax "
+                         "requires exactly 1/256 and -128", "convert again (the converter writes 1/256 and -128)")
     beta = float(op.options.get("beta", 1.0))
     real = min(beta * float(x.scales[0]) * float(1 << 26), float((1 << 31) - 1))
     if not real > 1.0:

@@ -22,6 +22,9 @@ class TrainingConfig(BaseModel):
     optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
     fractions: tuple[float, ...] = Field(DEFAULT_FRACTIONS, description="output-channel fractions of a weight unit")
     proxy_samples: int = Field(64, ge=1, description="proxy samples for the diagonal Fisher")
+    head_cache_samples: int = Field(
+        0, ge=0, description="local samples whose frozen-head outputs (and labels) the plan leaves room for: "
+        "the firmware caches them after the first epoch instead of running the head again")
     importance: Literal["fisher", "depth"] = Field(
         "fisher", description="fisher needs a float model and proxy data; depth ranks nearest-the-output first"
     )

@@ -21,7 +21,13 @@ from tinyfed.errors import PlanError
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
-from tinyfed.planner.memory import TrainingMemory, layer_facts, whole_model_memory
+from tinyfed.planner.memory import (
+    FirmwareLayout,
+    TrainingMemory,
+    firmware_arena_bytes,
+    layer_facts,
+    whole_model_memory,
+)
 from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
@@ -44,11 +50,12 @@ def training_program(model: bytes, trainable: bytes, task: Task | None = None) -
 
 
 def program_ram_need(program: bytes, rows: int) -> int:
-    """RAM a board needs to train every unit of ``program`` (``rows`` output channels in all)."""
+    """RAM a board needs to train every unit of ``program`` (``rows`` output channels in all), with no
+    fragment: the raw sample buffer, the TFTR state and the update scales, as ``train.c`` places them."""
     from tinyfed.firmware_bridge.compile.train_blob import parse_program
 
     info = parse_program(program)
-    return info.ram_bytes + 4 * rows + (info.input_elems + 7) // 8 * 8
+    return firmware_arena_bytes(info.input_elems, info.ram_bytes, rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +124,7 @@ def plan_dense(model_bytes: bytes, source: str, cfg: TrainingConfig | None = Non
     units = tuple(tfw.whole_model_units(graph))
     program = training_program(model_bytes, tfw.encode(list(units)))
     ram = program_ram_need(program, sum(len(u.channels) for u in units))
-    memory = whole_model_memory(layer_facts(graph), cfg or TrainingConfig())
+    memory = whole_model_memory(layer_facts(graph), cfg or TrainingConfig(), FirmwareLayout(graph))
     return DensePlan(source, units, program, ram, memory)
 
 

@@ -29,7 +29,16 @@ class LayerImportance:
     bias: float
 
 
-def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], str]:
+@dataclass(frozen=True)
+class Importance:
+    """The ranking of every weighted op's units, and which method made it: the one a plan reports."""
+
+    layers: dict[int, LayerImportance]
+    method: str  # "fisher" or "depth"
+    note: str = ""  # why the method is not the one asked for ("" when it is)
+
+
+def depth_importance(graph: TfliteGraph, note: str = "") -> Importance:
     """Fallback without proxy data: the nearer the output, the more important, lexicographically.
 
     Each step away from the output divides importance by 1e6, so the greedy takes every unit of
@@ -46,7 +55,7 @@ def depth_importance(graph: TfliteGraph) -> tuple[dict[int, LayerImportance], st
             channel=np.full(channels, scale * per_channel_params, dtype=np.float64),
             bias=scale * bias_params * 1e3,
         )
-    return result, "depth"
+    return Importance(result, "depth", note)
 
 
 def _weighted_ops(graph: TfliteGraph) -> list[tuple[OpInfo, TensorInfo, int]]:
@@ -63,7 +72,7 @@ def _weighted_ops(graph: TfliteGraph) -> list[tuple[OpInfo, TensorInfo, int]]:
 
 def fisher_importance(
     graph: TfliteGraph, keras_model: Any, x: np.ndarray, y: np.ndarray | None, seed: int = 0
-) -> tuple[dict[int, LayerImportance], str]:
+) -> Importance:
     """Diagonal Fisher of the float model on ``x``, mapped onto the int8 graph's weighted ops.
 
     Falls back to :func:`depth_importance` (with a warning) when the Keras layers cannot be
@@ -77,8 +86,10 @@ def fisher_importance(
     if len(layers) != len(weighted) or any(
         kinds[type(layer).__name__] != op.name for layer, (op, _, _) in zip(layers, weighted, strict=False)
     ):
-        log.warning("Keras layers do not match the int8 graph's weighted ops; using depth importance")
-        return depth_importance(graph)
+        note = (f"the float model's {len(layers)} weighted Keras layers do not match the int8 graph's "
+                f"{len(weighted)} weighted ops one to one, so its Fisher cannot be mapped")
+        log.warning("%s; using depth importance", note)
+        return depth_importance(graph, note)
 
     variables = []
     for layer in layers:
@@ -114,10 +125,9 @@ def fisher_importance(
         bias_f = next(it) if bias_var is not None else np.zeros(0)
         w_shape = tuple(weights.shape)
         if tuple(kernel_f.shape) != w_shape:
-            log.warning(
-                "layer %s: Keras kernel %s vs TFLite %s; using depth importance", layer.name, kernel_f.shape, w_shape
-            )
-            return depth_importance(graph)
+            note = f"layer {layer.name}: Keras kernel {tuple(kernel_f.shape)} does not map onto TFLite's {w_shape}"
+            log.warning("%s; using depth importance", note)
+            return depth_importance(graph, note)
         other = tuple(a for a in range(kernel_f.ndim) if a != axis)
         result[op.index] = LayerImportance(channel=kernel_f.sum(axis=other), bias=float(bias_f.sum()))
-    return result, "fisher"
+    return Importance(result, "fisher")

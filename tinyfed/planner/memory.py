@@ -1,20 +1,27 @@
 """The FTTE memory model: what each layer stores in flash and what training needs in RAM.
 
-Flash holds the int8 fragments and the firmware. RAM holds the firmware reserve, the int8
-inference arena of the frozen head, the link buffers, and for the trainable subset S its
-float32 weights, gradients, optimizer state, the float32 activations kept for the backward pass
-from the cut on, a gradient ping-pong scratch and the int8 update buffer. See ``docs/planner.md``.
+Flash holds the int8 fragments and the firmware. RAM holds the firmware reserve, the link
+buffers, and the firmware's arena as ``firmware/src/train.c`` fills it: the frozen head's
+planned int8 arena, then for the trainable subset S its float32 values, start values and
+accumulated gradient, the work area of ONE sample (activations and gradient buffers from the
+cut on, placed by lifetime, and a dequantized weight row) and one update scale per trained
+channel. The batch size costs no RAM: the firmware accumulates gradients sample by sample.
+See ``docs/planner.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from tinyfed import ops
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner.config import TrainingConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tinyfed.firmware_bridge.compile.train_blob import WorkArea
 
 #: TFLite Micro aligns every arena buffer to this many bytes.
 ARENA_ALIGNMENT = 16
@@ -122,31 +129,51 @@ class Selection:
         return cls({f.index: LayerSelection(True, tuple(range(f.out_channels))) for f in facts if f.trainable})
 
 
+#: The firmware places its arena regions on 8-byte boundaries (``align8`` in firmware/src/train.c).
+FIRMWARE_ALIGNMENT = 8
+
+
 @dataclass(frozen=True)
 class TrainingMemory:
-    """Bytes of RAM that on-device training of S needs, line by line."""
+    """Bytes of RAM that on-device training of S needs, line by line, as the firmware lays them out.
+
+    ``tftr_bind`` places w* three times (current values, values as set at the model version, the
+    accumulated gradient) and then ONE sample's work area: gradients are accumulated sample by
+    sample, so the batch size costs no activation RAM. ``train.c`` rounds the state to 8 bytes and
+    keeps one float32 update scale per trained channel above it.
+    """
 
     weights: int
+    start: int
     gradients: int
     optimizer: int
     activations: int
     scratch: int
-    update: int
+    update_scales: int
+    padding: int
+    head_cache: int = 0  # the head's outputs and labels of cfg.head_cache_samples samples, above the scales
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.scratch + self.update
+        return (self.weights + self.start + self.gradients + self.optimizer + self.activations + self.scratch
+                + self.update_scales + self.padding + self.head_cache)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "float32_weights": self.weights,
+            "start_weights": self.start,
             "gradients": self.gradients,
             "optimizer_state": self.optimizer,
             "saved_activations": self.activations,
             "backward_scratch": self.scratch,
-            "int8_update_buffer": self.update,
+            "update_scales": self.update_scales,
+            "alignment_padding": self.padding,
+            "head_cache": self.head_cache,
             "total": self.total,
         }
+
+
+NO_TRAINING = TrainingMemory(0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def cut_for(first_trainable: int | None, cut_points: list[int], n_ops: int) -> int:
@@ -157,29 +184,128 @@ def cut_for(first_trainable: int | None, cut_points: list[int], n_ops: int) -> i
     return max(eligible) if eligible else 0
 
 
-def training_memory(facts: list[LayerFacts], sel: Selection, cut: int, cfg: TrainingConfig) -> TrainingMemory:
-    """The training state of S when ops[cut:] run in float32 on the board."""
+def trained_rows(facts: list[LayerFacts], sel: Selection) -> int:
+    """Channels of every unit of S (a bias unit has all of its layer's): one update scale each."""
+    return sum(len(v.channels) + (facts[k].bias_params if v.bias else 0) for k, v in sel.layers.items())
+
+
+def training_memory(
+    facts: list[LayerFacts], sel: Selection, cfg: TrainingConfig, work: WorkArea | None, head_out: int = 0
+) -> TrainingMemory:
+    """The training state of S with the tail's one-sample ``work`` area (``train_blob.work_area`` of the
+    tail from the cut, for S's first trainable op), and room for the firmware's head cache of
+    ``cfg.head_cache_samples`` samples when a frozen head hands ``head_out`` int8 bytes to the tail."""
     n_params = sel.params(facts)
-    tail = facts[cut:]
-    if n_params == 0 or not tail:
-        return TrainingMemory(0, 0, 0, 0, 0, 0)
-    b = cfg.batch_size
-    saved = sum(f.input_elems for f in tail if f.name not in ops.alias_ops()) + tail[-1].output_elems
-    widest = max(max(f.input_elems, f.output_elems) for f in tail)
+    if n_params == 0 or work is None:
+        return NO_TRAINING
+    program = 12 * n_params + work.work_bytes  # tftr_ram_bytes
     return TrainingMemory(
         weights=4 * n_params,
+        start=4 * n_params,
         gradients=4 * n_params,
         optimizer=cfg.optimizer_state_bytes * n_params,
-        activations=4 * b * saved,
-        scratch=2 * 4 * b * widest,
-        update=n_params + 4 * sel.unit_tensors(),
+        activations=work.work_bytes - work.scratch_bytes,
+        scratch=work.scratch_bytes,
+        update_scales=4 * trained_rows(facts, sel),
+        padding=_align(program, FIRMWARE_ALIGNMENT) - program,
+        head_cache=cfg.head_cache_samples * (1 + head_out) if head_out else 0,
     )
 
 
-def whole_model_memory(facts: list[LayerFacts], cfg: TrainingConfig) -> TrainingMemory:
+def program_bytes(facts: list[LayerFacts], sel: Selection, work: WorkArea) -> int:
+    """Bytes of S's TFTR training program (the board's program store must hold it)."""
+    from tinyfed.firmware_bridge.compile.train_blob import program_bytes_with
+
+    units = []
+    for k, v in sel.layers.items():
+        if v.channels:
+            units.append((len(v.channels), facts[k].params_per_channel))
+        if v.bias and facts[k].bias_params:
+            units.append((facts[k].bias_params, 1))
+    return program_bytes_with(work, units)
+
+
+class MemoryLayout(Protocol):
+    """Where the firmware's arena goes for a model cut at ``cut``: what the selection sizes against."""
+
+    def front(self, cut: int) -> int:
+        """Bytes at the arena's start: the head's planned int8 arena (or one raw sample at cut 0), 8-aligned."""
+        ...
+
+    def work(self, cut: int, first_op: int) -> WorkArea | None:
+        """The tail's one-sample work area when ``first_op`` is the first trainable op; None when the
+        training engine cannot run the tail from ``cut``."""
+        ...
+
+
+class FirmwareLayout:
+    """The tinyfed firmware's arena for one int8 model, from the compilers that make what a board receives.
+
+    The head's arena is the TFMB blob's planned arena (``compile_blob``), the tail's work area the TFTR
+    program's (``train_blob.work_area``): the same numbers ``tfmb_open`` and ``tftr_bind`` use, computed
+    once per cut and first trainable op.
+    """
+
+    def __init__(self, graph: TfliteGraph) -> None:
+        self.graph = graph
+        self._fronts: dict[int, int] = {}
+        self._works: dict[tuple[int, int], WorkArea | None] = {}
+        self._parts: dict[int, tuple[bytes | None, bytes]] = {}
+        #: why the training engine cannot run a tail, by cut (a refusal to name when nothing fits)
+        self.refusals: dict[int, str] = {}
+
+    def parts(self, cut: int) -> tuple[bytes | None, bytes]:
+        """The int8 head ``ops[:cut]`` (None at cut 0) and tail ``ops[cut:]`` (empty when the cut is the end)."""
+        if cut not in self._parts:
+            n = len(self.graph.ops)
+            if cut <= 0:
+                self._parts[cut] = (None, self.graph.data)
+            elif cut >= n:
+                self._parts[cut] = (self.graph.data, b"")
+            else:
+                self._parts[cut] = self.graph.split(cut)
+        return self._parts[cut]
+
+    def front(self, cut: int) -> int:
+        if cut not in self._fronts:
+            head, _ = self.parts(cut)
+            if head is None:
+                nbytes = sum(self.graph.tensors[t].nbytes for t in self.graph.inputs)
+            else:
+                from tinyfed.firmware_bridge.compile.blob import compile_blob, parse_blob
+
+                nbytes = parse_blob(compile_blob(head, source=f"head[:{cut}]")).arena_bytes
+            self._fronts[cut] = _align(nbytes, FIRMWARE_ALIGNMENT)
+        return self._fronts[cut]
+
+    def work(self, cut: int, first_op: int) -> WorkArea | None:
+        key = (cut, first_op)
+        if key not in self._works:
+            from tinyfed.errors import ModelError
+            from tinyfed.firmware_bridge.compile.train_blob import work_area
+
+            _, tail = self.parts(cut)
+            try:
+                self._works[key] = work_area(tail, first_op - cut, source=f"tail[{cut}:]") if tail else None
+            except ModelError as e:
+                self.refusals[cut] = str(e)
+                self._works[key] = None
+        return self._works[key]
+
+
+def whole_model_memory(facts: list[LayerFacts], cfg: TrainingConfig, layout: MemoryLayout) -> TrainingMemory:
     """The training state of every layer, no frozen head: the dense baselines' payload on a board
     (plan.json's ``full_training_memory``, what FTTE's subset is compared with)."""
-    return training_memory(facts, Selection.everything(facts), 0, cfg)
+    sel = Selection.everything(facts)
+    first = sel.first_op()
+    return training_memory(facts, sel, cfg, layout.work(0, first) if first is not None else None)
+
+
+def firmware_arena_bytes(front: int, program_ram: int, rows: int) -> int:
+    """The arena a bound training program occupies (``bind_state`` in firmware/src/train.c): the fragment
+    arena or raw sample, then the TFTR state (``tftr_ram_bytes``), each 8-aligned, then one update scale
+    per trained channel."""
+    return _align(front, FIRMWARE_ALIGNMENT) + _align(program_ram, FIRMWARE_ALIGNMENT) + 4 * rows
 
 
 @dataclass(frozen=True)

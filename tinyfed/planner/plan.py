@@ -24,8 +24,10 @@ from tinyfed.errors import ModelError, PlanError
 from tinyfed.models.tflite_graph import TensorInfo, TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
-from tinyfed.planner.importance import LayerImportance, depth_importance, fisher_importance
+from tinyfed.planner.importance import Importance, depth_importance, fisher_importance
 from tinyfed.planner.memory import (
+    NO_TRAINING,
+    FirmwareLayout,
     LayerFacts,
     LayerSelection,
     Selection,
@@ -35,7 +37,7 @@ from tinyfed.planner.memory import (
     layer_facts,
     whole_model_memory,
 )
-from tinyfed.planner.selection import Step, greedy_select, ram_cost
+from tinyfed.planner.selection import RamCost, Step, ram_cost, select
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class ModelSource:
     keras_model: Any = None
     proxy_x: np.ndarray | None = None
     proxy_y: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # the model's quirks TFLM accepts (TfliteGraph.warnings)
 
 
 def link_buffer_bytes(board: Board) -> int:
@@ -86,13 +89,14 @@ def check_supported(graph: TfliteGraph, source: str) -> None:
 
 @dataclass
 class BoardFit:
-    """One board's budget lines, used bytes and margins."""
+    """One board's budget lines, used bytes and margins, and why it does not fit (empty when it does)."""
 
     board: Board
     count: int
     ram_lines: dict[str, int]
     flash_lines: dict[str, int]
-    ram_estimate_bytes: int
+    head_cache_samples: int = 0
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ram_used(self) -> int:
@@ -104,20 +108,21 @@ class BoardFit:
 
     @property
     def fits(self) -> bool:
-        return self.ram_used <= self.board.ram_bytes and self.flash_used <= self.board.flash_bytes
+        return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "count": self.count,
             "core": self.board.core,
             "fits": self.fits,
+            "problems": list(self.problems),
             "ram_bytes_used": self.ram_used,
             "ram_bytes_budget": self.board.ram_bytes,
             "ram_margin_bytes": self.board.ram_bytes - self.ram_used,
-            "ram_bytes_estimated": self.ram_estimate_bytes,
             "flash_bytes_used": self.flash_used,
             "flash_bytes_budget": self.board.flash_bytes,
             "flash_margin_bytes": self.board.flash_bytes - self.flash_used,
+            "head_cache_samples": self.head_cache_samples,
             "ram_lines": dict(self.ram_lines),
             "flash_lines": dict(self.flash_lines),
         }
@@ -133,24 +138,33 @@ class Plan:
     facts: list[LayerFacts]
     selection: Selection
     steps: list[Step]
-    importance_method: str
     cut: int
     m_min_bytes: int
     m_min_board: str
-    arena_estimated: int
-    arena_measured: int | None
+    arena: int  # the firmware's: the head's planned int8 arena (one raw sample at cut 0), 8-aligned
+    tflm_arena_estimated: int  # what the head would need under TFLite Micro, estimated ...
+    tflm_arena_measured: int | None  # ... and measured with the tflite-micro interpreter
     training: TrainingMemory
+    program_bytes: int  # the TFTR training program of w* (at most this many bytes)
     full_training: TrainingMemory
     fits_by_board: dict[str, BoardFit]
     files: dict[str, Path] = field(default_factory=dict)
     file_bytes: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     trainable_mode: str = "auto"
+    model_warnings: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
-        return not self.problems and all(f.fits for f in self.fits_by_board.values())
+        """Every board fits (a plan-level problem, such as an empty w*, is every board's problem)."""
+        return bool(self.fits_by_board) and all(f.fits for f in self.fits_by_board.values())
+
+    @property
+    def importance_method(self) -> str:
+        """The ranking actually used (``config.importance`` says the same)."""
+        return self.config.importance
 
     @property
     def trainable_params(self) -> int:
@@ -159,10 +173,6 @@ class Plan:
     @property
     def total_params(self) -> int:
         return sum(f.params for f in self.facts)
-
-    @property
-    def arena(self) -> int:
-        return self.arena_measured if self.arena_measured is not None else self.arena_estimated
 
     @property
     def training_ratio(self) -> float:
@@ -207,8 +217,9 @@ class Plan:
                     "trainable_params": (
                         len(sel.channels) * f.params_per_channel + (f.bias_params if sel.bias else 0) if sel else 0
                     ),
+                    # one sample's float32 input (the work area places these by lifetime)
                     "saved_activation_bytes_float32": (
-                        4 * self.config.batch_size * f.input_elems
+                        4 * f.input_elems
                         if trainable_ops and f.index >= self.cut and f.name not in ops.alias_ops()
                         else 0
                     ),
@@ -221,6 +232,8 @@ class Plan:
             "fits": self.fits,
             "problems": self.problems,
             "suggestions": self.suggestions,
+            "model_warnings": self.model_warnings,
+            "notes": self.notes,
             "m_min_bytes": self.m_min_bytes,
             "m_min_board": self.m_min_board,
             "trainable_mode": self.trainable_mode,
@@ -230,11 +243,13 @@ class Plan:
             "importance": self.importance_method,
             "training_config": self.config.model_dump(mode="json"),
             "cut_op": self.cut,
-            "arena_bytes_estimated": self.arena_estimated,
-            "arena_bytes_measured": self.arena_measured,
+            "arena_bytes": self.arena,
+            "tflm_arena_bytes_estimated": self.tflm_arena_estimated,
+            "tflm_arena_bytes_measured": self.tflm_arena_measured,
             "training_memory": self.training.as_dict(),
             "full_training_memory": self.full_training.as_dict(),
             "training_memory_ratio": self.training_ratio,
+            "program_bytes": self.program_bytes,
             "boards": {name: fit.as_dict() for name, fit in self.fits_by_board.items()},
             "fragments": [str(self.files[k]) for k in ("frozen", "tail", "trainable") if k in self.files],
             "files": {k: {"path": str(p), "bytes": self.file_bytes.get(k, 0)} for k, p in self.files.items()},
@@ -244,13 +259,15 @@ class Plan:
         }
 
 
-def _importance(source: ModelSource, graph: TfliteGraph, cfg: TrainingConfig) -> tuple[dict[int, LayerImportance], str]:
+def _importance(source: ModelSource, graph: TfliteGraph, cfg: TrainingConfig) -> Importance:
     if cfg.importance == "fisher" and source.keras_model is not None and source.proxy_x is not None:
         x = source.proxy_x[: cfg.proxy_samples]
         y = source.proxy_y[: cfg.proxy_samples] if source.proxy_y is not None else None
         return fisher_importance(graph, source.keras_model, x, y)
     if cfg.importance == "fisher":
         log.info("no float model or proxy data for %s: ranking units nearest the output first", source.name)
+        return depth_importance(graph, f"the Fisher ranking needs the float model and proxy data; {source.name} "
+                                       f"({source.kind}) brings no float model with proxy data")
     return depth_importance(graph)
 
 
@@ -293,42 +310,6 @@ def _dequantized(graph: TfliteGraph, info: TensorInfo | None, axis: int | None) 
     return tfw.dequantize_channels(data, np.array(info.scales), np.array(info.zero_points), axis), axis
 
 
-class _ArenaBook:
-    """Arena per cut: the measured TFLM figure where probed, the model's estimate elsewhere."""
-
-    def __init__(self, graph: TfliteGraph, measure: bool) -> None:
-        self.graph = graph
-        self.measure = measure
-        self.measured: dict[int, int] = {}
-        self.estimated: dict[int, int] = {}
-        self.heads: dict[int, bytes] = {}
-
-    def estimate(self, cut: int) -> int:
-        if cut <= 0:
-            return 0
-        if cut not in self.estimated:
-            self.estimated[cut] = estimate_arena(TfliteGraph.from_bytes(self._head(cut), source=f"head[:{cut}]"))
-        return self.estimated[cut]
-
-    def __call__(self, cut: int) -> int:
-        return self.measured.get(cut, self.estimate(cut))
-
-    def _head(self, cut: int) -> bytes:
-        """The int8 head ``ops[:cut]`` (``cut`` > 0: an empty head has no model)."""
-        if cut not in self.heads:
-            self.heads[cut] = self.graph.split(cut)[0] if cut < len(self.graph.ops) else self.graph.data
-        return self.heads[cut]
-
-    def probe(self, cut: int) -> int | None:
-        if not self.measure or cut <= 0:
-            return None
-        if cut not in self.measured:
-            from tinyfed.models.tflm import measure_arena
-
-            self.measured[cut] = measure_arena(self._head(cut)).bytes
-        return self.measured[cut]
-
-
 def make_plan(
     source: ModelSource,
     fleet: ResolvedFleet,
@@ -339,7 +320,11 @@ def make_plan(
     trainable: str = "auto",
     extra_board_dirs: tuple[Path, ...] = (),
 ) -> Plan:
-    """Plan ``source`` onto ``fleet``: choose w*, cut fragments, measure the arena, check every board."""
+    """Plan ``source`` onto ``fleet``: choose w*, cut fragments, size the firmware's arena, check every board.
+
+    ``measure`` also runs the head under the tflite-micro interpreter to report the arena TFLM would
+    need (the firmware's own arena, the RAM line, is computed exactly either way).
+    """
     graph = TfliteGraph.from_bytes(source.tflite, source=source.name)
     check_supported(graph, source.name)
     facts = layer_facts(graph)
@@ -350,100 +335,100 @@ def make_plan(
     budgets = {b.name: model_ram_budget(b) for b in fleet.boards}
     m_min_board = min(budgets, key=lambda n: budgets[n])
     m_min = budgets[m_min_board]
-    importance, method = _importance(source, graph, cfg)
-    arenas = _ArenaBook(graph, measure)
+    program_store = min(b.program_store_bytes for b in fleet.boards)
+    importance = _importance(source, graph, cfg)
+    layout = FirmwareLayout(graph)
 
     steps: list[Step] = []
     if trainable == "full":
         selection = Selection.everything(facts)
     elif trainable == "auto":
-        selection, steps = _select_measured(facts, importance, m_min, cfg, cut_points, arenas)
+        selection, steps = select(facts, importance.layers, m_min, cfg, cut_points, layout, program_store)
     else:
         raise PlanError(f"unknown trainable mode {trainable!r}", fix="use 'auto' or 'full'")
 
-    cost = ram_cost(facts, selection, cfg, cut_points, arenas)
-    arena_measured = arenas.probe(cost.cut)
-    full = whole_model_memory(facts, cfg)
+    cost = ram_cost(facts, selection, cfg, cut_points, layout)
+    plan_problems: list[str] = []
+    if cost is None:  # --trainable full on a tail the training engine refuses
+        cut = cut_for(selection.first_op(), cut_points, len(facts))
+        plan_problems.append(f"the training engine cannot train ops {cut}.. of this model: {layout.refusals.get(cut)}")
+        cost = RamCost(cut, layout.front(cut), NO_TRAINING)
+    head, tail_bytes = layout.parts(cost.cut)
     plan = Plan(
         model=source.name,
         fleet=fleet.name,
-        config=cfg,
+        config=cfg.model_copy(update={"importance": importance.method}),
         facts=facts,
         selection=selection,
         steps=steps,
-        importance_method=method,
         cut=cost.cut,
         m_min_bytes=m_min,
         m_min_board=m_min_board,
-        arena_estimated=arenas.estimate(cost.cut),
-        arena_measured=arena_measured,
+        arena=cost.arena,
+        tflm_arena_estimated=estimate_arena(TfliteGraph.from_bytes(head, source="head")) if head else 0,
+        tflm_arena_measured=_tflm_arena(head) if measure and head else None,
         training=cost.training,
-        full_training=full,
+        program_bytes=cost.program,
+        full_training=whole_model_memory(facts, cfg, layout),
         fits_by_board={},
         trainable_mode=trainable,
+        model_warnings=list(source.warnings),
     )
+    if importance.note:
+        plan.notes.append(f"importance: {importance.method} is used, not {cfg.importance}: {importance.note}")
     if selection.params(facts) == 0:
-        smallest = _smallest_first_unit(facts, importance, cfg, cut_points, arenas)
-        plan.problems.append(
-            f"no trainable unit fits in M_min = {m_min} bytes ({m_min_board}): the cheapest unit needs "
-            f"{smallest} bytes of RAM, {smallest - m_min} more"
-        )
+        plan_problems.append(_empty_selection_problem(facts, importance, cfg, cut_points, layout, m_min, m_min_board))
 
-    head, tail_bytes = _fragments(graph, cost.cut)
     flash_model = (len(head) if head else 0) + len(tail_bytes)
+    plan.problems.extend(plan_problems)
     for board, count in fleet.entries:
-        fit = _board_fit(board, count, plan, flash_model)
+        fit = _board_fit(board, count, plan, flash_model, plan_problems)
         plan.fits_by_board[board.name] = fit
-        _explain_misfit(plan, fit)
+        plan.problems.extend(p for p in fit.problems if p not in plan_problems)
     if not plan.fits:
-        _suggest(plan, facts, importance, cfg, cut_points, arenas, flash_model, extra_board_dirs)
+        _suggest(plan, facts, importance, cfg, cut_points, layout, flash_model, extra_board_dirs)
 
     if out_dir is not None:
         _write(plan, out_dir, graph, head, tail_bytes)
     return plan
 
 
-def _select_measured(
-    facts: list[LayerFacts],
-    importance: dict[int, LayerImportance],
-    budget: int,
-    cfg: TrainingConfig,
-    cut_points: list[int],
-    arenas: _ArenaBook,
-) -> tuple[Selection, list[Step]]:
-    """Greedy selection, re-run until the chosen cut's arena is the measured one."""
-    for _ in range(len(cut_points) + 1):
-        selection, steps = greedy_select(facts, importance, budget, cfg, cut_points, arenas)
-        cut = cut_for(selection.first_op(), cut_points, len(facts))
-        if not arenas.measure or cut in arenas.measured or cut <= 0:
-            return selection, steps
-        arenas.probe(cut)
-    return selection, steps
+def _tflm_arena(head: bytes) -> int:
+    from tinyfed.models.tflm import measure_arena
+
+    return measure_arena(head).bytes
 
 
-def _smallest_first_unit(facts, importance, cfg, cut_points, arenas) -> int:
-    """RAM of the cheapest single-unit subset: what a board must at least spare."""
-    best = math.inf
-    for op in importance:
+def _empty_selection_problem(facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig,
+                             cut_points: list[int], layout: FirmwareLayout, m_min: int, m_min_board: str) -> str:
+    """Why w* is empty: the cheapest unit's RAM against M_min, or the training engine's refusal."""
+    smallest = _smallest_first_unit(facts, importance, cfg, cut_points, layout)
+    if smallest is None:
+        refusal = next(iter(layout.refusals.values()), "no tail of this model can be trained")
+        return f"no unit of this model can be trained on the board: {refusal}"
+    return (f"no trainable unit fits in M_min = {m_min} bytes ({m_min_board}): the cheapest unit needs "
+            f"{smallest} bytes of RAM, {smallest - m_min} more")
+
+
+def _smallest_first_unit(facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig,
+                         cut_points: list[int], layout: FirmwareLayout) -> int | None:
+    """RAM of the cheapest single-unit subset: what a board must at least spare (None: no tail trains)."""
+    best: int | None = None
+    for op in importance.layers:
         for bias in (True, False):
             if bias and not facts[op].bias_params:
                 continue
             sel = Selection()
             first_fraction = max(1, math.ceil(cfg.fractions[0] * facts[op].out_channels))
             sel.layers[op] = LayerSelection(bias, () if bias else tuple(range(first_fraction)))
-            best = min(best, ram_cost(facts, sel, cfg, cut_points, arenas).total)
-    return int(best)
+            cost = ram_cost(facts, sel, cfg, cut_points, layout)
+            if cost is not None and (best is None or cost.total < best):
+                best = cost.total
+    return best
 
 
-def _fragments(graph: TfliteGraph, cut: int) -> tuple[bytes | None, bytes]:
-    if cut <= 0:
-        return None, graph.data
-    if cut >= len(graph.ops):
-        return graph.data, b""
-    return graph.split(cut)
-
-
-def _board_fit(board: Board, count: int, plan: Plan, flash_model: int) -> BoardFit:
+def _board_fit(board: Board, count: int, plan: Plan, flash_model: int, plan_problems: list[str]) -> BoardFit:
+    """The plan's lines on ``board``; its problems are the plan's own and its RAM or flash overruns."""
     ram_lines = {
         "firmware_reserve": board.reserve_ram_bytes,
         "link_buffers": link_buffer_bytes(board),
@@ -452,52 +437,78 @@ def _board_fit(board: Board, count: int, plan: Plan, flash_model: int) -> BoardF
     for key, value in plan.training.as_dict().items():
         if key != "total":
             ram_lines[key] = value
-    estimate = sum(ram_lines.values()) - plan.arena + plan.arena_estimated
     flash_lines = {"firmware_reserve": board.reserve_flash_bytes, "model_fragments": flash_model}
-    return BoardFit(board, count, ram_lines, flash_lines, estimate)
-
-
-def _explain_misfit(plan: Plan, fit: BoardFit) -> None:
-    b = fit.board
+    fit = BoardFit(board, count, ram_lines, flash_lines, problems=list(plan_problems))
+    fit.head_cache_samples = _head_cache_samples(plan, board, fit.ram_used)
+    b = board
     if fit.ram_used > b.ram_bytes:
         worst = max(fit.ram_lines, key=lambda k: fit.ram_lines[k])
-        plan.problems.append(
+        fit.problems.append(
             f"{b.name}: RAM needs {fit.ram_used} bytes of {b.ram_bytes}, {fit.ram_used - b.ram_bytes} bytes over "
             f"(largest line: {worst} = {fit.ram_lines[worst]})"
         )
+    if plan.program_bytes > b.program_store_bytes:
+        fit.problems.append(f"{b.name}: the training program needs {plan.program_bytes} bytes, its program store "
+                            f"holds {b.program_store_bytes}")
     if fit.flash_used > b.flash_bytes:
-        plan.problems.append(
+        fit.problems.append(
             f"{b.name}: flash needs {fit.flash_used} bytes of {b.flash_bytes}, "
             f"{fit.flash_used - b.flash_bytes} bytes over "
             f"(model fragments = {fit.flash_lines['model_fragments']})"
         )
+    return fit
 
 
-def _suggest(plan, facts, importance, cfg, cut_points, arenas, flash_model, extra_dirs) -> None:
-    """What would fit: the largest trainable subset on this fleet, and the smallest board for this plan."""
-    if plan.trainable_mode != "auto" or plan.trainable_params == 0:
-        sel, _ = greedy_select(facts, importance, plan.m_min_bytes, cfg, cut_points, arenas)
+def _head_cache_samples(plan: Plan, board: Board, ram_used: int) -> int:
+    """Local samples whose head outputs (and labels) the firmware can cache in the spare arena after
+    epoch 1 (``FLAG_HEAD_CACHE`` in firmware/src/train.c): RAM the plan does not need, used if free."""
+    if plan.trainable_params == 0 or plan.cut <= 0:
+        return 0
+    per_sample = 1 + plan.facts[plan.cut].input_elems
+    budgeted = plan.training.head_cache // per_sample  # cfg.head_cache_samples, in the plan's lines
+    return budgeted + max(board.ram_bytes - ram_used, 0) // per_sample
+
+
+def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig, cut_points: list[int],
+             layout: FirmwareLayout, flash_model: int, extra_dirs: tuple[Path, ...]) -> None:
+    """What would fit: the largest trainable subset on this fleet, and the smallest real board that fits.
+
+    A board is suggested only after the checks a plan for it makes: this plan's lines fit it, or, when
+    w* is empty here, its own budget yields a non-empty w* whose lines fit it.
+    """
+    if plan.trainable_mode != "auto":
+        program_store = min(f.board.program_store_bytes for f in plan.fits_by_board.values())
+        sel, _ = select(facts, importance.layers, plan.m_min_bytes, cfg, cut_points, layout, program_store)
         n = sel.params(facts)
         if n:
             plan.suggestions.append(
                 f"largest trainable subset under M_min = {plan.m_min_bytes} bytes: {n} of {plan.total_params} "
                 f"parameters ({100 * n / plan.total_params:.1f}%); run with --trainable auto"
             )
-    need_ram = plan.arena + plan.training.total
-    candidates = []
-    for board in list_boards(extra_dirs):
+    empty = plan.trainable_params == 0
+    for board in sorted(list_boards(extra_dirs), key=lambda b: (b.ram_bytes, b.flash_bytes, b.name)):
         if board.emulated:  # a suggestion is a board to buy; emulated budgets (e.g. mps2-an386-large) are not
             continue
-        fits_ram = model_ram_budget(board) >= need_ram
-        fits_flash = board.flash_bytes - board.reserve_flash_bytes >= flash_model
-        if fits_ram and fits_flash:
-            candidates.append(board)
-    if candidates:
-        smallest = min(candidates, key=lambda b: (b.ram_bytes, b.flash_bytes))
-        plan.suggestions.append(f"smallest known real board that fits this plan: {smallest.name} "
-                                f"({smallest.ram_bytes // 1024} KiB RAM)")
-    else:
-        plan.suggestions.append("no known real board fits this plan; shrink the model or train a smaller subset")
+        if not empty:
+            if _board_fit(board, 1, plan, flash_model, []).fits:
+                plan.suggestions.append(f"smallest known real board that fits this plan: {board.name} "
+                                        f"({board.ram_bytes // 1024} KiB RAM)")
+                return
+            continue
+        sel, _ = select(facts, importance.layers, model_ram_budget(board), cfg, cut_points, layout,
+                               board.program_store_bytes)
+        cost = ram_cost(facts, sel, cfg, cut_points, layout)
+        if sel.params(facts) == 0 or cost is None:
+            continue
+        head, tail = layout.parts(cost.cut)
+        need_ram = board.reserve_ram_bytes + link_buffer_bytes(board) + cost.total
+        need_flash = board.reserve_flash_bytes + (len(head) if head else 0) + len(tail)
+        if need_ram <= board.ram_bytes and need_flash <= board.flash_bytes:
+            plan.suggestions.append(
+                f"smallest known real board on which this model trains a non-empty w*: {board.name} "
+                f"({board.ram_bytes // 1024} KiB RAM; {sel.params(facts)} parameters, {need_ram} bytes of RAM)")
+            return
+    plan.suggestions.append("no known real board fits this plan; shrink the model or train a smaller subset")
 
 
 def _write(plan: Plan, out_dir: Path, graph: TfliteGraph, head: bytes | None, tail: bytes) -> None:

@@ -1,24 +1,35 @@
 """FTTE's choice of w*: structured units, greedy by importance per byte under M_min.
 
 A unit is a layer's bias or a layer's weights on a fraction (1/8, 1/4, 1/2, 1) of its output
-channels, the most important channels first. Each greedy step takes the affordable unit with
-the highest importance per byte of RAM it adds, where the bytes include the parameters'
-float32 weights, gradients, optimizer state and int8 update, and the activations it forces
-the board to keep when it moves the first trainable layer earlier (minus the arena the frozen
-head gives back).
+channels, the most important channels first. The trainable tail grows from the output: a layer's
+units become candidates once every later weighted layer is wholly in S (the backward pass runs
+through those layers anyway, and a classifier head is never half trained, half frozen). Each
+greedy step takes the affordable unit with
+the highest importance per byte of RAM it adds, where the bytes are the firmware's: the
+parameters' float32 values, start values and gradients, their update scales, and the one-sample
+work area it forces the board to keep when it moves the first trainable layer earlier (minus
+the arena the frozen head gives back).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.importance import LayerImportance
-from tinyfed.planner.memory import LayerFacts, LayerSelection, Selection, TrainingMemory, cut_for, training_memory
+from tinyfed.planner.memory import (
+    LayerFacts,
+    LayerSelection,
+    MemoryLayout,
+    Selection,
+    TrainingMemory,
+    cut_for,
+    program_bytes,
+    training_memory,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class RamCost:
     cut: int
     arena: int
     training: TrainingMemory
+    program: int = 0  # bytes of the training program (0: nothing to train)
 
     @property
     def total(self) -> int:
@@ -50,15 +62,30 @@ def ram_cost(
     sel: Selection,
     cfg: TrainingConfig,
     cut_points: list[int],
-    arena_of_prefix: Callable[[int], int],
-) -> RamCost:
-    cut = cut_for(sel.first_op(), cut_points, len(facts))
-    return RamCost(cut, arena_of_prefix(cut), training_memory(facts, sel, cut, cfg))
+    layout: MemoryLayout,
+) -> RamCost | None:
+    """The arena the firmware fills for S, or None when its training engine cannot run the tail S needs."""
+    first = sel.first_op()
+    cut = cut_for(first, cut_points, len(facts))
+    if first is None or sel.params(facts) == 0:
+        return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, None))
+    work = layout.work(cut, first)
+    if work is None:
+        return None
+    head_out = facts[cut].input_elems if 0 < cut < len(facts) else 0  # the tail's int8 input
+    return RamCost(cut, layout.front(cut), training_memory(facts, sel, cfg, work, head_out),
+                   program_bytes(facts, sel, work))
 
 
 def _channels_for(fraction: float, order: np.ndarray) -> tuple[int, ...]:
     count = max(1, math.ceil(fraction * len(order)))
     return tuple(sorted(int(c) for c in order[:count]))
+
+
+def _complete(facts: list[LayerFacts], sel: Selection, level: dict[int, int], op: int, cfg: TrainingConfig) -> bool:
+    """Whether every unit of ``op`` (its bias and all of its channels) is in S."""
+    layer = sel.layers.get(op, LayerSelection())
+    return level[op] == len(cfg.fractions) - 1 and (layer.bias or not facts[op].bias_params)
 
 
 def greedy_select(
@@ -67,17 +94,22 @@ def greedy_select(
     budget_bytes: int,
     cfg: TrainingConfig,
     cut_points: list[int],
-    arena_of_prefix: Callable[[int], int],
+    layout: MemoryLayout,
+    program_budget: int | None = None,
 ) -> tuple[Selection, list[Step]]:
-    """Grow S one unit at a time while the RAM cost stays within ``budget_bytes``."""
+    """Grow S one unit at a time while the RAM cost stays within ``budget_bytes`` (and the training
+    program within ``program_budget``, the smallest program store of the fleet)."""
     sel = Selection()
     steps: list[Step] = []
     orders = {k: np.argsort(-imp.channel, kind="stable") for k, imp in importance.items()}
     level: dict[int, int] = {k: -1 for k in importance}  # index into cfg.fractions, -1 = none
-    current = ram_cost(facts, sel, cfg, cut_points, arena_of_prefix)
+    current = ram_cost(facts, sel, cfg, cut_points, layout)
+    assert current is not None  # an empty S needs no tail
     while True:
         best: tuple[float, Selection, Step, RamCost] | None = None
         for op, imp in importance.items():
+            if not all(_complete(facts, sel, level, k, cfg) for k in importance if k > op):
+                continue  # the trainable tail grows from the output: later layers first, whole
             layer = sel.layers.get(op, LayerSelection())
             candidates: list[tuple[str, LayerSelection, float]] = []
             if not layer.bias and facts[op].bias_params:
@@ -92,11 +124,15 @@ def greedy_select(
             for unit, new_layer, gain in candidates:
                 trial = sel.copy()
                 trial.layers[op] = new_layer
-                cost = ram_cost(facts, trial, cfg, cut_points, arena_of_prefix)
-                if cost.total > budget_bytes:
+                cost = ram_cost(facts, trial, cfg, cut_points, layout)
+                if cost is None or cost.total > budget_bytes or (program_budget is not None
+                                                                  and cost.program > program_budget):
                     continue
-                added_bytes = max(cost.total - current.total, 1)
-                score = gain / added_bytes
+                # the scarcer of the two resources a unit spends: RAM, and the program store's flash
+                spent = max(cost.total - current.total, 1) / max(budget_bytes, 1)
+                if program_budget:
+                    spent = max(spent, (cost.program - current.program) / program_budget)
+                score = gain / spent
                 if best is None or score > best[0]:
                     added_params = trial.params(facts) - sel.params(facts)
                     best = (score, trial, Step(op, unit, added_params, cost.total, gain), cost)
@@ -107,3 +143,31 @@ def greedy_select(
             level[step.op] += 1
         steps.append(step)
 
+
+
+def select(
+    facts: list[LayerFacts],
+    importance: dict[int, LayerImportance],
+    budget_bytes: int,
+    cfg: TrainingConfig,
+    cut_points: list[int],
+    layout: MemoryLayout,
+    program_budget: int | None = None,
+) -> tuple[Selection, list[Step]]:
+    """w*: the greedy run once per cut, on the units from that cut on, and the run that gathers the
+    most importance (ties: the later cut, fewer float32 ops to run on the board).
+
+    One greedy over every unit is myopic: a unit early in the model can win a step and move the
+    cut there, paying the tail's work area and its constants in the program once, and leave too
+    little for what would have followed. Fixing the cut first makes that price a choice.
+    """
+    best: tuple[float, int, Selection, list[Step]] | None = None
+    for cut in sorted(set(cut_points)):
+        allowed = {op: imp for op, imp in importance.items() if op >= cut}
+        if not allowed:
+            continue
+        sel, steps = greedy_select(facts, allowed, budget_bytes, cfg, cut_points, layout, program_budget)
+        gained = sum(s.importance for s in steps)
+        if best is None or (gained, cut) > (best[0], best[1]):
+            best = (gained, cut, sel, steps)
+    return (best[2], best[3]) if best is not None else (Selection(), [])

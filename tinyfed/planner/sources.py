@@ -25,8 +25,8 @@ def load_model_source(spec: str, representative: Path | None, cfg: TrainingConfi
     if path.suffix == ".tflite":
         if not path.is_file():
             raise ModelError(f"no such file {spec}", fix="give the path of an int8 .tflite file")
-        graph = TfliteGraph.from_file(path)
-        return ModelSource(name=path.name, kind="tflite", tflite=graph.data)
+        graph = TfliteGraph.from_file(path).int8_graph()
+        return ModelSource(name=path.name, kind="tflite", tflite=graph.data, warnings=list(graph.warnings))
     if path.suffix == ".keras":
         if representative is None:
             raise ModelError(

@@ -1,7 +1,7 @@
 /*
  * int8 LEAKY_RELU: TFLM's QuantizeLeakyRelu. The centred input is requantized with the identity
- * multiplier when non-negative, with the alpha multiplier (negative for a negative alpha)
- * otherwise, then offset by the output zero point and clamped to int8.
+ * multiplier when non-negative, with the alpha multiplier otherwise (for a negative alpha: by
+ * its magnitude, then negated), then offset by the output zero point and clamped to int8.
  *
  * Params: p0 input zero point, p1 output zero point, p2/p3 alpha multiplier/shift, p4/p5
  * identity multiplier/shift.
@@ -15,7 +15,8 @@ static const char *leaky_relu_validate(const tfmb_model_t *m, const tfmb_op_t *o
     if (t[0].elems != out->elems) return "leaky relu shapes differ at op";
     if (!tfmb_in_range(op->p[0], -128, 127) || !tfmb_in_range(op->p[1], -128, 127))
         return "zero point out of range at op";
-    if (!tfmb_in_range(op->p[3], -31, 30) || op->p[4] < 0 || !tfmb_in_range(op->p[5], -31, 30))
+    if (op->p[2] == INT32_MIN || !tfmb_in_range(op->p[3], -31, 30) || op->p[4] < 0 ||
+        !tfmb_in_range(op->p[5], -31, 30))
         return "leaky relu multiplier bad at op";
     for (int k = 6; k <= 12; ++k)
         if (op->p[k] != 0) return "unused parameter set at op";
@@ -30,7 +31,11 @@ static void leaky_relu_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const
     const int32_t in_zp = op->p[0], out_zp = op->p[1];
     for (uint32_t i = 0; i < out->elems; ++i) {
         const int32_t v = (int32_t)x[i] - in_zp;
-        const int32_t r = v >= 0 ? tfmb_mbqm(v, op->p[4], op->p[5]) : tfmb_mbqm(v, op->p[2], op->p[3]);
+        int32_t r;
+        if (v >= 0)
+            r = tfmb_mbqm(v, op->p[4], op->p[5]);
+        else /* a negative alpha multiplier: scale by its magnitude, negate the result (as TFLM) */
+            r = op->p[2] < 0 ? -tfmb_mbqm(v, -op->p[2], op->p[3]) : tfmb_mbqm(v, op->p[2], op->p[3]);
         y[i] = (int8_t)tfmb_clamp(tfmb_wadd(out_zp, r), -128, 127);
     }
 }

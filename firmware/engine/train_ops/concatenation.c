@@ -75,6 +75,5 @@ static const tftr_op_entry_t tftr_op_concatenation = {
     .validate = concat_validate,
     .forward = concat_forward,
     .backward = concat_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_concatenation);

@@ -81,6 +81,5 @@ static const tftr_op_entry_t tftr_op_mean = {
     .validate = mean_validate,
     .forward = mean_forward,
     .backward = mean_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_mean);

@@ -69,7 +69,6 @@ static const tftr_op_entry_t tftr_op_pad = {
     .validate = pad_validate,
     .forward = pad_forward,
     .backward = pad_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_pad);
 
@@ -84,6 +83,5 @@ static const tftr_op_entry_t tftr_op_padv2 = {
     .validate = pad_validate,
     .forward = pad_forward,
     .backward = pad_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_padv2);

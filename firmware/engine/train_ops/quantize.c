@@ -41,6 +41,5 @@ static const tftr_op_entry_t tftr_op_quantize = {
     .validate = quantize_validate,
     .forward = quantize_forward,
     .backward = quantize_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_quantize);

@@ -55,7 +55,6 @@ static const tftr_op_entry_t tftr_op_squeeze = {
     .validate = reshape_validate,
     .forward = reshape_forward,
     .backward = reshape_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_squeeze);
 
@@ -70,6 +69,5 @@ static const tftr_op_entry_t tftr_op_expand_dims = {
     .validate = reshape_validate,
     .forward = reshape_forward,
     .backward = reshape_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_expand_dims);

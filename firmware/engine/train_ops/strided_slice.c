@@ -70,6 +70,5 @@ static const tftr_op_entry_t tftr_op_strided_slice = {
     .validate = strided_slice_validate,
     .forward = strided_slice_forward,
     .backward = strided_slice_backward,
-    .loss_backward = 0,
 };
 TFTR_REGISTER_OP(tftr_op_strided_slice);

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyfed.errors import DatasetError
+from tinyfed.ops.fixed_point import quantize
 from tinyfed.training.task import Task
 
 MAGIC = b"TFDS"
@@ -66,9 +67,8 @@ class LocalData:
 
 
 def quantize_inputs(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float windows -> the fragment input's int8 (as TFLite quantizes: round, then clamp)."""
-    q = np.round(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+    """Float windows -> the fragment input's int8, exactly as TFLM's QUANTIZE op would."""
+    return quantize(x, scale, zero_point)
 
 
 def _target_body(y: np.ndarray | None, count: int, classes: int | None, kind: int,

@@ -45,9 +45,12 @@ __all__ = [
     "VERSION",
     "ProgramBuilder",
     "ProgramInfo",
+    "WorkArea",
     "compile_program",
     "parse_program",
     "program_ram_bytes",
+    "program_bytes_with",
+    "work_area",
 ]
 
 MAGIC = b"TFTR"
@@ -187,7 +190,7 @@ class ProgramBuilder(FragmentBuilder):
                             "convert the model with int8 weights and int32 biases")
         if t in self.params:
             return self.id(t)
-        shape = tuple(info.shape)
+        shape = tuple(info.shape) or (1,)  # a scalar constant (MUL's) is one element of rank 1
         if not 1 <= len(shape) <= 4:
             raise self.fail(op, f"{what} tensor {t} has rank {len(shape)}")
         ch = int(shape[axis])
@@ -437,6 +440,60 @@ def _task_fields(g: TfliteGraph, task: Task | None, model_input: tuple[float, in
     return LOSS_CODES[loss], kind, scale, zp
 
 
+def _lay_out(b: ProgramBuilder, first_trainable: int, output_grad: bool) -> tuple[
+        list[list[Any]], int, _Timeline, dict[object, int], int, int]:
+    """Every op's record and the training MACs, the timeline, and the work area's offsets, bytes and
+    scratch row (floats). Which channels the units train does not change the work area: only the
+    first trainable op does (the ops from it on keep their inputs and gradients for the backward).
+    ``output_grad``: the loss's gradient enters at the output (MSE)."""
+    g = b.graph
+    b.id(g.inputs[0])
+    records, flops = [], 0
+    for op in g.ops:
+        rec, macs = _encode_op(b, op, first_trainable)
+        records.append(rec)
+        flops += macs
+    acts = [t for t in b.ids if not g.tensors[t].is_constant]
+    tl = _timeline(g, first_trainable, acts, output_grad)
+    offsets, work_bytes, scratch_floats = _plan_work(b, tl, acts)
+    return records, flops, tl, offsets, work_bytes, scratch_floats
+
+
+@dataclass(frozen=True)
+class WorkArea:
+    """The float32 work area of one training sample: activation values and gradient buffers placed by
+    lifetime over forward + backward, and within it the scratch row (one dequantized weight channel)."""
+
+    work_bytes: int
+    scratch_bytes: int
+    #: bytes of the program with no unit: header, records and the tail's constants (each unit adds a
+    #: record, its channel list and its float32 values: :func:`program_bytes_with`)
+    program_bytes: int
+
+
+def program_bytes_with(base: WorkArea, units: list[tuple[int, int]]) -> int:
+    """An upper bound (within the 16-byte data alignment) of the program's size with ``units``
+    (channels, values per channel each) on top of ``base.program_bytes``."""
+    return base.program_bytes + 16 + sum(UNIT_BYTES + align_up(2 * n, ALIGN) + 4 * n * per for n, per in units)
+
+
+def work_area(tail_tflite: bytes, first_trainable: int, *, source: str = "tail.tflite") -> WorkArea:
+    """The work area ``compile_program`` lays out for this tail when its first trainable op is
+    ``first_trainable`` (the planner sizes a candidate w* with it, before any unit exists), with the
+    loss the last op implies (mean squared error unless it is SOFTMAX or LOGISTIC).
+
+    Raises :class:`ModelError` for a tail the training engine cannot run.
+    """
+    from tinyfed.models.tflite_graph import TfliteGraph
+
+    g = TfliteGraph.from_bytes(bytes(tail_tflite), source=source)
+    b = ProgramBuilder(g, [], source)
+    output_grad = g.ops[-1].name not in ("SOFTMAX", "LOGISTIC")
+    records, *_, work_bytes, scratch_floats = _lay_out(b, first_trainable, output_grad)
+    size = align_up(HEADER_BYTES + TENSOR_BYTES * len(b.ids) + OP_BYTES * len(records), 16) + len(b.data.buf)
+    return WorkArea(work_bytes, 4 * scratch_floats, size)
+
+
 def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "tail.tflite",
                     task: Task | None = None, model_input: tuple[float, int] | None = None) -> bytes:
     """Compile a plan's tail and its trainable units into a TFTR training program.
@@ -458,16 +515,7 @@ def compile_program(tail_tflite: bytes, trainable_tfw: bytes, *, source: str = "
     b = ProgramBuilder(g, units, source)
     first_trainable = min((u.op_index for u in units), default=n)
     _index_units(b)
-    b.id(g.inputs[0])
-    records, flops = [], 0
-    for op in g.ops:
-        rec, macs = _encode_op(b, op, first_trainable)
-        records.append(rec)
-        flops += macs
-
-    acts = [t for t in b.ids if not g.tensors[t].is_constant]
-    tl = _timeline(g, first_trainable, acts, loss_code == LOSS_MSE)
-    offsets, work_bytes, scratch_floats = _plan_work(b, tl, acts)
+    records, flops, tl, offsets, work_bytes, scratch_floats = _lay_out(b, first_trainable, loss_code == LOSS_MSE)
     scratch_offset = offsets.get(("s", 0), 0)
     _zero_flags(g, records, tl)
 
