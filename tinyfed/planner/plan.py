@@ -378,7 +378,8 @@ def make_plan(
     if importance.note:
         plan.notes.append(f"importance: {importance.method} is used, not {cfg.importance}: {importance.note}")
     if selection.params(facts) == 0:
-        plan_problems.append(_empty_selection_problem(facts, importance, cfg, cut_points, layout, m_min, m_min_board))
+        plan_problems.append(_empty_selection_problem(facts, importance, cfg, cut_points, layout, m_min, m_min_board,
+                                                      program_store))
 
     flash_model = (len(head) if head else 0) + len(tail_bytes)
     plan.problems.extend(plan_problems)
@@ -401,20 +402,29 @@ def _tflm_arena(head: bytes) -> int:
 
 
 def _empty_selection_problem(facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig,
-                             cut_points: list[int], layout: FirmwareLayout, m_min: int, m_min_board: str) -> str:
-    """Why w* is empty: the cheapest unit's RAM against M_min, or the training engine's refusal."""
-    smallest = _smallest_first_unit(facts, importance, cfg, cut_points, layout)
-    if smallest is None:
+                             cut_points: list[int], layout: FirmwareLayout, m_min: int, m_min_board: str,
+                             program_store: int) -> str:
+    """Why w* is empty: the cheapest unit's RAM against M_min, its training program against the
+    smallest program store of the fleet, or the training engine's refusal."""
+    costs = _single_unit_costs(facts, importance, cfg, cut_points, layout)
+    if not costs:
         refusal = next(iter(layout.refusals.values()), "no tail of this model can be trained")
         return f"no unit of this model can be trained on the board: {refusal}"
+    in_ram = [c for c in costs if c.total <= m_min]
+    if in_ram:  # RAM would do: the program store is what is short
+        smallest = min(c.program for c in in_ram)
+        return (f"no trainable unit fits the program store of {program_store} bytes (flash / 16): the smallest "
+                f"training program needs {smallest} bytes (it carries the tail's constants from the cut on); "
+                "use a board with more flash, or a model whose last layers are smaller")
+    cheapest = min(c.total for c in costs)
     return (f"no trainable unit fits in M_min = {m_min} bytes ({m_min_board}): the cheapest unit needs "
-            f"{smallest} bytes of RAM, {smallest - m_min} more")
+            f"{cheapest} bytes of RAM, {cheapest - m_min} more")
 
 
-def _smallest_first_unit(facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig,
-                         cut_points: list[int], layout: FirmwareLayout) -> int | None:
-    """RAM of the cheapest single-unit subset: what a board must at least spare (None: no tail trains)."""
-    best: int | None = None
+def _single_unit_costs(facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig,
+                       cut_points: list[int], layout: FirmwareLayout) -> list[RamCost]:
+    """The cost of every single-unit subset (a layer's bias, or its first fraction of channels)."""
+    costs = []
     for op in importance.layers:
         for bias in (True, False):
             if bias and not facts[op].bias_params:
@@ -423,9 +433,9 @@ def _smallest_first_unit(facts: list[LayerFacts], importance: Importance, cfg: T
             first_fraction = max(1, math.ceil(cfg.fractions[0] * facts[op].out_channels))
             sel.layers[op] = LayerSelection(bias, () if bias else tuple(range(first_fraction)))
             cost = ram_cost(facts, sel, cfg, cut_points, layout)
-            if cost is not None and (best is None or cost.total < best):
-                best = cost.total
-    return best
+            if cost is not None:
+                costs.append(cost)
+    return costs
 
 
 def _board_fit(board: Board, count: int, plan: Plan, flash_model: int, plan_problems: list[str]) -> BoardFit:
