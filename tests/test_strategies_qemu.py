@@ -2,7 +2,7 @@
 
 har_cnn starts from ``start = "fresh-head"`` (the classifier head re-initialised with seeded
 Glorot values: the same model, at 0.19 test accuracy, for all three strategies). FTTE trains the
-plan's w* (the two dense layers, 4,550 values) on ``mps2-an386`` (an nRF52840's budget) and
+plan's w* (the last convolution and the two dense layers) on ``mps2-an386`` (an nRF52840's budget) and
 uploads int8 updates. FedBuff and FedAvg train every layer in float32 and upload dense float32
 updates; that state (707,064 bytes of RAM, a 254,960-byte training program) does not fit
 ``mps2-an386``, so `tinyfed run --emulate` boots its baseline profile ``mps2-an386-large`` (the
