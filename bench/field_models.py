@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from field_models import (  # noqa: E402
     FIELD_MODELS,
+    TOO_BIG_FOR_NRF52840,
     FieldModel,
     build_field_model,
     local_samples_cap,
@@ -134,12 +135,13 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
     out = work / f"run_{fm.spec.name}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.monotonic()
-    cap = local_samples_cap(fm.data)  # what a board's local-data store holds
+    board = TOO_BIG_FOR_NRF52840.get(fm.spec.name, "nrf52840")
+    cap = local_samples_cap(fm.data, board)  # what a board's local-data store holds
     config = work / "run.toml"
     config.write_text(RUN_CONFIG)
     target = ["--target-accuracy", "1.0"] if fm.spec.task == "classify" else ["--target-metric", "1.0"]
     proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "run", "--config", str(config), "--simulate", "8",
-                           "--board", "nrf52840", "--model", str(tflite), "--data", str(npz), "--partition", "iid",
+                           "--board", board, "--model", str(tflite), "--data", str(npz), "--partition", "iid",
                            "--max-versions", "10", *target, *(["--max-windows", str(cap)] if cap else []),
                            "--out", str(out), "--json"], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from field_models import FIELD_MODELS, FieldModel, build_field_model, local_samples_cap, qemu_fragment
+from field_models import (
+    FIELD_MODELS,
+    TOO_BIG_FOR_NRF52840,
+    FieldModel,
+    build_field_model,
+    local_samples_cap,
+    qemu_fragment,
+)
 
 from tinyfed.boards import get_board, single_board_fleet
 from tinyfed.firmware_bridge.compile.blob import compile_blob
@@ -45,8 +52,6 @@ EXPECTED_OPS: dict[str, dict[str, int]] = {
 #: take a minute or more: those tests are slow.
 SLOW_BUILD = {"mobilenet_vww"}
 SLOW_SIM = {"resnet8", "mobilenet_vww"}
-#: look-alikes that do not train on the nRF52840, and the smallest real board the planner names instead
-TOO_BIG_FOR_NRF52840 = {"toyadmos_ae": "rp2040"}
 SIM_INPUTS = 2000
 QEMU_INPUTS = 200
 
