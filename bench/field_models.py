@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from field_models import (  # noqa: E402
     FIELD_MODELS,
-    TOO_BIG_FOR_NRF52840,
+    RUN_BOARD,
     FieldModel,
     build_field_model,
     local_samples_cap,
     qemu_fragment,
+    run_config,
 )
 
 from tinyfed.boards import get_board, single_board_fleet  # noqa: E402
@@ -50,8 +51,6 @@ from tinyfed.models.tflite_graph import TfliteGraph  # noqa: E402
 from tinyfed.models.tflm import TflmModel  # noqa: E402
 
 QEMU_KINDS = ("mps2-an386", "mps3-an547")
-#: As tests/test_field_models.py: 5 local epochs at SGD step 0.05, 10 versions, a target no run reaches.
-RUN_CONFIG = "[training]\nepochs = 5\nlr = 0.05\n"
 ICOUNT_SHIFT = 4  # as bench/speed.py: one instruction = 2**4 ns of virtual time
 
 
@@ -135,10 +134,10 @@ def federated(fm: FieldModel, tflite: Path, npz: Path, work: Path) -> dict[str, 
     out = work / f"run_{fm.spec.name}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.monotonic()
-    board = TOO_BIG_FOR_NRF52840.get(fm.spec.name, "nrf52840")
+    board = RUN_BOARD.get(fm.spec.name, "nrf52840")
     cap = local_samples_cap(fm.data, board)  # what a board's local-data store holds
     config = work / "run.toml"
-    config.write_text(RUN_CONFIG)
+    config.write_text(run_config(fm.spec.name))
     target = ["--target-accuracy", "1.0"] if fm.spec.task == "classify" else ["--target-metric", "1.0"]
     proc = subprocess.run([sys.executable, "-m", "tinyfed.cli", "run", "--config", str(config), "--simulate", "8",
                            "--board", board, "--model", str(tflite), "--data", str(npz), "--partition", "iid",

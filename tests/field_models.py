@@ -26,6 +26,16 @@ import numpy as np
 #: look-alikes that do not train on the nRF52840 (the autoencoder's 128 -> 640 layer makes a training
 #: program larger than its 64 KiB program store), and the smallest real board the planner names instead
 TOO_BIG_FOR_NRF52840 = {"toyadmos_ae": "rp2040"}
+#: the board each look-alike's federated run uses: the nRF52840, or for the autoencoder a board whose
+#: program store holds more of its last layer than the rp2040's bias-only w* (the esp32s3: 8 MiB flash)
+RUN_BOARD = {"toyadmos_ae": "esp32s3"}
+
+
+def run_config(name: str) -> str:
+    """The ``[training]`` table of a look-alike's federated run: 5 local epochs of SGD at 0.05 (the
+    defaults, 1 epoch at 0.01, need more than 10 versions on boards that hold 14 VWW images each); the
+    autoencoder at 1.0 (its mean squared error over 640 outputs gives small gradients)."""
+    return f"[training]\nepochs = 5\nlr = {1.0 if name == 'toyadmos_ae' else 0.05}\n"
 FIELD_MODELS = ("ds_cnn", "resnet8", "mobilenet_vww", "toyadmos_ae", "sine", "micro_speech", "ds_cnn_gap")
 
 
