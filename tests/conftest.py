@@ -50,6 +50,7 @@ def har_training_case(tmp_path_factory: pytest.TempPathFactory):
 #: units are handed out in collection order, so these start first and no worker is left alone with
 #: a long file at the end. Only the order changes; a file not named here runs after them.
 SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s per file, the rest below 90 s
+    "test_field_models.py",  # look-alikes built once per worker, QEMU and federated runs
     "test_strategies_qemu.py",
     "test_fleet_qemu.py",
     "test_zoo.py",
