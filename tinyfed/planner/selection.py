@@ -118,7 +118,7 @@ def greedy_select(
     current = ram_cost(facts, sel, cfg, cut_points, layout)
     assert current is not None  # an empty S needs no tail
     while True:
-        best: tuple[float, Selection, Step, RamCost] | None = None
+        best: tuple[float, Selection, Step, RamCost, int] | None = None
         for op, imp in importance.items():
             if not all(_complete(facts, sel, len(orders[k]), k) for k in importance if k > op):
                 continue  # the trainable tail grows from the output: later layers first, whole
