@@ -107,12 +107,12 @@ def test_unsupported_op(work: Path) -> None:
     keras = _models._tf().keras
     inputs = keras.Input((8, 8, 1), batch_size=1)
     x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)  # MEAN: no firmware kernel
-    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    x = keras.layers.Activation("gelu")(x)  # GELU: no firmware kernel
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
     data = convert_keras_to_int8(model, np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32))
-    path = work / "mean.tflite"
+    path = work / "gelu.tflite"
     path.write_bytes(data)
-    _assert_one_line_error(_run("plan", str(path), "--board", "nrf52840", cwd=work), "MEAN")
+    _assert_one_line_error(_run("plan", str(path), "--board", "nrf52840", cwd=work), "GELU")
 
 
 def test_unknown_board(work: Path) -> None:

@@ -348,7 +348,8 @@ def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None
 
 def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_training_case, tmp_path: Path) -> None:
     """TRAIN's opt-in head cache: epochs after the first reuse the frozen fragment's outputs.
-    The update is bit-identical; the cycle count drops by about (epochs - 1) / epochs."""
+    The update is bit-identical; the cycle count drops by the head's share of (epochs - 1) / epochs
+    (with head H and tail T cycles per sample: (H + 4T) / (4H + 4T) for 4 epochs)."""
     case = har_training_case
     board = get_board("mps2-an386")
     fw = build_firmware(board.name, tmp_path / "fw")
@@ -373,7 +374,8 @@ def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_train
     assert cached.loss == plain.loss
     print(f"4 epochs x {plain.n} windows: {plain.cycles} cycles without the head cache, {cached.cycles} with it "
           f"({cached.cycles / plain.cycles:.3f})")
-    assert cached.cycles < 0.35 * plain.cycles
+    # the plan trains conv4 too since issue 13 (one sample's activations, not a batch's): T is larger
+    assert cached.cycles < 0.6 * plain.cycles
 
 
 def _float_delta(case: dict, params: TrainParams) -> np.ndarray:

@@ -223,7 +223,10 @@ def test_forward_matches_int8_tail(har):
     within = float(np.mean(dq <= 1.01 * s))
     print(f"fake-quantized float vs int8 tail: max {dq.max() / s:.1f} LSB, mean {dq.mean() / s:.3f} LSB, "
           f"{within:.4%} within 1 LSB")
-    assert dq.mean() < 0.05 * s and within > 0.995
+    # the tail holds a convolution and an average pool since issue 13's plan: a 1-LSB rounding difference
+    # there (fixed-point multipliers vs a float round) reaches the softmax through two layers more
+    # (measured: mean 0.153 LSB, 98.4% within 1 LSB; 0.03 and 99.7% for the dense-only tail before)
+    assert dq.mean() < 0.25 * s and within > 0.98
     assert np.median(per) <= 2 * s and np.quantile(per, 0.95) <= 12 * s
     assert agree > 0.98
 

@@ -344,7 +344,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     """
     from tinyfed.host.engine import Engine, Limits
     from tinyfed.host.events import EventLog
-    from tinyfed.host.setup import prepare_run
+    from tinyfed.host.setup import check_stores, prepare_run
     from tinyfed.host.strategies import get_strategy
 
     strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
@@ -362,6 +362,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
 
         assert isinstance(setup.plan, DensePlan)
         setup.plan.check_fits(get_board(name, boards_dirs) for name in {d.board for d in devices})
+    check_stores(devices, setup.program, setup.images, setup.facts["local_windows"], boards_dirs)
     if events is None:
         events = stack.enter_context(EventLog(out))
 

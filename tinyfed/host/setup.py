@@ -202,7 +202,6 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         y = data.y[idx] if data.y is not None else None  # an autoencoder's target is its input
         images[d.name] = local_data.pack(x, y, classes=data.num_classes, kind=local_data.target_kind(data.task))
         windows[d.name] = len(idx)
-    check_stores(devices, program, images, windows)
     # local_windows: samples in each device's image, so a report need not unpack the images to count
     facts.update(vector=int(w0.size), units=len(units), program_bytes=len(program),
                  frozen_bytes=len(frozen) if frozen else 0, local_windows=windows)
@@ -213,7 +212,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
                     data.task, data.metric)
 
 
-def check_stores(devices: list[DeviceSpec], program: bytes, images: dict[str, bytes], windows: dict[str, int]) -> None:
+def check_stores(devices: list[DeviceSpec], program: bytes, images: dict[str, bytes], windows: dict[str, int],
+                 boards_dirs: tuple[Path, ...] = ()) -> None:
     """Refuse, before any board is provisioned, what a board's flash stores cannot hold: the training
     program's store and the local-data store of its profile. A board would refuse each load, and a
     run would lose every task on it."""
@@ -223,7 +223,7 @@ def check_stores(devices: list[DeviceSpec], program: bytes, images: dict[str, by
 
     for d in devices:
         try:
-            board = get_board(d.board)
+            board = get_board(d.board, boards_dirs)
         except TinyfedError:
             continue  # a board without a profile: its HELLO tells the limits at load time
         if len(program) > board.program_store_bytes:
