@@ -19,6 +19,7 @@ import numpy as np
 from tinyfed import ops
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner.config import TrainingConfig
+from tinyfed.training.task import Task, implied_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.firmware_bridge.compile.train_blob import WorkArea
@@ -195,12 +196,12 @@ def target_bytes(facts: list[LayerFacts]) -> int:
     """One sample's target as the firmware keeps it (``tftr_target_bytes``) for the task the model's
     last op implies: a class byte after SOFTMAX, a byte per label after LOGISTIC, else the larger of a
     regression target (float32 per output) and an autoencoder's (the int8 model input)."""
+    from tinyfed.firmware_bridge.compile import local_data
+
     last = facts[-1]
-    if last.name == "SOFTMAX":
-        return 1
-    if last.name == "LOGISTIC":
-        return last.output_elems
-    return max(4 * last.output_elems, facts[0].input_elems)
+    task = implied_task(last.name)
+    size = local_data.target_bytes(local_data.target_kind(task), last.output_elems)
+    return max(size, facts[0].input_elems) if task is Task.REGRESS else size  # or an autoencoder's input
 
 
 def training_memory(

@@ -24,7 +24,7 @@ from tinyfed import ops
 from tinyfed.errors import ModelError
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner import trainable as tfw
-from tinyfed.training.task import Loss
+from tinyfed.training.task import Loss, implied_task, loss_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.models.tflite_graph import OpInfo
@@ -291,7 +291,7 @@ class FloatTail:
 def check_loss(last_op: str, loss: Loss | None) -> Loss:
     """The loss a tail ending in ``last_op`` trains with (None: the one its last op implies),
     refused when the head cannot compute it."""
-    implied = {"SOFTMAX": Loss.SOFTMAX_CE, "LOGISTIC": Loss.SIGMOID_BCE}.get(last_op, Loss.MSE)
+    implied = loss_of(implied_task(last_op))
     loss = implied if loss is None else Loss(loss)
     need = {Loss.SOFTMAX_CE: "SOFTMAX", Loss.SIGMOID_BCE: "LOGISTIC"}.get(loss)
     if need is not None and last_op != need:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Loss", "Task", "default_task", "loss_of"]
+__all__ = ["Loss", "Task", "default_task", "implied_task", "loss_of"]
 
 
 class Task(StrEnum):
@@ -43,16 +43,19 @@ def loss_of(task: Task) -> Loss:
     return {Task.CLASSIFY: Loss.SOFTMAX_CE, Task.MULTILABEL: Loss.SIGMOID_BCE}.get(task, Loss.MSE)
 
 
+def implied_task(last_op: str) -> Task:
+    """The task a model's last op implies when the data is not known: classify after SOFTMAX,
+    multilabel after LOGISTIC, else regress (an autoencoder trains with the same loss)."""
+    return {"SOFTMAX": Task.CLASSIFY, "LOGISTIC": Task.MULTILABEL}.get(last_op, Task.REGRESS)
+
+
 def default_task(last_op: str, *, has_targets: bool, output_size: int, input_size: int) -> Task:
     """The task a model and its data imply when the user names none.
 
     SOFTMAX -> classify, LOGISTIC -> multilabel; otherwise regress when the data carries targets,
     autoencode when it does not and the output has as many values as the input.
     """
-    if last_op == "SOFTMAX":
-        return Task.CLASSIFY
-    if last_op == "LOGISTIC":
-        return Task.MULTILABEL
-    if has_targets or output_size != input_size:
-        return Task.REGRESS
+    task = implied_task(last_op)
+    if task is not Task.REGRESS or has_targets or output_size != input_size:
+        return task
     return Task.AUTOENCODE

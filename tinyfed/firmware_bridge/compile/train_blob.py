@@ -35,7 +35,7 @@ from tinyfed.firmware_bridge.compile.local_data import (
     target_kind,
 )
 from tinyfed.planner import trainable as tfw
-from tinyfed.training.task import Loss, Task, loss_of
+from tinyfed.training.task import Loss, Task, implied_task, loss_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from tinyfed.models.tflite_graph import OpInfo, TensorInfo, TfliteGraph
@@ -420,7 +420,7 @@ def _task_fields(g: TfliteGraph, task: Task | None, model_input: tuple[float, in
 
     last = g.ops[-1].name
     if task is None:
-        task = {"SOFTMAX": Task.CLASSIFY, "LOGISTIC": Task.MULTILABEL}.get(last, Task.REGRESS)
+        task = implied_task(last)
     task = Task(task)
     try:
         loss = check_loss(last, loss_of(task))
@@ -488,7 +488,7 @@ def work_area(tail_tflite: bytes, first_trainable: int, *, source: str = "tail.t
 
     g = TfliteGraph.from_bytes(bytes(tail_tflite), source=source)
     b = ProgramBuilder(g, [], source)
-    output_grad = g.ops[-1].name not in ("SOFTMAX", "LOGISTIC")
+    output_grad = loss_of(implied_task(g.ops[-1].name)) is Loss.MSE
     records, *_, work_bytes, scratch_floats = _lay_out(b, first_trainable, output_grad)
     size = align_up(HEADER_BYTES + TENSOR_BYTES * len(b.ids) + OP_BYTES * len(records), 16) + len(b.data.buf)
     return WorkArea(work_bytes, 4 * scratch_floats, size)
