@@ -147,8 +147,20 @@ static bool check_op(const tfmb_model_t *m, uint16_t idx, tfmb_error_t *err)
     if (!entry->in_place)
         for (int i = 0; i < entry->activations; ++i)
             if (!disjoint(&t[i], &out)) return BAD("output overlaps input at op", idx);
-    for (int i = 13; i < TFMB_NPARAMS; ++i)
+    for (int i = 15; i < TFMB_NPARAMS; ++i)
         if (op.p[i] != 0) return BAD("unused parameter set at op", idx);
+    const uint32_t need = entry->scratch ? entry->scratch(&op, t, &out) : 0u;
+    if ((uint32_t)op.p[14] != need) return BAD("scratch size disagrees with the kernels at op", idx);
+    if (need == 0u) {
+        if (op.p[13] != 0) return BAD("unused parameter set at op", idx);
+    } else {
+        const tfmb_tensor_t s = {.offset = (uint32_t)op.p[13], .nbytes = need};
+        if (op.p[13] < 0 || (op.p[13] & 3) || (uint64_t)(uint32_t)op.p[13] + need > m->arena_bytes)
+            return BAD("scratch outside the arena at op", idx);
+        if (!disjoint(&s, &out)) return BAD("scratch overlaps output at op", idx);
+        for (int i = 0; i < entry->activations; ++i)
+            if (!disjoint(&s, &t[i])) return BAD("scratch overlaps input at op", idx);
+    }
     const char *problem = entry->validate(m, &op, t, &out);
     return problem ? BAD(problem, idx) : true;
 }
@@ -231,8 +243,15 @@ const int8_t *tfmb_output(const tfmb_model_t *m, const uint8_t *arena)
 
 bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err)
 {
+    return tfmb_invoke_with(m, arena, 0, err);
+}
+
+bool tfmb_invoke_with(const tfmb_model_t *m, uint8_t *arena, const tfmb_run_options_t *opt, tfmb_error_t *err)
+{
     if (!m || !m->blob) return tfmb_fail(err, TFMB_NO_MODEL, 0, "no model opened", 0, false);
     if (!arena) return tfmb_fail(err, TFMB_OUT_OF_MEMORY, 0, "no arena", 0, false);
+    const bool reference = opt && opt->reference;
+    const bool timed = opt && opt->clock && opt->op_ticks;
     tfmb_ctx_t c;
     c.data = m->blob + m->data_offset;
     c.arena = arena;
@@ -245,8 +264,26 @@ bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err)
         tfmb_read_tensor(m, op.out, &out);
         const tfmb_op_entry_t *entry = tfmb_find_op(op.code);
         if (!entry) return tfmb_fail(err, TFMB_UNSUPPORTED_OP, op.code, "unsupported op code", op.code, true);
-        entry->eval(&op, t, &out, &c);
+        const tfmb_eval_fn kernel = (reference || !entry->fast) ? entry->eval : entry->fast;
+        if (timed) {
+            const uint32_t t0 = opt->clock();
+            kernel(&op, t, &out, &c);
+            opt->op_ticks[i] = opt->clock() - t0;
+        } else {
+            kernel(&op, t, &out, &c);
+        }
     }
     if (err) memset(err, 0, sizeof(*err));
     return true;
+}
+
+const char *tfmb_kernel_path(void)
+{
+#if TFMB_CORE == TFMB_CORE_MVE
+    return "mve";
+#elif TFMB_CORE == TFMB_CORE_DSP
+    return "dsp";
+#else
+    return "c";
+#endif
 }

@@ -73,6 +73,22 @@ bool tfmb_invoke(const tfmb_model_t *m, uint8_t *arena, tfmb_error_t *err);
 
 uint16_t tfmb_op_count(const tfmb_model_t *m);
 
+/* How tfmb_invoke_with runs a model: the plain-C reference kernels instead of this core's
+ * optimised ones (bit-exact either way: profiles compare both on one image), and, when clock
+ * and op_ticks are set, each op's duration in clock ticks (op_ticks has op_count entries). */
+typedef uint32_t (*tfmb_clock_fn)(void);
+typedef struct {
+    bool reference;
+    tfmb_clock_fn clock;
+    uint32_t *op_ticks;
+} tfmb_run_options_t;
+
+/* tfmb_invoke with options (NULL: this core's kernels, untimed). */
+bool tfmb_invoke_with(const tfmb_model_t *m, uint8_t *arena, const tfmb_run_options_t *opt, tfmb_error_t *err);
+
+/* The optimised kernel path this engine was built with: "dsp", "mve" or "c". */
+const char *tfmb_kernel_path(void);
+
 #ifdef __cplusplus
 }
 #endif

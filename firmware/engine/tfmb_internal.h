@@ -195,27 +195,30 @@ static inline bool tfmb_is_activation(const tfmb_tensor_t *t) { return !t->const
  * One entry per op code. An op lives in one file under engine/ops/ that defines its entry
  * (a const tfmb_op_entry_t named tfmb_op_<name>); tfmb_op_table.c lists the entries. tfmb_open
  * does the checks every op shares (input count, tensor ids, int8 activations, output not
- * overlapping its activation inputs, params 13..15 zero), then the entry's validate; tfmb_invoke
- * calls the entry's eval, which may then trust everything validate checked.
+ * overlapping its activation inputs, the scratch at p13/p14 as the entry's scratch function sizes
+ * it, p15 zero), then the entry's validate; tfmb_invoke calls the entry's fast kernel (or its
+ * eval when it has none, or when the caller asks for the reference), which may then trust
+ * everything validate checked.
  *
  * Kernel variants per core: an entry's eval is fixed at build time. TFMB_CORE names the core
  * class of this build, from the compiler's own feature macros (the board's -mcpu):
  *   TFMB_CORE_MVE  Helium (M-profile vector extension: Cortex-M55/M85), __ARM_FEATURE_MVE
  *   TFMB_CORE_DSP  the DSP extension (Cortex-M4/M7/M33), __ARM_FEATURE_DSP
  *   TFMB_CORE_C    anything else (host builds, Cortex-M0/M3)
- * An op that gains an optimised kernel selects it in its entry, in its own file:
+ * An op that gains an optimised kernel sets it as its entry's `fast`, in its own file:
  *   #if TFMB_CORE == TFMB_CORE_DSP
- *       .eval = conv_2d_eval_dsp,
- *   #else
- *       .eval = conv_2d_eval,
+ *       .fast = tfmb_conv_2d_dsp,
  *   #endif
- * The plain-C kernel stays the reference a variant must match bit for bit (the host build that
- * tests/test_engine.py checks against TFLM is always TFMB_CORE_C). Only plain-C kernels exist
- * today: every entry uses one on every core. */
+ * The plain-C kernel stays the reference a variant must match bit for bit, and stays in every
+ * build (tfmb_invoke_with can run it, for profiles that compare both on one image). Host test
+ * builds define TFMB_CORE_OVERRIDE to compile a path with tfmb_simd.h's portable intrinsics. */
 #define TFMB_CORE_C 0
 #define TFMB_CORE_DSP 1
 #define TFMB_CORE_MVE 2
-#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#if defined(TFMB_CORE_OVERRIDE)
+/* Host builds of an optimised path (tests): tfmb_simd.h supplies portable intrinsics. */
+#define TFMB_CORE TFMB_CORE_OVERRIDE
+#elif defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
 #define TFMB_CORE TFMB_CORE_MVE
 #elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define TFMB_CORE TFMB_CORE_DSP
@@ -232,6 +235,9 @@ typedef const char *(*tfmb_validate_fn)(const tfmb_model_t *m, const tfmb_op_t *
 typedef void (*tfmb_eval_fn)(const tfmb_op_t *op, const tfmb_tensor_t in[3], const tfmb_tensor_t *out,
                              const tfmb_ctx_t *c);
 
+/* Arena scratch bytes an op needs (its record carries them at p13 offset / p14 bytes; the host's
+ * compile/blob.py computes the same from the same formula, and tfmb_open requires equality). */
+typedef uint32_t (*tfmb_scratch_fn)(const tfmb_op_t *op, const tfmb_tensor_t in[3], const tfmb_tensor_t *out);
 typedef struct {
     uint8_t code;              /* TFLite BuiltinOperator (TFMB_OP_*) */
     uint8_t inputs;            /* input slots the op may use: in[0 .. inputs) */
@@ -239,8 +245,21 @@ typedef struct {
     uint8_t activations;       /* leading inputs that are activations the output must not overlap */
     bool in_place;             /* the output may share input 0's buffer (RESHAPE: no overlap check) */
     tfmb_validate_fn validate; /* op-specific record checks */
-    tfmb_eval_fn eval;         /* the int8 kernel, this core's variant */
+    tfmb_eval_fn eval;         /* the plain-C reference kernel (every core) */
+    tfmb_eval_fn fast;         /* this core's optimised kernel (TFMB_CORE), NULL: eval runs */
+    tfmb_scratch_fn scratch;   /* the arena scratch the kernels use, NULL: none */
 } tfmb_op_entry_t;
+/* Scratch of the optimised int8 dot-product kernels: `columns` int16 copies of a `depth`-long
+ * input vector, each padded to 16 elements (host: tinyfed/ops/base.py kernel_scratch_bytes).
+ * depth <= 65535^3 is validated before, so 64-bit arithmetic cannot overflow; > 2 GiB is refused
+ * as "scratch outside the arena" by the shared check. */
+static inline uint32_t tfmb_kernel_scratch(uint64_t depth, uint32_t columns)
+{
+    const uint64_t n = 2u * (uint64_t)columns * ((depth + 15u) / 16u * 16u);
+    return n > 0x7FFFFFFFu ? 0x7FFFFFFFu : (uint32_t)n;
+}
+/* The op's scratch buffer in the arena (p13 offset, p14 bytes; validated by tfmb_open). */
+static inline void *tfmb_scratch(const tfmb_op_t *op, const tfmb_ctx_t *c) { return c->arena + op->p[13]; }
 
 /* The entry for an op code, or NULL (UNSUPPORTED_OP). */
 const tfmb_op_entry_t *tfmb_find_op(uint8_t code);

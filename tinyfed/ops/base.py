@@ -47,7 +47,7 @@ class ProgramRecord:
     """An op's TFTR record past input slot 0 (the driver's): input slots 1 and 2 and the parameters."""
 
     inputs: tuple[int | None, ...] = ()  # slots 1, 2 (None: absent)
-    params: tuple[int, ...] = ()  # at most 13; the rest are zero
+    params: tuple[int, ...] = ()  # at most 13; p13/p14 are the op's scratch (blob.py), p15 zero
 
 
 #: (tensors, input ids, output id, 13 parameters) of a TFTR op record -> builtin options.
@@ -93,6 +93,9 @@ class OpSpec:
     #: the blob ids of the op's activation inputs when they are more than its record's three slots
     #: (CONCATENATION lists them in the data section); None: the first ``arity`` slots
     blob_inputs: Callable[[BlobInfo, BlobOp], tuple[int, ...]] | None = None
+    #: arena scratch bytes the firmware's optimised kernels use for this op (the blob carries the
+    #: planned buffer at p13/p14; the C entry's scratch function computes the same); None: none
+    scratch_bytes: Callable[[Any, OpInfo], int] | None = None
 
     def activation_inputs(self, inputs: Sequence[int]) -> list[int]:
         """The graph tensors among an op's ``inputs`` that are activations (its first ``arity``, or all)."""
@@ -102,3 +105,11 @@ class OpSpec:
     def trainable(self) -> bool:
         """Whether the op's weights and bias can be part of the trainable subset w*."""
         return self.weights is not None
+
+
+def kernel_scratch_bytes(depth: int, columns: int) -> int:
+    """Scratch of the firmware's optimised int8 dot-product kernels: ``columns`` int16 copies of a
+    ``depth``-long input vector, each padded to 16 elements (the DSP path expands 2 im2col columns to
+    int16 with the input offset added; the MVE path gathers 4 int8 columns in the same room).
+    firmware/engine/tfmb_internal.h ``tfmb_kernel_scratch`` is the same formula."""
+    return 2 * columns * ((depth + 15) // 16 * 16)

@@ -12,7 +12,7 @@ import numpy as np
 
 from tinyfed.firmware_bridge.compile.layout import padding_name, window_geometry
 from tinyfed.ops import windows
-from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord, WeightLayout
+from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord, WeightLayout, kernel_scratch_bytes
 from tinyfed.ops.fixed_point import activation_range, conv_multiplier, requantize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -204,11 +204,17 @@ def _keras_kernel(kernel: np.ndarray) -> np.ndarray:
     return np.transpose(kernel, (3, 0, 1, 2))
 
 
+def _scratch_bytes(g: Any, op: OpInfo) -> int:
+    """The optimised kernels' im2col / expanded-input scratch (``kernel_scratch_bytes``)."""
+    return kernel_scratch_bytes(int(np.prod(g.tensors[op.inputs[1]].shape[1:])), 2)
+
+
 SPEC = OpSpec(
     name="CONV_2D", code=3, arity=1,
     options=("stride", "dilation", "padding", "activation"),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program, macs=macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
     tflm_op_data=(76, 8), weights=WeightLayout(weight_input=1, bias_input=2, channel_axis=0),
+    scratch_bytes=_scratch_bytes,
     keras_layer="Conv2D", keras_kernel=_keras_kernel,
 )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord, WeightLayout
+from tinyfed.ops.base import BlobRecord, OpSpec, ProgramRecord, WeightLayout, kernel_scratch_bytes
 from tinyfed.ops.fixed_point import (
     BIAS_SCALE_TOLERANCE,
     activation_range,
@@ -136,10 +136,16 @@ def _keras_kernel(kernel: np.ndarray) -> np.ndarray:
     return kernel.T
 
 
+def _scratch_bytes(g: Any, op: OpInfo) -> int:
+    """The optimised kernels' im2col / expanded-input scratch (``kernel_scratch_bytes``)."""
+    return kernel_scratch_bytes(int(g.tensors[op.inputs[1]].shape[-1]), 1)
+
+
 SPEC = OpSpec(
     name="FULLY_CONNECTED", code=9, arity=1, options=("activation", "weights_format"),
     encode_blob=encode_blob, encode_program=encode_program, read_program=read_program, macs=macs,
     run_int8=run_int8, float_forward=float_forward, float_backward=float_backward,
     tflm_op_data=(88, 8), weights=WeightLayout(weight_input=1, bias_input=2, channel_axis=0),
+    scratch_bytes=_scratch_bytes,
     keras_layer="Dense", keras_kernel=_keras_kernel,
 )

@@ -142,6 +142,14 @@ static void depthwise_conv_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3]
     conv_eval(op, t, out, c, true);
 }
 
+/* CONV_2D's scratch: two im2col columns of the filter's depth fh * fw * ic. */
+static uint32_t conv_2d_scratch(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out)
+{
+    (void)op;
+    (void)out;
+    return tfmb_kernel_scratch((uint64_t)t[1].d[1] * (uint64_t)t[1].d[2] * (uint64_t)t[1].d[3], 2);
+}
+
 static const tfmb_op_entry_t tfmb_op_conv_2d = {
     .code = TFMB_OP_CONV_2D,
     .inputs = 3, /* input, filter, optional bias */
@@ -150,6 +158,7 @@ static const tfmb_op_entry_t tfmb_op_conv_2d = {
     .in_place = false,
     .validate = conv_validate,
     .eval = conv_2d_eval,
+    .scratch = conv_2d_scratch,
 };
 TFMB_REGISTER_OP(tfmb_op_conv_2d);
 

@@ -58,6 +58,14 @@ static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], 
     }
 }
 
+/* FULLY_CONNECTED's scratch: one input row of the weights' depth. */
+static uint32_t fully_connected_scratch(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out)
+{
+    (void)op;
+    (void)out;
+    return tfmb_kernel_scratch((uint64_t)t[1].d[1], 1);
+}
+
 static const tfmb_op_entry_t tfmb_op_fully_connected = {
     .code = TFMB_OP_FULLY_CONNECTED,
     .inputs = 3, /* input, weights, optional bias */
@@ -66,5 +74,6 @@ static const tfmb_op_entry_t tfmb_op_fully_connected = {
     .in_place = false,
     .validate = fully_connected_validate,
     .eval = fully_connected_eval,
+    .scratch = fully_connected_scratch,
 };
 TFMB_REGISTER_OP(tfmb_op_fully_connected);

@@ -284,8 +284,14 @@ def _encode_ops(b: BlobBuilder) -> list[tuple[int, tuple[int, ...], int, list[in
     return records
 
 
+def _scratch_key(op_index: int) -> int:
+    """The arena plan's key of op ``op_index``'s scratch (tensor ids are >= 0)."""
+    return -1 - op_index
+
+
 def _plan(b: BlobBuilder) -> tuple[dict[int, int], int]:
-    """Arena offsets of every alias group's root, and the arena bytes (16-aligned, by lifetime)."""
+    """Arena offsets of every alias group's root and of every op's scratch (keys ``_scratch_key``),
+    and the arena bytes (16-aligned, by lifetime: a scratch lives during its op only)."""
     g = b.graph
     life = g.tensor_lifetimes()
     groups: dict[int, tuple[int, int]] = {}
@@ -301,7 +307,17 @@ def _plan(b: BlobBuilder) -> tuple[dict[int, int], int]:
         else:
             groups[r] = (first, last)
         sizes[r] = max(sizes.get(r, 0), info.nbytes)
+    for i, op in enumerate(g.ops):
+        need = _scratch_need(g, op)
+        if need:
+            groups[_scratch_key(i)] = (i, i)
+            sizes[_scratch_key(i)] = need
     return plan_arena(sizes, groups, ALIGN)
+
+
+def _scratch_need(g: TfliteGraph, op: OpInfo) -> int:
+    spec = ops.get(op.name)
+    return spec.scratch_bytes(g, op) if spec.scratch_bytes is not None else 0
 
 
 def _tensor_records(b: BlobBuilder, offsets: dict[int, int]) -> bytes:
@@ -342,7 +358,9 @@ def compile_blob(tflite_bytes: bytes, *, source: str = "<bytes>") -> bytes:
 
     tensor_recs = _tensor_records(b, offsets)
     op_recs = bytearray()
-    for code, ins3, out_id, p in records:
+    for i, (code, ins3, out_id, p) in enumerate(records):
+        need = _scratch_need(g, g.ops[i])
+        p[13:15] = [offsets[_scratch_key(i)], need] if need else [0, 0]
         op_recs += _OP.pack(code, 0, 0, *ins3, out_id, 0, *[int(v) for v in p])
     tensors_offset = HEADER_BYTES
     ops_offset = tensors_offset + len(tensor_recs)
