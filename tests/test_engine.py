@@ -57,18 +57,33 @@ def _gcc() -> str:
     return gcc
 
 
-@pytest.fixture(scope="session")
-def engine_lib(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("engine") / "libtfmb.so"
+#: Host builds of each kernel path: TFMB_CORE_OVERRIDE compiles an optimised path with
+#: tfmb_simd.h's portable intrinsics (the MVE path runs on QEMU's mps3-an547 only).
+HOST_PATHS = {"c": [], "dsp": ["-DTFMB_CORE_OVERRIDE=1"]}
+
+
+def build_engine_lib(out: Path, path: str = "c"):
+    """The int8 engine and its harness as a shared library for ``path`` ("c" or "dsp")."""
     subprocess.run(
-        [_gcc(), "-std=c99", "-O3", "-march=native", "-shared", "-fPIC", f"-I{ENGINE}", *SOURCES, HARNESS,
-         "-o", str(out)],
+        [_gcc(), "-std=c99", "-O3", "-march=native", "-shared", "-fPIC", f"-I{ENGINE}", *HOST_PATHS[path],
+         *SOURCES, HARNESS, "-o", str(out)],
         check=True, capture_output=True, text=True,
     )
     lib = ctypes.CDLL(str(out))
     lib.tfmb_harness_run.restype = ctypes.c_int
     lib.tfmb_harness_open.restype = ctypes.c_int
     return lib
+
+
+@pytest.fixture(scope="session")
+def engine_lib(tmp_path_factory: pytest.TempPathFactory):
+    return build_engine_lib(tmp_path_factory.mktemp("engine") / "libtfmb.so")
+
+
+@pytest.fixture(scope="session")
+def engine_lib_dsp(tmp_path_factory: pytest.TempPathFactory):
+    """The engine with the DSP-extension kernels (portable intrinsics on the host)."""
+    return build_engine_lib(tmp_path_factory.mktemp("engine_dsp") / "libtfmb_dsp.so", "dsp")
 
 
 @pytest.fixture(scope="session")
