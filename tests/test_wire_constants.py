@@ -26,6 +26,7 @@ import pytest
 from tinyfed.firmware_bridge.compile import blob, local_data, train_blob
 from tinyfed.firmware_bridge.compile.blob import OP_CODES
 from tinyfed.firmware_bridge.link import framing
+from tinyfed.firmware_bridge.link import profile_link
 from tinyfed.firmware_bridge.link.framing import Command, LoadTarget, Status
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
@@ -34,6 +35,7 @@ FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
 C_FILES = (
     "src/protocol.h",
     "src/train.h",
+    "src/profile.h",
     "src/local_data.c",
     "engine/tfmb.h",
     "engine/tfmb_internal.h",
@@ -140,6 +142,7 @@ def python_namespaces() -> dict[str, dict[str, int | bytes]]:
         "train_blob": _module_constants(train_blob),
         "ACT_CODES": {k: v for k, v in train_blob.ACT_CODES.items() if isinstance(k, str)},
         "local_data": _module_constants(local_data),
+        "profile_link": _module_constants(profile_link),
     }
 
 
@@ -166,6 +169,7 @@ GROUPS = (
     Group(r"TFTR_ACT_(\w+)", "ACT_CODES"),
     Group(r"TFTR_(\w+)", "train_blob", (("NPARAMS", "N_PARAMS"),)),
     Group(r"TFDS_(\w+)", "local_data"),
+    Group(r"PROFILE_(\w+)", "profile_link"),
 )
 
 #: C constants with no Python counterpart, and why.

@@ -64,7 +64,7 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from tinyfed.commands import boards, check, demo, devices, emulate, firmware, flash, plan, run, simulate
+    from tinyfed.commands import boards, check, demo, devices, emulate, firmware, flash, plan, profile, run, simulate
 
     cli.add_command(boards.boards)
     cli.add_command(plan.plan)
@@ -76,6 +76,7 @@ def _register() -> None:
     cli.add_command(run.run)
     cli.add_command(demo.demo)
     cli.add_command(simulate.simulate)
+    cli.add_command(profile.profile)
 
 
 _register()

@@ -277,6 +277,17 @@ bool tfmb_invoke_with(const tfmb_model_t *m, uint8_t *arena, const tfmb_run_opti
     return true;
 }
 
+bool tfmb_op_info(const tfmb_model_t *m, uint16_t index, uint8_t *code, bool *fast)
+{
+    if (!m || !m->blob || index >= m->op_count) return false;
+    tfmb_op_t op;
+    read_op(m, index, &op);
+    const tfmb_op_entry_t *entry = tfmb_find_op(op.code);
+    if (code) *code = op.code;
+    if (fast) *fast = entry && entry->fast;
+    return true;
+}
+
 const char *tfmb_kernel_path(void)
 {
 #if TFMB_CORE == TFMB_CORE_MVE

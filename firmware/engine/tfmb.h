@@ -86,6 +86,10 @@ typedef struct {
 /* tfmb_invoke with options (NULL: this core's kernels, untimed). */
 bool tfmb_invoke_with(const tfmb_model_t *m, uint8_t *arena, const tfmb_run_options_t *opt, tfmb_error_t *err);
 
+/* Op `index` of an opened model: its TFLite op code, and whether this build has an optimised
+ * kernel for it (what tfmb_invoke_with runs unless opts.reference). False past op_count. */
+bool tfmb_op_info(const tfmb_model_t *m, uint16_t index, uint8_t *code, bool *fast);
+
 /* The optimised kernel path this engine was built with: "dsp", "mve" or "c". */
 const char *tfmb_kernel_path(void);
 

@@ -26,6 +26,8 @@ void uart_rx_byte_from_isr(uint8_t byte);
 void cycles_init(void);
 void cycles_start(void);
 uint32_t cycles_stop(void);
+/* Cycles since cycles_start(), the counter left running (per-op timing inside one measurement). */
+uint32_t cycles_now(void);
 bool cycles_is_dwt(void);
 /* Reset via AIRCR.SYSRESETREQ; never returns. */
 void board_reset(void) __attribute__((noreturn));

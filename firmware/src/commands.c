@@ -1,5 +1,6 @@
 /* Request dispatch: HELLO, PING, RESET, LOAD_BEGIN/CHUNK/COMMIT (two flash slots, atomic
- * activation), INPUT_WRITE, INVOKE, OUTPUT_READ, BENCH. */
+ * activation), INPUT_WRITE, INVOKE, OUTPUT_READ, BENCH; PROFILE, PROFILE_READ and KERNELS in
+ * profile.c, the training commands in train.c. */
 #include <string.h>
 
 #include "bench.h"
@@ -7,6 +8,7 @@
 #include "crc32.h"
 #include "engine_glue.h"
 #include "memmap.h"
+#include "profile.h"
 #include "protocol.h"
 #include "train.h"
 
@@ -261,6 +263,7 @@ static bool cmd_load_commit(uint16_t len, reply_t *r)
         return reply_error(r, e.status, e.detail, e.message);
     }
     engine_activate();
+    profile_forget();
     active_slot = (int8_t)xfer.slot;  /* the one-step switch */
     train_fragment_changed();
     put_u32(r->payload, arena_bytes);
@@ -406,6 +409,15 @@ void commands_execute(uint8_t code, const uint8_t *payload, uint16_t length, rep
         break;
     case CMD_BENCH:
         (void)cmd_bench(payload, length, reply);
+        break;
+    case CMD_PROFILE:
+        (void)profile_cmd(active_slot >= 0, payload, length, reply);
+        break;
+    case CMD_PROFILE_READ:
+        (void)profile_read_cmd(payload, length, reply);
+        break;
+    case CMD_KERNELS:
+        (void)kernels_cmd(payload, length, reply);
         break;
     default:
         train_execute(code, payload, length, reply);

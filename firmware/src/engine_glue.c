@@ -2,6 +2,7 @@
 
 #include <stddef.h>
 
+#include "board.h"
 #include "protocol.h"
 
 #if defined(TFMB_ENGINE)
@@ -12,6 +13,7 @@ static tfmb_model_t active;
 static bool have_active;
 static uint8_t *arena_base;
 static tfmb_error_t engine_err;
+static bool use_reference;
 
 static bool fail_from_engine(fw_error_t *err)
 {
@@ -58,13 +60,53 @@ const uint8_t *engine_output(uint32_t *size)
 
 bool engine_invoke(fw_error_t *err)
 {
-    if (!tfmb_invoke(&active, arena_base, &engine_err)) {
+    tfmb_run_options_t opt = {use_reference, 0, 0};
+    if (!tfmb_invoke_with(&active, arena_base, &opt, &engine_err)) {
         return fail_from_engine(err);
     }
     return true;
 }
 
+void engine_set_reference(bool reference) { use_reference = reference; }
+bool engine_reference(void) { return use_reference; }
+const char *engine_kernel_path(void) { return tfmb_kernel_path(); }
+uint16_t engine_op_count(void) { return have_active ? tfmb_op_count(&active) : 0u; }
+
+bool engine_profile(bool reference, uint32_t *ticks, fw_error_t *err)
+{
+    tfmb_run_options_t opt = {reference, cycles_now, ticks};
+    if (!tfmb_invoke_with(&active, arena_base, &opt, &engine_err)) {
+        return fail_from_engine(err);
+    }
+    return true;
+}
+
+bool engine_op_info(uint16_t index, uint8_t *code, bool *fast)
+{
+    return have_active && tfmb_op_info(&active, index, code, fast);
+}
+
 #else  /* no engine linked */
+
+void engine_set_reference(bool reference) { (void)reference; }
+bool engine_reference(void) { return false; }
+const char *engine_kernel_path(void) { return "none"; }
+uint16_t engine_op_count(void) { return 0u; }
+
+bool engine_profile(bool reference, uint32_t *ticks, fw_error_t *err)
+{
+    (void)reference;
+    (void)ticks;
+    return engine_invoke(err);
+}
+
+bool engine_op_info(uint16_t index, uint8_t *code, bool *fast)
+{
+    (void)index;
+    (void)code;
+    (void)fast;
+    return false;
+}
 
 bool engine_prepare(const uint8_t *blob, uint32_t size, uint8_t *arena, uint32_t arena_capacity,
                     uint32_t *arena_bytes, uint16_t *op_count, fw_error_t *err)

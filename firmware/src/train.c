@@ -48,6 +48,8 @@ static struct {
 } ts;
 
 static tfmb_error_t terr;
+/* Cycles the frozen fragment took during the current TRAIN (cycles_now() around each run). */
+static uint32_t head_cycles;
 
 static uint32_t align8(uint32_t n) { return (n + 7u) & ~7u; }
 
@@ -228,7 +230,10 @@ static const int8_t *head(uint32_t index, uint8_t *target)
     if (!engine_has_model()) {
         return in;
     }
-    if (!engine_invoke(&e)) {
+    uint32_t t0 = cycles_now();
+    bool ok = engine_invoke(&e);
+    head_cycles += cycles_now() - t0;
+    if (!ok) {
         return NULL;
     }
     return (const int8_t *)engine_output(&size);
@@ -381,6 +386,7 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     memcpy(ts.prog.values, ts.prog.start, 4u * tftr_trainable_count(&ts.prog));
     float loss_sum = 0.0f;
     uint32_t steps = 0;
+    head_cycles = 0;
     cycles_start();
     for (uint32_t e = 0; e < epochs; e++) {
         uint32_t key = shuffle_epoch_key(seed, e);
@@ -436,7 +442,8 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     put_u32(o + 20, update_bytes());
     put_u32(o + 24, cycles);
     o[28] = cache != NULL ? 1u : 0u;
-    r->length = 29;
+    put_u32(o + 29, head_cycles); /* the frozen fragment's share of cycles; the rest is tail + SGD */
+    r->length = 33;
     return true;
 }
 

@@ -55,9 +55,18 @@ from tinyfed.firmware_bridge.link.framing import (
     decode_frame,
     encode_frame,
 )
+from tinyfed.firmware_bridge.link.profile_link import (
+    MODE_FAST,
+    MODE_REFERENCE,
+    OP_BYTES,
+    KernelInfo,
+    ProfileRun,
+    unpack_ops,
+)
 from tinyfed.firmware_bridge.link.train_link import (
     EVALUATE_RESPONSE,
     STATS_RESPONSE,
+    TRAIN_HEAD_CYCLES,
     TRAIN_RESPONSE,
     UPDATE_FLAG_FLOAT,
     UPDATE_HEADER,
@@ -376,7 +385,7 @@ class BoardClient:
     def train(self, params: TrainParams, *, timeout: float = 600.0) -> TrainReport:
         """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it)."""
         p = self.request(Command.TRAIN, params.pack(), timeout=timeout)
-        if len(p) != TRAIN_RESPONSE.size:
+        if len(p) not in (TRAIN_RESPONSE.size, TRAIN_RESPONSE.size + TRAIN_HEAD_CYCLES.size):
             raise ProtocolError(f"TRAIN response of {len(p)} bytes", device=self.name, command="TRAIN")
         return TrainReport.unpack(p)
 
@@ -412,6 +421,17 @@ class BoardClient:
         if x.dtype != np.int8:
             raise TinyfedError(f"infer needs an int8 array, got {x.dtype}", fix="quantize the input first",
                                source=self.name)
+        self._write_input(x)
+        p = self.request(Command.INVOKE, b"")
+        if len(p) < 8:
+            raise ProtocolError(f"INVOKE response of {len(p)} bytes", device=self.name, command="INVOKE")
+        cycles, out_size = struct.unpack_from("<II", p)
+        out = self._read_rest(Command.OUTPUT_READ, p[8:8 + out_size], out_size)
+        self.last_cycles = cycles
+        return np.frombuffer(out, dtype=np.int8).copy()
+
+    def _write_input(self, x: np.ndarray) -> None:
+        """INPUT_WRITE ``x`` (int8) in max_payload pieces."""
         info = self.info or self.hello()
         data = x.tobytes()
         chunk = info.max_payload - 4
@@ -423,13 +443,47 @@ class BoardClient:
                 raise ProtocolError(f"board acknowledged input offset {nxt}, expected {offset + len(part)}",
                                     device=self.name, command="INPUT_WRITE")
             offset = nxt
-        p = self.request(Command.INVOKE, b"")
-        if len(p) < 8:
-            raise ProtocolError(f"INVOKE response of {len(p)} bytes", device=self.name, command="INVOKE")
-        cycles, out_size = struct.unpack_from("<II", p)
-        out = self._read_rest(Command.OUTPUT_READ, p[8:8 + out_size], out_size)
-        self.last_cycles = cycles
-        return np.frombuffer(out, dtype=np.int8).copy()
+
+    # -- profiling (docs/protocol.md, "Profiling") --------------------------------------
+
+    def kernels(self, reference: bool | None = None) -> KernelInfo:
+        """The image's optimised kernel path and the engine's mode; ``reference`` True/False
+        switches every later run (INVOKE, TRAIN, EVALUATE) to the plain-C / optimised kernels."""
+        payload = b"" if reference is None else bytes([MODE_REFERENCE if reference else MODE_FAST])
+        p = self.request(Command.KERNELS, payload)
+        try:
+            return KernelInfo.unpack(p)
+        except ValueError as exc:
+            raise ProtocolError(str(exc), device=self.name, command="KERNELS") from None
+
+    def profile(self, x_int8: np.ndarray, *, reference: bool | None = None, timeout: float = 120.0) -> ProfileRun:
+        """Run the loaded fragment once on ``x_int8`` with every op timed; ``reference`` picks the
+        kernels for this run only (None: the engine's current mode). The output comes back too,
+        so two runs can be compared bit for bit."""
+        x = np.asarray(x_int8)
+        if x.dtype != np.int8:
+            raise TinyfedError(f"profile needs an int8 array, got {x.dtype}", fix="quantize the input first",
+                               source=self.name)
+        info = self.info or self.hello()
+        self._write_input(x)
+        payload = b"" if reference is None else bytes([MODE_REFERENCE if reference else MODE_FAST])
+        try:
+            run = ProfileRun.unpack(self.request(Command.PROFILE, payload, timeout=timeout))
+        except ValueError as exc:
+            raise ProtocolError(str(exc), device=self.name, command="PROFILE") from None
+        per = max(1, info.max_payload // OP_BYTES)
+        ops = []
+        for first in range(0, len(run.ops), per):
+            count = min(per, len(run.ops) - first)
+            p = self.request(Command.PROFILE_READ, struct.pack("<HH", first, count))
+            if len(p) != count * OP_BYTES:
+                raise ProtocolError(f"PROFILE_READ returned {len(p)} bytes for {count} ops", device=self.name,
+                                    command="PROFILE_READ")
+            ops += unpack_ops(p, first)
+        run.ops = ops
+        run.output = self._read_rest(Command.OUTPUT_READ, b"", run.output_bytes)
+        self.last_cycles = run.cycles
+        return run
 
     def bench(self, samples: int = 50) -> BenchResult:
         """Round-trip time of empty PINGs and echo throughput of full-size PINGs."""

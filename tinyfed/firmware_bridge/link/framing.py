@@ -59,6 +59,9 @@ class Command(_CodeTable):
     OUTPUT_READ = 0x22
     BENCH = 0x30
     STATS = 0x31
+    PROFILE = 0x32
+    PROFILE_READ = 0x33
+    KERNELS = 0x34
     TRAIN_SET = 0x40
     TRAIN = 0x41
     UPDATE_READ = 0x42

@@ -14,6 +14,8 @@ import numpy as np
 
 TRAIN_REQUEST = struct.Struct("<IHHfIIB")  # version, epochs, batch, lr, seed, max_samples, flags
 TRAIN_RESPONSE = struct.Struct("<IIIffIIB")  # version, n, steps, loss, variance, update_bytes, cycles, cached
+#: Firmware that times the frozen head appends its cycles to TRAIN's response (the twin does not).
+TRAIN_HEAD_CYCLES = struct.Struct("<I")
 UPDATE_HEADER = struct.Struct("<IIffIHBx")  # version, n, loss, variance, elements, scales, flags
 EVALUATE_RESPONSE = struct.Struct("<IIfI")  # n, correct, loss, cycles
 STATS_RESPONSE = struct.Struct("<8I")
@@ -67,15 +69,20 @@ class TrainReport:
     update_bytes: int
     cycles: int
     head_cached: bool = False  # the fragment's outputs were cached after the first epoch
+    #: Of ``cycles``, those the frozen int8 head took (the rest: the float tail's forward, backward
+    #: and SGD); None when the board does not report it (the sim:// twin, older firmware).
+    head_cycles: int | None = None
 
     @classmethod
     def unpack(cls, p: bytes) -> TrainReport:
-        version, n, steps, loss, variance, update_bytes, cycles, cached = TRAIN_RESPONSE.unpack(p)
-        return cls(version, n, steps, loss, variance, update_bytes, cycles, bool(cached))
+        version, n, steps, loss, variance, update_bytes, cycles, cached = TRAIN_RESPONSE.unpack_from(p)
+        head = TRAIN_HEAD_CYCLES.unpack_from(p, TRAIN_RESPONSE.size)[0] if len(p) > TRAIN_RESPONSE.size else None
+        return cls(version, n, steps, loss, variance, update_bytes, cycles, bool(cached), head)
 
     def pack(self) -> bytes:
-        return TRAIN_RESPONSE.pack(self.version, self.n, self.steps, self.loss, self.variance, self.update_bytes,
-                                   self.cycles & 0xFFFFFFFF, int(self.head_cached))
+        p = TRAIN_RESPONSE.pack(self.version, self.n, self.steps, self.loss, self.variance, self.update_bytes,
+                                self.cycles & 0xFFFFFFFF, int(self.head_cached))
+        return p if self.head_cycles is None else p + TRAIN_HEAD_CYCLES.pack(self.head_cycles & 0xFFFFFFFF)
 
 
 @dataclass

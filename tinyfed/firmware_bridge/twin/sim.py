@@ -38,12 +38,24 @@ from tinyfed.firmware_bridge.link.framing import (
     decode_frame,
     encode_frame,
 )
+from tinyfed.firmware_bridge.link.profile_link import (
+    COUNTER_ESTIMATE,
+    MAX_OPS,
+    MODE_REFERENCE,
+    OP_BYTES,
+    KernelInfo,
+    OpCycles,
+    ProfileRun,
+    pack_ops,
+)
 from tinyfed.firmware_bridge.twin.sim_train import BoardReply as _Reply
 from tinyfed.firmware_bridge.twin.sim_train import SimTrainer
 
 log = logging.getLogger(__name__)
 
 SIM_BUILD = "tinyfed-sim 1"
+#: KERNELS' path on the twin: numpy kernels, no core (and no instruction count).
+SIM_KERNEL_PATH = "twin"
 _U32 = struct.Struct("<I")
 
 
@@ -135,6 +147,8 @@ class SimBoard:
         self._input = bytearray()
         self._input_next = 0
         self._output: bytes | None = None
+        self._reference = False
+        self._profile: list[OpCycles] = []
         # Flash stores survive a reset on a real board; the training state in RAM does not.
         stores = getattr(self, "trainer", None)
         self.trainer = SimTrainer(self.config.arena_bytes)
@@ -222,6 +236,9 @@ class SimBoard:
             Command.TRAIN: lambda p: self.trainer.train(p, self.active),
             Command.UPDATE_READ: lambda p: self.trainer.update_read(p, self.config.max_payload),
             Command.EVALUATE: lambda p: self.trainer.evaluate(p, self.active),
+            Command.PROFILE: self._profile_run,
+            Command.PROFILE_READ: self._profile_read,
+            Command.KERNELS: self._kernels,
         }.get(code)
         if handler is None:
             raise _Reply(Status.UNKNOWN_COMMAND, code, f"unknown command 0x{code:02x}")
@@ -298,6 +315,7 @@ class SimBoard:
             raise _Reply(Status.OUT_OF_MEMORY, min(fragment.arena_bytes // 1024, 0xFFFF),
                          f"arena {fragment.arena_bytes} > {self.config.arena_bytes}")
         self.active = fragment  # the one-step switch of slots
+        self._profile = []
         self.trainer.fragment_changed(fragment)
         self._input = bytearray()
         self._input_next = 0
@@ -372,6 +390,42 @@ class SimBoard:
         room = self.config.max_payload - 8
         return struct.pack("<II", 0, len(self._output)) + self._output[:room]
 
+    # -- profiling: the twin has no instruction count, so it answers with an estimate, flagged
+    # as such (counter COUNTER_ESTIMATE, clock 0): each op's MACs (at least 1) as its "cycles".
+
+    def _kernels(self, p: bytes) -> bytes:
+        if len(p) > 1 or (p and p[0] > MODE_REFERENCE):
+            raise _Reply(Status.BAD_LENGTH, 1, "KERNELS takes nothing or u8 mode (0 fast, 1 reference)")
+        if p:
+            self._reference = p[0] == MODE_REFERENCE
+        return KernelInfo(SIM_KERNEL_PATH, self._reference).pack()
+
+    def _profile_run(self, p: bytes) -> bytes:
+        if len(p) > 1 or (p and p[0] > MODE_REFERENCE):
+            raise _Reply(Status.BAD_LENGTH, 1, "PROFILE takes nothing or u8 mode (0 fast, 1 reference)")
+        frag = self._need_model()
+        if frag.op_count > MAX_OPS:
+            raise _Reply(Status.OUT_OF_MEMORY, MAX_OPS, f"PROFILE times at most ops: {MAX_OPS}")
+        self._profile = []
+        self._invoke(b"")
+        reference = p[0] == MODE_REFERENCE if p else self._reference
+        self._profile = [OpCycles(op.index, op.code, _mac_estimate(frag.parsed, op), False)
+                         for op in frag.parsed.ops]
+        run = ProfileRun(sum(op.cycles for op in self._profile), 0, reference, COUNTER_ESTIMATE,
+                         len(self._output or b""), self._profile)
+        return run.pack()
+
+    def _profile_read(self, p: bytes) -> bytes:
+        if len(p) != 4:
+            raise _Reply(Status.BAD_LENGTH, 4, "PROFILE_READ takes u16 first_op, u16 count")
+        if not self._profile:
+            raise _Reply(Status.NO_DATA, 0, "no profile: run PROFILE first")
+        first, count = struct.unpack("<HH", p)
+        n = len(self._profile)
+        if first > n or count > n - first or count > self.config.max_payload // OP_BYTES:
+            raise _Reply(Status.BAD_ARGUMENT, n, f"profiled ops: {n}")
+        return pack_ops(self._profile[first:first + count])
+
     def _output_read(self, p: bytes) -> bytes:
         self._need_model()
         if len(p) != 6:
@@ -382,6 +436,24 @@ class SimBoard:
         if length > self.config.max_payload or offset + length > len(self._output):
             raise _Reply(Status.BAD_LENGTH, len(self._output) & 0xFFFF, f"output is {len(self._output)} bytes")
         return self._output[offset:offset + length]
+
+
+def _mac_estimate(parsed: Any, op: Any) -> int:
+    """An op's multiply-accumulates from its blob tensors: the twin's stand-in for cycles.
+
+    CONV_2D: output elements x the weights' per-filter size; DEPTHWISE_CONV_2D: x the kernel's
+    taps; FULLY_CONNECTED: x the weight row; any other op: its output elements (at least 1)."""
+    from tinyfed.firmware_bridge.compile.blob import OP_CODES
+
+    out = int(np.prod(parsed.tensors[op.output].shape or (1,)))
+    weights = parsed.tensors[op.inputs[1]].shape if op.has_input(1) else ()
+    if op.code == OP_CODES.get("CONV_2D") and len(weights) == 4:
+        return out * int(np.prod(weights[1:]))
+    if op.code == OP_CODES.get("DEPTHWISE_CONV_2D") and len(weights) == 4:
+        return out * int(weights[1] * weights[2])
+    if op.code == OP_CODES.get("FULLY_CONNECTED") and len(weights) == 2:
+        return out * int(weights[1])
+    return max(1, out)
 
 
 def _error_payload(detail: int, message: str) -> bytes:
