@@ -1,13 +1,17 @@
-"""Measure the emulated boards' int8/fp32 rate with the firmware's BENCH command (issue 3).
+"""Measure the emulated boards' int8/fp32 rates and refresh their ``[speed]`` tables (issues 3, 14).
 
-Runs BENCH (0x30, docs/firmware.md) on mps2-an386 and mps3-an547 in QEMU under
-``-icount shift=4`` and prints ``int8_macs_per_s`` and ``fp32_flops_per_s``; with ``--write``
-it stores them in the boards' ``[speed]`` tables (``measured = true``; nothing else in the
-files changes). Under icount every instruction advances virtual time by 2**shift ns, so the
-SysTick counts BENCH reports are deterministic: the rates are QEMU's instruction timing
-(62.5 MIPS at shift=4), not a real core's speed.
+int8: ``tinyfed profile``'s measurement (the firmware's PROFILE command, docs/kernels.md) of a
+representative model, har_cnn's frozen fragment as the board's plan cuts it, on this core's
+optimised kernels: ``int8_macs_per_s = MACs * clock_hz / cycles``. fp32: the firmware's BENCH
+command (0x30, docs/firmware.md), a fixed dot-product loop (``--int8-from bench`` takes int8 from
+BENCH's loop too, as before issue 14). Both on mps2-an386 and mps3-an547 in QEMU under
+``-icount shift=4``; with ``--write`` the rates go into the boards' ``[speed]`` tables
+(``measured = true``; nothing else in the files changes), which the simulator's device time reads
+(``tinyfed/host/simulator.py``: frozen MACs / ``int8_macs_per_s``). Under icount every
+instruction advances virtual time by 2**shift ns, so the SysTick counts are deterministic: the
+rates are QEMU's instruction timing (62.5 MIPS at shift=4), not a real core's speed.
 
-Run: ``.venv/bin/python bench/speed.py [--write] [--repeats N]``.
+Run: ``.venv/bin/python bench/speed.py [--write] [--repeats N] [--int8-from profile|bench]``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from tinyfed.boards.registry import BUILTIN_DIR
 from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
 from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.host.profiling import load_fragment, profile_model
 
 BOARDS = ("mps2-an386", "mps3-an547")
+#: The representative model whose frozen fragment sets int8_macs_per_s.
+PROFILE_MODEL = "har_cnn"
 BENCH = 0x30
 ICOUNT_SHIFT = 4
 _BENCH_OK = struct.Struct("<IIIIIBBH")
@@ -48,10 +55,37 @@ def run_bench(board_name: str, repeats: int) -> dict[str, float]:
     }
 
 
-def source_text(r: dict[str, float], day: str) -> str:
+def run_profile(board_name: str) -> dict[str, float]:
+    """int8 MAC/s of PROFILE_MODEL's frozen fragment on this core's kernels (``tinyfed profile``)."""
+    board = get_board(board_name)
+    fragment = load_fragment(PROFILE_MODEL, board)
+    report = profile_model(fragment, board, paths=("fast",), icount_shift=ICOUNT_SHIFT)
+    doc = report.as_dict()
+    return {"model": PROFILE_MODEL, "cut_op": fragment.cut_op, "macs": fragment.macs,
+            "cycles": report.paths["fast"].cycles, "kernel_path": report.kernel_path,
+            "int8_macs_per_s": report.int8_macs_per_s("fast"), "int8_insn_per_mac": doc["instructions_per_mac"]}
+
+
+def merge_rates(bench: dict[str, float], profile: dict[str, float] | None) -> dict[str, float]:
+    """BENCH's figures with int8 replaced by the profile's when there is one (``int8_from`` says which)."""
+    r = dict(bench)
+    r["int8_from"] = "bench"
+    if profile is not None:
+        r.update(int8_from="profile", int8_macs_per_s=profile["int8_macs_per_s"],
+                 int8_insn_per_mac=profile["int8_insn_per_mac"], profile=profile)
+    return r
+
+
+def source_text(r: dict, day: str) -> str:
     ns = 2 ** ICOUNT_SHIFT
-    return (f"firmware BENCH under qemu -icount shift={ICOUNT_SHIFT} ({day}): 1 instruction = {ns} ns virtual time, "
-            f"i.e. {1e3 / ns:g} MIPS, counted by SysTick at {r['clock_hz'] / 1e6:g} MHz; "
+    clock = (f"under qemu -icount shift={ICOUNT_SHIFT} ({day}): 1 instruction = {ns} ns virtual time, "
+             f"i.e. {1e3 / ns:g} MIPS, counted by SysTick at {r['clock_hz'] / 1e6:g} MHz; ")
+    if r.get("int8_from") == "profile":
+        p = r["profile"]
+        return (f"firmware PROFILE and BENCH {clock}int8: {p['model']}'s frozen fragment (ops 0..{p['cut_op'] - 1}, "
+                f"{p['macs']:,} MACs, {p['kernel_path']} kernels) at {r['int8_insn_per_mac']:.2f} instructions "
+                f"per MAC; fp32: BENCH at {r['fp32_insn_per_flop']:.2f} per FLOP; QEMU's timing, not the real core's")
+    return (f"firmware BENCH {clock}"
             f"{r['int8_insn_per_mac']:.2f} instructions per int8 MAC, {r['fp32_insn_per_flop']:.2f} per fp32 FLOP; "
             f"QEMU's timing, not the real core's")
 
@@ -78,15 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="write the rates into the boards' [speed] tables")
     ap.add_argument("--repeats", type=int, default=1024, help="BENCH repeats (1..4096)")
+    ap.add_argument("--int8-from", choices=("profile", "bench"), default="profile",
+                    help=f"int8 rate: {PROFILE_MODEL}'s frozen fragment (PROFILE) or BENCH's loop")
     args = ap.parse_args(argv)
     day = dt.datetime.now(dt.UTC).date().isoformat()
     for name in BOARDS:
-        r = run_bench(name, args.repeats)
-        print(f"{name}: int8 {r['int8_macs']:,} MACs in {r['int8_cycles']:,} cycles, fp32 {r['fp32_flops']:,} FLOPs in "
-              f"{r['fp32_cycles']:,} cycles at {r['clock_hz'] / 1e6:g} MHz (counter {r['counter']}, "
-              f"deterministic {r['deterministic']}) -> {r['int8_macs_per_s']:,.0f} MAC/s, "
-              f"{r['fp32_flops_per_s']:,.0f} FLOP/s; {r['int8_insn_per_mac']:.2f} insn/MAC, "
-              f"{r['fp32_insn_per_flop']:.2f} insn/FLOP")
+        b = run_bench(name, args.repeats)
+        print(f"{name}: BENCH int8 {b['int8_macs']:,} MACs in {b['int8_cycles']:,} cycles, fp32 {b['fp32_flops']:,} "
+              f"FLOPs in {b['fp32_cycles']:,} cycles at {b['clock_hz'] / 1e6:g} MHz (counter {b['counter']}, "
+              f"deterministic {b['deterministic']}) -> {b['int8_macs_per_s']:,.0f} MAC/s, "
+              f"{b['fp32_flops_per_s']:,.0f} FLOP/s; {b['int8_insn_per_mac']:.2f} insn/MAC, "
+              f"{b['fp32_insn_per_flop']:.2f} insn/FLOP")
+        p = run_profile(name) if args.int8_from == "profile" else None
+        if p is not None:
+            print(f"  PROFILE {p['model']} frozen fragment (ops 0..{p['cut_op'] - 1}, {p['kernel_path']} kernels): "
+                  f"{p['macs']:,} MACs in {p['cycles']:,} cycles -> {p['int8_macs_per_s']:,.0f} MAC/s, "
+                  f"{p['int8_insn_per_mac']:.2f} insn/MAC")
+        r = merge_rates(b, p)
         if args.write:
             path = BUILTIN_DIR / f"{name}.toml"
             text = path.read_text()

@@ -217,3 +217,71 @@ def test_har_cnn_on_mps2_an386(tmp_path: Path) -> None:
         step = doc["train"][path]
         assert step["steps"] == 1 and 0 < step["head_cycles"] < step["cycles"]
         assert step["head_cycles"] + step["tail_cycles"] == step["cycles"]
+
+
+# -- bench/speed.py: the [speed] tables from the profile ------------------------------------------
+
+
+def _speed_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_speed", Path(__file__).parents[1] / "bench" / "speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_tables_take_int8_from_the_profile_and_fp32_from_bench() -> None:
+    from tinyfed.boards.registry import BUILTIN_DIR
+
+    speed = _speed_module()
+    bench = {"clock_hz": 25_000_000, "int8_macs_per_s": 12e6, "fp32_flops_per_s": 20e6, "int8_insn_per_mac": 5.0,
+             "fp32_insn_per_flop": 3.1}
+    prof = {"model": "har_cnn", "cut_op": 5, "macs": 2_756_608, "cycles": 1_000_000, "kernel_path": "dsp",
+            "int8_macs_per_s": 68_915_200.0, "int8_insn_per_mac": 0.91}
+    r = speed.merge_rates(bench, prof)
+    assert (r["int8_macs_per_s"], r["fp32_flops_per_s"], r["int8_from"]) == (68_915_200.0, 20e6, "profile")
+    assert speed.merge_rates(bench, None)["int8_macs_per_s"] == 12e6
+    source = speed.source_text(r, "2026-12-05")
+    assert source.startswith("firmware PROFILE and BENCH under qemu -icount shift=4")
+    assert "har_cnn's frozen fragment (ops 0..4, 2,756,608 MACs, dsp kernels) at 0.91 instructions" in source
+    text = (BUILTIN_DIR / "mps2-an386.toml").read_text()
+    new = speed.speed_table_text(text, round(r["int8_macs_per_s"]), round(r["fp32_flops_per_s"]), source)
+    changed = [(a, b) for a, b in zip(text.splitlines(), new.splitlines(), strict=True) if a != b]
+    assert {b.split(" = ")[0] for _, b in changed} <= {"int8_macs_per_s", "fp32_flops_per_s", "source", "measured"}
+    assert "int8_macs_per_s = 68_915_200" in new
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("board_name", "path"), [("mps2-an386", "dsp"), ("mps3-an547", "mve")])
+def test_firmware_commands_in_qemu(chain_path: Path, board_name: str, path: str) -> None:
+    from tinyfed.firmware_bridge.emulate.build import build_firmware
+    from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+
+    tflite = chain_path.read_bytes()
+    x = profile_input(tflite)
+    elf = build_firmware(board_name)
+    with launch_qemu(board_name, elf, extra_args=("-icount", "shift=4")) as emu, \
+            BoardClient(emu.url, name=emu.name, timeout=30.0) as c:
+        c.hello()
+        assert c.kernels() == type(c.kernels())(path, False)  # the core's path, optimised kernels at reset
+        assert _status(c, Command.PROFILE) == Status.NO_MODEL
+        assert _status(c, Command.PROFILE_READ, struct.pack("<HH", 0, 1)) == Status.NO_DATA
+        c.load_fragment(compile_blob(tflite))
+        want = c.infer(x)
+        fast = c.profile(x, reference=False)
+        assert not fast.reference and fast.clock_hz > 0 and not fast.estimated
+        assert np.array_equal(np.frombuffer(fast.output, np.int8), want)
+        assert len(fast.ops) == len(TfliteGraph.from_bytes(tflite).ops)
+        assert all(op.cycles > 0 for op in fast.ops) and fast.op_cycles < fast.cycles
+        assert [op.code for op in fast.ops] == [op.builtin_code for op in TfliteGraph.from_bytes(tflite).ops]
+        assert c.kernels(reference=True).reference
+        assert np.array_equal(c.infer(x), want)  # INVOKE in reference mode: the same bytes
+        ref = c.profile(x)  # no mode byte: the engine's mode (reference)
+        assert ref.reference and not any(op.fast for op in ref.ops)
+        assert np.array_equal(np.frombuffer(ref.output, np.int8), want)
+        n = len(ref.ops)
+        assert _status(c, Command.PROFILE_READ, struct.pack("<HH", 1, n)) == Status.BAD_ARGUMENT
+        assert _status(c, Command.PROFILE, b"\x02") == Status.BAD_LENGTH
+        assert not c.kernels(reference=False).reference
