@@ -25,8 +25,7 @@ import pytest
 
 from tinyfed.firmware_bridge.compile import blob, local_data, train_blob
 from tinyfed.firmware_bridge.compile.blob import OP_CODES
-from tinyfed.firmware_bridge.link import framing
-from tinyfed.firmware_bridge.link import profile_link
+from tinyfed.firmware_bridge.link import framing, profile_link
 from tinyfed.firmware_bridge.link.framing import Command, LoadTarget, Status
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"

@@ -102,7 +102,8 @@ def _render(doc: dict[str, Any]) -> None:
     console.print(table)
     if unit == "instructions":
         console.print(f"instructions: QEMU -icount shift={doc['icount_shift']} (1 instruction = "
-                      f"{2 ** doc['icount_shift']} ns), SysTick at {doc['clock_hz'] / 1e6:g} MHz; not a real core's timing")
+                      f"{2 ** doc['icount_shift']} ns), SysTick at {doc['clock_hz'] / 1e6:g} MHz; "
+                      "not a real core's timing")
     elif unit == "estimate":
         console.print("[yellow]estimate:[/] the sim:// twin counts no instructions; its figures are MAC counts")
     for path in paths:

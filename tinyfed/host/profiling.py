@@ -95,7 +95,8 @@ def load_fragment(model: str, board: Board, *, whole: bool = False, with_train: 
     with tempfile.TemporaryDirectory(prefix="tinyfed-profile-") as tmp:
         plan = make_plan(source, single_board_fleet(board), cfg, Path(tmp), measure=False,
                          extra_board_dirs=boards_dirs)
-        files = {k: plan.files[k].read_bytes() for k in ("frozen", "tail", "trainable") if k in plan.files}
+        files: dict[str, bytes] = {k: plan.files[k].read_bytes() for k in ("frozen", "tail", "trainable")
+                                   if k in plan.files}
     if whole:  # --whole --train: the whole model runs, the plan's program trains after its own head
         names, macs = op_macs(source.tflite)
         return Fragment(source.name, "whole", source.tflite, None, names, macs, files)

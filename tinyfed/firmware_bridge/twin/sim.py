@@ -446,7 +446,7 @@ def _mac_estimate(parsed: Any, op: Any) -> int:
     from tinyfed.firmware_bridge.compile.blob import OP_CODES
 
     out = int(np.prod(parsed.tensors[op.output].shape or (1,)))
-    weights = parsed.tensors[op.inputs[1]].shape if op.has_input(1) else ()
+    weights: tuple[int, ...] = tuple(parsed.tensors[op.inputs[1]].shape) if op.has_input(1) else ()
     if op.code == OP_CODES.get("CONV_2D") and len(weights) == 4:
         return out * int(np.prod(weights[1:]))
     if op.code == OP_CODES.get("DEPTHWISE_CONV_2D") and len(weights) == 4:
