@@ -15,9 +15,13 @@ improve) and converts it to full int8 with batch size 1. TensorFlow is imported 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -385,7 +389,60 @@ def qemu_fragment(tflite: bytes, slot_bytes: int) -> bytes:
     raise ValueError(f"no head of the model fits a {slot_bytes}-byte fragment slot")
 
 
+#: Where converted look-alikes are kept between processes (pytest-xdist workers, the benches): the
+#: repository's build/ directory, or ``TINYFED_FIELD_CACHE``. Keyed by this file's and the converter's
+#: text, TensorFlow's version and the name, so an edit of either or another TensorFlow builds afresh.
+FIELD_CACHE_ENV = "TINYFED_FIELD_CACHE"
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get(FIELD_CACHE_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "build" / "field_models"
+
+
+def _cache_key(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tf_version = version("tensorflow-cpu")
+    except PackageNotFoundError:
+        tf_version = version("tensorflow")
+    import tinyfed.models.convert as convert
+
+    text = Path(__file__).read_bytes() + Path(convert.__file__).read_bytes()
+    return hashlib.sha256(text + tf_version.encode() + name.encode()).hexdigest()[:16]
+
+
 def build_field_model(name: str) -> FieldModel:
+    """The look-alike ``name`` built, pretrained and converted (:func:`_build_field_model`), once per
+    machine: the first process to need it builds it under a file lock, the others read the result."""
+    import fcntl
+
+    if name in _BUILT:
+        return _BUILT[name]
+    folder = _cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{name}-{_cache_key(name)}"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it: wait for its result
+        meta = stem.with_suffix(".json")
+        if meta.exists():
+            facts = json.loads(meta.read_text())
+            fm = FieldModel(SPECS[name], stem.with_suffix(".tflite").read_bytes(), SPECS[name].data(),
+                            facts["params"], facts["pretrained"], facts["start"], facts["seconds"])
+        else:
+            fm = _build_field_model(name)
+            stem.with_suffix(".tflite").write_bytes(fm.tflite)
+            meta.write_text(json.dumps({"params": fm.params, "pretrained": fm.keras_metric_pretrained,
+                                        "start": fm.keras_metric_start, "seconds": fm.seconds}))
+    _BUILT[name] = fm
+    return fm
+
+
+_BUILT: dict[str, FieldModel] = {}
+
+
+def _build_field_model(name: str) -> FieldModel:
     """Build, briefly pretrain and convert the look-alike ``name`` (seeded, deterministic on one machine).
 
     A look-alike with ``weights_of`` reuses that model's pretraining (its layers are the same), so
