@@ -1,0 +1,234 @@
+/*
+ * Helium (MVE) CONV_2D and DEPTHWISE_CONV_2D, bit-exact with conv.c's reference kernels.
+ *
+ * CONV_2D: the input under each output position is one int8 column of the filter's depth
+ * fh * fw * ic (im2col into the op's scratch; a 1x1 filter reads the input pixel in place), with
+ * the taps outside the input holding the input zero point -input_offset. Then
+ * sum(w * (x + off)) = sum(w * x) + off * sum(w) modulo 2**32 for every tap (the padded ones give
+ * w * 0 in the reference and w * (-off) + off * w = 0 here), so VMLADAVA.S8 dots 16 int8 pairs per
+ * instruction and VADDVA.S8 sums the filter row once per four columns. Four columns (positions)
+ * share each filter load; the four accumulators of a channel are requantized as one vector.
+ *
+ * DEPTHWISE_CONV_2D (depth multiplier 1): channels-last, eight channels per vector (widening
+ * VLDRB.S16 loads); (x + off) * w fits int16 lanes (|255 * 128| < 2**15) and VMULLB / VMULLT
+ * widen the even / odd lanes' products to int32 for the per-lane accumulation; VST2 puts the two
+ * halves back in channel order for the per-lane requantization.
+ */
+#include "../tfmb_mve.h"
+
+#if TFMB_CORE == TFMB_CORE_MVE
+
+#define CONV_COLUMNS 4
+
+/* Copies n bytes (vector, tail-predicated). */
+static inline void mve_copy(int8_t *dst, const int8_t *src, int32_t n)
+{
+    for (; n > 0; n -= 16, src += 16, dst += 16) {
+        const mve_pred16_t p = vctp8q((uint32_t)n);
+        vstrbq_p_s8(dst, vldrbq_z_s8(src, p), p);
+    }
+}
+
+/* Fills n bytes with v. */
+static inline void mve_fill(int8_t *dst, int8_t v, int32_t n)
+{
+    const int8x16_t vv = vdupq_n_s8(v);
+    for (; n > 0; n -= 16, dst += 16) vstrbq_p_s8(dst, vv, vctp8q((uint32_t)n));
+}
+
+typedef struct {
+    const int8_t *x;
+    int32_t ih, iw, ic, fh, fw, sh, sw, dh, dw, ph, pw, oh, ow;
+    int8_t zero; /* the input zero point, -input_offset */
+} im2col_t;
+
+/* The column of output position (n, oy, ox): a pointer into the input when it is one whole pixel
+ * (1x1 filter inside the input), else its copy in `buf`. */
+static const int8_t *im2col(const im2col_t *g, int32_t n, int32_t oy, int32_t ox, int8_t *buf)
+{
+    const int32_t iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
+    int32_t ky0, ky1, kx0, kx1;
+    tfmb_taps_inside(iy0, g->dh, g->fh, g->ih, &ky0, &ky1);
+    tfmb_taps_inside(ix0, g->dw, g->fw, g->iw, &kx0, &kx1);
+    const int32_t ic = g->ic, row = g->fw * ic;
+    if (g->fh == 1 && g->fw == 1 && ky1 > ky0 && kx1 > kx0)
+        return g->x + ((n * g->ih + iy0) * g->iw + ix0) * ic;
+    int8_t *dst = buf;
+    for (int32_t ky = 0; ky < g->fh; ++ky, dst += row) {
+        if (ky < ky0 || ky >= ky1) {
+            mve_fill(dst, g->zero, row);
+            continue;
+        }
+        const int8_t *src = g->x + ((n * g->ih + iy0 + g->dh * ky) * g->iw + ix0) * ic;
+        if (kx0 > 0) mve_fill(dst, g->zero, kx0 * ic);
+        if (g->dw == 1) {
+            mve_copy(dst + kx0 * ic, src + kx0 * ic, (kx1 - kx0) * ic);
+        } else {
+            for (int32_t kx = kx0; kx < kx1; ++kx) mve_copy(dst + kx * ic, src + g->dw * kx * ic, ic);
+        }
+        if (kx1 < g->fw) mve_fill(dst + kx1 * ic, g->zero, (g->fw - kx1) * ic);
+    }
+    return buf;
+}
+
+void tfmb_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c)
+{
+    const tfmb_tensor_t *in = &t[0], *filt = &t[1];
+    const int8_t *f = (const int8_t *)(c->data + filt->offset);
+    int8_t *y = (int8_t *)(c->arena + out->offset);
+    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
+    const uint8_t *mult = c->data + op->p[10], *shift = c->data + op->p[11];
+    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3];
+    const im2col_t g = {
+        .x = (const int8_t *)(c->arena + in->offset), .ih = in->d[1], .iw = in->d[2], .ic = in->d[3],
+        .fh = filt->d[1], .fw = filt->d[2], .sh = op->p[4], .sw = op->p[5], .dh = op->p[6], .dw = op->p[7],
+        .ph = op->p[8], .pw = op->p[9], .oh = out->d[1], .ow = out->d[2], .zero = (int8_t)-in_off,
+    };
+    const int32_t oc = out->d[3], depth = g.fh * g.fw * g.ic, stride = (depth + 15) / 16 * 16;
+    const int32_t full = depth / 16, tail = depth % 16;
+    const int32_t positions = in->d[0] * g.oh * g.ow;
+    int8_t *scratch = (int8_t *)tfmb_scratch(op, c);
+    const uint32x4_t out_at = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)oc); /* the 4 positions' outputs */
+    const mve_pred16_t tail_p = vctp8q((uint32_t)tail);
+
+    int32_t n = 0, oy = 0, ox = 0;
+    for (int32_t pos = 0; pos < positions; pos += CONV_COLUMNS) {
+        const int32_t count = positions - pos < CONV_COLUMNS ? positions - pos : CONV_COLUMNS;
+        const int8_t *col[CONV_COLUMNS];
+        for (int32_t j = 0; j < count; ++j) {
+            col[j] = im2col(&g, n, oy, ox, scratch + j * stride);
+            if (++ox == g.ow) {
+                ox = 0;
+                if (++oy == g.oh) oy = 0, ++n;
+            }
+        }
+        for (int32_t j = count; j < CONV_COLUMNS; ++j) col[j] = col[0]; /* dots discarded */
+        const mve_pred16_t store_p = vctp32q((uint32_t)count);
+        int8_t *yo = y + pos * oc;
+        const int8_t *wp = f;
+        for (int32_t o = 0; o < oc; ++o) {
+            const int8_t *c0 = col[0], *c1 = col[1], *c2 = col[2], *c3 = col[3];
+            int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, sw = 0;
+            for (int32_t k = 0; k < full; ++k) {
+                const int8x16_t w = vldrbq_s8(wp);
+                sw = vaddvaq_s8(sw, w);
+                a0 = vmladavaq_s8(a0, w, vldrbq_s8(c0));
+                a1 = vmladavaq_s8(a1, w, vldrbq_s8(c1));
+                a2 = vmladavaq_s8(a2, w, vldrbq_s8(c2));
+                a3 = vmladavaq_s8(a3, w, vldrbq_s8(c3));
+                wp += 16, c0 += 16, c1 += 16, c2 += 16, c3 += 16;
+            }
+            if (tail) {
+                const int8x16_t w = vldrbq_z_s8(wp, tail_p);
+                sw = vaddvaq_s8(sw, w);
+                a0 = vmladavaq_s8(a0, w, vldrbq_z_s8(c0, tail_p));
+                a1 = vmladavaq_s8(a1, w, vldrbq_z_s8(c1, tail_p));
+                a2 = vmladavaq_s8(a2, w, vldrbq_z_s8(c2, tail_p));
+                a3 = vmladavaq_s8(a3, w, vldrbq_z_s8(c3, tail_p));
+                wp += tail;
+            }
+            int32x4_t acc = vdupq_n_s32(a0);
+            acc = vsetq_lane_s32(a1, acc, 1);
+            acc = vsetq_lane_s32(a2, acc, 2);
+            acc = vsetq_lane_s32(a3, acc, 3);
+            uint32_t add = (uint32_t)in_off * (uint32_t)sw;
+            if (b) add += tfmb_rdu32(b + 4 * o);
+            acc = vaddq_n_s32(acc, (int32_t)add);
+            acc = tfmb_mve_mbqm_n(acc, tfmb_rd32(mult + 4 * o), tfmb_rd32(shift + 4 * o));
+            vstrbq_scatter_offset_p_s32(yo + o, out_at, tfmb_mve_out(acc, out_off, lo, hi), store_p);
+        }
+    }
+}
+
+/* DEPTHWISE_CONV_2D with a depth multiplier other than 1: the reference's loops (rare). */
+static void depthwise_any(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                          const tfmb_ctx_t *c)
+{
+    const tfmb_tensor_t *in = &t[0], *filt = &t[1];
+    const int8_t *x = (const int8_t *)(c->arena + in->offset), *f = (const int8_t *)(c->data + filt->offset);
+    int8_t *y = (int8_t *)(c->arena + out->offset);
+    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
+    const uint8_t *mult = c->data + op->p[10], *shift = c->data + op->p[11];
+    const int32_t in_off = op->p[0], sh = op->p[4], sw = op->p[5], dh = op->p[6], dw = op->p[7];
+    const int32_t ih = in->d[1], iw = in->d[2], ic = in->d[3], fh = filt->d[1], fw = filt->d[2];
+    const int32_t oh = out->d[1], ow = out->d[2], oc = out->d[3], dm = op->p[12];
+    for (int32_t n = 0; n < in->d[0]; ++n)
+        for (int32_t oy = 0; oy < oh; ++oy)
+            for (int32_t ox = 0; ox < ow; ++ox) {
+                const int32_t iy0 = oy * sh - op->p[8], ix0 = ox * sw - op->p[9];
+                int32_t ky0, ky1, kx0, kx1;
+                tfmb_taps_inside(iy0, dh, fh, ih, &ky0, &ky1);
+                tfmb_taps_inside(ix0, dw, fw, iw, &kx0, &kx1);
+                int8_t *yo = y + ((n * oh + oy) * ow + ox) * oc;
+                for (int32_t o = 0; o < oc; ++o) {
+                    uint32_t acc = 0;
+                    for (int32_t ky = ky0; ky < ky1; ++ky)
+                        for (int32_t kx = kx0; kx < kx1; ++kx) {
+                            const int32_t xv = x[((n * ih + iy0 + dh * ky) * iw + ix0 + dw * kx) * ic + o / dm];
+                            acc += (uint32_t)(f[(ky * fw + kx) * oc + o] * (xv + in_off));
+                        }
+                    yo[o] = tfmb_requant(acc, b, mult, shift, o, op->p[1], op->p[2], op->p[3]);
+                }
+            }
+}
+
+void tfmb_depthwise_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                const tfmb_ctx_t *c)
+{
+    if (op->p[12] != 1) {
+        depthwise_any(op, t, out, c);
+        return;
+    }
+    const tfmb_tensor_t *in = &t[0], *filt = &t[1];
+    const int8_t *x = (const int8_t *)(c->arena + in->offset), *f = (const int8_t *)(c->data + filt->offset);
+    int8_t *y = (int8_t *)(c->arena + out->offset);
+    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
+    const uint8_t *mult = c->data + op->p[10], *shift = c->data + op->p[11];
+    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3];
+    const int32_t sh = op->p[4], sw = op->p[5], dh = op->p[6], dw = op->p[7];
+    const int32_t ih = in->d[1], iw = in->d[2], ch = in->d[3], fh = filt->d[1], fw = filt->d[2];
+    const int32_t oh = out->d[1], ow = out->d[2];
+    const int32_t x_row = dh * iw * ch, x_tap = dw * ch, f_row = fw * ch; /* tap strides */
+    for (int32_t n = 0; n < in->d[0]; ++n)
+        for (int32_t oy = 0; oy < oh; ++oy) {
+            const int32_t iy0 = oy * sh - op->p[8];
+            int32_t ky0, ky1;
+            tfmb_taps_inside(iy0, dh, fh, ih, &ky0, &ky1);
+            for (int32_t ox = 0; ox < ow; ++ox) {
+                const int32_t ix0 = ox * sw - op->p[9];
+                int32_t kx0, kx1;
+                tfmb_taps_inside(ix0, dw, fw, iw, &kx0, &kx1);
+                const int32_t taps_x = kx1 - kx0;
+                const int8_t *x0 = x + ((n * ih + iy0 + dh * ky0) * iw + ix0 + dw * kx0) * ch;
+                const int8_t *f0 = f + (ky0 * fw + kx0) * ch;
+                int8_t *yo = y + ((n * oh + oy) * ow + ox) * ch;
+                for (int32_t ci = 0; ci < ch; ci += 8) {
+                    const mve_pred16_t p = vctp16q((uint32_t)(ch - ci));
+                    int32x4_t even = vdupq_n_s32(0), odd = vdupq_n_s32(0); /* channels ci + 0, 2, .. / 1, 3, .. */
+                    const int8_t *xr = x0 + ci, *fr = f0 + ci;
+                    for (int32_t ky = ky0; ky < ky1; ++ky, xr += x_row, fr += f_row) {
+                        const int8_t *xp = xr, *fp = fr;
+                        for (int32_t k = 0; k < taps_x; ++k, xp += x_tap, fp += ch) {
+                            const int16x8_t xv = vaddq_n_s16(vldrbq_z_s16(xp, p), (int16_t)in_off);
+                            const int16x8_t wv = vldrbq_z_s16(fp, p);
+                            even = vaddq_s32(even, vmullbq_int_s16(xv, wv));
+                            odd = vaddq_s32(odd, vmulltq_int_s16(xv, wv));
+                        }
+                    }
+                    int32x4x2_t pair = {{even, odd}};
+                    int32_t acc[8] __attribute__((aligned(16)));
+                    vst2q_s32(acc, pair); /* back in channel order */
+                    for (int32_t h = 0; h < 8 && ci + h < ch; h += 4) {
+                        const int32_t left = ch - ci - h;
+                        int32x4_t v = vldrwq_s32(acc + h);
+                        if (b) v = vaddq_s32(v, tfmb_mve_ld32x4(b + 4 * (ci + h), left));
+                        v = tfmb_mve_mbqm(v, tfmb_mve_ld32x4(mult + 4 * (ci + h), left),
+                                          tfmb_mve_ld32x4(shift + 4 * (ci + h), left));
+                        vstrbq_p_s32(yo + ci + h, tfmb_mve_out(v, out_off, lo, hi), vctp32q((uint32_t)left));
+                    }
+                }
+            }
+        }
+}
+
+#endif /* TFMB_CORE == TFMB_CORE_MVE */
