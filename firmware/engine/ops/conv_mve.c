@@ -10,9 +10,11 @@
  * share each filter load; the four accumulators of a channel are requantized as one vector.
  *
  * DEPTHWISE_CONV_2D (depth multiplier 1): channels-last, eight channels per vector (widening
- * VLDRB.S16 loads); (x + off) * w fits int16 lanes (|255 * 128| < 2**15) and VMULLB / VMULLT
- * widen the even / odd lanes' products to int32 for the per-lane accumulation; VST2 puts the two
- * halves back in channel order for the per-lane requantization.
+ * VLDRB.S16 loads), one block of eight channels at a time over every position, so the block's
+ * bias, multipliers and shifts are read once; VMULLB / VMULLT widen the even / odd lanes' int16
+ * products to int32 for the per-lane accumulation. Positions whose taps are all inside the
+ * input start from bias + off * sum(w) and accumulate w * x (|w * x| <= 2**14); edge positions
+ * add off to x per tap ((x + off) * w still fits int16: |255 * 128| < 2**15).
  */
 #include "../tfmb_mve.h"
 
@@ -172,6 +174,117 @@ static void depthwise_any(const tfmb_op_t *op, const tfmb_tensor_t t[3], const t
             }
 }
 
+/* A block of eight channels ci .. ci + 7, held as even (ci + 0, 2, 4, 6) and odd (ci + 1, 3, 5, 7)
+ * int32 lanes (VMULLB / VMULLT's split): what its requantization needs, computed once per op. */
+typedef struct {
+    int32x4_t init_full[2]; /* bias + off * sum(w over every tap): interior positions */
+    int32x4_t init_edge[2]; /* bias: positions with taps outside the input add off per tap */
+    int32x4_t left[2], mult[2], right[2];
+} dw_block_t;
+
+typedef struct {
+    const int8_t *x, *f;
+    int8_t *y;
+    const uint8_t *b, *mult, *shift;
+    int32_t in_off, out_off, lo, hi;
+    int32_t sh, sw, dh, dw, ph, pw, batches, ih, iw, ch, fh, fw, oh, ow;
+} dw_args_t;
+
+static void dw_block_consts(const dw_args_t *a, int32_t ci, dw_block_t *k)
+{
+    int32_t v[5][8] __attribute__((aligned(16)));
+    for (int32_t h = 0; h < 8; ++h) {
+        const int32_t o = ci + h < a->ch ? ci + h : a->ch - 1; /* lanes beyond ch: stores skip them */
+        uint32_t sw = 0;
+        for (int32_t tap = 0; tap < a->fh * a->fw; ++tap) sw += (uint32_t)a->f[tap * a->ch + o];
+        const uint32_t bias = a->b ? tfmb_rdu32(a->b + 4 * o) : 0u;
+        const int32_t shift = tfmb_rd32(a->shift + 4 * o);
+        const int32_t lane = (h & 1) * 4 + h / 2; /* even lanes first */
+        v[0][lane] = (int32_t)(bias + (uint32_t)a->in_off * sw);
+        v[1][lane] = (int32_t)bias;
+        v[2][lane] = shift > 0 ? shift : 0;
+        v[3][lane] = tfmb_rd32(a->mult + 4 * o);
+        v[4][lane] = shift > 0 ? 0 : shift;
+    }
+    for (int32_t e = 0; e < 2; ++e) {
+        k->init_full[e] = vldrwq_s32(&v[0][4 * e]);
+        k->init_edge[e] = vldrwq_s32(&v[1][4 * e]);
+        k->left[e] = vldrwq_s32(&v[2][4 * e]);
+        k->mult[e] = vldrwq_s32(&v[3][4 * e]);
+        k->right[e] = vldrwq_s32(&v[4][4 * e]);
+    }
+}
+
+/* Requantizes one half (even or odd lanes) and stores it at yo + 2 * lane (predicated). */
+static inline __attribute__((always_inline)) void dw_store(const dw_args_t *a, const dw_block_t *k, int32_t e,
+                                                           int32x4_t acc, int8_t *yo, uint32x4_t at,
+                                                           mve_pred16_t p, bool tail)
+{
+    acc = vshlq_s32(acc, k->left[e]);
+    acc = vqrdmulhq_s32(acc, k->mult[e]);
+    acc = vaddq_s32(acc, vshrq_n_s32(vandq_s32(acc, k->right[e]), 31));
+    acc = vrshlq_s32(acc, k->right[e]);
+    acc = tfmb_mve_out(acc, a->out_off, a->lo, a->hi);
+    if (tail)
+        vstrbq_scatter_offset_p_s32(yo, at, acc, p);
+    else
+        vstrbq_scatter_offset_s32(yo, at, acc);
+}
+
+/* Every output position of one eight-channel block. `tail` (fewer than eight channels left)
+ * selects predicated loads and stores: always inlined, so the full blocks carry none. */
+static inline __attribute__((always_inline)) void dw_channels(const dw_args_t *a, int32_t ci, bool tail)
+{
+    dw_block_t k;
+    dw_block_consts(a, ci, &k);
+    const int32_t ch = a->ch, x_row = a->dh * a->iw * ch, x_tap = a->dw * ch, f_row = a->fw * ch;
+    const mve_pred16_t p = vctp16q((uint32_t)(ch - ci));
+    const uint32x4_t at = vidupq_n_u32(0, 2); /* even lanes' channels, x2 */
+    const mve_pred16_t p_even = vctp32q((uint32_t)((ch - ci + 1) / 2)), p_odd = vctp32q((uint32_t)((ch - ci) / 2));
+    const int16_t off = (int16_t)a->in_off;
+    for (int32_t n = 0; n < a->batches; ++n)
+        for (int32_t oy = 0; oy < a->oh; ++oy) {
+            const int32_t iy0 = oy * a->sh - a->ph;
+            int32_t ky0, ky1;
+            tfmb_taps_inside(iy0, a->dh, a->fh, a->ih, &ky0, &ky1);
+            int8_t *yo = a->y + (n * a->oh + oy) * a->ow * ch + ci;
+            for (int32_t ox = 0; ox < a->ow; ++ox, yo += ch) {
+                const int32_t ix0 = ox * a->sw - a->pw;
+                int32_t kx0, kx1;
+                tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
+                const int8_t *xr = a->x + ((n * a->ih + iy0 + a->dh * ky0) * a->iw + ix0 + a->dw * kx0) * ch + ci;
+                const int8_t *fr = a->f + (ky0 * a->fw + kx0) * ch + ci;
+                const int32_t taps_x = kx1 - kx0;
+                int32x4_t even, odd;
+                if (ky1 - ky0 == a->fh && taps_x == a->fw) {
+                    even = k.init_full[0], odd = k.init_full[1];
+                    for (int32_t ky = ky0; ky < ky1; ++ky, xr += x_row, fr += f_row) {
+                        const int8_t *xp = xr, *fp = fr;
+                        for (int32_t t = 0; t < taps_x; ++t, xp += x_tap, fp += ch) {
+                            const int16x8_t xv = tail ? vldrbq_z_s16(xp, p) : vldrbq_s16(xp);
+                            const int16x8_t wv = tail ? vldrbq_z_s16(fp, p) : vldrbq_s16(fp);
+                            even = vaddq_s32(even, vmullbq_int_s16(xv, wv));
+                            odd = vaddq_s32(odd, vmulltq_int_s16(xv, wv));
+                        }
+                    }
+                } else {
+                    even = k.init_edge[0], odd = k.init_edge[1];
+                    for (int32_t ky = ky0; ky < ky1; ++ky, xr += x_row, fr += f_row) {
+                        const int8_t *xp = xr, *fp = fr;
+                        for (int32_t t = 0; t < taps_x; ++t, xp += x_tap, fp += ch) {
+                            const int16x8_t xv = vaddq_n_s16(tail ? vldrbq_z_s16(xp, p) : vldrbq_s16(xp), off);
+                            const int16x8_t wv = tail ? vldrbq_z_s16(fp, p) : vldrbq_s16(fp);
+                            even = vaddq_s32(even, vmullbq_int_s16(xv, wv));
+                            odd = vaddq_s32(odd, vmulltq_int_s16(xv, wv));
+                        }
+                    }
+                }
+                dw_store(a, &k, 0, even, yo, at, p_even, tail);
+                dw_store(a, &k, 1, odd, yo + 1, at, p_odd, tail);
+            }
+        }
+}
+
 void tfmb_depthwise_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                                 const tfmb_ctx_t *c)
 {
@@ -180,55 +293,17 @@ void tfmb_depthwise_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
         return;
     }
     const tfmb_tensor_t *in = &t[0], *filt = &t[1];
-    const int8_t *x = (const int8_t *)(c->arena + in->offset), *f = (const int8_t *)(c->data + filt->offset);
-    int8_t *y = (int8_t *)(c->arena + out->offset);
-    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
-    const uint8_t *mult = c->data + op->p[10], *shift = c->data + op->p[11];
-    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3];
-    const int32_t sh = op->p[4], sw = op->p[5], dh = op->p[6], dw = op->p[7];
-    const int32_t ih = in->d[1], iw = in->d[2], ch = in->d[3], fh = filt->d[1], fw = filt->d[2];
-    const int32_t oh = out->d[1], ow = out->d[2];
-    const int32_t x_row = dh * iw * ch, x_tap = dw * ch, f_row = fw * ch; /* tap strides */
-    for (int32_t n = 0; n < in->d[0]; ++n)
-        for (int32_t oy = 0; oy < oh; ++oy) {
-            const int32_t iy0 = oy * sh - op->p[8];
-            int32_t ky0, ky1;
-            tfmb_taps_inside(iy0, dh, fh, ih, &ky0, &ky1);
-            for (int32_t ox = 0; ox < ow; ++ox) {
-                const int32_t ix0 = ox * sw - op->p[9];
-                int32_t kx0, kx1;
-                tfmb_taps_inside(ix0, dw, fw, iw, &kx0, &kx1);
-                const int32_t taps_x = kx1 - kx0;
-                const int8_t *x0 = x + ((n * ih + iy0 + dh * ky0) * iw + ix0 + dw * kx0) * ch;
-                const int8_t *f0 = f + (ky0 * fw + kx0) * ch;
-                int8_t *yo = y + ((n * oh + oy) * ow + ox) * ch;
-                for (int32_t ci = 0; ci < ch; ci += 8) {
-                    const mve_pred16_t p = vctp16q((uint32_t)(ch - ci));
-                    int32x4_t even = vdupq_n_s32(0), odd = vdupq_n_s32(0); /* channels ci + 0, 2, .. / 1, 3, .. */
-                    const int8_t *xr = x0 + ci, *fr = f0 + ci;
-                    for (int32_t ky = ky0; ky < ky1; ++ky, xr += x_row, fr += f_row) {
-                        const int8_t *xp = xr, *fp = fr;
-                        for (int32_t k = 0; k < taps_x; ++k, xp += x_tap, fp += ch) {
-                            const int16x8_t xv = vaddq_n_s16(vldrbq_z_s16(xp, p), (int16_t)in_off);
-                            const int16x8_t wv = vldrbq_z_s16(fp, p);
-                            even = vaddq_s32(even, vmullbq_int_s16(xv, wv));
-                            odd = vaddq_s32(odd, vmulltq_int_s16(xv, wv));
-                        }
-                    }
-                    int32x4x2_t pair = {{even, odd}};
-                    int32_t acc[8] __attribute__((aligned(16)));
-                    vst2q_s32(acc, pair); /* back in channel order */
-                    for (int32_t h = 0; h < 8 && ci + h < ch; h += 4) {
-                        const int32_t left = ch - ci - h;
-                        int32x4_t v = vldrwq_s32(acc + h);
-                        if (b) v = vaddq_s32(v, tfmb_mve_ld32x4(b + 4 * (ci + h), left));
-                        v = tfmb_mve_mbqm(v, tfmb_mve_ld32x4(mult + 4 * (ci + h), left),
-                                          tfmb_mve_ld32x4(shift + 4 * (ci + h), left));
-                        vstrbq_p_s32(yo + ci + h, tfmb_mve_out(v, out_off, lo, hi), vctp32q((uint32_t)left));
-                    }
-                }
-            }
-        }
+    const dw_args_t a = {
+        .x = (const int8_t *)(c->arena + in->offset), .f = (const int8_t *)(c->data + filt->offset),
+        .y = (int8_t *)(c->arena + out->offset), .b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0,
+        .mult = c->data + op->p[10], .shift = c->data + op->p[11], .in_off = op->p[0], .out_off = op->p[1],
+        .lo = op->p[2], .hi = op->p[3], .sh = op->p[4], .sw = op->p[5], .dh = op->p[6], .dw = op->p[7],
+        .ph = op->p[8], .pw = op->p[9], .batches = in->d[0], .ih = in->d[1], .iw = in->d[2], .ch = in->d[3],
+        .fh = filt->d[1], .fw = filt->d[2], .oh = out->d[1], .ow = out->d[2],
+    };
+    const int32_t full = a.ch / 8 * 8;
+    for (int32_t ci = 0; ci < full; ci += 8) dw_channels(&a, ci, false);
+    if (full < a.ch) dw_channels(&a, full, true);
 }
 
 #endif /* TFMB_CORE == TFMB_CORE_MVE */
