@@ -91,7 +91,7 @@ void tfmb_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
     const int32_t positions = in->d[0] * g.oh * g.ow;
     int8_t *scratch = (int8_t *)tfmb_scratch(op, c);
     const uint32x4_t out_at = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)oc); /* the 4 positions' outputs */
-    const mve_pred16_t tail_p = vctp8q((uint32_t)tail);
+    const mve_pred16_t tail_p = vctp8q((uint32_t)(depth <= 16 ? depth : tail));
 
     int32_t n = 0, oy = 0, ox = 0;
     for (int32_t pos = 0; pos < positions; pos += CONV_COLUMNS) {
@@ -108,6 +108,23 @@ void tfmb_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
         const mve_pred16_t store_p = vctp32q((uint32_t)count);
         int8_t *yo = y + pos * oc;
         const int8_t *wp = f;
+        if (depth <= 16) { /* one vector per column, loaded once for every channel */
+            const int8x16_t x0 = vldrbq_z_s8(col[0], tail_p), x1 = vldrbq_z_s8(col[1], tail_p);
+            const int8x16_t x2 = vldrbq_z_s8(col[2], tail_p), x3 = vldrbq_z_s8(col[3], tail_p);
+            for (int32_t o = 0; o < oc; ++o, wp += depth) {
+                const int8x16_t w = vldrbq_z_s8(wp, tail_p);
+                int32x4_t acc = vdupq_n_s32(vmladavq_s8(w, x0));
+                acc = vsetq_lane_s32(vmladavq_s8(w, x1), acc, 1);
+                acc = vsetq_lane_s32(vmladavq_s8(w, x2), acc, 2);
+                acc = vsetq_lane_s32(vmladavq_s8(w, x3), acc, 3);
+                uint32_t add = (uint32_t)in_off * (uint32_t)vaddvq_s8(w);
+                if (b) add += tfmb_rdu32(b + 4 * o);
+                acc = vaddq_n_s32(acc, (int32_t)add);
+                acc = tfmb_mve_mbqm_n(acc, tfmb_rd32(mult + 4 * o), tfmb_rd32(shift + 4 * o));
+                vstrbq_scatter_offset_p_s32(yo + o, out_at, tfmb_mve_out(acc, out_off, lo, hi), store_p);
+            }
+            continue;
+        }
         for (int32_t o = 0; o < oc; ++o) {
             const int8_t *c0 = col[0], *c1 = col[1], *c2 = col[2], *c3 = col[3];
             int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, sw = 0;
