@@ -37,7 +37,7 @@ from tinyfed.models.tflm import TflmModel  # noqa: E402
 
 INPUTS = 200
 UPLOAD_BUDGET = 400_000  # input bytes per model: ResNet-8 (3 KB inputs) gets 130, MobileNet (27 KB) 14
-MVE_KERNELS = ("tfmb_conv_2d_mve", "tfmb_depthwise_conv_2d_mve", "tfmb_fully_connected_mve")
+MVE_KERNELS = ("tfmb_conv_2d_mve", "tfmb_depthwise_conv_2d_mve", "tfmb_fully_connected_mve", "tfmb_add_mve")
 
 
 def _op_models() -> dict[str, bytes]:

@@ -16,10 +16,7 @@ void tfmb_depthwise_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
                                 const tfmb_ctx_t *c);
 void tfmb_fully_connected_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                               const tfmb_ctx_t *c);
-void tfmb_max_pool_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                          const tfmb_ctx_t *c);
-void tfmb_average_pool_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                              const tfmb_ctx_t *c);
+void tfmb_add_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c);
 
 /* Four little-endian int32 read from any alignment (VLDRB.8 has no alignment requirement, a
  * VLDRW would need 4-byte alignment); lanes beyond `n` (< 4) read as 0 and are not touched. */
