@@ -248,8 +248,20 @@ static inline __attribute__((always_inline)) void dw_store(const dw_args_t *a, c
         vstrbq_scatter_offset_s32(yo, at, acc);
 }
 
+/* One tap: x (int8, widened) times w, even / odd lanes accumulated (+ off to x on edge positions). */
+#define DW_TAP(xp, fp, edge)                                                                            \
+    do {                                                                                                \
+        int16x8_t xv_ = tail ? vldrbq_z_s16((xp), p) : vldrbq_s16(xp);                                  \
+        if (edge) xv_ = vaddq_n_s16(xv_, off);                                                          \
+        const int16x8_t wv_ = tail ? vldrbq_z_s16((fp), p) : vldrbq_s16(fp);                            \
+        even = vaddq_s32(even, vmullbq_int_s16(xv_, wv_));                                              \
+        odd = vaddq_s32(odd, vmulltq_int_s16(xv_, wv_));                                                \
+    } while (0)
+
 /* Every output position of one eight-channel block. `tail` (fewer than eight channels left)
- * selects predicated loads and stores: always inlined, so the full blocks carry none. */
+ * selects predicated loads and stores: always inlined, so the full blocks carry none. Interior
+ * positions (every tap inside the input) of a row step their pointers by the stride, and a 3x3
+ * filter's nine taps are unrolled. */
 static inline __attribute__((always_inline)) void dw_channels(const dw_args_t *a, int32_t ci, bool tail)
 {
     dw_block_t k;
@@ -259,41 +271,46 @@ static inline __attribute__((always_inline)) void dw_channels(const dw_args_t *a
     const uint32x4_t at = vidupq_n_u32(0, 2); /* even lanes' channels, x2 */
     const mve_pred16_t p_even = vctp32q((uint32_t)((ch - ci + 1) / 2)), p_odd = vctp32q((uint32_t)((ch - ci) / 2));
     const int16_t off = (int16_t)a->in_off;
+    /* ox in [ox_lo, ox_hi): the window's columns all inside the input */
+    const int32_t ox_lo = (a->pw + a->sw - 1) / a->sw, room = a->iw - 1 - a->dw * (a->fw - 1) + a->pw;
+    int32_t ox_hi = room < 0 ? 0 : room / a->sw + 1;
+    if (ox_hi > a->ow) ox_hi = a->ow;
+    const bool three = a->fh == 3 && a->fw == 3;
     for (int32_t n = 0; n < a->batches; ++n)
         for (int32_t oy = 0; oy < a->oh; ++oy) {
             const int32_t iy0 = oy * a->sh - a->ph;
             int32_t ky0, ky1;
             tfmb_taps_inside(iy0, a->dh, a->fh, a->ih, &ky0, &ky1);
+            const bool full_rows = ky1 - ky0 == a->fh;
             int8_t *yo = a->y + (n * a->oh + oy) * a->ow * ch + ci;
+            const int8_t *x_in = a->x + (n * a->ih + iy0 + a->dh * ky0) * a->iw * ch + ci;
             for (int32_t ox = 0; ox < a->ow; ++ox, yo += ch) {
                 const int32_t ix0 = ox * a->sw - a->pw;
-                int32_t kx0, kx1;
-                tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
-                const int8_t *xr = a->x + ((n * a->ih + iy0 + a->dh * ky0) * a->iw + ix0 + a->dw * kx0) * ch + ci;
-                const int8_t *fr = a->f + (ky0 * a->fw + kx0) * ch + ci;
-                const int32_t taps_x = kx1 - kx0;
                 int32x4_t even, odd;
-                if (ky1 - ky0 == a->fh && taps_x == a->fw) {
+                if (full_rows && ox >= ox_lo && ox < ox_hi) {
+                    const int8_t *xr = x_in + ix0 * ch, *fr = a->f + ci;
                     even = k.init_full[0], odd = k.init_full[1];
-                    for (int32_t ky = ky0; ky < ky1; ++ky, xr += x_row, fr += f_row) {
-                        const int8_t *xp = xr, *fp = fr;
-                        for (int32_t t = 0; t < taps_x; ++t, xp += x_tap, fp += ch) {
-                            const int16x8_t xv = tail ? vldrbq_z_s16(xp, p) : vldrbq_s16(xp);
-                            const int16x8_t wv = tail ? vldrbq_z_s16(fp, p) : vldrbq_s16(fp);
-                            even = vaddq_s32(even, vmullbq_int_s16(xv, wv));
-                            odd = vaddq_s32(odd, vmulltq_int_s16(xv, wv));
+                    if (three) {
+                        for (int32_t r = 0; r < 3; ++r, xr += x_row, fr += f_row) {
+                            DW_TAP(xr, fr, false);
+                            DW_TAP(xr + x_tap, fr + ch, false);
+                            DW_TAP(xr + 2 * x_tap, fr + 2 * ch, false);
+                        }
+                    } else {
+                        for (int32_t ky = 0; ky < a->fh; ++ky, xr += x_row, fr += f_row) {
+                            const int8_t *xp = xr, *fp = fr;
+                            for (int32_t t = 0; t < a->fw; ++t, xp += x_tap, fp += ch) DW_TAP(xp, fp, false);
                         }
                     }
                 } else {
+                    int32_t kx0, kx1;
+                    tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
+                    const int8_t *xr = x_in + (ix0 + a->dw * kx0) * ch;
+                    const int8_t *fr = a->f + (ky0 * a->fw + kx0) * ch + ci;
                     even = k.init_edge[0], odd = k.init_edge[1];
                     for (int32_t ky = ky0; ky < ky1; ++ky, xr += x_row, fr += f_row) {
                         const int8_t *xp = xr, *fp = fr;
-                        for (int32_t t = 0; t < taps_x; ++t, xp += x_tap, fp += ch) {
-                            const int16x8_t xv = vaddq_n_s16(tail ? vldrbq_z_s16(xp, p) : vldrbq_s16(xp), off);
-                            const int16x8_t wv = tail ? vldrbq_z_s16(fp, p) : vldrbq_s16(fp);
-                            even = vaddq_s32(even, vmullbq_int_s16(xv, wv));
-                            odd = vaddq_s32(odd, vmulltq_int_s16(xv, wv));
-                        }
+                        for (int32_t t = kx0; t < kx1; ++t, xp += x_tap, fp += ch) DW_TAP(xp, fp, true);
                     }
                 }
                 dw_store(a, &k, 0, even, yo, at, p_even, tail);
