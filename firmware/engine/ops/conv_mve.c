@@ -260,8 +260,7 @@ static inline __attribute__((always_inline)) void dw_store(const dw_args_t *a, c
 
 /* Every output position of one eight-channel block. `tail` (fewer than eight channels left)
  * selects predicated loads and stores: always inlined, so the full blocks carry none. Interior
- * positions (every tap inside the input) of a row step their pointers by the stride, and a 3x3
- * filter's nine taps are unrolled. */
+ * positions (every tap inside the input) of a row skip the clipping of the window. */
 static inline __attribute__((always_inline)) void dw_channels(const dw_args_t *a, int32_t ci, bool tail)
 {
     dw_block_t k;
@@ -275,7 +274,6 @@ static inline __attribute__((always_inline)) void dw_channels(const dw_args_t *a
     const int32_t ox_lo = (a->pw + a->sw - 1) / a->sw, room = a->iw - 1 - a->dw * (a->fw - 1) + a->pw;
     int32_t ox_hi = room < 0 ? 0 : room / a->sw + 1;
     if (ox_hi > a->ow) ox_hi = a->ow;
-    const bool three = a->fh == 3 && a->fw == 3;
     for (int32_t n = 0; n < a->batches; ++n)
         for (int32_t oy = 0; oy < a->oh; ++oy) {
             const int32_t iy0 = oy * a->sh - a->ph;
@@ -290,17 +288,9 @@ static inline __attribute__((always_inline)) void dw_channels(const dw_args_t *a
                 if (full_rows && ox >= ox_lo && ox < ox_hi) {
                     const int8_t *xr = x_in + ix0 * ch, *fr = a->f + ci;
                     even = k.init_full[0], odd = k.init_full[1];
-                    if (three) {
-                        for (int32_t r = 0; r < 3; ++r, xr += x_row, fr += f_row) {
-                            DW_TAP(xr, fr, false);
-                            DW_TAP(xr + x_tap, fr + ch, false);
-                            DW_TAP(xr + 2 * x_tap, fr + 2 * ch, false);
-                        }
-                    } else {
-                        for (int32_t ky = 0; ky < a->fh; ++ky, xr += x_row, fr += f_row) {
-                            const int8_t *xp = xr, *fp = fr;
-                            for (int32_t t = 0; t < a->fw; ++t, xp += x_tap, fp += ch) DW_TAP(xp, fp, false);
-                        }
+                    for (int32_t ky = 0; ky < a->fh; ++ky, xr += x_row, fr += f_row) {
+                        const int8_t *xp = xr, *fp = fr;
+                        for (int32_t t = 0; t < a->fw; ++t, xp += x_tap, fp += ch) DW_TAP(xp, fp, false);
                     }
                 } else {
                     int32_t kx0, kx1;
