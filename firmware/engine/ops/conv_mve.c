@@ -7,14 +7,15 @@
  * sum(w * (x + off)) = sum(w * x) + off * sum(w) modulo 2**32 for every tap (the padded ones give
  * w * 0 in the reference and w * (-off) + off * w = 0 here), so VMLADAVA.S8 dots 16 int8 pairs per
  * instruction and VADDVA.S8 sums the filter row once per four columns. Four columns (positions)
- * share each filter load; the four accumulators of a channel are requantized as one vector.
+ * share each filter load; the four accumulators of a channel are requantized as one vector. A
+ * filter depth of at most 16 (small pointwise layers) keeps the four columns in registers.
  *
  * DEPTHWISE_CONV_2D (depth multiplier 1): channels-last, eight channels per vector (widening
  * VLDRB.S16 loads), one block of eight channels at a time over every position, so the block's
- * bias, multipliers and shifts are read once; VMULLB / VMULLT widen the even / odd lanes' int16
- * products to int32 for the per-lane accumulation. Positions whose taps are all inside the
- * input start from bias + off * sum(w) and accumulate w * x (|w * x| <= 2**14); edge positions
- * add off to x per tap ((x + off) * w still fits int16: |255 * 128| < 2**15).
+ * bias, multipliers and shifts are read once; VMULLB / VMULLT multiply the even / odd int16
+ * lanes into int32 products for the per-lane accumulation (modulo 2**32, as the reference).
+ * Positions whose taps are all inside the input start from bias + off * sum(w) and accumulate
+ * w * x; edge positions add off to x per tap (x + off is within [-255, 255]: an int16 lane).
  */
 #include "../tfmb_mve.h"
 
