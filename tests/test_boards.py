@@ -86,7 +86,7 @@ RESERVE = {
     "apollo3": (8, 107, "linker-map"),
     "mps2-an386": (8, 59, "linker-map"),
     "mps2-an386-large": (8, 59, "linker-map"),
-    "mps3-an547": (8, 60, "linker-map"),
+    "mps3-an547": (8, 68, "linker-map"),
     "stm32l4r9": (24, 96, "estimate"),
     "rp2040": (32, 128, "estimate"),
     "esp32s3": (160, 384, "estimate"),

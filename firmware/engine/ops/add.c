@@ -5,6 +5,7 @@
  * p6/p7, p8/p9, p10/p11 multiplier/shift of input 1, input 2 and the output.
  */
 #include "../tfmb_internal.h"
+#include "../tfmb_mve.h"
 
 static const char *add_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
                                 const tfmb_tensor_t *out)
@@ -53,5 +54,8 @@ static const tfmb_op_entry_t tfmb_op_add = {
     .in_place = false,
     .validate = add_validate,
     .eval = add_eval,
+#if TFMB_CORE == TFMB_CORE_MVE
+    .fast = tfmb_add_mve,
+#endif
 };
 TFMB_REGISTER_OP(tfmb_op_add);

@@ -9,6 +9,7 @@
  * p12 depth multiplier (DEPTHWISE_CONV_2D only).
  */
 #include "../tfmb_internal.h"
+#include "../tfmb_mve.h"
 
 #define A(c, t) ((int8_t *)((c)->arena + (t)->offset))
 #define K(c, t) ((const int8_t *)((c)->data + (t)->offset))
@@ -158,6 +159,9 @@ static const tfmb_op_entry_t tfmb_op_conv_2d = {
     .in_place = false,
     .validate = conv_validate,
     .eval = conv_2d_eval,
+#if TFMB_CORE == TFMB_CORE_MVE
+    .fast = tfmb_conv_2d_mve,
+#endif
     .scratch = conv_2d_scratch,
 };
 TFMB_REGISTER_OP(tfmb_op_conv_2d);
@@ -170,5 +174,8 @@ static const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .in_place = false,
     .validate = conv_validate,
     .eval = depthwise_conv_2d_eval,
+#if TFMB_CORE == TFMB_CORE_MVE
+    .fast = tfmb_depthwise_conv_2d_mve,
+#endif
 };
 TFMB_REGISTER_OP(tfmb_op_depthwise_conv_2d);

@@ -7,6 +7,7 @@
  * p10/p11 multiplier/shift arrays (data offsets).
  */
 #include "../tfmb_internal.h"
+#include "../tfmb_mve.h"
 
 static const char *fully_connected_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
                                             const tfmb_tensor_t *out)
@@ -74,6 +75,9 @@ static const tfmb_op_entry_t tfmb_op_fully_connected = {
     .in_place = false,
     .validate = fully_connected_validate,
     .eval = fully_connected_eval,
+#if TFMB_CORE == TFMB_CORE_MVE
+    .fast = tfmb_fully_connected_mve,
+#endif
     .scratch = fully_connected_scratch,
 };
 TFMB_REGISTER_OP(tfmb_op_fully_connected);
