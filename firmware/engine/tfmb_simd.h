@@ -34,7 +34,13 @@ static inline void tfmb_st32(void *p, uint32_t v) { memcpy(p, &v, 4); }
 /* Two signed bytes 0 and 2 of x, sign-extended into the two halfwords. */
 static inline uint32_t tfmb_sxtb16(uint32_t x) { return (uint32_t)__sxtb16(x); }
 /* Bytes 1 and 3 of x, sign-extended into the two halfwords (SXTB16 with ROR #8). */
-static inline uint32_t tfmb_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16(__ror(x, 8)); }
+static inline uint32_t tfmb_sxtb16_ror8(uint32_t x)
+{
+    /* SXTB16's own rotation (arm_acle.h of GCC 12 has no __ror; one instruction either way) */
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
 /* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords, wrapping (SMLAD). */
 static inline int32_t tfmb_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad(a, b, acc); }
 /* Halfword-wise a + b, wrapping (SADD16). */
@@ -78,6 +84,84 @@ static inline int8_t tfmb_requant_fast(int32_t acc, const uint8_t *bias, const u
     if (bias) acc = tfmb_wadd(acc, tfmb_rd32(bias + 4 * o));
     const int32_t v = tfmb_mbqm_fast(acc, tfmb_rd32(mult + 4 * o), tfmb_rd32(shift + 4 * o));
     return (int8_t)tfmb_clamp(tfmb_wadd(v, out_off), lo, hi);
+}
+
+/* ---- window kernels (depthwise conv, pooling, add): per-lane multiply-accumulate, bytewise
+ * max/min, sign-extending adds and a right-shift requantization in one 64-bit multiply-add. ---- */
+#if TFMB_NATIVE_DSP
+/* acc + lo(a) * lo(b), acc + hi(a) * hi(b): signed halfwords, wrapping (SMLABB / SMLATT). */
+static inline int32_t tfmb_smlabb(uint32_t a, uint32_t b, int32_t acc) { return __smlabb((int32_t)a, (int32_t)b, acc); }
+static inline int32_t tfmb_smlatt(uint32_t a, uint32_t b, int32_t acc) { return __smlatt((int32_t)a, (int32_t)b, acc); }
+/* acc's halfwords + x's bytes 0 and 2 (or 1 and 3) sign-extended, wrapping (SXTAB16). */
+static inline uint32_t tfmb_sxtab16(uint32_t acc, uint32_t x) { return (uint32_t)__sxtab16(acc, x); }
+static inline uint32_t tfmb_sxtab16_ror8(uint32_t acc, uint32_t x)
+{
+    uint32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(acc), "r"(x));
+    return r;
+}
+/* Bytewise signed max / min (SSUB8 sets the GE flags SEL reads: one asm block keeps them paired). */
+static inline uint32_t tfmb_max_s8x4(uint32_t a, uint32_t b)
+{
+    uint32_t r;
+    __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(r) : "r"(a), "r"(b));
+    return r;
+}
+static inline uint32_t tfmb_min_s8x4(uint32_t a, uint32_t b)
+{
+    uint32_t r;
+    __asm__("ssub8 %0, %2, %1\n\tsel %0, %1, %2" : "=&r"(r) : "r"(a), "r"(b));
+    return r;
+}
+/* x saturated to int8 (SSAT #8). */
+static inline int32_t tfmb_ssat8(int32_t x) { return __ssat(x, 8); }
+#else
+static inline int32_t tfmb_smlabb(uint32_t a, uint32_t b, int32_t acc)
+{
+    return (int32_t)((uint32_t)acc + (uint32_t)(tfmb_half_lo(a) * tfmb_half_lo(b)));
+}
+static inline int32_t tfmb_smlatt(uint32_t a, uint32_t b, int32_t acc)
+{
+    return (int32_t)((uint32_t)acc + (uint32_t)(tfmb_half_hi(a) * tfmb_half_hi(b)));
+}
+static inline uint32_t tfmb_sxtab16(uint32_t acc, uint32_t x) { return tfmb_sadd16(acc, tfmb_sxtb16(x)); }
+static inline uint32_t tfmb_sxtab16_ror8(uint32_t acc, uint32_t x) { return tfmb_sadd16(acc, tfmb_sxtb16_ror8(x)); }
+static inline uint32_t tfmb_bytewise(uint32_t a, uint32_t b, bool max)
+{
+    uint32_t r = 0;
+    for (int k = 0; k < 32; k += 8) {
+        const int32_t u = (int8_t)((a >> k) & 0xFFu), v = (int8_t)((b >> k) & 0xFFu);
+        r |= (uint32_t)(uint8_t)((u >= v) == max ? u : v) << k;
+    }
+    return r;
+}
+static inline uint32_t tfmb_max_s8x4(uint32_t a, uint32_t b) { return tfmb_bytewise(a, b, true); }
+static inline uint32_t tfmb_min_s8x4(uint32_t a, uint32_t b) { return tfmb_bytewise(a, b, false); }
+static inline int32_t tfmb_ssat8(int32_t x) { return tfmb_clamp(x, -128, 127); }
+#endif
+
+/* A byte repeated in the four lanes of a word. */
+static inline uint32_t tfmb_bytes4(int32_t v) { return (uint32_t)(uint8_t)v * 0x01010101u; }
+
+/* Four int8 values (lane 0 = a) in one word. */
+static inline uint32_t tfmb_pack4(int32_t a, int32_t b, int32_t c, int32_t d)
+{
+    return ((uint32_t)a & 0xFFu) | (((uint32_t)b & 0xFFu) << 8) | (((uint32_t)c & 0xFFu) << 16) | ((uint32_t)d << 24);
+}
+
+/* MultiplyByQuantizedMultiplier for a shift <= -1 (a right shift e = -shift, no left shift),
+ * exact, as one 64-bit multiply-add and a shift of its high word. SaturatingRoundingDoublingHighMul
+ * is floor((x*m + 2**30) / 2**31) (tfmb_mbqm_fast) and RoundingDivideByPOT(h, e) is
+ * floor((h + 2**(e-1) - [h < 0]) / 2**e); nested floors of integer divisions merge, so the result
+ * is floor((x*m + K - [h < 0] * 2**31) / 2**(31+e)) with K = 2**30 + 2**(30+e). [h < 0] may be
+ * replaced by [x < 0] (m >= 0): they differ only when -2**30 <= x*m < 0, where h = 0 and both
+ * give 0 for e >= 1. tfmb_rs_k gives K; the caller keeps it per channel. */
+static inline int64_t tfmb_rs_k(int32_t shift) { return (1LL << 30) + ((int64_t)1 << (30 - shift)); }
+
+static inline int32_t tfmb_mbqm_rs(int32_t x, int32_t mult, int64_t k, int32_t shift)
+{
+    const int64_t v = k + (int64_t)(x >> 31) * (1LL << 31) + (int64_t)x * (int64_t)mult;
+    return (int32_t)(v >> 32) >> (-shift - 1);
 }
 
 #endif /* TFMB_SIMD_H */
