@@ -18,7 +18,7 @@
 
 #if TFMB_CORE == TFMB_CORE_DSP
 
-#define DW_MAX_TAPS 64 /* filter taps of the packed path: 2 words each on the stack (512 bytes) */
+#define DW_MAX_TAPS 49 /* filter taps of the packed path (7x7): 2 words each on the stack (392 bytes) */
 
 typedef struct {
     const int8_t *x, *f;
@@ -95,12 +95,12 @@ static inline __attribute__((always_inline)) void dw_full4(const int8_t *xp, int
 
 /* Four channels of a border position: taps [ky0, ky1) x [kx0, kx1) with the input offset added
  * (x + off fits a halfword), accumulators starting at the bias. */
-static inline void dw_clip4(const int8_t *x, int32_t at, int32_t row_step, int32_t col_step, const uint32_t *wq, int32_t fw,
+static inline void dw_clip4(const int8_t *xin, int32_t at, int32_t row_step, int32_t col_step, const uint32_t *wq, int32_t fw,
                             int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, uint32_t off2, int32_t acc[4])
 {
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     for (int32_t ky = ky0; ky < ky1; ++ky) {
-        const int8_t *xr = x + at + ky * row_step + kx0 * col_step;
+        const int8_t *xr = xin + at + ky * row_step + kx0 * col_step;
         const uint32_t *wr = wq + 2 * (ky * fw + kx0);
         for (int32_t kx = kx0; kx < kx1; ++kx) {
             const uint32_t x = tfmb_ld32(xr);
@@ -235,7 +235,7 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
             q[j] = dw_rq(&a, c0 + j);
             rs = rs && q[j].shift <= -1;
         }
-        uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 64*128 */
+        uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 49*128 */
         for (int32_t k = 0; k < taps; ++k) {
             const uint32_t w = tfmb_ld32(a.f + k * a.oc + c0);
             wq[2 * k] = tfmb_sxtb16(w);
