@@ -143,11 +143,26 @@ static inline int32_t tfmb_ssat8(int32_t x) { return tfmb_clamp(x, -128, 127); }
 /* A byte repeated in the four lanes of a word. */
 static inline uint32_t tfmb_bytes4(int32_t v) { return (uint32_t)(uint8_t)v * 0x01010101u; }
 
-/* Four int8 values (lane 0 = a) in one word. */
+/* The low bytes of a, b, c, d in one word (lane 0 = a). */
+#if TFMB_NATIVE_DSP
+static inline uint32_t tfmb_pack4(int32_t a, int32_t b, int32_t c, int32_t d)
+{
+    uint32_t r, ac, bd; /* PKHBT pairs a/c and b/d as halfwords, UXTB16 keeps their low bytes */
+    __asm__("pkhbt %1, %3, %5, lsl #16\n\t"
+            "pkhbt %2, %4, %6, lsl #16\n\t"
+            "uxtb16 %1, %1\n\t"
+            "uxtb16 %2, %2\n\t"
+            "orr %0, %1, %2, lsl #8"
+            : "=r"(r), "=&r"(ac), "=&r"(bd)
+            : "r"(a), "r"(b), "r"(c), "r"(d));
+    return r;
+}
+#else
 static inline uint32_t tfmb_pack4(int32_t a, int32_t b, int32_t c, int32_t d)
 {
     return ((uint32_t)a & 0xFFu) | (((uint32_t)b & 0xFFu) << 8) | (((uint32_t)c & 0xFFu) << 16) | ((uint32_t)d << 24);
 }
+#endif
 
 /* MultiplyByQuantizedMultiplier for a shift <= -1 (a right shift e = -shift, no left shift),
  * exact, as one 64-bit multiply-add and a shift of its high word. SaturatingRoundingDoublingHighMul
@@ -164,4 +179,56 @@ static inline int32_t tfmb_mbqm_rs(int32_t x, int32_t mult, int64_t k, int32_t s
     return (int32_t)(v >> 32) >> (-shift - 1);
 }
 
+/* The same with an offset added to the result for free: floor((v + off * 2**(31+e)) / 2**(31+e))
+ * is floor(v / 2**(31+e)) + off, and for e <= 23, |off| <= 128 every term stays below 2**63
+ * (|x*m| < 2**62, K < 2**54, |off| * 2**(31+e) <= 2**61). Callers keep K (split into words, so
+ * the multiply-add starts from them) and e - 1 per channel. */
+typedef struct {
+    uint32_t k_lo;
+    int32_t k_hi;
+    int32_t mult;
+    int32_t rsh; /* e - 1 */
+} tfmb_rs_t;
+
+static inline bool tfmb_rs_ok(int32_t shift) { return shift <= -1 && shift >= -23; }
+
+static inline tfmb_rs_t tfmb_rs_make(int32_t mult, int32_t shift, int32_t off)
+{
+    /* K + off * 2**(31+e) in words, without 64-bit shifts (a few instructions per channel):
+     * 2**30 and, for e = 1, 2**(30+e) = 2**31 in the low word; 2**(30+e) = 2**(e-2) * 2**32 for
+     * e >= 2 and off * 2**(e-1) in the high word. */
+    const int32_t e = -shift;
+    tfmb_rs_t q;
+    q.k_lo = (1u << 30) + (e == 1 ? 1u << 31 : 0u);
+    q.k_hi = (int32_t)((e >= 2 ? 1u << (e - 2) : 0u) + (uint32_t)off * (1u << (e - 1)));
+    q.mult = mult;
+    q.rsh = e - 1;
+    return q;
+}
+
+#if TFMB_NATIVE_DSP
+static inline int32_t tfmb_rs_apply(int32_t x, const tfmb_rs_t *q)
+{
+    /* hi:lo = K + (x < 0 ? -2**31 : 0): x & 2**31 into the low word, x's sign word (x ASR 31) with
+     * the carry into the high one; SMLAL adds x * m; the result is the high word shifted. */
+    uint32_t lo, t;
+    int32_t hi;
+    __asm__("and %2, %3, #0x80000000\n\t"
+            "adds %0, %4, %2\n\t"
+            "adc %1, %5, %3, asr #31\n\t"
+            "smlal %0, %1, %3, %6\n\t"
+            "asr %1, %1, %7"
+            : "=&r"(lo), "=&r"(hi), "=&r"(t)
+            : "r"(x), "r"(q->k_lo), "r"(q->k_hi), "r"(q->mult), "r"(q->rsh)
+            : "cc");
+    return hi;
+}
+#else
+static inline int32_t tfmb_rs_apply(int32_t x, const tfmb_rs_t *q)
+{
+    const int64_t k = (int64_t)(((uint64_t)(uint32_t)q->k_hi << 32) | q->k_lo);
+    const int64_t v = k + (int64_t)(x >> 31) * (1LL << 31) + (int64_t)x * (int64_t)q->mult;
+    return (int32_t)(v >> 32) >> q->rsh;
+}
+#endif
 #endif /* TFMB_SIMD_H */

@@ -3,7 +3,7 @@
  * with TFLM: the same arithmetic (inputs + offsets shifted left by p5, each rescaled by its own
  * MultiplyByQuantizedMultiplier, the sum rescaled by the output's, + output offset, clamp), four
  * elements per iteration: one word load per input, the three rescalings with a right shift as one
- * 64-bit multiply-add each (tfmb_mbqm_rs, constants hoisted), SSAT and a bytewise max/min for the
+ * 64-bit multiply-add each (tfmb_rs_apply, constants hoisted, the output offset folded in), SSAT and a bytewise max/min for the
  * clamp, one word store. Rescalings with a left shift use tfmb_mbqm_fast; the last 0..3
  * elements run one at a time.
  *
@@ -17,7 +17,7 @@
 typedef struct {
     int32_t off1, off2, out_off, left;
     int32_t m1, s1, m2, s2, mo, so;
-    int64_t k1, k2, ko;
+    tfmb_rs_t r1, r2, ro; /* the output's with out_off folded in */
 } add_q_t;
 
 /* One element before the clamp (out_off added). `rs`: every shift <= -1. */
@@ -26,9 +26,9 @@ static inline __attribute__((always_inline)) int32_t add_one(int32_t a, int32_t 
     const int32_t v1 = tfmb_wshl(a + q->off1, (int)q->left);
     const int32_t v2 = tfmb_wshl(b + q->off2, (int)q->left);
     if (rs) {
-        const int32_t r1 = tfmb_mbqm_rs(v1, q->m1, q->k1, q->s1);
-        const int32_t r2 = tfmb_mbqm_rs(v2, q->m2, q->k2, q->s2);
-        return tfmb_wadd(tfmb_mbqm_rs(tfmb_wadd(r1, r2), q->mo, q->ko, q->so), q->out_off);
+        const int32_t r1 = tfmb_rs_apply(v1, &q->r1);
+        const int32_t r2 = tfmb_rs_apply(v2, &q->r2);
+        return tfmb_rs_apply(tfmb_wadd(r1, r2), &q->ro);
     }
     const int32_t r1 = tfmb_mbqm_fast(v1, q->m1, q->s1);
     const int32_t r2 = tfmb_mbqm_fast(v2, q->m2, q->s2);
@@ -62,11 +62,11 @@ void tfmb_add_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tens
         .off1 = op->p[0], .off2 = op->p[1], .out_off = op->p[4], .left = op->p[5],
         .m1 = op->p[6], .s1 = op->p[7], .m2 = op->p[8], .s2 = op->p[9], .mo = op->p[10], .so = op->p[11],
     };
-    const bool rs = q.s1 <= -1 && q.s2 <= -1 && q.so <= -1;
+    const bool rs = tfmb_rs_ok(q.s1) && tfmb_rs_ok(q.s2) && tfmb_rs_ok(q.so);
     if (rs) {
-        q.k1 = tfmb_rs_k(q.s1);
-        q.k2 = tfmb_rs_k(q.s2);
-        q.ko = tfmb_rs_k(q.so);
+        q.r1 = tfmb_rs_make(q.m1, q.s1, 0);
+        q.r2 = tfmb_rs_make(q.m2, q.s2, 0);
+        q.ro = tfmb_rs_make(q.mo, q.so, q.out_off);
         add_run(a, b, y, out->elems, &q, op->p[2], op->p[3], true);
     } else {
         add_run(a, b, y, out->elems, &q, op->p[2], op->p[3], false);

@@ -10,7 +10,7 @@
  * offset: sum(w*(x+off)) == sum(w*x) + off*sum(w) (mod 2**32), so the group starts each
  * accumulator at bias + off*sum(w); border positions walk their clipped tap range and add the
  * offset per tap (SADD16), as the reference skips the taps outside. Requantization with a right
- * shift is one 64-bit multiply-add (tfmb_mbqm_rs), the clamp a bytewise max/min of the packed
+ * shift is one 64-bit multiply-add (tfmb_rs_apply, the output offset folded in), the clamp a bytewise max/min of the packed
  * word. Channel tails (C % 4), depth multipliers above 1 and filters of more than
  * DW_MAX_TAPS taps take a scalar loop with the same hoisting.
  */
@@ -36,24 +36,24 @@ static inline int32_t dw_half_hi(uint32_t x) { return (int16_t)(x >> 16); }
 
 /* One channel's requantization, hoisted out of the position loop. */
 typedef struct {
+    tfmb_rs_t rs; /* the output offset folded in (when tfmb_rs_ok(shift)) */
     int32_t bias, mult, shift;
-    int64_t k; /* tfmb_rs_k(shift) when shift <= -1 */
 } dw_rq_t;
 
 static inline dw_rq_t dw_rq(const dw_args_t *a, int32_t o)
 {
     dw_rq_t q;
-    q.bias = a->b ? tfmb_rd32(a->b + 4 * o) : 0;
-    q.mult = tfmb_rd32(a->mult + 4 * o);
-    q.shift = tfmb_rd32(a->shift + 4 * o);
-    q.k = q.shift <= -1 ? tfmb_rs_k(q.shift) : 0;
+    q.bias = a->b ? (int32_t)tfmb_ld32(a->b + 4 * o) : 0;
+    q.mult = (int32_t)tfmb_ld32(a->mult + 4 * o);
+    q.shift = (int32_t)tfmb_ld32(a->shift + 4 * o);
+    q.rs = tfmb_rs_make(q.mult, tfmb_rs_ok(q.shift) ? q.shift : -1, a->out_off);
     return q;
 }
 
 /* acc (bias included) requantized, + output offset, before the clamp. */
 static inline __attribute__((always_inline)) int32_t dw_out(int32_t acc, const dw_rq_t *q, int32_t out_off, bool rs)
 {
-    return tfmb_wadd(rs ? tfmb_mbqm_rs(acc, q->mult, q->k, q->shift) : tfmb_mbqm_fast(acc, q->mult, q->shift), out_off);
+    return rs ? tfmb_rs_apply(acc, &q->rs) : tfmb_wadd(tfmb_mbqm_fast(acc, q->mult, q->shift), out_off);
 }
 
 /* The first output column from which every later tap column up to `last` lies inside, i.e. the
@@ -68,109 +68,216 @@ static void dw_inside_cols(int32_t outs, int32_t stride, int32_t pad, int32_t di
     *end = o;
 }
 
-/* Four channels of one output position, every tap inside: the accumulators start at
- * bias + off*sum(w) (acc[]), FH x FW taps are summed without the offset. FH/FW are compile-time
- * constants in the 3x3 instance. */
-static inline __attribute__((always_inline)) void dw_full4(const int8_t *xp, int32_t row_step, int32_t col_step,
-                                                         const uint32_t *wq, int32_t fh, int32_t fw, int32_t acc[4])
-{
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    for (int32_t ky = 0; ky < fh; ++ky) {
-        const int8_t *xr = xp;
-        for (int32_t kx = 0; kx < fw; ++kx) {
-            const uint32_t x = tfmb_ld32(xr);
-            const uint32_t xe = tfmb_sxtb16(x), xo = tfmb_sxtb16_ror8(x);
-            const uint32_t we = wq[0], wo = wq[1];
-            wq += 2;
-            xr += col_step;
-            a0 = tfmb_smlabb(xe, we, a0);
-            a2 = tfmb_smlatt(xe, we, a2);
-            a1 = tfmb_smlabb(xo, wo, a1);
-            a3 = tfmb_smlatt(xo, wo, a3);
-        }
-        xp += row_step;
-    }
-    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
-}
-
-/* Four channels of a border position: taps [ky0, ky1) x [kx0, kx1) with the input offset added
- * (x + off fits a halfword), accumulators starting at the bias. */
-static inline void dw_clip4(const int8_t *xin, int32_t at, int32_t row_step, int32_t col_step, const uint32_t *wq, int32_t fw,
-                            int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, uint32_t off2, int32_t acc[4])
-{
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    for (int32_t ky = ky0; ky < ky1; ++ky) {
-        const int8_t *xr = xin + at + ky * row_step + kx0 * col_step;
-        const uint32_t *wr = wq + 2 * (ky * fw + kx0);
-        for (int32_t kx = kx0; kx < kx1; ++kx) {
-            const uint32_t x = tfmb_ld32(xr);
-            const uint32_t xe = tfmb_sadd16(tfmb_sxtb16(x), off2), xo = tfmb_sadd16(tfmb_sxtb16_ror8(x), off2);
-            const uint32_t we = wr[0], wo = wr[1];
-            wr += 2;
-            xr += col_step;
-            a0 = tfmb_smlabb(xe, we, a0);
-            a2 = tfmb_smlatt(xe, we, a2);
-            a1 = tfmb_smlabb(xo, wo, a1);
-            a3 = tfmb_smlatt(xo, wo, a3);
-        }
-    }
-    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
-}
+/* What one group of four channels keeps for its whole position loop. */
+typedef struct {
+    const uint32_t *wq;  /* tap k: channels 0, 2 and 1, 3 sign-extended to halfwords (wq[2k], wq[2k+1]) */
+    int32_t full[4];     /* bias + in_off * sum(w): the accumulators' start at interior positions */
+    int32_t bias[4];     /* at border positions, where the offset is added per tap */
+    dw_rq_t q[4];
+    uint32_t lo4, hi4, off2;
+    int32_t out_off, row_step, col_step, step, ystep, fh, fw;
+} dw_group_t;
 
 /* Requantize, clamp and store four channels. */
-static inline __attribute__((always_inline)) void dw_store4(int8_t *yp, const int32_t acc[4], const dw_rq_t q[4],
-                                                          int32_t out_off, uint32_t lo4, uint32_t hi4, bool rs)
+static inline __attribute__((always_inline)) void dw_store4(int8_t *yp, int32_t a0, int32_t a1, int32_t a2, int32_t a3,
+                                                          const dw_group_t *g, bool rs)
 {
-    const uint32_t v = tfmb_pack4(tfmb_ssat8(dw_out(acc[0], &q[0], out_off, rs)),
-                                  tfmb_ssat8(dw_out(acc[1], &q[1], out_off, rs)),
-                                  tfmb_ssat8(dw_out(acc[2], &q[2], out_off, rs)),
-                                  tfmb_ssat8(dw_out(acc[3], &q[3], out_off, rs)));
-    tfmb_st32(yp, tfmb_min_s8x4(tfmb_max_s8x4(v, lo4), hi4));
+    const uint32_t v = tfmb_pack4(tfmb_ssat8(dw_out(a0, &g->q[0], g->out_off, rs)),
+                                  tfmb_ssat8(dw_out(a1, &g->q[1], g->out_off, rs)),
+                                  tfmb_ssat8(dw_out(a2, &g->q[2], g->out_off, rs)),
+                                  tfmb_ssat8(dw_out(a3, &g->q[3], g->out_off, rs)));
+    tfmb_st32(yp, tfmb_min_s8x4(tfmb_max_s8x4(v, g->lo4), g->hi4));
+}
+
+/* One tap of four channels: the input word split into halfwords, multiplied lane by lane. */
+#define DW_TAP(p, k)                                                  \
+    do {                                                              \
+        const uint32_t x_ = tfmb_ld32(p);                             \
+        const uint32_t xe_ = tfmb_sxtb16(x_), xo_ = tfmb_sxtb16_ror8(x_); \
+        const uint32_t we_ = wq[2 * (k)], wo_ = wq[2 * (k) + 1];      \
+        a0 = tfmb_smlabb(xe_, we_, a0);                               \
+        a2 = tfmb_smlatt(xe_, we_, a2);                               \
+        a1 = tfmb_smlabb(xo_, wo_, a1);                               \
+        a3 = tfmb_smlatt(xo_, wo_, a3);                               \
+    } while (0)
+
+#if TFMB_NATIVE_DSP
+/* The nine taps of a 3x3 interior position in one block (the compiler's own schedule spills the
+ * four accumulators, two steps, two pointers and the temporaries): per tap one input load, two
+ * SXTB16, one LDRD of the tap's two weight words and four SMLAxy. */
+#define DW_ASM_TAP(addr)                   \
+    "ldr %[x], " addr "\n\t"               \
+    "ldrd %[we], %[wo], [%[w]], #8\n\t"    \
+    "sxtb16 %[xe], %[x]\n\t"               \
+    "sxtb16 %[x], %[x], ror #8\n\t"        \
+    "smlabb %[a0], %[xe], %[we], %[a0]\n\t" \
+    "smlatt %[a2], %[xe], %[we], %[a2]\n\t" \
+    "smlabb %[a1], %[x], %[wo], %[a1]\n\t"  \
+    "smlatt %[a3], %[x], %[wo], %[a3]\n\t"
+#define DW_ASM_ROW                                   \
+    DW_ASM_TAP("[%[p]]")                             \
+    DW_ASM_TAP("[%[p], %[cs]]")                      \
+    "add %[xe], %[p], %[cs], lsl #1\n\t"             \
+    DW_ASM_TAP("[%[xe]]")
+static inline __attribute__((always_inline)) void dw_mac_3x3_asm(const int8_t *xp, int32_t rstep, int32_t cstep,
+                                                               const uint32_t *wq, int32_t *a0, int32_t *a1,
+                                                               int32_t *a2, int32_t *a3)
+{
+    int32_t r0 = *a0, r1 = *a1, r2 = *a2, r3 = *a3;
+    uint32_t x, xe, we, wo;
+    const int8_t *p = xp;
+    const uint32_t *w = wq;
+    __asm__(DW_ASM_ROW "add %[p], %[p], %[rs]\n\t" DW_ASM_ROW "add %[p], %[p], %[rs]\n\t" DW_ASM_ROW
+            : [a0] "+r"(r0), [a1] "+r"(r1), [a2] "+r"(r2), [a3] "+r"(r3), [p] "+r"(p), [w] "+r"(w),
+              [x] "=&r"(x), [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
+            : [rs] "r"(rstep), [cs] "r"(cstep)
+            : "memory");
+    *a0 = r0, *a1 = r1, *a2 = r2, *a3 = r3;
+}
+#undef DW_ASM_ROW
+#undef DW_ASM_TAP
+#else
+static inline void dw_mac_3x3_asm(const int8_t *xp, int32_t rstep, int32_t cstep, const uint32_t *wq, int32_t *r0,
+                                  int32_t *r1, int32_t *r2, int32_t *r3)
+{
+    int32_t a0 = *r0, a1 = *r1, a2 = *r2, a3 = *r3;
+    for (int32_t ky = 0, k = 0; ky < 3; ++ky, xp += rstep)
+        for (int32_t kx = 0; kx < 3; ++kx, ++k) DW_TAP(xp + kx * cstep, k);
+    *r0 = a0, *r1 = a1, *r2 = a2, *r3 = a3;
+}
+#endif
+
+
+/* `count` interior positions of a row (every tap inside), from input xp and output yp on: the
+ * accumulators start at g->full and the offset is not added. The 3x3 instance is unrolled. */
+static inline __attribute__((always_inline)) void dw_run(const dw_group_t *g, const int8_t *xp, int8_t *yp,
+                                                       int32_t count, bool rs, bool k3x3)
+{
+    const uint32_t *wq = g->wq;
+    const int32_t rstep = g->row_step, cstep = g->col_step;
+    for (; count > 0; --count) {
+        int32_t a0 = g->full[0], a1 = g->full[1], a2 = g->full[2], a3 = g->full[3];
+        if (k3x3) {
+            dw_mac_3x3_asm(xp, rstep, cstep, wq, &a0, &a1, &a2, &a3);
+        } else {
+            const int8_t *r = xp;
+            int32_t k = 0;
+            for (int32_t ky = 0; ky < g->fh; ++ky, r += rstep) {
+                const int8_t *p = r;
+                for (int32_t kx = 0; kx < g->fw; ++kx, ++k, p += cstep) DW_TAP(p, k);
+            }
+        }
+        dw_store4(yp, a0, a1, a2, a3, g, rs);
+        xp += g->step;
+        yp += g->ystep;
+    }
+}
+
+static __attribute__((noinline)) void dw_run_3x3_rs(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
+{
+    dw_run(g, xp, yp, n, true, true);
+}
+static __attribute__((noinline)) void dw_run_3x3(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
+{
+    dw_run(g, xp, yp, n, false, true);
+}
+static __attribute__((noinline)) void dw_run_any_rs(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
+{
+    dw_run(g, xp, yp, n, true, false);
+}
+static __attribute__((noinline)) void dw_run_any(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
+{
+    dw_run(g, xp, yp, n, false, false);
+}
+
+/* n > 0 taps of a row, input offset added: per tap one load, LDRD of the weights, two SXTB16, two
+ * SADD16, four SMLAxy and the loop's two (one block: the compiler's schedule spills). */
+#if TFMB_NATIVE_DSP
+static inline __attribute__((always_inline)) void dw_mac_row_off(const int8_t *xr, int32_t cstep, const uint32_t *wr,
+                                                               int32_t n, uint32_t off2, int32_t *r0, int32_t *r1,
+                                                               int32_t *r2, int32_t *r3)
+{
+    int32_t a0 = *r0, a1 = *r1, a2 = *r2, a3 = *r3;
+    uint32_t x, xe, we, wo;
+    __asm__("1:\n\t"
+            "ldr %[x], [%[p]]\n\t"
+            "add %[p], %[p], %[cs]\n\t"
+            "ldrd %[we], %[wo], [%[w]], #8\n\t"
+            "sxtb16 %[xe], %[x]\n\t"
+            "sxtb16 %[x], %[x], ror #8\n\t"
+            "sadd16 %[xe], %[xe], %[off]\n\t"
+            "sadd16 %[x], %[x], %[off]\n\t"
+            "smlabb %[a0], %[xe], %[we], %[a0]\n\t"
+            "smlatt %[a2], %[xe], %[we], %[a2]\n\t"
+            "smlabb %[a1], %[x], %[wo], %[a1]\n\t"
+            "smlatt %[a3], %[x], %[wo], %[a3]\n\t"
+            "subs %[n], %[n], #1\n\t"
+            "bne 1b"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(xr), [w] "+r"(wr), [n] "+r"(n),
+              [x] "=&r"(x), [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
+            : [cs] "r"(cstep), [off] "r"(off2)
+            : "cc", "memory");
+    *r0 = a0, *r1 = a1, *r2 = a2, *r3 = a3;
+}
+#else
+static inline void dw_mac_row_off(const int8_t *xr, int32_t cstep, const uint32_t *wr, int32_t n, uint32_t off2,
+                                  int32_t *r0, int32_t *r1, int32_t *r2, int32_t *r3)
+{
+    for (; n > 0; --n, wr += 2, xr += cstep) {
+        const uint32_t v = tfmb_ld32(xr);
+        const uint32_t xe = tfmb_sadd16(tfmb_sxtb16(v), off2), xo = tfmb_sadd16(tfmb_sxtb16_ror8(v), off2);
+        *r0 = tfmb_smlabb(xe, wr[0], *r0);
+        *r2 = tfmb_smlatt(xe, wr[0], *r2);
+        *r1 = tfmb_smlabb(xo, wr[1], *r1);
+        *r3 = tfmb_smlatt(xo, wr[1], *r3);
+    }
+}
+#endif
+
+/* A border position: taps [ky0, ky1) x [kx0, kx1) only (the rest fall outside the input, which
+ * the reference skips), the input offset added per tap (x + off fits a halfword), accumulators
+ * from the bias. `at` is the index of tap (0, 0), which may lie outside the input. */
+static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t *x, int32_t at, int8_t *yp,
+                                              int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, bool rs)
+{
+    int32_t a0 = g->bias[0], a1 = g->bias[1], a2 = g->bias[2], a3 = g->bias[3];
+    const uint32_t off2 = g->off2;
+    for (int32_t ky = ky0; ky < ky1; ++ky) {
+        const int8_t *xr = x + at + ky * g->row_step + kx0 * g->col_step;
+        const uint32_t *wr = g->wq + 2 * (ky * g->fw + kx0);
+        if (kx1 > kx0) dw_mac_row_off(xr, g->col_step, wr, kx1 - kx0, off2, &a0, &a1, &a2, &a3);
+    }
+    if (rs)
+        dw_store4(yp, a0, a1, a2, a3, g, true);
+    else
+        dw_store4(yp, a0, a1, a2, a3, g, false);
 }
 
 /* Every output position of one group of four channels (c0 .. c0+3), depth multiplier 1. */
-static inline __attribute__((always_inline)) void dw_group4(const dw_args_t *a, int32_t c0, const uint32_t *wq,
-                                                          const dw_rq_t q[4], const int32_t full[4], bool rs,
-                                                          int32_t fh, int32_t fw)
+static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool rs)
 {
     const int32_t ic = a->ic;
-    const int32_t row_step = a->dh * a->iw * ic, col_step = a->dw * ic;
-    const uint32_t off2 = ((uint32_t)a->in_off & 0xFFFFu) * 0x10001u;
-    const uint32_t lo4 = tfmb_bytes4(a->lo), hi4 = tfmb_bytes4(a->hi);
-    const int32_t base_bias[4] = {q[0].bias, q[1].bias, q[2].bias, q[3].bias};
+    const bool k3x3 = a->fh == 3 && a->fw == 3;
+    void (*run)(const dw_group_t *, const int8_t *, int8_t *, int32_t) =
+        k3x3 ? (rs ? dw_run_3x3_rs : dw_run_3x3) : (rs ? dw_run_any_rs : dw_run_any);
     for (int32_t n = 0; n < a->batches; ++n)
         for (int32_t oy = 0; oy < a->oh; ++oy) {
             const int32_t iy0 = oy * a->sh - a->ph;
             int32_t ky0, ky1;
-            tfmb_taps_inside(iy0, a->dh, fh, a->ih, &ky0, &ky1);
-            const bool rows_full = ky0 == 0 && ky1 == fh;
+            tfmb_taps_inside(iy0, a->dh, a->fh, a->ih, &ky0, &ky1);
+            const bool rows_full = ky0 == 0 && ky1 == a->fh;
             const int32_t xrow = (n * a->ih + iy0) * a->iw * ic + c0; /* may be negative: taps inside add to it */
             int8_t *yrow = a->y + (n * a->oh + oy) * a->ow * a->oc + c0;
-            int32_t ox = 0;
-            while (ox < a->ow) {
-                const bool inner = rows_full && ox >= a->ox_a && ox < a->ox_b;
-                if (inner) {
-                    /* the run of interior positions of this row */
-                    const int32_t *init = full;
-                    const int8_t *xp = a->x + xrow + (ox * a->sw - a->pw) * ic;
-                    const int32_t step = a->sw * ic;
-                    int8_t *yp = yrow + ox * a->oc;
-                    for (; ox < a->ox_b; ++ox) {
-                        int32_t acc[4] = {init[0], init[1], init[2], init[3]};
-                        dw_full4(xp, row_step, col_step, wq, fh, fw, acc);
-                        dw_store4(yp, acc, q, a->out_off, lo4, hi4, rs);
-                        xp += step;
-                        yp += a->oc;
-                    }
+            for (int32_t ox = 0; ox < a->ow; ++ox) {
+                if (rows_full && ox == a->ox_a && a->ox_b > a->ox_a) {
+                    run(g, a->x + xrow + (ox * a->sw - a->pw) * ic, yrow + ox * a->oc, a->ox_b - a->ox_a);
+                    ox = a->ox_b - 1;
                     continue;
                 }
                 const int32_t ix0 = ox * a->sw - a->pw;
                 int32_t kx0, kx1;
-                tfmb_taps_inside(ix0, a->dw, fw, a->iw, &kx0, &kx1);
-                int32_t acc[4] = {base_bias[0], base_bias[1], base_bias[2], base_bias[3]};
-                dw_clip4(a->x, xrow + ix0 * ic, row_step, col_step, wq, fw, ky0, ky1, kx0, kx1, off2, acc);
-                dw_store4(yrow + ox * a->oc, acc, q, a->out_off, lo4, hi4, rs);
-                ++ox;
+                tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
+                dw_edge(g, a->x, xrow + ix0 * ic, yrow + ox * a->oc, ky0, ky1, kx0, kx1, rs);
             }
         }
 }
@@ -180,7 +287,7 @@ static void dw_channel(const dw_args_t *a, int32_t o)
 {
     const int32_t ci = o / a->dm;
     const dw_rq_t q = dw_rq(a, o);
-    const bool rs = q.shift <= -1;
+    const bool rs = tfmb_rs_ok(q.shift);
     for (int32_t n = 0; n < a->batches; ++n)
         for (int32_t oy = 0; oy < a->oh; ++oy) {
             const int32_t iy0 = oy * a->sh - a->ph;
@@ -226,35 +333,38 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
     int32_t groups = 0;
     if (a.dm == 1 && taps <= DW_MAX_TAPS) groups = a.oc / 4;
     uint32_t wq[2 * DW_MAX_TAPS];
-    for (int32_t g = 0; g < groups; ++g) {
-        const int32_t c0 = 4 * g;
-        dw_rq_t q[4];
-        int32_t full[4];
+    dw_group_t g;
+    g.wq = wq;
+    g.lo4 = tfmb_bytes4(a.lo);
+    g.hi4 = tfmb_bytes4(a.hi);
+    g.off2 = ((uint32_t)a.in_off & 0xFFFFu) * 0x10001u;
+    g.out_off = a.out_off;
+    g.row_step = a.dh * a.iw * a.ic;
+    g.col_step = a.dw * a.ic;
+    g.step = a.sw * a.ic;
+    g.ystep = a.oc;
+    g.fh = a.fh;
+    g.fw = a.fw;
+    for (int32_t grp = 0; grp < groups; ++grp) {
+        const int32_t c0 = 4 * grp;
         bool rs = true;
         for (int32_t j = 0; j < 4; ++j) {
-            q[j] = dw_rq(&a, c0 + j);
-            rs = rs && q[j].shift <= -1;
+            g.q[j] = dw_rq(&a, c0 + j);
+            g.bias[j] = g.q[j].bias;
+            rs = rs && tfmb_rs_ok(g.q[j].shift);
         }
         uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 49*128 */
-        for (int32_t k = 0; k < taps; ++k) {
-            const uint32_t w = tfmb_ld32(a.f + k * a.oc + c0);
-            wq[2 * k] = tfmb_sxtb16(w);
-            wq[2 * k + 1] = tfmb_sxtb16_ror8(w);
-            sum_e = tfmb_sadd16(sum_e, wq[2 * k]);
-            sum_o = tfmb_sadd16(sum_o, wq[2 * k + 1]);
+        const int8_t *fp = a.f + c0;
+        for (int32_t k = 0; k < 2 * taps; k += 2, fp += a.oc) {
+            const uint32_t w = tfmb_ld32(fp), we = tfmb_sxtb16(w), wo = tfmb_sxtb16_ror8(w);
+            wq[k] = we;
+            wq[k + 1] = wo;
+            sum_e = tfmb_sadd16(sum_e, we);
+            sum_o = tfmb_sadd16(sum_o, wo);
         }
         const int32_t sums[4] = {dw_half_lo(sum_e), dw_half_lo(sum_o), dw_half_hi(sum_e), dw_half_hi(sum_o)};
-        for (int32_t j = 0; j < 4; ++j) full[j] = tfmb_wadd(q[j].bias, (int32_t)((uint32_t)sums[j] * (uint32_t)a.in_off));
-        if (a.fh == 3 && a.fw == 3) {
-            if (rs)
-                dw_group4(&a, c0, wq, q, full, true, 3, 3);
-            else
-                dw_group4(&a, c0, wq, q, full, false, 3, 3);
-        } else if (rs) {
-            dw_group4(&a, c0, wq, q, full, true, a.fh, a.fw);
-        } else {
-            dw_group4(&a, c0, wq, q, full, false, a.fh, a.fw);
-        }
+        for (int32_t j = 0; j < 4; ++j) g.full[j] = tfmb_wadd(g.bias[j], (int32_t)((uint32_t)sums[j] * (uint32_t)a.in_off));
+        dw_group4(&a, c0, &g, rs);
     }
     for (int32_t o = 4 * groups; o < a.oc; ++o) dw_channel(&a, o);
 }
