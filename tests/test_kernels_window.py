@@ -239,3 +239,54 @@ def test_add_dsp_bit_exact(engine_lib, engine_lib_dsp) -> None:
     rng = np.random.default_rng(23)
     for case in add_cases():
         check(case, [engine_lib_dsp, engine_lib], rng, n=24)
+
+
+# --------------------------------------------------------------------------------------
+# On QEMU mps2-an386 (Cortex-M4F): the real DSP instructions, and the instruction count
+# --------------------------------------------------------------------------------------
+
+
+def _board_clock(client) -> int:
+    """The clock the firmware's cycle counter runs at (its BENCH answer, as bench/speed.py reads it)."""
+    import struct
+
+    from tinyfed.firmware_bridge.link.framing import Command
+
+    answer = client.request(Command.BENCH, struct.pack("<H", 1))
+    return int(struct.unpack_from("<IIIII", answer)[4])
+
+
+@pytest.mark.slow
+def test_window_kernels_on_qemu_m4() -> None:
+    """A few cases of each op on the Cortex-M4F firmware equal TFLM, and the DS-CNN depthwise layer
+    takes at most 8 instructions per MAC under ``-icount`` (the plain-C kernel takes about 22)."""
+    import shutil
+
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make setup installs both)")
+    from tinyfed.firmware_bridge.emulate.build import build_firmware
+    from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+    from tinyfed.firmware_bridge.link.client import BoardClient
+
+    rng = np.random.default_rng(31)
+    dscnn = depthwise_case(rng, ch=64, hw=(25, 5), act="RELU")
+    cases = [dscnn, *depthwise_cases(seed=4)[1:9], *pool_cases(seed=5)[:5], *pool_cases(seed=5)[19:24],
+             *add_cases(seed=6)[:4]]
+    elf = build_firmware("mps2-an386").elf
+    with launch_qemu("mps2-an386", elf, extra_args=("-icount", "shift=4")) as emu, \
+            BoardClient(emu.url, name="m4", timeout=120.0) as client:
+        clock = _board_clock(client)
+        for case in cases:
+            graph = TfliteGraph.from_bytes(case.model)
+            shape = tuple(graph.tensors[graph.inputs[0]].shape)
+            x = _inputs(rng, shape, 4)
+            client.load_fragment(compile_blob(case.model))
+            got = np.stack([client.infer(x[i : i + 1]) for i in range(len(x))])
+            if case is dscnn:
+                insn = client.last_cycles * 1e9 / clock / 16  # -icount shift=4: 16 ns per instruction
+                per_mac = insn / (25 * 5 * 64 * 9)
+                assert per_mac <= 8.0, f"DS-CNN depthwise layer: {per_mac:.2f} instructions per MAC"
+            if case.tflm:
+                want = np.asarray(TflmModel(case.model).run(x))
+                bad = np.count_nonzero(got.reshape(want.shape) != want)
+                assert bad == 0, f"{case.what}: {bad} of {want.size} values differ from TFLM on the M4"
