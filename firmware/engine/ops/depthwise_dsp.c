@@ -190,16 +190,21 @@ static __attribute__((noinline)) void dw_run_any(const dw_group_t *g, const int8
     dw_run(g, xp, yp, n, false, false);
 }
 
-/* n > 0 taps of a row, input offset added: per tap one load, LDRD of the weights, two SXTB16, two
- * SADD16, four SMLAxy and the loop's two (one block: the compiler's schedule spills). */
+/* The clipped taps of a border position, input offset added: `rows` x `cols` taps (both > 0) from
+ * xp / wp on, the next row `radv` input bytes and `wadv` weight words after a row's last tap. Per
+ * tap one load, LDRD of the weights, two SXTB16, two SADD16, four SMLAxy and the loop's two; one
+ * block with both loops (the compiler's schedule spills around a row-sized one). */
 #if TFMB_NATIVE_DSP
-static inline __attribute__((always_inline)) void dw_mac_row_off(const int8_t *xr, int32_t cstep, const uint32_t *wr,
-                                                               int32_t n, uint32_t off2, int32_t *r0, int32_t *r1,
-                                                               int32_t *r2, int32_t *r3)
+static inline __attribute__((always_inline)) void dw_mac_clip_off(const int8_t *xp, int32_t cstep, int32_t radv,
+                                                                const uint32_t *wp, int32_t wadv, int32_t rows,
+                                                                int32_t cols, uint32_t off2, int32_t acc[4])
 {
-    int32_t a0 = *r0, a1 = *r1, a2 = *r2, a3 = *r3;
-    uint32_t x, xe, we, wo;
-    __asm__("1:\n\t"
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    uint32_t x, xe, we, wo, n;
+    const int32_t wadv_bytes = 4 * wadv;
+    __asm__("2:\n\t"
+            "ldr %[n], %[cols]\n\t"
+            "1:\n\t"
             "ldr %[x], [%[p]]\n\t"
             "add %[p], %[p], %[cs]\n\t"
             "ldrd %[we], %[wo], [%[w]], #8\n\t"
@@ -212,25 +217,34 @@ static inline __attribute__((always_inline)) void dw_mac_row_off(const int8_t *x
             "smlabb %[a1], %[x], %[wo], %[a1]\n\t"
             "smlatt %[a3], %[x], %[wo], %[a3]\n\t"
             "subs %[n], %[n], #1\n\t"
-            "bne 1b"
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(xr), [w] "+r"(wr), [n] "+r"(n),
-              [x] "=&r"(x), [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
-            : [cs] "r"(cstep), [off] "r"(off2)
+            "bne 1b\n\t"
+            "ldr %[x], %[radv]\n\t"
+            "add %[p], %[p], %[x]\n\t"
+            "ldr %[x], %[wadv]\n\t"
+            "add %[w], %[w], %[x]\n\t"
+            "ldr %[x], %[rows]\n\t"
+            "subs %[x], %[x], #1\n\t"
+            "str %[x], %[rows]\n\t"
+            "bne 2b"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(xp), [w] "+r"(wp),
+              [n] "=&r"(n), [x] "=&r"(x), [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo), [rows] "+m"(rows)
+            : [cs] "r"(cstep), [off] "r"(off2), [cols] "m"(cols), [radv] "m"(radv), [wadv] "m"(wadv_bytes)
             : "cc", "memory");
-    *r0 = a0, *r1 = a1, *r2 = a2, *r3 = a3;
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
 }
 #else
-static inline void dw_mac_row_off(const int8_t *xr, int32_t cstep, const uint32_t *wr, int32_t n, uint32_t off2,
-                                  int32_t *r0, int32_t *r1, int32_t *r2, int32_t *r3)
+static inline void dw_mac_clip_off(const int8_t *xp, int32_t cstep, int32_t radv, const uint32_t *wp, int32_t wadv,
+                                   int32_t rows, int32_t cols, uint32_t off2, int32_t acc[4])
 {
-    for (; n > 0; --n, wr += 2, xr += cstep) {
-        const uint32_t v = tfmb_ld32(xr);
-        const uint32_t xe = tfmb_sadd16(tfmb_sxtb16(v), off2), xo = tfmb_sadd16(tfmb_sxtb16_ror8(v), off2);
-        *r0 = tfmb_smlabb(xe, wr[0], *r0);
-        *r2 = tfmb_smlatt(xe, wr[0], *r2);
-        *r1 = tfmb_smlabb(xo, wr[1], *r1);
-        *r3 = tfmb_smlatt(xo, wr[1], *r3);
-    }
+    for (; rows > 0; --rows, xp += radv, wp += wadv)
+        for (int32_t n = cols; n > 0; --n, wp += 2, xp += cstep) {
+            const uint32_t v = tfmb_ld32(xp);
+            const uint32_t xe = tfmb_sadd16(tfmb_sxtb16(v), off2), xo = tfmb_sadd16(tfmb_sxtb16_ror8(v), off2);
+            acc[0] = tfmb_smlabb(xe, wp[0], acc[0]);
+            acc[2] = tfmb_smlatt(xe, wp[0], acc[2]);
+            acc[1] = tfmb_smlabb(xo, wp[1], acc[1]);
+            acc[3] = tfmb_smlatt(xo, wp[1], acc[3]);
+        }
 }
 #endif
 
@@ -240,13 +254,13 @@ static inline void dw_mac_row_off(const int8_t *xr, int32_t cstep, const uint32_
 static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t *x, int32_t at, int8_t *yp,
                                               int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, bool rs)
 {
-    int32_t a0 = g->bias[0], a1 = g->bias[1], a2 = g->bias[2], a3 = g->bias[3];
-    const uint32_t off2 = g->off2;
-    for (int32_t ky = ky0; ky < ky1; ++ky) {
-        const int8_t *xr = x + at + ky * g->row_step + kx0 * g->col_step;
-        const uint32_t *wr = g->wq + 2 * (ky * g->fw + kx0);
-        if (kx1 > kx0) dw_mac_row_off(xr, g->col_step, wr, kx1 - kx0, off2, &a0, &a1, &a2, &a3);
-    }
+    int32_t acc[4] = {g->bias[0], g->bias[1], g->bias[2], g->bias[3]};
+    const int32_t rows = ky1 - ky0, cols = kx1 - kx0;
+    if (rows > 0 && cols > 0)
+        dw_mac_clip_off(x + at + ky0 * g->row_step + kx0 * g->col_step, g->col_step,
+                        g->row_step - cols * g->col_step, g->wq + 2 * (ky0 * g->fw + kx0), 2 * (g->fw - cols), rows,
+                        cols, g->off2, acc);
+    const int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     if (rs)
         dw_store4(yp, a0, a1, a2, a3, g, true);
     else
