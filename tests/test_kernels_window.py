@@ -118,16 +118,17 @@ def pool_case(rng: np.random.Generator, kind: str, *, fh: int = 2, fw: int = 2, 
     return Case(g.build([x], [y]), f"{kind} {fh}x{fw} s{stride} {'SAME' if same else 'VALID'} ch{ch} in{hw} {act}")
 
 
-def add_case(rng: np.random.Generator, shape: tuple[int, ...], act: str = "NONE") -> Case:
+def add_case(rng: np.random.Generator, shape: tuple[int, ...], act: str = "NONE", ratio: float | None = None) -> Case:
     """ADD of two independent, differently quantized activations: the two halves of the input's last
-    axis (STRIDED_SLICE), the second requantized (QUANTIZE) to its own scale and zero point."""
+    axis (STRIDED_SLICE), the second requantized (QUANTIZE) to its own scale and zero point
+    (``ratio`` times the first's: a tiny one gives an input shift beyond 23, the general path)."""
     g = GraphBuilder()
     s_x, zp_x = _scale(rng), int(rng.integers(-128, 128))
     wide = (*shape[:-1], 2 * shape[-1])
     x = g.act(wide, s_x, zp_x)
     a = g.act(shape, s_x, zp_x)
     b0 = g.act(shape, s_x, zp_x)
-    b = g.act(shape, _scale(rng), int(rng.integers(-128, 128)))
+    b = g.act(shape, _scale(rng) if ratio is None else s_x * ratio, int(rng.integers(-128, 128)))
     y = g.act(shape, _scale(rng, 0.08), int(rng.integers(-128, 128)))
     zeros, ones = [0] * len(shape), [1] * len(shape)
     half = [*shape[:-1], shape[-1]]
@@ -227,7 +228,8 @@ def test_pool_dsp_bit_exact(engine_lib, engine_lib_dsp) -> None:
 
 def add_cases(seed: int = 3) -> list[Case]:
     rng = np.random.default_rng(seed)
-    cases = [add_case(rng, (1, 16, 16, 16)), add_case(rng, (1, 1, 1, 1)), add_case(rng, (1, 3, 5, 7), "RELU")]
+    cases = [add_case(rng, (1, 16, 16, 16)), add_case(rng, (1, 1, 1, 1)), add_case(rng, (1, 3, 5, 7), "RELU"),
+             add_case(rng, (1, 4, 4, 8), ratio=1.0), add_case(rng, (1, 4, 4, 9), ratio=1e-9)]
     for _ in range(12):
         rank = int(rng.integers(2, 5))
         shape = (1, *(int(v) for v in rng.integers(1, 9, size=rank - 1)))
@@ -271,7 +273,7 @@ def test_window_kernels_on_qemu_m4() -> None:
     rng = np.random.default_rng(31)
     dscnn = depthwise_case(rng, ch=64, hw=(25, 5), act="RELU")
     cases = [dscnn, *depthwise_cases(seed=4)[1:9], *pool_cases(seed=5)[:5], *pool_cases(seed=5)[19:24],
-             *add_cases(seed=6)[:4]]
+             *add_cases(seed=6)[:5]]
     elf = build_firmware("mps2-an386").elf
     with launch_qemu("mps2-an386", elf, extra_args=("-icount", "shift=4")) as emu, \
             BoardClient(emu.url, name="m4", timeout=120.0) as client:

@@ -206,6 +206,28 @@ static inline tfmb_rs_t tfmb_rs_make(int32_t mult, int32_t shift, int32_t off)
     return q;
 }
 
+/* MultiplyByQuantizedMultiplier with shift 0 (no rounding division after the high mul) of x given as
+ * x2 = 2 * x, which the caller must have without overflow: floor((x*m + 2**30) / 2**31) is
+ * floor((x2*m + 2**31) / 2**32), the high word of one multiply-add. */
+#if TFMB_NATIVE_DSP
+static inline int32_t tfmb_rs0_apply(int32_t x2, int32_t mult)
+{
+    uint32_t lo;
+    int32_t hi;
+    __asm__("mov %0, #0x80000000\n\t"
+            "mov %1, #0\n\t"
+            "smlal %0, %1, %2, %3"
+            : "=&r"(lo), "=&r"(hi)
+            : "r"(x2), "r"(mult));
+    return hi;
+}
+#else
+static inline int32_t tfmb_rs0_apply(int32_t x2, int32_t mult)
+{
+    return (int32_t)(((int64_t)x2 * (int64_t)mult + (1LL << 31)) >> 32);
+}
+#endif
+
 #if TFMB_NATIVE_DSP
 static inline int32_t tfmb_rs_apply(int32_t x, const tfmb_rs_t *q)
 {
