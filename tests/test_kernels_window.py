@@ -186,7 +186,8 @@ def depthwise_cases(seed: int = 1) -> list[Case]:
         fh, fw = (int(v) for v in rng.integers(1, 6, size=2))
         dil = tuple(int(v) for v in rng.integers(1, 3, size=2))
         same = bool(rng.integers(0, 2))
-        hw = tuple(int(max(v, (k - 1) * d + 1)) for v, k, d in zip(rng.integers(1, 11, size=2), (fh, fw), dil))
+        sizes = rng.integers(1, 11, size=2)
+        hw = tuple(int(max(v, (k - 1) * d + 1)) for v, k, d in zip(sizes, (fh, fw), dil, strict=True))
         cases.append(depthwise_case(
             rng, fh=fh, fw=fw, stride=tuple(int(v) for v in rng.integers(1, 4, size=2)), dil=dil, same=same,
             dm=int(rng.choice([1, 1, 1, 2, 4])), ch=int(rng.integers(1, 68)), hw=hw,
@@ -214,7 +215,7 @@ def pool_cases(seed: int = 2) -> list[Case]:
         for _ in range(14):
             fh, fw = (int(v) for v in rng.integers(1, 6, size=2))
             same = bool(rng.integers(0, 2))
-            hw = tuple(int(max(v, k)) for v, k in zip(rng.integers(1, 12, size=2), (fh, fw)))
+            hw = tuple(int(max(v, k)) for v, k in zip(rng.integers(1, 12, size=2), (fh, fw), strict=True))
             cases.append(pool_case(rng, kind, fh=fh, fw=fw, stride=tuple(int(v) for v in rng.integers(1, 4, size=2)),
                                    same=same, ch=int(rng.integers(1, 68)), hw=hw, act=str(rng.choice(ACTS))))
     return cases
