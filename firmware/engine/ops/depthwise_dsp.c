@@ -18,7 +18,8 @@
 
 #if TFMB_CORE == TFMB_CORE_DSP
 
-#define DW_MAX_TAPS 49 /* filter taps of the packed path (7x7): 2 words each on the stack (392 bytes) */
+#define DW_COLS 32     /* output columns whose clipped tap range is computed once per op */
+#define DW_MAX_TAPS 25 /* filter taps of the packed path (5x5): 2 words each on the stack (200 bytes) */
 
 typedef struct {
     const int8_t *x, *f;
@@ -28,6 +29,7 @@ typedef struct {
     int32_t sh, sw, dh, dw, ph, pw, dm;
     int32_t batches, ih, iw, ic, oh, ow, oc, fh, fw;
     int32_t ox_a, ox_b; /* output columns whose taps are all inside the input: [ox_a, ox_b) */
+    uint8_t kx0[DW_COLS], kx1[DW_COLS]; /* the first DW_COLS output columns' taps inside (fw <= DW_MAX_TAPS) */
 } dw_args_t;
 
 /* The signed halfwords of a word. */
@@ -290,7 +292,12 @@ static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool 
                 }
                 const int32_t ix0 = ox * a->sw - a->pw;
                 int32_t kx0, kx1;
-                tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
+                if (ox < DW_COLS) {
+                    kx0 = a->kx0[ox];
+                    kx1 = a->kx1[ox];
+                } else {
+                    tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
+                }
                 dw_edge(g, a->x, xrow + ix0 * ic, yrow + ox * a->oc, ky0, ky1, kx0, kx1, rs);
             }
         }
@@ -343,6 +350,13 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
         .oh = out->d[1], .ow = out->d[2], .oc = out->d[3], .fh = filt->d[1], .fw = filt->d[2],
     };
     dw_inside_cols(a.ow, a.sw, a.pw, a.dw, a.fw, a.iw, &a.ox_a, &a.ox_b);
+    for (int32_t ox = 0; ox < a.ow && ox < DW_COLS && a.fw <= DW_MAX_TAPS; ++ox) {
+        int32_t k0, k1;
+        tfmb_taps_inside(ox * a.sw - a.pw, a.dw, a.fw, a.iw, &k0, &k1);
+        k0 = k0 < a.fw ? k0 : a.fw; /* an empty range stays empty, within a byte */
+        a.kx0[ox] = (uint8_t)k0;
+        a.kx1[ox] = (uint8_t)(k1 > k0 ? k1 : k0);
+    }
     const int32_t taps = a.fh * a.fw;
     int32_t groups = 0;
     if (a.dm == 1 && taps <= DW_MAX_TAPS) groups = a.oc / 4;
@@ -367,7 +381,7 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
             g.bias[j] = g.q[j].bias;
             rs = rs && tfmb_rs_ok(g.q[j].shift);
         }
-        uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 49*128 */
+        uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 25*128 */
         const int8_t *fp = a.f + c0;
         for (int32_t k = 0; k < 2 * taps; k += 2, fp += a.oc) {
             const uint32_t w = tfmb_ld32(fp), we = tfmb_sxtb16(w), wo = tfmb_sxtb16_ror8(w);
