@@ -10,8 +10,10 @@
  * offset: sum(w*(x+off)) == sum(w*x) + off*sum(w) (mod 2**32), so the group starts each
  * accumulator at bias + off*sum(w); border positions walk their clipped tap range and add the
  * offset per tap (SADD16), as the reference skips the taps outside. Requantization with a right
- * shift is one 64-bit multiply-add (tfmb_rs_apply, the output offset folded in), the clamp a bytewise max/min of the packed
- * word. Channel tails (C % 4), depth multipliers above 1 and filters of more than
+ * shift is one 64-bit multiply-add (tfmb_rs_apply, the output offset folded in), the clamp a
+ * bytewise max/min of the packed word. The 3x3 interior taps and the border taps run as asm blocks
+ * (the compiler's schedule spills the accumulators). Depth multipliers above 1 gather each tap's
+ * four input bytes (lane j reads input channel (o + j) / dm) and clip every position. Channel tails (C % 4) and filters of more than
  * DW_MAX_TAPS taps take a scalar loop with the same hoisting.
  */
 #include "../tfmb_simd.h"
@@ -303,6 +305,46 @@ static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool 
         }
 }
 
+/* Every output position of output channels o0 .. o0+3 with a depth multiplier above 1: lane j reads
+ * input channel (o0 + j) / dm, so each tap's input word is gathered from up to four bytes; the
+ * taps are clipped and the offset added per tap as at a border position. */
+static void dw_group4_dm(const dw_args_t *a, int32_t o0, const dw_group_t *g, bool rs)
+{
+    const int32_t ci = o0 / a->dm, ic = a->ic;
+    const int32_t d1 = (o0 + 1) / a->dm - ci, d2 = (o0 + 2) / a->dm - ci, d3 = (o0 + 3) / a->dm - ci;
+    for (int32_t n = 0; n < a->batches; ++n)
+        for (int32_t oy = 0; oy < a->oh; ++oy) {
+            const int32_t iy0 = oy * a->sh - a->ph;
+            int32_t ky0, ky1;
+            tfmb_taps_inside(iy0, a->dh, a->fh, a->ih, &ky0, &ky1);
+            int8_t *yp = a->y + (n * a->oh + oy) * a->ow * a->oc + o0;
+            for (int32_t ox = 0; ox < a->ow; ++ox, yp += a->oc) {
+                const int32_t ix0 = ox * a->sw - a->pw;
+                int32_t kx0, kx1;
+                tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
+                int32_t a0 = g->bias[0], a1 = g->bias[1], a2 = g->bias[2], a3 = g->bias[3];
+                for (int32_t ky = ky0; ky < ky1; ++ky) {
+                    const int8_t *xr = a->x + ((n * a->ih + iy0 + a->dh * ky) * a->iw + ix0) * ic + ci;
+                    const uint32_t *wr = g->wq + 2 * (ky * a->fw + kx0);
+                    for (int32_t kx = kx0; kx < kx1; ++kx, wr += 2) {
+                        const int8_t *p = xr + kx * g->col_step;
+                        const uint32_t v = tfmb_pack4(p[0], p[d1], p[d2], p[d3]);
+                        const uint32_t xe = tfmb_sadd16(tfmb_sxtb16(v), g->off2);
+                        const uint32_t xo = tfmb_sadd16(tfmb_sxtb16_ror8(v), g->off2);
+                        a0 = tfmb_smlabb(xe, wr[0], a0);
+                        a2 = tfmb_smlatt(xe, wr[0], a2);
+                        a1 = tfmb_smlabb(xo, wr[1], a1);
+                        a3 = tfmb_smlatt(xo, wr[1], a3);
+                    }
+                }
+                if (rs)
+                    dw_store4(yp, a0, a1, a2, a3, g, true);
+                else
+                    dw_store4(yp, a0, a1, a2, a3, g, false);
+            }
+        }
+}
+
 /* Every output position of output channel o (input channel o / dm), one channel at a time. */
 static void dw_channel(const dw_args_t *a, int32_t o)
 {
@@ -325,7 +367,8 @@ static void dw_channel(const dw_args_t *a, int32_t o)
                     for (int32_t kx = kx0; kx < kx1; ++kx)
                         acc += (uint32_t)((int32_t)fr[kx * a->oc] * ((int32_t)xr[a->dw * kx * a->ic] + a->in_off));
                 }
-                const int32_t v = rs ? dw_out((int32_t)acc, &q, a->out_off, true) : dw_out((int32_t)acc, &q, a->out_off, false);
+                const int32_t v =
+                    rs ? dw_out((int32_t)acc, &q, a->out_off, true) : dw_out((int32_t)acc, &q, a->out_off, false);
                 a->y[((n * a->oh + oy) * a->ow + ox) * a->oc + o] = (int8_t)tfmb_clamp(v, a->lo, a->hi);
             }
         }
@@ -359,7 +402,7 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
     }
     const int32_t taps = a.fh * a.fw;
     int32_t groups = 0;
-    if (a.dm == 1 && taps <= DW_MAX_TAPS) groups = a.oc / 4;
+    if (taps <= DW_MAX_TAPS) groups = a.oc / 4;
     uint32_t wq[2 * DW_MAX_TAPS];
     dw_group_t g;
     g.wq = wq;
@@ -391,8 +434,12 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
             sum_o = tfmb_sadd16(sum_o, wo);
         }
         const int32_t sums[4] = {dw_half_lo(sum_e), dw_half_lo(sum_o), dw_half_hi(sum_e), dw_half_hi(sum_o)};
-        for (int32_t j = 0; j < 4; ++j) g.full[j] = tfmb_wadd(g.bias[j], (int32_t)((uint32_t)sums[j] * (uint32_t)a.in_off));
-        dw_group4(&a, c0, &g, rs);
+        for (int32_t j = 0; j < 4; ++j)
+            g.full[j] = tfmb_wadd(g.bias[j], (int32_t)((uint32_t)sums[j] * (uint32_t)a.in_off));
+        if (a.dm == 1)
+            dw_group4(&a, c0, &g, rs);
+        else
+            dw_group4_dm(&a, c0, &g, rs);
     }
     for (int32_t o = 4 * groups; o < a.oc; ++o) dw_channel(&a, o);
 }
