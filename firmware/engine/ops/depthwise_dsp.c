@@ -13,8 +13,8 @@
  * shift is one 64-bit multiply-add (tfmb_rs_apply, the output offset folded in), the clamp a
  * bytewise max/min of the packed word. The 3x3 interior taps and the border taps run as asm blocks
  * (the compiler's schedule spills the accumulators). Depth multipliers above 1 gather each tap's
- * four input bytes (lane j reads input channel (o + j) / dm) and clip every position. Channel tails (C % 4) and filters of more than
- * DW_MAX_TAPS taps take a scalar loop with the same hoisting.
+ * four input bytes (lane j reads input channel (o + j) / dm) and clip every position. Channel
+ * tails (C % 4) and filters of more than DW_MAX_TAPS taps take a scalar loop with the same hoisting.
  */
 #include "../tfmb_simd.h"
 
