@@ -77,6 +77,8 @@ typedef struct {
     const uint32_t *wq;  /* tap k: channels 0, 2 and 1, 3 sign-extended to halfwords (wq[2k], wq[2k+1]) */
     int32_t full[4];     /* bias + in_off * sum(w): the accumulators' start at interior positions */
     int32_t bias[4];     /* at border positions, where the offset is added per tap */
+    int32_t side[4][4];  /* 3x3: bias + in_off * sum(w) without filter row 0, row 2, column 0, column 2 */
+    bool sides;          /* side[] is set (the op has positions with one side of the window outside) */
     dw_rq_t q[4];
     uint32_t lo4, hi4, off2;
     int32_t out_off, row_step, col_step, step, ystep, fh, fw;
@@ -138,6 +140,35 @@ static inline __attribute__((always_inline)) void dw_mac_3x3_asm(const int8_t *x
             : "memory");
     *a0 = r0, *a1 = r1, *a2 = r2, *a3 = r3;
 }
+/* A 3x3 border position with one side outside (accumulators from the matching dw_group_t init):
+ * two full rows (from xp, weights from wq on), or three rows of two taps (the third tap's weights
+ * skipped, before or after as wq points). */
+static inline __attribute__((always_inline)) void dw_mac_3x3_side_asm(const int8_t *xp, int32_t rstep, int32_t cstep,
+                                                                    const uint32_t *wq, bool two_rows, int32_t *a0,
+                                                                    int32_t *a1, int32_t *a2, int32_t *a3)
+{
+    int32_t r0 = *a0, r1 = *a1, r2 = *a2, r3 = *a3;
+    uint32_t x, xe, we, wo;
+    const int8_t *p = xp;
+    const uint32_t *w = wq;
+    if (two_rows)
+        __asm__(DW_ASM_ROW "add %[p], %[p], %[rs]\n\t" DW_ASM_ROW
+                : [a0] "+r"(r0), [a1] "+r"(r1), [a2] "+r"(r2), [a3] "+r"(r3), [p] "+r"(p), [w] "+r"(w),
+                  [x] "=&r"(x), [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
+                : [rs] "r"(rstep), [cs] "r"(cstep)
+                : "memory");
+    else
+        __asm__(DW_ASM_TAP("[%[p]]") DW_ASM_TAP("[%[p], %[cs]]") "add %[w], %[w], #8\n\t"
+                "add %[p], %[p], %[rs]\n\t"
+                DW_ASM_TAP("[%[p]]") DW_ASM_TAP("[%[p], %[cs]]") "add %[w], %[w], #8\n\t"
+                "add %[p], %[p], %[rs]\n\t"
+                DW_ASM_TAP("[%[p]]") DW_ASM_TAP("[%[p], %[cs]]")
+                : [a0] "+r"(r0), [a1] "+r"(r1), [a2] "+r"(r2), [a3] "+r"(r3), [p] "+r"(p), [w] "+r"(w),
+                  [x] "=&r"(x), [xe] "=&r"(xe), [we] "=&r"(we), [wo] "=&r"(wo)
+                : [rs] "r"(rstep), [cs] "r"(cstep)
+                : "memory");
+    *a0 = r0, *a1 = r1, *a2 = r2, *a3 = r3;
+}
 #undef DW_ASM_ROW
 #undef DW_ASM_TAP
 #else
@@ -147,6 +178,15 @@ static inline void dw_mac_3x3_asm(const int8_t *xp, int32_t rstep, int32_t cstep
     int32_t a0 = *r0, a1 = *r1, a2 = *r2, a3 = *r3;
     for (int32_t ky = 0, k = 0; ky < 3; ++ky, xp += rstep)
         for (int32_t kx = 0; kx < 3; ++kx, ++k) DW_TAP(xp + kx * cstep, k);
+    *r0 = a0, *r1 = a1, *r2 = a2, *r3 = a3;
+}
+static inline void dw_mac_3x3_side_asm(const int8_t *xp, int32_t rstep, int32_t cstep, const uint32_t *wq,
+                                       bool two_rows, int32_t *r0, int32_t *r1, int32_t *r2, int32_t *r3)
+{
+    int32_t a0 = *r0, a1 = *r1, a2 = *r2, a3 = *r3;
+    const int32_t rows = two_rows ? 2 : 3, cols = two_rows ? 3 : 2;
+    for (int32_t ky = 0, k = 0; ky < rows; ++ky, xp += rstep, k += 3 - cols)
+        for (int32_t kx = 0; kx < cols; ++kx, ++k) DW_TAP(xp + kx * cstep, k);
     *r0 = a0, *r1 = a1, *r2 = a2, *r3 = a3;
 }
 #endif
@@ -271,6 +311,22 @@ static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t 
         dw_store4(yp, a0, a1, a2, a3, g, false);
 }
 
+/* A 3x3 border position with one side outside: side 1 (top row out) / 0 (bottom row out): two full
+ * rows from xp; side 3 (left column out) / 2 (right column out): three rows of two taps. The
+ * accumulators start at the matching g->side, so no offset is added per tap. */
+static __attribute__((noinline)) void dw_side(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t side, bool rs)
+{
+    static const uint8_t left_out[4] = {1, 0, 3, 2}; /* g->side index: row 2, row 0, column 2, column 0 out */
+    const int32_t *init = g->side[left_out[side]];
+    int32_t a0 = init[0], a1 = init[1], a2 = init[2], a3 = init[3];
+    const uint32_t *w = g->wq + (side == 1 ? 6 : side == 3 ? 2 : 0); /* the first inside tap's weights */
+    dw_mac_3x3_side_asm(xp, g->row_step, g->col_step, w, side < 2, &a0, &a1, &a2, &a3);
+    if (rs)
+        dw_store4(yp, a0, a1, a2, a3, g, true);
+    else
+        dw_store4(yp, a0, a1, a2, a3, g, false);
+}
+
 /* Every output position of one group of four channels (c0 .. c0+3), depth multiplier 1. */
 static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool rs)
 {
@@ -300,7 +356,16 @@ static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool 
                 } else {
                     tfmb_taps_inside(ix0, a->dw, a->fw, a->iw, &kx0, &kx1);
                 }
-                dw_edge(g, a->x, xrow + ix0 * ic, yrow + ox * a->oc, ky0, ky1, kx0, kx1, rs);
+                const int32_t at = xrow + ix0 * ic;
+                int32_t side = -1; /* which one side of a 3x3 window lies outside */
+                if (k3x3 && g->sides) {
+                    if (kx0 == 0 && kx1 == 3 && ky1 - ky0 == 2) side = ky0;     /* 1: top row out, 0: bottom */
+                    if (ky0 == 0 && ky1 == 3 && kx1 - kx0 == 2) side = 2 + kx0; /* 3: left out, 2: right */
+                }
+                if (side >= 0)
+                    dw_side(g, a->x + at + ky0 * g->row_step + kx0 * g->col_step, yrow + ox * a->oc, side, rs);
+                else
+                    dw_edge(g, a->x, at, yrow + ox * a->oc, ky0, ky1, kx0, kx1, rs);
             }
         }
 }
@@ -416,6 +481,10 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
     g.ystep = a.oc;
     g.fh = a.fh;
     g.fw = a.fw;
+    /* whether any position has exactly one side of its 3x3 window outside (dw_side): rows or columns
+     * with clipped taps exist */
+    const bool sides = a.ox_a > 0 || a.ox_b < a.ow || a.ph > 0 || (a.oh - 1) * a.sh - a.ph + 2 * a.dh >= a.ih;
+    g.sides = sides;
     for (int32_t grp = 0; grp < groups; ++grp) {
         const int32_t c0 = 4 * grp;
         bool rs = true;
@@ -436,6 +505,26 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
         const int32_t sums[4] = {dw_half_lo(sum_e), dw_half_lo(sum_o), dw_half_hi(sum_e), dw_half_hi(sum_o)};
         for (int32_t j = 0; j < 4; ++j)
             g.full[j] = tfmb_wadd(g.bias[j], (int32_t)((uint32_t)sums[j] * (uint32_t)a.in_off));
+        if (a.fh == 3 && a.fw == 3 && sides) {
+            /* the taps each side init leaves out: row 0 (0, 1, 2), row 2 (6, 7, 8), column 0 (0, 3, 6),
+             * column 2 (2, 5, 8); halfword sums as in sum_e / sum_o */
+            const uint32_t *w = wq;
+            const uint32_t out_e[4] = {tfmb_sadd16(tfmb_sadd16(w[0], w[2]), w[4]),
+                                       tfmb_sadd16(tfmb_sadd16(w[12], w[14]), w[16]),
+                                       tfmb_sadd16(tfmb_sadd16(w[0], w[6]), w[12]),
+                                       tfmb_sadd16(tfmb_sadd16(w[4], w[10]), w[16])};
+            const uint32_t out_o[4] = {tfmb_sadd16(tfmb_sadd16(w[1], w[3]), w[5]),
+                                       tfmb_sadd16(tfmb_sadd16(w[13], w[15]), w[17]),
+                                       tfmb_sadd16(tfmb_sadd16(w[1], w[7]), w[13]),
+                                       tfmb_sadd16(tfmb_sadd16(w[5], w[11]), w[17])};
+            const uint32_t off = (uint32_t)a.in_off;
+            for (int32_t sd = 0; sd < 4; ++sd) {
+                g.side[sd][0] = tfmb_wsub(g.full[0], (int32_t)((uint32_t)dw_half_lo(out_e[sd]) * off));
+                g.side[sd][1] = tfmb_wsub(g.full[1], (int32_t)((uint32_t)dw_half_lo(out_o[sd]) * off));
+                g.side[sd][2] = tfmb_wsub(g.full[2], (int32_t)((uint32_t)dw_half_hi(out_e[sd]) * off));
+                g.side[sd][3] = tfmb_wsub(g.full[3], (int32_t)((uint32_t)dw_half_hi(out_o[sd]) * off));
+            }
+        }
         if (a.dm == 1)
             dw_group4(&a, c0, &g, rs);
         else
