@@ -61,7 +61,8 @@ static inline __attribute__((always_inline)) void add_run(const int8_t *a, const
     for (; i < n; ++i) y[i] = (int8_t)tfmb_clamp(add_one(a[i], b[i], q, k1, k2, rs), lo, hi);
 }
 
-/* The common instances get their own loop; anything else runs the general one. */
+/* The instances TFLM's ADD produces (its larger-scaled input has multiplier 0.5, shift 0: one input
+ * RS0 and the other RS, or both RS0 at equal scales) get their own loop. */
 static __attribute__((noinline)) void add_fast(const int8_t *a, const int8_t *b, int8_t *y, uint32_t n,
                                                const add_q_t *q, int32_t lo, int32_t hi, int k1, int k2)
 {
@@ -69,12 +70,15 @@ static __attribute__((noinline)) void add_fast(const int8_t *a, const int8_t *b,
         add_run(a, b, y, n, q, lo, hi, ADD_RS0, ADD_RS, true);
     else if (k1 == ADD_RS && k2 == ADD_RS0)
         add_run(a, b, y, n, q, lo, hi, ADD_RS, ADD_RS0, true);
-    else if (k1 == ADD_RS0 && k2 == ADD_RS0)
-        add_run(a, b, y, n, q, lo, hi, ADD_RS0, ADD_RS0, true);
-    else if (k1 == ADD_RS && k2 == ADD_RS)
-        add_run(a, b, y, n, q, lo, hi, ADD_RS, ADD_RS, true);
     else
-        add_run(a, b, y, n, q, lo, hi, ADD_GEN, ADD_GEN, false);
+        add_run(a, b, y, n, q, lo, hi, ADD_RS0, ADD_RS0, true);
+}
+
+/* Any other rescaling: one element at a time (rare, kept small). */
+static __attribute__((noinline)) void add_general(const int8_t *a, const int8_t *b, int8_t *y, uint32_t n,
+                                                  const add_q_t *q, int32_t lo, int32_t hi)
+{
+    for (uint32_t i = 0; i < n; ++i) y[i] = (int8_t)tfmb_clamp(add_one(a[i], b[i], q, ADD_GEN, ADD_GEN, false), lo, hi);
 }
 
 void tfmb_add_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c);
@@ -91,13 +95,13 @@ void tfmb_add_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tens
     /* shift 0 needs 2 * ((v + off) << left) exact: |v + off| <= 255, so left <= 22 */
     const int k1 = tfmb_rs_ok(q.s1) ? ADD_RS : (q.s1 == 0 && q.left <= 22 ? ADD_RS0 : ADD_GEN);
     const int k2 = tfmb_rs_ok(q.s2) ? ADD_RS : (q.s2 == 0 && q.left <= 22 ? ADD_RS0 : ADD_GEN);
-    if (k1 != ADD_GEN && k2 != ADD_GEN && tfmb_rs_ok(q.so)) {
+    if (k1 != ADD_GEN && k2 != ADD_GEN && (k1 == ADD_RS0 || k2 == ADD_RS0) && tfmb_rs_ok(q.so)) {
         q.r1 = tfmb_rs_make(q.m1, k1 == ADD_RS ? q.s1 : -1, 0);
         q.r2 = tfmb_rs_make(q.m2, k2 == ADD_RS ? q.s2 : -1, 0);
         q.ro = tfmb_rs_make(q.mo, q.so, q.out_off);
         add_fast(a, b, y, out->elems, &q, op->p[2], op->p[3], k1, k2);
     } else {
-        add_fast(a, b, y, out->elems, &q, op->p[2], op->p[3], ADD_GEN, ADD_GEN);
+        add_general(a, b, y, out->elems, &q, op->p[2], op->p[3]);
     }
 }
 

@@ -95,6 +95,14 @@ static inline __attribute__((always_inline)) void dw_store4(int8_t *yp, int32_t 
     tfmb_st32(yp, tfmb_min_s8x4(tfmb_max_s8x4(v, g->lo4), g->hi4));
 }
 
+/* dw_store4 for a group whose shifts are not all right shifts of 1..23 (rare: multipliers >= 1
+ * or tiny ones), one out-of-line copy. */
+static __attribute__((noinline)) void dw_store4_gen(int8_t *yp, int32_t a0, int32_t a1, int32_t a2, int32_t a3,
+                                                    const dw_group_t *g)
+{
+    dw_store4(yp, a0, a1, a2, a3, g, false);
+}
+
 /* One tap of four channels: the input word split into halfwords, multiplied lane by lane. */
 #define DW_TAP(p, k)                                                  \
     do {                                                              \
@@ -211,7 +219,10 @@ static inline __attribute__((always_inline)) void dw_run(const dw_group_t *g, co
                 for (int32_t kx = 0; kx < g->fw; ++kx, ++k, p += cstep) DW_TAP(p, k);
             }
         }
-        dw_store4(yp, a0, a1, a2, a3, g, rs);
+        if (rs)
+            dw_store4(yp, a0, a1, a2, a3, g, true);
+        else
+            dw_store4_gen(yp, a0, a1, a2, a3, g);
         xp += g->step;
         yp += g->ystep;
     }
@@ -220,10 +231,6 @@ static inline __attribute__((always_inline)) void dw_run(const dw_group_t *g, co
 static __attribute__((noinline)) void dw_run_3x3_rs(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
 {
     dw_run(g, xp, yp, n, true, true);
-}
-static __attribute__((noinline)) void dw_run_3x3(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
-{
-    dw_run(g, xp, yp, n, false, true);
 }
 static __attribute__((noinline)) void dw_run_any_rs(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t n)
 {
@@ -308,7 +315,7 @@ static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t 
     if (rs)
         dw_store4(yp, a0, a1, a2, a3, g, true);
     else
-        dw_store4(yp, a0, a1, a2, a3, g, false);
+        dw_store4_gen(yp, a0, a1, a2, a3, g);
 }
 
 /* A 3x3 border position with one side outside: side 1 (top row out) / 0 (bottom row out): two full
@@ -324,7 +331,7 @@ static __attribute__((noinline)) void dw_side(const dw_group_t *g, const int8_t 
     if (rs)
         dw_store4(yp, a0, a1, a2, a3, g, true);
     else
-        dw_store4(yp, a0, a1, a2, a3, g, false);
+        dw_store4_gen(yp, a0, a1, a2, a3, g);
 }
 
 /* Every output position of one group of four channels (c0 .. c0+3), depth multiplier 1. */
@@ -333,7 +340,7 @@ static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool 
     const int32_t ic = a->ic;
     const bool k3x3 = a->fh == 3 && a->fw == 3;
     void (*run)(const dw_group_t *, const int8_t *, int8_t *, int32_t) =
-        k3x3 ? (rs ? dw_run_3x3_rs : dw_run_3x3) : (rs ? dw_run_any_rs : dw_run_any);
+        k3x3 && rs ? dw_run_3x3_rs : (rs ? dw_run_any_rs : dw_run_any);
     for (int32_t n = 0; n < a->batches; ++n)
         for (int32_t oy = 0; oy < a->oh; ++oy) {
             const int32_t iy0 = oy * a->sh - a->ph;
@@ -405,7 +412,7 @@ static void dw_group4_dm(const dw_args_t *a, int32_t o0, const dw_group_t *g, bo
                 if (rs)
                     dw_store4(yp, a0, a1, a2, a3, g, true);
                 else
-                    dw_store4(yp, a0, a1, a2, a3, g, false);
+                    dw_store4_gen(yp, a0, a1, a2, a3, g);
             }
         }
 }
