@@ -293,3 +293,6 @@ def test_window_kernels_on_qemu_m4() -> None:
                 want = np.asarray(TflmModel(case.model).run(x))
                 bad = np.count_nonzero(got.reshape(want.shape) != want)
                 assert bad == 0, f"{case.what}: {bad} of {want.size} values differ from TFLM on the M4"
+        stats = client.ram_stats()  # the kernels keep their taps and tables on the stack
+        assert stats.stack_peak < stats.stack_bytes, f"stack peak {stats.stack_peak} of {stats.stack_bytes} bytes"
+        print(f"stack peak {stats.stack_peak} of {stats.stack_bytes} bytes")
