@@ -181,6 +181,8 @@ def depthwise_cases(seed: int = 1) -> list[Case]:
         depthwise_case(rng, ch=8, hw=(10, 10), fh=9, fw=9, same=True),  # 81 taps: the scalar path
         depthwise_case(rng, ch=67, hw=(6, 5), bias=False, act="RELU"),
         depthwise_case(rng, ch=4, hw=(8, 8), dil=(3, 2), stride=(2, 3), same=False),
+        depthwise_case(rng, ch=12, hw=(9, 8), fh=7, fw=7, act="RELU6"),  # 49 taps: the packed path's largest
+        depthwise_case(rng, ch=6, hw=(5, 5), dm=2, bias=False),
     ]
     for _ in range(28):
         fh, fw = (int(v) for v in rng.integers(1, 6, size=2))

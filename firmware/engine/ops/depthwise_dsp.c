@@ -21,7 +21,7 @@
 #if TFMB_CORE == TFMB_CORE_DSP
 
 #define DW_COLS 32     /* output columns whose clipped tap range is computed once per op */
-#define DW_MAX_TAPS 25 /* filter taps of the packed path (5x5): 2 words each on the stack (200 bytes) */
+#define DW_MAX_TAPS 49 /* filter taps of the packed path (7x7): 2 words each on the stack (392 bytes) */
 
 typedef struct {
     const int8_t *x, *f;
@@ -500,7 +500,7 @@ void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
             g.bias[j] = g.q[j].bias;
             rs = rs && tfmb_rs_ok(g.q[j].shift);
         }
-        uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 25*128 */
+        uint32_t sum_e = 0, sum_o = 0; /* sum(w) per channel as halfwords, |sum| <= 49*128 */
         const int8_t *fp = a.f + c0;
         for (int32_t k = 0; k < 2 * taps; k += 2, fp += a.oc) {
             const uint32_t w = tfmb_ld32(fp), we = tfmb_sxtb16(w), wo = tfmb_sxtb16_ror8(w);
