@@ -302,8 +302,9 @@ static inline void dw_mac_clip_off(const int8_t *xp, int32_t cstep, int32_t radv
 /* A border position: taps [ky0, ky1) x [kx0, kx1) only (the rest fall outside the input, which
  * the reference skips), the input offset added per tap (x + off fits a halfword), accumulators
  * from the bias. `at` is the index of tap (0, 0), which may lie outside the input. */
-static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t *x, int32_t at, int8_t *yp,
-                                              int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, bool rs)
+static inline __attribute__((always_inline)) void dw_edge_body(const dw_group_t *g, const int8_t *x, int32_t at,
+                                                               int8_t *yp, int32_t ky0, int32_t ky1, int32_t kx0,
+                                                               int32_t kx1, bool rs)
 {
     int32_t acc[4] = {g->bias[0], g->bias[1], g->bias[2], g->bias[3]};
     const int32_t rows = ky1 - ky0, cols = kx1 - kx0;
@@ -318,10 +319,20 @@ static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t 
         dw_store4_gen(yp, a0, a1, a2, a3, g);
 }
 
+static __attribute__((noinline)) void dw_edge(const dw_group_t *g, const int8_t *x, int32_t at, int8_t *yp,
+                                              int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, bool rs)
+{
+    if (rs)
+        dw_edge_body(g, x, at, yp, ky0, ky1, kx0, kx1, true);
+    else
+        dw_edge_body(g, x, at, yp, ky0, ky1, kx0, kx1, false);
+}
+
 /* A 3x3 border position with one side outside: side 1 (top row out) / 0 (bottom row out): two full
  * rows from xp; side 3 (left column out) / 2 (right column out): three rows of two taps. The
  * accumulators start at the matching g->side, so no offset is added per tap. */
-static __attribute__((noinline)) void dw_side(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t side, bool rs)
+static inline __attribute__((always_inline)) void dw_side_body(const dw_group_t *g, const int8_t *xp, int8_t *yp,
+                                                               int32_t side, bool rs)
 {
     static const uint8_t left_out[4] = {1, 0, 3, 2}; /* g->side index: row 2, row 0, column 2, column 0 out */
     const int32_t *init = g->side[left_out[side]];
@@ -332,6 +343,16 @@ static __attribute__((noinline)) void dw_side(const dw_group_t *g, const int8_t 
         dw_store4(yp, a0, a1, a2, a3, g, true);
     else
         dw_store4_gen(yp, a0, a1, a2, a3, g);
+}
+
+/* The right-shift instance has no call in it (the compiler then keeps more in registers). */
+static __attribute__((noinline)) void dw_side_rs(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t side)
+{
+    dw_side_body(g, xp, yp, side, true);
+}
+static __attribute__((noinline)) void dw_side_gen(const dw_group_t *g, const int8_t *xp, int8_t *yp, int32_t side)
+{
+    dw_side_body(g, xp, yp, side, false);
 }
 
 /* Every output position of one group of four channels (c0 .. c0+3), depth multiplier 1. */
@@ -370,7 +391,8 @@ static void dw_group4(const dw_args_t *a, int32_t c0, const dw_group_t *g, bool 
                     if (ky0 == 0 && ky1 == 3 && kx1 - kx0 == 2) side = 2 + kx0; /* 3: left out, 2: right */
                 }
                 if (side >= 0)
-                    dw_side(g, a->x + at + ky0 * g->row_step + kx0 * g->col_step, yrow + ox * a->oc, side, rs);
+                    (rs ? dw_side_rs : dw_side_gen)(g, a->x + at + ky0 * g->row_step + kx0 * g->col_step,
+                                                    yrow + ox * a->oc, side);
                 else
                     dw_edge(g, a->x, at, yrow + ox * a->oc, ky0, ky1, kx0, kx1, rs);
             }
