@@ -46,6 +46,11 @@ static void add_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_t
     }
 }
 
+#if TFMB_CORE == TFMB_CORE_DSP
+/* add_dsp.c */
+void tfmb_add_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c);
+#endif
+
 static const tfmb_op_entry_t tfmb_op_add = {
     .code = TFMB_OP_ADD,
     .inputs = 2,
@@ -54,7 +59,9 @@ static const tfmb_op_entry_t tfmb_op_add = {
     .in_place = false,
     .validate = add_validate,
     .eval = add_eval,
-#if TFMB_CORE == TFMB_CORE_MVE
+#if TFMB_CORE == TFMB_CORE_DSP
+    .fast = tfmb_add_dsp,
+#elif TFMB_CORE == TFMB_CORE_MVE
     .fast = tfmb_add_mve,
 #endif
 };

@@ -166,6 +166,12 @@ static const tfmb_op_entry_t tfmb_op_conv_2d = {
 };
 TFMB_REGISTER_OP(tfmb_op_conv_2d);
 
+#if TFMB_CORE == TFMB_CORE_DSP
+/* depthwise_dsp.c */
+void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                const tfmb_ctx_t *c);
+#endif
+
 static const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .code = TFMB_OP_DEPTHWISE_CONV_2D,
     .inputs = 3,
@@ -174,7 +180,9 @@ static const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .in_place = false,
     .validate = conv_validate,
     .eval = depthwise_conv_2d_eval,
-#if TFMB_CORE == TFMB_CORE_MVE
+#if TFMB_CORE == TFMB_CORE_DSP
+    .fast = tfmb_depthwise_conv_2d_dsp,
+#elif TFMB_CORE == TFMB_CORE_MVE
     .fast = tfmb_depthwise_conv_2d_mve,
 #endif
 };

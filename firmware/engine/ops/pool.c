@@ -82,6 +82,14 @@ static void average_pool_2d_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], 
     pool_eval(op, t, out, c, false);
 }
 
+#if TFMB_CORE == TFMB_CORE_DSP
+/* pool_dsp.c */
+void tfmb_max_pool_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                          const tfmb_ctx_t *c);
+void tfmb_average_pool_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                              const tfmb_ctx_t *c);
+#endif
+
 static const tfmb_op_entry_t tfmb_op_max_pool_2d = {
     .code = TFMB_OP_MAX_POOL_2D,
     .inputs = 1,
@@ -90,6 +98,9 @@ static const tfmb_op_entry_t tfmb_op_max_pool_2d = {
     .in_place = false,
     .validate = pool_validate,
     .eval = max_pool_2d_eval,
+#if TFMB_CORE == TFMB_CORE_DSP
+    .fast = tfmb_max_pool_2d_dsp,
+#endif
 };
 TFMB_REGISTER_OP(tfmb_op_max_pool_2d);
 
@@ -101,5 +112,8 @@ static const tfmb_op_entry_t tfmb_op_average_pool_2d = {
     .in_place = false,
     .validate = pool_validate,
     .eval = average_pool_2d_eval,
+#if TFMB_CORE == TFMB_CORE_DSP
+    .fast = tfmb_average_pool_2d_dsp,
+#endif
 };
 TFMB_REGISTER_OP(tfmb_op_average_pool_2d);
