@@ -4,6 +4,7 @@
  * Params: p0/p1 stride h/w, p2/p3 dilation h/w, p4/p5 padding top/left, p6 depth multiplier
  * (DEPTHWISE_CONV_2D only). Filter channel axis 0 (CONV_2D: OHWI) or 3 (DEPTHWISE: 1HWO).
  */
+#include "../tftr_fpu.h"
 #include "../tftr_internal.h"
 
 /* Both entries' functions serve CONV_2D and DEPTHWISE_CONV_2D: the op's code selects the filter
@@ -59,6 +60,15 @@ static inline conv_args_t conv_args(const tftr_op_t *op, const tftr_tensor_t *t,
     };
 }
 
+/* Taps of a CONV_2D output pixel per call of the dot product and axpy kernels: with dilation 1
+ * along the width, the taps kx0..kx1 of one filter row are (kx1 - kx0) * ic floats that follow
+ * each other in the input and in the weight row alike, in the order of per-tap loops (kx, then
+ * the input channel), so the sums round exactly as those loops do; else one tap per call. */
+static inline int32_t conv_taps_per_run(const conv_args_t *a, int32_t kx0, int32_t kx1)
+{
+    return a->dwl == 1 ? kx1 - kx0 : 1;
+}
+
 static void conv_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out, const tftr_ctx_t *c)
 {
     const bool dw = is_depthwise(op);
@@ -69,26 +79,32 @@ static void conv_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const tf
         const float *row = tftr_weight_row(c, a.w, (uint32_t)o);
         const float bv = tftr_bias_value(c, a.b, (uint32_t)o);
         const int32_t ci = o / a.mult;
+        float *yo = y + o;
         for (int32_t oy = 0; oy < a.oh; ++oy) {
             const int32_t iy0 = oy * a.sh - a.pt;
             int32_t ky0, ky1;
             tfmb_taps_inside(iy0, a.dh, a.kh, a.h, &ky0, &ky1);
-            for (int32_t ox = 0; ox < a.ow; ++ox) {
+            for (int32_t ox = 0; ox < a.ow; ++ox, yo += a.oc) {
                 const int32_t ix0 = ox * a.sw - a.pl;
                 int32_t kx0, kx1;
                 tfmb_taps_inside(ix0, a.dwl, a.kw, a.wd, &kx0, &kx1);
                 float acc = bv;
-                for (int32_t ky = ky0; ky < ky1; ++ky)
-                    for (int32_t kx = kx0; kx < kx1; ++kx) {
-                        const float *xp = x + ((iy0 + ky * a.dh) * a.wd + ix0 + kx * a.dwl) * a.ic;
-                        if (dw) {
-                            acc += xp[ci] * row[ky * a.kw + kx];
-                        } else {
-                            const float *wp = row + (ky * a.kw + kx) * a.ic;
-                            for (int32_t i = 0; i < a.ic; ++i) acc += xp[i] * wp[i];
-                        }
+                if (dw) {
+                    for (int32_t ky = ky0; ky < ky1; ++ky) {
+                        const float *xp = x + ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic + ci;
+                        const float *wp = row + ky * a.kw;
+                        for (int32_t kx = kx0; kx < kx1; ++kx) acc += xp[kx * a.dwl * a.ic] * wp[kx];
                     }
-                y[(oy * a.ow + ox) * a.oc + o] = tftr_activate(acc, op->act);
+                } else if (kx1 > kx0) {
+                    const int32_t taps = conv_taps_per_run(&a, kx0, kx1), run = taps * a.ic;
+                    for (int32_t ky = ky0; ky < ky1; ++ky) {
+                        const float *xrow = x + ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic;
+                        const float *wrow = row + ky * a.kw * a.ic;
+                        for (int32_t kx = kx0; kx < kx1; kx += taps)
+                            acc = tftr_dot(acc, xrow + kx * a.dwl * a.ic, wrow + kx * a.ic, (uint32_t)run);
+                    }
+                }
+                *yo = tftr_activate(acc, op->act);
             }
         }
     }
@@ -107,33 +123,40 @@ static void conv_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const t
         if (!gw && !gb && !dx) continue;
         const float *row = dx ? tftr_weight_row(c, a.w, (uint32_t)o) : 0;
         const int32_t ci = o / a.mult;
+        const float *go = gz + o;
         for (int32_t oy = 0; oy < a.oh; ++oy) {
             const int32_t iy0 = oy * a.sh - a.pt;
             int32_t ky0, ky1;
             tfmb_taps_inside(iy0, a.dh, a.kh, a.h, &ky0, &ky1);
-            for (int32_t ox = 0; ox < a.ow; ++ox) {
-                const float g = gz[(oy * a.ow + ox) * a.oc + o];
+            for (int32_t ox = 0; ox < a.ow; ++ox, go += a.oc) {
+                const float g = *go;
                 if (g == 0.0f) continue;
                 if (gb) *gb += g;
                 if (!gw && !dx) continue;
                 const int32_t ix0 = ox * a.sw - a.pl;
                 int32_t kx0, kx1;
                 tfmb_taps_inside(ix0, a.dwl, a.kw, a.wd, &kx0, &kx1);
-                for (int32_t ky = ky0; ky < ky1; ++ky)
-                    for (int32_t kx = kx0; kx < kx1; ++kx) {
-                        const int32_t base = ((iy0 + ky * a.dh) * a.wd + ix0 + kx * a.dwl) * a.ic;
-                        if (dw) {
-                            const int32_t k = ky * a.kw + kx;
-                            if (gw) gw[k] += g * x[base + ci];
-                            if (dx) dx[base + ci] += g * row[k];
-                        } else {
-                            const int32_t k = (ky * a.kw + kx) * a.ic;
-                            if (gw)
-                                for (int32_t i = 0; i < a.ic; ++i) gw[k + i] += g * x[base + i];
-                            if (dx)
-                                for (int32_t i = 0; i < a.ic; ++i) dx[base + i] += g * row[k + i];
+                if (kx1 <= kx0) continue;
+                if (dw) {
+                    for (int32_t ky = ky0; ky < ky1; ++ky) {
+                        const int32_t base = ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic + ci;
+                        for (int32_t kx = kx0; kx < kx1; ++kx) {
+                            const int32_t k = ky * a.kw + kx, at = base + kx * a.dwl * a.ic;
+                            if (gw) gw[k] += g * x[at];
+                            if (dx) dx[at] += g * row[k];
                         }
                     }
+                    continue;
+                }
+                const int32_t taps = conv_taps_per_run(&a, kx0, kx1), run = taps * a.ic;
+                for (int32_t ky = ky0; ky < ky1; ++ky) {
+                    const int32_t xbase = ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic, wbase = ky * a.kw * a.ic;
+                    for (int32_t kx = kx0; kx < kx1; kx += taps) {
+                        const int32_t at = xbase + kx * a.dwl * a.ic, k = wbase + kx * a.ic;
+                        if (gw) tftr_axpy(gw + k, g, x + at, (uint32_t)run);
+                        if (dx) tftr_axpy(dx + at, g, row + k, (uint32_t)run);
+                    }
+                }
             }
         }
     }
