@@ -69,6 +69,69 @@ static inline int32_t conv_taps_per_run(const conv_args_t *a, int32_t kx0, int32
     return a->dwl == 1 ? kx1 - kx0 : 1;
 }
 
+/* tfmb_taps_inside without its divisions for a window wholly inside the input (most output
+ * positions): the same range either way. */
+static inline void conv_taps(int32_t start, int32_t step, int32_t taps, int32_t size, int32_t *first, int32_t *end)
+{
+    if (start >= 0 && start + (taps - 1) * step < size) {
+        *first = 0;
+        *end = taps;
+    } else {
+        tfmb_taps_inside(start, step, taps, size, first, end);
+    }
+}
+
+/* CONV_2D output channel o: one dot product per filter row (per tap when the width is dilated). */
+static void conv_forward_dense(const conv_args_t *a, uint8_t act, const float *x, float *yo, const float *row, float bv)
+{
+    const int32_t ic = a->ic, xrow_step = a->dh * a->wd * ic, wrow_step = a->kw * ic, xtap = a->dwl * ic;
+    for (int32_t oy = 0; oy < a->oh; ++oy) {
+        const int32_t iy0 = oy * a->sh - a->pt;
+        int32_t ky0, ky1;
+        conv_taps(iy0, a->dh, a->kh, a->h, &ky0, &ky1);
+        const int32_t xrow0 = (iy0 + ky0 * a->dh) * a->wd * ic;
+        for (int32_t ox = 0; ox < a->ow; ++ox, yo += a->oc) {
+            const int32_t ix0 = ox * a->sw - a->pl;
+            int32_t kx0, kx1;
+            conv_taps(ix0, a->dwl, a->kw, a->wd, &kx0, &kx1);
+            float acc = bv;
+            if (kx1 > kx0) {
+                const int32_t taps = conv_taps_per_run(a, kx0, kx1);
+                const uint32_t run = (uint32_t)(taps * ic);
+                int32_t xo = xrow0 + ix0 * ic + kx0 * xtap, wo = ky0 * wrow_step + kx0 * ic;
+                for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += wrow_step)
+                    for (int32_t kx = kx0, xt = xo, wt = wo; kx < kx1; kx += taps, xt += taps * xtap, wt += taps * ic)
+                        acc = tftr_dot(acc, x + xt, row + wt, run);
+            }
+            *yo = tftr_activate(acc, act);
+        }
+    }
+}
+
+/* DEPTHWISE_CONV_2D output channel o of input channel ci: a strided dot product per pixel. */
+static void conv_forward_depthwise(const conv_args_t *a, uint8_t act, const float *x, float *yo, const float *row,
+                                   float bv, int32_t ci)
+{
+    const int32_t ic = a->ic, xtap = a->dwl * ic;
+    for (int32_t oy = 0; oy < a->oh; ++oy) {
+        const int32_t iy0 = oy * a->sh - a->pt;
+        int32_t ky0, ky1;
+        conv_taps(iy0, a->dh, a->kh, a->h, &ky0, &ky1);
+        for (int32_t ox = 0; ox < a->ow; ++ox, yo += a->oc) {
+            const int32_t ix0 = ox * a->sw - a->pl;
+            int32_t kx0, kx1;
+            conv_taps(ix0, a->dwl, a->kw, a->wd, &kx0, &kx1);
+            float acc = bv;
+            for (int32_t ky = ky0; ky < ky1; ++ky) {
+                const float *xp = x + ((iy0 + ky * a->dh) * a->wd + ix0 + kx0 * a->dwl) * ic + ci;
+                const float *wp = row + ky * a->kw + kx0;
+                for (int32_t kx = kx0; kx < kx1; ++kx, xp += xtap) acc += *xp * *wp++;
+            }
+            *yo = tftr_activate(acc, act);
+        }
+    }
+}
+
 static void conv_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const tftr_tensor_t *out, const tftr_ctx_t *c)
 {
     const bool dw = is_depthwise(op);
@@ -78,33 +141,75 @@ static void conv_forward(const tftr_op_t *op, const tftr_tensor_t t[3], const tf
     for (int32_t o = 0; o < a.oc; ++o) {
         const float *row = tftr_weight_row(c, a.w, (uint32_t)o);
         const float bv = tftr_bias_value(c, a.b, (uint32_t)o);
-        const int32_t ci = o / a.mult;
-        float *yo = y + o;
-        for (int32_t oy = 0; oy < a.oh; ++oy) {
-            const int32_t iy0 = oy * a.sh - a.pt;
-            int32_t ky0, ky1;
-            tfmb_taps_inside(iy0, a.dh, a.kh, a.h, &ky0, &ky1);
-            for (int32_t ox = 0; ox < a.ow; ++ox, yo += a.oc) {
-                const int32_t ix0 = ox * a.sw - a.pl;
-                int32_t kx0, kx1;
-                tfmb_taps_inside(ix0, a.dwl, a.kw, a.wd, &kx0, &kx1);
-                float acc = bv;
-                if (dw) {
-                    for (int32_t ky = ky0; ky < ky1; ++ky) {
-                        const float *xp = x + ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic + ci;
-                        const float *wp = row + ky * a.kw;
-                        for (int32_t kx = kx0; kx < kx1; ++kx) acc += xp[kx * a.dwl * a.ic] * wp[kx];
-                    }
-                } else if (kx1 > kx0) {
-                    const int32_t taps = conv_taps_per_run(&a, kx0, kx1), run = taps * a.ic;
-                    for (int32_t ky = ky0; ky < ky1; ++ky) {
-                        const float *xrow = x + ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic;
-                        const float *wrow = row + ky * a.kw * a.ic;
-                        for (int32_t kx = kx0; kx < kx1; kx += taps)
-                            acc = tftr_dot(acc, xrow + kx * a.dwl * a.ic, wrow + kx * a.ic, (uint32_t)run);
-                    }
+        if (dw)
+            conv_forward_depthwise(&a, op->act, x, y + o, row, bv, o / a.mult);
+        else
+            conv_forward_dense(&a, op->act, x, y + o, row, bv);
+    }
+}
+
+/* Output channel o's share of the backward pass: its bias gradient gb, weight gradient row gw
+ * and the input gradient dx (each NULL when not wanted; row = its weights when dx is wanted). */
+typedef struct {
+    const float *x, *go, *row;
+    float *gw, *gb, *dx;
+    int32_t ci;
+} conv_grads_t;
+
+static void conv_backward_dense(const conv_args_t *a, const conv_grads_t *q)
+{
+    const int32_t ic = a->ic, xrow_step = a->dh * a->wd * ic, wrow_step = a->kw * ic, xtap = a->dwl * ic;
+    const float *go = q->go, *x = q->x, *row = q->row;
+    float *gw = q->gw, *gb = q->gb, *dx = q->dx;
+    for (int32_t oy = 0; oy < a->oh; ++oy) {
+        const int32_t iy0 = oy * a->sh - a->pt;
+        int32_t ky0, ky1;
+        conv_taps(iy0, a->dh, a->kh, a->h, &ky0, &ky1);
+        const int32_t xrow0 = (iy0 + ky0 * a->dh) * a->wd * ic;
+        for (int32_t ox = 0; ox < a->ow; ++ox, go += a->oc) {
+            const float g = *go;
+            if (g == 0.0f) continue;
+            if (gb) *gb += g;
+            if (!gw && !dx) continue;
+            const int32_t ix0 = ox * a->sw - a->pl;
+            int32_t kx0, kx1;
+            conv_taps(ix0, a->dwl, a->kw, a->wd, &kx0, &kx1);
+            if (kx1 <= kx0) continue;
+            const int32_t taps = conv_taps_per_run(a, kx0, kx1);
+            const uint32_t run = (uint32_t)(taps * ic);
+            int32_t xo = xrow0 + ix0 * ic + kx0 * xtap, wo = ky0 * wrow_step + kx0 * ic;
+            for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += wrow_step)
+                for (int32_t kx = kx0, xt = xo, wt = wo; kx < kx1; kx += taps, xt += taps * xtap, wt += taps * ic) {
+                    if (gw) tftr_axpy(gw + wt, g, x + xt, run);
+                    if (dx) tftr_axpy(dx + xt, g, row + wt, run);
                 }
-                *yo = tftr_activate(acc, op->act);
+        }
+    }
+}
+
+static void conv_backward_depthwise(const conv_args_t *a, const conv_grads_t *q)
+{
+    const int32_t ic = a->ic, xtap = a->dwl * ic;
+    const float *go = q->go, *x = q->x, *row = q->row;
+    float *gw = q->gw, *gb = q->gb, *dx = q->dx;
+    for (int32_t oy = 0; oy < a->oh; ++oy) {
+        const int32_t iy0 = oy * a->sh - a->pt;
+        int32_t ky0, ky1;
+        conv_taps(iy0, a->dh, a->kh, a->h, &ky0, &ky1);
+        for (int32_t ox = 0; ox < a->ow; ++ox, go += a->oc) {
+            const float g = *go;
+            if (g == 0.0f) continue;
+            if (gb) *gb += g;
+            if (!gw && !dx) continue;
+            const int32_t ix0 = ox * a->sw - a->pl;
+            int32_t kx0, kx1;
+            conv_taps(ix0, a->dwl, a->kw, a->wd, &kx0, &kx1);
+            for (int32_t ky = ky0; ky < ky1; ++ky) {
+                int32_t at = ((iy0 + ky * a->dh) * a->wd + ix0 + kx0 * a->dwl) * ic + q->ci;
+                for (int32_t k = ky * a->kw + kx0, kend = ky * a->kw + kx1; k < kend; ++k, at += xtap) {
+                    if (gw) gw[k] += g * x[at];
+                    if (dx) dx[at] += g * row[k];
+                }
             }
         }
     }
@@ -114,51 +219,19 @@ static void conv_backward(const tftr_op_t *op, const tftr_tensor_t t[3], const t
 {
     const bool dw = is_depthwise(op);
     const conv_args_t a = conv_args(op, t, out, dw);
-    const float *x = tftr_val(c, a.in);
     const float *gz = tftr_grd(c, out);
     float *dx = tftr_grd(c, a.in);
     for (int32_t o = 0; o < a.oc; ++o) {
-        float *gw = tftr_grad_row(c, a.w, (uint32_t)o);
-        float *gb = tftr_grad_row(c, a.b, (uint32_t)o);
-        if (!gw && !gb && !dx) continue;
-        const float *row = dx ? tftr_weight_row(c, a.w, (uint32_t)o) : 0;
-        const int32_t ci = o / a.mult;
-        const float *go = gz + o;
-        for (int32_t oy = 0; oy < a.oh; ++oy) {
-            const int32_t iy0 = oy * a.sh - a.pt;
-            int32_t ky0, ky1;
-            tfmb_taps_inside(iy0, a.dh, a.kh, a.h, &ky0, &ky1);
-            for (int32_t ox = 0; ox < a.ow; ++ox, go += a.oc) {
-                const float g = *go;
-                if (g == 0.0f) continue;
-                if (gb) *gb += g;
-                if (!gw && !dx) continue;
-                const int32_t ix0 = ox * a.sw - a.pl;
-                int32_t kx0, kx1;
-                tfmb_taps_inside(ix0, a.dwl, a.kw, a.wd, &kx0, &kx1);
-                if (kx1 <= kx0) continue;
-                if (dw) {
-                    for (int32_t ky = ky0; ky < ky1; ++ky) {
-                        const int32_t base = ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic + ci;
-                        for (int32_t kx = kx0; kx < kx1; ++kx) {
-                            const int32_t k = ky * a.kw + kx, at = base + kx * a.dwl * a.ic;
-                            if (gw) gw[k] += g * x[at];
-                            if (dx) dx[at] += g * row[k];
-                        }
-                    }
-                    continue;
-                }
-                const int32_t taps = conv_taps_per_run(&a, kx0, kx1), run = taps * a.ic;
-                for (int32_t ky = ky0; ky < ky1; ++ky) {
-                    const int32_t xbase = ((iy0 + ky * a.dh) * a.wd + ix0) * a.ic, wbase = ky * a.kw * a.ic;
-                    for (int32_t kx = kx0; kx < kx1; kx += taps) {
-                        const int32_t at = xbase + kx * a.dwl * a.ic, k = wbase + kx * a.ic;
-                        if (gw) tftr_axpy(gw + k, g, x + at, (uint32_t)run);
-                        if (dx) tftr_axpy(dx + at, g, row + k, (uint32_t)run);
-                    }
-                }
-            }
-        }
+        conv_grads_t q = {
+            .x = tftr_val(c, a.in), .go = gz + o, .dx = dx, .ci = o / a.mult,
+            .gw = tftr_grad_row(c, a.w, (uint32_t)o), .gb = tftr_grad_row(c, a.b, (uint32_t)o),
+        };
+        if (!q.gw && !q.gb && !dx) continue;
+        q.row = dx ? tftr_weight_row(c, a.w, (uint32_t)o) : 0;
+        if (dw)
+            conv_backward_depthwise(&a, &q);
+        else
+            conv_backward_dense(&a, &q);
     }
 }
 
