@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs (the tail runs samples * epochs times)")
     ap.add_argument("--lines", type=int, default=25, help="hot source lines of the training engine to print")
     ap.add_argument("--out", type=Path, default=None, help="firmware build directory (default: a temp dir)")
+    ap.add_argument("--elf", type=Path, default=None, help="a firmware ELF built already (its .map beside it)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tmp = Path(tempfile.mkdtemp(prefix="tinyfed-profile-"))
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     x = local_data.quantize_inputs(clients.x[: args.samples], scale, zp)
     image = local_data.pack(x, clients.y[: args.samples], zm.num_classes)
 
-    fw = build_firmware(args.board, args.out or tmp / "fw")
-    fns = map_functions(Path(fw.elf).with_suffix(".map"))
+    elf = args.elf or Path(build_firmware(args.board, args.out or tmp / "fw").elf)
+    fns = map_functions(elf.with_suffix(".map"))
     starts = [f.start for f in fns]
     fifo = tmp / "exec.fifo"
     os.mkfifo(fifo)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     reader.start()
     qemu_args = ("-icount", f"shift={ICOUNT_SHIFT}", "-singlestep", "-d", "exec,nochain", "-D", str(fifo))
     board = get_board(args.board)
-    with launch_qemu(board, fw.elf, extra_args=qemu_args, ready_timeout=120) as emu, \
+    with launch_qemu(board, elf, extra_args=qemu_args, ready_timeout=120) as emu, \
             BoardClient(emu.url, name=emu.name, timeout=60.0) as client:
         client.hello()
         if frozen is not None:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     by_line: Counter = Counter()
     if hot_tail:
         pcs = [pc for _, pc in hot_tail[:4000]]
-        out = subprocess.run(["arm-none-eabi-addr2line", "-e", str(fw.elf), *[hex(p) for p in pcs]],
+        out = subprocess.run(["arm-none-eabi-addr2line", "-e", str(elf), *[hex(p) for p in pcs]],
                              capture_output=True, text=True, check=True).stdout.split("\n")
         for (n, _), line in zip(hot_tail, out):
             by_line[line.rsplit("/", 1)[-1]] += n

@@ -81,28 +81,63 @@ static inline void conv_taps(int32_t start, int32_t step, int32_t taps, int32_t 
     }
 }
 
-/* CONV_2D output channel o: one dot product per filter row (per tap when the width is dilated). */
-static void conv_forward_dense(const conv_args_t *a, uint8_t act, const float *x, float *yo, const float *row, float bv)
+/* Output columns [*lo, *hi) whose filter taps all fall inside the input width (every column
+ * of a VALID conv; all but the borders of a SAME one). */
+static void conv_columns_inside(const conv_args_t *a, int32_t *lo, int32_t *hi)
+{
+    const int32_t room = a->wd - (a->kw - 1) * a->dwl + a->pl; /* ox * sw < room */
+    int32_t h = room > 0 ? (room + a->sw - 1) / a->sw : 0, l = (a->pl + a->sw - 1) / a->sw;
+    if (h > a->ow) h = a->ow;
+    if (l > h) l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/* One CONV_2D output value: bias + its window's taps (kx0..kx1 of rows ky0..ky1), xo the input
+ * offset of tap (ky0, kx0), wo the weight row's. */
+static inline float conv_pixel(const conv_args_t *a, const float *x, const float *row, float acc, int32_t xo,
+                               int32_t wo, int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1)
 {
     const int32_t ic = a->ic, xrow_step = a->dh * a->wd * ic, wrow_step = a->kw * ic, xtap = a->dwl * ic;
+    const int32_t taps = conv_taps_per_run(a, kx0, kx1);
+    const uint32_t run = (uint32_t)(taps * ic);
+    for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += wrow_step)
+        for (int32_t kx = kx0, xt = xo, wt = wo; kx < kx1; kx += taps, xt += taps * xtap, wt += taps * ic)
+            acc = tftr_dot(acc, x + xt, row + wt, run);
+    return acc;
+}
+
+/* CONV_2D output channel o: one dot product per filter row (per tap when the width is dilated);
+ * the columns inside the input take the whole rows without the per-column window arithmetic. */
+static void conv_forward_dense(const conv_args_t *a, uint8_t act, const float *x, float *yo, const float *row, float bv)
+{
+    const int32_t ic = a->ic, xtap = a->dwl * ic, oc = a->oc;
+    int32_t lo, hi;
+    conv_columns_inside(a, &lo, &hi);
     for (int32_t oy = 0; oy < a->oh; ++oy) {
         const int32_t iy0 = oy * a->sh - a->pt;
         int32_t ky0, ky1;
         conv_taps(iy0, a->dh, a->kh, a->h, &ky0, &ky1);
-        const int32_t xrow0 = (iy0 + ky0 * a->dh) * a->wd * ic;
-        for (int32_t ox = 0; ox < a->ow; ++ox, yo += a->oc) {
+        const int32_t xrow0 = (iy0 + ky0 * a->dh) * a->wd * ic, w0 = ky0 * a->kw * ic;
+        for (int32_t ox = 0; ox < a->ow; ++ox, yo += oc) {
+            if (ox == lo && a->dwl == 1 && hi > lo) {
+                /* the inside columns: rows of kw * ic floats from a start moving by sw * ic */
+                const uint32_t run = (uint32_t)(a->kw * ic);
+                const int32_t xrow_step = a->dh * a->wd * ic, nrows = ky1 - ky0;
+                const float *xs = x + xrow0 + (lo * a->sw - a->pl) * ic;
+                for (; ox < hi; ++ox, yo += oc, xs += a->sw * ic) {
+                    float acc = bv;
+                    const float *xr = xs, *wr = row + w0;
+                    for (int32_t r = 0; r < nrows; ++r, xr += xrow_step, wr += run) acc = tftr_dot(acc, xr, wr, run);
+                    *yo = tftr_activate(acc, act);
+                }
+                if (ox == a->ow) break;
+            }
             const int32_t ix0 = ox * a->sw - a->pl;
             int32_t kx0, kx1;
             conv_taps(ix0, a->dwl, a->kw, a->wd, &kx0, &kx1);
             float acc = bv;
-            if (kx1 > kx0) {
-                const int32_t taps = conv_taps_per_run(a, kx0, kx1);
-                const uint32_t run = (uint32_t)(taps * ic);
-                int32_t xo = xrow0 + ix0 * ic + kx0 * xtap, wo = ky0 * wrow_step + kx0 * ic;
-                for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += wrow_step)
-                    for (int32_t kx = kx0, xt = xo, wt = wo; kx < kx1; kx += taps, xt += taps * xtap, wt += taps * ic)
-                        acc = tftr_dot(acc, x + xt, row + wt, run);
-            }
+            if (kx1 > kx0) acc = conv_pixel(a, x, row, acc, xrow0 + ix0 * ic + kx0 * xtap, w0 + kx0 * ic, ky0, ky1, kx0, kx1);
             *yo = tftr_activate(acc, act);
         }
     }
@@ -156,33 +191,54 @@ typedef struct {
     int32_t ci;
 } conv_grads_t;
 
-static void conv_backward_dense(const conv_args_t *a, const conv_grads_t *q)
+/* The weight and input gradients of one CONV_2D output value's window (g its gradient), as
+ * conv_pixel walks it. */
+static inline void conv_pixel_grads(const conv_args_t *a, const conv_grads_t *q, float g, int32_t xo, int32_t wo,
+                                    int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1)
 {
     const int32_t ic = a->ic, xrow_step = a->dh * a->wd * ic, wrow_step = a->kw * ic, xtap = a->dwl * ic;
+    const int32_t taps = conv_taps_per_run(a, kx0, kx1);
+    const uint32_t run = (uint32_t)(taps * ic);
+    for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += wrow_step)
+        for (int32_t kx = kx0, xt = xo, wt = wo; kx < kx1; kx += taps, xt += taps * xtap, wt += taps * ic) {
+            if (q->gw) tftr_axpy(q->gw + wt, g, q->x + xt, run);
+            if (q->dx) tftr_axpy(q->dx + xt, g, q->row + wt, run);
+        }
+}
+
+static void conv_backward_dense(const conv_args_t *a, const conv_grads_t *q)
+{
+    const int32_t ic = a->ic, xtap = a->dwl * ic, oc = a->oc;
     const float *go = q->go, *x = q->x, *row = q->row;
-    float *gw = q->gw, *gb = q->gb, *dx = q->dx;
+    float *gb = q->gb, *gw = q->gw, *dx = q->dx;
+    const bool taps_wanted = gw || dx;
+    int32_t lo, hi;
+    conv_columns_inside(a, &lo, &hi);
+    if (a->dwl != 1) lo = hi = a->ow; /* no whole-row runs: every column the general way */
     for (int32_t oy = 0; oy < a->oh; ++oy) {
         const int32_t iy0 = oy * a->sh - a->pt;
         int32_t ky0, ky1;
         conv_taps(iy0, a->dh, a->kh, a->h, &ky0, &ky1);
-        const int32_t xrow0 = (iy0 + ky0 * a->dh) * a->wd * ic;
-        for (int32_t ox = 0; ox < a->ow; ++ox, go += a->oc) {
+        const int32_t xrow0 = (iy0 + ky0 * a->dh) * a->wd * ic, w0 = ky0 * a->kw * ic;
+        for (int32_t ox = 0; ox < a->ow; ++ox, go += oc) {
             const float g = *go;
             if (g == 0.0f) continue;
             if (gb) *gb += g;
-            if (!gw && !dx) continue;
+            if (!taps_wanted) continue;
             const int32_t ix0 = ox * a->sw - a->pl;
+            if (ox >= lo && ox < hi) { /* inside: whole rows of kw * ic floats */
+                const uint32_t run = (uint32_t)(a->kw * ic);
+                const int32_t xrow_step = a->dh * a->wd * ic;
+                int32_t xo = xrow0 + ix0 * ic, wo = w0;
+                for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += (int32_t)run) {
+                    if (gw) tftr_axpy(gw + wo, g, x + xo, run);
+                    if (dx) tftr_axpy(dx + xo, g, row + wo, run);
+                }
+                continue;
+            }
             int32_t kx0, kx1;
             conv_taps(ix0, a->dwl, a->kw, a->wd, &kx0, &kx1);
-            if (kx1 <= kx0) continue;
-            const int32_t taps = conv_taps_per_run(a, kx0, kx1);
-            const uint32_t run = (uint32_t)(taps * ic);
-            int32_t xo = xrow0 + ix0 * ic + kx0 * xtap, wo = ky0 * wrow_step + kx0 * ic;
-            for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += wrow_step)
-                for (int32_t kx = kx0, xt = xo, wt = wo; kx < kx1; kx += taps, xt += taps * xtap, wt += taps * ic) {
-                    if (gw) tftr_axpy(gw + wt, g, x + xt, run);
-                    if (dx) tftr_axpy(dx + xt, g, row + wt, run);
-                }
+            if (kx1 > kx0) conv_pixel_grads(a, q, g, xrow0 + ix0 * ic + kx0 * xtap, w0 + kx0 * ic, ky0, ky1, kx0, kx1);
         }
     }
 }
