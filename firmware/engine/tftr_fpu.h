@@ -8,7 +8,8 @@
  * chained (not fused) multiply-accumulate, so it rounds exactly as `acc += a * b` does and
  * the results are bit-identical to the C loops; GCC does not emit VMLA itself for these cores,
  * and VFMA (fused, -ffp-contract=fast) would change the rounding. The remainder (n mod 8) and
- * every other build (host, TFTR_FPU_PORTABLE) use the C loops.
+ * the strided loops of the kernels use one VMLA per element (tftr_mla); every other build
+ * (host, -DTFTR_FPU_PORTABLE) the plain C expressions.
  */
 #ifndef TFTR_FPU_H
 #define TFTR_FPU_H
@@ -20,6 +21,17 @@
 #else
 #define TFTR_FPU_ASM 0
 #endif
+
+/* acc + a b: the product rounded, then the sum (one VMLA.F32 where the FPU has it). */
+static inline float tftr_mla(float acc, float a, float b)
+{
+#if TFTR_FPU_ASM
+    __asm__("vmla.f32 %[acc], %[a], %[b]" : [acc] "+t"(acc) : [a] "t"(a), [b] "t"(b));
+    return acc;
+#else
+    return acc + a * b;
+#endif
+}
 
 /* acc + x[0] w[0] + x[1] w[1] + ... + x[n-1] w[n-1], summed left to right. */
 static inline float tftr_dot(float acc, const float *x, const float *w, uint32_t n)
@@ -47,7 +59,7 @@ static inline float tftr_dot(float acc, const float *x, const float *w, uint32_t
     }
     n &= 7u;
 #endif
-    for (uint32_t i = 0; i < n; ++i) acc += x[i] * w[i];
+    for (uint32_t i = 0; i < n; ++i) acc = tftr_mla(acc, x[i], w[i]);
     return acc;
 }
 
@@ -78,7 +90,7 @@ static inline void tftr_axpy(float *y, float a, const float *x, uint32_t n)
     }
     n &= 7u;
 #endif
-    for (uint32_t i = 0; i < n; ++i) y[i] += a * x[i];
+    for (uint32_t i = 0; i < n; ++i) y[i] = tftr_mla(y[i], a, x[i]);
 }
 
 #endif /* TFTR_FPU_H */

@@ -160,7 +160,7 @@ static void conv_forward_depthwise(const conv_args_t *a, uint8_t act, const floa
             for (int32_t ky = ky0; ky < ky1; ++ky) {
                 const float *xp = x + ((iy0 + ky * a->dh) * a->wd + ix0 + kx0 * a->dwl) * ic + ci;
                 const float *wp = row + ky * a->kw + kx0;
-                for (int32_t kx = kx0; kx < kx1; ++kx, xp += xtap) acc += *xp * *wp++;
+                for (int32_t kx = kx0; kx < kx1; ++kx, xp += xtap) acc = tftr_mla(acc, *xp, *wp++);
             }
             *yo = tftr_activate(acc, act);
         }
@@ -263,8 +263,8 @@ static void conv_backward_depthwise(const conv_args_t *a, const conv_grads_t *q)
             for (int32_t ky = ky0; ky < ky1; ++ky) {
                 int32_t at = ((iy0 + ky * a->dh) * a->wd + ix0 + kx0 * a->dwl) * ic + q->ci;
                 for (int32_t k = ky * a->kw + kx0, kend = ky * a->kw + kx1; k < kend; ++k, at += xtap) {
-                    if (gw) gw[k] += g * x[at];
-                    if (dx) dx[at] += g * row[k];
+                    if (gw) gw[k] = tftr_mla(gw[k], g, x[at]);
+                    if (dx) dx[at] = tftr_mla(dx[at], g, row[k]);
                 }
             }
         }
