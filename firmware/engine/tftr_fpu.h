@@ -63,6 +63,51 @@ static inline float tftr_dot(float acc, const float *x, const float *w, uint32_t
     return acc;
 }
 
+/* Two dot products with one weight vector: *acc0 + x0 . w and *acc1 + x1 . w, each summed left
+ * to right (as two tftr_dot calls), the weights loaded once for both. */
+static inline void tftr_dot2(float *acc0, float *acc1, const float *x0, const float *x1, const float *w, uint32_t n)
+{
+    float a0 = *acc0, a1 = *acc1;
+#if TFTR_FPU_ASM
+    uint32_t blocks = n >> 3;
+    if (blocks) {
+        __asm__ volatile("1:\n\t"
+                         "vldmia %[w]!, {s8-s15}\n\t"
+                         "vldmia %[x0]!, {s0-s7}\n\t"
+                         "vmla.f32 %[a0], s0, s8\n\t"
+                         "vmla.f32 %[a0], s1, s9\n\t"
+                         "vmla.f32 %[a0], s2, s10\n\t"
+                         "vmla.f32 %[a0], s3, s11\n\t"
+                         "vmla.f32 %[a0], s4, s12\n\t"
+                         "vmla.f32 %[a0], s5, s13\n\t"
+                         "vmla.f32 %[a0], s6, s14\n\t"
+                         "vmla.f32 %[a0], s7, s15\n\t"
+                         "vldmia %[x1]!, {s0-s7}\n\t"
+                         "vmla.f32 %[a1], s0, s8\n\t"
+                         "vmla.f32 %[a1], s1, s9\n\t"
+                         "vmla.f32 %[a1], s2, s10\n\t"
+                         "vmla.f32 %[a1], s3, s11\n\t"
+                         "vmla.f32 %[a1], s4, s12\n\t"
+                         "vmla.f32 %[a1], s5, s13\n\t"
+                         "vmla.f32 %[a1], s6, s14\n\t"
+                         "vmla.f32 %[a1], s7, s15\n\t"
+                         "subs %[b], %[b], #1\n\t"
+                         "bne 1b\n\t"
+                         : [a0] "+t"(a0), [a1] "+t"(a1), [x0] "+r"(x0), [x1] "+r"(x1), [w] "+r"(w), [b] "+r"(blocks)
+                         :
+                         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13",
+                           "s14", "s15", "cc", "memory");
+    }
+    n &= 7u;
+#endif
+    for (uint32_t i = 0; i < n; ++i) {
+        a0 = tftr_mla(a0, x0[i], w[i]);
+        a1 = tftr_mla(a1, x1[i], w[i]);
+    }
+    *acc0 = a0;
+    *acc1 = a1;
+}
+
 /* y[i] += a x[i] for i < n (y and x do not overlap). */
 static inline void tftr_axpy(float *y, float a, const float *x, uint32_t n)
 {

@@ -125,7 +125,16 @@ static void conv_forward_dense(const conv_args_t *a, uint8_t act, const float *x
                 const uint32_t run = (uint32_t)(a->kw * ic);
                 const int32_t xrow_step = a->dh * a->wd * ic, nrows = ky1 - ky0;
                 const float *xs = x + xrow0 + (lo * a->sw - a->pl) * ic;
-                for (; ox < hi; ++ox, yo += oc, xs += a->sw * ic) {
+                const int32_t xnext = a->sw * ic; /* to the next column's window */
+                for (; ox + 1 < hi; ox += 2, yo += 2 * oc, xs += 2 * xnext) { /* two columns per weight load */
+                    float acc0 = bv, acc1 = bv;
+                    const float *xr = xs, *wr = row + w0;
+                    for (int32_t r = 0; r < nrows; ++r, xr += xrow_step, wr += run)
+                        tftr_dot2(&acc0, &acc1, xr, xr + xnext, wr, run);
+                    yo[0] = tftr_activate(acc0, act);
+                    yo[oc] = tftr_activate(acc1, act);
+                }
+                for (; ox < hi; ++ox, yo += oc, xs += xnext) {
                     float acc = bv;
                     const float *xr = xs, *wr = row + w0;
                     for (int32_t r = 0; r < nrows; ++r, xr += xrow_step, wr += run) acc = tftr_dot(acc, xr, wr, run);
