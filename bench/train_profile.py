@@ -24,8 +24,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tinyfed.boards import get_board, single_board_fleet
 from tinyfed.firmware_bridge.compile import local_data
 from tinyfed.firmware_bridge.compile.blob import compile_blob
@@ -72,11 +70,12 @@ def map_functions(map_file: Path) -> list[Fn]:
     """Functions of the image from the linker map (``-ffunction-sections``: one section each)."""
     text = map_file.read_text()
     fns = [Fn(m[1], int(m[2], 16), int(m[3], 16), m[4]) for m in _MAP_FN.finditer(text)]
-    fns += [Fn(m[3].rsplit("(", 1)[-1].rstrip(")"), int(m[1], 16), int(m[2], 16), m[3]) for m in _MAP_TEXT.finditer(text)]
+    fns += [Fn(m[3].rsplit("(", 1)[-1].rstrip(")"), int(m[1], 16), int(m[2], 16), m[3])
+            for m in _MAP_TEXT.finditer(text)]
     return sorted((f for f in fns if f.size), key=lambda f: f.start)
 
 
-def count_pcs(fifo: Path, counts: Counter) -> None:
+def count_pcs(fifo: Path, counts: Counter[bytes]) -> None:
     """Counts the PC of every logged block (one instruction each) until QEMU closes the log."""
     with open(fifo, "rb") as f:
         rest = b""
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     starts = [f.start for f in fns]
     fifo = tmp / "exec.fifo"
     os.mkfifo(fifo)
-    counts: Counter = Counter()
+    counts: Counter[bytes] = Counter()
     reader = threading.Thread(target=count_pcs, args=(fifo, counts), daemon=True)
     reader.start()
     qemu_args = ("-icount", f"shift={ICOUNT_SHIFT}", "-singlestep", "-d", "exec,nochain", "-D", str(fifo))
@@ -136,12 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             client.load_fragment(frozen)
         client.load_program(program)
         client.load_data(image)
-        before = Counter(counts)  # approximate: the log is buffered; the split below is per function
         tr = client.train(TrainParams(version=0, epochs=args.epochs, batch_size=args.samples, lr=0.01, seed=0,
                                       head_cache=frozen is not None and args.epochs > 1), timeout=3600)
     reader.join(timeout=600)
-    del before
-    per_fn: Counter = Counter()
+    per_fn: Counter[Fn] = Counter()
     per_pc: dict[int, int] = {}
     for pc_hex, n in counts.items():
         pc = int(pc_hex, 16) & ~1
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_head = args.samples
     clock = board.clock_mhz * 1e6
     train_insn = tr.cycles * 1e9 / clock / 2**ICOUNT_SHIFT
-    parts = Counter()
+    parts: Counter[str] = Counter()
     for f, n in per_fn.items():
         parts[f.part] += n
     tail = parts["tail"] / runs_tail
@@ -173,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     hot = sorted(((n, pc) for pc, n in per_pc.items()), reverse=True)
     tail_fns = [f for f in fns if f.part == "tail"]
     hot_tail = [(n, pc) for n, pc in hot if any(f.start <= pc < f.start + f.size for f in tail_fns)]
-    by_line: Counter = Counter()
+    by_line: Counter[str] = Counter()
     if hot_tail:
-        pcs = [pc for _, pc in hot_tail[:4000]]
-        out = subprocess.run(["arm-none-eabi-addr2line", "-e", str(elf), *[hex(p) for p in pcs]],
-                             capture_output=True, text=True, check=True).stdout.split("\n")
-        for (n, _), line in zip(hot_tail, out):
+        top = hot_tail[:4000]
+        out = subprocess.run(["arm-none-eabi-addr2line", "-e", str(elf), *[hex(pc) for _, pc in top]],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        for (n, _), line in zip(top, out, strict=True):
             by_line[line.rsplit("/", 1)[-1]] += n
     print(f"  hottest source lines of the training engine (per tail run, top {args.lines}):")
     for line, n in by_line.most_common(args.lines):

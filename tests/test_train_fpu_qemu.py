@@ -52,7 +52,8 @@ def _case(name: str) -> dict:
     if name == "kernel_zoo":
         from engine_models import KERNEL_ZOO_SHAPE, kernel_zoo_int8
 
-        model, shape = _without_softmax(kernel_zoo_int8()), KERNEL_ZOO_SHAPE
+        model = _without_softmax(kernel_zoo_int8())
+        shape: tuple[int, ...] = KERNEL_ZOO_SHAPE
     else:
         from tinyfed.models.zoo import get_zoo_model
 
@@ -75,7 +76,8 @@ def _unit_values(model: bytes) -> list[np.ndarray]:
 
 def _host_delta(lib, case: dict) -> tuple[np.ndarray, float]:  # noqa: F811 - the fixture's value
     n = len(case["x"])
-    order, bounds = [], [0]
+    order: list[int] = []
+    bounds = [0]
     for e in range(EPOCHS):
         perm = shuffle.epoch_order(n, SEED, e)
         for k in range(0, n, BATCH):
