@@ -138,4 +138,44 @@ static inline void tftr_axpy(float *y, float a, const float *x, uint32_t n)
     for (uint32_t i = 0; i < n; ++i) y[i] = tftr_mla(y[i], a, x[i]);
 }
 
+/* y[i] = (y[i] + a0 x0[i]) + a1 x1[i] for i < n: two tftr_axpy calls in one pass over y (y
+ * overlaps neither x0 nor x1). */
+static inline void tftr_axpy2(float *y, float a0, const float *x0, float a1, const float *x1, uint32_t n)
+{
+#if TFTR_FPU_ASM
+    uint32_t blocks = n >> 3;
+    if (blocks) {
+        __asm__ volatile("1:\n\t"
+                         "vldmia %[y], {s0-s7}\n\t"
+                         "vldmia %[x0]!, {s8-s15}\n\t"
+                         "vmla.f32 s0, %[a0], s8\n\t"
+                         "vmla.f32 s1, %[a0], s9\n\t"
+                         "vmla.f32 s2, %[a0], s10\n\t"
+                         "vmla.f32 s3, %[a0], s11\n\t"
+                         "vmla.f32 s4, %[a0], s12\n\t"
+                         "vmla.f32 s5, %[a0], s13\n\t"
+                         "vmla.f32 s6, %[a0], s14\n\t"
+                         "vmla.f32 s7, %[a0], s15\n\t"
+                         "vldmia %[x1]!, {s8-s15}\n\t"
+                         "vmla.f32 s0, %[a1], s8\n\t"
+                         "vmla.f32 s1, %[a1], s9\n\t"
+                         "vmla.f32 s2, %[a1], s10\n\t"
+                         "vmla.f32 s3, %[a1], s11\n\t"
+                         "vmla.f32 s4, %[a1], s12\n\t"
+                         "vmla.f32 s5, %[a1], s13\n\t"
+                         "vmla.f32 s6, %[a1], s14\n\t"
+                         "vmla.f32 s7, %[a1], s15\n\t"
+                         "vstmia %[y]!, {s0-s7}\n\t"
+                         "subs %[b], %[b], #1\n\t"
+                         "bne 1b\n\t"
+                         : [y] "+r"(y), [x0] "+r"(x0), [x1] "+r"(x1), [b] "+r"(blocks)
+                         : [a0] "t"(a0), [a1] "t"(a1)
+                         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13",
+                           "s14", "s15", "cc", "memory");
+    }
+    n &= 7u;
+#endif
+    for (uint32_t i = 0; i < n; ++i) y[i] = tftr_mla(tftr_mla(y[i], a0, x0[i]), a1, x1[i]);
+}
+
 #endif /* TFTR_FPU_H */

@@ -237,8 +237,25 @@ static void conv_backward_dense(const conv_args_t *a, const conv_grads_t *q)
             const int32_t ix0 = ox * a->sw - a->pl;
             if (ox >= lo && ox < hi) { /* inside: whole rows of kw * ic floats */
                 const uint32_t run = (uint32_t)(a->kw * ic);
-                const int32_t xrow_step = a->dh * a->wd * ic;
+                const int32_t xrow_step = a->dh * a->wd * ic, xnext = a->sw * ic;
+                const float g1 = gw && ox + 1 < hi ? go[oc] : 0.0f;
                 int32_t xo = xrow0 + ix0 * ic, wo = w0;
+                if (g1 != 0.0f) {
+                    /* the next column too: its weight gradient in the same pass over gw (each
+                     * element gets this column's product, then the next one's, as before); its
+                     * input gradient after this column's, row by row (the rows are disjoint) */
+                    if (gb) *gb += g1;
+                    for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += (int32_t)run) {
+                        tftr_axpy2(gw + wo, g, x + xo, g1, x + xo + xnext, run);
+                        if (dx) {
+                            tftr_axpy(dx + xo, g, row + wo, run);
+                            tftr_axpy(dx + xo + xnext, g1, row + wo, run);
+                        }
+                    }
+                    ++ox;
+                    go += oc;
+                    continue;
+                }
                 for (int32_t ky = ky0; ky < ky1; ++ky, xo += xrow_step, wo += (int32_t)run) {
                     if (gw) tftr_axpy(gw + wo, g, x + xo, run);
                     if (dx) tftr_axpy(dx + xo, g, row + wo, run);
