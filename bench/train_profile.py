@@ -8,7 +8,7 @@ files through the linker map, hot PCs of the training engine to source lines thr
 The TRAIN reply's cycle count (``-icount``) is printed beside the total as a cross-check.
 
 Run: ``.venv/bin/python bench/train_profile.py [--model har_cnn|digits_cnn] [--board mps2-an386]``.
-Slow (about 1 M instructions per second): keep ``--samples`` small.
+Slow (a few hundred thousand instructions per second): keep ``--samples`` small.
 """
 
 from __future__ import annotations
