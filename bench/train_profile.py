@@ -2,9 +2,9 @@
 float32 training engine (``firmware/engine/tftr*.c``, ``train_ops/``), next to the frozen int8 head.
 
 QEMU runs the firmware one instruction per translation block (``-singlestep``, QEMU 7.2; 8.1 and
-later spell it ``-accel tcg,one-insn-per-tb=on``) and logs every
-block it executes (``-d exec,nochain``) into a FIFO this script reads while the board trains, so
-each log line is one executed instruction at a known PC. PCs map to functions and their object
+later spell it ``-accel tcg,one-insn-per-tb=on``) and logs every block it executes
+(``-d exec,nochain``) into a FIFO this script reads while the board trains, so each log line is
+one executed instruction at a known PC. PCs map to functions and their object
 files through the linker map, hot PCs of the training engine to source lines through addr2line.
 The TRAIN reply's cycle count (``-icount``) is printed beside the total as a cross-check.
 
