@@ -136,7 +136,9 @@ float *tftr_grad_row(const tftr_ctx_t *c, const tftr_tensor_t *w, uint32_t ch);
  * and then the entry's backward; the loss (tftr_loss.c) starts it at the output (MSE) or below
  * the last op (the cross-entropies, which skip the SOFTMAX / LOGISTIC backward). Per-core kernel variants
  * are chosen in the entry at build time, as for the int8 engine (TFMB_CORE, tfmb_internal.h);
- * only plain-C kernels exist today. */
+ * there are none: the kernels share one source, whose inner loops (tftr_fpu.h: dot products and
+ * axpys) run as VLDMIA + VMLA.F32 blocks on a core with a single-precision FPU, bit-identical to
+ * their C form (tests/test_train_fpu_qemu.py). */
 
 /* Op-specific checks of an op (its inputs in[0..2] that are present, its output), after the
  * shared ones: NULL when they pass, else the first problem, which tftr_open reports as

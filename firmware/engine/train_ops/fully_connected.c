@@ -2,6 +2,7 @@
  * Training FULLY_CONNECTED: float32 forward and backward. Weights [n_out, depth], channel axis
  * 0; the input is read as rows of depth values. No params.
  */
+#include "../tftr_fpu.h"
 #include "../tftr_internal.h"
 
 static const char *fully_connected_validate(const tftr_program_t *p, const tftr_op_t *op, const tftr_tensor_t t[3],
@@ -31,10 +32,7 @@ static void fully_connected_forward(const tftr_op_t *op, const tftr_tensor_t t[3
         const float *row = tftr_weight_row(c, w, o);
         const float bv = tftr_bias_value(c, b, o);
         for (uint32_t r = 0; r < rows; ++r) {
-            const float *xr = x + r * depth;
-            float acc = bv;
-            for (uint32_t d = 0; d < depth; ++d) acc += xr[d] * row[d];
-            y[r * nout + o] = tftr_activate(acc, op->act);
+            y[r * nout + o] = tftr_activate(tftr_dot(bv, x + r * depth, row, depth), op->act);
         }
     }
 }
@@ -56,11 +54,8 @@ static void fully_connected_backward(const tftr_op_t *op, const tftr_tensor_t t[
             const float g = gz[r * nout + o];
             if (g == 0.0f) continue;
             if (gb) *gb += g;
-            const float *xr = x + r * depth;
-            if (gw)
-                for (uint32_t d = 0; d < depth; ++d) gw[d] += g * xr[d];
-            if (dx)
-                for (uint32_t d = 0; d < depth; ++d) dx[r * depth + d] += g * row[d];
+            if (gw) tftr_axpy(gw, g, x + r * depth, depth);
+            if (dx) tftr_axpy(dx + r * depth, g, row, depth);
         }
     }
 }
