@@ -34,7 +34,13 @@ static inline void tfmb_st32(void *p, uint32_t v) { memcpy(p, &v, 4); }
 /* Two signed bytes 0 and 2 of x, sign-extended into the two halfwords. */
 static inline uint32_t tfmb_sxtb16(uint32_t x) { return (uint32_t)__sxtb16(x); }
 /* Bytes 1 and 3 of x, sign-extended into the two halfwords (SXTB16 with ROR #8). */
-static inline uint32_t tfmb_sxtb16_ror8(uint32_t x) { return (uint32_t)__sxtb16(__ror(x, 8)); }
+static inline uint32_t tfmb_sxtb16_ror8(uint32_t x)
+{
+    /* One SXTB16 with its rotation (GCC's arm_acle.h has no __ror, and the rotate idiom stays a MOV). */
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
 /* acc + lo(a) * lo(b) + hi(a) * hi(b), signed halfwords, wrapping (SMLAD). */
 static inline int32_t tfmb_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad(a, b, acc); }
 /* Halfword-wise a + b, wrapping (SADD16). */
