@@ -11,8 +11,9 @@
  * The inner loop then takes 2 output channels x 2 pixels (4 accumulators) per weight word pair:
  * 2 LDR + 4 SXTB16 + 1 LDM + 8 SMLAD for 16 MACs. The tail of K (K % 4, only when ic % 4 != 0) is
  * zero in the scratch and its weights are read byte by byte, so no weight past the filter is read.
- * An odd last pixel runs with B's column zero, an odd last channel as channel pair (o, o), and
- * their extra results are not stored. Accumulation wraps modulo 2**32 like the reference, and
+ * An odd last pixel runs as pixel pair (A, A), an odd last channel as channel pair (o, o), and
+ * their extra results are not stored. Columns with ic % 4 != 0 are gathered as int8 on the stack
+ * first when short (first layers: ic 1 or 3), else built value by value. Accumulation wraps modulo 2**32 like the reference, and
  * the order of the additions does not matter then.
  */
 #include "../tfmb_internal.h"
@@ -113,6 +114,52 @@ static void col_fill(const col_args_t *a, uint32_t *col, int s, int32_t n, int32
     "smlad %[a11], %[w], %[xb1], %[a11]\n\t"
 #endif
 
+/* Columns of at most this many values (rounded up to 4) are gathered as int8 on the stack before
+ * they are expanded (any channel count); longer ones with ic % 4 != 0 go value by value. */
+#define CONV_GATHER_MAX 128
+
+/* One pixel's int8 column (padding taps as -input offset, which expands to 0), up to k4 values. */
+static void col_gather(const col_args_t *a, int8_t *dst, int32_t k4, int32_t n, int32_t oy, int32_t ox)
+{
+    const int32_t iy0 = oy * a->sh - a->ph, ix0 = ox * a->sw - a->pw;
+    const int8_t pad = (int8_t)-(int32_t)(int16_t)(a->off2 & 0xFFFFu);
+    int8_t *d = dst;
+    for (int32_t ky = 0; ky < a->fh; ++ky) {
+        const int32_t iy = iy0 + a->dh * ky;
+        const bool row_in = iy >= 0 && iy < a->ih;
+        const int8_t *row = a->x + (n * a->ih + iy) * a->iw * a->ic;
+        int32_t kx = 0;
+        if (row_in && a->dw == 1 && ix0 >= 0 && ix0 + a->fw <= a->iw) {
+            /* The whole filter row on the input: one run of fw * ic bytes. */
+            const int8_t *src = row + ix0 * a->ic;
+            for (int32_t i = a->fw * a->ic; i > 0; --i) *d++ = *src++;
+            continue;
+        }
+        for (; kx < a->fw; ++kx) {
+            const int32_t ix = ix0 + a->dw * kx;
+            if (row_in && ix >= 0 && ix < a->iw) {
+                const int8_t *src = row + ix * a->ic;
+                for (int32_t i = a->ic; i > 0; --i) *d++ = *src++;
+            } else {
+                for (int32_t i = a->ic; i > 0; --i) *d++ = pad;
+            }
+        }
+    }
+    while (d < dst + k4) *d++ = pad;
+}
+
+/* The pair's scratch from two gathered int8 columns (k4 values each, k4 % 4 == 0). */
+static void col_expand(const col_args_t *a, uint32_t *col, const int8_t *ca, const int8_t *cb, int32_t k4)
+{
+    for (int32_t k = 0; k < k4; k += 4, col += 4) {
+        const uint32_t wa = tfmb_ld32(ca + k), wb = tfmb_ld32(cb + k);
+        col[0] = tfmb_sadd16(tfmb_sxtb16(wa), a->off2);
+        col[1] = tfmb_sadd16(tfmb_sxtb16_ror8(wa), a->off2);
+        col[2] = tfmb_sadd16(tfmb_sxtb16(wb), a->off2);
+        col[3] = tfmb_sadd16(tfmb_sxtb16_ror8(wb), a->off2);
+    }
+}
+
 /* acc[0..3] += channel w0 / w1 (`groups` weight words each) dotted with pixel A / B of the scratch
  * at *cp; the three pointers are left after what was read. */
 static inline void dot_2x2(const uint32_t **cp, const int8_t **w0, const int8_t **w1, int32_t groups, uint32_t acc[4])
@@ -177,36 +224,79 @@ static inline uint32_t tail_word(const int8_t *w, int32_t k_tail)
     return v;
 }
 
-/* Requantization parameters of one output channel (tfmb_requant's, read once per channel). */
+/* What requantization reads: per channel arrays and the op's output constants. */
 typedef struct {
-    int32_t bias, mult, left, right, mask_half;
-    uint32_t mask;
-} rq_t;
+    const uint8_t *mult, *shift;
+    int32_t out_off, lo, hi;
+} rq_ctx_t;
 
-static inline rq_t rq_load(const uint8_t *b, const uint8_t *mult, const uint8_t *shift, int32_t o)
+/* Requantization of one channel's two outputs (pixel A to *ya, B to *yb), the accumulators
+ * already holding the bias. The common case (no left shift, a right shift e in 1..23) takes a
+ * shorter exact route: with h = SaturatingRoundingDoublingHighMul's result, RoundingDivideByPOT
+ * (h, e) is floor((h + 2**(e-1) - (h < 0)) / 2**e); that addend is >= 0, and when adding it
+ * would overflow, h is so large that the saturated sum (QADD), shifted, still exceeds 255, so
+ * the output clamps to hi either way (out_off >= -128, hi <= 127). Other shifts take
+ * tfmb_mbqm_fast (tfmb_requant's arithmetic). */
+static inline void rq_store2(const rq_ctx_t *q, int32_t o, uint32_t acc_a, uint32_t acc_b, int8_t *ya, int8_t *yb)
 {
-    const int32_t s = (int32_t)tfmb_ld32(shift + 4 * o);
-    rq_t r;
-    r.bias = b ? (int32_t)tfmb_ld32(b + 4 * o) : 0;
-    r.mult = (int32_t)tfmb_ld32(mult + 4 * o);
-    r.left = s > 0 ? s : 0;
-    r.right = s > 0 ? 0 : -s;
-    r.mask = (uint32_t)((1ull << r.right) - 1u);
-    r.mask_half = (int32_t)(r.mask >> 1);
-    return r;
-}
-
-/* tfmb_requant's exact result (see tfmb_mbqm_fast; RoundingDivideByPOT with the channel's mask). */
-static inline int8_t rq_apply(const rq_t *r, uint32_t acc, int32_t out_off, int32_t lo, int32_t hi)
-{
-    const int32_t x = (int32_t)((acc + (uint32_t)r->bias) << r->left);
-    const int64_t ab = (int64_t)x * (int64_t)r->mult;
-    const int32_t h = (int32_t)((ab + (1LL << 30)) >> 31);
-    const int32_t rem = (int32_t)((uint32_t)h & r->mask);
-    const int32_t threshold = r->mask_half - (h >> 31); /* + 1 when h < 0 */
-    int32_t v = (h >> r->right) + (rem > threshold ? 1 : 0);
-    v = tfmb_wadd(v, out_off);
-    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+    const int32_t m = (int32_t)tfmb_ld32(q->mult + 4 * o), shift = (int32_t)tfmb_ld32(q->shift + 4 * o);
+    const int32_t right = -shift;
+    if ((uint32_t)(right - 1) < 23u) {
+        const int32_t half = (int32_t)(1u << (right - 1));
+#if TFMB_NATIVE_DSP
+        uint32_t t0, t1;
+        __asm__ volatile("mov %[t0], #0x40000000\n\t"
+                "movs %[t1], #0\n\t"
+                "smlal %[t0], %[t1], %[xa], %[m]\n\t"
+                "lsrs %[t0], %[t0], #31\n\t"
+                "orr %[xa], %[t0], %[t1], lsl #1\n\t"
+                "add %[t0], %[half], %[xa], asr #31\n\t"
+                "qadd %[xa], %[xa], %[t0]\n\t"
+                "asrs %[xa], %[xa], %[r]\n\t"
+                "add %[xa], %[xa], %[off]\n\t"
+                "cmp %[xa], %[lo]\n\t"
+                "it lt\n\t"
+                "movlt %[xa], %[lo]\n\t"
+                "cmp %[xa], %[hi]\n\t"
+                "it gt\n\t"
+                "movgt %[xa], %[hi]\n\t"
+                "strb %[xa], [%[ya]]\n\t"
+                "mov %[t0], #0x40000000\n\t"
+                "movs %[t1], #0\n\t"
+                "smlal %[t0], %[t1], %[xb], %[m]\n\t"
+                "lsrs %[t0], %[t0], #31\n\t"
+                "orr %[xb], %[t0], %[t1], lsl #1\n\t"
+                "add %[t0], %[half], %[xb], asr #31\n\t"
+                "qadd %[xb], %[xb], %[t0]\n\t"
+                "asrs %[xb], %[xb], %[r]\n\t"
+                "add %[xb], %[xb], %[off]\n\t"
+                "cmp %[xb], %[lo]\n\t"
+                "it lt\n\t"
+                "movlt %[xb], %[lo]\n\t"
+                "cmp %[xb], %[hi]\n\t"
+                "it gt\n\t"
+                "movgt %[xb], %[hi]\n\t"
+                "strb %[xb], [%[yb]]\n\t"
+                : [xa] "+&r"(acc_a), [xb] "+&r"(acc_b), [t0] "=&r"(t0), [t1] "=&r"(t1)
+                : [m] "r"(m), [half] "r"(half), [r] "r"(right), [off] "r"(q->out_off), [lo] "r"(q->lo),
+                  [hi] "r"(q->hi), [ya] "r"(ya), [yb] "r"(yb)
+                : "cc", "memory");
+#else
+        const uint32_t accs[2] = {acc_a, acc_b};
+        int8_t *ys[2] = {ya, yb};
+        for (int i = 0; i < 2; ++i) {
+            const int64_t ab = (int64_t)(int32_t)accs[i] * (int64_t)m;
+            const int32_t h = (int32_t)((ab + (1LL << 30)) >> 31);
+            const int32_t v = tfmb_wadd(tfmb_qadd(h, half + (h >> 31)) >> right, q->out_off);
+            *ys[i] = (int8_t)(v < q->lo ? q->lo : (v > q->hi ? q->hi : v));
+        }
+#endif
+        return;
+    }
+    const int32_t va = tfmb_wadd(tfmb_mbqm_fast((int32_t)acc_a, m, shift), q->out_off);
+    const int32_t vb = tfmb_wadd(tfmb_mbqm_fast((int32_t)acc_b, m, shift), q->out_off);
+    *ya = (int8_t)tfmb_clamp(va, q->lo, q->hi);
+    *yb = (int8_t)tfmb_clamp(vb, q->lo, q->hi);
 }
 
 void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c)
@@ -222,17 +312,20 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
     const int8_t *f = (const int8_t *)(c->data + filt->offset);
     int8_t *y = (int8_t *)(c->arena + out->offset);
     const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
-    const uint8_t *mult = c->data + op->p[10], *shift = c->data + op->p[11];
-    const int32_t out_off = op->p[1], lo = op->p[2], hi = op->p[3];
+    const rq_ctx_t q = {c->data + op->p[10], c->data + op->p[11], op->p[1], op->p[2], op->p[3]};
     const int32_t oh = out->d[1], ow = out->d[2], oc = out->d[3];
     const int32_t k_all = a.fh * a.fw * a.ic, groups = k_all >> 2, k_tail = k_all & 3;
     const int32_t pixels = in->d[0] * oh * ow;
+    const int32_t k4 = (k_all + 3) & ~3;
     uint32_t *col = (uint32_t *)tfmb_scratch(op, c);
+    /* ic % 4 != 0: the int8 columns on the stack first. */
+    const bool gathered = (a.ic & 3) != 0 && k4 <= CONV_GATHER_MAX;
+    int8_t ga[CONV_GATHER_MAX], gb[CONV_GATHER_MAX];
 
     int32_t n = 0, oy = 0, ox = 0; /* pixel A's position */
     for (int32_t p = 0; p < pixels; p += 2) {
         const bool pair = p + 1 < pixels;
-        col_fill(&a, col, 0, n, oy, ox);
+        const int32_t na = n, oya = oy, oxa = ox;
         if (++ox == ow) {
             ox = 0;
             if (++oy == oh) {
@@ -240,25 +333,35 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
                 ++n;
             }
         }
-        if (pair) {
-            col_fill(&a, col, 1, n, oy, ox);
-            if (++ox == ow) {
-                ox = 0;
-                if (++oy == oh) {
-                    oy = 0;
-                    ++n;
-                }
+        /* An odd last pixel pairs with itself (B's results are not stored). */
+        const int32_t nb = pair ? n : na, oyb = pair ? oy : oya, oxb = pair ? ox : oxa;
+        if (pair && ++ox == ow) {
+            ox = 0;
+            if (++oy == oh) {
+                oy = 0;
+                ++n;
             }
-        } else {
-            for (int32_t g = 0; g < (k_all + 3) >> 2; ++g) col[4 * g + 2] = col[4 * g + 3] = 0;
         }
-        int8_t *ya = y + p * oc, *yb = ya + oc;
+        if (gathered) {
+            col_gather(&a, ga, k4, na, oya, oxa);
+            col_gather(&a, gb, k4, nb, oyb, oxb);
+            col_expand(&a, col, ga, gb, k4);
+        } else {
+            col_fill(&a, col, 0, na, oya, oxa);
+            col_fill(&a, col, 1, nb, oyb, oxb);
+        }
+        /* A lone last pixel's B results are A's again (same column): stored over A's. */
+        int8_t *ya = y + p * oc, *yb = pair ? ya + oc : ya;
         for (int32_t o = 0; o < oc; o += 2) {
             const bool two = o + 1 < oc;
             const int8_t *w0 = f + o * k_all, *w1 = two ? w0 + k_all : w0;
-            uint32_t acc[4] = {0, 0, 0, 0}; /* channel 0 pixel A, B; channel 1 pixel A, B */
+            const uint32_t b0 = b ? tfmb_ld32(b + 4 * o) : 0u, b1 = b && two ? tfmb_ld32(b + 4 * o + 4) : 0u;
+            /* channel 0 pixel A, B; channel 1 pixel A, B; started at the bias (wrapping sums commute) */
+            uint32_t acc[4] = {b0, b0, b1, b1};
             const uint32_t *cp = col;
+#ifndef CONV_NO_DOT
             dot_2x2(&cp, &w0, &w1, groups, acc);
+#endif
             if (k_tail) {
                 const uint32_t xa0 = cp[0], xa1 = cp[1], xb0 = cp[2], xb1 = cp[3];
                 uint32_t w = tail_word(w0, k_tail), wl = tfmb_sxtb16(w), wh = tfmb_sxtb16_ror8(w);
@@ -270,14 +373,8 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
                 acc[2] = (uint32_t)tfmb_smlad(wh, xa1, tfmb_smlad(wl, xa0, (int32_t)acc[2]));
                 acc[3] = (uint32_t)tfmb_smlad(wh, xb1, tfmb_smlad(wl, xb0, (int32_t)acc[3]));
             }
-            const rq_t r0 = rq_load(b, mult, shift, o);
-            ya[o] = rq_apply(&r0, acc[0], out_off, lo, hi);
-            if (pair) yb[o] = rq_apply(&r0, acc[1], out_off, lo, hi);
-            if (two) {
-                const rq_t r1 = rq_load(b, mult, shift, o + 1);
-                ya[o + 1] = rq_apply(&r1, acc[2], out_off, lo, hi);
-                if (pair) yb[o + 1] = rq_apply(&r1, acc[3], out_off, lo, hi);
-            }
+            rq_store2(&q, o, acc[0], acc[1], ya + o, yb + o);
+            if (two) rq_store2(&q, o + 1, acc[2], acc[3], ya + o + 1, yb + o + 1);
         }
     }
 }
