@@ -39,27 +39,42 @@ static inline int32_t col_value(const col_args_t *a, int32_t n, int32_t iy0, int
     return (int32_t)a->x[((n * a->ih + iy) * a->iw + ix) * a->ic + ch] + (int32_t)(int16_t)(a->off2 & 0xFFFFu);
 }
 
+/* `words` input words from src expanded into the slot's two words of as many groups (stride 4). */
+static inline uint32_t *expand_run(uint32_t *dst, const int8_t *src, int32_t words, uint32_t off2)
+{
+#pragma GCC unroll 2
+    for (int32_t i = 0; i < words; ++i, src += 4, dst += 4) {
+        const uint32_t w = tfmb_ld32(src);
+        dst[0] = tfmb_sadd16(tfmb_sxtb16(w), off2);
+        dst[1] = tfmb_sadd16(tfmb_sxtb16_ror8(w), off2);
+    }
+    return dst;
+}
+
 /* One pixel's column into slot `s` (0: A, 1: B) of the pair's scratch `col` (4 words a group). */
 static void col_fill(const col_args_t *a, uint32_t *col, int s, int32_t n, int32_t oy, int32_t ox)
 {
     const int32_t iy0 = oy * a->sh - a->ph, ix0 = ox * a->sw - a->pw;
+    const int32_t ih = a->ih, iw = a->iw, ic = a->ic, fh = a->fh, fw = a->fw, dh = a->dh, dw = a->dw;
+    const uint32_t off2 = a->off2; /* a local: the scratch stores cannot change it */
     uint32_t *dst = col + 2 * s;
-    if ((a->ic & 3) == 0) {
-        /* Whole words: every tap is ic / 4 groups. */
-        const int32_t words = a->ic >> 2;
-        for (int32_t ky = 0; ky < a->fh; ++ky) {
-            const int32_t iy = iy0 + a->dh * ky;
-            const bool row_in = iy >= 0 && iy < a->ih;
-            const int8_t *row = a->x + (n * a->ih + iy) * a->iw * a->ic;
-            for (int32_t kx = 0; kx < a->fw; ++kx) {
-                const int32_t ix = ix0 + a->dw * kx;
-                if (row_in && ix >= 0 && ix < a->iw) {
-                    const int8_t *src = row + ix * a->ic;
-                    for (int32_t i = 0; i < words; ++i, src += 4, dst += 4) {
-                        const uint32_t w = tfmb_ld32(src);
-                        dst[0] = tfmb_sadd16(tfmb_sxtb16(w), a->off2);
-                        dst[1] = tfmb_sadd16(tfmb_sxtb16_ror8(w), a->off2);
-                    }
+    if ((ic & 3) == 0) {
+        /* Whole words: every tap is ic / 4 groups; a filter row wholly on the input (dilation 1) is
+         * one run of fw * ic / 4 words. */
+        const int32_t words = ic >> 2;
+        const bool row_run = dw == 1 && ix0 >= 0 && ix0 + fw <= iw;
+        for (int32_t ky = 0; ky < fh; ++ky) {
+            const int32_t iy = iy0 + dh * ky;
+            const bool row_in = iy >= 0 && iy < ih;
+            const int8_t *row = a->x + (n * ih + iy) * iw * ic;
+            if (row_in && row_run) {
+                dst = expand_run(dst, row + ix0 * ic, words * fw, off2);
+                continue;
+            }
+            for (int32_t kx = 0; kx < fw; ++kx) {
+                const int32_t ix = ix0 + dw * kx;
+                if (row_in && ix >= 0 && ix < iw) {
+                    dst = expand_run(dst, row + ix * ic, words, off2);
                 } else {
                     for (int32_t i = 0; i < words; ++i, dst += 4) {
                         dst[0] = 0;
