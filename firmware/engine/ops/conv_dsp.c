@@ -314,6 +314,141 @@ static inline void rq_store2(const rq_ctx_t *q, int32_t o, uint32_t acc_a, uint3
     *yb = (int8_t)tfmb_clamp(vb, q->lo, q->hi);
 }
 
+#if TFMB_NATIVE_DSP
+/* What conv_pairs_native reads and advances, at fixed offsets (the assembly below names them). */
+typedef struct {
+    const uint32_t *col;      /*  0: the pair's scratch */
+    const int8_t *w;          /*  4: filter of the next channel pair (advanced) */
+    int32_t k;                /*  8: K, bytes a filter */
+    const uint32_t *col_mid;  /* 12: col + 4 * (groups % 4): single groups before it */
+    const int32_t *bias;      /* 16: bias of the next pair (advanced by bias_step) */
+    int32_t bias_step;        /* 20: 8, or 0 with no bias (a pair of zeros) */
+    const int32_t *mult;      /* 24: (advanced) */
+    const int32_t *shift;     /* 28: (advanced) */
+    int8_t *ya;               /* 32: pixel A's output at the next pair (advanced) */
+    int32_t yb_off;           /* 36: pixel B's output - pixel A's (0 for a lone pixel) */
+    int32_t out_off, lo, hi;  /* 40, 44, 48 */
+    int32_t pairs;            /* 52: channel pairs left */
+    const uint32_t *col_end;  /* 56 */
+} conv_run_t;
+
+/* One group (4 values) of both channels x both pixels: r2-r5 the scratch words, r12 / r1 a weight
+ * word split, r6-r9 the accumulators, r10 / r11 the two filters, lr the scratch pointer. */
+#define CONV_G                                                                                     \
+    "ldm lr!, {r2, r3, r4, r5}\n\t"                                                                \
+    "ldr r12, [r10], #4\n\t"                                                                       \
+    "sxtb16 r1, r12\n\t"                                                                           \
+    "sxtb16 r12, r12, ror #8\n\t"                                                                  \
+    "smlad r6, r1, r2, r6\n\t"                                                                     \
+    "smlad r6, r12, r3, r6\n\t"                                                                    \
+    "smlad r7, r1, r4, r7\n\t"                                                                     \
+    "smlad r7, r12, r5, r7\n\t"                                                                    \
+    "ldr r12, [r11], #4\n\t"                                                                       \
+    "sxtb16 r1, r12\n\t"                                                                           \
+    "sxtb16 r12, r12, ror #8\n\t"                                                                  \
+    "smlad r8, r1, r2, r8\n\t"                                                                     \
+    "smlad r8, r12, r3, r8\n\t"                                                                    \
+    "smlad r9, r1, r4, r9\n\t"                                                                     \
+    "smlad r9, r12, r5, r9\n\t"
+
+/* rq_store2's fast route on accumulator x: r2 multiplier, r4 right shift, r12 2**(right-1),
+ * lr out_off, r1 / r3 the clamp. */
+#define CONV_OUT(x)                                                                                \
+    "mov r10, #0x40000000\n\t"                                                                     \
+    "mov r11, #0\n\t"                                                                              \
+    "smlal r10, r11, " x ", r2\n\t"                                                                \
+    "lsr r10, r10, #31\n\t"                                                                        \
+    "orr " x ", r10, r11, lsl #1\n\t"                                                              \
+    "add r10, r12, " x ", asr #31\n\t"                                                             \
+    "qadd " x ", " x ", r10\n\t"                                                                   \
+    "asr " x ", " x ", r4\n\t"                                                                     \
+    "add " x ", " x ", lr\n\t"                                                                     \
+    "cmp " x ", r1\n\t"                                                                            \
+    "it lt\n\t"                                                                                    \
+    "movlt " x ", r1\n\t"                                                                          \
+    "cmp " x ", r3\n\t"                                                                            \
+    "it gt\n\t"                                                                                    \
+    "movgt " x ", r3\n\t"
+
+/* Channel ch (0, 1) of the pair: its parameters, its two outputs requantized and stored. */
+#define CONV_CH(ch, xa, xb)                                                                        \
+    "ldr r5, [r0, #24]\n\t"                                                                        \
+    "ldr r2, [r5, #" #ch "*4]\n\t"                                                                 \
+    "ldr r5, [r0, #28]\n\t"                                                                        \
+    "ldr r4, [r5, #" #ch "*4]\n\t"                                                                 \
+    "rsb r4, r4, #0\n\t"                                                                           \
+    "sub r5, r4, #1\n\t"                                                                           \
+    "mov r12, #1\n\t"                                                                              \
+    "lsl r12, r12, r5\n\t"                                                                         \
+    CONV_OUT(xa) CONV_OUT(xb)                                                                      \
+    "ldr r5, [r0, #32]\n\t"                                                                        \
+    "strb " xa ", [r5, #" #ch "]\n\t"                                                              \
+    "ldr r10, [r0, #36]\n\t"                                                                       \
+    "add r5, r5, r10\n\t"                                                                          \
+    "strb " xb ", [r5, #" #ch "]\n\t"
+
+/* Every channel pair of a pixel pair in one loop of assembly (the compiler's version of the
+ * C blocks spends about as many instructions around each block as in its requantization): the
+ * dot products as dot_2x2, then rq_store2's fast route for the four outputs. Needs K % 4 == 0
+ * and every channel's right shift in 1..23; s->pairs >= 1. */
+static void conv_pairs_native(conv_run_t *s)
+{
+    register conv_run_t *r0 __asm__("r0") = s;
+    __asm__ volatile(
+        "1:\n\t"
+        "ldr r1, [r0, #16]\n\t"
+        "ldr r6, [r1]\n\t"
+        "ldr r8, [r1, #4]\n\t"
+        "ldr r2, [r0, #20]\n\t"
+        "add r1, r1, r2\n\t"
+        "str r1, [r0, #16]\n\t"
+        "mov r7, r6\n\t"
+        "mov r9, r8\n\t"
+        "ldr r10, [r0, #4]\n\t"
+        "ldr r2, [r0, #8]\n\t"
+        "add r11, r10, r2\n\t"
+        "add r2, r11, r2\n\t"
+        "str r2, [r0, #4]\n\t"
+        "ldr lr, [r0, #0]\n\t"
+        "ldr r1, [r0, #12]\n\t"
+        "cmp lr, r1\n\t"
+        "beq 3f\n\t"
+        "2:\n\t" CONV_G
+        "ldr r1, [r0, #12]\n\t"
+        "cmp lr, r1\n\t"
+        "bne 2b\n\t"
+        "3:\n\t"
+        "ldr r1, [r0, #56]\n\t"
+        "cmp lr, r1\n\t"
+        "beq 5f\n\t"
+        "4:\n\t" CONV_G CONV_G CONV_G CONV_G
+        "ldr r1, [r0, #56]\n\t"
+        "cmp lr, r1\n\t"
+        "bne 4b\n\t"
+        "5:\n\t"
+        "ldr lr, [r0, #40]\n\t"
+        "ldr r1, [r0, #44]\n\t"
+        "ldr r3, [r0, #48]\n\t"
+        CONV_CH(0, "r6", "r7") CONV_CH(1, "r8", "r9")
+        "ldr r5, [r0, #24]\n\t"
+        "add r5, r5, #8\n\t"
+        "str r5, [r0, #24]\n\t"
+        "ldr r5, [r0, #28]\n\t"
+        "add r5, r5, #8\n\t"
+        "str r5, [r0, #28]\n\t"
+        "ldr r5, [r0, #32]\n\t"
+        "add r5, r5, #2\n\t"
+        "str r5, [r0, #32]\n\t"
+        "ldr r5, [r0, #52]\n\t"
+        "subs r5, r5, #1\n\t"
+        "str r5, [r0, #52]\n\t"
+        "bne 1b\n\t"
+        : "+r"(r0)
+        :
+        : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
+}
+#endif
+
 void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c)
 {
     const tfmb_tensor_t *in = &t[0], *filt = &t[1];
@@ -336,6 +471,19 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
     /* ic % 4 != 0: the int8 columns on the stack first. */
     const bool gathered = (a.ic & 3) != 0 && k4 <= CONV_GATHER_MAX;
     int8_t ga[CONV_GATHER_MAX], gb[CONV_GATHER_MAX];
+#if TFMB_NATIVE_DSP
+    /* The assembly loop over channel pairs: K % 4 == 0 and every channel on the fast route. */
+    bool native = k_tail == 0 && oc >= 2;
+    for (int32_t o = 0; native && o < oc; ++o) {
+        const int32_t right = -(int32_t)tfmb_ld32(q.shift + 4 * o);
+        native = (uint32_t)(right - 1) < 23u;
+    }
+    static const int32_t no_bias[2] = {0, 0};
+    conv_run_t run = {
+        .col = col, .k = k_all, .col_mid = col + 4 * (groups & 3), .col_end = col + 4 * groups,
+        .bias_step = b ? 8 : 0, .out_off = q.out_off, .lo = q.lo, .hi = q.hi,
+    };
+#endif
 
     int32_t n = 0, oy = 0, ox = 0; /* pixel A's position */
     for (int32_t p = 0; p < pixels; p += 2) {
@@ -367,7 +515,21 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
         }
         /* A lone last pixel's B results are A's again (same column): stored over A's. */
         int8_t *ya = y + p * oc, *yb = pair ? ya + oc : ya;
-        for (int32_t o = 0; o < oc; o += 2) {
+        int32_t o_first = 0;
+#if TFMB_NATIVE_DSP
+        if (native) {
+            run.w = f;
+            run.bias = b ? (const int32_t *)(const void *)b : no_bias;
+            run.mult = (const int32_t *)(const void *)q.mult;
+            run.shift = (const int32_t *)(const void *)q.shift;
+            run.ya = ya;
+            run.yb_off = (int32_t)(yb - ya);
+            run.pairs = oc >> 1;
+            conv_pairs_native(&run);
+            o_first = oc & ~1;
+        }
+#endif
+        for (int32_t o = o_first; o < oc; o += 2) {
             const bool two = o + 1 < oc;
             const int8_t *w0 = f + o * k_all, *w1 = two ? w0 + k_all : w0;
             const uint32_t b0 = b ? tfmb_ld32(b + 4 * o) : 0u, b1 = b && two ? tfmb_ld32(b + 4 * o + 4) : 0u;
