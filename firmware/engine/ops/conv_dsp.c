@@ -389,8 +389,8 @@ typedef struct {
 
 /* Every channel pair of a pixel pair in one loop of assembly (the compiler's version of the
  * C blocks spends about as many instructions around each block as in its requantization): the
- * dot products as dot_2x2, then rq_store2's fast route for the four outputs. Needs K % 4 == 0
- * and every channel's right shift in 1..23; s->pairs >= 1. */
+ * dot products as dot_2x2, then rq_store2's fast route for the four outputs. Needs every
+ * channel's right shift in 1..23; s->pairs >= 1. */
 static void conv_pairs_native(conv_run_t *s)
 {
     register conv_run_t *r0 __asm__("r0") = s;
@@ -472,15 +472,18 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
     const bool gathered = (a.ic & 3) != 0 && k4 <= CONV_GATHER_MAX;
     int8_t ga[CONV_GATHER_MAX], gb[CONV_GATHER_MAX];
 #if TFMB_NATIVE_DSP
-    /* The assembly loop over channel pairs: K % 4 == 0 and every channel on the fast route. */
-    bool native = k_tail == 0 && oc >= 2;
+    /* The assembly loop over channel pairs, every channel on the fast route. With K % 4 != 0 it runs
+     * over K rounded up to 4 (the scratch's tail is 0, the weights read past a filter belong to the
+     * next channel) on all pairs but the last, so no weight past the filter tensor is read. */
+    const int32_t native_pairs = k_tail ? (oc - 1) >> 1 : oc >> 1;
+    bool native = native_pairs >= 1;
     for (int32_t o = 0; native && o < oc; ++o) {
         const int32_t right = -(int32_t)tfmb_ld32(q.shift + 4 * o);
         native = (uint32_t)(right - 1) < 23u;
     }
     static const int32_t no_bias[2] = {0, 0};
     conv_run_t run = {
-        .col = col, .k = k_all, .col_mid = col + 4 * (groups & 3), .col_end = col + 4 * groups,
+        .col = col, .k = k_all, .col_mid = col + 4 * ((k4 >> 2) & 3), .col_end = col + k4,
         .bias_step = b ? 8 : 0, .out_off = q.out_off, .lo = q.lo, .hi = q.hi,
     };
 #endif
@@ -524,9 +527,9 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
             run.shift = (const int32_t *)(const void *)q.shift;
             run.ya = ya;
             run.yb_off = (int32_t)(yb - ya);
-            run.pairs = oc >> 1;
+            run.pairs = native_pairs;
             conv_pairs_native(&run);
-            o_first = oc & ~1;
+            o_first = 2 * native_pairs;
         }
 #endif
         for (int32_t o = o_first; o < oc; o += 2) {
