@@ -147,7 +147,9 @@ static void col_gather(const col_args_t *a, int8_t *dst, int32_t k4, int32_t n, 
         if (row_in && a->dw == 1 && ix0 >= 0 && ix0 + a->fw <= a->iw) {
             /* The whole filter row on the input: one run of fw * ic bytes. */
             const int8_t *src = row + ix0 * a->ic;
-            for (int32_t i = a->fw * a->ic; i > 0; --i) *d++ = *src++;
+            int32_t len = a->fw * a->ic;
+            for (; len >= 4; len -= 4, src += 4, d += 4) tfmb_st32(d, tfmb_ld32(src));
+            for (; len > 0; --len) *d++ = *src++;
             continue;
         }
         for (; kx < a->fw; ++kx) {
