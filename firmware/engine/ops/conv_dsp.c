@@ -329,7 +329,8 @@ typedef struct {
     const int32_t *shift;     /* 28: (advanced) */
     int8_t *ya;               /* 32: pixel A's output at the next pair (advanced) */
     int32_t yb_off;           /* 36: pixel B's output - pixel A's (0 for a lone pixel) */
-    int32_t out_off, lo, hi;  /* 40, 44, 48 */
+    int32_t out_off;          /* 40 */
+    uint32_t lo4, hi4;        /* 44, 48: the clamp's bounds in each byte */
     int32_t pairs;            /* 52: channel pairs left */
     const uint32_t *col_end;  /* 56 */
 } conv_run_t;
@@ -353,8 +354,8 @@ typedef struct {
     "smlad r9, r1, r4, r9\n\t"                                                                     \
     "smlad r9, r12, r5, r9\n\t"
 
-/* rq_store2's fast route on accumulator x: r2 multiplier, r4 right shift, r12 2**(right-1),
- * lr out_off, r1 / r3 the clamp. */
+/* rq_store2's fast route on accumulator x up to the clamp (saturated to int8 first): r2 the
+ * multiplier, r4 the right shift, r12 2**(right-1), lr out_off. */
 #define CONV_OUT(x)                                                                                \
     "mov r10, #0x40000000\n\t"                                                                     \
     "mov r11, #0\n\t"                                                                              \
@@ -365,14 +366,9 @@ typedef struct {
     "qadd " x ", " x ", r10\n\t"                                                                   \
     "asr " x ", " x ", r4\n\t"                                                                     \
     "add " x ", " x ", lr\n\t"                                                                     \
-    "cmp " x ", r1\n\t"                                                                            \
-    "it lt\n\t"                                                                                    \
-    "movlt " x ", r1\n\t"                                                                          \
-    "cmp " x ", r3\n\t"                                                                            \
-    "it gt\n\t"                                                                                    \
-    "movgt " x ", r3\n\t"
+    "ssat " x ", #8, " x "\n\t"
 
-/* Channel ch (0, 1) of the pair: its parameters, its two outputs requantized and stored. */
+/* Channel ch (0, 1) of the pair: its parameters, its two outputs. */
 #define CONV_CH(ch, xa, xb)                                                                        \
     "ldr r5, [r0, #24]\n\t"                                                                        \
     "ldr r2, [r5, #" #ch "*4]\n\t"                                                                 \
@@ -382,16 +378,33 @@ typedef struct {
     "sub r5, r4, #1\n\t"                                                                           \
     "mov r12, #1\n\t"                                                                              \
     "lsl r12, r12, r5\n\t"                                                                         \
-    CONV_OUT(xa) CONV_OUT(xb)                                                                      \
+    CONV_OUT(xa) CONV_OUT(xb)
+
+/* The four int8 outputs packed A0 A1 B0 B1 in one word, clamped to [lo, hi] byte-wise (SSUB8 sets
+ * the GE flags, SEL picks), stored as pixel A's and pixel B's halfwords. */
+#define CONV_STORE                                                                                 \
+    "pkhbt r6, r6, r7, lsl #16\n\t"                                                                \
+    "pkhbt r8, r8, r9, lsl #16\n\t"                                                                \
+    "uxtb16 r6, r6\n\t"                                                                            \
+    "uxtb16 r8, r8\n\t"                                                                            \
+    "orr r6, r6, r8, lsl #8\n\t"                                                                   \
+    "ldr r1, [r0, #44]\n\t"                                                                        \
+    "ssub8 r2, r6, r1\n\t"                                                                         \
+    "sel r6, r6, r1\n\t"                                                                           \
+    "ldr r1, [r0, #48]\n\t"                                                                        \
+    "ssub8 r2, r1, r6\n\t"                                                                         \
+    "sel r6, r6, r1\n\t"                                                                           \
     "ldr r5, [r0, #32]\n\t"                                                                        \
-    "strb " xa ", [r5, #" #ch "]\n\t"                                                              \
     "ldr r10, [r0, #36]\n\t"                                                                       \
-    "add r5, r5, r10\n\t"                                                                          \
-    "strb " xb ", [r5, #" #ch "]\n\t"
+    "strh r6, [r5]\n\t"                                                                            \
+    "lsr r6, r6, #16\n\t"                                                                          \
+    "strh r6, [r5, r10]\n\t"
 
 /* Every channel pair of a pixel pair in one loop of assembly (the compiler's version of the
  * C blocks spends about as many instructions around each block as in its requantization): the
- * dot products as dot_2x2, then rq_store2's fast route for the four outputs. Needs every
+ * dot products as dot_2x2, then rq_store2's fast route for the four outputs (the clamp of all four
+ * at once: they are saturated to int8 first, which changes nothing as lo >= -128 and hi <= 127;
+ * the stores are halfwords: channels o, o + 1 are adjacent). Needs every
  * channel's right shift in 1..23; s->pairs >= 1. */
 static void conv_pairs_native(conv_run_t *s)
 {
@@ -429,9 +442,7 @@ static void conv_pairs_native(conv_run_t *s)
         "bne 4b\n\t"
         "5:\n\t"
         "ldr lr, [r0, #40]\n\t"
-        "ldr r1, [r0, #44]\n\t"
-        "ldr r3, [r0, #48]\n\t"
-        CONV_CH(0, "r6", "r7") CONV_CH(1, "r8", "r9")
+        CONV_CH(0, "r6", "r7") CONV_CH(1, "r8", "r9") CONV_STORE
         "ldr r5, [r0, #24]\n\t"
         "add r5, r5, #8\n\t"
         "str r5, [r0, #24]\n\t"
@@ -486,7 +497,8 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
     static const int32_t no_bias[2] = {0, 0};
     conv_run_t run = {
         .col = col, .k = k_all, .col_mid = col + 4 * ((k4 >> 2) & 3), .col_end = col + k4,
-        .bias_step = b ? 8 : 0, .out_off = q.out_off, .lo = q.lo, .hi = q.hi,
+        .bias_step = b ? 8 : 0, .out_off = q.out_off,
+        .lo4 = ((uint32_t)q.lo & 0xFFu) * 0x01010101u, .hi4 = ((uint32_t)q.hi & 0xFFu) * 0x01010101u,
     };
 #endif
 
