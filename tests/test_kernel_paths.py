@@ -289,28 +289,69 @@ def test_fully_connected_with_a_weights_offset_runs_the_reference(engine_lib, en
 QEMU_INPUTS = int(os.environ.get("TINYFED_KERNEL_QEMU_INPUTS", "200"))
 
 
-@pytest.mark.slow
-def test_field_look_alikes_on_qemu_mps2_an386(tmp_path: Path) -> None:
-    """Each pretrained look-alike (its longest head that fits the slot) on the Cortex-M4F firmware."""
+@pytest.fixture(scope="module")
+def an386_elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The firmware for mps2-an386 (Cortex-M4F: the DSP kernels with their assembly)."""
     import shutil
 
-    from field_models import FIELD_MODELS, build_field_model, qemu_fragment
-
     from tinyfed.firmware_bridge.emulate.build import build_firmware
+
+    if not shutil.which("arm-none-eabi-gcc") or not shutil.which("qemu-system-arm"):
+        pytest.fail("the QEMU tests need arm-none-eabi-gcc and qemu-system-arm")
+    return build_firmware("mps2-an386", tmp_path_factory.mktemp("fw_an386")).elf
+
+
+def _qemu_mismatches(client, model: bytes, n: int, seed: int) -> int:
+    x = inputs_for(model, n, seed)
+    want = np.asarray(TflmModel(model).run(x))
+    client.load_fragment(compile_blob(model))
+    got = np.stack([client.infer(x[i : i + 1]) for i in range(len(x))])
+    return mismatched(got, want)
+
+
+def _op_cases() -> list[tuple[str, bytes]]:
+    """Section 2's op models, for the firmware."""
+    cases = [(f"conv {_shape_id(sh)}", conv_model(np.random.default_rng(i), *sh)) for i, sh in enumerate(CONV_SHAPES)]
+    rng = np.random.default_rng(21)
+    for i in range(12):
+        fh, fw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        dil = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        shape = (int(rng.integers((fh - 1) * dil[0] + 1, 10)), int(rng.integers((fw - 1) * dil[1] + 1, 10)),
+                 int(rng.integers(1, 68)), int(rng.integers(1, 20)), fh, fw,
+                 (int(rng.integers(1, 3)), int(rng.integers(1, 3))), dil, bool(rng.integers(0, 2)))
+        cases.append((f"conv random {i}", conv_model(rng, *shape, bias=bool(i % 3), act=list(_ACTIVATIONS)[i % 3])))
+    for spread in (2.0**-14, 2.0**14, 2.0**22):
+        cases.append((f"conv spread {spread}", conv_model(rng, 6, 6, 8, 6, 3, 3, (1, 1), (1, 1), True, spread=spread)))
+    for depth, n_out, rows in ((64, 16, 1), (37, 5, 1), (256, 33, 1), (10, 4, 3), (67, 7, 2)):
+        cases.append((f"fc {depth}x{n_out}x{rows}", fc_model(rng, depth, n_out, rows, act="RELU")))
+    cases.append(("fc weights offset", fc_model(rng, 24, 6, 2, w_zp=5, per_channel=False)))
+    return cases
+
+
+@pytest.mark.slow
+def test_op_shapes_on_qemu_mps2_an386(an386_elf: Path) -> None:
+    """Section 2's shapes on the Cortex-M4F firmware: the assembly's odd channels, K tails, shifts."""
     from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
     from tinyfed.firmware_bridge.link.client import BoardClient
 
-    if not shutil.which("arm-none-eabi-gcc") or not shutil.which("qemu-system-arm"):
-        pytest.fail("the QEMU test needs arm-none-eabi-gcc and qemu-system-arm")
-    elf = build_firmware("mps2-an386", tmp_path / "fw").elf
+    cases = _op_cases()
+    with launch_qemu("mps2-an386", an386_elf) as emu, BoardClient(emu.url, name=emu.url, timeout=60.0) as client:
+        bad = {what: _qemu_mismatches(client, model, 16, 10) for what, model in cases}
+    assert bad == {what: 0 for what, _ in cases}
+
+
+@pytest.mark.slow
+def test_field_look_alikes_on_qemu_mps2_an386(an386_elf: Path) -> None:
+    """Each pretrained look-alike (its longest head that fits the slot) on the Cortex-M4F firmware."""
+    from field_models import FIELD_MODELS, build_field_model, qemu_fragment
+
+    from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
+    from tinyfed.firmware_bridge.link.client import BoardClient
+
     bad: dict[str, int] = {}
-    with launch_qemu("mps2-an386", elf) as emu, BoardClient(emu.url, name=emu.url, timeout=60.0) as client:
+    with launch_qemu("mps2-an386", an386_elf) as emu, BoardClient(emu.url, name=emu.url, timeout=60.0) as client:
         slot = client.hello().fragment_slot_bytes
         for name in FIELD_MODELS:
             fragment = qemu_fragment(build_field_model(name).tflite, slot)
-            x = inputs_for(fragment, QEMU_INPUTS, 9)
-            want = np.asarray(TflmModel(fragment).run(x))
-            client.load_fragment(compile_blob(fragment))
-            got = np.stack([client.infer(x[i : i + 1]) for i in range(len(x))])
-            bad[name] = mismatched(got, want)
+            bad[name] = _qemu_mismatches(client, fragment, QEMU_INPUTS, 9)
     assert bad == {name: 0 for name in FIELD_MODELS}
