@@ -165,7 +165,7 @@ static void col_gather(const col_args_t *a, int8_t *dst, int32_t k4, int32_t n, 
     while (d < dst + k4) *d++ = pad;
 }
 
-/* The pair's scratch from two gathered int8 columns (k4 values each, k4 % 4 == 0). */
+/* The pair's scratch from two int8 columns (gathered, or input pixels; k4 values each, k4 % 4 == 0). */
 static void col_expand(const col_args_t *a, uint32_t *col, const int8_t *ca, const int8_t *cb, int32_t k4)
 {
     for (int32_t k = 0; k < k4; k += 4, col += 4) {
@@ -484,6 +484,9 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
     /* ic % 4 != 0: the int8 columns on the stack first. */
     const bool gathered = (a.ic & 3) != 0 && k4 <= CONV_GATHER_MAX;
     int8_t ga[CONV_GATHER_MAX], gb[CONV_GATHER_MAX];
+    /* (the last output pixel's input inside too: validate does not tie output to input sizes) */
+    const bool pointwise = a.fh == 1 && a.fw == 1 && a.ph == 0 && a.pw == 0 && (a.ic & 3) == 0 &&
+                           (oh - 1) * a.sh < a.ih && (ow - 1) * a.sw < a.iw;
 #if TFMB_NATIVE_DSP
     /* The assembly loop over channel pairs, every channel on the fast route. With K % 4 != 0 it runs
      * over K rounded up to 4 (the scratch's tail is 0, the weights read past a filter belong to the
@@ -522,7 +525,11 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
                 ++n;
             }
         }
-        if (gathered) {
+        if (pointwise) {
+            /* A 1x1 filter without padding: each column is one input pixel, expanded in place. */
+            col_expand(&a, col, a.x + ((na * a.ih + oya * a.sh) * a.iw + oxa * a.sw) * a.ic,
+                       a.x + ((nb * a.ih + oyb * a.sh) * a.iw + oxb * a.sw) * a.ic, k4);
+        } else if (gathered) {
             col_gather(&a, ga, k4, na, oya, oxa);
             col_gather(&a, gb, k4, nb, oyb, oxb);
             col_expand(&a, col, ga, gb, k4);
