@@ -131,7 +131,9 @@ static void col_fill(const col_args_t *a, uint32_t *col, int s, int32_t n, int32
 
 /* Columns of at most this many values (rounded up to 4) are gathered as int8 on the stack before
  * they are expanded (any channel count); longer ones with ic % 4 != 0 go value by value. */
-#define CONV_GATHER_MAX 128
+#define CONV_GATHER_MAX 64
+/* Filters up to this long (rounded up to 4) with K % 4 != 0 get the last channel pair's copy. */
+#define CONV_LAST_MAX 64
 
 /* One pixel's int8 column (padding taps as -input offset, which expands to 0), up to k4 values. */
 static void col_gather(const col_args_t *a, int8_t *dst, int32_t k4, int32_t n, int32_t oy, int32_t ox)
@@ -492,11 +494,20 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
      * over K rounded up to 4 (the scratch's tail is 0, the weights read past a filter belong to the
      * next channel) on all pairs but the last, so no weight past the filter tensor is read. */
     const int32_t native_pairs = k_tail ? (oc - 1) >> 1 : oc >> 1;
-    bool native = native_pairs >= 1;
+    /* With K % 4 != 0 and an even channel count, the last pair runs on a zero-padded copy of its
+     * two filters (short filters: first layers). */
+    const bool last_copy = k_tail != 0 && (oc & 1) == 0 && k4 <= CONV_LAST_MAX;
+    int8_t w_last[2 * CONV_LAST_MAX];
+    bool native = native_pairs >= 1 || last_copy;
     for (int32_t o = 0; native && o < oc; ++o) {
         const int32_t right = -(int32_t)tfmb_ld32(q.shift + 4 * o);
         native = (uint32_t)(right - 1) < 23u;
     }
+    if (native && last_copy)
+        for (int32_t j = 0; j < k4; ++j) {
+            w_last[j] = j < k_all ? f[(oc - 2) * k_all + j] : 0;
+            w_last[k4 + j] = j < k_all ? f[(oc - 1) * k_all + j] : 0;
+        }
     static const int32_t no_bias[2] = {0, 0};
     conv_run_t run = {
         .col = col, .k = k_all, .col_mid = col + 4 * ((k4 >> 2) & 3), .col_end = col + k4,
@@ -542,15 +553,30 @@ void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_
         int32_t o_first = 0;
 #if TFMB_NATIVE_DSP
         if (native) {
-            run.w = f;
-            run.bias = b ? (const int32_t *)(const void *)b : no_bias;
-            run.mult = (const int32_t *)(const void *)q.mult;
-            run.shift = (const int32_t *)(const void *)q.shift;
-            run.ya = ya;
             run.yb_off = (int32_t)(yb - ya);
-            run.pairs = native_pairs;
-            conv_pairs_native(&run);
+            if (native_pairs) {
+                run.w = f;
+                run.k = k_all;
+                run.bias = b ? (const int32_t *)(const void *)b : no_bias;
+                run.mult = (const int32_t *)(const void *)q.mult;
+                run.shift = (const int32_t *)(const void *)q.shift;
+                run.ya = ya;
+                run.pairs = native_pairs;
+                conv_pairs_native(&run);
+            }
             o_first = 2 * native_pairs;
+            if (last_copy) {
+                const int32_t o = oc - 2;
+                run.w = w_last;
+                run.k = k4;
+                run.bias = b ? (const int32_t *)(const void *)(b + 4 * o) : no_bias;
+                run.mult = (const int32_t *)(const void *)(q.mult + 4 * o);
+                run.shift = (const int32_t *)(const void *)(q.shift + 4 * o);
+                run.ya = ya + o;
+                run.pairs = 1;
+                conv_pairs_native(&run);
+                o_first = oc;
+            }
         }
 #endif
         for (int32_t o = o_first; o < oc; o += 2) {
