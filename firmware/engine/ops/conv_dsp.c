@@ -407,7 +407,8 @@ typedef struct {
  * dot products as dot_2x2, then rq_store2's fast route for the four outputs (the clamp of all four
  * at once: they are saturated to int8 first, which changes nothing as lo >= -128 and hi <= 127;
  * the stores are halfwords: channels o, o + 1 are adjacent). Needs every
- * channel's right shift in 1..23; s->pairs >= 1. */
+ * channel's right shift in 1..23; s->pairs >= 1. It uses every register but sp and pc (r7
+ * included: the firmware builds with -O2, no frame pointer). */
 static void conv_pairs_native(conv_run_t *s)
 {
     register conv_run_t *r0 __asm__("r0") = s;
