@@ -234,9 +234,11 @@ CONV_SHAPES = [
     (3, 3, 2, 3, 5, 5, (1, 1), (1, 1), True),       # filter larger than the input (mostly padding)
     (1, 1, 12, 5, 1, 1, (1, 1), (1, 1), True),      # a single pixel
     (6, 1, 6, 16, 5, 1, (1, 1), (1, 1), True),      # har_cnn-like (k, 1) taps, ic = 6
-    (5, 4, 40, 8, 3, 3, (1, 1), (1, 1), True),      # K = 360 > the gather's 128: ic % 4 == 0 path
+    (5, 4, 40, 8, 3, 3, (1, 1), (1, 1), True),      # K = 360, ic % 4 == 0: the word-wise im2col
     (4, 4, 20, 3, 3, 3, (1, 1), (1, 1), False),     # K = 180, 3 channels
-    (5, 5, 30, 2, 2, 3, (1, 1), (1, 1), True),      # ic = 30, K = 180 > 128 with ic % 4 != 0
+    (5, 5, 30, 2, 2, 3, (1, 1), (1, 1), True),      # ic = 30, K = 180 with ic % 4 != 0
+    (9, 7, 16, 10, 1, 1, (2, 2), (1, 1), True),     # strided 1x1 (a ResNet projection), odd pixels
+    (3, 7, 3, 6, 3, 3, (1, 1), (1, 1), True),       # K = 27 with 6 channels: the last pair's copy
 ]
 
 
