@@ -8,13 +8,20 @@
  *   A(k, k+2)  A(k+1, k+3)  B(k, k+2)  B(k+1, k+3)
  * i.e. the halfword order SXTB16 / SXTB16 ROR 8 give a weight word, so one SMLAD pairs two
  * weights with their two inputs without reordering anything, and one LDM fetches both pixels.
- * The inner loop then takes 2 output channels x 2 pixels (4 accumulators) per weight word pair:
- * 2 LDR + 4 SXTB16 + 1 LDM + 8 SMLAD for 16 MACs. The tail of K (K % 4, only when ic % 4 != 0) is
- * zero in the scratch and its weights are read byte by byte, so no weight past the filter is read.
+ * The columns come from: the input pixels themselves (1x1 filters without padding), runs of
+ * whole words (ic % 4 == 0; a filter row on the input is one run), an int8 gather on the stack
+ * (ic % 4 != 0, K <= 64: first layers with 1 or 3 channels), else value by value.
+ *
+ * The dot products take 2 output channels x 2 pixels (4 accumulators, started at the bias) per
+ * weight word pair: 2 LDR + 4 SXTB16 + 1 LDM + 8 SMLAD for 16 MACs. On the target the whole loop
+ * over channel pairs is assembly (conv_pairs_native) with the requantization of the four outputs
+ * (a shorter exact rounding, see rq_store2) when every channel's shift allows it; the C blocks
+ * below do the rest (and are what host test builds run, with tfmb_simd.h's portable intrinsics).
+ * The tail of K (K % 4) is zero in the scratch; its weights are read byte by byte in C, and the
+ * assembly reads a whole word only where the bytes after a filter are the next filter's.
  * An odd last pixel runs as pixel pair (A, A), an odd last channel as channel pair (o, o), and
- * their extra results are not stored. Columns with ic % 4 != 0 are gathered as int8 on the stack
- * first when short (first layers: ic 1 or 3), else built value by value. Accumulation wraps modulo 2**32 like the reference, and
- * the order of the additions does not matter then.
+ * their extra results are not stored. Accumulation wraps modulo 2**32 like the reference, and the
+ * order of the additions does not matter then.
  */
 #include "../tfmb_internal.h"
 
