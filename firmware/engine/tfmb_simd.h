@@ -45,6 +45,8 @@ static inline uint32_t tfmb_sxtb16_ror8(uint32_t x)
 static inline int32_t tfmb_smlad(uint32_t a, uint32_t b, int32_t acc) { return __smlad(a, b, acc); }
 /* Halfword-wise a + b, wrapping (SADD16). */
 static inline uint32_t tfmb_sadd16(uint32_t a, uint32_t b) { return (uint32_t)__sadd16(a, b); }
+/* a + b saturated to int32 (QADD). */
+static inline int32_t tfmb_qadd(int32_t a, int32_t b) { return __qadd(a, b); }
 #else
 static inline uint32_t tfmb_halves(int32_t lo, int32_t hi) { return ((uint32_t)lo & 0xFFFFu) | ((uint32_t)hi << 16); }
 static inline int32_t tfmb_half_lo(uint32_t x) { return (int16_t)(x & 0xFFFFu); }
@@ -62,6 +64,11 @@ static inline int32_t tfmb_smlad(uint32_t a, uint32_t b, int32_t acc)
 static inline uint32_t tfmb_sadd16(uint32_t a, uint32_t b)
 {
     return tfmb_halves(tfmb_half_lo(a) + tfmb_half_lo(b), tfmb_half_hi(a) + tfmb_half_hi(b));
+}
+static inline int32_t tfmb_qadd(int32_t a, int32_t b)
+{
+    const int64_t s = (int64_t)a + (int64_t)b;
+    return s > INT32_MAX ? INT32_MAX : (s < INT32_MIN ? INT32_MIN : (int32_t)s);
 }
 #endif
 

@@ -151,6 +151,10 @@ static uint32_t conv_2d_scratch(const tfmb_op_t *op, const tfmb_tensor_t t[3], c
     return tfmb_kernel_scratch((uint64_t)t[1].d[1] * (uint64_t)t[1].d[2] * (uint64_t)t[1].d[3], 2);
 }
 
+#if TFMB_CORE == TFMB_CORE_DSP
+void tfmb_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c);
+#endif
+
 static const tfmb_op_entry_t tfmb_op_conv_2d = {
     .code = TFMB_OP_CONV_2D,
     .inputs = 3, /* input, filter, optional bias */
@@ -159,7 +163,9 @@ static const tfmb_op_entry_t tfmb_op_conv_2d = {
     .in_place = false,
     .validate = conv_validate,
     .eval = conv_2d_eval,
-#if TFMB_CORE == TFMB_CORE_MVE
+#if TFMB_CORE == TFMB_CORE_DSP
+    .fast = tfmb_conv_2d_dsp, /* conv_dsp.c */
+#elif TFMB_CORE == TFMB_CORE_MVE
     .fast = tfmb_conv_2d_mve,
 #endif
     .scratch = conv_2d_scratch,

@@ -59,6 +59,21 @@ static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], 
     }
 }
 
+#if TFMB_CORE == TFMB_CORE_DSP
+void tfmb_fully_connected_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                              const tfmb_ctx_t *c);
+
+/* The DSP kernel (fully_connected_dsp.c) covers weights offset 0, what int8 converters emit. */
+static void fully_connected_fast(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                 const tfmb_ctx_t *c)
+{
+    if (op->p[4] != 0)
+        fully_connected_eval(op, t, out, c);
+    else
+        tfmb_fully_connected_dsp(op, t, out, c);
+}
+#endif
+
 /* FULLY_CONNECTED's scratch: one input row of the weights' depth. */
 static uint32_t fully_connected_scratch(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out)
 {
@@ -75,7 +90,9 @@ static const tfmb_op_entry_t tfmb_op_fully_connected = {
     .in_place = false,
     .validate = fully_connected_validate,
     .eval = fully_connected_eval,
-#if TFMB_CORE == TFMB_CORE_MVE
+#if TFMB_CORE == TFMB_CORE_DSP
+    .fast = fully_connected_fast,
+#elif TFMB_CORE == TFMB_CORE_MVE
     .fast = tfmb_fully_connected_mve,
 #endif
     .scratch = fully_connected_scratch,
