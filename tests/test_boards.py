@@ -538,7 +538,7 @@ def test_cli_show(cli) -> None:
     result = CliRunner().invoke(cli, ["boards", "show", "nrf52840"])
     assert result.exit_code == 0, result.output
     for text in ("cortex-m4f", "64 MHz", "256 KiB", "1024 KiB", "uart 115200", "renode",
-                 "RAM 8 KiB, flash 81 KiB (linker-map)", "253,952 bytes", "988,160 bytes"):
+                 "RAM 8 KiB, flash 81 KiB (linker-map)", "253,952 bytes", "965,632 bytes"):
         assert text in result.stdout
     as_json = CliRunner().invoke(cli, ["boards", "show", "nrf52840", "--json"])
     assert json.loads(as_json.stdout)["ram_kib"] == 256
