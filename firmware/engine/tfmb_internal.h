@@ -226,6 +226,9 @@ static inline bool tfmb_is_activation(const tfmb_tensor_t *t) { return !t->const
 #define TFMB_CORE TFMB_CORE_C
 #endif
 
+/* Filter taps the DSP depthwise kernel packs (7x7); longer filters (TFLM micro_speech's 10x8
+ * with depth multiplier 8) run the reference kernel, which is faster for them. */
+#define TFMB_DW_DSP_MAX_TAPS 49
 /* Op-specific checks of an op (its inputs in[0..2] that are present, its output), after the
  * shared ones: NULL when they pass, else the first problem, which tfmb_open reports as
  * BAD_MODEL "<problem> <op index>" (detail = op index). */

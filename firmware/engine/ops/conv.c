@@ -176,6 +176,28 @@ TFMB_REGISTER_OP(tfmb_op_conv_2d);
 /* depthwise_dsp.c */
 void tfmb_depthwise_conv_2d_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                                 const tfmb_ctx_t *c);
+
+#endif
+
+#if TFMB_CORE == TFMB_CORE_DSP || TFMB_CORE == TFMB_CORE_MVE
+/* The optimised kernel where it is faster than the reference: DSP, filters it packs (at most
+ * TFMB_DW_DSP_MAX_TAPS taps); MVE, depth multiplier 1 (its multiplier > 1 loop is scalar). */
+static void depthwise_conv_2d_fast(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                   const tfmb_ctx_t *c)
+{
+#if TFMB_CORE == TFMB_CORE_DSP
+    if ((int64_t)t[1].d[1] * t[1].d[2] <= TFMB_DW_DSP_MAX_TAPS) {
+        tfmb_depthwise_conv_2d_dsp(op, t, out, c);
+        return;
+    }
+#else
+    if (op->p[12] == 1) {
+        tfmb_depthwise_conv_2d_mve(op, t, out, c);
+        return;
+    }
+#endif
+    depthwise_conv_2d_eval(op, t, out, c);
+}
 #endif
 
 static const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
@@ -187,9 +209,9 @@ static const tfmb_op_entry_t tfmb_op_depthwise_conv_2d = {
     .validate = conv_validate,
     .eval = depthwise_conv_2d_eval,
 #if TFMB_CORE == TFMB_CORE_DSP
-    .fast = tfmb_depthwise_conv_2d_dsp,
+    .fast = depthwise_conv_2d_fast,
 #elif TFMB_CORE == TFMB_CORE_MVE
-    .fast = tfmb_depthwise_conv_2d_mve,
+    .fast = depthwise_conv_2d_fast,
 #endif
 };
 TFMB_REGISTER_OP(tfmb_op_depthwise_conv_2d);

@@ -21,7 +21,7 @@
 #if TFMB_CORE == TFMB_CORE_DSP
 
 #define DW_COLS 32     /* output columns whose clipped tap range is computed once per op */
-#define DW_MAX_TAPS 49 /* filter taps of the packed path (7x7): 2 words each on the stack (392 bytes) */
+#define DW_MAX_TAPS TFMB_DW_DSP_MAX_TAPS /* filter taps of the packed path (7x7): 2 words each on the stack (392 bytes) */
 
 typedef struct {
     const int8_t *x, *f;
