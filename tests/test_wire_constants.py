@@ -182,6 +182,7 @@ C_ONLY = {
     "TFMB_CORE_C": "build-time kernel selection",
     "TFMB_CORE_DSP": "build-time kernel selection",
     "TFMB_CORE_MVE": "build-time kernel selection",
+    "TFMB_DW_DSP_MAX_TAPS": "which depthwise filters the DSP kernel runs (the others the reference): not on the wire",
 }
 
 #: Python constants with no C counterpart, as "namespace.NAME", and why.
