@@ -374,8 +374,11 @@ def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_train
     assert cached.loss == plain.loss
     print(f"4 epochs x {plain.n} windows: {plain.cycles} cycles without the head cache, {cached.cycles} with it "
           f"({cached.cycles / plain.cycles:.3f})")
-    # the plan trains conv4 too since issue 13 (one sample's activations, not a batch's): T is larger
-    assert cached.cycles < 0.6 * plain.cycles
+    # The head runs once instead of 4 times: its cycles fall to about a quarter (plus the cache's stores).
+    # The saving is most of 3/4 of the head's cycles, whatever the head's share is (it fell with the
+    # optimised kernels of issue 14, so a fixed ratio of the total would test the kernels, not the cache).
+    assert cached.head_cycles < 0.4 * plain.head_cycles
+    assert plain.cycles - cached.cycles > 0.6 * 0.75 * plain.head_cycles
 
 
 def _float_delta(case: dict, params: TrainParams) -> np.ndarray:
