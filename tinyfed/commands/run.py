@@ -33,22 +33,18 @@ import click
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
-from tinyfed.host.strategies import DEFAULT_OVERSELECT_FACTOR, STRATEGIES, Strategy
+from tinyfed.host.strategies import STRATEGIES, Strategy
 from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
 
 
 def run_strategy(label: str, params: Any, fleet_size: int | None = None) -> Strategy:
-    """The run's strategy: ``label`` (a name or a variant such as ``fedbuff@subset``) with the config's
-    [strategy_params]. ``+overselect`` over-selects by its ``overselect_factor`` when that is above 1,
-    else by the default factor."""
+    """The run's strategy: ``label`` (a name or a variant such as ``fedavg+overselect``) with the config's
+    [strategy_params] (whose ``overselect_factor`` is the factor of a ``+overselect`` label)."""
     from tinyfed.host.strategies import build_variant
 
-    values = params.model_dump() if hasattr(params, "model_dump") else dict(params)
-    factor = values.get("overselect_factor", 1.0)
-    return build_variant(label, fleet_size=fleet_size, overselect_factor=factor if factor > 1.0
-                         else DEFAULT_OVERSELECT_FACTOR, **values)
+    return build_variant(label, fleet_size=fleet_size, **params.model_dump())
 
 
 def strategy_payload(label: str, params: Any = None) -> str:

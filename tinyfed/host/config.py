@@ -32,6 +32,7 @@ from tinyfed.host.strategies import (
     FedAvgParams,
     FTTEParams,
     StrategyError,
+    DEFAULT_OVERSELECT_FACTOR,
     parse_variant,
 )
 
@@ -149,9 +150,9 @@ class StrategyParams(ConfigTable):
     round_deadline_s: float | None = Field(default=FedAvgParams.round_deadline_s, gt=0,
                                            description="seconds after its dispatch a round closes with what "
                                                        "arrived (fedavg); None: wait for every device")
-    overselect_factor: float = Field(default=FedAvgParams.overselect_factor, ge=1,
-                                     description="f: a round samples ceil(f * m) devices and closes at m "
-                                                 "arrivals (fedavg)")
+    overselect_factor: float = Field(default=DEFAULT_OVERSELECT_FACTOR, ge=1,
+                                     description="f of a '+overselect' strategy label (fedavg): a round samples "
+                                                 "ceil(f * m) devices and closes at m arrivals")
 
 
 class Limits(ConfigTable):

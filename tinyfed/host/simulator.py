@@ -871,7 +871,7 @@ class StudyConfig(ConfigTable):
                                      description="f of the +overselect variants: ceil(f * m) sampled per round")
     round_deadline_s: float | None = Field(
         default=None, gt=0, description="simulated seconds after its dispatch a FedAvg round closes with what "
-                                        "arrived; None: [strategy_params] round_deadline_s (default: no deadline)")
+                                        "arrived; None: no deadline")
     board_mix: Annotated[str, AfterValidator(_parsed_by(parse_board_mix))] = Field(
         default=DEFAULT_MIX, description="fleet mix, BOARD:SHARE,...")
     stragglers: float = Field(default=0.9, ge=0, le=1, description="fraction of straggling devices")
@@ -927,15 +927,23 @@ class StudyConfig(ConfigTable):
                               fix="give auto, none, or a positive number of simulated seconds")
         return value
 
+    @field_validator("strategy_params")
+    @classmethod
+    def _fedavg_knobs_at_the_top(cls, value: StrategyParams) -> StrategyParams:
+        """A study sets FedAvg's deadline and over-selection once, at its top level (as its CLI does)."""
+        for key in ("round_deadline_s", "overselect_factor"):
+            if getattr(value, key) != StrategyParams.model_fields[key].default:
+                raise check_error(f"a study sets {key} at its top level, not in [strategy_params]",
+                                  fix=f"move {key} to the study's top level", key=(key,))
+        return value
+
     def strategy(self, label: str) -> Strategy:
         """The strategy of ``label`` (a name or a variant such as ``fedavg@subset+overselect``) with the
         study's [strategy_params], its ``round_deadline_s`` and, for ``+overselect``, its
         ``overselect_factor``, for a fleet of ``clients`` devices."""
         params = self.strategy_params.model_dump()
-        if self.round_deadline_s is not None:
-            params["round_deadline_s"] = self.round_deadline_s
-        return build_variant(parse_variant(label), fleet_size=self.clients, overselect_factor=self.overselect_factor,
-                             **params)
+        params.update(round_deadline_s=self.round_deadline_s, overselect_factor=self.overselect_factor)
+        return build_variant(parse_variant(label), fleet_size=self.clients, **params)
 
     def limits(self) -> SimLimits:
         """The first leg's limits: each strategy to its target (or a max), never past a fixed horizon."""

@@ -118,18 +118,19 @@ def parse_variant(text: str) -> Variant:
 def build_variant(variant: Variant | str, *, fleet_size: int | None = None,
                   overselect_factor: float = DEFAULT_OVERSELECT_FACTOR, ignore_extra: bool = True,
                   **params: Any) -> Strategy:
-    """The strategy of ``variant`` (a :class:`Variant` or a label) with ``params``: the label's payload
-    and, for ``+overselect``, ``overselect_factor`` take precedence over the same keys in ``params``.
-    The strategy reports under the variant's label."""
+    """The strategy of ``variant`` (a :class:`Variant` or a label) with ``params``; it reports under the
+    variant's label. The label's payload takes precedence over a ``payload`` in ``params``.
+    ``overselect_factor`` is the factor a ``+overselect`` label samples by (a config table's
+    ``overselect_factor`` lands here); a label without it keeps the strategy's own (1: none)."""
     v = parse_variant(variant) if isinstance(variant, str) else variant
     given = dict(params)
     if v.payload is not None:
         given["payload"] = v.payload
     if v.overselect:
         if not (isinstance(overselect_factor, (int, float)) and math.isfinite(overselect_factor)
-                and overselect_factor > 1.0):
-            raise StrategyParamError(f"{v.label} over-selects by {overselect_factor!r}",
-                                     fix="give an overselect_factor > 1 (e.g. 2.0)")
+                and overselect_factor >= 1.0):
+            raise StrategyParamError(f"{v.label} over-selects by overselect_factor = {overselect_factor!r}",
+                                     fix="give an overselect_factor >= 1 (e.g. 2.0)")
         given["overselect_factor"] = float(overselect_factor)
     strategy = get_strategy(v.name, fleet_size=fleet_size, ignore_extra=ignore_extra, **given)
     strategy.label = v.label
