@@ -8,8 +8,9 @@
 Every strategy runs on the same devices, data shards, straggler factors and seed; the table
 gives time to the target in simulated seconds, versions, accuracy, on-device training memory and
 bytes, with ratios to FedAvg. A strategy is named by its label, ``NAME[@subset|@dense][+overselect]``
-(``fedbuff@subset``: FedBuff on FTTE's w*), and reported under it in the table and in ``--json``. ``--out DIR`` writes ``summary.csv``, ``history.csv``,
-``study.json`` and, with matplotlib, ``accuracy_vs_time.png`` and ``bytes_vs_time.png``.
+(``fedbuff@subset``: FedBuff on FTTE's w*), and reported under it in the table and in ``--json``.
+``--out DIR`` writes ``summary.csv``, ``history.csv``, ``study.json`` and, with matplotlib,
+``accuracy_vs_time.png`` and ``bytes_vs_time.png``.
 See ``docs/simulator.md``.
 """
 

@@ -28,11 +28,11 @@ from tinyfed.boards.schema import check_error
 from tinyfed.boards.validation import read_toml, suggest, validate
 from tinyfed.errors import DataFileError, FieldIssue
 from tinyfed.host.strategies import (
+    DEFAULT_OVERSELECT_FACTOR,
     STRATEGIES,
     FedAvgParams,
     FTTEParams,
     StrategyError,
-    DEFAULT_OVERSELECT_FACTOR,
     parse_variant,
 )
 

@@ -439,6 +439,18 @@ class Engine:
             return 0.2
         return min(0.2, max(0.0, self.deadline[0] - time.monotonic()))
 
+    def _next_step(self, outcomes: queue.Queue[_Outcome]) -> Aggregate | None:
+        """Wait for the next outcome (at most until the pending deadline) and handle it; the step it
+        brings, one that became due meanwhile, or the strategy's answer to a passed deadline."""
+        try:
+            out = outcomes.get(timeout=self._wait_timeout())
+        except queue.Empty:
+            agg = self.rounds.poll()
+        else:
+            agg = self._handle(out)
+            self._tick()
+        return agg if agg is not None else self._deadline_due()
+
     def _deadline_due(self) -> Aggregate | None:
         """Tell the strategy when its pending deadline has passed (once); its answer, else None."""
         if self.deadline is None or time.monotonic() < self.deadline[0]:
@@ -547,18 +559,7 @@ class Engine:
                 self._checkpoint(started)  # version 0: a crash before the first step resumes from here
             while not self._should_stop(value, started):
                 self._dispatch(workers)
-                try:
-                    out = outcomes.get(timeout=self._wait_timeout())
-                except queue.Empty:
-                    agg = rounds.poll()
-                else:
-                    agg = self._handle(out)
-                    self._tick()
-                if agg is not None:
-                    self._step(agg, started)
-                    value, loss = float(self.history[-1][metric_name]), float(self.history[-1]["loss"])
-                    continue
-                agg = self._deadline_due()
+                agg = self._next_step(outcomes)
                 if agg is not None:
                     self._step(agg, started)
                     value, loss = float(self.history[-1][metric_name]), float(self.history[-1]["loss"])

@@ -1071,21 +1071,22 @@ class Study:
                  model.size, frozen_macs, model.train_macs, time.monotonic() - t0)
         return model
 
-    def simulation(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+    def simulation(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
                    backend: Backend | None = None, record_trace: bool = False) -> Simulation:
-        """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
+        """One strategy (a label: ``ftte``, ``fedbuff@subset``, ...) on this study's fleet, every board
+        holding nothing yet, not yet run; it trains the model of its payload."""
         cfg = self.cfg
-        strategy = cfg.strategy(name)
+        strategy = cfg.strategy(label)
         return Simulation(self.model(strategy.payload), self.fleet, strategy, training=cfg.training.local_training(),
                           limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,
                           progress=progress)
 
-    def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+    def run(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
             backend: Backend | None = None, record_trace: bool = False) -> SimResult:
-        """One strategy to its target or a limit (no common horizon: see :meth:`run_all`)."""
-        sim = self.simulation(name, progress=progress, backend=backend, record_trace=record_trace)
+        """One strategy (a label) to its target or a limit (no common horizon: see :meth:`run_all`)."""
+        sim = self.simulation(label, progress=progress, backend=backend, record_trace=record_trace)
         try:
             return self._log(sim.run())
         finally:
@@ -1095,7 +1096,7 @@ class Study:
                 backend: Backend | None = None,
                 announce: Callable[[str, SimResult], None] | None = None) -> dict[str, SimResult]:
         """Every strategy to its target (time to target), then, with a horizon, every one on to the
-        same simulated moment, where their final accuracies are taken."""
+        same simulated moment, where their final accuracies are taken; keyed by label."""
         sims = {name: self.simulation(name, progress=progress, backend=backend) for name in self.cfg.strategies}
         results: dict[str, SimResult] = {}
         try:

@@ -270,7 +270,7 @@ class Strategy(ABC):
         self.fleet_size = fleet_size
         self.counters: dict[str, int] = {"received": 0, "aggregations": 0, "consumed": 0, "lost": 0, "ignored": 0}
         self.label: str = self.name
-        p = self.params
+        p: Any = self.params
         self.optimizer: ServerOptimizer | None = None
         if getattr(p, "server_optimizer", "sgd") != "sgd":
             self.optimizer = ServerOptimizer(p.server_optimizer, p.server_lr, p.server_momentum, p.server_beta2,
