@@ -344,6 +344,7 @@ def test_build_variant_sets_payload_overselect_and_label() -> None:
     plain = build_variant("fedavg", **table)
     assert plain.params.overselect_factor == 1.0 and plain.label == "fedavg" and plain.sample_size == 3
     assert build_variant("fedavg+overselect").params.overselect_factor == 2.0  # the default factor
+    assert FedAvg(FedAvgParams(clients_per_round=10, overselect_factor=1.3)).sample_size == 13  # not 14
     with pytest.raises(TinyfedError, match="overselect_factor"):
         build_variant("fedavg+overselect", overselect_factor=0.5)
 

@@ -80,9 +80,10 @@ class FedAvg(Strategy):
 
     @property
     def sample_size(self) -> int:
-        """Devices a round samples (before capping by the idle ones): ceil(f * m)."""
+        """Devices a round samples (before capping by the idle ones): ceil(f * m), with f * m rounded to
+        9 decimals first so that 1.3 * 10 (13.000000000000002 in binary) samples 13, not 14."""
         p = self.params
-        return math.ceil(p.overselect_factor * p.clients_per_round)
+        return math.ceil(round(p.overselect_factor * p.clients_per_round, 9))
 
     def select(self, idle: list[str], busy: list[str], version: int, rng: np.random.Generator) -> list[str]:
         if self.in_flight or not idle:
