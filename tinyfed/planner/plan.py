@@ -472,6 +472,8 @@ def _write_nested(nested: NestedPlan, out_dir: Path, graph: TfliteGraph, layout:
             blobs["frozen"] = ("frozen.tflite", head)
         tail_graph = TfliteGraph.from_bytes(tail, source=f"{name}/tail.tflite")
         blobs["trainable"] = ("trainable.tfw", tfw.encode(_units_of(graph, sel, cut, tail_graph)))
+        if name == "global":  # the global vector writes back into the whole int8 model (export)
+            blobs["model"] = ("model_int8.tflite", graph.data)
         for key, (file, data) in blobs.items():
             (where / file).write_bytes(data)
             files[key] = where / file
