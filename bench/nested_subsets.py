@@ -44,7 +44,8 @@ def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: flo
     finally:
         sim.close()
     print(f"{label}: {result.versions} versions, final {result.final_accuracy:.4f}, end mean "
-          f"{result.end_accuracy_mean:.4f}, to target {result.time_to_target_s}, {time.monotonic() - started:.0f} s wall",
+          f"{result.end_accuracy_mean:.4f}, to target {result.time_to_target_s}, "
+          f"{time.monotonic() - started:.0f} s wall",
           flush=True)
     return result
 

@@ -249,7 +249,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     return setup
 
 
-def _class_setups(plan: Plan, w_global: np.ndarray, task: Task, model_input: tuple[float, int]) -> dict[str, SubsetSetup]:
+def _class_setups(plan: Plan, w_global: np.ndarray, task: Task,
+                  model_input: tuple[float, int]) -> dict[str, SubsetSetup]:
     """Each board class's fragment and training program, its units starting at the global vector's values."""
     from tinyfed.firmware_bridge.compile.blob import compile_blob
     from tinyfed.firmware_bridge.compile.train_blob import compile_program

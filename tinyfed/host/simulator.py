@@ -1100,7 +1100,8 @@ class Study:
         """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
         cfg = self.cfg
         strategy = cfg.strategy(name)
-        return Simulation(self.model(self.payload_of(strategy)), self.fleet, strategy, training=cfg.training.local_training(),
+        return Simulation(self.model(self.payload_of(strategy)), self.fleet, strategy,
+                          training=cfg.training.local_training(),
                           limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,

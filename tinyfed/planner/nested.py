@@ -64,7 +64,8 @@ def union(selections: list[Selection]) -> Selection:
     for sel in selections:
         for op, layer in sel.layers.items():
             have = out.layers.get(op, LayerSelection())
-            out.layers[op] = LayerSelection(have.bias or layer.bias, tuple(sorted(set(have.channels) | set(layer.channels))))
+            channels = tuple(sorted(set(have.channels) | set(layer.channels)))
+            out.layers[op] = LayerSelection(have.bias or layer.bias, channels)
     return out
 
 

@@ -26,7 +26,6 @@ from tinyfed.models.tflite_graph import TensorInfo, TfliteGraph
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.importance import Importance, depth_importance, fisher_importance
-from tinyfed.planner.nested import NestedPlan, SubsetClass, core_budget_bytes, global_units, index_in, union
 from tinyfed.planner.memory import (
     NO_TRAINING,
     FirmwareLayout,
@@ -40,6 +39,7 @@ from tinyfed.planner.memory import (
     target_bytes,
     whole_model_memory,
 )
+from tinyfed.planner.nested import NestedPlan, SubsetClass, core_budget_bytes, global_units, index_in, union
 from tinyfed.planner.selection import RamCost, Step, ram_cost, select
 
 log = logging.getLogger(__name__)
