@@ -47,24 +47,33 @@ def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: flo
           f"{result.end_accuracy_mean:.4f}, to target {result.time_to_target_s}, "
           f"{time.monotonic() - started:.0f} s wall",
           flush=True)
+    model = study.model(payload)
+    for board, m in (model.classes or {}).items():
+        # the final model as a board of this class sees it: its own values trained, everything else
+        # of the global vector at the start (its frozen fragment and tail constants were never re-sent)
+        view = model.w0.copy()
+        view[m.index] = result.vector[m.index]
+        print(f"  {label}, the {board} class's view of the final model: accuracy {model.evaluate_full(view)[0]:.4f}",
+              flush=True)
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--core-budget", type=float, default=0.1)
+    ap.add_argument("--core-budget", type=float, default=0.1, help="0: no cap (the smallest board sets the core)")
     ap.add_argument("--horizon", type=float, default=8300.0)
     ap.add_argument("--eval-samples", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--only", default="ftte-nested,fedbuff-nested,ftte-core,fedbuff-dense")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--mix", default=None, help="board mix (default: the study's)")
     args = ap.parse_args()
     cfg = StudyConfig(seed=args.seed, clients=args.clients, eval_samples=args.eval_samples, nested_subsets=True,
-                      core_budget=args.core_budget, horizon=args.horizon)
+                      core_budget=args.core_budget if args.core_budget > 0 else None, horizon=args.horizon,
+                      **({"board_mix": args.mix} if args.mix else {}))
     study = Study(cfg)
-    dense = study.model("dense")
-    whole = dense.device_memory_bytes
+    whole = study.subset_plan().full_training.total  # whole-model training memory, the dense payload's
     nested_buff = FedBuff(fleet_size=cfg.clients)
     nested_buff.payload = "subset"  # FedBuff's weighting on the nested subsets
     runs = {"ftte-nested": (FTTE(fleet_size=cfg.clients), "nested"),
