@@ -71,6 +71,20 @@ def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) 
     assert "M_min" in proc.stdout
 
 
+def test_plan_fleet_shows_nested_subsets_per_class(work: Path, cache_env: dict[str, str]) -> None:
+    proc = _run("plan", "har_cnn", "--fleet", "smartwatch", "--nested", "--core-budget", "0.1", "--out",
+                str(work / "n"), "--no-measure", cwd=work, env_extra=cache_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "nested subsets: global vector" in proc.stdout and "core set by rp2040" in proc.stdout
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│")}
+    assert {"nrf52840", "apollo3", "stm32l4r9", "rp2040"} <= set(rows)
+    doc = json.loads((work / "n" / "plan.json").read_text())
+    classes = doc["nested"]["classes"]
+    assert classes["rp2040"]["training_memory_ratio"] <= 0.1 < classes["stm32l4r9"]["training_memory_ratio"]
+    assert f"{classes['stm32l4r9']['values']:,}" in rows["stm32l4r9"]
+    assert (work / "n" / "nested" / "stm32l4r9" / "trainable.tfw").is_file()
+
+
 def test_full_training_exits_1_with_the_reason(work: Path, cache_env: dict[str, str]) -> None:
     proc = _run("plan", "har_cnn", "--board", "nrf52840", "--trainable", "full", "--no-measure", "--json",
                 "--out", str(work / "full"), cwd=work, env_extra=cache_env)

@@ -190,3 +190,35 @@ def test_the_dense_plan_is_the_whole_model_the_ftte_plan_compares_with(har_sourc
     with pytest.raises(PlanError, match="needs 707,064 bytes of RAM") as info:
         dense.check_fits([large, an386])
     assert info.value.source == "mps2-an386" and "--strategy ftte" in (info.value.fix or "")
+
+
+def test_nested_subsets_per_board_class(har_source, tmp_path: Path) -> None:
+    """Under a core cap of 0.1 of whole-model training memory, the smallest board trains the core and
+    the bigger ones supersets of it, each with its own cut, fragments and slice of the global vector."""
+    from tinyfed.boards.fleet import ResolvedFleet
+    from tinyfed.planner.nested import is_superset
+
+    names = ["nrf52840", "apollo3", "stm32l4r9"]
+    fleet = ResolvedFleet(name="mix", entries=[(get_board(b), 2) for b in names], description="mix")
+    plan = make_plan(har_source, fleet, TrainingConfig(), tmp_path, measure=False, core_budget=0.1, nested=True)
+    assert plan.fits and plan.nested is not None
+    nested = plan.nested
+    assert plan.training.total <= 0.1 * plan.full_training.total
+    core = nested.class_of("nrf52840")
+    assert core.values == plan.trainable_params and core.training.total == plan.training.total
+    values = [nested.class_of(b).values for b in names]
+    assert values == sorted(values) and values[0] < values[-1]
+    for b in names:
+        c = nested.class_of(b)
+        assert is_superset(c.selection, plan.selection)
+        assert c.ram_used <= get_board(b).ram_bytes and not c.problems
+        assert len(set(c.index.tolist())) == c.values and int(c.index.max()) < nested.size
+        units = tfw.decode((tmp_path / "nested" / b / "trainable.tfw").read_bytes())
+        assert sum(u.values.size for u in units) == c.values
+    assert nested.cut == min(c.cut for c in nested.classes.values()) < plan.cut
+    global_units = tfw.decode((tmp_path / "nested" / "global" / "trainable.tfw").read_bytes())
+    assert sum(u.values.size for u in global_units) == nested.size
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["core_budget_bytes"] == int(0.1 * plan.full_training.total)
+    assert doc["nested"]["classes"]["stm32l4r9"]["values"] == values[-1]
+    assert doc["nested"]["classes"]["nrf52840"]["training_memory_ratio"] <= 0.1

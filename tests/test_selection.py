@@ -151,3 +151,53 @@ def test_dequantize_per_channel() -> None:
     q = np.array([[10, -10], [4, 2]], dtype=np.int8)  # 2 output channels on axis 0
     out = tfw.dequantize_channels(q, np.array([0.5, 0.25]), np.array([0, 0]), 0)
     np.testing.assert_allclose(out, [[5.0, -5.0], [1.0, 0.5]])
+
+
+@pytest.mark.parametrize("core_budget,class_budget", [(8_000, 40_000), (20_000, 400_000), (8_000, 3_000_000)])
+def test_a_class_grows_a_superset_of_the_core(core_budget: int, class_budget: int) -> None:
+    from tinyfed.planner.nested import is_superset
+    from tinyfed.planner.selection import select
+
+    facts = _facts()
+    cfg = TrainingConfig(batch_size=8)
+    core, _ = select(facts, _importance(facts), core_budget, cfg, CUTS, _arena)
+    big, _ = select(facts, _importance(facts), class_budget, cfg, CUTS, _arena, start=core)
+    assert core.params(facts) > 0
+    assert is_superset(big, core)
+    assert big.params(facts) > core.params(facts)
+    assert ram_cost(facts, big, cfg, CUTS, _arena).total <= class_budget
+    # a class with the core's budget gains nothing
+    same, _ = select(facts, _importance(facts), core_budget, cfg, CUTS, _arena, start=core)
+    assert same.params(facts) == core.params(facts)
+
+
+def test_a_training_budget_caps_the_core() -> None:
+    from tinyfed.planner.selection import select
+
+    facts = _facts()
+    cfg = TrainingConfig(batch_size=8)
+    free, _ = select(facts, _importance(facts), 400_000, cfg, CUTS, _arena)
+    cap = ram_cost(facts, free, cfg, CUTS, _arena).training.total // 3
+    capped, _ = select(facts, _importance(facts), 400_000, cfg, CUTS, _arena, training_budget=cap)
+    assert 0 < capped.params(facts) < free.params(facts)
+    assert ram_cost(facts, capped, cfg, CUTS, _arena).training.total <= cap
+
+
+def test_the_global_index_places_each_class_in_the_union() -> None:
+    from tinyfed.planner.nested import global_units, index_in, union
+
+    facts = _facts()
+    a = Selection({4: LayerSelection(True, tuple(range(6))), 3: LayerSelection(False, (1, 5))})
+    b = Selection({4: LayerSelection(True, tuple(range(6))), 3: LayerSelection(True, (0, 5, 9))})
+    units = global_units(facts, union([a, b]))
+    size = sum(u.size for u in units)
+    ppc = facts[3].params_per_channel
+    # op 3: channels (0, 1, 5, 9) then its bias (64), op 4: 6 channels then 6 biases
+    assert size == 4 * ppc + 64 + 6 * facts[4].params_per_channel + 6
+    ia, ib = index_in(units, facts, a), index_in(units, facts, b)
+    assert ia.size == a.params(facts) and ib.size == b.params(facts)
+    assert len(set(ia.tolist())) == ia.size and ia.max() < size
+    # a's channel 1 is the union's second row of op 3, its channel 5 the third
+    assert ia[0] == ppc and ia[ppc] == 2 * ppc
+    # every value of the union is carried by some class
+    assert set(ia.tolist()) | set(ib.tolist()) == set(range(size))

@@ -37,6 +37,12 @@ def _kib(n: int | None) -> str:
               help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
 @click.option("--trainable", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
               help="auto: FTTE's w* under M_min; full: train every parameter (to see what it would cost).")
+@click.option("--nested", is_flag=True,
+              help="Nested subsets: every board class trains the largest superset of the common w* its own "
+                   "budget holds (the smallest board, or --core-budget, sets the common core).")
+@click.option("--core-budget", type=float, default=None,
+              help="Cap the common core's training memory: a fraction of whole-model training memory (<= 1, "
+                   "e.g. 0.1) or bytes (> 1).")
 @click.option("--no-measure", is_flag=True,
               help="Skip measuring the head under TFLite Micro (reported beside the firmware's own arena).")
 @boards_dir_option
@@ -52,6 +58,8 @@ def plan(
     optimizer: str,
     importance: str,
     trainable: str,
+    nested: bool,
+    core_budget: float | None,
     no_measure: bool,
     boards_dirs: tuple[Path, ...],
     as_json: bool,
@@ -73,7 +81,7 @@ def plan(
                          head_cache_samples=head_cache_samples)
     source = load_model_source(model, representative, cfg)
     result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable,
-                       extra_board_dirs=boards_dirs)
+                       extra_board_dirs=boards_dirs, core_budget=core_budget, nested=nested)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
@@ -132,6 +140,8 @@ def _render(result) -> None:
         f"(under TFLite Micro: {_kib(doc['tflm_arena_bytes_measured'])} KiB measured, "
         f"{_kib(doc['tflm_arena_bytes_estimated'])} KiB estimated)"
     )
+    if "nested" in doc:
+        _render_nested(console, doc)
     for p in doc["problems"]:
         console.print(f"[red]does not fit:[/] {p}")
     for s in doc["suggestions"]:
@@ -140,3 +150,22 @@ def _render(result) -> None:
         console.print(f"note: {n}")
     for path in doc["fragments"]:
         console.print(f"wrote {path}")
+
+
+def _render_nested(console: Console, doc: dict) -> None:
+    """One row per board class: its subset of the global vector, cut, training memory and ratio."""
+    nested, full = doc["nested"], doc["full_training_memory"]["total"]
+    cap = nested["core_budget_bytes"]
+    title = (f"nested subsets: global vector {nested['global_values']:,} values (cut after op "
+             f"{nested['global_cut_op'] - 1}); core set by {nested['core_board']}"
+             + (f", capped at {_kib(cap)} KiB of training memory" if cap is not None else ""))
+    table = Table(title=title, title_justify="left")
+    for col in ("board", "count", "values", "cut op", "training KiB", "vs whole model", "program KiB", "RAM used KiB",
+                "fits"):
+        table.add_column(col, justify="left" if col == "board" else "right", no_wrap=col == "board")
+    for name, c in nested["classes"].items():
+        table.add_row(name, str(c["count"]), f"{c['values']:,}", str(c["cut_op"]), _kib(c["training_memory"]["total"]),
+                      f"{c['training_memory_ratio']:.3f}", _kib(c["program_bytes"]), _kib(c["ram_bytes_used"]),
+                      "[green]yes[/]" if c["fits"] else "[red]NO[/]")
+    console.print(table)
+    console.print(f"whole-model training memory: {_kib(full)} KiB")

@@ -164,6 +164,11 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="How the data is sharded across the boards (default: the config's, natural = by user).")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
               help="Dirichlet concentration for --partition dirichlet (smaller is more skewed).")
+@click.option("--nested-subsets", "nested_subsets", is_flag=True, default=None,
+              help="Nested subsets (FTTE): each board profile trains the largest superset of the common w* its "
+                   "budget holds; per-class update sizes are in the summary.")
+@click.option("--core-budget", type=click.FloatRange(0, min_open=True),
+              help="Cap the common w*'s training memory: a fraction of whole-model training memory (<= 1) or bytes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
@@ -174,7 +179,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         task: str | None, target_accuracy: float | None, target_metric: float | None, max_versions: int | None,
         max_seconds: float | None,
         max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
-        alpha: float | None, out_dir: Path | None,
+        alpha: float | None, nested_subsets: bool | None, core_budget: float | None, out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version."""
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
@@ -185,12 +190,14 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     top = {k: v for k, v in (("model", model), ("strategy", strategy), ("task", task),
                              ("target_accuracy", target_accuracy), ("target_metric", target_metric))
            if v is not None}
+    nesting = {k: v for k, v in (("nested_subsets", nested_subsets), ("core_budget", core_budget)) if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
     if resume_dir is not None:
         fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--config": config_path,
                  "--model": model, "--strategy": strategy, "--task": task, "--max-windows": max_windows,
                  "--out": out_dir,
-                 "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha}
+                 "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha,
+                 "--nested-subsets": nested_subsets, "--core-budget": core_budget}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
             given.append("--board")
@@ -210,7 +217,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         top["model"] = str(Path(model).expanduser().resolve())
     if "target_accuracy" in top or "target_metric" in top:  # the command line's target replaces the file's
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
-    cfg = checked_config(cfg.model_dump(), {**top, "limits": limits, "data": data})
+    cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data})
     run_data = checked_run_data(cfg, emulate or simulate)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
     out = new_run_dir(out_dir)
@@ -377,7 +384,8 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
                         max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
-                        data=data, task=cfg.task)
+                        data=data, task=cfg.task, core_budget=cfg.core_budget if payload == "subset" else None,
+                        nested=cfg.nested_subsets and payload == "subset")
     target = check_stop_rule(cfg, setup.task, setup.metric)
     if announce is not None:
         announce(setup)
@@ -387,7 +395,12 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
 
         assert isinstance(setup.plan, DensePlan)
         setup.plan.check_fits(get_board(name, boards_dirs) for name in {d.board for d in devices})
-    check_stores(devices, setup.program, setup.images, setup.facts["local_windows"], boards_dirs)
+    if setup.classes:  # nested subsets: each board holds its own class's program
+        for profile, c in setup.classes.items():
+            check_stores([d for d in devices if d.board == profile], c.program, setup.images,
+                         setup.facts["local_windows"], boards_dirs)
+    else:
+        check_stores(devices, setup.program, setup.images, setup.facts["local_windows"], boards_dirs)
     if events is None:
         events = stack.enter_context(EventLog(out))
 
@@ -463,6 +476,9 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                    f"{result.wall_seconds:.1f} s; "
                    + (f"boards: {baseline} (emulator-only baseline budget, not a real board); " if baseline else "")
                    + f"events in {out / 'events.jsonl'}")
+        for board, c in getattr(result, "classes", {}).items():
+            click.echo(f"nested class {board}: {c['values']:,} values, training memory "
+                       f"{c['training_memory_bytes']:,} B, {c['bytes_per_update']:,} B per update")
         final = getattr(result, "export", {}).get("final")
         if final:
             click.echo(f"deployable int8 model: {final}")

@@ -250,6 +250,12 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Evaluate each version on this many test samples (fixed, seeded; 0 = the whole test split). "
                    "Faster for the dense baselines, but the time to target gets noisier; the final accuracy is "
                    "always on the whole test split.")
+@click.option("--nested-subsets", is_flag=True,
+              help="Subset strategies train nested subsets: each board profile the largest superset of the common "
+                   "w* its own budget holds (the server averages each value over the updates that carry it).")
+@click.option("--core-budget", type=float, default=None,
+              help="Cap the common core w*'s training memory: a fraction of whole-model training memory (<= 1, "
+                   "e.g. 0.1) or bytes (> 1).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where the boards' training steps run: this process, or Ray tasks (same results, for a seed).")
 @click.option("--address", default=None,
@@ -293,6 +299,10 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
                                "ratios_to_fedavg": ratios(results), "files": [str(p) for p in files]}))
         return
     say(format_table(results, cfg.target_accuracy, study.horizon_s))
+    for name, r in results.items():
+        for board, c in r.classes.items():
+            say(f"{name} nested class {board}: {c['values']:,} values, training memory {c['device_memory_bytes']:,} B, "
+                f"{c['bytes_per_update']:,} B per update")
     for p in files:
         say(f"wrote {p}")
 

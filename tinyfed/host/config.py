@@ -233,6 +233,12 @@ class RunConfig(ConfigTable):
         default="pretrained",
         description="'pretrained' (the model as given) or 'fresh-head' (its classifier head drawn anew, seeded)",
     )
+    nested_subsets: bool = Field(
+        default=False, description="subset strategies: each board profile trains the largest superset of the "
+                                   "common w* its budget holds (nested subsets)")
+    core_budget: float | None = Field(
+        default=None, gt=0, description="cap of w*'s (the common core's) training memory: a fraction of "
+                                        "whole-model training memory (<= 1) or bytes")
     data: Data = Field(default_factory=Data, validate_default=True)
     strategy_params: StrategyParams = Field(default_factory=StrategyParams)
     limits: Limits = Field(default_factory=Limits)

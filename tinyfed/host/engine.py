@@ -114,6 +114,8 @@ class RunResult:
     export: dict[str, str] = field(default_factory=dict)  # files of the deployable result (tinyfed run)
     task: str = "classify"
     metric: str = "accuracy"  # accuracy, micro_f1, r2 or auc (training.metrics)
+    #: nested subsets: per board class, its values, training memory and the bytes of its last update
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as the run's JSON: ``final_<metric>`` (``final_accuracy`` for a classifier)."""
@@ -126,6 +128,7 @@ class RunResult:
             "tasks_unfinished": self.tasks_unfinished,
             "provision_bytes_down": self.provision_bytes_down, "provision_bytes_up": self.provision_bytes_up,
             f"final_int8_{self.metric}": self.history[-1].get(f"int8_{self.metric}") if self.history else None,
+            **({"classes": {k: dict(v) for k, v in self.classes.items()}} if self.classes else {}),
         }
 
 
@@ -144,6 +147,12 @@ class _Worker(threading.Thread):
         self.provision_error: str | None = None
         #: bytes (down, up) of the last provisioning (fragment, program, local data), for the records
         self.provisioned: tuple[int, int] = (0, 0)
+        # what this board trains: its class's fragment, program and slice under nested subsets, else the run's
+        self.nested = setup.classes.get(spec.board) if setup.classes else None
+        self.frozen_blob = self.nested.frozen_blob if self.nested is not None else setup.frozen_blob
+        self.program = self.nested.program if self.nested is not None else setup.program
+        self.unit_shapes = self.nested.unit_shapes if self.nested is not None else setup.unit_shapes
+        self.index = self.nested.index if self.nested is not None else None
 
     def _connect(self) -> BoardClient:
         """Open the link and provision the board; a half-provisioned link is closed at once, not
@@ -151,13 +160,16 @@ class _Worker(threading.Thread):
         if self.client is not None:
             self.client.close()
             self.client = None
+        if self.setup.classes and self.nested is None:
+            raise TinyfedError(f"{self.spec.name}: the nested plan has no class for board {self.spec.board!r}",
+                               fix="plan the run for the boards of its devices")
         client = BoardClient(self.spec.url, name=self.spec.name, timeout=2.0)
         try:
             client.open()
             client.hello()
-            if self.setup.frozen_blob is not None:
-                client.load_fragment(self.setup.frozen_blob)
-            client.load_program(self.setup.program)
+            if self.frozen_blob is not None:
+                client.load_fragment(self.frozen_blob)
+            client.load_program(self.program)
             client.load_data(self.setup.images[self.spec.name])
         except BaseException:
             client.close()
@@ -195,7 +207,7 @@ class _Worker(threading.Thread):
             sent0, recv0 = client.stats.bytes_sent, client.stats.bytes_received
             if self.board_version != task.version:
                 self.board_version = None
-                client.set_weights(task.version, vector)
+                client.set_weights(task.version, vector[self.index] if self.index is not None else vector)
                 self.board_version = task.version
             sent1, recv1 = client.stats.bytes_sent, client.stats.bytes_received
             t = self.training
@@ -204,11 +216,11 @@ class _Worker(threading.Thread):
                                               float_update=self.payload_float), timeout=self.timeout)
             upd = client.read_update(report.update_bytes)
             try:
-                delta = upd.dense(self.setup.unit_shapes)
+                delta = upd.dense(self.unit_shapes)
             except ValueError:  # sizes that do not match w*: the raw values go to the check (bad_shape)
                 delta = (upd.values if upd.values is not None else upd.q).astype(np.float32).ravel()
             update = Update(self.spec.name, task.task_id, upd.version, upd.n, upd.loss, upd.variance, delta,
-                            upd.wire_bytes)
+                            upd.wire_bytes, self.index)
             down = (sent1 - sent0) + (client.stats.bytes_sent - sent1)
             up = (recv1 - recv0) + (client.stats.bytes_received - recv1)
             return _Outcome(task, update, None, up, down, time.monotonic() - started, provisioned)
@@ -236,6 +248,8 @@ class Engine:
         if not devices:
             raise TinyfedError("a run needs at least one device", fix="give a fleet, --emulate N or --simulate N")
         self.setup, self.devices, self.strategy, self.events = setup, devices, strategy, events
+        self._board_of = {d.name: d.board for d in devices}
+        self._class_update_bytes: dict[str, int] = {}  # nested subsets: the last update's bytes, per board class
         self.training, self.limits = training, limits
         self.seed = seed
         #: the global vector and version, the tasks in flight, the accepted update ids and the counters
@@ -501,9 +515,12 @@ class Engine:
                                message=rejection.message)
             log.warning("%s: update of task %d rejected: %s", task.device, task.task_id, rejection.message)
         else:
+            nested = {"values": int(update.delta.size)} if update.index is not None else {}
             self.events.append("arrival", task=task.task_id, device=task.device, version=update.base_version,
                                staleness=outcome.staleness, n=update.n, loss=update.loss, variance=update.variance,
-                               seconds=round(out.seconds, 3))
+                               seconds=round(out.seconds, 3), **nested)
+            if update.index is not None:
+                self._class_update_bytes[self._board_of[task.device]] = int(update.wire_bytes)
         return outcome.aggregate
 
     def _should_stop(self, metric: float, started: float) -> bool:
@@ -528,9 +545,10 @@ class Engine:
         rounds = self.rounds
         resuming = self.resumed_from is not None
         if not resuming:
+            nested = {"classes": {b: c.values for b, c in self.setup.classes.items()}} if self.setup.classes else {}
             self.events.append("run_start", strategy=self.strategy.name, label=self.strategy.label,
                                devices=[d.name for d in self.devices], payload=self.strategy.payload,
-                               vector=int(rounds.vector.size))
+                               vector=int(rounds.vector.size), **nested)
         for w in workers.values():
             w.start()
         for name, w in workers.items():
@@ -578,7 +596,10 @@ class Engine:
         return RunResult(self.strategy.label, rounds.version, value, loss, reached, wall, rounds.bytes_up,
                          rounds.bytes_down, rounds.accepted, rounds.rejected, rounds.lost, rounds.vector.copy(),
                          self.history, tasks_unfinished=rounds.unfinished, provision_bytes_down=self.provision_down,
-                         provision_bytes_up=self.provision_up, task=self.setup.task.value, metric=metric_name)
+                         provision_bytes_up=self.provision_up, task=self.setup.task.value, metric=metric_name,
+                         classes={b: {"values": c.values, "training_memory_bytes": c.training_memory_bytes,
+                                      "bytes_per_update": self._class_update_bytes.get(b, 0)}
+                                  for b, c in (self.setup.classes or {}).items()})
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:

@@ -85,6 +85,7 @@ class RoundState:
         self.norm_bound, self.max_staleness = norm_bound, max_staleness
         strategy.fleet_size = fleet_size
         self.vector = np.asarray(vector, np.float32).copy()
+        strategy.vector_size = int(self.vector.size)
         self.version = 0
         self.in_flight: dict[int, Task] = {}  # dispatch order
         self.next_task = 0

@@ -40,6 +40,24 @@ class DeviceSpec:
 
 
 @dataclass
+class SubsetSetup:
+    """What the boards of one class receive under nested subsets: their frozen fragment, their
+    training program, the shapes of their units and where their values sit in the global vector."""
+
+    board: str
+    frozen_blob: bytes | None
+    program: bytes
+    unit_shapes: list[tuple[int, int]]
+    index: np.ndarray  # int64
+    training_memory_bytes: int
+    frozen_tflite: bytes = b""  # the frozen fragment as the planner cut it (empty: none)
+
+    @property
+    def values(self) -> int:
+        return int(self.index.size)
+
+
+@dataclass
 class RunSetup:
     model: str
     payload: str  # "subset" (FTTE: w* behind a frozen fragment) or "dense" (every layer)
@@ -59,6 +77,8 @@ class RunSetup:
     task: Task = Task.CLASSIFY
     #: the name of the task's metric (``evaluate``'s first value): accuracy, micro_f1, r2 or auc
     metric: str = "accuracy"
+    #: nested subsets: per board profile, what its boards train (the vector above is the global one)
+    classes: dict[str, SubsetSetup] | None = None
 
 
 def fresh_head(units: list, graph, seed: int) -> list:
@@ -106,7 +126,8 @@ def fresh_head(units: list, graph, seed: int) -> list:
 def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir: Path, partition: str = "natural",
                 alpha: float = 0.5, seed: int = 0, batch_size: int = 16, max_windows: int | None = None,
                 start: str = "pretrained", npz: str | None = None, test_npz: str | None = None,
-                data: RunData | None = None, task: str | None = None) -> RunSetup:
+                data: RunData | None = None, task: str | None = None, core_budget: float | None = None,
+                nested: bool = False) -> RunSetup:
     """Plan (subset) or take the whole model (dense), compile for the boards, shard the data.
 
     The returned setup carries the planner's decision (``plan``): callers read figures from it, not
@@ -116,6 +137,10 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     path with ``npz`` (see :mod:`tinyfed.host.rundata`). ``data``, when the caller loaded and
     checked it already (``tinyfed run`` does, before booting boards), is used instead of loading
     ``model``/``npz``/``test_npz`` (for ``task``: None, the one they imply) again.
+
+    ``core_budget`` caps w*'s training memory (:func:`~tinyfed.planner.plan.make_plan`); ``nested``
+    (subset payload only) gives each board profile its superset of w*: the setup's vector, fragment
+    and evaluator are then the global model's (the union), and ``classes`` holds each class's own.
     """
     from tinyfed.boards import get_board
     from tinyfed.boards.fleet import ResolvedFleet
@@ -132,6 +157,8 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
 
     if payload not in ("subset", "dense"):
         raise TinyfedError(f"unknown payload {payload!r}", fix="use 'subset' (ftte) or 'dense' (fedavg, fedbuff)")
+    if nested and payload != "subset":
+        raise TinyfedError("nested subsets grow from w*: they need the subset payload", fix="use payload 'subset'")
     if data is None:
         data = load_run_data(model, npz, test_npz, task)
     model_bytes = data.model_bytes
@@ -139,6 +166,7 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     t_in = graph.tensors[graph.inputs[0]]
     scale, zp = float(t_in.scales[0]), int(t_in.zero_points[0])
     facts: dict = {}
+    classes: dict[str, SubsetSetup] | None = None
     plan: Plan | DensePlan
     if payload == "subset":
         from tinyfed.planner.plan import make_plan
@@ -150,11 +178,13 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         fleet = ResolvedFleet(name="run", entries=[(get_board(b), n) for b, n in sorted(counts.items())],
                               description=", ".join(f"{n} x {b}" for b, n in sorted(counts.items())))
         cfg = TrainingConfig(batch_size=batch_size)
-        plan = make_plan(load_model_source(model, None, cfg), fleet, cfg, work_dir / "plan", measure=False)
+        plan = make_plan(load_model_source(model, None, cfg), fleet, cfg, work_dir / "plan", measure=False,
+                         core_budget=core_budget, nested=nested)
         if not plan.fits:
             raise TinyfedError("the plan does not fit the fleet: " + "; ".join(plan.problems),
                                fix="use boards with more RAM or flash, or a smaller model")
-        files = {k: Path(plan.files[k]).read_bytes() for k in ("frozen", "tail", "trainable") if k in plan.files}
+        where = plan.nested.files if plan.nested is not None else plan.files
+        files = {k: Path(where[k]).read_bytes() for k in ("frozen", "tail", "trainable") if k in where}
         # a board with room for every layer gets no frozen fragment: the tail is the whole model
         frozen = compile_blob(files["frozen"]) if "frozen" in files else None
         units = tfw.decode(files["trainable"])
@@ -166,9 +196,14 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
         test_q = local_data.quantize_inputs(data.x_test, scale, zp)
         test_in = tail.dequantize_input(run_blob(frozen, test_q) if frozen is not None else test_q)
         facts.update(trainable_params=plan.trainable_params)
+        if plan.nested is not None:
+            w_global = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
+            classes = _class_setups(plan, w_global, data.task, (scale, zp))
+            facts.update(classes={b: c.values for b, c in classes.items()})
         from tinyfed.host.export import PlanFragments
 
-        source: Any = PlanFragments.from_dir(work_dir / "plan")
+        # nested: the global model's fragments (the union's), which the global vector writes back into
+        source: Any = PlanFragments.from_dir(work_dir / "plan" / ("nested/global" if plan.nested else ""))
     else:
         from tinyfed.planner.dense import plan_dense, training_program
 
@@ -208,8 +243,33 @@ def prepare_run(model: str, devices: list[DeviceSpec], payload: str, *, work_dir
     from tinyfed.host.export import int8_evaluator
 
     int8_score = int8_evaluator(source, data.x_test, test_y, task=data.task, anomaly=data.anomaly_test)
-    return RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score, plan,
-                    data.task, data.metric)
+    setup = RunSetup(model, payload, frozen, program, w0, shapes, images, evaluate, facts, source, int8_score, plan,
+                     data.task, data.metric)
+    setup.classes = classes
+    return setup
+
+
+def _class_setups(plan: Plan, w_global: np.ndarray, task: Task,
+                  model_input: tuple[float, int]) -> dict[str, SubsetSetup]:
+    """Each board class's fragment and training program, its units starting at the global vector's values."""
+    from tinyfed.firmware_bridge.compile.blob import compile_blob
+    from tinyfed.firmware_bridge.compile.train_blob import compile_program
+    from tinyfed.planner import trainable as tfw
+
+    assert plan.nested is not None
+    out = {}
+    for board, c in plan.nested.classes.items():
+        files = {k: Path(p).read_bytes() for k, p in c.files.items()}
+        units, values, at = [], w_global[c.index], 0
+        for u in tfw.decode(files["trainable"]):
+            n = u.values.size
+            units.append(dataclasses.replace(u, values=values[at:at + n].reshape(u.values.shape).astype(np.float32)))
+            at += n
+        program = compile_program(files["tail"], tfw.encode(units), task=task, model_input=model_input)
+        frozen = compile_blob(files["frozen"]) if "frozen" in files else None
+        out[board] = SubsetSetup(board, frozen, program, [(len(u.channels), u.values_per_channel) for u in units],
+                                 c.index, c.training.total, files.get("frozen", b""))
+    return out
 
 
 def check_stores(devices: list[DeviceSpec], program: bytes, images: dict[str, bytes], windows: dict[str, int],

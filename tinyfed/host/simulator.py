@@ -266,10 +266,23 @@ class SimModel:
     train_macs: int  # fp32 MACs per sample of one training step, forward + backward (TFTR header)
     device_memory_bytes: int  # the planner's training RAM for this payload
     update_bytes: int  # the update image as it crosses the link
+    #: nested subsets: where this class's values sit in the global vector (None: it is the whole vector)
+    index: np.ndarray | None = None
+    #: nested subsets (payload "nested", the global model): each board profile's own model, by board name
+    classes: dict[str, SimModel] | None = None
 
     @property
     def size(self) -> int:
         return int(self.w0.size)
+
+    def of_board(self, board: str) -> SimModel:
+        """The model a board of profile ``board`` trains: its class's under nested subsets, else this one."""
+        if self.classes is None:
+            return self
+        if board not in self.classes:
+            raise TinyfedError(f"the nested plan has no class for board {board!r}",
+                               fix="build the nested model for the study's own board mix")
+        return self.classes[board]
 
 
 @dataclass(frozen=True)
@@ -300,6 +313,8 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     from tinyfed.training.step import local_train
 
     start = np.asarray(vector, np.float32)
+    if model.index is not None:  # a nested class trains its own part of the global vector
+        start = start[model.index]
     tail = model.tail.copy()
     tail.set_unit_values(split_units(start, model.unit_shapes))
     x, y = model.features[indices], model.labels[indices]
@@ -474,6 +489,8 @@ class SimResult:
     vector: np.ndarray = field(repr=False)
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     trace: list[tuple[float, str, int, str]] | None = field(default=None, repr=False)
+    #: nested subsets: per board class, its values, training memory and update bytes (empty otherwise)
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def bytes_total(self) -> int:
@@ -519,6 +536,7 @@ class SimResult:
             "rejections": dict(self.rejections), "wall_seconds": self.wall_seconds,
             "board_steps_per_s": self.board_steps / self.wall_seconds if self.wall_seconds > 0 else None,
             "event_digest": self.event_digest, "stop_reason": self.stop_reason,
+            **({"classes": {k: dict(v) for k, v in self.classes.items()}} if self.classes else {}),
         }
 
 
@@ -535,7 +553,7 @@ class Simulation:
                  backend: Backend | None = None, record_trace: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
-        if model.payload != expected:
+        if model.payload != expected and not (expected == "subset" and model.payload == "nested"):
             raise TinyfedError(f"{strategy.label} sends the {expected} payload, the model given is {model.payload}",
                                fix="build the SimModel for the strategy's payload (Study.model)")
         limits = limits if limits is not None else SimLimits(max_versions=100)
@@ -543,6 +561,8 @@ class Simulation:
             raise TinyfedError(f"drop-out probability {dropout!r} is out of range", fix="give a number in [0, 1)")
         _check_limits(limits)
         self.model, self.fleet, self.strategy = model, fleet, strategy
+        #: the model each board profile trains (by the fleet's board index): one, or a nested class each
+        self._models = [model.of_board(b.name) for b in fleet.boards]
         self.training = training if training is not None else LocalTraining()
         self.limits, self.seed = limits, seed
         self.dropout = dropout
@@ -595,11 +615,12 @@ class Simulation:
         key = (board, download)
         if key not in self._link:
             b = self.fleet.boards[board]
-            down, up = task_link_bytes(self.model.size, self.model.update_bytes, b.max_payload, download)
+            m = self._models[board]
+            down, up = task_link_bytes(m.size, m.update_bytes, b.max_payload, download)
             t = self.training
             frozen_passes = 1 if t.head_cache else t.epochs
-            per_sample = (self.model.frozen_macs * frozen_passes / b.int8_macs_per_s
-                          + self.model.train_macs * t.epochs / b.fp32_macs_per_s)
+            per_sample = (m.frozen_macs * frozen_passes / b.int8_macs_per_s
+                          + m.train_macs * t.epochs / b.fp32_macs_per_s)
             self._link[key] = (down, up, (down + up) / b.link_bytes_per_s, per_sample)
         return self._link[key]
 
@@ -650,8 +671,8 @@ class Simulation:
                 self._push(lost_at, _LOST, task_id)
             else:
                 self.held[i] = version
-                self.backend.start(task_id, (self.model, vector, dev.indices, task.seed, version, self.training,
-                                             self.float_update))
+                self.backend.start(task_id, (self._models[dev.board], vector, dev.indices, task.seed, version,
+                                             self.training, self.float_update))
                 self._push(self.now + duration, _ARRIVE, task_id)
             self._record("dispatch", task_id, task.device)
         deadline = self.strategy.deadline()
@@ -702,7 +723,8 @@ class Simulation:
             update = Update(dev.name, task_id, task.version, len(dev.indices), 0.0, 0.0, np.zeros(0, np.float32))
         else:
             res = self.backend.finish(task_id)
-            update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes)
+            update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes,
+                            self._models[dev.board].index)
         return self.rounds.arrive(task_id, update).aggregate
 
     def _prefetch(self) -> None:
@@ -817,7 +839,9 @@ class Simulation:
             updates_accepted=rounds.accepted, updates_rejected=rounds.rejected, updates_lost=rounds.lost,
             updates_lost_offline=rounds.losses.get(OFFLINE, 0), rejections=dict(rounds.rejections),
             wall_seconds=self._wall, event_digest=digest.hexdigest(), stop_reason=reason, vector=rounds.vector.copy(),
-            history=list(self.history), trace=list(self.trace) if self.trace is not None else None)
+            history=list(self.history), trace=list(self.trace) if self.trace is not None else None,
+            classes={name: {"values": m.size, "device_memory_bytes": m.device_memory_bytes,
+                            "bytes_per_update": m.update_bytes} for name, m in (self.model.classes or {}).items()})
 
 
 def horizon_grid(end_s: float) -> np.ndarray:
@@ -894,6 +918,10 @@ class StudyConfig(ConfigTable):
     checks: Checks = Field(default_factory=Checks)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     eval_samples: int | None = Field(default=None, ge=1, description="None: the whole test split after every version")
+    nested_subsets: bool = Field(default=False, description="subset strategies train nested subsets: each board "
+                                 "profile the largest superset of the common w* its budget holds")
+    core_budget: float | None = Field(default=None, gt=0, description="cap of w*'s (the common core's) training "
+                                      "memory: a fraction of whole-model training memory (<= 1) or bytes")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
     #: moment: "auto" = the latest time any strategy stopped at (its target or a limit); None =
     #: each strategy stops at its own target.
@@ -961,7 +989,9 @@ class StudyConfig(ConfigTable):
         evaluation step flat, as they have been recorded since; [training] and the whole
         [strategy_params] (every knob of every variant) as tables."""
         doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
-                                                        "horizon"})
+                                                        "horizon", "nested_subsets", "core_budget"})
+        if self.nested_subsets or self.core_budget is not None:  # recorded only when set, as before otherwise
+            doc.update(nested_subsets=self.nested_subsets, core_budget=self.core_budget)
         sp = self.strategy_params
         doc.update(strategies=list(self.strategies), buffer_size=sp.buffer_size,
                    clients_per_round=sp.clients_per_round, server_lr=sp.server_lr,
@@ -1012,10 +1042,14 @@ class Study:
         return self._plan
 
     def model(self, payload: str) -> SimModel:
-        """The SimModel of ``payload`` ("subset" or "dense"), built on first use (the subset plans first)."""
+        """The SimModel of ``payload`` ("subset", "nested" or "dense"), built on first use (the subset plans first)."""
         if payload not in self._models:
             self._models[payload] = self._build(payload)
         return self._models[payload]
+
+    def payload_of(self, strategy: Strategy) -> str:
+        """The model a strategy trains here: the nested one for a subset strategy when the study nests subsets."""
+        return "nested" if strategy.payload == "subset" and self.cfg.nested_subsets else strategy.payload
 
     def _build(self, payload: str) -> SimModel:
         from tinyfed.firmware_bridge.compile import local_data
@@ -1029,16 +1063,20 @@ class Study:
         t0 = time.monotonic()
         specs = [DeviceSpec(f"plan-{b}", f"sim://{b}", b) for b in self.mix]
         work = self.work_dir / payload
+        nested = payload == "nested"
         # The devices here only shape the plan (M_min of the mix); their images are not used.
-        setup = prepare_run(cfg.model, specs, payload, work_dir=work, partition="iid", seed=cfg.seed,
-                            batch_size=cfg.training.batch_size, start=cfg.start)
+        setup = prepare_run(cfg.model, specs, "subset" if nested else payload, work_dir=work, partition="iid",
+                            seed=cfg.seed, batch_size=cfg.training.batch_size, start=cfg.start,
+                            core_budget=cfg.core_budget if payload != "dense" else None, nested=nested)
         tail, shapes, _ram = program_tail(setup.program)
         graph = TfliteGraph.from_bytes(self.data.model_bytes, source=cfg.model)
         t_in = graph.tensors[graph.inputs[0]]
         xq = local_data.quantize_inputs(self.data.x, float(t_in.scales[0]), int(t_in.zero_points[0]))
         in_shape = tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])
         frozen_macs = 0
-        if setup.frozen_blob is not None:
+        if nested:  # the global model is only evaluated, never trained: its classes' models train
+            features = np.zeros((0, *in_shape), np.float32)
+        elif setup.frozen_blob is not None:
             out = np.concatenate([run_blob(setup.frozen_blob, xq[k:k + 512]) for k in range(0, len(xq), 512)])
             features = tail.dequantize_input(out.reshape((len(out), *in_shape)))
         else:  # the dense program, or a plan whose boards hold every layer: the tail is the whole model
@@ -1052,6 +1090,12 @@ class Study:
         # The planner's training memory of the payload: w*'s, or every layer's (plan.json's full_training_memory).
         assert setup.plan is not None
         memory = setup.plan.training.total
+        classes: dict[str, SimModel] | None = None
+        if nested:
+            assert setup.classes is not None
+            classes = {board: self._class_model(c, setup.w0, xq) for board, c in setup.classes.items()}
+            # the headline figure: the smallest board's (the core's) training memory
+            memory = min(c.device_memory_bytes for c in classes.values())
         evaluate = setup.evaluate
         n_test = len(self.test_labels)
         if cfg.eval_samples and cfg.eval_samples < n_test:
@@ -1066,10 +1110,37 @@ class Study:
         model = SimModel(cfg.model, payload, tail, shapes, setup.w0.astype(np.float32), np.ascontiguousarray(features),
                          self.labels.astype(np.int64), evaluate, setup.evaluate, frozen_macs,
                          parse_program(setup.program).flops,
-                         memory, update_image_bytes(setup.w0.size, shapes, cfg.training.per_channel, dense))
+                         memory, update_image_bytes(setup.w0.size, shapes, cfg.training.per_channel, dense),
+                         classes=classes)
         log.info("%s %s model: %d values, %d frozen + %d training MACs per sample, built in %.1f s", cfg.model, payload,
                  model.size, frozen_macs, model.train_macs, time.monotonic() - t0)
         return model
+
+    def _class_model(self, c: Any, w_global: np.ndarray, xq: np.ndarray) -> SimModel:
+        """One nested class's model: its tail and units, every sample through its own frozen fragment."""
+        from tinyfed.firmware_bridge.compile.program_tail import program_tail
+        from tinyfed.firmware_bridge.compile.train_blob import parse_program
+        from tinyfed.firmware_bridge.twin.kernels_np import run_blob
+        from tinyfed.models.tflite_graph import TfliteGraph
+
+        tail, shapes, _ram = program_tail(c.program)
+        in_shape = tuple(tail.graph.tensors[tail.graph.inputs[0]].shape[1:])
+        frozen_macs = 0
+        if c.frozen_blob is not None:
+            out = np.concatenate([run_blob(c.frozen_blob, xq[k:k + 512]) for k in range(0, len(xq), 512)])
+            features = tail.dequantize_input(out.reshape((len(out), *in_shape)))
+            frozen_macs = graph_macs(TfliteGraph.from_bytes(c.frozen_tflite, source=f"{c.board}/frozen.tflite"))
+        else:
+            features = tail.dequantize_input(xq.reshape((len(xq), *in_shape)))
+
+        def unused(_: np.ndarray) -> tuple[float, float]:  # a class is never evaluated: the global model is
+            raise TinyfedError("a nested class's model is not evaluated on its own", fix="evaluate the global model")
+
+        w0 = np.asarray(w_global, np.float32)[c.index]
+        return SimModel(self.cfg.model, "subset", tail, shapes, w0, np.ascontiguousarray(features),
+                        self.labels.astype(np.int64), unused, unused, frozen_macs, parse_program(c.program).flops,
+                        c.training_memory_bytes,
+                        update_image_bytes(w0.size, shapes, self.cfg.training.per_channel, False), index=c.index)
 
     def simulation(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
                    backend: Backend | None = None, record_trace: bool = False) -> Simulation:
@@ -1077,7 +1148,8 @@ class Study:
         holding nothing yet, not yet run; it trains the model of its payload."""
         cfg = self.cfg
         strategy = cfg.strategy(label)
-        return Simulation(self.model(strategy.payload), self.fleet, strategy, training=cfg.training.local_training(),
+        return Simulation(self.model(self.payload_of(strategy)), self.fleet, strategy,
+                          training=cfg.training.local_training(),
                           limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,

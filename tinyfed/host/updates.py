@@ -23,6 +23,9 @@ class Update:
     ``delta`` is the dequantized update as one flat float32 vector (w* for FTTE, the whole model
     for the dense baselines). It is stored as a read-only view so that a buffered update cannot
     be changed behind the strategy's back; the caller's array is left as it was.
+
+    ``index`` (nested subsets): the int64 positions of ``delta``'s values in the global vector,
+    for a board whose class trains part of it; None: ``delta`` is the whole vector.
     """
 
     device_id: str
@@ -33,11 +36,16 @@ class Update:
     variance: float  # variance of the delta elements, as the device reported it
     delta: np.ndarray
     wire_bytes: int = 0  # bytes of the update as it crossed the link
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         view = np.asarray(self.delta, dtype=np.float32).view()
         view.flags.writeable = False
         object.__setattr__(self, "delta", view)
+        if self.index is not None:
+            index = np.asarray(self.index, dtype=np.int64).view()
+            index.flags.writeable = False
+            object.__setattr__(self, "index", index)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -66,6 +74,19 @@ class Rejection:
     message: str
 
 
+def index_problem(delta: np.ndarray, index: np.ndarray, size: int) -> str | None:
+    """Why a nested update's (``delta``, ``index``) cannot be placed in a vector of ``size`` values, else None:
+    one index per value, each a position of the vector, none twice."""
+    if delta.ndim != 1 or index.ndim != 1 or delta.size != index.size:
+        return (f"has a delta of shape {delta.shape} for an index of shape {index.shape}; expected one flat "
+                "index per value")
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= size):
+        return f"has an index outside the global vector of {size} values"
+    if np.unique(index).size != index.size:
+        return "has an index that names a position twice"
+    return None
+
+
 def check_update(update: Update, *, global_version: int, size: int, norm_bound: float | None,
                  max_staleness: int | None, seen_tasks: Container[tuple[str, int]]) -> Rejection | None:
     """Return a ``Rejection`` for an update no strategy may see, else None.
@@ -88,9 +109,14 @@ def check_update(update: Update, *, global_version: int, size: int, norm_bound: 
         return Rejection(Reason.TOO_STALE, f"{who} is {staleness} versions old (version {update.base_version}, "
                                            f"global {global_version}); at most {max_staleness} is accepted")
     delta = update.delta
-    if delta.ndim != 1 or delta.size != size:
+    index = update.index
+    if index is None and (delta.ndim != 1 or delta.size != size):
         return Rejection(Reason.BAD_SHAPE, f"{who} has a delta of shape {delta.shape}; expected a flat vector "
                                            f"of {size} values")
+    if index is not None:
+        problem = index_problem(delta, index, size)
+        if problem:
+            return Rejection(Reason.BAD_SHAPE, f"{who} {problem}")
     for field, value in (("loss", update.loss), ("variance", update.variance)):
         if not math.isfinite(float(value)):
             return Rejection(Reason.NON_FINITE, f"{who} reports a non-finite {field} ({value!r})")

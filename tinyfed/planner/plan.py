@@ -8,6 +8,7 @@ every budget line per board, and the fit.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from tinyfed.planner.memory import (
     target_bytes,
     whole_model_memory,
 )
+from tinyfed.planner.nested import NestedPlan, SubsetClass, core_budget_bytes, global_units, index_in, union
 from tinyfed.planner.selection import RamCost, Step, ram_cost, select
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,10 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     trainable_mode: str = "auto"
     model_warnings: list[str] = field(default_factory=list)
+    #: the core's training-memory cap in bytes (None: the smallest board's budget alone sets w*)
+    core_budget_bytes: int | None = None
+    #: per board class, a superset of w* (``--nested``); None: every board trains w*
+    nested: NestedPlan | None = None
 
     @property
     def fits(self) -> bool:
@@ -226,7 +232,7 @@ class Plan:
                     ),
                 }
             )
-        return {
+        doc = {
             "format_version": PLAN_FORMAT_VERSION,
             "model": self.model,
             "fleet": self.fleet,
@@ -257,7 +263,11 @@ class Plan:
             "units": self.units(),
             "greedy_steps": [s.__dict__ for s in self.steps],
             "layers": layers,
+            "core_budget_bytes": self.core_budget_bytes,
         }
+        if self.nested is not None:
+            doc["nested"] = self.nested.as_dict(self.full_training.total)
+        return doc
 
 
 def _importance(source: ModelSource, graph: TfliteGraph, cfg: TrainingConfig) -> Importance:
@@ -320,11 +330,16 @@ def make_plan(
     measure: bool = True,
     trainable: str = "auto",
     extra_board_dirs: tuple[Path, ...] = (),
+    core_budget: float | None = None,
+    nested: bool = False,
 ) -> Plan:
     """Plan ``source`` onto ``fleet``: choose w*, cut fragments, size the firmware's arena, check every board.
 
     ``measure`` also runs the head under the tflite-micro interpreter to report the arena TFLM would
-    need (the firmware's own arena, the RAM line, is computed exactly either way).
+    need (the firmware's own arena, the RAM line, is computed exactly either way). ``core_budget``
+    caps w*'s training memory (a fraction of whole-model training memory up to 1, else bytes);
+    ``nested`` gives every other board class the largest superset of w* its own budget holds
+    (:mod:`tinyfed.planner.nested`).
     """
     graph = TfliteGraph.from_bytes(source.tflite, source=source.name)
     check_supported(graph, source.name)
@@ -340,11 +355,16 @@ def make_plan(
     importance = _importance(source, graph, cfg)
     layout = FirmwareLayout(graph)
 
+    full_training = whole_model_memory(facts, cfg, layout)
+    cap = core_budget_bytes(core_budget, full_training.total)
     steps: list[Step] = []
     if trainable == "full":
+        if nested:
+            raise PlanError("nested subsets grow from FTTE's w*", fix="use --trainable auto with --nested")
         selection = Selection.everything(facts)
     elif trainable == "auto":
-        selection, steps = select(facts, importance.layers, m_min, cfg, cut_points, layout, program_store)
+        selection, steps = select(facts, importance.layers, m_min, cfg, cut_points, layout, program_store,
+                                  training_budget=cap)
     else:
         raise PlanError(f"unknown trainable mode {trainable!r}", fix="use 'auto' or 'full'")
 
@@ -370,10 +390,11 @@ def make_plan(
         tflm_arena_measured=_tflm_arena(head) if measure and head else None,
         training=cost.training,
         program_bytes=cost.program,
-        full_training=whole_model_memory(facts, cfg, layout),
+        full_training=full_training,
         fits_by_board={},
         trainable_mode=trainable,
         model_warnings=list(source.warnings),
+        core_budget_bytes=cap,
     )
     if importance.note:
         plan.notes.append(f"importance: {importance.method} is used, not {cfg.importance}: {importance.note}")
@@ -387,12 +408,76 @@ def make_plan(
         fit = _board_fit(board, count, plan, flash_model, plan_problems)
         plan.fits_by_board[board.name] = fit
         plan.problems.extend(p for p in fit.problems if p not in plan_problems)
+    if nested and selection.params(facts):
+        plan.nested = _nest(plan, fleet, importance, cut_points, layout, plan_problems)
+        for c in plan.nested.classes.values():
+            plan.problems.extend(p for p in c.problems if p not in plan.problems)
     if not plan.fits:
         _suggest(plan, facts, importance, cfg, cut_points, layout, flash_model, extra_board_dirs)
 
     if out_dir is not None:
+        if plan.nested is not None:
+            _write_nested(plan.nested, out_dir, graph, layout)
         _write(plan, out_dir, graph, head, tail_bytes)
     return plan
+
+
+def _nest(plan: Plan, fleet: ResolvedFleet, importance: Importance, cut_points: list[int], layout: FirmwareLayout,
+          plan_problems: list[str]) -> NestedPlan:
+    """Every board profile's superset of w*: the smallest budget's board (or every board, under a core
+    cap, whose budget is the smallest) trains the core; each other grows it under its own budget."""
+    facts, cfg = plan.facts, plan.config
+    budgets = {b.name: model_ram_budget(b) for b, _ in fleet.entries}
+    selections: dict[str, tuple[Selection, Any]] = {}
+    for board, _count in fleet.entries:
+        if budgets[board.name] <= plan.m_min_bytes:
+            sel = plan.selection.copy()
+        else:
+            sel, _ = select(facts, importance.layers, budgets[board.name], cfg, cut_points, layout,
+                            board.program_store_bytes, start=plan.selection)
+        cost = ram_cost(facts, sel, cfg, cut_points, layout)
+        if cost is None:  # cannot happen for a greedy result; keep the core
+            sel = plan.selection.copy()
+            cost = ram_cost(facts, sel, cfg, cut_points, layout)
+        selections[board.name] = (sel, cost)
+    everything = union([s for s, _ in selections.values()])
+    units = global_units(facts, everything)
+    classes: dict[str, SubsetClass] = {}
+    for board, count in fleet.entries:
+        sel, cost = selections[board.name]
+        head, tail = layout.parts(cost.cut)
+        view = dataclasses.replace(plan, selection=sel, cut=cost.cut, arena=cost.arena, training=cost.training,
+                                   program_bytes=cost.program, fits_by_board={}, problems=[])
+        fit = _board_fit(board, count, view, (len(head) if head else 0) + len(tail), plan_problems)
+        classes[board.name] = SubsetClass(board.name, count, sel, cost.cut, cost.arena, cost.training, cost.program,
+                                          index_in(units, facts, sel), sel.params(facts), fit.ram_used,
+                                          list(fit.problems))
+        log.info("nested class %s: %d values (cut %d), training memory %d bytes", board.name,
+                 classes[board.name].values, cost.cut, cost.training.total)
+    first = everything.first_op()
+    cut = min(c.cut for c in classes.values()) if first is not None else plan.cut
+    return NestedPlan(plan.core_budget_bytes, plan.m_min_board, everything, cut, units, classes)
+
+
+def _write_nested(nested: NestedPlan, out_dir: Path, graph: TfliteGraph, layout: FirmwareLayout) -> None:
+    """Each class's fragments under ``nested/<board>/`` and the union's (the global model) under ``nested/global/``."""
+    parts = [(name, c.selection, c.cut, c.files) for name, c in nested.classes.items()]
+    parts.append(("global", nested.union, nested.cut, nested.files))
+    for name, sel, cut, files in parts:
+        where = out_dir / "nested" / name
+        where.mkdir(parents=True, exist_ok=True)
+        head, tail = layout.parts(cut)
+        blobs = {"tail": ("tail.tflite", tail)}
+        if head:
+            blobs["frozen"] = ("frozen.tflite", head)
+        tail_graph = TfliteGraph.from_bytes(tail, source=f"{name}/tail.tflite")
+        blobs["trainable"] = ("trainable.tfw", tfw.encode(_units_of(graph, sel, cut, tail_graph)))
+        if name == "global":  # the global vector writes back into the whole int8 model (export)
+            blobs["model"] = ("model_int8.tflite", graph.data)
+        for key, (file, data) in blobs.items():
+            (where / file).write_bytes(data)
+            files[key] = where / file
+
 
 
 def _tflm_arena(head: bytes) -> int:

@@ -100,6 +100,14 @@ def _complete(facts: list[LayerFacts], sel: Selection, channels: int, op: int) -
     return len(layer.channels) == channels and (layer.bias or not facts[op].bias_params)
 
 
+def _level_of(cfg: TrainingConfig, order: np.ndarray, layer: LayerSelection | None) -> int:
+    """The fraction level a start selection's channels stand at (index into ``cfg.fractions``, -1: none)."""
+    if layer is None or not layer.channels:
+        return -1
+    levels = [lv for lv, f in enumerate(cfg.fractions) if len(_channels_for(f, order)) <= len(layer.channels)]
+    return max(levels) if levels else -1
+
+
 def greedy_select(
     facts: list[LayerFacts],
     importance: dict[int, LayerImportance],
@@ -108,15 +116,24 @@ def greedy_select(
     cut_points: list[int],
     layout: MemoryLayout,
     program_budget: int | None = None,
+    *,
+    start: Selection | None = None,
+    training_budget: int | None = None,
 ) -> tuple[Selection, list[Step]]:
     """Grow S one unit at a time while the RAM cost stays within ``budget_bytes`` (and the training
-    program within ``program_budget``, the smallest program store of the fleet)."""
-    sel = Selection()
+    program within ``program_budget``, the smallest program store of the fleet; the training state
+    within ``training_budget``, the common core's cap, when given).
+
+    ``start``: grow from this selection (a nested class grows from the common core, so its S is a
+    superset of the core's); it comes from the same ranking (its channels a prefix of each order)."""
+    sel = start.copy() if start is not None else Selection()
     steps: list[Step] = []
     orders = {k: np.argsort(-imp.channel, kind="stable") for k, imp in importance.items()}
-    level: dict[int, int] = {k: -1 for k in importance}  # index into cfg.fractions, -1 = none
+    # index into cfg.fractions, -1 = none
+    level: dict[int, int] = {k: _level_of(cfg, orders[k], sel.layers.get(k)) for k in importance}
     current = ram_cost(facts, sel, cfg, cut_points, layout)
-    assert current is not None  # an empty S needs no tail
+    if current is None:  # a start the training engine refuses: nothing to grow from
+        return sel, steps
     while True:
         best: tuple[float, Selection, Step, RamCost, int] | None = None
         for op, imp in importance.items():
@@ -139,6 +156,8 @@ def greedy_select(
                 if cost is None or cost.total > budget_bytes or (program_budget is not None
                                                                   and cost.program > program_budget):
                     continue
+                if training_budget is not None and cost.training.total > training_budget:
+                    continue
                 # the scarcer of the two resources a unit spends: RAM, and the program store's flash
                 spent = max(cost.total - current.total, 1) / max(budget_bytes, 1)
                 if program_budget:
@@ -153,7 +172,6 @@ def greedy_select(
         steps.append(step)
 
 
-
 def select(
     facts: list[LayerFacts],
     importance: dict[int, LayerImportance],
@@ -162,6 +180,9 @@ def select(
     cut_points: list[int],
     layout: MemoryLayout,
     program_budget: int | None = None,
+    *,
+    start: Selection | None = None,
+    training_budget: int | None = None,
 ) -> tuple[Selection, list[Step]]:
     """w*: the greedy run once per cut, on the units from that cut on, and the run that gathers the
     most importance (ties: the later cut, fewer float32 ops to run on the board).
@@ -171,12 +192,18 @@ def select(
     little for what would have followed. Fixing the cut first makes that price a choice.
     """
     best: tuple[float, int, Selection, list[Step]] | None = None
+    first = start.first_op() if start is not None else None
     for cut in sorted(set(cut_points)):
+        if first is not None and cut > first:
+            continue  # a superset of ``start`` keeps every op ``start`` trains
         allowed = {op: imp for op, imp in importance.items() if op >= cut}
         if not allowed:
             continue
-        sel, steps = greedy_select(facts, allowed, budget_bytes, cfg, cut_points, layout, program_budget)
+        sel, steps = greedy_select(facts, allowed, budget_bytes, cfg, cut_points, layout, program_budget,
+                                   start=start, training_budget=training_budget)
         gained = sum(s.importance for s in steps)
         if best is None or (gained, cut) > (best[0], best[1]):
             best = (gained, cut, sel, steps)
-    return (best[2], best[3]) if best is not None else (Selection(), [])
+    if best is None:
+        return (start.copy() if start is not None else Selection()), []
+    return best[2], best[3]

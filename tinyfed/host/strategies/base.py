@@ -205,13 +205,42 @@ class Aggregate:
         return self.weights / self.weights.sum()
 
 
-def weighted_step(updates: list[Update], weights: np.ndarray, server_lr: float) -> np.ndarray:
-    """server_lr * sum(w_i * delta_i) / sum(w_i), summed in float64 in buffer order (deterministic)."""
-    shares = weights / weights.sum()
-    acc = np.zeros(updates[0].delta.size, dtype=np.float64)
-    for share, u in zip(shares, updates, strict=True):
-        acc += share * u.delta.astype(np.float64)
+def weighted_step(updates: list[Update], weights: np.ndarray, server_lr: float, size: int | None = None) -> np.ndarray:
+    """server_lr * sum(w_i * delta_i) / sum(w_i), summed in float64 in buffer order (deterministic).
+
+    Updates that carry an ``index`` (nested subsets) hold only part of the vector of ``size`` values
+    (default: the length of the first whole-vector update, else one past the largest index): each
+    parameter j is then averaged over the updates that carry it, step_j = server_lr * sum_i w_i d_ij /
+    sum_{i carries j} w_i, so a parameter only the big boards train is not shrunk by the small boards'
+    absence; one that no update carries gets 0. Without indices the result is bit for bit the plain mean.
+    """
+    if all(u.index is None for u in updates):
+        shares = weights / weights.sum()
+        acc = np.zeros(updates[0].delta.size, dtype=np.float64)
+        for share, u in zip(shares, updates, strict=True):
+            acc += share * u.delta.astype(np.float64)
+        return (server_lr * acc).astype(np.float32)
+    n = size if size is not None else nested_size(updates)
+    acc = np.zeros(n, dtype=np.float64)
+    mass = np.zeros(n, dtype=np.float64)
+    for w, u in zip(weights.astype(np.float64), updates, strict=True):
+        if u.index is None:
+            acc += w * u.delta.astype(np.float64)
+            mass += w
+        else:
+            acc[u.index] += w * u.delta.astype(np.float64)
+            mass[u.index] += w
+    carried = mass > 0
+    acc[carried] /= mass[carried]
     return (server_lr * acc).astype(np.float32)
+
+
+def nested_size(updates: list[Update]) -> int:
+    """The global vector's length as the updates tell it: a whole-vector delta's, else one past the largest index."""
+    for u in updates:
+        if u.index is None:
+            return int(u.delta.size)
+    return max(int(u.index.max()) + 1 if u.index is not None and u.index.size else 0 for u in updates)
 
 
 def sample_counts(updates: list[Update]) -> np.ndarray:
@@ -225,23 +254,44 @@ def staleness_of(updates: list[Update], version: int) -> np.ndarray:
 
 
 def update_to_state(u: Update) -> dict[str, Any]:
-    """Everything of an update except its delta, as JSON-able values."""
+    """Everything of an update except its delta (and index), as JSON-able values."""
     return {"device_id": u.device_id, "task_id": int(u.task_id), "base_version": int(u.base_version),
             "n": int(u.n), "loss": float(u.loss), "variance": float(u.variance), "wire_bytes": int(u.wire_bytes)}
 
 
-def updates_from_state(meta: list[dict[str, Any]], deltas: np.ndarray) -> list[Update]:
+def updates_from_state(meta: list[dict[str, Any]], deltas: np.ndarray | dict[str, np.ndarray]) -> list[Update]:
+    """The buffered updates back from :func:`update_to_state` rows and :func:`stack_deltas`' arrays."""
+    if isinstance(deltas, dict):  # nested: flat values, lengths, and each update's index (-1 rows: none)
+        values, lengths, index = (np.asarray(deltas[k]) for k in ("values", "lengths", "index"))
+        if len(meta) != len(lengths) or int(lengths.sum()) != values.size or values.size != index.size:
+            raise StrategyError(f"checkpoint lists {len(meta)} buffered updates but its nested deltas do not match",
+                                fix="the checkpoint is damaged; resume from an earlier one")
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        out = []
+        for m, a, b in zip(meta, bounds[:-1], bounds[1:], strict=True):
+            idx = index[a:b].astype(np.int64)
+            out.append(Update(delta=np.array(values[a:b], dtype=np.float32), index=None if (idx < 0).all() else idx,
+                              **m))
+        return out
     if len(meta) != len(deltas):
         raise StrategyError(f"checkpoint lists {len(meta)} buffered updates but holds {len(deltas)} deltas",
                             fix="the checkpoint is damaged; resume from an earlier one")
     return [Update(delta=np.array(d, dtype=np.float32), **m) for m, d in zip(meta, deltas, strict=True)]
 
 
-def stack_deltas(updates: list[Update]) -> np.ndarray:
-    """Buffered deltas as one (count, size) float32 array: one array per strategy in a checkpoint."""
+def stack_deltas(updates: list[Update]) -> np.ndarray | dict[str, np.ndarray]:
+    """Buffered deltas as one (count, size) float32 array: one array per strategy in a checkpoint.
+
+    When any update carries an index (nested subsets: deltas of different lengths), the values one
+    after another with each update's length and index (-1 for an update of the whole vector)."""
     if not updates:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([u.delta for u in updates]).astype(np.float32)
+    if all(u.index is None for u in updates):
+        return np.stack([u.delta for u in updates]).astype(np.float32)
+    return {"values": np.concatenate([u.delta for u in updates]).astype(np.float32),
+            "lengths": np.array([u.delta.size for u in updates], dtype=np.int64),
+            "index": np.concatenate([u.index if u.index is not None else np.full(u.delta.size, -1, np.int64)
+                                     for u in updates]).astype(np.int64)}
 
 
 class Strategy(ABC):
@@ -261,6 +311,8 @@ class Strategy(ABC):
     #: Where the strategy stands in listings and in a study's default set: the method under test
     #: first, then its baselines; a new strategy without one comes after them, by name.
     listing_order: ClassVar[int] = 100
+    #: the global vector's length (the round state sets it): a step's length when updates carry an index
+    vector_size: int | None = None
 
     def __init__(self, params: Any = None, *, fleet_size: int | None = None) -> None:
         self.params: Any = self.Params() if params is None else params  # an instance of the subclass's Params
@@ -314,9 +366,9 @@ class Strategy(ABC):
         self.counters["aggregations"] += 1
         self.counters["consumed"] += len(updates)
         if self.optimizer is None:
-            step = weighted_step(updates, weights, self.params.server_lr)
+            step = weighted_step(updates, weights, self.params.server_lr, self.vector_size)
         else:
-            step = self.optimizer.step(weighted_step(updates, weights, 1.0))
+            step = self.optimizer.step(weighted_step(updates, weights, 1.0, self.vector_size))
         return Aggregate(step, weights, staleness, tuple(updates), version, version + 1)
 
     def poll(self, version: int) -> Aggregate | None:
@@ -413,7 +465,8 @@ class BufferedStrategy(Strategy):
             log.warning("%s: update %s is already buffered; ignored", self.name, update.key)
             self.counters["ignored"] += 1
             return None
-        if self.buffer and update.delta.size != self.buffer[0].delta.size:
+        if self.buffer and update.index is None and self.buffer[0].index is None \
+                and update.delta.size != self.buffer[0].delta.size:
             raise StrategyError(f"update from {update.device_id!r} has {update.delta.size} values, the buffered "
                                 f"ones {self.buffer[0].delta.size}", fix="run check_update before on_update")
         self.buffer.append(update)

@@ -1,0 +1,105 @@
+"""Nested subsets on the default mixed fleet (issue 15, part D): end accuracy against whole-model FedBuff
+while the smallest board's training memory stays at most a given share of whole-model training.
+
+One study (har_cnn, 500 clients nrf52840:0.5, apollo3:0.3, stm32l4r9:0.2, 90% stragglers, natural
+split, fresh head), the common core capped at ``--core-budget`` of whole-model training memory.
+Runs, each to the same horizon in simulated seconds:
+
+- ``ftte-nested``: FTTE, every board class training its superset of the core (``nested_subsets``);
+- ``fedbuff-nested``: FedBuff's weighting (n / sqrt(1 + tau)) on the same nested subsets;
+- ``ftte-core``: FTTE with every board on the capped core (what the smallest board alone allows);
+- ``fedbuff-dense``: FedBuff on the whole model in float32 (the baseline the goal names).
+
+Prints time to target, final accuracy (whole test split), end mean (the last 10% of the horizon),
+the smallest board's training memory and its ratio to whole-model training, and per-class sizes.
+
+Run: ``.venv/bin/python bench/nested_subsets.py [--seed 0] [--core-budget 0.1] [--horizon 8300]
+[--eval-samples 2000] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tinyfed.host.simulator import SimResult, Simulation, Study, StudyConfig
+from tinyfed.host.strategies import FTTE, FedBuff, FedBuffParams, Strategy
+
+
+def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: float) -> SimResult:
+    """One strategy on the study's fleet to its target, then on to the horizon (as ``Study.run_all`` does)."""
+    from tinyfed.host.simulator import horizon_grid
+
+    cfg = study.cfg
+    sim = Simulation(study.model(payload), study.fleet, strategy, training=cfg.training.local_training(),
+                     limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
+                     max_staleness=cfg.checks.max_staleness, evaluate_every=cfg.evaluation.every_versions)
+    started = time.monotonic()
+    try:
+        sim.run()
+        sim.eval_grid = horizon_grid(horizon)
+        result = sim.run(cfg.horizon_limits(horizon))
+    finally:
+        sim.close()
+    print(f"{label}: {result.versions} versions, final {result.final_accuracy:.4f}, end mean "
+          f"{result.end_accuracy_mean:.4f}, to target {result.time_to_target_s}, "
+          f"{time.monotonic() - started:.0f} s wall",
+          flush=True)
+    model = study.model(payload)
+    for board, m in (model.classes or {}).items():
+        # the final model as a board of this class sees it: its own values trained, everything else
+        # of the global vector at the start (its frozen fragment and tail constants were never re-sent)
+        view = model.w0.copy()
+        view[m.index] = result.vector[m.index]
+        print(f"  {label}, the {board} class's view of the final model: accuracy {model.evaluate_full(view)[0]:.4f}",
+              flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--core-budget", type=float, default=0.1, help="0: no cap (the smallest board sets the core)")
+    ap.add_argument("--horizon", type=float, default=8300.0)
+    ap.add_argument("--eval-samples", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=500)
+    ap.add_argument("--only", default="ftte-nested,fedbuff-nested,ftte-core,fedbuff-dense")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--mix", default=None, help="board mix (default: the study's)")
+    args = ap.parse_args()
+    cfg = StudyConfig(seed=args.seed, clients=args.clients, eval_samples=args.eval_samples, nested_subsets=True,
+                      core_budget=args.core_budget if args.core_budget > 0 else None, horizon=args.horizon,
+                      **({"board_mix": args.mix} if args.mix else {}))
+    study = Study(cfg)
+    whole = study.subset_plan().full_training.total  # whole-model training memory, the dense payload's
+    nested_buff = FedBuff(FedBuffParams(payload="subset"), fleet_size=cfg.clients)  # FedBuff's weighting, nested
+    runs = {"ftte-nested": (FTTE(fleet_size=cfg.clients), "nested"),
+            "fedbuff-nested": (nested_buff, "nested"),
+            "ftte-core": (FTTE(fleet_size=cfg.clients), "subset"),
+            "fedbuff-dense": (FedBuff(fleet_size=cfg.clients), "dense")}
+    results = {label: run(study, label, s, p, args.horizon) for label, (s, p) in runs.items()
+               if label in args.only.split(",")}
+    print(f"\nseed {args.seed}, core budget {args.core_budget} of whole-model training ({whole:,} B), "
+          f"horizon {args.horizon:g} s, eval on {args.eval_samples} test samples (final on all)")
+    print("| run | time to 0.80 (s) | final acc | end mean | smallest board's training memory (B) | ratio |")
+    print("|---|---|---|---|---|---|")
+    for label, r in results.items():
+        ttt = f"{r.time_to_target_s:,.1f}" if r.time_to_target_s is not None else "-"
+        print(f"| {label} | {ttt} | {r.final_accuracy:.4f} | {r.end_accuracy_mean:.4f} | {r.device_memory_bytes:,} | "
+              f"{r.device_memory_bytes / whole:.3f} |")
+    nested = study.model("nested")
+    assert nested.classes is not None
+    for board, m in nested.classes.items():
+        print(f"class {board}: {m.size:,} values, training memory {m.device_memory_bytes:,} B "
+              f"({m.device_memory_bytes / whole:.3f}), update {m.update_bytes:,} B")
+    if args.json:
+        args.json.write_text(json.dumps({"seed": args.seed, "core_budget": args.core_budget, "horizon": args.horizon,
+                                         "whole_model_memory": whole,
+                                         "runs": {k: {**r.to_dict(), "end_accuracy_mean": r.end_accuracy_mean}
+                                                  for k, r in results.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

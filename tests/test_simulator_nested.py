@@ -1,0 +1,73 @@
+"""Nested subsets in the fleet simulator: each board class trains its own superset of the core from
+its own frozen fragment, and the server places every update at its class's positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinyfed.host.config import StrategyParams
+from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig, train_step
+from tinyfed.host.strategies import get_strategy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    cfg = StudyConfig(model="har_cnn", clients=8, partition="iid", board_mix="nrf52840:0.5,stm32l4r9:0.5",
+                      stragglers=0.0, seed=0, target_accuracy=None, max_versions=3, eval_samples=60,
+                      nested_subsets=True, core_budget=0.1,
+                      strategy_params=StrategyParams(buffer_size=4, clients_per_round=4))
+    return Study(cfg, work_dir=tmp_path_factory.mktemp("sim-nested"))
+
+
+def test_each_class_trains_its_part_of_the_global_vector(study: Study) -> None:
+    model = study.model("nested")
+    assert model.classes is not None and set(model.classes) == {"nrf52840", "stm32l4r9"}
+    small, big = model.classes["nrf52840"], model.classes["stm32l4r9"]
+    assert small.size < big.size <= model.size
+    assert set(small.index.tolist()) <= set(big.index.tolist())  # the core is in every class
+    np.testing.assert_array_equal(small.w0, model.w0[small.index])
+    # the big class's frozen fragment is shorter (its cut is earlier): more float work per sample
+    assert big.train_macs > small.train_macs and big.frozen_macs < small.frozen_macs
+    assert small.device_memory_bytes == model.device_memory_bytes  # the headline: the smallest board's
+    whole = study.model("dense").device_memory_bytes
+    assert small.device_memory_bytes <= 0.1 * whole < big.device_memory_bytes
+    training = study.cfg.training.local_training()
+    res = train_step(big, model.w0, np.arange(16), 1, 0, training, False)
+    assert res.delta.size == big.size and np.abs(res.delta).sum() > 0
+
+
+def test_a_nested_run_moves_values_of_every_class_and_reports_them(study: Study) -> None:
+    cfg = study.cfg
+    strategy = cfg.strategy("ftte")
+    assert study.payload_of(strategy) == "nested"
+    sim = study.simulation("ftte")
+    result = sim.run(SimLimits(max_versions=10))
+    model = study.model("nested")
+    assert result.versions == 10 and result.updates_accepted >= 40
+    moved = np.flatnonzero(result.vector != model.w0)
+    assert model.classes is not None
+    big_only = np.setdiff1d(model.classes["stm32l4r9"].index, model.classes["nrf52840"].index)
+    assert np.intersect1d(moved, model.classes["nrf52840"].index).size > 0
+    assert np.intersect1d(moved, big_only).size > 0
+    assert set(result.classes) == {"nrf52840", "stm32l4r9"}
+    assert result.classes["stm32l4r9"]["values"] == model.classes["stm32l4r9"].size
+    assert result.to_dict()["classes"]["nrf52840"]["device_memory_bytes"] == result.device_memory_bytes
+    # the upload of each board is its own class's update image
+    for dev in sim.fleet.devices:
+        board = sim.fleet.boards[dev.board].name
+        _, up, _, _ = sim._link_cost(dev.board, True)
+        assert up > model.classes[board].update_bytes
+
+
+def test_a_nested_run_is_deterministic(study: Study) -> None:
+    runs = []
+    for _ in range(2):
+        strategy = get_strategy("fedbuff", fleet_size=study.cfg.clients, buffer_size=4)
+        strategy.payload = "subset"  # FedBuff's weighting on the nested subsets
+        sim = Simulation(study.model("nested"), study.fleet, strategy, limits=SimLimits(max_versions=2), seed=3)
+        runs.append(sim.run())
+    assert runs[0].event_digest == runs[1].event_digest
+    assert np.array_equal(runs[0].vector, runs[1].vector)
