@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--availability", default="always", help="always or PERIOD:FRACTION")
     ap.add_argument("--scale-versions", type=int, default=50)
     ap.add_argument("--horizon", default="auto",
-                    help="final accuracies at this simulated time: auto (the latest stop), none, or seconds")
+                    help="final accuracies at this simulated time: auto (the latest stop / 0.9), none, or seconds")
     ap.add_argument("--out", type=Path, default=None, help="also write the CSV, JSON and PNG files here")
     args = ap.parse_args(argv)
     cfg = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, partition=args.partition,

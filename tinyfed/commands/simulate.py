@@ -209,8 +209,8 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
 @click.option("--horizon", default="auto", show_default=True,
               help="Run every strategy on to this simulated time after its target and take the final accuracies "
-                   "there: auto = the latest time any strategy stopped at, none = each stops at its own target, "
-                   "or seconds.")
+                   "there: auto = the latest time any strategy stopped at / 0.9 (so every end window, the last "
+                   "tenth, lies after every time to target), none = each stops at its own target, or seconds.")
 @click.option("--evaluate-every", type=int, default=_table_default(Evaluation, "every_versions"), show_default=True,
               help="Evaluate every N-th version.")
 @click.option("--eval-samples", type=int, default=0, show_default=True,
