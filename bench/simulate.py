@@ -21,6 +21,7 @@ import tracemalloc
 from pathlib import Path
 
 from tinyfed.commands.simulate import format_table, parse_horizon, ratios, write_outputs
+from tinyfed.host.decomposition import decomposition, format_decomposition
 from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig, make_fleet
 
 
@@ -40,6 +41,7 @@ def study(cfg: StudyConfig, out: Path | None = None) -> Study:
           f"{info['samples_per_device']['mean']:.1f} samples per device, seed {cfg.seed}, "
           f"target {cfg.target_accuracy}, availability {info['availability']}")
     print(format_table(results, cfg.target_accuracy, s.horizon_s))
+    print(format_decomposition(decomposition(results)))
     rat = ratios(results)
     if "ftte" in rat and "fedavg" in rat:
         x, f, b = rat["ftte"], results["ftte"], results.get("fedbuff")

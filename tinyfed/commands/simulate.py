@@ -32,6 +32,7 @@ from tinyfed.host.config import (
     StrategyParams,
     Training,
 )
+from tinyfed.host.decomposition import decomposition, format_decomposition
 from tinyfed.host.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def write_outputs(out: Path, study: Any, results: dict[str, Any], config: dict[s
             for row in r.history:
                 w.writerow({"strategy": name, **row})
     doc = {"config": config, "study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
-           "ratios_to_fedavg": ratios(results)}
+           "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results)}
     files[2].write_text(json.dumps(doc, indent=2, default=str) + "\n")
     files.extend(plot(out, results, config.get("target_accuracy")))
     return files
@@ -256,9 +257,11 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
     files = write_outputs(out_dir, study, results, cfg.record()) if out_dir is not None else []
     if as_json:
         click.echo(json.dumps({"study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
-                               "ratios_to_fedavg": ratios(results), "files": [str(p) for p in files]}))
+                               "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results),
+                               "files": [str(p) for p in files]}))
         return
     say(format_table(results, cfg.target_accuracy, study.horizon_s))
+    say(format_decomposition(decomposition(results)))
     for p in files:
         say(f"wrote {p}")
 
