@@ -226,6 +226,10 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
             assert key in r
         assert math.isfinite(r["final_accuracy"])
     assert doc["ratios_to_fedavg"]["fedavg"]["bytes_per_update"] == 1.0
+    dec = doc["decomposition"]  # only the headline's two variants ran: the factors that need others are None
+    assert dec["headline"] == pytest.approx(doc["results"]["fedavg"]["time_to_target_s"]
+                                            / doc["results"]["ftte"]["time_to_target_s"])
+    assert dec["task_cost"] is None and dec["aggregation"] is None
     for f in ("summary.csv", "history.csv", "study.json", "accuracy_vs_time.png", "bytes_vs_time.png"):
         assert (out / f).stat().st_size > 0
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,nope"])
@@ -239,6 +243,30 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
     bad = CliRunner().invoke(cli, ["simulate", "--epochs", "0", "--clients-per-round", "0"])
     assert bad.exit_code == 2 and "2 problem(s): --epochs: must be >= 1, got 0" in bad.output
     assert "--clients-per-round: must be >= 1, got 0" in bad.output
+
+
+def test_cli_several_studies_summarise_over_seeds(tmp_path, monkeypatch: pytest.MonkeyPatch, study: Study) -> None:
+    from tinyfed.cli import cli
+
+    monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
+    out = tmp_path / "fair"
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--board-mix",
+                                   "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4", "--clients-per-round", "4",
+                                   "--target-accuracy", "0.2", "--max-versions", "3", "--seeds", "0-1",
+                                   "--partitions", "iid", "--workers", "1", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output.strip().splitlines()[-1])
+    assert [(r["split"], r["seed"]) for r in doc["studies"]] == [("iid", 0), ("iid", 1)]
+    assert doc["studies"][0]["results"]["ftte"]["final_accuracy"] != doc["studies"][1]["results"]["ftte"][
+        "final_accuracy"]
+    row = next(r for r in doc["summary"]["rows"] if r["label"] == "ftte")
+    finals = [r["results"]["ftte"]["final_accuracy"] for r in doc["studies"]]
+    assert row["studies"] == 2 and row["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert doc["studies"][0]["decomposition"]["headline"] is not None
+    for f in ("fair_study.json", "fair_runs.csv", "fair_summary.csv"):
+        assert (out / f).stat().st_size > 0
+    bad = CliRunner().invoke(cli, ["simulate", "--seeds", "x"])
+    assert bad.exit_code != 0 and "seeds 'x'" in bad.output
 
 
 def test_a_study_trains_checks_and_aggregates_as_a_run_does() -> None:
