@@ -209,18 +209,21 @@ def check_goals(split: str, recs: Sequence[dict[str, Any]], ftte: str = "ftte") 
                   if ftte in r["results"] and base in r["results"]]
         s = spread(ratios)
         missed = sum(1 for r in recs if ftte in r["results"] and not r["results"][ftte]["reached_target"])
-        met = s["mean"] is not None and s["mean"] <= limit and not missed
-        out.append({"split": split, "goal": f"time {ftte} / {base} <= {limit:g}", "value": s["mean"],
-                    "worst": s["max"], "seeds": s["n"], "met": met if s["n"] else None})
+        mean = s["mean"]
+        met: bool | None = False if missed else (None if mean is None else mean <= limit)
+        out.append({"split": split, "goal": f"time {ftte} / {base} <= {limit:g}", "value": mean,
+                    "worst": s["max"], "seeds": s["n"], "met": met})
     for measure in ("end_accuracy_mean", "final_accuracy"):
         gaps = [100.0 * (r["results"][ftte][measure] - r["results"][SAME_W_BUFFER][measure]) for r in recs
                 if ftte in r["results"] and SAME_W_BUFFER in r["results"]]
         s = spread(gaps)
-        met = (s["mean"] >= GOAL_ACC_MEAN_POINTS and s["min"] >= GOAL_ACC_WORST_POINTS) if s["n"] else None
+        mean, worst = s["mean"], s["min"]
+        met_acc = (mean >= GOAL_ACC_MEAN_POINTS and worst >= GOAL_ACC_WORST_POINTS
+                   if mean is not None and worst is not None else None)
         out.append({"split": split, "goal": (f"{measure} {ftte} - {SAME_W_BUFFER} >= {GOAL_ACC_MEAN_POINTS:+g} points "
                                              f"mean, >= {GOAL_ACC_WORST_POINTS:+g} every seed"
                                              + (" (the goal's measure)" if measure == "end_accuracy_mean" else "")),
-                    "value": s["mean"], "worst": s["min"], "seeds": s["n"], "met": met})
+                    "value": mean, "worst": worst, "seeds": s["n"], "met": met_acc})
     return out
 
 
@@ -276,10 +279,10 @@ def write_fair_outputs(out: Path, records: Sequence[dict[str, Any]], summary: di
     cols = ["time_to_target_s", "final_accuracy", "end_accuracy_mean", "time_vs_" + SAME_W_BUFFER,
             "time_vs_" + SAME_W_SYNC]
     with open(paths[2], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "label", "studies", "reached"] + [f"{c}_{s}" for c in cols for s in
+        table = csv.writer(f)
+        table.writerow(["split", "label", "studies", "reached"] + [f"{c}_{s}" for c in cols for s in
                                                                ("mean", "min", "max", "std")])
         for row in summary["rows"]:
-            w.writerow([row["split"], row["label"], row["studies"], row["reached"]]
+            table.writerow([row["split"], row["label"], row["studies"], row["reached"]]
                        + [row[c][s] for c in cols for s in ("mean", "min", "max", "std")])
     return paths
