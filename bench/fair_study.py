@@ -46,12 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=1000,
                     help="per-version evaluation subset (0: the whole test split; final accuracy is always whole)")
     ap.add_argument("--max-versions", type=int, default=400)
+    ap.add_argument("--max-sim-seconds", type=float, default=12000.0,
+                    help="first-leg cap: a variant that has not reached the target by then counts as not reached "
+                         "(FedAvg on a Dirichlet 0.1 split may never get there, and the horizon, its stop / 0.9, "
+                         "sets every variant's cost)")
     ap.add_argument("--workers", type=int, default=2, help="studies run at once, each in its own process")
     ap.add_argument("--out", type=Path, default=None, help="write fair_study.json, fair_runs.csv, fair_summary.csv")
     args = ap.parse_args(argv)
     base = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, target_accuracy=args.target,
                        strategies=tuple(s for s in args.strategies.split(",") if s), max_versions=args.max_versions,
-                       eval_samples=args.eval_samples or None)
+                       max_sim_seconds=args.max_sim_seconds, eval_samples=args.eval_samples or None)
     seeds, splits = parse_seeds(args.seeds), parse_splits(args.splits)
     print(f"bench/fair_study.py: {len(seeds)} seeds x {len(splits)} splits of {len(base.strategies)} variants, "
           f"{args.workers} workers; load {load()} on {os.cpu_count()} cores", flush=True)
