@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         ttt = ", ".join(f"{k} {v['time_to_target_s']:,.0f}" if v["reached_target"] else f"{k} -"
                         for k, v in rec["results"].items())
         print(f"[{time.monotonic() - started:,.0f} s] {rec['split']} seed {rec['seed']}: horizon "
-              f"{rec['horizon_s']:,.0f} s, {rec['wall_s']:,.0f} s wall, load {rec['load_before']} -> "
-              f"{rec['load_after']}; time to target {ttt}", flush=True)
+              f"{rec['horizon_s']:,.0f} s, {rec['wall_s']:,.0f} s wall ({rec['cpu_s']:,.0f} s CPU), "
+              f"load {rec['load_before']} -> {rec['load_after']}; time to target {ttt}", flush=True)
 
     records = run_fair_study(base, seeds, splits, workers=args.workers, done=done)
     summary = summarize(records)
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary, args.target))
     walls = [r["wall_s"] for r in records]
     print(f"\nwall time {time.monotonic() - started:,.0f} s for {len(records)} studies (per study "
-          f"{min(walls):,.0f}-{max(walls):,.0f} s, mean {sum(walls) / len(walls):,.0f} s); load {load()}")
+          f"{min(walls):,.0f}-{max(walls):,.0f} s, mean {sum(walls) / len(walls):,.0f} s; CPU per study "
+          f"{sum(r['cpu_s'] for r in records) / len(records):,.0f} s); load {load()}")
     if args.out is not None:
         cfg = {**base.record(), "seeds": seeds, "splits": [str(s) for s in splits], "workers": args.workers}
         for p in write_fair_outputs(args.out, records, summary, cfg):

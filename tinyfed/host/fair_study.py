@@ -107,7 +107,7 @@ def run_one(cfg: Any, split: str) -> dict[str, Any]:
     """One study (every variant of ``cfg`` to the common horizon) as a compact, picklable record."""
     from tinyfed.host.simulator import Study
 
-    started, load_before = time.monotonic(), load()
+    started, cpu, load_before = time.monotonic(), time.process_time(), load()
     study = Study(cfg)
     results = study.run_all()
     return {"seed": cfg.seed, "split": split, "partition": study.partition,
@@ -115,6 +115,7 @@ def run_one(cfg: Any, split: str) -> dict[str, Any]:
             "horizon_s": study.horizon_s, "target": cfg.target_accuracy,
             "results": {k: {f: r.to_dict()[f] for f in KEEP} for k, r in results.items()},
             "decomposition": decomposition(results), "wall_s": time.monotonic() - started,
+            "cpu_s": time.process_time() - cpu,  # this process's CPU: the cost of the study on an idle core
             "load_before": load_before, "load_after": load(), "pid": os.getpid()}
 
 
