@@ -70,3 +70,20 @@ def test_live_view_shows_version_accuracy_devices_bytes_and_eta() -> None:
     assert board.eta_seconds() is not None  # still rising over the last five evaluations
     board.rows = board.rows[-2:]
     assert board.eta_seconds() is None  # falling: no estimate
+
+
+def test_run_takes_a_strategy_label_and_its_payload(tmp_path: Path) -> None:
+    """``--strategy fedbuff@subset`` trains the plan's subset: no whole-model board is needed for it."""
+    from tinyfed.boards import get_board
+    from tinyfed.commands.run import emulated_board_for, run_strategy, strategy_payload
+    from tinyfed.host.config import RunConfig, StrategyParams, load_run_config
+
+    assert [strategy_payload(s) for s in ("ftte", "fedbuff", "fedbuff@subset", "fedavg@subset+overselect")] == [
+        "subset", "dense", "subset", "subset"]
+    board = get_board("mps2-an386")
+    assert emulated_board_for(board, "fedbuff@subset", "har_cnn") is board  # decided without planning every layer
+    cfg = RunConfig(strategy="fedavg@subset+overselect", strategy_params=StrategyParams(overselect_factor=1.5))
+    strategy = run_strategy(cfg.strategy, cfg.strategy_params)
+    assert (strategy.label, strategy.payload, strategy.params.overselect_factor) == (
+        "fedavg@subset+overselect", "subset", 1.5)
+    assert load_run_config(cfg.dump(tmp_path)) == cfg  # config.toml keeps the label (a resume builds the same)

@@ -246,3 +246,40 @@ def test_an_unexpected_error_in_a_worker_is_a_lost_task_and_the_device_comes_bac
     assert lost["reason"] == "RuntimeError: injected fault in read_update"
     for name, since in ((devs[1].name, provision["seq"]), (devs[2].name, lost["seq"])):
         assert any(e["kind"] == "arrival" and e["device"] == name and e["seq"] > since for e in evs), name
+
+
+def test_a_fedavg_deadline_closes_the_round_on_the_wall_clock(setups, tmp_path) -> None:
+    """One board never answers: without a deadline the round would wait for it; with one the engine
+    closes the round at the deadline with the other boards' updates and goes on."""
+    forget_sim_boards()
+    devs = _devices("dev")
+    held = get_sim_board("mps2-an386", devs[0].name)  # the board exists before the engine connects to it
+    original, release = held.trainer.train, threading.Event()
+
+    def train(p: bytes, fragment):
+        release.wait(timeout=600)
+        return original(p, fragment)
+
+    held.trainer.train = train
+    strategy = get_strategy("fedavg", clients_per_round=DEVICES, round_deadline_s=2.0)
+    result: dict = {}
+    try:
+        with EventLog(tmp_path) as events:
+            engine = Engine(setups["dense"], devs, strategy, events, training=LocalTraining(epochs=1, lr=0.005),
+                            limits=Limits(max_versions=2), seed=3)
+            runner = threading.Thread(target=lambda: result.update(run=engine.run()), daemon=True)
+            runner.start()
+            runner.join(timeout=600)  # a hang bound: without the deadline the run would wait for the held board
+            assert not runner.is_alive(), "the round waited for the board that never answers"
+    finally:
+        release.set()
+    evs = list(read_events(tmp_path))
+    assert result["run"].versions == 2
+    deadlines = [e for e in evs if e["kind"] == "deadline"]
+    assert deadlines and deadlines[0]["version"] == 0
+    first = next(e for e in evs if e["kind"] == "aggregation")
+    assert first["seq"] > deadlines[0]["seq"] and 1 <= first["updates"] < DEVICES  # closed with what arrived
+    gap = first["t"] - next(e for e in evs if e["kind"] == "dispatch")["t"]
+    assert 2.0 <= gap < 30.0
+    assert not any(e["kind"] == "arrival" and e["device"] == devs[0].name for e in evs)
+    assert summarize(evs)["all_tasks_accounted"]

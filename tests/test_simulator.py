@@ -411,3 +411,90 @@ def test_devices_work_only_inside_their_availability_windows(study: Study) -> No
     for bad in ("3600", "0:0.5", "3600:0", "3600:1.5", "x:y"):
         with pytest.raises(TinyfedError, match="PERIOD:FRACTION"):
             Availability.parse(bad)
+
+
+# ---------------------------------------------------------------- variants: payloads, deadlines, over-selection
+
+def test_fedbuff_on_the_subset_is_ftte_without_the_variance_term(har_study: Study) -> None:
+    """fedbuff@subset trains what FTTE trains (w*, int8 updates, head cache) and weights as FTTE with gamma 0."""
+    study = har_study
+    fleet = make_fleet(study.shards, 8, MIX, 0.5, Slowdown.parse("uniform:2:10"), 0)
+    runs = {}
+    for label, params in (("fedbuff@subset", {}), ("ftte", {"variance_gamma": 0.0}), ("ftte", {})):
+        strat = study.cfg.strategy(label) if not params else get_strategy("ftte", fleet_size=8, buffer_size=4,
+                                                                         **params)
+        assert strat.payload == "subset" and strat.params.buffer_size == 4
+        sim = Simulation(study.model(strat.payload), fleet, strat, limits=SimLimits(max_versions=4), seed=0,
+                         record_trace=True)
+        assert sim.float_update is False
+        runs[(label, tuple(params))] = sim.run()
+    fb, flat, ftte = runs[("fedbuff@subset", ())], runs[("ftte", ("variance_gamma",))], runs[("ftte", ())]
+    assert fb.strategy == "fedbuff@subset" and fb.payload == "subset"
+    assert fb.event_digest == flat.event_digest and np.array_equal(fb.vector, flat.vector)
+    assert fb.bytes_per_update == ftte.bytes_per_update and fb.device_memory_bytes == ftte.device_memory_bytes
+    assert not np.array_equal(fb.vector, ftte.vector)  # the variance term does change the run
+
+
+def test_fedavg_overselection_closes_each_round_at_m_arrivals(study: Study) -> None:
+    sim, res = _run(study, "fedavg", versions=3, clients_per_round=4, overselect_factor=2.0)
+    rounds: list[list[tuple[float, str, int]]] = [[]]
+    for t, kind, task, _device in res.trace:
+        if kind == "step":
+            rounds.append([])
+        else:
+            rounds[-1].append((t, kind, task))
+    assert len([e for e in rounds[0] if e[1] == "dispatch"]) == 8  # the first round samples ceil(2 * 4) of 16
+    assert len([e for e in rounds[0] if e[1] == "arrive"]) == 4  # the step comes with the 4th arrival
+    assert sim.strategy.counters["ignored"] > 0  # later arrivals of a closed round are ignored, not applied
+    _, plain = _run(study, "fedavg", versions=3, clients_per_round=4)
+    assert plain.sim_seconds > res.sim_seconds  # waiting for every sampled straggler takes longer
+
+
+def test_fedavg_deadline_is_an_event_at_dispatch_plus_deadline(study: Study) -> None:
+    fleet = make_fleet(study.shards, 16, MIX, 0.5, Slowdown.parse("uniform:2:10"), 0)
+    probe = Simulation(study.model("dense"), fleet, get_strategy("fedavg", fleet_size=16), seed=0)
+    deadline = float(np.median([probe.task_seconds(d, True) for d in fleet.devices]))
+    runs = [_run(study, "fedavg", versions=4, clients_per_round=4, round_deadline_s=deadline)[1] for _ in range(2)]
+    res = runs[0]
+    assert res.event_digest == runs[1].event_digest and res.versions == 4
+    round_start, closed_at_deadline = 0.0, 0
+    for i, (t, kind, _task, _device) in enumerate(res.trace):
+        if kind == "dispatch" and (i == 0 or res.trace[i - 1][1] != "dispatch"):
+            round_start = t  # a round's tasks are dispatched together
+        if kind == "step":
+            assert t <= round_start + deadline + 1e-9  # no round outlives its deadline
+            if res.trace[i - 1][1] == "deadline":
+                closed_at_deadline += 1
+                assert res.trace[i - 1][0] == pytest.approx(round_start + deadline)
+    assert closed_at_deadline > 0
+    _, plain = _run(study, "fedavg", versions=4, clients_per_round=4)
+    assert "deadline" not in {kind for _, kind, _, _ in plain.trace}
+
+
+def test_a_study_runs_variants_under_their_labels(tmp_path, monkeypatch: pytest.MonkeyPatch, study: Study) -> None:
+    from tinyfed.cli import cli
+
+    monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
+    labels = "ftte,fedbuff@subset,fedavg@subset+overselect,fedavg"
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--partition", "iid",
+                                   "--board-mix", "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4",
+                                   "--clients-per-round", "3", "--target-accuracy", "0.2", "--max-versions", "2",
+                                   "--horizon", "none", "--strategies", labels, "--server-optimizer", "momentum",
+                                   "--server-momentum", "0.5", "--concurrency", "6", "--overselect-factor", "1.5",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output.strip().splitlines()[-1])
+    assert list(doc["strategies"]) == labels.split(",") == list(doc["results"])
+    s = doc["strategies"]
+    assert [s[k]["payload"] for k in s] == ["subset", "subset", "subset", "dense"]
+    assert s["fedavg@subset+overselect"]["params"]["overselect_factor"] == 1.5 and s["fedavg"]["params"][
+        "overselect_factor"] == 1.0
+    assert s["fedbuff@subset"]["name"] == "fedbuff" and s["fedbuff@subset"]["params"]["concurrency"] == 6
+    assert all(v["params"]["server_optimizer"] == "momentum" for v in s.values())
+    assert s["ftte"]["strategy"] == "ftte" and s["fedbuff@subset"]["strategy"] == "fedbuff@subset"
+    bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,ftte+overselect"])
+    assert bad.exit_code == 2 and "ftte does not sample rounds" in bad.output
+    bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,fedbuff@subset,ftte"])
+    assert bad.exit_code == 2 and "given more than once" in bad.output
+    with pytest.raises(TinyfedError, match="top level"):
+        checked(StudyConfig, {"strategy_params": {"round_deadline_s": 5.0}}, "a test")

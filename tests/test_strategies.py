@@ -20,8 +20,12 @@ from tinyfed.host.strategies import (
     FTTEParams,
     Strategy,
     StrategyError,
+    Variant,
+    build_variant,
     get_strategy,
+    parse_variant,
 )
+from tinyfed.host.strategies.base import weighted_step
 from tinyfed.host.updates import Reason, Update, check_update
 
 
@@ -39,10 +43,18 @@ def feed(strategy: Strategy, updates: list[Update], version: int) -> list[Aggreg
 
 
 def through_json(state: dict) -> dict:
-    """What a checkpoint does: JSON for everything but the numpy arrays, which go to a side file."""
+    """What a checkpoint does: JSON for everything but the numpy arrays, which go to a side file
+    (the buffered deltas, and a server optimizer's moments under "optimizer")."""
     arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     assert set(arrays) <= {"deltas"}
-    meta = json.loads(json.dumps({k: v for k, v in state.items() if k not in arrays}))
+    moments = {k: v for k, v in state.get("optimizer", {}).items() if isinstance(v, np.ndarray)}
+    assert set(moments) <= {"m", "v"}
+    rest = {k: v for k, v in state.items() if k not in arrays}
+    if "optimizer" in rest:
+        rest["optimizer"] = {k: v for k, v in rest["optimizer"].items() if k not in moments}
+    meta = json.loads(json.dumps(rest))
+    if moments:
+        meta["optimizer"] |= {k: np.array(v) for k, v in moments.items()}
     return meta | {k: np.array(v) for k, v in arrays.items()}
 
 
@@ -267,7 +279,8 @@ def test_params_are_validated(cls, field: str, value) -> None:
 
 
 def test_defaults_and_registry() -> None:
-    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, server_lr=1.0)
+    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, server_lr=1.0,
+                                      concurrency=None, payload=None, server_optimizer="sgd")
     assert FedAvgParams().clients_per_round == 10 and FedBuffParams().buffer_size == 10
     assert set(STRATEGIES) == {"ftte", "fedbuff", "fedavg"}
     assert isinstance(get_strategy("fedavg", clients_per_round=2), FedAvg)
@@ -281,6 +294,209 @@ def test_defaults_and_registry() -> None:
     assert get_strategy("ftte", ignore_extra=True, **table).params == FTTEParams(buffer_size=3, variance_gamma=0.0)
     with pytest.raises(ValueError, match="fleet_size"):
         get_strategy("ftte", fleet_size=0)
+
+
+# ---------------------------------------------------------------- payload, variants, shared knobs
+
+def test_payload_is_a_parameter_with_the_strategy_default() -> None:
+    assert (FTTE().payload, FedBuff().payload, FedAvg().payload) == ("subset", "dense", "dense")
+    assert FedBuff(FedBuffParams(payload="subset")).payload == "subset"
+    assert FTTE(FTTEParams(payload="dense")).payload == "dense"
+    assert get_strategy("fedavg", payload="subset").payload == "subset"
+    with pytest.raises(ValueError, match="payload"):
+        FedAvgParams(payload="sparse")
+
+
+@pytest.mark.parametrize("label, expect", [
+    ("ftte", Variant("ftte", None, False, "ftte")),
+    ("fedbuff@subset", Variant("fedbuff", "subset", False, "fedbuff@subset")),
+    ("ftte@dense", Variant("ftte", "dense", False, "ftte@dense")),
+    ("fedavg+overselect", Variant("fedavg", None, True, "fedavg+overselect")),
+    (" fedavg@subset+overselect ", Variant("fedavg", "subset", True, "fedavg@subset+overselect")),
+])
+def test_parse_variant(label: str, expect: Variant) -> None:
+    assert parse_variant(label) == expect
+
+
+@pytest.mark.parametrize("label, problem, fix", [
+    ("fedbuf@subset", "'fedbuf' (in label 'fedbuf@subset') is not a strategy", "did you mean 'fedbuff'?"),
+    ("fedbuff@sub", "names payload 'sub'", "@subset"),
+    ("fedavg+over", "unknown modifier +over", "+overselect"),
+    ("fedavg+overselect+overselect", "+overselect more than once", "given once"),
+    ("fedavg+overselect@subset", "unknown modifier +overselect@subset", "after the payload"),
+    ("ftte+overselect", "ftte does not sample rounds", "+overselect is for fedavg"),
+    ("@subset", "names no strategy", "NAME[@subset|@dense][+overselect]"),
+])
+def test_parse_variant_errors_say_what_to_write(label: str, problem: str, fix: str) -> None:
+    with pytest.raises(StrategyError) as err:
+        parse_variant(label)
+    assert problem in err.value.problem and fix in (err.value.fix or "")
+
+
+def test_build_variant_sets_payload_overselect_and_label() -> None:
+    # a config table ([strategy_params]): its overselect_factor is the factor of +overselect labels
+    table = {"buffer_size": 4, "clients_per_round": 3, "variance_gamma": 0.0, "overselect_factor": 1.5,
+             "payload": "dense"}
+    fb = build_variant(parse_variant("fedbuff@subset"), fleet_size=20, **table)
+    assert isinstance(fb, FedBuff) and fb.payload == "subset" and fb.label == "fedbuff@subset" and fb.k == 4
+    fa = build_variant("fedavg@subset+overselect", fleet_size=20, **table)
+    assert fa.params.overselect_factor == 1.5 and fa.payload == "subset" and fa.sample_size == 5  # ceil(4.5)
+    plain = build_variant("fedavg", **table)
+    assert plain.params.overselect_factor == 1.0 and plain.label == "fedavg" and plain.sample_size == 3
+    assert build_variant("fedavg+overselect").params.overselect_factor == 2.0  # the default factor
+    assert FedAvg(FedAvgParams(clients_per_round=10, overselect_factor=1.3)).sample_size == 13  # not 14
+    with pytest.raises(TinyfedError, match="overselect_factor"):
+        build_variant("fedavg+overselect", overselect_factor=0.5)
+
+
+def test_fedbuff_staleness_exponent() -> None:
+    ups = [upd("a", 1, 3, 10, [1.0]), upd("b", 2, 0, 10, [0.0])]  # tau 0 and 3
+    agg = feed(FedBuff(FedBuffParams(buffer_size=2, staleness_exponent=1.0)), ups, 3)[-1]
+    np.testing.assert_allclose(agg.weights, [10.0, 10.0 / 4], rtol=1e-15)
+    flat = feed(FedBuff(FedBuffParams(buffer_size=2, staleness_exponent=0.0)), ups, 3)[-1]
+    assert flat.step.tolist() == [0.5]
+
+
+def test_concurrency_caps_devices_in_training() -> None:
+    s = FedBuff(FedBuffParams(buffer_size=2, concurrency=3))
+    idle = [f"d{i}" for i in range(8)]
+    a = s.select(idle, [], 0, np.random.default_rng(5))
+    assert len(a) == 3 and a == sorted(a) and set(a) <= set(idle)
+    assert a == s.select(idle[::-1], [], 0, np.random.default_rng(5))  # the seed decides, not the listing order
+    assert len(s.select(idle[3:], ["d0", "d1"], 0, np.random.default_rng(5))) == 1
+    rng = np.random.default_rng(5)
+    before = rng.bit_generator.state
+    assert s.select(idle, ["d0", "d1", "d2"], 0, rng) == [] and rng.bit_generator.state == before
+    assert s.select(["d7"], ["d0"], 0, rng) == ["d7"]
+    assert FTTE(FTTEParams()).select(idle, ["x"] * 50, 0, rng) == idle  # None: every idle device
+    with pytest.raises(ValueError, match="concurrency"):
+        FTTEParams(concurrency=0)
+
+
+def test_fedavg_overselection_closes_at_m_and_ignores_the_rest() -> None:
+    s = FedAvg(FedAvgParams(clients_per_round=2, overselect_factor=2.0))
+    chosen = s.select([f"d{i}" for i in range(7)], [], 4, np.random.default_rng(3))
+    assert len(chosen) == 4  # ceil(2 * 2)
+    assert s.on_update(upd(chosen[2], 1, 4, 10, [1.0]), 4) is None
+    agg = s.on_update(upd(chosen[0], 2, 4, 30, [3.0]), 4)
+    assert agg is not None and len(agg.updates) == 2 and agg.step.tolist() == [2.5]  # (10 * 1 + 30 * 3) / 40
+    assert not s.in_flight
+    assert s.on_update(upd(chosen[1], 3, 4, 10, [9.0]), 5) is None  # late: its round closed at m arrivals
+    assert s.counters["ignored"] == 1 and s.counters["received"] == 2
+    # idle devices capped: with 3 idle, 3 are sampled and all of them are waited for
+    s2 = FedAvg(FedAvgParams(clients_per_round=2, overselect_factor=3.0))
+    assert s2.select(["a", "b", "c"], [], 0, np.random.default_rng(0)) == ["a", "b", "c"]
+    assert s2.on_lost("a", 1) is None and s2.on_update(upd("b", 2, 0, 1, [1.0]), 0) is None
+    assert s2.on_update(upd("c", 3, 0, 1, [3.0]), 0).step.tolist() == [2.0]
+
+
+def test_fedavg_deadline_closes_with_arrivals_or_drops_the_round() -> None:
+    s = FedAvg(FedAvgParams(clients_per_round=3, round_deadline_s=60.0))
+    assert s.deadline() == 60.0 and FedAvg().deadline() is None and FTTE().deadline() is None
+    rng = np.random.default_rng(0)
+    chosen = s.select([f"d{i}" for i in range(5)], [], 2, rng)
+    assert s.on_update(upd(chosen[1], 1, 2, 8, [2.0, -2.0]), 2) is None
+    assert s.on_deadline(1) is None and s.in_flight  # another round's deadline: nothing happens
+    agg = s.on_deadline(2)
+    assert agg is not None and [u.device_id for u in agg.updates] == [chosen[1]] and agg.new_version == 3
+    assert agg.step.tolist() == [2.0, -2.0] and not s.in_flight
+    assert s.on_update(upd(chosen[0], 2, 2, 8, [1.0, 1.0]), 3) is None and s.counters["ignored"] == 1
+    assert s.on_deadline(2) is None  # fired twice: the round is long closed
+    # nothing in by the deadline: the round is dropped and the next select samples a new one
+    again = s.select(["d0", "d1", "d2", "d3"], [], 3, rng)
+    assert len(again) == 3 and s.on_deadline(3) is None and not s.in_flight
+    assert len(s.select(["d4"], again, 3, rng)) == 1
+
+
+def test_sgd_is_the_plain_step_bit_for_bit() -> None:
+    rng = np.random.default_rng(4)
+    ups = random_updates(rng, 5, 40, version=6)
+    for lr in (1.0, 0.3):
+        agg = feed(FTTE(FTTEParams(buffer_size=5, server_lr=lr, server_optimizer="sgd")), ups, 6)[-1]
+        assert agg.step.tobytes() == weighted_step(ups, agg.weights, lr).tobytes()
+
+
+def _single(strategy: Strategy, deltas: list[list[float]]) -> list[list[float]]:
+    """Steps of a K = 1 buffer fed one update per version: each pseudo-gradient is that update's delta."""
+    return [feed(strategy, [upd("a", v, v, 1, d)], v)[-1].step.tolist() for v, d in enumerate(deltas)]
+
+
+def test_server_momentum_by_hand() -> None:
+    s = FedBuff(FedBuffParams(buffer_size=1, server_lr=2.0, server_optimizer="momentum", server_momentum=0.5))
+    # m1 = g1 = (1, -2): step 2 * m1; m2 = 0.5 * m1 + (3, 0) = (3.5, -1): step (7, -2)
+    assert _single(s, [[1.0, -2.0], [3.0, 0.0]]) == [[2.0, -4.0], [7.0, -2.0]]
+
+
+def test_server_adam_by_hand() -> None:
+    s = FTTE(FTTEParams(buffer_size=1, server_optimizer="adam", server_momentum=0.5, server_beta2=0.75,
+                        server_tau=0.1))
+    steps = _single(s, [[1.0, -2.0], [0.0, 2.0]])
+    # v0 = tau^2 = 0.01, m0 = 0. Step 1: m = 0.5 * g = (0.5, -1); v = 0.75 * 0.01 + 0.25 * g^2 = (0.2575, 1.0075)
+    np.testing.assert_allclose(steps[0], [0.5 / (math.sqrt(0.2575) + 0.1), -1 / (math.sqrt(1.0075) + 0.1)], rtol=1e-6)
+    np.testing.assert_allclose(steps[0], [0.8231204, -0.9060080], rtol=1e-6)
+    # Step 2: m = (0.25, -0.5 + 1) = (0.25, 0.5); v = (0.193125, 0.755625 + 1) = (0.193125, 1.755625)
+    np.testing.assert_allclose(steps[1], [0.25 / (math.sqrt(0.193125) + 0.1), 0.5 / (math.sqrt(1.755625) + 0.1)],
+                               rtol=1e-6)
+
+
+def test_server_yogi_by_hand() -> None:
+    s = FedAvg(FedAvgParams(clients_per_round=1, server_lr=0.5, server_optimizer="yogi", server_momentum=0.5,
+                            server_beta2=0.75, server_tau=0.1))
+    steps = []
+    for v, d in enumerate([[1.0, -2.0], [0.1, 0.0]]):
+        (dev,) = s.select(["a"], [], v, np.random.default_rng(v))
+        steps.append(s.on_update(upd(dev, v, v, 1, d), v).step.tolist())
+    # Step 1: v = 0.01 - 0.25 * g^2 * sign(0.01 - g^2) = (0.26, 1.01); m = (0.5, -1)
+    np.testing.assert_allclose(steps[0], [0.5 * 0.5 / (math.sqrt(0.26) + 0.1), 0.5 * -1 / (math.sqrt(1.01) + 0.1)],
+                               rtol=1e-6)
+    # Step 2: g^2 = (0.01, 0): v = (0.26 - 0.0025, 1.01) (Adam would shrink it to (0.1975, 0.7575)); m = (0.3, -0.5)
+    np.testing.assert_allclose(steps[1], [0.5 * 0.3 / (math.sqrt(0.2575) + 0.1), 0.5 * -0.5 / (math.sqrt(1.01) + 0.1)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(s.optimizer.v, [0.2575, 1.01], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["momentum", "adam", "yogi"])
+def test_server_optimizer_state_round_trips_through_a_checkpoint(kind: str, tmp_path) -> None:
+    from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+
+    rng = np.random.default_rng(8)
+    ups = random_updates(rng, 7, 21, version=2)
+    a = get_strategy("ftte", buffer_size=2, server_optimizer=kind, server_lr=0.1)
+    assert feed(a, ups[:3], 2)[1] is not None  # one step taken, one update buffered
+    write_checkpoint(tmp_path, Checkpoint(version=3, globals={"w": np.zeros(21, np.float32)},
+                                          strategy_state={"strategy": a.state_dict()}))
+    state = read_checkpoint(tmp_path).strategy_state["strategy"]
+    assert state["optimizer"]["m"].dtype == np.float32 and state["optimizer"]["steps"] == 1
+    b = get_strategy("ftte", buffer_size=2, server_optimizer=kind, server_lr=0.1)
+    b.load_state_dict(state)
+    for u in ups[3:]:
+        ra, rb = a.on_update(u, 3), b.on_update(u, 3)
+        assert (ra is None) == (rb is None)
+        if ra is not None:
+            assert ra.step.tobytes() == rb.step.tobytes()
+    assert a.optimizer.m.tobytes() == b.optimizer.m.tobytes()
+    with pytest.raises(StrategyError, match="parameters"):
+        get_strategy("ftte", buffer_size=2, server_optimizer="sgd", server_lr=0.1).load_state_dict(state)
+
+
+def test_a_checkpoint_from_before_the_shared_knobs_resumes_with_their_defaults() -> None:
+    state = through_json(FedBuff(FedBuffParams(buffer_size=3)).state_dict())
+    for key in ("payload", "server_optimizer", "server_momentum", "server_beta2", "server_tau", "concurrency",
+                "staleness_exponent"):
+        del state["params"][key]
+    FedBuff(FedBuffParams(buffer_size=3)).load_state_dict(state)
+    with pytest.raises(StrategyError, match="parameters"):
+        FedBuff(FedBuffParams(buffer_size=3, payload="subset")).load_state_dict(state)
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    (FTTEParams, "server_optimizer", "adagrad"), (FedBuffParams, "server_momentum", 1.0),
+    (FedAvgParams, "server_beta2", -0.1), (FTTEParams, "server_tau", 0.0), (FedAvgParams, "overselect_factor", 0.9),
+    (FedAvgParams, "round_deadline_s", 0.0), (FedBuffParams, "concurrency", 1.5),
+])
+def test_shared_params_are_validated(cls, field: str, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        cls(**{field: value})
 
 
 # ---------------------------------------------------------------- check_update

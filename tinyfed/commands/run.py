@@ -33,21 +33,44 @@ import click
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
-from tinyfed.host.strategies import STRATEGIES
+from tinyfed.host.strategies import STRATEGIES, Strategy
 from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
 
 
-def emulated_board_for(board: Any, strategy: str | None, model: str | None, boards_dirs: tuple[Path, ...] = ()) -> Any:
-    """The profile ``--emulate`` boots: ``board``, or for a dense baseline the profile its dense plan
+def run_strategy(label: str, params: Any, fleet_size: int | None = None) -> Strategy:
+    """The run's strategy: ``label`` (a name or a variant such as ``fedavg+overselect``) with the config's
+    [strategy_params] (whose ``overselect_factor`` is the factor of a ``+overselect`` label)."""
+    from tinyfed.host.strategies import build_variant
+
+    return build_variant(label, fleet_size=fleet_size, **params.model_dump())
+
+
+def strategy_payload(label: str, params: Any = None) -> str:
+    """The payload ("subset" or "dense") the strategy of ``label`` trains, with ``params`` if given."""
+    from tinyfed.host.strategies import parse_variant
+
+    if params is not None:
+        return run_strategy(label, params).payload
+    variant = parse_variant(label)
+    return variant.payload or STRATEGIES[variant.name].default_payload
+
+
+def emulated_board_for(board: Any, strategy: str | None, model: str | None, boards_dirs: tuple[Path, ...] = (),
+                       payload: str | None = None) -> Any:
+    """The profile ``--emulate`` boots: ``board``, or for a dense payload the profile its dense plan
     picks (:meth:`~tinyfed.planner.dense.DensePlan.emulated_board`), decided before any boot.
 
-    Refuses (with the numbers) when neither fits, so no emulator is booted for a run that cannot train.
+    ``strategy`` is a strategy name or label; ``payload`` (when given) is what it trains, else the
+    label's payload. Refuses (with the numbers) when neither fits, so no emulator is booted for a run
+    that cannot train.
     """
     from tinyfed.planner.dense import plan_dense_model
 
-    if strategy is None or model is None or STRATEGIES[strategy].payload != "dense":
+    if strategy is None or model is None:
+        return board
+    if (payload or strategy_payload(strategy)) != "dense":
         return board
     return plan_dense_model(model).emulated_board(board, boards_dirs)
 
@@ -117,7 +140,8 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run config TOML (docs/run-config.md); the options below override it.")
 @click.option("--model", help="Zoo model name or path to a full-int8 .tflite (default: the config's, har_cnn).")
-@click.option("--strategy", type=click.Choice(list(STRATEGIES)), help="Aggregation strategy.")
+@click.option("--strategy", help=f"Aggregation strategy ({', '.join(STRATEGIES)}) or a variant label "
+                                 "NAME[@subset|@dense][+overselect], e.g. fedbuff@subset.")
 @click.option("--task", type=click.Choice([t.value for t in Task]),
               help="What the model learns (default: from its last op and the data): classify (SOFTMAX, "
                    "accuracy), multilabel (LOGISTIC, micro-F1 at 0.5), regress (y real-valued, R^2), autoencode "
@@ -194,7 +218,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     with ExitStack() as stack:
         devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
                                               board_name=board_name, boards_dirs=boards_dirs,
-                                              strategy=cfg.strategy, model=cfg.model)
+                                              strategy=cfg.strategy, model=cfg.model,
+                                              payload=strategy_payload(cfg.strategy, cfg.strategy_params))
         _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
         if source == "emulate" and devices[0].board != board_name:
             click.echo(baseline_note(cfg.model, cfg.strategy, board_name, devices[0].board, boards_dirs), err=True)
@@ -252,13 +277,14 @@ def new_run_dir(out_dir: Path | None) -> Path:
 def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: int | None = None,
                  simulate: int | None = None, board_name: str = "mps2-an386",
                  boards_dirs: tuple[Path, ...] = (), strategy: str | None = None,
-                 model: str | None = None) -> tuple[list, str, int]:
+                 model: str | None = None, payload: str | None = None) -> tuple[list, str, int]:
     """The run's devices from exactly one source; emulators booted here stop when ``stack`` closes.
 
     Returns the devices, the source's name (``fleet``, ``emulate``, ``simulate``, as
     ``devices.json`` records it) and the count asked for. With ``strategy`` and ``model`` given,
     ``--emulate`` boots the board's baseline profile for a dense baseline that does not fit the
-    board (:func:`emulated_board_for`); the devices then carry that profile's name.
+    board (:func:`emulated_board_for`; ``payload`` is the strategy's when its params set one); the
+    devices then carry that profile's name.
     """
     from tinyfed.boards import get_board
     from tinyfed.host.setup import DeviceSpec
@@ -275,7 +301,7 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
     if emulate is not None:
         from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 
-        board = emulated_board_for(get_board(board_name, boards_dirs), strategy, model, boards_dirs)
+        board = emulated_board_for(get_board(board_name, boards_dirs), strategy, model, boards_dirs, payload)
         emus = stack.enter_context(EmulatorFleet(board, emulate))
         return [DeviceSpec(b.name, b.url, board.name) for b in emus.boards], "emulate", emulate
     from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
@@ -345,10 +371,9 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     from tinyfed.host.engine import Engine, Limits
     from tinyfed.host.events import EventLog
     from tinyfed.host.setup import check_stores, prepare_run
-    from tinyfed.host.strategies import get_strategy
 
-    strat = get_strategy(cfg.strategy, ignore_extra=True, **cfg.strategy_params.model_dump())
-    payload = strat.payload  # the plan's subset (FTTE) or the whole model (the baselines)
+    strat = run_strategy(cfg.strategy, cfg.strategy_params)
+    payload = strat.payload  # the plan's subset (FTTE, @subset variants) or the whole model (the baselines)
     setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
                         alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
                         max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,

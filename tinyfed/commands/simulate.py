@@ -3,11 +3,14 @@
     tinyfed simulate --clients 500 --stragglers 0.9 --strategies ftte,fedbuff,fedavg --model har_cnn
     tinyfed simulate --model digits_cnn --partition dirichlet --alpha 0.3 --target-accuracy 0.9 --out build/sim
     tinyfed simulate --board-mix nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2 --slowdown lognormal:1:0.5 --json
+    tinyfed simulate --strategies ftte,fedbuff@subset,fedavg@subset+overselect --round-deadline 600
 
 Every strategy runs on the same devices, data shards, straggler factors and seed; the table
 gives time to the target in simulated seconds, versions, accuracy, on-device training memory and
-bytes, with ratios to FedAvg. ``--out DIR`` writes ``summary.csv``, ``history.csv``,
-``study.json`` and, with matplotlib, ``accuracy_vs_time.png`` and ``bytes_vs_time.png``.
+bytes, with ratios to FedAvg. A strategy is named by its label, ``NAME[@subset|@dense][+overselect]``
+(``fedbuff@subset``: FedBuff on FTTE's w*), and reported under it in the table and in ``--json``.
+``--out DIR`` writes ``summary.csv``, ``history.csv``, ``study.json`` and, with matplotlib,
+``accuracy_vs_time.png`` and ``bytes_vs_time.png``.
 See ``docs/simulator.md``.
 """
 
@@ -33,7 +36,7 @@ from tinyfed.host.config import (
     Training,
 )
 from tinyfed.host.decomposition import decomposition, format_decomposition
-from tinyfed.host.strategies import STRATEGIES
+from tinyfed.host.strategies import DEFAULT_OVERSELECT_FACTOR, SERVER_OPTIMIZERS, STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,11 @@ def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]
 OPTION_KEYS = {
     "epochs": "training.epochs", "lr": "training.lr", "batch_size": "training.batch_size",
     "buffer_size": "strategy_params.buffer_size", "clients_per_round": "strategy_params.clients_per_round",
-    "server_lr": "strategy_params.server_lr", "max_staleness": "checks.max_staleness",
+    "server_lr": "strategy_params.server_lr", "staleness_exponent": "strategy_params.staleness_exponent",
+    "variance_gamma": "strategy_params.variance_gamma", "concurrency": "strategy_params.concurrency",
+    "server_optimizer": "strategy_params.server_optimizer", "server_momentum": "strategy_params.server_momentum",
+    "server_beta2": "strategy_params.server_beta2", "server_tau": "strategy_params.server_tau",
+    "round_deadline": "round_deadline_s", "head_cache": "training.head_cache", "max_staleness": "checks.max_staleness",
     "norm_bound": "checks.norm_bound", "evaluate_every": "evaluation.every_versions",
     "run_past_target": "stop_at_target",
 }
@@ -173,7 +180,10 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.command("simulate")
 @click.option("--model", default="har_cnn", show_default=True, help="Zoo model (har_cnn, digits_cnn).")
 @click.option("--clients", type=int, default=500, show_default=True, help="Simulated devices.")
-@click.option("--strategies", default=",".join(STRATEGIES), show_default=True, help="Comma-separated strategies.")
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
+              help="Comma-separated strategy labels NAME[@subset|@dense][+overselect]: @subset trains FTTE's w* "
+                   "(int8 updates, head cache), @dense the whole model (float32 updates), +overselect samples "
+                   "--overselect-factor x m devices per FedAvg round and closes it at m.")
 @click.option("--target-accuracy", type=float, default=None,
               help="Time to target = simulated time of the first version with test accuracy >= this "
                    "[default: 0.8 for har_cnn, 0.75 for digits_cnn].")
@@ -201,6 +211,29 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--clients-per-round", type=int, default=_table_default(StrategyParams, "clients_per_round"),
               show_default=True, help="m of FedAvg.")
 @click.option("--server-lr", type=float, default=_table_default(StrategyParams, "server_lr"), show_default=True)
+@click.option("--staleness-exponent", type=float, default=_table_default(StrategyParams, "staleness_exponent"),
+              show_default=True, help="a in (1 + tau)^-a, FTTE's and FedBuff's staleness weight.")
+@click.option("--variance-gamma", type=float, default=_table_default(StrategyParams, "variance_gamma"),
+              show_default=True, help="gamma of FTTE's variance weight (0 turns it off).")
+@click.option("--concurrency", type=int, default=None,
+              help="Most devices training at once under FTTE and FedBuff [default: every idle device].")
+@click.option("--server-optimizer", type=click.Choice(SERVER_OPTIMIZERS),
+              default=_table_default(StrategyParams, "server_optimizer"), show_default=True,
+              help="The server's step on the weighted mean of the updates, for every strategy: sgd (plain), "
+                   "momentum (FedAvgM), adam (FedAdam), yogi (FedYogi).")
+@click.option("--server-momentum", type=float, default=_table_default(StrategyParams, "server_momentum"),
+              show_default=True, help="beta1 of momentum, adam and yogi.")
+@click.option("--server-beta2", type=float, default=_table_default(StrategyParams, "server_beta2"),
+              show_default=True, help="beta2 of adam and yogi.")
+@click.option("--server-tau", type=float, default=_table_default(StrategyParams, "server_tau"), show_default=True,
+              help="Adaptivity epsilon of adam and yogi.")
+@click.option("--round-deadline", type=float, default=None,
+              help="Simulated seconds after its dispatch a FedAvg round closes with what arrived (a round "
+                   "with nothing in is sampled again) [default: wait for every sampled device].")
+@click.option("--overselect-factor", type=float, default=DEFAULT_OVERSELECT_FACTOR, show_default=True,
+              help="f of the +overselect variants: ceil(f x m) devices sampled, the round closes at m.")
+@click.option("--head-cache/--no-head-cache", default=_table_default(Training, "head_cache"), show_default=True,
+              help="Run the frozen fragment once per task and reuse its outputs (subset payloads).")
 @click.option("--max-staleness", type=int, default=_table_default(Checks, "max_staleness"), show_default=True,
               help="Update check (as tinyfed run).")
 @click.option("--norm-bound", type=float, default=_table_default(Checks, "norm_bound"), show_default=True,
@@ -271,7 +304,8 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
             runner.close()
     files = write_outputs(out_dir, study, results, cfg.record()) if out_dir is not None else []
     if as_json:
-        click.echo(json.dumps({"study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
+        click.echo(json.dumps({"study": study.describe(), "strategies": strategies_json(cfg, results),
+                               "results": {k: r.to_dict() for k, r in results.items()},
                                "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results),
                                "files": [str(p) for p in files]}))
         return
@@ -279,6 +313,21 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
     say(format_decomposition(decomposition(results)))
     for p in files:
         say(f"wrote {p}")
+
+
+def strategies_json(cfg: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--json``'s ``strategies``: per label, what it is (name, payload, over-selection, the params it
+    ran with) and its results."""
+    from dataclasses import asdict
+
+    from tinyfed.host.strategies import parse_variant
+
+    out: dict[str, dict[str, Any]] = {}
+    for label, r in results.items():
+        variant, strategy = parse_variant(label), cfg.strategy(label)
+        out[label] = {"name": variant.name, "overselect": variant.overselect, "params": asdict(strategy.params),
+                      **r.to_dict()}
+    return out
 
 
 def many_studies(cfg: Any, seeds: str | None, partitions: str | None, workers: int, out_dir: Path | None,

@@ -27,7 +27,14 @@ from pydantic import (
 from tinyfed.boards.schema import check_error
 from tinyfed.boards.validation import read_toml, suggest, validate
 from tinyfed.errors import DataFileError, FieldIssue
-from tinyfed.host.strategies import STRATEGIES, FedAvgParams, FTTEParams
+from tinyfed.host.strategies import (
+    DEFAULT_OVERSELECT_FACTOR,
+    STRATEGIES,
+    FedAvgParams,
+    FTTEParams,
+    StrategyError,
+    parse_variant,
+)
 
 if TYPE_CHECKING:
     from tinyfed.host.engine import LocalTraining
@@ -47,6 +54,7 @@ __all__ = [
     "RunConfig",
     "StrategyParams",
     "Training",
+    "VariantLabel",
     "checked",
     "load_run_config",
 ]
@@ -83,6 +91,20 @@ def _known_strategy(name: str) -> str:
 StrategyName = Annotated[str, AfterValidator(_known_strategy)]
 
 
+def _known_variant(label: str) -> str:
+    """A strategy label ``NAME[@subset|@dense][+overselect]`` (:func:`~tinyfed.host.strategies.parse_variant`)."""
+    try:
+        return parse_variant(label).label
+    except StrategyError as exc:
+        raise check_error(exc.problem, fix=exc.fix or "") from None
+
+
+#: A strategy label: a registry name, optionally with a payload and +overselect (``fedavg@subset+overselect``).
+VariantLabel = Annotated[str, AfterValidator(_known_variant)]
+
+ServerOptimizerName = Literal["sgd", "momentum", "adam", "yogi"]
+
+
 class Data(ConfigTable):
     """Where the training data comes from and how it is split across devices."""
 
@@ -109,12 +131,28 @@ class StrategyParams(ConfigTable):
     buffer_size: int = Field(default=FTTEParams.buffer_size, ge=1,
                              description="K: updates buffered before a new version (ftte, fedbuff)")
     staleness_exponent: float = Field(default=FTTEParams.staleness_exponent, ge=0,
-                                      description="a in s(tau) = (1 + tau)^-a (ftte)")
+                                      description="a in s(tau) = (1 + tau)^-a (ftte, fedbuff)")
     variance_gamma: float = Field(default=FTTEParams.variance_gamma, ge=0,
                                   description="gamma of the variance weight (ftte); 0 turns it off")
+    concurrency: int | None = Field(default=FTTEParams.concurrency, ge=1,
+                                    description="most devices training at once (ftte, fedbuff); None: every idle one")
     server_lr: float = Field(default=FTTEParams.server_lr, gt=0, description="eta_g: server step size")
+    server_optimizer: ServerOptimizerName = Field(
+        default="sgd", description="the server's step on the weighted mean of the deltas: sgd (plain), momentum "
+                                   "(FedAvgM), adam (FedAdam) or yogi (FedYogi)")
+    server_momentum: float = Field(default=FTTEParams.server_momentum, ge=0, lt=1,
+                                   description="beta1 of momentum, adam and yogi")
+    server_beta2: float = Field(default=FTTEParams.server_beta2, ge=0, lt=1, description="beta2 of adam and yogi")
+    server_tau: float = Field(default=FTTEParams.server_tau, gt=0,
+                              description="tau, the adaptivity epsilon of adam and yogi")
     clients_per_round: int = Field(default=FedAvgParams.clients_per_round, ge=1,
                                    description="m: devices sampled per round (fedavg)")
+    round_deadline_s: float | None = Field(default=FedAvgParams.round_deadline_s, gt=0,
+                                           description="seconds after its dispatch a round closes with what "
+                                                       "arrived (fedavg); None: wait for every device")
+    overselect_factor: float = Field(default=DEFAULT_OVERSELECT_FACTOR, ge=1,
+                                     description="f of a '+overselect' strategy label (fedavg): a round samples "
+                                                 "ceil(f * m) devices and closes at m arrivals")
 
 
 class Limits(ConfigTable):
@@ -174,8 +212,9 @@ class RunConfig(ConfigTable):
     """Everything a run depends on. ``RunConfig()`` is the default run."""
 
     model: str = Field(default="har_cnn", min_length=1, description="zoo model name or path to an int8 .tflite")
-    strategy: StrategyName = Field(default="ftte",
-                                   description="a strategy of the registry: 'ftte', 'fedbuff' or 'fedavg'")
+    strategy: VariantLabel = Field(default="ftte",
+                                   description="a strategy of the registry ('ftte', 'fedbuff' or 'fedavg'), or a "
+                                               "variant label such as 'fedbuff@subset' or 'fedavg+overselect'")
     task: TaskName | None = Field(
         default=None,
         description="'classify', 'multilabel', 'regress' or 'autoencode'; default: from the model's last op and "

@@ -251,6 +251,8 @@ class Engine:
         self.checkpoints = checkpoints
         self.elapsed_before = 0.0  # run seconds spent before a resume (counts against max_seconds)
         self.resumed_from: int | None = None
+        #: (wall-clock time, version) of the pending deadline of the strategy's last dispatch (None: none)
+        self.deadline: tuple[float, int] | None = None
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -420,12 +422,43 @@ class Engine:
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
         idle = [n for n, s in self.state.items() if s.state == "idle"]
-        for task in self.rounds.dispatch(idle):
+        tasks = self.rounds.dispatch(idle)
+        for task in tasks:
             st = self.state[task.device]
             st.state = "busy"
             st.tasks += 1
             self.events.append("dispatch", task=task.task_id, device=task.device, version=task.version)
             workers[task.device].tasks.put((task, self.rounds.vector))
+        seconds = self.strategy.deadline() if tasks else None
+        if seconds is not None:  # the strategy owns no clock: the engine watches it (a later dispatch replaces it)
+            self.deadline = (now + seconds, self.rounds.version)
+
+    def _wait_timeout(self) -> float:
+        """How long the loop may wait for an outcome: 0.2 s, or less when a deadline falls sooner."""
+        if self.deadline is None:
+            return 0.2
+        return min(0.2, max(0.0, self.deadline[0] - time.monotonic()))
+
+    def _next_step(self, outcomes: queue.Queue[_Outcome]) -> Aggregate | None:
+        """Wait for the next outcome (at most until the pending deadline) and handle it; the step it
+        brings, one that became due meanwhile, or the strategy's answer to a passed deadline."""
+        try:
+            out = outcomes.get(timeout=self._wait_timeout())
+        except queue.Empty:
+            agg = self.rounds.poll()
+        else:
+            agg = self._handle(out)
+            self._tick()
+        return agg if agg is not None else self._deadline_due()
+
+    def _deadline_due(self) -> Aggregate | None:
+        """Tell the strategy when its pending deadline has passed (once); its answer, else None."""
+        if self.deadline is None or time.monotonic() < self.deadline[0]:
+            return None
+        version = self.deadline[1]
+        self.deadline = None
+        self.events.append("deadline", version=version)
+        return self.rounds.deadline(version)
 
     def _provisioned(self, device: str, sizes: tuple[int, int]) -> None:
         """Record a (re-)provisioning's bytes apart from the tasks' (``what: provision``): they are
@@ -495,8 +528,9 @@ class Engine:
         rounds = self.rounds
         resuming = self.resumed_from is not None
         if not resuming:
-            self.events.append("run_start", strategy=self.strategy.name, devices=[d.name for d in self.devices],
-                               payload=self.strategy.payload, vector=int(rounds.vector.size))
+            self.events.append("run_start", strategy=self.strategy.name, label=self.strategy.label,
+                               devices=[d.name for d in self.devices], payload=self.strategy.payload,
+                               vector=int(rounds.vector.size))
         for w in workers.values():
             w.start()
         for name, w in workers.items():
@@ -525,13 +559,7 @@ class Engine:
                 self._checkpoint(started)  # version 0: a crash before the first step resumes from here
             while not self._should_stop(value, started):
                 self._dispatch(workers)
-                try:
-                    out = outcomes.get(timeout=0.2)
-                except queue.Empty:
-                    agg = rounds.poll()
-                else:
-                    agg = self._handle(out)
-                    self._tick()
+                agg = self._next_step(outcomes)
                 if agg is not None:
                     self._step(agg, started)
                     value, loss = float(self.history[-1][metric_name]), float(self.history[-1]["loss"])
@@ -547,7 +575,7 @@ class Engine:
         reached = self.limits.target_metric is not None and value >= self.limits.target_metric
         self.events.append("run_end", version=rounds.version, metric=metric_name, **{metric_name: value},
                            reached_target=reached)
-        return RunResult(self.strategy.name, rounds.version, value, loss, reached, wall, rounds.bytes_up,
+        return RunResult(self.strategy.label, rounds.version, value, loss, reached, wall, rounds.bytes_up,
                          rounds.bytes_down, rounds.accepted, rounds.rejected, rounds.lost, rounds.vector.copy(),
                          self.history, tasks_unfinished=rounds.unfinished, provision_bytes_down=self.provision_down,
                          provision_bytes_up=self.provision_up, task=self.setup.task.value, metric=metric_name)

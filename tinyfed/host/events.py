@@ -53,6 +53,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "rejection": ("reason",),
     "lost": ("task", "reason"),
     "aggregation": ("version",),
+    "deadline": ("version",),  # a strategy's deadline passed (FedAvg's round_deadline_s)
     # and the value of the task's metric under its name, which ``metric`` gives (default "accuracy")
     "evaluation": ("version",),
     "device_state": ("device", "state"),

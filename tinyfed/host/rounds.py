@@ -166,6 +166,11 @@ class RoundState:
         """A step that became due without a new update (the strategy's :meth:`~Strategy.poll`)."""
         return self.strategy.poll(self.version)
 
+    def deadline(self, version: int) -> Aggregate | None:
+        """The deadline of the dispatch made at ``version`` passed (the strategy's
+        :meth:`~Strategy.on_deadline`; the loop keeps the time, see :meth:`~Strategy.deadline`)."""
+        return self.strategy.on_deadline(version)
+
     def apply(self, aggregate: Aggregate) -> None:
         """Add the step to the global vector (a new array) and move to the step's version."""
         self.vector = (self.vector + aggregate.step).astype(np.float32)

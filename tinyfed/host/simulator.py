@@ -48,13 +48,13 @@ from tinyfed.host.config import (
     Evaluation,
     Partition,
     Start,
-    StrategyName,
     StrategyParams,
     Training,
+    VariantLabel,
 )
 from tinyfed.host.engine import LocalTraining
 from tinyfed.host.rounds import RoundState
-from tinyfed.host.strategies import STRATEGIES, Strategy, get_strategy
+from tinyfed.host.strategies import DEFAULT_OVERSELECT_FACTOR, STRATEGIES, Strategy, build_variant, parse_variant
 from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update
 from tinyfed.planner.memory import StepMemory
@@ -70,11 +70,11 @@ DEFAULT_SLOWDOWN = "uniform:2:10"
 DEFAULT_TARGETS = {"har_cnn": 0.8, "digits_cnn": 0.75}
 #: Fewest samples a device holds when a fleet outgrows the data (devices then share shards).
 MIN_SAMPLES_PER_DEVICE = 8
-_ARRIVE, _LOST, _ONLINE = 0, 1, 2
+_ARRIVE, _LOST, _ONLINE, _DEADLINE = 0, 1, 2, 3
 #: Why a simulated task is lost (the round state counts losses by these).
 DROPOUT, OFFLINE = "dropout", "offline"
 _EVENT = struct.Struct("<dBq")
-_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4}
+_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4, "deadline": 5}
 #: Evaluations past the target, spread evenly up to the study's horizon (the curve for the plots).
 HORIZON_EVALUATIONS = 100
 #: The share of a run's end over which ``end_accuracy_mean`` averages.
@@ -448,7 +448,8 @@ class SimLimits:
 @dataclass
 class SimResult:
     """One strategy's run. ``final_accuracy`` is on the whole test split; the history, ``best_accuracy``
-    and the time to target use the evaluation subset when the study sets ``eval_samples``."""
+    and the time to target use the evaluation subset when the study sets ``eval_samples``. ``strategy`` is
+    the strategy's label (``fedbuff@subset``; its name when run without one)."""
 
     strategy: str
     payload: str
@@ -543,7 +544,7 @@ class Simulation:
                  progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
         if model.payload != expected:
-            raise TinyfedError(f"{strategy.name} sends the {expected} payload, the model given is {model.payload}",
+            raise TinyfedError(f"{strategy.label} sends the {expected} payload, the model given is {model.payload}",
                                fix="build the SimModel for the strategy's payload (Study.model)")
         limits = limits if limits is not None else SimLimits(max_versions=100)
         if not 0.0 <= dropout < 1.0:
@@ -581,6 +582,8 @@ class Simulation:
         self._grid_next = 0  # index of the next grid time to evaluate at
         self.ttt: float | None = None
         self.vtt: int | None = None
+        #: the queue sequence number of the pending deadline (a later dispatch's replaces it; -1: none)
+        self._deadline_seq = -1
         self.window_end = np.full(n, np.inf)  # when each online device's window closes
         self._cut_off: set[int] = set()  # tasks in flight that their device's window will cut off
         if not self.availability.always:
@@ -659,6 +662,10 @@ class Simulation:
                                              self.float_update))
                 self._push(self.now + duration, _ARRIVE, task_id)
             self._record("dispatch", task_id, task.device)
+        deadline = self.strategy.deadline()
+        if deadline is not None:  # the strategy owns no clock: its deadline is an event at dispatch + deadline
+            self._deadline_seq = self.seq
+            self._push(self.now + deadline, _DEADLINE, self.rounds.version)
 
     def _release(self, i: int) -> None:
         """The device is free again: offered at once while its window is open, else when the next opens."""
@@ -668,7 +675,17 @@ class Simulation:
             a = self.availability
             self._push(float(self.window_end[i]) + (1.0 - a.online) * a.period_s, _ONLINE, i)
 
+    def _drop_stale_deadlines(self) -> None:
+        """Pop deadlines a later dispatch replaced, so they neither fire nor count as the next event."""
+        while self.queue and self.queue[0][2] == _DEADLINE and self.queue[0][1] != self._deadline_seq:
+            heapq.heappop(self.queue)
+
     def _handle(self, kind: int, task_id: int) -> Aggregate | None:
+        if kind == _DEADLINE:
+            version = task_id
+            self._deadline_seq = -1
+            self._record("deadline", version, "")
+            return self.rounds.deadline(version)
         if kind == _ONLINE:
             i = task_id
             self.window_end[i] = self.now + self.availability.online * self.availability.period_s
@@ -715,7 +732,7 @@ class Simulation:
                "wall_s": self._wall + time.monotonic() - self._call_started}
         self.history.append(row)
         if self.progress is not None:
-            self.progress({"strategy": self.strategy.name, **row})
+            self.progress({"strategy": self.strategy.label, **row})
         return row
 
     def _evaluation_due(self) -> bool:
@@ -763,6 +780,7 @@ class Simulation:
                 if self.idle:
                     self._dispatch()
                 self._prefetch()
+                self._drop_stale_deadlines()
                 if not self.queue:
                     break
                 t, _, kind, task_id = self.queue[0]
@@ -797,7 +815,7 @@ class Simulation:
             acc, loss = self.model.evaluate_full(rounds.vector)
             final = {"accuracy": float(acc), "loss": float(loss)}
         return SimResult(
-            strategy=self.strategy.name, payload=self.model.payload, versions=rounds.version, sim_seconds=self.now,
+            strategy=self.strategy.label, payload=self.model.payload, versions=rounds.version, sim_seconds=self.now,
             time_to_target_s=self.ttt, versions_to_target=self.vtt, reached_target=self.ttt is not None,
             final_accuracy=final["accuracy"], final_loss=final["loss"],
             best_accuracy=max(r["accuracy"] for r in self.history),
@@ -867,8 +885,14 @@ class StudyConfig(ConfigTable):
 
     model: str = Field(default="har_cnn", description="zoo model")
     clients: int = Field(default=500, ge=1, description="simulated devices")
-    strategies: tuple[StrategyName, ...] = Field(default=tuple(STRATEGIES), min_length=1,
-                                                 description="strategies run on the same fleet, in this order")
+    strategies: tuple[VariantLabel, ...] = Field(
+        default=tuple(STRATEGIES), min_length=1,
+        description="strategy labels NAME[@subset|@dense][+overselect] run on the same fleet, in this order")
+    overselect_factor: float = Field(default=DEFAULT_OVERSELECT_FACTOR, ge=1,
+                                     description="f of the +overselect variants: ceil(f * m) sampled per round")
+    round_deadline_s: float | None = Field(
+        default=None, gt=0, description="simulated seconds after its dispatch a FedAvg round closes with what "
+                                        "arrived; None: no deadline")
     board_mix: Annotated[str, AfterValidator(_parsed_by(parse_board_mix))] = Field(
         default=DEFAULT_MIX, description="fleet mix, BOARD:SHARE,...")
     stragglers: float = Field(default=0.9, ge=0, le=1, description="fraction of straggling devices")
@@ -908,6 +932,15 @@ class StudyConfig(ConfigTable):
             raise check_error(f"unknown zoo model {value!r}", fix=fix)
         return value
 
+    @field_validator("strategies")
+    @classmethod
+    def _distinct_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({label for label in value if value.count(label) > 1})
+        if repeated:
+            raise check_error(f"strategy label(s) {', '.join(repeated)} given more than once",
+                              fix="results are keyed by label: give each variant once")
+        return value
+
     @field_validator("horizon")
     @classmethod
     def _positive_horizon(cls, value: float | str | None) -> float | str | None:
@@ -916,9 +949,23 @@ class StudyConfig(ConfigTable):
                               fix="give auto, none, or a positive number of simulated seconds")
         return value
 
-    def strategy(self, name: str) -> Strategy:
-        """Strategy ``name`` with the study's [strategy_params], for a fleet of ``clients`` devices."""
-        return get_strategy(name, fleet_size=self.clients, ignore_extra=True, **self.strategy_params.model_dump())
+    @field_validator("strategy_params")
+    @classmethod
+    def _fedavg_knobs_at_the_top(cls, value: StrategyParams) -> StrategyParams:
+        """A study sets FedAvg's deadline and over-selection once, at its top level (as its CLI does)."""
+        for key in ("round_deadline_s", "overselect_factor"):
+            if getattr(value, key) != StrategyParams.model_fields[key].default:
+                raise check_error(f"a study sets {key} at its top level, not in [strategy_params]",
+                                  fix=f"move {key} to the study's top level", key=(key,))
+        return value
+
+    def strategy(self, label: str) -> Strategy:
+        """The strategy of ``label`` (a name or a variant such as ``fedavg@subset+overselect``) with the
+        study's [strategy_params], its ``round_deadline_s`` and, for ``+overselect``, its
+        ``overselect_factor``, for a fleet of ``clients`` devices."""
+        params = self.strategy_params.model_dump()
+        params.update(round_deadline_s=self.round_deadline_s, overselect_factor=self.overselect_factor)
+        return build_variant(parse_variant(label), fleet_size=self.clients, **params)
 
     def limits(self) -> SimLimits:
         """The first leg's limits: each strategy to its target (or a max), never past a fixed horizon."""
@@ -932,9 +979,9 @@ class StudyConfig(ConfigTable):
         return SimLimits(self.target_accuracy, False, None, horizon_s, self.max_wall_seconds)
 
     def record(self) -> dict[str, Any]:
-        """The config as study.json records it: the strategy knobs, checks and evaluation step flat, as
-        they have been recorded since the first study (the FTTE knobs the study CLI does not set are
-        left out), [training] as a table."""
+        """The config as study.json records it: the strategy knobs the first study recorded, checks and
+        evaluation step flat, as they have been recorded since; [training] and the whole
+        [strategy_params] (every knob of every variant) as tables."""
         doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
                                                         "horizon"})
         sp = self.strategy_params
@@ -942,7 +989,7 @@ class StudyConfig(ConfigTable):
                    clients_per_round=sp.clients_per_round, server_lr=sp.server_lr,
                    norm_bound=self.checks.norm_bound, max_staleness=self.checks.max_staleness,
                    evaluate_every=self.evaluation.every_versions, eval_samples=self.eval_samples,
-                   horizon=self.horizon)
+                   horizon=self.horizon, strategy_params=sp.model_dump(mode="python"))
         return doc
 
 
@@ -1047,21 +1094,22 @@ class Study:
                  model.size, frozen_macs, model.train_macs, time.monotonic() - t0)
         return model
 
-    def simulation(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+    def simulation(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
                    backend: Backend | None = None, record_trace: bool = False) -> Simulation:
-        """One strategy on this study's fleet, every board holding nothing yet, not yet run."""
+        """One strategy (a label: ``ftte``, ``fedbuff@subset``, ...) on this study's fleet, every board
+        holding nothing yet, not yet run; it trains the model of its payload."""
         cfg = self.cfg
-        strategy = cfg.strategy(name)
+        strategy = cfg.strategy(label)
         return Simulation(self.model(strategy.payload), self.fleet, strategy, training=cfg.training.local_training(),
                           limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,
                           progress=progress)
 
-    def run(self, name: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+    def run(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
             backend: Backend | None = None, record_trace: bool = False) -> SimResult:
-        """One strategy to its target or a limit (no common horizon: see :meth:`run_all`)."""
-        sim = self.simulation(name, progress=progress, backend=backend, record_trace=record_trace)
+        """One strategy (a label) to its target or a limit (no common horizon: see :meth:`run_all`)."""
+        sim = self.simulation(label, progress=progress, backend=backend, record_trace=record_trace)
         try:
             return self._log(sim.run())
         finally:
@@ -1071,7 +1119,7 @@ class Study:
                 backend: Backend | None = None,
                 announce: Callable[[str, SimResult], None] | None = None) -> dict[str, SimResult]:
         """Every strategy to its target (time to target), then, with a horizon, every one on to the
-        same simulated moment, where their final accuracies are taken."""
+        same simulated moment, where their final accuracies are taken; keyed by label."""
         sims = {name: self.simulation(name, progress=progress, backend=backend) for name in self.cfg.strategies}
         results: dict[str, SimResult] = {}
         try:

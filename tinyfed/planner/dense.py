@@ -34,7 +34,8 @@ from tinyfed.training.task import Task
 log = logging.getLogger(__name__)
 
 #: What a refusal suggests first: the strategy that trains only the plan's subset.
-_WAY_OUT = "run --strategy ftte (it trains the plan's subset), use a smaller model, or boards with more RAM"
+_WAY_OUT = ("run --strategy ftte (it trains the plan's subset) or a baseline on that subset (e.g. --strategy "
+            "fedavg@subset), use a smaller model, or boards with more RAM")
 
 
 @functools.lru_cache(maxsize=4)

@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 
+#: What a strategy can send and train: only w* behind the frozen fragment (int8 updates, head
+#: cache) or the whole model (float32 updates).
+PAYLOADS = ("subset", "dense")
+#: Server optimizers applied to the aggregated pseudo-gradient (Reddi et al., "Adaptive Federated
+#: Optimization"): "sgd" is the plain step, "momentum" FedAvgM, "adam" FedAdam, "yogi" FedYogi.
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
+DEFAULT_SERVER_MOMENTUM = 0.9
+DEFAULT_SERVER_BETA2 = 0.99
+DEFAULT_SERVER_TAU = 1e-3
+
 
 class StrategyError(TinyfedError):
     """A strategy cannot be built or resumed as asked."""
@@ -62,6 +72,117 @@ def store_float(params: Any, name: str, *, low: float, low_open: bool = False) -
     value = getattr(params, name)
     check_float(name, value, low=low, low_open=low_open)
     object.__setattr__(params, name, float(value))
+
+
+def store_optional_int(params: Any, name: str, low: int) -> None:
+    """As :func:`store_int`, with None allowed (and kept)."""
+    if getattr(params, name) is not None:
+        store_int(params, name, low)
+
+
+def check_unit(name: str, value: Any) -> None:
+    """Reject anything but a finite number in [0, 1) (a decay rate)."""
+    check_float(name, value, low=0.0)
+    if float(value) >= 1.0:
+        raise StrategyParamError(f"{name} = {value!r} is out of range", fix="use a number >= 0 and < 1")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str | None, ...]) -> None:
+    """Reject a value outside ``choices``, listing them."""
+    if value not in choices:
+        listing = ", ".join("None" if c is None else repr(c) for c in choices)
+        raise StrategyParamError(f"{name} = {value!r} is not understood", fix=f"use one of: {listing}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerParams:
+    """The knobs every strategy shares, keyword-only (after each strategy's own fields).
+
+    ``payload``: "subset" (w* behind the frozen fragment, int8 updates, head cache: what FTTE
+    sends), "dense" (the whole model, float32 updates) or None for the strategy's own default.
+    ``server_optimizer`` turns the normalised weighted mean of the deltas (the pseudo-gradient)
+    into the step: "sgd" (step = server_lr * mean, the plain step), "momentum" (FedAvgM),
+    "adam" (FedAdam) or "yogi" (FedYogi); ``server_momentum`` is beta1, ``server_beta2`` beta2
+    and ``server_tau`` the adaptivity epsilon of the adaptive ones.
+    """
+
+    payload: str | None = None
+    server_optimizer: str = "sgd"
+    server_momentum: float = DEFAULT_SERVER_MOMENTUM
+    server_beta2: float = DEFAULT_SERVER_BETA2
+    server_tau: float = DEFAULT_SERVER_TAU
+
+    def check_server(self) -> None:
+        """Validate the shared fields (each strategy's ``__post_init__`` calls it)."""
+        check_choice("payload", self.payload, (None, *PAYLOADS))
+        check_choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        store_float(self, "server_lr", low=0.0, low_open=True)
+        for name in ("server_momentum", "server_beta2"):
+            check_unit(name, getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
+        store_float(self, "server_tau", low=0.0, low_open=True)
+
+
+class ServerOptimizer:
+    """The server's update rule on the pseudo-gradient ``g`` (the normalised weighted mean of deltas).
+
+    As in Reddi et al. (Algorithm 2, no bias correction), with ``g`` playing the role of their
+    Delta_t (it points where the clients moved):
+
+    - momentum (FedAvgM): m = beta1 * m + g; step = lr * m
+    - adam: m = beta1 * m + (1 - beta1) g; v = beta2 * v + (1 - beta2) g^2; step = lr * m / (sqrt(v) + tau)
+    - yogi: as adam, but v = v - (1 - beta2) g^2 sign(v - g^2)
+
+    v starts at tau^2 and m at 0. The state is kept as float32 arrays (what a checkpoint stores);
+    each step computes in float64 from them, so a resumed run takes the same steps bit for bit.
+    "sgd" keeps no state: its step is ``weighted_step(..., server_lr)`` itself.
+    """
+
+    def __init__(self, kind: str, lr: float, beta1: float, beta2: float, tau: float) -> None:
+        self.kind, self.lr, self.beta1, self.beta2, self.tau = kind, lr, beta1, beta2, tau
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+        self.steps = 0
+
+    def step(self, g32: np.ndarray) -> np.ndarray:
+        """The float32 step for pseudo-gradient ``g32`` (float32); advances the moments."""
+        g = g32.astype(np.float64)
+        if self.m is None or self.m.size != g.size:
+            if self.m is not None:
+                raise StrategyError(f"the server optimizer holds moments of {self.m.size} values, the step has "
+                                    f"{g.size}", fix="resume with the model the run was started with")
+            self.m = np.zeros(g.size, np.float32)
+            if self.kind != "momentum":
+                self.v = np.full(g.size, np.float32(self.tau * self.tau), np.float32)
+        m = self.m.astype(np.float64)
+        if self.kind == "momentum":
+            m = self.beta1 * m + g
+            step = self.lr * m
+        else:
+            assert self.v is not None
+            v = self.v.astype(np.float64)
+            m = self.beta1 * m + (1.0 - self.beta1) * g
+            g2 = g * g
+            if self.kind == "adam":
+                v = self.beta2 * v + (1.0 - self.beta2) * g2
+            else:  # yogi: v moves towards g^2 by at most (1 - beta2) g^2 per step
+                v = v - (1.0 - self.beta2) * g2 * np.sign(v - g2)
+            self.v = v.astype(np.float32)
+            step = self.lr * m / (np.sqrt(v) + self.tau)
+        self.m = m.astype(np.float32)
+        self.steps += 1
+        return step.astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "steps": self.steps, "m": self.m, "v": self.v}
+
+    def load(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise StrategyError(f"checkpoint holds {state.get('kind')!r} server optimizer state, this run uses "
+                                f"{self.kind!r}", fix="resume with the parameters the run was started with")
+        self.steps = int(state["steps"])
+        self.m = None if state.get("m") is None else np.array(state["m"], dtype=np.float32)
+        self.v = None if state.get("v") is None else np.array(state["v"], dtype=np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,12 +248,15 @@ class Strategy(ABC):
     """One aggregation strategy; see ``docs/strategies.md`` for the contract with the engine.
 
     ``payload`` tells the engine what to send and expect back: ``"subset"`` (only w*) or
-    ``"dense"`` (the whole model in float32). ``fleet_size`` is the number of devices the engine
-    runs; it may be set after construction and changed when the fleet changes.
+    ``"dense"`` (the whole model in float32); it is the params' ``payload``, or the class's
+    ``default_payload`` when they name none. ``label`` is the name results are reported under
+    (a variant such as ``fedbuff@subset``; the strategy's name by default). ``fleet_size`` is the
+    number of devices the engine runs; it may be set after construction and changed when the
+    fleet changes.
     """
 
     name: ClassVar[str]
-    payload: ClassVar[str]
+    default_payload: ClassVar[str]  # the payload when the params name none
     Params: ClassVar[type[DataclassInstance]]  # the dataclass of the strategy's knobs
     #: Where the strategy stands in listings and in a study's default set: the method under test
     #: first, then its baselines; a new strategy without one comes after them, by name.
@@ -145,6 +269,17 @@ class Strategy(ABC):
         self._fleet_size: int | None = None
         self.fleet_size = fleet_size
         self.counters: dict[str, int] = {"received": 0, "aggregations": 0, "consumed": 0, "lost": 0, "ignored": 0}
+        self.label: str = self.name
+        p: Any = self.params
+        self.optimizer: ServerOptimizer | None = None
+        if getattr(p, "server_optimizer", "sgd") != "sgd":
+            self.optimizer = ServerOptimizer(p.server_optimizer, p.server_lr, p.server_momentum, p.server_beta2,
+                                             p.server_tau)
+
+    @property
+    def payload(self) -> str:
+        """"subset" or "dense": the params' choice, else the strategy's default."""
+        return getattr(self.params, "payload", None) or self.default_payload
 
     @property
     def fleet_size(self) -> int | None:
@@ -172,20 +307,41 @@ class Strategy(ABC):
         """A device vanished with its task; a strategy waiting for it may complete a step now."""
 
     def _step(self, updates: list[Update], weights: np.ndarray, staleness: np.ndarray, version: int) -> Aggregate:
-        """The global step at ``version`` from ``updates`` weighted by ``weights``, counted as one aggregation."""
+        """The global step at ``version`` from ``updates`` weighted by ``weights``, counted as one aggregation.
+
+        The plain step is ``weighted_step`` at ``server_lr``; another server optimizer takes the
+        weighted mean (``weighted_step`` at rate 1) as its pseudo-gradient."""
         self.counters["aggregations"] += 1
         self.counters["consumed"] += len(updates)
-        return Aggregate(weighted_step(updates, weights, self.params.server_lr), weights, staleness, tuple(updates),
-                         version, version + 1)
+        if self.optimizer is None:
+            step = weighted_step(updates, weights, self.params.server_lr)
+        else:
+            step = self.optimizer.step(weighted_step(updates, weights, 1.0))
+        return Aggregate(step, weights, staleness, tuple(updates), version, version + 1)
 
     def poll(self, version: int) -> Aggregate | None:
         """A step that became due without a new update (e.g. ``fleet_size`` shrank below K), else None."""
         return None
 
+    def deadline(self) -> float | None:
+        """Seconds after a dispatch at which the loop calls :meth:`on_deadline` (None: never).
+
+        Strategies own no clock: the simulator schedules an event at dispatch time + deadline,
+        the engine watches its wall clock. A later dispatch replaces the pending deadline."""
+        return None
+
+    def on_deadline(self, version: int) -> Aggregate | None:
+        """The deadline of the dispatch made at global version ``version`` has passed; a step or None."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: JSON-able values, plus numpy arrays under ``"deltas"`` only."""
-        return {"format": STATE_FORMAT, "strategy": self.name, "params": asdict(self.params),
-                "fleet_size": self._fleet_size, "counters": dict(self.counters), **self._state()}
+        """Everything needed to resume: JSON-able values, plus numpy arrays under ``"deltas"`` and, with a
+        server optimizer other than sgd, under ``"optimizer"`` (its moments)."""
+        state = {"format": STATE_FORMAT, "strategy": self.name, "params": asdict(self.params),
+                 "fleet_size": self._fleet_size, "counters": dict(self.counters), **self._state()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from ``state_dict``; refuses a state written by another strategy or other parameters."""
@@ -194,12 +350,15 @@ class Strategy(ABC):
                                 f"(format {state.get('format')!r}), this run uses {self.name!r}",
                                 fix="resume with the strategy and parameters the run was started with")
         mine = asdict(self.params)
-        theirs = {f.name: state["params"].get(f.name) for f in fields(self.params)}
+        # a field the checkpoint does not name did not exist when it was written: the run had its default
+        theirs = {f.name: state["params"].get(f.name, f.default) for f in fields(self.params)}
         if mine != theirs:
             raise StrategyError(f"checkpoint was written with {self.name} parameters {theirs}, this run has {mine}",
                                 fix="resume with the parameters the run was started with")
         self.fleet_size = state["fleet_size"]
         self.counters = {k: int(v) for k, v in state["counters"].items()}
+        if self.optimizer is not None:
+            self.optimizer.load(state["optimizer"])
         self._load_state(state)
 
     @abstractmethod
@@ -209,10 +368,20 @@ class Strategy(ABC):
     def _load_state(self, state: dict[str, Any]) -> None: ...
 
 
+def sample_devices(idle: list[str], count: int, rng: np.random.Generator) -> list[str]:
+    """``count`` of ``idle`` (all of them if fewer) drawn without replacement, in sorted order: the
+    sample depends on the seed, not on the order the engine lists devices in."""
+    pool = sorted(idle)
+    m = min(count, len(pool))
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=m, replace=False).tolist())]
+
+
 class BufferedStrategy(Strategy):
-    """Semi-asynchronous: every idle device trains; a step is taken once K updates are buffered.
+    """Semi-asynchronous: idle devices train; a step is taken once K updates are buffered.
 
     K = min(buffer_size, fleet_size), so a fleet smaller than the buffer still makes progress.
+    ``concurrency`` (None: every idle device) caps the devices training at once: ``select`` then
+    samples at most ``concurrency - len(busy)`` of the idle ones, as FedAvg samples a round.
     Subclasses only say how buffered updates are weighted.
     """
 
@@ -226,7 +395,13 @@ class BufferedStrategy(Strategy):
         return size if self.fleet_size is None else min(size, self.fleet_size)
 
     def select(self, idle: list[str], busy: list[str], version: int, rng: np.random.Generator) -> list[str]:
-        return list(idle)
+        cap = self.params.concurrency
+        if cap is None:
+            return list(idle)
+        room = cap - len(busy)
+        if room <= 0 or not idle:
+            return []
+        return sample_devices(idle, room, rng)
 
     @abstractmethod
     def weights(self, updates: list[Update], staleness: np.ndarray) -> np.ndarray:

@@ -1,13 +1,22 @@
 """Synchronous FedAvg (McMahan et al., 2017), the baseline FTTE's speed-up is measured against.
 
-A round samples m devices, sends them the dense model and waits for all of them (the barrier:
-nobody else gets work meanwhile). A device that vanishes is no longer waited for, so one lost
-board cannot stall the run; a round that loses every device is dropped and sampled again.
+A round samples m devices, sends them the dense model (or w*, with ``payload = "subset"``) and
+waits for all of them (the barrier: nobody else gets work meanwhile). A device that vanishes is
+no longer waited for, so one lost board cannot stall the run; a round that loses every device is
+dropped and sampled again.
+
+As production systems run it (Bonawitz et al., 2019), a round may over-select and have a deadline:
+``overselect_factor`` f samples ceil(f * m) devices and closes the round as soon as m of them
+have arrived; ``round_deadline_s`` closes it that many seconds after its dispatch with whatever
+arrived (a round with no arrival at its deadline is dropped and sampled again). Updates that come
+in after their round closed are ignored (counted in ``counters["ignored"]``). The strategy owns no
+clock: the loop calls :meth:`FedAvg.on_deadline` when the deadline passes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +24,10 @@ import numpy as np
 
 from tinyfed.host.strategies.base import (
     Aggregate,
+    ServerParams,
     Strategy,
     sample_counts,
+    sample_devices,
     stack_deltas,
     staleness_of,
     store_float,
@@ -30,15 +41,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FedAvgParams:
-    """m = ``clients_per_round``, eta_g = ``server_lr`` (1 is plain FedAvg)."""
+class FedAvgParams(ServerParams):
+    """m = ``clients_per_round``, eta_g = ``server_lr`` (1 is plain FedAvg); ``round_deadline_s``
+    (None: wait for every sampled device) and ``overselect_factor`` f >= 1 (ceil(f * m) sampled,
+    the round closes at m arrivals). The shared knobs are :class:`ServerParams`'."""
 
     clients_per_round: int = 10
     server_lr: float = 1.0
+    round_deadline_s: float | None = None
+    overselect_factor: float = 1.0
 
     def __post_init__(self) -> None:
         store_int(self, "clients_per_round", 1)
-        store_float(self, "server_lr", low=0.0, low_open=True)
+        if self.round_deadline_s is not None:
+            store_float(self, "round_deadline_s", low=0.0, low_open=True)
+        store_float(self, "overselect_factor", low=1.0)
+        self.check_server()
 
 
 class FedAvg(Strategy):
@@ -46,7 +64,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     listing_order = 2
-    payload = "dense"
+    default_payload = "dense"
     Params = FedAvgParams
 
     def __init__(self, params: FedAvgParams | None = None, *, fleet_size: int | None = None) -> None:
@@ -60,13 +78,17 @@ class FedAvg(Strategy):
     def in_flight(self) -> bool:
         return self.round_version is not None
 
+    @property
+    def sample_size(self) -> int:
+        """Devices a round samples (before capping by the idle ones): ceil(f * m), with f * m rounded to
+        9 decimals first so that 1.3 * 10 (13.000000000000002 in binary) samples 13, not 14."""
+        p = self.params
+        return math.ceil(round(p.overselect_factor * p.clients_per_round, 9))
+
     def select(self, idle: list[str], busy: list[str], version: int, rng: np.random.Generator) -> list[str]:
         if self.in_flight or not idle:
             return []
-        pool = sorted(idle)  # the sample depends on the seed, not on the order the engine lists devices in
-        m = min(self.params.clients_per_round, len(pool))
-        picked = sorted(rng.choice(len(pool), size=m, replace=False).tolist())
-        self.sampled = [pool[i] for i in picked]
+        self.sampled = sample_devices(idle, self.sample_size, rng)
         self.pending = list(self.sampled)
         self.arrived = []
         self.round_version = int(version)
@@ -82,7 +104,9 @@ class FedAvg(Strategy):
         self.pending.remove(update.device_id)
         self.arrived.append(update)
         self.counters["received"] += 1
-        return self._close(version) if not self.pending else None
+        if not self.pending or len(self.arrived) >= self.params.clients_per_round:
+            return self._close(version)
+        return None
 
     def on_lost(self, device_id: str, task_id: int) -> Aggregate | None:
         self.counters["lost"] += 1
@@ -98,6 +122,20 @@ class FedAvg(Strategy):
         # The barrier keeps the global version at the round's while the round is in flight.
         assert self.round_version is not None
         return self._close(self.round_version)
+
+    def deadline(self) -> float | None:
+        return self.params.round_deadline_s
+
+    def on_deadline(self, version: int) -> Aggregate | None:
+        """Close the round dispatched at ``version`` with its arrivals, or drop it when none came."""
+        if not self.in_flight or version != self.round_version:
+            return None  # that round closed before its deadline
+        if not self.arrived:
+            log.info("fedavg: no update of the round at version %d arrived by its deadline; sampling again",
+                     self.round_version)
+            self._clear()
+            return None
+        return self._close(version)
 
     def _close(self, version: int) -> Aggregate:
         updates = self.arrived

@@ -11,24 +11,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyfed.host.strategies.base import BufferedStrategy, sample_counts, store_float, store_int
+from tinyfed.host.strategies.base import (
+    BufferedStrategy,
+    ServerParams,
+    sample_counts,
+    store_float,
+    store_int,
+    store_optional_int,
+)
 from tinyfed.host.updates import Update
 
 
 @dataclass(frozen=True)
-class FTTEParams:
-    """K = ``buffer_size``, a = ``staleness_exponent``, gamma = ``variance_gamma``, eta_g = ``server_lr``."""
+class FTTEParams(ServerParams):
+    """K = ``buffer_size``, a = ``staleness_exponent``, gamma = ``variance_gamma``, eta_g = ``server_lr``;
+    ``concurrency``: most devices training at once (None: every idle one). The shared knobs
+    (payload, server optimizer) are :class:`ServerParams`'."""
 
     buffer_size: int = 10
     staleness_exponent: float = 0.5
     variance_gamma: float = 1.0
     server_lr: float = 1.0
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         store_int(self, "buffer_size", 1)
         store_float(self, "staleness_exponent", low=0.0)
         store_float(self, "variance_gamma", low=0.0)
-        store_float(self, "server_lr", low=0.0, low_open=True)
+        store_optional_int(self, "concurrency", 1)
+        self.check_server()
 
 
 def staleness_factor(staleness: np.ndarray, exponent: float) -> np.ndarray:
@@ -54,7 +65,7 @@ class FTTE(BufferedStrategy):
 
     name = "ftte"
     listing_order = 0
-    payload = "subset"
+    default_payload = "subset"
     Params = FTTEParams
 
     def weights(self, updates: list[Update], staleness: np.ndarray) -> np.ndarray:
