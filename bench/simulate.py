@@ -21,6 +21,7 @@ import tracemalloc
 from pathlib import Path
 
 from tinyfed.commands.simulate import format_table, parse_horizon, ratios, write_outputs
+from tinyfed.host.decomposition import decomposition, format_decomposition
 from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig, make_fleet
 
 
@@ -40,6 +41,7 @@ def study(cfg: StudyConfig, out: Path | None = None) -> Study:
           f"{info['samples_per_device']['mean']:.1f} samples per device, seed {cfg.seed}, "
           f"target {cfg.target_accuracy}, availability {info['availability']}")
     print(format_table(results, cfg.target_accuracy, s.horizon_s))
+    print(format_decomposition(decomposition(results)))
     rat = ratios(results)
     if "ftte" in rat and "fedavg" in rat:
         x, f, b = rat["ftte"], results["ftte"], results.get("fedbuff")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--availability", default="always", help="always or PERIOD:FRACTION")
     ap.add_argument("--scale-versions", type=int, default=50)
     ap.add_argument("--horizon", default="auto",
-                    help="final accuracies at this simulated time: auto (the latest stop), none, or seconds")
+                    help="final accuracies at this simulated time: auto (the latest stop / 0.9), none, or seconds")
     ap.add_argument("--out", type=Path, default=None, help="also write the CSV, JSON and PNG files here")
     args = ap.parse_args(argv)
     cfg = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, partition=args.partition,

@@ -127,6 +127,36 @@ def test_ftte_time_counts_the_frozen_fragment_at_the_int8_rate(har_study: Study)
     assert sim.task_seconds(dev, True) == pytest.approx(dev.factor * (link_s + per_sample * len(dev.indices)))
 
 
+def test_device_memory_counts_the_same_line_items_for_both_payloads(har_study: Study) -> None:
+    from tinyfed.commands.simulate import ratios
+    from tinyfed.models.tflite_graph import TfliteGraph
+    from tinyfed.planner.config import TrainingConfig
+    from tinyfed.planner.dense import plan_dense_model
+    from tinyfed.planner.memory import memory_ratio
+
+    sub, dense = har_study.model("subset").device_memory, har_study.model("dense").device_memory
+    a, b = sub.as_dict(), dense.as_dict()
+    assert list(a) == list(b) and a["total"] == sub.total and b["total"] == dense.total
+    for lines in (a, b):
+        assert lines["total"] == sum(v for k, v in lines.items() if k != "total")
+    plan = har_study.subset_plan()
+    assert plan.cut > 0 and a["arena_front"] == plan.arena > 0  # FTTE pays for its frozen head's arena
+    graph = TfliteGraph.from_bytes(har_study.data.model_bytes, source="har_cnn")
+    raw = sum(graph.tensors[t].nbytes for t in graph.inputs)
+    assert b["arena_front"] == (raw + 7) // 8 * 8  # the whole model reads one raw int8 sample
+    assert a["head_cache"] == b["head_cache"] == 0  # the cache lives in RAM the plan does not need
+    # one sample's activations on both sides: the batch size changes neither figure
+    assert plan_dense_model("har_cnn", TrainingConfig(batch_size=1)).step_memory == dense
+    results = {}
+    for name in ("ftte", "fedbuff"):
+        sim = har_study.simulation(name)
+        results[name] = sim.run(SimLimits(max_versions=1))
+        sim.close()
+    assert results["ftte"].device_memory_lines == a and results["fedbuff"].device_memory_lines == b
+    ratio = ratios(results, base="fedbuff")["ftte"]["device_memory_bytes"]
+    assert ratio == memory_ratio(sub, dense) == a["total"] / b["total"] < 1
+
+
 def test_stragglers_slow_the_clock_not_the_math(study: Study) -> None:
     _, fast = _run(study, "ftte", stragglers=0.0)
     _, slow = _run(study, "ftte", stragglers=1.0, slowdown="fixed:2")  # x2 is exact in binary floating point
@@ -196,6 +226,10 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
             assert key in r
         assert math.isfinite(r["final_accuracy"])
     assert doc["ratios_to_fedavg"]["fedavg"]["bytes_per_update"] == 1.0
+    dec = doc["decomposition"]  # only the headline's two variants ran: the factors that need others are None
+    assert dec["headline"] == pytest.approx(doc["results"]["fedavg"]["time_to_target_s"]
+                                            / doc["results"]["ftte"]["time_to_target_s"])
+    assert dec["task_cost"] is None and dec["aggregation"] is None
     for f in ("summary.csv", "history.csv", "study.json", "accuracy_vs_time.png", "bytes_vs_time.png"):
         assert (out / f).stat().st_size > 0
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,nope"])
@@ -209,6 +243,30 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
     bad = CliRunner().invoke(cli, ["simulate", "--epochs", "0", "--clients-per-round", "0"])
     assert bad.exit_code == 2 and "2 problem(s): --epochs: must be >= 1, got 0" in bad.output
     assert "--clients-per-round: must be >= 1, got 0" in bad.output
+
+
+def test_cli_several_studies_summarise_over_seeds(tmp_path, monkeypatch: pytest.MonkeyPatch, study: Study) -> None:
+    from tinyfed.cli import cli
+
+    monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
+    out = tmp_path / "fair"
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--board-mix",
+                                   "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4", "--clients-per-round", "4",
+                                   "--target-accuracy", "0.2", "--max-versions", "3", "--seeds", "0-1",
+                                   "--partitions", "iid", "--workers", "1", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output.strip().splitlines()[-1])
+    assert [(r["split"], r["seed"]) for r in doc["studies"]] == [("iid", 0), ("iid", 1)]
+    assert doc["studies"][0]["results"]["ftte"]["final_accuracy"] != doc["studies"][1]["results"]["ftte"][
+        "final_accuracy"]
+    row = next(r for r in doc["summary"]["rows"] if r["label"] == "ftte")
+    finals = [r["results"]["ftte"]["final_accuracy"] for r in doc["studies"]]
+    assert row["studies"] == 2 and row["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert doc["studies"][0]["decomposition"]["headline"] is not None
+    for f in ("fair_study.json", "fair_runs.csv", "fair_summary.csv"):
+        assert (out / f).stat().st_size > 0
+    bad = CliRunner().invoke(cli, ["simulate", "--seeds", "x"])
+    assert bad.exit_code != 0 and "seeds 'x'" in bad.output
 
 
 def test_a_study_trains_checks_and_aggregates_as_a_run_does() -> None:
@@ -288,7 +346,9 @@ def test_a_study_takes_every_final_accuracy_at_one_horizon(study: Study) -> None
     s._models = study._models  # the same plan and frozen outputs
     results = s.run_all()
     stops = {name: s.simulation(name).run(cfg.limits()).sim_seconds for name in cfg.strategies}  # first legs again
-    assert s.horizon_s == max(stops.values())
+    # auto: the latest stop / 0.9, so every end window (the last tenth) starts after every time to target
+    assert s.horizon_s == pytest.approx(max(stops.values()) / (1 - simulator.END_WINDOW))
+    assert s.horizon_s * (1 - simulator.END_WINDOW) >= max(r.time_to_target_s for r in results.values())
     for name, r in results.items():
         assert r.sim_seconds == pytest.approx(s.horizon_s) and r.reached_target, name
         assert 0 < r.bytes_to_target <= r.bytes_total
@@ -298,8 +358,9 @@ def test_a_study_takes_every_final_accuracy_at_one_horizon(study: Study) -> None
         past = [h for h in r.history if h["sim_time_s"] > r.time_to_target_s]
         # past the target the curve is sampled on a grid of the horizon, not at every version
         assert len(past) <= 2 * simulator.HORIZON_EVALUATIONS + 1
-        if stops[name] < s.horizon_s:
-            assert r.versions > r.versions_to_target and past, name
+        assert r.sim_seconds > stops[name], name  # every run goes on past its own stop
+        if r.versions > r.versions_to_target:
+            assert past, name
     one = Simulation(s.model("subset"), s.fleet, cfg.strategy("ftte"), seed=cfg.seed,
                      limits=SimLimits(max_sim_seconds=s.horizon_s, stop_at_target=False))
     straight = one.run()  # the two legs are one run to the horizon

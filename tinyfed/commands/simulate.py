@@ -35,6 +35,7 @@ from tinyfed.host.config import (
     StrategyParams,
     Training,
 )
+from tinyfed.host.decomposition import decomposition, format_decomposition
 from tinyfed.host.strategies import DEFAULT_OVERSELECT_FACTOR, SERVER_OPTIMIZERS, STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def write_outputs(out: Path, study: Any, results: dict[str, Any], config: dict[s
             for row in r.history:
                 w.writerow({"strategy": name, **row})
     doc = {"config": config, "study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
-           "ratios_to_fedavg": ratios(results)}
+           "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results)}
     files[2].write_text(json.dumps(doc, indent=2, default=str) + "\n")
     files.extend(plot(out, results, config.get("target_accuracy")))
     return files
@@ -242,8 +243,8 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
 @click.option("--horizon", default="auto", show_default=True,
               help="Run every strategy on to this simulated time after its target and take the final accuracies "
-                   "there: auto = the latest time any strategy stopped at, none = each stops at its own target, "
-                   "or seconds.")
+                   "there: auto = the latest time any strategy stopped at / 0.9 (so every end window, the last "
+                   "tenth, lies after every time to target), none = each stops at its own target, or seconds.")
 @click.option("--evaluate-every", type=int, default=_table_default(Evaluation, "every_versions"), show_default=True,
               help="Evaluate every N-th version.")
 @click.option("--eval-samples", type=int, default=0, show_default=True,
@@ -260,16 +261,31 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Where the boards' training steps run: this process, or Ray tasks (same results, for a seed).")
 @click.option("--address", default=None,
               help="With --backend ray: join the Ray cluster at HOST:PORT (default: start Ray on this machine).")
+@click.option("--seeds", default=None,
+              help="Run one study per seed and split (LOW-HIGH or a comma list, e.g. 0-4) and print the summary "
+                   "over them: mean [min-max] per split and strategy, the decomposition, issue 15's goals.")
+@click.option("--partitions", default=None,
+              help="With several studies: the data splits, comma-separated (natural, iid, dirichlet:ALPHA), "
+                   "e.g. natural,iid,dirichlet:0.1,dirichlet:0.5 [default: --partition's].")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="With --seeds/--partitions: studies run at once, each in its own process.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write summary.csv, history.csv, study.json and PNG plots here.")
+              help="Write summary.csv, history.csv, study.json and PNG plots here (several studies: "
+                   "fair_study.json, fair_runs.csv, fair_summary.csv).")
 @boards_dir_option
 @json_option
 def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
-             **options: Any) -> None:
+             seeds: str | None, partitions: str | None, workers: int, **options: Any) -> None:
     """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards."""
     from tinyfed.host.simulator import Study
 
     cfg = study_config(options)
+    if seeds is not None or partitions is not None:
+        if backend != "local" or boards_dirs:
+            raise TinyfedError("several studies run on the local backend with the built-in boards",
+                               fix="drop --backend/--boards-dir, or run one study (no --seeds/--partitions)")
+        many_studies(cfg, seeds, partitions, workers, out_dir, as_json)
+        return
     say = (lambda text: None) if as_json else click.echo
     study = Study(cfg, boards_dirs=boards_dirs)
     info = study.describe()
@@ -296,13 +312,15 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
     if as_json:
         click.echo(json.dumps({"study": study.describe(), "strategies": strategies_json(cfg, results),
                                "results": {k: r.to_dict() for k, r in results.items()},
-                               "ratios_to_fedavg": ratios(results), "files": [str(p) for p in files]}))
+                               "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results),
+                               "files": [str(p) for p in files]}))
         return
     say(format_table(results, cfg.target_accuracy, study.horizon_s))
     for name, r in results.items():
         for board, c in r.classes.items():
             say(f"{name} nested class {board}: {c['values']:,} values, training memory {c['device_memory_bytes']:,} B, "
                 f"{c['bytes_per_update']:,} B per update")
+    say(format_decomposition(decomposition(results)))
     for p in files:
         say(f"wrote {p}")
 
@@ -322,13 +340,51 @@ def strategies_json(cfg: Any, results: dict[str, Any]) -> dict[str, dict[str, An
     return out
 
 
+def many_studies(cfg: Any, seeds: str | None, partitions: str | None, workers: int, out_dir: Path | None,
+                 as_json: bool) -> None:
+    """``--seeds``/``--partitions``: one study per (seed, split) in ``workers`` processes, then the summary."""
+    from tinyfed.host import fair_study as fair
+
+    seed_list = fair.parse_seeds(seeds) if seeds is not None else [cfg.seed]
+    if partitions is not None:
+        splits = fair.parse_splits(partitions)
+    else:
+        splits = [fair.Split(cfg.partition, cfg.alpha if cfg.partition == "dirichlet" else None)] \
+            if cfg.partition is not None else [fair.Split("natural" if cfg.model == "har_cnn" else "iid")]
+    if workers < 1:
+        raise TinyfedError(f"--workers {workers} is not a number of processes", fix="give 1 or more, e.g. --workers 2")
+    say = (lambda text: None) if as_json else click.echo
+    say(f"tinyfed simulate: {len(seed_list)} seed(s) x {len(splits)} split(s) of {', '.join(cfg.strategies)}, "
+        f"{workers} worker(s)")
+
+    def done(rec: dict[str, Any]) -> None:
+        say(f"{rec['split']} seed {rec['seed']}: horizon {rec['horizon_s']:,.0f} simulated s, {rec['wall_s']:,.0f} s "
+            f"wall (load {rec['load_after'][0]:.1f})")
+
+    records = fair.run_fair_study(cfg, seed_list, splits, workers=workers, done=done)
+    summary = fair.summarize(records)
+    config = {**cfg.record(), "seeds": seed_list, "splits": [str(s) for s in splits], "workers": workers}
+    files = fair.write_fair_outputs(out_dir, records, summary, config) if out_dir is not None else []
+    if as_json:
+        click.echo(json.dumps({"config": config, "studies": records, "summary": summary,
+                               "files": [str(p) for p in files]}, default=str))
+        return
+    say(fair.format_summary(summary, cfg.target_accuracy))
+    for p in files:
+        say(f"wrote {p}")
+
+
+#: Options that choose how many studies run, not what one study is.
+MANY_STUDIES_OPTIONS = ("seeds", "partitions", "workers")
+
+
 def study_config(options: dict[str, Any]) -> Any:
     """The :class:`~tinyfed.host.simulator.StudyConfig` of the command's options, checked as a run
     config is: every bad value in one error, named by its option."""
     from tinyfed.host.config import checked
     from tinyfed.host.simulator import DEFAULT_TARGETS, StudyConfig
 
-    given = dict(options)
+    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS}
     given["strategies"] = tuple(s.strip() for s in given["strategies"].split(",") if s.strip())
     given["run_past_target"] = not given["run_past_target"]  # the option's negation is the config's stop_at_target
     given["eval_samples"] = given["eval_samples"] or None

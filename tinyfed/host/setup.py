@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfed.errors import TinyfedError
+from tinyfed.planner.memory import StepMemory
 from tinyfed.planner.trainable import KIND_WEIGHTS
 from tinyfed.training.task import Task, loss_of
 
@@ -51,6 +52,8 @@ class SubsetSetup:
     index: np.ndarray  # int64
     training_memory_bytes: int
     frozen_tflite: bytes = b""  # the frozen fragment as the planner cut it (empty: none)
+    #: one training step's RAM on the class's boards, in the line items every payload's figure has
+    step_memory: StepMemory | None = None
 
     @property
     def values(self) -> int:
@@ -268,7 +271,7 @@ def _class_setups(plan: Plan, w_global: np.ndarray, task: Task,
         program = compile_program(files["tail"], tfw.encode(units), task=task, model_input=model_input)
         frozen = compile_blob(files["frozen"]) if "frozen" in files else None
         out[board] = SubsetSetup(board, frozen, program, [(len(u.channels), u.values_per_channel) for u in units],
-                                 c.index, c.training.total, files.get("frozen", b""))
+                                 c.index, c.training.total, files.get("frozen", b""), StepMemory(c.arena, c.training))
     return out
 
 

@@ -57,6 +57,7 @@ from tinyfed.host.rounds import RoundState
 from tinyfed.host.strategies import DEFAULT_OVERSELECT_FACTOR, STRATEGIES, Strategy, build_variant, parse_variant
 from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update
+from tinyfed.planner.memory import StepMemory
 from tinyfed.planner.plan import Plan
 from tinyfed.training.task import Task
 from tinyfed.training.vector import split_units, tail_evaluator
@@ -264,12 +265,16 @@ class SimModel:
     evaluate_full: Callable[[np.ndarray], tuple[float, float]]  # on the whole test split (final accuracy)
     frozen_macs: int  # int8 MACs per sample of the frozen fragment (0: none)
     train_macs: int  # fp32 MACs per sample of one training step, forward + backward (TFTR header)
-    device_memory_bytes: int  # the planner's training RAM for this payload
+    device_memory: StepMemory  # one training step's RAM on a board, by line item (the same items for every payload)
     update_bytes: int  # the update image as it crosses the link
     #: nested subsets: where this class's values sit in the global vector (None: it is the whole vector)
     index: np.ndarray | None = None
     #: nested subsets (payload "nested", the global model): each board profile's own model, by board name
     classes: dict[str, SimModel] | None = None
+
+    @property
+    def device_memory_bytes(self) -> int:
+        return self.device_memory.total
 
     @property
     def size(self) -> int:
@@ -491,6 +496,8 @@ class SimResult:
     trace: list[tuple[float, str, int, str]] | None = field(default=None, repr=False)
     #: nested subsets: per board class, its values, training memory and update bytes (empty otherwise)
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: ``device_memory_bytes`` by line item (:class:`~tinyfed.planner.memory.StepMemory`)
+    device_memory_lines: dict[str, int] = field(default_factory=dict)
 
     @property
     def bytes_total(self) -> int:
@@ -525,7 +532,8 @@ class SimResult:
             "sim_seconds": self.sim_seconds, "time_to_target_s": self.time_to_target_s,
             "versions_to_target": self.versions_to_target, "reached_target": self.reached_target,
             "final_accuracy": self.final_accuracy, "final_loss": self.final_loss, "best_accuracy": self.best_accuracy,
-            "device_memory_bytes": self.device_memory_bytes, "bytes_per_update": self.bytes_per_update,
+            "device_memory_bytes": self.device_memory_bytes, "device_memory_lines": dict(self.device_memory_lines),
+            "bytes_per_update": self.bytes_per_update,
             "bytes_total": self.bytes_total, "bytes_to_target": self.bytes_to_target,
             "end_accuracy_mean": self.end_accuracy_mean,
             "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
@@ -833,7 +841,8 @@ class Simulation:
             time_to_target_s=self.ttt, versions_to_target=self.vtt, reached_target=self.ttt is not None,
             final_accuracy=final["accuracy"], final_loss=final["loss"],
             best_accuracy=max(r["accuracy"] for r in self.history),
-            device_memory_bytes=self.model.device_memory_bytes, bytes_per_update=self.model.update_bytes,
+            device_memory_bytes=self.model.device_memory_bytes, device_memory_lines=self.model.device_memory.as_dict(),
+            bytes_per_update=self.model.update_bytes,
             bytes_down=rounds.bytes_down, bytes_up=rounds.bytes_up, tasks=rounds.next_task,
             board_steps=rounds.accepted + rounds.rejected, host_trainings=self.backend.steps - self._steps0,
             updates_accepted=rounds.accepted, updates_rejected=rounds.rejected, updates_lost=rounds.lost,
@@ -842,6 +851,18 @@ class Simulation:
             history=list(self.history), trace=list(self.trace) if self.trace is not None else None,
             classes={name: {"values": m.size, "device_memory_bytes": m.device_memory_bytes,
                             "bytes_per_update": m.update_bytes} for name, m in (self.model.classes or {}).items()})
+
+
+def auto_horizon(stops: list[float]) -> float:
+    """The common horizon ``auto``: the latest first-leg stop divided by ``1 - END_WINDOW``.
+
+    Every run then ends at the same moment and its end window (the last :data:`END_WINDOW` of the
+    horizon, where ``end_accuracy_mean`` averages) starts exactly at the latest stop, so it lies after
+    every strategy's time to target: a strategy that reaches its target last is not scored on the
+    climb to it (with the horizon at the latest stop itself, that strategy's end mean was below its
+    own target by construction)."""
+    latest = max(stops, default=0.0)
+    return latest / (1.0 - END_WINDOW)
 
 
 def horizon_grid(end_s: float) -> np.ndarray:
@@ -923,8 +944,9 @@ class StudyConfig(ConfigTable):
     core_budget: float | None = Field(default=None, gt=0, description="cap of w*'s (the common core's) training "
                                       "memory: a fraction of whole-model training memory (<= 1) or bytes")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
-    #: moment: "auto" = the latest time any strategy stopped at (its target or a limit); None =
-    #: each strategy stops at its own target.
+    #: moment: "auto" = the latest time any strategy stopped at (its target or a limit) / (1 -
+    #: END_WINDOW), so every end window lies after every time to target (:func:`auto_horizon`);
+    #: None = each strategy stops at its own target; seconds = that moment (it also caps the first leg).
     horizon: float | Literal["auto"] | None = "auto"
 
     @field_validator("model")
@@ -1087,15 +1109,16 @@ class Study:
             if setup.frozen_blob is not None:
                 frozen = setup.plan.files["frozen"].read_bytes()
                 frozen_macs = graph_macs(TfliteGraph.from_bytes(frozen, source="frozen.tflite"))
-        # The planner's training memory of the payload: w*'s, or every layer's (plan.json's full_training_memory).
+        # One training step's RAM on a board in the same line items for both payloads (StepMemory): the
+        # frozen head's arena and w*'s state, or the raw sample and every layer's state.
         assert setup.plan is not None
-        memory = setup.plan.training.total
+        memory = setup.plan.step_memory
         classes: dict[str, SimModel] | None = None
         if nested:
             assert setup.classes is not None
             classes = {board: self._class_model(c, setup.w0, xq) for board, c in setup.classes.items()}
-            # the headline figure: the smallest board's (the core's) training memory
-            memory = min(c.device_memory_bytes for c in classes.values())
+            # the headline figure: the smallest board's (the core's) training step
+            memory = min((c.device_memory for c in classes.values()), key=lambda m: m.total)
         evaluate = setup.evaluate
         n_test = len(self.test_labels)
         if cfg.eval_samples and cfg.eval_samples < n_test:
@@ -1139,7 +1162,7 @@ class Study:
         w0 = np.asarray(w_global, np.float32)[c.index]
         return SimModel(self.cfg.model, "subset", tail, shapes, w0, np.ascontiguousarray(features),
                         self.labels.astype(np.int64), unused, unused, frozen_macs, parse_program(c.program).flops,
-                        c.training_memory_bytes,
+                        c.step_memory,
                         update_image_bytes(w0.size, shapes, self.cfg.training.per_channel, False), index=c.index)
 
     def simulation(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
@@ -1179,8 +1202,15 @@ class Study:
             horizon = self.cfg.horizon
             if horizon is None:
                 return results
-            end = max(r.sim_seconds for r in results.values()) if horizon == "auto" else float(horizon)
+            stops = [r.sim_seconds for r in results.values()]
+            end = auto_horizon(stops) if horizon == "auto" else float(horizon)
             self.horizon_s = end
+            early = sorted(n for n, r in results.items()
+                           if r.time_to_target_s is not None and r.time_to_target_s > end * (1.0 - END_WINDOW))
+            if early:
+                log.warning("horizon %.0f s: the end window (from %.0f s) starts before the time to target of %s, "
+                            "whose end mean then counts accuracies below the target", end, end * (1.0 - END_WINDOW),
+                            ", ".join(early))
             for name, sim in sims.items():
                 if sim.now < end and results[name].stop_reason != "max wall seconds":
                     sim.eval_grid = horizon_grid(end)

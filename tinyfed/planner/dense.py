@@ -23,6 +23,7 @@ from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.memory import (
     FirmwareLayout,
+    StepMemory,
     TrainingMemory,
     firmware_arena_bytes,
     layer_facts,
@@ -68,6 +69,12 @@ class DensePlan:
     program: bytes  # the whole-model TFTR program of ``units``
     ram_bytes: int  # RAM of the program's training state on a board
     training: TrainingMemory  # the planner's memory model of the same state
+    front: int = 0  # the arena's front: one raw int8 sample (nothing is frozen), 8-aligned
+
+    @property
+    def step_memory(self) -> StepMemory:
+        """One training step's RAM in the line items FTTE's plan reports (:meth:`Plan.step_memory`)."""
+        return StepMemory(self.front, self.training)
 
     @property
     def program_bytes(self) -> int:
@@ -125,8 +132,9 @@ def plan_dense(model_bytes: bytes, source: str, cfg: TrainingConfig | None = Non
     units = tuple(tfw.whole_model_units(graph))
     program = training_program(model_bytes, tfw.encode(list(units)))
     ram = program_ram_need(program, sum(len(u.channels) for u in units))
-    memory = whole_model_memory(layer_facts(graph), cfg or TrainingConfig(), FirmwareLayout(graph))
-    return DensePlan(source, units, program, ram, memory)
+    layout = FirmwareLayout(graph)
+    memory = whole_model_memory(layer_facts(graph), cfg or TrainingConfig(), layout)
+    return DensePlan(source, units, program, ram, memory, layout.front(0))
 
 
 def plan_dense_model(model: str, cfg: TrainingConfig | None = None) -> DensePlan:

@@ -179,6 +179,39 @@ class TrainingMemory:
 NO_TRAINING = TrainingMemory(0, 0, 0, 0, 0, 0, 0, 0)
 
 
+@dataclass(frozen=True)
+class StepMemory:
+    """RAM of one training step on a board, as ``bind_state`` in firmware/src/train.c lays the arena out:
+    its front (the frozen head's planned int8 arena; with nothing frozen, the raw int8 sample the
+    tail reads), then the training state (:class:`TrainingMemory`: w* three times, ONE sample's work
+    area, update scales, the target, a budgeted head cache).
+
+    The same line items for every payload, so the ratio of two payloads' figures compares like with
+    like: FTTE's subset counts its frozen head's arena, the whole-model baselines their raw sample,
+    and neither counts a batch of activations (the firmware accumulates gradients sample by sample).
+    What a board adds around it (firmware reserve, link buffers) is the same for both and left out.
+    """
+
+    front: int
+    training: TrainingMemory
+
+    @property
+    def total(self) -> int:
+        return self.front + self.training.total
+
+    def as_dict(self) -> dict[str, int]:
+        """The line items (``arena_front`` then :meth:`TrainingMemory.as_dict`'s), ``total`` last."""
+        lines = {"arena_front": self.front}
+        lines.update((k, v) for k, v in self.training.as_dict().items() if k != "total")
+        lines["total"] = self.total
+        return lines
+
+
+def memory_ratio(part: StepMemory, whole: StepMemory) -> float:
+    """``part.total / whole.total``: two training steps' RAM, counted in the same line items."""
+    return part.total / whole.total if whole.total else 0.0
+
+
 def cut_for(first_trainable: int | None, cut_points: list[int], n_ops: int) -> int:
     """The op index where the frozen head ends: the last clean cut at or before the first trainable op."""
     if first_trainable is None:

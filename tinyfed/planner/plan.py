@@ -32,6 +32,7 @@ from tinyfed.planner.memory import (
     LayerFacts,
     LayerSelection,
     Selection,
+    StepMemory,
     TrainingMemory,
     cut_for,
     estimate_arena,
@@ -180,6 +181,12 @@ class Plan:
     @property
     def total_params(self) -> int:
         return sum(f.params for f in self.facts)
+
+    @property
+    def step_memory(self) -> StepMemory:
+        """One training step of w* on a board: the frozen head's arena and w*'s training state, in the
+        line items the whole model's figure has (:meth:`DensePlan.step_memory`)."""
+        return StepMemory(self.arena, self.training)
 
     @property
     def training_ratio(self) -> float:
