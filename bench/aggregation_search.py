@@ -245,7 +245,8 @@ def search(args: argparse.Namespace) -> None:
                 row.update(seed=seed, split=split, candidate=cand, horizon=args.horizon)
                 results.append(row)
                 print(f"{split} seed {seed} {cand}: ttt {row['time_to_target_s']}, final {row['final_accuracy']:.4f}, "
-                      f"end mean {row['end_mean']:.4f}, step {row['step_norm']:.4f} ({time.monotonic() - t0:.0f} s wall, "
+                      f"end mean {row['end_mean']:.4f}, step {row['step_norm']:.4f} "
+                      f"({time.monotonic() - t0:.0f} s wall, "
                       f"load {os.getloadavg()[0]:.1f})", flush=True)
                 if out_path:
                     out_path.write_text(json.dumps(results, indent=1))

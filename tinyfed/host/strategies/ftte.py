@@ -31,14 +31,15 @@ class FTTEParams:
 
     ``variance_floor`` (g_min) is the least the variance factor may take before its exponent;
     ``agreement_exponent`` (beta) weights each update by max(0, cos(delta_i, buffer mean))^beta.
-    ``variance_gamma = 1, variance_floor = 0, agreement_exponent = 0`` is the weighting before
-    issue 15; ``variance_gamma = 0, agreement_exponent = 0, staleness_exponent = 0.5`` is FedBuff's.
+    The default floor 0.5 is the best-measured member of the family (``docs/strategies.md``, "How
+    FTTE's weighting was chosen"); ``variance_floor = 0`` is the weighting before issue 15, and
+    ``variance_gamma = 0, agreement_exponent = 0, staleness_exponent = 0.5`` is FedBuff's.
     """
 
     buffer_size: int = 10
     staleness_exponent: float = 0.5
     variance_gamma: float = 1.0
-    variance_floor: float = 0.0
+    variance_floor: float = 0.5
     agreement_exponent: float = 0.0
     server_lr: float = 1.0
 
