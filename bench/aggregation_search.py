@@ -256,24 +256,32 @@ def search(args: argparse.Namespace) -> None:
 def summarize(results: list[dict[str, Any]], baseline: str) -> None:
     """Per split and candidate: mean over seeds of time to target / baseline's, and end accuracy minus baseline's."""
     by = {(r["seed"], r["split"], r["candidate"], r["horizon"]): r for r in results}
-    print("| split | horizon s | candidate | seeds | ttt / fedbuff (mean, max) | final - fedbuff (mean, min) "
-          "| end mean - fedbuff (mean, min) | final | end mean |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| split | horizon s | candidate | runs | time to target s (mean) | ttt / {baseline} (mean, max) "
+          f"| final - {baseline}, points (mean, min) | end mean - {baseline}, points (mean, min) | final | end mean "
+          "| mean step norm |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     keys = sorted({(r["split"], r["horizon"], r["candidate"]) for r in results})
+    splits = {r["split"] for r in results}
+    if len(splits) > 1:  # every (split, seed) pair pooled, per candidate
+        keys += sorted({("all", r["horizon"], r["candidate"]) for r in results})
     for split, hz, cand in keys:
-        seeds = sorted(s for (s, sp, c, h) in by if sp == split and c == cand and h == hz
+        pairs = sorted((s, sp) for (s, sp, c, h) in by if split in ("all", sp) and c == cand and h == hz
                        and (s, sp, baseline, h) in by)
-        if not seeds:
+        if not pairs:
             continue
-        mine = [by[(s, split, cand, hz)] for s in seeds]
-        base = [by[(s, split, baseline, hz)] for s in seeds]
+        mine = [by[(s, sp, cand, hz)] for s, sp in pairs]
+        base = [by[(s, sp, baseline, hz)] for s, sp in pairs]
+        seeds = pairs
         tt = [m["time_to_target_s"] / b["time_to_target_s"] if m["time_to_target_s"] and b["time_to_target_s"]
               else float("nan") for m, b in zip(mine, base, strict=True)]
         fd = [100 * (m["final_accuracy"] - b["final_accuracy"]) for m, b in zip(mine, base, strict=True)]
         ed = [100 * (m["end_mean"] - b["end_mean"]) for m, b in zip(mine, base, strict=True)]
-        print(f"| {split} | {hz:.0f} | {cand} | {len(seeds)} | {np.nanmean(tt):.3f}, {np.nanmax(tt):.3f} | "
+        ttt = [m["time_to_target_s"] if m["time_to_target_s"] else float("nan") for m in mine]
+        print(f"| {split} | {hz:.0f} | {cand} | {len(seeds)} | {np.nanmean(ttt):.1f} | "
+              f"{np.nanmean(tt):.3f}, {np.nanmax(tt):.3f} | "
               f"{np.mean(fd):+.2f}, {np.min(fd):+.2f} | {np.mean(ed):+.2f}, {np.min(ed):+.2f} | "
-              f"{np.mean([m['final_accuracy'] for m in mine]):.4f} | {np.mean([m['end_mean'] for m in mine]):.4f} |")
+              f"{np.mean([m['final_accuracy'] for m in mine]):.4f} | {np.mean([m['end_mean'] for m in mine]):.4f} | "
+              f"{np.mean([m['step_norm'] for m in mine]):.4f} |")
 
 
 def main() -> None:
