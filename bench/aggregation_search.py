@@ -19,7 +19,10 @@ the variance ratio to [gmin, 1]; ``cos=1`` max(0, cos(delta_i, buffer mean))^bet
 
 Run: ``PYTHONPATH=. .venv/bin/python bench/aggregation_search.py search --seeds 0,1,2,3,4
 --splits natural,iid,dirichlet:0.1,dirichlet:0.5 --horizon 3000 --candidates fedbuff ftte rvar=1
---out results.json``; ``... diagnose --seed 0 --horizon 2000``.
+--out results.json``; ``... search --out results.json --summary`` prints the table again (with
+an ``all`` row per candidate pooling every split and seed when there are several splits);
+``... diagnose --seed 0 --horizon 1500``. Results and their discussion: ``docs/strategies.md``,
+"How FTTE's weighting was chosen".
 """
 
 from __future__ import annotations

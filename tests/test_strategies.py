@@ -142,6 +142,20 @@ def test_ftte_agreement_without_direction_keeps_weights() -> None:
     np.testing.assert_allclose(mixed.weights, [0, 1], rtol=1e-12)
 
 
+def test_ftte_weighting_knobs_are_checkpointed() -> None:
+    # A resume with another floor or agreement exponent would silently change the weighting: refused.
+    s = FTTE(FTTEParams(buffer_size=3, variance_floor=0.5, agreement_exponent=1.0))
+    feed(s, [upd("a", 1, 0, 2, [1.0, 0.0]), upd("b", 2, 0, 1, [0.0, 1.0])], 0)
+    state = through_json(s.state_dict())
+    again = FTTE(FTTEParams(buffer_size=3, variance_floor=0.5, agreement_exponent=1.0))
+    again.load_state_dict(state)
+    last = upd("c", 3, 0, 1, [1.0, 1.0], variance=4.0)
+    np.testing.assert_array_equal(again.on_update(last, 0).weights, s.on_update(last, 0).weights)
+    for other in (FTTEParams(buffer_size=3, agreement_exponent=1.0), FTTEParams(buffer_size=3, variance_floor=0.5)):
+        with pytest.raises(StrategyError, match="parameters"):
+            FTTE(other).load_state_dict(state)
+
+
 def test_fedbuff_is_ftte_without_variance() -> None:
     rng = np.random.default_rng(3)
     ups = random_updates(rng, 6, 50, version=9)
