@@ -49,7 +49,7 @@ def through_json(state: dict) -> dict:
 # ---------------------------------------------------------------- FTTE weighting, by hand
 
 def test_ftte_weights_staleness_and_variance_by_hand() -> None:
-    s = FTTE(FTTEParams(buffer_size=3, server_lr=2.0))
+    s = FTTE(FTTEParams(buffer_size=3, server_lr=2.0, variance_floor=0.0))  # no floor: before issue 15
     version = 3
     a = upd("a", 1, 3, 10, [1, 0], variance=1.0)  # tau 0: s = 1; var = median: g = 1
     b = upd("b", 2, 2, 20, [0, 1], variance=4.0)  # tau 1: s = 1/sqrt(2); g = 1/4
@@ -71,7 +71,7 @@ def test_ftte_weights_staleness_and_variance_by_hand() -> None:
 
 
 def test_ftte_variance_gamma_and_even_median() -> None:
-    s = FTTE(FTTEParams(buffer_size=4, variance_gamma=2.0, staleness_exponent=0.0))
+    s = FTTE(FTTEParams(buffer_size=4, variance_gamma=2.0, staleness_exponent=0.0, variance_floor=0.0))
     # variances 1, 2, 3, 8: median 2.5; g = 1, 1, (2.5/3)^2, (2.5/8)^2
     ups = [upd(f"d{i}", i, 0, 1, [1.0], variance=v) for i, v in enumerate([1.0, 2.0, 3.0, 8.0])]
     agg = feed(s, ups, 0)[-1]
@@ -104,9 +104,9 @@ def test_ftte_floor_halves_at_most() -> None:
     # gamma 1, floor 0.5: an update 4x the median variance gets 1/2, not 1/4 (no floor: 1/4).
     ups = [upd("a", 1, 0, 2, [1.0], variance=1.0), upd("b", 2, 0, 2, [1.0], variance=4.0),
            upd("c", 3, 0, 2, [1.0], variance=1.0)]
-    floored = feed(FTTE(FTTEParams(buffer_size=3, variance_floor=0.5)), ups, 0)[-1]
+    floored = feed(FTTE(FTTEParams(buffer_size=3)), ups, 0)[-1]  # the default floor
     np.testing.assert_allclose(floored.weights, [2.0, 1.0, 2.0], rtol=1e-12)
-    plain = feed(FTTE(FTTEParams(buffer_size=3)), ups, 0)[-1]
+    plain = feed(FTTE(FTTEParams(buffer_size=3, variance_floor=0.0)), ups, 0)[-1]
     np.testing.assert_allclose(plain.weights, [2.0, 0.5, 2.0], rtol=1e-12)
 
 
@@ -151,7 +151,8 @@ def test_ftte_weighting_knobs_are_checkpointed() -> None:
     again.load_state_dict(state)
     last = upd("c", 3, 0, 1, [1.0, 1.0], variance=4.0)
     np.testing.assert_array_equal(again.on_update(last, 0).weights, s.on_update(last, 0).weights)
-    for other in (FTTEParams(buffer_size=3, agreement_exponent=1.0), FTTEParams(buffer_size=3, variance_floor=0.5)):
+    for other in (FTTEParams(buffer_size=3, variance_floor=0.5),
+                  FTTEParams(buffer_size=3, agreement_exponent=1.0, variance_floor=0.0)):
         with pytest.raises(StrategyError, match="parameters"):
             FTTE(other).load_state_dict(state)
 
@@ -340,7 +341,7 @@ def test_params_are_validated(cls, field: str, value) -> None:
 
 
 def test_defaults_and_registry() -> None:
-    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, variance_floor=0.0,
+    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, variance_floor=0.5,
                                       agreement_exponent=0.0, server_lr=1.0)
     assert FedAvgParams().clients_per_round == 10 and FedBuffParams().buffer_size == 10
     assert set(STRATEGIES) == {"ftte", "fedbuff", "fedavg"}

@@ -4,10 +4,10 @@ Old updates were computed against a model that has moved on, so they count for l
 (``docs/ftte.md``, section 4). The paper also weights by the variance of each update; measured
 on tinyfed's fleets, that variance is the update's squared size (var_i ~ ||delta_i||^2 / d) and
 follows the device's local loss, so it mostly takes weight from the devices the model fits worst
-("How FTTE's weighting was chosen" in ``docs/strategies.md``); pooled over four splits it still
-measured best of the family searched. Its exponent, a floor on it, and a weight by agreement
-with the buffer's mean direction are parameters. Only w* travels: the
-payload is the trainable subset.
+("How FTTE's weighting was chosen" in ``docs/strategies.md``). A floor (0.5 by default) keeps
+it from taking more than half an update's weight. Its exponent, the floor, and a weight by
+agreement with the buffer's mean direction are parameters. Only w* travels: the payload is the
+trainable subset.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ class FTTEParams:
 
     ``variance_floor`` (g_min) is the least the variance factor may take before its exponent;
     ``agreement_exponent`` (beta) weights each update by max(0, cos(delta_i, buffer mean))^beta.
-    The defaults (gamma 1, no floor, no agreement term) are the best-measured member of the family
-    searched in issue 15 (``docs/strategies.md``, "How FTTE's weighting was chosen"); they are the
-    weighting before it. ``variance_gamma = 0, agreement_exponent = 0, staleness_exponent = 0.5``
-    is FedBuff's.
+    The defaults (gamma 1, floor 0.5, no agreement term) are the best-measured member of the family
+    searched in issue 15 at the study's horizon (``docs/strategies.md``, "How FTTE's weighting was
+    chosen"); ``variance_floor = 0`` is the weighting before it, and ``variance_gamma = 0,
+    agreement_exponent = 0, staleness_exponent = 0.5`` is FedBuff's.
     """
 
     buffer_size: int = 10
     staleness_exponent: float = 0.5
     variance_gamma: float = 1.0
-    variance_floor: float = 0.0
+    variance_floor: float = 0.5
     agreement_exponent: float = 0.0
     server_lr: float = 1.0
 
