@@ -65,8 +65,8 @@ def test_a_nested_run_moves_values_of_every_class_and_reports_them(study: Study)
 def test_a_nested_run_is_deterministic(study: Study) -> None:
     runs = []
     for _ in range(2):
-        strategy = get_strategy("fedbuff", fleet_size=study.cfg.clients, buffer_size=4)
-        strategy.payload = "subset"  # FedBuff's weighting on the nested subsets
+        # FedBuff's weighting on the nested subsets
+        strategy = get_strategy("fedbuff", fleet_size=study.cfg.clients, buffer_size=4, payload="subset")
         sim = Simulation(study.model("nested"), study.fleet, strategy, limits=SimLimits(max_versions=2), seed=3)
         runs.append(sim.run())
     assert runs[0].event_digest == runs[1].event_digest

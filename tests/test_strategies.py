@@ -61,7 +61,7 @@ def through_json(state: dict) -> dict:
 # ---------------------------------------------------------------- FTTE weighting, by hand
 
 def test_ftte_weights_staleness_and_variance_by_hand() -> None:
-    s = FTTE(FTTEParams(buffer_size=3, server_lr=2.0))
+    s = FTTE(FTTEParams(buffer_size=3, server_lr=2.0, variance_floor=0.0))  # no floor: before issue 15
     version = 3
     a = upd("a", 1, 3, 10, [1, 0], variance=1.0)  # tau 0: s = 1; var = median: g = 1
     b = upd("b", 2, 2, 20, [0, 1], variance=4.0)  # tau 1: s = 1/sqrt(2); g = 1/4
@@ -83,7 +83,7 @@ def test_ftte_weights_staleness_and_variance_by_hand() -> None:
 
 
 def test_ftte_variance_gamma_and_even_median() -> None:
-    s = FTTE(FTTEParams(buffer_size=4, variance_gamma=2.0, staleness_exponent=0.0))
+    s = FTTE(FTTEParams(buffer_size=4, variance_gamma=2.0, staleness_exponent=0.0, variance_floor=0.0))
     # variances 1, 2, 3, 8: median 2.5; g = 1, 1, (2.5/3)^2, (2.5/8)^2
     ups = [upd(f"d{i}", i, 0, 1, [1.0], variance=v) for i, v in enumerate([1.0, 2.0, 3.0, 8.0])]
     agg = feed(s, ups, 0)[-1]
@@ -95,6 +95,78 @@ def test_ftte_all_zero_variance_leaves_n_and_staleness() -> None:
     agg = feed(s, [upd("a", 1, 1, 4, [1.0], variance=0.0), upd("b", 2, 0, 4, [3.0], variance=0.0)], 1)[-1]
     np.testing.assert_allclose(agg.weights, [4.0, 4 / math.sqrt(2)], rtol=1e-12)
     assert np.isfinite(agg.step).all()
+
+
+def test_ftte_variance_floor_by_hand() -> None:
+    # variances 1, 2, 3, 8: median 2.5; ratios 1, 1, 2.5/3, 2.5/8 = 0.3125, floored at 0.5
+    ups = [upd(f"d{i}", i, 0, 1, [1.0], variance=v) for i, v in enumerate([1.0, 2.0, 3.0, 8.0])]
+    one = feed(FTTE(FTTEParams(buffer_size=4, staleness_exponent=0.0, variance_gamma=1.0, variance_floor=0.5)),
+               ups, 0)[-1]
+    np.testing.assert_allclose(one.weights, [1, 1, 2.5 / 3, 0.5], rtol=1e-12)
+    two = feed(FTTE(FTTEParams(buffer_size=4, staleness_exponent=0.0, variance_gamma=2.0, variance_floor=0.5)),
+               ups, 0)[-1]
+    np.testing.assert_allclose(two.weights, [1, 1, (2.5 / 3) ** 2, 0.25], rtol=1e-12)
+    # A floor of 1 switches the variance term off whatever gamma is.
+    off = feed(FTTE(FTTEParams(buffer_size=4, staleness_exponent=0.0, variance_gamma=3.0, variance_floor=1.0)),
+               ups, 0)[-1]
+    np.testing.assert_allclose(off.weights, [1, 1, 1, 1], rtol=0)
+
+
+def test_ftte_floor_halves_at_most() -> None:
+    # gamma 1, floor 0.5: an update 4x the median variance gets 1/2, not 1/4 (no floor: 1/4).
+    ups = [upd("a", 1, 0, 2, [1.0], variance=1.0), upd("b", 2, 0, 2, [1.0], variance=4.0),
+           upd("c", 3, 0, 2, [1.0], variance=1.0)]
+    floored = feed(FTTE(FTTEParams(buffer_size=3)), ups, 0)[-1]  # the default floor
+    np.testing.assert_allclose(floored.weights, [2.0, 1.0, 2.0], rtol=1e-12)
+    plain = feed(FTTE(FTTEParams(buffer_size=3, variance_floor=0.0)), ups, 0)[-1]
+    np.testing.assert_allclose(plain.weights, [2.0, 0.5, 2.0], rtol=1e-12)
+
+
+def test_ftte_agreement_by_hand() -> None:
+    # n 1, 1, 2, no staleness or variance term: buffer mean m = ([1,0] + [0,1] + 2 [-1,0]) / 4 = [-1/4, 1/4];
+    # cos(a, m) = -1/sqrt(2) -> 0, cos(b, m) = cos(c, m) = 1/sqrt(2).
+    ups = [upd("a", 1, 0, 1, [1, 0]), upd("b", 2, 0, 1, [0, 1]), upd("c", 3, 0, 2, [-1, 0])]
+    p = {"buffer_size": 3, "staleness_exponent": 0.0, "variance_gamma": 0.0}
+    one = feed(FTTE(FTTEParams(**p, agreement_exponent=1.0)), ups, 0)[-1]
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(one.weights, [0, r, 2 * r], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(one.step, [-2 / 3, 1 / 3], rtol=1e-6)  # (r [0,1] + 2r [-1,0]) / 3r
+    two = feed(FTTE(FTTEParams(**p, agreement_exponent=2.0)), ups, 0)[-1]
+    np.testing.assert_allclose(two.weights, [0, 0.5, 1.0], rtol=1e-12, atol=1e-15)
+    # The staleness discount is in the weights the mean is taken with: a at tau 3 (s = 1/2) changes m.
+    stale = [upd("a", 1, 0, 4, [1, 0]), upd("b", 2, 3, 1, [0, 1])]  # m = (2 [1,0] + [0,1]) / 3
+    agg = feed(FTTE(FTTEParams(buffer_size=2, variance_gamma=0.0, agreement_exponent=1.0)), stale, 3)[-1]
+    np.testing.assert_allclose(agg.weights, [2 * 2 / math.sqrt(5), 1 / math.sqrt(5)], rtol=1e-12)
+
+
+def test_ftte_agreement_without_direction_keeps_weights() -> None:
+    # All-zero deltas, or deltas that cancel exactly: no mean direction, every factor 1.
+    zero = feed(FTTE(FTTEParams(buffer_size=2, variance_gamma=0.0, agreement_exponent=1.0)),
+                [upd("a", 1, 0, 3, [0.0, 0.0]), upd("b", 2, 0, 1, [0.0, 0.0])], 0)[-1]
+    np.testing.assert_allclose(zero.weights, [3, 1], rtol=0)
+    cancel = feed(FTTE(FTTEParams(buffer_size=2, variance_gamma=0.0, agreement_exponent=1.0)),
+                  [upd("a", 1, 0, 1, [1.0, -2.0]), upd("b", 2, 0, 1, [-1.0, 2.0])], 0)[-1]
+    np.testing.assert_allclose(cancel.weights, [1, 1], rtol=0)
+    # A zero delta among others gets 0 (it has no direction), the others keep theirs.
+    mixed = feed(FTTE(FTTEParams(buffer_size=2, variance_gamma=0.0, staleness_exponent=0.0,
+                                 agreement_exponent=1.0)),
+                 [upd("a", 1, 0, 1, [0.0, 0.0]), upd("b", 2, 0, 1, [0.0, 2.0])], 0)[-1]
+    np.testing.assert_allclose(mixed.weights, [0, 1], rtol=1e-12)
+
+
+def test_ftte_weighting_knobs_are_checkpointed() -> None:
+    # A resume with another floor or agreement exponent would silently change the weighting: refused.
+    s = FTTE(FTTEParams(buffer_size=3, variance_floor=0.5, agreement_exponent=1.0))
+    feed(s, [upd("a", 1, 0, 2, [1.0, 0.0]), upd("b", 2, 0, 1, [0.0, 1.0])], 0)
+    state = through_json(s.state_dict())
+    again = FTTE(FTTEParams(buffer_size=3, variance_floor=0.5, agreement_exponent=1.0))
+    again.load_state_dict(state)
+    last = upd("c", 3, 0, 1, [1.0, 1.0], variance=4.0)
+    np.testing.assert_array_equal(again.on_update(last, 0).weights, s.on_update(last, 0).weights)
+    for other in (FTTEParams(buffer_size=3, variance_floor=0.5),
+                  FTTEParams(buffer_size=3, agreement_exponent=1.0, variance_floor=0.0)):
+        with pytest.raises(StrategyError, match="parameters"):
+            FTTE(other).load_state_dict(state)
 
 
 def test_fedbuff_is_ftte_without_variance() -> None:
@@ -271,7 +343,9 @@ def test_checkpoint_from_other_strategy_or_params_is_refused() -> None:
 @pytest.mark.parametrize("cls, field, value", [
     (FTTEParams, "buffer_size", 0), (FTTEParams, "buffer_size", 2.5), (FTTEParams, "buffer_size", True),
     (FTTEParams, "staleness_exponent", -0.1), (FTTEParams, "variance_gamma", math.nan),
-    (FTTEParams, "server_lr", 0.0), (FedBuffParams, "server_lr", math.inf), (FedAvgParams, "clients_per_round", 0),
+    (FTTEParams, "server_lr", 0.0), (FTTEParams, "variance_floor", -0.1), (FTTEParams, "variance_floor", 1.5),
+    (FTTEParams, "agreement_exponent", -1.0), (FTTEParams, "agreement_exponent", math.inf),
+    (FedBuffParams, "server_lr", math.inf), (FedAvgParams, "clients_per_round", 0),
 ])
 def test_params_are_validated(cls, field: str, value) -> None:
     with pytest.raises(ValueError, match=field):
@@ -279,8 +353,9 @@ def test_params_are_validated(cls, field: str, value) -> None:
 
 
 def test_defaults_and_registry() -> None:
-    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, server_lr=1.0,
-                                      concurrency=None, payload=None, server_optimizer="sgd")
+    assert FTTEParams() == FTTEParams(buffer_size=10, staleness_exponent=0.5, variance_gamma=1.0, variance_floor=0.5,
+                                      agreement_exponent=0.0, server_lr=1.0, concurrency=None, payload=None,
+                                      server_optimizer="sgd")
     assert FedAvgParams().clients_per_round == 10 and FedBuffParams().buffer_size == 10
     assert set(STRATEGIES) == {"ftte", "fedbuff", "fedavg"}
     assert isinstance(get_strategy("fedavg", clients_per_round=2), FedAvg)

@@ -134,6 +134,10 @@ class StrategyParams(ConfigTable):
                                       description="a in s(tau) = (1 + tau)^-a (ftte, fedbuff)")
     variance_gamma: float = Field(default=FTTEParams.variance_gamma, ge=0,
                                   description="gamma of the variance weight (ftte); 0 turns it off")
+    variance_floor: float = Field(default=FTTEParams.variance_floor, ge=0, le=1,
+                                  description="g_min: least variance factor before gamma (ftte); 1 turns it off")
+    agreement_exponent: float = Field(default=FTTEParams.agreement_exponent, ge=0,
+                                      description="beta of max(0, cos(delta_i, buffer mean))^beta (ftte); 0: off")
     concurrency: int | None = Field(default=FTTEParams.concurrency, ge=1,
                                     description="most devices training at once (ftte, fedbuff); None: every idle one")
     server_lr: float = Field(default=FTTEParams.server_lr, gt=0, description="eta_g: server step size")
