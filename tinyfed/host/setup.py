@@ -51,6 +51,11 @@ class SubsetSetup:
     index: np.ndarray  # int64
     training_memory_bytes: int
     frozen_tflite: bytes = b""  # the frozen fragment as the planner cut it (empty: none)
+    #: where the class's frozen fragment ends in the whole int8 model (0: none), its tail and
+    #: units as provisioned: what a refresh re-cuts from the global vector (simulator.nested_refresh)
+    cut: int = 0
+    tail_tflite: bytes = b""
+    trainable_tfw: bytes = b""
 
     @property
     def values(self) -> int:
@@ -268,7 +273,8 @@ def _class_setups(plan: Plan, w_global: np.ndarray, task: Task,
         program = compile_program(files["tail"], tfw.encode(units), task=task, model_input=model_input)
         frozen = compile_blob(files["frozen"]) if "frozen" in files else None
         out[board] = SubsetSetup(board, frozen, program, [(len(u.channels), u.values_per_channel) for u in units],
-                                 c.index, c.training.total, files.get("frozen", b""))
+                                 c.index, c.training.total, files.get("frozen", b""), c.cut, files["tail"],
+                                 tfw.encode(units))
     return out
 
 
