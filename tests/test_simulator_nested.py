@@ -65,8 +65,8 @@ def test_a_nested_run_moves_values_of_every_class_and_reports_them(study: Study)
 def test_a_nested_run_is_deterministic(study: Study) -> None:
     runs = []
     for _ in range(2):
-        strategy = get_strategy("fedbuff", fleet_size=study.cfg.clients, buffer_size=4)
-        strategy.payload = "subset"  # FedBuff's weighting on the nested subsets
+        # FedBuff's weighting on the nested subsets
+        strategy = get_strategy("fedbuff", fleet_size=study.cfg.clients, buffer_size=4, payload="subset")
         sim = Simulation(study.model("nested"), study.fleet, strategy, limits=SimLimits(max_versions=2), seed=3)
         runs.append(sim.run())
     assert runs[0].event_digest == runs[1].event_digest
@@ -91,6 +91,7 @@ def test_a_refresh_recuts_each_class_from_the_global_vector(study: Study) -> Non
     base = study.simulation("ftte").run(SimLimits(max_versions=4))
     sim = study.simulation("ftte")
     sim._init_refresh(2)
+    sim._rows = {k: r[:64] for k, r in sim._rows.items()}  # a few samples: their features are what is checked
     # a global vector whose op-3/op-5 values (outside the core) moved far enough to change int8 bytes
     big_only = np.setdiff1d(model.classes["stm32l4r9"].index, small.index)
     moved = model.w0.copy()
@@ -113,15 +114,13 @@ def test_a_refresh_recuts_each_class_from_the_global_vector(study: Study) -> Non
     assert down > len(NestedRefresh.frozen_blob(frozen)) and up > 0
     assert sim._refresh_cost(next(i for i, d in enumerate(sim.fleet.devices) if d.board == big)) == (0, 0)
 
-    # a run refreshed every 2 versions differs from the plain one and charges the link; R=None is the plain run
+    # a run refreshed at version 3 charges the loads and differs from the plain one; armed but never
+    # due, it is the plain run
     refreshed = study.simulation("ftte")
-    refreshed._init_refresh(2)
+    refreshed._init_refresh(3)
     res = refreshed.run(SimLimits(max_versions=4))
-    assert refreshed.refreshes == 2 and res.event_digest != base.event_digest
-    assert study.simulation("ftte").run(SimLimits(max_versions=4)).event_digest == base.event_digest
+    assert refreshed.refreshes == 1 and res.event_digest != base.event_digest
+    assert res.bytes_down == base.bytes_down + refreshed.refresh_bytes_down  # loads only where int8 bytes moved
     idle = study.simulation("ftte")
-    idle._init_refresh(1000)  # armed but never due: not one event or byte differs
+    idle._init_refresh(1000)
     assert idle.run(SimLimits(max_versions=4)).event_digest == base.event_digest
-    again = study.simulation("ftte")
-    again._init_refresh(2)
-    assert again.run(SimLimits(max_versions=4)).event_digest == res.event_digest  # a pure function of the vector
