@@ -651,7 +651,8 @@ class Simulation:
         """Re-cut every class's fragments from the global vector; a class whose frozen fragment or
         tail constants changed gets its new features / tail, and its devices a download to make."""
         started = time.monotonic()
-        refresh = self.model.refresh
+        refresh, inputs = self.model.refresh, self.model.inputs
+        assert inputs is not None
         cuts = refresh.cut(self.rounds.vector)
         self.refreshes += 1
         for b, board in enumerate(self.fleet.boards):
@@ -669,7 +670,7 @@ class Simulation:
             if frozen_changed:
                 rows = self._rows[b]
                 features = m.features.copy()
-                features[rows] = refresh.features(blob, tail, self.model.inputs[rows])
+                features[rows] = refresh.features(blob, tail, inputs[rows])
             # a new model object: tasks in flight keep the one their device trains with
             self._models[b] = dataclasses.replace(m, tail=tail, features=features)
             self._board_gen[b] += 1
