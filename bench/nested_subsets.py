@@ -33,15 +33,21 @@ from tinyfed.host.strategies import FTTE, FedBuff, FedBuffParams, Strategy
 
 
 def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: float,
-        refresh: int | None = None) -> tuple[SimResult, dict]:
-    """One strategy on the study's fleet to its target, then on to the horizon (as ``Study.run_all`` does)."""
+        refresh: int | None = None, trace: Path | None = None) -> tuple[SimResult, dict]:
+    """One strategy on the study's fleet to its target, then on to the horizon (as ``Study.run_all`` does);
+    ``trace``: append each evaluation there as it is made (a long run's curve before it ends)."""
     from tinyfed.host.simulator import horizon_grid
 
     cfg = study.cfg
+
+    def progress(row: dict) -> None:
+        if trace is not None:
+            with trace.open("a") as f:
+                f.write(json.dumps({"run": label, **row}) + "\n")
     sim = Simulation(study.model(payload), study.fleet, strategy, training=cfg.training.local_training(),
                      limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                      max_staleness=cfg.checks.max_staleness, evaluate_every=cfg.evaluation.every_versions,
-                     nested_refresh_versions=refresh)
+                     nested_refresh_versions=refresh, progress=progress)
     started = time.monotonic()
     try:
         sim.run()
@@ -80,6 +86,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--only", default="ftte-nested,fedbuff-nested,ftte-core,fedbuff-dense")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--trace", type=Path, help="append every evaluation here as JSON lines, as it is made")
     ap.add_argument("--mix", default=None, help="board mix (default: the study's)")
     ap.add_argument("--refresh", default="", help="comma-separated R: nested runs re-provisioned every R versions")
     ap.add_argument("--refresh-ftte", action="store_true", help="also FTTE's weighting with each --refresh R")
@@ -100,7 +107,7 @@ def main() -> None:
         runs[f"fedbuff-nested-r{r}"] = (FedBuff(FedBuffParams(payload="subset"), fleet_size=cfg.clients), "nested", r)
         if args.refresh_ftte:
             runs[f"ftte-nested-r{r}"] = (FTTE(fleet_size=cfg.clients), "nested", r)
-    out = {label: run(study, label, s, p, args.horizon, r) for label, (s, p, r) in runs.items()}
+    out = {label: run(study, label, s, p, args.horizon, r, args.trace) for label, (s, p, r) in runs.items()}
     results = {label: res for label, (res, _) in out.items()}
     print(f"\nseed {args.seed}, core budget {args.core_budget} of whole-model training ({whole:,} B), "
           f"horizon {args.horizon:g} s, eval on {args.eval_samples} test samples (final on all)")
