@@ -10,11 +10,15 @@ Runs, each to the same horizon in simulated seconds:
 - ``ftte-core``: FTTE with every board on the capped core (what the smallest board alone allows);
 - ``fedbuff-dense``: FedBuff on the whole model in float32 (the baseline the goal names).
 
+``--refresh R[,R2...]`` adds, for each R, ``fedbuff-nested-rR`` (and ``ftte-nested-rR`` with
+``--refresh-ftte``): the same nested run with every class's frozen fragment and tail re-cut from
+the global vector every R versions and sent again (``nested_refresh_versions``).
+
 Prints time to target, final accuracy (whole test split), end mean (the last 10% of the horizon),
 the smallest board's training memory and its ratio to whole-model training, and per-class sizes.
 
 Run: ``.venv/bin/python bench/nested_subsets.py [--seed 0] [--core-budget 0.1] [--horizon 8300]
-[--eval-samples 2000] [--json out.json]``.
+[--eval-samples 2000] [--refresh 25,100] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -28,14 +32,22 @@ from tinyfed.host.simulator import SimResult, Simulation, Study, StudyConfig
 from tinyfed.host.strategies import FTTE, FedBuff, FedBuffParams, Strategy
 
 
-def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: float) -> SimResult:
-    """One strategy on the study's fleet to its target, then on to the horizon (as ``Study.run_all`` does)."""
+def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: float,
+        refresh: int | None = None, trace: Path | None = None) -> tuple[SimResult, dict]:
+    """One strategy on the study's fleet to its target, then on to the horizon (as ``Study.run_all`` does);
+    ``trace``: append each evaluation there as it is made (a long run's curve before it ends)."""
     from tinyfed.host.simulator import horizon_grid
 
     cfg = study.cfg
+
+    def progress(row: dict) -> None:
+        if trace is not None:
+            with trace.open("a") as f:
+                f.write(json.dumps({"run": label, **row}) + "\n")
     sim = Simulation(study.model(payload), study.fleet, strategy, training=cfg.training.local_training(),
                      limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
-                     max_staleness=cfg.checks.max_staleness, evaluate_every=cfg.evaluation.every_versions)
+                     max_staleness=cfg.checks.max_staleness, evaluate_every=cfg.evaluation.every_versions,
+                     nested_refresh_versions=refresh, progress=progress)
     started = time.monotonic()
     try:
         sim.run()
@@ -47,6 +59,13 @@ def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: flo
           f"{result.end_accuracy_mean:.4f}, to target {result.time_to_target_s}, "
           f"{time.monotonic() - started:.0f} s wall",
           flush=True)
+    extra = {"refresh_versions": refresh, "refreshes": sim.refreshes, "refresh_wall_s": sim.refresh_wall_s,
+             "refresh_bytes_down": sim.refresh_bytes_down, "refresh_bytes_up": sim.refresh_bytes_up,
+             "class_generations": {b.name: int(g) for b, g in zip(sim.fleet.boards, sim._board_gen, strict=True)}}
+    if refresh is not None:
+        print(f"  {label}: {sim.refreshes} refreshes, {sim.refresh_wall_s:.0f} s host, fragments/programs "
+              f"{sim.refresh_bytes_down:,} B down + {sim.refresh_bytes_up:,} B up of {result.bytes_total:,} B in all; "
+              f"class generations {extra['class_generations']}", flush=True)
     model = study.model(payload)
     for board, m in (model.classes or {}).items():
         # the final model as a board of this class sees it: its own values trained, everything else
@@ -55,7 +74,7 @@ def run(study: Study, label: str, strategy: Strategy, payload: str, horizon: flo
         view[m.index] = result.vector[m.index]
         print(f"  {label}, the {board} class's view of the final model: accuracy {model.evaluate_full(view)[0]:.4f}",
               flush=True)
-    return result
+    return result, extra
 
 
 def main() -> None:
@@ -67,7 +86,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--only", default="ftte-nested,fedbuff-nested,ftte-core,fedbuff-dense")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--trace", type=Path, help="append every evaluation here as JSON lines, as it is made")
     ap.add_argument("--mix", default=None, help="board mix (default: the study's)")
+    ap.add_argument("--refresh", default="", help="comma-separated R: nested runs re-provisioned every R versions")
+    ap.add_argument("--refresh-ftte", action="store_true", help="also FTTE's weighting with each --refresh R")
     args = ap.parse_args()
     cfg = StudyConfig(seed=args.seed, clients=args.clients, eval_samples=args.eval_samples, nested_subsets=True,
                       core_budget=args.core_budget if args.core_budget > 0 else None, horizon=args.horizon,
@@ -75,20 +97,29 @@ def main() -> None:
     study = Study(cfg)
     whole = study.subset_plan().full_training.total  # whole-model training memory, the dense payload's
     nested_buff = FedBuff(FedBuffParams(payload="subset"), fleet_size=cfg.clients)  # FedBuff's weighting, nested
-    runs = {"ftte-nested": (FTTE(fleet_size=cfg.clients), "nested"),
-            "fedbuff-nested": (nested_buff, "nested"),
-            "ftte-core": (FTTE(fleet_size=cfg.clients), "subset"),
-            "fedbuff-dense": (FedBuff(fleet_size=cfg.clients), "dense")}
-    results = {label: run(study, label, s, p, args.horizon) for label, (s, p) in runs.items()
-               if label in args.only.split(",")}
+    runs: dict[str, tuple[Strategy, str, int | None]] = {
+        "ftte-nested": (FTTE(fleet_size=cfg.clients), "nested", None),
+        "fedbuff-nested": (nested_buff, "nested", None),
+        "ftte-core": (FTTE(fleet_size=cfg.clients), "subset", None),
+        "fedbuff-dense": (FedBuff(fleet_size=cfg.clients), "dense", None)}
+    runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
+    for r in (int(x) for x in args.refresh.split(",") if x):
+        runs[f"fedbuff-nested-r{r}"] = (FedBuff(FedBuffParams(payload="subset"), fleet_size=cfg.clients), "nested", r)
+        if args.refresh_ftte:
+            runs[f"ftte-nested-r{r}"] = (FTTE(fleet_size=cfg.clients), "nested", r)
+    out = {label: run(study, label, s, p, args.horizon, r, args.trace) for label, (s, p, r) in runs.items()}
+    results = {label: res for label, (res, _) in out.items()}
     print(f"\nseed {args.seed}, core budget {args.core_budget} of whole-model training ({whole:,} B), "
           f"horizon {args.horizon:g} s, eval on {args.eval_samples} test samples (final on all)")
-    print("| run | time to 0.80 (s) | final acc | end mean | smallest board's training memory (B) | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| run | time to 0.80 (s) | final acc | end mean | smallest board's training memory (B) | ratio "
+          "| versions | bytes total | refresh bytes (down+up) | refresh host s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
         ttt = f"{r.time_to_target_s:,.1f}" if r.time_to_target_s is not None else "-"
+        x = out[label][1]
         print(f"| {label} | {ttt} | {r.final_accuracy:.4f} | {r.end_accuracy_mean:.4f} | {r.device_memory_bytes:,} | "
-              f"{r.device_memory_bytes / whole:.3f} |")
+              f"{r.device_memory_bytes / whole:.3f} | {r.versions} | {r.bytes_total:,} | "
+              f"{x['refresh_bytes_down'] + x['refresh_bytes_up']:,} | {x['refresh_wall_s']:.0f} |")
     nested = study.model("nested")
     assert nested.classes is not None
     for board, m in nested.classes.items():
@@ -97,7 +128,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "core_budget": args.core_budget, "horizon": args.horizon,
                                          "whole_model_memory": whole,
-                                         "runs": {k: {**r.to_dict(), "end_accuracy_mean": r.end_accuracy_mean}
+                                         "runs": {k: {**r.to_dict(), "end_accuracy_mean": r.end_accuracy_mean,
+                                                      **out[k][1]}
                                                   for k, r in results.items()}}, indent=1))
 
 

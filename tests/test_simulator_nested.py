@@ -71,3 +71,56 @@ def test_a_nested_run_is_deterministic(study: Study) -> None:
         runs.append(sim.run())
     assert runs[0].event_digest == runs[1].event_digest
     assert np.array_equal(runs[0].vector, runs[1].vector)
+
+
+def test_a_refresh_recuts_each_class_from_the_global_vector(study: Study) -> None:
+    """Every R versions each class's frozen fragment and tail constants become the global vector's:
+    its features are then its samples through the fragment re-cut from the current vector, the
+    refreshed fragment is charged to its devices' next download, and R=None keeps the run as it was."""
+    from tinyfed.host.export import deployable_model
+    from tinyfed.host.nested_refresh import NestedRefresh
+    from tinyfed.models.tflite_graph import TfliteGraph
+
+    model = study.model("nested")
+    assert model.classes is not None and model.refresh is not None and model.inputs is not None
+    small = model.classes["nrf52840"]
+    setup = model.refresh.classes["nrf52840"]
+    # at the start vector a re-cut gives back the provisioned fragment, byte for byte
+    assert model.refresh.cut(model.w0)["nrf52840"].frozen == setup.frozen_tflite
+
+    base = study.simulation("ftte").run(SimLimits(max_versions=4))
+    sim = study.simulation("ftte")
+    sim._init_refresh(2)
+    sim._rows = {k: r[:64] for k, r in sim._rows.items()}  # a few samples: their features are what is checked
+    # a global vector whose op-3/op-5 values (outside the core) moved far enough to change int8 bytes
+    big_only = np.setdiff1d(model.classes["stm32l4r9"].index, small.index)
+    moved = model.w0.copy()
+    moved[big_only] += np.random.default_rng(0).normal(0, 0.2, big_only.size).astype(np.float32)
+    sim.rounds.vector = moved
+    sim._refresh()
+    b = next(k for k, board in enumerate(sim.fleet.boards) if board.name == "nrf52840")
+    new = sim._models[b]
+    assert new is not small and sim._board_gen[b] == 1 and sim._frozen_gen[b] == 1
+    frozen, _ = TfliteGraph.from_bytes(deployable_model(model.refresh.source, moved).model).split(setup.cut)
+    expected = NestedRefresh.features(NestedRefresh.frozen_blob(frozen), new.tail, model.inputs[sim._rows[b]])
+    np.testing.assert_array_equal(new.features[sim._rows[b]], expected)
+    assert not np.array_equal(new.features[sim._rows[b]], small.features[sim._rows[b]])
+    # the big class trains op 3 and op 5 itself: its constants outside its units did not move
+    big = next(k for k, board in enumerate(sim.fleet.boards) if board.name == "stm32l4r9")
+    assert sim._board_gen[big] == 0
+    # a device of the refreshed class pays the fragment once, on its next task
+    dev = next(i for i, d in enumerate(sim.fleet.devices) if d.board == b)
+    down, up = sim._refresh_cost(dev)
+    assert down > len(NestedRefresh.frozen_blob(frozen)) and up > 0
+    assert sim._refresh_cost(next(i for i, d in enumerate(sim.fleet.devices) if d.board == big)) == (0, 0)
+
+    # a run refreshed at version 3 charges the loads and differs from the plain one; armed but never
+    # due, it is the plain run
+    refreshed = study.simulation("ftte")
+    refreshed._init_refresh(3)
+    res = refreshed.run(SimLimits(max_versions=4))
+    assert refreshed.refreshes == 1 and res.event_digest != base.event_digest
+    assert res.bytes_down == base.bytes_down + refreshed.refresh_bytes_down  # loads only where int8 bytes moved
+    idle = study.simulation("ftte")
+    idle._init_refresh(1000)
+    assert idle.run(SimLimits(max_versions=4)).event_digest == base.event_digest

@@ -257,6 +257,9 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--core-budget", type=float, default=None,
               help="Cap the common core w*'s training memory: a fraction of whole-model training memory (<= 1, "
                    "e.g. 0.1) or bytes (> 1).")
+@click.option("--nested-refresh-versions", type=int, default=None,
+              help="With --nested-subsets: every N versions re-cut each class's frozen fragment and tail from the "
+                   "global vector and send them again (charged to each board's next download); default never.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where the boards' training steps run: this process, or Ray tasks (same results, for a seed).")
 @click.option("--address", default=None,

@@ -52,6 +52,11 @@ class SubsetSetup:
     index: np.ndarray  # int64
     training_memory_bytes: int
     frozen_tflite: bytes = b""  # the frozen fragment as the planner cut it (empty: none)
+    #: where the class's frozen fragment ends in the whole int8 model (0: none), its tail and
+    #: units as provisioned: what a refresh re-cuts from the global vector (simulator.nested_refresh)
+    cut: int = 0
+    tail_tflite: bytes = b""
+    trainable_tfw: bytes = b""
     #: one training step's RAM on the class's boards, in the line items every payload's figure has
     step_memory: StepMemory | None = None
 
@@ -271,7 +276,9 @@ def _class_setups(plan: Plan, w_global: np.ndarray, task: Task,
         program = compile_program(files["tail"], tfw.encode(units), task=task, model_input=model_input)
         frozen = compile_blob(files["frozen"]) if "frozen" in files else None
         out[board] = SubsetSetup(board, frozen, program, [(len(u.channels), u.values_per_channel) for u in units],
-                                 c.index, c.training.total, files.get("frozen", b""), StepMemory(c.arena, c.training))
+                                 c.index, c.training.total, files.get("frozen", b""), cut=c.cut,
+                                 tail_tflite=files["tail"], trainable_tfw=tfw.encode(units),
+                                 step_memory=StepMemory(c.arena, c.training))
     return out
 
 

@@ -24,6 +24,7 @@ in the tasks in flight (tasks dispatched at the same version share one array) an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import logging
@@ -74,7 +75,7 @@ _ARRIVE, _LOST, _ONLINE, _DEADLINE = 0, 1, 2, 3
 #: Why a simulated task is lost (the round state counts losses by these).
 DROPOUT, OFFLINE = "dropout", "offline"
 _EVENT = struct.Struct("<dBq")
-_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4, "deadline": 5}
+_KINDS = {"dispatch": 0, "arrive": 1, "lost": 2, "step": 3, "online": 4, "deadline": 5, "refresh": 6}
 #: Evaluations past the target, spread evenly up to the study's horizon (the curve for the plots).
 HORIZON_EVALUATIONS = 100
 #: The share of a run's end over which ``end_accuracy_mean`` averages.
@@ -271,6 +272,12 @@ class SimModel:
     index: np.ndarray | None = None
     #: nested subsets (payload "nested", the global model): each board profile's own model, by board name
     classes: dict[str, SimModel] | None = None
+    #: nested subsets (the global model): re-cuts the classes' fragments from a global vector
+    #: (:class:`~tinyfed.host.nested_refresh.NestedRefresh`; None: not nested)
+    refresh: Any = None
+    #: nested subsets (the global model): every client sample as the int8 model's input, the frozen
+    #: fragments' input when a refresh recomputes a class's features
+    inputs: np.ndarray | None = None
 
     @property
     def device_memory_bytes(self) -> int:
@@ -559,7 +566,8 @@ class Simulation:
                  norm_bound: float | None = 100.0, max_staleness: int | None = 20, dropout: float = 0.0,
                  availability: Availability | None = None, evaluate_every: int = 1,
                  backend: Backend | None = None, record_trace: bool = False,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 progress: Callable[[dict[str, Any]], None] | None = None,
+                 nested_refresh_versions: int | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
         if model.payload != expected and not (expected == "subset" and model.payload == "nested"):
             raise TinyfedError(f"{strategy.label} sends the {expected} payload, the model given is {model.payload}",
@@ -606,6 +614,7 @@ class Simulation:
         self._deadline_seq = -1
         self.window_end = np.full(n, np.inf)  # when each online device's window closes
         self._cut_off: set[int] = set()  # tasks in flight that their device's window will cut off
+        self._init_refresh(nested_refresh_versions)
         if not self.availability.always:
             period, on = self.availability.period_s, self.availability.online * self.availability.period_s
             phase = np.random.default_rng([seed, 0xA7A1]).uniform(0.0, period, n)  # place in its cycle at t = 0
@@ -615,6 +624,93 @@ class Simulation:
                 else:
                     self.idle.discard(i)
                     self._push(period - phase[i], _ONLINE, i)
+
+    # -- nested refresh --------------------------------------------------------------------
+
+    def _init_refresh(self, every: int | None) -> None:
+        """Nested subsets re-provisioned every ``every`` versions (None: never, the classes keep
+        the fragments they were provisioned with)."""
+        if every is not None and every < 1:
+            raise TinyfedError(f"nested refresh every {every!r} versions", fix="give a whole number >= 1, or None")
+        if every is not None and self.model.refresh is None:
+            raise TinyfedError("a nested refresh needs the nested model", fix="set nested_subsets in the study")
+        self.refresh_every = every
+        self.refreshes = 0
+        self.refresh_wall_s = 0.0  # host seconds spent re-cutting fragments and recomputing features
+        #: bytes the refreshed fragments and programs took down (and their acknowledgements up)
+        self.refresh_bytes_down = self.refresh_bytes_up = 0
+        nb = len(self.fleet.boards)
+        self._gen = np.zeros(len(self.fleet.devices), np.int64)  # the fragment generation each device holds
+        self._frozen_gen = np.zeros(nb, np.int64)  # the generation at which each board's fragment last changed
+        self._program_gen = np.zeros(nb, np.int64)
+        self._board_gen = np.zeros(nb, np.int64)
+        self._load_cost: dict[int, tuple[int, int, int, int]] = {}  # board -> fragment and program load bytes
+        self._cuts: dict[str, Any] = {}
+        if every is None:
+            return
+        self._cuts = self.model.refresh.cut(self.model.w0)
+        rows: dict[int, list[np.ndarray]] = {}
+        for dev in self.fleet.devices:
+            rows.setdefault(dev.board, []).append(dev.indices)
+        #: the samples each board profile's devices hold: a refresh recomputes only those features
+        self._rows = {b: np.unique(np.concatenate(r)) for b, r in rows.items()}
+
+    def _refresh(self) -> None:
+        """Re-cut every class's fragments from the global vector; a class whose frozen fragment or
+        tail constants changed gets its new features / tail, and its devices a download to make."""
+        started = time.monotonic()
+        refresh, inputs = self.model.refresh, self.model.inputs
+        assert inputs is not None
+        cuts = refresh.cut(self.rounds.vector)
+        self.refreshes += 1
+        for b, board in enumerate(self.fleet.boards):
+            old, new = self._cuts[board.name], cuts[board.name]
+            frozen_changed, tail_changed = old.frozen != new.frozen, old.tail != new.tail
+            if not (frozen_changed or tail_changed) or b not in self._rows:
+                continue
+            m = self._models[b]
+            blob = refresh.frozen_blob(new.frozen) if new.frozen is not None else None
+            program = refresh.program(board.name, new.tail)
+            from tinyfed.firmware_bridge.compile.program_tail import program_tail
+
+            tail, _, _ = program_tail(program)
+            features = m.features
+            if frozen_changed:
+                rows = self._rows[b]
+                features = m.features.copy()
+                features[rows] = refresh.features(blob, tail, inputs[rows])
+            # a new model object: tasks in flight keep the one their device trains with
+            self._models[b] = dataclasses.replace(m, tail=tail, features=features)
+            self._board_gen[b] += 1
+            if frozen_changed:
+                self._frozen_gen[b] = self._board_gen[b]
+            if tail_changed:
+                self._program_gen[b] = self._board_gen[b]
+            from tinyfed.host.nested_refresh import load_link_bytes
+
+            fd, fu = load_link_bytes(len(blob), board.max_payload, False) if blob is not None else (0, 0)
+            pd, pu = load_link_bytes(len(program), board.max_payload, True)
+            self._load_cost[b] = (fd, fu, pd, pu)
+            log.debug("refresh %d at version %d: %s fragment %s, tail %s", self.refreshes, self.rounds.version,
+                      board.name, "new" if frozen_changed else "same", "new" if tail_changed else "same")
+        self._cuts = cuts
+        self._record("refresh", self.rounds.version, "")
+        self.refresh_wall_s += time.monotonic() - started
+
+    def _refresh_cost(self, i: int) -> tuple[int, int]:
+        """(bytes down, bytes up) device ``i`` loads before its next task: the fragment and program
+        its class was refreshed to since it last loaded them (0, 0: it holds the current ones)."""
+        b = self.fleet.devices[i].board
+        have = self._gen[i]  # a fragment, once committed to the board's flash, stays there
+        if have >= self._board_gen[b]:
+            return 0, 0
+        fd, fu, pd, pu = self._load_cost[b]
+        down = up = 0
+        if have < self._frozen_gen[b]:
+            down, up = down + fd, up + fu
+        if have < self._program_gen[b]:
+            down, up = down + pd, up + pu
+        return down, up
 
     # -- timing ----------------------------------------------------------------------------
 
@@ -662,6 +758,15 @@ class Simulation:
             download = self.held[i] != version
             down, up, _, _ = self._link_cost(dev.board, download)
             duration = self.task_seconds(dev, download)
+            if self.refresh_every is not None:
+                extra_down, extra_up = self._refresh_cost(i)
+                if extra_down:  # the refreshed fragment / program go down before the task's vector
+                    b = self.fleet.boards[dev.board]
+                    duration += dev.factor * (extra_down + extra_up) / b.link_bytes_per_s
+                    down, up = down + extra_down, up + extra_up
+                    self.refresh_bytes_down += extra_down
+                    self.refresh_bytes_up += extra_up
+                self._gen[i] = self._board_gen[dev.board]
             self.rounds.count_bytes(down=down)
             task.context = (i, up)
             self.idle.discard(i)
@@ -816,6 +921,8 @@ class Simulation:
                 if agg is not None:
                     rounds.apply(agg)
                     self._record("step", rounds.version, "")
+                    if self.refresh_every is not None and rounds.version % self.refresh_every == 0:
+                        self._refresh()
                     if self._evaluation_due():
                         self._note(self._evaluate(), lim.target_accuracy)
                     if self.ttt is not None and lim.stop_at_target:
@@ -941,6 +1048,9 @@ class StudyConfig(ConfigTable):
     eval_samples: int | None = Field(default=None, ge=1, description="None: the whole test split after every version")
     nested_subsets: bool = Field(default=False, description="subset strategies train nested subsets: each board "
                                  "profile the largest superset of the common w* its budget holds")
+    nested_refresh_versions: int | None = Field(
+        default=None, ge=1, description="nested subsets: every this many versions each class's frozen fragment and "
+                                        "tail are re-cut from the global vector and sent again; None: never")
     core_budget: float | None = Field(default=None, gt=0, description="cap of w*'s (the common core's) training "
                                       "memory: a fraction of whole-model training memory (<= 1) or bytes")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
@@ -1011,9 +1121,12 @@ class StudyConfig(ConfigTable):
         evaluation step flat, as they have been recorded since; [training] and the whole
         [strategy_params] (every knob of every variant) as tables."""
         doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
-                                                        "horizon", "nested_subsets", "core_budget"})
+                                                        "horizon", "nested_subsets", "core_budget",
+                                                        "nested_refresh_versions"})
         if self.nested_subsets or self.core_budget is not None:  # recorded only when set, as before otherwise
             doc.update(nested_subsets=self.nested_subsets, core_budget=self.core_budget)
+        if self.nested_refresh_versions is not None:
+            doc.update(nested_refresh_versions=self.nested_refresh_versions)
         sp = self.strategy_params
         doc.update(strategies=list(self.strategies), buffer_size=sp.buffer_size,
                    clients_per_round=sp.clients_per_round, server_lr=sp.server_lr,
@@ -1135,6 +1248,14 @@ class Study:
                          parse_program(setup.program).flops,
                          memory, update_image_bytes(setup.w0.size, shapes, cfg.training.per_channel, dense),
                          classes=classes)
+        if nested:
+            from tinyfed.host.nested_refresh import NestedRefresh
+
+            assert setup.classes is not None
+            t_in0 = graph.tensors[graph.inputs[0]]
+            model.refresh = NestedRefresh(setup.source, setup.classes, self.data.task,
+                                          (float(t_in0.scales[0]), int(t_in0.zero_points[0])))
+            model.inputs = xq
         log.info("%s %s model: %d values, %d frozen + %d training MACs per sample, built in %.1f s", cfg.model, payload,
                  model.size, frozen_macs, model.train_macs, time.monotonic() - t0)
         return model
@@ -1171,12 +1292,14 @@ class Study:
         holding nothing yet, not yet run; it trains the model of its payload."""
         cfg = self.cfg
         strategy = cfg.strategy(label)
-        return Simulation(self.model(self.payload_of(strategy)), self.fleet, strategy,
+        payload = self.payload_of(strategy)
+        return Simulation(self.model(payload), self.fleet, strategy,
                           training=cfg.training.local_training(),
                           limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,
-                          progress=progress)
+                          progress=progress,
+                          nested_refresh_versions=cfg.nested_refresh_versions if payload == "nested" else None)
 
     def run(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
             backend: Backend | None = None, record_trace: bool = False) -> SimResult:
