@@ -8,7 +8,7 @@ fedavg@subset+overselect, the headline's decomposition per split and issue 15's 
 
 Run: ``.venv/bin/python bench/fair_study.py --seeds 0-4 --splits natural,iid,dirichlet:0.1,dirichlet:0.5
 --eval-samples 1000 --out build/fair`` (the whole table; one study of the eight variants costs
-several minutes of one core, see FAIR_NOTES.md for measured times). ``--seeds 0 --workers 2``
+several minutes of one core, see BENCHMARKS.md, "Read first", for measured times). ``--seeds 0 --workers 2``
 gives a one-seed smoke over the four splits.
 """
 
