@@ -20,6 +20,7 @@ from tinyfed.host.strategies.base import (
     BufferedStrategy,
     ServerParams,
     StrategyParamError,
+    nested_size,
     sample_counts,
     store_float,
     store_int,
@@ -116,15 +117,17 @@ class FTTE(BufferedStrategy):
         w = n * staleness_factor(staleness, p.staleness_exponent) * variance_factor(var, p.variance_gamma,
                                                                                     p.variance_floor)
         if p.agreement_exponent > 0.0:
-            deltas = np.stack([self._full(u) for u in updates])
+            size = self.vector_size if self.vector_size is not None else nested_size(updates)
+            deltas = np.stack([self._full(u, size) for u in updates])
             w = w * agreement_factor(deltas, w, p.agreement_exponent)
         return w
 
-    def _full(self, u: Update) -> np.ndarray:
-        """The update's delta in the global vector's positions (nested subsets: zeros where it carries nothing)."""
+    @staticmethod
+    def _full(u: Update, size: int) -> np.ndarray:
+        """The update's delta in the global vector's ``size`` positions (nested subsets: zeros where it
+        carries nothing)."""
         if u.index is None:
             return u.delta.astype(np.float64)
-        size = self.vector_size if self.vector_size is not None else int(u.index.max()) + 1
         full = np.zeros(size, np.float64)
         full[u.index] = u.delta
         return full
