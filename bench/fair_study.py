@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(FedAvg on a Dirichlet 0.1 split may never get there, and the horizon, its stop / 0.9, "
                          "sets every variant's cost)")
     ap.add_argument("--workers", type=int, default=2, help="studies run at once, each in its own process")
-    ap.add_argument("--out", type=Path, default=None, help="write fair_study.json, fair_runs.csv, fair_summary.csv")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write fair_study.json, fair_runs.csv, fair_summary.csv; each study is kept in OUT/studies "
+                         "as it finishes and reused by a rerun with the same config (stop and resume)")
     args = ap.parse_args(argv)
     base = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, target_accuracy=args.target,
                        strategies=tuple(s for s in args.strategies.split(",") if s), max_versions=args.max_versions,
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{rec['horizon_s']:,.0f} s, {rec['wall_s']:,.0f} s wall ({rec['cpu_s']:,.0f} s CPU), "
               f"load {rec['load_before']} -> {rec['load_after']}; time to target {ttt}", flush=True)
 
-    records = run_fair_study(base, seeds, splits, workers=args.workers, done=done)
+    cache = None if args.out is None else args.out / "studies"
+    records = run_fair_study(base, seeds, splits, workers=args.workers, done=done, cache=cache)
     summary = summarize(records)
     print()
     print(format_summary(summary, args.target))

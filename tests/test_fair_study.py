@@ -76,3 +76,29 @@ def test_options_and_configs() -> None:
         (0, "iid", 0.5, "iid"), (1, "iid", 0.5, "iid"), (0, "dirichlet", 0.1, "dirichlet:0.1"),
         (1, "dirichlet", 0.1, "dirichlet:0.1")]
     assert spread([1.0, None, 3.0]) == {"n": 2, "mean": 2.0, "min": 1.0, "max": 3.0, "std": 1.0}
+
+
+def test_finished_studies_are_kept_and_a_rerun_with_the_same_config_reuses_them(tmp_path) -> None:
+    from tinyfed.host.fair_study import run_fair_study
+    from tinyfed.host.simulator import StudyConfig
+
+    ran: list[tuple[int, str]] = []
+
+    def worker(cfg, split: str) -> dict:
+        ran.append((cfg.seed, split))
+        return _record(split, cfg.seed, (10.0 + cfg.seed, 0.8), (12.0, 0.8), (60.0, 0.7))
+
+    base, cache = StudyConfig(), tmp_path / "studies"
+    splits = parse_splits("iid,dirichlet:0.1")
+    first = run_fair_study(base, [0, 1], splits, workers=1, worker=worker, cache=cache)
+    assert len(ran) == 4 and len(list(cache.glob("*.json"))) == 4
+    ran.clear()
+    (cache / "iid_seed1.json").unlink()  # as if the run was stopped before this study finished
+    again = run_fair_study(base, [0, 1], splits, workers=1, worker=worker, cache=cache)
+    assert ran == [(1, "iid")]
+    assert [(r["split"], r["seed"], r["results"]["ftte"]["time_to_target_s"]) for r in again] == [
+        (r["split"], r["seed"], r["results"]["ftte"]["time_to_target_s"]) for r in first]
+    ran.clear()
+    run_fair_study(base.model_copy(update={"eval_samples": 123}), [0], splits[:1], workers=1, worker=worker,
+                   cache=cache)
+    assert ran == [(0, "iid")]  # another config: the kept record is not reused

@@ -364,7 +364,8 @@ def many_studies(cfg: Any, seeds: str | None, partitions: str | None, workers: i
         say(f"{rec['split']} seed {rec['seed']}: horizon {rec['horizon_s']:,.0f} simulated s, {rec['wall_s']:,.0f} s "
             f"wall (load {rec['load_after'][0]:.1f})")
 
-    records = fair.run_fair_study(cfg, seed_list, splits, workers=workers, done=done)
+    records = fair.run_fair_study(cfg, seed_list, splits, workers=workers, done=done,
+                                  cache=None if out_dir is None else out_dir / "studies")
     summary = fair.summarize(records)
     config = {**cfg.record(), "seeds": seed_list, "splits": [str(s) for s in splits], "workers": workers}
     files = fair.write_fair_outputs(out_dir, records, summary, config) if out_dir is not None else []

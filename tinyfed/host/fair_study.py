@@ -126,26 +126,69 @@ def study_configs(base: Any, seeds: Iterable[int], splits: Iterable[Split]) -> l
             for s in splits for seed in seeds]
 
 
+def _cache_path(cache: Path, split: str, seed: int) -> Path:
+    return cache / f"{split.replace(':', '-')}_seed{seed}.json"
+
+
+def _config(cfg: Any) -> Any:
+    """Every field of a study's config (evaluation and every strategy knob), as JSON would give it back."""
+    return json.loads(json.dumps(cfg.model_dump(mode="json"), default=str))
+
+
+def _cached(cache: Path | None, cfg: Any, split: str) -> dict[str, Any] | None:
+    """A record an earlier run kept for exactly this config, or None (a changed config reruns)."""
+    if cache is None:
+        return None
+    path = _cache_path(cache, split, cfg.seed)
+    try:
+        rec: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("config") != _config(cfg):
+        log.info("%s was recorded with another config: running it again", path)
+        return None
+    return rec
+
+
+def _keep(cache: Path | None, cfg: Any, rec: dict[str, Any]) -> None:
+    if cache is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    path = _cache_path(cache, rec["split"], rec["seed"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**rec, "config": _config(cfg)}, indent=1, default=str) + "\n")
+    tmp.replace(path)  # atomic: an interrupted run leaves either the old record or the new one
+
+
 def run_fair_study(base: Any, seeds: Sequence[int], splits: Sequence[Split], *, workers: int = 2,
                    worker: Callable[[Any, str], dict[str, Any]] = run_one,
-                   done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                   done: Callable[[dict[str, Any]], None] | None = None,
+                   cache: Path | None = None) -> list[dict[str, Any]]:
     """Every (seed, split) study of ``base`` in ``workers`` spawned processes (1: in this process);
-    ``done`` hears each record as it finishes. Records come back in (split, seed) order."""
+    ``done`` hears each record as it finishes. Records come back in (split, seed) order.
+
+    With ``cache``, each finished study is kept there as one JSON file and a later call with the same
+    config reuses it, so a table of several CPU-hours can be stopped and resumed."""
     jobs = study_configs(base, seeds, splits)
-    records: list[dict[str, Any] | None] = [None] * len(jobs)
+    records: list[dict[str, Any] | None] = [_cached(cache, cfg, split) for cfg, split in jobs]
+    todo = [i for i, r in enumerate(records) if r is None]
+    if len(todo) < len(jobs):
+        log.info("reusing %d of %d studies kept in %s", len(jobs) - len(todo), len(jobs), cache)
+
+    def finish(i: int, rec: dict[str, Any]) -> None:
+        records[i] = rec
+        _keep(cache, jobs[i][0], rec)
+        if done is not None:
+            done(rec)
+
     if workers <= 1:
-        for i, (cfg, split) in enumerate(jobs):
-            records[i] = worker(cfg, split)
-            if done is not None:
-                done(records[i])  # type: ignore[arg-type]
-    else:
+        for i in todo:
+            finish(i, worker(*jobs[i]))
+    elif todo:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(worker, cfg, split): i for i, (cfg, split) in enumerate(jobs)}
+            futures = {pool.submit(worker, *jobs[i]): i for i in todo}
             for fut in as_completed(futures):
-                rec = fut.result()
-                records[futures[fut]] = rec
-                if done is not None:
-                    done(rec)
+                finish(futures[fut], fut.result())
     return [r for r in records if r is not None]
 
 
