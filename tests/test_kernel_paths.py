@@ -11,7 +11,9 @@ requantization) is checked here on many inputs; the inline assembly of the real 
 2. Random CONV_2D / FULLY_CONNECTED shapes written directly as ``.tflite`` (``_op_models``): strides,
    SAME / VALID padding, dilation, 1..67 input channels, odd output channels, K % 4 != 0, batches > 1
    and a nonzero weights offset for FULLY_CONNECTED, activation ranges.
-3. (slow) The firmware's DSP build on QEMU ``mps2-an386``: the field look-alikes against TFLM.
+3. (slow) The firmware's DSP build on QEMU ``mps2-an386``: section 2's shapes against TFLM. The
+   pretrained field look-alikes run on the same build (and on the Cortex-M55's) in
+   ``test_field_models.py``, the look-alikes with random weights on the M55 in ``test_kernels_mve.py``.
 
 Inputs per model: ``TINYFED_KERNEL_INPUTS`` (default 200; ``bench`` runs 2,000).
 """
@@ -296,10 +298,6 @@ def test_fully_connected_with_a_weights_offset_runs_the_reference(engine_lib, en
 # 3. The firmware on QEMU (the DSP build with its inline assembly)
 # --------------------------------------------------------------------------------------
 
-#: random inputs per look-alike on QEMU (mobilenet_vww's 27 KB inputs cross the emulated UART slowly)
-QEMU_INPUTS = int(os.environ.get("TINYFED_KERNEL_QEMU_INPUTS", "200"))
-
-
 @pytest.fixture(scope="module")
 def an386_elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The firmware for mps2-an386 (Cortex-M4F: the DSP kernels with their assembly)."""
@@ -349,20 +347,3 @@ def test_op_shapes_on_qemu_mps2_an386(an386_elf: Path) -> None:
     with launch_qemu("mps2-an386", an386_elf) as emu, BoardClient(emu.url, name=emu.url, timeout=60.0) as client:
         bad = {what: _qemu_mismatches(client, model, 16, 10) for what, model in cases}
     assert bad == {what: 0 for what, _ in cases}
-
-
-@pytest.mark.slow
-def test_field_look_alikes_on_qemu_mps2_an386(an386_elf: Path) -> None:
-    """Each pretrained look-alike (its longest head that fits the slot) on the Cortex-M4F firmware."""
-    from field_models import FIELD_MODELS, build_field_model, qemu_fragment
-
-    from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
-    from tinyfed.firmware_bridge.link.client import BoardClient
-
-    bad: dict[str, int] = {}
-    with launch_qemu("mps2-an386", an386_elf) as emu, BoardClient(emu.url, name=emu.url, timeout=60.0) as client:
-        slot = client.hello().fragment_slot_bytes
-        for name in FIELD_MODELS:
-            fragment = qemu_fragment(build_field_model(name).tflite, slot)
-            bad[name] = _qemu_mismatches(client, fragment, QEMU_INPUTS, 9)
-    assert bad == {name: 0 for name in FIELD_MODELS}

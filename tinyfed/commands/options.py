@@ -16,6 +16,14 @@ boards_dir_option = click.option(
     help="Directory with extra board TOML files (repeatable; also $TINYFED_BOARDS_PATH).",
 )
 
+#: The nested-subset plan's cap on the common core (``plan``, ``simulate``, ``run``): one spelling, one check.
+core_budget_option = click.option(
+    "--core-budget",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Cap the common core w*'s training memory: a fraction of whole-model training memory (<= 1, e.g. 0.1) "
+         "or bytes (> 1).",
+)
 
 
 def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
 from tinyfed.errors import BoardError
 from tinyfed.planner.config import TrainingConfig
 
@@ -40,9 +40,7 @@ def _kib(n: int | None) -> str:
 @click.option("--nested", is_flag=True,
               help="Nested subsets: every board class trains the largest superset of the common w* its own "
                    "budget holds (the smallest board, or --core-budget, sets the common core).")
-@click.option("--core-budget", type=float, default=None,
-              help="Cap the common core's training memory: a fraction of whole-model training memory (<= 1, "
-                   "e.g. 0.1) or bytes (> 1).")
+@core_budget_option
 @click.option("--no-measure", is_flag=True,
               help="Skip measuring the head under TFLite Micro (reported beside the firmware's own arena).")
 @boards_dir_option

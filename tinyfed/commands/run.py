@@ -30,7 +30,7 @@ from typing import Any, get_args
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
 from tinyfed.host.strategies import STRATEGIES, Strategy
@@ -167,8 +167,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @click.option("--nested-subsets", "nested_subsets", is_flag=True, default=None,
               help="Nested subsets (FTTE): each board profile trains the largest superset of the common w* its "
                    "budget holds; per-class update sizes are in the summary.")
-@click.option("--core-budget", type=click.FloatRange(0, min_open=True),
-              help="Cap the common w*'s training memory: a fraction of whole-model training memory (<= 1) or bytes.")
+@core_budget_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option

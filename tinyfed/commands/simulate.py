@@ -25,7 +25,7 @@ from typing import Any, get_args
 import click
 from pydantic import BaseModel
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import (
     Checks,
@@ -254,9 +254,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--nested-subsets", is_flag=True,
               help="Subset strategies train nested subsets: each board profile the largest superset of the common "
                    "w* its own budget holds (the server averages each value over the updates that carry it).")
-@click.option("--core-budget", type=float, default=None,
-              help="Cap the common core w*'s training memory: a fraction of whole-model training memory (<= 1, "
-                   "e.g. 0.1) or bytes (> 1).")
+@core_budget_option
 @click.option("--nested-refresh-versions", type=int, default=None,
               help="With --nested-subsets: every N versions re-cut each class's frozen fragment and tail from the "
                    "global vector and send them again (charged to each board's next download); default never.")
