@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from study_options import add_fleet_options
+
 from tinyfed.host.fair_study import (
     FAIR_SPLITS,
     FAIR_VARIANTS,
@@ -36,16 +38,9 @@ from tinyfed.host.simulator import StudyConfig
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="har_cnn")
-    ap.add_argument("--clients", type=int, default=500)
-    ap.add_argument("--stragglers", type=float, default=0.9)
-    ap.add_argument("--target", type=float, default=0.8)
+    add_fleet_options(ap, strategies=",".join(FAIR_VARIANTS), eval_samples=1000)
     ap.add_argument("--seeds", default="0-4", help="LOW-HIGH or a comma list")
     ap.add_argument("--splits", default=",".join(FAIR_SPLITS), help="natural, iid, dirichlet:ALPHA, comma-separated")
-    ap.add_argument("--strategies", default=",".join(FAIR_VARIANTS), help="variant labels, comma-separated")
-    ap.add_argument("--eval-samples", type=int, default=1000,
-                    help="per-version evaluation subset (0: the whole test split; final accuracy is always whole)")
-    ap.add_argument("--max-versions", type=int, default=400)
     ap.add_argument("--max-sim-seconds", type=float, default=12000.0,
                     help="first-leg cap: a variant that has not reached the target by then counts as not reached "
                          "(FedAvg on a Dirichlet 0.1 split may never get there, and the horizon, its stop / 0.9, "

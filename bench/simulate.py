@@ -20,6 +20,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from study_options import add_fleet_options
+
 from tinyfed.commands.simulate import format_table, parse_horizon, ratios, write_outputs
 from tinyfed.host.decomposition import decomposition, format_decomposition
 from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig, make_fleet
@@ -70,7 +72,6 @@ def scale(base: Study, sizes: list[int], versions: int, strategies: tuple[str, .
     are built before); bytes/device is the fleet's own state, the shards' index arrays excluded;
     the RSS is the process's high-water mark so far (TensorFlow's import included)."""
     from tinyfed.host.simulator import Slowdown
-    from tinyfed.host.strategies import get_strategy
 
     cfg = base.cfg
     print(f"\n## scaling: {versions} versions, {cfg.model}, stragglers {cfg.stragglers}")
@@ -80,7 +81,7 @@ def scale(base: Study, sizes: list[int], versions: int, strategies: tuple[str, .
     for name in strategies:
         for n in sizes:
             shards = base.data.shares(base.partition, min(n, len(base.data.y) // 8), cfg.alpha, cfg.seed)
-            strategy = get_strategy(name, fleet_size=n, ignore_extra=True, **cfg.strategy_params.model_dump())
+            strategy = cfg.model_copy(update={"clients": n}).strategy(name)  # a label: fedbuff@subset works too
             model = base.model(strategy.payload)
             tracemalloc.start()
             t0 = time.monotonic()
@@ -103,16 +104,10 @@ def scale(base: Study, sizes: list[int], versions: int, strategies: tuple[str, .
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="har_cnn")
-    ap.add_argument("--clients", type=int, default=500)
-    ap.add_argument("--stragglers", type=float, default=0.9)
-    ap.add_argument("--target", type=float, default=0.8)
+    add_fleet_options(ap, strategies="ftte,fedbuff,fedavg", eval_samples=0)
     ap.add_argument("--partition", default=None)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--strategies", default="ftte,fedbuff,fedavg")
-    ap.add_argument("--max-versions", type=int, default=400)
-    ap.add_argument("--eval-samples", type=int, default=0, help="0: evaluate on the whole test split")
     ap.add_argument("--scale", default="", help="comma-separated fleet sizes for the scaling table")
     ap.add_argument("--scale-strategies", default="ftte,fedbuff,fedavg")
     ap.add_argument("--no-study", action="store_true", help="only the scaling table")
