@@ -1329,7 +1329,9 @@ class Study:
             end = auto_horizon(stops) if horizon == "auto" else float(horizon)
             self.horizon_s = end
             early = sorted(n for n, r in results.items()
-                           if r.time_to_target_s is not None and r.time_to_target_s > end * (1.0 - END_WINDOW))
+                           # the auto horizon puts the latest stop on the window's start: rounding is not "before"
+                           if r.time_to_target_s is not None
+                           and r.time_to_target_s > end * (1.0 - END_WINDOW) * (1.0 + 1e-9))
             if early:
                 log.warning("horizon %.0f s: the end window (from %.0f s) starts before the time to target of %s, "
                             "whose end mean then counts accuracies below the target", end, end * (1.0 - END_WINDOW),
