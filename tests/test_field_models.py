@@ -170,7 +170,8 @@ def test_look_alike_plans_on_the_nrf52840_with_a_nonempty_w_star(field_cache: Fi
 
 @pytest.mark.parametrize("name", _slow(FIELD_MODELS, SLOW_SIM))
 def test_look_alike_is_bit_exact_with_tflm_on_sim(field_cache: FieldCache, name: str) -> None:
-    """1,000 random int8 inputs (400 for the two largest) through the numpy twin (what a ``sim://`` board runs) == TFLM."""
+    """1,000 random int8 inputs (400 for the two largest) through the numpy twin (what a ``sim://`` board
+    runs) == TFLM."""
     tflite = field_cache.get(name).model.tflite
     reference = TflmModel(tflite)
     x = random_inputs(reference, SIM_INPUTS_OF.get(name, SIM_INPUTS), seed=13)

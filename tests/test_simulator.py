@@ -450,6 +450,26 @@ def test_fedavg_overselection_closes_each_round_at_m_arrivals(study: Study) -> N
     assert plain.sim_seconds > res.sim_seconds  # waiting for every sampled straggler takes longer
 
 
+def test_late_arrivals_fedavg_will_ignore_are_not_trained_and_change_nothing(study: Study, monkeypatch) -> None:
+    from tinyfed.host.strategies.base import Strategy
+    from tinyfed.host.strategies.fedavg import FedAvg
+
+    def counted(*, skip: bool):
+        if not skip:  # the loop before: every late arrival trained, then ignored by on_update
+            monkeypatch.setattr(FedAvg, "will_ignore", Strategy.will_ignore)
+        sim, res = _run(study, "fedavg", versions=4, clients_per_round=4, overselect_factor=2.0)
+        monkeypatch.undo()
+        return sim, res
+
+    skipping_sim, skipping = counted(skip=True)
+    training_sim, training = counted(skip=False)
+    assert skipping.event_digest == training.event_digest and np.array_equal(skipping.vector, training.vector)
+    assert skipping_sim.strategy.counters == training_sim.strategy.counters
+    assert skipping_sim.strategy.counters["ignored"] > 0
+    assert skipping.board_steps == training.board_steps  # the boards did train them: the simulated run is the same
+    assert skipping.host_trainings < training.host_trainings  # the host does not spend time on updates nobody reads
+
+
 def test_fedavg_deadline_is_an_event_at_dispatch_plus_deadline(study: Study) -> None:
     fleet = make_fleet(study.shards, 16, MIX, 0.5, Slowdown.parse("uniform:2:10"), 0)
     probe = Simulation(study.model("dense"), fleet, get_strategy("fedavg", fleet_size=16), seed=0)

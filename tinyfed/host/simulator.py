@@ -834,6 +834,14 @@ class Simulation:
             # holds here), so the outcome is known without spending host time on the training.
             self.backend.cancel(task_id)
             update = Update(dev.name, task_id, task.version, len(dev.indices), 0.0, 0.0, np.zeros(0, np.float32))
+        elif self.strategy.will_ignore(dev.name, task.version):
+            # the strategy has no place for it (FedAvg's late arrivals after an over-selected round
+            # closed): it passes the gate and is ignored as before, without the host time of training it
+            self.backend.cancel(task_id)
+            index = self._models[dev.board].index
+            size = self.rounds.vector.size if index is None else index.size
+            update = Update(dev.name, task_id, task.version, len(dev.indices), 0.0, 0.0, np.zeros(size, np.float32),
+                            0, index)
         else:
             res = self.backend.finish(task_id)
             update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes,

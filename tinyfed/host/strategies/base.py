@@ -386,6 +386,11 @@ class Strategy(ABC):
         """The deadline of the dispatch made at global version ``version`` has passed; a step or None."""
         return None
 
+    def will_ignore(self, device_id: str, base_version: int) -> bool:
+        """Whether an update from ``device_id`` trained on ``base_version``, arriving now, would be
+        ignored whatever it holds (a simulator then skips training it; the update still arrives)."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: JSON-able values, plus numpy arrays under ``"deltas"`` and, with a
         server optimizer other than sgd, under ``"optimizer"`` (its moments)."""

@@ -94,8 +94,15 @@ class FedAvg(Strategy):
         self.round_version = int(version)
         return list(self.sampled)
 
+    def _outside_round(self, device_id: str, base_version: int) -> bool:
+        return not self.in_flight or device_id not in self.pending or base_version != self.round_version
+
+    def will_ignore(self, device_id: str, base_version: int) -> bool:
+        """A straggler of a round that closed without it (e.g. one of an over-selected round's late ones)."""
+        return self._outside_round(device_id, base_version)
+
     def on_update(self, update: Update, version: int) -> Aggregate | None:
-        if not self.in_flight or update.device_id not in self.pending or update.base_version != self.round_version:
+        if self._outside_round(update.device_id, update.base_version):
             # A straggler from a round that already closed without it: FedAvg has no place for it.
             log.info("fedavg: update %s (version %d) is not part of the round in flight; ignored",
                      update.key, update.base_version)
