@@ -501,7 +501,7 @@ def test_a_study_runs_variants_under_their_labels(tmp_path, monkeypatch: pytest.
                                    "--clients-per-round", "3", "--target-accuracy", "0.2", "--max-versions", "2",
                                    "--horizon", "none", "--strategies", labels, "--server-optimizer", "momentum",
                                    "--server-momentum", "0.5", "--concurrency", "6", "--overselect-factor", "1.5",
-                                   "--json"])
+                                   "--variance-floor", "0.25", "--agreement-exponent", "1", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output.strip().splitlines()[-1])
     assert list(doc["strategies"]) == labels.split(",") == list(doc["results"])
@@ -512,6 +512,7 @@ def test_a_study_runs_variants_under_their_labels(tmp_path, monkeypatch: pytest.
     assert s["fedbuff@subset"]["name"] == "fedbuff" and s["fedbuff@subset"]["params"]["concurrency"] == 6
     assert all(v["params"]["server_optimizer"] == "momentum" for v in s.values())
     assert s["ftte"]["strategy"] == "ftte" and s["fedbuff@subset"]["strategy"] == "fedbuff@subset"
+    assert s["ftte"]["params"]["variance_floor"] == 0.25 and s["ftte"]["params"]["agreement_exponent"] == 1.0
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,ftte+overselect"])
     assert bad.exit_code == 2 and "ftte does not sample rounds" in bad.output
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,fedbuff@subset,ftte"])

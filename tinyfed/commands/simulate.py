@@ -163,7 +163,8 @@ OPTION_KEYS = {
     "epochs": "training.epochs", "lr": "training.lr", "batch_size": "training.batch_size",
     "buffer_size": "strategy_params.buffer_size", "clients_per_round": "strategy_params.clients_per_round",
     "server_lr": "strategy_params.server_lr", "staleness_exponent": "strategy_params.staleness_exponent",
-    "variance_gamma": "strategy_params.variance_gamma", "concurrency": "strategy_params.concurrency",
+    "variance_gamma": "strategy_params.variance_gamma", "variance_floor": "strategy_params.variance_floor",
+    "agreement_exponent": "strategy_params.agreement_exponent", "concurrency": "strategy_params.concurrency",
     "server_optimizer": "strategy_params.server_optimizer", "server_momentum": "strategy_params.server_momentum",
     "server_beta2": "strategy_params.server_beta2", "server_tau": "strategy_params.server_tau",
     "round_deadline": "round_deadline_s", "head_cache": "training.head_cache", "max_staleness": "checks.max_staleness",
@@ -215,6 +216,12 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               show_default=True, help="a in (1 + tau)^-a, FTTE's and FedBuff's staleness weight.")
 @click.option("--variance-gamma", type=float, default=_table_default(StrategyParams, "variance_gamma"),
               show_default=True, help="gamma of FTTE's variance weight (0 turns it off).")
+@click.option("--variance-floor", type=click.FloatRange(0, 1),
+              default=_table_default(StrategyParams, "variance_floor"), show_default=True,
+              help="g_min: the least variance factor FTTE gives an update (0: the weighting before issue 15).")
+@click.option("--agreement-exponent", type=click.FloatRange(0),
+              default=_table_default(StrategyParams, "agreement_exponent"), show_default=True,
+              help="beta of FTTE's max(0, cos(update, buffer mean))^beta weight (0: off).")
 @click.option("--concurrency", type=int, default=None,
               help="Most devices training at once under FTTE and FedBuff [default: every idle device].")
 @click.option("--server-optimizer", type=click.Choice(SERVER_OPTIMIZERS),
