@@ -88,12 +88,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--trace", type=Path, help="append every evaluation here as JSON lines, as it is made")
     ap.add_argument("--mix", default=None, help="board mix (default: the study's)")
+    ap.add_argument("--partition", default=None,
+                    help="data split: natural (default), iid or dirichlet (whether the extras' data coverage matters)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration with --partition dirichlet")
     ap.add_argument("--refresh", default="", help="comma-separated R: nested runs re-provisioned every R versions")
     ap.add_argument("--refresh-ftte", action="store_true", help="also FTTE's weighting with each --refresh R")
     args = ap.parse_args()
     cfg = StudyConfig(seed=args.seed, clients=args.clients, eval_samples=args.eval_samples, nested_subsets=True,
                       core_budget=args.core_budget if args.core_budget > 0 else None, horizon=args.horizon,
-                      **({"board_mix": args.mix} if args.mix else {}))
+                      **({"board_mix": args.mix} if args.mix else {}),
+                      **({"partition": args.partition, "alpha": args.alpha} if args.partition else {}))
     study = Study(cfg)
     whole = study.subset_plan().full_training.total  # whole-model training memory, the dense payload's
     nested_buff = FedBuff(FedBuffParams(payload="subset"), fleet_size=cfg.clients)  # FedBuff's weighting, nested
@@ -109,7 +113,8 @@ def main() -> None:
             runs[f"ftte-nested-r{r}"] = (FTTE(fleet_size=cfg.clients), "nested", r)
     out = {label: run(study, label, s, p, args.horizon, r, args.trace) for label, (s, p, r) in runs.items()}
     results = {label: res for label, (res, _) in out.items()}
-    print(f"\nseed {args.seed}, core budget {args.core_budget} of whole-model training ({whole:,} B), "
+    print(f"\nseed {args.seed}, split {study.partition}, core budget {args.core_budget} of whole-model training "
+          f"({whole:,} B), "
           f"horizon {args.horizon:g} s, eval on {args.eval_samples} test samples (final on all)")
     print("| run | time to 0.80 (s) | final acc | end mean | smallest board's training memory (B) | ratio "
           "| versions | bytes total | refresh bytes (down+up) | refresh host s |")
