@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="write fair_study.json, fair_runs.csv, fair_summary.csv; each study is kept in OUT/studies "
                          "as it finishes and reused by a rerun with the same config (stop and resume)")
+    ap.add_argument("--kept-only", action="store_true",
+                    help="summarise the studies already kept in OUT/studies and run none (a table in progress)")
     args = ap.parse_args(argv)
     base = StudyConfig(model=args.model, clients=args.clients, stragglers=args.stragglers, target_accuracy=args.target,
                        strategies=tuple(s for s in args.strategies.split(",") if s), max_versions=args.max_versions,
@@ -66,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
               f"load {rec['load_before']} -> {rec['load_after']}; time to target {ttt}", flush=True)
 
     cache = None if args.out is None else args.out / "studies"
-    records = run_fair_study(base, seeds, splits, workers=args.workers, done=done, cache=cache)
+    records = run_fair_study(base, seeds, splits, workers=args.workers, done=done, cache=cache,
+                             run_missing=not args.kept_only)
+    if not records:
+        print("no study to summarise (none kept in OUT/studies with this config)")
+        return 1
     summary = summarize(records)
     print()
     print(format_summary(summary, args.target))

@@ -102,3 +102,8 @@ def test_finished_studies_are_kept_and_a_rerun_with_the_same_config_reuses_them(
     run_fair_study(base.model_copy(update={"eval_samples": 123}), [0], splits[:1], workers=1, worker=worker,
                    cache=cache)
     assert ran == [(0, "iid")]  # another config: the kept record is not reused
+    ran.clear()
+    kept = run_fair_study(base, [0, 1, 2], splits, workers=1, worker=worker, cache=cache, run_missing=False)
+    # iid seed 0 now holds the other config's record, seed 2 was never run: both left out, neither run
+    assert ran == [] and [(r["split"], r["seed"]) for r in kept] == [("iid", 1), ("dirichlet:0.1", 0),
+                                                                     ("dirichlet:0.1", 1)]

@@ -163,15 +163,16 @@ def _keep(cache: Path | None, cfg: Any, rec: dict[str, Any]) -> None:
 def run_fair_study(base: Any, seeds: Sequence[int], splits: Sequence[Split], *, workers: int = 2,
                    worker: Callable[[Any, str], dict[str, Any]] = run_one,
                    done: Callable[[dict[str, Any]], None] | None = None,
-                   cache: Path | None = None) -> list[dict[str, Any]]:
+                   cache: Path | None = None, run_missing: bool = True) -> list[dict[str, Any]]:
     """Every (seed, split) study of ``base`` in ``workers`` spawned processes (1: in this process);
     ``done`` hears each record as it finishes. Records come back in (split, seed) order.
 
     With ``cache``, each finished study is kept there as one JSON file and a later call with the same
-    config reuses it, so a table of several CPU-hours can be stopped and resumed."""
+    config reuses it, so a table of several CPU-hours can be stopped and resumed; ``run_missing=False``
+    returns only the kept ones (a table in progress)."""
     jobs = study_configs(base, seeds, splits)
     records: list[dict[str, Any] | None] = [_cached(cache, cfg, split) for cfg, split in jobs]
-    todo = [i for i, r in enumerate(records) if r is None]
+    todo = [i for i, r in enumerate(records) if r is None] if run_missing else []
     if len(todo) < len(jobs):
         log.info("reusing %d of %d studies kept in %s", len(jobs) - len(todo), len(jobs), cache)
 
