@@ -18,8 +18,8 @@ def int8_engine_sources() -> list[str]:
 
 
 def int8_engine_headers() -> list[str]:
-    """The inference engine's headers (tfmb*.h)."""
-    return sorted(str(p) for p in ENGINE.glob("tfmb*.h"))
+    """The inference engine's headers (tfmb*.h and ops/*.h)."""
+    return sorted(str(p) for p in [*ENGINE.glob("tfmb*.h"), *(ENGINE / "ops").glob("*.h")])
 
 
 def train_engine_sources() -> list[str]:

@@ -6,8 +6,8 @@
  * Params: p0 input offset, p1 output offset, p2/p3 activation range, p4 weight offset,
  * p10/p11 multiplier/shift arrays (data offsets).
  */
-#include "../tfmb_internal.h"
 #include "../tfmb_mve.h"
+#include "fully_connected.h"
 
 static const char *fully_connected_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
                                             const tfmb_tensor_t *out)
@@ -33,36 +33,29 @@ static const char *fully_connected_validate(const tfmb_model_t *m, const tfmb_op
     return tfmb_check_requant_arrays(m, op, n_out);
 }
 
-static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                                 const tfmb_ctx_t *c)
+void tfmb_fully_connected_ref(const tfmb_fc_args_t *args)
 {
-    const tfmb_tensor_t *filt = &t[1];
-    const int8_t *x = (const int8_t *)(c->arena + t[0].offset);
-    const int8_t *f = (const int8_t *)(c->data + filt->offset);
-    int8_t *y = (int8_t *)(c->arena + out->offset);
-    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
-    const uint8_t *mult = c->data + op->p[10];
-    const uint8_t *shift = c->data + op->p[11];
-    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3], f_off = op->p[4];
-    const int32_t n_out = filt->d[0], depth = filt->d[1];
-    const int32_t batches = (int32_t)(out->elems / (uint32_t)n_out);
-
-    for (int32_t n = 0; n < batches; ++n) {
-        const int8_t *xp = x + n * depth;
-        for (int32_t o = 0; o < n_out; ++o) {
-            const int8_t *fp = f + o * depth;
+    const tfmb_fc_args_t a = *args; /* a local copy: the int8 stores below cannot alias it */
+    for (int32_t n = 0; n < a.batches; ++n) {
+        const int8_t *xp = a.x + n * a.depth;
+        for (int32_t o = 0; o < a.n_out; ++o) {
+            const int8_t *fp = a.f + o * a.depth;
             uint32_t acc = 0;
-            for (int32_t k = 0; k < depth; ++k)
-                acc += (uint32_t)(((int32_t)fp[k] + f_off) * ((int32_t)xp[k] + in_off));
-            y[n * n_out + o] = tfmb_requant(acc, b, mult, shift, o, out_off, lo, hi);
+            for (int32_t k = 0; k < a.depth; ++k)
+                acc += (uint32_t)(((int32_t)fp[k] + a.f_off) * ((int32_t)xp[k] + a.in_off));
+            a.y[n * a.n_out + o] = tfmb_requant(acc, a.bias, a.mult, a.shift, o, a.out_off, a.lo, a.hi);
         }
     }
 }
 
-#if TFMB_CORE == TFMB_CORE_DSP
-void tfmb_fully_connected_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                              const tfmb_ctx_t *c);
+static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                                 const tfmb_ctx_t *c)
+{
+    const tfmb_fc_args_t a = tfmb_fc_args(op, t, out, c);
+    tfmb_fully_connected_ref(&a);
+}
 
+#if TFMB_CORE == TFMB_CORE_DSP
 /* The DSP kernel (fully_connected_dsp.c) covers weights offset 0, what int8 converters emit. */
 static void fully_connected_fast(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                                  const tfmb_ctx_t *c)

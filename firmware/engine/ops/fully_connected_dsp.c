@@ -10,13 +10,10 @@
  * by value, and a last group of fewer rows repeats its last row (not stored). Sums wrap modulo 2**32 as in the reference, started at the
  * bias (the order of wrapping additions does not matter).
  */
-#include "../tfmb_internal.h"
+#include "fully_connected.h"
 
 #if TFMB_CORE == TFMB_CORE_DSP
 #include "../tfmb_simd.h"
-
-void tfmb_fully_connected_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                              const tfmb_ctx_t *c);
 
 /* Rows w[0..2] (groups weight words each) dotted with the expanded input xs, added to a[0..2]
  * (1 LDRD of input feeds three rows: 16 instructions for 12 MACs). */
@@ -45,15 +42,12 @@ static inline void dot_rows3(const uint32_t *xs, const int8_t *w0, const int8_t 
 void tfmb_fully_connected_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                               const tfmb_ctx_t *c)
 {
-    const tfmb_tensor_t *filt = &t[1];
-    const int8_t *x = (const int8_t *)(c->arena + t[0].offset);
-    const int8_t *f = (const int8_t *)(c->data + filt->offset);
-    int8_t *y = (int8_t *)(c->arena + out->offset);
-    const uint8_t *b = op->in[2] != TFMB_NONE ? c->data + t[2].offset : 0;
-    const uint8_t *mult = c->data + op->p[10], *shift = c->data + op->p[11];
-    const int32_t in_off = op->p[0], out_off = op->p[1], lo = op->p[2], hi = op->p[3];
-    const int32_t n_out = filt->d[0], depth = filt->d[1];
-    const int32_t batches = (int32_t)(out->elems / (uint32_t)n_out);
+    const tfmb_fc_args_t fc = tfmb_fc_args(op, t, out, c);
+    const int8_t *x = fc.x, *f = fc.f;
+    int8_t *y = fc.y;
+    const uint8_t *b = fc.bias, *mult = fc.mult, *shift = fc.shift;
+    const int32_t in_off = fc.in_off, out_off = fc.out_off, lo = fc.lo, hi = fc.hi;
+    const int32_t n_out = fc.n_out, depth = fc.depth, batches = fc.batches;
     const int32_t groups = depth >> 2, k4 = depth & ~3;
     const uint32_t off2 = ((uint32_t)in_off & 0xFFFFu) | ((uint32_t)in_off << 16);
     uint32_t *xs = (uint32_t *)tfmb_scratch(op, c);
