@@ -218,7 +218,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               show_default=True, help="gamma of FTTE's variance weight (0 turns it off).")
 @click.option("--variance-floor", type=click.FloatRange(0, 1),
               default=_table_default(StrategyParams, "variance_floor"), show_default=True,
-              help="g_min: the least variance factor FTTE gives an update (0: the weighting before issue 15).")
+              help="g_min: the least variance factor FTTE gives an update (0: no floor).")
 @click.option("--agreement-exponent", type=click.FloatRange(0),
               default=_table_default(StrategyParams, "agreement_exponent"), show_default=True,
               help="beta of FTTE's max(0, cos(update, buffer mean))^beta weight (0: off).")
@@ -271,7 +271,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="With --backend ray: join the Ray cluster at HOST:PORT (default: start Ray on this machine).")
 @click.option("--seeds", default=None,
               help="Run one study per seed and split (LOW-HIGH or a comma list, e.g. 0-4) and print the summary "
-                   "over them: mean [min-max] per split and strategy, the decomposition, issue 15's goals.")
+                   "over them: mean [min-max] per split and strategy, the decomposition, the goals (docs/strategies.md).")
 @click.option("--partitions", default=None,
               help="With several studies: the data splits, comma-separated (natural, iid, dirichlet:ALPHA), "
                    "e.g. natural,iid,dirichlet:0.1,dirichlet:0.5 [default: --partition's].")

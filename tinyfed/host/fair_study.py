@@ -1,5 +1,5 @@
 """Many studies at once: every variant over seeds x data splits, summarised with spread and checked
-against issue 15's goals.
+against the goals ``docs/strategies.md`` sets (FTTE against the same-w* baselines).
 
 One study (:class:`~tinyfed.host.simulator.Study`) runs every variant label on one fleet, split and
 seed, to its target and on to the common horizon. A fair study repeats that for each (seed, split)

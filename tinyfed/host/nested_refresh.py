@@ -1,4 +1,4 @@
-"""Re-provisioning nested classes from the global vector (issue 15, part D).
+"""Re-provisioning nested classes from the global vector (nested subsets, docs/strategies.md).
 
 Under nested subsets a board class trains its subset against the values its frozen int8 fragment
 and its tail's constants were provisioned with; the other classes move those values in the global

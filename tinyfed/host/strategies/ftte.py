@@ -38,8 +38,8 @@ class FTTEParams(ServerParams):
     ``variance_floor`` (g_min) is the least the variance factor may take before its exponent;
     ``agreement_exponent`` (beta) weights each update by max(0, cos(delta_i, buffer mean))^beta.
     The defaults (gamma 1, floor 0.5, no agreement term) are the best-measured member of the family
-    searched in issue 15 at the study's horizon (``docs/strategies.md``, "How FTTE's weighting was
-    chosen"); ``variance_floor = 0`` is the weighting before it, and ``variance_gamma = 0,
+    searched at the study's horizon (``docs/strategies.md``, "How FTTE's weighting was
+    chosen"); ``variance_floor = 0`` is the weighting without a floor, and ``variance_gamma = 0,
     agreement_exponent = 0, staleness_exponent = 0.5`` is FedBuff's.
     """
 
