@@ -271,7 +271,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="With --backend ray: join the Ray cluster at HOST:PORT (default: start Ray on this machine).")
 @click.option("--seeds", default=None,
               help="Run one study per seed and split (LOW-HIGH or a comma list, e.g. 0-4) and print the summary "
-                   "over them: mean [min-max] per split and strategy, the decomposition, the goals (docs/strategies.md).")
+                   "over them: mean [min-max] per split and strategy, the decomposition, the goals.")
 @click.option("--partitions", default=None,
               help="With several studies: the data splits, comma-separated (natural, iid, dirichlet:ALPHA), "
                    "e.g. natural,iid,dirichlet:0.1,dirichlet:0.5 [default: --partition's].")
