@@ -92,6 +92,7 @@ def candidate_weights(terms: dict[str, float], updates: list[Update], staleness:
 class SearchParams:
     buffer_size: int = 10
     server_lr: float = 1.0
+    concurrency: int | None = None  # every idle device trains, as FTTE's and FedBuff's defaults
 
 
 class SearchFTTE(BufferedStrategy):

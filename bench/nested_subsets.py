@@ -17,8 +17,12 @@ the global vector every R versions and sent again (``nested_refresh_versions``).
 Prints time to target, final accuracy (whole test split), end mean (the last 10% of the horizon),
 the smallest board's training memory and its ratio to whole-model training, and per-class sizes.
 
-Run: ``.venv/bin/python bench/nested_subsets.py [--seed 0] [--core-budget 0.1] [--horizon 8300]
-[--eval-samples 2000] [--refresh 25,100] [--json out.json]``.
+``--against DIR`` takes the horizon from the fair study kept for the same seed and split
+(``bench/fair_study.py --out DIR`` keeps one in ``DIR/studies/``) and prints the nested runs beside
+that study's whole-model FedBuff, FedBuff on w* and FTTE, measured at the same horizon.
+
+Run: ``.venv/bin/python bench/nested_subsets.py [--seed 0] [--partition iid] [--core-budget 0.1]
+[--horizon 8300 | --against build/fair] [--eval-samples 2000] [--refresh 25,100] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--core-budget", type=float, default=0.1, help="0: no cap (the smallest board sets the core)")
     ap.add_argument("--horizon", type=float, default=8300.0)
+    ap.add_argument("--against", type=Path,
+                    help="a fair study's --out: its horizon for this seed and split, its runs printed beside")
     ap.add_argument("--eval-samples", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--only", default="ftte-nested,fedbuff-nested,ftte-core,fedbuff-dense")
@@ -94,6 +100,17 @@ def main() -> None:
     ap.add_argument("--refresh", default="", help="comma-separated R: nested runs re-provisioned every R versions")
     ap.add_argument("--refresh-ftte", action="store_true", help="also FTTE's weighting with each --refresh R")
     args = ap.parse_args()
+    fair = None
+    if args.against:
+        split = args.partition or "natural"
+        if split == "dirichlet":
+            split = f"dirichlet-{args.alpha:g}"
+        path = args.against / "studies" / f"{split}_seed{args.seed}.json"
+        fair = json.loads(path.read_text())
+        args.horizon = float(fair["horizon_s"])
+        if fair["config"]["eval_samples"] != args.eval_samples:
+            print(f"note: {path} evaluated on {fair['config']['eval_samples']} test samples, these runs on "
+                  f"{args.eval_samples}")
     cfg = StudyConfig(seed=args.seed, clients=args.clients, eval_samples=args.eval_samples, nested_subsets=True,
                       core_budget=args.core_budget if args.core_budget > 0 else None, horizon=args.horizon,
                       **({"board_mix": args.mix} if args.mix else {}),
@@ -125,13 +142,24 @@ def main() -> None:
         print(f"| {label} | {ttt} | {r.final_accuracy:.4f} | {r.end_accuracy_mean:.4f} | {r.device_memory_bytes:,} | "
               f"{r.device_memory_bytes / whole:.3f} | {r.versions} | {r.bytes_total:,} | "
               f"{x['refresh_bytes_down'] + x['refresh_bytes_up']:,} | {x['refresh_wall_s']:.0f} |")
+    if fair is not None:
+        for label in ("fedbuff", "fedbuff@subset", "ftte"):
+            r = fair["results"][label]
+            ttt = f"{r['time_to_target_s']:,.1f}" if r["reached_target"] else "-"
+            memory = r["device_memory_bytes"]
+            print(f"| {label} (fair study) | {ttt} | {r['final_accuracy']:.4f} | {r['end_accuracy_mean']:.4f} | "
+                  f"{memory:,} | {memory / whole:.3f} | {r['versions']} | - | - | - |")
     nested = study.model("nested")
     assert nested.classes is not None
     for board, m in nested.classes.items():
         print(f"class {board}: {m.size:,} values, training memory {m.device_memory_bytes:,} B "
               f"({m.device_memory_bytes / whole:.3f}), update {m.update_bytes:,} B")
     if args.json:
-        args.json.write_text(json.dumps({"seed": args.seed, "core_budget": args.core_budget, "horizon": args.horizon,
+        args.json.write_text(json.dumps({"seed": args.seed, "split": study.partition,
+                                         "alpha": cfg.alpha if study.partition == "dirichlet" else None,
+                                         "fair": None if fair is None else {
+                                             k: fair["results"][k] for k in ("fedbuff", "fedbuff@subset", "ftte")},
+                                         "core_budget": args.core_budget, "horizon": args.horizon,
                                          "whole_model_memory": whole,
                                          "runs": {k: {**r.to_dict(), "end_accuracy_mean": r.end_accuracy_mean,
                                                       **out[k][1]}
