@@ -7,6 +7,7 @@ own module under :mod:`tinyfed.commands`.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -23,8 +24,48 @@ log = logging.getLogger("tinyfed")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+#: Every command: the module under ``tinyfed.commands`` that defines it (as an attribute of the same
+#: name) and its one-line help. A command's module is imported only when the command runs (or its
+#: own help is asked for), so ``tinyfed --help`` imports neither numpy nor the planner;
+#: ``tests/test_cli_lazy.py`` holds these lines to the commands' own.
+COMMANDS: dict[str, str] = {
+    "boards": "Board profiles: what each microcontroller offers for training.",
+    "plan": "Plan MODEL (a zoo name, a .keras or an int8 .tflite) onto a board or a fleet.",
+    "devices": "List every device of a fleet: board id, firmware build, protocol, free RAM/flash, round-trip time.",
+    "emulate": "Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C.",
+    "flash": "Flash the tinyfed firmware onto a board attached through a CMSIS-DAP/J-Link/ST-Link probe.",
+    "check": "Load MODEL's frozen fragment (a zoo name or an int8 .tflite) onto every board, run inputs on it, "
+             "and compare every output with TFLite Micro on the host.",
+    "firmware": "The board firmware: build it (then `tinyfed flash` or `tinyfed emulate`).",
+    "run": "Train a model across a fleet and print where the run stands after every new version.",
+    "demo": "Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.",
+    "simulate": "Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards.",
+    "profile": "Run MODEL's frozen fragment on a board once per kernel path; print each op's instructions "
+               "(emulated) or cycles (a real board), MACs and instructions per MAC.",
+}
+
+
 class TinyfedGroup(click.Group):
-    """A click group whose ``main`` turns tinyfed errors into one actionable line."""
+    """A click group whose ``main`` turns tinyfed errors into one actionable line, and that imports
+    a command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"tinyfed.commands.{cmd_name}")
+        command: click.Command = getattr(module, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands' one-line helps from :data:`COMMANDS`, laid out as click lays out its own."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.Command(name, help=COMMANDS[name]).get_short_help_str(limit))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -61,25 +102,6 @@ def cli(verbose: int) -> None:
     """Federated learning on fleets of microcontrollers."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _register() -> None:
-    from tinyfed.commands import boards, check, demo, devices, emulate, firmware, flash, plan, profile, run, simulate
-
-    cli.add_command(boards.boards)
-    cli.add_command(plan.plan)
-    cli.add_command(devices.devices)
-    cli.add_command(emulate.emulate)
-    cli.add_command(flash.flash)
-    cli.add_command(check.check)
-    cli.add_command(firmware.firmware)
-    cli.add_command(run.run)
-    cli.add_command(demo.demo)
-    cli.add_command(simulate.simulate)
-    cli.add_command(profile.profile)
-
-
-_register()
 
 
 def main() -> None:
