@@ -83,10 +83,10 @@ DATASHEET = {
 # the others still carry estimates.
 RESERVE = {
     "nrf52840": (8, 81, "linker-map"),
-    "apollo3": (8, 129, "linker-map"),
-    "mps2-an386": (8, 81, "linker-map"),
-    "mps2-an386-large": (8, 81, "linker-map"),
-    "mps3-an547": (8, 73, "linker-map"),
+    "apollo3": (8, 128, "linker-map"),
+    "mps2-an386": (8, 80, "linker-map"),
+    "mps2-an386-large": (8, 80, "linker-map"),
+    "mps3-an547": (8, 72, "linker-map"),
     "stm32l4r9": (24, 96, "estimate"),
     "rp2040": (32, 128, "estimate"),
     "esp32s3": (160, 384, "estimate"),
