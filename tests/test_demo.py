@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def _demo(*args: str, cwd: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check_reached(summary: dict, out: Path) -> None:
+def _check_reached(summary: dict, out: Path, cwd: Path) -> None:
     assert summary["strategy"] == "ftte" and summary["model"] == "har_cnn" and summary["devices"] == 8
     assert summary["reached_target"] is True and summary["target_accuracy"] == DEMO_TARGET
     assert summary["final_accuracy"] >= DEMO_TARGET and summary["final_int8_accuracy"] >= DEMO_TARGET - 0.03
@@ -34,17 +35,23 @@ def _check_reached(summary: dict, out: Path) -> None:
     assert history[0]["version"] == 0 and history[0]["accuracy"] < 0.3  # the fresh head starts near chance
     records = summarize(read_events(out))
     assert records["all_tasks_accounted"] and records["versions"] == summary["versions"]
-    assert Path(summary["export"]["final"]).is_file()
+    assert (cwd / summary["export"]["final"]).is_file()  # a relative path is relative to where the run ran
 
 
 @pytest.mark.slow
 def test_demo_on_simulated_boards_reaches_its_target(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
     # the run stops at its target; its wall-clock limit (900 s by default) is raised to a hang bound, since a
-    # busy host stretches the run several times over
-    summary = _demo("--simulate", "--max-seconds", "1800", "--out", str(out), cwd=tmp_path)
-    _check_reached(summary, out)
+    # busy host stretches the run several times over. No --out: the run directory is the default one.
+    summary = _demo("--simulate", "--max-seconds", "1800", cwd=tmp_path)
+    (out,) = (tmp_path / "runs").glob("demo-*")
+    _check_reached(summary, out, tmp_path)
     assert summary["versions"] <= 12
+    # where the README says the deployable model lands
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    said = re.search(r"`final_int8\.tflite` in `([^`]+)`", readme)
+    assert said is not None, "the README no longer says where the demo's model lands"
+    landed = {p.resolve() for p in tmp_path.glob(said.group(1) + "*")}
+    assert (tmp_path / summary["export"]["final"]).resolve() in landed
 
 
 def test_demo_without_qemu_says_what_is_missing_and_offers_simulate(tmp_path: Path,
