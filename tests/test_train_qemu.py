@@ -353,7 +353,8 @@ def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_train
     case = har_training_case
     board = get_board("mps2-an386")
     fw = build_firmware(board.name, tmp_path / "fw")
-    emu = start_qemu(board, fw.elf, name="train-cache")
+    # -icount: the cycle counts are instruction counts, the same whatever else the machine runs
+    emu = start_qemu(board, fw.elf, name="train-cache", extra_args=("-icount", "shift=4"))
     try:
         wait_ready(emu)
         with BoardClient(emu.url, name=emu.name, timeout=2.0) as client:

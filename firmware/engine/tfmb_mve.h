@@ -1,6 +1,7 @@
 /*
  * The Helium (MVE, Cortex-M55/M85) int8 kernels: their entry points, which the op files set as
- * their entries' `fast` on an MVE build, and the vector helpers the kernel files share. Each
+ * their entries' `fast` on an MVE build (FULLY_CONNECTED's is in ops/fully_connected.h), and the
+ * vector helpers the kernel files share. Each
  * kernel gives exactly its op's plain-C reference result (and so TFLM's).
  */
 #ifndef TFMB_MVE_H
@@ -14,8 +15,6 @@
 void tfmb_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c);
 void tfmb_depthwise_conv_2d_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                                 const tfmb_ctx_t *c);
-void tfmb_fully_connected_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                              const tfmb_ctx_t *c);
 void tfmb_add_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out, const tfmb_ctx_t *c);
 
 /* Four little-endian int32 read from any alignment (VLDRB.8 has no alignment requirement, a

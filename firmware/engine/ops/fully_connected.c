@@ -6,7 +6,6 @@
  * Params: p0 input offset, p1 output offset, p2/p3 activation range, p4 weight offset,
  * p10/p11 multiplier/shift arrays (data offsets).
  */
-#include "../tfmb_mve.h"
 #include "fully_connected.h"
 
 static const char *fully_connected_validate(const tfmb_model_t *m, const tfmb_op_t *op, const tfmb_tensor_t t[3],
@@ -55,18 +54,6 @@ static void fully_connected_eval(const tfmb_op_t *op, const tfmb_tensor_t t[3], 
     tfmb_fully_connected_ref(&a);
 }
 
-#if TFMB_CORE == TFMB_CORE_DSP
-/* The DSP kernel (fully_connected_dsp.c) covers weights offset 0, what int8 converters emit. */
-static void fully_connected_fast(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
-                                 const tfmb_ctx_t *c)
-{
-    if (op->p[4] != 0)
-        fully_connected_eval(op, t, out, c);
-    else
-        tfmb_fully_connected_dsp(op, t, out, c);
-}
-#endif
-
 /* FULLY_CONNECTED's scratch: one input row of the weights' depth. */
 static uint32_t fully_connected_scratch(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out)
 {
@@ -84,7 +71,7 @@ static const tfmb_op_entry_t tfmb_op_fully_connected = {
     .validate = fully_connected_validate,
     .eval = fully_connected_eval,
 #if TFMB_CORE == TFMB_CORE_DSP
-    .fast = fully_connected_fast,
+    .fast = tfmb_fully_connected_dsp,
 #elif TFMB_CORE == TFMB_CORE_MVE
     .fast = tfmb_fully_connected_mve,
 #endif

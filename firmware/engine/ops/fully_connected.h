@@ -1,7 +1,7 @@
 /*
  * FULLY_CONNECTED's operands, unpacked once for the plain-C reference (fully_connected.c) and the
- * DSP and Helium kernels (fully_connected_dsp.c, fully_connected_mve.c), which fall back to the
- * reference's loop for what they do not cover (a non-zero weight offset).
+ * DSP and Helium kernels (fully_connected_dsp.c, fully_connected_mve.c), which run the
+ * reference's loop themselves for what they do not cover (a non-zero weight offset).
  */
 #ifndef TFMB_OPS_FULLY_CONNECTED_H
 #define TFMB_OPS_FULLY_CONNECTED_H
@@ -43,8 +43,13 @@ static inline tfmb_fc_args_t tfmb_fc_args(const tfmb_op_t *op, const tfmb_tensor
 /* The reference loop (TFLM's arithmetic), for every weight offset. */
 void tfmb_fully_connected_ref(const tfmb_fc_args_t *a);
 
+/* The optimised kernels, each its core's `fast` entry; both run the reference loop themselves
+ * for a non-zero weight offset. */
 #if TFMB_CORE == TFMB_CORE_DSP
 void tfmb_fully_connected_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
+                              const tfmb_ctx_t *c);
+#elif TFMB_CORE == TFMB_CORE_MVE
+void tfmb_fully_connected_mve(const tfmb_op_t *op, const tfmb_tensor_t t[3], const tfmb_tensor_t *out,
                               const tfmb_ctx_t *c);
 #endif
 

@@ -43,6 +43,10 @@ void tfmb_fully_connected_dsp(const tfmb_op_t *op, const tfmb_tensor_t t[3], con
                               const tfmb_ctx_t *c)
 {
     const tfmb_fc_args_t fc = tfmb_fc_args(op, t, out, c);
+    if (fc.f_off != 0) { /* int8 converters emit symmetric weights (offset 0); others: the reference */
+        tfmb_fully_connected_ref(&fc);
+        return;
+    }
     const int8_t *x = fc.x, *f = fc.f;
     int8_t *y = fc.y;
     const uint8_t *b = fc.bias, *mult = fc.mult, *shift = fc.shift;
