@@ -24,6 +24,15 @@ log = logging.getLogger("tinyfed")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+#: Exit codes: 0 done; 1 a check failed or a run stopped before its target; 2 usage or bad input
+#: (click's usage errors and :class:`~tinyfed.errors.TinyfedError`); 3 an internal error; 130 Ctrl-C.
+EXIT_FAILED = 1
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+#: ``ctx.meta`` key: the command that continues what an interrupted command leaves (set by ``run``, ``demo``)
+RESUME_HINT = "tinyfed.resume_hint"
+
+
 #: Every command: the module under ``tinyfed.commands`` that defines it (as an attribute of the same
 #: name) and its one-line help. A command's module is imported only when the command runs (or its
 #: own help is asked for), so ``tinyfed --help`` imports neither numpy nor the planner;
@@ -75,14 +84,19 @@ class TinyfedGroup(click.Group):
         except OSError as exc:  # a file the user named cannot be read or written
             name = f"{exc.filename}: " if exc.filename else ""
             self._fail(ctx, TinyfedError(f"{name}{exc.strerror or exc}", fix="check the path and its permissions"))
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+        except (KeyboardInterrupt, click.Abort):
+            # Ctrl-C: not click's "Aborted!" and exit 1, but what was kept and how to go on
+            hint = ctx.meta.get(RESUME_HINT)
+            click.secho("interrupted" + (f"; continue with `{hint}`" if hint else ""), fg="yellow", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, keep the traceback for -v
             self._fail(
                 ctx,
                 TinyfedError(f"internal error {type(exc).__name__}: {exc}",
                              fix="run again with -v and report the traceback"),
-                code=3,
+                code=EXIT_INTERNAL,
             )
 
     @staticmethod

@@ -68,6 +68,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
         new_run_dir,
         open_devices,
         report_run,
+        set_resume_hint,
         train_run,
     )
     from tinyfed.host.config import Limits, RunConfig
@@ -89,6 +90,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
         f"{DEMO_MODEL} on the HAPT smartwatch data (one user per board), FTTE from a fresh classifier head "
         f"to test accuracy {target_accuracy:g}")
     say(f"run directory {out} (Ctrl-C stops; `tinyfed run --resume {out}` continues)")
+    set_resume_hint(out)
 
     def announce(setup) -> None:
         f = setup.facts

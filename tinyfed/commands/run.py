@@ -217,10 +217,13 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if "target_accuracy" in top or "target_metric" in top:  # the command line's target replaces the file's
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
     cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data})
+    out = new_run_dir(out_dir, create=False)
+    click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
     run_data = checked_run_data(cfg, emulate or simulate)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
-    out = new_run_dir(out_dir)
+    new_run_dir(out)  # made only now: a bad model or data file leaves no empty run behind
     cfg.dump(out)
+    set_resume_hint(out)
     with ExitStack() as stack:
         devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
                                               board_name=board_name, boards_dirs=boards_dirs,
@@ -269,14 +272,16 @@ def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
     return checked(RunConfig, merged, "the command line")
 
 
-def new_run_dir(out_dir: Path | None) -> Path:
-    """The directory of a new run (``runs/<time>`` by default); refuses one that already holds a run."""
+def new_run_dir(out_dir: Path | None, *, create: bool = True) -> Path:
+    """The directory of a new run (``runs/<time>`` by default), made unless ``create`` is false;
+    refuses one that already holds a run."""
     out = out_dir or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.is_dir() and any(out.glob("checkpoint-*.json")):
         raise TinyfedError("this directory already holds a run with checkpoints",
                            fix=f"continue it with `tinyfed run --resume {out}`, or give another --out",
                            source=str(out))
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -335,6 +340,7 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
         raise TinyfedError(f"not a run directory: it has no {CONFIG_FILE}",
                            fix="give the --out directory of an earlier `tinyfed run`", source=str(run_dir))
     recorded = _read_devices(run_dir)
+    set_resume_hint(run_dir)
     cfg = load_run_config(config_file)
     if "target_accuracy" in top or "target_metric" in top:  # a new target replaces the recorded one
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
@@ -452,9 +458,21 @@ def _recorded_baseline(out: Path) -> str | None:
         return None
 
 
+def set_resume_hint(out: Path) -> None:
+    """Leave the command that continues the run in ``out`` for the CLI's Ctrl-C message."""
+    from tinyfed.cli import RESUME_HINT
+
+    click.get_current_context().meta[RESUME_HINT] = f"tinyfed run --resume {out}"
+
+
 def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                resumed_from: int | None = None) -> None:
-    """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile."""
+    """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile.
+
+    A run that stopped on a limit before its target exits 1 (after the summary), so scripts and CI
+    can tell "trained to the target" from "ran out of time"."""
+    from tinyfed.cli import EXIT_FAILED
+
     baseline = _recorded_baseline(out)
     target = cfg.stop_target(Task(result.task), result.metric)
     targets = {"target_metric": target, **({"target_accuracy": target} if result.metric == "accuracy" else {})}
@@ -481,3 +499,10 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
         final = getattr(result, "export", {}).get("final")
         if final:
             click.echo(f"deployable int8 model: {final}")
+    if target is not None and not result.reached_target:
+        best = max((row[result.metric] for row in result.history if row.get(result.metric) is not None),
+                   default=result.final_metric)
+        click.echo(f"the run stopped before its target {result.metric} {target:g} (best {best:.4f}), so it exits "
+                   f"{EXIT_FAILED}; `tinyfed run --resume {out}` with a higher --max-versions or --max-seconds "
+                   "trains on", err=True)
+        raise SystemExit(EXIT_FAILED)

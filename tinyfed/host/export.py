@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -285,6 +286,14 @@ def _tflite_quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dty
     return quantize(x, scale, zero_point, dtype)
 
 
+def _OP_RESOLVER() -> Any:  # noqa: N802 - reads as the constant it returns
+    """LiteRT's built-in kernels without its default XNNPACK delegate: the delegate only adds speed
+    here, and creating it prints an INFO line on stderr at every run."""
+    from ai_edge_litert.interpreter import OpResolverType
+
+    return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
 def quantize_for(tflite_bytes: bytes, x_float: np.ndarray) -> np.ndarray:
     """Float inputs quantized with the model input's scale and zero point (TFLite's rule).
 
@@ -293,7 +302,8 @@ def quantize_for(tflite_bytes: bytes, x_float: np.ndarray) -> np.ndarray:
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    d = Interpreter(model_content=bytes(tflite_bytes)).get_input_details()[0]
+    d = Interpreter(model_content=bytes(tflite_bytes),
+                    experimental_op_resolver_type=_OP_RESOLVER()).get_input_details()[0]
     q = d["quantization_parameters"]
     if len(q["scales"]) != 1:
         raise ModelError(f"the model input is not quantized per tensor ({len(q['scales'])} scales)",
@@ -347,7 +357,7 @@ def _run_litert(model: bytes, x: np.ndarray) -> tuple[np.ndarray, float | None]:
     """The dequantized outputs (n, values) of ``model`` on ``x``, and the output scale (None: float output)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_content=model)
+    it = Interpreter(model_content=model, experimental_op_resolver_type=_OP_RESOLVER())
     it.allocate_tensors()
     din, dout = it.get_input_details()[0], it.get_output_details()[0]
     shape = tuple(int(s) for s in din["shape"])

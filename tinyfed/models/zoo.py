@@ -260,7 +260,10 @@ class ZooModel:
     # -- architecture ----------------------------------------------------------------------
 
     def build(self, batch_size: int | None = None) -> keras.Model:
-        """The untrained Keras architecture (TensorFlow/Keras is imported here)."""
+        """The untrained Keras architecture (TensorFlow/Keras is imported here, quietly)."""
+        from tinyfed.models.tfimport import import_tensorflow
+
+        import_tensorflow()  # keeps TensorFlow's C++ start-up banners off the user's terminal
         return self._builder(batch_size)
 
     def load_pretrained(self, batch_size: int | None = 1) -> keras.Model:
