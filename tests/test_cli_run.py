@@ -33,6 +33,8 @@ def test_run_on_simulated_boards_prints_a_json_summary_and_keeps_its_records(tmp
     assert all(k in summary for k in KEYS)
     # 2 versions rarely reach the default target; a run that stops short of it exits 1
     assert proc.returncode == (0 if summary["reached_target"] else 1)
+    # no interpreter or TensorFlow chatter: LiteRT's XNNPACK INFO line, absl's pre-init warning
+    assert "XNNPACK" not in proc.stderr and "absl" not in proc.stderr and "oneDNN" not in proc.stderr
     assert summary["strategy"] == "ftte" and summary["versions"] >= 1 and isinstance(summary["reached_target"], bool)
     assert (out / "config.toml").is_file()
     # the deployable int8 model, evaluated through LiteRT after every version, is exported
