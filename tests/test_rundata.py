@@ -161,6 +161,24 @@ def test_the_whole_model_program_is_compiled_once_for_sizing_and_for_the_run(dig
     assert setup.plan is not None and setup.plan.ram_bytes == need.ram_bytes
 
 
+def test_data_without_users_is_shared_iid_unless_a_partition_is_chosen(tmp_path: Path) -> None:
+    """The zoo's digits have no users: `run --model digits_cnn` shares them out iid (and records it)
+    rather than failing on the default natural partition; a chosen natural partition names the option."""
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--simulate", "2", "--model", "digits_cnn", "--max-versions", "1",
+                                      "--max-windows", "16", "--target-accuracy", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no users to partition by, so each board gets an iid share" in result.output
+    assert 'partition = "iid"' in (out / "config.toml").read_text()
+    chosen = CliRunner().invoke(cli, ["run", "--simulate", "2", "--model", "digits_cnn", "--partition", "natural",
+                                      "--max-versions", "1", "--out", str(tmp_path / "natural")])
+    assert chosen.exit_code == 2 and "--partition iid" in chosen.output and "kind=" not in chosen.output
+
+
 @pytest.mark.parametrize("fleet", [["--simulate", "2"], ["--emulate", "2"]])
 def test_natural_partition_on_data_without_users_fails_before_any_board_is_opened(
         digits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet: list[str]) -> None:
@@ -178,7 +196,7 @@ def test_natural_partition_on_data_without_users_fails_before_any_board_is_opene
     monkeypatch.setattr(run_command, "open_devices", no_devices)
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", *fleet, "--model", digits["model"], "--data", str(digits["npz"]),
-                                      "--max-versions", "1", "--out", str(out)])
+                                      "--partition", "natural", "--max-versions", "1", "--out", str(out)])
     assert not opened
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
     assert "no `user` array" in result.output and "--partition iid" in result.output

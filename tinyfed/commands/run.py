@@ -209,6 +209,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
         raise click.UsageError("give exactly one of --fleet FILE, --emulate N, --simulate N (or --resume RUN_DIR)")
     cfg = load_run_config(config_path) if config_path else RunConfig()
+    partition_chosen = partition is not None or "partition" in cfg.data.model_fields_set
     data: dict[str, Any] = {k: str(v.resolve()) for k, v in (("npz", data_path), ("test_npz", test_data_path))
                             if v is not None}
     data.update({k: v for k, v in (("partition", partition), ("alpha", alpha)) if v is not None})
@@ -219,7 +220,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data})
     out = new_run_dir(out_dir, create=False)
     click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
-    run_data = checked_run_data(cfg, emulate or simulate)
+    cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
     new_run_dir(out)  # made only now: a bad model or data file leaves no empty run behind
     cfg.dump(out)
@@ -236,19 +237,25 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     report_run(cfg, result, out, len(devices), as_json)
 
 
-def checked_run_data(cfg: Any, n_devices: int | None) -> Any:
-    """The run's model and data, loaded and checked against its partition before a board is booted.
+def checked_run_data(cfg: Any, n_devices: int | None, partition_chosen: bool = True) -> tuple[Any, Any]:
+    """The run's config and its model and data, loaded and checked against its partition before a
+    board is booted.
 
-    A bad data file, or ``partition = "natural"`` on data with no users, is an error up front
-    rather than after the emulators have started. ``n_devices`` is None when the count is not
-    known yet (a fleet file): then only what does not depend on it is checked here.
+    A bad data file, or a chosen ``partition = "natural"`` on data with no users, is an error up
+    front rather than after the emulators have started; when nobody chose the partition, such data
+    is shared out iid instead (the config returned records it). ``n_devices`` is None when the
+    count is not known yet (a fleet file): then only what does not depend on it is checked here.
     """
     from tinyfed.host.rundata import load_run_data
 
     data = load_run_data(cfg.model, cfg.data.npz, cfg.data.test_npz, cfg.task)
+    if not partition_chosen and cfg.data.partition == "natural" and data.groups is None:
+        click.echo(f"{Path(data.name).name}: the data has no users to partition by, so each board gets an iid "
+                   "share (--partition chooses)", err=True)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"partition": "iid"})})
     data.check_partition(cfg.data.partition, n_devices, cfg.data.alpha, cfg.seed)
     check_stop_rule(cfg, data.task, data.metric)
-    return data
+    return cfg, data
 
 
 def check_stop_rule(cfg: Any, task: Task, metric: str) -> float | None:

@@ -356,7 +356,7 @@ class ZooModel:
             if clients.groups is None:
                 raise ModelError(
                     f"the {self.dataset} dataset has no natural users to partition by",
-                    fix="use kind='iid' or kind='dirichlet'",
+                    fix="partition it 'iid' or 'dirichlet' (`--partition iid` on the command line)",
                     source=self.name,
                 )
             parts = partition.natural(clients.groups)
@@ -365,7 +365,7 @@ class ZooModel:
             if n_clients < len(parts):
                 raise ModelError(
                     f"{self.name}: {n_clients} clients requested but the natural partition has {len(parts)} users",
-                    fix=f"use n_clients >= {len(parts)} (users are split) or kind='iid'",
+                    fix=f"use {len(parts)} or more clients (users are split), or partition 'iid' (`--partition iid`)",
                     source=self.name,
                 )
             return partition.spread_clients(parts, int(n_clients), seed=seed)
