@@ -553,6 +553,21 @@ def test_cli_devices_lists_reachable_and_unreachable(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and json.loads(missing.stdout)["error"] == "BoardError"
 
 
+@pytest.mark.parametrize("command", [["devices"], ["check", "har_cnn"], ["run", "--max-versions", "1"]])
+def test_a_preset_fleet_is_found_by_name_and_refused_for_having_no_urls(command: list[str], tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--fleet smartwatch` names the shipped preset in every command, as in `plan`; it lists board
+    kinds and counts only, so the commands that talk to boards say so (exit 2) and leave no run."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [*command, "--fleet", "smartwatch"])
+    assert result.exit_code == 2, result.output
+    assert "fleet 'smartwatch' lists board kinds and counts but no device URLs" in result.output
+    assert "--simulate N" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+    typo = CliRunner().invoke(cli, [*command, "--fleet", "smartwach"])
+    assert typo.exit_code == 2 and "did you mean 'smartwatch'" in typo.output
+
+
 # -- inference through sim:// with real blobs, checked against TFLM --------------------------------
 
 

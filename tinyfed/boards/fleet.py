@@ -82,7 +82,8 @@ def fleet_presets() -> list[str]:
     return sorted(p.stem for p in FLEETS_DIR.glob("*.toml"))
 
 
-def _fleet_path(path_or_name: Path | str) -> Path:
+def fleet_file(path_or_name: Path | str) -> Path:
+    """The fleet TOML a ``--fleet`` value names: a file path, or a shipped preset's bare name."""
     text = str(path_or_name)
     path = Path(path_or_name).expanduser()
     if path.is_dir():
@@ -111,7 +112,7 @@ def load_fleet(path_or_name: Path | str, extra_dirs: Iterable[Path | str] = ()) 
     disagrees with the entry's ``urls``, is reported in one DataFileError naming the file and
     the key (``boards[2].board``, ``boards[0].count``).
     """
-    path = _fleet_path(path_or_name)
+    path = fleet_file(path_or_name)
     data = read_toml(path)
     fleet, issues = validate(Fleet, data)
     known = boards_by_name(extra_dirs)

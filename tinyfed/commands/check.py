@@ -33,7 +33,8 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
 @click.command("check")
 @click.argument("model")
 @click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
-              help="Fleet TOML whose entries list device urls (e.g. written by `tinyfed emulate`).")
+              help="Fleet TOML whose entries list device urls (e.g. written by `tinyfed emulate`), or a shipped "
+                   "preset's name.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz of inputs (array x, batch first; float is quantized). Default: random int8 inputs.")
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs to run per board.")
@@ -49,10 +50,12 @@ def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, ti
         frozen_fragment,
         load_device_fleet,
         load_inputs,
+        require_urls,
     )
     from tinyfed.models.tflm import TflmModel
 
     fleet = load_device_fleet(fleet_path, boards_dirs)
+    require_urls(fleet)
     name, tflite = _tflite_bytes(model)
     fragment = frozen_fragment(tflite, source=name)
     reference = TflmModel(fragment.tflite, source=name)

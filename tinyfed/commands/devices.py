@@ -16,7 +16,8 @@ from tinyfed.commands.options import boards_dir_option, json_option
 
 @click.command("devices")
 @click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
-              help="Fleet TOML whose [[boards]] entries list device urls (e.g. written by `tinyfed emulate`).")
+              help="Fleet TOML whose [[boards]] entries list device urls (e.g. written by `tinyfed emulate`), "
+                   "or a shipped preset's name.")
 @click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
 @click.option("--retries", type=int, default=2, show_default=True,
               help="Retransmissions before a device counts as unreachable.")
@@ -27,9 +28,10 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
 
     Exits 1 when a device is unreachable (it is still listed).
     """
-    from tinyfed.firmware_bridge.link.devices import load_device_fleet, probe_devices
+    from tinyfed.firmware_bridge.link.devices import load_device_fleet, probe_devices, require_urls
 
     fleet = load_device_fleet(fleet_path, boards_dirs)
+    require_urls(fleet)
     statuses = probe_devices(fleet.devices, timeout=timeout, retries=retries)
     if as_json:
         devices_json = [s.to_dict() for s in statuses]

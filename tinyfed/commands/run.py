@@ -129,8 +129,8 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 
 
 @click.command("run")
-@click.option("--fleet", "fleet_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Fleet file whose entries list device URLs (tty, socket://, sim://).")
+@click.option("--fleet", "fleet_path", type=click.Path(path_type=Path),
+              help="Fleet file whose entries list device URLs (tty, socket://, sim://), or a shipped preset's name.")
 @click.option("--emulate", type=click.IntRange(min=1), help="Boot N QEMU boards for the run and stop them after.")
 @click.option("--simulate", type=click.IntRange(min=1), help="Run on N in-process simulated boards (sim://).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -218,6 +218,10 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if "target_accuracy" in top or "target_metric" in top:  # the command line's target replaces the file's
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
     cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data})
+    if fleet_path is not None:  # a fleet that cannot be run is refused before a run directory is named
+        from tinyfed.firmware_bridge.link.devices import load_device_fleet, require_urls
+
+        require_urls(load_device_fleet(fleet_path, boards_dirs))
     out = new_run_dir(out_dir, create=False)
     click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
     cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
@@ -308,13 +312,11 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
     from tinyfed.host.setup import DeviceSpec
 
     if fleet_path is not None:
-        from tinyfed.firmware_bridge.link.devices import load_device_fleet
+        from tinyfed.firmware_bridge.link.devices import load_device_fleet, require_urls
 
         fleet = load_device_fleet(fleet_path, boards_dirs)
+        require_urls(fleet)
         devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked if d.url is not None]
-        if not devices:
-            raise TinyfedError(f"{fleet_path} lists no device URLs", fix="add url/urls to its [[boards]] entries",
-                               source=str(fleet_path))
         return devices, "fleet", len(devices)
     if emulate is not None:
         from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet

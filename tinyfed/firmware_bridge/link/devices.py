@@ -94,17 +94,13 @@ class DeviceFleet:
 
 
 def load_device_fleet(path: Path | str, extra_dirs: Iterable[Path | str] = ()) -> DeviceFleet:
-    """Read a fleet file, with the optional per-entry ``url``/``urls``; every problem is reported at once."""
-    from tinyfed.boards.fleet import unknown_board_issues
+    """Read a fleet file (or a shipped preset by bare name), with the optional per-entry
+    ``url``/``urls``; every problem is reported at once."""
+    from tinyfed.boards.fleet import fleet_file, unknown_board_issues
     from tinyfed.boards.registry import boards_by_name
     from tinyfed.boards.validation import read_toml, validate
 
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise BoardError("a fleet must be a .toml file, not a directory", fix="pass the fleet file", source=str(path))
-    if not path.is_file():
-        raise BoardError("fleet file not found", fix="check the path (`tinyfed emulate --out FILE` writes one)",
-                         source=str(path))
+    path = fleet_file(path)
     data = read_toml(path)
     fleet, issues = validate(DeviceFleetFile, data)
     issues.extend(unknown_board_issues(data, boards_by_name(extra_dirs)))
@@ -116,6 +112,17 @@ def load_device_fleet(path: Path | str, extra_dirs: Iterable[Path | str] = ()) -
         for i in range(entry.devices):
             devices.append(Device(entry.board, f"{entry.board}#{i}", urls[i] if i < len(urls) else None))
     return DeviceFleet(fleet.name, devices, path, fleet.description)
+
+
+def require_urls(fleet: DeviceFleet) -> None:
+    """Refuse a fleet none of whose devices has a URL (a planning preset such as ``smartwatch``):
+    there is nothing to talk to, and the fix is a different fleet, not a retry."""
+    if not any(d.url for d in fleet.devices):
+        raise BoardError(f"fleet '{fleet.name}' lists board kinds and counts but no device URLs (a fleet to plan "
+                         "for, not one to talk to)",
+                         fix="give a fleet file whose [[boards]] entries have url/urls (`tinyfed emulate --out "
+                             "fleet.toml` writes one), or use simulated boards: --simulate N --board BOARD",
+                         source=str(fleet.path))
 
 
 def write_device_fleet(path: Path | str, name: str, entries: Sequence[tuple[str, Sequence[str]]],
