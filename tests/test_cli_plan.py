@@ -69,6 +69,10 @@ def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) 
     for name in ("nrf52840", "apollo3", "stm32l4r9", "rp2040"):
         assert name in proc.stdout
     assert "M_min" in proc.stdout
+    written = sorted(p.name for p in (work / "f").iterdir())
+    assert len(written) == 5  # every file the plan wrote is named, with what it is for
+    assert sorted(line.split()[1].rsplit("/", 1)[-1] for line in proc.stdout.splitlines()
+                  if line.startswith("wrote ")) == written
 
 
 def test_plan_fleet_shows_nested_subsets_per_class(work: Path, cache_env: dict[str, str]) -> None:

@@ -88,6 +88,16 @@ def plan(
         raise SystemExit(1)
 
 
+#: What each file a plan writes is for (plan.files keys).
+FILE_ROLES = {
+    "frozen": "the frozen int8 fragment the boards run",
+    "tail": "the int8 tail with w*, compiled into the training program",
+    "trainable": "w*'s float32 start values",
+    "model": "the whole int8 model that was planned",
+    "plan": "the plan: units, cut, per-board fit and budgets",
+}
+
+
 def _render(result) -> None:
     # Piped output keeps whole rows (grep-able); a terminal gets its own width.
     console = Console() if sys.stdout.isatty() else Console(width=1000)
@@ -146,8 +156,8 @@ def _render(result) -> None:
         console.print(f"[yellow]suggestion:[/] {s}")
     for n in doc["notes"]:
         console.print(f"note: {n}")
-    for path in doc["fragments"]:
-        console.print(f"wrote {path}")
+    for key, path in result.files.items():
+        console.print(f"wrote {path}" + (f"  ({FILE_ROLES[key]})" if key in FILE_ROLES else ""))
 
 
 def _render_nested(console: Console, doc: dict) -> None:
