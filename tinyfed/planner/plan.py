@@ -505,12 +505,17 @@ def _empty_selection_problem(facts: list[LayerFacts], importance: Importance, cf
     in_ram = [c for c in costs if c.total <= m_min]
     if in_ram:  # RAM would do: the program store is what is short
         smallest = min(c.program for c in in_ram)
-        return (f"no trainable unit fits the program store of {program_store} bytes (flash / 16): the smallest "
-                f"training program needs {smallest} bytes (it carries the tail's constants from the cut on); "
+        return (f"no trainable unit fits the program store of {kib(program_store)} (flash / 16): the smallest "
+                f"training program needs {kib(smallest)} (it carries the tail's constants from the cut on); "
                 "use a board with more flash, or a model whose last layers are smaller")
     cheapest = min(c.total for c in costs)
-    return (f"no trainable unit fits in M_min = {m_min} bytes ({m_min_board}): the cheapest unit needs "
-            f"{cheapest} bytes of RAM, {cheapest - m_min} more")
+    return (f"no trainable unit fits in M_min = {kib(m_min)} ({m_min_board}): the cheapest unit needs "
+            f"{kib(cheapest)} of RAM, {kib(cheapest - m_min)} more")
+
+
+def kib(n: int) -> str:
+    """A byte count as the plan's tables print it (KiB, one decimal)."""
+    return f"{n / 1024:,.1f} KiB"
 
 
 def _single_unit_costs(facts: list[LayerFacts], importance: Importance, cfg: TrainingConfig,
@@ -547,17 +552,17 @@ def _board_fit(board: Board, count: int, plan: Plan, flash_model: int, plan_prob
     if fit.ram_used > b.ram_bytes:
         worst = max(fit.ram_lines, key=lambda k: fit.ram_lines[k])
         fit.problems.append(
-            f"{b.name}: RAM needs {fit.ram_used} bytes of {b.ram_bytes}, {fit.ram_used - b.ram_bytes} bytes over "
-            f"(largest line: {worst} = {fit.ram_lines[worst]})"
+            f"{b.name}: RAM needs {kib(fit.ram_used)} of {kib(b.ram_bytes)}, {kib(fit.ram_used - b.ram_bytes)} over "
+            f"(largest line: {worst} {kib(fit.ram_lines[worst])})"
         )
     if plan.program_bytes > b.program_store_bytes:
-        fit.problems.append(f"{b.name}: the training program needs {plan.program_bytes} bytes, its program store "
-                            f"holds {b.program_store_bytes}")
+        fit.problems.append(f"{b.name}: the training program needs {kib(plan.program_bytes)}, its program store "
+                            f"holds {kib(b.program_store_bytes)}")
     if fit.flash_used > b.flash_bytes:
         fit.problems.append(
-            f"{b.name}: flash needs {fit.flash_used} bytes of {b.flash_bytes}, "
-            f"{fit.flash_used - b.flash_bytes} bytes over "
-            f"(model fragments = {fit.flash_lines['model_fragments']})"
+            f"{b.name}: flash needs {kib(fit.flash_used)} of {kib(b.flash_bytes)}, "
+            f"{kib(fit.flash_used - b.flash_bytes)} over "
+            f"(model fragments {kib(fit.flash_lines['model_fragments'])})"
         )
     return fit
 
@@ -585,7 +590,7 @@ def _suggest(plan: Plan, facts: list[LayerFacts], importance: Importance, cfg: T
         n = sel.params(facts)
         if n:
             plan.suggestions.append(
-                f"largest trainable subset under M_min = {plan.m_min_bytes} bytes: {n} of {plan.total_params} "
+                f"largest trainable subset under M_min = {kib(plan.m_min_bytes)}: {n:,} of {plan.total_params:,} "
                 f"parameters ({100 * n / plan.total_params:.1f}%); run with --trainable auto"
             )
     empty = plan.trainable_params == 0
