@@ -547,6 +547,9 @@ def test_cli_devices_lists_reachable_and_unreachable(tmp_path: Path) -> None:
     text = CliRunner().invoke(cli, ["devices", "--fleet", str(fleet)])
     assert text.exit_code == 1
     assert "unreachable" in text.stdout and "tinyfed-sim 1" in text.stdout and "v2" in text.stdout
+    # piped: whole rows, no padding to the table's (or a 1000-column console's) width
+    assert all(line == line.rstrip() for line in text.stdout.splitlines()), text.stdout
+    assert max(len(line) for line in text.stdout.splitlines()) < 250
     ok = write_device_fleet(tmp_path / "ok.toml", "ok", [("nrf52840", ["sim://nrf52840"])])
     assert CliRunner().invoke(cli, ["devices", "--fleet", str(ok)]).exit_code == 0
     missing = CliRunner().invoke(cli, ["devices", "--fleet", str(tmp_path / "nope.toml"), "--json"])

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyfed.boards import BUILTIN_DIR, Board, board_dirs, get_board, list_boards
+from tinyfed.commands.console import output_console
 from tinyfed.commands.options import boards_dir_option, json_option
 
 
@@ -97,9 +98,8 @@ def show_command(name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> Non
 
 
 def _console() -> Console:
-    """A console on the current stdout; wide when stdout is not a terminal, so pipes do not wrap."""
-    console = Console()
-    return console if console.is_terminal else Console(width=1000)
+    """The console on the current stdout (:func:`~tinyfed.commands.console.output_console`)."""
+    return output_console()
 
 
 def _clock(b: Board, *, short: bool = False) -> str:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import cast
 
 import click
 import numpy as np
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from tinyfed.commands.console import output_console
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import ModelError
 
@@ -67,7 +66,7 @@ def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, ti
         click.echo(json.dumps({"model": name, "fragment": fragment.label, "blob_bytes": len(fragment.blob),
                                "fleet": fleet.name, "ok": ok, "devices": rows}))
     else:
-        console = Console() if sys.stdout.isatty() else Console(width=1000)
+        console = output_console()
         table = Table(title=f"{name}: {fragment.label}, blob {len(fragment.blob):,} bytes", title_justify="left",
                       box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("device", "url", "samples", "mismatches", "max_abs_diff", "status"):

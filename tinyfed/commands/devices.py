@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from tinyfed.commands.console import output_console
 from tinyfed.commands.options import boards_dir_option, json_option
 
 
@@ -37,7 +36,7 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
         devices_json = [s.to_dict() for s in statuses]
         click.echo(json.dumps({"fleet": fleet.name, "path": str(fleet.path), "devices": devices_json}))
     else:
-        console = Console() if sys.stdout.isatty() else Console(width=1000)
+        console = output_console()
         table = Table(title=f"fleet {fleet.name}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("device", "url", "board id", "build", "proto", "arena KiB", "slot KiB", "fw RAM/flash KiB",
                     "RTT ms", "status"):

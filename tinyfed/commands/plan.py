@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from tinyfed.commands.console import output_console
 from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
 from tinyfed.errors import BoardError
 from tinyfed.planner.config import TrainingConfig
@@ -100,7 +100,7 @@ FILE_ROLES = {
 
 def _render(result) -> None:
     # Piped output keeps whole rows (grep-able); a terminal gets its own width.
-    console = Console() if sys.stdout.isatty() else Console(width=1000)
+    console = output_console()
     doc = result.as_dict()
     layers = Table(title=f"{doc['model']}: layers (cut after op {doc['cut_op'] - 1})", title_justify="left")
     for col in ("op", "layer", "part", "params", "flash KiB", "act out KiB", "trainable", "saved act KiB"):

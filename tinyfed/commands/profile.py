@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from tinyfed.commands.console import output_console
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
 
@@ -73,7 +72,7 @@ def _num(v: float | None, digits: int = 0) -> str:
 
 
 def _render(doc: dict[str, Any]) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=1000)
+    console = output_console()
     unit = doc["measure"]
     label = {"instructions": "instr", "cycles": "cycles", "estimate": "est."}[unit]
     paths = list(doc["paths"])
