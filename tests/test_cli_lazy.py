@@ -47,3 +47,11 @@ def test_top_level_help_imports_no_numpy() -> None:
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
+
+
+def test_check_help_says_it_loads_the_whole_model() -> None:
+    """`check` loads the whole model when the firmware runs all of it (frozen_fragment): its help says so."""
+    result = CliRunner().invoke(cli, ["check", "--help"])
+    assert result.exit_code == 0
+    assert "whole model" in result.output and "frozen fragment" not in result.output
+    assert "frozen fragment" not in COMMANDS["check"]

@@ -43,8 +43,8 @@ COMMANDS: dict[str, str] = {
     "devices": "List every device of a fleet: board id, firmware build, protocol, free RAM/flash, round-trip time.",
     "emulate": "Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C.",
     "flash": "Flash the tinyfed firmware onto a board attached through a CMSIS-DAP/J-Link/ST-Link probe.",
-    "check": "Load MODEL's frozen fragment (a zoo name or an int8 .tflite) onto every board, run inputs on it, "
-             "and compare every output with TFLite Micro on the host.",
+    "check": "Load MODEL (a zoo name or an int8 .tflite) onto every board, run inputs on it, and compare every "
+             "output with TFLite Micro on the host.",
     "firmware": "The board firmware: build it (then `tinyfed flash` or `tinyfed emulate`).",
     "run": "Train a model across a fleet and print where the run stands after every new version.",
     "demo": "Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.",

@@ -42,8 +42,12 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
 @json_option
 def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, timeout: float,
           boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Load MODEL's frozen fragment (a zoo name or an int8 .tflite) onto every board, run inputs on
-    it, and compare every output with TFLite Micro on the host. Exits 1 on any mismatch or failure."""
+    """Load MODEL (a zoo name or an int8 .tflite) onto every board, run inputs on it, and compare
+    every output with TFLite Micro on the host. Exits 1 on any mismatch or failure.
+
+    The whole model is loaded when the firmware can run all of it, otherwise the longest head that
+    it can (the report names which). Example:
+    `tinyfed check har_cnn --fleet fleet.toml --samples 32`."""
     from tinyfed.firmware_bridge.link.devices import (
         check_devices,
         frozen_fragment,
