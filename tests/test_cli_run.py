@@ -74,6 +74,14 @@ def test_live_view_shows_version_accuracy_devices_bytes_and_eta() -> None:
     assert board.eta_seconds() is not None  # still rising over the last five evaluations
     board.rows = board.rows[-2:]
     assert board.eta_seconds() is None  # falling: no estimate
+    # the last frame after the stop says how the run ended, with no estimate left on screen
+    board.rows = board.rows[:1]
+    board.update({"kind": "evaluation", "version": 4, "accuracy": 0.84, "loss": 0.5, "t": 40.0})
+    board.finish(reached_target=False)
+    console = Console(record=True, width=110)
+    console.print(board.render())
+    text = console.export_text()
+    assert "stopped before the target" in text and "ETA" not in text, text
 
 
 def test_run_takes_a_strategy_label_and_its_payload(tmp_path: Path) -> None:

@@ -450,6 +450,9 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
                     device_timeout_s=cfg.devices.device_timeout_s,
                     evaluate_every=cfg.evaluation.every_versions, progress=progress, resume_from=checkpoint)
     result = engine.run()
+    if live is not None:  # the last frame: how the run ended, not an estimate of what is left
+        board.finish(result.reached_target)
+        live.update(board.render())
     # the deployable result: the full int8 model (and, for FTTE, its fragments) with the final w*
     from tinyfed.host.export import export_run
 

@@ -30,11 +30,20 @@ class Dashboard:
     rows: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] = field(default_factory=dict)
     metric: str = "accuracy"  # the key of the task's metric in the engine's rows (training.metrics)
+    #: how the run ended (None while it runs): the last frame says so instead of an estimate
+    outcome: str | None = None
 
     def update(self, row: dict[str, Any]) -> None:
         self.last = row
         if row.get("kind", "evaluation") == "evaluation":
             self.rows.append(row)
+
+    def finish(self, reached_target: bool) -> None:
+        """The run has stopped: the final frame shows the outcome, not a time to the target."""
+        if self.target is None:
+            self.outcome = "stopped (no target)"
+        else:
+            self.outcome = "target reached" if reached_target else "stopped before the target"
 
     def eta_seconds(self) -> float | None:
         """Seconds to the target at the recent rate of the metric's gain (None when not rising)."""
@@ -65,6 +74,7 @@ class Dashboard:
                      f"best {best:.4f}")
         head.add_row(f"up {_kb(int(last.get('bytes_up', 0)))}", f"down {_kb(int(last.get('bytes_down', 0)))}",
                      f"elapsed {last.get('t', 0.0):.0f} s",
+                     self.outcome if self.outcome is not None else
                      "ETA -" if eta is None else ("target reached" if eta == 0 else f"ETA {eta:.0f} s"))
         table = Table(show_edge=False, box=None, header_style="bold")
         for col in ("version", m, "int8", "loss", "t (s)"):
