@@ -170,10 +170,12 @@ def test_data_without_users_is_shared_iid_unless_a_partition_is_chosen(tmp_path:
 
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", "--simulate", "2", "--model", "digits_cnn", "--max-versions", "1",
-                                      "--max-windows", "16", "--target-accuracy", "0.5", "--out", str(out)])
+                                      "--max-windows", "16", "--target-accuracy", "0.5", "--seed", "3",
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "no users to partition by, so each board gets an iid share" in result.output
-    assert 'partition = "iid"' in (out / "config.toml").read_text()
+    recorded = (out / "config.toml").read_text()
+    assert 'partition = "iid"' in recorded and "seed = 3" in recorded  # run takes --seed like simulate and demo
     chosen = CliRunner().invoke(cli, ["run", "--simulate", "2", "--model", "digits_cnn", "--partition", "natural",
                                       "--max-versions", "1", "--out", str(tmp_path / "natural")])
     assert chosen.exit_code == 2 and "--partition iid" in chosen.output and "kind=" not in chosen.output

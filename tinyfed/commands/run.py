@@ -164,6 +164,8 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="How the data is sharded across the boards (default: the config's, natural = by user).")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
               help="Dirichlet concentration for --partition dirichlet (smaller is more skewed).")
+@click.option("--seed", type=click.IntRange(min=0),
+              help="Seed of the data shards, the boards' shuffles and the strategy's draws (default: the config's, 0).")
 @click.option("--nested-subsets", "nested_subsets", is_flag=True, default=None,
               help="Nested subsets (FTTE): each board profile trains the largest superset of the common w* its "
                    "budget holds; per-class update sizes are in the summary.")
@@ -178,7 +180,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         task: str | None, target_accuracy: float | None, target_metric: float | None, max_versions: int | None,
         max_seconds: float | None,
         max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
-        alpha: float | None, nested_subsets: bool | None, core_budget: float | None, out_dir: Path | None,
+        alpha: float | None, seed: int | None, nested_subsets: bool | None, core_budget: float | None,
+        out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version."""
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
@@ -187,7 +190,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         raise click.UsageError("give one of --target-accuracy and --target-metric (the first is the second's "
                                "name for classification)")
     top = {k: v for k, v in (("model", model), ("strategy", strategy), ("task", task),
-                             ("target_accuracy", target_accuracy), ("target_metric", target_metric))
+                             ("target_accuracy", target_accuracy), ("target_metric", target_metric), ("seed", seed))
            if v is not None}
     nesting = {k: v for k, v in (("nested_subsets", nested_subsets), ("core_budget", core_budget)) if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
@@ -196,7 +199,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
                  "--model": model, "--strategy": strategy, "--task": task, "--max-windows": max_windows,
                  "--out": out_dir,
                  "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha,
-                 "--nested-subsets": nested_subsets, "--core-budget": core_budget}
+                 "--nested-subsets": nested_subsets, "--core-budget": core_budget, "--seed": seed}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
             given.append("--board")
