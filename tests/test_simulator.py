@@ -230,8 +230,20 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
     assert dec["headline"] == pytest.approx(doc["results"]["fedavg"]["time_to_target_s"]
                                             / doc["results"]["ftte"]["time_to_target_s"])
     assert dec["task_cost"] is None and dec["aggregation"] is None
-    for f in ("summary.csv", "history.csv", "study.json", "accuracy_vs_time.png", "bytes_vs_time.png"):
+    for f in ("summary.csv", "summary.md", "history.csv", "study.json", "accuracy_vs_time.png", "bytes_vs_time.png"):
         assert (out / f).stat().st_size > 0
+    assert (out / "summary.md").read_text().startswith("| strategy | time to target (sim s) |")  # to paste
+    # on a terminal or a pipe: each leg is named before its lines, and two tables instead of a raw 14-column one
+    text = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--partition", "iid",
+                                    "--buffer-size", "4", "--clients-per-round", "4", "--target-accuracy", "0.2",
+                                    "--max-versions", "3"])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    to_target = lines.index(next(x for x in lines if x.startswith("-- to the target: each strategy until test "
+                                                                   "accuracy 0.2")))
+    horizon = lines.index(next(x for x in lines if x.startswith("-- to the common horizon: every strategy on to")))
+    assert to_target < horizon and lines[to_target + 1].startswith("ftte: ") and lines[horizon + 1].startswith("ftte: ")
+    assert "x FedAvg" in text.output and not any(x.startswith("| strategy") for x in lines)
     bad = CliRunner().invoke(cli, ["simulate", "--strategies", "ftte,nope"])
     assert bad.exit_code == 2 and "--strategies: 'nope' is not a strategy" in bad.output
     bad = CliRunner().invoke(cli, ["simulate", "--horizon", "soon"])

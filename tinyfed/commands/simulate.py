@@ -25,6 +25,7 @@ from typing import Any, get_args
 import click
 from pydantic import BaseModel
 
+from tinyfed.commands.console import output_console
 from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import (
@@ -81,26 +82,56 @@ def format_table(results: dict[str, Any], target: float | None, horizon_s: float
                      f"| {_num(r.bytes_to_target, ',')} | {r.bytes_total:,} "
                      f"| {_num(x.get('time_to_target_s'), '.4f')} | {_num(x.get('device_memory_bytes'), '.4f')} "
                      f"| {_num(x.get('bytes_per_update'), '.4f')} | {_num(x.get('bytes_to_target'), '.4f')} |")
+    lines.append(_notes(target, horizon_s))
+    return "\n".join(lines)
+
+
+def result_tables(results: dict[str, Any], target: float | None, horizon_s: float | None = None) -> list[Any]:
+    """The results as the terminal shows them: one table of figures, one of ratios to FedAvg, and
+    the notes (the same numbers as :func:`format_table`'s markdown, in two narrower tables)."""
+    from rich.table import Table
+
+    rat = ratios(results)
+    main = Table(title="results", title_justify="left")
+    for col in ("strategy", "time to target (sim s)", "versions", "final acc", "end mean acc", "best acc",
+                "device memory (B)", "bytes / update", "bytes to target", "bytes total"):
+        main.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col == "strategy")
+    vs = Table(title="x FedAvg", title_justify="left")
+    for col in ("strategy", "time to target", "device memory", "bytes / update", "bytes to target"):
+        vs.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col == "strategy")
+    for name, r in results.items():
+        ttt = _num(r.time_to_target_s, ",.1f") if r.reached_target else f"not reached ({r.sim_seconds:,.0f})"
+        main.add_row(name, ttt, str(r.versions), f"{r.final_accuracy:.4f}", f"{r.end_accuracy_mean:.4f}",
+                     f"{r.best_accuracy:.4f}", f"{r.device_memory_bytes:,}", f"{r.bytes_per_update:,}",
+                     _num(r.bytes_to_target, ","), f"{r.bytes_total:,}")
+        x = rat.get(name, {})
+        vs.add_row(name, *(_num(x.get(k), ".4f") for k in ("time_to_target_s", "device_memory_bytes",
+                                                           "bytes_per_update", "bytes_to_target")))
+    return [main, vs, _notes(target, horizon_s)]
+
+
+def _notes(target: float | None, horizon_s: float | None) -> str:
     notes = ["times are the boards' simulated seconds"]
     if target is not None:
         notes.insert(0, f"target test accuracy {target:g}")
     if horizon_s is not None:
         notes.append(f"final accuracy at the common horizon, {horizon_s:,.0f} simulated s")
     notes.append("end mean: time-weighted over the last tenth of each run")
-    lines.append(f"({'; '.join(notes)})")
-    return "\n".join(lines)
+    return f"({'; '.join(notes)})"
 
 
 def write_outputs(out: Path, study: Any, results: dict[str, Any], config: dict[str, Any]) -> list[Path]:
-    """summary.csv, history.csv, study.json and the plots (when matplotlib is importable)."""
+    """summary.csv, summary.md (the table in markdown, to paste), history.csv, study.json and the
+    plots (when matplotlib is importable)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "summary.csv", out / "history.csv", out / "study.json"]
+    files = [out / "summary.csv", out / "summary.md", out / "history.csv", out / "study.json"]
+    files[1].write_text(format_table(results, config.get("target_accuracy"), study.horizon_s) + "\n")
     with open(files[0], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in results.values():
             w.writerow(r.to_dict())
-    with open(files[1], "w", newline="") as f:
+    with open(files[2], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for name, r in results.items():
@@ -108,7 +139,7 @@ def write_outputs(out: Path, study: Any, results: dict[str, Any], config: dict[s
                 w.writerow({"strategy": name, **row})
     doc = {"config": config, "study": study.describe(), "results": {k: r.to_dict() for k, r in results.items()},
            "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results)}
-    files[2].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    files[3].write_text(json.dumps(doc, indent=2, default=str) + "\n")
     files.extend(plot(out, results, config.get("target_accuracy")))
     return files
 
@@ -312,7 +343,7 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
             f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall ({backend} backend)")
 
     try:
-        results = study.run_all(backend=runner, announce=announce)
+        results = study.run_all(backend=runner, announce=announce, on_leg=lambda text: say(f"-- {text}"))
     finally:
         if runner is not None:
             runner.close()
@@ -323,7 +354,7 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
                                "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results),
                                "files": [str(p) for p in files]}))
         return
-    say(format_table(results, cfg.target_accuracy, study.horizon_s))
+    output_console().print(*result_tables(results, cfg.target_accuracy, study.horizon_s))
     for name, r in results.items():
         for board, c in r.classes.items():
             say(f"{name} nested class {board}: {c['values']:,} values, training memory {c['device_memory_bytes']:,} B, "

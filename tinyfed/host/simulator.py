@@ -1320,12 +1320,18 @@ class Study:
 
     def run_all(self, *, progress: Callable[[dict[str, Any]], None] | None = None,
                 backend: Backend | None = None,
-                announce: Callable[[str, SimResult], None] | None = None) -> dict[str, SimResult]:
+                announce: Callable[[str, SimResult], None] | None = None,
+                on_leg: Callable[[str], None] | None = None) -> dict[str, SimResult]:
         """Every strategy to its target (time to target), then, with a horizon, every one on to the
-        same simulated moment, where their final accuracies are taken; keyed by label."""
+        same simulated moment, where their final accuracies are taken; keyed by label. ``on_leg``
+        hears what each of the two legs is before its strategies run (``announce`` after each)."""
         sims = {name: self.simulation(name, progress=progress, backend=backend) for name in self.cfg.strategies}
         results: dict[str, SimResult] = {}
         try:
+            if on_leg is not None:
+                target = self.cfg.target_accuracy
+                on_leg("to the target: each strategy until " + (f"test accuracy {target:g}" if target is not None
+                                                                 else "its limits") + " (time to target)")
             for name, sim in sims.items():
                 results[name] = self._log(sim.run())
                 if announce is not None:
@@ -1344,6 +1350,9 @@ class Study:
                 log.warning("horizon %.0f s: the end window (from %.0f s) starts before the time to target of %s, "
                             "whose end mean then counts accuracies below the target", end, end * (1.0 - END_WINDOW),
                             ", ".join(early))
+            if on_leg is not None:
+                on_leg(f"to the common horizon: every strategy on to {end:,.0f} simulated s (final accuracy and "
+                       "end mean are taken there)")
             for name, sim in sims.items():
                 if sim.now < end and results[name].stop_reason != "max wall seconds":
                     sim.eval_grid = horizon_grid(end)
