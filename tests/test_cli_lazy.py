@@ -55,3 +55,35 @@ def test_check_help_says_it_loads_the_whole_model() -> None:
     assert result.exit_code == 0
     assert "whole model" in result.output and "frozen fragment" not in result.output
     assert "frozen fragment" not in COMMANDS["check"]
+
+
+def _all_commands() -> list[tuple[str, object]]:
+    """Every command of the CLI, walking click's tree (groups included), as (path, command)."""
+    import click
+
+    found: list[tuple[str, object]] = []
+
+    def walk(cmd: click.Command, path: str) -> None:
+        found.append((path, cmd))
+        if isinstance(cmd, click.Group):
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None
+                walk(sub, f"{path} {name}".strip())
+
+    walk(cli, "")
+    return found
+
+
+def test_fleet_is_spelled_and_typed_alike_in_every_command() -> None:
+    """`--fleet FLEET`: one option (a TOML file or a preset's name) wherever a command takes a fleet."""
+    import click
+
+    fleets = {path: p for path, cmd in _all_commands() for p in cmd.params  # type: ignore[attr-defined]
+              if "--fleet" in getattr(p, "opts", ())}
+    assert set(fleets) >= {"plan", "devices", "check", "run"}
+    for path, p in fleets.items():
+        assert p.name == "fleet_path" and p.metavar == "FLEET", path
+        assert isinstance(p.type, click.Path) and not p.type.dir_okay and not p.type.exists, path
+        assert "shipped preset's name" in (p.help or ""), path

@@ -336,8 +336,14 @@ def test_cli_firmware_build_errors() -> None:
 
 
 @pytest.mark.slow
-def test_cli_firmware_build(firmware_elf: Path) -> None:
+def test_cli_firmware_build(firmware_elf: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["firmware", "build", "--board", "mps2-an386", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["board"] == "mps2-an386" and Path(doc["elf"]).is_file()
+    # --out: the build goes where the user says (outside the checkout's build/)
+    out = tmp_path / "fw"
+    r = CliRunner().invoke(cli, ["firmware", "build", "--board", "mps2-an386", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    elf = Path(json.loads(r.stdout)["elf"])
+    assert elf.is_file() and elf.parent == out

@@ -12,7 +12,7 @@ from rich import box
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, fleet_option, json_option
 from tinyfed.errors import ModelError
 
 
@@ -31,9 +31,8 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
 
 @click.command("check")
 @click.argument("model")
-@click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
-              help="Fleet TOML whose entries list device urls (e.g. written by `tinyfed emulate`), or a shipped "
-                   "preset's name.")
+@fleet_option("The boards to check: its entries list device URLs (`tinyfed emulate --out` writes one).",
+              required=True)
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz of inputs (array x, batch first; float is quantized). Default: random int8 inputs.")
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs to run per board.")

@@ -10,13 +10,12 @@ from rich import box
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, fleet_option, json_option
 
 
 @click.command("devices")
-@click.option("--fleet", "fleet_path", required=True, type=click.Path(path_type=Path),
-              help="Fleet TOML whose [[boards]] entries list device urls (e.g. written by `tinyfed emulate`), "
-                   "or a shipped preset's name.")
+@fleet_option("The devices to list: its entries list device URLs (`tinyfed emulate --out` writes one).",
+              required=True)
 @click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
 @click.option("--retries", type=int, default=2, show_default=True,
               help="Retransmissions before a device counts as unreachable.")

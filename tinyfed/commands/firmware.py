@@ -28,14 +28,18 @@ def firmware() -> None:
 
 @firmware.command("build")
 @click.option("--board", "board_name", required=True, help="Board to build for (see `tinyfed boards list`).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Build directory: objects, the ELF and its linker map (default: build/firmware/BOARD).")
 @boards_dir_option
 @json_option
-def build_command(board_name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Cross-compile the firmware for one board and print the ELF's path."""
+def build_command(board_name: str, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Cross-compile the firmware for one board and print the ELF's path.
+
+    Example: `tinyfed firmware build --board nrf52840 --out build/nrf`."""
     from tinyfed.boards import get_board
 
     board = get_board(board_name, boards_dirs)  # a clear error for an unknown board, before building
-    result = load_build_firmware()(board.name)
+    result = load_build_firmware()(board.name, out_dir, boards_dirs=boards_dirs)
     elf = Path(result)  # build_firmware returns a path-like BuildResult
     summary = result.summary() if callable(getattr(result, "summary", None)) else None
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +16,14 @@ boards_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory with extra board TOML files (repeatable; also $TINYFED_BOARDS_PATH).",
 )
+
+def fleet_option(purpose: str, *, required: bool = False) -> Any:
+    """``--fleet FLEET`` with one type and spelling in every command: a fleet TOML file or a shipped
+    preset's bare name (``tinyfed.boards.fleet.fleet_file`` resolves both); ``purpose`` starts the help."""
+    return click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FLEET",
+                        required=required,
+                        help=f"{purpose} A fleet TOML file, or a shipped preset's name (smartwatch, emulated).")
+
 
 #: The nested-subset plan's cap on the common core (``plan``, ``simulate``, ``run``): one spelling, one check.
 core_budget_option = click.option(

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
+from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
 from tinyfed.errors import BoardError
 from tinyfed.planner.config import TrainingConfig
 
@@ -22,7 +22,7 @@ def _kib(n: int | None) -> str:
 @click.command()
 @click.argument("model")
 @click.option("--board", "board_name", help="Plan for one board (see `tinyfed boards list`).")
-@click.option("--fleet", "fleet_spec", help="Fleet TOML file, or a shipped preset name (smartwatch, emulated).")
+@fleet_option("Plan for every board kind of a fleet: w* fits the smallest budget (M_min).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("plan"),
               show_default=True, help="Directory for the fragments and plan.json.")
 @click.option("--representative", type=click.Path(dir_okay=False, path_type=Path),
@@ -48,7 +48,7 @@ def _kib(n: int | None) -> str:
 def plan(
     model: str,
     board_name: str | None,
-    fleet_spec: str | None,
+    fleet_path: Path | None,
     out_dir: Path,
     representative: Path | None,
     batch_size: int,
@@ -67,10 +67,10 @@ def plan(
     from tinyfed.planner.plan import make_plan
     from tinyfed.planner.sources import load_model_source
 
-    if board_name is not None and fleet_spec is None:
+    if board_name is not None and fleet_path is None:
         fleet = single_board_fleet(get_board(board_name, boards_dirs))
-    elif fleet_spec is not None and board_name is None:
-        fleet = load_fleet(fleet_spec, boards_dirs)
+    elif fleet_path is not None and board_name is None:
+        fleet = load_fleet(fleet_path, boards_dirs)
     else:
         raise BoardError("give exactly one of --board NAME or --fleet FILE",
                          fix="e.g. `tinyfed plan har_cnn --board nrf52840`")

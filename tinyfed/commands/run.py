@@ -30,7 +30,7 @@ from typing import Any, get_args
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
+from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
 from tinyfed.host.strategies import STRATEGIES, Strategy
@@ -129,8 +129,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 
 
 @click.command("run")
-@click.option("--fleet", "fleet_path", type=click.Path(path_type=Path),
-              help="Fleet file whose entries list device URLs (tty, socket://, sim://), or a shipped preset's name.")
+@fleet_option("Train on these devices: its entries list device URLs (tty, socket://, sim://).")
 @click.option("--emulate", type=click.IntRange(min=1), help="Boot N QEMU boards for the run and stop them after.")
 @click.option("--simulate", type=click.IntRange(min=1), help="Run on N in-process simulated boards (sim://).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
