@@ -87,3 +87,21 @@ def test_fleet_is_spelled_and_typed_alike_in_every_command() -> None:
         assert p.name == "fleet_path" and p.metavar == "FLEET", path
         assert isinstance(p.type, click.Path) and not p.type.dir_okay and not p.type.exists, path
         assert "shipped preset's name" in (p.help or ""), path
+
+
+def test_every_option_has_help_a_shown_default_and_every_command_an_example() -> None:
+    import click
+
+    missing_help, hidden_default, no_example = [], [], []
+    for path, cmd in _all_commands():
+        if "Examples:" not in (cmd.help or ""):  # type: ignore[attr-defined]
+            no_example.append(path or "tinyfed")
+        for p in cmd.params:  # type: ignore[attr-defined]
+            if not isinstance(p, click.Option) or p.hidden:
+                continue
+            if not p.help:
+                missing_help.append(f"{path} {p.opts[0]}")
+            concrete = p.default is not None and "Sentinel" not in repr(p.default)
+            if concrete and not (p.is_flag or p.multiple or p.count or p.show_default):
+                hidden_default.append(f"{path} {p.opts[0]}")
+    assert not missing_help and not hidden_default and not no_example, (missing_help, hidden_default, no_example)

@@ -113,7 +113,14 @@ class TinyfedGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks on errors.")
 @click.version_option(__version__, prog_name="tinyfed")
 def cli(verbose: int) -> None:
-    """Federated learning on fleets of microcontrollers."""
+    """Federated learning on fleets of microcontrollers.
+
+    \b
+    Examples:
+      tinyfed demo
+      tinyfed plan har_cnn --board nrf52840
+      tinyfed COMMAND --help
+    """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

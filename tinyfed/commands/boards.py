@@ -17,14 +17,26 @@ from tinyfed.commands.options import boards_dir_option, json_option
 
 @click.group("boards")
 def boards() -> None:
-    """Board profiles: what each microcontroller offers for training."""
+    """Board profiles: what each microcontroller offers for training.
+
+    \b
+    Examples:
+      tinyfed boards list
+      tinyfed boards show nrf52840 --json
+    """
 
 
 @boards.command("list")
 @boards_dir_option
 @json_option
 def list_command(boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """List every known board (built-in and from board directories)."""
+    """List every known board (built-in and from board directories).
+
+    \b
+    Examples:
+      tinyfed boards list
+      tinyfed boards list --boards-dir my_boards/ --json
+    """
     found = list_boards(boards_dirs)
     if as_json:
         payload = {
@@ -66,7 +78,12 @@ def list_command(boards_dirs: tuple[Path, ...], as_json: bool) -> None:
 @boards_dir_option
 @json_option
 def show_command(name: str, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Show every field of one board, with the derived byte budgets."""
+    """Show every field of one board, with the derived byte budgets.
+
+    \b
+    Examples:
+      tinyfed boards show apollo3
+    """
     b = get_board(name, boards_dirs)
     if as_json:
         click.echo(json.dumps(b.to_dict(), indent=2))

@@ -45,8 +45,13 @@ def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, ti
     every output with TFLite Micro on the host. Exits 1 on any mismatch or failure.
 
     The whole model is loaded when the firmware can run all of it, otherwise the longest head that
-    it can (the report names which). Example:
-    `tinyfed check har_cnn --fleet fleet.toml --samples 32`."""
+    it can (the report names which).
+
+    \b
+    Examples:
+      tinyfed check har_cnn --fleet fleet.toml --samples 32
+      tinyfed check my_model_int8.tflite --fleet fleet.toml --data inputs.npz --json
+    """
     from tinyfed.firmware_bridge.link.devices import (
         check_devices,
         frozen_fragment,

@@ -60,7 +60,13 @@ def missing_emulation_tools() -> list[str]:
 @json_option
 def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | None, max_seconds: float,
          seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy."""
+    """Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.
+
+    \b
+    Examples:
+      tinyfed demo
+      tinyfed demo --simulate --max-seconds 120
+    """
     import datetime as dt
 
     from tinyfed.commands.run import (

@@ -25,6 +25,11 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
     """List every device of a fleet: board id, firmware build, protocol, free RAM/flash, round-trip time.
 
     Exits 1 when a device is unreachable (it is still listed).
+
+    \b
+    Examples:
+      tinyfed devices --fleet fleet.toml
+      tinyfed devices --fleet fleet.toml --timeout 2 --json
     """
     from tinyfed.firmware_bridge.link.devices import load_device_fleet, probe_devices, require_urls
 

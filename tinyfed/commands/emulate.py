@@ -25,7 +25,12 @@ from tinyfed.firmware_bridge.emulate.emulator import DEFAULT_READY_TIMEOUT
 @json_option
 def emulate(board_name: str, count: int, out_path: Path | None, elf_path: Path | None, ready_timeout: float,
             boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C."""
+    """Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C.
+
+    \b
+    Examples:
+      tinyfed emulate --board mps2-an386 --count 4 --out fleet.toml
+    """
     from tinyfed.boards import get_board
     from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet, qemu_command
     from tinyfed.firmware_bridge.link.devices import write_device_fleet

@@ -23,7 +23,12 @@ def load_build_firmware():
 
 @click.group("firmware")
 def firmware() -> None:
-    """The board firmware: build it (then `tinyfed flash` or `tinyfed emulate`)."""
+    """The board firmware: build it (then `tinyfed flash` or `tinyfed emulate`).
+
+    \b
+    Examples:
+      tinyfed firmware build --board nrf52840
+    """
 
 
 @firmware.command("build")
@@ -35,7 +40,11 @@ def firmware() -> None:
 def build_command(board_name: str, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Cross-compile the firmware for one board and print the ELF's path.
 
-    Example: `tinyfed firmware build --board nrf52840 --out build/nrf`."""
+    \b
+    Examples:
+      tinyfed firmware build --board nrf52840
+      tinyfed firmware build --board mps2-an386 --out build/fw --json
+    """
     from tinyfed.boards import get_board
 
     board = get_board(board_name, boards_dirs)  # a clear error for an unknown board, before building

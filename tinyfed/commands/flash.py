@@ -27,7 +27,12 @@ class FlashError(TinyfedError):
 @json_option
 def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_name: str | None,
           boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Flash the tinyfed firmware onto a board attached through a CMSIS-DAP/J-Link/ST-Link probe."""
+    """Flash the tinyfed firmware onto a board attached through a CMSIS-DAP/J-Link/ST-Link probe.
+
+    \b
+    Examples:
+      tinyfed flash --board nrf52840
+    """
     from tinyfed.boards import get_board
 
     board = get_board(board_name, boards_dirs)

@@ -32,7 +32,8 @@ def _kib(n: int | None) -> str:
 @click.option("--head-cache-samples", type=int, default=0, show_default=True,
               help="Local samples per board whose frozen-head outputs the plan leaves room for (the firmware "
                    "caches them after the first epoch).")
-@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True,
+              help="The boards' local optimizer: momentum keeps one more copy of w* in RAM, adam two.")
 @click.option("--importance", type=click.Choice(["fisher", "depth"]), default="fisher", show_default=True,
               help="How units are ranked: diagonal Fisher on proxy data, or nearest-the-output first.")
 @click.option("--trainable", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
@@ -62,7 +63,14 @@ def plan(
     boards_dirs: tuple[Path, ...],
     as_json: bool,
 ) -> None:
-    """Plan MODEL (a zoo name, a .keras or an int8 .tflite) onto a board or a fleet."""
+    """Plan MODEL (a zoo name, a .keras or an int8 .tflite) onto a board or a fleet.
+
+    \b
+    Examples:
+      tinyfed plan har_cnn --board nrf52840
+      tinyfed plan har_cnn --fleet smartwatch --out build/plan --json
+      tinyfed plan my_model.keras --representative calib.npy --board apollo3
+    """
     from tinyfed.boards import get_board, load_fleet, single_board_fleet
     from tinyfed.planner.plan import make_plan
     from tinyfed.planner.sources import load_model_source

@@ -39,7 +39,13 @@ def profile(model: str, board_name: str, url: str | None, whole: bool, with_trai
             icount_shift: int, elf_path: Path | None, representative: Path | None, seed: int,
             boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Run MODEL's frozen fragment on a board once per kernel path; print each op's instructions
-    (emulated) or cycles (a real board), MACs and instructions per MAC."""
+    (emulated) or cycles (a real board), MACs and instructions per MAC.
+
+    \b
+    Examples:
+      tinyfed profile har_cnn --board mps2-an386
+      tinyfed profile my_model_int8.tflite --board mps3-an547 --whole --json
+    """
     from tinyfed.boards import get_board
     from tinyfed.host.profiling import PATHS, load_fragment, profile_model
 

@@ -182,7 +182,15 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         alpha: float | None, seed: int | None, nested_subsets: bool | None, core_budget: float | None,
         out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool) -> None:
-    """Train a model across a fleet and print where the run stands after every new version."""
+    """Train a model across a fleet and print where the run stands after every new version.
+
+    \b
+    Examples:
+      tinyfed run --simulate 8 --max-versions 10
+      tinyfed run --emulate 8 --board mps2-an386 --target-accuracy 0.85
+      tinyfed run --fleet fleet.toml --out runs/lab --json
+      tinyfed run --resume runs/lab --max-seconds 600
+    """
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
 
     if target_accuracy is not None and target_metric is not None:

@@ -231,18 +231,22 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--partition", type=click.Choice(get_args(Partition)), default=None,
               help="Data split (default: natural when the data has users, else iid).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet concentration.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fleet, the data shards, the stragglers and every draw of the strategies.")
 @click.option("--start", type=click.Choice(sorted(get_args(Start))), default="fresh-head", show_default=True,
               help="fresh-head: the classifier head drawn anew (seeded), the same for every strategy.")
-@click.option("--epochs", type=int, default=_table_default(Training, "epochs"), show_default=True)
+@click.option("--epochs", type=int, default=_table_default(Training, "epochs"), show_default=True,
+              help="Local epochs per training task on a board.")
 @click.option("--lr", type=float, default=_table_default(Training, "lr"), show_default=True,
               help="Device SGD learning rate.")
-@click.option("--batch-size", type=int, default=_table_default(Training, "batch_size"), show_default=True)
+@click.option("--batch-size", type=int, default=_table_default(Training, "batch_size"), show_default=True,
+              help="Local mini-batch size on a board.")
 @click.option("--buffer-size", type=int, default=_table_default(StrategyParams, "buffer_size"), show_default=True,
               help="K of FTTE and FedBuff.")
 @click.option("--clients-per-round", type=int, default=_table_default(StrategyParams, "clients_per_round"),
               show_default=True, help="m of FedAvg.")
-@click.option("--server-lr", type=float, default=_table_default(StrategyParams, "server_lr"), show_default=True)
+@click.option("--server-lr", type=float, default=_table_default(StrategyParams, "server_lr"), show_default=True,
+              help="Server learning rate: the step the aggregated update is applied with.")
 @click.option("--staleness-exponent", type=float, default=_table_default(StrategyParams, "staleness_exponent"),
               show_default=True, help="a in (1 + tau)^-a, FTTE's and FedBuff's staleness weight.")
 @click.option("--variance-gamma", type=float, default=_table_default(StrategyParams, "variance_gamma"),
@@ -276,7 +280,8 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Update check (as tinyfed run).")
 @click.option("--norm-bound", type=float, default=_table_default(Checks, "norm_bound"), show_default=True,
               help="Update check (as tinyfed run).")
-@click.option("--max-versions", type=int, default=400, show_default=True)
+@click.option("--max-versions", type=int, default=400, show_default=True,
+              help="Stop a strategy after this many global versions.")
 @click.option("--max-sim-seconds", type=float, default=None, help="Stop at this simulated time.")
 @click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
 @click.option("--horizon", default="auto", show_default=True,
@@ -315,7 +320,13 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @json_option
 def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
              seeds: str | None, partitions: str | None, workers: int, **options: Any) -> None:
-    """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards."""
+    """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards.
+
+    \b
+    Examples:
+      tinyfed simulate --clients 500 --stragglers 0.9 --out build/sim
+      tinyfed simulate --strategies ftte,fedbuff@subset --seeds 0-4 --workers 2
+    """
     from tinyfed.host.simulator import Study
 
     cfg = study_config(options)
