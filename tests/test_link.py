@@ -556,6 +556,18 @@ def test_cli_devices_lists_reachable_and_unreachable(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and json.loads(missing.stdout)["error"] == "BoardError"
 
 
+def test_cli_devices_and_check_take_one_url_instead_of_a_fleet() -> None:
+    result = CliRunner().invoke(cli, ["devices", "--url", "sim://nrf52840?name=solo", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["devices"]
+    assert len(rows) == 1 and rows[0]["reachable"] and rows[0]["hello"]["board_id"] == "nrf52840"
+    for command in (["devices"], ["check", "har_cnn"]):
+        neither = CliRunner().invoke(cli, command)
+        both = CliRunner().invoke(cli, [*command, "--fleet", "smartwatch", "--url", "sim://nrf52840"])
+        for r in (neither, both):
+            assert r.exit_code == 2 and "give exactly one of --fleet FLEET and --url URL" in r.output
+
+
 @pytest.mark.parametrize("command", [["devices"], ["check", "har_cnn"], ["run", "--max-versions", "1"]])
 def test_a_preset_fleet_is_found_by_name_and_refused_for_having_no_urls(command: list[str], tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from rich import box
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, fleet_option, json_option
+from tinyfed.commands.options import boards_dir_option, fleet_option, json_option, url_option
 from tinyfed.errors import ModelError
 
 
@@ -31,15 +31,15 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
 
 @click.command("check")
 @click.argument("model")
-@fleet_option("The boards to check: its entries list device URLs (`tinyfed emulate --out` writes one).",
-              required=True)
+@fleet_option("The boards to check: its entries list device URLs (`tinyfed emulate --out` writes one).")
+@url_option
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz of inputs (array x, batch first; float is quantized). Default: random int8 inputs.")
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs to run per board.")
 @click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
 @boards_dir_option
 @json_option
-def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, timeout: float,
+def check(model: str, fleet_path: Path | None, url: str | None, data_path: Path | None, samples: int, timeout: float,
           boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Load MODEL (a zoo name or an int8 .tflite) onto every board, run inputs on it, and compare
     every output with TFLite Micro on the host. Exits 1 on any mismatch or failure.
@@ -51,18 +51,17 @@ def check(model: str, fleet_path: Path, data_path: Path | None, samples: int, ti
     Examples:
       tinyfed check har_cnn --fleet fleet.toml --samples 32
       tinyfed check my_model_int8.tflite --fleet fleet.toml --data inputs.npz --json
+      tinyfed check har_cnn --url socket://127.0.0.1:5000
     """
     from tinyfed.firmware_bridge.link.devices import (
         check_devices,
+        fleet_or_url,
         frozen_fragment,
-        load_device_fleet,
         load_inputs,
-        require_urls,
     )
     from tinyfed.models.tflm import TflmModel
 
-    fleet = load_device_fleet(fleet_path, boards_dirs)
-    require_urls(fleet)
+    fleet = fleet_or_url(fleet_path, url, boards_dirs)
     name, tflite = _tflite_bytes(model)
     fragment = frozen_fragment(tflite, source=name)
     reference = TflmModel(fragment.tflite, source=name)

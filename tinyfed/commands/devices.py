@@ -10,18 +10,19 @@ from rich import box
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, fleet_option, json_option
+from tinyfed.commands.options import boards_dir_option, fleet_option, json_option, url_option
 
 
 @click.command("devices")
-@fleet_option("The devices to list: its entries list device URLs (`tinyfed emulate --out` writes one).",
-              required=True)
+@fleet_option("The devices to list: its entries list device URLs (`tinyfed emulate --out` writes one).")
+@url_option
 @click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
 @click.option("--retries", type=int, default=2, show_default=True,
               help="Retransmissions before a device counts as unreachable.")
 @boards_dir_option
 @json_option
-def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+def devices(fleet_path: Path | None, url: str | None, timeout: float, retries: int, boards_dirs: tuple[Path, ...],
+            as_json: bool) -> None:
     """List every device of a fleet: board id, firmware build, protocol, free RAM/flash, round-trip time.
 
     Exits 1 when a device is unreachable (it is still listed).
@@ -30,11 +31,11 @@ def devices(fleet_path: Path, timeout: float, retries: int, boards_dirs: tuple[P
     Examples:
       tinyfed devices --fleet fleet.toml
       tinyfed devices --fleet fleet.toml --timeout 2 --json
+      tinyfed devices --url /dev/ttyACM0
     """
-    from tinyfed.firmware_bridge.link.devices import load_device_fleet, probe_devices, require_urls
+    from tinyfed.firmware_bridge.link.devices import fleet_or_url, probe_devices
 
-    fleet = load_device_fleet(fleet_path, boards_dirs)
-    require_urls(fleet)
+    fleet = fleet_or_url(fleet_path, url, boards_dirs)
     statuses = probe_devices(fleet.devices, timeout=timeout, retries=retries)
     if as_json:
         devices_json = [s.to_dict() for s in statuses]

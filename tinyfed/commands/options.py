@@ -25,6 +25,11 @@ def fleet_option(purpose: str, *, required: bool = False) -> Any:
                         help=f"{purpose} A fleet TOML file, or a shipped preset's name (smartwatch, emulated).")
 
 
+#: One device instead of a fleet file (``devices``, ``check``).
+url_option = click.option("--url", metavar="URL",
+                          help="One device instead of --fleet: a tty (/dev/ttyACM0), socket://HOST:PORT or sim://BOARD.")
+
+
 #: The nested-subset plan's cap on the common core (``plan``, ``simulate``, ``run``): one spelling, one check.
 core_budget_option = click.option(
     "--core-budget",

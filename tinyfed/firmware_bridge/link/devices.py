@@ -114,6 +114,26 @@ def load_device_fleet(path: Path | str, extra_dirs: Iterable[Path | str] = ()) -
     return DeviceFleet(fleet.name, devices, path, fleet.description)
 
 
+def one_url_fleet(url: str) -> DeviceFleet:
+    """A fleet of the one device at ``url`` (``--url``); its board kind is the ``sim://`` URL's, else
+    left for its HELLO to tell."""
+    board = url.split("://", 1)[1].split("?", 1)[0] if url.startswith("sim://") else "?"
+    return DeviceFleet(url, [Device(board, "device", url)])
+
+
+def fleet_or_url(fleet_path: Path | str | None, url: str | None, extra_dirs: Iterable[Path | str] = ()) -> DeviceFleet:
+    """The devices a command talks to: a fleet file's (``--fleet``), or one device's (``--url``)."""
+    if (fleet_path is None) == (url is None):
+        raise BoardError("give exactly one of --fleet FLEET and --url URL",
+                         fix="e.g. --fleet fleet.toml (`tinyfed emulate --out` writes one), or --url sim://nrf52840")
+    if url is not None:
+        return one_url_fleet(url)
+    assert fleet_path is not None
+    fleet = load_device_fleet(fleet_path, extra_dirs)
+    require_urls(fleet)
+    return fleet
+
+
 def require_urls(fleet: DeviceFleet) -> None:
     """Refuse a fleet none of whose devices has a URL (a planning preset such as ``smartwatch``):
     there is nothing to talk to, and the fix is a different fleet, not a retry."""
