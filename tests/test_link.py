@@ -556,6 +556,21 @@ def test_cli_devices_lists_reachable_and_unreachable(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and json.loads(missing.stdout)["error"] == "BoardError"
 
 
+def test_cli_devices_scan_lists_the_serial_ports_pyserial_sees() -> None:
+    from serial.tools import list_ports
+
+    result = CliRunner().invoke(cli, ["devices", "--scan", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [p["device"] for p in doc["serial_ports"]] == sorted(p.device for p in list_ports.comports())
+    assert isinstance(doc["probes"], list) and (doc["probes"] or doc["probe_problem"] is None
+                                                or "pyOCD" in doc["probe_problem"])
+    text = CliRunner().invoke(cli, ["devices", "--scan"])
+    assert text.exit_code == 0 and ("serial ports" in text.output or "no serial ports" in text.output)
+    mixed = CliRunner().invoke(cli, ["devices", "--scan", "--url", "sim://nrf52840"])
+    assert mixed.exit_code == 2 and "drop --fleet/--url" in mixed.output
+
+
 def test_cli_devices_and_check_take_one_url_instead_of_a_fleet() -> None:
     result = CliRunner().invoke(cli, ["devices", "--url", "sim://nrf52840?name=solo", "--json"])
     assert result.exit_code == 0, result.output

@@ -16,13 +16,14 @@ from tinyfed.commands.options import boards_dir_option, fleet_option, json_optio
 @click.command("devices")
 @fleet_option("The devices to list: its entries list device URLs (`tinyfed emulate --out` writes one).")
 @url_option
+@click.option("--scan", is_flag=True, help="List this machine's serial ports and debug probes instead (no fleet).")
 @click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
 @click.option("--retries", type=int, default=2, show_default=True,
               help="Retransmissions before a device counts as unreachable.")
 @boards_dir_option
 @json_option
-def devices(fleet_path: Path | None, url: str | None, timeout: float, retries: int, boards_dirs: tuple[Path, ...],
-            as_json: bool) -> None:
+def devices(fleet_path: Path | None, url: str | None, scan: bool, timeout: float, retries: int,
+            boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """List every device of a fleet: board id, firmware build, protocol, free RAM/flash, round-trip time.
 
     Exits 1 when a device is unreachable (it is still listed).
@@ -32,7 +33,13 @@ def devices(fleet_path: Path | None, url: str | None, timeout: float, retries: i
       tinyfed devices --fleet fleet.toml
       tinyfed devices --fleet fleet.toml --timeout 2 --json
       tinyfed devices --url /dev/ttyACM0
+      tinyfed devices --scan
     """
+    if scan:
+        if fleet_path is not None or url is not None:
+            raise click.UsageError("--scan lists what is attached to this machine; drop --fleet/--url")
+        _print_scan(as_json)
+        return
     from tinyfed.firmware_bridge.link.devices import fleet_or_url, probe_devices
 
     fleet = fleet_or_url(fleet_path, url, boards_dirs)
@@ -63,3 +70,33 @@ def devices(fleet_path: Path | None, url: str | None, timeout: float, retries: i
                       "slot: flash per fragment slot.")
     if not all(s.reachable for s in statuses):
         raise SystemExit(1)
+
+
+def _print_scan(as_json: bool) -> None:
+    """Serial ports and debug probes, as a table or one JSON object."""
+    from tinyfed.firmware_bridge.link.scan import scan
+
+    found = scan()
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
+        return
+    console = output_console()
+    if found.ports:
+        ports = Table(title="serial ports", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("device", "description", "USB vid:pid", "hwid"):
+            ports.add_column(col, no_wrap=col == "device")
+        for p in found.ports:
+            ports.add_row(p.device, p.description, p.vid_pid or "-", p.hwid)
+        console.print(ports)
+    else:
+        console.print("no serial ports")
+    if found.probes:
+        probes = Table(title="debug probes", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("unique id", "vendor", "product"):
+            probes.add_column(col)
+        for pr in found.probes:
+            probes.add_row(pr.unique_id, pr.vendor, pr.product)
+        console.print(probes)
+    else:
+        console.print("no debug probes" + (f" ({found.probe_problem})" if found.probe_problem else ""))
+    console.print("a port goes into a fleet file as url = \"/dev/ttyACM0\", or try it: tinyfed devices --url PORT")
