@@ -69,6 +69,7 @@ def test_plan_table_on_the_default_fleet(work: Path, cache_env: dict[str, str]) 
     for name in ("nrf52840", "apollo3", "stm32l4r9", "rp2040"):
         assert name in proc.stdout
     assert "M_min" in proc.stdout
+    assert "loading har_cnn" in proc.stderr and "planning for smartwatch: done in" in proc.stderr  # not silent
     written = sorted(p.name for p in (work / "f").iterdir())
     assert len(written) == 5  # every file the plan wrote is named, with what it is for
     assert sorted(line.split()[1].rsplit("/", 1)[-1] for line in proc.stdout.splitlines()

@@ -11,7 +11,7 @@ import numpy as np
 from rich import box
 from rich.table import Table
 
-from tinyfed.commands.console import output_console
+from tinyfed.commands.console import output_console, phase
 from tinyfed.commands.options import boards_dir_option, fleet_option, json_option, url_option
 from tinyfed.errors import ModelError
 
@@ -62,12 +62,15 @@ def check(model: str, fleet_path: Path | None, url: str | None, data_path: Path 
     from tinyfed.models.tflm import TflmModel
 
     fleet = fleet_or_url(fleet_path, url, boards_dirs)
-    name, tflite = _tflite_bytes(model)
-    fragment = frozen_fragment(tflite, source=name)
-    reference = TflmModel(fragment.tflite, source=name)
-    x = load_inputs(data_path, reference, samples)
-    expected = cast(np.ndarray, reference.run(x))  # a frozen fragment has one output, so one array
-    rows = check_devices(fleet.devices, fragment, x, expected, timeout=timeout)
+    with phase(f"loading {model} and its TFLite Micro reference outputs", quiet=as_json):
+        name, tflite = _tflite_bytes(model)
+        fragment = frozen_fragment(tflite, source=name)
+        reference = TflmModel(fragment.tflite, source=name)
+        x = load_inputs(data_path, reference, samples)
+        expected = cast(np.ndarray, reference.run(x))  # a frozen fragment has one output, so one array
+    with phase(f"loading {len(fragment.blob):,} bytes onto {len(fleet.devices)} device(s) and running {len(x)} "
+               "inputs", quiet=as_json):
+        rows = check_devices(fleet.devices, fragment, x, expected, timeout=timeout)
     ok = all(r["error"] is None and r["mismatches"] == 0 for r in rows)
     if as_json:
         click.echo(json.dumps({"model": name, "fragment": fragment.label, "blob_bytes": len(fragment.blob),

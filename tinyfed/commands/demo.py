@@ -110,8 +110,8 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
         if simulate:
             devices, source, n = open_devices(stack, simulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs)
         else:
-            say(f"booting {count} QEMU boards ...")
-            devices, source, n = open_devices(stack, emulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs)
+            devices, source, n = open_devices(stack, emulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs,
+                                              quiet=as_json)
         _record_devices(out, source, n, DEMO_BOARD, None, max_windows, devices)
         result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, announce=announce)
     report_run(cfg, result, out, len(devices), as_json)

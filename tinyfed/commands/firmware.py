@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from tinyfed.commands.console import phase
 from tinyfed.commands.options import boards_dir_option, json_option
 from tinyfed.errors import TinyfedError
 
@@ -48,7 +49,8 @@ def build_command(board_name: str, out_dir: Path | None, boards_dirs: tuple[Path
     from tinyfed.boards import get_board
 
     board = get_board(board_name, boards_dirs)  # a clear error for an unknown board, before building
-    result = load_build_firmware()(board.name, out_dir, boards_dirs=boards_dirs)
+    with phase(f"building the firmware for {board.name} (make, arm-none-eabi-gcc)", quiet=as_json):
+        result = load_build_firmware()(board.name, out_dir, boards_dirs=boards_dirs)
     elf = Path(result)  # build_firmware returns a path-like BuildResult
     summary = result.summary() if callable(getattr(result, "summary", None)) else None
     if as_json:

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tinyfed.commands.console import output_console
+from tinyfed.commands.console import output_console, phase
 from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
 from tinyfed.errors import BoardError
 from tinyfed.planner.config import TrainingConfig
@@ -85,9 +85,12 @@ def plan(
     out_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the slow part
     cfg = TrainingConfig(batch_size=batch_size, optimizer=optimizer, importance=importance,
                          head_cache_samples=head_cache_samples)
-    source = load_model_source(model, representative, cfg)
-    result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable,
-                       extra_board_dirs=boards_dirs, core_budget=core_budget, nested=nested)
+    with phase(f"loading {model} (an int8 conversion the first time)", quiet=as_json):
+        source = load_model_source(model, representative, cfg)
+    what = "planning" + ("" if no_measure else " (and measuring the TFLite Micro arena)")
+    with phase(f"{what} for {fleet.name}", quiet=as_json):
+        result = make_plan(source, fleet, cfg, out_dir, measure=not no_measure, trainable=trainable,
+                           extra_board_dirs=boards_dirs, core_budget=core_budget, nested=nested)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:

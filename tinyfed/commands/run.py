@@ -30,6 +30,7 @@ from typing import Any, get_args
 
 import click
 
+from tinyfed.commands.console import phase
 from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
@@ -234,7 +235,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         require_urls(load_device_fleet(fleet_path, boards_dirs))
     out = new_run_dir(out_dir, create=False)
     click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
-    cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
+    with phase(f"loading {Path(cfg.model).name} and its data", quiet=as_json):
+        cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
     new_run_dir(out)  # made only now: a bad model or data file leaves no empty run behind
     cfg.dump(out)
@@ -243,7 +245,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
                                               board_name=board_name, boards_dirs=boards_dirs,
                                               strategy=cfg.strategy, model=cfg.model,
-                                              payload=strategy_payload(cfg.strategy, cfg.strategy_params))
+                                              payload=strategy_payload(cfg.strategy, cfg.strategy_params),
+                                              quiet=as_json)
         _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
         if source == "emulate" and devices[0].board != board_name:
             click.echo(baseline_note(cfg.model, cfg.strategy, board_name, devices[0].board, boards_dirs), err=True)
@@ -309,7 +312,7 @@ def new_run_dir(out_dir: Path | None, *, create: bool = True) -> Path:
 def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: int | None = None,
                  simulate: int | None = None, board_name: str = "mps2-an386",
                  boards_dirs: tuple[Path, ...] = (), strategy: str | None = None,
-                 model: str | None = None, payload: str | None = None) -> tuple[list, str, int]:
+                 model: str | None = None, payload: str | None = None, quiet: bool = False) -> tuple[list, str, int]:
     """The run's devices from exactly one source; emulators booted here stop when ``stack`` closes.
 
     Returns the devices, the source's name (``fleet``, ``emulate``, ``simulate``, as
@@ -332,7 +335,8 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
         from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 
         board = emulated_board_for(get_board(board_name, boards_dirs), strategy, model, boards_dirs, payload)
-        emus = stack.enter_context(EmulatorFleet(board, emulate))
+        with phase(f"booting {emulate} QEMU {board.name} boards (and building their firmware if needed)", quiet=quiet):
+            emus = stack.enter_context(EmulatorFleet(board, emulate))
         return [DeviceSpec(b.name, b.url, board.name) for b in emus.boards], "emulate", emulate
     from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
@@ -405,11 +409,13 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
 
     strat = run_strategy(cfg.strategy, cfg.strategy_params)
     payload = strat.payload  # the plan's subset (FTTE, @subset variants) or the whole model (the baselines)
-    setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
-                        alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
-                        max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
-                        data=data, task=cfg.task, core_budget=cfg.core_budget if payload == "subset" else None,
-                        nested=cfg.nested_subsets and payload == "subset")
+    with phase(f"planning {Path(cfg.model).name} for {len(devices)} boards and preparing their fragment, training "
+               "program and local data", quiet=as_json):
+        setup = prepare_run(cfg.model, devices, payload, work_dir=out, partition=cfg.data.partition,
+                            alpha=cfg.data.alpha, seed=cfg.seed, batch_size=cfg.training.batch_size,
+                            max_windows=max_windows, start=cfg.start, npz=cfg.data.npz, test_npz=cfg.data.test_npz,
+                            data=data, task=cfg.task, core_budget=cfg.core_budget if payload == "subset" else None,
+                            nested=cfg.nested_subsets and payload == "subset")
     target = check_stop_rule(cfg, setup.task, setup.metric)
     if announce is not None:
         announce(setup)
