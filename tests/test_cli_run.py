@@ -127,5 +127,6 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_keeps_the_run(tmp_path: Pa
     assert "Aborted!" not in stderr and "Traceback" not in stderr
     # no silent stretch before the first version: each long step says what it does and how long it took
     assert "loading har_cnn and its data: done in" in stderr
-    assert "planning har_cnn for 4 boards and preparing their fragment, training program and local data: done in" in stderr
+    assert ("planning har_cnn for 4 boards and preparing their fragment, training program and local data: done in"
+            in stderr)
     assert (out / "config.toml").is_file() and (out / "events.jsonl").is_file()

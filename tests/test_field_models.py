@@ -152,7 +152,7 @@ def test_look_alike_plans_on_the_nrf52840_with_a_nonempty_w_star(field_cache: Fi
     doc = json.loads((tmp_path / "plan.json").read_text())
     if name in TOO_BIG_FOR_NRF52840:
         assert not plan.fits and doc["fits"] is False and not any(b["fits"] for b in doc["boards"].values())
-        assert plan.problems == [next(p for p in plan.problems if "program store of 65536 bytes" in p)]
+        assert plan.problems == [next(p for p in plan.problems if "program store of 64.0 KiB" in p)]
         board = TOO_BIG_FOR_NRF52840[name]
         assert any(f": {board} (" in s for s in plan.suggestions), plan.suggestions
         plan = make_plan(load_model_source(str(case.tflite_path), None, cfg), single_board_fleet(get_board(board)),

@@ -212,10 +212,15 @@ def test_the_summary_says_when_the_boards_ran_the_baseline_profile(tmp_path: Pat
     result = RunResult("fedavg", 1, 0.57, 1.1, False, 80.0, 1000, 2000, 8, 0, 0, np.zeros(1, np.float32))
     devices = [DeviceSpec(f"{BASELINE}#0", "socket://127.0.0.1:4000", BASELINE)]
     _record_devices(tmp_path, "emulate", 1, BOARD, None, 32, devices)
-    report_run(cfg, result, tmp_path, 1, True)
-    assert json.loads(capsys.readouterr().out)["baseline_board"] == BASELINE
-    report_run(cfg, result, tmp_path, 1, False)
-    assert f"boards: {BASELINE} (emulator-only baseline budget, not a real board)" in capsys.readouterr().out
+
+    def report(as_json: bool) -> str:
+        """The summary; the run stopped short of its target (0.57 < 0.85), so it exits 1 after it."""
+        with pytest.raises(SystemExit) as stop:
+            report_run(cfg, result, tmp_path, 1, as_json)
+        assert stop.value.code == 1
+        return capsys.readouterr().out
+
+    assert json.loads(report(True))["baseline_board"] == BASELINE
+    assert f"boards: {BASELINE} (emulator-only baseline budget, not a real board)" in report(False)
     _record_devices(tmp_path, "emulate", 1, BOARD, None, 32, [DeviceSpec("b#0", "socket://127.0.0.1:4000", BOARD)])
-    report_run(cfg, result, tmp_path, 1, True)
-    assert json.loads(capsys.readouterr().out)["baseline_board"] is None
+    assert json.loads(report(True))["baseline_board"] is None

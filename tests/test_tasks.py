@@ -255,7 +255,7 @@ def test_an_autoencoder_run_on_sim_boards_reports_auc_and_improves(files: dict[s
     resumed = CliRunner().invoke(cli, ["run", "--resume", str(out), "--max-versions", "12", "--target-metric", "0.999",
                                        "--json"])
     assert resumed.exit_code == 1, resumed.output  # stopped at 12 versions, short of 0.999
-    again = json.loads(resumed.output.strip().splitlines()[-1])
+    again = json.loads(resumed.stdout.strip().splitlines()[-1])  # stderr says why it exits 1
     assert (again["metric"], again["versions"], again["resumed_from"], again["target_metric"]) == ("auc", 12, 10, 0.999)
 
 

@@ -537,6 +537,18 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        """Train to the limits. BLAS is held to one thread meanwhile: the host's vectors are small,
+        and OpenBLAS's fork handler shuts its thread pool down, so a fork while the engine was in a
+        multi-threaded BLAS call (a board's emulator restarted beside the run) left that call
+        spinning for ever (seen in the suite: the engine stuck in ``exec_blas`` under a vector norm)."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # scikit-learn brings it; without it, numpy's default threads
+            return self._run()
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._run()
+
+    def _run(self) -> RunResult:
         outcomes: queue.Queue[_Outcome] = queue.Queue()
         payload_float = self.strategy.payload == "dense"
         workers = {d.name: _Worker(d, self.setup, self.training, outcomes, payload_float, self.device_timeout_s)
