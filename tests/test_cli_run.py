@@ -42,6 +42,14 @@ def test_run_on_simulated_boards_prints_a_json_summary_and_keeps_its_records(tmp
     assert Path(summary["export"]["final"]).is_file() and (out / "export" / "tail.tflite").is_file()
     records = summarize(read_events(out))
     assert records["all_tasks_accounted"] and records["versions"] == summary["versions"]
+    # history.csv: one row per evaluated version (0 included), bytes cumulative, the last = the summary's
+    import csv
+
+    with open(out / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["version"]) for r in history] == list(range(summary["versions"] + 1))
+    assert history[-1]["metric"] == "accuracy" and float(history[-1]["value"]) == summary["final_accuracy"]
+    assert 0 < int(history[-1]["bytes_up"]) <= summary["bytes_up"]  # the summary also counts the tasks after it
     assert records["bytes_up"] == summary["bytes_up"] > 0
 
 

@@ -404,7 +404,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     ``data`` is the run's :class:`~tinyfed.host.rundata.RunData` when already loaded (else loaded here).
     """
     from tinyfed.host.engine import Engine, Limits
-    from tinyfed.host.events import EventLog
+    from tinyfed.host.events import EventLog, write_history
     from tinyfed.host.setup import check_stores, prepare_run
 
     strat = run_strategy(cfg.strategy, cfg.strategy_params)
@@ -466,6 +466,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
                     device_timeout_s=cfg.devices.device_timeout_s,
                     evaluate_every=cfg.evaluation.every_versions, progress=progress, resume_from=checkpoint)
     result = engine.run()
+    write_history(out)  # history.csv, as simulate writes one: per evaluated version, from events.jsonl
     if live is not None:  # the last frame: how the run ended, not an estimate of what is left
         board.finish(result.reached_target)
         live.update(board.render())

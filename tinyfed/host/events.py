@@ -426,3 +426,39 @@ class _RunTally:
             summary["reached_target"] = self.time_to_target is not None
             summary["time_to_target"] = self.time_to_target
         return summary
+
+
+#: history.csv's columns (``tinyfed run``): one row per evaluated version, as simulate's history.csv.
+HISTORY_FILE = "history.csv"
+
+
+def write_history(run_dir: str | Path) -> Path:
+    """``RUN_DIR/history.csv`` from the run's events: per evaluated version, the run's time, the
+    metric (float master and int8 model), the loss and the tasks' bytes so far each way (provisioning
+    apart, as in the summary). Built from
+    ``events.jsonl``, so a resumed run's file covers the whole run."""
+    import csv
+
+    run_dir = Path(run_dir)
+    rows: list[dict[str, Any]] = []
+    up = down = 0
+    for ev in read_events(run_dir):
+        if ev["kind"] == "bytes":
+            if ev.get("what") == "provision":  # counted apart, as the summary does
+                continue
+            if ev["direction"] == "up":
+                up += int(ev["n"])
+            else:
+                down += int(ev["n"])
+        elif ev["kind"] == "evaluation":
+            metric = ev.get("metric", "accuracy")
+            rows.append({"version": ev["version"], "t_s": ev["t"], "metric": metric, "value": ev.get(metric),
+                         "int8_value": ev.get(f"int8_{metric}"), "loss": ev.get("loss"),
+                         "bytes_up": up, "bytes_down": down})
+    path = run_dir / HISTORY_FILE
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=("version", "t_s", "metric", "value", "int8_value", "loss", "bytes_up",
+                                          "bytes_down"))
+        w.writeheader()
+        w.writerows(rows)
+    return path
