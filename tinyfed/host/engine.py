@@ -537,15 +537,11 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        """Train to the limits. BLAS is held to one thread meanwhile: the host's vectors are small,
-        and OpenBLAS's fork handler shuts its thread pool down, so a fork while the engine was in a
-        multi-threaded BLAS call (a board's emulator restarted beside the run) left that call
-        spinning for ever (seen in the suite: the engine stuck in ``exec_blas`` under a vector norm)."""
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # scikit-learn brings it; without it, numpy's default threads
-            return self._run()
-        with threadpool_limits(limits=1, user_api="blas"):
+        """Train to the limits, BLAS held to one thread (:mod:`tinyfed.host.blas`: a fork beside a
+        multi-threaded OpenBLAS call left the engine spinning in ``exec_blas``)."""
+        from tinyfed.host.blas import one_blas_thread
+
+        with one_blas_thread():
             return self._run()
 
     def _run(self) -> RunResult:

@@ -890,11 +890,9 @@ class Simulation:
         BLAS threads per step burn several times the CPU (measured 7x on 2 cores)."""
         lim = limits if limits is not None else self.limits
         _check_limits(lim)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # scikit-learn brings it; without it, numpy's default threads
-            return self._run(lim)
-        with threadpool_limits(limits=1, user_api="blas"):
+        from tinyfed.host.blas import one_blas_thread
+
+        with one_blas_thread():
             return self._run(lim)
 
     def close(self) -> None:

@@ -426,6 +426,40 @@ typedef struct conv_rs {
     "lsr r6, r6, #16\n\t"                                                                          \
     "strh r6, [r5, r10]\n\t"
 
+/* The dot products of one channel pair and pixel pair (both loops' bodies): the pair's two filter
+ * pointers (advancing the run's by two filters), then the single groups up to col_mid and the
+ * groups by four up to col_end; the accumulators r6-r9 hold the bias on entry. */
+#define CONV_DOTS                                                                                  \
+    "ldr r10, [r0, #4]\n\t" \
+    "ldr r2, [r0, #8]\n\t" \
+    "add r11, r10, r2\n\t" \
+    "add r2, r11, r2\n\t" \
+    "str r2, [r0, #4]\n\t" \
+    "ldr lr, [r0, #0]\n\t" \
+    "ldr r1, [r0, #12]\n\t" \
+    "cmp lr, r1\n\t" \
+    "beq 3f\n\t" \
+    "2:\n\t" CONV_G \
+    "ldr r1, [r0, #12]\n\t" \
+    "cmp lr, r1\n\t" \
+    "bne 2b\n\t" \
+    "3:\n\t" \
+    "ldr r1, [r0, #56]\n\t" \
+    "cmp lr, r1\n\t" \
+    "beq 5f\n\t" \
+    "4:\n\t" CONV_G CONV_G CONV_G CONV_G \
+    "ldr r1, [r0, #56]\n\t" \
+    "cmp lr, r1\n\t" \
+    "bne 4b\n\t" \
+    "5:\n\t"
+
+/* Count the channel pair done; back to the loop's top (label 1) while pairs are left. */
+#define CONV_NEXT_PAIR                                                                             \
+    "ldr r5, [r0, #52]\n\t"                                                                        \
+    "subs r5, r5, #1\n\t"                                                                          \
+    "str r5, [r0, #52]\n\t"                                                                        \
+    "bne 1b\n\t"
+
 /* Every channel pair of a pixel pair in one loop of assembly (the compiler's version of the
  * C blocks spends about as many instructions around each block as in its requantization): the
  * dot products as dot_2x2, then rq_store2's fast route for the four outputs (the clamp of all four
@@ -446,28 +480,7 @@ static void conv_pairs_native(conv_run_t *s)
         "str r1, [r0, #16]\n\t"
         "mov r7, r6\n\t"
         "mov r9, r8\n\t"
-        "ldr r10, [r0, #4]\n\t"
-        "ldr r2, [r0, #8]\n\t"
-        "add r11, r10, r2\n\t"
-        "add r2, r11, r2\n\t"
-        "str r2, [r0, #4]\n\t"
-        "ldr lr, [r0, #0]\n\t"
-        "ldr r1, [r0, #12]\n\t"
-        "cmp lr, r1\n\t"
-        "beq 3f\n\t"
-        "2:\n\t" CONV_G
-        "ldr r1, [r0, #12]\n\t"
-        "cmp lr, r1\n\t"
-        "bne 2b\n\t"
-        "3:\n\t"
-        "ldr r1, [r0, #56]\n\t"
-        "cmp lr, r1\n\t"
-        "beq 5f\n\t"
-        "4:\n\t" CONV_G CONV_G CONV_G CONV_G
-        "ldr r1, [r0, #56]\n\t"
-        "cmp lr, r1\n\t"
-        "bne 4b\n\t"
-        "5:\n\t"
+        CONV_DOTS
         "ldr lr, [r0, #40]\n\t"
         CONV_CH(0, "r6", "r7") CONV_CH(1, "r8", "r9") CONV_STORE
         "ldr r5, [r0, #24]\n\t"
@@ -479,10 +492,7 @@ static void conv_pairs_native(conv_run_t *s)
         "ldr r5, [r0, #32]\n\t"
         "add r5, r5, #2\n\t"
         "str r5, [r0, #32]\n\t"
-        "ldr r5, [r0, #52]\n\t"
-        "subs r5, r5, #1\n\t"
-        "str r5, [r0, #52]\n\t"
-        "bne 1b\n\t"
+        CONV_NEXT_PAIR
         : "+r"(r0)
         :
         : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
@@ -517,28 +527,7 @@ static void conv_pairs_rs(conv_run_t *s)
         "ldr r8, [r5, #20]\n\t"
         "mov r7, r6\n\t"
         "mov r9, r8\n\t"
-        "ldr r10, [r0, #4]\n\t"
-        "ldr r2, [r0, #8]\n\t"
-        "add r11, r10, r2\n\t"
-        "add r2, r11, r2\n\t"
-        "str r2, [r0, #4]\n\t"
-        "ldr lr, [r0, #0]\n\t"
-        "ldr r1, [r0, #12]\n\t"
-        "cmp lr, r1\n\t"
-        "beq 3f\n\t"
-        "2:\n\t" CONV_G
-        "ldr r1, [r0, #12]\n\t"
-        "cmp lr, r1\n\t"
-        "bne 2b\n\t"
-        "3:\n\t"
-        "ldr r1, [r0, #56]\n\t"
-        "cmp lr, r1\n\t"
-        "beq 5f\n\t"
-        "4:\n\t" CONV_G CONV_G CONV_G CONV_G
-        "ldr r1, [r0, #56]\n\t"
-        "cmp lr, r1\n\t"
-        "bne 4b\n\t"
-        "5:\n\t"
+        CONV_DOTS
         "ldr r5, [r0, #60]\n\t"
         CONV_RS_CH(0, "r6", "r7") CONV_RS_CH(20, "r8", "r9")
         "add r5, r5, #40\n\t"
@@ -546,10 +535,7 @@ static void conv_pairs_rs(conv_run_t *s)
         CONV_STORE /* (leaves r5 at pixel A's outputs) */
         "add r5, r5, #2\n\t"
         "str r5, [r0, #32]\n\t"
-        "ldr r5, [r0, #52]\n\t"
-        "subs r5, r5, #1\n\t"
-        "str r5, [r0, #52]\n\t"
-        "bne 1b\n\t"
+        CONV_NEXT_PAIR
         : "+r"(r0)
         :
         : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
