@@ -105,3 +105,60 @@ def test_every_option_has_help_a_shown_default_and_every_command_an_example() ->
             if concrete and not (p.is_flag or p.multiple or p.count or p.show_default):
                 hidden_default.append(f"{path} {p.opts[0]}")
     assert not missing_help and not hidden_default and not no_example, (missing_help, hidden_default, no_example)
+
+
+def _options_named(flag: str) -> dict[str, click.Option]:
+    return {path: p for path, cmd in _all_commands() for p in cmd.params  # type: ignore[attr-defined]
+            if isinstance(p, click.Option) and flag in p.opts and not p.hidden}
+
+
+def test_counts_seeds_targets_and_outputs_share_one_name_and_type() -> None:
+    """docs/cli.md's vocabulary, held by walking click's tree: how many boards is `--count N` (a
+    positive integer), a seed a non-negative integer, a target accuracy in (0, 1], `--out` a directory."""
+    counts = _options_named("--count")
+    assert set(counts) >= {"emulate", "demo", "run", "simulate"}
+    for path, p in counts.items():
+        assert isinstance(p.type, click.IntRange) and p.type.min == 1, path
+    for path, p in _options_named("--seed").items():
+        assert isinstance(p.type, click.IntRange) and p.type.min == 0, path
+    targets = _options_named("--target-accuracy")
+    assert set(targets) >= {"demo", "run", "simulate"}
+    for path, p in targets.items():
+        assert isinstance(p.type, click.FloatRange) and (p.type.min, p.type.max, p.type.min_open) == (0, 1, True), path
+    outs = _options_named("--out")
+    assert set(outs) >= {"emulate", "demo", "run", "simulate", "plan", "firmware build"}
+    for path, p in outs.items():
+        assert isinstance(p.type, click.Path) and not p.type.file_okay and p.metavar == "DIR", path
+    for old in ("--clients", "--boards"):  # old spellings still parse but are not offered
+        assert not _options_named(old), old
+
+
+def test_simulate_and_emulate_take_an_optional_count() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "--simulate", "2", "--count", "3", "--max-versions", "1"])
+    assert result.exit_code == 2 and "--simulate 2 and --count 3 disagree" in result.output
+    result = runner.invoke(cli, ["run", "--simulate", "0"])
+    assert result.exit_code == 2 and "give at least 1" in result.output
+    result = runner.invoke(cli, ["run", "--fleet", "smartwatch", "--count", "3"])
+    assert result.exit_code == 2 and "--count is for --emulate / --simulate" in result.output
+    from tinyfed.commands.options import resolve_count
+
+    assert resolve_count("simulate", 0, None) == 8 and resolve_count("simulate", 0, 3) == 3
+    assert resolve_count("simulate", 5, None) == 5 and resolve_count("emulate", 4, 4) == 4
+
+
+def test_shell_completion_offers_boards_and_zoo_models() -> None:
+    from click.shell_completion import ShellComplete
+
+    def complete(args: list[str], incomplete: str) -> list[str]:
+        sc = ShellComplete(cli, {}, "tinyfed", "_TINYFED_COMPLETE")
+        return [c.value for c in sc.get_completions(args, incomplete)]
+
+    assert complete(["run", "--board"], "nrf") == ["nrf52840"]
+    assert complete(["emulate", "--board"], "mps3") == ["mps3-an547"]
+    assert complete(["plan"], "har") == ["har_cnn"] and complete(["check"], "dig") == ["digits_cnn"]
+    assert "mps2-an386" in complete(["boards", "show"], "mps2")
+    assert complete([], "sim") == ["simulate"]
+    script = subprocess.run([sys.executable, "-c", "from tinyfed.cli import main; main()"], capture_output=True,
+                            text=True, env={**__import__("os").environ, "_TINYFED_COMPLETE": "bash_source"})
+    assert "_TINYFED_COMPLETE=bash_complete" in script.stdout

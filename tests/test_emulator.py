@@ -157,10 +157,13 @@ def test_qemu_that_exits_is_reported_with_its_output(tmp_path: Path) -> None:
 def test_cli_emulate_errors(mute_elf: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["emulate", "--board", "nrf52840", "--elf", str(mute_elf)])
     assert r.exit_code == 2 and "no QEMU machine" in r.output
-    out = tmp_path / "f.toml"
     r = CliRunner().invoke(cli, ["emulate", "--board", "mps2-an386", "--elf", str(mute_elf), "--ready-timeout", "0.5",
-                                 "--out", str(out)])
-    assert r.exit_code == 2 and "did not answer a PING" in r.output and not out.exists()
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "did not answer a PING" in r.output and not (tmp_path / "fleet.toml").exists()
+    r = CliRunner().invoke(cli, ["emulate", "--board", "mps2-an386", "--out", str(tmp_path / "lab.toml")])
+    assert r.exit_code == 2 and "--out names a directory" in r.output and "--out " + str(tmp_path / "lab") in r.output
+    r = CliRunner().invoke(cli, ["emulate", "--board", "mps2-an386", "--ready-timeout", "0"])
+    assert r.exit_code == 2 and "--ready-timeout" in r.output
 
 
 def test_cli_flash_without_probe_or_pyocd() -> None:
@@ -296,7 +299,7 @@ def test_qemu_upload_resume_and_check_bit_exact(qemu_board, tmp_path: Path) -> N
 def test_cli_emulate_serves_a_fleet_until_interrupted(firmware_elf: Path, tmp_path: Path) -> None:
     out = tmp_path / "fleet.toml"
     proc = subprocess.Popen([sys.executable, "-m", "tinyfed.cli", "emulate", "--board", "mps2-an386", "--count", "2",
-                             "--elf", str(firmware_elf), "--ready-timeout", str(HANG_S), "--out", str(out),
+                             "--elf", str(firmware_elf), "--ready-timeout", str(HANG_S), "--out", str(tmp_path),
                              "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -212,7 +212,7 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
 
     monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
     out = tmp_path / "sim"
-    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--partition", "iid",
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--count", "12", "--partition", "iid",
                                    "--board-mix", "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4",
                                    "--clients-per-round", "4", "--target-accuracy", "0.2", "--max-versions", "3",
                                    "--out", str(out), "--json"])
@@ -234,7 +234,7 @@ def test_cli_json_and_files(tmp_path, monkeypatch: pytest.MonkeyPatch, study: St
         assert (out / f).stat().st_size > 0
     assert (out / "summary.md").read_text().startswith("| strategy | time to target (sim s) |")  # to paste
     # on a terminal or a pipe: each leg is named before its lines, and two tables instead of a raw 14-column one
-    text = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--partition", "iid",
+    text = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--count", "12", "--partition", "iid",
                                     "--buffer-size", "4", "--clients-per-round", "4", "--target-accuracy", "0.2",
                                     "--max-versions", "3"])
     assert text.exit_code == 0, text.output
@@ -262,7 +262,7 @@ def test_cli_several_studies_summarise_over_seeds(tmp_path, monkeypatch: pytest.
 
     monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
     out = tmp_path / "fair"
-    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--board-mix",
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--count", "12", "--board-mix",
                                    "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4", "--clients-per-round", "4",
                                    "--target-accuracy", "0.2", "--max-versions", "3", "--seeds", "0-1",
                                    "--partitions", "iid", "--workers", "1", "--out", str(out), "--json"])
@@ -508,7 +508,7 @@ def test_a_study_runs_variants_under_their_labels(tmp_path, monkeypatch: pytest.
 
     monkeypatch.setattr(simulator.Study, "_build", lambda self, payload: study.model(payload))
     labels = "ftte,fedbuff@subset,fedavg@subset+overselect,fedavg"
-    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--clients", "12", "--partition", "iid",
+    res = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--count", "12", "--partition", "iid",
                                    "--board-mix", "nrf52840:0.5,apollo3:0.5", "--buffer-size", "4",
                                    "--clients-per-round", "3", "--target-accuracy", "0.2", "--max-versions", "2",
                                    "--horizon", "none", "--strategies", labels, "--server-optimizer", "momentum",

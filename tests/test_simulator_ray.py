@@ -47,5 +47,5 @@ def test_ray_and_local_backends_give_the_same_run(study: Study, backend, strateg
 
 
 def test_address_without_the_ray_backend_is_refused() -> None:
-    result = CliRunner().invoke(cli, ["simulate", "--address", "10.0.0.1:6379", "--clients", "4"])
+    result = CliRunner().invoke(cli, ["simulate", "--address", "10.0.0.1:6379", "--count", "4"])
     assert result.exit_code != 0 and "--backend ray" in result.output

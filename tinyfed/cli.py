@@ -54,6 +54,26 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: Parameters whose values shell completion offers from tinyfed's own names (docs/cli.md): the
+#: board profiles for a board, the zoo for a model; ``boards show NAME`` takes a board too.
+_COMPLETED_PARAMS = {"board_name": "boards", "model": "models", "name": "boards"}
+
+
+def _add_name_completion(command: click.Command) -> None:
+    """Give ``--board``, ``--model`` and ``MODEL`` completion of board and zoo names, in every command
+    and subcommand, unless a parameter brings its own."""
+    from tinyfed.commands.options import complete_board_names, complete_model_names
+
+    complete = {"boards": complete_board_names, "models": complete_model_names}
+    for param in command.params:
+        kind = _COMPLETED_PARAMS.get(param.name or "")
+        if kind is not None and param._custom_shell_complete is None:
+            param._custom_shell_complete = complete[kind]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_name_completion(sub)
+
+
 class TinyfedGroup(click.Group):
     """A click group whose ``main`` turns tinyfed errors into one actionable line, and that imports
     a command's module only when that command is used."""
@@ -66,6 +86,7 @@ class TinyfedGroup(click.Group):
             return None
         module = importlib.import_module(f"tinyfed.commands.{cmd_name}")
         command: click.Command = getattr(module, cmd_name)
+        _add_name_completion(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

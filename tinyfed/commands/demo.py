@@ -21,14 +21,25 @@ from pathlib import Path
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import (
+    DEFAULT_BOARD_COUNT,
+    boards_dir_option,
+    count_option,
+    deprecated_alias,
+    json_option,
+    kind_count_option,
+    out_dir_option,
+    resolve_count,
+    seed_option,
+    target_accuracy_option,
+)
 from tinyfed.errors import TinyfedError
 
 #: Test accuracy the demo trains to. Measured (docs/demo.md): 8 emulated boards
 #: with their full local data reach it in 4 to 8 versions from a fresh head at 0.19; the
 #: pretrained features bound what any head reaches near 0.83 to 0.85.
 DEMO_TARGET = 0.75
-DEMO_BOARDS = 8
+DEMO_BOARDS = DEFAULT_BOARD_COUNT
 DEMO_BOARD = "mps2-an386"
 DEMO_MODEL = "har_cnn"
 #: A ceiling so a demo that cannot reach its target (a broken build, a starved machine) ends.
@@ -43,22 +54,21 @@ def missing_emulation_tools() -> list[str]:
 
 
 @click.command("demo")
-@click.option("--simulate", is_flag=True, help="Use in-process simulated boards (sim://) instead of QEMU.")
-@click.option("--boards", "count", type=click.IntRange(min=1), default=DEMO_BOARDS, show_default=True,
-              help="How many boards.")
-@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), default=DEMO_TARGET,
-              show_default=True, help="Stop at this test accuracy.")
+@kind_count_option("simulate", "Use in-process simulated boards (sim://) instead of QEMU")
+@count_option("How many boards.", default=None)
+@deprecated_alias("--boards", "--count", "count", click.IntRange(min=1))
+@target_accuracy_option(DEMO_TARGET, "Stop at this test accuracy (lower than run's 0.85: the demo starts from a "
+                                     "fresh classifier head and should end in minutes).")
 @click.option("--max-windows", type=click.IntRange(min=1),
               help="Cap each board's local windows (faster versions; default: each user's whole share).")
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=DEMO_MAX_SECONDS,
               show_default=True, help="Give up after this many seconds of training.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the fresh head, the sample orders and every other random choice.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory; default runs/demo-<time>.")
+@seed_option("Seed of the fresh head, the sample orders and every other random choice.")
+@out_dir_option("Run directory; default runs/demo-<time>.")
 @boards_dir_option
 @json_option
-def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | None, max_seconds: float,
+def demo(simulate: int | None, count: int | None, count_alias: int | None, target_accuracy: float,
+         max_windows: int | None, max_seconds: float,
          seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.
 
@@ -66,6 +76,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
     Examples:
       tinyfed demo
       tinyfed demo --simulate --max-seconds 120
+      tinyfed demo --simulate 4 --seed 3 --out runs/demo3
     """
     import datetime as dt
 
@@ -79,7 +90,8 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
     )
     from tinyfed.host.config import Limits, RunConfig
 
-    if not simulate:
+    count = resolve_count("simulate", simulate, count if count is not None else count_alias, DEMO_BOARDS)
+    if simulate is None:
         missing = missing_emulation_tools()
         if missing:
             raise TinyfedError(
@@ -90,7 +102,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
                     seed=seed, limits=Limits(max_seconds=max_seconds))
     out = new_run_dir(out_dir or Path("runs") / dt.datetime.now().strftime("demo-%Y%m%d-%H%M%S"))
     cfg.dump(out)
-    kind = "simulated" if simulate else "emulated (QEMU)"
+    kind = "simulated" if simulate is not None else "emulated (QEMU)"
     say = (lambda text: None) if as_json else click.echo
     say(f"tinyfed demo: {count} {kind} {DEMO_BOARD} boards with the nRF52840's budget (256 KiB RAM, 1 MiB flash), "
         f"{DEMO_MODEL} on the HAPT smartwatch data (one user per board), FTTE from a fresh classifier head "
@@ -107,7 +119,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
             f"boards")
 
     with ExitStack() as stack:
-        if simulate:
+        if simulate is not None:
             devices, source, n = open_devices(stack, simulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs)
         else:
             devices, source, n = open_devices(stack, emulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs,

@@ -1,4 +1,4 @@
-"""``tinyfed emulate --board NAME --count N [--out fleet.toml]``: a fleet of QEMU boards until Ctrl-C."""
+"""``tinyfed emulate --board NAME --count N [--out DIR]``: a fleet of QEMU boards until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -8,33 +8,45 @@ from pathlib import Path
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, count_option, json_option, out_dir_option
 from tinyfed.firmware_bridge.emulate.emulator import DEFAULT_READY_TIMEOUT
+
+#: The fleet file ``--out DIR`` writes.
+FLEET_FILE = "fleet.toml"
 
 
 @click.command("emulate")
 @click.option("--board", "board_name", required=True, help="Board with a QEMU machine (e.g. mps2-an386).")
-@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="How many boards to boot.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a fleet file of the boards' socket:// URLs (for `tinyfed devices --fleet`); removed on exit.")
+@count_option("How many boards to boot.", default=1)
+@out_dir_option(f"Write DIR/{FLEET_FILE}, a fleet file of the boards' socket:// URLs (for --fleet in `devices`, "
+                "`check`, `run`); removed on exit.")
 @click.option("--elf", "elf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Firmware ELF (default: build it with `tinyfed firmware build`).")
-@click.option("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT, show_default=True,
+@click.option("--ready-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_READY_TIMEOUT,
+              show_default=True,
               help="Seconds each board has to answer its first PING.")
 @boards_dir_option
 @json_option
-def emulate(board_name: str, count: int, out_path: Path | None, elf_path: Path | None, ready_timeout: float,
+def emulate(board_name: str, count: int, out_dir: Path | None, elf_path: Path | None, ready_timeout: float,
             boards_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Boot COUNT emulated boards, print their URLs, and keep them running until Ctrl-C.
 
     \b
     Examples:
-      tinyfed emulate --board mps2-an386 --count 4 --out fleet.toml
+      tinyfed emulate --board mps2-an386 --count 4 --out build/lab
+      tinyfed devices --fleet build/lab/fleet.toml    (in another shell)
     """
     from tinyfed.boards import get_board
     from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet, qemu_command
     from tinyfed.firmware_bridge.link.devices import write_device_fleet
 
+    out_path = None
+    if out_dir is not None:
+        if out_dir.suffix == ".toml":
+            raise click.BadParameter(f"{out_dir} looks like a file; --out names a directory and the fleet file is "
+                                     f"DIR/{FLEET_FILE} (e.g. --out {out_dir.with_suffix('')})", param_hint="--out")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_path = out_dir / FLEET_FILE
     board = get_board(board_name, boards_dirs)
     qemu_command(board, "-", 0)  # fails early, with a fix, for a board without a QEMU machine
     if elf_path is None:

@@ -34,7 +34,7 @@ def firmware() -> None:
 
 @firmware.command("build")
 @click.option("--board", "board_name", required=True, help="Board to build for (see `tinyfed boards list`).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Build directory: objects, the ELF and its linker map (default: build/firmware/BOARD).")
 @boards_dir_option
 @json_option

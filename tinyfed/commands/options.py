@@ -54,3 +54,103 @@ json_option = click.option(
     callback=_remember_json,
     help="Print one JSON object on stdout (an error too, as {error, problem, fix, source}).",
 )
+
+
+# -- one vocabulary for counts, seeds, targets and output directories (docs/cli.md) ------------
+
+#: How many boards a command makes when nobody says (``run``, ``demo``; ``emulate`` boots one).
+DEFAULT_BOARD_COUNT = 8
+
+
+class _OptionalCount(click.ParamType):
+    """A board count that may be left out: ``--simulate`` alone means "the ``--count`` boards".
+
+    click hands the bare flag's ``flag_value`` (the int 0) through :meth:`convert`; a count typed
+    on the command line arrives as text and must be a positive integer.
+    """
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value == 0 or value >= 1:
+                return value
+        try:
+            n = int(str(value), 10)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number of boards", param, ctx)
+        if n < 1:
+            self.fail(f"{n} boards: give at least 1", param, ctx)
+        return n
+
+
+def kind_count_option(name: str, what: str) -> Any:
+    """``--simulate [N]`` / ``--emulate [N]``: which kind of boards, and optionally how many
+    (the same as ``--count N``); the value is 0 when the flag comes without a count."""
+    return click.option(f"--{name}", name, type=_OptionalCount(), is_flag=False, flag_value=0, default=None,
+                        metavar="[N]", help=f"{what}; N is the same as --count N.")
+
+
+def count_option(help_text: str, default: int | None = DEFAULT_BOARD_COUNT, *, hidden_alias: str | None = None) -> Any:
+    """``--count N``: how many boards, in every command that makes boards."""
+    names = ["--count"] + ([hidden_alias] if hidden_alias else [])
+    return click.option(*names, "count", type=click.IntRange(min=1), default=default, show_default=default is not None,
+                        help=help_text)
+
+
+def resolve_count(kind: str, given: int | None, count: int | None, default: int = DEFAULT_BOARD_COUNT) -> int:
+    """The number of boards from ``--simulate/--emulate [N]`` and ``--count N`` (they must agree)."""
+    if given and count is not None and given != count:
+        raise click.UsageError(f"--{kind} {given} and --count {count} disagree: give the number once")
+    return given or count or default
+
+
+def deprecated_alias(old: str, new: str, dest: str, param_type: Any) -> Any:
+    """A hidden spelling kept so scripts written before ``new`` keep working; it warns once."""
+
+    def _warn(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            click.echo(f"note: {old} is now {new}", err=True)
+            ctx.meta[f"tinyfed.alias.{dest}"] = value
+        return value
+
+    return click.option(old, f"{dest}_alias", type=param_type, hidden=True, expose_value=True, callback=_warn,
+                        help=f"Old spelling of {new}.")
+
+
+def seed_option(help_text: str, default: int | None = 0) -> Any:
+    """``--seed N``: a non-negative integer in every command, recorded with what it made."""
+    return click.option("--seed", type=click.IntRange(min=0), default=default, show_default=default is not None,
+                        help=help_text)
+
+
+def target_accuracy_option(default: float | None, why: str) -> Any:
+    """``--target-accuracy A``: the same name and range (0 < A <= 1) everywhere; each command's
+    default and the reason for it are in its help and in docs/cli.md."""
+    return click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), default=default,
+                        show_default=default is not None, help=why)
+
+
+def out_dir_option(help_text: str) -> Any:
+    """``--out DIR``: always a directory (made if missing); what goes in it is the help's to say."""
+    return click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                        help=help_text)
+
+
+def complete_board_names(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of ``--board``: the built-in and ``$TINYFED_BOARDS_PATH`` board profiles."""
+    from click.shell_completion import CompletionItem
+
+    from tinyfed.boards import list_boards
+
+    return [CompletionItem(b.name, help=b.description) for b in list_boards() if b.name.startswith(incomplete)]
+
+
+def complete_model_names(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of ``--model``: the zoo's names, then files (.tflite, .keras) by the shell."""
+    from click.shell_completion import CompletionItem
+
+    from tinyfed.models.zoo import ZOO_NAMES
+
+    names = [CompletionItem(n) for n in ZOO_NAMES if n.startswith(incomplete)]
+    return names or [CompletionItem(incomplete, type="file")]

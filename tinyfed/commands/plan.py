@@ -24,7 +24,7 @@ def _kib(n: int | None) -> str:
 @click.option("--board", "board_name", help="Plan for one board (see `tinyfed boards list`).")
 @fleet_option("Plan for every board kind of a fleet: w* fits the smallest budget (M_min).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("plan"),
-              show_default=True, help="Directory for the fragments and plan.json.")
+              metavar="DIR", show_default=True, help="Directory for the fragments and plan.json.")
 @click.option("--representative", type=click.Path(dir_okay=False, path_type=Path),
               help="Representative inputs (.npy) for a .keras model.")
 @click.option("--batch-size", type=int, default=16, show_default=True,

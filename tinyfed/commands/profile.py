@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, json_option, seed_option
 from tinyfed.errors import TinyfedError
 
 
@@ -32,7 +32,7 @@ from tinyfed.errors import TinyfedError
               help="Firmware ELF for the emulator (default: build it).")
 @click.option("--representative", type=click.Path(dir_okay=False, path_type=Path),
               help="Representative inputs (.npy) for a .keras model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random int8 input.")
+@seed_option("Seed of the random int8 input.")
 @boards_dir_option
 @json_option
 def profile(model: str, board_name: str, url: str | None, whole: bool, with_train: bool, kernels: str,

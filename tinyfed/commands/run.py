@@ -31,7 +31,19 @@ from typing import Any, get_args
 import click
 
 from tinyfed.commands.console import phase
-from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
+from tinyfed.commands.options import (
+    DEFAULT_BOARD_COUNT,
+    boards_dir_option,
+    core_budget_option,
+    count_option,
+    fleet_option,
+    json_option,
+    kind_count_option,
+    out_dir_option,
+    resolve_count,
+    seed_option,
+    target_accuracy_option,
+)
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
 from tinyfed.host.strategies import STRATEGIES, Strategy
@@ -131,8 +143,9 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 
 @click.command("run")
 @fleet_option("Train on these devices: its entries list device URLs (tty, socket://, sim://).")
-@click.option("--emulate", type=click.IntRange(min=1), help="Boot N QEMU boards for the run and stop them after.")
-@click.option("--simulate", type=click.IntRange(min=1), help="Run on N in-process simulated boards (sim://).")
+@kind_count_option("emulate", "Boot QEMU boards for the run and stop them after")
+@kind_count_option("simulate", "Run on in-process simulated boards (sim://)")
+@count_option(f"How many boards --emulate / --simulate make (default {DEFAULT_BOARD_COUNT}).", default=None)
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this directory from its last checkpoint (limits may be raised).")
 @click.option("--board", "board_name", default="mps2-an386", show_default=True,
@@ -146,8 +159,8 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="What the model learns (default: from its last op and the data): classify (SOFTMAX, "
                    "accuracy), multilabel (LOGISTIC, micro-F1 at 0.5), regress (y real-valued, R^2), autoencode "
                    "(no y: reconstruct x; ROC AUC of the reconstruction error on y_test_anomaly, else R^2).")
-@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
-              help=f"Classification: stop at this test accuracy (default {DEFAULT_TARGET_ACCURACY}).")
+@target_accuracy_option(None, f"Classification: stop at this test accuracy (default: the config's, "
+                              f"{DEFAULT_TARGET_ACCURACY}, above the pretrained start's 0.83).")
 @click.option("--target-metric", type=click.FloatRange(max=1),
               help="Stop once the task's test metric reaches this (accuracy, micro_f1, r2 or auc).")
 @click.option("--max-versions", type=click.IntRange(min=1), help="Stop after this many global versions.")
@@ -164,18 +177,17 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="How the data is sharded across the boards (default: the config's, natural = by user).")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True),
               help="Dirichlet concentration for --partition dirichlet (smaller is more skewed).")
-@click.option("--seed", type=click.IntRange(min=0),
-              help="Seed of the data shards, the boards' shuffles and the strategy's draws (default: the config's, 0).")
+@seed_option("Seed of the data shards, the boards' shuffles and the strategy's draws (default: the config's, 0).",
+             default=None)
 @click.option("--nested-subsets", "nested_subsets", is_flag=True, default=None,
               help="Nested subsets (FTTE): each board profile trains the largest superset of the common w* its "
                    "budget holds; per-class update sizes are in the summary.")
 @core_budget_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
+@out_dir_option("Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
 @json_option
 @click.pass_context
-def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None,
+def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None, count: int | None,
         resume_dir: Path | None, board_name: str, config_path: Path | None, model: str | None, strategy: str | None,
         task: str | None, target_accuracy: float | None, target_metric: float | None, max_versions: int | None,
         max_seconds: float | None,
@@ -188,6 +200,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     \b
     Examples:
       tinyfed run --simulate 8 --max-versions 10
+      tinyfed run --simulate --count 4 --model digits_cnn --seed 2
       tinyfed run --emulate 8 --board mps2-an386 --target-accuracy 0.85
       tinyfed run --fleet fleet.toml --out runs/lab --json
       tinyfed run --resume runs/lab --max-seconds 600
@@ -203,7 +216,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     nesting = {k: v for k, v in (("nested_subsets", nested_subsets), ("core_budget", core_budget)) if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
     if resume_dir is not None:
-        fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--config": config_path,
+        fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--count": count,
+                 "--config": config_path,
                  "--model": model, "--strategy": strategy, "--task": task, "--max-windows": max_windows,
                  "--out": out_dir,
                  "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha,
@@ -218,7 +232,13 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         _resume(resume_dir, top, limits, boards_dirs, as_json)
         return
     if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
-        raise click.UsageError("give exactly one of --fleet FILE, --emulate N, --simulate N (or --resume RUN_DIR)")
+        raise click.UsageError("give exactly one of --fleet FLEET, --emulate [N], --simulate [N] (or --resume RUN_DIR)")
+    if fleet_path is not None and count is not None:
+        raise click.UsageError("--count is for --emulate / --simulate; a fleet file lists its own devices")
+    if emulate is not None:
+        emulate = resolve_count("emulate", emulate, count)
+    if simulate is not None:
+        simulate = resolve_count("simulate", simulate, count)
     cfg = load_run_config(config_path) if config_path else RunConfig()
     partition_chosen = partition is not None or "partition" in cfg.data.model_fields_set
     data: dict[str, Any] = {k: str(v.resolve()) for k, v in (("npz", data_path), ("test_npz", test_data_path))

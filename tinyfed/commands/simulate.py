@@ -26,7 +26,15 @@ import click
 from pydantic import BaseModel
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
+from tinyfed.commands.options import (
+    boards_dir_option,
+    core_budget_option,
+    deprecated_alias,
+    json_option,
+    out_dir_option,
+    seed_option,
+    target_accuracy_option,
+)
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import (
     Checks,
@@ -211,14 +219,16 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 
 @click.command("simulate")
 @click.option("--model", default="har_cnn", show_default=True, help="Zoo model (har_cnn, digits_cnn).")
-@click.option("--clients", type=int, default=500, show_default=True, help="Simulated devices.")
+@click.option("--count", "clients", type=click.IntRange(min=1), default=500, show_default=True,
+              help="How many simulated boards.")
+@deprecated_alias("--clients", "--count", "clients", click.IntRange(min=1))
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
               help="Comma-separated strategy labels NAME[@subset|@dense][+overselect]: @subset trains FTTE's w* "
                    "(int8 updates, head cache), @dense the whole model (float32 updates), +overselect samples "
                    "--overselect-factor x m devices per FedAvg round and closes it at m.")
-@click.option("--target-accuracy", type=float, default=None,
-              help="Time to target = simulated time of the first version with test accuracy >= this "
-                   "[default: 0.8 for har_cnn, 0.75 for digits_cnn].")
+@target_accuracy_option(None, "Time to target = simulated time of the first version with test accuracy >= this "
+                             "[default: 0.8 for har_cnn, 0.75 for digits_cnn: reachable from a fresh head by "
+                             "every strategy].")
 @click.option("--stragglers", type=float, default=0.9, show_default=True, help="Fraction of straggling devices.")
 @click.option("--slowdown", default="uniform:2:10", show_default=True,
               help="Straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F.")
@@ -231,8 +241,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--partition", type=click.Choice(get_args(Partition)), default=None,
               help="Data split (default: natural when the data has users, else iid).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet concentration.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the fleet, the data shards, the stragglers and every draw of the strategies.")
+@seed_option("Seed of the fleet, the data shards, the stragglers and every draw of the strategies.")
 @click.option("--start", type=click.Choice(sorted(get_args(Start))), default="fresh-head", show_default=True,
               help="fresh-head: the classifier head drawn anew (seeded), the same for every strategy.")
 @click.option("--epochs", type=int, default=_table_default(Training, "epochs"), show_default=True,
@@ -313,9 +322,8 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
                    "e.g. natural,iid,dirichlet:0.1,dirichlet:0.5 [default: --partition's].")
 @click.option("--workers", type=int, default=2, show_default=True,
               help="With --seeds/--partitions: studies run at once, each in its own process.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write summary.csv, history.csv, study.json and PNG plots here (several studies: "
-                   "fair_study.json, fair_runs.csv, fair_summary.csv).")
+@out_dir_option("Write summary.csv, history.csv, study.json and PNG plots here (several studies: "
+                "fair_study.json, fair_runs.csv, fair_summary.csv).")
 @boards_dir_option
 @json_option
 def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
@@ -324,11 +332,14 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
 
     \b
     Examples:
-      tinyfed simulate --clients 500 --stragglers 0.9 --out build/sim
+      tinyfed simulate --count 500 --stragglers 0.9 --out build/sim
       tinyfed simulate --strategies ftte,fedbuff@subset --seeds 0-4 --workers 2
     """
     from tinyfed.host.simulator import Study
 
+    if options.get("clients_alias") is not None and click.get_current_context().get_parameter_source(
+            "clients") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --count once (--clients is its old spelling)")
     cfg = study_config(options)
     if seeds is not None or partitions is not None:
         if backend != "local" or boards_dirs:
@@ -436,6 +447,9 @@ def study_config(options: dict[str, Any]) -> Any:
     from tinyfed.host.simulator import DEFAULT_TARGETS, StudyConfig
 
     given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS}
+    alias = given.pop("clients_alias", None)  # --clients, the old spelling of --count
+    if alias is not None:
+        given["clients"] = alias
     given["strategies"] = tuple(s.strip() for s in given["strategies"].split(",") if s.strip())
     given["run_past_target"] = not given["run_past_target"]  # the option's negation is the config's stop_at_target
     given["eval_samples"] = given["eval_samples"] or None

@@ -384,7 +384,7 @@ def make_fleet(shards: list[np.ndarray], clients: int, mix: dict[str, float], st
     from tinyfed.boards import get_board
 
     if int(clients) != clients or clients < 1:
-        raise TinyfedError(f"--clients {clients!r} must be a positive integer", fix="e.g. --clients 500")
+        raise TinyfedError(f"--count {clients!r} must be a positive integer", fix="e.g. --count 500")
     if not 0.0 <= stragglers <= 1.0:
         raise TinyfedError(f"--stragglers {stragglers!r} is not a fraction", fix="give a number from 0 to 1")
     boards = [BoardSpeed.of(get_board(name, boards_dirs)) for name in mix]
