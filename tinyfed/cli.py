@@ -74,6 +74,20 @@ def _add_name_completion(command: click.Command) -> None:
             _add_name_completion(sub)
 
 
+def _is_validation_error(exc: BaseException) -> bool:
+    """A pydantic ValidationError, recognised without importing pydantic on the way in."""
+    return type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic")
+
+
+def _validation_problem(exc: Any) -> str:
+    """pydantic's errors as one line: each field and what it must be, without its documentation links."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err.get("loc", ())) or "value"
+        parts.append(f"{field.replace('_', '-')}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+    return "invalid " + "; ".join(parts)
+
+
 class TinyfedGroup(click.Group):
     """A click group whose ``main`` turns tinyfed errors into one actionable line, and that imports
     a command's module only when that command is used."""
@@ -113,6 +127,9 @@ class TinyfedGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, keep the traceback for -v
+            if _is_validation_error(exc):  # a value pydantic refused that no option range caught: bad input
+                self._fail(ctx, TinyfedError(_validation_problem(exc),
+                                             fix=f"give a value in range (`tinyfed {ctx.invoked_subcommand} --help`)"))
             self._fail(
                 ctx,
                 TinyfedError(f"internal error {type(exc).__name__}: {exc}",

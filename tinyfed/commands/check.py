@@ -24,6 +24,10 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
         return path.name, path.read_bytes()
     from tinyfed.models.zoo import ZOO_NAMES, get_zoo_model
 
+    if path.suffix in (".keras", ".h5"):  # a float model: check runs what the boards run, the int8 model
+        raise ModelError(f"{model} is a Keras model; check runs an int8 .tflite on the boards",
+                         fix=f"convert it first: `tinyfed plan {model} --representative calib.npy --board BOARD` "
+                             "writes the int8 model (plan/model_int8.tflite) to check")
     if model not in ZOO_NAMES:
         get_zoo_model(model)  # raises ModelError with the closest zoo name
     return model, get_zoo_model(model).int8_tflite()
@@ -36,7 +40,8 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz of inputs (array x, batch first; float is quantized). Default: random int8 inputs.")
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs to run per board.")
-@click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
+@click.option("--timeout", type=click.FloatRange(0, 60, min_open=True), default=0.5, show_default=True,
+              help="Seconds to wait for each response.")
 @boards_dir_option
 @json_option
 def check(model: str, fleet_path: Path | None, url: str | None, data_path: Path | None, samples: int, timeout: float,

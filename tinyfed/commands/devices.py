@@ -17,8 +17,9 @@ from tinyfed.commands.options import boards_dir_option, fleet_option, json_optio
 @fleet_option("The devices to list: its entries list device URLs (`tinyfed emulate --out` writes one).")
 @url_option
 @click.option("--scan", is_flag=True, help="List this machine's serial ports and debug probes instead (no fleet).")
-@click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds to wait for each response.")
-@click.option("--retries", type=int, default=2, show_default=True,
+@click.option("--timeout", type=click.FloatRange(0, 60, min_open=True), default=0.5, show_default=True,
+              help="Seconds to wait for each response.")
+@click.option("--retries", type=click.IntRange(0, 100), default=2, show_default=True,
               help="Retransmissions before a device counts as unreachable.")
 @boards_dir_option
 @json_option

@@ -27,9 +27,9 @@ def _kib(n: int | None) -> str:
               metavar="DIR", show_default=True, help="Directory for the fragments and plan.json.")
 @click.option("--representative", type=click.Path(dir_okay=False, path_type=Path),
               help="Representative inputs (.npy) for a .keras model.")
-@click.option("--batch-size", type=int, default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Local training batch size on the boards (no RAM: the firmware accumulates one sample at a time).")
-@click.option("--head-cache-samples", type=int, default=0, show_default=True,
+@click.option("--head-cache-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Local samples per board whose frozen-head outputs the plan leaves room for (the firmware "
                    "caches them after the first epoch).")
 @click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True,

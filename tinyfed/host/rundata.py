@@ -21,7 +21,6 @@ naming the file and the fix.
 from __future__ import annotations
 
 import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -211,16 +210,12 @@ def user_run_data(model: str, npz: str | Path, test_npz: str | Path | None = Non
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise DatasetError(f"no such data file {path}", fix="check the --data / --test-data path",
-                           source=str(path)) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DatasetError(f"cannot read {path.name} as an NPZ of arrays ({exc})",
-                           fix="write it with numpy.savez(path, x=..., y=..., x_test=..., y_test=...)",
-                           source=str(path)) from None
+    """The NPZ's arrays, each header checked before anything is allocated (:mod:`tinyfed.models.arrays`)."""
+    from tinyfed.models.arrays import read_arrays
+
+    if not path.exists():
+        raise DatasetError(f"no such data file {path}", fix="check the --data / --test-data path", source=str(path))
+    return read_arrays(path)
 
 
 def _checked(arrays: dict[str, np.ndarray], xk: str, yk: str, path: Path, in_shape: tuple[int, ...],

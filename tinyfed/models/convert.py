@@ -220,14 +220,13 @@ def load_user_keras(path: str | Path, representative_npy_path: str | Path) -> tu
             f"(N, {', '.join(map(str, in_shape))})",
             source=str(rep_path),
         )
+    from tinyfed.models.arrays import ArrayFileError, read_array
+
     try:
-        rep = np.load(rep_path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelError(
-            f"cannot read the representative dataset: {exc}",
-            fix="save a plain numeric array with numpy.save (no pickled objects)",
-            source=str(rep_path),
-        ) from exc
+        rep = read_array(rep_path, key="x")  # an .npy, or an .npz's x (or its only array)
+    except ArrayFileError as exc:
+        raise ModelError(f"cannot read the representative dataset: {exc.problem}", fix=exc.fix,
+                         source=str(rep_path)) from None
     if not (np.issubdtype(rep.dtype, np.floating) or np.issubdtype(rep.dtype, np.integer)):
         raise ModelError(
             f"representative dataset has dtype {rep.dtype}, expected numbers",

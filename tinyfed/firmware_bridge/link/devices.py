@@ -254,17 +254,9 @@ def load_inputs(path: Path | None, tflm_model: Any, samples: int, seed: int = 0)
     if path is None:
         rng = np.random.default_rng(seed)
         return rng.integers(-128, 128, size=(samples, *shape[1:]), dtype=np.int8)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.keys())
-            key = "x" if "x" in keys else keys[0] if len(keys) == 1 else None
-            if key is None:
-                raise TinyfedError(f"the .npz has arrays {keys} and none is named 'x'",
-                                   fix="save the inputs under the name x", source=str(path))
-            x = np.asarray(npz[key])
-    except (OSError, ValueError) as exc:
-        raise TinyfedError(f"cannot read the inputs: {exc}", fix="pass an .npz written by numpy.savez",
-                           source=str(path)) from None
+    from tinyfed.models.arrays import read_array
+
+    x = read_array(path, key="x")
     if x.shape == shape[1:]:
         x = x[None]
     if tuple(x.shape[1:]) != shape[1:]:
@@ -274,6 +266,10 @@ def load_inputs(path: Path | None, tflm_model: Any, samples: int, seed: int = 0)
         if not np.issubdtype(x.dtype, np.floating):
             raise TinyfedError(f"inputs are {x.dtype}", fix="save float32 (quantized here) or int8 inputs",
                                source=str(path))
+        bad = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        if bad:  # quantizing would turn them into some int8 value and report a "bit-exact" match on garbage
+            raise TinyfedError(f"{bad} of {len(x)} input(s) hold NaN or infinite values",
+                               fix="clean or drop those samples", source=str(path))
         q = d["quantization_parameters"]
         x = quantize(x, float(q["scales"][0]), int(q["zero_points"][0]))
     return x[:samples] if samples else x

@@ -42,9 +42,27 @@ def describe(url: str) -> str:
     return "tty"
 
 
+def socket_address_problem(url: str) -> str | None:
+    """What is wrong with a ``socket://HOST:PORT`` URL (None when nothing): pyserial's own message for
+    a bad port is a list of its logging options, which tells a user nothing."""
+    rest = url.split("://", 1)[1].split("?", 1)[0].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host:
+        return f"{url} has no HOST:PORT"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{url}: the port {port!r} is not a number from 1 to 65535"
+    return None
+
+
 def open_port(url: str, *, timeout: float = 0.5, baudrate: int = DEFAULT_BAUD, name: str | None = None):
     """Open ``url`` with ``serial.serial_for_url``; any failure is :class:`DeviceUnreachable`."""
     device = name or url
+    if describe(url) == "socket":
+        problem = socket_address_problem(url)
+        if problem is not None:
+            raise DeviceUnreachable(problem, device=device,
+                                    fix="give socket://HOST:PORT, e.g. socket://127.0.0.1:4000 (`tinyfed emulate` "
+                                        "prints its boards' URLs)")
     try:
         port = serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, write_timeout=max(timeout, 1.0))
     except ValueError as exc:  # pyserial: unknown URL scheme or bad parameter

@@ -25,8 +25,14 @@ from tinyfed.firmware_bridge.twin.sim import SimBoard, get_sim_board
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12 on
 
-_INT_OPTIONS = ("max_payload", "slot_bytes", "arena_bytes", "protocol_version", "firmware_ram_bytes",
-                "firmware_flash_bytes")
+_MIB64 = 64 * 1024 * 1024
+#: Integer options and the values a board could have: HELLO carries the version in a byte, the
+#: payload limit in 16 bits, and the sizes in 32 bits; a simulated board holds its slot in host
+#: memory, so sizes stop at 64 MiB, past any microcontroller's flash.
+_INT_OPTIONS: dict[str, tuple[int, int]] = {
+    "max_payload": (16, 0xFFFF), "slot_bytes": (1, _MIB64), "arena_bytes": (1, _MIB64),
+    "protocol_version": (1, 0xFF), "firmware_ram_bytes": (0, _MIB64), "firmware_flash_bytes": (0, _MIB64),
+}
 
 
 class VirtualClock:
@@ -59,15 +65,16 @@ def parse_sim_url(url: str) -> tuple[str, str, dict[str, object]]:
         elif key == "build":
             overrides["build"] = value
         elif key in _INT_OPTIONS:
+            low, high = _INT_OPTIONS[key]
             try:
-                overrides[key] = int(value)
+                number = int(value)
             except ValueError:
                 raise SerialException(f"{url}: option {key} must be an integer, got {value!r}") from None
+            if not low <= number <= high:
+                raise SerialException(f"{url}: option {key} must be {low:,}..{high:,}, got {number:,}")
+            overrides[key] = number
         else:
             raise SerialException(f"{url}: unknown sim option {key!r} (known: name, build, {', '.join(_INT_OPTIONS)})")
-    mp = overrides.get("max_payload")
-    if isinstance(mp, int) and not 16 <= mp <= 0xFFFF:
-        raise SerialException(f"{url}: max_payload must be 16..65535")
     return board_id, name, overrides
 
 

@@ -1,0 +1,115 @@
+"""Bad input gets one line naming the problem and the fix (exit 2), never an internal error or a
+huge allocation: forged array headers, empty files, out-of-range options and device URLs."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinyfed.cli import cli
+from tinyfed.models.arrays import ArrayFileError, read_array, read_arrays
+
+
+def _forged_npz(path: Path, shape: tuple[int, ...]) -> Path:
+    """An NPZ whose x header claims ``shape`` but stores two 8x8 samples."""
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", head.getvalue() + np.zeros(2 * 64, np.float32).tobytes())
+    return path
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path: Path) -> None:
+    with pytest.raises(ArrayFileError, match=r"238\.4 GiB\), more than tinyfed loads"):
+        read_arrays(_forged_npz(tmp_path / "huge.npz", (10**9, 8, 8, 1)))
+    with pytest.raises(ArrayFileError, match="truncated or its header is wrong"):
+        read_arrays(_forged_npz(tmp_path / "short.npz", (1000, 8, 8, 1)))
+    assert read_arrays(_forged_npz(tmp_path / "ok.npz", (2, 8, 8, 1)))["x"].shape == (2, 8, 8, 1)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "is empty"),
+    (b"PK\x03\x04 not really a zip", "archive is truncated or damaged"),
+    (b"\x93NUMPY garbage", "no valid .npy header"),
+])
+def test_damaged_files_are_one_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.npy"
+    path.write_bytes(content)
+    with pytest.raises(ArrayFileError, match=message):
+        read_array(path)
+
+
+def test_objects_empty_archives_and_npz_for_npy(tmp_path: Path) -> None:
+    np.savez(tmp_path / "obj.npz", x=np.array([1, None], dtype=object))
+    with pytest.raises(ArrayFileError, match="never unpickles"):
+        read_arrays(tmp_path / "obj.npz")
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(ArrayFileError, match="holds no arrays"):
+        read_arrays(tmp_path / "empty.npz")
+    np.savez(tmp_path / "rep.npz", calib=np.ones((3, 4), np.float32))  # an .npz where an .npy was expected
+    assert read_array(tmp_path / "rep.npz").shape == (3, 4)
+    np.savez(tmp_path / "two.npz", a=np.ones(2), b=np.ones(2))
+    with pytest.raises(ArrayFileError, match="none is named 'x'"):
+        read_array(tmp_path / "two.npz")
+
+
+def _fails_cleanly(args: list[str], *needles: str) -> str:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, (args, result.output)
+    assert "internal error" not in result.output and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in result.output, (needle, result.output)
+    return result.output
+
+
+def test_check_refuses_forged_empty_and_nan_inputs(tmp_path: Path) -> None:
+    _fails_cleanly(["check", "digits_cnn", "--url", "sim://mps2-an386", "--data",
+                    str(_forged_npz(tmp_path / "huge.npz", (10**9, 8, 8, 1)))], "more than tinyfed loads")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    _fails_cleanly(["check", "digits_cnn", "--url", "sim://mps2-an386", "--data", str(tmp_path / "empty.npz")],
+                   "is empty")
+    x = np.zeros((3, 8, 8, 1), np.float32)
+    x[1, 2, 3, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    _fails_cleanly(["check", "digits_cnn", "--url", "sim://mps2-an386", "--data", str(tmp_path / "nan.npz")],
+                   "1 of 3 input(s) hold NaN")
+    _fails_cleanly(["check", "model.keras", "--url", "sim://mps2-an386"], "is a Keras model", "tinyfed plan")
+
+
+def test_run_refuses_a_forged_data_file_before_naming_a_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _fails_cleanly(["run", "--simulate", "2", "--model", "digits_cnn", "--max-versions", "1", "--out", str(out),
+                    "--data", str(_forged_npz(tmp_path / "huge.npz", (10**9, 8, 8, 1)))], "more than tinyfed loads")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "digits_cnn", "--board", "nrf52840", "--batch-size", "0"],
+    ["plan", "digits_cnn", "--board", "nrf52840", "--batch-size", "1000000000"],
+    ["plan", "digits_cnn", "--board", "nrf52840", "--head-cache-samples", "-1"],
+    ["devices", "--url", "sim://mps2-an386", "--timeout", "0"],
+    ["devices", "--url", "sim://mps2-an386", "--retries", "-1"],
+    ["check", "digits_cnn", "--url", "sim://mps2-an386", "--timeout", "0"],
+    ["emulate", "--board", "mps2-an386", "--ready-timeout", "-1"],
+    ["demo", "--simulate", "--max-seconds", "nan"],
+])
+def test_out_of_range_options_are_usage_errors(args: list[str], tmp_path: Path) -> None:
+    if args[0] == "demo":
+        args = [*args, "--out", str(tmp_path / "demo")]
+    _fails_cleanly(args)
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("socket://127.0.0.1:notaport", "the port 'notaport' is not a number from 1 to 65535"),
+    ("socket://localhost", "has no HOST:PORT"),
+    ("sim://nrf52840?arena_bytes=-1", "arena_bytes must be 1..67,108,864, got -1"),
+    ("sim://nrf52840?slot_bytes=1000000000000", "slot_bytes must be 1..67,108,864"),
+])
+def test_bad_device_urls_say_what_is_wrong(url: str, needle: str) -> None:
+    result = CliRunner().invoke(cli, ["devices", "--url", url])
+    assert result.exit_code == 1 and needle in result.output and "internal error" not in result.output, result.output
