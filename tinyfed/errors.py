@@ -58,9 +58,11 @@ class DataFileError(BoardError):
         self.path = path
         self.issues = list(issues)
         listing = "; ".join(i.render() for i in self.issues)
+        on_command_line = path == "the command line"
         super().__init__(
             f"{len(self.issues)} problem(s): {listing}",
-            fix="edit the file as suggested and run the command again",
+            fix=("change the option as suggested" if on_command_line else "edit the file as suggested")
+            + " and run the command again",
             source=path,
         )
 

@@ -317,6 +317,11 @@ class Board(_Table):
         return d
 
 
+#: The most devices one fleet (a fleet file, or a simulation) may hold: ten times the largest fleet
+#: simulated in BENCHMARKS.md; a bigger number is a typo that would otherwise allocate gigabytes.
+MAX_FLEET_DEVICES = 100_000
+
+
 class FleetEntry(_Table):
     """``count`` devices of one board, optionally with where each device is reached.
 
@@ -334,6 +339,7 @@ class FleetEntry(_Table):
     count: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_FLEET_DEVICES,
         validate_default=True,
         description="number of devices of this board (default: how many URLs)",
     )
@@ -383,6 +389,17 @@ class Fleet(_Table):
     @classmethod
     def _no_duplicates(cls, value: list[FleetEntry]) -> list[FleetEntry]:
         first: dict[str, int] = {}
+        where: dict[str, int] = {}  # a URL listed twice would be one board training twice per round
+        for i, entry in enumerate(value):
+            for url in ([entry.url] if entry.url else []) + list(entry.urls or []):
+                if url in where:
+                    raise check_error(f"device URL {url!r} is listed twice (also in boards[{where[url]}])",
+                                      fix="give each device once: one URL is one board", key=(i, "urls"))
+                where[url] = i
+        total = sum(e.count or 0 for e in value)
+        if total > MAX_FLEET_DEVICES:
+            raise check_error(f"the fleet has {total:,} devices, more than tinyfed plans or runs "
+                              f"({MAX_FLEET_DEVICES:,})", fix="split the fleet, or simulate it with `tinyfed simulate`")
         for i, entry in enumerate(value):
             if entry.board in first:
                 raise check_error(

@@ -21,7 +21,9 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
     if path.suffix == ".tflite":
         if not path.is_file():
             raise ModelError(f"no such file {model}", fix="give the path of an int8 .tflite file")
-        return path.name, path.read_bytes()
+        from tinyfed.models.tflite_graph import read_model_bytes
+
+        return path.name, read_model_bytes(path)
     from tinyfed.models.zoo import ZOO_NAMES, get_zoo_model
 
     if path.suffix in (".keras", ".h5"):  # a float model: check runs what the boards run, the int8 model

@@ -17,7 +17,7 @@ FLEET_FILE = "fleet.toml"
 
 @click.command("emulate")
 @click.option("--board", "board_name", required=True, help="Board with a QEMU machine (e.g. mps2-an386).")
-@count_option("How many boards to boot.", default=1)
+@count_option("How many boards to boot (each QEMU takes about 40 MB of host memory).", default=1, most=256)
 @out_dir_option(f"Write DIR/{FLEET_FILE}, a fleet file of the boards' socket:// URLs (for --fleet in `devices`, "
                 "`check`, `run`); removed on exit.")
 @click.option("--elf", "elf_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -91,11 +91,10 @@ def kind_count_option(name: str, what: str) -> Any:
                         metavar="[N]", help=f"{what}; N is the same as --count N.")
 
 
-def count_option(help_text: str, default: int | None = DEFAULT_BOARD_COUNT, *, hidden_alias: str | None = None) -> Any:
-    """``--count N``: how many boards, in every command that makes boards."""
-    names = ["--count"] + ([hidden_alias] if hidden_alias else [])
-    return click.option(*names, "count", type=click.IntRange(min=1), default=default, show_default=default is not None,
-                        help=help_text)
+def count_option(help_text: str, default: int | None = DEFAULT_BOARD_COUNT, *, most: int | None = None) -> Any:
+    """``--count N``: how many boards, in every command that makes boards (``most``: a bound)."""
+    return click.option("--count", "count", type=click.IntRange(min=1, max=most), default=default,
+                        show_default=default is not None, help=help_text)
 
 
 def resolve_count(kind: str, given: int | None, count: int | None, default: int = DEFAULT_BOARD_COUNT) -> int:

@@ -1,6 +1,6 @@
 """``tinyfed simulate``: FTTE, FedBuff and FedAvg on one simulated fleet, in the boards' time.
 
-    tinyfed simulate --clients 500 --stragglers 0.9 --strategies ftte,fedbuff,fedavg --model har_cnn
+    tinyfed simulate --count 500 --stragglers 0.9 --strategies ftte,fedbuff,fedavg --model har_cnn
     tinyfed simulate --model digits_cnn --partition dirichlet --alpha 0.3 --target-accuracy 0.9 --out build/sim
     tinyfed simulate --board-mix nrf52840:0.5,apollo3:0.3,stm32l4r9:0.2 --slowdown lognormal:1:0.5 --json
     tinyfed simulate --strategies ftte,fedbuff@subset,fedavg@subset+overselect --round-deadline 600
@@ -461,6 +461,7 @@ def study_config(options: dict[str, Any]) -> Any:
         table, _, key = OPTION_KEYS.get(name, name).rpartition(".")
         (values.setdefault(table, {}) if table else values)[key] = value
     flags = {OPTION_KEYS.get(name, name): "--" + name.replace("_", "-") for name in given}
+    flags["clients"] = "--count"  # the study's key keeps its old name; the option is the CLI's --count
     return checked(StudyConfig, values, "the command line", keys=flags)
 
 

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import AfterValidator, Field, field_validator
 
-from tinyfed.boards.schema import check_error
+from tinyfed.boards.schema import MAX_FLEET_DEVICES, check_error
 from tinyfed.boards.validation import suggest
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import (
@@ -1021,7 +1021,7 @@ class StudyConfig(ConfigTable):
     """
 
     model: str = Field(default="har_cnn", description="zoo model")
-    clients: int = Field(default=500, ge=1, description="simulated devices")
+    clients: int = Field(default=500, ge=1, le=MAX_FLEET_DEVICES, description="simulated devices")
     strategies: tuple[VariantLabel, ...] = Field(
         default=tuple(STRATEGIES), min_length=1,
         description="strategy labels NAME[@subset|@dense][+overselect] run on the same fleet, in this order")

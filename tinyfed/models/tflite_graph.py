@@ -464,6 +464,26 @@ def _nbytes(shape: tuple[int, ...], type_name: str) -> int:
 # --------------------------------------------------------------------------------------
 
 
+#: The largest model file tinyfed reads: four times the flash of the biggest board it knows (16 MiB
+#: of external QSPI); a bigger file is not a microcontroller model, and parsing it would cost
+#: gigabytes of host memory.
+MAX_MODEL_BYTES = 64 * 1024 * 1024
+_TOO_BIG_FIX = "give the int8 model meant for the boards (microcontroller models are kilobytes to a few MiB)"
+
+
+def _too_big(n: int) -> str:
+    return f"the model file is {n / 1024**2:,.0f} MiB, more than tinyfed reads ({MAX_MODEL_BYTES // 1024**2} MiB)"
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """A model file's bytes, its size checked before it is read."""
+    p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise ModelError(_too_big(size), fix=_TOO_BIG_FIX, source=str(p))
+    return p.read_bytes()
+
+
 class TfliteGraph:
     """A validated single-subgraph full-int8 TFLite model.
 
@@ -491,7 +511,7 @@ class TfliteGraph:
     def from_file(cls, path: str | Path) -> TfliteGraph:
         p = Path(path)
         try:
-            data = p.read_bytes()
+            data = read_model_bytes(p)
         except FileNotFoundError:
             raise ModelError("model file not found", fix="check the path", source=str(p)) from None
         except IsADirectoryError:
@@ -508,6 +528,8 @@ class TfliteGraph:
         """Parse and validate; the quirks TFLM accepts are logged (unless ``quiet``) and kept in :attr:`warnings`."""
         data = bytes(data)
         n = len(data)
+        if n > MAX_MODEL_BYTES:
+            raise ModelError(_too_big(n), fix=_TOO_BIG_FIX, source=source)
         if n == 0:
             raise ModelError("empty model file (0 bytes)", fix=NOT_TFLITE_FIX, source=source)
         if n < 8:

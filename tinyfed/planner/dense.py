@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tinyfed.boards import Board
 from tinyfed.errors import PlanError
-from tinyfed.models.tflite_graph import TfliteGraph
+from tinyfed.models.tflite_graph import TfliteGraph, read_model_bytes
 from tinyfed.planner import trainable as tfw
 from tinyfed.planner.config import TrainingConfig
 from tinyfed.planner.memory import (
@@ -141,5 +141,5 @@ def plan_dense_model(model: str, cfg: TrainingConfig | None = None) -> DensePlan
     """:func:`plan_dense` of a model named as a run config names it (a zoo name or an int8 ``.tflite`` path)."""
     from tinyfed.models.zoo import ZOO_NAMES, get_zoo_model
 
-    model_bytes = get_zoo_model(model).int8_tflite() if model in ZOO_NAMES else Path(model).read_bytes()
+    model_bytes = get_zoo_model(model).int8_tflite() if model in ZOO_NAMES else read_model_bytes(model)
     return plan_dense(model_bytes, model, cfg)

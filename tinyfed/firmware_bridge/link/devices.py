@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tinyfed.boards.schema import check_error
+from tinyfed.boards.schema import MAX_FLEET_DEVICES, check_error
 from tinyfed.errors import BoardError, DataFileError, TinyfedError
 
 
@@ -40,7 +40,8 @@ class DeviceEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     board: str = Field(min_length=1, description="board name")
-    count: int | None = Field(default=None, ge=1, description="devices of this board (default: how many URLs)")
+    count: int | None = Field(default=None, ge=1, le=MAX_FLEET_DEVICES,
+                              description="devices of this board (default: how many URLs)")
     url: str | None = Field(default=None, min_length=1, description="where the one device is reached")
     urls: list[str] = Field(default_factory=list, description="where each device is reached (pyserial URLs)")
 
@@ -70,6 +71,22 @@ class DeviceFleetFile(BaseModel):
     name: str = Field(min_length=1)
     description: str | None = None
     boards: list[DeviceEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _each_device_once(self) -> DeviceFleetFile:
+        """One URL is one board: listed twice, it would train twice per round and both updates count."""
+        where: dict[str, int] = {}
+        for i, entry in enumerate(self.boards):
+            for url in entry.all_urls:
+                if url in where:
+                    place = f"in boards[{i}]" if where[url] == i else f"in boards[{where[url]}] and boards[{i}]"
+                    raise check_error(f"device URL {url!r} is listed twice ({place})", fix="give each device once")
+                where[url] = i
+        total = sum(e.devices for e in self.boards)
+        if total > MAX_FLEET_DEVICES:
+            raise check_error(f"the fleet has {total:,} devices, more than tinyfed runs ({MAX_FLEET_DEVICES:,})",
+                              fix="split the fleet, or simulate it with `tinyfed simulate`")
+        return self
 
 
 @dataclass(frozen=True)
