@@ -240,7 +240,8 @@ def test_an_unexpected_error_in_a_worker_is_a_lost_task_and_the_device_comes_bac
     summary = summarize(evs)
     assert result["run"].versions == 6
     assert summary["all_tasks_accounted"] and not summary["tasks_unknown"]
-    provision = next(e for e in evs if e["kind"] == "device_state" and e["device"] == devs[1].name)
+    provision = next(e for e in evs if e["kind"] == "device_state" and e["device"] == devs[1].name
+                     and e["state"] != "provisioning")
     assert provision["state"] == "backoff" and "injected fault in load_data" in provision["reason"]
     lost = next(e for e in evs if e["kind"] == "lost" and e["device"] == devs[2].name)
     assert lost["reason"] == "RuntimeError: injected fault in read_update"

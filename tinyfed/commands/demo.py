@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, check_jsonl, json_option, jsonl_option
 from tinyfed.errors import TinyfedError
 
 #: Test accuracy the demo trains to. Measured (docs/demo.md): 8 emulated boards
@@ -58,14 +58,16 @@ def missing_emulation_tools() -> list[str]:
               help="Run directory; default runs/demo-<time>.")
 @boards_dir_option
 @json_option
+@jsonl_option
 def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | None, max_seconds: float,
-         seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+         seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool, jsonl: bool) -> None:
     """Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.
 
     \b
     Examples:
       tinyfed demo
       tinyfed demo --simulate --max-seconds 120
+      tinyfed demo --simulate --jsonl > events.jsonl
     """
     import datetime as dt
 
@@ -79,6 +81,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
     )
     from tinyfed.host.config import Limits, RunConfig
 
+    check_jsonl(as_json, jsonl)
     if not simulate:
         missing = missing_emulation_tools()
         if missing:
@@ -91,7 +94,10 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
     out = new_run_dir(out_dir or Path("runs") / dt.datetime.now().strftime("demo-%Y%m%d-%H%M%S"))
     cfg.dump(out)
     kind = "simulated" if simulate else "emulated (QEMU)"
-    say = (lambda text: None) if as_json else click.echo
+    def say(text: str) -> None:  # stdout carries the one JSON object (--json) or the events (--jsonl)
+        if not as_json:
+            click.echo(text, err=jsonl)
+
     say(f"tinyfed demo: {count} {kind} {DEMO_BOARD} boards with the nRF52840's budget (256 KiB RAM, 1 MiB flash), "
         f"{DEMO_MODEL} on the HAPT smartwatch data (one user per board), FTTE from a fresh classifier head "
         f"to test accuracy {target_accuracy:g}")
@@ -113,5 +119,6 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
             devices, source, n = open_devices(stack, emulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs,
                                               quiet=as_json)
         _record_devices(out, source, n, DEMO_BOARD, None, max_windows, devices)
-        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, announce=announce)
-    report_run(cfg, result, out, len(devices), as_json)
+        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, announce=announce,
+                           jsonl=jsonl)
+    report_run(cfg, result, out, len(devices), as_json, jsonl=jsonl)

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self
@@ -80,6 +80,8 @@ class EventLog:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / EVENTS_FILE
+        #: called with each event once it is on disk (``--jsonl`` prints them); the writer's thread calls them
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fh: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
@@ -150,6 +152,8 @@ class EventLog:
         self._seq += 1
         if kind in _SYNC_KINDS:
             self.sync()
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def sync(self) -> None:
