@@ -204,3 +204,76 @@ class RunView:
         if self.live is not None:
             self.board.finish(reached_target)
             self.live.update(self.board.render())
+
+
+class StudyProgress:
+    """``simulate``'s strategies on stderr, fed the simulator's evaluation rows: on a terminal one bar
+    per strategy (in the first leg versions towards the version cap, or simulated time towards
+    ``max_sim_seconds``; simulated time towards the horizon in the second) with its version,
+    simulated time and accuracy; on a pipe a line per strategy at most every :data:`PIPE_EVERY_S`
+    seconds. ``quiet`` (``--json``) says nothing."""
+
+    #: Least seconds between two pipe lines of one strategy.
+    PIPE_EVERY_S = 5.0
+
+    def __init__(self, strategies: list[str], max_versions: int | None, max_sim_seconds: float | None = None, *,
+                 quiet: bool = False) -> None:
+        self.strategies, self.max_versions, self.quiet = strategies, max_versions, quiet
+        self.max_sim_seconds = max_sim_seconds
+        self._end: float | None = None  # the simulated time the bars run towards (None: versions to the cap)
+        self.err = Console(stderr=True)
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._said: dict[str, float] = {}
+        self.horizon_s: float | None = None  # the second leg's end, once it runs
+        self._total: float | None = None  # the bars' end in this leg
+
+    def leg(self, name: str, text: str, horizon_s: float | None = None) -> None:
+        """A leg starts: said on stderr, and the bars start again towards its end."""
+        self.close()
+        self.horizon_s = horizon_s if name == "horizon" else None
+        self._end = self.horizon_s if self.horizon_s is not None else self.max_sim_seconds
+        if self.quiet:
+            return
+        self.err.print(f"-- {text}", highlight=False, soft_wrap=True)
+        if self.err.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bars = Progress(TextColumn("{task.description:<24}"), BarColumn(),
+                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=self.err)
+            self._total = self._end if self._end is not None else self.max_versions
+            self._tasks = {s: self._bars.add_task(s, total=self._total, status="waiting") for s in self.strategies}
+            self._bars.start()
+
+    def update(self, row: dict[str, Any]) -> None:
+        """One evaluation of one strategy."""
+        if self.quiet:
+            return
+        name = str(row.get("strategy"))
+        status = (f"version {row['version']:,}  {row['sim_time_s']:,.0f} simulated s  "
+                  f"accuracy {row['accuracy']:.4f}")
+        if self._bars is not None and name in self._tasks:
+            done = row["sim_time_s"] if self._end is not None else row["version"]
+            self._bars.update(self._tasks[name], completed=done, status=status)
+            return
+        now = time.monotonic()
+        if now - self._said.get(name, 0.0) >= self.PIPE_EVERY_S:
+            self._said[name] = now
+            sys.stderr.write(f"{name}: {status}\n")
+            sys.stderr.flush()
+
+    def done(self, name: str, text: str) -> None:
+        """A strategy's leg ended: its bar full (it stopped short of the cap on its target), its line said."""
+        if self.quiet:
+            return
+        if self._bars is not None and name in self._tasks:
+            self._bars.update(self._tasks[name], completed=self._total or 0, status=text)
+            return
+        self.err.print(text, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        """Take the bars down (idempotent)."""
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+            self._tasks = {}
