@@ -477,6 +477,8 @@ def many_studies(cfg: Any, seeds: str | None, partitions: str | None, workers: i
 
 #: Options that choose how many studies run, not what one study is.
 MANY_STUDIES_OPTIONS = ("seeds", "partitions", "workers")
+#: Options that choose what the command prints, not what the study is.
+OUTPUT_OPTIONS = ("jsonl",)
 
 
 def study_config(options: dict[str, Any]) -> Any:
@@ -485,7 +487,7 @@ def study_config(options: dict[str, Any]) -> Any:
     from tinyfed.host.config import checked
     from tinyfed.host.simulator import DEFAULT_TARGETS, StudyConfig
 
-    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS}
+    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS + OUTPUT_OPTIONS}
     given["strategies"] = tuple(s.strip() for s in given["strategies"].split(",") if s.strip())
     given["run_past_target"] = not given["run_past_target"]  # the option's negation is the config's stop_at_target
     given["eval_samples"] = given["eval_samples"] or None
