@@ -214,7 +214,8 @@ def test_study_bars_on_a_terminal_show_version_time_and_accuracy() -> None:
     bars.err = Console(file=buf, force_terminal=True, width=140)
     bars.leg("target", "to the target")
     bars.update({"strategy": "ftte", "version": 4, "sim_time_s": 1234.0, "accuracy": 0.5})
+    bars.done("fedavg", "fedavg: 10 versions, 99 simulated s")
     bars.close()  # the last frame is drawn as the bars come down
     text = buf.getvalue()
     assert "-- to the target" in text and "version 4  1,234 simulated s  accuracy 0.5000" in text, text
-    assert "fedavg" in text and "waiting" in text
+    assert "fedavg: 10 versions, 99 simulated s" in text and "done" in text

@@ -263,11 +263,13 @@ class StudyProgress:
             sys.stderr.flush()
 
     def done(self, name: str, text: str) -> None:
-        """A strategy's leg ended: its bar full (it stopped short of the cap on its target), its line said."""
+        """A strategy's leg ended: its bar full (it may have stopped short of the cap, on its target) and
+        its line said above the bars."""
         if self.quiet:
             return
         if self._bars is not None and name in self._tasks:
-            self._bars.update(self._tasks[name], completed=self._total or 0, status=text)
+            self._bars.update(self._tasks[name], completed=self._total or 0, status="done")
+            self._bars.console.print(text, highlight=False, soft_wrap=True)  # above the bars, whole
             return
         self.err.print(text, highlight=False, soft_wrap=True)
 
