@@ -219,3 +219,36 @@ def test_study_bars_on_a_terminal_show_version_time_and_accuracy() -> None:
     text = buf.getvalue()
     assert "-- to the target" in text and "version 4  1,234 simulated s  accuracy 0.5000" in text, text
     assert "fedavg: 10 versions, 99 simulated s" in text and "done" in text
+
+
+def test_booting_qemu_boards_says_each_board_as_it_answers(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """``--emulate N``: the boot is a phase, and each board is named when it answers ping (no QEMU
+    here: the fleet is a stand-in that calls ``on_ready`` as the real one does after each ping)."""
+    from contextlib import ExitStack
+    from types import SimpleNamespace
+
+    from tinyfed.commands.run import boot_boards
+    from tinyfed.firmware_bridge.emulate import emulator
+
+    class Fleet:
+        def __init__(self, board: Any, count: int, *, on_ready: Any = None) -> None:
+            self.boards = [SimpleNamespace(name=f"{board.name}#{i}", url=f"socket://127.0.0.1:{4000 + i}")
+                           for i in range(count)]
+            self.on_ready = on_ready
+
+        def __enter__(self) -> Fleet:
+            for i, b in enumerate(self.boards):
+                self.on_ready(b, 0.5 * (i + 1))
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(emulator, "EmulatorFleet", Fleet)
+    with ExitStack() as stack:
+        fleet = boot_boards(stack, SimpleNamespace(name="mps2-an386"), 2)
+    err = capsys.readouterr().err
+    assert len(fleet.boards) == 2
+    assert "booting 2 QEMU mps2-an386 boards" in err
+    assert "mps2-an386#0 answers ping after 0.5 s" in err and "mps2-an386#1 answers ping after 1.0 s" in err
+    assert err.index("#1 answers") < err.index("boards (and building their firmware if needed): done in")
