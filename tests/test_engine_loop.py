@@ -240,10 +240,16 @@ def test_an_unexpected_error_in_a_worker_is_a_lost_task_and_the_device_comes_bac
     summary = summarize(evs)
     assert result["run"].versions == 6
     assert summary["all_tasks_accounted"] and not summary["tasks_unknown"]
-    provision = next(e for e in evs if e["kind"] == "device_state" and e["device"] == devs[1].name)
+    provision = next(e for e in evs if e["kind"] == "device_state" and e["device"] == devs[1].name
+                     and e["state"] != "provisioning")
     assert provision["state"] == "backoff" and "injected fault in load_data" in provision["reason"]
     lost = next(e for e in evs if e["kind"] == "lost" and e["device"] == devs[2].name)
     assert lost["reason"] == "RuntimeError: injected fault in read_update"
+    # the board said it was uploading when the read failed, and its next task provisions it again first
+    states = [(e["seq"], e["state"]) for e in evs if e["kind"] == "device_state" and e["device"] == devs[2].name]
+    assert [s for q, s in states if q < lost["seq"]][-1] == "uploading"
+    after = [s for q, s in states if q > lost["seq"]]
+    assert after[:5] == ["backoff", "idle", "training", "provisioning", "training"], after
     for name, since in ((devs[1].name, provision["seq"]), (devs[2].name, lost["seq"])):
         assert any(e["kind"] == "arrival" and e["device"] == name and e["seq"] > since for e in evs), name
 

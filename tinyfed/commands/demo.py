@@ -24,9 +24,11 @@ import click
 from tinyfed.commands.options import (
     DEFAULT_BOARD_COUNT,
     boards_dir_option,
+    check_jsonl,
     count_option,
     deprecated_alias,
     json_option,
+    jsonl_option,
     kind_count_option,
     out_dir_option,
     resolve_count,
@@ -67,9 +69,11 @@ def missing_emulation_tools() -> list[str]:
 @out_dir_option("Run directory; default runs/demo-<time>.")
 @boards_dir_option
 @json_option
+@jsonl_option
 def demo(simulate: int | None, count: int | None, count_alias: int | None, target_accuracy: float,
          max_windows: int | None, max_seconds: float,
-         seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+         seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
+         jsonl: bool) -> None:
     """Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.
 
     \b
@@ -77,6 +81,7 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
       tinyfed demo
       tinyfed demo --simulate --max-seconds 120
       tinyfed demo --simulate 4 --seed 3 --out runs/demo3
+      tinyfed demo --simulate --jsonl > events.jsonl
     """
     import datetime as dt
 
@@ -91,6 +96,7 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
     from tinyfed.host.config import Limits, RunConfig
 
     count = resolve_count("simulate", simulate, count if count is not None else count_alias, DEMO_BOARDS)
+    check_jsonl(as_json, jsonl)
     if simulate is None:
         missing = missing_emulation_tools()
         if missing:
@@ -103,7 +109,10 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
     out = new_run_dir(out_dir or Path("runs") / dt.datetime.now().strftime("demo-%Y%m%d-%H%M%S"))
     cfg.dump(out)
     kind = "simulated" if simulate is not None else "emulated (QEMU)"
-    say = (lambda text: None) if as_json else click.echo
+    def say(text: str) -> None:  # stdout carries the one JSON object (--json) or the events (--jsonl)
+        if not as_json:
+            click.echo(text, err=jsonl)
+
     say(f"tinyfed demo: {count} {kind} {DEMO_BOARD} boards with the nRF52840's budget (256 KiB RAM, 1 MiB flash), "
         f"{DEMO_MODEL} on the HAPT smartwatch data (one user per board), FTTE from a fresh classifier head "
         f"to test accuracy {target_accuracy:g}")
@@ -125,5 +134,6 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
             devices, source, n = open_devices(stack, emulate=count, board_name=DEMO_BOARD, boards_dirs=boards_dirs,
                                               quiet=as_json)
         _record_devices(out, source, n, DEMO_BOARD, None, max_windows, devices)
-        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, announce=announce)
-    report_run(cfg, result, out, len(devices), as_json)
+        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, announce=announce,
+                           jsonl=jsonl)
+    report_run(cfg, result, out, len(devices), as_json, jsonl=jsonl)

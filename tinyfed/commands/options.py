@@ -56,6 +56,21 @@ json_option = click.option(
 )
 
 
+jsonl_option = click.option(
+    "--jsonl",
+    is_flag=True,
+    callback=_remember_json,
+    help="Stream one JSON object per event on stdout as it happens (the objects of events.jsonl); no live view "
+         "or tables, progress still on stderr. Not with --json.",
+)
+
+
+def check_jsonl(as_json: bool, jsonl: bool) -> None:
+    """--json (one summary object) and --jsonl (a stream of events) cannot share stdout: a usage error."""
+    if as_json and jsonl:
+        raise click.UsageError("give one of --json (one summary object) and --jsonl (one object per event)")
+
+
 # -- one vocabulary for counts, seeds, targets and output directories (docs/cli.md) ------------
 
 #: How many boards a command makes when nobody says (``run``, ``demo``; ``emulate`` boots one).

@@ -23,21 +23,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, get_args
 
 import click
 
-from tinyfed.commands.console import phase
+from tinyfed.commands.console import RunView, phase, print_jsonl
 from tinyfed.commands.options import (
     DEFAULT_BOARD_COUNT,
     boards_dir_option,
+    check_jsonl,
     core_budget_option,
     count_option,
     fleet_option,
     json_option,
+    jsonl_option,
     kind_count_option,
     out_dir_option,
     resolve_count,
@@ -186,6 +187,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @out_dir_option("Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
 @json_option
+@jsonl_option
 @click.pass_context
 def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None, count: int | None,
         resume_dir: Path | None, board_name: str, config_path: Path | None, model: str | None, strategy: str | None,
@@ -194,7 +196,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
         alpha: float | None, seed: int | None, nested_subsets: bool | None, core_budget: float | None,
         out_dir: Path | None,
-        boards_dirs: tuple[Path, ...], as_json: bool) -> None:
+        boards_dirs: tuple[Path, ...], as_json: bool, jsonl: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version.
 
     \b
@@ -204,9 +206,11 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
       tinyfed run --emulate 8 --board mps2-an386 --target-accuracy 0.85
       tinyfed run --fleet fleet.toml --out runs/lab --json
       tinyfed run --resume runs/lab --max-seconds 600
+      tinyfed run --simulate 4 --max-versions 5 --jsonl | jq -c 'select(.kind == "evaluation")'
     """
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
 
+    check_jsonl(as_json, jsonl)
     if target_accuracy is not None and target_metric is not None:
         raise click.UsageError("give one of --target-accuracy and --target-metric (the first is the second's "
                                "name for classification)")
@@ -229,7 +233,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
             raise click.UsageError(f"--resume continues the run as it was recorded; drop {', '.join(given)} "
                                    "(only --target-accuracy / --target-metric, --max-versions and --max-seconds "
                                    "may change)")
-        _resume(resume_dir, top, limits, boards_dirs, as_json)
+        _resume(resume_dir, top, limits, boards_dirs, as_json, jsonl)
         return
     if sum(x is not None for x in (fleet_path, emulate, simulate)) != 1:
         raise click.UsageError("give exactly one of --fleet FLEET, --emulate [N], --simulate [N] (or --resume RUN_DIR)")
@@ -270,8 +274,9 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         _record_devices(out, source, count, board_name, fleet_path, max_windows, devices)
         if source == "emulate" and devices[0].board != board_name:
             click.echo(baseline_note(cfg.model, cfg.strategy, board_name, devices[0].board, boards_dirs), err=True)
-        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, data=run_data)
-    report_run(cfg, result, out, len(devices), as_json)
+        result = train_run(stack, cfg, out, devices, max_windows, boards_dirs, as_json, None, data=run_data,
+                           jsonl=jsonl)
+    report_run(cfg, result, out, len(devices), as_json, jsonl=jsonl)
 
 
 def checked_run_data(cfg: Any, n_devices: int | None, partition_chosen: bool = True) -> tuple[Any, Any]:
@@ -352,11 +357,8 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
         devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked if d.url is not None]
         return devices, "fleet", len(devices)
     if emulate is not None:
-        from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
-
         board = emulated_board_for(get_board(board_name, boards_dirs), strategy, model, boards_dirs, payload)
-        with phase(f"booting {emulate} QEMU {board.name} boards (and building their firmware if needed)", quiet=quiet):
-            emus = stack.enter_context(EmulatorFleet(board, emulate))
+        emus = boot_boards(stack, board, emulate, quiet=quiet)
         return [DeviceSpec(b.name, b.url, board.name) for b in emus.boards], "emulate", emulate
     from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
@@ -367,8 +369,21 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
     return devices, "simulate", simulate
 
 
+def boot_boards(stack: ExitStack, board: Any, count: int, *, quiet: bool = False) -> Any:
+    """Boot ``count`` QEMU boards (stopped when ``stack`` closes), saying on stderr that they boot
+    and each board as it answers a ping."""
+    from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
+
+    def ready(emu: Any, seconds: float) -> None:
+        if not quiet:
+            click.echo(f"{emu.name} answers ping after {seconds:.1f} s", err=True)
+
+    with phase(f"booting {count} QEMU {board.name} boards (and building their firmware if needed)", quiet=quiet):
+        return stack.enter_context(EmulatorFleet(board, count, on_ready=ready))
+
+
 def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_dirs: tuple[Path, ...],
-            as_json: bool) -> None:
+            as_json: bool, jsonl: bool = False) -> None:
     """``--resume``: rebuild the recorded fleet and continue from the newest checkpoint."""
     from tinyfed.host.config import CONFIG_FILE, load_run_config
     from tinyfed.host.engine import latest_checkpoint
@@ -397,31 +412,31 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
         devices = [DeviceSpec(d["name"], d["url"], d["board"]) for d in recorded["devices"]]
         if recorded["source"] == "emulate":
             from tinyfed.boards import get_board
-            from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 
             # the profile the run was booted with: the baseline profile when a dense baseline needed it
             board = get_board(recorded.get("baseline_board") or recorded["board"], boards_dirs)
-            emus = stack.enter_context(EmulatorFleet(board, len(devices)))
+            emus = boot_boards(stack, board, len(devices), quiet=as_json)
             devices = [DeviceSpec(d.name, b.url, d.board) for d, b in zip(devices, emus.boards, strict=True)]
         elif recorded["source"] == "simulate":
             from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
             forget_sim_boards()
         if not as_json:
-            click.echo(f"resuming {run_dir} at version {checkpoint.version} (checkpoint generation "
+            click.echo(err=jsonl, message=f"resuming {run_dir} at version {checkpoint.version} (checkpoint generation "
                        f"{checkpoint.generation})")
         result = train_run(stack, cfg, run_dir, devices, recorded.get("max_windows"), boards_dirs, as_json, checkpoint,
-                        events=events)
-    report_run(cfg, result, run_dir, len(devices), as_json, resumed_from=checkpoint.version)
+                           events=events, jsonl=jsonl)
+    report_run(cfg, result, run_dir, len(devices), as_json, resumed_from=checkpoint.version, jsonl=jsonl)
 
 
 def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows: int | None,
            boards_dirs: tuple[Path, ...], as_json: bool, checkpoint: Any, events: Any = None,
-           announce: Any = None, data: Any = None) -> Any:
+           announce: Any = None, data: Any = None, jsonl: bool = False) -> Any:
     """Prepare the run for the devices and drive the engine to its end (fresh or resumed).
 
     ``announce`` (if given) sees the prepared :class:`~tinyfed.host.setup.RunSetup` before training;
     ``data`` is the run's :class:`~tinyfed.host.rundata.RunData` when already loaded (else loaded here).
+    ``jsonl`` streams every event on stdout instead of the live view (progress stays on stderr).
     """
     from tinyfed.host.engine import Engine, Limits
     from tinyfed.host.events import EventLog, write_history
@@ -453,29 +468,14 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
         check_stores(devices, setup.program, setup.images, setup.facts["local_windows"], boards_dirs)
     if events is None:
         events = stack.enter_context(EventLog(out))
+    if jsonl:
+        events.listeners.append(print_jsonl)
 
-    live = None
-    if not as_json and sys.stdout.isatty():  # a live view on a terminal, plain lines otherwise
-        from rich.live import Live
+    from tinyfed.host.dashboard import Dashboard
 
-        from tinyfed.host.dashboard import Dashboard
-
-        board = Dashboard(cfg.strategy, target, len(devices), metric=setup.metric)
-        live = stack.enter_context(Live(board.render(), refresh_per_second=4, transient=False))
-
-    def progress(row: dict) -> None:
-        if as_json:
-            return
-        if live is not None:
-            board.update(row)
-            live.update(board.render())
-            return
-        if row.get("kind", "evaluation") != "evaluation":
-            return
-        m = setup.metric
-        int8 = f"  int8 {row[f'int8_{m}']:.4f}" if f"int8_{m}" in row else ""
-        click.echo(f"version {row['version']:4d}  {m} {row[m]:.4f}{int8}  loss {row['loss']:.4f}  "
-                   f"t {row['t']:7.1f} s")
+    view = stack.enter_context(RunView(Dashboard(cfg.strategy, target, len(devices), metric=setup.metric),
+                                       quiet=as_json, stream=jsonl))
+    progress = view.progress
 
     engine = Engine(setup, devices, strat, events,
                     training=cfg.training.local_training(),
@@ -487,9 +487,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
                     evaluate_every=cfg.evaluation.every_versions, progress=progress, resume_from=checkpoint)
     result = engine.run()
     write_history(out)  # history.csv, as simulate writes one: per evaluated version, from events.jsonl
-    if live is not None:  # the last frame: how the run ended, not an estimate of what is left
-        board.finish(result.reached_target)
-        live.update(board.render())
+    view.finish(result.reached_target)  # the last frame: how the run ended, not an estimate of what is left
     # the deployable result: the full int8 model (and, for FTTE, its fragments) with the final w*
     from tinyfed.host.export import export_run
 
@@ -515,8 +513,9 @@ def set_resume_hint(out: Path) -> None:
 
 
 def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
-               resumed_from: int | None = None) -> None:
+               resumed_from: int | None = None, jsonl: bool = False) -> None:
     """The run's summary: one JSON object (``--json``) or a line; says when emulated boards ran a baseline profile.
+    With ``jsonl`` nothing more goes to stdout: the event stream ended with ``run_end``.
 
     A run that stopped on a limit before its target exits 1 (after the summary), so scripts and CI
     can tell "trained to the target" from "ran out of time"."""
@@ -530,7 +529,7 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                "baseline_board": baseline, "export": getattr(result, "export", {})}
     if as_json:
         click.echo(json.dumps(summary))
-    else:
+    elif not jsonl:
         reached = "no target" if target is None else \
             f"{'reached' if result.reached_target else 'did not reach'} {target}"
         click.echo(f"{result.strategy}: {result.task}, {result.versions} versions, {result.metric} "

@@ -25,12 +25,14 @@ from typing import Any, get_args
 import click
 from pydantic import BaseModel
 
-from tinyfed.commands.console import output_console
+from tinyfed.commands.console import StudyProgress, output_console, phase, print_jsonl
 from tinyfed.commands.options import (
     boards_dir_option,
+    check_jsonl,
     core_budget_option,
     deprecated_alias,
     json_option,
+    jsonl_option,
     out_dir_option,
     seed_option,
     target_accuracy_option,
@@ -326,17 +328,18 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
                 "fair_study.json, fair_runs.csv, fair_summary.csv).")
 @boards_dir_option
 @json_option
+@jsonl_option
 def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
-             seeds: str | None, partitions: str | None, workers: int, **options: Any) -> None:
+             jsonl: bool, seeds: str | None, partitions: str | None, workers: int, **options: Any) -> None:
     """Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards.
 
     \b
     Examples:
       tinyfed simulate --count 500 --stragglers 0.9 --out build/sim
       tinyfed simulate --strategies ftte,fedbuff@subset --seeds 0-4 --workers 2
+      tinyfed simulate --count 50 --max-versions 20 --out build/sim --jsonl
     """
-    from tinyfed.host.simulator import Study
-
+    check_jsonl(as_json, jsonl)
     if options.get("clients_alias") is not None and click.get_current_context().get_parameter_source(
             "clients") == click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("give --count once (--clients is its old spelling)")
@@ -345,37 +348,27 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
         if backend != "local" or boards_dirs:
             raise TinyfedError("several studies run on the local backend with the built-in boards",
                                fix="drop --backend/--boards-dir, or run one study (no --seeds/--partitions)")
+        if jsonl:
+            raise click.UsageError("--jsonl streams one study's events; drop it with --seeds/--partitions")
         many_studies(cfg, seeds, partitions, workers, out_dir, as_json)
         return
-    say = (lambda text: None) if as_json else click.echo
-    study = Study(cfg, boards_dirs=boards_dirs)
-    info = study.describe()
-    say(f"tinyfed simulate: {cfg.model}, {info['fleet']} (slowdown {info['slowdown']}), {info['partition']} split, "
-        f"{info['samples_per_device']['mean']:.1f} samples per device, seed {cfg.seed}")
     if address is not None and backend != "ray":
         raise TinyfedError("--address joins a Ray cluster", fix="add --backend ray, or drop --address")
-    runner = None
-    if backend == "ray":
-        from tinyfed.host.ray_backend import RayBackend
+    from tinyfed.host.events import StudyLog
 
-        runner = RayBackend(address)
-
-    def announce(name: str, r: Any) -> None:
-        say(f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy {r.final_accuracy:.4f} "
-            f"({r.stop_reason}); {r.board_steps} board steps in {r.wall_seconds:.1f} s wall ({backend} backend)")
-
-    try:
-        results = study.run_all(backend=runner, announce=announce, on_leg=lambda text: say(f"-- {text}"))
-    finally:
-        if runner is not None:
-            runner.close()
-    files = write_outputs(out_dir, study, results, cfg.record()) if out_dir is not None else []
+    with StudyLog(out_dir) as events:
+        if jsonl:
+            events.listeners.append(print_jsonl)
+        study, results, files = _run_study(cfg, backend, address, boards_dirs, out_dir, events, as_json, jsonl)
+    if jsonl:
+        return
     if as_json:
         click.echo(json.dumps({"study": study.describe(), "strategies": strategies_json(cfg, results),
                                "results": {k: r.to_dict() for k, r in results.items()},
                                "ratios_to_fedavg": ratios(results), "decomposition": decomposition(results),
                                "files": [str(p) for p in files]}))
         return
+    say = (lambda text: None) if as_json else click.echo
     output_console().print(*result_tables(results, cfg.target_accuracy, study.horizon_s))
     for name, r in results.items():
         for board, c in r.classes.items():
@@ -384,6 +377,65 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
     say(format_decomposition(decomposition(results)))
     for p in files:
         say(f"wrote {p}")
+
+
+def _run_study(cfg: Any, backend: str, address: str | None, boards_dirs: tuple[Path, ...], out_dir: Path | None,
+               events: Any, as_json: bool, jsonl: bool) -> tuple[Any, dict[str, Any], list[Path]]:
+    """One study, each slow step said on stderr (``--json``: nothing) and every strategy's progress in
+    a bar, its events in ``events`` (a :class:`~tinyfed.host.events.StudyLog`); the study, its
+    results and the files written."""
+    from tinyfed.host.simulator import Study
+
+    def say(text: str) -> None:  # stdout carries the one JSON object (--json) or the events (--jsonl)
+        if not as_json:
+            click.echo(text, err=jsonl)
+
+    with phase(f"building the study: {cfg.model}'s data split across {cfg.clients:,} simulated boards",
+               quiet=as_json):
+        study = Study(cfg, boards_dirs=boards_dirs)
+    info = study.describe()
+    say(f"tinyfed simulate: {cfg.model}, {info['fleet']} (slowdown {info['slowdown']}), {info['partition']} split, "
+        f"{info['samples_per_device']['mean']:.1f} samples per device, seed {cfg.seed}")
+    for payload in dict.fromkeys(study.payload_of(cfg.strategy(label)) for label in cfg.strategies):
+        with phase(f"planning {cfg.model} ({payload} payload) and running its frozen part over the training data",
+                   quiet=as_json):
+            study.model(payload)
+    events.append("study_start", strategies=list(cfg.strategies), target_accuracy=cfg.target_accuracy,
+                  clients=cfg.clients, model=cfg.model, seed=cfg.seed, study=info)
+    bars = StudyProgress(list(cfg.strategies), cfg.max_versions, cfg.max_sim_seconds, quiet=as_json)
+    runner = None
+    if backend == "ray":
+        from tinyfed.host.ray_backend import RayBackend
+
+        runner = RayBackend(address)
+
+    def progress(row: dict[str, Any]) -> None:
+        events.append("evaluation", **row)
+        bars.update(row)
+
+    def on_leg(text: str) -> None:
+        name = "horizon" if "horizon" in text.split(":")[0] else "target"
+        events.append("leg", name=name, text=text)
+        bars.leg(name, text, study.horizon_s)
+
+    def announce(name: str, r: Any) -> None:
+        events.append("strategy_end", strategy=name, result=r.to_dict())
+        bars.done(name, f"{name}: {r.versions} versions, {r.sim_seconds:,.0f} simulated s, accuracy "
+                        f"{r.final_accuracy:.4f} ({r.stop_reason}); {r.board_steps} board steps in "
+                        f"{r.wall_seconds:.1f} s wall ({backend} backend)")
+
+    try:
+        results = study.run_all(backend=runner, progress=progress, announce=announce, on_leg=on_leg)
+    finally:
+        bars.close()
+        if runner is not None:
+            runner.close()
+    files: list[Path] = []
+    if out_dir is not None:
+        with phase(f"writing the tables and plots to {out_dir}", quiet=as_json):
+            files = write_outputs(out_dir, study, results, cfg.record())
+    events.append("study_end", files=[str(p) for p in files + ([events.path] if events.path else [])])
+    return study, results, files
 
 
 def strategies_json(cfg: Any, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -438,6 +490,8 @@ def many_studies(cfg: Any, seeds: str | None, partitions: str | None, workers: i
 
 #: Options that choose how many studies run, not what one study is.
 MANY_STUDIES_OPTIONS = ("seeds", "partitions", "workers")
+#: Options that choose what the command prints, not what the study is.
+OUTPUT_OPTIONS = ("jsonl",)
 
 
 def study_config(options: dict[str, Any]) -> Any:
@@ -446,7 +500,7 @@ def study_config(options: dict[str, Any]) -> Any:
     from tinyfed.host.config import checked
     from tinyfed.host.simulator import DEFAULT_TARGETS, StudyConfig
 
-    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS}
+    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS + OUTPUT_OPTIONS}
     alias = given.pop("clients_alias", None)  # --clients, the old spelling of --count
     if alias is not None:
         given["clients"] = alias

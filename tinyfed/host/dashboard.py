@@ -71,7 +71,7 @@ class Dashboard:
                      f"target {self.target:.4f}" if self.target is not None else "no target")
         head.add_row(f"{self.devices} devices", f"busy {states.get('busy', 0)}  idle {states.get('idle', 0)}",
                      f"late {states.get('backoff', 0)}  dropped {states.get('dropped', 0)}",
-                     f"best {best:.4f}")
+                     f"best {best:.4f}" if self.rows else "best -")
         head.add_row(f"up {_kb(int(last.get('bytes_up', 0)))}", f"down {_kb(int(last.get('bytes_down', 0)))}",
                      f"elapsed {last.get('t', 0.0):.0f} s",
                      self.outcome if self.outcome is not None else

@@ -53,6 +53,8 @@ ENGINE_STATE_FORMAT = 1
 HOST_RESTARTED = "host restarted"
 #: The loss reason a round state counts a task under when its device or link failed.
 DEVICE_FAILED = "device failed"
+#: Least seconds between two upload-progress rows of one board (the last chunk's always goes).
+PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,23 @@ class RunResult:
         }
 
 
+#: What a worker tells the main thread between outcomes (the main thread alone writes the event log):
+#: ``("state", device, state)`` for the event log, ``("progress", row)`` for the command's view.
+Note = tuple[str, Any, Any]
+
+
 class _Worker(threading.Thread):
-    """One device's link: provisions the board, then runs tasks one at a time."""
+    """One device's link: provisions the board, then runs tasks one at a time.
+
+    It writes nothing itself: what the run should record or show (a board being provisioned, an
+    upload's bytes, an update being read) goes to the main thread through ``notes``."""
 
     def __init__(self, spec: DeviceSpec, setup: RunSetup, training: LocalTraining, outcomes: queue.Queue,
-                 payload_float: bool, timeout: float) -> None:
+                 payload_float: bool, timeout: float, notes: queue.Queue[Note] | None = None) -> None:
         super().__init__(name=f"tinyfed-{spec.name}", daemon=True)
         self.spec, self.setup, self.training = spec, setup, training
         self.outcomes, self.payload_float, self.timeout = outcomes, payload_float, timeout
+        self.notes: queue.Queue[Note] = notes if notes is not None else queue.Queue()
         self.tasks: queue.Queue[tuple[Task, np.ndarray] | None] = queue.Queue()  # a task and its start vector
         self.client: BoardClient | None = None
         self.board_version: int | None = None
@@ -164,19 +175,48 @@ class _Worker(threading.Thread):
             raise TinyfedError(f"{self.spec.name}: the nested plan has no class for board {self.spec.board!r}",
                                fix="plan the run for the boards of its devices")
         client = BoardClient(self.spec.url, name=self.spec.name, timeout=2.0)
+        started = time.monotonic()
+        parts = [(what, blob) for what, blob in (("fragment", self.frozen_blob), ("program", self.program),
+                                                 ("data", self.setup.images[self.spec.name])) if blob is not None]
+        total = sum(len(blob) for _, blob in parts)
         try:
             client.open()
             client.hello()
-            if self.frozen_blob is not None:
-                client.load_fragment(self.frozen_blob)
-            client.load_program(self.program)
-            client.load_data(self.setup.images[self.spec.name])
-        except BaseException:
+            before = 0
+            for what, blob in parts:
+                load = {"fragment": client.load_fragment, "program": client.load_program,
+                        "data": client.load_data}[what]
+                load(blob, self._upload_progress(what, before, total))
+                before += len(blob)
+        except BaseException as exc:
             client.close()
+            self._note_progress({"kind": "provisioned", "device": self.spec.name, "bytes": 0,
+                                 "seconds": time.monotonic() - started, "error": str(exc) or type(exc).__name__})
             raise
         self.client, self.board_version = client, 0
         self.provisioned = (client.stats.bytes_sent, client.stats.bytes_received)
+        self._note_progress({"kind": "provisioned", "device": self.spec.name, "bytes": client.stats.bytes_sent,
+                             "seconds": time.monotonic() - started, "error": None})
         return client
+
+    def _note_progress(self, row: dict[str, Any]) -> None:
+        self.notes.put(("progress", row, None))
+
+    def _upload_progress(self, what: str, before: int, total: int) -> Callable[[int, int], None]:
+        """The link's chunk callback for one part of the provisioning, as a row over the whole board:
+        ``done`` of ``total`` bytes (fragment, program and local data together)."""
+
+        last = [0.0]
+
+        def progress(done: int, size: int) -> None:
+            now = time.monotonic()
+            if done < size and now - last[0] < PROGRESS_INTERVAL_S:  # a chunk is a few hundred bytes: thin them
+                return
+            last[0] = now
+            self._note_progress({"kind": "provision", "device": self.spec.name, "what": what,
+                                 "done": before + done, "total": total})
+
+        return progress
 
     def run(self) -> None:
         try:
@@ -202,8 +242,10 @@ class _Worker(threading.Thread):
         try:
             client = self.client
             if client is None:
+                self.notes.put(("state", self.spec.name, "provisioning"))
                 client = self._connect()
                 provisioned = self.provisioned
+                self.notes.put(("state", self.spec.name, "training"))
             sent0, recv0 = client.stats.bytes_sent, client.stats.bytes_received
             if self.board_version != task.version:
                 self.board_version = None
@@ -214,6 +256,7 @@ class _Worker(threading.Thread):
             report = client.train(TrainParams(version=task.version, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                               seed=task.seed, per_channel=t.per_channel, head_cache=t.head_cache,
                                               float_update=self.payload_float), timeout=self.timeout)
+            self.notes.put(("state", self.spec.name, "uploading"))
             upd = client.read_update(report.update_bytes)
             try:
                 delta = upd.dense(self.unit_shapes)
@@ -258,6 +301,7 @@ class Engine:
         self.retries, self.backoff_s, self.device_timeout_s = retries, backoff_s, device_timeout_s
         self.evaluate_every = evaluate_every
         self.progress = progress
+        self._notes: queue.Queue[Note] = queue.Queue()  # the workers' device states and upload progress
         self.state = {d.name: DeviceState() for d in devices}
         self.provision_down = self.provision_up = 0  # fragment, program and data sent at (re)connection
         self.history: list[dict[str, Any]] = []
@@ -426,8 +470,11 @@ class Engine:
 
     def _apply(self, agg: Aggregate) -> None:
         self.rounds.apply(agg)
+        k = getattr(self.strategy, "k", None)  # buffered strategies' K; FedAvg's rounds have none
         self.events.append("aggregation", version=self.rounds.version, updates=len(agg.updates),
-                           tasks=[u.task_id for u in agg.updates])
+                           tasks=[u.task_id for u in agg.updates],
+                           weights=[round(float(w), 6) for w in agg.shares],
+                           staleness=[int(s) for s in agg.staleness], buffer_size=k if isinstance(k, int) else None)
 
     def _dispatch(self, workers: dict[str, _Worker]) -> None:
         now = time.monotonic()
@@ -442,6 +489,7 @@ class Engine:
             st.state = "busy"
             st.tasks += 1
             self.events.append("dispatch", task=task.task_id, device=task.device, version=task.version)
+            self.events.append("device_state", device=task.device, state="training", task=task.task_id)
             workers[task.device].tasks.put((task, self.rounds.vector))
         seconds = self.strategy.deadline() if tasks else None
         if seconds is not None:  # the strategy owns no clock: the engine watches it (a later dispatch replaces it)
@@ -456,11 +504,13 @@ class Engine:
     def _next_step(self, outcomes: queue.Queue[_Outcome]) -> Aggregate | None:
         """Wait for the next outcome (at most until the pending deadline) and handle it; the step it
         brings, one that became due meanwhile, or the strategy's answer to a passed deadline."""
+        self._drain_notes()
         try:
             out = outcomes.get(timeout=self._wait_timeout())
         except queue.Empty:
             agg = self.rounds.poll()
         else:
+            self._drain_notes()  # a worker's notes precede its outcome: "uploading" before the arrival
             agg = self._handle(out)
             self._tick()
         return agg if agg is not None else self._deadline_due()
@@ -473,6 +523,19 @@ class Engine:
         self.deadline = None
         self.events.append("deadline", version=version)
         return self.rounds.deadline(version)
+
+    def _drain_notes(self) -> None:
+        """What the workers said since the last call: device states into the event log (written
+        here, by the main thread alone), upload progress to the command's ``progress``."""
+        while True:
+            try:
+                what, a, b = self._notes.get_nowait()
+            except queue.Empty:
+                return
+            if what == "state":
+                self.events.append("device_state", device=a, state=b)
+            elif self.progress is not None:
+                self.progress(a)
 
     def _provisioned(self, device: str, sizes: tuple[int, int]) -> None:
         """Record a (re-)provisioning's bytes apart from the tasks' (``what: provision``): they are
@@ -521,6 +584,7 @@ class Engine:
                                seconds=round(out.seconds, 3), **nested)
             if update.index is not None:
                 self._class_update_bytes[self._board_of[task.device]] = int(update.wire_bytes)
+        self.events.append("device_state", device=task.device, state="idle")
         return outcome.aggregate
 
     def _should_stop(self, metric: float, started: float) -> bool:
@@ -533,6 +597,30 @@ class Engine:
             or (lim.max_bytes is not None and rounds.bytes_up + rounds.bytes_down >= lim.max_bytes)
             or all(s.state == "dropped" for s in self.state.values())
         )
+
+    def _provision(self, workers: dict[str, _Worker]) -> None:
+        """Start the workers and wait for each board's provisioning, passing on their upload progress;
+        then a tick row, so a view can leave its upload bars for the run's own."""
+        for name, st in self.state.items():
+            if st.state != "dropped":
+                self.events.append("device_state", device=name, state="provisioning")
+        for w in workers.values():
+            w.start()
+        for name, w in workers.items():
+            while not w.ready.wait(PROGRESS_INTERVAL_S):  # the upload bars move while the boards load
+                self._drain_notes()
+            self._drain_notes()
+            st = self.state[name]
+            if st.state == "dropped":
+                continue
+            if w.provision_error is not None:
+                st.state, st.failures, st.retry_at = "backoff", st.failures + 1, time.monotonic() + self.backoff_s
+                self.events.append("device_state", device=name, state="backoff", reason=w.provision_error)
+            else:
+                self._provisioned(name, w.provisioned)
+                st.state = "idle"
+                self.events.append("device_state", device=name, state="idle")
+        self._tick()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -547,7 +635,8 @@ class Engine:
     def _run(self) -> RunResult:
         outcomes: queue.Queue[_Outcome] = queue.Queue()
         payload_float = self.strategy.payload == "dense"
-        workers = {d.name: _Worker(d, self.setup, self.training, outcomes, payload_float, self.device_timeout_s)
+        workers = {d.name: _Worker(d, self.setup, self.training, outcomes, payload_float, self.device_timeout_s,
+                                   self._notes)
                    for d in self.devices}
         started = time.monotonic()
         rounds = self.rounds
@@ -557,20 +646,7 @@ class Engine:
             self.events.append("run_start", strategy=self.strategy.name, label=self.strategy.label,
                                devices=[d.name for d in self.devices], payload=self.strategy.payload,
                                vector=int(rounds.vector.size), **nested)
-        for w in workers.values():
-            w.start()
-        for name, w in workers.items():
-            w.ready.wait()
-            st = self.state[name]
-            if st.state == "dropped":
-                continue
-            if w.provision_error is not None:
-                st.state, st.failures, st.retry_at = "backoff", st.failures + 1, time.monotonic() + self.backoff_s
-                self.events.append("device_state", device=name, state="backoff", reason=w.provision_error)
-            else:
-                self._provisioned(name, w.provisioned)
-                st.state = "idle"
-                self.events.append("device_state", device=name, state="idle")
+        self._provision(workers)
         metric_name = self.setup.metric
         if resuming and self.history and self.history[-1]["version"] == rounds.version:
             value = float(self.history[-1][metric_name])

@@ -26,10 +26,10 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, Self, TextIO
 
 from tinyfed.errors import TinyfedError
 
@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS_FILE", "KINDS", "EventLog", "EventLogError", "complete_length", "read_events", "summarize"]
+__all__ = ["EVENTS_FILE", "KINDS", "STUDY_KINDS", "EventLog", "EventLogError", "StudyLog", "complete_length",
+           "read_events", "summarize"]
 
 EVENTS_FILE = "events.jsonl"
 
@@ -80,6 +81,8 @@ class EventLog:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / EVENTS_FILE
+        #: called with each event once it is on disk (``--jsonl`` prints them); the writer's thread calls them
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fh: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
@@ -150,6 +153,8 @@ class EventLog:
         self._seq += 1
         if kind in _SYNC_KINDS:
             self.sync()
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def sync(self) -> None:
@@ -217,6 +222,65 @@ class EventLog:
         self._seq = count
         self._t_base = last_t
         self._mono_base = time.monotonic()
+
+
+#: ``tinyfed simulate --out DIR``'s ``DIR/events.jsonl``: its kinds and the fields each carries.
+STUDY_KINDS: dict[str, tuple[str, ...]] = {
+    "study_start": ("strategies", "target_accuracy", "clients", "model", "seed"),
+    "leg": ("name", "text"),  # "target" (each strategy to its target) or "horizon" (on to the common horizon)
+    "evaluation": ("strategy", "version", "sim_time_s", "accuracy"),  # and the rest of the history row
+    "strategy_end": ("strategy", "result"),
+    "study_end": ("files",),
+}
+
+
+class StudyLog:
+    """The live event log of a simulated study: the same lines as a run's (``seq``, ``t``, ``wall``,
+    ``kind``; :func:`read_events` reads it), each flushed as it is written, for a dashboard to follow.
+
+    ``t`` is wall seconds since the study started (the simulated time is in the events). With no
+    ``out`` directory nothing is written; ``listeners`` (``--jsonl``) hear every event either way.
+    A study is not resumed, so an old log in ``out`` is replaced.
+    """
+
+    def __init__(self, out: str | Path | None) -> None:
+        self.path = Path(out) / EVENTS_FILE if out is not None else None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._fh: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._seq = 0
+        self._start = time.monotonic()
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Write one event (flushed) and hand it to the listeners; unknown kinds and missing fields are refused."""
+        if kind not in STUDY_KINDS:
+            raise ValueError(f"unknown study event kind {kind!r}; known: {', '.join(STUDY_KINDS)}")
+        missing = [f for f in STUDY_KINDS[kind] if f not in fields]
+        if missing:
+            raise ValueError(f"a {kind} event needs {', '.join(missing)}")
+        event: dict[str, Any] = {"seq": self._seq, "t": round(time.monotonic() - self._start, 6),
+                                 "wall": round(time.time(), 6), "kind": kind, **fields}
+        self._seq += 1
+        if self._fh is not None:
+            self._fh.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+            self._fh.flush()
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 #: Reason of a ``lost`` event for a task still running when the run stopped: not a device

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -287,7 +288,9 @@ class EmulatorFleet:
     """
 
     def __init__(self, board: Board | str, count: int, elf: Path | str | None = None, *,
-                 ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU) -> None:
+                 ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU,
+                 on_ready: Callable[[EmulatedBoard, float], None] | None = None) -> None:
+        """``on_ready`` hears each board as it answers, with the seconds since the boot began."""
         if count < 1:
             raise BoardError(f"need at least one board, got {count}", fix="use --count 1 or more")
         self.board = _resolve_board(board)
@@ -295,6 +298,7 @@ class EmulatorFleet:
         self.elf = elf
         self.ready_timeout = ready_timeout
         self.qemu = qemu
+        self.on_ready = on_ready
         self.boards: list[EmulatedBoard] = []
 
     @property
@@ -308,10 +312,13 @@ class EmulatorFleet:
 
             elf = build_firmware(self.board.name).elf
         try:
+            booted = time.monotonic()
             for i in range(self.count):  # boot all at once, then wait for each
                 self.boards.append(start_qemu(self.board, elf, name=f"{self.board.name}#{i}", qemu=self.qemu))
             for b in self.boards:
                 wait_ready(b, self.ready_timeout)
+                if self.on_ready is not None:
+                    self.on_ready(b, time.monotonic() - booted)
         except BaseException:
             self.stop()
             raise
