@@ -85,54 +85,69 @@ def _x_label(x: str, curves: Sequence[Curve]) -> str:
 
 
 def metric_chart(path: Path, curves: Sequence[Curve], *, x: str = "time", targets: Sequence[float] = (),
-                 title: str | None = None) -> Path:
+                 title: str | None = None, log_panel: bool = False) -> Path:
     """The curves' metric against ``x`` as steps (a version's value holds until the next), with a
-    dashed line at each target; written to ``path`` (PNG)."""
+    dashed line at each target; with ``log_panel``, a second panel on a log time axis (a study's
+    early versions are seconds apart, its last ones hours). Written to ``path`` (PNG)."""
     if x not in X_AXES:
         raise PlotError(f"cannot put {x!r} on the x axis", fix=f"use one of {', '.join(X_AXES)}")
     drawn = [c for c in curves if any(v is not None for v in c.value)]
     if not drawn:
         raise PlotError("no evaluated version to plot", fix="give runs that evaluated at least one version")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for c in drawn:
-        pts = [(px, v) for px, v in zip(c.xs(x), c.value, strict=True) if v is not None]
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        if x == "time" and c.end_s is not None and xs and c.end_s > xs[-1]:
-            xs, ys = xs + [c.end_s], ys + [ys[-1]]  # the last version holds to the run's end
-        ax.step(xs, ys, where="post", label=c.label, marker="o" if len(xs) < 30 else None, markersize=3)
-    for target in sorted(set(targets)):
-        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
-    metrics = sorted({c.metric for c in drawn})
-    ax.set_xlabel(_x_label(x, drawn))
-    ax.set_ylabel("test " + " / ".join(metrics))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    scales = ("linear", "log") if log_panel and x == "time" else ("linear",)
+    fig, axes = plt.subplots(1, len(scales), figsize=(11, 4.4) if len(scales) == 2 else (7.5, 4.6), squeeze=False)
+    for ax, scale in zip(axes[0], scales, strict=True):
+        for c in drawn:
+            xs, ys = _steps(c, x, positive=scale == "log")
+            ax.step(xs, ys, where="post", label=c.label, marker="o" if len(xs) < 30 else None, markersize=3)
+        for target in sorted(set(targets)):
+            ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
+        ax.set_xscale(scale)
+        ax.set_xlabel(_x_label(x, drawn) + (", log scale" if scale == "log" else ""))
+        ax.set_ylabel("test " + " / ".join(sorted({c.metric for c in drawn})))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
     if title:
-        ax.set_title(title, fontsize="medium")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        fig.suptitle(title, fontsize="medium")
+    return _save(plt, fig, path)
 
 
-def bytes_chart(path: Path, curves: Sequence[Curve], *, title: str | None = None) -> Path:
-    """The tasks' bytes on the links (both ways) against time, one step line per curve; ``path`` (PNG)."""
+def _steps(c: Curve, x: str, *, positive: bool = False) -> tuple[list[float], list[float]]:
+    """A curve's evaluated points along ``x``, held on to the run's end on a time axis; only x > 0
+    when ``positive`` (a log axis)."""
+    pts = [(px, v) for px, v in zip(c.xs(x), c.value, strict=True) if v is not None and (px > 0 or not positive)]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if x == "time" and c.end_s is not None and xs and c.end_s > xs[-1]:
+        xs, ys = xs + [c.end_s], ys + [ys[-1]]  # the last version holds to the run's end
+    return xs, ys
+
+
+def bytes_chart(path: Path, curves: Sequence[Curve], *, title: str | None = None, log: bool = False) -> Path:
+    """The tasks' bytes on the links (both ways) against time, one step line per curve (log-log with
+    ``log``, points at zero left out); ``path`` (PNG)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for c in curves:
-        xs, ys = list(c.time_s), list(c.bytes)
-        if c.end_s is not None and xs and c.end_s > xs[-1]:
+        pts = [(t, b) for t, b in zip(c.time_s, c.bytes, strict=True) if not log or (t > 0 and b > 0)]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if not log and c.end_s is not None and xs and c.end_s > xs[-1]:
             xs, ys = xs + [c.end_s], ys + [ys[-1]]
         ax.step(xs, ys, where="post", label=c.label)
-    ax.set_xlabel(_time_label(curves))
-    ax.set_ylabel("tasks' bytes on the links, both ways")
+    ax.set_xlabel(_time_label(curves) + (", log scale" if log else ""))
+    ax.set_ylabel("tasks' bytes on the links, both ways" + (" (log scale)" if log else ""))
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize="small")
     if title:
         ax.set_title(title, fontsize="medium")
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
