@@ -358,3 +358,29 @@ def test_export_tensorboard_without_the_package_says_how_to_install_it(root: Pat
     result = _runs("export", str(root / "synth"), "--format", "tensorboard", "--out", str(tmp_path / "tb"))
     assert result.exit_code == 2 and "pip install 'tinyfed[tensorboard]'" in result.stderr
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_live_simulate_log_without_outputs_yet_is_read_as_far_as_it_goes(tmp_path: Path) -> None:
+    """A study still running (or killed) has only its live events.jsonl: kinds this tinyfed's run log lacks."""
+    out = tmp_path / "study"
+    _write_log(out, [
+        ("study_start", {"config": {"model": "har_cnn", "clients": 50, "seed": 2, "target_accuracy": 0.8}}),
+        ("leg", {"strategy": "ftte", "text": "to target"}),
+        ("evaluation", {"strategy": "ftte", "version": 0, "sim_time_s": 0.0, "metric": "accuracy",
+                        "accuracy": 0.3, "bytes_total": 0}),
+        ("evaluation", {"strategy": "ftte", "version": 1, "sim_time_s": 60.0, "metric": "accuracy",
+                        "accuracy": 0.85, "bytes_total": 700}),
+    ])
+    result = _runs("list", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["runs"]
+    assert (row["kind"], row["status"], row["model"], row["seed"], row["fleet"]) == \
+        ("simulate", "interrupted", "har_cnn", 2, "50 simulated boards")
+    assert row["strategies"]["ftte"]["time_to_target_s"] == 60.0 and row["strategies"]["ftte"]["best"] == 0.85
+
+
+def test_errors_under_json_are_one_json_object(tmp_path: Path) -> None:
+    result = _runs("show", str(tmp_path / "gone"), "--json")
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert doc["error"] == "RunsError" and doc["problem"] == "no such run directory" and doc["fix"]
