@@ -222,7 +222,7 @@ def test_show_gives_the_summary_config_devices_reasons_and_history(root: Path) -
     assert [d["name"] for d in doc["devices"]["devices"]] == ["d0", "d1"]
     assert [(h["version"], h["value"]) for h in doc["history"]] == [(0, 0.5), (1, 0.7), (2, 0.9)]
     text = _runs("show", str(root / "synth")).stdout
-    assert "rejection reasons" in text and "norm 1" in text and "max_versions=3" in text
+    assert "rejection reasons" in text and "norm 1" in text and "config [limits]" in text and "max_versions=3" in text
     assert "0.9000" in text and "20.0" in text
 
 

@@ -32,6 +32,14 @@ def runs() -> None:
     """
 
 
+def _add_row(table: Any, *cells: str) -> None:
+    """A table row whose text is shown as it is (run names, problems and config values may hold brackets,
+    which rich would read as markup)."""
+    from rich.markup import escape
+
+    table.add_row(*(escape(c) for c in cells))
+
+
 def _fmt(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -97,7 +105,7 @@ def list_command(directory: Path, as_json: bool) -> None:
                          no_wrap=col in ("name", "started"))
     for r in records:
         sim = r.kind == "simulate"
-        table.add_row(r.name, r.kind, r.model or "-", r.strategy or "-", r.fleet or "-", _fmt(r.seed, "d"),
+        _add_row(table, r.name, r.kind, r.model or "-", r.strategy or "-", r.fleet or "-", _fmt(r.seed, "d"),
                       _when(r.started), _duration(r.duration_s), _fmt(r.versions, "d"),
                       _per_strategy(r, "final") if sim else _fmt(r.final),
                       _per_strategy(r, "best") if sim else _fmt(r.best), _reached(r), _status(r),
@@ -144,7 +152,7 @@ def _show_tables(rec: Any) -> list[Any]:
     if rec.kind == "run":
         rows += _run_facts(rec)
     for k, v in rows:
-        facts.add_row(k, v)
+        _add_row(facts, k, v)
     out: list[Any] = [facts]
     if rec.kind == "simulate":
         out.append(_strategies_table(rec))
@@ -159,7 +167,8 @@ def _run_facts(rec: Any) -> list[tuple[str, str]]:
     boards = ", ".join(f"{d.get('name')} {d.get('board')} {d.get('url')}" for d in listed[:8])
     boards += f" and {len(listed) - 8} more" if len(listed) > 8 else ""
     config = ", ".join(f"{k}={v}" for k, v in rec.config.items() if not isinstance(v, dict))
-    limits = ", ".join(f"{k}={v}" for k, v in (rec.config.get("limits") or {}).items())
+    tables = [(f"config [{name}]", ", ".join(f"{k}={v}" for k, v in table.items()) or "-")
+              for name, table in rec.config.items() if isinstance(table, dict)]
     return [
         (f"final / best {rec.metric}", f"{_fmt(rec.final)} / {_fmt(rec.best)}"),
         ("time / bytes to target", f"{_fmt(rec.time_to_target_s, '.1f')} s / {_fmt(rec.bytes_to_target, ',')} B"),
@@ -170,7 +179,7 @@ def _run_facts(rec: Any) -> list[tuple[str, str]]:
                   f"{s['provision_bytes_down']:,}, up {s['provision_bytes_up']:,}"),
         ("all tasks accounted", "yes" if s["all_tasks_accounted"] else f"no: {s['tasks_unaccounted']}"),
         ("events", f"{s['events']:,}"),
-        ("config", config or "-"), ("limits", limits or "-"),
+        ("config", config or "-"), *tables,
         ("devices", boards or "-"),
     ]
 
@@ -182,7 +191,7 @@ def _strategies_table(rec: Any) -> Any:
     for col in ("strategy", "versions", "final", "best", "reached", "time to target (sim s)", "bytes to target"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for name, s in rec.strategies.items():
-        table.add_row(name, _fmt(s["versions"], "d"), _fmt(s["final"]), _fmt(s["best"]),
+        _add_row(table, name, _fmt(s["versions"], "d"), _fmt(s["final"]), _fmt(s["best"]),
                       "-" if s["reached"] is None else "yes" if s["reached"] else "no",
                       _fmt(s["time_to_target_s"], ",.1f"), _fmt(s["bytes_to_target"], ","))
     return table
@@ -202,7 +211,7 @@ def _history_table(rec: Any) -> Any:
     for head, _, _ in cols:
         table.add_column(head, justify="left" if head == "strategy" else "right")
     for row in rec.history:
-        table.add_row(*(_fmt(row.get(key), spec) for _, key, spec in cols))
+        _add_row(table, *(_fmt(row.get(key), spec) for _, key, spec in cols))
     return table
 
 
@@ -240,7 +249,7 @@ def compare_command(run_dirs: tuple[Path, ...], out_file: Path, x_axis: str, as_
                 "versions to target", "final", "best"):
         table.add_column(col, justify="left" if col in ("curve", "model", "fleet") else "right")
     for row in rows:
-        table.add_row(row["curve"], row["model"] or "-", row["fleet"] or "-", _fmt(row["seed"], "d"),
+        _add_row(table, row["curve"], row["model"] or "-", row["fleet"] or "-", _fmt(row["seed"], "d"),
                       _fmt(row["target"], "g"), "-" if row["reached"] is None else "yes" if row["reached"] else "no",
                       _fmt(row["time_to_target_s"], ",.1f") + (" sim" if row["simulated"] and row["reached"] else ""),
                       _fmt(row["bytes_to_target"], ","), _fmt(row["versions_to_target"], "d"), _fmt(row["final"]),
