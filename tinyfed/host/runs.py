@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyfed.errors import TinyfedError
-from tinyfed.host.events import EVENTS_FILE, complete_length, history_rows, read_events, summarize
+from tinyfed.host.events import EVENTS_FILE, history_rows, read_events, summarize
 from tinyfed.host.plots import Curve
 
 try:
@@ -132,11 +132,18 @@ def run_kind(path: Path) -> str | None:
 
 
 def _first_kind(events: Path) -> str | None:
+    kind = _first_event(events).get("kind")
+    return None if kind is None else str(kind)
+
+
+def _first_event(events: Path) -> dict[str, Any]:
+    """The first event of a log, read alone (empty when there is none or it cannot be read)."""
     try:
         with open(events, "rb") as f:
-            return str(json.loads(f.readline()).get("kind"))
-    except (OSError, ValueError, AttributeError):
-        return None
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return {}
+    return first if isinstance(first, dict) else {}
 
 
 def scan(root: Path) -> list[RunRecord]:
@@ -213,7 +220,11 @@ def read_log(path: Path, missing_fix: str = RUN_FIX) -> tuple[list[dict[str, Any
     if not path.exists():
         raise RunsError("no event log (events.jsonl) here", fix=missing_fix, source=str(path.parent))
     events = list(read_events(path))
-    torn = max(0, path.stat().st_size - complete_length(path))
+    with open(path, "rb") as f:  # a torn line is what follows the last newline
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    torn = len(tail) - (tail.rfind(b"\n") + 1) if b"\n" in tail or size <= 65536 else 0
     return events, torn
 
 
@@ -354,7 +365,7 @@ def _load_study(path: Path) -> RunRecord:
     study = _read_json(path / STUDY_FILE)
     rec = RunRecord(path=path, kind="simulate")
     events: list[dict[str, Any]] = []
-    if (path / EVENTS_FILE).exists():
+    if study is None and (path / EVENTS_FILE).exists():  # with its outputs written, the live log is not needed
         events, torn = read_log(path / EVENTS_FILE)
         if torn:
             rec.notes.append(f"a torn last event line ({torn} bytes) was skipped")
@@ -375,7 +386,8 @@ def _load_study(path: Path) -> RunRecord:
     rec.seed = _int_or_none(config.get("seed"))
     rec.fleet = rec.fleet or (f"{config['clients']} simulated boards" if "clients" in config else None)
     rec.target = _float_or_none(config.get("target_accuracy"))
-    rec.started = float(events[0]["wall"]) if events and "wall" in events[0] else _study_started(path, results)
+    first = events[0] if events else _first_event(path / EVENTS_FILE)
+    rec.started = float(first["wall"]) if isinstance(first.get("wall"), int | float) else _study_started(path, results)
     _study_figures(rec, results)
     return rec
 
