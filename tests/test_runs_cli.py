@@ -244,6 +244,7 @@ def test_a_torn_last_line_is_tolerated_and_reported(root: Path) -> None:
     ("corrupt", "line 2 (byte"),
     ("bad_history", "history.csv lacks the column(s) accuracy"),
     ("bad_config", "config.toml is not valid TOML"),
+    ("no_study", "summary.csv without study.json"),
     ("no_events", "no event log"),
 ])
 def test_bad_input_to_show_is_one_clear_line_and_exit_2(root: Path, tmp_path: Path, case: str, needle: str) -> None:
@@ -253,6 +254,9 @@ def test_bad_input_to_show_is_one_clear_line_and_exit_2(root: Path, tmp_path: Pa
     elif case == "bad_config":
         _synthetic_run(target)
         (target / "config.toml").write_text("model = [unclosed\n")
+    elif case == "no_study":
+        _simulate_output(target)
+        (target / "study.json").unlink()
     elif case == "no_events":
         _synthetic_run(target)
         (target / "events.jsonl").unlink()

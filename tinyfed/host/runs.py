@@ -363,6 +363,9 @@ def aggregation_rows(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _load_study(path: Path) -> RunRecord:
     study = _read_json(path / STUDY_FILE)
+    if study is None and not (path / EVENTS_FILE).exists():
+        raise RunsError("the study's outputs are incomplete: summary.csv without study.json",
+                        fix="run the `tinyfed simulate ... --out` again", source=str(path))
     rec = RunRecord(path=path, kind="simulate")
     events: list[dict[str, Any]] = []
     if study is None and (path / EVENTS_FILE).exists():  # with its outputs written, the live log is not needed
