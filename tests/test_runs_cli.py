@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -314,42 +315,30 @@ def test_export_csv_writes_history_and_per_device_tallies(root: Path, tmp_path: 
     assert (tmp_path / "synth" / "history.csv").read_text().startswith("version,t_s,wall,metric,value")
 
 
-def _read_tensorboard(directory: Path) -> dict[str, list[tuple[int, float, float]]]:
-    """The scalars of the event files in ``directory``, read with TensorBoard's own record reader."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.tensorflow_stub import errors
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+def _read_tensorboard(directory: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, float, float]]]:
+    """The scalars of ``directory`` as TensorBoard loads them (its EventAccumulator, as `tensorboard --logdir`
+    runs it), on its TensorFlow-free path: importing TensorFlow would cost seconds and prove nothing more."""
+    monkeypatch.setitem(sys.modules, "tensorboard.compat.notf", ModuleType("tensorboard.compat.notf"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (path,) = directory.glob("events.out.tfevents.*")
-    reader = PyRecordReader_New(str(path))
-    scalars: dict[str, list[tuple[int, float, float]]] = {}
-    first = True
-    while True:
-        try:
-            reader.GetNext()
-        except errors.OutOfRangeError:
-            break
-        event = event_pb2.Event.FromString(reader.record())
-        if first:
-            assert event.file_version == "brain.Event:2"
-            first = False
-        for v in event.summary.value:
-            scalars.setdefault(v.tag, []).append((event.step, v.simple_value, event.wall_time))
-    return scalars
+    acc = EventAccumulator(str(directory))
+    acc.Reload()
+    return {tag: [(e.step, e.value, e.wall_time) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_export_tensorboard_writes_event_files_tensorboard_reads(root: Path, tmp_path: Path) -> None:
+def test_export_tensorboard_writes_event_files_tensorboard_reads(root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     result = _runs("export", str(root / "synth"), str(root / "sim"), "--format", "tensorboard", "--out",
                    str(tmp_path), "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["files"]) == 3  # synth, sim/ftte, sim/fedavg
-    s = _read_tensorboard(tmp_path / "synth")
+    s = _read_tensorboard(tmp_path / "synth", monkeypatch)
     t0 = 1_800_000_000.0
     assert s["test/accuracy"] == [(0, 0.5, t0 + 2), (1, pytest.approx(0.7), t0 + 10), (2, pytest.approx(0.9), t0 + 20)]
     assert s["test/int8_accuracy"] == [(0, pytest.approx(0.49), t0 + 2)]
     assert [x[:2] for x in s["bytes/total"]] == [(0, 0.0), (1, 140.0), (2, 200.0)]
     assert [x[:2] for x in s["aggregation/staleness_max"]] == [(1, 0.0), (2, 3.0)]
-    sim = _read_tensorboard(tmp_path / "sim" / "ftte")
+    sim = _read_tensorboard(tmp_path / "sim" / "ftte", monkeypatch)
     assert [x[:2] for x in sim["test/accuracy"]] == [(0, pytest.approx(0.2)), (1, pytest.approx(0.82)),
                                                      (2, pytest.approx(0.84))]
     again = _runs("export", str(root / "synth"), "--format", "tensorboard", "--out", str(tmp_path))
