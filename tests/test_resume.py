@@ -29,6 +29,7 @@ from tinyfed.host.engine import (
     latest_checkpoint,
 )
 from tinyfed.host.events import EventLog, read_events, summarize
+from tinyfed.host.runs import load as load_run
 from tinyfed.host.setup import DeviceSpec, prepare_run
 from tinyfed.host.strategies import get_strategy
 
@@ -98,12 +99,18 @@ def test_sigkilled_run_resumes_to_the_same_version_count_without_losing_or_repea
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     killed_at = read_checkpoint(run)
     assert killed_at is not None and 1 <= killed_at.version < 8
+    killed = load_run(run)  # `tinyfed runs` sees a run that can go on
+    assert killed.status == "interrupted" and killed.resumable and not (run / "accuracy_vs_time.png").exists()
 
     done = subprocess.run(_tinyfed_cmd("run", "--resume", str(run), "--json"), cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 1, done.stderr[-3000:]  # it stops at 8 versions, short of its target 1.0
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["versions"] == 8 and summary["resumed_from"] == killed_at.version
+    # the charts, drawn at the end of the resumed run, cover the whole run: every version from 0
+    assert summary["plots"] == [str(run / "accuracy_vs_time.png"), str(run / "bytes_vs_time.png")]
+    resumed = load_run(run)
+    assert resumed.status == "finished" and resumed.curves[0].version == list(range(9))
 
     events = _check_nothing_lost_or_applied_twice(run, 8)
     resumes = [e for e in events if e["kind"] == "resume"]

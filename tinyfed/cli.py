@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "run": "Train a model across a fleet and print where the run stands after every new version.",
     "demo": "Boot 8 emulated boards, plan har_cnn on them and train it with FTTE to a target accuracy.",
     "simulate": "Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards.",
+    "runs": "Past runs: list them, show one, compare several, export to CSV or TensorBoard.",
     "profile": "Run MODEL's frozen fragment on a board once per kernel path; print each op's instructions "
                "(emulated) or cycles (a real board), MACs and instructions per MAC.",
 }

@@ -487,6 +487,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
                     evaluate_every=cfg.evaluation.every_versions, progress=progress, resume_from=checkpoint)
     result = engine.run()
     write_history(out)  # history.csv, as simulate writes one: per evaluated version, from events.jsonl
+    plots = run_plots(out)  # and its charts, also from events.jsonl: after a resume they cover the whole run
     view.finish(result.reached_target)  # the last frame: how the run ended, not an estimate of what is left
     # the deployable result: the full int8 model (and, for FTTE, its fragments) with the final w*
     from tinyfed.host.export import export_run
@@ -494,7 +495,20 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     exported = export_run(out / "export", setup.source, result.vector,
                           facts={"version": result.versions, "task": result.task, result.metric: result.final_metric})
     result.export = {k: str(v) for k, v in exported.files.items()}
+    result.plots = plots
     return result
+
+
+def run_plots(out: Path) -> list[str]:
+    """The run's charts, ``<metric>_vs_time.png`` and ``bytes_vs_time.png`` (:func:`tinyfed.host.runs.write_run_plots`);
+    a chart that cannot be drawn is a warning, never a failed run."""
+    from tinyfed.host.runs import write_run_plots
+
+    try:
+        return [str(p) for p in write_run_plots(out)]
+    except TinyfedError as exc:
+        log.warning("no charts for %s: %s", out, exc.one_line())
+        return []
 
 
 def _recorded_baseline(out: Path) -> str | None:
@@ -526,7 +540,8 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
     targets = {"target_metric": target, **({"target_accuracy": target} if result.metric == "accuracy" else {})}
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
                **targets, "resumed_from": resumed_from,
-               "baseline_board": baseline, "export": getattr(result, "export", {})}
+               "baseline_board": baseline, "export": getattr(result, "export", {}),
+               "plots": getattr(result, "plots", [])}
     if as_json:
         click.echo(json.dumps(summary))
     elif not jsonl:
@@ -547,6 +562,8 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
         final = getattr(result, "export", {}).get("final")
         if final:
             click.echo(f"deployable int8 model: {final}")
+        if getattr(result, "plots", None):
+            click.echo(f"charts: {', '.join(result.plots)}")
     if target is not None and not result.reached_target:
         best = max((row[result.metric] for row in result.history if row.get(result.metric) is not None),
                    default=result.final_metric)

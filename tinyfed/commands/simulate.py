@@ -155,47 +155,20 @@ def write_outputs(out: Path, study: Any, results: dict[str, Any], config: dict[s
 
 
 def plot(out: Path, results: dict[str, Any], target: float | None) -> list[Path]:
-    """accuracy_vs_time.png (linear and log time) and bytes_vs_time.png; none without matplotlib."""
-    try:
-        import matplotlib
+    """accuracy_vs_time.png (linear and log time) and bytes_vs_time.png (log-log), drawn by
+    :mod:`tinyfed.host.plots` as ``run`` and ``runs compare`` draw theirs; none without matplotlib."""
+    from tinyfed.host.plots import Curve, PlotError, bytes_chart, metric_chart
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+    curves = [Curve(label=name, time_s=[h["sim_time_s"] for h in r.history], version=[h["version"] for h in r.history],
+                    value=[h["accuracy"] for h in r.history], bytes=[h["bytes_total"] for h in r.history],
+                    end_s=r.sim_seconds, simulated=True) for name, r in results.items()]
+    try:
+        return [metric_chart(out / "accuracy_vs_time.png", curves, targets=[target] if target is not None else [],
+                             log_panel=True),
+                bytes_chart(out / "bytes_vs_time.png", curves, log=True)]
+    except PlotError as exc:
+        log.warning("no plots: %s", exc.one_line())
         return []
-    paths = [out / "accuracy_vs_time.png", out / "bytes_vs_time.png"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, scale in zip(axes, ("linear", "log"), strict=True):
-        for name, r in results.items():
-            rows = [h for h in r.history if scale == "linear" or h["sim_time_s"] > 0]
-            times = [h["sim_time_s"] for h in rows] + [r.sim_seconds]  # the last version holds to the run's end
-            accuracy = [h["accuracy"] for h in rows] + [rows[-1]["accuracy"]] if rows else []
-            ax.step(times[:len(accuracy)], accuracy, where="post", label=name)
-        if target is not None:
-            ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
-        ax.set_xscale(scale)
-        ax.set_xlabel("simulated time (s)" + (", log scale" if scale == "log" else ""))
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for name, r in results.items():
-        rows = [h for h in r.history if h["sim_time_s"] > 0 and h["bytes_total"] > 0]
-        ax.step([h["sim_time_s"] for h in rows], [h["bytes_total"] for h in rows], where="post", label=name)
-    ax.set_xlabel("simulated time (s), log scale")
-    ax.set_ylabel("bytes on the links, both ways (log scale)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
-    return paths
 
 
 #: Where each option of ``tinyfed simulate`` lands in the study config (``table.key`` for the run

@@ -114,6 +114,7 @@ class RunResult:
     provision_bytes_down: int = 0  # fragment, program and local data sent to boards at (re)connection
     provision_bytes_up: int = 0
     export: dict[str, str] = field(default_factory=dict)  # files of the deployable result (tinyfed run)
+    plots: list[str] = field(default_factory=list)  # the run's charts (tinyfed run)
     task: str = "classify"
     metric: str = "accuracy"  # accuracy, micro_f1, r2 or auc (training.metrics)
     #: nested subsets: per board class, its values, training memory and the bytes of its last update

@@ -496,33 +496,42 @@ class _RunTally:
 HISTORY_FILE = "history.csv"
 
 
-def write_history(run_dir: str | Path) -> Path:
-    """``RUN_DIR/history.csv`` from the run's events: per evaluated version, the run's time, the
-    metric (float master and int8 model), the loss and the tasks' bytes so far each way (provisioning
-    apart, as in the summary). Built from
-    ``events.jsonl``, so a resumed run's file covers the whole run."""
-    import csv
+#: history.csv's columns, in order (a row of :func:`history_rows` also holds ``wall``, left out of the file).
+HISTORY_FIELDS = ("version", "t_s", "metric", "value", "int8_value", "loss", "bytes_up", "bytes_down")
 
-    run_dir = Path(run_dir)
+
+def history_rows(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per evaluated version: the run's time (``t_s``) and Unix time (``wall``), the metric (float
+    master and int8 model), the loss and the tasks' bytes so far each way (provisioning apart, as in
+    the summary). Kinds and fields this tinyfed does not know are passed over."""
     rows: list[dict[str, Any]] = []
     up = down = 0
-    for ev in read_events(run_dir):
+    for ev in events:
         if ev["kind"] == "bytes":
             if ev.get("what") == "provision":  # counted apart, as the summary does
                 continue
-            if ev["direction"] == "up":
-                up += int(ev["n"])
-            else:
-                down += int(ev["n"])
-        elif ev["kind"] == "evaluation":
+            if ev.get("direction") == "up":
+                up += int(ev.get("n", 0))
+            elif ev.get("direction") == "down":
+                down += int(ev.get("n", 0))
+        elif ev["kind"] == "evaluation" and "version" in ev:
             metric = ev.get("metric", "accuracy")
-            rows.append({"version": ev["version"], "t_s": ev["t"], "metric": metric, "value": ev.get(metric),
-                         "int8_value": ev.get(f"int8_{metric}"), "loss": ev.get("loss"),
+            rows.append({"version": ev["version"], "t_s": ev["t"], "wall": ev.get("wall"), "metric": metric,
+                         "value": ev.get(metric), "int8_value": ev.get(f"int8_{metric}"), "loss": ev.get("loss"),
                          "bytes_up": up, "bytes_down": down})
+    return rows
+
+
+def write_history(run_dir: str | Path) -> Path:
+    """``RUN_DIR/history.csv`` (:func:`history_rows`) from the run's events, so a resumed run's file
+    covers the whole run."""
+    import csv
+
+    run_dir = Path(run_dir)
+    rows = history_rows(read_events(run_dir))
     path = run_dir / HISTORY_FILE
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=("version", "t_s", "metric", "value", "int8_value", "loss", "bytes_up",
-                                          "bytes_down"))
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     return path
