@@ -289,3 +289,51 @@ def test_a_fedavg_deadline_closes_the_round_on_the_wall_clock(setups, tmp_path) 
     assert 2.0 <= gap < 30.0
     assert not any(e["kind"] == "arrival" and e["device"] == devs[0].name for e in evs)
     assert summarize(evs)["all_tasks_accounted"]
+
+
+def _mute_board_url() -> tuple[object, str]:
+    """A TCP listener that accepts a link and never answers: a board that hangs before HELLO."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    return server, f"socket://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_mute_board_delays_no_other_boards_first_task(setups, tmp_path) -> None:
+    """Boards are taken as each finishes provisioning: the others train while a mute one still
+    waits for its HELLO (it used to hold every board's first task until its link gave up)."""
+    forget_sim_boards()
+    server, url = _mute_board_url()
+    devices = _devices("dev")
+    devices[0] = DeviceSpec("dev0", url, "mps2-an386")  # first in line, as the old in-order wait met it
+    try:
+        with EventLog(tmp_path) as events:
+            result = Engine(setups["subset"], devices, get_strategy("ftte", ignore_extra=True, buffer_size=2),
+                            events, training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=2),
+                            seed=3, retries=0).run()
+    finally:
+        server.close()  # type: ignore[attr-defined]
+    log = list(read_events(tmp_path))
+    first_dispatch = next(e["seq"] for e in log if e["kind"] == "dispatch")
+    mute_done = [e["seq"] for e in log if e["kind"] == "device_state" and e["device"] == "dev0"
+                 and e["state"] != "provisioning"]
+    assert result.versions == 2 and all(first_dispatch < seq for seq in mute_done), (first_dispatch, mute_done)
+    assert all(e["device"] != "dev0" for e in log if e["kind"] == "dispatch")
+
+
+def test_the_time_limit_holds_while_boards_are_still_provisioning(setups, tmp_path) -> None:
+    forget_sim_boards()
+    server, url = _mute_board_url()
+    devices = [DeviceSpec("dev0", url, "mps2-an386")]
+    try:
+        with EventLog(tmp_path) as events:
+            result = Engine(setups["subset"], devices, get_strategy("ftte", ignore_extra=True, buffer_size=1),
+                            events, limits=Limits(max_seconds=0.5), retries=0).run()
+    finally:
+        server.close()  # type: ignore[attr-defined]
+    log = list(read_events(tmp_path))
+    assert result.versions == 0 and log[-1]["kind"] == "run_end"
+    # the run ended on its limit while the board was still loading, not when its link gave up
+    assert [e["state"] for e in log if e["kind"] == "device_state"] == ["provisioning"]

@@ -156,7 +156,9 @@ def test_the_live_view_waits_for_the_boards_and_never_shows_a_frozen_nan() -> No
     with RunView(board, stream=True) as view:
         view.progress({"kind": "provision", "device": "sim0", "what": "data", "done": 1, "total": 2})
         assert view.provisioning
-        view.progress({"kind": "tick", "version": 0, "t": 1.0, "devices": {"idle": 2}})
+        view.progress({"kind": "tick", "version": 0, "t": 1.0, "devices": {"idle": 1, "provisioning": 1}})
+        assert view.provisioning  # one board trains while the other still loads: the bars stay
+        view.progress({"kind": "tick", "version": 0, "t": 1.0, "devices": {"idle": 2}, "provisioned": True})
         assert not view.provisioning and view.live is None  # --jsonl: no live view on stdout
 
 

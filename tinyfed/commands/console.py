@@ -172,16 +172,27 @@ class RunView:
                 sys.stderr.write(UploadProgress.line(row) + "\n")
                 sys.stderr.flush()
             return
+        evaluation = row.get("kind", "evaluation") == "evaluation"
         if self.provisioning:
-            self._provisioned()
+            # boards train as soon as they are loaded: the bars stay until every board is, or training moved on
+            if row.get("provisioned") or (evaluation and row.get("version", 0) > 0):
+                self._provisioned()
+            elif not self.quiet and not self.stream:
+                self.board.update(row)
+                if evaluation and not sys.stdout.isatty():
+                    self._line(row)
+                return
         if self.quiet or self.stream:
             return
         if self.live is not None:
             self.board.update(row)
             self.live.update(self.board.render())
             return
-        if row.get("kind", "evaluation") != "evaluation":
-            return
+        if evaluation:
+            self._line(row)
+
+    def _line(self, row: dict[str, Any]) -> None:
+        """A pipe's line for an evaluated version."""
         m = self.board.metric
         int8 = f"  int8 {row[f'int8_{m}']:.4f}" if f"int8_{m}" in row else ""
         sys.stdout.write(f"version {row['version']:4d}  {m} {row[m]:.4f}{int8}  loss {row['loss']:.4f}  "

@@ -303,6 +303,7 @@ class Engine:
         self.evaluate_every = evaluate_every
         self.progress = progress
         self._notes: queue.Queue[Note] = queue.Queue()  # the workers' device states and upload progress
+        self._provisioning: set[str] = set()  # boards whose first provisioning has not ended yet
         self.state = {d.name: DeviceState() for d in devices}
         self.provision_down = self.provision_up = 0  # fragment, program and data sent at (re)connection
         self.history: list[dict[str, Any]] = []
@@ -461,13 +462,14 @@ class Engine:
             counts[st.state] = counts.get(st.state, 0) + 1
         return counts
 
-    def _tick(self) -> None:
-        """A progress row between evaluations (a live view refreshes devices and bytes from it)."""
+    def _tick(self, *, provisioned: bool = False) -> None:
+        """A progress row between evaluations (a live view refreshes devices and bytes from it);
+        ``provisioned``: the first one after every board's first provisioning ended."""
         if self.progress is not None:
             rounds = self.rounds
             self.progress({"kind": "tick", "version": rounds.version, "t": self.events.now(),
                            "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
-                           "devices": self._device_counts()})
+                           "devices": self._device_counts(), **({"provisioned": True} if provisioned else {})})
 
     def _apply(self, agg: Aggregate) -> None:
         self.rounds.apply(agg)
@@ -600,20 +602,28 @@ class Engine:
         )
 
     def _provision(self, workers: dict[str, _Worker]) -> None:
-        """Start the workers and wait for each board's provisioning, passing on their upload progress;
-        then a tick row, so a view can leave its upload bars for the run's own."""
+        """Start the workers: each provisions its board on its own thread. The loop takes each board
+        as it becomes ready (:meth:`_collect_provisioned`), so a mute or slow board delays no other
+        board's first task, and the run's limits hold while boards are still loading."""
         for name, st in self.state.items():
             if st.state != "dropped":
                 self.events.append("device_state", device=name, state="provisioning")
+        self._provisioning = {name for name, st in self.state.items() if st.state != "dropped"}
         for w in workers.values():
             w.start()
-        for name, w in workers.items():
-            while not w.ready.wait(PROGRESS_INTERVAL_S):  # the upload bars move while the boards load
-                self._drain_notes()
-            self._drain_notes()
-            st = self.state[name]
-            if st.state == "dropped":
-                continue
+
+    def _collect_provisioned(self, workers: dict[str, _Worker]) -> None:
+        """Boards whose provisioning ended since the last call become idle (or back off on an error);
+        when the last one is done, a tick row tells a view to leave its upload bars."""
+        if not self._provisioning:
+            return
+        done = [name for name in self._provisioning if workers[name].ready.is_set()]
+        if not done:
+            return
+        self._drain_notes()  # their upload rows and "provisioned" lines first
+        for name in sorted(done):
+            self._provisioning.discard(name)
+            w, st = workers[name], self.state[name]
             if w.provision_error is not None:
                 st.state, st.failures, st.retry_at = "backoff", st.failures + 1, time.monotonic() + self.backoff_s
                 self.events.append("device_state", device=name, state="backoff", reason=w.provision_error)
@@ -621,7 +631,8 @@ class Engine:
                 self._provisioned(name, w.provisioned)
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
-        self._tick()
+        if not self._provisioning:
+            self._tick(provisioned=True)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -661,6 +672,7 @@ class Engine:
             else:
                 self._checkpoint(started)  # version 0: a crash before the first step resumes from here
             while not self._should_stop(value, started):
+                self._collect_provisioned(workers)
                 self._dispatch(workers)
                 agg = self._next_step(outcomes)
                 if agg is not None:
