@@ -105,6 +105,9 @@ def _poison(board_name: str, how: str) -> None:
         elif how == "replay":
             first.append(bytes(image))
             image = bytearray(first[0])
+        elif how == "many":  # claims 2^32 - 1 samples and no variance: the weight of the whole fleet
+            image[4:8] = struct.pack("<I", 0xFFFFFFFF)
+            image[12:16] = struct.pack("<f", 0.0)
         trainer.update_image = bytes(image)
         fields = list(TRAIN_RESPONSE.unpack(out))
         fields[5] = len(image)  # update_bytes: what UPDATE_READ will serve
@@ -133,7 +136,7 @@ HOSTILE_ANSWERS = 2
 
 
 @pytest.mark.parametrize("how,reason", [("nan", "non_finite"), ("huge", "norm_too_large"), ("shape", "bad_shape"),
-                                        ("replay", "replay")])
+                                        ("replay", "replay"), ("many", "too_many_samples")])
 def test_hostile_updates_are_rejected_and_do_not_move_the_model(setups, tmp_path, how: str, reason: str) -> None:
     forget_sim_boards()
     devs = _devices("dev")
@@ -337,3 +340,31 @@ def test_the_time_limit_holds_while_boards_are_still_provisioning(setups, tmp_pa
     assert result.versions == 0 and log[-1]["kind"] == "run_end"
     # the run ended on its limit while the board was still loading, not when its link gave up
     assert [e["state"] for e in log if e["kind"] == "device_state"] == ["provisioning"]
+
+
+def test_an_update_header_claiming_gigabytes_is_refused_before_it_is_read(setups, tmp_path) -> None:
+    """A board whose update header claims 3e9 values: the host reads no further, the task is lost
+    with the reason, the board backs off, and the run goes on with the others."""
+    forget_sim_boards()
+    devs = _devices("dev")
+    board = get_sim_board("mps2-an386", devs[0].name)
+    trainer = board.trainer
+    original = trainer.train
+
+    def train(p: bytes, fragment):
+        out = original(p, fragment)
+        image = bytearray(trainer.update_image)
+        image[16:20] = struct.pack("<I", 3_000_000_000)  # elements
+        trainer.update_image = bytes(image)
+        fields = list(TRAIN_RESPONSE.unpack(out))
+        fields[5] = 20 + 3_000_000_000 + 4 * int(struct.unpack_from("<H", image, 20)[0])  # consistent with TRAIN
+        return TRAIN_RESPONSE.pack(*fields)
+
+    trainer.train = train
+    with EventLog(tmp_path) as events:
+        result = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=2), events,
+                        training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=2), seed=5).run()
+    lost = [e for e in read_events(tmp_path) if e["kind"] == "lost" and e["device"] == devs[0].name
+            and e["reason"] != "run ended"]
+    assert lost and "claims 3,000,000,000 values" in lost[0]["reason"], lost
+    assert result.versions == 2 and np.all(np.isfinite(result.vector))

@@ -219,6 +219,10 @@ class _Worker(threading.Thread):
 
         return progress
 
+    def _update_values(self) -> int:
+        """How many values this board's update carries: its slice of w* (nested subsets) or all of it."""
+        return int(self.index.size) if self.index is not None else int(self.setup.w0.size)
+
     def run(self) -> None:
         try:
             self._connect()
@@ -258,7 +262,7 @@ class _Worker(threading.Thread):
                                               seed=task.seed, per_channel=t.per_channel, head_cache=t.head_cache,
                                               float_update=self.payload_float), timeout=self.timeout)
             self.notes.put(("state", self.spec.name, "uploading"))
-            upd = client.read_update(report.update_bytes)
+            upd = client.read_update(report.update_bytes, values=self._update_values())
             try:
                 delta = upd.dense(self.unit_shapes)
             except ValueError:  # sizes that do not match w*: the raw values go to the check (bad_shape)
@@ -297,8 +301,10 @@ class Engine:
         self.training, self.limits = training, limits
         self.seed = seed
         #: the global vector and version, the tasks in flight, the accepted update ids and the counters
+        windows = setup.facts.get("local_windows") if isinstance(setup.facts, dict) else None
         self.rounds = RoundState(strategy, setup.w0, np.random.default_rng(seed), fleet_size=len(devices),
-                                 norm_bound=norm_bound, max_staleness=max_staleness)
+                                 norm_bound=norm_bound, max_staleness=max_staleness,
+                                 samples=dict(windows) if windows else None)
         self.retries, self.backoff_s, self.device_timeout_s = retries, backoff_s, device_timeout_s
         self.evaluate_every = evaluate_every
         self.progress = progress

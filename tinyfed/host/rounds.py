@@ -16,7 +16,7 @@ the caller's reason) or unfinished (still in flight when a run ends). A task lea
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -80,9 +80,12 @@ class RoundState:
     """
 
     def __init__(self, strategy: Strategy, vector: np.ndarray, rng: np.random.Generator, *, fleet_size: int,
-                 norm_bound: float | None, max_staleness: int | None) -> None:
+                 norm_bound: float | None, max_staleness: int | None,
+                 samples: Mapping[str, int] | None = None) -> None:
         self.strategy, self.rng = strategy, rng
         self.norm_bound, self.max_staleness = norm_bound, max_staleness
+        #: the samples the host gave each device: an update claiming more is refused (None: unknown)
+        self.samples = dict(samples) if samples is not None else None
         strategy.fleet_size = fleet_size
         self.vector = np.asarray(vector, np.float32).copy()
         strategy.vector_size = int(self.vector.size)
@@ -137,7 +140,8 @@ class RoundState:
         task = self._end(task_id)
         rejection = answers_task(update, task) or check_update(
             update, global_version=self.version, size=self.vector.size, norm_bound=self.norm_bound,
-            max_staleness=self.max_staleness, seen_tasks=self.seen)
+            max_staleness=self.max_staleness, seen_tasks=self.seen,
+            max_n=self.samples.get(task.device) if self.samples is not None else None)
         if rejection is not None:
             self.rejected += 1
             self.rejections[str(rejection.reason)] = self.rejections.get(str(rejection.reason), 0) + 1

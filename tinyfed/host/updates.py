@@ -58,6 +58,7 @@ class Reason(StrEnum):
 
     REPLAY = "replay"
     BAD_N = "bad_n"
+    TOO_MANY_SAMPLES = "too_many_samples"
     FUTURE_VERSION = "future_version"
     TOO_STALE = "too_stale"
     BAD_SHAPE = "bad_shape"
@@ -88,12 +89,14 @@ def index_problem(delta: np.ndarray, index: np.ndarray, size: int) -> str | None
 
 
 def check_update(update: Update, *, global_version: int, size: int, norm_bound: float | None,
-                 max_staleness: int | None, seen_tasks: Container[tuple[str, int]]) -> Rejection | None:
+                 max_staleness: int | None, seen_tasks: Container[tuple[str, int]],
+                 max_n: int | None = None) -> Rejection | None:
     """Return a ``Rejection`` for an update no strategy may see, else None.
 
     ``size`` is the length of the payload vector; ``norm_bound`` bounds the L2 norm of the delta
     and ``max_staleness`` the version lag (None disables either bound); ``seen_tasks`` holds the
-    (device, task) pairs already accepted. The check is pure: recording an accepted pair in
+    (device, task) pairs already accepted; ``max_n`` is how many samples the host gave the device
+    (its update's weight grows with the ``n`` it claims, so a board may not claim more). The check is pure: recording an accepted pair in
     ``seen_tasks`` is the caller's job, together with handing the update to the strategy.
     """
     who = f"update from {update.device_id!r} (task {update.task_id})"
@@ -101,6 +104,9 @@ def check_update(update: Update, *, global_version: int, size: int, norm_bound: 
         return Rejection(Reason.REPLAY, f"{who} was already received; a second copy would be applied twice")
     if isinstance(update.n, bool) or not isinstance(update.n, (int, np.integer)) or update.n <= 0:
         return Rejection(Reason.BAD_N, f"{who} reports n = {update.n!r} samples; it must be an integer >= 1")
+    if max_n is not None and update.n > max_n:
+        return Rejection(Reason.TOO_MANY_SAMPLES, f"{who} claims to have trained on {int(update.n):,} samples, "
+                                                  f"but the host gave it {max_n:,}")
     if update.base_version > global_version:
         return Rejection(Reason.FUTURE_VERSION, f"{who} was trained from version {update.base_version}, "
                                                 f"but the global model is only at version {global_version}")

@@ -389,12 +389,19 @@ class BoardClient:
             raise ProtocolError(f"TRAIN response of {len(p)} bytes", device=self.name, command="TRAIN")
         return TrainReport.unpack(p)
 
-    def read_update(self, size: int | None = None) -> DeviceUpdate:
-        """Fetch the int8 update of the last TRAIN (``size``: its image bytes, from TrainReport)."""
+    def read_update(self, size: int | None = None, *, values: int | None = None) -> DeviceUpdate:
+        """Fetch the int8 update of the last TRAIN (``size``: its image bytes, from TrainReport).
+
+        ``values`` is how many the host expects (the w* it sent): a header claiming more is refused
+        before anything more is read, so a board cannot make the host read gigabytes (fewer values
+        are read, and the update check rejects them as ``bad_shape``)."""
         head = self.request(Command.UPDATE_READ, struct.pack("<IH", 0, UPDATE_HEADER.size))
         if len(head) != UPDATE_HEADER.size:
             raise ProtocolError(f"UPDATE_READ returned {len(head)} bytes", device=self.name, command="UPDATE_READ")
         _, _, _, _, elements, n_scales, flags = UPDATE_HEADER.unpack(head)
+        if values is not None and (elements > values or n_scales > max(values, 1)):
+            raise ProtocolError(f"the update claims {elements:,} values and {n_scales:,} scales; the board trains "
+                                f"{values:,}", device=self.name, command="UPDATE_READ")
         total = UPDATE_HEADER.size + 4 * n_scales + (4 if flags & UPDATE_FLAG_FLOAT else 1) * elements
         if size is not None and size != total:
             raise ProtocolError(f"update image is {total} bytes, TRAIN said {size}", device=self.name,
@@ -426,6 +433,10 @@ class BoardClient:
         if len(p) < 8:
             raise ProtocolError(f"INVOKE response of {len(p)} bytes", device=self.name, command="INVOKE")
         cycles, out_size = struct.unpack_from("<II", p)
+        limit = self.info.arena_bytes if self.info is not None else 1 << 20
+        if out_size > limit:  # the output lives in the board's arena: a bigger claim is a lie
+            raise ProtocolError(f"INVOKE claims a {out_size:,}-byte output, more than the board's "
+                                f"{limit:,}-byte arena", device=self.name, command="INVOKE")
         out = self._read_rest(Command.OUTPUT_READ, p[8:8 + out_size], out_size)
         self.last_cycles = cycles
         return np.frombuffer(out, dtype=np.int8).copy()
