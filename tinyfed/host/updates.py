@@ -96,8 +96,9 @@ def check_update(update: Update, *, global_version: int, size: int, norm_bound: 
     ``size`` is the length of the payload vector; ``norm_bound`` bounds the L2 norm of the delta
     and ``max_staleness`` the version lag (None disables either bound); ``seen_tasks`` holds the
     (device, task) pairs already accepted; ``max_n`` is how many samples the host gave the device
-    (its update's weight grows with the ``n`` it claims, so a board may not claim more). The check is pure: recording an accepted pair in
-    ``seen_tasks`` is the caller's job, together with handing the update to the strategy.
+    (its update's weight grows with the ``n`` it claims, so a board may not claim more). The check
+    is pure: recording an accepted pair in ``seen_tasks`` is the caller's job, together with handing
+    the update to the strategy.
     """
     who = f"update from {update.device_id!r} (task {update.task_id})"
     if update.key in seen_tasks:
