@@ -51,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "Simulate FTTE and its baselines on hundreds of heterogeneous, straggling boards.",
     "profile": "Run MODEL's frozen fragment on a board once per kernel path; print each op's instructions "
                "(emulated) or cycles (a real board), MACs and instructions per MAC.",
+    "dashboard": "Serve a live web page of runs and simulate studies: versions, metric, boards, aggregations.",
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, json_option
+from tinyfed.commands.options import boards_dir_option, dashboard_option, json_option, start_dashboard
 from tinyfed.errors import TinyfedError
 
 #: Test accuracy the demo trains to. Measured (docs/demo.md): 8 emulated boards
@@ -57,6 +57,7 @@ def missing_emulation_tools() -> list[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory; default runs/demo-<time>.")
 @boards_dir_option
+@dashboard_option
 @json_option
 def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | None, max_seconds: float,
          seed: int, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool) -> None:
@@ -97,6 +98,7 @@ def demo(simulate: bool, count: int, target_accuracy: float, max_windows: int | 
         f"to test accuracy {target_accuracy:g}")
     say(f"run directory {out} (Ctrl-C stops; `tinyfed run --resume {out}` continues)")
     set_resume_hint(out)
+    start_dashboard(out)
 
     def announce(setup) -> None:
         f = setup.facts

@@ -31,7 +31,14 @@ from typing import Any, get_args
 import click
 
 from tinyfed.commands.console import phase
-from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
+from tinyfed.commands.options import (
+    boards_dir_option,
+    core_budget_option,
+    dashboard_option,
+    fleet_option,
+    json_option,
+    start_dashboard,
+)
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
 from tinyfed.host.strategies import STRATEGIES, Strategy
@@ -173,6 +180,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
+@dashboard_option
 @json_option
 @click.pass_context
 def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simulate: int | None,
@@ -235,6 +243,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         require_urls(load_device_fleet(fleet_path, boards_dirs))
     out = new_run_dir(out_dir, create=False)
     click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
+    start_dashboard(out)
     with phase(f"loading {Path(cfg.model).name} and its data", quiet=as_json):
         cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
@@ -364,6 +373,7 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
                            fix="give the --out directory of an earlier `tinyfed run`", source=str(run_dir))
     recorded = _read_devices(run_dir)
     set_resume_hint(run_dir)
+    start_dashboard(run_dir)
     cfg = load_run_config(config_file)
     if "target_accuracy" in top or "target_metric" in top:  # a new target replaces the recorded one
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})

@@ -26,7 +26,14 @@ import click
 from pydantic import BaseModel
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, core_budget_option, json_option
+from tinyfed.commands.options import (
+    DASHBOARD,
+    boards_dir_option,
+    core_budget_option,
+    dashboard_option,
+    json_option,
+    start_dashboard,
+)
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import (
     Checks,
@@ -317,6 +324,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Write summary.csv, history.csv, study.json and PNG plots here (several studies: "
                    "fair_study.json, fair_runs.csv, fair_summary.csv).")
 @boards_dir_option
+@dashboard_option
 @json_option
 def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
              seeds: str | None, partitions: str | None, workers: int, **options: Any) -> None:
@@ -330,6 +338,10 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
     from tinyfed.host.simulator import Study
 
     cfg = study_config(options)
+    if click.get_current_context().meta.get(DASHBOARD) is not None:
+        if out_dir is None:
+            raise click.UsageError("--dashboard shows the study's --out directory; add --out DIR")
+        start_dashboard(out_dir)
     if seeds is not None or partitions is not None:
         if backend != "local" or boards_dirs:
             raise TinyfedError("several studies run on the local backend with the built-in boards",
