@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 with warnings.catch_warnings():  # starlette >= 1.10 would rather drive its TestClient with httpx2; httpx still works
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 from tinyfed.cli import cli
