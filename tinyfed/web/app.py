@@ -32,7 +32,7 @@ from tinyfed.web.reader import BOARD_STATES, DirReader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COOKIE", "create_app", "plotly_js"]
+__all__ = ["COOKIE", "build_app", "create_app", "plotly_js"]
 
 COOKIE = "tinyfed_dashboard"
 #: Most board rows one request returns: a 10,000-board fleet is paged, never sent whole.
@@ -137,6 +137,10 @@ class _Handlers:
         self.poll_s = poll_s
         self.page = resources.files("tinyfed.web") / "static" / "index.html"
         self.js = plotly_js()
+        #: set by :func:`close_streams`: each stream pushes its last snapshot, says so and ends
+        self.closing = threading.Event()
+        self.streams = 0
+        self.streams_changed = threading.Condition()
 
     async def index(self, request: Request) -> Response:
         return Response(self.page.read_text(encoding="utf-8"), media_type="text/html")
@@ -181,24 +185,49 @@ class _Handlers:
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     async def _events(self, request: Request, reader: DirReader) -> AsyncIterator[str]:
-        """The snapshot whenever it changed, and every 5 s regardless (the page's clocks: staleness, late)."""
-        sent, idle = -1, 0.0
-        yield "retry: 1000\n\n"
-        while not await request.is_disconnected():
-            body = None
-            with self.runs.lock:
-                reader.refresh()
-                if reader.generation != sent or idle >= 5.0:
-                    sent, idle = reader.generation, 0.0
-                    body = json.dumps(reader.snapshot())
-            if body is not None:
-                yield f"event: snapshot\ndata: {body}\n\n"
-            await asyncio.sleep(self.poll_s)
-            idle += self.poll_s
+        """The snapshot whenever it changed, and every 5 s regardless (the page's clocks: staleness, late);
+        when the server closes, the last snapshot and a ``closing`` event, so the page keeps the end."""
+        with self.streams_changed:
+            self.streams += 1
+        try:
+            sent, idle = -1, 0.0
+            yield "retry: 1000\n\n"
+            while not await request.is_disconnected():
+                closing = self.closing.is_set()
+                body = None
+                with self.runs.lock:
+                    reader.refresh()
+                    if reader.generation != sent or idle >= 5.0:
+                        sent, idle = reader.generation, 0.0
+                        body = json.dumps(reader.snapshot())
+                if body is not None:
+                    yield f"event: snapshot\ndata: {body}\n\n"
+                if closing:
+                    yield "event: closing\ndata: {}\n\n"
+                    return
+                await asyncio.sleep(self.poll_s)
+                idle += self.poll_s
+        finally:
+            with self.streams_changed:
+                self.streams -= 1
+                self.streams_changed.notify_all()
+
+    def close_streams(self, timeout: float) -> None:
+        """Let every open stream push what the run wrote last before the server goes (a run's last events
+        come just before its dashboard is stopped)."""
+        self.closing.set()
+        with self.streams_changed:
+            self.streams_changed.wait_for(lambda: self.streams == 0, timeout)
 
 
 def create_app(dirs: Sequence[str | Path], *, token: str | None = None, poll_s: float = 0.25) -> ASGIApp:
     """The dashboard for ``dirs`` (run or ``simulate --out`` directories; they need not exist yet)."""
+    return build_app(dirs, token=token, poll_s=poll_s)[0]
+
+
+def build_app(dirs: Sequence[str | Path], *, token: str | None = None,
+              poll_s: float = 0.25) -> tuple[ASGIApp, _Handlers]:
+    """:func:`create_app`, and its handlers (whose :meth:`~_Handlers.close_streams` a server calls last)."""
     h = _Handlers(dirs, poll_s)
     app: ASGIApp = Starlette(routes=[
         Route("/", h.index),
@@ -208,4 +237,4 @@ def create_app(dirs: Sequence[str | Path], *, token: str | None = None, poll_s: 
         Route("/api/runs/{run}/boards", h.boards),
         Route("/api/runs/{run}/stream", h.stream),
     ])
-    return TokenGate(app, token) if token else app
+    return (TokenGate(app, token) if token else app), h

@@ -572,10 +572,7 @@ class DirReader:
     def _buffer_fill(self) -> dict[str, Any]:
         """Updates accepted since the last aggregation against the buffer's size (when known)."""
         f = self.fold
-        size = f.buffer_size
-        if size is None:
-            size = self._config.get("strategy_params", {}).get("buffer_size") \
-                if f.strategy and f.strategy.startswith(("ftte", "fedbuff")) else None
+        size = f.buffer_size  # newer engines record it; the configured size is not what a small fleet fills
         since = f.accepted - sum(a["updates"] for a in f.aggregations) if len(f.aggregations) < KEEP_AGGREGATIONS \
             else None
         return {"size": size, "filled": max(0, since) if since is not None else None}

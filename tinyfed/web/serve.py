@@ -72,14 +72,15 @@ def url_of(sock: socket.socket, host: str, token: str | None) -> str:
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
-def _server(dirs: Sequence[str | Path], token: str | None) -> Any:
+def _server(dirs: Sequence[str | Path], token: str | None) -> tuple[Any, Any]:
+    """A uvicorn server of the dashboard, and the app's handlers."""
     import uvicorn
 
-    from tinyfed.web.app import create_app
+    from tinyfed.web.app import build_app
 
-    config = uvicorn.Config(create_app(dirs, token=token), log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=1)
-    return uvicorn.Server(config)
+    app, handlers = build_app(dirs, token=token)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+    return uvicorn.Server(config), handlers
 
 
 def serve_forever(dirs: Sequence[str | Path], host: str, port: int, token: str | None,
@@ -87,7 +88,7 @@ def serve_forever(dirs: Sequence[str | Path], host: str, port: int, token: str |
     """``tinyfed dashboard``: serve until Ctrl-C (uvicorn handles the signal and stops cleanly)."""
     check_bind(host, token)
     sock = bind(host, port)
-    server = _server(dirs, token)
+    server, _ = _server(dirs, token)
     if announce is not None:
         announce(url_of(sock, host, token))
     server.run(sockets=[sock])
@@ -104,7 +105,7 @@ class BackgroundDashboard:
         check_bind(host, token)
         self.sock = bind(host, port)
         self.url = url_of(self.sock, host, token)
-        self.server = _server(dirs, token)
+        self.server, self.handlers = _server(dirs, token)
         self.thread = threading.Thread(target=self._run, name="tinyfed-dashboard", daemon=True)
         self.thread.start()
 
@@ -115,6 +116,8 @@ class BackgroundDashboard:
             log.exception("the dashboard stopped")
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Push the last snapshot to open pages (at most ~2 s), then stop serving."""
+        self.handlers.close_streams(timeout=2.0)
         self.server.should_exit = True
         self.thread.join(timeout)
         self.sock.close()
