@@ -173,7 +173,8 @@ def test_a_simulate_output_renders(browser: Any, tmp_path: Path) -> None:
     for s, speed in (("ftte", 1.0), ("fedbuff", 2.0), ("fedavg", 9.0)):
         for v in range(12):
             acc = 0.19 + 0.66 * (1 - 0.7 ** v)
-            rows.append(f"{s},{v},{v * 60 * speed:.1f},{acc:.4f},1.0,{v * 9000},{v * 1000},{v * 10000 * speed:.0f},{v},0.1")
+            sent = v * 10000 * speed
+            rows.append(f"{s},{v},{v * 60 * speed:.1f},{acc:.4f},1.0,{sent * 0.9:.0f},{sent * 0.1:.0f},{sent:.0f},{v},0.1")
     (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "study.json").write_text(json.dumps({
         "config": {"strategies": ["ftte", "fedbuff", "fedavg"], "target_accuracy": 0.8, "clients": 500},
