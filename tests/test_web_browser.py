@@ -174,7 +174,8 @@ def test_a_simulate_output_renders(browser: Any, tmp_path: Path) -> None:
         for v in range(12):
             acc = 0.19 + 0.66 * (1 - 0.7 ** v)
             sent = v * 10000 * speed
-            rows.append(f"{s},{v},{v * 60 * speed:.1f},{acc:.4f},1.0,{sent * 0.9:.0f},{sent * 0.1:.0f},{sent:.0f},{v},0.1")
+            down, up = sent * 0.9, sent * 0.1
+            rows.append(f"{s},{v},{v * 60 * speed:.1f},{acc:.4f},1.0,{down:.0f},{up:.0f},{sent:.0f},{v},0.1")
     (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "study.json").write_text(json.dumps({
         "config": {"strategies": ["ftte", "fedbuff", "fedavg"], "target_accuracy": 0.8, "clients": 500},
