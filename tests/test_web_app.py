@@ -156,3 +156,29 @@ def test_cli_says_when_the_port_is_taken(tmp_path: Path) -> None:
 def test_simulate_dashboard_needs_out() -> None:
     result = CliRunner().invoke(cli, ["simulate", "--dashboard", "--clients", "4"])
     assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_cli_serves_until_ctrl_c(tmp_path: Path) -> None:
+    """`tinyfed dashboard` in the foreground: prints its address first, serves, stops cleanly on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run = _run_dir(tmp_path / "run", boards=2)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tinyfed.cli", "dashboard", str(run), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("dashboard http://127.0.0.1:") and "Ctrl-C" in line, line
+        url = line.split()[1]
+        assert httpx.get(url + "api/runs/0/snapshot", timeout=30).json()["boards_total"] == 2
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(30) in (0, 130) and "Traceback" not in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
