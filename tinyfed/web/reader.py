@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyfed.host.events import RUN_ENDED
+
 log = logging.getLogger(__name__)
 
 __all__ = ["BOARD_STATES", "DirReader", "EventTail"]
@@ -41,6 +43,9 @@ LATE_MIN_S = 5.0
 LINK_ERRORS = ("DeviceUnreachable", "LinkTimeout", "LinkError", "ProtocolError", "ProtocolVersionMismatch",
                "SerialException", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError",
                "BrokenPipeError", "TimeoutError", "OSError")
+#: A lost task's reason that is the host's doing, not the board's (``tinyfed.host.engine.HOST_RESTARTED``; the
+#: engine module itself is too heavy to import here).
+HOST_RESTARTED = "host restarted"
 #: Aggregations and arrivals kept for the charts (the counts cover the whole run).
 KEEP_AGGREGATIONS = 200
 
@@ -240,7 +245,7 @@ class RunFold:
             self._end_task(b, t)
 
     def _on_lost(self, ev: dict[str, Any], t: float) -> None:
-        if ev.get("reason") in ("run ended", "host restarted"):
+        if ev.get("reason") in (RUN_ENDED, HOST_RESTARTED):
             return
         self.lost += 1
         if "device" in ev:
