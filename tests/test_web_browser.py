@@ -194,3 +194,39 @@ def test_a_simulate_output_renders(browser: Any, tmp_path: Path) -> None:
         browser.save_screenshot(str(ARTIFACTS / "simulate-output.png"))
     finally:
         server.stop()
+
+
+def test_ten_thousand_boards_stay_fluid(browser: Any, tmp_path: Path) -> None:
+    """A 10,000-board run: the page counts boards per state and shows them 50 to a page."""
+    import time
+
+    from tinyfed.web.serve import BackgroundDashboard
+
+    names = [f"w{i:05d}" for i in range(10_000)]
+    events: list[dict[str, Any]] = [{"kind": "run_start", "strategy": "fedbuff", "devices": names}]
+    events += [{"kind": "device_state", "device": n, "state": "idle"} for n in names]
+    events += [{"kind": "dispatch", "task": i, "device": n, "version": 0} for i, n in enumerate(names[::4])]
+    events += [{"kind": "device_state", "device": n, "state": "dropped", "reason": "LinkTimeout: x"}
+               for n in names[1::50]]
+    events += [{"kind": "evaluation", "version": 0, "metric": "accuracy", "accuracy": 0.3, "loss": 2.0}]
+    with open(tmp_path / "events.jsonl", "w") as f:
+        for seq, ev in enumerate(events):
+            f.write(json.dumps({"seq": seq, "t": 1.0, "wall": time.time(), **ev}) + "\n")
+    server = BackgroundDashboard([tmp_path], port=0)
+    try:
+        start = time.monotonic()
+        browser.get(server.url)
+        _until(browser, lambda d: d.find_element("id", "page-text").text.startswith("1–50 of 10000"))
+        shown = time.monotonic() - start
+        assert len(browser.find_elements("css selector", "#boards tbody tr")) == 50
+        assert browser.find_element("css selector", '.tile[data-state="training"] b').text == "2500"
+        assert browser.find_element("css selector", '.tile[data-state="offline"] b').text == "200"
+        browser.find_element("id", "next").click()
+        _until(browser, lambda d: d.find_element("id", "page-text").text.startswith("51–100 of"))
+        browser.find_element("css selector", '.tile[data-state="offline"]').click()
+        _until(browser, lambda d: d.find_element("id", "page-text").text == "1–50 of 200 (of 10000)")
+        assert {r.text for r in browser.find_elements("css selector", "#boards td.state")} == {"offline"}
+        browser.save_screenshot(str(ARTIFACTS / "ten-thousand-boards.png"))
+        assert shown < 10, shown
+    finally:
+        server.stop()

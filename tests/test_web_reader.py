@@ -123,6 +123,7 @@ def test_ten_thousand_boards_are_paged_and_filtered(tmp_path: Path) -> None:
     assert snap["boards_total"] == 10_000 and snap["states"]["training"] == 1_000
     assert snap["states"]["offline"] == sum(1 for i in range(10_000) if i % 10 and i % 97 == 0)
     assert [row["name"] for row in page["rows"]] == names[100:150] and page["matched"] == 10_000
+    assert page["states"] == snap["states"]  # a page carries the counts of its own moment
     training = r.boards(offset=0, limit=20, state="training")
     assert training["matched"] == 1_000 and all(row["state"] == "training" for row in training["rows"])
     assert r.boards(query="d0999")["matched"] == 10

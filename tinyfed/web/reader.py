@@ -594,14 +594,18 @@ class DirReader:
         now, typical = f.now(), f.typical_task()
         rows = []
         matched = 0
+        counts: Counter[str] = Counter()
         for b in f.boards.values():
             shown = f.shown_state(b, now, typical)
+            counts[shown] += 1
             if (state and shown != state) or (query and query not in b.name):
                 continue
             matched += 1
             if offset < matched <= offset + limit:
                 rows.append(self._row(b, shown, now))
-        return {"total": len(f.boards), "matched": matched, "offset": offset, "limit": limit, "rows": rows}
+        # the counts of the same moment as the rows, so the page's tiles never disagree with them
+        return {"total": len(f.boards), "matched": matched, "offset": offset, "limit": limit, "rows": rows,
+                "states": {s: counts.get(s, 0) for s in BOARD_STATES}}
 
     def _row(self, b: Board, shown: str, now: float) -> dict[str, Any]:
         budget = self._budgets.get(b.kind, {})
