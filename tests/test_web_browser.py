@@ -208,7 +208,9 @@ def test_ten_thousand_boards_stay_fluid(browser: Any, tmp_path: Path) -> None:
     events += [{"kind": "dispatch", "task": i, "device": n, "version": 0} for i, n in enumerate(names[::4])]
     events += [{"kind": "device_state", "device": n, "state": "dropped", "reason": "LinkTimeout: x"}
                for n in names[1::50]]
-    events += [{"kind": "evaluation", "version": 0, "metric": "accuracy", "accuracy": 0.3, "loss": 2.0}]
+    events += [{"kind": "evaluation", "version": 0, "metric": "accuracy", "accuracy": 0.3, "loss": 2.0},
+               {"kind": "aggregation", "version": 1, "updates": 3, "weights": [0.5, 0.3, 0.2], "staleness": [0, 1, 4],
+                "buffer_size": 3}]
     with open(tmp_path / "events.jsonl", "w") as f:
         for seq, ev in enumerate(events):
             f.write(json.dumps({"seq": seq, "t": 1.0, "wall": time.time(), **ev}) + "\n")
@@ -221,6 +223,8 @@ def test_ten_thousand_boards_stay_fluid(browser: Any, tmp_path: Path) -> None:
         assert len(browser.find_elements("css selector", "#boards tbody tr")) == 50
         assert browser.find_element("css selector", '.tile[data-state="training"] b').text == "2500"
         assert browser.find_element("css selector", '.tile[data-state="offline"] b').text == "200"
+        # a newer engine's aggregation: the weights of the last buffer, one bar per update
+        assert _js(browser, "return document.getElementById('chart-weights').data[0].y") == [0.5, 0.3, 0.2]
         browser.find_element("id", "next").click()
         _until(browser, lambda d: d.find_element("id", "page-text").text.startswith("51–100 of"))
         browser.find_element("css selector", '.tile[data-state="offline"]').click()
