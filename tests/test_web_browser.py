@@ -123,7 +123,7 @@ def test_live_run_advances_and_a_pulled_board_goes_offline_then_back(browser: An
     run, url, _ = live_run
     assert url.startswith("http://127.0.0.1:")
     browser.get(url)  # before the run has written anything: the page waits for it
-    v1 = _until(browser, _version, timeout=90)
+    v1 = _until(browser, _version, timeout=180)  # planning har_cnn first: ~12 s idle, minutes on a busy host
     points = _js(browser, "return document.getElementById('chart-metric').data[0].x.length")
     _until(browser, lambda d: (_version(d) or 0) > v1 + 1)
     assert _js(browser, "return document.getElementById('chart-metric').data[0].x.length") > points
