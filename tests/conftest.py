@@ -61,6 +61,7 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_engine.py",
     "test_demo.py",
     "test_plan.py",
+    "test_web_browser.py",  # ~50 s: headless Chromium on live sim:// runs and a 10,000-board page
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations
 )
 

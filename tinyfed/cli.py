@@ -52,6 +52,7 @@ COMMANDS: dict[str, str] = {
     "runs": "Past runs: list them, show one, compare several, export to CSV or TensorBoard.",
     "profile": "Run MODEL's frozen fragment on a board once per kernel path; print each op's instructions "
                "(emulated) or cycles (a real board), MACs and instructions per MAC.",
+    "dashboard": "Serve a live web page of runs and simulate studies: versions, metric, boards, aggregations.",
 }
 
 

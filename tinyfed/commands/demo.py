@@ -26,6 +26,7 @@ from tinyfed.commands.options import (
     boards_dir_option,
     check_jsonl,
     count_option,
+    dashboard_option,
     deprecated_alias,
     json_option,
     jsonl_option,
@@ -33,6 +34,7 @@ from tinyfed.commands.options import (
     out_dir_option,
     resolve_count,
     seed_option,
+    start_dashboard,
     target_accuracy_option,
 )
 from tinyfed.errors import TinyfedError
@@ -68,6 +70,7 @@ def missing_emulation_tools() -> list[str]:
 @seed_option("Seed of the fresh head, the sample orders and every other random choice.")
 @out_dir_option("Run directory; default runs/demo-<time>.")
 @boards_dir_option
+@dashboard_option
 @json_option
 @jsonl_option
 def demo(simulate: int | None, count: int | None, count_alias: int | None, target_accuracy: float,
@@ -118,6 +121,7 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
         f"to test accuracy {target_accuracy:g}")
     say(f"run directory {out} (Ctrl-C stops; `tinyfed run --resume {out}` continues)")
     set_resume_hint(out)
+    start_dashboard(out)
 
     def announce(setup) -> None:
         f = setup.facts

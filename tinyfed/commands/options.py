@@ -168,3 +168,39 @@ def complete_model_names(_ctx: click.Context, _param: click.Parameter, incomplet
 
     names = [CompletionItem(n) for n in ZOO_NAMES if n.startswith(incomplete)]
     return names or [CompletionItem(incomplete, type="file")]
+
+
+#: ``ctx.meta`` key: the port ``--dashboard`` asked for (absent: no dashboard).
+DASHBOARD = "tinyfed.dashboard"
+
+
+def _remember_dashboard(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if param.name == "dashboard" and value:
+        ctx.meta.setdefault(DASHBOARD, 0)
+    elif param.name == "dashboard_port" and value is not None:
+        ctx.meta[DASHBOARD] = value
+    return value
+
+
+def dashboard_option(command: Any) -> Any:
+    """``--dashboard`` and ``--dashboard-port`` (run, demo, simulate): kept in ``ctx.meta``, not passed to
+    the command, which calls :func:`start_dashboard` once it knows its output directory."""
+    command = click.option("--dashboard-port", type=click.IntRange(0, 65535), default=None, expose_value=False,
+                           callback=_remember_dashboard, is_eager=True,
+                           help="Port of --dashboard (implies it; default: a free port).")(command)
+    return click.option("--dashboard", is_flag=True, expose_value=False, callback=_remember_dashboard,
+                        is_eager=True, help="Serve the live web dashboard of this run on 127.0.0.1 while it goes "
+                                            "(see `tinyfed dashboard`).")(command)
+
+
+def start_dashboard(out: Path) -> None:
+    """Start the web dashboard on ``out`` if ``--dashboard`` asked for it; it stops when the command ends."""
+    ctx = click.get_current_context()
+    port = ctx.meta.get(DASHBOARD)
+    if port is None:
+        return
+    from tinyfed.web.serve import BackgroundDashboard
+
+    server = BackgroundDashboard([out], port=port)
+    ctx.call_on_close(server.stop)
+    click.echo(f"dashboard {server.url}", err=True)

@@ -36,6 +36,7 @@ from tinyfed.commands.options import (
     check_jsonl,
     core_budget_option,
     count_option,
+    dashboard_option,
     fleet_option,
     json_option,
     jsonl_option,
@@ -43,6 +44,7 @@ from tinyfed.commands.options import (
     out_dir_option,
     resolve_count,
     seed_option,
+    start_dashboard,
     target_accuracy_option,
 )
 from tinyfed.errors import TinyfedError
@@ -186,6 +188,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
 @core_budget_option
 @out_dir_option("Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
+@dashboard_option
 @json_option
 @jsonl_option
 @click.pass_context
@@ -259,6 +262,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         require_urls(load_device_fleet(fleet_path, boards_dirs))
     out = new_run_dir(out_dir, create=False)
     click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
+    start_dashboard(out)
     with phase(f"loading {Path(cfg.model).name} and its data", quiet=as_json):
         cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
@@ -399,6 +403,7 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
                            fix="give the --out directory of an earlier `tinyfed run`", source=str(run_dir))
     recorded = _read_devices(run_dir)
     set_resume_hint(run_dir)
+    start_dashboard(run_dir)
     cfg = load_run_config(config_file)
     if "target_accuracy" in top or "target_metric" in top:  # a new target replaces the recorded one
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})

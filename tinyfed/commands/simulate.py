@@ -27,14 +27,17 @@ from pydantic import BaseModel
 
 from tinyfed.commands.console import StudyProgress, output_console, phase, print_jsonl
 from tinyfed.commands.options import (
+    DASHBOARD,
     boards_dir_option,
     check_jsonl,
     core_budget_option,
+    dashboard_option,
     deprecated_alias,
     json_option,
     jsonl_option,
     out_dir_option,
     seed_option,
+    start_dashboard,
     target_accuracy_option,
 )
 from tinyfed.errors import TinyfedError
@@ -300,6 +303,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @out_dir_option("Write summary.csv, history.csv, study.json and PNG plots here (several studies: "
                 "fair_study.json, fair_runs.csv, fair_summary.csv).")
 @boards_dir_option
+@dashboard_option
 @json_option
 @jsonl_option
 def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dirs: tuple[Path, ...], as_json: bool,
@@ -317,6 +321,10 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
             "clients") == click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("give --count once (--clients is its old spelling)")
     cfg = study_config(options)
+    if click.get_current_context().meta.get(DASHBOARD) is not None:
+        if out_dir is None:
+            raise click.UsageError("--dashboard shows the study's --out directory; add --out DIR")
+        start_dashboard(out_dir)
     if seeds is not None or partitions is not None:
         if backend != "local" or boards_dirs:
             raise TinyfedError("several studies run on the local backend with the built-in boards",
