@@ -273,7 +273,7 @@ def test_bad_input_to_show_is_one_clear_line_and_exit_2(root: Path, tmp_path: Pa
 
 def test_compare_draws_every_curve_and_puts_time_and_bytes_to_target_side_by_side(root: Path, tmp_path: Path) -> None:
     chart = tmp_path / "cmp.png"
-    result = _runs("compare", str(root / "synth"), str(root / "stopped"), str(root / "sim"), "--out", str(chart),
+    result = _runs("compare", str(root / "synth"), str(root / "stopped"), str(root / "sim"), "--png", str(chart),
                    "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -287,12 +287,12 @@ def test_compare_draws_every_curve_and_puts_time_and_bytes_to_target_side_by_sid
             curves["synth: fedbuff"]["versions_to_target"]) == (20.0, 200, 2)
     assert curves["sim: ftte"]["time_to_target_s"] == 100.0 and curves["sim: ftte"]["simulated"] is True
     assert curves["sim: fedavg"]["reached"] is False and curves["sim: fedavg"]["time_to_target_s"] is None
-    text = _runs("compare", str(root / "synth"), str(root / "sim"), "--out", str(chart), "--x", "bytes")
+    text = _runs("compare", str(root / "synth"), str(root / "sim"), "--png", str(chart), "--x", "bytes")
     assert text.exit_code == 0 and "100.0 sim" in text.stdout and "synth: fedbuff" in text.stdout
 
 
 def test_compare_of_a_damaged_run_is_exit_2(root: Path, tmp_path: Path) -> None:
-    result = _runs("compare", str(root / "synth"), str(root / "corrupt"), "--out", str(tmp_path / "c.png"))
+    result = _runs("compare", str(root / "synth"), str(root / "corrupt"), "--png", str(tmp_path / "c.png"))
     assert result.exit_code == 2 and "line 2" in result.stderr and not (tmp_path / "c.png").exists()
 
 

@@ -27,7 +27,7 @@ def runs() -> None:
     Examples:
       tinyfed runs list
       tinyfed runs show runs/20260101-120000
-      tinyfed runs compare runs/a runs/b build/sim --out compare.png
+      tinyfed runs compare runs/a runs/b build/sim --png compare.png
       tinyfed runs export runs/a --format tensorboard --out tb/
     """
 
@@ -217,8 +217,10 @@ def _history_table(rec: Any) -> Any:
 
 @runs.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("compare.png"),
-              show_default=True, help="The chart (PNG): every run's metric curve, with the target line.")
+@click.option("--png", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("compare.png"),
+              show_default=True, metavar="FILE",
+              help="The chart (a PNG file; --out is a directory everywhere): every run's metric curve, with the "
+                   "target line.")
 @click.option("--x", "x_axis", type=click.Choice(["time", "version", "bytes"]), default="time", show_default=True,
               help="Horizontal axis: run time (simulated time for simulate outputs), version, or bytes sent.")
 @json_option
@@ -228,7 +230,7 @@ def compare_command(run_dirs: tuple[Path, ...], out_file: Path, x_axis: str, as_
 
     \b
     Examples:
-      tinyfed runs compare runs/a runs/b --out ab.png
+      tinyfed runs compare runs/a runs/b --png ab.png
       tinyfed runs compare runs/a build/sim --x bytes --json
     """
     from tinyfed.host.plots import metric_chart
@@ -280,7 +282,7 @@ def compare_rows(records: list[Any]) -> list[dict[str, Any]]:
 @click.option("--format", "fmt", type=click.Choice(["csv", "tensorboard"]), required=True,
               help="csv: history, per-device tallies and aggregations (per-strategy results for simulate outputs); "
                    "tensorboard: event files of scalars by version (needs the tensorboard package).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="Directory to write into, one subdirectory per run (`tensorboard --logdir` it).")
 @json_option
 def export_command(run_dirs: tuple[Path, ...], fmt: str, out_dir: Path, as_json: bool) -> None:
