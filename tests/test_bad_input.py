@@ -113,3 +113,23 @@ def test_out_of_range_options_are_usage_errors(args: list[str], tmp_path: Path) 
 def test_bad_device_urls_say_what_is_wrong(url: str, needle: str) -> None:
     result = CliRunner().invoke(cli, ["devices", "--url", url])
     assert result.exit_code == 1 and needle in result.output and "internal error" not in result.output, result.output
+
+
+def test_boards_dir_reaches_every_board_lookup(tmp_path: Path) -> None:
+    """A board defined only in --boards-dir is found by the planner and the simulator too, not only
+    by the command's own lookups; and the directory is forgotten when the command ends."""
+    from tinyfed.boards import registry
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    for builtin, mine in (("mps2-an386", "lab-qemu"), ("nrf52840", "lab-watch")):
+        text = (registry.BUILTIN_DIR / f"{builtin}.toml").read_text()
+        (boards / f"{mine}.toml").write_text(text.replace(f'name = "{builtin}"', f'name = "{mine}"', 1))
+    run = CliRunner().invoke(cli, ["run", "--simulate", "2", "--board", "lab-qemu", "--boards-dir", str(boards),
+                                   "--model", "digits_cnn", "--max-versions", "1", "--out", str(tmp_path / "r")])
+    assert run.exit_code in (0, 1) and "unknown board" not in run.output, run.output
+    study = CliRunner().invoke(cli, ["simulate", "--count", "6", "--board-mix", "lab-watch:1", "--boards-dir",
+                                     str(boards), "--model", "digits_cnn", "--max-versions", "1",
+                                     "--strategies", "ftte", "--json"])
+    assert study.exit_code == 0 and "unknown board" not in study.output, study.output
+    assert registry._command_dirs == ()

@@ -145,13 +145,23 @@ def test_fleet_that_fails_to_boot_stops_every_board(mute_elf: Path) -> None:
     assert all(b.process.returncode is not None for b in fleet.boards)
 
 
-def test_qemu_that_exits_is_reported_with_its_output(tmp_path: Path) -> None:
+def test_a_file_that_is_not_an_arm_elf_is_refused_before_qemu_starts(tmp_path: Path) -> None:
     if not HAVE_QEMU:
         pytest.skip("qemu-system-arm is not installed")
     bad = tmp_path / "bad.elf"
     bad.write_bytes(b"not an elf at all")
-    with pytest.raises(EmulatorError, match="qemu exited"):
-        launch_qemu("mps2-an386", bad, ready_timeout=HANG_S)  # QEMU exits at once; the bound is for a hang
+    with pytest.raises(EmulatorError, match="not a 32-bit ARM ELF"):  # refused before QEMU is started
+        launch_qemu("mps2-an386", bad, ready_timeout=HANG_S)
+
+
+def test_a_qemu_crash_is_one_line_not_a_register_dump() -> None:
+    from tinyfed.firmware_bridge.emulate.emulator import qemu_failure
+
+    dump = "qemu: fatal: Lockup: can't escalate 3 to HardFault (current priority -1)\n\nR00=00000000 R01=00000000\n" \
+           "R02=00000000 R03=00000000\nPSR=40000003 -Z-- A S handler\n"
+    assert qemu_failure(dump) == ("qemu: fatal: Lockup: can't escalate 3 to HardFault (current priority -1) "
+                                  "(3 more line(s) in the QEMU log)")
+    assert qemu_failure("") == "no output"
 
 
 def test_cli_emulate_errors(mute_elf: Path, tmp_path: Path) -> None:

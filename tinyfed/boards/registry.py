@@ -26,10 +26,25 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "data"
 ADD_BOARD_FIX = "run `tinyfed boards list` or add a TOML file to a --boards-dir / $TINYFED_BOARDS_PATH directory"
 
 
+#: ``--boards-dir`` of the command running in this process (:func:`use_board_dirs`): searched by every
+#: lookup, so a board a user defines is found as deep as the planner, the simulator and the link.
+_command_dirs: tuple[Path, ...] = ()
+
+
+def use_board_dirs(dirs: Iterable[Path | str]) -> tuple[Path, ...]:
+    """Make ``dirs`` part of every board lookup in this process; returns the previous ones (to restore)."""
+    global _command_dirs
+    previous = _command_dirs
+    _command_dirs = tuple(Path(d).expanduser() for d in dirs)
+    return previous
+
+
 def board_dirs(extra: Iterable[Path | str] = ()) -> list[Path]:
-    """Directories searched for boards: built-in, then ``extra``, then ``$TINYFED_BOARDS_PATH``."""
+    """Directories searched for boards: built-in, then ``extra``, the command's ``--boards-dir``
+    (:func:`use_board_dirs`), then ``$TINYFED_BOARDS_PATH``."""
     dirs = [BUILTIN_DIR]
     dirs.extend(Path(d).expanduser() for d in extra)
+    dirs.extend(_command_dirs)
     env = os.environ.get(ENV_VAR, "")
     dirs.extend(Path(part).expanduser() for part in env.split(os.pathsep) if part.strip())
     unique: list[Path] = []

@@ -7,13 +7,26 @@ from typing import Any
 
 import click
 
+
 #: Extra board directories: ``--boards-dir`` (repeatable) and the ``TINYFED_BOARDS_PATH``
 #: environment variable (``os.pathsep``-separated) are both searched after the built-in boards.
+def _use_boards_dirs(ctx: click.Context, _param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Every board lookup of the command sees ``--boards-dir`` (the planner's, the simulator's, the
+    link's), not only those the command passes it to; undone when the command ends."""
+    if value:
+        from tinyfed.boards.registry import use_board_dirs
+
+        previous = use_board_dirs(value)
+        ctx.call_on_close(lambda: use_board_dirs(previous))
+    return value
+
+
 boards_dir_option = click.option(
     "--boards-dir",
     "boards_dirs",
     multiple=True,
     type=click.Path(file_okay=False, path_type=Path),
+    callback=_use_boards_dirs,
     help="Directory with extra board TOML files (repeatable; also $TINYFED_BOARDS_PATH).",
 )
 

@@ -184,7 +184,23 @@ def firmware_elf(elf_path: Path | str, board: str) -> Path:
     if not elf.is_file():
         raise EmulatorError("firmware ELF not found", fix=f"build it: `tinyfed firmware build --board {board}`",
                             source=str(elf))
+    with open(elf, "rb") as f:
+        head = f.read(20)
+    # e_ident: magic, class 1 (32-bit), data 1 (little-endian); e_machine 40 is EM_ARM
+    if head[:4] != b"\x7fELF" or head[4] != 1 or head[5] != 1 or int.from_bytes(head[18:20], "little") != 40:
+        raise EmulatorError("not a 32-bit ARM ELF: QEMU cannot run it on a Cortex-M board",
+                            fix=f"give the ELF `tinyfed firmware build --board {board}` prints", source=str(elf))
     return elf
+
+
+def qemu_failure(output: str) -> str:
+    """The line of QEMU's output that says why it stopped (a crash prints a register dump after it)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    first = next((line for line in lines if line.lower().startswith("qemu")), lines[0])
+    more = len(lines) - 1
+    return first + (f" ({more} more line(s) in the QEMU log)" if more else "")
 
 
 def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU,
@@ -237,8 +253,9 @@ def wait_ready(emu: EmulatedBoard, timeout: float = DEFAULT_READY_TIMEOUT, *, pi
             if emu.process.poll() is not None:
                 out = emu.output().strip()
                 emu.stop()
-                raise EmulatorError(f"qemu exited with code {emu.process.returncode}: {out[-400:] or 'no output'}",
-                                    fix="check the ELF was built for this board", source=emu.name)
+                raise EmulatorError(f"qemu exited with code {emu.process.returncode}: {qemu_failure(out)}",
+                                    fix=f"check the ELF was built for {emu.board} (`tinyfed firmware build "
+                                        f"--board {emu.board}`)", source=emu.name)
             try:
                 if client is None:
                     client = BoardClient(emu.url, timeout=ping_timeout, retries=0, name=emu.name).open()
