@@ -651,3 +651,17 @@ def test_pyserial_opens_sim_urls_once_tinyfed_firmware_bridge_is_imported() -> N
     (pkt,) = [decode_frame(f) for f in FrameReader(1000).feed(port.read(100))]
     assert (pkt.kind, pkt.code, pkt.seq, pkt.payload) == (KIND_RESPONSE, Status.OK, 9, b"raw")
     assert port.read(1) == b"" and port.tinyfed_clock() == pytest.approx(0.1)  # virtual time, no waiting
+
+
+def test_a_board_silent_on_train_costs_the_train_timeout_not_the_retry_series() -> None:
+    """TRAIN's timeout bounds the whole request: a board that never answers is given up after it
+    (it once cost 5 + 10 + ... + 160 = 315 s for a 5 s timeout)."""
+    from tinyfed.firmware_bridge.link.train_link import TrainParams
+
+    inner = open_port("sim://x")
+    port = FaultyPort(inner, p_out=1.0)
+    port.KINDS = ("lose_frame",)
+    c = BoardClient("sim://x", port=port, timeout=0.5, retries=5, name="mute")
+    with pytest.raises(LinkTimeout) as info:
+        c.train(TrainParams(version=0, epochs=1, batch_size=1, lr=0.01, seed=0), timeout=5.0)
+    assert info.value.command == "TRAIN" and info.value.waited_s == pytest.approx(5.0)

@@ -383,8 +383,9 @@ class BoardClient:
                 return
 
     def train(self, params: TrainParams, *, timeout: float = 600.0) -> TrainReport:
-        """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it)."""
-        p = self.request(Command.TRAIN, params.pack(), timeout=timeout)
+        """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it, a lost or
+        corrupted request's retransmissions included)."""
+        p = self.request(Command.TRAIN, params.pack(), timeout=timeout, total=timeout)
         if len(p) not in (TRAIN_RESPONSE.size, TRAIN_RESPONSE.size + TRAIN_HEAD_CYCLES.size):
             raise ProtocolError(f"TRAIN response of {len(p)} bytes", device=self.name, command="TRAIN")
         return TrainReport.unpack(p)
@@ -410,7 +411,7 @@ class BoardClient:
 
     def evaluate(self, max_samples: int = 0, *, timeout: float = 600.0) -> EvalReport:
         """Local loss and accuracy of the current w* on the board's own data."""
-        p = self.request(Command.EVALUATE, _U32.pack(max_samples), timeout=timeout)
+        p = self.request(Command.EVALUATE, _U32.pack(max_samples), timeout=timeout, total=timeout)
         if len(p) != EVALUATE_RESPONSE.size:
             raise ProtocolError(f"EVALUATE response of {len(p)} bytes", device=self.name, command="EVALUATE")
         return EvalReport.unpack(p)
@@ -518,10 +519,13 @@ class BoardClient:
 
     # -- the exchange --------------------------------------------------------------------
 
-    def request(self, code: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
+    def request(self, code: int, payload: bytes = b"", *, timeout: float | None = None,
+                total: float | None = None) -> bytes:
         """Send one request and return the payload of its OK response (retransmitting as needed).
 
-        ``timeout`` replaces the client's timeout for this request (TRAIN runs for seconds).
+        ``timeout`` replaces the client's timeout for this request (TRAIN runs for seconds); each
+        retransmission after a timeout waits twice as long. ``total`` bounds the whole request,
+        retransmissions included (a silent board costs ``total``, not the doubling series).
         An error status raises :class:`DeviceError` (or :class:`ProtocolVersionMismatch`).
         """
         cmd = command_name(code)
@@ -538,10 +542,12 @@ class BoardClient:
         started = self._clock()
         attempts = 0
         out = frame
+        end = None if total is None else started + total
         while True:
             attempts += 1
             self._write(out, cmd)
-            outcome = self._await(seq, self._clock() + wait, cmd)
+            until = self._clock() + wait if end is None else min(self._clock() + wait, end)
+            outcome = self._await(seq, until, cmd)
             if isinstance(outcome, Packet):
                 return self._check(outcome, cmd)
             if outcome == _TIMEOUT:
@@ -550,7 +556,7 @@ class BoardClient:
                 # The board may hold a partial frame whose delimiter was lost: end it first, so
                 # the retransmission is not swallowed with it.
                 out = DELIMITER + frame
-            if attempts > self.retries:
+            if attempts > self.retries or (end is not None and self._clock() >= end):
                 raise LinkTimeout(device=self.name, command=cmd, attempts=attempts, waited_s=self._clock() - started)
             self.stats.retransmissions += 1
             log.debug("%s: %s seq %d: %s, retransmitting (attempt %d)", self.name, cmd, seq, outcome, attempts + 1)
