@@ -101,10 +101,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_file(tmp, data)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -115,6 +112,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise write_error(path, exc) from exc
         raise
     fsync_dir(path.parent)
+
+
+def _write_file(tmp: Path, data: bytes) -> None:
+    """Write and fsync ``tmp`` (0600); the one place a run file's bytes reach the disk (tests inject ENOSPC here)."""
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def fsync_dir(directory: Path) -> None:
