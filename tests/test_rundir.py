@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from tinyfed.cli import cli
+from tinyfed.errors import WriteError
 from tinyfed.host import checkpoint as checkpoint_module
 from tinyfed.host.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
 from tinyfed.host.events import EventLog, EventLogError, read_events, summarize
@@ -231,7 +232,19 @@ def test_a_full_disk_under_the_event_log_names_the_file_and_byte_and_keeps_the_l
     text = str(info.value)
     assert str(tmp_path / "events.jsonl") in text and "No space left on device" in text
     assert f"at byte {position}" in text and f"free space on the disk holding {tmp_path}" in text
+    assert isinstance(info.value, WriteError)  # so the command adds the `tinyfed run --resume` to the fix
     assert [e["kind"] for e in read_events(tmp_path)] == ["run_start", "aggregation", "aggregation"]
+
+
+def test_an_os_error_without_a_file_names_the_run_directory_being_written() -> None:
+    from tinyfed.cli import _os_error
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a failed write() raises: no filename
+    assert _os_error(full, "runs/lab", "tinyfed run --resume runs/lab").one_line() == (
+        "runs/lab: No space left on device while writing the run. Fix: free space on the disk holding runs/lab, "
+        "then `tinyfed run --resume runs/lab`")
+    denied = OSError(errno.EACCES, os.strerror(errno.EACCES), "runs/lab/plan/plan.json")
+    assert _os_error(denied, "runs/lab", None).one_line().startswith("runs/lab/plan/plan.json: Permission denied.")
 
 
 # -- a full disk mid-run, and a fleet that cannot be reached -----------------------------------------

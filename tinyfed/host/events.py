@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self, TextIO
 
-from tinyfed.errors import TinyfedError
+from tinyfed.errors import TinyfedError, WriteError
 
 try:
     import fcntl
@@ -71,6 +71,10 @@ class EventLogError(TinyfedError):
     """The event log is damaged or does not match the checkpoint that refers to it."""
 
 
+class EventLogWriteError(EventLogError, WriteError):
+    """An event could not be written (a full disk): names the log and the byte the event was to start at."""
+
+
 class EventLog:
     """Appends events to ``RUN_DIR/events.jsonl``; reopening an existing log continues it.
 
@@ -97,14 +101,19 @@ class EventLog:
         """One writer per run: a second host on the same run directory would interleave lines."""
         if fcntl is None:  # pragma: no cover - no advisory locks on this platform
             return
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EventLogError(
-                "another process is writing this run's event log",
-                fix="stop the other `tinyfed run` on this directory, or use another --out directory",
-                source=str(self.path),
-            ) from None
+        deadline = time.monotonic() + 0.5  # `tinyfed runs` and the dashboard probe it for microseconds
+        while True:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EventLogError(
+                        "another process is writing this run's event log",
+                        fix="stop the other `tinyfed run` on this directory, or use another --out directory",
+                        source=str(self.path),
+                    ) from None
+                time.sleep(0.05)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,11 +177,11 @@ class EventLog:
                 pass
             raise self._write_failed(exc) from exc
 
-    def _write_failed(self, exc: OSError) -> EventLogError:
+    def _write_failed(self, exc: OSError) -> EventLogWriteError:
         from tinyfed.host.rundir import write_error
 
         err = write_error(self.path, exc)
-        return EventLogError(f"{err.problem} at byte {self._end}", fix=err.fix, source=str(self.path))
+        return EventLogWriteError(f"{err.problem} at byte {self._end}", fix=err.fix, source=str(self.path))
 
     def sync(self) -> None:
         """fsync the log so that everything up to :meth:`position` survives a power cut."""
