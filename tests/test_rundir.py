@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from tinyfed.cli import cli
 from tinyfed.errors import WriteError
 from tinyfed.host import checkpoint as checkpoint_module
+from tinyfed.host import rundir
 from tinyfed.host.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
 from tinyfed.host.events import EventLog, EventLogError, read_events, summarize
 from tinyfed.host.rundir import LOCK_FILE, RunLock, lock_holder
@@ -111,7 +112,9 @@ def test_two_runs_on_one_out_the_second_is_refused_before_writing_and_the_first_
     assert not loose, loose
 
 
-def test_the_lock_names_its_holder_and_is_free_again_once_released(tmp_path: Path) -> None:
+def test_the_lock_names_its_holder_and_is_free_again_once_released(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rundir, "_LOCK_PATIENCE_S", 0.1)  # how long a second taker waits out a probe
     with RunLock(tmp_path) as held:
         assert lock_holder(tmp_path) == str(os.getpid())
         assert (tmp_path / LOCK_FILE).stat().st_mode & 0o777 == 0o600
