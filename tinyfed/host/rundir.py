@@ -42,14 +42,17 @@ class RunDirBusy(TinyfedError):
 
 def make_run_dir(path: Path) -> Path:
     """Make ``path`` (and its parents) with the run directory itself 0700: its checkpoints hold per-board updates."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir(mode=0o700)
     except FileExistsError:
         if not path.is_dir():
             raise TinyfedError("not a directory", fix="give a directory as --out", source=str(path)) from None
     except OSError as exc:
         raise write_error(path, exc) from None
+    except ValueError as exc:  # e.g. a NUL byte in the name
+        raise TinyfedError(f"not a usable directory name ({exc})", fix="give another --out",
+                           source=repr(str(path))) from None
     return path
 
 
@@ -94,7 +97,7 @@ def lock_holder(run_dir: Path) -> str | None:
         return None
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except OSError:
+    except (OSError, ValueError):  # no lock file (or a path no file can have): no holder
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
