@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyfed.errors import DataFileError, TinyfedError
+from tinyfed.errors import DataFileError, TinyfedError, WriteError
 from tinyfed.host.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -219,7 +219,7 @@ def test_crash_before_rename_keeps_the_previous_checkpoint(
         real_replace(src, dst)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "replace", crashing_replace)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(WriteError, match=r"cannot write checkpoint-00000002\.(npz|json) \(simulated crash\)"):
         write_checkpoint(tmp_path, _state(2, seed=2))
     monkeypatch.setattr(os, "replace", real_replace)
     back = read_checkpoint(tmp_path)

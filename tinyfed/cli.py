@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from tinyfed import __version__
-from tinyfed.errors import TinyfedError
+from tinyfed.errors import TinyfedError, WriteError
 
 log = logging.getLogger("tinyfed")
 
@@ -31,6 +31,8 @@ EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 #: ``ctx.meta`` key: the command that continues what an interrupted command leaves (set by ``run``, ``demo``)
 RESUME_HINT = "tinyfed.resume_hint"
+#: ``ctx.meta`` key: the run directory the command writes (set with :data:`RESUME_HINT`), named by write errors
+RUN_DIR = "tinyfed.run_dir"
 
 
 #: Every command: the module under ``tinyfed.commands`` that defines it (as an attribute of the same
@@ -90,6 +92,25 @@ def _validation_problem(exc: Any) -> str:
     return "invalid " + "; ".join(parts)
 
 
+def _os_error(exc: OSError, run_dir: Any, hint: Any) -> TinyfedError:
+    """An OSError as one line: its file, or the run directory being written when the error names none
+    (a write's ENOSPC often carries no file name)."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    if exc.filename:
+        where = str(exc.filename)
+    elif run_dir:
+        where, reason = str(run_dir), f"{reason} while writing the run"
+    else:
+        return TinyfedError(reason, fix="check the paths the command reads and writes and their permissions")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the disk holding {where}" + (f", then `{hint}`" if hint else "")
+    else:
+        fix = f"check {where} and its permissions"
+    return TinyfedError(reason, fix=fix, source=where)
+
+
 class TinyfedGroup(click.Group):
     """A click group whose ``main`` turns tinyfed errors into one actionable line, and that imports
     a command's module only when that command is used."""
@@ -117,10 +138,12 @@ class TinyfedGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TinyfedError as exc:
+            hint = ctx.meta.get(RESUME_HINT)
+            if isinstance(exc, WriteError) and hint:  # a full disk: what was checkpointed goes on once there is room
+                exc = WriteError(exc.problem, fix=f"{exc.fix}, then `{hint}`", source=exc.source)
             self._fail(ctx, exc)
         except OSError as exc:  # a file the user named cannot be read or written
-            name = f"{exc.filename}: " if exc.filename else ""
-            self._fail(ctx, TinyfedError(f"{name}{exc.strerror or exc}", fix="check the path and its permissions"))
+            self._fail(ctx, _os_error(exc, ctx.meta.get(RUN_DIR), ctx.meta.get(RESUME_HINT)))
         except (KeyboardInterrupt, click.Abort):
             # Ctrl-C: not click's "Aborted!" and exit 1, but what was kept and how to go on
             hint = ctx.meta.get(RESUME_HINT)

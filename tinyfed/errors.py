@@ -34,6 +34,10 @@ class TinyfedError(Exception):
         return {"error": type(self).__name__, "problem": self.problem, "fix": self.fix, "source": self.source}
 
 
+class WriteError(TinyfedError):
+    """A file tinyfed writes could not be written (a full disk, no permission): names the file."""
+
+
 class BoardError(TinyfedError):
     """A board profile or fleet file is missing or invalid."""
 

@@ -90,6 +90,7 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
 
     from tinyfed.commands.run import (
         _record_devices,
+        claim_run_dir,
         new_run_dir,
         open_devices,
         report_run,
@@ -109,7 +110,10 @@ def demo(simulate: int | None, count: int | None, count_alias: int | None, targe
                     "libnewlib-arm-none-eabi`), or run the same demo on simulated boards: `tinyfed demo --simulate`")
     cfg = RunConfig(model=DEMO_MODEL, strategy="ftte", start="fresh-head", target_accuracy=target_accuracy,
                     seed=seed, limits=Limits(max_seconds=max_seconds))
-    out = new_run_dir(out_dir or Path("runs") / dt.datetime.now().strftime("demo-%Y%m%d-%H%M%S"))
+    out = new_run_dir(out_dir or Path("runs") / dt.datetime.now().strftime("demo-%Y%m%d-%H%M%S"), create=False)
+    claim = ExitStack()
+    click.get_current_context().call_on_close(claim.close)  # locked, its files private, to the command's end
+    claim_run_dir(claim, out, fresh=True)
     cfg.dump(out)
     kind = "simulated" if simulate is not None else "emulated (QEMU)"
     def say(text: str) -> None:  # stdout carries the one JSON object (--json) or the events (--jsonl)

@@ -266,9 +266,20 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     with phase(f"loading {Path(cfg.model).name} and its data", quiet=as_json):
         cfg, run_data = checked_run_data(cfg, emulate or simulate, partition_chosen)
     cfg = cfg.model_copy(update={"task": run_data.task.value})  # recorded, so a resume trains the same task
-    new_run_dir(out)  # made only now: a bad model or data file leaves no empty run behind
-    cfg.dump(out)
-    set_resume_hint(out)
+    with ExitStack() as claim:
+        # made only now (a bad model or data file leaves no empty run behind) and locked before any write
+        claim_run_dir(claim, out, fresh=True)
+        cfg.dump(out)
+        set_resume_hint(out)
+        _train_fresh(cfg, out, run_data, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
+                     board_name=board_name, boards_dirs=boards_dirs, max_windows=max_windows, as_json=as_json,
+                     jsonl=jsonl)
+
+
+def _train_fresh(cfg: Any, out: Path, run_data: Any, *, fleet_path: Path | None, emulate: int | None,
+                 simulate: int | None, board_name: str, boards_dirs: tuple[Path, ...], max_windows: int | None,
+                 as_json: bool, jsonl: bool) -> None:
+    """A fresh run in the claimed ``out``: open its devices, record them, train and report."""
     with ExitStack() as stack:
         devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
                                               board_name=board_name, boards_dirs=boards_dirs,
@@ -326,16 +337,35 @@ def checked_config(base: dict[str, Any], options: dict[str, Any]) -> Any:
 
 
 def new_run_dir(out_dir: Path | None, *, create: bool = True) -> Path:
-    """The directory of a new run (``runs/<time>`` by default), made unless ``create`` is false;
-    refuses one that already holds a run."""
+    """The directory of a new run (``runs/<time>`` by default), made (0700) unless ``create`` is false;
+    refuses one another run holds (:mod:`tinyfed.host.rundir`) or that already holds a run."""
+    from tinyfed.host.rundir import holds_run, make_run_dir, refuse_if_busy
+
     out = out_dir or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.is_dir() and any(out.glob("checkpoint-*.json")):
-        raise TinyfedError("this directory already holds a run with checkpoints",
+    refuse_if_busy(out)
+    if holds_run(out):
+        raise TinyfedError("this directory already holds a run",
                            fix=f"continue it with `tinyfed run --resume {out}`, or give another --out",
                            source=str(out))
     if create:
-        out.mkdir(parents=True, exist_ok=True)
+        make_run_dir(out)
     return out
+
+
+def claim_run_dir(stack: ExitStack, out: Path, *, fresh: bool) -> None:
+    """Take ``out`` for this run before anything is written there, until ``stack`` closes: files made
+    private (0600, directories 0700) and the run directory's lock held, so a second run on it is
+    refused before it writes; a ``fresh`` run's directory must hold no run (checked under the lock)."""
+    from tinyfed.host.rundir import RunLock, holds_run, make_run_dir, private_files
+
+    stack.enter_context(private_files())
+    if fresh:
+        make_run_dir(out)
+    stack.enter_context(RunLock(out))
+    if fresh and holds_run(out):  # a run that took the lock and finished while this one loaded its data
+        raise TinyfedError("this directory already holds a run",
+                           fix=f"continue it with `tinyfed run --resume {out}`, or give another --out",
+                           source=str(out))
 
 
 def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: int | None = None,
@@ -390,9 +420,6 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
             as_json: bool, jsonl: bool = False) -> None:
     """``--resume``: rebuild the recorded fleet and continue from the newest checkpoint."""
     from tinyfed.host.config import CONFIG_FILE, load_run_config
-    from tinyfed.host.engine import latest_checkpoint
-    from tinyfed.host.events import EventLog
-    from tinyfed.host.setup import DeviceSpec
 
     if not run_dir.is_dir():
         raise TinyfedError("no such run directory", fix="give the --out directory of an earlier `tinyfed run`",
@@ -408,8 +435,20 @@ def _resume(run_dir: Path, top: dict[str, Any], limits: dict[str, Any], boards_d
     if "target_accuracy" in top or "target_metric" in top:  # a new target replaces the recorded one
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
     cfg = cfg.model_copy(update={**top, "limits": cfg.limits.model_copy(update=limits)})
-    with ExitStack() as stack:
+    with ExitStack() as claim:
         # the lock first: a host still running on this directory must not have its checkpoints read mid-write
+        claim_run_dir(claim, run_dir, fresh=False)
+        _resume_claimed(run_dir, cfg, recorded, top, limits, boards_dirs, as_json, jsonl)
+
+
+def _resume_claimed(run_dir: Path, cfg: Any, recorded: dict[str, Any], top: dict[str, Any], limits: dict[str, Any],
+                    boards_dirs: tuple[Path, ...], as_json: bool, jsonl: bool) -> None:
+    """``--resume`` once the run directory is locked: continue from its newest checkpoint and report."""
+    from tinyfed.host.engine import latest_checkpoint
+    from tinyfed.host.events import EventLog
+    from tinyfed.host.setup import DeviceSpec
+
+    with ExitStack() as stack:
         events = stack.enter_context(EventLog(run_dir))
         checkpoint = latest_checkpoint(run_dir)
         if top or limits:
@@ -526,9 +565,11 @@ def _recorded_baseline(out: Path) -> str | None:
 
 def set_resume_hint(out: Path) -> None:
     """Leave the command that continues the run in ``out`` for the CLI's Ctrl-C message."""
-    from tinyfed.cli import RESUME_HINT
+    from tinyfed.cli import RESUME_HINT, RUN_DIR
 
-    click.get_current_context().meta[RESUME_HINT] = f"tinyfed run --resume {out}"
+    meta = click.get_current_context().meta
+    meta[RESUME_HINT] = f"tinyfed run --resume {out}"
+    meta[RUN_DIR] = str(out)
 
 
 def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
@@ -541,12 +582,13 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
     from tinyfed.cli import EXIT_FAILED
 
     baseline = _recorded_baseline(out)
+    failed = failed_boards(out)
     target = cfg.stop_target(Task(result.task), result.metric)
     targets = {"target_metric": target, **({"target_accuracy": target} if result.metric == "accuracy" else {})}
     summary = {**result.to_dict(), "model": cfg.model, "devices": n_devices, "run_dir": str(out),
                **targets, "resumed_from": resumed_from,
                "baseline_board": baseline, "export": getattr(result, "export", {}),
-               "plots": getattr(result, "plots", [])}
+               "plots": getattr(result, "plots", []), **({"boards_failed": failed} if failed else {})}
     if as_json:
         click.echo(json.dumps(summary))
     elif not jsonl:
@@ -569,6 +611,8 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
             click.echo(f"deployable int8 model: {final}")
         if getattr(result, "plots", None):
             click.echo(f"charts: {', '.join(result.plots)}")
+    if failed:
+        _fail_no_boards(failed, result.updates_accepted)
     if target is not None and not result.reached_target:
         best = max((row[result.metric] for row in result.history if row.get(result.metric) is not None),
                    default=result.final_metric)
@@ -576,3 +620,45 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                    f"{EXIT_FAILED}; `tinyfed run --resume {out}` with a higher --max-versions or --max-seconds "
                    "trains on", err=True)
         raise SystemExit(EXIT_FAILED)
+
+
+def failed_boards(out: Path) -> list[dict[str, str]]:
+    """Every board of the run with its URL and last failure when all of them ended dropped (no board
+    left to train on), else an empty list; read from ``devices.json`` and ``events.jsonl``."""
+    import re
+
+    from tinyfed.host.events import read_events
+
+    try:
+        recorded = _read_devices(out)["devices"]
+        events = list(read_events(out))
+    except TinyfedError:
+        return []
+    state: dict[str, str] = {}
+    reason: dict[str, str] = {}
+    for ev in events:
+        device = ev.get("device")
+        if ev["kind"] == "device_state" and isinstance(device, str):
+            state[device] = str(ev["state"])
+        if ev["kind"] in ("device_state", "lost") and isinstance(device, str) and ev.get("reason"):
+            reason[device] = str(ev["reason"])
+    if not recorded or any(state.get(d["name"]) != "dropped" for d in recorded):
+        return []
+    rows = []
+    for d in recorded:
+        why = re.sub(r"^[A-Z]\w*: ", "", reason.get(d["name"], "no reason recorded"))  # the exception's class name
+        why = why.removeprefix(f"{d['name']}: ").split(" Fix: ")[0].rstrip(".")
+        rows.append({"device": d["name"], "url": d["url"], "reason": why})
+    return rows
+
+
+def _fail_no_boards(failed: list[dict[str, str]], accepted: int) -> None:
+    """Say which boards failed and why, and exit 1: a run whose every board was dropped did not train."""
+    from tinyfed.cli import EXIT_FAILED
+
+    what = "no board could be reached" if accepted == 0 else "every board failed and was dropped"
+    listing = "; ".join(f"{b['device']} ({b['url']}): {b['reason']}" for b in failed)
+    # not --resume: a board dropped at the checkpoint stays dropped in the resumed run
+    click.echo(f"error: {what}: {listing}. Fix: check that each board is powered and answers at its URL "
+               "(`tinyfed devices --url URL`), then start the run again with another --out", err=True)
+    raise SystemExit(EXIT_FAILED)

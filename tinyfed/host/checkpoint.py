@@ -4,7 +4,10 @@ A checkpoint is one *generation* ``N`` stored as two files in the run directory:
 
 * ``checkpoint-N.npz``: every numpy array of the state (global vectors, arrays inside the
   strategy's state, an RNG key), written first;
-* ``checkpoint-N.json``: everything else, plus the npz's name, size and SHA-256, written last.
+* ``checkpoint-N.json``: everything else, plus the npz's name, size and SHA-256, written last,
+  and ``sha256``: one SHA-256 over the JSON without that field (:func:`_canonical`) and the npz's
+  bytes, so an edited field (a ``version`` changed by hand) or any changed byte of either file is
+  refused on reading. A checkpoint of format 1 (before that hash) is read with a warning.
 
 Each file is written atomically (temp file in the same directory, flush, fsync, ``os.replace``,
 fsync of the directory), and a generation exists only once its JSON does. The JSON names its npz
@@ -44,7 +47,9 @@ __all__ = [
 ]
 
 FORMAT = "tinyfed-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions read: 1 has no content hash (read with a warning), 2 has one.
+_READABLE = (1, 2)
 _NAME = re.compile(r"^checkpoint-(\d{8})\.(json|npz)$")
 _ARRAY_TAG = "__ndarray__"
 
@@ -87,23 +92,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     The temp file lives in the same directory (``os.replace`` is atomic only within one file
     system) and is fsynced before the rename; the directory is fsynced after it, so the rename
-    itself survives a power cut. On failure the temp file is removed and the error re-raised.
+    itself survives a power cut. On failure the temp file is removed.
+    A failure (a full disk) is a :class:`~tinyfed.errors.WriteError` naming ``path``. The file is
+    made 0600: run files hold per-board updates.
     """
+    from tinyfed.host.rundir import write_error
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_file(tmp, data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
         raise
     fsync_dir(path.parent)
+
+
+def _write_file(tmp: Path, data: bytes) -> None:
+    """Write and fsync ``tmp`` (0600); the one place a run file's bytes reach the disk (tests inject ENOSPC here)."""
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def fsync_dir(directory: Path) -> None:
@@ -168,12 +184,27 @@ def write_checkpoint(run_dir: str | Path, state: Checkpoint) -> Path:
     npz_path = run / _file(gen, "npz")
     atomic_write_bytes(npz_path, npz_bytes)
     body["npz"] = {"file": npz_path.name, "bytes": len(npz_bytes), "sha256": hashlib.sha256(npz_bytes).hexdigest()}
+    body["sha256"] = content_hash(body, npz_bytes)
     json_path = run / _file(gen, "json")
     atomic_write_bytes(json_path, (json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n").encode())
     state.generation = gen
     _prune(run, keep={gen, gen - 1})
     log.debug("checkpoint generation %d (version %d) written to %s", gen, state.version, json_path)
     return json_path
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    """The JSON the content hash covers: every field but ``sha256``, keys sorted, no spaces."""
+    rest = {k: v for k, v in body.items() if k != "sha256"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def content_hash(body: dict[str, Any], npz_bytes: bytes) -> str:
+    """One SHA-256 over a checkpoint's JSON (its ``sha256`` field aside) and its npz's bytes."""
+    digest = hashlib.sha256(_canonical(body))
+    digest.update(b"\0")
+    digest.update(npz_bytes)
+    return digest.hexdigest()
 
 
 def _file(gen: int, ext: str) -> str:
@@ -291,7 +322,7 @@ class _Reader:
 
     def read(self) -> Checkpoint:
         body = self._json()
-        arrays = self._npz(body)
+        arrays = self._npz(body, self._npz_bytes(body))
         used: set[str] = set()
 
         def decode(value: Any, where: str) -> Any:
@@ -350,8 +381,9 @@ class _Reader:
             raise self.fail(f"not valid JSON ({exc}); the file is truncated or overwritten") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise self.fail(f"not a {FORMAT} file")
-        if body.get("format_version") != FORMAT_VERSION:
-            raise self.fail(f"format_version {body.get('format_version')!r}; this tinyfed reads {FORMAT_VERSION}")
+        if body.get("format_version") not in _READABLE:
+            raise self.fail(f"format_version {body.get('format_version')!r}; this tinyfed reads "
+                            f"{', '.join(map(str, _READABLE))}")
         want: dict[str, type | tuple[type, ...]] = {
             "generation": int, "version": int, "event_position": int, "accepted_update_ids": list,
             "globals": dict, "strategy_state": dict, "devices": dict, "rng_state": dict, "npz": dict,
@@ -375,7 +407,8 @@ class _Reader:
             raise self.fail(f"the 'npz' entry {npz!r} does not name this generation's array file")
         return body
 
-    def _npz(self, body: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _npz_bytes(self, body: dict[str, Any]) -> bytes:
+        """The npz's bytes, checked against its own size and SHA-256, then the whole checkpoint's hash."""
         meta = body["npz"]
         path = self.run / meta["file"]
         try:
@@ -389,6 +422,25 @@ class _Reader:
                             "(truncated or replaced)", path)
         if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
             raise self.fail("the array file's SHA-256 does not match the checkpoint (damaged or replaced)", path)
+        self._check_hash(body, raw)
+        return raw
+
+    def _check_hash(self, body: dict[str, Any], raw: bytes) -> None:
+        """The JSON's fields and the arrays as written: a hand-edited ``version`` is refused, not resumed."""
+        if body["format_version"] == 1:
+            log.warning("%s: a checkpoint of format 1 (an older tinyfed) has no content hash; its fields are read "
+                        "unverified", self.json_path)
+            return
+        recorded = body.get("sha256")
+        if not isinstance(recorded, str):
+            raise self.fail("the key 'sha256' (the checkpoint's content hash) is missing")
+        if content_hash(body, raw) != recorded:
+            raise self.fail(f"its content does not match the SHA-256 it was written with: the JSON was edited or "
+                            f"damaged after it was written (it now says version {body['version']}, "
+                            f"event position {body['event_position']})")
+
+    def _npz(self, body: dict[str, Any], raw: bytes) -> dict[str, np.ndarray]:
+        path = self.run / body["npz"]["file"]
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}

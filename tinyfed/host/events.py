@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self, TextIO
 
-from tinyfed.errors import TinyfedError
+from tinyfed.errors import TinyfedError, WriteError
 
 try:
     import fcntl
@@ -71,6 +71,10 @@ class EventLogError(TinyfedError):
     """The event log is damaged or does not match the checkpoint that refers to it."""
 
 
+class EventLogWriteError(EventLogError, WriteError):
+    """An event could not be written (a full disk): names the log and the byte the event was to start at."""
+
+
 class EventLog:
     """Appends events to ``RUN_DIR/events.jsonl``; reopening an existing log continues it.
 
@@ -84,7 +88,7 @@ class EventLog:
         #: called with each event once it is on disk (``--jsonl`` prints them); the writer's thread calls them
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # a run's records are its owner's
         self._fh: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
         try:
             self._lock()
@@ -97,14 +101,19 @@ class EventLog:
         """One writer per run: a second host on the same run directory would interleave lines."""
         if fcntl is None:  # pragma: no cover - no advisory locks on this platform
             return
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EventLogError(
-                "another process is writing this run's event log",
-                fix="stop the other `tinyfed run` on this directory, or use another --out directory",
-                source=str(self.path),
-            ) from None
+        deadline = time.monotonic() + 0.5  # `tinyfed runs` and the dashboard probe it for microseconds
+        while True:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EventLogError(
+                        "another process is writing this run's event log",
+                        fix="stop the other `tinyfed run` on this directory, or use another --out directory",
+                        source=str(self.path),
+                    ) from None
+                time.sleep(0.05)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -142,13 +151,7 @@ class EventLog:
                                  "kind": kind}
         event.update(fields)
         line = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
-        self._fh.seek(self._end)
-        written = self._fh.write(line)
-        if written != len(line):  # unbuffered raw writes may be short; finish the line
-            view = memoryview(line)
-            while written < len(line):
-                written += self._fh.write(view[written:]) or 0
-        self._fh.flush()
+        self._write(line)
         self._end += len(line)
         self._seq += 1
         if kind in _SYNC_KINDS:
@@ -157,10 +160,36 @@ class EventLog:
             listener(event)
         return event
 
+    def _write(self, line: bytes) -> None:
+        """Write ``line`` at the log's end; a failed write (a full disk) names the file and the byte, and
+        the partial line is cut so the log stays whole up to the last complete event."""
+        try:
+            self._fh.seek(self._end)
+            written = self._fh.write(line) or 0
+            view = memoryview(line)
+            while written < len(line):  # unbuffered raw writes may be short; finish the line
+                written += self._fh.write(view[written:]) or 0
+            self._fh.flush()
+        except OSError as exc:
+            try:
+                self._fh.truncate(self._end)
+            except OSError:
+                pass
+            raise self._write_failed(exc) from exc
+
+    def _write_failed(self, exc: OSError) -> EventLogWriteError:
+        from tinyfed.host.rundir import write_error
+
+        err = write_error(self.path, exc)
+        return EventLogWriteError(f"{err.problem} at byte {self._end}", fix=err.fix, source=str(self.path))
+
     def sync(self) -> None:
         """fsync the log so that everything up to :meth:`position` survives a power cut."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise self._write_failed(exc) from exc
 
     def now(self) -> float:
         """Run time in seconds: monotonic, continuing from the last event of a resumed log."""
@@ -184,18 +213,27 @@ class EventLog:
         position past the end, or inside a line, means the log and checkpoint do not belong
         together, which is an error rather than a guess.
         """
-        if position < 0 or position > self._end:
+        if position < 0:
+            raise EventLogError(f"the checkpoint refers to byte {position} of the event log",
+                                fix="the checkpoint is damaged; start the run again", source=str(self.path))
+        if position > self._end:
             raise EventLogError(
-                f"the checkpoint refers to byte {position} of the event log, which has {self._end} complete bytes",
-                fix="the run directory mixes files of different runs; start the run again",
+                f"the event log is shorter than the checkpoint expects: it has {self._end} complete bytes "
+                f"({self._seq} events), the checkpoint was written at byte {position}",
+                fix="the log was cut or replaced after the checkpoint; put back the whole events.jsonl "
+                    "(e.g. from a backup), or start the run again",
                 source=str(self.path),
             )
         if position > 0:
             self._fh.seek(position - 1)
             if self._fh.read(1) != b"\n":
+                self._fh.seek(0)
+                line = self._fh.read(position).count(b"\n") + 1
                 raise EventLogError(
-                    f"byte {position} is not at the end of an event",
-                    fix="the run directory mixes files of different runs; start the run again",
+                    f"the checkpoint was written at byte {position}, inside line {line} of the event log, "
+                    "not at the end of an event",
+                    fix="the log was edited or replaced after the checkpoint (or belongs to another run); put back "
+                        "the run's own events.jsonl, or start the run again",
                     source=str(self.path),
                 )
         if position < self._end:
@@ -526,12 +564,16 @@ def write_history(run_dir: str | Path) -> Path:
     """``RUN_DIR/history.csv`` (:func:`history_rows`) from the run's events, so a resumed run's file
     covers the whole run."""
     import csv
+    import io
+
+    from tinyfed.host.checkpoint import atomic_write_bytes
 
     run_dir = Path(run_dir)
     rows = history_rows(read_events(run_dir))
     path = run_dir / HISTORY_FILE
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))  # a full disk names the file
     return path

@@ -30,6 +30,7 @@ from typing import Any
 from tinyfed.errors import TinyfedError
 from tinyfed.host.events import EVENTS_FILE, history_rows, read_events, summarize
 from tinyfed.host.plots import Curve
+from tinyfed.host.rundir import lock_holder
 
 try:
     import fcntl
@@ -237,7 +238,7 @@ def _run_status(path: Path, events: list[dict[str, Any]], starts: tuple[str, ...
     resumable = any(path.glob("checkpoint-*.json"))
     if last == end:
         return "finished", resumable
-    if being_written(path / EVENTS_FILE):
+    if being_written(path / EVENTS_FILE) or lock_holder(path) is not None:
         return "running", False
     return "interrupted", resumable
 
