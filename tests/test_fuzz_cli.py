@@ -83,6 +83,14 @@ BASES: dict[str, Base] = {
                       "--eval-samples", "64")),
 }
 
+#: Options of a base that another option replaces (a fleet instead of one board, say).
+EXCLUSIVE = {("plan", "--fleet"): ("--board",), ("check", "--fleet"): ("--url",), ("devices", "--fleet"): ("--url",),
+             ("run", "--fleet"): ("--simulate",), ("run", "--emulate"): ("--simulate",),
+             ("run", "--resume"): ("--simulate", "--model", "--max-versions", "--max-windows", "--out")}
+
+#: Options a case adds to its base (a held-out split is checked beside a valid training split).
+EXTRA = {("run", "--test-data"): ("--data", "@digits.npz")}
+
 #: Options not fuzzed, and why: flags, output switches, free text, and a device a test cannot reach.
 SKIPPED = {
     ("profile", "url"): "a real board's port: profiling it is the work",
@@ -93,6 +101,7 @@ SKIPPED = {
     ("emulate", "elf_path"): "the sentinel's own option (tests/test_bad_input.py covers bad ELFs)",
     ("flash", "elf_path"): "read by pyOCD, after the board checks",
     ("profile", "elf_path"): "read by QEMU, after the board checks",
+    ("profile", "model"): "loaded after the board check (the sentinel); plan's MODEL is the same loader",
     ("runs compare", "png"): "an output file",
 }
 
@@ -152,7 +161,7 @@ MODEL_VALUES = [("empty", ""), ("unknown", "no_such_model"), ("huge", "m" * 5000
                 ("70 MB sparse .tflite", "@sparse.tflite"), ("garbage .keras", "@garbage.keras"),
                 ("an .npz as model", "@forged.npz")]
 BOARD_VALUES = [("empty", ""), ("unknown", "no-such-board"), ("huge", "b" * 5000), ("path", "../nrf52840")]
-URL_VALUES = [("empty", ""), ("word", "nope"), ("bare sim://", "sim://"), ("unknown board", "sim://no-such-board"),
+URL_VALUES = [("empty", ""), ("word", "nope"), ("bare sim://", "sim://"), ("negative arena", "sim://nrf52840?arena_bytes=-5"),
               ("bad query value", "sim://nrf52840?arena_bytes=abc"), ("unknown query key", "sim://nrf52840?bogus=1"),
               ("huge arena", "sim://nrf52840?arena_bytes=" + str(2**64)), ("bare socket://", "socket://"),
               ("port 0", "socket://127.0.0.1:0"), ("port 70000", "socket://127.0.0.1:70000"),
@@ -403,6 +412,7 @@ def _make_files(d: Path) -> None:
     x = np.zeros((4, 8, 8, 1), np.float32)
     x[0, 0, 0, 0] = np.nan
     np.savez(d / "nan.npz", x=x, y=np.zeros(4, np.int64))
+    np.savez(d / "digits.npz", x=rng.random((16, 8, 8, 1), np.float32), y=np.arange(16) % 10)
     (d / "syntax.toml").write_text("this is [not toml\n")
     (d / "dir").mkdir()
     (d / "dir.tflite").mkdir()
@@ -436,6 +446,19 @@ def _fill(args: tuple[str, ...] | list[str], work: Path, files: Path) -> list[st
             a = str(files / a[1:])
         out.append(a.replace("{out}", str(work / "out")).replace("{missing}", str(work / "missing"))
                    .replace("{dir}", str(files / "dir")))
+    return out
+
+
+def _drop(base: list[str], options: tuple[str, ...]) -> list[str]:
+    """``base`` without ``options`` and their values."""
+    out, skip = [], False
+    for a in base:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        else:
+            out.append(a)
     return out
 
 
@@ -475,7 +498,8 @@ def classify(result: Any, elapsed: float, names: tuple[str, ...], sentinel: str 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_in_one_line(case: Case, files: Path, sentinels: dict[str, str],
                                           tmp_path: Path) -> None:
-    base = _fill(BASES[case.command].args, tmp_path, files)
+    base = _drop(_fill(BASES[case.command].args, tmp_path, files), EXCLUSIVE.get((case.command, case.option), ()))
+    base += _fill(EXTRA.get((case.command, case.option), ()), tmp_path, files)
     names = case.names
     if case.config is not None:
         if case.option == "--boards-dir":
@@ -494,8 +518,8 @@ def test_bad_input_is_refused_in_one_line(case: Case, files: Path, sentinels: di
         argv = [*case.command.split(), *_with(base, case.option, value, positional=not case.option)]
         if case.value.startswith("@") or "{" in case.value:
             names = (*names, Path(value).name)
-        elif len(case.value) > 2:
-            names = (*names, case.value[:40])
+        else:
+            names = (*names, f"'{case.value[:40]}", f"{case.value[:40]}'" if len(case.value) > 2 else f"'{case.value}'")
     faulthandler.dump_traceback_later(HANG_S, exit=True)
     try:
         start = time.perf_counter()

@@ -79,8 +79,15 @@ def fleet_option(purpose: str, *, required: bool = False) -> Any:
                         help=f"{purpose} A fleet TOML file, or a shipped preset's name (smartwatch, emulated).")
 
 
+def _non_empty(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty name is a usage error here, not a missing file or device later."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty", param=param)
+    return value
+
+
 #: One device instead of a fleet file (``devices``, ``check``).
-url_option = click.option("--url", metavar="URL",
+url_option = click.option("--url", metavar="URL", callback=_non_empty,
                           help="One device instead of --fleet: a tty (/dev/ttyACM0), socket://HOST:PORT or sim://BOARD.")
 
 
@@ -210,6 +217,20 @@ def out_dir_option(help_text: str) -> Any:
     """``--out DIR``: always a directory (made if missing); what goes in it is the help's to say."""
     return click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
                         help=help_text)
+
+
+def check_representative(model: str, representative: Path | None) -> None:
+    """``--representative`` calibrates a ``.keras`` MODEL's int8 conversion: for any other MODEL it
+    would be silently ignored, so it is refused; for a ``.keras`` it is read and checked before the
+    slow conversion starts."""
+    if representative is None:
+        return
+    if Path(model).suffix.lower() != ".keras":
+        raise click.BadParameter(f"{representative} calibrates a .keras MODEL's int8 conversion, and {model} is "
+                                 "a zoo model or an int8 .tflite already: drop it", param_hint="--representative")
+    from tinyfed.models.arrays import read_array
+
+    read_array(representative, key="x")
 
 
 def complete_board_names(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:

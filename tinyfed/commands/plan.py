@@ -13,6 +13,7 @@ from tinyfed.commands.console import output_console, phase
 from tinyfed.commands.options import (
     MAX_STEPS,
     boards_dir_option,
+    check_representative,
     core_budget_option,
     fleet_option,
     json_option,
@@ -81,6 +82,7 @@ def plan(
     from tinyfed.planner.plan import make_plan
     from tinyfed.planner.sources import load_model_source
 
+    check_representative(model, representative)
     if board_name is not None and fleet_path is None:
         fleet = single_board_fleet(get_board(board_name, boards_dirs))
     elif fleet_path is not None and board_name is None:
