@@ -48,6 +48,9 @@ HANG_S = 180.0
 #: The outcomes counted (the closing note of issue 17 quotes them).
 FAILURES = ("internal error", "traceback without -v", "exception escaped", "hang", "exit 0 on bad input",
             "option not named", "wrong exit code")
+#: "option not named": not exactly one ``error:`` line (an unreachable device's exit 1 reports it in
+#: the device table instead), or none of the option's spellings, the field's
+#: key, the file's name or the value in the output.
 COUNTS: Counter[str] = Counter()
 
 
@@ -490,7 +493,8 @@ def classify(result: Any, elapsed: float, names: tuple[str, ...], sentinel: str 
         return "exit 0 on bad input"
     if result.exit_code != 2 and not (unreachable_ok and result.exit_code == 1):
         return "exit 0 on bad input" if result.exit_code == 1 else "wrong exit code"
-    if not any(n and n in out for n in names):
+    said = [line for line in out.splitlines() if line.lower().startswith("error:")]
+    if (result.exit_code == 2 and len(said) != 1) or not any(n and n in out for n in names):
         return "option not named"
     return None
 
