@@ -178,7 +178,9 @@ TOML_VALUES = [("missing", "{missing}.toml"), ("directory", "{dir}"), ("random",
                ("not TOML", "@syntax.toml")]
 FILE_OPTIONS: dict[str, list[tuple[str, str]]] = {
     "data_path": NPZ_VALUES, "test_data_path": NPZ_VALUES, "data": NPZ_VALUES, "representative": NPY_VALUES,
-    "config_path": TOML_VALUES, "fleet_path": [*TOML_VALUES, ("empty", "@empty.toml")],
+    "config_path": TOML_VALUES,
+    "fleet_path": [*TOML_VALUES, ("empty", "@empty.toml"), ("unknown preset", "no-such-fleet"),
+                   ("huge name", "f" * 5000)],
 }
 TEXT_OPTIONS = {"model": MODEL_VALUES, "board_name": BOARD_VALUES, "name": BOARD_VALUES, "url": URL_VALUES,
                 "host": [("public address without --token", "0.0.0.0")]}
@@ -287,7 +289,8 @@ def _field_values(info: Any) -> list[tuple[str, Any]]:
             out.append(("above", float(b["lt"])))
         return out
     if kind is str or typing.get_origin(kind) in (typing.Literal, typing.Annotated):
-        return [("int for string", 5), ("empty", "")]
+        empty = any(isinstance(m, annotated_types.MinLen) for m in info.metadata) or typing.get_origin(kind)
+        return [("int for string", 5), *([("empty", "")] if empty else [])]
     return [("int for table or list", 5)]
 
 
@@ -522,8 +525,10 @@ def test_bad_input_is_refused_in_one_line(case: Case, files: Path, sentinels: di
         argv = [*case.command.split(), *_with(base, case.option, value, positional=not case.option)]
         if case.value.startswith("@") or "{" in case.value:
             names = (*names, Path(value).name)
+        elif len(case.value) >= 8:  # long enough not to match by chance
+            names = (*names, case.value[:40])
         else:
-            names = (*names, f"'{case.value[:40]}", f"{case.value[:40]}'" if len(case.value) > 2 else f"'{case.value}'")
+            names = (*names, f"'{case.value}'")
     faulthandler.dump_traceback_later(HANG_S, exit=True)
     try:
         start = time.perf_counter()
