@@ -145,6 +145,7 @@ def test_boards_dir_reaches_every_board_lookup(tmp_path: Path) -> None:
     (["simulate", "--max-sim-seconds", "-1"], "--max-sim-seconds"),
     (["simulate", "--max-versions", str(2**64)], "--max-versions"),
     (["simulate", "--workers", "0"], "--workers"),
+    (["simulate", "--clients", "100000000"], "100000000 is not in the range 1<=x<=100000"),
     (["demo", "--simulate", "--max-seconds", "inf"], "'inf' is not a finite number"),
     (["emulate", "--board", "mps2-an386", "--count", "257"], "257 is not in the range 1<=x<=256"),
     (["emulate", "--board", "mps2-an386", "--ready-timeout", "nan"], "'nan' is not a finite number in the range x>0"),

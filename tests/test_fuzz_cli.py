@@ -544,6 +544,27 @@ def test_bad_input_is_refused_in_one_line(case: Case, files: Path, sentinels: di
                              f"in {elapsed:.1f} s\n{result.output[-2000:]}\n{result.exception!r}")
 
 
+def test_classify_tells_each_failure_from_a_clean_refusal() -> None:
+    """The fuzz's judge, on made-up results: each failure class is seen, a one-line refusal is not."""
+    def result(code: int, output: str, exc: BaseException | None = None) -> Any:
+        return types.SimpleNamespace(exit_code=code, output=output, exception=exc)
+
+    names = ("--lr",)
+    assert classify(result(2, "Error: Invalid value for '--lr': nan\n", SystemExit(2)), 0.1, names, None,
+                    False) is None
+    assert classify(result(0, "done\n"), 0.1, names, None, False) == "exit 0 on bad input"
+    assert classify(result(1, "run stopped\n", SystemExit(1)), 0.1, names, None, False) == "exit 0 on bad input"
+    assert classify(result(2, "error: x. Fix: y\n", SystemExit(2)), 0.1, names, "error: x. Fix: y",
+                    False) == "exit 0 on bad input"
+    assert classify(result(3, "error: internal error ValueError\n"), 0.1, names, None, False) == "internal error"
+    assert classify(result(2, "Traceback (most recent call last):\n--lr"), 0.1, names, None,
+                    False) == "traceback without -v"
+    assert classify(result(1, "", ValueError("boom")), 0.1, names, None, False) == "exception escaped"
+    assert classify(result(2, "error: --lr\n", SystemExit(2)), SLOW_S + 1, names, None, False) == "hang"
+    assert classify(result(2, "error: something\n", SystemExit(2)), 0.1, names, None, False) == "option not named"
+    assert classify(result(1, "device unreachable --lr", SystemExit(1)), 0.1, names, None, True) is None
+
+
 def test_every_numeric_option_declares_its_range() -> None:
     """The fuzz derives its values from the declared ranges: a plain int or float option has none."""
     plain = [f"{path} {p.opts[0]}" for path, cmd in _all_commands() for p in cmd.params
