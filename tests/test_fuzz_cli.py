@@ -587,6 +587,11 @@ def test_every_numeric_option_declares_its_range() -> None:
              if isinstance(p.type, click.types.IntParamType | click.types.FloatParamType)
              and not isinstance(p.type, click.types._NumberRangeBase)]
     assert not plain, plain
+    from tinyfed.commands.options import FiniteFloatRange
+
+    infinite = [f"{path} {p.opts[0]}" for path, cmd in _all_commands() for p in cmd.params
+                if isinstance(p.type, click.FloatRange) and not isinstance(p.type, FiniteFloatRange)]
+    assert not infinite, f"click's FloatRange takes nan: use FiniteFloatRange for {infinite}"
 
 
 def test_every_command_has_a_base() -> None:
