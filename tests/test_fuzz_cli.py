@@ -449,7 +449,8 @@ def valid_bases(tmp_path_factory: pytest.TempPathFactory, files: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sentinels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The error each sentinel base ends with when nothing is wrong with the options."""
+    """The error each sentinel base ends with when nothing is wrong with the options (its directory
+    written ``{work}``: each case has its own)."""
     found = {}
     for command, base in BASES.items():
         if base.sentinel:
@@ -457,7 +458,10 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             result = _invoke([*command.split(), *_fill(base.args, d, d)])
             lines = [line for line in result.output.splitlines() if line.strip()]
             assert result.exit_code not in (0, 3) and lines, (command, result.output)
-            found[command] = lines[-1]
+            found[command] = lines[-1].replace(str(d), "{work}")
+            again = tmp_path_factory.mktemp("sentinel")  # the sentinel is recognised in another case's directory
+            result = _invoke([*command.split(), *_fill(base.args, again, again)])
+            assert found[command].replace("{work}", str(again)) in result.output, (command, result.output)
     return found
 
 
@@ -552,7 +556,9 @@ def test_bad_input_is_refused_in_one_line(case: Case, files: Path, sentinels: di
         elapsed = time.perf_counter() - start
     finally:
         faulthandler.cancel_dump_traceback_later()
-    failure = classify(result, elapsed, names, sentinels.get(case.command), unreachable_ok=case.target == "--url")
+    sentinel = sentinels.get(case.command)
+    failure = classify(result, elapsed, names, sentinel and sentinel.replace("{work}", str(tmp_path)),
+                       unreachable_ok=case.target == "--url")
     COUNTS["cases"] += 1
     if failure is not None:
         COUNTS[failure] += 1
