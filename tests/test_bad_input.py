@@ -133,3 +133,67 @@ def test_boards_dir_reaches_every_board_lookup(tmp_path: Path) -> None:
                                      "--strategies", "ftte", "--json"])
     assert study.exit_code == 0 and "unknown board" not in study.output, study.output
     assert registry._command_dirs == ()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["simulate", "--seed", "-1"], "--seed"),
+    (["simulate", "--eval-samples", "-1"], "--eval-samples"),
+    (["simulate", "--lr", "1e9"], "1000000000.0 is not in the range 0<x<=10"),
+    (["simulate", "--lr", "nan"], "'nan' is not a finite number"),
+    (["simulate", "--epochs", "100000"], "100000 is not in the range 1<=x<=1000"),
+    (["simulate", "--norm-bound", "-1"], "--norm-bound"),
+    (["simulate", "--max-sim-seconds", "-1"], "--max-sim-seconds"),
+    (["simulate", "--max-versions", str(2**64)], "--max-versions"),
+    (["simulate", "--workers", "0"], "--workers"),
+    (["simulate", "--clients", "100000000"], "100000000 is not in the range 1<=x<=100000"),
+    (["demo", "--simulate", "--max-seconds", "inf"], "'inf' is not a finite number"),
+    (["emulate", "--board", "mps2-an386", "--count", "257"], "257 is not in the range 1<=x<=256"),
+    (["emulate", "--board", "mps2-an386", "--ready-timeout", "nan"], "'nan' is not a finite number in the range x>0"),
+    (["run", "--emulate", "257"], "257 boards: give at most 256"),
+    (["run", "--simulate", "100001"], "100001 boards: give at most 100,000"),
+    (["run", "--simulate", "2", "--max-seconds", "nan"], "--max-seconds"),
+    (["devices", "--url", ""], "--url"),
+    (["check", "digits_cnn", "--url", "sim://mps2-an386", "--samples", str(2**64)], "--samples"),
+])
+def test_issue_17_option_cases_are_usage_errors(args: list[str], needle: str) -> None:
+    """The issue's list (and the fuzz's finds), kept by name: refused by the option's type before any work."""
+    _fails_cleanly(args, needle)
+
+
+def test_representative_is_checked_before_conversion_and_refused_where_ignored(tmp_path: Path) -> None:
+    """`plan x.keras --representative x.npz` (an .npz where a .npy is expected, here a forged one) is one
+    line, not `'NpzFile' object has no attribute 'dtype'`; with a zoo model it would be ignored: refused."""
+    keras = tmp_path / "x.keras"
+    keras.write_bytes(b"not a zip")
+    forged = _forged_npz(tmp_path / "x.npz", (10**9, 8, 8, 1))
+    _fails_cleanly(["plan", str(keras), "--board", "nrf52840", "--representative", str(forged)],
+                   "more than tinyfed loads")
+    np.save(tmp_path / "rep.npy", np.zeros((4, 8, 8, 1), np.float32))
+    _fails_cleanly(["plan", "digits_cnn", "--board", "nrf52840", "--representative", str(tmp_path / "rep.npy")],
+                   "--representative", "drop it")
+
+
+def test_run_data_shape_and_pairing_are_checked(tmp_path: Path) -> None:
+    """A scalar `x` was a TypeError (exit 3); --test-data without --data was silently ignored."""
+    np.savez(tmp_path / "scalar.npz", x=np.float32(1.0), y=np.int64(0))
+    base = ["run", "--simulate", "2", "--model", "digits_cnn", "--max-versions", "1", "--out", str(tmp_path / "r")]
+    _fails_cleanly([*base, "--data", str(tmp_path / "scalar.npz")], "x is a single value of shape ()")
+    _fails_cleanly([*base, "--test-data", str(tmp_path / "scalar.npz")], "no --data is given")
+    assert not (tmp_path / "r").exists()
+
+
+def test_option_bounds_are_the_config_bounds() -> None:
+    """simulate's options take their ranges from the config fields they set (one place for a bound), and
+    options.py restates the fleet bound without importing pydantic."""
+    import click
+
+    from tinyfed.boards.schema import MAX_FLEET_DEVICES
+    from tinyfed.commands import options
+    from tinyfed.commands.simulate import simulate
+    from tinyfed.host.config import Training
+
+    assert options.MAX_FLEET_DEVICES == MAX_FLEET_DEVICES
+    lr = next(p for p in simulate.params if p.name == "lr").type
+    assert isinstance(lr, options.FiniteFloatRange) and (lr.min, lr.max, lr.min_open) == (0, 10, True)
+    epochs = options.field_range(Training, "epochs")
+    assert isinstance(epochs, click.IntRange) and (epochs.min, epochs.max) == (1, 1000)

@@ -57,6 +57,17 @@ def check_error(problem: str, *, fix: str, key: tuple[str | int, ...] = ()) -> P
     return PydanticCustomError(CHECK_ERROR, "{problem}", {"problem": problem, "fix": fix, "key": key})
 
 
+#: Upper bounds of a board file's numbers: what the protocol can carry or no microcontroller comes
+#: near, so a typo (an extra digit, a size in bytes where KiB are meant) is named, not planned for.
+#: HELLO carries RAM and flash sizes in 32-bit bytes, its payload limit in 16 bits.
+MAX_MEMORY_KIB = 4 * 1024 * 1024
+MAX_FRAME_BYTES = 65_535
+MAX_CLOCK_MHZ = 10_000
+MAX_OPS_PER_S = 10**13
+MAX_BAUD = 100_000_000
+MAX_LINK_BYTES_PER_S = 10**10
+
+
 class _Table(BaseModel):
     """Base for every TOML table: unknown keys are errors, types are exact, values immutable."""
 
@@ -66,8 +77,8 @@ class _Table(BaseModel):
 class FirmwareReserve(_Table):
     """Memory the firmware itself uses (code, stacks, link buffers, runtime), not fragments."""
 
-    ram_kib: int = Field(ge=0, description="RAM the firmware uses, in KiB")
-    flash_kib: int = Field(ge=0, description="flash the firmware image uses, in KiB")
+    ram_kib: int = Field(ge=0, le=MAX_MEMORY_KIB, description="RAM the firmware uses, in KiB")
+    flash_kib: int = Field(ge=0, le=MAX_MEMORY_KIB, description="flash the firmware image uses, in KiB")
     source: ReserveSource = Field(
         description="'estimate' until the firmware build writes back 'linker-map' values",
     )
@@ -77,12 +88,14 @@ class Link(_Table):
     """The host link: a UART (with a baud rate) or USB CDC (with a measured/estimated rate)."""
 
     kind: LinkKind = Field(description="'uart' or 'usb'")
-    baud: int | None = Field(default=None, gt=0, validate_default=True, description="UART baud rate (uart only)")
+    baud: int | None = Field(default=None, gt=0, le=MAX_BAUD, validate_default=True,
+                             description="UART baud rate (uart only)")
     usb_bytes_per_s: int | None = Field(
-        default=None, gt=0, validate_default=True, description="sustained USB CDC throughput in bytes/s (usb only)"
+        default=None, gt=0, le=MAX_LINK_BYTES_PER_S, validate_default=True,
+        description="sustained USB CDC throughput in bytes/s (usb only)"
     )
     max_frame_bytes: int = Field(
-        ge=16, description="largest frame the board accepts; its link buffers are sized from it"
+        ge=16, le=MAX_FRAME_BYTES, description="largest frame the board accepts; its link buffers are sized from it"
     )
 
     @field_validator("baud")
@@ -163,8 +176,8 @@ class Emulator(_Table):
 class Speed(_Table):
     """Training throughput; estimates until the firmware benchmark measures them."""
 
-    int8_macs_per_s: int = Field(gt=0, description="int8 multiply-accumulates per second")
-    fp32_flops_per_s: int = Field(gt=0, description="fp32 floating-point operations per second")
+    int8_macs_per_s: int = Field(gt=0, le=MAX_OPS_PER_S, description="int8 multiply-accumulates per second")
+    fp32_flops_per_s: int = Field(gt=0, le=MAX_OPS_PER_S, description="fp32 floating-point operations per second")
     measured: bool = Field(description="true once the firmware benchmark has measured these numbers")
     source: str = Field(min_length=1, description="where the numbers come from")
 
@@ -179,10 +192,10 @@ class Board(_Table):
     description: str = Field(min_length=1, description="one line about the board")
     core: Core = Field(description="CPU core used for training (one core of a multi-core part)")
     fpu: Fpu = Field(description="'none', 'sp' (single precision) or 'dp' (double, includes single)")
-    clock_mhz: int = Field(gt=0, description="core clock in MHz")
-    burst_clock_mhz: int | None = Field(default=None, gt=0, description="optional burst clock in MHz")
-    ram_kib: int = Field(gt=0, description="on-chip RAM in KiB")
-    flash_kib: int = Field(gt=0, description="program flash in KiB")
+    clock_mhz: int = Field(gt=0, le=MAX_CLOCK_MHZ, description="core clock in MHz")
+    burst_clock_mhz: int | None = Field(default=None, gt=0, le=MAX_CLOCK_MHZ, description="optional burst clock in MHz")
+    ram_kib: int = Field(gt=0, le=MAX_MEMORY_KIB, description="on-chip RAM in KiB")
+    flash_kib: int = Field(gt=0, le=MAX_MEMORY_KIB, description="program flash in KiB")
     flash_external: bool = Field(default=False, description="true when flash is an external (QSPI) chip")
     emulated: bool = Field(default=False, description="true when the board exists only as an emulator machine")
     pyocd_target: str | None = Field(default=None, min_length=1,

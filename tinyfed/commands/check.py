@@ -12,8 +12,11 @@ from rich import box
 from rich.table import Table
 
 from tinyfed.commands.console import output_console, phase
-from tinyfed.commands.options import boards_dir_option, fleet_option, json_option, url_option
+from tinyfed.commands.options import FiniteFloatRange, boards_dir_option, fleet_option, json_option, url_option
 from tinyfed.errors import ModelError
+
+#: The most inputs `check` runs per board: each is a round trip over the link.
+MAX_CHECK_SAMPLES = 100_000
 
 
 def _tflite_bytes(model: str) -> tuple[str, bytes]:
@@ -41,8 +44,9 @@ def _tflite_bytes(model: str) -> tuple[str, bytes]:
 @url_option
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz of inputs (array x, batch first; float is quantized). Default: random int8 inputs.")
-@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Inputs to run per board.")
-@click.option("--timeout", type=click.FloatRange(0, 60, min_open=True), default=0.5, show_default=True,
+@click.option("--samples", type=click.IntRange(1, MAX_CHECK_SAMPLES), default=16, show_default=True,
+              help="Inputs to run per board.")
+@click.option("--timeout", type=FiniteFloatRange(0, 60, min_open=True), default=0.5, show_default=True,
               help="Seconds to wait for each response.")
 @boards_dir_option
 @json_option

@@ -23,6 +23,9 @@ import click
 
 from tinyfed.commands.options import (
     DEFAULT_BOARD_COUNT,
+    MAX_FLEET_DEVICES,
+    MAX_STEPS,
+    FiniteFloatRange,
     boards_dir_option,
     check_jsonl,
     count_option,
@@ -60,12 +63,12 @@ def missing_emulation_tools() -> list[str]:
 @click.command("demo")
 @kind_count_option("simulate", "Use in-process simulated boards (sim://) instead of QEMU")
 @count_option("How many boards.", default=None)
-@deprecated_alias("--boards", "--count", "count", click.IntRange(min=1))
+@deprecated_alias("--boards", "--count", "count", click.IntRange(1, MAX_FLEET_DEVICES))
 @target_accuracy_option(DEMO_TARGET, "Stop at this test accuracy (lower than run's 0.85: the demo starts from a "
                                      "fresh classifier head and should end in minutes).")
-@click.option("--max-windows", type=click.IntRange(min=1),
+@click.option("--max-windows", type=click.IntRange(1, MAX_STEPS),
               help="Cap each board's local windows (faster versions; default: each user's whole share).")
-@click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=DEMO_MAX_SECONDS,
+@click.option("--max-seconds", type=FiniteFloatRange(0, min_open=True), default=DEMO_MAX_SECONDS,
               show_default=True, help="Give up after this many seconds of training.")
 @seed_option("Seed of the fresh head, the sample orders and every other random choice.")
 @out_dir_option("Run directory; default runs/demo-<time>.")

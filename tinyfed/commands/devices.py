@@ -10,14 +10,14 @@ from rich import box
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, fleet_option, json_option, url_option
+from tinyfed.commands.options import FiniteFloatRange, boards_dir_option, fleet_option, json_option, url_option
 
 
 @click.command("devices")
 @fleet_option("The devices to list: its entries list device URLs (`tinyfed emulate --out` writes one).")
 @url_option
 @click.option("--scan", is_flag=True, help="List this machine's serial ports and debug probes instead (no fleet).")
-@click.option("--timeout", type=click.FloatRange(0, 60, min_open=True), default=0.5, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(0, 60, min_open=True), default=0.5, show_default=True,
               help="Seconds to wait for each response.")
 @click.option("--retries", type=click.IntRange(0, 100), default=2, show_default=True,
               help="Retransmissions before a device counts as unreachable.")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import click
 
-from tinyfed.commands.options import boards_dir_option, count_option, json_option, out_dir_option
+from tinyfed.commands.options import (
+    MAX_EMULATED_BOARDS,
+    FiniteFloatRange,
+    boards_dir_option,
+    count_option,
+    json_option,
+    out_dir_option,
+)
 from tinyfed.firmware_bridge.emulate.emulator import DEFAULT_READY_TIMEOUT
 
 #: The fleet file ``--out DIR`` writes.
@@ -17,12 +24,13 @@ FLEET_FILE = "fleet.toml"
 
 @click.command("emulate")
 @click.option("--board", "board_name", required=True, help="Board with a QEMU machine (e.g. mps2-an386).")
-@count_option("How many boards to boot (each QEMU takes about 40 MB of host memory).", default=1, most=256)
+@count_option("How many boards to boot (each QEMU takes about 40 MB of host memory).", default=1,
+              most=MAX_EMULATED_BOARDS)
 @out_dir_option(f"Write DIR/{FLEET_FILE}, a fleet file of the boards' socket:// URLs (for --fleet in `devices`, "
                 "`check`, `run`); removed on exit.")
 @click.option("--elf", "elf_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Firmware ELF (default: build it with `tinyfed firmware build`).")
-@click.option("--ready-timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_READY_TIMEOUT,
+@click.option("--ready-timeout", type=FiniteFloatRange(0, min_open=True), default=DEFAULT_READY_TIMEOUT,
               show_default=True,
               help="Seconds each board has to answer its first PING.")
 @boards_dir_option

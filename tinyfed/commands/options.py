@@ -2,10 +2,51 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import click
+
+#: The most boards a fleet may hold (``tinyfed.boards.schema.MAX_FLEET_DEVICES``, restated so that
+#: ``tinyfed --help`` imports no pydantic; tests/test_fuzz_cli.py holds them equal).
+MAX_FLEET_DEVICES = 100_000
+#: The most QEMU boards one command boots (each is a process with its own RAM).
+MAX_EMULATED_BOARDS = 256
+#: The most versions, windows or samples a count option takes: far beyond any run, and a typo's
+#: 2**64 is refused before it reaches numpy's int64.
+MAX_STEPS = 10**9
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that refuses nan and the infinities: click's FloatRange lets ``nan`` through
+    (every comparison with nan is false) and ``inf`` wherever the range has no upper end."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}.", param, ctx)
+        return rv
+
+
+def field_range(model: Any, key: str) -> click.ParamType:
+    """The click type of a config field (``model``: a pydantic model class): its Field bounds as the
+    option's range, so the command line and the config file refuse the same values, in one place."""
+    info = model.model_fields[key]
+    bounds: dict[str, Any] = {}
+    for m in info.metadata:
+        for name in ("ge", "gt", "le", "lt"):
+            if hasattr(m, name):
+                bounds[name] = getattr(m, name)
+    lo, hi = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    kind = info.annotation
+    if kind is int or kind == int | None:
+        if "gt" in bounds:
+            lo = bounds["gt"] + 1
+        if "lt" in bounds:
+            hi = bounds["lt"] - 1
+        return click.IntRange(lo, MAX_STEPS if hi is None else hi)
+    return FiniteFloatRange(lo, hi, min_open="gt" in bounds, max_open="lt" in bounds)
 
 
 #: Extra board directories: ``--boards-dir`` (repeatable) and the ``TINYFED_BOARDS_PATH``
@@ -38,15 +79,22 @@ def fleet_option(purpose: str, *, required: bool = False) -> Any:
                         help=f"{purpose} A fleet TOML file, or a shipped preset's name (smartwatch, emulated).")
 
 
+def _non_empty(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty name is a usage error here, not a missing file or device later."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty", param=param)
+    return value
+
+
 #: One device instead of a fleet file (``devices``, ``check``).
-url_option = click.option("--url", metavar="URL",
+url_option = click.option("--url", metavar="URL", callback=_non_empty,
                           help="One device instead of --fleet: a tty (/dev/ttyACM0), socket://HOST:PORT or sim://BOARD.")
 
 
 #: The nested-subset plan's cap on the common core (``plan``, ``simulate``, ``run``): one spelling, one check.
 core_budget_option = click.option(
     "--core-budget",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloatRange(0, min_open=True),
     default=None,
     help="Cap the common core w*'s training memory: a fraction of whole-model training memory (<= 1, e.g. 0.1) "
          "or bytes (> 1).",
@@ -99,9 +147,12 @@ class _OptionalCount(click.ParamType):
 
     name = "N"
 
+    def __init__(self, most: int = MAX_FLEET_DEVICES) -> None:
+        self.min, self.max = 1, most  # read as a range by tests/test_fuzz_cli.py
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
-            if value == 0 or value >= 1:
+            if value == 0 or 1 <= value <= self.max:
                 return value
         try:
             n = int(str(value), 10)
@@ -109,17 +160,21 @@ class _OptionalCount(click.ParamType):
             self.fail(f"{value!r} is not a whole number of boards", param, ctx)
         if n < 1:
             self.fail(f"{n} boards: give at least 1", param, ctx)
+        if n > self.max:
+            self.fail(f"{n} boards: give at most {self.max:,}", param, ctx)
         return n
 
 
 def kind_count_option(name: str, what: str) -> Any:
     """``--simulate [N]`` / ``--emulate [N]``: which kind of boards, and optionally how many
     (the same as ``--count N``); the value is 0 when the flag comes without a count."""
-    return click.option(f"--{name}", name, type=_OptionalCount(), is_flag=False, flag_value=0, default=None,
-                        metavar="[N]", help=f"{what}; N is the same as --count N.")
+    most = MAX_EMULATED_BOARDS if name == "emulate" else MAX_FLEET_DEVICES
+    return click.option(f"--{name}", name, type=_OptionalCount(most), is_flag=False, flag_value=0, default=None,
+                        metavar="[N]", help=f"{what}; N is the same as --count N (at most {most:,}).")
 
 
-def count_option(help_text: str, default: int | None = DEFAULT_BOARD_COUNT, *, most: int | None = None) -> Any:
+def count_option(help_text: str, default: int | None = DEFAULT_BOARD_COUNT, *,
+                 most: int = MAX_FLEET_DEVICES) -> Any:
     """``--count N``: how many boards, in every command that makes boards (``most``: a bound)."""
     return click.option("--count", "count", type=click.IntRange(min=1, max=most), default=default,
                         show_default=default is not None, help=help_text)
@@ -147,14 +202,14 @@ def deprecated_alias(old: str, new: str, dest: str, param_type: Any) -> Any:
 
 def seed_option(help_text: str, default: int | None = 0) -> Any:
     """``--seed N``: a non-negative integer in every command, recorded with what it made."""
-    return click.option("--seed", type=click.IntRange(min=0), default=default, show_default=default is not None,
-                        help=help_text)
+    return click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=default,
+                        show_default=default is not None, help=help_text)
 
 
 def target_accuracy_option(default: float | None, why: str) -> Any:
     """``--target-accuracy A``: the same name and range (0 < A <= 1) everywhere; each command's
     default and the reason for it are in its help and in docs/cli.md."""
-    return click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), default=default,
+    return click.option("--target-accuracy", type=FiniteFloatRange(0, 1, min_open=True), default=default,
                         show_default=default is not None, help=why)
 
 
@@ -162,6 +217,20 @@ def out_dir_option(help_text: str) -> Any:
     """``--out DIR``: always a directory (made if missing); what goes in it is the help's to say."""
     return click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
                         help=help_text)
+
+
+def check_representative(model: str, representative: Path | None) -> None:
+    """``--representative`` calibrates a ``.keras`` MODEL's int8 conversion: for any other MODEL it
+    would be silently ignored, so it is refused; for a ``.keras`` it is read and checked before the
+    slow conversion starts."""
+    if representative is None:
+        return
+    if Path(model).suffix.lower() != ".keras":
+        raise click.BadParameter(f"{representative} calibrates a .keras MODEL's int8 conversion, and {model} is "
+                                 "a zoo model or an int8 .tflite already: drop it", param_hint="--representative")
+    from tinyfed.models.arrays import read_array
+
+    read_array(representative, key="x")
 
 
 def complete_board_names(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:

@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyfed.commands.console import output_console, phase
-from tinyfed.commands.options import boards_dir_option, core_budget_option, fleet_option, json_option
+from tinyfed.commands.options import (
+    MAX_STEPS,
+    boards_dir_option,
+    check_representative,
+    core_budget_option,
+    fleet_option,
+    json_option,
+)
 from tinyfed.errors import BoardError
 from tinyfed.planner.config import TrainingConfig
 
@@ -29,7 +36,7 @@ def _kib(n: int | None) -> str:
               help="Representative inputs (.npy) for a .keras model.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Local training batch size on the boards (no RAM: the firmware accumulates one sample at a time).")
-@click.option("--head-cache-samples", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--head-cache-samples", type=click.IntRange(0, MAX_STEPS), default=0, show_default=True,
               help="Local samples per board whose frozen-head outputs the plan leaves room for (the firmware "
                    "caches them after the first epoch).")
 @click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adam"]), default="sgd", show_default=True,
@@ -75,6 +82,7 @@ def plan(
     from tinyfed.planner.plan import make_plan
     from tinyfed.planner.sources import load_model_source
 
+    check_representative(model, representative)
     if board_name is not None and fleet_path is None:
         fleet = single_board_fleet(get_board(board_name, boards_dirs))
     elif fleet_path is not None and board_name is None:

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from tinyfed.commands.console import output_console
-from tinyfed.commands.options import boards_dir_option, json_option, seed_option
+from tinyfed.commands.options import boards_dir_option, check_representative, json_option, seed_option
 from tinyfed.errors import TinyfedError
 
 
@@ -48,6 +48,8 @@ def profile(model: str, board_name: str, url: str | None, whole: bool, with_trai
     """
     from tinyfed.boards import get_board
     from tinyfed.host.profiling import PATHS, load_fragment, profile_model
+
+    check_representative(model, representative)
 
     board = get_board(board_name, boards_dirs)
     if url is None:

@@ -32,6 +32,8 @@ import click
 from tinyfed.commands.console import RunView, phase, print_jsonl
 from tinyfed.commands.options import (
     DEFAULT_BOARD_COUNT,
+    MAX_STEPS,
+    FiniteFloatRange,
     boards_dir_option,
     check_jsonl,
     core_budget_option,
@@ -164,11 +166,11 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
                    "(no y: reconstruct x; ROC AUC of the reconstruction error on y_test_anomaly, else R^2).")
 @target_accuracy_option(None, f"Classification: stop at this test accuracy (default: the config's, "
                               f"{DEFAULT_TARGET_ACCURACY}, above the pretrained start's 0.83).")
-@click.option("--target-metric", type=click.FloatRange(max=1),
+@click.option("--target-metric", type=FiniteFloatRange(max=1),
               help="Stop once the task's test metric reaches this (accuracy, micro_f1, r2 or auc).")
-@click.option("--max-versions", type=click.IntRange(min=1), help="Stop after this many global versions.")
-@click.option("--max-seconds", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
-@click.option("--max-windows", type=click.IntRange(min=1), help="Cap each device's local windows (speed).")
+@click.option("--max-versions", type=click.IntRange(1, MAX_STEPS), help="Stop after this many global versions.")
+@click.option("--max-seconds", type=FiniteFloatRange(0, min_open=True), help="Stop after this many seconds.")
+@click.option("--max-windows", type=click.IntRange(1, MAX_STEPS), help="Cap each device's local windows (speed).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="NPZ with x and y (and x_test, y_test) to shard across the boards; needed for a .tflite --model. "
                    "y: integer labels (classify), 0/1 rows (multilabel), real rows (regress), none (autoencode; "
@@ -178,7 +180,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
                    "evaluation (default: those of --data).")
 @click.option("--partition", type=click.Choice(get_args(Partition)),
               help="How the data is sharded across the boards (default: the config's, natural = by user).")
-@click.option("--alpha", type=click.FloatRange(0, min_open=True),
+@click.option("--alpha", type=FiniteFloatRange(0, min_open=True),
               help="Dirichlet concentration for --partition dirichlet (smaller is more skewed).")
 @seed_option("Seed of the data shards, the boards' shuffles and the strategy's draws (default: the config's, 0).",
              default=None)

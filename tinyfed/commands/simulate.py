@@ -28,11 +28,13 @@ from pydantic import BaseModel
 from tinyfed.commands.console import StudyProgress, output_console, phase, print_jsonl
 from tinyfed.commands.options import (
     DASHBOARD,
+    MAX_STEPS,
     boards_dir_option,
     check_jsonl,
     core_budget_option,
     dashboard_option,
     deprecated_alias,
+    field_range,
     json_option,
     jsonl_option,
     out_dir_option,
@@ -50,9 +52,13 @@ from tinyfed.host.config import (
     Training,
 )
 from tinyfed.host.decomposition import decomposition, format_decomposition
+from tinyfed.host.simulator import StudyConfig
 from tinyfed.host.strategies import DEFAULT_OVERSELECT_FACTOR, SERVER_OPTIMIZERS, STRATEGIES
 
 log = logging.getLogger(__name__)
+
+#: The most studies `--seeds`/`--partitions` run at once (each is a process with its own data).
+MAX_WORKERS = 64
 
 SUMMARY_FIELDS = ("strategy", "payload", "reached_target", "time_to_target_s", "versions_to_target", "versions",
                   "sim_seconds", "final_accuracy", "end_accuracy_mean", "best_accuracy", "device_memory_bytes",
@@ -197,9 +203,9 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 
 @click.command("simulate")
 @click.option("--model", default="har_cnn", show_default=True, help="Zoo model (har_cnn, digits_cnn).")
-@click.option("--count", "clients", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--count", "clients", type=field_range(StudyConfig, "clients"), default=500, show_default=True,
               help="How many simulated boards.")
-@deprecated_alias("--clients", "--count", "clients", click.IntRange(min=1))
+@deprecated_alias("--clients", "--count", "clients", field_range(StudyConfig, "clients"))
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
               help="Comma-separated strategy labels NAME[@subset|@dense][+overselect]: @subset trains FTTE's w* "
                    "(int8 updates, head cache), @dense the whole model (float32 updates), +overselect samples "
@@ -207,10 +213,12 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @target_accuracy_option(None, "Time to target = simulated time of the first version with test accuracy >= this "
                              "[default: 0.8 for har_cnn, 0.75 for digits_cnn: reachable from a fresh head by "
                              "every strategy].")
-@click.option("--stragglers", type=float, default=0.9, show_default=True, help="Fraction of straggling devices.")
+@click.option("--stragglers", type=field_range(StudyConfig, "stragglers"),
+              default=0.9, show_default=True, help="Fraction of straggling devices.")
 @click.option("--slowdown", default="uniform:2:10", show_default=True,
               help="Straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F.")
-@click.option("--dropout", type=float, default=0.0, show_default=True, help="Probability a task is lost.")
+@click.option("--dropout", type=field_range(StudyConfig, "dropout"),
+              default=0.0, show_default=True, help="Probability a task is lost.")
 @click.option("--availability", default="always", show_default=True,
               help="When devices can work: always, or PERIOD:FRACTION (online FRACTION of every PERIOD simulated "
                    "seconds, each device at its own phase; a task still running when its window closes is lost).")
@@ -218,66 +226,82 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Fleet mix, BOARD:SHARE,...")
 @click.option("--partition", type=click.Choice(get_args(Partition)), default=None,
               help="Data split (default: natural when the data has users, else iid).")
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet concentration.")
+@click.option("--alpha", type=field_range(StudyConfig, "alpha"),
+              default=0.5, show_default=True, help="Dirichlet concentration.")
 @seed_option("Seed of the fleet, the data shards, the stragglers and every draw of the strategies.")
 @click.option("--start", type=click.Choice(sorted(get_args(Start))), default="fresh-head", show_default=True,
               help="fresh-head: the classifier head drawn anew (seeded), the same for every strategy.")
-@click.option("--epochs", type=int, default=_table_default(Training, "epochs"), show_default=True,
+@click.option("--epochs", type=field_range(Training, "epochs"),
+              default=_table_default(Training, "epochs"), show_default=True,
               help="Local epochs per training task on a board.")
-@click.option("--lr", type=float, default=_table_default(Training, "lr"), show_default=True,
+@click.option("--lr", type=field_range(Training, "lr"), default=_table_default(Training, "lr"), show_default=True,
               help="Device SGD learning rate.")
-@click.option("--batch-size", type=int, default=_table_default(Training, "batch_size"), show_default=True,
+@click.option("--batch-size", type=field_range(Training, "batch_size"),
+              default=_table_default(Training, "batch_size"), show_default=True,
               help="Local mini-batch size on a board.")
-@click.option("--buffer-size", type=int, default=_table_default(StrategyParams, "buffer_size"), show_default=True,
+@click.option("--buffer-size", type=field_range(StrategyParams, "buffer_size"),
+              default=_table_default(StrategyParams, "buffer_size"), show_default=True,
               help="K of FTTE and FedBuff.")
-@click.option("--clients-per-round", type=int, default=_table_default(StrategyParams, "clients_per_round"),
+@click.option("--clients-per-round", type=field_range(StrategyParams, "clients_per_round"),
+              default=_table_default(StrategyParams, "clients_per_round"),
               show_default=True, help="m of FedAvg.")
-@click.option("--server-lr", type=float, default=_table_default(StrategyParams, "server_lr"), show_default=True,
+@click.option("--server-lr", type=field_range(StrategyParams, "server_lr"),
+              default=_table_default(StrategyParams, "server_lr"), show_default=True,
               help="Server learning rate: the step the aggregated update is applied with.")
-@click.option("--staleness-exponent", type=float, default=_table_default(StrategyParams, "staleness_exponent"),
+@click.option("--staleness-exponent", type=field_range(StrategyParams, "staleness_exponent"),
+              default=_table_default(StrategyParams, "staleness_exponent"),
               show_default=True, help="a in (1 + tau)^-a, FTTE's and FedBuff's staleness weight.")
-@click.option("--variance-gamma", type=float, default=_table_default(StrategyParams, "variance_gamma"),
+@click.option("--variance-gamma", type=field_range(StrategyParams, "variance_gamma"),
+              default=_table_default(StrategyParams, "variance_gamma"),
               show_default=True, help="gamma of FTTE's variance weight (0 turns it off).")
-@click.option("--variance-floor", type=click.FloatRange(0, 1),
+@click.option("--variance-floor", type=field_range(StrategyParams, "variance_floor"),
               default=_table_default(StrategyParams, "variance_floor"), show_default=True,
               help="g_min: the least variance factor FTTE gives an update (0: no floor).")
-@click.option("--agreement-exponent", type=click.FloatRange(0),
+@click.option("--agreement-exponent", type=field_range(StrategyParams, "agreement_exponent"),
               default=_table_default(StrategyParams, "agreement_exponent"), show_default=True,
               help="beta of FTTE's max(0, cos(update, buffer mean))^beta weight (0: off).")
-@click.option("--concurrency", type=int, default=None,
+@click.option("--concurrency", type=field_range(StrategyParams, "concurrency"), default=None,
               help="Most devices training at once under FTTE and FedBuff [default: every idle device].")
 @click.option("--server-optimizer", type=click.Choice(SERVER_OPTIMIZERS),
               default=_table_default(StrategyParams, "server_optimizer"), show_default=True,
               help="The server's step on the weighted mean of the updates, for every strategy: sgd (plain), "
                    "momentum (FedAvgM), adam (FedAdam), yogi (FedYogi).")
-@click.option("--server-momentum", type=float, default=_table_default(StrategyParams, "server_momentum"),
+@click.option("--server-momentum", type=field_range(StrategyParams, "server_momentum"),
+              default=_table_default(StrategyParams, "server_momentum"),
               show_default=True, help="beta1 of momentum, adam and yogi.")
-@click.option("--server-beta2", type=float, default=_table_default(StrategyParams, "server_beta2"),
+@click.option("--server-beta2", type=field_range(StrategyParams, "server_beta2"),
+              default=_table_default(StrategyParams, "server_beta2"),
               show_default=True, help="beta2 of adam and yogi.")
-@click.option("--server-tau", type=float, default=_table_default(StrategyParams, "server_tau"), show_default=True,
+@click.option("--server-tau", type=field_range(StrategyParams, "server_tau"),
+              default=_table_default(StrategyParams, "server_tau"), show_default=True,
               help="Adaptivity epsilon of adam and yogi.")
-@click.option("--round-deadline", type=float, default=None,
+@click.option("--round-deadline", type=field_range(StudyConfig, "round_deadline_s"), default=None,
               help="Simulated seconds after its dispatch a FedAvg round closes with what arrived (a round "
                    "with nothing in is sampled again) [default: wait for every sampled device].")
-@click.option("--overselect-factor", type=float, default=DEFAULT_OVERSELECT_FACTOR, show_default=True,
+@click.option("--overselect-factor", type=field_range(StudyConfig, "overselect_factor"),
+              default=DEFAULT_OVERSELECT_FACTOR, show_default=True,
               help="f of the +overselect variants: ceil(f x m) devices sampled, the round closes at m.")
 @click.option("--head-cache/--no-head-cache", default=_table_default(Training, "head_cache"), show_default=True,
               help="Run the frozen fragment once per task and reuse its outputs (subset payloads).")
-@click.option("--max-staleness", type=int, default=_table_default(Checks, "max_staleness"), show_default=True,
+@click.option("--max-staleness", type=field_range(Checks, "max_staleness"),
+              default=_table_default(Checks, "max_staleness"), show_default=True,
               help="Update check (as tinyfed run).")
-@click.option("--norm-bound", type=float, default=_table_default(Checks, "norm_bound"), show_default=True,
+@click.option("--norm-bound", type=field_range(Checks, "norm_bound"),
+              default=_table_default(Checks, "norm_bound"), show_default=True,
               help="Update check (as tinyfed run).")
-@click.option("--max-versions", type=int, default=400, show_default=True,
+@click.option("--max-versions", type=field_range(StudyConfig, "max_versions"), default=400, show_default=True,
               help="Stop a strategy after this many global versions.")
-@click.option("--max-sim-seconds", type=float, default=None, help="Stop at this simulated time.")
+@click.option("--max-sim-seconds", type=field_range(StudyConfig, "max_sim_seconds"),
+              default=None, help="Stop at this simulated time.")
 @click.option("--run-past-target", is_flag=True, help="Keep going after the target (to the max limits).")
 @click.option("--horizon", default="auto", show_default=True,
               help="Run every strategy on to this simulated time after its target and take the final accuracies "
                    "there: auto = the latest time any strategy stopped at / 0.9 (so every end window, the last "
                    "tenth, lies after every time to target), none = each stops at its own target, or seconds.")
-@click.option("--evaluate-every", type=int, default=_table_default(Evaluation, "every_versions"), show_default=True,
+@click.option("--evaluate-every", type=field_range(Evaluation, "every_versions"),
+              default=_table_default(Evaluation, "every_versions"), show_default=True,
               help="Evaluate every N-th version.")
-@click.option("--eval-samples", type=int, default=0, show_default=True,
+@click.option("--eval-samples", type=click.IntRange(0, MAX_STEPS), default=0, show_default=True,
               help="Evaluate each version on this many test samples (fixed, seeded; 0 = the whole test split). "
                    "Faster for the dense baselines, but the time to target gets noisier; the final accuracy is "
                    "always on the whole test split.")
@@ -285,7 +309,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Subset strategies train nested subsets: each board profile the largest superset of the common "
                    "w* its own budget holds (the server averages each value over the updates that carry it).")
 @core_budget_option
-@click.option("--nested-refresh-versions", type=int, default=None,
+@click.option("--nested-refresh-versions", type=field_range(StudyConfig, "nested_refresh_versions"), default=None,
               help="With --nested-subsets: every N versions re-cut each class's frozen fragment and tail from the "
                    "global vector and send them again (charged to each board's next download); default never.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -298,7 +322,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--partitions", default=None,
               help="With several studies: the data splits, comma-separated (natural, iid, dirichlet:ALPHA), "
                    "e.g. natural,iid,dirichlet:0.1,dirichlet:0.5 [default: --partition's].")
-@click.option("--workers", type=int, default=2, show_default=True,
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=2, show_default=True,
               help="With --seeds/--partitions: studies run at once, each in its own process.")
 @out_dir_option("Write summary.csv, history.csv, study.json and PNG plots here (several studies: "
                 "fair_study.json, fair_runs.csv, fair_summary.csv).")

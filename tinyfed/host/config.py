@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from tinyfed.boards.schema import check_error
+from tinyfed.boards.schema import MAX_FLEET_DEVICES, check_error
 from tinyfed.boards.validation import read_toml, suggest, validate
 from tinyfed.errors import DataFileError, FieldIssue
 from tinyfed.host.strategies import (
@@ -66,6 +66,10 @@ TaskName = Literal["classify", "multilabel", "regress", "autoencode"]
 
 #: The stop target of a classification run that names none (test accuracy).
 DEFAULT_TARGET_ACCURACY = 0.85
+
+#: The most global versions a limit, a staleness bound or an evaluation period may count: far beyond
+#: any run, and a typo's 2**64 is refused before it reaches numpy's int64.
+MAX_VERSIONS = 10**9
 
 #: File name of the recorded config inside a run directory.
 CONFIG_FILE = "config.toml"
@@ -128,7 +132,7 @@ class StrategyParams(ConfigTable):
     in code agree.
     """
 
-    buffer_size: int = Field(default=FTTEParams.buffer_size, ge=1,
+    buffer_size: int = Field(default=FTTEParams.buffer_size, ge=1, le=MAX_FLEET_DEVICES,
                              description="K: updates buffered before a new version (ftte, fedbuff)")
     staleness_exponent: float = Field(default=FTTEParams.staleness_exponent, ge=0,
                                       description="a in s(tau) = (1 + tau)^-a (ftte, fedbuff)")
@@ -138,7 +142,7 @@ class StrategyParams(ConfigTable):
                                   description="g_min: least variance factor before gamma (ftte); 1 turns it off")
     agreement_exponent: float = Field(default=FTTEParams.agreement_exponent, ge=0,
                                       description="beta of max(0, cos(delta_i, buffer mean))^beta (ftte); 0: off")
-    concurrency: int | None = Field(default=FTTEParams.concurrency, ge=1,
+    concurrency: int | None = Field(default=FTTEParams.concurrency, ge=1, le=MAX_FLEET_DEVICES,
                                     description="most devices training at once (ftte, fedbuff); None: every idle one")
     server_lr: float = Field(default=FTTEParams.server_lr, gt=0, description="eta_g: server step size")
     server_optimizer: ServerOptimizerName = Field(
@@ -149,7 +153,7 @@ class StrategyParams(ConfigTable):
     server_beta2: float = Field(default=FTTEParams.server_beta2, ge=0, lt=1, description="beta2 of adam and yogi")
     server_tau: float = Field(default=FTTEParams.server_tau, gt=0,
                               description="tau, the adaptivity epsilon of adam and yogi")
-    clients_per_round: int = Field(default=FedAvgParams.clients_per_round, ge=1,
+    clients_per_round: int = Field(default=FedAvgParams.clients_per_round, ge=1, le=MAX_FLEET_DEVICES,
                                    description="m: devices sampled per round (fedavg)")
     round_deadline_s: float | None = Field(default=FedAvgParams.round_deadline_s, gt=0,
                                            description="seconds after its dispatch a round closes with what "
@@ -163,7 +167,7 @@ class Limits(ConfigTable):
     """When to stop if the target (the task's metric) is not reached; each limit is optional."""
 
     max_seconds: float | None = Field(default=None, gt=0, description="wall-clock seconds of training")
-    max_versions: int | None = Field(default=None, gt=0, description="global model versions")
+    max_versions: int | None = Field(default=None, gt=0, le=MAX_VERSIONS, description="global model versions")
     max_bytes: int | None = Field(
         default=None, gt=0,
         description="task bytes over the links (weights down plus updates up; provisioning not counted)")
@@ -192,14 +196,14 @@ class Checks(ConfigTable):
         default=100.0, gt=0, description="largest L2 norm of a dequantized update (raise it to loosen the check)",
     )
     max_staleness: int = Field(
-        default=20, ge=0, description="oldest accepted update, in versions behind the global model",
+        default=20, ge=0, le=MAX_VERSIONS, description="oldest accepted update, in versions behind the global model",
     )
 
 
 class Evaluation(ConfigTable):
     """How often the global model is evaluated on the held-out split."""
 
-    every_versions: int = Field(default=1, ge=1, description="evaluate after every N-th new version")
+    every_versions: int = Field(default=1, ge=1, le=MAX_VERSIONS, description="evaluate after every N-th new version")
 
 
 class Devices(ConfigTable):

@@ -109,6 +109,10 @@ def load_run_data(model: str, npz: str | Path | None = None, test_npz: str | Pat
 
     ``task`` is the run's task (None: the one the model and the data imply, see :func:`resolve_task`).
     """
+    if npz is None and test_npz is not None:  # a zoo model's own test split would be used: say so, do not ignore it
+        raise DatasetError("--test-data (data.test_npz) is the held-out split of --data (data.npz), and no --data "
+                           "is given", fix="add --data NPZ, or drop --test-data to use the zoo model's own data",
+                           source=str(test_npz))
     return user_run_data(model, npz, test_npz, task) if npz is not None else zoo_run_data(model, task)
 
 
@@ -228,6 +232,11 @@ def _checked(arrays: dict[str, np.ndarray], xk: str, yk: str, path: Path, in_sha
         raise DatasetError(f"{path.name} has no {' or '.join(missing)} (it has {present})",
                            fix=f"save the arrays as {'= and '.join(need)}= (numpy.savez)", source=str(path))
     x = np.asarray(arrays[xk])
+    for key in need:
+        if np.ndim(arrays[key]) == 0:
+            raise DatasetError(f"{key} is a single value of shape (); it must be an array with one row per sample",
+                               fix=f"save {key} with the samples along its first axis (numpy.savez)",
+                               source=str(path))
     if task is Task.AUTOENCODE:
         if yk in arrays:
             log.info("%s: %s ignored: an autoencoder's target is its input", path.name, yk)

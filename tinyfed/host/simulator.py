@@ -44,6 +44,7 @@ from tinyfed.boards.schema import MAX_FLEET_DEVICES, check_error
 from tinyfed.boards.validation import suggest
 from tinyfed.errors import TinyfedError
 from tinyfed.host.config import (
+    MAX_VERSIONS,
     Checks,
     ConfigTable,
     Evaluation,
@@ -1044,19 +1045,21 @@ class StudyConfig(ConfigTable):
     start: Start = Field(default="fresh-head", description="'fresh-head' (the head drawn anew, seeded) or 'pretrained'")
     target_accuracy: float | None = Field(default=0.8, gt=0, le=1, description="time to target is taken here")
     stop_at_target: bool = True
-    max_versions: int | None = Field(default=400, ge=1)
+    max_versions: int | None = Field(default=400, ge=1, le=MAX_VERSIONS)
     max_sim_seconds: float | None = Field(default=None, gt=0)
     max_wall_seconds: float | None = Field(default=None, gt=0)
     training: Training = Field(default_factory=Training)
     strategy_params: StrategyParams = Field(default_factory=StrategyParams)
     checks: Checks = Field(default_factory=Checks)
     evaluation: Evaluation = Field(default_factory=Evaluation)
-    eval_samples: int | None = Field(default=None, ge=1, description="None: the whole test split after every version")
+    eval_samples: int | None = Field(default=None, ge=1, le=MAX_VERSIONS,
+                                     description="None: the whole test split after every version")
     nested_subsets: bool = Field(default=False, description="subset strategies train nested subsets: each board "
                                  "profile the largest superset of the common w* its budget holds")
     nested_refresh_versions: int | None = Field(
-        default=None, ge=1, description="nested subsets: every this many versions each class's frozen fragment and "
-                                        "tail are re-cut from the global vector and sent again; None: never")
+        default=None, ge=1, le=MAX_VERSIONS,
+        description="nested subsets: every this many versions each class's frozen fragment and tail are re-cut from "
+                    "the global vector and sent again; None: never")
     core_budget: float | None = Field(default=None, gt=0, description="cap of w*'s (the common core's) training "
                                       "memory: a fraction of whole-model training memory (<= 1) or bytes")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
