@@ -172,13 +172,13 @@ def _content_rejection(update: Update, who: str, size: int, norm_bound: float | 
     if not 0.0 <= float(update.loss) <= MAX_LOSS:
         return Rejection(Reason.BAD_LOSS, f"{who} reports a train loss of {update.loss!r}; a loss lies in "
                                           f"[0, {MAX_LOSS:g}]")
-    if check_variance:
-        problem = variance_problem(float(update.variance), delta)
-        if problem:
-            return Rejection(Reason.BAD_VARIANCE, f"{who} {problem}")
     if norm_bound is not None:
         norm = float(np.linalg.norm(delta.astype(np.float64)))
         if norm > norm_bound:
             return Rejection(Reason.NORM_TOO_LARGE, f"{who} has a delta of L2 norm {norm:.6g}, "
                                                     f"above the bound {norm_bound:.6g}")
+    if check_variance:
+        problem = variance_problem(float(update.variance), delta)
+        if problem:
+            return Rejection(Reason.BAD_VARIANCE, f"{who} {problem}")
     return None
