@@ -8,7 +8,8 @@ a broken or malicious board would (issue 17):
 * ``poison``: every update claims n = 2^32 - 1 samples and variance 0, with a delta scaled to
   just under the norm bound (``norm``);
 * ``poison_variance``: the same delta and variance 0, but an honest n;
-* ``huge_header``: every update header claims 3e9 values (TRAIN's update_bytes agrees);
+* ``huge_header``: every update header claims 3e9 values (TRAIN's update_bytes agrees), and the
+  board serves every byte asked for;
 * ``mute``: accepts the connection and never answers;
 * ``garbage``: answers every request with random bytes;
 * ``out_of_sequence``: answers with the wrong sequence numbers;
@@ -147,6 +148,11 @@ class FakeBoard:
             nak = encode_frame(KIND_RESPONSE, Status.BAD_CRC, NAK_SEQ, b"\x00\x00flood")
             conn.sendall(nak * 3)
             return True
+        if b == "huge_header" and pkt is not None and pkt.code == Command.UPDATE_READ:
+            served = self._huge_piece(pkt)
+            if served is not None:
+                conn.sendall(served)
+                return True
         reply = self.board.receive(frame + DELIMITER)
         if pkt is None:
             conn.sendall(reply)
@@ -166,6 +172,17 @@ class FakeBoard:
                 return False
         conn.sendall(reply)
         return True
+
+    def _huge_piece(self, pkt: Packet) -> bytes | None:
+        """``huge_header`` means it: any piece past the real image is served (zeros, made on demand),
+        so a host without the header bound would read all 3e9 values."""
+        if len(pkt.payload) != 6:
+            return None
+        offset, length = struct.unpack("<IH", pkt.payload)
+        image = self.board.trainer.update_image or b""
+        if offset + length <= len(image):
+            return None
+        return encode_frame(KIND_RESPONSE, Status.OK, pkt.seq, bytes(length))
 
     @staticmethod
     def _reseq(reply: bytes) -> bytes:

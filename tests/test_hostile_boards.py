@@ -38,7 +38,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     if "TINYFED_CACHE_DIR" not in os.environ:
         mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     devices = [DeviceSpec(n, f"sim://{BOARD}?name={n}", BOARD) for n in [*HONEST, HOSTILE]]
-    yield prepare_run("har_cnn", devices, "subset", work_dir=tmp_path_factory.mktemp("plan"), max_windows=48)
+    # iid shares: one board more or less (a refused one) moves the model by noise, not by its data
+    yield prepare_run("har_cnn", devices, "subset", work_dir=tmp_path_factory.mktemp("plan"), max_windows=48,
+                      partition="iid")
     mp.undo()
 
 
@@ -48,9 +50,10 @@ def _devices(fake: FakeBoard) -> list[DeviceSpec]:
 
 def _run(setup, run_dir: Path, behaviour: str, *, strategy=None, until_lost: bool = False,
          max_versions: int = MAX_VERSIONS, device_timeout_s: float = DEVICE_TIMEOUT_S, lr: float = 0.005,
-         guard: bool = True) -> tuple[Any, list[dict[str, Any]], FakeBoard]:
+         guard: bool = True, stop_early: bool = True) -> tuple[Any, list[dict[str, Any]], FakeBoard]:
     """One run beside a fake board; it stops one version after the hostile board's first task ended
-    (``until_lost``: its first task lost for a reason of its own), else at ``max_versions``.
+    (``until_lost``: its first task lost for a reason of its own), else (or without ``stop_early``)
+    at ``max_versions``.
     ``guard=False`` turns the update checks this issue added off (the control that shows they matter)."""
     forget_sim_boards()
     ended: list[dict[str, Any]] = []
@@ -65,7 +68,7 @@ def _run(setup, run_dir: Path, behaviour: str, *, strategy=None, until_lost: boo
             return row
 
     def progress(row: dict[str, Any]) -> None:
-        if ended and engine.limits.max_versions == max_versions:
+        if stop_early and ended and engine.limits.max_versions == max_versions:
             engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version + 1)
 
     with FakeBoard(behaviour) as fake, Log(run_dir) as events:
@@ -85,17 +88,17 @@ def _first(evs: list[dict[str, Any]], pred) -> dict[str, Any] | None:
 
 def _assert_honest_boards_not_held(evs: list[dict[str, Any]]) -> None:
     """Each honest board's first task is dispatched in the loop pass that found it idle: between its
-    first ``idle`` and its first dispatch only states and dispatches are written, nothing the engine
+    first ``idle`` and its first dispatch only states, dispatches and provisioning bytes are written, nothing the engine
     would have waited for (an arrival, a loss, a deadline)."""
     for name in HONEST:
         idle = _first(evs, lambda e, n=name: e["kind"] == "device_state" and e["device"] == n and e["state"] == "idle")
         dispatch = _first(evs, lambda e, n=name: e["kind"] == "dispatch" and e["device"] == n)
         assert idle is not None and dispatch is not None, name
         between = {e["kind"] for e in evs if idle["seq"] < e["seq"] < dispatch["seq"]}
-        assert between <= {"device_state", "dispatch"}, (name, between)
+        assert between <= {"device_state", "dispatch", "bytes"}, (name, between)
 
 
-def _assert_accounted(evs: list[dict[str, Any]]) -> dict[str, Any]:
+def _assert_accounted(evs: list[dict[str, Any]], *, only_hostile_refused: bool = True) -> dict[str, Any]:
     summary = summarize(evs)
     assert summary["all_tasks_accounted"] and not summary["tasks_unknown"], summary
     assert not summary["tasks_with_several_outcomes"]
@@ -103,7 +106,7 @@ def _assert_accounted(evs: list[dict[str, Any]]) -> dict[str, Any]:
         if e["kind"] in ("rejection", "lost"):
             assert e["reason"], e
         if e["kind"] == "rejection":
-            assert e["message"] and e["device"] == HOSTILE, e
+            assert e["message"] and (e["device"] == HOSTILE or not only_hostile_refused), e
     assert evs[-1]["kind"] == "run_end"
     return summary
 
@@ -127,7 +130,7 @@ def test_a_hostile_update_is_refused_with_its_reason_and_holds_no_one_up(setup, 
     _assert_accounted(evs)
     _assert_honest_boards_not_held(evs)
     kind, reason = UPDATE_ENDS[behaviour]
-    mine = [e for e in evs if e["device"] == HOSTILE and e["kind"] in ("arrival", "rejection", "lost")
+    mine = [e for e in evs if e.get("device") == HOSTILE and e["kind"] in ("arrival", "rejection", "lost")
             and e.get("reason") != "run ended"]
     assert mine and all(e["kind"] == kind and reason in e["reason"] for e in mine), mine
     # nothing of the hostile board reached a step, and the model stayed finite
@@ -202,8 +205,8 @@ def test_a_fedavg_round_closes_at_its_deadline_beside_a_board_silent_on_train(se
     (it was held 316.8 s), and the silent board's task is lost at the device timeout."""
     strategy = get_strategy("fedavg", payload="subset", clients_per_round=len(HONEST) + 1, round_deadline_s=2.0)
     result, evs, fake = _run(setup, tmp_path, "silent_train", strategy=strategy, until_lost=True,
-                             device_timeout_s=5.0, max_versions=10)
-    assert result.versions < 10
+                             device_timeout_s=5.0)
+    assert result.versions < MAX_VERSIONS
     _assert_accounted(evs)
     dispatch = _first(evs, lambda e: e["kind"] == "dispatch" and e["device"] == HOSTILE)
     assert dispatch is not None and dispatch["version"] == 0
@@ -223,8 +226,8 @@ def test_a_poisoning_board_moves_accuracy_less_than_half_a_point(setup, tmp_path
     for behaviour, guard in (("honest", True), ("poison", True), ("poison", False)):
         strategy = get_strategy("fedavg", payload="subset", clients_per_round=len(HONEST) + 1)
         result, evs, _ = _run(setup, tmp_path / f"{behaviour}-{guard}", behaviour, strategy=strategy,
-                              max_versions=3, lr=0.01, guard=guard)
-        _assert_accounted(evs)
+                              max_versions=3, lr=0.01, guard=guard, stop_early=False)
+        _assert_accounted(evs, only_hostile_refused=guard)  # unguarded, the poisoned model makes honest updates huge
         runs[behaviour, guard] = result
     honest, poisoned, unguarded = runs["honest", True], runs["poison", True], runs["poison", False]
     assert poisoned.updates_rejected >= 3 and poisoned.versions == honest.versions == 3
@@ -252,3 +255,4 @@ def test_a_claimed_3_gb_update_costs_the_host_no_memory(setup, tmp_path) -> None
         assert row["update_reads"] >= 1, row
         peaks[behaviour] = row["vm_hwm_kib"]
     assert peaks["huge_header"] - peaks["honest"] < 100 * 1024, peaks
+    print(f"peak RSS: honest {peaks['honest'] / 1024:.1f} MiB, huge_header {peaks['huge_header'] / 1024:.1f} MiB")
