@@ -48,23 +48,27 @@ def _devices(fake: FakeBoard) -> list[DeviceSpec]:
     return [DeviceSpec(n, f"sim://{BOARD}?name={n}", BOARD) for n in HONEST] + [DeviceSpec(HOSTILE, fake.url, BOARD)]
 
 
-def _run(setup, run_dir: Path, behaviour: str, *, strategy=None, until_lost: bool = False,
+def _run(setup, run_dir: Path, behaviour: str, *, strategy=None, until: str = "answer",
          max_versions: int = MAX_VERSIONS, device_timeout_s: float = DEVICE_TIMEOUT_S, lr: float = 0.005,
          guard: bool = True, stop_early: bool = True) -> tuple[Any, list[dict[str, Any]], FakeBoard]:
     """One run beside a fake board; it stops one version after the hostile board's first task ended
-    (``until_lost``: its first task lost for a reason of its own), else (or without ``stop_early``)
-    at ``max_versions``.
+    (``until``: ``answer``, any end; ``lost``, lost for a reason of its own; ``comeback``, an arrival
+    after such a loss), else (or without ``stop_early``) at ``max_versions``.
     ``guard=False`` turns the update checks this issue added off (the control that shows they matter)."""
     forget_sim_boards()
     ended: list[dict[str, Any]] = []
+    lost: list[dict[str, Any]] = []
 
     class Log(EventLog):
         def append(self, kind: str, **fields: Any) -> dict[str, Any]:
             row = super().append(kind, **fields)
-            if fields.get("device") == HOSTILE and (kind == "rejection" or kind == "arrival"
-                                                    or (kind == "lost" and fields["reason"] != "run ended")):
-                if not until_lost or kind == "lost":
-                    ended.append(row)
+            if fields.get("device") != HOSTILE or kind not in ("rejection", "arrival", "lost"):
+                return row
+            if kind == "lost" and fields["reason"] != "run ended":
+                lost.append(row)
+            if until == "answer" and (kind != "lost" or lost) or until == "lost" and lost \
+                    or until == "comeback" and lost and kind == "arrival":
+                ended.append(row)
             return row
 
     def progress(row: dict[str, Any]) -> None:
@@ -177,7 +181,7 @@ def test_nak_floods_cost_retransmissions_not_updates(setup, tmp_path) -> None:
 
 def test_a_disconnect_mid_upload_is_a_lost_task_and_the_board_comes_back(setup, tmp_path) -> None:
     forget_sim_boards()
-    result, evs, fake = _run(setup, tmp_path, "disconnect", until_lost=True)
+    result, evs, fake = _run(setup, tmp_path, "disconnect", until="comeback")
     assert fake.disconnected.is_set() and result.versions < MAX_VERSIONS
     _assert_accounted(evs)
     _assert_honest_boards_not_held(evs)
@@ -185,11 +189,12 @@ def test_a_disconnect_mid_upload_is_a_lost_task_and_the_board_comes_back(setup, 
     assert lost is not None and "UPDATE_READ" in lost["reason"], lost
     states = [e["state"] for e in evs if e["kind"] == "device_state" and e["device"] == HOSTILE
               and e["seq"] > lost["seq"]]
-    assert states[:1] == ["backoff"], states
+    assert states[:2] == ["backoff", "idle"], states  # backed off, then given work again (it reconnects)
+    assert any(e["kind"] == "arrival" and e["device"] == HOSTILE and e["seq"] > lost["seq"] for e in evs)
 
 
 def test_a_board_silent_on_train_costs_the_device_timeout(setup, tmp_path) -> None:
-    result, evs, fake = _run(setup, tmp_path, "silent_train", until_lost=True)
+    result, evs, fake = _run(setup, tmp_path, "silent_train", until="lost")
     _assert_accounted(evs)
     _assert_honest_boards_not_held(evs)
     dispatch = _first(evs, lambda e: e["kind"] == "dispatch" and e["device"] == HOSTILE)
@@ -204,7 +209,7 @@ def test_a_fedavg_round_closes_at_its_deadline_beside_a_board_silent_on_train(se
     """device_timeout_s = 5 and a 2 s round deadline: the round closes at 2 s with the honest updates
     (it was held 316.8 s), and the silent board's task is lost at the device timeout."""
     strategy = get_strategy("fedavg", payload="subset", clients_per_round=len(HONEST) + 1, round_deadline_s=2.0)
-    result, evs, fake = _run(setup, tmp_path, "silent_train", strategy=strategy, until_lost=True,
+    result, evs, fake = _run(setup, tmp_path, "silent_train", strategy=strategy, until="lost",
                              device_timeout_s=5.0)
     assert result.versions < MAX_VERSIONS
     _assert_accounted(evs)
