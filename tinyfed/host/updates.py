@@ -113,8 +113,9 @@ def variance_problem(claimed: float, delta: np.ndarray) -> str | None:
     std = math.sqrt(claimed)
     if abs(std - measured) <= slack:
         return None
+    low = max(0.0, measured - slack) ** 2
     return (f"reports a variance of {claimed:.6g}, but its delta's is {measured * measured:.6g} "
-            f"(at most {(measured + slack) ** 2:.6g} after int8 rounding)")
+            f"(int8 rounding allows {low:.6g} to {(measured + slack) ** 2:.6g})")
 
 
 def check_update(update: Update, *, global_version: int, size: int, norm_bound: float | None,
