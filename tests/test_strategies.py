@@ -26,7 +26,7 @@ from tinyfed.host.strategies import (
     parse_variant,
 )
 from tinyfed.host.strategies.base import weighted_step
-from tinyfed.host.updates import Reason, Update, check_update
+from tinyfed.host.updates import MAX_LOSS, Reason, Update, check_update, variance_problem
 
 
 def upd(device: str, task: int, base: int, n: int, delta, variance: float = 1.0, loss: float = 0.5) -> Update:
@@ -600,6 +600,8 @@ def test_check_update_accepts_a_good_update() -> None:
     (upd("old", 1, 5, 10, [0.0] * 4), Reason.REPLAY),
     (upd("a", 1, 5, 0, [0.0] * 4), Reason.BAD_N),
     (upd("a", 1, 5, 10, [0.0] * 4, variance=-1.0), Reason.BAD_VARIANCE),
+    (upd("a", 1, 5, 10, [0.0] * 4, loss=-0.5), Reason.BAD_LOSS),
+    (upd("a", 1, 5, 10, [0.0] * 4, loss=2 * MAX_LOSS), Reason.BAD_LOSS),
 ])
 def test_check_update_rejects(update: Update, reason: Reason) -> None:
     r = _check(update)
@@ -614,3 +616,46 @@ def test_update_delta_is_read_only_float32_and_caller_array_untouched() -> None:
     own = np.array([1.0, 2.0], dtype=np.float32)
     u2 = Update("a", 1, 0, 1, 0.0, 0.0, own)
     assert own.flags.writeable and not u2.delta.flags.writeable
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", ["normal", "heavy", "one_spike", "constant"])
+def test_an_honest_boards_variance_always_fits_its_int8_delta(kind: str, per_channel: bool) -> None:
+    """The board reports the variance of its float delta and sends it rounded to int8: the check
+    must accept every such pair, however the values are spread (the bound is a proof, this its test)."""
+    from tinyfed.firmware_bridge.link.train_link import quantize_flat
+
+    rng = np.random.default_rng(7)
+    shapes = [(8, 75), (16, 40), (4, 1)]
+    size = sum(c * p for c, p in shapes)
+    for _ in range(20):
+        d = {"normal": lambda: rng.normal(0, 1e-3, size), "heavy": lambda: rng.standard_cauchy(size) * 1e-4,
+             "one_spike": lambda: np.where(np.arange(size) == rng.integers(size), 5.0, rng.normal(0, 1e-3, size)),
+             "constant": lambda: np.full(size, 0.25)}[kind]().astype(np.float32)
+        q, scales = quantize_flat(d, shapes, per_channel)
+        received, k, s = [], 0, 0
+        for c, p in shapes:
+            block = q[k:k + c * p].astype(np.float32).reshape(c, p)
+            received.append(block * (scales[s:s + c, None] if per_channel else scales[s]))
+            k, s = k + c * p, s + (c if per_channel else 1)
+        delta = np.concatenate([r.ravel() for r in received])
+        claimed = float(np.float32(d.astype(np.float64).var()))
+        assert variance_problem(claimed, delta) is None, (kind, claimed, float(delta.var()))
+
+
+def test_a_variance_that_cannot_be_the_deltas_is_refused() -> None:
+    """Variance 0 with a delta of norm 99 (FTTE would give it the median update's full weight), or a
+    variance far above what the delta holds."""
+    rng = np.random.default_rng(3)
+    d = rng.normal(size=5000)
+    d *= 99.0 / np.linalg.norm(d)
+    for claimed in (0.0, 100.0 * float(d.var()), float(d.var()) / 100.0):
+        u = upd("a", 1, 5, 10, d, variance=claimed)
+        r = check_update(u, global_version=5, size=d.size, norm_bound=100.0, max_staleness=3, seen_tasks=set(),
+                         check_variance=True)
+        assert r is not None and r.reason == Reason.BAD_VARIANCE and "variance" in r.message
+        assert check_update(u, global_version=5, size=d.size, norm_bound=100.0, max_staleness=3,
+                            seen_tasks=set()) is None  # off unless asked for (made-up variances in unit tests)
+    good = upd("a", 1, 5, 10, d, variance=float(np.float32(d.var())))
+    assert check_update(good, global_version=5, size=d.size, norm_bound=100.0, max_staleness=3, seen_tasks=set(),
+                        check_variance=True) is None

@@ -304,7 +304,7 @@ class Engine:
         windows = setup.facts.get("local_windows") if isinstance(setup.facts, dict) else None
         self.rounds = RoundState(strategy, setup.w0, np.random.default_rng(seed), fleet_size=len(devices),
                                  norm_bound=norm_bound, max_staleness=max_staleness,
-                                 samples=dict(windows) if windows else None)
+                                 samples=dict(windows) if windows else None, check_variance=True)
         self.retries, self.backoff_s, self.device_timeout_s = retries, backoff_s, device_timeout_s
         self.evaluate_every = evaluate_every
         self.progress = progress

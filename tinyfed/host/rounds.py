@@ -81,8 +81,10 @@ class RoundState:
 
     def __init__(self, strategy: Strategy, vector: np.ndarray, rng: np.random.Generator, *, fleet_size: int,
                  norm_bound: float | None, max_staleness: int | None,
-                 samples: Mapping[str, int] | None = None) -> None:
+                 samples: Mapping[str, int] | None = None, check_variance: bool = False) -> None:
         self.strategy, self.rng = strategy, rng
+        #: hold each reported variance to its delta's (real boards; the simulator's are its own)
+        self.check_variance = check_variance
         self.norm_bound, self.max_staleness = norm_bound, max_staleness
         #: the samples the host gave each device: an update claiming more is refused (None: unknown)
         self.samples = dict(samples) if samples is not None else None
@@ -141,7 +143,8 @@ class RoundState:
         rejection = answers_task(update, task) or check_update(
             update, global_version=self.version, size=self.vector.size, norm_bound=self.norm_bound,
             max_staleness=self.max_staleness, seen_tasks=self.seen,
-            max_n=self.samples.get(task.device) if self.samples is not None else None)
+            max_n=self.samples.get(task.device) if self.samples is not None else None,
+            check_variance=self.check_variance)
         if rejection is not None:
             self.rejected += 1
             self.rejections[str(rejection.reason)] = self.rejections.get(str(rejection.reason), 0) + 1

@@ -434,13 +434,17 @@ class BoardClient:
         if len(p) < 8:
             raise ProtocolError(f"INVOKE response of {len(p)} bytes", device=self.name, command="INVOKE")
         cycles, out_size = struct.unpack_from("<II", p)
-        limit = self.info.arena_bytes if self.info is not None else 1 << 20
-        if out_size > limit:  # the output lives in the board's arena: a bigger claim is a lie
-            raise ProtocolError(f"INVOKE claims a {out_size:,}-byte output, more than the board's "
-                                f"{limit:,}-byte arena", device=self.name, command="INVOKE")
+        self._check_output_size(out_size, "INVOKE")
         out = self._read_rest(Command.OUTPUT_READ, p[8:8 + out_size], out_size)
         self.last_cycles = cycles
         return np.frombuffer(out, dtype=np.int8).copy()
+
+    def _check_output_size(self, out_size: int, cmd: str) -> None:
+        """The output lives in the board's arena: a claim of more is a lie, refused before a byte of it is read."""
+        limit = self.info.arena_bytes if self.info is not None else 1 << 20
+        if out_size > limit:
+            raise ProtocolError(f"{cmd} claims a {out_size:,}-byte output, more than the board's "
+                                f"{limit:,}-byte arena", device=self.name, command=cmd)
 
     def _write_input(self, x: np.ndarray) -> None:
         """INPUT_WRITE ``x`` (int8) in max_payload pieces."""
@@ -493,6 +497,7 @@ class BoardClient:
                                     command="PROFILE_READ")
             ops += unpack_ops(p, first)
         run.ops = ops
+        self._check_output_size(run.output_bytes, "PROFILE")
         run.output = self._read_rest(Command.OUTPUT_READ, b"", run.output_bytes)
         self.last_cycles = run.cycles
         return run
