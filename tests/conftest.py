@@ -61,8 +61,12 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_engine.py",
     "test_demo.py",
     "test_plan.py",
-    "test_web_browser.py",  # ~50 s: headless Chromium on live sim:// runs and a 10,000-board page
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations
+    "test_web_browser.py",  # ~50 s: headless Chromium on live sim:// runs and a 10,000-board page
+    "test_hostile_boards.py",  # ~45 s: fake boards beside sim:// boards, a har_cnn plan, RSS runs
+    "test_bad_input.py",  # ~30 s: runs and studies that must fail before their work
+    "test_fuzz_cli.py",  # ~30 s: 1,031 bad inputs, each milliseconds once the base lines have run
+    "test_rundir.py",  # ~25 s: two runs on one --out, ENOSPC and resume
 )
 
 
