@@ -70,7 +70,9 @@ class LocalTraining:
 
 @dataclass(frozen=True)
 class Limits:
-    target_metric: float | None = None  # stop once the task's metric (the setup's ``metric``) reaches this
+    # stop once the task's metric (the setup's ``metric``) reaches this, on the float global model and, where
+    # the setup scores it, on its requantized int8 form (the model a user deploys)
+    target_metric: float | None = None
     max_versions: int | None = None
     max_seconds: float | None = None
     max_bytes: int | None = None
@@ -596,10 +598,19 @@ class Engine:
         self.events.append("device_state", device=task.device, state="idle")
         return outcome.aggregate
 
-    def _should_stop(self, metric: float, started: float) -> bool:
+    def _target_reached(self) -> bool:
+        """The last evaluation met the target on the float model and on its int8 form: a run never
+        stops on a float figure its deployable model misses (requantizing a young head can cost points)."""
+        target, name = self.limits.target_metric, self.setup.metric
+        if target is None or not self.history:
+            return False
+        row = self.history[-1]
+        return all(row[key] >= target for key in (name, f"int8_{name}") if row.get(key) is not None)
+
+    def _should_stop(self, started: float) -> bool:
         lim, rounds = self.limits, self.rounds
         return bool(
-            (lim.target_metric is not None and metric >= lim.target_metric)
+            self._target_reached()
             or (lim.max_versions is not None and rounds.version >= lim.max_versions)
             or (lim.max_seconds is not None
                 and self.elapsed_before + time.monotonic() - started >= lim.max_seconds)
@@ -677,7 +688,7 @@ class Engine:
                 value, loss = float(self.history[-1][metric_name]), float(self.history[-1]["loss"])
             else:
                 self._checkpoint(started)  # version 0: a crash before the first step resumes from here
-            while not self._should_stop(value, started):
+            while not self._should_stop(started):
                 self._collect_provisioned(workers)
                 self._dispatch(workers)
                 agg = self._next_step(outcomes)
@@ -693,7 +704,7 @@ class Engine:
         if self.history[-1]["version"] != rounds.version:
             value, loss = self._evaluate()
         wall = self.elapsed_before + time.monotonic() - started
-        reached = self.limits.target_metric is not None and value >= self.limits.target_metric
+        reached = self._target_reached()
         self.events.append("run_end", version=rounds.version, metric=metric_name, **{metric_name: value},
                            reached_target=reached)
         return RunResult(self.strategy.label, rounds.version, value, loss, reached, wall, rounds.bytes_up,
