@@ -107,3 +107,46 @@ class DeviceError(LinkError):
         d = super().to_dict()
         d.update(status=self.status_name, detail=self.detail, message=self.message)
         return d
+
+
+#: Why an exchange failed authentication; the engine's ``rejection`` events carry these as ``reason``.
+AUTH_REASONS = frozenset({"no_key", "no_session", "bad_mac", "replayed_counter", "unknown_device",
+                          "bad_update_mac", "wrong_version"})
+
+_AUTH_FIXES: dict[str, str] = {
+    "no_key": "the board holds no device key: provision it (`tinyfed firmware flash --board B` for a real board, "
+              "`tinyfed emulate` relaunches emulated ones with keys)",
+    "unknown_device": "this host never provisioned that board, or the key store is another one: pass the key store "
+                      "that provisioned it (--key-store FILE) or provision the board again",
+    "bad_mac": "something on the link is not the board this host provisioned (another program on the port, or "
+               "the board was re-provisioned): check the port and the key store",
+    "no_session": "the board lost its session (it was reset, or another program said HELLO): reconnect",
+    "replayed_counter": "a request was replayed on the link: check what else talks to this port",
+    "bad_update_mac": "the update was not produced by this board for this task: the board or the link is "
+                      "compromised; the update was not aggregated",
+    "wrong_version": "the update is bound to another model version than the one sent for this task; it was "
+                     "not aggregated",
+}
+
+
+class AuthenticationFailed(LinkError):
+    """A message failed authentication: ``reason`` is one of :data:`AUTH_REASONS`. Never carries key bytes."""
+
+    def __init__(self, reason: str, problem: str, *, device: str, command: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(problem, device=device, command=command,
+                         fix=_AUTH_FIXES.get(reason, "check the port and the key store"))
+
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        d["reason"] = self.reason
+        return d
+
+
+class UnknownDevice(AuthenticationFailed):
+    """HELLO named a device id that is not in this host's key store."""
+
+    def __init__(self, device_id_hex: str, *, device: str, key_store: str) -> None:
+        self.device_id_hex = device_id_hex
+        super().__init__("unknown_device", f"device id {device_id_hex} is not in the key store {key_store}",
+                         device=device, command="HELLO")
