@@ -8,6 +8,8 @@ a broken or malicious board would (issue 17):
 * ``poison``: every update claims n = 2^32 - 1 samples and variance 0, with a delta scaled to
   just under the norm bound (``norm``);
 * ``poison_variance``: the same delta and variance 0, but an honest n;
+* ``poison_norm``: the same delta with an honest n and its true variance: an update every check
+  passes (robust aggregation is the defence, ``tests/test_robust.py``);
 * ``huge_header``: every update header claims 3e9 values (TRAIN's update_bytes agrees), and the
   board serves every byte asked for;
 * ``mute``: accepts the connection and never answers;
@@ -54,7 +56,9 @@ from tinyfed.firmware_bridge.twin.sim import SimBoard, SimConfig
 #: Behaviours that rewrite the update the board serves (the others rewrite the link).
 UPDATE_BEHAVIOURS = ("poison", "poison_variance", "huge_header", "nan", "huge_norm", "wrong_size", "future_version")
 LINK_BEHAVIOURS = ("honest", "mute", "garbage", "out_of_sequence", "late", "silent_train", "nak_flood", "disconnect")
-BEHAVIOURS = LINK_BEHAVIOURS + UPDATE_BEHAVIOURS
+#: Update rewrites every check of the host passes (so the refusal tests leave them out).
+PASSING_UPDATE_BEHAVIOURS = ("poison_norm",)
+BEHAVIOURS = LINK_BEHAVIOURS + UPDATE_BEHAVIOURS + PASSING_UPDATE_BEHAVIOURS
 HUGE_VALUES = 3_000_000_000
 
 
@@ -78,7 +82,7 @@ class FakeBoard:
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.1)
         self.url = f"socket://127.0.0.1:{self._server.getsockname()[1]}"
-        if behaviour in UPDATE_BEHAVIOURS:
+        if behaviour in UPDATE_BEHAVIOURS + PASSING_UPDATE_BEHAVIOURS:
             self._rewrite_updates()
         self._thread = threading.Thread(target=self._serve, name=f"fake-board-{behaviour}", daemon=True)
 
@@ -223,6 +227,13 @@ class FakeBoard:
             scale = self.norm / norm if norm > 0 else 0.0
             n = 0xFFFFFFFF if b == "poison" else u.n
             return pack_update(u.version, n, u.loss, 0.0, u.q, u.scales * np.float32(scale), u.per_channel)
+        if b == "poison_norm":
+            dense = u.dense(unit_shapes).astype(np.float64)
+            norm = float(np.linalg.norm(dense))
+            scales = u.scales * np.float32(self.norm / norm if norm > 0 else 0.0)
+            sent = unpack_update(pack_update(u.version, u.n, u.loss, 0.0, u.q, scales, u.per_channel))
+            variance = float(np.var(sent.dense(unit_shapes).astype(np.float64)))
+            return pack_update(u.version, u.n, u.loss, variance, u.q, scales, u.per_channel)
         if b == "huge_header":
             head = bytearray(image)
             head[16:20] = struct.pack("<I", HUGE_VALUES)  # elements

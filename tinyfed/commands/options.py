@@ -286,3 +286,42 @@ def start_dashboard(out: Path) -> None:
     server = BackgroundDashboard([out], port=port)
     ctx.call_on_close(server.stop)
     click.echo(f"dashboard {server.url}", err=True)
+
+
+#: The robust rules ``--robust`` takes (``tinyfed.host.strategies.robust.ROBUST_RULES``, restated so that
+#: ``tinyfed --help`` imports no numpy; tests/test_robust.py holds them equal).
+ROBUST_RULES = ("none", "norm-quantile", "median", "trimmed-mean")
+
+
+def robust_options(table: Any, *, show_defaults: bool) -> Any:
+    """``--robust``, ``--robust-quantile``, ``--robust-window`` and ``--trim-fraction`` with one spelling and
+    the ranges of ``table`` (the run config's [strategy_params]) on ``run`` and ``simulate``.
+    ``show_defaults``: the table's defaults are the options' (``simulate``); else None, and the run
+    config decides (``run``)."""
+
+    def default(key: str) -> Any:
+        return table.model_fields[key].default if show_defaults else None
+
+    options = [
+        click.option("--robust", type=click.Choice(ROBUST_RULES), default=default("robust"),
+                     show_default=show_defaults,
+                     help="Robust aggregation under the strategy's weights: norm-quantile (each update scaled "
+                          "down to a quantile of the fleet's recent update norms), median or trimmed-mean "
+                          "(weighted, per coordinate of a buffer or round); docs/strategies.md."),
+        click.option("--robust-quantile", type=field_range(table, "robust_quantile"),
+                     default=default("robust_quantile"), show_default=show_defaults,
+                     help="q of norm-quantile: updates are bounded by the q-quantile of recent norms."),
+        click.option("--robust-window", type=field_range(table, "robust_window"),
+                     default=default("robust_window"), show_default=show_defaults,
+                     help="W of norm-quantile: the norms of the last W accepted updates."),
+        click.option("--trim-fraction", type=field_range(table, "trim_fraction"),
+                     default=default("trim_fraction"), show_default=show_defaults,
+                     help="beta of trimmed-mean: the fraction of weight cut from each end of every coordinate."),
+    ]
+
+    def wrap(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap

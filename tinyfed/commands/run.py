@@ -45,12 +45,13 @@ from tinyfed.commands.options import (
     kind_count_option,
     out_dir_option,
     resolve_count,
+    robust_options,
     seed_option,
     start_dashboard,
     target_accuracy_option,
 )
 from tinyfed.errors import TinyfedError
-from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition
+from tinyfed.host.config import DEFAULT_TARGET_ACCURACY, Partition, StrategyParams
 from tinyfed.host.strategies import STRATEGIES, Strategy
 from tinyfed.training.task import Task
 
@@ -188,6 +189,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
               help="Nested subsets (FTTE): each board profile trains the largest superset of the common w* its "
                    "budget holds; per-class update sizes are in the summary.")
 @core_budget_option
+@robust_options(StrategyParams, show_defaults=False)
 @out_dir_option("Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
 @dashboard_option
@@ -200,6 +202,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         max_seconds: float | None,
         max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
         alpha: float | None, seed: int | None, nested_subsets: bool | None, core_budget: float | None,
+        robust: str | None, robust_quantile: float | None, robust_window: int | None, trim_fraction: float | None,
         out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool, jsonl: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version.
@@ -224,13 +227,17 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
            if v is not None}
     nesting = {k: v for k, v in (("nested_subsets", nested_subsets), ("core_budget", core_budget)) if v is not None}
     limits = {k: v for k, v in (("max_versions", max_versions), ("max_seconds", max_seconds)) if v is not None}
+    robustness = {k: v for k, v in (("robust", robust), ("robust_quantile", robust_quantile),
+                                    ("robust_window", robust_window), ("trim_fraction", trim_fraction))
+                  if v is not None}
     if resume_dir is not None:
         fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--count": count,
                  "--config": config_path,
                  "--model": model, "--strategy": strategy, "--task": task, "--max-windows": max_windows,
                  "--out": out_dir,
                  "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha,
-                 "--nested-subsets": nested_subsets, "--core-budget": core_budget, "--seed": seed}
+                 "--nested-subsets": nested_subsets, "--core-budget": core_budget, "--seed": seed,
+                 **{"--" + k.replace("_", "-"): v for k, v in robustness.items()}}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
             given.append("--board")
@@ -257,7 +264,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         top["model"] = str(Path(model).expanduser().resolve())
     if "target_accuracy" in top or "target_metric" in top:  # the command line's target replaces the file's
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
-    cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data})
+    cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data,
+                                            "strategy_params": robustness})
     if fleet_path is not None:  # a fleet that cannot be run is refused before a run directory is named
         from tinyfed.firmware_bridge.link.devices import load_device_fleet, require_urls
 

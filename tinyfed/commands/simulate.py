@@ -38,6 +38,7 @@ from tinyfed.commands.options import (
     json_option,
     jsonl_option,
     out_dir_option,
+    robust_options,
     seed_option,
     start_dashboard,
     target_accuracy_option,
@@ -190,6 +191,8 @@ OPTION_KEYS = {
     "agreement_exponent": "strategy_params.agreement_exponent", "concurrency": "strategy_params.concurrency",
     "server_optimizer": "strategy_params.server_optimizer", "server_momentum": "strategy_params.server_momentum",
     "server_beta2": "strategy_params.server_beta2", "server_tau": "strategy_params.server_tau",
+    "robust": "strategy_params.robust", "robust_quantile": "strategy_params.robust_quantile",
+    "robust_window": "strategy_params.robust_window", "trim_fraction": "strategy_params.trim_fraction",
     "round_deadline": "round_deadline_s", "head_cache": "training.head_cache", "max_staleness": "checks.max_staleness",
     "norm_bound": "checks.norm_bound", "evaluate_every": "evaluation.every_versions",
     "run_past_target": "stop_at_target",
@@ -219,6 +222,11 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
               help="Straggler factor: uniform:LOW:HIGH, lognormal:MU:SIGMA or fixed:F.")
 @click.option("--dropout", type=field_range(StudyConfig, "dropout"),
               default=0.0, show_default=True, help="Probability a task is lost.")
+@click.option("--attack", default="none", show_default=True,
+              help="What the --attackers boards send after training honestly: none, sign-flip (the update "
+                   "negated) or scale:F (times F), each with its true variance (docs/strategies.md).")
+@click.option("--attackers", type=field_range(StudyConfig, "attackers"), default=0.0, show_default=True,
+              help="Fraction of the boards that attack (drawn from --seed, the same for every strategy).")
 @click.option("--availability", default="always", show_default=True,
               help="When devices can work: always, or PERIOD:FRACTION (online FRACTION of every PERIOD simulated "
                    "seconds, each device at its own phase; a task still running when its window closes is lost).")
@@ -275,6 +283,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--server-tau", type=field_range(StrategyParams, "server_tau"),
               default=_table_default(StrategyParams, "server_tau"), show_default=True,
               help="Adaptivity epsilon of adam and yogi.")
+@robust_options(StrategyParams, show_defaults=True)
 @click.option("--round-deadline", type=field_range(StudyConfig, "round_deadline_s"), default=None,
               help="Simulated seconds after its dispatch a FedAvg round closes with what arrived (a round "
                    "with nothing in is sampled again) [default: wait for every sampled device].")

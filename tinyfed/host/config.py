@@ -107,6 +107,10 @@ def _known_variant(label: str) -> str:
 VariantLabel = Annotated[str, AfterValidator(_known_variant)]
 
 ServerOptimizerName = Literal["sgd", "momentum", "adam", "yogi"]
+#: The robust rules of :mod:`tinyfed.host.strategies.robust` (tests/test_robust.py holds them equal).
+RobustName = Literal["none", "norm-quantile", "median", "trimmed-mean"]
+#: The longest window of norms norm-quantile keeps (a window of a million floats is 8 MB of state).
+MAX_ROBUST_WINDOW = 1_000_000
 
 
 class Data(ConfigTable):
@@ -153,6 +157,16 @@ class StrategyParams(ConfigTable):
     server_beta2: float = Field(default=FTTEParams.server_beta2, ge=0, lt=1, description="beta2 of adam and yogi")
     server_tau: float = Field(default=FTTEParams.server_tau, gt=0,
                               description="tau, the adaptivity epsilon of adam and yogi")
+    robust: RobustName = Field(
+        default="none", description="robust aggregation on top of the weights, for every strategy: none (the "
+                                    "weighted mean), norm-quantile (each delta scaled down to a quantile of the "
+                                    "fleet's recent update norms), median or trimmed-mean (weighted, per coordinate)")
+    robust_quantile: float = Field(default=FTTEParams.robust_quantile, gt=0, le=1,
+                                   description="q of norm-quantile: the bound is the q-quantile of recent norms")
+    robust_window: int = Field(default=FTTEParams.robust_window, ge=1, le=MAX_ROBUST_WINDOW,
+                               description="W of norm-quantile: the norms of the last W accepted updates")
+    trim_fraction: float = Field(default=FTTEParams.trim_fraction, ge=0, lt=0.5,
+                                 description="beta of trimmed-mean: the fraction of weight cut from each end")
     clients_per_round: int = Field(default=FedAvgParams.clients_per_round, ge=1, le=MAX_FLEET_DEVICES,
                                    description="m: devices sampled per round (fedavg)")
     round_deadline_s: float | None = Field(default=FedAvgParams.round_deadline_s, gt=0,

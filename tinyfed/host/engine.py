@@ -485,7 +485,8 @@ class Engine:
         self.events.append("aggregation", version=self.rounds.version, updates=len(agg.updates),
                            tasks=[u.task_id for u in agg.updates],
                            weights=[round(float(w), 6) for w in agg.shares],
-                           staleness=[int(s) for s in agg.staleness], buffer_size=k if isinstance(k, int) else None)
+                           staleness=[int(s) for s in agg.staleness], buffer_size=k if isinstance(k, int) else None,
+                           robust=agg.robust)
 
     def _dispatch(self, workers: dict[str, _Worker]) -> None:
         now = time.monotonic()

@@ -181,6 +181,46 @@ class Availability:
         return "always" if self.always else f"{self.period_s:g}:{self.online:g}"
 
 
+@dataclass(frozen=True)
+class Attack:
+    """Poisoning boards of a simulated fleet: a ``fraction`` of the devices (seeded, the same for every
+    strategy) train honestly, then send their delta times ``factor`` (-1: sign-flipped; F: scaled by
+    F), with the variance of the delta they send, so every check a real host makes still passes."""
+
+    fraction: float = 0.0
+    factor: float = 1.0
+    spec: str = "none"
+
+    @classmethod
+    def parse(cls, text: str, fraction: float = 0.0) -> Attack:
+        """``none``, ``sign-flip`` (factor -1) or ``scale:F`` (F finite, not 1)."""
+        fix = "use none, sign-flip, or scale:F with F a finite number other than 1 (e.g. scale:10)"
+        spec = str(text).strip()
+        if spec == "none":
+            return cls(0.0, 1.0, spec)
+        if spec == "sign-flip":
+            return cls(fraction, -1.0, spec)
+        kind, _, factor = spec.partition(":")
+        try:
+            f = float(factor)
+        except ValueError:
+            raise TinyfedError(f"attack {text!r} is not understood", fix=fix) from None
+        if kind != "scale" or not math.isfinite(f) or f == 1.0:
+            raise TinyfedError(f"attack {text!r} is not understood", fix=fix)
+        return cls(fraction, f, spec)
+
+    def devices(self, count: int, seed: int) -> frozenset[int]:
+        """The attacking devices' indices: round(fraction * count) of them, drawn from the seed alone."""
+        m = round(self.fraction * count) if self.factor != 1.0 else 0
+        if m == 0:
+            return frozenset()
+        rng = np.random.default_rng([seed, 0xA77AC])
+        return frozenset(int(i) for i in rng.choice(count, size=m, replace=False))
+
+    def __str__(self) -> str:
+        return self.spec if self.fraction and self.factor != 1.0 else "none"
+
+
 # -- boards and their clocks ------------------------------------------------------------------
 
 
@@ -568,7 +608,7 @@ class Simulation:
                  availability: Availability | None = None, evaluate_every: int = 1,
                  backend: Backend | None = None, record_trace: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None,
-                 nested_refresh_versions: int | None = None) -> None:
+                 nested_refresh_versions: int | None = None, attack: Attack | None = None) -> None:
         expected = "subset" if strategy.payload == "subset" else "dense"
         if model.payload != expected and not (expected == "subset" and model.payload == "nested"):
             raise TinyfedError(f"{strategy.label} sends the {expected} payload, the model given is {model.payload}",
@@ -592,6 +632,9 @@ class Simulation:
         self.progress = progress
         self.float_update = strategy.payload == "dense"
         n = len(fleet.devices)
+        self.attack = attack if attack is not None else Attack()
+        #: the devices that poison their updates (:class:`Attack`; none by default)
+        self.attackers = self.attack.devices(n, seed)
         #: the global vector and version, the tasks in flight (each task's context: its device's
         #: index and its upload's bytes), the accepted update ids and the counters, as in the engine
         self.rounds = RoundState(strategy, model.w0, np.random.default_rng(seed), fleet_size=n,
@@ -845,7 +888,11 @@ class Simulation:
                             0, index)
         else:
             res = self.backend.finish(task_id)
-            update = Update(dev.name, task_id, task.version, res.n, res.loss, res.variance, res.delta, res.wire_bytes,
+            delta, variance = res.delta, res.variance
+            if i in self.attackers:
+                f = self.attack.factor
+                delta, variance = (delta.astype(np.float64) * f).astype(np.float32), variance * f * f
+            update = Update(dev.name, task_id, task.version, res.n, res.loss, variance, delta, res.wire_bytes,
                             self._models[dev.board].index)
         return self.rounds.arrive(task_id, update).aggregate
 
@@ -1062,6 +1109,9 @@ class StudyConfig(ConfigTable):
                     "the global vector and sent again; None: never")
     core_budget: float | None = Field(default=None, gt=0, description="cap of w*'s (the common core's) training "
                                       "memory: a fraction of whole-model training memory (<= 1) or bytes")
+    attack: Annotated[str, AfterValidator(_parsed_by(Attack.parse))] = Field(
+        default="none", description="what the attacking boards send: none, sign-flip or scale:F")
+    attackers: float = Field(default=0.0, ge=0, lt=1, description="fraction of the boards that attack (seeded)")
     #: The end every strategy is run to, in simulated seconds, so final accuracies compare at one
     #: moment: "auto" = the latest time any strategy stopped at (its target or a limit) / (1 -
     #: END_WINDOW), so every end window lies after every time to target (:func:`auto_horizon`);
@@ -1308,7 +1358,8 @@ class Study:
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,
                           progress=progress,
-                          nested_refresh_versions=cfg.nested_refresh_versions if payload == "nested" else None)
+                          nested_refresh_versions=cfg.nested_refresh_versions if payload == "nested" else None,
+                          attack=Attack.parse(cfg.attack, cfg.attackers))
 
     def run(self, label: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
             backend: Backend | None = None, record_trace: bool = False) -> SimResult:
@@ -1378,6 +1429,7 @@ class Study:
                 "board_mix": {k: round(v, 6) for k, v in self.mix.items()}, "stragglers": self.cfg.stragglers,
                 "slowdown": str(self.slowdown), "dropout": self.cfg.dropout, "start": self.cfg.start,
                 "availability": str(self.availability), "horizon_s": self.horizon_s,
+                "attack": str(Attack.parse(self.cfg.attack, self.cfg.attackers)), "attackers": self.cfg.attackers,
                 "samples_per_device": {"min": min(sizes), "max": max(sizes), "mean": float(np.mean(sizes))},
                 "shared_shards": self.fleet.shared_shards, "fleet": self.fleet.describe(),
                 "smallest_ram_budget": min(b.ram_budget_bytes for b in self.fleet.boards)}

@@ -11,12 +11,19 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from tinyfed.errors import TinyfedError
+from tinyfed.host.strategies.robust import (
+    DEFAULT_ROBUST_QUANTILE,
+    DEFAULT_ROBUST_WINDOW,
+    DEFAULT_TRIM_FRACTION,
+    ROBUST_RULES,
+    RobustRule,
+)
 from tinyfed.host.updates import Update
 
 if TYPE_CHECKING:
@@ -104,6 +111,11 @@ class ServerParams:
     into the step: "sgd" (step = server_lr * mean, the plain step), "momentum" (FedAvgM),
     "adam" (FedAdam) or "yogi" (FedYogi); ``server_momentum`` is beta1, ``server_beta2`` beta2
     and ``server_tau`` the adaptivity epsilon of the adaptive ones.
+
+    ``robust`` is how the weighted deltas become that pseudo-gradient (:mod:`.robust`): "none" (the
+    weighted mean), "norm-quantile" (each delta scaled down to the ``robust_quantile`` of the norms of
+    the last ``robust_window`` accepted updates), "median" (weighted coordinate-wise median) or
+    "trimmed-mean" (weighted, ``trim_fraction`` of the weight cut from each end per coordinate).
     """
 
     payload: str | None = None
@@ -111,6 +123,10 @@ class ServerParams:
     server_momentum: float = DEFAULT_SERVER_MOMENTUM
     server_beta2: float = DEFAULT_SERVER_BETA2
     server_tau: float = DEFAULT_SERVER_TAU
+    robust: str = "none"
+    robust_quantile: float = DEFAULT_ROBUST_QUANTILE
+    robust_window: int = DEFAULT_ROBUST_WINDOW
+    trim_fraction: float = DEFAULT_TRIM_FRACTION
 
     def check_server(self) -> None:
         """Validate the shared fields (each strategy's ``__post_init__`` calls it)."""
@@ -121,6 +137,16 @@ class ServerParams:
             check_unit(name, getattr(self, name))
             object.__setattr__(self, name, float(getattr(self, name)))
         store_float(self, "server_tau", low=0.0, low_open=True)
+        check_choice("robust", self.robust, ROBUST_RULES)
+        store_float(self, "robust_quantile", low=0.0, low_open=True)
+        if self.robust_quantile > 1.0:
+            raise StrategyParamError(f"robust_quantile = {self.robust_quantile!r} is out of range",
+                                     fix="use a number > 0 and <= 1 (0.5: the median norm)")
+        store_int(self, "robust_window", 1)
+        store_float(self, "trim_fraction", low=0.0)
+        if self.trim_fraction >= 0.5:
+            raise StrategyParamError(f"trim_fraction = {self.trim_fraction!r} is out of range",
+                                     fix="use a number >= 0 and < 0.5 (a fraction cut from each end)")
 
 
 class ServerOptimizer:
@@ -190,7 +216,9 @@ class Aggregate:
     """One global step: the engine adds ``step`` to the payload vector and moves to ``new_version``.
 
     ``weights`` are the raw per-update weights in the order of ``updates`` (``shares`` normalizes
-    them); ``staleness`` is each update's version lag when the step was computed.
+    them); ``staleness`` is each update's version lag when the step was computed. ``robust`` is what
+    the strategy's robust rule did (:meth:`.robust.RobustRule.combine`'s report; rule "none": nothing
+    clipped or trimmed).
     """
 
     step: np.ndarray  # float32, same length as every delta
@@ -199,6 +227,7 @@ class Aggregate:
     updates: tuple[Update, ...]
     version: int  # the version the step applies to
     new_version: int
+    robust: dict[str, Any] = field(default_factory=lambda: {"rule": "none"})
 
     @property
     def shares(self) -> np.ndarray:
@@ -327,6 +356,9 @@ class Strategy(ABC):
         if getattr(p, "server_optimizer", "sgd") != "sgd":
             self.optimizer = ServerOptimizer(p.server_optimizer, p.server_lr, p.server_momentum, p.server_beta2,
                                              p.server_tau)
+        self.robust: RobustRule | None = None
+        if getattr(p, "robust", "none") != "none":
+            self.robust = RobustRule(p.robust, p.robust_quantile, p.robust_window, p.trim_fraction)
 
     @property
     def payload(self) -> str:
@@ -362,14 +394,22 @@ class Strategy(ABC):
         """The global step at ``version`` from ``updates`` weighted by ``weights``, counted as one aggregation.
 
         The plain step is ``weighted_step`` at ``server_lr``; another server optimizer takes the
-        weighted mean (``weighted_step`` at rate 1) as its pseudo-gradient."""
+        weighted mean (``weighted_step`` at rate 1) as its pseudo-gradient. A robust rule (params'
+        ``robust``) replaces that weighted mean by its own combination under the same weights."""
         self.counters["aggregations"] += 1
         self.counters["consumed"] += len(updates)
-        if self.optimizer is None:
+        report: dict[str, Any] = {"rule": "none"}
+        if self.robust is not None:
+            size = self.vector_size if self.vector_size is not None else nested_size(updates)
+            g, report = self.robust.combine(updates, weights, size,
+                                            lambda us, ws: weighted_step(us, ws, 1.0, size))
+            step = (self.optimizer.step(g) if self.optimizer is not None
+                    else (self.params.server_lr * g.astype(np.float64)).astype(np.float32))
+        elif self.optimizer is None:
             step = weighted_step(updates, weights, self.params.server_lr, self.vector_size)
         else:
             step = self.optimizer.step(weighted_step(updates, weights, 1.0, self.vector_size))
-        return Aggregate(step, weights, staleness, tuple(updates), version, version + 1)
+        return Aggregate(step, weights, staleness, tuple(updates), version, version + 1, report)
 
     def poll(self, version: int) -> Aggregate | None:
         """A step that became due without a new update (e.g. ``fleet_size`` shrank below K), else None."""
@@ -393,11 +433,14 @@ class Strategy(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: JSON-able values, plus numpy arrays under ``"deltas"`` and, with a
-        server optimizer other than sgd, under ``"optimizer"`` (its moments)."""
+        server optimizer other than sgd, under ``"optimizer"`` (its moments); with a robust rule, under
+        ``"robust"`` (norm-quantile's window of norms)."""
         state = {"format": STATE_FORMAT, "strategy": self.name, "params": asdict(self.params),
                  "fleet_size": self._fleet_size, "counters": dict(self.counters), **self._state()}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state()
+        if self.robust is not None:
+            state["robust"] = self.robust.state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -416,6 +459,8 @@ class Strategy(ABC):
         self.counters = {k: int(v) for k, v in state["counters"].items()}
         if self.optimizer is not None:
             self.optimizer.load(state["optimizer"])
+        if self.robust is not None:
+            self.robust.load(state.get("robust"))
         self._load_state(state)
 
     @abstractmethod
