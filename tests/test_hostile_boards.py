@@ -240,6 +240,33 @@ def test_a_poisoning_board_moves_accuracy_less_than_half_a_point(setup, tmp_path
     assert unguarded.final_metric < honest.final_metric - 0.05, (unguarded.final_metric, honest.final_metric)
 
 
+def test_a_norm_99_board_that_passes_every_check_is_outvoted_by_the_median(setup, tmp_path) -> None:
+    """One board of four sends deltas of norm 99 with an honest n and its true variance (issue 18's
+    known case): every check passes it and plain FTTE weighting loses the model (0.15); FTTE with
+    the weighted median (``robust = "median"``) keeps the honest run's accuracy, and its aggregation
+    events say how rarely the board's values were the median. K = 4: every step holds one of its updates
+    at most, as each of the others' (a step waits for four arrivals of four boards)."""
+    runs: dict[str, Any] = {}
+    for name, behaviour, rule in (("honest", "honest", "none"), ("plain", "poison_norm", "none"),
+                                  ("median", "poison_norm", "median")):
+        strategy = get_strategy("ftte", buffer_size=4, robust=rule)
+        runs[name] = _run(setup, tmp_path / name, behaviour, strategy=strategy, max_versions=3, lr=0.01,
+                          stop_early=False)[:2]
+    (honest, _), (plain, plain_events), (median, events) = runs["honest"], runs["plain"], runs["median"]
+    assert not [e for e in plain_events + events if e["kind"] == "rejection"]
+    assert plain.final_metric < honest.final_metric - 0.2, (plain.final_metric, honest.final_metric)
+    assert median.final_metric > honest.final_metric - 0.05, (median.final_metric, honest.final_metric)
+    steps = [e for e in events if e["kind"] == "aggregation"]
+    assert len(steps) == 3 and all(e["robust"]["rule"] == "median" for e in steps)
+    arrivals = {e["task"]: e["device"] for e in events if e["kind"] == "arrival"}
+    chosen = [dict(zip((arrivals[t] for t in e["tasks"]), e["robust"]["chosen"], strict=True)) for e in steps]
+    # of four values the median takes the middle two: an update always in the middle would show 1
+    bad = [c[HOSTILE] for c in chosen if HOSTILE in c]
+    assert bad and max(bad) < 0.3, chosen
+    print(f"har_cnn, 3 honest + 1 norm-99 board, FTTE K = 4, 3 versions: honest {honest.final_metric:.4f}, "
+          f"plain {plain.final_metric:.4f}, median {median.final_metric:.4f}")
+
+
 @pytest.mark.slow
 def test_a_claimed_3_gb_update_costs_the_host_no_memory(setup, tmp_path) -> None:
     """Peak host RSS of a run whose fake board claims a 3e9-value update, against the same run with the
