@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from tinyfed.host import simulator
 from tinyfed.host.config import StrategyParams, checked
 from tinyfed.host.engine import LocalTraining
 from tinyfed.host.simulator import (
+    Attack,
     Availability,
     LocalBackend,
     SimLimits,
@@ -533,3 +535,29 @@ def test_a_study_runs_variants_under_their_labels(tmp_path, monkeypatch: pytest.
     assert bad.exit_code == 2 and "given more than once" in bad.output
     with pytest.raises(TinyfedError, match="top level"):
         checked(StudyConfig, {"strategy_params": {"round_deadline_s": 5.0}}, "a test")
+
+
+@pytest.mark.parametrize("spec", ["sign-flip", "scale:3"])
+def test_attacking_boards_send_their_honest_update_transformed(study: Study, spec: str) -> None:
+    """The first step's updates (all trained from version 0, so the same training with or without an
+    attack): an attacking board's delta is its honest delta times the factor, with the variance of
+    what it sends; every other board's is untouched."""
+    attack = Attack.parse(spec, 0.5)
+    firsts = []
+    for a in (Attack(), attack):
+        sim = study.simulation("ftte")
+        sim.attack, sim.attackers = a, a.devices(len(study.fleet.devices), study.cfg.seed)
+        seen: list[Any] = []
+        original = sim.strategy.on_update
+        sim.strategy.on_update = lambda u, v, seen=seen, original=original: (seen.append(u), original(u, v))[1]
+        sim.run(SimLimits(max_versions=1))
+        sim.close()
+        firsts.append({u.key: u for u in seen if u.base_version == 0})
+    clean, attacked = firsts
+    index = {d.name: i for i, d in enumerate(study.fleet.devices)}
+    bad = [k for k in clean if index[k[0]] in attack.devices(len(index), study.cfg.seed)]
+    assert bad and len(bad) < len(clean) and set(clean) == set(attacked)
+    for key, u in clean.items():
+        f = attack.factor if key in bad else 1.0
+        np.testing.assert_allclose(attacked[key].delta, f * u.delta, rtol=1e-6)
+        assert attacked[key].variance == pytest.approx(f * f * u.variance)

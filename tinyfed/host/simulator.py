@@ -1181,7 +1181,9 @@ class StudyConfig(ConfigTable):
         [strategy_params] (every knob of every variant) as tables."""
         doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
                                                         "horizon", "nested_subsets", "core_budget",
-                                                        "nested_refresh_versions"})
+                                                        "nested_refresh_versions", "attack", "attackers"})
+        if self.attackers and self.attack != "none":  # recorded only when set, as the nested keys are
+            doc.update(attack=self.attack, attackers=self.attackers)
         if self.nested_subsets or self.core_budget is not None:  # recorded only when set, as before otherwise
             doc.update(nested_subsets=self.nested_subsets, core_budget=self.core_budget)
         if self.nested_refresh_versions is not None:
