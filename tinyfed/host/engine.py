@@ -45,7 +45,7 @@ from tinyfed.host.rounds import RoundState, Task
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
 from tinyfed.host.updates import Update
-from tinyfed.training.privacy import DPConfig, PrivacyAccountant
+from tinyfed.training.privacy import DPConfig, PrivacyAccountant, check_norm_bound
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,7 @@ class Engine:
         self.elapsed_before = 0.0  # run seconds spent before a resume (counts against max_seconds)
         self.resumed_from: int | None = None
         #: differential privacy: each device's participations and the epsilon they spent (None: DP off)
+        check_norm_bound(training.dp, norm_bound, int(setup.w0.size))
         self.privacy = PrivacyAccountant(training.dp) if training.dp is not None else None
         self.stop_reason: str | None = None
         #: (wall-clock time, version) of the pending deadline of the strategy's last dispatch (None: none)

@@ -62,7 +62,7 @@ from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update
 from tinyfed.planner.memory import StepMemory
 from tinyfed.planner.plan import Plan
-from tinyfed.training.privacy import PrivacyAccountant, noised_values
+from tinyfed.training.privacy import PrivacyAccountant, check_norm_bound, noised_values
 from tinyfed.training.task import Task
 from tinyfed.training.vector import split_units, tail_evaluator
 
@@ -630,6 +630,7 @@ class Simulation:
         #: the queue sequence number of the pending deadline (a later dispatch's replaces it; -1: none)
         self._deadline_seq = -1
         #: differential privacy: each device's participations and the epsilon they spent (None: DP off)
+        check_norm_bound(self.training.dp, norm_bound, model.size)
         self.privacy = PrivacyAccountant(self.training.dp) if self.training.dp is not None else None
         self.window_end = np.full(n, np.inf)  # when each online device's window closes
         self._cut_off: set[int] = set()  # tasks in flight that their device's window will cut off

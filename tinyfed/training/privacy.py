@@ -54,6 +54,26 @@ class DPConfig:
         return self.noise / 2.0
 
 
+def expected_norm(config: DPConfig, values: int) -> float:
+    """A bound the L2 norm of a noised update of ``values`` values stays under in practice:
+    C * sqrt(1 + values * sigma^2) (clipped signal and the noise's root mean square), 20% over for
+    the noise's spread (its norm concentrates within a few percent at these sizes) and int8 rounding."""
+    return 1.2 * config.clip * math.sqrt(1.0 + values * config.noise ** 2)
+
+
+def check_norm_bound(config: DPConfig | None, norm_bound: float | None, values: int) -> None:
+    """Refuse a run whose update-norm check would reject the noised updates themselves."""
+    if config is None or norm_bound is None:
+        return
+    need = expected_norm(config, values)
+    if norm_bound < need:
+        raise TinyfedError(
+            f"the update norm bound {norm_bound:g} would reject the boards' noised updates: with clip {config.clip:g} "
+            f"and noise {config.noise:g} over {values:,} values their norm is about {need / 1.2:.3g}",
+            fix=f"raise the norm bound to at least {need:.3g} ([checks] norm_bound, --norm-bound), or lower "
+                "--dp-clip / --dp-noise")
+
+
 def privatize(delta: np.ndarray, clip: float, noise: float, rng: np.random.Generator) -> np.ndarray:
     """The board's mechanism on a float32 delta: clip to L2 norm ``clip`` (norm in float64, as the
     firmware sums it in double), then add N(0, (noise * clip)^2) per coordinate, in float32."""
