@@ -361,7 +361,7 @@ static uint32_t pool_u24(uniform_pool_t *pool)
  * at most `clip` (norm summed in double), then every coordinate gets i.i.d. Gaussian noise of
  * standard deviation noise * clip. Gaussians by Box-Muller in float32 from two 24-bit uniforms:
  * u1 in (0, 1] and u2 in [0, 1) on a grid of 2^-24, so |z| <= sqrt(2 ln 2^24) = 5.77 (the tail
- * beyond has probability < 6e-8 and is cut), and logf/cosf/sinf add float32 rounding (about 1e-7
+ * beyond has probability about 8e-9 and is cut), and logf/cosf/sinf add float32 rounding (about 1e-7
  * relative). The update is then quantized from the noised delta (finish_update). */
 static void privatize_update(float clip, float noise)
 {
