@@ -357,47 +357,61 @@ static uint32_t pool_u24(uniform_pool_t *pool)
     return (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16);
 }
 
+/* Clipping margin: the float32 norm (compensated sum) is off by far less than 2^-16 relative, so
+ * scaling to C * (1 - 2^-16) keeps every clipped delta within norm C (docs/privacy.md). */
+#define DP_CLIP_MARGIN (1.0f - 0x1p-16f)
+
+/* One standard normal by the polar form of Box-Muller (Marsaglia): u, v uniform in (-1, 1) on a
+ * 2^-23 grid from 24-bit draws, rejected outside the unit disc (and at its centre), then
+ * u * sqrt(-2 ln s / s) and v * the same are two independent normals (the second is kept in *spare). */
+static float gaussian(uniform_pool_t *pool, float *spare, bool *has_spare)
+{
+    if (*has_spare) {
+        *has_spare = false;
+        return *spare;
+    }
+    float u, v, s;
+    do {
+        u = (float)((int32_t)pool_u24(pool) - 0x800000) * 0x1p-23f;
+        v = (float)((int32_t)pool_u24(pool) - 0x800000) * 0x1p-23f;
+        s = u * u + v * v;
+    } while (s >= 1.0f || s == 0.0f);
+    float m = sqrtf(-2.0f * logf(s) / s);
+    *spare = v * m;
+    *has_spare = true;
+    return u * m;
+}
+
 /* The differential-privacy mechanism (docs/privacy.md): delta = values - start is scaled to L2 norm
- * at most `clip` (norm summed in double), then every coordinate gets i.i.d. Gaussian noise of
- * standard deviation noise * clip. Gaussians by Box-Muller in float32 from two 24-bit uniforms:
- * u1 in (0, 1] and u2 in [0, 1) on a grid of 2^-24, so |z| <= sqrt(2 ln 2^24) = 5.77 (the tail
- * beyond has probability about 8e-9 and is cut), and logf/cosf/sinf add float32 rounding (about 1e-7
- * relative). The update is then quantized from the noised delta (finish_update). */
+ * at most `clip` (sum of squares in float32 with Kahan compensation), then every coordinate gets
+ * i.i.d. Gaussian noise of standard deviation noise * clip (gaussian(): float32, uniforms on a 2^-23
+ * grid, so |z| < 8; logf/sqrtf add float32 rounding, about 1e-7 relative). The update is then
+ * quantized from the noised delta (finish_update). */
 static void privatize_update(float clip, float noise)
 {
     float *v = ts.prog.values;
     const float *s = ts.prog.start;
     uint32_t total = tftr_trainable_count(&ts.prog);
-    double sq = 0.0;
+    float sq = 0.0f, carry = 0.0f;
     for (uint32_t i = 0; i < total; i++) {
-        double d = (double)v[i] - (double)s[i];
-        sq += d * d;
+        float d = v[i] - s[i];
+        float y = d * d - carry;
+        float t = sq + y;
+        carry = (t - sq) - y;
+        sq = t;
     }
-    double norm = sqrt(sq);
-    float factor = norm > (double)clip ? (float)((double)clip / norm) : 1.0f;
+    float norm = sqrtf(sq);
+    float factor = norm > clip * DP_CLIP_MARGIN ? clip * DP_CLIP_MARGIN / norm : 1.0f;
     float std = noise * clip;
     uniform_pool_t pool = {.at = sizeof pool.buf};
-    float z_next = 0.0f;
-    bool have_next = false;
+    float spare = 0.0f;
+    bool has_spare = false;
     for (uint32_t i = 0; i < total; i++) {
-        float z = 0.0f;
-        if (std > 0.0f) {
-            if (have_next) {
-                z = z_next;
-                have_next = false;
-            } else {
-                float u1 = (float)(pool_u24(&pool) + 1u) * 0x1p-24f;
-                float u2 = (float)pool_u24(&pool) * 0x1p-24f;
-                float r = sqrtf(-2.0f * logf(u1));
-                float a = 6.28318530718f * u2;
-                z = r * cosf(a);
-                z_next = r * sinf(a);
-                have_next = true;
-            }
-        }
+        float z = std > 0.0f ? gaussian(&pool, &spare, &has_spare) : 0.0f;
         v[i] = s[i] + ((v[i] - s[i]) * factor + std * z);
     }
     sha256_wipe(&pool, sizeof pool);
+    sha256_wipe(&spare, sizeof spare);
 }
 
 static uint32_t update_bytes(void)

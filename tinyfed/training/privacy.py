@@ -74,12 +74,18 @@ def check_norm_bound(config: DPConfig | None, norm_bound: float | None, values: 
                 "--dp-clip / --dp-noise")
 
 
+#: The firmware clips to C * (1 - 2^-16): its float32 norm is off by far less, so no clipped delta
+#: exceeds C (``DP_CLIP_MARGIN`` in firmware/src/train.c).
+CLIP_MARGIN = 1.0 - 2.0 ** -16
+
+
 def privatize(delta: np.ndarray, clip: float, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """The board's mechanism on a float32 delta: clip to L2 norm ``clip`` (norm in float64, as the
-    firmware sums it in double), then add N(0, (noise * clip)^2) per coordinate, in float32."""
+    """The board's mechanism on a float32 delta: clip to L2 norm ``clip`` (times CLIP_MARGIN, as the
+    firmware does; the norm here in float64), then add N(0, (noise * clip)^2) per coordinate, in float32."""
     d = np.asarray(delta, np.float32).ravel()
     norm = math.sqrt(float(np.dot(d.astype(np.float64), d.astype(np.float64))))
-    factor = np.float32(clip / norm) if norm > clip else np.float32(1.0)
+    target = clip * CLIP_MARGIN
+    factor = np.float32(target / norm) if norm > target else np.float32(1.0)
     std = np.float32(noise) * np.float32(clip)
     z = rng.standard_normal(d.size, dtype=np.float32) if std > 0 else np.zeros(d.size, np.float32)
     return (d * factor + std * z).astype(np.float32)
