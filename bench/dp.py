@@ -11,7 +11,7 @@ may train any more; the no-DP run gets the same version cap. Printed per run: si
 versions, the final accuracy on the whole test split, the best, the epsilon reached (the largest
 over boards) and the host's wall time.
 
-Run: ``.venv/bin/python bench/dp.py [--epsilons 1,3,8] [--participations 4] [--clips 0.02,0.1,0.5]``.
+Run: ``.venv/bin/python bench/dp.py [--epsilons 1,3,8] [--participations 4] [--clips 0.005,0.02,0.1]``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epsilons", default="1,3,8")
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--participations", type=int, default=4, help="most tasks per board in a DP run")
-    ap.add_argument("--clips", default="0.02,0.1,0.5",
+    ap.add_argument("--clips", default="0.005,0.02,0.1",
                     help="C values tried at every epsilon (the median update norm at the start is ~0.19)")
     ap.add_argument("--max-versions", type=int, default=200)
     ap.add_argument("--evaluate-every", type=int, default=10)
