@@ -23,6 +23,7 @@ from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 from tinyfed.host.checkpoint import read_checkpoint
 from tinyfed.host.engine import (
     HOST_RESTARTED,
+    PRIVACY_BUDGET,
     Engine,
     Limits,
     LocalTraining,
@@ -32,6 +33,7 @@ from tinyfed.host.events import EventLog, read_events, summarize
 from tinyfed.host.runs import load as load_run
 from tinyfed.host.setup import DeviceSpec, prepare_run
 from tinyfed.host.strategies import get_strategy
+from tinyfed.training.privacy import DPConfig, PrivacyAccountant
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +225,50 @@ def test_resume_of_a_damaged_checkpoint_names_the_file(one_board, tmp_path: Path
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert newest.name in proc.stderr and "damaged checkpoint" in proc.stderr
+
+
+def _dp_engine(setup, devices, events: EventLog, versions: int, dp: DPConfig, **kw) -> Engine:
+    return Engine(setup, devices, get_strategy("ftte", buffer_size=1), events,
+                  training=LocalTraining(epochs=1, lr=0.005, dp=dp), limits=Limits(max_versions=versions), seed=3,
+                  norm_bound=1e4, **kw)
+
+
+def test_dp_budget_stops_the_run_and_resume_keeps_epsilon(one_board, tmp_path: Path) -> None:
+    """Differential privacy (docs/privacy.md): the epsilon budget ends the run, and a resume keeps
+    every participation, also one dispatched after the checkpoint."""
+    setup, devices = one_board
+    dp = DPConfig(clip=0.05, noise=1.0, delta=1e-5)
+    eps = PrivacyAccountant(dp).epsilon_of
+    # a budget that allows 3 participations of the one board: the run stops at version 3 of 10
+    forget_sim_boards()
+    with EventLog(tmp_path / "budget") as events:
+        result = _dp_engine(setup, devices, events, 10, DPConfig(0.05, 1.0, 1e-5, epsilon_budget=eps(3) + 1e-9)).run()
+    assert result.versions == 3 and result.stop_reason == PRIVACY_BUDGET
+    assert result.epsilon == pytest.approx(eps(3)) and result.to_dict()["delta"] == 1e-5
+    evs = list(read_events(tmp_path / "budget"))
+    privacy = [e for e in evs if e["kind"] == "privacy"]
+    assert [e["max_participations"] for e in privacy] == [1, 2, 3]
+    assert evs[-1]["kind"] == "run_end" and evs[-1]["stop_reason"] == PRIVACY_BUDGET
+    arrivals = [e for e in evs if e["kind"] == "arrival"]
+    assert all(e["loss"] == 0.0 and e["variance"] > 0 for e in arrivals)  # the host's variance of the noised delta
+
+    # two versions, then a dispatch the crash lost after the checkpoint: the resume counts all three
+    forget_sim_boards()
+    run = tmp_path / "resume"
+    with EventLog(run) as events:
+        first = _dp_engine(setup, devices, events, 2, dp).run()
+        events.append("dispatch", task=99, device="solo", version=2)
+    assert first.epsilon == pytest.approx(eps(2))
+    ck = latest_checkpoint(run)
+    assert ck.strategy_state["engine"]["privacy"] == {"counts": {"solo": 2}}
+    forget_sim_boards()
+    with EventLog(run) as events:
+        resumed = _dp_engine(setup, devices, events, 4, dp, resume_from=ck)
+        assert resumed.privacy is not None and resumed.privacy.counts == {"solo": 3}
+        second = resumed.run()
+    assert second.versions == 4 and second.epsilon == pytest.approx(eps(5))
+    # a DP run resumes only with DP
+    with EventLog(run) as events, pytest.raises(TinyfedError, match="differential privacy"):
+        Engine(setup, devices, get_strategy("ftte", buffer_size=1), events, norm_bound=1e4,
+               resume_from=latest_checkpoint(run))
+    assert np.isfinite(second.vector).all()

@@ -149,6 +149,21 @@ def test_sim_board_trains_and_returns_the_reference_update(har_session) -> None:
         assert ev.n == report.n and 0 <= ev.correct <= ev.n
 
 
+def test_sim_board_clips_noises_and_withholds_under_dp(har_session) -> None:
+    """The DP mechanism (docs/privacy.md) through the link; the same checks run on QEMU."""
+    from _privacy_checks import check_dp_mechanism
+
+    case = har_session
+    forget_sim_boards()
+    with BoardClient("sim://mps2-an386?name=dp", name="sim-dp") as client:
+        client.hello()
+        _provision(client, case, 0)
+        client.set_weights(1, case.w0)
+        check_dp_mechanism(client, case, 1)
+        client.load_data(case.images[0])  # new local data lift the refusal
+        assert client.evaluate().n > 0
+
+
 def test_sim_board_typed_errors(har_session) -> None:
     case = har_session
     forget_sim_boards()

@@ -270,6 +270,10 @@ def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, t
             # after training, the fragment's output holds no features of the last private sample
             out = client.request(Command.OUTPUT_READ, struct.pack("<IH", 0, 64))
             assert out == bytes(64)
+            # differential privacy: the firmware's clip, Box-Muller noise and refusals (docs/privacy.md)
+            from _privacy_checks import check_dp_mechanism
+
+            check_dp_mechanism(client, case, 2)
     finally:
         emu.stop()
 

@@ -14,12 +14,17 @@
 #include "engine_glue.h"
 #include "local_data.h"
 #include "memmap.h"
+#include "rng.h"
+#include "sha256.h"
 #include "shuffle.h"
 
 #define UPDATE_HEADER 24u
 #define FLAG_PER_CHANNEL 0x01u
 #define FLAG_HEAD_CACHE 0x02u /* keep the fragment's outputs in spare arena RAM after epoch 1 */
 #define FLAG_FLOAT_UPDATE 0x04u /* send delta as float32 (the dense FedAvg/FedBuff payload), not int8 */
+#define FLAG_DP 0x08u /* differential privacy: clip delta to L2 norm C, add N(0, (sigma C)^2), withhold loss/variance */
+#define TRAIN_BASE_BYTES 21u
+#define TRAIN_DP_BYTES 29u /* + f32 clip C, f32 noise multiplier sigma */
 #define UPDATE_FLAG_FLOAT 0x02u /* update image: elements are float32, no scales */
 #define RAM_PAINT 0xA5C3A5C3u
 
@@ -45,6 +50,9 @@ static struct {
     float update_variance;
     uint8_t update_flags;
     uint16_t scale_count;
+    /* A DP TRAIN ran on the current local data: EVALUATE and TRAIN without DP are refused until
+     * new local data are committed (their answers are not covered by the noise). */
+    bool dp_latched;
 } ts;
 
 static tfmb_error_t terr;
@@ -152,6 +160,7 @@ bool train_commit_data(reply_t *r)
     uint16_t classes = 0;
     uint8_t kind = 0;
     local_data_invalidate();
+    ts.dp_latched = false;
     if (!local_data_check(&err, &classes, &kind)) {
         return reply_error(r, ST_NO_DATA, 0, err);
     }
@@ -331,6 +340,80 @@ static void finish_update(bool per_channel, bool float_update)
     ts.update_flags = float_update ? UPDATE_FLAG_FLOAT : (per_channel ? FLAG_PER_CHANNEL : 0u);
 }
 
+/* 24-bit uniforms from the board's RNG (rng.h), three bytes each, drawn 48 bytes at a time. */
+typedef struct {
+    uint8_t buf[48];
+    uint32_t at;
+} uniform_pool_t;
+
+static uint32_t pool_u24(uniform_pool_t *pool)
+{
+    if (pool->at + 3u > sizeof pool->buf) {
+        rng_fill(pool->buf, sizeof pool->buf);
+        pool->at = 0;
+    }
+    const uint8_t *b = pool->buf + pool->at;
+    pool->at += 3u;
+    return (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16);
+}
+
+/* Clipping margin: the float32 norm (compensated sum) is off by far less than 2^-16 relative, so
+ * scaling to C * (1 - 2^-16) keeps every clipped delta within norm C (docs/privacy.md). */
+#define DP_CLIP_MARGIN (1.0f - 0x1p-16f)
+
+/* One standard normal by the polar form of Box-Muller (Marsaglia): u, v uniform in (-1, 1) on a
+ * 2^-23 grid from 24-bit draws, rejected outside the unit disc (and at its centre), then
+ * u * sqrt(-2 ln s / s) and v * the same are two independent normals (the second is kept in *spare). */
+static float gaussian(uniform_pool_t *pool, float *spare, bool *has_spare)
+{
+    if (*has_spare) {
+        *has_spare = false;
+        return *spare;
+    }
+    float u, v, s;
+    do {
+        u = (float)((int32_t)pool_u24(pool) - 0x800000) * 0x1p-23f;
+        v = (float)((int32_t)pool_u24(pool) - 0x800000) * 0x1p-23f;
+        s = u * u + v * v;
+    } while (s >= 1.0f || s == 0.0f);
+    float m = sqrtf(-2.0f * logf(s) / s);
+    *spare = v * m;
+    *has_spare = true;
+    return u * m;
+}
+
+/* The differential-privacy mechanism (docs/privacy.md): delta = values - start is scaled to L2 norm
+ * at most `clip` (sum of squares in float32 with Kahan compensation), then every coordinate gets
+ * i.i.d. Gaussian noise of standard deviation noise * clip (gaussian(): float32, uniforms on a 2^-23
+ * grid, so |z| < 8; logf/sqrtf add float32 rounding, about 1e-7 relative). The update is then
+ * quantized from the noised delta (finish_update). */
+static void privatize_update(float clip, float noise)
+{
+    float *v = ts.prog.values;
+    const float *s = ts.prog.start;
+    uint32_t total = tftr_trainable_count(&ts.prog);
+    float sq = 0.0f, carry = 0.0f;
+    for (uint32_t i = 0; i < total; i++) {
+        float d = v[i] - s[i];
+        float y = d * d - carry;
+        float t = sq + y;
+        carry = (t - sq) - y;
+        sq = t;
+    }
+    float norm = sqrtf(sq);
+    float factor = norm > clip * DP_CLIP_MARGIN ? clip * DP_CLIP_MARGIN / norm : 1.0f;
+    float std = noise * clip;
+    uniform_pool_t pool = {.at = sizeof pool.buf};
+    float spare = 0.0f;
+    bool has_spare = false;
+    for (uint32_t i = 0; i < total; i++) {
+        float z = std > 0.0f ? gaussian(&pool, &spare, &has_spare) : 0.0f;
+        v[i] = s[i] + ((v[i] - s[i]) * factor + std * z);
+    }
+    sha256_wipe(&pool, sizeof pool);
+    sha256_wipe(&spare, sizeof spare);
+}
+
 static uint32_t update_bytes(void)
 {
     uint32_t element = (ts.update_flags & UPDATE_FLAG_FLOAT) ? 4u : 1u;
@@ -340,9 +423,10 @@ static uint32_t update_bytes(void)
 static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
 {
     uint32_t count = 0;
-    if (len != 21u) {
-        return reply_error(r, ST_BAD_LENGTH, 21,
-                           "TRAIN takes u32 version, u16 epochs, u16 batch, f32 lr, u32 seed, u32 max_samples, u8 flags");
+    if (len != TRAIN_BASE_BYTES && len != TRAIN_DP_BYTES) {
+        return reply_error(r, ST_BAD_LENGTH, TRAIN_BASE_BYTES,
+                           "TRAIN takes u32 version, u16 epochs, u16 batch, f32 lr, u32 seed, u32 max_samples, u8 flags"
+                           " [, f32 dp clip, f32 dp noise]");
     }
     if (!ready(r, &count)) {
         return false;
@@ -362,8 +446,25 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
                                          : "w* incomplete: finish TRAIN_SET first");
     }
     if (epochs == 0u || batch == 0u || !isfinite(lr) || lr <= 0.0f ||
-        (flags & ~(FLAG_PER_CHANNEL | FLAG_HEAD_CACHE | FLAG_FLOAT_UPDATE)) != 0u) {
-        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0..7");
+        (flags & ~(FLAG_PER_CHANNEL | FLAG_HEAD_CACHE | FLAG_FLOAT_UPDATE | FLAG_DP)) != 0u) {
+        return reply_error(r, ST_BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0, flags 0..15");
+    }
+    bool dp = (flags & FLAG_DP) != 0u;
+    float dp_clip = 0.0f, dp_noise = 0.0f;
+    if (dp != (len == TRAIN_DP_BYTES)) {
+        return reply_error(r, ST_BAD_LENGTH, dp ? TRAIN_DP_BYTES : TRAIN_BASE_BYTES,
+                           "the DP flag and the DP parameters (f32 clip, f32 noise) come together");
+    }
+    if (dp) {
+        uint32_t bits = get_u32(p + 21);
+        memcpy(&dp_clip, &bits, sizeof dp_clip);
+        bits = get_u32(p + 25);
+        memcpy(&dp_noise, &bits, sizeof dp_noise);
+        if (!isfinite(dp_clip) || dp_clip <= 0.0f || !isfinite(dp_noise) || dp_noise < 0.0f) {
+            return reply_error(r, ST_BAD_ARGUMENT, 1, "DP clip must be finite and > 0, noise finite and >= 0");
+        }
+    } else if (ts.dp_latched) {
+        return reply_error(r, ST_BAD_ARGUMENT, 2, "this board trains with differential privacy: TRAIN without it refused");
     }
     uint32_t n = (max_samples != 0u && max_samples < count) ? max_samples : count;
     /* The head cache: the frozen fragment never changes during a TRAIN, so its outputs from the
@@ -426,10 +527,21 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
     if (cache != NULL) {
         memset(cache, 0, cache_bytes);
     }
+    if (dp) {
+        privatize_update(dp_clip, dp_noise);
+        ts.dp_latched = true;
+    }
     finish_update((flags & FLAG_PER_CHANNEL) != 0u, (flags & FLAG_FLOAT_UPDATE) != 0u);
     ts.update_ok = true;
     ts.update_n = n;
     ts.update_loss = loss_sum / (float)(n * (uint32_t)epochs);
+    if (dp) { /* withheld: only the noised delta leaves the board (the host computes its variance) */
+        ts.update_loss = 0.0f;
+        ts.update_variance = 0.0f;
+        cycles = 0u;
+        head_cycles = 0u;
+    }
+    loss_sum = 0.0f;
     uint8_t *o = r->payload;
     uint32_t bits;
     put_u32(o, ts.version);
@@ -529,6 +641,9 @@ static bool cmd_evaluate(const uint8_t *p, uint16_t len, reply_t *r)
     uint32_t count = 0;
     if (len != 4u) {
         return reply_error(r, ST_BAD_LENGTH, 4, "EVALUATE takes u32 max_samples");
+    }
+    if (ts.dp_latched) {
+        return reply_error(r, ST_BAD_ARGUMENT, 3, "this board trains with differential privacy: EVALUATE refused");
     }
     if (!ready(r, &count)) {
         return false;

@@ -325,3 +325,32 @@ def robust_options(table: Any, *, show_defaults: bool) -> Any:
         return f
 
     return wrap
+
+
+#: Bounds of the DP options, as the run config's [privacy] table states them (tinyfed.host.config.Privacy;
+#: restated so that ``--help`` imports no pydantic).
+MAX_DP_PARAMETER = 1e6
+
+
+def dp_options(command: Any) -> Any:
+    """``--dp-clip C --dp-noise SIGMA [--dp-delta D] [--dp-epsilon-budget E]`` (docs/privacy.md)."""
+    positive = FiniteFloatRange(0, MAX_DP_PARAMETER, min_open=True)
+    for option in reversed((
+        click.option("--dp-clip", "dp_clip", type=positive, metavar="C",
+                     help="Differential privacy: each board clips its update to L2 norm C (with --dp-noise)."),
+        click.option("--dp-noise", "dp_noise", type=positive, metavar="SIGMA",
+                     help="Differential privacy: Gaussian noise of std SIGMA * C per value of the update."),
+        click.option("--dp-delta", "dp_delta", type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+                     metavar="D", help="delta of the reported (epsilon, delta) (default 1e-5)."),
+        click.option("--dp-epsilon-budget", "dp_epsilon_budget", type=positive, metavar="E",
+                     help="Stop before any board's epsilon would pass E."),
+    )):
+        command = option(command)
+    return command
+
+
+def dp_table(dp_clip: float | None, dp_noise: float | None, dp_delta: float | None,
+             dp_epsilon_budget: float | None) -> dict[str, float]:
+    """The DP options given, as keys of the run config's [privacy] table."""
+    return {k: v for k, v in (("clip", dp_clip), ("noise", dp_noise), ("delta", dp_delta),
+                              ("epsilon_budget", dp_epsilon_budget)) if v is not None}

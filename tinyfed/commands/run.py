@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -39,6 +40,8 @@ from tinyfed.commands.options import (
     core_budget_option,
     count_option,
     dashboard_option,
+    dp_options,
+    dp_table,
     fleet_option,
     json_option,
     jsonl_option,
@@ -190,6 +193,7 @@ def _read_devices(run_dir: Path) -> dict[str, Any]:
                    "budget holds; per-class update sizes are in the summary.")
 @core_budget_option
 @robust_options(StrategyParams, show_defaults=False)
+@dp_options
 @out_dir_option("Run directory (events.jsonl, config.toml, devices.json, checkpoints); default runs/<time>.")
 @boards_dir_option
 @dashboard_option
@@ -203,6 +207,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         max_windows: int | None, data_path: Path | None, test_data_path: Path | None, partition: str | None,
         alpha: float | None, seed: int | None, nested_subsets: bool | None, core_budget: float | None,
         robust: str | None, robust_quantile: float | None, robust_window: int | None, trim_fraction: float | None,
+        dp_clip: float | None, dp_noise: float | None, dp_delta: float | None, dp_epsilon_budget: float | None,
         out_dir: Path | None,
         boards_dirs: tuple[Path, ...], as_json: bool, jsonl: bool) -> None:
     """Train a model across a fleet and print where the run stands after every new version.
@@ -214,6 +219,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
       tinyfed run --emulate 8 --board mps2-an386 --target-accuracy 0.85
       tinyfed run --fleet fleet.toml --out runs/lab --json
       tinyfed run --resume runs/lab --max-seconds 600
+      tinyfed run --simulate 8 --dp-clip 0.05 --dp-noise 4 --dp-epsilon-budget 8
       tinyfed run --simulate 4 --max-versions 5 --jsonl | jq -c 'select(.kind == "evaluation")'
     """
     from tinyfed.host.config import RunConfig, load_run_config, looks_like_path
@@ -230,6 +236,7 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     robustness = {k: v for k, v in (("robust", robust), ("robust_quantile", robust_quantile),
                                     ("robust_window", robust_window), ("trim_fraction", trim_fraction))
                   if v is not None}
+    privacy = dp_table(dp_clip, dp_noise, dp_delta, dp_epsilon_budget)
     if resume_dir is not None:
         fixed = {"--fleet": fleet_path, "--emulate": emulate, "--simulate": simulate, "--count": count,
                  "--config": config_path,
@@ -237,6 +244,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
                  "--out": out_dir,
                  "--data": data_path, "--test-data": test_data_path, "--partition": partition, "--alpha": alpha,
                  "--nested-subsets": nested_subsets, "--core-budget": core_budget, "--seed": seed,
+                 "--dp-clip": dp_clip, "--dp-noise": dp_noise, "--dp-delta": dp_delta,
+                 "--dp-epsilon-budget": dp_epsilon_budget,
                  **{"--" + k.replace("_", "-"): v for k, v in robustness.items()}}
         given = [k for k, v in fixed.items() if v is not None]
         if ctx.get_parameter_source("board_name") == click.core.ParameterSource.COMMANDLINE:
@@ -265,7 +274,8 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     if "target_accuracy" in top or "target_metric" in top:  # the command line's target replaces the file's
         cfg = cfg.model_copy(update={"target_accuracy": None, "target_metric": None})
     cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data,
-                                            "strategy_params": robustness})
+                                            "strategy_params": robustness,
+                                            "privacy": privacy})
     if fleet_path is not None:  # a fleet that cannot be run is refused before a run directory is named
         from tinyfed.firmware_bridge.link.devices import load_device_fleet, require_urls
 
@@ -532,7 +542,7 @@ def train_run(stack: ExitStack, cfg: Any, out: Path, devices: list, max_windows:
     progress = view.progress
 
     engine = Engine(setup, devices, strat, events,
-                    training=cfg.training.local_training(),
+                    training=replace(cfg.training.local_training(), dp=cfg.privacy.dp_config()),
                     limits=Limits(target, cfg.limits.max_versions, cfg.limits.max_seconds,
                                   cfg.limits.max_bytes),
                     seed=cfg.seed, norm_bound=cfg.checks.norm_bound, max_staleness=cfg.checks.max_staleness,
@@ -612,6 +622,8 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                    f"(provisioning {result.provision_bytes_down:,} B down); "
                    f"{result.wall_seconds:.1f} s; "
                    + (f"boards: {baseline} (emulator-only baseline budget, not a real board); " if baseline else "")
+                   + (f"epsilon {result.epsilon:.3g} at delta {result.delta:g} (per board, docs/privacy.md); "
+                      if result.epsilon is not None else "")
                    + f"events in {out / 'events.jsonl'}")
         for board, c in getattr(result, "classes", {}).items():
             click.echo(f"nested class {board}: {c['values']:,} values, training memory "
@@ -623,6 +635,10 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
             click.echo(f"charts: {', '.join(result.plots)}")
     if failed:
         _fail_no_boards(failed, result.updates_accepted)
+    if getattr(result, "stop_reason", None) == "privacy_budget":
+        click.echo(f"the run stopped at its epsilon budget {cfg.privacy.epsilon_budget:g}: every board's next "
+                   f"task would have passed it (epsilon spent {result.epsilon:.3g} at delta {result.delta:g})",
+                   err=True)
     if target is not None and not result.reached_target:
         best = max((row[result.metric] for row in result.history if row.get(result.metric) is not None),
                    default=result.final_metric)

@@ -34,6 +34,7 @@ from tinyfed.commands.options import (
     core_budget_option,
     dashboard_option,
     deprecated_alias,
+    dp_options,
     field_range,
     json_option,
     jsonl_option,
@@ -196,6 +197,8 @@ OPTION_KEYS = {
     "round_deadline": "round_deadline_s", "head_cache": "training.head_cache", "max_staleness": "checks.max_staleness",
     "norm_bound": "checks.norm_bound", "evaluate_every": "evaluation.every_versions",
     "run_past_target": "stop_at_target",
+    "dp_clip": "privacy.clip", "dp_noise": "privacy.noise", "dp_delta": "privacy.delta",
+    "dp_epsilon_budget": "privacy.epsilon_budget",
 }
 
 
@@ -321,6 +324,7 @@ def _table_default(table: type[BaseModel], key: str) -> Any:
 @click.option("--nested-refresh-versions", type=field_range(StudyConfig, "nested_refresh_versions"), default=None,
               help="With --nested-subsets: every N versions re-cut each class's frozen fragment and tail from the "
                    "global vector and send them again (charged to each board's next download); default never.")
+@dp_options
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where the boards' training steps run: this process, or Ray tasks (same results, for a seed).")
 @click.option("--address", default=None,
@@ -385,6 +389,9 @@ def simulate(backend: str, address: str | None, out_dir: Path | None, boards_dir
     say = (lambda text: None) if as_json else click.echo
     output_console().print(*result_tables(results, cfg.target_accuracy, study.horizon_s))
     for name, r in results.items():
+        if r.epsilon is not None:
+            say(f"{name}: epsilon {r.epsilon:.3g} at delta {r.delta:g} per board (docs/privacy.md), "
+                f"stopped on {r.stop_reason}")
         for board, c in r.classes.items():
             say(f"{name} nested class {board}: {c['values']:,} values, training memory {c['device_memory_bytes']:,} B, "
                 f"{c['bytes_per_update']:,} B per update")
@@ -514,7 +521,8 @@ def study_config(options: dict[str, Any]) -> Any:
     from tinyfed.host.config import checked
     from tinyfed.host.simulator import DEFAULT_TARGETS, StudyConfig
 
-    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS + OUTPUT_OPTIONS}
+    given = {k: v for k, v in options.items() if k not in MANY_STUDIES_OPTIONS + OUTPUT_OPTIONS
+             and not (k.startswith("dp_") and v is None)}
     alias = given.pop("clients_alias", None)  # --clients, the old spelling of --count
     if alias is not None:
         given["clients"] = alias

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from tinyfed.boards.schema import MAX_FLEET_DEVICES, check_error
@@ -38,6 +39,7 @@ from tinyfed.host.strategies import (
 
 if TYPE_CHECKING:
     from tinyfed.host.engine import LocalTraining
+    from tinyfed.training.privacy import DPConfig
     from tinyfed.training.task import Task
 
 log = logging.getLogger(__name__)
@@ -203,6 +205,37 @@ class Training(ConfigTable):
         return LocalTraining(self.epochs, self.lr, self.batch_size, self.per_channel, self.head_cache)
 
 
+class Privacy(ConfigTable):
+    """On-device differential privacy (docs/privacy.md): off unless clip and noise are given."""
+
+    clip: float | None = Field(default=None, gt=0, le=1e6,
+                               description="L2 norm C each device clips its update to before the noise")
+    noise: float | None = Field(default=None, gt=0, le=1e6,
+                                description="noise multiplier sigma: Gaussian noise of std sigma * C per value")
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta)")
+    epsilon_budget: float | None = Field(default=None, gt=0, le=1e6,
+                                         description="stop before any device's epsilon would pass this")
+
+    @model_validator(mode="after")
+    def _clip_and_noise_together(self) -> Privacy:
+        if (self.clip is None) != (self.noise is None):
+            raise check_error("differential privacy needs both clip and noise",
+                              fix="give both --dp-clip and --dp-noise (config [privacy] clip and noise), or neither",
+                              key=("noise" if self.noise is None else "clip",))
+        if self.clip is None and self.epsilon_budget is not None:
+            raise check_error("an epsilon budget needs differential privacy on",
+                              fix="give --dp-clip and --dp-noise too", key=("epsilon_budget",))
+        return self
+
+    def dp_config(self) -> DPConfig | None:
+        """The mechanism and accountant settings, or None when DP is off."""
+        from tinyfed.training.privacy import DPConfig
+
+        if self.clip is None or self.noise is None:
+            return None
+        return DPConfig(self.clip, self.noise, self.delta, self.epsilon_budget)
+
+
 class Checks(ConfigTable):
     """Bounds an arriving update must meet; one that fails is rejected with the reason."""
 
@@ -266,6 +299,7 @@ class RunConfig(ConfigTable):
     limits: Limits = Field(default_factory=Limits)
     training: Training = Field(default_factory=Training)
     checks: Checks = Field(default_factory=Checks)
+    privacy: Privacy = Field(default_factory=Privacy)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     devices: Devices = Field(default_factory=Devices)
 

@@ -76,6 +76,9 @@ class Dashboard:
                      f"elapsed {last.get('t', 0.0):.0f} s",
                      self.outcome if self.outcome is not None else
                      "ETA -" if eta is None else ("target reached" if eta == 0 else f"ETA {eta:.0f} s"))
+        if self.rows and "epsilon" in self.rows[-1]:  # differential privacy: what the boards' data have spent
+            head.add_row(Text(f"epsilon {self.rows[-1]['epsilon']:.3g}", style="bold"), "per board, docs/privacy.md",
+                         "", "")
         table = Table(show_edge=False, box=None, header_style="bold")
         for col in ("version", m, "int8", "loss", "t (s)"):
             table.add_column(col, justify="right")

@@ -45,6 +45,7 @@ from tinyfed.host.rounds import RoundState, Task
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
 from tinyfed.host.updates import Update
+from tinyfed.training.privacy import DPConfig, PrivacyAccountant, check_norm_bound
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ HOST_RESTARTED = "host restarted"
 DEVICE_FAILED = "device failed"
 #: Least seconds between two upload-progress rows of one board (the last chunk's always goes).
 PROGRESS_INTERVAL_S = 0.1
+#: ``stop_reason`` of a run that stopped because no device may take another task within its epsilon budget.
+PRIVACY_BUDGET = "privacy_budget"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class LocalTraining:
     batch_size: int = 16
     per_channel: bool = False
     head_cache: bool = True
+    #: on-device differential privacy (docs/privacy.md), None: off
+    dp: DPConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,11 @@ class RunResult:
     metric: str = "accuracy"  # accuracy, micro_f1, r2 or auc (training.metrics)
     #: nested subsets: per board class, its values, training memory and the bytes of its last update
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: differential privacy: epsilon spent at ``delta`` (the largest over devices); None without DP
+    epsilon: float | None = None
+    delta: float | None = None
+    #: why the run stopped when it was not a limit or the target (``privacy_budget``), else None
+    stop_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as the run's JSON: ``final_<metric>`` (``final_accuracy`` for a classifier)."""
@@ -133,6 +143,8 @@ class RunResult:
             "tasks_unfinished": self.tasks_unfinished,
             "provision_bytes_down": self.provision_bytes_down, "provision_bytes_up": self.provision_bytes_up,
             f"final_int8_{self.metric}": self.history[-1].get(f"int8_{self.metric}") if self.history else None,
+            "epsilon": self.epsilon, "delta": self.delta,
+            **({"stop_reason": self.stop_reason} if self.stop_reason else {}),
             **({"classes": {k: dict(v) for k, v in self.classes.items()}} if self.classes else {}),
         }
 
@@ -260,16 +272,22 @@ class _Worker(threading.Thread):
                 self.board_version = task.version
             sent1, recv1 = client.stats.bytes_sent, client.stats.bytes_received
             t = self.training
+            dp = t.dp
             report = client.train(TrainParams(version=task.version, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                               seed=task.seed, per_channel=t.per_channel, head_cache=t.head_cache,
-                                              float_update=self.payload_float), timeout=self.timeout)
+                                              float_update=self.payload_float, dp_clip=dp.clip if dp else 0.0,
+                                              dp_noise=dp.noise if dp else 0.0), timeout=self.timeout)
             self.notes.put(("state", self.spec.name, "uploading"))
             upd = client.read_update(report.update_bytes, values=self._update_values())
             try:
                 delta = upd.dense(self.unit_shapes)
             except ValueError:  # sizes that do not match w*: the raw values go to the check (bad_shape)
                 delta = (upd.values if upd.values is not None else upd.q).astype(np.float32).ravel()
-            update = Update(self.spec.name, task.task_id, upd.version, upd.n, upd.loss, upd.variance, delta,
+            loss, variance = upd.loss, upd.variance
+            if dp is not None:  # the board withholds both; FTTE's variance is the noised delta's (post-processing)
+                loss = 0.0
+                variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+            update = Update(self.spec.name, task.task_id, upd.version, upd.n, loss, variance, delta,
                             upd.wire_bytes, self.index)
             down = (sent1 - sent0) + (client.stats.bytes_sent - sent1)
             up = (recv1 - recv0) + (client.stats.bytes_received - recv1)
@@ -319,6 +337,10 @@ class Engine:
         self.checkpoints = checkpoints
         self.elapsed_before = 0.0  # run seconds spent before a resume (counts against max_seconds)
         self.resumed_from: int | None = None
+        #: differential privacy: each device's participations and the epsilon they spent (None: DP off)
+        check_norm_bound(training.dp, norm_bound, int(setup.w0.size))
+        self.privacy = PrivacyAccountant(training.dp) if training.dp is not None else None
+        self.stop_reason: str | None = None
         #: (wall-clock time, version) of the pending deadline of the strategy's last dispatch (None: none)
         self.deadline: tuple[float, int] | None = None
         if resume_from is not None:
@@ -347,6 +369,7 @@ class Engine:
             "accepted": rounds.accepted, "rejected": rounds.rejected, "lost": rounds.lost,
             "elapsed": self.elapsed_before + (time.monotonic() - started),
             "history": [dict(row) for row in self.history],
+            **({"privacy": {"counts": dict(self.privacy.counts)}} if self.privacy is not None else {}),
         }
 
     def _checkpoint(self, started: float) -> None:
@@ -418,6 +441,7 @@ class Engine:
             bytes_down=int(engine["bytes_down"]), bytes_up=int(engine["bytes_up"]), accepted=int(engine["accepted"]),
             rejected=int(engine["rejected"]), lost=int(engine["lost"]))
         self.provision_down, self.provision_up = (int(n) for n in engine.get("provision_bytes", (0, 0)))
+        self._restore_privacy(engine.get("privacy"), ck.event_position, where)
         self.elapsed_before = float(engine["elapsed"])
         self.history = [dict(row) for row in engine["history"]]
         self.resumed_from = self.rounds.version
@@ -426,6 +450,20 @@ class Engine:
                            in_flight=list(self.rounds.in_flight))
         log.info("resuming at version %d from checkpoint generation %d (%d tasks were in flight)", self.rounds.version,
                  ck.generation, len(self.rounds.in_flight))
+
+    def _restore_privacy(self, recorded: Any, position: int, where: str) -> None:
+        """Take over the participations of the checkpoint, plus those dispatched after it (the
+        boards trained and sent those updates even though the crash lost them): epsilon never
+        goes back. A DP run resumes only as a DP run."""
+        if recorded is None and self.privacy is None:
+            return
+        if self.privacy is None:
+            raise TinyfedError("the checkpoint's run trained with differential privacy, this one does not",
+                               fix="resume with the run's own config (its [privacy] table)", source=where)
+        counts = dict(recorded.get("counts", {})) if isinstance(recorded, dict) else {}
+        for device in _dispatched_after(self.events.path, position):
+            counts[device] = int(counts.get(device, 0)) + 1
+        self.privacy = PrivacyAccountant(self.privacy.config, counts)
 
     def _account_restart(self, started: float) -> None:
         """Tasks in flight at the checkpoint died with the old host: record each as lost, once."""
@@ -454,6 +492,8 @@ class Engine:
         if self.setup.int8_score is not None:  # the deployable model, requantized, through LiteRT
             s = self.setup.int8_score(rounds.vector)
             extra = {f"int8_{name}": s.metric, "int8_loss": s.loss, "clipped": s.clipped}
+        if self.privacy is not None:
+            extra["epsilon"] = round(self.privacy.epsilon, 6)
         self.events.append("evaluation", version=rounds.version, metric=name, **{name: value}, loss=loss, **extra)
         row = {"kind": "evaluation", "version": rounds.version, "metric": name, name: value, "loss": loss,
                "t": self.events.now(), "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
@@ -487,6 +527,8 @@ class Engine:
                            weights=[round(float(w), 6) for w in agg.shares],
                            staleness=[int(s) for s in agg.staleness], buffer_size=k if isinstance(k, int) else None,
                            robust=agg.robust)
+        if self.privacy is not None:
+            self.events.append("privacy", version=self.rounds.version, **self.privacy.summary())
 
     def _dispatch(self, workers: dict[str, _Worker]) -> None:
         now = time.monotonic()
@@ -495,8 +537,12 @@ class Engine:
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
         idle = [n for n, s in self.state.items() if s.state == "idle"]
+        if self.privacy is not None:  # a device whose next participation would pass the budget trains no more
+            idle = [n for n in idle if self.privacy.allows(n)]
         tasks = self.rounds.dispatch(idle)
         for task in tasks:
+            if self.privacy is not None:
+                self.privacy.participate(task.device)
             st = self.state[task.device]
             st.state = "busy"
             st.tasks += 1
@@ -608,9 +654,22 @@ class Engine:
         row = self.history[-1]
         return all(row[key] >= target for key in (name, f"int8_{name}") if row.get(key) is not None)
 
+    def _budget_spent(self) -> bool:
+        """No device may take another task within the epsilon budget and none is still training."""
+        if self.privacy is None or self.privacy.config.epsilon_budget is None or self.rounds.in_flight:
+            return False
+        if any(self.privacy.allows(n) for n, s in self.state.items() if s.state != "dropped"):
+            return False
+        if self.stop_reason is None:
+            self.stop_reason = PRIVACY_BUDGET
+            log.info("stopping: every device's next task would pass the epsilon budget %g",
+                     self.privacy.config.epsilon_budget)
+        return True
+
     def _should_stop(self, started: float) -> bool:
         lim, rounds = self.limits, self.rounds
         return bool(
+            self._budget_spent() or
             self._target_reached()
             or (lim.max_versions is not None and rounds.version >= lim.max_versions)
             or (lim.max_seconds is not None
@@ -706,15 +765,43 @@ class Engine:
             value, loss = self._evaluate()
         wall = self.elapsed_before + time.monotonic() - started
         reached = self._target_reached()
+        privacy = ({"epsilon": round(self.privacy.epsilon, 6), "delta": self.privacy.config.delta}
+                   if self.privacy is not None else {})
         self.events.append("run_end", version=rounds.version, metric=metric_name, **{metric_name: value},
-                           reached_target=reached)
+                           reached_target=reached, **privacy,
+                           **({"stop_reason": self.stop_reason} if self.stop_reason else {}))
         return RunResult(self.strategy.label, rounds.version, value, loss, reached, wall, rounds.bytes_up,
                          rounds.bytes_down, rounds.accepted, rounds.rejected, rounds.lost, rounds.vector.copy(),
                          self.history, tasks_unfinished=rounds.unfinished, provision_bytes_down=self.provision_down,
                          provision_bytes_up=self.provision_up, task=self.setup.task.value, metric=metric_name,
                          classes={b: {"values": c.values, "training_memory_bytes": c.training_memory_bytes,
                                       "bytes_per_update": self._class_update_bytes.get(b, 0)}
-                                  for b, c in (self.setup.classes or {}).items()})
+                                  for b, c in (self.setup.classes or {}).items()},
+                         epsilon=self.privacy.epsilon if self.privacy is not None else None,
+                         delta=self.privacy.config.delta if self.privacy is not None else None,
+                         stop_reason=self.stop_reason)
+
+
+def _dispatched_after(path: Path, position: int) -> list[str]:
+    """The devices of the ``dispatch`` events after byte ``position`` of the event log (one entry per
+    dispatch), read before a resume cuts them away; a torn last line is skipped."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(position)
+            tail = fh.read()
+    except OSError:
+        return []
+    devices = []
+    for line in tail.split(b"\n"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("kind") == "dispatch" and isinstance(event.get("device"), str):
+            devices.append(event["device"])
+    return devices
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint:

@@ -60,6 +60,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "device_state": ("device", "state"),
     "bytes": ("direction", "n"),
     "checkpoint": ("version",),
+    # differential privacy (docs/privacy.md): epsilon at delta spent so far (the largest over devices)
+    "privacy": ("version", "epsilon", "delta"),
     "run_end": (),
 }
 _RESERVED = ("seq", "t", "wall", "kind")

@@ -49,6 +49,7 @@ from tinyfed.host.config import (
     ConfigTable,
     Evaluation,
     Partition,
+    Privacy,
     Start,
     StrategyParams,
     Training,
@@ -61,6 +62,7 @@ from tinyfed.host.strategies.base import Aggregate
 from tinyfed.host.updates import Update
 from tinyfed.planner.memory import StepMemory
 from tinyfed.planner.plan import Plan
+from tinyfed.training.privacy import PrivacyAccountant, check_norm_bound, noised_values
 from tinyfed.training.task import Task
 from tinyfed.training.vector import split_units, tail_evaluator
 
@@ -374,13 +376,23 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     res = local_train(tail, x, y, epochs=training.epochs, lr=np.float32(training.lr), batch_size=training.batch_size,
                       seed=seed, order=shuffle.epoch_order)
     values = np.concatenate([v.ravel() for v in res.values]).astype(np.float32)
+    dp = training.dp
+    if dp is not None:  # the board's order: clip, noise, then quantize (docs/privacy.md); noise seeded by the task
+        values = noised_values(start, values, dp.clip, dp.noise, np.random.default_rng([seed & 0xFFFFFFFF, 0xD9]))
     delta = (values - start).astype(np.float32)
     q, scales = quantize_flat(delta, model.unit_shapes, training.per_channel)
     variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
-    image = pack_update(version, len(y), res.loss, variance, q, scales, training.per_channel,
+    loss = res.loss
+    if dp is not None:  # withheld by the board
+        loss = variance = 0.0
+    image = pack_update(version, len(y), loss, variance, q, scales, training.per_channel,
                         delta if float_update else None)
     upd = unpack_update(image)
-    return StepResult(upd.dense(model.unit_shapes), upd.n, upd.loss, upd.variance, len(image))
+    received = upd.dense(model.unit_shapes)
+    if dp is not None:  # the host's variance of the noised delta it received (post-processing), as the engine's
+        variance = float(np.float32(received.astype(np.float64).var())) if received.size else 0.0
+        return StepResult(received, upd.n, upd.loss, variance, len(image))
+    return StepResult(received, upd.n, upd.loss, upd.variance, len(image))
 
 
 def update_image_bytes(size: int, unit_shapes: list[tuple[int, int]], per_channel: bool, float_update: bool) -> int:
@@ -546,6 +558,9 @@ class SimResult:
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: ``device_memory_bytes`` by line item (:class:`~tinyfed.planner.memory.StepMemory`)
     device_memory_lines: dict[str, int] = field(default_factory=dict)
+    #: differential privacy: epsilon spent at ``delta`` (the largest over devices); None without DP
+    epsilon: float | None = None
+    delta: float | None = None
 
     @property
     def bytes_total(self) -> int:
@@ -592,6 +607,7 @@ class SimResult:
             "rejections": dict(self.rejections), "wall_seconds": self.wall_seconds,
             "board_steps_per_s": self.board_steps / self.wall_seconds if self.wall_seconds > 0 else None,
             "event_digest": self.event_digest, "stop_reason": self.stop_reason,
+            "epsilon": self.epsilon, "delta": self.delta,
             **({"classes": {k: dict(v) for k, v in self.classes.items()}} if self.classes else {}),
         }
 
@@ -656,6 +672,9 @@ class Simulation:
         self.vtt: int | None = None
         #: the queue sequence number of the pending deadline (a later dispatch's replaces it; -1: none)
         self._deadline_seq = -1
+        #: differential privacy: each device's participations and the epsilon they spent (None: DP off)
+        check_norm_bound(self.training.dp, norm_bound, model.size)
+        self.privacy = PrivacyAccountant(self.training.dp) if self.training.dp is not None else None
         self.window_end = np.full(n, np.inf)  # when each online device's window closes
         self._cut_off: set[int] = set()  # tasks in flight that their device's window will cut off
         self._init_refresh(nested_refresh_versions)
@@ -790,13 +809,18 @@ class Simulation:
 
     def _dispatch(self) -> None:
         devices = self.fleet.devices
-        tasks = self.rounds.dispatch([devices[i].name for i in sorted(self.idle)])
+        names = [devices[i].name for i in sorted(self.idle)]
+        if self.privacy is not None:  # a device whose next task would pass the epsilon budget trains no more
+            names = [name for name in names if self.privacy.allows(name)]
+        tasks = self.rounds.dispatch(names)
         if not tasks:
             return
         index = {name: i for i, name in ((i, devices[i].name) for i in self.idle)}
         vector = self.rounds.vector
         for task in tasks:
             task_id, version = task.task_id, task.version
+            if self.privacy is not None:
+                self.privacy.participate(task.device)
             i = index[task.device]
             dev = devices[i]
             download = self.held[i] != version
@@ -912,7 +936,8 @@ class Simulation:
         row = {"version": rounds.version, "sim_time_s": self.now, "accuracy": float(acc), "loss": float(loss),
                "bytes_down": rounds.bytes_down, "bytes_up": rounds.bytes_up,
                "bytes_total": rounds.bytes_down + rounds.bytes_up, "updates_accepted": rounds.accepted,
-               "wall_s": self._wall + time.monotonic() - self._call_started}
+               "wall_s": self._wall + time.monotonic() - self._call_started,
+               **({"epsilon": round(self.privacy.epsilon, 6)} if self.privacy is not None else {})}
         self.history.append(row)
         if self.progress is not None:
             self.progress({"strategy": self.strategy.label, **row})
@@ -948,6 +973,12 @@ class Simulation:
         for task_id in list(self.rounds.in_flight):
             self.backend.cancel(task_id)
 
+    def _drained(self) -> str:
+        """Why no event is left: every device's epsilon budget is spent (nothing may be dispatched), or none came."""
+        if self.privacy is not None and self.privacy.config.epsilon_budget is not None:
+            return "privacy budget"
+        return "no events left"
+
     def _run(self, lim: SimLimits) -> SimResult:
         self._call_started = time.monotonic()
         rounds = self.rounds
@@ -963,6 +994,7 @@ class Simulation:
                 self._prefetch()
                 self._drop_stale_deadlines()
                 if not self.queue:
+                    reason = self._drained()
                     break
                 t, _, kind, task_id = self.queue[0]
                 if lim.max_sim_seconds is not None and t > lim.max_sim_seconds:
@@ -1011,7 +1043,9 @@ class Simulation:
             wall_seconds=self._wall, event_digest=digest.hexdigest(), stop_reason=reason, vector=rounds.vector.copy(),
             history=list(self.history), trace=list(self.trace) if self.trace is not None else None,
             classes={name: {"values": m.size, "device_memory_bytes": m.device_memory_bytes,
-                            "bytes_per_update": m.update_bytes} for name, m in (self.model.classes or {}).items()})
+                            "bytes_per_update": m.update_bytes} for name, m in (self.model.classes or {}).items()},
+            epsilon=self.privacy.epsilon if self.privacy is not None else None,
+            delta=self.privacy.config.delta if self.privacy is not None else None)
 
 
 def auto_horizon(stops: list[float]) -> float:
@@ -1098,6 +1132,7 @@ class StudyConfig(ConfigTable):
     training: Training = Field(default_factory=Training)
     strategy_params: StrategyParams = Field(default_factory=StrategyParams)
     checks: Checks = Field(default_factory=Checks)
+    privacy: Privacy = Field(default_factory=Privacy)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     eval_samples: int | None = Field(default=None, ge=1, le=MAX_VERSIONS,
                                      description="None: the whole test split after every version")
@@ -1181,13 +1216,16 @@ class StudyConfig(ConfigTable):
         [strategy_params] (every knob of every variant) as tables."""
         doc = self.model_dump(mode="python", exclude={"strategy_params", "checks", "evaluation", "eval_samples",
                                                         "horizon", "nested_subsets", "core_budget",
-                                                        "nested_refresh_versions", "attack", "attackers"})
+                                                        "nested_refresh_versions", "attack", "attackers",
+                                                        "privacy"})
         if self.attackers and self.attack != "none":  # recorded only when set, as the nested keys are
             doc.update(attack=self.attack, attackers=self.attackers)
         if self.nested_subsets or self.core_budget is not None:  # recorded only when set, as before otherwise
             doc.update(nested_subsets=self.nested_subsets, core_budget=self.core_budget)
         if self.nested_refresh_versions is not None:
             doc.update(nested_refresh_versions=self.nested_refresh_versions)
+        if self.privacy.dp_config() is not None:  # recorded only when on, as before otherwise
+            doc.update(privacy=self.privacy.model_dump(mode="python"))
         sp = self.strategy_params
         doc.update(strategies=list(self.strategies), buffer_size=sp.buffer_size,
                    clients_per_round=sp.clients_per_round, server_lr=sp.server_lr,
@@ -1355,7 +1393,7 @@ class Study:
         strategy = cfg.strategy(label)
         payload = self.payload_of(strategy)
         return Simulation(self.model(payload), self.fleet, strategy,
-                          training=cfg.training.local_training(),
+                          training=dataclasses.replace(cfg.training.local_training(), dp=cfg.privacy.dp_config()),
                           limits=cfg.limits(), seed=cfg.seed, norm_bound=cfg.checks.norm_bound,
                           max_staleness=cfg.checks.max_staleness, dropout=cfg.dropout, availability=self.availability,
                           evaluate_every=cfg.evaluation.every_versions, backend=backend, record_trace=record_trace,

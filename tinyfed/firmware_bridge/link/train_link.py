@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 TRAIN_REQUEST = struct.Struct("<IHHfIIB")  # version, epochs, batch, lr, seed, max_samples, flags
+#: With FLAG_DP the request goes on with the mechanism's parameters (docs/privacy.md).
+TRAIN_DP = struct.Struct("<ff")  # clip C (L2 norm), noise multiplier sigma (noise std = sigma * C)
 TRAIN_RESPONSE = struct.Struct("<IIIffIIB")  # version, n, steps, loss, variance, update_bytes, cycles, cached
 #: Firmware that times the frozen head appends its cycles to TRAIN's response (the twin does not).
 TRAIN_HEAD_CYCLES = struct.Struct("<I")
@@ -22,6 +24,7 @@ STATS_RESPONSE = struct.Struct("<8I")
 FLAG_PER_CHANNEL = 0x01
 FLAG_HEAD_CACHE = 0x02
 FLAG_FLOAT_UPDATE = 0x04  # TRAIN: send delta as float32 (the dense baselines' payload)
+FLAG_DP = 0x08  # TRAIN: clip and noise the delta on the board; loss and variance withheld
 UPDATE_FLAG_FLOAT = 0x02  # update image: float32 elements, no scales
 
 
@@ -41,20 +44,37 @@ class TrainParams:
     head_cache: bool = False
     #: send delta as float32 instead of int8 (FedAvg/FedBuff as the paper runs them)
     float_update: bool = False
+    #: differential privacy (docs/privacy.md): clip delta to this L2 norm (0 = DP off) ...
+    dp_clip: float = 0.0
+    #: ... and add Gaussian noise of std dp_noise * dp_clip per coordinate
+    dp_noise: float = 0.0
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip > 0
 
     def pack(self) -> bytes:
         if self.epochs < 1 or self.batch_size < 1 or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr finite and > 0: {self}")
+        if self.dp and not (math.isfinite(self.dp_clip) and math.isfinite(self.dp_noise) and self.dp_noise >= 0):
+            raise ValueError(f"dp_clip must be finite and > 0, dp_noise finite and >= 0: {self}")
         flags = ((FLAG_PER_CHANNEL if self.per_channel else 0) | (FLAG_HEAD_CACHE if self.head_cache else 0)
-                 | (FLAG_FLOAT_UPDATE if self.float_update else 0))
-        return TRAIN_REQUEST.pack(self.version, self.epochs, self.batch_size, self.lr, self.seed & 0xFFFFFFFF,
-                                  self.max_samples, flags)
+                 | (FLAG_FLOAT_UPDATE if self.float_update else 0) | (FLAG_DP if self.dp else 0))
+        p = TRAIN_REQUEST.pack(self.version, self.epochs, self.batch_size, self.lr, self.seed & 0xFFFFFFFF,
+                               self.max_samples, flags)
+        return p + TRAIN_DP.pack(self.dp_clip, self.dp_noise) if self.dp else p
 
     @classmethod
     def unpack(cls, p: bytes) -> TrainParams:
-        version, epochs, batch, lr, seed, max_samples, flags = TRAIN_REQUEST.unpack(p)
+        """The request as a board reads it; raises ValueError when the DP flag and its parameters
+        do not come together (the board's BAD_LENGTH)."""
+        version, epochs, batch, lr, seed, max_samples, flags = TRAIN_REQUEST.unpack_from(p)
+        dp = bool(flags & FLAG_DP)
+        if len(p) != TRAIN_REQUEST.size + (TRAIN_DP.size if dp else 0):
+            raise ValueError(f"TRAIN of {len(p)} bytes with DP flag {dp}")
+        clip, noise = TRAIN_DP.unpack_from(p, TRAIN_REQUEST.size) if dp else (0.0, 0.0)
         return cls(version, epochs, batch, lr, seed, max_samples, bool(flags & FLAG_PER_CHANNEL),
-                   bool(flags & FLAG_HEAD_CACHE), bool(flags & FLAG_FLOAT_UPDATE))
+                   bool(flags & FLAG_HEAD_CACHE), bool(flags & FLAG_FLOAT_UPDATE), clip, noise)
 
 
 @dataclass(frozen=True)

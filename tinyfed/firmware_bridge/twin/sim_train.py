@@ -28,6 +28,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     quantize_flat,
 )
 from tinyfed.firmware_bridge.twin import shuffle
+from tinyfed.training.privacy import noised_values
 from tinyfed.training.task import Loss
 from tinyfed.training.vector import split_units
 
@@ -67,6 +68,10 @@ class SimTrainer:
     set_next: int = 0
     update_image: bytes | None = None
     fragment_arena: int = 0
+    #: a DP TRAIN ran on the current local data: EVALUATE and TRAIN without DP are refused
+    dp_latched: bool = False
+    #: the DP noise's generator, seeded from the OS per board (the firmware's is its RNG, rng.h)
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
     _heads: dict[Any, np.ndarray] = field(default_factory=dict)
 
     # -- stores --------------------------------------------------------------------------
@@ -103,6 +108,7 @@ class SimTrainer:
         except Exception as exc:  # noqa: BLE001
             raise BoardReply(Status.NO_DATA, 0, str(getattr(exc, "problem", exc))[:64]) from None
         self._heads.clear()
+        self.dp_latched = False
         return struct.pack("<IHH", len(self.data.y), self.data.classes, self.data.kind)
 
     def fragment_changed(self, fragment: Any) -> None:
@@ -220,16 +226,25 @@ class SimTrainer:
         return _U32.pack(self.set_next)
 
     def train(self, p: bytes, fragment: Any) -> bytes:
-        if len(p) != 21:
-            raise BoardReply(Status.BAD_LENGTH, 21, "TRAIN takes 21 bytes")
+        if len(p) not in (21, 29):
+            raise BoardReply(Status.BAD_LENGTH, 21, "TRAIN takes 21 bytes (29 with the DP parameters)")
         x, y = self._ready(fragment)
-        params = TrainParams.unpack(p)
+        try:
+            params = TrainParams.unpack(p)
+        except ValueError:
+            raise BoardReply(Status.BAD_LENGTH, 29 if p[20] & 0x08 else 21,
+                             "the DP flag and the DP parameters (f32 clip, f32 noise) come together") from None
         if not self.weights_ok or params.version != self.version:
             raise BoardReply(Status.WRONG_VERSION, self.version,
                              f"w* is at model version {self.version}" if self.weights_ok else "w* incomplete")
         if (params.epochs < 1 or params.batch_size < 1 or not np.isfinite(params.lr) or params.lr <= 0
-                or p[20] & ~0x07):
+                or p[20] & ~0x0F):
             raise BoardReply(Status.BAD_ARGUMENT, 0, "epochs and batch must be >= 1, lr finite and > 0")
+        if params.dp and not (np.isfinite(params.dp_clip) and np.isfinite(params.dp_noise) and params.dp_noise >= 0):
+            raise BoardReply(Status.BAD_ARGUMENT, 1, "DP clip must be finite and > 0, noise finite and >= 0")
+        if not params.dp and self.dp_latched:
+            raise BoardReply(Status.BAD_ARGUMENT, 2,
+                             "this board trains with differential privacy: TRAIN without it refused")
         assert self.tail is not None and self.start is not None  # _ready saw the program; weights_ok: w* is set
         from tinyfed.training.step import local_train
 
@@ -239,10 +254,16 @@ class SimTrainer:
         result = local_train(tail, x[:n], y[:n], epochs=params.epochs, lr=np.float32(params.lr),
                              batch_size=params.batch_size, seed=params.seed, order=shuffle.epoch_order)
         self.values = np.concatenate([v.ravel() for v in result.values]).astype(np.float32)
+        loss = result.loss
+        if params.dp:  # the firmware's order: clip, noise, then quantize; loss and variance withheld
+            self.values = noised_values(self.start, self.values, params.dp_clip, params.dp_noise, self.rng)
+            self.dp_latched = True
         delta = (self.values - self.start).astype(np.float32)
         q, scales = quantize_flat(delta, self.unit_shapes, params.per_channel)
         variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
-        self.update_image = pack_update(self.version, n, result.loss, variance, q, scales, params.per_channel,
+        if params.dp:
+            loss = variance = 0.0
+        self.update_image = pack_update(self.version, n, loss, variance, q, scales, params.per_channel,
                                         delta if params.float_update else None)
         steps = params.epochs * -(-n // params.batch_size)
         cached = False
@@ -250,7 +271,7 @@ class SimTrainer:
             out_bytes = int(np.prod(x.shape[1:])) if x.shape[1:] else 0
             spare = self.arena_bytes - ((self.fragment_arena + 7) & ~7) - self._state_bytes()
             cached = n * (self._target_bytes() + out_bytes) <= spare
-        return TrainReport(self.version, n, steps, result.loss, variance, len(self.update_image), 0, cached).pack()
+        return TrainReport(self.version, n, steps, loss, variance, len(self.update_image), 0, cached).pack()
 
     def update_read(self, p: bytes, max_payload: int) -> bytes:
         if len(p) != 6:
@@ -266,6 +287,8 @@ class SimTrainer:
     def evaluate(self, p: bytes, fragment: Any) -> bytes:
         if len(p) != 4:
             raise BoardReply(Status.BAD_LENGTH, 4, "EVALUATE takes u32 max_samples")
+        if self.dp_latched:
+            raise BoardReply(Status.BAD_ARGUMENT, 3, "this board trains with differential privacy: EVALUATE refused")
         x, y = self._ready(fragment)
         (max_samples,) = _U32.unpack(p)
         n = min(max_samples, len(y)) if max_samples else len(y)
