@@ -598,7 +598,8 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
             f"{'reached' if result.reached_target else 'did not reach'} {target}"
         click.echo(f"{result.strategy}: {result.task}, {result.versions} versions, {result.metric} "
                    f"{result.final_metric:.4f} ({reached}), "
-                   f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
+                   f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected"
+                   f"{_reasons(getattr(result, 'rejections', {}))}, "
                    f"{result.updates_lost} lost, {result.tasks_unfinished} unfinished at the stop; "
                    f"up {result.bytes_up:,} B, down {result.bytes_down:,} B "
                    f"(provisioning {result.provision_bytes_down:,} B down); "
@@ -622,6 +623,11 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
                    f"{EXIT_FAILED}; `tinyfed run --resume {out}` with a higher --max-versions or --max-seconds "
                    "trains on", err=True)
         raise SystemExit(EXIT_FAILED)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    """`` (bad_mac 2, norm_too_large 1)``: the rejections by reason, or nothing when there were none."""
+    return f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if counts else ""
 
 
 def failed_boards(out: Path) -> list[dict[str, str]]:

@@ -76,6 +76,11 @@ class Dashboard:
                      f"elapsed {last.get('t', 0.0):.0f} s",
                      self.outcome if self.outcome is not None else
                      "ETA -" if eta is None else ("target reached" if eta == 0 else f"ETA {eta:.0f} s"))
+        rejections = last.get("rejections") or {}
+        if rejections:  # refused updates and boards, by reason (authentication's bad_mac, unknown_device ...)
+            why = ", ".join(f"{k} {n}" for k, n in sorted(rejections.items()))
+            head.add_row(Text(f"rejected {last.get('rejected', sum(rejections.values()))}", style="yellow"), why,
+                         "", "")
         table = Table(show_edge=False, box=None, header_style="bold")
         for col in ("version", m, "int8", "loss", "t (s)"):
             table.add_column(col, justify="right")
