@@ -11,10 +11,14 @@ import pytest
 def _hermetic_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """``_hermetic_env`` for session and module fixtures, which are set up before any per-test fixture:
     nothing they cache (``~/.cache/tinyfed``) lands in, or is shared through, the real home directory,
-    so parallel workers and parallel runs share only the caches a test gives them explicitly."""
+    so parallel workers and parallel runs share only the caches a test gives them explicitly. The
+    device key store (``$TINYFED_KEY_STORE``) is a temporary file of this session too."""
     mp = pytest.MonkeyPatch()
     mp.delenv("TINYFED_BOARDS_PATH", raising=False)
     mp.setenv("HOME", str(tmp_path_factory.mktemp("session-home")))
+    # One key store per test session (per xdist worker): every board a test launches or creates
+    # (QEMU, sim://) records its key here, never in the user's store, and subprocesses inherit it.
+    mp.setenv("TINYFED_KEY_STORE", str(tmp_path_factory.mktemp("keys") / "keys.json"))
     yield
     mp.undo()
 
