@@ -443,3 +443,48 @@ def test_a_board_failing_authentication_is_rejected_by_reason_and_dropped(setups
     summary = summarize(evs)
     assert summary["rejection_reasons"] == run.rejections and summary["updates_rejected"] == run.updates_rejected
     assert summary["all_tasks_accounted"] and not summary["tasks_unknown"]
+
+
+def test_a_program_pretending_to_be_a_board_gets_nothing_accepted(setups, tmp_path) -> None:
+    """Two programs on the link answer HELLO as boards (issue 18): one with the device id of a board this
+    host provisioned but without its key (it speaks the protocol perfectly, under a key of its own), one
+    with an id the host never provisioned. The host sends neither anything but HELLO and the one request
+    that confirms a session, records each refusal as a ``rejection`` with its reason, drops them, and
+    trains on with the real boards."""
+    from fake_board import FakeBoard
+
+    from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
+    from tinyfed.firmware_bridge.twin.sim import SimBoard, SimConfig
+
+    forget_sim_boards()
+    victim = KeyStore().provision("victim")  # a real board's identity, known to the host
+    real = _devices("dev")[:2]
+    with FakeBoard("honest") as known_id, FakeBoard("honest") as made_up:
+        known_id.board = SimBoard(SimConfig.for_board("mps2-an386"),
+                                  key=DeviceKey(victim.device_id, DeviceKey.generate().key, "impostor"))
+        made_up.board = SimBoard(SimConfig.for_board("mps2-an386"), key=DeviceKey.generate("stranger"))
+        devs = [*real, DeviceSpec("dev2", known_id.url, "mps2-an386"), DeviceSpec("dev3", made_up.url, "mps2-an386")]
+
+        def progress(row: dict) -> None:  # stop once both impostors are dropped and the real boards trained on
+            if all(engine.state[n].state == "dropped" for n in ("dev2", "dev3")) and engine.rounds.version >= 2:
+                engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
+
+        with EventLog(tmp_path) as events:
+            # max_versions only bounds a run that never meets the stop above
+            engine = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
+                            training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=60), seed=3,
+                            backoff_s=0.01, retries=1, progress=progress)
+            result = engine.run()
+        asked = known_id.requests + made_up.requests
+    evs = list(read_events(tmp_path))
+    reasons = {name: {e["reason"] for e in evs if e["kind"] == "rejection" and e["device"] == name}
+               for name in ("dev2", "dev3")}
+    assert reasons == {"dev2": {"bad_mac"}, "dev3": {"unknown_device"}}
+    states = {name: [e["state"] for e in evs if e["kind"] == "device_state" and e["device"] == name]
+              for name in ("dev2", "dev3")}
+    assert all(s[-1] == "dropped" for s in states.values()), states
+    assert not any(e["kind"] == "arrival" and e["device"] in ("dev2", "dev3") for e in evs)
+    assert set(asked) <= {"HELLO", "STATS"}, asked  # no weights, program, data or command reached them
+    assert 2 <= result.versions < 60 and result.updates_accepted >= result.versions
+    assert set(result.rejections) == {"bad_mac", "unknown_device"}
+    assert summarize(evs)["all_tasks_accounted"]
