@@ -79,7 +79,8 @@ def parse_sim_url(url: str) -> tuple[str, str, dict[str, object]]:
                 raise SerialException(f"{url}: option {key} must be {low:,}..{high:,}, got {number:,}")
             overrides[key] = number
         else:
-            raise SerialException(f"{url}: unknown sim option {key!r} (known: name, build, key, {', '.join(_INT_OPTIONS)})")
+            known = ", ".join(("name", "build", "key", *_INT_OPTIONS))
+            raise SerialException(f"{url}: unknown sim option {key!r} (known: {known})")
     return board_id, name, overrides
 
 
@@ -99,7 +100,8 @@ class Serial(SerialBase):
         if port is None:
             raise SerialException("Port must be configured before it can be used.")
         board_id, name, overrides = parse_sim_url(port)
-        self.board = get_sim_board(board_id, name, **overrides)
+        keyed = bool(overrides.pop("keyed", True))
+        self.board = get_sim_board(board_id, name, keyed=keyed, **overrides)
         if getattr(self.board, "unplugged", False):
             raise SerialException(f"could not open port {self.portstr}: the simulated board is unplugged")
         self._rx.clear()
