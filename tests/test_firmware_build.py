@@ -332,3 +332,103 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     time.sleep(2.0)
     c1, t1 = _cpu_seconds(proc.pid), time.monotonic()
     assert (c1 - c0) / (t1 - t0) < 0.10
+
+
+@needs_toolchain
+def test_firmware_build_provisions_a_real_board_into_the_store_and_a_keyed_image(builds: dict[str, BuildResult],
+                                                                                  tmp_path: Path) -> None:
+    """`firmware build --device-name` (issue 18): a fresh key in the store and the same key in the keyed
+    image's key page (mode 0600); the plain ELF stays blank, nothing printed holds the key; an emulated
+    board and a store others can read are refused with what to do."""
+    import json as _json
+    import stat
+
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+    from tinyfed.firmware_bridge.emulate.provision import image_key
+    from tinyfed.firmware_bridge.link.keys import KeyStore
+
+    store_path = tmp_path / "keys.json"
+    out = builds["nrf52840"].elf.parent  # the fixture's build: make has nothing left to do
+    result = CliRunner().invoke(cli, ["--key-store", str(store_path), "firmware", "build", "--board", "nrf52840",
+                                      "--out", str(out), "--device-name", "wrist-07", "--json"])
+    assert result.exit_code == 0, result.output
+    said = _json.loads(result.output.strip().splitlines()[-1])["keyed"]
+    (device,) = KeyStore(store_path).devices()
+    assert said == {"device_id": device.id_hex, "name": "wrist-07", "image": str(out / "tinyfed-fw-wrist-07.elf")}
+    image = Path(said["image"])
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    held = image_key(image)
+    assert held is not None and (held.device_id, held.key) == (device.device_id, device.key)
+    assert device.key.hex() not in result.output
+    assert image_key(builds["nrf52840"].elf) is None  # the plain ELF holds no key
+
+    refused = CliRunner().invoke(cli, ["--key-store", str(store_path), "firmware", "build", "--board", "mps2-an386",
+                                       "--out", str(tmp_path / "x"), "--device-name", "emu"])
+    assert refused.exit_code == 2 and "every launch gives it a fresh key" in refused.output
+    store_path.chmod(0o644)
+    refused = CliRunner().invoke(cli, ["--key-store", str(store_path), "firmware", "build", "--board", "nrf52840",
+                                       "--out", str(out), "--device-name", "wrist-08"])
+    assert refused.exit_code == 2 and f"chmod 600 {store_path}" in refused.output
+    assert not (out / "tinyfed-fw-wrist-08.elf").exists()
+
+
+@needs_toolchain
+def test_flash_writes_a_fresh_key_through_the_probe_and_forgets_it_when_flashing_fails(
+        builds: dict[str, BuildResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tinyfed flash` (issue 18): the image the probe programs holds the key the store records; the keyed
+    copy is gone afterwards; a failed programming leaves no key in the store. pyOCD's probe session is
+    stood in for (no probe is attached here): the image handed to it is the real keyed ELF."""
+    import sys
+    import types
+
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+    from tinyfed.firmware_bridge.emulate.provision import image_key
+    from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
+
+    programmed: list[tuple[Path, object]] = []
+    fail = [False]
+
+    class Session:
+        board = types.SimpleNamespace(target=types.SimpleNamespace(reset=lambda: None))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    class FileProgrammer:
+        def __init__(self, session: Session) -> None:
+            pass
+
+        def program(self, path: str) -> None:
+            if fail[0]:
+                raise RuntimeError("flash algorithm timed out")
+            programmed.append((Path(path), image_key(Path(path))))
+
+    helpers = types.ModuleType("pyocd.core.helpers")
+    helpers.ConnectHelper = types.SimpleNamespace(session_with_chosen_probe=lambda **kw: Session())  # type: ignore[attr-defined]
+    programmer = types.ModuleType("pyocd.flash.file_programmer")
+    programmer.FileProgrammer = FileProgrammer  # type: ignore[attr-defined]
+    for name, module in (("pyocd", types.ModuleType("pyocd")), ("pyocd.core", types.ModuleType("pyocd.core")),
+                         ("pyocd.core.helpers", helpers), ("pyocd.flash", types.ModuleType("pyocd.flash")),
+                         ("pyocd.flash.file_programmer", programmer)):
+        monkeypatch.setitem(sys.modules, name, module)
+    store_path = tmp_path / "keys.json"
+    elf = builds["nrf52840"].elf
+    argv = ["--key-store", str(store_path), "flash", "--board", "nrf52840", "--elf", str(elf)]
+    result = CliRunner().invoke(cli, [*argv, "--device-name", "ring-3"])
+    assert result.exit_code == 0, result.output
+    (device,) = KeyStore(store_path).devices()
+    ((image, flashed),) = programmed
+    assert isinstance(flashed, DeviceKey) and (flashed.device_id, flashed.key) == (device.device_id, device.key)
+    assert device.name == "ring-3" and device.id_hex in result.output
+    assert not image.exists() and device.key.hex() not in result.output
+    fail[0] = True
+    result = CliRunner().invoke(cli, [*argv, "--device-name", "ring-4"])
+    assert result.exit_code == 2 and "flash algorithm timed out" in result.output
+    assert [d.name for d in KeyStore(store_path).devices()] == ["ring-3"]  # ring-4's key was forgotten

@@ -2,9 +2,9 @@
 
 ``tinyfed firmware build --device-name NAME`` and ``tinyfed flash`` give a board its identity the
 only way the protocol allows: the 64-byte key page (``keys.key_page``) goes into the image's
-``.tinyfed_key`` section at build/flash time, so it reaches the board through the debug probe and
-never over the link. The key is recorded in the store *before* any image holds it, and forgotten
-again if no image could be made or flashed.
+``.tinyfed_key`` section at build/flash time (``keyimage.keyed_image``), so it reaches the board
+through the debug probe and never over the link. The key is recorded in the store *before* any
+image holds it, and forgotten again if no image could be made or flashed.
 
 A keyed image holds the key in clear: it is written mode 0600 beside the plain ELF (``firmware
 build``), or in a private temporary directory removed after flashing (``flash``). See
@@ -14,24 +14,18 @@ build``), or in a private temporary directory removed after flashing (``flash``)
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinyfed.errors import TinyfedError
+from tinyfed.firmware_bridge.emulate.keyimage import key_section, keyed_image
 from tinyfed.firmware_bridge.link.keys import KEY_PAGE_BYTES, DeviceKey, KeyStore, key_page, parse_key_page
 
 log = logging.getLogger(__name__)
 
-OBJCOPY = "arm-none-eabi-objcopy"
-#: The ELF section that holds the key page (firmware/boards/common/sections.ld).
-KEY_SECTION = ".tinyfed_key"
 #: A device name: what `tinyfed keys list` shows and a keyed image's file name carries.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -60,34 +54,14 @@ def check_device_name(name: str) -> str:
     return name
 
 
-def _objcopy() -> str:
-    found = shutil.which(OBJCOPY)
-    if found is None:
-        raise ProvisionError(f"{OBJCOPY} is not installed: it writes the key page into the firmware image",
-                             fix="sudo apt-get install --no-install-recommends gcc-arm-none-eabi")
-    return found
-
-
-def _keyed_image() -> Callable[[Path, bytes, Path], Path]:
-    """The launcher's ``keyed_image(elf, page, out)`` (one implementation for emulated and real boards)."""
-    try:
-        from tinyfed.firmware_bridge.emulate.emulator import keyed_image  # type: ignore[attr-defined]
-    except ImportError:
-        raise ProvisionError("this tinyfed cannot write a key page into a firmware image",
-                             fix="update tinyfed (tinyfed/firmware_bridge/emulate/ has no keyed_image)") from None
-    return keyed_image
-
-
 def image_key(elf: Path) -> DeviceKey | None:
-    """The identity in ``elf``'s key page, or None for an image without one (blank or no section)."""
-    objcopy = _objcopy()
-    with tempfile.TemporaryDirectory(prefix="tinyfed-key-") as tmp:
-        page = Path(tmp) / "page.bin"
-        proc = subprocess.run([objcopy, "-O", "binary", f"--only-section={KEY_SECTION}", str(elf), str(page)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not page.is_file():
-            return None
-        parsed = parse_key_page(page.read_bytes()[:KEY_PAGE_BYTES])
+    """The identity in ``elf``'s key page, or None for a blank page (an unkeyed build). An ELF without
+    the key page section (firmware older than protocol v2) is a clear error."""
+    _addr, offset, size = key_section(elf)
+    with open(elf, "rb") as f:
+        f.seek(offset)
+        page = f.read(min(size, KEY_PAGE_BYTES))
+    parsed = parse_key_page(page)
     return None if parsed is None else parsed[0]
 
 
@@ -107,18 +81,13 @@ def provisioned(name: str, store: KeyStore | None = None) -> Iterator[DeviceKey]
 
 def write_keyed_image(elf: Path, device: DeviceKey, out: Path) -> Path:
     """``out``: a copy of ``elf`` whose key page holds ``device`` (seed zeros: a real board seeds its
-    generator from its hardware RNG), readable by its owner only."""
-    _objcopy()
+    generator from its hardware RNG, or has only its boot counter: docs/security.md), mode 0600."""
     if not Path(elf).is_file():
         raise ProvisionError("firmware ELF not found", fix="build it: `tinyfed firmware build --board B`",
                              source=str(elf))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    old_umask = os.umask(0o077)  # the copy is never readable by others, not even for a moment
-    try:
-        path = Path(_keyed_image()(Path(elf), key_page(device), out))
-    finally:
-        os.umask(old_umask)
+    out.unlink(missing_ok=True)  # a file left by someone else keeps its mode: never write a key into it
+    path = keyed_image(Path(elf), key_page(device), out)
     path.chmod(0o600)
     return path
 
@@ -132,7 +101,7 @@ def build_keyed_image(elf: Path, name: str, out: Path | None = None, store: KeyS
     """Provision a board named ``name`` and write its keyed copy of ``elf`` (default
     :func:`keyed_image_path`); the key is in the store and in that file, nowhere else."""
     target = out if out is not None else keyed_image_path(elf, name)
-    _objcopy()  # before anything is recorded
+    key_section(elf)  # an ELF that cannot hold a key is refused before anything is recorded
     with provisioned(name, store) as device:
         path = write_keyed_image(elf, device, target)
     log.info("provisioned device %s (%s): keyed image %s", device.id_hex, device.name, path)
