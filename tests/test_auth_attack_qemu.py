@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -25,17 +25,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
-
-if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
-    pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)", allow_module_level=True)
-
 from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 from tinyfed.firmware_bridge.link.client import BoardClient, HelloInfo, _Refused
 from tinyfed.firmware_bridge.link.devices import write_device_fleet
 from tinyfed.firmware_bridge.link.framing import NONCE_BYTES, PROTOCOL_VERSION, AuthDetail, Command, SessionMac
 from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.host.events import read_events
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                                 reason="needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)")]
 
 BOARD = "mps2-an386"
 #: Bound on one `tinyfed run` (a hang bound: the run takes tens of seconds on a busy host).
