@@ -68,9 +68,11 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations
     "test_web_browser.py",  # ~50 s: headless Chromium on live sim:// runs and a 10,000-board page
     "test_hostile_boards.py",  # ~45 s: fake boards beside sim:// boards, a har_cnn plan, RSS runs
+    "test_auth_attack_qemu.py",  # ~40 s: two keyed QEMU boards, a run, the attacker, the host again
     "test_bad_input.py",  # ~30 s: runs and studies that must fail before their work
     "test_fuzz_cli.py",  # ~30 s: 1,031 bad inputs, each milliseconds once the base lines have run
     "test_rundir.py",  # ~25 s: two runs on one --out, ENOSPC and resume
+    "test_key_secrecy.py",  # ~20 s: a -vv run on sim:// boards, every file and line searched for keys
 )
 
 
