@@ -224,7 +224,7 @@ def qemu_board(firmware_elf: Path):
 def test_qemu_board_hello_ping_reset(qemu_board) -> None:
     with BoardClient(qemu_board.url, name="q0") as c:
         info = c.hello()
-        assert info.board_id == "mps2-an386" and info.protocol_version == 1 and info.max_payload >= 64
+        assert info.board_id == "mps2-an386" and info.protocol_version == 2 and info.keyed and info.max_payload >= 64
         for n in (0, 1, 64, info.max_payload):
             c.ping(bytes(random.Random(n).randbytes(n)))
         with pytest.raises(DeviceError) as err:
