@@ -272,7 +272,7 @@ class _Worker(threading.Thread):
                                               seed=task.seed, per_channel=t.per_channel, head_cache=t.head_cache,
                                               float_update=self.payload_float), timeout=self.timeout)
             self.notes.put(("state", self.spec.name, "uploading"))
-            upd = client.read_update(report.update_bytes, values=self._update_values())
+            upd = client.read_update(report.update_bytes, values=self._update_values(), version=task.version)
             try:
                 delta = upd.dense(self.unit_shapes)
             except ValueError:  # sizes that do not match w*: the raw values go to the check (bad_shape)

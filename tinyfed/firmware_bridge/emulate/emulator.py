@@ -161,11 +161,17 @@ class Provisioned:
             log.warning("key store %s: could not forget device %s: %s", self.store.path, self.device.id_hex, exc)
 
 
-def provision_image(elf: Path | str, name: str, key_store: KeyStore | None = None) -> Provisioned:
+def provision_image(elf: Path | str, name: str, key_store: KeyStore | None = None) -> Provisioned | None:
     """A fresh identity named ``name`` recorded in the key store, and a keyed copy of ``elf`` (in a
-    private temporary directory) holding it with a fresh RNG seed: what an emulator boots."""
-    from tinyfed.firmware_bridge.emulate.keyimage import keyed_image
+    private temporary directory) holding it with a fresh RNG seed: what an emulator boots. None for
+    an ELF without a key page (firmware older than protocol v2, or not tinyfed's): it boots as is."""
+    from tinyfed.firmware_bridge.emulate.keyimage import KeyImageError, key_section, keyed_image
 
+    try:
+        key_section(elf)
+    except KeyImageError as exc:
+        log.warning("%s: booting without a device key: %s", name, exc.problem)
+        return None
     store = key_store if key_store is not None else KeyStore()
     workdir = Path(tempfile.mkdtemp(prefix="tinyfed-key-"))  # mode 0700
     device = store.provision(name)

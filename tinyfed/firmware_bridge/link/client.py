@@ -431,6 +431,8 @@ class BoardClient:
         if len(p) != 8:
             raise ProtocolError(f"LOAD_COMMIT response of {len(p)} bytes", device=self.name, command="LOAD_COMMIT")
         arena, ops, _ = struct.unpack("<IHH", p)
+        if target != LoadTarget.DATA:
+            self._weights_version = 0  # a new fragment or program puts w* back at version 0
         log.info("%s: loaded %d bytes (resumed at %d) in %d chunks", self.name, size, resumed_from, chunks)
         return LoadResult(size, crc, resumed_from, arena, ops, chunks)
 
