@@ -454,15 +454,12 @@ def test_a_program_pretending_to_be_a_board_gets_nothing_accepted(setups, tmp_pa
     from fake_board import FakeBoard
 
     from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
-    from tinyfed.firmware_bridge.twin.sim import SimBoard, SimConfig
 
     forget_sim_boards()
     victim = KeyStore().provision("victim")  # a real board's identity, known to the host
     real = _devices("dev")[:2]
-    with FakeBoard("honest") as known_id, FakeBoard("honest") as made_up:
-        known_id.board = SimBoard(SimConfig.for_board("mps2-an386"),
-                                  key=DeviceKey(victim.device_id, DeviceKey.generate().key, "impostor"))
-        made_up.board = SimBoard(SimConfig.for_board("mps2-an386"), key=DeviceKey.generate("stranger"))
+    impostor = DeviceKey(victim.device_id, DeviceKey.generate().key, "impostor")
+    with FakeBoard("honest", key=impostor) as known_id, FakeBoard("honest", key=DeviceKey.generate()) as made_up:
         devs = [*real, DeviceSpec("dev2", known_id.url, "mps2-an386"), DeviceSpec("dev3", made_up.url, "mps2-an386")]
 
         def progress(row: dict) -> None:  # stop once both impostors are dropped and the real boards trained on
