@@ -485,3 +485,10 @@ def test_a_program_pretending_to_be_a_board_gets_nothing_accepted(setups, tmp_pa
     assert 2 <= result.versions < 60 and result.updates_accepted >= result.versions
     assert set(result.rejections) == {"bad_mac", "unknown_device"}
     assert summarize(evs)["all_tasks_accounted"]
+    from tinyfed.web.reader import DirReader  # the web dashboard shows them like the update checks' rejections
+
+    page = DirReader(tmp_path)
+    page.refresh()
+    assert page.snapshot()["rejection_reasons"] == result.rejections
+    rows = {row["name"]: row for row in page.boards()["rows"]}
+    assert rows["dev2"]["reasons"] == {"bad_mac": result.rejections["bad_mac"]} and rows["dev2"]["accepted"] == 0
