@@ -78,6 +78,12 @@ def test_live_view_shows_version_accuracy_devices_bytes_and_eta() -> None:
     text = console.export_text()
     for needle in ("ftte", "version 2", "accuracy 0.8400", "busy 6", "late 1", "up 11.7 KiB", "ETA 5 s", "0.8200"):
         assert needle in text, text
+    assert "rejected" not in text  # none yet
+    board.update({"kind": "tick", "version": 2, "t": 22.0, "rejected": 3, "rejections": {"bad_mac": 2, "too_stale": 1},
+                  "devices": {"busy": 6, "idle": 1, "backoff": 1}})
+    console = Console(record=True, width=110)
+    console.print(board.render())
+    assert "rejected 3" in console.export_text() and "bad_mac 2, too_stale 1" in console.export_text()
     board.update({"kind": "evaluation", "version": 3, "accuracy": 0.83, "loss": 0.5, "t": 30.0})
     assert board.eta_seconds() is not None  # still rising over the last five evaluations
     board.rows = board.rows[-2:]
