@@ -83,7 +83,8 @@ def test_live_view_shows_version_accuracy_devices_bytes_and_eta() -> None:
                   "devices": {"busy": 6, "idle": 1, "backoff": 1}})
     console = Console(record=True, width=110)
     console.print(board.render())
-    assert "rejected 3" in console.export_text() and "bad_mac 2, too_stale 1" in console.export_text()
+    text = console.export_text()
+    assert "rejected 3" in text and "bad_mac 2, too_stale 1" in text, text
     board.update({"kind": "evaluation", "version": 3, "accuracy": 0.83, "loss": 0.5, "t": 30.0})
     assert board.eta_seconds() is not None  # still rising over the last five evaluations
     board.rows = board.rows[-2:]
