@@ -72,7 +72,7 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_bad_input.py",  # ~30 s: runs and studies that must fail before their work
     "test_fuzz_cli.py",  # ~30 s: 1,031 bad inputs, each milliseconds once the base lines have run
     "test_rundir.py",  # ~25 s: two runs on one --out, ENOSPC and resume
-    "test_key_secrecy.py",  # ~20 s: a -vv run on sim:// boards, every file and line searched for keys
+    "test_key_secrecy.py",  # ~15 s: a -vv run on sim:// boards, every file and line searched for keys
 )
 
 

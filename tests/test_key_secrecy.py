@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import logging
 import stat
-import subprocess
-import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from tinyfed.cli import cli
 from tinyfed.firmware_bridge.link.keys import KeyStore
 
 
-def _tinyfed(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "tinyfed.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          timeout=600, check=False)
+def _tinyfed(*args: str) -> Any:
+    """The command in this process (its stdout and stderr apart); its log records go to ``caplog``."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def _spellings(key: bytes) -> list[bytes]:
@@ -32,17 +32,28 @@ def _spellings(key: bytes) -> list[bytes]:
             base64.urlsafe_b64encode(key).rstrip(b"="), repr(key).encode()]
 
 
+@pytest.fixture
+def _fresh_sim_boards() -> Any:
+    """The run's sim:// boards are keyed into this test's store: no other test may meet them."""
+    from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
+
+    forget_sim_boards()
+    yield
+    forget_sim_boards()
+
+
 @pytest.mark.slow
-def test_no_key_appears_in_anything_a_run_writes_or_prints(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("_fresh_sim_boards")
+def test_no_key_appears_in_anything_a_run_writes_or_prints(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # what -vv logs, every record of every logger
     store_path = tmp_path / "private" / "keys.json"
     out = tmp_path / "run"
     run = _tinyfed("-vv", "--key-store", str(store_path), "run", "--simulate", "2", "--model", "digits_cnn",
-                   "--max-versions", "2", "--max-windows", "16", "--target-accuracy", "1", "--out", str(out), "--json",
-                   cwd=tmp_path)
-    assert run.returncode in (0, 1), run.stderr.decode()[-3000:]
-    summary = json.loads(run.stdout.decode().strip().splitlines()[-1])
+                   "--max-versions", "2", "--max-windows", "16", "--target-accuracy", "1", "--out", str(out), "--json")
+    assert run.exit_code in (0, 1), run.output[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["versions"] == 2 and summary["updates_accepted"] >= 2 and summary["rejection_reasons"] == {}
-    assert b"DEBUG" in run.stderr  # the debug logs were on, and are searched below
+    assert any(r.levelno == logging.DEBUG and r.name.startswith("tinyfed") for r in caplog.records)
 
     store = KeyStore(store_path)
     devices = store.devices()
@@ -50,12 +61,13 @@ def test_no_key_appears_in_anything_a_run_writes_or_prints(tmp_path: Path) -> No
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
     assert all(any(s in store_path.read_bytes() for s in _spellings(d.key)) for d in devices)  # the search finds them
 
-    printed = [run.stdout, run.stderr]
+    printed = [run.stdout_bytes, run.stderr_bytes]
     for args in (("runs", "show", str(out), "--json"), ("keys", "list"), ("keys", "list", "--json")):
-        proc = _tinyfed("-vv", "--key-store", str(store_path), *args, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr.decode()
-        printed += [proc.stdout, proc.stderr]
+        proc = _tinyfed("-vv", "--key-store", str(store_path), *args)
+        assert proc.exit_code == 0, proc.output
+        printed += [proc.stdout_bytes, proc.stderr_bytes]
     assert all(d.id_hex.encode() in printed[-2] for d in devices)  # `keys list --json` names every board
+    printed += [r.getMessage().encode() + repr(r.args).encode() for r in caplog.records]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
