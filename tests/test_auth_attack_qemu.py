@@ -28,6 +28,7 @@ import pytest
 from tinyfed.firmware_bridge.emulate.emulator import EmulatorFleet
 from tinyfed.firmware_bridge.link.client import BoardClient, HelloInfo, _Refused
 from tinyfed.firmware_bridge.link.devices import write_device_fleet
+from tinyfed.firmware_bridge.link.errors import DeviceError
 from tinyfed.firmware_bridge.link.framing import NONCE_BYTES, PROTOCOL_VERSION, AuthDetail, Command, SessionMac
 from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.host.events import read_events
@@ -70,11 +71,15 @@ def _tinyfed_run(fleet: Path, out: Path) -> dict[str, Any]:
     return summary
 
 
-def _host_evaluate(url: str) -> tuple[float, float, int]:
-    """The host's own EVALUATE (with the board's key, from the store): the board's weights on its data."""
+def _host_evaluate(url: str) -> tuple[float, float, int] | str:
+    """The host's own EVALUATE (with the board's key, from the store): the board's weights on its data,
+    or the status it answers (NO_MODEL: the run stopped before this board's provisioning ended)."""
     with BoardClient(url, name="host", timeout=2.0) as host:
         host.hello()
-        report = host.evaluate()
+        try:
+            report = host.evaluate()
+        except DeviceError as exc:
+            return exc.status_name
     return report.loss, report.accuracy, report.n
 
 
@@ -107,6 +112,8 @@ def test_a_program_on_the_link_reads_and_changes_nothing_after_a_run(tmp_path: P
         assert first["updates_accepted"] >= 2 and first["rejection_reasons"] == {}
         values = next(e for e in read_events(tmp_path / "run1") if e["kind"] == "run_start")["vector"]
         before = [_host_evaluate(url) for url in fleet.urls]
+        trained = [url for url, seen in zip(fleet.urls, before, strict=True) if isinstance(seen, tuple)]
+        assert trained, before  # the run's updates came from a board that holds its weights and data
 
         for url in fleet.urls:
             with _Attacker(url, name="attacker", timeout=1.0, retries=0) as attacker:
@@ -123,7 +130,7 @@ def test_a_program_on_the_link_reads_and_changes_nothing_after_a_run(tmp_path: P
             assert set(forged.values()) == {AuthDetail.BAD_MAC}, forged
 
         assert [_host_evaluate(url) for url in fleet.urls] == before  # same weights, same data
-        for url in fleet.urls:  # and the host trains on it as before: an update bound to its device and version
+        for url in trained:  # and the host trains on it as before: an update bound to its device and version
             with BoardClient(url, name="host", timeout=2.0) as host:
                 host.hello()
                 host.set_weights(first["versions"] + 1, np.random.default_rng(3).normal(0, 0.05, values))
