@@ -379,6 +379,10 @@ def test_an_update_header_claiming_gigabytes_is_refused_before_it_is_read(setups
     assert result.versions < 60 and np.all(np.isfinite(result.vector))
 
 
+#: A hang bound on the authentication runs below, which stop on their own once they have shown their point.
+AUTH_RUN_BOUND_S = 600.0
+
+
 def test_a_board_failing_authentication_is_rejected_by_reason_and_dropped(setups, tmp_path, monkeypatch) -> None:
     """Issue 18: a board that fails authentication is a ``rejection`` event with its reason, backs off
     and is dropped like any failing board, and nothing it sent is aggregated; the result and the
@@ -414,10 +418,10 @@ def test_a_board_failing_authentication_is_rejected_by_reason_and_dropped(setups
             engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
 
     with _AnsweredLog(tmp_path) as events:
-        # max_versions only bounds a run that never meets the stop above
+        # max_seconds only bounds a run that never meets the stop above (a busy host may provision a board late)
         engine = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
-                        training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=60), seed=3,
-                        backoff_s=0.01, retries=2, progress=progress)
+                        training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_seconds=AUTH_RUN_BOUND_S),
+                        seed=3, backoff_s=0.01, retries=2, progress=progress)
         runner = threading.Thread(target=lambda: result.update(run=engine.run()), daemon=True)
         runner.start()
         runner.join(timeout=600)  # a hang bound: the run takes seconds
@@ -431,13 +435,14 @@ def test_a_board_failing_authentication_is_rejected_by_reason_and_dropped(setups
     assert states[-1] == "dropped" and "training" in states  # retried with a task, then dropped
     assert not any(e["kind"] == "arrival" and e["device"] == devs[1].name for e in evs)
     bad = [e for e in rejected if e["device"] == devs[2].name]
-    assert [e["reason"] for e in bad] == ["bad_update_mac"] and "task" in bad[0]
+    assert [e["reason"] for e in bad] == ["bad_update_mac"] and "task" in bad[0], \
+        [e for e in evs if e.get("device") == devs[2].name and e["kind"] != "bytes"]
     assert "AuthenticationFailed" in bad[0]["message"]
     aggregated = {t for e in evs if e["kind"] == "aggregation" for t in e["tasks"]}
     assert not aggregated & {e.get("task") for e in rejected}
     assert any(e["kind"] == "arrival" and e["device"] == devs[2].name for e in evs)  # it delivered afterwards
     run = result["run"]
-    assert run.versions < 60
+    assert run.wall_seconds < AUTH_RUN_BOUND_S
     assert run.rejections == {"unknown_device": len(unknown), "bad_update_mac": 1}
     assert run.to_dict()["rejection_reasons"] == run.rejections
     summary = summarize(evs)
@@ -467,10 +472,10 @@ def test_a_program_pretending_to_be_a_board_gets_nothing_accepted(setups, tmp_pa
                 engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
 
         with EventLog(tmp_path) as events:
-            # max_versions only bounds a run that never meets the stop above
+            # max_seconds only bounds a run that never meets the stop above
             engine = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
-                            training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_versions=60), seed=3,
-                            backoff_s=0.01, retries=1, progress=progress)
+                            training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_seconds=AUTH_RUN_BOUND_S),
+                            seed=3, backoff_s=0.01, retries=1, progress=progress)
             result = engine.run()
         asked = known_id.requests + made_up.requests
     evs = list(read_events(tmp_path))
@@ -482,7 +487,8 @@ def test_a_program_pretending_to_be_a_board_gets_nothing_accepted(setups, tmp_pa
     assert all(s[-1] == "dropped" for s in states.values()), states
     assert not any(e["kind"] == "arrival" and e["device"] in ("dev2", "dev3") for e in evs)
     assert set(asked) <= {"HELLO", "STATS"}, asked  # no weights, program, data or command reached them
-    assert 2 <= result.versions < 60 and result.updates_accepted >= result.versions
+    assert result.versions >= 2 and result.wall_seconds < AUTH_RUN_BOUND_S
+    assert result.updates_accepted >= result.versions
     assert set(result.rejections) == {"bad_mac", "unknown_device"}
     assert summarize(evs)["all_tasks_accounted"]
     from tinyfed.web.reader import DirReader  # the web dashboard shows them like the update checks' rejections
