@@ -84,6 +84,9 @@ def flash(board_name: str, elf_path: Path | None, probe_id: str | None, target_n
                          source=str(elf_path))
     if keyed is None:
         check_device_name(device_name or board.name)
+    elif device_name is not None:
+        raise click.UsageError(f"--elf holds the key of device {keyed.id_hex} already; drop --device-name, or flash "
+                               "the plain ELF to give the board a fresh key named NAME")
     try:
         session = ConnectHelper.session_with_chosen_probe(unique_id=probe_id, blocking=False, target_override=target)
     except Exception as exc:  # noqa: BLE001 - pyOCD raises its own error types for USB permission problems and the like
