@@ -3,9 +3,9 @@ and for one provisioning (bytes and seconds).
 
 (a) host: computing a request tag and checking a response tag (``SessionMac``, the HMAC's keyed
     state copied per packet), for an empty body and a full one;
-(b) QEMU mps2-an386: round-trip time of an unauthenticated request (PING, empty) against an
-    authenticated one with the same tiny answer work (KERNELS read), and HELLO with its session
-    confirmation; the difference is what the two tags cost, host and board together;
+(b) QEMU mps2-an386: round-trip time of an unauthenticated request (PING, empty, and with 20
+    bytes: the wire size of a counter and a tag) against an authenticated one with the same tiny
+    work (KERNELS read), and HELLO with its session confirmation;
 (c) provisioning: a 100 KiB upload (LOAD_BEGIN + LOAD_CHUNKs) to the QEMU board, wire bytes
     measured (``BoardClient.stats``) against the same upload framed as protocol v1 did (computed:
     no counter or tag, 252-byte chunks), and its seconds.
@@ -88,9 +88,11 @@ def main() -> None:
             hello_ms = (time.perf_counter() - t) * 1e3
             hello_runs = [rtt_ms(c.hello, 1) for _ in range(30)]
             ping = rtt_ms(lambda: c.ping(b""))
+            ping20 = rtt_ms(lambda: c.ping(bytes(REQUEST_AUTH_BYTES)))
             auth = rtt_ms(lambda: c.request(Command.KERNELS, b""))
-            print(f"(b) QEMU {BOARD}: PING (no auth) {ping:.3f} ms, KERNELS (authenticated) {auth:.3f} ms "
-                  f"median RTT: +{auth - ping:.3f} ms per exchange; HELLO + confirmation {hello_ms:.1f} ms first, "
+            print(f"(b) QEMU {BOARD}, median RTT: PING 0 B {ping:.3f} ms, PING {REQUEST_AUTH_BYTES} B (the auth bytes, "
+                  f"no MAC) {ping20:.3f} ms, KERNELS authenticated {auth:.3f} ms: +{auth - ping:.3f} ms per exchange, "
+                  f"of which the MACs {auth - ping20:+.3f} ms; HELLO + confirmation {hello_ms:.1f} ms first, "
                   f"{statistics.median(hello_runs):.2f} ms median")
             blob = os.urandom(UPLOAD)
             before_s, before_r = c.stats.bytes_sent, c.stats.bytes_received
