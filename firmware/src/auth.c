@@ -19,8 +19,22 @@ static uint32_t boot_counter __attribute__((section(".noinit")));
 static bool keyed;
 static const uint8_t *key_id;    /* in flash: device id, then key */
 static const uint8_t zero_id[KEYPAGE_DEVICE_ID_BYTES];
-static hmac_sha256_ctx session;  /* keyed with Ks: copied for every tag, never finalised */
+/* The session: the SHA-256 chaining states after Ks ^ ipad and Ks ^ opad (one block each), kept
+ * instead of two whole contexts (64 bytes, not 224, of the firmware's RAM); every tag starts from
+ * copies of them. */
+static uint32_t session_inner[8];
+static uint32_t session_outer[8];
 static bool session_open;
+
+/* A context for one tag: the session's keyed states, one block absorbed each. */
+static void session_ctx(hmac_sha256_ctx *c)
+{
+    memset(c, 0, sizeof *c);
+    memcpy(c->inner.state, session_inner, sizeof session_inner);
+    memcpy(c->outer.state, session_outer, sizeof session_outer);
+    c->inner.total = SHA256_BLOCK_BYTES;
+    c->outer.total = SHA256_BLOCK_BYTES;
+}
 
 void auth_init(void)
 {
@@ -55,7 +69,8 @@ bool auth_has_session(void)
 
 void auth_new_session(const uint8_t *host_nonce, uint8_t *board_nonce)
 {
-    sha256_wipe(&session, sizeof session);
+    sha256_wipe(session_inner, sizeof session_inner);
+    sha256_wipe(session_outer, sizeof session_outer);
     session_open = false;
     rng_fill(board_nonce, PROTO_NONCE_BYTES);
     if (!keyed) {
@@ -69,7 +84,10 @@ void auth_new_session(const uint8_t *host_nonce, uint8_t *board_nonce)
     hmac_sha256_update(&derive, host_nonce, PROTO_NONCE_BYTES);
     hmac_sha256_update(&derive, board_nonce, PROTO_NONCE_BYTES);
     hmac_sha256_final(&derive, ks);  /* wipes derive */
-    hmac_sha256_init(&session, ks, sizeof ks);
+    hmac_sha256_init(&derive, ks, sizeof ks);
+    memcpy(session_inner, derive.inner.state, sizeof session_inner);
+    memcpy(session_outer, derive.outer.state, sizeof session_outer);
+    sha256_wipe(&derive, sizeof derive);
     sha256_wipe(ks, sizeof ks);
     session_open = true;
 }
@@ -77,7 +95,8 @@ void auth_new_session(const uint8_t *host_nonce, uint8_t *board_nonce)
 void auth_packet_tag(uint8_t direction, const uint8_t *header5, uint32_t counter, const uint8_t *body,
                      size_t n, uint8_t tag[32])
 {
-    hmac_sha256_ctx c = session;
+    hmac_sha256_ctx c;
+    session_ctx(&c);
     uint8_t lead[1u + PROTO_HEADER_BYTES + PROTO_COUNTER_BYTES];
     lead[0] = direction;
     memcpy(lead + 1, header5, PROTO_HEADER_BYTES);
@@ -89,7 +108,8 @@ void auth_packet_tag(uint8_t direction, const uint8_t *header5, uint32_t counter
 
 void auth_update_tag(uint32_t version, uint8_t (*byte_at)(uint32_t), uint32_t n, uint8_t tag[32])
 {
-    hmac_sha256_ctx c = session;
+    hmac_sha256_ctx c;
+    session_ctx(&c);
     uint8_t block[64];
     hmac_sha256_update(&c, PROTO_UPDATE_LABEL, sizeof PROTO_UPDATE_LABEL - 1u);
     hmac_sha256_update(&c, key_id, KEYPAGE_DEVICE_ID_BYTES);

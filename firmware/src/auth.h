@@ -4,8 +4,8 @@
  * holds magic "TFK1" | device_id[16] | key[32] | seed[8] | crc32 of the 60 bytes before it. At
  * boot auth_init() checks it and seeds the random generator; HELLO opens a session whose key
  * Ks = HMAC-SHA-256(K, "tinyfed-session-v2" || device_id || host_nonce || board_nonce). The
- * HMAC's inner and outer states of Ks are computed once per session, so a tag costs only the
- * blocks of its own message. */
+ * HMAC's inner and outer states of Ks are computed once per session (and Ks wiped), so a tag
+ * costs only the blocks of its own message. */
 #ifndef TINYFED_AUTH_H
 #define TINYFED_AUTH_H
 
