@@ -11,10 +11,14 @@ import pytest
 def _hermetic_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """``_hermetic_env`` for session and module fixtures, which are set up before any per-test fixture:
     nothing they cache (``~/.cache/tinyfed``) lands in, or is shared through, the real home directory,
-    so parallel workers and parallel runs share only the caches a test gives them explicitly."""
+    so parallel workers and parallel runs share only the caches a test gives them explicitly. The
+    device key store (``$TINYFED_KEY_STORE``) is a temporary file of this session too."""
     mp = pytest.MonkeyPatch()
     mp.delenv("TINYFED_BOARDS_PATH", raising=False)
     mp.setenv("HOME", str(tmp_path_factory.mktemp("session-home")))
+    # One key store per test session (per xdist worker): every board a test launches or creates
+    # (QEMU, sim://) records its key here, never in the user's store, and subprocesses inherit it.
+    mp.setenv("TINYFED_KEY_STORE", str(tmp_path_factory.mktemp("keys") / "keys.json"))
     yield
     mp.undo()
 
@@ -64,9 +68,11 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations
     "test_web_browser.py",  # ~50 s: headless Chromium on live sim:// runs and a 10,000-board page
     "test_hostile_boards.py",  # ~45 s: fake boards beside sim:// boards, a har_cnn plan, RSS runs
+    "test_auth_attack_qemu.py",  # ~40 s: two keyed QEMU boards, a run, the attacker, the host again
     "test_bad_input.py",  # ~30 s: runs and studies that must fail before their work
     "test_fuzz_cli.py",  # ~30 s: 1,031 bad inputs, each milliseconds once the base lines have run
     "test_rundir.py",  # ~25 s: two runs on one --out, ENOSPC and resume
+    "test_key_secrecy.py",  # ~15 s: a -vv run on sim:// boards, every file and line searched for keys
 )
 
 

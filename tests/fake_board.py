@@ -1,8 +1,10 @@
-"""A hostile board for the tests: a small TCP server speaking protocol v1, at ``socket://127.0.0.1:PORT``.
+"""A hostile board for the tests: a small TCP server speaking protocol v2, at ``socket://127.0.0.1:PORT``.
 
 Behind the socket is a real :class:`~tinyfed.firmware_bridge.twin.sim.SimBoard` (it is provisioned,
 trains and answers like any ``sim://`` board); a *behaviour* then rewrites what it says, the way
-a broken or malicious board would (issue 17):
+a broken or malicious board would (issue 17). By default the board holds a key recorded in the key
+store (an insider: a provisioned board gone bad); ``key`` gives it another identity (one the store
+does not know, or a known device id with a key that is not that device's: an impostor) or none:
 
 * ``honest``: nothing rewritten (the control run);
 * ``poison``: every update claims n = 2^32 - 1 samples and variance 0, with a delta scaled to
@@ -50,6 +52,7 @@ from tinyfed.firmware_bridge.link.framing import (
     decode_frame,
     encode_frame,
 )
+from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
 from tinyfed.firmware_bridge.link.train_link import TRAIN_RESPONSE, UPDATE_HEADER, pack_update, unpack_update
 from tinyfed.firmware_bridge.twin.sim import SimBoard, SimConfig
 
@@ -60,17 +63,21 @@ LINK_BEHAVIOURS = ("honest", "mute", "garbage", "out_of_sequence", "late", "sile
 PASSING_UPDATE_BEHAVIOURS = ("poison_norm",)
 BEHAVIOURS = LINK_BEHAVIOURS + UPDATE_BEHAVIOURS + PASSING_UPDATE_BEHAVIOURS
 HUGE_VALUES = 3_000_000_000
+#: ``FakeBoard(key=PROVISION)``: a fresh identity recorded in the default key store.
+PROVISION = "provision"
 
 
 class FakeBoard:
     """One board on a loopback TCP port; use as a context manager (``url`` while it runs)."""
 
     def __init__(self, behaviour: str = "honest", board_id: str = "mps2-an386", *, norm: float = 99.0,
-                 delay: float = 0.2, seed: int = 0) -> None:
+                 delay: float = 0.2, seed: int = 0, key: DeviceKey | str | None = PROVISION) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r} (known: {', '.join(BEHAVIOURS)})")
         self.behaviour, self.norm, self.delay = behaviour, norm, delay
-        self.board = SimBoard(SimConfig.for_board(board_id))
+        identity = KeyStore().provision(f"fake board ({behaviour})") if key == PROVISION else key
+        assert identity is None or isinstance(identity, DeviceKey)
+        self.board = SimBoard(SimConfig.for_board(board_id), key=identity)
         self.requests: Counter[str] = Counter()  # by command, every frame the board was sent
         self.connections = 0
         self.disconnected = threading.Event()  # ``disconnect`` dropped a link mid-upload

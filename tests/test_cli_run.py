@@ -78,6 +78,13 @@ def test_live_view_shows_version_accuracy_devices_bytes_and_eta() -> None:
     text = console.export_text()
     for needle in ("ftte", "version 2", "accuracy 0.8400", "busy 6", "late 1", "up 11.7 KiB", "ETA 5 s", "0.8200"):
         assert needle in text, text
+    assert "rejected" not in text  # none yet
+    board.update({"kind": "tick", "version": 2, "t": 22.0, "rejected": 3, "rejections": {"bad_mac": 2, "too_stale": 1},
+                  "devices": {"busy": 6, "idle": 1, "backoff": 1}})
+    console = Console(record=True, width=110)
+    console.print(board.render())
+    text = console.export_text()
+    assert "rejected 3" in text and "bad_mac 2, too_stale 1" in text, text
     board.update({"kind": "evaluation", "version": 3, "accuracy": 0.83, "loss": 0.5, "t": 30.0})
     assert board.eta_seconds() is not None  # still rising over the last five evaluations
     board.rows = board.rows[-2:]
@@ -138,3 +145,25 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_keeps_the_run(tmp_path: Pa
     assert ("planning har_cnn for 4 boards and preparing their fragment, training program and local data: done in"
             in stderr)
     assert (out / "config.toml").is_file() and (out / "events.jsonl").is_file()
+
+
+def test_a_run_whose_boards_all_failed_authentication_says_which_key_store_to_pass(tmp_path: Path, capsys) -> None:
+    """Every board dropped after refusing authentication (issue 18): the closing error names the reasons and
+    the --key-store fix, not "check that each board is powered"."""
+    from tinyfed.commands.run import _fail_no_boards, _record_devices, failed_boards
+    from tinyfed.host.events import EventLog
+    from tinyfed.host.setup import DeviceSpec
+
+    devices = [DeviceSpec(f"b{i}", f"socket://127.0.0.1:{4000 + i}", "mps2-an386") for i in range(2)]
+    _record_devices(tmp_path, "fleet", 2, "mps2-an386", None, None, devices)
+    with EventLog(tmp_path) as events:
+        for d, reason in zip(devices, ("unknown_device", "bad_mac"), strict=True):
+            events.append("rejection", device=d.name, reason=reason, message="refused")
+            events.append("device_state", device=d.name, state="dropped", reason=f"{d.url}: HELLO: refused")
+    failed = failed_boards(tmp_path)
+    assert [(b["device"], b.get("rejection")) for b in failed] == [("b0", "unknown_device"), ("b1", "bad_mac")]
+    with pytest.raises(SystemExit):
+        _fail_no_boards(failed, 0)
+    said = capsys.readouterr().err
+    assert "refused authentication (bad_mac, unknown_device)" in said and "--key-store" in said, said
+    assert "powered" not in said

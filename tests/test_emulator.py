@@ -224,7 +224,7 @@ def qemu_board(firmware_elf: Path):
 def test_qemu_board_hello_ping_reset(qemu_board) -> None:
     with BoardClient(qemu_board.url, name="q0") as c:
         info = c.hello()
-        assert info.board_id == "mps2-an386" and info.protocol_version == 1 and info.max_payload >= 64
+        assert info.board_id == "mps2-an386" and info.protocol_version == 2 and info.keyed and info.max_payload >= 64
         for n in (0, 1, 64, info.max_payload):
             c.ping(bytes(random.Random(n).randbytes(n)))
         with pytest.raises(DeviceError) as err:
@@ -238,6 +238,65 @@ def test_qemu_board_hello_ping_reset(qemu_board) -> None:
         bench = c.bench(samples=20)
         print(f"\nqemu mps2-an386: RTT min {bench.rtt_min_s * 1e3:.3f} ms median {bench.rtt_median_s * 1e3:.3f} ms, "
               f"echo {bench.echo_bytes_per_s / 1e3:.1f} kB/s with {bench.echo_payload}-byte payloads")
+
+
+@pytest.mark.slow
+def test_qemu_board_obeys_only_its_host(qemu_board, firmware_elf: Path, tmp_path: Path) -> None:
+    """The firmware's MAC code on an emulated board: a request without a valid tag, for each command
+    an attacker wants, is refused (AUTH) and changes nothing; a replayed request is refused, an
+    authentic retransmission answered from the cache; an unknown or keyless board is refused."""
+    import socket
+
+    from _auth import RawHost, bare_frame, detail, socket_exchange
+    from test_auth import GUARDED
+
+    from tinyfed.firmware_bridge.emulate.keyimage import key_section
+    from tinyfed.firmware_bridge.link.errors import AuthenticationFailed, UnknownDevice
+    from tinyfed.firmware_bridge.link.framing import AuthDetail, SessionMac
+    from tinyfed.firmware_bridge.link.keys import KeyStore, parse_key_page
+
+    assert qemu_board.device_id is not None
+    key = KeyStore().lookup(qemu_board.device_id)
+    assert key is not None
+    image = qemu_board._provisioned.image  # the keyed copy QEMU booted: private, holding this key
+    _addr, offset, size = key_section(image)
+    page = image.read_bytes()[offset:offset + size]
+    parsed = parse_key_page(page)
+    assert image.stat().st_mode & 0o777 == 0o600 and parsed is not None and parsed[0].key == key.key
+    assert page[64:] == b"\xff" * (size - 64) and key_section(firmware_elf)[2] == size
+    with socket.create_connection(("127.0.0.1", qemu_board.port), timeout=10) as sock:
+        host = RawHost(socket_exchange(sock), key)
+        (early,) = host.exchange(bare_frame(Command.STATS, host.next_seq(), bytes(20)))
+        assert (early.code, detail(early)) == (Status.AUTH, AuthDetail.NO_SESSION)
+        assert host.hello().payload[-33:-17] == key.device_id
+        for code, body in GUARDED.items():
+            (bare,) = host.exchange(bare_frame(code, host.next_seq(), body))
+            assert bare.code == Status.AUTH and detail(bare) in (AuthDetail.TOO_SHORT, AuthDetail.BAD_MAC)
+            forger = RawHost(host.exchange, None)
+            forger.session, forger.seq, forger.counter = SessionMac(os.urandom(32)), host.seq, host.counter
+            (forged,) = host.exchange(forger.frame(code, body))
+            host.seq = forger.seq
+            assert (forged.code, detail(forged)) == (Status.AUTH, AuthDetail.BAD_MAC), Command.NAMES[code]
+        (chunk,) = host.exchange(host.frame(Command.LOAD_CHUNK, b"\0\0\0\0abcd"))
+        assert chunk.code == Status.OUT_OF_ORDER  # no refused LOAD_BEGIN opened a transfer
+        begin_body = (8).to_bytes(4, "little") + bytes(4)  # an 8-byte fragment
+        begin = host.frame(Command.LOAD_BEGIN, begin_body)
+        first = host.exchange(begin)
+        assert first[0].code == Status.OK and host.exchange(begin) == first  # a retransmission: cached
+        assert host.send(Command.LOAD_CHUNK, b"\0\0\0\0abcd").code == Status.OK
+        (replayed,) = host.exchange(begin)  # recorded, sent again after a newer request
+        assert (replayed.code, detail(replayed)) == (Status.AUTH, AuthDetail.REPLAYED_COUNTER)
+        resumed = host.send(Command.LOAD_BEGIN, begin_body)
+        assert host.body(resumed) == (4).to_bytes(4, "little")  # the replay did not restart the transfer
+    with BoardClient(qemu_board.url, key_store=KeyStore(tmp_path / "other.json")) as c, \
+            pytest.raises(UnknownDevice):
+        c.hello()
+    with BoardClient(qemu_board.url) as c:
+        assert c.hello().device_id == key.device_id and c.stats.bad_macs == 0
+    with launch_qemu("mps2-an386", firmware_elf, ready_timeout=HANG_S, keyed=False) as blank, \
+            BoardClient(blank.url) as c, pytest.raises(AuthenticationFailed) as info:
+        c.hello()
+    assert info.value.reason == "no_key" and blank.device_id is None
 
 
 @pytest.mark.slow

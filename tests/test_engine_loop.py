@@ -377,3 +377,124 @@ def test_an_update_header_claiming_gigabytes_is_refused_before_it_is_read(setups
             and e["reason"] != "run ended"]
     assert lost and "claims 3,000,000,000 values" in lost[0]["reason"], lost
     assert result.versions < 60 and np.all(np.isfinite(result.vector))
+
+
+#: A hang bound on the authentication runs below, which stop on their own once they have shown their point.
+AUTH_RUN_BOUND_S = 600.0
+
+
+def test_a_board_failing_authentication_is_rejected_by_reason_and_dropped(setups, tmp_path, monkeypatch) -> None:
+    """Issue 18: a board that fails authentication is a ``rejection`` event with its reason, backs off
+    and is dropped like any failing board, and nothing it sent is aggregated; the result and the
+    summary count rejections by reason. dev1 is never in the key store (every HELLO: unknown_device);
+    dev2's first update carries a bad update tag (bad_update_mac), after which it delivers. The run goes
+    on with the others."""
+    from tinyfed.firmware_bridge.link.client import BoardClient
+    from tinyfed.firmware_bridge.link.errors import AuthenticationFailed, UnknownDevice
+
+    forget_sim_boards()
+    devs = _devices("dev")
+    hello, read_update = BoardClient.hello, BoardClient.read_update
+    forged: list[str] = []
+
+    def fake_hello(self, *args, **kwargs):
+        if self.name == devs[1].name:
+            raise UnknownDevice("00" * 16, device=self.name, key_store="the test's store")
+        return hello(self, *args, **kwargs)
+
+    def fake_read_update(self, *args, **kwargs):
+        if self.name == devs[2].name and not forged:
+            forged.append(self.name)
+            raise AuthenticationFailed("bad_update_mac", "the update tag does not match", device=self.name,
+                                       command="UPDATE_READ")
+        return read_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(BoardClient, "hello", fake_hello)
+    monkeypatch.setattr(BoardClient, "read_update", fake_read_update)
+    result = {}
+
+    def progress(row: dict) -> None:  # stop once dev1 is dropped and dev2 delivered after its forged update
+        if engine.state[devs[1].name].state == "dropped" and events.answered[devs[2].name] >= 2:
+            engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
+
+    with _AnsweredLog(tmp_path) as events:
+        # max_seconds only bounds a run that never meets the stop above (a busy host may provision a board late)
+        engine = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
+                        training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_seconds=AUTH_RUN_BOUND_S),
+                        seed=3, backoff_s=0.01, retries=2, progress=progress)
+        runner = threading.Thread(target=lambda: result.update(run=engine.run()), daemon=True)
+        runner.start()
+        runner.join(timeout=600)  # a hang bound: the run takes seconds
+        assert not runner.is_alive()
+    evs = list(read_events(tmp_path))
+    rejected = [e for e in evs if e["kind"] == "rejection"]
+    unknown = [e for e in rejected if e["device"] == devs[1].name]
+    assert unknown and all(e["reason"] == "unknown_device" for e in unknown)
+    assert "task" not in unknown[0]  # refused at its first connection: no task was dispatched to it yet
+    states = [e["state"] for e in evs if e["kind"] == "device_state" and e["device"] == devs[1].name]
+    assert states[-1] == "dropped" and "training" in states  # retried with a task, then dropped
+    assert not any(e["kind"] == "arrival" and e["device"] == devs[1].name for e in evs)
+    bad = [e for e in rejected if e["device"] == devs[2].name]
+    assert [e["reason"] for e in bad] == ["bad_update_mac"] and "task" in bad[0], \
+        [e for e in evs if e.get("device") == devs[2].name and e["kind"] != "bytes"]
+    assert "AuthenticationFailed" in bad[0]["message"]
+    aggregated = {t for e in evs if e["kind"] == "aggregation" for t in e["tasks"]}
+    assert not aggregated & {e.get("task") for e in rejected}
+    assert any(e["kind"] == "arrival" and e["device"] == devs[2].name for e in evs)  # it delivered afterwards
+    run = result["run"]
+    assert run.wall_seconds < AUTH_RUN_BOUND_S
+    assert run.rejections == {"unknown_device": len(unknown), "bad_update_mac": 1}
+    assert run.to_dict()["rejection_reasons"] == run.rejections
+    summary = summarize(evs)
+    assert summary["rejection_reasons"] == run.rejections and summary["updates_rejected"] == run.updates_rejected
+    assert summary["all_tasks_accounted"] and not summary["tasks_unknown"]
+
+
+def test_a_program_pretending_to_be_a_board_gets_nothing_accepted(setups, tmp_path) -> None:
+    """Two programs on the link answer HELLO as boards (issue 18): one with the device id of a board this
+    host provisioned but without its key (it speaks the protocol perfectly, under a key of its own), one
+    with an id the host never provisioned. The host sends neither anything but HELLO and the one request
+    that confirms a session, records each refusal as a ``rejection`` with its reason, drops them, and
+    trains on with the real boards."""
+    from fake_board import FakeBoard
+
+    from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
+
+    forget_sim_boards()
+    victim = KeyStore().provision("victim")  # a real board's identity, known to the host
+    real = _devices("dev")[:2]
+    impostor = DeviceKey(victim.device_id, DeviceKey.generate().key, "impostor")
+    with FakeBoard("honest", key=impostor) as known_id, FakeBoard("honest", key=DeviceKey.generate()) as made_up:
+        devs = [*real, DeviceSpec("dev2", known_id.url, "mps2-an386"), DeviceSpec("dev3", made_up.url, "mps2-an386")]
+
+        def progress(row: dict) -> None:  # stop once both impostors are dropped and the real boards trained on
+            if all(engine.state[n].state == "dropped" for n in ("dev2", "dev3")) and engine.rounds.version >= 2:
+                engine.limits = dataclasses.replace(engine.limits, max_versions=engine.rounds.version)
+
+        with EventLog(tmp_path) as events:
+            # max_seconds only bounds a run that never meets the stop above
+            engine = Engine(setups["subset"], devs, get_strategy("ftte", buffer_size=1), events,
+                            training=LocalTraining(epochs=1, lr=0.005), limits=Limits(max_seconds=AUTH_RUN_BOUND_S),
+                            seed=3, backoff_s=0.01, retries=1, progress=progress)
+            result = engine.run()
+        asked = known_id.requests + made_up.requests
+    evs = list(read_events(tmp_path))
+    reasons = {name: {e["reason"] for e in evs if e["kind"] == "rejection" and e["device"] == name}
+               for name in ("dev2", "dev3")}
+    assert reasons == {"dev2": {"bad_mac"}, "dev3": {"unknown_device"}}
+    states = {name: [e["state"] for e in evs if e["kind"] == "device_state" and e["device"] == name]
+              for name in ("dev2", "dev3")}
+    assert all(s[-1] == "dropped" for s in states.values()), states
+    assert not any(e["kind"] == "arrival" and e["device"] in ("dev2", "dev3") for e in evs)
+    assert set(asked) <= {"HELLO", "STATS"}, asked  # no weights, program, data or command reached them
+    assert result.versions >= 2 and result.wall_seconds < AUTH_RUN_BOUND_S
+    assert result.updates_accepted >= result.versions
+    assert set(result.rejections) == {"bad_mac", "unknown_device"}
+    assert summarize(evs)["all_tasks_accounted"]
+    from tinyfed.web.reader import DirReader  # the web dashboard shows them like the update checks' rejections
+
+    page = DirReader(tmp_path)
+    page.refresh()
+    assert page.snapshot()["rejection_reasons"] == result.rejections
+    rows = {row["name"]: row for row in page.boards()["rows"]}
+    assert rows["dev2"]["reasons"] == {"bad_mac": result.rejections["bad_mac"]} and rows["dev2"]["accepted"] == 0

@@ -1,11 +1,12 @@
 """The bare-metal firmware: it builds for every target within budget, the board files carry
-its measured reserve, oversized settings fail at link time, and it answers protocol v1 frames
-under QEMU (slow). The QEMU test builds its frames itself (``cobs`` + ``zlib.crc32``) so it
-does not depend on the host client in ``tinyfed/firmware_bridge``; its codes and sizes are the
-constants of ``link/framing.py``."""
+its measured reserve, oversized settings fail at link time, and it answers protocol v2 frames
+under QEMU (slow). The QEMU test builds its frames itself (``cobs`` + ``zlib.crc32``, the tags
+with ``hmac``) so it does not depend on the host client in ``tinyfed/firmware_bridge``; its codes
+and sizes are the constants of ``link/framing.py``."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import shutil
 import socket
@@ -29,6 +30,7 @@ from tinyfed.firmware_bridge.emulate.build import (
     reserve_table_text,
     write_reserve_back,
 )
+from tinyfed.firmware_bridge.emulate.keyimage import keyed_image
 from tinyfed.firmware_bridge.link.framing import (
     KIND_REQUEST,
     KIND_RESPONSE,
@@ -38,6 +40,7 @@ from tinyfed.firmware_bridge.link.framing import (
     Command,
     Status,
 )
+from tinyfed.firmware_bridge.link.keys import DeviceKey, key_page
 
 TARGETS = ["mps2-an386", "mps3-an547", "nrf52840", "apollo3"]
 QEMU_TARGETS = ["mps2-an386", "mps3-an547"]
@@ -157,11 +160,25 @@ def frame(code: int, seq: int, payload: bytes = b"") -> bytes:
 
 
 class Link:
-    """A socket to QEMU's UART with a tiny stop-and-wait request helper."""
+    """A socket to QEMU's UART with a tiny stop-and-wait request helper; after :meth:`hello` every
+    command but HELLO and PING goes out with a counter and a tag, and its answer's tag is checked."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, device: DeviceKey | None = None) -> None:
         self.sock = sock
         self.buf = b""
+        self.device = device
+        self.ks: bytes | None = None
+        self.counter = 0
+
+    def hello(self, seq: int) -> tuple[int, bytes]:
+        nonce = os.urandom(16)
+        status, body = self.request(HELLO, seq, bytes([PROTOCOL_VERSION]) + nonce)
+        if status == OK and self.device is not None:
+            board_nonce = body[-17:-1]
+            self.ks = hmac.digest(self.device.key, b"tinyfed-session-v2" + self.device.device_id + nonce + board_nonce,
+                                  "sha256")
+            self.counter = 0
+        return status, body
 
     def read_packet(self, deadline: float) -> tuple[int, int, bytes]:
         while b"\x00" not in self.buf:
@@ -182,12 +199,26 @@ class Link:
         return code, seq, packet[5:-4]
 
     def request(self, code: int, seq: int, payload: bytes = b"", timeout: float = HANG_S) -> tuple[int, bytes]:
+        auth = self.ks is not None and code not in (HELLO, PING)
+        if auth:
+            assert self.ks is not None
+            self.counter += 1
+            count = struct.pack("<I", self.counter)
+            head = struct.pack("<BBBH", PROTOCOL_VERSION, KIND_REQUEST, code, seq)
+            payload = count + payload + hmac.digest(self.ks, b"\x01" + head + count + payload, "sha256")[:16]
         self.sock.sendall(frame(code, seq, payload))
         deadline = time.monotonic() + timeout
         while True:
             status, rseq, body = self.read_packet(deadline)
-            if rseq == seq:
-                return status, body  # anything else is a stale answer to an earlier retry
+            if rseq != seq:
+                continue  # a stale answer to an earlier retry
+            if auth and status != Status.AUTH:
+                assert self.ks is not None
+                head = struct.pack("<BBBH", PROTOCOL_VERSION, KIND_RESPONSE, status, seq)
+                tag = hmac.digest(self.ks, b"\x02" + head + count + body[:-16], "sha256")[:16]
+                assert hmac.compare_digest(tag, body[-16:]), "the answer's tag does not verify"
+                body = body[:-16]
+            return status, body
 
     def send_raw(self, data: bytes) -> tuple[int, int, bytes]:
         self.sock.sendall(data)
@@ -200,8 +231,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.fixture
-def qemu_board(request: pytest.FixtureRequest, builds: dict[str, BuildResult]):
+def qemu_board(request: pytest.FixtureRequest, builds: dict[str, BuildResult], tmp_path: Path):
     board_name = request.param
+    device = DeviceKey.generate("build test")  # provisioned by hand: the test holds the key
+    elf = keyed_image(builds[board_name].elf, key_page(device, os.urandom(8)), tmp_path / "keyed.elf")
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed (make setup)")
     machine = get_board(board_name).emulator.qemu_machine
@@ -211,7 +244,7 @@ def qemu_board(request: pytest.FixtureRequest, builds: dict[str, BuildResult]):
     fd = listener.fileno()
     cmd = [
         "qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-icount", "shift=4",
-        "-kernel", str(builds[board_name].elf),
+        "-kernel", str(elf),
         "-chardev", f"socket,id=s0,fd={fd},server=on,wait=off,nodelay=on", "-serial", "chardev:s0",
     ]
     proc = subprocess.Popen(cmd, pass_fds=[fd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -220,7 +253,7 @@ def qemu_board(request: pytest.FixtureRequest, builds: dict[str, BuildResult]):
     try:
         sock = socket.create_connection(listener.getsockname(), timeout=HANG_S)
         listener.close()
-        link = Link(sock)
+        link = Link(sock, device)
         # Readiness: the first answered PING, retried (same seq) until a deadline.
         deadline = time.monotonic() + HANG_S
         while True:
@@ -245,11 +278,11 @@ def qemu_board(request: pytest.FixtureRequest, builds: dict[str, BuildResult]):
 @pytest.mark.slow
 @needs_toolchain
 @pytest.mark.parametrize("qemu_board", QEMU_TARGETS, indirect=True)
-def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) -> None:
+def test_qemu_answers_protocol_v2(qemu_board, builds: dict[str, BuildResult]) -> None:
     board_name, link, proc = qemu_board
     r = builds[board_name]
 
-    status, body = link.request(HELLO, 2, b"\x01")
+    status, body = link.hello(2)
     assert status == OK
     version, _, max_payload, slot, arena, fw_ram, fw_flash = struct.unpack_from("<BBHIIII", body)
     assert (version, max_payload) == (PROTOCOL_VERSION, 256)
@@ -261,14 +294,17 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     # then the training-program and local-data stores, as the build placed them
     end = 22 + n + m
     assert struct.unpack_from("<II", body, end) == (r.program_store_bytes, r.data_store_bytes)
-    assert len(body) == end + 8
+    assert body[end + 8:end + 24] == link.device.device_id and body[-1] == 1  # then board_nonce, key_state
+    assert len(body) == end + 8 + 16 + 16 + 1
 
-    assert link.request(HELLO, 3, b"\x02")[0] == Status.WRONG_VERSION
+    assert link.request(HELLO, 3, b"\x01" + bytes(16))[0] == Status.WRONG_VERSION  # a v1 host
     # PING echoes any bytes, zeros and a run longer than one COBS block included.
     payload = bytes(range(256))
     assert link.request(PING, 4, payload) == (OK, payload)
-    # A repeated seq is answered from the stored response, not executed again.
-    assert link.request(PING, 4, b"different") == (OK, payload)
+    # A repeated seq with the same bytes is answered from the stored response; with other bytes
+    # (protocol v2) it is a new PING, not a way to read back the last answer.
+    assert link.request(PING, 4, payload) == (OK, payload)
+    assert link.request(PING, 4, b"different") == (OK, b"different")
     assert link.request(PING, 5, b"") == (OK, b"")
 
     # A corrupted frame with a readable header: BAD_CRC with seq 0xFFFF.
@@ -332,3 +368,103 @@ def test_qemu_answers_protocol_v1(qemu_board, builds: dict[str, BuildResult]) ->
     time.sleep(2.0)
     c1, t1 = _cpu_seconds(proc.pid), time.monotonic()
     assert (c1 - c0) / (t1 - t0) < 0.10
+
+
+@needs_toolchain
+def test_firmware_build_provisions_a_real_board_into_the_store_and_a_keyed_image(builds: dict[str, BuildResult],
+                                                                                  tmp_path: Path) -> None:
+    """`firmware build --device-name` (issue 18): a fresh key in the store and the same key in the keyed
+    image's key page (mode 0600); the plain ELF stays blank, nothing printed holds the key; an emulated
+    board and a store others can read are refused with what to do."""
+    import json as _json
+    import stat
+
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+    from tinyfed.firmware_bridge.emulate.provision import image_key
+    from tinyfed.firmware_bridge.link.keys import KeyStore
+
+    store_path = tmp_path / "keys.json"
+    out = builds["nrf52840"].elf.parent  # the fixture's build: make has nothing left to do
+    result = CliRunner().invoke(cli, ["--key-store", str(store_path), "firmware", "build", "--board", "nrf52840",
+                                      "--out", str(out), "--device-name", "wrist-07", "--json"])
+    assert result.exit_code == 0, result.output
+    said = _json.loads(result.output.strip().splitlines()[-1])["keyed"]
+    (device,) = KeyStore(store_path).devices()
+    assert said == {"device_id": device.id_hex, "name": "wrist-07", "image": str(out / "tinyfed-fw-wrist-07.elf")}
+    image = Path(said["image"])
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    held = image_key(image)
+    assert held is not None and (held.device_id, held.key) == (device.device_id, device.key)
+    assert device.key.hex() not in result.output
+    assert image_key(builds["nrf52840"].elf) is None  # the plain ELF holds no key
+
+    refused = CliRunner().invoke(cli, ["--key-store", str(store_path), "firmware", "build", "--board", "mps2-an386",
+                                       "--out", str(tmp_path / "x"), "--device-name", "emu"])
+    assert refused.exit_code == 2 and "every launch gives it a fresh key" in refused.output
+    store_path.chmod(0o644)
+    refused = CliRunner().invoke(cli, ["--key-store", str(store_path), "firmware", "build", "--board", "nrf52840",
+                                       "--out", str(out), "--device-name", "wrist-08"])
+    assert refused.exit_code == 2 and f"chmod 600 {store_path}" in refused.output
+    assert not (out / "tinyfed-fw-wrist-08.elf").exists()
+
+
+@needs_toolchain
+def test_flash_writes_a_fresh_key_through_the_probe_and_forgets_it_when_flashing_fails(
+        builds: dict[str, BuildResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tinyfed flash` (issue 18): the image the probe programs holds the key the store records; the keyed
+    copy is gone afterwards; a failed programming leaves no key in the store. pyOCD's probe session is
+    stood in for (no probe is attached here): the image handed to it is the real keyed ELF."""
+    import sys
+    import types
+
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+    from tinyfed.firmware_bridge.emulate.provision import image_key
+    from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
+
+    programmed: list[tuple[Path, object]] = []
+    fail = [False]
+
+    class Session:
+        board = types.SimpleNamespace(target=types.SimpleNamespace(reset=lambda: None))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    class FileProgrammer:
+        def __init__(self, session: Session) -> None:
+            pass
+
+        def program(self, path: str) -> None:
+            if fail[0]:
+                raise RuntimeError("flash algorithm timed out")
+            programmed.append((Path(path), image_key(Path(path))))
+
+    helpers = types.ModuleType("pyocd.core.helpers")
+    helpers.ConnectHelper = types.SimpleNamespace(session_with_chosen_probe=lambda **kw: Session())  # type: ignore[attr-defined]
+    programmer = types.ModuleType("pyocd.flash.file_programmer")
+    programmer.FileProgrammer = FileProgrammer  # type: ignore[attr-defined]
+    for name, module in (("pyocd", types.ModuleType("pyocd")), ("pyocd.core", types.ModuleType("pyocd.core")),
+                         ("pyocd.core.helpers", helpers), ("pyocd.flash", types.ModuleType("pyocd.flash")),
+                         ("pyocd.flash.file_programmer", programmer)):
+        monkeypatch.setitem(sys.modules, name, module)
+    store_path = tmp_path / "keys.json"
+    elf = builds["nrf52840"].elf
+    argv = ["--key-store", str(store_path), "flash", "--board", "nrf52840", "--elf", str(elf)]
+    result = CliRunner().invoke(cli, [*argv, "--device-name", "ring-3"])
+    assert result.exit_code == 0, result.output
+    (device,) = KeyStore(store_path).devices()
+    ((image, flashed),) = programmed
+    assert isinstance(flashed, DeviceKey) and (flashed.device_id, flashed.key) == (device.device_id, device.key)
+    assert device.name == "ring-3" and device.id_hex in result.output
+    assert not image.exists() and device.key.hex() not in result.output
+    fail[0] = True
+    result = CliRunner().invoke(cli, [*argv, "--device-name", "ring-4"])
+    assert result.exit_code == 2 and "flash algorithm timed out" in result.output
+    assert [d.name for d in KeyStore(store_path).devices()] == ["ring-3"]  # ring-4's key was forgotten

@@ -40,7 +40,7 @@ def test_round_trip(payload: bytes) -> None:
 
 def test_header_layout_is_little_endian_with_crc_over_header_and_payload() -> None:
     raw = encode_packet(KIND_RESPONSE, Status.OUT_OF_ORDER, 0x0102, b"ab")
-    assert raw[:5] == bytes([1, 2, 8, 0x02, 0x01])  # version, kind, code, seq: a 5-byte header
+    assert raw[:5] == bytes([2, 2, 8, 0x02, 0x01])  # version, kind, code, seq: a 5-byte header
     assert raw[5:7] == b"ab"
     assert struct.unpack("<I", raw[7:])[0] == zlib.crc32(raw[:7])
     assert len(raw) == OVERHEAD + 2 and OVERHEAD == 9
@@ -83,10 +83,10 @@ def test_truncated_frame() -> None:
     for cut in range(1, 5):
         with pytest.raises(CrcMismatch) as info:
             decode_packet(raw[:-cut])
-        assert info.value.header == (1, KIND_REQUEST, Command.PING, 1) and info.value.status == Status.BAD_CRC
+        assert info.value.header == (2, KIND_REQUEST, Command.PING, 1) and info.value.status == Status.BAD_CRC
     with pytest.raises(FrameTooShort) as short:
         decode_packet(raw[:8])
-    assert short.value.header == (1, KIND_REQUEST, Command.PING, 1) and short.value.status == Status.BAD_LENGTH
+    assert short.value.header == (2, KIND_REQUEST, Command.PING, 1) and short.value.status == Status.BAD_LENGTH
     with pytest.raises(FrameTooShort) as unreadable:
         decode_packet(raw[:4])
     assert unreadable.value.header is None

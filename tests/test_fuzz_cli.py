@@ -74,6 +74,8 @@ BASES: dict[str, Base] = {
     "emulate": Base(("--board", "mps2-an386", "--elf", "{missing}"), sentinel=True),
     "firmware build": Base(("--board", "mps2-an386", "--out", "{out}")),
     "flash": Base(("--board", "mps2-an386"), sentinel=True),
+    "keys forget": Base(("00" * 16,)),
+    "keys list": Base(()),
     "plan": Base(("digits_cnn", "--board", "nrf52840", "--no-measure", "--out", "{out}")),
     "profile": Base(("digits_cnn", "--board", "nrf52840"), sentinel=True),
     "run": Base(("--simulate", "2", "--model", "digits_cnn", "--max-versions", "1", "--max-windows", "2",

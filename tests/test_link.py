@@ -43,8 +43,12 @@ from tinyfed.firmware_bridge.link.framing import (
     decode_frame,
     encode_frame,
 )
+from tinyfed.firmware_bridge.link.keys import DeviceKey
 from tinyfed.firmware_bridge.link.transport import open_port
 from tinyfed.firmware_bridge.twin import sim
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _auth import RawHost, sim_exchange  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +200,7 @@ def test_hello_reports_the_board() -> None:
     with BoardClient("sim://nrf52840?max_payload=128&build=v9") as c:
         info = c.hello()
     assert isinstance(info, HelloInfo)
-    assert (info.board_id, info.build, info.protocol_version, info.max_payload) == ("nrf52840", "v9", 1, 128)
+    assert (info.board_id, info.build, info.protocol_version, info.max_payload) == ("nrf52840", "v9", 2, 128)
     assert info.arena_bytes == (256 - 8) * 1024  # the board profile's fragment RAM budget (linker-map reserve)
 
 
@@ -210,11 +214,11 @@ def test_ping_echoes_and_limits_payload_before_hello() -> None:
 
 
 def test_wrong_protocol_version_is_refused_naming_device_and_command() -> None:
-    with BoardClient("sim://old?protocol_version=2", name="watch-7") as c, \
+    with BoardClient("sim://old?protocol_version=1", name="watch-7") as c, \
             pytest.raises(ProtocolVersionMismatch) as info:
         c.hello()
     e = info.value
-    assert e.board_version == 2 and e.device == "watch-7" and e.command == "HELLO"
+    assert e.board_version == 1 and e.device == "watch-7" and e.command == "HELLO"
     assert "watch-7" in str(e) and "flash" in str(e)
 
 
@@ -237,7 +241,7 @@ def test_load_commit_makes_the_fragment_active(monkeypatch) -> None:
     seen = []
     with BoardClient("sim://nrf52840?max_payload=100&name=L") as c:
         r = c.load_fragment(blob, progress=lambda done, total: seen.append(done))
-    assert r.size == 3000 and r.resumed_from == 0 and r.chunks == 32  # ceil(3000 / 96)
+    assert r.size == 3000 and r.resumed_from == 0 and r.chunks == 40  # ceil(3000 / (100 - 20 - 4))
     assert seen[0] == 0 and seen[-1] == 3000 and seen == sorted(seen)
     assert sim.get_sim_board("nrf52840", "L").active.blob == blob
 
@@ -356,15 +360,17 @@ def test_board_naks_damaged_frames_once_per_delimiter_and_drops_unreadable_ones(
     # another packet version is answered with WRONG_VERSION and the board's version
     (r,) = [decode_frame(f) for f in FrameReader(1000).feed(
         board.receive(encode_frame(KIND_REQUEST, Command.PING, 8, b"", version=3)))]
-    assert r.code == Status.WRONG_VERSION and struct.unpack_from("<H", r.payload)[0] == 1
+    assert r.code == Status.WRONG_VERSION and struct.unpack_from("<H", r.payload)[0] == 2
 
 
 def test_duplicate_seq_replays_without_executing_again() -> None:
-    board = sim.SimBoard()
-    _raw(board, Command.LOAD_BEGIN, 1, struct.pack("<II", 8, zlib.crc32(b"abcdefgh")))
-    first = _raw(board, Command.LOAD_CHUNK, 2, struct.pack("<I", 0) + b"abcd")
-    again = _raw(board, Command.LOAD_CHUNK, 2, struct.pack("<I", 0) + b"abcd")
-    assert first == again and struct.unpack("<I", first[0].payload)[0] == 4
+    board = sim.SimBoard(key=DeviceKey.generate())
+    host = RawHost(sim_exchange(board.receive), board.device_key)
+    host.hello()
+    host.send(Command.LOAD_BEGIN, struct.pack("<II", 8, zlib.crc32(b"abcdefgh")))
+    chunk = host.frame(Command.LOAD_CHUNK, struct.pack("<I", 0) + b"abcd")
+    first, again = host.exchange(chunk), host.exchange(chunk)  # an authentic retransmission
+    assert first == again and struct.unpack("<I", first[0].payload[:4])[0] == 4
     assert board.stats.replays == 1 and board.transfer.offset == 4
 
 
@@ -457,10 +463,10 @@ def test_upload_resumes_after_a_dropped_connection(monkeypatch) -> None:
     assert info.value.command == "LOAD_CHUNK" and info.value.device == "watch-1"
     assert board.active.blob == old  # the previous fragment stays active
     done = board.transfer.offset
-    assert 7_000 < done < 8_000
+    assert 6_000 < done < 8_000
     with BoardClient(url) as c2:  # a new connection: the transfer resumes where it stopped
         r = c2.load_fragment(new)
-    assert r.resumed_from == done and r.chunks == -(-(len(new) - done) // 252)
+    assert r.resumed_from == done and r.chunks == -(-(len(new) - done) // 232)
     assert board.active.blob == new
 
 
@@ -661,7 +667,10 @@ def test_a_board_silent_on_train_costs_the_train_timeout_not_the_retry_series() 
     inner = open_port("sim://x")
     port = FaultyPort(inner, p_out=1.0)
     port.KINDS = ("lose_frame",)
+    port.p_out = 0.0
     c = BoardClient("sim://x", port=port, timeout=0.5, retries=5, name="mute")
+    c.hello()
+    port.p_out = 1.0
     with pytest.raises(LinkTimeout) as info:
         c.train(TrainParams(version=0, epochs=1, batch_size=1, lr=0.01, seed=0), timeout=5.0)
     assert info.value.command == "TRAIN" and info.value.waited_s == pytest.approx(5.0)

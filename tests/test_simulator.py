@@ -84,18 +84,21 @@ def test_a_task_takes_the_time_of_its_board_profile(study: Study) -> None:
     t_arrive, _, task, name = next(e for e in res.trace if e[1] == "arrive")
     dev = next(d for d in sim.fleet.devices if d.name == name)
     board = get_board(sim.fleet.boards[dev.board].name)
-    # The client's framing, by hand: TRAIN_SET in (256 - 8) // 4 = 62-value requests, each acked
-    # with a u32; TRAIN (21 bytes) and its 29-byte report; UPDATE_READ (6 bytes) in 256-byte pieces.
+    # The client's framing, by hand (protocol v2: 20 bytes of counter and tag per request, a 16-byte
+    # tag per answer): TRAIN_SET in (256 - 20 - 8) // 4 = 57-value requests, each acked with a u32;
+    # TRAIN (21 bytes) and its 29-byte report; UPDATE_READ (6 bytes) in 240-byte pieces of the image
+    # and its 32-byte update tag.
 
     def frame(n: int) -> int:
         return max_encoded_bytes(n) + 1
 
-    per = (board.link.max_frame_bytes - 8) // 4
+    per = (board.link.max_frame_bytes - 20 - 8) // 4
     chunks = [min(per, model.size - k) for k in range(0, model.size, per)]
-    pieces = [min(256, model.update_bytes - k) for k in range(0, model.update_bytes, 256)]
+    served = model.update_bytes + 32
+    pieces = [min(240, served - k) for k in range(0, served, 240)]
     assert model.update_bytes == 24 + 4 * model.size  # float32 update image: header + values
-    down = sum(frame(8 + 4 * c) for c in chunks) + frame(21) + len(pieces) * frame(6)
-    up = len(chunks) * frame(4) + frame(29) + sum(frame(p) for p in pieces)
+    down = sum(frame(20 + 8 + 4 * c) for c in chunks) + frame(20 + 21) + len(pieces) * frame(20 + 6)
+    up = len(chunks) * frame(16 + 4) + frame(16 + 29) + sum(frame(16 + p) for p in pieces)
     link_s = (down + up) * 10 / board.link.baud
     compute_s = len(dev.indices) * model.train_macs / (board.speed.fp32_flops_per_s / 2)
     assert t_arrive == pytest.approx(dev.factor * (link_s + compute_s), rel=1e-12)

@@ -12,6 +12,7 @@ the boards' painted-RAM high-water marks with the planner's prediction.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from tinyfed.firmware_bridge.compile.train_blob import program_ram_bytes
 from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
 from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.errors import AuthenticationFailed
 from tinyfed.firmware_bridge.link.framing import FrameReader, decode_frame
 from tinyfed.firmware_bridge.link.train_link import (
     DeviceUpdate,
@@ -92,7 +94,22 @@ def _session(url: str, name: str, case: tc.TrainingCase, i: int) -> BoardRun:
         report = client.train(_params(i), timeout=600.0)
         update = client.read_update(report.update_bytes)
         stats = client.ram_stats()
-    return BoardRun(report, update, before, after_set, stats, bytes(received), bytes(sent), info.data_store_bytes)
+        # The update's tag binds the model version and this board's device id (the firmware's HMAC).
+        notes = {}
+        try:
+            client.read_update(report.update_bytes, version=VERSION + 1)
+        except AuthenticationFailed as exc:
+            notes["other_version"] = exc.reason
+        own = client.info
+        assert own is not None
+        client.info = dataclasses.replace(own, device_id=bytes(16))
+        try:
+            client.read_update(report.update_bytes)
+        except AuthenticationFailed as exc:
+            notes["other_device"] = exc.reason
+        client.info = own
+    return BoardRun(report, update, before, after_set, stats, bytes(received), bytes(sent), info.data_store_bytes,
+                    notes)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +139,8 @@ def trained(har_training_case, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 def test_every_board_trains_and_returns_an_int8_update(trained) -> None:
+    for run in trained[1]:
+        assert run.notes == {"other_version": "wrong_version", "other_device": "bad_update_mac"}
     case, runs = trained
     for i, run in enumerate(runs):
         assert run.report.version == VERSION and run.update.version == VERSION

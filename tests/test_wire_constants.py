@@ -25,14 +25,15 @@ import pytest
 
 from tinyfed.firmware_bridge.compile import blob, local_data, train_blob
 from tinyfed.firmware_bridge.compile.blob import OP_CODES
-from tinyfed.firmware_bridge.link import framing, profile_link
-from tinyfed.firmware_bridge.link.framing import Command, LoadTarget, Status
+from tinyfed.firmware_bridge.link import framing, keys, profile_link
+from tinyfed.firmware_bridge.link.framing import AuthDetail, Command, LoadTarget, Status
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
 
 #: The firmware files that hold wire constants.
 C_FILES = (
     "src/protocol.h",
+    "src/auth.h",
     "src/train.h",
     "src/profile.h",
     "src/local_data.c",
@@ -135,6 +136,8 @@ def python_namespaces() -> dict[str, dict[str, int | bytes]]:
         "framing": _module_constants(framing),
         "Command": _class_constants(Command),
         "Status": _class_constants(Status),
+        "AuthDetail": _class_constants(AuthDetail),
+        "keys": _module_constants(keys),
         "LoadTarget": _class_constants(LoadTarget),
         "blob": _module_constants(blob),
         "OP_CODES": dict(OP_CODES),
@@ -161,6 +164,8 @@ GROUPS = (
     Group(r"PROTO_(\w+)", "framing", (("VERSION", "PROTOCOL_VERSION"), ("MAX_PAYLOAD", "DEFAULT_MAX_PAYLOAD"),
                                       ("SEQ_NONE", "NAK_SEQ"))),
     Group(r"LOAD_TARGET_(\w+)", "LoadTarget"),
+    Group(r"AUTH_(\w+)", "AuthDetail"),
+    Group(r"KEYPAGE_(\w+)", "keys", (("MAGIC", "KEY_PAGE_MAGIC"), ("BYTES", "KEY_PAGE_BYTES"))),
     # tfmb.h: the engines' statuses are protocol statuses
     Group(r"TFMB_(OK|OUT_OF_MEMORY|UNSUPPORTED_OP|WRONG_VERSION|NO_MODEL|BAD_MODEL)", "Status"),
     Group(r"TFMB_OP_(?!BYTES$)(\w+)", "OP_CODES"),
@@ -176,6 +181,7 @@ C_ONLY = {
     "PROTO_MAX_PACKET": "the board's receive buffer: DEFAULT_MAX_PAYLOAD + OVERHEAD (checked below)",
     "PROTO_MAX_ENCODED": "COBS_MAX_ENCODED(PROTO_MAX_PACKET): a buffer size",
     "PROTO_MESSAGE_MAX": "the board truncates its error messages; the host reads any length",
+    "PROTO_MAX_BODY": "PROTO_MAX_PAYLOAD - PROTO_TAG_BYTES: the board's bound on a tagged answer's body",
     "TFMB_MAX_DIM": "a bound of the board's validation (TFLite's own limits are lower)",
     "TFMB_MAX_STRIDE": "a bound of the board's validation",
     "TFMB_CORE": "build-time kernel selection, not on the wire",
@@ -189,6 +195,7 @@ C_ONLY = {
 PYTHON_ONLY = {
     "framing.PRE_HELLO_PAYLOAD": "the host's own limit before HELLO; the board takes up to max_payload",
     "framing.DELIMITER": "COBS's zero byte; cobs.c and protocol.c use 0x00, which COBS itself fixes",
+    "keys.STORE_FORMAT": "the host's key-store file format; never on a board",
 }
 
 

@@ -55,6 +55,7 @@ COMMANDS: dict[str, str] = {
     "profile": "Run MODEL's frozen fragment on a board once per kernel path; print each op's instructions "
                "(emulated) or cycles (a real board), MACs and instructions per MAC.",
     "dashboard": "Serve a live web page of runs and simulate studies: versions, metric, boards, aggregations.",
+    "keys": "The fleet key store: list the provisioned boards (never their keys), forget one.",
 }
 
 
@@ -174,18 +175,43 @@ class TinyfedGroup(click.Group):
 
 @click.group(cls=TinyfedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks on errors.")
+@click.option("--key-store", "key_store", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The fleet key store: every board's device key (default $TINYFED_KEY_STORE, else "
+                   "$XDG_DATA_HOME/tinyfed/keys.json; docs/security.md).")
 @click.version_option(__version__, prog_name="tinyfed")
-def cli(verbose: int) -> None:
+def cli(verbose: int, key_store: str | None) -> None:
     """Federated learning on fleets of microcontrollers.
 
     \b
     Examples:
       tinyfed demo
       tinyfed plan har_cnn --board nrf52840
+      tinyfed --key-store lab-keys.json run --fleet lab.toml
       tinyfed COMMAND --help
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if key_store:
+        _use_key_store(click.get_current_context(), key_store)
+
+
+#: ``tinyfed.firmware_bridge.link.keys.KEY_STORE_ENV``, restated so that ``tinyfed --help`` imports no link code.
+KEY_STORE_ENV = "TINYFED_KEY_STORE"
+
+
+def _use_key_store(ctx: click.Context, path: str) -> None:
+    """Every link, launcher and provisioning of the command uses ``path`` as the key store (through
+    the environment, which emulator launches and worker threads also see); undone when the command ends."""
+    previous = os.environ.get(KEY_STORE_ENV)
+    os.environ[KEY_STORE_ENV] = os.path.abspath(os.path.expanduser(path))
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(KEY_STORE_ENV, None)
+        else:
+            os.environ[KEY_STORE_ENV] = previous
+
+    ctx.call_on_close(restore)
 
 
 def main() -> None:

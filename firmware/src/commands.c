@@ -3,6 +3,7 @@
  * profile.c, the training commands in train.c. */
 #include <string.h>
 
+#include "auth.h"
 #include "bench.h"
 #include "board.h"
 #include "crc32.h"
@@ -104,11 +105,11 @@ static bool program(uint32_t offset, const uint8_t *data, uint32_t len, const ch
 
 static bool cmd_hello(const uint8_t *p, uint16_t len, reply_t *r)
 {
-    if (len != 1u) {
-        return reply_error(r, ST_BAD_LENGTH, 1, "HELLO takes one byte: host_version");
+    if (len != 1u + PROTO_NONCE_BYTES) {
+        return reply_error(r, ST_BAD_LENGTH, 1u + PROTO_NONCE_BYTES, "HELLO takes u8 host_version, 16-byte host_nonce");
     }
     if (p[0] != PROTO_VERSION) {
-        return reply_error(r, ST_WRONG_VERSION, PROTO_VERSION, "board speaks protocol version 1");
+        return reply_error(r, ST_WRONG_VERSION, PROTO_VERSION, "board speaks protocol version 2");
     }
     static const char build[] = "tinyfed-fw " FW_VERSION
 #if defined(TFMB_ENGINE)
@@ -135,6 +136,13 @@ static bool cmd_hello(const uint8_t *p, uint16_t len, reply_t *r)
     put_u32(o + n, TRAIN_REGION_BYTES);
     put_u32(o + n + 4u, DATA_REGION_BYTES);
     n += 8u;
+    /* v2: device_id | board_nonce | key_state; the new session replaces the previous one. */
+    memcpy(o + n, auth_device_id(), PROTO_DEVICE_ID_BYTES);
+    n += PROTO_DEVICE_ID_BYTES;
+    auth_new_session(p + 1, o + n);
+    protocol_session_opened();
+    n += PROTO_NONCE_BYTES;
+    o[n++] = auth_keyed() ? PROTO_KEY_STATE_KEYED : 0u;
     r->length = (uint16_t)n;
     return true;
 }
@@ -311,7 +319,7 @@ static bool cmd_invoke(uint16_t len, reply_t *r)
     }
     uint32_t size = 0;
     const uint8_t *out = engine_output(&size);
-    uint32_t first = size < PROTO_MAX_PAYLOAD - 8u ? size : PROTO_MAX_PAYLOAD - 8u;
+    uint32_t first = size < PROTO_MAX_BODY - 8u ? size : PROTO_MAX_BODY - 8u;
     put_u32(r->payload, cycles);
     put_u32(r->payload + 4, size);
     memcpy(r->payload + 8, out, first);
@@ -331,7 +339,7 @@ static bool cmd_output_read(const uint8_t *p, uint16_t len, reply_t *r)
     const uint8_t *out = engine_output(&size);
     uint32_t offset = get_u32(p);
     uint32_t n = get_u16(p + 4);
-    if (n > PROTO_MAX_PAYLOAD || offset > size || n > size - offset) {
+    if (n > PROTO_MAX_BODY || offset > size || n > size - offset) {
         return reply_error(r, ST_BAD_LENGTH, (uint16_t)size, msg_num("output tensor bytes: ", size));
     }
     memcpy(r->payload, out + offset, n);

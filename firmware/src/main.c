@@ -1,4 +1,5 @@
 /* tinyfed firmware entry: bring the board up, then sleep (WFI) until the UART has bytes. */
+#include "auth.h"
 #include "board.h"
 #include "cortexm_idle.h"
 #include "protocol.h"
@@ -15,6 +16,7 @@ int main(void)
 {
     board_init();
     cycles_init();
+    auth_init();
     commands_init();
     protocol_init();
     for (;;) {

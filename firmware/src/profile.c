@@ -67,7 +67,7 @@ bool profile_read_cmd(const uint8_t *p, uint16_t len, reply_t *r)
     }
     uint16_t first = get_u16(p);
     uint16_t count = get_u16(p + 2);
-    if (first > profiled_ops || count > profiled_ops - first || count > PROTO_MAX_PAYLOAD / PROFILE_OP_BYTES) {
+    if (first > profiled_ops || count > profiled_ops - first || count > PROTO_MAX_BODY / PROFILE_OP_BYTES) {
         return reply_error(r, ST_BAD_ARGUMENT, profiled_ops, msg_num("profiled ops: ", profiled_ops));
     }
     for (uint16_t i = 0; i < count; i++) {

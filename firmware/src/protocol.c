@@ -1,10 +1,13 @@
-/* Frame receive state machine, packet validation, duplicate-seq replay, responses. */
+/* Frame receive state machine, packet validation, authentication (HELLO and PING free, every
+ * other request tagged under the session key), duplicate replay, responses. */
 #include "protocol.h"
 
 #include <string.h>
 
+#include "auth.h"
 #include "board.h"
 #include "crc32.h"
+#include "hmac_sha256.h"
 
 /* Receive side: encoded bytes up to the next delimiter. One byte of slack tells an
  * oversized frame from a maximal one. */
@@ -16,9 +19,13 @@ static bool rx_overflow;
 static uint8_t tx_packet[PROTO_MAX_PACKET];
 static uint8_t tx_encoded[PROTO_MAX_ENCODED + 1u];
 
-/* The last executed request's seq and its response, replayed on a duplicate. */
+/* The last executed request and its response, replayed on a duplicate: an authenticated one
+ * (same seq and counter, good tag) or an unauthenticated one (same seq and packet CRC). */
 static bool last_valid;
+static bool last_authenticated;
 static uint16_t last_seq;
+static uint32_t last_crc;
+static uint32_t last_counter;  /* highest counter run in this session (0 after HELLO) */
 static uint8_t last_response[PROTO_MAX_PACKET];
 static size_t last_response_len;
 
@@ -69,7 +76,13 @@ void protocol_init(void)
     rx_len = 0;
     rx_overflow = false;
     last_valid = false;
+    last_counter = 0;
     reset_pending = false;
+}
+
+void protocol_session_opened(void)
+{
+    last_counter = 0;
 }
 
 bool protocol_reset_requested(void)
@@ -77,8 +90,10 @@ bool protocol_reset_requested(void)
     return reset_pending;
 }
 
-/* Build, encode and send a response packet; returns its length in tx_packet. */
-static size_t send_response(uint8_t status, uint16_t seq, const uint8_t *payload, uint16_t length)
+/* Build, encode and send a response packet; returns its length in tx_packet. With `tagged`,
+ * the response tag (under the session key, bound to the request's counter) follows the payload. */
+static size_t send_packet(uint8_t status, uint16_t seq, const uint8_t *payload, uint16_t length, bool tagged,
+                          uint32_t counter)
 {
     tx_packet[0] = PROTO_VERSION;
     tx_packet[1] = PROTO_KIND_RESPONSE;
@@ -88,12 +103,23 @@ static size_t send_response(uint8_t status, uint16_t seq, const uint8_t *payload
         memcpy(tx_packet + PROTO_HEADER_BYTES, payload, length);
     }
     size_t n = PROTO_HEADER_BYTES + length;
+    if (tagged) {
+        uint8_t tag[HMAC_SHA256_TAG_BYTES];
+        auth_packet_tag(PROTO_TAG_RESPONSE, tx_packet, counter, payload, length, tag);
+        memcpy(tx_packet + n, tag, PROTO_TAG_BYTES);
+        n += PROTO_TAG_BYTES;
+    }
     put_u32(tx_packet + n, crc32_update(0, tx_packet, n));
     n += PROTO_CRC_BYTES;
     size_t enc = cobs_encode(tx_packet, n, tx_encoded, sizeof tx_encoded - 1u);
     tx_encoded[enc] = 0x00;
     board_uart_write(tx_encoded, enc + 1u);
     return n;
+}
+
+static size_t send_response(uint8_t status, uint16_t seq, const uint8_t *payload, uint16_t length)
+{
+    return send_packet(status, seq, payload, length, false, 0);
 }
 
 static void send_raw_packet(const uint8_t *packet, size_t n)
@@ -136,7 +162,7 @@ static void handle_frame(uint8_t *buf, size_t enc_len, bool overflow)
         /* Another protocol version with an intact CRC gets WRONG_VERSION; else drop. */
         if (n >= PROTO_OVERHEAD && buf[0] != PROTO_VERSION && buf[1] == PROTO_KIND_REQUEST &&
             crc32_update(0, buf, n - 4u) == get_u32(buf + n - 4u)) {
-            reply_error(&reply, ST_WRONG_VERSION, PROTO_VERSION, "protocol version 1 only");
+            reply_error(&reply, ST_WRONG_VERSION, PROTO_VERSION, "protocol version 2 only");
             (void)send_response(reply.status, get_u16(buf + 3), reply.payload, reply.length);
         }
         return;
@@ -156,18 +182,66 @@ static void handle_frame(uint8_t *buf, size_t enc_len, bool overflow)
     uint8_t code = buf[2];
     uint16_t seq = get_u16(buf + 3);
     uint16_t length = (uint16_t)(n - PROTO_OVERHEAD);  /* implied by the frame size */
-    if (last_valid && seq == last_seq) {
-        send_raw_packet(last_response, last_response_len);  /* duplicate: replay, no re-run */
-        return;
+    const uint8_t *payload = buf + PROTO_HEADER_BYTES;
+    bool authenticated = code != CMD_HELLO && code != CMD_PING;
+    uint32_t counter = 0;
+    if (!authenticated) {
+        uint32_t crc = get_u32(buf + n - PROTO_CRC_BYTES);
+        if (last_valid && !last_authenticated && seq == last_seq && crc == last_crc) {
+            send_raw_packet(last_response, last_response_len);  /* duplicate: replay, no re-run */
+            return;
+        }
+        last_crc = crc;
+    } else {
+        /* Key, session, length, tag (constant time), then freshness: an authentic retransmission
+         * replays, an old counter is refused. A refusal is untagged and changes nothing. */
+        uint16_t refuse = 0;
+        static const char *const why[] = {
+            "", "no device key: provision this board", "no session: say HELLO first",
+            "request tag does not verify", "counter not above the last one", "payload shorter than counter and tag",
+        };
+        if (!auth_keyed()) {
+            refuse = AUTH_NO_KEY;
+        } else if (!auth_has_session()) {
+            refuse = AUTH_NO_SESSION;
+        } else if (length < PROTO_REQUEST_AUTH_BYTES) {
+            refuse = AUTH_TOO_SHORT;
+        } else {
+            uint8_t tag[HMAC_SHA256_TAG_BYTES];
+            uint16_t body = (uint16_t)(length - PROTO_REQUEST_AUTH_BYTES);
+            counter = get_u32(payload);
+            auth_packet_tag(PROTO_TAG_REQUEST, buf, counter, payload + PROTO_COUNTER_BYTES, body, tag);
+            if (!hmac_sha256_equal(tag, payload + PROTO_COUNTER_BYTES + body, PROTO_TAG_BYTES)) {
+                refuse = AUTH_BAD_MAC;
+            } else if (last_valid && last_authenticated && seq == last_seq && counter == last_counter) {
+                send_raw_packet(last_response, last_response_len);  /* authentic retransmission */
+                return;
+            } else if (counter <= last_counter) {
+                refuse = AUTH_REPLAYED_COUNTER;
+            }
+            sha256_wipe(tag, sizeof tag);
+        }
+        if (refuse != 0u) {
+            reply_error(&reply, ST_AUTH, refuse, why[refuse]);
+            (void)send_response(reply.status, seq, reply.payload, reply.length);
+            return;
+        }
+        last_counter = counter;
+        payload += PROTO_COUNTER_BYTES;
+        length = (uint16_t)(length - PROTO_REQUEST_AUTH_BYTES);
     }
     bool reset_after = false;
     reply.status = ST_OK;
     reply.length = 0;
-    commands_execute(code, buf + PROTO_HEADER_BYTES, length, &reply, &reset_after);
-    size_t sent = send_response(reply.status, seq, reply.payload, reply.length);
+    commands_execute(code, payload, length, &reply, &reset_after);
+    if (authenticated && reply.length > PROTO_MAX_BODY) {
+        reply_error(&reply, ST_BAD_LENGTH, PROTO_MAX_BODY, "response body longer than max_payload less the tag");
+    }
+    size_t sent = send_packet(reply.status, seq, reply.payload, reply.length, authenticated, counter);
     memcpy(last_response, tx_packet, sent);
     last_response_len = sent;
     last_seq = seq;
+    last_authenticated = authenticated;
     last_valid = true;
     if (reset_after) {
         reset_pending = true;

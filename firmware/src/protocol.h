@@ -1,4 +1,4 @@
-/* tinyfed serial protocol v1 (docs/protocol.md), board side. The host's framing.py is the source of
+/* tinyfed serial protocol v2 (docs/protocol.md), board side. The host's framing.py is the source of
  * these codes; tests/test_wire_constants.py checks that both sides agree. */
 #ifndef TINYFED_PROTOCOL_H
 #define TINYFED_PROTOCOL_H
@@ -9,17 +9,34 @@
 
 #include "cobs.h"
 
-#define PROTO_VERSION 1u
+#define PROTO_VERSION 2u
 #define PROTO_KIND_REQUEST 0x01u
 #define PROTO_KIND_RESPONSE 0x02u
 #define PROTO_HEADER_BYTES 5u        /* version, kind, code, seq u16; the payload length is implied */
 #define PROTO_CRC_BYTES 4u           /* CRC-32 (zlib.crc32) of everything before it */
 #define PROTO_OVERHEAD (PROTO_HEADER_BYTES + PROTO_CRC_BYTES) /* 9: the shortest packet */
-#define PROTO_MAX_PAYLOAD 256u       /* announced in HELLO */
+#define PROTO_MAX_PAYLOAD 256u       /* announced in HELLO: the whole payload, counter and tag included */
 #define PROTO_MAX_PACKET (PROTO_MAX_PAYLOAD + PROTO_OVERHEAD)
 #define PROTO_MAX_ENCODED COBS_MAX_ENCODED(PROTO_MAX_PACKET)
 #define PROTO_SEQ_NONE 0xFFFFu
 #define PROTO_MESSAGE_MAX 64u
+
+/* Authentication (docs/protocol.md, "Authentication"): request payload = counter u32 | body |
+ * tag[16], response payload = body | tag[16]; tag = HMAC-SHA-256(Ks, direction || header5 ||
+ * counter_le || body)[:16]. */
+#define PROTO_COUNTER_BYTES 4u
+#define PROTO_TAG_BYTES 16u
+#define PROTO_REQUEST_AUTH_BYTES (PROTO_COUNTER_BYTES + PROTO_TAG_BYTES)
+#define PROTO_NONCE_BYTES 16u
+#define PROTO_DEVICE_ID_BYTES 16u
+#define PROTO_UPDATE_TAG_BYTES 32u
+#define PROTO_TAG_REQUEST 0x01u
+#define PROTO_TAG_RESPONSE 0x02u
+#define PROTO_SESSION_LABEL "tinyfed-session-v2"
+#define PROTO_UPDATE_LABEL "tinyfed-update-v2"
+#define PROTO_KEY_STATE_KEYED 1u
+/* The largest body a command may answer with: the tag follows it. */
+#define PROTO_MAX_BODY (PROTO_MAX_PAYLOAD - PROTO_TAG_BYTES)
 
 enum proto_status {
     ST_OK = 0,
@@ -38,6 +55,16 @@ enum proto_status {
     ST_NO_DATA = 13,
     ST_BAD_ARGUMENT = 14,
     ST_NO_UPDATE = 15,
+    ST_AUTH = 16,
+};
+
+/* The detail of an ST_AUTH answer (it carries the request's seq and no tag). */
+enum proto_auth_detail {
+    AUTH_NO_KEY = 1,
+    AUTH_NO_SESSION = 2,
+    AUTH_BAD_MAC = 3,
+    AUTH_REPLAYED_COUNTER = 4,
+    AUTH_TOO_SHORT = 5,
 };
 
 enum proto_command {
@@ -73,6 +100,8 @@ typedef struct {
  * answered from here. */
 void protocol_rx_byte(uint8_t byte);
 void protocol_init(void);
+/* HELLO opened a session: counters start again (the host's first is 1). */
+void protocol_session_opened(void);
 /* True once a RESET response has gone out: the main loop resets the board. */
 bool protocol_reset_requested(void);
 

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "auth.h"
 #include "board.h"
 #include "engine_glue.h"
 #include "local_data.h"
@@ -30,6 +31,11 @@
 
 #if defined(TFMB_ENGINE)
 #include "tftr.h"
+
+/* HMAC(Ks, "tinyfed-update-v2" || device_id || version || update image), made when TRAIN ends and
+ * served after the image by UPDATE_READ: the host checks the update is this board's, at its version. */
+static uint8_t update_tag[PROTO_UPDATE_TAG_BYTES];
+static uint8_t update_byte(uint32_t at);
 
 static struct {
     bool program_ok;      /* a validated program is in the training-program store */
@@ -542,6 +548,7 @@ static bool cmd_train(const uint8_t *p, uint16_t len, reply_t *r)
         head_cycles = 0u;
     }
     loss_sum = 0.0f;
+    auth_update_tag(ts.version, update_byte, update_bytes(), update_tag);  /* over the whole image */
     uint8_t *o = r->payload;
     uint32_t bits;
     put_u32(o, ts.version);
@@ -621,12 +628,14 @@ static bool cmd_update_read(const uint8_t *p, uint16_t len, reply_t *r)
     }
     uint32_t offset = get_u32(p);
     uint32_t n = get_u16(p + 4);
-    uint32_t size = update_bytes();
-    if (n > PROTO_MAX_PAYLOAD || offset > size || n > size - offset) {
+    uint32_t image = update_bytes();
+    uint32_t size = image + PROTO_UPDATE_TAG_BYTES;  /* the image, then its tag */
+    if (n > PROTO_MAX_BODY || offset > size || n > size - offset) {
         return reply_error(r, ST_BAD_LENGTH, (uint16_t)size, msg_num("update bytes: ", size));
     }
     for (uint32_t i = 0; i < n; i++) {
-        r->payload[i] = update_byte(offset + i);
+        uint32_t at = offset + i;
+        r->payload[i] = at < image ? update_byte(at) : update_tag[at - image];
     }
     r->length = (uint16_t)n;
     return true;

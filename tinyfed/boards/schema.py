@@ -302,8 +302,9 @@ class Board(_Table):
 
     @property
     def data_store_bytes(self) -> int:
-        """The firmware's local-data store: 3/8 of flash in whole 4 KiB pages (sections.ld's default)."""
-        return (self.flash_bytes // 8 * 3) // FLASH_PAGE_BYTES * FLASH_PAGE_BYTES
+        """The firmware's local-data store: 3/8 of flash in whole 4 KiB pages, less the page the
+        device key takes (sections.ld's default)."""
+        return (self.flash_bytes // 8 * 3) // FLASH_PAGE_BYTES * FLASH_PAGE_BYTES - FLASH_PAGE_BYTES
 
     @property
     def link_bytes_per_s(self) -> float:

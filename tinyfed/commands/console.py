@@ -195,8 +195,11 @@ class RunView:
         """A pipe's line for an evaluated version."""
         m = self.board.metric
         int8 = f"  int8 {row[f'int8_{m}']:.4f}" if f"int8_{m}" in row else ""
+        reasons = row.get("rejections") or {}
+        rejected = (f"  rejected {row.get('rejected', 0)} ("
+                    + ", ".join(f"{k} {n}" for k, n in sorted(reasons.items())) + ")") if reasons else ""
         sys.stdout.write(f"version {row['version']:4d}  {m} {row[m]:.4f}{int8}  loss {row['loss']:.4f}  "
-                         f"t {row['t']:7.1f} s\n")
+                         f"t {row['t']:7.1f} s{rejected}\n")
         sys.stdout.flush()
 
     def _provisioned(self) -> None:

@@ -616,7 +616,8 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
             f"{'reached' if result.reached_target else 'did not reach'} {target}"
         click.echo(f"{result.strategy}: {result.task}, {result.versions} versions, {result.metric} "
                    f"{result.final_metric:.4f} ({reached}), "
-                   f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected, "
+                   f"{result.updates_accepted} updates accepted, {result.updates_rejected} rejected"
+                   f"{_reasons(getattr(result, 'rejections', {}))}, "
                    f"{result.updates_lost} lost, {result.tasks_unfinished} unfinished at the stop; "
                    f"up {result.bytes_up:,} B, down {result.bytes_down:,} B "
                    f"(provisioning {result.provision_bytes_down:,} B down); "
@@ -648,6 +649,11 @@ def report_run(cfg: Any, result: Any, out: Path, n_devices: int, as_json: bool,
         raise SystemExit(EXIT_FAILED)
 
 
+def _reasons(counts: dict[str, int]) -> str:
+    """`` (bad_mac 2, norm_too_large 1)``: the rejections by reason, or nothing when there were none."""
+    return f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if counts else ""
+
+
 def failed_boards(out: Path) -> list[dict[str, str]]:
     """Every board of the run with its URL and last failure when all of them ended dropped (no board
     left to train on), else an empty list; read from ``devices.json`` and ``events.jsonl``."""
@@ -662,8 +668,11 @@ def failed_boards(out: Path) -> list[dict[str, str]]:
         return []
     state: dict[str, str] = {}
     reason: dict[str, str] = {}
+    refused: dict[str, str] = {}  # the last authentication (or update check) refusal, by reason code
     for ev in events:
         device = ev.get("device")
+        if ev["kind"] == "rejection" and isinstance(device, str):
+            refused[device] = str(ev.get("reason"))
         if ev["kind"] == "device_state" and isinstance(device, str):
             state[device] = str(ev["state"])
         if ev["kind"] in ("device_state", "lost") and isinstance(device, str) and ev.get("reason"):
@@ -674,7 +683,8 @@ def failed_boards(out: Path) -> list[dict[str, str]]:
     for d in recorded:
         why = re.sub(r"^[A-Z]\w*: ", "", reason.get(d["name"], "no reason recorded"))  # the exception's class name
         why = why.removeprefix(f"{d['name']}: ").split(" Fix: ")[0].rstrip(".")
-        rows.append({"device": d["name"], "url": d["url"], "reason": why})
+        rows.append({"device": d["name"], "url": d["url"], "reason": why,
+                     **({"rejection": refused[d["name"]]} if d["name"] in refused else {})})
     return rows
 
 
@@ -683,8 +693,13 @@ def _fail_no_boards(failed: list[dict[str, str]], accepted: int) -> None:
     from tinyfed.cli import EXIT_FAILED
 
     what = "no board could be reached" if accepted == 0 else "every board failed and was dropped"
+    from tinyfed.firmware_bridge.link.errors import AUTH_REASONS
+
     listing = "; ".join(f"{b['device']} ({b['url']}): {b['reason']}" for b in failed)
+    refused = sorted({b["rejection"] for b in failed if b.get("rejection") in AUTH_REASONS})
+    check = (f"boards refused authentication ({', '.join(refused)}): pass the --key-store that provisioned them, "
+             "or provision them again (docs/security.md)" if refused else
+             "check that each board is powered and answers at its URL (`tinyfed devices --url URL`)")
     # not --resume: a board dropped at the checkpoint stays dropped in the resumed run
-    click.echo(f"error: {what}: {listing}. Fix: check that each board is powered and answers at its URL "
-               "(`tinyfed devices --url URL`), then start the run again with another --out", err=True)
+    click.echo(f"error: {what}: {listing}. Fix: {check}, then start the run again with another --out", err=True)
     raise SystemExit(EXIT_FAILED)

@@ -79,6 +79,11 @@ class Dashboard:
         if self.rows and "epsilon" in self.rows[-1]:  # differential privacy: what the boards' data have spent
             head.add_row(Text(f"epsilon {self.rows[-1]['epsilon']:.3g}", style="bold"), "per board, docs/privacy.md",
                          "", "")
+        rejections = last.get("rejections") or {}
+        if rejections:  # refused updates and boards, by reason (authentication's bad_mac, unknown_device ...)
+            why = ", ".join(f"{k} {n}" for k, n in sorted(rejections.items()))
+            head.add_row(Text(f"rejected {last.get('rejected', sum(rejections.values()))}", style="yellow"), why,
+                         "", "")
         table = Table(show_edge=False, box=None, header_style="bold")
         for col in ("version", m, "int8", "loss", "t (s)"):
             table.add_column(col, justify="right")

@@ -38,13 +38,14 @@ import numpy as np
 
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.link.client import BoardClient
+from tinyfed.firmware_bridge.link.errors import AuthenticationFailed
 from tinyfed.firmware_bridge.link.train_link import TrainParams
 from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from tinyfed.host.events import RUN_ENDED, EventLog
 from tinyfed.host.rounds import RoundState, Task
 from tinyfed.host.setup import DeviceSpec, RunSetup
 from tinyfed.host.strategies.base import Aggregate, Strategy
-from tinyfed.host.updates import Update
+from tinyfed.host.updates import Rejection, Update
 from tinyfed.training.privacy import DPConfig, PrivacyAccountant, check_norm_bound
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class _Outcome:
     bytes_down: int = 0
     seconds: float = 0.0
     provisioned: tuple[int, int] = (0, 0)  # (down, up) of a re-provisioning before the task
+    #: the board failed authentication (AuthenticationFailed.reason: bad_mac, unknown_device, bad_update_mac ...)
+    auth_reason: str | None = None
 
 
 @dataclass
@@ -116,6 +119,8 @@ class RunResult:
     updates_rejected: int
     updates_lost: int  # tasks a device failed (timeout, reset, link gone, host restart)
     vector: np.ndarray = field(repr=False)
+    #: rejections by reason: the update checks' (norm_too_large ...) and authentication's (bad_mac, unknown_device ...)
+    rejections: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     tasks_unfinished: int = 0  # tasks still running when the run stopped (logged "lost", reason "run ended")
     provision_bytes_down: int = 0  # fragment, program and local data sent to boards at (re)connection
@@ -140,6 +145,7 @@ class RunResult:
             "final_loss": self.final_loss, "reached_target": self.reached_target, "wall_seconds": self.wall_seconds,
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "updates_accepted": self.updates_accepted,
             "updates_rejected": self.updates_rejected, "updates_lost": self.updates_lost,
+            "rejection_reasons": dict(self.rejections),
             "tasks_unfinished": self.tasks_unfinished,
             "provision_bytes_down": self.provision_bytes_down, "provision_bytes_up": self.provision_bytes_up,
             f"final_int8_{self.metric}": self.history[-1].get(f"int8_{self.metric}") if self.history else None,
@@ -171,6 +177,7 @@ class _Worker(threading.Thread):
         self.board_version: int | None = None
         self.ready = threading.Event()
         self.provision_error: str | None = None
+        self.provision_auth: str | None = None  # the reason, when provisioning failed authentication
         #: bytes (down, up) of the last provisioning (fragment, program, local data), for the records
         self.provisioned: tuple[int, int] = (0, 0)
         # what this board trains: its class's fragment, program and slice under nested subsets, else the run's
@@ -244,6 +251,7 @@ class _Worker(threading.Thread):
             if not isinstance(exc, (TinyfedError, ValueError)):
                 log.exception("%s: unexpected error while provisioning", self.spec.name)
             self.provision_error = str(exc) or type(exc).__name__
+            self.provision_auth = exc.reason if isinstance(exc, AuthenticationFailed) else None
         finally:
             self.ready.set()
         while True:
@@ -278,7 +286,7 @@ class _Worker(threading.Thread):
                                               float_update=self.payload_float, dp_clip=dp.clip if dp else 0.0,
                                               dp_noise=dp.noise if dp else 0.0), timeout=self.timeout)
             self.notes.put(("state", self.spec.name, "uploading"))
-            upd = client.read_update(report.update_bytes, values=self._update_values())
+            upd = client.read_update(report.update_bytes, values=self._update_values(), version=task.version)
             try:
                 delta = upd.dense(self.unit_shapes)
             except ValueError:  # sizes that do not match w*: the raw values go to the check (bad_shape)
@@ -298,7 +306,8 @@ class _Worker(threading.Thread):
             if self.client is not None:
                 self.client.close()
             self.client, self.board_version = None, None  # reconnect and provision again next time
-            return _Outcome(task, None, f"{type(exc).__name__}: {exc}", 0, 0, time.monotonic() - started)
+            return _Outcome(task, None, f"{type(exc).__name__}: {exc}", 0, 0, time.monotonic() - started,
+                            auth_reason=exc.reason if isinstance(exc, AuthenticationFailed) else None)
 
 
 class Engine:
@@ -367,6 +376,7 @@ class Engine:
             "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
             "provision_bytes": [self.provision_down, self.provision_up],
             "accepted": rounds.accepted, "rejected": rounds.rejected, "lost": rounds.lost,
+            "rejections": dict(rounds.rejections),
             "elapsed": self.elapsed_before + (time.monotonic() - started),
             "history": [dict(row) for row in self.history],
             **({"privacy": {"counts": dict(self.privacy.counts)}} if self.privacy is not None else {}),
@@ -439,7 +449,7 @@ class Engine:
             next_task=int(engine["next_task"]),
             in_flight=[(int(t["task"]), str(t["device"]), int(t["version"])) for t in engine["in_flight"]],
             bytes_down=int(engine["bytes_down"]), bytes_up=int(engine["bytes_up"]), accepted=int(engine["accepted"]),
-            rejected=int(engine["rejected"]), lost=int(engine["lost"]))
+            rejected=int(engine["rejected"]), lost=int(engine["lost"]), rejections=engine.get("rejections"))
         self.provision_down, self.provision_up = (int(n) for n in engine.get("provision_bytes", (0, 0)))
         self._restore_privacy(engine.get("privacy"), ck.event_position, where)
         self.elapsed_before = float(engine["elapsed"])
@@ -497,12 +507,16 @@ class Engine:
         self.events.append("evaluation", version=rounds.version, metric=name, **{name: value}, loss=loss, **extra)
         row = {"kind": "evaluation", "version": rounds.version, "metric": name, name: value, "loss": loss,
                "t": self.events.now(), "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
-               "devices": self._device_counts(), **extra}
+               "devices": self._device_counts(), **self._rejection_counts(), **extra}
         self.history.append(row)
         if self.progress is not None:
             self.progress(row)
         log.info("version %d: test %s %.4f, loss %.4f", rounds.version, name, value, loss)
         return value, loss
+
+    def _rejection_counts(self) -> dict[str, Any]:
+        """The rejections so far, for a live view: in all and by reason."""
+        return {"rejected": self.rounds.rejected, "rejections": dict(self.rounds.rejections)}
 
     def _device_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -517,7 +531,8 @@ class Engine:
             rounds = self.rounds
             self.progress({"kind": "tick", "version": rounds.version, "t": self.events.now(),
                            "bytes_up": rounds.bytes_up, "bytes_down": rounds.bytes_down,
-                           "devices": self._device_counts(), **({"provisioned": True} if provisioned else {})})
+                           "devices": self._device_counts(), **self._rejection_counts(),
+                           **({"provisioned": True} if provisioned else {})})
 
     def _apply(self, agg: Aggregate) -> None:
         self.rounds.apply(agg)
@@ -615,16 +630,22 @@ class Engine:
         if out.bytes_up:
             self.events.append("bytes", direction="up", n=out.bytes_up, device=task.device, task=task.task_id)
         if out.update is None:
-            outcome = self.rounds.lose(task.task_id, DEVICE_FAILED)
+            if out.auth_reason is not None:  # not the board this host provisioned, or not its update
+                outcome = self.rounds.reject(task.task_id, Rejection(out.auth_reason, out.error or out.auth_reason))
+                self.events.append("rejection", task=task.task_id, device=task.device, reason=out.auth_reason,
+                                   message=out.error)
+            else:
+                outcome = self.rounds.lose(task.task_id, DEVICE_FAILED)
+                self.events.append("lost", task=task.task_id, device=task.device, reason=out.error)
             st.failures += 1
-            self.events.append("lost", task=task.task_id, device=task.device, reason=out.error)
             if st.failures > self.retries:
                 st.state = "dropped"
             else:
                 st.state = "backoff"
                 st.retry_at = time.monotonic() + self.backoff_s * 2 ** (st.failures - 1)
             self.events.append("device_state", device=task.device, state=st.state, reason=out.error)
-            log.warning("%s: task %d lost (%s); %s", task.device, task.task_id, out.error, st.state)
+            log.warning("%s: task %d %s (%s); %s", task.device, task.task_id,
+                        "rejected" if out.auth_reason is not None else "lost", out.error, st.state)
             return outcome.aggregate
         st.state = "idle"
         st.failures = 0
@@ -702,6 +723,10 @@ class Engine:
             self._provisioning.discard(name)
             w, st = workers[name], self.state[name]
             if w.provision_error is not None:
+                if w.provision_auth is not None:  # refused at connection: a rejection with no task
+                    self.rounds.count_rejection(w.provision_auth)
+                    self.events.append("rejection", device=name, reason=w.provision_auth, message=w.provision_error)
+                    log.warning("%s: refused at connection (%s): %s", name, w.provision_auth, w.provision_error)
                 st.state, st.failures, st.retry_at = "backoff", st.failures + 1, time.monotonic() + self.backoff_s
                 self.events.append("device_state", device=name, state="backoff", reason=w.provision_error)
             else:
@@ -772,7 +797,8 @@ class Engine:
                            **({"stop_reason": self.stop_reason} if self.stop_reason else {}))
         return RunResult(self.strategy.label, rounds.version, value, loss, reached, wall, rounds.bytes_up,
                          rounds.bytes_down, rounds.accepted, rounds.rejected, rounds.lost, rounds.vector.copy(),
-                         self.history, tasks_unfinished=rounds.unfinished, provision_bytes_down=self.provision_down,
+                         dict(rounds.rejections), self.history, tasks_unfinished=rounds.unfinished,
+                         provision_bytes_down=self.provision_down,
                          provision_bytes_up=self.provision_up, task=self.setup.task.value, metric=metric_name,
                          classes={b: {"values": c.values, "training_memory_bytes": c.training_memory_bytes,
                                       "bytes_per_update": self._class_update_bytes.get(b, 0)}

@@ -42,18 +42,21 @@ class ClassCut:
 
 def load_link_bytes(size: int, max_payload: int, program: bool) -> tuple[int, int]:
     """(host -> board, board -> host) bytes of loading a ``size``-byte fragment or program, as the
-    client frames it: LOAD_BEGIN, LOAD_CHUNK pieces of ``max_payload - 4`` bytes (each acknowledged
-    with a u32), LOAD_COMMIT (its 8-byte answer)."""
+    client frames it: LOAD_BEGIN, LOAD_CHUNK pieces of ``max_payload - 20 - 4`` bytes (each
+    acknowledged with a u32), LOAD_COMMIT (its 8-byte answer); every request carries a counter and
+    a tag (20 bytes), every answer a tag (16)."""
+    from tinyfed.firmware_bridge.link.framing import REQUEST_AUTH_BYTES as A
+    from tinyfed.firmware_bridge.link.framing import TAG_BYTES as T
     from tinyfed.host.simulator import framed_bytes
 
-    down = framed_bytes(8 + (1 if program else 0))
-    up = framed_bytes(4)
-    chunk = max_payload - 4
+    down = framed_bytes(A + 8 + (1 if program else 0))
+    up = framed_bytes(T + 4)
+    chunk = max_payload - A - 4
     for offset in range(0, size, chunk):
-        down += framed_bytes(4 + min(chunk, size - offset))
-        up += framed_bytes(4)
-    down += framed_bytes(0)
-    up += framed_bytes(8)
+        down += framed_bytes(A + 4 + min(chunk, size - offset))
+        up += framed_bytes(T + 4)
+    down += framed_bytes(A)
+    up += framed_bytes(T + 8)
     return down, up
 
 

@@ -146,13 +146,25 @@ class RoundState:
             max_n=self.samples.get(task.device) if self.samples is not None else None,
             check_variance=self.check_variance)
         if rejection is not None:
-            self.rejected += 1
-            self.rejections[str(rejection.reason)] = self.rejections.get(str(rejection.reason), 0) + 1
+            self.count_rejection(rejection.reason)
             return Outcome(task, TaskEnd.REJECTED, self.strategy.on_lost(task.device, task_id), rejection)
         self.seen.add(update.key)
         self.accepted += 1
         staleness = self.version - update.base_version
         return Outcome(task, TaskEnd.ACCEPTED, self.strategy.on_update(update, self.version), staleness=staleness)
+
+    def reject(self, task_id: int, rejection: Rejection) -> Outcome:
+        """The task's device failed authentication (a bad MAC, a replayed counter, an update bound to
+        another device or version): counted as a rejection by ``rejection.reason``; nothing reaches the
+        strategy but the loss of the task."""
+        task = self._end(task_id)
+        self.count_rejection(rejection.reason)
+        return Outcome(task, TaskEnd.REJECTED, self.strategy.on_lost(task.device, task_id), rejection)
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a rejection by ``reason`` (also one that ended no task: a board refused at connection)."""
+        self.rejected += 1
+        self.rejections[str(reason)] = self.rejections.get(str(reason), 0) + 1
 
     def lose(self, task_id: int, reason: str) -> Outcome:
         """No update will come back for the task (``reason``: a short code the losses are counted by)."""
@@ -188,7 +200,8 @@ class RoundState:
 
     def restore(self, *, vector: np.ndarray, version: int, rng: np.random.Generator | None,
                 seen: Iterable[tuple[str, int]], next_task: int, in_flight: Iterable[tuple[int, str, int]],
-                bytes_down: int, bytes_up: int, accepted: int, rejected: int, lost: int) -> None:
+                bytes_down: int, bytes_up: int, accepted: int, rejected: int, lost: int,
+                rejections: Mapping[str, int] | None = None) -> None:
         """Take over a checkpointed run's state. ``in_flight`` is (task, device, version) of each task
         the old host had out: they are in flight again until the caller ends them (their seeds are gone)."""
         self.vector = np.asarray(vector, np.float32).copy()
@@ -200,6 +213,8 @@ class RoundState:
         self.in_flight = {int(t): Task(int(t), str(d), int(v), None) for t, d, v in in_flight}
         self.bytes_down, self.bytes_up = int(bytes_down), int(bytes_up)
         self.accepted, self.rejected, self.lost = int(accepted), int(rejected), int(lost)
+        if rejections is not None:
+            self.rejections = {str(k): int(v) for k, v in rejections.items()}
 
 
 def answers_task(update: Update, task: Task) -> Rejection | None:

@@ -254,23 +254,26 @@ def framed_bytes(payload: int) -> int:
 def task_link_bytes(values: int, update_bytes: int, max_payload: int, download: bool) -> tuple[int, int]:
     """(host -> board, board -> host) bytes of one task, as the client's requests frame them.
 
-    TRAIN_SET sends the float32 vector in ``(max_payload - 8) // 4``-value requests (each
-    acknowledged with a u32), TRAIN goes out and its report comes back, UPDATE_READ fetches the
-    update image in ``max_payload`` pieces. ``download=False``: the board already holds the version.
+    Every request carries a counter and a tag (protocol v2), every answer a tag. TRAIN_SET sends
+    the float32 vector in ``(max_payload - 20 - 8) // 4``-value requests (each acknowledged with a
+    u32), TRAIN goes out and its report comes back, UPDATE_READ fetches the update image and its
+    32-byte tag in ``max_payload - 16`` pieces. ``download=False``: the board already holds the version.
     """
+    from tinyfed.firmware_bridge.link.framing import REQUEST_AUTH_BYTES, TAG_BYTES, UPDATE_TAG_BYTES
     from tinyfed.firmware_bridge.link.train_link import TRAIN_REQUEST, TRAIN_RESPONSE
 
     down = up = 0
     if download:
-        per = (max_payload - 8) // 4
+        per = (max_payload - REQUEST_AUTH_BYTES - 8) // 4
         for offset in range(0, values, per):
-            down += framed_bytes(8 + 4 * min(per, values - offset))
-            up += framed_bytes(4)
-    down += framed_bytes(TRAIN_REQUEST.size)
-    up += framed_bytes(TRAIN_RESPONSE.size)
-    for offset in range(0, update_bytes, max_payload):
-        down += framed_bytes(6)
-        up += framed_bytes(min(max_payload, update_bytes - offset))
+            down += framed_bytes(REQUEST_AUTH_BYTES + 8 + 4 * min(per, values - offset))
+            up += framed_bytes(TAG_BYTES + 4)
+    down += framed_bytes(REQUEST_AUTH_BYTES + TRAIN_REQUEST.size)
+    up += framed_bytes(TAG_BYTES + TRAIN_RESPONSE.size)
+    served, piece = update_bytes + UPDATE_TAG_BYTES, max_payload - TAG_BYTES
+    for offset in range(0, served, piece):
+        down += framed_bytes(REQUEST_AUTH_BYTES + 6)
+        up += framed_bytes(TAG_BYTES + min(piece, served - offset))
     return down, up
 
 

@@ -3,7 +3,12 @@
 :func:`launch_qemu` binds ``127.0.0.1:0`` in Python and hands the listening socket's fd to QEMU
 (``-chardev socket,id=s0,fd=N,server=on,wait=off,nodelay=on -serial chardev:s0``), so the port is
 known before QEMU starts and no two boards race for one. A board is *ready* when it answers a
-PING within the deadline (never a sleep, never a banner). Every QEMU runs in its own process
+PING within the deadline (never a sleep, never a banner).
+
+Every launch provisions the board like a factory would: a fresh device identity is recorded in the
+key store (``$TINYFED_KEY_STORE``, or the ``key_store`` given) and QEMU boots a keyed copy of the
+ELF (:func:`~tinyfed.firmware_bridge.emulate.keyimage.keyed_image`, with a fresh 8-byte RNG seed);
+the copy is deleted and the key forgotten when the board stops. Every QEMU runs in its own process
 group and is stopped on :meth:`EmulatedBoard.stop`, on leaving :class:`EmulatorFleet`, on Ctrl-C
 and at interpreter exit; on Linux it also dies with its parent (``PR_SET_PDEATHSIG``).
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from tinyfed.errors import BoardError, TinyfedError
+from tinyfed.firmware_bridge.link.keys import SEED_BYTES, DeviceKey, KeyStore, key_page
 
 if TYPE_CHECKING:
     from tinyfed.boards import Board
@@ -71,14 +77,18 @@ class EmulatedBoard:
     command: list[str]
     log_path: Path
     ready_s: float | None = None
+    #: The identity the board was provisioned with (public; None: a keyless board).
+    device_id: bytes | None = None
     _stopped: bool = field(default=False, repr=False)
+    _provisioned: Provisioned | None = field(default=None, repr=False)
 
     @classmethod
     def track(cls, board: str, name: str | None, port: int, process: subprocess.Popen, command: list[str],
-              log_path: str) -> EmulatedBoard:
+              log_path: str, provisioned: Provisioned | None = None) -> EmulatedBoard:
         """A just-started emulator serving its UART on ``127.0.0.1:port``, registered to be stopped at exit."""
         emu = cls(board, name or f"{board}@{port}", f"socket://127.0.0.1:{port}", port, process, command,
-                  Path(log_path))
+                  Path(log_path), device_id=provisioned.device.device_id if provisioned else None,
+                  _provisioned=provisioned)
         with _LIVE_LOCK:
             _LIVE.add(emu)
         return emu
@@ -120,6 +130,8 @@ class EmulatedBoard:
             self.log_path.unlink()
         except OSError:
             pass
+        if self._provisioned is not None:
+            self._provisioned.retire()
 
     def __enter__(self) -> Self:
         return self
@@ -129,7 +141,47 @@ class EmulatedBoard:
 
     def to_dict(self) -> dict[str, object]:
         return {"board": self.board, "name": self.name, "url": self.url, "pid": self.process.pid,
-                "ready_s": self.ready_s}
+                "ready_s": self.ready_s, "device_id": self.device_id.hex() if self.device_id else None}
+
+
+@dataclass(eq=False)
+class Provisioned:
+    """One launch's identity: recorded in ``store``, written into the keyed ELF copy ``image``."""
+
+    device: DeviceKey
+    store: KeyStore
+    image: Path
+
+    def retire(self) -> None:
+        """The board is gone: delete its keyed image and forget its key."""
+        shutil.rmtree(self.image.parent, ignore_errors=True)
+        try:
+            self.store.remove(self.device.device_id)
+        except TinyfedError as exc:  # a damaged store must not stop a shutdown
+            log.warning("key store %s: could not forget device %s: %s", self.store.path, self.device.id_hex, exc)
+
+
+def provision_image(elf: Path | str, name: str, key_store: KeyStore | None = None) -> Provisioned | None:
+    """A fresh identity named ``name`` recorded in the key store, and a keyed copy of ``elf`` (in a
+    private temporary directory) holding it with a fresh RNG seed: what an emulator boots. None for
+    an ELF without a key page (firmware older than protocol v2, or not tinyfed's): it boots as is."""
+    from tinyfed.firmware_bridge.emulate.keyimage import KeyImageError, key_section, keyed_image
+
+    try:
+        key_section(elf)
+    except KeyImageError as exc:
+        log.warning("%s: booting without a device key: %s", name, exc.problem)
+        return None
+    store = key_store if key_store is not None else KeyStore()
+    workdir = Path(tempfile.mkdtemp(prefix="tinyfed-key-"))  # mode 0700
+    device = store.provision(name)
+    try:
+        image = keyed_image(elf, key_page(device, os.urandom(SEED_BYTES)), workdir / Path(elf).name)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        store.remove(device.device_id)
+        raise
+    return Provisioned(device, store, image)
 
 
 def _load_prctl():
@@ -204,16 +256,30 @@ def qemu_failure(output: str) -> str:
 
 
 def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None, qemu: str = QEMU,
-               extra_args: tuple[str, ...] | list[str] = (), port: int = 0) -> EmulatedBoard:
+               extra_args: tuple[str, ...] | list[str] = (), port: int = 0, key_store: KeyStore | None = None,
+               keyed: bool = True) -> EmulatedBoard:
     """Start QEMU for ``board`` running ``elf_path``; do not wait for the firmware (see :func:`wait_ready`).
 
     ``port`` 0 takes a free port; a given port brings a board back at the URL it had (a restart
-    after a crash, as a re-plugged real board keeps its tty)."""
+    after a crash, as a re-plugged real board keeps its tty). The board is provisioned with a fresh
+    key recorded in ``key_store`` (default: ``$TINYFED_KEY_STORE``); ``keyed=False`` boots the ELF
+    as built, a board without a key."""
     b = _resolve_board(board)
     exe = shutil.which(qemu)
     if exe is None:
         raise EmulatorError(f"{qemu} is not installed", fix="run `make setup` (or `apt-get install qemu-system-arm`)")
     elf = firmware_elf(elf_path, b.name)
+    provisioned = provision_image(elf, name or f"qemu {b.name}", key_store) if keyed else None
+    try:
+        return _start_qemu(b, provisioned.image if provisioned else elf, name, exe, extra_args, port, provisioned)
+    except BaseException:
+        if provisioned is not None:
+            provisioned.retire()
+        raise
+
+
+def _start_qemu(b: Board, elf: Path, name: str | None, exe: str, extra_args: tuple[str, ...] | list[str], port: int,
+                provisioned: Provisioned | None) -> EmulatedBoard:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -231,8 +297,9 @@ def start_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = N
             os.close(log_fd)
     finally:
         sock.close()  # QEMU holds its own copy of the listening socket
-    emu = EmulatedBoard.track(b.name, name, port, proc, cmd, log_name)
-    log.info("%s: started qemu pid %d on %s", emu.name, proc.pid, emu.url)
+    emu = EmulatedBoard.track(b.name, name, port, proc, cmd, log_name, provisioned)
+    log.info("%s: started qemu pid %d on %s (device %s)", emu.name, proc.pid, emu.url,
+             provisioned.device.id_hex if provisioned else "without a key")
     return emu
 
 
@@ -278,9 +345,11 @@ def wait_ready(emu: EmulatedBoard, timeout: float = DEFAULT_READY_TIMEOUT, *, pi
 
 def launch_qemu(board: Board | str, elf_path: Path | str, *, name: str | None = None,
                 ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU,
-                extra_args: tuple[str, ...] | list[str] = ()) -> EmulatedBoard:
+                extra_args: tuple[str, ...] | list[str] = (), key_store: KeyStore | None = None,
+                keyed: bool = True) -> EmulatedBoard:
     """Start QEMU and wait until its firmware answers a PING (``extra_args``: see :func:`qemu_command`)."""
-    return ready_or_stopped(start_qemu(board, elf_path, name=name, qemu=qemu, extra_args=extra_args), ready_timeout)
+    return ready_or_stopped(start_qemu(board, elf_path, name=name, qemu=qemu, extra_args=extra_args,
+                                       key_store=key_store, keyed=keyed), ready_timeout)
 
 
 def ready_or_stopped(emu: EmulatedBoard, ready_timeout: float) -> EmulatedBoard:
@@ -306,8 +375,10 @@ class EmulatorFleet:
 
     def __init__(self, board: Board | str, count: int, elf: Path | str | None = None, *,
                  ready_timeout: float = DEFAULT_READY_TIMEOUT, qemu: str = QEMU,
-                 on_ready: Callable[[EmulatedBoard, float], None] | None = None) -> None:
-        """``on_ready`` hears each board as it answers, with the seconds since the boot began."""
+                 on_ready: Callable[[EmulatedBoard, float], None] | None = None,
+                 key_store: KeyStore | None = None) -> None:
+        """``on_ready`` hears each board as it answers, with the seconds since the boot began; each
+        board gets its own key, recorded in ``key_store`` (default: ``$TINYFED_KEY_STORE``)."""
         if count < 1:
             raise BoardError(f"need at least one board, got {count}", fix="use --count 1 or more")
         self.board = _resolve_board(board)
@@ -316,6 +387,7 @@ class EmulatorFleet:
         self.ready_timeout = ready_timeout
         self.qemu = qemu
         self.on_ready = on_ready
+        self.key_store = key_store
         self.boards: list[EmulatedBoard] = []
 
     @property
@@ -331,7 +403,8 @@ class EmulatorFleet:
         try:
             booted = time.monotonic()
             for i in range(self.count):  # boot all at once, then wait for each
-                self.boards.append(start_qemu(self.board, elf, name=f"{self.board.name}#{i}", qemu=self.qemu))
+                self.boards.append(start_qemu(self.board, elf, name=f"{self.board.name}#{i}", qemu=self.qemu,
+                                              key_store=self.key_store))
             for b in self.boards:
                 wait_ready(b, self.ready_timeout)
                 if self.on_ready is not None:

@@ -29,8 +29,10 @@ from tinyfed.firmware_bridge.emulate.emulator import (
     _die_with_parent,
     _resolve_board,
     firmware_elf,
+    provision_image,
     ready_or_stopped,
 )
+from tinyfed.firmware_bridge.link.keys import KeyStore
 
 if TYPE_CHECKING:
     from tinyfed.boards import Board
@@ -74,13 +76,20 @@ def _free_port() -> int:
 
 
 def launch_renode(board: Board | str, elf_path: Path | str, *, name: str | None = None,
-                  ready_timeout: float = DEFAULT_READY_TIMEOUT, exe: str = RENODE) -> EmulatedBoard:
-    """Start Renode for ``board`` running ``elf_path`` and wait until the firmware answers a PING."""
+                  ready_timeout: float = DEFAULT_READY_TIMEOUT, exe: str = RENODE, key_store: KeyStore | None = None,
+                  keyed: bool = True) -> EmulatedBoard:
+    """Start Renode for ``board`` running ``elf_path`` and wait until the firmware answers a PING.
+
+    Like :func:`~tinyfed.firmware_bridge.emulate.emulator.start_qemu`, the board boots a keyed copy
+    of the ELF whose identity is recorded in ``key_store`` (``keyed=False``: the ELF as built)."""
     b = _resolve_board(board)
     path = shutil.which(exe)
     if path is None:
         raise EmulatorError("renode is not installed", fix="install Renode (https://renode.io) and put it on PATH")
     elf = firmware_elf(elf_path, b.name)
+    provisioned = provision_image(elf, name or f"renode {b.name}", key_store) if keyed else None
+    if provisioned is not None:
+        elf = provisioned.image
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"tinyfed-renode-{b.name}-"))
     script = write_resc(b, elf, port, workdir / "board.resc")
@@ -90,6 +99,10 @@ def launch_renode(board: Board | str, elf_path: Path | str, *, name: str | None 
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
                                 start_new_session=True,
                                 preexec_fn=_die_with_parent, cwd=workdir)  # noqa: PLW1509 - calls one libc function
+    except BaseException:
+        if provisioned is not None:
+            provisioned.retire()
+        raise
     finally:
         os.close(log_fd)
-    return ready_or_stopped(EmulatedBoard.track(b.name, name, port, proc, cmd, log_name), ready_timeout)
+    return ready_or_stopped(EmulatedBoard.track(b.name, name, port, proc, cmd, log_name, provisioned), ready_timeout)

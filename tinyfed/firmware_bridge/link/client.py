@@ -1,4 +1,4 @@
-"""The host end of the link: :class:`BoardClient` speaks protocol v1 to one board.
+"""The host end of the link: :class:`BoardClient` speaks protocol v2 to one board.
 
 Stop-and-wait with retransmission: each request waits for the response with its ``seq``; on a
 timeout (monotonic clock; ``timeout`` plus the request's wire time, doubled per retry) or a NAK
@@ -6,6 +6,13 @@ timeout (monotonic clock; ``timeout`` plus the request's wire time, doubled per 
 at most ``retries`` times. The board replays its stored response for a repeated seq, so a lost
 response never applies a command twice. Every failure is a typed
 :class:`~tinyfed.firmware_bridge.link.errors.LinkError` naming the device and the command.
+
+Authentication (``docs/protocol.md``, "Authentication"): HELLO sends a fresh host nonce; the board
+answers with its device id and a nonce; the client looks the id up in its :class:`KeyStore`
+(unknown: :class:`UnknownDevice`; a keyless board: ``AuthenticationFailed("no_key")``), derives the
+session key and confirms the session with one authenticated request before it trusts the board.
+Every other request then carries a counter and a tag, and a response whose tag is wrong is dropped
+(``LinkStats.bad_macs``) while the client waits on for the authentic one.
 
     with BoardClient("sim://nrf52840") as board:
         info = board.hello()
@@ -15,7 +22,9 @@ response never applies a command twice. Every failure is a typed
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import random
 import statistics
 import struct
@@ -32,29 +41,43 @@ from serial.serialutil import SerialException
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.link.errors import (
     MODEL_VERSION_COMMANDS,
+    AuthenticationFailed,
     DeviceError,
     DeviceUnreachable,
     LinkTimeout,
     ProtocolError,
     ProtocolVersionMismatch,
+    UnknownDevice,
 )
 from tinyfed.firmware_bridge.link.framing import (
     DELIMITER,
+    DEVICE_ID_BYTES,
+    KEY_STATE_KEYED,
     KIND_REQUEST,
     KIND_RESPONSE,
+    NONCE_BYTES,
     PRE_HELLO_PAYLOAD,
     PROTOCOL_VERSION,
+    REQUEST_AUTH_BYTES,
+    TAG_BYTES,
+    UNAUTHENTICATED,
+    UPDATE_TAG_BYTES,
+    AuthDetail,
     Command,
     FrameError,
     FrameReader,
     FrameTooLarge,
     LoadTarget,
     Packet,
+    SessionMac,
     Status,
     command_name,
     decode_frame,
     encode_frame,
+    header_bytes,
+    session_key,
 )
+from tinyfed.firmware_bridge.link.keys import KeyStore
 from tinyfed.firmware_bridge.link.profile_link import (
     MODE_FAST,
     MODE_REFERENCE,
@@ -87,6 +110,20 @@ _HELLO = struct.Struct("<BBHIIII")
 #: two 255-byte strings).
 _RX_MIN_PAYLOAD = 600
 _TIMEOUT, _NAK = "timeout", "nak"
+#: What HELLO v2 appends after the v1 fields: device_id, board_nonce, key_state.
+_HELLO_AUTH_BYTES = DEVICE_ID_BYTES + NONCE_BYTES + 1
+#: The AUTH details after which the client says HELLO again (once) and resends: the board lost
+#: its session (reset) or holds another one (someone else said HELLO).
+_REHELLO_DETAILS = frozenset({AuthDetail.NO_SESSION, AuthDetail.BAD_MAC})
+
+
+class _Refused(Exception):
+    """An AUTH answer (untagged, a hint): the board did not run the request."""
+
+    def __init__(self, detail: int, message: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -103,9 +140,13 @@ class HelloInfo:
     build: str
     program_store_bytes: int = 0  # training-program flash store (0: firmware cannot train)
     data_store_bytes: int = 0  # local-data flash store
+    device_id: bytes = bytes(DEVICE_ID_BYTES)  # public: the key store's index (all zeros: no key)
+    keyed: bool = False  # the board holds a device key (never the key itself)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["device_id"] = self.device_id.hex()
+        return d
 
     @classmethod
     def parse(cls, p: bytes) -> HelloInfo:
@@ -121,11 +162,23 @@ class HelloInfo:
         m = p[at]
         build = p[at + 1:at + 1 + m]
         end = at + 1 + m
-        if len(build) != m or len(p) not in (end, end + 8):
-            raise ValueError("HELLO response has a wrong build length")
-        program_store, data_store = struct.unpack_from("<II", p, end) if len(p) == end + 8 else (0, 0)
+        if len(build) != m or len(p) != end + 8 + _HELLO_AUTH_BYTES:
+            raise ValueError(f"HELLO response of {len(p)} bytes has a wrong length for protocol v{PROTOCOL_VERSION}")
+        program_store, data_store = struct.unpack_from("<II", p, end)
+        device_id = p[end + 8:end + 8 + DEVICE_ID_BYTES]
         return cls(version, max_payload, slot, arena, ram, flash, board_id.decode("ascii", "replace"),
-                   build.decode("ascii", "replace"), program_store, data_store)
+                   build.decode("ascii", "replace"), program_store, data_store, bytes(device_id),
+                   p[-1] == KEY_STATE_KEYED)
+
+    @property
+    def request_room(self) -> int:
+        """The largest body of an authenticated request (max_payload less counter and tag)."""
+        return self.max_payload - REQUEST_AUTH_BYTES
+
+    @property
+    def response_room(self) -> int:
+        """The largest body of an authenticated response (max_payload less the tag)."""
+        return self.max_payload - TAG_BYTES
 
 
 @dataclass(frozen=True)
@@ -151,6 +204,10 @@ class LinkStats:
     stray_responses: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    #: responses dropped because their tag did not verify (an injected or altered frame)
+    bad_macs: int = 0
+    #: AUTH answers (the board refused a request) and the HELLOs said again after one
+    auth_refusals: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -171,7 +228,8 @@ class BoardClient:
 
     ``port`` lets a caller hand in an already open pyserial-like object (tests wrap one in a
     fault injector); ``clock`` overrides the monotonic clock (a ``sim://`` port supplies its own
-    virtual clock, so timeouts cost no real time).
+    virtual clock, so timeouts cost no real time). ``key_store`` holds the boards' keys (None: the
+    default store, ``$TINYFED_KEY_STORE``).
     """
 
     def __init__(
@@ -184,6 +242,7 @@ class BoardClient:
         port: Any = None,
         baudrate: int = DEFAULT_BAUD,
         clock: Callable[[], float] | None = None,
+        key_store: KeyStore | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
@@ -202,6 +261,11 @@ class BoardClient:
         self._reader = FrameReader.for_payload(_RX_MIN_PAYLOAD)
         self._frames: deque[bytes | FrameTooLarge] = deque()
         self._seq = random.SystemRandom().randrange(0, 0xFFFF)
+        self.key_store = key_store if key_store is not None else KeyStore()
+        self._session: SessionMac | None = None
+        self._counter = 0
+        self._weights_version: int | None = None
+        self._train_session: SessionMac | None = None  # the session TRAIN ran in (its update tag's key)
         if port is not None:
             self._attach(port)
 
@@ -233,6 +297,7 @@ class BoardClient:
         self._write(DELIMITER, "open")
 
     def close(self) -> None:
+        self._session = None
         port, self._port = self._port, None
         if port is not None and self._own_port:
             try:
@@ -250,22 +315,50 @@ class BoardClient:
     # -- commands ------------------------------------------------------------------------
 
     def hello(self) -> HelloInfo:
-        """Say HELLO; refuse a board of another protocol version."""
-        p = self.request(Command.HELLO, bytes([PROTOCOL_VERSION]))
+        """Say HELLO, look the board up in the key store and open an authenticated session.
+
+        Refuses a board of another protocol version (:class:`ProtocolVersionMismatch`), one the key
+        store does not know (:class:`UnknownDevice`), a keyless one (``AuthenticationFailed("no_key")``)
+        and one that cannot prove it holds the key (``AuthenticationFailed("bad_mac")``)."""
+        self._session = None
+        self.info = None
+        host_nonce = os.urandom(NONCE_BYTES)
+        p = self.request(Command.HELLO, bytes([PROTOCOL_VERSION]) + host_nonce)
         try:
             info = HelloInfo.parse(p)
         except ValueError as exc:
+            if len(p) >= 1 and p[0] != PROTOCOL_VERSION:
+                raise ProtocolVersionMismatch(device=self.name, board_version=p[0],
+                                              host_version=PROTOCOL_VERSION) from None
             raise ProtocolError(str(exc), device=self.name, command="HELLO",
                                 fix="flash the firmware of this tinyfed version") from None
         if info.protocol_version != PROTOCOL_VERSION:
             raise ProtocolVersionMismatch(device=self.name, board_version=info.protocol_version,
                                           host_version=PROTOCOL_VERSION)
-        if info.max_payload < 16:
+        if info.max_payload < REQUEST_AUTH_BYTES + 16:
             raise ProtocolError(f"board announces max_payload {info.max_payload}", device=self.name,
                                 command="HELLO", fix="flash the firmware of this tinyfed version")
+        if not info.keyed:
+            raise AuthenticationFailed("no_key", "the board holds no device key", device=self.name, command="HELLO")
+        device = self.key_store.lookup(info.device_id)
+        if device is None:
+            raise UnknownDevice(info.device_id.hex(), device=self.name, key_store=str(self.key_store.path))
+        board_nonce = p[-1 - NONCE_BYTES:-1]
+        self._session = SessionMac(session_key(device.key, device.device_id, host_nonce, board_nonce))
+        self._counter = 0
         self.info = info
         self._reader.max_frame = FrameReader.for_payload(max(info.max_payload, _RX_MIN_PAYLOAD)).max_frame
-        log.debug("%s: hello %s", self.name, info)
+        try:
+            # One authenticated exchange before anything is trusted: a board that does not hold the
+            # key (a program answering HELLO with a known id) fails here.
+            self._authenticated(Command.STATS, b"", None, None)
+        except _Refused as refused:
+            self._session, self.info = None, None
+            raise self._auth_error(refused, Command.STATS) from None
+        except BaseException:
+            self._session, self.info = None, None
+            raise
+        log.debug("%s: hello %s (device %s, session confirmed)", self.name, info.board_id, info.device_id.hex())
         return info
 
     def ping(self, payload: bytes = b"") -> float:
@@ -285,6 +378,7 @@ class BoardClient:
         """Reset the board (all its state is lost); HELLO again before large requests."""
         self.request(Command.RESET, b"")
         self.info = None
+        self._session = None  # the board restarts without a session
 
     def load_fragment(self, blob: bytes, progress: Callable[[int, int], None] | None = None) -> LoadResult:
         """Upload ``blob`` in chunks and commit it; resumes a transfer the board already holds part of.
@@ -310,7 +404,7 @@ class BoardClient:
         blob = bytes(blob)
         size, crc = len(blob), zlib.crc32(blob)
         offset = resumed_from = self._begin(size, crc, target)
-        chunk = info.max_payload - 4
+        chunk = info.request_room - 4
         chunks = 0
         restarts = 0
         if progress:
@@ -337,6 +431,8 @@ class BoardClient:
         if len(p) != 8:
             raise ProtocolError(f"LOAD_COMMIT response of {len(p)} bytes", device=self.name, command="LOAD_COMMIT")
         arena, ops, _ = struct.unpack("<IHH", p)
+        if target != LoadTarget.DATA:
+            self._weights_version = 0  # a new fragment or program puts w* back at version 0
         log.info("%s: loaded %d bytes (resumed at %d) in %d chunks", self.name, size, resumed_from, chunks)
         return LoadResult(size, crc, resumed_from, arena, ops, chunks)
 
@@ -353,7 +449,7 @@ class BoardClient:
         info = self.info or self.hello()
         out = bytearray(have)
         while len(out) < total:
-            n = min(info.max_payload, total - len(out))
+            n = min(info.response_room, total - len(out))
             part = self.request(code, struct.pack("<IH", len(out), n))
             if len(part) != n:
                 cmd = command_name(code)
@@ -369,7 +465,8 @@ class BoardClient:
         v = np.ascontiguousarray(values, dtype="<f4").ravel()
         if not np.all(np.isfinite(v)):
             raise TinyfedError("w* holds NaN or infinite values", fix="check the global model", source=self.name)
-        per = (info.max_payload - 8) // 4
+        per = (info.request_room - 8) // 4
+        self._weights_version = None
         offset = 0
         while True:
             part = v[offset:offset + per]
@@ -380,18 +477,24 @@ class BoardClient:
                                     device=self.name, command="TRAIN_SET")
             offset = nxt
             if offset >= v.size:
+                self._weights_version = version  # what the update tag must bind
                 return
 
     def train(self, params: TrainParams, *, timeout: float = 600.0) -> TrainReport:
         """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it, a lost or
         corrupted request's retransmissions included)."""
         p = self.request(Command.TRAIN, params.pack(), timeout=timeout, total=timeout)
+        self._train_session = self._session
         if len(p) not in (TRAIN_RESPONSE.size, TRAIN_RESPONSE.size + TRAIN_HEAD_CYCLES.size):
             raise ProtocolError(f"TRAIN response of {len(p)} bytes", device=self.name, command="TRAIN")
         return TrainReport.unpack(p)
 
-    def read_update(self, size: int | None = None, *, values: int | None = None) -> DeviceUpdate:
-        """Fetch the int8 update of the last TRAIN (``size``: its image bytes, from TrainReport).
+    def read_update(self, size: int | None = None, *, values: int | None = None,
+                    version: int | None = None) -> DeviceUpdate:
+        """Fetch the update of the last TRAIN (``size``: its image bytes, from TrainReport) and check
+        its tag: it must bind this board's device id and ``version`` (default: the version the last
+        :meth:`set_weights` sent), else ``AuthenticationFailed`` (``bad_update_mac``, or
+        ``wrong_version`` when it binds another version).
 
         ``values`` is how many the host expects (the w* it sent): a header claiming more is refused
         before anything more is read, so a board cannot make the host read gigabytes (fewer values
@@ -399,7 +502,7 @@ class BoardClient:
         head = self.request(Command.UPDATE_READ, struct.pack("<IH", 0, UPDATE_HEADER.size))
         if len(head) != UPDATE_HEADER.size:
             raise ProtocolError(f"UPDATE_READ returned {len(head)} bytes", device=self.name, command="UPDATE_READ")
-        _, _, _, _, elements, n_scales, flags = UPDATE_HEADER.unpack(head)
+        claimed_version, _, _, _, elements, n_scales, flags = UPDATE_HEADER.unpack(head)
         if values is not None and (elements > values or n_scales > max(values, 1)):
             raise ProtocolError(f"the update claims {elements:,} values and {n_scales:,} scales; the board trains "
                                 f"{values:,}", device=self.name, command="UPDATE_READ")
@@ -407,7 +510,25 @@ class BoardClient:
         if size is not None and size != total:
             raise ProtocolError(f"update image is {total} bytes, TRAIN said {size}", device=self.name,
                                 command="UPDATE_READ")
-        return unpack_update(self._read_rest(Command.UPDATE_READ, head, total))
+        tagged = self._read_rest(Command.UPDATE_READ, head, total + UPDATE_TAG_BYTES)
+        image, tag = tagged[:total], tagged[total:]
+        expected = version if version is not None else self._weights_version
+        self._check_update_tag(image, tag, claimed_version if expected is None else expected, claimed_version)
+        return unpack_update(image)
+
+    def _check_update_tag(self, image: bytes, tag: bytes, version: int, claimed_version: int) -> None:
+        mac = self._train_session or self._session
+        if mac is None or self.info is None:
+            raise AuthenticationFailed("bad_update_mac", "no session to check the update's tag with",
+                                       device=self.name, command="UPDATE_READ")
+        device_id = self.info.device_id
+        if hmac.compare_digest(mac.update_tag(device_id, version, image), tag):
+            return
+        if claimed_version != version and hmac.compare_digest(mac.update_tag(device_id, claimed_version, image), tag):
+            raise AuthenticationFailed("wrong_version", f"the update is bound to model version {claimed_version}, "
+                                       f"not {version}", device=self.name, command="UPDATE_READ")
+        raise AuthenticationFailed("bad_update_mac", f"the update's tag does not bind device {device_id.hex()} "
+                                   f"at model version {version}", device=self.name, command="UPDATE_READ")
 
     def evaluate(self, max_samples: int = 0, *, timeout: float = 600.0) -> EvalReport:
         """Local loss and accuracy of the current w* on the board's own data."""
@@ -450,7 +571,7 @@ class BoardClient:
         """INPUT_WRITE ``x`` (int8) in max_payload pieces."""
         info = self.info or self.hello()
         data = x.tobytes()
-        chunk = info.max_payload - 4
+        chunk = info.request_room - 4
         offset = 0
         while offset < len(data):
             part = data[offset:offset + chunk]
@@ -487,7 +608,7 @@ class BoardClient:
             run = ProfileRun.unpack(self.request(Command.PROFILE, payload, timeout=timeout))
         except ValueError as exc:
             raise ProtocolError(str(exc), device=self.name, command="PROFILE") from None
-        per = max(1, info.max_payload // OP_BYTES)
+        per = max(1, info.response_room // OP_BYTES)
         ops = []
         for first in range(0, len(run.ops), per):
             count = min(per, len(run.ops) - first)
@@ -532,15 +653,63 @@ class BoardClient:
         retransmission after a timeout waits twice as long. ``total`` bounds the whole request,
         retransmissions included (a silent board costs ``total``, not the doubling series).
         An error status raises :class:`DeviceError` (or :class:`ProtocolVersionMismatch`).
+
+        Every command but HELLO and PING is authenticated: ``payload`` is its body, the client adds
+        the counter and the tag (and says HELLO first when there is no session); the returned body
+        has had its tag checked. When the board answers NO_SESSION or BAD_MAC (it was reset, or
+        someone else said HELLO) the client says HELLO again, once, and resends.
         """
+        if code in UNAUTHENTICATED:
+            return self._exchange(code, payload, None, timeout, total)
+        if self._session is None and self._port is not None:
+            self.hello()
+        try:
+            return self._authenticated(code, payload, timeout, total)
+        except _Refused as refused:
+            if refused.detail not in _REHELLO_DETAILS:
+                raise self._auth_error(refused, code) from None
+            log.info("%s: %s refused (%s): saying HELLO again", self.name, command_name(code), refused.message)
+        self.hello()
+        try:
+            return self._authenticated(code, payload, timeout, total)
+        except _Refused as refused:
+            raise self._auth_error(refused, code) from None
+
+    def _auth_error(self, refused: _Refused, code: int) -> AuthenticationFailed:
+        reason = {AuthDetail.NO_KEY: "no_key", AuthDetail.NO_SESSION: "no_session",
+                  AuthDetail.REPLAYED_COUNTER: "replayed_counter"}.get(refused.detail, "bad_mac")
+        return AuthenticationFailed(reason, f"the board refused the request: {refused.message or reason}",
+                                    device=self.name, command=command_name(code))
+
+    def _authenticated(self, code: int, body: bytes, timeout: float | None, total: float | None) -> bytes:
+        """One authenticated exchange in the current session (raises :class:`_Refused` on AUTH)."""
+        cmd = command_name(code)
+        session = self._session
+        if session is None:
+            raise DeviceUnreachable("the port is not open", device=self.name, command=cmd,
+                                    fix="use the client as a context manager or call open()")
+        room = self.info.request_room if self.info else PRE_HELLO_PAYLOAD
+        if len(body) > room:
+            raise ValueError(f"{cmd} body of {len(body)} bytes exceeds the board's {room} (max_payload less "
+                             f"counter and tag)")
+        self._counter += 1
+        return self._exchange(code, body, (session, self._counter), timeout, total)
+
+    def _exchange(self, code: int, body: bytes, auth: tuple[SessionMac, int] | None, timeout: float | None,
+                  total: float | None) -> bytes:
         cmd = command_name(code)
         if self._port is None:
             raise DeviceUnreachable("the port is not open", device=self.name, command=cmd,
                                     fix="use the client as a context manager or call open()")
-        limit = self.info.max_payload if self.info else max(PRE_HELLO_PAYLOAD, 8 + 256)
-        if len(payload) > limit:
-            raise ValueError(f"{cmd} payload of {len(payload)} bytes exceeds max_payload {limit}")
         seq = self._next_seq()
+        payload = body
+        if auth is None:
+            limit = self.info.max_payload if self.info else max(PRE_HELLO_PAYLOAD, 8 + 256)
+            if len(payload) > limit:
+                raise ValueError(f"{cmd} payload of {len(payload)} bytes exceeds max_payload {limit}")
+        else:
+            session, counter = auth
+            payload = session.request_payload(code, seq, counter, body)
         frame = encode_frame(KIND_REQUEST, code, seq, payload)
         wait = (self.timeout if timeout is None else timeout) + self._wire_time(len(frame))
         self.stats.requests += 1
@@ -548,11 +717,12 @@ class BoardClient:
         attempts = 0
         out = frame
         end = None if total is None else started + total
+        bad_macs = self.stats.bad_macs
         while True:
             attempts += 1
             self._write(out, cmd)
             until = self._clock() + wait if end is None else min(self._clock() + wait, end)
-            outcome = self._await(seq, until, cmd)
+            outcome = self._await(seq, until, cmd, auth)
             if isinstance(outcome, Packet):
                 return self._check(outcome, cmd)
             if outcome == _TIMEOUT:
@@ -562,6 +732,11 @@ class BoardClient:
                 # the retransmission is not swallowed with it.
                 out = DELIMITER + frame
             if attempts > self.retries or (end is not None and self._clock() >= end):
+                if self.stats.bad_macs > bad_macs:
+                    raise AuthenticationFailed(
+                        "bad_mac", f"no authentic response after {attempts} attempt(s): "
+                        f"{self.stats.bad_macs - bad_macs} response(s) with a wrong tag were dropped",
+                        device=self.name, command=cmd)
                 raise LinkTimeout(device=self.name, command=cmd, attempts=attempts, waited_s=self._clock() - started)
             self.stats.retransmissions += 1
             log.debug("%s: %s seq %d: %s, retransmitting (attempt %d)", self.name, cmd, seq, outcome, attempts + 1)
@@ -580,12 +755,15 @@ class BoardClient:
             return pkt.payload
         detail = struct.unpack_from("<H", pkt.payload)[0] if len(pkt.payload) >= 2 else 0
         message = pkt.payload[2:].decode("ascii", "replace")
+        if pkt.code == Status.AUTH:
+            self.stats.auth_refusals += 1
+            raise _Refused(detail, message)
         if pkt.code == Status.WRONG_VERSION and cmd not in MODEL_VERSION_COMMANDS:
             raise ProtocolVersionMismatch(device=self.name, board_version=detail or pkt.version,
                                           host_version=PROTOCOL_VERSION, command=cmd)
         raise DeviceError(pkt.code, detail, message, device=self.name, command=cmd)
 
-    def _await(self, seq: int, deadline: float, cmd: str) -> Packet | str:
+    def _await(self, seq: int, deadline: float, cmd: str, auth: tuple[SessionMac, int] | None = None) -> Packet | str:
         nak = False
         while True:
             while self._frames:
@@ -609,7 +787,14 @@ class BoardClient:
                 if pkt.seq != seq:
                     self.stats.stray_responses += 1
                     continue
-                return pkt
+                if auth is None or pkt.code == Status.AUTH:
+                    return pkt  # AUTH answers are untagged hints: a forged one can only deny service
+                authentic = self._verified(pkt, *auth)
+                if authentic is None:
+                    self.stats.bad_macs += 1
+                    log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, seq)
+                    continue  # an injected frame must not end a good exchange: wait on
+                return authentic
             if nak:
                 return _NAK
             remaining = deadline - self._clock()
@@ -618,6 +803,17 @@ class BoardClient:
             data = self._read(remaining, cmd)
             if data:
                 self._frames.extend(self._reader.feed(data))
+
+    @staticmethod
+    def _verified(pkt: Packet, session: SessionMac, counter: int) -> Packet | None:
+        """``pkt`` without its tag when the tag verifies, else None."""
+        if len(pkt.payload) < TAG_BYTES:
+            return None
+        body, tag = pkt.payload[:-TAG_BYTES], pkt.payload[-TAG_BYTES:]
+        head = header_bytes(pkt.version, pkt.kind, pkt.code, pkt.seq)
+        if not hmac.compare_digest(session.response_tag(head, counter, body), tag):
+            return None
+        return Packet(pkt.kind, pkt.code, pkt.seq, body, pkt.version)
 
     # -- bytes ---------------------------------------------------------------------------
 

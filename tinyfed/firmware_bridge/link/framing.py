@@ -5,6 +5,10 @@ CRC-32 (``zlib.crc32``) covering everything before it. The payload's length is i
 packet's: ``len(packet) - 9``. A *frame* is the COBS encoding of a packet followed by one
 ``0x00`` delimiter.
 
+Protocol v2 authenticates every request but HELLO and PING, and every answer to one, with
+HMAC-SHA-256 under a per-session key (``docs/protocol.md``, "Authentication"): :class:`SessionMac`
+computes the tags both ends check.
+
 :class:`FrameReader` splits a byte stream at delimiters with a bounded buffer, in the spirit of
 pyserial's ``serial.threaded.Packetizer`` but without a thread: feed it bytes, get frames (or a
 :class:`FrameTooLarge` for a frame that outgrew the bound, whose bytes are discarded up to the
@@ -14,6 +18,8 @@ next delimiter). :func:`decode_frame` turns one frame into a :class:`Packet` or 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 import zlib
 from dataclasses import dataclass
@@ -21,7 +27,7 @@ from typing import Any, ClassVar
 
 from cobs import cobs
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 KIND_REQUEST = 0x01
 KIND_RESPONSE = 0x02
 HEADER = struct.Struct("<BBBH")  # version, kind, code, seq
@@ -33,8 +39,27 @@ DELIMITER = b"\x00"
 NAK_SEQ = 0xFFFF
 #: Largest payload before HELLO (HELLO and PING only).
 PRE_HELLO_PAYLOAD = 64
-#: The firmware's default max_payload.
+#: The firmware's default max_payload (the whole payload: an authenticated request's counter and
+#: tag included).
 DEFAULT_MAX_PAYLOAD = 256
+
+# -- authentication (protocol v2) ----------------------------------------------------------
+#: An authenticated request's payload is ``counter u32 | body | tag``, a response's ``body | tag``.
+COUNTER_BYTES = 4
+TAG_BYTES = 16
+#: Counter and tag: what an authenticated request's payload holds besides its body.
+REQUEST_AUTH_BYTES = COUNTER_BYTES + TAG_BYTES
+NONCE_BYTES = 16
+DEVICE_ID_BYTES = 16
+#: The update tag UPDATE_READ serves after the update image (a whole HMAC-SHA-256).
+UPDATE_TAG_BYTES = 32
+#: First byte of the MAC input: which direction the tagged packet travels.
+TAG_REQUEST = 0x01
+TAG_RESPONSE = 0x02
+SESSION_LABEL = b"tinyfed-session-v2"
+UPDATE_LABEL = b"tinyfed-update-v2"
+#: HELLO's key_state byte.
+KEY_STATE_KEYED = 1
 
 
 class _CodeTable:
@@ -93,7 +118,30 @@ class Status(_CodeTable):
     NO_DATA = 13
     BAD_ARGUMENT = 14
     NO_UPDATE = 15
+    AUTH = 16
 
+
+class AuthDetail(_CodeTable):
+    """The detail of an ``AUTH`` answer: why the board refused the request (it did not run it)."""
+
+    NO_KEY = 1
+    NO_SESSION = 2
+    BAD_MAC = 3
+    REPLAYED_COUNTER = 4
+    TOO_SHORT = 5
+
+
+#: The message of each AUTH answer (the firmware sends the same bytes).
+AUTH_MESSAGES: dict[int, str] = {
+    AuthDetail.NO_KEY: "no device key: provision this board",
+    AuthDetail.NO_SESSION: "no session: say HELLO first",
+    AuthDetail.BAD_MAC: "request tag does not verify",
+    AuthDetail.REPLAYED_COUNTER: "counter not above the last one",
+    AuthDetail.TOO_SHORT: "payload shorter than counter and tag",
+}
+
+#: Commands a board runs without authentication; every other one needs a session's tag.
+UNAUTHENTICATED = frozenset({Command.HELLO, Command.PING})
 
 #: Statuses a board sends with seq NAK_SEQ for a frame it dropped; the host retransmits at once.
 NAK_STATUSES = frozenset({Status.BAD_CRC, Status.FRAME_TOO_LARGE, Status.BAD_LENGTH})
@@ -105,6 +153,48 @@ def command_name(code: int) -> str:
 
 def status_name(code: int) -> str:
     return Status.NAMES.get(code, f"status {code}")
+
+
+def session_key(key: bytes, device_id: bytes, host_nonce: bytes, board_nonce: bytes) -> bytes:
+    """Ks = HMAC-SHA-256(K, "tinyfed-session-v2" || device_id || host_nonce || board_nonce)."""
+    return hmac.digest(key, SESSION_LABEL + device_id + host_nonce + board_nonce, hashlib.sha256)
+
+
+class SessionMac:
+    """The tags of one session (key ``Ks``): the HMAC's keyed state is computed once and copied per
+    packet, as the firmware does, so a tag costs only its message's blocks."""
+
+    def __init__(self, session_key_: bytes) -> None:
+        self._base = hmac.new(session_key_, digestmod=hashlib.sha256)
+
+    def _tag(self, *parts: bytes) -> bytes:
+        h = self._base.copy()
+        for part in parts:
+            h.update(part)
+        return h.digest()
+
+    def request_tag(self, header: bytes, counter: int, body: bytes) -> bytes:
+        """Tag of a request: HMAC(Ks, 0x01 || header5 || counter_le || body)[:16]."""
+        return self._tag(bytes([TAG_REQUEST]), header[:HEADER_BYTES], struct.pack("<I", counter), body)[:TAG_BYTES]
+
+    def response_tag(self, header: bytes, counter: int, body: bytes) -> bytes:
+        """Tag of a response: HMAC(Ks, 0x02 || header5 of the response || request's counter_le || body)[:16]."""
+        return self._tag(bytes([TAG_RESPONSE]), header[:HEADER_BYTES], struct.pack("<I", counter), body)[:TAG_BYTES]
+
+    def request_payload(self, code: int, seq: int, counter: int, body: bytes, *,
+                        version: int = PROTOCOL_VERSION) -> bytes:
+        """The payload of an authenticated request: ``counter u32 | body | tag``."""
+        tag = self.request_tag(header_bytes(version, KIND_REQUEST, code, seq), counter, body)
+        return struct.pack("<I", counter) + body + tag
+
+    def update_tag(self, device_id: bytes, version: int, update: bytes) -> bytes:
+        """The 32-byte tag binding an update image to the device and the model version it trained at."""
+        return self._tag(UPDATE_LABEL, device_id, struct.pack("<I", version), update)
+
+
+def header_bytes(version: int, kind: int, code: int, seq: int) -> bytes:
+    """The 5 header bytes as on the wire (what the tags cover)."""
+    return HEADER.pack(version, kind, code, seq)
 
 
 # -- errors ------------------------------------------------------------------------------

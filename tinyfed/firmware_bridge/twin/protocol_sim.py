@@ -4,7 +4,8 @@ Registered by :mod:`tinyfed.firmware_bridge.link.transport` (which adds this pac
 ``serial.protocol_handler_packages``), so ``serial.serial_for_url("sim://nrf52840")`` works.
 
 Options: ``name`` (boards with the same id and name are the same board, across connections),
-``max_payload``, ``slot_bytes``, ``arena_bytes``, ``build``, ``protocol_version``.
+``max_payload``, ``slot_bytes``, ``arena_bytes``, ``build``, ``protocol_version``, and ``key=none``
+for a board nobody provisioned (by default a new board gets a fresh key, recorded in the key store).
 
 The board answers synchronously inside :meth:`Serial.write`, so when nothing is buffered nothing
 will ever arrive: :meth:`Serial.read` then returns at once and advances the port's
@@ -64,6 +65,10 @@ def parse_sim_url(url: str) -> tuple[str, str, dict[str, object]]:
             name = value
         elif key == "build":
             overrides["build"] = value
+        elif key == "key":
+            if value not in ("none", "auto"):
+                raise SerialException(f"{url}: option key must be none (a keyless board) or auto, got {value!r}")
+            overrides["keyed"] = value == "auto"
         elif key in _INT_OPTIONS:
             low, high = _INT_OPTIONS[key]
             try:
@@ -74,7 +79,8 @@ def parse_sim_url(url: str) -> tuple[str, str, dict[str, object]]:
                 raise SerialException(f"{url}: option {key} must be {low:,}..{high:,}, got {number:,}")
             overrides[key] = number
         else:
-            raise SerialException(f"{url}: unknown sim option {key!r} (known: name, build, {', '.join(_INT_OPTIONS)})")
+            known = ", ".join(("name", "build", "key", *_INT_OPTIONS))
+            raise SerialException(f"{url}: unknown sim option {key!r} (known: {known})")
     return board_id, name, overrides
 
 
@@ -94,7 +100,8 @@ class Serial(SerialBase):
         if port is None:
             raise SerialException("Port must be configured before it can be used.")
         board_id, name, overrides = parse_sim_url(port)
-        self.board = get_sim_board(board_id, name, **overrides)
+        keyed = bool(overrides.pop("keyed", True))
+        self.board = get_sim_board(board_id, name, keyed=keyed, **overrides)
         if getattr(self.board, "unplugged", False):
             raise SerialException(f"could not open port {self.portstr}: the simulated board is unplugged")
         self._rx.clear()

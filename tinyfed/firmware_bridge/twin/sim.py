@@ -1,10 +1,13 @@
-"""A simulated board: the board side of protocol v1 (``docs/protocol.md``) in Python.
+"""A simulated board: the board side of protocol v2 (``docs/protocol.md``) in Python.
 
 :class:`SimBoard` consumes request bytes and returns response bytes, synchronously, exactly as
 the firmware would on its UART: it reframes at delimiters with a bounded buffer, NAKs frames
 whose header was readable (seq 0xFFFF), answers another protocol version with WRONG_VERSION,
 replays the stored response for a repeated seq, loads fragments into two slots with an atomic,
 resumable commit, and runs inference through :mod:`tinyfed.firmware_bridge.twin.kernels_np`.
+Like the firmware it authenticates every request but HELLO and PING with its device key (held as
+a real board holds its key page; None = a keyless board) and tags every answer to one, byte for
+byte as ``firmware/src/protocol.c`` does.
 
 Boards are reached as ``sim://BOARD_ID?option=value`` (see :mod:`.protocol_sim`). A board
 outlives its connections (like a powered board whose USB cable is re-plugged): the same URL
@@ -13,7 +16,9 @@ host and ``name`` option give the same :class:`SimBoard`.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import struct
 import threading
 import zlib
@@ -23,10 +28,19 @@ from typing import Any
 import numpy as np
 
 from tinyfed.firmware_bridge.link.framing import (
+    AUTH_MESSAGES,
+    COUNTER_BYTES,
+    DEVICE_ID_BYTES,
+    KEY_STATE_KEYED,
     KIND_REQUEST,
     KIND_RESPONSE,
     NAK_SEQ,
+    NONCE_BYTES,
     PROTOCOL_VERSION,
+    REQUEST_AUTH_BYTES,
+    TAG_BYTES,
+    UNAUTHENTICATED,
+    AuthDetail,
     Command,
     CrcMismatch,
     FrameError,
@@ -34,10 +48,14 @@ from tinyfed.firmware_bridge.link.framing import (
     FrameTooLarge,
     FrameTooShort,
     LoadTarget,
+    SessionMac,
     Status,
     decode_frame,
     encode_frame,
+    header_bytes,
+    session_key,
 )
+from tinyfed.firmware_bridge.link.keys import DeviceKey, KeyStore
 from tinyfed.firmware_bridge.link.profile_link import (
     COUNTER_ESTIMATE,
     MAX_OPS,
@@ -121,14 +139,18 @@ class SimStats:
     dropped: int = 0
     commits: int = 0
     resets: int = 0
+    #: requests refused with AUTH, by detail name (NO_KEY, BAD_MAC, ...)
+    refused: dict[str, int] = field(default_factory=dict)
     executed: dict[str, int] = field(default_factory=dict)
 
 
 class SimBoard:
     """The board side of the protocol; feed it bytes with :meth:`receive`."""
 
-    def __init__(self, config: SimConfig | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, *, key: DeviceKey | None = None) -> None:
         self.config = config or SimConfig()
+        #: The board's identity (its key page); None = a board nobody provisioned.
+        self.device_key = key
         self.stats = SimStats()
         #: True while the board is "unplugged": opening or writing its port fails.
         self.unplugged = False
@@ -142,6 +164,10 @@ class SimBoard:
         self._reader = FrameReader.for_payload(self.config.max_payload)
         self._last_seq: int | None = None
         self._last_response = b""
+        self._last_request: tuple[int, bytes] | None = None  # an unauthenticated one: (code, payload)
+        self._last_counter = 0
+        self._session: SessionMac | None = None
+        self._update_tag: tuple[bytes, bytes] | None = None  # (the update image it tags, the tag)
         self.transfer: _Transfer | None = None
         self.active = None
         self._input = bytearray()
@@ -188,23 +214,72 @@ class SimBoard:
         if pkt.version != self.config.protocol_version:
             return self._response(Status.WRONG_VERSION, pkt.seq,
                                   _error_payload(self.config.protocol_version, f"packet v{pkt.version}"))
-        if pkt.seq == self._last_seq:
-            self.stats.replays += 1
-            return self._last_response
+        if pkt.code in UNAUTHENTICATED:
+            if pkt.seq == self._last_seq and self._last_request == (pkt.code, pkt.payload):
+                self.stats.replays += 1
+                return self._last_response
+            status, body = self._run(pkt.code, pkt.payload)
+            reply = self._response(status, pkt.seq, body)
+            self._last_seq, self._last_response, self._last_request = pkt.seq, reply, (pkt.code, pkt.payload)
+            return reply
+        refused = self._authenticate(pkt.version, pkt.code, pkt.seq, pkt.payload)
+        if isinstance(refused, bytes):
+            return refused
+        counter, body = refused
         name = Command.NAMES.get(pkt.code, "?")
         self.stats.executed[name] = self.stats.executed.get(name, 0) + 1
-        if pkt.code == Command.RESET:
-            reply = self._response(Status.OK, pkt.seq, b"")
-            self._reset_state()
+        if pkt.code == Command.RESET and not body:
+            reply = self._tagged(Status.OK, pkt.seq, counter, b"")
+            self._reset_state()  # the session goes with the RAM
             self.stats.resets += 1
             return reply
-        try:
-            status, payload = Status.OK, self._execute(pkt.code, pkt.payload)
-        except _Reply as err:
-            status, payload = err.status, _error_payload(err.detail, err.message)
-        reply = self._response(status, pkt.seq, payload)
-        self._last_seq, self._last_response = pkt.seq, reply
+        if pkt.code == Command.RESET:
+            status, out = Status.BAD_LENGTH, _error_payload(0, "RESET takes no payload")
+        else:
+            status, out = self._run(pkt.code, body)
+        reply = self._tagged(status, pkt.seq, counter, out)
+        self._last_seq, self._last_response, self._last_request = pkt.seq, reply, None
         return reply
+
+    # -- authentication (docs/protocol.md, "Authentication") ------------------------------
+
+    def _authenticate(self, version: int, code: int, seq: int, payload: bytes) -> bytes | tuple[int, bytes]:
+        """``(counter, body)`` of an authentic, fresh request; else the bytes to send: an AUTH
+        answer, or the cached response of an authentic retransmission."""
+        if self.device_key is None:
+            return self._refuse(AuthDetail.NO_KEY, seq)
+        if self._session is None:
+            return self._refuse(AuthDetail.NO_SESSION, seq)
+        if len(payload) < REQUEST_AUTH_BYTES:
+            return self._refuse(AuthDetail.TOO_SHORT, seq)
+        (counter,) = _U32.unpack_from(payload)
+        body, tag = payload[COUNTER_BYTES:-TAG_BYTES], payload[-TAG_BYTES:]
+        expected = self._session.request_tag(header_bytes(version, KIND_REQUEST, code, seq), counter, body)
+        if not hmac.compare_digest(expected, tag):
+            return self._refuse(AuthDetail.BAD_MAC, seq)
+        if self._last_request is None and seq == self._last_seq and counter == self._last_counter:
+            self.stats.replays += 1
+            return self._last_response
+        if counter <= self._last_counter:
+            return self._refuse(AuthDetail.REPLAYED_COUNTER, seq)
+        self._last_counter = counter
+        return counter, body
+
+    def _refuse(self, detail: int, seq: int) -> bytes:
+        name = AuthDetail.NAMES[detail]
+        self.stats.refused[name] = self.stats.refused.get(name, 0) + 1
+        return self._response(Status.AUTH, seq, _error_payload(detail, AUTH_MESSAGES[detail]))
+
+    def _tagged(self, status: int, seq: int, counter: int, body: bytes) -> bytes:
+        assert self._session is not None
+        head = header_bytes(self.config.protocol_version, KIND_RESPONSE, status, seq)
+        return self._response(status, seq, body + self._session.response_tag(head, counter, body))
+
+    def _run(self, code: int, payload: bytes) -> tuple[int, bytes]:
+        try:
+            return Status.OK, self._execute(code, payload)
+        except _Reply as err:
+            return err.status, _error_payload(err.detail, err.message)
 
     def _nak(self, status: int, exc: Exception) -> bytes:
         self.stats.naks += 1
@@ -233,8 +308,8 @@ class SimBoard:
             Command.OUTPUT_READ: self._output_read,
             Command.STATS: lambda p: self.trainer.stats(p, self.config.firmware_ram_bytes),
             Command.TRAIN_SET: self.trainer.train_set,
-            Command.TRAIN: lambda p: self.trainer.train(p, self.active),
-            Command.UPDATE_READ: lambda p: self.trainer.update_read(p, self.config.max_payload),
+            Command.TRAIN: self._train,
+            Command.UPDATE_READ: self._update_read,
             Command.EVALUATE: lambda p: self.trainer.evaluate(p, self.active),
             Command.PROFILE: self._profile_run,
             Command.PROFILE_READ: self._profile_read,
@@ -246,17 +321,54 @@ class SimBoard:
 
     def _hello(self, p: bytes) -> bytes:
         c = self.config
-        if len(p) != 1:
-            raise _Reply(Status.BAD_LENGTH, 1, "HELLO takes 1 byte")
+        if len(p) != 1 + NONCE_BYTES:
+            raise _Reply(Status.BAD_LENGTH, 1 + NONCE_BYTES, "HELLO takes u8 host_version, 16-byte host_nonce")
         if p[0] != c.protocol_version:
             raise _Reply(Status.WRONG_VERSION, c.protocol_version, f"host v{p[0]}, board v{c.protocol_version}")
         board_id, build = c.board_id.encode()[:255], c.build.encode()[:255]
+        board_nonce = os.urandom(NONCE_BYTES)
+        dk = self.device_key
+        self._session = None  # a new HELLO, from anyone, replaces the session
+        self._last_counter = 0
+        if dk is not None:
+            self._session = SessionMac(session_key(dk.key, dk.device_id, p[1:], board_nonce))
         return (
             struct.pack("<BBHIIII", c.protocol_version, 0, c.max_payload, c.slot_bytes, c.arena_bytes,
                         c.firmware_ram_bytes, c.firmware_flash_bytes)
             + bytes([len(board_id)]) + board_id + bytes([len(build)]) + build
             + struct.pack("<II", c.program_store_bytes, c.data_store_bytes)
+            + (dk.device_id if dk is not None else bytes(DEVICE_ID_BYTES)) + board_nonce
+            + bytes([KEY_STATE_KEYED if dk is not None else 0])
         )
+
+    def _train(self, p: bytes) -> bytes:
+        """TRAIN, then the update tag over the image it left (bound to the device and the model version)."""
+        out = self.trainer.train(p, self.active)
+        image = self.trainer.update_image
+        if image is not None and self._session is not None and self.device_key is not None:
+            tag = self._session.update_tag(self.device_key.device_id, self.trainer.version, image)
+            self._update_tag = (image, tag)
+        return out
+
+    def _update_read(self, p: bytes) -> bytes:
+        """The update image and its 32-byte tag after it, in pieces of at most a response body."""
+        if len(p) != 6:
+            raise _Reply(Status.BAD_LENGTH, 6, "UPDATE_READ takes u32 offset, u16 length")
+        image = self.trainer.update_image
+        tagged = self._update_tag
+        if image is None or tagged is None or tagged[0] is not image:
+            raise _Reply(Status.NO_UPDATE, 0, "no update: TRAIN first")
+        served = image + tagged[1]
+        offset, length = struct.unpack("<IH", p)
+        size = len(served)
+        if length > self._body_room or offset > size or length > size - offset:
+            raise _Reply(Status.BAD_LENGTH, size & 0xFFFF, f"update bytes: {size}")
+        return served[offset:offset + length]
+
+    @property
+    def _body_room(self) -> int:
+        """The largest response body: max_payload less the tag."""
+        return self.config.max_payload - TAG_BYTES
 
     def _load_begin(self, p: bytes) -> bytes:
         if len(p) not in (8, 9):
@@ -387,7 +499,7 @@ class SimBoard:
             detail = int(getattr(exc, "detail", 0) or 0)
             raise _Reply(_status_of(exc, Status.UNSUPPORTED_OP), detail, str(exc)[:64]) from None
         self._output = np.asarray(y).astype(np.int8, copy=False).tobytes()
-        room = self.config.max_payload - 8
+        room = self._body_room - 8
         return struct.pack("<II", 0, len(self._output)) + self._output[:room]
 
     # -- profiling: the twin has no instruction count, so it answers with an estimate, flagged
@@ -422,7 +534,7 @@ class SimBoard:
             raise _Reply(Status.NO_DATA, 0, "no profile: run PROFILE first")
         first, count = struct.unpack("<HH", p)
         n = len(self._profile)
-        if first > n or count > n - first or count > self.config.max_payload // OP_BYTES:
+        if first > n or count > n - first or count > self._body_room // OP_BYTES:
             raise _Reply(Status.BAD_ARGUMENT, n, f"profiled ops: {n}")
         return pack_ops(self._profile[first:first + count])
 
@@ -433,7 +545,7 @@ class SimBoard:
         offset, length = struct.unpack("<IH", p)
         if self._output is None:
             raise _Reply(Status.NO_MODEL, 0, "no output: INVOKE first")
-        if length > self.config.max_payload or offset + length > len(self._output):
+        if length > self._body_room or offset + length > len(self._output):
             raise _Reply(Status.BAD_LENGTH, len(self._output) & 0xFFFF, f"output is {len(self._output)} bytes")
         return self._output[offset:offset + length]
 
@@ -498,13 +610,17 @@ _BOARDS: dict[tuple[str, str], SimBoard] = {}
 _BOARDS_LOCK = threading.Lock()
 
 
-def get_sim_board(board_id: str, name: str = "", **overrides: Any) -> SimBoard:
-    """The simulated board for ``(board_id, name)``; created with ``overrides`` the first time."""
+def get_sim_board(board_id: str, name: str = "", *, keyed: bool = True, **overrides: Any) -> SimBoard:
+    """The simulated board for ``(board_id, name)``; created with ``overrides`` the first time.
+
+    A new board is provisioned like an emulator launch: a fresh identity recorded in the default key
+    store (``$TINYFED_KEY_STORE``) before the board holds it; ``keyed=False`` makes a keyless one."""
     key = (board_id, name)
     with _BOARDS_LOCK:
         board = _BOARDS.get(key)
         if board is None:
-            board = _BOARDS[key] = SimBoard(SimConfig.for_board(board_id, **overrides))
+            device = KeyStore().provision(f"sim://{board_id}" + (f"?name={name}" if name else "")) if keyed else None
+            board = _BOARDS[key] = SimBoard(SimConfig.for_board(board_id, **overrides), key=device)
         return board
 
 
