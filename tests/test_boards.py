@@ -127,9 +127,9 @@ def test_measured_reserves_are_exactly_the_firmware_boards() -> None:
 
 def test_nrf52840_derived_values() -> None:
     b = get_board("nrf52840")
-    assert b.reserve_ram_bytes == 8 * KIB and b.reserve_flash_bytes == 85 * KIB
+    assert b.reserve_ram_bytes == 8 * KIB and b.reserve_flash_bytes == 86 * KIB
     assert b.fragment_ram_budget_bytes == (256 - 8) * KIB
-    assert b.fragment_flash_budget_bytes == (1024 - 85) * KIB
+    assert b.fragment_flash_budget_bytes == (1024 - 86) * KIB
     assert b.link.baud == 115200 and b.link.max_frame_bytes == 256
     assert b.link_bytes_per_s == 11520  # UART 8N1: 10 bits per byte
     assert b.emulator is not None and b.emulator.renode_platform == "platforms/cpus/nrf52840.repl"
@@ -538,7 +538,7 @@ def test_cli_show(cli) -> None:
     result = CliRunner().invoke(cli, ["boards", "show", "nrf52840"])
     assert result.exit_code == 0, result.output
     for text in ("cortex-m4f", "64 MHz", "256 KiB", "1024 KiB", "uart 115200", "renode",
-                 "RAM 8 KiB, flash 85 KiB (linker-map)", "253,952 bytes", "961,536 bytes"):
+                 "RAM 8 KiB, flash 86 KiB (linker-map)", "253,952 bytes", "960,512 bytes"):
         assert text in result.stdout
     as_json = CliRunner().invoke(cli, ["boards", "show", "nrf52840", "--json"])
     assert json.loads(as_json.stdout)["ram_kib"] == 256

@@ -551,6 +551,8 @@ class Engine:
             if st.state == "backoff" and now >= st.retry_at:
                 st.state = "idle"
                 self.events.append("device_state", device=name, state="idle")
+        if self._provisioning and self.strategy.samples_the_fleet:
+            return  # a fleet-wide sample waits for the fleet (each board's provisioning is bounded)
         idle = [n for n, s in self.state.items() if s.state == "idle"]
         if self.privacy is not None:  # a device whose next participation would pass the budget trains no more
             idle = [n for n in idle if self.privacy.allows(n)]

@@ -340,6 +340,9 @@ class Strategy(ABC):
     #: Where the strategy stands in listings and in a study's default set: the method under test
     #: first, then its baselines; a new strategy without one comes after them, by name.
     listing_order: ClassVar[int] = 100
+    #: A round that samples from the whole fleet (FedAvg) starts once every board's first provisioning
+    #: has ended, so which boards its first round draws from does not depend on upload timing.
+    samples_the_fleet: ClassVar[bool] = False
     #: the global vector's length (the round state sets it): a step's length when updates carry an index
     vector_size: int | None = None
 

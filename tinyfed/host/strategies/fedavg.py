@@ -64,6 +64,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     listing_order = 2
+    samples_the_fleet = True
     default_payload = "dense"
     Params = FedAvgParams
 
