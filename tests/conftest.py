@@ -77,6 +77,7 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_cli_run.py",
     "test_engine_faults.py",
     "test_engine.py",
+    "test_kernels_mve.py",  # ~150 s: one Cortex-M55 board, 21 models' inputs through its UART
     "test_demo.py",
     "test_plan.py",
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations
