@@ -101,7 +101,7 @@ def _field_models(slot: int) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def an547(tmp_path_factory: pytest.TempPathFactory):
-    """One mps3-an547 board running a fresh build, and that build's ELF."""
+    """One mps3-an547 board running this run's build of the current sources, and that build's ELF."""
     build = run_firmware(tmp_path_factory, "mps3-an547")
     with launch_qemu("mps3-an547", build.elf) as emu, BoardClient(emu.url, name="an547", timeout=120.0) as client:
         yield client, build.elf
