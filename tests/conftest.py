@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,17 +12,33 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """``_hermetic_env`` for session and module fixtures, which are set up before any per-test fixture:
-    nothing they cache (``~/.cache/tinyfed``) lands in, or is shared through, the real home directory,
-    so parallel workers and parallel runs share only the caches a test gives them explicitly. The
-    device key store (``$TINYFED_KEY_STORE``) is a temporary file of this session too."""
+    nothing they cache (``~/.cache/tinyfed``) lands in, or is shared through, the real home directory;
+    a run's workers share only its content-keyed cache (:func:`_run_cache_dir`) and what a test gives them.
+    The device key store (``$TINYFED_KEY_STORE``) is a temporary file of this session too."""
     mp = pytest.MonkeyPatch()
     mp.delenv("TINYFED_BOARDS_PATH", raising=False)
     mp.setenv("HOME", str(tmp_path_factory.mktemp("session-home")))
+    if "TINYFED_CACHE_DIR" not in os.environ:
+        mp.setenv("TINYFED_CACHE_DIR", str(_run_cache_dir(tmp_path_factory)))
     # One key store per test session (per xdist worker): every board a test launches or creates
     # (QEMU, sim://) records its key here, never in the user's store, and subprocesses inherit it.
     mp.setenv("TINYFED_KEY_STORE", str(tmp_path_factory.mktemp("keys") / "keys.json"))
     yield
     mp.undo()
+
+
+def _run_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``$TINYFED_CACHE_DIR`` for the whole run, shared by its xdist workers and the CLI runs they start.
+
+    It holds only content-keyed files (the int8 zoo models, keyed by their weights and the TensorFlow
+    version; the windowed HAPT arrays, keyed by their source and parameters), written atomically, so a
+    hit is what a conversion would give. Without it every CLI run (a fresh ``$HOME``) imported TensorFlow
+    and converted har_cnn again. It starts empty on every run; tests of the caches set their own."""
+    from _run_shared import run_dir
+
+    path = run_dir(tmp_path_factory) / "tinyfed-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +81,7 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_cli_run.py",
     "test_engine_faults.py",
     "test_engine.py",
+    "test_kernels_mve.py",  # ~150 s: one Cortex-M55 board, 21 models' inputs through its UART
     "test_demo.py",
     "test_plan.py",
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations

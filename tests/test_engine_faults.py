@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
     pytest.skip("needs qemu-system-arm and gcc-arm-none-eabi (make test installs both)", allow_module_level=True)
 
+from _run_shared import run_firmware
+
 from tinyfed.boards import Board, get_board
-from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.firmware_bridge.emulate.emulator import EmulatedBoard, start_qemu, wait_ready
 from tinyfed.host.engine import Engine, Limits, LocalTraining, RunResult
 from tinyfed.host.events import EventLog, read_events, summarize
@@ -115,7 +116,8 @@ class _Saboteur:
         log.info("killed %s holding task %d after %d arrivals (t %.2f s)", name, task, self.arrivals, ev["t"])
 
 
-def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(tmp_path: Path, monkeypatch) -> None:
+def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(tmp_path: Path, monkeypatch,
+                                                                               tmp_path_factory) -> None:
     if "TINYFED_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("TINYFED_CACHE_DIR", str(tmp_path / "cache"))
     test_started = time.monotonic()
@@ -142,7 +144,7 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
     preparer = threading.Thread(target=prepare, name="prepare")
     preparer.start()
     try:
-        elf = build_firmware(board.name, tmp_path / "fw").elf
+        elf = run_firmware(tmp_path_factory, board.name).elf
         preparer.join()
         if "error" in prepared:
             raise prepared["error"]

@@ -97,6 +97,10 @@ def test_sim_board_agrees_on_the_whole_test_split(frozen_cases, model: str) -> N
 
 
 SHORT_PAYLOAD = 32  # the fuzz's usual payload length bound (bytes)
+#: frames hit by one corruption, each way: the top of docs/host-link.md's 10-25%. The 10,000 corruptions
+#: are the test; at 10% nine frames in ten crossed the UART clean (10,345 requests for 3,000
+#: corruptions over 8 boards, against 2,935 at 25%), and QEMU's UART costs ~25 us of host CPU a byte.
+FUZZ_RATE = 0.25
 
 
 def test_ten_thousand_corruptions_against_live_boards(eight_boards) -> None:
@@ -114,7 +118,7 @@ def test_ten_thousand_corruptions_against_live_boards(eight_boards) -> None:
         client = BoardClient(board.url, port=port, timeout=0.02, retries=30, baudrate=10_000_000, name=board.name)
         try:
             info = client.hello()
-            port.p_out = port.p_in = 0.1
+            port.p_out = port.p_in = FUZZ_RATE
             rng = random.Random(index)
             accepted_corrupt = requests = 0
             while port.total_injected < per_board:

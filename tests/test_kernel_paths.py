@@ -303,11 +303,11 @@ def an386_elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The firmware for mps2-an386 (Cortex-M4F: the DSP kernels with their assembly)."""
     import shutil
 
-    from tinyfed.firmware_bridge.emulate.build import build_firmware
+    from _run_shared import run_firmware
 
     if not shutil.which("arm-none-eabi-gcc") or not shutil.which("qemu-system-arm"):
         pytest.fail("the QEMU tests need arm-none-eabi-gcc and qemu-system-arm")
-    return build_firmware("mps2-an386", tmp_path_factory.mktemp("fw_an386")).elf
+    return run_firmware(tmp_path_factory, "mps2-an386").elf
 
 
 def _qemu_mismatches(client, model: bytes, n: int, seed: int) -> int:

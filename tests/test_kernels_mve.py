@@ -30,8 +30,9 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _run_shared import run_firmware  # noqa: E402
+
 from tinyfed.firmware_bridge.compile.blob import compile_blob  # noqa: E402
-from tinyfed.firmware_bridge.emulate.build import build_firmware  # noqa: E402
 from tinyfed.firmware_bridge.emulate.emulator import launch_qemu  # noqa: E402
 from tinyfed.firmware_bridge.link.client import BoardClient  # noqa: E402
 from tinyfed.models.tflm import TflmModel  # noqa: E402
@@ -100,8 +101,8 @@ def _field_models(slot: int) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def an547(tmp_path_factory: pytest.TempPathFactory):
-    """One mps3-an547 board running a fresh build, and that build's ELF."""
-    build = build_firmware("mps3-an547", tmp_path_factory.mktemp("fw-an547"))
+    """One mps3-an547 board running this run's build of the current sources, and that build's ELF."""
+    build = run_firmware(tmp_path_factory, "mps3-an547")
     with launch_qemu("mps3-an547", build.elf) as emu, BoardClient(emu.url, name="an547", timeout=120.0) as client:
         yield client, build.elf
 

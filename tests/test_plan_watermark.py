@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _run_shared import run_firmware
 
 from tests import _watermark
 from tinyfed import ops
 from tinyfed.errors import ModelError
-from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.models.tflite_graph import TfliteGraph
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ MODELS = list(_watermark.model_builders())
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory: pytest.TempPathFactory):
-    return build_firmware(_watermark.BOARD, tmp_path_factory.mktemp("fw"))
+    return run_firmware(tmp_path_factory, _watermark.BOARD)
 
 
 @pytest.mark.parametrize("name", MODELS)

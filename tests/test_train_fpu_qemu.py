@@ -20,12 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _run_shared import run_firmware
 from test_train_engine import _everything, c_train, lib  # noqa: F401 - lib is a fixture
 
 from tinyfed.boards import get_board
 from tinyfed.firmware_bridge.compile import local_data
 from tinyfed.firmware_bridge.compile.train_blob import compile_program, parse_program
-from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.firmware_bridge.emulate.emulator import launch_qemu
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.train_link import TrainParams
@@ -94,8 +94,10 @@ def _host_delta(lib, case: dict) -> tuple[np.ndarray, float]:  # noqa: F811 - th
 
 
 @pytest.mark.parametrize("board_name", ["mps2-an386", "mps3-an547"])
-def test_fpu_kernels_train_bit_identical_to_the_c_loops(lib, tmp_path: Path, board_name: str) -> None:  # noqa: F811
-    fw = build_firmware(board_name, tmp_path / "fw")
+def test_fpu_kernels_train_bit_identical_to_the_c_loops(lib, tmp_path: Path,  # noqa: F811
+                                                        tmp_path_factory: pytest.TempPathFactory,
+                                                        board_name: str) -> None:
+    fw = run_firmware(tmp_path_factory, board_name)
     cases = {name: _case(name) for name in ("kernel_zoo", "digits")}
     with launch_qemu(get_board(board_name), fw.elf) as emu, \
             BoardClient(emu.url, name=emu.name, timeout=5.0) as client:

@@ -30,10 +30,10 @@ if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _training_case as tc
+from _run_shared import run_firmware
 
 from tinyfed.boards import get_board
 from tinyfed.firmware_bridge.compile.train_blob import program_ram_bytes
-from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.errors import AuthenticationFailed
@@ -116,7 +116,7 @@ def _session(url: str, name: str, case: tc.TrainingCase, i: int) -> BoardRun:
 def trained(har_training_case, tmp_path_factory: pytest.TempPathFactory) -> tuple[tc.TrainingCase, list[BoardRun]]:
     case = har_training_case
     board = get_board("mps2-an386")
-    fw = build_firmware(board.name, tmp_path_factory.mktemp("fw"))
+    fw = run_firmware(tmp_path_factory, board.name)
     assert fw.ram_budget_bytes == get_board("nrf52840").ram_bytes  # the nRF52840's budget, emulated
     data_dir = tmp_path_factory.mktemp("data")
     emus = []
@@ -237,7 +237,8 @@ def test_peak_training_ram_is_within_the_planners_prediction(trained) -> None:
         assert s.peak_ram <= predicted
 
 
-def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, tmp_path: Path) -> None:
+def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, tmp_path: Path,
+                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
     """The C paths of every typed error, on one board whose data store was preloaded with a
     corrupt image (one flipped sample byte: the CRC catches it)."""
     import struct
@@ -247,7 +248,7 @@ def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, t
 
     case = har_training_case
     board = get_board("mps2-an386")
-    fw = build_firmware(board.name, tmp_path / "fw")
+    fw = run_firmware(tmp_path_factory, board.name)
     bad = bytearray(case.images[0])
     bad[-1] ^= 0x40
     image = tmp_path / "bad.tfds"
@@ -297,7 +298,8 @@ def test_firmware_answers_training_misuse_with_typed_errors(har_training_case, t
         emu.stop()
 
 
-def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp_path: Path) -> None:
+def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp_path: Path,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     """With a 32 KiB arena the fragment (12 KiB) fits but its training state (56 KiB) does not:
     the board refuses the program at commit and TRAIN says OUT_OF_MEMORY; nothing overruns."""
     from tinyfed.firmware_bridge.link.errors import DeviceError
@@ -305,7 +307,7 @@ def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp
 
     case = har_training_case
     board = get_board("mps2-an386")
-    fw = build_firmware(board.name, tmp_path / "fw", arena_kib=32)
+    fw = run_firmware(tmp_path_factory, board.name, arena_kib=32)
     emu = start_qemu(board, fw.elf, name="train-oom")
     try:
         wait_ready(emu)
@@ -326,7 +328,8 @@ def test_firmware_refuses_a_training_state_it_cannot_hold(har_training_case, tmp
         emu.stop()
 
 
-def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None:
+def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     """FedAvg/FedBuff train every layer: digits_cnn with all of its 8,858 weights and biases in
     w* and no frozen fragment; the board's update matches the float32 reference."""
     from test_train_link import build_digits_whole_model, whole_model_reference
@@ -335,7 +338,7 @@ def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None
 
     case = build_digits_whole_model()
     board = get_board("mps2-an386")
-    fw = build_firmware(board.name, tmp_path / "fw")
+    fw = run_firmware(tmp_path_factory, board.name)
     emu = start_qemu(board, fw.elf, name="train-whole")
     try:
         wait_ready(emu)
@@ -369,13 +372,14 @@ def test_board_trains_the_whole_model_without_a_fragment(tmp_path: Path) -> None
     assert stats.training_ram == loaded.arena_bytes and stats.arena_peak <= stats.arena_bytes
 
 
-def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(har_training_case, tmp_path: Path) -> None:
+def test_head_cache_gives_the_same_update_for_a_fraction_of_the_cycles(
+        har_training_case, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """TRAIN's opt-in head cache: epochs after the first reuse the frozen fragment's outputs.
     The update is bit-identical; the cycle count drops by the head's share of (epochs - 1) / epochs
     (with head H and tail T cycles per sample: (H + 4T) / (4H + 4T) for 4 epochs)."""
     case = har_training_case
     board = get_board("mps2-an386")
-    fw = build_firmware(board.name, tmp_path / "fw")
+    fw = run_firmware(tmp_path_factory, board.name)
     # -icount: the cycle counts are instruction counts, the same whatever else the machine runs
     emu = start_qemu(board, fw.elf, name="train-cache", extra_args=("-icount", "shift=4"))
     try:

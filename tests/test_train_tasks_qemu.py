@@ -20,11 +20,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _run_shared import run_firmware
 from test_train_tasks import TASK_PARAMS, board_session, reference_update, task_case
 
 from tinyfed.boards import get_board
 from tinyfed.firmware_bridge.compile import local_data
-from tinyfed.firmware_bridge.emulate.build import build_firmware
 from tinyfed.firmware_bridge.emulate.emulator import start_qemu, wait_ready
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.errors import DeviceError
@@ -41,7 +41,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory: pytest.TempPathFactory):
-    return build_firmware("mps2-an386", tmp_path_factory.mktemp("fw"))
+    return run_firmware(tmp_path_factory, "mps2-an386")
 
 
 def _forged(image: bytes, at: int, value: bytes) -> bytes:

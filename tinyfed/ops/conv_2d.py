@@ -117,18 +117,27 @@ def macs(graph: Any, op: OpInfo, out: int) -> int:
 
 def run_int8(info: BlobInfo, op: BlobOp, xs: list[np.ndarray], out_shape: tuple[int, ...],
              depthwise: bool = False) -> np.ndarray:
-    """Float64 matrix products of integers (every partial sum below 2**53: exact), then requantize."""
+    """Float matrix products of integers, exact, then requantize.
+
+    Every partial sum of an output is an integer no larger than ``terms * max|x + in_off| * max|w|``;
+    below 2**24 float32 holds each one exactly (in any summation order), so the products run in
+    float32 (half the memory traffic, twice BLAS's speed), else in float64 (exact below 2**53)."""
     x = xs[0]
     in_off, out_off, lo, hi, sh, sw, dh, dw, pad_h, pad_w, m_off, s_off, mult = op.params[:13]
-    w = info.constant(op.inputs[1]).astype(np.float64)
+    wq = info.constant(op.inputs[1])
     n_out = out_shape[3]
     bias = info.constant(op.inputs[2]).astype(np.int64) if op.has_input(2) else np.zeros(n_out, np.int64)
     ms = info.int32_array(m_off, n_out).astype(np.int64)
     ss = info.int32_array(s_off, n_out).astype(np.int64)
     b = x.shape[0]
-    xs64 = x.reshape(-1, *x.shape[-3:]).astype(np.float64) + in_off  # (B*N, H, W, C)
+    fh, fw = (wq.shape[1], wq.shape[2])
+    terms = fh * fw * (1 if depthwise else x.shape[-1])
+    x_peak = max(abs(int(x.min()) + in_off), abs(int(x.max()) + in_off)) if x.size else 0
+    w_peak = int(np.abs(wq.astype(np.int64)).max()) if wq.size else 0
+    dtype = np.float32 if terms * x_peak * w_peak < 1 << 24 else np.float64
+    w = wq.astype(dtype)
+    xs64 = np.add(x.reshape(-1, *x.shape[-3:]), in_off, dtype=dtype)  # (B*N, H, W, C)
     oh, ow = out_shape[1], out_shape[2]
-    fh, fw = (w.shape[1], w.shape[2])
     need = ((oh - 1) * sh + (fh - 1) * dh + 1, (ow - 1) * sw + (fw - 1) * dw + 1)
     outs = []
     for start in range(0, xs64.shape[0], _CHUNK):
@@ -136,7 +145,7 @@ def run_int8(info: BlobInfo, op: BlobOp, xs: list[np.ndarray], out_shape: tuple[
         # TFLM: in = out*stride - pad + dil*f; padded index = in + pad.
         if depthwise:
             src = np.arange(n_out) // mult
-            acc = np.zeros((xp.shape[0], oh, ow, n_out), dtype=np.float64)
+            acc = np.zeros((xp.shape[0], oh, ow, n_out), dtype=dtype)
             for fy in range(fh):
                 for fx in range(fw):
                     win = windows.int8_tap(xp, fy, fx, (dh, dw), (sh, sw), oh, ow)[..., src]
