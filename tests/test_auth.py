@@ -193,3 +193,14 @@ def test_every_refusal_message_is_the_firmware_s() -> None:
     assert why is not None
     board_side = re.findall(r'"([^"]*)"', why.group(1))
     assert board_side == [""] + [AUTH_MESSAGES[d] for d in sorted(AUTH_MESSAGES)]
+
+
+def test_a_simulated_board_takes_its_key_out_of_the_store_when_it_goes() -> None:
+    """A sim:// board lives as long as its process: the key recorded for it at creation leaves the
+    store with it, so `tinyfed run --simulate` does not grow the user's key store run after run."""
+    store = KeyStore()
+    before = {d.device_id for d in store.devices()}
+    board = sim.get_sim_board("mps2-an386", "leaver")
+    assert board.device_key is not None and board.device_key.device_id in store
+    sim.forget_sim_boards()
+    assert {d.device_id for d in store.devices()} == before

@@ -16,6 +16,7 @@ host and ``name`` option give the same :class:`SimBoard`.
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.link.framing import (
     AUTH_MESSAGES,
     COUNTER_BYTES,
@@ -608,6 +610,21 @@ def _facts(parsed: Any) -> dict[str, Any]:
 
 _BOARDS: dict[tuple[str, str], SimBoard] = {}
 _BOARDS_LOCK = threading.Lock()
+#: The key-store records this process made for its simulated boards: a sim:// board lives only as long
+#: as the process, so its key leaves the store with it (forget_sim_boards, or at exit).
+_RECORDED: list[tuple[KeyStore, bytes]] = []
+
+
+def _forget_recorded() -> None:
+    while _RECORDED:
+        store, device_id = _RECORDED.pop()
+        try:
+            store.remove(device_id)
+        except (OSError, TinyfedError) as exc:  # a store gone or damaged meanwhile: nothing left to forget
+            log.debug("could not forget simulated board %s in %s: %s", device_id.hex(), store.path, exc)
+
+
+atexit.register(_forget_recorded)
 
 
 def get_sim_board(board_id: str, name: str = "", *, keyed: bool = True, **overrides: Any) -> SimBoard:
@@ -619,12 +636,17 @@ def get_sim_board(board_id: str, name: str = "", *, keyed: bool = True, **overri
     with _BOARDS_LOCK:
         board = _BOARDS.get(key)
         if board is None:
-            device = KeyStore().provision(f"sim://{board_id}" + (f"?name={name}" if name else "")) if keyed else None
+            device = None
+            if keyed:
+                store = KeyStore()
+                device = store.provision(f"sim://{board_id}" + (f"?name={name}" if name else ""))
+                _RECORDED.append((store, device.device_id))
             board = _BOARDS[key] = SimBoard(SimConfig.for_board(board_id, **overrides), key=device)
         return board
 
 
 def forget_sim_boards() -> None:
-    """Drop every simulated board (tests call this for isolation)."""
+    """Drop every simulated board and its key-store record (tests call this for isolation)."""
     with _BOARDS_LOCK:
         _BOARDS.clear()
+        _forget_recorded()
