@@ -394,6 +394,12 @@ def test_a_board_failing_authentication_is_rejected_by_reason_and_dropped(setups
 
     forget_sim_boards()
     devs = _devices("dev")
+    # an earlier test's run may still have a worker finishing a task on its dev2: it must not meet the
+    # patched methods below (it would take the one forged update)
+    for thread in threading.enumerate():
+        if thread.name.startswith("tinyfed-dev"):
+            thread.join(timeout=120)
+            assert not thread.is_alive(), f"{thread.name} of an earlier run never ended"
     hello, read_update = BoardClient.hello, BoardClient.read_update
     forged: list[str] = []
 
