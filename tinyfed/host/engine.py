@@ -39,7 +39,7 @@ import numpy as np
 from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.errors import AuthenticationFailed
-from tinyfed.firmware_bridge.link.train_link import TrainParams
+from tinyfed.firmware_bridge.link.train_link import TrainParams, delta_variance
 from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from tinyfed.host.events import RUN_ENDED, EventLog
 from tinyfed.host.rounds import RoundState, Task
@@ -294,7 +294,7 @@ class _Worker(threading.Thread):
             loss, variance = upd.loss, upd.variance
             if dp is not None:  # the board withholds both; FTTE's variance is the noised delta's (post-processing)
                 loss = 0.0
-                variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+                variance = delta_variance(delta)
             update = Update(self.spec.name, task.task_id, upd.version, upd.n, loss, variance, delta,
                             upd.wire_bytes, self.index)
             down = (sent1 - sent0) + (client.stats.bytes_sent - sent1)

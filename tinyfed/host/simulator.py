@@ -363,6 +363,7 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     which is then read back the way the engine reads it.
     """
     from tinyfed.firmware_bridge.link.train_link import (
+        delta_variance,
         pack_update,
         quantize_flat,
         unpack_update,
@@ -384,7 +385,7 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
         values = noised_values(start, values, dp.clip, dp.noise, np.random.default_rng([seed & 0xFFFFFFFF, 0xD9]))
     delta = (values - start).astype(np.float32)
     q, scales = quantize_flat(delta, model.unit_shapes, training.per_channel)
-    variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+    variance = delta_variance(delta)
     loss = res.loss
     if dp is not None:  # withheld by the board
         loss = variance = 0.0
@@ -393,7 +394,7 @@ def train_step(model: SimModel, vector: np.ndarray, indices: np.ndarray, seed: i
     upd = unpack_update(image)
     received = upd.dense(model.unit_shapes)
     if dp is not None:  # the host's variance of the noised delta it received (post-processing), as the engine's
-        variance = float(np.float32(received.astype(np.float64).var())) if received.size else 0.0
+        variance = delta_variance(received)
         return StepResult(received, upd.n, upd.loss, variance, len(image))
     return StepResult(received, upd.n, upd.loss, upd.variance, len(image))
 

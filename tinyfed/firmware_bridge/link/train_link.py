@@ -149,6 +149,12 @@ class DeviceUpdate:
         return np.concatenate([d.ravel() for d in self.dequantize(unit_shapes)])
 
 
+def delta_variance(delta: np.ndarray) -> float:
+    """The variance an update reports: of its flat delta, in float64, rounded to the float32 the update
+    carries. The board computes it before quantizing; with DP the host computes it on the noised delta."""
+    return float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+
+
 def pack_update(version: int, n: int, loss: float, variance: float, q: np.ndarray, scales: np.ndarray,
                 per_channel: bool, values: np.ndarray | None = None) -> bytes:
     """The update image UPDATE_READ serves: header | f32 scales | int8 q (or f32 values)."""

@@ -24,6 +24,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     STATS_RESPONSE,
     TrainParams,
     TrainReport,
+    delta_variance,
     pack_update,
     quantize_flat,
 )
@@ -260,7 +261,7 @@ class SimTrainer:
             self.dp_latched = True
         delta = (self.values - self.start).astype(np.float32)
         q, scales = quantize_flat(delta, self.unit_shapes, params.per_channel)
-        variance = float(np.float32(delta.astype(np.float64).var())) if delta.size else 0.0
+        variance = delta_variance(delta)
         if params.dp:
             loss = variance = 0.0
         self.update_image = pack_update(self.version, n, loss, variance, q, scales, params.per_channel,
