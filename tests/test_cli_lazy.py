@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from tinyfed.cli import COMMANDS, cli
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli_tree import all_commands  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -57,23 +61,9 @@ def test_check_help_says_it_loads_the_whole_model() -> None:
     assert "frozen fragment" not in COMMANDS["check"]
 
 
-def _all_commands() -> list[tuple[str, object]]:
-    """Every command of the CLI, walking click's tree (groups included), as (path, command)."""
-    import click
-
-    found: list[tuple[str, object]] = []
-
-    def walk(cmd: click.Command, path: str) -> None:
-        found.append((path, cmd))
-        if isinstance(cmd, click.Group):
-            ctx = click.Context(cmd)
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                assert sub is not None
-                walk(sub, f"{path} {name}".strip())
-
-    walk(cli, "")
-    return found
+def _all_commands() -> list[tuple[str, click.Command]]:
+    """Every command of the CLI, groups included, as (path, command)."""
+    return all_commands()
 
 
 def test_fleet_is_spelled_and_typed_alike_in_every_command() -> None:

@@ -21,6 +21,7 @@ import faulthandler
 import io
 import json
 import math
+import sys
 import time
 import tomllib
 import types
@@ -39,6 +40,9 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from tinyfed.cli import cli
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli_tree import all_commands  # noqa: E402
 
 #: A case slower than this hung past its bound (a bad value must be refused before any work).
 SLOW_S = 20.0
@@ -112,21 +116,8 @@ SKIPPED = {
 
 
 def _all_commands() -> list[tuple[str, click.Command]]:
-    """Every leaf command, walking click's tree (as tests/test_cli_lazy.py does)."""
-    found: list[tuple[str, click.Command]] = []
-
-    def walk(cmd: click.Command, path: str) -> None:
-        if isinstance(cmd, click.Group):
-            ctx = click.Context(cmd)
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                assert sub is not None
-                walk(sub, f"{path} {name}".strip())
-        else:
-            found.append((path, cmd))
-
-    walk(cli, "")
-    return found
+    """Every leaf command (what a user runs), as (path, command)."""
+    return all_commands(groups=False)
 
 
 # -- bad values, from each option's declared type ---------------------------------------------
