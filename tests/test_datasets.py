@@ -66,13 +66,16 @@ def test_hapt_shape_users_and_classes(hapt: datasets.Dataset) -> None:
 @needs_hapt
 def test_hapt_cache_is_used_and_identical(hapt: datasets.Dataset, _cache_dir: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A second load reads the cached windows, never the pickle (its speed is not a unit test's business)."""
+    """A second load reads the cached windows, never the source (its speed is not a unit test's business)."""
+    from tinyfed.models import hapt_pack
+
     assert list(_cache_dir.glob("hapt-w128-s64-*.npz")), "the windowed arrays were not cached"
 
     def parse_again(*args: object) -> None:
-        raise AssertionError("the HAPT pickle was parsed again despite the cache")
+        raise AssertionError("the HAPT data was read again despite the cache")
 
     monkeypatch.setattr(datasets, "load_hapt_recordings", parse_again)
+    monkeypatch.setattr(hapt_pack, "unpack", parse_again)
     again = load_hapt()
     np.testing.assert_array_equal(again.x, hapt.x)
     np.testing.assert_array_equal(again.y, hapt.y)
@@ -89,6 +92,24 @@ def test_raw_recordings_are_plain_numpy() -> None:
     assert frame["label"].dtype == np.int64 and frame["acc-x"].dtype == np.float64
     assert len({len(v) for v in frame.values()}) == 1
     assert set(np.unique(frame["label"])) <= {-1, *range(1, 13)}
+    # The runs tinyfed ships (hapt_pack) are the pickle's runs and give its windows bit for bit.
+    from tinyfed.models import hapt_pack
+
+    shipped = hapt_pack.unpack()
+    ours, theirs = datasets.windows_of_runs(shipped), datasets.windows_of_recordings(recs)
+    for key in ("x", "y", "groups", "position"):
+        assert ours[key].dtype == theirs[key].dtype and np.array_equal(ours[key], theirs[key]), key
+    assert [(r.user, r.recording, r.start, r.label) for r in shipped] == [
+        (r.user, r.recording, r.start, r.label) for r in hapt_pack.runs_of_recordings(recs)]
+
+
+def test_shipped_hapt_runs_need_no_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The base install reads HAPT from the runs shipped in the wheel, without the kcc2020 package (nor pandas)."""
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("TINYFED_CACHE_DIR", str(tmp_path))
+    ds = load_hapt()
+    assert ds.users() == list(range(1, 31)) and len(ds) == 10_411 and ds.x.shape[1:] == (128, 6)
+    assert (datasets.hapt_source_path().parent / "HAPT-LICENSE.txt").read_text().count("CC BY 4.0") == 1
 
 
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,10 +22,10 @@ MIN_FLOAT_ACCURACY = {"har_cnn": 0.80, "digits_cnn": 0.90}
 
 
 def _hapt_installed() -> bool:
-    from tinyfed.models.datasets import hapt_pickle_path
+    from tinyfed.models.datasets import hapt_source_path
 
     try:
-        hapt_pickle_path()
+        hapt_source_path()
     except DatasetError:
         return False
     return True
@@ -175,8 +175,10 @@ def int8_models() -> dict[str, bytes]:
 
 
 def _int8(name: str, cache: dict[str, bytes]) -> bytes:
+    """A fresh conversion of the committed weights (the rest of the suite uses the shipped prebuilt model,
+    which test_prebuilt_files_equal_a_fresh_conversion proves equal to this)."""
     if name not in cache:
-        cache[name] = get_zoo_model(name).int8_tflite()
+        cache[name] = get_zoo_model(name).convert_int8()
     return cache[name]
 
 
@@ -216,6 +218,26 @@ def test_int8_tflm_accuracy_close_to_float(name: str, int8_models: dict[str, byt
     probs = tflm_predict(_int8(name, int8_models), test.x)
     acc = float(np.mean(np.argmax(probs, axis=1) == test.y))
     assert abs(acc - zm.metadata()["test_accuracy"]) < 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO_PARAMS)
+def test_prebuilt_files_equal_a_fresh_conversion(name: str, int8_models: dict[str, bytes]) -> None:
+    """The int8 model and Fisher ranking the wheel ships are what the committed weights give today, byte for
+    byte (regenerate with `make prebuilt` after retraining); the running path reads them without TensorFlow."""
+    from tinyfed.models import prebuilt_zoo
+    from tinyfed.planner.config import TrainingConfig
+
+    fresh = _int8(name, int8_models)
+    assert prebuilt_zoo.int8_path(name).read_bytes() == fresh, "stale int8 model: run `make prebuilt`"
+    assert get_zoo_model(name).int8_tflite() == fresh
+    n = TrainingConfig().proxy_samples
+    doc = prebuilt_zoo.fisher_document(name, prebuilt_zoo.fresh_fisher(name, fresh, n), fresh, n)
+    assert doc["method"] == "fisher" and doc["layers"]
+    assert prebuilt_zoo.fisher_path(name).read_text() == prebuilt_zoo.fisher_json(doc), "stale ranking: make prebuilt"
+    shipped = prebuilt_zoo.load_fisher(name, fresh, n)
+    assert shipped is not None and prebuilt_zoo.load_fisher(name, fresh, n + 1) is None  # other batch: measured
+    assert prebuilt_zoo.load_fisher(name, fresh + b"\0", n) is None  # another graph: never its ranking
 
 
 @pytest.mark.slow

@@ -36,7 +36,8 @@ def firmware() -> None:
 @firmware.command("build")
 @click.option("--board", "board_name", required=True, help="Board to build for (see `tinyfed boards list`).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Build directory: objects, the ELF and its linker map (default: build/firmware/BOARD).")
+              help="Build directory: objects, the ELF and its linker map (default: build/firmware/BOARD in a "
+                   "checkout, else the user's cache: ~/.cache/tinyfed/firmware/BOARD).")
 @click.option("--device-name", metavar="NAME",
               help="Also provision one real board named NAME: record a fresh device key in the key store and write "
                    "DIR/tinyfed-fw-NAME.elf, the ELF with that key in its key page (mode 0600; flash it with "

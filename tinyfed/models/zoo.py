@@ -1,7 +1,8 @@
 """The model zoo: MCU-sized Keras models, their datasets, splits and committed weights.
 
 Importing this module does not import TensorFlow/Keras; only :meth:`ZooModel.build`,
-:meth:`ZooModel.load_pretrained` and :meth:`ZooModel.int8_tflite` (on a cache miss) do.
+:meth:`ZooModel.load_pretrained` and :meth:`ZooModel.convert_int8` (on a cache miss) do:
+:meth:`ZooModel.int8_tflite` reads the int8 model shipped prebuilt (``prebuilt_zoo``).
 
 Splits
 ------
@@ -390,19 +391,28 @@ class ZooModel:
     def int8_tflite(self) -> bytes:
         """Full-int8 TFLite flatbuffer of :meth:`load_pretrained` (batch 1).
 
-        Cached in memory and in the user cache dir (keyed by the weights file and the
-        installed TensorFlow version), so TensorFlow is imported only on a cache miss.
+        The one shipped in ``tinyfed/models/prebuilt/`` (no TensorFlow needed; a test proves it equals
+        :meth:`convert_int8`), else a conversion. Cached in memory.
         """
-        if self._int8 is not None:
-            return self._int8
+        if self._int8 is None:
+            from tinyfed.models.prebuilt_zoo import int8_path
+
+            shipped = int8_path(self.name)
+            self._int8 = shipped.read_bytes() if shipped.is_file() else self.convert_int8()
+        return self._int8
+
+    def convert_int8(self) -> bytes:
+        """A conversion of the committed weights to full int8 (needs the ``[convert]`` extra).
+
+        Cached in the user cache dir (keyed by the weights file and the installed TensorFlow
+        version), so TensorFlow is imported only on a cache miss.
+        """
         cfile = self._int8_cache_file()
         if cfile is not None and cfile.is_file():
-            self._int8 = cfile.read_bytes()
-            return self._int8
+            return cfile.read_bytes()
         from tinyfed.models.convert import convert_keras_to_int8
 
         data = convert_keras_to_int8(self.load_pretrained(batch_size=1), self.representative_data())
-        self._int8 = data
         if cfile is not None:
             write_cache_file(cfile, data)
         return data

@@ -58,6 +58,7 @@ class ModelSource:
     keras_model: Any = None
     proxy_x: np.ndarray | None = None
     proxy_y: np.ndarray | None = None
+    fisher: Importance | None = None  # a Fisher ranking measured before (a zoo model's, shipped prebuilt)
     warnings: list[str] = field(default_factory=list)  # the model's quirks TFLM accepts (TfliteGraph.warnings)
 
 
@@ -278,6 +279,8 @@ class Plan:
 
 
 def _importance(source: ModelSource, graph: TfliteGraph, cfg: TrainingConfig) -> Importance:
+    if cfg.importance == "fisher" and source.fisher is not None:
+        return source.fisher
     if cfg.importance == "fisher" and source.keras_model is not None and source.proxy_x is not None:
         x = source.proxy_x[: cfg.proxy_samples]
         y = source.proxy_y[: cfg.proxy_samples] if source.proxy_y is not None else None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import numpy as np
-
 from tinyfed.errors import ModelError
 from tinyfed.models.tflite_graph import TfliteGraph
 from tinyfed.planner.config import TrainingConfig
@@ -20,7 +18,6 @@ def load_model_source(spec: str, representative: Path | None, cfg: TrainingConfi
 
     path = Path(spec)
     if spec in ZOO_NAMES:
-        import_tensorflow()
         return _zoo(spec, cfg)
     if path.suffix == ".tflite":
         if not path.is_file():
@@ -54,17 +51,18 @@ def load_model_source(spec: str, representative: Path | None, cfg: TrainingConfi
 
 
 def _zoo(name: str, cfg: TrainingConfig) -> ModelSource:
+    """The shipped int8 model and Fisher ranking (no TensorFlow); the float model only for a ranking on
+    another proxy batch size than the shipped one."""
+    from tinyfed.models.prebuilt_zoo import load_fisher, proxy_batch
     from tinyfed.models.zoo import get_zoo_model
 
-    zoo = get_zoo_model(name)
-    proxy = zoo.proxy_split()
-    # A seeded sample across the proxy users and classes, not the first windows of one user.
-    pick = np.random.default_rng(0).permutation(len(proxy.y))[: cfg.proxy_samples]
-    return ModelSource(
-        name=name,
-        kind="zoo",
-        tflite=zoo.int8_tflite(),
-        keras_model=zoo.load_pretrained(batch_size=1),
-        proxy_x=proxy.x[pick],
-        proxy_y=proxy.y[pick],
-    )
+    tflite = get_zoo_model(name).int8_tflite()
+    fisher = load_fisher(name, tflite, cfg.proxy_samples) if cfg.importance == "fisher" else None
+    if fisher is not None or cfg.importance != "fisher":
+        return ModelSource(name=name, kind="zoo", tflite=tflite, fisher=fisher)
+    from tinyfed.models.tfimport import import_tensorflow
+
+    import_tensorflow()
+    x, y = proxy_batch(name, cfg.proxy_samples)
+    return ModelSource(name=name, kind="zoo", tflite=tflite,
+                       keras_model=get_zoo_model(name).load_pretrained(batch_size=1), proxy_x=x, proxy_y=y)

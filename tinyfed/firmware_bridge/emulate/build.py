@@ -34,10 +34,33 @@ from tinyfed.boards import Board, get_board
 from tinyfed.boards.registry import BUILTIN_DIR
 from tinyfed.errors import TinyfedError
 
-#: ``firmware/`` of this source tree (the firmware is built from source, never shipped).
-FIRMWARE_DIR = Path(__file__).resolve().parents[3] / "firmware"
-#: Default output root: ``build/firmware/<board>`` at the top of the tree (git-ignored).
-DEFAULT_OUT_ROOT = Path(__file__).resolve().parents[3] / "build" / "firmware"
+#: The top of a source checkout, when tinyfed runs from one (its ``firmware/`` is beside ``tinyfed/``).
+_CHECKOUT = Path(__file__).resolve().parents[3]
+#: The firmware sources shipped inside an installed package (``tinyfed/_firmware``, mapped from the
+#: checkout's ``firmware/`` at build time by setup.py: git holds one copy of them).
+_PACKAGED_FIRMWARE = Path(__file__).resolve().parents[2] / "_firmware"
+
+
+def _firmware_dir() -> Path:
+    """The checkout's ``firmware/`` when there is one, else the sources the wheel ships."""
+    checkout = _CHECKOUT / "firmware"
+    if (checkout / "Makefile").is_file() and (_CHECKOUT / "tinyfed").is_dir():
+        return checkout
+    return _PACKAGED_FIRMWARE
+
+
+def _default_out_root() -> Path:
+    """``build/firmware`` at the top of a checkout (git-ignored); from an installed package, never inside
+    site-packages but in the user's cache (``$TINYFED_CACHE_DIR`` or ``$XDG_CACHE_HOME/tinyfed``)."""
+    if FIRMWARE_DIR.parent == _CHECKOUT:
+        return _CHECKOUT / "build" / "firmware"
+    from tinyfed.models.datasets import cache_dir
+
+    return cache_dir() / "firmware"
+
+
+#: Where the firmware sources are: the checkout's ``firmware/`` or the installed package's copy.
+FIRMWARE_DIR = _firmware_dir()
 
 CROSS_PREFIX = "arm-none-eabi-"
 TOOLCHAIN_FIX = "sudo apt-get install --no-install-recommends gcc-arm-none-eabi libnewlib-arm-none-eabi"
@@ -120,6 +143,11 @@ def firmware_boards(firmware_dir: Path = FIRMWARE_DIR) -> list[str]:
     return sorted(p.parent.name for p in (firmware_dir / "boards").glob("*/board.mk"))
 
 
+def default_out_dir(board_name: str) -> Path:
+    """Where a board's firmware is built when no directory is given (``tinyfed emulate`` looks there too)."""
+    return _default_out_root() / board_name
+
+
 def _check_toolchain() -> None:
     missing = [t for t in (CROSS_PREFIX + "gcc", CROSS_PREFIX + "objcopy") if shutil.which(t) is None]
     if missing:
@@ -174,7 +202,7 @@ def build_firmware(
     if not (FIRMWARE_DIR / "Makefile").is_file():
         raise FirmwareBuildError(
             f"the firmware sources are not here ({FIRMWARE_DIR})",
-            fix="build from a tinyfed source checkout (git clone), which has firmware/",
+            fix="reinstall tinyfed (pip install --force-reinstall tinyfed): its wheel ships the firmware sources",
         )
     supported = firmware_boards()
     if board.name not in supported:
@@ -184,7 +212,7 @@ def build_firmware(
             source=board.name,
         )
     _check_toolchain()
-    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT_ROOT / board.name
+    out = Path(out_dir) if out_dir is not None else default_out_dir(board.name)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
