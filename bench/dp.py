@@ -20,16 +20,12 @@ import argparse
 import dataclasses
 import math
 import os
-import time
 from importlib.metadata import version
 
-from tinyfed.host.simulator import SimLimits, Simulation, Study, StudyConfig
+from _study import ftte_study, load
+
+from tinyfed.host.simulator import SimLimits, Simulation
 from tinyfed.training.privacy import DPConfig, expected_norm
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.1f} {five:.1f} {fifteen:.1f} on {os.cpu_count()} cores"
 
 
 def sigma_for(epsilon: float, delta: float, participations: int) -> float:
@@ -52,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cfg = StudyConfig(clients=args.clients, strategies=("ftte",), seed=args.seed, max_versions=args.max_versions,
-                      stop_at_target=False, horizon=None)
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -61,13 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench/dp.py: tinyfed {version('tinyfed') if _installed() else '(source tree)'} at {commit or '?'}, "
           f"dp-accounting "
           f"{version('dp-accounting')}, numpy {version('numpy')}; {load()}")
-    started = time.monotonic()
-    study = Study(cfg)
-    model = study.model("subset")
-    info = study.describe()
-    print(f"har_cnn FTTE, {info['fleet']}, {info['partition']} split, {info['samples_per_device']['mean']:.1f} "
-          f"samples per board, {model.size:,} values per update, seed {cfg.seed}; study built in "
-          f"{time.monotonic() - started:.0f} s")
+    cfg, study, model = ftte_study("har_cnn", args.clients, args.seed, max_versions=args.max_versions,
+                                   stop_at_target=False)
     runs: list[tuple[str, DPConfig | None]] = [("no DP", None)]
     for e in (float(v) for v in args.epsilons.split(",")):
         sigma = sigma_for(e, args.delta, args.participations)

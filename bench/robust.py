@@ -15,13 +15,13 @@ Run: ``PYTHONPATH=. .venv/bin/python bench/robust.py [--clients 500] [--attacker
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
+from _study import ftte_study, load
 
 from tinyfed.host.config import StrategyParams
-from tinyfed.host.simulator import Attack, SimLimits, Simulation, Study, StudyConfig
+from tinyfed.host.simulator import Attack, SimLimits, Simulation
 from tinyfed.host.strategies import build_variant
 
 
@@ -48,17 +48,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    cfg = StudyConfig(model=args.model, clients=args.clients, strategies=("ftte",), seed=args.seed,
-                      target_accuracy=None, stop_at_target=False, max_versions=None, horizon=None)
     started = time.monotonic()
-    study = Study(cfg)
-    model = study.model("subset")
-    info = study.describe()
-    print(f"## {args.model}: {info['fleet']}, slowdown {info['slowdown']}, {info['partition']} split, "
-          f"{info['samples_per_device']['mean']:.1f} samples per device, seed {args.seed}; FTTE K = "
-          f"{cfg.strategy_params.buffer_size}, every run to {args.sim_seconds:g} simulated s, evaluated every "
-          f"{args.evaluate_every} versions; attackers {args.attackers:g} of the boards "
-          f"({round(args.attackers * args.clients)}); study built in {time.monotonic() - started:.1f} s")
+    cfg, study, model = ftte_study(args.model, args.clients, args.seed, target_accuracy=None, stop_at_target=False,
+                                   max_versions=None)
+    print(f"every run to {args.sim_seconds:g} simulated s, evaluated every {args.evaluate_every} versions; "
+          f"attackers {args.attackers:g} of the boards ({round(args.attackers * args.clients)})")
     attacks = [("clean", "none"), ("sign-flip", "sign-flip"), (f"scaled x{args.scale:g}", f"scale:{args.scale:g}")]
     compared = rules([float(b) for b in args.trims.split(",") if b], args.quantile)
     table: dict[tuple[str, str], tuple[float, float, int, float]] = {}
@@ -91,10 +85,8 @@ def main() -> None:
             final, tail_mean, _, _ = table[attack_name, rule_name]
             cells.append(f"{final:.4f} ({tail_mean:.4f}; {100 * (final - clean):+.1f})")
         print(f"| {rule_name} | {' | '.join(cells)} |")
-    one, five, fifteen = os.getloadavg()
     print(f"\ncells: final accuracy (mean of the last tenth's evaluations; points against clean plain FTTE "
-          f"{clean:.4f}). Wall {time.monotonic() - started:.0f} s, load average {one:.1f} {five:.1f} {fifteen:.1f} "
-          f"on {os.cpu_count()} cores")
+          f"{clean:.4f}). Wall {time.monotonic() - started:.0f} s, {load()}")
 
 
 if __name__ == "__main__":

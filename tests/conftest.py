@@ -51,20 +51,12 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 @pytest.fixture(scope="session")
 def har_training_case(tmp_path_factory: pytest.TempPathFactory):
     """har_cnn planned for an nRF52840, compiled for the board, with 8 users' local data."""
-    import os
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _training_case import build_training_case
 
-    mp = pytest.MonkeyPatch()
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    try:
-        yield build_training_case(tmp_path_factory.mktemp("train_plan"))
-    finally:
-        mp.undo()
+    return build_training_case(tmp_path_factory.mktemp("train_plan"))
 
 
 #: The slowest test files, slowest first (see ``pytest --durations``). Under pytest-xdist

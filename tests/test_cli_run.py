@@ -167,3 +167,36 @@ def test_a_run_whose_boards_all_failed_authentication_says_which_key_store_to_pa
     said = capsys.readouterr().err
     assert "refused authentication (bad_mac, unknown_device)" in said and "--key-store" in said, said
     assert "powered" not in said
+
+
+def test_run_fleet_reads_the_fleet_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --fleet` checks the file before naming a run directory and opens its devices from that one
+    reading (the file could change in between); stopped where training would start."""
+    from click.testing import CliRunner
+
+    from tinyfed.cli import cli
+    from tinyfed.commands import run as run_command
+    from tinyfed.errors import TinyfedError
+    from tinyfed.firmware_bridge.link import devices as link_devices
+
+    urls = [f"sim://mps2-an386?name=once{i}" for i in range(2)]
+    fleet = link_devices.write_device_fleet(tmp_path / "fleet.toml", "once", [("mps2-an386", urls)])
+    reads: list[Path] = []
+    real = link_devices.load_device_fleet
+
+    def counted(path: Path | str, *args: object, **kwargs: object) -> object:
+        reads.append(Path(path))
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    trained: list[list[str]] = []
+
+    def stop(stack: object, cfg: object, out: Path, devices: list, *args: object, **kwargs: object) -> None:
+        trained.append([d.url for d in devices])
+        raise TinyfedError("stopped before training")
+
+    monkeypatch.setattr(link_devices, "load_device_fleet", counted)
+    monkeypatch.setattr(run_command, "train_run", stop)
+    result = CliRunner().invoke(cli, ["run", "--fleet", str(fleet), "--model", "digits_cnn", "--max-versions", "1",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "stopped before training" in result.output, result.output
+    assert reads == [fleet] and trained == [urls]

@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from _har_setup import har_subset_setup
 
 from tinyfed.firmware_bridge.link.train_link import (
     TRAIN_RESPONSE,
@@ -25,27 +26,16 @@ from tinyfed.host.strategies import get_strategy
 DEVICES = 4
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    mp = pytest.MonkeyPatch()
-    import os
-
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 def _devices(tag: str) -> list[DeviceSpec]:
     return [DeviceSpec(f"{tag}{i}", f"sim://mps2-an386?name={tag}{i}", "mps2-an386") for i in range(DEVICES)]
 
 
 @pytest.fixture(scope="module")
-def setups(cache_dir, tmp_path_factory: pytest.TempPathFactory):
+def setups(tmp_path_factory: pytest.TempPathFactory):
     devs = _devices("dev")
     # FTTE trains har_cnn's w*; the dense baselines train every layer of digits_cnn (har_cnn's
     # whole training state, 12 B per weight, does not fit a 256 KiB board)
-    return {"subset": prepare_run("har_cnn", devs, "subset", work_dir=tmp_path_factory.mktemp("s"), max_windows=48),
+    return {"subset": har_subset_setup(tmp_path_factory, devs),
             "dense": prepare_run("digits_cnn", devs, "dense", work_dir=tmp_path_factory.mktemp("d"), partition="iid")}
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _har_setup import har_subset_setup
 
 from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 from tinyfed.host.engine import Engine, Limits, LocalTraining
 from tinyfed.host.events import EventLog, read_events, summarize
-from tinyfed.host.setup import DeviceSpec, prepare_run
+from tinyfed.host.setup import DeviceSpec
 from tinyfed.host.strategies import get_strategy
 
 pytestmark = pytest.mark.slow
@@ -23,14 +24,7 @@ def _devices() -> list[DeviceSpec]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
-    import os
-
-    mp = pytest.MonkeyPatch()
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield prepare_run("har_cnn", _devices(), "subset", work_dir=tmp_path_factory.mktemp("nested"), max_windows=48,
-                      start="fresh-head", core_budget=0.1, nested=True)
-    mp.undo()
+    return har_subset_setup(tmp_path_factory, _devices(), start="fresh-head", core_budget=0.1, nested=True)
 
 
 def test_a_nested_run_on_two_memory_classes(setup, tmp_path) -> None:

@@ -75,6 +75,7 @@ BASES: dict[str, Base] = {
     "dashboard": Base(("{missing}",), sentinel=True),
     "demo": Base(("--simulate", "2", "--max-windows", "2", "--out", "{out}", "--json", "--jsonl"), sentinel=True),
     "devices": Base(("--url", "sim://mps2-an386")),
+    "doctor": Base(()),
     "emulate": Base(("--board", "mps2-an386", "--elf", "{missing}"), sentinel=True),
     "firmware build": Base(("--board", "mps2-an386", "--out", "{out}")),
     "flash": Base(("--board", "mps2-an386"), sentinel=True),

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _har_setup import har_subset_setup
 from fake_board import UPDATE_BEHAVIOURS, FakeBoard
 
 from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 from tinyfed.host.engine import Engine, Limits, LocalTraining
 from tinyfed.host.events import EventLog, read_events, summarize
-from tinyfed.host.setup import DeviceSpec, prepare_run
+from tinyfed.host.setup import DeviceSpec
 from tinyfed.host.strategies import get_strategy
 
 HONEST = ["dev0", "dev1", "dev2"]
@@ -34,14 +35,9 @@ MAX_VERSIONS = 40
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
-    mp = pytest.MonkeyPatch()
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     devices = [DeviceSpec(n, f"sim://{BOARD}?name={n}", BOARD) for n in [*HONEST, HOSTILE]]
     # iid shares: one board more or less (a refused one) moves the model by noise, not by its data
-    yield prepare_run("har_cnn", devices, "subset", work_dir=tmp_path_factory.mktemp("plan"), max_windows=48,
-                      partition="iid")
-    mp.undo()
+    return har_subset_setup(tmp_path_factory, devices, partition="iid")
 
 
 def _devices(fake: FakeBoard) -> list[DeviceSpec]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,7 @@ from tinyfed.host.events import STUDY_KINDS, StudyLog, read_events, summarize
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory: pytest.TempPathFactory):
-    mp = pytest.MonkeyPatch()
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def jsonl_run(cache_env: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def jsonl_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``tinyfed run --simulate 2 --jsonl`` on a pipe (CliRunner), with the upload rows the view got."""
     from tinyfed.firmware_bridge.twin.sim import forget_sim_boards
 
@@ -45,12 +35,15 @@ def jsonl_run(cache_env: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
         rows.append(dict(row))
         original(self, row)
 
-    cache_env.setattr(UploadProgress, "update", record)
     out = tmp_path_factory.mktemp("run") / "r"
     forget_sim_boards()
-    result = CliRunner().invoke(cli, ["run", "--simulate", "2", "--max-versions", "2", "--max-windows", "16",
-                                      "--out", str(out), "--jsonl"])
-    cache_env.setattr(UploadProgress, "update", original)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(UploadProgress, "update", record)
+    try:
+        result = CliRunner().invoke(cli, ["run", "--simulate", "2", "--max-versions", "2", "--max-windows", "16",
+                                          "--out", str(out), "--jsonl"])
+    finally:
+        mp.undo()
     return {"result": result, "out": out, "rows": rows}
 
 
@@ -163,7 +156,7 @@ def test_the_live_view_waits_for_the_boards_and_never_shows_a_frozen_nan() -> No
 
 
 @pytest.fixture(scope="module")
-def jsonl_study(cache_env: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def jsonl_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("sim") / "s"
     result = CliRunner().invoke(cli, ["simulate", "--model", "digits_cnn", "--count", "20", "--max-versions", "3",
                                       "--strategies", "ftte,fedbuff@subset", "--out", str(out), "--jsonl"])

@@ -131,13 +131,9 @@ def test_sigkilled_run_resumes_to_the_same_version_count_without_losing_or_repea
 
 @pytest.fixture(scope="module")
 def one_board(tmp_path_factory: pytest.TempPathFactory):
-    mp = pytest.MonkeyPatch()
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     devices = [DeviceSpec("solo", "sim://mps2-an386?name=solo", "mps2-an386")]
     setup = prepare_run("har_cnn", devices, "subset", work_dir=tmp_path_factory.mktemp("setup"), max_windows=16)
-    yield setup, devices
-    mp.undo()
+    return setup, devices
 
 
 def _engine(setup, devices, events: EventLog, versions: int, **kw) -> Engine:

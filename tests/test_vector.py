@@ -34,11 +34,6 @@ def test_a_vector_that_is_not_flat_is_refused() -> None:  # the right count, but
 @pytest.fixture(scope="module")
 def digits_tail(tmp_path_factory: pytest.TempPathFactory):
     """digits_cnn's whole model as a float tail, its start vector and 200 test samples."""
-    import os
-
-    mp = pytest.MonkeyPatch()
-    if "TINYFED_CACHE_DIR" not in os.environ:
-        mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     from tinyfed.firmware_bridge.compile.local_data import quantize_inputs
     from tinyfed.models.tflite_graph import TfliteGraph
     from tinyfed.models.zoo import get_zoo_model
@@ -54,8 +49,7 @@ def digits_tail(tmp_path_factory: pytest.TempPathFactory):
     test = zm.test_split()
     x = tail.dequantize_input(quantize_inputs(test.x[:200], float(t_in.scales[0]), int(t_in.zero_points[0])))
     w0 = np.concatenate([u.values.ravel() for u in units]).astype(np.float32)
-    yield tail, [(len(u.channels), u.values_per_channel) for u in units], w0, x, test.y[:200].astype(np.int64)
-    mp.undo()
+    return tail, [(len(u.channels), u.values_per_channel) for u in units], w0, x, test.y[:200].astype(np.int64)
 
 
 def test_the_evaluator_scores_the_vector_it_is_given_and_leaves_the_tail_alone(digits_tail) -> None:

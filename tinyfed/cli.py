@@ -56,6 +56,7 @@ COMMANDS: dict[str, str] = {
                "(emulated) or cycles (a real board), MACs and instructions per MAC.",
     "dashboard": "Serve a live web page of runs and simulate studies: versions, metric, boards, aggregations.",
     "keys": "The fleet key store: list the provisioned boards (never their keys), forget one.",
+    "doctor": "Check what is installed for each capability and say what installs the rest.",
 }
 
 
@@ -173,12 +174,24 @@ class TinyfedGroup(click.Group):
         ctx.exit(code if code is not None else exc.exit_code)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: the package's version and the firmware protocol's (``link.framing.PROTOCOL_VERSION``,
+    which tests/test_wire_constants.py holds equal to firmware/src/protocol.h's PROTO_VERSION)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from tinyfed.doctor import protocol_version
+
+    click.echo(f"tinyfed {__version__}, firmware protocol {protocol_version()}")
+    ctx.exit()
+
+
 @click.group(cls=TinyfedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks on errors.")
 @click.option("--key-store", "key_store", type=click.Path(dir_okay=False), metavar="FILE",
               help="The fleet key store: every board's device key (default $TINYFED_KEY_STORE, else "
                    "$XDG_DATA_HOME/tinyfed/keys.json; docs/security.md).")
-@click.version_option(__version__, prog_name="tinyfed")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show tinyfed's version and the firmware protocol version it speaks, and exit.")
 def cli(verbose: int, key_store: str | None) -> None:
     """Federated learning on fleets of microcontrollers.
 

@@ -276,10 +276,12 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
     cfg = checked_config(cfg.model_dump(), {**top, **nesting, "limits": limits, "data": data,
                                             "strategy_params": robustness,
                                             "privacy": privacy})
-    if fleet_path is not None:  # a fleet that cannot be run is refused before a run directory is named
+    fleet = None
+    if fleet_path is not None:  # read once; a fleet that cannot be run is refused before a run directory is named
         from tinyfed.firmware_bridge.link.devices import load_device_fleet, require_urls
 
-        require_urls(load_device_fleet(fleet_path, boards_dirs))
+        fleet = load_device_fleet(fleet_path, boards_dirs)
+        require_urls(fleet)
     out = new_run_dir(out_dir, create=False)
     click.echo(f"run directory {out}", err=True)  # first: loading the model may take a while
     start_dashboard(out)
@@ -291,17 +293,18 @@ def run(ctx: click.Context, fleet_path: Path | None, emulate: int | None, simula
         claim_run_dir(claim, out, fresh=True)
         cfg.dump(out)
         set_resume_hint(out)
-        _train_fresh(cfg, out, run_data, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
+        _train_fresh(cfg, out, run_data, fleet_path=fleet_path, fleet=fleet, emulate=emulate, simulate=simulate,
                      board_name=board_name, boards_dirs=boards_dirs, max_windows=max_windows, as_json=as_json,
                      jsonl=jsonl)
 
 
-def _train_fresh(cfg: Any, out: Path, run_data: Any, *, fleet_path: Path | None, emulate: int | None,
+def _train_fresh(cfg: Any, out: Path, run_data: Any, *, fleet_path: Path | None, fleet: Any, emulate: int | None,
                  simulate: int | None, board_name: str, boards_dirs: tuple[Path, ...], max_windows: int | None,
                  as_json: bool, jsonl: bool) -> None:
-    """A fresh run in the claimed ``out``: open its devices, record them, train and report."""
+    """A fresh run in the claimed ``out``: open its devices (``fleet``: ``--fleet``'s file, read and checked
+    already), record them, train and report."""
     with ExitStack() as stack:
-        devices, source, count = open_devices(stack, fleet_path=fleet_path, emulate=emulate, simulate=simulate,
+        devices, source, count = open_devices(stack, fleet=fleet, emulate=emulate, simulate=simulate,
                                               board_name=board_name, boards_dirs=boards_dirs,
                                               strategy=cfg.strategy, model=cfg.model,
                                               payload=strategy_payload(cfg.strategy, cfg.strategy_params),
@@ -388,13 +391,14 @@ def claim_run_dir(stack: ExitStack, out: Path, *, fresh: bool) -> None:
                            source=str(out))
 
 
-def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: int | None = None,
+def open_devices(stack: ExitStack, *, fleet: Any = None, emulate: int | None = None,
                  simulate: int | None = None, board_name: str = "mps2-an386",
                  boards_dirs: tuple[Path, ...] = (), strategy: str | None = None,
                  model: str | None = None, payload: str | None = None, quiet: bool = False) -> tuple[list, str, int]:
     """The run's devices from exactly one source; emulators booted here stop when ``stack`` closes.
 
-    Returns the devices, the source's name (``fleet``, ``emulate``, ``simulate``, as
+    ``fleet`` is a fleet file already read and checked (``link.devices.load_device_fleet`` and
+    ``require_urls``). Returns the devices, the source's name (``fleet``, ``emulate``, ``simulate``, as
     ``devices.json`` records it) and the count asked for. With ``strategy`` and ``model`` given,
     ``--emulate`` boots the board's baseline profile for a dense baseline that does not fit the
     board (:func:`emulated_board_for`; ``payload`` is the strategy's when its params set one); the
@@ -403,11 +407,7 @@ def open_devices(stack: ExitStack, *, fleet_path: Path | None = None, emulate: i
     from tinyfed.boards import get_board
     from tinyfed.host.setup import DeviceSpec
 
-    if fleet_path is not None:
-        from tinyfed.firmware_bridge.link.devices import load_device_fleet, require_urls
-
-        fleet = load_device_fleet(fleet_path, boards_dirs)
-        require_urls(fleet)
+    if fleet is not None:
         devices = [DeviceSpec(d.name, d.url, d.board) for d in fleet.linked if d.url is not None]
         return devices, "fleet", len(devices)
     if emulate is not None:

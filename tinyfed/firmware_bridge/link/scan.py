@@ -42,22 +42,30 @@ class Scan:
 
 def scan() -> Scan:
     """Every serial port pyserial sees, and every debug probe pyOCD sees."""
+    probes, problem = debug_probes()
+    return Scan(ports=serial_ports(), probes=probes, probe_problem=problem)
+
+
+def serial_ports() -> list[SerialPort]:
+    """Every serial port pyserial sees, by device name."""
     from serial.tools import list_ports
 
-    result = Scan()
+    found = []
     for p in sorted(list_ports.comports(), key=lambda p: p.device):
         vid_pid = f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None
-        result.ports.append(SerialPort(p.device, p.description or "", p.hwid or "", vid_pid))
+        found.append(SerialPort(p.device, p.description or "", p.hwid or "", vid_pid))
+    return found
+
+
+def debug_probes() -> tuple[list[Probe], str | None]:
+    """Every debug probe pyOCD sees, and why none could be listed (pyOCD missing, no USB access) or None."""
     try:
         from pyocd.probe.aggregator import DebugProbeAggregator
     except ImportError:
-        result.probe_problem = "pyOCD is not installed (pip install pyocd) to list debug probes"
-        return result
+        return [], "pyOCD is not installed (pip install pyocd) to list debug probes"
     try:
         probes = DebugProbeAggregator.get_all_connected_probes()
     except Exception as exc:  # noqa: BLE001 - a USB back end that cannot start: say why, list the ports anyway
         log.debug("probe scan failed", exc_info=True)
-        result.probe_problem = f"pyOCD could not list probes: {exc}"
-        return result
-    result.probes = [Probe(str(p.unique_id), str(p.vendor_name), str(p.product_name)) for p in probes]
-    return result
+        return [], f"pyOCD could not list probes: {exc}"
+    return [Probe(str(p.unique_id), str(p.vendor_name), str(p.product_name)) for p in probes], None
