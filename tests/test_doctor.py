@@ -130,13 +130,14 @@ def test_a_qemu_without_a_boards_machine_is_partial_and_a_hung_tool_is_cut_off(t
 
 
 def test_missing_packages_block_their_capability_and_a_missing_base_one_fails_the_core(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real_spec = Host().find_spec
 
     def no_tf(name: str) -> Any:
         return None if name in ("tensorflow", "ray", doctor_mod.HAPT_MODULE) else real_spec(name)
 
-    report = diagnose(Host(find_spec=no_tf))
+    assert {i.name: i for i in diagnose(Host(find_spec=no_tf)).items}["HAPT dataset"].status == "ok"  # shipped
+    report = diagnose(Host(find_spec=no_tf, hapt_shipped=tmp_path / "no-such.npz"))
     items = {i.name: i for i in report.items}
     assert items["TensorFlow"].status == "missing" and items["TensorFlow"].install == "pip install 'tinyfed[convert]'"
     assert [i.name for i in report.blockers("convert")] == ["TensorFlow"]
@@ -164,7 +165,10 @@ def test_restated_install_lines_match_their_sources() -> None:
     from tinyfed.firmware_bridge.emulate.build import TOOLCHAIN_FIX as build_fix
     from tinyfed.models.datasets import HAPT_PACKAGE, HAPT_PIP
 
+    from tinyfed.models.hapt_pack import PACKED_PATH
+
     assert (TOOLCHAIN_FIX, doctor_mod.HAPT_PIP, doctor_mod.HAPT_MODULE) == (build_fix, HAPT_PIP, HAPT_PACKAGE)
+    assert doctor_mod.HAPT_SHIPPED == PACKED_PATH
 
 
 def test_version_names_the_package_and_the_firmware_protocol() -> None:
