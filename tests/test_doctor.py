@@ -164,7 +164,6 @@ def test_missing_packages_block_their_capability_and_a_missing_base_one_fails_th
 def test_restated_install_lines_match_their_sources() -> None:
     from tinyfed.firmware_bridge.emulate.build import TOOLCHAIN_FIX as build_fix
     from tinyfed.models.datasets import HAPT_PACKAGE, HAPT_PIP
-
     from tinyfed.models.hapt_pack import PACKED_PATH
 
     assert (TOOLCHAIN_FIX, doctor_mod.HAPT_PIP, doctor_mod.HAPT_MODULE) == (build_fix, HAPT_PIP, HAPT_PACKAGE)
