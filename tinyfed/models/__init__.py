@@ -6,7 +6,7 @@ Keras; only building, pretraining and converting models do, inside the functions
 >>> from tinyfed.models import get_zoo_model, ZOO_NAMES
 >>> zm = get_zoo_model("har_cnn")
 >>> parts = zm.client_partitions("natural")        # 27 users, indices into zm.client_split()
->>> tflite = zm.int8_tflite()                       # full-int8 flatbuffer (cached)
+>>> tflite = zm.int8_tflite()                       # full-int8 flatbuffer (shipped prebuilt)
 """
 
 from __future__ import annotations
