@@ -81,8 +81,11 @@ def test_wheel_installs_and_runs_without_the_checkout_or_tensorflow(tmp_path: Pa
     doctor = json.loads(_sh([tinyfed, "doctor", "--json"], cwd=elsewhere, env=env).stdout)
     assert doctor["core_ok"] is True
 
+    (shipped,) = venv.glob("lib/python*/site-packages/tinyfed/_firmware")
+    sources = sorted(shipped.rglob("*"))
     build = json.loads(_sh([tinyfed, "firmware", "build", "--board", "mps2-an386", "--json"], cwd=elsewhere,
                            env=env).stdout)
+    assert sorted(shipped.rglob("*")) == sources  # make wrote nothing beside the installed sources
     elf = Path(build["elf"])
     # Built in the user's cache, where `tinyfed emulate` and --emulate runs look for it, not in site-packages.
     assert elf.is_file() and elf.parent == Path(where["fw_out"]) == tmp_path / "cache" / "tinyfed" / "firmware" / \
