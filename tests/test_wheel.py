@@ -59,9 +59,9 @@ def test_wheel_installs_and_runs_without_the_checkout_or_tensorflow(tmp_path: Pa
         assert must in names, must
 
     venv = tmp_path / "venv"
-    _sh([sys.executable, "-m", "venv", venv], cwd=tmp_path)
+    _sh([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)  # this pip installs into it
     py, tinyfed = venv / "bin" / "python", venv / "bin" / "tinyfed"
-    _sh([py, "-m", "pip", "install", "-q", "--no-compile", wheel], cwd=tmp_path)
+    _sh([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-compile", wheel], cwd=tmp_path)
 
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     home.mkdir()
