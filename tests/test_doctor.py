@@ -80,8 +80,8 @@ def test_the_json_schema(here: tuple[int, Any]) -> None:
         assert cap["blocked_by"] == blocked and cap["ok"] == (not blocked), cap
     names = set(_items(report))
     assert names >= {"python", "Python packages", "tflite-micro", "ai-edge-litert", "arm-none-eabi-gcc", "make",
-                     "qemu-system-arm", "renode", "pyOCD", "serial ports", "TensorFlow", "Ray", "HAPT dataset",
-                     "chromium", "chromedriver"}
+                     "firmware sources", "qemu-system-arm", "renode", "pyOCD", "serial ports", "TensorFlow", "Ray",
+                     "HAPT dataset", "chromium", "chromedriver"}
     assert report["seconds"] < 2.0  # the probes run at once; the slowest here takes a few tens of ms
 
 
