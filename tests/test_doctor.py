@@ -129,15 +129,19 @@ def test_a_qemu_without_a_boards_machine_is_partial_and_a_hung_tool_is_cut_off(t
     assert report.core_ok and [i.name for i in report.blockers("emulate")][-1] == "qemu-system-arm"
 
 
-def test_missing_packages_block_their_capability_and_a_missing_base_one_fails_the_core(
+def test_missing_packages_and_sources_block_their_capability_and_a_missing_base_one_fails_the_core(
         monkeypatch: pytest.MonkeyPatch) -> None:
     real_spec = Host().find_spec
 
     def no_tf(name: str) -> Any:
         return None if name in ("tensorflow", "ray", doctor_mod.HAPT_MODULE) else real_spec(name)
 
+    from tinyfed.firmware_bridge.emulate import build
+
+    monkeypatch.setattr(build, "FIRMWARE_DIR", Path("/nonexistent/firmware"))  # an install without the sources
     report = diagnose(Host(find_spec=no_tf))
     items = {i.name: i for i in report.items}
+    assert items["firmware sources"].status == "missing" and items["firmware sources"].blocks == ("build", "emulate")
     assert items["TensorFlow"].status == "missing" and items["TensorFlow"].install == "pip install 'tinyfed[convert]'"
     assert [i.name for i in report.blockers("convert")] == ["TensorFlow"]
     assert [i.name for i in report.blockers("ray")] == ["Ray"]
