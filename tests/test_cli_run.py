@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -194,7 +195,11 @@ def test_run_fleet_reads_the_fleet_file_once(tmp_path: Path, monkeypatch: pytest
         trained.append([d.url for d in devices])
         raise TinyfedError("stopped before training")
 
+    def no_data(cfg: object, *args: object, **kwargs: object) -> tuple[object, object]:
+        return cfg, SimpleNamespace(task=SimpleNamespace(value="classify"))  # the model and data are not the point
+
     monkeypatch.setattr(link_devices, "load_device_fleet", counted)
+    monkeypatch.setattr(run_command, "checked_run_data", no_data)
     monkeypatch.setattr(run_command, "train_run", stop)
     result = CliRunner().invoke(cli, ["run", "--fleet", str(fleet), "--model", "digits_cnn", "--max-versions", "1",
                                       "--out", str(tmp_path / "run")])

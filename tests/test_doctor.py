@@ -80,8 +80,8 @@ def test_the_json_schema(here: tuple[int, Any]) -> None:
         assert cap["blocked_by"] == blocked and cap["ok"] == (not blocked), cap
     names = set(_items(report))
     assert names >= {"python", "Python packages", "tflite-micro", "ai-edge-litert", "arm-none-eabi-gcc", "make",
-                     "qemu-system-arm", "renode", "pyOCD", "serial ports", "TensorFlow", "Ray", "HAPT dataset",
-                     "chromium", "chromedriver"}
+                     "firmware sources", "qemu-system-arm", "renode", "pyOCD", "serial ports", "TensorFlow", "Ray",
+                     "HAPT dataset", "chromium", "chromedriver"}
     assert report["seconds"] < 2.0  # the probes run at once; the slowest here takes a few tens of ms
 
 
@@ -129,31 +129,32 @@ def test_a_qemu_without_a_boards_machine_is_partial_and_a_hung_tool_is_cut_off(t
     assert report.core_ok and [i.name for i in report.blockers("emulate")][-1] == "qemu-system-arm"
 
 
-def test_missing_packages_block_their_capability_and_a_missing_base_one_fails_the_core(
+def test_missing_packages_and_sources_block_their_capability_and_a_missing_base_one_fails_the_core(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real_spec = Host().find_spec
 
     def no_tf(name: str) -> Any:
         return None if name in ("tensorflow", "ray", doctor_mod.HAPT_MODULE) else real_spec(name)
 
+    from tinyfed.firmware_bridge.emulate import build
+
     assert {i.name: i for i in diagnose(Host(find_spec=no_tf)).items}["HAPT dataset"].status == "ok"  # shipped
+    monkeypatch.setattr(build, "FIRMWARE_DIR", tmp_path / "firmware")  # an install without the sources
     report = diagnose(Host(find_spec=no_tf, hapt_shipped=tmp_path / "no-such.npz"))
     items = {i.name: i for i in report.items}
+    assert items["firmware sources"].status == "missing" and items["firmware sources"].blocks == ("build", "emulate")
     assert items["TensorFlow"].status == "missing" and items["TensorFlow"].install == "pip install 'tinyfed[convert]'"
     assert [i.name for i in report.blockers("convert")] == ["TensorFlow"]
     assert [i.name for i in report.blockers("ray")] == ["Ray"]
     assert items["HAPT dataset"].install == doctor_mod.HAPT_PIP and report.blockers("har")
     assert report.core_ok  # all optional
 
-    report = diagnose(Host(requirements=("numpy>=2.0", "tinyfed-no-such-package>=1")))
-    row = next(i for i in report.items if i.name == "Python packages")
+    broken = diagnose(Host(requirements=("numpy>=2.0", "tinyfed-no-such-package>=1")))
+    row = next(i for i in broken.items if i.name == "Python packages")
     assert row.status == "missing" and row.detail == "missing: tinyfed-no-such-package"
-    assert row.install == "pip install 'tinyfed-no-such-package>=1'" and not report.core_ok
+    assert row.install == "pip install 'tinyfed-no-such-package>=1'" and not broken.core_ok
 
-    def broken() -> Any:
-        return diagnose(Host(requirements=("tinyfed-no-such-package>=1",)))
-
-    monkeypatch.setattr(doctor_mod, "diagnose", broken)
+    monkeypatch.setattr(doctor_mod, "diagnose", lambda: broken)
     code, out = _doctor()
     assert code == 1 and out["core_ok"] is False
     assert _capabilities(out)["simulate"]["blocked_by"] == ["Python packages"]

@@ -198,6 +198,8 @@ def test_study_log_refuses_unknown_kinds_and_missing_fields(tmp_path: Path) -> N
             log.append("arrival", task=1)
         with pytest.raises(ValueError, match="needs files"):
             log.append("study_end")
+        with pytest.raises(ValueError, match="set by the log"):  # the checks a run's EventLog makes too
+            log.append("leg", name="target", text="again", t=0.0)
     assert [e["kind"] for e in read_events(tmp_path)] == ["leg"] and heard[0]["seq"] == 0
     with StudyLog(None) as log:  # no --out: the listeners still hear every event
         assert log.append("study_end", files=[])["kind"] == "study_end" and log.path is None

@@ -250,3 +250,28 @@ def test_a_live_study_renders_from_its_events(tmp_path: Path) -> None:
     _write(tmp_path, [{"t": 0.3, "kind": "study_end"}])
     r.refresh()
     assert r.snapshot()["status"] == "finished"
+
+
+@pytest.mark.parametrize(("config", "metric", "target"), [
+    ("", "accuracy", None),  # no config.toml yet: the page shows no target
+    ('task = "classify"\n', "accuracy", 0.85),  # a classifier's default (RunConfig's)
+    ("target_accuracy = 0.7\n", "accuracy", 0.7),
+    ('task = "anomaly"\ntarget_metric = 0.9\n', "auc", 0.9),
+    ('task = "anomaly"\n', "auc", None),  # other tasks have no default
+])
+def test_the_dashboard_and_runs_read_one_target(tmp_path: Path, config: str, metric: str, target: float | None) -> None:
+    """The target on the page is `tinyfed runs`' (tinyfed.host.runs.run_target), and its default is RunConfig's."""
+    from tinyfed.host.config import DEFAULT_TARGET_ACCURACY
+    from tinyfed.host.runs import DEFAULT_TARGET_ACCURACY as runs_default
+    from tinyfed.host.runs import load
+
+    assert runs_default == DEFAULT_TARGET_ACCURACY
+    _write(tmp_path, [{"t": 0.0, "kind": "run_start", "devices": ["a"]},
+                      {"t": 1.0, "kind": "evaluation", "version": 0, "metric": metric, metric: 0.5, "loss": 1.0}])
+    if config:
+        (tmp_path / "config.toml").write_text(config)
+    r = DirReader(tmp_path)
+    r.refresh()
+    assert r.snapshot()["target"] == target
+    if config:
+        assert load(tmp_path).target == target

@@ -247,6 +247,17 @@ def _toolchain(host: Host) -> list[Item]:
     return [gcc_item, make_item]
 
 
+def _firmware_sources(host: Host) -> list[Item]:
+    """The firmware's sources and Makefile, which ``tinyfed firmware build`` compiles."""
+    from tinyfed.firmware_bridge.emulate.build import FIRMWARE_DIR
+
+    if (FIRMWARE_DIR / "Makefile").is_file():
+        return [Item("firmware sources", "ok", None, str(FIRMWARE_DIR))]
+    return [Item("firmware sources", "missing", None, f"no firmware Makefile in {FIRMWARE_DIR}",
+                 "reinstall tinyfed (pip install --force-reinstall tinyfed), or use a source checkout",
+                 ("build", "emulate"))]
+
+
 def _board_machines() -> tuple[dict[str, list[str]], dict[str, list[str]], str | None]:
     """The board profiles' QEMU machines and Renode platforms (each: the boards that use it), or why
     the profiles could not be read."""
@@ -378,7 +389,7 @@ def _browser(host: Host) -> list[Item]:
 
 #: Every probe, in the order of the report.
 PROBES: tuple[Callable[[Host], list[Item]], ...] = (
-    _python, _base_packages, _toolchain, _qemu, _renode, _pyocd, _serial_ports, _packages, _browser,
+    _python, _base_packages, _toolchain, _firmware_sources, _qemu, _renode, _pyocd, _serial_ports, _packages, _browser,
 )
 
 

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Self, TextIO
+from typing import Any, BinaryIO, ClassVar, Self, TextIO
 
 from tinyfed.errors import TinyfedError, WriteError
 
@@ -77,7 +77,63 @@ class EventLogWriteError(EventLogError, WriteError):
     """An event could not be written (a full disk): names the log and the byte the event was to start at."""
 
 
-class EventLog:
+class _Appender:
+    """What a run's and a study's event logs share: each event is checked against the log's kinds
+    (refused here, where the bug is, rather than when the log is read), stamped with ``seq``, ``t``,
+    ``wall`` and ``kind``, written by the log's own :meth:`_put`, then handed to the ``listeners``."""
+
+    #: the kinds this log takes and the fields each must carry
+    kinds: ClassVar[dict[str, tuple[str, ...]]]
+    #: what its events are called in errors
+    what: ClassVar[str]
+
+    def __init__(self) -> None:
+        #: called with each event once it is written (``--jsonl`` prints them); the writer's thread calls them
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._seq = 0
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Write one event and flush it; return the event as written.
+
+        Unknown kinds, missing required fields and fields the log sets itself are refused.
+        """
+        if kind not in self.kinds:
+            raise ValueError(f"unknown {self.what} kind {kind!r}; known: {', '.join(self.kinds)}")
+        missing = [f for f in self.kinds[kind] if f not in fields]
+        if kind == "evaluation" and str(fields.get("metric", "accuracy")) not in fields:
+            missing.append(str(fields.get("metric", "accuracy")))
+        if missing:
+            raise ValueError(f"a {kind} event needs {', '.join(dict.fromkeys(missing))}")
+        clash = [f for f in _RESERVED if f in fields]
+        if clash:
+            raise ValueError(f"event fields {clash} are set by the log")
+        event: dict[str, Any] = {"seq": self._seq, "t": round(self.now(), 6), "wall": round(time.time(), 6),
+                                 "kind": kind, **fields}
+        self._put(event)
+        self._seq += 1
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def now(self) -> float:
+        """The log's ``t`` for an event written now."""
+        raise NotImplementedError
+
+    def _put(self, event: dict[str, Any]) -> None:
+        """Write ``event`` (flushed)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventLog(_Appender):
     """Appends events to ``RUN_DIR/events.jsonl``; reopening an existing log continues it.
 
     Opening scans the file: a torn last line (a crash mid-write) is cut, and ``seq`` and ``t``
@@ -85,10 +141,12 @@ class EventLog:
     checkpoint's position, dropping events the checkpoint does not cover.
     """
 
+    kinds = KINDS
+    what = "event"
+
     def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
         self.path = Path(run_dir) / EVENTS_FILE
-        #: called with each event once it is on disk (``--jsonl`` prints them); the writer's thread calls them
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # a run's records are its owner's
         self._fh: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
@@ -125,42 +183,15 @@ class EventLog:
             self.sync()
             self._fh.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- writing ------------------------------------------------------------------------------
 
-    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Write one event and flush it; return the event as written.
-
-        Unknown kinds, missing required fields and values JSON cannot hold are refused here,
-        where the bug is, rather than when the log is read.
-        """
-        if kind not in KINDS:
-            raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(KINDS)}")
-        missing = [f for f in KINDS[kind] if f not in fields]
-        if kind == "evaluation" and str(fields.get("metric", "accuracy")) not in fields:
-            missing.append(str(fields.get("metric", "accuracy")))
-        if missing:
-            raise ValueError(f"a {kind} event needs {', '.join(missing)}")
-        clash = [f for f in _RESERVED if f in fields]
-        if clash:
-            raise ValueError(f"event fields {clash} are set by the log")
-        event: dict[str, Any] = {"seq": self._seq, "t": round(self.now(), 6), "wall": round(time.time(), 6),
-                                 "kind": kind}
-        event.update(fields)
+    def _put(self, event: dict[str, Any]) -> None:
+        """One line at the log's end; values JSON cannot hold (NaN) are refused; fsynced at boundaries."""
         line = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         self._write(line)
         self._end += len(line)
-        self._seq += 1
-        if kind in _SYNC_KINDS:
+        if event["kind"] in _SYNC_KINDS:
             self.sync()
-        for listener in self.listeners:
-            listener(event)
-        return event
 
     def _write(self, line: bytes) -> None:
         """Write ``line`` at the log's end; a failed write (a full disk) names the file and the byte, and
@@ -274,7 +305,7 @@ STUDY_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class StudyLog:
+class StudyLog(_Appender):
     """The live event log of a simulated study: the same lines as a run's (``seq``, ``t``, ``wall``,
     ``kind``; :func:`read_events` reads it), each flushed as it is written, for a dashboard to follow.
 
@@ -283,44 +314,32 @@ class StudyLog:
     A study is not resumed, so an old log in ``out`` is replaced.
     """
 
+    kinds = STUDY_KINDS
+    what = "study event"
+
     def __init__(self, out: str | Path | None) -> None:
+        super().__init__()
         self.path = Path(out) / EVENTS_FILE if out is not None else None
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._fh: TextIO | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._seq = 0
         self._start = time.monotonic()
 
-    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Write one event (flushed) and hand it to the listeners; unknown kinds and missing fields are refused."""
-        if kind not in STUDY_KINDS:
-            raise ValueError(f"unknown study event kind {kind!r}; known: {', '.join(STUDY_KINDS)}")
-        missing = [f for f in STUDY_KINDS[kind] if f not in fields]
-        if missing:
-            raise ValueError(f"a {kind} event needs {', '.join(missing)}")
-        event: dict[str, Any] = {"seq": self._seq, "t": round(time.monotonic() - self._start, 6),
-                                 "wall": round(time.time(), 6), "kind": kind, **fields}
-        self._seq += 1
+    def now(self) -> float:
+        """Wall seconds since the study started."""
+        return time.monotonic() - self._start
+
+    def _put(self, event: dict[str, Any]) -> None:
         if self._fh is not None:
             self._fh.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
             self._fh.flush()
-        for listener in self.listeners:
-            listener(event)
-        return event
 
     def close(self) -> None:
         """Close the file (idempotent)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 #: Reason of a ``lost`` event for a task still running when the run stopped: not a device

@@ -264,11 +264,14 @@ def being_written(events_file: Path) -> bool:
 
 
 def run_target(config: dict[str, Any], metric: str) -> float | None:
-    """The target a run's config sets for ``metric`` (the classifier's default when it names none)."""
+    """The target a run's config sets for ``metric``, as :meth:`~tinyfed.host.config.RunConfig.stop_target`
+    reads it: the config's own, else the classifier's default (for a classifier: other tasks have none).
+    ``tinyfed runs`` and the dashboard both read it here."""
     for key in ("target_metric", "target_accuracy"):
         if isinstance(config.get(key), int | float):
             return float(config[key])
-    return DEFAULT_TARGET_ACCURACY if metric == "accuracy" else None
+    classifier = metric == "accuracy" and config.get("task", "classify") == "classify"
+    return DEFAULT_TARGET_ACCURACY if classifier else None
 
 
 def fleet_text(devices: dict[str, Any] | None, start: dict[str, Any]) -> str:

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyfed.host.events import RUN_ENDED
+from tinyfed.host.events import EVENTS_FILE, RUN_ENDED
+from tinyfed.host.runs import CONFIG_FILE, DEVICES_FILE, HISTORY_FILE, STUDY_FILE, SUMMARY_FILE, run_target
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BOARD_STATES", "DirReader", "EventTail"]
 
-EVENTS_FILE = "events.jsonl"
+#: The run's plan, whose budgets the page shows.
+PLAN_FILE = "plan/plan.json"
 #: What a board can be doing, as the page shows it.
 BOARD_STATES = ("provisioning", "idle", "training", "uploading", "late", "offline", "backing off")
 #: A task running this many times longer than its peers' median is shown late.
@@ -371,19 +373,6 @@ def _read_csv(path: Path, problems: list[str]) -> list[dict[str, str]]:
         return []
 
 
-def _target(config: dict[str, Any]) -> float | None:
-    """The run's target as :meth:`~tinyfed.host.config.RunConfig.stop_target` reads it from config.toml."""
-    if config.get("target_metric") is not None:
-        return _num(config["target_metric"])
-    if config.get("target_accuracy") is not None:
-        return _num(config["target_accuracy"])
-    if config and config.get("task", "classify") == "classify":
-        from tinyfed.host.config import DEFAULT_TARGET_ACCURACY
-
-        return DEFAULT_TARGET_ACCURACY
-    return None
-
-
 def _budgets(plan: Any) -> dict[str, dict[str, Any]]:
     """Per board profile: RAM and flash used against the budget, from ``plan/plan.json``."""
     out: dict[str, dict[str, Any]] = {}
@@ -461,7 +450,7 @@ class DirReader:
 
     def _signature(self) -> tuple[Any, ...]:
         sig: list[tuple[str, int | None, int | None]] = []
-        for name in ("config.toml", "devices.json", "plan/plan.json", "study.json", "history.csv", "summary.csv"):
+        for name in (CONFIG_FILE, DEVICES_FILE, PLAN_FILE, STUDY_FILE, HISTORY_FILE, SUMMARY_FILE):
             try:
                 st = (self.path / name).stat()
                 sig.append((name, st.st_mtime_ns, st.st_size))
@@ -481,7 +470,7 @@ class DirReader:
         if reset:
             self.fold = RunFold()
             self._apply_devices()
-            if self.study is not None and not (self.path / "study.json").exists():
+            if self.study is not None and not (self.path / STUDY_FILE).exists():
                 self.study = StudyFold()
             changed = True
         for ev in events:
@@ -498,14 +487,14 @@ class DirReader:
         return changed
 
     def _study_finished(self) -> bool:
-        return (self.path / "history.csv").exists() and (self.path / "study.json").exists()
+        return (self.path / HISTORY_FILE).exists() and (self.path / STUDY_FILE).exists()
 
     def _load_files(self) -> None:
         problems: list[str] = []
-        self._config = _read_toml(self.path / "config.toml", problems)
-        self._devices = _read_json(self.path / "devices.json", problems)
-        self._budgets = _budgets(_read_json(self.path / "plan" / "plan.json", problems))
-        study = _read_json(self.path / "study.json", problems)
+        self._config = _read_toml(self.path / CONFIG_FILE, problems)
+        self._devices = _read_json(self.path / DEVICES_FILE, problems)
+        self._budgets = _budgets(_read_json(self.path / PLAN_FILE, problems))
+        study = _read_json(self.path / STUDY_FILE, problems)
         if isinstance(study, dict) or self._study_finished():
             self._load_study(study if isinstance(study, dict) else {}, problems)
         self._problems = problems
@@ -525,7 +514,7 @@ class DirReader:
         config: dict[str, Any] = study["config"] if isinstance(study.get("config"), dict) else {}
         s.target, s.clients = _num(config.get("target_accuracy")), config.get("clients")
         s.strategies = [str(x) for x in config.get("strategies") or []]
-        for row in _read_csv(self.path / "history.csv", problems):
+        for row in _read_csv(self.path / HISTORY_FILE, problems):
             if row.get("strategy"):
                 try:
                     s.point(row["strategy"], row)
@@ -562,7 +551,8 @@ class DirReader:
         devices = self._devices if isinstance(self._devices, dict) else {}
         return {**base, "status": status, "strategy": f.strategy or self._config.get("strategy"),
                 "model": self._config.get("model"), "source": devices.get("source"),
-                "metric": f.metric, "target": _target(self._config), "version": f.version,
+                "metric": f.metric, "target": run_target(self._config, f.metric) if self._config else None,
+                "version": f.version,
                 "value": f.series[-1]["value"] if f.series else None, "series": f.series,
                 "now": now, "started_wall": f.first_wall, "resumes": f.resumes, "reached_target": f.reached_target,
                 "bytes_up": f.bytes_up, "bytes_down": f.bytes_down, "provision_bytes_down": f.provision_down,
