@@ -320,8 +320,9 @@ class PtyLink:
             timeout_ms = max(0, math.ceil((min(due) - time.monotonic()) * 1000)) if due else None
             ready = dict(poller.poll(timeout_ms))
             now = time.monotonic()
-            if ready.get(self._wake_r):
+            if ready.get(self._wake_r):  # a board came or went: take it up before reading what is for it
                 self._drain_wake()
+                continue
             if ready.get(self._master, 0) & (select.POLLIN | select.POLLHUP | select.POLLERR):
                 self._read_host(down, now, board is not None)
             if board is not None and ready.get(board.fileno(), 0) & (select.POLLIN | select.POLLHUP | select.POLLERR):
