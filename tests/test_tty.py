@@ -181,9 +181,7 @@ def tty_fleet(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 @qemu
-def test_devices_and_check_reach_boards_by_tty_path(tty_fleet, tmp_path: Path) -> None:
-    import _models
-
+def test_devices_and_check_reach_boards_by_tty_path(tty_fleet) -> None:
     fleet, fleet_file = tty_fleet
     paths = [d.url for d in load_device_fleet(fleet_file).devices]
     assert paths == [str(fleet.tty_dir / "board0"), str(fleet.tty_dir / "board1")]  # plain paths, no scheme
@@ -193,8 +191,7 @@ def test_devices_and_check_reach_boards_by_tty_path(tty_fleet, tmp_path: Path) -
     rows = json.loads(r.stdout)["devices"]
     assert [(d["url"], d["reachable"], d["hello"]["board_id"]) for d in rows] == [(p, True, "mps2-an386")
                                                                                   for p in paths]
-    model = tmp_path / "m.tflite"
-    model.write_bytes(_models.chain_cnn_int8())
+    model = Path(__file__).parent / "fixtures" / "converters" / "tf2.12.0_classifier_int8.tflite"  # no converting
     r = CliRunner().invoke(cli, ["check", str(model), "--fleet", str(fleet_file), "--samples", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert [(d["samples"], d["mismatches"], d["max_abs_diff"]) for d in json.loads(r.stdout)["devices"]] == \
