@@ -96,6 +96,13 @@ def test_an_unpaced_pty_relays_raw_bytes_both_ways_through_its_symlink(tmp_path:
             assert _recv_exactly(board, 7) == b"\x00hello\x00"
             board.sendall(bytes(range(256)))
             assert port.read(256) == bytes(range(256))  # raw: no echo, no CR/LF mapping, no XON/XOFF
+            stale, _ = socket.socketpair()
+            tty.detach(stale)  # a board stopped after another took its place unplugs nothing
+            stale.close()
+            port.write(b"\x00still\x00")
+            assert _recv_exactly(board, 7) == b"\x00still\x00" and tty.attached
+            tty.detach(ours)
+            assert not tty.attached
         finally:
             port.close()
             board.close()

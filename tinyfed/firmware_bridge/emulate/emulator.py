@@ -95,6 +95,7 @@ class EmulatedBoard:
     _stopped: bool = field(default=False, repr=False)
     _provisioned: Provisioned | None = field(default=None, repr=False)
     _owns_tty: bool = field(default=False, repr=False)
+    _uart: socket.socket | None = field(default=None, repr=False)  # the relay's end of this QEMU's UART
 
     @classmethod
     def track(cls, board: str, name: str | None, port: int, process: subprocess.Popen, command: list[str],
@@ -145,8 +146,8 @@ class EmulatedBoard:
         if self.tty is not None:  # unplugged: the tty stays for the next board, unless this board made it
             if self._owns_tty:
                 self.tty.close()
-            elif self.tty.attached:
-                self.tty.detach()
+            else:
+                self.tty.detach(self._uart)
         try:
             self.log_path.unlink()
         except OSError:
@@ -351,6 +352,7 @@ def _start_qemu_on_pty(b: Board, elf: Path, name: str | None, exe: str, extra_ar
         theirs.close()  # QEMU holds its own copy
     tty.attach(ours)
     emu = EmulatedBoard.track(b.name, name, 0, proc, cmd, log_name, provisioned, tty=tty)
+    emu._uart = ours
     log.info("%s: started qemu pid %d on %s (pty %s, device %s)", emu.name, proc.pid, emu.url, tty.path,
              provisioned.device.id_hex if provisioned else "without a key")
     return emu

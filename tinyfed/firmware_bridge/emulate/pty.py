@@ -210,18 +210,23 @@ class PtyLink:
         """Relay to ``board`` (a connected socket to a UART) from now on, replacing any board before it."""
         self._switch(board)
 
-    def detach(self) -> None:
-        """Unplug the board: its socket is closed, and what the host writes is dropped until the next attach."""
-        self._switch(None)
+    def detach(self, board: socket.socket | None = None) -> None:
+        """Unplug the board (only if it is ``board``, when given: a stopped QEMU must not unplug the one
+        started after it): its socket is closed, and what the host writes is dropped until the next attach."""
+        self._switch(None, only=board)
 
-    def _switch(self, board: socket.socket | None) -> None:
+    def _switch(self, board: socket.socket | None, only: socket.socket | None = None) -> None:
         if self._closing:
             if board is not None:
                 board.close()
+            if only is not None:
+                return
             raise PtyError(f"the pty link of {self.name} is closed", fix="make a new PtyLink")
         if board is not None:
             board.setblocking(False)
         with self._lock:
+            if only is not None and (self._pending if self._pending is not _KEEP else self._board) is not only:
+                return  # another board is (being) attached: leave it
             superseded, self._pending = self._pending, board
         if isinstance(superseded, socket.socket):  # never taken up by the relay
             superseded.close()
