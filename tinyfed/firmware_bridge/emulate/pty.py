@@ -15,7 +15,10 @@ moves bytes between the master side and QEMU's UART (one end of a socketpair han
 Pacing is a token bucket of zero depth against the monotonic clock: a byte leaves the relay only
 once its 10 bit times (8N1) have passed on a virtual line that an idle spell cannot bank time on,
 so N bytes never take less than ``N * 10 / baud`` seconds. The relay thread waits in ``poll`` for
-the next byte's due time (about 1 ms of bytes at a time), never sleeps per byte.
+the next byte's due time (about 1 ms of bytes at a time), never sleeps per byte. ``poll`` counts
+whole milliseconds, so a paced frame arrives up to about 1 ms after its last bit (a USB-UART bridge
+hands bytes over in 1 ms USB frames, or later); ``select`` would count microseconds but cannot
+watch descriptors above 1023, which a process running a few hundred boards has.
 
 While no board is attached, what the host writes is dropped (a powered-off board behind a bridge);
 what a board writes while no host reads waits in the relay (bounded), and the host's pyserial
