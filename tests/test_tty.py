@@ -266,6 +266,35 @@ def test_a_board_killed_behind_its_tty_comes_back_on_the_same_open_port(tty_flee
     wait_ready(back, HANG_S)  # and a new opener finds it ready on the same path
 
 
+@pytest.mark.slow
+@qemu
+def test_cli_emulate_serves_paced_tty_boards_until_interrupted(tty_fleet, tmp_path: Path) -> None:
+    """`tinyfed emulate --link pty --pace` in its own process: tty symlinks in the fleet file, answered
+    through them, and removed with the fleet file on SIGINT (one board: the fleet fixture's ELF)."""
+    import signal
+
+    fleet, _ = tty_fleet
+    proc = subprocess.Popen([sys.executable, "-m", "tinyfed.cli", "emulate", "--board", "mps2-an386", "--count", "1",
+                             "--elf", str(fleet.elf), "--ready-timeout", str(HANG_S), "--out", str(tmp_path),
+                             "--link", "pty", "--pace", "115200", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    link = tmp_path / "ttys" / "board0"
+    try:
+        doc = json.loads(proc.stdout.readline())  # printed once the board answered a PING through its tty
+        (dev,) = doc["devices"]
+        assert (dev["url"], dev["pty"], dev["pace"]) == (str(link), os.readlink(link), 115_200)
+        assert [d.url for d in load_device_fleet(tmp_path / "fleet.toml").devices] == [str(link)]
+        r = CliRunner().invoke(cli, ["devices", "--fleet", str(tmp_path / "fleet.toml"), "--json"])
+        assert r.exit_code == 0 and json.loads(r.stdout)["devices"][0]["hello"]["board_id"] == "mps2-an386", r.output
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=HANG_S) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not link.is_symlink() and not (tmp_path / "fleet.toml").exists() and not (tmp_path / "ttys").exists()
+
+
 def test_the_relay_thread_ends_with_its_link_and_a_closed_link_takes_no_board() -> None:
     tty = PtyLink("short")
     thread = tty._thread
