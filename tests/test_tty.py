@@ -7,7 +7,8 @@ profile's tty settings and their validation. With QEMU (slow): one module-scoped
 boards on ptys paced at 1,000,000 baud runs `tinyfed devices` and `tinyfed check` against the tty
 fleet file, a training round (fragment, program, data, TRAIN, update), a paced upload's lower
 bound, and the board-kill fault: QEMU killed behind a tty the host keeps open, the host sees the
-board go silent, a new QEMU on the same tty answers on the same open port.
+board go silent, a new QEMU on the same tty answers on the same open port; and `tinyfed emulate
+--link pty --pace` in a subprocess, stopped with SIGINT.
 """
 
 from __future__ import annotations
