@@ -31,6 +31,10 @@ Core = Literal["cortex-m0plus", "cortex-m4f", "cortex-m33", "cortex-m55", "corte
 Fpu = Literal["none", "sp", "dp"]
 ReserveSource = Literal["estimate", "linker-map"]
 LinkKind = Literal["uart", "usb"]
+#: Character framing of a serial link: 8 data bits (the protocol is binary), parity, stop bits.
+Framing = Literal["8N1", "8E1", "8O1", "8N2"]
+#: Flow control of a serial link; never XON/XOFF, which would eat 0x11/0x13 bytes of binary frames.
+FlowControl = Literal["none", "rtscts"]
 
 CORES: tuple[str, ...] = get_args(Core)
 FPUS: tuple[str, ...] = get_args(Fpu)
@@ -97,6 +101,8 @@ class Link(_Table):
     max_frame_bytes: int = Field(
         ge=16, le=MAX_FRAME_BYTES, description="largest frame the board accepts; its link buffers are sized from it"
     )
+    framing: Framing = Field(default="8N1", description="data bits, parity, stop bits the host's tty is set to")
+    flow_control: FlowControl = Field(default="none", description="'none' or 'rtscts' (hardware) on the host's tty")
 
     @field_validator("baud")
     @classmethod

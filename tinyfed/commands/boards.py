@@ -131,7 +131,7 @@ def _flash(b: Board) -> str:
 
 def _link(b: Board) -> str:
     if b.link.kind == "uart":
-        return f"uart {b.link.baud}"
+        return f"uart {b.link.baud} {b.link.framing}" + (" RTS/CTS" if b.link.flow_control == "rtscts" else "")
     return f"usb {b.link_bytes_per_s / 1000:,.0f} kB/s"
 
 

@@ -40,6 +40,7 @@ from tinyfed.errors import TinyfedError
 from tinyfed.firmware_bridge.link.client import BoardClient
 from tinyfed.firmware_bridge.link.errors import AuthenticationFailed
 from tinyfed.firmware_bridge.link.train_link import TrainParams, delta_variance
+from tinyfed.firmware_bridge.link.transport import serial_settings
 from tinyfed.host.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from tinyfed.host.events import RUN_ENDED, EventLog
 from tinyfed.host.rounds import RoundState, Task
@@ -196,7 +197,8 @@ class _Worker(threading.Thread):
         if self.setup.classes and self.nested is None:
             raise TinyfedError(f"{self.spec.name}: the nested plan has no class for board {self.spec.board!r}",
                                fix="plan the run for the boards of its devices")
-        client = BoardClient(self.spec.url, name=self.spec.name, timeout=2.0)
+        client = BoardClient(self.spec.url, name=self.spec.name, timeout=2.0,
+                             serial=serial_settings(self.spec.board))
         started = time.monotonic()
         parts = [(what, blob) for what, blob in (("fragment", self.frozen_blob), ("program", self.program),
                                                  ("data", self.setup.images[self.spec.name])) if blob is not None]

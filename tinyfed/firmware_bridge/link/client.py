@@ -100,7 +100,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     TrainReport,
     unpack_update,
 )
-from tinyfed.firmware_bridge.link.transport import DEFAULT_BAUD, open_port
+from tinyfed.firmware_bridge.link.transport import DEFAULT_BAUD, SerialSettings, open_port
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,8 @@ class BoardClient:
     ``port`` lets a caller hand in an already open pyserial-like object (tests wrap one in a
     fault injector); ``clock`` overrides the monotonic clock (a ``sim://`` port supplies its own
     virtual clock, so timeouts cost no real time). ``key_store`` holds the boards' keys (None: the
-    default store, ``$TINYFED_KEY_STORE``).
+    default store, ``$TINYFED_KEY_STORE``). ``serial``: a tty's settings (``transport.serial_settings(board)``
+    from the board profile; default ``baudrate`` 8N1), whose baud also times the requests.
     """
 
     def __init__(
@@ -243,6 +244,7 @@ class BoardClient:
         baudrate: int = DEFAULT_BAUD,
         clock: Callable[[], float] | None = None,
         key_store: KeyStore | None = None,
+        serial: SerialSettings | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
@@ -250,7 +252,8 @@ class BoardClient:
         self.name = name or url
         self.timeout = timeout
         self.retries = retries
-        self.baudrate = baudrate
+        self.serial = serial if serial is not None else SerialSettings(baudrate=baudrate)
+        self.baudrate = self.serial.baudrate
         self.stats = LinkStats()
         self.info: HelloInfo | None = None
         self.last_cycles: int | None = None
@@ -284,7 +287,7 @@ class BoardClient:
 
     def open(self) -> BoardClient:
         if self._port is None:
-            self._attach(open_port(self.url, timeout=self.timeout, baudrate=self.baudrate, name=self.name))
+            self._attach(open_port(self.url, timeout=self.timeout, name=self.name, settings=self.serial))
             self._own_port = True
         return self
 

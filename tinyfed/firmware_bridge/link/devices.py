@@ -207,11 +207,13 @@ class DeviceStatus:
 def probe(device: Device, *, timeout: float = 0.5, retries: int = 2, pings: int = 5) -> DeviceStatus:
     """HELLO and a few PINGs to one device; an unreachable device is a status, not an exception."""
     from tinyfed.firmware_bridge.link.client import BoardClient
+    from tinyfed.firmware_bridge.link.transport import serial_settings
 
     if device.url is None:
         return DeviceStatus(device, False, error="no url in the fleet file", error_type="NoUrl")
     try:
-        with BoardClient(device.url, timeout=timeout, retries=retries, name=device.name) as client:
+        with BoardClient(device.url, timeout=timeout, retries=retries, name=device.name,
+                         serial=serial_settings(device.board)) as client:
             info = client.hello()
             rtts = [client.ping(b"tinyfed") for _ in range(max(1, pings))]
     except TinyfedError as exc:
@@ -296,6 +298,7 @@ def check_device(device: Device, fragment: Fragment, x: np.ndarray, expected: np
                  timeout: float = 0.5, retries: int = 5) -> dict[str, Any]:
     """Load ``fragment`` onto one device, run every input, compare with ``expected``."""
     from tinyfed.firmware_bridge.link.client import BoardClient
+    from tinyfed.firmware_bridge.link.transport import serial_settings
 
     row: dict[str, Any] = {"name": device.name, "board": device.board, "url": device.url, "samples": 0,
                            "mismatches": 0, "max_abs_diff": None, "error": None, "error_type": None}
@@ -303,7 +306,8 @@ def check_device(device: Device, fragment: Fragment, x: np.ndarray, expected: np
         row.update(error="no url in the fleet file", error_type="NoUrl")
         return row
     try:
-        with BoardClient(device.url, timeout=timeout, retries=retries, name=device.name) as client:
+        with BoardClient(device.url, timeout=timeout, retries=retries, name=device.name,
+                         serial=serial_settings(device.board)) as client:
             info = client.hello()
             start = time.monotonic()
             loaded = client.load_fragment(fragment.blob)

@@ -26,6 +26,20 @@ class DeviceUnreachable(LinkError):
     """The port cannot be opened, or it went away (unplugged, emulator stopped)."""
 
 
+class PortInUse(DeviceUnreachable):
+    """Another process holds the board's tty (tinyfed locks every tty it opens)."""
+
+    def __init__(self, tty: str, *, device: str) -> None:
+        self.tty = tty
+        super().__init__(
+            f"{tty} is in use by another process (tinyfed holds a board's tty exclusively, so two programs "
+            "never read halves of each other's frames)",
+            device=device,
+            fix=f"stop the other program using it (`fuser -v {tty}` names it: another `tinyfed run`, "
+                "`devices`, `check`, or a terminal such as screen/minicom), or wait for it to finish",
+        )
+
+
 class LinkTimeout(LinkError):
     """No valid response after every retransmission."""
 

@@ -7,16 +7,29 @@
 Importing this module registers the ``sim://`` handler with pyserial's
 ``protocol_handler_packages``. :func:`open_port` maps every failure to open to
 :class:`~tinyfed.firmware_bridge.link.errors.DeviceUnreachable`.
+
+A tty is opened by pyserial's POSIX ``serial.Serial`` with the termios settings of
+:class:`SerialSettings` (from the board profile's ``[link]``: baud, framing, flow control) and
+``exclusive=True``: tinyfed takes an ``flock`` on the tty, so a second process opening a board
+another holds is refused with :class:`~tinyfed.firmware_bridge.link.errors.PortInUse` instead of
+both reading half of each other's frames (a tty another program holds with ``TIOCEXCL`` is
+refused the same way).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import serial
 from serial.serialutil import SerialException
 
-from tinyfed.firmware_bridge.link.errors import DeviceUnreachable
+from tinyfed.firmware_bridge.link.errors import DeviceUnreachable, PortInUse
+
+if TYPE_CHECKING:
+    from tinyfed.boards.schema import Link
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +37,46 @@ log = logging.getLogger(__name__)
 HANDLER_PACKAGE = "tinyfed.firmware_bridge.twin"
 DEFAULT_BAUD = 115200
 SCHEMES = ("sim", "socket", "rfc2217", "loop")
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """How the host's tty is set up for one board (termios via pyserial): 8 data bits always."""
+
+    baudrate: int = DEFAULT_BAUD
+    parity: str = serial.PARITY_NONE
+    stopbits: int = serial.STOPBITS_ONE
+    rtscts: bool = False
+
+    @classmethod
+    def for_link(cls, link: Link) -> SerialSettings:
+        """The settings a board profile's ``[link]`` gives (a USB CDC link: its baud is nominal)."""
+        framing = link.framing
+        return cls(baudrate=link.baud or DEFAULT_BAUD, parity=framing[1], stopbits=int(framing[2]),
+                   rtscts=link.flow_control == "rtscts")
+
+    @property
+    def framing(self) -> str:
+        return f"8{self.parity}{self.stopbits}"
+
+    def pyserial_kwargs(self) -> dict[str, Any]:
+        return {"baudrate": self.baudrate, "bytesize": serial.EIGHTBITS, "parity": self.parity,
+                "stopbits": self.stopbits, "rtscts": self.rtscts, "xonxoff": False, "dsrdtr": False}
+
+
+def serial_settings(board: str | None) -> SerialSettings:
+    """The tty settings of the board profile named ``board``; 115200 8N1 without flow control for a
+    board not known here (``?``, or a profile only another boards directory has)."""
+    if not board or board == "?":
+        return SerialSettings()
+    from tinyfed.boards import get_board
+    from tinyfed.errors import TinyfedError
+
+    try:
+        return SerialSettings.for_link(get_board(board).link)
+    except TinyfedError:
+        log.debug("no profile for board %r: the tty gets 115200 8N1", board)
+        return SerialSettings()
 
 
 def register_url_handlers() -> None:
@@ -54,9 +107,16 @@ def socket_address_problem(url: str) -> str | None:
     return None
 
 
-def open_port(url: str, *, timeout: float = 0.5, baudrate: int = DEFAULT_BAUD, name: str | None = None):
-    """Open ``url`` with ``serial.serial_for_url``; any failure is :class:`DeviceUnreachable`."""
+def open_port(url: str, *, timeout: float = 0.5, baudrate: int = DEFAULT_BAUD, name: str | None = None,
+              settings: SerialSettings | None = None):
+    """Open ``url`` with ``serial.serial_for_url``; any failure is :class:`DeviceUnreachable`.
+
+    A tty is set up with ``settings`` (default: ``baudrate`` 8N1, no flow control) and locked for this
+    process; one another process holds is :class:`PortInUse`."""
     device = name or url
+    kind = describe(url)
+    if kind == "tty":
+        return _open_tty(url, timeout, settings or SerialSettings(baudrate=baudrate), device)
     if describe(url) == "socket":
         problem = socket_address_problem(url)
         if problem is not None:
@@ -78,6 +138,24 @@ def open_port(url: str, *, timeout: float = 0.5, baudrate: int = DEFAULT_BAUD, n
         }.get(kind, "check the URL")
         raise DeviceUnreachable(f"cannot open the port: {_short(exc)}", device=device, fix=fix) from None
     log.debug("opened %s", url)
+    return port
+
+
+def _open_tty(path: str, timeout: float, settings: SerialSettings, device: str) -> serial.Serial:
+    try:
+        port = serial.Serial(path, timeout=timeout, write_timeout=max(timeout, 1.0), exclusive=True,
+                             **settings.pyserial_kwargs())
+    except ValueError as exc:  # pyserial: a setting the port cannot take
+        raise DeviceUnreachable(f"cannot set up {path}: {exc}", device=device,
+                                fix="check the board profile's [link] baud, framing and flow_control") from None
+    except (SerialException, OSError) as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EBUSY):  # flock held, or TIOCEXCL set
+            raise PortInUse(path, device=device) from None
+        raise DeviceUnreachable(f"cannot open the port: {_short(exc)}", device=device,
+                                fix="check the cable and the port name (ls /dev/ttyACM* /dev/ttyUSB*) and that you "
+                                    "may open it (the dialout group)") from None
+    log.debug("opened %s at %d %s%s", path, settings.baudrate, settings.framing,
+              " with RTS/CTS" if settings.rtscts else "")
     return port
 
 
