@@ -101,6 +101,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     unpack_update,
 )
 from tinyfed.firmware_bridge.link.transport import DEFAULT_BAUD, open_port
+from tinyfed.firmware_bridge.link.window import Piece, SendWindow
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class HelloInfo:
     data_store_bytes: int = 0  # local-data flash store
     device_id: bytes = bytes(DEVICE_ID_BYTES)  # public: the key store's index (all zeros: no key)
     keyed: bool = False  # the board holds a device key (never the key itself)
+    #: request frames the host may keep in flight (HELLO's second byte; 0: older firmware, stop-and-wait)
+    window: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,7 +155,7 @@ class HelloInfo:
     def parse(cls, p: bytes) -> HelloInfo:
         if len(p) < _HELLO.size + 2:
             raise ValueError(f"HELLO response of {len(p)} bytes is too short")
-        version, _reserved, max_payload, slot, arena, ram, flash = _HELLO.unpack_from(p)
+        version, window, max_payload, slot, arena, ram, flash = _HELLO.unpack_from(p)
         at = _HELLO.size
         n = p[at]
         board_id = p[at + 1:at + 1 + n]
@@ -168,7 +171,7 @@ class HelloInfo:
         device_id = p[end + 8:end + 8 + DEVICE_ID_BYTES]
         return cls(version, max_payload, slot, arena, ram, flash, board_id.decode("ascii", "replace"),
                    build.decode("ascii", "replace"), program_store, data_store, bytes(device_id),
-                   p[-1] == KEY_STATE_KEYED)
+                   p[-1] == KEY_STATE_KEYED, window)
 
     @property
     def request_room(self) -> int:
@@ -208,6 +211,11 @@ class LinkStats:
     bad_macs: int = 0
     #: AUTH answers (the board refused a request) and the HELLOs said again after one
     auth_refusals: int = 0
+    #: requests sent by a windowed transfer (several in flight; their resends count in retransmissions)
+    windowed_requests: int = 0
+    #: windowed requests found lost (no answer, or a NAK or a later answer came first) and sent again;
+    #: those a later cumulative ack proved held are not resent
+    gaps_resent: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -229,7 +237,9 @@ class BoardClient:
     ``port`` lets a caller hand in an already open pyserial-like object (tests wrap one in a
     fault injector); ``clock`` overrides the monotonic clock (a ``sim://`` port supplies its own
     virtual clock, so timeouts cost no real time). ``key_store`` holds the boards' keys (None: the
-    default store, ``$TINYFED_KEY_STORE``).
+    default store, ``$TINYFED_KEY_STORE``). ``window`` bounds the request frames a windowed transfer
+    keeps in flight (uploads, w*, inputs, update and output reads): None uses what the board announces
+    in HELLO, 1 is stop-and-wait (as against a board that announces none).
     """
 
     def __init__(
@@ -243,9 +253,13 @@ class BoardClient:
         baudrate: int = DEFAULT_BAUD,
         clock: Callable[[], float] | None = None,
         key_store: KeyStore | None = None,
+        window: int | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
+        if window is not None and not 1 <= window <= 255:
+            raise ValueError(f"window must be 1 (stop-and-wait) .. 255, or None for the board's own; got {window}")
+        self.window = window
         self.url = url
         self.name = name or url
         self.timeout = timeout
@@ -404,36 +418,36 @@ class BoardClient:
         blob = bytes(blob)
         size, crc = len(blob), zlib.crc32(blob)
         offset = resumed_from = self._begin(size, crc, target)
+        window = self.transfer_window
         chunk = info.request_room - 4
+        if window > 1:
+            chunk &= ~3  # a chunk past a gap goes to flash as it is: whole words
         chunks = 0
         restarts = 0
         if progress:
             progress(offset, size)
         while offset < size:
-            data = blob[offset:offset + chunk]
+            pieces = [Piece(_U32.pack(a) + blob[a:a + chunk], a, min(a + chunk, size))
+                      for a in range(offset, size, chunk)]
             try:
-                p = self.request(Command.LOAD_CHUNK, _U32.pack(offset) + data)
+                self._windowed(Command.LOAD_CHUNK, pieces, self._cumulative_ack(size, "LOAD_CHUNK"), window,
+                               on_ack=(lambda ack: progress(ack, size)) if progress else None)
             except DeviceError as exc:
                 if exc.status != Status.OUT_OF_ORDER or restarts >= 3:
                     raise
-                restarts += 1  # the board holds another offset: ask it where to go on
+                restarts += 1  # the board lost the transfer or holds another offset: ask it where to go on
                 offset = self._begin(size, crc, target)
                 continue
-            nxt = self._u32(p, "LOAD_CHUNK")
-            if nxt != offset + len(data):
-                raise ProtocolError(f"board acknowledged offset {nxt}, expected {offset + len(data)}",
-                                    device=self.name, command="LOAD_CHUNK")
-            offset = nxt
-            chunks += 1
-            if progress:
-                progress(offset, size)
+            chunks += len(pieces)
+            offset = size
         p = self.request(Command.LOAD_COMMIT, b"")
         if len(p) != 8:
             raise ProtocolError(f"LOAD_COMMIT response of {len(p)} bytes", device=self.name, command="LOAD_COMMIT")
         arena, ops, _ = struct.unpack("<IHH", p)
         if target != LoadTarget.DATA:
             self._weights_version = 0  # a new fragment or program puts w* back at version 0
-        log.info("%s: loaded %d bytes (resumed at %d) in %d chunks", self.name, size, resumed_from, chunks)
+        log.info("%s: loaded %d bytes (resumed at %d) in %d chunks, window %d", self.name, size, resumed_from,
+                 chunks, window)
         return LoadResult(size, crc, resumed_from, arena, ops, chunks)
 
     def _begin(self, size: int, crc: int, target: int) -> int:
@@ -445,17 +459,23 @@ class BoardClient:
 
     def _read_rest(self, code: int, have: bytes, total: int) -> bytes:
         """A board-side buffer of ``total`` bytes, of which ``have`` arrived already, read on with
-        ``code`` (OUTPUT_READ, UPDATE_READ: ``u32 offset, u16 length``) in max_payload pieces."""
+        ``code`` (OUTPUT_READ, UPDATE_READ: ``u32 offset, u16 length``) in max_payload pieces, with
+        the board's window of requests in flight."""
         info = self.info or self.hello()
-        out = bytearray(have)
-        while len(out) < total:
-            n = min(info.response_room, total - len(out))
-            part = self.request(code, struct.pack("<IH", len(out), n))
-            if len(part) != n:
-                cmd = command_name(code)
-                raise ProtocolError(f"{cmd} returned {len(part)} bytes, asked {n}", device=self.name, command=cmd)
-            out += part
-        return bytes(out)
+        cmd = command_name(code)
+        room = info.response_room
+        pieces = [Piece(struct.pack("<IH", a, min(room, total - a)), a, min(a + room, total))
+                  for a in range(len(have), total, room)]
+
+        def accept(piece: Piece, part: bytes) -> int | None:
+            if len(part) != piece.end - piece.start:
+                raise ProtocolError(f"{cmd} returned {len(part)} bytes, asked {piece.end - piece.start}",
+                                    device=self.name, command=cmd)
+            piece.reply = part
+            return None
+
+        self._windowed(code, pieces, accept, self.transfer_window)
+        return bytes(have) + b"".join(piece.reply or b"" for piece in pieces)
 
     # -- local training (docs/protocol.md, "Training") ----------------------------------
 
@@ -467,18 +487,18 @@ class BoardClient:
             raise TinyfedError("w* holds NaN or infinite values", fix="check the global model", source=self.name)
         per = (info.request_room - 8) // 4
         self._weights_version = None
-        offset = 0
-        while True:
-            part = v[offset:offset + per]
-            nxt = self._u32(self.request(Command.TRAIN_SET, struct.pack("<II", version, offset) + part.tobytes()),
-                            "TRAIN_SET")
-            if nxt != offset + part.size:
-                raise ProtocolError(f"board acknowledged value {nxt}, expected {offset + part.size}",
-                                    device=self.name, command="TRAIN_SET")
-            offset = nxt
-            if offset >= v.size:
-                self._weights_version = version  # what the update tag must bind
-                return
+        total = v.size
+        # The first chunk alone (offset 0 starts the version on the board), then the rest windowed.
+        first = v[:per]
+        nxt = self._u32(self.request(Command.TRAIN_SET, struct.pack("<II", version, 0) + first.tobytes()),
+                        "TRAIN_SET")
+        if nxt != first.size:
+            raise ProtocolError(f"board acknowledged value {nxt}, expected {first.size}", device=self.name,
+                                command="TRAIN_SET")
+        pieces = [Piece(struct.pack("<II", version, a) + v[a:a + per].tobytes(), a, min(a + per, total))
+                  for a in range(first.size, total, per)]
+        self._windowed(Command.TRAIN_SET, pieces, self._cumulative_ack(total, "TRAIN_SET"), self.transfer_window)
+        self._weights_version = version  # what the update tag must bind
 
     def train(self, params: TrainParams, *, timeout: float = 600.0) -> TrainReport:
         """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it, a lost or
@@ -572,14 +592,17 @@ class BoardClient:
         info = self.info or self.hello()
         data = x.tobytes()
         chunk = info.request_room - 4
-        offset = 0
-        while offset < len(data):
-            part = data[offset:offset + chunk]
-            nxt = self._u32(self.request(Command.INPUT_WRITE, _U32.pack(offset) + part), "INPUT_WRITE")
-            if nxt != offset + len(part):
-                raise ProtocolError(f"board acknowledged input offset {nxt}, expected {offset + len(part)}",
+        pieces = [Piece(_U32.pack(a) + data[a:a + chunk], a, min(a + chunk, len(data)))
+                  for a in range(0, len(data), chunk)]
+
+        def accept(piece: Piece, p: bytes) -> int | None:
+            nxt = self._u32(p, "INPUT_WRITE")
+            if nxt != piece.end:
+                raise ProtocolError(f"board acknowledged input offset {nxt}, expected {piece.end}",
                                     device=self.name, command="INPUT_WRITE")
-            offset = nxt
+            return None
+
+        self._windowed(Command.INPUT_WRITE, pieces, accept, self.transfer_window)
 
     # -- profiling (docs/protocol.md, "Profiling") --------------------------------------
 
@@ -642,6 +665,187 @@ class BoardClient:
             samples=samples,
             stats={k: after[k] - before[k] for k in after},
         )
+
+    # -- windowed transfers (docs/protocol.md, "Windowed transfers") ----------------------
+
+    @property
+    def transfer_window(self) -> int:
+        """Request frames a transfer keeps in flight: the board's announced window, capped by
+        ``window`` (1 = stop-and-wait, also against a board that announces none)."""
+        announced = self.info.window if self.info is not None else 0
+        if announced < 2:
+            return 1
+        return announced if self.window is None else min(self.window, announced)
+
+    def _cumulative_ack(self, total: int, cmd: str) -> Callable[[Piece, bytes], int | None]:
+        """The check of a write whose OK answer is the board's cumulative ack (u32): at or past the
+        piece's end, or, for a piece held past a gap, at or before its start."""
+        def accept(piece: Piece, p: bytes) -> int | None:
+            ack = self._u32(p, cmd)
+            if ack > total or piece.start < ack < piece.end:
+                raise ProtocolError(f"board acknowledged {ack} for the piece [{piece.start}, {piece.end}) of "
+                                    f"{total}", device=self.name, command=cmd)
+            return ack
+        return accept
+
+    def _windowed(self, code: int, pieces: list[Piece], accept: Callable[[Piece, bytes], int | None], window: int,
+                  on_ack: Callable[[int], None] | None = None) -> None:
+        """Run ``pieces`` (requests of one offset-addressed command) to completion: one at a time when
+        ``window`` is 1, else up to ``window`` in flight. ``accept`` checks a piece's OK answer and
+        returns the cumulative ack it carries (None for a command without one); ``on_ack`` hears
+        every advance of it."""
+        if not pieces:
+            return
+        sw = SendWindow(pieces, window)
+        if window <= 1:
+            for piece in pieces:
+                if piece.done:
+                    continue  # a cumulative ack already covered it
+                piece.sends += 1
+                ack = accept(piece, self.request(code, piece.body))
+                piece.done = True
+                if ack is not None:
+                    before = sw.acked
+                    sw.cumulative(ack)
+                    if on_ack is not None and sw.acked > before:
+                        on_ack(sw.acked)
+            return
+        if self._session is None and self._port is not None:
+            self.hello()
+        try:
+            self._pipeline(code, sw, accept, on_ack)
+            return
+        except _Refused as refused:
+            if refused.detail not in _REHELLO_DETAILS:
+                raise self._auth_error(refused, code) from None
+            log.info("%s: %s refused (%s): saying HELLO again", self.name, command_name(code), refused.message)
+        self.hello()
+        try:
+            self._pipeline(code, sw, accept, on_ack)
+        except _Refused as refused:
+            raise self._auth_error(refused, code) from None
+
+    def _pipeline(self, code: int, sw: SendWindow, accept: Callable[[Piece, bytes], int | None],
+                  on_ack: Callable[[int], None] | None) -> None:
+        """Selective repeat over the board's in-order processing: each request gets a fresh seq and
+        counter (a resend too), so the board's replay protection is untouched. The board answers in
+        the order it received, so an answer for a later seq, or a NAK, tells which earlier request
+        (or its answer) was lost; a lost piece the cumulative ack shows held is not sent again."""
+        cmd = command_name(code)
+        session = self._session
+        if session is None or self._port is None:
+            raise DeviceUnreachable("the port is not open", device=self.name, command=cmd,
+                                    fix="use the client as a context manager or call open()")
+        room = self.info.request_room if self.info else PRE_HELLO_PAYLOAD
+        longest = max(len(piece.body) for piece in sw.pieces)
+        if longest > room:
+            raise ValueError(f"{cmd} body of {longest} bytes exceeds the board's {room}")
+        base_wait = self.timeout + sw.window * self._wire_time(longest + 11 + REQUEST_AUTH_BYTES)
+        wait = base_wait
+        flight: dict[int, tuple[int, int]] = {}  # seq -> (piece index, counter), in the order sent
+        resync = False
+        bad_macs = self.stats.bad_macs
+        started = self._clock()
+        while not sw.finished:
+            for i in sw.sendable({index for index, _ in flight.values()}):
+                piece = sw.pieces[i]
+                if piece.sends > self.retries:
+                    if self.stats.bad_macs > bad_macs:
+                        raise AuthenticationFailed(
+                            "bad_mac", f"no authentic response after {piece.sends} attempt(s): "
+                            f"{self.stats.bad_macs - bad_macs} response(s) with a wrong tag were dropped",
+                            device=self.name, command=cmd)
+                    raise LinkTimeout(device=self.name, command=cmd, attempts=piece.sends,
+                                      waited_s=self._clock() - started)
+                self._counter += 1
+                seq = self._next_seq()
+                frame = encode_frame(KIND_REQUEST, code, seq, session.request_payload(code, seq, self._counter,
+                                                                                     piece.body))
+                # after a timeout the board may hold a partial frame whose delimiter was lost: end it
+                self._write(DELIMITER + frame if resync else frame, cmd)
+                resync = False
+                flight[seq] = (i, self._counter)
+                if piece.sends:
+                    self.stats.retransmissions += 1
+                    log.debug("%s: %s [%d, %d) sent again (attempt %d)", self.name, cmd, piece.start, piece.end,
+                              piece.sends + 1)
+                else:
+                    self.stats.requests += 1
+                    self.stats.windowed_requests += 1
+                piece.sends += 1
+            if not flight:
+                continue
+            outcome = self._await_any(flight, self._clock() + wait, cmd, session)
+            if outcome is None:  # silence: everything in flight is lost
+                self.stats.timeouts += 1
+                self.stats.gaps_resent += sum(not sw.pieces[i].done for i, _ in flight.values())
+                flight.clear()
+                resync = True
+                wait *= 2
+                continue
+            wait = base_wait
+            if outcome == _NAK:
+                # the board dropped a frame where the oldest unanswered request stood
+                oldest = next(iter(flight))
+                i, _ = flight.pop(oldest)
+                self.stats.gaps_resent += not sw.pieces[i].done
+                continue
+            assert isinstance(outcome, Packet)
+            for seq in list(flight):  # answered in order: what was sent before it is lost
+                if seq == outcome.seq:
+                    break
+                i, _ = flight.pop(seq)
+                self.stats.gaps_resent += not sw.pieces[i].done
+            i, _ = flight.pop(outcome.seq)
+            piece = sw.pieces[i]
+            body = self._check(outcome, cmd)  # an error status raises (AUTH: _Refused)
+            ack = accept(piece, body)
+            piece.done = True
+            if ack is not None:
+                before = sw.acked
+                sw.cumulative(ack)
+                if on_ack is not None and sw.acked > before:
+                    on_ack(sw.acked)
+
+    def _await_any(self, flight: dict[int, tuple[int, int]], deadline: float, cmd: str,
+                   session: SessionMac) -> Packet | str | None:
+        """The next authentic answer to a request in flight, or _NAK, or None at the deadline.
+        Answers to anything else (a duplicate, a piece already resent) are strays."""
+        while True:
+            while self._frames:
+                item = self._frames.popleft()
+                if isinstance(item, FrameTooLarge):
+                    self.stats.bad_frames += 1
+                    continue
+                try:
+                    pkt = decode_frame(item)
+                except FrameError as exc:
+                    self.stats.bad_frames += 1
+                    log.debug("%s: dropped a response frame: %s", self.name, exc)
+                    continue
+                if pkt.kind != KIND_RESPONSE:
+                    self.stats.bad_frames += 1
+                    continue
+                if pkt.is_nak:
+                    self.stats.naks += 1
+                    return _NAK
+                if pkt.seq not in flight:
+                    self.stats.stray_responses += 1
+                    continue
+                if pkt.code == Status.AUTH:
+                    return pkt  # an untagged hint: a forged one can only deny service
+                authentic = self._verified(pkt, session, flight[pkt.seq][1])
+                if authentic is None:
+                    self.stats.bad_macs += 1
+                    log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, pkt.seq)
+                    continue
+                return authentic
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            data = self._read(remaining, cmd)
+            if data:
+                self._frames.extend(self._reader.feed(data))
 
     # -- the exchange --------------------------------------------------------------------
 
