@@ -791,11 +791,11 @@ class BoardClient:
                 self.stats.gaps_resent += not sw.pieces[i].done
                 continue
             assert isinstance(outcome, Packet)
+            lost = []
             for seq in list(flight):  # answered in order: what was sent before it is lost
                 if seq == outcome.seq:
                     break
-                i, _ = flight.pop(seq)
-                self.stats.gaps_resent += not sw.pieces[i].done
+                lost.append(flight.pop(seq)[0])
             i, _ = flight.pop(outcome.seq)
             piece = sw.pieces[i]
             body = self._check(outcome, cmd)  # an error status raises (AUTH: _Refused)
@@ -806,6 +806,8 @@ class BoardClient:
                 sw.cumulative(ack)
                 if on_ack is not None and sw.acked > before:
                     on_ack(sw.acked)
+            # a lost piece the ack shows held needs nothing; the others go again (sendable)
+            self.stats.gaps_resent += sum(not sw.pieces[j].done for j in lost)
 
     def _await_any(self, flight: dict[int, tuple[int, int]], deadline: float, cmd: str,
                    session: SessionMac) -> Packet | str | None:
