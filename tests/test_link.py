@@ -201,7 +201,7 @@ def test_hello_reports_the_board() -> None:
         info = c.hello()
     assert isinstance(info, HelloInfo)
     assert (info.board_id, info.build, info.protocol_version, info.max_payload) == ("nrf52840", "v9", 2, 128)
-    assert info.arena_bytes == (256 - 8) * 1024  # the board profile's fragment RAM budget (linker-map reserve)
+    assert info.arena_bytes == (256 - 10) * 1024  # the board profile's fragment RAM budget (linker-map reserve)
 
 
 def test_ping_echoes_and_limits_payload_before_hello() -> None:

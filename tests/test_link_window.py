@@ -301,3 +301,20 @@ def test_weights_and_the_update_travel_windowed_under_loss(har_training_case) ->
     again = clean.read_update(report.update_bytes)
     assert np.array_equal(update.q, again.q) and np.array_equal(update.scales, again.scales)
     assert update.version == 4 and update.n == 32
+
+
+def test_a_line_that_spoils_every_new_request_collapses_the_window_until_the_next_hello(monkeypatch) -> None:
+    """Every piece's first two sends lost: pieces go stop-and-wait (a resend there is the same
+    bytes); three in a row and the link stays stop-and-wait until HELLO says the window again."""
+    _opaque_blobs(monkeypatch)
+    port = ScriptedPort("sim://nrf52840?name=w",
+                        lose_request=lambda code, off, before: code == Command.LOAD_CHUNK and before < 2)
+    c = _client(port)
+    c.hello()
+    c.load_fragment(BLOB)
+    assert port.board.active.blob == BLOB and c.transfer_window == 1
+    port.lose_request = None
+    port.peak_in_flight = 0
+    c.load_fragment(BLOB[::-1])
+    assert port.peak_in_flight == 1 and port.board.active.blob == BLOB[::-1]
+    assert c.hello().window == WINDOW and c.transfer_window == WINDOW

@@ -116,6 +116,10 @@ _HELLO_AUTH_BYTES = DEVICE_ID_BYTES + NONCE_BYTES + 1
 #: The AUTH details after which the client says HELLO again (once) and resends: the board lost
 #: its session (reset) or holds another one (someone else said HELLO).
 _REHELLO_DETAILS = frozenset({AuthDetail.NO_SESSION, AuthDetail.BAD_MAC})
+#: A windowed piece sent this many times without an answer goes stop-and-wait (see _Pipeline) ...
+_SOLO_AFTER = 2
+#: ... and after this many such pieces in a row, the rest of the transfer does.
+_COLLAPSE_AFTER = 3
 
 
 class _Refused(Exception):
@@ -260,6 +264,7 @@ class BoardClient:
         if window is not None and not 1 <= window <= 255:
             raise ValueError(f"window must be 1 (stop-and-wait) .. 255, or None for the board's own; got {window}")
         self.window = window
+        self._collapsed = False  # a windowed transfer fell back to stop-and-wait: so do the next ones
         self.url = url
         self.name = name or url
         self.timeout = timeout
@@ -336,6 +341,7 @@ class BoardClient:
         and one that cannot prove it holds the key (``AuthenticationFailed("bad_mac")``)."""
         self._session = None
         self.info = None
+        self._collapsed = False
         host_nonce = os.urandom(NONCE_BYTES)
         p = self.request(Command.HELLO, bytes([PROTOCOL_VERSION]) + host_nonce)
         try:
@@ -671,9 +677,10 @@ class BoardClient:
     @property
     def transfer_window(self) -> int:
         """Request frames a transfer keeps in flight: the board's announced window, capped by
-        ``window`` (1 = stop-and-wait, also against a board that announces none)."""
+        ``window`` (1 = stop-and-wait, also against a board that announces none); 1 as well, until
+        the next HELLO, after a transfer on this link collapsed to stop-and-wait (see _Pipeline)."""
         announced = self.info.window if self.info is not None else 0
-        if announced < 2:
+        if announced < 2 or self._collapsed:
             return 1
         return announced if self.window is None else min(self.window, announced)
 
@@ -727,92 +734,35 @@ class BoardClient:
 
     def _pipeline(self, code: int, sw: SendWindow, accept: Callable[[Piece, bytes], int | None],
                   on_ack: Callable[[int], None] | None) -> None:
-        """Selective repeat over the board's in-order processing: each request gets a fresh seq and
-        counter (a resend too), so the board's replay protection is untouched. The board answers in
-        the order it received, so an answer for a later seq, or a NAK, tells which earlier request
-        (or its answer) was lost; a lost piece the cumulative ack shows held is not sent again."""
-        cmd = command_name(code)
+        """Selective repeat over the board's in-order processing (:class:`_Pipeline`)."""
         session = self._session
         if session is None or self._port is None:
-            raise DeviceUnreachable("the port is not open", device=self.name, command=cmd,
+            raise DeviceUnreachable("the port is not open", device=self.name, command=command_name(code),
                                     fix="use the client as a context manager or call open()")
         room = self.info.request_room if self.info else PRE_HELLO_PAYLOAD
         longest = max(len(piece.body) for piece in sw.pieces)
         if longest > room:
-            raise ValueError(f"{cmd} body of {longest} bytes exceeds the board's {room}")
-        base_wait = self.timeout + sw.window * self._wire_time(longest + 11 + REQUEST_AUTH_BYTES)
-        wait = base_wait
-        flight: dict[int, tuple[int, int]] = {}  # seq -> (piece index, counter), in the order sent
-        resync = False
-        bad_macs = self.stats.bad_macs
-        started = self._clock()
-        while not sw.finished:
-            for i in sw.sendable({index for index, _ in flight.values()}):
-                piece = sw.pieces[i]
-                if piece.sends > self.retries:
-                    if self.stats.bad_macs > bad_macs:
-                        raise AuthenticationFailed(
-                            "bad_mac", f"no authentic response after {piece.sends} attempt(s): "
-                            f"{self.stats.bad_macs - bad_macs} response(s) with a wrong tag were dropped",
-                            device=self.name, command=cmd)
-                    raise LinkTimeout(device=self.name, command=cmd, attempts=piece.sends,
-                                      waited_s=self._clock() - started)
-                self._counter += 1
-                seq = self._next_seq()
-                frame = encode_frame(KIND_REQUEST, code, seq, session.request_payload(code, seq, self._counter,
-                                                                                     piece.body))
-                # after a timeout the board may hold a partial frame whose delimiter was lost: end it
-                self._write(DELIMITER + frame if resync else frame, cmd)
-                resync = False
-                flight[seq] = (i, self._counter)
-                if piece.sends:
-                    self.stats.retransmissions += 1
-                    log.debug("%s: %s [%d, %d) sent again (attempt %d)", self.name, cmd, piece.start, piece.end,
-                              piece.sends + 1)
-                else:
-                    self.stats.requests += 1
-                    self.stats.windowed_requests += 1
-                piece.sends += 1
-            if not flight:
-                continue
-            outcome = self._await_any(flight, self._clock() + wait, cmd, session)
-            if outcome is None:  # silence: everything in flight is lost
-                self.stats.timeouts += 1
-                self.stats.gaps_resent += sum(not sw.pieces[i].done for i, _ in flight.values())
-                flight.clear()
-                resync = True
-                wait *= 2
-                continue
-            wait = base_wait
-            if outcome == _NAK:
-                # the board dropped a frame where the oldest unanswered request stood
-                oldest = next(iter(flight))
-                i, _ = flight.pop(oldest)
-                self.stats.gaps_resent += not sw.pieces[i].done
-                continue
-            assert isinstance(outcome, Packet)
-            lost = []
-            for seq in list(flight):  # answered in order: what was sent before it is lost
-                if seq == outcome.seq:
-                    break
-                lost.append(flight.pop(seq)[0])
-            i, _ = flight.pop(outcome.seq)
-            piece = sw.pieces[i]
-            body = self._check(outcome, cmd)  # an error status raises (AUTH: _Refused)
-            ack = accept(piece, body)
-            piece.done = True
-            if ack is not None:
-                before = sw.acked
-                sw.cumulative(ack)
-                if on_ack is not None and sw.acked > before:
-                    on_ack(sw.acked)
-            # a lost piece the ack shows held needs nothing; the others go again (sendable)
-            self.stats.gaps_resent += sum(not sw.pieces[j].done for j in lost)
+            raise ValueError(f"{command_name(code)} body of {longest} bytes exceeds the board's {room}")
+        _Pipeline(self, code, session, sw, accept, on_ack, longest).run()
+
+    def _quiet(self, seconds: float, cmd: str) -> None:
+        """Drop what the board still sends (answers and NAKs of requests given up on) until the line
+        has been silent for ``seconds`` (at most 20 such periods), so that none of it is taken for
+        the answer, or a NAK, of the stop-and-wait request that follows."""
+        dropped = len(self._frames)
+        self._frames.clear()
+        for _ in range(20):
+            data = self._read(seconds, cmd)
+            if not data:
+                break
+            dropped += len(self._reader.feed(data))
+        self.stats.stray_responses += dropped
 
     def _await_any(self, flight: dict[int, tuple[int, int]], deadline: float, cmd: str,
                    session: SessionMac) -> Packet | str | None:
         """The next authentic answer to a request in flight, or _NAK, or None at the deadline.
         Answers to anything else (a duplicate, a piece already resent) are strays."""
+        nak = False
         while True:
             while self._frames:
                 item = self._frames.popleft()
@@ -830,7 +780,8 @@ class BoardClient:
                     continue
                 if pkt.is_nak:
                     self.stats.naks += 1
-                    return _NAK
+                    nak = True  # answers may be right behind it: look at what is buffered first
+                    continue
                 if pkt.seq not in flight:
                     self.stats.stray_responses += 1
                     continue
@@ -842,6 +793,8 @@ class BoardClient:
                     log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, pkt.seq)
                     continue
                 return authentic
+            if nak:
+                return _NAK
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return None
@@ -1056,3 +1009,122 @@ class BoardClient:
         if len(p) != 4:
             raise ProtocolError(f"expected a 4-byte response, got {len(p)} bytes", device=self.name, command=cmd)
         return _U32.unpack(p)[0]
+
+
+class _Pipeline:
+    """One windowed transfer (docs/protocol.md, "Windowed transfers"): selective repeat over the
+    board's in-order processing.
+
+    Every request gets a fresh seq and counter, a resend too, so the board's replay protection is
+    untouched. The board answers in the order it received, so an answer to a later seq, or a NAK,
+    tells which earlier request (or its answer) was lost, and a lost piece the cumulative ack shows
+    held is not sent again. A piece lost twice goes stop-and-wait once the window has drained, where
+    a resend is the same bytes (a line that spoils every first transmission still passes it);
+    after ``_COLLAPSE_AFTER`` such pieces in a row the rest of the transfer, and the link's later
+    transfers until the next HELLO, go stop-and-wait.
+    """
+
+    def __init__(self, client: BoardClient, code: int, session: SessionMac, sw: SendWindow,
+                 accept: Callable[[Piece, bytes], int | None], on_ack: Callable[[int], None] | None,
+                 longest: int) -> None:
+        self.c, self.code, self.cmd, self.session = client, code, command_name(code), session
+        self.sw, self.accept, self.on_ack = sw, accept, on_ack
+        self.base_wait = client.timeout + sw.window * client._wire_time(longest + 11 + REQUEST_AUTH_BYTES)
+        self.flight: dict[int, tuple[int, int]] = {}  # seq -> (piece index, counter), in the order sent
+        self.resync = False  # after a timeout: start the next frame with a delimiter
+        self.solo_streak = 0
+        self.solo_all = False
+        self.windowed_since_solo = False
+        #: how long the line must stay silent before a stop-and-wait piece follows windowed ones
+        self.quiet = min(self.base_wait, 0.1 + sw.window * client._wire_time(longest + 11 + REQUEST_AUTH_BYTES))
+        self.bad_macs = client.stats.bad_macs
+        self.started = client._clock()
+
+    def run(self) -> None:
+        wait = self.base_wait
+        while not self.sw.finished:
+            self._send()
+            if not self.flight:
+                continue
+            outcome = self.c._await_any(self.flight, self.c._clock() + wait, self.cmd, self.session)
+            if outcome is None:  # silence: everything in flight is lost
+                self.c.stats.timeouts += 1
+                self._lost(list(self.flight))
+                self.resync = True
+                wait *= 2
+                continue
+            wait = self.base_wait
+            if outcome == _NAK:  # where the oldest unanswered request stood (NAKs read together: once)
+                self._lost([next(iter(self.flight))])
+                continue
+            assert isinstance(outcome, Packet)
+            earlier = list(self.flight)[:list(self.flight).index(outcome.seq)]
+            i, _ = self.flight.pop(outcome.seq)
+            self._took(self.sw.pieces[i], self.c._check(outcome, self.cmd))  # an error raises (AUTH: _Refused)
+            self.solo_streak = 0
+            self._lost(earlier)  # answered in order: what was sent before it is lost (or only its answer)
+
+    def _lost(self, seqs: list[int]) -> None:
+        pieces = [self.sw.pieces[self.flight.pop(seq)[0]] for seq in seqs]
+        self.c.stats.gaps_resent += sum(not piece.done for piece in pieces)
+
+    def _took(self, piece: Piece, body: bytes) -> None:
+        ack = self.accept(piece, body)
+        piece.done = True
+        if ack is not None:
+            before = self.sw.acked
+            self.sw.cumulative(ack)
+            if self.on_ack is not None and self.sw.acked > before:
+                self.on_ack(self.sw.acked)
+
+    def _send(self) -> None:
+        c = self.c
+        for i in self.sw.sendable({index for index, _ in self.flight.values()}):
+            piece = self.sw.pieces[i]
+            if self.solo_all or (_SOLO_AFTER <= piece.sends <= c.retries):
+                if not self.flight:
+                    if self.windowed_since_solo:  # answers or NAKs of requests given up on may follow
+                        c._quiet(self.quiet, self.cmd)
+                        self.windowed_since_solo = False
+                    self._solo(piece)
+                return  # (else let the window drain first)
+            if piece.sends > c.retries:
+                if c.stats.bad_macs > self.bad_macs:
+                    raise AuthenticationFailed(
+                        "bad_mac", f"no authentic response after {piece.sends} attempt(s): "
+                        f"{c.stats.bad_macs - self.bad_macs} response(s) with a wrong tag were dropped",
+                        device=c.name, command=self.cmd)
+                raise LinkTimeout(device=c.name, command=self.cmd, attempts=piece.sends,
+                                  waited_s=c._clock() - self.started)
+            c._counter += 1
+            seq = c._next_seq()
+            frame = encode_frame(KIND_REQUEST, self.code, seq,
+                                 self.session.request_payload(self.code, seq, c._counter, piece.body))
+            c._write(DELIMITER + frame if self.resync else frame, self.cmd)
+            self.resync = False
+            self.windowed_since_solo = True
+            self.flight[seq] = (i, c._counter)
+            if piece.sends:
+                c.stats.retransmissions += 1
+                log.debug("%s: %s [%d, %d) sent again (attempt %d)", c.name, self.cmd, piece.start, piece.end,
+                          piece.sends + 1)
+            else:
+                c.stats.requests += 1
+                c.stats.windowed_requests += 1
+            piece.sends += 1
+
+    def _solo(self, piece: Piece) -> None:
+        c = self.c
+        c._counter += 1
+        if piece.sends:
+            c.stats.retransmissions += 1
+        piece.sends += 1
+        body = c._exchange(self.code, piece.body, (self.session, c._counter), None, None)
+        if piece.sends > 1:
+            c.stats.requests -= 1  # a resend, not a new request
+        self._took(piece, body)
+        self.solo_streak += 1
+        if self.solo_streak >= _COLLAPSE_AFTER and not self.solo_all:
+            self.solo_all = c._collapsed = True
+            log.info("%s: %s: %d pieces in a row lost twice: this transfer and the next ones go stop-and-wait "
+                     "until the next HELLO", c.name, self.cmd, self.solo_streak)
