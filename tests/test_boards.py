@@ -522,7 +522,7 @@ def test_cli_list_json_has_all_boards(cli) -> None:
     payload = json.loads(result.stdout)
     by_name = {b["name"]: b for b in payload["boards"]}
     assert set(by_name) == set(DATASHEET)
-    assert by_name["nrf52840"]["derived"]["fragment_ram_budget_bytes"] == (256 - 8) * KIB
+    assert by_name["nrf52840"]["derived"]["fragment_ram_budget_bytes"] == (256 - 10) * KIB
     assert by_name["stm32l4r9"]["derived"]["fragment_ram_budget_bytes"] == (640 - 24) * KIB  # estimate
     assert by_name["nrf52840"]["path"].endswith("nrf52840.toml")
 
@@ -538,7 +538,7 @@ def test_cli_show(cli) -> None:
     result = CliRunner().invoke(cli, ["boards", "show", "nrf52840"])
     assert result.exit_code == 0, result.output
     for text in ("cortex-m4f", "64 MHz", "256 KiB", "1024 KiB", "uart 115200", "renode",
-                 "RAM 8 KiB, flash 86 KiB (linker-map)", "253,952 bytes", "960,512 bytes"):
+                 "RAM 10 KiB, flash 87 KiB (linker-map)", "251,904 bytes", "959,488 bytes"):
         assert text in result.stdout
     as_json = CliRunner().invoke(cli, ["boards", "show", "nrf52840", "--json"])
     assert json.loads(as_json.stdout)["ram_kib"] == 256

@@ -118,7 +118,7 @@ _HELLO_AUTH_BYTES = DEVICE_ID_BYTES + NONCE_BYTES + 1
 _REHELLO_DETAILS = frozenset({AuthDetail.NO_SESSION, AuthDetail.BAD_MAC})
 #: A windowed piece sent this many times without an answer goes stop-and-wait (see _Pipeline) ...
 _SOLO_AFTER = 2
-#: ... and after this many such pieces in a row, the rest of the transfer does.
+#: ... and once at least this many such pieces are over half of those done, the link does.
 _COLLAPSE_AFTER = 3
 
 
@@ -1020,8 +1020,8 @@ class _Pipeline:
     tells which earlier request (or its answer) was lost, and a lost piece the cumulative ack shows
     held is not sent again. A piece lost twice goes stop-and-wait once the window has drained, where
     a resend is the same bytes (a line that spoils every first transmission still passes it);
-    after ``_COLLAPSE_AFTER`` such pieces in a row the rest of the transfer, and the link's later
-    transfers until the next HELLO, go stop-and-wait.
+    once ``_COLLAPSE_AFTER`` or more such pieces are over half of those done, the rest of the
+    transfer, and the link's later transfers until the next HELLO, go stop-and-wait.
     """
 
     def __init__(self, client: BoardClient, code: int, session: SessionMac, sw: SendWindow,
@@ -1032,7 +1032,7 @@ class _Pipeline:
         self.base_wait = client.timeout + sw.window * client._wire_time(longest + 11 + REQUEST_AUTH_BYTES)
         self.flight: dict[int, tuple[int, int]] = {}  # seq -> (piece index, counter), in the order sent
         self.resync = False  # after a timeout: start the next frame with a delimiter
-        self.solo_streak = 0
+        self.solos = 0
         self.solo_all = False
         self.windowed_since_solo = False
         #: how long the line must stay silent before a stop-and-wait piece follows windowed ones
@@ -1061,7 +1061,6 @@ class _Pipeline:
             earlier = list(self.flight)[:list(self.flight).index(outcome.seq)]
             i, _ = self.flight.pop(outcome.seq)
             self._took(self.sw.pieces[i], self.c._check(outcome, self.cmd))  # an error raises (AUTH: _Refused)
-            self.solo_streak = 0
             self._lost(earlier)  # answered in order: what was sent before it is lost (or only its answer)
 
     def _lost(self, seqs: list[int]) -> None:
@@ -1123,8 +1122,9 @@ class _Pipeline:
         if piece.sends > 1:
             c.stats.requests -= 1  # a resend, not a new request
         self._took(piece, body)
-        self.solo_streak += 1
-        if self.solo_streak >= _COLLAPSE_AFTER and not self.solo_all:
+        self.solos += 1
+        done = sum(p.done for p in self.sw.pieces)
+        if self.solos >= _COLLAPSE_AFTER and 2 * self.solos > done and not self.solo_all:
             self.solo_all = c._collapsed = True
-            log.info("%s: %s: %d pieces in a row lost twice: this transfer and the next ones go stop-and-wait "
-                     "until the next HELLO", c.name, self.cmd, self.solo_streak)
+            log.info("%s: %s: %d of %d pieces were lost twice: this transfer and the next ones go stop-and-wait "
+                     "until the next HELLO", c.name, self.cmd, self.solos, done)
