@@ -318,3 +318,18 @@ def test_a_line_that_spoils_every_new_request_collapses_the_window_until_the_nex
     c.load_fragment(BLOB[::-1])
     assert port.peak_in_flight == 1 and port.board.active.blob == BLOB[::-1]
     assert c.hello().window == WINDOW and c.transfer_window == WINDOW
+
+
+def test_the_twin_announces_the_firmwares_window() -> None:
+    """The twin's window is the firmware's formula on the firmware's RX ring (firmware/src/ringbuf.h)."""
+    import re
+    from pathlib import Path
+
+    from tinyfed.firmware_bridge.link.window import RX_RING_BYTES
+
+    src = (Path(__file__).resolve().parents[1] / "firmware/src/ringbuf.h").read_text()
+    assert int(re.search(r"#define RINGBUF_BYTES (\d+)u", src).group(1)) == RX_RING_BYTES
+    assert "PROTO_WINDOW (RINGBUF_BYTES / (PROTO_MAX_ENCODED + 1u))" in (
+        Path(__file__).resolve().parents[1] / "firmware/src/window.h").read_text()
+    with BoardClient("sim://nrf52840") as c:
+        assert c.hello().window == WINDOW == 7
