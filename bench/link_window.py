@@ -154,13 +154,13 @@ def main() -> None:
     ap.add_argument("--boards", default="8,32", help="provisioning fleet sizes, comma separated (default 8,32: see "
                     "BENCHMARKS.md for why not 64 on a 2-core machine)")
     args = ap.parse_args()
-    counts = [int(n) for n in args.boards.split(",") if n]
+    counts = [int(n) for n in args.boards.split(",") if n.strip() and int(n) > 0]  # "0": (a) and (b) only
     print(f"host: {os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text().split()[:3]} (shared)")
     with tempfile.TemporaryDirectory(prefix="tinyfed-bench-window-") as tmp:
         assets = make_assets(Path(tmp))
     print(f"har_cnn: fragment {len(assets.fragment):,} B, program {len(assets.program):,} B, local data "
           f"{len(assets.data):,} B, w* {assets.w0.size:,} values ({4 * assets.w0.size:,} B)")
-    with links(args.urls, max(counts)) as urls:
+    with links(args.urls, max(counts, default=1)) as urls:
         kinds = sorted({u.split("://", 1)[0] if "://" in u else "tty" for u in urls})
         print(f"\n(a)+(b) raw throughput and fragment upload, per link kind ({', '.join(kinds)}); link {urls[0]}")
         rate = raw_rate(urls[0])
