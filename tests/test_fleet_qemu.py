@@ -205,8 +205,8 @@ class _LosingPort:
 
 def test_live_board_holds_chunks_past_a_gap_and_takes_the_gap_alone(eight_boards, frozen_cases) -> None:
     """On the firmware: two chunks of har_cnn's fragment lost in the first window are the only ones
-    sent twice, the commit's CRC-32 passes and inference is bit-exact; the same board then takes the
-    fragment stop-and-wait (window=1), one request in flight, as against older firmware."""
+    sent twice, the commit's CRC-32 passes and inference is bit-exact; the same board then infers
+    stop-and-wait (window=1: INPUT_WRITE one piece at a time, as against older firmware)."""
     head, x, expected = frozen_cases["har_cnn"]
     blob = compile_blob(head)
     board = eight_boards[0]
@@ -225,6 +225,5 @@ def test_live_board_holds_chunks_past_a_gap_and_takes_the_gap_alone(eight_boards
     with BoardClient(board.url, name=board.name, timeout=2.0, window=1) as client:
         client.hello()
         assert client.transfer_window == 1
-        client.load_fragment(blob)
-        assert client.stats.windowed_requests == 0
         np.testing.assert_array_equal(client.infer(x[1:2]), expected[1].reshape(-1))
+        assert client.stats.windowed_requests == 0 and client.stats.requests > 4
