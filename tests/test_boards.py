@@ -82,11 +82,11 @@ DATASHEET = {
 # read from the linker map (tests/test_firmware_build.py rebuilds and checks the exact match);
 # the others still carry estimates.
 RESERVE = {
-    "nrf52840": (8, 86, "linker-map"),
-    "apollo3": (9, 134, "linker-map"),
-    "mps2-an386": (8, 86, "linker-map"),
-    "mps2-an386-large": (8, 86, "linker-map"),
-    "mps3-an547": (8, 77, "linker-map"),
+    "nrf52840": (10, 87, "linker-map"),
+    "apollo3": (10, 135, "linker-map"),
+    "mps2-an386": (10, 86, "linker-map"),
+    "mps2-an386-large": (10, 86, "linker-map"),
+    "mps3-an547": (10, 78, "linker-map"),
     "stm32l4r9": (24, 96, "estimate"),
     "rp2040": (32, 128, "estimate"),
     "esp32s3": (160, 384, "estimate"),
@@ -127,9 +127,9 @@ def test_measured_reserves_are_exactly_the_firmware_boards() -> None:
 
 def test_nrf52840_derived_values() -> None:
     b = get_board("nrf52840")
-    assert b.reserve_ram_bytes == 8 * KIB and b.reserve_flash_bytes == 86 * KIB
-    assert b.fragment_ram_budget_bytes == (256 - 8) * KIB
-    assert b.fragment_flash_budget_bytes == (1024 - 86) * KIB
+    assert b.reserve_ram_bytes == 10 * KIB and b.reserve_flash_bytes == 87 * KIB
+    assert b.fragment_ram_budget_bytes == (256 - 10) * KIB
+    assert b.fragment_flash_budget_bytes == (1024 - 87) * KIB
     assert b.link.baud == 115200 and b.link.max_frame_bytes == 256
     assert b.link_bytes_per_s == 11520  # UART 8N1: 10 bits per byte
     assert b.emulator is not None and b.emulator.renode_platform == "platforms/cpus/nrf52840.repl"
@@ -522,7 +522,7 @@ def test_cli_list_json_has_all_boards(cli) -> None:
     payload = json.loads(result.stdout)
     by_name = {b["name"]: b for b in payload["boards"]}
     assert set(by_name) == set(DATASHEET)
-    assert by_name["nrf52840"]["derived"]["fragment_ram_budget_bytes"] == (256 - 8) * KIB
+    assert by_name["nrf52840"]["derived"]["fragment_ram_budget_bytes"] == (256 - 10) * KIB
     assert by_name["stm32l4r9"]["derived"]["fragment_ram_budget_bytes"] == (640 - 24) * KIB  # estimate
     assert by_name["nrf52840"]["path"].endswith("nrf52840.toml")
 
@@ -538,7 +538,7 @@ def test_cli_show(cli) -> None:
     result = CliRunner().invoke(cli, ["boards", "show", "nrf52840"])
     assert result.exit_code == 0, result.output
     for text in ("cortex-m4f", "64 MHz", "256 KiB", "1024 KiB", "uart 115200", "renode",
-                 "RAM 8 KiB, flash 86 KiB (linker-map)", "253,952 bytes", "960,512 bytes"):
+                 "RAM 10 KiB, flash 87 KiB (linker-map)", "251,904 bytes", "959,488 bytes"):
         assert text in result.stdout
     as_json = CliRunner().invoke(cli, ["boards", "show", "nrf52840", "--json"])
     assert json.loads(as_json.stdout)["ram_kib"] == 256

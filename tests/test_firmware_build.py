@@ -41,6 +41,7 @@ from tinyfed.firmware_bridge.link.framing import (
     Status,
 )
 from tinyfed.firmware_bridge.link.keys import DeviceKey, key_page
+from tinyfed.firmware_bridge.link.window import announced_window
 
 TARGETS = ["mps2-an386", "mps3-an547", "nrf52840", "apollo3"]
 QEMU_TARGETS = ["mps2-an386", "mps3-an547"]
@@ -284,8 +285,9 @@ def test_qemu_answers_protocol_v2(qemu_board, builds: dict[str, BuildResult]) ->
 
     status, body = link.hello(2)
     assert status == OK
-    version, _, max_payload, slot, arena, fw_ram, fw_flash = struct.unpack_from("<BBHIIII", body)
+    version, window, max_payload, slot, arena, fw_ram, fw_flash = struct.unpack_from("<BBHIIII", body)
     assert (version, max_payload) == (PROTOCOL_VERSION, 256)
+    assert window == announced_window(max_payload) == 7  # frames the 2,048-byte RX ring holds
     assert (slot, arena, fw_ram, fw_flash) == (r.slot_bytes, r.arena_bytes, r.fw_ram_bytes, r.fw_flash_bytes)
     n = body[20]
     assert body[21:21 + n].decode() == board_name
@@ -331,13 +333,16 @@ def test_qemu_answers_protocol_v2(qemu_board, builds: dict[str, BuildResult]) ->
     status, body = link.request(INVOKE, 10)
     assert status == NO_MODEL and b"no committed fragment" in body
 
-    # Loading: resumable, in order, CRC-checked, validated before activation.
+    # Loading: resumable, acknowledged cumulatively, CRC-checked, validated before activation.
     blob = bytes(range(1, 11)) * 3
     begin = struct.pack("<II", len(blob), zlib.crc32(blob))
     begin_, chunk, commit = Command.LOAD_BEGIN, Command.LOAD_CHUNK, Command.LOAD_COMMIT
     assert link.request(begin_, 20, begin) == (OK, struct.pack("<I", 0))
     assert link.request(chunk, 21, struct.pack("<I", 0) + blob[:7]) == (OK, struct.pack("<I", 7))
-    status, body = link.request(chunk, 22, struct.pack("<I", 0) + blob[:7])
+    # a resend of what is held is acknowledged (the cumulative ack) and written nowhere; a chunk that
+    # straddles the next offset is OUT_OF_ORDER (docs/protocol.md, "Windowed transfers")
+    assert link.request(chunk, 22, struct.pack("<I", 0) + blob[:7]) == (OK, struct.pack("<I", 7))
+    status, body = link.request(chunk, 122, struct.pack("<I", 4) + blob[4:11])
     assert status == Status.OUT_OF_ORDER and struct.unpack_from("<H", body)[0] == 7 and b"expected offset 7" in body
     assert link.request(begin_, 23, begin) == (OK, struct.pack("<I", 7))  # same transfer: resume
     status, _ = link.request(chunk, 24, struct.pack("<I", 7) + blob[7:] + b"x")

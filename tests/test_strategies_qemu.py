@@ -187,7 +187,7 @@ def test_a_board_without_a_baseline_profile_is_refused_before_booting(tmp_path: 
     with pytest.raises(TinyfedError) as info:
         emulated_board_for(get_board("small", [tmp_path]), "fedavg", "har_cnn", (tmp_path,))
     exc = info.value
-    assert "707,064 bytes of RAM" in exc.problem and "small offers 253,952 bytes" in exc.problem
+    assert "707,064 bytes of RAM" in exc.problem and "small offers 251,904 bytes" in exc.problem
     assert exc.fix is not None and "--strategy ftte" in exc.fix
 
 

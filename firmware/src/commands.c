@@ -12,6 +12,7 @@
 #include "profile.h"
 #include "protocol.h"
 #include "train.h"
+#include "window.h"
 
 #ifndef FW_VERSION
 #define FW_VERSION "0.1.0"
@@ -28,7 +29,7 @@ static struct {
     uint8_t slot;        /* 0 = A, 1 = B (target 0) */
     uint32_t size;
     uint32_t crc;
-    uint32_t next;       /* next expected offset = bytes acknowledged */
+    win_t win;           /* win.next = bytes acknowledged; chunks held ahead of a gap */
     uint32_t erased_to;  /* bytes of the slot erased so far (whole pages) */
     uint8_t stage[4];    /* bytes not yet programmed (flash takes whole words) */
     uint8_t staged;
@@ -119,7 +120,7 @@ static bool cmd_hello(const uint8_t *p, uint16_t len, reply_t *r)
 #endif
     uint8_t *o = r->payload;
     o[0] = PROTO_VERSION;
-    o[1] = 0;
+    o[1] = PROTO_WINDOW;  /* request frames the host may have in flight (0: stop-and-wait) */
     put_u16(o + 2, PROTO_MAX_PAYLOAD);
     put_u32(o + 4, SLOT_BYTES);
     put_u32(o + 8, ARENA_BYTES);
@@ -173,12 +174,37 @@ static bool cmd_load_begin(const uint8_t *p, uint16_t len, reply_t *r)
         xfer.slot = (active_slot == 0) ? 1u : 0u;  /* never the active slot */
         xfer.size = size;
         xfer.crc = crc;
-        xfer.next = 0;
+        win_reset(&xfer.win, 0);
         xfer.erased_to = 0;
         xfer.staged = 0;
         train_store_invalidate(target);
     }
-    put_u32(r->payload, xfer.next);
+    put_u32(r->payload, xfer.win.next);
+    r->length = 4;
+    return true;
+}
+
+/* A chunk past a gap goes straight to flash: it must start on a word, and end on one unless it
+ * ends the transfer (its last word is padded with erased bytes, as LOAD_COMMIT pads the staged one). */
+static bool load_ahead(uint32_t offset, const uint8_t *data, uint32_t n, reply_t *r)
+{
+    const char *err = NULL;
+    if (offset % 4u != 0u || (n % 4u != 0u && offset + n != xfer.size)) {
+        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)xfer.win.next, "a chunk past a gap must be word aligned");
+    }
+    uint32_t whole = n & ~3u;
+    if (whole != 0u && !program(offset, data, whole, &err)) {
+        return reply_error(r, ST_BAD_MODEL, 0, err);
+    }
+    if (whole != n) {
+        uint8_t last[4] = {0xFFu, 0xFFu, 0xFFu, 0xFFu};
+        memcpy(last, data + whole, n - whole);
+        if (!program(offset + whole, last, 4, &err)) {
+            return reply_error(r, ST_BAD_MODEL, 0, err);
+        }
+    }
+    win_hold(&xfer.win, offset, n);
+    put_u32(r->payload, xfer.win.next);
     r->length = 4;
     return true;
 }
@@ -195,14 +221,22 @@ static bool cmd_load_chunk(const uint8_t *p, uint16_t len, reply_t *r)
     uint32_t offset = get_u32(p);
     const uint8_t *data = p + 4;
     uint32_t n = (uint32_t)len - 4u;
-    if (offset != xfer.next) {
-        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)xfer.next,
-                           msg_num("expected offset ", xfer.next));
+    if (offset > xfer.size || n > xfer.size - offset) {
+        return reply_error(r, ST_BAD_LENGTH, (uint16_t)(xfer.size - xfer.win.next), "data past the fragment size");
     }
-    if (n > xfer.size - xfer.next) {
-        return reply_error(r, ST_BAD_LENGTH, (uint16_t)(xfer.size - xfer.next), "data past the fragment size");
+    switch (win_place(&xfer.win, offset, n, PROTO_WINDOW * PROTO_MAX_PAYLOAD)) {
+    case WIN_HELD:  /* a retransmission of what is held: acknowledge, write nothing */
+        put_u32(r->payload, xfer.win.next);
+        r->length = 4;
+        return true;
+    case WIN_AHEAD:
+        return load_ahead(offset, data, n, r);
+    case WIN_REFUSE:
+        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)xfer.win.next, msg_num("expected offset ", xfer.win.next));
+    case WIN_NEXT:
+        break;
     }
-    uint32_t word_at = xfer.next - xfer.staged;  /* always a multiple of 4 */
+    uint32_t word_at = xfer.win.next - xfer.staged;  /* always a multiple of 4 */
     uint32_t i = 0;
     while (xfer.staged != 0u && i < n) {
         xfer.stage[xfer.staged++] = data[i++];
@@ -224,8 +258,8 @@ static bool cmd_load_chunk(const uint8_t *p, uint16_t len, reply_t *r)
     while (i < n) {
         xfer.stage[xfer.staged++] = data[i++];
     }
-    xfer.next += n;
-    put_u32(r->payload, xfer.next);
+    win_took(&xfer.win, n);
+    put_u32(r->payload, xfer.win.next);
     r->length = 4;
     return true;
 }
@@ -239,11 +273,12 @@ static bool cmd_load_commit(uint16_t len, reply_t *r)
     if (!xfer.open) {
         return reply_error(r, ST_OUT_OF_ORDER, 0, "no transfer: send LOAD_BEGIN first");
     }
-    if (xfer.next != xfer.size) {
-        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)xfer.next, msg_num("incomplete: have bytes ", xfer.next));
+    if (xfer.win.next != xfer.size) {
+        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)xfer.win.next,
+                           msg_num("incomplete: have bytes ", xfer.win.next));
     }
     if (xfer.staged != 0u) {
-        uint32_t word_at = xfer.next - xfer.staged;
+        uint32_t word_at = xfer.win.next - xfer.staged;
         while (xfer.staged < 4u) {
             xfer.stage[xfer.staged++] = 0xFFu;
         }

@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define RINGBUF_BYTES 512u  /* power of two */
+#define RINGBUF_BYTES 2048u  /* power of two; sets the window (window.h): 7 maximal frames */
 
 typedef struct {
     volatile uint32_t head;  /* written by the producer only */

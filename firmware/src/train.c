@@ -31,6 +31,7 @@
 
 #if defined(TFMB_ENGINE)
 #include "tftr.h"
+#include "window.h"
 
 /* HMAC(Ks, "tinyfed-update-v2" || device_id || version || update image), made when TRAIN ends and
  * served after the image by UPDATE_READ: the host checks the update is this board's, at its version. */
@@ -49,7 +50,7 @@ static struct {
     uint32_t version;
     bool set_open;        /* TRAIN_SET in progress */
     uint32_t set_version;
-    uint32_t set_next;
+    win_t set_win;        /* values acknowledged (set_win.next) and held ahead of a gap */
     bool update_ok;       /* values - start is a fresh update */
     uint32_t update_n;
     float update_loss;
@@ -90,6 +91,7 @@ static void bind_state(void)
     ts.weights_ok = false;
     ts.update_ok = false;
     ts.set_open = false;
+    win_reset(&ts.set_win, 0);  /* no TRAIN_SET chunk of an earlier binding is acknowledged */
     ts.bind_status = 0;
     if (!ts.program_ok) {
         return;
@@ -272,37 +274,51 @@ static bool cmd_train_set(const uint8_t *p, uint16_t len, reply_t *r)
     uint32_t offset = get_u32(p + 4);
     uint32_t n = (len - 8u) / 4u;
     uint32_t total = tftr_trainable_count(&ts.prog);
-    if (offset == 0u) {
+    if (offset == 0u) {  /* a new version starts (the host sends the first chunk alone) */
         ts.set_open = true;
         ts.set_version = version;
-        ts.set_next = 0;
+        win_reset(&ts.set_win, 0);
         ts.weights_ok = false;
         ts.update_ok = false;
-    } else if (!ts.set_open || version != ts.set_version || offset != ts.set_next) {
-        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)ts.set_next, msg_num("expected value offset ", ts.set_next));
+    } else if (version != ts.set_version
+               || !(ts.set_open || (ts.weights_ok && ts.version == version && ts.set_win.next == total))) {
+        /* (a chunk resent after w* completed at this version is acknowledged below, as held) */
+        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)ts.set_win.next,
+                           msg_num("expected value offset ", ts.set_win.next));
     }
-    if (n > total - ts.set_next) {
+    if (offset > total || n > total - offset) {
         return reply_error(r, ST_BAD_LENGTH, (uint16_t)total, msg_num("w* holds values: ", total));
     }
-    float *values = ts.prog.values;
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t bits = get_u32(p + 8u + 4u * i);
-        float v;
-        memcpy(&v, &bits, sizeof v);
-        if (!isfinite(v)) {
-            ts.set_open = false;
-            return reply_error(r, ST_BAD_ARGUMENT, (uint16_t)(offset + i), "w* value is not finite");
-        }
-        values[offset + i] = v;
+    win_place_t place = win_place(&ts.set_win, offset, n, PROTO_WINDOW * PROTO_MAX_PAYLOAD / 4u);
+    if (place == WIN_REFUSE) {
+        return reply_error(r, ST_OUT_OF_ORDER, (uint16_t)ts.set_win.next,
+                           msg_num("expected value offset ", ts.set_win.next));
     }
-    ts.set_next += n;
-    if (ts.set_next == total) {
+    if (place != WIN_HELD) {
+        float *values = ts.prog.values;
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t bits = get_u32(p + 8u + 4u * i);
+            float v;
+            memcpy(&v, &bits, sizeof v);
+            if (!isfinite(v)) {
+                ts.set_open = false;
+                return reply_error(r, ST_BAD_ARGUMENT, (uint16_t)(offset + i), "w* value is not finite");
+            }
+            values[offset + i] = v;
+        }
+        if (place == WIN_NEXT) {
+            win_took(&ts.set_win, n);
+        } else {
+            win_hold(&ts.set_win, offset, n);
+        }
+    }
+    if (ts.set_open && ts.set_win.next == total) {
         tftr_mark_start(&ts.prog);
         ts.set_open = false;
         ts.weights_ok = true;
         ts.version = ts.set_version;
     }
-    put_u32(r->payload, ts.set_next);
+    put_u32(r->payload, ts.set_win.next);
     r->length = 4;
     return true;
 }

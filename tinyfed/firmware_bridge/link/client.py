@@ -101,6 +101,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     unpack_update,
 )
 from tinyfed.firmware_bridge.link.transport import DEFAULT_BAUD, SerialSettings, open_port
+from tinyfed.firmware_bridge.link.window import Piece, SendWindow
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,10 @@ _HELLO_AUTH_BYTES = DEVICE_ID_BYTES + NONCE_BYTES + 1
 #: The AUTH details after which the client says HELLO again (once) and resends: the board lost
 #: its session (reset) or holds another one (someone else said HELLO).
 _REHELLO_DETAILS = frozenset({AuthDetail.NO_SESSION, AuthDetail.BAD_MAC})
+#: A windowed piece sent this many times without an answer goes stop-and-wait (see _Pipeline) ...
+_SOLO_AFTER = 2
+#: ... and once at least this many such pieces are over half of those done, the link does.
+_COLLAPSE_AFTER = 3
 
 
 class _Refused(Exception):
@@ -142,6 +147,8 @@ class HelloInfo:
     data_store_bytes: int = 0  # local-data flash store
     device_id: bytes = bytes(DEVICE_ID_BYTES)  # public: the key store's index (all zeros: no key)
     keyed: bool = False  # the board holds a device key (never the key itself)
+    #: request frames the host may keep in flight (HELLO's second byte; 0: older firmware, stop-and-wait)
+    window: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,7 +159,7 @@ class HelloInfo:
     def parse(cls, p: bytes) -> HelloInfo:
         if len(p) < _HELLO.size + 2:
             raise ValueError(f"HELLO response of {len(p)} bytes is too short")
-        version, _reserved, max_payload, slot, arena, ram, flash = _HELLO.unpack_from(p)
+        version, window, max_payload, slot, arena, ram, flash = _HELLO.unpack_from(p)
         at = _HELLO.size
         n = p[at]
         board_id = p[at + 1:at + 1 + n]
@@ -168,7 +175,7 @@ class HelloInfo:
         device_id = p[end + 8:end + 8 + DEVICE_ID_BYTES]
         return cls(version, max_payload, slot, arena, ram, flash, board_id.decode("ascii", "replace"),
                    build.decode("ascii", "replace"), program_store, data_store, bytes(device_id),
-                   p[-1] == KEY_STATE_KEYED)
+                   p[-1] == KEY_STATE_KEYED, window)
 
     @property
     def request_room(self) -> int:
@@ -208,6 +215,11 @@ class LinkStats:
     bad_macs: int = 0
     #: AUTH answers (the board refused a request) and the HELLOs said again after one
     auth_refusals: int = 0
+    #: requests sent by a windowed transfer (several in flight; their resends count in retransmissions)
+    windowed_requests: int = 0
+    #: windowed requests found lost (no answer, or a NAK or a later answer came first) and sent again;
+    #: those a later cumulative ack proved held are not resent
+    gaps_resent: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -230,7 +242,10 @@ class BoardClient:
     fault injector); ``clock`` overrides the monotonic clock (a ``sim://`` port supplies its own
     virtual clock, so timeouts cost no real time). ``key_store`` holds the boards' keys (None: the
     default store, ``$TINYFED_KEY_STORE``). ``serial``: a tty's settings (``transport.serial_settings(board)``
-    from the board profile; default ``baudrate`` 8N1), whose baud also times the requests.
+    from the board profile; default ``baudrate`` 8N1), whose baud also times the requests. ``window``
+    bounds the request frames a windowed transfer keeps in flight (uploads, w*, inputs, update and
+    output reads): None uses what the board announces in HELLO, 1 is stop-and-wait (as against a
+    board that announces none).
     """
 
     def __init__(
@@ -245,9 +260,14 @@ class BoardClient:
         clock: Callable[[], float] | None = None,
         key_store: KeyStore | None = None,
         serial: SerialSettings | None = None,
+        window: int | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
+        if window is not None and not 1 <= window <= 255:
+            raise ValueError(f"window must be 1 (stop-and-wait) .. 255, or None for the board's own; got {window}")
+        self.window = window
+        self._collapsed = False  # a windowed transfer fell back to stop-and-wait: so do the next ones
         self.url = url
         self.name = name or url
         self.timeout = timeout
@@ -325,6 +345,7 @@ class BoardClient:
         and one that cannot prove it holds the key (``AuthenticationFailed("bad_mac")``)."""
         self._session = None
         self.info = None
+        self._collapsed = False
         host_nonce = os.urandom(NONCE_BYTES)
         p = self.request(Command.HELLO, bytes([PROTOCOL_VERSION]) + host_nonce)
         try:
@@ -407,36 +428,36 @@ class BoardClient:
         blob = bytes(blob)
         size, crc = len(blob), zlib.crc32(blob)
         offset = resumed_from = self._begin(size, crc, target)
+        window = self.transfer_window
         chunk = info.request_room - 4
+        if window > 1:
+            chunk &= ~3  # a chunk past a gap goes to flash as it is: whole words
         chunks = 0
         restarts = 0
         if progress:
             progress(offset, size)
         while offset < size:
-            data = blob[offset:offset + chunk]
+            pieces = [Piece(_U32.pack(a) + blob[a:a + chunk], a, min(a + chunk, size))
+                      for a in range(offset, size, chunk)]
             try:
-                p = self.request(Command.LOAD_CHUNK, _U32.pack(offset) + data)
+                self._windowed(Command.LOAD_CHUNK, pieces, self._cumulative_ack(size, "LOAD_CHUNK"), window,
+                               on_ack=(lambda ack: progress(ack, size)) if progress else None)
             except DeviceError as exc:
                 if exc.status != Status.OUT_OF_ORDER or restarts >= 3:
                     raise
-                restarts += 1  # the board holds another offset: ask it where to go on
+                restarts += 1  # the board lost the transfer or holds another offset: ask it where to go on
                 offset = self._begin(size, crc, target)
                 continue
-            nxt = self._u32(p, "LOAD_CHUNK")
-            if nxt != offset + len(data):
-                raise ProtocolError(f"board acknowledged offset {nxt}, expected {offset + len(data)}",
-                                    device=self.name, command="LOAD_CHUNK")
-            offset = nxt
-            chunks += 1
-            if progress:
-                progress(offset, size)
+            chunks += len(pieces)
+            offset = size
         p = self.request(Command.LOAD_COMMIT, b"")
         if len(p) != 8:
             raise ProtocolError(f"LOAD_COMMIT response of {len(p)} bytes", device=self.name, command="LOAD_COMMIT")
         arena, ops, _ = struct.unpack("<IHH", p)
         if target != LoadTarget.DATA:
             self._weights_version = 0  # a new fragment or program puts w* back at version 0
-        log.info("%s: loaded %d bytes (resumed at %d) in %d chunks", self.name, size, resumed_from, chunks)
+        log.info("%s: loaded %d bytes (resumed at %d) in %d chunks, window %d", self.name, size, resumed_from,
+                 chunks, window)
         return LoadResult(size, crc, resumed_from, arena, ops, chunks)
 
     def _begin(self, size: int, crc: int, target: int) -> int:
@@ -448,17 +469,23 @@ class BoardClient:
 
     def _read_rest(self, code: int, have: bytes, total: int) -> bytes:
         """A board-side buffer of ``total`` bytes, of which ``have`` arrived already, read on with
-        ``code`` (OUTPUT_READ, UPDATE_READ: ``u32 offset, u16 length``) in max_payload pieces."""
+        ``code`` (OUTPUT_READ, UPDATE_READ: ``u32 offset, u16 length``) in max_payload pieces, with
+        the board's window of requests in flight."""
         info = self.info or self.hello()
-        out = bytearray(have)
-        while len(out) < total:
-            n = min(info.response_room, total - len(out))
-            part = self.request(code, struct.pack("<IH", len(out), n))
-            if len(part) != n:
-                cmd = command_name(code)
-                raise ProtocolError(f"{cmd} returned {len(part)} bytes, asked {n}", device=self.name, command=cmd)
-            out += part
-        return bytes(out)
+        cmd = command_name(code)
+        room = info.response_room
+        pieces = [Piece(struct.pack("<IH", a, min(room, total - a)), a, min(a + room, total))
+                  for a in range(len(have), total, room)]
+
+        def accept(piece: Piece, part: bytes) -> int | None:
+            if len(part) != piece.end - piece.start:
+                raise ProtocolError(f"{cmd} returned {len(part)} bytes, asked {piece.end - piece.start}",
+                                    device=self.name, command=cmd)
+            piece.reply = part
+            return None
+
+        self._windowed(code, pieces, accept, self.transfer_window)
+        return bytes(have) + b"".join(piece.reply or b"" for piece in pieces)
 
     # -- local training (docs/protocol.md, "Training") ----------------------------------
 
@@ -470,18 +497,18 @@ class BoardClient:
             raise TinyfedError("w* holds NaN or infinite values", fix="check the global model", source=self.name)
         per = (info.request_room - 8) // 4
         self._weights_version = None
-        offset = 0
-        while True:
-            part = v[offset:offset + per]
-            nxt = self._u32(self.request(Command.TRAIN_SET, struct.pack("<II", version, offset) + part.tobytes()),
-                            "TRAIN_SET")
-            if nxt != offset + part.size:
-                raise ProtocolError(f"board acknowledged value {nxt}, expected {offset + part.size}",
-                                    device=self.name, command="TRAIN_SET")
-            offset = nxt
-            if offset >= v.size:
-                self._weights_version = version  # what the update tag must bind
-                return
+        total = v.size
+        # The first chunk alone (offset 0 starts the version on the board), then the rest windowed.
+        first = v[:per]
+        nxt = self._u32(self.request(Command.TRAIN_SET, struct.pack("<II", version, 0) + first.tobytes()),
+                        "TRAIN_SET")
+        if nxt != first.size:
+            raise ProtocolError(f"board acknowledged value {nxt}, expected {first.size}", device=self.name,
+                                command="TRAIN_SET")
+        pieces = [Piece(struct.pack("<II", version, a) + v[a:a + per].tobytes(), a, min(a + per, total))
+                  for a in range(first.size, total, per)]
+        self._windowed(Command.TRAIN_SET, pieces, self._cumulative_ack(total, "TRAIN_SET"), self.transfer_window)
+        self._weights_version = version  # what the update tag must bind
 
     def train(self, params: TrainParams, *, timeout: float = 600.0) -> TrainReport:
         """Run local SGD on the board's own data (blocks for the run; ``timeout`` bounds it, a lost or
@@ -575,14 +602,17 @@ class BoardClient:
         info = self.info or self.hello()
         data = x.tobytes()
         chunk = info.request_room - 4
-        offset = 0
-        while offset < len(data):
-            part = data[offset:offset + chunk]
-            nxt = self._u32(self.request(Command.INPUT_WRITE, _U32.pack(offset) + part), "INPUT_WRITE")
-            if nxt != offset + len(part):
-                raise ProtocolError(f"board acknowledged input offset {nxt}, expected {offset + len(part)}",
+        pieces = [Piece(_U32.pack(a) + data[a:a + chunk], a, min(a + chunk, len(data)))
+                  for a in range(0, len(data), chunk)]
+
+        def accept(piece: Piece, p: bytes) -> int | None:
+            nxt = self._u32(p, "INPUT_WRITE")
+            if nxt != piece.end:
+                raise ProtocolError(f"board acknowledged input offset {nxt}, expected {piece.end}",
                                     device=self.name, command="INPUT_WRITE")
-            offset = nxt
+            return None
+
+        self._windowed(Command.INPUT_WRITE, pieces, accept, self.transfer_window)
 
     # -- profiling (docs/protocol.md, "Profiling") --------------------------------------
 
@@ -645,6 +675,136 @@ class BoardClient:
             samples=samples,
             stats={k: after[k] - before[k] for k in after},
         )
+
+    # -- windowed transfers (docs/protocol.md, "Windowed transfers") ----------------------
+
+    @property
+    def transfer_window(self) -> int:
+        """Request frames a transfer keeps in flight: the board's announced window, capped by
+        ``window`` (1 = stop-and-wait, also against a board that announces none); 1 as well, until
+        the next HELLO, after a transfer on this link collapsed to stop-and-wait (see _Pipeline)."""
+        announced = self.info.window if self.info is not None else 0
+        if announced < 2 or self._collapsed:
+            return 1
+        return announced if self.window is None else min(self.window, announced)
+
+    def _cumulative_ack(self, total: int, cmd: str) -> Callable[[Piece, bytes], int | None]:
+        """The check of a write whose OK answer is the board's cumulative ack (u32): at or past the
+        piece's end, or, for a piece held past a gap, at or before its start."""
+        def accept(piece: Piece, p: bytes) -> int | None:
+            ack = self._u32(p, cmd)
+            if ack > total or piece.start < ack < piece.end:
+                raise ProtocolError(f"board acknowledged {ack} for the piece [{piece.start}, {piece.end}) of "
+                                    f"{total}", device=self.name, command=cmd)
+            return ack
+        return accept
+
+    def _windowed(self, code: int, pieces: list[Piece], accept: Callable[[Piece, bytes], int | None], window: int,
+                  on_ack: Callable[[int], None] | None = None) -> None:
+        """Run ``pieces`` (requests of one offset-addressed command) to completion: one at a time when
+        ``window`` is 1, else up to ``window`` in flight. ``accept`` checks a piece's OK answer and
+        returns the cumulative ack it carries (None for a command without one); ``on_ack`` hears
+        every advance of it."""
+        if not pieces:
+            return
+        sw = SendWindow(pieces, window)
+        if window <= 1:
+            for piece in pieces:
+                if piece.done:
+                    continue  # a cumulative ack already covered it
+                piece.sends += 1
+                ack = accept(piece, self.request(code, piece.body))
+                piece.done = True
+                if ack is not None:
+                    before = sw.acked
+                    sw.cumulative(ack)
+                    if on_ack is not None and sw.acked > before:
+                        on_ack(sw.acked)
+            return
+        if self._session is None and self._port is not None:
+            self.hello()
+        try:
+            self._pipeline(code, sw, accept, on_ack)
+            return
+        except _Refused as refused:
+            if refused.detail not in _REHELLO_DETAILS:
+                raise self._auth_error(refused, code) from None
+            log.info("%s: %s refused (%s): saying HELLO again", self.name, command_name(code), refused.message)
+        self.hello()
+        try:
+            self._pipeline(code, sw, accept, on_ack)
+        except _Refused as refused:
+            raise self._auth_error(refused, code) from None
+
+    def _pipeline(self, code: int, sw: SendWindow, accept: Callable[[Piece, bytes], int | None],
+                  on_ack: Callable[[int], None] | None) -> None:
+        """Selective repeat over the board's in-order processing (:class:`_Pipeline`)."""
+        session = self._session
+        if session is None or self._port is None:
+            raise DeviceUnreachable("the port is not open", device=self.name, command=command_name(code),
+                                    fix="use the client as a context manager or call open()")
+        room = self.info.request_room if self.info else PRE_HELLO_PAYLOAD
+        longest = max(len(piece.body) for piece in sw.pieces)
+        if longest > room:
+            raise ValueError(f"{command_name(code)} body of {longest} bytes exceeds the board's {room}")
+        _Pipeline(self, code, session, sw, accept, on_ack, longest).run()
+
+    def _quiet(self, seconds: float, cmd: str) -> None:
+        """Drop what the board still sends (answers and NAKs of requests given up on) until the line
+        has been silent for ``seconds`` (at most 20 such periods), so that none of it is taken for
+        the answer, or a NAK, of the stop-and-wait request that follows."""
+        dropped = len(self._frames)
+        self._frames.clear()
+        for _ in range(20):
+            data = self._read(seconds, cmd)
+            if not data:
+                break
+            dropped += len(self._reader.feed(data))
+        self.stats.stray_responses += dropped
+
+    def _await_any(self, flight: dict[int, tuple[int, int]], deadline: float, cmd: str,
+                   session: SessionMac) -> Packet | str | None:
+        """The next authentic answer to a request in flight, or _NAK, or None at the deadline.
+        Answers to anything else (a duplicate, a piece already resent) are strays."""
+        nak = False
+        while True:
+            while self._frames:
+                item = self._frames.popleft()
+                if isinstance(item, FrameTooLarge):
+                    self.stats.bad_frames += 1
+                    continue
+                try:
+                    pkt = decode_frame(item)
+                except FrameError as exc:
+                    self.stats.bad_frames += 1
+                    log.debug("%s: dropped a response frame: %s", self.name, exc)
+                    continue
+                if pkt.kind != KIND_RESPONSE:
+                    self.stats.bad_frames += 1
+                    continue
+                if pkt.is_nak:
+                    self.stats.naks += 1
+                    nak = True  # answers may be right behind it: look at what is buffered first
+                    continue
+                if pkt.seq not in flight:
+                    self.stats.stray_responses += 1
+                    continue
+                if pkt.code == Status.AUTH:
+                    return pkt  # an untagged hint: a forged one can only deny service
+                authentic = self._verified(pkt, session, flight[pkt.seq][1])
+                if authentic is None:
+                    self.stats.bad_macs += 1
+                    log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, pkt.seq)
+                    continue
+                return authentic
+            if nak:
+                return _NAK
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            data = self._read(remaining, cmd)
+            if data:
+                self._frames.extend(self._reader.feed(data))
 
     # -- the exchange --------------------------------------------------------------------
 
@@ -853,3 +1013,122 @@ class BoardClient:
         if len(p) != 4:
             raise ProtocolError(f"expected a 4-byte response, got {len(p)} bytes", device=self.name, command=cmd)
         return _U32.unpack(p)[0]
+
+
+class _Pipeline:
+    """One windowed transfer (docs/protocol.md, "Windowed transfers"): selective repeat over the
+    board's in-order processing.
+
+    Every request gets a fresh seq and counter, a resend too, so the board's replay protection is
+    untouched. The board answers in the order it received, so an answer to a later seq, or a NAK,
+    tells which earlier request (or its answer) was lost, and a lost piece the cumulative ack shows
+    held is not sent again. A piece lost twice goes stop-and-wait once the window has drained, where
+    a resend is the same bytes (a line that spoils every first transmission still passes it);
+    once ``_COLLAPSE_AFTER`` or more such pieces are over half of those done, the rest of the
+    transfer, and the link's later transfers until the next HELLO, go stop-and-wait.
+    """
+
+    def __init__(self, client: BoardClient, code: int, session: SessionMac, sw: SendWindow,
+                 accept: Callable[[Piece, bytes], int | None], on_ack: Callable[[int], None] | None,
+                 longest: int) -> None:
+        self.c, self.code, self.cmd, self.session = client, code, command_name(code), session
+        self.sw, self.accept, self.on_ack = sw, accept, on_ack
+        self.base_wait = client.timeout + sw.window * client._wire_time(longest + 11 + REQUEST_AUTH_BYTES)
+        self.flight: dict[int, tuple[int, int]] = {}  # seq -> (piece index, counter), in the order sent
+        self.resync = False  # after a timeout: start the next frame with a delimiter
+        self.solos = 0
+        self.solo_all = False
+        self.windowed_since_solo = False
+        #: how long the line must stay silent before a stop-and-wait piece follows windowed ones
+        self.quiet = min(self.base_wait, 0.1 + sw.window * client._wire_time(longest + 11 + REQUEST_AUTH_BYTES))
+        self.bad_macs = client.stats.bad_macs
+        self.started = client._clock()
+
+    def run(self) -> None:
+        wait = self.base_wait
+        while not self.sw.finished:
+            self._send()
+            if not self.flight:
+                continue
+            outcome = self.c._await_any(self.flight, self.c._clock() + wait, self.cmd, self.session)
+            if outcome is None:  # silence: everything in flight is lost
+                self.c.stats.timeouts += 1
+                self._lost(list(self.flight))
+                self.resync = True
+                wait *= 2
+                continue
+            wait = self.base_wait
+            if outcome == _NAK:  # where the oldest unanswered request stood (NAKs read together: once)
+                self._lost([next(iter(self.flight))])
+                continue
+            assert isinstance(outcome, Packet)
+            earlier = list(self.flight)[:list(self.flight).index(outcome.seq)]
+            i, _ = self.flight.pop(outcome.seq)
+            self._took(self.sw.pieces[i], self.c._check(outcome, self.cmd))  # an error raises (AUTH: _Refused)
+            self._lost(earlier)  # answered in order: what was sent before it is lost (or only its answer)
+
+    def _lost(self, seqs: list[int]) -> None:
+        pieces = [self.sw.pieces[self.flight.pop(seq)[0]] for seq in seqs]
+        self.c.stats.gaps_resent += sum(not piece.done for piece in pieces)
+
+    def _took(self, piece: Piece, body: bytes) -> None:
+        ack = self.accept(piece, body)
+        piece.done = True
+        if ack is not None:
+            before = self.sw.acked
+            self.sw.cumulative(ack)
+            if self.on_ack is not None and self.sw.acked > before:
+                self.on_ack(self.sw.acked)
+
+    def _send(self) -> None:
+        c = self.c
+        for i in self.sw.sendable({index for index, _ in self.flight.values()}):
+            piece = self.sw.pieces[i]
+            if self.solo_all or (_SOLO_AFTER <= piece.sends <= c.retries):
+                if not self.flight:
+                    if self.windowed_since_solo:  # answers or NAKs of requests given up on may follow
+                        c._quiet(self.quiet, self.cmd)
+                        self.windowed_since_solo = False
+                    self._solo(piece)
+                return  # (else let the window drain first)
+            if piece.sends > c.retries:
+                if c.stats.bad_macs > self.bad_macs:
+                    raise AuthenticationFailed(
+                        "bad_mac", f"no authentic response after {piece.sends} attempt(s): "
+                        f"{c.stats.bad_macs - self.bad_macs} response(s) with a wrong tag were dropped",
+                        device=c.name, command=self.cmd)
+                raise LinkTimeout(device=c.name, command=self.cmd, attempts=piece.sends,
+                                  waited_s=c._clock() - self.started)
+            c._counter += 1
+            seq = c._next_seq()
+            frame = encode_frame(KIND_REQUEST, self.code, seq,
+                                 self.session.request_payload(self.code, seq, c._counter, piece.body))
+            c._write(DELIMITER + frame if self.resync else frame, self.cmd)
+            self.resync = False
+            self.windowed_since_solo = True
+            self.flight[seq] = (i, c._counter)
+            if piece.sends:
+                c.stats.retransmissions += 1
+                log.debug("%s: %s [%d, %d) sent again (attempt %d)", c.name, self.cmd, piece.start, piece.end,
+                          piece.sends + 1)
+            else:
+                c.stats.requests += 1
+                c.stats.windowed_requests += 1
+            piece.sends += 1
+
+    def _solo(self, piece: Piece) -> None:
+        c = self.c
+        c._counter += 1
+        if piece.sends:
+            c.stats.retransmissions += 1
+        piece.sends += 1
+        body = c._exchange(self.code, piece.body, (self.session, c._counter), None, None)
+        if piece.sends > 1:
+            c.stats.requests -= 1  # a resend, not a new request
+        self._took(piece, body)
+        self.solos += 1
+        done = sum(p.done for p in self.sw.pieces)
+        if self.solos >= _COLLAPSE_AFTER and 2 * self.solos > done and not self.solo_all:
+            self.solo_all = c._collapsed = True
+            log.info("%s: %s: %d of %d pieces were lost twice: this transfer and the next ones go stop-and-wait "
+                     "until the next HELLO", c.name, self.cmd, self.solos, done)

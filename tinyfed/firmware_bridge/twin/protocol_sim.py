@@ -4,7 +4,8 @@ Registered by :mod:`tinyfed.firmware_bridge.link.transport` (which adds this pac
 ``serial.protocol_handler_packages``), so ``serial.serial_for_url("sim://nrf52840")`` works.
 
 Options: ``name`` (boards with the same id and name are the same board, across connections),
-``max_payload``, ``slot_bytes``, ``arena_bytes``, ``build``, ``protocol_version``, and ``key=none``
+``max_payload``, ``slot_bytes``, ``arena_bytes``, ``build``, ``protocol_version``, ``window`` (the
+request frames HELLO lets the host keep in flight; 0 = an older board, stop-and-wait), and ``key=none``
 for a board nobody provisioned (by default a new board gets a fresh key, recorded in the key store).
 
 The board answers synchronously inside :meth:`Serial.write`, so when nothing is buffered nothing
@@ -32,7 +33,8 @@ _MIB64 = 64 * 1024 * 1024
 #: memory, so sizes stop at 64 MiB, past any microcontroller's flash.
 _INT_OPTIONS: dict[str, tuple[int, int]] = {
     "max_payload": (16, 0xFFFF), "slot_bytes": (1, _MIB64), "arena_bytes": (1, _MIB64),
-    "protocol_version": (1, 0xFF), "firmware_ram_bytes": (0, _MIB64), "firmware_flash_bytes": (0, _MIB64),
+    "protocol_version": (1, 0xFF), "window": (0, 0xFF),
+    "firmware_ram_bytes": (0, _MIB64), "firmware_flash_bytes": (0, _MIB64),
 }
 
 

@@ -68,6 +68,7 @@ from tinyfed.firmware_bridge.link.profile_link import (
     ProfileRun,
     pack_ops,
 )
+from tinyfed.firmware_bridge.link.window import Place, ReceiveWindow, announced_window
 from tinyfed.firmware_bridge.twin.sim_train import BoardReply as _Reply
 from tinyfed.firmware_bridge.twin.sim_train import SimTrainer
 
@@ -91,6 +92,13 @@ class SimConfig:
     protocol_version: int = PROTOCOL_VERSION
     program_store_bytes: int = 64 * 1024
     data_store_bytes: int = 384 * 1024
+    #: request frames the host may keep in flight, announced in HELLO (None: what the firmware's
+    #: receive ring gives for max_payload; 0: an older board's stop-and-wait)
+    window: int | None = None
+
+    @property
+    def announced_window(self) -> int:
+        return announced_window(self.max_payload) if self.window is None else self.window
 
     @classmethod
     def for_board(cls, board_id: str, **overrides: Any) -> SimConfig:
@@ -120,8 +128,13 @@ class _Transfer:
     size: int
     crc: int
     data: bytearray
-    offset: int = 0
     target: int = LoadTarget.FRAGMENT
+    win: ReceiveWindow = field(default_factory=lambda: ReceiveWindow(0))
+
+    @property
+    def offset(self) -> int:
+        """Bytes acknowledged: everything below is held."""
+        return self.win.next
 
 
 @dataclass
@@ -172,14 +185,14 @@ class SimBoard:
         self._update_tag: tuple[bytes, bytes] | None = None  # (the update image it tags, the tag)
         self.transfer: _Transfer | None = None
         self.active = None
-        self._input = bytearray()
-        self._input_next = 0
+        self._input = bytearray()  # the input tensor: any offset inside it is written, as on the firmware
         self._output: bytes | None = None
         self._reference = False
         self._profile: list[OpCycles] = []
         # Flash stores survive a reset on a real board; the training state in RAM does not.
         stores = getattr(self, "trainer", None)
-        self.trainer = SimTrainer(self.config.arena_bytes)
+        self.trainer = SimTrainer(self.config.arena_bytes, window=self.config.announced_window,
+                                  max_payload=self.config.max_payload)
         if stores is not None:
             self.trainer.program, self.trainer.tail = stores.program, stores.tail
             self.trainer.unit_shapes, self.trainer.ram_bytes = stores.unit_shapes, stores.ram_bytes
@@ -335,7 +348,7 @@ class SimBoard:
         if dk is not None:
             self._session = SessionMac(session_key(dk.key, dk.device_id, p[1:], board_nonce))
         return (
-            struct.pack("<BBHIIII", c.protocol_version, 0, c.max_payload, c.slot_bytes, c.arena_bytes,
+            struct.pack("<BBHIIII", c.protocol_version, c.announced_window, c.max_payload, c.slot_bytes, c.arena_bytes,
                         c.firmware_ram_bytes, c.firmware_flash_bytes)
             + bytes([len(board_id)]) + board_id + bytes([len(build)]) + build
             + struct.pack("<II", c.program_store_bytes, c.data_store_bytes)
@@ -387,7 +400,8 @@ class SimBoard:
             raise _Reply(Status.BAD_LENGTH, 0, "empty fragment")
         t = self.transfer
         if t is None or (t.size, t.crc, t.target) != (size, crc, target):
-            self.transfer = t = _Transfer(size, crc, bytearray(size), 0, target)
+            self.transfer = t = _Transfer(size, crc, bytearray(size), target,
+                                          ReceiveWindow(self.config.announced_window))
             if target != LoadTarget.FRAGMENT:
                 self.trainer.invalidate(target)
         return _U32.pack(t.offset)
@@ -400,12 +414,23 @@ class SimBoard:
         t = self.transfer
         if t is None:
             raise _Reply(Status.OUT_OF_ORDER, 0, "no LOAD_BEGIN")
-        if offset != t.offset:
-            raise _Reply(Status.OUT_OF_ORDER, t.offset, f"expected offset {t.offset}")
-        if offset + len(data) > t.size:
-            raise _Reply(Status.BAD_LENGTH, t.size - offset, f"chunk past size {t.size}")
-        t.data[offset:offset + len(data)] = data
-        t.offset += len(data)
+        if offset > t.size or len(data) > t.size - offset:
+            raise _Reply(Status.BAD_LENGTH, t.size - t.offset, f"chunk past size {t.size}")
+        n = len(data)
+        if not self.config.announced_window:  # an older board: strictly in order
+            place = Place.NEXT if offset == t.offset else Place.REFUSE
+        else:
+            place = t.win.place(offset, n, self.config.announced_window * self.config.max_payload)
+        if place is Place.AHEAD and (offset % 4 or (n % 4 and offset + n != t.size)):
+            raise _Reply(Status.OUT_OF_ORDER, t.offset & 0xFFFF, "a chunk past a gap must be word aligned")
+        if place is Place.REFUSE:
+            raise _Reply(Status.OUT_OF_ORDER, t.offset & 0xFFFF, f"expected offset {t.offset}")
+        if place is not Place.HELD:
+            t.data[offset:offset + n] = data
+            if place is Place.NEXT:
+                t.win.took(n)
+            else:
+                t.win.hold(offset, n)
         return _U32.pack(t.offset)
 
     def _load_commit(self, p: bytes) -> bytes:
@@ -431,8 +456,7 @@ class SimBoard:
         self.active = fragment  # the one-step switch of slots
         self._profile = []
         self.trainer.fragment_changed(fragment)
-        self._input = bytearray()
-        self._input_next = 0
+        self._input = bytearray(fragment.input_bytes or 0)
         self._output = None
         self.stats.commits += 1
         return struct.pack("<IHH", fragment.arena_bytes, fragment.op_count & 0xFFFF, 0)
@@ -466,17 +490,13 @@ class SimBoard:
             raise _Reply(Status.BAD_LENGTH, 4, "INPUT_WRITE needs an offset")
         (offset,) = _U32.unpack_from(p)
         data = p[4:]
-        if offset == 0:
-            self._input = bytearray()
-            self._input_next = 0
-        if offset != self._input_next:
-            raise _Reply(Status.OUT_OF_ORDER, self._input_next, f"expected input offset {self._input_next}")
         limit = frag.input_bytes if frag.input_bytes is not None else self.config.arena_bytes
-        if offset + len(data) > limit:
+        if offset > limit or len(data) > limit - offset:
             raise _Reply(Status.BAD_LENGTH, limit & 0xFFFF, f"input is {limit} bytes")
-        self._input += data
-        self._input_next += len(data)
-        return _U32.pack(self._input_next)
+        if len(self._input) < offset + len(data):
+            self._input.extend(bytes(offset + len(data) - len(self._input)))
+        self._input[offset:offset + len(data)] = data
+        return _U32.pack(offset + len(data))
 
     def _invoke(self, p: bytes) -> bytes:
         frag = self._need_model()
@@ -484,9 +504,6 @@ class SimBoard:
             raise _Reply(Status.BAD_LENGTH, 0, "INVOKE takes no payload")
         if frag.parsed is None:
             raise _Reply(Status.UNSUPPORTED_OP, 0, "this simulator has no kernels")
-        if frag.input_bytes is not None and self._input_next != frag.input_bytes:
-            raise _Reply(Status.BAD_LENGTH, self._input_next & 0xFFFF,
-                         f"input has {self._input_next} of {frag.input_bytes} bytes")
         try:
             from tinyfed.firmware_bridge.twin import kernels_np
         except ImportError:

@@ -28,6 +28,7 @@ from tinyfed.firmware_bridge.link.train_link import (
     pack_update,
     quantize_flat,
 )
+from tinyfed.firmware_bridge.link.window import Place, ReceiveWindow
 from tinyfed.firmware_bridge.twin import shuffle
 from tinyfed.training.privacy import noised_values
 from tinyfed.training.task import Loss
@@ -66,7 +67,10 @@ class SimTrainer:
     weights_ok: bool = False
     set_open: bool = False
     set_version: int = 0
-    set_next: int = 0
+    #: the window HELLO announces (0: strictly in order, as older firmware)
+    window: int = 0
+    max_payload: int = 256
+    set_win: ReceiveWindow = field(default_factory=lambda: ReceiveWindow(0))
     update_image: bytes | None = None
     fragment_arena: int = 0
     #: a DP TRAIN ran on the current local data: EVALUATE and TRAIN without DP are refused
@@ -121,6 +125,7 @@ class SimTrainer:
             self.fragment_arena = (self._input_elems() + 7) & ~7 if self.tail is not None else 0
         self.update_image = None
         self.set_open = False
+        self.set_win = ReceiveWindow(self.window)  # no TRAIN_SET chunk of an earlier program is acknowledged
         if self.tail is None:
             self.weights_ok = False
             return
@@ -207,24 +212,38 @@ class SimTrainer:
         version, offset = struct.unpack_from("<II", p)
         vals = np.frombuffer(p, "<f4", offset=8).astype(np.float32)
         total = self.values.size
-        if offset == 0:
-            self.set_open, self.set_version, self.set_next = True, version, 0
+        if offset == 0:  # a new version starts (the host sends the first chunk alone)
+            self.set_open, self.set_version = True, version
+            self.set_win = ReceiveWindow(self.window)
             self.weights_ok = False
             self.update_image = None
-        elif not self.set_open or version != self.set_version or offset != self.set_next:
-            raise BoardReply(Status.OUT_OF_ORDER, self.set_next, f"expected value offset {self.set_next}")
-        if vals.size > total - self.set_next:
+        elif version != self.set_version or not (
+                self.set_open or (self.weights_ok and self.version == version and self.set_win.next == total)):
+            raise BoardReply(Status.OUT_OF_ORDER, self.set_win.next & 0xFFFF,
+                             f"expected value offset {self.set_win.next}")
+        if offset > total or vals.size > total - offset:
             raise BoardReply(Status.BAD_LENGTH, total, f"w* holds values: {total}")
-        bad = np.flatnonzero(~np.isfinite(vals))
-        if bad.size:
-            self.set_open = False
-            raise BoardReply(Status.BAD_ARGUMENT, offset + int(bad[0]), "w* value is not finite")
-        self.values[offset:offset + vals.size] = vals
-        self.set_next += vals.size
-        if self.set_next == total:
+        if not self.window:  # an older board: strictly in order
+            place = Place.NEXT if offset == self.set_win.next else Place.REFUSE
+        else:
+            place = self.set_win.place(offset, vals.size, self.window * self.max_payload // 4)
+        if place is Place.REFUSE:
+            raise BoardReply(Status.OUT_OF_ORDER, self.set_win.next & 0xFFFF,
+                             f"expected value offset {self.set_win.next}")
+        if place is not Place.HELD:
+            bad = np.flatnonzero(~np.isfinite(vals))
+            if bad.size:
+                self.set_open = False
+                raise BoardReply(Status.BAD_ARGUMENT, offset + int(bad[0]), "w* value is not finite")
+            self.values[offset:offset + vals.size] = vals
+            if place is Place.NEXT:
+                self.set_win.took(vals.size)
+            else:
+                self.set_win.hold(offset, vals.size)
+        if self.set_open and self.set_win.next == total:
             self.start = self.values.copy()
             self.set_open, self.weights_ok, self.version = False, True, self.set_version
-        return _U32.pack(self.set_next)
+        return _U32.pack(self.set_win.next)
 
     def train(self, p: bytes, fragment: Any) -> bytes:
         if len(p) not in (21, 29):
