@@ -1,6 +1,9 @@
 """Boards that die mid-run (issue 5): two of eight QEMU boards are SIGKILLed at seeded random
 moments while FTTE trains har_cnn from a fresh classifier head, and are restarted at the same
-URL, as a re-plugged board keeps its tty. The run must still reach its target accuracy, and the
+URL, as a re-plugged board keeps its tty. Half the fleet is reached through pseudo-terminals
+(plain tty paths the host opens with pyserial's POSIX serial class, issue 20), half through
+QEMU's TCP UART, and one victim is of each kind: the tty stays open on the host while its
+board dies and comes back behind it. The run must still reach its target accuracy, and the
 event log must account for every dispatched task: the killed boards' tasks are logged lost with
 a reason, the boards back off, are provisioned again (fragment, program, local data) and deliver
 accepted updates afterwards; no update is aggregated twice or silently dropped.
@@ -33,6 +36,7 @@ from _run_shared import run_firmware
 
 from tinyfed.boards import Board, get_board
 from tinyfed.firmware_bridge.emulate.emulator import EmulatedBoard, start_qemu, wait_ready
+from tinyfed.firmware_bridge.emulate.pty import PtyLink
 from tinyfed.host.engine import Engine, Limits, LocalTraining, RunResult
 from tinyfed.host.events import EventLog, read_events, summarize
 from tinyfed.host.setup import DeviceSpec, prepare_run
@@ -53,6 +57,7 @@ EPOCHS, LR = 2, 0.0075  # the second epoch is nearly free (head cache), so more 
 # the engine's n-th arrival after which each kill fires, both in the first version (8 arrivals):
 # a victim needs ~3 versions to be provisioned again and deliver, the run ~6-7 to reach the target
 KILL_WINDOWS = ((0, 3), (3, 7))
+TTY_BOARDS = frozenset(range(1, BOARDS, 2))  # these boards' UARTs are pseudo-terminals; the rest TCP sockets
 
 
 class _TappedLog(EventLog):
@@ -100,7 +105,8 @@ class _Saboteur:
             # the engine has recorded the crash: plug the board back in at the same URL (an
             # update read just before the kill can still arrive; then the next task is lost)
             i = self.waiting_loss.pop(ev["device"])
-            self.emus[i] = start_qemu(self.board, self.elf, name=self.names[i], port=self.emus[i].port)
+            old = self.emus[i]
+            self.emus[i] = start_qemu(self.board, self.elf, name=self.names[i], port=old.port, tty=old.tty)
         if self.pending and self.arrivals >= self.pending[0][1] and self.names[self.pending[0][0]] in self.holding:
             self._kill(ev)
 
@@ -110,7 +116,7 @@ class _Saboteur:
         task = self.holding[name]
         _sigkill(self.emus[i])
         self.kills.append({"device": name, "task": task, "after_arrivals": self.arrivals, "seq": ev["seq"],
-                           "t": ev["t"]})
+                           "t": ev["t"], "link": "tty" if self.emus[i].tty is not None else "socket"})
         self.waiting_loss[name] = i
         log.info("killed %s holding task %d after %d arrivals (t %.2f s)", name, task, self.arrivals, ev["t"])
 
@@ -119,11 +125,15 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
                                                                                tmp_path_factory) -> None:
     test_started = time.monotonic()
     rng = random.Random(SEED)
-    victims = rng.sample(range(BOARDS), 2)
+    # one victim reached through a tty, one through a socket, in a seeded order
+    victims = [rng.choice(sorted(TTY_BOARDS)), rng.choice(sorted(set(range(BOARDS)) - TTY_BOARDS))]
+    rng.shuffle(victims)
     kill_after = [rng.randint(lo, hi) for lo, hi in KILL_WINDOWS]
     board = get_board("mps2-an386")
     names = [f"fault{i}" for i in range(BOARDS)]
     emus: list[EmulatedBoard] = []
+    # native-USB boards: a board that dies takes its tty with it (the host reads a hangup at once)
+    ttys = {i: PtyLink(names[i], link=tmp_path / "ttys" / names[i], hangup=True) for i in sorted(TTY_BOARDS)}
     prepared: dict[str, Any] = {}
 
     def prepare() -> None:
@@ -149,8 +159,8 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         # Boot only now, from the main thread: start_qemu forks with a preexec_fn, which deadlocked
         # (once in ~10 runs) while the preparing thread was inside TensorFlow/numpy; and QEMU's
         # PR_SET_PDEATHSIG ties each board to the thread that started it, so not from a helper thread.
-        for n in names:
-            emus.append(start_qemu(board, elf, name=n))
+        for i, n in enumerate(names):
+            emus.append(start_qemu(board, elf, name=n, tty=ttys.get(i)))
         for e in emus:
             wait_ready(e)
         # the target is on the float master; the deployable model's LiteRT score is not what this
@@ -187,6 +197,8 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
         preparer.join()
         for e in emus:
             e.stop()
+        for tty in ttys.values():
+            tty.close()
     if "error" in outcome:
         raise outcome["error"]
     run: RunResult = outcome["run"]
@@ -197,6 +209,8 @@ def test_two_of_eight_killed_boards_rejoin_and_the_run_still_reaches_its_target(
     assert run.reached_target and summary["reached_target"], (run.final_metric, run.versions)
     kills = saboteur.kills
     assert len(kills) == 2 and not saboteur.pending and not saboteur.waiting_loss, kills
+    assert sorted(k["link"] for k in kills) == ["socket", "tty"], kills
+    assert all(d.url.startswith("socket://") != (i in TTY_BOARDS) for i, d in enumerate(devices)), devices
 
     _assert_every_task_accounted_once(evs, summary, run, engine)
     _assert_killed_boards_came_back(evs, kills)

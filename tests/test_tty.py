@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import serial
 from click.testing import CliRunner
 
 from tinyfed.boards import get_board
@@ -104,6 +105,37 @@ def test_an_unpaced_pty_relays_raw_bytes_both_ways_through_its_symlink(tmp_path:
             assert _recv_exactly(board, 7) == b"\x00still\x00" and tty.attached
             tty.detach(ours)
             assert not tty.attached
+        finally:
+            port.close()
+            board.close()
+    assert not link.exists() and not link.is_symlink()
+
+
+def test_a_hangup_pty_goes_with_its_board_and_the_next_board_answers_behind_the_same_symlink(tmp_path: Path) -> None:
+    """A native-USB board's tty vanishes when the board dies: the host's open port fails at once
+    (as a socket's reset does) instead of hearing silence until its timeout; reopening the same
+    path reaches the next board."""
+    link = tmp_path / "ttys" / "board0"
+    board, ours = socket.socketpair()
+    with PtyLink("usb", link=link, hangup=True) as tty:
+        first = tty.path
+        port = open_port(str(link), timeout=HANG_S)
+        try:
+            tty.attach(ours)
+            port.write(b"\x00ping\x00")
+            assert _recv_exactly(board, 6) == b"\x00ping\x00"
+            board.close()  # the board dies: its end of the UART closes
+            with pytest.raises(serial.SerialException):
+                port.read(1)  # EIO from the hung-up tty, well before HANG_S
+        finally:
+            port.close()
+        assert tty.hangups == 1 and tty.path != first and os.readlink(link) == tty.path
+        board, ours = socket.socketpair()
+        tty.attach(ours)
+        port = open_port(str(link), timeout=HANG_S)
+        try:
+            board.sendall(b"\x00back\x00")
+            assert port.read(6) == b"\x00back\x00"
         finally:
             port.close()
             board.close()

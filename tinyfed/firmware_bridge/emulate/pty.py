@@ -145,14 +145,20 @@ class PtyLink:
 
     ``pace``: the baud rate to pace the relay at (10 bits per byte, both ways); None relays as fast
     as QEMU goes. ``link``: a symlink made to the slave path (replaced if one is there), removed on
-    :meth:`close`.
+    :meth:`close`. ``hangup``: when the board goes away, so does its tty, as a native-USB board's
+    CDC-ACM port (the nRF52840's /dev/ttyACM0) does: the host's open tty reports a hangup (EIO) at
+    once and a new pty takes its place behind the same symlink. Without it the tty stays and the
+    host hears silence, as through a USB-UART bridge whose board died.
     """
 
-    def __init__(self, name: str, *, pace: int | None = None, link: Path | str | None = None) -> None:
+    def __init__(self, name: str, *, pace: int | None = None, link: Path | str | None = None,
+                 hangup: bool = False) -> None:
         if pace is not None:
             check_pace(pace)
         self.name = name
         self.pace = pace
+        self.hangup = hangup
+        self.hangups = 0
         rate = pace / BITS_PER_BYTE if pace is not None else None
         self._to_board = _Lane(rate)
         self._to_host = _Lane(rate)
@@ -280,12 +286,15 @@ class PtyLink:
             pending, self._pending = self._pending, _KEEP
         if pending is _KEEP:
             return
+        had_board = self._board is not None
         if self._board is not None:
             self._board.close()
         self._board = pending if isinstance(pending, socket.socket) else None
         self._to_board.clear()
         self._to_host.clear()
         log.debug("%s: board %s", self.name, "attached" if self._board is not None else "detached")
+        if had_board and self._board is None:
+            self._hang_up()
 
     def _drop_board(self, why: str) -> None:
         log.info("%s: the board behind %s went away (%s)", self.name, self.path, why)
@@ -294,6 +303,31 @@ class PtyLink:
         self._board = None
         self._to_board.clear()
         self._to_host.clear()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """With ``hangup``: the board's tty goes with it (the host's open one reads EIO); a new pty, behind
+        the same symlink, waits for the next board. Runs on the relay thread, which alone uses the fds."""
+        if not self.hangup or self._closing:
+            return
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            path = os.ttyname(slave)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
+        old = (self._master, self._slave)
+        self._master, self._slave, old_path = master, slave, self.path
+        self.path = path
+        if self.link is not None:
+            self._make_link(self.link)
+        for fd in old:
+            os.close(fd)
+        self.hangups += 1
+        log.info("%s: hung up %s; the next board answers on %s", self.name, old_path, path)
 
     def _relay(self) -> None:
         try:
