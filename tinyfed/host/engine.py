@@ -570,7 +570,8 @@ class Engine:
             workers[task.device].tasks.put((task, self.rounds.vector))
         seconds = self.strategy.deadline() if tasks else None
         if seconds is not None:  # the strategy owns no clock: the engine watches it (a later dispatch replaces it)
-            self.deadline = (now + seconds, self.rounds.version)
+            # counted from the round's last dispatch record: no task of it has had less than its time
+            self.deadline = (time.monotonic() + seconds, self.rounds.version)
 
     def _wait_timeout(self) -> float:
         """How long the loop may wait for an outcome: 0.2 s, or less when a deadline falls sooner."""
