@@ -88,10 +88,6 @@ SLOWEST_FILES_FIRST = (  # measured on a busy 2-core host: 860 s down to 140 s p
     "test_engine_faults.py",
     "test_engine.py",
     "test_kernels_mve.py",  # ~150 s: one Cortex-M55 board, 21 models' inputs through its UART
-    # QEMU files that sort alphabetically among the last: unnamed, they started near the end of a run,
-    # where a long file leaves the other worker idle (170-180 s each at load 20-40, their boards' UART)
-    "test_train_tasks_qemu.py",
-    "test_train_fpu_qemu.py",
     "test_demo.py",
     "test_plan.py",
     "test_requant_random.py",  # ~100 s busy with the slow share: 15,000 random quantizations
