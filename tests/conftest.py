@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# One BLAS thread in the test processes and every run they start (set before numpy loads OpenBLAS;
+# children inherit it). The suite's matrices are small (the twin's batch-1 convolutions, the float
+# tails): on 2 cores OpenBLAS's second thread only spins, 6x the CPU of one thread for a sim:// board's
+# inference (tinyfed/host/blas.py limits it the same way inside an engine run, but not around it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -41,8 +41,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {"TINYFED_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+def cache_env() -> dict[str, str]:
+    """The run's shared, content-keyed cache (conftest): har_cnn is converted once per run, not per module."""
+    import os
+
+    return {"TINYFED_CACHE_DIR": os.environ["TINYFED_CACHE_DIR"]}
 
 
 def test_plan_json_on_a_board(work: Path, cache_env: dict[str, str]) -> None:

@@ -20,10 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def har_source(tmp_path_factory: pytest.TempPathFactory):
-    import os
-
-    os.environ["TINYFED_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+def har_source():
+    """har_cnn's model source; its int8 model comes from the run's shared cache (conftest)."""
     return load_model_source("har_cnn", None, TrainingConfig())
 
 

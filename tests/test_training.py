@@ -172,8 +172,7 @@ def test_unit_values_of_scattered_channels_on_a_later_axis(zoo_tail):
 
 @pytest.fixture(scope="module")
 def har(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TINYFED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    """har_cnn's nRF52840 plan and its heads' outputs (the int8 model from the run's shared cache)."""
     from tinyfed.boards import get_board, single_board_fleet
     from tinyfed.models.tflm import TflmModel
     from tinyfed.models.zoo import get_zoo_model
@@ -194,8 +193,7 @@ def har(tmp_path_factory):
     h_test = head.run_float(test.x)
     h_cli = np.zeros((len(clients.y),) + h_test.shape[1:], np.int8)
     h_cli[sel] = head.run_float(clients.x[sel])
-    yield {"files": files, "test": test, "h_test": h_test, "clients": clients, "h_cli": h_cli, "parts": parts}
-    mp.undo()
+    return {"files": files, "test": test, "h_test": h_test, "clients": clients, "h_cli": h_cli, "parts": parts}
 
 
 @pytest.mark.slow
