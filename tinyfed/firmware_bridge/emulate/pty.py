@@ -203,9 +203,8 @@ class PtyLink:
 
     @property
     def attached(self) -> bool:
-        with self._lock:
-            pending = self._pending
-        return (self._board is not None) if pending is _KEEP else pending is not None
+        with self._lock:  # the relay swaps the board under this lock: never seen half-way
+            return (self._board is not None) if self._pending is _KEEP else self._pending is not None
 
     @property
     def bytes_to_board(self) -> int:
@@ -284,12 +283,13 @@ class PtyLink:
     def _take_pending(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, _KEEP
-        if pending is _KEEP:
-            return
-        had_board = self._board is not None
-        if self._board is not None:
-            self._board.close()
-        self._board = pending if isinstance(pending, socket.socket) else None
+            if pending is _KEEP:
+                return
+            old = self._board
+            self._board = pending if isinstance(pending, socket.socket) else None
+        had_board = old is not None
+        if old is not None:
+            old.close()
         self._to_board.clear()
         self._to_host.clear()
         log.debug("%s: board %s", self.name, "attached" if self._board is not None else "detached")
@@ -298,9 +298,10 @@ class PtyLink:
 
     def _drop_board(self, why: str) -> None:
         log.info("%s: the board behind %s went away (%s)", self.name, self.path, why)
-        if self._board is not None:
-            self._board.close()
-        self._board = None
+        with self._lock:
+            old, self._board = self._board, None
+        if old is not None:
+            old.close()
         self._to_board.clear()
         self._to_host.clear()
         self._hang_up()
@@ -324,9 +325,9 @@ class PtyLink:
         self.path = path
         if self.link is not None:
             self._make_link(self.link)
+        self.hangups += 1  # before the host can see it: closing the old pair is what it sees
         for fd in old:
             os.close(fd)
-        self.hangups += 1
         log.info("%s: hung up %s; the next board answers on %s", self.name, old_path, path)
 
     def _relay(self) -> None:

@@ -764,47 +764,10 @@ class BoardClient:
 
     def _await_any(self, flight: dict[int, tuple[int, int]], deadline: float, cmd: str,
                    session: SessionMac) -> Packet | str | None:
-        """The next authentic answer to a request in flight, or _NAK, or None at the deadline.
-        Answers to anything else (a duplicate, a piece already resent) are strays."""
-        nak = False
-        while True:
-            while self._frames:
-                item = self._frames.popleft()
-                if isinstance(item, FrameTooLarge):
-                    self.stats.bad_frames += 1
-                    continue
-                try:
-                    pkt = decode_frame(item)
-                except FrameError as exc:
-                    self.stats.bad_frames += 1
-                    log.debug("%s: dropped a response frame: %s", self.name, exc)
-                    continue
-                if pkt.kind != KIND_RESPONSE:
-                    self.stats.bad_frames += 1
-                    continue
-                if pkt.is_nak:
-                    self.stats.naks += 1
-                    nak = True  # answers may be right behind it: look at what is buffered first
-                    continue
-                if pkt.seq not in flight:
-                    self.stats.stray_responses += 1
-                    continue
-                if pkt.code == Status.AUTH:
-                    return pkt  # an untagged hint: a forged one can only deny service
-                authentic = self._verified(pkt, session, flight[pkt.seq][1])
-                if authentic is None:
-                    self.stats.bad_macs += 1
-                    log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, pkt.seq)
-                    continue
-                return authentic
-            if nak:
-                return _NAK
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return None
-            data = self._read(remaining, cmd)
-            if data:
-                self._frames.extend(self._reader.feed(data))
+        """The next authentic answer to a windowed request in flight (seq -> (piece, counter)), or _NAK,
+        or None at the deadline. Answers to anything else (a duplicate, a piece already resent) are strays."""
+        outcome = self._await_answer({seq: counter for seq, (_, counter) in flight.items()}, deadline, cmd, session)
+        return None if outcome == _TIMEOUT else outcome
 
     # -- the exchange --------------------------------------------------------------------
 
@@ -927,6 +890,16 @@ class BoardClient:
         raise DeviceError(pkt.code, detail, message, device=self.name, command=cmd)
 
     def _await(self, seq: int, deadline: float, cmd: str, auth: tuple[SessionMac, int] | None = None) -> Packet | str:
+        """The answer to request ``seq`` (its tag checked under ``auth``: session, counter), _NAK or _TIMEOUT."""
+        session, counter = auth if auth is not None else (None, 0)
+        return self._await_answer({seq: counter}, deadline, cmd, session)
+
+    def _await_answer(self, counters: dict[int, int], deadline: float, cmd: str,
+                      session: SessionMac | None) -> Packet | str:
+        """The first authentic answer to one of the requests ``counters`` names (seq -> the counter it
+        carried), _NAK when a NAK came and nothing answered behind it, or _TIMEOUT at ``deadline``.
+        Undecodable frames, requests, answers to other seqs and forged tags are counted and skipped: an
+        injected frame must not end a good exchange. Without ``session`` the answer is taken untagged."""
         nak = False
         while True:
             while self._frames:
@@ -945,18 +918,18 @@ class BoardClient:
                     continue
                 if pkt.is_nak:
                     self.stats.naks += 1
-                    nak = True  # our response may still be right behind it: look at what is buffered
+                    nak = True  # answers may still be right behind it: look at what is buffered first
                     continue
-                if pkt.seq != seq:
+                if pkt.seq not in counters:
                     self.stats.stray_responses += 1
                     continue
-                if auth is None or pkt.code == Status.AUTH:
+                if session is None or pkt.code == Status.AUTH:
                     return pkt  # AUTH answers are untagged hints: a forged one can only deny service
-                authentic = self._verified(pkt, *auth)
+                authentic = self._verified(pkt, session, counters[pkt.seq])
                 if authentic is None:
                     self.stats.bad_macs += 1
-                    log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, seq)
-                    continue  # an injected frame must not end a good exchange: wait on
+                    log.debug("%s: %s seq %d: dropped a response whose tag does not verify", self.name, cmd, pkt.seq)
+                    continue
                 return authentic
             if nak:
                 return _NAK
