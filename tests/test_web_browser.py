@@ -135,7 +135,8 @@ def test_live_run_advances_and_a_pulled_board_goes_offline_then_back(browser: An
     run.line("unplugged")
     off = _until(browser, lambda d: (b := _board(d, VICTIM)) and b["state"] == "offline" and b)
     assert "DeviceUnreachable" in off["why"] or "Link" in off["why"], off
-    assert int(browser.find_element("css selector", '.tile[data-state="offline"] b').text) >= 1
+    # the tiles re-render on every event: read the count in one step, asking again if a render intervened
+    assert _until(browser, lambda d: int(d.find_element("css selector", '.tile[data-state="offline"] b').text)) >= 1
     browser.save_screenshot(str(ARTIFACTS / "board-offline.png"))
     run.proc.send_signal(signal.SIGUSR2)  # and plug it back in
     run.line("plugged in")
