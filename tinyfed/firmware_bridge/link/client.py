@@ -33,7 +33,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 from serial.serialutil import SerialException
@@ -104,6 +104,7 @@ from tinyfed.firmware_bridge.link.transport import DEFAULT_BAUD, SerialSettings,
 from tinyfed.firmware_bridge.link.window import Piece, SendWindow
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _U32 = struct.Struct("<I")
 _HELLO = struct.Struct("<BBHIIII")
@@ -721,20 +722,7 @@ class BoardClient:
                     if on_ack is not None and sw.acked > before:
                         on_ack(sw.acked)
             return
-        if self._session is None and self._port is not None:
-            self.hello()
-        try:
-            self._pipeline(code, sw, accept, on_ack)
-            return
-        except _Refused as refused:
-            if refused.detail not in _REHELLO_DETAILS:
-                raise self._auth_error(refused, code) from None
-            log.info("%s: %s refused (%s): saying HELLO again", self.name, command_name(code), refused.message)
-        self.hello()
-        try:
-            self._pipeline(code, sw, accept, on_ack)
-        except _Refused as refused:
-            raise self._auth_error(refused, code) from None
+        self._in_session(code, lambda: self._pipeline(code, sw, accept, on_ack))
 
     def _pipeline(self, code: int, sw: SendWindow, accept: Callable[[Piece, bytes], int | None],
                   on_ack: Callable[[int], None] | None) -> None:
@@ -787,17 +775,22 @@ class BoardClient:
         """
         if code in UNAUTHENTICATED:
             return self._exchange(code, payload, None, timeout, total)
+        return self._in_session(code, lambda: self._authenticated(code, payload, timeout, total))
+
+    def _in_session(self, code: int, attempt: Callable[[], _T]) -> _T:
+        """Run an authenticated exchange: HELLO first when there is no session, and once more when the
+        board lost or replaced its session (NO_SESSION, BAD_MAC); any other refusal raises."""
         if self._session is None and self._port is not None:
             self.hello()
         try:
-            return self._authenticated(code, payload, timeout, total)
+            return attempt()
         except _Refused as refused:
             if refused.detail not in _REHELLO_DETAILS:
                 raise self._auth_error(refused, code) from None
             log.info("%s: %s refused (%s): saying HELLO again", self.name, command_name(code), refused.message)
         self.hello()
         try:
-            return self._authenticated(code, payload, timeout, total)
+            return attempt()
         except _Refused as refused:
             raise self._auth_error(refused, code) from None
 
